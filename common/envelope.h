@@ -1,0 +1,52 @@
+/* envelope.h - signing and verifying what the controller publishes.
+ *
+ * The controller serializes a Manifest once, signs those exact bytes and
+ * ships them beside the signature. A receiver verifies the bytes against a
+ * trusted key BEFORE decoding them, then checks that the decoded manifest is
+ * self-consistent and matches the bundle bytes that came with it. Nothing a
+ * receiver acts on is ever re-serialized before verification. */
+#ifndef PC_ENVELOPE_H
+#define PC_ENVELOPE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "crypto.h"
+#include "err.h"
+#include "popcast.pb-c.h"
+
+/* Serializes m (whose key_id is set to key's id here) and signs it. On
+ * success out->manifest and out->signature are malloc'd; free them with
+ * pc_envelope_signed_clear. */
+int pc_envelope_sign_manifest(const pc_signing_key *key, Popcast__Manifest *m,
+                              Popcast__SignedManifest *out, pc_err *err);
+void pc_envelope_signed_clear(Popcast__SignedManifest *sm);
+
+/* Verifies sm against ring and decodes it. On success *out is the decoded
+ * manifest (free with popcast__manifest__free_unpacked). Checks: the key is
+ * trusted, the signature covers the bytes, the bytes decode, the inner
+ * key_id equals the outer hint, and the fields are well formed (kind,
+ * tenant name, version and seq >= 1, hash length, runtime name). */
+int pc_envelope_verify_manifest(const pc_keyring *ring, const Popcast__SignedManifest *sm,
+                                Popcast__Manifest **out, pc_err *err);
+
+/* pc_envelope_verify_manifest plus the bundle: for content-carrying kinds,
+ * unless e->bundle_omitted, the bytes must have the manifest's size and
+ * BLAKE2b-256; their size must not exceed max_bundle. */
+int pc_envelope_verify_entry(const pc_keyring *ring, const Popcast__Entry *e, size_t max_bundle,
+                             Popcast__Manifest **out, pc_err *err);
+
+/* Checks bundle bytes against a verified manifest (size and hash). */
+int pc_envelope_check_bundle(const Popcast__Manifest *m, const uint8_t *bundle, size_t len,
+                             pc_err *err);
+
+/* Heartbeats: the same scheme under their own signature domain. */
+int pc_envelope_sign_heartbeat(const pc_signing_key *key, Popcast__Heartbeat *hb,
+                               Popcast__SignedHeartbeat *out, pc_err *err);
+int pc_envelope_verify_heartbeat(const pc_keyring *ring, const Popcast__SignedHeartbeat *sh,
+                                 Popcast__Heartbeat **out, pc_err *err);
+
+/* True for kinds that carry a bundle (deploy, rollback). */
+int pc_manifest_has_content(const Popcast__Manifest *m);
+
+#endif

@@ -1,0 +1,54 @@
+/* err.h - popcast error codes and the error value every fallible call fills.
+ *
+ * Functions return 0 on success or a negative PC_E* code, and when given a
+ * non-NULL pc_err they also leave a human readable message in it. Codes are
+ * stable: their names are what the API returns in JSON errors and what an
+ * agent puts in a nack's reason. */
+#ifndef PC_ERR_H
+#define PC_ERR_H
+
+#include <stddef.h>
+
+enum {
+    PC_OK = 0,
+    PC_E_INVALID = -1, /* malformed input */
+    PC_E_NOTFOUND = -2,
+    PC_E_EXISTS = -3,
+    PC_E_TOO_LARGE = -4,
+    PC_E_NOMEM = -5,
+    PC_E_IO = -6,
+    PC_E_STORE = -7,          /* LMDB failure other than the ones below */
+    PC_E_SEQ_GAP = -8,        /* entry is ahead of applied+1 */
+    PC_E_DUPLICATE = -9,      /* entry seq is already applied */
+    PC_E_STALE_VERSION = -10, /* version not above the tenant's last one */
+    PC_E_BAD_SIGNATURE = -11,
+    PC_E_UNTRUSTED_KEY = -12,
+    PC_E_HASH_MISMATCH = -13,
+    PC_E_RUNTIME = -14,     /* the runtime could not load or run the code */
+    PC_E_UNAVAILABLE = -15, /* a peer or resource is not reachable now */
+    PC_E_AUTH = -16,        /* missing or wrong credentials */
+    PC_E_FORBIDDEN = -17,
+    PC_E_LIMIT = -18, /* a sandbox limit was hit */
+    PC_E_INTERNAL = -19,
+    PC_E_NOT_LEADER = -20,
+    PC_E_TIMEOUT = -21,
+};
+
+typedef struct pc_err {
+    int code;
+    char msg[512];
+} pc_err;
+
+/* Records code and a printf-style message in err (if non-NULL); returns code
+ * so callers can write `return pc_err_set(err, PC_E_INVALID, "...")`. */
+int pc_err_set(pc_err *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Prefixes the message already in err with more context. */
+void pc_err_wrap(pc_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+void pc_err_clear(pc_err *err);
+
+/* Stable snake_case name of a code: "invalid", "bad_signature", ... */
+const char *pc_err_name(int code);
+
+#endif

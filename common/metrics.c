@@ -1,0 +1,162 @@
+/* metrics.c - counters and gauges (see metrics.h). */
+#include "metrics.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct entry {
+    pc_metric metric;
+    char *name;
+    char *labels; /* "" when none */
+    const char *help;
+    int is_gauge;
+    struct entry *next;
+} entry;
+
+struct pc_metrics {
+    pthread_mutex_t lock;
+    entry *head, *tail; /* insertion order keeps a name's series together */
+};
+
+pc_metrics *pc_metrics_new(void)
+{
+    pc_metrics *m = calloc(1, sizeof(*m));
+    if (m != NULL)
+        pthread_mutex_init(&m->lock, NULL);
+    return m;
+}
+
+void pc_metrics_free(pc_metrics *m)
+{
+    if (m == NULL)
+        return;
+    entry *e = m->head;
+    while (e != NULL) {
+        entry *next = e->next;
+        free(e->name);
+        free(e->labels);
+        free(e);
+        e = next;
+    }
+    pthread_mutex_destroy(&m->lock);
+    free(m);
+}
+
+static entry *find_locked(pc_metrics *m, const char *name, const char *labels)
+{
+    for (entry *e = m->head; e != NULL; e = e->next)
+        if (strcmp(e->name, name) == 0 && strcmp(e->labels, labels) == 0)
+            return e;
+    return NULL;
+}
+
+static pc_metric *lookup(pc_metrics *m, const char *name, const char *labels, const char *help,
+                         int is_gauge)
+{
+    if (m == NULL)
+        return NULL;
+    if (labels == NULL)
+        labels = "";
+    pthread_mutex_lock(&m->lock);
+    entry *e = find_locked(m, name, labels);
+    if (e == NULL && (e = calloc(1, sizeof(*e))) != NULL) {
+        e->name = strdup(name);
+        e->labels = strdup(labels);
+        e->help = help;
+        e->is_gauge = is_gauge;
+        if (e->name == NULL || e->labels == NULL) {
+            free(e->name);
+            free(e->labels);
+            free(e);
+            e = NULL;
+        } else {
+            /* Insert after the last series of the same name. */
+            entry *after = NULL;
+            for (entry *x = m->head; x != NULL; x = x->next)
+                if (strcmp(x->name, name) == 0)
+                    after = x;
+            if (after == NULL) {
+                if (m->tail)
+                    m->tail->next = e;
+                else
+                    m->head = e;
+                m->tail = e;
+            } else {
+                e->next = after->next;
+                after->next = e;
+                if (m->tail == after)
+                    m->tail = e;
+            }
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    return e ? &e->metric : NULL;
+}
+
+pc_metric *pc_metrics_counter(pc_metrics *m, const char *name, const char *labels, const char *help)
+{
+    return lookup(m, name, labels, help, 0);
+}
+
+pc_metric *pc_metrics_gauge(pc_metrics *m, const char *name, const char *labels, const char *help)
+{
+    return lookup(m, name, labels, help, 1);
+}
+
+void pc_metrics_inc(pc_metrics *m, const char *name, const char *labels)
+{
+    pc_metric_add(lookup(m, name, labels, NULL, 0), 1);
+}
+
+uint64_t pc_metrics_get(pc_metrics *m, const char *name, const char *labels)
+{
+    if (m == NULL)
+        return 0;
+    pthread_mutex_lock(&m->lock);
+    entry *e = find_locked(m, name, labels ? labels : "");
+    uint64_t v = e ? atomic_load(&e->metric.value) : 0;
+    pthread_mutex_unlock(&m->lock);
+    return v;
+}
+
+char *pc_metrics_render_text(pc_metrics *m)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (f == NULL)
+        return NULL;
+    pthread_mutex_lock(&m->lock);
+    const char *last = NULL;
+    for (entry *e = m->head; e != NULL; e = e->next) {
+        if (last == NULL || strcmp(last, e->name) != 0) {
+            if (e->help)
+                fprintf(f, "# HELP %s %s\n", e->name, e->help);
+            fprintf(f, "# TYPE %s %s\n", e->name, e->is_gauge ? "gauge" : "counter");
+            last = e->name;
+        }
+        fprintf(f, "%s%s%s%s %llu\n", e->name, e->labels[0] ? "{" : "", e->labels,
+                e->labels[0] ? "}" : "", (unsigned long long)atomic_load(&e->metric.value));
+    }
+    pthread_mutex_unlock(&m->lock);
+    fclose(f);
+    return buf;
+}
+
+json_t *pc_metrics_render_json(pc_metrics *m)
+{
+    json_t *obj = json_object();
+    if (obj == NULL)
+        return NULL;
+    pthread_mutex_lock(&m->lock);
+    for (entry *e = m->head; e != NULL; e = e->next) {
+        char key[512];
+        snprintf(key, sizeof(key), "%s%s%s%s", e->name, e->labels[0] ? "{" : "", e->labels,
+                 e->labels[0] ? "}" : "");
+        json_object_set_new(obj, key, json_integer((json_int_t)atomic_load(&e->metric.value)));
+    }
+    pthread_mutex_unlock(&m->lock);
+    return obj;
+}

@@ -1,0 +1,23 @@
+/* names.h - validation of names that come from outside: tenants, agents,
+ * PoPs, bundle paths. Every check is total: NULL and any length are safe. */
+#ifndef PC_NAMES_H
+#define PC_NAMES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define PC_TENANT_MAX 63
+#define PC_ID_MAX     128 /* agent ids, PoP names, node ids */
+#define PC_PATH_MAX   255 /* a path inside a bundle */
+
+/* [a-z0-9-]{1,63} */
+bool pc_tenant_name_valid(const char *name);
+/* [A-Za-z0-9._-]{1,128} */
+bool pc_id_valid(const char *id);
+/* Relative, '/'-separated, components of [A-Za-z0-9._-], none "." or "..",
+ * no empty component, at most PC_PATH_MAX bytes. */
+bool pc_bundle_path_valid(const char *path);
+/* A runtime adapter name: [a-z0-9]{1,32} */
+bool pc_runtime_name_valid(const char *name);
+
+#endif

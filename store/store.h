@@ -1,0 +1,139 @@
+/* store.h - popcast's durable state in LMDB, shared by controller and agent.
+ *
+ * Invariants (each has a test in tests/unit/test_store.c):
+ *  1. Every change is ONE write transaction: pc_store_apply stores the log
+ *     record, the version record, the bundle blob, the tenant pointer and
+ *     the applied seq together, or none of them. A crash at any instant
+ *     leaves the complete old or the complete new state.
+ *  2. Entries are applied in seq order, exactly once: an entry is accepted
+ *     only when its seq is applied_seq + 1.
+ *  3. A tenant's versions only grow: an entry is accepted only when its
+ *     version is above every version the tenant ever had (last_version),
+ *     deletes included. This holds across restarts because last_version
+ *     lives in the same transaction as the rest.
+ *  4. Blobs are content addressed (BLAKE2b-256) and reference counted. With
+ *     keep_history (controller) every version keeps its bundle; without it
+ *     (agent) only the active and the live version of a tenant keep theirs.
+ *  5. Every LMDB error surfaces as a pc_err, never a crash. MDB_MAP_FULL
+ *     aborts the transaction, grows the map (doubling, up to map_size_max)
+ *     and retries; past the maximum the caller gets PC_E_STORE "store is
+ *     full" and nothing changes.
+ *
+ * Layout (named databases):
+ *   meta     string key -> bytes      "applied_seq" (u64 big-endian), ids
+ *   log      u64 BE seq -> LogRecord  (the signed manifest, exact bytes)
+ *   versions tenant "\0" u64 BE version -> u64 BE seq
+ *   tenants  tenant -> TenantRecord
+ *   blobs    hash(32) -> bundle bytes
+ *   blobrefs hash(32) -> u64 BE reference count
+ *
+ * Thread safety: a pc_store may be used from any number of threads. Reads
+ * never block on the writer (LMDB MVCC); writers are serialized. */
+#ifndef PC_STORE_H
+#define PC_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "crypto.h"
+#include "err.h"
+#include "names.h"
+#include "popcast.pb-c.h"
+
+typedef struct pc_store pc_store;
+
+typedef struct pc_store_options {
+    uint64_t map_size;     /* initial map size in bytes (0: 64 MiB) */
+    uint64_t map_size_max; /* the map never grows past this (0: 64 GiB) */
+    bool keep_history;     /* controller: keep every version's blob */
+    bool no_sync;          /* benchmarks only: MDB_NOSYNC (not crash safe) */
+} pc_store_options;
+
+/* Opens (creating if needed) the store in directory dir, which must exist.
+ * The directory holds LMDB's data.mdb and lock.mdb. */
+int pc_store_open(pc_store **out, const char *dir, const pc_store_options *opt, pc_err *err);
+void pc_store_close(pc_store *s);
+
+/* Applies one verified entry in one write transaction (see invariants).
+ * sm is the signed manifest exactly as received (it is stored as is), m
+ * its decoded form. bundle must be given, with matching hash, for DEPLOY
+ * and ROLLBACK, and NULL for other kinds (the caller has verified it; the
+ * store re-checks only the length and hash, cheaply guarding invariant 4).
+ * Errors: PC_E_DUPLICATE (seq <= applied), PC_E_SEQ_GAP (seq > applied+1),
+ * PC_E_STALE_VERSION (version <= tenant's last_version), PC_E_INVALID,
+ * PC_E_STORE. Nothing changes on error. */
+int pc_store_apply(pc_store *s, const Popcast__SignedManifest *sm, const Popcast__Manifest *m,
+                   const uint8_t *bundle, size_t bundle_len, pc_err *err);
+
+/* Agent: records that tenant's version is now live (serving), in one
+ * transaction, moving the "live" blob reference. version 0 clears it (the
+ * tenant was deleted). PC_E_NOTFOUND if the tenant is unknown; PC_E_INVALID
+ * if version is not the tenant's active version (or 0). */
+int pc_store_set_live(pc_store *s, const char *tenant, uint64_t version, pc_err *err);
+
+/* The seq of the last applied entry (0 for an empty store). */
+int pc_store_applied_seq(pc_store *s, uint64_t *out, pc_err *err);
+
+typedef struct pc_tenant_state {
+    char tenant[PC_TENANT_MAX + 1];
+    uint64_t active_version; /* 0: none (deleted, or only ever deleted) */
+    uint64_t active_seq;
+    uint8_t active_hash[PC_HASH_LEN];
+    uint64_t last_version; /* highest version ever applied, never decreases */
+    bool deleted;
+    uint64_t live_version; /* agent only: 0 when nothing is live */
+    uint64_t live_seq;
+    uint8_t live_hash[PC_HASH_LEN];
+} pc_tenant_state;
+
+/* PC_E_NOTFOUND if the tenant never had an entry. */
+int pc_store_get_tenant(pc_store *s, const char *tenant, pc_tenant_state *out, pc_err *err);
+
+/* Calls cb for every tenant in name order, from one read snapshot. cb
+ * returning non-zero stops the walk and that value is returned. */
+int pc_store_foreach_tenant(pc_store *s, int (*cb)(void *arg, const pc_tenant_state *t), void *arg,
+                            pc_err *err);
+
+/* The seq of tenant's version, PC_E_NOTFOUND if there is none. */
+int pc_store_version_seq(pc_store *s, const char *tenant, uint64_t version, uint64_t *seq,
+                         pc_err *err);
+
+/* Calls cb for every version of tenant in ascending order. */
+int pc_store_foreach_version(pc_store *s, const char *tenant,
+                             int (*cb)(void *arg, uint64_t version, uint64_t seq), void *arg,
+                             pc_err *err);
+
+/* The stored signed manifest of seq (exact bytes as applied). *out is
+ * malloc'd by protobuf-c: free with popcast__log_record__free_unpacked.
+ * PC_E_NOTFOUND if seq is not in the retained log. */
+int pc_store_get_log(pc_store *s, uint64_t seq, Popcast__LogRecord **out, pc_err *err);
+
+/* First and last seq held in the log (both 0 when it is empty). */
+int pc_store_log_bounds(pc_store *s, uint64_t *first, uint64_t *last, pc_err *err);
+
+/* A copy of the blob with that hash, malloc'd. PC_E_NOTFOUND if absent. */
+int pc_store_get_blob(pc_store *s, const uint8_t hash[PC_HASH_LEN], uint8_t **out, size_t *len,
+                      pc_err *err);
+/* Up to cap bytes of the blob from offset (for chunked transfer); *total
+ * is the blob's size. */
+int pc_store_read_blob(pc_store *s, const uint8_t hash[PC_HASH_LEN], uint64_t offset, uint8_t *buf,
+                       size_t cap, size_t *got, uint64_t *total, pc_err *err);
+bool pc_store_has_blob(pc_store *s, const uint8_t hash[PC_HASH_LEN]);
+
+/* Small values under string keys (node ids, agent ids, ...). _get copies at
+ * most cap bytes into buf, sets *len to the value's full length, and
+ * returns PC_E_NOTFOUND if the key is absent. */
+int pc_store_meta_get(pc_store *s, const char *key, void *buf, size_t cap, size_t *len,
+                      pc_err *err);
+int pc_store_meta_put(pc_store *s, const char *key, const void *val, size_t len, pc_err *err);
+
+typedef struct pc_store_stats {
+    uint64_t map_size;   /* current map size in bytes */
+    uint64_t used_bytes; /* pages in use * page size */
+    uint64_t entries_log, tenants, blobs;
+    uint64_t map_grows; /* times MDB_MAP_FULL grew the map since open */
+} pc_store_stats;
+int pc_store_stats_get(pc_store *s, pc_store_stats *out, pc_err *err);
+
+#endif

@@ -1,0 +1,1 @@
+int pc_test_harness_placeholder;
