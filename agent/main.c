@@ -1,1 +1,277 @@
-int main(void) { return 0; }
+/* main.c - popcast-agent: receives committed entries, verifies and stores
+ * them, makes them live in the local runtime and serves tenant traffic.
+ * docs/operations.md describes every option. */
+#include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "admin.h"
+#include "applier.h"
+#include "config.h"
+#include "crypto.h"
+#include "edge.h"
+#include "log.h"
+#include "lua_engine.h"
+#include "metrics.h"
+#include "names.h"
+#include "store.h"
+#include "subscriber.h"
+
+typedef struct agent_config {
+    char *data_dir;
+    char *agent_id;
+    char *pop;
+    pc_strlist subscribe;
+    pc_strlist trusted_key;
+    char *edge_listen;
+    char *admin_listen;
+    char *log_level;
+    uint64_t edge_threads;
+    uint64_t edge_max_body;
+    uint64_t max_bundle;
+    uint64_t sub_recvbuf;
+    uint64_t sub_queue;
+    uint64_t lua_memory;
+    uint64_t lua_instructions;
+    uint64_t lua_wall_ms;
+    uint64_t lua_response_max;
+    uint64_t lua_max_isolates;
+} agent_config;
+
+#define OPT(name, type, def, min, max, help)                                                       \
+    {                                                                                              \
+#name, type, offsetof(agent_config, name), def, min, max, help                             \
+    }
+static const pc_cfg_option options[] = {
+    OPT(data_dir, PC_CFG_STRING, "/var/lib/popcast/agent", 0, 0,
+        "directory of the agent's LMDB store"),
+    OPT(agent_id, PC_CFG_STRING, NULL, 0, 0, "this agent's name (default: host name)"),
+    OPT(pop, PC_CFG_STRING, "default", 0, 0, "the PoP this machine is in"),
+    OPT(subscribe, PC_CFG_LIST, "tcp://127.0.0.1:7071", 0, 0,
+        "pub address of a controller or relay (repeat for each)"),
+    OPT(trusted_key, PC_CFG_LIST, NULL, 0, 0,
+        "public key file of a trusted signing key (repeat for each); required"),
+    OPT(edge_listen, PC_CFG_STRING, "127.0.0.1:8080", 0, 0, "end-user HTTP address host:port"),
+    OPT(admin_listen, PC_CFG_STRING, "http://127.0.0.1:9090", 0, 0,
+        "operator endpoints (status, metrics)"),
+    OPT(log_level, PC_CFG_STRING, "info", 0, 0, "debug, info, warn or error"),
+    OPT(edge_threads, PC_CFG_U64, "0", 0, 1024, "edge worker threads (0: one per CPU)"),
+    OPT(edge_max_body, PC_CFG_SIZE, "1MiB", 0, (uint64_t)1 << 30, "largest end-user request body"),
+    OPT(max_bundle, PC_CFG_SIZE, "64MiB", 1, (uint64_t)1 << 30,
+        "largest bundle accepted (must match the controllers')"),
+    OPT(sub_recvbuf, PC_CFG_U64, "256", 1, 8192, "nng receive queue (messages)"),
+    OPT(sub_queue, PC_CFG_U64, "1024", 1, 1 << 20,
+        "received messages waiting for the apply loop before drops"),
+    OPT(lua_memory, PC_CFG_SIZE, "32MiB", 65536, (uint64_t)1 << 34,
+        "memory limit of one Lua isolate"),
+    OPT(lua_instructions, PC_CFG_U64, "50000000", 1000, 0, "Lua instruction budget per request"),
+    OPT(lua_wall_ms, PC_CFG_U64, "1000", 1, 3600000, "wall-time limit per request (ms)"),
+    OPT(lua_response_max, PC_CFG_SIZE, "8MiB", 1, (uint64_t)1 << 30, "largest response body"),
+    OPT(lua_max_isolates, PC_CFG_U64, "64", 1, 65536, "isolates per tenant version"),
+    {NULL, 0, 0, NULL, 0, 0, NULL},
+};
+
+typedef struct agent {
+    agent_config cfg;
+    char agent_id[PC_ID_MAX + 1];
+    uv_loop_t loop;
+    uv_signal_t sigint, sigterm;
+    pc_store *store;
+    pc_keyring trusted;
+    pc_metrics *metrics;
+    pc_adapter *lua;
+    pc_adapter *adapters[1];
+    size_t n_adapters;
+    pc_applier *applier;
+    pc_subscriber *sub;
+    pc_edge *edge;
+    pc_admin *admin;
+} agent;
+
+static int ensure_dir(const char *path, pc_err *err)
+{
+    char buf[4096];
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(buf, 0700) != 0 && errno != EEXIST)
+                return pc_err_set(err, PC_E_IO, "cannot create %s: %s", buf, strerror(errno));
+            *p = '/';
+        }
+    }
+    if (mkdir(buf, 0700) != 0 && errno != EEXIST)
+        return pc_err_set(err, PC_E_IO, "cannot create %s: %s", buf, strerror(errno));
+    return PC_OK;
+}
+
+static void on_publication(void *arg, const uint8_t *data, size_t len)
+{
+    agent *ag = arg;
+    pc_applier_on_publication(ag->applier, data, len);
+}
+
+static json_t *status(void *arg)
+{
+    agent *ag = arg;
+    json_t *s = pc_applier_status_json(ag->applier);
+    if (s == NULL)
+        return NULL;
+    uint64_t received = 0, dropped = 0;
+    if (ag->sub != NULL)
+        pc_subscriber_counts(ag->sub, &received, &dropped);
+    json_object_set_new(s, "agent_id", json_string(ag->agent_id));
+    json_object_set_new(s, "pop", json_string(ag->cfg.pop));
+    json_object_set_new(
+        s, "pubsub",
+        json_pack("{s:I,s:I}", "received", (json_int_t)received, "dropped", (json_int_t)dropped));
+    json_object_set_new(s, "metrics", pc_metrics_render_json(ag->metrics));
+    return s;
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    agent *ag = h->data;
+    pc_info("agent", "signal %d: shutting down", signum);
+    pc_subscriber_close(ag->sub);
+    ag->sub = NULL;
+    uv_close((uv_handle_t *)&ag->sigint, NULL);
+    uv_close((uv_handle_t *)&ag->sigterm, NULL);
+}
+
+static int load_trusted_keys(agent *ag, pc_err *err)
+{
+    if (ag->cfg.trusted_key.count == 0)
+        return pc_err_set(err, PC_E_INVALID,
+                          "--trusted-key is required: the public key file of the controllers' "
+                          "signing key");
+    for (size_t i = 0; i < ag->cfg.trusted_key.count; i++) {
+        pc_public_key k;
+        int rc = pc_key_read_public(ag->cfg.trusted_key.items[i], &k, err);
+        if (rc == PC_OK)
+            rc = pc_keyring_add(&ag->trusted, &k, err);
+        if (rc != PC_OK)
+            return rc;
+    }
+    return PC_OK;
+}
+
+int main(int argc, char **argv)
+{
+    agent ag;
+    memset(&ag, 0, sizeof(ag));
+    pc_err err;
+    int exit_code = 1;
+    signal(SIGPIPE, SIG_IGN);
+    if (pc_crypto_init() != PC_OK) {
+        fprintf(stderr, "popcast-agent: libsodium failed to initialise\n");
+        return 1;
+    }
+    int rc = pc_config_load(options, &ag.cfg, argc, argv, &err);
+    if (rc == 1) {
+        pc_config_free(options, &ag.cfg);
+        return 0;
+    }
+    if (rc != PC_OK) {
+        fprintf(stderr, "popcast-agent: %s\n", err.msg);
+        goto out;
+    }
+    enum pc_log_level level;
+    if (pc_log_parse_level(ag.cfg.log_level, &level) != 0) {
+        fprintf(stderr, "popcast-agent: log_level must be debug, info, warn or error\n");
+        goto out;
+    }
+    pc_log_set_level(level);
+    char hostname[256] = "agent";
+    gethostname(hostname, sizeof(hostname) - 1);
+    snprintf(ag.agent_id, sizeof(ag.agent_id), "%s", ag.cfg.agent_id ? ag.cfg.agent_id : hostname);
+    if (!pc_id_valid(ag.agent_id) || !pc_id_valid(ag.cfg.pop)) {
+        fprintf(stderr, "popcast-agent: agent_id and pop must be [A-Za-z0-9._-]{1,128}\n");
+        goto out;
+    }
+    if (load_trusted_keys(&ag, &err) != PC_OK) {
+        fprintf(stderr, "popcast-agent: %s\n", err.msg);
+        goto out;
+    }
+    pc_store_options sopt = {.keep_history = false};
+    if (ensure_dir(ag.cfg.data_dir, &err) != PC_OK ||
+        pc_store_open(&ag.store, ag.cfg.data_dir, &sopt, &err) != PC_OK) {
+        pc_error("agent", "%s", err.msg);
+        goto out;
+    }
+    pc_lua_limits limits;
+    pc_lua_limits_default(&limits);
+    limits.memory_bytes = ag.cfg.lua_memory;
+    limits.instructions = ag.cfg.lua_instructions;
+    limits.wall_ms = ag.cfg.lua_wall_ms;
+    limits.response_bytes = ag.cfg.lua_response_max;
+    limits.max_isolates = ag.cfg.lua_max_isolates;
+    if ((ag.metrics = pc_metrics_new()) == NULL ||
+        (ag.lua = pc_lua_adapter_new(&limits, ag.metrics, &err)) == NULL) {
+        pc_error("agent", "cannot initialise the Lua runtime: %s", err.msg);
+        goto out;
+    }
+    ag.adapters[ag.n_adapters++] = ag.lua;
+    pc_applier_options aopt = {.store = ag.store,
+                               .trusted = &ag.trusted,
+                               .adapters = ag.adapters,
+                               .n_adapters = ag.n_adapters,
+                               .metrics = ag.metrics,
+                               .max_bundle = ag.cfg.max_bundle};
+    if (pc_applier_new(&ag.applier, &aopt, &err) != PC_OK) {
+        pc_error("agent", "%s", err.msg);
+        goto out;
+    }
+    /* Static stability: serve what LMDB holds before talking to anyone. */
+    size_t live = pc_applier_load(ag.applier);
+    pc_info("agent", "%zu tenants live from the local store (applied seq %llu)", live,
+            (unsigned long long)pc_applier_applied_seq(ag.applier));
+    pc_edge_options eopt = {.listen = ag.cfg.edge_listen,
+                            .threads = (unsigned)ag.cfg.edge_threads,
+                            .max_body = ag.cfg.edge_max_body,
+                            .adapters = ag.adapters,
+                            .n_adapters = ag.n_adapters,
+                            .metrics = ag.metrics};
+    if (pc_edge_start(&ag.edge, &eopt, &err) != PC_OK ||
+        pc_admin_start(&ag.admin, ag.cfg.admin_listen, ag.metrics, status, &ag, &err) != PC_OK) {
+        pc_error("agent", "%s", err.msg);
+        goto out;
+    }
+    uv_loop_init(&ag.loop);
+    pc_subscriber_options subopt = {.urls = &ag.cfg.subscribe,
+                                    .recvbuf = (int)ag.cfg.sub_recvbuf,
+                                    .recv_max = ag.cfg.max_bundle + 1024 * 1024,
+                                    .queue_max = ag.cfg.sub_queue};
+    if (pc_subscriber_open(&ag.sub, &ag.loop, &subopt, on_publication, &ag, &err) != PC_OK) {
+        pc_error("agent", "%s", err.msg);
+        uv_loop_close(&ag.loop);
+        goto out;
+    }
+    uv_signal_init(&ag.loop, &ag.sigint);
+    uv_signal_init(&ag.loop, &ag.sigterm);
+    ag.sigint.data = ag.sigterm.data = &ag;
+    uv_signal_start(&ag.sigint, on_signal, SIGINT);
+    uv_signal_start(&ag.sigterm, on_signal, SIGTERM);
+    pc_info("agent", "%s (pop %s) ready: edge %s, admin %s", ag.agent_id, ag.cfg.pop,
+            ag.cfg.edge_listen, ag.cfg.admin_listen);
+    uv_run(&ag.loop, UV_RUN_DEFAULT);
+    uv_loop_close(&ag.loop);
+    exit_code = 0;
+out:
+    pc_admin_stop(ag.admin);
+    pc_edge_stop(ag.edge);
+    pc_applier_free(ag.applier);
+    if (ag.lua)
+        ag.lua->destroy(ag.lua);
+    pc_metrics_free(ag.metrics);
+    pc_store_close(ag.store);
+    pc_config_free(options, &ag.cfg);
+    return exit_code;
+}

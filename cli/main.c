@@ -1,1 +1,434 @@
-int main(void) { return 0; }
+/* main.c - the popcast command: key generation and the controller's API
+ * from a shell. `popcast help` lists the commands; docs/cli.md has more.
+ *
+ * Exit status: 0 success, 1 the operation failed (the controller said no,
+ * or could not be reached), 2 the command line is wrong. */
+#include <errno.h>
+#include <jansson.h>
+#include <libgen.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "bundle.h"
+#include "crypto.h"
+#include "http_client.h"
+#include "names.h"
+
+#define DEFAULT_CONTROLLER "http://127.0.0.1:7070"
+#define DEFAULT_MAX_BUNDLE (64u * 1024 * 1024)
+#define TIMEOUT_MS         120000
+
+typedef struct cli {
+    const char *controller;
+    const char *token;
+    const char *token_file;
+    char token_buf[256];
+    bool json;
+    const char *entrypoint;
+    const char *runtime;
+    const char *out_dir;
+    const char *name;
+    const char *args[4];
+    int nargs;
+} cli;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: popcast COMMAND [options]\n\n"
+            "commands:\n"
+            "  keygen [--out DIR] [--name NAME]   write NAME.key (secret, 0600) and NAME.pub\n"
+            "  deploy TENANT PATH                 upload a file or directory as a new version\n"
+            "         [--entrypoint FILE] [--runtime NAME]\n"
+            "  versions TENANT                    list a tenant's versions\n"
+            "  rollback TENANT VERSION            make VERSION's content the new version\n"
+            "  delete TENANT                      stop serving a tenant\n"
+            "  status [TENANT]                    tenants, or one tenant's state\n\n"
+            "options:\n"
+            "  --controller URL   controller API (env POPCAST_CONTROLLER, default %s)\n"
+            "  --token TOKEN      API token (env POPCAST_TOKEN)\n"
+            "  --token-file FILE  file holding the API token (env POPCAST_TOKEN_FILE)\n"
+            "  --json             print the controller's JSON answer\n",
+            DEFAULT_CONTROLLER);
+}
+
+static int fail(const char *fmt, const char *a)
+{
+    fprintf(stderr, "popcast: ");
+    fprintf(stderr, fmt, a);
+    fprintf(stderr, "\n");
+    return 1;
+}
+
+static const char *token(cli *c)
+{
+    if (c->token != NULL)
+        return c->token;
+    const char *file = c->token_file ? c->token_file : getenv("POPCAST_TOKEN_FILE");
+    if (file != NULL) {
+        FILE *f = fopen(file, "r");
+        if (f == NULL) {
+            fprintf(stderr, "popcast: cannot read token file %s: %s\n", file, strerror(errno));
+            return NULL;
+        }
+        if (fgets(c->token_buf, sizeof(c->token_buf), f) == NULL)
+            c->token_buf[0] = '\0';
+        fclose(f);
+        c->token_buf[strcspn(c->token_buf, "\r\n")] = '\0';
+        return c->token_buf;
+    }
+    return getenv("POPCAST_TOKEN");
+}
+
+/* Calls the API; prints the error and returns NULL unless 2xx. */
+static json_t *call(cli *c, const char *method, const char *path, const char *content_type,
+                    const void *body, size_t len)
+{
+    const char *tok = token(c);
+    char auth[300];
+    const char *headers[7];
+    int h = 0;
+    if (tok != NULL) {
+        snprintf(auth, sizeof(auth), "Bearer %s", tok);
+        headers[h++] = "Authorization";
+        headers[h++] = auth;
+    }
+    if (content_type != NULL) {
+        headers[h++] = "Content-Type";
+        headers[h++] = content_type;
+    }
+    headers[h] = NULL;
+    pc_http_result r;
+    pc_err err;
+    if (pc_http_call(c->controller, method, path, headers, body, len, TIMEOUT_MS, &r, &err) !=
+        PC_OK) {
+        fprintf(stderr, "popcast: %s\n", err.msg);
+        return NULL;
+    }
+    json_error_t jerr;
+    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, &jerr);
+    if (r.status < 200 || r.status > 299) {
+        json_t *e = doc ? json_object_get(doc, "error") : NULL;
+        const char *msg = e ? json_string_value(json_object_get(e, "message")) : NULL;
+        fprintf(stderr, "popcast: %s %s: HTTP %d: %s\n", method, path, r.status,
+                msg ? msg : (const char *)r.body);
+        json_decref(doc);
+        doc = NULL;
+    } else if (doc == NULL) {
+        fprintf(stderr, "popcast: the controller's answer is not JSON: %s\n", jerr.text);
+    }
+    pc_http_result_free(&r);
+    return doc;
+}
+
+static void print_json(json_t *doc)
+{
+    char *s = json_dumps(doc, JSON_INDENT(2));
+    if (s != NULL)
+        printf("%s\n", s);
+    free(s);
+}
+
+static const char *str(json_t *o, const char *key)
+{
+    const char *s = json_string_value(json_object_get(o, key));
+    return s ? s : "-";
+}
+
+static long long num(json_t *o, const char *key)
+{
+    return (long long)json_integer_value(json_object_get(o, key));
+}
+
+static void format_time(long long unix_ms, char *out, size_t cap)
+{
+    time_t t = (time_t)(unix_ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static int cmd_keygen(cli *c)
+{
+    const char *dir = c->out_dir ? c->out_dir : ".";
+    const char *name = c->name ? c->name : "popcast-signing";
+    char sk_path[4096], pk_path[4096];
+    snprintf(sk_path, sizeof(sk_path), "%s/%s.key", dir, name);
+    snprintf(pk_path, sizeof(pk_path), "%s/%s.pub", dir, name);
+    pc_signing_key key;
+    pc_err err;
+    if (pc_keygen(&key) != PC_OK)
+        return fail("%s", "key generation failed");
+    int rc = pc_key_write_secret(sk_path, &key, &err);
+    if (rc == PC_OK && (rc = pc_key_write_public(pk_path, &key.pub, &err)) != PC_OK)
+        remove(sk_path);
+    char kid[PC_HEX_KEY_ID_LEN];
+    pc_hex(kid, key.pub.id, PC_KEY_ID_LEN);
+    pc_signing_key_wipe(&key);
+    if (rc != PC_OK)
+        return fail("%s", err.msg);
+    if (c->json) {
+        json_t *o =
+            json_pack("{s:s,s:s,s:s}", "secret_key", sk_path, "public_key", pk_path, "key_id", kid);
+        print_json(o);
+        json_decref(o);
+    } else {
+        printf("secret key %s (mode 0600: give it to controllers only)\n", sk_path);
+        printf("public key %s (give it to agents: --trusted-key)\n", pk_path);
+        printf("key id     %s\n", kid);
+    }
+    return 0;
+}
+
+static int read_file(const char *path, uint8_t **out, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return -1;
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || st.st_size > (off_t)DEFAULT_MAX_BUNDLE) {
+        fclose(f);
+        errno = EFBIG;
+        return -1;
+    }
+    *out = malloc((size_t)st.st_size + 1);
+    *len = *out ? fread(*out, 1, (size_t)st.st_size, f) : 0;
+    fclose(f);
+    return *out ? 0 : -1;
+}
+
+static int cmd_deploy(cli *c)
+{
+    const char *tenant = c->args[0], *path = c->args[1];
+    if (!pc_tenant_name_valid(tenant))
+        return fail("'%s' is not a tenant name (1 to 63 of a-z, 0-9, '-')", tenant);
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return fail("cannot read %s", path);
+    uint8_t *archive = NULL;
+    size_t archive_len = 0;
+    pc_err err;
+    if (S_ISDIR(st.st_mode)) {
+        if (pc_bundle_pack_dir(path, c->entrypoint, DEFAULT_MAX_BUNDLE, &archive, &archive_len,
+                               &err) != PC_OK)
+            return fail("%s", err.msg);
+    } else {
+        uint8_t *content = NULL;
+        size_t len = 0;
+        if (read_file(path, &content, &len) != 0)
+            return fail("cannot read %s", path);
+        char *copy = strdup(path);
+        const char *name = c->entrypoint ? c->entrypoint : basename(copy);
+        int rc = pc_bundle_pack_single(name, content, len, &archive, &archive_len, &err);
+        free(copy);
+        free(content);
+        if (rc != PC_OK)
+            return fail("%s", err.msg);
+    }
+    char url[512];
+    snprintf(url, sizeof(url), "/v1/tenants/%s/bundles?runtime=%s", tenant,
+             c->runtime ? c->runtime : "lua");
+    json_t *doc = call(c, "POST", url, "application/vnd.popcast.bundle", archive, archive_len);
+    free(archive);
+    if (doc == NULL)
+        return 1;
+    if (c->json)
+        print_json(doc);
+    else
+        printf("deployed %s version %lld (seq %lld, %lld bytes, hash %.16s...)\n", tenant,
+               num(doc, "version"), num(doc, "seq"), num(doc, "size"), str(doc, "hash"));
+    json_decref(doc);
+    return 0;
+}
+
+static int cmd_versions(cli *c)
+{
+    const char *tenant = c->args[0];
+    if (!pc_tenant_name_valid(tenant))
+        return fail("'%s' is not a tenant name", tenant);
+    char url[256];
+    snprintf(url, sizeof(url), "/v1/tenants/%s/versions", tenant);
+    json_t *doc = call(c, "GET", url, NULL, NULL, 0);
+    if (doc == NULL)
+        return 1;
+    if (c->json) {
+        print_json(doc);
+    } else {
+        printf("%-8s %-8s %-9s %-20s %-10s %-16s %s\n", "VERSION", "SEQ", "KIND", "CREATED", "SIZE",
+               "HASH", "NOTE");
+        size_t i;
+        json_t *v;
+        json_array_foreach(json_object_get(doc, "versions"), i, v)
+        {
+            char when[32], note[48] = "";
+            format_time(num(v, "created_unix_ms"), when, sizeof(when));
+            if (num(v, "rollback_of") != 0)
+                snprintf(note, sizeof(note), "content of v%lld", num(v, "rollback_of"));
+            printf("%-8lld %-8lld %-9s %-20s %-10lld %-16.16s %s\n", num(v, "version"),
+                   num(v, "seq"), str(v, "kind"), when, num(v, "size"), str(v, "hash"), note);
+        }
+    }
+    json_decref(doc);
+    return 0;
+}
+
+static int cmd_rollback(cli *c)
+{
+    const char *tenant = c->args[0];
+    char *end = NULL;
+    long long version = strtoll(c->args[1], &end, 10);
+    if (!pc_tenant_name_valid(tenant))
+        return fail("'%s' is not a tenant name", tenant);
+    if (*end != '\0' || version < 1)
+        return fail("'%s' is not a version number", c->args[1]);
+    char url[256], body[64];
+    snprintf(url, sizeof(url), "/v1/tenants/%s/rollback", tenant);
+    int n = snprintf(body, sizeof(body), "{\"version\": %lld}", version);
+    json_t *doc = call(c, "POST", url, "application/json", body, (size_t)n);
+    if (doc == NULL)
+        return 1;
+    if (c->json)
+        print_json(doc);
+    else
+        printf("rolled %s back to the content of version %lld as version %lld (seq %lld)\n", tenant,
+               version, num(doc, "version"), num(doc, "seq"));
+    json_decref(doc);
+    return 0;
+}
+
+static int cmd_delete(cli *c)
+{
+    const char *tenant = c->args[0];
+    if (!pc_tenant_name_valid(tenant))
+        return fail("'%s' is not a tenant name", tenant);
+    char url[256];
+    snprintf(url, sizeof(url), "/v1/tenants/%s", tenant);
+    json_t *doc = call(c, "DELETE", url, NULL, NULL, 0);
+    if (doc == NULL)
+        return 1;
+    if (c->json)
+        print_json(doc);
+    else
+        printf("deleted %s at version %lld (seq %lld)\n", tenant, num(doc, "version"),
+               num(doc, "seq"));
+    json_decref(doc);
+    return 0;
+}
+
+static int cmd_status(cli *c)
+{
+    char url[256];
+    if (c->nargs == 1) {
+        if (!pc_tenant_name_valid(c->args[0]))
+            return fail("'%s' is not a tenant name", c->args[0]);
+        snprintf(url, sizeof(url), "/v1/tenants/%s", c->args[0]);
+    } else {
+        snprintf(url, sizeof(url), "/v1/tenants");
+    }
+    json_t *doc = call(c, "GET", url, NULL, NULL, 0);
+    if (doc == NULL)
+        return 1;
+    if (c->json) {
+        print_json(doc);
+    } else if (c->nargs == 1) {
+        printf("tenant         %s\n", str(doc, "tenant"));
+        printf("active version %lld%s\n", num(doc, "active_version"),
+               json_is_true(json_object_get(doc, "deleted")) ? " (deleted)" : "");
+        printf("active seq     %lld\n", num(doc, "active_seq"));
+        printf("active hash    %s\n", str(doc, "active_hash"));
+        printf("versions       %zu\n", json_array_size(json_object_get(doc, "versions")));
+    } else {
+        printf("%-24s %-8s %-8s %s\n", "TENANT", "ACTIVE", "LAST", "STATE");
+        size_t i;
+        json_t *t;
+        json_array_foreach(json_object_get(doc, "tenants"), i, t)
+        {
+            printf("%-24s %-8lld %-8lld %s\n", str(t, "tenant"), num(t, "active_version"),
+                   num(t, "last_version"),
+                   json_is_true(json_object_get(t, "deleted")) ? "deleted" : "active");
+        }
+    }
+    json_decref(doc);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    cli c = {.controller = getenv("POPCAST_CONTROLLER")};
+    if (c.controller == NULL)
+        c.controller = DEFAULT_CONTROLLER;
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        const char **slot = NULL;
+        if (strcmp(a, "--json") == 0) {
+            c.json = true;
+            continue;
+        }
+        if (strcmp(a, "--controller") == 0)
+            slot = &c.controller;
+        else if (strcmp(a, "--token") == 0)
+            slot = &c.token;
+        else if (strcmp(a, "--token-file") == 0)
+            slot = &c.token_file;
+        else if (strcmp(a, "--entrypoint") == 0)
+            slot = &c.entrypoint;
+        else if (strcmp(a, "--runtime") == 0)
+            slot = &c.runtime;
+        else if (strcmp(a, "--out") == 0)
+            slot = &c.out_dir;
+        else if (strcmp(a, "--name") == 0)
+            slot = &c.name;
+        if (slot != NULL) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "popcast: %s needs a value\n", a);
+                return 2;
+            }
+            *slot = argv[++i];
+            continue;
+        }
+        if (strncmp(a, "--", 2) == 0) {
+            fprintf(stderr, "popcast: unknown option %s (see popcast help)\n", a);
+            return 2;
+        }
+        if (c.nargs == 4) {
+            fprintf(stderr, "popcast: too many arguments\n");
+            return 2;
+        }
+        c.args[c.nargs++] = a;
+    }
+    if (pc_crypto_init() != PC_OK)
+        return fail("%s", "libsodium failed to initialise");
+    struct {
+        const char *name;
+        int min, max;
+        int (*run)(cli *);
+    } cmds[] = {{"keygen", 0, 0, cmd_keygen},     {"deploy", 2, 2, cmd_deploy},
+                {"versions", 1, 1, cmd_versions}, {"rollback", 2, 2, cmd_rollback},
+                {"delete", 1, 1, cmd_delete},     {"status", 0, 1, cmd_status}};
+    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+        if (strcmp(cmd, cmds[i].name) != 0)
+            continue;
+        if (c.nargs < cmds[i].min || c.nargs > cmds[i].max) {
+            fprintf(stderr, "popcast: wrong number of arguments for %s\n\n", cmd);
+            usage(stderr);
+            return 2;
+        }
+        return cmds[i].run(&c);
+    }
+    fprintf(stderr, "popcast: unknown command '%s'\n\n", cmd);
+    usage(stderr);
+    return 2;
+}

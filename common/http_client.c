@@ -1,0 +1,84 @@
+/* http_client.c - blocking HTTP calls over nng (see http_client.h). */
+#include "http_client.h"
+
+#include <nng/nng.h>
+#include <nng/supplemental/http/http.h>
+#include <stdlib.h>
+#include <string.h>
+
+int pc_http_call(const char *base_url, const char *method, const char *path,
+                 const char *const *headers, const void *body, size_t body_len, int timeout_ms,
+                 pc_http_result *out, pc_err *err)
+{
+    memset(out, 0, sizeof(*out));
+    nng_url *url = NULL;
+    nng_http_client *client = NULL;
+    nng_http_req *req = NULL;
+    nng_http_res *res = NULL;
+    nng_aio *aio = NULL;
+    int rv = nng_url_parse(&url, base_url);
+    if (rv != 0)
+        return pc_err_set(err, PC_E_INVALID, "bad URL %s: %s", base_url, nng_strerror(rv));
+    if ((rv = nng_http_client_alloc(&client, url)) != 0 ||
+        (rv = nng_http_req_alloc(&req, url)) != 0 || (rv = nng_http_res_alloc(&res)) != 0 ||
+        (rv = nng_aio_alloc(&aio, NULL, NULL)) != 0 ||
+        (rv = nng_http_req_set_method(req, method)) != 0 ||
+        (rv = nng_http_req_set_uri(req, path)) != 0)
+        goto done;
+    for (size_t i = 0; headers != NULL && headers[i] != NULL && rv == 0; i += 2)
+        rv = nng_http_req_set_header(req, headers[i], headers[i + 1]);
+    if (rv == 0 && body != NULL)
+        rv = nng_http_req_set_data(req, body, body_len);
+    else if (rv == 0 && (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0))
+        rv = nng_http_req_set_header(req, "Content-Length", "0");
+    if (rv != 0)
+        goto done;
+    nng_aio_set_timeout(aio, timeout_ms > 0 ? timeout_ms : NNG_DURATION_INFINITE);
+    nng_http_client_transact(client, req, res, aio);
+    nng_aio_wait(aio);
+    rv = nng_aio_result(aio);
+    if (rv != 0)
+        goto done;
+    void *data = NULL;
+    size_t len = 0;
+    nng_http_res_get_data(res, &data, &len);
+    out->body = malloc(len + 1);
+    if (out->body == NULL) {
+        rv = NNG_ENOMEM;
+        goto done;
+    }
+    if (len > 0)
+        memcpy(out->body, data, len);
+    out->body[len] = '\0';
+    out->body_len = len;
+    out->status = nng_http_res_get_status(res);
+    out->res = res;
+    res = NULL;
+done:
+    if (aio)
+        nng_aio_free(aio);
+    if (res)
+        nng_http_res_free(res);
+    if (req)
+        nng_http_req_free(req);
+    if (client)
+        nng_http_client_free(client);
+    nng_url_free(url);
+    if (rv != 0)
+        return pc_err_set(err, rv == NNG_ETIMEDOUT ? PC_E_TIMEOUT : PC_E_UNAVAILABLE, "%s %s%s: %s",
+                          method, base_url, path, nng_strerror(rv));
+    return PC_OK;
+}
+
+const char *pc_http_result_header(const pc_http_result *r, const char *name)
+{
+    return r->res ? nng_http_res_get_header((nng_http_res *)r->res, name) : NULL;
+}
+
+void pc_http_result_free(pc_http_result *r)
+{
+    free(r->body);
+    if (r->res)
+        nng_http_res_free((nng_http_res *)r->res);
+    memset(r, 0, sizeof(*r));
+}

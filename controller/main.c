@@ -1,1 +1,251 @@
-int main(void) { return 0; }
+/* main.c - popcast-controller: accepts bundles over the REST API, versions
+ * and signs them, commits them to LMDB and publishes them to agents.
+ * docs/operations.md describes every option. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sodium.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "api.h"
+#include "config.h"
+#include "crypto.h"
+#include "log.h"
+#include "lua_engine.h"
+#include "metrics.h"
+#include "pipeline.h"
+#include "publisher.h"
+#include "store.h"
+
+typedef struct controller_config {
+    char *data_dir;
+    char *api_listen;
+    char *pub_listen;
+    char *signing_key;
+    char *admin_token_file;
+    char *node_id;
+    char *log_level;
+    uint64_t max_bundle;
+    uint64_t pub_sendbuf;
+    uint64_t max_pending;
+    pc_strlist runtimes;
+} controller_config;
+
+#define OPT(name, type, def, min, max, help)                                                       \
+    {                                                                                              \
+#name, type, offsetof(controller_config, name), def, min, max, help                        \
+    }
+static const pc_cfg_option options[] = {
+    OPT(data_dir, PC_CFG_STRING, "/var/lib/popcast/controller", 0, 0,
+        "directory of the controller's LMDB store"),
+    OPT(api_listen, PC_CFG_STRING, "http://127.0.0.1:7070", 0, 0, "REST API address"),
+    OPT(pub_listen, PC_CFG_STRING, "tcp://127.0.0.1:7071", 0, 0,
+        "nng pub address agents subscribe to"),
+    OPT(signing_key, PC_CFG_STRING, NULL, 0, 0,
+        "Ed25519 secret key file (popcast keygen); required"),
+    OPT(admin_token_file, PC_CFG_STRING, NULL, 0, 0,
+        "file holding the admin API token; created (mode 0600) if missing "
+        "(default: DATA_DIR/admin.token)"),
+    OPT(node_id, PC_CFG_STRING, NULL, 0, 0, "this controller's name (default: host name)"),
+    OPT(log_level, PC_CFG_STRING, "info", 0, 0, "debug, info, warn or error"),
+    OPT(max_bundle, PC_CFG_SIZE, "64MiB", 1, (uint64_t)1 << 30, "largest bundle accepted"),
+    OPT(pub_sendbuf, PC_CFG_U64, "128", 1, 8192,
+        "messages queued per subscriber before pub/sub drops for it"),
+    OPT(max_pending, PC_CFG_U64, "1024", 1, 1 << 20, "writes queued before the API answers 503"),
+    OPT(runtimes, PC_CFG_LIST, "lua", 0, 0, "runtime names uploads may name"),
+    {NULL, 0, 0, NULL, 0, 0, NULL},
+};
+
+static int ensure_dir(const char *path, pc_err *err)
+{
+    char buf[4096];
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(buf, 0700) != 0 && errno != EEXIST)
+                return pc_err_set(err, PC_E_IO, "cannot create %s: %s", buf, strerror(errno));
+            *p = '/';
+        }
+    }
+    if (mkdir(buf, 0700) != 0 && errno != EEXIST)
+        return pc_err_set(err, PC_E_IO, "cannot create %s: %s", buf, strerror(errno));
+    return PC_OK;
+}
+
+/* The admin token: read it, or create a random one on first start so the
+ * API is never open to anyone (docs/security.md: bootstrap). */
+static int load_admin_token(const char *path, uint8_t hash[PC_HASH_LEN], pc_err *err)
+{
+    char token[256];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+        uint8_t raw[32];
+        randombytes_buf(raw, sizeof(raw));
+        pc_hex(token, raw, sizeof(raw));
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0)
+            return pc_err_set(err, PC_E_IO, "cannot create %s: %s", path, strerror(errno));
+        ssize_t w = write(fd, token, strlen(token));
+        int ok = w == (ssize_t)strlen(token) && write(fd, "\n", 1) == 1 && fsync(fd) == 0;
+        close(fd);
+        if (!ok)
+            return pc_err_set(err, PC_E_IO, "cannot write %s", path);
+        pc_info("controller", "created admin token in %s (keep it secret)", path);
+        pc_hash(hash, token, strlen(token));
+        sodium_memzero(token, sizeof(token));
+        return PC_OK;
+    }
+    if (fd < 0)
+        return pc_err_set(err, PC_E_IO, "cannot open %s: %s", path, strerror(errno));
+    ssize_t n = read(fd, token, sizeof(token) - 1);
+    close(fd);
+    if (n <= 0)
+        return pc_err_set(err, PC_E_INVALID, "%s is empty or unreadable", path);
+    token[n] = '\0';
+    token[strcspn(token, "\r\n")] = '\0';
+    if (strlen(token) < 16)
+        return pc_err_set(err, PC_E_INVALID, "%s: the admin token must be at least 16 characters",
+                          path);
+    pc_hash(hash, token, strlen(token));
+    sodium_memzero(token, sizeof(token));
+    return PC_OK;
+}
+
+typedef struct controller {
+    controller_config cfg;
+    uv_loop_t loop;
+    uv_signal_t sigint, sigterm;
+    pc_store *store;
+    pc_signing_key key;
+    pc_metrics *metrics;
+    pc_adapter *lua;
+    pc_publisher *pub;
+    pc_pipeline *pipeline;
+    pc_api *api;
+} controller;
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    controller *c = h->data;
+    pc_info("controller", "signal %d: shutting down", signum);
+    /* Fail queued writes first: stopping the HTTP server waits for every
+     * handler, and a handler may be waiting on a queued write. */
+    pc_pipeline_shutdown(c->pipeline);
+    pc_api_stop(c->api);
+    c->api = NULL;
+    pc_pipeline_close(c->pipeline);
+    c->pipeline = NULL;
+    uv_close((uv_handle_t *)&c->sigint, NULL);
+    uv_close((uv_handle_t *)&c->sigterm, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    controller c;
+    memset(&c, 0, sizeof(c));
+    pc_err err;
+    int exit_code = 1;
+    signal(SIGPIPE, SIG_IGN);
+    if (pc_crypto_init() != PC_OK) {
+        fprintf(stderr, "popcast-controller: libsodium failed to initialise\n");
+        return 1;
+    }
+    int rc = pc_config_load(options, &c.cfg, argc, argv, &err);
+    if (rc == 1) {
+        pc_config_free(options, &c.cfg);
+        return 0;
+    }
+    if (rc != PC_OK) {
+        fprintf(stderr, "popcast-controller: %s\n", err.msg);
+        goto out;
+    }
+    enum pc_log_level level;
+    if (pc_log_parse_level(c.cfg.log_level, &level) != 0) {
+        fprintf(stderr, "popcast-controller: log_level must be debug, info, warn or error\n");
+        goto out;
+    }
+    pc_log_set_level(level);
+    if (c.cfg.signing_key == NULL) {
+        fprintf(stderr, "popcast-controller: --signing-key is required (create one with "
+                        "`popcast keygen`)\n");
+        goto out;
+    }
+    char hostname[256] = "controller";
+    gethostname(hostname, sizeof(hostname) - 1);
+    const char *node_id = c.cfg.node_id ? c.cfg.node_id : hostname;
+    if (!pc_id_valid(node_id)) {
+        fprintf(stderr, "popcast-controller: node_id must be [A-Za-z0-9._-]{1,128}\n");
+        goto out;
+    }
+    char token_path[4096];
+    snprintf(token_path, sizeof(token_path), "%s/admin.token", c.cfg.data_dir);
+    if (c.cfg.admin_token_file != NULL)
+        snprintf(token_path, sizeof(token_path), "%s", c.cfg.admin_token_file);
+
+    pc_api_options api_opt = {.listen_url = c.cfg.api_listen,
+                              .node_id = node_id,
+                              .max_bundle = c.cfg.max_bundle,
+                              .runtimes = &c.cfg.runtimes};
+    pc_store_options sopt = {.keep_history = true};
+    pc_lua_limits limits;
+    pc_lua_limits_default(&limits);
+    if (ensure_dir(c.cfg.data_dir, &err) != PC_OK ||
+        pc_key_read_secret(c.cfg.signing_key, &c.key, &err) != PC_OK ||
+        load_admin_token(token_path, api_opt.admin_token_hash, &err) != PC_OK ||
+        pc_store_open(&c.store, c.cfg.data_dir, &sopt, &err) != PC_OK) {
+        pc_error("controller", "%s", err.msg);
+        goto out;
+    }
+    if ((c.metrics = pc_metrics_new()) == NULL ||
+        (c.lua = pc_lua_adapter_new(&limits, NULL, &err)) == NULL) {
+        pc_error("controller", "cannot initialise: %s", err.msg);
+        goto out;
+    }
+    api_opt.lua = c.lua;
+    uv_loop_init(&c.loop);
+    if (pc_publisher_open(&c.pub, c.cfg.pub_listen, (int)c.cfg.pub_sendbuf,
+                          c.cfg.max_bundle + 65536, &err) != PC_OK ||
+        pc_pipeline_new(&c.pipeline, &c.loop, c.store, &c.key, c.pub, c.cfg.max_pending, &err) !=
+            PC_OK ||
+        pc_api_start(&c.api, &api_opt, c.store, c.pipeline, c.metrics, &err) != PC_OK) {
+        pc_error("controller", "%s", err.msg);
+        goto out_loop;
+    }
+    uv_signal_init(&c.loop, &c.sigint);
+    uv_signal_init(&c.loop, &c.sigterm);
+    c.sigint.data = c.sigterm.data = &c;
+    uv_signal_start(&c.sigint, on_signal, SIGINT);
+    uv_signal_start(&c.sigterm, on_signal, SIGTERM);
+    char kid[PC_HEX_KEY_ID_LEN];
+    pc_hex(kid, c.key.pub.id, PC_KEY_ID_LEN);
+    pc_info("controller", "%s ready: api %s, publishing on %s, signing key %s", node_id,
+            c.cfg.api_listen, c.cfg.pub_listen, kid);
+    uv_run(&c.loop, UV_RUN_DEFAULT);
+    exit_code = 0;
+
+out_loop:
+    if (c.pipeline != NULL)
+        pc_pipeline_shutdown(c.pipeline);
+    pc_api_stop(c.api);
+    if (c.pipeline != NULL)
+        pc_pipeline_close(c.pipeline);
+    uv_run(&c.loop, UV_RUN_DEFAULT); /* let closed handles finish */
+    uv_loop_close(&c.loop);
+    pc_publisher_close(c.pub);
+out:
+    if (c.lua)
+        c.lua->destroy(c.lua);
+    pc_metrics_free(c.metrics);
+    pc_store_close(c.store);
+    pc_signing_key_wipe(&c.key);
+    pc_config_free(options, &c.cfg);
+    return exit_code;
+}

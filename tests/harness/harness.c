@@ -1,1 +1,490 @@
-int pc_test_harness_placeholder;
+/* harness.c - integration test fixtures (see harness.h). */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#define MAX_PROCS 256
+
+static pc_proc *procs[MAX_PROCS];
+
+static void kill_all(void)
+{
+    for (int i = 0; i < MAX_PROCS; i++) {
+        if (procs[i] != NULL && !procs[i]->exited) {
+            kill(procs[i]->pid, SIGKILL);
+            waitpid(procs[i]->pid, NULL, 0);
+        }
+    }
+}
+
+void pc_test_init(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    assert_int_equal(pc_crypto_init(), PC_OK);
+    static int registered;
+    if (!registered) {
+        atexit(kill_all);
+        registered = 1;
+    }
+}
+
+int64_t pc_test_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void pc_test_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+void pc_test_tmpdir(char *out, size_t cap, const char *prefix)
+{
+    const char *base = getenv("POPCAST_TEST_TMP");
+    if (base == NULL)
+        base = "/tmp";
+    mkdir(base, 0700);
+    snprintf(out, cap, "%s/%s-XXXXXX", base, prefix);
+    assert_non_null(mkdtemp(out));
+}
+
+void pc_test_rm_rf(const char *path)
+{
+    DIR *d = opendir(path);
+    if (d == NULL) {
+        unlink(path);
+        return;
+    }
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        char child[1024];
+        snprintf(child, sizeof(child), "%s/%s", path, de->d_name);
+        struct stat st;
+        if (lstat(child, &st) == 0 && S_ISDIR(st.st_mode))
+            pc_test_rm_rf(child);
+        else
+            unlink(child);
+    }
+    closedir(d);
+    rmdir(path);
+}
+
+int pc_test_free_port(void)
+{
+    /* Bind to port 0 and let the kernel pick; the race with another
+     * process taking it before the daemon binds is accepted. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    socklen_t len = sizeof(sa);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+void pc_test_write_file(const char *path, const void *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, len, f), len);
+    fclose(f);
+}
+
+char *pc_test_source_file(const char *relpath, size_t *len)
+{
+    const char *src = getenv("POPCAST_SOURCE_DIR");
+    assert_non_null(src);
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/%s", src, relpath);
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    char *buf = malloc((size_t)n + 1);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    buf[n] = '\0';
+    fclose(f);
+    if (len)
+        *len = (size_t)n;
+    return buf;
+}
+
+pc_proc *pc_proc_spawn(const char *name, char *const argv[], const char *log)
+{
+    pc_proc *p = calloc(1, sizeof(*p));
+    assert_non_null(p);
+    snprintf(p->name, sizeof(p->name), "%s", name);
+    snprintf(p->log, sizeof(p->log), "%s", log);
+    p->pid = fork();
+    assert_true(p->pid >= 0);
+    if (p->pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        signal(SIGPIPE, SIG_DFL);
+        execv(argv[0], argv);
+        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    for (int i = 0; i < MAX_PROCS; i++) {
+        if (procs[i] == NULL) {
+            procs[i] = p;
+            break;
+        }
+    }
+    return p;
+}
+
+static void reap(pc_proc *p, int block)
+{
+    if (p->exited)
+        return;
+    int status = 0;
+    pid_t r = waitpid(p->pid, &status, block ? 0 : WNOHANG);
+    if (r == p->pid) {
+        p->exited = 1;
+        p->status = status;
+    }
+}
+
+bool pc_proc_alive(pc_proc *p)
+{
+    reap(p, 0);
+    return !p->exited;
+}
+
+int pc_proc_stop(pc_proc *p)
+{
+    if (p == NULL)
+        return 0;
+    reap(p, 0);
+    if (!p->exited) {
+        kill(p->pid, SIGTERM);
+        int64_t deadline = pc_test_now_ms() + 20000;
+        while (pc_test_now_ms() < deadline) {
+            reap(p, 0);
+            if (p->exited)
+                break;
+            pc_test_sleep_ms(20);
+        }
+        if (!p->exited) {
+            fprintf(stderr, "harness: %s did not stop on SIGTERM; killing it\n", p->name);
+            kill(p->pid, SIGKILL);
+            reap(p, 1);
+        }
+    }
+    return p->status;
+}
+
+void pc_proc_kill9(pc_proc *p)
+{
+    if (p == NULL)
+        return;
+    reap(p, 0);
+    if (!p->exited) {
+        kill(p->pid, SIGKILL);
+        reap(p, 1);
+    }
+}
+
+void pc_proc_free(pc_proc *p)
+{
+    if (p == NULL)
+        return;
+    pc_proc_kill9(p);
+    for (int i = 0; i < MAX_PROCS; i++)
+        if (procs[i] == p)
+            procs[i] = NULL;
+    free(p);
+}
+
+void pc_proc_dump_log(pc_proc *p)
+{
+    FILE *f = fopen(p->log, "r");
+    if (f == NULL)
+        return;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, n > 8000 ? n - 8000 : 0, SEEK_SET);
+    char buf[8001];
+    size_t got = fread(buf, 1, sizeof(buf) - 1, f);
+    buf[got] = '\0';
+    fclose(f);
+    fprintf(stderr, "---- %s log (%s), last lines ----\n%s\n---- end ----\n", p->name, p->log, buf);
+}
+
+void pc_test_env_init(pc_test_env *env)
+{
+    memset(env, 0, sizeof(*env));
+    pc_test_init();
+    pc_test_tmpdir(env->root, sizeof(env->root), "popcast-it");
+    snprintf(env->key_path, sizeof(env->key_path), "%s/signing.key", env->root);
+    snprintf(env->pub_path, sizeof(env->pub_path), "%s/signing.pub", env->root);
+    snprintf(env->token_path, sizeof(env->token_path), "%s/admin.token", env->root);
+    pc_err err;
+    assert_int_equal(pc_keygen(&env->key), PC_OK);
+    assert_int_equal(pc_key_write_secret(env->key_path, &env->key, &err), PC_OK);
+    assert_int_equal(pc_key_write_public(env->pub_path, &env->key.pub, &err), PC_OK);
+    uint8_t raw[24];
+    for (size_t i = 0; i < sizeof(raw); i++)
+        raw[i] = (uint8_t)rand();
+    pc_hex(env->token, raw, sizeof(raw));
+    int fd = open(env->token_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, env->token, strlen(env->token)), (ssize_t)strlen(env->token));
+    close(fd);
+}
+
+void pc_test_env_cleanup(pc_test_env *env)
+{
+    kill_all();
+    if (getenv("POPCAST_TEST_KEEP") == NULL)
+        pc_test_rm_rf(env->root);
+}
+
+static bool wait_health(const char *base, const char *path, pc_proc *p)
+{
+    int64_t deadline = pc_test_now_ms() + PC_TEST_START_TIMEOUT_MS;
+    while (pc_test_now_ms() < deadline) {
+        if (!pc_proc_alive(p))
+            return false;
+        pc_http_result r;
+        if (pc_http_call(base, "GET", path, NULL, NULL, 0, 2000, &r, NULL) == PC_OK) {
+            int ok = r.status == 200;
+            pc_http_result_free(&r);
+            if (ok)
+                return true;
+        }
+        pc_test_sleep_ms(50);
+    }
+    return false;
+}
+
+static char *bin(const char *env_name)
+{
+    char *b = getenv(env_name);
+    if (b == NULL)
+        fail_msg("%s is not set (run the tests through ctest)", env_name);
+    return b;
+}
+
+void pc_test_controller_start(pc_test_env *env, pc_test_controller *c, const char *const *extra)
+{
+    if (c->api_port == 0) {
+        pc_test_tmpdir(c->dir, sizeof(c->dir), "ctl");
+        c->api_port = pc_test_free_port();
+        c->pub_port = pc_test_free_port();
+        snprintf(c->api_url, sizeof(c->api_url), "http://127.0.0.1:%d", c->api_port);
+        snprintf(c->pub_url, sizeof(c->pub_url), "tcp://127.0.0.1:%d", c->pub_port);
+    }
+    char *argv[64];
+    int n = 0;
+    argv[n++] = bin("POPCAST_CONTROLLER_BIN");
+    argv[n++] = "--data-dir";
+    argv[n++] = c->dir;
+    argv[n++] = "--api-listen";
+    argv[n++] = c->api_url;
+    argv[n++] = "--pub-listen";
+    argv[n++] = c->pub_url;
+    argv[n++] = "--signing-key";
+    argv[n++] = env->key_path;
+    argv[n++] = "--admin-token-file";
+    argv[n++] = env->token_path;
+    for (size_t i = 0; extra != NULL && extra[i] != NULL && n < 62; i++)
+        argv[n++] = (char *)extra[i];
+    argv[n] = NULL;
+    char log[400];
+    snprintf(log, sizeof(log), "%s/controller.log", c->dir);
+    c->proc = pc_proc_spawn("controller", argv, log);
+    if (!wait_health(c->api_url, "/v1/health", c->proc)) {
+        pc_proc_dump_log(c->proc);
+        fail_msg("controller did not become healthy on %s", c->api_url);
+    }
+}
+
+void pc_test_controller_stop(pc_test_controller *c)
+{
+    pc_proc_stop(c->proc);
+    pc_proc_free(c->proc);
+    c->proc = NULL;
+}
+
+void pc_test_agent_start(pc_test_env *env, pc_test_agent *a, const char *id,
+                         const char *const *subscribe, const char *const *extra)
+{
+    if (a->edge_port == 0) {
+        pc_test_tmpdir(a->dir, sizeof(a->dir), "agent");
+        snprintf(a->id, sizeof(a->id), "%s", id);
+        a->edge_port = pc_test_free_port();
+        a->admin_port = pc_test_free_port();
+        snprintf(a->edge_url, sizeof(a->edge_url), "http://127.0.0.1:%d", a->edge_port);
+        snprintf(a->admin_url, sizeof(a->admin_url), "http://127.0.0.1:%d", a->admin_port);
+    }
+    char edge[64];
+    snprintf(edge, sizeof(edge), "127.0.0.1:%d", a->edge_port);
+    char *argv[64];
+    int n = 0;
+    argv[n++] = bin("POPCAST_AGENT_BIN");
+    argv[n++] = "--data-dir";
+    argv[n++] = a->dir;
+    argv[n++] = "--agent-id";
+    argv[n++] = a->id;
+    argv[n++] = "--edge-listen";
+    argv[n++] = edge;
+    argv[n++] = "--admin-listen";
+    argv[n++] = a->admin_url;
+    argv[n++] = "--trusted-key";
+    argv[n++] = env->pub_path;
+    argv[n++] = "--edge-threads";
+    argv[n++] = "2";
+    for (size_t i = 0; subscribe != NULL && subscribe[i] != NULL && n < 40; i++) {
+        argv[n++] = "--subscribe";
+        argv[n++] = (char *)subscribe[i];
+    }
+    for (size_t i = 0; extra != NULL && extra[i] != NULL && n < 62; i++)
+        argv[n++] = (char *)extra[i];
+    argv[n] = NULL;
+    char log[400];
+    snprintf(log, sizeof(log), "%s/agent.log", a->dir);
+    a->proc = pc_proc_spawn(a->id, argv, log);
+    if (!wait_health(a->admin_url, "/v1/health", a->proc)) {
+        pc_proc_dump_log(a->proc);
+        fail_msg("agent %s did not become healthy on %s", id, a->admin_url);
+    }
+}
+
+void pc_test_agent_stop(pc_test_agent *a)
+{
+    pc_proc_stop(a->proc);
+    pc_proc_free(a->proc);
+    a->proc = NULL;
+}
+
+int pc_test_api(pc_test_env *env, pc_test_controller *c, const char *method, const char *path,
+                const char *content_type, const void *body, size_t len, pc_http_result *r)
+{
+    char auth[128];
+    snprintf(auth, sizeof(auth), "Bearer %s", env->token);
+    const char *headers[] = {"Authorization", auth, content_type ? "Content-Type" : NULL,
+                             content_type, NULL};
+    pc_err err;
+    if (pc_http_call(c->api_url, method, path, headers, body, len, 60000, r, &err) != PC_OK) {
+        fprintf(stderr, "harness: %s\n", err.msg);
+        return -1;
+    }
+    return r->status;
+}
+
+uint64_t pc_test_deploy_lua(pc_test_env *env, pc_test_controller *c, const char *tenant,
+                            const char *source)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/tenants/%s/bundles", tenant);
+    pc_http_result r;
+    int status = pc_test_api(env, c, "POST", path, "text/x-lua", source, strlen(source), &r);
+    if (status != 201) {
+        fprintf(stderr, "deploy %s: HTTP %d %s\n", tenant, status, r.body ? (char *)r.body : "");
+        pc_http_result_free(&r);
+        fail_msg("deploy of %s failed", tenant);
+    }
+    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    assert_non_null(doc);
+    uint64_t version = (uint64_t)json_integer_value(json_object_get(doc, "version"));
+    json_decref(doc);
+    pc_http_result_free(&r);
+    assert_true(version > 0);
+    return version;
+}
+
+void pc_test_lua_hello(char *out, size_t cap, const char *body)
+{
+    snprintf(out, cap,
+             "return function(req)\n"
+             "  return { status = 200, headers = { [\"content-type\"] = \"text/plain\" },\n"
+             "           body = \"%s\" }\n"
+             "end\n",
+             body);
+}
+
+int pc_test_edge_get(pc_test_agent *a, const char *tenant, const char *path, uint64_t *version,
+                     char *body, size_t body_cap)
+{
+    const char *headers[] = {"X-Popcast-Tenant", tenant, NULL};
+    pc_http_result r;
+    if (version)
+        *version = 0;
+    if (pc_http_call(a->edge_url, "GET", path, headers, NULL, 0, 10000, &r, NULL) != PC_OK)
+        return 0;
+    const char *v = pc_http_result_header(&r, "X-Popcast-Version");
+    if (version && v)
+        *version = strtoull(v, NULL, 10);
+    if (body && body_cap) {
+        snprintf(body, body_cap, "%s", (const char *)r.body);
+    }
+    int status = r.status;
+    pc_http_result_free(&r);
+    return status;
+}
+
+bool pc_test_wait_version(pc_test_agent *a, const char *tenant, uint64_t version, int timeout_ms)
+{
+    int64_t deadline = pc_test_now_ms() + timeout_ms;
+    while (pc_test_now_ms() < deadline) {
+        uint64_t v = 0;
+        if (pc_test_edge_get(a, tenant, "/", &v, NULL, 0) == 200 && v == version)
+            return true;
+        pc_test_sleep_ms(25);
+    }
+    return false;
+}
+
+json_t *pc_test_agent_status(pc_test_agent *a)
+{
+    pc_http_result r;
+    if (pc_http_call(a->admin_url, "GET", "/v1/status", NULL, NULL, 0, 10000, &r, NULL) != PC_OK)
+        return NULL;
+    json_t *doc = r.status == 200 ? json_loadb((const char *)r.body, r.body_len, 0, NULL) : NULL;
+    pc_http_result_free(&r);
+    return doc;
+}
+
+uint64_t pc_test_agent_metric(pc_test_agent *a, const char *name_with_labels)
+{
+    json_t *s = pc_test_agent_status(a);
+    if (s == NULL)
+        return 0;
+    uint64_t v = (uint64_t)json_integer_value(
+        json_object_get(json_object_get(s, "metrics"), name_with_labels));
+    json_decref(s);
+    return v;
+}

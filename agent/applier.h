@@ -1,0 +1,68 @@
+/* applier.h - the agent's state machine for committed entries: verify,
+ * store, make live, and remember what was refused.
+ *
+ * For every entry, in order (docs/protocol.md, "agent"):
+ *   1. verify: trusted key, signature over the exact manifest bytes, the
+ *      bundle's size and BLAKE2b-256 against the manifest;
+ *   2. order: seq == applied + 1 (lower: duplicate/replay, ignored; higher:
+ *      a gap, which catch-up must fill first);
+ *   3. anti-rollback: version above every version the tenant ever had;
+ *   4. store: blob, tenant pointer and applied seq in ONE LMDB transaction;
+ *   5. make live: the tenant's runtime adapter prepares the version off the
+ *      request path and swaps it in; on failure the old version keeps
+ *      serving and the entry is nacked with the runtime's error.
+ * Every refusal is counted (popcast_agent_refused_total{reason}) and
+ * logged; refusals of entries that passed verification become nacks.
+ *
+ * Runs on the agent's loop thread; the status getters may be called from
+ * any thread. */
+#ifndef PC_APPLIER_H
+#define PC_APPLIER_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "adapter.h"
+#include "crypto.h"
+#include "err.h"
+#include "metrics.h"
+#include "popcast.pb-c.h"
+#include "store.h"
+
+typedef struct pc_applier pc_applier;
+
+typedef struct pc_applier_options {
+    pc_store *store;
+    const pc_keyring *trusted;
+    pc_adapter **adapters; /* by Manifest.runtime */
+    size_t n_adapters;
+    pc_metrics *metrics;
+    size_t max_bundle;
+} pc_applier_options;
+
+int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err);
+void pc_applier_free(pc_applier *a);
+
+/* Startup: makes every tenant's stored version live, straight from LMDB,
+ * with no controller involved (static stability). A tenant whose active
+ * version fails to load falls back to its last live version. Returns the
+ * number of tenants made live. */
+size_t pc_applier_load(pc_applier *a);
+
+/* One pub/sub message (a Publication). Never fails: bad input is counted,
+ * logged and dropped. */
+void pc_applier_on_publication(pc_applier *a, const uint8_t *data, size_t len);
+
+/* Applies one entry (from pub/sub or catch-up). Returns PC_OK when applied
+ * (live or nacked), PC_E_DUPLICATE for an already applied seq, PC_E_SEQ_GAP
+ * when entries are missing before it, or the refusal's error. */
+int pc_applier_apply_entry(pc_applier *a, const Popcast__Entry *e, pc_err *err);
+
+uint64_t pc_applier_applied_seq(pc_applier *a);
+
+/* Status as JSON (docs/api.md, agent /v1/status): applied seq, tenants
+ * with applied and live versions, recent nacks, refusal counters. */
+json_t *pc_applier_status_json(pc_applier *a);
+
+#endif

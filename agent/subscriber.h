@@ -1,0 +1,43 @@
+/* subscriber.h - the agent's nng sub socket, bridged into its libuv loop.
+ *
+ * nng receives on its own threads; each message is queued and the loop is
+ * woken with uv_async_send, so every message is handled on the loop thread
+ * in arrival order. The queue is bounded: when the loop falls behind,
+ * messages are dropped and counted, exactly like a full pub/sub queue, and
+ * the seq gap they leave is repaired by catch-up. */
+#ifndef PC_SUBSCRIBER_H
+#define PC_SUBSCRIBER_H
+
+#include <nng/nng.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "err.h"
+
+typedef struct pc_subscriber pc_subscriber;
+
+/* Called on the loop thread with one received message body; the callee
+ * does not keep data after returning. */
+typedef void (*pc_subscriber_cb)(void *arg, const uint8_t *data, size_t len);
+
+typedef struct pc_subscriber_options {
+    const pc_strlist *urls; /* pub addresses of controllers or relays */
+    int recvbuf;            /* nng receive queue, messages */
+    size_t recv_max;        /* largest message accepted (bytes) */
+    size_t queue_max;       /* messages waiting for the loop */
+} pc_subscriber_options;
+
+/* Dials every url without waiting: an agent starts and serves with no
+ * controller reachable, and nng keeps redialling in the background. */
+int pc_subscriber_open(pc_subscriber **out, uv_loop_t *loop, const pc_subscriber_options *opt,
+                       pc_subscriber_cb cb, void *arg, pc_err *err);
+/* Loop thread. Stops receiving; the struct is freed once the loop has
+ * closed its handle. */
+void pc_subscriber_close(pc_subscriber *s);
+
+/* Messages received and dropped (queue full) since open. */
+void pc_subscriber_counts(pc_subscriber *s, uint64_t *received, uint64_t *dropped);
+
+#endif

@@ -1,0 +1,27 @@
+/* http_client.h - one blocking HTTP request over nng's HTTP client, for the
+ * popcast CLI and the tests. */
+#ifndef PC_HTTP_CLIENT_H
+#define PC_HTTP_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+
+typedef struct pc_http_result {
+    int status;
+    uint8_t *body; /* NUL-terminated copy */
+    size_t body_len;
+    void *res; /* the nng_http_res, for header lookups */
+} pc_http_result;
+
+/* base_url: "http://127.0.0.1:7070"; path: "/v1/health?x=1". headers:
+ * name, value, ..., NULL (may be NULL). A transport failure or timeout is
+ * an error (PC_E_UNAVAILABLE / PC_E_TIMEOUT); any HTTP status is success. */
+int pc_http_call(const char *base_url, const char *method, const char *path,
+                 const char *const *headers, const void *body, size_t body_len, int timeout_ms,
+                 pc_http_result *out, pc_err *err);
+const char *pc_http_result_header(const pc_http_result *r, const char *name);
+void pc_http_result_free(pc_http_result *r);
+
+#endif

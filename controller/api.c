@@ -1,0 +1,535 @@
+/* api.c - REST API routes (see api.h). */
+#include "api.h"
+
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bundle.h"
+#include "envelope.h"
+#include "httpd.h"
+#include "log.h"
+#include "names.h"
+
+#define JSON_BODY_MAX (64 * 1024)
+
+struct pc_api {
+    pc_api_options opt;
+    char *node_id;
+    pc_store *store;
+    pc_pipeline *pipeline;
+    pc_metrics *metrics;
+    nng_http_server *server;
+};
+
+/* Authentication: the admin bearer token, compared as BLAKE2b hashes in
+ * constant time so neither its length nor its prefix leaks. */
+static int authorized(pc_api *api, nng_http_req *req)
+{
+    const char *h = nng_http_req_get_header(req, "Authorization");
+    if (h == NULL || strncmp(h, "Bearer ", 7) != 0)
+        return 0;
+    uint8_t got[PC_HASH_LEN];
+    pc_hash(got, h + 7, strlen(h + 7));
+    return sodium_memcmp(got, api->opt.admin_token_hash, PC_HASH_LEN) == 0;
+}
+
+static json_t *hash_json(const uint8_t *hash, size_t len)
+{
+    char hex[PC_HEX_HASH_LEN];
+    if (len != PC_HASH_LEN)
+        return json_null();
+    pc_hex(hex, hash, PC_HASH_LEN);
+    return json_string(hex);
+}
+
+static const char *kind_name(Popcast__EntryKind k)
+{
+    switch (k) {
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY: return "deploy";
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_ROLLBACK: return "rollback";
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE: return "delete";
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION: return "key_rotation";
+    default: return "unknown";
+    }
+}
+
+/* One version as JSON, from its stored manifest. */
+static json_t *version_json(pc_api *api, uint64_t seq)
+{
+    Popcast__LogRecord *rec = NULL;
+    if (pc_store_get_log(api->store, seq, &rec, NULL) != PC_OK)
+        return NULL;
+    Popcast__Manifest *m = NULL;
+    if (rec->signed_ != NULL)
+        m = popcast__manifest__unpack(NULL, rec->signed_->manifest.len,
+                                      rec->signed_->manifest.data);
+    popcast__log_record__free_unpacked(rec, NULL);
+    if (m == NULL)
+        return NULL;
+    char kid[PC_HEX_KEY_ID_LEN] = "";
+    if (m->key_id.len == PC_KEY_ID_LEN)
+        pc_hex(kid, m->key_id.data, PC_KEY_ID_LEN);
+    json_t *v = json_pack("{s:I,s:I,s:s,s:I,s:s}", "version", (json_int_t)m->version, "seq",
+                          (json_int_t)m->seq, "kind", kind_name(m->kind), "created_unix_ms",
+                          (json_int_t)m->created_unix_ms, "key_id", kid);
+    if (v != NULL && pc_manifest_has_content(m)) {
+        json_object_set_new(v, "hash", hash_json(m->bundle_hash.data, m->bundle_hash.len));
+        json_object_set_new(v, "size", json_integer((json_int_t)m->bundle_size));
+        json_object_set_new(v, "entrypoint", json_string(m->entrypoint));
+        json_object_set_new(v, "runtime", json_string(m->runtime));
+    }
+    if (v != NULL && m->rollback_of != 0)
+        json_object_set_new(v, "rollback_of", json_integer((json_int_t)m->rollback_of));
+    popcast__manifest__free_unpacked(m, NULL);
+    return v;
+}
+
+typedef struct versions_walk {
+    pc_api *api;
+    json_t *list;
+} versions_walk;
+
+static int add_version(void *arg, uint64_t version, uint64_t seq)
+{
+    versions_walk *w = arg;
+    json_t *v = version_json(w->api, seq);
+    if (v == NULL)
+        v = json_pack("{s:I,s:I,s:s}", "version", (json_int_t)version, "seq", (json_int_t)seq,
+                      "error", "manifest unreadable");
+    json_array_append_new(w->list, v);
+    return 0;
+}
+
+static json_t *tenant_json(pc_api *api, const pc_tenant_state *t, int with_versions)
+{
+    json_t *o = json_pack("{s:s,s:I,s:I,s:b}", "tenant", t->tenant, "active_version",
+                          (json_int_t)t->active_version, "last_version",
+                          (json_int_t)t->last_version, "deleted", t->deleted);
+    if (o == NULL)
+        return NULL;
+    if (t->active_version != 0) {
+        json_object_set_new(o, "active_seq", json_integer((json_int_t)t->active_seq));
+        json_object_set_new(o, "active_hash", hash_json(t->active_hash, PC_HASH_LEN));
+    }
+    if (with_versions) {
+        versions_walk w = {api, json_array()};
+        pc_store_foreach_version(api->store, t->tenant, add_version, &w, NULL);
+        json_object_set_new(o, "versions", w.list);
+    }
+    return o;
+}
+
+static int add_tenant(void *arg, const pc_tenant_state *t)
+{
+    versions_walk *w = arg;
+    json_array_append_new(w->list, tenant_json(w->api, t, 0));
+    return 0;
+}
+
+static void get_tenants(pc_api *api, nng_aio *aio)
+{
+    versions_walk w = {api, json_array()};
+    pc_err err;
+    if (pc_store_foreach_tenant(api->store, add_tenant, &w, &err) != PC_OK) {
+        json_decref(w.list);
+        pc_httpd_reply_error(aio, 500, err.code, "%s", err.msg);
+        return;
+    }
+    pc_httpd_reply_json(aio, 200, json_pack("{s:o}", "tenants", w.list));
+}
+
+static void get_tenant(pc_api *api, nng_aio *aio, const char *tenant, int versions_only)
+{
+    pc_tenant_state t;
+    pc_err err;
+    int rc = pc_store_get_tenant(api->store, tenant, &t, &err);
+    if (rc == PC_E_NOTFOUND) {
+        pc_httpd_reply_error(aio, 404, rc, "tenant %s not found", tenant);
+        return;
+    }
+    if (rc != PC_OK) {
+        pc_httpd_reply_error(aio, 500, rc, "%s", err.msg);
+        return;
+    }
+    json_t *o = tenant_json(api, &t, 1);
+    if (versions_only && o != NULL) {
+        json_t *v =
+            json_pack("{s:s,s:O}", "tenant", tenant, "versions", json_object_get(o, "versions"));
+        json_decref(o);
+        o = v;
+    }
+    pc_httpd_reply_json(aio, 200, o);
+}
+
+static void get_health(pc_api *api, nng_aio *aio)
+{
+    uint64_t applied = 0;
+    pc_err err;
+    if (pc_store_applied_seq(api->store, &applied, &err) != PC_OK) {
+        pc_httpd_reply_error(aio, 503, err.code, "store: %s", err.msg);
+        return;
+    }
+    pc_httpd_reply_json(aio, 200,
+                        json_pack("{s:s,s:s,s:I}", "status", "ok", "node_id", api->node_id,
+                                  "head_seq", (json_int_t)applied));
+}
+
+static void get_metrics(pc_api *api, nng_aio *aio)
+{
+    char *text = pc_metrics_render_text(api->metrics);
+    if (text == NULL) {
+        pc_httpd_reply_error(aio, 500, PC_E_NOMEM, "out of memory");
+        return;
+    }
+    pc_httpd_reply(aio, 200, "text/plain; version=0.0.4", text, strlen(text), NULL);
+    free(text);
+}
+
+/* Writes. */
+
+static void change_done(pc_change *c, const pc_change_result *r)
+{
+    nng_aio *aio = c->arg;
+    pc_api *api = pc_httpd_data(aio);
+    if (r->rc != PC_OK) {
+        pc_metrics_inc(api->metrics, "popcast_controller_changes_failed_total", NULL);
+        pc_httpd_reply_error(aio, pc_httpd_status_for(r->rc), r->rc, "%s", r->err.msg);
+        return;
+    }
+    pc_metrics_inc(api->metrics, "popcast_controller_changes_total", NULL);
+    json_t *o = json_pack("{s:s,s:s,s:I,s:I,s:I}", "tenant", c->tenant, "kind", r->kind, "version",
+                          (json_int_t)r->version, "seq", (json_int_t)r->seq, "created_unix_ms",
+                          (json_int_t)r->created_unix_ms);
+    if (o != NULL && c->kind != PC_CHANGE_DELETE) {
+        json_object_set_new(o, "hash", hash_json(r->hash, PC_HASH_LEN));
+        json_object_set_new(o, "size", json_integer((json_int_t)r->bundle_size));
+        json_object_set_new(o, "entrypoint", json_string(r->entrypoint));
+        json_object_set_new(o, "runtime", json_string(r->runtime));
+    }
+    if (o != NULL && r->rollback_of != 0)
+        json_object_set_new(o, "rollback_of", json_integer((json_int_t)r->rollback_of));
+    pc_httpd_reply_json(aio, c->kind == PC_CHANGE_DELETE ? 200 : 201, o);
+}
+
+static void submit(pc_api *api, nng_aio *aio, pc_change *c)
+{
+    pc_err err;
+    c->done = change_done;
+    c->arg = aio;
+    if (pc_pipeline_submit(api->pipeline, c, &err) != PC_OK) {
+        pc_change_free(c);
+        pc_httpd_reply_error(aio, 503, err.code, "%s", err.msg);
+    }
+}
+
+static int runtime_allowed(pc_api *api, const char *runtime)
+{
+    for (size_t i = 0; i < api->opt.runtimes->count; i++)
+        if (strcmp(api->opt.runtimes->items[i], runtime) == 0)
+            return 1;
+    return 0;
+}
+
+/* Which body formats an upload may use. */
+static int content_is_archive(const char *ct)
+{
+    return ct == NULL || strncmp(ct, "application/vnd.popcast.bundle", 30) == 0 ||
+           strncmp(ct, "application/octet-stream", 24) == 0;
+}
+
+static int content_is_single_file(const char *ct)
+{
+    return ct != NULL &&
+           (strncmp(ct, "text/x-lua", 10) == 0 || strncmp(ct, "application/x-lua", 17) == 0 ||
+            strncmp(ct, "text/plain", 10) == 0);
+}
+
+typedef struct upload {
+    pc_api *api;
+    char tenant[PC_TENANT_MAX + 1];
+    char runtime[33];
+    char entrypoint[PC_PATH_MAX + 1];
+    int single_file;
+} upload;
+
+static void upload_body(void *arg, nng_aio *aio, int rc, uint8_t *body, size_t len)
+{
+    upload *u = arg;
+    pc_api *api = u->api;
+    pc_err err;
+    uint8_t *archive = NULL;
+    size_t archive_len = 0;
+    pc_bundle *b = NULL;
+    if (rc != PC_OK)
+        goto out;
+    if (u->single_file) {
+        if (pc_bundle_pack_single(u->entrypoint, body, len, &archive, &archive_len, &err) !=
+            PC_OK) {
+            pc_httpd_reply_error(aio, 400, err.code, "%s", err.msg);
+            goto out;
+        }
+        free(body);
+        body = NULL;
+    } else {
+        archive = body;
+        archive_len = len;
+        body = NULL;
+    }
+    if (archive_len > api->opt.max_bundle) {
+        pc_httpd_reply_error(aio, 413, PC_E_TOO_LARGE, "bundle of %zu bytes exceeds %zu",
+                             archive_len, api->opt.max_bundle);
+        goto out;
+    }
+    if ((rc = pc_bundle_open(archive, archive_len, &b, &err)) != PC_OK) {
+        pc_httpd_reply_error(aio, pc_httpd_status_for(rc), rc, "%s", err.msg);
+        goto out;
+    }
+    pc_version_spec spec = {.tenant = u->tenant,
+                            .runtime = u->runtime,
+                            .entrypoint = pc_bundle_entrypoint(b),
+                            .bundle = archive,
+                            .bundle_len = archive_len};
+    if (strcmp(u->runtime, "lua") == 0 && api->opt.lua != NULL && api->opt.lua->check != NULL &&
+        (rc = api->opt.lua->check(api->opt.lua, &spec, &err)) != PC_OK) {
+        pc_httpd_reply_error(aio, 422, PC_E_RUNTIME, "the lua runtime cannot load %s: %s",
+                             spec.entrypoint, err.msg);
+        goto out;
+    }
+    pc_change *c = pc_change_new(PC_CHANGE_DEPLOY, u->tenant);
+    if (c == NULL) {
+        pc_httpd_reply_error(aio, 503, PC_E_NOMEM, "out of memory");
+        goto out;
+    }
+    snprintf(c->entrypoint, sizeof(c->entrypoint), "%s", pc_bundle_entrypoint(b));
+    snprintf(c->runtime, sizeof(c->runtime), "%s", u->runtime);
+    c->bundle = archive;
+    c->bundle_len = archive_len;
+    archive = NULL;
+    submit(api, aio, c);
+out:
+    pc_bundle_free(b);
+    free(archive);
+    free(body);
+    free(u);
+}
+
+static void post_bundle(pc_api *api, nng_aio *aio, const char *tenant, const char *query)
+{
+    nng_http_req *req = pc_httpd_request(aio);
+    const char *ct = nng_http_req_get_header(req, "Content-Type");
+    upload *u = calloc(1, sizeof(*u));
+    if (u == NULL) {
+        pc_httpd_reject(aio, 503, PC_E_NOMEM, "out of memory");
+        return;
+    }
+    u->api = api;
+    snprintf(u->tenant, sizeof(u->tenant), "%s", tenant);
+    if (!pc_httpd_query_get(query, "runtime", u->runtime, sizeof(u->runtime)))
+        snprintf(u->runtime, sizeof(u->runtime), "lua");
+    if (!pc_httpd_query_get(query, "entrypoint", u->entrypoint, sizeof(u->entrypoint)))
+        snprintf(u->entrypoint, sizeof(u->entrypoint), "%s", PC_BUNDLE_DEFAULT_ENTRYPOINT);
+    if (!pc_runtime_name_valid(u->runtime) || !runtime_allowed(api, u->runtime)) {
+        pc_httpd_reject(aio, 400, PC_E_INVALID, "runtime '%s' is not one this cluster accepts",
+                        u->runtime);
+        free(u);
+        return;
+    }
+    if (content_is_single_file(ct)) {
+        u->single_file = 1;
+        if (!pc_bundle_path_valid(u->entrypoint)) {
+            pc_httpd_reject(aio, 400, PC_E_INVALID, "entrypoint is not a valid bundle path");
+            free(u);
+            return;
+        }
+    } else if (!content_is_archive(ct)) {
+        pc_httpd_reject(aio, 415, PC_E_INVALID,
+                        "Content-Type must be application/vnd.popcast.bundle (an archive) or "
+                        "text/x-lua (one file)");
+        free(u);
+        return;
+    }
+    pc_httpd_read_body(aio, api->opt.max_bundle, upload_body, u);
+}
+
+typedef struct json_write {
+    pc_api *api;
+    char tenant[PC_TENANT_MAX + 1];
+} json_write;
+
+static void rollback_body(void *arg, nng_aio *aio, int rc, uint8_t *body, size_t len)
+{
+    json_write *w = arg;
+    if (rc != PC_OK)
+        goto out;
+    json_t *root = pc_httpd_parse_json(aio, body, len);
+    if (root == NULL)
+        goto out;
+    json_t *v = json_object_get(root, "version");
+    const char *key;
+    json_t *val;
+    int unknown = 0;
+    json_object_foreach(root, key, val) unknown |= strcmp(key, "version") != 0;
+    if (unknown) {
+        pc_httpd_reply_error(aio, 400, PC_E_INVALID, "only the field \"version\" is allowed");
+    } else if (!json_is_integer(v) || json_integer_value(v) < 1) {
+        pc_httpd_reply_error(aio, 400, PC_E_INVALID,
+                             "\"version\" must be an integer >= 1 (the version to roll back to)");
+    } else {
+        pc_change *c = pc_change_new(PC_CHANGE_ROLLBACK, w->tenant);
+        if (c == NULL) {
+            pc_httpd_reply_error(aio, 503, PC_E_NOMEM, "out of memory");
+        } else {
+            c->rollback_to = (uint64_t)json_integer_value(v);
+            submit(w->api, aio, c);
+        }
+    }
+    json_decref(root);
+out:
+    free(body);
+    free(w);
+}
+
+static void post_rollback(pc_api *api, nng_aio *aio, const char *tenant)
+{
+    json_write *w = calloc(1, sizeof(*w));
+    if (w == NULL) {
+        pc_httpd_reject(aio, 503, PC_E_NOMEM, "out of memory");
+        return;
+    }
+    w->api = api;
+    snprintf(w->tenant, sizeof(w->tenant), "%s", tenant);
+    pc_httpd_read_body(aio, JSON_BODY_MAX, rollback_body, w);
+}
+
+static void delete_tenant(pc_api *api, nng_aio *aio, const char *tenant)
+{
+    pc_change *c = pc_change_new(PC_CHANGE_DELETE, tenant);
+    if (c == NULL) {
+        pc_httpd_reject(aio, 503, PC_E_NOMEM, "out of memory");
+        return;
+    }
+    submit(api, aio, c);
+}
+
+static void method_not_allowed(nng_aio *aio, const char *method, const char *allowed)
+{
+    pc_httpd_reject(aio, 405, PC_E_INVALID, "method %s not allowed here (allowed: %s)", method,
+                    allowed);
+}
+
+static void route(nng_aio *aio)
+{
+    pc_api *api = pc_httpd_data(aio);
+    nng_http_req *req = pc_httpd_request(aio);
+    const char *method = nng_http_req_get_method(req);
+    int is_get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    pc_httpd_path p;
+    if (pc_httpd_split_path(nng_http_req_get_uri(req), &p) != PC_OK) {
+        pc_httpd_path_free(&p);
+        pc_httpd_reject(aio, 404, PC_E_NOTFOUND, "no such resource");
+        return;
+    }
+    pc_metrics_inc(api->metrics, "popcast_api_requests_total", NULL);
+
+    if (p.n == 1 && strcmp(p.seg[0], "metrics") == 0 && is_get) {
+        get_metrics(api, aio);
+        goto done;
+    }
+    if (p.n < 2 || strcmp(p.seg[0], "v1") != 0) {
+        pc_httpd_reject(aio, 404, PC_E_NOTFOUND, "no such resource");
+        goto done;
+    }
+    if (p.n == 2 && strcmp(p.seg[1], "health") == 0) {
+        if (is_get)
+            get_health(api, aio);
+        else
+            method_not_allowed(aio, method, "GET");
+        goto done;
+    }
+    if (!authorized(api, req)) {
+        pc_httpd_reject(aio, 401, PC_E_AUTH,
+                        "missing or wrong bearer token (Authorization: Bearer <token>)");
+        goto done;
+    }
+    if (strcmp(p.seg[1], "tenants") != 0) {
+        pc_httpd_reject(aio, 404, PC_E_NOTFOUND, "no such resource");
+        goto done;
+    }
+    if (p.n == 2) {
+        if (is_get)
+            get_tenants(api, aio);
+        else
+            method_not_allowed(aio, method, "GET");
+        goto done;
+    }
+    const char *tenant = p.seg[2];
+    if (!pc_tenant_name_valid(tenant)) {
+        pc_httpd_reject(aio, 400, PC_E_INVALID,
+                        "tenant names are 1 to 63 characters of a-z, 0-9 and '-'");
+        goto done;
+    }
+    if (p.n == 3) {
+        if (is_get)
+            get_tenant(api, aio, tenant, 0);
+        else if (strcmp(method, "DELETE") == 0)
+            delete_tenant(api, aio, tenant);
+        else
+            method_not_allowed(aio, method, "GET, DELETE");
+        goto done;
+    }
+    if (p.n == 4 && strcmp(p.seg[3], "versions") == 0) {
+        if (is_get)
+            get_tenant(api, aio, tenant, 1);
+        else
+            method_not_allowed(aio, method, "GET");
+        goto done;
+    }
+    if (p.n == 4 && strcmp(p.seg[3], "bundles") == 0) {
+        if (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0)
+            post_bundle(api, aio, tenant, p.query);
+        else
+            method_not_allowed(aio, method, "POST, PUT");
+        goto done;
+    }
+    if (p.n == 4 && strcmp(p.seg[3], "rollback") == 0) {
+        if (strcmp(method, "POST") == 0)
+            post_rollback(api, aio, tenant);
+        else
+            method_not_allowed(aio, method, "POST");
+        goto done;
+    }
+    pc_httpd_reject(aio, 404, PC_E_NOTFOUND, "no such resource");
+done:
+    pc_httpd_path_free(&p);
+}
+
+int pc_api_start(pc_api **out, const pc_api_options *opt, pc_store *store, pc_pipeline *pipeline,
+                 pc_metrics *metrics, pc_err *err)
+{
+    pc_api *api = calloc(1, sizeof(*api));
+    if (api == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    api->opt = *opt;
+    api->node_id = strdup(opt->node_id ? opt->node_id : "");
+    api->store = store;
+    api->pipeline = pipeline;
+    api->metrics = metrics;
+    int rc = pc_httpd_start(opt->listen_url, "/", route, api, &api->server, err);
+    if (rc != PC_OK) {
+        free(api->node_id);
+        free(api);
+        return rc;
+    }
+    *out = api;
+    return PC_OK;
+}
+
+void pc_api_stop(pc_api *api)
+{
+    if (api == NULL)
+        return;
+    pc_httpd_stop(api->server);
+    free(api->node_id);
+    free(api);
+}

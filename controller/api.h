@@ -1,0 +1,38 @@
+/* api.h - the controller's REST API (docs/api.md, docs/openapi.yaml) on
+ * nng's HTTP server.
+ *
+ * Reads are answered on the HTTP threads straight from LMDB (readers never
+ * block the writer). Writes are validated on the HTTP threads, then handed
+ * to the pipeline, which answers once the change is committed. Every error
+ * is a JSON body {"error": {"code", "message"}} with a 4xx/5xx status, and
+ * a refused request changes nothing. */
+#ifndef PC_API_H
+#define PC_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "adapter.h"
+#include "config.h"
+#include "crypto.h"
+#include "err.h"
+#include "metrics.h"
+#include "pipeline.h"
+#include "store.h"
+
+typedef struct pc_api_options {
+    const char *listen_url; /* http://127.0.0.1:7070 */
+    const char *node_id;
+    size_t max_bundle;          /* upload limit in bytes */
+    const pc_strlist *runtimes; /* runtime names accepted in uploads */
+    pc_adapter *lua;            /* used to check Lua uploads parse */
+    uint8_t admin_token_hash[PC_HASH_LEN];
+} pc_api_options;
+
+typedef struct pc_api pc_api;
+
+int pc_api_start(pc_api **out, const pc_api_options *opt, pc_store *store, pc_pipeline *pipeline,
+                 pc_metrics *metrics, pc_err *err);
+void pc_api_stop(pc_api *api);
+
+#endif

@@ -1,0 +1,274 @@
+/* pipeline.c - versioning, signing, commit and publish (see pipeline.h). */
+#include "pipeline.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "envelope.h"
+#include "log.h"
+
+struct pc_pipeline {
+    uv_loop_t *loop;
+    uv_async_t wake;
+    pc_store *store;
+    const pc_signing_key *key;
+    pc_publisher *pub;
+    pthread_mutex_t lock; /* guards the queue below */
+    pc_change *head, *tail;
+    size_t pending, max_pending;
+    int closing;
+};
+
+static int64_t now_unix_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+pc_change *pc_change_new(pc_change_kind kind, const char *tenant)
+{
+    pc_change *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->kind = kind;
+    snprintf(c->tenant, sizeof(c->tenant), "%s", tenant);
+    return c;
+}
+
+void pc_change_free(pc_change *c)
+{
+    if (c == NULL)
+        return;
+    free(c->bundle);
+    free(c);
+}
+
+/* The content of an earlier version, for a rollback. */
+static int load_version_content(pc_pipeline *p, pc_change *c, pc_change_result *r)
+{
+    uint64_t seq = 0;
+    int rc = pc_store_version_seq(p->store, c->tenant, c->rollback_to, &seq, &r->err);
+    if (rc == PC_E_NOTFOUND)
+        return pc_err_set(&r->err, PC_E_NOTFOUND, "tenant %s has no version %llu", c->tenant,
+                          (unsigned long long)c->rollback_to);
+    if (rc != PC_OK)
+        return rc;
+    Popcast__LogRecord *rec = NULL;
+    if ((rc = pc_store_get_log(p->store, seq, &rec, &r->err)) != PC_OK)
+        return rc;
+    Popcast__Manifest *m = NULL;
+    if (rec->signed_ != NULL)
+        m = popcast__manifest__unpack(NULL, rec->signed_->manifest.len,
+                                      rec->signed_->manifest.data);
+    popcast__log_record__free_unpacked(rec, NULL);
+    if (m == NULL)
+        return pc_err_set(&r->err, PC_E_STORE, "stored manifest of seq %llu does not decode",
+                          (unsigned long long)seq);
+    if (!pc_manifest_has_content(m)) {
+        popcast__manifest__free_unpacked(m, NULL);
+        return pc_err_set(&r->err, PC_E_INVALID,
+                          "version %llu of %s is a delete and has no content to roll back to",
+                          (unsigned long long)c->rollback_to, c->tenant);
+    }
+    rc = pc_store_get_blob(p->store, m->bundle_hash.data, &c->bundle, &c->bundle_len, &r->err);
+    if (rc == PC_OK) {
+        snprintf(c->entrypoint, sizeof(c->entrypoint), "%s", m->entrypoint);
+        snprintf(c->runtime, sizeof(c->runtime), "%s", m->runtime);
+    } else if (rc == PC_E_NOTFOUND) {
+        rc = pc_err_set(&r->err, PC_E_STORE, "bundle of version %llu is missing from the store",
+                        (unsigned long long)c->rollback_to);
+    }
+    popcast__manifest__free_unpacked(m, NULL);
+    return rc;
+}
+
+static int commit_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
+{
+    uint64_t applied = 0;
+    int rc = pc_store_applied_seq(p->store, &applied, &r->err);
+    if (rc != PC_OK)
+        return rc;
+    pc_tenant_state t;
+    rc = pc_store_get_tenant(p->store, c->tenant, &t, &r->err);
+    if (rc == PC_E_NOTFOUND) {
+        memset(&t, 0, sizeof(t));
+        pc_err_clear(&r->err);
+    } else if (rc != PC_OK) {
+        return rc;
+    }
+
+    Popcast__Manifest m = POPCAST__MANIFEST__INIT;
+    uint8_t hash[PC_HASH_LEN];
+    switch (c->kind) {
+    case PC_CHANGE_DEPLOY:
+        m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY;
+        r->kind = "deploy";
+        break;
+    case PC_CHANGE_ROLLBACK:
+        m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_ROLLBACK;
+        r->kind = "rollback";
+        if (t.last_version == 0)
+            return pc_err_set(&r->err, PC_E_NOTFOUND, "tenant %s not found", c->tenant);
+        if ((rc = load_version_content(p, c, r)) != PC_OK)
+            return rc;
+        m.rollback_of = c->rollback_to;
+        break;
+    case PC_CHANGE_DELETE:
+        m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE;
+        r->kind = "delete";
+        if (t.last_version == 0)
+            return pc_err_set(&r->err, PC_E_NOTFOUND, "tenant %s not found", c->tenant);
+        if (t.deleted)
+            return pc_err_set(&r->err, PC_E_NOTFOUND, "tenant %s is already deleted", c->tenant);
+        break;
+    }
+    m.tenant = c->tenant;
+    m.version = t.last_version + 1;
+    m.seq = applied + 1;
+    m.created_unix_ms = now_unix_ms();
+    if (c->kind != PC_CHANGE_DELETE) {
+        pc_hash(hash, c->bundle, c->bundle_len);
+        m.bundle_hash.data = hash;
+        m.bundle_hash.len = PC_HASH_LEN;
+        m.bundle_size = c->bundle_len;
+        m.entrypoint = c->entrypoint;
+        m.runtime = c->runtime;
+    }
+
+    Popcast__SignedManifest sm;
+    if ((rc = pc_envelope_sign_manifest(p->key, &m, &sm, &r->err)) != PC_OK)
+        return rc;
+    rc = pc_store_apply(p->store, &sm, &m, c->bundle, c->bundle_len, &r->err);
+    if (rc == PC_OK) {
+        /* Committed: from here on the change exists whatever else fails. */
+        Popcast__Entry e = POPCAST__ENTRY__INIT;
+        e.signed_ = &sm;
+        e.bundle.data = c->bundle;
+        e.bundle.len = c->bundle_len;
+        pc_err perr;
+        if (pc_publisher_send_entry(p->pub, &e, &perr) != PC_OK)
+            pc_warn("pipeline", "seq %llu committed but not published (%s); agents catch up",
+                    (unsigned long long)m.seq, perr.msg);
+        r->version = m.version;
+        r->seq = m.seq;
+        r->bundle_size = m.bundle_size;
+        r->rollback_of = m.rollback_of;
+        r->created_unix_ms = m.created_unix_ms;
+        if (c->kind != PC_CHANGE_DELETE)
+            memcpy(r->hash, hash, PC_HASH_LEN);
+        snprintf(r->entrypoint, sizeof(r->entrypoint), "%s", c->entrypoint);
+        snprintf(r->runtime, sizeof(r->runtime), "%s", c->runtime);
+        pc_info("pipeline", "committed %s %s version %llu seq %llu (%zu bytes)", r->kind, c->tenant,
+                (unsigned long long)m.version, (unsigned long long)m.seq, c->bundle_len);
+    }
+    pc_envelope_signed_clear(&sm);
+    return rc;
+}
+
+static void drain(uv_async_t *handle)
+{
+    pc_pipeline *p = handle->data;
+    for (;;) {
+        pthread_mutex_lock(&p->lock);
+        pc_change *c = p->head;
+        if (c != NULL) {
+            p->head = c->next;
+            if (p->head == NULL)
+                p->tail = NULL;
+            p->pending--;
+        }
+        pthread_mutex_unlock(&p->lock);
+        if (c == NULL)
+            return;
+        pc_change_result r;
+        memset(&r, 0, sizeof(r));
+        r.rc = commit_change(p, c, &r);
+        r.err.code = r.rc;
+        c->done(c, &r);
+        pc_change_free(c);
+    }
+}
+
+int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, const pc_signing_key *key,
+                    pc_publisher *pub, size_t max_pending, pc_err *err)
+{
+    pc_pipeline *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    p->loop = loop;
+    p->store = store;
+    p->key = key;
+    p->pub = pub;
+    p->max_pending = max_pending;
+    pthread_mutex_init(&p->lock, NULL);
+    if (uv_async_init(loop, &p->wake, drain) != 0) {
+        pthread_mutex_destroy(&p->lock);
+        free(p);
+        return pc_err_set(err, PC_E_INTERNAL, "uv_async_init failed");
+    }
+    p->wake.data = p;
+    *out = p;
+    return PC_OK;
+}
+
+static void free_after_close(uv_handle_t *h)
+{
+    pc_pipeline *p = h->data;
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+}
+
+void pc_pipeline_shutdown(pc_pipeline *p)
+{
+    pthread_mutex_lock(&p->lock);
+    p->closing = 1;
+    pc_change *c = p->head;
+    p->head = p->tail = NULL;
+    p->pending = 0;
+    pthread_mutex_unlock(&p->lock);
+    while (c != NULL) {
+        pc_change *next = c->next;
+        pc_change_result r;
+        memset(&r, 0, sizeof(r));
+        r.rc = pc_err_set(&r.err, PC_E_UNAVAILABLE, "controller is shutting down");
+        c->done(c, &r);
+        pc_change_free(c);
+        c = next;
+    }
+}
+
+void pc_pipeline_close(pc_pipeline *p)
+{
+    if (p == NULL)
+        return;
+    pc_pipeline_shutdown(p);
+    uv_close((uv_handle_t *)&p->wake, free_after_close);
+}
+
+int pc_pipeline_submit(pc_pipeline *p, pc_change *c, pc_err *err)
+{
+    pthread_mutex_lock(&p->lock);
+    if (p->closing) {
+        pthread_mutex_unlock(&p->lock);
+        return pc_err_set(err, PC_E_UNAVAILABLE, "controller is shutting down");
+    }
+    if (p->pending >= p->max_pending) {
+        pthread_mutex_unlock(&p->lock);
+        return pc_err_set(err, PC_E_UNAVAILABLE, "%zu changes are already queued; retry later",
+                          p->pending);
+    }
+    c->next = NULL;
+    if (p->tail)
+        p->tail->next = c;
+    else
+        p->head = c;
+    p->tail = c;
+    p->pending++;
+    /* Under the lock, so that close cannot slip in between. */
+    uv_async_send(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+    return PC_OK;
+}

@@ -1,0 +1,80 @@
+/* pipeline.h - the controller's write path: every change (deploy,
+ * rollback, delete) is versioned, signed, committed and published here,
+ * one at a time, on the controller's event loop.
+ *
+ * Serializing changes on one thread is what makes seq gap-free and each
+ * tenant's versions strictly increasing without locks: a change reads the
+ * applied seq and the tenant's last version, builds and signs the manifest,
+ * commits it in one LMDB transaction, publishes it, and only then answers.
+ * The expensive, parallel part of a deploy (reading the body, decoding the
+ * archive, checking that the runtime can parse it, hashing) happens before
+ * submission, on the API's threads. */
+#ifndef PC_PIPELINE_H
+#define PC_PIPELINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "crypto.h"
+#include "err.h"
+#include "names.h"
+#include "publisher.h"
+#include "store.h"
+
+typedef enum pc_change_kind {
+    PC_CHANGE_DEPLOY,
+    PC_CHANGE_ROLLBACK,
+    PC_CHANGE_DELETE,
+} pc_change_kind;
+
+typedef struct pc_change_result {
+    int rc; /* PC_OK or an error code; err holds the message */
+    pc_err err;
+    const char *kind; /* "deploy", "rollback", "delete" */
+    uint64_t version, seq, bundle_size, rollback_of;
+    int64_t created_unix_ms;
+    uint8_t hash[PC_HASH_LEN];
+    char entrypoint[PC_PATH_MAX + 1];
+    char runtime[33];
+} pc_change_result;
+
+typedef struct pc_change pc_change;
+struct pc_change {
+    pc_change_kind kind;
+    char tenant[PC_TENANT_MAX + 1];
+    /* DEPLOY: a validated bundle archive, owned by the change. */
+    uint8_t *bundle;
+    size_t bundle_len;
+    char entrypoint[PC_PATH_MAX + 1];
+    char runtime[33];
+    /* ROLLBACK: the version whose content becomes the new version. */
+    uint64_t rollback_to;
+    /* Called once, on the loop thread, after commit and publish (or on
+     * failure). The pipeline frees the change (and its bundle) after. */
+    void (*done)(pc_change *c, const pc_change_result *r);
+    void *arg;
+    pc_change *next; /* queue link: pipeline-internal */
+};
+
+typedef struct pc_pipeline pc_pipeline;
+
+/* key and publisher stay owned by the caller and must outlive the pipeline. */
+int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, const pc_signing_key *key,
+                    pc_publisher *pub, size_t max_pending, pc_err *err);
+/* Shutting down is two steps because the HTTP server's stop waits for
+ * every handler, and a handler may wait on a queued change:
+ * _shutdown fails every queued change and refuses new ones (any thread);
+ * _close frees the pipeline once nothing can submit any more (loop
+ * thread), after which the loop can finish. */
+void pc_pipeline_shutdown(pc_pipeline *p);
+void pc_pipeline_close(pc_pipeline *p);
+
+/* From any thread. Allocates a change; fill it, then submit. */
+pc_change *pc_change_new(pc_change_kind kind, const char *tenant);
+void pc_change_free(pc_change *c);
+/* From any thread. PC_E_UNAVAILABLE when max_pending changes are queued
+ * (the caller answers 503 and still owns c). */
+int pc_pipeline_submit(pc_pipeline *p, pc_change *c, pc_err *err);
+
+#endif

@@ -1,0 +1,111 @@
+/* harness.h - what the integration tests need to run popcast for real:
+ * temp dirs, free loopback ports, child processes with their logs, HTTP
+ * calls, and fixtures that start a controller or an agent and wait until
+ * it answers. Every process a test starts is killed at exit, pass or fail.
+ *
+ * Waiting is always "poll until a condition holds, or give up after a
+ * generous bound": no test asserts how long anything took. */
+#ifndef PC_HARNESS_H
+#define PC_HARNESS_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "crypto.h"
+#include "http_client.h"
+
+/* Bounds for waits: generous because CI runs sanitizer builds on 2 cores. */
+#define PC_TEST_START_TIMEOUT_MS    30000
+#define PC_TEST_CONVERGE_TIMEOUT_MS 60000
+
+void pc_test_init(void); /* crypto init, SIGPIPE ignored, cleanup at exit */
+int64_t pc_test_now_ms(void);
+void pc_test_sleep_ms(int ms);
+/* A fresh directory under $POPCAST_TEST_TMP (or /tmp). */
+void pc_test_tmpdir(char *out, size_t cap, const char *prefix);
+void pc_test_rm_rf(const char *path);
+int pc_test_free_port(void);
+void pc_test_write_file(const char *path, const void *data, size_t len);
+/* The contents of a file under the source tree, malloc'd. */
+char *pc_test_source_file(const char *relpath, size_t *len);
+
+typedef struct pc_proc {
+    pid_t pid;
+    char name[64];
+    char log[512];
+    int exited;
+    int status;
+} pc_proc;
+
+/* Starts argv[0] with stdout and stderr appended to log. */
+pc_proc *pc_proc_spawn(const char *name, char *const argv[], const char *log);
+/* SIGTERM then wait (SIGKILL after timeout); returns the exit status. */
+int pc_proc_stop(pc_proc *p);
+void pc_proc_kill9(pc_proc *p);
+bool pc_proc_alive(pc_proc *p);
+void pc_proc_free(pc_proc *p);
+/* Prints the last lines of the process log to stderr (after a failure). */
+void pc_proc_dump_log(pc_proc *p);
+
+/* A test fleet's shared secrets. */
+typedef struct pc_test_env {
+    char root[256];
+    char key_path[320], pub_path[320];
+    char token[80], token_path[320];
+    pc_signing_key key;
+} pc_test_env;
+
+void pc_test_env_init(pc_test_env *env);
+void pc_test_env_cleanup(pc_test_env *env);
+
+typedef struct pc_test_controller {
+    char dir[300];
+    int api_port, pub_port;
+    char api_url[64], pub_url[64];
+    pc_proc *proc;
+} pc_test_controller;
+
+/* extra: more flags (NULL-terminated) or NULL. Ports are chosen on the
+ * first start and kept across restarts. Fails the test if the controller
+ * does not answer /v1/health in time. */
+void pc_test_controller_start(pc_test_env *env, pc_test_controller *c, const char *const *extra);
+void pc_test_controller_stop(pc_test_controller *c);
+
+typedef struct pc_test_agent {
+    char dir[300];
+    char id[32];
+    int edge_port, admin_port;
+    char edge_url[64], admin_url[64];
+    pc_proc *proc;
+} pc_test_agent;
+
+/* subscribe: pub URLs, NULL-terminated. */
+void pc_test_agent_start(pc_test_env *env, pc_test_agent *a, const char *id,
+                         const char *const *subscribe, const char *const *extra);
+void pc_test_agent_stop(pc_test_agent *a);
+
+/* HTTP with the env's admin token. */
+int pc_test_api(pc_test_env *env, pc_test_controller *c, const char *method, const char *path,
+                const char *content_type, const void *body, size_t len, pc_http_result *r);
+/* Deploys one Lua file; returns the new version (fails the test on error). */
+uint64_t pc_test_deploy_lua(pc_test_env *env, pc_test_controller *c, const char *tenant,
+                            const char *source);
+/* A Lua handler answering `body` as text. */
+void pc_test_lua_hello(char *out, size_t cap, const char *body);
+
+/* GET path from tenant on the agent's edge. Returns HTTP status (0 on a
+ * transport error); *version gets X-Popcast-Version (0 if absent); body
+ * (if non-NULL) gets a copy of the body. */
+int pc_test_edge_get(pc_test_agent *a, const char *tenant, const char *path, uint64_t *version,
+                     char *body, size_t body_cap);
+/* Polls until the agent serves tenant at version; false on timeout. */
+bool pc_test_wait_version(pc_test_agent *a, const char *tenant, uint64_t version, int timeout_ms);
+/* The agent's /v1/status, parsed (NULL if unreachable). */
+json_t *pc_test_agent_status(pc_test_agent *a);
+/* A metric's value from the agent's status (0 if absent). */
+uint64_t pc_test_agent_metric(pc_test_agent *a, const char *name_with_labels);
+
+#endif

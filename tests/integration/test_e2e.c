@@ -1,0 +1,160 @@
+/* test_e2e.c - one deploy end to end, on real processes: a controller and
+ * three agents on loopback. Deploys, a second version, a rollback, and an
+ * agent restarted with no controller reachable serving from LMDB. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+
+#define AGENTS 3
+
+static void expect_everywhere(pc_test_agent *agents, const char *tenant, uint64_t version,
+                              const char *body)
+{
+    for (int i = 0; i < AGENTS; i++) {
+        if (!pc_test_wait_version(&agents[i], tenant, version, PC_TEST_CONVERGE_TIMEOUT_MS)) {
+            pc_proc_dump_log(agents[i].proc);
+            fail_msg("agent %s does not serve %s version %llu", agents[i].id, tenant,
+                     (unsigned long long)version);
+        }
+        char got[256];
+        uint64_t v = 0;
+        assert_int_equal(pc_test_edge_get(&agents[i], tenant, "/", &v, got, sizeof(got)), 200);
+        assert_int_equal(v, version);
+        assert_string_equal(got, body);
+    }
+}
+
+static void test_deploy_update_rollback_restart(void **state)
+{
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    pc_test_controller_start(&env, &ctl, NULL);
+    pc_test_agent agents[AGENTS];
+    memset(agents, 0, sizeof(agents));
+    const char *subs[] = {ctl.pub_url, NULL};
+    for (int i = 0; i < AGENTS; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "agent-%d", i);
+        pc_test_agent_start(&env, &agents[i], id, subs, NULL);
+    }
+
+    /* Before any deploy the tenant is unknown everywhere: 404, no version. */
+    uint64_t v = 99;
+    assert_int_equal(pc_test_edge_get(&agents[0], "acme", "/", &v, NULL, 0), 404);
+    assert_int_equal(v, 0);
+
+    char src[512];
+    pc_test_lua_hello(src, sizeof(src), "hello from v1");
+    uint64_t v1 = pc_test_deploy_lua(&env, &ctl, "acme", src);
+    assert_int_equal(v1, 1);
+    expect_everywhere(agents, "acme", 1, "hello from v1");
+
+    pc_test_lua_hello(src, sizeof(src), "hello from v2");
+    uint64_t v2 = pc_test_deploy_lua(&env, &ctl, "acme", src);
+    assert_int_equal(v2, 2);
+    expect_everywhere(agents, "acme", 2, "hello from v2");
+
+    /* A second tenant is independent of the first. */
+    pc_test_lua_hello(src, sizeof(src), "other tenant");
+    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "other", src), 1);
+    expect_everywhere(agents, "other", 1, "other tenant");
+    expect_everywhere(agents, "acme", 2, "hello from v2");
+
+    /* Rollback: a new version (3) whose content is version 1's. */
+    pc_http_result r;
+    const char *body = "{\"version\": 1}";
+    assert_int_equal(pc_test_api(&env, &ctl, "POST", "/v1/tenants/acme/rollback",
+                                 "application/json", body, strlen(body), &r),
+                     201);
+    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    assert_non_null(doc);
+    assert_int_equal(json_integer_value(json_object_get(doc, "version")), 3);
+    assert_int_equal(json_integer_value(json_object_get(doc, "rollback_of")), 1);
+    json_decref(doc);
+    pc_http_result_free(&r);
+    expect_everywhere(agents, "acme", 3, "hello from v1");
+
+    /* The controller's view: three versions, the active one is 3. */
+    assert_int_equal(pc_test_api(&env, &ctl, "GET", "/v1/tenants/acme", NULL, NULL, 0, &r), 200);
+    doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    assert_non_null(doc);
+    assert_int_equal(json_integer_value(json_object_get(doc, "active_version")), 3);
+    assert_int_equal(json_array_size(json_object_get(doc, "versions")), 3);
+    json_decref(doc);
+    pc_http_result_free(&r);
+
+    /* Static stability: with no controller, a restarted agent serves the
+     * latest version from its own LMDB at once. */
+    pc_test_controller_stop(&ctl);
+    pc_test_agent_stop(&agents[1]);
+    pc_test_agent_start(&env, &agents[1], agents[1].id, subs, NULL);
+    char got[256];
+    assert_int_equal(pc_test_edge_get(&agents[1], "acme", "/", &v, got, sizeof(got)), 200);
+    assert_int_equal(v, 3);
+    assert_string_equal(got, "hello from v1");
+    assert_int_equal(pc_test_edge_get(&agents[1], "other", "/", &v, got, sizeof(got)), 200);
+    assert_int_equal(v, 1);
+
+    /* Same after kill -9. */
+    pc_proc_kill9(agents[2].proc);
+    pc_proc_free(agents[2].proc);
+    pc_test_agent_start(&env, &agents[2], agents[2].id, subs, NULL);
+    assert_int_equal(pc_test_edge_get(&agents[2], "acme", "/", &v, got, sizeof(got)), 200);
+    assert_int_equal(v, 3);
+
+    for (int i = 0; i < AGENTS; i++)
+        pc_test_agent_stop(&agents[i]);
+    pc_test_env_cleanup(&env);
+}
+
+static void test_delete_stops_serving(void **state)
+{
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    pc_test_controller_start(&env, &ctl, NULL);
+    pc_test_agent agent = {0};
+    const char *subs[] = {ctl.pub_url, NULL};
+    pc_test_agent_start(&env, &agent, "agent-del", subs, NULL);
+
+    char src[512];
+    pc_test_lua_hello(src, sizeof(src), "soon gone");
+    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "gone", src), 1);
+    assert_true(pc_test_wait_version(&agent, "gone", 1, PC_TEST_CONVERGE_TIMEOUT_MS));
+
+    pc_http_result r;
+    assert_int_equal(pc_test_api(&env, &ctl, "DELETE", "/v1/tenants/gone", NULL, NULL, 0, &r), 200);
+    pc_http_result_free(&r);
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    int status = 200;
+    while (status != 404 && pc_test_now_ms() < deadline) {
+        status = pc_test_edge_get(&agent, "gone", "/", NULL, NULL, 0);
+        pc_test_sleep_ms(25);
+    }
+    assert_int_equal(status, 404);
+
+    /* Versions are never reused: a new deploy after a delete is version 3. */
+    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "gone", src), 3);
+    assert_true(pc_test_wait_version(&agent, "gone", 3, PC_TEST_CONVERGE_TIMEOUT_MS));
+
+    pc_test_agent_stop(&agent);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_deploy_update_rollback_restart),
+        cmocka_unit_test(test_delete_stops_serving),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,227 @@
+/* test_hostile_api.c - bad input to the controller's REST API gets a 4xx
+ * with a JSON error body and changes nothing. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "bundle.h"
+#include "harness.h"
+
+static pc_test_env env;
+static pc_test_controller ctl;
+
+static int setup(void **state)
+{
+    pc_test_env_init(&env);
+    memset(&ctl, 0, sizeof(ctl));
+    /* A small bundle limit makes "oversized" cheap to send. */
+    const char *extra[] = {"--max-bundle", "64KiB", NULL};
+    pc_test_controller_start(&env, &ctl, extra);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+    return 0;
+}
+
+/* Sends a request with optional auth and asserts the status and that the
+ * body is a JSON error naming code. */
+static void expect_error(const char *method, const char *path, const char *auth,
+                         const char *content_type, const void *body, size_t len, int status,
+                         const char *code)
+{
+    const char *headers[6];
+    int h = 0;
+    char bearer[128];
+    if (auth != NULL) {
+        snprintf(bearer, sizeof(bearer), "Bearer %s", auth);
+        headers[h++] = "Authorization";
+        headers[h++] = bearer;
+    }
+    if (content_type != NULL) {
+        headers[h++] = "Content-Type";
+        headers[h++] = content_type;
+    }
+    headers[h] = NULL;
+    pc_http_result r;
+    pc_err err;
+    assert_int_equal(pc_http_call(ctl.api_url, method, path, headers, body, len, 30000, &r, &err),
+                     PC_OK);
+    if (r.status != status)
+        fail_msg("%s %s: expected %d, got %d: %s", method, path, status, r.status, r.body);
+    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    if (doc == NULL)
+        fail_msg("%s %s: body is not JSON: %s", method, path, r.body);
+    json_t *e = json_object_get(doc, "error");
+    assert_non_null(e);
+    assert_non_null(json_string_value(json_object_get(e, "message")));
+    const char *got = json_string_value(json_object_get(e, "code"));
+    if (got == NULL || strcmp(got, code) != 0)
+        fail_msg("%s %s: expected code %s, got %s", method, path, code, got ? got : "none");
+    json_decref(doc);
+    pc_http_result_free(&r);
+}
+
+/* Nothing is stored: no tenants, and the head seq is still 0. */
+static void expect_nothing_stored(void)
+{
+    pc_http_result r;
+    assert_int_equal(pc_test_api(&env, &ctl, "GET", "/v1/tenants", NULL, NULL, 0, &r), 200);
+    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    assert_int_equal(json_array_size(json_object_get(doc, "tenants")), 0);
+    json_decref(doc);
+    pc_http_result_free(&r);
+    assert_int_equal(pc_test_api(&env, &ctl, "GET", "/v1/health", NULL, NULL, 0, &r), 200);
+    doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    assert_int_equal(json_integer_value(json_object_get(doc, "head_seq")), 0);
+    json_decref(doc);
+    pc_http_result_free(&r);
+}
+
+static const char *lua_ok = "return function(req) return 'ok' end";
+
+static void test_auth(void **state)
+{
+    expect_error("POST", "/v1/tenants/acme/bundles", NULL, "text/x-lua", lua_ok, strlen(lua_ok),
+                 401, "unauthorized");
+    expect_error("POST", "/v1/tenants/acme/bundles", "wrong-token", "text/x-lua", lua_ok,
+                 strlen(lua_ok), 401, "unauthorized");
+    expect_error("GET", "/v1/tenants", NULL, NULL, NULL, 0, 401, "unauthorized");
+    /* A token that is a prefix of the real one is still wrong. */
+    char prefix[16];
+    snprintf(prefix, sizeof(prefix), "%.10s", env.token);
+    expect_error("DELETE", "/v1/tenants/acme", prefix, NULL, NULL, 0, 401, "unauthorized");
+    expect_nothing_stored();
+}
+
+static void test_bad_tenant_names(void **state)
+{
+    const char *names[] = {"ACME",
+                           "a_b",
+                           "a.b",
+                           "%2e%2e",
+                           "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                           "a%00b"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        char path[256];
+        snprintf(path, sizeof(path), "/v1/tenants/%s/bundles", names[i]);
+        expect_error("POST", path, env.token, "text/x-lua", lua_ok, strlen(lua_ok), 400, "invalid");
+    }
+    expect_nothing_stored();
+}
+
+static void test_oversized_bundle(void **state)
+{
+    size_t len = 100 * 1024;
+    char *big = malloc(len);
+    memset(big, '-', len);
+    memcpy(big, "return function() return 'x' end --", 35);
+    expect_error("POST", "/v1/tenants/acme/bundles", env.token, "text/x-lua", big, len, 413,
+                 "too_large");
+    free(big);
+    expect_nothing_stored();
+}
+
+static void test_bad_bundles(void **state)
+{
+    /* Not an archive. */
+    expect_error("POST", "/v1/tenants/acme/bundles", env.token, "application/vnd.popcast.bundle",
+                 "garbage!", 8, 400, "invalid");
+    /* Empty body. */
+    expect_error("POST", "/v1/tenants/acme/bundles", env.token, "application/vnd.popcast.bundle",
+                 NULL, 0, 400, "invalid");
+    /* Lua that does not parse. */
+    const char *broken = "return function( end";
+    expect_error("POST", "/v1/tenants/acme/bundles", env.token, "text/x-lua", broken,
+                 strlen(broken), 422, "runtime_error");
+    /* Bytecode is not Lua text. */
+    const char bytecode[] = "\x1bLuaT\x00\x19\x93\r\n\x1a\n";
+    expect_error("POST", "/v1/tenants/acme/bundles", env.token, "text/x-lua", bytecode,
+                 sizeof(bytecode) - 1, 422, "runtime_error");
+    /* Unknown content type, runtime, entrypoint. */
+    expect_error("POST", "/v1/tenants/acme/bundles", env.token, "image/png", lua_ok, strlen(lua_ok),
+                 415, "invalid");
+    expect_error("POST", "/v1/tenants/acme/bundles?runtime=python", env.token, "text/x-lua", lua_ok,
+                 strlen(lua_ok), 400, "invalid");
+    expect_error("POST", "/v1/tenants/acme/bundles?entrypoint=../x.lua", env.token, "text/x-lua",
+                 lua_ok, strlen(lua_ok), 400, "invalid");
+    /* An archive whose entrypoint is missing. */
+    uint8_t *archive;
+    size_t alen;
+    assert_int_equal(pc_bundle_pack_single("main.lua", (const uint8_t *)lua_ok, strlen(lua_ok),
+                                           &archive, &alen, NULL),
+                     PC_OK);
+    /* Corrupt the archive's entrypoint name in place ("main.lua" is the
+     * first field) so it names a file that is not there. */
+    assert_int_equal(archive[2], 'm');
+    archive[2] = 'x';
+    expect_error("POST", "/v1/tenants/acme/bundles", env.token, "application/vnd.popcast.bundle",
+                 archive, alen, 400, "invalid");
+    free(archive);
+    expect_nothing_stored();
+}
+
+static void test_malformed_json_and_missing_fields(void **state)
+{
+    const char *bodies[] = {"{",
+                            "[]",
+                            "{\"version\": \"1\"}",
+                            "{}",
+                            "{\"version\": 0}",
+                            "{\"version\": -3}",
+                            "{\"version\": 1, \"version\": 2}",
+                            "{\"version\": 1, \"extra\": true}",
+                            "null",
+                            "{\"version\": 1.5}"};
+    for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++)
+        expect_error("POST", "/v1/tenants/acme/rollback", env.token, "application/json", bodies[i],
+                     strlen(bodies[i]), 400, "invalid");
+    /* Well formed, but nothing to roll back or delete. */
+    const char *ok = "{\"version\": 1}";
+    expect_error("POST", "/v1/tenants/acme/rollback", env.token, "application/json", ok, strlen(ok),
+                 404, "not_found");
+    expect_error("DELETE", "/v1/tenants/acme", env.token, NULL, NULL, 0, 404, "not_found");
+    expect_error("GET", "/v1/tenants/acme", env.token, NULL, NULL, 0, 404, "not_found");
+    expect_nothing_stored();
+}
+
+static void test_routes_and_methods(void **state)
+{
+    expect_error("GET", "/v1/nope", env.token, NULL, NULL, 0, 404, "not_found");
+    expect_error("GET", "/", env.token, NULL, NULL, 0, 404, "not_found");
+    expect_error("GET", "/v1/tenants/acme/bundles", env.token, NULL, NULL, 0, 405, "invalid");
+    expect_error("PUT", "/v1/tenants", env.token, NULL, NULL, 0, 405, "invalid");
+    expect_error("POST", "/v1/health", NULL, NULL, NULL, 0, 405, "invalid");
+    expect_error("GET", "/v1/tenants/a/b/c/d/e/f/g/h/i", env.token, NULL, NULL, 0, 404,
+                 "not_found");
+    expect_nothing_stored();
+}
+
+static void test_a_good_deploy_still_works(void **state)
+{
+    /* After all the abuse, the controller is healthy and accepts a deploy. */
+    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "acme", lua_ok), 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_auth),
+        cmocka_unit_test(test_bad_tenant_names),
+        cmocka_unit_test(test_oversized_bundle),
+        cmocka_unit_test(test_bad_bundles),
+        cmocka_unit_test(test_malformed_json_and_missing_fields),
+        cmocka_unit_test(test_routes_and_methods),
+        cmocka_unit_test(test_a_good_deploy_still_works),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

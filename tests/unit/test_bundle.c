@@ -1,0 +1,196 @@
+/* test_bundle.c - the bundle archive reader refuses anything unsafe, and
+ * packing is deterministic. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "bundle.h"
+#include "harness.h"
+#include "names.h"
+#include "popcast.pb-c.h"
+
+/* Packs an archive by hand, bypassing the packer's own checks. */
+static uint8_t *raw_archive(const char *entrypoint, const char *const *paths, size_t n, size_t *len)
+{
+    Popcast__BundleArchive a = POPCAST__BUNDLE_ARCHIVE__INIT;
+    Popcast__BundleFile files[16], *ptrs[16];
+    a.entrypoint = (char *)entrypoint;
+    for (size_t i = 0; i < n; i++) {
+        popcast__bundle_file__init(&files[i]);
+        files[i].path = (char *)paths[i];
+        files[i].content.data = (uint8_t *)"x";
+        files[i].content.len = 1;
+        ptrs[i] = &files[i];
+    }
+    a.files = ptrs;
+    a.n_files = n;
+    *len = popcast__bundle_archive__get_packed_size(&a);
+    uint8_t *buf = malloc(*len + 1);
+    popcast__bundle_archive__pack(&a, buf);
+    return buf;
+}
+
+static int open_raw(const char *entrypoint, const char *const *paths, size_t n)
+{
+    size_t len;
+    uint8_t *buf = raw_archive(entrypoint, paths, n, &len);
+    pc_bundle *b = NULL;
+    pc_err err;
+    int rc = pc_bundle_open(buf, len, &b, &err);
+    pc_bundle_free(b);
+    free(buf);
+    return rc;
+}
+
+static void test_single_file_round_trip(void **state)
+{
+    uint8_t *buf;
+    size_t len;
+    pc_err err;
+    assert_int_equal(pc_bundle_pack_single("app.lua", (const uint8_t *)"code", 4, &buf, &len, &err),
+                     PC_OK);
+    pc_bundle *b;
+    assert_int_equal(pc_bundle_open(buf, len, &b, &err), PC_OK);
+    assert_string_equal(pc_bundle_entrypoint(b), "app.lua");
+    const uint8_t *data;
+    size_t dlen;
+    assert_int_equal(pc_bundle_file(b, "app.lua", &data, &dlen), PC_OK);
+    assert_int_equal(dlen, 4);
+    assert_memory_equal(data, "code", 4);
+    assert_int_equal(pc_bundle_file(b, "other.lua", &data, &dlen), PC_E_NOTFOUND);
+    pc_bundle_free(b);
+    free(buf);
+}
+
+static void test_unsafe_paths_are_refused(void **state)
+{
+    const char *bad[] = {"/etc/passwd", "../x",       "a/../../x",   "a//b", "a/",  ".",
+                         "a/./b",       "with space", "back\\slash", "",     "a\nb"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *paths[] = {"main.lua", bad[i]};
+        assert_int_equal(open_raw("main.lua", paths, 2), PC_E_INVALID);
+        assert_false(pc_bundle_path_valid(bad[i]));
+    }
+    char long_path[400];
+    memset(long_path, 'a', sizeof(long_path) - 1);
+    long_path[sizeof(long_path) - 1] = '\0';
+    const char *paths[] = {"main.lua", long_path};
+    assert_int_equal(open_raw("main.lua", paths, 2), PC_E_INVALID);
+    assert_true(pc_bundle_path_valid("lib/util-2.lua"));
+}
+
+static void test_entrypoint_must_be_a_file(void **state)
+{
+    const char *paths[] = {"main.lua"};
+    assert_int_equal(open_raw("missing.lua", paths, 1), PC_E_INVALID);
+    assert_int_equal(open_raw("", paths, 1), PC_E_INVALID);
+    assert_int_equal(open_raw("../main.lua", paths, 1), PC_E_INVALID);
+    assert_int_equal(open_raw("main.lua", paths, 0), PC_E_INVALID);
+    assert_int_equal(open_raw("main.lua", paths, 1), PC_OK);
+}
+
+static void test_duplicate_paths_are_refused(void **state)
+{
+    const char *paths[] = {"main.lua", "b.lua", "main.lua"};
+    assert_int_equal(open_raw("main.lua", paths, 3), PC_E_INVALID);
+}
+
+static void test_garbage_is_refused(void **state)
+{
+    srand(7);
+    uint8_t buf[512];
+    for (int round = 0; round < 2000; round++) {
+        size_t len = (size_t)(rand() % (int)sizeof(buf));
+        for (size_t i = 0; i < len; i++)
+            buf[i] = (uint8_t)rand();
+        pc_bundle *b = NULL;
+        int rc = pc_bundle_open(buf, len, &b, NULL);
+        /* Random bytes essentially never form a valid archive; if they
+         * do, the result must still satisfy every rule. */
+        if (rc == PC_OK) {
+            assert_true(pc_bundle_path_valid(pc_bundle_entrypoint(b)));
+            pc_bundle_free(b);
+        }
+    }
+    pc_bundle *b = NULL;
+    assert_int_not_equal(pc_bundle_open(NULL, 0, &b, NULL), PC_OK);
+    assert_null(b);
+}
+
+static void test_pack_dir_is_deterministic_and_safe(void **state)
+{
+    pc_test_init();
+    char dir[256], path[400];
+    pc_test_tmpdir(dir, sizeof(dir), "bundle");
+    snprintf(path, sizeof(path), "%s/main.lua", dir);
+    pc_test_write_file(path, "return 1", 8);
+    snprintf(path, sizeof(path), "%s/lib", dir);
+    mkdir(path, 0700);
+    snprintf(path, sizeof(path), "%s/lib/z.lua", dir);
+    pc_test_write_file(path, "z", 1);
+    snprintf(path, sizeof(path), "%s/lib/a.txt", dir);
+    pc_test_write_file(path, "a", 1);
+    uint8_t *a, *b;
+    size_t alen, blen;
+    pc_err err;
+    assert_int_equal(pc_bundle_pack_dir(dir, NULL, 1 << 20, &a, &alen, &err), PC_OK);
+    assert_int_equal(pc_bundle_pack_dir(dir, NULL, 1 << 20, &b, &blen, &err), PC_OK);
+    assert_int_equal(alen, blen);
+    assert_memory_equal(a, b, alen);
+    pc_bundle *bundle;
+    assert_int_equal(pc_bundle_open(a, alen, &bundle, &err), PC_OK);
+    assert_int_equal(pc_bundle_file_count(bundle), 3);
+    assert_int_equal(pc_bundle_file(bundle, "lib/a.txt", NULL, NULL), PC_OK);
+    pc_bundle_free(bundle);
+    free(a);
+    free(b);
+    /* Size limit, missing entrypoint, symlinks. */
+    assert_int_equal(pc_bundle_pack_dir(dir, NULL, 4, &a, &alen, &err), PC_E_TOO_LARGE);
+    assert_int_equal(pc_bundle_pack_dir(dir, "nope.lua", 1 << 20, &a, &alen, &err), PC_E_INVALID);
+    snprintf(path, sizeof(path), "%s/link", dir);
+    assert_int_equal(symlink("/etc/passwd", path), 0);
+    assert_int_equal(pc_bundle_pack_dir(dir, NULL, 1 << 20, &a, &alen, &err), PC_E_INVALID);
+    pc_test_rm_rf(dir);
+}
+
+static void test_names(void **state)
+{
+    assert_true(pc_tenant_name_valid("acme-1"));
+    assert_false(pc_tenant_name_valid("Acme"));
+    assert_false(pc_tenant_name_valid(""));
+    assert_false(pc_tenant_name_valid(NULL));
+    assert_false(pc_tenant_name_valid("a.b"));
+    char name[80];
+    memset(name, 'a', 63);
+    name[63] = '\0';
+    assert_true(pc_tenant_name_valid(name));
+    name[63] = 'a';
+    name[64] = '\0';
+    assert_false(pc_tenant_name_valid(name));
+    assert_true(pc_id_valid("edge-01.fra"));
+    assert_false(pc_id_valid("a b"));
+    assert_true(pc_runtime_name_valid("lua"));
+    assert_false(pc_runtime_name_valid("Lua"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_single_file_round_trip),
+        cmocka_unit_test(test_unsafe_paths_are_refused),
+        cmocka_unit_test(test_entrypoint_must_be_a_file),
+        cmocka_unit_test(test_duplicate_paths_are_refused),
+        cmocka_unit_test(test_garbage_is_refused),
+        cmocka_unit_test(test_pack_dir_is_deterministic_and_safe),
+        cmocka_unit_test(test_names),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
