@@ -23,12 +23,35 @@ typedef struct nack {
 
 struct pc_applier {
     pc_applier_options opt;
-    pthread_mutex_t lock; /* guards the nack ring */
+    /* Serializes everything that writes: entries from pub/sub (loop
+     * thread) and from catch-up (syncer thread) apply one at a time. */
+    pthread_mutex_t apply_lock;
+    pthread_mutex_t lock; /* guards the nack ring and heartbeat state */
     nack nacks[NACK_RING];
     size_t nack_next, nack_count;
     _Atomic uint64_t applied_seq;
-    pc_metric *m_received, *m_applied, *m_live, *m_applied_seq;
+    _Atomic uint64_t head_seq;
+    int64_t last_heartbeat_ms;      /* monotonic; start time until the first */
+    int64_t last_heartbeat_time_ms; /* the controller's clock, for replays */
+    uint64_t drop_state;            /* test-only drop generator */
+    pc_metric *m_received, *m_applied, *m_live, *m_applied_seq, *m_heartbeats, *m_dropped,
+        *m_snapshots;
 };
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t heartbeat_age_ms(pc_applier *a);
+
+static void changed(pc_applier *a, int need_sync)
+{
+    if (a->opt.on_change != NULL)
+        a->opt.on_change(a->opt.on_change_arg, need_sync);
+}
 
 static int64_t now_unix_ms(void)
 {
@@ -56,6 +79,7 @@ static void record_nack(pc_applier *a, const char *tenant, uint64_t version, uin
     if (a->nack_count < NACK_RING)
         a->nack_count++;
     pthread_mutex_unlock(&a->lock);
+    changed(a, 0);
 }
 
 /* Counts and logs a refused entry. m is the verified manifest when the
@@ -132,7 +156,7 @@ static void take_down(pc_applier *a, const char *tenant)
         pc_warn("applier", "%s: cannot record that nothing is live: %s", tenant, serr.msg);
 }
 
-int pc_applier_apply_entry(pc_applier *a, const Popcast__Entry *e, pc_err *err)
+static int apply_entry_locked(pc_applier *a, const Popcast__Entry *e, pc_err *err)
 {
     Popcast__Manifest *m = NULL;
     pc_metric_add(a->m_received, 1);
@@ -142,8 +166,14 @@ int pc_applier_apply_entry(pc_applier *a, const Popcast__Entry *e, pc_err *err)
         return rc;
     }
     if (e->bundle_omitted && pc_manifest_has_content(m)) {
-        rc = pc_err_set(err, PC_E_INVALID, "entry announces a bundle without carrying it");
-        refuse(a, rc, m, err);
+        /* An announcement: the bundle was too large to push. The syncer
+         * fetches it in chunks and applies the entry complete. */
+        rc = pc_err_set(err, PC_E_SEQ_GAP, "bundle of seq %llu must be fetched",
+                        (unsigned long long)m->seq);
+        if (m->seq > atomic_load(&a->applied_seq)) {
+            pc_metrics_inc(a->opt.metrics, "popcast_agent_announcements_total", NULL);
+            changed(a, 1);
+        }
         goto out;
     }
     const uint8_t *bundle = pc_manifest_has_content(m) ? e->bundle.data : NULL;
@@ -181,6 +211,68 @@ int pc_applier_apply_entry(pc_applier *a, const Popcast__Entry *e, pc_err *err)
 out:
     popcast__manifest__free_unpacked(m, NULL);
     return rc;
+}
+
+int pc_applier_apply_entry(pc_applier *a, const Popcast__Entry *e, pc_err *err)
+{
+    pthread_mutex_lock(&a->apply_lock);
+    int rc = apply_entry_locked(a, e, err);
+    pthread_mutex_unlock(&a->apply_lock);
+    if (rc == PC_OK)
+        changed(a, 0);
+    return rc;
+}
+
+static void on_heartbeat(pc_applier *a, const Popcast__SignedHeartbeat *sh)
+{
+    Popcast__Heartbeat *hb = NULL;
+    pc_err err;
+    int rc = pc_envelope_verify_heartbeat(a->opt.trusted, sh, &hb, &err);
+    if (rc != PC_OK) {
+        refuse(a, rc, NULL, &err);
+        return;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t now_wall = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    pthread_mutex_lock(&a->lock);
+    if (hb->time_unix_ms <= a->last_heartbeat_time_ms) {
+        /* Older than one already accepted: a replay (or a controller
+         * whose clock went back); it proves nothing about freshness. */
+        rc = pc_err_set(&err, PC_E_DUPLICATE, "heartbeat from %lld is not newer than %lld",
+                        (long long)hb->time_unix_ms, (long long)a->last_heartbeat_time_ms);
+    } else if (hb->expires_unix_ms < now_wall) {
+        rc = pc_err_set(&err, PC_E_STALE_VERSION, "heartbeat expired %lld ms ago",
+                        (long long)(now_wall - hb->expires_unix_ms));
+    } else {
+        a->last_heartbeat_time_ms = hb->time_unix_ms;
+        a->last_heartbeat_ms = mono_ms();
+        atomic_store(&a->head_seq, hb->head_seq);
+    }
+    pthread_mutex_unlock(&a->lock);
+    if (rc != PC_OK) {
+        char labels[64];
+        snprintf(labels, sizeof(labels), "reason=\"%s\"", pc_err_name(rc));
+        pc_metrics_inc(a->opt.metrics, "popcast_agent_heartbeats_refused_total", labels);
+        pc_debug("applier", "heartbeat refused: %s", err.msg);
+    } else {
+        pc_metric_add(a->m_heartbeats, 1);
+        if (hb->head_seq > atomic_load(&a->applied_seq))
+            changed(a, 1);
+    }
+    popcast__heartbeat__free_unpacked(hb, NULL);
+}
+
+/* splitmix64: a fixed-seed stream for the test-only drop switch. */
+static int drop_this_one(pc_applier *a)
+{
+    if (a->opt.test_drop_permille == 0)
+        return 0;
+    uint64_t z = (a->drop_state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    return z % 1000 < a->opt.test_drop_permille;
 }
 
 void pc_applier_on_publication(pc_applier *a, const uint8_t *data, size_t len)
@@ -274,9 +366,78 @@ size_t pc_applier_load(pc_applier *a)
 {
     load_walk w = {a, 0};
     pc_err err;
+    pthread_mutex_lock(&a->apply_lock);
     if (pc_store_foreach_tenant(a->opt.store, load_tenant, &w, &err) != PC_OK)
         pc_error("applier", "cannot read tenants from the store: %s", err.msg);
+    pthread_mutex_unlock(&a->apply_lock);
     return w.live;
+}
+
+int pc_applier_install_snapshot(pc_applier *a, uint64_t seq, Popcast__Entry *const *entries,
+                                size_t n, pc_err *err)
+{
+    Popcast__Manifest **ms = calloc(n ? n : 1, sizeof(*ms));
+    pc_store_item *items = calloc(n ? n : 1, sizeof(*items));
+    bool *applied = calloc(n ? n : 1, sizeof(*applied));
+    int rc = PC_OK;
+    if (ms == NULL || items == NULL || applied == NULL) {
+        rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        pc_metric_add(a->m_received, 1);
+        rc = pc_envelope_verify_entry(a->opt.trusted, entries[i], a->opt.max_bundle, &ms[i], err);
+        if (rc == PC_OK && entries[i]->bundle_omitted && pc_manifest_has_content(ms[i]))
+            rc = pc_err_set(err, PC_E_INVALID, "snapshot entry without its bundle");
+        if (rc == PC_OK && ms[i]->seq > seq)
+            rc = pc_err_set(err, PC_E_INVALID, "snapshot entry seq %llu is past the snapshot",
+                            (unsigned long long)ms[i]->seq);
+        if (rc != PC_OK) {
+            /* One bad entry refuses the whole snapshot: a partial one would
+             * claim a seq whose state we do not have. */
+            refuse(a, rc, ms[i], err);
+            pc_err_wrap(err, "snapshot refused");
+            goto out;
+        }
+        items[i].sm = entries[i]->signed_;
+        items[i].m = ms[i];
+        items[i].bundle = pc_manifest_has_content(ms[i]) ? entries[i]->bundle.data : NULL;
+        items[i].bundle_len = pc_manifest_has_content(ms[i]) ? entries[i]->bundle.len : 0;
+    }
+    pthread_mutex_lock(&a->apply_lock);
+    rc = pc_store_install_snapshot(a->opt.store, seq, items, n, applied, err);
+    if (rc == PC_OK) {
+        atomic_store(&a->applied_seq, seq);
+        pc_metric_set(a->m_applied_seq, seq);
+        pc_metric_add(a->m_snapshots, 1);
+        size_t made_live = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (!applied[i])
+                continue;
+            pc_err lerr;
+            if (!pc_manifest_has_content(ms[i])) {
+                take_down(a, ms[i]->tenant);
+            } else if (make_live(a, ms[i], items[i].bundle, items[i].bundle_len, &lerr) != PC_OK) {
+                record_nack(a, ms[i]->tenant, ms[i]->version, ms[i]->seq, pc_err_name(lerr.code),
+                            lerr.msg);
+            } else {
+                made_live++;
+            }
+        }
+        pc_info("applier", "installed a snapshot at seq %llu: %zu tenants, %zu made live",
+                (unsigned long long)seq, n, made_live);
+    }
+    pthread_mutex_unlock(&a->apply_lock);
+    if (rc == PC_OK)
+        changed(a, 0);
+out:
+    for (size_t i = 0; ms != NULL && i < n; i++)
+        if (ms[i] != NULL)
+            popcast__manifest__free_unpacked(ms[i], NULL);
+    free(ms);
+    free(items);
+    free(applied);
+    return rc;
 }
 
 int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
@@ -286,10 +447,14 @@ int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     a->opt = *opt;
     pthread_mutex_init(&a->lock, NULL);
+    pthread_mutex_init(&a->apply_lock, NULL);
+    a->last_heartbeat_ms = mono_ms();
+    a->drop_state = opt->test_drop_seed;
     uint64_t applied = 0;
     int rc = pc_store_applied_seq(opt->store, &applied, err);
     if (rc != PC_OK) {
         pthread_mutex_destroy(&a->lock);
+        pthread_mutex_destroy(&a->apply_lock);
         free(a);
         return rc;
     }
@@ -303,6 +468,15 @@ int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
     a->m_applied_seq =
         pc_metrics_gauge(opt->metrics, "popcast_agent_applied_seq", NULL, "last applied seq");
     pc_metric_set(a->m_applied_seq, applied);
+    a->m_heartbeats = pc_metrics_counter(opt->metrics, "popcast_agent_heartbeats_total", NULL,
+                                         "valid heartbeats received");
+    a->m_dropped = pc_metrics_counter(opt->metrics, "popcast_agent_test_dropped_total", NULL,
+                                      "entries discarded by the test-only drop switch");
+    a->m_snapshots = pc_metrics_counter(opt->metrics, "popcast_agent_snapshots_installed_total",
+                                        NULL, "snapshots installed");
+    if (opt->test_drop_permille != 0)
+        pc_warn("applier", "TEST MODE: dropping %u per mille of pub/sub entries",
+                opt->test_drop_permille);
     *out = a;
     return PC_OK;
 }
@@ -312,12 +486,115 @@ void pc_applier_free(pc_applier *a)
     if (a == NULL)
         return;
     pthread_mutex_destroy(&a->lock);
+    pthread_mutex_destroy(&a->apply_lock);
     free(a);
 }
 
 uint64_t pc_applier_applied_seq(pc_applier *a)
 {
     return atomic_load(&a->applied_seq);
+}
+
+uint64_t pc_applier_head_seq(pc_applier *a)
+{
+    return atomic_load(&a->head_seq);
+}
+
+static int64_t heartbeat_age_ms(pc_applier *a)
+{
+    pthread_mutex_lock(&a->lock);
+    int64_t age = mono_ms() - a->last_heartbeat_ms;
+    pthread_mutex_unlock(&a->lock);
+    return age;
+}
+
+int pc_applier_is_stale(pc_applier *a)
+{
+    return heartbeat_age_ms(a) > (int64_t)a->opt.stale_after_ms;
+}
+
+typedef struct proto_walk {
+    Popcast__TenantStatus **items;
+    size_t n, cap;
+} proto_walk;
+
+static int tenant_proto(void *arg, const pc_tenant_state *t)
+{
+    proto_walk *w = arg;
+    if (w->n == w->cap) {
+        size_t cap = w->cap ? w->cap * 2 : 16;
+        Popcast__TenantStatus **grown = realloc(w->items, cap * sizeof(*grown));
+        if (grown == NULL)
+            return 1;
+        w->items = grown;
+        w->cap = cap;
+    }
+    Popcast__TenantStatus *ts = malloc(sizeof(*ts));
+    char *name = strdup(t->tenant);
+    if (ts == NULL || name == NULL) {
+        free(ts);
+        free(name);
+        return 1;
+    }
+    popcast__tenant_status__init(ts);
+    ts->tenant = name;
+    /* last_version, not active: a delete is "applied" too (rollout.h). */
+    ts->applied_version = t->last_version;
+    ts->live_version = t->live_version;
+    ts->applied_seq = t->active_seq;
+    w->items[w->n++] = ts;
+    return 0;
+}
+
+int pc_applier_status(pc_applier *a, Popcast__AgentStatus *out)
+{
+    popcast__agent_status__init(out);
+    proto_walk w = {0};
+    int rc = pc_store_foreach_tenant(a->opt.store, tenant_proto, &w, NULL);
+    out->tenants = w.items;
+    out->n_tenants = w.n;
+    if (rc != PC_OK) {
+        pc_applier_status_clear(out);
+        return PC_E_STORE;
+    }
+    out->applied_seq = atomic_load(&a->applied_seq);
+    out->stale = pc_applier_is_stale(a);
+    pthread_mutex_lock(&a->lock);
+    out->nacks = calloc(a->nack_count ? a->nack_count : 1, sizeof(*out->nacks));
+    for (size_t i = 0; out->nacks != NULL && i < a->nack_count; i++) {
+        size_t idx = (a->nack_next + NACK_RING - a->nack_count + i) % NACK_RING;
+        const nack *n = &a->nacks[idx];
+        Popcast__Nack *pn = malloc(sizeof(*pn));
+        if (pn == NULL)
+            break;
+        popcast__nack__init(pn);
+        pn->tenant = strdup(n->tenant);
+        pn->version = n->version;
+        pn->seq = n->seq;
+        pn->reason = strdup(n->reason);
+        pn->detail = strdup(n->detail);
+        pn->at_unix_ms = n->at_unix_ms;
+        out->nacks[out->n_nacks++] = pn;
+    }
+    pthread_mutex_unlock(&a->lock);
+    return PC_OK;
+}
+
+void pc_applier_status_clear(Popcast__AgentStatus *st)
+{
+    for (size_t i = 0; i < st->n_tenants; i++) {
+        free(st->tenants[i]->tenant);
+        free(st->tenants[i]);
+    }
+    free(st->tenants);
+    for (size_t i = 0; i < st->n_nacks; i++) {
+        free(st->nacks[i]->tenant);
+        free(st->nacks[i]->reason);
+        free(st->nacks[i]->detail);
+        free(st->nacks[i]);
+    }
+    free(st->nacks);
+    popcast__agent_status__init(st);
 }
 
 /* Status. */
@@ -360,6 +637,10 @@ json_t *pc_applier_status_json(pc_applier *a)
                                                n->detail, "at_unix_ms", (json_int_t)n->at_unix_ms));
     }
     pthread_mutex_unlock(&a->lock);
-    return json_pack("{s:I,s:o,s:o}", "applied_seq", (json_int_t)atomic_load(&a->applied_seq),
-                     "tenants", tenants, "nacks", nacks);
+    uint64_t head = atomic_load(&a->head_seq), applied = atomic_load(&a->applied_seq);
+    return json_pack("{s:I,s:I,s:I,s:b,s:I,s:o,s:o}", "applied_seq", (json_int_t)applied,
+                     "head_seq", (json_int_t)head, "lag",
+                     (json_int_t)(head > applied ? head - applied : 0), "stale",
+                     pc_applier_is_stale(a), "last_heartbeat_ms_ago",
+                     (json_int_t)heartbeat_age_ms(a), "tenants", tenants, "nacks", nacks);
 }

@@ -39,6 +39,16 @@ typedef struct pc_applier_options {
     size_t n_adapters;
     pc_metrics *metrics;
     size_t max_bundle;
+    uint64_t stale_after_ms; /* no valid heartbeat for this long: stale */
+    /* Called (without locks held) when something changed that the
+     * controllers should hear about; need_sync is set when the applier
+     * found itself behind (a seq gap, or a heartbeat ahead of it). */
+    void (*on_change)(void *arg, int need_sync);
+    void *on_change_arg;
+    /* Test only: drop this many per mille of pub/sub entries, with a
+     * fixed-seed generator, to exercise catch-up. 0 in production. */
+    unsigned test_drop_permille;
+    uint64_t test_drop_seed;
 } pc_applier_options;
 
 int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err);
@@ -59,7 +69,24 @@ void pc_applier_on_publication(pc_applier *a, const uint8_t *data, size_t len);
  * when entries are missing before it, or the refusal's error. */
 int pc_applier_apply_entry(pc_applier *a, const Popcast__Entry *e, pc_err *err);
 
+/* Installs a snapshot (every tenant's latest entry as of a seq), for an
+ * agent too far behind, new, or wiped. Entries must carry their bundles.
+ * Every entry is verified first; then tenants whose snapshot version is
+ * above what they have are stored in one transaction with the applied seq,
+ * and made live. PC_E_DUPLICATE if the snapshot is not ahead of us. */
+int pc_applier_install_snapshot(pc_applier *a, uint64_t seq, Popcast__Entry *const *entries,
+                                size_t n, pc_err *err);
+
 uint64_t pc_applier_applied_seq(pc_applier *a);
+/* The head seq from the last valid heartbeat (0 if none yet). */
+uint64_t pc_applier_head_seq(pc_applier *a);
+/* No valid heartbeat for stale_after_ms. */
+int pc_applier_is_stale(pc_applier *a);
+
+/* The status report for the controllers (agent_id, pop and counter are
+ * the caller's). Free with pc_applier_status_clear. */
+int pc_applier_status(pc_applier *a, Popcast__AgentStatus *out);
+void pc_applier_status_clear(Popcast__AgentStatus *st);
 
 /* Status as JSON (docs/api.md, agent /v1/status): applied seq, tenants
  * with applied and live versions, recent nacks, refusal counters. */

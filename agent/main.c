@@ -23,12 +23,14 @@
 #include "names.h"
 #include "store.h"
 #include "subscriber.h"
+#include "syncer.h"
 
 typedef struct agent_config {
     char *data_dir;
     char *agent_id;
     char *pop;
     pc_strlist subscribe;
+    pc_strlist sync;
     pc_strlist trusted_key;
     char *edge_listen;
     char *admin_listen;
@@ -43,6 +45,12 @@ typedef struct agent_config {
     uint64_t lua_wall_ms;
     uint64_t lua_response_max;
     uint64_t lua_max_isolates;
+    uint64_t stale_after_ms;
+    uint64_t status_interval_ms;
+    uint64_t sync_interval_ms;
+    uint64_t request_timeout_ms;
+    uint64_t test_drop_permille;
+    uint64_t test_drop_seed;
 } agent_config;
 
 #define OPT(name, type, def, min, max, help)                                                       \
@@ -56,6 +64,8 @@ static const pc_cfg_option options[] = {
     OPT(pop, PC_CFG_STRING, "default", 0, 0, "the PoP this machine is in"),
     OPT(subscribe, PC_CFG_LIST, "tcp://127.0.0.1:7071", 0, 0,
         "pub address of a controller or relay (repeat for each)"),
+    OPT(sync, PC_CFG_LIST, "tcp://127.0.0.1:7072", 0, 0,
+        "sync (catch-up and status) address of a controller or relay (repeat for each)"),
     OPT(trusted_key, PC_CFG_LIST, NULL, 0, 0,
         "public key file of a trusted signing key (repeat for each); required"),
     OPT(edge_listen, PC_CFG_STRING, "127.0.0.1:8080", 0, 0, "end-user HTTP address host:port"),
@@ -75,6 +85,16 @@ static const pc_cfg_option options[] = {
     OPT(lua_wall_ms, PC_CFG_U64, "1000", 1, 3600000, "wall-time limit per request (ms)"),
     OPT(lua_response_max, PC_CFG_SIZE, "8MiB", 1, (uint64_t)1 << 30, "largest response body"),
     OPT(lua_max_isolates, PC_CFG_U64, "64", 1, 65536, "isolates per tenant version"),
+    OPT(stale_after_ms, PC_CFG_U64, "5000", 100, 86400000,
+        "no valid heartbeat for this long: report stale (and keep serving)"),
+    OPT(status_interval_ms, PC_CFG_U64, "2000", 50, 3600000,
+        "status report period (reports also go out on every change)"),
+    OPT(sync_interval_ms, PC_CFG_U64, "10000", 100, 3600000,
+        "catch-up probe period, even when nothing looks missing"),
+    OPT(request_timeout_ms, PC_CFG_U64, "5000", 100, 600000, "one sync request's timeout"),
+    OPT(test_drop_permille, PC_CFG_U64, "0", 0, 1000,
+        "TESTS ONLY: discard this many per mille of pub/sub entries"),
+    OPT(test_drop_seed, PC_CFG_U64, "1", 0, 0, "TESTS ONLY: seed of the drop switch"),
     {NULL, 0, 0, NULL, 0, 0, NULL},
 };
 
@@ -91,6 +111,7 @@ typedef struct agent {
     size_t n_adapters;
     pc_applier *applier;
     pc_subscriber *sub;
+    pc_syncer *_Atomic syncer;
     pc_edge *edge;
     pc_admin *admin;
 } agent;
@@ -110,6 +131,36 @@ static int ensure_dir(const char *path, pc_err *err)
     if (mkdir(buf, 0700) != 0 && errno != EEXIST)
         return pc_err_set(err, PC_E_IO, "cannot create %s: %s", buf, strerror(errno));
     return PC_OK;
+}
+
+static void on_change(void *arg, int need_sync)
+{
+    agent *ag = arg;
+    pc_syncer_notify(ag->syncer, need_sync);
+}
+
+/* A number that grows on every start, so status counters never repeat. */
+static int next_status_epoch(pc_store *store, uint64_t *epoch, pc_err *err)
+{
+    uint8_t buf[8] = {0};
+    size_t len = 0;
+    int rc = pc_store_meta_get(store, "status_epoch", buf, sizeof(buf), &len, err);
+    uint64_t e = 0;
+    if (rc == PC_OK && len == 8)
+        for (int i = 0; i < 8; i++)
+            e = (e << 8) | buf[i];
+    else if (rc != PC_OK && rc != PC_E_NOTFOUND)
+        return rc;
+    e++;
+    for (int i = 7; i >= 0; i--) {
+        buf[i] = (uint8_t)e;
+        e >>= 8;
+    }
+    rc = pc_store_meta_put(store, "status_epoch", buf, 8, err);
+    if (rc == PC_OK)
+        for (int i = 0; i < 8; i++)
+            *epoch = (*epoch << 8) | buf[i];
+    return rc;
 }
 
 static void on_publication(void *arg, const uint8_t *data, size_t len)
@@ -224,7 +275,12 @@ int main(int argc, char **argv)
                                .adapters = ag.adapters,
                                .n_adapters = ag.n_adapters,
                                .metrics = ag.metrics,
-                               .max_bundle = ag.cfg.max_bundle};
+                               .max_bundle = ag.cfg.max_bundle,
+                               .stale_after_ms = ag.cfg.stale_after_ms,
+                               .on_change = on_change,
+                               .on_change_arg = &ag,
+                               .test_drop_permille = (unsigned)ag.cfg.test_drop_permille,
+                               .test_drop_seed = ag.cfg.test_drop_seed};
     if (pc_applier_new(&ag.applier, &aopt, &err) != PC_OK) {
         pc_error("agent", "%s", err.msg);
         goto out;
@@ -244,6 +300,34 @@ int main(int argc, char **argv)
         pc_error("agent", "%s", err.msg);
         goto out;
     }
+    uint64_t epoch = 0;
+    if (next_status_epoch(ag.store, &epoch, &err) != PC_OK) {
+        pc_error("agent", "%s", err.msg);
+        goto out;
+    }
+    pc_syncer_options syopt = {
+        .urls = &ag.cfg.sync,
+        .applier = ag.applier,
+        .metrics = ag.metrics,
+        .agent_id = ag.agent_id,
+        .pop = ag.cfg.pop,
+        .status_epoch = epoch,
+        .request_timeout_ms = ag.cfg.request_timeout_ms,
+        .sync_interval_ms = ag.cfg.sync_interval_ms,
+        .status_interval_ms = ag.cfg.status_interval_ms,
+        .status_min_ms = 50,
+        .batch_entries = 256,
+        .batch_bytes = 8 * 1024 * 1024,
+        .chunk_bytes = 1024 * 1024,
+        .recv_max =
+            (ag.cfg.max_bundle > 64u * 1024 * 1024 ? ag.cfg.max_bundle : 64u * 1024 * 1024) +
+            2 * 1024 * 1024};
+    pc_syncer *syncer = NULL;
+    if (pc_syncer_start(&syncer, &syopt, &err) != PC_OK) {
+        pc_error("agent", "%s", err.msg);
+        goto out;
+    }
+    ag.syncer = syncer;
     uv_loop_init(&ag.loop);
     pc_subscriber_options subopt = {.urls = &ag.cfg.subscribe,
                                     .recvbuf = (int)ag.cfg.sub_recvbuf,
@@ -265,6 +349,11 @@ int main(int argc, char **argv)
     uv_loop_close(&ag.loop);
     exit_code = 0;
 out:
+    if (ag.syncer != NULL) {
+        pc_syncer *s = ag.syncer;
+        ag.syncer = NULL;
+        pc_syncer_stop(s);
+    }
     pc_admin_stop(ag.admin);
     pc_edge_stop(ag.edge);
     pc_applier_free(ag.applier);

@@ -1,7 +1,9 @@
 /* api.c - REST API routes (see api.h). */
 #include "api.h"
 
+#include <errno.h>
 #include <sodium.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,9 +20,12 @@ struct pc_api {
     char *node_id;
     pc_store *store;
     pc_pipeline *pipeline;
+    pc_rollout *rollout;
     pc_metrics *metrics;
     nng_http_server *server;
 };
+
+#define WAIT_MAX_MS 300000
 
 /* Authentication: the admin bearer token, compared as BLAKE2b hashes in
  * constant time so neither its length nor its prefix leaks. */
@@ -412,6 +417,100 @@ static void delete_tenant(pc_api *api, nng_aio *aio, const char *tenant)
     submit(api, aio, c);
 }
 
+/* Rollouts. */
+
+static void get_fleet(pc_api *api, nng_aio *aio)
+{
+    uint64_t head = 0;
+    pc_store_applied_seq(api->store, &head, NULL);
+    pc_httpd_reply_json(aio, 200, pc_rollout_fleet_json(api->rollout, head, pc_now_ms()));
+}
+
+static void rollout_done(void *arg, json_t *doc, const char *why)
+{
+    pc_httpd_reply_json(arg, 200, doc);
+}
+
+static int parse_u64_strict(const char *s, uint64_t *out)
+{
+    char *end = NULL;
+    if (s[0] < '0' || s[0] > '9')
+        return -1;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno != 0 || *end != '\0')
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* The rollout of the change at seq (version 0) or of tenant's version. */
+static void get_rollout(pc_api *api, nng_aio *aio, const char *tenant, uint64_t version,
+                        uint64_t seq, const char *query)
+{
+    pc_err err;
+    char buf[32];
+    uint64_t wait_ms = 0;
+    double fraction = 1.0;
+    if (pc_httpd_query_get(query, "wait", buf, sizeof(buf)) &&
+        (parse_u64_strict(buf, &wait_ms) != 0 || wait_ms > WAIT_MAX_MS)) {
+        pc_httpd_reply_error(aio, 400, PC_E_INVALID, "wait must be milliseconds, at most %d",
+                             WAIT_MAX_MS);
+        return;
+    }
+    if (pc_httpd_query_get(query, "fraction", buf, sizeof(buf))) {
+        char *end = NULL;
+        fraction = strtod(buf, &end);
+        if (end == buf || *end != '\0' || !(fraction > 0.0 && fraction <= 1.0)) {
+            pc_httpd_reply_error(aio, 400, PC_E_INVALID, "fraction must be in (0, 1]");
+            return;
+        }
+    }
+    if (seq == 0) {
+        int rc = pc_store_version_seq(api->store, tenant, version, &seq, &err);
+        if (rc != PC_OK) {
+            pc_httpd_reply_error(aio, rc == PC_E_NOTFOUND ? 404 : 500, rc,
+                                 "tenant %s has no version %llu", tenant,
+                                 (unsigned long long)version);
+            return;
+        }
+    }
+    Popcast__LogRecord *rec = NULL;
+    int rc = pc_store_get_log(api->store, seq, &rec, &err);
+    if (rc != PC_OK) {
+        pc_httpd_reply_error(aio, rc == PC_E_NOTFOUND ? 404 : 500, rc, "no change with seq %llu",
+                             (unsigned long long)seq);
+        return;
+    }
+    Popcast__Manifest *m = rec->signed_
+                               ? popcast__manifest__unpack(NULL, rec->signed_->manifest.len,
+                                                           rec->signed_->manifest.data)
+                               : NULL;
+    popcast__log_record__free_unpacked(rec, NULL);
+    if (m == NULL || m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION) {
+        if (m)
+            popcast__manifest__free_unpacked(m, NULL);
+        pc_httpd_reply_error(aio, 400, PC_E_INVALID, "seq %llu is not a tenant change",
+                             (unsigned long long)seq);
+        return;
+    }
+    char t[PC_TENANT_MAX + 1];
+    snprintf(t, sizeof(t), "%s", m->tenant);
+    pc_rollout_query q = {.tenant = t,
+                          .version = m->version,
+                          .seq = m->seq,
+                          .is_delete = m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE,
+                          .fraction = fraction};
+    popcast__manifest__free_unpacked(m, NULL);
+    if (wait_ms == 0) {
+        pc_httpd_reply_json(aio, 200, pc_rollout_version_json(api->rollout, &q, pc_now_ms(), NULL));
+        return;
+    }
+    if (pc_rollout_wait(api->rollout, &q, pc_now_ms() + (int64_t)wait_ms, rollout_done, aio,
+                        &err) != PC_OK)
+        pc_httpd_reply_error(aio, 503, err.code, "%s", err.msg);
+}
+
 static void method_not_allowed(nng_aio *aio, const char *method, const char *allowed)
 {
     pc_httpd_reject(aio, 405, PC_E_INVALID, "method %s not allowed here (allowed: %s)", method,
@@ -450,6 +549,23 @@ static void route(nng_aio *aio)
     if (!authorized(api, req)) {
         pc_httpd_reject(aio, 401, PC_E_AUTH,
                         "missing or wrong bearer token (Authorization: Bearer <token>)");
+        goto done;
+    }
+    if (p.n == 2 && strcmp(p.seg[1], "fleet") == 0) {
+        if (is_get)
+            get_fleet(api, aio);
+        else
+            method_not_allowed(aio, method, "GET");
+        goto done;
+    }
+    if (p.n == 3 && strcmp(p.seg[1], "rollout") == 0) {
+        uint64_t seq = 0;
+        if (!is_get)
+            method_not_allowed(aio, method, "GET");
+        else if (parse_u64_strict(p.seg[2], &seq) != 0 || seq == 0)
+            pc_httpd_reject(aio, 400, PC_E_INVALID, "seq must be a number >= 1");
+        else
+            get_rollout(api, aio, NULL, 0, seq, p.query);
         goto done;
     }
     if (strcmp(p.seg[1], "tenants") != 0) {
@@ -499,13 +615,23 @@ static void route(nng_aio *aio)
             method_not_allowed(aio, method, "POST");
         goto done;
     }
+    if (p.n == 6 && strcmp(p.seg[3], "versions") == 0 && strcmp(p.seg[5], "rollout") == 0) {
+        uint64_t version = 0;
+        if (!is_get)
+            method_not_allowed(aio, method, "GET");
+        else if (parse_u64_strict(p.seg[4], &version) != 0 || version == 0)
+            pc_httpd_reject(aio, 400, PC_E_INVALID, "version must be a number >= 1");
+        else
+            get_rollout(api, aio, tenant, version, 0, p.query);
+        goto done;
+    }
     pc_httpd_reject(aio, 404, PC_E_NOTFOUND, "no such resource");
 done:
     pc_httpd_path_free(&p);
 }
 
 int pc_api_start(pc_api **out, const pc_api_options *opt, pc_store *store, pc_pipeline *pipeline,
-                 pc_metrics *metrics, pc_err *err)
+                 pc_rollout *rollout, pc_metrics *metrics, pc_err *err)
 {
     pc_api *api = calloc(1, sizeof(*api));
     if (api == NULL)
@@ -514,6 +640,7 @@ int pc_api_start(pc_api **out, const pc_api_options *opt, pc_store *store, pc_pi
     api->node_id = strdup(opt->node_id ? opt->node_id : "");
     api->store = store;
     api->pipeline = pipeline;
+    api->rollout = rollout;
     api->metrics = metrics;
     int rc = pc_httpd_start(opt->listen_url, "/", route, api, &api->server, err);
     if (rc != PC_OK) {

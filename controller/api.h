@@ -18,6 +18,7 @@
 #include "err.h"
 #include "metrics.h"
 #include "pipeline.h"
+#include "rollout.h"
 #include "store.h"
 
 typedef struct pc_api_options {
@@ -32,7 +33,7 @@ typedef struct pc_api_options {
 typedef struct pc_api pc_api;
 
 int pc_api_start(pc_api **out, const pc_api_options *opt, pc_store *store, pc_pipeline *pipeline,
-                 pc_metrics *metrics, pc_err *err);
+                 pc_rollout *rollout, pc_metrics *metrics, pc_err *err);
 void pc_api_stop(pc_api *api);
 
 #endif

@@ -21,13 +21,17 @@
 #include "lua_engine.h"
 #include "metrics.h"
 #include "pipeline.h"
+#include "heartbeat.h"
 #include "publisher.h"
+#include "rollout.h"
+#include "sync_server.h"
 #include "store.h"
 
 typedef struct controller_config {
     char *data_dir;
     char *api_listen;
     char *pub_listen;
+    char *sync_listen;
     char *signing_key;
     char *admin_token_file;
     char *node_id;
@@ -35,6 +39,13 @@ typedef struct controller_config {
     uint64_t max_bundle;
     uint64_t pub_sendbuf;
     uint64_t max_pending;
+    uint64_t heartbeat_ms;
+    uint64_t publish_inline_max;
+    uint64_t sync_inline_max;
+    uint64_t sync_max_reply;
+    uint64_t snapshot_lag;
+    uint64_t gone_after_ms;
+    uint64_t report_stale_ms;
     pc_strlist runtimes;
 } controller_config;
 
@@ -48,6 +59,8 @@ static const pc_cfg_option options[] = {
     OPT(api_listen, PC_CFG_STRING, "http://127.0.0.1:7070", 0, 0, "REST API address"),
     OPT(pub_listen, PC_CFG_STRING, "tcp://127.0.0.1:7071", 0, 0,
         "nng pub address agents subscribe to"),
+    OPT(sync_listen, PC_CFG_STRING, "tcp://127.0.0.1:7072", 0, 0,
+        "nng rep address for catch-up, snapshots, bundle chunks and status reports"),
     OPT(signing_key, PC_CFG_STRING, NULL, 0, 0,
         "Ed25519 secret key file (popcast keygen); required"),
     OPT(admin_token_file, PC_CFG_STRING, NULL, 0, 0,
@@ -59,6 +72,20 @@ static const pc_cfg_option options[] = {
     OPT(pub_sendbuf, PC_CFG_U64, "128", 1, 8192,
         "messages queued per subscriber before pub/sub drops for it"),
     OPT(max_pending, PC_CFG_U64, "1024", 1, 1 << 20, "writes queued before the API answers 503"),
+    OPT(heartbeat_ms, PC_CFG_U64, "1000", 0, 3600000,
+        "signed heartbeat period (0: none; agents then go stale)"),
+    OPT(publish_inline_max, PC_CFG_SIZE, "1MiB", 0, (uint64_t)1 << 30,
+        "larger bundles are announced on pub/sub and fetched in chunks"),
+    OPT(sync_inline_max, PC_CFG_SIZE, "1MiB", 0, (uint64_t)1 << 30,
+        "larger bundles are omitted from catch-up replies and fetched in chunks"),
+    OPT(sync_max_reply, PC_CFG_SIZE, "8MiB", 65536, (uint64_t)1 << 30,
+        "bytes of bundles per catch-up reply"),
+    OPT(snapshot_lag, PC_CFG_U64, "1024", 1, 0,
+        "an agent further behind than this many entries gets a snapshot"),
+    OPT(gone_after_ms, PC_CFG_U64, "30000", 100, 0,
+        "an agent not heard from for this long is gone (out of rollout counts)"),
+    OPT(report_stale_ms, PC_CFG_U64, "10000", 100, 0,
+        "an agent not heard from for this long is listed as stale"),
     OPT(runtimes, PC_CFG_LIST, "lua", 0, 0, "runtime names uploads may name"),
     {NULL, 0, 0, NULL, 0, 0, NULL},
 };
@@ -130,19 +157,34 @@ typedef struct controller {
     pc_publisher *pub;
     pc_pipeline *pipeline;
     pc_api *api;
+    pc_rollout *rollout;
+    pc_sync_server *sync;
+    pc_heartbeat *heartbeat;
+    uv_timer_t tick;
 } controller;
+
+static void on_tick(uv_timer_t *t)
+{
+    controller *c = t->data;
+    pc_rollout_tick(c->rollout, pc_now_ms());
+}
 
 static void on_signal(uv_signal_t *h, int signum)
 {
     controller *c = h->data;
     pc_info("controller", "signal %d: shutting down", signum);
-    /* Fail queued writes first: stopping the HTTP server waits for every
-     * handler, and a handler may be waiting on a queued write. */
+    /* Fail queued writes and end rollout waits first: stopping the HTTP
+     * server waits for every handler, and a handler may be waiting. */
     pc_pipeline_shutdown(c->pipeline);
+    pc_rollout_cancel_waits(c->rollout);
     pc_api_stop(c->api);
     c->api = NULL;
     pc_pipeline_close(c->pipeline);
     c->pipeline = NULL;
+    pc_heartbeat_stop(c->heartbeat);
+    c->heartbeat = NULL;
+    uv_timer_stop(&c->tick);
+    uv_close((uv_handle_t *)&c->tick, NULL);
     uv_close((uv_handle_t *)&c->sigint, NULL);
     uv_close((uv_handle_t *)&c->sigterm, NULL);
 }
@@ -210,15 +252,40 @@ int main(int argc, char **argv)
         goto out;
     }
     api_opt.lua = c.lua;
+    pc_rollout_options ropt = {.gone_after_ms = c.cfg.gone_after_ms,
+                               .report_stale_ms = c.cfg.report_stale_ms};
+    if ((c.rollout = pc_rollout_new(&ropt)) == NULL) {
+        pc_error("controller", "out of memory");
+        goto out;
+    }
+    pc_sync_server_options sopts = {.url = c.cfg.sync_listen,
+                                    .store = c.store,
+                                    .rollout = c.rollout,
+                                    .metrics = c.metrics,
+                                    .inline_max = c.cfg.sync_inline_max,
+                                    .max_reply = c.cfg.sync_max_reply,
+                                    .chunk_max = 1024 * 1024,
+                                    .snapshot_lag = c.cfg.snapshot_lag,
+                                    .workers = 8};
+    if (pc_sync_server_start(&c.sync, &sopts, &err) != PC_OK) {
+        pc_error("controller", "%s", err.msg);
+        goto out;
+    }
     uv_loop_init(&c.loop);
     if (pc_publisher_open(&c.pub, c.cfg.pub_listen, (int)c.cfg.pub_sendbuf,
                           c.cfg.max_bundle + 65536, &err) != PC_OK ||
+        pc_heartbeat_start(&c.heartbeat, &c.loop, c.cfg.heartbeat_ms, node_id, &c.key, c.store,
+                           c.pub, &err) != PC_OK ||
         pc_pipeline_new(&c.pipeline, &c.loop, c.store, &c.key, c.pub, c.cfg.max_pending, &err) !=
             PC_OK ||
-        pc_api_start(&c.api, &api_opt, c.store, c.pipeline, c.metrics, &err) != PC_OK) {
+        pc_api_start(&c.api, &api_opt, c.store, c.pipeline, c.rollout, c.metrics, &err) != PC_OK) {
         pc_error("controller", "%s", err.msg);
         goto out_loop;
     }
+    pc_pipeline_set_publish_inline_max(c.pipeline, c.cfg.publish_inline_max);
+    uv_timer_init(&c.loop, &c.tick);
+    c.tick.data = &c;
+    uv_timer_start(&c.tick, on_tick, 100, 100);
     uv_signal_init(&c.loop, &c.sigint);
     uv_signal_init(&c.loop, &c.sigterm);
     c.sigint.data = c.sigterm.data = &c;
@@ -226,21 +293,27 @@ int main(int argc, char **argv)
     uv_signal_start(&c.sigterm, on_signal, SIGTERM);
     char kid[PC_HEX_KEY_ID_LEN];
     pc_hex(kid, c.key.pub.id, PC_KEY_ID_LEN);
-    pc_info("controller", "%s ready: api %s, publishing on %s, signing key %s", node_id,
-            c.cfg.api_listen, c.cfg.pub_listen, kid);
+    pc_info("controller", "%s ready: api %s, publishing on %s, sync on %s, signing key %s", node_id,
+            c.cfg.api_listen, c.cfg.pub_listen, c.cfg.sync_listen, kid);
     uv_run(&c.loop, UV_RUN_DEFAULT);
     exit_code = 0;
 
 out_loop:
     if (c.pipeline != NULL)
         pc_pipeline_shutdown(c.pipeline);
+    if (c.rollout != NULL)
+        pc_rollout_cancel_waits(c.rollout);
     pc_api_stop(c.api);
+    if (c.heartbeat != NULL)
+        pc_heartbeat_stop(c.heartbeat);
     if (c.pipeline != NULL)
         pc_pipeline_close(c.pipeline);
     uv_run(&c.loop, UV_RUN_DEFAULT); /* let closed handles finish */
     uv_loop_close(&c.loop);
     pc_publisher_close(c.pub);
 out:
+    pc_sync_server_stop(c.sync);
+    pc_rollout_free(c.rollout);
     if (c.lua)
         c.lua->destroy(c.lua);
     pc_metrics_free(c.metrics);

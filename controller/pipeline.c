@@ -2,6 +2,8 @@
 #include "pipeline.h"
 
 #include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -18,8 +20,14 @@ struct pc_pipeline {
     pthread_mutex_t lock; /* guards the queue below */
     pc_change *head, *tail;
     size_t pending, max_pending;
+    size_t publish_inline_max;
     int closing;
 };
+
+void pc_pipeline_set_publish_inline_max(pc_pipeline *p, size_t bytes)
+{
+    p->publish_inline_max = bytes;
+}
 
 static int64_t now_unix_ms(void)
 {
@@ -146,8 +154,12 @@ static int commit_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
         /* Committed: from here on the change exists whatever else fails. */
         Popcast__Entry e = POPCAST__ENTRY__INIT;
         e.signed_ = &sm;
-        e.bundle.data = c->bundle;
-        e.bundle.len = c->bundle_len;
+        if (c->bundle_len > p->publish_inline_max) {
+            e.bundle_omitted = 1;
+        } else {
+            e.bundle.data = c->bundle;
+            e.bundle.len = c->bundle_len;
+        }
         pc_err perr;
         if (pc_publisher_send_entry(p->pub, &e, &perr) != PC_OK)
             pc_warn("pipeline", "seq %llu committed but not published (%s); agents catch up",
@@ -203,6 +215,7 @@ int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, const p
     p->key = key;
     p->pub = pub;
     p->max_pending = max_pending;
+    p->publish_inline_max = SIZE_MAX;
     pthread_mutex_init(&p->lock, NULL);
     if (uv_async_init(loop, &p->wake, drain) != 0) {
         pthread_mutex_destroy(&p->lock);

@@ -70,6 +70,11 @@ int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, const p
 void pc_pipeline_shutdown(pc_pipeline *p);
 void pc_pipeline_close(pc_pipeline *p);
 
+/* Bundles larger than this are published as announcements (the entry
+ * without its bundle), which agents complete by fetching chunks over the
+ * sync socket. Default: never (every bundle inline). */
+void pc_pipeline_set_publish_inline_max(pc_pipeline *p, size_t bytes);
+
 /* From any thread. Allocates a change; fill it, then submit. */
 pc_change *pc_change_new(pc_change_kind kind, const char *tenant);
 void pc_change_free(pc_change *c);

@@ -1,0 +1,94 @@
+/* heartbeat.c - signed heartbeats (see heartbeat.h). */
+#include "heartbeat.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "envelope.h"
+#include "log.h"
+
+struct pc_heartbeat {
+    uv_timer_t timer;
+    uint64_t interval_ms;
+    char *controller_id;
+    const pc_signing_key *key;
+    pc_store *store;
+    pc_publisher *pub;
+};
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void pc_heartbeat_send(pc_heartbeat *h)
+{
+    if (h == NULL)
+        return;
+    uint64_t head = 0;
+    pc_err err;
+    if (pc_store_applied_seq(h->store, &head, &err) != PC_OK) {
+        pc_warn("heartbeat", "no heartbeat: %s", err.msg);
+        return;
+    }
+    Popcast__Heartbeat hb = POPCAST__HEARTBEAT__INIT;
+    hb.head_seq = head;
+    hb.time_unix_ms = wall_ms();
+    hb.expires_unix_ms = hb.time_unix_ms + (int64_t)(3 * h->interval_ms);
+    hb.controller_id = h->controller_id;
+    Popcast__SignedHeartbeat sh;
+    if (pc_envelope_sign_heartbeat(h->key, &hb, &sh, &err) != PC_OK) {
+        pc_warn("heartbeat", "cannot sign: %s", err.msg);
+        return;
+    }
+    (void)pc_publisher_send_heartbeat(h->pub, &sh, NULL);
+    free(sh.heartbeat.data);
+    free(sh.signature.data);
+    free(sh.key_id.data);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    pc_heartbeat_send(t->data);
+}
+
+int pc_heartbeat_start(pc_heartbeat **out, uv_loop_t *loop, uint64_t interval_ms,
+                       const char *controller_id, const pc_signing_key *key, pc_store *store,
+                       pc_publisher *pub, pc_err *err)
+{
+    *out = NULL;
+    if (interval_ms == 0)
+        return PC_OK;
+    pc_heartbeat *h = calloc(1, sizeof(*h));
+    if (h == NULL || (h->controller_id = strdup(controller_id)) == NULL) {
+        free(h);
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    }
+    h->interval_ms = interval_ms;
+    h->key = key;
+    h->store = store;
+    h->pub = pub;
+    uv_timer_init(loop, &h->timer);
+    h->timer.data = h;
+    uv_timer_start(&h->timer, on_timer, interval_ms, interval_ms);
+    *out = h;
+    return PC_OK;
+}
+
+static void free_after_close(uv_handle_t *handle)
+{
+    pc_heartbeat *h = handle->data;
+    free(h->controller_id);
+    free(h);
+}
+
+void pc_heartbeat_stop(pc_heartbeat *h)
+{
+    if (h == NULL)
+        return;
+    uv_timer_stop(&h->timer);
+    uv_close((uv_handle_t *)&h->timer, free_after_close);
+}

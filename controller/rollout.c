@@ -1,0 +1,385 @@
+/* rollout.c - fleet view and rollout waits (see rollout.h). */
+#include "rollout.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "names.h"
+
+typedef struct agent_entry {
+    Popcast__AgentStatus *status; /* the last accepted report */
+    int64_t last_seen_ms;
+    struct agent_entry *next;
+} agent_entry;
+
+typedef struct waiter {
+    pc_rollout_query q;
+    char tenant[PC_TENANT_MAX + 1];
+    int64_t deadline_ms;
+    pc_rollout_done done;
+    void *arg;
+    struct waiter *next;
+} waiter;
+
+struct pc_rollout {
+    pc_rollout_options opt;
+    pthread_mutex_t lock;
+    agent_entry *agents; /* sorted by agent id */
+    size_t n_agents;
+    waiter *waiters;
+};
+
+int64_t pc_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+pc_rollout *pc_rollout_new(const pc_rollout_options *opt)
+{
+    pc_rollout *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return NULL;
+    r->opt = *opt;
+    if (r->opt.gone_after_ms == 0)
+        r->opt.gone_after_ms = 30000;
+    if (r->opt.report_stale_ms == 0)
+        r->opt.report_stale_ms = 15000;
+    if (r->opt.max_agents == 0)
+        r->opt.max_agents = 100000;
+    pthread_mutex_init(&r->lock, NULL);
+    return r;
+}
+
+void pc_rollout_free(pc_rollout *r)
+{
+    if (r == NULL)
+        return;
+    pc_rollout_cancel_waits(r);
+    agent_entry *a = r->agents;
+    while (a != NULL) {
+        agent_entry *next = a->next;
+        popcast__agent_status__free_unpacked(a->status, NULL);
+        free(a);
+        a = next;
+    }
+    pthread_mutex_destroy(&r->lock);
+    free(r);
+}
+
+static bool is_gone(pc_rollout *r, const agent_entry *a, int64_t now)
+{
+    return now - a->last_seen_ms > (int64_t)r->opt.gone_after_ms;
+}
+
+static bool is_stale(pc_rollout *r, const agent_entry *a, int64_t now)
+{
+    return a->status->stale || now - a->last_seen_ms > (int64_t)r->opt.report_stale_ms;
+}
+
+/* Deep copy through the wire format: reports are small and this keeps
+ * ownership simple (protobuf-c frees its own unpacked messages). */
+static Popcast__AgentStatus *copy_status(const Popcast__AgentStatus *st)
+{
+    size_t len = popcast__agent_status__get_packed_size(st);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (buf == NULL)
+        return NULL;
+    popcast__agent_status__pack(st, buf);
+    Popcast__AgentStatus *copy = popcast__agent_status__unpack(NULL, len, buf);
+    free(buf);
+    return copy;
+}
+
+static void evaluate_waiters_locked(pc_rollout *r, int64_t now, waiter **fired);
+static void fire(waiter *fired, pc_rollout *r, int64_t now);
+
+int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, int64_t now_ms, pc_err *err)
+{
+    if (!pc_id_valid(st->agent_id) || !pc_id_valid(st->pop))
+        return pc_err_set(err, PC_E_INVALID, "status report with an invalid agent id or pop");
+    for (size_t i = 0; i < st->n_tenants; i++)
+        if (st->tenants[i] == NULL || !pc_tenant_name_valid(st->tenants[i]->tenant))
+            return pc_err_set(err, PC_E_INVALID, "status report with an invalid tenant name");
+    Popcast__AgentStatus *copy = copy_status(st);
+    if (copy == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    waiter *fired = NULL;
+    pthread_mutex_lock(&r->lock);
+    agent_entry **pp = &r->agents;
+    while (*pp != NULL && strcmp((*pp)->status->agent_id, st->agent_id) < 0)
+        pp = &(*pp)->next;
+    agent_entry *a = *pp;
+    int rc = PC_OK;
+    if (a != NULL && strcmp(a->status->agent_id, st->agent_id) == 0) {
+        if (st->counter <= a->status->counter) {
+            rc =
+                pc_err_set(err, PC_E_STALE_VERSION,
+                           "report counter %llu is not above %llu (replayed or reordered)",
+                           (unsigned long long)st->counter, (unsigned long long)a->status->counter);
+        } else {
+            popcast__agent_status__free_unpacked(a->status, NULL);
+            a->status = copy;
+            a->last_seen_ms = now_ms;
+            copy = NULL;
+        }
+    } else if (r->n_agents >= r->opt.max_agents) {
+        rc = pc_err_set(err, PC_E_TOO_LARGE, "fleet is at its limit of %zu agents",
+                        r->opt.max_agents);
+    } else if ((a = calloc(1, sizeof(*a))) == NULL) {
+        rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
+    } else {
+        a->status = copy;
+        a->last_seen_ms = now_ms;
+        a->next = *pp;
+        *pp = a;
+        r->n_agents++;
+        copy = NULL;
+    }
+    if (rc == PC_OK)
+        evaluate_waiters_locked(r, now_ms, &fired);
+    pthread_mutex_unlock(&r->lock);
+    if (copy != NULL)
+        popcast__agent_status__free_unpacked(copy, NULL);
+    fire(fired, r, now_ms);
+    return rc;
+}
+
+static const Popcast__TenantStatus *tenant_of(const Popcast__AgentStatus *st, const char *tenant)
+{
+    for (size_t i = 0; i < st->n_tenants; i++)
+        if (strcmp(st->tenants[i]->tenant, tenant) == 0)
+            return st->tenants[i];
+    return NULL;
+}
+
+static const Popcast__Nack *nack_for(const Popcast__AgentStatus *st, const char *tenant,
+                                     uint64_t version)
+{
+    for (size_t i = 0; i < st->n_nacks; i++)
+        if (st->nacks[i]->version == version && strcmp(st->nacks[i]->tenant, tenant) == 0)
+            return st->nacks[i];
+    return NULL;
+}
+
+json_t *pc_rollout_fleet_json(pc_rollout *r, uint64_t head_seq, int64_t now_ms)
+{
+    json_t *agents = json_array();
+    size_t live = 0, stale = 0, gone = 0;
+    pthread_mutex_lock(&r->lock);
+    for (agent_entry *a = r->agents; a != NULL; a = a->next) {
+        bool g = is_gone(r, a, now_ms), s = is_stale(r, a, now_ms);
+        gone += g;
+        stale += !g && s;
+        live += !g;
+        uint64_t applied = a->status->applied_seq;
+        json_array_append_new(
+            agents,
+            json_pack("{s:s,s:s,s:I,s:I,s:I,s:b,s:b,s:b,s:I}", "agent_id", a->status->agent_id,
+                      "pop", a->status->pop, "applied_seq", (json_int_t)applied, "lag",
+                      (json_int_t)(head_seq > applied ? head_seq - applied : 0), "last_seen_ms_ago",
+                      (json_int_t)(now_ms - a->last_seen_ms), "stale", s, "reports_stale",
+                      a->status->stale, "gone", g, "tenants", (json_int_t)a->status->n_tenants));
+    }
+    pthread_mutex_unlock(&r->lock);
+    return json_pack("{s:I,s:o,s:{s:I,s:I,s:I}}", "head_seq", (json_int_t)head_seq, "agents",
+                     agents, "counts", "agents", (json_int_t)live, "stale", (json_int_t)stale,
+                     "gone", (json_int_t)gone);
+}
+
+typedef enum { ST_LIVE, ST_NACKED, ST_MISSING } agent_verdict;
+
+static agent_verdict verdict(const pc_rollout_query *q, const Popcast__AgentStatus *st,
+                             bool *applied, bool *superseded, const Popcast__Nack **nack)
+{
+    const Popcast__TenantStatus *t = tenant_of(st, q->tenant);
+    uint64_t av = t ? t->applied_version : 0, lv = t ? t->live_version : 0;
+    *applied = av >= q->version;
+    *superseded = false;
+    *nack = NULL;
+    bool live;
+    if (q->is_delete)
+        live = *applied && (lv == 0 || lv > q->version);
+    else
+        live = lv >= q->version;
+    if (live) {
+        *superseded = lv > q->version;
+        return ST_LIVE;
+    }
+    if ((*nack = nack_for(st, q->tenant, q->version)) != NULL)
+        return ST_NACKED;
+    return ST_MISSING;
+}
+
+static json_t *pop_entry(json_t *pops, const char *pop)
+{
+    json_t *p = json_object_get(pops, pop);
+    if (p == NULL) {
+        p = json_pack("{s:i,s:i,s:i,s:i}", "total", 0, "live", 0, "nacked", 0, "missing", 0);
+        json_object_set_new(pops, pop, p);
+    }
+    return p;
+}
+
+static void pop_inc(json_t *p, const char *key)
+{
+    json_object_set_new(p, key, json_integer(json_integer_value(json_object_get(p, key)) + 1));
+}
+
+/* Computes the rollout (lock held). doc may be NULL when only the summary
+ * is needed. */
+static void evaluate_locked(pc_rollout *r, const pc_rollout_query *q, int64_t now,
+                            pc_rollout_summary *s, json_t *doc)
+{
+    memset(s, 0, sizeof(*s));
+    json_t *agents = doc ? json_array() : NULL, *pops = doc ? json_object() : NULL;
+    for (agent_entry *a = r->agents; a != NULL; a = a->next) {
+        if (is_gone(r, a, now))
+            continue;
+        bool applied, superseded, stale = is_stale(r, a, now);
+        const Popcast__Nack *nack;
+        agent_verdict v = verdict(q, a->status, &applied, &superseded, &nack);
+        s->total++;
+        s->applied += applied;
+        s->stale += stale;
+        s->superseded += superseded;
+        s->live += v == ST_LIVE;
+        s->nacked += v == ST_NACKED;
+        s->missing += v == ST_MISSING;
+        if (doc == NULL)
+            continue;
+        const char *state = v == ST_LIVE ? "live" : v == ST_NACKED ? "nacked" : "missing";
+        const Popcast__TenantStatus *t = tenant_of(a->status, q->tenant);
+        json_t *o = json_pack("{s:s,s:s,s:s,s:b,s:b,s:I,s:I,s:I}", "agent_id", a->status->agent_id,
+                              "pop", a->status->pop, "state", state, "applied", applied, "stale",
+                              stale, "applied_version", (json_int_t)(t ? t->applied_version : 0),
+                              "live_version", (json_int_t)(t ? t->live_version : 0),
+                              "last_seen_ms_ago", (json_int_t)(now - a->last_seen_ms));
+        if (nack != NULL && v == ST_NACKED) {
+            json_object_set_new(o, "reason", json_string(nack->reason));
+            json_object_set_new(o, "detail", json_string(nack->detail));
+        }
+        json_array_append_new(agents, o);
+        json_t *p = pop_entry(pops, a->status->pop);
+        pop_inc(p, "total");
+        pop_inc(p, state);
+    }
+    size_t need = (size_t)ceil(q->fraction * (double)s->total - 1e-9);
+    s->complete = s->live >= need;
+    s->failed = s->nacked > 0;
+    if (doc != NULL) {
+        json_object_set_new(doc, "agents", agents);
+        json_object_set_new(doc, "pops", pops);
+        json_object_set_new(
+            doc, "summary",
+            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:b,s:f}", "total", (json_int_t)s->total,
+                      "live", (json_int_t)s->live, "applied", (json_int_t)s->applied, "nacked",
+                      (json_int_t)s->nacked, "missing", (json_int_t)s->missing, "stale",
+                      (json_int_t)s->stale, "superseded", (json_int_t)s->superseded, "complete",
+                      s->complete, "failed", s->failed, "fraction", q->fraction));
+    }
+}
+
+static json_t *version_doc(const pc_rollout_query *q)
+{
+    return json_pack("{s:s,s:I,s:I,s:s}", "tenant", q->tenant, "version", (json_int_t)q->version,
+                     "seq", (json_int_t)q->seq, "kind", q->is_delete ? "delete" : "deploy");
+}
+
+json_t *pc_rollout_version_json(pc_rollout *r, const pc_rollout_query *q, int64_t now_ms,
+                                pc_rollout_summary *out)
+{
+    json_t *doc = version_doc(q);
+    pc_rollout_summary s;
+    pthread_mutex_lock(&r->lock);
+    evaluate_locked(r, q, now_ms, &s, doc);
+    pthread_mutex_unlock(&r->lock);
+    if (out != NULL)
+        *out = s;
+    return doc;
+}
+
+/* Waiters whose rollout finished are unlinked into *fired (lock held); the
+ * callbacks run after the lock is dropped, because they reply over HTTP. */
+static void evaluate_waiters_locked(pc_rollout *r, int64_t now, waiter **fired)
+{
+    waiter **pp = &r->waiters;
+    while (*pp != NULL) {
+        waiter *w = *pp;
+        pc_rollout_summary s;
+        evaluate_locked(r, &w->q, now, &s, NULL);
+        if (s.complete || s.failed || now >= w->deadline_ms) {
+            *pp = w->next;
+            w->next = *fired;
+            *fired = w;
+        } else {
+            pp = &w->next;
+        }
+    }
+}
+
+static void fire(waiter *fired, pc_rollout *r, int64_t now)
+{
+    while (fired != NULL) {
+        waiter *next = fired->next;
+        pc_rollout_summary s;
+        json_t *doc = pc_rollout_version_json(r, &fired->q, now, &s);
+        const char *why = s.complete ? "complete" : s.failed ? "nacked" : "timeout";
+        json_object_set_new(doc, "wait", json_string(why));
+        fired->done(fired->arg, doc, why);
+        free(fired);
+        fired = next;
+    }
+}
+
+int pc_rollout_wait(pc_rollout *r, const pc_rollout_query *q, int64_t deadline_ms,
+                    pc_rollout_done done, void *arg, pc_err *err)
+{
+    waiter *w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    w->q = *q;
+    snprintf(w->tenant, sizeof(w->tenant), "%s", q->tenant);
+    w->q.tenant = w->tenant;
+    w->deadline_ms = deadline_ms;
+    w->done = done;
+    w->arg = arg;
+    waiter *fired = NULL;
+    int64_t now = pc_now_ms();
+    pthread_mutex_lock(&r->lock);
+    w->next = r->waiters;
+    r->waiters = w;
+    evaluate_waiters_locked(r, now, &fired);
+    pthread_mutex_unlock(&r->lock);
+    fire(fired, r, now);
+    return PC_OK;
+}
+
+void pc_rollout_tick(pc_rollout *r, int64_t now_ms)
+{
+    waiter *fired = NULL;
+    pthread_mutex_lock(&r->lock);
+    evaluate_waiters_locked(r, now_ms, &fired);
+    pthread_mutex_unlock(&r->lock);
+    fire(fired, r, now_ms);
+}
+
+void pc_rollout_cancel_waits(pc_rollout *r)
+{
+    pthread_mutex_lock(&r->lock);
+    waiter *w = r->waiters;
+    r->waiters = NULL;
+    pthread_mutex_unlock(&r->lock);
+    while (w != NULL) {
+        waiter *next = w->next;
+        json_t *doc = version_doc(&w->q);
+        json_object_set_new(doc, "wait", json_string("shutdown"));
+        w->done(w->arg, doc, "shutdown");
+        free(w);
+        w = next;
+    }
+}

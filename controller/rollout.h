@@ -1,0 +1,86 @@
+/* rollout.h - where each version is live: the controller's view of its
+ * fleet, built from the status reports agents send.
+ *
+ * An agent's report replaces its previous one (reports carry a counter that
+ * must grow, so a delayed or replayed report never moves state backwards).
+ * Agents not heard from for gone_after_ms are "gone": they leave the
+ * denominator of "live everywhere". Agents not heard from for
+ * report_stale_ms, or that report themselves stale (no valid heartbeat),
+ * are listed as stale.
+ *
+ * For a tenant version V, an agent is
+ *   live      when its live version for the tenant is >= V (a newer version
+ *             supersedes V; "superseded" counts those separately),
+ *   applied   when its applied version is >= V,
+ *   nacked    when it reported a nack for V and V is not live there,
+ *   missing   otherwise.
+ * For a delete, "live" means the delete is applied and nothing older is
+ * served.
+ *
+ * Thread safe: reports arrive on nng threads, queries on HTTP threads,
+ * ticks on the loop. */
+#ifndef PC_ROLLOUT_H
+#define PC_ROLLOUT_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "popcast.pb-c.h"
+
+typedef struct pc_rollout pc_rollout;
+
+typedef struct pc_rollout_options {
+    uint64_t gone_after_ms;   /* default 30000 */
+    uint64_t report_stale_ms; /* default 15000 */
+    size_t max_agents;        /* reports from more agents are refused */
+} pc_rollout_options;
+
+pc_rollout *pc_rollout_new(const pc_rollout_options *opt);
+void pc_rollout_free(pc_rollout *r);
+
+/* Records an agent's report (already authenticated by the caller).
+ * PC_E_STALE_VERSION if its counter is not above the last one seen from
+ * that agent (a replay); PC_E_INVALID for malformed reports; PC_E_TOO_LARGE
+ * when max_agents is reached. */
+int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, int64_t now_ms, pc_err *err);
+
+/* {"head_seq", "agents": [{agent_id, pop, applied_seq, lag, last_seen_ms_ago, stale, gone}],
+ *  "counts": {...}} */
+json_t *pc_rollout_fleet_json(pc_rollout *r, uint64_t head_seq, int64_t now_ms);
+
+typedef struct pc_rollout_query {
+    const char *tenant;
+    uint64_t version;
+    uint64_t seq;
+    bool is_delete;
+    double fraction; /* of non-gone agents that must be live; 1.0 = all */
+} pc_rollout_query;
+
+typedef struct pc_rollout_summary {
+    size_t total, live, applied, nacked, missing, stale, superseded;
+    bool complete; /* live >= ceil(fraction * total) */
+    bool failed;   /* at least one nack */
+} pc_rollout_summary;
+
+/* The rollout of one version, per agent and per PoP (docs/api.md). */
+json_t *pc_rollout_version_json(pc_rollout *r, const pc_rollout_query *q, int64_t now_ms,
+                                pc_rollout_summary *out);
+
+/* Waits until the rollout of q completes, fails (a nack) or deadline_ms
+ * passes; then calls done exactly once, from whichever thread noticed,
+ * with the rollout document and why it ended ("complete", "nacked",
+ * "timeout", "shutdown"). Checked on every report and every tick. */
+typedef void (*pc_rollout_done)(void *arg, json_t *doc, const char *why);
+int pc_rollout_wait(pc_rollout *r, const pc_rollout_query *q, int64_t deadline_ms,
+                    pc_rollout_done done, void *arg, pc_err *err);
+/* Expires waits and applies "gone" (call periodically, e.g. every 100 ms). */
+void pc_rollout_tick(pc_rollout *r, int64_t now_ms);
+/* Ends every wait with "shutdown". */
+void pc_rollout_cancel_waits(pc_rollout *r);
+
+int64_t pc_now_ms(void); /* CLOCK_MONOTONIC, for last-seen ages and deadlines */
+
+#endif

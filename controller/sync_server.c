@@ -1,0 +1,373 @@
+/* sync_server.c - catch-up, snapshots, chunks and status (see
+ * sync_server.h). */
+#include "sync_server.h"
+
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/rep.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "envelope.h"
+#include "log.h"
+
+#define MAX_ENTRIES_PER_REPLY 1024
+
+typedef struct worker {
+    struct pc_sync_server *server;
+    nng_aio *aio;
+    nng_ctx ctx;
+    int sending;
+} worker;
+
+struct pc_sync_server {
+    pc_sync_server_options opt;
+    nng_socket sock;
+    worker *workers;
+    size_t n_workers;
+    pc_metric *m_sync, *m_snapshot, *m_chunk, *m_status, *m_bad;
+};
+
+/* Builds an Entry for seq from the store. The bundle goes inline when it is
+ * small enough and fits in *budget; otherwise it is omitted. */
+static int load_entry(pc_sync_server *s, uint64_t seq, size_t *budget, Popcast__Entry **out,
+                      pc_err *err)
+{
+    Popcast__LogRecord *rec = NULL;
+    int rc = pc_store_get_log(s->opt.store, seq, &rec, err);
+    if (rc != PC_OK)
+        return rc;
+    Popcast__Manifest *m = rec->signed_
+                               ? popcast__manifest__unpack(NULL, rec->signed_->manifest.len,
+                                                           rec->signed_->manifest.data)
+                               : NULL;
+    if (m == NULL) {
+        popcast__log_record__free_unpacked(rec, NULL);
+        return pc_err_set(err, PC_E_STORE, "stored manifest of seq %llu does not decode",
+                          (unsigned long long)seq);
+    }
+    Popcast__Entry *e = calloc(1, sizeof(*e));
+    if (e == NULL) {
+        rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
+        goto out;
+    }
+    popcast__entry__init(e);
+    size_t mlen = rec->signed_->manifest.len + rec->signed_->signature.len + 64;
+    *budget = *budget > mlen ? *budget - mlen : 0;
+    /* Take the signed manifest over from the record. */
+    e->signed_ = rec->signed_;
+    rec->signed_ = NULL;
+    if (pc_manifest_has_content(m)) {
+        if (m->bundle_size <= s->opt.inline_max && m->bundle_size <= *budget) {
+            rc = pc_store_get_blob(s->opt.store, m->bundle_hash.data, &e->bundle.data,
+                                   &e->bundle.len, err);
+            if (rc != PC_OK) {
+                popcast__signed_manifest__free_unpacked(e->signed_, NULL);
+                free(e);
+                goto out;
+            }
+            *budget -= e->bundle.len;
+        } else {
+            e->bundle_omitted = 1;
+        }
+    }
+    *out = e;
+out:
+    popcast__manifest__free_unpacked(m, NULL);
+    popcast__log_record__free_unpacked(rec, NULL);
+    return rc;
+}
+
+static void free_entries(Popcast__Entry **entries, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (entries[i]->signed_)
+            popcast__signed_manifest__free_unpacked(entries[i]->signed_, NULL);
+        free(entries[i]->bundle.data);
+        free(entries[i]);
+    }
+    free(entries);
+}
+
+static void handle_sync(pc_sync_server *s, const Popcast__SyncRequest *req,
+                        Popcast__SyncResponse *resp, Popcast__Entry ***entries_out)
+{
+    pc_err err;
+    uint64_t head = 0, first = 0, last = 0;
+    if (pc_store_applied_seq(s->opt.store, &head, &err) != PC_OK ||
+        pc_store_log_bounds(s->opt.store, &first, &last, &err) != PC_OK) {
+        resp->error = strdup(err.msg);
+        return;
+    }
+    resp->head_seq = head;
+    uint64_t after = req->after_seq;
+    if (after >= head)
+        return;
+    if ((after == 0 && head > 0) || head - after > s->opt.snapshot_lag ||
+        (first > 0 && after + 1 < first)) {
+        resp->snapshot_required = 1;
+        return;
+    }
+    size_t max_entries = req->max_entries ? req->max_entries : 64;
+    if (max_entries > MAX_ENTRIES_PER_REPLY)
+        max_entries = MAX_ENTRIES_PER_REPLY;
+    size_t budget = s->opt.max_reply;
+    if (req->max_bytes != 0 && req->max_bytes < budget)
+        budget = (size_t)req->max_bytes;
+    Popcast__Entry **entries = calloc(max_entries, sizeof(*entries));
+    if (entries == NULL) {
+        resp->error = strdup("out of memory");
+        return;
+    }
+    size_t n = 0;
+    for (uint64_t seq = after + 1; seq <= head && n < max_entries; seq++) {
+        if (n > 0 && budget < 1024)
+            break;
+        if (load_entry(s, seq, &budget, &entries[n], &err) != PC_OK) {
+            if (n == 0)
+                resp->error = strdup(err.msg);
+            break;
+        }
+        n++;
+    }
+    resp->entries = entries;
+    resp->n_entries = n;
+    *entries_out = entries;
+}
+
+typedef struct snapshot_walk {
+    pc_sync_server *s;
+    Popcast__Entry **entries;
+    size_t n, cap;
+    size_t budget;
+    int rc;
+    pc_err err;
+} snapshot_walk;
+
+static int snapshot_item(void *arg, const char *tenant, uint64_t seq)
+{
+    snapshot_walk *w = arg;
+    if (w->n == w->cap) {
+        size_t cap = w->cap ? w->cap * 2 : 64;
+        Popcast__Entry **grown = realloc(w->entries, cap * sizeof(*grown));
+        if (grown == NULL) {
+            w->rc = pc_err_set(&w->err, PC_E_NOMEM, "out of memory");
+            return 1;
+        }
+        w->entries = grown;
+        w->cap = cap;
+    }
+    w->rc = load_entry(w->s, seq, &w->budget, &w->entries[w->n], &w->err);
+    if (w->rc != PC_OK)
+        return 1;
+    w->n++;
+    return 0;
+}
+
+static void handle_snapshot(pc_sync_server *s, Popcast__SnapshotResponse *resp,
+                            Popcast__Entry ***entries_out, size_t *n_out)
+{
+    snapshot_walk w = {.s = s, .budget = s->opt.max_reply};
+    uint64_t seq = 0;
+    int rc = pc_store_snapshot_read(s->opt.store, &seq, snapshot_item, &w, &w.err);
+    if (rc != PC_OK || w.rc != PC_OK) {
+        free_entries(w.entries, w.n);
+        resp->error = strdup(w.err.msg);
+        return;
+    }
+    resp->seq = seq;
+    resp->tenants = w.entries;
+    resp->n_tenants = w.n;
+    *entries_out = w.entries;
+    *n_out = w.n;
+}
+
+static void handle_chunk(pc_sync_server *s, const Popcast__BundleChunkRequest *req,
+                         Popcast__BundleChunkResponse *resp)
+{
+    if (req->bundle_hash.len != PC_HASH_LEN) {
+        resp->error = strdup("bundle_hash must be 32 bytes");
+        return;
+    }
+    size_t len = req->length ? req->length : s->opt.chunk_max;
+    if (len > s->opt.chunk_max)
+        len = s->opt.chunk_max;
+    uint8_t *buf = malloc(len ? len : 1);
+    size_t got = 0;
+    uint64_t total = 0;
+    pc_err err;
+    if (buf == NULL) {
+        resp->error = strdup("out of memory");
+        return;
+    }
+    if (pc_store_read_blob(s->opt.store, req->bundle_hash.data, req->offset, buf, len, &got, &total,
+                           &err) != PC_OK) {
+        free(buf);
+        resp->error = strdup(err.msg);
+        return;
+    }
+    resp->data.data = buf;
+    resp->data.len = got;
+    resp->total_size = total;
+}
+
+static void handle_status(pc_sync_server *s, const Popcast__AgentStatus *st,
+                          Popcast__StatusAck *ack)
+{
+    pc_err err;
+    if (pc_rollout_report(s->opt.rollout, st, pc_now_ms(), &err) != PC_OK) {
+        pc_metric_add(s->m_bad, 1);
+        pc_debug("sync", "status from %s refused: %s", st->agent_id, err.msg);
+        ack->error = strdup(err.msg);
+    }
+}
+
+/* Answers one request; returns the reply message (NULL: no reply). */
+static nng_msg *handle(pc_sync_server *s, const uint8_t *data, size_t len)
+{
+    Popcast__SyncCall *call = popcast__sync_call__unpack(NULL, len, data);
+    Popcast__SyncReply reply = POPCAST__SYNC_REPLY__INIT;
+    Popcast__SyncResponse sync = POPCAST__SYNC_RESPONSE__INIT;
+    Popcast__SnapshotResponse snap = POPCAST__SNAPSHOT_RESPONSE__INIT;
+    Popcast__BundleChunkResponse chunk = POPCAST__BUNDLE_CHUNK_RESPONSE__INIT;
+    Popcast__StatusAck ack = POPCAST__STATUS_ACK__INIT;
+    Popcast__Entry **entries = NULL;
+    size_t n_entries = 0;
+    if (call == NULL) {
+        pc_metric_add(s->m_bad, 1);
+        ack.error = strdup("request does not decode");
+        reply.body_case = POPCAST__SYNC_REPLY__BODY_STATUS_ACK;
+        reply.status_ack = &ack;
+    } else {
+        switch (call->body_case) {
+        case POPCAST__SYNC_CALL__BODY_SYNC:
+            pc_metric_add(s->m_sync, 1);
+            handle_sync(s, call->sync, &sync, &entries);
+            n_entries = sync.n_entries;
+            reply.body_case = POPCAST__SYNC_REPLY__BODY_SYNC;
+            reply.sync = &sync;
+            break;
+        case POPCAST__SYNC_CALL__BODY_SNAPSHOT:
+            pc_metric_add(s->m_snapshot, 1);
+            handle_snapshot(s, &snap, &entries, &n_entries);
+            reply.body_case = POPCAST__SYNC_REPLY__BODY_SNAPSHOT;
+            reply.snapshot = &snap;
+            break;
+        case POPCAST__SYNC_CALL__BODY_CHUNK:
+            pc_metric_add(s->m_chunk, 1);
+            handle_chunk(s, call->chunk, &chunk);
+            reply.body_case = POPCAST__SYNC_REPLY__BODY_CHUNK;
+            reply.chunk = &chunk;
+            break;
+        case POPCAST__SYNC_CALL__BODY_STATUS:
+            pc_metric_add(s->m_status, 1);
+            handle_status(s, call->status, &ack);
+            reply.body_case = POPCAST__SYNC_REPLY__BODY_STATUS_ACK;
+            reply.status_ack = &ack;
+            break;
+        default:
+            pc_metric_add(s->m_bad, 1);
+            ack.error = strdup("unknown request");
+            reply.body_case = POPCAST__SYNC_REPLY__BODY_STATUS_ACK;
+            reply.status_ack = &ack;
+            break;
+        }
+        popcast__sync_call__free_unpacked(call, NULL);
+    }
+    size_t plen = popcast__sync_reply__get_packed_size(&reply);
+    nng_msg *msg = NULL;
+    if (nng_msg_alloc(&msg, plen) == 0)
+        popcast__sync_reply__pack(&reply, nng_msg_body(msg));
+    free_entries(entries, n_entries);
+    free(sync.error);
+    free(snap.error);
+    free(chunk.error);
+    free(chunk.data.data);
+    free(ack.error);
+    return msg;
+}
+
+static void worker_cb(void *arg)
+{
+    worker *w = arg;
+    pc_sync_server *s = w->server;
+    int rv = nng_aio_result(w->aio);
+    if (rv == NNG_ECLOSED || rv == NNG_ECANCELED)
+        return;
+    if (w->sending) {
+        w->sending = 0;
+        if (rv != 0)
+            nng_msg_free(nng_aio_get_msg(w->aio));
+        nng_ctx_recv(w->ctx, w->aio);
+        return;
+    }
+    if (rv != 0) {
+        nng_ctx_recv(w->ctx, w->aio);
+        return;
+    }
+    nng_msg *req = nng_aio_get_msg(w->aio);
+    nng_msg *rep = handle(s, nng_msg_body(req), nng_msg_len(req));
+    nng_msg_free(req);
+    if (rep == NULL) {
+        nng_ctx_recv(w->ctx, w->aio);
+        return;
+    }
+    w->sending = 1;
+    nng_aio_set_msg(w->aio, rep);
+    nng_ctx_send(w->ctx, w->aio);
+}
+
+int pc_sync_server_start(pc_sync_server **out, const pc_sync_server_options *opt, pc_err *err)
+{
+    pc_sync_server *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    s->opt = *opt;
+    s->n_workers = opt->workers ? opt->workers : 8;
+    s->workers = calloc(s->n_workers, sizeof(*s->workers));
+    int rv = s->workers ? nng_rep0_open(&s->sock) : NNG_ENOMEM;
+    /* Requests are small: a large one is hostile. */
+    if (rv == 0)
+        rv = nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, 1024 * 1024);
+    for (size_t i = 0; rv == 0 && i < s->n_workers; i++) {
+        s->workers[i].server = s;
+        rv = nng_aio_alloc(&s->workers[i].aio, worker_cb, &s->workers[i]);
+        if (rv == 0)
+            rv = nng_ctx_open(&s->workers[i].ctx, s->sock);
+    }
+    if (rv == 0)
+        rv = nng_listen(s->sock, opt->url, NULL, 0);
+    if (rv != 0) {
+        pc_sync_server_stop(s);
+        return pc_err_set(err, PC_E_UNAVAILABLE, "cannot serve sync on %s: %s", opt->url,
+                          nng_strerror(rv));
+    }
+    s->m_sync = pc_metrics_counter(opt->metrics, "popcast_sync_requests_total", "kind=\"sync\"",
+                                   "catch-up requests served");
+    s->m_snapshot =
+        pc_metrics_counter(opt->metrics, "popcast_sync_requests_total", "kind=\"snapshot\"", NULL);
+    s->m_chunk =
+        pc_metrics_counter(opt->metrics, "popcast_sync_requests_total", "kind=\"chunk\"", NULL);
+    s->m_status =
+        pc_metrics_counter(opt->metrics, "popcast_sync_requests_total", "kind=\"status\"", NULL);
+    s->m_bad = pc_metrics_counter(opt->metrics, "popcast_sync_refused_total", NULL,
+                                  "requests that did not decode or were refused");
+    for (size_t i = 0; i < s->n_workers; i++)
+        nng_ctx_recv(s->workers[i].ctx, s->workers[i].aio);
+    *out = s;
+    return PC_OK;
+}
+
+void pc_sync_server_stop(pc_sync_server *s)
+{
+    if (s == NULL)
+        return;
+    for (size_t i = 0; s->workers && i < s->n_workers; i++)
+        if (s->workers[i].aio)
+            nng_aio_stop(s->workers[i].aio);
+    nng_close(s->sock);
+    for (size_t i = 0; s->workers && i < s->n_workers; i++)
+        if (s->workers[i].aio)
+            nng_aio_free(s->workers[i].aio);
+    free(s->workers);
+    free(s);
+}

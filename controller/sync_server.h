@@ -1,0 +1,42 @@
+/* sync_server.h - the controller's req/rep endpoint: what makes delivery a
+ * guarantee rather than a hope.
+ *
+ * Agents (and relays) ask here for:
+ *   sync      entries after a seq, bounded by count and bytes; bundles over
+ *             inline_max are omitted (fetched in chunks), and an agent too
+ *             far behind (or new) is told to take a snapshot instead;
+ *   snapshot  every tenant's latest entry, read in one LMDB transaction;
+ *   chunk     a slice of a bundle by hash;
+ *   status    the agent's report, handed to the rollout tracker.
+ * Every reply fits in max_reply bytes, so an agent's receive limit is never
+ * hit by accident. Requests are served concurrently (nng contexts) on nng
+ * threads, reading LMDB directly. */
+#ifndef PC_SYNC_SERVER_H
+#define PC_SYNC_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "metrics.h"
+#include "rollout.h"
+#include "store.h"
+
+typedef struct pc_sync_server pc_sync_server;
+
+typedef struct pc_sync_server_options {
+    const char *url; /* tcp://127.0.0.1:7072 */
+    pc_store *store;
+    pc_rollout *rollout;
+    pc_metrics *metrics;
+    size_t inline_max;     /* bundles up to this travel inside sync replies */
+    size_t max_reply;      /* bytes per reply (bundles beyond go by chunk) */
+    size_t chunk_max;      /* bytes per chunk reply */
+    uint64_t snapshot_lag; /* further behind than this: take a snapshot */
+    size_t workers;        /* concurrent requests */
+} pc_sync_server_options;
+
+int pc_sync_server_start(pc_sync_server **out, const pc_sync_server_options *opt, pc_err *err);
+void pc_sync_server_stop(pc_sync_server *s);
+
+#endif
