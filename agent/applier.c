@@ -285,9 +285,15 @@ void pc_applier_on_publication(pc_applier *a, const uint8_t *data, size_t len)
         return;
     }
     switch (pub->body_case) {
-    case POPCAST__PUBLICATION__BODY_ENTRY: (void)pc_applier_apply_entry(a, pub->entry, &err); break;
+    case POPCAST__PUBLICATION__BODY_ENTRY:
+        if (drop_this_one(a))
+            pc_metric_add(a->m_dropped, 1);
+        else
+            (void)pc_applier_apply_entry(a, pub->entry, &err);
+        break;
     case POPCAST__PUBLICATION__BODY_HEARTBEAT:
-        break; /* heartbeats drive catch-up and freshness (docs/protocol.md) */
+        on_heartbeat(a, pub->heartbeat);
+        break;
     default:
         pc_err_set(&err, PC_E_INVALID, "message with no known body");
         refuse(a, PC_E_INVALID, NULL, &err);

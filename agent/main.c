@@ -242,11 +242,12 @@ int main(int argc, char **argv)
     pc_log_set_level(level);
     char hostname[256] = "agent";
     gethostname(hostname, sizeof(hostname) - 1);
-    snprintf(ag.agent_id, sizeof(ag.agent_id), "%s", ag.cfg.agent_id ? ag.cfg.agent_id : hostname);
-    if (!pc_id_valid(ag.agent_id) || !pc_id_valid(ag.cfg.pop)) {
+    const char *id = ag.cfg.agent_id ? ag.cfg.agent_id : hostname;
+    if (!pc_id_valid(id) || !pc_id_valid(ag.cfg.pop)) {
         fprintf(stderr, "popcast-agent: agent_id and pop must be [A-Za-z0-9._-]{1,128}\n");
         goto out;
     }
+    snprintf(ag.agent_id, sizeof(ag.agent_id), "%.*s", PC_ID_MAX, id);
     if (load_trusted_keys(&ag, &err) != PC_OK) {
         fprintf(stderr, "popcast-agent: %s\n", err.msg);
         goto out;

@@ -66,6 +66,31 @@ void pc_store_close(pc_store *s);
 int pc_store_apply(pc_store *s, const Popcast__SignedManifest *sm, const Popcast__Manifest *m,
                    const uint8_t *bundle, size_t bundle_len, pc_err *err);
 
+/* One entry of a snapshot, verified by the caller. */
+typedef struct pc_store_item {
+    const Popcast__SignedManifest *sm;
+    const Popcast__Manifest *m;
+    const uint8_t *bundle; /* content kinds only */
+    size_t bundle_len;
+} pc_store_item;
+
+/* Installs a snapshot (each tenant's latest entry as of seq) in ONE write
+ * transaction: items whose version is above the tenant's last_version are
+ * stored as pc_store_apply would (invariants 3 and 4 hold; older ones are
+ * skipped), then the applied seq becomes seq. applied[i] (if non-NULL)
+ * tells which items changed their tenant. PC_E_DUPLICATE if seq is not
+ * above the applied seq. The log below seq has holes afterwards;
+ * pc_store_log_bounds reports the first whole seq. */
+int pc_store_install_snapshot(pc_store *s, uint64_t seq, const pc_store_item *items, size_t n,
+                              bool *applied, pc_err *err);
+
+/* Reads, in one transaction, the applied seq and each tenant's latest
+ * entry (the seq of its last version), then calls cb for each tenant after
+ * the transaction ended. */
+int pc_store_snapshot_read(pc_store *s, uint64_t *seq,
+                           int (*cb)(void *arg, const char *tenant, uint64_t latest_seq),
+                           void *arg, pc_err *err);
+
 /* Agent: records that tenant's version is now live (serving), in one
  * transaction, moving the "live" blob reference. version 0 clears it (the
  * tenant was deleted). PC_E_NOTFOUND if the tenant is unknown; PC_E_INVALID
@@ -109,7 +134,8 @@ int pc_store_foreach_version(pc_store *s, const char *tenant,
  * PC_E_NOTFOUND if seq is not in the retained log. */
 int pc_store_get_log(pc_store *s, uint64_t seq, Popcast__LogRecord **out, pc_err *err);
 
-/* First and last seq held in the log (both 0 when it is empty). */
+/* First and last seq held in the log (both 0 when it is empty); after a
+ * snapshot, first is the first seq after the snapshot. */
 int pc_store_log_bounds(pc_store *s, uint64_t *first, uint64_t *last, pc_err *err);
 
 /* A copy of the blob with that hash, malloc'd. PC_E_NOTFOUND if absent. */

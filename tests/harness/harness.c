@@ -304,8 +304,10 @@ void pc_test_controller_start(pc_test_env *env, pc_test_controller *c, const cha
         pc_test_tmpdir(c->dir, sizeof(c->dir), "ctl");
         c->api_port = pc_test_free_port();
         c->pub_port = pc_test_free_port();
+        c->sync_port = pc_test_free_port();
         snprintf(c->api_url, sizeof(c->api_url), "http://127.0.0.1:%d", c->api_port);
         snprintf(c->pub_url, sizeof(c->pub_url), "tcp://127.0.0.1:%d", c->pub_port);
+        snprintf(c->sync_url, sizeof(c->sync_url), "tcp://127.0.0.1:%d", c->sync_port);
     }
     char *argv[64];
     int n = 0;
@@ -316,6 +318,8 @@ void pc_test_controller_start(pc_test_env *env, pc_test_controller *c, const cha
     argv[n++] = c->api_url;
     argv[n++] = "--pub-listen";
     argv[n++] = c->pub_url;
+    argv[n++] = "--sync-listen";
+    argv[n++] = c->sync_url;
     argv[n++] = "--signing-key";
     argv[n++] = env->key_path;
     argv[n++] = "--admin-token-file";
@@ -340,7 +344,8 @@ void pc_test_controller_stop(pc_test_controller *c)
 }
 
 void pc_test_agent_start(pc_test_env *env, pc_test_agent *a, const char *id,
-                         const char *const *subscribe, const char *const *extra)
+                         const char *const *subscribe, const char *const *sync,
+                         const char *const *extra)
 {
     if (a->edge_port == 0) {
         pc_test_tmpdir(a->dir, sizeof(a->dir), "agent");
@@ -367,10 +372,17 @@ void pc_test_agent_start(pc_test_env *env, pc_test_agent *a, const char *id,
     argv[n++] = env->pub_path;
     argv[n++] = "--edge-threads";
     argv[n++] = "2";
-    for (size_t i = 0; subscribe != NULL && subscribe[i] != NULL && n < 40; i++) {
+    for (size_t i = 0; subscribe != NULL && subscribe[i] != NULL && n < 30; i++) {
         argv[n++] = "--subscribe";
         argv[n++] = (char *)subscribe[i];
     }
+    for (size_t i = 0; sync != NULL && sync[i] != NULL && n < 44; i++) {
+        argv[n++] = "--sync";
+        argv[n++] = (char *)sync[i];
+    }
+    /* Fast status reports keep rollout tests short. */
+    argv[n++] = "--status-interval-ms";
+    argv[n++] = "500";
     for (size_t i = 0; extra != NULL && extra[i] != NULL && n < 62; i++)
         argv[n++] = (char *)extra[i];
     argv[n] = NULL;
@@ -381,6 +393,14 @@ void pc_test_agent_start(pc_test_env *env, pc_test_agent *a, const char *id,
         pc_proc_dump_log(a->proc);
         fail_msg("agent %s did not become healthy on %s", id, a->admin_url);
     }
+}
+
+void pc_test_agent_start_for(pc_test_env *env, pc_test_agent *a, const char *id,
+                             pc_test_controller *c, const char *const *extra)
+{
+    const char *subs[] = {c->pub_url, NULL};
+    const char *syncs[] = {c->sync_url, NULL};
+    pc_test_agent_start(env, a, id, subs, syncs, extra);
 }
 
 void pc_test_agent_stop(pc_test_agent *a)

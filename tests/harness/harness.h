@@ -63,8 +63,8 @@ void pc_test_env_cleanup(pc_test_env *env);
 
 typedef struct pc_test_controller {
     char dir[300];
-    int api_port, pub_port;
-    char api_url[64], pub_url[64];
+    int api_port, pub_port, sync_port;
+    char api_url[64], pub_url[64], sync_url[64];
     pc_proc *proc;
 } pc_test_controller;
 
@@ -82,9 +82,13 @@ typedef struct pc_test_agent {
     pc_proc *proc;
 } pc_test_agent;
 
-/* subscribe: pub URLs, NULL-terminated. */
+/* subscribe: pub URLs, sync: sync URLs, both NULL-terminated. */
 void pc_test_agent_start(pc_test_env *env, pc_test_agent *a, const char *id,
-                         const char *const *subscribe, const char *const *extra);
+                         const char *const *subscribe, const char *const *sync,
+                         const char *const *extra);
+/* The common case: one controller. */
+void pc_test_agent_start_for(pc_test_env *env, pc_test_agent *a, const char *id,
+                             pc_test_controller *c, const char *const *extra);
 void pc_test_agent_stop(pc_test_agent *a);
 
 /* HTTP with the env's admin token. */

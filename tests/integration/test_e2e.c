@@ -39,11 +39,10 @@ static void test_deploy_update_rollback_restart(void **state)
     pc_test_controller_start(&env, &ctl, NULL);
     pc_test_agent agents[AGENTS];
     memset(agents, 0, sizeof(agents));
-    const char *subs[] = {ctl.pub_url, NULL};
     for (int i = 0; i < AGENTS; i++) {
         char id[16];
         snprintf(id, sizeof(id), "agent-%d", i);
-        pc_test_agent_start(&env, &agents[i], id, subs, NULL);
+        pc_test_agent_start_for(&env, &agents[i], id, &ctl, NULL);
     }
 
     /* Before any deploy the tenant is unknown everywhere: 404, no version. */
@@ -95,7 +94,7 @@ static void test_deploy_update_rollback_restart(void **state)
      * latest version from its own LMDB at once. */
     pc_test_controller_stop(&ctl);
     pc_test_agent_stop(&agents[1]);
-    pc_test_agent_start(&env, &agents[1], agents[1].id, subs, NULL);
+    pc_test_agent_start_for(&env, &agents[1], agents[1].id, &ctl, NULL);
     char got[256];
     assert_int_equal(pc_test_edge_get(&agents[1], "acme", "/", &v, got, sizeof(got)), 200);
     assert_int_equal(v, 3);
@@ -106,7 +105,7 @@ static void test_deploy_update_rollback_restart(void **state)
     /* Same after kill -9. */
     pc_proc_kill9(agents[2].proc);
     pc_proc_free(agents[2].proc);
-    pc_test_agent_start(&env, &agents[2], agents[2].id, subs, NULL);
+    pc_test_agent_start_for(&env, &agents[2], agents[2].id, &ctl, NULL);
     assert_int_equal(pc_test_edge_get(&agents[2], "acme", "/", &v, got, sizeof(got)), 200);
     assert_int_equal(v, 3);
 
@@ -122,8 +121,7 @@ static void test_delete_stops_serving(void **state)
     pc_test_controller ctl = {0};
     pc_test_controller_start(&env, &ctl, NULL);
     pc_test_agent agent = {0};
-    const char *subs[] = {ctl.pub_url, NULL};
-    pc_test_agent_start(&env, &agent, "agent-del", subs, NULL);
+    pc_test_agent_start_for(&env, &agent, "agent-del", &ctl, NULL);
 
     char src[512];
     pc_test_lua_hello(src, sizeof(src), "soon gone");

@@ -34,7 +34,8 @@ static int setup(void **state)
     assert_int_equal(nng_pub0_open(&rogue), 0);
     assert_int_equal(nng_listen(rogue, rogue_url, NULL, 0), 0);
     const char *subs[] = {ctl.pub_url, rogue_url, NULL};
-    pc_test_agent_start(&env, &agent, "victim", subs, NULL);
+    const char *syncs[] = {ctl.sync_url, NULL};
+    pc_test_agent_start(&env, &agent, "victim", subs, syncs, NULL);
     return 0;
 }
 

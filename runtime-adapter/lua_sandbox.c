@@ -1,0 +1,440 @@
+/* lua_sandbox.c - a sandboxed Lua isolate (see lua_sandbox.h). */
+#include "lua_sandbox.h"
+
+#include <ctype.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* The hook runs every HOOK_EVERY instructions: often enough to stop a loop
+ * within microseconds of its budget, rarely enough to cost nothing. */
+#define HOOK_EVERY 1000
+#define MAX_RESPONSE_HEADERS 100
+#define HANDLER_KEY "popcast.handler"
+
+struct pc_lua_isolate {
+    lua_State *L;
+    /* allocator */
+    size_t mem_used, mem_limit;
+    bool mem_exceeded;
+    /* the run in progress */
+    int64_t instructions_left;
+    int64_t deadline_ns;
+    pc_lua_limit killed;
+    const pc_lua_limits *limits;
+};
+
+const char *pc_lua_limit_name(pc_lua_limit l)
+{
+    switch (l) {
+    case PC_LUA_LIMIT_CPU: return "cpu";
+    case PC_LUA_LIMIT_TIME: return "time";
+    case PC_LUA_LIMIT_MEMORY: return "memory";
+    case PC_LUA_LIMIT_RESPONSE: return "response";
+    default: return "none";
+    }
+}
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    pc_lua_isolate *iso = ud;
+    size_t old = ptr != NULL ? osize : 0; /* with ptr NULL, osize is a type tag */
+    if (nsize == 0) {
+        iso->mem_used -= old;
+        free(ptr);
+        return NULL;
+    }
+    if (nsize > old && iso->mem_used + (nsize - old) > iso->mem_limit) {
+        iso->mem_exceeded = true;
+        return NULL; /* Lua raises a memory error inside the script */
+    }
+    void *p = realloc(ptr, nsize);
+    if (p != NULL)
+        iso->mem_used = iso->mem_used - old + nsize;
+    return p;
+}
+
+static pc_lua_isolate *isolate_of(lua_State *L)
+{
+    return *(pc_lua_isolate **)lua_getextraspace(L);
+}
+
+static void limit_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    pc_lua_isolate *iso = isolate_of(L);
+    if (iso->killed == PC_LUA_LIMIT_NONE) {
+        iso->instructions_left -= HOOK_EVERY;
+        if (iso->instructions_left < 0)
+            iso->killed = PC_LUA_LIMIT_CPU;
+        else if (now_ns() > iso->deadline_ns)
+            iso->killed = PC_LUA_LIMIT_TIME;
+        else
+            return;
+    }
+    /* From now on every instruction fails, so no pcall can outlast it. */
+    lua_sethook(L, limit_hook, LUA_MASKCOUNT, 1);
+    luaL_error(L, "%s limit exceeded", pc_lua_limit_name(iso->killed));
+}
+
+static void start_run(pc_lua_isolate *iso, uint64_t instructions, uint64_t wall_ms)
+{
+    iso->killed = PC_LUA_LIMIT_NONE;
+    iso->mem_exceeded = false;
+    iso->instructions_left = instructions > INT64_MAX ? INT64_MAX : (int64_t)instructions;
+    iso->deadline_ns = now_ns() + (int64_t)wall_ms * 1000000LL;
+    lua_sethook(iso->L, limit_hook, LUA_MASKCOUNT, HOOK_EVERY);
+}
+
+/* Which limit, if any, ended the run. */
+static pc_lua_limit run_limit(pc_lua_isolate *iso)
+{
+    if (iso->killed != PC_LUA_LIMIT_NONE)
+        return iso->killed;
+    if (iso->mem_exceeded)
+        return PC_LUA_LIMIT_MEMORY;
+    return PC_LUA_LIMIT_NONE;
+}
+
+/* Safe replacements for base functions. */
+
+/* load, text only: bytecode could break out of the VM's safety. */
+static int safe_load(lua_State *L)
+{
+    int nargs = lua_gettop(L);
+    lua_pushvalue(L, lua_upvalueindex(1)); /* the real load */
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_pushliteral(L, "t");
+    if (nargs >= 4)
+        lua_pushvalue(L, 4);
+    lua_call(L, nargs >= 4 ? 4 : 3, LUA_MULTRET);
+    return lua_gettop(L) - nargs;
+}
+
+/* collectgarbage("count") only: the rest lets a tenant stall or tune the
+ * collector in ways that hurt latency. */
+static int safe_collectgarbage(lua_State *L)
+{
+    const char *opt = luaL_optstring(L, 1, "count");
+    if (strcmp(opt, "count") != 0)
+        return luaL_error(L, "collectgarbage('%s') is not available", opt);
+    lua_pushnumber(L, (lua_Number)lua_gc(L, LUA_GCCOUNT, 0) +
+                          (lua_Number)lua_gc(L, LUA_GCCOUNTB, 0) / 1024.0);
+    return 1;
+}
+
+static int quiet_print(lua_State *L)
+{
+    (void)L;
+    return 0;
+}
+
+static void open_sandbox_libs(lua_State *L)
+{
+    static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},
+                                    {LUA_TABLIBNAME, luaopen_table},
+                                    {LUA_STRLIBNAME, luaopen_string},
+                                    {LUA_MATHLIBNAME, luaopen_math},
+                                    {LUA_UTF8LIBNAME, luaopen_utf8},
+                                    {LUA_COLIBNAME, luaopen_coroutine},
+                                    {NULL, NULL}};
+    for (const luaL_Reg *lib = libs; lib->func != NULL; lib++) {
+        luaL_requiref(L, lib->name, lib->func, 1);
+        lua_pop(L, 1);
+    }
+    lua_pushglobaltable(L);
+    static const char *const removed[] = {"dofile", "loadfile", "require", NULL};
+    for (int i = 0; removed[i] != NULL; i++) {
+        lua_pushnil(L);
+        lua_setfield(L, -2, removed[i]);
+    }
+    lua_getfield(L, -1, "load");
+    lua_pushcclosure(L, safe_load, 1);
+    lua_setfield(L, -2, "load");
+    lua_pushcfunction(L, safe_collectgarbage);
+    lua_setfield(L, -2, "collectgarbage");
+    lua_pushcfunction(L, quiet_print);
+    lua_setfield(L, -2, "print");
+    lua_getfield(L, -1, "string");
+    lua_pushnil(L);
+    lua_setfield(L, -2, "dump");
+    lua_pop(L, 2);
+}
+
+int pc_lua_check_syntax(const char *source, size_t len, const char *chunkname, pc_err *err)
+{
+    lua_State *L = luaL_newstate();
+    if (L == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "cannot create a Lua state");
+    int rc = PC_OK;
+    if (luaL_loadbufferx(L, source, len, chunkname, "t") != LUA_OK)
+        rc = pc_err_set(err, PC_E_RUNTIME, "%s", lua_tostring(L, -1));
+    lua_close(L);
+    return rc;
+}
+
+/* Runs in protected mode: the top level, then finds the handler. */
+static int run_top_level(lua_State *L)
+{
+    lua_call(L, 0, 1);
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 1);
+        lua_getglobal(L, "handle");
+        if (!lua_isfunction(L, -1))
+            return luaL_error(L, "the bundle defines no handler: return a function, or define "
+                                 "a global function handle(req)");
+    }
+    lua_setfield(L, LUA_REGISTRYINDEX, HANDLER_KEY);
+    return 0;
+}
+
+static void close_state(pc_lua_isolate *iso)
+{
+    /* Finalizers (__gc) run at close: they get no budget at all. */
+    iso->killed = PC_LUA_LIMIT_CPU;
+    lua_sethook(iso->L, limit_hook, LUA_MASKCOUNT, 1);
+    lua_close(iso->L);
+}
+
+int pc_lua_isolate_new(const char *source, size_t len, const char *chunkname,
+                       const pc_lua_limits *limits, pc_lua_isolate **out, pc_lua_limit *hit,
+                       pc_err *err)
+{
+    *out = NULL;
+    *hit = PC_LUA_LIMIT_NONE;
+    pc_lua_isolate *iso = calloc(1, sizeof(*iso));
+    if (iso == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    iso->limits = limits;
+    iso->mem_limit = limits->memory_bytes;
+    iso->L = lua_newstate(capped_alloc, iso);
+    if (iso->L == NULL) {
+        free(iso);
+        return pc_err_set(err, PC_E_LIMIT, "cannot create a Lua state within the memory limit");
+    }
+    *(pc_lua_isolate **)lua_getextraspace(iso->L) = iso;
+    start_run(iso, limits->instructions, limits->wall_ms);
+    open_sandbox_libs(iso->L);
+    int rc = PC_OK;
+    if (luaL_loadbufferx(iso->L, source, len, chunkname, "t") != LUA_OK) {
+        rc = pc_err_set(err, PC_E_RUNTIME, "%s", lua_tostring(iso->L, -1));
+    } else {
+        lua_pushcfunction(iso->L, run_top_level);
+        lua_insert(iso->L, -2);
+        if (lua_pcall(iso->L, 1, 0, 0) != LUA_OK) {
+            const char *msg = lua_tostring(iso->L, -1);
+            *hit = run_limit(iso);
+            rc = pc_err_set(err, *hit != PC_LUA_LIMIT_NONE ? PC_E_LIMIT : PC_E_RUNTIME,
+                            "top level: %s", msg ? msg : "error object is not a string");
+        }
+    }
+    lua_settop(iso->L, 0);
+    if (rc != PC_OK) {
+        pc_lua_isolate_free(iso);
+        return rc;
+    }
+    *out = iso;
+    return PC_OK;
+}
+
+void pc_lua_isolate_free(pc_lua_isolate *iso)
+{
+    if (iso == NULL)
+        return;
+    close_state(iso);
+    free(iso);
+}
+
+/* Requests and responses. */
+
+static void push_request(lua_State *L, const pc_request *req)
+{
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, req->method);
+    lua_setfield(L, -2, "method");
+    lua_pushstring(L, req->path);
+    lua_setfield(L, -2, "path");
+    lua_pushstring(L, req->query ? req->query : "");
+    lua_setfield(L, -2, "query");
+    lua_createtable(L, 0, (int)req->n_headers);
+    for (size_t i = 0; i < req->n_headers; i++) {
+        lua_pushstring(L, req->headers[i].value);
+        lua_setfield(L, -2, req->headers[i].name);
+    }
+    lua_setfield(L, -2, "headers");
+    lua_pushlstring(L, (const char *)req->body, req->body_len);
+    lua_setfield(L, -2, "body");
+}
+
+static bool header_name_ok(const char *s)
+{
+    if (*s == '\0')
+        return false;
+    for (; *s; s++)
+        if (!(isalnum((unsigned char)*s) || strchr("!#$%&'*+-.^_`|~", *s) != NULL))
+            return false;
+    return true;
+}
+
+static bool header_value_ok(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0')
+            return false;
+    return true;
+}
+
+/* Framing is the edge's business, never the handler's. */
+static bool header_dropped(const char *name)
+{
+    return strcasecmp(name, "content-length") == 0 || strcasecmp(name, "transfer-encoding") == 0 ||
+           strcasecmp(name, "connection") == 0;
+}
+
+typedef struct call_ctx {
+    const pc_request *req;
+    pc_response *res;
+    size_t response_max;
+    bool too_large;
+} call_ctx;
+
+static char *dup_lua(lua_State *L, const char *s, size_t len)
+{
+    char *p = malloc(len + 1);
+    if (p == NULL)
+        luaL_error(L, "not enough memory");
+    memcpy(p, s, len);
+    p[len] = '\0';
+    return p;
+}
+
+/* Protected: calls the handler and copies its answer into ctx->res. What
+ * it allocates lives in ctx->res, so an error half way leaks nothing (the
+ * caller clears the response). */
+static int call_handler(lua_State *L)
+{
+    call_ctx *ctx = lua_touserdata(L, 1);
+    pc_response *res = ctx->res;
+    lua_getfield(L, LUA_REGISTRYINDEX, HANDLER_KEY);
+    push_request(L, ctx->req);
+    lua_call(L, 1, 1);
+    int ret = lua_gettop(L);
+    size_t len = 0;
+    const char *body = NULL;
+    if (lua_type(L, ret) == LUA_TSTRING) {
+        res->status = 200;
+        body = lua_tolstring(L, ret, &len);
+        res->headers = calloc(1, sizeof(*res->headers));
+        if (res->headers == NULL)
+            return luaL_error(L, "not enough memory");
+        res->headers[0].name = dup_lua(L, "content-type", 12);
+        res->n_headers = 1;
+        res->headers[0].value = dup_lua(L, "text/plain; charset=utf-8", 25);
+    } else if (lua_type(L, ret) == LUA_TTABLE) {
+        lua_getfield(L, ret, "status");
+        if (lua_isnil(L, -1)) {
+            res->status = 200;
+        } else {
+            int isnum = 0;
+            lua_Integer st = lua_tointegerx(L, -1, &isnum);
+            if (!isnum || st < 100 || st > 599)
+                return luaL_error(L, "response status must be an integer from 100 to 599");
+            res->status = (int)st;
+        }
+        lua_pop(L, 1);
+        lua_getfield(L, ret, "headers");
+        if (!lua_isnil(L, -1)) {
+            if (!lua_istable(L, -1))
+                return luaL_error(L, "response headers must be a table");
+            res->headers = calloc(MAX_RESPONSE_HEADERS, sizeof(*res->headers));
+            if (res->headers == NULL)
+                return luaL_error(L, "not enough memory");
+            lua_pushnil(L);
+            while (lua_next(L, -2) != 0) {
+                if (lua_type(L, -2) != LUA_TSTRING)
+                    return luaL_error(L, "response header names must be strings");
+                const char *name = lua_tostring(L, -2);
+                size_t vlen = 0;
+                if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
+                    return luaL_error(L, "response header %s must be a string", name);
+                lua_pushvalue(L, -1); /* tolstring on a copy keeps lua_next's key intact */
+                const char *value = lua_tolstring(L, -1, &vlen);
+                if (!header_name_ok(name))
+                    return luaL_error(L, "response header name '%s' is not a valid token", name);
+                if (!header_value_ok(value, vlen))
+                    return luaL_error(L, "response header %s has CR, LF or NUL", name);
+                if (!header_dropped(name)) {
+                    if (res->n_headers == MAX_RESPONSE_HEADERS)
+                        return luaL_error(L, "more than %d response headers",
+                                          MAX_RESPONSE_HEADERS);
+                    pc_header *h = &res->headers[res->n_headers];
+                    h->name = dup_lua(L, name, strlen(name));
+                    h->value = dup_lua(L, value, vlen);
+                    res->n_headers++;
+                }
+                lua_pop(L, 2);
+            }
+        }
+        lua_pop(L, 1);
+        lua_getfield(L, ret, "body");
+        if (!lua_isnil(L, -1)) {
+            if (lua_type(L, -1) != LUA_TSTRING)
+                return luaL_error(L, "response body must be a string");
+            body = lua_tolstring(L, -1, &len);
+        }
+    } else {
+        return luaL_error(L, "the handler must return a string or a table, not %s",
+                          luaL_typename(L, ret));
+    }
+    if (len > ctx->response_max) {
+        ctx->too_large = true;
+        return luaL_error(L, "response body of %zu bytes is over the limit", len);
+    }
+    res->body = (uint8_t *)dup_lua(L, body ? body : "", len);
+    res->body_len = len;
+    return 0;
+}
+
+int pc_lua_isolate_call(pc_lua_isolate *iso, const pc_request *req, pc_response *res,
+                        pc_lua_limit *hit, pc_err *err)
+{
+    *hit = PC_LUA_LIMIT_NONE;
+    memset(res, 0, sizeof(*res));
+    call_ctx ctx = {req, res, iso->limits->response_bytes, false};
+    lua_State *L = iso->L;
+    start_run(iso, iso->limits->instructions, iso->limits->wall_ms);
+    lua_pushcfunction(L, call_handler);
+    lua_pushlightuserdata(L, &ctx);
+    int status = lua_pcall(L, 1, 0, 0);
+    int rc = PC_OK;
+    *hit = run_limit(iso);
+    if (ctx.too_large)
+        *hit = PC_LUA_LIMIT_RESPONSE;
+    if (status != LUA_OK || *hit != PC_LUA_LIMIT_NONE) {
+        const char *msg = status != LUA_OK ? lua_tostring(L, -1) : NULL;
+        if (*hit != PC_LUA_LIMIT_NONE)
+            rc = pc_err_set(err, PC_E_LIMIT, "%s limit exceeded%s%s", pc_lua_limit_name(*hit),
+                            msg ? ": " : "", msg ? msg : "");
+        else
+            rc = pc_err_set(err, PC_E_RUNTIME, "%s", msg ? msg : "error object is not a string");
+        pc_response_clear(res);
+        res->status = 0;
+    }
+    lua_settop(L, 0);
+    /* Between requests: no hook cost and no stale deadline. */
+    lua_sethook(L, NULL, 0, 0);
+    return rc;
+}
