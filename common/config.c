@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define CONFIG_MAX_OPTIONS 128
 #define CONFIG_FILE_MAX (1024 * 1024)
 
 int pc_parse_size(const char *text, uint64_t *out)
@@ -283,6 +284,9 @@ int pc_config_load(const pc_cfg_option *opts, void *target, int argc, char **arg
         if (path != NULL && load_file(opts, target, path, err) != PC_OK)
             return PC_E_INVALID;
     }
+    /* A list flag's first use replaces the default or the file's list;
+     * later uses append, so "--sync A --sync B" means exactly A and B. */
+    bool list_seen[CONFIG_MAX_OPTIONS] = {false};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--config") == 0) {
@@ -308,7 +312,11 @@ int pc_config_load(const pc_cfg_option *opts, void *target, int argc, char **arg
                 return pc_err_set(err, PC_E_INVALID, "--%s needs a value", o->name);
             value = argv[++i];
         }
-        if (set_from_text(o, target, value, true, err) != PC_OK)
+        size_t index = (size_t)(o - opts);
+        bool append = index < CONFIG_MAX_OPTIONS && list_seen[index];
+        if (index < CONFIG_MAX_OPTIONS)
+            list_seen[index] = true;
+        if (set_from_text(o, target, value, append, err) != PC_OK)
             return PC_E_INVALID;
     }
     return PC_OK;

@@ -162,7 +162,8 @@ static void body_read_done(void *p)
     int rv = nng_aio_result(br->read_aio);
     if (rv == 0 && nng_aio_count(br->read_aio) != br->len)
         rv = NNG_ECONNSHUT;
-    nng_aio_free(br->read_aio);
+    /* Freeing an aio waits for its callback: from inside it, only reap. */
+    nng_aio_reap(br->read_aio);
     if (rv != 0) {
         free(br->buf);
         /* The connection is unusable: a non-zero result makes nng close it. */

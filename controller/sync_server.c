@@ -77,6 +77,14 @@ out:
     return rc;
 }
 
+/* protobuf-c initialises proto3 strings to a shared static empty string:
+ * only the ones a handler replaced were allocated. */
+static void free_string(char *text)
+{
+    if (text != protobuf_c_empty_string)
+        free(text);
+}
+
 static void free_entries(Popcast__Entry **entries, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -278,11 +286,11 @@ static nng_msg *handle(pc_sync_server *s, const uint8_t *data, size_t len)
     if (nng_msg_alloc(&msg, plen) == 0)
         popcast__sync_reply__pack(&reply, nng_msg_body(msg));
     free_entries(entries, n_entries);
-    free(sync.error);
-    free(snap.error);
-    free(chunk.error);
+    free_string(sync.error);
+    free_string(snap.error);
+    free_string(chunk.error);
     free(chunk.data.data);
-    free(ack.error);
+    free_string(ack.error);
     return msg;
 }
 

@@ -26,7 +26,7 @@ static const pc_cfg_option opts[] = {
     {"count", PC_CFG_U64, offsetof(cfg, count), "5", 1, 100, "a count"},
     {"size", PC_CFG_SIZE, offsetof(cfg, size), "1KiB", 0, 0, "a size"},
     {"flag", PC_CFG_BOOL, offsetof(cfg, flag), "false", 0, 0, "a flag"},
-    {"list", PC_CFG_LIST, offsetof(cfg, list), NULL, 0, 0, "a list"},
+    {"list", PC_CFG_LIST, offsetof(cfg, list), "dflt-item", 0, 0, "a list"},
     {NULL, 0, 0, NULL, 0, 0, NULL},
 };
 
@@ -47,7 +47,9 @@ static void test_defaults_and_flags(void **state)
     assert_int_equal(c.count, 7);
     assert_int_equal(c.size, 64u << 20);
     assert_true(c.flag);
+    /* The first --list replaces the default instead of adding to it. */
     assert_int_equal(c.list.count, 2);
+    assert_string_equal(c.list.items[0], "a");
     assert_string_equal(c.list.items[1], "b");
     pc_config_free(opts, &c);
 
@@ -57,6 +59,8 @@ static void test_defaults_and_flags(void **state)
     assert_int_equal(c.count, 5);
     assert_int_equal(c.size, 1024);
     assert_false(c.flag);
+    assert_int_equal(c.list.count, 1);
+    assert_string_equal(c.list.items[0], "dflt-item");
     pc_config_free(opts, &c);
 }
 
