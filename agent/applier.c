@@ -291,9 +291,7 @@ void pc_applier_on_publication(pc_applier *a, const uint8_t *data, size_t len)
         else
             (void)pc_applier_apply_entry(a, pub->entry, &err);
         break;
-    case POPCAST__PUBLICATION__BODY_HEARTBEAT:
-        on_heartbeat(a, pub->heartbeat);
-        break;
+    case POPCAST__PUBLICATION__BODY_HEARTBEAT: on_heartbeat(a, pub->heartbeat); break;
     default:
         pc_err_set(&err, PC_E_INVALID, "message with no known body");
         refuse(a, PC_E_INVALID, NULL, &err);

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #define CONFIG_MAX_OPTIONS 128
-#define CONFIG_FILE_MAX (1024 * 1024)
+#define CONFIG_FILE_MAX    (1024 * 1024)
 
 int pc_parse_size(const char *text, uint64_t *out)
 {

@@ -130,16 +130,16 @@ static void load_metrics(engine *e, lua_version *v)
     for (int l = PC_LUA_LIMIT_CPU; l <= PC_LUA_LIMIT_RESPONSE; l++) {
         snprintf(labels, sizeof(labels), "tenant=\"%s\",limit=\"%s\"", v->tenant,
                  pc_lua_limit_name((pc_lua_limit)l));
-        v->m.limit[l] = pc_metrics_counter(e->metrics, "popcast_lua_limit_exceeded_total",
-                                           labels, "runs stopped by a sandbox limit");
+        v->m.limit[l] = pc_metrics_counter(e->metrics, "popcast_lua_limit_exceeded_total", labels,
+                                           "runs stopped by a sandbox limit");
     }
 }
 
 static int new_isolate(lua_version *v, pc_lua_isolate **out, pc_err *err)
 {
     pc_lua_limit hit = PC_LUA_LIMIT_NONE;
-    int rc = pc_lua_isolate_new(v->source, v->source_len, v->chunkname, &v->e->limits, out, &hit,
-                                err);
+    int rc =
+        pc_lua_isolate_new(v->source, v->source_len, v->chunkname, &v->e->limits, out, &hit, err);
     count_limit(v, hit);
     if (rc == PC_OK) {
         pc_metric_add(v->m.isolates, 1);
@@ -167,8 +167,7 @@ static int lua_check(pc_adapter *a, const pc_version_spec *spec, pc_err *err)
     return rc;
 }
 
-static int lua_prepare(pc_adapter *a, const pc_version_spec *spec, pc_prepared **out,
-                       pc_err *err)
+static int lua_prepare(pc_adapter *a, const pc_version_spec *spec, pc_prepared **out, pc_err *err)
 {
     engine *e = (engine *)a;
     *out = NULL;
@@ -241,7 +240,10 @@ static int lua_activate(pc_adapter *a, pc_prepared *p, pc_err *err)
     return PC_OK;
 }
 
-static void lua_discard(pc_adapter *a, pc_prepared *p) { version_unref((lua_version *)p); }
+static void lua_discard(pc_adapter *a, pc_prepared *p)
+{
+    version_unref((lua_version *)p);
+}
 
 static int lua_deactivate(pc_adapter *a, const char *tenant, pc_err *err)
 {

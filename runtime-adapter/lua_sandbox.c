@@ -13,9 +13,9 @@
 
 /* The hook runs every HOOK_EVERY instructions: often enough to stop a loop
  * within microseconds of its budget, rarely enough to cost nothing. */
-#define HOOK_EVERY 1000
+#define HOOK_EVERY           1000
 #define MAX_RESPONSE_HEADERS 100
-#define HANDLER_KEY "popcast.handler"
+#define HANDLER_KEY          "popcast.handler"
 
 struct pc_lua_isolate {
     lua_State *L;
@@ -378,8 +378,7 @@ static int call_handler(lua_State *L)
                     return luaL_error(L, "response header %s has CR, LF or NUL", name);
                 if (!header_dropped(name)) {
                     if (res->n_headers == MAX_RESPONSE_HEADERS)
-                        return luaL_error(L, "more than %d response headers",
-                                          MAX_RESPONSE_HEADERS);
+                        return luaL_error(L, "more than %d response headers", MAX_RESPONSE_HEADERS);
                     pc_header *h = &res->headers[res->n_headers];
                     h->name = dup_lua(L, name, strlen(name));
                     h->value = dup_lua(L, value, vlen);

@@ -15,8 +15,8 @@
 #include "envelope.h"
 
 #define DEFAULT_MAP_SIZE (64ull << 20)
-#define DEFAULT_MAP_MAX (64ull << 30)
-#define VERSION_KEY_MAX (PC_TENANT_MAX + 1 + 8)
+#define DEFAULT_MAP_MAX  (64ull << 30)
+#define VERSION_KEY_MAX  (PC_TENANT_MAX + 1 + 8)
 
 /* Internal result of a transaction body: the map is full, grow and retry. */
 #define MAP_FULL_RETRY 1000
@@ -82,8 +82,9 @@ static int grow(pc_store *s, pc_err *err)
     pthread_rwlock_wrlock(&s->resize);
     int rc = PC_OK;
     if (s->map_size >= s->opt.map_size_max) {
-        rc = pc_err_set(err, PC_E_STORE, "store is full: map size %llu bytes reached (map_size_max)",
-                        (unsigned long long)s->map_size);
+        rc =
+            pc_err_set(err, PC_E_STORE, "store is full: map size %llu bytes reached (map_size_max)",
+                       (unsigned long long)s->map_size);
     } else {
         uint64_t next = s->map_size * 2;
         if (next > s->opt.map_size_max)
@@ -290,8 +291,8 @@ static int lock_dir(pc_store *s, const char *dir, pc_err *err)
     if (flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
         close(s->lock_fd);
         s->lock_fd = -1;
-        return pc_err_set(err, PC_E_UNAVAILABLE,
-                          "data directory %s is in use by another process", dir);
+        return pc_err_set(err, PC_E_UNAVAILABLE, "data directory %s is in use by another process",
+                          dir);
     }
     return PC_OK;
 }
@@ -323,8 +324,7 @@ int pc_store_open(pc_store **out, const char *dir, const pc_store_options *opt, 
     if (mrc == 0)
         mrc = mdb_env_open(s->env, dir, MDB_NOTLS | (s->opt.no_sync ? MDB_NOSYNC : 0), 0600);
     if (mrc != 0) {
-        rc = pc_err_set(err, PC_E_STORE, "cannot open the store in %s: %s", dir,
-                        mdb_strerror(mrc));
+        rc = pc_err_set(err, PC_E_STORE, "cannot open the store in %s: %s", dir, mdb_strerror(mrc));
         goto fail;
     }
     int dead = 0;
@@ -339,8 +339,8 @@ int pc_store_open(pc_store **out, const char *dir, const pc_store_options *opt, 
     struct {
         const char *name;
         MDB_dbi *dbi;
-    } dbs[] = {{"meta", &s->meta},         {"log", &s->log},     {"versions", &s->versions},
-               {"tenants", &s->tenants},   {"blobs", &s->blobs}, {"blobrefs", &s->blobrefs}};
+    } dbs[] = {{"meta", &s->meta},       {"log", &s->log},     {"versions", &s->versions},
+               {"tenants", &s->tenants}, {"blobs", &s->blobs}, {"blobrefs", &s->blobrefs}};
     for (size_t i = 0; mrc == 0 && i < sizeof(dbs) / sizeof(dbs[0]); i++)
         mrc = mdb_dbi_open(txn, dbs[i].name, MDB_CREATE, dbs[i].dbi);
     if (mrc == 0)
@@ -377,8 +377,7 @@ void pc_store_close(pc_store *s)
 
 /* Applying entries. */
 
-static int check_content(const Popcast__Manifest *m, const uint8_t *bundle, size_t len,
-                         pc_err *err)
+static int check_content(const Popcast__Manifest *m, const uint8_t *bundle, size_t len, pc_err *err)
 {
     if (!pc_manifest_has_content(m)) {
         if (bundle != NULL && len != 0)
@@ -581,8 +580,7 @@ static int live_body(pc_store *s, MDB_txn *txn, void *arg, pc_err *err)
                           la->tenant, (unsigned long long)la->version,
                           (unsigned long long)t.active_version);
     if (!s->opt.keep_history) {
-        if (la->version != 0 &&
-            (rc = blob_ref(s, txn, t.active_hash, NULL, 0, err)) != PC_OK)
+        if (la->version != 0 && (rc = blob_ref(s, txn, t.active_hash, NULL, 0, err)) != PC_OK)
             return rc;
         if (t.live_version != 0 && (rc = blob_unref(s, txn, t.live_hash, err)) != PC_OK)
             return rc;
@@ -674,8 +672,8 @@ static int collect_tenants(pc_store *s, MDB_txn *txn, tenant_list *l, pc_err *er
     return rc == MAP_FULL_RETRY ? PC_E_STORE : rc;
 }
 
-int pc_store_foreach_tenant(pc_store *s, int (*cb)(void *arg, const pc_tenant_state *t),
-                            void *arg, pc_err *err)
+int pc_store_foreach_tenant(pc_store *s, int (*cb)(void *arg, const pc_tenant_state *t), void *arg,
+                            pc_err *err)
 {
     MDB_txn *txn;
     tenant_list l = {0};
@@ -694,8 +692,8 @@ int pc_store_foreach_tenant(pc_store *s, int (*cb)(void *arg, const pc_tenant_st
 }
 
 int pc_store_snapshot_read(pc_store *s, uint64_t *seq,
-                           int (*cb)(void *arg, const char *tenant, uint64_t latest_seq),
-                           void *arg, pc_err *err)
+                           int (*cb)(void *arg, const char *tenant, uint64_t latest_seq), void *arg,
+                           pc_err *err)
 {
     MDB_txn *txn;
     tenant_list l = {0};
@@ -810,13 +808,11 @@ int pc_store_get_log(pc_store *s, uint64_t seq, Popcast__LogRecord **out, pc_err
     MDB_val key = {8, k}, val;
     int mrc = mdb_get(txn, s->log, &key, &val);
     if (mrc == MDB_NOTFOUND) {
-        rc = pc_err_set(err, PC_E_NOTFOUND, "seq %llu is not in the log",
-                        (unsigned long long)seq);
+        rc = pc_err_set(err, PC_E_NOTFOUND, "seq %llu is not in the log", (unsigned long long)seq);
     } else if (mrc != 0) {
         rc = pc_err_set(err, PC_E_STORE, "read log: %s", mdb_strerror(mrc));
     } else if ((*out = popcast__log_record__unpack(NULL, val.mv_size, val.mv_data)) == NULL) {
-        rc = pc_err_set(err, PC_E_STORE, "corrupt log record at seq %llu",
-                        (unsigned long long)seq);
+        rc = pc_err_set(err, PC_E_STORE, "corrupt log record at seq %llu", (unsigned long long)seq);
     }
     read_end(s, txn);
     return rc;
@@ -850,8 +846,8 @@ int pc_store_log_bounds(pc_store *s, uint64_t *first, uint64_t *last, pc_err *er
     return rc;
 }
 
-int pc_store_read_blob(pc_store *s, const uint8_t hash[PC_HASH_LEN], uint64_t offset,
-                       uint8_t *buf, size_t cap, size_t *got, uint64_t *total, pc_err *err)
+int pc_store_read_blob(pc_store *s, const uint8_t hash[PC_HASH_LEN], uint64_t offset, uint8_t *buf,
+                       size_t cap, size_t *got, uint64_t *total, pc_err *err)
 {
     *got = 0;
     MDB_txn *txn;
@@ -915,8 +911,7 @@ bool pc_store_has_blob(pc_store *s, const uint8_t hash[PC_HASH_LEN])
     return found;
 }
 
-int pc_store_meta_get(pc_store *s, const char *key, void *buf, size_t cap, size_t *len,
-                      pc_err *err)
+int pc_store_meta_get(pc_store *s, const char *key, void *buf, size_t cap, size_t *len, pc_err *err)
 {
     MDB_txn *txn;
     int rc = read_begin(s, &txn, err);

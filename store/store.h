@@ -88,8 +88,8 @@ int pc_store_install_snapshot(pc_store *s, uint64_t seq, const pc_store_item *it
  * entry (the seq of its last version), then calls cb for each tenant after
  * the transaction ended. */
 int pc_store_snapshot_read(pc_store *s, uint64_t *seq,
-                           int (*cb)(void *arg, const char *tenant, uint64_t latest_seq),
-                           void *arg, pc_err *err);
+                           int (*cb)(void *arg, const char *tenant, uint64_t latest_seq), void *arg,
+                           pc_err *err);
 
 /* Agent: records that tenant's version is now live (serving), in one
  * transaction, moving the "live" blob reference. version 0 clears it (the

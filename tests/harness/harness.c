@@ -95,16 +95,28 @@ void pc_test_rm_rf(const char *path)
 
 int pc_test_free_port(void)
 {
-    /* Bind to port 0 and let the kernel pick; the race with another
-     * process taking it before the daemon binds is accepted. */
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    socklen_t len = sizeof(sa);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    close(fd);
-    return ntohs(sa.sin_port);
+    /* Ports come from below the kernel's ephemeral range (32768+), so an
+     * outgoing connection's local port can never take one between this
+     * check and the daemon's bind; each test process owns its own slice,
+     * so tests run in parallel do not hand out the same port either. */
+    static int next = 0;
+    int slice = 20000 + (int)(getpid() % 100) * 120;
+    for (int tries = 0; tries < 120; tries++) {
+        int port = slice + (next++ % 120);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        assert_true(fd >= 0);
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        struct sockaddr_in sa = {.sin_family = AF_INET,
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                                 .sin_port = htons((uint16_t)port)};
+        int ok = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+        close(fd);
+        if (ok)
+            return port;
+    }
+    fail_msg("no free port in this test's slice");
+    return -1;
 }
 
 void pc_test_write_file(const char *path, const void *data, size_t len)

@@ -63,8 +63,7 @@ static bool agent_matches(pc_test_agent *a, json_t *want)
     return ok;
 }
 
-static void wait_converged(pc_test_env *env, pc_test_controller *c, pc_test_agent *agents,
-                           int n)
+static void wait_converged(pc_test_env *env, pc_test_controller *c, pc_test_agent *agents, int n)
 {
     json_t *want = controller_state(env, c);
     for (int i = 0; i < n; i++) {
