@@ -113,15 +113,16 @@ static pc_lua_limit run_limit(pc_lua_isolate *iso)
 /* load, text only: bytecode could break out of the VM's safety. */
 static int safe_load(lua_State *L)
 {
-    int nargs = lua_gettop(L);
+    lua_settop(L, 4); /* chunk, chunkname, mode, env: absent ones are nil */
+    int has_env = !lua_isnone(L, 4) && !lua_isnil(L, 4);
     lua_pushvalue(L, lua_upvalueindex(1)); /* the real load */
     lua_pushvalue(L, 1);
     lua_pushvalue(L, 2);
     lua_pushliteral(L, "t");
-    if (nargs >= 4)
+    if (has_env)
         lua_pushvalue(L, 4);
-    lua_call(L, nargs >= 4 ? 4 : 3, LUA_MULTRET);
-    return lua_gettop(L) - nargs;
+    lua_call(L, has_env ? 4 : 3, LUA_MULTRET);
+    return lua_gettop(L) - 4;
 }
 
 /* collectgarbage("count") only: the rest lets a tenant stall or tune the

@@ -1,0 +1,336 @@
+/* test_lua.c - the Lua adapter: the handler API, the sandbox (nothing
+ * outside string/table/math/utf8/coroutine and a safe base is reachable),
+ * the limits, prepare failures that leave the old version serving, and
+ * versions freed after swaps. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "adapter.h"
+#include "bundle.h"
+#include "crypto.h"
+#include "harness.h"
+#include "lua_engine.h"
+#include "metrics.h"
+
+static pc_adapter *lua;
+static pc_metrics *metrics;
+
+static int setup(void **state)
+{
+    pc_test_init();
+    pc_lua_limits limits;
+    pc_lua_limits_default(&limits);
+    /* Small limits keep the limit tests quick. */
+    limits.instructions = 2000000;
+    limits.wall_ms = 2000;
+    limits.memory_bytes = 8u << 20;
+    limits.response_bytes = 64 * 1024;
+    limits.max_isolates = 4;
+    pc_err err;
+    metrics = pc_metrics_new();
+    lua = pc_lua_adapter_new(&limits, metrics, &err);
+    return lua == NULL;
+}
+
+static int teardown(void **state)
+{
+    lua->destroy(lua);
+    pc_metrics_free(metrics);
+    return 0;
+}
+
+/* Prepares and activates source as tenant's version; returns the result of
+ * prepare (or activate), with err set. */
+static int deploy(const char *tenant, uint64_t version, const char *source, pc_err *err)
+{
+    uint8_t *bundle = NULL;
+    size_t len = 0;
+    int rc = pc_bundle_pack_single("main.lua", (const uint8_t *)source, strlen(source), &bundle,
+                                   &len, err);
+    if (rc != PC_OK)
+        return rc;
+    uint8_t hash[PC_HASH_LEN];
+    pc_hash(hash, bundle, len);
+    pc_version_spec spec = {.tenant = tenant,
+                            .version = version,
+                            .seq = version,
+                            .runtime = "lua",
+                            .entrypoint = "main.lua",
+                            .bundle = bundle,
+                            .bundle_len = len,
+                            .hash = hash};
+    pc_prepared *p = NULL;
+    rc = lua->prepare(lua, &spec, &p, err);
+    free(bundle);
+    if (rc != PC_OK)
+        return rc;
+    return lua->activate(lua, p, err);
+}
+
+static void deploy_ok(const char *tenant, uint64_t version, const char *source)
+{
+    pc_err err;
+    if (deploy(tenant, version, source, &err) != PC_OK)
+        fail_msg("deploy %s v%llu: %s", tenant, (unsigned long long)version, err.msg);
+}
+
+/* Serves GET path on tenant; returns serve's result, the body in out. */
+static int get(const char *tenant, const char *path, pc_response *res, pc_err *err)
+{
+    pc_header hdr[] = {{"x-test", "yes"}};
+    pc_request req = {.method = "GET",
+                      .path = path,
+                      .query = "a=1",
+                      .headers = hdr,
+                      .n_headers = 1,
+                      .body = (const uint8_t *)"payload",
+                      .body_len = 7};
+    return lua->serve(lua, tenant, &req, res, err);
+}
+
+/* The body of a successful GET, as a string the caller frees. */
+static char *get_body(const char *tenant, const char *path)
+{
+    pc_response res;
+    pc_err err;
+    if (get(tenant, path, &res, &err) != PC_OK)
+        fail_msg("GET %s%s: %s", tenant, path, err.msg);
+    char *text = malloc(res.body_len + 1);
+    memcpy(text, res.body, res.body_len);
+    text[res.body_len] = '\0';
+    pc_response_clear(&res);
+    return text;
+}
+
+static void expect_body(const char *tenant, const char *path, const char *want)
+{
+    char *got = get_body(tenant, path);
+    if (strcmp(got, want) != 0)
+        fail_msg("GET %s%s: expected '%s', got '%s'", tenant, path, want, got);
+    free(got);
+}
+
+static void test_handler_api(void **state)
+{
+    deploy_ok(
+        "api", 1,
+        "return function(req)\n"
+        "  return {status = 201,\n"
+        "          headers = {['x-echo'] = req.headers['x-test'], ['content-length'] = '9'},\n"
+        "          body = req.method .. ' ' .. req.path .. '?' .. req.query .. ' ' .. req.body}\n"
+        "end\n");
+    pc_response res;
+    pc_err err;
+    assert_int_equal(get("api", "/p", &res, &err), PC_OK);
+    assert_int_equal(res.status, 201);
+    assert_int_equal(res.version, 1);
+    assert_int_equal(res.body_len, strlen("GET /p?a=1 payload"));
+    assert_memory_equal(res.body, "GET /p?a=1 payload", res.body_len);
+    int echo = 0;
+    for (size_t i = 0; i < res.n_headers; i++) {
+        if (strcmp(res.headers[i].name, "x-echo") == 0 && strcmp(res.headers[i].value, "yes") == 0)
+            echo = 1;
+        /* Framing headers are the server's job, never the handler's. */
+        assert_string_not_equal(res.headers[i].name, "content-length");
+    }
+    assert_true(echo);
+    pc_response_clear(&res);
+
+    /* A global handle() works too, and a plain string is a 200. */
+    deploy_ok("api", 2, "function handle(req) return 'v2' end");
+    expect_body("api", "/", "v2");
+    assert_int_equal(lua->live_version(lua, "api"), 2);
+    assert_int_equal(get("nobody", "/", &res, &err), PC_E_NOTFOUND);
+}
+
+static void test_sandbox_escapes_unreachable(void **state)
+{
+    static const struct {
+        const char *expr;
+        const char *want;
+    } probes[] = {
+        {"tostring(io)", "nil"},
+        {"tostring(os)", "nil"},
+        {"tostring(debug)", "nil"},
+        {"tostring(package)", "nil"},
+        {"tostring(require)", "nil"},
+        {"tostring(dofile)", "nil"},
+        {"tostring(loadfile)", "nil"},
+        {"tostring(string.dump)", "nil"},
+        {"tostring(getmetatable('').__index.dump)", "nil"},
+        /* Bytecode is refused by load, whatever mode is asked for. */
+        {"select(2, load('\\27Lua\\x54\\0\\x19\\x93\\r\\n\\x1a\\n'))", "attempt to load a binary "
+                                                                       "chunk (mode is 't')"},
+        {"select(2, load('\\27Lua\\x54\\0', 'x', 'b'))",
+         "attempt to load a binary chunk (mode is 't')"},
+        {"type(load(function() return nil end, 'x', 'bt'))", "function"},
+        {"select(2, pcall(collectgarbage, 'collect'))",
+         "collectgarbage('collect') is not available"},
+        {"type(collectgarbage('count'))", "number"},
+        /* Text chunks still load, but see only the sandbox. */
+        {"load('return tostring(io)')()", "nil"},
+        {"type(string.format) .. type(table.concat) .. type(math.floor) .. type(utf8.char)",
+         "functionfunctionfunctionfunction"},
+    };
+    char src[512];
+    for (size_t i = 0; i < sizeof(probes) / sizeof(probes[0]); i++) {
+        snprintf(src, sizeof(src), "return function(req) return tostring(%s) end", probes[i].expr);
+        deploy_ok("probe", i + 1, src);
+        expect_body("probe", "/", probes[i].want);
+    }
+    /* os.execute and io.open fail as errors (os and io are nil), and the
+     * adapter answers with a runtime error rather than running anything. */
+    deploy_ok("probe", 100, "return function(req) os.execute('touch /tmp/popcast-pwned') end");
+    pc_response res;
+    pc_err err;
+    assert_int_equal(get("probe", "/", &res, &err), PC_E_RUNTIME);
+    assert_non_null(strstr(err.msg, "os"));
+    deploy_ok("probe", 101, "return function(req) return io.open('/etc/passwd'):read('a') end");
+    assert_int_equal(get("probe", "/", &res, &err), PC_E_RUNTIME);
+    assert_non_null(strstr(err.msg, "io"));
+}
+
+static void test_tenants_share_nothing(void **state)
+{
+    deploy_ok("alpha", 1,
+              "secret = 'alpha-secret'\n"
+              "string.upper = function() return 'hijacked' end\n"
+              "return function(req) return secret end");
+    deploy_ok("beta", 1,
+              "return function(req) return tostring(secret) .. ' ' .. string.upper('ok') end");
+    expect_body("alpha", "/", "alpha-secret");
+    expect_body("beta", "/", "nil OK");
+}
+
+static void test_limits(void **state)
+{
+    deploy_ok("good", 1, "return function(req) return 'fine' end");
+    pc_response res;
+    pc_err err;
+    /* CPU: an endless loop is stopped. */
+    deploy_ok("spin", 1, "return function(req) while true do end end");
+    assert_int_equal(get("spin", "/", &res, &err), PC_E_LIMIT);
+    assert_non_null(strstr(err.msg, "limit"));
+    /* Again, on a fresh isolate: still stopped, never hangs. */
+    assert_int_equal(get("spin", "/", &res, &err), PC_E_LIMIT);
+    /* An endless loop inside a coroutine too. */
+    deploy_ok("spin", 2,
+              "return function(req) return coroutine.wrap(function() while true do end end)() "
+              "end");
+    assert_int_equal(get("spin", "/", &res, &err), PC_E_LIMIT);
+    /* Memory: a bomb hits the cap, the process is unharmed. */
+    deploy_ok("bomb", 1,
+              "return function(req) local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1024) .. "
+              "i end end");
+    assert_int_equal(get("bomb", "/", &res, &err), PC_E_LIMIT);
+    assert_non_null(strstr(err.msg, "memory"));
+    deploy_ok("bomb", 2, "return function(req) return string.rep('x', 1 << 40) end");
+    int rc = get("bomb", "/", &res, &err);
+    assert_true(rc == PC_E_LIMIT || rc == PC_E_RUNTIME);
+    /* Response size. */
+    deploy_ok("huge", 1, "return function(req) return string.rep('x', 65 * 1024) end");
+    assert_int_equal(get("huge", "/", &res, &err), PC_E_LIMIT);
+    assert_non_null(strstr(err.msg, "response"));
+    /* Deep recursion is a Lua error, not a crashed process. */
+    deploy_ok("deep", 1,
+              "local function f(n) return 1 + f(n + 1) end return function() return f(1) end");
+    rc = get("deep", "/", &res, &err);
+    assert_true(rc == PC_E_RUNTIME || rc == PC_E_LIMIT);
+    /* A handler error is reported with its text. */
+    deploy_ok("oops", 1, "return function(req) error('kaboom') end");
+    assert_int_equal(get("oops", "/", &res, &err), PC_E_RUNTIME);
+    assert_non_null(strstr(err.msg, "kaboom"));
+    deploy_ok("oops", 2, "return function(req) return 42 end");
+    assert_int_equal(get("oops", "/", &res, &err), PC_E_RUNTIME);
+    deploy_ok("oops", 3, "return function(req) return {status = 99} end");
+    assert_int_equal(get("oops", "/", &res, &err), PC_E_RUNTIME);
+    deploy_ok("oops", 4, "return function(req) return {headers = {['x-a'] = 'b\\r\\nx-c: d'}} end");
+    assert_int_equal(get("oops", "/", &res, &err), PC_E_RUNTIME);
+
+    /* Through all of it the other tenant kept serving. */
+    expect_body("good", "/", "fine");
+    /* Limits are counted per tenant. */
+    assert_true(pc_metrics_get(metrics, "popcast_lua_limit_exceeded_total",
+                               "tenant=\"spin\",limit=\"cpu\"") +
+                    pc_metrics_get(metrics, "popcast_lua_limit_exceeded_total",
+                                   "tenant=\"spin\",limit=\"time\"") >=
+                3);
+    assert_true(pc_metrics_get(metrics, "popcast_lua_limit_exceeded_total",
+                               "tenant=\"bomb\",limit=\"memory\"") >= 1);
+    assert_true(pc_metrics_get(metrics, "popcast_lua_limit_exceeded_total",
+                               "tenant=\"huge\",limit=\"response\"") >= 1);
+    assert_int_equal(pc_metrics_get(metrics, "popcast_lua_limit_exceeded_total",
+                                    "tenant=\"good\",limit=\"cpu\""),
+                     0);
+}
+
+static void test_prepare_failure_keeps_old_version(void **state)
+{
+    deploy_ok("stable", 1, "return function(req) return 'one' end");
+    pc_err err;
+    /* Syntax error, missing handler, runtime error, endless top level,
+     * memory bomb at top level: each is refused at prepare. */
+    const char *bad[] = {
+        "return function( end",
+        "local x = 1",
+        "error('top level boom')",
+        "while true do end",
+        "local t = {} for i = 1, 1e9 do t[i] = string.rep('y', 1024) .. i end",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        int rc = deploy("stable", 2 + i, bad[i], &err);
+        if (rc != PC_E_RUNTIME && rc != PC_E_LIMIT)
+            fail_msg("bad bundle %zu: expected a runtime error, got %s", i, pc_err_name(rc));
+        assert_true(strlen(err.msg) > 0);
+        expect_body("stable", "/", "one");
+        assert_int_equal(lua->live_version(lua, "stable"), 1);
+    }
+    assert_int_equal(deploy("stable", 10, "error('top level boom')", &err), PC_E_RUNTIME);
+    assert_non_null(strstr(err.msg, "top level boom"));
+}
+
+static void test_swaps_free_old_versions(void **state)
+{
+    long versions0 = 0, isolates0 = 0;
+    deploy_ok("swap", 1, "return function(req) return 'v1' end");
+    pc_lua_adapter_counts(lua, &versions0, &isolates0);
+    char src[128];
+    for (int v = 2; v <= 1000; v++) {
+        snprintf(src, sizeof(src), "local n = %d return function(req) return 'v' .. n end", v);
+        deploy_ok("swap", (uint64_t)v, src);
+        if (v % 100 == 0) {
+            snprintf(src, sizeof(src), "v%d", v);
+            expect_body("swap", "/", src);
+        }
+    }
+    long versions = 0, isolates = 0;
+    pc_lua_adapter_counts(lua, &versions, &isolates);
+    assert_int_equal(versions, versions0);
+    assert_true(isolates <= isolates0 + 1);
+    /* Deactivation frees the tenant's version. */
+    pc_err err;
+    assert_int_equal(lua->deactivate(lua, "swap", &err), PC_OK);
+    assert_int_equal(lua->live_version(lua, "swap"), 0);
+    pc_lua_adapter_counts(lua, &versions, &isolates);
+    assert_int_equal(versions, versions0 - 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_handler_api),
+        cmocka_unit_test(test_sandbox_escapes_unreachable),
+        cmocka_unit_test(test_tenants_share_nothing),
+        cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_prepare_failure_keeps_old_version),
+        cmocka_unit_test(test_swaps_free_old_versions),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

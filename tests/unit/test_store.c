@@ -1,0 +1,607 @@
+/* test_store.c - the LMDB store's invariants (store/store.h): one write
+ * transaction per change, seq order exactly once, versions only grow,
+ * reference-counted blobs, map-full as an error, one process per data
+ * directory, and crash consistency under kill -9 of a writer. */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "envelope.h"
+#include "harness.h"
+#include "store.h"
+
+static pc_signing_key key;
+
+/* One signed entry with its bundle. */
+typedef struct entry {
+    Popcast__SignedManifest sm;
+    Popcast__Manifest m;
+    uint8_t hash[PC_HASH_LEN];
+    uint8_t *bundle;
+    size_t len;
+    char tenant[PC_TENANT_MAX + 1];
+} entry;
+
+/* Builds a deploy (bundle_size > 0), or a delete (bundle_size == 0). The
+ * bundle's bytes are derived from fill so that different fills give
+ * different blobs. */
+static int entry_make(entry *e, const char *tenant, uint64_t seq, uint64_t version,
+                      size_t bundle_size, int fill)
+{
+    memset(e, 0, sizeof(*e));
+    snprintf(e->tenant, sizeof(e->tenant), "%s", tenant);
+    popcast__manifest__init(&e->m);
+    e->m.tenant = e->tenant;
+    e->m.version = version;
+    e->m.seq = seq;
+    e->m.runtime = "lua";
+    if (bundle_size > 0) {
+        e->bundle = malloc(bundle_size);
+        if (e->bundle == NULL)
+            return -1;
+        for (size_t i = 0; i < bundle_size; i++)
+            e->bundle[i] = (uint8_t)(fill * 31 + i * 7);
+        e->len = bundle_size;
+        pc_hash(e->hash, e->bundle, e->len);
+        e->m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY;
+        e->m.bundle_hash.data = e->hash;
+        e->m.bundle_hash.len = PC_HASH_LEN;
+        e->m.bundle_size = e->len;
+        e->m.entrypoint = "main.lua";
+    } else {
+        e->m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE;
+    }
+    return pc_envelope_sign_manifest(&key, &e->m, &e->sm, NULL);
+}
+
+static void entry_free(entry *e)
+{
+    pc_envelope_signed_clear(&e->sm);
+    free(e->bundle);
+}
+
+static int entry_apply(pc_store *s, entry *e, pc_err *err)
+{
+    return pc_store_apply(s, &e->sm, &e->m, e->bundle, e->len, err);
+}
+
+static pc_store *open_store(const char *dir, bool keep_history, uint64_t map, uint64_t map_max)
+{
+    pc_store_options opt = {.map_size = map, .map_size_max = map_max, .keep_history = keep_history};
+    pc_store *s = NULL;
+    pc_err err;
+    if (pc_store_open(&s, dir, &opt, &err) != PC_OK)
+        fail_msg("open %s: %s", dir, err.msg);
+    return s;
+}
+
+static uint64_t applied(pc_store *s)
+{
+    uint64_t seq = 0;
+    pc_err err;
+    assert_int_equal(pc_store_applied_seq(s, &seq, &err), PC_OK);
+    return seq;
+}
+
+static void apply_ok(pc_store *s, const char *tenant, uint64_t seq, uint64_t version, size_t size,
+                     int fill)
+{
+    entry e;
+    pc_err err;
+    assert_int_equal(entry_make(&e, tenant, seq, version, size, fill), PC_OK);
+    if (entry_apply(s, &e, &err) != PC_OK)
+        fail_msg("apply %s seq %llu: %s", tenant, (unsigned long long)seq, err.msg);
+    entry_free(&e);
+}
+
+static int setup(void **state)
+{
+    pc_test_init();
+    return pc_keygen(&key);
+}
+
+static void test_apply_stores_everything_together(void **state)
+{
+    char dir[256];
+    pc_test_tmpdir(dir, sizeof(dir), "store");
+    pc_store *s = open_store(dir, true, 0, 0);
+    assert_int_equal(applied(s), 0);
+
+    entry e;
+    pc_err err;
+    assert_int_equal(entry_make(&e, "acme", 1, 1, 1000, 1), PC_OK);
+    assert_int_equal(entry_apply(s, &e, &err), PC_OK);
+    assert_int_equal(applied(s), 1);
+
+    pc_tenant_state t;
+    assert_int_equal(pc_store_get_tenant(s, "acme", &t, &err), PC_OK);
+    assert_int_equal(t.active_version, 1);
+    assert_int_equal(t.active_seq, 1);
+    assert_int_equal(t.last_version, 1);
+    assert_memory_equal(t.active_hash, e.hash, PC_HASH_LEN);
+
+    uint64_t seq = 0;
+    assert_int_equal(pc_store_version_seq(s, "acme", 1, &seq, &err), PC_OK);
+    assert_int_equal(seq, 1);
+
+    /* The log holds the exact signed bytes. */
+    Popcast__LogRecord *rec = NULL;
+    assert_int_equal(pc_store_get_log(s, 1, &rec, &err), PC_OK);
+    assert_non_null(rec->signed_);
+    assert_int_equal(rec->signed_->manifest.len, e.sm.manifest.len);
+    assert_memory_equal(rec->signed_->manifest.data, e.sm.manifest.data, e.sm.manifest.len);
+    popcast__log_record__free_unpacked(rec, NULL);
+
+    uint8_t *blob = NULL;
+    size_t blen = 0;
+    assert_int_equal(pc_store_get_blob(s, e.hash, &blob, &blen, &err), PC_OK);
+    assert_int_equal(blen, e.len);
+    assert_memory_equal(blob, e.bundle, blen);
+    free(blob);
+
+    /* Chunked reads of the same blob. */
+    uint8_t part[100];
+    size_t got = 0;
+    uint64_t total = 0;
+    assert_int_equal(pc_store_read_blob(s, e.hash, 950, part, sizeof(part), &got, &total, &err),
+                     PC_OK);
+    assert_int_equal(got, 50);
+    assert_int_equal(total, 1000);
+    assert_memory_equal(part, e.bundle + 950, 50);
+    assert_int_equal(pc_store_read_blob(s, e.hash, 1001, part, sizeof(part), &got, &total, &err),
+                     PC_E_INVALID);
+    entry_free(&e);
+
+    /* Everything survives a close and reopen. */
+    pc_store_close(s);
+    s = open_store(dir, true, 0, 0);
+    assert_int_equal(applied(s), 1);
+    assert_int_equal(pc_store_get_tenant(s, "acme", &t, &err), PC_OK);
+    assert_int_equal(t.active_version, 1);
+    pc_store_close(s);
+    pc_test_rm_rf(dir);
+}
+
+/* Asserts that the store still shows exactly the state after seq 2. */
+static void expect_unchanged(pc_store *s)
+{
+    pc_err err;
+    assert_int_equal(applied(s), 2);
+    pc_tenant_state t;
+    assert_int_equal(pc_store_get_tenant(s, "acme", &t, &err), PC_OK);
+    assert_int_equal(t.active_version, 2);
+    assert_int_equal(t.last_version, 2);
+    assert_int_equal(pc_store_get_tenant(s, "other", &t, &err), PC_E_NOTFOUND);
+    uint64_t first = 0, last = 0;
+    assert_int_equal(pc_store_log_bounds(s, &first, &last, &err), PC_OK);
+    assert_int_equal(last, 2);
+}
+
+static void test_refuses_out_of_order_and_stale(void **state)
+{
+    char dir[256];
+    pc_test_tmpdir(dir, sizeof(dir), "store");
+    pc_store *s = open_store(dir, false, 0, 0);
+    apply_ok(s, "acme", 1, 1, 100, 1);
+    apply_ok(s, "acme", 2, 2, 100, 2);
+    pc_store_stats before;
+    pc_err err;
+    assert_int_equal(pc_store_stats_get(s, &before, &err), PC_OK);
+
+    struct {
+        const char *tenant;
+        uint64_t seq, version;
+        int want;
+    } cases[] = {
+        {"acme", 2, 3, PC_E_DUPLICATE},     /* seq already applied */
+        {"acme", 1, 9, PC_E_DUPLICATE},     /* older seq */
+        {"acme", 4, 3, PC_E_SEQ_GAP},       /* seq 3 missing */
+        {"acme", 3, 2, PC_E_STALE_VERSION}, /* version not above 2 */
+        {"acme", 3, 1, PC_E_STALE_VERSION}, /* a replay of version 1 */
+        {"other", 5, 1, PC_E_SEQ_GAP},      /* new tenant, still a gap */
+        {"other", 2, 1, PC_E_DUPLICATE},    /* new tenant, old seq */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        entry e;
+        assert_int_equal(entry_make(&e, cases[i].tenant, cases[i].seq, cases[i].version, 100, 9),
+                         PC_OK);
+        int rc = entry_apply(s, &e, &err);
+        if (rc != cases[i].want)
+            fail_msg("case %zu: expected %s, got %s (%s)", i, pc_err_name(cases[i].want),
+                     pc_err_name(rc), err.msg);
+        entry_free(&e);
+        expect_unchanged(s);
+    }
+
+    /* A bundle that does not match the manifest's hash or size. */
+    entry e;
+    assert_int_equal(entry_make(&e, "acme", 3, 3, 100, 3), PC_OK);
+    e.bundle[0] ^= 1;
+    assert_int_equal(entry_apply(s, &e, &err), PC_E_HASH_MISMATCH);
+    assert_int_equal(pc_store_apply(s, &e.sm, &e.m, e.bundle, e.len - 1, &err), PC_E_HASH_MISMATCH);
+    assert_int_equal(pc_store_apply(s, &e.sm, &e.m, NULL, 0, &err), PC_E_HASH_MISMATCH);
+    e.bundle[0] ^= 1;
+    expect_unchanged(s);
+    pc_store_stats after;
+    assert_int_equal(pc_store_stats_get(s, &after, &err), PC_OK);
+    assert_int_equal(after.blobs, before.blobs);
+    assert_int_equal(after.entries_log, before.entries_log);
+
+    /* The same entry, intact, is then accepted. */
+    assert_int_equal(entry_apply(s, &e, &err), PC_OK);
+    assert_int_equal(applied(s), 3);
+    entry_free(&e);
+
+    /* Versions never go backwards, even after a delete. */
+    apply_ok(s, "acme", 4, 4, 0, 0);
+    pc_tenant_state t;
+    assert_int_equal(pc_store_get_tenant(s, "acme", &t, &err), PC_OK);
+    assert_true(t.deleted);
+    assert_int_equal(t.active_version, 0);
+    assert_int_equal(t.last_version, 4);
+    assert_int_equal(entry_make(&e, "acme", 5, 4, 100, 5), PC_OK);
+    assert_int_equal(entry_apply(s, &e, &err), PC_E_STALE_VERSION);
+    entry_free(&e);
+    apply_ok(s, "acme", 5, 5, 100, 5);
+    /* Across a reopen too. */
+    pc_store_close(s);
+    s = open_store(dir, false, 0, 0);
+    assert_int_equal(entry_make(&e, "acme", 6, 5, 100, 6), PC_OK);
+    assert_int_equal(entry_apply(s, &e, &err), PC_E_STALE_VERSION);
+    entry_free(&e);
+    pc_store_close(s);
+    pc_test_rm_rf(dir);
+}
+
+static void test_blob_references(void **state)
+{
+    char dir[256];
+    pc_test_tmpdir(dir, sizeof(dir), "store");
+    pc_store *s = open_store(dir, false, 0, 0); /* agent: no history */
+    pc_err err;
+    entry v1, v2, v3;
+    assert_int_equal(entry_make(&v1, "acme", 1, 1, 500, 1), PC_OK);
+    assert_int_equal(entry_make(&v2, "acme", 2, 2, 500, 2), PC_OK);
+    assert_int_equal(entry_make(&v3, "acme", 3, 3, 500, 1), PC_OK); /* v1's content again */
+
+    assert_int_equal(entry_apply(s, &v1, &err), PC_OK);
+    assert_int_equal(pc_store_set_live(s, "acme", 1, &err), PC_OK);
+    assert_int_equal(entry_apply(s, &v2, &err), PC_OK);
+    /* v1 is still live, v2 is active: both bundles are kept. */
+    assert_true(pc_store_has_blob(s, v1.hash));
+    assert_true(pc_store_has_blob(s, v2.hash));
+    /* Only the active version can go live. */
+    assert_int_equal(pc_store_set_live(s, "acme", 7, &err), PC_E_INVALID);
+    assert_int_equal(pc_store_set_live(s, "nobody", 1, &err), PC_E_NOTFOUND);
+    assert_int_equal(pc_store_set_live(s, "acme", 2, &err), PC_OK);
+    assert_false(pc_store_has_blob(s, v1.hash));
+    assert_true(pc_store_has_blob(s, v2.hash));
+    pc_tenant_state t;
+    assert_int_equal(pc_store_get_tenant(s, "acme", &t, &err), PC_OK);
+    assert_int_equal(t.live_version, 2);
+    assert_memory_equal(t.live_hash, v2.hash, PC_HASH_LEN);
+
+    /* Same content under a new version: one blob, two references while
+     * both are held, still there after the older one is released. */
+    assert_int_equal(entry_apply(s, &v3, &err), PC_OK);
+    assert_true(pc_store_has_blob(s, v3.hash));
+    assert_int_equal(pc_store_set_live(s, "acme", 3, &err), PC_OK);
+    assert_false(pc_store_has_blob(s, v2.hash));
+    assert_true(pc_store_has_blob(s, v3.hash));
+    pc_store_stats st;
+    assert_int_equal(pc_store_stats_get(s, &st, &err), PC_OK);
+    assert_int_equal(st.blobs, 1);
+    pc_store_close(s);
+    pc_test_rm_rf(dir);
+
+    /* Controller: every version keeps its bundle. */
+    pc_test_tmpdir(dir, sizeof(dir), "store");
+    s = open_store(dir, true, 0, 0);
+    assert_int_equal(entry_apply(s, &v1, &err), PC_OK);
+    assert_int_equal(entry_apply(s, &v2, &err), PC_OK);
+    assert_int_equal(entry_apply(s, &v3, &err), PC_OK);
+    assert_true(pc_store_has_blob(s, v1.hash));
+    assert_true(pc_store_has_blob(s, v2.hash));
+    pc_store_close(s);
+    pc_test_rm_rf(dir);
+    entry_free(&v1);
+    entry_free(&v2);
+    entry_free(&v3);
+}
+
+static void test_map_full_is_an_error(void **state)
+{
+    char dir[256];
+    pc_test_tmpdir(dir, sizeof(dir), "store");
+    /* 1 MiB map that may grow to 4 MiB; 256 KiB bundles fill it fast. */
+    pc_store *s = open_store(dir, true, 1 << 20, 4 << 20);
+    pc_err err;
+    uint64_t seq = 0;
+    int rc = PC_OK;
+    for (int i = 1; i <= 64 && rc == PC_OK; i++) {
+        entry e;
+        assert_int_equal(entry_make(&e, "big", seq + 1, seq + 1, 256 * 1024, i), PC_OK);
+        rc = entry_apply(s, &e, &err);
+        if (rc == PC_OK)
+            seq++;
+        entry_free(&e);
+    }
+    assert_int_equal(rc, PC_E_STORE);
+    assert_non_null(strstr(err.msg, "full"));
+    pc_store_stats st;
+    assert_int_equal(pc_store_stats_get(s, &st, &err), PC_OK);
+    assert_true(st.map_grows >= 1);
+    assert_true(st.map_size <= 4u << 20);
+    assert_true(seq >= 4); /* the map did grow past its first 1 MiB */
+    /* The failed entry left nothing behind, and the store still works. */
+    assert_int_equal(applied(s), seq);
+    pc_tenant_state t;
+    assert_int_equal(pc_store_get_tenant(s, "big", &t, &err), PC_OK);
+    assert_int_equal(t.active_version, seq);
+    assert_int_equal(t.last_version, seq);
+    assert_int_equal(st.entries_log, seq);
+    assert_int_equal(st.blobs, seq);
+    assert_int_equal(pc_store_meta_put(s, "k", "v", 1, &err), PC_OK);
+    pc_store_close(s);
+    pc_test_rm_rf(dir);
+}
+
+static void test_one_process_per_directory(void **state)
+{
+    char dir[256];
+    pc_test_tmpdir(dir, sizeof(dir), "store");
+    pc_store *s = open_store(dir, false, 0, 0);
+    pc_store *second = NULL;
+    pc_err err;
+    pc_store_options opt = {0};
+    assert_int_equal(pc_store_open(&second, dir, &opt, &err), PC_E_UNAVAILABLE);
+    assert_non_null(strstr(err.msg, "in use"));
+    assert_null(second);
+    pc_store_close(s);
+    /* Free again once closed. */
+    assert_int_equal(pc_store_open(&second, dir, &opt, &err), PC_OK);
+    pc_store_close(second);
+    /* A directory that does not exist is an error, not a crash. */
+    assert_int_not_equal(pc_store_open(&second, "/nonexistent/popcast/dir", &opt, &err), PC_OK);
+    pc_test_rm_rf(dir);
+}
+
+static void test_snapshot_install(void **state)
+{
+    char src_dir[256], dst_dir[256];
+    pc_test_tmpdir(src_dir, sizeof(src_dir), "store");
+    pc_test_tmpdir(dst_dir, sizeof(dst_dir), "store");
+    pc_store *dst = open_store(dst_dir, false, 0, 0);
+    pc_err err;
+    entry a2, b1, c3;
+    assert_int_equal(entry_make(&a2, "a", 7, 2, 300, 1), PC_OK);
+    assert_int_equal(entry_make(&b1, "b", 9, 1, 300, 2), PC_OK);
+    assert_int_equal(entry_make(&c3, "c", 10, 3, 0, 0), PC_OK); /* deleted tenant */
+    pc_store_item items[] = {{&a2.sm, &a2.m, a2.bundle, a2.len},
+                             {&b1.sm, &b1.m, b1.bundle, b1.len},
+                             {&c3.sm, &c3.m, NULL, 0}};
+    /* A tampered item makes the whole snapshot fail, with nothing stored. */
+    b1.bundle[3] ^= 1;
+    bool done[3];
+    assert_int_not_equal(pc_store_install_snapshot(dst, 12, items, 3, done, &err), PC_OK);
+    assert_int_equal(applied(dst), 0);
+    pc_tenant_state t;
+    assert_int_equal(pc_store_get_tenant(dst, "a", &t, &err), PC_E_NOTFOUND);
+    b1.bundle[3] ^= 1;
+
+    assert_int_equal(pc_store_install_snapshot(dst, 12, items, 3, done, &err), PC_OK);
+    assert_int_equal(applied(dst), 12);
+    assert_int_equal(pc_store_get_tenant(dst, "a", &t, &err), PC_OK);
+    assert_int_equal(t.active_version, 2);
+    assert_int_equal(pc_store_get_tenant(dst, "c", &t, &err), PC_OK);
+    assert_true(t.deleted);
+    assert_int_equal(t.last_version, 3);
+    /* Not ahead of the applied seq: refused. */
+    assert_int_equal(pc_store_install_snapshot(dst, 12, items, 3, done, &err), PC_E_DUPLICATE);
+    /* The log continues after the snapshot's seq. */
+    apply_ok(dst, "a", 13, 3, 300, 3);
+    uint64_t first = 0, last = 0;
+    assert_int_equal(pc_store_log_bounds(dst, &first, &last, &err), PC_OK);
+    assert_int_equal(last, 13);
+    pc_store_close(dst);
+
+    /* An older snapshot never rolls a tenant back. */
+    dst = open_store(dst_dir, false, 0, 0);
+    entry a1;
+    assert_int_equal(entry_make(&a1, "a", 3, 1, 300, 4), PC_OK);
+    pc_store_item old[] = {{&a1.sm, &a1.m, a1.bundle, a1.len}};
+    assert_int_equal(pc_store_install_snapshot(dst, 20, old, 1, done, &err), PC_OK);
+    assert_false(done[0]);
+    assert_int_equal(pc_store_get_tenant(dst, "a", &t, &err), PC_OK);
+    assert_int_equal(t.active_version, 3);
+    pc_store_close(dst);
+    entry_free(&a1);
+    entry_free(&a2);
+    entry_free(&b1);
+    entry_free(&c3);
+    pc_test_rm_rf(src_dir);
+    pc_test_rm_rf(dst_dir);
+}
+
+/* Crash consistency. A child process applies a stream of entries (several
+ * tenants, bundles of varying size, some deletes) and reports each
+ * committed seq on a pipe; the parent kills it with SIGKILL at a seeded
+ * random moment, reopens the store and checks that it holds exactly a
+ * complete prefix: every seq up to the applied one, each tenant's state
+ * matching the last of its entries in that prefix, every referenced blob
+ * present with the right hash, and nothing after the prefix. */
+
+#define CRASH_TENANTS 5
+
+static void crash_plan(uint64_t seq, char *tenant, uint64_t *version, size_t *size, int *fill)
+{
+    /* Deterministic: the parent recomputes what the child wrote. */
+    int t = (int)(seq * 7 % CRASH_TENANTS);
+    snprintf(tenant, PC_TENANT_MAX + 1, "t%d", t);
+    *version = seq; /* grows per tenant because seq grows */
+    *size = (seq % 9 == 0) ? 0 : 1000 + (size_t)(seq * 7919 % 200000);
+    *fill = (int)seq;
+}
+
+static void crash_child(const char *dir, uint64_t from, int report_fd)
+{
+    pc_store_options opt = {.keep_history = false};
+    pc_store *s = NULL;
+    pc_err err;
+    if (pc_store_open(&s, dir, &opt, &err) != PC_OK)
+        _exit(2);
+    for (uint64_t seq = from;; seq++) {
+        char tenant[PC_TENANT_MAX + 1];
+        uint64_t version;
+        size_t size;
+        int fill;
+        crash_plan(seq, tenant, &version, &size, &fill);
+        entry e;
+        if (entry_make(&e, tenant, seq, version, size, fill) != PC_OK)
+            _exit(3);
+        int rc = entry_apply(s, &e, &err);
+        if (rc == PC_OK && size > 0)
+            rc = pc_store_set_live(s, tenant, version, &err);
+        entry_free(&e);
+        if (rc != PC_OK)
+            _exit(4);
+        if (write(report_fd, &seq, sizeof(seq)) != (ssize_t)sizeof(seq))
+            _exit(5);
+    }
+}
+
+static void check_prefix(pc_store *s, uint64_t acked)
+{
+    pc_err err;
+    uint64_t head = applied(s);
+    if (head < acked)
+        fail_msg("seq %llu was committed but the store only holds %llu", (unsigned long long)acked,
+                 (unsigned long long)head);
+    uint64_t first = 0, last = 0;
+    assert_int_equal(pc_store_log_bounds(s, &first, &last, &err), PC_OK);
+    assert_int_equal(last, head);
+    assert_true(head == 0 || first == 1);
+    for (uint64_t seq = 1; seq <= head; seq++) {
+        Popcast__LogRecord *rec = NULL;
+        if (pc_store_get_log(s, seq, &rec, &err) != PC_OK)
+            fail_msg("seq %llu missing below applied %llu", (unsigned long long)seq,
+                     (unsigned long long)head);
+        popcast__log_record__free_unpacked(rec, NULL);
+    }
+    Popcast__LogRecord *beyond = NULL;
+    assert_int_equal(pc_store_get_log(s, head + 1, &beyond, &err), PC_E_NOTFOUND);
+
+    /* Each tenant's expected state: its last entry at or before head. */
+    for (int t = 0; t < CRASH_TENANTS; t++) {
+        char name[PC_TENANT_MAX + 1];
+        snprintf(name, sizeof(name), "t%d", t);
+        uint64_t want_seq = 0;
+        size_t want_size = 0;
+        for (uint64_t seq = 1; seq <= head; seq++) {
+            char tenant[PC_TENANT_MAX + 1];
+            uint64_t version;
+            size_t size;
+            int fill;
+            crash_plan(seq, tenant, &version, &size, &fill);
+            if (strcmp(tenant, name) == 0) {
+                want_seq = seq;
+                want_size = size;
+            }
+        }
+        pc_tenant_state st;
+        int rc = pc_store_get_tenant(s, name, &st, &err);
+        if (want_seq == 0) {
+            assert_int_equal(rc, PC_E_NOTFOUND);
+            continue;
+        }
+        assert_int_equal(rc, PC_OK);
+        assert_int_equal(st.last_version, want_seq);
+        if (want_size == 0) {
+            assert_true(st.deleted);
+            continue;
+        }
+        assert_int_equal(st.active_version, want_seq);
+        assert_int_equal(st.active_seq, want_seq);
+        uint8_t *blob = NULL;
+        size_t len = 0;
+        if (pc_store_get_blob(s, st.active_hash, &blob, &len, &err) != PC_OK)
+            fail_msg("%s: active bundle missing: %s", name, err.msg);
+        uint8_t h[PC_HASH_LEN];
+        pc_hash(h, blob, len);
+        assert_memory_equal(h, st.active_hash, PC_HASH_LEN);
+        assert_int_equal(len, want_size);
+        free(blob);
+        /* The live version, if any, also has its bundle. */
+        if (st.live_version != 0)
+            assert_true(pc_store_has_blob(s, st.live_hash));
+    }
+}
+
+static void test_kill_9_writer_leaves_a_complete_prefix(void **state)
+{
+    char dir[256];
+    pc_test_tmpdir(dir, sizeof(dir), "store");
+    srand(20261123);
+    uint64_t total_acked = 0;
+    for (int round = 0; round < 12; round++) {
+        pc_store *s = open_store(dir, false, 0, 0);
+        uint64_t from = applied(s) + 1;
+        pc_store_close(s);
+
+        int fds[2];
+        assert_int_equal(pipe(fds), 0);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            close(fds[0]);
+            crash_child(dir, from, fds[1]);
+        }
+        close(fds[1]);
+        /* Let it commit at least one entry, then kill it at a random
+         * moment in the next stretch of writes. */
+        uint64_t acked = 0;
+        assert_int_equal(read(fds[0], &acked, sizeof(acked)), (ssize_t)sizeof(acked));
+        pc_test_sleep_ms(rand() % 40);
+        kill(pid, SIGKILL);
+        uint64_t seq;
+        while (read(fds[0], &seq, sizeof(seq)) == (ssize_t)sizeof(seq))
+            acked = seq;
+        close(fds[0]);
+        int status = 0;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        if (!WIFSIGNALED(status))
+            fail_msg("writer exited with status %d before the kill", WEXITSTATUS(status));
+
+        s = open_store(dir, false, 0, 0);
+        check_prefix(s, acked);
+        total_acked = applied(s);
+        pc_store_close(s);
+    }
+    assert_true(total_acked >= 12);
+    print_message("kill -9 rounds: 12, entries committed in total: %llu\n",
+                  (unsigned long long)total_acked);
+    pc_test_rm_rf(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_apply_stores_everything_together),
+        cmocka_unit_test(test_refuses_out_of_order_and_stale),
+        cmocka_unit_test(test_blob_references),
+        cmocka_unit_test(test_map_full_is_an_error),
+        cmocka_unit_test(test_one_process_per_directory),
+        cmocka_unit_test(test_snapshot_install),
+        cmocka_unit_test(test_kill_9_writer_leaves_a_complete_prefix),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}
