@@ -517,6 +517,11 @@ int pc_applier_is_stale(pc_applier *a)
     return heartbeat_age_ms(a) > (int64_t)a->opt.stale_after_ms;
 }
 
+uint64_t pc_applier_stale_after_ms(pc_applier *a)
+{
+    return a->opt.stale_after_ms;
+}
+
 typedef struct proto_walk {
     Popcast__TenantStatus **items;
     size_t n, cap;

@@ -82,6 +82,7 @@ uint64_t pc_applier_applied_seq(pc_applier *a);
 uint64_t pc_applier_head_seq(pc_applier *a);
 /* No valid heartbeat for stale_after_ms. */
 int pc_applier_is_stale(pc_applier *a);
+uint64_t pc_applier_stale_after_ms(pc_applier *a);
 
 /* The status report for the controllers (agent_id, pop and counter are
  * the caller's). Free with pc_applier_status_clear. */

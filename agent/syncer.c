@@ -33,8 +33,15 @@ struct pc_syncer {
     int64_t next_status_ms, last_status_ms;
     uint64_t backoff_ms;
     uint64_t counter;
+    int stale; /* as last seen by the watch below */
     pc_metric *m_syncs, *m_sync_failures, *m_entries, *m_chunks, *m_reports, *m_report_failures;
+    pc_metric *m_stale;
 };
+
+/* How often the thread looks at freshness even when nothing else is due:
+ * becoming stale (or fresh again) is a change the controllers hear about
+ * at once, not at the next periodic report. */
+#define STALE_WATCH_MS 200
 
 static int64_t mono_ms(void)
 {
@@ -309,6 +316,18 @@ static void *run(void *arg)
     pc_syncer *s = arg;
     pthread_mutex_lock(&s->lock);
     while (!s->stop) {
+        int stale = pc_applier_is_stale(s->opt.applier) ? 1 : 0;
+        pc_metric_set(s->m_stale, (uint64_t)stale);
+        if (stale != s->stale) {
+            s->stale = stale;
+            s->dirty = 1;
+            if (stale)
+                pc_warn("syncer", "stale: no valid heartbeat for over %llu ms; still serving the "
+                                  "last good versions",
+                        (unsigned long long)pc_applier_stale_after_ms(s->opt.applier));
+            else
+                pc_info("syncer", "fresh again: heartbeats are arriving");
+        }
         int64_t now = mono_ms();
         int64_t sync_due =
             s->need_sync ? s->next_sync_ms : s->last_sync_ms + (int64_t)s->opt.sync_interval_ms;
@@ -318,6 +337,8 @@ static void *run(void *arg)
         int do_sync = now >= sync_due, do_status = now >= status_due;
         if (!do_sync && !do_status) {
             int64_t wait = (sync_due < status_due ? sync_due : status_due) - now;
+            if (wait > STALE_WATCH_MS)
+                wait = STALE_WATCH_MS;
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
             ts.tv_sec += wait / 1000;
@@ -433,6 +454,8 @@ int pc_syncer_start(pc_syncer **out, const pc_syncer_options *opt, pc_err *err)
     s->next_sync_ms = now;
     s->last_sync_ms = now;
     s->next_status_ms = now;
+    s->m_stale = pc_metrics_gauge(opt->metrics, "popcast_agent_stale", NULL,
+                                  "1 when no valid heartbeat arrived within stale_after_ms");
     s->m_syncs = pc_metrics_counter(opt->metrics, "popcast_agent_catchups_total", NULL,
                                     "catch-up rounds started");
     s->m_sync_failures = pc_metrics_counter(opt->metrics, "popcast_agent_catchup_failures_total",

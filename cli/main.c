@@ -21,6 +21,8 @@
 #define DEFAULT_CONTROLLER "http://127.0.0.1:7070"
 #define DEFAULT_MAX_BUNDLE (64u * 1024 * 1024)
 #define TIMEOUT_MS         120000
+#define WAIT_DEFAULT_S     60
+#define WAIT_STEP_MS       1000
 
 typedef struct cli {
     const char *controller;
@@ -28,6 +30,9 @@ typedef struct cli {
     const char *token_file;
     char token_buf[256];
     bool json;
+    bool wait;
+    const char *timeout; /* --timeout SECONDS for --wait */
+    const char *fraction;
     const char *entrypoint;
     const char *runtime;
     const char *out_dir;
@@ -43,17 +48,22 @@ static void usage(FILE *f)
             "commands:\n"
             "  keygen [--out DIR] [--name NAME]   write NAME.key (secret, 0600) and NAME.pub\n"
             "  deploy TENANT PATH                 upload a file or directory as a new version\n"
-            "         [--entrypoint FILE] [--runtime NAME]\n"
+            "         [--entrypoint FILE] [--runtime NAME] [--wait]\n"
             "  versions TENANT                    list a tenant's versions\n"
-            "  rollback TENANT VERSION            make VERSION's content the new version\n"
-            "  delete TENANT                      stop serving a tenant\n"
-            "  status [TENANT]                    tenants, or one tenant's state\n\n"
+            "  rollback TENANT VERSION [--wait]   make VERSION's content the new version\n"
+            "  delete TENANT [--wait]             stop serving a tenant\n"
+            "  status [TENANT]                    tenants, or one tenant's state\n"
+            "  rollout TENANT VERSION [--wait]    where a version is live, per agent and PoP\n"
+            "  fleet                              agents, their lag, staleness, last report\n\n"
             "options:\n"
             "  --controller URL   controller API (env POPCAST_CONTROLLER, default %s)\n"
             "  --token TOKEN      API token (env POPCAST_TOKEN)\n"
             "  --token-file FILE  file holding the API token (env POPCAST_TOKEN_FILE)\n"
-            "  --json             print the controller's JSON answer\n",
-            DEFAULT_CONTROLLER);
+            "  --json             print the controller's JSON answer\n"
+            "  --wait             block until the change is live on every agent (or\n"
+            "                     --fraction F of them), an agent refuses it, or\n"
+            "                     --timeout SECONDS (default %d) passes; exit 1 unless live\n",
+            DEFAULT_CONTROLLER, WAIT_DEFAULT_S);
 }
 
 static int fail(const char *fmt, const char *a)
@@ -143,6 +153,8 @@ static long long num(json_t *o, const char *key)
 {
     return (long long)json_integer_value(json_object_get(o, key));
 }
+
+static int wait_live(cli *c, const char *tenant, long long version);
 
 static void format_time(long long unix_ms, char *out, size_t cap)
 {
@@ -236,13 +248,15 @@ static int cmd_deploy(cli *c)
     free(archive);
     if (doc == NULL)
         return 1;
-    if (c->json)
+    /* With --wait, --json prints only the final rollout document. */
+    if (c->json && !c->wait)
         print_json(doc);
-    else
+    else if (!c->json)
         printf("deployed %s version %lld (seq %lld, %lld bytes, hash %.16s...)\n", tenant,
                num(doc, "version"), num(doc, "seq"), num(doc, "size"), str(doc, "hash"));
+    long long version = num(doc, "version");
     json_decref(doc);
-    return 0;
+    return c->wait ? wait_live(c, tenant, version) : 0;
 }
 
 static int cmd_versions(cli *c)
@@ -291,13 +305,14 @@ static int cmd_rollback(cli *c)
     json_t *doc = call(c, "POST", url, "application/json", body, (size_t)n);
     if (doc == NULL)
         return 1;
-    if (c->json)
+    if (c->json && !c->wait)
         print_json(doc);
-    else
+    else if (!c->json)
         printf("rolled %s back to the content of version %lld as version %lld (seq %lld)\n", tenant,
                version, num(doc, "version"), num(doc, "seq"));
+    long long new_version = num(doc, "version");
     json_decref(doc);
-    return 0;
+    return c->wait ? wait_live(c, tenant, new_version) : 0;
 }
 
 static int cmd_delete(cli *c)
@@ -310,11 +325,186 @@ static int cmd_delete(cli *c)
     json_t *doc = call(c, "DELETE", url, NULL, NULL, 0);
     if (doc == NULL)
         return 1;
-    if (c->json)
+    if (c->json && !c->wait)
         print_json(doc);
-    else
+    else if (!c->json)
         printf("deleted %s at version %lld (seq %lld)\n", tenant, num(doc, "version"),
                num(doc, "seq"));
+    long long version = num(doc, "version");
+    json_decref(doc);
+    return c->wait ? wait_live(c, tenant, version) : 0;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Prints each agent in state (e.g. "nacked", "missing") with its details. */
+static void print_agents_in(json_t *doc, const char *state)
+{
+    size_t i;
+    json_t *a;
+    json_array_foreach(json_object_get(doc, "agents"), i, a)
+    {
+        if (strcmp(str(a, "state"), state) != 0)
+            continue;
+        printf("  %-20s pop %-10s %s", str(a, "agent_id"), str(a, "pop"), state);
+        if (json_object_get(a, "reason") != NULL)
+            printf(": %s: %s", str(a, "reason"), str(a, "detail"));
+        else
+            printf(" (applied v%lld, live v%lld%s)", num(a, "applied_version"),
+                   num(a, "live_version"), json_is_true(json_object_get(a, "stale")) ? ", stale" : "");
+        printf("\n");
+    }
+}
+
+static void print_summary(json_t *doc)
+{
+    json_t *s = json_object_get(doc, "summary");
+    printf("  live %lld/%lld  applied %lld  nacked %lld  missing %lld  stale %lld\n",
+           num(s, "live"), num(s, "total"), num(s, "applied"), num(s, "nacked"), num(s, "missing"),
+           num(s, "stale"));
+}
+
+/* Follows the rollout of tenant's version through the controller's wait
+ * call, one step at a time so progress can be shown. Returns the exit
+ * status: 0 when live on the wanted fraction of agents, 1 otherwise. */
+static int wait_live(cli *c, const char *tenant, long long version)
+{
+    double fraction = 1.0;
+    long long timeout_s = WAIT_DEFAULT_S;
+    if (c->fraction != NULL) {
+        char *end = NULL;
+        fraction = strtod(c->fraction, &end);
+        if (end == c->fraction || *end != '\0' || !(fraction > 0.0 && fraction <= 1.0))
+            return fail("--fraction must be a number in (0, 1], not '%s'", c->fraction);
+    }
+    if (c->timeout != NULL) {
+        char *end = NULL;
+        timeout_s = strtoll(c->timeout, &end, 10);
+        if (end == c->timeout || *end != '\0' || timeout_s < 1 || timeout_s > 86400)
+            return fail("--timeout must be whole seconds from 1 to 86400, not '%s'", c->timeout);
+    }
+    int64_t start = mono_ms(), deadline = start + timeout_s * 1000;
+    long long last_live = -1, last_total = -1;
+    for (;;) {
+        int64_t left = deadline - mono_ms();
+        int64_t step = left < WAIT_STEP_MS ? (left > 0 ? left : 1) : WAIT_STEP_MS;
+        char url[256];
+        snprintf(url, sizeof(url), "/v1/tenants/%s/versions/%lld/rollout?wait=%lld&fraction=%g",
+                 tenant, version, (long long)step, fraction);
+        json_t *doc = call(c, "GET", url, NULL, NULL, 0);
+        if (doc == NULL)
+            return 1;
+        json_t *s = json_object_get(doc, "summary");
+        const char *why = str(doc, "wait");
+        bool complete = json_is_true(json_object_get(s, "complete"));
+        bool failed = json_is_true(json_object_get(s, "failed"));
+        bool over = mono_ms() >= deadline;
+        if (!c->json && (num(s, "live") != last_live || num(s, "total") != last_total)) {
+            printf("waiting: %s v%lld live on %lld of %lld agents (%.1f s)\n", tenant, version,
+                   num(s, "live"), num(s, "total"), (double)(mono_ms() - start) / 1000.0);
+            last_live = num(s, "live");
+            last_total = num(s, "total");
+        }
+        if (complete || failed || over || strcmp(why, "shutdown") == 0) {
+            int rc = complete && !failed ? 0 : 1;
+            if (c->json) {
+                print_json(doc);
+            } else if (complete && !failed) {
+                printf("live: %s v%lld is live on %lld/%lld agents after %.1f s\n", tenant,
+                       version, num(s, "live"), num(s, "total"),
+                       (double)(mono_ms() - start) / 1000.0);
+            } else if (failed) {
+                printf("refused: %s v%lld was nacked by %lld agent(s); they keep serving the "
+                       "previous version\n",
+                       tenant, version, num(s, "nacked"));
+                print_agents_in(doc, "nacked");
+                print_summary(doc);
+            } else if (num(s, "total") == 0) {
+                printf("timeout: no agent reports to this controller, so %s v%lld is live "
+                       "nowhere that can be shown\n",
+                       tenant, version);
+            } else {
+                printf("timeout: %s v%lld is not live everywhere after %lld s\n", tenant, version,
+                       timeout_s);
+                print_agents_in(doc, "missing");
+                print_summary(doc);
+            }
+            json_decref(doc);
+            return rc;
+        }
+        json_decref(doc);
+    }
+}
+
+static int cmd_rollout(cli *c)
+{
+    const char *tenant = c->args[0];
+    char *end = NULL;
+    long long version = strtoll(c->args[1], &end, 10);
+    if (!pc_tenant_name_valid(tenant))
+        return fail("'%s' is not a tenant name", tenant);
+    if (*end != '\0' || version < 1)
+        return fail("'%s' is not a version number", c->args[1]);
+    if (c->wait)
+        return wait_live(c, tenant, version);
+    char url[256];
+    snprintf(url, sizeof(url), "/v1/tenants/%s/versions/%lld/rollout", tenant, version);
+    json_t *doc = call(c, "GET", url, NULL, NULL, 0);
+    if (doc == NULL)
+        return 1;
+    if (c->json) {
+        print_json(doc);
+    } else {
+        printf("%s v%lld (seq %lld, %s)\n", tenant, version, num(doc, "seq"), str(doc, "kind"));
+        print_summary(doc);
+        printf("%-20s %-10s %-10s %-8s %-8s %s\n", "AGENT", "POP", "STATE", "APPLIED", "LIVE",
+               "DETAIL");
+        size_t i;
+        json_t *a;
+        json_array_foreach(json_object_get(doc, "agents"), i, a)
+        {
+            char detail[512] = "";
+            if (json_object_get(a, "reason") != NULL)
+                snprintf(detail, sizeof(detail), "%s: %s", str(a, "reason"), str(a, "detail"));
+            else if (json_is_true(json_object_get(a, "stale")))
+                snprintf(detail, sizeof(detail), "stale");
+            printf("%-20s %-10s %-10s %-8lld %-8lld %s\n", str(a, "agent_id"), str(a, "pop"),
+                   str(a, "state"), num(a, "applied_version"), num(a, "live_version"), detail);
+        }
+    }
+    json_decref(doc);
+    return 0;
+}
+
+static int cmd_fleet(cli *c)
+{
+    json_t *doc = call(c, "GET", "/v1/fleet", NULL, NULL, 0);
+    if (doc == NULL)
+        return 1;
+    if (c->json) {
+        print_json(doc);
+    } else {
+        printf("head seq %lld\n", num(doc, "head_seq"));
+        printf("%-20s %-10s %-10s %-8s %-12s %s\n", "AGENT", "POP", "APPLIED", "LAG", "LAST SEEN",
+               "STATE");
+        size_t i;
+        json_t *a;
+        json_array_foreach(json_object_get(doc, "agents"), i, a)
+        {
+            const char *state = json_is_true(json_object_get(a, "gone"))    ? "gone"
+                                : json_is_true(json_object_get(a, "stale")) ? "stale"
+                                                                            : "ok";
+            char seen[32];
+            snprintf(seen, sizeof(seen), "%.1f s ago", (double)num(a, "last_seen_ms_ago") / 1000.0);
+            printf("%-20s %-10s %-10lld %-8lld %-12s %s\n", str(a, "agent_id"), str(a, "pop"),
+                   num(a, "applied_seq"), num(a, "lag"), seen, state);
+        }
+    }
     json_decref(doc);
     return 0;
 }
@@ -358,6 +548,7 @@ static int cmd_status(cli *c)
 
 int main(int argc, char **argv)
 {
+    setvbuf(stdout, NULL, _IOLBF, 0); /* progress lines show up at once in pipes */
     cli c = {.controller = getenv("POPCAST_CONTROLLER")};
     if (c.controller == NULL)
         c.controller = DEFAULT_CONTROLLER;
@@ -377,6 +568,10 @@ int main(int argc, char **argv)
             c.json = true;
             continue;
         }
+        if (strcmp(a, "--wait") == 0) {
+            c.wait = true;
+            continue;
+        }
         if (strcmp(a, "--controller") == 0)
             slot = &c.controller;
         else if (strcmp(a, "--token") == 0)
@@ -391,6 +586,10 @@ int main(int argc, char **argv)
             slot = &c.out_dir;
         else if (strcmp(a, "--name") == 0)
             slot = &c.name;
+        else if (strcmp(a, "--timeout") == 0)
+            slot = &c.timeout;
+        else if (strcmp(a, "--fraction") == 0)
+            slot = &c.fraction;
         if (slot != NULL) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "popcast: %s needs a value\n", a);
@@ -417,7 +616,8 @@ int main(int argc, char **argv)
         int (*run)(cli *);
     } cmds[] = {{"keygen", 0, 0, cmd_keygen},     {"deploy", 2, 2, cmd_deploy},
                 {"versions", 1, 1, cmd_versions}, {"rollback", 2, 2, cmd_rollback},
-                {"delete", 1, 1, cmd_delete},     {"status", 0, 1, cmd_status}};
+                {"delete", 1, 1, cmd_delete},     {"status", 0, 1, cmd_status},
+                {"rollout", 2, 2, cmd_rollout},   {"fleet", 0, 0, cmd_fleet}};
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
         if (strcmp(cmd, cmds[i].name) != 0)
             continue;

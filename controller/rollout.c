@@ -269,7 +269,9 @@ static void evaluate_locked(pc_rollout *r, const pc_rollout_query *q, int64_t no
         pop_inc(p, state);
     }
     size_t need = (size_t)ceil(q->fraction * (double)s->total - 1e-9);
-    s->complete = s->live >= need;
+    /* "Live everywhere" on an empty fleet would be a vacuous truth: an
+     * operator waiting for a deploy wants at least one agent to have it. */
+    s->complete = s->total > 0 && s->live >= need;
     s->failed = s->nacked > 0;
     if (doc != NULL) {
         json_object_set_new(doc, "agents", agents);
