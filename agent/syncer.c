@@ -322,8 +322,9 @@ static void *run(void *arg)
             s->stale = stale;
             s->dirty = 1;
             if (stale)
-                pc_warn("syncer", "stale: no valid heartbeat for over %llu ms; still serving the "
-                                  "last good versions",
+                pc_warn("syncer",
+                        "stale: no valid heartbeat for over %llu ms; still serving the "
+                        "last good versions",
                         (unsigned long long)pc_applier_stale_after_ms(s->opt.applier));
             else
                 pc_info("syncer", "fresh again: heartbeats are arriving");

@@ -356,7 +356,8 @@ static void print_agents_in(json_t *doc, const char *state)
             printf(": %s: %s", str(a, "reason"), str(a, "detail"));
         else
             printf(" (applied v%lld, live v%lld%s)", num(a, "applied_version"),
-                   num(a, "live_version"), json_is_true(json_object_get(a, "stale")) ? ", stale" : "");
+                   num(a, "live_version"),
+                   json_is_true(json_object_get(a, "stale")) ? ", stale" : "");
         printf("\n");
     }
 }
@@ -415,9 +416,8 @@ static int wait_live(cli *c, const char *tenant, long long version)
             if (c->json) {
                 print_json(doc);
             } else if (complete && !failed) {
-                printf("live: %s v%lld is live on %lld/%lld agents after %.1f s\n", tenant,
-                       version, num(s, "live"), num(s, "total"),
-                       (double)(mono_ms() - start) / 1000.0);
+                printf("live: %s v%lld is live on %lld/%lld agents after %.1f s\n", tenant, version,
+                       num(s, "live"), num(s, "total"), (double)(mono_ms() - start) / 1000.0);
             } else if (failed) {
                 printf("refused: %s v%lld was nacked by %lld agent(s); they keep serving the "
                        "previous version\n",

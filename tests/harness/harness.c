@@ -437,6 +437,32 @@ int pc_test_api(pc_test_env *env, pc_test_controller *c, const char *method, con
     return r->status;
 }
 
+int pc_test_try_deploy(pc_test_env *env, pc_test_controller *c, const char *tenant,
+                       const char *content_type, const void *body, size_t len,
+                       pc_test_deployed *out)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/tenants/%s/bundles", tenant);
+    char auth[128];
+    snprintf(auth, sizeof(auth), "Bearer %s", env->token);
+    const char *headers[] = {"Authorization", auth, "Content-Type", content_type, NULL};
+    pc_http_result r;
+    if (pc_http_call(c->api_url, "POST", path, headers, body, len, 120000, &r, NULL) != PC_OK)
+        return 0;
+    int status = r.status;
+    memset(out, 0, sizeof(*out));
+    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    if (status == 201 && doc != NULL) {
+        out->version = (uint64_t)json_integer_value(json_object_get(doc, "version"));
+        out->seq = (uint64_t)json_integer_value(json_object_get(doc, "seq"));
+        const char *h = json_string_value(json_object_get(doc, "hash"));
+        snprintf(out->hash, sizeof(out->hash), "%s", h ? h : "");
+    }
+    json_decref(doc);
+    pc_http_result_free(&r);
+    return status;
+}
+
 uint64_t pc_test_deploy_lua(pc_test_env *env, pc_test_controller *c, const char *tenant,
                             const char *source)
 {
@@ -519,4 +545,143 @@ uint64_t pc_test_agent_metric(pc_test_agent *a, const char *name_with_labels)
         json_object_get(json_object_get(s, "metrics"), name_with_labels));
     json_decref(s);
     return v;
+}
+
+/* Convergence. */
+
+static json_t *controller_tenants(pc_test_env *env, pc_test_controller *c)
+{
+    pc_http_result r;
+    if (pc_test_api(env, c, "GET", "/v1/tenants", NULL, NULL, 0, &r) != 200) {
+        pc_http_result_free(&r);
+        return NULL;
+    }
+    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    pc_http_result_free(&r);
+    return doc;
+}
+
+static bool matches(json_t *status, json_t *want)
+{
+    json_t *tenants = json_object_get(status, "tenants");
+    json_t *wanted = json_object_get(want, "tenants");
+    if (json_array_size(tenants) != json_array_size(wanted))
+        return false;
+    size_t i;
+    json_t *w;
+    json_array_foreach(wanted, i, w)
+    {
+        const char *name = json_string_value(json_object_get(w, "tenant"));
+        json_int_t version = json_integer_value(json_object_get(w, "active_version"));
+        bool deleted = json_is_true(json_object_get(w, "deleted"));
+        const char *hash = json_string_value(json_object_get(w, "active_hash"));
+        bool found = false;
+        size_t j;
+        json_t *t;
+        json_array_foreach(tenants, j, t)
+        {
+            if (name == NULL || strcmp(json_string_value(json_object_get(t, "tenant")), name) != 0)
+                continue;
+            if (deleted) {
+                found = json_is_true(json_object_get(t, "deleted")) &&
+                        json_integer_value(json_object_get(t, "live_version")) == 0;
+                continue;
+            }
+            const char *applied = json_string_value(json_object_get(t, "applied_hash"));
+            found = json_integer_value(json_object_get(t, "applied_version")) == version &&
+                    json_integer_value(json_object_get(t, "live_version")) == version &&
+                    hash != NULL && applied != NULL && strcmp(applied, hash) == 0;
+        }
+        if (!found)
+            return false;
+    }
+    return true;
+}
+
+bool pc_test_agent_matches(pc_test_env *env, pc_test_controller *c, pc_test_agent *a)
+{
+    json_t *want = controller_tenants(env, c);
+    json_t *status = pc_test_agent_status(a);
+    bool ok = want != NULL && status != NULL && matches(status, want);
+    json_decref(want);
+    json_decref(status);
+    return ok;
+}
+
+void pc_test_wait_converged(pc_test_env *env, pc_test_controller *c, pc_test_agent *agents, int n)
+{
+    json_t *want = controller_tenants(env, c);
+    assert_non_null(want);
+    for (int i = 0; i < n; i++) {
+        int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+        for (;;) {
+            json_t *status = pc_test_agent_status(&agents[i]);
+            bool ok = status != NULL && matches(status, want);
+            if (ok || pc_test_now_ms() >= deadline) {
+                if (!ok) {
+                    pc_proc_dump_log(agents[i].proc);
+                    char *dump = status ? json_dumps(status, JSON_COMPACT) : NULL;
+                    char *wdump = json_dumps(want, JSON_COMPACT);
+                    fprintf(stderr, "agent %s status: %s\ncontroller: %s\n", agents[i].id,
+                            dump ? dump : "(none)", wdump ? wdump : "");
+                    free(dump);
+                    free(wdump);
+                    json_decref(status);
+                    json_decref(want);
+                    fail_msg("agent %s did not converge", agents[i].id);
+                }
+                json_decref(status);
+                break;
+            }
+            json_decref(status);
+            pc_test_sleep_ms(100);
+        }
+    }
+    json_decref(want);
+}
+
+int pc_test_cli(pc_test_env *env, pc_test_controller *c, const char *const *args, char *out,
+                size_t cap)
+{
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        dup2(fds[1], 2);
+        close(fds[0]);
+        close(fds[1]);
+        char *argv[40];
+        int n = 0;
+        argv[n++] = bin("POPCAST_CLI_BIN");
+        for (size_t i = 0; args[i] != NULL && n < 34; i++)
+            argv[n++] = (char *)args[i];
+        argv[n++] = "--controller";
+        argv[n++] = c->api_url;
+        argv[n++] = "--token-file";
+        argv[n++] = env->token_path;
+        argv[n] = NULL;
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    size_t used = 0;
+    for (;;) {
+        char buf[4096];
+        ssize_t got = read(fds[0], buf, sizeof(buf));
+        if (got <= 0)
+            break;
+        size_t take = (size_t)got;
+        if (cap > 0 && used + take > cap - 1)
+            take = cap - 1 - used;
+        memcpy(out + used, buf, take);
+        used += take;
+    }
+    if (cap > 0)
+        out[used] = '\0';
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
 }

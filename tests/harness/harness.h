@@ -97,6 +97,17 @@ int pc_test_api(pc_test_env *env, pc_test_controller *c, const char *method, con
 /* Deploys one Lua file; returns the new version (fails the test on error). */
 uint64_t pc_test_deploy_lua(pc_test_env *env, pc_test_controller *c, const char *tenant,
                             const char *source);
+/* What a successful upload answered. */
+typedef struct pc_test_deployed {
+    uint64_t version, seq;
+    char hash[PC_HEX_HASH_LEN];
+} pc_test_deployed;
+/* Uploads a body (content_type: text/x-lua or the archive type). Returns
+ * the HTTP status (0: no answer) and never fails the test itself. */
+int pc_test_try_deploy(pc_test_env *env, pc_test_controller *c, const char *tenant,
+                       const char *content_type, const void *body, size_t len,
+                       pc_test_deployed *out);
+
 /* A Lua handler answering `body` as text. */
 void pc_test_lua_hello(char *out, size_t cap, const char *body);
 
@@ -111,5 +122,17 @@ bool pc_test_wait_version(pc_test_agent *a, const char *tenant, uint64_t version
 json_t *pc_test_agent_status(pc_test_agent *a);
 /* A metric's value from the agent's status (0 if absent). */
 uint64_t pc_test_agent_metric(pc_test_agent *a, const char *name_with_labels);
+
+/* Polls until every agent holds exactly the controller's tenants, each
+ * applied and live at the controller's active version and hash; fails the
+ * test (with the agent's log and status) after the converge timeout. */
+void pc_test_wait_converged(pc_test_env *env, pc_test_controller *c, pc_test_agent *agents, int n);
+/* True when the agent matches the controller's state right now. */
+bool pc_test_agent_matches(pc_test_env *env, pc_test_controller *c, pc_test_agent *a);
+
+/* Runs the popcast CLI against the controller with the env's token;
+ * returns its exit status, with stdout and stderr in out (truncated). */
+int pc_test_cli(pc_test_env *env, pc_test_controller *c, const char *const *args, char *out,
+                size_t cap);
 
 #endif

@@ -1,5 +1,7 @@
-/* test_convergence.c - pub/sub may drop messages; agents still converge to
- * exactly the controller's state. Fixed seeds, bounded waits. */
+/* test_convergence.c - pub/sub may drop messages, agents join late, lose
+ * their store or restart, controllers restart, bundles are too large for
+ * one message: agents still converge to exactly the controller's state.
+ * Fixed seeds, bounded waits. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,78 +12,11 @@
 
 #include <cmocka.h>
 
+#include "bundle.h"
 #include "harness.h"
 
 #define TENANTS 20
 #define DEPLOYS 200
-
-/* The controller's state: tenant -> active version and hash. */
-static json_t *controller_state(pc_test_env *env, pc_test_controller *c)
-{
-    pc_http_result r;
-    assert_int_equal(pc_test_api(env, c, "GET", "/v1/tenants", NULL, NULL, 0, &r), 200);
-    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
-    pc_http_result_free(&r);
-    assert_non_null(doc);
-    return doc;
-}
-
-/* True when the agent holds exactly the controller's tenants, versions and
- * hashes, and has them live. */
-static bool agent_matches(pc_test_agent *a, json_t *want)
-{
-    json_t *s = pc_test_agent_status(a);
-    if (s == NULL)
-        return false;
-    json_t *tenants = json_object_get(s, "tenants");
-    json_t *wanted = json_object_get(want, "tenants");
-    bool ok = json_array_size(tenants) == json_array_size(wanted);
-    size_t i;
-    json_t *w;
-    json_array_foreach(wanted, i, w)
-    {
-        if (!ok)
-            break;
-        const char *name = json_string_value(json_object_get(w, "tenant"));
-        json_int_t version = json_integer_value(json_object_get(w, "active_version"));
-        const char *hash = json_string_value(json_object_get(w, "active_hash"));
-        bool found = false;
-        size_t j;
-        json_t *t;
-        json_array_foreach(tenants, j, t)
-        {
-            if (strcmp(json_string_value(json_object_get(t, "tenant")), name) != 0)
-                continue;
-            found = json_integer_value(json_object_get(t, "applied_version")) == version &&
-                    json_integer_value(json_object_get(t, "live_version")) == version &&
-                    hash != NULL && json_object_get(t, "applied_hash") != NULL &&
-                    strcmp(json_string_value(json_object_get(t, "applied_hash")), hash) == 0;
-        }
-        ok = found;
-    }
-    json_decref(s);
-    return ok;
-}
-
-static void wait_converged(pc_test_env *env, pc_test_controller *c, pc_test_agent *agents, int n)
-{
-    json_t *want = controller_state(env, c);
-    for (int i = 0; i < n; i++) {
-        int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
-        while (!agent_matches(&agents[i], want) && pc_test_now_ms() < deadline)
-            pc_test_sleep_ms(100);
-        if (!agent_matches(&agents[i], want)) {
-            pc_proc_dump_log(agents[i].proc);
-            json_t *s = pc_test_agent_status(&agents[i]);
-            char *dump = s ? json_dumps(s, JSON_COMPACT) : NULL;
-            fprintf(stderr, "agent %s status: %s\n", agents[i].id, dump ? dump : "(none)");
-            free(dump);
-            json_decref(s);
-            fail_msg("agent %s did not converge", agents[i].id);
-        }
-    }
-    json_decref(want);
-}
 
 static void test_dropped_messages_converge(void **state)
 {
@@ -104,7 +39,7 @@ static void test_dropped_messages_converge(void **state)
         pc_test_lua_hello(src, sizeof(src), body);
         pc_test_deploy_lua(&env, &ctl, tenant, src);
     }
-    wait_converged(&env, &ctl, agents, 2);
+    pc_test_wait_converged(&env, &ctl, agents, 2);
     /* The lossy agent really lost entries and recovered them by catch-up. */
     assert_true(pc_test_agent_metric(&agents[0], "popcast_agent_test_dropped_total") > 20);
     assert_true(pc_test_agent_metric(&agents[0], "popcast_agent_caught_up_entries_total") > 20);
@@ -120,10 +55,207 @@ static void test_dropped_messages_converge(void **state)
     pc_test_env_cleanup(&env);
 }
 
+static void deploy_n(pc_test_env *env, pc_test_controller *c, int n, int tenants, int salt)
+{
+    for (int i = 0; i < n; i++) {
+        char tenant[32], src[256], body[64];
+        snprintf(tenant, sizeof(tenant), "t%02d", rand() % tenants);
+        snprintf(body, sizeof(body), "deploy %d.%d", salt, i);
+        pc_test_lua_hello(src, sizeof(src), body);
+        pc_test_deploy_lua(env, c, tenant, src);
+    }
+}
+
+static uint64_t applied_seq(pc_test_agent *a)
+{
+    json_t *s = pc_test_agent_status(a);
+    assert_non_null(s);
+    uint64_t seq = (uint64_t)json_integer_value(json_object_get(s, "applied_seq"));
+    json_decref(s);
+    return seq;
+}
+
+static uint64_t head_seq(pc_test_env *env, pc_test_controller *c)
+{
+    pc_http_result r;
+    assert_int_equal(pc_test_api(env, c, "GET", "/v1/health", NULL, NULL, 0, &r), 200);
+    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    uint64_t seq = (uint64_t)json_integer_value(json_object_get(doc, "head_seq"));
+    json_decref(doc);
+    pc_http_result_free(&r);
+    return seq;
+}
+
+/* An agent started after 100 deploys converges (it has nothing: it gets a
+ * snapshot); an agent that was down for 40 deploys catches up entry by
+ * entry; an agent whose data directory was deleted converges through a
+ * snapshot. */
+static void test_late_joiner_restart_and_wiped_store(void **state)
+{
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    pc_test_controller_start(&env, &ctl, NULL);
+    pc_test_agent agents[3];
+    memset(agents, 0, sizeof(agents));
+    pc_test_agent_start_for(&env, &agents[1], "restarted", &ctl, NULL);
+    pc_test_agent_start_for(&env, &agents[2], "wiped", &ctl, NULL);
+    srand(7);
+    deploy_n(&env, &ctl, 60, 10, 1);
+    pc_test_wait_converged(&env, &ctl, &agents[1], 2);
+
+    pc_test_agent_stop(&agents[1]);
+    pc_test_agent_stop(&agents[2]);
+    pc_test_rm_rf(agents[2].dir);
+    deploy_n(&env, &ctl, 40, 10, 2);
+    assert_int_equal(head_seq(&env, &ctl), 100);
+
+    pc_test_agent_start_for(&env, &agents[0], "late", &ctl, NULL);
+    pc_test_agent_start_for(&env, &agents[1], "restarted", &ctl, NULL);
+    pc_test_agent_start_for(&env, &agents[2], "wiped", &ctl, NULL);
+    pc_test_wait_converged(&env, &ctl, agents, 3);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(applied_seq(&agents[i]), 100);
+    /* The restarted agent fetched exactly the 40 entries it missed. */
+    assert_int_equal(pc_test_agent_metric(&agents[1], "popcast_agent_snapshots_installed_total"),
+                     0);
+    assert_int_equal(pc_test_agent_metric(&agents[1], "popcast_agent_caught_up_entries_total"), 40);
+    assert_int_equal(pc_test_agent_metric(&agents[1], "popcast_agent_entries_applied_total"), 40);
+    /* The late and the wiped agents came in through a snapshot. */
+    assert_int_equal(pc_test_agent_metric(&agents[0], "popcast_agent_snapshots_installed_total"),
+                     1);
+    assert_int_equal(pc_test_agent_metric(&agents[2], "popcast_agent_snapshots_installed_total"),
+                     1);
+    /* And all follow the stream afterwards. */
+    deploy_n(&env, &ctl, 5, 10, 3);
+    pc_test_wait_converged(&env, &ctl, agents, 3);
+    for (int i = 0; i < 3; i++)
+        pc_test_agent_stop(&agents[i]);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
+/* The controller is killed (-9) and restarted in the middle of a stream of
+ * deploys. Deploys that got no answer may or may not have happened; the
+ * agents still end with exactly the controller's state, and no seq was
+ * applied twice or skipped. */
+static void test_controller_restart_during_stream(void **state)
+{
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    pc_test_controller_start(&env, &ctl, NULL);
+    pc_test_agent agents[2];
+    memset(agents, 0, sizeof(agents));
+    pc_test_agent_start_for(&env, &agents[0], "a", &ctl, NULL);
+    pc_test_agent_start_for(&env, &agents[1], "b", &ctl, NULL);
+    srand(11);
+    int ok = 0;
+    for (int i = 0; i < 90; i++) {
+        if (i == 30 || i == 60) {
+            pc_proc_kill9(ctl.proc);
+            pc_proc_free(ctl.proc);
+            ctl.proc = NULL;
+            /* A deploy while it is down gets no answer. */
+            char src[128];
+            pc_test_lua_hello(src, sizeof(src), "lost");
+            pc_test_deployed d;
+            assert_int_equal(
+                pc_test_try_deploy(&env, &ctl, "t00", "text/x-lua", src, strlen(src), &d), 0);
+            pc_test_controller_start(&env, &ctl, NULL);
+        }
+        char tenant[32], src[256], body[64];
+        snprintf(tenant, sizeof(tenant), "t%02d", rand() % 8);
+        snprintf(body, sizeof(body), "stream %d", i);
+        pc_test_lua_hello(src, sizeof(src), body);
+        pc_test_deployed d;
+        if (pc_test_try_deploy(&env, &ctl, tenant, "text/x-lua", src, strlen(src), &d) == 201)
+            ok++;
+    }
+    assert_int_equal(ok, 90);
+    uint64_t head = head_seq(&env, &ctl);
+    assert_int_equal(head, 90);
+    pc_test_wait_converged(&env, &ctl, agents, 2);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(applied_seq(&agents[i]), head);
+        /* Every seq applied exactly once by this agent process. */
+        assert_int_equal(pc_test_agent_metric(&agents[i], "popcast_agent_entries_applied_total"),
+                         head);
+        assert_int_equal(
+            pc_test_agent_metric(&agents[i], "popcast_agent_snapshots_installed_total"), 0);
+    }
+    for (int i = 0; i < 2; i++)
+        pc_test_agent_stop(&agents[i]);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
+/* A 20 MiB bundle is over the pub/sub inline limit (1 MiB): it is
+ * announced, every agent fetches it in chunks, and serves it. */
+static void test_large_bundle_reaches_every_agent(void **state)
+{
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    pc_test_controller_start(&env, &ctl, NULL);
+    pc_test_agent agents[3];
+    memset(agents, 0, sizeof(agents));
+    for (int i = 0; i < 3; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "big%d", i);
+        pc_test_agent_start_for(&env, &agents[i], id, &ctl, NULL);
+    }
+    char dir[300], path[400];
+    pc_test_tmpdir(dir, sizeof(dir), "bundle");
+    const char *main_lua = "return function(req) return 'big bundle' end";
+    snprintf(path, sizeof(path), "%s/main.lua", dir);
+    pc_test_write_file(path, main_lua, strlen(main_lua));
+    size_t big_len = 20u << 20;
+    uint8_t *big = malloc(big_len);
+    assert_non_null(big);
+    uint64_t x = 0x9e3779b97f4a7c15ULL;
+    for (size_t i = 0; i < big_len; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        big[i] = (uint8_t)x;
+    }
+    snprintf(path, sizeof(path), "%s/assets.bin", dir);
+    pc_test_write_file(path, big, big_len);
+    free(big);
+    uint8_t *archive = NULL;
+    size_t alen = 0;
+    assert_int_equal(pc_bundle_pack_dir(dir, "main.lua", 64u << 20, &archive, &alen, NULL), PC_OK);
+    assert_true(alen > big_len);
+    pc_test_deployed d;
+    assert_int_equal(
+        pc_test_try_deploy(&env, &ctl, "big", "application/vnd.popcast.bundle", archive, alen, &d),
+        201);
+    free(archive);
+    pc_test_wait_converged(&env, &ctl, agents, 3);
+    for (int i = 0; i < 3; i++) {
+        uint64_t version = 0;
+        char body[64];
+        assert_int_equal(pc_test_edge_get(&agents[i], "big", "/", &version, body, sizeof(body)),
+                         200);
+        assert_int_equal(version, d.version);
+        assert_string_equal(body, "big bundle");
+        /* It came in chunks (1 MiB each), not on pub/sub. */
+        assert_true(pc_test_agent_metric(&agents[i], "popcast_agent_bundle_chunks_total") >= 20);
+        pc_test_agent_stop(&agents[i]);
+    }
+    pc_test_rm_rf(dir);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dropped_messages_converge),
+        cmocka_unit_test(test_late_joiner_restart_and_wiped_store),
+        cmocka_unit_test(test_controller_restart_during_stream),
+        cmocka_unit_test(test_large_bundle_reaches_every_agent),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
