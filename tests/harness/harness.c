@@ -348,9 +348,30 @@ void pc_test_controller_start(pc_test_env *env, pc_test_controller *c, const cha
     }
 }
 
+/* A daemon asked to stop must exit 0, having logged no sanitizer report:
+ * this is where the ASan/UBSan build checks the daemons themselves
+ * (leaks included: LeakSanitizer runs at exit). */
+static void expect_clean_exit(pc_proc *p, int status)
+{
+    bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    FILE *f = fopen(p->log, "r");
+    char line[1024];
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+        if (strstr(line, "Sanitizer") != NULL || strstr(line, "runtime error:") != NULL)
+            clean = false;
+    }
+    if (f != NULL)
+        fclose(f);
+    if (!clean) {
+        pc_proc_dump_log(p);
+        fail_msg("%s did not exit cleanly (status %d)", p->name, status);
+    }
+}
+
 void pc_test_controller_stop(pc_test_controller *c)
 {
-    pc_proc_stop(c->proc);
+    if (c->proc != NULL)
+        expect_clean_exit(c->proc, pc_proc_stop(c->proc));
     pc_proc_free(c->proc);
     c->proc = NULL;
 }
@@ -417,7 +438,8 @@ void pc_test_agent_start_for(pc_test_env *env, pc_test_agent *a, const char *id,
 
 void pc_test_agent_stop(pc_test_agent *a)
 {
-    pc_proc_stop(a->proc);
+    if (a->proc != NULL)
+        expect_clean_exit(a->proc, pc_proc_stop(a->proc));
     pc_proc_free(a->proc);
     a->proc = NULL;
 }
