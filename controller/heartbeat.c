@@ -8,6 +8,8 @@
 #include "envelope.h"
 #include "log.h"
 
+#define HEARTBEAT_VALID_MIN_MS 30000
+
 struct pc_heartbeat {
     uv_timer_t timer;
     uint64_t interval_ms;
@@ -37,7 +39,13 @@ void pc_heartbeat_send(pc_heartbeat *h)
     Popcast__Heartbeat hb = POPCAST__HEARTBEAT__INIT;
     hb.head_seq = head;
     hb.time_unix_ms = wall_ms();
-    hb.expires_unix_ms = hb.time_unix_ms + (int64_t)(3 * h->interval_ms);
+    /* The expiry stops an old heartbeat from being replayed to hide that
+     * the controller is gone; it must also survive ordinary clock skew
+     * between machines, hence a floor of HEARTBEAT_VALID_MIN_MS. */
+    uint64_t valid = 3 * h->interval_ms;
+    if (valid < HEARTBEAT_VALID_MIN_MS)
+        valid = HEARTBEAT_VALID_MIN_MS;
+    hb.expires_unix_ms = hb.time_unix_ms + (int64_t)valid;
     hb.controller_id = h->controller_id;
     Popcast__SignedHeartbeat sh;
     if (pc_envelope_sign_heartbeat(h->key, &hb, &sh, &err) != PC_OK) {
