@@ -100,9 +100,14 @@ static void refuse(pc_applier *a, int code, const Popcast__Manifest *m, const pc
                 err->msg);
     else
         pc_warn("applier", "refused an entry: %s (%s)", pc_err_name(code), err->msg);
-    if (code != PC_E_SEQ_GAP)
-        record_nack(a, m ? m->tenant : "", m ? m->version : 0, m ? m->seq : 0, pc_err_name(code),
-                    err->msg);
+    if (code == PC_E_SEQ_GAP) {
+        /* Entries are missing: fetch them now rather than at the next
+         * heartbeat. Requests coalesce in the syncer. */
+        changed(a, 1);
+        return;
+    }
+    record_nack(a, m ? m->tenant : "", m ? m->version : 0, m ? m->seq : 0, pc_err_name(code),
+                err->msg);
 }
 
 static pc_adapter *find_adapter(pc_applier *a, const char *runtime)

@@ -9,9 +9,16 @@
 #include "log.h"
 
 #define HEARTBEAT_VALID_MIN_MS 30000
+/* A burst of commits is followed by a heartbeat this soon after its last
+ * commit, so an agent that missed the burst's tail learns the head in
+ * milliseconds instead of up to one interval later. */
+#define HEARTBEAT_TAIL_MS 20
 
 struct pc_heartbeat {
     uv_timer_t timer;
+    uv_timer_t tail; /* one-shot, restarted by every kick */
+    int open_handles;
+    int64_t last_time_ms; /* each heartbeat's time is above the last one's */
     uint64_t interval_ms;
     char *controller_id;
     const pc_signing_key *key;
@@ -38,7 +45,12 @@ void pc_heartbeat_send(pc_heartbeat *h)
     }
     Popcast__Heartbeat hb = POPCAST__HEARTBEAT__INIT;
     hb.head_seq = head;
+    /* Agents refuse a heartbeat not newer than the last they accepted (a
+     * replay); two in the same millisecond must still both be new. */
     hb.time_unix_ms = wall_ms();
+    if (hb.time_unix_ms <= h->last_time_ms)
+        hb.time_unix_ms = h->last_time_ms + 1;
+    h->last_time_ms = hb.time_unix_ms;
     /* The expiry stops an old heartbeat from being replayed to hide that
      * the controller is gone; it must also survive ordinary clock skew
      * between machines, hence a floor of HEARTBEAT_VALID_MIN_MS. */
@@ -63,6 +75,12 @@ static void on_timer(uv_timer_t *t)
     pc_heartbeat_send(t->data);
 }
 
+void pc_heartbeat_kick(pc_heartbeat *h)
+{
+    if (h != NULL)
+        uv_timer_start(&h->tail, on_timer, HEARTBEAT_TAIL_MS, 0);
+}
+
 int pc_heartbeat_start(pc_heartbeat **out, uv_loop_t *loop, uint64_t interval_ms,
                        const char *controller_id, const pc_signing_key *key, pc_store *store,
                        pc_publisher *pub, pc_err *err)
@@ -80,7 +98,9 @@ int pc_heartbeat_start(pc_heartbeat **out, uv_loop_t *loop, uint64_t interval_ms
     h->store = store;
     h->pub = pub;
     uv_timer_init(loop, &h->timer);
-    h->timer.data = h;
+    uv_timer_init(loop, &h->tail);
+    h->timer.data = h->tail.data = h;
+    h->open_handles = 2;
     uv_timer_start(&h->timer, on_timer, interval_ms, interval_ms);
     *out = h;
     return PC_OK;
@@ -89,6 +109,8 @@ int pc_heartbeat_start(pc_heartbeat **out, uv_loop_t *loop, uint64_t interval_ms
 static void free_after_close(uv_handle_t *handle)
 {
     pc_heartbeat *h = handle->data;
+    if (--h->open_handles > 0)
+        return;
     free(h->controller_id);
     free(h);
 }
@@ -98,5 +120,7 @@ void pc_heartbeat_stop(pc_heartbeat *h)
     if (h == NULL)
         return;
     uv_timer_stop(&h->timer);
+    uv_timer_stop(&h->tail);
     uv_close((uv_handle_t *)&h->timer, free_after_close);
+    uv_close((uv_handle_t *)&h->tail, free_after_close);
 }

@@ -15,15 +15,18 @@
 
 typedef struct pc_heartbeat pc_heartbeat;
 
-/* interval_ms 0 disables heartbeats. The heartbeat expires after
- * 3 intervals. key, store and pub must outlive it. */
+/* interval_ms 0 disables heartbeats (*out is then NULL). A heartbeat
+ * expires after 3 intervals, and never sooner than 30 s. key, store and pub must outlive it. */
 int pc_heartbeat_start(pc_heartbeat **out, uv_loop_t *loop, uint64_t interval_ms,
                        const char *controller_id, const pc_signing_key *key, pc_store *store,
                        pc_publisher *pub, pc_err *err);
 /* Loop thread; frees once the loop closes the timer. */
 void pc_heartbeat_stop(pc_heartbeat *h);
 
-/* Publishes one heartbeat now (also used right after each commit). */
+/* Publishes one heartbeat now. */
 void pc_heartbeat_send(pc_heartbeat *h);
+/* Loop thread, after a commit: publishes a heartbeat shortly after the
+ * last of a burst of commits (debounced). h may be NULL (no heartbeats). */
+void pc_heartbeat_kick(pc_heartbeat *h);
 
 #endif

@@ -189,6 +189,11 @@ static void on_signal(uv_signal_t *h, int signum)
     uv_close((uv_handle_t *)&c->sigterm, NULL);
 }
 
+static void on_commit(void *arg)
+{
+    pc_heartbeat_kick(arg);
+}
+
 int main(int argc, char **argv)
 {
     controller c;
@@ -283,6 +288,7 @@ int main(int argc, char **argv)
         goto out_loop;
     }
     pc_pipeline_set_publish_inline_max(c.pipeline, c.cfg.publish_inline_max);
+    pc_pipeline_set_on_commit(c.pipeline, on_commit, c.heartbeat);
     uv_timer_init(&c.loop, &c.tick);
     c.tick.data = &c;
     uv_timer_start(&c.tick, on_tick, 100, 100);

@@ -21,12 +21,20 @@ struct pc_pipeline {
     pc_change *head, *tail;
     size_t pending, max_pending;
     size_t publish_inline_max;
+    void (*on_commit)(void *arg);
+    void *on_commit_arg;
     int closing;
 };
 
 void pc_pipeline_set_publish_inline_max(pc_pipeline *p, size_t bytes)
 {
     p->publish_inline_max = bytes;
+}
+
+void pc_pipeline_set_on_commit(pc_pipeline *p, void (*cb)(void *arg), void *arg)
+{
+    p->on_commit = cb;
+    p->on_commit_arg = arg;
 }
 
 static int64_t now_unix_ms(void)
@@ -164,6 +172,8 @@ static int commit_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
         if (pc_publisher_send_entry(p->pub, &e, &perr) != PC_OK)
             pc_warn("pipeline", "seq %llu committed but not published (%s); agents catch up",
                     (unsigned long long)m.seq, perr.msg);
+        if (p->on_commit != NULL)
+            p->on_commit(p->on_commit_arg);
         r->version = m.version;
         r->seq = m.seq;
         r->bundle_size = m.bundle_size;

@@ -74,6 +74,8 @@ void pc_pipeline_close(pc_pipeline *p);
  * without its bundle), which agents complete by fetching chunks over the
  * sync socket. Default: never (every bundle inline). */
 void pc_pipeline_set_publish_inline_max(pc_pipeline *p, size_t bytes);
+/* Called on the loop thread after each commit has been published. */
+void pc_pipeline_set_on_commit(pc_pipeline *p, void (*cb)(void *arg), void *arg);
 
 /* From any thread. Allocates a change; fill it, then submit. */
 pc_change *pc_change_new(pc_change_kind kind, const char *tenant);

@@ -1,0 +1,205 @@
+/* bench_rollout.c - how fast a deploy is live everywhere, and how fast a
+ * lossy agent converges. Real processes on loopback, started with the test
+ * harness; run by hand (or by CI with tiny sizes), never as a test.
+ *
+ *   bench_rollout [AGENTS,AGENTS,...] [RUNS] [LOSS_DEPLOYS]
+ *   defaults:      3,20               9      200
+ *
+ * Figures (medians over RUNS, milliseconds):
+ *   commit     POST of a bundle until the controller answered 201 (the
+ *              baseline: signed, stored in LMDB, published)
+ *   live-all   POST until the rollout wait reports it live on every agent
+ *              (agents applied, hot-swapped and reported it)
+ *   ratio      live-all / commit
+ * and, for LOSS_DEPLOYS deploys over 20 tenants with one agent dropping
+ * 30 % of pub/sub entries (seeded) next to a loss-free agent:
+ *   converge   last deploy answered until the agent holds exactly the
+ *              controller's state, for each agent, and the ratio. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+
+static const char *agent_counts = "3,20";
+static int runs = 9;
+static int loss_deploys = 200;
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(*v), cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+}
+
+static void bench_live_everywhere(int n_agents)
+{
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    pc_test_controller_start(&env, &ctl, NULL);
+    pc_test_agent *agents = calloc((size_t)n_agents, sizeof(*agents));
+    for (int i = 0; i < n_agents; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "edge-%02d", i);
+        pc_test_agent_start_for(&env, &agents[i], id, &ctl, NULL);
+    }
+    /* Every agent has reported once, so the fleet is complete. */
+    char src[256];
+    pc_test_lua_hello(src, sizeof(src), "warm-up");
+    pc_test_deployed d;
+    assert_int_equal(pc_test_try_deploy(&env, &ctl, "bench", "text/x-lua", src, strlen(src), &d),
+                     201);
+    for (;;) {
+        pc_http_result r;
+        char url[128];
+        snprintf(url, sizeof(url), "/v1/tenants/bench/versions/%llu/rollout?wait=30000",
+                 (unsigned long long)d.version);
+        assert_int_equal(pc_test_api(&env, &ctl, "GET", url, NULL, NULL, 0, &r), 200);
+        json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+        pc_http_result_free(&r);
+        json_t *s = json_object_get(doc, "summary");
+        bool all = json_integer_value(json_object_get(s, "total")) == n_agents &&
+                   json_is_true(json_object_get(s, "complete"));
+        json_decref(doc);
+        if (all)
+            break;
+        pc_test_sleep_ms(50);
+    }
+
+    double *commit = calloc((size_t)runs, sizeof(double));
+    double *live = calloc((size_t)runs, sizeof(double));
+    for (int i = 0; i < runs; i++) {
+        pc_test_sleep_ms(100); /* let status reports settle between runs */
+        char body[64];
+        snprintf(body, sizeof(body), "run %d", i);
+        pc_test_lua_hello(src, sizeof(src), body);
+        double t0 = now_ms();
+        assert_int_equal(
+            pc_test_try_deploy(&env, &ctl, "bench", "text/x-lua", src, strlen(src), &d), 201);
+        double t1 = now_ms();
+        char url[128];
+        snprintf(url, sizeof(url), "/v1/tenants/bench/versions/%llu/rollout?wait=60000",
+                 (unsigned long long)d.version);
+        pc_http_result r;
+        assert_int_equal(pc_test_api(&env, &ctl, "GET", url, NULL, NULL, 0, &r), 200);
+        double t2 = now_ms();
+        json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+        pc_http_result_free(&r);
+        assert_string_equal(json_string_value(json_object_get(doc, "wait")), "complete");
+        assert_int_equal(
+            json_integer_value(json_object_get(json_object_get(doc, "summary"), "live")), n_agents);
+        json_decref(doc);
+        commit[i] = t1 - t0;
+        live[i] = t2 - t0;
+    }
+    double mc = median(commit, runs), ml = median(live, runs);
+    printf("deploy to live everywhere, %2d agents, %d runs: commit %.1f ms, live-all %.1f ms "
+           "(median), ratio %.1f\n",
+           n_agents, runs, mc, ml, ml / mc);
+    free(commit);
+    free(live);
+    for (int i = 0; i < n_agents; i++)
+        pc_test_agent_stop(&agents[i]);
+    free(agents);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
+static void bench_loss_convergence(void)
+{
+    int loss_runs = runs < 3 ? runs : 3;
+    double *lossy = calloc((size_t)loss_runs, sizeof(double));
+    double *clean = calloc((size_t)loss_runs, sizeof(double));
+    for (int run = 0; run < loss_runs; run++) {
+        pc_test_env env;
+        pc_test_env_init(&env);
+        pc_test_controller ctl = {0};
+        pc_test_controller_start(&env, &ctl, NULL);
+        pc_test_agent agents[2];
+        memset(agents, 0, sizeof(agents));
+        char seed[16];
+        snprintf(seed, sizeof(seed), "%d", 42 + run);
+        const char *drop[] = {"--test-drop-permille", "300", "--test-drop-seed", seed, NULL};
+        pc_test_agent_start_for(&env, &agents[0], "lossy", &ctl, drop);
+        pc_test_agent_start_for(&env, &agents[1], "clean", &ctl, NULL);
+        srand(42 + run);
+        for (int i = 0; i < loss_deploys; i++) {
+            char tenant[16], src[256], body[64];
+            snprintf(tenant, sizeof(tenant), "t%02d", rand() % 20);
+            snprintf(body, sizeof(body), "deploy %d", i);
+            pc_test_lua_hello(src, sizeof(src), body);
+            pc_test_deployed d;
+            assert_int_equal(
+                pc_test_try_deploy(&env, &ctl, tenant, "text/x-lua", src, strlen(src), &d), 201);
+        }
+        double t0 = now_ms();
+        double done[2] = {0, 0};
+        while ((done[0] == 0 || done[1] == 0) && now_ms() - t0 < PC_TEST_CONVERGE_TIMEOUT_MS) {
+            for (int a = 0; a < 2; a++)
+                if (done[a] == 0 && pc_test_agent_matches(&env, &ctl, &agents[a]))
+                    done[a] = now_ms() - t0;
+            pc_test_sleep_ms(5);
+        }
+        assert_true(done[0] > 0 && done[1] > 0);
+        lossy[run] = done[0];
+        clean[run] = done[1];
+        printf("  run %d: dropped %llu of %d entries; converged: lossy %.0f ms, clean %.0f ms\n",
+               run,
+               (unsigned long long)pc_test_agent_metric(&agents[0],
+                                                        "popcast_agent_test_dropped_total"),
+               loss_deploys, done[0], done[1]);
+        for (int a = 0; a < 2; a++)
+            pc_test_agent_stop(&agents[a]);
+        pc_test_controller_stop(&ctl);
+        pc_test_env_cleanup(&env);
+    }
+    double ml = median(lossy, loss_runs), mc = median(clean, loss_runs);
+    printf("convergence after %d deploys over 20 tenants, 30%% pub/sub loss, %d runs: lossy agent "
+           "%.0f ms, loss-free agent %.0f ms (median), ratio %.1f\n",
+           loss_deploys, loss_runs, ml, mc, mc > 0 ? ml / mc : 0.0);
+    free(lossy);
+    free(clean);
+}
+
+static void bench(void **state)
+{
+    char *list = strdup(agent_counts);
+    for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok != NULL;
+         tok = strtok_r(NULL, ",", &save))
+        bench_live_everywhere(atoi(tok));
+    free(list);
+    if (loss_deploys > 0)
+        bench_loss_convergence();
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1)
+        agent_counts = argv[1];
+    if (argc > 2)
+        runs = atoi(argv[2]) > 0 ? atoi(argv[2]) : 1;
+    if (argc > 3)
+        loss_deploys = atoi(argv[3]);
+    const struct CMUnitTest benches[] = {cmocka_unit_test(bench)};
+    return cmocka_run_group_tests(benches, NULL, NULL);
+}
