@@ -52,7 +52,22 @@ struct engine {
     pthread_rwlock_t table_lock; /* guards the bucket chains (slots are never freed) */
     tenant_slot *buckets[TENANT_BUCKETS];
     _Atomic long n_versions, n_isolates;
+    pc_metric *g_versions, *g_isolates; /* mirror the two counts above */
 };
+
+/* Keeps the gauges equal to the counts: a leak of versions or isolates
+ * across swaps shows up in the agent's metrics. */
+static void count_versions(engine *e, long delta)
+{
+    long n = atomic_fetch_add(&e->n_versions, delta) + delta;
+    pc_metric_set(e->g_versions, (uint64_t)(n < 0 ? 0 : n));
+}
+
+static void count_isolates(engine *e, long delta)
+{
+    long n = atomic_fetch_add(&e->n_isolates, delta) + delta;
+    pc_metric_set(e->g_isolates, (uint64_t)(n < 0 ? 0 : n));
+}
 
 void pc_lua_limits_default(pc_lua_limits *l)
 {
@@ -102,12 +117,12 @@ static void version_unref(lua_version *v)
     engine *e = v->e;
     for (size_t i = 0; i < v->n_idle; i++) {
         pc_lua_isolate_free(v->idle[i]);
-        atomic_fetch_sub(&e->n_isolates, 1);
+        count_isolates(e, -1);
     }
     free(v->idle);
     free(v->source);
     pthread_mutex_destroy(&v->pool_lock);
-    atomic_fetch_sub(&e->n_versions, 1);
+    count_versions(e, -1);
     free(v);
 }
 
@@ -143,7 +158,7 @@ static int new_isolate(lua_version *v, pc_lua_isolate **out, pc_err *err)
     count_limit(v, hit);
     if (rc == PC_OK) {
         pc_metric_add(v->m.isolates, 1);
-        atomic_fetch_add(&v->e->n_isolates, 1);
+        count_isolates(v->e, 1);
     }
     return rc;
 }
@@ -202,7 +217,7 @@ static int lua_prepare(pc_adapter *a, const pc_version_spec *spec, pc_prepared *
     /* "@name" makes Lua's error messages read "main.lua:3: ..." */
     snprintf(v->chunkname, sizeof(v->chunkname), "@%s", spec->entrypoint);
     pthread_mutex_init(&v->pool_lock, NULL);
-    atomic_fetch_add(&e->n_versions, 1);
+    count_versions(e, 1);
     load_metrics(e, v);
     /* The first isolate, built now, is what makes activation warm. */
     pc_lua_isolate *iso = NULL;
@@ -210,7 +225,7 @@ static int lua_prepare(pc_adapter *a, const pc_version_spec *spec, pc_prepared *
         (v->idle = malloc(e->limits.max_isolates * sizeof(*v->idle))) == NULL) {
         if (rc == PC_OK) {
             pc_lua_isolate_free(iso);
-            atomic_fetch_sub(&e->n_isolates, 1);
+            count_isolates(e, -1);
             rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
         }
         version_unref(v);
@@ -316,7 +331,7 @@ static int lua_serve(pc_adapter *a, const char *tenant, const pc_request *req, p
         pthread_mutex_unlock(&v->pool_lock);
         if (iso != NULL) {
             pc_lua_isolate_free(iso);
-            atomic_fetch_sub(&e->n_isolates, 1);
+            count_isolates(e, -1);
         }
     }
     if (rc != PC_OK)
@@ -361,6 +376,12 @@ pc_adapter *pc_lua_adapter_new(const pc_lua_limits *limits, pc_metrics *metrics,
     if (e->limits.max_isolates == 0)
         e->limits.max_isolates = 1;
     e->metrics = metrics;
+    if (metrics != NULL) {
+        e->g_versions = pc_metrics_gauge(metrics, "popcast_lua_versions", NULL,
+                                         "Lua tenant versions in memory (live or finishing)");
+        e->g_isolates = pc_metrics_gauge(metrics, "popcast_lua_isolates", NULL,
+                                         "Lua isolates (lua_State) in memory");
+    }
     pthread_rwlock_init(&e->table_lock, NULL);
     e->base.name = "lua";
     e->base.check = lua_check;
