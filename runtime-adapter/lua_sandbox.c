@@ -11,6 +11,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "lua_pattern.h"
+
 /* The hook runs every HOOK_EVERY instructions: often enough to stop a loop
  * within microseconds of its budget, rarely enough to cost nothing. */
 #define HOOK_EVERY           1000
@@ -88,6 +90,26 @@ static void limit_hook(lua_State *L, lua_Debug *ar)
     lua_sethook(L, limit_hook, LUA_MASKCOUNT, 1);
     luaL_error(L, "%s limit exceeded", pc_lua_limit_name(iso->killed));
 }
+
+/* The pattern functions run in C, where the hook never fires: they charge
+ * their steps here, against the same instruction budget and deadline. */
+static int charge_pattern(lua_State *L, uint64_t steps)
+{
+    pc_lua_isolate *iso = isolate_of(L);
+    if (iso->killed == PC_LUA_LIMIT_NONE) {
+        iso->instructions_left -= (int64_t)steps;
+        if (iso->instructions_left < 0)
+            iso->killed = PC_LUA_LIMIT_CPU;
+        else if (now_ns() > iso->deadline_ns)
+            iso->killed = PC_LUA_LIMIT_TIME;
+        else
+            return 0;
+    }
+    lua_sethook(L, limit_hook, LUA_MASKCOUNT, 1);
+    return 1;
+}
+
+static const pc_lua_pattern_budget pattern_budget = {charge_pattern};
 
 static void start_run(pc_lua_isolate *iso, uint64_t instructions, uint64_t wall_ms)
 {
@@ -172,6 +194,7 @@ static void open_sandbox_libs(lua_State *L)
     lua_getfield(L, -1, "string");
     lua_pushnil(L);
     lua_setfield(L, -2, "dump");
+    pc_lua_pattern_install(L, &pattern_budget);
     lua_pop(L, 2);
 }
 

@@ -234,6 +234,23 @@ static void test_limits(void **state)
     deploy_ok("bomb", 2, "return function(req) return string.rep('x', 1 << 40) end");
     int rc = get("bomb", "/", &res, &err);
     assert_true(rc == PC_E_LIMIT || rc == PC_E_RUNTIME);
+    /* Backtracking patterns run in C where the hook never fires: the
+     * budgeted pattern functions stop them at the same CPU limit. */
+    deploy_ok("regex", 1,
+              "return function(req) return tostring(string.find(('a'):rep(20000), "
+              "('a*'):rep(8) .. 'b')) end");
+    assert_int_equal(get("regex", "/", &res, &err), PC_E_LIMIT);
+    deploy_ok("regex", 2,
+              "return function(req) local s = ('a'):rep(20000) "
+              "return tostring(s:gsub(('.-'):rep(6) .. 'x', '')) end");
+    assert_int_equal(get("regex", "/", &res, &err), PC_E_LIMIT);
+    /* pcall does not let a handler go on past the limit. */
+    deploy_ok("regex", 3,
+              "return function(req) for i = 1, 100 do pcall(string.find, ('a'):rep(20000), "
+              "('a*'):rep(8) .. 'b') end return 'escaped' end");
+    assert_int_equal(get("regex", "/", &res, &err), PC_E_LIMIT);
+    deploy_ok("regex", 4, "return function(req) return (('a=1'):gsub('(%w)=(%w)', '%2=%1')) end");
+    expect_body("regex", "/", "1=a");
     /* Response size. */
     deploy_ok("huge", 1, "return function(req) return string.rep('x', 65 * 1024) end");
     assert_int_equal(get("huge", "/", &res, &err), PC_E_LIMIT);
@@ -264,6 +281,11 @@ static void test_limits(void **state)
                 3);
     assert_true(pc_metrics_get(metrics, "popcast_lua_limit_exceeded_total",
                                "tenant=\"bomb\",limit=\"memory\"") >= 1);
+    assert_true(pc_metrics_get(metrics, "popcast_lua_limit_exceeded_total",
+                               "tenant=\"regex\",limit=\"cpu\"") +
+                    pc_metrics_get(metrics, "popcast_lua_limit_exceeded_total",
+                                   "tenant=\"regex\",limit=\"time\"") >=
+                3);
     assert_true(pc_metrics_get(metrics, "popcast_lua_limit_exceeded_total",
                                "tenant=\"huge\",limit=\"response\"") >= 1);
     assert_int_equal(pc_metrics_get(metrics, "popcast_lua_limit_exceeded_total",
