@@ -23,6 +23,7 @@
 #include "names.h"
 #include "store.h"
 #include "subscriber.h"
+#include "exec_adapter.h"
 #include "syncer.h"
 
 typedef struct agent_config {
@@ -45,6 +46,11 @@ typedef struct agent_config {
     uint64_t lua_wall_ms;
     uint64_t lua_response_max;
     uint64_t lua_max_isolates;
+    char *exec_root;
+    char *exec_reload_command;
+    char *exec_reload_pidfile;
+    char *exec_reload_signal;
+    uint64_t exec_hook_timeout_ms;
     uint64_t stale_after_ms;
     uint64_t status_interval_ms;
     uint64_t sync_interval_ms;
@@ -85,6 +91,16 @@ static const pc_cfg_option options[] = {
     OPT(lua_wall_ms, PC_CFG_U64, "1000", 1, 3600000, "wall-time limit per request (ms)"),
     OPT(lua_response_max, PC_CFG_SIZE, "8MiB", 1, (uint64_t)1 << 30, "largest response body"),
     OPT(lua_max_isolates, PC_CFG_U64, "64", 1, 65536, "isolates per tenant version"),
+    OPT(exec_root, PC_CFG_STRING, NULL, 0, 0,
+        "exec runtime: where versions are written out (default: DATA_DIR/exec)"),
+    OPT(exec_reload_command, PC_CFG_STRING, NULL, 0, 0,
+        "exec runtime: shell command run after each flip (see docs/runtime-exec.md)"),
+    OPT(exec_reload_pidfile, PC_CFG_STRING, NULL, 0, 0,
+        "exec runtime: signal the process whose pid is in this file after each flip"),
+    OPT(exec_reload_signal, PC_CFG_STRING, "HUP", 0, 0,
+        "exec runtime: the signal for exec_reload_pidfile (HUP, USR1, USR2, TERM)"),
+    OPT(exec_hook_timeout_ms, PC_CFG_U64, "10000", 10, 3600000,
+        "exec runtime: a reload hook taking longer is killed and counts as failed"),
     OPT(stale_after_ms, PC_CFG_U64, "5000", 100, 86400000,
         "no valid heartbeat for this long: report stale (and keep serving)"),
     OPT(status_interval_ms, PC_CFG_U64, "2000", 50, 3600000,
@@ -106,8 +122,8 @@ typedef struct agent {
     pc_store *store;
     pc_keyring trusted;
     pc_metrics *metrics;
-    pc_adapter *lua;
-    pc_adapter *adapters[1];
+    pc_adapter *lua, *exec;
+    pc_adapter *adapters[2];
     size_t n_adapters;
     pc_applier *applier;
     pc_subscriber *sub;
@@ -131,6 +147,48 @@ static int ensure_dir(const char *path, pc_err *err)
     if (mkdir(buf, 0700) != 0 && errno != EEXIST)
         return pc_err_set(err, PC_E_IO, "cannot create %s: %s", buf, strerror(errno));
     return PC_OK;
+}
+
+static int signal_number(const char *name)
+{
+    static const struct {
+        const char *name;
+        int number;
+    } known[] = {{"HUP", SIGHUP}, {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"TERM", SIGTERM}};
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+        if (strcmp(name, known[i].name) == 0)
+            return known[i].number;
+    return 0;
+}
+
+static int start_exec_adapter(agent *ag, pc_err *err)
+{
+    char root[1100];
+    if (ag->cfg.exec_root != NULL)
+        snprintf(root, sizeof(root), "%s", ag->cfg.exec_root);
+    else
+        snprintf(root, sizeof(root), "%s/exec", ag->cfg.data_dir);
+    if (root[0] != '/') {
+        /* A relative data dir: make the root absolute for the hooks. */
+        char cwd[512];
+        if (getcwd(cwd, sizeof(cwd)) == NULL)
+            return pc_err_set(err, PC_E_IO, "getcwd: %s", strerror(errno));
+        char rel[1100];
+        snprintf(rel, sizeof(rel), "%s", root);
+        snprintf(root, sizeof(root), "%.512s/%.580s", cwd, rel);
+    }
+    int sig = signal_number(ag->cfg.exec_reload_signal);
+    if (sig == 0)
+        return pc_err_set(err, PC_E_INVALID,
+                          "exec_reload_signal: '%s' is not HUP, USR1, USR2 or TERM",
+                          ag->cfg.exec_reload_signal);
+    pc_exec_options eo = {.root = root,
+                          .reload_command = ag->cfg.exec_reload_command,
+                          .signal_pidfile = ag->cfg.exec_reload_pidfile,
+                          .signal = sig,
+                          .hook_timeout_ms = ag->cfg.exec_hook_timeout_ms};
+    ag->exec = pc_exec_adapter_new(&eo, ag->metrics, err);
+    return ag->exec != NULL ? PC_OK : PC_E_INVALID;
 }
 
 static void on_change(void *arg, int need_sync)
@@ -271,6 +329,11 @@ int main(int argc, char **argv)
         goto out;
     }
     ag.adapters[ag.n_adapters++] = ag.lua;
+    if (start_exec_adapter(&ag, &err) != PC_OK) {
+        pc_error("agent", "cannot initialise the exec runtime: %s", err.msg);
+        goto out;
+    }
+    ag.adapters[ag.n_adapters++] = ag.exec;
     pc_applier_options aopt = {.store = ag.store,
                                .trusted = &ag.trusted,
                                .adapters = ag.adapters,
@@ -360,6 +423,8 @@ out:
     pc_applier_free(ag.applier);
     if (ag.lua)
         ag.lua->destroy(ag.lua);
+    if (ag.exec)
+        ag.exec->destroy(ag.exec);
     pc_metrics_free(ag.metrics);
     pc_store_close(ag.store);
     pc_config_free(options, &ag.cfg);

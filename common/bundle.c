@@ -95,6 +95,15 @@ size_t pc_bundle_file_count(const pc_bundle *bundle)
     return bundle->archive->n_files;
 }
 
+void pc_bundle_file_at(const pc_bundle *bundle, size_t i, const char **path, const uint8_t **data,
+                       size_t *len)
+{
+    const Popcast__BundleFile *f = bundle->archive->files[i];
+    *path = f->path;
+    *data = f->content.data;
+    *len = f->content.len;
+}
+
 int pc_bundle_file(const pc_bundle *bundle, const char *path, const uint8_t **data, size_t *len)
 {
     size_t lo = 0, hi = bundle->archive->n_files;

@@ -24,6 +24,9 @@ void pc_bundle_free(pc_bundle *bundle);
 
 const char *pc_bundle_entrypoint(const pc_bundle *bundle);
 size_t pc_bundle_file_count(const pc_bundle *bundle);
+/* The i-th file in path order (i < pc_bundle_file_count). */
+void pc_bundle_file_at(const pc_bundle *bundle, size_t i, const char **path, const uint8_t **data,
+                       size_t *len);
 /* PC_E_NOTFOUND if path is not in the archive. Data stays owned by bundle. */
 int pc_bundle_file(const pc_bundle *bundle, const char *path, const uint8_t **data, size_t *len);
 
