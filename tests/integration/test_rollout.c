@@ -254,11 +254,75 @@ static void test_stale_when_heartbeats_stop(void **state)
     pc_test_env_cleanup(&env);
 }
 
+/* The exec runtime through the whole pipeline: an upload naming it is
+ * written out on the agent and the hook runs; a failing hook is a nack
+ * with the hook's output, and the previous version stays current. */
+static void test_exec_runtime(void **state)
+{
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    const char *cflags[] = {"--runtimes", "lua", "--runtimes", "exec", NULL};
+    pc_test_controller_start(&env, &ctl, cflags);
+    char control[400], hook[600];
+    snprintf(control, sizeof(control), "%s/hook-exit", env.root);
+    pc_test_write_file(control, "0\n", 2);
+    snprintf(hook, sizeof(hook), "echo hook says no >&2; exit $(cat %s)", control);
+    pc_test_agent agent = {0};
+    const char *aflags[] = {"--exec-reload-command", hook, NULL};
+    pc_test_agent_start_for(&env, &agent, "exec-edge", &ctl, aflags);
+
+    const char *site = "<h1>v1</h1>";
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/tenants/site/bundles?runtime=exec&entrypoint=index.html");
+    pc_http_result r;
+    assert_int_equal(pc_test_api(&env, &ctl, "POST", path, "text/plain", site, strlen(site), &r),
+                     201);
+    pc_http_result_free(&r);
+    json_t *doc = api_json(&env, &ctl, "/v1/tenants/site/versions/1/rollout?wait=30000", 200);
+    assert_string_equal(json_string_value(json_object_get(doc, "wait")), "complete");
+    json_decref(doc);
+    char file[600];
+    snprintf(file, sizeof(file), "%s/exec/site/current/index.html", agent.dir);
+    FILE *f = fopen(file, "r");
+    assert_non_null(f);
+    char got[64] = "";
+    assert_non_null(fgets(got, sizeof(got), f));
+    fclose(f);
+    assert_string_equal(got, site);
+
+    pc_test_write_file(control, "4\n", 2);
+    const char *site2 = "<h1>v2</h1>";
+    assert_int_equal(pc_test_api(&env, &ctl, "POST", path, "text/plain", site2, strlen(site2), &r),
+                     201);
+    pc_http_result_free(&r);
+    doc = api_json(&env, &ctl, "/v1/tenants/site/versions/2/rollout?wait=30000", 200);
+    assert_string_equal(json_string_value(json_object_get(doc, "wait")), "nacked");
+    json_t *a = json_array_get(json_object_get(doc, "agents"), 0);
+    assert_string_equal(json_string_value(json_object_get(a, "reason")), "runtime_error");
+    assert_non_null(strstr(json_string_value(json_object_get(a, "detail")), "hook says no"));
+    assert_int_equal(json_integer_value(json_object_get(a, "live_version")), 1);
+    json_decref(doc);
+    f = fopen(file, "r");
+    assert_non_null(f);
+    assert_non_null(fgets(got, sizeof(got), f));
+    fclose(f);
+    assert_string_equal(got, site); /* still v1 */
+    /* The edge does not serve exec tenants: the external runtime does. */
+    uint64_t version = 0;
+    assert_int_equal(pc_test_edge_get(&agent, "site", "/", &version, NULL, 0), 404);
+
+    pc_test_agent_stop(&agent);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rollout_nack_fleet_and_gone),
         cmocka_unit_test(test_stale_when_heartbeats_stop),
+        cmocka_unit_test(test_exec_runtime),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

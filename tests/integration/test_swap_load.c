@@ -169,8 +169,7 @@ static void test_swap_under_load(void **state)
     /* Old versions and their isolates are all freed: two tenants, one
      * version each, and no more isolates than under load. */
     int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
-    while (pc_test_agent_metric(&agent, "popcast_lua_versions") != 2 &&
-           pc_test_now_ms() < deadline)
+    while (pc_test_agent_metric(&agent, "popcast_lua_versions") != 2 && pc_test_now_ms() < deadline)
         pc_test_sleep_ms(50);
     assert_int_equal(pc_test_agent_metric(&agent, "popcast_lua_versions"), 2);
     assert_int_equal(versions_before, 2);
