@@ -8,6 +8,10 @@
  * Unknown tenant: 404; handler error or sandbox limit: 502; all isolates
  * busy: 503; each with a JSON error body, the detail logged.
  *
+ * One path is the edge's own, whatever the tenant: GET /_popcast/health
+ * answers 200 {"status":"ok"} without running any tenant code (for load
+ * balancers; tenants cannot use that path).
+ *
  * Built on libmicrohttpd rather than nng's HTTP server: tenant code must see
  * every request header, and nng 1.5's server can only look headers up by
  * name; libmicrohttpd also gives a thread pool where each worker runs its
