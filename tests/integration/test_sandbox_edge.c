@@ -13,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include "bundle.h"
 #include "harness.h"
 
 static pc_test_env env;
@@ -72,7 +73,7 @@ static void expect_good(void)
     assert_string_equal(body, "fine");
 }
 
-static void test_hostile_handlers(void **state)
+static int setup(void **state)
 {
     pc_test_env_init(&env);
     pc_test_controller_start(&env, &ctl, NULL);
@@ -86,6 +87,19 @@ static void test_hostile_handlers(void **state)
                             "2000",
                             NULL};
     pc_test_agent_start_for(&env, &agent, "edge", &ctl, limits);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    pc_test_agent_stop(&agent);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+    return 0;
+}
+
+static void test_hostile_handlers(void **state)
+{
     deploy_and_wait("good", "return function(req) return 'fine' end");
 
     static const struct {
@@ -150,15 +164,55 @@ static void test_hostile_handlers(void **state)
         PC_OK);
     assert_int_equal(r.status, 200);
     pc_http_result_free(&r);
-    pc_test_agent_stop(&agent);
-    pc_test_controller_stop(&ctl);
-    pc_test_env_cleanup(&env);
+}
+
+/* The examples in examples/ deploy and answer as their comments say. */
+static void deploy_example(const char *tenant, const char *dir)
+{
+    char path[600];
+    snprintf(path, sizeof(path), "%s/examples/%s", getenv("POPCAST_SOURCE_DIR"), dir);
+    uint8_t *archive = NULL;
+    size_t len = 0;
+    assert_int_equal(pc_bundle_pack_dir(path, NULL, 1 << 20, &archive, &len, NULL), PC_OK);
+    pc_test_deployed d;
+    assert_int_equal(
+        pc_test_try_deploy(&env, &ctl, tenant, "application/vnd.popcast.bundle", archive, len, &d),
+        201);
+    free(archive);
+    assert_true(pc_test_wait_version(&agent, tenant, d.version, PC_TEST_CONVERGE_TIMEOUT_MS));
+}
+
+static void expect_get(const char *tenant, const char *path, int status, const char *needle)
+{
+    const char *headers[] = {"X-Popcast-Tenant", tenant, NULL};
+    pc_http_result r;
+    assert_int_equal(pc_http_call(agent.edge_url, "GET", path, headers, NULL, 0, 10000, &r, NULL),
+                     PC_OK);
+    if (r.status != status || strstr(r.body ? (char *)r.body : "", needle) == NULL)
+        fail_msg("%s %s: expected %d with '%s', got %d: %s", tenant, path, status, needle, r.status,
+                 r.body ? (char *)r.body : "");
+    pc_http_result_free(&r);
+}
+
+static void test_examples(void **state)
+{
+    deploy_example("hello", "hello");
+    expect_get("hello", "/x", 200, "Hello from popcast (GET /x)");
+    deploy_example("echo", "echo");
+    expect_get("echo", "/some/path?x=1", 200, "\"query\": \"x=1\"");
+    expect_get("echo", "/some/path?x=1", 200, "\"x-popcast-tenant\": \"echo\"");
+    deploy_example("shop", "router");
+    expect_get("shop", "/price?item=apple", 200, "apple: 3");
+    expect_get("shop", "/price?item=kiwi", 404, "no such item");
+    expect_get("shop", "/items", 200, "pear");
+    expect_get("shop", "/nowhere", 404, "not found");
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hostile_handlers),
+        cmocka_unit_test(test_examples),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, setup, teardown);
 }
