@@ -10,6 +10,7 @@ BUILD=${BUILD:-$ROOT/build/release}
 RUN=${RUN:-$ROOT/build/quickstart}
 API_PORT=${API_PORT:-7070}
 PUB_PORT=${PUB_PORT:-7071}
+SYNC_PORT=${SYNC_PORT:-7072}
 POPS=(fra ams nyc)
 EDGE_PORTS=(8081 8082 8083)
 ADMIN_PORTS=(9091 9092 9093)
@@ -60,6 +61,7 @@ step "generating the signing key"
 step "starting the controller (API http://127.0.0.1:$API_PORT)"
 "$BUILD/controller/popcast-controller" --data-dir "$RUN/controller" \
     --api-listen "http://127.0.0.1:$API_PORT" --pub-listen "tcp://127.0.0.1:$PUB_PORT" \
+    --sync-listen "tcp://127.0.0.1:$SYNC_PORT" \
     --signing-key "$RUN/signing.key" --node-id controller-1 \
     >"$RUN/controller.log" 2>&1 &
 PIDS+=($!)
@@ -70,7 +72,8 @@ export POPCAST_TOKEN_FILE="$RUN/controller/admin.token"
 for i in 0 1 2; do
     pop=${POPS[$i]}
     "$BUILD/agent/popcast-agent" --data-dir "$RUN/agent-$pop" --agent-id "edge-$pop-1" \
-        --pop "$pop" --subscribe "tcp://127.0.0.1:$PUB_PORT" --trusted-key "$RUN/signing.pub" \
+        --pop "$pop" --subscribe "tcp://127.0.0.1:$PUB_PORT" --sync "tcp://127.0.0.1:$SYNC_PORT" \
+        --trusted-key "$RUN/signing.pub" \
         --edge-listen "127.0.0.1:${EDGE_PORTS[$i]}" \
         --admin-listen "http://127.0.0.1:${ADMIN_PORTS[$i]}" \
         >"$RUN/agent-$pop.log" 2>&1 &
@@ -104,15 +107,21 @@ show_everywhere() {
     done
 }
 
-step "deploying examples/hello as tenant 'hello'"
-"$POPCAST" deploy hello examples/hello
+step "deploying examples/hello as tenant 'hello' (--wait: until the agents report it live)"
+"$POPCAST" deploy hello examples/hello --wait --timeout 60
 show_everywhere 1
 
 step "deploying a second version"
 mkdir -p "$RUN/hello-v2"
 sed 's/Hello from popcast/Hello again, version two/' examples/hello/main.lua >"$RUN/hello-v2/main.lua"
-"$POPCAST" deploy hello "$RUN/hello-v2"
+"$POPCAST" deploy hello "$RUN/hello-v2" --wait --timeout 60
 show_everywhere 2
+
+step "where version 2 is live, per agent (the controller's view, from agent reports)"
+"$POPCAST" rollout hello 2
+
+step "the fleet"
+"$POPCAST" fleet
 
 step "versions of 'hello'"
 "$POPCAST" versions hello
@@ -132,8 +141,10 @@ The fleet is running (logs and data in $RUN):
 Try, in another shell:
   export POPCAST_CONTROLLER=$POPCAST_CONTROLLER POPCAST_TOKEN_FILE=$POPCAST_TOKEN_FILE
   curl -H 'Host: hello.popcast.local' http://127.0.0.1:${EDGE_PORTS[0]}/
-  $POPCAST deploy mytenant examples/hello
-  $POPCAST rollback hello 1
+  $POPCAST deploy mytenant examples/router --wait
+  $POPCAST rollback hello 1 --wait
+  $POPCAST rollout hello 3
+  $POPCAST fleet
   $POPCAST status hello
   curl http://127.0.0.1:${ADMIN_PORTS[0]}/v1/status
 
