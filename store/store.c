@@ -32,6 +32,7 @@ struct pc_store {
     uint64_t map_size;
     _Atomic uint64_t grows;
     int lock_fd;
+    char dir[3072];
 };
 
 static void be64(uint8_t out[8], uint64_t v)
@@ -297,35 +298,22 @@ static int lock_dir(pc_store *s, const char *dir, pc_err *err)
     return PC_OK;
 }
 
-int pc_store_open(pc_store **out, const char *dir, const pc_store_options *opt, pc_err *err)
+/* Opens the LMDB environment in s->dir and its named databases. */
+static int open_env(pc_store *s, pc_err *err)
 {
-    *out = NULL;
-    pc_store *s = calloc(1, sizeof(*s));
-    if (s == NULL)
-        return pc_err_set(err, PC_E_NOMEM, "out of memory");
-    s->lock_fd = -1;
-    if (opt != NULL)
-        s->opt = *opt;
-    if (s->opt.map_size == 0)
-        s->opt.map_size = DEFAULT_MAP_SIZE;
-    if (s->opt.map_size_max == 0)
-        s->opt.map_size_max = DEFAULT_MAP_MAX;
-    if (s->opt.map_size_max < s->opt.map_size)
-        s->opt.map_size_max = s->opt.map_size;
-    pthread_rwlock_init(&s->resize, NULL);
-    int rc = lock_dir(s, dir, err);
-    if (rc != PC_OK)
-        goto fail;
     int mrc = mdb_env_create(&s->env);
     if (mrc == 0)
         mrc = mdb_env_set_maxdbs(s->env, 8);
     if (mrc == 0)
         mrc = mdb_env_set_mapsize(s->env, (size_t)s->opt.map_size);
     if (mrc == 0)
-        mrc = mdb_env_open(s->env, dir, MDB_NOTLS | (s->opt.no_sync ? MDB_NOSYNC : 0), 0600);
+        mrc = mdb_env_open(s->env, s->dir, MDB_NOTLS | (s->opt.no_sync ? MDB_NOSYNC : 0), 0600);
     if (mrc != 0) {
-        rc = pc_err_set(err, PC_E_STORE, "cannot open the store in %s: %s", dir, mdb_strerror(mrc));
-        goto fail;
+        if (s->env != NULL)
+            mdb_env_close(s->env);
+        s->env = NULL;
+        return pc_err_set(err, PC_E_STORE, "cannot open the store in %s: %s", s->dir,
+                          mdb_strerror(mrc));
     }
     int dead = 0;
     mdb_reader_check(s->env, &dead);
@@ -348,10 +336,78 @@ int pc_store_open(pc_store **out, const char *dir, const pc_store_options *opt, 
     else if (txn != NULL)
         mdb_txn_abort(txn);
     if (mrc != 0) {
-        rc = pc_err_set(err, PC_E_STORE, "cannot open the store's tables in %s: %s", dir,
-                        mdb_strerror(mrc));
-        goto fail;
+        mdb_env_close(s->env);
+        s->env = NULL;
+        return pc_err_set(err, PC_E_STORE, "cannot open the store's tables in %s: %s", s->dir,
+                          mdb_strerror(mrc));
     }
+    return PC_OK;
+}
+
+int pc_store_copy(pc_store *s, const char *path, pc_err *err)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return pc_err_set(err, PC_E_IO, "cannot create %s: %s", path, strerror(errno));
+    pthread_rwlock_rdlock(&s->resize);
+    int mrc = mdb_env_copyfd2(s->env, fd, MDB_CP_COMPACT);
+    pthread_rwlock_unlock(&s->resize);
+    int crc = fsync(fd);
+    close(fd);
+    if (mrc != 0 || crc != 0) {
+        unlink(path);
+        return pc_err_set(err, PC_E_STORE, "cannot copy the store to %s: %s", path,
+                          mrc ? mdb_strerror(mrc) : strerror(errno));
+    }
+    return PC_OK;
+}
+
+int pc_store_replace(pc_store *s, const char *path, pc_err *err)
+{
+    /* Exclusive: no transaction of this process is open while the
+     * environment is swapped under it. */
+    pthread_rwlock_wrlock(&s->resize);
+    char data[3200];
+    snprintf(data, sizeof(data), "%s/data.mdb", s->dir);
+    mdb_env_close(s->env);
+    s->env = NULL;
+    int rc = PC_OK;
+    if (rename(path, data) != 0)
+        rc = pc_err_set(err, PC_E_IO, "cannot move %s into place: %s", path, strerror(errno));
+    /* Reopen whatever is there now: the new store, or the old one if the
+     * rename failed. */
+    pc_err oerr;
+    if (open_env(s, &oerr) != PC_OK && rc == PC_OK) {
+        rc = oerr.code;
+        if (err != NULL)
+            *err = oerr;
+    }
+    pthread_rwlock_unlock(&s->resize);
+    return rc;
+}
+
+int pc_store_open(pc_store **out, const char *dir, const pc_store_options *opt, pc_err *err)
+{
+    *out = NULL;
+    pc_store *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    s->lock_fd = -1;
+    if (opt != NULL)
+        s->opt = *opt;
+    if (s->opt.map_size == 0)
+        s->opt.map_size = DEFAULT_MAP_SIZE;
+    if (s->opt.map_size_max == 0)
+        s->opt.map_size_max = DEFAULT_MAP_MAX;
+    if (s->opt.map_size_max < s->opt.map_size)
+        s->opt.map_size_max = s->opt.map_size;
+    pthread_rwlock_init(&s->resize, NULL);
+    int rc = lock_dir(s, dir, err);
+    if (rc != PC_OK)
+        goto fail;
+    snprintf(s->dir, sizeof(s->dir), "%s", dir);
+    if ((rc = open_env(s, err)) != PC_OK)
+        goto fail;
     *out = s;
     return PC_OK;
 fail:
@@ -368,7 +424,8 @@ void pc_store_close(pc_store *s)
 {
     if (s == NULL)
         return;
-    mdb_env_close(s->env);
+    if (s->env != NULL)
+        mdb_env_close(s->env);
     if (s->lock_fd >= 0)
         close(s->lock_fd);
     pthread_rwlock_destroy(&s->resize);

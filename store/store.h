@@ -154,6 +154,14 @@ int pc_store_meta_get(pc_store *s, const char *key, void *buf, size_t cap, size_
                       pc_err *err);
 int pc_store_meta_put(pc_store *s, const char *key, const void *val, size_t len, pc_err *err);
 
+/* Writes a compacted copy of the whole store (a consistent snapshot) to
+ * path: what a raft snapshot carries. */
+int pc_store_copy(pc_store *s, const char *path, pc_err *err);
+/* Replaces the store's contents with the store file at path (made by
+ * pc_store_copy), which is moved into place. Waits for every transaction
+ * of this process to end and blocks new ones meanwhile. */
+int pc_store_replace(pc_store *s, const char *path, pc_err *err);
+
 typedef struct pc_store_stats {
     uint64_t map_size;   /* current map size in bytes */
     uint64_t used_bytes; /* pages in use * page size */

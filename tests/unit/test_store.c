@@ -432,6 +432,41 @@ static void test_snapshot_install(void **state)
     pc_test_rm_rf(dst_dir);
 }
 
+static void test_copy_and_replace(void **state)
+{
+    char a_dir[256], b_dir[256], copy[400];
+    pc_test_tmpdir(a_dir, sizeof(a_dir), "store");
+    pc_test_tmpdir(b_dir, sizeof(b_dir), "store");
+    snprintf(copy, sizeof(copy), "%s/snapshot.mdb", b_dir);
+    pc_store *a = open_store(a_dir, true, 0, 0);
+    for (uint64_t seq = 1; seq <= 5; seq++)
+        apply_ok(a, "alpha", seq, seq, 300, (int)seq);
+    pc_err err;
+    assert_int_equal(pc_store_copy(a, copy, &err), PC_OK);
+    pc_store *b = open_store(b_dir, true, 0, 0);
+    apply_ok(b, "beta", 1, 1, 300, 9);
+    assert_int_equal(pc_store_replace(b, copy, &err), PC_OK);
+    /* b is now exactly a: alpha at 5, no beta, and it keeps working. */
+    assert_int_equal(applied(b), 5);
+    pc_tenant_state t;
+    assert_int_equal(pc_store_get_tenant(b, "alpha", &t, &err), PC_OK);
+    assert_int_equal(t.active_version, 5);
+    assert_int_equal(pc_store_get_tenant(b, "beta", &t, &err), PC_E_NOTFOUND);
+    apply_ok(b, "alpha", 6, 6, 300, 6);
+    assert_int_equal(applied(b), 6);
+    /* A missing file is an error and leaves the store as it was. */
+    assert_int_not_equal(pc_store_replace(b, copy, &err), PC_OK);
+    assert_int_equal(applied(b), 6);
+    pc_store_close(a);
+    pc_store_close(b);
+    /* And the replaced store reopens from disk as the new one. */
+    b = open_store(b_dir, true, 0, 0);
+    assert_int_equal(applied(b), 6);
+    pc_store_close(b);
+    pc_test_rm_rf(a_dir);
+    pc_test_rm_rf(b_dir);
+}
+
 /* Crash consistency. A child process applies a stream of entries (several
  * tenants, bundles of varying size, some deletes) and reports each
  * committed seq on a pipe; the parent kills it with SIGKILL at a seeded
@@ -601,6 +636,7 @@ int main(void)
         cmocka_unit_test(test_map_full_is_an_error),
         cmocka_unit_test(test_one_process_per_directory),
         cmocka_unit_test(test_snapshot_install),
+        cmocka_unit_test(test_copy_and_replace),
         cmocka_unit_test(test_kill_9_writer_leaves_a_complete_prefix),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
