@@ -66,11 +66,26 @@ void *pc_httpd_data(nng_aio *aio)
     return nng_http_handler_get_data(nng_aio_get_input(aio, 1));
 }
 
+static pc_httpd_header_fn extra_headers;
+static void *extra_headers_arg;
+
+void pc_httpd_set_extra_headers(pc_httpd_header_fn fn, void *arg)
+{
+    extra_headers_arg = arg;
+    extra_headers = fn;
+}
+
 void pc_httpd_reply(nng_aio *aio, uint16_t status, const char *content_type, const void *body,
                     size_t len, const char *const *headers)
 {
     nng_http_res *res = NULL;
     int rv = nng_http_res_alloc(&res);
+    if (rv == 0 && extra_headers != NULL) {
+        const char *extra[8];
+        size_t n = extra_headers(extra_headers_arg, extra, 4);
+        for (size_t i = 0; rv == 0 && i < n; i++)
+            rv = nng_http_res_set_header(res, extra[2 * i], extra[2 * i + 1]);
+    }
     if (rv == 0)
         rv = nng_http_res_set_status(res, status);
     if (rv == 0 && content_type != NULL)

@@ -42,6 +42,12 @@ void pc_httpd_reject(nng_aio *aio, uint16_t status, int code, const char *fmt, .
 /* The natural HTTP status for an error code. */
 uint16_t pc_httpd_status_for(int code);
 
+/* Headers added to every reply of this process (e.g. a controller's raft
+ * role). fn fills up to cap (name, value) pairs into out and returns how
+ * many; it runs on HTTP threads, and the strings must stay valid (static). */
+typedef size_t (*pc_httpd_header_fn)(void *arg, const char **out, size_t cap);
+void pc_httpd_set_extra_headers(pc_httpd_header_fn fn, void *arg);
+
 /* Reads the request body (Content-Length only) of at most max bytes and
  * calls cb exactly once. rc == 0: body (malloc'd, NUL-terminated, owned by
  * cb) holds len bytes. rc != 0: the error reply has already been sent

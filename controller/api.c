@@ -2,6 +2,7 @@
 #include "api.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -175,9 +176,17 @@ static void get_health(pc_api *api, nng_aio *aio)
         pc_httpd_reply_error(aio, 503, err.code, "store: %s", err.msg);
         return;
     }
-    pc_httpd_reply_json(aio, 200,
-                        json_pack("{s:s,s:s,s:I}", "status", "ok", "node_id", api->node_id,
-                                  "head_seq", (json_int_t)applied));
+    json_t *o = json_pack("{s:s,s:s,s:I}", "status", "ok", "node_id", api->node_id, "head_seq",
+                          (json_int_t)applied);
+    if (o != NULL && api->opt.cluster != NULL) {
+        char leader[256] = "";
+        bool is_leader = pc_cluster_is_leader(api->opt.cluster);
+        if (!is_leader)
+            pc_cluster_leader_api(api->opt.cluster, leader, sizeof(leader));
+        json_object_set_new(o, "role", json_string(is_leader ? "leader" : "follower"));
+        json_object_set_new(o, "leader_api", json_string(is_leader ? api->opt.listen_url : leader));
+    }
+    pc_httpd_reply_json(aio, 200, o);
 }
 
 static void get_metrics(pc_api *api, nng_aio *aio)
@@ -200,6 +209,10 @@ static void change_done(pc_change *c, const pc_change_result *r)
     if (r->rc != PC_OK) {
         pc_metrics_inc(api->metrics, "popcast_controller_changes_failed_total", NULL);
         pc_httpd_reply_error(aio, pc_httpd_status_for(r->rc), r->rc, "%s", r->err.msg);
+        return;
+    }
+    if (c->kind == PC_CHANGE_ADD_NODE || c->kind == PC_CHANGE_REMOVE_NODE) {
+        pc_httpd_reply_json(aio, 200, pc_cluster_info_json(api->opt.cluster));
         return;
     }
     pc_metrics_inc(api->metrics, "popcast_controller_changes_total", NULL);
@@ -417,6 +430,74 @@ static void delete_tenant(pc_api *api, nng_aio *aio, const char *tenant)
     submit(api, aio, c);
 }
 
+/* The cluster. */
+
+/* A write reached a follower: send the client to the leader. The body is
+ * still unread, so the connection closes after this answer. */
+static void redirect_to_leader(pc_api *api, nng_aio *aio, const char *uri)
+{
+    char leader[256];
+    if (!pc_cluster_leader_api(api->opt.cluster, leader, sizeof(leader))) {
+        pc_httpd_reject(aio, 503, PC_E_UNAVAILABLE,
+                        "no leader is known right now (an election is under way, or a majority "
+                        "of controllers is unreachable): the write was not accepted; retry");
+        return;
+    }
+    char location[1024];
+    snprintf(location, sizeof(location), "%s%s", leader, uri);
+    json_t *o =
+        json_pack("{s:{s:s,s:s,s:s}}", "error", "code", pc_err_name(PC_E_NOT_LEADER), "message",
+                  "this controller is a follower: send writes to the leader", "leader", leader);
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    const char *headers[] = {"Location", location, "Connection", "close", NULL};
+    pc_httpd_reply(aio, 307, "application/json", text ? text : "{}", text ? strlen(text) : 2,
+                   headers);
+    free(text);
+}
+
+static void get_cluster(pc_api *api, nng_aio *aio)
+{
+    pc_httpd_reply_json(aio, 200, pc_cluster_info_json(api->opt.cluster));
+}
+
+static void node_body(void *arg, nng_aio *aio, int rc, uint8_t *body, size_t len)
+{
+    pc_api *api = arg;
+    if (rc != 0)
+        return;
+    json_error_t jerr;
+    json_t *doc = json_loadb((const char *)body, len, JSON_REJECT_DUPLICATES, &jerr);
+    free(body);
+    json_int_t id = 0;
+    const char *raft = NULL, *url = NULL;
+    if (doc == NULL) {
+        pc_httpd_reply_error(aio, 400, PC_E_INVALID, "body is not JSON: %s", jerr.text);
+        return;
+    }
+    if (json_unpack_ex(doc, &jerr, JSON_STRICT, "{s:I,s:s,s:s}", "id", &id, "raft_address", &raft,
+                       "api_url", &url) != 0 ||
+        id < 1 || strlen(raft) == 0 || strlen(raft) >= 128 || strncmp(url, "http", 4) != 0 ||
+        strlen(url) >= 256) {
+        json_decref(doc);
+        pc_httpd_reply_error(aio, 400, PC_E_INVALID,
+                             "expected {\"id\": N >= 1, \"raft_address\": \"host:port\", "
+                             "\"api_url\": \"http://...\"} and nothing else");
+        return;
+    }
+    pc_change *c = pc_change_new(PC_CHANGE_ADD_NODE, "-");
+    if (c == NULL) {
+        json_decref(doc);
+        pc_httpd_reply_error(aio, 503, PC_E_NOMEM, "out of memory");
+        return;
+    }
+    c->node_id = (uint64_t)id;
+    snprintf(c->node_raft_address, sizeof(c->node_raft_address), "%s", raft);
+    snprintf(c->node_api_url, sizeof(c->node_api_url), "%s", url);
+    json_decref(doc);
+    submit(api, aio, c);
+}
+
 /* Rollouts. */
 
 static void get_fleet(pc_api *api, nng_aio *aio)
@@ -551,6 +632,43 @@ static void route(nng_aio *aio)
                         "missing or wrong bearer token (Authorization: Bearer <token>)");
         goto done;
     }
+    const char *uri = nng_http_req_get_uri(req);
+    bool cluster_write = p.n >= 3 && strcmp(p.seg[1], "cluster") == 0 && !is_get;
+    bool tenant_write = p.n >= 3 && strcmp(p.seg[1], "tenants") == 0 && !is_get;
+    if ((cluster_write || tenant_write) && api->opt.cluster != NULL &&
+        !pc_cluster_is_leader(api->opt.cluster)) {
+        redirect_to_leader(api, aio, uri);
+        goto done;
+    }
+    if (p.n == 2 && strcmp(p.seg[1], "cluster") == 0) {
+        if (is_get)
+            get_cluster(api, aio);
+        else
+            method_not_allowed(aio, method, "GET");
+        goto done;
+    }
+    if (p.n == 3 && strcmp(p.seg[1], "cluster") == 0 && strcmp(p.seg[2], "nodes") == 0) {
+        if (strcmp(method, "POST") == 0)
+            pc_httpd_read_body(aio, 4096, node_body, api);
+        else
+            method_not_allowed(aio, method, "POST");
+        goto done;
+    }
+    if (p.n == 4 && strcmp(p.seg[1], "cluster") == 0 && strcmp(p.seg[2], "nodes") == 0) {
+        uint64_t id = 0;
+        pc_change *c = NULL;
+        if (strcmp(method, "DELETE") != 0)
+            method_not_allowed(aio, method, "DELETE");
+        else if (parse_u64_strict(p.seg[3], &id) != 0 || id == 0)
+            pc_httpd_reject(aio, 400, PC_E_INVALID, "node id must be a number >= 1");
+        else if ((c = pc_change_new(PC_CHANGE_REMOVE_NODE, "-")) == NULL)
+            pc_httpd_reject(aio, 503, PC_E_NOMEM, "out of memory");
+        else {
+            c->node_id = id;
+            submit(api, aio, c);
+        }
+        goto done;
+    }
     if (p.n == 2 && strcmp(p.seg[1], "fleet") == 0) {
         if (is_get)
             get_fleet(api, aio);
@@ -630,6 +748,20 @@ done:
     pc_httpd_path_free(&p);
 }
 
+/* Every answer says which role this node had: reads from a follower may
+ * lag the leader (they never include unacknowledged writes, but may miss
+ * acknowledged ones for a moment). */
+static size_t role_headers(void *arg, const char **out, size_t cap)
+{
+    pc_api *api = arg;
+    if (cap < 1 || api->opt.cluster == NULL)
+        return 0;
+    bool leader = pc_cluster_is_leader(api->opt.cluster);
+    out[0] = "X-Popcast-Read";
+    out[1] = leader ? "leader" : "follower; may be stale";
+    return 1;
+}
+
 int pc_api_start(pc_api **out, const pc_api_options *opt, pc_store *store, pc_pipeline *pipeline,
                  pc_rollout *rollout, pc_metrics *metrics, pc_err *err)
 {
@@ -642,6 +774,7 @@ int pc_api_start(pc_api **out, const pc_api_options *opt, pc_store *store, pc_pi
     api->pipeline = pipeline;
     api->rollout = rollout;
     api->metrics = metrics;
+    pc_httpd_set_extra_headers(role_headers, api);
     int rc = pc_httpd_start(opt->listen_url, "/", route, api, &api->server, err);
     if (rc != PC_OK) {
         free(api->node_id);
@@ -657,6 +790,7 @@ void pc_api_stop(pc_api *api)
     if (api == NULL)
         return;
     pc_httpd_stop(api->server);
+    pc_httpd_set_extra_headers(NULL, NULL);
     free(api->node_id);
     free(api);
 }

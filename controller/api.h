@@ -17,6 +17,7 @@
 #include "crypto.h"
 #include "err.h"
 #include "metrics.h"
+#include "cluster.h"
 #include "pipeline.h"
 #include "rollout.h"
 #include "store.h"
@@ -27,6 +28,7 @@ typedef struct pc_api_options {
     size_t max_bundle;          /* upload limit in bytes */
     const pc_strlist *runtimes; /* runtime names accepted in uploads */
     pc_adapter *lua;            /* used to check Lua uploads parse */
+    pc_cluster *cluster;        /* writes go to its leader */
     uint8_t admin_token_hash[PC_HASH_LEN];
 } pc_api_options;
 

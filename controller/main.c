@@ -15,6 +15,7 @@
 #include <uv.h>
 
 #include "api.h"
+#include "cluster.h"
 #include "config.h"
 #include "crypto.h"
 #include "log.h"
@@ -40,6 +41,14 @@ typedef struct controller_config {
     uint64_t pub_sendbuf;
     uint64_t max_pending;
     uint64_t heartbeat_ms;
+    uint64_t raft_id;
+    char *raft_listen;
+    pc_strlist peers;
+    bool raft_join;
+    uint64_t raft_election_ms;
+    uint64_t raft_heartbeat_ms;
+    uint64_t raft_snapshot_threshold;
+    uint64_t raft_snapshot_trailing;
     uint64_t publish_inline_max;
     uint64_t sync_inline_max;
     uint64_t sync_max_reply;
@@ -74,6 +83,20 @@ static const pc_cfg_option options[] = {
     OPT(max_pending, PC_CFG_U64, "1024", 1, 1 << 20, "writes queued before the API answers 503"),
     OPT(heartbeat_ms, PC_CFG_U64, "1000", 0, 3600000,
         "signed heartbeat period (0: none; agents then go stale)"),
+    OPT(raft_id, PC_CFG_U64, "1", 1, 0, "this controller's raft id (>= 1, unique in the cluster)"),
+    OPT(raft_listen, PC_CFG_STRING, "127.0.0.1:7073", 0, 0,
+        "host:port for raft traffic between controllers"),
+    OPT(peers, PC_CFG_LIST, NULL, 0, 0,
+        "cluster member ID@HOST:PORT@API_URL (repeat for each, this node included; none: a "
+        "single-node cluster)"),
+    OPT(raft_join, PC_CFG_BOOL, "false", 0, 0,
+        "start empty and wait to be added with POST /v1/cluster/nodes"),
+    OPT(raft_election_ms, PC_CFG_U64, "1000", 50, 600000, "raft election timeout"),
+    OPT(raft_heartbeat_ms, PC_CFG_U64, "100", 10, 60000, "raft heartbeat period"),
+    OPT(raft_snapshot_threshold, PC_CFG_U64, "1024", 2, 1 << 30,
+        "entries between raft snapshots (then the log is truncated)"),
+    OPT(raft_snapshot_trailing, PC_CFG_U64, "256", 0, 1 << 30,
+        "entries kept in the raft log after a snapshot"),
     OPT(publish_inline_max, PC_CFG_SIZE, "1MiB", 0, (uint64_t)1 << 30,
         "larger bundles are announced on pub/sub and fetched in chunks"),
     OPT(sync_inline_max, PC_CFG_SIZE, "1MiB", 0, (uint64_t)1 << 30,
@@ -160,13 +183,41 @@ typedef struct controller {
     pc_rollout *rollout;
     pc_sync_server *sync;
     pc_heartbeat *heartbeat;
+    pc_cluster *cluster;
     uv_timer_t tick;
 } controller;
+
+/* Every controller publishes every entry it applies (from raft), so agents
+ * subscribed to any controller receive it. */
+static void on_applied(void *arg, const Popcast__Entry *applied)
+{
+    controller *c = arg;
+    Popcast__Entry e = *applied;
+    if (e.bundle.len > c->cfg.publish_inline_max) {
+        e.bundle.data = NULL;
+        e.bundle.len = 0;
+        e.bundle_omitted = 1; /* agents fetch it in chunks */
+    }
+    pc_err err;
+    if (pc_publisher_send_entry(c->pub, &e, &err) != PC_OK)
+        pc_warn("controller", "an applied entry was not published (%s); agents catch up", err.msg);
+    pc_heartbeat_kick(c->heartbeat);
+}
+
+static void cluster_stopped(void *arg)
+{
+    controller *c = arg;
+    c->cluster = NULL;
+    pc_pipeline_close(c->pipeline);
+    c->pipeline = NULL;
+}
 
 static void on_tick(uv_timer_t *t)
 {
     controller *c = t->data;
     pc_rollout_tick(c->rollout, pc_now_ms());
+    if (c->cluster != NULL)
+        pc_cluster_refresh(c->cluster);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -179,19 +230,14 @@ static void on_signal(uv_signal_t *h, int signum)
     pc_rollout_cancel_waits(c->rollout);
     pc_api_stop(c->api);
     c->api = NULL;
-    pc_pipeline_close(c->pipeline);
-    c->pipeline = NULL;
     pc_heartbeat_stop(c->heartbeat);
     c->heartbeat = NULL;
+    /* raft fails what it still has in flight, then the pipeline goes. */
+    pc_cluster_stop(c->cluster, cluster_stopped, c);
     uv_timer_stop(&c->tick);
     uv_close((uv_handle_t *)&c->tick, NULL);
     uv_close((uv_handle_t *)&c->sigint, NULL);
     uv_close((uv_handle_t *)&c->sigterm, NULL);
-}
-
-static void on_commit(void *arg)
-{
-    pc_heartbeat_kick(arg);
 }
 
 int main(int argc, char **argv)
@@ -277,18 +323,35 @@ int main(int argc, char **argv)
         goto out;
     }
     uv_loop_init(&c.loop);
+    char raft_dir[4200];
+    snprintf(raft_dir, sizeof(raft_dir), "%s/raft", c.cfg.data_dir);
+    pc_cluster_options copt = {.loop = &c.loop,
+                               .store = c.store,
+                               .raft_dir = raft_dir,
+                               .scratch_dir = c.cfg.data_dir,
+                               .id = c.cfg.raft_id,
+                               .raft_address = c.cfg.raft_listen,
+                               .api_url = c.cfg.api_listen,
+                               .peers = &c.cfg.peers,
+                               .join = c.cfg.raft_join,
+                               .election_ms = (unsigned)c.cfg.raft_election_ms,
+                               .heartbeat_ms = (unsigned)c.cfg.raft_heartbeat_ms,
+                               .snapshot_threshold = (unsigned)c.cfg.raft_snapshot_threshold,
+                               .snapshot_trailing = (unsigned)c.cfg.raft_snapshot_trailing,
+                               .on_applied = on_applied,
+                               .on_applied_arg = &c};
     if (pc_publisher_open(&c.pub, c.cfg.pub_listen, (int)c.cfg.pub_sendbuf,
                           c.cfg.max_bundle + 65536, &err) != PC_OK ||
         pc_heartbeat_start(&c.heartbeat, &c.loop, c.cfg.heartbeat_ms, node_id, &c.key, c.store,
                            c.pub, &err) != PC_OK ||
-        pc_pipeline_new(&c.pipeline, &c.loop, c.store, &c.key, c.pub, c.cfg.max_pending, &err) !=
-            PC_OK ||
-        pc_api_start(&c.api, &api_opt, c.store, c.pipeline, c.rollout, c.metrics, &err) != PC_OK) {
+        ensure_dir(raft_dir, &err) != PC_OK || pc_cluster_start(&c.cluster, &copt, &err) != PC_OK ||
+        pc_pipeline_new(&c.pipeline, &c.loop, c.store, &c.key, c.cluster, c.cfg.max_pending,
+                        &err) != PC_OK ||
+        (api_opt.cluster = c.cluster, pc_api_start(&c.api, &api_opt, c.store, c.pipeline, c.rollout,
+                                                   c.metrics, &err)) != PC_OK) {
         pc_error("controller", "%s", err.msg);
         goto out_loop;
     }
-    pc_pipeline_set_publish_inline_max(c.pipeline, c.cfg.publish_inline_max);
-    pc_pipeline_set_on_commit(c.pipeline, on_commit, c.heartbeat);
     uv_timer_init(&c.loop, &c.tick);
     c.tick.data = &c;
     uv_timer_start(&c.tick, on_tick, 100, 100);
@@ -299,8 +362,11 @@ int main(int argc, char **argv)
     uv_signal_start(&c.sigterm, on_signal, SIGTERM);
     char kid[PC_HEX_KEY_ID_LEN];
     pc_hex(kid, c.key.pub.id, PC_KEY_ID_LEN);
-    pc_info("controller", "%s ready: api %s, publishing on %s, sync on %s, signing key %s", node_id,
-            c.cfg.api_listen, c.cfg.pub_listen, c.cfg.sync_listen, kid);
+    pc_info("controller",
+            "%s ready: api %s, publishing on %s, sync on %s, raft id %llu on %s (%zu peers), "
+            "signing key %s",
+            node_id, c.cfg.api_listen, c.cfg.pub_listen, c.cfg.sync_listen,
+            (unsigned long long)c.cfg.raft_id, c.cfg.raft_listen, c.cfg.peers.count, kid);
     uv_run(&c.loop, UV_RUN_DEFAULT);
     exit_code = 0;
 
@@ -312,7 +378,9 @@ out_loop:
     pc_api_stop(c.api);
     if (c.heartbeat != NULL)
         pc_heartbeat_stop(c.heartbeat);
-    if (c.pipeline != NULL)
+    if (c.cluster != NULL)
+        pc_cluster_stop(c.cluster, cluster_stopped, &c);
+    else if (c.pipeline != NULL)
         pc_pipeline_close(c.pipeline);
     uv_run(&c.loop, UV_RUN_DEFAULT); /* let closed handles finish */
     uv_loop_close(&c.loop);

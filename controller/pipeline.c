@@ -2,6 +2,7 @@
 #include "pipeline.h"
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,26 +17,16 @@ struct pc_pipeline {
     uv_async_t wake;
     pc_store *store;
     const pc_signing_key *key;
-    pc_publisher *pub;
+    pc_cluster *cluster;
     pthread_mutex_t lock; /* guards the queue below */
     pc_change *head, *tail;
     size_t pending, max_pending;
-    size_t publish_inline_max;
-    void (*on_commit)(void *arg);
-    void *on_commit_arg;
     int closing;
+    /* The change being replicated (one at a time: see pipeline.h). */
+    pc_change *inflight;
+    pc_change_result inflight_result;
+    bool inflight_answered; /* shutdown answered it; raft's callback only frees */
 };
-
-void pc_pipeline_set_publish_inline_max(pc_pipeline *p, size_t bytes)
-{
-    p->publish_inline_max = bytes;
-}
-
-void pc_pipeline_set_on_commit(pc_pipeline *p, void (*cb)(void *arg), void *arg)
-{
-    p->on_commit = cb;
-    p->on_commit_arg = arg;
-}
 
 static int64_t now_unix_ms(void)
 {
@@ -101,7 +92,41 @@ static int load_version_content(pc_pipeline *p, pc_change *c, pc_change_result *
     return rc;
 }
 
-static int commit_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
+static void drain(uv_async_t *handle);
+
+/* The change is through raft (or failed): answer, then take the next. */
+static void change_done(void *arg, int rc, const pc_err *err)
+{
+    pc_pipeline *p = arg;
+    pc_change *c = p->inflight;
+    pc_change_result *r = &p->inflight_result;
+    p->inflight = NULL;
+    if (p->inflight_answered) {
+        p->inflight_answered = false;
+        pc_change_free(c);
+        return;
+    }
+    r->rc = rc;
+    if (rc != PC_OK) {
+        r->err = *err;
+        r->err.code = rc;
+    } else if (c->kind == PC_CHANGE_ADD_NODE || c->kind == PC_CHANGE_REMOVE_NODE) {
+        pc_info("pipeline", "cluster membership: %s %llu done", r->kind,
+                (unsigned long long)c->node_id);
+    } else {
+        pc_info("pipeline", "committed %s %s version %llu seq %llu (%zu bytes)", r->kind, c->tenant,
+                (unsigned long long)r->version, (unsigned long long)r->seq, c->bundle_len);
+    }
+    c->done(c, r);
+    pc_change_free(c);
+    if (!p->closing)
+        uv_async_send(&p->wake);
+}
+
+/* Versions and signs the change against this node's store (which, on a
+ * leader ready to write, holds every committed change), then proposes it.
+ * Returns an error only when nothing was proposed. */
+static int start_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
 {
     uint64_t applied = 0;
     int rc = pc_store_applied_seq(p->store, &applied, &r->err);
@@ -140,6 +165,7 @@ static int commit_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
         if (t.deleted)
             return pc_err_set(&r->err, PC_E_NOTFOUND, "tenant %s is already deleted", c->tenant);
         break;
+    default: return pc_err_set(&r->err, PC_E_INTERNAL, "not a tenant change");
     }
     m.tenant = c->tenant;
     m.version = t.last_version + 1;
@@ -157,45 +183,48 @@ static int commit_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
     Popcast__SignedManifest sm;
     if ((rc = pc_envelope_sign_manifest(p->key, &m, &sm, &r->err)) != PC_OK)
         return rc;
-    rc = pc_store_apply(p->store, &sm, &m, c->bundle, c->bundle_len, &r->err);
-    if (rc == PC_OK) {
-        /* Committed: from here on the change exists whatever else fails. */
-        Popcast__Entry e = POPCAST__ENTRY__INIT;
-        e.signed_ = &sm;
-        if (c->bundle_len > p->publish_inline_max) {
-            e.bundle_omitted = 1;
-        } else {
-            e.bundle.data = c->bundle;
-            e.bundle.len = c->bundle_len;
-        }
-        pc_err perr;
-        if (pc_publisher_send_entry(p->pub, &e, &perr) != PC_OK)
-            pc_warn("pipeline", "seq %llu committed but not published (%s); agents catch up",
-                    (unsigned long long)m.seq, perr.msg);
-        if (p->on_commit != NULL)
-            p->on_commit(p->on_commit_arg);
-        r->version = m.version;
-        r->seq = m.seq;
-        r->bundle_size = m.bundle_size;
-        r->rollback_of = m.rollback_of;
-        r->created_unix_ms = m.created_unix_ms;
-        if (c->kind != PC_CHANGE_DELETE)
-            memcpy(r->hash, hash, PC_HASH_LEN);
-        snprintf(r->entrypoint, sizeof(r->entrypoint), "%s", c->entrypoint);
-        snprintf(r->runtime, sizeof(r->runtime), "%s", c->runtime);
-        pc_info("pipeline", "committed %s %s version %llu seq %llu (%zu bytes)", r->kind, c->tenant,
-                (unsigned long long)m.version, (unsigned long long)m.seq, c->bundle_len);
-    }
+    r->version = m.version;
+    r->seq = m.seq;
+    r->bundle_size = m.bundle_size;
+    r->rollback_of = m.rollback_of;
+    r->created_unix_ms = m.created_unix_ms;
+    if (c->kind != PC_CHANGE_DELETE)
+        memcpy(r->hash, hash, PC_HASH_LEN);
+    snprintf(r->entrypoint, sizeof(r->entrypoint), "%s", c->entrypoint);
+    snprintf(r->runtime, sizeof(r->runtime), "%s", c->runtime);
+    Popcast__Entry e = POPCAST__ENTRY__INIT;
+    e.signed_ = &sm;
+    e.bundle.data = c->bundle;
+    e.bundle.len = c->bundle_len;
+    p->inflight = c;
+    rc = pc_cluster_propose_entry(p->cluster, &e, change_done, p, &r->err);
+    if (rc != PC_OK)
+        p->inflight = NULL;
     pc_envelope_signed_clear(&sm);
     return rc;
+}
+
+static void resume(void *arg)
+{
+    pc_pipeline *p = arg;
+    if (!p->closing)
+        uv_async_send(&p->wake);
 }
 
 static void drain(uv_async_t *handle)
 {
     pc_pipeline *p = handle->data;
-    for (;;) {
+    while (p->inflight == NULL) {
         pthread_mutex_lock(&p->lock);
         pc_change *c = p->head;
+        if (c != NULL && !pc_cluster_ready_to_write(p->cluster) &&
+            pc_cluster_is_leader(p->cluster)) {
+            /* Elected, but earlier terms' entries are still being
+             * applied: new seqs must follow them. Wait, keep the queue. */
+            pthread_mutex_unlock(&p->lock);
+            pc_cluster_when_ready(p->cluster, resume, p);
+            return;
+        }
         if (c != NULL) {
             p->head = c->next;
             if (p->head == NULL)
@@ -205,17 +234,34 @@ static void drain(uv_async_t *handle)
         pthread_mutex_unlock(&p->lock);
         if (c == NULL)
             return;
-        pc_change_result r;
-        memset(&r, 0, sizeof(r));
-        r.rc = commit_change(p, c, &r);
-        r.err.code = r.rc;
-        c->done(c, &r);
-        pc_change_free(c);
+        pc_change_result *r = &p->inflight_result;
+        memset(r, 0, sizeof(*r));
+        int rc;
+        if (!pc_cluster_ready_to_write(p->cluster)) {
+            rc = pc_err_set(&r->err, PC_E_NOT_LEADER, "this controller is not the leader");
+        } else if (c->kind == PC_CHANGE_ADD_NODE || c->kind == PC_CHANGE_REMOVE_NODE) {
+            r->kind = c->kind == PC_CHANGE_ADD_NODE ? "add_node" : "remove_node";
+            p->inflight = c;
+            rc = c->kind == PC_CHANGE_ADD_NODE
+                     ? pc_cluster_add(p->cluster, c->node_id, c->node_raft_address, c->node_api_url,
+                                      change_done, p, &r->err)
+                     : pc_cluster_remove(p->cluster, c->node_id, change_done, p, &r->err);
+            if (rc != PC_OK)
+                p->inflight = NULL;
+        } else {
+            rc = start_change(p, c, r);
+        }
+        if (rc != PC_OK) {
+            r->rc = rc;
+            r->err.code = rc;
+            c->done(c, r);
+            pc_change_free(c);
+        }
     }
 }
 
 int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, const pc_signing_key *key,
-                    pc_publisher *pub, size_t max_pending, pc_err *err)
+                    pc_cluster *cluster, size_t max_pending, pc_err *err)
 {
     pc_pipeline *p = calloc(1, sizeof(*p));
     if (p == NULL)
@@ -223,9 +269,8 @@ int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, const p
     p->loop = loop;
     p->store = store;
     p->key = key;
-    p->pub = pub;
+    p->cluster = cluster;
     p->max_pending = max_pending;
-    p->publish_inline_max = SIZE_MAX;
     pthread_mutex_init(&p->lock, NULL);
     if (uv_async_init(loop, &p->wake, drain) != 0) {
         pthread_mutex_destroy(&p->lock);
@@ -246,6 +291,16 @@ static void free_after_close(uv_handle_t *h)
 
 void pc_pipeline_shutdown(pc_pipeline *p)
 {
+    /* The change in flight is answered now (raft's own callback may only
+     * come when the cluster stops, after the API has to be quiet). */
+    if (p->inflight != NULL && !p->inflight_answered) {
+        pc_change_result r;
+        memset(&r, 0, sizeof(r));
+        r.rc = pc_err_set(&r.err, PC_E_UNAVAILABLE,
+                          "controller is shutting down: the change may or may not be committed");
+        p->inflight->done(p->inflight, &r);
+        p->inflight_answered = true;
+    }
     pthread_mutex_lock(&p->lock);
     p->closing = 1;
     pc_change *c = p->head;

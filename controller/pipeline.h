@@ -1,11 +1,14 @@
 /* pipeline.h - the controller's write path: every change (deploy,
- * rollback, delete) is versioned, signed, committed and published here,
- * one at a time, on the controller's event loop.
+ * rollback, delete) is versioned, signed and replicated here, one at a
+ * time, on the controller's event loop, by the cluster's leader.
  *
- * Serializing changes on one thread is what makes seq gap-free and each
- * tenant's versions strictly increasing without locks: a change reads the
- * applied seq and the tenant's last version, builds and signs the manifest,
- * commits it in one LMDB transaction, publishes it, and only then answers.
+ * One change at a time is what makes seq gap-free and each tenant's
+ * versions strictly increasing without locks: a change reads the applied
+ * seq and the tenant's last version from the leader's store (which holds
+ * every committed change: see pc_cluster_ready_to_write), builds and signs
+ * the manifest, proposes it through raft, and answers only after a
+ * majority committed it and this node applied it (and published it to its
+ * subscribers, cluster.c). The next change starts after that.
  * The expensive, parallel part of a deploy (reading the body, decoding the
  * archive, checking that the runtime can parse it, hashing) happens before
  * submission, on the API's threads. */
@@ -19,13 +22,15 @@
 #include "crypto.h"
 #include "err.h"
 #include "names.h"
-#include "publisher.h"
+#include "cluster.h"
 #include "store.h"
 
 typedef enum pc_change_kind {
     PC_CHANGE_DEPLOY,
     PC_CHANGE_ROLLBACK,
     PC_CHANGE_DELETE,
+    PC_CHANGE_ADD_NODE, /* membership: node_* below */
+    PC_CHANGE_REMOVE_NODE,
 } pc_change_kind;
 
 typedef struct pc_change_result {
@@ -50,6 +55,10 @@ struct pc_change {
     char runtime[33];
     /* ROLLBACK: the version whose content becomes the new version. */
     uint64_t rollback_to;
+    /* ADD_NODE, REMOVE_NODE. */
+    uint64_t node_id;
+    char node_raft_address[128];
+    char node_api_url[256];
     /* Called once, on the loop thread, after commit and publish (or on
      * failure). The pipeline frees the change (and its bundle) after. */
     void (*done)(pc_change *c, const pc_change_result *r);
@@ -59,9 +68,11 @@ struct pc_change {
 
 typedef struct pc_pipeline pc_pipeline;
 
-/* key and publisher stay owned by the caller and must outlive the pipeline. */
+/* key and cluster stay owned by the caller and must outlive the pipeline.
+ * Changes submitted to a node that is not the leader fail with
+ * PC_E_NOT_LEADER (the API redirects before submitting). */
 int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, const pc_signing_key *key,
-                    pc_publisher *pub, size_t max_pending, pc_err *err);
+                    pc_cluster *cluster, size_t max_pending, pc_err *err);
 /* Shutting down is two steps because the HTTP server's stop waits for
  * every handler, and a handler may wait on a queued change:
  * _shutdown fails every queued change and refuses new ones (any thread);
@@ -69,13 +80,6 @@ int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, const p
  * thread), after which the loop can finish. */
 void pc_pipeline_shutdown(pc_pipeline *p);
 void pc_pipeline_close(pc_pipeline *p);
-
-/* Bundles larger than this are published as announcements (the entry
- * without its bundle), which agents complete by fetching chunks over the
- * sync socket. Default: never (every bundle inline). */
-void pc_pipeline_set_publish_inline_max(pc_pipeline *p, size_t bytes);
-/* Called on the loop thread after each commit has been published. */
-void pc_pipeline_set_on_commit(pc_pipeline *p, void (*cb)(void *arg), void *arg);
 
 /* From any thread. Allocates a change; fill it, then submit. */
 pc_change *pc_change_new(pc_change_kind kind, const char *tenant);

@@ -317,6 +317,8 @@ void pc_test_controller_start(pc_test_env *env, pc_test_controller *c, const cha
         c->api_port = pc_test_free_port();
         c->pub_port = pc_test_free_port();
         c->sync_port = pc_test_free_port();
+        c->raft_port = pc_test_free_port();
+        snprintf(c->raft_address, sizeof(c->raft_address), "127.0.0.1:%d", c->raft_port);
         snprintf(c->api_url, sizeof(c->api_url), "http://127.0.0.1:%d", c->api_port);
         snprintf(c->pub_url, sizeof(c->pub_url), "tcp://127.0.0.1:%d", c->pub_port);
         snprintf(c->sync_url, sizeof(c->sync_url), "tcp://127.0.0.1:%d", c->sync_port);
@@ -332,6 +334,8 @@ void pc_test_controller_start(pc_test_env *env, pc_test_controller *c, const cha
     argv[n++] = c->pub_url;
     argv[n++] = "--sync-listen";
     argv[n++] = c->sync_url;
+    argv[n++] = "--raft-listen";
+    argv[n++] = c->raft_address;
     argv[n++] = "--signing-key";
     argv[n++] = env->key_path;
     argv[n++] = "--admin-token-file";

@@ -63,8 +63,8 @@ void pc_test_env_cleanup(pc_test_env *env);
 
 typedef struct pc_test_controller {
     char dir[300];
-    int api_port, pub_port, sync_port;
-    char api_url[64], pub_url[64], sync_url[64];
+    int api_port, pub_port, sync_port, raft_port;
+    char api_url[64], pub_url[64], sync_url[64], raft_address[64];
     pc_proc *proc;
 } pc_test_controller;
 

@@ -1,0 +1,98 @@
+/* cluster.h - the controller cluster: canonical raft (libraft, its libuv
+ * I/O and TCP transport) replicating every change into each controller's
+ * LMDB store.
+ *
+ * The replicated state machine is the store itself. A raft command is a
+ * ClusterCommand: a change already versioned and signed by the leader (an
+ * Entry with its bundle), or a node's API address. Applying an entry runs
+ * pc_store_apply, whose seq and version checks are deterministic, so every
+ * replica ends in the same state; then the entry is published to this
+ * controller's subscribers. A raft snapshot is a compacted copy of the
+ * store; restoring one replaces the store (pc_store_replace).
+ *
+ * Why the leader signs before proposing: Ed25519 is deterministic, so
+ * replicas could re-sign during apply, but then each needs the key at
+ * apply time and a follower restoring an old log would sign with whatever
+ * key it has now. Signing once, on the leader, puts exactly the bytes
+ * agents verify into the log.
+ *
+ * A single-node cluster (no peers configured) is the default: the same code
+ * path, one voter.
+ *
+ * Threads: everything here runs on the controller's libuv loop, except
+ * pc_cluster_info_json and pc_cluster_leader_api, which read a copy of the
+ * state refreshed by the loop and may be called from any thread. */
+#ifndef PC_CLUSTER_H
+#define PC_CLUSTER_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "err.h"
+#include "popcast.pb-c.h"
+#include "store.h"
+
+typedef struct pc_cluster pc_cluster;
+
+typedef struct pc_cluster_options {
+    uv_loop_t *loop;
+    pc_store *store;
+    const char *raft_dir;     /* raft's log and snapshots */
+    const char *scratch_dir;  /* where snapshot files are written */
+    uint64_t id;              /* this node's raft id (>= 1) */
+    const char *raft_address; /* host:port this node listens on for raft */
+    const char *api_url;      /* this node's REST API, for redirects */
+    /* Initial members, "ID@HOST:PORT@API_URL" each; empty: this node alone.
+     * Every member must be started with the same list. */
+    const pc_strlist *peers;
+    bool join; /* start empty and wait to be added (pc_cluster_add) */
+    unsigned election_ms, heartbeat_ms;
+    unsigned snapshot_threshold, snapshot_trailing;
+    /* Called on the loop after an entry was applied to the store. */
+    void (*on_applied)(void *arg, const Popcast__Entry *e);
+    void *on_applied_arg;
+} pc_cluster_options;
+
+int pc_cluster_start(pc_cluster **out, const pc_cluster_options *opt, pc_err *err);
+/* Loop thread. Closes raft; done is called (on the loop) once it is shut. */
+void pc_cluster_stop(pc_cluster *c, void (*done)(void *arg), void *arg);
+
+/* Loop thread: true when this node is the leader and has applied every
+ * entry of earlier terms (a barrier of its own term went through), so its
+ * store is the whole committed state and new seqs can follow it. */
+bool pc_cluster_ready_to_write(pc_cluster *c);
+/* Loop thread: calls cb once the node becomes ready to write (or at once if
+ * it is); used by the pipeline to resume after an election. */
+void pc_cluster_when_ready(pc_cluster *c, void (*cb)(void *arg), void *arg);
+
+/* Loop thread. Proposes one entry (takes nothing: the command is copied).
+ * done(arg, rc, err) is called once: PC_OK after the entry was committed
+ * by a majority and applied to this node's store; PC_E_NOT_LEADER if this
+ * node is not the leader; PC_E_UNAVAILABLE if leadership was lost while it
+ * was in flight (it may or may not be committed: the caller must say so);
+ * or the store's error from applying it. */
+typedef void (*pc_cluster_done)(void *arg, int rc, const pc_err *err);
+int pc_cluster_propose_entry(pc_cluster *c, const Popcast__Entry *e, pc_cluster_done done,
+                             void *arg, pc_err *err);
+
+/* Loop thread: membership. add: records the node's API address through the
+ * log, adds it, and makes it a voter once it caught up. */
+int pc_cluster_add(pc_cluster *c, uint64_t id, const char *raft_address, const char *api_url,
+                   pc_cluster_done done, void *arg, pc_err *err);
+int pc_cluster_remove(pc_cluster *c, uint64_t id, pc_cluster_done done, void *arg, pc_err *err);
+
+/* Loop thread: refreshes the copy the functions below read. */
+void pc_cluster_refresh(pc_cluster *c);
+
+/* Any thread. The leader's API URL (false if none is known or it is
+ * this node). */
+bool pc_cluster_leader_api(pc_cluster *c, char *out, size_t cap);
+bool pc_cluster_is_leader(pc_cluster *c);
+/* {"id","role","leader_id","leader_api","term","commit_index","last_applied",
+ *  "last_index","nodes":[{"id","raft_address","api_url","role"}]} */
+json_t *pc_cluster_info_json(pc_cluster *c);
+
+#endif
