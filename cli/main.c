@@ -26,6 +26,7 @@
 
 typedef struct cli {
     const char *controller;
+    char controller_buf[512];
     const char *token;
     const char *token_file;
     char token_buf[256];
@@ -114,13 +115,32 @@ static json_t *call(cli *c, const char *method, const char *path, const char *co
     headers[h] = NULL;
     pc_http_result r;
     pc_err err;
-    if (pc_http_call(c->controller, method, path, headers, body, len, TIMEOUT_MS, &r, &err) !=
-        PC_OK) {
-        fprintf(stderr, "popcast: %s\n", err.msg);
-        return NULL;
-    }
+    /* A follower controller answers writes with 307 and the leader's
+     * address: follow it (a few hops at most, during an election). */
+    char base[512];
+    snprintf(base, sizeof(base), "%s", c->controller);
     json_error_t jerr;
-    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, &jerr);
+    json_t *doc = NULL;
+    for (int hop = 0;; hop++) {
+        if (pc_http_call(base, method, path, headers, body, len, TIMEOUT_MS, &r, &err) != PC_OK) {
+            fprintf(stderr, "popcast: %s\n", err.msg);
+            return NULL;
+        }
+        doc = json_loadb((const char *)r.body, r.body_len, 0, &jerr);
+        const char *leader =
+            json_string_value(json_object_get(json_object_get(doc, "error"), "leader"));
+        if (r.status != 307 || leader == NULL || hop == 3)
+            break;
+        if (!c->json)
+            fprintf(stderr, "popcast: %s is a follower; sending to the leader %s\n", base, leader);
+        snprintf(base, sizeof(base), "%s", leader);
+        /* Later calls (e.g. --wait's rollout queries) go to the leader
+         * too: a follower may not have applied the change yet. */
+        snprintf(c->controller_buf, sizeof(c->controller_buf), "%s", leader);
+        c->controller = c->controller_buf;
+        json_decref(doc);
+        pc_http_result_free(&r);
+    }
     if (r.status < 200 || r.status > 299) {
         json_t *e = doc ? json_object_get(doc, "error") : NULL;
         const char *msg = e ? json_string_value(json_object_get(e, "message")) : NULL;

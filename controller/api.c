@@ -212,6 +212,7 @@ static void change_done(pc_change *c, const pc_change_result *r)
         return;
     }
     if (c->kind == PC_CHANGE_ADD_NODE || c->kind == PC_CHANGE_REMOVE_NODE) {
+        pc_cluster_refresh(api->opt.cluster); /* on the loop: the answer shows the change */
         pc_httpd_reply_json(aio, 200, pc_cluster_info_json(api->opt.cluster));
         return;
     }

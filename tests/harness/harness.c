@@ -711,3 +711,110 @@ int pc_test_cli(pc_test_env *env, pc_test_controller *c, const char *const *args
     waitpid(pid, &status, 0);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
 }
+
+/* Clusters. */
+
+static void prepare_node(pc_test_controller *c)
+{
+    pc_test_tmpdir(c->dir, sizeof(c->dir), "ctl");
+    c->api_port = pc_test_free_port();
+    c->pub_port = pc_test_free_port();
+    c->sync_port = pc_test_free_port();
+    c->raft_port = pc_test_free_port();
+    snprintf(c->api_url, sizeof(c->api_url), "http://127.0.0.1:%d", c->api_port);
+    snprintf(c->pub_url, sizeof(c->pub_url), "tcp://127.0.0.1:%d", c->pub_port);
+    snprintf(c->sync_url, sizeof(c->sync_url), "tcp://127.0.0.1:%d", c->sync_port);
+    snprintf(c->raft_address, sizeof(c->raft_address), "127.0.0.1:%d", c->raft_port);
+}
+
+static const char *const *cluster_extra;
+
+void pc_test_cluster_start_node(pc_test_env *env, pc_test_cluster *cl, int i, bool join,
+                                const char *const *extra)
+{
+    const char *argv[48];
+    int n = 0;
+    argv[n++] = "--raft-id";
+    argv[n++] = cl->id[i];
+    argv[n++] = "--raft-election-ms";
+    argv[n++] = "500";
+    argv[n++] = "--raft-heartbeat-ms";
+    argv[n++] = "50";
+    /* A joining node knows the initial members too (for redirects), but
+     * does not bootstrap with them. */
+    if (join)
+        argv[n++] = "--raft-join";
+    for (int k = 0; k < cl->n && k < 3; k++) {
+        argv[n++] = "--peers";
+        argv[n++] = cl->peer[k];
+    }
+    for (size_t k = 0; cluster_extra != NULL && cluster_extra[k] != NULL && n < 40; k++)
+        argv[n++] = cluster_extra[k];
+    for (size_t k = 0; extra != NULL && extra[k] != NULL && n < 46; k++)
+        argv[n++] = extra[k];
+    argv[n] = NULL;
+    pc_test_controller_start(env, &cl->node[i], argv);
+}
+
+void pc_test_cluster_init(pc_test_env *env, pc_test_cluster *cl, int n, int start,
+                          const char *const *extra)
+{
+    assert_true(n >= 1 && n <= PC_TEST_MAX_NODES);
+    memset(cl, 0, sizeof(*cl));
+    cl->n = n;
+    cluster_extra = extra;
+    for (int i = 0; i < n; i++) {
+        prepare_node(&cl->node[i]);
+        snprintf(cl->id[i], sizeof(cl->id[i]), "%d", i + 1);
+        snprintf(cl->peer[i], sizeof(cl->peer[i]), "%d@%s@%s", i + 1, cl->node[i].raft_address,
+                 cl->node[i].api_url);
+    }
+    /* The initial members are the first min(n, 3); others join later. */
+    for (int i = 0; i < start; i++)
+        pc_test_cluster_start_node(env, cl, i, i >= 3, NULL);
+}
+
+int pc_test_cluster_leader(pc_test_cluster *cl, int timeout_ms)
+{
+    int64_t deadline = pc_test_now_ms() + timeout_ms;
+    while (pc_test_now_ms() < deadline) {
+        for (int i = 0; i < cl->n; i++) {
+            if (cl->node[i].proc == NULL || !pc_proc_alive(cl->node[i].proc))
+                continue;
+            pc_http_result r;
+            if (pc_http_call(cl->node[i].api_url, "GET", "/v1/health", NULL, NULL, 0, 2000, &r,
+                             NULL) != PC_OK)
+                continue;
+            json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+            const char *role = json_string_value(json_object_get(doc, "role"));
+            bool leader = role != NULL && strcmp(role, "leader") == 0;
+            json_decref(doc);
+            pc_http_result_free(&r);
+            if (leader)
+                return i;
+        }
+        pc_test_sleep_ms(50);
+    }
+    return -1;
+}
+
+void pc_test_cluster_stop(pc_test_cluster *cl)
+{
+    for (int i = 0; i < cl->n; i++)
+        if (cl->node[i].proc != NULL)
+            pc_test_controller_stop(&cl->node[i]);
+}
+
+void pc_test_agent_start_cluster(pc_test_env *env, pc_test_agent *a, const char *id,
+                                 pc_test_cluster *cl, const char *const *extra)
+{
+    const char *subs[PC_TEST_MAX_NODES + 1], *syncs[PC_TEST_MAX_NODES + 1];
+    int n = 0;
+    for (int i = 0; i < cl->n && i < 3; i++) {
+        subs[n] = cl->node[i].pub_url;
+        syncs[n] = cl->node[i].sync_url;
+        n++;
+    }
+    subs[n] = syncs[n] = NULL;
+    pc_test_agent_start(env, a, id, subs, syncs, extra);
+}

@@ -123,6 +123,33 @@ json_t *pc_test_agent_status(pc_test_agent *a);
 /* A metric's value from the agent's status (0 if absent). */
 uint64_t pc_test_agent_metric(pc_test_agent *a, const char *name_with_labels);
 
+/* A controller cluster: n nodes (at most 5) started with each other as
+ * raft peers. Ports are chosen for all before any starts. */
+#define PC_TEST_MAX_NODES 5
+typedef struct pc_test_cluster {
+    int n;
+    pc_test_controller node[PC_TEST_MAX_NODES];
+    char peer[PC_TEST_MAX_NODES][160];
+    char id[PC_TEST_MAX_NODES][12];
+} pc_test_cluster;
+
+/* Prepares n nodes (dirs, ports, peer list) and starts the first `start`
+ * of them (the rest can be started later with pc_test_cluster_start_node,
+ * e.g. to join). extra: flags for every node. */
+void pc_test_cluster_init(pc_test_env *env, pc_test_cluster *cl, int n, int start,
+                          const char *const *extra);
+/* (Re)starts node i with the cluster's peers (join: as a node to be added,
+ * not in the initial peers). */
+void pc_test_cluster_start_node(pc_test_env *env, pc_test_cluster *cl, int i, bool join,
+                                const char *const *extra);
+/* The index of the node that says it leads, polling the running nodes;
+ * -1 after timeout_ms. */
+int pc_test_cluster_leader(pc_test_cluster *cl, int timeout_ms);
+void pc_test_cluster_stop(pc_test_cluster *cl);
+/* An agent subscribed to, and syncing with, every node of the cluster. */
+void pc_test_agent_start_cluster(pc_test_env *env, pc_test_agent *a, const char *id,
+                                 pc_test_cluster *cl, const char *const *extra);
+
 /* Polls until every agent holds exactly the controller's tenants, each
  * applied and live at the controller's active version and hash; fails the
  * test (with the agent's log and status) after the converge timeout. */

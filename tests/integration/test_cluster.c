@@ -1,0 +1,494 @@
+/* test_cluster.c - controllers as a raft cluster: replication to every
+ * node, writes through any node, leader kill -9 under a stream of deploys
+ * (no acknowledged deploy lost, nothing half-present, versions strictly
+ * increasing), minority loss, a wiped node rejoining through a snapshot,
+ * and membership changes under load. Fixed seeds, bounded waits. */
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+
+#define MAX_ACKED 20000
+
+typedef struct acked {
+    char tenant[16];
+    uint64_t version, seq;
+    char hash[PC_HEX_HASH_LEN];
+} acked;
+
+static pc_test_env env;
+static pc_test_cluster cl;
+static acked acks[MAX_ACKED];
+static atomic_int n_acks;
+static atomic_int stop_load;
+static atomic_int load_errors; /* answered, but not 201 (e.g. 503 in an election) */
+static pthread_mutex_t nodes_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* One deploy through whichever node answers, following redirects by trying
+ * the others. Returns the HTTP status of the last attempt (201: acked). */
+static int deploy_anywhere(const char *tenant, const char *src, pc_test_deployed *d, int tries)
+{
+    int status = 0;
+    for (int t = 0; t < tries; t++) {
+        for (int i = 0; i < cl.n; i++) {
+            pthread_mutex_lock(&nodes_lock);
+            bool up = cl.node[i].proc != NULL && pc_proc_alive(cl.node[i].proc);
+            pc_test_controller node = cl.node[i];
+            pthread_mutex_unlock(&nodes_lock);
+            if (!up)
+                continue;
+            status = pc_test_try_deploy(&env, &node, tenant, "text/x-lua", src, strlen(src), d);
+            if (status == 201 || status == 400 || status == 422)
+                return status;
+        }
+        pc_test_sleep_ms(50);
+    }
+    return status;
+}
+
+static void record(const char *tenant, const pc_test_deployed *d)
+{
+    int i = atomic_fetch_add(&n_acks, 1);
+    if (i >= MAX_ACKED)
+        return;
+    snprintf(acks[i].tenant, sizeof(acks[i].tenant), "%s", tenant);
+    acks[i].version = d->version;
+    acks[i].seq = d->seq;
+    snprintf(acks[i].hash, sizeof(acks[i].hash), "%s", d->hash);
+}
+
+static void *load(void *arg)
+{
+    unsigned seed = 77;
+    for (int i = 0; !atomic_load(&stop_load) && i < MAX_ACKED; i++) {
+        char tenant[16], src[256], body[64];
+        snprintf(tenant, sizeof(tenant), "t%d", rand_r(&seed) % 6);
+        snprintf(body, sizeof(body), "load %d", i);
+        pc_test_lua_hello(src, sizeof(src), body);
+        pc_test_deployed d;
+        if (deploy_anywhere(tenant, src, &d, 1) == 201)
+            record(tenant, &d);
+        else
+            atomic_fetch_add(&load_errors, 1);
+    }
+    return NULL;
+}
+
+static json_t *node_json(int i, const char *path)
+{
+    pc_http_result r;
+    if (pc_test_api(&env, &cl.node[i], "GET", path, NULL, NULL, 0, &r) != 200) {
+        pc_http_result_free(&r);
+        return NULL;
+    }
+    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    pc_http_result_free(&r);
+    return doc;
+}
+
+static uint64_t node_head(int i)
+{
+    json_t *h = node_json(i, "/v1/health");
+    uint64_t seq = h ? (uint64_t)json_integer_value(json_object_get(h, "head_seq")) : 0;
+    json_decref(h);
+    return seq;
+}
+
+/* Waits until every running node has the same head seq as the leader. */
+static void wait_nodes_caught_up(void)
+{
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    for (;;) {
+        int leader = pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS);
+        assert_true(leader >= 0);
+        uint64_t head = node_head(leader);
+        bool all = true;
+        for (int i = 0; i < cl.n; i++)
+            if (cl.node[i].proc != NULL && node_head(i) != head)
+                all = false;
+        if (all)
+            return;
+        if (pc_test_now_ms() > deadline)
+            fail_msg("controllers did not catch up with the leader's head %llu",
+                     (unsigned long long)head);
+        pc_test_sleep_ms(50);
+    }
+}
+
+/* Every running node holds every acknowledged deploy (same version, seq
+ * and hash) and the same versions overall, strictly increasing. */
+static void check_acks_everywhere(void)
+{
+    wait_nodes_caught_up();
+    json_t *reference = NULL;
+    for (int i = 0; i < cl.n; i++) {
+        if (cl.node[i].proc == NULL)
+            continue;
+        json_t *all = json_object();
+        json_t *tenants = node_json(i, "/v1/tenants");
+        assert_non_null(tenants);
+        size_t ti;
+        json_t *tv;
+        json_array_foreach(json_object_get(tenants, "tenants"), ti, tv)
+        {
+            const char *tname = json_string_value(json_object_get(tv, "tenant"));
+            char path[128];
+            snprintf(path, sizeof(path), "/v1/tenants/%s/versions", tname);
+            json_t *v = node_json(i, path);
+            if (v == NULL)
+                continue;
+            json_int_t last = 0;
+            size_t k;
+            json_t *e;
+            json_array_foreach(json_object_get(v, "versions"), k, e)
+            {
+                json_int_t ver = json_integer_value(json_object_get(e, "version"));
+                if (ver <= last)
+                    fail_msg("node %d: %s versions not strictly increasing", i + 1, tname);
+                last = ver;
+            }
+            json_object_set_new(all, tname, v);
+        }
+        json_decref(tenants);
+        int n = atomic_load(&n_acks);
+        for (int a = 0; a < n && a < MAX_ACKED; a++) {
+            json_t *versions = json_object_get(json_object_get(all, acks[a].tenant), "versions");
+            bool found = false;
+            size_t k;
+            json_t *e;
+            json_array_foreach(versions, k, e)
+            {
+                if ((uint64_t)json_integer_value(json_object_get(e, "version")) ==
+                        acks[a].version &&
+                    (uint64_t)json_integer_value(json_object_get(e, "seq")) == acks[a].seq &&
+                    strcmp(json_string_value(json_object_get(e, "hash")), acks[a].hash) == 0)
+                    found = true;
+            }
+            if (!found)
+                fail_msg("node %d lost acknowledged deploy %s v%llu seq %llu", i + 1,
+                         acks[a].tenant, (unsigned long long)acks[a].version,
+                         (unsigned long long)acks[a].seq);
+        }
+        if (reference == NULL) {
+            reference = all;
+        } else {
+            if (!json_equal(reference, all))
+                fail_msg("node %d's versions differ from the first node's", i + 1);
+            json_decref(all);
+        }
+    }
+    json_decref(reference);
+}
+
+static int setup(void **state)
+{
+    pc_test_env_init(&env);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    pc_test_cluster_stop(&cl);
+    pc_test_env_cleanup(&env);
+    return 0;
+}
+
+static void test_three_nodes_replicate_and_redirect(void **state)
+{
+    pc_test_cluster_init(&env, &cl, 3, 3, NULL);
+    int leader = pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS);
+    assert_true(leader >= 0);
+    int follower = (leader + 1) % 3;
+    pc_test_agent agent = {0};
+    pc_test_agent_start_cluster(&env, &agent, "edge", &cl, NULL);
+
+    /* A write to a follower is redirected to the leader, body unread. */
+    const char *src = "return function(req) return 'one' end";
+    pc_http_result r;
+    assert_int_equal(pc_test_api(&env, &cl.node[follower], "POST", "/v1/tenants/app/bundles",
+                                 "text/x-lua", src, strlen(src), &r),
+                     307);
+    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(doc, "error"), "code")),
+                        "not_leader");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(doc, "error"), "leader")),
+                        cl.node[leader].api_url);
+    assert_string_equal(pc_http_result_header(&r, "X-Popcast-Read"), "follower; may be stale");
+    json_decref(doc);
+    pc_http_result_free(&r);
+    /* The CLI follows it. */
+    char dir[300], path[400], out[4096];
+    pc_test_tmpdir(dir, sizeof(dir), "cli");
+    snprintf(path, sizeof(path), "%s/app.lua", dir);
+    pc_test_write_file(path, src, strlen(src));
+    const char *args[] = {"deploy", "app", path, "--wait", "--timeout", "60", NULL};
+    int rc = pc_test_cli(&env, &cl.node[follower], args, out, sizeof(out));
+    if (rc != 0 || strstr(out, "live: app v1 is live on 1/1 agents") == NULL)
+        fail_msg("deploy through a follower: exit %d:\n%s", rc, out);
+    pc_test_rm_rf(dir);
+
+    /* Deploys through every node; all end with the same state. */
+    for (int i = 0; i < 12; i++) {
+        char tenant[16], body[64], s2[256];
+        snprintf(tenant, sizeof(tenant), "t%d", i % 6);
+        snprintf(body, sizeof(body), "v%d", i);
+        pc_test_lua_hello(s2, sizeof(s2), body);
+        pc_test_deployed d;
+        assert_int_equal(deploy_anywhere(tenant, s2, &d, 100), 201);
+        record(tenant, &d);
+    }
+    check_acks_everywhere();
+    pc_test_wait_converged(&env, &cl.node[leader], &agent, 1);
+
+    /* The cluster view agrees on every node. */
+    for (int i = 0; i < 3; i++) {
+        json_t *c = node_json(i, "/v1/cluster");
+        assert_non_null(c);
+        assert_int_equal(json_array_size(json_object_get(c, "nodes")), 3);
+        assert_int_equal(json_integer_value(json_object_get(c, "leader_id")), leader + 1);
+        assert_true(json_integer_value(json_object_get(c, "commit_index")) > 12);
+        json_decref(c);
+    }
+    pc_test_agent_stop(&agent);
+    pc_test_cluster_stop(&cl);
+}
+
+static void test_leader_kill_9_under_load(void **state)
+{
+    atomic_store(&n_acks, 0);
+    atomic_store(&stop_load, 0);
+    pc_test_cluster_init(&env, &cl, 3, 3, NULL);
+    assert_true(pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS) >= 0);
+    pc_test_agent agent = {0};
+    pc_test_agent_start_cluster(&env, &agent, "edge", &cl, NULL);
+    pthread_t thread;
+    assert_int_equal(pthread_create(&thread, NULL, load, NULL), 0);
+    /* 20 in CI; a longer soak by hand: POPCAST_TEST_KILLS=200. */
+    int kills = getenv("POPCAST_TEST_KILLS") ? atoi(getenv("POPCAST_TEST_KILLS")) : 20;
+    if (kills < 2)
+        kills = 2;
+    double *failover = calloc((size_t)kills, sizeof(double));
+    double *sorted = calloc((size_t)kills, sizeof(double));
+    assert_true(failover != NULL && sorted != NULL);
+    for (int k = 0; k < kills; k++) {
+        int leader = pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS);
+        assert_true(leader >= 0);
+        int before = atomic_load(&n_acks);
+        pc_test_sleep_ms(100 + (k * 37) % 200); /* let deploys flow */
+        pthread_mutex_lock(&nodes_lock);
+        pc_proc_kill9(cl.node[leader].proc);
+        pc_proc *dead = cl.node[leader].proc;
+        cl.node[leader].proc = NULL;
+        pthread_mutex_unlock(&nodes_lock);
+        pc_proc_free(dead);
+        int64_t killed_at = pc_test_now_ms();
+        /* The next acknowledged deploy after the kill. */
+        int after = atomic_load(&n_acks);
+        while (atomic_load(&n_acks) == after &&
+               pc_test_now_ms() - killed_at < PC_TEST_CONVERGE_TIMEOUT_MS)
+            pc_test_sleep_ms(5);
+        assert_true(atomic_load(&n_acks) > after);
+        failover[k] = (double)(pc_test_now_ms() - killed_at);
+        assert_true(after >= before);
+        pthread_mutex_lock(&nodes_lock);
+        pc_test_cluster_start_node(&env, &cl, leader, false, NULL);
+        pthread_mutex_unlock(&nodes_lock);
+        wait_nodes_caught_up();
+    }
+    atomic_store(&stop_load, 1);
+    pthread_join(thread, NULL);
+    check_acks_everywhere();
+    int leader = pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS);
+    pc_test_wait_converged(&env, &cl.node[leader], &agent, 1);
+    /* Agents applied every seq exactly once: their applied seq is the head. */
+    json_t *st = pc_test_agent_status(&agent);
+    assert_int_equal((uint64_t)json_integer_value(json_object_get(st, "applied_seq")),
+                     node_head(leader));
+    json_decref(st);
+    memcpy(sorted, failover, sizeof(double) * (size_t)kills);
+    for (int i = 0; i < kills; i++)
+        for (int j = i + 1; j < kills; j++)
+            if (sorted[j] < sorted[i]) {
+                double t = sorted[i];
+                sorted[i] = sorted[j];
+                sorted[j] = t;
+            }
+    print_message("leader kills: %d, acknowledged deploys: %d, refused or unanswered: %d, "
+                  "failover (kill -> next acknowledged deploy) median %.0f ms, max %.0f ms\n",
+                  kills, atomic_load(&n_acks), atomic_load(&load_errors),
+                  kills % 2 ? sorted[kills / 2] : (sorted[kills / 2 - 1] + sorted[kills / 2]) / 2.0,
+                  sorted[kills - 1]);
+    free(failover);
+    free(sorted);
+    pc_test_agent_stop(&agent);
+    pc_test_cluster_stop(&cl);
+}
+
+static void test_minority_loss(void **state)
+{
+    atomic_store(&n_acks, 0);
+    pc_test_cluster_init(&env, &cl, 3, 3, NULL);
+    int leader = pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS);
+    assert_true(leader >= 0);
+    const char *src = "return function(req) return 'before' end";
+    pc_test_deployed d;
+    assert_int_equal(deploy_anywhere("app", src, &d, 100), 201);
+    record("app", &d);
+    wait_nodes_caught_up();
+    /* Two of three down: the survivor cannot commit anything. */
+    int survivor = (leader + 1) % 3;
+    for (int i = 0; i < 3; i++) {
+        if (i == survivor)
+            continue;
+        pc_proc_kill9(cl.node[i].proc);
+        pc_proc_free(cl.node[i].proc);
+        cl.node[i].proc = NULL;
+    }
+    pc_test_sleep_ms(1500); /* past an election timeout */
+    const char *src2 = "return function(req) return 'during' end";
+    pc_http_result r;
+    int status = pc_test_api(&env, &cl.node[survivor], "POST", "/v1/tenants/app/bundles",
+                             "text/x-lua", src2, strlen(src2), &r);
+    assert_int_equal(status, 503);
+    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    const char *msg = json_string_value(json_object_get(json_object_get(doc, "error"), "message"));
+    assert_non_null(strstr(msg, "not accepted"));
+    json_decref(doc);
+    pc_http_result_free(&r);
+    /* Reads still work, marked as possibly stale. */
+    assert_int_equal(
+        pc_test_api(&env, &cl.node[survivor], "GET", "/v1/tenants/app", NULL, NULL, 0, &r), 200);
+    assert_string_equal(pc_http_result_header(&r, "X-Popcast-Read"), "follower; may be stale");
+    pc_http_result_free(&r);
+    /* Back to three: writes resume, nothing from the outage appeared. */
+    for (int i = 0; i < 3; i++)
+        if (i != survivor)
+            pc_test_cluster_start_node(&env, &cl, i, false, NULL);
+    assert_int_equal(deploy_anywhere("app", src2, &d, 400), 201);
+    assert_int_equal(d.version, 2);
+    record("app", &d);
+    check_acks_everywhere();
+    pc_test_cluster_stop(&cl);
+}
+
+static void test_wiped_node_rejoins_by_snapshot(void **state)
+{
+    atomic_store(&n_acks, 0);
+    const char *small[] = {"--raft-snapshot-threshold", "16", "--raft-snapshot-trailing", "4",
+                           NULL};
+    pc_test_cluster_init(&env, &cl, 3, 3, small);
+    assert_true(pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS) >= 0);
+    for (int i = 0; i < 40; i++) {
+        char tenant[16], body[64], src[256];
+        snprintf(tenant, sizeof(tenant), "t%d", i % 6);
+        snprintf(body, sizeof(body), "a%d", i);
+        pc_test_lua_hello(src, sizeof(src), body);
+        pc_test_deployed d;
+        assert_int_equal(deploy_anywhere(tenant, src, &d, 100), 201);
+        record(tenant, &d);
+    }
+    int leader = pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS);
+    int victim = (leader + 2) % 3;
+    pc_test_controller_stop(&cl.node[victim]);
+    pc_test_rm_rf(cl.node[victim].dir);
+    assert_int_equal(mkdir(cl.node[victim].dir, 0700), 0); /* for its log; the store is gone */
+    for (int i = 40; i < 80; i++) {
+        char tenant[16], body[64], src[256];
+        snprintf(tenant, sizeof(tenant), "t%d", i % 6);
+        snprintf(body, sizeof(body), "b%d", i);
+        pc_test_lua_hello(src, sizeof(src), body);
+        pc_test_deployed d;
+        assert_int_equal(deploy_anywhere(tenant, src, &d, 100), 201);
+        record(tenant, &d);
+    }
+    pc_test_cluster_start_node(&env, &cl, victim, false, NULL);
+    check_acks_everywhere();
+    /* It came back through a snapshot: the log it would need is gone. */
+    FILE *f = fopen(cl.node[victim].proc->log, "r");
+    assert_non_null(f);
+    char line[1024];
+    bool restored = false;
+    while (fgets(line, sizeof(line), f) != NULL)
+        if (strstr(line, "restored a snapshot") != NULL)
+            restored = true;
+    fclose(f);
+    assert_true(restored);
+    pc_test_cluster_stop(&cl);
+}
+
+static void test_membership_under_load(void **state)
+{
+    atomic_store(&n_acks, 0);
+    atomic_store(&stop_load, 0);
+    pc_test_cluster_init(&env, &cl, 5, 3, NULL);
+    assert_true(pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS) >= 0);
+    pthread_t thread;
+    assert_int_equal(pthread_create(&thread, NULL, load, NULL), 0);
+    for (int i = 3; i < 5; i++) {
+        pthread_mutex_lock(&nodes_lock);
+        pc_test_cluster_start_node(&env, &cl, i, true, NULL);
+        pthread_mutex_unlock(&nodes_lock);
+        char body[512];
+        int n = snprintf(body, sizeof(body),
+                         "{\"id\": %d, \"raft_address\": \"%s\", "
+                         "\"api_url\": \"%s\"}",
+                         i + 1, cl.node[i].raft_address, cl.node[i].api_url);
+        int leader = pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS);
+        pc_http_result r;
+        int status = pc_test_api(&env, &cl.node[leader], "POST", "/v1/cluster/nodes",
+                                 "application/json", body, (size_t)n, &r);
+        if (status != 200)
+            fail_msg("adding node %d: %d %s", i + 1, status, r.body ? (char *)r.body : "");
+        pc_http_result_free(&r);
+    }
+    int leader = pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS);
+    json_t *c = node_json(leader, "/v1/cluster");
+    assert_int_equal(json_array_size(json_object_get(c, "nodes")), 5);
+    size_t k;
+    json_t *nd;
+    json_array_foreach(json_object_get(c, "nodes"), k, nd)
+        assert_string_equal(json_string_value(json_object_get(nd, "role")), "voter");
+    json_decref(c);
+    /* Remove a follower that was there from the start. */
+    int victim = (leader + 1) % 3;
+    char path[64];
+    snprintf(path, sizeof(path), "/v1/cluster/nodes/%d", victim + 1);
+    pc_http_result r;
+    assert_int_equal(pc_test_api(&env, &cl.node[leader], "DELETE", path, NULL, NULL, 0, &r), 200);
+    pc_http_result_free(&r);
+    c = node_json(leader, "/v1/cluster");
+    assert_int_equal(json_array_size(json_object_get(c, "nodes")), 4);
+    json_decref(c);
+    pthread_mutex_lock(&nodes_lock);
+    pc_test_controller_stop(&cl.node[victim]);
+    pthread_mutex_unlock(&nodes_lock);
+    pc_test_sleep_ms(500);
+    atomic_store(&stop_load, 1);
+    pthread_join(thread, NULL);
+    assert_true(atomic_load(&n_acks) > 10);
+    check_acks_everywhere();
+    pc_test_cluster_stop(&cl);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_three_nodes_replicate_and_redirect),
+        cmocka_unit_test(test_leader_kill_9_under_load),
+        cmocka_unit_test(test_minority_loss),
+        cmocka_unit_test(test_wiped_node_rejoins_by_snapshot),
+        cmocka_unit_test(test_membership_under_load),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
