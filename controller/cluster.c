@@ -343,6 +343,9 @@ void pc_cluster_refresh(pc_cluster *c)
     int state = raft_state(&c->raft);
     if (state != RAFT_LEADER) {
         c->ready_term = 0;
+        /* Whoever waits to write here must hear that it never will. */
+        if (c->n_waiters > 0)
+            run_waiters(c);
     } else if (c->ready_term != c->raft.current_term && !c->barrier_pending) {
         c->barrier.data = c;
         if (raft_barrier(&c->raft, &c->barrier, barrier_done) == 0)
@@ -372,6 +375,11 @@ void pc_cluster_refresh(pc_cluster *c)
 static void on_tick(uv_timer_t *t)
 {
     pc_cluster_refresh(t->data);
+}
+
+bool pc_cluster_leading(pc_cluster *c)
+{
+    return raft_state(&c->raft) == RAFT_LEADER;
 }
 
 bool pc_cluster_ready_to_write(pc_cluster *c)

@@ -64,8 +64,10 @@ void pc_cluster_stop(pc_cluster *c, void (*done)(void *arg), void *arg);
  * entry of earlier terms (a barrier of its own term went through), so its
  * store is the whole committed state and new seqs can follow it. */
 bool pc_cluster_ready_to_write(pc_cluster *c);
-/* Loop thread: calls cb once the node becomes ready to write (or at once if
- * it is); used by the pipeline to resume after an election. */
+/* Loop thread: raft's own view (pc_cluster_is_leader reads a copy). */
+bool pc_cluster_leading(pc_cluster *c);
+/* Loop thread: calls cb once the node becomes ready to write, or stops
+ * leading (or at once if it is ready); the pipeline resumes with it. */
 void pc_cluster_when_ready(pc_cluster *c, void (*cb)(void *arg), void *arg);
 
 /* Loop thread. Proposes one entry (takes nothing: the command is copied).

@@ -217,8 +217,7 @@ static void drain(uv_async_t *handle)
     while (p->inflight == NULL) {
         pthread_mutex_lock(&p->lock);
         pc_change *c = p->head;
-        if (c != NULL && !pc_cluster_ready_to_write(p->cluster) &&
-            pc_cluster_is_leader(p->cluster)) {
+        if (c != NULL && !pc_cluster_ready_to_write(p->cluster) && pc_cluster_leading(p->cluster)) {
             /* Elected, but earlier terms' entries are still being
              * applied: new seqs must follow them. Wait, keep the queue. */
             pthread_mutex_unlock(&p->lock);
