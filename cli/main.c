@@ -44,27 +44,31 @@ typedef struct cli {
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: popcast COMMAND [options]\n\n"
-            "commands:\n"
-            "  keygen [--out DIR] [--name NAME]   write NAME.key (secret, 0600) and NAME.pub\n"
-            "  deploy TENANT PATH                 upload a file or directory as a new version\n"
-            "         [--entrypoint FILE] [--runtime NAME] [--wait]\n"
-            "  versions TENANT                    list a tenant's versions\n"
-            "  rollback TENANT VERSION [--wait]   make VERSION's content the new version\n"
-            "  delete TENANT [--wait]             stop serving a tenant\n"
-            "  status [TENANT]                    tenants, or one tenant's state\n"
-            "  rollout TENANT VERSION [--wait]    where a version is live, per agent and PoP\n"
-            "  fleet                              agents, their lag, staleness, last report\n\n"
-            "options:\n"
-            "  --controller URL   controller API (env POPCAST_CONTROLLER, default %s)\n"
-            "  --token TOKEN      API token (env POPCAST_TOKEN)\n"
-            "  --token-file FILE  file holding the API token (env POPCAST_TOKEN_FILE)\n"
-            "  --json             print the controller's JSON answer\n"
-            "  --wait             block until the change is live on every agent (or\n"
-            "                     --fraction F of them), an agent refuses it, or\n"
-            "                     --timeout SECONDS (default %d) passes; exit 1 unless live\n",
-            DEFAULT_CONTROLLER, WAIT_DEFAULT_S);
+    fprintf(
+        f,
+        "usage: popcast COMMAND [options]\n\n"
+        "commands:\n"
+        "  keygen [--out DIR] [--name NAME]   write NAME.key (secret, 0600) and NAME.pub\n"
+        "  deploy TENANT PATH                 upload a file or directory as a new version\n"
+        "         [--entrypoint FILE] [--runtime NAME] [--wait]\n"
+        "  versions TENANT                    list a tenant's versions\n"
+        "  rollback TENANT VERSION [--wait]   make VERSION's content the new version\n"
+        "  delete TENANT [--wait]             stop serving a tenant\n"
+        "  status [TENANT]                    tenants, or one tenant's state\n"
+        "  rollout TENANT VERSION [--wait]    where a version is live, per agent and PoP\n"
+        "  fleet                              agents, their lag, staleness, last report\n"
+        "  cluster                            controllers: roles, term, commit and applied index\n"
+        "  cluster add ID RAFT_ADDR API_URL   add a controller (started with --raft-join)\n"
+        "  cluster remove ID                  remove a controller from the cluster\n\n"
+        "options:\n"
+        "  --controller URL   controller API (env POPCAST_CONTROLLER, default %s)\n"
+        "  --token TOKEN      API token (env POPCAST_TOKEN)\n"
+        "  --token-file FILE  file holding the API token (env POPCAST_TOKEN_FILE)\n"
+        "  --json             print the controller's JSON answer\n"
+        "  --wait             block until the change is live on every agent (or\n"
+        "                     --fraction F of them), an agent refuses it, or\n"
+        "                     --timeout SECONDS (default %d) passes; exit 1 unless live\n",
+        DEFAULT_CONTROLLER, WAIT_DEFAULT_S);
 }
 
 static int fail(const char *fmt, const char *a)
@@ -529,6 +533,63 @@ static int cmd_fleet(cli *c)
     return 0;
 }
 
+static int print_cluster(cli *c, json_t *doc)
+{
+    if (c->json) {
+        print_json(doc);
+        return 0;
+    }
+    printf("this node %lld (%s), leader %lld, term %lld, commit index %lld, applied %lld\n",
+           num(doc, "id"), str(doc, "role"), num(doc, "leader_id"), num(doc, "term"),
+           num(doc, "commit_index"), num(doc, "last_applied"));
+    printf("%-6s %-8s %-22s %s\n", "ID", "ROLE", "RAFT ADDRESS", "API");
+    size_t i;
+    json_t *n;
+    json_array_foreach(json_object_get(doc, "nodes"), i, n)
+    {
+        printf("%-6lld %-8s %-22s %s%s\n", num(n, "id"), str(n, "role"), str(n, "raft_address"),
+               str(n, "api_url"), json_is_true(json_object_get(n, "leader")) ? "  (leader)" : "");
+    }
+    return 0;
+}
+
+static int cmd_cluster(cli *c)
+{
+    json_t *doc = NULL;
+    if (c->nargs == 0) {
+        doc = call(c, "GET", "/v1/cluster", NULL, NULL, 0);
+    } else if (strcmp(c->args[0], "add") == 0 && c->nargs == 4) {
+        char *end = NULL;
+        long long id = strtoll(c->args[1], &end, 10);
+        if (*end != '\0' || id < 1)
+            return fail("'%s' is not a node id (a number >= 1)", c->args[1]);
+        json_t *body = json_pack("{s:I,s:s,s:s}", "id", (json_int_t)id, "raft_address", c->args[2],
+                                 "api_url", c->args[3]);
+        char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+        json_decref(body);
+        if (text == NULL)
+            return fail("%s", "out of memory");
+        doc = call(c, "POST", "/v1/cluster/nodes", "application/json", text, strlen(text));
+        free(text);
+    } else if (strcmp(c->args[0], "remove") == 0 && c->nargs == 2) {
+        char *end = NULL;
+        long long id = strtoll(c->args[1], &end, 10);
+        if (*end != '\0' || id < 1)
+            return fail("'%s' is not a node id (a number >= 1)", c->args[1]);
+        char path[64];
+        snprintf(path, sizeof(path), "/v1/cluster/nodes/%lld", id);
+        doc = call(c, "DELETE", path, NULL, NULL, 0);
+    } else {
+        fprintf(stderr, "popcast: usage: popcast cluster [add ID RAFT_ADDR API_URL | remove ID]\n");
+        return 2;
+    }
+    if (doc == NULL)
+        return 1;
+    int rc = print_cluster(c, doc);
+    json_decref(doc);
+    return rc;
+}
+
 static int cmd_status(cli *c)
 {
     char url[256];
@@ -637,7 +698,8 @@ int main(int argc, char **argv)
     } cmds[] = {{"keygen", 0, 0, cmd_keygen},     {"deploy", 2, 2, cmd_deploy},
                 {"versions", 1, 1, cmd_versions}, {"rollback", 2, 2, cmd_rollback},
                 {"delete", 1, 1, cmd_delete},     {"status", 0, 1, cmd_status},
-                {"rollout", 2, 2, cmd_rollout},   {"fleet", 0, 0, cmd_fleet}};
+                {"rollout", 2, 2, cmd_rollout},   {"fleet", 0, 0, cmd_fleet},
+                {"cluster", 0, 4, cmd_cluster}};
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
         if (strcmp(cmd, cmds[i].name) != 0)
             continue;

@@ -460,13 +460,14 @@ static void test_membership_under_load(void **state)
     json_array_foreach(json_object_get(c, "nodes"), k, nd)
         assert_string_equal(json_string_value(json_object_get(nd, "role")), "voter");
     json_decref(c);
-    /* Remove a follower that was there from the start. */
+    /* Remove a follower that was there from the start, with the CLI. */
     int victim = (leader + 1) % 3;
-    char path[64];
-    snprintf(path, sizeof(path), "/v1/cluster/nodes/%d", victim + 1);
-    pc_http_result r;
-    assert_int_equal(pc_test_api(&env, &cl.node[leader], "DELETE", path, NULL, NULL, 0, &r), 200);
-    pc_http_result_free(&r);
+    char victim_id[16], out[4096];
+    snprintf(victim_id, sizeof(victim_id), "%d", victim + 1);
+    const char *remove[] = {"cluster", "remove", victim_id, NULL};
+    int rc = pc_test_cli(&env, &cl.node[leader], remove, out, sizeof(out));
+    if (rc != 0 || strstr(out, "(leader)") == NULL)
+        fail_msg("popcast cluster remove: exit %d:\n%s", rc, out);
     c = node_json(leader, "/v1/cluster");
     assert_int_equal(json_array_size(json_object_get(c, "nodes")), 4);
     json_decref(c);
