@@ -209,6 +209,16 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
         pc_error("cluster", "cannot apply a committed entry: %s", err.msg);
         return RAFT_IOERR;
     }
+    if (rc == PC_E_SEQ_GAP) {
+        /* The leader only proposes applied+1, so a gap here means this
+         * store lacks history that the raft log does not carry (a store
+         * older than its raft log): stop rather than diverge. */
+        pc_error("cluster",
+                 "committed entry does not follow this store (%s): this controller needs a "
+                 "snapshot; stop it, empty its data directory and restart it (docs/operations.md)",
+                 err.msg);
+        return RAFT_IOERR;
+    }
     if (rc != PC_OK) {
         pc_warn("cluster", "committed entry refused by the store: %s", err.msg);
         c->last_apply_err = err;
