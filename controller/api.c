@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api_bodies.h"
 #include "bundle.h"
 #include "envelope.h"
 #include "httpd.h"
@@ -381,29 +382,19 @@ static void rollback_body(void *arg, nng_aio *aio, int rc, uint8_t *body, size_t
     json_write *w = arg;
     if (rc != PC_OK)
         goto out;
-    json_t *root = pc_httpd_parse_json(aio, body, len);
-    if (root == NULL)
-        goto out;
-    json_t *v = json_object_get(root, "version");
-    const char *key;
-    json_t *val;
-    int unknown = 0;
-    json_object_foreach(root, key, val) unknown |= strcmp(key, "version") != 0;
-    if (unknown) {
-        pc_httpd_reply_error(aio, 400, PC_E_INVALID, "only the field \"version\" is allowed");
-    } else if (!json_is_integer(v) || json_integer_value(v) < 1) {
-        pc_httpd_reply_error(aio, 400, PC_E_INVALID,
-                             "\"version\" must be an integer >= 1 (the version to roll back to)");
+    uint64_t version = 0;
+    pc_err err;
+    if (pc_api_parse_rollback(body, len, &version, &err) != PC_OK) {
+        pc_httpd_reply_error(aio, 400, PC_E_INVALID, "%s", err.msg);
     } else {
         pc_change *c = pc_change_new(PC_CHANGE_ROLLBACK, w->tenant);
         if (c == NULL) {
             pc_httpd_reply_error(aio, 503, PC_E_NOMEM, "out of memory");
         } else {
-            c->rollback_to = (uint64_t)json_integer_value(v);
+            c->rollback_to = version;
             submit(w->api, aio, c);
         }
     }
-    json_decref(root);
 out:
     free(body);
     free(w);
@@ -467,36 +458,19 @@ static void node_body(void *arg, nng_aio *aio, int rc, uint8_t *body, size_t len
     pc_api *api = arg;
     if (rc != 0)
         return;
-    json_error_t jerr;
-    json_t *doc = json_loadb((const char *)body, len, JSON_REJECT_DUPLICATES, &jerr);
-    free(body);
-    json_int_t id = 0;
-    const char *raft = NULL, *url = NULL;
-    if (doc == NULL) {
-        pc_httpd_reply_error(aio, 400, PC_E_INVALID, "body is not JSON: %s", jerr.text);
-        return;
-    }
-    if (json_unpack_ex(doc, &jerr, JSON_STRICT, "{s:I,s:s,s:s}", "id", &id, "raft_address", &raft,
-                       "api_url", &url) != 0 ||
-        id < 1 || strlen(raft) == 0 || strlen(raft) >= 128 || strncmp(url, "http", 4) != 0 ||
-        strlen(url) >= 256) {
-        json_decref(doc);
-        pc_httpd_reply_error(aio, 400, PC_E_INVALID,
-                             "expected {\"id\": N >= 1, \"raft_address\": \"host:port\", "
-                             "\"api_url\": \"http://...\"} and nothing else");
-        return;
-    }
     pc_change *c = pc_change_new(PC_CHANGE_ADD_NODE, "-");
+    pc_err err;
     if (c == NULL) {
-        json_decref(doc);
         pc_httpd_reply_error(aio, 503, PC_E_NOMEM, "out of memory");
-        return;
+    } else if (pc_api_parse_node(body, len, &c->node_id, c->node_raft_address,
+                                 sizeof(c->node_raft_address), c->node_api_url,
+                                 sizeof(c->node_api_url), &err) != PC_OK) {
+        pc_change_free(c);
+        pc_httpd_reply_error(aio, 400, PC_E_INVALID, "%s", err.msg);
+    } else {
+        submit(api, aio, c);
     }
-    c->node_id = (uint64_t)id;
-    snprintf(c->node_raft_address, sizeof(c->node_raft_address), "%s", raft);
-    snprintf(c->node_api_url, sizeof(c->node_api_url), "%s", url);
-    json_decref(doc);
-    submit(api, aio, c);
+    free(body);
 }
 
 /* Rollouts. */

@@ -185,6 +185,17 @@ static void test_malformed_json_and_missing_fields(void **state)
     for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++)
         expect_error("POST", "/v1/tenants/acme/rollback", env.token, "application/json", bodies[i],
                      strlen(bodies[i]), 400, "invalid");
+    const char *nodes[] = {
+        "{",
+        "{}",
+        "{\"id\": 0, \"raft_address\": \"127.0.0.1:1\", \"api_url\": \"http://x\"}",
+        "{\"id\": 4, \"raft_address\": \"\", \"api_url\": \"http://x\"}",
+        "{\"id\": 4, \"raft_address\": \"a:1\", \"api_url\": \"ftp://x\"}",
+        "{\"id\": 4, \"raft_address\": \"a:1\", \"api_url\": \"http://x\", \"x\": 1}",
+        "{\"id\": \"4\", \"raft_address\": \"a:1\", \"api_url\": \"http://x\"}"};
+    for (size_t i = 0; i < sizeof(nodes) / sizeof(nodes[0]); i++)
+        expect_error("POST", "/v1/cluster/nodes", env.token, "application/json", nodes[i],
+                     strlen(nodes[i]), 400, "invalid");
     /* Well formed, but nothing to roll back or delete. */
     const char *ok = "{\"version\": 1}";
     expect_error("POST", "/v1/tenants/acme/rollback", env.token, "application/json", ok, strlen(ok),

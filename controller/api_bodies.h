@@ -1,0 +1,21 @@
+/* api_bodies.h - decoders of the controller API's JSON request bodies.
+ * Pure functions of the bytes received (no I/O, no state), so the fuzz
+ * targets in fuzz/ exercise exactly what the API runs. Every refusal is
+ * PC_E_INVALID with a message fit for the client. */
+#ifndef PC_API_BODIES_H
+#define PC_API_BODIES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+
+/* {"version": N} with N >= 1 and no other field. */
+int pc_api_parse_rollback(const uint8_t *body, size_t len, uint64_t *version, pc_err *err);
+
+/* {"id": N >= 1, "raft_address": "host:port", "api_url": "http..."} and
+ * nothing else; raft_address under raft_cap, api_url under api_cap. */
+int pc_api_parse_node(const uint8_t *body, size_t len, uint64_t *id, char *raft_address,
+                      size_t raft_cap, char *api_url, size_t api_cap, pc_err *err);
+
+#endif
