@@ -37,4 +37,23 @@ if [ "${POPCAST_SKIP_SANITIZE:-0}" != 1 ]; then
     UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
         run_suite sanitize -DPOPCAST_SANITIZE=ON
 fi
+if [ "${POPCAST_SKIP_FUZZ:-0}" != 1 ]; then
+    # libFuzzer targets (clang), each for a short time on a scratch copy of
+    # its committed corpus: a crash fails the run. docs/security.md has the
+    # longer run.
+    echo "== fuzz (libFuzzer, ${FUZZ_SECONDS:-10} s per target)"
+    CC=clang cmake -S "$ROOT" -B "$BUILD_ROOT/fuzz" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DPOPCAST_WERROR=ON -DPOPCAST_FUZZ=ON >/dev/null
+    cmake --build "$BUILD_ROOT/fuzz" -j "$JOBS" --target fuzz
+    for target in fuzz_publication fuzz_sync_call fuzz_bundle fuzz_config fuzz_api_bodies \
+        fuzz_lua_pattern; do
+        work="$BUILD_ROOT/fuzz/work/$target"
+        rm -rf "$work"
+        mkdir -p "$work"
+        "$BUILD_ROOT/fuzz/fuzz/$target" -max_total_time="${FUZZ_SECONDS:-10}" -timeout=10 \
+            -print_final_stats=1 -artifact_prefix="$work/" "$work" "$ROOT/fuzz/corpus/$target" \
+            >"$work.log" 2>&1 || { tail -50 "$work.log"; echo "fuzz target $target failed"; exit 1; }
+        echo "$target: $(grep -E 'stat::number_of_executed_units' "$work.log")"
+    done
+fi
 echo "== all tests passed"

@@ -1,0 +1,27 @@
+/* fuzz_api_bodies.c - the controller API's JSON request bodies. The first
+ * byte picks the decoder. */
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "api_bodies.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 1)
+        return 0;
+    pc_err err;
+    if (data[0] & 1) {
+        uint64_t version = 0;
+        if (pc_api_parse_rollback(data + 1, size - 1, &version, &err) == PC_OK && version < 1)
+            __builtin_trap();
+    } else {
+        uint64_t id = 0;
+        char raft[128], api[256];
+        if (pc_api_parse_node(data + 1, size - 1, &id, raft, sizeof(raft), api, sizeof(api),
+                              &err) == PC_OK &&
+            (id < 1 || strlen(raft) == 0 || strncmp(api, "http", 4) != 0))
+            __builtin_trap();
+    }
+    return 0;
+}
