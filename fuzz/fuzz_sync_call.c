@@ -13,8 +13,8 @@ static pc_rollout *rollout;
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (rollout == NULL) {
-        pc_rollout_options opt = {.gone_after_ms = 30000, .report_stale_ms = 10000,
-                                  .max_agents = 64};
+        pc_rollout_options opt = {
+            .gone_after_ms = 30000, .report_stale_ms = 10000, .max_agents = 64};
         rollout = pc_rollout_new(&opt);
     }
     Popcast__SyncCall *call = popcast__sync_call__unpack(NULL, size, data);

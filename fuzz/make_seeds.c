@@ -156,8 +156,9 @@ int main(int argc, char **argv)
     n = popcast__sync_call__pack(&call, buf);
     put("fuzz_sync_call", 2, buf, n);
 
-    put_text("fuzz_config", 1, "{\"name\":\"x\",\"count\":7,\"size\":\"64MiB\",\"flag\":true,"
-                               "\"list\":[\"a\",\"b\"]}");
+    put_text("fuzz_config", 1,
+             "{\"name\":\"x\",\"count\":7,\"size\":\"64MiB\",\"flag\":true,"
+             "\"list\":[\"a\",\"b\"]}");
     put_text("fuzz_config", 2, "{\"count\": 1000, \"size\": 12}");
     put_text("fuzz_api_bodies", 1, "\x01{\"version\": 3}");
     put_text("fuzz_api_bodies", 2,
