@@ -34,6 +34,8 @@ typedef struct cli {
     bool wait;
     const char *timeout; /* --timeout SECONDS for --wait */
     const char *fraction;
+    const char *tenants[16]; /* token create --tenant, repeatable */
+    int n_tenants;
     const char *entrypoint;
     const char *runtime;
     const char *out_dir;
@@ -590,6 +592,78 @@ static int cmd_cluster(cli *c)
     return rc;
 }
 
+static int cmd_token(cli *c)
+{
+    json_t *doc = NULL;
+    if (strcmp(c->args[0], "create") == 0 && c->nargs == 1) {
+        if (c->n_tenants == 0)
+            return fail("%s", "token create needs at least one --tenant");
+        json_t *tenants = json_array();
+        for (int i = 0; i < c->n_tenants; i++)
+            json_array_append_new(tenants, json_string(c->tenants[i]));
+        json_t *body = json_pack("{s:o}", "tenants", tenants);
+        if (c->name != NULL)
+            json_object_set_new(body, "name", json_string(c->name));
+        char *text = json_dumps(body, JSON_COMPACT);
+        json_decref(body);
+        doc = call(c, "POST", "/v1/tokens", "application/json", text, strlen(text));
+        free(text);
+        if (doc == NULL)
+            return 1;
+        if (c->json) {
+            print_json(doc);
+        } else {
+            printf("token   %s\nid      %s\ntenants", str(doc, "token"), str(doc, "id"));
+            size_t i;
+            json_t *t;
+            json_array_foreach(json_object_get(doc, "tenants"), i, t)
+                printf("%s%s", i ? "," : " ", json_string_value(t));
+            printf("\nkeep the token now: only its hash is stored, it cannot be shown again\n");
+        }
+    } else if (strcmp(c->args[0], "list") == 0 && c->nargs == 1) {
+        doc = call(c, "GET", "/v1/tokens", NULL, NULL, 0);
+        if (doc == NULL)
+            return 1;
+        if (c->json) {
+            print_json(doc);
+        } else {
+            printf("%-18s %-20s %-8s %s\n", "ID", "NAME", "STATE", "TENANTS");
+            size_t i;
+            json_t *t;
+            json_array_foreach(json_object_get(doc, "tokens"), i, t)
+            {
+                char tenants[1024] = "";
+                size_t k;
+                json_t *name;
+                json_array_foreach(json_object_get(t, "tenants"), k, name)
+                {
+                    size_t used = strlen(tenants);
+                    snprintf(tenants + used, sizeof(tenants) - used, "%s%s", k ? "," : "",
+                             json_string_value(name));
+                }
+                printf("%-18s %-20s %-8s %s\n", str(t, "id"), str(t, "name"),
+                       json_is_true(json_object_get(t, "revoked")) ? "revoked" : "active", tenants);
+            }
+        }
+    } else if (strcmp(c->args[0], "revoke") == 0 && c->nargs == 2) {
+        char path[64];
+        snprintf(path, sizeof(path), "/v1/tokens/%.20s", c->args[1]);
+        doc = call(c, "DELETE", path, NULL, NULL, 0);
+        if (doc == NULL)
+            return 1;
+        if (c->json)
+            print_json(doc);
+        else
+            printf("token %s revoked\n", c->args[1]);
+    } else {
+        fprintf(stderr,
+                "popcast: usage: popcast token create --tenant T [...] | list | revoke ID\n");
+        return 2;
+    }
+    json_decref(doc);
+    return 0;
+}
+
 static int cmd_status(cli *c)
 {
     char url[256];
@@ -653,6 +727,14 @@ int main(int argc, char **argv)
             c.wait = true;
             continue;
         }
+        if (strcmp(a, "--tenant") == 0) {
+            if (i + 1 >= argc || c.n_tenants == 16) {
+                fprintf(stderr, "popcast: --tenant needs a value (at most 16)\n");
+                return 2;
+            }
+            c.tenants[c.n_tenants++] = argv[++i];
+            continue;
+        }
         if (strcmp(a, "--controller") == 0)
             slot = &c.controller;
         else if (strcmp(a, "--token") == 0)
@@ -699,7 +781,7 @@ int main(int argc, char **argv)
                 {"versions", 1, 1, cmd_versions}, {"rollback", 2, 2, cmd_rollback},
                 {"delete", 1, 1, cmd_delete},     {"status", 0, 1, cmd_status},
                 {"rollout", 2, 2, cmd_rollout},   {"fleet", 0, 0, cmd_fleet},
-                {"cluster", 0, 4, cmd_cluster}};
+                {"cluster", 0, 4, cmd_cluster},   {"token", 1, 2, cmd_token}};
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
         if (strcmp(cmd, cmds[i].name) != 0)
             continue;

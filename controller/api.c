@@ -31,14 +31,53 @@ struct pc_api {
 
 /* Authentication: the admin bearer token, compared as BLAKE2b hashes in
  * constant time so neither its length nor its prefix leaks. */
-static int authorized(pc_api *api, nng_http_req *req)
+/* Who is calling: the admin token, or a token scoped to tenants. */
+typedef struct principal {
+    bool admin;
+    Popcast__TokenRecord *token; /* scoped token, NULL for admin */
+} principal;
+
+/* Tokens are looked up by the hash of what was presented: the store never
+ * holds a token, and the admin token is compared in constant time. */
+static bool authenticate(pc_api *api, nng_http_req *req, principal *who)
 {
+    memset(who, 0, sizeof(*who));
     const char *h = nng_http_req_get_header(req, "Authorization");
-    if (h == NULL || strncmp(h, "Bearer ", 7) != 0)
-        return 0;
+    if (h == NULL || strncmp(h, "Bearer ", 7) != 0 || strlen(h + 7) > 512)
+        return false;
     uint8_t got[PC_HASH_LEN];
     pc_hash(got, h + 7, strlen(h + 7));
-    return sodium_memcmp(got, api->opt.admin_token_hash, PC_HASH_LEN) == 0;
+    if (sodium_memcmp(got, api->opt.admin_token_hash, PC_HASH_LEN) == 0) {
+        who->admin = true;
+        return true;
+    }
+    char hex[PC_HEX_HASH_LEN], key[16 + PC_HEX_HASH_LEN];
+    pc_hex(hex, got, PC_HASH_LEN);
+    snprintf(key, sizeof(key), "token.%s", hex);
+    uint8_t buf[4096];
+    size_t len = 0;
+    pc_err err;
+    if (pc_store_meta_get(api->store, key, buf, sizeof(buf), &len, &err) != PC_OK ||
+        len > sizeof(buf))
+        return false;
+    Popcast__TokenRecord *t = popcast__token_record__unpack(NULL, len, buf);
+    if (t == NULL || t->revoked) {
+        if (t != NULL)
+            popcast__token_record__free_unpacked(t, NULL);
+        return false;
+    }
+    who->token = t;
+    return true;
+}
+
+static bool may_use_tenant(const principal *who, const char *tenant)
+{
+    if (who->admin)
+        return true;
+    for (size_t i = 0; who->token != NULL && i < who->token->n_tenants; i++)
+        if (strcmp(who->token->tenants[i], tenant) == 0)
+            return true;
+    return false;
 }
 
 static json_t *hash_json(const uint8_t *hash, size_t len)
@@ -95,6 +134,7 @@ static json_t *version_json(pc_api *api, uint64_t seq)
 typedef struct versions_walk {
     pc_api *api;
     json_t *list;
+    const principal *who; /* tenants listing: only what it may see */
 } versions_walk;
 
 static int add_version(void *arg, uint64_t version, uint64_t seq)
@@ -120,7 +160,7 @@ static json_t *tenant_json(pc_api *api, const pc_tenant_state *t, int with_versi
         json_object_set_new(o, "active_hash", hash_json(t->active_hash, PC_HASH_LEN));
     }
     if (with_versions) {
-        versions_walk w = {api, json_array()};
+        versions_walk w = {api, json_array(), NULL};
         pc_store_foreach_version(api->store, t->tenant, add_version, &w, NULL);
         json_object_set_new(o, "versions", w.list);
     }
@@ -130,13 +170,14 @@ static json_t *tenant_json(pc_api *api, const pc_tenant_state *t, int with_versi
 static int add_tenant(void *arg, const pc_tenant_state *t)
 {
     versions_walk *w = arg;
-    json_array_append_new(w->list, tenant_json(w->api, t, 0));
+    if (w->who == NULL || may_use_tenant(w->who, t->tenant))
+        json_array_append_new(w->list, tenant_json(w->api, t, 0));
     return 0;
 }
 
-static void get_tenants(pc_api *api, nng_aio *aio)
+static void get_tenants(pc_api *api, nng_aio *aio, const principal *who)
 {
-    versions_walk w = {api, json_array()};
+    versions_walk w = {api, json_array(), who};
     pc_err err;
     if (pc_store_foreach_tenant(api->store, add_tenant, &w, &err) != PC_OK) {
         json_decref(w.list);
@@ -210,6 +251,21 @@ static void change_done(pc_change *c, const pc_change_result *r)
     if (r->rc != PC_OK) {
         pc_metrics_inc(api->metrics, "popcast_controller_changes_failed_total", NULL);
         pc_httpd_reply_error(aio, pc_httpd_status_for(r->rc), r->rc, "%s", r->err.msg);
+        return;
+    }
+    if (c->kind == PC_CHANGE_TOKEN_CREATE || c->kind == PC_CHANGE_TOKEN_REVOKE) {
+        json_t *o =
+            json_pack("{s:s,s:b}", "id", c->token_id, "revoked", c->kind == PC_CHANGE_TOKEN_REVOKE);
+        if (o != NULL && c->kind == PC_CHANGE_TOKEN_CREATE) {
+            json_t *tenants = json_array();
+            for (size_t i = 0; i < c->n_token_tenants; i++)
+                json_array_append_new(tenants, json_string(c->token_tenants[i]));
+            json_object_set_new(o, "tenants", tenants);
+            json_object_set_new(o, "name", json_string(c->token_name));
+            json_object_set_new(o, "token", json_string(c->token_secret));
+        }
+        sodium_memzero(c->token_secret, sizeof(c->token_secret));
+        pc_httpd_reply_json(aio, c->kind == PC_CHANGE_TOKEN_CREATE ? 201 : 200, o);
         return;
     }
     if (c->kind == PC_CHANGE_ADD_NODE || c->kind == PC_CHANGE_REMOVE_NODE) {
@@ -573,9 +629,93 @@ static void method_not_allowed(nng_aio *aio, const char *method, const char *all
                     allowed);
 }
 
+/* Tokens (admin only). */
+
+static void token_body(void *arg, nng_aio *aio, int rc, uint8_t *body, size_t len)
+{
+    pc_api *api = arg;
+    if (rc != 0)
+        return;
+    pc_change *c = pc_change_new(PC_CHANGE_TOKEN_CREATE, "-");
+    pc_err err;
+    if (c == NULL) {
+        pc_httpd_reply_error(aio, 503, PC_E_NOMEM, "out of memory");
+    } else if (pc_api_parse_token(body, len, c->token_name, sizeof(c->token_name),
+                                  &c->token_tenants[0][0], sizeof(c->token_tenants[0]),
+                                  PC_TOKEN_MAX_TENANTS, &c->n_token_tenants, &err) != PC_OK) {
+        pc_change_free(c);
+        pc_httpd_reply_error(aio, 400, PC_E_INVALID, "%s", err.msg);
+    } else {
+        /* The token itself exists only in this answer; the store keeps
+         * its hash. */
+        uint8_t secret[32];
+        randombytes_buf(secret, sizeof(secret));
+        snprintf(c->token_secret, sizeof(c->token_secret), "pct_");
+        pc_hex(c->token_secret + 4, secret, sizeof(secret));
+        sodium_memzero(secret, sizeof(secret));
+        pc_hash(c->token_hash, c->token_secret, strlen(c->token_secret));
+        char hex[PC_HEX_HASH_LEN];
+        pc_hex(hex, c->token_hash, PC_HASH_LEN);
+        snprintf(c->token_id, sizeof(c->token_id), "%.16s", hex);
+        submit(api, aio, c);
+    }
+    free(body);
+}
+
+static int add_token(void *arg, const char *key, const uint8_t *val, size_t len)
+{
+    json_t *list = arg;
+    Popcast__TokenRecord *t = popcast__token_record__unpack(NULL, len, val);
+    if (t == NULL)
+        return 0;
+    json_t *tenants = json_array();
+    for (size_t i = 0; i < t->n_tenants; i++)
+        json_array_append_new(tenants, json_string(t->tenants[i]));
+    json_array_append_new(list, json_pack("{s:s,s:s,s:o,s:I,s:b}", "id", t->id, "name", t->name,
+                                          "tenants", tenants, "created_unix_ms",
+                                          (json_int_t)t->created_unix_ms, "revoked", t->revoked));
+    popcast__token_record__free_unpacked(t, NULL);
+    return 0;
+}
+
+static void tokens_route(pc_api *api, nng_aio *aio, const char *method, const pc_httpd_path *p)
+{
+    if (p->n == 2 && strcmp(method, "POST") == 0) {
+        pc_httpd_read_body(aio, 4096, token_body, api);
+    } else if (p->n == 2 && strcmp(method, "GET") == 0) {
+        json_t *list = json_array();
+        pc_err err;
+        if (pc_store_meta_foreach(api->store, "token.", add_token, list, &err) != PC_OK) {
+            json_decref(list);
+            pc_httpd_reply_error(aio, 500, err.code, "%s", err.msg);
+            return;
+        }
+        pc_httpd_reply_json(aio, 200, json_pack("{s:o}", "tokens", list));
+    } else if (p->n == 3 && strcmp(method, "DELETE") == 0) {
+        if (strlen(p->seg[2]) != 16 || strspn(p->seg[2], "0123456789abcdef") != 16) {
+            pc_httpd_reject(aio, 400, PC_E_INVALID, "a token id is 16 hex digits");
+            return;
+        }
+        pc_change *c = pc_change_new(PC_CHANGE_TOKEN_REVOKE, "-");
+        if (c == NULL) {
+            pc_httpd_reject(aio, 503, PC_E_NOMEM, "out of memory");
+            return;
+        }
+        snprintf(c->token_id, sizeof(c->token_id), "%s", p->seg[2]);
+        submit(api, aio, c);
+    } else if (p->n == 2) {
+        method_not_allowed(aio, method, "GET, POST");
+    } else if (p->n == 3) {
+        method_not_allowed(aio, method, "DELETE");
+    } else {
+        pc_httpd_reject(aio, 404, PC_E_NOTFOUND, "no such resource");
+    }
+}
+
 static void route(nng_aio *aio)
 {
     pc_api *api = pc_httpd_data(aio);
+    principal who = {false, NULL};
     nng_http_req *req = pc_httpd_request(aio);
     const char *method = nng_http_req_get_method(req);
     int is_get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
@@ -602,13 +742,27 @@ static void route(nng_aio *aio)
             method_not_allowed(aio, method, "GET");
         goto done;
     }
-    if (!authorized(api, req)) {
+    if (!authenticate(api, req, &who)) {
         pc_httpd_reject(aio, 401, PC_E_AUTH,
-                        "missing or wrong bearer token (Authorization: Bearer <token>)");
+                        "missing, wrong or revoked bearer token (Authorization: Bearer <token>)");
+        goto done;
+    }
+    bool tenant_route = strcmp(p.seg[1], "tenants") == 0;
+    if (!who.admin && !tenant_route) {
+        pc_httpd_reject(aio, 403, PC_E_FORBIDDEN,
+                        "this token is scoped to tenants; this endpoint needs the admin token");
+        goto done;
+    }
+    if (tenant_route && p.n >= 3 && !may_use_tenant(&who, p.seg[2])) {
+        /* The same answer as for a tenant that does not exist: a scoped
+         * token learns nothing about other tenants. */
+        pc_httpd_reject(aio, 404, PC_E_NOTFOUND, "tenant %s not found", p.seg[2]);
         goto done;
     }
     const char *uri = nng_http_req_get_uri(req);
-    bool cluster_write = p.n >= 3 && strcmp(p.seg[1], "cluster") == 0 && !is_get;
+    bool cluster_write = p.n >= 2 &&
+                         (strcmp(p.seg[1], "cluster") == 0 || strcmp(p.seg[1], "tokens") == 0) &&
+                         !is_get;
     bool tenant_write = p.n >= 3 && strcmp(p.seg[1], "tenants") == 0 && !is_get;
     if ((cluster_write || tenant_write) && api->opt.cluster != NULL &&
         !pc_cluster_is_leader(api->opt.cluster)) {
@@ -644,6 +798,10 @@ static void route(nng_aio *aio)
         }
         goto done;
     }
+    if (strcmp(p.seg[1], "tokens") == 0) {
+        tokens_route(api, aio, method, &p);
+        goto done;
+    }
     if (p.n == 2 && strcmp(p.seg[1], "fleet") == 0) {
         if (is_get)
             get_fleet(api, aio);
@@ -667,7 +825,7 @@ static void route(nng_aio *aio)
     }
     if (p.n == 2) {
         if (is_get)
-            get_tenants(api, aio);
+            get_tenants(api, aio, &who);
         else
             method_not_allowed(aio, method, "GET");
         goto done;
@@ -720,6 +878,8 @@ static void route(nng_aio *aio)
     }
     pc_httpd_reject(aio, 404, PC_E_NOTFOUND, "no such resource");
 done:
+    if (who.token != NULL)
+        popcast__token_record__free_unpacked(who.token, NULL);
     pc_httpd_path_free(&p);
 }
 

@@ -1,6 +1,8 @@
 /* api_bodies.c - JSON request bodies (see api_bodies.h). */
 #include "api_bodies.h"
 
+#include "names.h"
+
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
@@ -71,6 +73,55 @@ int pc_api_parse_node(const uint8_t *body, size_t len, uint64_t *id, char *raft_
         snprintf(raft_address, raft_cap, "%s", raft);
         snprintf(api_url, api_cap, "%s", url);
     }
+    json_decref(root);
+    return rc;
+}
+
+int pc_api_parse_token(const uint8_t *body, size_t len, char *name, size_t name_cap, char *tenants,
+                       size_t tenant_cap, size_t max_tenants, size_t *n_tenants, pc_err *err)
+{
+    json_t *root = parse_object(body, len, err);
+    if (root == NULL)
+        return PC_E_INVALID;
+    int rc = PC_OK;
+    const char *key;
+    json_t *val;
+    json_object_foreach(root, key, val)
+    {
+        if (strcmp(key, "tenants") != 0 && strcmp(key, "name") != 0)
+            rc =
+                pc_err_set(err, PC_E_INVALID, "unknown field \"%s\" (allowed: tenants, name)", key);
+    }
+    json_t *list = json_object_get(root, "tenants");
+    json_t *label = json_object_get(root, "name");
+    name[0] = '\0';
+    if (rc == PC_OK &&
+        (!json_is_array(list) || json_array_size(list) == 0 || json_array_size(list) > max_tenants))
+        rc = pc_err_set(err, PC_E_INVALID, "\"tenants\" must be an array of 1 to %zu tenant names",
+                        max_tenants);
+    if (rc == PC_OK && label != NULL) {
+        const char *l = json_string_value(label);
+        if (l == NULL || strlen(l) >= name_cap || !pc_id_valid(l))
+            rc = pc_err_set(err, PC_E_INVALID,
+                            "\"name\" must be 1 to %zu characters of A-Z, a-z, 0-9, '.', '_', '-'",
+                            name_cap - 1);
+        else
+            snprintf(name, name_cap, "%s", l);
+    }
+    size_t n = 0;
+    for (size_t i = 0; rc == PC_OK && i < json_array_size(list); i++) {
+        const char *t = json_string_value(json_array_get(list, i));
+        if (t == NULL || strlen(t) >= tenant_cap || !pc_tenant_name_valid(t)) {
+            rc = pc_err_set(err, PC_E_INVALID, "tenants[%zu] is not a tenant name", i);
+            break;
+        }
+        for (size_t j = 0; j < n; j++)
+            if (strcmp(tenants + j * tenant_cap, t) == 0)
+                rc = pc_err_set(err, PC_E_INVALID, "tenant %s is listed twice", t);
+        if (rc == PC_OK)
+            snprintf(tenants + (n++) * tenant_cap, tenant_cap, "%s", t);
+    }
+    *n_tenants = rc == PC_OK ? n : 0;
     json_decref(root);
     return rc;
 }

@@ -18,4 +18,10 @@ int pc_api_parse_rollback(const uint8_t *body, size_t len, uint64_t *version, pc
 int pc_api_parse_node(const uint8_t *body, size_t len, uint64_t *id, char *raft_address,
                       size_t raft_cap, char *api_url, size_t api_cap, pc_err *err);
 
+/* {"tenants": ["a", ...] (1 to max_tenants valid, distinct names),
+ *  "name": "label" (optional, [A-Za-z0-9._-], under name_cap)} and nothing
+ * else. tenants is an array of max_tenants rows of tenant_cap bytes. */
+int pc_api_parse_token(const uint8_t *body, size_t len, char *name, size_t name_cap, char *tenants,
+                       size_t tenant_cap, size_t max_tenants, size_t *n_tenants, pc_err *err);
+
 #endif

@@ -197,8 +197,23 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
         }
         if (rc == PC_OK)
             remember_node(c, cmd->node->id, cmd->node->raft_address, cmd->node->api_url);
+    } else if (cmd->body_case == POPCAST__CLUSTER_COMMAND__BODY_TOKEN &&
+               cmd->token->hash.len == PC_HASH_LEN) {
+        char key[16 + PC_HEX_HASH_LEN];
+        char hex[PC_HEX_HASH_LEN];
+        pc_hex(hex, cmd->token->hash.data, PC_HASH_LEN);
+        snprintf(key, sizeof(key), "token.%s", hex);
+        size_t tlen = popcast__token_record__get_packed_size(cmd->token);
+        uint8_t *packed = malloc(tlen ? tlen : 1);
+        if (packed == NULL) {
+            rc = pc_err_set(&err, PC_E_NOMEM, "out of memory");
+        } else {
+            popcast__token_record__pack(cmd->token, packed);
+            rc = pc_store_meta_put(c->opt.store, key, packed, tlen, &err);
+            free(packed);
+        }
     } else {
-        rc = pc_err_set(&err, PC_E_INVALID, "raft command has no body");
+        rc = pc_err_set(&err, PC_E_INVALID, "raft command has no valid body");
     }
     if (cmd != NULL)
         popcast__cluster_command__free_unpacked(cmd, NULL);
@@ -491,6 +506,24 @@ int pc_cluster_propose_entry(pc_cluster *c, const Popcast__Entry *e, pc_cluster_
     Popcast__ClusterCommand cmd = POPCAST__CLUSTER_COMMAND__INIT;
     cmd.body_case = POPCAST__CLUSTER_COMMAND__BODY_ENTRY;
     cmd.entry = (Popcast__Entry *)e;
+    int rc = propose(c, &cmd, p, err);
+    if (rc != PC_OK)
+        free(p);
+    return rc;
+}
+
+int pc_cluster_propose_token(pc_cluster *c, const Popcast__TokenRecord *t, pc_cluster_done done,
+                             void *arg, pc_err *err)
+{
+    proposal *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    p->c = c;
+    p->done = done;
+    p->arg = arg;
+    Popcast__ClusterCommand cmd = POPCAST__CLUSTER_COMMAND__INIT;
+    cmd.body_case = POPCAST__CLUSTER_COMMAND__BODY_TOKEN;
+    cmd.token = (Popcast__TokenRecord *)t;
     int rc = propose(c, &cmd, p, err);
     if (rc != PC_OK)
         free(p);

@@ -80,6 +80,12 @@ typedef void (*pc_cluster_done)(void *arg, int rc, const pc_err *err);
 int pc_cluster_propose_entry(pc_cluster *c, const Popcast__Entry *e, pc_cluster_done done,
                              void *arg, pc_err *err);
 
+/* Loop thread: writes an API token record (create, or revoke with
+ * revoked set) through the log into every controller's store, under
+ * "token.<hex hash>". */
+int pc_cluster_propose_token(pc_cluster *c, const Popcast__TokenRecord *t, pc_cluster_done done,
+                             void *arg, pc_err *err);
+
 /* Loop thread: membership. add: records the node's API address through the
  * log, adds it, and makes it a voter once it caught up. */
 int pc_cluster_add(pc_cluster *c, uint64_t id, const char *raft_address, const char *api_url,

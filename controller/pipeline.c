@@ -113,6 +113,8 @@ static void change_done(void *arg, int rc, const pc_err *err)
     } else if (c->kind == PC_CHANGE_ADD_NODE || c->kind == PC_CHANGE_REMOVE_NODE) {
         pc_info("pipeline", "cluster membership: %s %llu done", r->kind,
                 (unsigned long long)c->node_id);
+    } else if (c->kind == PC_CHANGE_TOKEN_CREATE || c->kind == PC_CHANGE_TOKEN_REVOKE) {
+        pc_info("pipeline", "%s %s", r->kind, c->token_id);
     } else {
         pc_info("pipeline", "committed %s %s version %llu seq %llu (%zu bytes)", r->kind, c->tenant,
                 (unsigned long long)r->version, (unsigned long long)r->seq, c->bundle_len);
@@ -204,6 +206,61 @@ static int start_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
     return rc;
 }
 
+typedef struct token_find {
+    const char *id;
+    Popcast__TokenRecord *found;
+} token_find;
+
+static int find_token(void *arg, const char *key, const uint8_t *val, size_t len)
+{
+    token_find *f = arg;
+    Popcast__TokenRecord *t = popcast__token_record__unpack(NULL, len, val);
+    if (t != NULL && strcmp(t->id, f->id) == 0) {
+        f->found = t;
+        return 1;
+    }
+    if (t != NULL)
+        popcast__token_record__free_unpacked(t, NULL);
+    return 0;
+}
+
+/* Creates or revokes an API token through the log. */
+static int start_token_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
+{
+    int rc;
+    if (c->kind == PC_CHANGE_TOKEN_CREATE) {
+        r->kind = "token_create";
+        char *tenants[PC_TOKEN_MAX_TENANTS];
+        for (size_t i = 0; i < c->n_token_tenants; i++)
+            tenants[i] = c->token_tenants[i];
+        Popcast__TokenRecord t = POPCAST__TOKEN_RECORD__INIT;
+        t.id = c->token_id;
+        t.hash.data = c->token_hash;
+        t.hash.len = PC_HASH_LEN;
+        t.name = c->token_name;
+        t.tenants = tenants;
+        t.n_tenants = c->n_token_tenants;
+        t.created_unix_ms = now_unix_ms();
+        p->inflight = c;
+        rc = pc_cluster_propose_token(p->cluster, &t, change_done, p, &r->err);
+    } else {
+        r->kind = "token_revoke";
+        token_find f = {c->token_id, NULL};
+        rc = pc_store_meta_foreach(p->store, "token.", find_token, &f, &r->err);
+        if (rc != PC_OK)
+            return rc;
+        if (f.found == NULL)
+            return pc_err_set(&r->err, PC_E_NOTFOUND, "no token with id %s", c->token_id);
+        f.found->revoked = 1;
+        p->inflight = c;
+        rc = pc_cluster_propose_token(p->cluster, f.found, change_done, p, &r->err);
+        popcast__token_record__free_unpacked(f.found, NULL);
+    }
+    if (rc != PC_OK)
+        p->inflight = NULL;
+    return rc;
+}
+
 static void resume(void *arg)
 {
     pc_pipeline *p = arg;
@@ -247,6 +304,8 @@ static void drain(uv_async_t *handle)
                      : pc_cluster_remove(p->cluster, c->node_id, change_done, p, &r->err);
             if (rc != PC_OK)
                 p->inflight = NULL;
+        } else if (c->kind == PC_CHANGE_TOKEN_CREATE || c->kind == PC_CHANGE_TOKEN_REVOKE) {
+            rc = start_token_change(p, c, r);
         } else {
             rc = start_change(p, c, r);
         }

@@ -31,7 +31,12 @@ typedef enum pc_change_kind {
     PC_CHANGE_DELETE,
     PC_CHANGE_ADD_NODE, /* membership: node_* below */
     PC_CHANGE_REMOVE_NODE,
+    PC_CHANGE_TOKEN_CREATE, /* token_* below */
+    PC_CHANGE_TOKEN_REVOKE, /* token_id */
 } pc_change_kind;
+
+#define PC_TOKEN_MAX_TENANTS 16
+#define PC_TOKEN_NAME_MAX    64
 
 typedef struct pc_change_result {
     int rc; /* PC_OK or an error code; err holds the message */
@@ -59,6 +64,13 @@ struct pc_change {
     uint64_t node_id;
     char node_raft_address[128];
     char node_api_url[256];
+    /* TOKEN_CREATE, TOKEN_REVOKE. */
+    uint8_t token_hash[PC_HASH_LEN];
+    char token_id[17];
+    char token_secret[80]; /* TOKEN_CREATE: the token, for the answer only */
+    char token_name[PC_TOKEN_NAME_MAX + 1];
+    char token_tenants[PC_TOKEN_MAX_TENANTS][PC_TENANT_MAX + 1];
+    size_t n_token_tenants;
     /* Called once, on the loop thread, after commit and publish (or on
      * failure). The pipeline frees the change (and its bundle) after. */
     void (*done)(pc_change *c, const pc_change_result *r);

@@ -1,5 +1,5 @@
 /* fuzz_api_bodies.c - the controller API's JSON request bodies. The first
- * byte picks the decoder. */
+ * byte picks the decoder (rollback, cluster node, token). */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -11,7 +11,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1)
         return 0;
     pc_err err;
-    if (data[0] & 1) {
+    if (data[0] % 3 == 2) {
+        char name[65], tenants[16][64];
+        size_t n = 0;
+        if (pc_api_parse_token(data + 1, size - 1, name, sizeof(name), &tenants[0][0],
+                               sizeof(tenants[0]), 16, &n, &err) == PC_OK &&
+            (n < 1 || n > 16))
+            __builtin_trap();
+    } else if (data[0] % 3 == 1) {
         uint64_t version = 0;
         if (pc_api_parse_rollback(data + 1, size - 1, &version, &err) == PC_OK && version < 1)
             __builtin_trap();

@@ -162,8 +162,9 @@ int main(int argc, char **argv)
     put_text("fuzz_config", 2, "{\"count\": 1000, \"size\": 12}");
     put_text("fuzz_api_bodies", 1, "\x01{\"version\": 3}");
     put_text("fuzz_api_bodies", 2,
-             "\x02{\"id\": 4, \"raft_address\": \"127.0.0.1:7073\", \"api_url\": "
+             "\x03{\"id\": 4, \"raft_address\": \"127.0.0.1:7073\", \"api_url\": "
              "\"http://127.0.0.1:7070\"}");
+    put_text("fuzz_api_bodies", 3, "\x02{\"tenants\": [\"alpha\", \"beta\"], \"name\": \"ci\"}");
     put("fuzz_lua_pattern", 1, "key=value, k2=v2\0(%w+)=(%w+)\0%2=%1", 34);
     put("fuzz_lua_pattern", 2, "f(a(b)c)d\0%b()\0<%0>", 20);
     put("fuzz_lua_pattern", 3, "THE (quick) fox\0%f[%a]%a+\0W", 27);

@@ -1010,6 +1010,68 @@ int pc_store_meta_put(pc_store *s, const char *key, const void *val, size_t len,
     return write_txn(s, meta_body, &ma, err);
 }
 
+typedef struct meta_item {
+    char *key;
+    uint8_t *val;
+    size_t len;
+} meta_item;
+
+int pc_store_meta_foreach(pc_store *s, const char *prefix,
+                          int (*cb)(void *arg, const char *key, const uint8_t *val, size_t len),
+                          void *arg, pc_err *err)
+{
+    MDB_txn *txn;
+    int rc = read_begin(s, &txn, err);
+    if (rc != PC_OK)
+        return rc;
+    meta_item *items = NULL;
+    size_t n = 0, cap = 0;
+    size_t plen = strlen(prefix);
+    MDB_cursor *cur = NULL;
+    int mrc = mdb_cursor_open(txn, s->meta, &cur);
+    MDB_val k = {plen, (void *)prefix}, v;
+    if (mrc == 0)
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (mrc == 0 && rc == PC_OK && k.mv_size >= plen && memcmp(k.mv_data, prefix, plen) == 0) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            meta_item *grown = realloc(items, cap * sizeof(*items));
+            if (grown == NULL) {
+                rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
+                break;
+            }
+            items = grown;
+        }
+        items[n].key = malloc(k.mv_size + 1);
+        items[n].val = malloc(v.mv_size ? v.mv_size : 1);
+        if (items[n].key == NULL || items[n].val == NULL) {
+            free(items[n].key);
+            free(items[n].val);
+            rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
+            break;
+        }
+        memcpy(items[n].key, k.mv_data, k.mv_size);
+        items[n].key[k.mv_size] = '\0';
+        memcpy(items[n].val, v.mv_data, v.mv_size);
+        items[n].len = v.mv_size;
+        n++;
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    if (cur != NULL)
+        mdb_cursor_close(cur);
+    read_end(s, txn);
+    if (rc == PC_OK && mrc != 0 && mrc != MDB_NOTFOUND)
+        rc = pc_err_set(err, PC_E_STORE, "meta cursor: %s", mdb_strerror(mrc));
+    for (size_t i = 0; i < n; i++) {
+        if (rc == PC_OK && cb(arg, items[i].key, items[i].val, items[i].len) != 0)
+            rc = 1; /* stopped by the callback: remaining items are only freed */
+        free(items[i].key);
+        free(items[i].val);
+    }
+    free(items);
+    return rc == 1 ? PC_OK : rc;
+}
+
 int pc_store_stats_get(pc_store *s, pc_store_stats *out, pc_err *err)
 {
     memset(out, 0, sizeof(*out));

@@ -153,6 +153,11 @@ bool pc_store_has_blob(pc_store *s, const uint8_t hash[PC_HASH_LEN]);
 int pc_store_meta_get(pc_store *s, const char *key, void *buf, size_t cap, size_t *len,
                       pc_err *err);
 int pc_store_meta_put(pc_store *s, const char *key, const void *val, size_t len, pc_err *err);
+/* Calls cb for every meta key starting with prefix (in key order), from
+ * one read snapshot, after the transaction ended. */
+int pc_store_meta_foreach(pc_store *s, const char *prefix,
+                          int (*cb)(void *arg, const char *key, const uint8_t *val, size_t len),
+                          void *arg, pc_err *err);
 
 /* Writes a compacted copy of the whole store (a consistent snapshot) to
  * path: what a raft snapshot carries. */
