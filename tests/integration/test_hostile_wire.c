@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 #include <nng/nng.h>
@@ -206,6 +207,85 @@ static void test_replays(void **state)
     json_decref(s);
 }
 
+/* Mix and match: a genuinely signed manifest with another bundle's bytes,
+ * and a manifest whose unsigned key hint names another key. */
+typedef struct mixed {
+    forged *manifest_of;
+    forged *bundle_of;
+} mixed;
+
+static void send_mixed(void *arg)
+{
+    mixed *m = arg;
+    publish_entry(&m->manifest_of->sm, m->bundle_of->bundle, m->bundle_of->len);
+}
+
+static void test_mix_and_match(void **state)
+{
+    forged a, b;
+    forge(&a, &env.key, 2, 2, "tenant a's code");
+    forge(&b, &env.key, 2, 2, "tenant b's code, other bytes");
+    /* a's manifest (right tenant, next seq, valid signature) + b's bytes. */
+    mixed m = {&a, &b};
+    send_until_counted(send_mixed, &m, "popcast_agent_refused_total{reason=\"hash_mismatch\"}");
+    /* The outer key hint swapped for another trusted-looking id: the
+     * signature is checked against the key the hint names, and the inner
+     * key id must equal it. */
+    pc_signing_key other;
+    assert_int_equal(pc_keygen(&other), PC_OK);
+    uint8_t saved[PC_KEY_ID_LEN];
+    memcpy(saved, a.sm.key_id.data, PC_KEY_ID_LEN);
+    memcpy(a.sm.key_id.data, other.pub.id, PC_KEY_ID_LEN);
+    send_until_counted(send_forged, &a, "popcast_agent_refused_total{reason=\"untrusted_key\"}");
+    memcpy(a.sm.key_id.data, saved, PC_KEY_ID_LEN);
+    forged_free(&a);
+    forged_free(&b);
+    expect_still_v1();
+}
+
+/* Heartbeats: a replayed (older) one and an expired one prove nothing and
+ * are refused. Both are signed with the trusted key. */
+typedef struct hb_args {
+    int64_t time_ms, expires_ms;
+} hb_args;
+
+static void send_heartbeat(void *arg)
+{
+    hb_args *h = arg;
+    Popcast__Heartbeat hb = POPCAST__HEARTBEAT__INIT;
+    hb.head_seq = 1;
+    hb.time_unix_ms = h->time_ms;
+    hb.expires_unix_ms = h->expires_ms;
+    hb.controller_id = "rogue";
+    Popcast__SignedHeartbeat sh;
+    assert_int_equal(pc_envelope_sign_heartbeat(&env.key, &hb, &sh, NULL), PC_OK);
+    Popcast__Publication pub = POPCAST__PUBLICATION__INIT;
+    pub.body_case = POPCAST__PUBLICATION__BODY_HEARTBEAT;
+    pub.heartbeat = &sh;
+    uint8_t buf[512];
+    size_t n = popcast__publication__pack(&pub, buf);
+    publish(buf, n);
+    free(sh.heartbeat.data);
+    free(sh.signature.data);
+    free(sh.key_id.data);
+}
+
+static void test_heartbeat_replay_and_expiry(void **state)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    /* Older than the controller's real ones the agent already accepted. */
+    hb_args old = {now - 3600 * 1000, now + 3600 * 1000};
+    send_until_counted(send_heartbeat, &old,
+                       "popcast_agent_heartbeats_refused_total{reason=\"duplicate\"}");
+    /* Newer, but already expired. */
+    hb_args expired = {now + 60 * 1000, now - 1000};
+    send_until_counted(send_heartbeat, &expired,
+                       "popcast_agent_heartbeats_refused_total{reason=\"stale_version\"}");
+    expect_still_v1();
+}
+
 static void send_garbage(void *arg)
 {
     uint8_t junk[300];
@@ -248,6 +328,8 @@ int main(void)
         cmocka_unit_test(test_untrusted_key),
         cmocka_unit_test(test_tampered_bundle_and_signature),
         cmocka_unit_test(test_replays),
+        cmocka_unit_test(test_mix_and_match),
+        cmocka_unit_test(test_heartbeat_replay_and_expiry),
         cmocka_unit_test(test_garbage),
         cmocka_unit_test(test_still_follows_the_controller),
     };
