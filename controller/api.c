@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "api_bodies.h"
+#include "ratelimit.h"
 #include "bundle.h"
 #include "envelope.h"
 #include "httpd.h"
@@ -25,6 +26,7 @@ struct pc_api {
     pc_rollout *rollout;
     pc_metrics *metrics;
     nng_http_server *server;
+    pc_ratelimit *token_writes, *admin_writes;
 };
 
 #define WAIT_MAX_MS 300000
@@ -798,6 +800,22 @@ static void route(nng_aio *aio)
         }
         goto done;
     }
+    if (!is_get) {
+        /* Bounded write rates per token: one token cannot flood the log. */
+        int64_t retry = 0;
+        pc_ratelimit *limit = who.admin ? api->admin_writes : api->token_writes;
+        if (!pc_ratelimit_take(limit, who.admin ? "admin" : who.token->id, pc_now_ms(), &retry)) {
+            char secs[24], msg[160];
+            snprintf(secs, sizeof(secs), "%lld", (long long)(retry + 999) / 1000);
+            snprintf(msg, sizeof(msg),
+                     "{\"error\":{\"code\":\"limit_exceeded\",\"message\":\"too many changes "
+                     "with this token; retry in %lld ms\"}}",
+                     (long long)retry);
+            const char *headers[] = {"Retry-After", secs, "Connection", "close", NULL};
+            pc_httpd_reply(aio, 429, "application/json", msg, strlen(msg), headers);
+            goto done;
+        }
+    }
     if (strcmp(p.seg[1], "tokens") == 0) {
         tokens_route(api, aio, method, &p);
         goto done;
@@ -909,9 +927,14 @@ int pc_api_start(pc_api **out, const pc_api_options *opt, pc_store *store, pc_pi
     api->pipeline = pipeline;
     api->rollout = rollout;
     api->metrics = metrics;
+    api->token_writes = pc_ratelimit_new(opt->token_write_rate, opt->token_write_burst, 4096);
+    api->admin_writes = pc_ratelimit_new(opt->admin_write_rate, opt->admin_write_burst, 1);
     pc_httpd_set_extra_headers(role_headers, api);
     int rc = pc_httpd_start(opt->listen_url, "/", route, api, &api->server, err);
     if (rc != PC_OK) {
+        pc_httpd_set_extra_headers(NULL, NULL);
+        pc_ratelimit_free(api->token_writes);
+        pc_ratelimit_free(api->admin_writes);
         free(api->node_id);
         free(api);
         return rc;
@@ -926,6 +949,8 @@ void pc_api_stop(pc_api *api)
         return;
     pc_httpd_stop(api->server);
     pc_httpd_set_extra_headers(NULL, NULL);
+    pc_ratelimit_free(api->token_writes);
+    pc_ratelimit_free(api->admin_writes);
     free(api->node_id);
     free(api);
 }

@@ -30,6 +30,9 @@ typedef struct pc_api_options {
     pc_adapter *lua;            /* used to check Lua uploads parse */
     pc_cluster *cluster;        /* writes go to its leader */
     uint8_t admin_token_hash[PC_HASH_LEN];
+    /* Mutating calls per second and burst, per token (0: unlimited). */
+    double token_write_rate, token_write_burst;
+    double admin_write_rate, admin_write_burst;
 } pc_api_options;
 
 typedef struct pc_api pc_api;

@@ -41,6 +41,10 @@ typedef struct controller_config {
     uint64_t pub_sendbuf;
     uint64_t max_pending;
     uint64_t heartbeat_ms;
+    uint64_t token_write_rate;
+    uint64_t token_write_burst;
+    uint64_t admin_write_rate;
+    uint64_t admin_write_burst;
     uint64_t raft_id;
     char *raft_listen;
     pc_strlist peers;
@@ -83,6 +87,13 @@ static const pc_cfg_option options[] = {
     OPT(max_pending, PC_CFG_U64, "1024", 1, 1 << 20, "writes queued before the API answers 503"),
     OPT(heartbeat_ms, PC_CFG_U64, "1000", 0, 3600000,
         "signed heartbeat period (0: none; agents then go stale)"),
+    OPT(token_write_rate, PC_CFG_U64, "10", 0, 1000000,
+        "changes per second one scoped token may make (0: unlimited)"),
+    OPT(token_write_burst, PC_CFG_U64, "30", 1, 1000000, "changes a scoped token may make at once"),
+    OPT(admin_write_rate, PC_CFG_U64, "0", 0, 1000000,
+        "changes per second with the admin token (0: unlimited)"),
+    OPT(admin_write_burst, PC_CFG_U64, "100", 1, 1000000,
+        "changes the admin token may make at once"),
     OPT(raft_id, PC_CFG_U64, "1", 1, 0, "this controller's raft id (>= 1, unique in the cluster)"),
     OPT(raft_listen, PC_CFG_STRING, "127.0.0.1:7073", 0, 0,
         "host:port for raft traffic between controllers"),
@@ -286,7 +297,11 @@ int main(int argc, char **argv)
     pc_api_options api_opt = {.listen_url = c.cfg.api_listen,
                               .node_id = node_id,
                               .max_bundle = c.cfg.max_bundle,
-                              .runtimes = &c.cfg.runtimes};
+                              .runtimes = &c.cfg.runtimes,
+                              .token_write_rate = (double)c.cfg.token_write_rate,
+                              .token_write_burst = (double)c.cfg.token_write_burst,
+                              .admin_write_rate = (double)c.cfg.admin_write_rate,
+                              .admin_write_burst = (double)c.cfg.admin_write_burst};
     pc_store_options sopt = {.keep_history = true};
     pc_lua_limits limits;
     pc_lua_limits_default(&limits);

@@ -47,7 +47,10 @@ static const char *error_code(json_t *doc)
 static int setup(void **state)
 {
     pc_test_env_init(&env);
-    pc_test_cluster_init(&env, &cl, 3, 3, NULL);
+    /* A tight write limit for scoped tokens, so the limit test is exact. */
+    static const char *const limits[] = {"--token-write-rate", "1", "--token-write-burst", "3",
+                                         NULL};
+    pc_test_cluster_init(&env, &cl, 3, 3, limits);
     leader = pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS);
     assert_true(leader >= 0);
     follower = (leader + 1) % 3;
@@ -192,6 +195,44 @@ static void test_scoped_tokens(void **state)
     }
 }
 
+/* A scoped token's writes are rate limited (burst 3, 1/s here); refused
+ * writes store nothing and say when to retry. The admin is not limited. */
+static void test_write_rate_limit(void **state)
+{
+    json_t *doc = NULL;
+    assert_int_equal(call(leader, env.token, "POST", "/v1/tokens", "application/json",
+                          "{\"tenants\": [\"busy\"]}", &doc),
+                     201);
+    char token[128];
+    snprintf(token, sizeof(token), "%s", json_string_value(json_object_get(doc, "token")));
+    json_decref(doc);
+    const char *lua = "return function(req) return 'x' end";
+    int created = 0, limited = 0;
+    for (int i = 0; i < 10; i++) {
+        doc = NULL;
+        int status =
+            call(leader, token, "POST", "/v1/tenants/busy/bundles", "text/x-lua", lua, &doc);
+        if (status == 201)
+            created++;
+        else if (status == 429 && strcmp(error_code(doc), "limit_exceeded") == 0)
+            limited++;
+        else
+            fail_msg("deploy %d: unexpected status %d", i, status);
+        json_decref(doc);
+    }
+    assert_true(created >= 3);
+    assert_true(limited >= 1);
+    assert_int_equal(created + limited, 10);
+    assert_int_equal(call(leader, env.token, "GET", "/v1/tenants/busy/versions", NULL, NULL, &doc),
+                     200);
+    assert_int_equal((int)json_array_size(json_object_get(doc, "versions")), created);
+    json_decref(doc);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(
+            call(leader, env.token, "POST", "/v1/tenants/busy/bundles", "text/x-lua", lua, NULL),
+            201);
+}
+
 static void test_cli_tokens(void **state)
 {
     char out[4096];
@@ -210,6 +251,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_scoped_tokens),
+        cmocka_unit_test(test_write_rate_limit),
         cmocka_unit_test(test_cli_tokens),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -1,0 +1,87 @@
+/* ratelimit.c - token buckets (see ratelimit.h). */
+#include "ratelimit.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define KEY_MAX 64
+
+typedef struct bucket {
+    char key[KEY_MAX];
+    double tokens;
+    int64_t updated_ms;
+} bucket;
+
+struct pc_ratelimit {
+    double rate, burst;
+    pthread_mutex_t lock;
+    bucket *buckets;
+    size_t n, cap;
+};
+
+pc_ratelimit *pc_ratelimit_new(double rate_per_s, double burst, size_t max_keys)
+{
+    pc_ratelimit *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return NULL;
+    r->rate = rate_per_s;
+    r->burst = burst < 1 ? 1 : burst;
+    r->cap = max_keys ? max_keys : 1;
+    r->buckets = calloc(r->cap, sizeof(*r->buckets));
+    if (r->buckets == NULL) {
+        free(r);
+        return NULL;
+    }
+    pthread_mutex_init(&r->lock, NULL);
+    return r;
+}
+
+void pc_ratelimit_free(pc_ratelimit *r)
+{
+    if (r == NULL)
+        return;
+    pthread_mutex_destroy(&r->lock);
+    free(r->buckets);
+    free(r);
+}
+
+bool pc_ratelimit_take(pc_ratelimit *r, const char *key, int64_t now_ms, int64_t *retry_after_ms)
+{
+    *retry_after_ms = 0;
+    if (r == NULL || r->rate <= 0)
+        return true;
+    pthread_mutex_lock(&r->lock);
+    bucket *b = NULL;
+    for (size_t i = 0; i < r->n && b == NULL; i++)
+        if (strcmp(r->buckets[i].key, key) == 0)
+            b = &r->buckets[i];
+    if (b == NULL) {
+        if (r->n < r->cap) {
+            b = &r->buckets[r->n++];
+        } else {
+            /* Full: reuse the bucket used longest ago. */
+            b = &r->buckets[0];
+            for (size_t i = 1; i < r->n; i++)
+                if (r->buckets[i].updated_ms < b->updated_ms)
+                    b = &r->buckets[i];
+        }
+        snprintf(b->key, sizeof(b->key), "%s", key);
+        b->tokens = r->burst;
+        b->updated_ms = now_ms;
+    }
+    if (now_ms > b->updated_ms) {
+        b->tokens += (double)(now_ms - b->updated_ms) * r->rate / 1000.0;
+        if (b->tokens > r->burst)
+            b->tokens = r->burst;
+        b->updated_ms = now_ms;
+    }
+    bool ok = b->tokens >= 1.0;
+    if (ok)
+        b->tokens -= 1.0;
+    else
+        *retry_after_ms = (int64_t)((1.0 - b->tokens) * 1000.0 / r->rate) + 1;
+    pthread_mutex_unlock(&r->lock);
+    return ok;
+}

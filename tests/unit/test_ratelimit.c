@@ -1,0 +1,58 @@
+/* test_ratelimit.c - token buckets: burst, steady rate, independent keys,
+ * a bounded table, and "unlimited". Times are given, not measured. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <cmocka.h>
+
+#include "ratelimit.h"
+
+static void test_burst_then_rate(void **state)
+{
+    pc_ratelimit *r = pc_ratelimit_new(10, 5, 16); /* 10/s, burst 5 */
+    int64_t retry = 0;
+    for (int i = 0; i < 5; i++)
+        assert_true(pc_ratelimit_take(r, "t1", 1000, &retry));
+    assert_false(pc_ratelimit_take(r, "t1", 1000, &retry));
+    assert_true(retry > 0 && retry <= 101);
+    /* Another key has its own bucket. */
+    assert_true(pc_ratelimit_take(r, "t2", 1000, &retry));
+    /* 100 ms later: exactly one more. */
+    assert_true(pc_ratelimit_take(r, "t1", 1100, &retry));
+    assert_false(pc_ratelimit_take(r, "t1", 1100, &retry));
+    /* Long idle refills to the burst, not beyond. */
+    for (int i = 0; i < 5; i++)
+        assert_true(pc_ratelimit_take(r, "t1", 100000, &retry));
+    assert_false(pc_ratelimit_take(r, "t1", 100000, &retry));
+    /* Time going backwards (it never should) takes nothing extra. */
+    assert_false(pc_ratelimit_take(r, "t1", 50000, &retry));
+    pc_ratelimit_free(r);
+}
+
+static void test_bounded_and_unlimited(void **state)
+{
+    pc_ratelimit *r = pc_ratelimit_new(1, 1, 2);
+    int64_t retry = 0;
+    assert_true(pc_ratelimit_take(r, "a", 0, &retry));
+    assert_true(pc_ratelimit_take(r, "b", 1, &retry));
+    /* A third key evicts the oldest ("a"), which then starts fresh. */
+    assert_true(pc_ratelimit_take(r, "c", 2, &retry));
+    assert_false(pc_ratelimit_take(r, "c", 2, &retry));
+    pc_ratelimit_free(r);
+    pc_ratelimit *none = pc_ratelimit_new(0, 0, 1);
+    for (int i = 0; i < 1000; i++)
+        assert_true(pc_ratelimit_take(none, "x", 0, &retry));
+    pc_ratelimit_free(none);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_burst_then_rate),
+        cmocka_unit_test(test_bounded_and_unlimited),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
