@@ -46,6 +46,7 @@ typedef struct agent_config {
     uint64_t lua_wall_ms;
     uint64_t lua_response_max;
     uint64_t lua_max_isolates;
+    char *identity_key;
     char *exec_root;
     char *exec_reload_command;
     char *exec_reload_pidfile;
@@ -91,6 +92,9 @@ static const pc_cfg_option options[] = {
     OPT(lua_wall_ms, PC_CFG_U64, "1000", 1, 3600000, "wall-time limit per request (ms)"),
     OPT(lua_response_max, PC_CFG_SIZE, "8MiB", 1, (uint64_t)1 << 30, "largest response body"),
     OPT(lua_max_isolates, PC_CFG_U64, "64", 1, 65536, "isolates per tenant version"),
+    OPT(identity_key, PC_CFG_STRING, NULL, 0, 0,
+        "this agent's Ed25519 key, signing its status reports; created with its .pub beside it "
+        "if missing (default: DATA_DIR/agent.key)"),
     OPT(exec_root, PC_CFG_STRING, NULL, 0, 0,
         "exec runtime: where versions are written out (default: DATA_DIR/exec)"),
     OPT(exec_reload_command, PC_CFG_STRING, NULL, 0, 0,
@@ -123,6 +127,8 @@ typedef struct agent {
     pc_keyring trusted;
     pc_metrics *metrics;
     pc_adapter *lua, *exec;
+    pc_signing_key identity;
+    char identity_public[128];
     pc_adapter *adapters[2];
     size_t n_adapters;
     pc_applier *applier;
@@ -198,6 +204,32 @@ static void on_change(void *arg, int need_sync)
 }
 
 /* A number that grows on every start, so status counters never repeat. */
+/* The agent's own key: loaded, or created (0600) with its public half in
+ * KEY.pub for enrollment (popcast agent enroll). */
+static int load_identity(agent *ag, pc_err *err)
+{
+    char path[1100], pub[1110];
+    if (ag->cfg.identity_key != NULL)
+        snprintf(path, sizeof(path), "%s", ag->cfg.identity_key);
+    else
+        snprintf(path, sizeof(path), "%s/agent.key", ag->cfg.data_dir);
+    snprintf(pub, sizeof(pub), "%s.pub", path);
+    if (access(path, F_OK) != 0) {
+        if (pc_keygen(&ag->identity) != PC_OK)
+            return pc_err_set(err, PC_E_INTERNAL, "cannot generate the agent key");
+        if (pc_key_write_secret(path, &ag->identity, err) != PC_OK)
+            return PC_E_IO;
+        unlink(pub);
+        if (pc_key_write_public(pub, &ag->identity.pub, err) != PC_OK)
+            return PC_E_IO;
+        pc_info("agent", "created the agent key %s (public key in %s: enroll it)", path, pub);
+    } else if (pc_key_read_secret(path, &ag->identity, err) != PC_OK) {
+        return PC_E_INVALID;
+    }
+    pc_key_format_public(&ag->identity.pub, ag->identity_public, sizeof(ag->identity_public));
+    return PC_OK;
+}
+
 static int next_status_epoch(pc_store *store, uint64_t *epoch, pc_err *err)
 {
     uint8_t buf[8] = {0};
@@ -238,6 +270,7 @@ static json_t *status(void *arg)
         pc_subscriber_counts(ag->sub, &received, &dropped);
     json_object_set_new(s, "agent_id", json_string(ag->agent_id));
     json_object_set_new(s, "pop", json_string(ag->cfg.pop));
+    json_object_set_new(s, "identity_key", json_string(ag->identity_public));
     json_object_set_new(
         s, "pubsub",
         json_pack("{s:I,s:I}", "received", (json_int_t)received, "dropped", (json_int_t)dropped));
@@ -365,7 +398,7 @@ int main(int argc, char **argv)
         goto out;
     }
     uint64_t epoch = 0;
-    if (next_status_epoch(ag.store, &epoch, &err) != PC_OK) {
+    if (load_identity(&ag, &err) != PC_OK || next_status_epoch(ag.store, &epoch, &err) != PC_OK) {
         pc_error("agent", "%s", err.msg);
         goto out;
     }
@@ -376,6 +409,7 @@ int main(int argc, char **argv)
         .agent_id = ag.agent_id,
         .pop = ag.cfg.pop,
         .status_epoch = epoch,
+        .identity = &ag.identity,
         .request_timeout_ms = ag.cfg.request_timeout_ms,
         .sync_interval_ms = ag.cfg.sync_interval_ms,
         .status_interval_ms = ag.cfg.status_interval_ms,
@@ -425,6 +459,7 @@ out:
         ag.lua->destroy(ag.lua);
     if (ag.exec)
         ag.exec->destroy(ag.exec);
+    pc_signing_key_wipe(&ag.identity);
     pc_metrics_free(ag.metrics);
     pc_store_close(ag.store);
     pc_config_free(options, &ag.cfg);

@@ -21,6 +21,7 @@
 
 #include "applier.h"
 #include "config.h"
+#include "crypto.h"
 #include "err.h"
 #include "metrics.h"
 
@@ -33,6 +34,7 @@ typedef struct pc_syncer_options {
     const char *agent_id;
     const char *pop;
     uint64_t status_epoch;       /* grows on every start: counters never repeat */
+    const pc_signing_key *identity; /* signs status reports (NULL: unsigned) */
     uint64_t request_timeout_ms; /* one request */
     uint64_t sync_interval_ms;   /* catch-up probe even without a trigger */
     uint64_t status_interval_ms;

@@ -592,6 +592,63 @@ static int cmd_cluster(cli *c)
     return rc;
 }
 
+static int cmd_agent(cli *c)
+{
+    json_t *doc = NULL;
+    if (strcmp(c->args[0], "enroll") == 0 && c->nargs == 3) {
+        uint8_t *text = NULL;
+        size_t len = 0;
+        if (read_file(c->args[2], &text, &len) != 0 || len > 4096)
+            return fail("cannot read the public key file %s", c->args[2]);
+        char key[4100];
+        snprintf(key, sizeof(key), "%.*s", (int)len, (const char *)text);
+        free(text);
+        key[strcspn(key, "\r\n")] = '\0';
+        json_t *body = json_pack("{s:s,s:s}", "agent_id", c->args[1], "public_key", key);
+        char *json = body ? json_dumps(body, JSON_COMPACT) : NULL;
+        json_decref(body);
+        if (json == NULL)
+            return fail("%s", "out of memory");
+        doc = call(c, "POST", "/v1/agents", "application/json", json, strlen(json));
+        free(json);
+        if (doc == NULL)
+            return 1;
+        if (c->json)
+            print_json(doc);
+        else
+            printf("agent %s enrolled: its signed reports are trusted\n", c->args[1]);
+    } else if (strcmp(c->args[0], "list") == 0 && c->nargs == 1) {
+        doc = call(c, "GET", "/v1/agents", NULL, NULL, 0);
+        if (doc == NULL)
+            return 1;
+        if (c->json) {
+            print_json(doc);
+        } else {
+            printf("%-24s %-18s %s\n", "AGENT", "KEY ID", "STATE");
+            size_t i;
+            json_t *a;
+            json_array_foreach(json_object_get(doc, "agents"), i, a)
+                printf("%-24s %-18s %s\n", str(a, "agent_id"), str(a, "key_id"),
+                       json_is_true(json_object_get(a, "revoked")) ? "revoked" : "enrolled");
+        }
+    } else if (strcmp(c->args[0], "revoke") == 0 && c->nargs == 2) {
+        char path[200];
+        snprintf(path, sizeof(path), "/v1/agents/%.128s", c->args[1]);
+        doc = call(c, "DELETE", path, NULL, NULL, 0);
+        if (doc == NULL)
+            return 1;
+        if (c->json)
+            print_json(doc);
+        else
+            printf("agent %s revoked: its reports are refused\n", c->args[1]);
+    } else {
+        fprintf(stderr, "popcast: usage: popcast agent enroll ID PUBKEY_FILE | list | revoke ID\n");
+        return 2;
+    }
+    json_decref(doc);
+    return 0;
+}
+
 static int cmd_token(cli *c)
 {
     json_t *doc = NULL;
@@ -781,7 +838,8 @@ int main(int argc, char **argv)
                 {"versions", 1, 1, cmd_versions}, {"rollback", 2, 2, cmd_rollback},
                 {"delete", 1, 1, cmd_delete},     {"status", 0, 1, cmd_status},
                 {"rollout", 2, 2, cmd_rollout},   {"fleet", 0, 0, cmd_fleet},
-                {"cluster", 0, 4, cmd_cluster},   {"token", 1, 2, cmd_token}};
+                {"cluster", 0, 4, cmd_cluster},   {"token", 1, 2, cmd_token},
+                {"agent", 1, 3, cmd_agent}};
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
         if (strcmp(cmd, cmds[i].name) != 0)
             continue;

@@ -255,6 +255,12 @@ static void change_done(pc_change *c, const pc_change_result *r)
         pc_httpd_reply_error(aio, pc_httpd_status_for(r->rc), r->rc, "%s", r->err.msg);
         return;
     }
+    if (c->kind == PC_CHANGE_AGENT_ENROLL || c->kind == PC_CHANGE_AGENT_REVOKE) {
+        pc_httpd_reply_json(aio, c->kind == PC_CHANGE_AGENT_ENROLL ? 201 : 200,
+                            json_pack("{s:s,s:b}", "agent_id", c->agent_id, "revoked",
+                                      c->kind == PC_CHANGE_AGENT_REVOKE));
+        return;
+    }
     if (c->kind == PC_CHANGE_TOKEN_CREATE || c->kind == PC_CHANGE_TOKEN_REVOKE) {
         json_t *o =
             json_pack("{s:s,s:b}", "id", c->token_id, "revoked", c->kind == PC_CHANGE_TOKEN_REVOKE);
@@ -631,6 +637,84 @@ static void method_not_allowed(nng_aio *aio, const char *method, const char *all
                     allowed);
 }
 
+/* Agent identities (admin only). */
+
+static void agent_body(void *arg, nng_aio *aio, int rc, uint8_t *body, size_t len)
+{
+    pc_api *api = arg;
+    if (rc != 0)
+        return;
+    pc_change *c = pc_change_new(PC_CHANGE_AGENT_ENROLL, "-");
+    pc_err err;
+    if (c == NULL) {
+        pc_httpd_reply_error(aio, 503, PC_E_NOMEM, "out of memory");
+    } else if (pc_api_parse_agent(body, len, c->agent_id, sizeof(c->agent_id), c->agent_pk,
+                                  &err) != PC_OK) {
+        pc_change_free(c);
+        pc_httpd_reply_error(aio, 400, PC_E_INVALID, "%s", err.msg);
+    } else {
+        submit(api, aio, c);
+    }
+    free(body);
+}
+
+static int add_agent(void *arg, const char *key, const uint8_t *val, size_t len)
+{
+    json_t *list = arg;
+    Popcast__AgentRecord *a = popcast__agent_record__unpack(NULL, len, val);
+    if (a == NULL || a->public_key.len != PC_PK_LEN) {
+        if (a != NULL)
+            popcast__agent_record__free_unpacked(a, NULL);
+        return 0;
+    }
+    pc_public_key pk;
+    memcpy(pk.pk, a->public_key.data, PC_PK_LEN);
+    pc_key_id(pk.id, pk.pk);
+    char text[128], id[PC_HEX_KEY_ID_LEN];
+    pc_key_format_public(&pk, text, sizeof(text));
+    pc_hex(id, pk.id, PC_KEY_ID_LEN);
+    json_array_append_new(list, json_pack("{s:s,s:s,s:s,s:I,s:b}", "agent_id", a->agent_id,
+                                          "public_key", text, "key_id", id, "enrolled_unix_ms",
+                                          (json_int_t)a->enrolled_unix_ms, "revoked",
+                                          a->revoked));
+    popcast__agent_record__free_unpacked(a, NULL);
+    return 0;
+}
+
+static void agents_route(pc_api *api, nng_aio *aio, const char *method, const pc_httpd_path *p)
+{
+    if (p->n == 2 && strcmp(method, "POST") == 0) {
+        pc_httpd_read_body(aio, 4096, agent_body, api);
+    } else if (p->n == 2 && strcmp(method, "GET") == 0) {
+        json_t *list = json_array();
+        pc_err err;
+        if (pc_store_meta_foreach(api->store, "agent.", add_agent, list, &err) != PC_OK) {
+            json_decref(list);
+            pc_httpd_reply_error(aio, 500, err.code, "%s", err.msg);
+            return;
+        }
+        pc_httpd_reply_json(aio, 200, json_pack("{s:o}", "agents", list));
+    } else if (p->n == 3 && strcmp(method, "DELETE") == 0) {
+        if (!pc_id_valid(p->seg[2])) {
+            pc_httpd_reject(aio, 400, PC_E_INVALID, "not an agent id");
+            return;
+        }
+        pc_change *c = pc_change_new(PC_CHANGE_AGENT_REVOKE, "-");
+        if (c == NULL) {
+            pc_httpd_reject(aio, 503, PC_E_NOMEM, "out of memory");
+            return;
+        }
+        snprintf(c->agent_id, sizeof(c->agent_id), "%s", p->seg[2]);
+        submit(api, aio, c);
+    } else if (p->n == 2) {
+        method_not_allowed(aio, method, "GET, POST");
+    } else if (p->n == 3) {
+        method_not_allowed(aio, method, "DELETE");
+    } else {
+        pc_httpd_reject(aio, 404, PC_E_NOTFOUND, "no such resource");
+    }
+}
+
 /* Tokens (admin only). */
 
 static void token_body(void *arg, nng_aio *aio, int rc, uint8_t *body, size_t len)
@@ -818,6 +902,10 @@ static void route(nng_aio *aio)
     }
     if (strcmp(p.seg[1], "tokens") == 0) {
         tokens_route(api, aio, method, &p);
+        goto done;
+    }
+    if (strcmp(p.seg[1], "agents") == 0) {
+        agents_route(api, aio, method, &p);
         goto done;
     }
     if (p.n == 2 && strcmp(p.seg[1], "fleet") == 0) {

@@ -1,6 +1,7 @@
 /* api_bodies.c - JSON request bodies (see api_bodies.h). */
 #include "api_bodies.h"
 
+#include "crypto.h"
 #include "names.h"
 
 #include <jansson.h>
@@ -122,6 +123,33 @@ int pc_api_parse_token(const uint8_t *body, size_t len, char *name, size_t name_
             snprintf(tenants + (n++) * tenant_cap, tenant_cap, "%s", t);
     }
     *n_tenants = rc == PC_OK ? n : 0;
+    json_decref(root);
+    return rc;
+}
+
+int pc_api_parse_agent(const uint8_t *body, size_t len, char *agent_id, size_t id_cap,
+                       uint8_t public_key[32], pc_err *err)
+{
+    json_t *root = parse_object(body, len, err);
+    if (root == NULL)
+        return PC_E_INVALID;
+    json_error_t jerr;
+    const char *id = NULL, *pk = NULL;
+    int rc = PC_OK;
+    pc_public_key key;
+    pc_err kerr;
+    if (json_unpack_ex(root, &jerr, JSON_STRICT, "{s:s,s:s}", "agent_id", &id, "public_key",
+                       &pk) != 0 ||
+        !pc_id_valid(id) || strlen(id) >= id_cap)
+        rc = pc_err_set(err, PC_E_INVALID,
+                        "expected {\"agent_id\": \"[A-Za-z0-9._-]{1,128}\", \"public_key\": "
+                        "\"popcast-ed25519-public-v1 ...\"} and nothing else");
+    else if (pc_key_parse_public(pk, &key, &kerr) != PC_OK)
+        rc = pc_err_set(err, PC_E_INVALID, "public_key: %s", kerr.msg);
+    else {
+        snprintf(agent_id, id_cap, "%s", id);
+        memcpy(public_key, key.pk, 32);
+    }
     json_decref(root);
     return rc;
 }

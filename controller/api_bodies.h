@@ -24,4 +24,9 @@ int pc_api_parse_node(const uint8_t *body, size_t len, uint64_t *id, char *raft_
 int pc_api_parse_token(const uint8_t *body, size_t len, char *name, size_t name_cap, char *tenants,
                        size_t tenant_cap, size_t max_tenants, size_t *n_tenants, pc_err *err);
 
+/* {"agent_id": "edge-1", "public_key": "popcast-ed25519-public-v1 <b64>"
+ * (or just the base64)} and nothing else. */
+int pc_api_parse_agent(const uint8_t *body, size_t len, char *agent_id, size_t id_cap,
+                       uint8_t public_key[32], pc_err *err);
+
 #endif

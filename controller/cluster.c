@@ -15,6 +15,7 @@
 
 #include "envelope.h"
 #include "log.h"
+#include "names.h"
 
 #define MAX_NODES   64
 #define MAX_WAITERS 8
@@ -211,6 +212,17 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
             popcast__token_record__pack(cmd->token, packed);
             rc = pc_store_meta_put(c->opt.store, key, packed, tlen, &err);
             free(packed);
+        }
+    } else if (cmd->body_case == POPCAST__CLUSTER_COMMAND__BODY_AGENT &&
+               pc_id_valid(cmd->agent->agent_id) && cmd->agent->public_key.len == PC_PK_LEN) {
+        char key[32 + PC_ID_MAX];
+        snprintf(key, sizeof(key), "agent.%s", cmd->agent->agent_id);
+        uint8_t packed[512];
+        size_t alen = popcast__agent_record__get_packed_size(cmd->agent);
+        rc = pc_err_set(&err, PC_E_INVALID, "agent record too large");
+        if (alen <= sizeof(packed)) {
+            popcast__agent_record__pack(cmd->agent, packed);
+            rc = pc_store_meta_put(c->opt.store, key, packed, alen, &err);
         }
     } else {
         rc = pc_err_set(&err, PC_E_INVALID, "raft command has no valid body");
@@ -524,6 +536,24 @@ int pc_cluster_propose_token(pc_cluster *c, const Popcast__TokenRecord *t, pc_cl
     Popcast__ClusterCommand cmd = POPCAST__CLUSTER_COMMAND__INIT;
     cmd.body_case = POPCAST__CLUSTER_COMMAND__BODY_TOKEN;
     cmd.token = (Popcast__TokenRecord *)t;
+    int rc = propose(c, &cmd, p, err);
+    if (rc != PC_OK)
+        free(p);
+    return rc;
+}
+
+int pc_cluster_propose_agent(pc_cluster *c, const Popcast__AgentRecord *a, pc_cluster_done done,
+                             void *arg, pc_err *err)
+{
+    proposal *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    p->c = c;
+    p->done = done;
+    p->arg = arg;
+    Popcast__ClusterCommand cmd = POPCAST__CLUSTER_COMMAND__INIT;
+    cmd.body_case = POPCAST__CLUSTER_COMMAND__BODY_AGENT;
+    cmd.agent = (Popcast__AgentRecord *)a;
     int rc = propose(c, &cmd, p, err);
     if (rc != PC_OK)
         free(p);

@@ -86,6 +86,11 @@ int pc_cluster_propose_entry(pc_cluster *c, const Popcast__Entry *e, pc_cluster_
 int pc_cluster_propose_token(pc_cluster *c, const Popcast__TokenRecord *t, pc_cluster_done done,
                              void *arg, pc_err *err);
 
+/* Loop thread: enrolls (or revokes, with revoked set) an agent's identity
+ * key, stored under "agent.<agent_id>" on every controller. */
+int pc_cluster_propose_agent(pc_cluster *c, const Popcast__AgentRecord *a, pc_cluster_done done,
+                             void *arg, pc_err *err);
+
 /* Loop thread: membership. add: records the node's API address through the
  * log, adds it, and makes it a voter once it caught up. */
 int pc_cluster_add(pc_cluster *c, uint64_t id, const char *raft_address, const char *api_url,

@@ -41,6 +41,7 @@ typedef struct controller_config {
     uint64_t pub_sendbuf;
     uint64_t max_pending;
     uint64_t heartbeat_ms;
+    bool require_enrollment;
     uint64_t token_write_rate;
     uint64_t token_write_burst;
     uint64_t admin_write_rate;
@@ -87,6 +88,8 @@ static const pc_cfg_option options[] = {
     OPT(max_pending, PC_CFG_U64, "1024", 1, 1 << 20, "writes queued before the API answers 503"),
     OPT(heartbeat_ms, PC_CFG_U64, "1000", 0, 3600000,
         "signed heartbeat period (0: none; agents then go stale)"),
+    OPT(require_enrollment, PC_CFG_BOOL, "false", 0, 0,
+        "refuse status reports not signed by an enrolled agent key (recommended in production)"),
     OPT(token_write_rate, PC_CFG_U64, "10", 0, 1000000,
         "changes per second one scoped token may make (0: unlimited)"),
     OPT(token_write_burst, PC_CFG_U64, "30", 1, 1000000, "changes a scoped token may make at once"),
@@ -332,6 +335,7 @@ int main(int argc, char **argv)
                                     .max_reply = c.cfg.sync_max_reply,
                                     .chunk_max = 1024 * 1024,
                                     .snapshot_lag = c.cfg.snapshot_lag,
+                                    .require_enrollment = c.cfg.require_enrollment,
                                     .workers = 8};
     if (pc_sync_server_start(&c.sync, &sopts, &err) != PC_OK) {
         pc_error("controller", "%s", err.msg);

@@ -115,6 +115,8 @@ static void change_done(void *arg, int rc, const pc_err *err)
                 (unsigned long long)c->node_id);
     } else if (c->kind == PC_CHANGE_TOKEN_CREATE || c->kind == PC_CHANGE_TOKEN_REVOKE) {
         pc_info("pipeline", "%s %s", r->kind, c->token_id);
+    } else if (c->kind == PC_CHANGE_AGENT_ENROLL || c->kind == PC_CHANGE_AGENT_REVOKE) {
+        pc_info("pipeline", "%s %s", r->kind, c->agent_id);
     } else {
         pc_info("pipeline", "committed %s %s version %llu seq %llu (%zu bytes)", r->kind, c->tenant,
                 (unsigned long long)r->version, (unsigned long long)r->seq, c->bundle_len);
@@ -261,6 +263,47 @@ static int start_token_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
     return rc;
 }
 
+/* Enrolls or revokes an agent's identity key through the log. */
+static int start_agent_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
+{
+    Popcast__AgentRecord a = POPCAST__AGENT_RECORD__INIT;
+    a.agent_id = c->agent_id;
+    if (c->kind == PC_CHANGE_AGENT_ENROLL) {
+        r->kind = "agent_enroll";
+        a.public_key.data = c->agent_pk;
+        a.public_key.len = PC_PK_LEN;
+        a.enrolled_unix_ms = now_unix_ms();
+    } else {
+        r->kind = "agent_revoke";
+        char key[32 + PC_ID_MAX];
+        snprintf(key, sizeof(key), "agent.%s", c->agent_id);
+        uint8_t buf[512];
+        size_t len = 0;
+        int rc = pc_store_meta_get(p->store, key, buf, sizeof(buf), &len, &r->err);
+        if (rc == PC_E_NOTFOUND)
+            return pc_err_set(&r->err, PC_E_NOTFOUND, "agent %s is not enrolled", c->agent_id);
+        if (rc != PC_OK)
+            return rc;
+        Popcast__AgentRecord *old = popcast__agent_record__unpack(NULL, len, buf);
+        if (old == NULL || old->public_key.len != PC_PK_LEN) {
+            if (old != NULL)
+                popcast__agent_record__free_unpacked(old, NULL);
+            return pc_err_set(&r->err, PC_E_STORE, "agent record of %s is corrupt", c->agent_id);
+        }
+        memcpy(c->agent_pk, old->public_key.data, PC_PK_LEN);
+        a.enrolled_unix_ms = old->enrolled_unix_ms;
+        popcast__agent_record__free_unpacked(old, NULL);
+        a.public_key.data = c->agent_pk;
+        a.public_key.len = PC_PK_LEN;
+        a.revoked = 1;
+    }
+    p->inflight = c;
+    int rc = pc_cluster_propose_agent(p->cluster, &a, change_done, p, &r->err);
+    if (rc != PC_OK)
+        p->inflight = NULL;
+    return rc;
+}
+
 static void resume(void *arg)
 {
     pc_pipeline *p = arg;
@@ -306,6 +349,8 @@ static void drain(uv_async_t *handle)
                 p->inflight = NULL;
         } else if (c->kind == PC_CHANGE_TOKEN_CREATE || c->kind == PC_CHANGE_TOKEN_REVOKE) {
             rc = start_token_change(p, c, r);
+        } else if (c->kind == PC_CHANGE_AGENT_ENROLL || c->kind == PC_CHANGE_AGENT_REVOKE) {
+            rc = start_agent_change(p, c, r);
         } else {
             rc = start_change(p, c, r);
         }

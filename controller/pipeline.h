@@ -33,6 +33,8 @@ typedef enum pc_change_kind {
     PC_CHANGE_REMOVE_NODE,
     PC_CHANGE_TOKEN_CREATE, /* token_* below */
     PC_CHANGE_TOKEN_REVOKE, /* token_id */
+    PC_CHANGE_AGENT_ENROLL, /* agent_* below */
+    PC_CHANGE_AGENT_REVOKE, /* agent_id */
 } pc_change_kind;
 
 #define PC_TOKEN_MAX_TENANTS 16
@@ -71,6 +73,9 @@ struct pc_change {
     char token_name[PC_TOKEN_NAME_MAX + 1];
     char token_tenants[PC_TOKEN_MAX_TENANTS][PC_TENANT_MAX + 1];
     size_t n_token_tenants;
+    /* AGENT_ENROLL, AGENT_REVOKE. */
+    char agent_id[PC_ID_MAX + 1];
+    uint8_t agent_pk[PC_PK_LEN];
     /* Called once, on the loop thread, after commit and publish (or on
      * failure). The pipeline frees the change (and its bundle) after. */
     void (*done)(pc_change *c, const pc_change_result *r);

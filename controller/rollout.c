@@ -10,6 +10,7 @@
 #include "names.h"
 
 typedef struct agent_entry {
+    bool verified; /* the last report was signed by its enrolled key */
     Popcast__AgentStatus *status; /* the last accepted report */
     int64_t last_seen_ms;
     struct agent_entry *next;
@@ -98,7 +99,8 @@ static Popcast__AgentStatus *copy_status(const Popcast__AgentStatus *st)
 static void evaluate_waiters_locked(pc_rollout *r, int64_t now, waiter **fired);
 static void fire(waiter *fired, pc_rollout *r, int64_t now);
 
-int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, int64_t now_ms, pc_err *err)
+int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verified, int64_t now_ms,
+                      pc_err *err)
 {
     if (!pc_id_valid(st->agent_id) || !pc_id_valid(st->pop))
         return pc_err_set(err, PC_E_INVALID, "status report with an invalid agent id or pop");
@@ -125,6 +127,7 @@ int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, int64_t now
             popcast__agent_status__free_unpacked(a->status, NULL);
             a->status = copy;
             a->last_seen_ms = now_ms;
+            a->verified = verified;
             copy = NULL;
         }
     } else if (r->n_agents >= r->opt.max_agents) {
@@ -135,6 +138,7 @@ int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, int64_t now
     } else {
         a->status = copy;
         a->last_seen_ms = now_ms;
+        a->verified = verified;
         a->next = *pp;
         *pp = a;
         r->n_agents++;
@@ -179,11 +183,13 @@ json_t *pc_rollout_fleet_json(pc_rollout *r, uint64_t head_seq, int64_t now_ms)
         uint64_t applied = a->status->applied_seq;
         json_array_append_new(
             agents,
-            json_pack("{s:s,s:s,s:I,s:I,s:I,s:b,s:b,s:b,s:I}", "agent_id", a->status->agent_id,
-                      "pop", a->status->pop, "applied_seq", (json_int_t)applied, "lag",
+            json_pack("{s:s,s:s,s:I,s:I,s:I,s:b,s:b,s:b,s:I,s:b}", "agent_id",
+                      a->status->agent_id, "pop", a->status->pop, "applied_seq",
+                      (json_int_t)applied, "lag",
                       (json_int_t)(head_seq > applied ? head_seq - applied : 0), "last_seen_ms_ago",
                       (json_int_t)(now_ms - a->last_seen_ms), "stale", s, "reports_stale",
-                      a->status->stale, "gone", g, "tenants", (json_int_t)a->status->n_tenants));
+                      a->status->stale, "gone", g, "tenants", (json_int_t)a->status->n_tenants,
+                      "verified", a->verified));
     }
     pthread_mutex_unlock(&r->lock);
     return json_pack("{s:I,s:o,s:{s:I,s:I,s:I}}", "head_seq", (json_int_t)head_seq, "agents",

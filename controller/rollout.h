@@ -41,11 +41,13 @@ typedef struct pc_rollout_options {
 pc_rollout *pc_rollout_new(const pc_rollout_options *opt);
 void pc_rollout_free(pc_rollout *r);
 
-/* Records an agent's report (already authenticated by the caller).
+/* Records an agent's report (authenticated by the caller; verified says
+ * whether it was signed by the agent's enrolled key, shown in the fleet).
  * PC_E_STALE_VERSION if its counter is not above the last one seen from
  * that agent (a replay); PC_E_INVALID for malformed reports; PC_E_TOO_LARGE
  * when max_agents is reached. */
-int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, int64_t now_ms, pc_err *err);
+int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verified, int64_t now_ms,
+                      pc_err *err);
 
 /* {"head_seq", "agents": [{agent_id, pop, applied_seq, lag, last_seen_ms_ago, stale, gone}],
  *  "counts": {...}} */

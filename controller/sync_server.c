@@ -24,7 +24,7 @@ struct pc_sync_server {
     nng_socket sock;
     worker *workers;
     size_t n_workers;
-    pc_metric *m_sync, *m_snapshot, *m_chunk, *m_status, *m_bad;
+    pc_metric *m_sync, *m_snapshot, *m_chunk, *m_status, *m_bad, *m_forged;
 };
 
 /* Builds an Entry for seq from the store. The bundle goes inline when it is
@@ -218,15 +218,90 @@ static void handle_chunk(pc_sync_server *s, const Popcast__BundleChunkRequest *r
     resp->total_size = total;
 }
 
-static void handle_status(pc_sync_server *s, const Popcast__AgentStatus *st,
+/* The enrolled record of an agent: PC_OK with *pk filled, PC_E_NOTFOUND
+ * when not enrolled, PC_E_FORBIDDEN when revoked. */
+static int enrolled_key(pc_sync_server *s, const char *agent_id, pc_public_key *pk)
+{
+    if (!pc_id_valid(agent_id))
+        return PC_E_NOTFOUND;
+    char key[32 + PC_ID_MAX];
+    snprintf(key, sizeof(key), "agent.%s", agent_id);
+    uint8_t buf[512];
+    size_t len = 0;
+    pc_err err;
+    if (pc_store_meta_get(s->opt.store, key, buf, sizeof(buf), &len, &err) != PC_OK ||
+        len > sizeof(buf))
+        return PC_E_NOTFOUND;
+    Popcast__AgentRecord *a = popcast__agent_record__unpack(NULL, len, buf);
+    int rc = PC_E_NOTFOUND;
+    if (a != NULL && a->public_key.len == PC_PK_LEN) {
+        rc = a->revoked ? PC_E_FORBIDDEN : PC_OK;
+        memcpy(pk->pk, a->public_key.data, PC_PK_LEN);
+        pc_key_id(pk->id, pk->pk);
+    }
+    if (a != NULL)
+        popcast__agent_record__free_unpacked(a, NULL);
+    return rc;
+}
+
+static void refuse_status(pc_sync_server *s, Popcast__StatusAck *ack, const char *agent,
+                          const char *why)
+{
+    pc_metric_add(s->m_bad, 1);
+    pc_metric_add(s->m_forged, 1);
+    pc_warn("sync", "status report from %s refused: %s", agent, why);
+    ack->error = strdup(why);
+}
+
+static void record_status(pc_sync_server *s, const Popcast__AgentStatus *st, bool verified,
                           Popcast__StatusAck *ack)
 {
     pc_err err;
-    if (pc_rollout_report(s->opt.rollout, st, pc_now_ms(), &err) != PC_OK) {
+    if (pc_rollout_report(s->opt.rollout, st, verified, pc_now_ms(), &err) != PC_OK) {
         pc_metric_add(s->m_bad, 1);
         pc_debug("sync", "status from %s refused: %s", st->agent_id, err.msg);
         ack->error = strdup(err.msg);
     }
+}
+
+/* An unsigned report: only from an agent that is not enrolled, and only
+ * when enrollment is not required. */
+static void handle_status(pc_sync_server *s, const Popcast__AgentStatus *st,
+                          Popcast__StatusAck *ack)
+{
+    pc_public_key pk;
+    int rc = enrolled_key(s, st->agent_id, &pk);
+    if (rc != PC_E_NOTFOUND)
+        refuse_status(s, ack, st->agent_id, "unsigned report for an enrolled (or revoked) agent");
+    else if (s->opt.require_enrollment)
+        refuse_status(s, ack, st->agent_id, "unsigned report: agents must be enrolled");
+    else
+        record_status(s, st, false, ack);
+}
+
+static void handle_signed_status(pc_sync_server *s, const Popcast__SignedAgentStatus *ss,
+                                 Popcast__StatusAck *ack)
+{
+    Popcast__AgentStatus *st =
+        popcast__agent_status__unpack(NULL, ss->status.len, ss->status.data);
+    if (st == NULL) {
+        refuse_status(s, ack, "?", "signed report does not decode");
+        return;
+    }
+    pc_public_key pk;
+    int rc = enrolled_key(s, st->agent_id, &pk);
+    if (rc == PC_E_NOTFOUND && !s->opt.require_enrollment)
+        record_status(s, st, false, ack); /* no key to check it with: unverified */
+    else if (rc == PC_E_NOTFOUND)
+        refuse_status(s, ack, st->agent_id, "agent is not enrolled");
+    else if (rc == PC_E_FORBIDDEN)
+        refuse_status(s, ack, st->agent_id, "agent's key was revoked");
+    else if (pc_verify(&pk, PC_DOMAIN_STATUS, ss->status.data, ss->status.len,
+                       ss->signature.data, ss->signature.len) != PC_OK)
+        refuse_status(s, ack, st->agent_id, "signature does not match the enrolled key");
+    else
+        record_status(s, st, true, ack);
+    popcast__agent_status__free_unpacked(st, NULL);
 }
 
 /* Answers one request; returns the reply message (NULL: no reply). */
@@ -269,6 +344,12 @@ static nng_msg *handle(pc_sync_server *s, const uint8_t *data, size_t len)
         case POPCAST__SYNC_CALL__BODY_STATUS:
             pc_metric_add(s->m_status, 1);
             handle_status(s, call->status, &ack);
+            reply.body_case = POPCAST__SYNC_REPLY__BODY_STATUS_ACK;
+            reply.status_ack = &ack;
+            break;
+        case POPCAST__SYNC_CALL__BODY_SIGNED_STATUS:
+            pc_metric_add(s->m_status, 1);
+            handle_signed_status(s, call->signed_status, &ack);
             reply.body_case = POPCAST__SYNC_REPLY__BODY_STATUS_ACK;
             reply.status_ack = &ack;
             break;
@@ -359,6 +440,9 @@ int pc_sync_server_start(pc_sync_server **out, const pc_sync_server_options *opt
         pc_metrics_counter(opt->metrics, "popcast_sync_requests_total", "kind=\"status\"", NULL);
     s->m_bad = pc_metrics_counter(opt->metrics, "popcast_sync_refused_total", NULL,
                                   "requests that did not decode or were refused");
+    s->m_forged = pc_metrics_counter(opt->metrics, "popcast_status_refused_total", NULL,
+                                     "status reports refused: unsigned, unenrolled, revoked or "
+                                     "a bad signature");
     for (size_t i = 0; i < s->n_workers; i++)
         nng_ctx_recv(s->workers[i].ctx, s->workers[i].aio);
     *out = s;

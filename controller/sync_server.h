@@ -34,6 +34,11 @@ typedef struct pc_sync_server_options {
     size_t chunk_max;      /* bytes per chunk reply */
     uint64_t snapshot_lag; /* further behind than this: take a snapshot */
     size_t workers;        /* concurrent requests */
+    /* Status reports must be signed by an enrolled agent key. Without it,
+     * unsigned reports are accepted from agents that are not enrolled
+     * (shown as unverified); an enrolled agent's reports must always be
+     * signed by its key. */
+    bool require_enrollment;
 } pc_sync_server_options;
 
 int pc_sync_server_start(pc_sync_server **out, const pc_sync_server_options *opt, pc_err *err);
