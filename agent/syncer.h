@@ -33,10 +33,10 @@ typedef struct pc_syncer_options {
     pc_metrics *metrics;
     const char *agent_id;
     const char *pop;
-    uint64_t status_epoch;       /* grows on every start: counters never repeat */
+    uint64_t status_epoch;          /* grows on every start: counters never repeat */
     const pc_signing_key *identity; /* signs status reports (NULL: unsigned) */
-    uint64_t request_timeout_ms; /* one request */
-    uint64_t sync_interval_ms;   /* catch-up probe even without a trigger */
+    uint64_t request_timeout_ms;    /* one request */
+    uint64_t sync_interval_ms;      /* catch-up probe even without a trigger */
     uint64_t status_interval_ms;
     uint64_t status_min_ms;
     uint32_t batch_entries;

@@ -648,8 +648,8 @@ static void agent_body(void *arg, nng_aio *aio, int rc, uint8_t *body, size_t le
     pc_err err;
     if (c == NULL) {
         pc_httpd_reply_error(aio, 503, PC_E_NOMEM, "out of memory");
-    } else if (pc_api_parse_agent(body, len, c->agent_id, sizeof(c->agent_id), c->agent_pk,
-                                  &err) != PC_OK) {
+    } else if (pc_api_parse_agent(body, len, c->agent_id, sizeof(c->agent_id), c->agent_pk, &err) !=
+               PC_OK) {
         pc_change_free(c);
         pc_httpd_reply_error(aio, 400, PC_E_INVALID, "%s", err.msg);
     } else {
@@ -675,8 +675,7 @@ static int add_agent(void *arg, const char *key, const uint8_t *val, size_t len)
     pc_hex(id, pk.id, PC_KEY_ID_LEN);
     json_array_append_new(list, json_pack("{s:s,s:s,s:s,s:I,s:b}", "agent_id", a->agent_id,
                                           "public_key", text, "key_id", id, "enrolled_unix_ms",
-                                          (json_int_t)a->enrolled_unix_ms, "revoked",
-                                          a->revoked));
+                                          (json_int_t)a->enrolled_unix_ms, "revoked", a->revoked));
     popcast__agent_record__free_unpacked(a, NULL);
     return 0;
 }

@@ -138,8 +138,8 @@ int pc_api_parse_agent(const uint8_t *body, size_t len, char *agent_id, size_t i
     int rc = PC_OK;
     pc_public_key key;
     pc_err kerr;
-    if (json_unpack_ex(root, &jerr, JSON_STRICT, "{s:s,s:s}", "agent_id", &id, "public_key",
-                       &pk) != 0 ||
+    if (json_unpack_ex(root, &jerr, JSON_STRICT, "{s:s,s:s}", "agent_id", &id, "public_key", &pk) !=
+            0 ||
         !pc_id_valid(id) || strlen(id) >= id_cap)
         rc = pc_err_set(err, PC_E_INVALID,
                         "expected {\"agent_id\": \"[A-Za-z0-9._-]{1,128}\", \"public_key\": "

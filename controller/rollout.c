@@ -10,7 +10,7 @@
 #include "names.h"
 
 typedef struct agent_entry {
-    bool verified; /* the last report was signed by its enrolled key */
+    bool verified;                /* the last report was signed by its enrolled key */
     Popcast__AgentStatus *status; /* the last accepted report */
     int64_t last_seen_ms;
     struct agent_entry *next;
@@ -183,9 +183,8 @@ json_t *pc_rollout_fleet_json(pc_rollout *r, uint64_t head_seq, int64_t now_ms)
         uint64_t applied = a->status->applied_seq;
         json_array_append_new(
             agents,
-            json_pack("{s:s,s:s,s:I,s:I,s:I,s:b,s:b,s:b,s:I,s:b}", "agent_id",
-                      a->status->agent_id, "pop", a->status->pop, "applied_seq",
-                      (json_int_t)applied, "lag",
+            json_pack("{s:s,s:s,s:I,s:I,s:I,s:b,s:b,s:b,s:I,s:b}", "agent_id", a->status->agent_id,
+                      "pop", a->status->pop, "applied_seq", (json_int_t)applied, "lag",
                       (json_int_t)(head_seq > applied ? head_seq - applied : 0), "last_seen_ms_ago",
                       (json_int_t)(now_ms - a->last_seen_ms), "stale", s, "reports_stale",
                       a->status->stale, "gone", g, "tenants", (json_int_t)a->status->n_tenants,

@@ -282,8 +282,7 @@ static void handle_status(pc_sync_server *s, const Popcast__AgentStatus *st,
 static void handle_signed_status(pc_sync_server *s, const Popcast__SignedAgentStatus *ss,
                                  Popcast__StatusAck *ack)
 {
-    Popcast__AgentStatus *st =
-        popcast__agent_status__unpack(NULL, ss->status.len, ss->status.data);
+    Popcast__AgentStatus *st = popcast__agent_status__unpack(NULL, ss->status.len, ss->status.data);
     if (st == NULL) {
         refuse_status(s, ack, "?", "signed report does not decode");
         return;
@@ -296,8 +295,8 @@ static void handle_signed_status(pc_sync_server *s, const Popcast__SignedAgentSt
         refuse_status(s, ack, st->agent_id, "agent is not enrolled");
     else if (rc == PC_E_FORBIDDEN)
         refuse_status(s, ack, st->agent_id, "agent's key was revoked");
-    else if (pc_verify(&pk, PC_DOMAIN_STATUS, ss->status.data, ss->status.len,
-                       ss->signature.data, ss->signature.len) != PC_OK)
+    else if (pc_verify(&pk, PC_DOMAIN_STATUS, ss->status.data, ss->status.len, ss->signature.data,
+                       ss->signature.len) != PC_OK)
         refuse_status(s, ack, st->agent_id, "signature does not match the enrolled key");
     else
         record_status(s, st, true, ack);
