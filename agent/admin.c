@@ -54,7 +54,7 @@ int pc_admin_start(pc_admin **out, const char *url, pc_metrics *metrics,
     a->metrics = metrics;
     a->status_cb = status_cb;
     a->arg = arg;
-    int rc = pc_httpd_start(url, "/", route, a, &a->server, err);
+    int rc = pc_httpd_start(url, NULL, "/", route, a, &a->server, err);
     if (rc != PC_OK) {
         free(a);
         return rc;

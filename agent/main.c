@@ -25,6 +25,7 @@
 #include "subscriber.h"
 #include "exec_adapter.h"
 #include "syncer.h"
+#include "tls.h"
 
 typedef struct agent_config {
     char *data_dir;
@@ -47,6 +48,9 @@ typedef struct agent_config {
     uint64_t lua_response_max;
     uint64_t lua_max_isolates;
     char *identity_key;
+    char *tls_ca;
+    char *tls_server_name;
+    bool allow_plaintext;
     char *exec_root;
     char *exec_reload_command;
     char *exec_reload_pidfile;
@@ -92,6 +96,12 @@ static const pc_cfg_option options[] = {
     OPT(lua_wall_ms, PC_CFG_U64, "1000", 1, 3600000, "wall-time limit per request (ms)"),
     OPT(lua_response_max, PC_CFG_SIZE, "8MiB", 1, (uint64_t)1 << 30, "largest response body"),
     OPT(lua_max_isolates, PC_CFG_U64, "64", 1, 65536, "isolates per tenant version"),
+    OPT(tls_ca, PC_CFG_STRING, NULL, 0, 0,
+        "PEM CA certificate(s) the controllers' TLS certificates must chain to (tls+tcp://)"),
+    OPT(tls_server_name, PC_CFG_STRING, NULL, 0, 0,
+        "the name the controllers' certificates must carry (default: none checked beyond the CA)"),
+    OPT(allow_plaintext, PC_CFG_BOOL, "false", 0, 0,
+        "allow tcp:// controller addresses (local development only)"),
     OPT(identity_key, PC_CFG_STRING, NULL, 0, 0,
         "this agent's Ed25519 key, signing its status reports; created with its .pub beside it "
         "if missing (default: DATA_DIR/agent.key)"),
@@ -128,6 +138,7 @@ typedef struct agent {
     pc_metrics *metrics;
     pc_adapter *lua, *exec;
     pc_signing_key identity;
+    nng_tls_config *tls;
     char identity_public[128];
     pc_adapter *adapters[2];
     size_t n_adapters;
@@ -343,6 +354,23 @@ int main(int argc, char **argv)
         fprintf(stderr, "popcast-agent: %s\n", err.msg);
         goto out;
     }
+    if (ag.cfg.tls_ca != NULL &&
+        pc_tls_client_config(ag.cfg.tls_ca, ag.cfg.tls_server_name, &ag.tls, &err) != PC_OK) {
+        pc_error("agent", "%s", err.msg);
+        goto out;
+    }
+    for (size_t i = 0; i < ag.cfg.subscribe.count; i++)
+        if (pc_tls_check_url(ag.cfg.subscribe.items[i], ag.tls, ag.cfg.allow_plaintext, "subscribe",
+                             &err) != PC_OK) {
+            pc_error("agent", "%s", err.msg);
+            goto out;
+        }
+    for (size_t i = 0; i < ag.cfg.sync.count; i++)
+        if (pc_tls_check_url(ag.cfg.sync.items[i], ag.tls, ag.cfg.allow_plaintext, "sync", &err) !=
+            PC_OK) {
+            pc_error("agent", "%s", err.msg);
+            goto out;
+        }
     pc_store_options sopt = {.keep_history = false};
     if (ensure_dir(ag.cfg.data_dir, &err) != PC_OK ||
         pc_store_open(&ag.store, ag.cfg.data_dir, &sopt, &err) != PC_OK) {
@@ -410,6 +438,7 @@ int main(int argc, char **argv)
         .pop = ag.cfg.pop,
         .status_epoch = epoch,
         .identity = &ag.identity,
+        .tls = ag.tls,
         .request_timeout_ms = ag.cfg.request_timeout_ms,
         .sync_interval_ms = ag.cfg.sync_interval_ms,
         .status_interval_ms = ag.cfg.status_interval_ms,
@@ -430,6 +459,7 @@ int main(int argc, char **argv)
     pc_subscriber_options subopt = {.urls = &ag.cfg.subscribe,
                                     .recvbuf = (int)ag.cfg.sub_recvbuf,
                                     .recv_max = ag.cfg.max_bundle + 1024 * 1024,
+                                    .tls = ag.tls,
                                     .queue_max = ag.cfg.sub_queue};
     if (pc_subscriber_open(&ag.sub, &ag.loop, &subopt, on_publication, &ag, &err) != PC_OK) {
         pc_error("agent", "%s", err.msg);
@@ -460,6 +490,8 @@ out:
     if (ag.exec)
         ag.exec->destroy(ag.exec);
     pc_signing_key_wipe(&ag.identity);
+    if (ag.tls != NULL)
+        nng_tls_config_free(ag.tls);
     pc_metrics_free(ag.metrics);
     pc_store_close(ag.store);
     pc_config_free(options, &ag.cfg);

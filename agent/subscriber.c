@@ -110,7 +110,10 @@ int pc_subscriber_open(pc_subscriber **out, uv_loop_t *loop, const pc_subscriber
         return pc_err_set(err, PC_E_INTERNAL, "cannot open sub socket: %s", nng_strerror(rv));
     }
     for (size_t i = 0; i < opt->urls->count; i++) {
-        rv = nng_dial(s->sock, opt->urls->items[i], NULL, NNG_FLAG_NONBLOCK);
+        pc_err derr;
+        rv = pc_nng_dial(s->sock, opt->urls->items[i], opt->tls, NNG_FLAG_NONBLOCK, &derr) == PC_OK
+                 ? 0
+                 : NNG_EINVAL;
         if (rv != 0) {
             nng_close(s->sock);
             nng_aio_free(s->aio);

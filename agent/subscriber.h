@@ -15,6 +15,7 @@
 
 #include "config.h"
 #include "err.h"
+#include "tls.h"
 
 typedef struct pc_subscriber pc_subscriber;
 
@@ -27,6 +28,7 @@ typedef struct pc_subscriber_options {
     int recvbuf;            /* nng receive queue, messages */
     size_t recv_max;        /* largest message accepted (bytes) */
     size_t queue_max;       /* messages waiting for the loop */
+    nng_tls_config *tls;    /* for tls+tcp:// urls */
 } pc_subscriber_options;
 
 /* Dials every url without waiting: an agent starts and serves with no

@@ -456,8 +456,12 @@ int pc_syncer_start(pc_syncer **out, const pc_syncer_options *opt, pc_err *err)
             rv = nng_socket_set_ms(l->sock, NNG_OPT_RECONNMINT, 100);
         if (rv == 0)
             rv = nng_socket_set_ms(l->sock, NNG_OPT_RECONNMAXT, 2000);
-        if (rv == 0)
-            rv = nng_dial(l->sock, opt->urls->items[i], NULL, NNG_FLAG_NONBLOCK);
+        if (rv == 0) {
+            pc_err derr;
+            if (pc_nng_dial(l->sock, opt->urls->items[i], opt->tls, NNG_FLAG_NONBLOCK, &derr) !=
+                PC_OK)
+                rv = NNG_EINVAL;
+        }
         if (rv != 0 || (l->url = strdup(opt->urls->items[i])) == NULL) {
             if (rv == 0)
                 nng_close(l->sock);

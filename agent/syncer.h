@@ -23,6 +23,7 @@
 #include "config.h"
 #include "crypto.h"
 #include "err.h"
+#include "tls.h"
 #include "metrics.h"
 
 typedef struct pc_syncer pc_syncer;
@@ -35,6 +36,7 @@ typedef struct pc_syncer_options {
     const char *pop;
     uint64_t status_epoch;          /* grows on every start: counters never repeat */
     const pc_signing_key *identity; /* signs status reports (NULL: unsigned) */
+    nng_tls_config *tls;            /* for tls+tcp:// urls */
     uint64_t request_timeout_ms;    /* one request */
     uint64_t sync_interval_ms;      /* catch-up probe even without a trigger */
     uint64_t status_interval_ms;

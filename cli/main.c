@@ -17,6 +17,7 @@
 #include "crypto.h"
 #include "http_client.h"
 #include "names.h"
+#include "tls.h"
 
 #define DEFAULT_CONTROLLER "http://127.0.0.1:7070"
 #define DEFAULT_MAX_BUNDLE (64u * 1024 * 1024)
@@ -34,7 +35,9 @@ typedef struct cli {
     bool wait;
     const char *timeout; /* --timeout SECONDS for --wait */
     const char *fraction;
-    const char *tenants[16]; /* token create --tenant, repeatable */
+    const char *ca_file;         /* https: the CA to trust */
+    const char *tls_server_name; /* https: the name the certificate must carry */
+    const char *tenants[16];     /* token create --tenant, repeatable */
     int n_tenants;
     const char *entrypoint;
     const char *runtime;
@@ -810,6 +813,10 @@ int main(int argc, char **argv)
             slot = &c.timeout;
         else if (strcmp(a, "--fraction") == 0)
             slot = &c.fraction;
+        else if (strcmp(a, "--ca-file") == 0)
+            slot = &c.ca_file;
+        else if (strcmp(a, "--tls-server-name") == 0)
+            slot = &c.tls_server_name;
         if (slot != NULL) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "popcast: %s needs a value\n", a);
@@ -830,6 +837,17 @@ int main(int argc, char **argv)
     }
     if (pc_crypto_init() != PC_OK)
         return fail("%s", "libsodium failed to initialise");
+    if (c.ca_file == NULL)
+        c.ca_file = getenv("POPCAST_CA_FILE");
+    if (c.tls_server_name == NULL)
+        c.tls_server_name = getenv("POPCAST_TLS_SERVER_NAME");
+    nng_tls_config *tls = NULL;
+    if (c.ca_file != NULL) {
+        pc_err terr;
+        if (pc_tls_client_config(c.ca_file, c.tls_server_name, &tls, &terr) != PC_OK)
+            return fail("%s", terr.msg);
+        pc_http_set_tls(tls);
+    }
     struct {
         const char *name;
         int min, max;
@@ -846,10 +864,17 @@ int main(int argc, char **argv)
         if (c.nargs < cmds[i].min || c.nargs > cmds[i].max) {
             fprintf(stderr, "popcast: wrong number of arguments for %s\n\n", cmd);
             usage(stderr);
+            if (tls != NULL)
+                nng_tls_config_free(tls);
             return 2;
         }
-        return cmds[i].run(&c);
+        int rc = cmds[i].run(&c);
+        if (tls != NULL)
+            nng_tls_config_free(tls);
+        return rc;
     }
+    if (tls != NULL)
+        nng_tls_config_free(tls);
     fprintf(stderr, "popcast: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return 2;

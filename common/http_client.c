@@ -2,9 +2,17 @@
 #include "http_client.h"
 
 #include <nng/nng.h>
+#include <nng/supplemental/tls/tls.h>
 #include <nng/supplemental/http/http.h>
 #include <stdlib.h>
 #include <string.h>
+
+static nng_tls_config *client_tls;
+
+void pc_http_set_tls(struct nng_tls_config *cfg)
+{
+    client_tls = cfg;
+}
 
 int pc_http_call(const char *base_url, const char *method, const char *path,
                  const char *const *headers, const void *body, size_t body_len, int timeout_ms,
@@ -20,6 +28,9 @@ int pc_http_call(const char *base_url, const char *method, const char *path,
     if (rv != 0)
         return pc_err_set(err, PC_E_INVALID, "bad URL %s: %s", base_url, nng_strerror(rv));
     if ((rv = nng_http_client_alloc(&client, url)) != 0 ||
+        (strcmp(url->u_scheme, "https") == 0 &&
+         (rv = client_tls == NULL ? NNG_EINVAL : nng_http_client_set_tls(client, client_tls)) !=
+             0) ||
         (rv = nng_http_req_alloc(&req, url)) != 0 || (rv = nng_http_res_alloc(&res)) != 0 ||
         (rv = nng_aio_alloc(&aio, NULL, NULL)) != 0 ||
         (rv = nng_http_req_set_method(req, method)) != 0 ||

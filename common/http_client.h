@@ -22,6 +22,12 @@ int pc_http_call(const char *base_url, const char *method, const char *path,
                  const char *const *headers, const void *body, size_t body_len, int timeout_ms,
                  pc_http_result *out, pc_err *err);
 const char *pc_http_result_header(const pc_http_result *r, const char *name);
+
+/* The TLS client configuration for https:// calls from this process (the
+ * CA to trust, see tls.h); NULL: https calls fail. Not thread safe: set it
+ * before calling. */
+struct nng_tls_config;
+void pc_http_set_tls(struct nng_tls_config *cfg);
 void pc_http_result_free(pc_http_result *r);
 
 #endif

@@ -13,8 +13,8 @@
 /* A slow client must not hold a body read open forever. */
 #define BODY_READ_TIMEOUT_MS 30000
 
-int pc_httpd_start(const char *url, const char *prefix, void (*cb)(nng_aio *), void *data,
-                   nng_http_server **out, pc_err *err)
+int pc_httpd_start(const char *url, nng_tls_config *tls, const char *prefix, void (*cb)(nng_aio *),
+                   void *data, nng_http_server **out, pc_err *err)
 {
     nng_url *u = NULL;
     nng_http_server *server = NULL;
@@ -23,6 +23,9 @@ int pc_httpd_start(const char *url, const char *prefix, void (*cb)(nng_aio *), v
     if (rv != 0)
         return pc_err_set(err, PC_E_INVALID, "bad listen address %s: %s", url, nng_strerror(rv));
     if ((rv = nng_http_server_hold(&server, u)) != 0)
+        goto fail;
+    if (strcmp(u->u_scheme, "https") == 0 &&
+        (rv = tls == NULL ? NNG_EINVAL : nng_http_server_set_tls(server, tls)) != 0)
         goto fail;
     if ((rv = nng_http_handler_alloc(&h, prefix, cb)) != 0)
         goto fail;

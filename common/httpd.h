@@ -10,6 +10,7 @@
 
 #include <jansson.h>
 #include <nng/nng.h>
+#include <nng/supplemental/tls/tls.h>
 #include <nng/supplemental/http/http.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -20,8 +21,9 @@
 /* Starts an HTTP server on url ("http://127.0.0.1:7070") with one tree
  * handler at prefix, for every method, calling cb. data is handed to the
  * handler (nng_http_handler_get_data). */
-int pc_httpd_start(const char *url, const char *prefix, void (*cb)(nng_aio *), void *data,
-                   nng_http_server **out, pc_err *err);
+/* tls: the server's TLS configuration, required for an https:// url. */
+int pc_httpd_start(const char *url, nng_tls_config *tls, const char *prefix, void (*cb)(nng_aio *),
+                   void *data, nng_http_server **out, pc_err *err);
 void pc_httpd_stop(nng_http_server *server);
 
 /* The handler's request and its user data. */

@@ -1017,7 +1017,7 @@ int pc_api_start(pc_api **out, const pc_api_options *opt, pc_store *store, pc_pi
     api->token_writes = pc_ratelimit_new(opt->token_write_rate, opt->token_write_burst, 4096);
     api->admin_writes = pc_ratelimit_new(opt->admin_write_rate, opt->admin_write_burst, 1);
     pc_httpd_set_extra_headers(role_headers, api);
-    int rc = pc_httpd_start(opt->listen_url, "/", route, api, &api->server, err);
+    int rc = pc_httpd_start(opt->listen_url, opt->tls, "/", route, api, &api->server, err);
     if (rc != PC_OK) {
         pc_httpd_set_extra_headers(NULL, NULL);
         pc_ratelimit_free(api->token_writes);

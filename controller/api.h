@@ -16,6 +16,7 @@
 #include "config.h"
 #include "crypto.h"
 #include "err.h"
+#include "tls.h"
 #include "metrics.h"
 #include "cluster.h"
 #include "pipeline.h"
@@ -29,6 +30,7 @@ typedef struct pc_api_options {
     const pc_strlist *runtimes; /* runtime names accepted in uploads */
     pc_adapter *lua;            /* used to check Lua uploads parse */
     pc_cluster *cluster;        /* writes go to its leader */
+    nng_tls_config *tls;        /* for an https:// listen_url */
     uint8_t admin_token_hash[PC_HASH_LEN];
     /* Mutating calls per second and burst, per token (0: unlimited). */
     double token_write_rate, token_write_burst;

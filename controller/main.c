@@ -27,6 +27,7 @@
 #include "rollout.h"
 #include "sync_server.h"
 #include "store.h"
+#include "tls.h"
 
 typedef struct controller_config {
     char *data_dir;
@@ -42,6 +43,8 @@ typedef struct controller_config {
     uint64_t max_pending;
     uint64_t heartbeat_ms;
     bool require_enrollment;
+    char *tls_cert_key;
+    bool allow_plaintext;
     uint64_t token_write_rate;
     uint64_t token_write_burst;
     uint64_t admin_write_rate;
@@ -88,6 +91,10 @@ static const pc_cfg_option options[] = {
     OPT(max_pending, PC_CFG_U64, "1024", 1, 1 << 20, "writes queued before the API answers 503"),
     OPT(heartbeat_ms, PC_CFG_U64, "1000", 0, 3600000,
         "signed heartbeat period (0: none; agents then go stale)"),
+    OPT(tls_cert_key, PC_CFG_STRING, NULL, 0, 0,
+        "PEM file with this controller's TLS certificate and key (for https:// and tls+tcp://)"),
+    OPT(allow_plaintext, PC_CFG_BOOL, "false", 0, 0,
+        "allow http:// and tcp:// listen addresses (local development only)"),
     OPT(require_enrollment, PC_CFG_BOOL, "false", 0, 0,
         "refuse status reports not signed by an enrolled agent key (recommended in production)"),
     OPT(token_write_rate, PC_CFG_U64, "10", 0, 1000000,
@@ -198,6 +205,7 @@ typedef struct controller {
     pc_sync_server *sync;
     pc_heartbeat *heartbeat;
     pc_cluster *cluster;
+    nng_tls_config *tls;
     uv_timer_t tick;
 } controller;
 
@@ -305,6 +313,21 @@ int main(int argc, char **argv)
                               .token_write_burst = (double)c.cfg.token_write_burst,
                               .admin_write_rate = (double)c.cfg.admin_write_rate,
                               .admin_write_burst = (double)c.cfg.admin_write_burst};
+    if (c.cfg.tls_cert_key != NULL &&
+        pc_tls_server_config(c.cfg.tls_cert_key, &c.tls, &err) != PC_OK) {
+        fprintf(stderr, "popcast-controller: %s\n", err.msg);
+        goto out;
+    }
+    if (pc_tls_check_url(c.cfg.api_listen, c.tls, c.cfg.allow_plaintext, "api_listen", &err) !=
+            PC_OK ||
+        pc_tls_check_url(c.cfg.pub_listen, c.tls, c.cfg.allow_plaintext, "pub_listen", &err) !=
+            PC_OK ||
+        pc_tls_check_url(c.cfg.sync_listen, c.tls, c.cfg.allow_plaintext, "sync_listen", &err) !=
+            PC_OK) {
+        fprintf(stderr, "popcast-controller: %s\n", err.msg);
+        goto out;
+    }
+    api_opt.tls = c.tls;
     pc_store_options sopt = {.keep_history = true};
     pc_lua_limits limits;
     pc_lua_limits_default(&limits);
@@ -336,6 +359,7 @@ int main(int argc, char **argv)
                                     .chunk_max = 1024 * 1024,
                                     .snapshot_lag = c.cfg.snapshot_lag,
                                     .require_enrollment = c.cfg.require_enrollment,
+                                    .tls = c.tls,
                                     .workers = 8};
     if (pc_sync_server_start(&c.sync, &sopts, &err) != PC_OK) {
         pc_error("controller", "%s", err.msg);
@@ -359,7 +383,7 @@ int main(int argc, char **argv)
                                .snapshot_trailing = (unsigned)c.cfg.raft_snapshot_trailing,
                                .on_applied = on_applied,
                                .on_applied_arg = &c};
-    if (pc_publisher_open(&c.pub, c.cfg.pub_listen, (int)c.cfg.pub_sendbuf,
+    if (pc_publisher_open(&c.pub, c.cfg.pub_listen, c.tls, (int)c.cfg.pub_sendbuf,
                           c.cfg.max_bundle + 65536, &err) != PC_OK ||
         pc_heartbeat_start(&c.heartbeat, &c.loop, c.cfg.heartbeat_ms, node_id, &c.key, c.store,
                            c.pub, &err) != PC_OK ||
@@ -411,6 +435,8 @@ out:
         c.lua->destroy(c.lua);
     pc_metrics_free(c.metrics);
     pc_store_close(c.store);
+    if (c.tls != NULL)
+        nng_tls_config_free(c.tls);
     pc_signing_key_wipe(&c.key);
     pc_config_free(options, &c.cfg);
     return exit_code;

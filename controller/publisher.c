@@ -1,6 +1,8 @@
 /* publisher.c - nng pub socket (see publisher.h). */
 #include "publisher.h"
 
+#include "tls.h"
+
 #include <nng/nng.h>
 #include <nng/protocol/pubsub0/pub.h>
 #include <stdatomic.h>
@@ -13,7 +15,8 @@ struct pc_publisher {
     _Atomic uint64_t sent, failed;
 };
 
-int pc_publisher_open(pc_publisher **out, const char *url, int sendbuf, size_t max_msg, pc_err *err)
+int pc_publisher_open(pc_publisher **out, const char *url, nng_tls_config *tls, int sendbuf,
+                      size_t max_msg, pc_err *err)
 {
     pc_publisher *p = calloc(1, sizeof(*p));
     if (p == NULL)
@@ -25,12 +28,15 @@ int pc_publisher_open(pc_publisher **out, const char *url, int sendbuf, size_t m
     if (rv == 0)
         rv = nng_socket_set_size(p->sock, NNG_OPT_RECVMAXSZ, 1024);
     (void)max_msg;
-    if (rv == 0)
-        rv = nng_listen(p->sock, url, NULL, 0);
     if (rv != 0) {
         nng_close(p->sock);
         free(p);
         return pc_err_set(err, PC_E_UNAVAILABLE, "cannot publish on %s: %s", url, nng_strerror(rv));
+    }
+    if (pc_nng_listen(p->sock, url, tls, err) != PC_OK) {
+        nng_close(p->sock);
+        free(p);
+        return PC_E_UNAVAILABLE;
     }
     *out = p;
     return PC_OK;

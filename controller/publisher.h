@@ -13,12 +13,13 @@
 #include <stdint.h>
 
 #include "err.h"
+#include "tls.h"
 #include "popcast.pb-c.h"
 
 typedef struct pc_publisher pc_publisher;
 
-int pc_publisher_open(pc_publisher **out, const char *url, int sendbuf, size_t max_msg,
-                      pc_err *err);
+int pc_publisher_open(pc_publisher **out, const char *url, nng_tls_config *tls, int sendbuf,
+                      size_t max_msg, pc_err *err);
 void pc_publisher_close(pc_publisher *p);
 
 /* Publishes one entry (the bundle inline). Errors are counted, not

@@ -422,8 +422,9 @@ int pc_sync_server_start(pc_sync_server **out, const pc_sync_server_options *opt
         if (rv == 0)
             rv = nng_ctx_open(&s->workers[i].ctx, s->sock);
     }
-    if (rv == 0)
-        rv = nng_listen(s->sock, opt->url, NULL, 0);
+    pc_err lerr;
+    if (rv == 0 && pc_nng_listen(s->sock, opt->url, opt->tls, &lerr) != PC_OK)
+        rv = NNG_EADDRINUSE;
     if (rv != 0) {
         pc_sync_server_stop(s);
         return pc_err_set(err, PC_E_UNAVAILABLE, "cannot serve sync on %s: %s", opt->url,

@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "err.h"
+#include "tls.h"
 #include "metrics.h"
 #include "rollout.h"
 #include "store.h"
@@ -39,6 +40,7 @@ typedef struct pc_sync_server_options {
      * (shown as unverified); an enrolled agent's reports must always be
      * signed by its key. */
     bool require_enrollment;
+    nng_tls_config *tls; /* for a tls+tcp:// url */
 } pc_sync_server_options;
 
 int pc_sync_server_start(pc_sync_server **out, const pc_sync_server_options *opt, pc_err *err);

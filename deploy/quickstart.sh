@@ -59,7 +59,8 @@ step "generating the signing key"
 "$POPCAST" keygen --out "$RUN" --name signing
 
 step "starting the controller (API http://127.0.0.1:$API_PORT)"
-"$BUILD/controller/popcast-controller" --data-dir "$RUN/controller" \
+# Loopback only, so plaintext is allowed explicitly (docs/security.md: TLS).
+"$BUILD/controller/popcast-controller" --data-dir "$RUN/controller" --allow-plaintext \
     --api-listen "http://127.0.0.1:$API_PORT" --pub-listen "tcp://127.0.0.1:$PUB_PORT" \
     --sync-listen "tcp://127.0.0.1:$SYNC_PORT" \
     --signing-key "$RUN/signing.key" --node-id controller-1 \
@@ -71,7 +72,7 @@ export POPCAST_TOKEN_FILE="$RUN/controller/admin.token"
 
 for i in 0 1 2; do
     pop=${POPS[$i]}
-    "$BUILD/agent/popcast-agent" --data-dir "$RUN/agent-$pop" --agent-id "edge-$pop-1" \
+    "$BUILD/agent/popcast-agent" --data-dir "$RUN/agent-$pop" --agent-id "edge-$pop-1" --allow-plaintext \
         --pop "$pop" --subscribe "tcp://127.0.0.1:$PUB_PORT" --sync "tcp://127.0.0.1:$SYNC_PORT" \
         --trusted-key "$RUN/signing.pub" \
         --edge-listen "127.0.0.1:${EDGE_PORTS[$i]}" \

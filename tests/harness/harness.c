@@ -336,6 +336,8 @@ void pc_test_controller_start(pc_test_env *env, pc_test_controller *c, const cha
     argv[n++] = c->sync_url;
     argv[n++] = "--raft-listen";
     argv[n++] = c->raft_address;
+    /* Tests speak plaintext on loopback unless a test sets up TLS. */
+    argv[n++] = "--allow-plaintext";
     argv[n++] = "--signing-key";
     argv[n++] = env->key_path;
     argv[n++] = "--admin-token-file";
@@ -409,6 +411,7 @@ void pc_test_agent_start(pc_test_env *env, pc_test_agent *a, const char *id,
     argv[n++] = env->pub_path;
     argv[n++] = "--edge-threads";
     argv[n++] = "2";
+    argv[n++] = "--allow-plaintext";
     for (size_t i = 0; subscribe != NULL && subscribe[i] != NULL && n < 30; i++) {
         argv[n++] = "--subscribe";
         argv[n++] = (char *)subscribe[i];

@@ -1,0 +1,91 @@
+/* tls.c - TLS configuration for nng links and HTTP (see tls.h). */
+#include "tls.h"
+
+#include <string.h>
+
+int pc_tls_server_config(const char *cert_key_file, nng_tls_config **out, pc_err *err)
+{
+    *out = NULL;
+    nng_tls_config *cfg = NULL;
+    int rv = nng_tls_config_alloc(&cfg, NNG_TLS_MODE_SERVER);
+    if (rv == 0)
+        rv = nng_tls_config_cert_key_file(cfg, cert_key_file, NULL);
+    if (rv != 0) {
+        if (cfg != NULL)
+            nng_tls_config_free(cfg);
+        return pc_err_set(err, PC_E_INVALID, "TLS certificate and key from %s: %s", cert_key_file,
+                          nng_strerror(rv));
+    }
+    *out = cfg;
+    return PC_OK;
+}
+
+int pc_tls_client_config(const char *ca_file, const char *server_name, nng_tls_config **out,
+                         pc_err *err)
+{
+    *out = NULL;
+    nng_tls_config *cfg = NULL;
+    int rv = nng_tls_config_alloc(&cfg, NNG_TLS_MODE_CLIENT);
+    if (rv == 0)
+        rv = nng_tls_config_ca_file(cfg, ca_file);
+    if (rv == 0)
+        rv = nng_tls_config_auth_mode(cfg, NNG_TLS_AUTH_MODE_REQUIRED);
+    if (rv == 0 && server_name != NULL)
+        rv = nng_tls_config_server_name(cfg, server_name);
+    if (rv != 0) {
+        if (cfg != NULL)
+            nng_tls_config_free(cfg);
+        return pc_err_set(err, PC_E_INVALID, "TLS CA from %s: %s", ca_file, nng_strerror(rv));
+    }
+    *out = cfg;
+    return PC_OK;
+}
+
+bool pc_url_is_tls(const char *url)
+{
+    return strncmp(url, "tls+tcp://", 10) == 0 || strncmp(url, "https://", 8) == 0 ||
+           strncmp(url, "tls+tcp4://", 11) == 0 || strncmp(url, "tls+tcp6://", 11) == 0;
+}
+
+int pc_tls_check_url(const char *url, const nng_tls_config *cfg, bool allow_plaintext,
+                     const char *what, pc_err *err)
+{
+    if (pc_url_is_tls(url)) {
+        if (cfg == NULL)
+            return pc_err_set(err, PC_E_INVALID, "%s %s is TLS but no TLS files are configured",
+                              what, url);
+        return PC_OK;
+    }
+    if (!allow_plaintext)
+        return pc_err_set(err, PC_E_INVALID,
+                          "%s %s is plaintext: use tls+tcp:// or https:// (or set "
+                          "allow_plaintext for local development)",
+                          what, url);
+    return PC_OK;
+}
+
+int pc_nng_listen(nng_socket s, const char *url, nng_tls_config *cfg, pc_err *err)
+{
+    nng_listener l;
+    int rv = nng_listener_create(&l, s, url);
+    if (rv == 0 && pc_url_is_tls(url) && cfg != NULL)
+        rv = nng_listener_set_ptr(l, NNG_OPT_TLS_CONFIG, cfg);
+    if (rv == 0)
+        rv = nng_listener_start(l, 0);
+    if (rv != 0)
+        return pc_err_set(err, PC_E_UNAVAILABLE, "cannot listen on %s: %s", url, nng_strerror(rv));
+    return PC_OK;
+}
+
+int pc_nng_dial(nng_socket s, const char *url, nng_tls_config *cfg, int flags, pc_err *err)
+{
+    nng_dialer d;
+    int rv = nng_dialer_create(&d, s, url);
+    if (rv == 0 && pc_url_is_tls(url) && cfg != NULL)
+        rv = nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, cfg);
+    if (rv == 0)
+        rv = nng_dialer_start(d, flags);
+    if (rv != 0)
+        return pc_err_set(err, PC_E_UNAVAILABLE, "cannot dial %s: %s", url, nng_strerror(rv));
+    return PC_OK;
+}

@@ -1,0 +1,35 @@
+/* tls.h - TLS for popcast's nng links (tls+tcp://) and HTTP (https://),
+ * from PEM files. A listener gets the server's certificate and key; a
+ * dialer gets the CA that must have signed the server's certificate and
+ * the name to check it against, and refuses any other peer.
+ *
+ * Plaintext (tcp://, http://) is refused unless allowed explicitly: the
+ * daemons' allow_plaintext option, meant for local development and tests. */
+#ifndef PC_TLS_H
+#define PC_TLS_H
+
+#include <nng/nng.h>
+#include <nng/supplemental/tls/tls.h>
+#include <stdbool.h>
+
+#include "err.h"
+
+/* cert_key_file: one PEM file holding the certificate (chain) and key. */
+int pc_tls_server_config(const char *cert_key_file, nng_tls_config **out, pc_err *err);
+/* ca_file: PEM CA certificate(s); server_name: the name the server's
+ * certificate must carry. */
+int pc_tls_client_config(const char *ca_file, const char *server_name, nng_tls_config **out,
+                         pc_err *err);
+
+bool pc_url_is_tls(const char *url);
+
+/* Checks a URL against the TLS policy: a TLS URL needs cfg; a plaintext
+ * URL needs allow_plaintext. */
+int pc_tls_check_url(const char *url, const nng_tls_config *cfg, bool allow_plaintext,
+                     const char *what, pc_err *err);
+
+/* nng_listen / nng_dial with cfg applied to TLS URLs. flags as for nng. */
+int pc_nng_listen(nng_socket s, const char *url, nng_tls_config *cfg, pc_err *err);
+int pc_nng_dial(nng_socket s, const char *url, nng_tls_config *cfg, int flags, pc_err *err);
+
+#endif
