@@ -506,8 +506,9 @@ static int propose(pc_cluster *c, const Popcast__ClusterCommand *cmd, proposal *
     return PC_OK;
 }
 
-int pc_cluster_propose_entry(pc_cluster *c, const Popcast__Entry *e, pc_cluster_done done,
-                             void *arg, pc_err *err)
+/* Proposes one command; done(arg, ...) is called once, as for entries. */
+static int propose_command(pc_cluster *c, const Popcast__ClusterCommand *cmd, pc_cluster_done done,
+                           void *arg, pc_err *err)
 {
     proposal *p = calloc(1, sizeof(*p));
     if (p == NULL)
@@ -515,49 +516,37 @@ int pc_cluster_propose_entry(pc_cluster *c, const Popcast__Entry *e, pc_cluster_
     p->c = c;
     p->done = done;
     p->arg = arg;
-    Popcast__ClusterCommand cmd = POPCAST__CLUSTER_COMMAND__INIT;
-    cmd.body_case = POPCAST__CLUSTER_COMMAND__BODY_ENTRY;
-    cmd.entry = (Popcast__Entry *)e;
-    int rc = propose(c, &cmd, p, err);
+    int rc = propose(c, cmd, p, err);
     if (rc != PC_OK)
         free(p);
     return rc;
+}
+
+int pc_cluster_propose_entry(pc_cluster *c, const Popcast__Entry *e, pc_cluster_done done,
+                             void *arg, pc_err *err)
+{
+    Popcast__ClusterCommand cmd = POPCAST__CLUSTER_COMMAND__INIT;
+    cmd.body_case = POPCAST__CLUSTER_COMMAND__BODY_ENTRY;
+    cmd.entry = (Popcast__Entry *)e;
+    return propose_command(c, &cmd, done, arg, err);
 }
 
 int pc_cluster_propose_token(pc_cluster *c, const Popcast__TokenRecord *t, pc_cluster_done done,
                              void *arg, pc_err *err)
 {
-    proposal *p = calloc(1, sizeof(*p));
-    if (p == NULL)
-        return pc_err_set(err, PC_E_NOMEM, "out of memory");
-    p->c = c;
-    p->done = done;
-    p->arg = arg;
     Popcast__ClusterCommand cmd = POPCAST__CLUSTER_COMMAND__INIT;
     cmd.body_case = POPCAST__CLUSTER_COMMAND__BODY_TOKEN;
     cmd.token = (Popcast__TokenRecord *)t;
-    int rc = propose(c, &cmd, p, err);
-    if (rc != PC_OK)
-        free(p);
-    return rc;
+    return propose_command(c, &cmd, done, arg, err);
 }
 
 int pc_cluster_propose_agent(pc_cluster *c, const Popcast__AgentRecord *a, pc_cluster_done done,
                              void *arg, pc_err *err)
 {
-    proposal *p = calloc(1, sizeof(*p));
-    if (p == NULL)
-        return pc_err_set(err, PC_E_NOMEM, "out of memory");
-    p->c = c;
-    p->done = done;
-    p->arg = arg;
     Popcast__ClusterCommand cmd = POPCAST__CLUSTER_COMMAND__INIT;
     cmd.body_case = POPCAST__CLUSTER_COMMAND__BODY_AGENT;
     cmd.agent = (Popcast__AgentRecord *)a;
-    int rc = propose(c, &cmd, p, err);
-    if (rc != PC_OK)
-        free(p);
-    return rc;
+    return propose_command(c, &cmd, done, arg, err);
 }
 
 /* Membership: record the node (through the log), add it as a spare, then
