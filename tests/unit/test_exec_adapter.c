@@ -5,6 +5,7 @@
  * files cannot be written. */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -275,7 +276,11 @@ static void test_signal_hook(void **state)
 }
 
 /* A reader that keeps resolving current: it must never find it missing
- * or pointing at an incomplete directory. */
+ * or pointing at an incomplete directory. The adapter keeps the current and
+ * the previous version on disk, so a read is only guaranteed to succeed if it
+ * started after the flip before last; the writer paces its flips on the
+ * reader's progress (not on time) so every read falls inside that guarantee
+ * however the scheduler stalls the reader. */
 static atomic_int stop_reader;
 static atomic_long reads, misses;
 
@@ -306,6 +311,12 @@ static void test_flip_is_atomic(void **state)
     for (uint64_t v = 2; v <= 200; v++) {
         snprintf(content, sizeof(content), "version %llu", (unsigned long long)v);
         assert_int_equal(prepare_activate(a, "flip", v, v1, &err), PC_OK);
+        /* Two completed reads since this flip: the second one started after
+         * the flip returned, so no read in flight at the next flip can have
+         * resolved a version older than this one. */
+        long seen = atomic_load(&reads);
+        while (atomic_load(&reads) < seen + 2)
+            sched_yield();
     }
     atomic_store(&stop_reader, 1);
     pthread_join(t, NULL);
