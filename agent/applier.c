@@ -10,6 +10,7 @@
 
 #include "envelope.h"
 #include "log.h"
+#include "trust.h"
 
 #define NACK_RING 64
 
@@ -34,6 +35,11 @@ struct pc_applier {
     int64_t last_heartbeat_ms;      /* monotonic; start time until the first */
     int64_t last_heartbeat_time_ms; /* the controller's clock, for replays */
     uint64_t drop_state;            /* test-only drop generator */
+    /* Root keys and rotations: written under apply_lock (with `current`
+     * also under lock, for heartbeats, which do not take apply_lock). */
+    pc_trust trust;
+    pc_public_key current; /* valid when rotated */
+    bool rotated;
     pc_metric *m_received, *m_applied, *m_live, *m_applied_seq, *m_heartbeats, *m_dropped,
         *m_snapshots;
 };
@@ -161,11 +167,52 @@ static void take_down(pc_applier *a, const char *tenant)
         pc_warn("applier", "%s: cannot record that nothing is live: %s", tenant, serr.msg);
 }
 
+/* Whether an entry claims a seq past the next one we expect. Only used to
+ * decide to catch up: the claim is read from bytes not yet verified. */
+static int beyond_next(pc_applier *a, const Popcast__Entry *e)
+{
+    if (e == NULL || e->signed_ == NULL)
+        return 0;
+    Popcast__Manifest *m =
+        popcast__manifest__unpack(NULL, e->signed_->manifest.len, e->signed_->manifest.data);
+    int ahead = m != NULL && m->seq > atomic_load(&a->applied_seq) + 1;
+    if (m != NULL)
+        popcast__manifest__free_unpacked(m, NULL);
+    return ahead;
+}
+
+/* A rotation was stored: from now on only its key signs (apply_lock held). */
+static void rotated_to(pc_applier *a, const Popcast__Manifest *m)
+{
+    pc_err err;
+    if (pc_trust_advance(&a->trust, m, &err) != PC_OK) {
+        pc_error("applier", "rotation at seq %llu stored but not in force: %s",
+                 (unsigned long long)m->seq, err.msg);
+        return;
+    }
+    pthread_mutex_lock(&a->lock);
+    a->current = *pc_trust_current(&a->trust);
+    a->rotated = true;
+    pthread_mutex_unlock(&a->lock);
+    char kid[PC_HEX_KEY_ID_LEN];
+    pc_hex(kid, a->current.id, PC_KEY_ID_LEN);
+    pc_metrics_inc(a->opt.metrics, "popcast_agent_key_rotations_total", NULL);
+    pc_info("applier", "signing key rotated at seq %llu: entries after it must be signed by %s",
+            (unsigned long long)m->seq, kid);
+}
+
 static int apply_entry_locked(pc_applier *a, const Popcast__Entry *e, pc_err *err)
 {
     Popcast__Manifest *m = NULL;
     pc_metric_add(a->m_received, 1);
-    int rc = pc_envelope_verify_entry(a->opt.trusted, e, a->opt.max_bundle, &m, err);
+    int rc = pc_trust_verify_entry(&a->trust, e, a->opt.max_bundle, &m, err);
+    if (rc == PC_E_UNTRUSTED_KEY && beyond_next(a, e)) {
+        /* Possibly signed by a key announced in an entry we have not seen
+         * yet: catch up first; the entry is judged when its turn comes. */
+        pc_metrics_inc(a->opt.metrics, "popcast_agent_unverified_ahead_total", NULL);
+        changed(a, 1);
+        return pc_err_set(err, PC_E_SEQ_GAP, "entry ahead of us signed by a key not known yet");
+    }
     if (rc != PC_OK) {
         refuse(a, rc, NULL, err);
         return rc;
@@ -190,6 +237,8 @@ static int apply_entry_locked(pc_applier *a, const Popcast__Entry *e, pc_err *er
     }
     atomic_store(&a->applied_seq, m->seq);
     pc_metric_add(a->m_applied, 1);
+    if (m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION)
+        rotated_to(a, m);
     pc_metric_set(a->m_applied_seq, m->seq);
     switch (m->kind) {
     case POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY:
@@ -232,9 +281,25 @@ static void on_heartbeat(pc_applier *a, const Popcast__SignedHeartbeat *sh)
 {
     Popcast__Heartbeat *hb = NULL;
     pc_err err;
-    int rc = pc_envelope_verify_heartbeat(a->opt.trusted, sh, &hb, &err);
+    pc_trust view;
+    pc_trust_rotation cur;
+    pc_trust_init(&view, &a->trust.roots);
+    pthread_mutex_lock(&a->lock);
+    if (a->rotated) {
+        cur.seq = 0;
+        cur.next = a->current;
+        view.rotations = &cur;
+        view.n = view.cap = 1;
+    }
+    pthread_mutex_unlock(&a->lock);
+    int rc = pc_trust_verify_heartbeat(&view, sh, &hb, &err);
     if (rc != PC_OK) {
         refuse(a, rc, NULL, &err);
+        /* After a rotation we have not applied yet, the controller signs
+         * with a key we do not know: catch up to learn it. The heartbeat's
+         * content is not trusted; a catch-up asks the controller itself. */
+        if (rc == PC_E_UNTRUSTED_KEY)
+            changed(a, 1);
         return;
     }
     struct timespec ts;
@@ -382,20 +447,63 @@ size_t pc_applier_load(pc_applier *a)
     return w.live;
 }
 
-int pc_applier_install_snapshot(pc_applier *a, uint64_t seq, Popcast__Entry *const *entries,
-                                size_t n, pc_err *err)
+/* Verifies a snapshot's rotation chain from the root keys into cand, and
+ * that it extends the chain we already follow (apply_lock held). */
+static int snapshot_chain(pc_applier *a, uint64_t seq, Popcast__Entry *const *rotations,
+                          size_t n_rot, pc_trust *cand, Popcast__Manifest **ms, pc_err *err)
 {
-    Popcast__Manifest **ms = calloc(n ? n : 1, sizeof(*ms));
-    pc_store_item *items = calloc(n ? n : 1, sizeof(*items));
-    bool *applied = calloc(n ? n : 1, sizeof(*applied));
+    for (size_t i = 0; i < n_rot; i++) {
+        int rc = pc_trust_verify_entry(cand, rotations[i], a->opt.max_bundle, &ms[i], err);
+        if (rc == PC_OK && ms[i]->kind != POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION)
+            rc = pc_err_set(err, PC_E_INVALID, "snapshot rotation %zu is not a rotation", i);
+        if (rc == PC_OK && ms[i]->seq > seq)
+            rc = pc_err_set(err, PC_E_INVALID, "snapshot rotation seq %llu is past the snapshot",
+                            (unsigned long long)ms[i]->seq);
+        if (rc == PC_OK)
+            rc = pc_trust_advance(cand, ms[i], err);
+        if (rc != PC_OK) {
+            refuse(a, rc, NULL, err);
+            pc_err_wrap(err, "snapshot refused: key rotations");
+            return rc;
+        }
+    }
+    if (!pc_trust_extends(&a->trust, cand)) {
+        pc_err_set(err, PC_E_UNTRUSTED_KEY,
+                   "snapshot's key rotations differ from the ones this agent applied");
+        refuse(a, PC_E_UNTRUSTED_KEY, NULL, err);
+        pc_err_wrap(err, "snapshot refused");
+        return PC_E_UNTRUSTED_KEY;
+    }
+    return PC_OK;
+}
+
+int pc_applier_install_snapshot(pc_applier *a, uint64_t seq, Popcast__Entry *const *entries,
+                                size_t n, Popcast__Entry *const *rotations, size_t n_rot,
+                                pc_err *err)
+{
+    size_t total = n + n_rot;
+    Popcast__Manifest **ms = calloc(total ? total : 1, sizeof(*ms));
+    pc_store_item *items = calloc(total ? total : 1, sizeof(*items));
+    bool *applied = calloc(total ? total : 1, sizeof(*applied));
+    pc_trust cand;
+    pc_trust_init(&cand, &a->trust.roots);
     int rc = PC_OK;
+    pthread_mutex_lock(&a->apply_lock);
     if (ms == NULL || items == NULL || applied == NULL) {
         rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
         goto out;
     }
+    if ((rc = snapshot_chain(a, seq, rotations, n_rot, &cand, ms + n, err)) != PC_OK)
+        goto out;
+    for (size_t i = 0; i < n_rot; i++) {
+        items[n + i].sm = rotations[i]->signed_;
+        items[n + i].m = ms[n + i];
+    }
     for (size_t i = 0; i < n; i++) {
         pc_metric_add(a->m_received, 1);
-        rc = pc_envelope_verify_entry(a->opt.trusted, entries[i], a->opt.max_bundle, &ms[i], err);
+        rc = pc_trust_verify_entry(&cand, entries[i], a->opt.max_bundle, &ms[i], err);
+        if (rc == PC_OK && ms[i]->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION)
+            rc = pc_err_set(err, PC_E_INVALID, "a key rotation among a snapshot's tenants");
         if (rc == PC_OK && entries[i]->bundle_omitted && pc_manifest_has_content(ms[i]))
             rc = pc_err_set(err, PC_E_INVALID, "snapshot entry without its bundle");
         if (rc == PC_OK && ms[i]->seq > seq)
@@ -413,8 +521,17 @@ int pc_applier_install_snapshot(pc_applier *a, uint64_t seq, Popcast__Entry *con
         items[i].bundle = pc_manifest_has_content(ms[i]) ? entries[i]->bundle.data : NULL;
         items[i].bundle_len = pc_manifest_has_content(ms[i]) ? entries[i]->bundle.len : 0;
     }
-    pthread_mutex_lock(&a->apply_lock);
-    rc = pc_store_install_snapshot(a->opt.store, seq, items, n, applied, err);
+    rc = pc_store_install_snapshot(a->opt.store, seq, items, total, applied, err);
+    if (rc == PC_OK && cand.n > a->trust.n) {
+        pc_trust_free(&a->trust);
+        a->trust = cand;
+        pc_trust_init(&cand, NULL);
+        pthread_mutex_lock(&a->lock);
+        a->current = *pc_trust_current(&a->trust);
+        a->rotated = true;
+        pthread_mutex_unlock(&a->lock);
+        pc_info("applier", "snapshot carried %zu key rotations; %zu in force", n_rot, a->trust.n);
+    }
     if (rc == PC_OK) {
         atomic_store(&a->applied_seq, seq);
         pc_metric_set(a->m_applied_seq, seq);
@@ -436,17 +553,29 @@ int pc_applier_install_snapshot(pc_applier *a, uint64_t seq, Popcast__Entry *con
         pc_info("applier", "installed a snapshot at seq %llu: %zu tenants, %zu made live",
                 (unsigned long long)seq, n, made_live);
     }
+out:
     pthread_mutex_unlock(&a->apply_lock);
+    pc_trust_free(&cand);
     if (rc == PC_OK)
         changed(a, 0);
-out:
-    for (size_t i = 0; ms != NULL && i < n; i++)
+    for (size_t i = 0; ms != NULL && i < total; i++)
         if (ms[i] != NULL)
             popcast__manifest__free_unpacked(ms[i], NULL);
     free(ms);
     free(items);
     free(applied);
     return rc;
+}
+
+static int load_rotation(void *arg, const Popcast__SignedManifest *sm)
+{
+    pc_applier *a = arg;
+    pc_err err;
+    if (pc_trust_advance_signed(&a->trust, sm, &err) != PC_OK) {
+        pc_error("applier", "stored key rotation: %s", err.msg);
+        return PC_E_STORE;
+    }
+    return 0;
 }
 
 int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
@@ -460,12 +589,21 @@ int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
     a->last_heartbeat_ms = mono_ms();
     a->drop_state = opt->test_drop_seed;
     uint64_t applied = 0;
+    pc_trust_init(&a->trust, opt->trusted);
     int rc = pc_store_applied_seq(opt->store, &applied, err);
+    /* The rotations applied before a restart stay in force. */
+    if (rc == PC_OK)
+        rc = pc_store_foreach_rotation(opt->store, load_rotation, a, err);
     if (rc != PC_OK) {
+        pc_trust_free(&a->trust);
         pthread_mutex_destroy(&a->lock);
         pthread_mutex_destroy(&a->apply_lock);
         free(a);
         return rc;
+    }
+    if (a->trust.n > 0) {
+        a->current = *pc_trust_current(&a->trust);
+        a->rotated = true;
     }
     atomic_store(&a->applied_seq, applied);
     a->m_received = pc_metrics_counter(opt->metrics, "popcast_agent_entries_received_total", NULL,
@@ -494,6 +632,7 @@ void pc_applier_free(pc_applier *a)
 {
     if (a == NULL)
         return;
+    pc_trust_free(&a->trust);
     pthread_mutex_destroy(&a->lock);
     pthread_mutex_destroy(&a->apply_lock);
     free(a);
@@ -650,11 +789,18 @@ json_t *pc_applier_status_json(pc_applier *a)
                                                (json_int_t)n->seq, "reason", n->reason, "detail",
                                                n->detail, "at_unix_ms", (json_int_t)n->at_unix_ms));
     }
+    /* The key entries must now be signed with (null: any root key). */
+    json_t *signing_key = json_null();
+    if (a->rotated) {
+        char kid[PC_HEX_KEY_ID_LEN];
+        pc_hex(kid, a->current.id, PC_KEY_ID_LEN);
+        signing_key = json_string(kid);
+    }
     pthread_mutex_unlock(&a->lock);
     uint64_t head = atomic_load(&a->head_seq), applied = atomic_load(&a->applied_seq);
-    return json_pack("{s:I,s:I,s:I,s:b,s:I,s:o,s:o}", "applied_seq", (json_int_t)applied,
-                     "head_seq", (json_int_t)head, "lag",
-                     (json_int_t)(head > applied ? head - applied : 0), "stale",
-                     pc_applier_is_stale(a), "last_heartbeat_ms_ago",
-                     (json_int_t)heartbeat_age_ms(a), "tenants", tenants, "nacks", nacks);
+    return json_pack(
+        "{s:I,s:I,s:I,s:b,s:I,s:o,s:o,s:o}", "applied_seq", (json_int_t)applied, "head_seq",
+        (json_int_t)head, "lag", (json_int_t)(head > applied ? head - applied : 0), "stale",
+        pc_applier_is_stale(a), "last_heartbeat_ms_ago", (json_int_t)heartbeat_age_ms(a), "tenants",
+        tenants, "nacks", nacks, "signing_key", signing_key);
 }

@@ -2,7 +2,8 @@
  * store, make live, and remember what was refused.
  *
  * For every entry, in order (docs/protocol.md, "agent"):
- *   1. verify: trusted key, signature over the exact manifest bytes, the
+ *   1. verify: a key allowed at the entry's seq (root keys, then each
+ *      rotation's announced key: common/trust.h), signature over the exact manifest bytes, the
  *      bundle's size and BLAKE2b-256 against the manifest;
  *   2. order: seq == applied + 1 (lower: duplicate/replay, ignored; higher:
  *      a gap, which catch-up must fill first);
@@ -34,8 +35,8 @@ typedef struct pc_applier pc_applier;
 
 typedef struct pc_applier_options {
     pc_store *store;
-    const pc_keyring *trusted;
-    pc_adapter **adapters; /* by Manifest.runtime */
+    const pc_keyring *trusted; /* root keys (rotations come from the log) */
+    pc_adapter **adapters;     /* by Manifest.runtime */
     size_t n_adapters;
     pc_metrics *metrics;
     size_t max_bundle;
@@ -71,11 +72,15 @@ int pc_applier_apply_entry(pc_applier *a, const Popcast__Entry *e, pc_err *err);
 
 /* Installs a snapshot (every tenant's latest entry as of a seq), for an
  * agent too far behind, new, or wiped. Entries must carry their bundles.
+ * The rotations (every KEY_ROTATION up to seq, in order) are verified
+ * first, from the root keys, and must extend the ones already applied;
+ * each tenant entry is then verified under the key current at its seq.
  * Every entry is verified first; then tenants whose snapshot version is
  * above what they have are stored in one transaction with the applied seq,
  * and made live. PC_E_DUPLICATE if the snapshot is not ahead of us. */
 int pc_applier_install_snapshot(pc_applier *a, uint64_t seq, Popcast__Entry *const *entries,
-                                size_t n, pc_err *err);
+                                size_t n, Popcast__Entry *const *rotations, size_t n_rot,
+                                pc_err *err);
 
 uint64_t pc_applier_applied_seq(pc_applier *a);
 /* The head seq from the last valid heartbeat (0 if none yet). */

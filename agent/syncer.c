@@ -186,7 +186,8 @@ static int take_snapshot(pc_syncer *s, link *l, pc_err *err)
             ptrs[i] = &full[i];
         }
         if (rc == PC_OK) {
-            rc = pc_applier_install_snapshot(s->opt.applier, snap->seq, ptrs, n, err);
+            rc = pc_applier_install_snapshot(s->opt.applier, snap->seq, ptrs, n, snap->rotations,
+                                             snap->n_rotations, err);
             if (rc == PC_E_DUPLICATE)
                 rc = PC_OK; /* we were already there: nothing to do */
         }

@@ -37,6 +37,7 @@ typedef struct cli {
     const char *fraction;
     const char *ca_file;         /* https: the CA to trust */
     const char *tls_server_name; /* https: the name the certificate must carry */
+    const char *root_key;        /* key rotate: sign with this root key (emergency) */
     const char *tenants[16];     /* token create --tenant, repeatable */
     int n_tenants;
     const char *entrypoint;
@@ -64,7 +65,14 @@ static void usage(FILE *f)
         "  fleet                              agents, their lag, staleness, last report\n"
         "  cluster                            controllers: roles, term, commit and applied index\n"
         "  cluster add ID RAFT_ADDR API_URL   add a controller (started with --raft-join)\n"
-        "  cluster remove ID                  remove a controller from the cluster\n\n"
+        "  cluster remove ID                  remove a controller from the cluster\n"
+        "  token create --tenant T [--name N] a token scoped to tenants (repeat --tenant)\n"
+        "  token list | token revoke ID       scoped tokens\n"
+        "  agent enroll ID PUBKEY_FILE        trust an agent's signed reports\n"
+        "  agent list | agent revoke ID       enrolled agents\n"
+        "  key list                           signing keys: current, roots, rotations\n"
+        "  key rotate NEXT_PUBKEY_FILE        make NEXT the signing key from the next seq\n"
+        "         [--root-key ROOT_PUBKEY]    sign the rotation with a root key (emergency)\n\n"
         "options:\n"
         "  --controller URL   controller API (env POPCAST_CONTROLLER, default %s)\n"
         "  --token TOKEN      API token (env POPCAST_TOKEN)\n"
@@ -595,18 +603,28 @@ static int cmd_cluster(cli *c)
     return rc;
 }
 
+/* The first line of a public key file (the API parses and checks it). */
+static int read_public_key_text(const char *path, char *out, size_t cap)
+{
+    uint8_t *text = NULL;
+    size_t len = 0;
+    if (read_file(path, &text, &len) != 0 || len > 4096) {
+        free(text);
+        return fail("cannot read the public key file %s", path);
+    }
+    snprintf(out, cap, "%.*s", (int)len, (const char *)text);
+    free(text);
+    out[strcspn(out, "\r\n")] = '\0';
+    return 0;
+}
+
 static int cmd_agent(cli *c)
 {
     json_t *doc = NULL;
     if (strcmp(c->args[0], "enroll") == 0 && c->nargs == 3) {
-        uint8_t *text = NULL;
-        size_t len = 0;
-        if (read_file(c->args[2], &text, &len) != 0 || len > 4096)
-            return fail("cannot read the public key file %s", c->args[2]);
         char key[4100];
-        snprintf(key, sizeof(key), "%.*s", (int)len, (const char *)text);
-        free(text);
-        key[strcspn(key, "\r\n")] = '\0';
+        if (read_public_key_text(c->args[2], key, sizeof(key)) != 0)
+            return 1;
         json_t *body = json_pack("{s:s,s:s}", "agent_id", c->args[1], "public_key", key);
         char *json = body ? json_dumps(body, JSON_COMPACT) : NULL;
         json_decref(body);
@@ -646,6 +664,62 @@ static int cmd_agent(cli *c)
             printf("agent %s revoked: its reports are refused\n", c->args[1]);
     } else {
         fprintf(stderr, "popcast: usage: popcast agent enroll ID PUBKEY_FILE | list | revoke ID\n");
+        return 2;
+    }
+    json_decref(doc);
+    return 0;
+}
+
+static int cmd_key(cli *c)
+{
+    json_t *doc = NULL;
+    if (strcmp(c->args[0], "rotate") == 0 && c->nargs == 2) {
+        char next[4100], root[4100];
+        if (read_public_key_text(c->args[1], next, sizeof(next)) != 0 ||
+            (c->root_key != NULL && read_public_key_text(c->root_key, root, sizeof(root)) != 0))
+            return 1;
+        json_t *body = json_pack("{s:s}", "next_public_key", next);
+        if (body != NULL && c->root_key != NULL)
+            json_object_set_new(body, "root_key", json_string(root));
+        char *json = body ? json_dumps(body, JSON_COMPACT) : NULL;
+        json_decref(body);
+        if (json == NULL)
+            return fail("%s", "out of memory");
+        doc = call(c, "POST", "/v1/keys/rotate", "application/json", json, strlen(json));
+        free(json);
+        if (doc == NULL)
+            return 1;
+        if (c->json)
+            print_json(doc);
+        else
+            printf("signing key rotated at seq %lld: entries after it are signed by %s only\n"
+                   "(agents switch when they apply seq %lld: see `popcast fleet`)\n",
+                   (long long)json_integer_value(json_object_get(doc, "seq")), str(doc, "key_id"),
+                   (long long)json_integer_value(json_object_get(doc, "seq")));
+    } else if (strcmp(c->args[0], "list") == 0 && c->nargs == 1) {
+        doc = call(c, "GET", "/v1/keys", NULL, NULL, 0);
+        if (doc == NULL)
+            return 1;
+        if (c->json) {
+            print_json(doc);
+        } else {
+            json_t *cur = json_object_get(doc, "current");
+            printf("current signing key %s since seq %lld%s\n", str(cur, "key_id"),
+                   (long long)json_integer_value(json_object_get(doc, "current_since_seq")),
+                   json_is_true(json_object_get(cur, "held")) ? ""
+                                                              : " (NOT held by this controller)");
+            size_t i;
+            json_t *k;
+            json_array_foreach(json_object_get(doc, "roots"), i, k)
+                printf("root key %s\n", str(k, "key_id"));
+            json_array_foreach(json_object_get(doc, "rotations"), i, k)
+                printf("rotation at seq %lld to %s, signed by %s\n",
+                       (long long)json_integer_value(json_object_get(k, "seq")), str(k, "key_id"),
+                       str(k, "signed_by"));
+        }
+    } else {
+        fprintf(stderr, "popcast: usage: popcast key list | rotate NEXT_PUBKEY_FILE "
+                        "[--root-key ROOT_PUBKEY_FILE]\n");
         return 2;
     }
     json_decref(doc);
@@ -817,6 +891,8 @@ int main(int argc, char **argv)
             slot = &c.ca_file;
         else if (strcmp(a, "--tls-server-name") == 0)
             slot = &c.tls_server_name;
+        else if (strcmp(a, "--root-key") == 0)
+            slot = &c.root_key;
         if (slot != NULL) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "popcast: %s needs a value\n", a);
@@ -857,7 +933,7 @@ int main(int argc, char **argv)
                 {"delete", 1, 1, cmd_delete},     {"status", 0, 1, cmd_status},
                 {"rollout", 2, 2, cmd_rollout},   {"fleet", 0, 0, cmd_fleet},
                 {"cluster", 0, 4, cmd_cluster},   {"token", 1, 2, cmd_token},
-                {"agent", 1, 3, cmd_agent}};
+                {"agent", 1, 3, cmd_agent},       {"key", 1, 2, cmd_key}};
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
         if (strcmp(cmd, cmds[i].name) != 0)
             continue;

@@ -155,9 +155,14 @@ static int set_from_json(const pc_cfg_option *o, void *target, json_t *v, pc_err
         *(bool *)field(target, o) = json_is_true(v);
         return PC_OK;
     case PC_CFG_LIST: {
+        pc_strlist *l = field(target, o);
+        if (json_is_string(v)) {
+            /* One value: the same as a one-item array. */
+            strlist_clear(l);
+            return set_from_text(o, target, json_string_value(v), true, err);
+        }
         if (!json_is_array(v))
             return pc_err_set(err, PC_E_INVALID, "%s: expected an array of strings", o->name);
-        pc_strlist *l = field(target, o);
         strlist_clear(l);
         size_t i;
         json_t *item;

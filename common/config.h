@@ -21,7 +21,8 @@ typedef enum {
     PC_CFG_U64,    /* uint64_t */
     PC_CFG_SIZE,   /* uint64_t bytes; accepts 123, "64KiB", "64MiB", "1GiB" */
     PC_CFG_BOOL,   /* bool; flags: --name, --name=true|false */
-    PC_CFG_LIST,   /* pc_strlist; each flag use appends, the file gives an array */
+    PC_CFG_LIST,   /* pc_strlist; each flag use appends, the file gives an array
+                    (or one string) */
 } pc_cfg_type;
 
 typedef struct pc_strlist {

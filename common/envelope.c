@@ -64,8 +64,12 @@ static int check_manifest_fields(const Popcast__Manifest *m, pc_err *err)
     }
     if (m->seq == 0)
         return pc_err_set(err, PC_E_INVALID, "manifest seq must be >= 1");
-    if (m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION)
+    if (m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION) {
+        if (m->next_public_key.len != PC_PK_LEN)
+            return pc_err_set(err, PC_E_INVALID, "key rotation without a %d-byte next key",
+                              PC_PK_LEN);
         return PC_OK;
+    }
     if (!pc_tenant_name_valid(m->tenant))
         return pc_err_set(err, PC_E_INVALID, "manifest tenant name is not valid");
     if (m->version == 0)

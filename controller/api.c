@@ -276,6 +276,18 @@ static void change_done(pc_change *c, const pc_change_result *r)
         pc_httpd_reply_json(aio, c->kind == PC_CHANGE_TOKEN_CREATE ? 201 : 200, o);
         return;
     }
+    if (c->kind == PC_CHANGE_KEY_ROTATE) {
+        pc_public_key next;
+        memcpy(next.pk, c->key_next, PC_PK_LEN);
+        pc_key_id(next.id, next.pk);
+        char id[PC_HEX_KEY_ID_LEN];
+        pc_hex(id, next.id, PC_KEY_ID_LEN);
+        pc_httpd_reply_json(aio, 201,
+                            json_pack("{s:s,s:I,s:s,s:I}", "kind", "key_rotation", "seq",
+                                      (json_int_t)r->seq, "key_id", id, "created_unix_ms",
+                                      (json_int_t)r->created_unix_ms));
+        return;
+    }
     if (c->kind == PC_CHANGE_ADD_NODE || c->kind == PC_CHANGE_REMOVE_NODE) {
         pc_cluster_refresh(api->opt.cluster); /* on the loop: the answer shows the change */
         pc_httpd_reply_json(aio, 200, pc_cluster_info_json(api->opt.cluster));
@@ -714,6 +726,92 @@ static void agents_route(pc_api *api, nng_aio *aio, const char *method, const pc
     }
 }
 
+/* Signing keys (admin only). */
+
+static void rotation_body(void *arg, nng_aio *aio, int rc, uint8_t *body, size_t len)
+{
+    pc_api *api = arg;
+    if (rc != 0)
+        return;
+    pc_change *c = pc_change_new(PC_CHANGE_KEY_ROTATE, "-");
+    pc_err err;
+    int has_root = 0;
+    if (c == NULL) {
+        pc_httpd_reply_error(aio, 503, PC_E_NOMEM, "out of memory");
+    } else if (pc_api_parse_rotation(body, len, c->key_next, c->key_root, &has_root, &err) !=
+               PC_OK) {
+        pc_change_free(c);
+        pc_httpd_reply_error(aio, 400, PC_E_INVALID, "%s", err.msg);
+    } else {
+        c->key_sign_with_root = has_root != 0;
+        submit(api, aio, c);
+    }
+    free(body);
+}
+
+static json_t *key_json(const pc_public_key *k, pc_signer *signer)
+{
+    char text[128], id[PC_HEX_KEY_ID_LEN];
+    pc_key_format_public(k, text, sizeof(text));
+    pc_hex(id, k->id, PC_KEY_ID_LEN);
+    return json_pack("{s:s,s:s,s:b}", "key_id", id, "public_key", text, "held",
+                     pc_signer_held(signer, k->pk) != NULL);
+}
+
+static int add_rotation(void *arg, uint64_t seq, const pc_public_key *next,
+                        const uint8_t signer_id[PC_KEY_ID_LEN], int64_t created_unix_ms)
+{
+    json_t *list = arg;
+    char by[PC_HEX_KEY_ID_LEN];
+    pc_hex(by, signer_id, PC_KEY_ID_LEN);
+    char id[PC_HEX_KEY_ID_LEN];
+    pc_hex(id, next->id, PC_KEY_ID_LEN);
+    json_array_append_new(list, json_pack("{s:I,s:s,s:s,s:I}", "seq", (json_int_t)seq, "key_id", id,
+                                          "signed_by", by, "created_unix_ms",
+                                          (json_int_t)created_unix_ms));
+    return 0;
+}
+
+static void get_keys(pc_api *api, nng_aio *aio)
+{
+    pc_signer *signer = api->opt.signer;
+    pc_public_key cur;
+    uint64_t since = 0;
+    pc_err err;
+    json_t *rotations = json_array();
+    if (pc_signer_current_public(signer, &cur, &since, &err) != PC_OK ||
+        pc_signer_foreach_rotation(signer, add_rotation, rotations, &err) != PC_OK) {
+        json_decref(rotations);
+        pc_httpd_reply_error(aio, 500, err.code, "%s", err.msg);
+        return;
+    }
+    json_t *roots = json_array();
+    const pc_keyring *ring = pc_signer_roots(signer);
+    for (size_t i = 0; i < ring->count; i++)
+        json_array_append_new(roots, key_json(&ring->keys[i], signer));
+    pc_httpd_reply_json(aio, 200,
+                        json_pack("{s:o,s:I,s:o,s:o}", "current", key_json(&cur, signer),
+                                  "current_since_seq", (json_int_t)since, "roots", roots,
+                                  "rotations", rotations));
+}
+
+static void keys_route(pc_api *api, nng_aio *aio, const char *method, const pc_httpd_path *p)
+{
+    if (p->n == 2) {
+        if (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0)
+            get_keys(api, aio);
+        else
+            method_not_allowed(aio, method, "GET");
+    } else if (p->n == 3 && strcmp(p->seg[2], "rotate") == 0) {
+        if (strcmp(method, "POST") == 0)
+            pc_httpd_read_body(aio, 4096, rotation_body, api);
+        else
+            method_not_allowed(aio, method, "POST");
+    } else {
+        pc_httpd_reject(aio, 404, PC_E_NOTFOUND, "no such resource");
+    }
+}
+
 /* Tokens (admin only). */
 
 static void token_body(void *arg, nng_aio *aio, int rc, uint8_t *body, size_t len)
@@ -846,7 +944,8 @@ static void route(nng_aio *aio)
     }
     const char *uri = nng_http_req_get_uri(req);
     bool cluster_write = p.n >= 2 &&
-                         (strcmp(p.seg[1], "cluster") == 0 || strcmp(p.seg[1], "tokens") == 0) &&
+                         (strcmp(p.seg[1], "cluster") == 0 || strcmp(p.seg[1], "tokens") == 0 ||
+                          strcmp(p.seg[1], "agents") == 0 || strcmp(p.seg[1], "keys") == 0) &&
                          !is_get;
     bool tenant_write = p.n >= 3 && strcmp(p.seg[1], "tenants") == 0 && !is_get;
     if ((cluster_write || tenant_write) && api->opt.cluster != NULL &&
@@ -905,6 +1004,10 @@ static void route(nng_aio *aio)
     }
     if (strcmp(p.seg[1], "agents") == 0) {
         agents_route(api, aio, method, &p);
+        goto done;
+    }
+    if (strcmp(p.seg[1], "keys") == 0) {
+        keys_route(api, aio, method, &p);
         goto done;
     }
     if (p.n == 2 && strcmp(p.seg[1], "fleet") == 0) {

@@ -19,6 +19,7 @@
 #include "tls.h"
 #include "metrics.h"
 #include "cluster.h"
+#include "signer.h"
 #include "pipeline.h"
 #include "rollout.h"
 #include "store.h"
@@ -30,6 +31,7 @@ typedef struct pc_api_options {
     const pc_strlist *runtimes; /* runtime names accepted in uploads */
     pc_adapter *lua;            /* used to check Lua uploads parse */
     pc_cluster *cluster;        /* writes go to its leader */
+    pc_signer *signer;          /* signing keys: GET /v1/keys */
     nng_tls_config *tls;        /* for an https:// listen_url */
     uint8_t admin_token_hash[PC_HASH_LEN];
     /* Mutating calls per second and burst, per token (0: unlimited). */

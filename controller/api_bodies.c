@@ -153,3 +153,37 @@ int pc_api_parse_agent(const uint8_t *body, size_t len, char *agent_id, size_t i
     json_decref(root);
     return rc;
 }
+
+int pc_api_parse_rotation(const uint8_t *body, size_t len, uint8_t next_public_key[32],
+                          uint8_t root_key[32], int *has_root, pc_err *err)
+{
+    *has_root = 0;
+    json_t *root = parse_object(body, len, err);
+    if (root == NULL)
+        return PC_E_INVALID;
+    json_error_t jerr;
+    const char *next = NULL, *rk = NULL;
+    int rc = PC_OK;
+    pc_public_key key;
+    pc_err kerr;
+    if (json_unpack_ex(root, &jerr, JSON_STRICT, "{s:s,s?s}", "next_public_key", &next, "root_key",
+                       &rk) != 0)
+        rc = pc_err_set(err, PC_E_INVALID,
+                        "expected {\"next_public_key\": \"popcast-ed25519-public-v1 ...\", "
+                        "\"root_key\": \"...\" (optional)} and nothing else");
+    else if (pc_key_parse_public(next, &key, &kerr) != PC_OK)
+        rc = pc_err_set(err, PC_E_INVALID, "next_public_key: %s", kerr.msg);
+    else {
+        memcpy(next_public_key, key.pk, 32);
+        if (rk != NULL) {
+            if (pc_key_parse_public(rk, &key, &kerr) != PC_OK) {
+                rc = pc_err_set(err, PC_E_INVALID, "root_key: %s", kerr.msg);
+            } else {
+                memcpy(root_key, key.pk, 32);
+                *has_root = 1;
+            }
+        }
+    }
+    json_decref(root);
+    return rc;
+}

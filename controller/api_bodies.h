@@ -29,4 +29,11 @@ int pc_api_parse_token(const uint8_t *body, size_t len, char *name, size_t name_
 int pc_api_parse_agent(const uint8_t *body, size_t len, char *agent_id, size_t id_cap,
                        uint8_t public_key[32], pc_err *err);
 
+/* {"next_public_key": "popcast-ed25519-public-v1 <b64>" (or the base64),
+ *  "root_key": "<the same form>" (optional: sign with this root key, the
+ *  emergency path)} and nothing else. *has_root says whether root_key was
+ * given. */
+int pc_api_parse_rotation(const uint8_t *body, size_t len, uint8_t next_public_key[32],
+                          uint8_t root_key[32], int *has_root, pc_err *err);
+
 #endif

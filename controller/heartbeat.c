@@ -21,7 +21,7 @@ struct pc_heartbeat {
     int64_t last_time_ms; /* each heartbeat's time is above the last one's */
     uint64_t interval_ms;
     char *controller_id;
-    const pc_signing_key *key;
+    pc_signer *signer;
     pc_store *store;
     pc_publisher *pub;
 };
@@ -60,7 +60,9 @@ void pc_heartbeat_send(pc_heartbeat *h)
     hb.expires_unix_ms = hb.time_unix_ms + (int64_t)valid;
     hb.controller_id = h->controller_id;
     Popcast__SignedHeartbeat sh;
-    if (pc_envelope_sign_heartbeat(h->key, &hb, &sh, &err) != PC_OK) {
+    const pc_signing_key *key = NULL;
+    if (pc_signer_current(h->signer, &key, &err) != PC_OK ||
+        pc_envelope_sign_heartbeat(key, &hb, &sh, &err) != PC_OK) {
         pc_warn("heartbeat", "cannot sign: %s", err.msg);
         return;
     }
@@ -82,7 +84,7 @@ void pc_heartbeat_kick(pc_heartbeat *h)
 }
 
 int pc_heartbeat_start(pc_heartbeat **out, uv_loop_t *loop, uint64_t interval_ms,
-                       const char *controller_id, const pc_signing_key *key, pc_store *store,
+                       const char *controller_id, pc_signer *signer, pc_store *store,
                        pc_publisher *pub, pc_err *err)
 {
     *out = NULL;
@@ -94,7 +96,7 @@ int pc_heartbeat_start(pc_heartbeat **out, uv_loop_t *loop, uint64_t interval_ms
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     }
     h->interval_ms = interval_ms;
-    h->key = key;
+    h->signer = signer;
     h->store = store;
     h->pub = pub;
     uv_timer_init(loop, &h->timer);

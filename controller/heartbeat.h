@@ -11,6 +11,7 @@
 #include "crypto.h"
 #include "err.h"
 #include "publisher.h"
+#include "signer.h"
 #include "store.h"
 
 typedef struct pc_heartbeat pc_heartbeat;
@@ -18,7 +19,7 @@ typedef struct pc_heartbeat pc_heartbeat;
 /* interval_ms 0 disables heartbeats (*out is then NULL). A heartbeat
  * expires after 3 intervals, and never sooner than 30 s. key, store and pub must outlive it. */
 int pc_heartbeat_start(pc_heartbeat **out, uv_loop_t *loop, uint64_t interval_ms,
-                       const char *controller_id, const pc_signing_key *key, pc_store *store,
+                       const char *controller_id, pc_signer *signer, pc_store *store,
                        pc_publisher *pub, pc_err *err);
 /* Loop thread; frees once the loop closes the timer. */
 void pc_heartbeat_stop(pc_heartbeat *h);

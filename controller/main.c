@@ -27,6 +27,7 @@
 #include "rollout.h"
 #include "sync_server.h"
 #include "store.h"
+#include "signer.h"
 #include "tls.h"
 
 typedef struct controller_config {
@@ -34,7 +35,8 @@ typedef struct controller_config {
     char *api_listen;
     char *pub_listen;
     char *sync_listen;
-    char *signing_key;
+    pc_strlist signing_key;
+    pc_strlist root_key;
     char *admin_token_file;
     char *node_id;
     char *log_level;
@@ -78,8 +80,11 @@ static const pc_cfg_option options[] = {
         "nng pub address agents subscribe to"),
     OPT(sync_listen, PC_CFG_STRING, "tcp://127.0.0.1:7072", 0, 0,
         "nng rep address for catch-up, snapshots, bundle chunks and status reports"),
-    OPT(signing_key, PC_CFG_STRING, NULL, 0, 0,
-        "Ed25519 secret key file (popcast keygen); required"),
+    OPT(signing_key, PC_CFG_LIST, NULL, 0, 0,
+        "Ed25519 secret key file (popcast keygen); required; repeat to also hold the next key "
+        "of a rotation (the log decides which one signs)"),
+    OPT(root_key, PC_CFG_LIST, NULL, 0, 0,
+        "public key file of a root key the agents trust (default: the first signing_key's)"),
     OPT(admin_token_file, PC_CFG_STRING, NULL, 0, 0,
         "file holding the admin API token; created (mode 0600) if missing "
         "(default: DATA_DIR/admin.token)"),
@@ -195,7 +200,9 @@ typedef struct controller {
     uv_loop_t loop;
     uv_signal_t sigint, sigterm;
     pc_store *store;
-    pc_signing_key key;
+    pc_signing_key keys[PC_KEYRING_MAX];
+    size_t n_keys;
+    pc_signer *signer;
     pc_metrics *metrics;
     pc_adapter *lua;
     pc_publisher *pub;
@@ -208,6 +215,30 @@ typedef struct controller {
     nng_tls_config *tls;
     uv_timer_t tick;
 } controller;
+
+/* The secret keys this controller holds and the root keys agents trust;
+ * which key signs is the log's business (signer.h). */
+static int load_signing_keys(controller *c, pc_err *err)
+{
+    if (c->cfg.signing_key.count > PC_KEYRING_MAX)
+        return pc_err_set(err, PC_E_INVALID, "at most %d signing keys", PC_KEYRING_MAX);
+    for (size_t i = 0; i < c->cfg.signing_key.count; i++) {
+        int rc = pc_key_read_secret(c->cfg.signing_key.items[i], &c->keys[i], err);
+        if (rc != PC_OK)
+            return rc;
+        c->n_keys = i + 1;
+    }
+    pc_keyring roots = {.count = 0};
+    for (size_t i = 0; i < c->cfg.root_key.count; i++) {
+        pc_public_key k;
+        int rc = pc_key_read_public(c->cfg.root_key.items[i], &k, err);
+        if (rc == PC_OK)
+            rc = pc_keyring_add(&roots, &k, err);
+        if (rc != PC_OK)
+            return rc;
+    }
+    return pc_signer_new(&c->signer, c->store, c->keys, c->n_keys, &roots, err);
+}
 
 /* Every controller publishes every entry it applies (from raft), so agents
  * subscribed to any controller receive it. */
@@ -288,7 +319,7 @@ int main(int argc, char **argv)
         goto out;
     }
     pc_log_set_level(level);
-    if (c.cfg.signing_key == NULL) {
+    if (c.cfg.signing_key.count == 0) {
         fprintf(stderr, "popcast-controller: --signing-key is required (create one with "
                         "`popcast keygen`)\n");
         goto out;
@@ -332,9 +363,9 @@ int main(int argc, char **argv)
     pc_lua_limits limits;
     pc_lua_limits_default(&limits);
     if (ensure_dir(c.cfg.data_dir, &err) != PC_OK ||
-        pc_key_read_secret(c.cfg.signing_key, &c.key, &err) != PC_OK ||
         load_admin_token(token_path, api_opt.admin_token_hash, &err) != PC_OK ||
-        pc_store_open(&c.store, c.cfg.data_dir, &sopt, &err) != PC_OK) {
+        pc_store_open(&c.store, c.cfg.data_dir, &sopt, &err) != PC_OK ||
+        load_signing_keys(&c, &err) != PC_OK) {
         pc_error("controller", "%s", err.msg);
         goto out;
     }
@@ -344,6 +375,7 @@ int main(int argc, char **argv)
         goto out;
     }
     api_opt.lua = c.lua;
+    api_opt.signer = c.signer;
     pc_rollout_options ropt = {.gone_after_ms = c.cfg.gone_after_ms,
                                .report_stale_ms = c.cfg.report_stale_ms};
     if ((c.rollout = pc_rollout_new(&ropt)) == NULL) {
@@ -385,10 +417,10 @@ int main(int argc, char **argv)
                                .on_applied_arg = &c};
     if (pc_publisher_open(&c.pub, c.cfg.pub_listen, c.tls, (int)c.cfg.pub_sendbuf,
                           c.cfg.max_bundle + 65536, &err) != PC_OK ||
-        pc_heartbeat_start(&c.heartbeat, &c.loop, c.cfg.heartbeat_ms, node_id, &c.key, c.store,
+        pc_heartbeat_start(&c.heartbeat, &c.loop, c.cfg.heartbeat_ms, node_id, c.signer, c.store,
                            c.pub, &err) != PC_OK ||
         ensure_dir(raft_dir, &err) != PC_OK || pc_cluster_start(&c.cluster, &copt, &err) != PC_OK ||
-        pc_pipeline_new(&c.pipeline, &c.loop, c.store, &c.key, c.cluster, c.cfg.max_pending,
+        pc_pipeline_new(&c.pipeline, &c.loop, c.store, c.signer, c.cluster, c.cfg.max_pending,
                         &err) != PC_OK ||
         (api_opt.cluster = c.cluster, pc_api_start(&c.api, &api_opt, c.store, c.pipeline, c.rollout,
                                                    c.metrics, &err)) != PC_OK) {
@@ -403,8 +435,10 @@ int main(int argc, char **argv)
     c.sigint.data = c.sigterm.data = &c;
     uv_signal_start(&c.sigint, on_signal, SIGINT);
     uv_signal_start(&c.sigterm, on_signal, SIGTERM);
-    char kid[PC_HEX_KEY_ID_LEN];
-    pc_hex(kid, c.key.pub.id, PC_KEY_ID_LEN);
+    char kid[PC_HEX_KEY_ID_LEN] = "?";
+    pc_public_key current;
+    if (pc_signer_current_public(c.signer, &current, NULL, &err) == PC_OK)
+        pc_hex(kid, current.id, PC_KEY_ID_LEN);
     pc_info("controller",
             "%s ready: api %s, publishing on %s, sync on %s, raft id %llu on %s (%zu peers), "
             "signing key %s",
@@ -437,7 +471,9 @@ out:
     pc_store_close(c.store);
     if (c.tls != NULL)
         nng_tls_config_free(c.tls);
-    pc_signing_key_wipe(&c.key);
+    pc_signer_free(c.signer);
+    for (size_t i = 0; i < c.n_keys; i++)
+        pc_signing_key_wipe(&c.keys[i]);
     pc_config_free(options, &c.cfg);
     return exit_code;
 }

@@ -16,7 +16,7 @@ struct pc_pipeline {
     uv_loop_t *loop;
     uv_async_t wake;
     pc_store *store;
-    const pc_signing_key *key;
+    pc_signer *signer;
     pc_cluster *cluster;
     pthread_mutex_t lock; /* guards the queue below */
     pc_change *head, *tail;
@@ -184,8 +184,11 @@ static int start_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
         m.runtime = c->runtime;
     }
 
+    const pc_signing_key *key = NULL;
+    if ((rc = pc_signer_current(p->signer, &key, &r->err)) != PC_OK)
+        return rc;
     Popcast__SignedManifest sm;
-    if ((rc = pc_envelope_sign_manifest(p->key, &m, &sm, &r->err)) != PC_OK)
+    if ((rc = pc_envelope_sign_manifest(key, &m, &sm, &r->err)) != PC_OK)
         return rc;
     r->version = m.version;
     r->seq = m.seq;
@@ -200,6 +203,55 @@ static int start_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
     e.signed_ = &sm;
     e.bundle.data = c->bundle;
     e.bundle.len = c->bundle_len;
+    p->inflight = c;
+    rc = pc_cluster_propose_entry(p->cluster, &e, change_done, p, &r->err);
+    if (rc != PC_OK)
+        p->inflight = NULL;
+    pc_envelope_signed_clear(&sm);
+    return rc;
+}
+
+/* A KEY_ROTATION entry: announces the key that signs every later entry.
+ * Signed by the current key, or by a root key (the emergency path). */
+static int start_rotation(pc_pipeline *p, pc_change *c, pc_change_result *r)
+{
+    r->kind = "key_rotation";
+    uint64_t applied = 0;
+    int rc = pc_store_applied_seq(p->store, &applied, &r->err);
+    if (rc != PC_OK)
+        return rc;
+    pc_public_key cur;
+    if ((rc = pc_signer_current_public(p->signer, &cur, NULL, &r->err)) != PC_OK)
+        return rc;
+    if (memcmp(cur.pk, c->key_next, PC_PK_LEN) == 0)
+        return pc_err_set(&r->err, PC_E_INVALID, "that key is already the signing key");
+    if (pc_signer_held(p->signer, c->key_next) == NULL)
+        return pc_err_set(&r->err, PC_E_INVALID,
+                          "this controller does not hold the next key's secret: add its key "
+                          "file to signing_key on every controller first");
+    const pc_signing_key *key = NULL;
+    if (c->key_sign_with_root) {
+        if (!pc_signer_is_root(p->signer, c->key_root))
+            return pc_err_set(&r->err, PC_E_INVALID, "sign_with is not a root key");
+        if ((key = pc_signer_held(p->signer, c->key_root)) == NULL)
+            return pc_err_set(&r->err, PC_E_INVALID,
+                              "this controller does not hold that root key's secret");
+    } else if ((rc = pc_signer_current(p->signer, &key, &r->err)) != PC_OK) {
+        return rc;
+    }
+    Popcast__Manifest m = POPCAST__MANIFEST__INIT;
+    m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION;
+    m.seq = applied + 1;
+    m.created_unix_ms = now_unix_ms();
+    m.next_public_key.data = c->key_next;
+    m.next_public_key.len = PC_PK_LEN;
+    Popcast__SignedManifest sm;
+    if ((rc = pc_envelope_sign_manifest(key, &m, &sm, &r->err)) != PC_OK)
+        return rc;
+    r->seq = m.seq;
+    r->created_unix_ms = m.created_unix_ms;
+    Popcast__Entry e = POPCAST__ENTRY__INIT;
+    e.signed_ = &sm;
     p->inflight = c;
     rc = pc_cluster_propose_entry(p->cluster, &e, change_done, p, &r->err);
     if (rc != PC_OK)
@@ -351,6 +403,8 @@ static void drain(uv_async_t *handle)
             rc = start_token_change(p, c, r);
         } else if (c->kind == PC_CHANGE_AGENT_ENROLL || c->kind == PC_CHANGE_AGENT_REVOKE) {
             rc = start_agent_change(p, c, r);
+        } else if (c->kind == PC_CHANGE_KEY_ROTATE) {
+            rc = start_rotation(p, c, r);
         } else {
             rc = start_change(p, c, r);
         }
@@ -363,7 +417,7 @@ static void drain(uv_async_t *handle)
     }
 }
 
-int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, const pc_signing_key *key,
+int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, pc_signer *signer,
                     pc_cluster *cluster, size_t max_pending, pc_err *err)
 {
     pc_pipeline *p = calloc(1, sizeof(*p));
@@ -371,7 +425,7 @@ int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, const p
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     p->loop = loop;
     p->store = store;
-    p->key = key;
+    p->signer = signer;
     p->cluster = cluster;
     p->max_pending = max_pending;
     pthread_mutex_init(&p->lock, NULL);

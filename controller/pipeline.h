@@ -1,6 +1,6 @@
 /* pipeline.h - the controller's write path: every change (deploy,
- * rollback, delete) is versioned, signed and replicated here, one at a
- * time, on the controller's event loop, by the cluster's leader.
+ * rollback, delete, key rotation, membership, tokens, agents) is versioned, signed and replicated
+ * here, one at a time, on the controller's event loop, by the cluster's leader.
  *
  * One change at a time is what makes seq gap-free and each tenant's
  * versions strictly increasing without locks: a change reads the applied
@@ -15,6 +15,7 @@
 #ifndef PC_PIPELINE_H
 #define PC_PIPELINE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -23,6 +24,7 @@
 #include "err.h"
 #include "names.h"
 #include "cluster.h"
+#include "signer.h"
 #include "store.h"
 
 typedef enum pc_change_kind {
@@ -35,6 +37,7 @@ typedef enum pc_change_kind {
     PC_CHANGE_TOKEN_REVOKE, /* token_id */
     PC_CHANGE_AGENT_ENROLL, /* agent_* below */
     PC_CHANGE_AGENT_REVOKE, /* agent_id */
+    PC_CHANGE_KEY_ROTATE,   /* key_* below */
 } pc_change_kind;
 
 #define PC_TOKEN_MAX_TENANTS 16
@@ -76,6 +79,11 @@ struct pc_change {
     /* AGENT_ENROLL, AGENT_REVOKE. */
     char agent_id[PC_ID_MAX + 1];
     uint8_t agent_pk[PC_PK_LEN];
+    /* KEY_ROTATE: the next signing key (this controller must hold its
+     * secret); signed by the current key, or by the root key key_root. */
+    uint8_t key_next[PC_PK_LEN];
+    bool key_sign_with_root;
+    uint8_t key_root[PC_PK_LEN];
     /* Called once, on the loop thread, after commit and publish (or on
      * failure). The pipeline frees the change (and its bundle) after. */
     void (*done)(pc_change *c, const pc_change_result *r);
@@ -85,10 +93,10 @@ struct pc_change {
 
 typedef struct pc_pipeline pc_pipeline;
 
-/* key and cluster stay owned by the caller and must outlive the pipeline.
+/* signer and cluster stay owned by the caller and must outlive the pipeline.
  * Changes submitted to a node that is not the leader fail with
  * PC_E_NOT_LEADER (the API redirects before submitting). */
-int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, const pc_signing_key *key,
+int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, pc_signer *signer,
                     pc_cluster *cluster, size_t max_pending, pc_err *err);
 /* Shutting down is two steps because the HTTP server's stop waits for
  * every handler, and a handler may wait on a queued change:

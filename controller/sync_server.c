@@ -171,8 +171,56 @@ static int snapshot_item(void *arg, const char *tenant, uint64_t seq)
     return 0;
 }
 
+typedef struct rotation_walk {
+    uint64_t up_to;
+    Popcast__Entry **entries;
+    size_t n, cap;
+} rotation_walk;
+
+/* Copies one stored rotation into the reply (a copy: the store's record is
+ * freed after the callback). */
+static int rotation_item(void *arg, const Popcast__SignedManifest *sm)
+{
+    rotation_walk *w = arg;
+    Popcast__Manifest *m = popcast__manifest__unpack(NULL, sm->manifest.len, sm->manifest.data);
+    uint64_t seq = m != NULL ? m->seq : 0;
+    if (m != NULL)
+        popcast__manifest__free_unpacked(m, NULL);
+    if (seq == 0)
+        return PC_E_STORE;
+    if (seq > w->up_to)
+        return 0; /* committed after the snapshot's read */
+    if (w->n == w->cap) {
+        size_t cap = w->cap ? w->cap * 2 : 8;
+        Popcast__Entry **grown = realloc(w->entries, cap * sizeof(*grown));
+        if (grown == NULL)
+            return PC_E_NOMEM;
+        w->entries = grown;
+        w->cap = cap;
+    }
+    size_t len = popcast__signed_manifest__get_packed_size(sm);
+    uint8_t *buf = malloc(len ? len : 1);
+    Popcast__Entry *e = calloc(1, sizeof(*e));
+    if (buf == NULL || e == NULL) {
+        free(buf);
+        free(e);
+        return PC_E_NOMEM;
+    }
+    popcast__signed_manifest__pack(sm, buf);
+    popcast__entry__init(e);
+    e->signed_ = popcast__signed_manifest__unpack(NULL, len, buf);
+    free(buf);
+    if (e->signed_ == NULL) {
+        free(e);
+        return PC_E_NOMEM;
+    }
+    w->entries[w->n++] = e;
+    return 0;
+}
+
 static void handle_snapshot(pc_sync_server *s, Popcast__SnapshotResponse *resp,
-                            Popcast__Entry ***entries_out, size_t *n_out)
+                            Popcast__Entry ***entries_out, size_t *n_out,
+                            Popcast__Entry ***rotations_out, size_t *n_rot_out)
 {
     snapshot_walk w = {.s = s, .budget = s->opt.max_reply};
     uint64_t seq = 0;
@@ -182,6 +230,20 @@ static void handle_snapshot(pc_sync_server *s, Popcast__SnapshotResponse *resp,
         resp->error = strdup(w.err.msg);
         return;
     }
+    /* Rotations are never removed, so reading them after the tenants and
+     * keeping those up to seq gives exactly the chain as of seq. */
+    rotation_walk rw = {.up_to = seq};
+    pc_err err;
+    if (pc_store_foreach_rotation(s->opt.store, rotation_item, &rw, &err) != PC_OK) {
+        free_entries(w.entries, w.n);
+        free_entries(rw.entries, rw.n);
+        resp->error = strdup("cannot read key rotations");
+        return;
+    }
+    resp->rotations = rw.entries;
+    resp->n_rotations = rw.n;
+    *rotations_out = rw.entries;
+    *n_rot_out = rw.n;
     resp->seq = seq;
     resp->tenants = w.entries;
     resp->n_tenants = w.n;
@@ -312,8 +374,8 @@ static nng_msg *handle(pc_sync_server *s, const uint8_t *data, size_t len)
     Popcast__SnapshotResponse snap = POPCAST__SNAPSHOT_RESPONSE__INIT;
     Popcast__BundleChunkResponse chunk = POPCAST__BUNDLE_CHUNK_RESPONSE__INIT;
     Popcast__StatusAck ack = POPCAST__STATUS_ACK__INIT;
-    Popcast__Entry **entries = NULL;
-    size_t n_entries = 0;
+    Popcast__Entry **entries = NULL, **rotations = NULL;
+    size_t n_entries = 0, n_rotations = 0;
     if (call == NULL) {
         pc_metric_add(s->m_bad, 1);
         ack.error = strdup("request does not decode");
@@ -330,7 +392,7 @@ static nng_msg *handle(pc_sync_server *s, const uint8_t *data, size_t len)
             break;
         case POPCAST__SYNC_CALL__BODY_SNAPSHOT:
             pc_metric_add(s->m_snapshot, 1);
-            handle_snapshot(s, &snap, &entries, &n_entries);
+            handle_snapshot(s, &snap, &entries, &n_entries, &rotations, &n_rotations);
             reply.body_case = POPCAST__SYNC_REPLY__BODY_SNAPSHOT;
             reply.snapshot = &snap;
             break;
@@ -366,6 +428,7 @@ static nng_msg *handle(pc_sync_server *s, const uint8_t *data, size_t len)
     if (nng_msg_alloc(&msg, plen) == 0)
         popcast__sync_reply__pack(&reply, nng_msg_body(msg));
     free_entries(entries, n_entries);
+    free_entries(rotations, n_rotations);
     free_string(sync.error);
     free_string(snap.error);
     free_string(chunk.error);

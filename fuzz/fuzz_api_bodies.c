@@ -1,5 +1,6 @@
 /* fuzz_api_bodies.c - the controller API's JSON request bodies. The first
- * byte picks the decoder (rollback, cluster node, token). */
+ * byte picks the decoder (cluster node, rollback, token, agent, key
+ * rotation). */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -11,14 +12,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1)
         return 0;
     pc_err err;
-    if (data[0] % 3 == 2) {
+    if (data[0] % 5 == 4) {
+        uint8_t next[32], root[32];
+        int has_root = 0;
+        (void)pc_api_parse_rotation(data + 1, size - 1, next, root, &has_root, &err);
+    } else if (data[0] % 5 == 3) {
+        char id[129];
+        uint8_t pk[32];
+        if (pc_api_parse_agent(data + 1, size - 1, id, sizeof(id), pk, &err) == PC_OK &&
+            strlen(id) == 0)
+            __builtin_trap();
+    } else if (data[0] % 5 == 2) {
         char name[65], tenants[16][64];
         size_t n = 0;
         if (pc_api_parse_token(data + 1, size - 1, name, sizeof(name), &tenants[0][0],
                                sizeof(tenants[0]), 16, &n, &err) == PC_OK &&
             (n < 1 || n > 16))
             __builtin_trap();
-    } else if (data[0] % 3 == 1) {
+    } else if (data[0] % 5 == 1) {
         uint64_t version = 0;
         if (pc_api_parse_rollback(data + 1, size - 1, &version, &err) == PC_OK && version < 1)
             __builtin_trap();

@@ -162,9 +162,18 @@ int main(int argc, char **argv)
     put_text("fuzz_config", 2, "{\"count\": 1000, \"size\": 12}");
     put_text("fuzz_api_bodies", 1, "\x01{\"version\": 3}");
     put_text("fuzz_api_bodies", 2,
-             "\x03{\"id\": 4, \"raft_address\": \"127.0.0.1:7073\", \"api_url\": "
+             "\x05{\"id\": 4, \"raft_address\": \"127.0.0.1:7073\", \"api_url\": "
              "\"http://127.0.0.1:7070\"}");
     put_text("fuzz_api_bodies", 3, "\x02{\"tenants\": [\"alpha\", \"beta\"], \"name\": \"ci\"}");
+    {
+        char text[256], pub[100];
+        pc_key_format_public(&key.pub, pub, sizeof(pub));
+        snprintf(text, sizeof(text), "\x03{\"agent_id\": \"edge-1\", \"public_key\": \"%s\"}", pub);
+        put_text("fuzz_api_bodies", 4, text);
+        snprintf(text, sizeof(text), "\x04{\"next_public_key\": \"%s\", \"root_key\": \"%s\"}", pub,
+                 pub);
+        put_text("fuzz_api_bodies", 5, text);
+    }
     put("fuzz_lua_pattern", 1, "key=value, k2=v2\0(%w+)=(%w+)\0%2=%1", 34);
     put("fuzz_lua_pattern", 2, "f(a(b)c)d\0%b()\0<%0>", 20);
     put("fuzz_lua_pattern", 3, "THE (quick) fox\0%f[%a]%a+\0W", 27);

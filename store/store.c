@@ -473,6 +473,26 @@ static int put_log(pc_store *s, MDB_txn *txn, const Popcast__SignedManifest *sm,
     return PC_OK;
 }
 
+/* A key rotation is also kept outside the log, which raft and snapshots
+ * truncate: the chain of signing keys must survive both. */
+static int put_rotation(pc_store *s, MDB_txn *txn, const Popcast__SignedManifest *sm, uint64_t seq,
+                        pc_err *err)
+{
+    Popcast__LogRecord rec = POPCAST__LOG_RECORD__INIT;
+    rec.signed_ = (Popcast__SignedManifest *)sm;
+    size_t len = popcast__log_record__get_packed_size(&rec);
+    char k[40];
+    int klen = snprintf(k, sizeof(k), PC_STORE_ROTATION_PREFIX "%020llu", (unsigned long long)seq);
+    MDB_val key = {(size_t)klen, k}, val = {len, NULL};
+    int mrc = mdb_put(txn, s->meta, &key, &val, MDB_RESERVE | MDB_NOOVERWRITE);
+    if (mrc == MDB_KEYEXIST)
+        return PC_OK; /* known already (a snapshot repeats the chain) */
+    if (mrc != 0)
+        return mdb_fail(err, mrc, "write key rotation");
+    popcast__log_record__pack(&rec, val.mv_data);
+    return PC_OK;
+}
+
 /* The tenant part of an apply: version rule, version record, blob refs,
  * tenant pointer. */
 static int apply_tenant(pc_store *s, MDB_txn *txn, apply_args *a, pc_err *err)
@@ -533,8 +553,11 @@ static int apply_body(pc_store *s, MDB_txn *txn, void *arg, pc_err *err)
     if (m->seq > applied + 1)
         return pc_err_set(err, PC_E_SEQ_GAP, "seq %llu follows %llu: entries are missing",
                           (unsigned long long)m->seq, (unsigned long long)applied);
-    if (m->kind != POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION &&
-        (rc = apply_tenant(s, txn, a, err)) != PC_OK)
+    if (m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION)
+        rc = put_rotation(s, txn, a->sm, m->seq, err);
+    else
+        rc = apply_tenant(s, txn, a, err);
+    if (rc != PC_OK)
         return rc;
     if ((rc = put_log(s, txn, a->sm, m->seq, err)) != PC_OK)
         return rc;
@@ -551,6 +574,9 @@ int pc_store_apply(pc_store *s, const Popcast__SignedManifest *sm, const Popcast
     if (m->kind != POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION &&
         (!pc_tenant_name_valid(m->tenant) || m->version == 0))
         return pc_err_set(err, PC_E_INVALID, "entry without a valid tenant and version");
+    if (m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION &&
+        m->next_public_key.len != PC_PK_LEN)
+        return pc_err_set(err, PC_E_INVALID, "key rotation without a next key");
     int rc = check_content(m, bundle, bundle_len, err);
     if (rc != PC_OK)
         return rc;
@@ -578,8 +604,11 @@ static int snapshot_body(pc_store *s, MDB_txn *txn, void *arg, pc_err *err)
     for (size_t i = 0; i < sa->n; i++) {
         const pc_store_item *it = &sa->items[i];
         apply_args a = {it->sm, it->m, it->bundle, it->bundle_len, false, false};
-        if (it->m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION)
+        if (it->m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION) {
+            if ((rc = put_rotation(s, txn, it->sm, it->m->seq, err)) != PC_OK)
+                return rc;
             continue;
+        }
         if ((rc = apply_tenant(s, txn, &a, err)) != PC_OK)
             return rc;
         if (a.applied && (rc = put_log(s, txn, it->sm, it->m->seq, err)) != PC_OK)
@@ -603,6 +632,9 @@ int pc_store_install_snapshot(pc_store *s, uint64_t seq, const pc_store_item *it
         if (it->m->kind != POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION &&
             (!pc_tenant_name_valid(it->m->tenant) || it->m->version == 0))
             return pc_err_set(err, PC_E_INVALID, "snapshot item %zu has no valid tenant", i);
+        if (it->m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION &&
+            it->m->next_public_key.len != PC_PK_LEN)
+            return pc_err_set(err, PC_E_INVALID, "snapshot item %zu: rotation without a key", i);
         int rc = check_content(it->m, it->bundle, it->bundle_len, err);
         if (rc != PC_OK)
             return rc;
@@ -1094,4 +1126,32 @@ int pc_store_stats_get(pc_store *s, pc_store_stats *out, pc_err *err)
     out->map_grows = atomic_load(&s->grows);
     read_end(s, txn);
     return PC_OK;
+}
+
+typedef struct rotation_walk {
+    int (*cb)(void *arg, const Popcast__SignedManifest *sm);
+    void *arg;
+    pc_err *err;
+} rotation_walk;
+
+static int rotation_item(void *arg, const char *key, const uint8_t *val, size_t len)
+{
+    rotation_walk *w = arg;
+    Popcast__LogRecord *rec = popcast__log_record__unpack(NULL, len, val);
+    if (rec == NULL || rec->signed_ == NULL) {
+        if (rec != NULL)
+            popcast__log_record__free_unpacked(rec, NULL);
+        pc_err_set(w->err, PC_E_STORE, "stored %s does not decode", key);
+        return PC_E_STORE;
+    }
+    int rc = w->cb(w->arg, rec->signed_);
+    popcast__log_record__free_unpacked(rec, NULL);
+    return rc;
+}
+
+int pc_store_foreach_rotation(pc_store *s, int (*cb)(void *arg, const Popcast__SignedManifest *sm),
+                              void *arg, pc_err *err)
+{
+    rotation_walk w = {cb, arg, err};
+    return pc_store_meta_foreach(s, PC_STORE_ROTATION_PREFIX, rotation_item, &w, err);
 }

@@ -18,9 +18,14 @@
  *     aborts the transaction, grows the map (doubling, up to map_size_max)
  *     and retries; past the maximum the caller gets PC_E_STORE "store is
  *     full" and nothing changes.
+ *  6. Key rotations are kept for good: applying a KEY_ROTATION entry (or a
+ *     snapshot that carries rotations) also stores it under
+ *     "rotation/<seq, 20 digits>" in meta, in the same transaction, so the
+ *     chain of signing keys survives log truncation, restarts and snapshots.
  *
  * Layout (named databases):
- *   meta     string key -> bytes      "applied_seq" (u64 big-endian), ids
+ *   meta     string key -> bytes      "applied_seq" (u64 big-endian), ids,
+ *                                     "rotation/<seq>" -> LogRecord
  *   log      u64 BE seq -> LogRecord  (the signed manifest, exact bytes)
  *   versions tenant "\0" u64 BE version -> u64 BE seq
  *   tenants  tenant -> TenantRecord
@@ -158,6 +163,13 @@ int pc_store_meta_put(pc_store *s, const char *key, const void *val, size_t len,
 int pc_store_meta_foreach(pc_store *s, const char *prefix,
                           int (*cb)(void *arg, const char *key, const uint8_t *val, size_t len),
                           void *arg, pc_err *err);
+
+/* Calls cb with every stored KEY_ROTATION entry's signed manifest, in seq
+ * order (invariant 6), from one read snapshot. cb returning non-zero stops
+ * the walk and that value is returned. */
+#define PC_STORE_ROTATION_PREFIX "rotation/"
+int pc_store_foreach_rotation(pc_store *s, int (*cb)(void *arg, const Popcast__SignedManifest *sm),
+                              void *arg, pc_err *err);
 
 /* Writes a compacted copy of the whole store (a consistent snapshot) to
  * path: what a raft snapshot carries. */

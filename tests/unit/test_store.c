@@ -375,6 +375,81 @@ static void test_one_process_per_directory(void **state)
     pc_test_rm_rf(dir);
 }
 
+/* Invariant 6: a rotation is kept outside the log, in the same
+ * transaction, across reopen and snapshot install; a rotation without a
+ * key, or one refused for its seq, stores nothing. */
+static int collect_rotation(void *arg, const Popcast__SignedManifest *sm)
+{
+    uint64_t *seqs = arg;
+    Popcast__Manifest *m = popcast__manifest__unpack(NULL, sm->manifest.len, sm->manifest.data);
+    assert_non_null(m);
+    seqs[++seqs[0]] = m->seq;
+    popcast__manifest__free_unpacked(m, NULL);
+    return 0;
+}
+
+static void rotation_make(Popcast__SignedManifest *sm, Popcast__Manifest *m, uint64_t seq,
+                          const pc_public_key *next, size_t key_len)
+{
+    popcast__manifest__init(m);
+    m->kind = POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION;
+    m->seq = seq;
+    m->next_public_key.data = (uint8_t *)next->pk;
+    m->next_public_key.len = key_len;
+    assert_int_equal(pc_envelope_sign_manifest(&key, m, sm, NULL), PC_OK);
+}
+
+static void test_rotations_are_kept(void **state)
+{
+    char dir[256], dir2[256];
+    pc_test_tmpdir(dir, sizeof(dir), "store");
+    pc_test_tmpdir(dir2, sizeof(dir2), "store");
+    pc_store *s = open_store(dir, false, 0, 0);
+    pc_signing_key next;
+    assert_int_equal(pc_keygen(&next), PC_OK);
+    pc_err err;
+    apply_ok(s, "a", 1, 1, 100, 1);
+    Popcast__SignedManifest sm, bad_sm, gap_sm;
+    Popcast__Manifest m, bad, gap;
+    rotation_make(&bad_sm, &bad, 2, &next.pub, 16);
+    assert_int_equal(pc_store_apply(s, &bad_sm, &bad, NULL, 0, &err), PC_E_INVALID);
+    rotation_make(&gap_sm, &gap, 5, &next.pub, PC_PK_LEN);
+    assert_int_equal(pc_store_apply(s, &gap_sm, &gap, NULL, 0, &err), PC_E_SEQ_GAP);
+    uint64_t seqs[8] = {0};
+    assert_int_equal(pc_store_foreach_rotation(s, collect_rotation, seqs, &err), PC_OK);
+    assert_int_equal(seqs[0], 0);
+    assert_int_equal(applied(s), 1);
+    rotation_make(&sm, &m, 2, &next.pub, PC_PK_LEN);
+    assert_int_equal(pc_store_apply(s, &sm, &m, NULL, 0, &err), PC_OK);
+    apply_ok(s, "a", 3, 2, 100, 2);
+    pc_store_close(s);
+    s = open_store(dir, false, 0, 0);
+    memset(seqs, 0, sizeof(seqs));
+    assert_int_equal(pc_store_foreach_rotation(s, collect_rotation, seqs, &err), PC_OK);
+    assert_int_equal(seqs[0], 1);
+    assert_int_equal(seqs[1], 2);
+    pc_store_close(s);
+    /* A snapshot carrying the rotation stores it on an empty store. */
+    pc_store *d = open_store(dir2, false, 0, 0);
+    entry a2;
+    assert_int_equal(entry_make(&a2, "a", 3, 2, 100, 2), PC_OK);
+    pc_store_item items[] = {{&a2.sm, &a2.m, a2.bundle, a2.len}, {&sm, &m, NULL, 0}};
+    bool done[2];
+    assert_int_equal(pc_store_install_snapshot(d, 3, items, 2, done, &err), PC_OK);
+    assert_false(done[1]); /* a rotation changes no tenant */
+    memset(seqs, 0, sizeof(seqs));
+    assert_int_equal(pc_store_foreach_rotation(d, collect_rotation, seqs, &err), PC_OK);
+    assert_int_equal(seqs[0], 1);
+    assert_int_equal(seqs[1], 2);
+    pc_store_close(d);
+    entry_free(&a2);
+    pc_envelope_signed_clear(&sm);
+    pc_envelope_signed_clear(&bad_sm);
+    pc_envelope_signed_clear(&gap_sm);
+    pc_test_rm_rf(dir);
+    pc_test_rm_rf(dir2);
+}
+
 static void test_snapshot_install(void **state)
 {
     char src_dir[256], dst_dir[256];
@@ -636,6 +711,7 @@ int main(void)
         cmocka_unit_test(test_map_full_is_an_error),
         cmocka_unit_test(test_one_process_per_directory),
         cmocka_unit_test(test_snapshot_install),
+        cmocka_unit_test(test_rotations_are_kept),
         cmocka_unit_test(test_copy_and_replace),
         cmocka_unit_test(test_kill_9_writer_leaves_a_complete_prefix),
     };

@@ -1,0 +1,148 @@
+/* signer.c - held signing keys and the current one (see signer.h). */
+#include "signer.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct pc_signer {
+    pc_store *store;
+    pc_signing_key *keys;
+    size_t n;
+    pc_keyring roots;
+};
+
+int pc_signer_new(pc_signer **out, pc_store *store, const pc_signing_key *keys, size_t n,
+                  const pc_keyring *roots, pc_err *err)
+{
+    *out = NULL;
+    if (n == 0)
+        return pc_err_set(err, PC_E_INVALID, "at least one signing key is required");
+    pc_signer *s = calloc(1, sizeof(*s));
+    if (s == NULL || (s->keys = calloc(n, sizeof(*s->keys))) == NULL) {
+        free(s);
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    }
+    memcpy(s->keys, keys, n * sizeof(*keys));
+    s->n = n;
+    s->store = store;
+    if (roots != NULL && roots->count > 0)
+        s->roots = *roots;
+    else
+        pc_keyring_add(&s->roots, &keys[0].pub, NULL);
+    *out = s;
+    return PC_OK;
+}
+
+void pc_signer_free(pc_signer *s)
+{
+    if (s == NULL)
+        return;
+    for (size_t i = 0; i < s->n; i++)
+        pc_signing_key_wipe(&s->keys[i]);
+    free(s->keys);
+    free(s);
+}
+
+typedef struct rotation_walk {
+    int (*cb)(void *arg, uint64_t seq, const pc_public_key *next,
+              const uint8_t signer_id[PC_KEY_ID_LEN], int64_t created_unix_ms);
+    void *arg;
+} rotation_walk;
+
+static int rotation_item(void *arg, const Popcast__SignedManifest *sm)
+{
+    rotation_walk *w = arg;
+    Popcast__Manifest *m = popcast__manifest__unpack(NULL, sm->manifest.len, sm->manifest.data);
+    if (m == NULL || m->next_public_key.len != PC_PK_LEN || m->key_id.len != PC_KEY_ID_LEN) {
+        if (m != NULL)
+            popcast__manifest__free_unpacked(m, NULL);
+        return PC_E_STORE;
+    }
+    pc_public_key next;
+    memcpy(next.pk, m->next_public_key.data, PC_PK_LEN);
+    pc_key_id(next.id, next.pk);
+    int rc = w->cb(w->arg, m->seq, &next, m->key_id.data, m->created_unix_ms);
+    popcast__manifest__free_unpacked(m, NULL);
+    return rc;
+}
+
+int pc_signer_foreach_rotation(pc_signer *s,
+                               int (*cb)(void *arg, uint64_t seq, const pc_public_key *next,
+                                         const uint8_t signer_id[PC_KEY_ID_LEN],
+                                         int64_t created_unix_ms),
+                               void *arg, pc_err *err)
+{
+    rotation_walk w = {cb, arg};
+    int rc = pc_store_foreach_rotation(s->store, rotation_item, &w, err);
+    if (rc == PC_E_STORE && err->msg[0] == '\0')
+        pc_err_set(err, PC_E_STORE, "a stored key rotation does not decode");
+    return rc;
+}
+
+typedef struct last_rotation {
+    pc_public_key key;
+    uint64_t seq;
+} last_rotation;
+
+static int keep_last(void *arg, uint64_t seq, const pc_public_key *next,
+                     const uint8_t signer_id[PC_KEY_ID_LEN], int64_t created_unix_ms)
+{
+    (void)signer_id;
+    (void)created_unix_ms;
+    last_rotation *l = arg;
+    l->key = *next;
+    l->seq = seq;
+    return 0;
+}
+
+int pc_signer_current_public(pc_signer *s, pc_public_key *out, uint64_t *since_seq, pc_err *err)
+{
+    last_rotation l = {.seq = 0};
+    pc_err_clear(err);
+    int rc = pc_signer_foreach_rotation(s, keep_last, &l, err);
+    if (rc != PC_OK)
+        return rc;
+    *out = l.seq != 0 ? l.key : s->keys[0].pub;
+    if (since_seq != NULL)
+        *since_seq = l.seq;
+    return PC_OK;
+}
+
+const pc_signing_key *pc_signer_held(pc_signer *s, const uint8_t pk[PC_PK_LEN])
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (memcmp(s->keys[i].pub.pk, pk, PC_PK_LEN) == 0)
+            return &s->keys[i];
+    return NULL;
+}
+
+int pc_signer_current(pc_signer *s, const pc_signing_key **out, pc_err *err)
+{
+    pc_public_key cur;
+    int rc = pc_signer_current_public(s, &cur, NULL, err);
+    if (rc != PC_OK)
+        return rc;
+    *out = pc_signer_held(s, cur.pk);
+    if (*out == NULL) {
+        char kid[PC_HEX_KEY_ID_LEN];
+        pc_hex(kid, cur.id, PC_KEY_ID_LEN);
+        return pc_err_set(err, PC_E_UNAVAILABLE,
+                          "this controller does not hold the current signing key %s (add its "
+                          "secret key file to signing_key)",
+                          kid);
+    }
+    return PC_OK;
+}
+
+bool pc_signer_is_root(pc_signer *s, const uint8_t pk[PC_PK_LEN])
+{
+    for (size_t i = 0; i < s->roots.count; i++)
+        if (memcmp(s->roots.keys[i].pk, pk, PC_PK_LEN) == 0)
+            return true;
+    return false;
+}
+
+const pc_keyring *pc_signer_roots(pc_signer *s)
+{
+    return &s->roots;
+}

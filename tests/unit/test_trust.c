@@ -1,0 +1,246 @@
+/* test_trust.c - the key schedule (common/trust.h): which key may sign
+ * which entry, before and after rotations, planned and emergency. Every
+ * rule of trust.h has a case here that fails if the rule is broken. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "crypto.h"
+#include "envelope.h"
+#include "harness.h"
+#include "trust.h"
+
+static pc_signing_key root, k1, k2, rogue;
+static pc_keyring roots;
+
+/* A signed delete (no bundle needed) or rotation, as an Entry. */
+typedef struct signed_entry {
+    Popcast__SignedManifest sm;
+    Popcast__Entry e;
+} signed_entry;
+
+static void make_delete(signed_entry *se, const pc_signing_key *by, uint64_t seq)
+{
+    Popcast__Manifest m = POPCAST__MANIFEST__INIT;
+    m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE;
+    m.tenant = "acme";
+    m.version = seq;
+    m.seq = seq;
+    pc_err err;
+    assert_int_equal(pc_envelope_sign_manifest(by, &m, &se->sm, &err), PC_OK);
+    popcast__entry__init(&se->e);
+    se->e.signed_ = &se->sm;
+}
+
+static void make_rotation(signed_entry *se, const pc_signing_key *by, uint64_t seq,
+                          const pc_public_key *next)
+{
+    Popcast__Manifest m = POPCAST__MANIFEST__INIT;
+    m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION;
+    m.seq = seq;
+    m.next_public_key.data = (uint8_t *)next->pk;
+    m.next_public_key.len = PC_PK_LEN;
+    pc_err err;
+    assert_int_equal(pc_envelope_sign_manifest(by, &m, &se->sm, &err), PC_OK);
+    popcast__entry__init(&se->e);
+    se->e.signed_ = &se->sm;
+}
+
+static int verify(const pc_trust *t, signed_entry *se, Popcast__Manifest **m)
+{
+    pc_err err;
+    int rc = pc_trust_verify_entry(t, &se->e, 1 << 20, m, &err);
+    if (rc != PC_OK)
+        *m = NULL;
+    return rc;
+}
+
+/* Verifies and, for a rotation, advances; frees everything. */
+static int accept(pc_trust *t, const pc_signing_key *by, uint64_t seq, const pc_public_key *next)
+{
+    signed_entry se;
+    if (next != NULL)
+        make_rotation(&se, by, seq, next);
+    else
+        make_delete(&se, by, seq);
+    Popcast__Manifest *m = NULL;
+    int rc = verify(t, &se, &m);
+    pc_err err;
+    if (rc == PC_OK && next != NULL)
+        assert_int_equal(pc_trust_advance(t, m, &err), PC_OK);
+    if (m != NULL)
+        popcast__manifest__free_unpacked(m, NULL);
+    pc_envelope_signed_clear(&se.sm);
+    return rc;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    pc_test_init();
+    assert_int_equal(pc_keygen(&root), PC_OK);
+    assert_int_equal(pc_keygen(&k1), PC_OK);
+    assert_int_equal(pc_keygen(&k2), PC_OK);
+    assert_int_equal(pc_keygen(&rogue), PC_OK);
+    memset(&roots, 0, sizeof(roots));
+    assert_int_equal(pc_keyring_add(&roots, &root.pub, NULL), PC_OK);
+    return 0;
+}
+
+/* Rule 1: before any rotation, root keys sign; nothing else does. */
+static void test_roots_before_rotation(void **state)
+{
+    (void)state;
+    pc_trust t;
+    pc_trust_init(&t, &roots);
+    assert_null(pc_trust_current(&t));
+    assert_int_equal(accept(&t, &root, 1, NULL), PC_OK);
+    assert_int_equal(accept(&t, &k1, 2, NULL), PC_E_UNTRUSTED_KEY);
+    /* An unknown key cannot announce itself either. */
+    assert_int_equal(accept(&t, &rogue, 2, &rogue.pub), PC_E_UNTRUSTED_KEY);
+    assert_int_equal(t.n, 0);
+    pc_trust_free(&t);
+}
+
+/* Rule 2: after a rotation at R, only the announced key signs seq > R;
+ * the old key (a root here) is refused, the announced one before R too. */
+static void test_rotation_switches_keys(void **state)
+{
+    (void)state;
+    pc_trust t;
+    pc_trust_init(&t, &roots);
+    assert_int_equal(accept(&t, &root, 5, &k1.pub), PC_OK);
+    assert_non_null(pc_trust_current(&t));
+    assert_memory_equal(pc_trust_current(&t)->pk, k1.pub.pk, PC_PK_LEN);
+    assert_int_equal(accept(&t, &k1, 6, NULL), PC_OK);
+    assert_int_equal(accept(&t, &root, 6, NULL), PC_E_UNTRUSTED_KEY);
+    assert_int_equal(accept(&t, &rogue, 6, NULL), PC_E_UNTRUSTED_KEY);
+    /* Rule 5: an old entry is judged by the key of its own seq. */
+    assert_int_equal(accept(&t, &root, 4, NULL), PC_OK);
+    assert_int_equal(accept(&t, &k1, 4, NULL), PC_E_UNTRUSTED_KEY);
+    assert_int_equal(accept(&t, &k1, 5, NULL), PC_E_UNTRUSTED_KEY);
+    pc_trust_free(&t);
+}
+
+/* Rule 3: the current key rotates (planned); a revoked key cannot rotate;
+ * a root key can rotate at any time (emergency); rogue keys never. */
+static void test_who_may_rotate(void **state)
+{
+    (void)state;
+    pc_trust t;
+    pc_trust_init(&t, &roots);
+    assert_int_equal(accept(&t, &root, 1, &k1.pub), PC_OK);
+    assert_int_equal(accept(&t, &k1, 3, &k2.pub), PC_OK); /* planned */
+    assert_int_equal(accept(&t, &k2, 4, NULL), PC_OK);
+    /* k1 is revoked: it can neither sign nor rotate back to itself or on. */
+    assert_int_equal(accept(&t, &k1, 5, NULL), PC_E_UNTRUSTED_KEY);
+    assert_int_equal(accept(&t, &k1, 5, &rogue.pub), PC_E_UNTRUSTED_KEY);
+    assert_int_equal(accept(&t, &rogue, 5, &rogue.pub), PC_E_UNTRUSTED_KEY);
+    assert_int_equal(t.n, 2);
+    /* k2 is compromised: the root moves the fleet to k1 again... */
+    assert_int_equal(accept(&t, &root, 5, &k1.pub), PC_OK);
+    assert_int_equal(accept(&t, &k2, 6, NULL), PC_E_UNTRUSTED_KEY);
+    assert_int_equal(accept(&t, &k1, 6, NULL), PC_OK);
+    /* ...but the root does not sign ordinary entries after a rotation. */
+    assert_int_equal(accept(&t, &root, 6, NULL), PC_E_UNTRUSTED_KEY);
+    pc_trust_free(&t);
+}
+
+/* Rule 4: heartbeats are signed by the current key only. */
+static void test_heartbeats(void **state)
+{
+    (void)state;
+    pc_trust t;
+    pc_trust_init(&t, &roots);
+    Popcast__Heartbeat hb = POPCAST__HEARTBEAT__INIT;
+    hb.head_seq = 9;
+    Popcast__SignedHeartbeat by_root, by_k1;
+    pc_err err;
+    assert_int_equal(pc_envelope_sign_heartbeat(&root, &hb, &by_root, &err), PC_OK);
+    assert_int_equal(pc_envelope_sign_heartbeat(&k1, &hb, &by_k1, &err), PC_OK);
+    Popcast__Heartbeat *out = NULL;
+    assert_int_equal(pc_trust_verify_heartbeat(&t, &by_root, &out, &err), PC_OK);
+    popcast__heartbeat__free_unpacked(out, NULL);
+    assert_int_equal(pc_trust_verify_heartbeat(&t, &by_k1, &out, &err), PC_E_UNTRUSTED_KEY);
+    assert_int_equal(accept(&t, &root, 1, &k1.pub), PC_OK);
+    assert_int_equal(pc_trust_verify_heartbeat(&t, &by_k1, &out, &err), PC_OK);
+    popcast__heartbeat__free_unpacked(out, NULL);
+    assert_int_equal(pc_trust_verify_heartbeat(&t, &by_root, &out, &err), PC_E_UNTRUSTED_KEY);
+    Popcast__SignedHeartbeat *both[] = {&by_root, &by_k1};
+    for (int i = 0; i < 2; i++) {
+        free(both[i]->heartbeat.data);
+        free(both[i]->signature.data);
+        free(both[i]->key_id.data);
+    }
+    pc_trust_free(&t);
+}
+
+/* Rotations must advance; a chain rebuilt from stored manifests equals the
+ * live one; extends() tells a continuation from a fork. */
+static void test_advance_and_extends(void **state)
+{
+    (void)state;
+    pc_trust a, b, fork;
+    pc_trust_init(&a, &roots);
+    pc_trust_init(&b, &roots);
+    pc_trust_init(&fork, &roots);
+    signed_entry r1, r2;
+    make_rotation(&r1, &root, 3, &k1.pub);
+    make_rotation(&r2, &k1, 7, &k2.pub);
+    pc_err err;
+    assert_int_equal(pc_trust_advance_signed(&a, &r1.sm, &err), PC_OK);
+    /* The same seq again, or an older one, is refused. */
+    assert_int_equal(pc_trust_advance_signed(&a, &r1.sm, &err), PC_E_INVALID);
+    assert_int_equal(pc_trust_extends(&a, &b), 0);
+    assert_int_equal(pc_trust_advance_signed(&b, &r1.sm, &err), PC_OK);
+    assert_int_equal(pc_trust_advance_signed(&b, &r2.sm, &err), PC_OK);
+    assert_int_equal(pc_trust_extends(&a, &b), 1);
+    assert_int_equal(pc_trust_extends(&b, &a), 0);
+    /* Same seq, another key: a fork. */
+    signed_entry other;
+    make_rotation(&other, &root, 3, &rogue.pub);
+    assert_int_equal(pc_trust_advance_signed(&fork, &other.sm, &err), PC_OK);
+    assert_int_equal(pc_trust_extends(&a, &fork), 0);
+    /* A copy is independent of its source. */
+    pc_trust copy;
+    pc_trust_init(&copy, NULL);
+    assert_int_equal(pc_trust_copy(&copy, &b, &err), PC_OK);
+    pc_trust_free(&b);
+    assert_int_equal(copy.n, 2);
+    assert_memory_equal(pc_trust_current(&copy)->pk, k2.pub.pk, PC_PK_LEN);
+    /* A rotation without a 32-byte key never verifies. */
+    Popcast__Manifest m = POPCAST__MANIFEST__INIT;
+    m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION;
+    m.seq = 9;
+    uint8_t short_key[16] = {0};
+    m.next_public_key.data = short_key;
+    m.next_public_key.len = sizeof(short_key);
+    signed_entry bad;
+    assert_int_equal(pc_envelope_sign_manifest(&k2, &m, &bad.sm, &err), PC_OK);
+    popcast__entry__init(&bad.e);
+    bad.e.signed_ = &bad.sm;
+    Popcast__Manifest *out = NULL;
+    assert_int_equal(verify(&copy, &bad, &out), PC_E_INVALID);
+    signed_entry *all[] = {&r1, &r2, &other, &bad};
+    for (size_t i = 0; i < 4; i++)
+        pc_envelope_signed_clear(&all[i]->sm);
+    pc_trust_free(&a);
+    pc_trust_free(&fork);
+    pc_trust_free(&copy);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_roots_before_rotation), cmocka_unit_test(test_rotation_switches_keys),
+        cmocka_unit_test(test_who_may_rotate),        cmocka_unit_test(test_heartbeats),
+        cmocka_unit_test(test_advance_and_extends),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}
