@@ -119,6 +119,42 @@ int main(int argc, char **argv)
     pub.entry = &e;
     n = popcast__publication__pack(&pub, buf);
     put("fuzz_publication", 4, buf, n);
+    /* A snapshot whose chain rotates from the fuzz key to a second key at
+     * seq 5, with a tenant entry at seq 7 signed by the second key. */
+    {
+        pc_signing_key next;
+        unsigned char seed[crypto_sign_SEEDBYTES];
+        memset(seed, 0x6b, sizeof(seed));
+        crypto_sign_seed_keypair(next.pub.pk, next.sk, seed);
+        pc_key_id(next.pub.id, next.pub.pk);
+        Popcast__Manifest rm = POPCAST__MANIFEST__INIT;
+        rm.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION;
+        rm.seq = 5;
+        rm.next_public_key.data = next.pub.pk;
+        rm.next_public_key.len = PC_PK_LEN;
+        Popcast__SignedManifest rsm, tsm;
+        pc_envelope_sign_manifest(&key, &rm, &rsm, NULL);
+        pc_envelope_sign_manifest(&next, &m, &tsm, NULL);
+        Popcast__Entry re = POPCAST__ENTRY__INIT, te = POPCAST__ENTRY__INIT;
+        re.signed_ = &rsm;
+        te.signed_ = &tsm;
+        te.bundle.data = bundle;
+        te.bundle.len = blen;
+        Popcast__Entry *rots[] = {&re}, *tens[] = {&te};
+        Popcast__SnapshotResponse snap = POPCAST__SNAPSHOT_RESPONSE__INIT;
+        snap.seq = 7;
+        snap.rotations = rots;
+        snap.n_rotations = 1;
+        snap.tenants = tens;
+        snap.n_tenants = 1;
+        Popcast__SyncReply srep = POPCAST__SYNC_REPLY__INIT;
+        srep.body_case = POPCAST__SYNC_REPLY__BODY_SNAPSHOT;
+        srep.snapshot = &snap;
+        n = popcast__sync_reply__pack(&srep, buf);
+        put("fuzz_publication", 5, buf, n);
+        pc_envelope_signed_clear(&rsm);
+        pc_envelope_signed_clear(&tsm);
+    }
 
     /* A status report. */
     Popcast__TenantStatus ts = POPCAST__TENANT_STATUS__INIT;
@@ -166,12 +202,13 @@ int main(int argc, char **argv)
              "\"http://127.0.0.1:7070\"}");
     put_text("fuzz_api_bodies", 3, "\x02{\"tenants\": [\"alpha\", \"beta\"], \"name\": \"ci\"}");
     {
-        char text[256], pub[100];
-        pc_key_format_public(&key.pub, pub, sizeof(pub));
-        snprintf(text, sizeof(text), "\x03{\"agent_id\": \"edge-1\", \"public_key\": \"%s\"}", pub);
+        char text[256], pk_text[100];
+        pc_key_format_public(&key.pub, pk_text, sizeof(pk_text));
+        snprintf(text, sizeof(text), "\x03{\"agent_id\": \"edge-1\", \"public_key\": \"%s\"}",
+                 pk_text);
         put_text("fuzz_api_bodies", 4, text);
-        snprintf(text, sizeof(text), "\x04{\"next_public_key\": \"%s\", \"root_key\": \"%s\"}", pub,
-                 pub);
+        snprintf(text, sizeof(text), "\x04{\"next_public_key\": \"%s\", \"root_key\": \"%s\"}",
+                 pk_text, pk_text);
         put_text("fuzz_api_bodies", 5, text);
     }
     put("fuzz_lua_pattern", 1, "key=value, k2=v2\0(%w+)=(%w+)\0%2=%1", 34);
