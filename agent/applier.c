@@ -283,7 +283,7 @@ static void on_heartbeat(pc_applier *a, const Popcast__SignedHeartbeat *sh)
     pc_err err;
     pc_trust view;
     pc_trust_rotation cur;
-    pc_trust_init(&view, &a->trust.roots);
+    pc_trust_init(&view, a->opt.trusted); /* immutable: no lock needed */
     pthread_mutex_lock(&a->lock);
     if (a->rotated) {
         cur.seq = 0;

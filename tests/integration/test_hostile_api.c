@@ -202,6 +202,19 @@ static void test_malformed_json_and_missing_fields(void **state)
                  404, "not_found");
     expect_error("DELETE", "/v1/tenants/acme", env.token, NULL, NULL, 0, 404, "not_found");
     expect_error("GET", "/v1/tenants/acme", env.token, NULL, NULL, 0, 404, "not_found");
+    /* Revoking or removing what does not exist. */
+    expect_error("DELETE", "/v1/agents/nobody", env.token, NULL, NULL, 0, 404, "not_found");
+    expect_error("DELETE", "/v1/agents/bad%20id", env.token, NULL, NULL, 0, 400, "invalid");
+    expect_error("DELETE", "/v1/cluster/nodes/99", env.token, NULL, NULL, 0, 400, "invalid");
+    expect_error("DELETE", "/v1/cluster/nodes/0", env.token, NULL, NULL, 0, 400, "invalid");
+    expect_error("DELETE", "/v1/tokens/0123456789abcdef", env.token, NULL, NULL, 0, 404,
+                 "not_found");
+    const char *rotations[] = {"{", "{}", "{\"next_public_key\": 1}",
+                               "{\"next_public_key\": \"AAAA\"}",
+                               "{\"next_public_key\": \"x\", \"extra\": 1}"};
+    for (size_t i = 0; i < sizeof(rotations) / sizeof(rotations[0]); i++)
+        expect_error("POST", "/v1/keys/rotate", env.token, "application/json", rotations[i],
+                     strlen(rotations[i]), 400, "invalid");
     expect_nothing_stored();
 }
 
@@ -212,6 +225,9 @@ static void test_routes_and_methods(void **state)
     expect_error("GET", "/v1/tenants/acme/bundles", env.token, NULL, NULL, 0, 405, "invalid");
     expect_error("PUT", "/v1/tenants", env.token, NULL, NULL, 0, 405, "invalid");
     expect_error("POST", "/v1/health", NULL, NULL, NULL, 0, 405, "invalid");
+    expect_error("POST", "/v1/keys", env.token, NULL, NULL, 0, 405, "invalid");
+    expect_error("GET", "/v1/keys/rotate", env.token, NULL, NULL, 0, 405, "invalid");
+    expect_error("GET", "/v1/keys/other", env.token, NULL, NULL, 0, 404, "not_found");
     expect_error("GET", "/v1/tenants/a/b/c/d/e/f/g/h/i", env.token, NULL, NULL, 0, 404,
                  "not_found");
     expect_nothing_stored();
