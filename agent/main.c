@@ -15,6 +15,7 @@
 #include "admin.h"
 #include "applier.h"
 #include "config.h"
+#include "daemon.h"
 #include "crypto.h"
 #include "edge.h"
 #include "log.h"
@@ -148,23 +149,6 @@ typedef struct agent {
     pc_edge *edge;
     pc_admin *admin;
 } agent;
-
-static int ensure_dir(const char *path, pc_err *err)
-{
-    char buf[4096];
-    snprintf(buf, sizeof(buf), "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(buf, 0700) != 0 && errno != EEXIST)
-                return pc_err_set(err, PC_E_IO, "cannot create %s: %s", buf, strerror(errno));
-            *p = '/';
-        }
-    }
-    if (mkdir(buf, 0700) != 0 && errno != EEXIST)
-        return pc_err_set(err, PC_E_IO, "cannot create %s: %s", buf, strerror(errno));
-    return PC_OK;
-}
 
 static int signal_number(const char *name)
 {
@@ -322,26 +306,13 @@ int main(int argc, char **argv)
     memset(&ag, 0, sizeof(ag));
     pc_err err;
     int exit_code = 1;
-    signal(SIGPIPE, SIG_IGN);
-    if (pc_crypto_init() != PC_OK) {
-        fprintf(stderr, "popcast-agent: libsodium failed to initialise\n");
-        return 1;
-    }
-    int rc = pc_config_load(options, &ag.cfg, argc, argv, &err);
-    if (rc == 1) {
+    int rc = pc_daemon_configure("popcast-agent", options, &ag.cfg, argc, argv, &ag.cfg.log_level);
+    if (rc == PC_DAEMON_EXIT_OK) {
         pc_config_free(options, &ag.cfg);
         return 0;
     }
-    if (rc != PC_OK) {
-        fprintf(stderr, "popcast-agent: %s\n", err.msg);
+    if (rc != PC_DAEMON_RUN)
         goto out;
-    }
-    enum pc_log_level level;
-    if (pc_log_parse_level(ag.cfg.log_level, &level) != 0) {
-        fprintf(stderr, "popcast-agent: log_level must be debug, info, warn or error\n");
-        goto out;
-    }
-    pc_log_set_level(level);
     char hostname[256] = "agent";
     gethostname(hostname, sizeof(hostname) - 1);
     const char *id = ag.cfg.agent_id ? ag.cfg.agent_id : hostname;
@@ -372,7 +343,7 @@ int main(int argc, char **argv)
             goto out;
         }
     pc_store_options sopt = {.keep_history = false};
-    if (ensure_dir(ag.cfg.data_dir, &err) != PC_OK ||
+    if (pc_daemon_ensure_dir(ag.cfg.data_dir, &err) != PC_OK ||
         pc_store_open(&ag.store, ag.cfg.data_dir, &sopt, &err) != PC_OK) {
         pc_error("agent", "%s", err.msg);
         goto out;

@@ -12,37 +12,81 @@ int pc_manifest_has_content(const Popcast__Manifest *m)
            m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_ROLLBACK;
 }
 
-int pc_envelope_sign_manifest(const pc_signing_key *key, Popcast__Manifest *m,
-                              Popcast__SignedManifest *out, pc_err *err)
+/* Packs msg with its key_id field set to key's id, signs the bytes under
+ * domain, and hands out malloc'd bytes, signature and key id. msg's key_id
+ * is cleared again: it must not keep pointing at key memory the caller may
+ * wipe. */
+static int sign_message(const pc_signing_key *key, const char *domain, ProtobufCMessage *msg,
+                        ProtobufCBinaryData *msg_key_id, ProtobufCBinaryData *bytes_out,
+                        ProtobufCBinaryData *sig_out, ProtobufCBinaryData *kid_out, pc_err *err)
 {
-    popcast__signed_manifest__init(out);
-    m->key_id.data = (uint8_t *)key->pub.id;
-    m->key_id.len = PC_KEY_ID_LEN;
-    size_t len = popcast__manifest__get_packed_size(m);
+    msg_key_id->data = (uint8_t *)key->pub.id;
+    msg_key_id->len = PC_KEY_ID_LEN;
+    size_t len = protobuf_c_message_get_packed_size(msg);
     uint8_t *bytes = malloc(len ? len : 1);
     uint8_t *sig = malloc(PC_SIG_LEN);
     uint8_t *kid = malloc(PC_KEY_ID_LEN);
+    if (bytes != NULL)
+        protobuf_c_message_pack(msg, bytes);
+    msg_key_id->data = NULL;
+    msg_key_id->len = 0;
     if (bytes == NULL || sig == NULL || kid == NULL) {
         free(bytes);
         free(sig);
         free(kid);
-        m->key_id.data = NULL;
-        m->key_id.len = 0;
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     }
-    popcast__manifest__pack(m, bytes);
-    /* m must not keep pointing at key memory the caller may wipe. */
-    m->key_id.data = NULL;
-    m->key_id.len = 0;
-    pc_sign(key, PC_DOMAIN_MANIFEST, bytes, len, sig);
+    pc_sign(key, domain, bytes, len, sig);
     memcpy(kid, key->pub.id, PC_KEY_ID_LEN);
-    out->manifest.data = bytes;
-    out->manifest.len = len;
-    out->signature.data = sig;
-    out->signature.len = PC_SIG_LEN;
-    out->key_id.data = kid;
-    out->key_id.len = PC_KEY_ID_LEN;
+    *bytes_out = (ProtobufCBinaryData){len, bytes};
+    *sig_out = (ProtobufCBinaryData){PC_SIG_LEN, sig};
+    *kid_out = (ProtobufCBinaryData){PC_KEY_ID_LEN, kid};
     return PC_OK;
+}
+
+/* Finds the key by the unsigned hint, verifies the signature over the bytes
+ * as received, and only then decodes them as desc; the decoded message's
+ * own key id (msg_key_id_of) must equal the key's. */
+static int verify_message(const pc_keyring *ring, const char *domain, const char *what,
+                          const ProtobufCBinaryData *bytes, const ProtobufCBinaryData *sig,
+                          const ProtobufCBinaryData *kid, const ProtobufCMessageDescriptor *desc,
+                          const ProtobufCBinaryData *(*msg_key_id_of)(const ProtobufCMessage *),
+                          ProtobufCMessage **out, pc_err *err)
+{
+    *out = NULL;
+    const pc_public_key *key = pc_keyring_find(ring, kid->data, kid->len);
+    if (key == NULL)
+        return pc_err_set(err, PC_E_UNTRUSTED_KEY, "%s signed by an untrusted key", what);
+    if (pc_verify(key, domain, bytes->data, bytes->len, sig->data, sig->len) != PC_OK)
+        return pc_err_set(err, PC_E_BAD_SIGNATURE, "%s signature does not verify", what);
+    ProtobufCMessage *msg = protobuf_c_message_unpack(desc, NULL, bytes->len, bytes->data);
+    if (msg == NULL)
+        return pc_err_set(err, PC_E_INVALID, "signed %s bytes do not decode", what);
+    const ProtobufCBinaryData *inner = msg_key_id_of(msg);
+    if (inner->len != PC_KEY_ID_LEN || memcmp(inner->data, key->id, PC_KEY_ID_LEN) != 0) {
+        protobuf_c_message_free_unpacked(msg, NULL);
+        return pc_err_set(err, PC_E_BAD_SIGNATURE, "%s key id differs from its envelope", what);
+    }
+    *out = msg;
+    return PC_OK;
+}
+
+static const ProtobufCBinaryData *manifest_key_id(const ProtobufCMessage *msg)
+{
+    return &((const Popcast__Manifest *)msg)->key_id;
+}
+
+static const ProtobufCBinaryData *heartbeat_key_id(const ProtobufCMessage *msg)
+{
+    return &((const Popcast__Heartbeat *)msg)->key_id;
+}
+
+int pc_envelope_sign_manifest(const pc_signing_key *key, Popcast__Manifest *m,
+                              Popcast__SignedManifest *out, pc_err *err)
+{
+    popcast__signed_manifest__init(out);
+    return sign_message(key, PC_DOMAIN_MANIFEST, &m->base, &m->key_id, &out->manifest,
+                        &out->signature, &out->key_id, err);
 }
 
 void pc_envelope_signed_clear(Popcast__SignedManifest *sm)
@@ -91,21 +135,14 @@ int pc_envelope_verify_manifest(const pc_keyring *ring, const Popcast__SignedMan
     *out = NULL;
     if (sm == NULL || sm->manifest.len == 0)
         return pc_err_set(err, PC_E_INVALID, "entry has no manifest");
-    const pc_public_key *key = pc_keyring_find(ring, sm->key_id.data, sm->key_id.len);
-    if (key == NULL)
-        return pc_err_set(err, PC_E_UNTRUSTED_KEY, "manifest signed by an untrusted key");
-    if (pc_verify(key, PC_DOMAIN_MANIFEST, sm->manifest.data, sm->manifest.len, sm->signature.data,
-                  sm->signature.len) != PC_OK)
-        return pc_err_set(err, PC_E_BAD_SIGNATURE, "manifest signature does not verify");
-    Popcast__Manifest *m = popcast__manifest__unpack(NULL, sm->manifest.len, sm->manifest.data);
-    if (m == NULL)
-        return pc_err_set(err, PC_E_INVALID, "signed manifest bytes do not decode");
-    if (m->key_id.len != PC_KEY_ID_LEN || memcmp(m->key_id.data, key->id, PC_KEY_ID_LEN) != 0) {
-        popcast__manifest__free_unpacked(m, NULL);
-        return pc_err_set(err, PC_E_BAD_SIGNATURE, "manifest key id differs from its envelope");
-    }
-    int rc = check_manifest_fields(m, err);
-    if (rc != PC_OK) {
+    ProtobufCMessage *msg = NULL;
+    int rc =
+        verify_message(ring, PC_DOMAIN_MANIFEST, "manifest", &sm->manifest, &sm->signature,
+                       &sm->key_id, &popcast__manifest__descriptor, manifest_key_id, &msg, err);
+    if (rc != PC_OK)
+        return rc;
+    Popcast__Manifest *m = (Popcast__Manifest *)msg;
+    if ((rc = check_manifest_fields(m, err)) != PC_OK) {
         popcast__manifest__free_unpacked(m, NULL);
         return rc;
     }
@@ -158,32 +195,8 @@ int pc_envelope_sign_heartbeat(const pc_signing_key *key, Popcast__Heartbeat *hb
                                Popcast__SignedHeartbeat *out, pc_err *err)
 {
     popcast__signed_heartbeat__init(out);
-    hb->key_id.data = (uint8_t *)key->pub.id;
-    hb->key_id.len = PC_KEY_ID_LEN;
-    size_t len = popcast__heartbeat__get_packed_size(hb);
-    uint8_t *bytes = malloc(len ? len : 1);
-    uint8_t *sig = malloc(PC_SIG_LEN);
-    uint8_t *kid = malloc(PC_KEY_ID_LEN);
-    if (bytes == NULL || sig == NULL || kid == NULL) {
-        free(bytes);
-        free(sig);
-        free(kid);
-        hb->key_id.data = NULL;
-        hb->key_id.len = 0;
-        return pc_err_set(err, PC_E_NOMEM, "out of memory");
-    }
-    popcast__heartbeat__pack(hb, bytes);
-    hb->key_id.data = NULL;
-    hb->key_id.len = 0;
-    pc_sign(key, PC_DOMAIN_HEARTBEAT, bytes, len, sig);
-    memcpy(kid, key->pub.id, PC_KEY_ID_LEN);
-    out->heartbeat.data = bytes;
-    out->heartbeat.len = len;
-    out->signature.data = sig;
-    out->signature.len = PC_SIG_LEN;
-    out->key_id.data = kid;
-    out->key_id.len = PC_KEY_ID_LEN;
-    return PC_OK;
+    return sign_message(key, PC_DOMAIN_HEARTBEAT, &hb->base, &hb->key_id, &out->heartbeat,
+                        &out->signature, &out->key_id, err);
 }
 
 int pc_envelope_verify_heartbeat(const pc_keyring *ring, const Popcast__SignedHeartbeat *sh,
@@ -192,20 +205,10 @@ int pc_envelope_verify_heartbeat(const pc_keyring *ring, const Popcast__SignedHe
     *out = NULL;
     if (sh == NULL || sh->heartbeat.len == 0)
         return pc_err_set(err, PC_E_INVALID, "empty heartbeat");
-    const pc_public_key *key = pc_keyring_find(ring, sh->key_id.data, sh->key_id.len);
-    if (key == NULL)
-        return pc_err_set(err, PC_E_UNTRUSTED_KEY, "heartbeat signed by an untrusted key");
-    if (pc_verify(key, PC_DOMAIN_HEARTBEAT, sh->heartbeat.data, sh->heartbeat.len,
-                  sh->signature.data, sh->signature.len) != PC_OK)
-        return pc_err_set(err, PC_E_BAD_SIGNATURE, "heartbeat signature does not verify");
-    Popcast__Heartbeat *hb =
-        popcast__heartbeat__unpack(NULL, sh->heartbeat.len, sh->heartbeat.data);
-    if (hb == NULL)
-        return pc_err_set(err, PC_E_INVALID, "signed heartbeat bytes do not decode");
-    if (hb->key_id.len != PC_KEY_ID_LEN || memcmp(hb->key_id.data, key->id, PC_KEY_ID_LEN) != 0) {
-        popcast__heartbeat__free_unpacked(hb, NULL);
-        return pc_err_set(err, PC_E_BAD_SIGNATURE, "heartbeat key id differs from its envelope");
-    }
-    *out = hb;
-    return PC_OK;
+    ProtobufCMessage *msg = NULL;
+    int rc =
+        verify_message(ring, PC_DOMAIN_HEARTBEAT, "heartbeat", &sh->heartbeat, &sh->signature,
+                       &sh->key_id, &popcast__heartbeat__descriptor, heartbeat_key_id, &msg, err);
+    *out = (Popcast__Heartbeat *)msg;
+    return rc;
 }

@@ -17,6 +17,7 @@
 #include "api.h"
 #include "cluster.h"
 #include "config.h"
+#include "daemon.h"
 #include "crypto.h"
 #include "log.h"
 #include "lua_engine.h"
@@ -138,23 +139,6 @@ static const pc_cfg_option options[] = {
     OPT(runtimes, PC_CFG_LIST, "lua", 0, 0, "runtime names uploads may name"),
     {NULL, 0, 0, NULL, 0, 0, NULL},
 };
-
-static int ensure_dir(const char *path, pc_err *err)
-{
-    char buf[4096];
-    snprintf(buf, sizeof(buf), "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(buf, 0700) != 0 && errno != EEXIST)
-                return pc_err_set(err, PC_E_IO, "cannot create %s: %s", buf, strerror(errno));
-            *p = '/';
-        }
-    }
-    if (mkdir(buf, 0700) != 0 && errno != EEXIST)
-        return pc_err_set(err, PC_E_IO, "cannot create %s: %s", buf, strerror(errno));
-    return PC_OK;
-}
 
 /* The admin token: read it, or create a random one on first start so the
  * API is never open to anyone (docs/security.md: bootstrap). */
@@ -299,26 +283,14 @@ int main(int argc, char **argv)
     memset(&c, 0, sizeof(c));
     pc_err err;
     int exit_code = 1;
-    signal(SIGPIPE, SIG_IGN);
-    if (pc_crypto_init() != PC_OK) {
-        fprintf(stderr, "popcast-controller: libsodium failed to initialise\n");
-        return 1;
-    }
-    int rc = pc_config_load(options, &c.cfg, argc, argv, &err);
-    if (rc == 1) {
+    int rc =
+        pc_daemon_configure("popcast-controller", options, &c.cfg, argc, argv, &c.cfg.log_level);
+    if (rc == PC_DAEMON_EXIT_OK) {
         pc_config_free(options, &c.cfg);
         return 0;
     }
-    if (rc != PC_OK) {
-        fprintf(stderr, "popcast-controller: %s\n", err.msg);
+    if (rc != PC_DAEMON_RUN)
         goto out;
-    }
-    enum pc_log_level level;
-    if (pc_log_parse_level(c.cfg.log_level, &level) != 0) {
-        fprintf(stderr, "popcast-controller: log_level must be debug, info, warn or error\n");
-        goto out;
-    }
-    pc_log_set_level(level);
     if (c.cfg.signing_key.count == 0) {
         fprintf(stderr, "popcast-controller: --signing-key is required (create one with "
                         "`popcast keygen`)\n");
@@ -362,7 +334,7 @@ int main(int argc, char **argv)
     pc_store_options sopt = {.keep_history = true};
     pc_lua_limits limits;
     pc_lua_limits_default(&limits);
-    if (ensure_dir(c.cfg.data_dir, &err) != PC_OK ||
+    if (pc_daemon_ensure_dir(c.cfg.data_dir, &err) != PC_OK ||
         load_admin_token(token_path, api_opt.admin_token_hash, &err) != PC_OK ||
         pc_store_open(&c.store, c.cfg.data_dir, &sopt, &err) != PC_OK ||
         load_signing_keys(&c, &err) != PC_OK) {
@@ -419,7 +391,8 @@ int main(int argc, char **argv)
                           c.cfg.max_bundle + 65536, &err) != PC_OK ||
         pc_heartbeat_start(&c.heartbeat, &c.loop, c.cfg.heartbeat_ms, node_id, c.signer, c.store,
                            c.pub, &err) != PC_OK ||
-        ensure_dir(raft_dir, &err) != PC_OK || pc_cluster_start(&c.cluster, &copt, &err) != PC_OK ||
+        pc_daemon_ensure_dir(raft_dir, &err) != PC_OK ||
+        pc_cluster_start(&c.cluster, &copt, &err) != PC_OK ||
         pc_pipeline_new(&c.pipeline, &c.loop, c.store, c.signer, c.cluster, c.cfg.max_pending,
                         &err) != PC_OK ||
         (api_opt.cluster = c.cluster, pc_api_start(&c.api, &api_opt, c.store, c.pipeline, c.rollout,

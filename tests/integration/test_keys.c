@@ -232,6 +232,9 @@ static void test_rotation_and_revocation(void **state)
     char src[256];
     pc_test_lua_hello(src, sizeof(src), "old, signed by the root");
     assert_int_equal(pc_test_deploy_lua(&env, &ctl, "old", src), 1);
+    /* Forged entries take the agent's next seq: nothing real may be in
+     * flight when they are offered. */
+    assert_true(pc_test_wait_version(&agent, "old", 1, PC_TEST_CONVERGE_TIMEOUT_MS));
     agent_signing_key(&agent, got, sizeof(got));
     assert_string_equal(got, ""); /* no rotation yet: any root key */
     /* Before any rotation a key nobody announced is refused. */
