@@ -15,6 +15,7 @@
 
 #include "bundle.h"
 #include "crypto.h"
+#include "envelope.h"
 #include "http_client.h"
 #include "names.h"
 #include "tls.h"
@@ -38,6 +39,8 @@ typedef struct cli {
     const char *ca_file;         /* https: the CA to trust */
     const char *tls_server_name; /* https: the name the certificate must carry */
     const char *root_key;        /* key rotate: sign with this root key (emergency) */
+    const char *authorization;   /* key rotate: a root's offline authorization file */
+    const char *replaces;        /* key authorize: the key id being replaced */
     const char *tenants[16];     /* token create --tenant, repeatable */
     int n_tenants;
     const char *entrypoint;
@@ -72,7 +75,11 @@ static void usage(FILE *f)
         "  agent list | agent revoke ID       enrolled agents\n"
         "  key list                           signing keys: current, roots, rotations\n"
         "  key rotate NEXT_PUBKEY_FILE        make NEXT the signing key from the next seq\n"
-        "         [--root-key ROOT_PUBKEY]    sign the rotation with a root key (emergency)\n\n"
+        "         [--root-key ROOT_PUBKEY]    sign the rotation with a root key (emergency)\n"
+        "         [--authorization FILE]      ...or carry a root's offline authorization\n"
+        "  key authorize ROOT_SECRET NEXT_PUB --replaces KEY_ID\n"
+        "                                     offline: print a root's authorization to\n"
+        "                                     replace KEY_ID by NEXT (no controller needed)\n\n"
         "options:\n"
         "  --controller URL   controller API (env POPCAST_CONTROLLER, default %s)\n"
         "  --token TOKEN      API token (env POPCAST_TOKEN)\n"
@@ -603,14 +610,15 @@ static int cmd_cluster(cli *c)
     return rc;
 }
 
-/* The first line of a public key file (the API parses and checks it). */
-static int read_public_key_text(const char *path, char *out, size_t cap)
+/* The first line of a key or authorization file (the API parses and
+ * checks it). */
+static int read_first_line(const char *path, char *out, size_t cap)
 {
     uint8_t *text = NULL;
     size_t len = 0;
     if (read_file(path, &text, &len) != 0 || len > 4096) {
         free(text);
-        return fail("cannot read the public key file %s", path);
+        return fail("cannot read %s (or it is over 4 KiB)", path);
     }
     snprintf(out, cap, "%.*s", (int)len, (const char *)text);
     free(text);
@@ -623,7 +631,7 @@ static int cmd_agent(cli *c)
     json_t *doc = NULL;
     if (strcmp(c->args[0], "enroll") == 0 && c->nargs == 3) {
         char key[4100];
-        if (read_public_key_text(c->args[2], key, sizeof(key)) != 0)
+        if (read_first_line(c->args[2], key, sizeof(key)) != 0)
             return 1;
         json_t *body = json_pack("{s:s,s:s}", "agent_id", c->args[1], "public_key", key);
         char *json = body ? json_dumps(body, JSON_COMPACT) : NULL;
@@ -670,17 +678,64 @@ static int cmd_agent(cli *c)
     return 0;
 }
 
+/* Offline: a root key's permission to replace the signing key --replaces
+ * by NEXT. Needs no controller; prints the authorization's text form. */
+static int key_authorize(cli *c)
+{
+    pc_signing_key root;
+    pc_public_key next;
+    pc_err err;
+    uint8_t replaces[PC_KEY_ID_LEN];
+    if (c->replaces == NULL || pc_unhex(replaces, PC_KEY_ID_LEN, c->replaces) != PC_OK)
+        return fail("%s", "key authorize needs --replaces KEY_ID (16 hex digits: the current "
+                          "signing key, from `popcast key list`)");
+    if (pc_key_read_secret(c->args[1], &root, &err) != PC_OK ||
+        pc_key_read_public(c->args[2], &next, &err) != PC_OK)
+        return fail("%s", err.msg);
+    Popcast__RotationAuthorization a = POPCAST__ROTATION_AUTHORIZATION__INIT;
+    a.next_public_key.data = next.pk;
+    a.next_public_key.len = PC_PK_LEN;
+    a.replaces_key_id.data = replaces;
+    a.replaces_key_id.len = PC_KEY_ID_LEN;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    a.created_unix_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    Popcast__SignedRotationAuthorization sa;
+    char *text = NULL;
+    int rc = pc_envelope_sign_authorization(&root, &a, &sa, &err);
+    pc_signing_key_wipe(&root);
+    if (rc == PC_OK) {
+        rc = pc_authorization_format(&sa, &text, &err);
+        free(sa.authorization.data);
+        free(sa.signature.data);
+        free(sa.key_id.data);
+    }
+    if (rc != PC_OK)
+        return fail("%s", err.msg);
+    printf("%s\n", text);
+    free(text);
+    return 0;
+}
+
 static int cmd_key(cli *c)
 {
     json_t *doc = NULL;
+    if (strcmp(c->args[0], "authorize") == 0 && c->nargs == 3)
+        return key_authorize(c);
     if (strcmp(c->args[0], "rotate") == 0 && c->nargs == 2) {
-        char next[4100], root[4100];
-        if (read_public_key_text(c->args[1], next, sizeof(next)) != 0 ||
-            (c->root_key != NULL && read_public_key_text(c->root_key, root, sizeof(root)) != 0))
+        char next[4100], root[4100], auth[4100];
+        if (c->root_key != NULL && c->authorization != NULL)
+            return fail("%s", "give --root-key or --authorization, not both");
+        if (read_first_line(c->args[1], next, sizeof(next)) != 0 ||
+            (c->root_key != NULL && read_first_line(c->root_key, root, sizeof(root)) != 0) ||
+            (c->authorization != NULL &&
+             read_first_line(c->authorization, auth, sizeof(auth)) != 0))
             return 1;
         json_t *body = json_pack("{s:s}", "next_public_key", next);
         if (body != NULL && c->root_key != NULL)
             json_object_set_new(body, "root_key", json_string(root));
+        if (body != NULL && c->authorization != NULL)
+            json_object_set_new(body, "authorization", json_string(auth));
         char *json = body ? json_dumps(body, JSON_COMPACT) : NULL;
         json_decref(body);
         if (json == NULL)
@@ -719,7 +774,8 @@ static int cmd_key(cli *c)
         }
     } else {
         fprintf(stderr, "popcast: usage: popcast key list | rotate NEXT_PUBKEY_FILE "
-                        "[--root-key ROOT_PUBKEY_FILE]\n");
+                        "[--root-key ROOT_PUBKEY_FILE | --authorization FILE] | authorize "
+                        "ROOT_SECRET_KEY_FILE NEXT_PUBKEY_FILE --replaces KEY_ID\n");
         return 2;
     }
     json_decref(doc);
@@ -893,6 +949,10 @@ int main(int argc, char **argv)
             slot = &c.tls_server_name;
         else if (strcmp(a, "--root-key") == 0)
             slot = &c.root_key;
+        else if (strcmp(a, "--authorization") == 0)
+            slot = &c.authorization;
+        else if (strcmp(a, "--replaces") == 0)
+            slot = &c.replaces;
         if (slot != NULL) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "popcast: %s needs a value\n", a);
@@ -933,7 +993,7 @@ int main(int argc, char **argv)
                 {"delete", 1, 1, cmd_delete},     {"status", 0, 1, cmd_status},
                 {"rollout", 2, 2, cmd_rollout},   {"fleet", 0, 0, cmd_fleet},
                 {"cluster", 0, 4, cmd_cluster},   {"token", 1, 2, cmd_token},
-                {"agent", 1, 3, cmd_agent},       {"key", 1, 2, cmd_key}};
+                {"agent", 1, 3, cmd_agent},       {"key", 1, 3, cmd_key}};
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
         if (strcmp(cmd, cmds[i].name) != 0)
             continue;

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
+
 #include "names.h"
 
 int pc_manifest_has_content(const Popcast__Manifest *m)
@@ -211,4 +213,88 @@ int pc_envelope_verify_heartbeat(const pc_keyring *ring, const Popcast__SignedHe
                        &sh->key_id, &popcast__heartbeat__descriptor, heartbeat_key_id, &msg, err);
     *out = (Popcast__Heartbeat *)msg;
     return rc;
+}
+
+static const ProtobufCBinaryData *authorization_key_id(const ProtobufCMessage *msg)
+{
+    return &((const Popcast__RotationAuthorization *)msg)->key_id;
+}
+
+int pc_envelope_sign_authorization(const pc_signing_key *root, Popcast__RotationAuthorization *a,
+                                   Popcast__SignedRotationAuthorization *out, pc_err *err)
+{
+    popcast__signed_rotation_authorization__init(out);
+    return sign_message(root, PC_DOMAIN_ROTATION, &a->base, &a->key_id, &out->authorization,
+                        &out->signature, &out->key_id, err);
+}
+
+int pc_envelope_verify_authorization(const pc_keyring *ring,
+                                     const Popcast__SignedRotationAuthorization *sa,
+                                     Popcast__RotationAuthorization **out, pc_err *err)
+{
+    *out = NULL;
+    if (sa == NULL || sa->authorization.len == 0)
+        return pc_err_set(err, PC_E_INVALID, "empty rotation authorization");
+    ProtobufCMessage *msg = NULL;
+    int rc = verify_message(
+        ring, PC_DOMAIN_ROTATION, "rotation authorization", &sa->authorization, &sa->signature,
+        &sa->key_id, &popcast__rotation_authorization__descriptor, authorization_key_id, &msg, err);
+    if (rc != PC_OK)
+        return rc;
+    Popcast__RotationAuthorization *a = (Popcast__RotationAuthorization *)msg;
+    if (a->next_public_key.len != PC_PK_LEN || a->replaces_key_id.len != PC_KEY_ID_LEN) {
+        popcast__rotation_authorization__free_unpacked(a, NULL);
+        return pc_err_set(err, PC_E_INVALID, "rotation authorization fields are malformed");
+    }
+    *out = a;
+    return PC_OK;
+}
+
+#define AUTH_TEXT_PREFIX "popcast-rotation-auth-v1 "
+#define AUTH_TEXT_MAX    4096
+
+int pc_authorization_format(const Popcast__SignedRotationAuthorization *sa, char **out, pc_err *err)
+{
+    *out = NULL;
+    size_t len = popcast__signed_rotation_authorization__get_packed_size(sa);
+    uint8_t *bin = malloc(len ? len : 1);
+    size_t b64 = sodium_base64_ENCODED_LEN(len, sodium_base64_VARIANT_ORIGINAL);
+    char *text = malloc(sizeof(AUTH_TEXT_PREFIX) + b64);
+    if (bin == NULL || text == NULL) {
+        free(bin);
+        free(text);
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    }
+    popcast__signed_rotation_authorization__pack(sa, bin);
+    memcpy(text, AUTH_TEXT_PREFIX, sizeof(AUTH_TEXT_PREFIX) - 1);
+    sodium_bin2base64(text + sizeof(AUTH_TEXT_PREFIX) - 1, b64, bin, len,
+                      sodium_base64_VARIANT_ORIGINAL);
+    free(bin);
+    *out = text;
+    return PC_OK;
+}
+
+int pc_authorization_parse(const char *text, Popcast__SignedRotationAuthorization **out,
+                           pc_err *err)
+{
+    *out = NULL;
+    size_t plen = sizeof(AUTH_TEXT_PREFIX) - 1;
+    if (text == NULL || strncmp(text, AUTH_TEXT_PREFIX, plen) != 0)
+        return pc_err_set(err, PC_E_INVALID, "not a rotation authorization (expected \"%s...\")",
+                          AUTH_TEXT_PREFIX);
+    const char *b64 = text + plen;
+    size_t b64_len = strcspn(b64, "\r\n");
+    if (b64_len == 0 || b64_len > AUTH_TEXT_MAX || b64[b64_len + strspn(b64 + b64_len, "\r\n")])
+        return pc_err_set(err, PC_E_INVALID,
+                          "rotation authorization is empty, too long or has "
+                          "trailing text");
+    uint8_t bin[AUTH_TEXT_MAX];
+    size_t bin_len = 0;
+    if (sodium_base642bin(bin, sizeof(bin), b64, b64_len, NULL, &bin_len, NULL,
+                          sodium_base64_VARIANT_ORIGINAL) != 0)
+        return pc_err_set(err, PC_E_INVALID, "rotation authorization is not valid base64");
+    *out = popcast__signed_rotation_authorization__unpack(NULL, bin_len, bin);
+    if (*out == NULL)
+        return pc_err_set(err, PC_E_INVALID, "rotation authorization does not decode");
+    return PC_OK;
 }

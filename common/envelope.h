@@ -46,6 +46,24 @@ int pc_envelope_sign_heartbeat(const pc_signing_key *key, Popcast__Heartbeat *hb
 int pc_envelope_verify_heartbeat(const pc_keyring *ring, const Popcast__SignedHeartbeat *sh,
                                  Popcast__Heartbeat **out, pc_err *err);
 
+/* Rotation authorizations: a root key's offline permission to replace the
+ * signing key replaces_key_id by next_public_key (trust.h, rule 3). */
+int pc_envelope_sign_authorization(const pc_signing_key *root, Popcast__RotationAuthorization *a,
+                                   Popcast__SignedRotationAuthorization *out, pc_err *err);
+/* Verifies against ring, decodes, and checks the fields' lengths. */
+int pc_envelope_verify_authorization(const pc_keyring *ring,
+                                     const Popcast__SignedRotationAuthorization *sa,
+                                     Popcast__RotationAuthorization **out, pc_err *err);
+/* The text form operators carry around: "popcast-rotation-auth-v1 <base64
+ * of the SignedRotationAuthorization>". _format mallocs *out; _parse gives a
+ * protobuf-c allocated message (free with
+ * popcast__signed_rotation_authorization__free_unpacked). Parsing checks
+ * the form, not the signature. */
+int pc_authorization_format(const Popcast__SignedRotationAuthorization *sa, char **out,
+                            pc_err *err);
+int pc_authorization_parse(const char *text, Popcast__SignedRotationAuthorization **out,
+                           pc_err *err);
+
 /* True for kinds that carry a bundle (deploy, rollback). */
 int pc_manifest_has_content(const Popcast__Manifest *m);
 

@@ -74,6 +74,59 @@ const pc_public_key *pc_trust_current(const pc_trust *t)
     return t->n > 0 ? &t->rotations[t->n - 1].next : NULL;
 }
 
+/* Rule 3, offline path: a rotation signed by its own next key and carrying
+ * a root key's authorization to replace exactly the key in force at its
+ * seq. The authorization is verified before anything it names is used. */
+/* A rotation to the key already in force changes nothing but the log; it
+ * is refused so that a replayed permission cannot pass as one. */
+static int rotation_changes_key(const pc_trust_rotation *r, const Popcast__Manifest *m, pc_err *err)
+{
+    if (m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION && r != NULL &&
+        memcmp(m->next_public_key.data, r->next.pk, PC_PK_LEN) == 0)
+        return pc_err_set(err, PC_E_INVALID, "seq %llu rotates to the key already in force",
+                          (unsigned long long)m->seq);
+    return PC_OK;
+}
+
+static int verify_authorized(const pc_trust *t, const Popcast__Entry *e, size_t max_bundle,
+                             Popcast__Manifest **out, pc_err *err)
+{
+    Popcast__RotationAuthorization *a = NULL;
+    int rc = pc_envelope_verify_authorization(&t->roots, e->signed_->root_authorization, &a, err);
+    if (rc != PC_OK)
+        return rc;
+    pc_keyring one = {.count = 1};
+    memcpy(one.keys[0].pk, a->next_public_key.data, PC_PK_LEN);
+    pc_key_id(one.keys[0].id, one.keys[0].pk);
+    uint8_t replaces[PC_KEY_ID_LEN];
+    memcpy(replaces, a->replaces_key_id.data, PC_KEY_ID_LEN);
+    popcast__rotation_authorization__free_unpacked(a, NULL);
+    Popcast__Manifest *m = NULL;
+    if ((rc = pc_envelope_verify_entry(&one, e, max_bundle, &m, err)) != PC_OK)
+        return rc;
+    const pc_trust_rotation *r = in_force(t, m->seq);
+    if (m->kind != POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION ||
+        memcmp(m->next_public_key.data, one.keys[0].pk, PC_PK_LEN) != 0) {
+        rc = pc_err_set(err, PC_E_UNTRUSTED_KEY,
+                        "a root authorization only covers the rotation to the key it names");
+    } else if (r != NULL ? memcmp(r->next.id, replaces, PC_KEY_ID_LEN) != 0
+                         : pc_keyring_find(&t->roots, replaces, PC_KEY_ID_LEN) == NULL) {
+        /* Bound to the key it replaces: it cannot be replayed later. */
+        rc = pc_err_set(err, PC_E_UNTRUSTED_KEY,
+                        "the root authorization replaces another key than the one current at "
+                        "seq %llu",
+                        (unsigned long long)m->seq);
+    } else {
+        rc = rotation_changes_key(r, m, err);
+    }
+    if (rc != PC_OK) {
+        popcast__manifest__free_unpacked(m, NULL);
+        return rc;
+    }
+    *out = m;
+    return PC_OK;
+}
+
 int pc_trust_verify_entry(const pc_trust *t, const Popcast__Entry *e, size_t max_bundle,
                           Popcast__Manifest **out, pc_err *err)
 {
@@ -81,8 +134,11 @@ int pc_trust_verify_entry(const pc_trust *t, const Popcast__Entry *e, size_t max
     if (e == NULL || e->signed_ == NULL)
         return pc_err_set(err, PC_E_INVALID, "entry has no manifest");
     const pc_public_key *key = known_key(t, e->signed_->key_id.data, e->signed_->key_id.len);
-    if (key == NULL)
+    if (key == NULL) {
+        if (e->signed_->root_authorization != NULL)
+            return verify_authorized(t, e, max_bundle, out, err);
         return pc_err_set(err, PC_E_UNTRUSTED_KEY, "manifest signed by an unknown key");
+    }
     pc_keyring one = {.count = 1};
     one.keys[0] = *key;
     Popcast__Manifest *m = NULL;
@@ -93,6 +149,13 @@ int pc_trust_verify_entry(const pc_trust *t, const Popcast__Entry *e, size_t max
     int allowed = r != NULL ? same_key(&r->next, key) : is_root(t, key);
     if (!allowed && m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION)
         allowed = is_root(t, key); /* rule 3: the emergency path */
+    if (!allowed && m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION &&
+        e->signed_->root_authorization != NULL) {
+        /* A known key (say, one used before) rotated to with a root's
+         * authorization. */
+        popcast__manifest__free_unpacked(m, NULL);
+        return verify_authorized(t, e, max_bundle, out, err);
+    }
     if (!allowed) {
         char kid[PC_HEX_KEY_ID_LEN];
         pc_hex(kid, key->id, PC_KEY_ID_LEN);
@@ -108,6 +171,10 @@ int pc_trust_verify_entry(const pc_trust *t, const Popcast__Entry *e, size_t max
                             "seq %llu is signed by key %s, which is not announced before it",
                             (unsigned long long)m->seq, kid);
         }
+        popcast__manifest__free_unpacked(m, NULL);
+        return rc;
+    }
+    if ((rc = rotation_changes_key(r, m, err)) != PC_OK) {
         popcast__manifest__free_unpacked(m, NULL);
         return rc;
     }

@@ -11,8 +11,10 @@
  *     (up to the next rotation) must be signed by exactly that key: the
  *     keys before it are revoked for all later seqs, whoever holds them.
  *  3. A rotation itself is accepted when signed by the key current at its
- *     seq (a planned rotation) or by a root key (the emergency revocation
- *     of a compromised or lost signing key; root keys are kept offline).
+ *     seq (a planned rotation), by a root key, or by its own next key while
+ *     carrying a root key's offline authorization to replace exactly the
+ *     key current at its seq (the emergency revocation of a compromised or
+ *     lost signing key, without the root secret on any controller).
  *  4. Heartbeats must be signed by the current key (the last announced one,
  *     or any root key before the first rotation).
  *  5. An entry is checked against the key that was current at ITS seq, so

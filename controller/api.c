@@ -738,8 +738,8 @@ static void rotation_body(void *arg, nng_aio *aio, int rc, uint8_t *body, size_t
     int has_root = 0;
     if (c == NULL) {
         pc_httpd_reply_error(aio, 503, PC_E_NOMEM, "out of memory");
-    } else if (pc_api_parse_rotation(body, len, c->key_next, c->key_root, &has_root, &err) !=
-               PC_OK) {
+    } else if (pc_api_parse_rotation(body, len, c->key_next, c->key_root, &has_root,
+                                     &c->key_authorization, &err) != PC_OK) {
         pc_change_free(c);
         pc_httpd_reply_error(aio, 400, PC_E_INVALID, "%s", err.msg);
     } else {

@@ -2,6 +2,7 @@
 #include "api_bodies.h"
 
 #include "crypto.h"
+#include "envelope.h"
 #include "names.h"
 
 #include <jansson.h>
@@ -155,22 +156,26 @@ int pc_api_parse_agent(const uint8_t *body, size_t len, char *agent_id, size_t i
 }
 
 int pc_api_parse_rotation(const uint8_t *body, size_t len, uint8_t next_public_key[32],
-                          uint8_t root_key[32], int *has_root, pc_err *err)
+                          uint8_t root_key[32], int *has_root,
+                          Popcast__SignedRotationAuthorization **authorization, pc_err *err)
 {
     *has_root = 0;
+    *authorization = NULL;
     json_t *root = parse_object(body, len, err);
     if (root == NULL)
         return PC_E_INVALID;
     json_error_t jerr;
-    const char *next = NULL, *rk = NULL;
+    const char *next = NULL, *rk = NULL, *auth = NULL;
     int rc = PC_OK;
     pc_public_key key;
     pc_err kerr;
-    if (json_unpack_ex(root, &jerr, JSON_STRICT, "{s:s,s?s}", "next_public_key", &next, "root_key",
-                       &rk) != 0)
+    if (json_unpack_ex(root, &jerr, JSON_STRICT, "{s:s,s?s,s?s}", "next_public_key", &next,
+                       "root_key", &rk, "authorization", &auth) != 0)
         rc = pc_err_set(err, PC_E_INVALID,
                         "expected {\"next_public_key\": \"popcast-ed25519-public-v1 ...\", "
-                        "\"root_key\": \"...\" (optional)} and nothing else");
+                        "\"root_key\" or \"authorization\" (optional)} and nothing else");
+    else if (rk != NULL && auth != NULL)
+        rc = pc_err_set(err, PC_E_INVALID, "give root_key or authorization, not both");
     else if (pc_key_parse_public(next, &key, &kerr) != PC_OK)
         rc = pc_err_set(err, PC_E_INVALID, "next_public_key: %s", kerr.msg);
     else {
@@ -182,6 +187,8 @@ int pc_api_parse_rotation(const uint8_t *body, size_t len, uint8_t next_public_k
                 memcpy(root_key, key.pk, 32);
                 *has_root = 1;
             }
+        } else if (auth != NULL && pc_authorization_parse(auth, authorization, &kerr) != PC_OK) {
+            rc = pc_err_set(err, PC_E_INVALID, "authorization: %s", kerr.msg);
         }
     }
     json_decref(root);

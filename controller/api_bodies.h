@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "err.h"
+#include "popcast.pb-c.h"
 
 /* {"version": N} with N >= 1 and no other field. */
 int pc_api_parse_rollback(const uint8_t *body, size_t len, uint64_t *version, pc_err *err);
@@ -30,10 +31,13 @@ int pc_api_parse_agent(const uint8_t *body, size_t len, char *agent_id, size_t i
                        uint8_t public_key[32], pc_err *err);
 
 /* {"next_public_key": "popcast-ed25519-public-v1 <b64>" (or the base64),
- *  "root_key": "<the same form>" (optional: sign with this root key, the
- *  emergency path)} and nothing else. *has_root says whether root_key was
- * given. */
+ *  and optionally one of "root_key": "<the same form>" (sign with this
+ *  root key) or "authorization": "popcast-rotation-auth-v1 <b64>" (a root's
+ *  offline authorization; *authorization gets the parsed, not yet verified
+ *  message, to free with popcast__signed_rotation_authorization__free_unpacked)}
+ * and nothing else. *has_root says whether root_key was given. */
 int pc_api_parse_rotation(const uint8_t *body, size_t len, uint8_t next_public_key[32],
-                          uint8_t root_key[32], int *has_root, pc_err *err);
+                          uint8_t root_key[32], int *has_root,
+                          Popcast__SignedRotationAuthorization **authorization, pc_err *err);
 
 #endif

@@ -50,6 +50,8 @@ void pc_change_free(pc_change *c)
     if (c == NULL)
         return;
     free(c->bundle);
+    if (c->key_authorization != NULL)
+        popcast__signed_rotation_authorization__free_unpacked(c->key_authorization, NULL);
     free(c);
 }
 
@@ -230,7 +232,21 @@ static int start_rotation(pc_pipeline *p, pc_change *c, pc_change_result *r)
                           "this controller does not hold the next key's secret: add its key "
                           "file to signing_key on every controller first");
     const pc_signing_key *key = NULL;
-    if (c->key_sign_with_root) {
+    if (c->key_authorization != NULL) {
+        Popcast__RotationAuthorization *a = NULL;
+        if ((rc = pc_envelope_verify_authorization(pc_signer_roots(p->signer), c->key_authorization,
+                                                   &a, &r->err)) != PC_OK)
+            return pc_err_set(&r->err, PC_E_INVALID, "authorization: %s", r->err.msg);
+        int for_next = memcmp(a->next_public_key.data, c->key_next, PC_PK_LEN) == 0;
+        int replaces_current = memcmp(a->replaces_key_id.data, cur.id, PC_KEY_ID_LEN) == 0;
+        popcast__rotation_authorization__free_unpacked(a, NULL);
+        if (!for_next)
+            return pc_err_set(&r->err, PC_E_INVALID, "the authorization is for another next key");
+        if (!replaces_current)
+            return pc_err_set(&r->err, PC_E_INVALID,
+                              "the authorization replaces another key than the current one");
+        key = pc_signer_held(p->signer, c->key_next);
+    } else if (c->key_sign_with_root) {
         if (!pc_signer_is_root(p->signer, c->key_root))
             return pc_err_set(&r->err, PC_E_INVALID, "sign_with is not a root key");
         if ((key = pc_signer_held(p->signer, c->key_root)) == NULL)
@@ -248,6 +264,7 @@ static int start_rotation(pc_pipeline *p, pc_change *c, pc_change_result *r)
     Popcast__SignedManifest sm;
     if ((rc = pc_envelope_sign_manifest(key, &m, &sm, &r->err)) != PC_OK)
         return rc;
+    sm.root_authorization = c->key_authorization; /* still owned by c */
     r->seq = m.seq;
     r->created_unix_ms = m.created_unix_ms;
     Popcast__Entry e = POPCAST__ENTRY__INIT;

@@ -84,6 +84,9 @@ struct pc_change {
     uint8_t key_next[PC_PK_LEN];
     bool key_sign_with_root;
     uint8_t key_root[PC_PK_LEN];
+    /* Or: a root's offline authorization (owned by the change); the
+     * rotation is then signed by the next key. */
+    Popcast__SignedRotationAuthorization *key_authorization;
     /* Called once, on the loop thread, after commit and publish (or on
      * failure). The pipeline frees the change (and its bundle) after. */
     void (*done)(pc_change *c, const pc_change_result *r);

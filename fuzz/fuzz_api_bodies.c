@@ -15,7 +15,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (data[0] % 5 == 4) {
         uint8_t next[32], root[32];
         int has_root = 0;
-        (void)pc_api_parse_rotation(data + 1, size - 1, next, root, &has_root, &err);
+        Popcast__SignedRotationAuthorization *auth = NULL;
+        if (pc_api_parse_rotation(data + 1, size - 1, next, root, &has_root, &auth, &err) ==
+                PC_OK &&
+            auth != NULL && has_root)
+            __builtin_trap();
+        if (auth != NULL)
+            popcast__signed_rotation_authorization__free_unpacked(auth, NULL);
     } else if (data[0] % 5 == 3) {
         char id[129];
         uint8_t pk[32];

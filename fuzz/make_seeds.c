@@ -152,6 +152,38 @@ int main(int argc, char **argv)
         srep.snapshot = &snap;
         n = popcast__sync_reply__pack(&srep, buf);
         put("fuzz_publication", 5, buf, n);
+        /* The same rotation signed by the next key with the root's offline
+         * authorization, as a publication; and the authorization as an API
+         * rotation body. */
+        Popcast__RotationAuthorization ra = POPCAST__ROTATION_AUTHORIZATION__INIT;
+        ra.next_public_key.data = next.pub.pk;
+        ra.next_public_key.len = PC_PK_LEN;
+        ra.replaces_key_id.data = key.pub.id;
+        ra.replaces_key_id.len = PC_KEY_ID_LEN;
+        Popcast__SignedRotationAuthorization sra;
+        pc_envelope_sign_authorization(&key, &ra, &sra, NULL);
+        Popcast__SignedManifest asm_;
+        pc_envelope_sign_manifest(&next, &rm, &asm_, NULL);
+        asm_.root_authorization = &sra;
+        Popcast__Entry ae = POPCAST__ENTRY__INIT;
+        ae.signed_ = &asm_;
+        pub.body_case = POPCAST__PUBLICATION__BODY_ENTRY;
+        pub.entry = &ae;
+        n = popcast__publication__pack(&pub, buf);
+        put("fuzz_publication", 6, buf, n);
+        asm_.root_authorization = NULL;
+        pc_envelope_signed_clear(&asm_);
+        char *auth_text = NULL, next_text[100], body_text[1024];
+        pc_authorization_format(&sra, &auth_text, NULL);
+        pc_key_format_public(&next.pub, next_text, sizeof(next_text));
+        snprintf(body_text, sizeof(body_text),
+                 "\x04{\"next_public_key\": \"%s\", \"authorization\": \"%s\"}", next_text,
+                 auth_text);
+        put_text("fuzz_api_bodies", 6, body_text);
+        free(auth_text);
+        free(sra.authorization.data);
+        free(sra.signature.data);
+        free(sra.key_id.data);
         pc_envelope_signed_clear(&rsm);
         pc_envelope_signed_clear(&tsm);
     }

@@ -37,7 +37,7 @@ typedef struct test_key {
     pc_signing_key key;
     char secret[400], pub[400];
 } test_key;
-static test_key k2, k3, k4, stranger;
+static test_key k2, k3, k4, k5, stranger;
 
 static void make_key(test_key *k, const char *name)
 {
@@ -59,9 +59,11 @@ static int setup(void **state)
     make_key(&k2, "k2");
     make_key(&k3, "k3");
     make_key(&k4, "k4");
+    make_key(&k5, "k5");
     make_key(&stranger, "stranger"); /* never given to the controller */
-    const char *extra[] = {"--signing-key", k2.secret, "--signing-key", k3.secret, "--signing-key",
-                           k4.secret,       NULL};
+    const char *extra[] = {"--signing-key", k2.secret,       "--signing-key",
+                           k3.secret,       "--signing-key", k4.secret,
+                           "--signing-key", k5.secret,       NULL};
     pc_test_controller_start(&env, &ctl, extra);
     snprintf(rogue_url, sizeof(rogue_url), "tcp://127.0.0.1:%d", pc_test_free_port());
     assert_int_equal(nng_pub0_open(&rogue), 0);
@@ -186,13 +188,14 @@ static void expect_refused(const pc_signing_key *key, const pc_public_key *next,
     assert_null(strstr(body, "forged"));
 }
 
-/* Rotates through the CLI; returns the rotation's seq. */
-static uint64_t rotate(const test_key *next, const char *root_pub)
+/* Rotates through the CLI (with an optional flag and its value); returns
+ * the rotation's seq. */
+static uint64_t rotate(const test_key *next, const char *flag, const char *value)
 {
     char out[2048];
     const char *args_plain[] = {"key", "rotate", next->pub, "--json", NULL};
-    const char *args_root[] = {"key", "rotate", next->pub, "--root-key", root_pub, "--json", NULL};
-    int rc = pc_test_cli(&env, &ctl, root_pub ? args_root : args_plain, out, sizeof(out));
+    const char *args_flag[] = {"key", "rotate", next->pub, flag, value, "--json", NULL};
+    int rc = pc_test_cli(&env, &ctl, flag ? args_flag : args_plain, out, sizeof(out));
     if (rc != 0)
         fail_msg("key rotate failed (%d): %s", rc, out);
     json_t *doc = json_loads(out, 0, NULL);
@@ -204,6 +207,20 @@ static uint64_t rotate(const test_key *next, const char *root_pub)
     json_decref(doc);
     assert_true(seq > 0);
     return seq;
+}
+
+/* `popcast key authorize ROOT NEXT --replaces ID` into a file. */
+static void make_authorization(const char *root_secret, const test_key *next, const char *replaces,
+                               char *path, size_t cap)
+{
+    char out[4096];
+    const char *args[] = {"key", "authorize", root_secret, next->pub, "--replaces", replaces, NULL};
+    if (pc_test_cli(&env, &ctl, args, out, sizeof(out)) != 0)
+        fail_msg("key authorize failed: %s", out);
+    assert_true(strncmp(out, "popcast-rotation-auth-v1 ", 25) == 0);
+    static int n;
+    snprintf(path, cap, "%s/auth-%d.txt", env.root, n++);
+    pc_test_write_file(path, out, strlen(out));
 }
 
 static uint64_t deploy(const char *text)
@@ -241,7 +258,7 @@ static void test_rotation_and_revocation(void **state)
     expect_refused(&k2.key, NULL, v1);
 
     /* R -> K2, signed by R (the current key). */
-    uint64_t r1 = rotate(&k2, NULL);
+    uint64_t r1 = rotate(&k2, NULL, NULL);
     uint64_t v2 = deploy("v2 by k2");
     expect_agent_key(&agent, &k2.key);
     assert_true(status_u64(&agent, "applied_seq") > r1);
@@ -251,30 +268,42 @@ static void test_rotation_and_revocation(void **state)
     expect_refused(&stranger.key, &stranger.key.pub, v2);
 
     /* K2 -> K3, planned: signed by K2. K2 is then revoked. */
-    rotate(&k3, NULL);
+    rotate(&k3, NULL, NULL);
     uint64_t v3 = deploy("v3 by k3");
     expect_agent_key(&agent, &k3.key);
     expect_refused(&k2.key, NULL, v3);
     expect_refused(&k2.key, &stranger.key.pub, v3); /* a revoked key cannot rotate */
 
     /* K3 is compromised: the root revokes it by rotating to K4. */
-    rotate(&k4, env.pub_path);
+    rotate(&k4, "--root-key", env.pub_path);
     uint64_t v4 = deploy("v4 by k4");
     expect_agent_key(&agent, &k4.key);
     expect_refused(&k3.key, NULL, v4);
     expect_refused(&k3.key, &stranger.key.pub, v4);
     expect_refused(&k2.key, NULL, v4);
     expect_refused(root, NULL, v4);
-    assert_true(pc_test_agent_metric(&agent, "popcast_agent_key_rotations_total") >= 3);
 
-    /* A restart keeps the schedule: K3 stays refused, K4 signs. */
+    /* K4 leaks too, and this time the root secret stays offline: the
+     * operator signs a permission with it (`popcast key authorize`, no
+     * controller involved) and the controller rotates with that. */
+    char k4id[PC_HEX_KEY_ID_LEN], auth_path[400];
+    key_hex(&k4.key, k4id);
+    make_authorization(env.key_path, &k5, k4id, auth_path, sizeof(auth_path));
+    rotate(&k5, "--authorization", auth_path);
+    uint64_t v4b = deploy("v4b by k5");
+    expect_agent_key(&agent, &k5.key);
+    expect_refused(&k4.key, NULL, v4b);
+    expect_refused(&k4.key, &stranger.key.pub, v4b);
+    assert_true(pc_test_agent_metric(&agent, "popcast_agent_key_rotations_total") >= 4);
+
+    /* A restart keeps the schedule: K4 stays refused, K5 signs. */
     pc_test_agent_stop(&agent);
     const char *subs[] = {ctl.pub_url, rogue_url, NULL};
     const char *syncs[] = {ctl.sync_url, NULL};
     pc_test_agent_start(&env, &agent, "edge-1", subs, syncs, NULL);
-    expect_agent_key(&agent, &k4.key);
-    assert_true(pc_test_wait_version(&agent, "app", v4, PC_TEST_CONVERGE_TIMEOUT_MS));
-    expect_refused(&k3.key, NULL, v4);
+    expect_agent_key(&agent, &k5.key);
+    assert_true(pc_test_wait_version(&agent, "app", v4b, PC_TEST_CONVERGE_TIMEOUT_MS));
+    expect_refused(&k4.key, NULL, v4b);
     uint64_t v5 = deploy("v5 after agent restart");
 
     /* A fresh agent learns the chain from a snapshot, which also carries
@@ -284,27 +313,28 @@ static void test_rotation_and_revocation(void **state)
     pc_test_agent_start(&env, &late, "edge-late", late_subs, syncs, NULL);
     assert_true(pc_test_wait_version(&late, "app", v5, PC_TEST_CONVERGE_TIMEOUT_MS));
     assert_true(pc_test_wait_version(&late, "old", 1, PC_TEST_CONVERGE_TIMEOUT_MS));
-    expect_agent_key(&late, &k4.key);
+    expect_agent_key(&late, &k5.key);
     assert_true(pc_test_agent_metric(&late, "popcast_agent_snapshots_installed_total") >= 1);
 
-    /* The controller keeps signing with K4 after a restart. */
+    /* The controller keeps signing with K5 after a restart. */
     pc_test_controller_stop(&ctl);
-    const char *extra[] = {"--signing-key", k2.secret, "--signing-key", k3.secret, "--signing-key",
-                           k4.secret,       NULL};
+    const char *extra[] = {"--signing-key", k2.secret,       "--signing-key",
+                           k3.secret,       "--signing-key", k4.secret,
+                           "--signing-key", k5.secret,       NULL};
     pc_test_controller_start(&env, &ctl, extra);
     uint64_t v6 = deploy("v6 after controller restart");
     assert_true(pc_test_wait_version(&late, "app", v6, PC_TEST_CONVERGE_TIMEOUT_MS));
-    expect_agent_key(&agent, &k4.key);
+    expect_agent_key(&agent, &k5.key);
     pc_http_result r;
     assert_int_equal(pc_test_api(&env, &ctl, "GET", "/v1/keys", NULL, NULL, 0, &r), 200);
     json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
     pc_http_result_free(&r);
     assert_non_null(doc);
-    char k4id[PC_HEX_KEY_ID_LEN];
-    key_hex(&k4.key, k4id);
+    char k5id[PC_HEX_KEY_ID_LEN];
+    key_hex(&k5.key, k5id);
     assert_string_equal(
-        json_string_value(json_object_get(json_object_get(doc, "current"), "key_id")), k4id);
-    assert_int_equal(json_array_size(json_object_get(doc, "rotations")), 3);
+        json_string_value(json_object_get(json_object_get(doc, "current"), "key_id")), k5id);
+    assert_int_equal(json_array_size(json_object_get(doc, "rotations")), 4);
     json_decref(doc);
 
     /* A controller started without the current key's secret refuses to
@@ -411,7 +441,7 @@ static void test_bad_rotations_change_nothing(void **state)
     char b_stranger[256], b_current[256], b_badroot[512];
     pc_key_format_public(&stranger.key.pub, text, sizeof(text));
     snprintf(b_stranger, sizeof(b_stranger), "{\"next_public_key\": \"%s\"}", text);
-    pc_key_format_public(&k4.key.pub, text, sizeof(text));
+    pc_key_format_public(&k5.key.pub, text, sizeof(text));
     snprintf(b_current, sizeof(b_current), "{\"next_public_key\": \"%s\"}", text);
     char t2[128];
     pc_key_format_public(&k2.key.pub, t2, sizeof(t2));
@@ -423,6 +453,20 @@ static void test_bad_rotations_change_nothing(void **state)
     bodies[3] = "{\"next_public_key\": \"AAAA\"}";    /* not a key */
     bodies[4] = "{\"next_public_key\": 7, \"x\": 1}"; /* wrong shape */
     bodies[5] = "not json";
+    /* Authorizations the controller must refuse: replacing a key that is
+     * not current (K3), naming another next key, signed by a non-root. */
+    char k3id[PC_HEX_KEY_ID_LEN], k5id[PC_HEX_KEY_ID_LEN], a_path[3][400];
+    key_hex(&k3.key, k3id);
+    key_hex(&k5.key, k5id);
+    make_authorization(env.key_path, &k2, k3id, a_path[0], sizeof(a_path[0]));
+    make_authorization(env.key_path, &k3, k5id, a_path[1], sizeof(a_path[1]));
+    make_authorization(k4.secret, &k2, k5id, a_path[2], sizeof(a_path[2]));
+    for (size_t i = 0; i < 3; i++) {
+        char out[2048];
+        const char *args[] = {"key", "rotate", k2.pub, "--authorization", a_path[i], NULL};
+        if (pc_test_cli(&env, &ctl, args, out, sizeof(out)) == 0)
+            fail_msg("authorization %zu was accepted: %s", i, out);
+    }
     for (size_t i = 0; i < 6; i++) {
         snprintf(body, sizeof(body), "%s", bodies[i]);
         int status = pc_test_api(&env, &ctl, "POST", "/v1/keys/rotate", "application/json", body,

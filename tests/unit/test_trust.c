@@ -80,6 +80,44 @@ static int accept(pc_trust *t, const pc_signing_key *by, uint64_t seq, const pc_
     return rc;
 }
 
+/* A rotation to next signed by `by`, carrying root_signer's offline
+ * authorization to replace `replaces` by auth_next. */
+static int accept_authorized(pc_trust *t, const pc_signing_key *by, uint64_t seq,
+                             const pc_public_key *next, const pc_signing_key *root_signer,
+                             const pc_public_key *auth_next, const pc_public_key *replaces)
+{
+    Popcast__RotationAuthorization a = POPCAST__ROTATION_AUTHORIZATION__INIT;
+    a.next_public_key.data = (uint8_t *)auth_next->pk;
+    a.next_public_key.len = PC_PK_LEN;
+    a.replaces_key_id.data = (uint8_t *)replaces->id;
+    a.replaces_key_id.len = PC_KEY_ID_LEN;
+    Popcast__SignedRotationAuthorization sa;
+    pc_err err;
+    assert_int_equal(pc_envelope_sign_authorization(root_signer, &a, &sa, &err), PC_OK);
+    /* Through the text form, as operators carry it. */
+    char *text = NULL;
+    assert_int_equal(pc_authorization_format(&sa, &text, &err), PC_OK);
+    Popcast__SignedRotationAuthorization *parsed = NULL;
+    assert_int_equal(pc_authorization_parse(text, &parsed, &err), PC_OK);
+    free(text);
+    signed_entry se;
+    make_rotation(&se, by, seq, next);
+    se.sm.root_authorization = parsed;
+    Popcast__Manifest *m = NULL;
+    int rc = verify(t, &se, &m);
+    if (rc == PC_OK)
+        assert_int_equal(pc_trust_advance(t, m, &err), PC_OK);
+    if (m != NULL)
+        popcast__manifest__free_unpacked(m, NULL);
+    se.sm.root_authorization = NULL;
+    pc_envelope_signed_clear(&se.sm);
+    popcast__signed_rotation_authorization__free_unpacked(parsed, NULL);
+    free(sa.authorization.data);
+    free(sa.signature.data);
+    free(sa.key_id.data);
+    return rc;
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -150,6 +188,57 @@ static void test_who_may_rotate(void **state)
     /* ...but the root does not sign ordinary entries after a rotation. */
     assert_int_equal(accept(&t, &root, 6, NULL), PC_E_UNTRUSTED_KEY);
     pc_trust_free(&t);
+}
+
+/* Rule 3, offline path: a root's authorization lets the next key sign its
+ * own rotation, only for the key it names and only replacing the key in
+ * force at that seq, so it cannot be replayed or redirected. */
+static void test_offline_authorization(void **state)
+{
+    (void)state;
+    pc_trust t;
+    pc_trust_init(&t, &roots);
+    assert_int_equal(accept(&t, &root, 1, &k1.pub), PC_OK);
+    /* Not from a root key: refused. */
+    assert_int_equal(accept_authorized(&t, &k2, 2, &k2.pub, &rogue, &k2.pub, &k1.pub),
+                     PC_E_UNTRUSTED_KEY);
+    /* Authorizes k2 but the entry rotates to the rogue key. */
+    assert_int_equal(accept_authorized(&t, &rogue, 2, &rogue.pub, &root, &k2.pub, &k1.pub),
+                     PC_E_UNTRUSTED_KEY);
+    /* Replaces another key than the current one (k1). */
+    assert_int_equal(accept_authorized(&t, &k2, 2, &k2.pub, &root, &k2.pub, &k2.pub),
+                     PC_E_UNTRUSTED_KEY);
+    /* The authorized key must sign the rotation itself. */
+    assert_int_equal(accept_authorized(&t, &rogue, 2, &k2.pub, &root, &k2.pub, &k1.pub),
+                     PC_E_UNTRUSTED_KEY);
+    assert_int_equal(t.n, 1);
+    /* Right: k1 -> k2 by k2 with the root's permission. */
+    assert_int_equal(accept_authorized(&t, &k2, 2, &k2.pub, &root, &k2.pub, &k1.pub), PC_OK);
+    assert_memory_equal(pc_trust_current(&t)->pk, k2.pub.pk, PC_PK_LEN);
+    /* The same permission replayed at a later seq is refused (k1 is no
+     * longer the key it replaces; and k2 is already in force). */
+    assert_int_not_equal(accept_authorized(&t, &k2, 3, &k2.pub, &root, &k2.pub, &k1.pub), PC_OK);
+    /* Nor may the current key "rotate" to itself. */
+    assert_int_equal(accept(&t, &k2, 3, &k2.pub), PC_E_INVALID);
+    assert_int_equal(accept(&t, &k1, 3, NULL), PC_E_UNTRUSTED_KEY);
+    assert_int_equal(accept(&t, &k2, 3, NULL), PC_OK);
+    assert_int_equal(t.n, 2);
+    pc_trust_free(&t);
+    /* Before any rotation it replaces a root key. */
+    pc_trust_init(&t, &roots);
+    assert_int_equal(accept_authorized(&t, &k1, 1, &k1.pub, &root, &k1.pub, &k2.pub),
+                     PC_E_UNTRUSTED_KEY);
+    assert_int_equal(accept_authorized(&t, &k1, 1, &k1.pub, &root, &k1.pub, &root.pub), PC_OK);
+    pc_trust_free(&t);
+    /* Malformed text forms are refused, never crash. */
+    Popcast__SignedRotationAuthorization *p = NULL;
+    pc_err err;
+    const char *bad[] = {"", "popcast-rotation-auth-v1 ", "popcast-rotation-auth-v1 !!!",
+                         "popcast-rotation-auth-v1 AAAA trailing", "other-v1 AAAA"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(pc_authorization_parse(bad[i], &p, &err), PC_E_INVALID);
+        assert_null(p);
+    }
 }
 
 /* Rule 4: heartbeats are signed by the current key only. */
@@ -238,8 +327,11 @@ static void test_advance_and_extends(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_roots_before_rotation), cmocka_unit_test(test_rotation_switches_keys),
-        cmocka_unit_test(test_who_may_rotate),        cmocka_unit_test(test_heartbeats),
+        cmocka_unit_test(test_roots_before_rotation),
+        cmocka_unit_test(test_rotation_switches_keys),
+        cmocka_unit_test(test_who_may_rotate),
+        cmocka_unit_test(test_offline_authorization),
+        cmocka_unit_test(test_heartbeats),
         cmocka_unit_test(test_advance_and_extends),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
