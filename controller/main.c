@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <nng/nng.h>
 #include <uv.h>
 
 #include "api.h"
@@ -448,5 +449,9 @@ out:
     for (size_t i = 0; i < c.n_keys; i++)
         pc_signing_key_wipe(&c.keys[i]);
     pc_config_free(options, &c.cfg);
+    /* Every socket is closed by now; let nng finish reaping them before
+     * the process exits, so that nothing it still held shows up as a leak
+     * (the sanitizer build checks the daemons at exit). */
+    nng_fini();
     return exit_code;
 }
