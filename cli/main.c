@@ -759,10 +759,15 @@ static int cmd_key(cli *c)
             print_json(doc);
         } else {
             json_t *cur = json_object_get(doc, "current");
-            printf("current signing key %s since seq %lld%s\n", str(cur, "key_id"),
-                   (long long)json_integer_value(json_object_get(doc, "current_since_seq")),
-                   json_is_true(json_object_get(cur, "held")) ? ""
-                                                              : " (NOT held by this controller)");
+            if (!json_is_object(cur))
+                printf("no signing key yet: no rotation, and this controller holds no root key "
+                       "(make the first rotation with `popcast key authorize`)\n");
+            else
+                printf("current signing key %s since seq %lld%s\n", str(cur, "key_id"),
+                       (long long)json_integer_value(json_object_get(doc, "current_since_seq")),
+                       json_is_true(json_object_get(cur, "held"))
+                           ? ""
+                           : " (NOT held by this controller)");
             size_t i;
             json_t *k;
             json_array_foreach(json_object_get(doc, "roots"), i, k)

@@ -779,20 +779,22 @@ static void get_keys(pc_api *api, nng_aio *aio)
     uint64_t since = 0;
     pc_err err;
     json_t *rotations = json_array();
-    if (pc_signer_current_public(signer, &cur, &since, &err) != PC_OK ||
-        pc_signer_foreach_rotation(signer, add_rotation, rotations, &err) != PC_OK) {
+    if (pc_signer_foreach_rotation(signer, add_rotation, rotations, &err) != PC_OK) {
         json_decref(rotations);
         pc_httpd_reply_error(aio, 500, err.code, "%s", err.msg);
         return;
     }
+    /* null: no rotation yet and no root key held (roots kept offline). */
+    json_t *current = pc_signer_current_public(signer, &cur, &since, &err) == PC_OK
+                          ? key_json(&cur, signer)
+                          : json_null();
     json_t *roots = json_array();
     const pc_keyring *ring = pc_signer_roots(signer);
     for (size_t i = 0; i < ring->count; i++)
         json_array_append_new(roots, key_json(&ring->keys[i], signer));
     pc_httpd_reply_json(aio, 200,
-                        json_pack("{s:o,s:I,s:o,s:o}", "current", key_json(&cur, signer),
-                                  "current_since_seq", (json_int_t)since, "roots", roots,
-                                  "rotations", rotations));
+                        json_pack("{s:o,s:I,s:o,s:o}", "current", current, "current_since_seq",
+                                  (json_int_t)since, "roots", roots, "rotations", rotations));
 }
 
 static void keys_route(pc_api *api, nng_aio *aio, const char *method, const pc_httpd_path *p)

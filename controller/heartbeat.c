@@ -1,6 +1,7 @@
 /* heartbeat.c - signed heartbeats (see heartbeat.h). */
 #include "heartbeat.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -24,6 +25,7 @@ struct pc_heartbeat {
     pc_signer *signer;
     pc_store *store;
     pc_publisher *pub;
+    bool cannot_sign; /* warned already: say it once, not every period */
 };
 
 static int64_t wall_ms(void)
@@ -63,9 +65,14 @@ void pc_heartbeat_send(pc_heartbeat *h)
     const pc_signing_key *key = NULL;
     if (pc_signer_current(h->signer, &key, &err) != PC_OK ||
         pc_envelope_sign_heartbeat(key, &hb, &sh, &err) != PC_OK) {
-        pc_warn("heartbeat", "cannot sign: %s", err.msg);
+        if (!h->cannot_sign)
+            pc_warn("heartbeat", "cannot sign heartbeats (agents will go stale): %s", err.msg);
+        h->cannot_sign = true;
         return;
     }
+    if (h->cannot_sign)
+        pc_info("heartbeat", "signing heartbeats again");
+    h->cannot_sign = false;
     (void)pc_publisher_send_heartbeat(h->pub, &sh, NULL);
     free(sh.heartbeat.data);
     free(sh.signature.data);

@@ -223,9 +223,14 @@ static int start_rotation(pc_pipeline *p, pc_change *c, pc_change_result *r)
     if (rc != PC_OK)
         return rc;
     pc_public_key cur;
-    if ((rc = pc_signer_current_public(p->signer, &cur, NULL, &r->err)) != PC_OK)
-        return rc;
-    if (memcmp(cur.pk, c->key_next, PC_PK_LEN) == 0)
+    uint64_t since = 0;
+    pc_err cur_err;
+    bool have_cur = pc_signer_current_public(p->signer, &cur, &since, &cur_err) == PC_OK;
+    if (!have_cur && c->key_authorization == NULL && !c->key_sign_with_root) {
+        r->err = cur_err;
+        return cur_err.code;
+    }
+    if (have_cur && memcmp(cur.pk, c->key_next, PC_PK_LEN) == 0)
         return pc_err_set(&r->err, PC_E_INVALID, "that key is already the signing key");
     if (pc_signer_held(p->signer, c->key_next) == NULL)
         return pc_err_set(&r->err, PC_E_INVALID,
@@ -238,7 +243,11 @@ static int start_rotation(pc_pipeline *p, pc_change *c, pc_change_result *r)
                                                    &a, &r->err)) != PC_OK)
             return pc_err_set(&r->err, PC_E_INVALID, "authorization: %s", r->err.msg);
         int for_next = memcmp(a->next_public_key.data, c->key_next, PC_PK_LEN) == 0;
-        int replaces_current = memcmp(a->replaces_key_id.data, cur.id, PC_KEY_ID_LEN) == 0;
+        /* As agents judge it (trust.h): the key in force, or before any
+         * rotation, a root key. */
+        int replaces_current = since != 0
+                                   ? memcmp(a->replaces_key_id.data, cur.id, PC_KEY_ID_LEN) == 0
+                                   : pc_signer_is_root_id(p->signer, a->replaces_key_id.data);
         popcast__rotation_authorization__free_unpacked(a, NULL);
         if (!for_next)
             return pc_err_set(&r->err, PC_E_INVALID, "the authorization is for another next key");

@@ -102,10 +102,24 @@ int pc_signer_current_public(pc_signer *s, pc_public_key *out, uint64_t *since_s
     int rc = pc_signer_foreach_rotation(s, keep_last, &l, err);
     if (rc != PC_OK)
         return rc;
-    *out = l.seq != 0 ? l.key : s->keys[0].pub;
     if (since_seq != NULL)
         *since_seq = l.seq;
-    return PC_OK;
+    if (l.seq != 0) {
+        *out = l.key;
+        return PC_OK;
+    }
+    /* Before any rotation agents accept only root keys: sign with a held
+     * one, never with a key they would refuse. */
+    for (size_t i = 0; i < s->n; i++) {
+        if (pc_signer_is_root(s, s->keys[i].pub.pk)) {
+            *out = s->keys[i].pub;
+            return PC_OK;
+        }
+    }
+    return pc_err_set(err, PC_E_UNAVAILABLE,
+                      "no key rotation yet, and this controller holds none of the root keys: "
+                      "make the first rotation with a root's offline authorization (popcast key "
+                      "authorize ROOT.key NEXT.pub --replaces ROOT_KEY_ID)");
 }
 
 const pc_signing_key *pc_signer_held(pc_signer *s, const uint8_t pk[PC_PK_LEN])
@@ -132,6 +146,11 @@ int pc_signer_current(pc_signer *s, const pc_signing_key **out, pc_err *err)
                           kid);
     }
     return PC_OK;
+}
+
+bool pc_signer_is_root_id(pc_signer *s, const uint8_t id[PC_KEY_ID_LEN])
+{
+    return pc_keyring_find(&s->roots, id, PC_KEY_ID_LEN) != NULL;
 }
 
 bool pc_signer_is_root(pc_signer *s, const uint8_t pk[PC_PK_LEN])

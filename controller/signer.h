@@ -3,7 +3,8 @@
  * A controller holds one or more secret keys (the signing_key option,
  * repeatable). Which of them signs is decided by the replicated log, not by
  * the configuration: the key announced by the last KEY_ROTATION entry in
- * the store, or, before any rotation, the first configured key. So every
+ * the store, or, before any rotation, the first configured key that is a
+ * root key (agents accept nothing else before a rotation). So every
  * controller of a cluster signs with the same key after the same seq, and a
  * rotation takes effect everywhere at once (common/trust.h gives the rules
  * agents apply).
@@ -36,7 +37,10 @@ int pc_signer_new(pc_signer **out, pc_store *store, const pc_signing_key *keys, 
 void pc_signer_free(pc_signer *s);
 
 /* The public key that must sign now, and the seq of the rotation that
- * announced it (0: no rotation yet, the first configured key). */
+ * announced it (0: no rotation yet: the first held root key).
+ * PC_E_UNAVAILABLE before any rotation when no held key is a root (roots
+ * kept offline: the first rotation needs a root's authorization);
+ * *since_seq is set even then. */
 int pc_signer_current_public(pc_signer *s, pc_public_key *out, uint64_t *since_seq, pc_err *err);
 
 /* The secret key that must sign now. PC_E_UNAVAILABLE, naming the key, if
@@ -46,6 +50,7 @@ int pc_signer_current(pc_signer *s, const pc_signing_key **out, pc_err *err);
 /* A held secret key whose public key is pk, or NULL. */
 const pc_signing_key *pc_signer_held(pc_signer *s, const uint8_t pk[PC_PK_LEN]);
 bool pc_signer_is_root(pc_signer *s, const uint8_t pk[PC_PK_LEN]);
+bool pc_signer_is_root_id(pc_signer *s, const uint8_t id[PC_KEY_ID_LEN]);
 const pc_keyring *pc_signer_roots(pc_signer *s);
 
 /* Calls cb for each rotation in seq order: its seq, the announced key, the

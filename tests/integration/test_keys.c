@@ -507,6 +507,53 @@ static void test_bad_rotations_change_nothing(void **state)
     assert_int_equal(status_u64(&agent, "applied_seq"), head + 1);
 }
 
+/* Roots kept offline from the start: a controller that holds no root key
+ * signs nothing until a root's offline authorization bootstraps its own
+ * key; agents accept that rotation and everything the new key signs. */
+static void test_offline_root_bootstrap(void **state)
+{
+    (void)state;
+    pc_test_controller c2;
+    pc_test_agent a2;
+    memset(&c2, 0, sizeof(c2));
+    memset(&a2, 0, sizeof(a2));
+    /* The stranger key plays the offline root: c2 has only its public key
+     * (its own signing keys are the env key, not a root for it, and K2). */
+    const char *cextra[] = {"--root-key", stranger.pub, "--signing-key", k2.secret, NULL};
+    pc_test_controller_start(&env, &c2, cextra);
+    const char *aextra[] = {"--trusted-key", stranger.pub, NULL};
+    pc_test_agent_start_for(&env, &a2, "edge-boot", &c2, aextra);
+    char src[256];
+    pc_test_lua_hello(src, sizeof(src), "bootstrapped");
+    pc_http_result r;
+    assert_int_equal(pc_test_api(&env, &c2, "POST", "/v1/tenants/boot/bundles", "text/x-lua", src,
+                                 strlen(src), &r),
+                     503);
+    assert_non_null(strstr((const char *)r.body, "holds none of the root keys"));
+    pc_http_result_free(&r);
+    assert_int_equal(pc_test_api(&env, &c2, "GET", "/v1/keys", NULL, NULL, 0, &r), 200);
+    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    pc_http_result_free(&r);
+    assert_true(json_is_null(json_object_get(doc, "current")));
+    json_decref(doc);
+
+    /* A rotation without the root's permission is refused too. */
+    char out[4096];
+    const char *plain[] = {"key", "rotate", k2.pub, NULL};
+    assert_int_not_equal(pc_test_cli(&env, &c2, plain, out, sizeof(out)), 0);
+    char root_id[PC_HEX_KEY_ID_LEN], auth_path[400];
+    key_hex(&stranger.key, root_id);
+    make_authorization(stranger.secret, &k2, root_id, auth_path, sizeof(auth_path));
+    const char *with_auth[] = {"key", "rotate", k2.pub, "--authorization", auth_path, NULL};
+    if (pc_test_cli(&env, &c2, with_auth, out, sizeof(out)) != 0)
+        fail_msg("bootstrap rotation failed: %s", out);
+    uint64_t v = pc_test_deploy_lua(&env, &c2, "boot", src);
+    assert_true(pc_test_wait_version(&a2, "boot", v, PC_TEST_CONVERGE_TIMEOUT_MS));
+    expect_agent_key(&a2, &k2.key);
+    pc_test_agent_stop(&a2);
+    pc_test_controller_stop(&c2);
+}
+
 int main(void)
 {
     pc_test_init();
@@ -514,6 +561,7 @@ int main(void)
         cmocka_unit_test(test_rotation_and_revocation),
         cmocka_unit_test(test_bad_rotations_change_nothing),
         cmocka_unit_test(test_rotation_survives_failover),
+        cmocka_unit_test(test_offline_root_bootstrap),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
