@@ -179,6 +179,21 @@ static json_t *call(cli *c, const char *method, const char *path, const char *co
     return doc;
 }
 
+/* POSTs body (taken over, may be NULL on allocation failure) as JSON;
+ * returns the answer, or NULL after reporting why. */
+static json_t *post_json(cli *c, const char *path, json_t *body)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    if (text == NULL) {
+        fail("%s", "out of memory");
+        return NULL;
+    }
+    json_t *doc = call(c, "POST", path, "application/json", text, strlen(text));
+    free(text);
+    return doc;
+}
+
 static void print_json(json_t *doc)
 {
     char *s = json_dumps(doc, JSON_INDENT(2));
@@ -585,12 +600,7 @@ static int cmd_cluster(cli *c)
             return fail("'%s' is not a node id (a number >= 1)", c->args[1]);
         json_t *body = json_pack("{s:I,s:s,s:s}", "id", (json_int_t)id, "raft_address", c->args[2],
                                  "api_url", c->args[3]);
-        char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-        json_decref(body);
-        if (text == NULL)
-            return fail("%s", "out of memory");
-        doc = call(c, "POST", "/v1/cluster/nodes", "application/json", text, strlen(text));
-        free(text);
+        doc = post_json(c, "/v1/cluster/nodes", body);
     } else if (strcmp(c->args[0], "remove") == 0 && c->nargs == 2) {
         char *end = NULL;
         long long id = strtoll(c->args[1], &end, 10);
@@ -634,12 +644,7 @@ static int cmd_agent(cli *c)
         if (read_first_line(c->args[2], key, sizeof(key)) != 0)
             return 1;
         json_t *body = json_pack("{s:s,s:s}", "agent_id", c->args[1], "public_key", key);
-        char *json = body ? json_dumps(body, JSON_COMPACT) : NULL;
-        json_decref(body);
-        if (json == NULL)
-            return fail("%s", "out of memory");
-        doc = call(c, "POST", "/v1/agents", "application/json", json, strlen(json));
-        free(json);
+        doc = post_json(c, "/v1/agents", body);
         if (doc == NULL)
             return 1;
         if (c->json)
@@ -736,12 +741,7 @@ static int cmd_key(cli *c)
             json_object_set_new(body, "root_key", json_string(root));
         if (body != NULL && c->authorization != NULL)
             json_object_set_new(body, "authorization", json_string(auth));
-        char *json = body ? json_dumps(body, JSON_COMPACT) : NULL;
-        json_decref(body);
-        if (json == NULL)
-            return fail("%s", "out of memory");
-        doc = call(c, "POST", "/v1/keys/rotate", "application/json", json, strlen(json));
-        free(json);
+        doc = post_json(c, "/v1/keys/rotate", body);
         if (doc == NULL)
             return 1;
         if (c->json)
@@ -799,10 +799,7 @@ static int cmd_token(cli *c)
         json_t *body = json_pack("{s:o}", "tenants", tenants);
         if (c->name != NULL)
             json_object_set_new(body, "name", json_string(c->name));
-        char *text = json_dumps(body, JSON_COMPACT);
-        json_decref(body);
-        doc = call(c, "POST", "/v1/tokens", "application/json", text, strlen(text));
-        free(text);
+        doc = post_json(c, "/v1/tokens", body);
         if (doc == NULL)
             return 1;
         if (c->json) {

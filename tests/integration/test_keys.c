@@ -240,6 +240,26 @@ static void expect_agent_key(pc_test_agent *a, const pc_signing_key *k)
     assert_string_equal(got, want);
 }
 
+/* A controller that may not sign: a deploy gets 503 naming why (and
+ * nothing is committed); returns its GET /v1/keys document. */
+static json_t *expect_cannot_sign(pc_test_controller *c, const char *why)
+{
+    char src[256];
+    pc_test_lua_hello(src, sizeof(src), "never signed");
+    pc_http_result r;
+    assert_int_equal(
+        pc_test_api(&env, c, "POST", "/v1/tenants/app/bundles", "text/x-lua", src, strlen(src), &r),
+        503);
+    if (strstr((const char *)r.body, why) == NULL)
+        fail_msg("expected \"%s\" in: %s", why, r.body);
+    pc_http_result_free(&r);
+    assert_int_equal(pc_test_api(&env, c, "GET", "/v1/keys", NULL, NULL, 0, &r), 200);
+    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    pc_http_result_free(&r);
+    assert_non_null(doc);
+    return doc;
+}
+
 static void test_rotation_and_revocation(void **state)
 {
     (void)state;
@@ -342,20 +362,12 @@ static void test_rotation_and_revocation(void **state)
      * key; given the key again, it writes. */
     pc_test_controller_stop(&ctl);
     pc_test_controller_start(&env, &ctl, NULL);
-    pc_test_deployed d;
-    char src2[256];
-    pc_test_lua_hello(src2, sizeof(src2), "unsigned");
-    pc_http_result r2;
-    assert_int_equal(pc_test_api(&env, &ctl, "POST", "/v1/tenants/app/bundles", "text/x-lua", src2,
-                                 strlen(src2), &r2),
-                     503);
-    assert_non_null(strstr((const char *)r2.body, "does not hold the current signing key"));
-    pc_http_result_free(&r2);
-    assert_int_equal(pc_test_api(&env, &ctl, "GET", "/v1/keys", NULL, NULL, 0, &r2), 200);
-    doc = json_loadb((const char *)r2.body, r2.body_len, 0, NULL);
-    pc_http_result_free(&r2);
+    doc = expect_cannot_sign(&ctl, "does not hold the current signing key");
     assert_false(json_is_true(json_object_get(json_object_get(doc, "current"), "held")));
     json_decref(doc);
+    pc_test_deployed d;
+    char src2[256];
+    pc_test_lua_hello(src2, sizeof(src2), "signed again");
     pc_test_controller_stop(&ctl);
     pc_test_controller_start(&env, &ctl, extra);
     assert_int_equal(pc_test_try_deploy(&env, &ctl, "app", "text/x-lua", src2, strlen(src2), &d),
@@ -523,17 +535,7 @@ static void test_offline_root_bootstrap(void **state)
     pc_test_controller_start(&env, &c2, cextra);
     const char *aextra[] = {"--trusted-key", stranger.pub, NULL};
     pc_test_agent_start_for(&env, &a2, "edge-boot", &c2, aextra);
-    char src[256];
-    pc_test_lua_hello(src, sizeof(src), "bootstrapped");
-    pc_http_result r;
-    assert_int_equal(pc_test_api(&env, &c2, "POST", "/v1/tenants/boot/bundles", "text/x-lua", src,
-                                 strlen(src), &r),
-                     503);
-    assert_non_null(strstr((const char *)r.body, "holds none of the root keys"));
-    pc_http_result_free(&r);
-    assert_int_equal(pc_test_api(&env, &c2, "GET", "/v1/keys", NULL, NULL, 0, &r), 200);
-    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
-    pc_http_result_free(&r);
+    json_t *doc = expect_cannot_sign(&c2, "holds none of the root keys");
     assert_true(json_is_null(json_object_get(doc, "current")));
     json_decref(doc);
 
@@ -547,6 +549,8 @@ static void test_offline_root_bootstrap(void **state)
     const char *with_auth[] = {"key", "rotate", k2.pub, "--authorization", auth_path, NULL};
     if (pc_test_cli(&env, &c2, with_auth, out, sizeof(out)) != 0)
         fail_msg("bootstrap rotation failed: %s", out);
+    char src[256];
+    pc_test_lua_hello(src, sizeof(src), "bootstrapped");
     uint64_t v = pc_test_deploy_lua(&env, &c2, "boot", src);
     assert_true(pc_test_wait_version(&a2, "boot", v, PC_TEST_CONVERGE_TIMEOUT_MS));
     expect_agent_key(&a2, &k2.key);
