@@ -4,6 +4,7 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -28,6 +29,8 @@ struct pc_syncer {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     int stop, need_sync, dirty;
+    int exited;           /* the thread has returned (under lock) */
+    _Atomic int stopping; /* no new request once set (read without lock) */
     int64_t next_sync_ms; /* a requested sync waits for this (backoff) */
     int64_t last_sync_ms; /* the periodic probe runs sync_interval after it */
     int64_t next_status_ms, last_status_ms;
@@ -54,6 +57,8 @@ static int64_t mono_ms(void)
 static int call(pc_syncer *s, link *l, const Popcast__SyncCall *req, Popcast__SyncReply **out,
                 pc_err *err)
 {
+    if (atomic_load(&s->stopping))
+        return pc_err_set(err, PC_E_UNAVAILABLE, "the agent is stopping");
     size_t len = popcast__sync_call__get_packed_size(req);
     nng_msg *msg = NULL;
     int rv = nng_msg_alloc(&msg, len);
@@ -400,6 +405,8 @@ static void *run(void *arg)
             }
         }
     }
+    s->exited = 1;
+    pthread_cond_broadcast(&s->cond);
     pthread_mutex_unlock(&s->lock);
     return NULL;
 }
@@ -512,11 +519,27 @@ void pc_syncer_stop(pc_syncer *s)
 {
     if (s == NULL)
         return;
+    atomic_store(&s->stopping, 1);
     pthread_mutex_lock(&s->lock);
     s->stop = 1;
-    pthread_cond_signal(&s->cond);
+    pthread_cond_broadcast(&s->cond);
+    /* Let a request in flight end by itself (answer or timeout): closing a
+     * req socket under a request in flight makes nng 1.5.2 lose the
+     * message it still holds for resending. Bounded by the send and the
+     * receive timeouts; after that, closing the sockets aborts the call. */
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    uint64_t wait_ms = 2 * s->opt.request_timeout_ms + 1000;
+    deadline.tv_sec += (time_t)(wait_ms / 1000);
+    deadline.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    while (s->n_links > 0 && !s->exited &&
+           pthread_cond_timedwait(&s->cond, &s->lock, &deadline) == 0)
+        ;
     pthread_mutex_unlock(&s->lock);
-    /* Closing the sockets aborts a blocking call in progress. */
     for (size_t i = 0; i < s->n_links; i++)
         nng_close(s->links[i].sock);
     if (s->n_links > 0)

@@ -50,6 +50,8 @@ typedef struct pc_syncer_options {
 int pc_syncer_start(pc_syncer **out, const pc_syncer_options *opt, pc_err *err);
 /* Any thread: something changed; need_sync asks for a catch-up now. */
 void pc_syncer_notify(pc_syncer *s, int need_sync);
+/* Stops the thread: no new request is sent, a request in flight may finish
+ * (at most its send and receive timeouts), then the sockets are closed. */
 void pc_syncer_stop(pc_syncer *s);
 
 #endif
