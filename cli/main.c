@@ -636,6 +636,22 @@ static int read_first_line(const char *path, char *out, size_t cap)
     return 0;
 }
 
+/* DELETE collection + args[1]; says `done` (a format taking the id). */
+static int revoke(cli *c, const char *collection, const char *done)
+{
+    char path[200];
+    snprintf(path, sizeof(path), "%s%.128s", collection, c->args[1]);
+    json_t *doc = call(c, "DELETE", path, NULL, NULL, 0);
+    if (doc == NULL)
+        return 1;
+    if (c->json)
+        print_json(doc);
+    else
+        printf(done, c->args[1]);
+    json_decref(doc);
+    return 0;
+}
+
 static int cmd_agent(cli *c)
 {
     json_t *doc = NULL;
@@ -666,15 +682,7 @@ static int cmd_agent(cli *c)
                        json_is_true(json_object_get(a, "revoked")) ? "revoked" : "enrolled");
         }
     } else if (strcmp(c->args[0], "revoke") == 0 && c->nargs == 2) {
-        char path[200];
-        snprintf(path, sizeof(path), "/v1/agents/%.128s", c->args[1]);
-        doc = call(c, "DELETE", path, NULL, NULL, 0);
-        if (doc == NULL)
-            return 1;
-        if (c->json)
-            print_json(doc);
-        else
-            printf("agent %s revoked: its reports are refused\n", c->args[1]);
+        return revoke(c, "/v1/agents/", "agent %s revoked: its reports are refused\n");
     } else {
         fprintf(stderr, "popcast: usage: popcast agent enroll ID PUBKEY_FILE | list | revoke ID\n");
         return 2;
@@ -838,15 +846,7 @@ static int cmd_token(cli *c)
             }
         }
     } else if (strcmp(c->args[0], "revoke") == 0 && c->nargs == 2) {
-        char path[64];
-        snprintf(path, sizeof(path), "/v1/tokens/%.20s", c->args[1]);
-        doc = call(c, "DELETE", path, NULL, NULL, 0);
-        if (doc == NULL)
-            return 1;
-        if (c->json)
-            print_json(doc);
-        else
-            printf("token %s revoked\n", c->args[1]);
+        return revoke(c, "/v1/tokens/", "token %s revoked\n");
     } else {
         fprintf(stderr,
                 "popcast: usage: popcast token create --tenant T [...] | list | revoke ID\n");

@@ -692,40 +692,6 @@ static int add_agent(void *arg, const char *key, const uint8_t *val, size_t len)
     return 0;
 }
 
-static void agents_route(pc_api *api, nng_aio *aio, const char *method, const pc_httpd_path *p)
-{
-    if (p->n == 2 && strcmp(method, "POST") == 0) {
-        pc_httpd_read_body(aio, 4096, agent_body, api);
-    } else if (p->n == 2 && strcmp(method, "GET") == 0) {
-        json_t *list = json_array();
-        pc_err err;
-        if (pc_store_meta_foreach(api->store, "agent.", add_agent, list, &err) != PC_OK) {
-            json_decref(list);
-            pc_httpd_reply_error(aio, 500, err.code, "%s", err.msg);
-            return;
-        }
-        pc_httpd_reply_json(aio, 200, json_pack("{s:o}", "agents", list));
-    } else if (p->n == 3 && strcmp(method, "DELETE") == 0) {
-        if (!pc_id_valid(p->seg[2])) {
-            pc_httpd_reject(aio, 400, PC_E_INVALID, "not an agent id");
-            return;
-        }
-        pc_change *c = pc_change_new(PC_CHANGE_AGENT_REVOKE, "-");
-        if (c == NULL) {
-            pc_httpd_reject(aio, 503, PC_E_NOMEM, "out of memory");
-            return;
-        }
-        snprintf(c->agent_id, sizeof(c->agent_id), "%s", p->seg[2]);
-        submit(api, aio, c);
-    } else if (p->n == 2) {
-        method_not_allowed(aio, method, "GET, POST");
-    } else if (p->n == 3) {
-        method_not_allowed(aio, method, "DELETE");
-    } else {
-        pc_httpd_reject(aio, 404, PC_E_NOTFOUND, "no such resource");
-    }
-}
-
 /* Signing keys (admin only). */
 
 static void rotation_body(void *arg, nng_aio *aio, int rc, uint8_t *body, size_t len)
@@ -863,30 +829,71 @@ static int add_token(void *arg, const char *key, const uint8_t *val, size_t len)
     return 0;
 }
 
-static void tokens_route(pc_api *api, nng_aio *aio, const char *method, const pc_httpd_path *p)
+/* Tokens and agents are the same kind of resource: created by POSTing a
+ * body, listed from their meta records, revoked by id through the log. */
+typedef struct collection {
+    const char *name;        /* the list's key in the GET answer */
+    const char *meta_prefix; /* where the records live in the store */
+    int (*add)(void *list, const char *key, const uint8_t *val, size_t len);
+    pc_httpd_body_cb create;
+    bool (*id_valid)(const char *id);
+    const char *bad_id; /* the 400 message for an id that cannot exist */
+    pc_change_kind revoke;
+} collection;
+
+static bool token_id_valid(const char *id)
+{
+    return strlen(id) == 16 && strspn(id, "0123456789abcdef") == 16;
+}
+
+static bool agent_id_valid(const char *id)
+{
+    return pc_id_valid(id);
+}
+
+static const collection tokens = {"tokens",
+                                  "token.",
+                                  add_token,
+                                  token_body,
+                                  token_id_valid,
+                                  "a token id is 16 hex digits",
+                                  PC_CHANGE_TOKEN_REVOKE};
+static const collection agents = {"agents",
+                                  "agent.",
+                                  add_agent,
+                                  agent_body,
+                                  agent_id_valid,
+                                  "not an agent id",
+                                  PC_CHANGE_AGENT_REVOKE};
+
+static void collection_route(pc_api *api, nng_aio *aio, const char *method, const pc_httpd_path *p,
+                             const collection *col)
 {
     if (p->n == 2 && strcmp(method, "POST") == 0) {
-        pc_httpd_read_body(aio, 4096, token_body, api);
+        pc_httpd_read_body(aio, 4096, col->create, api);
     } else if (p->n == 2 && strcmp(method, "GET") == 0) {
         json_t *list = json_array();
         pc_err err;
-        if (pc_store_meta_foreach(api->store, "token.", add_token, list, &err) != PC_OK) {
+        if (pc_store_meta_foreach(api->store, col->meta_prefix, col->add, list, &err) != PC_OK) {
             json_decref(list);
             pc_httpd_reply_error(aio, 500, err.code, "%s", err.msg);
             return;
         }
-        pc_httpd_reply_json(aio, 200, json_pack("{s:o}", "tokens", list));
+        pc_httpd_reply_json(aio, 200, json_pack("{s:o}", col->name, list));
     } else if (p->n == 3 && strcmp(method, "DELETE") == 0) {
-        if (strlen(p->seg[2]) != 16 || strspn(p->seg[2], "0123456789abcdef") != 16) {
-            pc_httpd_reject(aio, 400, PC_E_INVALID, "a token id is 16 hex digits");
+        if (!col->id_valid(p->seg[2])) {
+            pc_httpd_reject(aio, 400, PC_E_INVALID, "%s", col->bad_id);
             return;
         }
-        pc_change *c = pc_change_new(PC_CHANGE_TOKEN_REVOKE, "-");
+        pc_change *c = pc_change_new(col->revoke, "-");
         if (c == NULL) {
             pc_httpd_reject(aio, 503, PC_E_NOMEM, "out of memory");
             return;
         }
-        snprintf(c->token_id, sizeof(c->token_id), "%s", p->seg[2]);
+        if (col->revoke == PC_CHANGE_TOKEN_REVOKE)
+            snprintf(c->token_id, sizeof(c->token_id), "%s", p->seg[2]);
+        else
+            snprintf(c->agent_id, sizeof(c->agent_id), "%s", p->seg[2]);
         submit(api, aio, c);
     } else if (p->n == 2) {
         method_not_allowed(aio, method, "GET, POST");
@@ -1001,11 +1008,11 @@ static void route(nng_aio *aio)
         }
     }
     if (strcmp(p.seg[1], "tokens") == 0) {
-        tokens_route(api, aio, method, &p);
+        collection_route(api, aio, method, &p, &tokens);
         goto done;
     }
     if (strcmp(p.seg[1], "agents") == 0) {
-        agents_route(api, aio, method, &p);
+        collection_route(api, aio, method, &p, &agents);
         goto done;
     }
     if (strcmp(p.seg[1], "keys") == 0) {

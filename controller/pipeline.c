@@ -129,6 +129,23 @@ static void change_done(void *arg, int rc, const pc_err *err)
         uv_async_send(&p->wake);
 }
 
+/* Proposes a signed entry (and its bundle) as the change in flight; the
+ * signed manifest is cleared either way. */
+static int propose_signed(pc_pipeline *p, pc_change *c, Popcast__SignedManifest *sm,
+                          uint8_t *bundle, size_t bundle_len, pc_change_result *r)
+{
+    Popcast__Entry e = POPCAST__ENTRY__INIT;
+    e.signed_ = sm;
+    e.bundle.data = bundle;
+    e.bundle.len = bundle_len;
+    p->inflight = c;
+    int rc = pc_cluster_propose_entry(p->cluster, &e, change_done, p, &r->err);
+    if (rc != PC_OK)
+        p->inflight = NULL;
+    pc_envelope_signed_clear(sm);
+    return rc;
+}
+
 /* Versions and signs the change against this node's store (which, on a
  * leader ready to write, holds every committed change), then proposes it.
  * Returns an error only when nothing was proposed. */
@@ -201,16 +218,7 @@ static int start_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
         memcpy(r->hash, hash, PC_HASH_LEN);
     snprintf(r->entrypoint, sizeof(r->entrypoint), "%s", c->entrypoint);
     snprintf(r->runtime, sizeof(r->runtime), "%s", c->runtime);
-    Popcast__Entry e = POPCAST__ENTRY__INIT;
-    e.signed_ = &sm;
-    e.bundle.data = c->bundle;
-    e.bundle.len = c->bundle_len;
-    p->inflight = c;
-    rc = pc_cluster_propose_entry(p->cluster, &e, change_done, p, &r->err);
-    if (rc != PC_OK)
-        p->inflight = NULL;
-    pc_envelope_signed_clear(&sm);
-    return rc;
+    return propose_signed(p, c, &sm, c->bundle, c->bundle_len, r);
 }
 
 /* A KEY_ROTATION entry: announces the key that signs every later entry.
@@ -276,14 +284,7 @@ static int start_rotation(pc_pipeline *p, pc_change *c, pc_change_result *r)
     sm.root_authorization = c->key_authorization; /* still owned by c */
     r->seq = m.seq;
     r->created_unix_ms = m.created_unix_ms;
-    Popcast__Entry e = POPCAST__ENTRY__INIT;
-    e.signed_ = &sm;
-    p->inflight = c;
-    rc = pc_cluster_propose_entry(p->cluster, &e, change_done, p, &r->err);
-    if (rc != PC_OK)
-        p->inflight = NULL;
-    pc_envelope_signed_clear(&sm);
-    return rc;
+    return propose_signed(p, c, &sm, NULL, 0, r);
 }
 
 typedef struct token_find {

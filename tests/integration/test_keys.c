@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include <cmocka.h>
 #include <nng/nng.h>
@@ -558,6 +559,54 @@ static void test_offline_root_bootstrap(void **state)
     pc_test_controller_stop(&c2);
 }
 
+/* A controller given a key option it cannot use must not start: it exits
+ * non-zero and its log says why. */
+static void expect_no_start(const char *flag, const char *path, const char *why)
+{
+    char dir[300], log[400], data[400];
+    pc_test_tmpdir(dir, sizeof(dir), "badkey");
+    snprintf(log, sizeof(log), "%s/controller.log", dir);
+    snprintf(data, sizeof(data), "%s/data", dir);
+    char *argv[] = {getenv("POPCAST_CONTROLLER_BIN"),
+                    "--data-dir",
+                    data,
+                    "--allow-plaintext",
+                    "--api-listen",
+                    "http://127.0.0.1:1",
+                    "--signing-key",
+                    env.key_path,
+                    (char *)flag,
+                    (char *)path,
+                    NULL};
+    pc_proc *p = pc_proc_spawn("badkey", argv, log);
+    int64_t deadline = pc_test_now_ms() + PC_TEST_START_TIMEOUT_MS;
+    while (pc_proc_alive(p) && pc_test_now_ms() < deadline)
+        pc_test_sleep_ms(20);
+    int status = pc_proc_stop(p);
+    pc_proc_free(p);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) != 0);
+    size_t len = 0;
+    FILE *f = fopen(log, "r");
+    assert_non_null(f);
+    char text[4096];
+    len = fread(text, 1, sizeof(text) - 1, f);
+    text[len] = '\0';
+    fclose(f);
+    if (strstr(text, why) == NULL)
+        fail_msg("%s %s: expected \"%s\" in the log: %s", flag, path, why, text);
+    pc_test_rm_rf(dir);
+}
+
+static void test_bad_key_configuration(void **state)
+{
+    (void)state;
+    char missing[400];
+    snprintf(missing, sizeof(missing), "%s/missing.pub", env.root);
+    expect_no_start("--root-key", missing, "cannot open");
+    expect_no_start("--root-key", k2.secret, "is not a popcast public key file");
+    expect_no_start("--signing-key", k2.pub, k2.pub); /* a public key as a secret one */
+}
+
 int main(void)
 {
     pc_test_init();
@@ -566,6 +615,7 @@ int main(void)
         cmocka_unit_test(test_bad_rotations_change_nothing),
         cmocka_unit_test(test_rotation_survives_failover),
         cmocka_unit_test(test_offline_root_bootstrap),
+        cmocka_unit_test(test_bad_key_configuration),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
