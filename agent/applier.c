@@ -220,7 +220,7 @@ static int apply_entry_locked(pc_applier *a, const Popcast__Entry *e, pc_err *er
     if (e->bundle_omitted && pc_manifest_has_content(m)) {
         /* An announcement: the bundle was too large to push. The syncer
          * fetches it in chunks and applies the entry complete. */
-        rc = pc_err_set(err, PC_E_SEQ_GAP, "bundle of seq %llu must be fetched",
+        rc = pc_err_set(err, PC_E_BUNDLE_OMITTED, "bundle of seq %llu must be fetched",
                         (unsigned long long)m->seq);
         if (m->seq > atomic_load(&a->applied_seq)) {
             pc_metrics_inc(a->opt.metrics, "popcast_agent_announcements_total", NULL);
@@ -309,10 +309,10 @@ static void on_heartbeat(pc_applier *a, const Popcast__SignedHeartbeat *sh)
     if (hb->time_unix_ms <= a->last_heartbeat_time_ms) {
         /* Older than one already accepted: a replay (or a controller
          * whose clock went back); it proves nothing about freshness. */
-        rc = pc_err_set(&err, PC_E_DUPLICATE, "heartbeat from %lld is not newer than %lld",
+        rc = pc_err_set(&err, PC_E_REPLAYED, "heartbeat from %lld is not newer than %lld",
                         (long long)hb->time_unix_ms, (long long)a->last_heartbeat_time_ms);
     } else if (hb->expires_unix_ms < now_wall) {
-        rc = pc_err_set(&err, PC_E_STALE_VERSION, "heartbeat expired %lld ms ago",
+        rc = pc_err_set(&err, PC_E_EXPIRED, "heartbeat expired %lld ms ago",
                         (long long)(now_wall - hb->expires_unix_ms));
     } else {
         a->last_heartbeat_time_ms = hb->time_unix_ms;

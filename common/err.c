@@ -71,6 +71,13 @@ const char *pc_err_name(int code)
     case PC_E_INTERNAL: return "internal";
     case PC_E_NOT_LEADER: return "not_leader";
     case PC_E_TIMEOUT: return "timeout";
+    case PC_E_METHOD: return "method_not_allowed";
+    case PC_E_MEDIA_TYPE: return "unsupported_media_type";
+    case PC_E_LENGTH_REQUIRED: return "length_required";
+    case PC_E_RATE_LIMITED: return "rate_limited";
+    case PC_E_EXPIRED: return "expired";
+    case PC_E_REPLAYED: return "replayed";
+    case PC_E_BUNDLE_OMITTED: return "bundle_omitted";
     default: return "unknown";
     }
 }

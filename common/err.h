@@ -28,10 +28,17 @@ enum {
     PC_E_UNAVAILABLE = -15, /* a peer or resource is not reachable now */
     PC_E_AUTH = -16,        /* missing or wrong credentials */
     PC_E_FORBIDDEN = -17,
-    PC_E_LIMIT = -18, /* a sandbox limit was hit */
+    PC_E_LIMIT = -18, /* a sandbox limit was hit (tenant code's CPU, memory, ...) */
     PC_E_INTERNAL = -19,
     PC_E_NOT_LEADER = -20,
     PC_E_TIMEOUT = -21,
+    PC_E_METHOD = -22,          /* HTTP: the resource does not answer this method */
+    PC_E_MEDIA_TYPE = -23,      /* HTTP: a body of a type this resource does not take */
+    PC_E_LENGTH_REQUIRED = -24, /* HTTP: a body without Content-Length */
+    PC_E_RATE_LIMITED = -25,    /* too many requests from one caller; retry later */
+    PC_E_EXPIRED = -26,         /* a signed message past its expiry (heartbeats) */
+    PC_E_REPLAYED = -27,        /* a message not newer than one already accepted */
+    PC_E_BUNDLE_OMITTED = -28,  /* an announcement: the bundle must be fetched */
 };
 
 typedef struct pc_err {

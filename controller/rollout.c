@@ -119,10 +119,9 @@ int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verifi
     int rc = PC_OK;
     if (a != NULL && strcmp(a->status->agent_id, st->agent_id) == 0) {
         if (st->counter <= a->status->counter) {
-            rc =
-                pc_err_set(err, PC_E_STALE_VERSION,
-                           "report counter %llu is not above %llu (replayed or reordered)",
-                           (unsigned long long)st->counter, (unsigned long long)a->status->counter);
+            rc = pc_err_set(
+                err, PC_E_REPLAYED, "report counter %llu is not above %llu (replayed or reordered)",
+                (unsigned long long)st->counter, (unsigned long long)a->status->counter);
         } else {
             popcast__agent_status__free_unpacked(a->status, NULL);
             a->status = copy;

@@ -43,7 +43,7 @@ void pc_rollout_free(pc_rollout *r);
 
 /* Records an agent's report (authenticated by the caller; verified says
  * whether it was signed by the agent's enrolled key, shown in the fleet).
- * PC_E_STALE_VERSION if its counter is not above the last one seen from
+ * PC_E_REPLAYED if its counter is not above the last one seen from
  * that agent (a replay); PC_E_INVALID for malformed reports; PC_E_TOO_LARGE
  * when max_agents is reached. */
 int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verified, int64_t now_ms,

@@ -278,11 +278,11 @@ static void test_heartbeat_replay_and_expiry(void **state)
     /* Older than the controller's real ones the agent already accepted. */
     hb_args old = {now - 3600 * 1000, now + 3600 * 1000};
     send_until_counted(send_heartbeat, &old,
-                       "popcast_agent_heartbeats_refused_total{reason=\"duplicate\"}");
+                       "popcast_agent_heartbeats_refused_total{reason=\"replayed\"}");
     /* Newer, but already expired. */
     hb_args expired = {now + 60 * 1000, now - 1000};
     send_until_counted(send_heartbeat, &expired,
-                       "popcast_agent_heartbeats_refused_total{reason=\"stale_version\"}");
+                       "popcast_agent_heartbeats_refused_total{reason=\"expired\"}");
     expect_still_v1();
 }
 
