@@ -5,43 +5,65 @@
 #include <string.h>
 
 #include "httpd.h"
+#include "router.h"
 
 struct pc_admin {
-    nng_http_server *server;
+    pc_httpd *server;
     pc_metrics *metrics;
     json_t *(*status_cb)(void *arg);
     void *arg;
 };
 
-static void route(nng_aio *aio)
+typedef struct admin_route {
+    pc_route route;
+    void (*handler)(pc_admin *a, pc_httpd_req *rq);
+} admin_route;
+
+static void get_health(pc_admin *a, pc_httpd_req *rq)
 {
-    pc_admin *a = pc_httpd_data(aio);
-    nng_http_req *req = pc_httpd_request(aio);
-    const char *method = nng_http_req_get_method(req);
-    const char *uri = nng_http_req_get_uri(req);
-    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
-        pc_httpd_reject(aio, 405, PC_E_INVALID, "only GET is served here");
+    pc_httpd_reply_json(rq, 200, json_pack("{s:s}", "status", "ok"), NULL);
+}
+
+static void get_status(pc_admin *a, pc_httpd_req *rq)
+{
+    json_t *s = a->status_cb(a->arg);
+    if (s == NULL)
+        pc_httpd_error(rq, PC_E_INTERNAL, "status unavailable");
+    else
+        pc_httpd_reply_json(rq, 200, s, NULL);
+}
+
+static void get_metrics(pc_admin *a, pc_httpd_req *rq)
+{
+    char *text = pc_metrics_render_text(a->metrics);
+    if (text == NULL) {
+        pc_httpd_error(rq, PC_E_NOMEM, "out of memory");
         return;
     }
-    size_t plen = strcspn(uri, "?");
-    if (plen == 10 && strncmp(uri, "/v1/health", plen) == 0) {
-        pc_httpd_reply_json(aio, 200, json_pack("{s:s}", "status", "ok"));
-    } else if (plen == 10 && strncmp(uri, "/v1/status", plen) == 0) {
-        json_t *s = a->status_cb(a->arg);
-        if (s == NULL)
-            pc_httpd_reply_error(aio, 500, PC_E_INTERNAL, "status unavailable");
-        else
-            pc_httpd_reply_json(aio, 200, s);
-    } else if (plen == 8 && strncmp(uri, "/metrics", plen) == 0) {
-        char *text = pc_metrics_render_text(a->metrics);
-        if (text == NULL) {
-            pc_httpd_reply_error(aio, 500, PC_E_NOMEM, "out of memory");
-            return;
-        }
-        pc_httpd_reply(aio, 200, "text/plain; version=0.0.4", text, strlen(text), NULL);
-        free(text);
+    pc_httpd_reply(rq, 200, "text/plain; version=0.0.4", text, strlen(text), NULL);
+    free(text);
+}
+
+static const admin_route routes[] = {
+    {{"GET", "/v1/health"}, get_health},
+    {{"GET", "/v1/status"}, get_status},
+    {{"GET", "/metrics"}, get_metrics},
+};
+
+static void route(pc_httpd_req *rq)
+{
+    pc_admin *a = pc_httpd_data(rq);
+    pc_route_match m;
+    int rc = pc_route_find(routes, sizeof(routes) / sizeof(routes[0]), sizeof(routes[0]),
+                           pc_httpd_method(rq), pc_httpd_target(rq), &m);
+    if (rc == PC_E_METHOD) {
+        const char *headers[] = {"Allow", m.allow, NULL};
+        pc_httpd_error_with(rq, rc, headers, "method %s not allowed here (allowed: %s)",
+                            pc_httpd_method(rq), m.allow);
+    } else if (rc != PC_OK) {
+        pc_httpd_error(rq, PC_E_NOTFOUND, "no such resource");
     } else {
-        pc_httpd_reply_error(aio, 404, PC_E_NOTFOUND, "no such resource");
+        routes[m.index].handler(a, rq);
     }
 }
 
@@ -54,7 +76,8 @@ int pc_admin_start(pc_admin **out, const char *url, pc_metrics *metrics,
     a->metrics = metrics;
     a->status_cb = status_cb;
     a->arg = arg;
-    int rc = pc_httpd_start(url, NULL, "/", route, a, &a->server, err);
+    pc_httpd_options h = {.url = url, .handler = route, .data = a};
+    int rc = pc_httpd_start(&a->server, &h, err);
     if (rc != PC_OK) {
         free(a);
         return rc;

@@ -1,81 +1,87 @@
-/* httpd.h - small helpers around nng's HTTP server for popcast's JSON APIs
- * (the controller's REST API and the agent's admin endpoints).
+/* httpd.h - popcast's JSON HTTP servers (the controller's REST API and the
+ * agent's admin endpoints) on nng's HTTP server.
  *
- * Handlers are registered without nng's body collection so that an
- * oversized or length-less body gets a JSON 4xx from us rather than nng's
- * HTML 400; pc_httpd_read_body reads the body itself. Every reply helper
- * finishes the handler's aio exactly once. */
+ * A server calls its handler once per request with a pc_httpd_req, which
+ * lives until the request is answered: every request is answered exactly
+ * once, through one of the reply functions below, from any thread and at
+ * any later time (long polls). After the reply the pc_httpd_req is gone.
+ *
+ * Bodies are not collected by nng (an oversized or length-less body gets a
+ * JSON 4xx from us rather than nng's HTML 400): a handler that wants the
+ * body calls pc_httpd_read_body. A request whose body was never read is
+ * answered with "Connection: close", so bytes of an unread body can never
+ * be taken for the next request on that connection (request smuggling).
+ *
+ * Errors are answered with one writer, pc_httpd_error: the HTTP status
+ * comes from the error code (pc_httpd_status_for), the body is
+ * {"error": {"code": pc_err_name(code), "message": "..."}}, and a message
+ * that is not valid UTF-8 is escaped rather than lost. */
 #ifndef PC_HTTPD_H
 #define PC_HTTPD_H
 
 #include <jansson.h>
 #include <nng/nng.h>
-#include <nng/supplemental/tls/tls.h>
 #include <nng/supplemental/http/http.h>
+#include <nng/supplemental/tls/tls.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "err.h"
 
-/* Starts an HTTP server on url ("http://127.0.0.1:7070") with one tree
- * handler at prefix, for every method, calling cb. data is handed to the
- * handler (nng_http_handler_get_data). */
-/* tls: the server's TLS configuration, required for an https:// url. */
-int pc_httpd_start(const char *url, nng_tls_config *tls, const char *prefix, void (*cb)(nng_aio *),
-                   void *data, nng_http_server **out, pc_err *err);
-void pc_httpd_stop(nng_http_server *server);
+typedef struct pc_httpd pc_httpd;
+typedef struct pc_httpd_req pc_httpd_req;
 
-/* The handler's request and its user data. */
-nng_http_req *pc_httpd_request(nng_aio *aio);
-void *pc_httpd_data(nng_aio *aio);
+/* Headers a server adds to every one of its replies (e.g. a controller's
+ * raft role). Fills up to cap (name, value) pairs into out (2*cap
+ * strings, which must stay valid: static) and returns how many. Runs on
+ * HTTP threads. */
+typedef size_t (*pc_httpd_header_fn)(void *data, const char **out, size_t cap);
 
-void pc_httpd_reply(nng_aio *aio, uint16_t status, const char *content_type, const void *body,
-                    size_t len, const char *const *headers /* name, value, ..., NULL */);
-/* Steals the reference to body. */
-void pc_httpd_reply_json(nng_aio *aio, uint16_t status, json_t *body);
-/* {"error": {"code": pc_err_name(code), "message": "..."}} */
-void pc_httpd_reply_error(nng_aio *aio, uint16_t status, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-/* Like pc_httpd_reply_error, for answers sent before the request body was
- * read: the unread body makes the connection unusable, so it is closed. */
-void pc_httpd_reject(nng_aio *aio, uint16_t status, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-/* The natural HTTP status for an error code. */
+typedef struct pc_httpd_options {
+    const char *url;     /* "http://127.0.0.1:7070" or https:// */
+    nng_tls_config *tls; /* required for an https:// url */
+    void (*handler)(pc_httpd_req *rq);
+    void *data;                 /* pc_httpd_data() */
+    pc_httpd_header_fn headers; /* optional */
+} pc_httpd_options;
+
+int pc_httpd_start(pc_httpd **out, const pc_httpd_options *opt, pc_err *err);
+/* Waits for handlers running now; requests still unanswered (long polls)
+ * must be answered by their owners before or during the stop. */
+void pc_httpd_stop(pc_httpd *s);
+
+/* The request. */
+void *pc_httpd_data(const pc_httpd_req *rq);
+const char *pc_httpd_method(const pc_httpd_req *rq);
+const char *pc_httpd_target(const pc_httpd_req *rq); /* path and query */
+const char *pc_httpd_header(const pc_httpd_req *rq, const char *name);
+
+/* Answers. Each one finishes the request; headers are (name, value, ...,
+ * NULL) pairs or NULL. */
+void pc_httpd_reply(pc_httpd_req *rq, uint16_t status, const char *content_type, const void *body,
+                    size_t len, const char *const *headers);
+/* Steals the reference to body (NULL: answered as out of memory). */
+void pc_httpd_reply_json(pc_httpd_req *rq, uint16_t status, json_t *body,
+                         const char *const *headers);
+void pc_httpd_error(pc_httpd_req *rq, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void pc_httpd_error_with(pc_httpd_req *rq, int code, const char *const *headers, const char *fmt,
+                         ...) __attribute__((format(printf, 4, 5)));
+/* The one mapping from error codes to HTTP statuses. */
 uint16_t pc_httpd_status_for(int code);
-
-/* Headers added to every reply of this process (e.g. a controller's raft
- * role). fn fills up to cap (name, value) pairs into out and returns how
- * many; it runs on HTTP threads, and the strings must stay valid (static). */
-typedef size_t (*pc_httpd_header_fn)(void *arg, const char **out, size_t cap);
-void pc_httpd_set_extra_headers(pc_httpd_header_fn fn, void *arg);
 
 /* Reads the request body (Content-Length only) of at most max bytes and
  * calls cb exactly once. rc == 0: body (malloc'd, NUL-terminated, owned by
- * cb) holds len bytes. rc != 0: the error reply has already been sent
- * (413 too large, 411 no length, 400 malformed length) or the connection
- * dropped; cb must only release arg. */
-typedef void (*pc_httpd_body_cb)(void *arg, nng_aio *aio, int rc, uint8_t *body, size_t len);
-void pc_httpd_read_body(nng_aio *aio, size_t max, pc_httpd_body_cb cb, void *arg);
-
-/* Splits "/a/b/c?query" into segments. Empty segments are dropped. */
-#define PC_HTTPD_MAX_SEGMENTS 8
-typedef struct pc_httpd_path {
-    char *buf;
-    const char *seg[PC_HTTPD_MAX_SEGMENTS];
-    size_t n;
-    const char *query; /* "" when none */
-} pc_httpd_path;
-int pc_httpd_split_path(const char *uri, pc_httpd_path *out);
-void pc_httpd_path_free(pc_httpd_path *p);
+ * cb) holds len bytes, and rq must still be answered. rc != 0: the request
+ * is already answered (413 too large, 411 no length, 400 malformed length)
+ * or its connection dropped; rq is gone and cb must only release arg. */
+typedef void (*pc_httpd_body_cb)(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size_t len);
+void pc_httpd_read_body(pc_httpd_req *rq, size_t max, pc_httpd_body_cb cb, void *arg);
 
 /* Copies the value of key from a query string ("a=1&b=2") into out.
  * Returns false when absent or longer than cap-1. No percent-decoding: the
  * values popcast accepts (numbers, names) never need it. */
 bool pc_httpd_query_get(const char *query, const char *key, char *out, size_t cap);
-
-/* Parses a JSON request body strictly (duplicate keys rejected). On error
- * replies 400 with the line and column and returns NULL. */
-json_t *pc_httpd_parse_json(nng_aio *aio, const uint8_t *body, size_t len);
 
 #endif

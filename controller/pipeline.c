@@ -35,34 +35,15 @@ static int64_t now_unix_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-pc_change *pc_change_new(pc_change_kind kind, const char *tenant)
-{
-    pc_change *c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        return NULL;
-    c->kind = kind;
-    snprintf(c->tenant, sizeof(c->tenant), "%s", tenant);
-    return c;
-}
-
-void pc_change_free(pc_change *c)
-{
-    if (c == NULL)
-        return;
-    free(c->bundle);
-    if (c->key_authorization != NULL)
-        popcast__signed_rotation_authorization__free_unpacked(c->key_authorization, NULL);
-    free(c);
-}
-
 /* The content of an earlier version, for a rollback. */
 static int load_version_content(pc_pipeline *p, pc_change *c, pc_change_result *r)
 {
     uint64_t seq = 0;
-    int rc = pc_store_version_seq(p->store, c->tenant, c->rollback_to, &seq, &r->err);
+    pc_change_content *to = &c->u.rollback.content;
+    int rc = pc_store_version_seq(p->store, c->tenant, c->u.rollback.to, &seq, &r->err);
     if (rc == PC_E_NOTFOUND)
         return pc_err_set(&r->err, PC_E_NOTFOUND, "tenant %s has no version %llu", c->tenant,
-                          (unsigned long long)c->rollback_to);
+                          (unsigned long long)c->u.rollback.to);
     if (rc != PC_OK)
         return rc;
     Popcast__LogRecord *rec = NULL;
@@ -80,21 +61,41 @@ static int load_version_content(pc_pipeline *p, pc_change *c, pc_change_result *
         popcast__manifest__free_unpacked(m, NULL);
         return pc_err_set(&r->err, PC_E_INVALID,
                           "version %llu of %s is a delete and has no content to roll back to",
-                          (unsigned long long)c->rollback_to, c->tenant);
+                          (unsigned long long)c->u.rollback.to, c->tenant);
     }
-    rc = pc_store_get_blob(p->store, m->bundle_hash.data, &c->bundle, &c->bundle_len, &r->err);
+    rc = pc_store_get_blob(p->store, m->bundle_hash.data, &to->bundle, &to->bundle_len, &r->err);
     if (rc == PC_OK) {
-        snprintf(c->entrypoint, sizeof(c->entrypoint), "%s", m->entrypoint);
-        snprintf(c->runtime, sizeof(c->runtime), "%s", m->runtime);
+        snprintf(to->entrypoint, sizeof(to->entrypoint), "%s", m->entrypoint);
+        snprintf(to->runtime, sizeof(to->runtime), "%s", m->runtime);
     } else if (rc == PC_E_NOTFOUND) {
         rc = pc_err_set(&r->err, PC_E_STORE, "bundle of version %llu is missing from the store",
-                        (unsigned long long)c->rollback_to);
+                        (unsigned long long)c->u.rollback.to);
     }
     popcast__manifest__free_unpacked(m, NULL);
     return rc;
 }
 
 static void drain(uv_async_t *handle);
+
+static void log_committed(const pc_change *c, const pc_change_result *r)
+{
+    const char *name = pc_change_kind_get(c->kind)->name;
+    switch (c->kind) {
+    case PC_CHANGE_ADD_NODE:
+    case PC_CHANGE_REMOVE_NODE:
+        pc_info("pipeline", "cluster membership: %s %llu done", name,
+                (unsigned long long)c->u.node.id);
+        break;
+    case PC_CHANGE_TOKEN_CREATE:
+    case PC_CHANGE_TOKEN_REVOKE: pc_info("pipeline", "%s %s", name, c->u.token.id); break;
+    case PC_CHANGE_AGENT_ENROLL:
+    case PC_CHANGE_AGENT_REVOKE: pc_info("pipeline", "%s %s", name, c->u.agent.id); break;
+    default:
+        pc_info("pipeline", "committed %s %s version %llu seq %llu (%llu bytes)", name, c->tenant,
+                (unsigned long long)r->version, (unsigned long long)r->seq,
+                (unsigned long long)r->bundle_size);
+    }
+}
 
 /* The change is through raft (or failed): answer, then take the next. */
 static void change_done(void *arg, int rc, const pc_err *err)
@@ -112,16 +113,8 @@ static void change_done(void *arg, int rc, const pc_err *err)
     if (rc != PC_OK) {
         r->err = *err;
         r->err.code = rc;
-    } else if (c->kind == PC_CHANGE_ADD_NODE || c->kind == PC_CHANGE_REMOVE_NODE) {
-        pc_info("pipeline", "cluster membership: %s %llu done", r->kind,
-                (unsigned long long)c->node_id);
-    } else if (c->kind == PC_CHANGE_TOKEN_CREATE || c->kind == PC_CHANGE_TOKEN_REVOKE) {
-        pc_info("pipeline", "%s %s", r->kind, c->token_id);
-    } else if (c->kind == PC_CHANGE_AGENT_ENROLL || c->kind == PC_CHANGE_AGENT_REVOKE) {
-        pc_info("pipeline", "%s %s", r->kind, c->agent_id);
     } else {
-        pc_info("pipeline", "committed %s %s version %llu seq %llu (%zu bytes)", r->kind, c->tenant,
-                (unsigned long long)r->version, (unsigned long long)r->seq, c->bundle_len);
+        log_committed(c, r);
     }
     c->done(c, r);
     pc_change_free(c);
@@ -149,7 +142,7 @@ static int propose_signed(pc_pipeline *p, pc_change *c, Popcast__SignedManifest 
 /* Versions and signs the change against this node's store (which, on a
  * leader ready to write, holds every committed change), then proposes it.
  * Returns an error only when nothing was proposed. */
-static int start_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
+static int start_tenant_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
 {
     uint64_t applied = 0;
     int rc = pc_store_applied_seq(p->store, &applied, &r->err);
@@ -166,23 +159,23 @@ static int start_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
 
     Popcast__Manifest m = POPCAST__MANIFEST__INIT;
     uint8_t hash[PC_HASH_LEN];
+    const pc_change_content *content = NULL;
     switch (c->kind) {
     case PC_CHANGE_DEPLOY:
         m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY;
-        r->kind = "deploy";
+        content = &c->u.deploy;
         break;
     case PC_CHANGE_ROLLBACK:
         m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_ROLLBACK;
-        r->kind = "rollback";
         if (t.last_version == 0)
             return pc_err_set(&r->err, PC_E_NOTFOUND, "tenant %s not found", c->tenant);
         if ((rc = load_version_content(p, c, r)) != PC_OK)
             return rc;
-        m.rollback_of = c->rollback_to;
+        m.rollback_of = c->u.rollback.to;
+        content = &c->u.rollback.content;
         break;
     case PC_CHANGE_DELETE:
         m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE;
-        r->kind = "delete";
         if (t.last_version == 0)
             return pc_err_set(&r->err, PC_E_NOTFOUND, "tenant %s not found", c->tenant);
         if (t.deleted)
@@ -194,13 +187,13 @@ static int start_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
     m.version = t.last_version + 1;
     m.seq = applied + 1;
     m.created_unix_ms = now_unix_ms();
-    if (c->kind != PC_CHANGE_DELETE) {
-        pc_hash(hash, c->bundle, c->bundle_len);
+    if (content != NULL) {
+        pc_hash(hash, content->bundle, content->bundle_len);
         m.bundle_hash.data = hash;
         m.bundle_hash.len = PC_HASH_LEN;
-        m.bundle_size = c->bundle_len;
-        m.entrypoint = c->entrypoint;
-        m.runtime = c->runtime;
+        m.bundle_size = content->bundle_len;
+        m.entrypoint = (char *)content->entrypoint;
+        m.runtime = (char *)content->runtime;
     }
 
     const pc_signing_key *key = NULL;
@@ -214,18 +207,18 @@ static int start_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
     r->bundle_size = m.bundle_size;
     r->rollback_of = m.rollback_of;
     r->created_unix_ms = m.created_unix_ms;
-    if (c->kind != PC_CHANGE_DELETE)
-        memcpy(r->hash, hash, PC_HASH_LEN);
-    snprintf(r->entrypoint, sizeof(r->entrypoint), "%s", c->entrypoint);
-    snprintf(r->runtime, sizeof(r->runtime), "%s", c->runtime);
-    return propose_signed(p, c, &sm, c->bundle, c->bundle_len, r);
+    if (content == NULL)
+        return propose_signed(p, c, &sm, NULL, 0, r);
+    memcpy(r->hash, hash, PC_HASH_LEN);
+    snprintf(r->entrypoint, sizeof(r->entrypoint), "%s", content->entrypoint);
+    snprintf(r->runtime, sizeof(r->runtime), "%s", content->runtime);
+    return propose_signed(p, c, &sm, content->bundle, content->bundle_len, r);
 }
 
 /* A KEY_ROTATION entry: announces the key that signs every later entry.
  * Signed by the current key, or by a root key (the emergency path). */
 static int start_rotation(pc_pipeline *p, pc_change *c, pc_change_result *r)
 {
-    r->kind = "key_rotation";
     uint64_t applied = 0;
     int rc = pc_store_applied_seq(p->store, &applied, &r->err);
     if (rc != PC_OK)
@@ -234,23 +227,23 @@ static int start_rotation(pc_pipeline *p, pc_change *c, pc_change_result *r)
     uint64_t since = 0;
     pc_err cur_err;
     bool have_cur = pc_signer_current_public(p->signer, &cur, &since, &cur_err) == PC_OK;
-    if (!have_cur && c->key_authorization == NULL && !c->key_sign_with_root) {
+    if (!have_cur && c->u.key.authorization == NULL && !c->u.key.sign_with_root) {
         r->err = cur_err;
         return cur_err.code;
     }
-    if (have_cur && memcmp(cur.pk, c->key_next, PC_PK_LEN) == 0)
+    if (have_cur && memcmp(cur.pk, c->u.key.next, PC_PK_LEN) == 0)
         return pc_err_set(&r->err, PC_E_INVALID, "that key is already the signing key");
-    if (pc_signer_held(p->signer, c->key_next) == NULL)
+    if (pc_signer_held(p->signer, c->u.key.next) == NULL)
         return pc_err_set(&r->err, PC_E_INVALID,
                           "this controller does not hold the next key's secret: add its key "
                           "file to signing_key on every controller first");
     const pc_signing_key *key = NULL;
-    if (c->key_authorization != NULL) {
+    if (c->u.key.authorization != NULL) {
         Popcast__RotationAuthorization *a = NULL;
-        if ((rc = pc_envelope_verify_authorization(pc_signer_roots(p->signer), c->key_authorization,
-                                                   &a, &r->err)) != PC_OK)
+        if ((rc = pc_envelope_verify_authorization(pc_signer_roots(p->signer),
+                                                   c->u.key.authorization, &a, &r->err)) != PC_OK)
             return pc_err_set(&r->err, PC_E_INVALID, "authorization: %s", r->err.msg);
-        int for_next = memcmp(a->next_public_key.data, c->key_next, PC_PK_LEN) == 0;
+        int for_next = memcmp(a->next_public_key.data, c->u.key.next, PC_PK_LEN) == 0;
         /* As agents judge it (trust.h): the key in force, or before any
          * rotation, a root key. */
         int replaces_current = since != 0
@@ -262,11 +255,11 @@ static int start_rotation(pc_pipeline *p, pc_change *c, pc_change_result *r)
         if (!replaces_current)
             return pc_err_set(&r->err, PC_E_INVALID,
                               "the authorization replaces another key than the current one");
-        key = pc_signer_held(p->signer, c->key_next);
-    } else if (c->key_sign_with_root) {
-        if (!pc_signer_is_root(p->signer, c->key_root))
+        key = pc_signer_held(p->signer, c->u.key.next);
+    } else if (c->u.key.sign_with_root) {
+        if (!pc_signer_is_root(p->signer, c->u.key.root))
             return pc_err_set(&r->err, PC_E_INVALID, "sign_with is not a root key");
-        if ((key = pc_signer_held(p->signer, c->key_root)) == NULL)
+        if ((key = pc_signer_held(p->signer, c->u.key.root)) == NULL)
             return pc_err_set(&r->err, PC_E_INVALID,
                               "this controller does not hold that root key's secret");
     } else if ((rc = pc_signer_current(p->signer, &key, &r->err)) != PC_OK) {
@@ -276,12 +269,12 @@ static int start_rotation(pc_pipeline *p, pc_change *c, pc_change_result *r)
     m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION;
     m.seq = applied + 1;
     m.created_unix_ms = now_unix_ms();
-    m.next_public_key.data = c->key_next;
+    m.next_public_key.data = c->u.key.next;
     m.next_public_key.len = PC_PK_LEN;
     Popcast__SignedManifest sm;
     if ((rc = pc_envelope_sign_manifest(key, &m, &sm, &r->err)) != PC_OK)
         return rc;
-    sm.root_authorization = c->key_authorization; /* still owned by c */
+    sm.root_authorization = c->u.key.authorization; /* still owned by c */
     r->seq = m.seq;
     r->created_unix_ms = m.created_unix_ms;
     return propose_signed(p, c, &sm, NULL, 0, r);
@@ -305,83 +298,127 @@ static int find_token(void *arg, const char *key, const uint8_t *val, size_t len
     return 0;
 }
 
-/* Creates or revokes an API token through the log. */
-static int start_token_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
+/* Proposes a token record as the change in flight. */
+static int propose_token(pc_pipeline *p, pc_change *c, const Popcast__TokenRecord *t,
+                         pc_change_result *r)
 {
-    int rc;
-    if (c->kind == PC_CHANGE_TOKEN_CREATE) {
-        r->kind = "token_create";
-        char *tenants[PC_TOKEN_MAX_TENANTS];
-        for (size_t i = 0; i < c->n_token_tenants; i++)
-            tenants[i] = c->token_tenants[i];
-        Popcast__TokenRecord t = POPCAST__TOKEN_RECORD__INIT;
-        t.id = c->token_id;
-        t.hash.data = c->token_hash;
-        t.hash.len = PC_HASH_LEN;
-        t.name = c->token_name;
-        t.tenants = tenants;
-        t.n_tenants = c->n_token_tenants;
-        t.created_unix_ms = now_unix_ms();
-        p->inflight = c;
-        rc = pc_cluster_propose_token(p->cluster, &t, change_done, p, &r->err);
-    } else {
-        r->kind = "token_revoke";
-        token_find f = {c->token_id, NULL};
-        rc = pc_store_meta_foreach(p->store, "token.", find_token, &f, &r->err);
-        if (rc != PC_OK)
-            return rc;
-        if (f.found == NULL)
-            return pc_err_set(&r->err, PC_E_NOTFOUND, "no token with id %s", c->token_id);
-        f.found->revoked = 1;
-        p->inflight = c;
-        rc = pc_cluster_propose_token(p->cluster, f.found, change_done, p, &r->err);
-        popcast__token_record__free_unpacked(f.found, NULL);
-    }
+    p->inflight = c;
+    int rc = pc_cluster_propose_token(p->cluster, t, change_done, p, &r->err);
     if (rc != PC_OK)
         p->inflight = NULL;
     return rc;
 }
 
-/* Enrolls or revokes an agent's identity key through the log. */
-static int start_agent_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
+static int start_token_create(pc_pipeline *p, pc_change *c, pc_change_result *r)
 {
-    Popcast__AgentRecord a = POPCAST__AGENT_RECORD__INIT;
-    a.agent_id = c->agent_id;
-    if (c->kind == PC_CHANGE_AGENT_ENROLL) {
-        r->kind = "agent_enroll";
-        a.public_key.data = c->agent_pk;
-        a.public_key.len = PC_PK_LEN;
-        a.enrolled_unix_ms = now_unix_ms();
-    } else {
-        r->kind = "agent_revoke";
-        char key[32 + PC_ID_MAX];
-        snprintf(key, sizeof(key), "agent.%s", c->agent_id);
-        uint8_t buf[512];
-        size_t len = 0;
-        int rc = pc_store_meta_get(p->store, key, buf, sizeof(buf), &len, &r->err);
-        if (rc == PC_E_NOTFOUND)
-            return pc_err_set(&r->err, PC_E_NOTFOUND, "agent %s is not enrolled", c->agent_id);
-        if (rc != PC_OK)
-            return rc;
-        Popcast__AgentRecord *old = popcast__agent_record__unpack(NULL, len, buf);
-        if (old == NULL || old->public_key.len != PC_PK_LEN) {
-            if (old != NULL)
-                popcast__agent_record__free_unpacked(old, NULL);
-            return pc_err_set(&r->err, PC_E_STORE, "agent record of %s is corrupt", c->agent_id);
-        }
-        memcpy(c->agent_pk, old->public_key.data, PC_PK_LEN);
-        a.enrolled_unix_ms = old->enrolled_unix_ms;
-        popcast__agent_record__free_unpacked(old, NULL);
-        a.public_key.data = c->agent_pk;
-        a.public_key.len = PC_PK_LEN;
-        a.revoked = 1;
-    }
+    char *tenants[PC_TOKEN_MAX_TENANTS];
+    for (size_t i = 0; i < c->u.token.n_tenants; i++)
+        tenants[i] = c->u.token.tenants[i];
+    Popcast__TokenRecord t = POPCAST__TOKEN_RECORD__INIT;
+    t.id = c->u.token.id;
+    t.hash.data = c->u.token.hash;
+    t.hash.len = PC_HASH_LEN;
+    t.name = c->u.token.name;
+    t.tenants = tenants;
+    t.n_tenants = c->u.token.n_tenants;
+    t.created_unix_ms = now_unix_ms();
+    return propose_token(p, c, &t, r);
+}
+
+static int start_token_revoke(pc_pipeline *p, pc_change *c, pc_change_result *r)
+{
+    token_find f = {c->u.token.id, NULL};
+    int rc = pc_store_meta_foreach(p->store, "token.", find_token, &f, &r->err);
+    if (rc != PC_OK)
+        return rc;
+    if (f.found == NULL)
+        return pc_err_set(&r->err, PC_E_NOTFOUND, "no token with id %s", c->u.token.id);
+    f.found->revoked = 1;
+    rc = propose_token(p, c, f.found, r);
+    popcast__token_record__free_unpacked(f.found, NULL);
+    return rc;
+}
+
+/* Proposes an agent record as the change in flight. */
+static int propose_agent(pc_pipeline *p, pc_change *c, const Popcast__AgentRecord *a,
+                         pc_change_result *r)
+{
     p->inflight = c;
-    int rc = pc_cluster_propose_agent(p->cluster, &a, change_done, p, &r->err);
+    int rc = pc_cluster_propose_agent(p->cluster, a, change_done, p, &r->err);
     if (rc != PC_OK)
         p->inflight = NULL;
     return rc;
 }
+
+static int start_agent_enroll(pc_pipeline *p, pc_change *c, pc_change_result *r)
+{
+    Popcast__AgentRecord a = POPCAST__AGENT_RECORD__INIT;
+    a.agent_id = c->u.agent.id;
+    a.public_key.data = c->u.agent.pk;
+    a.public_key.len = PC_PK_LEN;
+    a.enrolled_unix_ms = now_unix_ms();
+    return propose_agent(p, c, &a, r);
+}
+
+static int start_agent_revoke(pc_pipeline *p, pc_change *c, pc_change_result *r)
+{
+    char key[32 + PC_ID_MAX];
+    snprintf(key, sizeof(key), "agent.%s", c->u.agent.id);
+    uint8_t buf[512];
+    size_t len = 0;
+    int rc = pc_store_meta_get(p->store, key, buf, sizeof(buf), &len, &r->err);
+    if (rc == PC_E_NOTFOUND)
+        return pc_err_set(&r->err, PC_E_NOTFOUND, "agent %s is not enrolled", c->u.agent.id);
+    if (rc != PC_OK)
+        return rc;
+    Popcast__AgentRecord *old =
+        len <= sizeof(buf) ? popcast__agent_record__unpack(NULL, len, buf) : NULL;
+    if (old == NULL || old->public_key.len != PC_PK_LEN) {
+        if (old != NULL)
+            popcast__agent_record__free_unpacked(old, NULL);
+        return pc_err_set(&r->err, PC_E_STORE, "agent record of %s is corrupt", c->u.agent.id);
+    }
+    memcpy(c->u.agent.pk, old->public_key.data, PC_PK_LEN);
+    Popcast__AgentRecord a = POPCAST__AGENT_RECORD__INIT;
+    a.agent_id = c->u.agent.id;
+    a.public_key.data = c->u.agent.pk;
+    a.public_key.len = PC_PK_LEN;
+    a.enrolled_unix_ms = old->enrolled_unix_ms;
+    a.revoked = 1;
+    popcast__agent_record__free_unpacked(old, NULL);
+    return propose_agent(p, c, &a, r);
+}
+
+static int start_add_node(pc_pipeline *p, pc_change *c, pc_change_result *r)
+{
+    p->inflight = c;
+    int rc = pc_cluster_add(p->cluster, c->u.node.id, c->u.node.raft_address, c->u.node.api_url,
+                            change_done, p, &r->err);
+    if (rc != PC_OK)
+        p->inflight = NULL;
+    return rc;
+}
+
+static int start_remove_node(pc_pipeline *p, pc_change *c, pc_change_result *r)
+{
+    p->inflight = c;
+    int rc = pc_cluster_remove(p->cluster, c->u.node.id, change_done, p, &r->err);
+    if (rc != PC_OK)
+        p->inflight = NULL;
+    return rc;
+}
+
+/* How each kind of change starts: versions and signs it (or builds its
+ * record) and proposes it as the change in flight. Returns an error only
+ * when nothing was proposed. */
+typedef int (*start_fn)(pc_pipeline *p, pc_change *c, pc_change_result *r);
+static const start_fn start[PC_CHANGE_KIND_COUNT] = {
+    [PC_CHANGE_DEPLOY] = start_tenant_change,      [PC_CHANGE_ROLLBACK] = start_tenant_change,
+    [PC_CHANGE_DELETE] = start_tenant_change,      [PC_CHANGE_ADD_NODE] = start_add_node,
+    [PC_CHANGE_REMOVE_NODE] = start_remove_node,   [PC_CHANGE_TOKEN_CREATE] = start_token_create,
+    [PC_CHANGE_TOKEN_REVOKE] = start_token_revoke, [PC_CHANGE_AGENT_ENROLL] = start_agent_enroll,
+    [PC_CHANGE_AGENT_REVOKE] = start_agent_revoke, [PC_CHANGE_KEY_ROTATE] = start_rotation,
+};
 
 static void resume(void *arg)
 {
@@ -415,26 +452,12 @@ static void drain(uv_async_t *handle)
         pc_change_result *r = &p->inflight_result;
         memset(r, 0, sizeof(*r));
         int rc;
-        if (!pc_cluster_ready_to_write(p->cluster)) {
+        if (!pc_cluster_ready_to_write(p->cluster))
             rc = pc_err_set(&r->err, PC_E_NOT_LEADER, "this controller is not the leader");
-        } else if (c->kind == PC_CHANGE_ADD_NODE || c->kind == PC_CHANGE_REMOVE_NODE) {
-            r->kind = c->kind == PC_CHANGE_ADD_NODE ? "add_node" : "remove_node";
-            p->inflight = c;
-            rc = c->kind == PC_CHANGE_ADD_NODE
-                     ? pc_cluster_add(p->cluster, c->node_id, c->node_raft_address, c->node_api_url,
-                                      change_done, p, &r->err)
-                     : pc_cluster_remove(p->cluster, c->node_id, change_done, p, &r->err);
-            if (rc != PC_OK)
-                p->inflight = NULL;
-        } else if (c->kind == PC_CHANGE_TOKEN_CREATE || c->kind == PC_CHANGE_TOKEN_REVOKE) {
-            rc = start_token_change(p, c, r);
-        } else if (c->kind == PC_CHANGE_AGENT_ENROLL || c->kind == PC_CHANGE_AGENT_REVOKE) {
-            rc = start_agent_change(p, c, r);
-        } else if (c->kind == PC_CHANGE_KEY_ROTATE) {
-            rc = start_rotation(p, c, r);
-        } else {
-            rc = start_change(p, c, r);
-        }
+        else if ((unsigned)c->kind >= PC_CHANGE_KIND_COUNT)
+            rc = pc_err_set(&r->err, PC_E_INTERNAL, "unknown change kind %d", (int)c->kind);
+        else
+            rc = start[c->kind](p, c, r);
         if (rc != PC_OK) {
             r->rc = rc;
             r->err.code = rc;

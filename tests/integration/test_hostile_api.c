@@ -179,7 +179,7 @@ static void test_bad_bundles(void **state)
                  sizeof(bytecode) - 1, 422, "runtime_error");
     /* Unknown content type, runtime, entrypoint. */
     expect_error("POST", "/v1/tenants/acme/bundles", env.token, "image/png", lua_ok, strlen(lua_ok),
-                 415, "invalid");
+                 415, "unsupported_media_type");
     expect_error("POST", "/v1/tenants/acme/bundles?runtime=python", env.token, "text/x-lua", lua_ok,
                  strlen(lua_ok), 400, "invalid");
     expect_error("POST", "/v1/tenants/acme/bundles?entrypoint=../x.lua", env.token, "text/x-lua",
@@ -252,14 +252,85 @@ static void test_routes_and_methods(void **state)
 {
     expect_error("GET", "/v1/nope", env.token, NULL, NULL, 0, 404, "not_found");
     expect_error("GET", "/", env.token, NULL, NULL, 0, 404, "not_found");
-    expect_error("GET", "/v1/tenants/acme/bundles", env.token, NULL, NULL, 0, 405, "invalid");
-    expect_error("PUT", "/v1/tenants", env.token, NULL, NULL, 0, 405, "invalid");
-    expect_error("POST", "/v1/health", NULL, NULL, NULL, 0, 405, "invalid");
-    expect_error("POST", "/v1/keys", env.token, NULL, NULL, 0, 405, "invalid");
-    expect_error("GET", "/v1/keys/rotate", env.token, NULL, NULL, 0, 405, "invalid");
+    expect_error("GET", "/v1/tenants/acme/bundles", env.token, NULL, NULL, 0, 405,
+                 "method_not_allowed");
+    expect_error("PUT", "/v1/tenants", env.token, NULL, NULL, 0, 405, "method_not_allowed");
+    expect_error("POST", "/v1/health", NULL, NULL, NULL, 0, 405, "method_not_allowed");
+    expect_error("POST", "/v1/keys", env.token, NULL, NULL, 0, 405, "method_not_allowed");
+    expect_error("GET", "/v1/keys/rotate", env.token, NULL, NULL, 0, 405, "method_not_allowed");
     expect_error("GET", "/v1/keys/other", env.token, NULL, NULL, 0, 404, "not_found");
     expect_error("GET", "/v1/tenants/a/b/c/d/e/f/g/h/i", env.token, NULL, NULL, 0, 404,
                  "not_found");
+    expect_nothing_stored();
+}
+
+/* Sends bytes on a raw connection and returns everything the server
+ * answers until it closes the connection (NUL-terminated). */
+static void raw_exchange(const char *bytes, char *answer, size_t cap)
+{
+    raw_head_only(bytes, answer, cap);
+}
+
+static int count_responses(const char *answer)
+{
+    int n = 0;
+    for (const char *p = answer; (p = strstr(p, "HTTP/1.1 ")) != NULL; p++)
+        n++;
+    return n;
+}
+
+static void test_unread_bodies_never_become_requests(void **state)
+{
+    /* A body sent with a request that takes none is not read: it must not
+     * be parsed as a second request on the same connection (CL.0 request
+     * smuggling behind a connection-reusing proxy). The server answers
+     * the first request and closes. */
+    const char *inner = "GET /v1/tenants HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    char bytes[512], answer[8192];
+    snprintf(bytes, sizeof(bytes),
+             "GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %zu\r\n\r\n%s",
+             strlen(inner), inner);
+    raw_exchange(bytes, answer, sizeof(answer));
+    if (count_responses(answer) != 1 || strncmp(answer, "HTTP/1.1 200", 12) != 0 ||
+        strstr(answer, "Connection: close") == NULL)
+        fail_msg("expected one 200 answer and a close, got: %s", answer);
+    /* The same for a refused request (here: no token) with a body. */
+    snprintf(bytes, sizeof(bytes),
+             "DELETE /v1/tenants/acme HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: "
+             "%zu\r\n\r\n%s",
+             strlen(inner), inner);
+    raw_exchange(bytes, answer, sizeof(answer));
+    if (count_responses(answer) != 1 || strncmp(answer, "HTTP/1.1 401", 12) != 0)
+        fail_msg("expected one 401 answer, got: %s", answer);
+    /* Content-Length and Transfer-Encoding together: refused and closed. */
+    snprintf(bytes, sizeof(bytes),
+             "POST /v1/tenants/acme/bundles HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+             "Authorization: Bearer %s\r\nContent-Type: text/x-lua\r\n"
+             "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+             env.token);
+    raw_exchange(bytes, answer, sizeof(answer));
+    if (count_responses(answer) != 1 || strncmp(answer, "HTTP/1.1 400", 12) != 0)
+        fail_msg("expected one 400 answer, got: %s", answer);
+    expect_nothing_stored();
+}
+
+static void test_error_messages_quote_any_bytes(void **state)
+{
+    /* The Lua error quotes the source's bytes, which are not UTF-8: the
+     * answer is still the 422 with the message, bytes escaped. */
+    const char bad[] = "local x = 1 \"\xff\xfe\"";
+    char bearer[128];
+    snprintf(bearer, sizeof(bearer), "Bearer %s", env.token);
+    const char *headers[] = {"Authorization", bearer, "Content-Type", "text/x-lua", NULL};
+    pc_http_result r;
+    pc_err err;
+    assert_int_equal(pc_http_call(ctl.api_url, "POST", "/v1/tenants/acme/bundles", headers, bad,
+                                  sizeof(bad) - 1, 30000, &r, &err),
+                     PC_OK);
+    if (r.status != 422 || strstr((const char *)r.body, "runtime_error") == NULL ||
+        strstr((const char *)r.body, "\\\\xff") == NULL)
+        fail_msg("expected 422 runtime_error quoting \\xff, got %d: %s", r.status, r.body);
+    pc_http_result_free(&r);
     expect_nothing_stored();
 }
 
@@ -278,6 +349,8 @@ int main(void)
         cmocka_unit_test(test_bad_bundles),
         cmocka_unit_test(test_malformed_json_and_missing_fields),
         cmocka_unit_test(test_routes_and_methods),
+        cmocka_unit_test(test_unread_bodies_never_become_requests),
+        cmocka_unit_test(test_error_messages_quote_any_bytes),
         cmocka_unit_test(test_a_good_deploy_still_works),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -214,7 +214,7 @@ static void test_write_rate_limit(void **state)
             call(leader, token, "POST", "/v1/tenants/busy/bundles", "text/x-lua", lua, &doc);
         if (status == 201)
             created++;
-        else if (status == 429 && strcmp(error_code(doc), "limit_exceeded") == 0)
+        else if (status == 429 && strcmp(error_code(doc), "rate_limited") == 0)
             limited++;
         else
             fail_msg("deploy %d: unexpected status %d", i, status);
@@ -230,6 +230,34 @@ static void test_write_rate_limit(void **state)
     for (int i = 0; i < 10; i++)
         assert_int_equal(
             call(leader, env.token, "POST", "/v1/tenants/busy/bundles", "text/x-lua", lua, NULL),
+            201);
+}
+
+/* Requests that name no route (404) or a method a route does not answer
+ * (405) are refused before the write rate is charged: they never use up a
+ * token's writes. */
+static void test_refused_routes_spend_no_writes(void **state)
+{
+    json_t *doc = NULL;
+    assert_int_equal(call(leader, env.token, "POST", "/v1/tokens", "application/json",
+                          "{\"tenants\": [\"frugal\"]}", &doc),
+                     201);
+    char token[128];
+    snprintf(token, sizeof(token), "%s", json_string_value(json_object_get(doc, "token")));
+    json_decref(doc);
+    for (int i = 0; i < 10; i++) {
+        assert_int_equal(
+            call(leader, token, "POST", "/v1/tenants/frugal/nothing", "text/x-lua", "x", NULL),
+            404);
+        assert_int_equal(
+            call(leader, token, "POST", "/v1/tenants/frugal/versions", "text/x-lua", "x", NULL),
+            405);
+    }
+    /* The whole burst (3) is still there. */
+    const char *lua = "return function(req) return 'x' end";
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(
+            call(leader, token, "POST", "/v1/tenants/frugal/bundles", "text/x-lua", lua, NULL),
             201);
 }
 
@@ -252,6 +280,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_scoped_tokens),
         cmocka_unit_test(test_write_rate_limit),
+        cmocka_unit_test(test_refused_routes_spend_no_writes),
         cmocka_unit_test(test_cli_tokens),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

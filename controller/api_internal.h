@@ -1,0 +1,105 @@
+/* api_internal.h - what the API's resource files share (not a public
+ * contract: api.h is).
+ *
+ * api.c owns the route table and decides, from each route's row, who may
+ * call it, whether it must reach the leader and whether it is rate
+ * limited; the resource files (api_tenants.c, api_rollout.c,
+ * api_cluster.c, api_access.c, api_keys.c) hold the handlers. A handler
+ * runs only after every decision of its row was taken, and answers its
+ * request exactly once (through pc_httpd_*), possibly later. */
+#ifndef PC_API_INTERNAL_H
+#define PC_API_INTERNAL_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "api.h"
+#include "httpd.h"
+#include "ratelimit.h"
+#include "router.h"
+
+struct pc_api {
+    pc_api_options opt;
+    char *node_id;
+    pc_store *store;
+    pc_pipeline *pipeline;
+    pc_rollout *rollout;
+    pc_metrics *metrics;
+    pc_httpd *server;
+    pc_ratelimit *token_writes, *admin_writes;
+};
+
+/* Who is calling: the admin token, or a token scoped to tenants. */
+typedef struct api_principal {
+    bool admin;
+    Popcast__TokenRecord *token; /* scoped token, NULL for admin */
+} api_principal;
+
+/* One request, while its handler runs. Handlers that answer later keep
+ * copies of what they need: the call itself ends with the handler. */
+typedef struct api_call {
+    pc_api *api;
+    pc_httpd_req *rq;
+    const api_principal *who;
+    const pc_route_match *match;
+} api_call;
+
+typedef enum api_auth {
+    API_PUBLIC, /* no token */
+    API_TENANT, /* any valid token; a {tenant} in the path must be one it may use */
+    API_ADMIN,  /* the admin token */
+} api_auth;
+
+typedef struct api_route {
+    pc_route route; /* method and pattern: first, for the router */
+    api_auth auth;
+    /* A write: served by the leader only (followers redirect) and counted
+     * against the caller's write rate. */
+    bool write;
+    void (*handler)(api_call *call);
+} api_route;
+
+/* The route table (api.c), for tests and docs. */
+const api_route *pc_api_routes(size_t *n);
+
+bool api_may_use_tenant(const api_principal *who, const char *tenant);
+
+/* Strict decimal u64: digits only, no sign, no overflow. */
+int api_parse_u64(const char *s, uint64_t *out);
+/* A hex JSON string of a hash, null when len is not a hash's. */
+json_t *api_hash_json(const uint8_t *hash, size_t len);
+/* Queues c with the pipeline; the answer is sent when it commits (or it
+ * is refused now). Takes c. */
+void api_submit(pc_api *api, pc_httpd_req *rq, pc_change *c);
+
+/* Handlers, by resource. */
+void api_get_tenants(api_call *call);
+void api_get_tenant(api_call *call);
+void api_get_versions(api_call *call);
+void api_post_bundle(api_call *call);
+void api_post_rollback(api_call *call);
+void api_delete_tenant(api_call *call);
+void api_get_rollout_by_seq(api_call *call);
+void api_get_rollout_by_version(api_call *call);
+void api_get_fleet(api_call *call);
+void api_get_cluster(api_call *call);
+void api_post_node(api_call *call);
+void api_delete_node(api_call *call);
+void api_post_token(api_call *call);
+void api_get_tokens(api_call *call);
+void api_delete_token(api_call *call);
+void api_post_agent(api_call *call);
+void api_get_agents(api_call *call);
+void api_delete_agent(api_call *call);
+void api_get_keys(api_call *call);
+void api_post_rotation(api_call *call);
+
+/* The answer to a committed change of each kind. */
+json_t *api_tenant_change_json(const pc_change *c, const pc_change_result *r);
+json_t *api_cluster_change_json(pc_api *api, const pc_change *c, const pc_change_result *r);
+json_t *api_token_change_json(const pc_change *c, const pc_change_result *r);
+json_t *api_agent_change_json(const pc_change *c, const pc_change_result *r);
+json_t *api_key_change_json(const pc_change *c, const pc_change_result *r);
+
+#endif

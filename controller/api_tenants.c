@@ -1,0 +1,343 @@
+/* api_tenants.c - tenants, their versions, uploads, rollbacks and deletes
+ * (docs/api.md "Tenants"). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api_bodies.h"
+#include "api_internal.h"
+#include "bundle.h"
+#include "envelope.h"
+#include "json_text.h"
+
+#define JSON_BODY_MAX (64 * 1024)
+
+static const char *entry_kind_name(Popcast__EntryKind k)
+{
+    switch (k) {
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY: return "deploy";
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_ROLLBACK: return "rollback";
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE: return "delete";
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION: return "key_rotation";
+    default: return "unknown";
+    }
+}
+
+/* One version as JSON, from its stored manifest. */
+static json_t *version_json(pc_api *api, uint64_t seq)
+{
+    Popcast__LogRecord *rec = NULL;
+    if (pc_store_get_log(api->store, seq, &rec, NULL) != PC_OK)
+        return NULL;
+    Popcast__Manifest *m = NULL;
+    if (rec->signed_ != NULL)
+        m = popcast__manifest__unpack(NULL, rec->signed_->manifest.len,
+                                      rec->signed_->manifest.data);
+    popcast__log_record__free_unpacked(rec, NULL);
+    if (m == NULL)
+        return NULL;
+    char kid[PC_HEX_KEY_ID_LEN] = "";
+    if (m->key_id.len == PC_KEY_ID_LEN)
+        pc_hex(kid, m->key_id.data, PC_KEY_ID_LEN);
+    json_t *v = json_pack("{s:I,s:I,s:s,s:I,s:s}", "version", (json_int_t)m->version, "seq",
+                          (json_int_t)m->seq, "kind", entry_kind_name(m->kind), "created_unix_ms",
+                          (json_int_t)m->created_unix_ms, "key_id", kid);
+    if (v != NULL && pc_manifest_has_content(m)) {
+        json_object_set_new(v, "hash", api_hash_json(m->bundle_hash.data, m->bundle_hash.len));
+        json_object_set_new(v, "size", json_integer((json_int_t)m->bundle_size));
+        pc_json_set_text(v, "entrypoint", m->entrypoint);
+        pc_json_set_text(v, "runtime", m->runtime);
+    }
+    if (v != NULL && m->rollback_of != 0)
+        json_object_set_new(v, "rollback_of", json_integer((json_int_t)m->rollback_of));
+    popcast__manifest__free_unpacked(m, NULL);
+    return v;
+}
+
+typedef struct tenants_walk {
+    pc_api *api;
+    json_t *list;
+    const api_principal *who; /* tenants listing: only what it may see */
+} tenants_walk;
+
+static int add_version(void *arg, uint64_t version, uint64_t seq)
+{
+    tenants_walk *w = arg;
+    json_t *v = version_json(w->api, seq);
+    if (v == NULL)
+        v = json_pack("{s:I,s:I,s:s}", "version", (json_int_t)version, "seq", (json_int_t)seq,
+                      "error", "manifest unreadable");
+    json_array_append_new(w->list, v);
+    return 0;
+}
+
+static json_t *tenant_json(pc_api *api, const pc_tenant_state *t, bool with_versions)
+{
+    json_t *o = json_pack("{s:s,s:I,s:I,s:b}", "tenant", t->tenant, "active_version",
+                          (json_int_t)t->active_version, "last_version",
+                          (json_int_t)t->last_version, "deleted", t->deleted);
+    if (o == NULL)
+        return NULL;
+    if (t->active_version != 0) {
+        json_object_set_new(o, "active_seq", json_integer((json_int_t)t->active_seq));
+        json_object_set_new(o, "active_hash", api_hash_json(t->active_hash, PC_HASH_LEN));
+    }
+    if (with_versions) {
+        tenants_walk w = {api, json_array(), NULL};
+        pc_store_foreach_version(api->store, t->tenant, add_version, &w, NULL);
+        json_object_set_new(o, "versions", w.list);
+    }
+    return o;
+}
+
+static int add_tenant(void *arg, const pc_tenant_state *t)
+{
+    tenants_walk *w = arg;
+    if (api_may_use_tenant(w->who, t->tenant))
+        json_array_append_new(w->list, tenant_json(w->api, t, false));
+    return 0;
+}
+
+void api_get_tenants(api_call *call)
+{
+    tenants_walk w = {call->api, json_array(), call->who};
+    pc_err err;
+    if (pc_store_foreach_tenant(call->api->store, add_tenant, &w, &err) != PC_OK) {
+        json_decref(w.list);
+        pc_httpd_error(call->rq, err.code, "%s", err.msg);
+        return;
+    }
+    pc_httpd_reply_json(call->rq, 200, json_pack("{s:o}", "tenants", w.list), NULL);
+}
+
+static void reply_tenant(api_call *call, bool versions_only)
+{
+    const char *tenant = pc_route_param(call->match, "tenant");
+    pc_tenant_state t;
+    pc_err err;
+    int rc = pc_store_get_tenant(call->api->store, tenant, &t, &err);
+    if (rc == PC_E_NOTFOUND) {
+        pc_httpd_error(call->rq, rc, "tenant %s not found", tenant);
+        return;
+    }
+    if (rc != PC_OK) {
+        pc_httpd_error(call->rq, rc, "%s", err.msg);
+        return;
+    }
+    json_t *o = tenant_json(call->api, &t, true);
+    if (versions_only && o != NULL) {
+        json_t *v =
+            json_pack("{s:s,s:O}", "tenant", tenant, "versions", json_object_get(o, "versions"));
+        json_decref(o);
+        o = v;
+    }
+    pc_httpd_reply_json(call->rq, 200, o, NULL);
+}
+
+void api_get_tenant(api_call *call)
+{
+    reply_tenant(call, false);
+}
+
+void api_get_versions(api_call *call)
+{
+    reply_tenant(call, true);
+}
+
+json_t *api_tenant_change_json(const pc_change *c, const pc_change_result *r)
+{
+    json_t *o =
+        json_pack("{s:s,s:s,s:I,s:I,s:I}", "tenant", c->tenant, "kind",
+                  pc_change_kind_get(c->kind)->name, "version", (json_int_t)r->version, "seq",
+                  (json_int_t)r->seq, "created_unix_ms", (json_int_t)r->created_unix_ms);
+    if (o != NULL && c->kind != PC_CHANGE_DELETE) {
+        json_object_set_new(o, "hash", api_hash_json(r->hash, PC_HASH_LEN));
+        json_object_set_new(o, "size", json_integer((json_int_t)r->bundle_size));
+        pc_json_set_text(o, "entrypoint", r->entrypoint);
+        pc_json_set_text(o, "runtime", r->runtime);
+    }
+    if (o != NULL && r->rollback_of != 0)
+        json_object_set_new(o, "rollback_of", json_integer((json_int_t)r->rollback_of));
+    return o;
+}
+
+/* Uploads. */
+
+static bool runtime_allowed(pc_api *api, const char *runtime)
+{
+    for (size_t i = 0; i < api->opt.runtimes->count; i++)
+        if (strcmp(api->opt.runtimes->items[i], runtime) == 0)
+            return true;
+    return false;
+}
+
+/* Which body formats an upload may use. */
+static bool content_is_archive(const char *ct)
+{
+    return ct == NULL || strncmp(ct, "application/vnd.popcast.bundle", 30) == 0 ||
+           strncmp(ct, "application/octet-stream", 24) == 0;
+}
+
+static bool content_is_single_file(const char *ct)
+{
+    return ct != NULL &&
+           (strncmp(ct, "text/x-lua", 10) == 0 || strncmp(ct, "application/x-lua", 17) == 0 ||
+            strncmp(ct, "text/plain", 10) == 0);
+}
+
+typedef struct upload {
+    pc_api *api;
+    char tenant[PC_TENANT_MAX + 1];
+    char runtime[PC_RUNTIME_NAME_MAX + 1];
+    char entrypoint[PC_PATH_MAX + 1];
+    bool single_file;
+} upload;
+
+static void upload_body(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size_t len)
+{
+    upload *u = arg;
+    pc_api *api = u->api;
+    pc_err err;
+    uint8_t *archive = NULL;
+    size_t archive_len = 0;
+    pc_bundle *b = NULL;
+    if (rc != PC_OK)
+        goto out;
+    if (u->single_file) {
+        if ((rc = pc_bundle_pack_single(u->entrypoint, body, len, &archive, &archive_len, &err)) !=
+            PC_OK) {
+            pc_httpd_error(rq, rc, "%s", err.msg);
+            goto out;
+        }
+    } else {
+        archive = body;
+        archive_len = len;
+        body = NULL;
+    }
+    if (archive_len > api->opt.max_bundle) {
+        pc_httpd_error(rq, PC_E_TOO_LARGE, "bundle of %zu bytes exceeds %zu", archive_len,
+                       api->opt.max_bundle);
+        goto out;
+    }
+    if ((rc = pc_bundle_open(archive, archive_len, &b, &err)) != PC_OK) {
+        pc_httpd_error(rq, rc, "%s", err.msg);
+        goto out;
+    }
+    pc_version_spec spec = {.tenant = u->tenant,
+                            .runtime = u->runtime,
+                            .entrypoint = pc_bundle_entrypoint(b),
+                            .bundle = archive,
+                            .bundle_len = archive_len};
+    if (strcmp(u->runtime, "lua") == 0 && api->opt.lua != NULL && api->opt.lua->check != NULL &&
+        api->opt.lua->check(api->opt.lua, &spec, &err) != PC_OK) {
+        pc_httpd_error(rq, PC_E_RUNTIME, "the lua runtime cannot load %s: %s", spec.entrypoint,
+                       err.msg);
+        goto out;
+    }
+    pc_change *c = pc_change_new(PC_CHANGE_DEPLOY, u->tenant);
+    if (c == NULL) {
+        pc_httpd_error(rq, PC_E_NOMEM, "out of memory");
+        goto out;
+    }
+    snprintf(c->u.deploy.entrypoint, sizeof(c->u.deploy.entrypoint), "%s", pc_bundle_entrypoint(b));
+    snprintf(c->u.deploy.runtime, sizeof(c->u.deploy.runtime), "%s", u->runtime);
+    c->u.deploy.bundle = archive;
+    c->u.deploy.bundle_len = archive_len;
+    archive = NULL;
+    api_submit(api, rq, c);
+out:
+    pc_bundle_free(b);
+    free(archive);
+    free(body);
+    free(u);
+}
+
+void api_post_bundle(api_call *call)
+{
+    pc_httpd_req *rq = call->rq;
+    const char *ct = pc_httpd_header(rq, "Content-Type");
+    upload *u = calloc(1, sizeof(*u));
+    if (u == NULL) {
+        pc_httpd_error(rq, PC_E_NOMEM, "out of memory");
+        return;
+    }
+    u->api = call->api;
+    snprintf(u->tenant, sizeof(u->tenant), "%s", pc_route_param(call->match, "tenant"));
+    const char *query = call->match->query;
+    if (!pc_httpd_query_get(query, "runtime", u->runtime, sizeof(u->runtime)))
+        snprintf(u->runtime, sizeof(u->runtime), "lua");
+    if (!pc_httpd_query_get(query, "entrypoint", u->entrypoint, sizeof(u->entrypoint)))
+        snprintf(u->entrypoint, sizeof(u->entrypoint), "%s", PC_BUNDLE_DEFAULT_ENTRYPOINT);
+    if (!pc_runtime_name_valid(u->runtime) || !runtime_allowed(call->api, u->runtime)) {
+        pc_httpd_error(rq, PC_E_INVALID, "runtime '%s' is not one this cluster accepts",
+                       u->runtime);
+        free(u);
+        return;
+    }
+    if (content_is_single_file(ct)) {
+        u->single_file = true;
+        if (!pc_bundle_path_valid(u->entrypoint)) {
+            pc_httpd_error(rq, PC_E_INVALID, "entrypoint is not a valid bundle path");
+            free(u);
+            return;
+        }
+    } else if (!content_is_archive(ct)) {
+        pc_httpd_error(rq, PC_E_MEDIA_TYPE,
+                       "Content-Type must be application/vnd.popcast.bundle (an archive) or "
+                       "text/x-lua (one file)");
+        free(u);
+        return;
+    }
+    pc_httpd_read_body(rq, call->api->opt.max_bundle, upload_body, u);
+}
+
+/* Rollbacks and deletes. */
+
+typedef struct tenant_write {
+    pc_api *api;
+    char tenant[PC_TENANT_MAX + 1];
+} tenant_write;
+
+static void rollback_body(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size_t len)
+{
+    tenant_write *w = arg;
+    uint64_t version = 0;
+    pc_err err;
+    if (rc != PC_OK) {
+        /* answered already */
+    } else if (pc_api_parse_rollback(body, len, &version, &err) != PC_OK) {
+        pc_httpd_error(rq, PC_E_INVALID, "%s", err.msg);
+    } else {
+        pc_change *c = pc_change_new(PC_CHANGE_ROLLBACK, w->tenant);
+        if (c == NULL) {
+            pc_httpd_error(rq, PC_E_NOMEM, "out of memory");
+        } else {
+            c->u.rollback.to = version;
+            api_submit(w->api, rq, c);
+        }
+    }
+    free(body);
+    free(w);
+}
+
+void api_post_rollback(api_call *call)
+{
+    tenant_write *w = calloc(1, sizeof(*w));
+    if (w == NULL) {
+        pc_httpd_error(call->rq, PC_E_NOMEM, "out of memory");
+        return;
+    }
+    w->api = call->api;
+    snprintf(w->tenant, sizeof(w->tenant), "%s", pc_route_param(call->match, "tenant"));
+    pc_httpd_read_body(call->rq, JSON_BODY_MAX, rollback_body, w);
+}
+
+void api_delete_tenant(api_call *call)
+{
+    pc_change *c = pc_change_new(PC_CHANGE_DELETE, pc_route_param(call->match, "tenant"));
+    if (c == NULL) {
+        pc_httpd_error(call->rq, PC_E_NOMEM, "out of memory");
+        return;
+    }
+    api_submit(call->api, call->rq, c);
+}
