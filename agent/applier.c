@@ -567,15 +567,23 @@ out:
     return rc;
 }
 
+typedef struct rotation_load {
+    pc_applier *a;
+    pc_err *err;
+} rotation_load;
+
+/* Each stored rotation is verified again, from the trusted keys: a record
+ * that does not verify must stop the start, never leave a hole in the
+ * chain (the agent would then refuse the real key, or accept a revoked
+ * one). */
 static int load_rotation(void *arg, const Popcast__SignedManifest *sm)
 {
-    pc_applier *a = arg;
-    pc_err err;
-    if (pc_trust_advance_signed(&a->trust, sm, &err) != PC_OK) {
-        pc_error("applier", "stored key rotation: %s", err.msg);
-        return PC_E_STORE;
-    }
-    return 0;
+    rotation_load *l = arg;
+    int rc = pc_trust_advance_signed(&l->a->trust, sm, NULL, l->err);
+    if (rc != PC_OK)
+        pc_err_wrap(l->err, "the key chain in the store does not verify from trusted_key (the data "
+                            "directory is damaged, or trusted_key changed since it was written)");
+    return rc;
 }
 
 int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
@@ -592,8 +600,10 @@ int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
     pc_trust_init(&a->trust, opt->trusted);
     int rc = pc_store_applied_seq(opt->store, &applied, err);
     /* The rotations applied before a restart stay in force. */
-    if (rc == PC_OK)
-        rc = pc_store_foreach_rotation(opt->store, load_rotation, a, err);
+    if (rc == PC_OK) {
+        rotation_load l = {a, err};
+        rc = pc_store_foreach_rotation(opt->store, load_rotation, &l, err);
+    }
     if (rc != PC_OK) {
         pc_trust_free(&a->trust);
         pthread_mutex_destroy(&a->lock);
@@ -777,7 +787,9 @@ static int tenant_status(void *arg, const pc_tenant_state *t)
 json_t *pc_applier_status_json(pc_applier *a)
 {
     json_t *tenants = json_array();
-    pc_store_foreach_tenant(a->opt.store, tenant_status, tenants, NULL);
+    pc_err err;
+    if (pc_store_foreach_tenant(a->opt.store, tenant_status, tenants, &err) != PC_OK)
+        pc_error("applier", "status lists only part of the tenants: %s", err.msg);
     json_t *nacks = json_array();
     pthread_mutex_lock(&a->lock);
     for (size_t i = 0; i < a->nack_count; i++) {

@@ -52,6 +52,10 @@ typedef struct pc_applier_options {
     uint64_t test_drop_seed;
 } pc_applier_options;
 
+/* Rebuilds the key chain from the rotations in the store, verifying each
+ * again from opt->trusted (pc_trust_advance_signed). A rotation that does
+ * not verify fails the call with the verification's error, naming its seq:
+ * the agent must not start on a chain with a hole in it. */
 int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err);
 void pc_applier_free(pc_applier *a);
 

@@ -1,6 +1,7 @@
 /* trust.c - root keys and the rotation schedule (see trust.h). */
 #include "trust.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -217,14 +218,38 @@ int pc_trust_advance(pc_trust *t, const Popcast__Manifest *m, pc_err *err)
     return PC_OK;
 }
 
-int pc_trust_advance_signed(pc_trust *t, const Popcast__SignedManifest *sm, pc_err *err)
+int pc_trust_advance_signed(pc_trust *t, const Popcast__SignedManifest *sm, Popcast__Manifest **out,
+                            pc_err *err)
 {
-    Popcast__Manifest *m = popcast__manifest__unpack(NULL, sm->manifest.len, sm->manifest.data);
-    if (m == NULL)
-        return pc_err_set(err, PC_E_INVALID, "stored key rotation does not decode");
-    int rc = pc_trust_advance(t, m, err);
-    popcast__manifest__free_unpacked(m, NULL);
-    return rc;
+    if (out != NULL)
+        *out = NULL;
+    Popcast__Entry e = POPCAST__ENTRY__INIT;
+    e.signed_ = (Popcast__SignedManifest *)sm;
+    e.bundle_omitted = 1; /* a rotation has none; anything else is refused below */
+    Popcast__Manifest *m = NULL;
+    int rc = pc_trust_verify_entry(t, &e, SIZE_MAX, &m, err);
+    if (rc == PC_OK)
+        rc = pc_trust_advance(t, m, err);
+    if (rc != PC_OK) {
+        /* The seq it claims, for the message only: nothing else of an
+         * unverified manifest is used. */
+        Popcast__Manifest *claimed =
+            m != NULL || sm == NULL
+                ? NULL
+                : popcast__manifest__unpack(NULL, sm->manifest.len, sm->manifest.data);
+        uint64_t seq = m != NULL ? m->seq : claimed != NULL ? claimed->seq : 0;
+        pc_err_wrap(err, "key rotation at seq %llu", (unsigned long long)seq);
+        if (claimed != NULL)
+            popcast__manifest__free_unpacked(claimed, NULL);
+        if (m != NULL)
+            popcast__manifest__free_unpacked(m, NULL);
+        return rc;
+    }
+    if (out != NULL)
+        *out = m;
+    else
+        popcast__manifest__free_unpacked(m, NULL);
+    return PC_OK;
 }
 
 int pc_trust_extends(const pc_trust *a, const pc_trust *b)

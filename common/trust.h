@@ -64,9 +64,18 @@ int pc_trust_verify_heartbeat(const pc_trust *t, const Popcast__SignedHeartbeat 
  * rotation's. */
 int pc_trust_advance(pc_trust *t, const Popcast__Manifest *m, pc_err *err);
 
-/* Rebuilds the rotations from verified signed manifests in seq order
- * (what the store kept): decodes each and advances. */
-int pc_trust_advance_signed(pc_trust *t, const Popcast__SignedManifest *sm, pc_err *err);
+/* Rebuilds the rotations from stored signed manifests, given in seq order
+ * (what the store kept, store.h invariant 6): verifies sm as
+ * pc_trust_verify_entry does, under the rotations recorded so far, checks
+ * that it is a key rotation, and advances. What was verified when it was
+ * applied is verified again: a damaged or forged record, or a chain that
+ * does not start from these roots (the trusted keys changed), is refused
+ * with the verification's code (PC_E_BAD_SIGNATURE, PC_E_UNTRUSTED_KEY,
+ * PC_E_INVALID), the message naming the seq it claims ("key rotation at seq
+ * N: ..."), and t unchanged. *out (if non-NULL) gets the decoded manifest
+ * on success (free with popcast__manifest__free_unpacked). */
+int pc_trust_advance_signed(pc_trust *t, const Popcast__SignedManifest *sm, Popcast__Manifest **out,
+                            pc_err *err);
 
 /* The key current after every recorded rotation; NULL before the first
  * (then any root key is current). */

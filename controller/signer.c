@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "trust.h"
+
 struct pc_signer {
     pc_store *store;
     pc_signing_key *keys;
@@ -29,6 +31,13 @@ int pc_signer_new(pc_signer **out, pc_store *store, const pc_signing_key *keys, 
         s->roots = *roots;
     else
         pc_keyring_add(&s->roots, &keys[0].pub, NULL);
+    /* The chain must verify now: a controller that could not follow it
+     * must not start. */
+    int rc = pc_signer_foreach_rotation(s, NULL, NULL, err);
+    if (rc != PC_OK) {
+        pc_signer_free(s);
+        return rc;
+    }
     *out = s;
     return PC_OK;
 }
@@ -47,23 +56,25 @@ typedef struct rotation_walk {
     int (*cb)(void *arg, uint64_t seq, const pc_public_key *next,
               const uint8_t signer_id[PC_KEY_ID_LEN], int64_t created_unix_ms);
     void *arg;
+    pc_trust trust; /* the chain so far, from the roots */
+    pc_err *err;
 } rotation_walk;
 
 static int rotation_item(void *arg, const Popcast__SignedManifest *sm)
 {
     rotation_walk *w = arg;
-    Popcast__Manifest *m = popcast__manifest__unpack(NULL, sm->manifest.len, sm->manifest.data);
-    if (m == NULL || m->next_public_key.len != PC_PK_LEN || m->key_id.len != PC_KEY_ID_LEN) {
-        if (m != NULL)
-            popcast__manifest__free_unpacked(m, NULL);
-        return PC_E_STORE;
+    Popcast__Manifest *m = NULL;
+    int rc = pc_trust_advance_signed(&w->trust, sm, &m, w->err);
+    if (rc != PC_OK) {
+        pc_err_wrap(w->err, "the key chain in the store does not verify from the root keys "
+                            "(root_key; the agents' trusted_key)");
+        return rc;
     }
-    pc_public_key next;
-    memcpy(next.pk, m->next_public_key.data, PC_PK_LEN);
-    pc_key_id(next.id, next.pk);
-    int rc = w->cb(w->arg, m->seq, &next, m->key_id.data, m->created_unix_ms);
+    int stop = w->cb != NULL ? w->cb(w->arg, m->seq, pc_trust_current(&w->trust), m->key_id.data,
+                                     m->created_unix_ms)
+                             : 0;
     popcast__manifest__free_unpacked(m, NULL);
-    return rc;
+    return stop;
 }
 
 int pc_signer_foreach_rotation(pc_signer *s,
@@ -72,10 +83,10 @@ int pc_signer_foreach_rotation(pc_signer *s,
                                          int64_t created_unix_ms),
                                void *arg, pc_err *err)
 {
-    rotation_walk w = {cb, arg};
+    rotation_walk w = {cb, arg, {.rotations = NULL}, err};
+    pc_trust_init(&w.trust, &s->roots);
     int rc = pc_store_foreach_rotation(s->store, rotation_item, &w, err);
-    if (rc == PC_E_STORE && err->msg[0] == '\0')
-        pc_err_set(err, PC_E_STORE, "a stored key rotation does not decode");
+    pc_trust_free(&w.trust);
     return rc;
 }
 

@@ -721,6 +721,15 @@ int pc_store_get_tenant(pc_store *s, const char *tenant, pc_tenant_state *out, p
 
 /* Walks collect everything inside one read transaction first and call back
  * after it ends, so callbacks may use the store freely. */
+
+/* A callback stopped the walk with rc (store.h, "Walks"): the walker
+ * returns rc as it is, and err says so unless the callback filled it. */
+static int walk_stopped(pc_err *err, int rc)
+{
+    if (err != NULL && err->msg[0] == '\0')
+        pc_err_set(err, rc, "the walk was stopped by its callback (%s)", pc_err_name(rc));
+    return rc;
+}
 typedef struct tenant_list {
     pc_tenant_state *items;
     size_t n, cap;
@@ -764,6 +773,7 @@ static int collect_tenants(pc_store *s, MDB_txn *txn, tenant_list *l, pc_err *er
 int pc_store_foreach_tenant(pc_store *s, int (*cb)(void *arg, const pc_tenant_state *t), void *arg,
                             pc_err *err)
 {
+    pc_err_clear(err);
     MDB_txn *txn;
     tenant_list l = {0};
     int rc = read_begin(s, &txn, err);
@@ -774,7 +784,7 @@ int pc_store_foreach_tenant(pc_store *s, int (*cb)(void *arg, const pc_tenant_st
     for (size_t i = 0; rc == PC_OK && i < l.n; i++) {
         int stop = cb(arg, &l.items[i]);
         if (stop != 0)
-            rc = stop;
+            rc = walk_stopped(err, stop);
     }
     free(l.items);
     return rc;
@@ -784,6 +794,7 @@ int pc_store_snapshot_read(pc_store *s, uint64_t *seq,
                            int (*cb)(void *arg, const char *tenant, uint64_t latest_seq), void *arg,
                            pc_err *err)
 {
+    pc_err_clear(err);
     MDB_txn *txn;
     tenant_list l = {0};
     int rc = read_begin(s, &txn, err);
@@ -806,14 +817,16 @@ int pc_store_snapshot_read(pc_store *s, uint64_t *seq,
                             l.items[i].tenant, (unsigned long long)l.items[i].last_version);
     }
     read_end(s, txn);
+    if (rc == MAP_FULL_RETRY)
+        rc = PC_E_STORE;
     for (size_t i = 0; rc == PC_OK && i < l.n; i++) {
         int stop = cb(arg, l.items[i].tenant, seqs[i]);
         if (stop != 0)
-            rc = stop;
+            rc = walk_stopped(err, stop);
     }
     free(seqs);
     free(l.items);
-    return rc == MAP_FULL_RETRY ? PC_E_STORE : rc;
+    return rc;
 }
 
 int pc_store_version_seq(pc_store *s, const char *tenant, uint64_t version, uint64_t *seq,
@@ -839,6 +852,7 @@ int pc_store_foreach_version(pc_store *s, const char *tenant,
                              int (*cb)(void *arg, uint64_t version, uint64_t seq), void *arg,
                              pc_err *err)
 {
+    pc_err_clear(err);
     if (!pc_tenant_name_valid(tenant))
         return pc_err_set(err, PC_E_NOTFOUND, "no such tenant");
     MDB_txn *txn;
@@ -874,12 +888,14 @@ int pc_store_foreach_version(pc_store *s, const char *tenant,
         pairs[n++] = from_be64((const uint8_t *)key.mv_data + plen);
         pairs[n++] = from_be64(val.mv_data);
     }
+    if (rc == PC_OK && mrc != 0 && mrc != MDB_NOTFOUND)
+        rc = pc_err_set(err, PC_E_STORE, "walk versions: %s", mdb_strerror(mrc));
     mdb_cursor_close(cur);
     read_end(s, txn);
     for (size_t i = 0; rc == PC_OK && i < n; i += 2) {
         int stop = cb(arg, pairs[i], pairs[i + 1]);
         if (stop != 0)
-            rc = stop;
+            rc = walk_stopped(err, stop);
     }
     free(pairs);
     return rc;
@@ -1052,6 +1068,7 @@ int pc_store_meta_foreach(pc_store *s, const char *prefix,
                           int (*cb)(void *arg, const char *key, const uint8_t *val, size_t len),
                           void *arg, pc_err *err)
 {
+    pc_err_clear(err);
     MDB_txn *txn;
     int rc = read_begin(s, &txn, err);
     if (rc != PC_OK)
@@ -1095,13 +1112,16 @@ int pc_store_meta_foreach(pc_store *s, const char *prefix,
     if (rc == PC_OK && mrc != 0 && mrc != MDB_NOTFOUND)
         rc = pc_err_set(err, PC_E_STORE, "meta cursor: %s", mdb_strerror(mrc));
     for (size_t i = 0; i < n; i++) {
-        if (rc == PC_OK && cb(arg, items[i].key, items[i].val, items[i].len) != 0)
-            rc = 1; /* stopped by the callback: remaining items are only freed */
+        if (rc == PC_OK) {
+            int stop = cb(arg, items[i].key, items[i].val, items[i].len);
+            if (stop != 0)
+                rc = walk_stopped(err, stop); /* the rest are only freed */
+        }
         free(items[i].key);
         free(items[i].val);
     }
     free(items);
-    return rc == 1 ? PC_OK : rc;
+    return rc;
 }
 
 int pc_store_stats_get(pc_store *s, pc_store_stats *out, pc_err *err)

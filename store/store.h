@@ -32,6 +32,17 @@
  *   blobs    hash(32) -> bundle bytes
  *   blobrefs hash(32) -> u64 BE reference count
  *
+ * Walks (pc_store_foreach_tenant, pc_store_foreach_version,
+ * pc_store_meta_foreach, pc_store_foreach_rotation, pc_store_snapshot_read)
+ * read what they visit in one read transaction, end it, then call cb for
+ * each item, so a callback may use the store. A callback returns 0 to go
+ * on; any other value stops the walk at once (no further call) and the
+ * walker returns that value unchanged, whatever its sign: a caller must
+ * treat every non-zero result as "the walk did not complete". err is
+ * cleared when a walk starts; after a stop it holds the callback's own
+ * message if the callback filled the same pc_err, else one saying the
+ * callback stopped the walk.
+ *
  * Thread safety: a pc_store may be used from any number of threads. Reads
  * never block on the writer (LMDB MVCC); writers are serialized. */
 #ifndef PC_STORE_H
@@ -90,8 +101,7 @@ int pc_store_install_snapshot(pc_store *s, uint64_t seq, const pc_store_item *it
                               bool *applied, pc_err *err);
 
 /* Reads, in one transaction, the applied seq and each tenant's latest
- * entry (the seq of its last version), then calls cb for each tenant after
- * the transaction ended. */
+ * entry (the seq of its last version), then walks them (see "Walks"). */
 int pc_store_snapshot_read(pc_store *s, uint64_t *seq,
                            int (*cb)(void *arg, const char *tenant, uint64_t latest_seq), void *arg,
                            pc_err *err);
@@ -120,8 +130,7 @@ typedef struct pc_tenant_state {
 /* PC_E_NOTFOUND if the tenant never had an entry. */
 int pc_store_get_tenant(pc_store *s, const char *tenant, pc_tenant_state *out, pc_err *err);
 
-/* Calls cb for every tenant in name order, from one read snapshot. cb
- * returning non-zero stops the walk and that value is returned. */
+/* Walks every tenant in name order (see "Walks"). */
 int pc_store_foreach_tenant(pc_store *s, int (*cb)(void *arg, const pc_tenant_state *t), void *arg,
                             pc_err *err);
 
@@ -129,7 +138,7 @@ int pc_store_foreach_tenant(pc_store *s, int (*cb)(void *arg, const pc_tenant_st
 int pc_store_version_seq(pc_store *s, const char *tenant, uint64_t version, uint64_t *seq,
                          pc_err *err);
 
-/* Calls cb for every version of tenant in ascending order. */
+/* Walks every version of tenant in ascending order (see "Walks"). */
 int pc_store_foreach_version(pc_store *s, const char *tenant,
                              int (*cb)(void *arg, uint64_t version, uint64_t seq), void *arg,
                              pc_err *err);
@@ -158,15 +167,16 @@ bool pc_store_has_blob(pc_store *s, const uint8_t hash[PC_HASH_LEN]);
 int pc_store_meta_get(pc_store *s, const char *key, void *buf, size_t cap, size_t *len,
                       pc_err *err);
 int pc_store_meta_put(pc_store *s, const char *key, const void *val, size_t len, pc_err *err);
-/* Calls cb for every meta key starting with prefix (in key order), from
- * one read snapshot, after the transaction ended. */
+/* Walks every meta key starting with prefix, in key order (see "Walks"). */
 int pc_store_meta_foreach(pc_store *s, const char *prefix,
                           int (*cb)(void *arg, const char *key, const uint8_t *val, size_t len),
                           void *arg, pc_err *err);
 
-/* Calls cb with every stored KEY_ROTATION entry's signed manifest, in seq
- * order (invariant 6), from one read snapshot. cb returning non-zero stops
- * the walk and that value is returned. */
+/* Walks every stored KEY_ROTATION entry's signed manifest, in seq order
+ * (invariant 6; see "Walks"). The store does not verify them: the records
+ * are what was applied, and a reader that rebuilds a key chain from them
+ * verifies them again (pc_trust_advance_signed). A record that does not
+ * decode stops the walk with PC_E_STORE. */
 #define PC_STORE_ROTATION_PREFIX "rotation/"
 int pc_store_foreach_rotation(pc_store *s, int (*cb)(void *arg, const Popcast__SignedManifest *sm),
                               void *arg, pc_err *err);

@@ -450,6 +450,138 @@ static void test_rotations_are_kept(void **state)
     pc_test_rm_rf(dir2);
 }
 
+/* Every walker (store.h, top): a callback returning non-zero stops the
+ * walk at once and the walker returns that very value, with a message in
+ * err; a callback returning 0 sees every item. A walker that swallowed
+ * the value would let a caller go on as if the walk had succeeded (an
+ * agent starting with a key chain it could not rebuild). */
+typedef struct stopper {
+    int calls;
+    int stop_at; /* the call (1-based) that returns ret; 0: never */
+    int ret;
+} stopper;
+
+static int stop_now(stopper *st)
+{
+    st->calls++;
+    return st->calls == st->stop_at ? st->ret : 0;
+}
+
+static int stop_tenant(void *arg, const pc_tenant_state *t)
+{
+    (void)t;
+    return stop_now(arg);
+}
+
+static int stop_version(void *arg, uint64_t version, uint64_t seq)
+{
+    (void)version;
+    (void)seq;
+    return stop_now(arg);
+}
+
+static int stop_meta(void *arg, const char *name, const uint8_t *val, size_t len)
+{
+    (void)name;
+    (void)val;
+    (void)len;
+    return stop_now(arg);
+}
+
+static int stop_rotation(void *arg, const Popcast__SignedManifest *sm)
+{
+    (void)sm;
+    return stop_now(arg);
+}
+
+static int stop_snapshot(void *arg, const char *tenant, uint64_t latest_seq)
+{
+    (void)tenant;
+    (void)latest_seq;
+    return stop_now(arg);
+}
+
+enum { W_TENANT, W_VERSION, W_META, W_ROTATION, W_SNAPSHOT, W_COUNT };
+static const char *const walker_name[W_COUNT] = {
+    "foreach_tenant", "foreach_version", "meta_foreach", "foreach_rotation", "snapshot_read"};
+
+static int walk(pc_store *s, int which, stopper *st, pc_err *err)
+{
+    uint64_t seq = 0;
+    switch (which) {
+    case W_TENANT: return pc_store_foreach_tenant(s, stop_tenant, st, err);
+    case W_VERSION: return pc_store_foreach_version(s, "a", stop_version, st, err);
+    case W_META: return pc_store_meta_foreach(s, "walk.", stop_meta, st, err);
+    case W_ROTATION: return pc_store_foreach_rotation(s, stop_rotation, st, err);
+    default: return pc_store_snapshot_read(s, &seq, stop_snapshot, st, err);
+    }
+}
+
+static void test_walkers_return_callback_errors(void **state)
+{
+    (void)state;
+    char dir[256];
+    pc_test_tmpdir(dir, sizeof(dir), "store");
+    pc_store *s = open_store(dir, true, 0, 0);
+    pc_signing_key k1, k2;
+    assert_int_equal(pc_keygen(&k1), PC_OK);
+    assert_int_equal(pc_keygen(&k2), PC_OK);
+    pc_err err;
+    /* Three of each: tenants a, b, c; versions 1-3 of a; three meta keys;
+     * three rotations. */
+    apply_ok(s, "a", 1, 1, 100, 1);
+    apply_ok(s, "a", 2, 2, 100, 2);
+    apply_ok(s, "a", 3, 3, 100, 3);
+    apply_ok(s, "b", 4, 1, 100, 4);
+    apply_ok(s, "c", 5, 1, 100, 5);
+    const pc_public_key *next[] = {&k1.pub, &k2.pub, &k1.pub};
+    for (uint64_t i = 0; i < 3; i++) {
+        Popcast__SignedManifest sm;
+        Popcast__Manifest m;
+        rotation_make(&sm, &m, 6 + i, next[i], PC_PK_LEN);
+        assert_int_equal(pc_store_apply(s, &sm, &m, NULL, 0, &err), PC_OK);
+        pc_envelope_signed_clear(&sm);
+    }
+    for (int i = 0; i < 3; i++) {
+        char k[32];
+        snprintf(k, sizeof(k), "walk.%d", i);
+        assert_int_equal(pc_store_meta_put(s, k, "v", 1, &err), PC_OK);
+    }
+    /* Decoy keys around the prefix are not walked. */
+    assert_int_equal(pc_store_meta_put(s, "walj", "v", 1, &err), PC_OK);
+    assert_int_equal(pc_store_meta_put(s, "walk/", "v", 1, &err), PC_OK);
+
+    const int codes[] = {PC_E_INVALID, PC_E_STORE, PC_E_UNTRUSTED_KEY, 7};
+    for (int w = 0; w < W_COUNT; w++) {
+        /* A callback that never stops sees every item, and the walk
+         * succeeds. */
+        stopper all = {0, 0, 0};
+        if (walk(s, w, &all, &err) != PC_OK)
+            fail_msg("%s: %s", walker_name[w], err.msg);
+        assert_int_equal(all.calls, 3);
+        for (size_t c = 0; c < sizeof(codes) / sizeof(codes[0]); c++) {
+            for (int at = 1; at <= 3; at++) {
+                stopper st = {0, at, codes[c]};
+                pc_err_clear(&err);
+                int rc = walk(s, w, &st, &err);
+                if (rc != codes[c])
+                    fail_msg("%s: callback returned %d at item %d, walker returned %d",
+                             walker_name[w], codes[c], at, rc);
+                /* Stopped where the callback said so. */
+                assert_int_equal(st.calls, at);
+                /* And the caller gets a message to show. */
+                assert_true(err.msg[0] != '\0');
+            }
+        }
+        /* Without an err to fill, the value still comes back. */
+        stopper st = {0, 2, PC_E_LIMIT};
+        assert_int_equal(walk(s, w, &st, NULL), PC_E_LIMIT);
+        assert_int_equal(st.calls, 2);
+    }
+    pc_store_close(s);
+    pc_test_rm_rf(dir);
+}
+
 static void test_snapshot_install(void **state)
 {
     char src_dir[256], dst_dir[256];
@@ -712,6 +844,7 @@ int main(void)
         cmocka_unit_test(test_one_process_per_directory),
         cmocka_unit_test(test_snapshot_install),
         cmocka_unit_test(test_rotations_are_kept),
+        cmocka_unit_test(test_walkers_return_callback_errors),
         cmocka_unit_test(test_copy_and_replace),
         cmocka_unit_test(test_kill_9_writer_leaves_a_complete_prefix),
     };

@@ -283,18 +283,18 @@ static void test_advance_and_extends(void **state)
     make_rotation(&r1, &root, 3, &k1.pub);
     make_rotation(&r2, &k1, 7, &k2.pub);
     pc_err err;
-    assert_int_equal(pc_trust_advance_signed(&a, &r1.sm, &err), PC_OK);
+    assert_int_equal(pc_trust_advance_signed(&a, &r1.sm, NULL, &err), PC_OK);
     /* The same seq again, or an older one, is refused. */
-    assert_int_equal(pc_trust_advance_signed(&a, &r1.sm, &err), PC_E_INVALID);
+    assert_int_equal(pc_trust_advance_signed(&a, &r1.sm, NULL, &err), PC_E_INVALID);
     assert_int_equal(pc_trust_extends(&a, &b), 0);
-    assert_int_equal(pc_trust_advance_signed(&b, &r1.sm, &err), PC_OK);
-    assert_int_equal(pc_trust_advance_signed(&b, &r2.sm, &err), PC_OK);
+    assert_int_equal(pc_trust_advance_signed(&b, &r1.sm, NULL, &err), PC_OK);
+    assert_int_equal(pc_trust_advance_signed(&b, &r2.sm, NULL, &err), PC_OK);
     assert_int_equal(pc_trust_extends(&a, &b), 1);
     assert_int_equal(pc_trust_extends(&b, &a), 0);
     /* Same seq, another key: a fork. */
     signed_entry other;
     make_rotation(&other, &root, 3, &rogue.pub);
-    assert_int_equal(pc_trust_advance_signed(&fork, &other.sm, &err), PC_OK);
+    assert_int_equal(pc_trust_advance_signed(&fork, &other.sm, NULL, &err), PC_OK);
     assert_int_equal(pc_trust_extends(&a, &fork), 0);
     /* A copy is independent of its source. */
     pc_trust copy;
@@ -324,6 +324,62 @@ static void test_advance_and_extends(void **state)
     pc_trust_free(&copy);
 }
 
+/* Rebuilding the chain from stored rotations verifies each one again
+ * (trust.h): a flipped bit, an unknown signer, a revoked signer, or an
+ * entry that is not a rotation is refused with the verification's code,
+ * naming the seq, and the chain stays as it was. */
+static void test_advance_signed_verifies(void **state)
+{
+    (void)state;
+    pc_trust t;
+    pc_trust_init(&t, &roots);
+    signed_entry r1, r2, flipped, unknown, revoked, del;
+    make_rotation(&r1, &root, 3, &k1.pub);
+    make_rotation(&r2, &k1, 7, &k2.pub);
+    make_rotation(&flipped, &k2, 9, &k1.pub);
+    flipped.sm.signature.data[0] ^= 0x80;
+    make_rotation(&unknown, &rogue, 9, &k1.pub);
+    make_rotation(&revoked, &k1, 9, &k1.pub); /* k1 is revoked since seq 7 */
+    make_delete(&del, &k2, 9);
+    pc_err err;
+    Popcast__Manifest *m = NULL;
+    assert_int_equal(pc_trust_advance_signed(&t, &r1.sm, &m, &err), PC_OK);
+    assert_non_null(m);
+    assert_int_equal(m->seq, 3);
+    popcast__manifest__free_unpacked(m, NULL);
+    assert_int_equal(pc_trust_advance_signed(&t, &r2.sm, NULL, &err), PC_OK);
+    struct {
+        signed_entry *se;
+        int code;
+    } bad[] = {{&flipped, PC_E_BAD_SIGNATURE},
+               {&unknown, PC_E_UNTRUSTED_KEY},
+               {&revoked, PC_E_UNTRUSTED_KEY},
+               {&del, PC_E_INVALID}};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        Popcast__Manifest sentinel = POPCAST__MANIFEST__INIT;
+        m = &sentinel; /* must be reset to NULL */
+        assert_int_equal(pc_trust_advance_signed(&t, &bad[i].se->sm, &m, &err), bad[i].code);
+        assert_null(m);
+        if (strstr(err.msg, "key rotation at seq 9") == NULL)
+            fail_msg("case %zu: the seq is not named: %s", i, err.msg);
+        assert_int_equal(t.n, 2);
+        assert_memory_equal(pc_trust_current(&t)->pk, k2.pub.pk, PC_PK_LEN);
+    }
+    /* A chain that starts from another root than the trusted ones (the
+     * trusted keys changed) does not rebuild. */
+    pc_keyring other = {.count = 0};
+    assert_int_equal(pc_keyring_add(&other, &rogue.pub, &err), PC_OK);
+    pc_trust t2;
+    pc_trust_init(&t2, &other);
+    assert_int_equal(pc_trust_advance_signed(&t2, &r1.sm, NULL, &err), PC_E_UNTRUSTED_KEY);
+    assert_int_equal(t2.n, 0);
+    signed_entry *all[] = {&r1, &r2, &flipped, &unknown, &revoked, &del};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+        pc_envelope_signed_clear(&all[i]->sm);
+    pc_trust_free(&t);
+    pc_trust_free(&t2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -333,6 +389,7 @@ int main(void)
         cmocka_unit_test(test_offline_authorization),
         cmocka_unit_test(test_heartbeats),
         cmocka_unit_test(test_advance_and_extends),
+        cmocka_unit_test(test_advance_signed_verifies),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
