@@ -23,6 +23,7 @@
 #include "lua_engine.h"
 #include "metrics.h"
 #include "names.h"
+#include "registry.h"
 #include "store.h"
 #include "subscriber.h"
 #include "exec_adapter.h"
@@ -226,29 +227,6 @@ static int load_identity(agent *ag, pc_err *err)
     return PC_OK;
 }
 
-static int next_status_epoch(pc_store *store, uint64_t *epoch, pc_err *err)
-{
-    uint8_t buf[8] = {0};
-    size_t len = 0;
-    int rc = pc_store_meta_get(store, "status_epoch", buf, sizeof(buf), &len, err);
-    uint64_t e = 0;
-    if (rc == PC_OK && len == 8)
-        for (int i = 0; i < 8; i++)
-            e = (e << 8) | buf[i];
-    else if (rc != PC_OK && rc != PC_E_NOTFOUND)
-        return rc;
-    e++;
-    for (int i = 7; i >= 0; i--) {
-        buf[i] = (uint8_t)e;
-        e >>= 8;
-    }
-    rc = pc_store_meta_put(store, "status_epoch", buf, 8, err);
-    if (rc == PC_OK)
-        for (int i = 0; i < 8; i++)
-            *epoch = (*epoch << 8) | buf[i];
-    return rc;
-}
-
 static void on_publication(void *arg, const uint8_t *data, size_t len)
 {
     agent *ag = arg;
@@ -398,7 +376,8 @@ int main(int argc, char **argv)
         goto out;
     }
     uint64_t epoch = 0;
-    if (load_identity(&ag, &err) != PC_OK || next_status_epoch(ag.store, &epoch, &err) != PC_OK) {
+    if (load_identity(&ag, &err) != PC_OK ||
+        pc_registry_next_status_epoch(ag.store, &epoch, &err) != PC_OK) {
         pc_error("agent", "%s", err.msg);
         goto out;
     }

@@ -11,6 +11,7 @@
 #include "api_internal.h"
 #include "log.h"
 #include "names.h"
+#include "registry.h"
 
 static void get_health(api_call *call);
 static void get_metrics(api_call *call);
@@ -73,17 +74,11 @@ static bool authenticate(pc_api *api, pc_httpd_req *rq, api_principal *who)
         who->admin = true;
         return true;
     }
-    char hex[PC_HEX_HASH_LEN], key[16 + PC_HEX_HASH_LEN];
-    pc_hex(hex, got, PC_HASH_LEN);
-    snprintf(key, sizeof(key), "token.%s", hex);
-    uint8_t buf[4096];
-    size_t len = 0;
+    Popcast__TokenRecord *t = NULL;
     pc_err err;
-    if (pc_store_meta_get(api->store, key, buf, sizeof(buf), &len, &err) != PC_OK ||
-        len > sizeof(buf))
+    if (pc_registry_get_token(api->store, got, &t, &err) != PC_OK)
         return false;
-    Popcast__TokenRecord *t = popcast__token_record__unpack(NULL, len, buf);
-    if (t == NULL || t->revoked) {
+    if (t->revoked) {
         if (t != NULL)
             popcast__token_record__free_unpacked(t, NULL);
         return false;

@@ -9,19 +9,16 @@
 #include "api_bodies.h"
 #include "api_internal.h"
 #include "json_text.h"
+#include "registry.h"
 
 #define RECORD_BODY_MAX 4096
 
-/* Lists the meta records under prefix as {name: [...]}. */
-static void reply_list(api_call *call, const char *name, const char *prefix,
-                       int (*add)(void *list, const char *key, const uint8_t *val, size_t len))
+/* Answers {name: list}, or the walk's error. */
+static void reply_list(api_call *call, const char *name, json_t *list, int rc, const pc_err *err)
 {
-    json_t *list = json_array();
-    pc_err err;
-    int rc = pc_store_meta_foreach(call->api->store, prefix, add, list, &err);
     if (rc != PC_OK) {
         json_decref(list);
-        pc_httpd_error(call->rq, rc, "%s", err.msg);
+        pc_httpd_error(call->rq, rc, "%s", err->msg);
         return;
     }
     pc_httpd_reply_json(call->rq, 200, json_pack("{s:o}", name, list), NULL);
@@ -85,26 +82,26 @@ void api_post_token(api_call *call)
     pc_httpd_read_body(call->rq, RECORD_BODY_MAX, token_body, call->api);
 }
 
-static int add_token(void *arg, const char *key, const uint8_t *val, size_t len)
+static int add_token(void *arg, const Popcast__TokenRecord *t)
 {
-    json_t *list = arg;
-    Popcast__TokenRecord *t = popcast__token_record__unpack(NULL, len, val);
-    if (t == NULL)
-        return 0;
     json_t *tenants = json_array();
     for (size_t i = 0; i < t->n_tenants; i++)
         json_array_append_new(tenants, pc_json_text(t->tenants[i]));
     json_t *o = json_pack("{s:o,s:o,s:o,s:I,s:b}", "id", pc_json_text(t->id), "name",
                           pc_json_text(t->name), "tenants", tenants, "created_unix_ms",
                           (json_int_t)t->created_unix_ms, "revoked", t->revoked);
-    json_array_append_new(list, o);
-    popcast__token_record__free_unpacked(t, NULL);
-    return 0;
+    return json_array_append_new(arg, o) == 0 ? 0 : PC_E_NOMEM;
 }
 
 void api_get_tokens(api_call *call)
 {
-    reply_list(call, "tokens", "token.", add_token);
+    json_t *list = json_array();
+    pc_err err;
+    int rc = list ? pc_registry_foreach_token(call->api->store, add_token, list, &err)
+                  : pc_err_set(&err, PC_E_NOMEM, "out of memory");
+    if (rc == PC_E_NOMEM)
+        pc_err_set(&err, rc, "out of memory");
+    reply_list(call, "tokens", list, rc, &err);
 }
 
 static bool token_id_valid(const char *id)
@@ -158,32 +155,31 @@ void api_post_agent(api_call *call)
     pc_httpd_read_body(call->rq, RECORD_BODY_MAX, agent_body, call->api);
 }
 
-static int add_agent(void *arg, const char *key, const uint8_t *val, size_t len)
+static int add_agent(void *arg, const Popcast__AgentRecord *a)
 {
-    json_t *list = arg;
-    Popcast__AgentRecord *a = popcast__agent_record__unpack(NULL, len, val);
-    if (a == NULL || a->public_key.len != PC_PK_LEN) {
-        if (a != NULL)
-            popcast__agent_record__free_unpacked(a, NULL);
+    if (a->public_key.len != PC_PK_LEN)
         return 0;
-    }
     pc_public_key pk;
     memcpy(pk.pk, a->public_key.data, PC_PK_LEN);
     pc_key_id(pk.id, pk.pk);
     char text[128], id[PC_HEX_KEY_ID_LEN];
     pc_key_format_public(&pk, text, sizeof(text));
     pc_hex(id, pk.id, PC_KEY_ID_LEN);
-    json_array_append_new(list,
-                          json_pack("{s:o,s:s,s:s,s:I,s:b}", "agent_id", pc_json_text(a->agent_id),
-                                    "public_key", text, "key_id", id, "enrolled_unix_ms",
-                                    (json_int_t)a->enrolled_unix_ms, "revoked", a->revoked));
-    popcast__agent_record__free_unpacked(a, NULL);
-    return 0;
+    json_t *o = json_pack("{s:o,s:s,s:s,s:I,s:b}", "agent_id", pc_json_text(a->agent_id),
+                          "public_key", text, "key_id", id, "enrolled_unix_ms",
+                          (json_int_t)a->enrolled_unix_ms, "revoked", a->revoked);
+    return json_array_append_new(arg, o) == 0 ? 0 : PC_E_NOMEM;
 }
 
 void api_get_agents(api_call *call)
 {
-    reply_list(call, "agents", "agent.", add_agent);
+    json_t *list = json_array();
+    pc_err err;
+    int rc = list ? pc_registry_foreach_agent(call->api->store, add_agent, list, &err)
+                  : pc_err_set(&err, PC_E_NOMEM, "out of memory");
+    if (rc == PC_E_NOMEM)
+        pc_err_set(&err, rc, "out of memory");
+    reply_list(call, "agents", list, rc, &err);
 }
 
 void api_delete_agent(api_call *call)

@@ -16,11 +16,11 @@
 #include "envelope.h"
 #include "log.h"
 #include "names.h"
+#include "registry.h"
 
 #define MAX_NODES   64
 #define MAX_WAITERS 8
 #define TICK_MS     50
-#define NODE_META   "cluster.node."
 
 typedef struct node {
     uint64_t id;
@@ -110,24 +110,18 @@ static int parse_peer(const char *text, uint64_t *id, char *addr, size_t addr_ca
     return PC_OK;
 }
 
-/* Nodes added at run time are recorded in the store's meta table. */
+static int remember_stored_node(void *arg, const Popcast__ClusterNode *n)
+{
+    remember_node(arg, n->id, n->raft_address, n->api_url);
+    return 0;
+}
+
+/* Nodes added at run time are recorded in the store (registry.h). */
 static void reload_nodes_from_store(pc_cluster *c)
 {
-    for (uint64_t id = 1; id <= 256; id++) {
-        char key[64];
-        snprintf(key, sizeof(key), NODE_META "%llu", (unsigned long long)id);
-        uint8_t buf[512];
-        size_t len = 0;
-        pc_err err;
-        if (pc_store_meta_get(c->opt.store, key, buf, sizeof(buf), &len, &err) != PC_OK ||
-            len > sizeof(buf))
-            continue;
-        Popcast__ClusterNode *n = popcast__cluster_node__unpack(NULL, len, buf);
-        if (n == NULL)
-            continue;
-        remember_node(c, n->id, n->raft_address, n->api_url);
-        popcast__cluster_node__free_unpacked(n, NULL);
-    }
+    pc_err err;
+    if (pc_registry_foreach_node(c->opt.store, remember_stored_node, c, &err) != PC_OK)
+        pc_warn("cluster", "cannot read the recorded cluster members: %s", err.msg);
 }
 
 /* The FSM. */
@@ -187,43 +181,13 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
         if (rc == PC_OK && !replayed && c->opt.on_applied != NULL)
             c->opt.on_applied(c->opt.on_applied_arg, cmd->entry);
     } else if (cmd->body_case == POPCAST__CLUSTER_COMMAND__BODY_NODE) {
-        char key[64];
-        snprintf(key, sizeof(key), NODE_META "%llu", (unsigned long long)cmd->node->id);
-        rc = pc_err_set(&err, PC_E_INVALID, "cluster node record too large");
-        uint8_t packed[512];
-        size_t node_len = popcast__cluster_node__get_packed_size(cmd->node);
-        if (node_len <= sizeof(packed)) {
-            popcast__cluster_node__pack(cmd->node, packed);
-            rc = pc_store_meta_put(c->opt.store, key, packed, node_len, &err);
-        }
+        rc = pc_registry_put_node(c->opt.store, cmd->node, &err);
         if (rc == PC_OK)
             remember_node(c, cmd->node->id, cmd->node->raft_address, cmd->node->api_url);
-    } else if (cmd->body_case == POPCAST__CLUSTER_COMMAND__BODY_TOKEN &&
-               cmd->token->hash.len == PC_HASH_LEN) {
-        char key[16 + PC_HEX_HASH_LEN];
-        char hex[PC_HEX_HASH_LEN];
-        pc_hex(hex, cmd->token->hash.data, PC_HASH_LEN);
-        snprintf(key, sizeof(key), "token.%s", hex);
-        size_t tlen = popcast__token_record__get_packed_size(cmd->token);
-        uint8_t *packed = malloc(tlen ? tlen : 1);
-        if (packed == NULL) {
-            rc = pc_err_set(&err, PC_E_NOMEM, "out of memory");
-        } else {
-            popcast__token_record__pack(cmd->token, packed);
-            rc = pc_store_meta_put(c->opt.store, key, packed, tlen, &err);
-            free(packed);
-        }
-    } else if (cmd->body_case == POPCAST__CLUSTER_COMMAND__BODY_AGENT &&
-               pc_id_valid(cmd->agent->agent_id) && cmd->agent->public_key.len == PC_PK_LEN) {
-        char key[32 + PC_ID_MAX];
-        snprintf(key, sizeof(key), "agent.%s", cmd->agent->agent_id);
-        uint8_t packed[512];
-        size_t alen = popcast__agent_record__get_packed_size(cmd->agent);
-        rc = pc_err_set(&err, PC_E_INVALID, "agent record too large");
-        if (alen <= sizeof(packed)) {
-            popcast__agent_record__pack(cmd->agent, packed);
-            rc = pc_store_meta_put(c->opt.store, key, packed, alen, &err);
-        }
+    } else if (cmd->body_case == POPCAST__CLUSTER_COMMAND__BODY_TOKEN) {
+        rc = pc_registry_put_token(c->opt.store, cmd->token, &err);
+    } else if (cmd->body_case == POPCAST__CLUSTER_COMMAND__BODY_AGENT) {
+        rc = pc_registry_put_agent(c->opt.store, cmd->agent, &err);
     } else {
         rc = pc_err_set(&err, PC_E_INVALID, "raft command has no valid body");
     }

@@ -11,6 +11,7 @@
 
 #include "envelope.h"
 #include "log.h"
+#include "registry.h"
 
 struct pc_pipeline {
     uv_loop_t *loop;
@@ -280,24 +281,6 @@ static int start_rotation(pc_pipeline *p, pc_change *c, pc_change_result *r)
     return propose_signed(p, c, &sm, NULL, 0, r);
 }
 
-typedef struct token_find {
-    const char *id;
-    Popcast__TokenRecord *found;
-} token_find;
-
-static int find_token(void *arg, const char *key, const uint8_t *val, size_t len)
-{
-    token_find *f = arg;
-    Popcast__TokenRecord *t = popcast__token_record__unpack(NULL, len, val);
-    if (t != NULL && strcmp(t->id, f->id) == 0) {
-        f->found = t;
-        return 1;
-    }
-    if (t != NULL)
-        popcast__token_record__free_unpacked(t, NULL);
-    return 0;
-}
-
 /* Proposes a token record as the change in flight. */
 static int propose_token(pc_pipeline *p, pc_change *c, const Popcast__TokenRecord *t,
                          pc_change_result *r)
@@ -327,15 +310,13 @@ static int start_token_create(pc_pipeline *p, pc_change *c, pc_change_result *r)
 
 static int start_token_revoke(pc_pipeline *p, pc_change *c, pc_change_result *r)
 {
-    token_find f = {c->u.token.id, NULL};
-    int rc = pc_store_meta_foreach(p->store, "token.", find_token, &f, &r->err);
+    Popcast__TokenRecord *t = NULL;
+    int rc = pc_registry_find_token(p->store, c->u.token.id, &t, &r->err);
     if (rc != PC_OK)
         return rc;
-    if (f.found == NULL)
-        return pc_err_set(&r->err, PC_E_NOTFOUND, "no token with id %s", c->u.token.id);
-    f.found->revoked = 1;
-    rc = propose_token(p, c, f.found, r);
-    popcast__token_record__free_unpacked(f.found, NULL);
+    t->revoked = 1;
+    rc = propose_token(p, c, t, r);
+    popcast__token_record__free_unpacked(t, NULL);
     return rc;
 }
 
@@ -362,22 +343,12 @@ static int start_agent_enroll(pc_pipeline *p, pc_change *c, pc_change_result *r)
 
 static int start_agent_revoke(pc_pipeline *p, pc_change *c, pc_change_result *r)
 {
-    char key[32 + PC_ID_MAX];
-    snprintf(key, sizeof(key), "agent.%s", c->u.agent.id);
-    uint8_t buf[512];
-    size_t len = 0;
-    int rc = pc_store_meta_get(p->store, key, buf, sizeof(buf), &len, &r->err);
+    Popcast__AgentRecord *old = NULL;
+    int rc = pc_registry_get_agent(p->store, c->u.agent.id, &old, &r->err);
     if (rc == PC_E_NOTFOUND)
         return pc_err_set(&r->err, PC_E_NOTFOUND, "agent %s is not enrolled", c->u.agent.id);
     if (rc != PC_OK)
         return rc;
-    Popcast__AgentRecord *old =
-        len <= sizeof(buf) ? popcast__agent_record__unpack(NULL, len, buf) : NULL;
-    if (old == NULL || old->public_key.len != PC_PK_LEN) {
-        if (old != NULL)
-            popcast__agent_record__free_unpacked(old, NULL);
-        return pc_err_set(&r->err, PC_E_STORE, "agent record of %s is corrupt", c->u.agent.id);
-    }
     memcpy(c->u.agent.pk, old->public_key.data, PC_PK_LEN);
     Popcast__AgentRecord a = POPCAST__AGENT_RECORD__INIT;
     a.agent_id = c->u.agent.id;

@@ -9,6 +9,7 @@
 
 #include "envelope.h"
 #include "log.h"
+#include "registry.h"
 
 #define MAX_ENTRIES_PER_REPLY 1024
 
@@ -284,25 +285,17 @@ static void handle_chunk(pc_sync_server *s, const Popcast__BundleChunkRequest *r
  * when not enrolled, PC_E_FORBIDDEN when revoked. */
 static int enrolled_key(pc_sync_server *s, const char *agent_id, pc_public_key *pk)
 {
-    if (!pc_id_valid(agent_id))
-        return PC_E_NOTFOUND;
-    char key[32 + PC_ID_MAX];
-    snprintf(key, sizeof(key), "agent.%s", agent_id);
-    uint8_t buf[512];
-    size_t len = 0;
+    Popcast__AgentRecord *a = NULL;
     pc_err err;
-    if (pc_store_meta_get(s->opt.store, key, buf, sizeof(buf), &len, &err) != PC_OK ||
-        len > sizeof(buf))
+    int rc = pc_registry_get_agent(s->opt.store, agent_id, &a, &err);
+    if (rc == PC_E_STORE)
+        pc_warn("sync", "%s", err.msg);
+    if (rc != PC_OK)
         return PC_E_NOTFOUND;
-    Popcast__AgentRecord *a = popcast__agent_record__unpack(NULL, len, buf);
-    int rc = PC_E_NOTFOUND;
-    if (a != NULL && a->public_key.len == PC_PK_LEN) {
-        rc = a->revoked ? PC_E_FORBIDDEN : PC_OK;
-        memcpy(pk->pk, a->public_key.data, PC_PK_LEN);
-        pc_key_id(pk->id, pk->pk);
-    }
-    if (a != NULL)
-        popcast__agent_record__free_unpacked(a, NULL);
+    rc = a->revoked ? PC_E_FORBIDDEN : PC_OK;
+    memcpy(pk->pk, a->public_key.data, PC_PK_LEN);
+    pc_key_id(pk->id, pk->pk);
+    popcast__agent_record__free_unpacked(a, NULL);
     return rc;
 }
 

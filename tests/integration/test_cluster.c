@@ -452,11 +452,18 @@ static void test_membership_under_load(void **state)
 {
     atomic_store(&n_acks, 0);
     atomic_store(&stop_load, 0);
-    pc_test_cluster_init(&env, &cl, 5, 3, NULL);
+    /* Frequent raft snapshots: membership records then live in snapshots
+     * (the store), not only in the log a restart replays. */
+    const char *snapshots[] = {"--raft-snapshot-threshold", "64", "--raft-snapshot-trailing", "16",
+                               NULL};
+    pc_test_cluster_init(&env, &cl, 5, 3, snapshots);
     assert_true(pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS) >= 0);
     pthread_t thread;
     assert_int_equal(pthread_create(&thread, NULL, load, NULL), 0);
     for (int i = 3; i < 5; i++) {
+        /* Raft ids are any u64 >= 1: added nodes get large ones, which a
+         * restarted node must still know the API address of. */
+        snprintf(cl.id[i], sizeof(cl.id[i]), "%d", 1000 + i);
         pthread_mutex_lock(&nodes_lock);
         pc_test_cluster_start_node(&env, &cl, i, true, NULL);
         pthread_mutex_unlock(&nodes_lock);
@@ -464,7 +471,7 @@ static void test_membership_under_load(void **state)
         int n = snprintf(body, sizeof(body),
                          "{\"id\": %d, \"raft_address\": \"%s\", "
                          "\"api_url\": \"%s\"}",
-                         i + 1, cl.node[i].raft_address, cl.node[i].api_url);
+                         1000 + i, cl.node[i].raft_address, cl.node[i].api_url);
         int leader = pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS);
         pc_http_result r;
         int status = pc_test_api(&env, &cl.node[leader], "POST", "/v1/cluster/nodes",
@@ -500,6 +507,33 @@ static void test_membership_under_load(void **state)
     pthread_join(thread, NULL);
     assert_true(atomic_load(&n_acks) > 10);
     check_acks_everywhere();
+    /* A restarted member still knows every member's API address (they
+     * come from the store: the raft configuration has none). */
+    int other = 0;
+    while (other == leader || other == victim)
+        other++;
+    pc_test_controller_stop(&cl.node[other]);
+    pc_test_cluster_start_node(&env, &cl, other, false, NULL);
+    bool known = false;
+    for (int64_t until = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+         !known && pc_test_now_ms() < until; pc_test_sleep_ms(50)) {
+        c = node_json(other, "/v1/cluster");
+        known = json_array_size(json_object_get(c, "nodes")) == 4;
+        json_array_foreach(json_object_get(c, "nodes"), k, nd)
+        {
+            const char *api = json_string_value(json_object_get(nd, "api_url"));
+            int id = (int)json_integer_value(json_object_get(nd, "id"));
+            int idx = id >= 1000 ? id - 1000 : id - 1;
+            if (api == NULL || idx < 0 || idx >= 5 || strcmp(api, cl.node[idx].api_url) != 0)
+                known = false;
+        }
+        if (!known && pc_test_now_ms() + 50 >= until) {
+            char *text = c ? json_dumps(c, 0) : NULL;
+            fail_msg("restarted node %d does not know every API address: %s", other + 1,
+                     text ? text : "(no answer)");
+        }
+        json_decref(c);
+    }
     pc_test_cluster_stop(&cl);
 }
 

@@ -1,0 +1,61 @@
+/* registry.h - the store's meta key space, and typed access to the
+ * records kept in it.
+ *
+ * Every key of the meta table is named here, one prefix per kind of
+ * record; no other module builds meta keys. Records are protobuf messages
+ * (proto/popcast.proto); a read returns the decoded message (free with its
+ * protobuf-c __free_unpacked), whatever its size, and a record that does
+ * not decode is an error (PC_E_STORE naming the key), never skipped: the
+ * store is written by popcast alone, so a record it cannot read means the
+ * store is damaged, and a damaged access record must not silently vanish
+ * from a listing or a check.
+ *
+ *   "applied_seq", "log_base"      u64 BE      store.c (the log)
+ *   "rotation/<seq, 20 digits>"    LogRecord   store.c (invariant 6)
+ *   "token.<hex BLAKE2b of token>" TokenRecord controller: API tokens
+ *   "agent.<agent id>"             AgentRecord controller: enrolled agents
+ *   "cluster.node.<raft id>"       ClusterNode controller: members added at run time
+ *   "status_epoch"                 u64 BE      agent: report counter epoch
+ *
+ * Walks follow store.h: cb returning non-zero stops the walk and that
+ * value is returned. Writes here are for the cluster's FSM (controller)
+ * and the agent's start-up; each is one LMDB transaction. Thread safe as
+ * the store is. */
+#ifndef PC_REGISTRY_H
+#define PC_REGISTRY_H
+
+#include <stdint.h>
+
+#include "crypto.h"
+#include "err.h"
+#include "popcast.pb-c.h"
+#include "store.h"
+
+/* API tokens, by the hash of the token. */
+int pc_registry_put_token(pc_store *s, const Popcast__TokenRecord *t, pc_err *err);
+/* PC_E_NOTFOUND when no token has that hash. */
+int pc_registry_get_token(pc_store *s, const uint8_t hash[PC_HASH_LEN], Popcast__TokenRecord **out,
+                          pc_err *err);
+/* By the token's public id; PC_E_NOTFOUND when none has it. */
+int pc_registry_find_token(pc_store *s, const char *id, Popcast__TokenRecord **out, pc_err *err);
+int pc_registry_foreach_token(pc_store *s, int (*cb)(void *arg, const Popcast__TokenRecord *t),
+                              void *arg, pc_err *err);
+
+/* Enrolled agents, by agent id. */
+int pc_registry_put_agent(pc_store *s, const Popcast__AgentRecord *a, pc_err *err);
+/* PC_E_NOTFOUND when not enrolled (or the id is not a valid id). */
+int pc_registry_get_agent(pc_store *s, const char *agent_id, Popcast__AgentRecord **out,
+                          pc_err *err);
+int pc_registry_foreach_agent(pc_store *s, int (*cb)(void *arg, const Popcast__AgentRecord *a),
+                              void *arg, pc_err *err);
+
+/* Cluster members added at run time, by raft id (any id >= 1). */
+int pc_registry_put_node(pc_store *s, const Popcast__ClusterNode *n, pc_err *err);
+int pc_registry_foreach_node(pc_store *s, int (*cb)(void *arg, const Popcast__ClusterNode *n),
+                             void *arg, pc_err *err);
+
+/* Agent: bumps the stored report epoch and returns the new value (1 on a
+ * fresh store). */
+int pc_registry_next_status_epoch(pc_store *s, uint64_t *epoch, pc_err *err);
+
+#endif

@@ -1,0 +1,200 @@
+/* test_registry.c - records in the store's meta key space: typed reads of
+ * any size, walks in key order that stop on a callback's value, damaged
+ * records reported rather than skipped, and ids of any size. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "registry.h"
+
+static char dir[512];
+static pc_store *store;
+
+static int setup(void **state)
+{
+    pc_test_init();
+    pc_test_tmpdir(dir, sizeof(dir), "registry");
+    pc_store_options opt = {0};
+    assert_int_equal(pc_store_open(&store, dir, &opt, NULL), PC_OK);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    pc_store_close(store);
+    pc_test_rm_rf(dir);
+    return 0;
+}
+
+static void put_token(const char *id, uint8_t fill, size_t n_tenants, const char *name)
+{
+    uint8_t hash[PC_HASH_LEN];
+    memset(hash, fill, sizeof(hash));
+    char names[16][64];
+    char *tenants[16];
+    for (size_t i = 0; i < n_tenants; i++) {
+        /* 63-character names: 16 of them make a record over 1 KiB. */
+        snprintf(names[i], sizeof(names[i]), "%02zu%061d", i, 0);
+        tenants[i] = names[i];
+    }
+    Popcast__TokenRecord t = POPCAST__TOKEN_RECORD__INIT;
+    t.id = (char *)id;
+    t.name = (char *)name;
+    t.hash.data = hash;
+    t.hash.len = PC_HASH_LEN;
+    t.tenants = tenants;
+    t.n_tenants = n_tenants;
+    pc_err err;
+    assert_int_equal(pc_registry_put_token(store, &t, &err), PC_OK);
+}
+
+static int count_tokens(void *arg, const Popcast__TokenRecord *t)
+{
+    (*(int *)arg)++;
+    return 0;
+}
+
+static int stop_at_second(void *arg, const Popcast__TokenRecord *t)
+{
+    return ++*(int *)arg == 2 ? -42 : 0;
+}
+
+static void test_tokens(void **state)
+{
+    put_token("aaaaaaaaaaaaaaaa", 0x11, 1, "small");
+    put_token("bbbbbbbbbbbbbbbb", 0x22, 16, "large");
+    put_token("cccccccccccccccc", 0x33, 2, "third");
+    uint8_t hash[PC_HASH_LEN];
+    memset(hash, 0x22, sizeof(hash));
+    Popcast__TokenRecord *t = NULL;
+    pc_err err;
+    /* A record over any fixed buffer reads whole. */
+    assert_int_equal(pc_registry_get_token(store, hash, &t, &err), PC_OK);
+    assert_true(popcast__token_record__get_packed_size(t) > 1024);
+    assert_string_equal(t->name, "large");
+    assert_int_equal(t->n_tenants, 16);
+    popcast__token_record__free_unpacked(t, NULL);
+    memset(hash, 0x44, sizeof(hash));
+    assert_int_equal(pc_registry_get_token(store, hash, &t, &err), PC_E_NOTFOUND);
+
+    assert_int_equal(pc_registry_find_token(store, "cccccccccccccccc", &t, &err), PC_OK);
+    assert_string_equal(t->name, "third");
+    popcast__token_record__free_unpacked(t, NULL);
+    assert_int_equal(pc_registry_find_token(store, "dddddddddddddddd", &t, &err), PC_E_NOTFOUND);
+
+    int n = 0;
+    assert_int_equal(pc_registry_foreach_token(store, count_tokens, &n, &err), PC_OK);
+    assert_int_equal(n, 3);
+    n = 0;
+    assert_int_equal(pc_registry_foreach_token(store, stop_at_second, &n, &err), -42);
+    assert_int_equal(n, 2);
+
+    /* A record without a hash is refused and changes nothing. */
+    Popcast__TokenRecord bad = POPCAST__TOKEN_RECORD__INIT;
+    bad.id = "eeeeeeeeeeeeeeee";
+    assert_int_equal(pc_registry_put_token(store, &bad, &err), PC_E_INVALID);
+    n = 0;
+    assert_int_equal(pc_registry_foreach_token(store, count_tokens, &n, &err), PC_OK);
+    assert_int_equal(n, 3);
+}
+
+static void test_damaged_records_are_errors(void **state)
+{
+    pc_err err;
+    /* Bytes that are not a TokenRecord under a token key. */
+    char key[128];
+    char hex[PC_HEX_HASH_LEN];
+    uint8_t hash[PC_HASH_LEN];
+    memset(hash, 0x55, sizeof(hash));
+    pc_hex(hex, hash, PC_HASH_LEN);
+    snprintf(key, sizeof(key), "token.%s", hex);
+    const uint8_t junk[] = {0xff, 0xff, 0xff, 0xff, 0x0f};
+    assert_int_equal(pc_store_meta_put(store, key, junk, sizeof(junk), &err), PC_OK);
+    Popcast__TokenRecord *t = NULL;
+    assert_int_equal(pc_registry_get_token(store, hash, &t, &err), PC_E_STORE);
+    assert_non_null(strstr(err.msg, "does not decode"));
+    int n = 0;
+    assert_int_equal(pc_registry_foreach_token(store, count_tokens, &n, &err), PC_E_STORE);
+    /* An agent record whose key is not 32 bytes is damaged too. */
+    Popcast__AgentRecord a = POPCAST__AGENT_RECORD__INIT;
+    a.agent_id = "edge-1";
+    uint8_t pk[PC_PK_LEN] = {1};
+    a.public_key.data = pk;
+    a.public_key.len = 31;
+    assert_int_equal(pc_registry_put_agent(store, &a, &err), PC_E_INVALID);
+    a.public_key.len = PC_PK_LEN;
+    assert_int_equal(pc_registry_put_agent(store, &a, &err), PC_OK);
+    Popcast__AgentRecord *got = NULL;
+    assert_int_equal(pc_registry_get_agent(store, "edge-1", &got, &err), PC_OK);
+    assert_memory_equal(got->public_key.data, pk, PC_PK_LEN);
+    popcast__agent_record__free_unpacked(got, NULL);
+    assert_int_equal(pc_registry_get_agent(store, "edge-2", &got, &err), PC_E_NOTFOUND);
+    assert_int_equal(pc_registry_get_agent(store, "../x", &got, &err), PC_E_NOTFOUND);
+    assert_int_equal(pc_registry_get_agent(store, NULL, &got, &err), PC_E_NOTFOUND);
+}
+
+static int collect_node(void *arg, const Popcast__ClusterNode *n)
+{
+    uint64_t *ids = arg;
+    ids[ids[0] + 1] = n->id;
+    ids[0]++;
+    return 0;
+}
+
+static void test_nodes_of_any_id(void **state)
+{
+    pc_err err;
+    uint64_t want[] = {1, 300, 4000000000ULL, UINT64_MAX};
+    for (size_t i = 0; i < 4; i++) {
+        Popcast__ClusterNode n = POPCAST__CLUSTER_NODE__INIT;
+        n.id = want[i];
+        n.raft_address = "127.0.0.1:7073";
+        n.api_url = "http://127.0.0.1:7070";
+        assert_int_equal(pc_registry_put_node(store, &n, &err), PC_OK);
+    }
+    Popcast__ClusterNode zero = POPCAST__CLUSTER_NODE__INIT;
+    assert_int_equal(pc_registry_put_node(store, &zero, &err), PC_E_INVALID);
+    uint64_t got[8] = {0};
+    assert_int_equal(pc_registry_foreach_node(store, collect_node, got, &err), PC_OK);
+    assert_int_equal(got[0], 4);
+    for (size_t i = 0; i < 4; i++) {
+        bool seen = false;
+        for (size_t k = 0; k < 4; k++)
+            seen = seen || got[k + 1] == want[i];
+        assert_true(seen);
+    }
+}
+
+static void test_status_epoch_grows_across_reopen(void **state)
+{
+    pc_err err;
+    uint64_t e1 = 0, e2 = 0, e3 = 0;
+    assert_int_equal(pc_registry_next_status_epoch(store, &e1, &err), PC_OK);
+    assert_int_equal(pc_registry_next_status_epoch(store, &e2, &err), PC_OK);
+    assert_int_equal(e2, e1 + 1);
+    pc_store_close(store);
+    pc_store_options opt = {0};
+    assert_int_equal(pc_store_open(&store, dir, &opt, NULL), PC_OK);
+    assert_int_equal(pc_registry_next_status_epoch(store, &e3, &err), PC_OK);
+    assert_int_equal(e3, e2 + 1);
+    /* A damaged epoch is an error, not a restart from 1. */
+    assert_int_equal(pc_store_meta_put(store, "status_epoch", "abc", 3, &err), PC_OK);
+    assert_int_equal(pc_registry_next_status_epoch(store, &e3, &err), PC_E_STORE);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tokens),
+        cmocka_unit_test(test_damaged_records_are_errors),
+        cmocka_unit_test(test_nodes_of_any_id),
+        cmocka_unit_test(test_status_epoch_grows_across_reopen),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
