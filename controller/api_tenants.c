@@ -71,21 +71,29 @@ static int add_version(void *arg, uint64_t version, uint64_t seq)
     return 0;
 }
 
-static json_t *tenant_json(pc_api *api, const pc_tenant_state *t, bool with_versions)
+/* NULL with err set when the tenant's versions cannot be read. */
+static json_t *tenant_json(pc_api *api, const pc_tenant_state *t, bool with_versions, pc_err *err)
 {
     json_t *o = json_pack("{s:s,s:I,s:I,s:b}", "tenant", t->tenant, "active_version",
                           (json_int_t)t->active_version, "last_version",
                           (json_int_t)t->last_version, "deleted", t->deleted);
-    if (o == NULL)
+    if (o == NULL) {
+        pc_err_set(err, PC_E_NOMEM, "out of memory");
         return NULL;
+    }
     if (t->active_version != 0) {
         json_object_set_new(o, "active_seq", json_integer((json_int_t)t->active_seq));
         json_object_set_new(o, "active_hash", api_hash_json(t->active_hash, PC_HASH_LEN));
     }
     if (with_versions) {
         tenants_walk w = {api, json_array(), NULL};
-        pc_store_foreach_version(api->store, t->tenant, add_version, &w, NULL);
+        int rc = pc_store_foreach_version(api->store, t->tenant, add_version, &w, err);
         json_object_set_new(o, "versions", w.list);
+        if (rc != PC_OK) {
+            /* A partial history would look complete: refuse instead. */
+            json_decref(o);
+            return NULL;
+        }
     }
     return o;
 }
@@ -94,7 +102,7 @@ static int add_tenant(void *arg, const pc_tenant_state *t)
 {
     tenants_walk *w = arg;
     if (api_may_use_tenant(w->who, t->tenant))
-        json_array_append_new(w->list, tenant_json(w->api, t, false));
+        json_array_append_new(w->list, tenant_json(w->api, t, false, NULL));
     return 0;
 }
 
@@ -124,8 +132,12 @@ static void reply_tenant(api_call *call, bool versions_only)
         pc_httpd_error(call->rq, rc, "%s", err.msg);
         return;
     }
-    json_t *o = tenant_json(call->api, &t, true);
-    if (versions_only && o != NULL) {
+    json_t *o = tenant_json(call->api, &t, true, &err);
+    if (o == NULL) {
+        pc_httpd_error(call->rq, err.code, "%s", err.msg);
+        return;
+    }
+    if (versions_only) {
         json_t *v =
             json_pack("{s:s,s:O}", "tenant", tenant, "versions", json_object_get(o, "versions"));
         json_decref(o);

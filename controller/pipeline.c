@@ -227,8 +227,13 @@ static int start_rotation(pc_pipeline *p, pc_change *c, pc_change_result *r)
     pc_public_key cur;
     uint64_t since = 0;
     pc_err cur_err;
-    bool have_cur = pc_signer_current_public(p->signer, &cur, &since, &cur_err) == PC_OK;
-    if (!have_cur && c->u.key.authorization == NULL && !c->u.key.sign_with_root) {
+    int cur_rc = pc_signer_current_public(p->signer, &cur, &since, &cur_err);
+    bool have_cur = cur_rc == PC_OK;
+    /* Only "no held key may sign yet" leaves a way to rotate (a root's
+     * authorization or signature); a chain that does not verify leaves
+     * none. */
+    if (!have_cur && (cur_rc != PC_E_UNAVAILABLE ||
+                      (c->u.key.authorization == NULL && !c->u.key.sign_with_root))) {
         r->err = cur_err;
         return cur_err.code;
     }
