@@ -142,7 +142,7 @@ static bool bool_at(json_t *o, const char *key)
 }
 
 /* Reports carry a counter that must grow: a replay (same counter) or a
- * reordered report (lower) is refused with PC_E_STALE_VERSION and changes
+ * reordered report (lower) is refused with PC_E_REPLAYED and changes
  * nothing, not even when the agent was last seen. */
 static void test_counter_must_grow(void **state)
 {
@@ -157,9 +157,9 @@ static void test_counter_must_grow(void **state)
     report_spec replay = {.agent = "edge-1", .counter = 5, .t = {{"web", 2, 2}}};
     report_spec older = {.agent = "edge-1", .counter = 4, .t = {{"web", 2, 2}}};
     pc_err err;
-    assert_int_equal(send_report(r, &replay, true, T0 + 4000, &err), PC_E_STALE_VERSION);
+    assert_int_equal(send_report(r, &replay, true, T0 + 4000, &err), PC_E_REPLAYED);
     assert_non_null(strstr(err.msg, "not above"));
-    assert_int_equal(send_report(r, &older, true, T0 + 4000, &err), PC_E_STALE_VERSION);
+    assert_int_equal(send_report(r, &older, true, T0 + 4000, &err), PC_E_REPLAYED);
     pc_rollout_summary s = summary(r, &v2, T0 + 4000);
     assert_int_equal(s.live, 0);
     assert_int_equal(s.applied, 0);
@@ -172,7 +172,7 @@ static void test_counter_must_grow(void **state)
     assert_true(bool_at(e, "stale"));
     json_decref(fleet);
     /* A replay cannot keep an agent from going gone either. */
-    assert_int_equal(send_report(r, &replay, true, T0 + 9000, &err), PC_E_STALE_VERSION);
+    assert_int_equal(send_report(r, &replay, true, T0 + 9000, &err), PC_E_REPLAYED);
     assert_int_equal(summary(r, &v1, T0 + 10001).total, 0);
 
     /* The next counter is accepted, whatever time it carries. */
@@ -185,7 +185,7 @@ static void test_counter_must_grow(void **state)
     /* Counters are per agent: another agent may start at 0, once. */
     report_spec b = {.agent = "edge-2", .counter = 0, .t = {{"web", 2, 2}}};
     report_ok(r, &b, T0 + 10002);
-    assert_int_equal(send_report(r, &b, true, T0 + 10003, &err), PC_E_STALE_VERSION);
+    assert_int_equal(send_report(r, &b, true, T0 + 10003, &err), PC_E_REPLAYED);
     assert_int_equal(summary(r, &v2, T0 + 10003).live, 2);
     pc_rollout_free(r);
 }
@@ -651,7 +651,7 @@ static void test_wait_completes_on_report(void **state)
     report_ok(r, &a, now + 10);
     assert_int_equal(l.calls, 0); /* b is still on v1 */
     report_spec replay = {.agent = "edge-b", .counter = 1, .t = {{"web", 2, 2}}};
-    assert_int_equal(send_report(r, &replay, true, now + 20, &err), PC_E_STALE_VERSION);
+    assert_int_equal(send_report(r, &replay, true, now + 20, &err), PC_E_REPLAYED);
     assert_int_equal(l.calls, 0);
     pc_rollout_tick(r, now + 30);
     assert_int_equal(l.calls, 0);
