@@ -16,6 +16,7 @@
 #include <uv.h>
 
 #include "api.h"
+#include "clock.h"
 #include "cluster.h"
 #include "config.h"
 #include "daemon.h"
@@ -253,7 +254,7 @@ static void cluster_stopped(void *arg)
 static void on_tick(uv_timer_t *t)
 {
     controller *c = t->data;
-    pc_rollout_tick(c->rollout, pc_now_ms());
+    pc_rollout_tick(c->rollout, pc_mono_ms());
     if (c->cluster != NULL)
         pc_cluster_refresh(c->cluster);
 }

@@ -5,7 +5,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "names.h"
 
@@ -32,13 +31,6 @@ struct pc_rollout {
     size_t n_agents;
     waiter *waiters;
 };
-
-int64_t pc_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 pc_rollout *pc_rollout_new(const pc_rollout_options *opt)
 {
@@ -356,7 +348,7 @@ int pc_rollout_wait(pc_rollout *r, const pc_rollout_query *q, int64_t deadline_m
     w->done = done;
     w->arg = arg;
     waiter *fired = NULL;
-    int64_t now = pc_now_ms();
+    int64_t now = pc_mono_ms();
     pthread_mutex_lock(&r->lock);
     w->next = r->waiters;
     r->waiters = w;

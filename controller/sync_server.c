@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "envelope.h"
 #include "log.h"
 
@@ -319,7 +320,7 @@ static void record_status(pc_sync_server *s, const Popcast__AgentStatus *st, boo
                           Popcast__StatusAck *ack)
 {
     pc_err err;
-    if (pc_rollout_report(s->opt.rollout, st, verified, pc_now_ms(), &err) != PC_OK) {
+    if (pc_rollout_report(s->opt.rollout, st, verified, pc_mono_ms(), &err) != PC_OK) {
         pc_metric_add(s->m_bad, 1);
         pc_debug("sync", "status from %s refused: %s", st->agent_id, err.msg);
         ack->error = strdup(err.msg);
