@@ -15,6 +15,7 @@
 
 #include "admin.h"
 #include "applier.h"
+#include "byteorder.h"
 #include "config.h"
 #include "daemon.h"
 #include "crypto.h"
@@ -233,19 +234,14 @@ static int next_status_epoch(pc_store *store, uint64_t *epoch, pc_err *err)
     int rc = pc_store_meta_get(store, "status_epoch", buf, sizeof(buf), &len, err);
     uint64_t e = 0;
     if (rc == PC_OK && len == 8)
-        for (int i = 0; i < 8; i++)
-            e = (e << 8) | buf[i];
+        e = pc_be64_get(buf);
     else if (rc != PC_OK && rc != PC_E_NOTFOUND)
         return rc;
     e++;
-    for (int i = 7; i >= 0; i--) {
-        buf[i] = (uint8_t)e;
-        e >>= 8;
-    }
+    pc_be64_put(buf, e);
     rc = pc_store_meta_put(store, "status_epoch", buf, 8, err);
     if (rc == PC_OK)
-        for (int i = 0; i < 8; i++)
-            *epoch = (*epoch << 8) | buf[i];
+        *epoch = e;
     return rc;
 }
 
