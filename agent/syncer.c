@@ -12,6 +12,7 @@
 #include "clock.h"
 #include "envelope.h"
 #include "log.h"
+#include "protocol_limits.h"
 
 #define BACKOFF_MIN_MS 200
 #define BACKOFF_MAX_MS 5000
@@ -447,9 +448,9 @@ int pc_syncer_start(pc_syncer **out, const pc_syncer_options *opt, pc_err *err)
         if (rv == 0)
             rv = nng_socket_set_size(l->sock, NNG_OPT_RECVMAXSZ, opt->recv_max);
         if (rv == 0)
-            rv = nng_socket_set_ms(l->sock, NNG_OPT_RECONNMINT, 100);
+            rv = nng_socket_set_ms(l->sock, NNG_OPT_RECONNMINT, PC_REDIAL_MIN_MS);
         if (rv == 0)
-            rv = nng_socket_set_ms(l->sock, NNG_OPT_RECONNMAXT, 2000);
+            rv = nng_socket_set_ms(l->sock, NNG_OPT_RECONNMAXT, PC_REDIAL_MAX_MS);
         if (rv == 0) {
             pc_err derr;
             if (pc_nng_dial(l->sock, opt->urls->items[i], opt->tls, NNG_FLAG_NONBLOCK, &derr) !=
