@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "envelope.h"
 #include "log.h"
 #include "trust.h"
@@ -44,26 +45,12 @@ struct pc_applier {
         *m_snapshots;
 };
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int64_t heartbeat_age_ms(pc_applier *a);
 
 static void changed(pc_applier *a, int need_sync)
 {
     if (a->opt.on_change != NULL)
         a->opt.on_change(a->opt.on_change_arg, need_sync);
-}
-
-static int64_t now_unix_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void record_nack(pc_applier *a, const char *tenant, uint64_t version, uint64_t seq,
@@ -80,7 +67,7 @@ static void record_nack(pc_applier *a, const char *tenant, uint64_t version, uin
     n->seq = seq;
     snprintf(n->reason, sizeof(n->reason), "%s", reason);
     snprintf(n->detail, sizeof(n->detail), "%s", detail);
-    n->at_unix_ms = now_unix_ms();
+    n->at_unix_ms = pc_wall_ms();
     a->nack_next = (a->nack_next + 1) % NACK_RING;
     if (a->nack_count < NACK_RING)
         a->nack_count++;
@@ -302,9 +289,7 @@ static void on_heartbeat(pc_applier *a, const Popcast__SignedHeartbeat *sh)
             changed(a, 1);
         return;
     }
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    int64_t now_wall = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    int64_t now_wall = pc_wall_ms();
     pthread_mutex_lock(&a->lock);
     if (hb->time_unix_ms <= a->last_heartbeat_time_ms) {
         /* Older than one already accepted: a replay (or a controller
@@ -316,7 +301,7 @@ static void on_heartbeat(pc_applier *a, const Popcast__SignedHeartbeat *sh)
                         (long long)(now_wall - hb->expires_unix_ms));
     } else {
         a->last_heartbeat_time_ms = hb->time_unix_ms;
-        a->last_heartbeat_ms = mono_ms();
+        a->last_heartbeat_ms = pc_mono_ms();
         atomic_store(&a->head_seq, hb->head_seq);
     }
     pthread_mutex_unlock(&a->lock);
@@ -594,7 +579,7 @@ int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
     a->opt = *opt;
     pthread_mutex_init(&a->lock, NULL);
     pthread_mutex_init(&a->apply_lock, NULL);
-    a->last_heartbeat_ms = mono_ms();
+    a->last_heartbeat_ms = pc_mono_ms();
     a->drop_state = opt->test_drop_seed;
     uint64_t applied = 0;
     pc_trust_init(&a->trust, opt->trusted);
@@ -661,7 +646,7 @@ uint64_t pc_applier_head_seq(pc_applier *a)
 static int64_t heartbeat_age_ms(pc_applier *a)
 {
     pthread_mutex_lock(&a->lock);
-    int64_t age = mono_ms() - a->last_heartbeat_ms;
+    int64_t age = pc_mono_ms() - a->last_heartbeat_ms;
     pthread_mutex_unlock(&a->lock);
     return age;
 }

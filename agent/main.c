@@ -24,6 +24,7 @@
 #include "metrics.h"
 #include "names.h"
 #include "registry.h"
+#include "protocol_limits.h"
 #include "store.h"
 #include "subscriber.h"
 #include "exec_adapter.h"
@@ -394,12 +395,11 @@ int main(int argc, char **argv)
         .sync_interval_ms = ag.cfg.sync_interval_ms,
         .status_interval_ms = ag.cfg.status_interval_ms,
         .status_min_ms = 50,
-        .batch_entries = 256,
-        .batch_bytes = 8 * 1024 * 1024,
-        .chunk_bytes = 1024 * 1024,
-        .recv_max =
-            (ag.cfg.max_bundle > 64u * 1024 * 1024 ? ag.cfg.max_bundle : 64u * 1024 * 1024) +
-            2 * 1024 * 1024};
+        .batch_entries = PC_SYNC_BATCH_ENTRIES,
+        .batch_bytes = PC_SYNC_BATCH_BYTES,
+        .chunk_bytes = PC_CHUNK_BYTES,
+        .recv_max = pc_sync_reply_max(ag.cfg.max_bundle),
+    };
     pc_syncer *syncer = NULL;
     if (pc_syncer_start(&syncer, &syopt, &err) != PC_OK) {
         pc_error("agent", "%s", err.msg);
@@ -409,7 +409,7 @@ int main(int argc, char **argv)
     uv_loop_init(&ag.loop);
     pc_subscriber_options subopt = {.urls = &ag.cfg.subscribe,
                                     .recvbuf = (int)ag.cfg.sub_recvbuf,
-                                    .recv_max = ag.cfg.max_bundle + 1024 * 1024,
+                                    .recv_max = pc_pub_message_max(ag.cfg.max_bundle),
                                     .tls = ag.tls,
                                     .queue_max = ag.cfg.sub_queue};
     if (pc_subscriber_open(&ag.sub, &ag.loop, &subopt, on_publication, &ag, &err) != PC_OK) {

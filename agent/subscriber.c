@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "log.h"
+#include "protocol_limits.h"
 
 typedef struct queued {
     nng_msg *msg;
@@ -98,9 +99,9 @@ int pc_subscriber_open(pc_subscriber **out, uv_loop_t *loop, const pc_subscriber
     if (rv == 0)
         rv = nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, opt->recv_max);
     if (rv == 0)
-        rv = nng_socket_set_ms(s->sock, NNG_OPT_RECONNMINT, 100);
+        rv = nng_socket_set_ms(s->sock, NNG_OPT_RECONNMINT, PC_REDIAL_MIN_MS);
     if (rv == 0)
-        rv = nng_socket_set_ms(s->sock, NNG_OPT_RECONNMAXT, 2000);
+        rv = nng_socket_set_ms(s->sock, NNG_OPT_RECONNMAXT, PC_REDIAL_MAX_MS);
     if (rv == 0)
         rv = nng_aio_alloc(&s->aio, recv_done, s);
     if (rv != 0) {

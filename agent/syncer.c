@@ -9,8 +9,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "envelope.h"
 #include "log.h"
+#include "protocol_limits.h"
 
 #define BACKOFF_MIN_MS 200
 #define BACKOFF_MAX_MS 5000
@@ -45,13 +47,6 @@ struct pc_syncer {
  * becoming stale (or fresh again) is a change the controllers hear about
  * at once, not at the next periodic report. */
 #define STALE_WATCH_MS 200
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* One request and its reply on one link. */
 static int call(pc_syncer *s, link *l, const Popcast__SyncCall *req, Popcast__SyncReply **out,
@@ -292,9 +287,7 @@ static void report_status(pc_syncer *s)
     st.agent_id = (char *)s->opt.agent_id;
     st.pop = (char *)s->opt.pop;
     st.counter = (s->opt.status_epoch << 32) | ++s->counter;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    st.time_unix_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    st.time_unix_ms = pc_wall_ms();
     Popcast__SyncCall c = POPCAST__SYNC_CALL__INIT;
     c.body_case = POPCAST__SYNC_CALL__BODY_STATUS;
     c.status = &st;
@@ -357,7 +350,7 @@ static void *run(void *arg)
             else
                 pc_info("syncer", "fresh again: heartbeats are arriving");
         }
-        int64_t now = mono_ms();
+        int64_t now = pc_mono_ms();
         int64_t sync_due =
             s->need_sync ? s->next_sync_ms : s->last_sync_ms + (int64_t)s->opt.sync_interval_ms;
         int64_t status_due = s->next_status_ms;
@@ -369,13 +362,7 @@ static void *run(void *arg)
             if (wait > STALE_WATCH_MS)
                 wait = STALE_WATCH_MS;
             struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += wait / 1000;
-            ts.tv_nsec += (wait % 1000) * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
+            pc_deadline_after_ms(&ts, (uint64_t)wait);
             pthread_cond_timedwait(&s->cond, &s->lock, &ts);
             continue;
         }
@@ -392,7 +379,7 @@ static void *run(void *arg)
             report_status(s);
         pthread_mutex_lock(&s->lock);
         if (do_sync) {
-            now = mono_ms();
+            now = pc_mono_ms();
             s->last_sync_ms = now;
             if (sync_rc == PC_OK) {
                 s->backoff_ms = BACKOFF_MIN_MS;
@@ -461,9 +448,9 @@ int pc_syncer_start(pc_syncer **out, const pc_syncer_options *opt, pc_err *err)
         if (rv == 0)
             rv = nng_socket_set_size(l->sock, NNG_OPT_RECVMAXSZ, opt->recv_max);
         if (rv == 0)
-            rv = nng_socket_set_ms(l->sock, NNG_OPT_RECONNMINT, 100);
+            rv = nng_socket_set_ms(l->sock, NNG_OPT_RECONNMINT, PC_REDIAL_MIN_MS);
         if (rv == 0)
-            rv = nng_socket_set_ms(l->sock, NNG_OPT_RECONNMAXT, 2000);
+            rv = nng_socket_set_ms(l->sock, NNG_OPT_RECONNMAXT, PC_REDIAL_MAX_MS);
         if (rv == 0) {
             pc_err derr;
             if (pc_nng_dial(l->sock, opt->urls->items[i], opt->tls, NNG_FLAG_NONBLOCK, &derr) !=
@@ -485,7 +472,7 @@ int pc_syncer_start(pc_syncer **out, const pc_syncer_options *opt, pc_err *err)
     pthread_cond_init(&s->cond, NULL);
     s->need_sync = s->n_links > 0;
     s->backoff_ms = BACKOFF_MIN_MS;
-    int64_t now = mono_ms();
+    int64_t now = pc_mono_ms();
     s->next_sync_ms = now;
     s->last_sync_ms = now;
     s->next_status_ms = now;
@@ -528,14 +515,7 @@ void pc_syncer_stop(pc_syncer *s)
      * message it still holds for resending. Bounded by the send and the
      * receive timeouts; after that, closing the sockets aborts the call. */
     struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    uint64_t wait_ms = 2 * s->opt.request_timeout_ms + 1000;
-    deadline.tv_sec += (time_t)(wait_ms / 1000);
-    deadline.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    pc_deadline_after_ms(&deadline, 2 * s->opt.request_timeout_ms + 1000);
     while (s->n_links > 0 && !s->exited &&
            pthread_cond_timedwait(&s->cond, &s->lock, &deadline) == 0)
         ;

@@ -23,6 +23,7 @@
 
 #include <cmocka.h>
 
+#include "clock.h"
 #include "harness.h"
 
 static int deploys = 200;
@@ -38,13 +39,6 @@ static double median(double *v, int n)
 {
     qsort(v, (size_t)n, sizeof(*v), cmp_double);
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
-}
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
 }
 
 /* Deploys through the first node that accepts. */
@@ -77,11 +71,11 @@ static double deploy_latency(int nodes)
         char src[128];
         snprintf(src, sizeof(src), "return function(req) return 'deploy %d' end", i);
         pc_test_deployed d;
-        double t0 = now_ms();
+        double t0 = pc_mono_ms_frac();
         assert_int_equal(
             pc_test_try_deploy(&env, &cl.node[leader], "bench", "text/x-lua", src, strlen(src), &d),
             201);
-        t[i] = now_ms() - t0;
+        t[i] = pc_mono_ms_frac() - t0;
     }
     double m = median(t, deploys);
     free(t);
@@ -105,10 +99,10 @@ static double failover(void)
         pc_proc_kill9(cl.node[leader].proc);
         pc_proc_free(cl.node[leader].proc);
         cl.node[leader].proc = NULL;
-        double t0 = now_ms();
+        double t0 = pc_mono_ms_frac();
         while (!deploy(&env, &cl, k))
-            assert_true(now_ms() - t0 < PC_TEST_CONVERGE_TIMEOUT_MS);
-        t[k] = now_ms() - t0;
+            assert_true(pc_mono_ms_frac() - t0 < PC_TEST_CONVERGE_TIMEOUT_MS);
+        t[k] = pc_mono_ms_frac() - t0;
         pc_test_cluster_start_node(&env, &cl, leader, false, defaults);
     }
     double m = median(t, kills);

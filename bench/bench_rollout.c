@@ -26,6 +26,7 @@
 
 #include <cmocka.h>
 
+#include "clock.h"
 #include "harness.h"
 
 static const char *agent_counts = "3,20";
@@ -42,13 +43,6 @@ static double median(double *v, int n)
 {
     qsort(v, (size_t)n, sizeof(*v), cmp_double);
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
-}
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
 }
 
 static void bench_live_everywhere(int n_agents)
@@ -93,16 +87,16 @@ static void bench_live_everywhere(int n_agents)
         char body[64];
         snprintf(body, sizeof(body), "run %d", i);
         pc_test_lua_hello(src, sizeof(src), body);
-        double t0 = now_ms();
+        double t0 = pc_mono_ms_frac();
         assert_int_equal(
             pc_test_try_deploy(&env, &ctl, "bench", "text/x-lua", src, strlen(src), &d), 201);
-        double t1 = now_ms();
+        double t1 = pc_mono_ms_frac();
         char url[128];
         snprintf(url, sizeof(url), "/v1/tenants/bench/versions/%llu/rollout?wait=60000",
                  (unsigned long long)d.version);
         pc_http_result r;
         assert_int_equal(pc_test_api(&env, &ctl, "GET", url, NULL, NULL, 0, &r), 200);
-        double t2 = now_ms();
+        double t2 = pc_mono_ms_frac();
         json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
         pc_http_result_free(&r);
         assert_string_equal(json_string_value(json_object_get(doc, "wait")), "complete");
@@ -152,12 +146,13 @@ static void bench_loss_convergence(void)
             assert_int_equal(
                 pc_test_try_deploy(&env, &ctl, tenant, "text/x-lua", src, strlen(src), &d), 201);
         }
-        double t0 = now_ms();
+        double t0 = pc_mono_ms_frac();
         double done[2] = {0, 0};
-        while ((done[0] == 0 || done[1] == 0) && now_ms() - t0 < PC_TEST_CONVERGE_TIMEOUT_MS) {
+        while ((done[0] == 0 || done[1] == 0) &&
+               pc_mono_ms_frac() - t0 < PC_TEST_CONVERGE_TIMEOUT_MS) {
             for (int a = 0; a < 2; a++)
                 if (done[a] == 0 && pc_test_agent_matches(&env, &ctl, &agents[a]))
-                    done[a] = now_ms() - t0;
+                    done[a] = pc_mono_ms_frac() - t0;
             pc_test_sleep_ms(5);
         }
         assert_true(done[0] > 0 && done[1] > 0);

@@ -9,6 +9,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
+
 static atomic_int min_level = -1; /* -1: not yet read from the environment */
 
 void pc_log_set_level(enum pc_log_level level)
@@ -49,14 +51,14 @@ void pc_log(enum pc_log_level level, const char *component, const char *fmt, ...
         return;
 
     char line[2048];
-    struct timespec ts;
+    int64_t now = pc_wall_ms();
+    time_t sec = (time_t)(now / 1000);
     struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
+    gmtime_r(&sec, &tm);
     int n = snprintf(line, sizeof(line),
                      "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %-5s %s: ", tm.tm_year + 1900,
                      tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                     ts.tv_nsec / 1000000, labels[level], component);
+                     (long)(now % 1000), labels[level], component);
     va_list ap;
     va_start(ap, fmt);
     int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);

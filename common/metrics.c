@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "err.h"
+#include "strmap.h"
+
 typedef struct entry {
     pc_metric metric;
     char *name;
@@ -15,16 +18,29 @@ typedef struct entry {
     struct entry *next;
 } entry;
 
+/* All series of one name: found by hash, not by scanning the list (agents
+ * with thousands of tenants have thousands of series per name). */
+typedef struct family {
+    pc_strmap *series; /* labels -> entry */
+    entry *last;       /* its last series in the list: new ones go after it */
+} family;
+
 struct pc_metrics {
     pthread_mutex_t lock;
-    entry *head, *tail; /* insertion order keeps a name's series together */
+    entry *head, *tail;  /* insertion order keeps a name's series together */
+    pc_strmap *families; /* name -> family */
 };
 
 pc_metrics *pc_metrics_new(void)
 {
     pc_metrics *m = calloc(1, sizeof(*m));
-    if (m != NULL)
-        pthread_mutex_init(&m->lock, NULL);
+    if (m == NULL)
+        return NULL;
+    if ((m->families = pc_strmap_new()) == NULL) {
+        free(m);
+        return NULL;
+    }
+    pthread_mutex_init(&m->lock, NULL);
     return m;
 }
 
@@ -40,16 +56,37 @@ void pc_metrics_free(pc_metrics *m)
         free(e);
         e = next;
     }
+    size_t pos = 0;
+    void *f;
+    while (pc_strmap_next(m->families, &pos, NULL, &f)) {
+        pc_strmap_free(((family *)f)->series);
+        free(f);
+    }
+    pc_strmap_free(m->families);
     pthread_mutex_destroy(&m->lock);
     free(m);
 }
 
 static entry *find_locked(pc_metrics *m, const char *name, const char *labels)
 {
-    for (entry *e = m->head; e != NULL; e = e->next)
-        if (strcmp(e->name, name) == 0 && strcmp(e->labels, labels) == 0)
-            return e;
-    return NULL;
+    family *f = pc_strmap_get(m->families, name);
+    return f != NULL ? pc_strmap_get(f->series, labels) : NULL;
+}
+
+/* The family of name, created empty if new; NULL when out of memory. */
+static family *family_locked(pc_metrics *m, const char *name)
+{
+    family *f = pc_strmap_get(m->families, name);
+    if (f != NULL)
+        return f;
+    if ((f = calloc(1, sizeof(*f))) == NULL)
+        return NULL;
+    if ((f->series = pc_strmap_new()) == NULL || pc_strmap_put(m->families, name, f) != PC_OK) {
+        pc_strmap_free(f->series);
+        free(f);
+        return NULL;
+    }
+    return f;
 }
 
 static pc_metric *lookup(pc_metrics *m, const char *name, const char *labels, const char *help,
@@ -60,23 +97,22 @@ static pc_metric *lookup(pc_metrics *m, const char *name, const char *labels, co
     if (labels == NULL)
         labels = "";
     pthread_mutex_lock(&m->lock);
-    entry *e = find_locked(m, name, labels);
-    if (e == NULL && (e = calloc(1, sizeof(*e))) != NULL) {
+    family *f = family_locked(m, name);
+    entry *e = f != NULL ? pc_strmap_get(f->series, labels) : NULL;
+    if (f != NULL && e == NULL && (e = calloc(1, sizeof(*e))) != NULL) {
         e->name = strdup(name);
         e->labels = strdup(labels);
         e->help = help;
         e->is_gauge = is_gauge;
-        if (e->name == NULL || e->labels == NULL) {
+        if (e->name == NULL || e->labels == NULL || pc_strmap_put(f->series, labels, e) != PC_OK) {
             free(e->name);
             free(e->labels);
             free(e);
             e = NULL;
         } else {
             /* Insert after the last series of the same name. */
-            entry *after = NULL;
-            for (entry *x = m->head; x != NULL; x = x->next)
-                if (strcmp(x->name, name) == 0)
-                    after = x;
+            entry *after = f->last;
+            f->last = e;
             if (after == NULL) {
                 if (m->tail)
                     m->tail->next = e;

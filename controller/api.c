@@ -121,7 +121,7 @@ static bool within_write_rate(pc_api *api, pc_httpd_req *rq, const api_principal
 {
     int64_t retry = 0;
     pc_ratelimit *limit = who->admin ? api->admin_writes : api->token_writes;
-    if (pc_ratelimit_take(limit, who->admin ? "admin" : who->token->id, pc_now_ms(), &retry))
+    if (pc_ratelimit_take(limit, who->admin ? "admin" : who->token->id, pc_mono_ms(), &retry))
         return true;
     char secs[24];
     snprintf(secs, sizeof(secs), "%lld", (long long)(retry + 999) / 1000);

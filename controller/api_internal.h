@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "api.h"
+#include "clock.h"
 #include "httpd.h"
 #include "ratelimit.h"
 #include "router.h"

@@ -11,8 +11,8 @@ void api_get_fleet(api_call *call)
 {
     uint64_t head = 0;
     pc_store_applied_seq(call->api->store, &head, NULL);
-    pc_httpd_reply_json(call->rq, 200, pc_rollout_fleet_json(call->api->rollout, head, pc_now_ms()),
-                        NULL);
+    pc_httpd_reply_json(call->rq, 200,
+                        pc_rollout_fleet_json(call->api->rollout, head, pc_mono_ms()), NULL);
 }
 
 static void rollout_done(void *arg, json_t *doc, const char *why)
@@ -75,12 +75,12 @@ static void reply_rollout(api_call *call, const char *tenant, uint64_t version, 
                           .fraction = fraction};
     popcast__manifest__free_unpacked(m, NULL);
     if (wait_ms == 0) {
-        pc_httpd_reply_json(rq, 200, pc_rollout_version_json(api->rollout, &q, pc_now_ms(), NULL),
+        pc_httpd_reply_json(rq, 200, pc_rollout_version_json(api->rollout, &q, pc_mono_ms(), NULL),
                             NULL);
         return;
     }
-    if (pc_rollout_wait(api->rollout, &q, pc_now_ms() + (int64_t)wait_ms, rollout_done, rq, &err) !=
-        PC_OK)
+    if (pc_rollout_wait(api->rollout, &q, pc_mono_ms() + (int64_t)wait_ms, rollout_done, rq,
+                        &err) != PC_OK)
         pc_httpd_error(rq, err.code, "%s", err.msg);
 }
 

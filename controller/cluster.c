@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "byteorder.h"
 #include "envelope.h"
 #include "log.h"
 #include "names.h"
@@ -168,8 +169,7 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     uint64_t len = 0;
     if (buf->len >= 8) {
         const uint8_t *b = buf->base;
-        for (int i = 7; i >= 0; i--)
-            len = (len << 8) | b[i];
+        len = pc_le64_get(b);
         if (len <= buf->len - 8)
             cmd = popcast__cluster_command__unpack(NULL, (size_t)len, b + 8);
     }
@@ -457,8 +457,7 @@ static int propose(pc_cluster *c, const Popcast__ClusterCommand *cmd, proposal *
     if (buf.base == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     uint8_t *b = buf.base;
-    for (int i = 0; i < 8; i++)
-        b[i] = (uint8_t)((uint64_t)len >> (8 * i));
+    pc_le64_put(b, (uint64_t)len);
     popcast__cluster_command__pack(cmd, b + 8);
     p->apply.data = p;
     int rv = raft_apply(&c->raft, &p->apply, &buf, 1, apply_done);

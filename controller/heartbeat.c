@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "envelope.h"
 #include "log.h"
 
@@ -28,13 +29,6 @@ struct pc_heartbeat {
     bool cannot_sign; /* warned already: say it once, not every period */
 };
 
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 void pc_heartbeat_send(pc_heartbeat *h)
 {
     if (h == NULL)
@@ -49,7 +43,7 @@ void pc_heartbeat_send(pc_heartbeat *h)
     hb.head_seq = head;
     /* Agents refuse a heartbeat not newer than the last they accepted (a
      * replay); two in the same millisecond must still both be new. */
-    hb.time_unix_ms = wall_ms();
+    hb.time_unix_ms = pc_wall_ms();
     if (hb.time_unix_ms <= h->last_time_ms)
         hb.time_unix_ms = h->last_time_ms + 1;
     h->last_time_ms = hb.time_unix_ms;

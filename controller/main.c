@@ -16,6 +16,7 @@
 #include <uv.h>
 
 #include "api.h"
+#include "clock.h"
 #include "cluster.h"
 #include "config.h"
 #include "daemon.h"
@@ -24,6 +25,7 @@
 #include "lua_engine.h"
 #include "metrics.h"
 #include "pipeline.h"
+#include "protocol_limits.h"
 #include "heartbeat.h"
 #include "publisher.h"
 #include "rollout.h"
@@ -253,7 +255,7 @@ static void cluster_stopped(void *arg)
 static void on_tick(uv_timer_t *t)
 {
     controller *c = t->data;
-    pc_rollout_tick(c->rollout, pc_now_ms());
+    pc_rollout_tick(c->rollout, pc_mono_ms());
     if (c->cluster != NULL)
         pc_cluster_refresh(c->cluster);
 }
@@ -361,11 +363,11 @@ int main(int argc, char **argv)
                                     .metrics = c.metrics,
                                     .inline_max = c.cfg.sync_inline_max,
                                     .max_reply = c.cfg.sync_max_reply,
-                                    .chunk_max = 1024 * 1024,
+                                    .chunk_max = PC_CHUNK_BYTES,
                                     .snapshot_lag = c.cfg.snapshot_lag,
                                     .require_enrollment = c.cfg.require_enrollment,
                                     .tls = c.tls,
-                                    .workers = 8};
+                                    .workers = PC_SYNC_WORKERS};
     if (pc_sync_server_start(&c.sync, &sopts, &err) != PC_OK) {
         pc_error("controller", "%s", err.msg);
         goto out;
@@ -389,7 +391,7 @@ int main(int argc, char **argv)
                                .on_applied = on_applied,
                                .on_applied_arg = &c};
     if (pc_publisher_open(&c.pub, c.cfg.pub_listen, c.tls, (int)c.cfg.pub_sendbuf,
-                          c.cfg.max_bundle + 65536, &err) != PC_OK ||
+                          pc_pub_message_max(c.cfg.max_bundle), &err) != PC_OK ||
         pc_heartbeat_start(&c.heartbeat, &c.loop, c.cfg.heartbeat_ms, node_id, c.signer, c.store,
                            c.pub, &err) != PC_OK ||
         pc_daemon_ensure_dir(raft_dir, &err) != PC_OK ||

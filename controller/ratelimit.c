@@ -2,14 +2,14 @@
 #include "ratelimit.h"
 
 #include <pthread.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define KEY_MAX 64
+#include "err.h"
+#include "strmap.h"
 
 typedef struct bucket {
-    char key[KEY_MAX];
+    char *key;
     double tokens;
     int64_t updated_ms;
 } bucket;
@@ -19,6 +19,7 @@ struct pc_ratelimit {
     pthread_mutex_t lock;
     bucket *buckets;
     size_t n, cap;
+    pc_strmap *by_key; /* key -> its bucket in buckets */
 };
 
 pc_ratelimit *pc_ratelimit_new(double rate_per_s, double burst, size_t max_keys)
@@ -30,7 +31,10 @@ pc_ratelimit *pc_ratelimit_new(double rate_per_s, double burst, size_t max_keys)
     r->burst = burst < 1 ? 1 : burst;
     r->cap = max_keys ? max_keys : 1;
     r->buckets = calloc(r->cap, sizeof(*r->buckets));
-    if (r->buckets == NULL) {
+    r->by_key = pc_strmap_new();
+    if (r->buckets == NULL || r->by_key == NULL) {
+        free(r->buckets);
+        pc_strmap_free(r->by_key);
         free(r);
         return NULL;
     }
@@ -43,7 +47,10 @@ void pc_ratelimit_free(pc_ratelimit *r)
     if (r == NULL)
         return;
     pthread_mutex_destroy(&r->lock);
+    for (size_t i = 0; i < r->n; i++)
+        free(r->buckets[i].key);
     free(r->buckets);
+    pc_strmap_free(r->by_key);
     free(r);
 }
 
@@ -53,13 +60,11 @@ bool pc_ratelimit_take(pc_ratelimit *r, const char *key, int64_t now_ms, int64_t
     if (r == NULL || r->rate <= 0)
         return true;
     pthread_mutex_lock(&r->lock);
-    bucket *b = NULL;
-    for (size_t i = 0; i < r->n && b == NULL; i++)
-        if (strcmp(r->buckets[i].key, key) == 0)
-            b = &r->buckets[i];
+    bucket *b = pc_strmap_get(r->by_key, key);
     if (b == NULL) {
-        if (r->n < r->cap) {
-            b = &r->buckets[r->n++];
+        bool full = r->n == r->cap;
+        if (!full) {
+            b = &r->buckets[r->n];
         } else {
             /* Full: reuse the bucket used longest ago. */
             b = &r->buckets[0];
@@ -67,7 +72,21 @@ bool pc_ratelimit_take(pc_ratelimit *r, const char *key, int64_t now_ms, int64_t
                 if (r->buckets[i].updated_ms < b->updated_ms)
                     b = &r->buckets[i];
         }
-        snprintf(b->key, sizeof(b->key), "%s", key);
+        char *copy = strdup(key);
+        if (copy == NULL || pc_strmap_put(r->by_key, key, b) != PC_OK) {
+            /* Out of memory: let the action through (a limit may only
+             * ever be more lenient than configured, never block). */
+            free(copy);
+            pthread_mutex_unlock(&r->lock);
+            return true;
+        }
+        if (full) {
+            pc_strmap_remove(r->by_key, b->key);
+            free(b->key);
+        } else {
+            r->n++;
+        }
+        b->key = copy;
         b->tokens = r->burst;
         b->updated_ms = now_ms;
     }

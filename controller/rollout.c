@@ -5,15 +5,14 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "names.h"
+#include "strmap.h"
 
 typedef struct agent_entry {
     bool verified;                /* the last report was signed by its enrolled key */
     Popcast__AgentStatus *status; /* the last accepted report */
     int64_t last_seen_ms;
-    struct agent_entry *next;
 } agent_entry;
 
 typedef struct waiter {
@@ -28,17 +27,12 @@ typedef struct waiter {
 struct pc_rollout {
     pc_rollout_options opt;
     pthread_mutex_t lock;
-    agent_entry *agents; /* sorted by agent id */
-    size_t n_agents;
+    pc_strmap *by_id;     /* agent id -> agent_entry */
+    agent_entry **agents; /* every agent, sorted by id unless unsorted */
+    size_t n_agents, cap_agents;
+    bool unsorted; /* agents arrived since the last sort */
     waiter *waiters;
 };
-
-int64_t pc_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 pc_rollout *pc_rollout_new(const pc_rollout_options *opt)
 {
@@ -52,6 +46,10 @@ pc_rollout *pc_rollout_new(const pc_rollout_options *opt)
         r->opt.report_stale_ms = 15000;
     if (r->opt.max_agents == 0)
         r->opt.max_agents = 100000;
+    if ((r->by_id = pc_strmap_new()) == NULL) {
+        free(r);
+        return NULL;
+    }
     pthread_mutex_init(&r->lock, NULL);
     return r;
 }
@@ -61,13 +59,12 @@ void pc_rollout_free(pc_rollout *r)
     if (r == NULL)
         return;
     pc_rollout_cancel_waits(r);
-    agent_entry *a = r->agents;
-    while (a != NULL) {
-        agent_entry *next = a->next;
-        popcast__agent_status__free_unpacked(a->status, NULL);
-        free(a);
-        a = next;
+    for (size_t i = 0; i < r->n_agents; i++) {
+        popcast__agent_status__free_unpacked(r->agents[i]->status, NULL);
+        free(r->agents[i]);
     }
+    free(r->agents);
+    pc_strmap_free(r->by_id);
     pthread_mutex_destroy(&r->lock);
     free(r);
 }
@@ -96,6 +93,39 @@ static Popcast__AgentStatus *copy_status(const Popcast__AgentStatus *st)
     return copy;
 }
 
+static int by_agent_id(const void *x, const void *y)
+{
+    const agent_entry *a = *(agent_entry *const *)x, *b = *(agent_entry *const *)y;
+    return strcmp(a->status->agent_id, b->status->agent_id);
+}
+
+/* Documents list agents by id: sorted when one is built, not on every new
+ * agent (a fleet arriving at once would make that quadratic). */
+static void sort_agents_locked(pc_rollout *r)
+{
+    if (r->unsorted)
+        qsort(r->agents, r->n_agents, sizeof(*r->agents), by_agent_id);
+    r->unsorted = false;
+}
+
+/* Adds a (lock held); PC_E_NOMEM leaves the fleet unchanged. */
+static int add_agent_locked(pc_rollout *r, agent_entry *a)
+{
+    if (r->n_agents == r->cap_agents) {
+        size_t cap = r->cap_agents ? r->cap_agents * 2 : 64;
+        agent_entry **grown = realloc(r->agents, cap * sizeof(*grown));
+        if (grown == NULL)
+            return PC_E_NOMEM;
+        r->agents = grown;
+        r->cap_agents = cap;
+    }
+    if (pc_strmap_put(r->by_id, a->status->agent_id, a) != PC_OK)
+        return PC_E_NOMEM;
+    r->agents[r->n_agents++] = a;
+    r->unsorted = true;
+    return PC_OK;
+}
+
 static void evaluate_waiters_locked(pc_rollout *r, int64_t now, waiter **fired);
 static void fire(waiter *fired, pc_rollout *r, int64_t now);
 
@@ -112,12 +142,9 @@ int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verifi
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     waiter *fired = NULL;
     pthread_mutex_lock(&r->lock);
-    agent_entry **pp = &r->agents;
-    while (*pp != NULL && strcmp((*pp)->status->agent_id, st->agent_id) < 0)
-        pp = &(*pp)->next;
-    agent_entry *a = *pp;
+    agent_entry *a = pc_strmap_get(r->by_id, st->agent_id);
     int rc = PC_OK;
-    if (a != NULL && strcmp(a->status->agent_id, st->agent_id) == 0) {
+    if (a != NULL) {
         if (st->counter <= a->status->counter) {
             rc = pc_err_set(
                 err, PC_E_REPLAYED, "report counter %llu is not above %llu (replayed or reordered)",
@@ -138,10 +165,12 @@ int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verifi
         a->status = copy;
         a->last_seen_ms = now_ms;
         a->verified = verified;
-        a->next = *pp;
-        *pp = a;
-        r->n_agents++;
-        copy = NULL;
+        if (add_agent_locked(r, a) != PC_OK) {
+            free(a);
+            rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
+        } else {
+            copy = NULL;
+        }
     }
     if (rc == PC_OK)
         evaluate_waiters_locked(r, now_ms, &fired);
@@ -174,7 +203,9 @@ json_t *pc_rollout_fleet_json(pc_rollout *r, uint64_t head_seq, int64_t now_ms)
     json_t *agents = json_array();
     size_t live = 0, stale = 0, gone = 0;
     pthread_mutex_lock(&r->lock);
-    for (agent_entry *a = r->agents; a != NULL; a = a->next) {
+    sort_agents_locked(r);
+    for (size_t i = 0; i < r->n_agents; i++) {
+        agent_entry *a = r->agents[i];
         bool g = is_gone(r, a, now_ms), s = is_stale(r, a, now_ms);
         gone += g;
         stale += !g && s;
@@ -241,7 +272,10 @@ static void evaluate_locked(pc_rollout *r, const pc_rollout_query *q, int64_t no
 {
     memset(s, 0, sizeof(*s));
     json_t *agents = doc ? json_array() : NULL, *pops = doc ? json_object() : NULL;
-    for (agent_entry *a = r->agents; a != NULL; a = a->next) {
+    if (doc != NULL)
+        sort_agents_locked(r);
+    for (size_t i = 0; i < r->n_agents; i++) {
+        agent_entry *a = r->agents[i];
         if (is_gone(r, a, now))
             continue;
         bool applied, superseded, stale = is_stale(r, a, now);
@@ -355,7 +389,7 @@ int pc_rollout_wait(pc_rollout *r, const pc_rollout_query *q, int64_t deadline_m
     w->done = done;
     w->arg = arg;
     waiter *fired = NULL;
-    int64_t now = pc_now_ms();
+    int64_t now = pc_mono_ms();
     pthread_mutex_lock(&r->lock);
     w->next = r->waiters;
     r->waiters = w;

@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "clock.h"
 #include "err.h"
 #include "popcast.pb-c.h"
 
@@ -83,6 +84,7 @@ void pc_rollout_tick(pc_rollout *r, int64_t now_ms);
 /* Ends every wait with "shutdown". */
 void pc_rollout_cancel_waits(pc_rollout *r);
 
-int64_t pc_now_ms(void); /* CLOCK_MONOTONIC, for last-seen ages and deadlines */
+/* Every now_ms and deadline_ms above is monotonic milliseconds
+ * (pc_mono_ms, clock.h). */
 
 #endif

@@ -7,11 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "envelope.h"
 #include "log.h"
+#include "protocol_limits.h"
 #include "registry.h"
-
-#define MAX_ENTRIES_PER_REPLY 1024
 
 typedef struct worker {
     struct pc_sync_server *server;
@@ -117,8 +117,8 @@ static void handle_sync(pc_sync_server *s, const Popcast__SyncRequest *req,
         return;
     }
     size_t max_entries = req->max_entries ? req->max_entries : 64;
-    if (max_entries > MAX_ENTRIES_PER_REPLY)
-        max_entries = MAX_ENTRIES_PER_REPLY;
+    if (max_entries > PC_SYNC_MAX_ENTRIES)
+        max_entries = PC_SYNC_MAX_ENTRIES;
     size_t budget = s->opt.max_reply;
     if (req->max_bytes != 0 && req->max_bytes < budget)
         budget = (size_t)req->max_bytes;
@@ -312,7 +312,7 @@ static void record_status(pc_sync_server *s, const Popcast__AgentStatus *st, boo
                           Popcast__StatusAck *ack)
 {
     pc_err err;
-    if (pc_rollout_report(s->opt.rollout, st, verified, pc_now_ms(), &err) != PC_OK) {
+    if (pc_rollout_report(s->opt.rollout, st, verified, pc_mono_ms(), &err) != PC_OK) {
         pc_metric_add(s->m_bad, 1);
         pc_debug("sync", "status from %s refused: %s", st->agent_id, err.msg);
         ack->error = strdup(err.msg);
@@ -466,12 +466,12 @@ int pc_sync_server_start(pc_sync_server **out, const pc_sync_server_options *opt
     if (s == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     s->opt = *opt;
-    s->n_workers = opt->workers ? opt->workers : 8;
+    s->n_workers = opt->workers ? opt->workers : PC_SYNC_WORKERS;
     s->workers = calloc(s->n_workers, sizeof(*s->workers));
     int rv = s->workers ? nng_rep0_open(&s->sock) : NNG_ENOMEM;
     /* Requests are small: a large one is hostile. */
     if (rv == 0)
-        rv = nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, 1024 * 1024);
+        rv = nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, PC_SYNC_REQUEST_MAX);
     for (size_t i = 0; rv == 0 && i < s->n_workers; i++) {
         s->workers[i].server = s;
         rv = nng_aio_alloc(&s->workers[i].aio, worker_cb, &s->workers[i]);

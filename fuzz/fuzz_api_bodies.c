@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "api_bodies.h"
+#include "fuzz.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -4,6 +4,7 @@
 #include <stdint.h>
 
 #include "bundle.h"
+#include "fuzz.h"
 #include "names.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

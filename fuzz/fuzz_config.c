@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "fuzz.h"
 
 typedef struct cfg {
     char *name;

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "fuzz.h"
 #include "lua_pattern.h"
 
 #define BUDGET 2000000

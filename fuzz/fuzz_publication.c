@@ -7,6 +7,7 @@
 
 #include "bundle.h"
 #include "envelope.h"
+#include "fuzz.h"
 #include "fuzz_key.h"
 #include "popcast.pb-c.h"
 #include "trust.h"

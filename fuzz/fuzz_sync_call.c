@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "fuzz.h"
 #include "popcast.pb-c.h"
 #include "rollout.h"
 

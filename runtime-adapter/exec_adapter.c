@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "bundle.h"
+#include "clock.h"
 #include "log.h"
 #include "names.h"
 
@@ -51,13 +52,6 @@ typedef struct exec_prepared {
     uint64_t version;
     bool created; /* this prepare wrote the directory (discard removes it) */
 } exec_prepared;
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Files. */
 
@@ -196,7 +190,7 @@ static int run_command(exec_adapter *a, const char *action, const char *tenant, 
     close(fds[1]);
     char out[HOOK_OUTPUT_MAX + 1];
     size_t out_len = 0;
-    int64_t deadline = mono_ms() + (int64_t)a->timeout_ms;
+    int64_t deadline = pc_mono_ms() + (int64_t)a->timeout_ms;
     int status = 0, exited = 0, timed_out = 0;
     for (;;) {
         struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
@@ -223,7 +217,7 @@ static int run_command(exec_adapter *a, const char *action, const char *tenant, 
             exited = 1;
             break;
         }
-        if (mono_ms() > deadline) {
+        if (pc_mono_ms() > deadline) {
             timed_out = 1;
             kill(-pid, SIGKILL);
             kill(pid, SIGKILL);

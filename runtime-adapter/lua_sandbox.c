@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "lua_pattern.h"
 
 /* The hook runs every HOOK_EVERY instructions: often enough to stop a loop
@@ -40,13 +41,6 @@ const char *pc_lua_limit_name(pc_lua_limit l)
     case PC_LUA_LIMIT_RESPONSE: return "response";
     default: return "none";
     }
-}
-
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
 static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
@@ -81,7 +75,7 @@ static void limit_hook(lua_State *L, lua_Debug *ar)
         iso->instructions_left -= HOOK_EVERY;
         if (iso->instructions_left < 0)
             iso->killed = PC_LUA_LIMIT_CPU;
-        else if (now_ns() > iso->deadline_ns)
+        else if (pc_mono_ns() > iso->deadline_ns)
             iso->killed = PC_LUA_LIMIT_TIME;
         else
             return;
@@ -100,7 +94,7 @@ static int charge_pattern(lua_State *L, uint64_t steps)
         iso->instructions_left -= (int64_t)steps;
         if (iso->instructions_left < 0)
             iso->killed = PC_LUA_LIMIT_CPU;
-        else if (now_ns() > iso->deadline_ns)
+        else if (pc_mono_ns() > iso->deadline_ns)
             iso->killed = PC_LUA_LIMIT_TIME;
         else
             return 0;
@@ -116,7 +110,7 @@ static void start_run(pc_lua_isolate *iso, uint64_t instructions, uint64_t wall_
     iso->killed = PC_LUA_LIMIT_NONE;
     iso->mem_exceeded = false;
     iso->instructions_left = instructions > INT64_MAX ? INT64_MAX : (int64_t)instructions;
-    iso->deadline_ns = now_ns() + (int64_t)wall_ms * 1000000LL;
+    iso->deadline_ns = pc_mono_ns() + (int64_t)wall_ms * 1000000LL;
     lua_sethook(iso->L, limit_hook, LUA_MASKCOUNT, HOOK_EVERY);
 }
 

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "byteorder.h"
 #include "names.h"
 
 #define TOKEN_PREFIX "token."
@@ -236,13 +237,11 @@ int pc_registry_next_status_epoch(pc_store *s, uint64_t *epoch, pc_err *err)
     if (rc == PC_OK && len != 8)
         return corrupt(err, EPOCH_KEY);
     if (rc == PC_OK)
-        for (int i = 0; i < 8; i++)
-            e = (e << 8) | buf[i];
+        e = pc_be64_get(buf);
     else if (rc != PC_E_NOTFOUND)
         return rc;
     e++;
-    for (int i = 7; i >= 0; i--)
-        buf[i] = (uint8_t)(e >> (8 * (7 - i)));
+    pc_be64_put(buf, e);
     if ((rc = pc_store_meta_put(s, EPOCH_KEY, buf, 8, err)) != PC_OK)
         return rc;
     *epoch = e;

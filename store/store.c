@@ -12,6 +12,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include "byteorder.h"
 #include "envelope.h"
 
 #define DEFAULT_MAP_SIZE (64ull << 20)
@@ -34,23 +35,6 @@ struct pc_store {
     int lock_fd;
     char dir[3072];
 };
-
-static void be64(uint8_t out[8], uint64_t v)
-{
-    for (int i = 7; i >= 0; i--) {
-        out[i] = (uint8_t)v;
-        v >>= 8;
-    }
-}
-
-static uint64_t from_be64(const void *p)
-{
-    const uint8_t *b = p;
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = (v << 8) | b[i];
-    return v;
-}
 
 static int mdb_fail(pc_err *err, int mrc, const char *what)
 {
@@ -149,14 +133,14 @@ static int get_u64(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t klen, uint64
         return mdb_fail(err, mrc, "read");
     if (val.mv_size != 8)
         return pc_err_set(err, PC_E_STORE, "corrupt counter record");
-    *out = from_be64(val.mv_data);
+    *out = pc_be64_get(val.mv_data);
     return PC_OK;
 }
 
 static int put_u64(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t klen, uint64_t v, pc_err *err)
 {
     uint8_t b[8];
-    be64(b, v);
+    pc_be64_put(b, v);
     MDB_val key = {klen, (void *)k}, val = {8, b};
     int mrc = mdb_put(txn, dbi, &key, &val, 0);
     return mrc ? mdb_fail(err, mrc, "write") : PC_OK;
@@ -173,7 +157,7 @@ static size_t version_key(uint8_t *buf, const char *tenant, uint64_t version)
     size_t n = strnlen(tenant, PC_TENANT_MAX);
     memcpy(buf, tenant, n);
     buf[n] = '\0';
-    be64(buf + n + 1, version);
+    pc_be64_put(buf + n + 1, version);
     return n + 9;
 }
 
@@ -464,7 +448,7 @@ static int put_log(pc_store *s, MDB_txn *txn, const Popcast__SignedManifest *sm,
     rec.signed_ = (Popcast__SignedManifest *)sm;
     size_t len = popcast__log_record__get_packed_size(&rec);
     uint8_t k[8];
-    be64(k, seq);
+    pc_be64_put(k, seq);
     MDB_val key = {8, k}, val = {len, NULL};
     int mrc = mdb_put(txn, s->log, &key, &val, MDB_RESERVE);
     if (mrc != 0)
@@ -885,8 +869,8 @@ int pc_store_foreach_version(pc_store *s, const char *tenant,
             }
             pairs = grown;
         }
-        pairs[n++] = from_be64((const uint8_t *)key.mv_data + plen);
-        pairs[n++] = from_be64(val.mv_data);
+        pairs[n++] = pc_be64_get((const uint8_t *)key.mv_data + plen);
+        pairs[n++] = pc_be64_get(val.mv_data);
     }
     if (rc == PC_OK && mrc != 0 && mrc != MDB_NOTFOUND)
         rc = pc_err_set(err, PC_E_STORE, "walk versions: %s", mdb_strerror(mrc));
@@ -909,7 +893,7 @@ int pc_store_get_log(pc_store *s, uint64_t seq, Popcast__LogRecord **out, pc_err
     if (rc != PC_OK)
         return rc;
     uint8_t k[8];
-    be64(k, seq);
+    pc_be64_put(k, seq);
     MDB_val key = {8, k}, val;
     int mrc = mdb_get(txn, s->log, &key, &val);
     if (mrc == MDB_NOTFOUND) {
@@ -935,9 +919,9 @@ int pc_store_log_bounds(pc_store *s, uint64_t *first, uint64_t *last, pc_err *er
     if (mrc == 0) {
         MDB_val key, val;
         if (mdb_cursor_get(cur, &key, &val, MDB_FIRST) == 0 && key.mv_size == 8)
-            *first = from_be64(key.mv_data);
+            *first = pc_be64_get(key.mv_data);
         if (mdb_cursor_get(cur, &key, &val, MDB_LAST) == 0 && key.mv_size == 8)
-            *last = from_be64(key.mv_data);
+            *last = pc_be64_get(key.mv_data);
         mdb_cursor_close(cur);
     } else {
         rc = pc_err_set(err, PC_E_STORE, "cursor: %s", mdb_strerror(mrc));

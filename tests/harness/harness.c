@@ -22,6 +22,7 @@
 #include <cmocka.h>
 
 #include "bundle.h"
+#include "clock.h"
 
 #define MAX_PROCS 256
 
@@ -50,9 +51,7 @@ void pc_test_init(void)
 
 int64_t pc_test_now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return pc_mono_ms();
 }
 
 void pc_test_sleep_ms(int ms)

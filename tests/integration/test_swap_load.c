@@ -41,11 +41,14 @@ typedef struct client {
     char first_error[256];
 } client;
 
-static void record_bad(client *c, const char *fmt, uint64_t a, uint64_t b)
+__attribute__((format(printf, 2, 3))) static void record_bad(client *c, const char *fmt, ...)
 {
-    if (c->bad++ == 0)
-        snprintf(c->first_error, sizeof(c->first_error), fmt, (unsigned long long)a,
-                 (unsigned long long)b);
+    if (c->bad++ == 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(c->first_error, sizeof(c->first_error), fmt, ap);
+        va_end(ap);
+    }
 }
 
 /* The newest version confirmed live before t. */
@@ -80,20 +83,21 @@ static void *run_client(void *arg)
         char want[64];
         snprintf(want, sizeof(want), "%s v%llu", c->tenant, (unsigned long long)v);
         if (r.status != 200) {
-            record_bad(c, "status %llu (version %llu)", (uint64_t)r.status, v);
+            record_bad(c, "status %d (version %llu)", r.status, (unsigned long long)v);
         } else if (r.body_len != strlen(want) || memcmp(r.body, want, r.body_len) != 0) {
-            record_bad(c, "body does not come from the version in the header (v%llu, %llu bytes)",
-                       v, r.body_len);
+            record_bad(c, "body does not come from the version in the header (v%llu, %zu bytes)",
+                       (unsigned long long)v, r.body_len);
         } else if (v < last) {
-            record_bad(c, "version went backwards: %llu after %llu", v, last);
+            record_bad(c, "version went backwards: %llu after %llu", (unsigned long long)v,
+                       (unsigned long long)last);
         } else if (strcmp(c->tenant, "busy") == 0) {
             if (v > VERSIONS + 1 || atomic_load(&deploy_started[v]) == 0 ||
                 atomic_load(&deploy_started[v]) > end)
-                record_bad(c, "v%llu answered before its deploy started (request %llu)", v,
-                           (uint64_t)start);
+                record_bad(c, "v%llu answered before its deploy started (request %lld)",
+                           (unsigned long long)v, (long long)start);
             else if (v < confirmed_before(start))
-                record_bad(c, "v%llu answered after v%llu was confirmed live", v,
-                           confirmed_before(start));
+                record_bad(c, "v%llu answered after v%llu was confirmed live",
+                           (unsigned long long)v, (unsigned long long)confirmed_before(start));
         }
         last = v;
         pc_http_result_free(&r);

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 #include <cmocka.h>
 
@@ -48,11 +49,50 @@ static void test_bounded_and_unlimited(void **state)
     pc_ratelimit_free(none);
 }
 
+/* Evicting the oldest bucket leaves every other key's bucket in place,
+ * also after many evictions. */
+static void test_eviction_keeps_others(void **state)
+{
+    pc_ratelimit *r = pc_ratelimit_new(0.001, 1, 3); /* 1 per 1000 s, burst 1 */
+    int64_t retry = 0;
+    char key[16];
+    for (int i = 0; i < 100; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        assert_true(pc_ratelimit_take(r, key, i, &retry));
+        /* The two keys used before it are still in the table: refused. */
+        for (int j = i - 2; j <= i; j++) {
+            if (j < 0)
+                continue;
+            /* At its own first time: does not make it more recent. */
+            snprintf(key, sizeof(key), "k%d", j);
+            assert_false(pc_ratelimit_take(r, key, j, &retry));
+        }
+    }
+    /* k96 was evicted by k99: it starts fresh. */
+    assert_true(pc_ratelimit_take(r, "k96", 100, &retry));
+    pc_ratelimit_free(r);
+}
+
+/* A long key has its bucket like any other. */
+static void test_long_key(void **state)
+{
+    char key[300];
+    memset(key, 'x', sizeof(key) - 1);
+    key[sizeof(key) - 1] = '\0';
+    pc_ratelimit *r = pc_ratelimit_new(1, 1, 4);
+    int64_t retry = 0;
+    assert_true(pc_ratelimit_take(r, key, 0, &retry));
+    assert_false(pc_ratelimit_take(r, key, 0, &retry));
+    pc_ratelimit_free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_burst_then_rate),
         cmocka_unit_test(test_bounded_and_unlimited),
+        cmocka_unit_test(test_eviction_keeps_others),
+        cmocka_unit_test(test_long_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

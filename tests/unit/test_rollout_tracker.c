@@ -3,8 +3,8 @@
  * and fleet documents out, and waits that end on a report or a tick.
  *
  * Time is the now_ms parameter everywhere, so nothing sleeps. Only
- * pc_rollout_wait reads the clock itself (pc_now_ms), so tests that wait
- * place their reports at pc_now_ms() and deadlines far from it.
+ * pc_rollout_wait reads the clock itself (pc_mono_ms), so tests that wait
+ * place their reports at pc_mono_ms() and deadlines far from it.
  * (tests/integration/test_rollout.c covers the same tracker end to end.) */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -616,7 +616,7 @@ static void on_done(void *arg, json_t *doc, const char *why)
     l->live = sum ? json_integer_value(json_object_get(sum, "live")) : -1;
     if (l->r != NULL) {
         /* Callbacks run without the tracker's lock held. */
-        json_t *fleet = pc_rollout_fleet_json(l->r, 0, pc_now_ms());
+        json_t *fleet = pc_rollout_fleet_json(l->r, 0, pc_mono_ms());
         l->fleet_agents = json_array_size(json_object_get(fleet, "agents"));
         json_decref(fleet);
     }
@@ -635,7 +635,7 @@ static void expect_done(const wait_log *l, const char *why)
 static void test_wait_completes_on_report(void **state)
 {
     (void)state;
-    int64_t now = pc_now_ms();
+    int64_t now = pc_mono_ms();
     pc_rollout *r = tracker(600000, 300000, 0);
     report_spec a = {.agent = "edge-a", .counter = 1, .t = {{"web", 1, 1}}};
     report_spec b = {.agent = "edge-b", .counter = 1, .t = {{"web", 1, 1}}};
@@ -674,7 +674,7 @@ static void test_wait_completes_on_report(void **state)
 static void test_wait_nacked_and_immediate(void **state)
 {
     (void)state;
-    int64_t now = pc_now_ms();
+    int64_t now = pc_mono_ms();
     pc_rollout *r = tracker(600000, 300000, 0);
     report_spec a = {.agent = "edge-a", .counter = 1, .t = {{"web", 1, 1}}};
     report_spec b = {.agent = "edge-b", .counter = 1, .t = {{"web", 1, 1}}};
@@ -702,7 +702,7 @@ static void test_wait_nacked_and_immediate(void **state)
 static void test_wait_times_out_on_tick(void **state)
 {
     (void)state;
-    int64_t now = pc_now_ms();
+    int64_t now = pc_mono_ms();
     pc_rollout *r = tracker(600000, 300000, 0);
     report_spec a = {.agent = "edge-a", .counter = 1, .t = {{"web", 1, 1}}};
     report_ok(r, &a, now);
@@ -744,7 +744,7 @@ static void test_wait_times_out_on_tick(void **state)
 static void test_wait_on_empty_fleet_times_out(void **state)
 {
     (void)state;
-    int64_t now = pc_now_ms();
+    int64_t now = pc_mono_ms();
     pc_rollout *r = tracker(600000, 300000, 0);
     pc_rollout_query q = query("web", 1, 0.5);
     wait_log l = {0};
@@ -761,7 +761,7 @@ static void test_wait_on_empty_fleet_times_out(void **state)
 static void test_cancel_waits(void **state)
 {
     (void)state;
-    int64_t now = pc_now_ms();
+    int64_t now = pc_mono_ms();
     pc_rollout *r = tracker(600000, 300000, 0);
     pc_rollout_query q = query("web", 1, 1.0);
     wait_log l1 = {0}, l2 = {0}, l3 = {0};
