@@ -502,7 +502,14 @@ static void test_membership_under_load(void **state)
     pthread_mutex_lock(&nodes_lock);
     pc_test_controller_stop(&cl.node[victim]);
     pthread_mutex_unlock(&nodes_lock);
-    pc_test_sleep_ms(500);
+    /* Enough entries after the membership changes that every node's
+     * snapshots (threshold 64, trailing 16) cover the node records: a
+     * restart then finds them only in the store. */
+    int base = atomic_load(&n_acks);
+    for (int64_t until = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+         atomic_load(&n_acks) < base + 300 && pc_test_now_ms() < until;)
+        pc_test_sleep_ms(50);
+    assert_true(atomic_load(&n_acks) >= base + 300);
     atomic_store(&stop_load, 1);
     pthread_join(thread, NULL);
     assert_true(atomic_load(&n_acks) > 10);
