@@ -1,11 +1,18 @@
 /* main.c - the popcast command: key generation and the controller's API
- * from a shell. `popcast help` lists the commands; docs/cli.md has more.
+ * from a shell. `popcast --help` lists the commands, `popcast COMMAND
+ * --help` shows one; docs/cli.md has more.
+ *
+ * Every command is a row of the command table (at the end): its
+ * arguments, exactly the options it accepts, and its handler. The whole
+ * command line is parsed against that row before the handler runs, so a
+ * wrong command line (exit 2) sends nothing to a controller.
  *
  * Exit status: 0 success, 1 the operation failed (the controller said no,
  * or could not be reached), 2 the command line is wrong. */
 #include <errno.h>
 #include <jansson.h>
 #include <libgen.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,13 +27,50 @@
 #include "names.h"
 #include "tls.h"
 
+#ifndef POPCAST_VERSION
+#define POPCAST_VERSION "unknown"
+#endif
+
 #define DEFAULT_CONTROLLER "http://127.0.0.1:7070"
 #define DEFAULT_MAX_BUNDLE (64u * 1024 * 1024)
 #define TIMEOUT_MS         120000
 #define WAIT_DEFAULT_S     60
 #define WAIT_STEP_MS       1000
+#define MAX_ARGS           3  /* positional arguments of any command */
+#define MAX_TENANTS        16 /* token create --tenant */
+
+#define RC_USAGE 2 /* the command line is wrong; nothing was sent */
+
+/* Every option of every command. The connection options come first:
+ * every command accepts them (see accepts()). */
+enum opt_id {
+    O_NONE,
+    O_CONTROLLER,
+    O_TOKEN,
+    O_TOKEN_FILE,
+    O_CA_FILE,
+    O_TLS_SERVER_NAME,
+    O_LAST_CONNECTION = O_TLS_SERVER_NAME,
+    O_JSON,
+    O_WAIT,
+    O_TIMEOUT,
+    O_FRACTION,
+    O_ENTRYPOINT,
+    O_RUNTIME,
+    O_OUT,
+    O_KEY_NAME,
+    O_TENANT,
+    O_TOKEN_NAME,
+    O_ROOT_KEY,
+    O_AUTHORIZATION,
+    O_REPLACES,
+    O_COUNT
+};
+
+typedef struct command command;
 
 typedef struct cli {
+    const command *cmd;
     const char *controller;
     char controller_buf[512];
     const char *token;
@@ -36,60 +80,21 @@ typedef struct cli {
     bool wait;
     const char *timeout; /* --timeout SECONDS for --wait */
     const char *fraction;
-    const char *ca_file;         /* https: the CA to trust */
-    const char *tls_server_name; /* https: the name the certificate must carry */
-    const char *root_key;        /* key rotate: sign with this root key (emergency) */
-    const char *authorization;   /* key rotate: a root's offline authorization file */
-    const char *replaces;        /* key authorize: the key id being replaced */
-    const char *tenants[16];     /* token create --tenant, repeatable */
+    const char *ca_file;              /* https: the CA to trust */
+    const char *tls_server_name;      /* https: the name the certificate must carry */
+    const char *root_key;             /* key rotate: sign with this root key (emergency) */
+    const char *authorization;        /* key rotate: a root's offline authorization file */
+    const char *replaces;             /* key authorize: the key id being replaced */
+    const char *tenants[MAX_TENANTS]; /* token create --tenant, repeatable */
     int n_tenants;
     const char *entrypoint;
     const char *runtime;
     const char *out_dir;
     const char *name;
-    const char *args[4];
+    const char *args[MAX_ARGS];
     int nargs;
+    int given[O_COUNT]; /* how often each option was given */
 } cli;
-
-static void usage(FILE *f)
-{
-    fprintf(
-        f,
-        "usage: popcast COMMAND [options]\n\n"
-        "commands:\n"
-        "  keygen [--out DIR] [--name NAME]   write NAME.key (secret, 0600) and NAME.pub\n"
-        "  deploy TENANT PATH                 upload a file or directory as a new version\n"
-        "         [--entrypoint FILE] [--runtime NAME] [--wait]\n"
-        "  versions TENANT                    list a tenant's versions\n"
-        "  rollback TENANT VERSION [--wait]   make VERSION's content the new version\n"
-        "  delete TENANT [--wait]             stop serving a tenant\n"
-        "  status [TENANT]                    tenants, or one tenant's state\n"
-        "  rollout TENANT VERSION [--wait]    where a version is live, per agent and PoP\n"
-        "  fleet                              agents, their lag, staleness, last report\n"
-        "  cluster                            controllers: roles, term, commit and applied index\n"
-        "  cluster add ID RAFT_ADDR API_URL   add a controller (started with --raft-join)\n"
-        "  cluster remove ID                  remove a controller from the cluster\n"
-        "  token create --tenant T [--name N] a token scoped to tenants (repeat --tenant)\n"
-        "  token list | token revoke ID       scoped tokens\n"
-        "  agent enroll ID PUBKEY_FILE        trust an agent's signed reports\n"
-        "  agent list | agent revoke ID       enrolled agents\n"
-        "  key list                           signing keys: current, roots, rotations\n"
-        "  key rotate NEXT_PUBKEY_FILE        make NEXT the signing key from the next seq\n"
-        "         [--root-key ROOT_PUBKEY]    sign the rotation with a root key (emergency)\n"
-        "         [--authorization FILE]      ...or carry a root's offline authorization\n"
-        "  key authorize ROOT_SECRET NEXT_PUB --replaces KEY_ID\n"
-        "                                     offline: print a root's authorization to\n"
-        "                                     replace KEY_ID by NEXT (no controller needed)\n\n"
-        "options:\n"
-        "  --controller URL   controller API (env POPCAST_CONTROLLER, default %s)\n"
-        "  --token TOKEN      API token (env POPCAST_TOKEN)\n"
-        "  --token-file FILE  file holding the API token (env POPCAST_TOKEN_FILE)\n"
-        "  --json             print the controller's JSON answer\n"
-        "  --wait             block until the change is live on every agent (or\n"
-        "                     --fraction F of them), an agent refuses it, or\n"
-        "                     --timeout SECONDS (default %d) passes; exit 1 unless live\n",
-        DEFAULT_CONTROLLER, WAIT_DEFAULT_S);
-}
 
 static int fail(const char *fmt, const char *a)
 {
@@ -590,29 +595,39 @@ static int print_cluster(cli *c, json_t *doc)
 
 static int cmd_cluster(cli *c)
 {
-    json_t *doc = NULL;
-    if (c->nargs == 0) {
-        doc = call(c, "GET", "/v1/cluster", NULL, NULL, 0);
-    } else if (strcmp(c->args[0], "add") == 0 && c->nargs == 4) {
-        char *end = NULL;
-        long long id = strtoll(c->args[1], &end, 10);
-        if (*end != '\0' || id < 1)
-            return fail("'%s' is not a node id (a number >= 1)", c->args[1]);
-        json_t *body = json_pack("{s:I,s:s,s:s}", "id", (json_int_t)id, "raft_address", c->args[2],
-                                 "api_url", c->args[3]);
-        doc = post_json(c, "/v1/cluster/nodes", body);
-    } else if (strcmp(c->args[0], "remove") == 0 && c->nargs == 2) {
-        char *end = NULL;
-        long long id = strtoll(c->args[1], &end, 10);
-        if (*end != '\0' || id < 1)
-            return fail("'%s' is not a node id (a number >= 1)", c->args[1]);
-        char path[64];
-        snprintf(path, sizeof(path), "/v1/cluster/nodes/%lld", id);
-        doc = call(c, "DELETE", path, NULL, NULL, 0);
-    } else {
-        fprintf(stderr, "popcast: usage: popcast cluster [add ID RAFT_ADDR API_URL | remove ID]\n");
-        return 2;
-    }
+    json_t *doc = call(c, "GET", "/v1/cluster", NULL, NULL, 0);
+    if (doc == NULL)
+        return 1;
+    int rc = print_cluster(c, doc);
+    json_decref(doc);
+    return rc;
+}
+
+static int cmd_cluster_add(cli *c)
+{
+    char *end = NULL;
+    long long id = strtoll(c->args[0], &end, 10);
+    if (*end != '\0' || id < 1)
+        return fail("'%s' is not a node id (a number >= 1)", c->args[0]);
+    json_t *body = json_pack("{s:I,s:s,s:s}", "id", (json_int_t)id, "raft_address", c->args[1],
+                             "api_url", c->args[2]);
+    json_t *doc = post_json(c, "/v1/cluster/nodes", body);
+    if (doc == NULL)
+        return 1;
+    int rc = print_cluster(c, doc);
+    json_decref(doc);
+    return rc;
+}
+
+static int cmd_cluster_remove(cli *c)
+{
+    char *end = NULL;
+    long long id = strtoll(c->args[0], &end, 10);
+    if (*end != '\0' || id < 1)
+        return fail("'%s' is not a node id (a number >= 1)", c->args[0]);
+    char path[64];
+    snprintf(path, sizeof(path), "/v1/cluster/nodes/%lld", id);
+    json_t *doc = call(c, "DELETE", path, NULL, NULL, 0);
     if (doc == NULL)
         return 1;
     int rc = print_cluster(c, doc);
@@ -636,64 +651,66 @@ static int read_first_line(const char *path, char *out, size_t cap)
     return 0;
 }
 
-/* DELETE collection + args[1]; says `done` (a format taking the id). */
+/* DELETE collection + args[0]; says `done` (a format taking the id). */
 static int revoke(cli *c, const char *collection, const char *done)
 {
     char path[200];
-    snprintf(path, sizeof(path), "%s%.128s", collection, c->args[1]);
+    snprintf(path, sizeof(path), "%s%.128s", collection, c->args[0]);
     json_t *doc = call(c, "DELETE", path, NULL, NULL, 0);
     if (doc == NULL)
         return 1;
     if (c->json)
         print_json(doc);
     else
-        printf(done, c->args[1]);
+        printf(done, c->args[0]);
     json_decref(doc);
     return 0;
 }
 
-static int cmd_agent(cli *c)
+static int cmd_agent_enroll(cli *c)
 {
-    json_t *doc = NULL;
-    if (strcmp(c->args[0], "enroll") == 0 && c->nargs == 3) {
-        char key[4100];
-        if (read_first_line(c->args[2], key, sizeof(key)) != 0)
-            return 1;
-        json_t *body = json_pack("{s:s,s:s}", "agent_id", c->args[1], "public_key", key);
-        doc = post_json(c, "/v1/agents", body);
-        if (doc == NULL)
-            return 1;
-        if (c->json)
-            print_json(doc);
-        else
-            printf("agent %s enrolled: its signed reports are trusted\n", c->args[1]);
-    } else if (strcmp(c->args[0], "list") == 0 && c->nargs == 1) {
-        doc = call(c, "GET", "/v1/agents", NULL, NULL, 0);
-        if (doc == NULL)
-            return 1;
-        if (c->json) {
-            print_json(doc);
-        } else {
-            printf("%-24s %-18s %s\n", "AGENT", "KEY ID", "STATE");
-            size_t i;
-            json_t *a;
-            json_array_foreach(json_object_get(doc, "agents"), i, a)
-                printf("%-24s %-18s %s\n", str(a, "agent_id"), str(a, "key_id"),
-                       json_is_true(json_object_get(a, "revoked")) ? "revoked" : "enrolled");
-        }
-    } else if (strcmp(c->args[0], "revoke") == 0 && c->nargs == 2) {
-        return revoke(c, "/v1/agents/", "agent %s revoked: its reports are refused\n");
+    char key[4100];
+    if (read_first_line(c->args[1], key, sizeof(key)) != 0)
+        return 1;
+    json_t *body = json_pack("{s:s,s:s}", "agent_id", c->args[0], "public_key", key);
+    json_t *doc = post_json(c, "/v1/agents", body);
+    if (doc == NULL)
+        return 1;
+    if (c->json)
+        print_json(doc);
+    else
+        printf("agent %s enrolled: its signed reports are trusted\n", c->args[0]);
+    json_decref(doc);
+    return 0;
+}
+
+static int cmd_agent_list(cli *c)
+{
+    json_t *doc = call(c, "GET", "/v1/agents", NULL, NULL, 0);
+    if (doc == NULL)
+        return 1;
+    if (c->json) {
+        print_json(doc);
     } else {
-        fprintf(stderr, "popcast: usage: popcast agent enroll ID PUBKEY_FILE | list | revoke ID\n");
-        return 2;
+        printf("%-24s %-18s %s\n", "AGENT", "KEY ID", "STATE");
+        size_t i;
+        json_t *a;
+        json_array_foreach(json_object_get(doc, "agents"), i, a)
+            printf("%-24s %-18s %s\n", str(a, "agent_id"), str(a, "key_id"),
+                   json_is_true(json_object_get(a, "revoked")) ? "revoked" : "enrolled");
     }
     json_decref(doc);
     return 0;
 }
 
+static int cmd_agent_revoke(cli *c)
+{
+    return revoke(c, "/v1/agents/", "agent %s revoked: its reports are refused\n");
+}
+
 /* Offline: a root key's permission to replace the signing key --replaces
  * by NEXT. Needs no controller; prints the authorization's text form. */
-static int key_authorize(cli *c)
+static int cmd_key_authorize(cli *c)
 {
     pc_signing_key root;
     pc_public_key next;
@@ -702,8 +719,8 @@ static int key_authorize(cli *c)
     if (c->replaces == NULL || pc_unhex(replaces, PC_KEY_ID_LEN, c->replaces) != PC_OK)
         return fail("%s", "key authorize needs --replaces KEY_ID (16 hex digits: the current "
                           "signing key, from `popcast key list`)");
-    if (pc_key_read_secret(c->args[1], &root, &err) != PC_OK ||
-        pc_key_read_public(c->args[2], &next, &err) != PC_OK)
+    if (pc_key_read_secret(c->args[0], &root, &err) != PC_OK ||
+        pc_key_read_public(c->args[1], &next, &err) != PC_OK)
         return fail("%s", err.msg);
     Popcast__RotationAuthorization a = POPCAST__ROTATION_AUTHORIZATION__INIT;
     a.next_public_key.data = next.pk;
@@ -730,130 +747,124 @@ static int key_authorize(cli *c)
     return 0;
 }
 
-static int cmd_key(cli *c)
+static int cmd_key_rotate(cli *c)
 {
-    json_t *doc = NULL;
-    if (strcmp(c->args[0], "authorize") == 0 && c->nargs == 3)
-        return key_authorize(c);
-    if (strcmp(c->args[0], "rotate") == 0 && c->nargs == 2) {
-        char next[4100], root[4100], auth[4100];
-        if (c->root_key != NULL && c->authorization != NULL)
-            return fail("%s", "give --root-key or --authorization, not both");
-        if (read_first_line(c->args[1], next, sizeof(next)) != 0 ||
-            (c->root_key != NULL && read_first_line(c->root_key, root, sizeof(root)) != 0) ||
-            (c->authorization != NULL &&
-             read_first_line(c->authorization, auth, sizeof(auth)) != 0))
-            return 1;
-        json_t *body = json_pack("{s:s}", "next_public_key", next);
-        if (body != NULL && c->root_key != NULL)
-            json_object_set_new(body, "root_key", json_string(root));
-        if (body != NULL && c->authorization != NULL)
-            json_object_set_new(body, "authorization", json_string(auth));
-        doc = post_json(c, "/v1/keys/rotate", body);
-        if (doc == NULL)
-            return 1;
-        if (c->json)
-            print_json(doc);
-        else
-            printf("signing key rotated at seq %lld: entries after it are signed by %s only\n"
-                   "(agents switch when they apply seq %lld: see `popcast fleet`)\n",
-                   (long long)json_integer_value(json_object_get(doc, "seq")), str(doc, "key_id"),
-                   (long long)json_integer_value(json_object_get(doc, "seq")));
-    } else if (strcmp(c->args[0], "list") == 0 && c->nargs == 1) {
-        doc = call(c, "GET", "/v1/keys", NULL, NULL, 0);
-        if (doc == NULL)
-            return 1;
-        if (c->json) {
-            print_json(doc);
-        } else {
-            json_t *cur = json_object_get(doc, "current");
-            if (!json_is_object(cur))
-                printf("no signing key yet: no rotation, and this controller holds no root key "
-                       "(make the first rotation with `popcast key authorize`)\n");
-            else
-                printf("current signing key %s since seq %lld%s\n", str(cur, "key_id"),
-                       (long long)json_integer_value(json_object_get(doc, "current_since_seq")),
-                       json_is_true(json_object_get(cur, "held"))
-                           ? ""
-                           : " (NOT held by this controller)");
-            size_t i;
-            json_t *k;
-            json_array_foreach(json_object_get(doc, "roots"), i, k)
-                printf("root key %s\n", str(k, "key_id"));
-            json_array_foreach(json_object_get(doc, "rotations"), i, k)
-                printf("rotation at seq %lld to %s, signed by %s\n",
-                       (long long)json_integer_value(json_object_get(k, "seq")), str(k, "key_id"),
-                       str(k, "signed_by"));
-        }
+    char next[4100], root[4100], auth[4100];
+    if (c->root_key != NULL && c->authorization != NULL)
+        return fail("%s", "give --root-key or --authorization, not both");
+    if (read_first_line(c->args[0], next, sizeof(next)) != 0 ||
+        (c->root_key != NULL && read_first_line(c->root_key, root, sizeof(root)) != 0) ||
+        (c->authorization != NULL && read_first_line(c->authorization, auth, sizeof(auth)) != 0))
+        return 1;
+    json_t *body = json_pack("{s:s}", "next_public_key", next);
+    if (body != NULL && c->root_key != NULL)
+        json_object_set_new(body, "root_key", json_string(root));
+    if (body != NULL && c->authorization != NULL)
+        json_object_set_new(body, "authorization", json_string(auth));
+    json_t *doc = post_json(c, "/v1/keys/rotate", body);
+    if (doc == NULL)
+        return 1;
+    if (c->json)
+        print_json(doc);
+    else
+        printf("signing key rotated at seq %lld: entries after it are signed by %s only\n"
+               "(agents switch when they apply seq %lld: see `popcast fleet`)\n",
+               (long long)json_integer_value(json_object_get(doc, "seq")), str(doc, "key_id"),
+               (long long)json_integer_value(json_object_get(doc, "seq")));
+    json_decref(doc);
+    return 0;
+}
+
+static int cmd_key_list(cli *c)
+{
+    json_t *doc = call(c, "GET", "/v1/keys", NULL, NULL, 0);
+    if (doc == NULL)
+        return 1;
+    if (c->json) {
+        print_json(doc);
     } else {
-        fprintf(stderr, "popcast: usage: popcast key list | rotate NEXT_PUBKEY_FILE "
-                        "[--root-key ROOT_PUBKEY_FILE | --authorization FILE] | authorize "
-                        "ROOT_SECRET_KEY_FILE NEXT_PUBKEY_FILE --replaces KEY_ID\n");
-        return 2;
+        json_t *cur = json_object_get(doc, "current");
+        if (!json_is_object(cur))
+            printf("no signing key yet: no rotation, and this controller holds no root key "
+                   "(make the first rotation with `popcast key authorize`)\n");
+        else
+            printf("current signing key %s since seq %lld%s\n", str(cur, "key_id"),
+                   (long long)json_integer_value(json_object_get(doc, "current_since_seq")),
+                   json_is_true(json_object_get(cur, "held")) ? ""
+                                                              : " (NOT held by this controller)");
+        size_t i;
+        json_t *k;
+        json_array_foreach(json_object_get(doc, "roots"), i, k)
+            printf("root key %s\n", str(k, "key_id"));
+        json_array_foreach(json_object_get(doc, "rotations"), i, k)
+            printf("rotation at seq %lld to %s, signed by %s\n",
+                   (long long)json_integer_value(json_object_get(k, "seq")), str(k, "key_id"),
+                   str(k, "signed_by"));
     }
     json_decref(doc);
     return 0;
 }
 
-static int cmd_token(cli *c)
+static int cmd_token_create(cli *c)
 {
-    json_t *doc = NULL;
-    if (strcmp(c->args[0], "create") == 0 && c->nargs == 1) {
-        if (c->n_tenants == 0)
-            return fail("%s", "token create needs at least one --tenant");
-        json_t *tenants = json_array();
-        for (int i = 0; i < c->n_tenants; i++)
-            json_array_append_new(tenants, json_string(c->tenants[i]));
-        json_t *body = json_pack("{s:o}", "tenants", tenants);
-        if (c->name != NULL)
-            json_object_set_new(body, "name", json_string(c->name));
-        doc = post_json(c, "/v1/tokens", body);
-        if (doc == NULL)
-            return 1;
-        if (c->json) {
-            print_json(doc);
-        } else {
-            printf("token   %s\nid      %s\ntenants", str(doc, "token"), str(doc, "id"));
-            size_t i;
-            json_t *t;
-            json_array_foreach(json_object_get(doc, "tenants"), i, t)
-                printf("%s%s", i ? "," : " ", json_string_value(t));
-            printf("\nkeep the token now: only its hash is stored, it cannot be shown again\n");
-        }
-    } else if (strcmp(c->args[0], "list") == 0 && c->nargs == 1) {
-        doc = call(c, "GET", "/v1/tokens", NULL, NULL, 0);
-        if (doc == NULL)
-            return 1;
-        if (c->json) {
-            print_json(doc);
-        } else {
-            printf("%-18s %-20s %-8s %s\n", "ID", "NAME", "STATE", "TENANTS");
-            size_t i;
-            json_t *t;
-            json_array_foreach(json_object_get(doc, "tokens"), i, t)
-            {
-                char tenants[1024] = "";
-                size_t k;
-                json_t *name;
-                json_array_foreach(json_object_get(t, "tenants"), k, name)
-                {
-                    size_t used = strlen(tenants);
-                    snprintf(tenants + used, sizeof(tenants) - used, "%s%s", k ? "," : "",
-                             json_string_value(name));
-                }
-                printf("%-18s %-20s %-8s %s\n", str(t, "id"), str(t, "name"),
-                       json_is_true(json_object_get(t, "revoked")) ? "revoked" : "active", tenants);
-            }
-        }
-    } else if (strcmp(c->args[0], "revoke") == 0 && c->nargs == 2) {
-        return revoke(c, "/v1/tokens/", "token %s revoked\n");
+    if (c->n_tenants == 0)
+        return fail("%s", "token create needs at least one --tenant");
+    json_t *tenants = json_array();
+    for (int i = 0; i < c->n_tenants; i++)
+        json_array_append_new(tenants, json_string(c->tenants[i]));
+    json_t *body = json_pack("{s:o}", "tenants", tenants);
+    if (c->name != NULL)
+        json_object_set_new(body, "name", json_string(c->name));
+    json_t *doc = post_json(c, "/v1/tokens", body);
+    if (doc == NULL)
+        return 1;
+    if (c->json) {
+        print_json(doc);
     } else {
-        fprintf(stderr,
-                "popcast: usage: popcast token create --tenant T [...] | list | revoke ID\n");
-        return 2;
+        printf("token   %s\nid      %s\ntenants", str(doc, "token"), str(doc, "id"));
+        size_t i;
+        json_t *t;
+        json_array_foreach(json_object_get(doc, "tenants"), i, t)
+            printf("%s%s", i ? "," : " ", json_string_value(t));
+        printf("\nkeep the token now: only its hash is stored, it cannot be shown again\n");
     }
     json_decref(doc);
     return 0;
+}
+
+static int cmd_token_list(cli *c)
+{
+    json_t *doc = call(c, "GET", "/v1/tokens", NULL, NULL, 0);
+    if (doc == NULL)
+        return 1;
+    if (c->json) {
+        print_json(doc);
+    } else {
+        printf("%-18s %-20s %-8s %s\n", "ID", "NAME", "STATE", "TENANTS");
+        size_t i;
+        json_t *t;
+        json_array_foreach(json_object_get(doc, "tokens"), i, t)
+        {
+            char tenants[1024] = "";
+            size_t k;
+            json_t *name;
+            json_array_foreach(json_object_get(t, "tenants"), k, name)
+            {
+                size_t used = strlen(tenants);
+                snprintf(tenants + used, sizeof(tenants) - used, "%s%s", k ? "," : "",
+                         json_string_value(name));
+            }
+            printf("%-18s %-20s %-8s %s\n", str(t, "id"), str(t, "name"),
+                   json_is_true(json_object_get(t, "revoked")) ? "revoked" : "active", tenants);
+        }
+    }
+    json_decref(doc);
+    return 0;
+}
+
+static int cmd_token_revoke(cli *c)
+{
+    return revoke(c, "/v1/tokens/", "token %s revoked\n");
 }
 
 static int cmd_status(cli *c)
@@ -893,86 +904,581 @@ static int cmd_status(cli *c)
     return 0;
 }
 
+/* The command line's grammar. */
+
+/* Checks one value; on failure writes why (naming the value) and returns
+ * false. label: the option or argument the value was given for. */
+typedef bool (*check_fn)(const char *label, const char *value, char *why, size_t cap);
+
+typedef struct option {
+    const char *name;    /* "--timeout" */
+    const char *metavar; /* "SECONDS"; NULL: a flag, it takes no value */
+    const char *help;
+    check_fn check; /* NULL: any value */
+    int max;        /* how often it may be given (0: once) */
+} option;
+
+static const option options[O_COUNT] = {
+    [O_CONTROLLER] = {"--controller", "URL",
+                      "controller API (env POPCAST_CONTROLLER, default " DEFAULT_CONTROLLER ")"},
+    [O_TOKEN] = {"--token", "TOKEN", "API token (env POPCAST_TOKEN)"},
+    [O_TOKEN_FILE] = {"--token-file", "FILE",
+                      "file holding the API token (env POPCAST_TOKEN_FILE)"},
+    [O_CA_FILE] = {"--ca-file", "FILE", "https: the CA to trust (env POPCAST_CA_FILE)"},
+    [O_TLS_SERVER_NAME] = {"--tls-server-name", "NAME",
+                           "https: the name the controller's certificate must carry (env "
+                           "POPCAST_TLS_SERVER_NAME)"},
+    [O_JSON] = {"--json", NULL, "print JSON (the controller's answer) instead of text"},
+    [O_WAIT] = {"--wait", NULL,
+                "block until the change is live on every agent (or --fraction of them), an "
+                "agent refuses it, or --timeout passes"},
+    [O_TIMEOUT] = {"--timeout", "SECONDS",
+                   "with --wait: give up after SECONDS (1 to 86400, default 60)"},
+    [O_FRACTION] = {"--fraction", "F",
+                    "with --wait: live on this fraction of the agents is enough (0 < F <= 1, "
+                    "default 1)"},
+    [O_ENTRYPOINT] = {"--entrypoint", "FILE",
+                      "the file the runtime starts from (default: main.lua in a directory, the "
+                      "file's own name for a file)"},
+    [O_RUNTIME] = {"--runtime", "NAME", "the runtime that runs it (default lua)"},
+    [O_OUT] = {"--out", "DIR", "write the key files into DIR (default .)"},
+    [O_KEY_NAME] = {"--name", "NAME", "the key files' name (default popcast-signing)"},
+    [O_TENANT] = {"--tenant", "TENANT", "a tenant the token may act on (repeat: at most 16)", NULL,
+                  MAX_TENANTS},
+    [O_TOKEN_NAME] = {"--name", "NAME", "a label for the token"},
+    [O_ROOT_KEY] = {"--root-key", "ROOT_PUBKEY_FILE",
+                    "sign the rotation with this root key, held by the controller (emergency)"},
+    [O_AUTHORIZATION] = {"--authorization", "FILE",
+                         "carry a root's offline authorization (from `popcast key authorize`)"},
+    [O_REPLACES] = {"--replaces", "KEY_ID",
+                    "the signing key being replaced (16 hex digits, from `popcast key list`)"},
+};
+
+typedef struct argument {
+    const char *name; /* "TENANT"; NULL ends the list */
+    check_fn check;   /* NULL: any value */
+} argument;
+
+struct command {
+    const char *name, *sub; /* "key", "rotate"; sub NULL: a command of one word */
+    const char *summary;
+    argument args[MAX_ARGS];
+    int optional;    /* how many of the last args may be left out */
+    const int *opts; /* the options it accepts besides the connection options; O_NONE ends */
+    bool offline;    /* contacts no controller */
+    int (*run)(cli *);
+};
+
+#define WAIT_OPTS O_WAIT, O_TIMEOUT, O_FRACTION
+#define OPTS(...) ((const int[]){__VA_ARGS__, O_NONE})
+
+static const command commands[] = {
+    {"keygen",
+     NULL,
+     "write NAME.key (secret, 0600) and NAME.pub",
+     {{0}},
+     0,
+     OPTS(O_OUT, O_KEY_NAME, O_JSON),
+     true,
+     cmd_keygen},
+    {"deploy",
+     NULL,
+     "upload a file or directory as a new version",
+     {{"TENANT", NULL}, {"PATH", NULL}},
+     0,
+     OPTS(O_ENTRYPOINT, O_RUNTIME, WAIT_OPTS, O_JSON),
+     false,
+     cmd_deploy},
+    {"versions",
+     NULL,
+     "list a tenant's versions",
+     {{"TENANT", NULL}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_versions},
+    {"rollback",
+     NULL,
+     "make VERSION's content the new version",
+     {{"TENANT", NULL}, {"VERSION", NULL}},
+     0,
+     OPTS(WAIT_OPTS, O_JSON),
+     false,
+     cmd_rollback},
+    {"delete",
+     NULL,
+     "stop serving a tenant",
+     {{"TENANT", NULL}},
+     0,
+     OPTS(WAIT_OPTS, O_JSON),
+     false,
+     cmd_delete},
+    {"status",
+     NULL,
+     "tenants, or one tenant's state",
+     {{"TENANT", NULL}},
+     1,
+     OPTS(O_JSON),
+     false,
+     cmd_status},
+    {"rollout",
+     NULL,
+     "where a version is live, per agent and PoP",
+     {{"TENANT", NULL}, {"VERSION", NULL}},
+     0,
+     OPTS(WAIT_OPTS, O_JSON),
+     false,
+     cmd_rollout},
+    {"fleet",
+     NULL,
+     "agents, their lag, staleness, last report",
+     {{0}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_fleet},
+    {"cluster",
+     NULL,
+     "controllers: roles, term, commit and applied index",
+     {{0}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_cluster},
+    {"cluster",
+     "add",
+     "add a controller (started with --raft-join)",
+     {{"ID", NULL}, {"RAFT_ADDR", NULL}, {"API_URL", NULL}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_cluster_add},
+    {"cluster",
+     "remove",
+     "remove a controller from the cluster",
+     {{"ID", NULL}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_cluster_remove},
+    {"token",
+     "create",
+     "a token scoped to tenants",
+     {{0}},
+     0,
+     OPTS(O_TENANT, O_TOKEN_NAME, O_JSON),
+     false,
+     cmd_token_create},
+    {"token", "list", "scoped tokens", {{0}}, 0, OPTS(O_JSON), false, cmd_token_list},
+    {"token",
+     "revoke",
+     "refuse a token from now on",
+     {{"ID", NULL}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_token_revoke},
+    {"agent",
+     "enroll",
+     "trust an agent's signed reports",
+     {{"ID", NULL}, {"PUBKEY_FILE", NULL}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_agent_enroll},
+    {"agent", "list", "enrolled agents", {{0}}, 0, OPTS(O_JSON), false, cmd_agent_list},
+    {"agent",
+     "revoke",
+     "refuse an agent's reports from now on",
+     {{"ID", NULL}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_agent_revoke},
+    {"key",
+     "list",
+     "signing keys: current, roots, rotations",
+     {{0}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_key_list},
+    {"key",
+     "rotate",
+     "make NEXT the signing key from the next seq",
+     {{"NEXT_PUBKEY_FILE", NULL}},
+     0,
+     OPTS(O_ROOT_KEY, O_AUTHORIZATION, O_JSON),
+     false,
+     cmd_key_rotate},
+    {"key",
+     "authorize",
+     "offline: print a root's authorization to replace KEY_ID by NEXT",
+     {{"ROOT_SECRET_KEY_FILE", NULL}, {"NEXT_PUBKEY_FILE", NULL}},
+     0,
+     OPTS(O_REPLACES),
+     true,
+     cmd_key_authorize},
+};
+#define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+static int n_args(const command *k)
+{
+    int n = 0;
+    while (n < MAX_ARGS && k->args[n].name != NULL)
+        n++;
+    return n;
+}
+
+static bool accepts(const command *k, int id)
+{
+    if (id <= O_LAST_CONNECTION)
+        return true;
+    for (const int *o = k->opts; *o != O_NONE; o++)
+        if (*o == id)
+            return true;
+    return false;
+}
+
+/* The option named name that k accepts, or O_NONE; *elsewhere says
+ * whether another command accepts an option of that name. */
+static int find_option(const command *k, const char *name, bool *elsewhere)
+{
+    *elsewhere = false;
+    for (int id = O_NONE + 1; id < O_COUNT; id++) {
+        if (strcmp(options[id].name, name) != 0)
+            continue;
+        if (accepts(k, id))
+            return id;
+        *elsewhere = true;
+    }
+    return O_NONE;
+}
+
+static const char *const exit_codes =
+    "exit status: 0 done, 1 the request failed, 2 wrong command line (nothing sent)\n";
+
+static void print_synopsis(FILE *f, const command *k)
+{
+    fprintf(f, "popcast %s", k->name);
+    if (k->sub != NULL)
+        fprintf(f, " %s", k->sub);
+    int n = n_args(k);
+    for (int i = 0; i < n; i++)
+        fprintf(f, i >= n - k->optional ? " [%s]" : " %s", k->args[i].name);
+    if (k->opts[0] != O_NONE || !k->offline)
+        fprintf(f, " [options]");
+}
+
+/* Prints text from column indent, wrapped at 100 columns (the first line
+ * continues a line already at column indent). */
+static void print_wrapped(FILE *f, int indent, const char *text)
+{
+    int col = indent;
+    while (*text != '\0') {
+        size_t word = strcspn(text, " ");
+        if (col > indent && col + 1 + (int)word > 100) {
+            fprintf(f, "\n%*s", indent, "");
+            col = indent;
+        } else if (col > indent) {
+            fputc(' ', f);
+            col++;
+        }
+        fprintf(f, "%.*s", (int)word, text);
+        col += (int)word;
+        text += word;
+        text += strspn(text, " ");
+    }
+    fputc('\n', f);
+}
+
+static void print_option(FILE *f, int id)
+{
+    const option *o = &options[id];
+    char left[64];
+    snprintf(left, sizeof(left), "%s%s%s", o->name, o->metavar ? " " : "",
+             o->metavar ? o->metavar : "");
+    if (strlen(left) > 22)
+        fprintf(f, "  %s\n%25s", left, "");
+    else
+        fprintf(f, "  %-22s ", left);
+    print_wrapped(f, 25, o->help);
+}
+
+static void print_connection_options(FILE *f)
+{
+    for (int id = O_NONE + 1; id <= O_LAST_CONNECTION; id++)
+        print_option(f, id);
+}
+
+/* `popcast CMD [SUB] --help`: one command's usage. */
+static void command_help(FILE *f, const command *k)
+{
+    fprintf(f, "usage: ");
+    print_synopsis(f, k);
+    fprintf(f, "\n\n%s\n", k->summary);
+    if (k->opts[0] != O_NONE) {
+        fprintf(f, "\noptions:\n");
+        for (const int *o = k->opts; *o != O_NONE; o++)
+            print_option(f, *o);
+    }
+    if (k->offline) {
+        fprintf(f, "\nneeds no controller (the connection options are accepted and unused)\n");
+    } else {
+        fprintf(f, "\nconnection options:\n");
+        print_connection_options(f);
+    }
+}
+
+/* Help for every command named name (a group such as `key`). */
+static void group_help(FILE *f, const char *name)
+{
+    bool first = true;
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        if (strcmp(commands[i].name, name) != 0)
+            continue;
+        if (!first)
+            fprintf(f, "\n");
+        command_help(f, &commands[i]);
+        first = false;
+    }
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: popcast COMMAND [ARGUMENTS] [options]\n\ncommands:\n");
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        const command *k = &commands[i];
+        char left[128];
+        int used = snprintf(left, sizeof(left), "%s%s%s", k->name, k->sub ? " " : "",
+                            k->sub ? k->sub : "");
+        int n = n_args(k);
+        for (int a = 0; a < n && used > 0 && (size_t)used < sizeof(left); a++)
+            used += snprintf(left + used, sizeof(left) - (size_t)used,
+                             a >= n - k->optional ? " [%s]" : " %s", k->args[a].name);
+        if (strlen(left) > 34)
+            fprintf(f, "  %s\n%37s", left, "");
+        else
+            fprintf(f, "  %-34s ", left);
+        print_wrapped(f, 37, k->summary);
+    }
+    fprintf(f, "\nconnection options (every command):\n");
+    print_connection_options(f);
+    fprintf(f, "\n'popcast COMMAND --help' shows a command's options.\n%s", exit_codes);
+}
+
+/* Prints a usage error about command k (or the group name, if k is
+ * NULL): one line, then where to look. Returns RC_USAGE. */
+__attribute__((format(printf, 3, 4))) static int usage_error(const command *k, const char *group,
+                                                             const char *fmt, ...)
+{
+    char who[64];
+    if (k != NULL)
+        snprintf(who, sizeof(who), "popcast %s%s%s", k->name, k->sub ? " " : "",
+                 k->sub ? k->sub : "");
+    else
+        snprintf(who, sizeof(who), "popcast%s%s", group ? " " : "", group ? group : "");
+    fprintf(stderr, "%s: ", who);
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nsee '%s --help'\n", who);
+    return RC_USAGE;
+}
+
+/* An argument that names an option (as opposed to a value such as -1). */
+static bool is_option(const char *a)
+{
+    return a[0] == '-' && a[1] != '\0' && !(a[1] >= '0' && a[1] <= '9');
+}
+
+static void store(cli *c, int id, const char *value)
+{
+    switch (id) {
+    case O_CONTROLLER: c->controller = value; break;
+    case O_TOKEN: c->token = value; break;
+    case O_TOKEN_FILE: c->token_file = value; break;
+    case O_CA_FILE: c->ca_file = value; break;
+    case O_TLS_SERVER_NAME: c->tls_server_name = value; break;
+    case O_JSON: c->json = true; break;
+    case O_WAIT: c->wait = true; break;
+    case O_TIMEOUT: c->timeout = value; break;
+    case O_FRACTION: c->fraction = value; break;
+    case O_ENTRYPOINT: c->entrypoint = value; break;
+    case O_RUNTIME: c->runtime = value; break;
+    case O_OUT: c->out_dir = value; break;
+    case O_KEY_NAME:
+    case O_TOKEN_NAME: c->name = value; break;
+    case O_TENANT: c->tenants[c->n_tenants++] = value; break;
+    case O_ROOT_KEY: c->root_key = value; break;
+    case O_AUTHORIZATION: c->authorization = value; break;
+    case O_REPLACES: c->replaces = value; break;
+    default: break;
+    }
+}
+
+/* Parses argv[first..] as the arguments and options of command k into c.
+ * Returns 0, or RC_USAGE after saying what is wrong. */
+static int parse(cli *c, const command *k, int argc, char **argv, int first)
+{
+    int max_args = n_args(k);
+    bool options_end = false;
+    char why[512];
+    for (int i = first; i < argc; i++) {
+        const char *a = argv[i];
+        if (!options_end && strcmp(a, "--") == 0) {
+            options_end = true;
+            continue;
+        }
+        if (options_end || !is_option(a)) {
+            if (c->nargs == max_args)
+                return usage_error(k, NULL, "unexpected argument '%s'", a);
+            check_fn check = k->args[c->nargs].check;
+            if (check != NULL && !check(k->args[c->nargs].name, a, why, sizeof(why)))
+                return usage_error(k, NULL, "%s", why);
+            c->args[c->nargs++] = a;
+            continue;
+        }
+        /* --name VALUE or --name=VALUE */
+        char name[48];
+        const char *eq = strchr(a, '=');
+        size_t len = eq ? (size_t)(eq - a) : strlen(a);
+        if (len >= sizeof(name))
+            return usage_error(k, NULL, "unknown option %.*s", 40, a);
+        memcpy(name, a, len);
+        name[len] = '\0';
+        bool elsewhere;
+        int id = find_option(k, name, &elsewhere);
+        if (id == O_NONE && elsewhere)
+            return usage_error(k, NULL, "%s is not an option of %s%s%s", name, k->name,
+                               k->sub ? " " : "", k->sub ? k->sub : "");
+        if (id == O_NONE)
+            return usage_error(k, NULL, "unknown option %s", name);
+        const option *o = &options[id];
+        const char *value = "";
+        if (o->metavar == NULL) {
+            if (eq != NULL)
+                return usage_error(k, NULL, "%s takes no value", name);
+        } else if (eq != NULL) {
+            value = eq + 1;
+        } else if (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) {
+            value = argv[++i];
+        } else {
+            return usage_error(k, NULL, "%s needs a value (%s)", name, o->metavar);
+        }
+        if (c->given[id] >= (o->max > 0 ? o->max : 1))
+            return o->max > 1 ? usage_error(k, NULL, "%s is given more than %d times", name, o->max)
+                              : usage_error(k, NULL, "%s is given twice", name);
+        if (o->check != NULL && !o->check(name, value, why, sizeof(why)))
+            return usage_error(k, NULL, "%s", why);
+        c->given[id]++;
+        store(c, id, value);
+    }
+    if (c->nargs < max_args - k->optional)
+        return usage_error(k, NULL, "missing %s", k->args[c->nargs].name);
+    return 0;
+}
+
+static bool is_help(const char *a)
+{
+    return strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0;
+}
+
+/* The command argv[1] (and argv[2], for a command of two words) names;
+ * *first: where its arguments start. NULL after a usage error. */
+static const command *find_command(int argc, char **argv, int *first, int *rc)
+{
+    const char *name = argv[1];
+    const command *plain = NULL;
+    bool known = false;
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        const command *k = &commands[i];
+        if (strcmp(k->name, name) != 0)
+            continue;
+        known = true;
+        if (k->sub == NULL)
+            plain = k;
+        else if (argc > 2 && strcmp(argv[2], k->sub) == 0) {
+            *first = 3;
+            return k;
+        }
+    }
+    if (plain != NULL) {
+        *first = 2;
+        return plain;
+    }
+    if (!known) {
+        *rc = usage_error(NULL, NULL, "unknown command '%s'", name);
+        return NULL;
+    }
+    char subs[128] = "";
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (strcmp(commands[i].name, name) == 0) {
+            size_t used = strlen(subs);
+            snprintf(subs + used, sizeof(subs) - used, "%s%s", used ? ", " : "", commands[i].sub);
+        }
+    if (argc > 2 && is_help(argv[2])) {
+        group_help(stdout, name);
+        *rc = 0;
+    } else if (argc > 2) {
+        *rc = usage_error(NULL, name, "unknown subcommand '%s' (one of: %s)", argv[2], subs);
+    } else {
+        *rc = usage_error(NULL, name, "needs a subcommand: %s", subs);
+    }
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0); /* progress lines show up at once in pipes */
-    cli c = {.controller = getenv("POPCAST_CONTROLLER")};
-    if (c.controller == NULL)
-        c.controller = DEFAULT_CONTROLLER;
     if (argc < 2) {
         usage(stderr);
-        return 2;
+        return RC_USAGE;
     }
     const char *cmd = argv[1];
-    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
-        usage(stdout);
+    if (strcmp(cmd, "--version") == 0 && argc == 2) {
+        printf("popcast %s\n", POPCAST_VERSION);
         return 0;
     }
-    for (int i = 2; i < argc; i++) {
-        const char *a = argv[i];
-        const char **slot = NULL;
-        if (strcmp(a, "--json") == 0) {
-            c.json = true;
-            continue;
+    if (is_help(cmd) || strcmp(cmd, "help") == 0) {
+        if (argc == 2) {
+            usage(stdout);
+            return 0;
         }
-        if (strcmp(a, "--wait") == 0) {
-            c.wait = true;
-            continue;
-        }
-        if (strcmp(a, "--tenant") == 0) {
-            if (i + 1 >= argc || c.n_tenants == 16) {
-                fprintf(stderr, "popcast: --tenant needs a value (at most 16)\n");
-                return 2;
-            }
-            c.tenants[c.n_tenants++] = argv[++i];
-            continue;
-        }
-        if (strcmp(a, "--controller") == 0)
-            slot = &c.controller;
-        else if (strcmp(a, "--token") == 0)
-            slot = &c.token;
-        else if (strcmp(a, "--token-file") == 0)
-            slot = &c.token_file;
-        else if (strcmp(a, "--entrypoint") == 0)
-            slot = &c.entrypoint;
-        else if (strcmp(a, "--runtime") == 0)
-            slot = &c.runtime;
-        else if (strcmp(a, "--out") == 0)
-            slot = &c.out_dir;
-        else if (strcmp(a, "--name") == 0)
-            slot = &c.name;
-        else if (strcmp(a, "--timeout") == 0)
-            slot = &c.timeout;
-        else if (strcmp(a, "--fraction") == 0)
-            slot = &c.fraction;
-        else if (strcmp(a, "--ca-file") == 0)
-            slot = &c.ca_file;
-        else if (strcmp(a, "--tls-server-name") == 0)
-            slot = &c.tls_server_name;
-        else if (strcmp(a, "--root-key") == 0)
-            slot = &c.root_key;
-        else if (strcmp(a, "--authorization") == 0)
-            slot = &c.authorization;
-        else if (strcmp(a, "--replaces") == 0)
-            slot = &c.replaces;
-        if (slot != NULL) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "popcast: %s needs a value\n", a);
-                return 2;
-            }
-            *slot = argv[++i];
-            continue;
-        }
-        if (strncmp(a, "--", 2) == 0) {
-            fprintf(stderr, "popcast: unknown option %s (see popcast help)\n", a);
-            return 2;
-        }
-        if (c.nargs == 4) {
-            fprintf(stderr, "popcast: too many arguments\n");
-            return 2;
-        }
-        c.args[c.nargs++] = a;
+        /* popcast help COMMAND [SUB] */
+        int first = 0, rc = RC_USAGE;
+        const command *k = find_command(argc - 1, argv + 1, &first, &rc);
+        if (k == NULL)
+            return rc;
+        if (k->sub == NULL)
+            group_help(stdout, k->name);
+        else
+            command_help(stdout, k);
+        return 0;
     }
+    if (is_option(cmd))
+        return usage_error(NULL, NULL, "unknown command '%s' (options follow the command)", cmd);
+    int first = 0, rc = RC_USAGE;
+    const command *k = find_command(argc, argv, &first, &rc);
+    if (k == NULL)
+        return rc;
+    for (int i = first; i < argc && strcmp(argv[i], "--") != 0; i++) {
+        if (is_help(argv[i])) {
+            if (k->sub == NULL)
+                group_help(stdout, k->name);
+            else
+                command_help(stdout, k);
+            return 0;
+        }
+    }
+    cli c = {.cmd = k};
+    if ((rc = parse(&c, k, argc, argv, first)) != 0)
+        return rc;
+    if (c.controller == NULL)
+        c.controller = getenv("POPCAST_CONTROLLER");
+    if (c.controller == NULL)
+        c.controller = DEFAULT_CONTROLLER;
     if (pc_crypto_init() != PC_OK)
         return fail("%s", "libsodium failed to initialise");
     if (c.ca_file == NULL)
@@ -980,40 +1486,14 @@ int main(int argc, char **argv)
     if (c.tls_server_name == NULL)
         c.tls_server_name = getenv("POPCAST_TLS_SERVER_NAME");
     nng_tls_config *tls = NULL;
-    if (c.ca_file != NULL) {
+    if (!k->offline && c.ca_file != NULL) {
         pc_err terr;
         if (pc_tls_client_config(c.ca_file, c.tls_server_name, &tls, &terr) != PC_OK)
             return fail("%s", terr.msg);
         pc_http_set_tls(tls);
     }
-    struct {
-        const char *name;
-        int min, max;
-        int (*run)(cli *);
-    } cmds[] = {{"keygen", 0, 0, cmd_keygen},     {"deploy", 2, 2, cmd_deploy},
-                {"versions", 1, 1, cmd_versions}, {"rollback", 2, 2, cmd_rollback},
-                {"delete", 1, 1, cmd_delete},     {"status", 0, 1, cmd_status},
-                {"rollout", 2, 2, cmd_rollout},   {"fleet", 0, 0, cmd_fleet},
-                {"cluster", 0, 4, cmd_cluster},   {"token", 1, 2, cmd_token},
-                {"agent", 1, 3, cmd_agent},       {"key", 1, 3, cmd_key}};
-    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
-        if (strcmp(cmd, cmds[i].name) != 0)
-            continue;
-        if (c.nargs < cmds[i].min || c.nargs > cmds[i].max) {
-            fprintf(stderr, "popcast: wrong number of arguments for %s\n\n", cmd);
-            usage(stderr);
-            if (tls != NULL)
-                nng_tls_config_free(tls);
-            return 2;
-        }
-        int rc = cmds[i].run(&c);
-        if (tls != NULL)
-            nng_tls_config_free(tls);
-        return rc;
-    }
+    rc = k->run(&c);
     if (tls != NULL)
         nng_tls_config_free(tls);
-    fprintf(stderr, "popcast: unknown command '%s'\n\n", cmd);
-    usage(stderr);
-    return 2;
+    return rc;
 }
