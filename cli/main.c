@@ -8,10 +8,15 @@
  * wrong command line (exit 2) sends nothing to a controller.
  *
  * Exit status: 0 success, 1 the operation failed (the controller said no,
- * or could not be reached), 2 the command line is wrong. */
+ * or could not be reached), 2 the command line is wrong: every argument
+ * and option (and the connection settings from the environment) is
+ * checked, and the token file read, before the first request. */
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <libgen.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -19,6 +24,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "bundle.h"
 #include "crypto.h"
@@ -78,8 +84,8 @@ typedef struct cli {
     char token_buf[256];
     bool json;
     bool wait;
-    const char *timeout; /* --timeout SECONDS for --wait */
-    const char *fraction;
+    long long timeout_s;              /* --wait gives up after this */
+    double fraction;                  /* --wait: live on this fraction of the agents is enough */
     const char *ca_file;              /* https: the CA to trust */
     const char *tls_server_name;      /* https: the name the certificate must carry */
     const char *root_key;             /* key rotate: sign with this root key (emergency) */
@@ -104,31 +110,11 @@ static int fail(const char *fmt, const char *a)
     return 1;
 }
 
-static const char *token(cli *c)
-{
-    if (c->token != NULL)
-        return c->token;
-    const char *file = c->token_file ? c->token_file : getenv("POPCAST_TOKEN_FILE");
-    if (file != NULL) {
-        FILE *f = fopen(file, "r");
-        if (f == NULL) {
-            fprintf(stderr, "popcast: cannot read token file %s: %s\n", file, strerror(errno));
-            return NULL;
-        }
-        if (fgets(c->token_buf, sizeof(c->token_buf), f) == NULL)
-            c->token_buf[0] = '\0';
-        fclose(f);
-        c->token_buf[strcspn(c->token_buf, "\r\n")] = '\0';
-        return c->token_buf;
-    }
-    return getenv("POPCAST_TOKEN");
-}
-
 /* Calls the API; prints the error and returns NULL unless 2xx. */
 static json_t *call(cli *c, const char *method, const char *path, const char *content_type,
                     const void *body, size_t len)
 {
-    const char *tok = token(c);
+    const char *tok = c->token;
     char auth[300];
     const char *headers[7];
     int h = 0;
@@ -280,8 +266,6 @@ static int read_file(const char *path, uint8_t **out, size_t *len)
 static int cmd_deploy(cli *c)
 {
     const char *tenant = c->args[0], *path = c->args[1];
-    if (!pc_tenant_name_valid(tenant))
-        return fail("'%s' is not a tenant name (1 to 63 of a-z, 0-9, '-')", tenant);
     struct stat st;
     if (stat(path, &st) != 0)
         return fail("cannot read %s", path);
@@ -326,8 +310,6 @@ static int cmd_deploy(cli *c)
 static int cmd_versions(cli *c)
 {
     const char *tenant = c->args[0];
-    if (!pc_tenant_name_valid(tenant))
-        return fail("'%s' is not a tenant name", tenant);
     char url[256];
     snprintf(url, sizeof(url), "/v1/tenants/%s/versions", tenant);
     json_t *doc = call(c, "GET", url, NULL, NULL, 0);
@@ -357,12 +339,7 @@ static int cmd_versions(cli *c)
 static int cmd_rollback(cli *c)
 {
     const char *tenant = c->args[0];
-    char *end = NULL;
-    long long version = strtoll(c->args[1], &end, 10);
-    if (!pc_tenant_name_valid(tenant))
-        return fail("'%s' is not a tenant name", tenant);
-    if (*end != '\0' || version < 1)
-        return fail("'%s' is not a version number", c->args[1]);
+    long long version = strtoll(c->args[1], NULL, 10);
     char url[256], body[64];
     snprintf(url, sizeof(url), "/v1/tenants/%s/rollback", tenant);
     int n = snprintf(body, sizeof(body), "{\"version\": %lld}", version);
@@ -382,8 +359,6 @@ static int cmd_rollback(cli *c)
 static int cmd_delete(cli *c)
 {
     const char *tenant = c->args[0];
-    if (!pc_tenant_name_valid(tenant))
-        return fail("'%s' is not a tenant name", tenant);
     char url[256];
     snprintf(url, sizeof(url), "/v1/tenants/%s", tenant);
     json_t *doc = call(c, "DELETE", url, NULL, NULL, 0);
@@ -439,20 +414,8 @@ static void print_summary(json_t *doc)
  * status: 0 when live on the wanted fraction of agents, 1 otherwise. */
 static int wait_live(cli *c, const char *tenant, long long version)
 {
-    double fraction = 1.0;
-    long long timeout_s = WAIT_DEFAULT_S;
-    if (c->fraction != NULL) {
-        char *end = NULL;
-        fraction = strtod(c->fraction, &end);
-        if (end == c->fraction || *end != '\0' || !(fraction > 0.0 && fraction <= 1.0))
-            return fail("--fraction must be a number in (0, 1], not '%s'", c->fraction);
-    }
-    if (c->timeout != NULL) {
-        char *end = NULL;
-        timeout_s = strtoll(c->timeout, &end, 10);
-        if (end == c->timeout || *end != '\0' || timeout_s < 1 || timeout_s > 86400)
-            return fail("--timeout must be whole seconds from 1 to 86400, not '%s'", c->timeout);
-    }
+    double fraction = c->fraction;
+    long long timeout_s = c->timeout_s;
     int64_t start = mono_ms(), deadline = start + timeout_s * 1000;
     long long last_live = -1, last_total = -1;
     for (;;) {
@@ -508,12 +471,7 @@ static int wait_live(cli *c, const char *tenant, long long version)
 static int cmd_rollout(cli *c)
 {
     const char *tenant = c->args[0];
-    char *end = NULL;
-    long long version = strtoll(c->args[1], &end, 10);
-    if (!pc_tenant_name_valid(tenant))
-        return fail("'%s' is not a tenant name", tenant);
-    if (*end != '\0' || version < 1)
-        return fail("'%s' is not a version number", c->args[1]);
+    long long version = strtoll(c->args[1], NULL, 10);
     if (c->wait)
         return wait_live(c, tenant, version);
     char url[256];
@@ -605,10 +563,7 @@ static int cmd_cluster(cli *c)
 
 static int cmd_cluster_add(cli *c)
 {
-    char *end = NULL;
-    long long id = strtoll(c->args[0], &end, 10);
-    if (*end != '\0' || id < 1)
-        return fail("'%s' is not a node id (a number >= 1)", c->args[0]);
+    long long id = strtoll(c->args[0], NULL, 10);
     json_t *body = json_pack("{s:I,s:s,s:s}", "id", (json_int_t)id, "raft_address", c->args[1],
                              "api_url", c->args[2]);
     json_t *doc = post_json(c, "/v1/cluster/nodes", body);
@@ -621,10 +576,7 @@ static int cmd_cluster_add(cli *c)
 
 static int cmd_cluster_remove(cli *c)
 {
-    char *end = NULL;
-    long long id = strtoll(c->args[0], &end, 10);
-    if (*end != '\0' || id < 1)
-        return fail("'%s' is not a node id (a number >= 1)", c->args[0]);
+    long long id = strtoll(c->args[0], NULL, 10);
     char path[64];
     snprintf(path, sizeof(path), "/v1/cluster/nodes/%lld", id);
     json_t *doc = call(c, "DELETE", path, NULL, NULL, 0);
@@ -652,7 +604,7 @@ static int read_first_line(const char *path, char *out, size_t cap)
 }
 
 /* DELETE collection + args[0]; says `done` (a format taking the id). */
-static int revoke(cli *c, const char *collection, const char *done)
+static int revoke_id(cli *c, const char *collection, const char *done)
 {
     char path[200];
     snprintf(path, sizeof(path), "%s%.128s", collection, c->args[0]);
@@ -705,7 +657,7 @@ static int cmd_agent_list(cli *c)
 
 static int cmd_agent_revoke(cli *c)
 {
-    return revoke(c, "/v1/agents/", "agent %s revoked: its reports are refused\n");
+    return revoke_id(c, "/v1/agents/", "agent %s revoked: its reports are refused\n");
 }
 
 /* Offline: a root key's permission to replace the signing key --replaces
@@ -716,9 +668,8 @@ static int cmd_key_authorize(cli *c)
     pc_public_key next;
     pc_err err;
     uint8_t replaces[PC_KEY_ID_LEN];
-    if (c->replaces == NULL || pc_unhex(replaces, PC_KEY_ID_LEN, c->replaces) != PC_OK)
-        return fail("%s", "key authorize needs --replaces KEY_ID (16 hex digits: the current "
-                          "signing key, from `popcast key list`)");
+    if (pc_unhex(replaces, PC_KEY_ID_LEN, c->replaces) != PC_OK) /* checked by parse() */
+        return fail("'%s' is not a key id", c->replaces);
     if (pc_key_read_secret(c->args[0], &root, &err) != PC_OK ||
         pc_key_read_public(c->args[1], &next, &err) != PC_OK)
         return fail("%s", err.msg);
@@ -750,8 +701,6 @@ static int cmd_key_authorize(cli *c)
 static int cmd_key_rotate(cli *c)
 {
     char next[4100], root[4100], auth[4100];
-    if (c->root_key != NULL && c->authorization != NULL)
-        return fail("%s", "give --root-key or --authorization, not both");
     if (read_first_line(c->args[0], next, sizeof(next)) != 0 ||
         (c->root_key != NULL && read_first_line(c->root_key, root, sizeof(root)) != 0) ||
         (c->authorization != NULL && read_first_line(c->authorization, auth, sizeof(auth)) != 0))
@@ -807,8 +756,6 @@ static int cmd_key_list(cli *c)
 
 static int cmd_token_create(cli *c)
 {
-    if (c->n_tenants == 0)
-        return fail("%s", "token create needs at least one --tenant");
     json_t *tenants = json_array();
     for (int i = 0; i < c->n_tenants; i++)
         json_array_append_new(tenants, json_string(c->tenants[i]));
@@ -864,15 +811,13 @@ static int cmd_token_list(cli *c)
 
 static int cmd_token_revoke(cli *c)
 {
-    return revoke(c, "/v1/tokens/", "token %s revoked\n");
+    return revoke_id(c, "/v1/tokens/", "token %s revoked\n");
 }
 
 static int cmd_status(cli *c)
 {
     char url[256];
     if (c->nargs == 1) {
-        if (!pc_tenant_name_valid(c->args[0]))
-            return fail("'%s' is not a tenant name", c->args[0]);
         snprintf(url, sizeof(url), "/v1/tenants/%s", c->args[0]);
     } else {
         snprintf(url, sizeof(url), "/v1/tenants");
@@ -910,48 +855,249 @@ static int cmd_status(cli *c)
  * false. label: the option or argument the value was given for. */
 typedef bool (*check_fn)(const char *label, const char *value, char *why, size_t cap);
 
+/* The value checks. Each sentence names the value it refuses. */
+
+static bool refuse(char *why, size_t cap, const char *fmt, const char *label, const char *value)
+{
+    snprintf(why, cap, fmt, label, value);
+    return false;
+}
+
+/* A whole decimal number from min to max: digits only, no sign, no
+ * blanks. */
+static bool whole(const char *s, long long min, long long max, long long *out)
+{
+    if (s[0] < '0' || s[0] > '9')
+        return false;
+    char *end = NULL;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v < min || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+static bool fraction_of(const char *s, double *out)
+{
+    char *end = NULL;
+    double v = strtod(s, &end);
+    if (end == s || *end != '\0' || !(v > 0.0 && v <= 1.0))
+        return false;
+    *out = v;
+    return true;
+}
+
+static bool check_tenant(const char *label, const char *v, char *why, size_t cap)
+{
+    return pc_tenant_name_valid(v) ||
+           refuse(why, cap, "%s '%s' is not a tenant name (1 to 63 of a-z, 0-9, '-')", label, v);
+}
+
+static bool check_version(const char *label, const char *v, char *why, size_t cap)
+{
+    long long n;
+    return whole(v, 1, LLONG_MAX, &n) ||
+           refuse(why, cap, "%s '%s' is not a version number (1 or more)", label, v);
+}
+
+static bool check_node_id(const char *label, const char *v, char *why, size_t cap)
+{
+    long long n;
+    return whole(v, 1, LLONG_MAX, &n) ||
+           refuse(why, cap, "%s '%s' is not a node id (a number >= 1)", label, v);
+}
+
+static bool check_timeout(const char *label, const char *v, char *why, size_t cap)
+{
+    long long n;
+    return whole(v, 1, 86400, &n) ||
+           refuse(why, cap, "%s must be whole seconds from 1 to 86400, not '%s'", label, v);
+}
+
+static bool check_fraction(const char *label, const char *v, char *why, size_t cap)
+{
+    double f;
+    return fraction_of(v, &f) ||
+           refuse(why, cap, "%s must be a number in (0, 1], not '%s'", label, v);
+}
+
+static bool check_runtime(const char *label, const char *v, char *why, size_t cap)
+{
+    return pc_runtime_name_valid(v) ||
+           refuse(why, cap, "%s '%s' is not a runtime name (1 to 32 of a-z, 0-9)", label, v);
+}
+
+static bool check_entrypoint(const char *label, const char *v, char *why, size_t cap)
+{
+    return pc_bundle_path_valid(v) ||
+           refuse(why, cap,
+                  "%s '%s' is not a path inside a bundle (relative, '/'-separated parts of "
+                  "A-Z, a-z, 0-9, '.', '_', '-', none '.' or '..')",
+                  label, v);
+}
+
+static bool check_id(const char *label, const char *v, char *why, size_t cap)
+{
+    return pc_id_valid(v) ||
+           refuse(why, cap, "%s '%s' is not an id (1 to 128 of A-Z, a-z, 0-9, '.', '_', '-')",
+                  label, v);
+}
+
+static bool check_key_name(const char *label, const char *v, char *why, size_t cap)
+{
+    return pc_id_valid(v) ||
+           refuse(why, cap, "%s '%s' is not a key name (1 to 128 of A-Z, a-z, 0-9, '.', '_', '-')",
+                  label, v);
+}
+
+static bool check_token_name(const char *label, const char *v, char *why, size_t cap)
+{
+    return (pc_id_valid(v) && strlen(v) <= 64) ||
+           refuse(why, cap, "%s '%s' is not a token name (1 to 64 of A-Z, a-z, 0-9, '.', '_', '-')",
+                  label, v);
+}
+
+static bool check_token_id(const char *label, const char *v, char *why, size_t cap)
+{
+    return (strlen(v) == 16 && strspn(v, "0123456789abcdef") == 16) ||
+           refuse(why, cap, "%s '%s' is not a token id (16 hex digits, from `popcast token list`)",
+                  label, v);
+}
+
+static bool check_key_id(const char *label, const char *v, char *why, size_t cap)
+{
+    uint8_t id[PC_KEY_ID_LEN];
+    return (strlen(v) == 2 * PC_KEY_ID_LEN && pc_unhex(id, PC_KEY_ID_LEN, v) == PC_OK) ||
+           refuse(why, cap,
+                  "%s '%s' is not a key id (16 hex digits: the current signing key, from "
+                  "`popcast key list`)",
+                  label, v);
+}
+
+static bool check_nonempty(const char *label, const char *v, char *why, size_t cap)
+{
+    return v[0] != '\0' || refuse(why, cap, "%s needs a value, not '%s'", label, v);
+}
+
+/* A file this process can open for reading (not a directory). Opens it
+ * non-blocking so a FIFO without a writer cannot hang the check. */
+static bool check_file(const char *label, const char *v, char *why, size_t cap)
+{
+    int fd = open(v, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        snprintf(why, cap, "%s: cannot read %s: %s", label, v, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return false;
+    }
+    close(fd);
+    return !S_ISDIR(st.st_mode) || refuse(why, cap, "%s: %s is a directory, not a file", label, v);
+}
+
+/* deploy's PATH: a readable file, or a directory that can be listed. */
+static bool check_bundle_path(const char *label, const char *v, char *why, size_t cap)
+{
+    struct stat st;
+    if (stat(v, &st) == 0 && S_ISDIR(st.st_mode)) {
+        DIR *d = opendir(v);
+        if (d == NULL) {
+            snprintf(why, cap, "%s: cannot read %s: %s", label, v, strerror(errno));
+            return false;
+        }
+        closedir(d);
+        return true;
+    }
+    return check_file(label, v, why, cap);
+}
+
+static bool check_out_dir(const char *label, const char *v, char *why, size_t cap)
+{
+    struct stat st;
+    if (stat(v, &st) == 0 && !S_ISDIR(st.st_mode))
+        return refuse(why, cap, "%s: %s is not a directory", label, v);
+    if (stat(v, &st) != 0 || access(v, W_OK | X_OK) != 0) {
+        snprintf(why, cap, "%s: cannot write in %s: %s", label, v, strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+static bool check_url(const char *label, const char *v, char *why, size_t cap)
+{
+    nng_url *u = NULL;
+    bool ok = nng_url_parse(&u, v) == 0 &&
+              (strcmp(u->u_scheme, "http") == 0 || strcmp(u->u_scheme, "https") == 0) &&
+              u->u_hostname[0] != '\0';
+    nng_url_free(u);
+    return ok || refuse(why, cap, "%s '%s' is not an http:// or https:// URL", label, v);
+}
+
+/* RAFT_ADDR: HOST:PORT, the port a number from 1 to 65535. */
+static bool check_host_port(const char *label, const char *v, char *why, size_t cap)
+{
+    const char *colon = strrchr(v, ':');
+    long long port;
+    return (colon != NULL && colon != v && whole(colon + 1, 1, 65535, &port)) ||
+           refuse(why, cap, "%s '%s' is not HOST:PORT", label, v);
+}
+
 typedef struct option {
     const char *name;    /* "--timeout" */
     const char *metavar; /* "SECONDS"; NULL: a flag, it takes no value */
     const char *help;
     check_fn check; /* NULL: any value */
     int max;        /* how often it may be given (0: once) */
+    int needs;      /* an option without which it means nothing, or O_NONE */
+    int excludes;   /* an option it contradicts, or O_NONE */
 } option;
 
 static const option options[O_COUNT] = {
     [O_CONTROLLER] = {"--controller", "URL",
-                      "controller API (env POPCAST_CONTROLLER, default " DEFAULT_CONTROLLER ")"},
-    [O_TOKEN] = {"--token", "TOKEN", "API token (env POPCAST_TOKEN)"},
-    [O_TOKEN_FILE] = {"--token-file", "FILE",
-                      "file holding the API token (env POPCAST_TOKEN_FILE)"},
-    [O_CA_FILE] = {"--ca-file", "FILE", "https: the CA to trust (env POPCAST_CA_FILE)"},
+                      "controller API (env POPCAST_CONTROLLER, default " DEFAULT_CONTROLLER ")",
+                      check_url},
+    [O_TOKEN] = {"--token", "TOKEN", "API token (env POPCAST_TOKEN)", check_nonempty},
+    [O_TOKEN_FILE] = {"--token-file", "FILE", "file holding the API token (env POPCAST_TOKEN_FILE)",
+                      check_file},
+    [O_CA_FILE] = {"--ca-file", "FILE", "https: the CA to trust (env POPCAST_CA_FILE)", check_file},
     [O_TLS_SERVER_NAME] = {"--tls-server-name", "NAME",
                            "https: the name the controller's certificate must carry (env "
-                           "POPCAST_TLS_SERVER_NAME)"},
+                           "POPCAST_TLS_SERVER_NAME)",
+                           check_nonempty},
     [O_JSON] = {"--json", NULL, "print JSON (the controller's answer) instead of text"},
     [O_WAIT] = {"--wait", NULL,
                 "block until the change is live on every agent (or --fraction of them), an "
                 "agent refuses it, or --timeout passes"},
     [O_TIMEOUT] = {"--timeout", "SECONDS",
-                   "with --wait: give up after SECONDS (1 to 86400, default 60)"},
+                   "with --wait: give up after SECONDS (1 to 86400, default 60)", check_timeout,
+                   .needs = O_WAIT},
     [O_FRACTION] = {"--fraction", "F",
                     "with --wait: live on this fraction of the agents is enough (0 < F <= 1, "
-                    "default 1)"},
+                    "default 1)",
+                    check_fraction, .needs = O_WAIT},
     [O_ENTRYPOINT] = {"--entrypoint", "FILE",
                       "the file the runtime starts from (default: main.lua in a directory, the "
-                      "file's own name for a file)"},
-    [O_RUNTIME] = {"--runtime", "NAME", "the runtime that runs it (default lua)"},
-    [O_OUT] = {"--out", "DIR", "write the key files into DIR (default .)"},
-    [O_KEY_NAME] = {"--name", "NAME", "the key files' name (default popcast-signing)"},
-    [O_TENANT] = {"--tenant", "TENANT", "a tenant the token may act on (repeat: at most 16)", NULL,
-                  MAX_TENANTS},
-    [O_TOKEN_NAME] = {"--name", "NAME", "a label for the token"},
+                      "file's own name for a file)",
+                      check_entrypoint},
+    [O_RUNTIME] = {"--runtime", "NAME", "the runtime that runs it (default lua)", check_runtime},
+    [O_OUT] = {"--out", "DIR", "write the key files into DIR (default .)", check_out_dir},
+    [O_KEY_NAME] = {"--name", "NAME", "the key files' name (default popcast-signing)",
+                    check_key_name},
+    [O_TENANT] = {"--tenant", "TENANT", "a tenant the token may act on (repeat: at most 16)",
+                  check_tenant, MAX_TENANTS},
+    [O_TOKEN_NAME] = {"--name", "NAME",
+                      "a label for the token (1 to 64 of A-Z, a-z, 0-9, '.', '_', '-')",
+                      check_token_name},
     [O_ROOT_KEY] = {"--root-key", "ROOT_PUBKEY_FILE",
-                    "sign the rotation with this root key, held by the controller (emergency)"},
+                    "sign the rotation with this root key, held by the controller (emergency)",
+                    check_file, .excludes = O_AUTHORIZATION},
     [O_AUTHORIZATION] = {"--authorization", "FILE",
-                         "carry a root's offline authorization (from `popcast key authorize`)"},
+                         "carry a root's offline authorization (from `popcast key authorize`)",
+                         check_file, .excludes = O_ROOT_KEY},
     [O_REPLACES] = {"--replaces", "KEY_ID",
-                    "the signing key being replaced (16 hex digits, from `popcast key list`)"},
+                    "the signing key being replaced (16 hex digits, from `popcast key list`)",
+                    check_key_id},
 };
 
 typedef struct argument {
@@ -964,13 +1110,19 @@ struct command {
     const char *summary;
     argument args[MAX_ARGS];
     int optional;    /* how many of the last args may be left out */
-    const int *opts; /* the options it accepts besides the connection options; O_NONE ends */
+    const int *opts; /* the options it accepts besides the connection options (| REQUIRED:
+                        it needs that one); O_NONE ends */
     bool offline;    /* contacts no controller */
     int (*run)(cli *);
 };
 
+#define REQUIRED  0x100
+#define OPT_ID(o) ((o) & ~REQUIRED)
 #define WAIT_OPTS O_WAIT, O_TIMEOUT, O_FRACTION
 #define OPTS(...) ((const int[]){__VA_ARGS__, O_NONE})
+
+static const argument tenant_arg = {"TENANT", check_tenant};
+static const argument version_arg = {"VERSION", check_version};
 
 static const command commands[] = {
     {"keygen",
@@ -984,7 +1136,7 @@ static const command commands[] = {
     {"deploy",
      NULL,
      "upload a file or directory as a new version",
-     {{"TENANT", NULL}, {"PATH", NULL}},
+     {tenant_arg, {"PATH", check_bundle_path}},
      0,
      OPTS(O_ENTRYPOINT, O_RUNTIME, WAIT_OPTS, O_JSON),
      false,
@@ -992,7 +1144,7 @@ static const command commands[] = {
     {"versions",
      NULL,
      "list a tenant's versions",
-     {{"TENANT", NULL}},
+     {tenant_arg},
      0,
      OPTS(O_JSON),
      false,
@@ -1000,7 +1152,7 @@ static const command commands[] = {
     {"rollback",
      NULL,
      "make VERSION's content the new version",
-     {{"TENANT", NULL}, {"VERSION", NULL}},
+     {tenant_arg, version_arg},
      0,
      OPTS(WAIT_OPTS, O_JSON),
      false,
@@ -1008,7 +1160,7 @@ static const command commands[] = {
     {"delete",
      NULL,
      "stop serving a tenant",
-     {{"TENANT", NULL}},
+     {tenant_arg},
      0,
      OPTS(WAIT_OPTS, O_JSON),
      false,
@@ -1016,7 +1168,7 @@ static const command commands[] = {
     {"status",
      NULL,
      "tenants, or one tenant's state",
-     {{"TENANT", NULL}},
+     {tenant_arg},
      1,
      OPTS(O_JSON),
      false,
@@ -1024,7 +1176,7 @@ static const command commands[] = {
     {"rollout",
      NULL,
      "where a version is live, per agent and PoP",
-     {{"TENANT", NULL}, {"VERSION", NULL}},
+     {tenant_arg, version_arg},
      0,
      OPTS(WAIT_OPTS, O_JSON),
      false,
@@ -1048,7 +1200,7 @@ static const command commands[] = {
     {"cluster",
      "add",
      "add a controller (started with --raft-join)",
-     {{"ID", NULL}, {"RAFT_ADDR", NULL}, {"API_URL", NULL}},
+     {{"ID", check_node_id}, {"RAFT_ADDR", check_host_port}, {"API_URL", check_url}},
      0,
      OPTS(O_JSON),
      false,
@@ -1056,7 +1208,7 @@ static const command commands[] = {
     {"cluster",
      "remove",
      "remove a controller from the cluster",
-     {{"ID", NULL}},
+     {{"ID", check_node_id}},
      0,
      OPTS(O_JSON),
      false,
@@ -1066,14 +1218,14 @@ static const command commands[] = {
      "a token scoped to tenants",
      {{0}},
      0,
-     OPTS(O_TENANT, O_TOKEN_NAME, O_JSON),
+     OPTS(O_TENANT | REQUIRED, O_TOKEN_NAME, O_JSON),
      false,
      cmd_token_create},
     {"token", "list", "scoped tokens", {{0}}, 0, OPTS(O_JSON), false, cmd_token_list},
     {"token",
      "revoke",
      "refuse a token from now on",
-     {{"ID", NULL}},
+     {{"ID", check_token_id}},
      0,
      OPTS(O_JSON),
      false,
@@ -1081,7 +1233,7 @@ static const command commands[] = {
     {"agent",
      "enroll",
      "trust an agent's signed reports",
-     {{"ID", NULL}, {"PUBKEY_FILE", NULL}},
+     {{"ID", check_id}, {"PUBKEY_FILE", check_file}},
      0,
      OPTS(O_JSON),
      false,
@@ -1090,7 +1242,7 @@ static const command commands[] = {
     {"agent",
      "revoke",
      "refuse an agent's reports from now on",
-     {{"ID", NULL}},
+     {{"ID", check_id}},
      0,
      OPTS(O_JSON),
      false,
@@ -1106,7 +1258,7 @@ static const command commands[] = {
     {"key",
      "rotate",
      "make NEXT the signing key from the next seq",
-     {{"NEXT_PUBKEY_FILE", NULL}},
+     {{"NEXT_PUBKEY_FILE", check_file}},
      0,
      OPTS(O_ROOT_KEY, O_AUTHORIZATION, O_JSON),
      false,
@@ -1114,9 +1266,9 @@ static const command commands[] = {
     {"key",
      "authorize",
      "offline: print a root's authorization to replace KEY_ID by NEXT",
-     {{"ROOT_SECRET_KEY_FILE", NULL}, {"NEXT_PUBKEY_FILE", NULL}},
+     {{"ROOT_SECRET_KEY_FILE", check_file}, {"NEXT_PUBKEY_FILE", check_file}},
      0,
-     OPTS(O_REPLACES),
+     OPTS(O_REPLACES | REQUIRED),
      true,
      cmd_key_authorize},
 };
@@ -1135,7 +1287,7 @@ static bool accepts(const command *k, int id)
     if (id <= O_LAST_CONNECTION)
         return true;
     for (const int *o = k->opts; *o != O_NONE; o++)
-        if (*o == id)
+        if (OPT_ID(*o) == id)
             return true;
     return false;
 }
@@ -1158,16 +1310,20 @@ static int find_option(const command *k, const char *name, bool *elsewhere)
 static const char *const exit_codes =
     "exit status: 0 done, 1 the request failed, 2 wrong command line (nothing sent)\n";
 
-static void print_synopsis(FILE *f, const command *k)
+/* "key authorize ROOT_SECRET_KEY_FILE NEXT_PUBKEY_FILE --replaces KEY_ID":
+ * the words, the arguments and the options it cannot do without. */
+static void synopsis(const command *k, char *out, size_t cap)
 {
-    fprintf(f, "popcast %s", k->name);
-    if (k->sub != NULL)
-        fprintf(f, " %s", k->sub);
+    size_t used =
+        (size_t)snprintf(out, cap, "%s%s%s", k->name, k->sub ? " " : "", k->sub ? k->sub : "");
     int n = n_args(k);
-    for (int i = 0; i < n; i++)
-        fprintf(f, i >= n - k->optional ? " [%s]" : " %s", k->args[i].name);
-    if (k->opts[0] != O_NONE || !k->offline)
-        fprintf(f, " [options]");
+    for (int i = 0; i < n && used < cap; i++)
+        used += (size_t)snprintf(out + used, cap - used, i >= n - k->optional ? " [%s]" : " %s",
+                                 k->args[i].name);
+    for (const int *o = k->opts; *o != O_NONE && used < cap; o++)
+        if (*o & REQUIRED)
+            used += (size_t)snprintf(out + used, cap - used, " %s %s", options[OPT_ID(*o)].name,
+                                     options[OPT_ID(*o)].metavar);
 }
 
 /* Prints text from column indent, wrapped at 100 columns (the first line
@@ -1214,13 +1370,13 @@ static void print_connection_options(FILE *f)
 /* `popcast CMD [SUB] --help`: one command's usage. */
 static void command_help(FILE *f, const command *k)
 {
-    fprintf(f, "usage: ");
-    print_synopsis(f, k);
-    fprintf(f, "\n\n%s\n", k->summary);
+    char words[160];
+    synopsis(k, words, sizeof(words));
+    fprintf(f, "usage: popcast %s [options]\n\n%s\n", words, k->summary);
     if (k->opts[0] != O_NONE) {
         fprintf(f, "\noptions:\n");
         for (const int *o = k->opts; *o != O_NONE; o++)
-            print_option(f, *o);
+            print_option(f, OPT_ID(*o));
     }
     if (k->offline) {
         fprintf(f, "\nneeds no controller (the connection options are accepted and unused)\n");
@@ -1249,13 +1405,8 @@ static void usage(FILE *f)
     fprintf(f, "usage: popcast COMMAND [ARGUMENTS] [options]\n\ncommands:\n");
     for (size_t i = 0; i < N_COMMANDS; i++) {
         const command *k = &commands[i];
-        char left[128];
-        int used = snprintf(left, sizeof(left), "%s%s%s", k->name, k->sub ? " " : "",
-                            k->sub ? k->sub : "");
-        int n = n_args(k);
-        for (int a = 0; a < n && used > 0 && (size_t)used < sizeof(left); a++)
-            used += snprintf(left + used, sizeof(left) - (size_t)used,
-                             a >= n - k->optional ? " [%s]" : " %s", k->args[a].name);
+        char left[160];
+        synopsis(k, left, sizeof(left));
         if (strlen(left) > 34)
             fprintf(f, "  %s\n%37s", left, "");
         else
@@ -1303,8 +1454,8 @@ static void store(cli *c, int id, const char *value)
     case O_TLS_SERVER_NAME: c->tls_server_name = value; break;
     case O_JSON: c->json = true; break;
     case O_WAIT: c->wait = true; break;
-    case O_TIMEOUT: c->timeout = value; break;
-    case O_FRACTION: c->fraction = value; break;
+    case O_TIMEOUT: whole(value, 1, 86400, &c->timeout_s); break;
+    case O_FRACTION: fraction_of(value, &c->fraction); break;
     case O_ENTRYPOINT: c->entrypoint = value; break;
     case O_RUNTIME: c->runtime = value; break;
     case O_OUT: c->out_dir = value; break;
@@ -1372,11 +1523,77 @@ static int parse(cli *c, const command *k, int argc, char **argv, int first)
                               : usage_error(k, NULL, "%s is given twice", name);
         if (o->check != NULL && !o->check(name, value, why, sizeof(why)))
             return usage_error(k, NULL, "%s", why);
+        for (int t = 0; id == O_TENANT && t < c->n_tenants; t++)
+            if (strcmp(c->tenants[t], value) == 0)
+                return usage_error(k, NULL, "%s %s is given twice", name, value);
         c->given[id]++;
         store(c, id, value);
     }
     if (c->nargs < max_args - k->optional)
         return usage_error(k, NULL, "missing %s", k->args[c->nargs].name);
+    for (const int *o = k->opts; *o != O_NONE; o++)
+        if ((*o & REQUIRED) && c->given[OPT_ID(*o)] == 0)
+            return usage_error(k, NULL, "missing %s %s", options[OPT_ID(*o)].name,
+                               options[OPT_ID(*o)].metavar);
+    for (int id = O_NONE + 1; id < O_COUNT; id++) {
+        const option *o = &options[id];
+        if (c->given[id] == 0)
+            continue;
+        if (o->needs != O_NONE && c->given[o->needs] == 0)
+            return usage_error(k, NULL, "%s only applies with %s", o->name, options[o->needs].name);
+        if (o->excludes != O_NONE && c->given[o->excludes] != 0)
+            return usage_error(k, NULL, "give %s or %s, not both", o->name,
+                               options[o->excludes].name);
+    }
+    return 0;
+}
+
+/* What the environment gives for an option not on the command line,
+ * checked as the option would be. */
+static int from_env(cli *c, int id, const char *var, const char **slot)
+{
+    char why[512];
+    const char *v = getenv(var);
+    if (c->given[id] != 0 || v == NULL)
+        return 0;
+    if (options[id].check != NULL && !options[id].check(var, v, why, sizeof(why)))
+        return usage_error(c->cmd, NULL, "%s", why);
+    *slot = v;
+    return 0;
+}
+
+/* The controller, its TLS settings and the token of a command that
+ * contacts a controller, from the options or the environment; all checked
+ * (and the token file read) before any request. */
+static int connection(cli *c)
+{
+    int rc;
+    if ((rc = from_env(c, O_CONTROLLER, "POPCAST_CONTROLLER", &c->controller)) != 0 ||
+        (rc = from_env(c, O_CA_FILE, "POPCAST_CA_FILE", &c->ca_file)) != 0 ||
+        (rc = from_env(c, O_TLS_SERVER_NAME, "POPCAST_TLS_SERVER_NAME", &c->tls_server_name)) != 0)
+        return rc;
+    if (c->controller == NULL)
+        c->controller = DEFAULT_CONTROLLER;
+    if (pc_url_is_tls(c->controller) && c->ca_file == NULL)
+        return usage_error(c->cmd, NULL, "%s is https: give --ca-file (or POPCAST_CA_FILE)",
+                           c->controller);
+    if (c->token != NULL)
+        return 0;
+    if ((rc = from_env(c, O_TOKEN_FILE, "POPCAST_TOKEN_FILE", &c->token_file)) != 0)
+        return rc;
+    if (c->token_file == NULL) {
+        c->token = getenv("POPCAST_TOKEN");
+        return 0;
+    }
+    FILE *f = fopen(c->token_file, "r");
+    if (f == NULL)
+        return usage_error(c->cmd, NULL, "cannot read token file %s: %s", c->token_file,
+                           strerror(errno));
+    if (fgets(c->token_buf, sizeof(c->token_buf), f) == NULL)
+        c->token_buf[0] = '\0';
+    fclose(f);
+    c->token_buf[strcspn(c->token_buf, "\r\n")] = '\0';
+    c->token = c->token_buf;
     return 0;
 }
 
@@ -1472,24 +1689,16 @@ int main(int argc, char **argv)
             return 0;
         }
     }
-    cli c = {.cmd = k};
-    if ((rc = parse(&c, k, argc, argv, first)) != 0)
+    cli c = {.cmd = k, .timeout_s = WAIT_DEFAULT_S, .fraction = 1.0};
+    if ((rc = parse(&c, k, argc, argv, first)) != 0 || (!k->offline && (rc = connection(&c)) != 0))
         return rc;
-    if (c.controller == NULL)
-        c.controller = getenv("POPCAST_CONTROLLER");
-    if (c.controller == NULL)
-        c.controller = DEFAULT_CONTROLLER;
     if (pc_crypto_init() != PC_OK)
         return fail("%s", "libsodium failed to initialise");
-    if (c.ca_file == NULL)
-        c.ca_file = getenv("POPCAST_CA_FILE");
-    if (c.tls_server_name == NULL)
-        c.tls_server_name = getenv("POPCAST_TLS_SERVER_NAME");
     nng_tls_config *tls = NULL;
     if (!k->offline && c.ca_file != NULL) {
         pc_err terr;
         if (pc_tls_client_config(c.ca_file, c.tls_server_name, &tls, &terr) != PC_OK)
-            return fail("%s", terr.msg);
+            return usage_error(k, NULL, "%s", terr.msg);
         pc_http_set_tls(tls);
     }
     rc = k->run(&c);
