@@ -7,10 +7,9 @@
  * command line is parsed against that row before the handler runs, so a
  * wrong command line (exit 2) sends nothing to a controller.
  *
- * Exit status: 0 success, 1 the operation failed (the controller said no,
- * or could not be reached), 2 the command line is wrong: every argument
- * and option (and the connection settings from the environment) is
- * checked, and the token file read, before the first request. */
+ * Exit status: see RC_*. For RC_USAGE, every argument and option (and the
+ * connection settings from the environment) is checked, and the token
+ * file read, before the first request. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -45,7 +44,15 @@
 #define MAX_ARGS           3  /* positional arguments of any command */
 #define MAX_TENANTS        16 /* token create --tenant */
 
-#define RC_USAGE 2 /* the command line is wrong; nothing was sent */
+/* Exit status (docs/cli.md). */
+enum {
+    RC_OK = 0,
+    RC_FAILED = 1,    /* the request failed: an HTTP error, the controller unreachable */
+    RC_USAGE = 2,     /* the command line is wrong; nothing was sent */
+    RC_NACKED = 3,    /* --wait: an agent refused (nacked) the version */
+    RC_TIMEOUT = 4,   /* --wait: not live on the wanted agents within --timeout */
+    RC_NO_AGENTS = 5, /* --wait: no agent reports to the controller, so nothing to wait for */
+};
 
 /* Every option of every command. The connection options come first:
  * every command accepts them (see accepts()). */
@@ -411,7 +418,10 @@ static void print_summary(json_t *doc)
 
 /* Follows the rollout of tenant's version through the controller's wait
  * call, one step at a time so progress can be shown. Returns the exit
- * status: 0 when live on the wanted fraction of agents, 1 otherwise. */
+ * status: RC_OK when live on the wanted fraction of agents, RC_NACKED
+ * when an agent refused it, RC_TIMEOUT or RC_NO_AGENTS when --timeout
+ * passed without it (with agents reporting, or without any), RC_FAILED
+ * when a request failed or the controller stopped during the wait. */
 static int wait_live(cli *c, const char *tenant, long long version)
 {
     double fraction = c->fraction;
@@ -426,9 +436,20 @@ static int wait_live(cli *c, const char *tenant, long long version)
                  tenant, version, (long long)step, fraction);
         json_t *doc = call(c, "GET", url, NULL, NULL, 0);
         if (doc == NULL)
-            return 1;
+            return RC_FAILED;
         json_t *s = json_object_get(doc, "summary");
         const char *why = str(doc, "wait");
+        if (strcmp(why, "shutdown") == 0) {
+            /* The answer holds no rollout: the controller is stopping. */
+            if (c->json)
+                print_json(doc);
+            json_decref(doc);
+            fprintf(stderr,
+                    "popcast: the controller stopped during the wait; ask another one: popcast "
+                    "rollout %s %lld --wait\n",
+                    tenant, version);
+            return RC_FAILED;
+        }
         bool complete = json_is_true(json_object_get(s, "complete"));
         bool failed = json_is_true(json_object_get(s, "failed"));
         bool over = mono_ms() >= deadline;
@@ -438,8 +459,11 @@ static int wait_live(cli *c, const char *tenant, long long version)
             last_live = num(s, "live");
             last_total = num(s, "total");
         }
-        if (complete || failed || over || strcmp(why, "shutdown") == 0) {
-            int rc = complete && !failed ? 0 : 1;
+        if (complete || failed || over) {
+            int rc = complete && !failed    ? RC_OK
+                     : failed               ? RC_NACKED
+                     : num(s, "total") == 0 ? RC_NO_AGENTS
+                                            : RC_TIMEOUT;
             if (c->json) {
                 print_json(doc);
             } else if (complete && !failed) {
@@ -1308,7 +1332,8 @@ static int find_option(const command *k, const char *name, bool *elsewhere)
 }
 
 static const char *const exit_codes =
-    "exit status: 0 done, 1 the request failed, 2 wrong command line (nothing sent)\n";
+    "exit status: 0 done, 1 the request failed, 2 wrong command line (nothing sent),\n"
+    "  with --wait: 3 an agent refused (nacked) it, 4 timed out, 5 no agents to wait for\n";
 
 /* "key authorize ROOT_SECRET_KEY_FILE NEXT_PUBKEY_FILE --replaces KEY_ID":
  * the words, the arguments and the options it cannot do without. */
