@@ -1411,8 +1411,9 @@ static void command_help(FILE *f, const command *k)
     }
 }
 
-/* Help for every command named name (a group such as `key`). */
-static void group_help(FILE *f, const char *name)
+/* Help for every command named name (a group such as `key`); false if
+ * there is none. */
+static bool group_help(FILE *f, const char *name)
 {
     bool first = true;
     for (size_t i = 0; i < N_COMMANDS; i++) {
@@ -1423,6 +1424,7 @@ static void group_help(FILE *f, const char *name)
         command_help(f, &commands[i]);
         first = false;
     }
+    return !first;
 }
 
 static void usage(FILE *f)
@@ -1679,7 +1681,9 @@ int main(int argc, char **argv)
         return RC_USAGE;
     }
     const char *cmd = argv[1];
-    if (strcmp(cmd, "--version") == 0 && argc == 2) {
+    if (strcmp(cmd, "--version") == 0) {
+        if (argc > 2)
+            return usage_error(NULL, NULL, "--version takes no arguments");
         printf("popcast %s\n", POPCAST_VERSION);
         return 0;
     }
@@ -1689,14 +1693,15 @@ int main(int argc, char **argv)
             return 0;
         }
         /* popcast help COMMAND [SUB] */
+        if (argc == 3 && group_help(stdout, argv[2]))
+            return 0;
         int first = 0, rc = RC_USAGE;
         const command *k = find_command(argc - 1, argv + 1, &first, &rc);
         if (k == NULL)
             return rc;
-        if (k->sub == NULL)
-            group_help(stdout, k->name);
-        else
-            command_help(stdout, k);
+        if (first + 1 < argc)
+            return usage_error(NULL, "help", "unexpected argument '%s'", argv[first + 1]);
+        command_help(stdout, k);
         return 0;
     }
     if (is_option(cmd))

@@ -535,14 +535,22 @@ static void test_help_and_version(void **state)
             words[2] = k->args[1];
         expect_help(words, first);
     }
-    /* A group's help lists its subcommands. */
+    /* A group's help shows each of its subcommands. */
     static run_result r;
-    run(ARGS("key", "--help"), &r);
-    assert_int_equal(r.rc, 0);
-    assert_non_null(strstr(r.out, "usage: popcast key rotate NEXT_PUBKEY_FILE"));
-    assert_non_null(strstr(r.out, "--root-key"));
-    assert_non_null(strstr(r.out, "usage: popcast key authorize ROOT_SECRET_KEY_FILE "
-                                  "NEXT_PUBKEY_FILE --replaces KEY_ID"));
+    const char *const *group[] = {ARGS("key", "--help"), ARGS("help", "key")};
+    for (size_t i = 0; i < 2; i++) {
+        run(group[i], &r);
+        assert_int_equal(r.rc, 0);
+        assert_int_equal(strncmp(r.out, "usage: popcast key list", 23), 0);
+        assert_non_null(strstr(r.out, "usage: popcast key rotate NEXT_PUBKEY_FILE"));
+        assert_non_null(strstr(r.out, "--root-key"));
+        assert_non_null(strstr(r.out, "usage: popcast key authorize ROOT_SECRET_KEY_FILE "
+                                      "NEXT_PUBKEY_FILE --replaces KEY_ID"));
+    }
+    expect_usage("", "unknown command 'bogus'", ARGS("help", "bogus"));
+    expect_usage("help", "unexpected argument 'x'", ARGS("help", "deploy", "x"));
+    expect_usage("key", "unknown subcommand 'bogus'", ARGS("help", "key", "bogus"));
+    expect_usage("", "--version takes no arguments", ARGS("--version", "x"));
     /* A command's help names exactly its options. */
     run(ARGS("versions", "--help"), &r);
     assert_int_equal(r.rc, 0);
