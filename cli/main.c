@@ -1,17 +1,29 @@
 /* main.c - the popcast command: key generation and the controller's API
- * from a shell. `popcast help` lists the commands; docs/cli.md has more.
+ * from a shell. `popcast --help` lists the commands, `popcast COMMAND
+ * --help` shows one; docs/cli.md has more.
  *
- * Exit status: 0 success, 1 the operation failed (the controller said no,
- * or could not be reached), 2 the command line is wrong. */
+ * Every command is a row of the command table (at the end): its
+ * arguments, exactly the options it accepts, and its handler. The whole
+ * command line is parsed against that row before the handler runs, so a
+ * wrong command line (exit 2) sends nothing to a controller.
+ *
+ * Exit status: see RC_*. For RC_USAGE, every argument and option (and the
+ * connection settings from the environment) is checked, and the token
+ * file read, before the first request. */
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <libgen.h>
+#include <limits.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "bundle.h"
 #include "crypto.h"
@@ -20,13 +32,58 @@
 #include "names.h"
 #include "tls.h"
 
+#ifndef POPCAST_VERSION
+#define POPCAST_VERSION "unknown"
+#endif
+
 #define DEFAULT_CONTROLLER "http://127.0.0.1:7070"
 #define DEFAULT_MAX_BUNDLE (64u * 1024 * 1024)
 #define TIMEOUT_MS         120000
 #define WAIT_DEFAULT_S     60
 #define WAIT_STEP_MS       1000
+#define MAX_ARGS           3  /* positional arguments of any command */
+#define MAX_TENANTS        16 /* token create --tenant */
+
+/* Exit status (docs/cli.md). */
+enum {
+    RC_OK = 0,
+    RC_FAILED = 1,    /* the request failed: an HTTP error, the controller unreachable */
+    RC_USAGE = 2,     /* the command line is wrong; nothing was sent */
+    RC_NACKED = 3,    /* --wait: an agent refused (nacked) the version */
+    RC_TIMEOUT = 4,   /* --wait: not live on the wanted agents within --timeout */
+    RC_NO_AGENTS = 5, /* --wait: no agent reports to the controller, so nothing to wait for */
+};
+
+/* Every option of every command. The connection options come first:
+ * every command accepts them (see accepts()). */
+enum opt_id {
+    O_NONE,
+    O_CONTROLLER,
+    O_TOKEN,
+    O_TOKEN_FILE,
+    O_CA_FILE,
+    O_TLS_SERVER_NAME,
+    O_LAST_CONNECTION = O_TLS_SERVER_NAME,
+    O_JSON,
+    O_WAIT,
+    O_TIMEOUT,
+    O_FRACTION,
+    O_ENTRYPOINT,
+    O_RUNTIME,
+    O_OUT,
+    O_KEY_NAME,
+    O_TENANT,
+    O_TOKEN_NAME,
+    O_ROOT_KEY,
+    O_AUTHORIZATION,
+    O_REPLACES,
+    O_COUNT
+};
+
+typedef struct command command;
 
 typedef struct cli {
+    const command *cmd;
     const char *controller;
     char controller_buf[512];
     const char *token;
@@ -34,62 +91,23 @@ typedef struct cli {
     char token_buf[256];
     bool json;
     bool wait;
-    const char *timeout; /* --timeout SECONDS for --wait */
-    const char *fraction;
-    const char *ca_file;         /* https: the CA to trust */
-    const char *tls_server_name; /* https: the name the certificate must carry */
-    const char *root_key;        /* key rotate: sign with this root key (emergency) */
-    const char *authorization;   /* key rotate: a root's offline authorization file */
-    const char *replaces;        /* key authorize: the key id being replaced */
-    const char *tenants[16];     /* token create --tenant, repeatable */
+    long long timeout_s;              /* --wait gives up after this */
+    double fraction;                  /* --wait: live on this fraction of the agents is enough */
+    const char *ca_file;              /* https: the CA to trust */
+    const char *tls_server_name;      /* https: the name the certificate must carry */
+    const char *root_key;             /* key rotate: sign with this root key (emergency) */
+    const char *authorization;        /* key rotate: a root's offline authorization file */
+    const char *replaces;             /* key authorize: the key id being replaced */
+    const char *tenants[MAX_TENANTS]; /* token create --tenant, repeatable */
     int n_tenants;
     const char *entrypoint;
     const char *runtime;
     const char *out_dir;
     const char *name;
-    const char *args[4];
+    const char *args[MAX_ARGS];
     int nargs;
+    int given[O_COUNT]; /* how often each option was given */
 } cli;
-
-static void usage(FILE *f)
-{
-    fprintf(
-        f,
-        "usage: popcast COMMAND [options]\n\n"
-        "commands:\n"
-        "  keygen [--out DIR] [--name NAME]   write NAME.key (secret, 0600) and NAME.pub\n"
-        "  deploy TENANT PATH                 upload a file or directory as a new version\n"
-        "         [--entrypoint FILE] [--runtime NAME] [--wait]\n"
-        "  versions TENANT                    list a tenant's versions\n"
-        "  rollback TENANT VERSION [--wait]   make VERSION's content the new version\n"
-        "  delete TENANT [--wait]             stop serving a tenant\n"
-        "  status [TENANT]                    tenants, or one tenant's state\n"
-        "  rollout TENANT VERSION [--wait]    where a version is live, per agent and PoP\n"
-        "  fleet                              agents, their lag, staleness, last report\n"
-        "  cluster                            controllers: roles, term, commit and applied index\n"
-        "  cluster add ID RAFT_ADDR API_URL   add a controller (started with --raft-join)\n"
-        "  cluster remove ID                  remove a controller from the cluster\n"
-        "  token create --tenant T [--name N] a token scoped to tenants (repeat --tenant)\n"
-        "  token list | token revoke ID       scoped tokens\n"
-        "  agent enroll ID PUBKEY_FILE        trust an agent's signed reports\n"
-        "  agent list | agent revoke ID       enrolled agents\n"
-        "  key list                           signing keys: current, roots, rotations\n"
-        "  key rotate NEXT_PUBKEY_FILE        make NEXT the signing key from the next seq\n"
-        "         [--root-key ROOT_PUBKEY]    sign the rotation with a root key (emergency)\n"
-        "         [--authorization FILE]      ...or carry a root's offline authorization\n"
-        "  key authorize ROOT_SECRET NEXT_PUB --replaces KEY_ID\n"
-        "                                     offline: print a root's authorization to\n"
-        "                                     replace KEY_ID by NEXT (no controller needed)\n\n"
-        "options:\n"
-        "  --controller URL   controller API (env POPCAST_CONTROLLER, default %s)\n"
-        "  --token TOKEN      API token (env POPCAST_TOKEN)\n"
-        "  --token-file FILE  file holding the API token (env POPCAST_TOKEN_FILE)\n"
-        "  --json             print the controller's JSON answer\n"
-        "  --wait             block until the change is live on every agent (or\n"
-        "                     --fraction F of them), an agent refuses it, or\n"
-        "                     --timeout SECONDS (default %d) passes; exit 1 unless live\n",
-        DEFAULT_CONTROLLER, WAIT_DEFAULT_S);
-}
 
 static int fail(const char *fmt, const char *a)
 {
@@ -99,31 +117,11 @@ static int fail(const char *fmt, const char *a)
     return 1;
 }
 
-static const char *token(cli *c)
-{
-    if (c->token != NULL)
-        return c->token;
-    const char *file = c->token_file ? c->token_file : getenv("POPCAST_TOKEN_FILE");
-    if (file != NULL) {
-        FILE *f = fopen(file, "r");
-        if (f == NULL) {
-            fprintf(stderr, "popcast: cannot read token file %s: %s\n", file, strerror(errno));
-            return NULL;
-        }
-        if (fgets(c->token_buf, sizeof(c->token_buf), f) == NULL)
-            c->token_buf[0] = '\0';
-        fclose(f);
-        c->token_buf[strcspn(c->token_buf, "\r\n")] = '\0';
-        return c->token_buf;
-    }
-    return getenv("POPCAST_TOKEN");
-}
-
 /* Calls the API; prints the error and returns NULL unless 2xx. */
 static json_t *call(cli *c, const char *method, const char *path, const char *content_type,
                     const void *body, size_t len)
 {
-    const char *tok = token(c);
+    const char *tok = c->token;
     char auth[300];
     const char *headers[7];
     int h = 0;
@@ -275,8 +273,6 @@ static int read_file(const char *path, uint8_t **out, size_t *len)
 static int cmd_deploy(cli *c)
 {
     const char *tenant = c->args[0], *path = c->args[1];
-    if (!pc_tenant_name_valid(tenant))
-        return fail("'%s' is not a tenant name (1 to 63 of a-z, 0-9, '-')", tenant);
     struct stat st;
     if (stat(path, &st) != 0)
         return fail("cannot read %s", path);
@@ -321,8 +317,6 @@ static int cmd_deploy(cli *c)
 static int cmd_versions(cli *c)
 {
     const char *tenant = c->args[0];
-    if (!pc_tenant_name_valid(tenant))
-        return fail("'%s' is not a tenant name", tenant);
     char url[256];
     snprintf(url, sizeof(url), "/v1/tenants/%s/versions", tenant);
     json_t *doc = call(c, "GET", url, NULL, NULL, 0);
@@ -352,12 +346,7 @@ static int cmd_versions(cli *c)
 static int cmd_rollback(cli *c)
 {
     const char *tenant = c->args[0];
-    char *end = NULL;
-    long long version = strtoll(c->args[1], &end, 10);
-    if (!pc_tenant_name_valid(tenant))
-        return fail("'%s' is not a tenant name", tenant);
-    if (*end != '\0' || version < 1)
-        return fail("'%s' is not a version number", c->args[1]);
+    long long version = strtoll(c->args[1], NULL, 10);
     char url[256], body[64];
     snprintf(url, sizeof(url), "/v1/tenants/%s/rollback", tenant);
     int n = snprintf(body, sizeof(body), "{\"version\": %lld}", version);
@@ -377,8 +366,6 @@ static int cmd_rollback(cli *c)
 static int cmd_delete(cli *c)
 {
     const char *tenant = c->args[0];
-    if (!pc_tenant_name_valid(tenant))
-        return fail("'%s' is not a tenant name", tenant);
     char url[256];
     snprintf(url, sizeof(url), "/v1/tenants/%s", tenant);
     json_t *doc = call(c, "DELETE", url, NULL, NULL, 0);
@@ -431,23 +418,14 @@ static void print_summary(json_t *doc)
 
 /* Follows the rollout of tenant's version through the controller's wait
  * call, one step at a time so progress can be shown. Returns the exit
- * status: 0 when live on the wanted fraction of agents, 1 otherwise. */
+ * status: RC_OK when live on the wanted fraction of agents, RC_NACKED
+ * when an agent refused it, RC_TIMEOUT or RC_NO_AGENTS when --timeout
+ * passed without it (with agents reporting, or without any), RC_FAILED
+ * when a request failed or the controller stopped during the wait. */
 static int wait_live(cli *c, const char *tenant, long long version)
 {
-    double fraction = 1.0;
-    long long timeout_s = WAIT_DEFAULT_S;
-    if (c->fraction != NULL) {
-        char *end = NULL;
-        fraction = strtod(c->fraction, &end);
-        if (end == c->fraction || *end != '\0' || !(fraction > 0.0 && fraction <= 1.0))
-            return fail("--fraction must be a number in (0, 1], not '%s'", c->fraction);
-    }
-    if (c->timeout != NULL) {
-        char *end = NULL;
-        timeout_s = strtoll(c->timeout, &end, 10);
-        if (end == c->timeout || *end != '\0' || timeout_s < 1 || timeout_s > 86400)
-            return fail("--timeout must be whole seconds from 1 to 86400, not '%s'", c->timeout);
-    }
+    double fraction = c->fraction;
+    long long timeout_s = c->timeout_s;
     int64_t start = mono_ms(), deadline = start + timeout_s * 1000;
     long long last_live = -1, last_total = -1;
     for (;;) {
@@ -458,9 +436,20 @@ static int wait_live(cli *c, const char *tenant, long long version)
                  tenant, version, (long long)step, fraction);
         json_t *doc = call(c, "GET", url, NULL, NULL, 0);
         if (doc == NULL)
-            return 1;
+            return RC_FAILED;
         json_t *s = json_object_get(doc, "summary");
         const char *why = str(doc, "wait");
+        if (strcmp(why, "shutdown") == 0) {
+            /* The answer holds no rollout: the controller is stopping. */
+            if (c->json)
+                print_json(doc);
+            json_decref(doc);
+            fprintf(stderr,
+                    "popcast: the controller stopped during the wait; ask another one: popcast "
+                    "rollout %s %lld --wait\n",
+                    tenant, version);
+            return RC_FAILED;
+        }
         bool complete = json_is_true(json_object_get(s, "complete"));
         bool failed = json_is_true(json_object_get(s, "failed"));
         bool over = mono_ms() >= deadline;
@@ -470,8 +459,11 @@ static int wait_live(cli *c, const char *tenant, long long version)
             last_live = num(s, "live");
             last_total = num(s, "total");
         }
-        if (complete || failed || over || strcmp(why, "shutdown") == 0) {
-            int rc = complete && !failed ? 0 : 1;
+        if (complete || failed || over) {
+            int rc = complete && !failed    ? RC_OK
+                     : failed               ? RC_NACKED
+                     : num(s, "total") == 0 ? RC_NO_AGENTS
+                                            : RC_TIMEOUT;
             if (c->json) {
                 print_json(doc);
             } else if (complete && !failed) {
@@ -503,12 +495,7 @@ static int wait_live(cli *c, const char *tenant, long long version)
 static int cmd_rollout(cli *c)
 {
     const char *tenant = c->args[0];
-    char *end = NULL;
-    long long version = strtoll(c->args[1], &end, 10);
-    if (!pc_tenant_name_valid(tenant))
-        return fail("'%s' is not a tenant name", tenant);
-    if (*end != '\0' || version < 1)
-        return fail("'%s' is not a version number", c->args[1]);
+    long long version = strtoll(c->args[1], NULL, 10);
     if (c->wait)
         return wait_live(c, tenant, version);
     char url[256];
@@ -590,29 +577,33 @@ static int print_cluster(cli *c, json_t *doc)
 
 static int cmd_cluster(cli *c)
 {
-    json_t *doc = NULL;
-    if (c->nargs == 0) {
-        doc = call(c, "GET", "/v1/cluster", NULL, NULL, 0);
-    } else if (strcmp(c->args[0], "add") == 0 && c->nargs == 4) {
-        char *end = NULL;
-        long long id = strtoll(c->args[1], &end, 10);
-        if (*end != '\0' || id < 1)
-            return fail("'%s' is not a node id (a number >= 1)", c->args[1]);
-        json_t *body = json_pack("{s:I,s:s,s:s}", "id", (json_int_t)id, "raft_address", c->args[2],
-                                 "api_url", c->args[3]);
-        doc = post_json(c, "/v1/cluster/nodes", body);
-    } else if (strcmp(c->args[0], "remove") == 0 && c->nargs == 2) {
-        char *end = NULL;
-        long long id = strtoll(c->args[1], &end, 10);
-        if (*end != '\0' || id < 1)
-            return fail("'%s' is not a node id (a number >= 1)", c->args[1]);
-        char path[64];
-        snprintf(path, sizeof(path), "/v1/cluster/nodes/%lld", id);
-        doc = call(c, "DELETE", path, NULL, NULL, 0);
-    } else {
-        fprintf(stderr, "popcast: usage: popcast cluster [add ID RAFT_ADDR API_URL | remove ID]\n");
-        return 2;
-    }
+    json_t *doc = call(c, "GET", "/v1/cluster", NULL, NULL, 0);
+    if (doc == NULL)
+        return 1;
+    int rc = print_cluster(c, doc);
+    json_decref(doc);
+    return rc;
+}
+
+static int cmd_cluster_add(cli *c)
+{
+    long long id = strtoll(c->args[0], NULL, 10);
+    json_t *body = json_pack("{s:I,s:s,s:s}", "id", (json_int_t)id, "raft_address", c->args[1],
+                             "api_url", c->args[2]);
+    json_t *doc = post_json(c, "/v1/cluster/nodes", body);
+    if (doc == NULL)
+        return 1;
+    int rc = print_cluster(c, doc);
+    json_decref(doc);
+    return rc;
+}
+
+static int cmd_cluster_remove(cli *c)
+{
+    long long id = strtoll(c->args[0], NULL, 10);
+    char path[64];
+    snprintf(path, sizeof(path), "/v1/cluster/nodes/%lld", id);
+    json_t *doc = call(c, "DELETE", path, NULL, NULL, 0);
     if (doc == NULL)
         return 1;
     int rc = print_cluster(c, doc);
@@ -636,74 +627,75 @@ static int read_first_line(const char *path, char *out, size_t cap)
     return 0;
 }
 
-/* DELETE collection + args[1]; says `done` (a format taking the id). */
-static int revoke(cli *c, const char *collection, const char *done)
+/* DELETE collection + args[0]; says `done` (a format taking the id). */
+static int revoke_id(cli *c, const char *collection, const char *done)
 {
     char path[200];
-    snprintf(path, sizeof(path), "%s%.128s", collection, c->args[1]);
+    snprintf(path, sizeof(path), "%s%.128s", collection, c->args[0]);
     json_t *doc = call(c, "DELETE", path, NULL, NULL, 0);
     if (doc == NULL)
         return 1;
     if (c->json)
         print_json(doc);
     else
-        printf(done, c->args[1]);
+        printf(done, c->args[0]);
     json_decref(doc);
     return 0;
 }
 
-static int cmd_agent(cli *c)
+static int cmd_agent_enroll(cli *c)
 {
-    json_t *doc = NULL;
-    if (strcmp(c->args[0], "enroll") == 0 && c->nargs == 3) {
-        char key[4100];
-        if (read_first_line(c->args[2], key, sizeof(key)) != 0)
-            return 1;
-        json_t *body = json_pack("{s:s,s:s}", "agent_id", c->args[1], "public_key", key);
-        doc = post_json(c, "/v1/agents", body);
-        if (doc == NULL)
-            return 1;
-        if (c->json)
-            print_json(doc);
-        else
-            printf("agent %s enrolled: its signed reports are trusted\n", c->args[1]);
-    } else if (strcmp(c->args[0], "list") == 0 && c->nargs == 1) {
-        doc = call(c, "GET", "/v1/agents", NULL, NULL, 0);
-        if (doc == NULL)
-            return 1;
-        if (c->json) {
-            print_json(doc);
-        } else {
-            printf("%-24s %-18s %s\n", "AGENT", "KEY ID", "STATE");
-            size_t i;
-            json_t *a;
-            json_array_foreach(json_object_get(doc, "agents"), i, a)
-                printf("%-24s %-18s %s\n", str(a, "agent_id"), str(a, "key_id"),
-                       json_is_true(json_object_get(a, "revoked")) ? "revoked" : "enrolled");
-        }
-    } else if (strcmp(c->args[0], "revoke") == 0 && c->nargs == 2) {
-        return revoke(c, "/v1/agents/", "agent %s revoked: its reports are refused\n");
+    char key[4100];
+    if (read_first_line(c->args[1], key, sizeof(key)) != 0)
+        return 1;
+    json_t *body = json_pack("{s:s,s:s}", "agent_id", c->args[0], "public_key", key);
+    json_t *doc = post_json(c, "/v1/agents", body);
+    if (doc == NULL)
+        return 1;
+    if (c->json)
+        print_json(doc);
+    else
+        printf("agent %s enrolled: its signed reports are trusted\n", c->args[0]);
+    json_decref(doc);
+    return 0;
+}
+
+static int cmd_agent_list(cli *c)
+{
+    json_t *doc = call(c, "GET", "/v1/agents", NULL, NULL, 0);
+    if (doc == NULL)
+        return 1;
+    if (c->json) {
+        print_json(doc);
     } else {
-        fprintf(stderr, "popcast: usage: popcast agent enroll ID PUBKEY_FILE | list | revoke ID\n");
-        return 2;
+        printf("%-24s %-18s %s\n", "AGENT", "KEY ID", "STATE");
+        size_t i;
+        json_t *a;
+        json_array_foreach(json_object_get(doc, "agents"), i, a)
+            printf("%-24s %-18s %s\n", str(a, "agent_id"), str(a, "key_id"),
+                   json_is_true(json_object_get(a, "revoked")) ? "revoked" : "enrolled");
     }
     json_decref(doc);
     return 0;
 }
 
+static int cmd_agent_revoke(cli *c)
+{
+    return revoke_id(c, "/v1/agents/", "agent %s revoked: its reports are refused\n");
+}
+
 /* Offline: a root key's permission to replace the signing key --replaces
  * by NEXT. Needs no controller; prints the authorization's text form. */
-static int key_authorize(cli *c)
+static int cmd_key_authorize(cli *c)
 {
     pc_signing_key root;
     pc_public_key next;
     pc_err err;
     uint8_t replaces[PC_KEY_ID_LEN];
-    if (c->replaces == NULL || pc_unhex(replaces, PC_KEY_ID_LEN, c->replaces) != PC_OK)
-        return fail("%s", "key authorize needs --replaces KEY_ID (16 hex digits: the current "
-                          "signing key, from `popcast key list`)");
-    if (pc_key_read_secret(c->args[1], &root, &err) != PC_OK ||
-        pc_key_read_public(c->args[2], &next, &err) != PC_OK)
+    if (pc_unhex(replaces, PC_KEY_ID_LEN, c->replaces) != PC_OK) /* checked by parse() */
+        return fail("'%s' is not a key id", c->replaces);
+    if (pc_key_read_secret(c->args[0], &root, &err) != PC_OK ||
+        pc_key_read_public(c->args[1], &next, &err) != PC_OK)
         return fail("%s", err.msg);
     Popcast__RotationAuthorization a = POPCAST__ROTATION_AUTHORIZATION__INIT;
     a.next_public_key.data = next.pk;
@@ -730,138 +722,126 @@ static int key_authorize(cli *c)
     return 0;
 }
 
-static int cmd_key(cli *c)
+static int cmd_key_rotate(cli *c)
 {
-    json_t *doc = NULL;
-    if (strcmp(c->args[0], "authorize") == 0 && c->nargs == 3)
-        return key_authorize(c);
-    if (strcmp(c->args[0], "rotate") == 0 && c->nargs == 2) {
-        char next[4100], root[4100], auth[4100];
-        if (c->root_key != NULL && c->authorization != NULL)
-            return fail("%s", "give --root-key or --authorization, not both");
-        if (read_first_line(c->args[1], next, sizeof(next)) != 0 ||
-            (c->root_key != NULL && read_first_line(c->root_key, root, sizeof(root)) != 0) ||
-            (c->authorization != NULL &&
-             read_first_line(c->authorization, auth, sizeof(auth)) != 0))
-            return 1;
-        json_t *body = json_pack("{s:s}", "next_public_key", next);
-        if (body != NULL && c->root_key != NULL)
-            json_object_set_new(body, "root_key", json_string(root));
-        if (body != NULL && c->authorization != NULL)
-            json_object_set_new(body, "authorization", json_string(auth));
-        doc = post_json(c, "/v1/keys/rotate", body);
-        if (doc == NULL)
-            return 1;
-        if (c->json)
-            print_json(doc);
-        else
-            printf("signing key rotated at seq %lld: entries after it are signed by %s only\n"
-                   "(agents switch when they apply seq %lld: see `popcast fleet`)\n",
-                   (long long)json_integer_value(json_object_get(doc, "seq")), str(doc, "key_id"),
-                   (long long)json_integer_value(json_object_get(doc, "seq")));
-    } else if (strcmp(c->args[0], "list") == 0 && c->nargs == 1) {
-        doc = call(c, "GET", "/v1/keys", NULL, NULL, 0);
-        if (doc == NULL)
-            return 1;
-        if (c->json) {
-            print_json(doc);
-        } else {
-            json_t *cur = json_object_get(doc, "current");
-            if (!json_is_object(cur))
-                printf("no signing key yet: no rotation, and this controller holds no root key "
-                       "(make the first rotation with `popcast key authorize`)\n");
-            else
-                printf("current signing key %s since seq %lld%s\n", str(cur, "key_id"),
-                       (long long)json_integer_value(json_object_get(doc, "current_since_seq")),
-                       json_is_true(json_object_get(cur, "held"))
-                           ? ""
-                           : " (NOT held by this controller)");
-            size_t i;
-            json_t *k;
-            json_array_foreach(json_object_get(doc, "roots"), i, k)
-                printf("root key %s\n", str(k, "key_id"));
-            json_array_foreach(json_object_get(doc, "rotations"), i, k)
-                printf("rotation at seq %lld to %s, signed by %s\n",
-                       (long long)json_integer_value(json_object_get(k, "seq")), str(k, "key_id"),
-                       str(k, "signed_by"));
-        }
+    char next[4100], root[4100], auth[4100];
+    if (read_first_line(c->args[0], next, sizeof(next)) != 0 ||
+        (c->root_key != NULL && read_first_line(c->root_key, root, sizeof(root)) != 0) ||
+        (c->authorization != NULL && read_first_line(c->authorization, auth, sizeof(auth)) != 0))
+        return 1;
+    json_t *body = json_pack("{s:s}", "next_public_key", next);
+    if (body != NULL && c->root_key != NULL)
+        json_object_set_new(body, "root_key", json_string(root));
+    if (body != NULL && c->authorization != NULL)
+        json_object_set_new(body, "authorization", json_string(auth));
+    json_t *doc = post_json(c, "/v1/keys/rotate", body);
+    if (doc == NULL)
+        return 1;
+    if (c->json)
+        print_json(doc);
+    else
+        printf("signing key rotated at seq %lld: entries after it are signed by %s only\n"
+               "(agents switch when they apply seq %lld: see `popcast fleet`)\n",
+               (long long)json_integer_value(json_object_get(doc, "seq")), str(doc, "key_id"),
+               (long long)json_integer_value(json_object_get(doc, "seq")));
+    json_decref(doc);
+    return 0;
+}
+
+static int cmd_key_list(cli *c)
+{
+    json_t *doc = call(c, "GET", "/v1/keys", NULL, NULL, 0);
+    if (doc == NULL)
+        return 1;
+    if (c->json) {
+        print_json(doc);
     } else {
-        fprintf(stderr, "popcast: usage: popcast key list | rotate NEXT_PUBKEY_FILE "
-                        "[--root-key ROOT_PUBKEY_FILE | --authorization FILE] | authorize "
-                        "ROOT_SECRET_KEY_FILE NEXT_PUBKEY_FILE --replaces KEY_ID\n");
-        return 2;
+        json_t *cur = json_object_get(doc, "current");
+        if (!json_is_object(cur))
+            printf("no signing key yet: no rotation, and this controller holds no root key "
+                   "(make the first rotation with `popcast key authorize`)\n");
+        else
+            printf("current signing key %s since seq %lld%s\n", str(cur, "key_id"),
+                   (long long)json_integer_value(json_object_get(doc, "current_since_seq")),
+                   json_is_true(json_object_get(cur, "held")) ? ""
+                                                              : " (NOT held by this controller)");
+        size_t i;
+        json_t *k;
+        json_array_foreach(json_object_get(doc, "roots"), i, k)
+            printf("root key %s\n", str(k, "key_id"));
+        json_array_foreach(json_object_get(doc, "rotations"), i, k)
+            printf("rotation at seq %lld to %s, signed by %s\n",
+                   (long long)json_integer_value(json_object_get(k, "seq")), str(k, "key_id"),
+                   str(k, "signed_by"));
     }
     json_decref(doc);
     return 0;
 }
 
-static int cmd_token(cli *c)
+static int cmd_token_create(cli *c)
 {
-    json_t *doc = NULL;
-    if (strcmp(c->args[0], "create") == 0 && c->nargs == 1) {
-        if (c->n_tenants == 0)
-            return fail("%s", "token create needs at least one --tenant");
-        json_t *tenants = json_array();
-        for (int i = 0; i < c->n_tenants; i++)
-            json_array_append_new(tenants, json_string(c->tenants[i]));
-        json_t *body = json_pack("{s:o}", "tenants", tenants);
-        if (c->name != NULL)
-            json_object_set_new(body, "name", json_string(c->name));
-        doc = post_json(c, "/v1/tokens", body);
-        if (doc == NULL)
-            return 1;
-        if (c->json) {
-            print_json(doc);
-        } else {
-            printf("token   %s\nid      %s\ntenants", str(doc, "token"), str(doc, "id"));
-            size_t i;
-            json_t *t;
-            json_array_foreach(json_object_get(doc, "tenants"), i, t)
-                printf("%s%s", i ? "," : " ", json_string_value(t));
-            printf("\nkeep the token now: only its hash is stored, it cannot be shown again\n");
-        }
-    } else if (strcmp(c->args[0], "list") == 0 && c->nargs == 1) {
-        doc = call(c, "GET", "/v1/tokens", NULL, NULL, 0);
-        if (doc == NULL)
-            return 1;
-        if (c->json) {
-            print_json(doc);
-        } else {
-            printf("%-18s %-20s %-8s %s\n", "ID", "NAME", "STATE", "TENANTS");
-            size_t i;
-            json_t *t;
-            json_array_foreach(json_object_get(doc, "tokens"), i, t)
-            {
-                char tenants[1024] = "";
-                size_t k;
-                json_t *name;
-                json_array_foreach(json_object_get(t, "tenants"), k, name)
-                {
-                    size_t used = strlen(tenants);
-                    snprintf(tenants + used, sizeof(tenants) - used, "%s%s", k ? "," : "",
-                             json_string_value(name));
-                }
-                printf("%-18s %-20s %-8s %s\n", str(t, "id"), str(t, "name"),
-                       json_is_true(json_object_get(t, "revoked")) ? "revoked" : "active", tenants);
-            }
-        }
-    } else if (strcmp(c->args[0], "revoke") == 0 && c->nargs == 2) {
-        return revoke(c, "/v1/tokens/", "token %s revoked\n");
+    json_t *tenants = json_array();
+    for (int i = 0; i < c->n_tenants; i++)
+        json_array_append_new(tenants, json_string(c->tenants[i]));
+    json_t *body = json_pack("{s:o}", "tenants", tenants);
+    if (c->name != NULL)
+        json_object_set_new(body, "name", json_string(c->name));
+    json_t *doc = post_json(c, "/v1/tokens", body);
+    if (doc == NULL)
+        return 1;
+    if (c->json) {
+        print_json(doc);
     } else {
-        fprintf(stderr,
-                "popcast: usage: popcast token create --tenant T [...] | list | revoke ID\n");
-        return 2;
+        printf("token   %s\nid      %s\ntenants", str(doc, "token"), str(doc, "id"));
+        size_t i;
+        json_t *t;
+        json_array_foreach(json_object_get(doc, "tenants"), i, t)
+            printf("%s%s", i ? "," : " ", json_string_value(t));
+        printf("\nkeep the token now: only its hash is stored, it cannot be shown again\n");
     }
     json_decref(doc);
     return 0;
+}
+
+static int cmd_token_list(cli *c)
+{
+    json_t *doc = call(c, "GET", "/v1/tokens", NULL, NULL, 0);
+    if (doc == NULL)
+        return 1;
+    if (c->json) {
+        print_json(doc);
+    } else {
+        printf("%-18s %-20s %-8s %s\n", "ID", "NAME", "STATE", "TENANTS");
+        size_t i;
+        json_t *t;
+        json_array_foreach(json_object_get(doc, "tokens"), i, t)
+        {
+            char tenants[1024] = "";
+            size_t k;
+            json_t *name;
+            json_array_foreach(json_object_get(t, "tenants"), k, name)
+            {
+                size_t used = strlen(tenants);
+                snprintf(tenants + used, sizeof(tenants) - used, "%s%s", k ? "," : "",
+                         json_string_value(name));
+            }
+            printf("%-18s %-20s %-8s %s\n", str(t, "id"), str(t, "name"),
+                   json_is_true(json_object_get(t, "revoked")) ? "revoked" : "active", tenants);
+        }
+    }
+    json_decref(doc);
+    return 0;
+}
+
+static int cmd_token_revoke(cli *c)
+{
+    return revoke_id(c, "/v1/tokens/", "token %s revoked\n");
 }
 
 static int cmd_status(cli *c)
 {
     char url[256];
     if (c->nargs == 1) {
-        if (!pc_tenant_name_valid(c->args[0]))
-            return fail("'%s' is not a tenant name", c->args[0]);
         snprintf(url, sizeof(url), "/v1/tenants/%s", c->args[0]);
     } else {
         snprintf(url, sizeof(url), "/v1/tenants");
@@ -893,127 +873,866 @@ static int cmd_status(cli *c)
     return 0;
 }
 
+/* The command line's grammar. */
+
+/* Checks one value; on failure writes why (naming the value) and returns
+ * false. label: the option or argument the value was given for. */
+typedef bool (*check_fn)(const char *label, const char *value, char *why, size_t cap);
+
+/* The value checks. Each sentence names the value it refuses. */
+
+static bool refuse(char *why, size_t cap, const char *fmt, const char *label, const char *value)
+{
+    snprintf(why, cap, fmt, label, value);
+    return false;
+}
+
+/* A whole decimal number from min to max: digits only, no sign, no
+ * blanks. */
+static bool whole(const char *s, long long min, long long max, long long *out)
+{
+    if (s[0] < '0' || s[0] > '9')
+        return false;
+    char *end = NULL;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v < min || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+static bool fraction_of(const char *s, double *out)
+{
+    char *end = NULL;
+    double v = strtod(s, &end);
+    if (end == s || *end != '\0' || !(v > 0.0 && v <= 1.0))
+        return false;
+    *out = v;
+    return true;
+}
+
+static bool check_tenant(const char *label, const char *v, char *why, size_t cap)
+{
+    return pc_tenant_name_valid(v) ||
+           refuse(why, cap, "%s '%s' is not a tenant name (1 to 63 of a-z, 0-9, '-')", label, v);
+}
+
+static bool check_version(const char *label, const char *v, char *why, size_t cap)
+{
+    long long n;
+    return whole(v, 1, LLONG_MAX, &n) ||
+           refuse(why, cap, "%s '%s' is not a version number (1 or more)", label, v);
+}
+
+static bool check_node_id(const char *label, const char *v, char *why, size_t cap)
+{
+    long long n;
+    return whole(v, 1, LLONG_MAX, &n) ||
+           refuse(why, cap, "%s '%s' is not a node id (a number >= 1)", label, v);
+}
+
+static bool check_timeout(const char *label, const char *v, char *why, size_t cap)
+{
+    long long n;
+    return whole(v, 1, 86400, &n) ||
+           refuse(why, cap, "%s must be whole seconds from 1 to 86400, not '%s'", label, v);
+}
+
+static bool check_fraction(const char *label, const char *v, char *why, size_t cap)
+{
+    double f;
+    return fraction_of(v, &f) ||
+           refuse(why, cap, "%s must be a number in (0, 1], not '%s'", label, v);
+}
+
+static bool check_runtime(const char *label, const char *v, char *why, size_t cap)
+{
+    return pc_runtime_name_valid(v) ||
+           refuse(why, cap, "%s '%s' is not a runtime name (1 to 32 of a-z, 0-9)", label, v);
+}
+
+static bool check_entrypoint(const char *label, const char *v, char *why, size_t cap)
+{
+    return pc_bundle_path_valid(v) ||
+           refuse(why, cap,
+                  "%s '%s' is not a path inside a bundle (relative, '/'-separated parts of "
+                  "A-Z, a-z, 0-9, '.', '_', '-', none '.' or '..')",
+                  label, v);
+}
+
+static bool check_id(const char *label, const char *v, char *why, size_t cap)
+{
+    return pc_id_valid(v) ||
+           refuse(why, cap, "%s '%s' is not an id (1 to 128 of A-Z, a-z, 0-9, '.', '_', '-')",
+                  label, v);
+}
+
+static bool check_key_name(const char *label, const char *v, char *why, size_t cap)
+{
+    return pc_id_valid(v) ||
+           refuse(why, cap, "%s '%s' is not a key name (1 to 128 of A-Z, a-z, 0-9, '.', '_', '-')",
+                  label, v);
+}
+
+static bool check_token_name(const char *label, const char *v, char *why, size_t cap)
+{
+    return (pc_id_valid(v) && strlen(v) <= 64) ||
+           refuse(why, cap, "%s '%s' is not a token name (1 to 64 of A-Z, a-z, 0-9, '.', '_', '-')",
+                  label, v);
+}
+
+static bool check_token_id(const char *label, const char *v, char *why, size_t cap)
+{
+    return (strlen(v) == 16 && strspn(v, "0123456789abcdef") == 16) ||
+           refuse(why, cap, "%s '%s' is not a token id (16 hex digits, from `popcast token list`)",
+                  label, v);
+}
+
+static bool check_key_id(const char *label, const char *v, char *why, size_t cap)
+{
+    uint8_t id[PC_KEY_ID_LEN];
+    return (strlen(v) == 2 * PC_KEY_ID_LEN && pc_unhex(id, PC_KEY_ID_LEN, v) == PC_OK) ||
+           refuse(why, cap,
+                  "%s '%s' is not a key id (16 hex digits: the current signing key, from "
+                  "`popcast key list`)",
+                  label, v);
+}
+
+static bool check_nonempty(const char *label, const char *v, char *why, size_t cap)
+{
+    return v[0] != '\0' || refuse(why, cap, "%s needs a value, not '%s'", label, v);
+}
+
+/* A file this process can open for reading (not a directory). Opens it
+ * non-blocking so a FIFO without a writer cannot hang the check. */
+static bool check_file(const char *label, const char *v, char *why, size_t cap)
+{
+    int fd = open(v, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        snprintf(why, cap, "%s: cannot read %s: %s", label, v, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return false;
+    }
+    close(fd);
+    return !S_ISDIR(st.st_mode) || refuse(why, cap, "%s: %s is a directory, not a file", label, v);
+}
+
+/* deploy's PATH: a readable file, or a directory that can be listed. */
+static bool check_bundle_path(const char *label, const char *v, char *why, size_t cap)
+{
+    struct stat st;
+    if (stat(v, &st) == 0 && S_ISDIR(st.st_mode)) {
+        DIR *d = opendir(v);
+        if (d == NULL) {
+            snprintf(why, cap, "%s: cannot read %s: %s", label, v, strerror(errno));
+            return false;
+        }
+        closedir(d);
+        return true;
+    }
+    return check_file(label, v, why, cap);
+}
+
+static bool check_out_dir(const char *label, const char *v, char *why, size_t cap)
+{
+    struct stat st;
+    if (stat(v, &st) == 0 && !S_ISDIR(st.st_mode))
+        return refuse(why, cap, "%s: %s is not a directory", label, v);
+    if (stat(v, &st) != 0 || access(v, W_OK | X_OK) != 0) {
+        snprintf(why, cap, "%s: cannot write in %s: %s", label, v, strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+static bool check_url(const char *label, const char *v, char *why, size_t cap)
+{
+    nng_url *u = NULL;
+    bool ok = nng_url_parse(&u, v) == 0 &&
+              (strcmp(u->u_scheme, "http") == 0 || strcmp(u->u_scheme, "https") == 0) &&
+              u->u_hostname[0] != '\0';
+    nng_url_free(u);
+    return ok || refuse(why, cap, "%s '%s' is not an http:// or https:// URL", label, v);
+}
+
+/* RAFT_ADDR: HOST:PORT, the port a number from 1 to 65535. */
+static bool check_host_port(const char *label, const char *v, char *why, size_t cap)
+{
+    const char *colon = strrchr(v, ':');
+    long long port;
+    return (colon != NULL && colon != v && whole(colon + 1, 1, 65535, &port)) ||
+           refuse(why, cap, "%s '%s' is not HOST:PORT", label, v);
+}
+
+typedef struct option {
+    const char *name;    /* "--timeout" */
+    const char *metavar; /* "SECONDS"; NULL: a flag, it takes no value */
+    const char *help;
+    check_fn check; /* NULL: any value */
+    int max;        /* how often it may be given (0: once) */
+    int needs;      /* an option without which it means nothing, or O_NONE */
+    int excludes;   /* an option it contradicts, or O_NONE */
+} option;
+
+static const option options[O_COUNT] = {
+    [O_CONTROLLER] = {"--controller", "URL",
+                      "controller API (env POPCAST_CONTROLLER, default " DEFAULT_CONTROLLER ")",
+                      check_url},
+    [O_TOKEN] = {"--token", "TOKEN", "API token (env POPCAST_TOKEN)", check_nonempty},
+    [O_TOKEN_FILE] = {"--token-file", "FILE", "file holding the API token (env POPCAST_TOKEN_FILE)",
+                      check_file},
+    [O_CA_FILE] = {"--ca-file", "FILE", "https: the CA to trust (env POPCAST_CA_FILE)", check_file},
+    [O_TLS_SERVER_NAME] = {"--tls-server-name", "NAME",
+                           "https: the name the controller's certificate must carry (env "
+                           "POPCAST_TLS_SERVER_NAME)",
+                           check_nonempty},
+    [O_JSON] = {"--json", NULL, "print JSON (the controller's answer) instead of text"},
+    [O_WAIT] = {"--wait", NULL,
+                "block until the change is live on every agent (or --fraction of them), an "
+                "agent refuses it, or --timeout passes"},
+    [O_TIMEOUT] = {"--timeout", "SECONDS",
+                   "with --wait: give up after SECONDS (1 to 86400, default 60)", check_timeout,
+                   .needs = O_WAIT},
+    [O_FRACTION] = {"--fraction", "F",
+                    "with --wait: live on this fraction of the agents is enough (0 < F <= 1, "
+                    "default 1)",
+                    check_fraction, .needs = O_WAIT},
+    [O_ENTRYPOINT] = {"--entrypoint", "FILE",
+                      "the file the runtime starts from (default: main.lua in a directory, the "
+                      "file's own name for a file)",
+                      check_entrypoint},
+    [O_RUNTIME] = {"--runtime", "NAME", "the runtime that runs it (default lua)", check_runtime},
+    [O_OUT] = {"--out", "DIR", "write the key files into DIR (default .)", check_out_dir},
+    [O_KEY_NAME] = {"--name", "NAME", "the key files' name (default popcast-signing)",
+                    check_key_name},
+    [O_TENANT] = {"--tenant", "TENANT", "a tenant the token may act on (repeat: at most 16)",
+                  check_tenant, MAX_TENANTS},
+    [O_TOKEN_NAME] = {"--name", "NAME",
+                      "a label for the token (1 to 64 of A-Z, a-z, 0-9, '.', '_', '-')",
+                      check_token_name},
+    [O_ROOT_KEY] = {"--root-key", "ROOT_PUBKEY_FILE",
+                    "sign the rotation with this root key, held by the controller (emergency)",
+                    check_file, .excludes = O_AUTHORIZATION},
+    [O_AUTHORIZATION] = {"--authorization", "FILE",
+                         "carry a root's offline authorization (from `popcast key authorize`)",
+                         check_file, .excludes = O_ROOT_KEY},
+    [O_REPLACES] = {"--replaces", "KEY_ID",
+                    "the signing key being replaced (16 hex digits, from `popcast key list`)",
+                    check_key_id},
+};
+
+typedef struct argument {
+    const char *name; /* "TENANT"; NULL ends the list */
+    check_fn check;   /* NULL: any value */
+} argument;
+
+struct command {
+    const char *name, *sub; /* "key", "rotate"; sub NULL: a command of one word */
+    const char *summary;
+    argument args[MAX_ARGS];
+    int optional;    /* how many of the last args may be left out */
+    const int *opts; /* the options it accepts besides the connection options (| REQUIRED:
+                        it needs that one); O_NONE ends */
+    bool offline;    /* contacts no controller */
+    int (*run)(cli *);
+};
+
+#define REQUIRED  0x100
+#define OPT_ID(o) ((o) & ~REQUIRED)
+#define WAIT_OPTS O_WAIT, O_TIMEOUT, O_FRACTION
+#define OPTS(...) ((const int[]){__VA_ARGS__, O_NONE})
+
+static const argument tenant_arg = {"TENANT", check_tenant};
+static const argument version_arg = {"VERSION", check_version};
+
+static const command commands[] = {
+    {"keygen",
+     NULL,
+     "write NAME.key (secret, 0600) and NAME.pub",
+     {{0}},
+     0,
+     OPTS(O_OUT, O_KEY_NAME, O_JSON),
+     true,
+     cmd_keygen},
+    {"deploy",
+     NULL,
+     "upload a file or directory as a new version",
+     {tenant_arg, {"PATH", check_bundle_path}},
+     0,
+     OPTS(O_ENTRYPOINT, O_RUNTIME, WAIT_OPTS, O_JSON),
+     false,
+     cmd_deploy},
+    {"versions",
+     NULL,
+     "list a tenant's versions",
+     {tenant_arg},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_versions},
+    {"rollback",
+     NULL,
+     "make VERSION's content the new version",
+     {tenant_arg, version_arg},
+     0,
+     OPTS(WAIT_OPTS, O_JSON),
+     false,
+     cmd_rollback},
+    {"delete",
+     NULL,
+     "stop serving a tenant",
+     {tenant_arg},
+     0,
+     OPTS(WAIT_OPTS, O_JSON),
+     false,
+     cmd_delete},
+    {"status",
+     NULL,
+     "tenants, or one tenant's state",
+     {tenant_arg},
+     1,
+     OPTS(O_JSON),
+     false,
+     cmd_status},
+    {"rollout",
+     NULL,
+     "where a version is live, per agent and PoP",
+     {tenant_arg, version_arg},
+     0,
+     OPTS(WAIT_OPTS, O_JSON),
+     false,
+     cmd_rollout},
+    {"fleet",
+     NULL,
+     "agents, their lag, staleness, last report",
+     {{0}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_fleet},
+    {"cluster",
+     NULL,
+     "controllers: roles, term, commit and applied index",
+     {{0}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_cluster},
+    {"cluster",
+     "add",
+     "add a controller (started with --raft-join)",
+     {{"ID", check_node_id}, {"RAFT_ADDR", check_host_port}, {"API_URL", check_url}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_cluster_add},
+    {"cluster",
+     "remove",
+     "remove a controller from the cluster",
+     {{"ID", check_node_id}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_cluster_remove},
+    {"token",
+     "create",
+     "a token scoped to tenants",
+     {{0}},
+     0,
+     OPTS(O_TENANT | REQUIRED, O_TOKEN_NAME, O_JSON),
+     false,
+     cmd_token_create},
+    {"token", "list", "scoped tokens", {{0}}, 0, OPTS(O_JSON), false, cmd_token_list},
+    {"token",
+     "revoke",
+     "refuse a token from now on",
+     {{"ID", check_token_id}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_token_revoke},
+    {"agent",
+     "enroll",
+     "trust an agent's signed reports",
+     {{"ID", check_id}, {"PUBKEY_FILE", check_file}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_agent_enroll},
+    {"agent", "list", "enrolled agents", {{0}}, 0, OPTS(O_JSON), false, cmd_agent_list},
+    {"agent",
+     "revoke",
+     "refuse an agent's reports from now on",
+     {{"ID", check_id}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_agent_revoke},
+    {"key",
+     "list",
+     "signing keys: current, roots, rotations",
+     {{0}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_key_list},
+    {"key",
+     "rotate",
+     "make NEXT the signing key from the next seq",
+     {{"NEXT_PUBKEY_FILE", check_file}},
+     0,
+     OPTS(O_ROOT_KEY, O_AUTHORIZATION, O_JSON),
+     false,
+     cmd_key_rotate},
+    {"key",
+     "authorize",
+     "offline: print a root's authorization to replace KEY_ID by NEXT",
+     {{"ROOT_SECRET_KEY_FILE", check_file}, {"NEXT_PUBKEY_FILE", check_file}},
+     0,
+     OPTS(O_REPLACES | REQUIRED),
+     true,
+     cmd_key_authorize},
+};
+#define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+static int n_args(const command *k)
+{
+    int n = 0;
+    while (n < MAX_ARGS && k->args[n].name != NULL)
+        n++;
+    return n;
+}
+
+static bool accepts(const command *k, int id)
+{
+    if (id <= O_LAST_CONNECTION)
+        return true;
+    for (const int *o = k->opts; *o != O_NONE; o++)
+        if (OPT_ID(*o) == id)
+            return true;
+    return false;
+}
+
+/* The option named name that k accepts, or O_NONE; *elsewhere says
+ * whether another command accepts an option of that name. */
+static int find_option(const command *k, const char *name, bool *elsewhere)
+{
+    *elsewhere = false;
+    for (int id = O_NONE + 1; id < O_COUNT; id++) {
+        if (strcmp(options[id].name, name) != 0)
+            continue;
+        if (accepts(k, id))
+            return id;
+        *elsewhere = true;
+    }
+    return O_NONE;
+}
+
+static const char *const exit_codes =
+    "exit status: 0 done, 1 the request failed, 2 wrong command line (nothing sent),\n"
+    "  with --wait: 3 an agent refused (nacked) it, 4 timed out, 5 no agents to wait for\n";
+
+/* "key authorize ROOT_SECRET_KEY_FILE NEXT_PUBKEY_FILE --replaces KEY_ID":
+ * the words, the arguments and the options it cannot do without. */
+static void synopsis(const command *k, char *out, size_t cap)
+{
+    size_t used =
+        (size_t)snprintf(out, cap, "%s%s%s", k->name, k->sub ? " " : "", k->sub ? k->sub : "");
+    int n = n_args(k);
+    for (int i = 0; i < n && used < cap; i++)
+        used += (size_t)snprintf(out + used, cap - used, i >= n - k->optional ? " [%s]" : " %s",
+                                 k->args[i].name);
+    for (const int *o = k->opts; *o != O_NONE && used < cap; o++)
+        if (*o & REQUIRED)
+            used += (size_t)snprintf(out + used, cap - used, " %s %s", options[OPT_ID(*o)].name,
+                                     options[OPT_ID(*o)].metavar);
+}
+
+/* Prints text from column indent, wrapped at 100 columns (the first line
+ * continues a line already at column indent). */
+static void print_wrapped(FILE *f, int indent, const char *text)
+{
+    int col = indent;
+    while (*text != '\0') {
+        size_t word = strcspn(text, " ");
+        if (col > indent && col + 1 + (int)word > 100) {
+            fprintf(f, "\n%*s", indent, "");
+            col = indent;
+        } else if (col > indent) {
+            fputc(' ', f);
+            col++;
+        }
+        fprintf(f, "%.*s", (int)word, text);
+        col += (int)word;
+        text += word;
+        text += strspn(text, " ");
+    }
+    fputc('\n', f);
+}
+
+static void print_option(FILE *f, int id)
+{
+    const option *o = &options[id];
+    char left[64];
+    snprintf(left, sizeof(left), "%s%s%s", o->name, o->metavar ? " " : "",
+             o->metavar ? o->metavar : "");
+    if (strlen(left) > 22)
+        fprintf(f, "  %s\n%25s", left, "");
+    else
+        fprintf(f, "  %-22s ", left);
+    print_wrapped(f, 25, o->help);
+}
+
+static void print_connection_options(FILE *f)
+{
+    for (int id = O_NONE + 1; id <= O_LAST_CONNECTION; id++)
+        print_option(f, id);
+}
+
+/* `popcast CMD [SUB] --help`: one command's usage. */
+static void command_help(FILE *f, const command *k)
+{
+    char words[160];
+    synopsis(k, words, sizeof(words));
+    fprintf(f, "usage: popcast %s [options]\n\n%s\n", words, k->summary);
+    if (k->opts[0] != O_NONE) {
+        fprintf(f, "\noptions:\n");
+        for (const int *o = k->opts; *o != O_NONE; o++)
+            print_option(f, OPT_ID(*o));
+    }
+    if (k->offline) {
+        fprintf(f, "\nneeds no controller (the connection options are accepted and unused)\n");
+    } else {
+        fprintf(f, "\nconnection options:\n");
+        print_connection_options(f);
+    }
+}
+
+/* Help for every command named name (a group such as `key`); false if
+ * there is none. */
+static bool group_help(FILE *f, const char *name)
+{
+    bool first = true;
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        if (strcmp(commands[i].name, name) != 0)
+            continue;
+        if (!first)
+            fprintf(f, "\n");
+        command_help(f, &commands[i]);
+        first = false;
+    }
+    return !first;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: popcast COMMAND [ARGUMENTS] [options]\n\ncommands:\n");
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        const command *k = &commands[i];
+        char left[160];
+        synopsis(k, left, sizeof(left));
+        if (strlen(left) > 34)
+            fprintf(f, "  %s\n%37s", left, "");
+        else
+            fprintf(f, "  %-34s ", left);
+        print_wrapped(f, 37, k->summary);
+    }
+    fprintf(f, "\nconnection options (every command):\n");
+    print_connection_options(f);
+    fprintf(f, "\n'popcast COMMAND --help' shows a command's options.\n%s", exit_codes);
+}
+
+/* Prints a usage error about command k (or the group name, if k is
+ * NULL): one line, then where to look. Returns RC_USAGE. */
+__attribute__((format(printf, 3, 4))) static int usage_error(const command *k, const char *group,
+                                                             const char *fmt, ...)
+{
+    char who[64];
+    if (k != NULL)
+        snprintf(who, sizeof(who), "popcast %s%s%s", k->name, k->sub ? " " : "",
+                 k->sub ? k->sub : "");
+    else
+        snprintf(who, sizeof(who), "popcast%s%s", group ? " " : "", group ? group : "");
+    fprintf(stderr, "%s: ", who);
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nsee '%s --help'\n", who);
+    return RC_USAGE;
+}
+
+/* An argument that names an option (as opposed to a value such as -1). */
+static bool is_option(const char *a)
+{
+    return a[0] == '-' && a[1] != '\0' && !(a[1] >= '0' && a[1] <= '9');
+}
+
+static void store(cli *c, int id, const char *value)
+{
+    switch (id) {
+    case O_CONTROLLER: c->controller = value; break;
+    case O_TOKEN: c->token = value; break;
+    case O_TOKEN_FILE: c->token_file = value; break;
+    case O_CA_FILE: c->ca_file = value; break;
+    case O_TLS_SERVER_NAME: c->tls_server_name = value; break;
+    case O_JSON: c->json = true; break;
+    case O_WAIT: c->wait = true; break;
+    case O_TIMEOUT: whole(value, 1, 86400, &c->timeout_s); break;
+    case O_FRACTION: fraction_of(value, &c->fraction); break;
+    case O_ENTRYPOINT: c->entrypoint = value; break;
+    case O_RUNTIME: c->runtime = value; break;
+    case O_OUT: c->out_dir = value; break;
+    case O_KEY_NAME:
+    case O_TOKEN_NAME: c->name = value; break;
+    case O_TENANT: c->tenants[c->n_tenants++] = value; break;
+    case O_ROOT_KEY: c->root_key = value; break;
+    case O_AUTHORIZATION: c->authorization = value; break;
+    case O_REPLACES: c->replaces = value; break;
+    default: break;
+    }
+}
+
+/* Parses argv[first..] as the arguments and options of command k into c.
+ * Returns 0, or RC_USAGE after saying what is wrong. */
+static int parse(cli *c, const command *k, int argc, char **argv, int first)
+{
+    int max_args = n_args(k);
+    bool options_end = false;
+    char why[512];
+    for (int i = first; i < argc; i++) {
+        const char *a = argv[i];
+        if (!options_end && strcmp(a, "--") == 0) {
+            options_end = true;
+            continue;
+        }
+        if (options_end || !is_option(a)) {
+            if (c->nargs == max_args)
+                return usage_error(k, NULL, "unexpected argument '%s'", a);
+            check_fn check = k->args[c->nargs].check;
+            if (check != NULL && !check(k->args[c->nargs].name, a, why, sizeof(why)))
+                return usage_error(k, NULL, "%s", why);
+            c->args[c->nargs++] = a;
+            continue;
+        }
+        /* --name VALUE or --name=VALUE */
+        char name[48];
+        const char *eq = strchr(a, '=');
+        size_t len = eq ? (size_t)(eq - a) : strlen(a);
+        if (len >= sizeof(name))
+            return usage_error(k, NULL, "unknown option %.*s", 40, a);
+        memcpy(name, a, len);
+        name[len] = '\0';
+        bool elsewhere;
+        int id = find_option(k, name, &elsewhere);
+        if (id == O_NONE && elsewhere)
+            return usage_error(k, NULL, "%s is not an option of %s%s%s", name, k->name,
+                               k->sub ? " " : "", k->sub ? k->sub : "");
+        if (id == O_NONE)
+            return usage_error(k, NULL, "unknown option %s", name);
+        const option *o = &options[id];
+        const char *value = "";
+        if (o->metavar == NULL) {
+            if (eq != NULL)
+                return usage_error(k, NULL, "%s takes no value", name);
+        } else if (eq != NULL) {
+            value = eq + 1;
+        } else if (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) {
+            value = argv[++i];
+        } else {
+            return usage_error(k, NULL, "%s needs a value (%s)", name, o->metavar);
+        }
+        if (c->given[id] >= (o->max > 0 ? o->max : 1))
+            return o->max > 1 ? usage_error(k, NULL, "%s is given more than %d times", name, o->max)
+                              : usage_error(k, NULL, "%s is given twice", name);
+        if (o->check != NULL && !o->check(name, value, why, sizeof(why)))
+            return usage_error(k, NULL, "%s", why);
+        for (int t = 0; id == O_TENANT && t < c->n_tenants; t++)
+            if (strcmp(c->tenants[t], value) == 0)
+                return usage_error(k, NULL, "%s %s is given twice", name, value);
+        c->given[id]++;
+        store(c, id, value);
+    }
+    if (c->nargs < max_args - k->optional)
+        return usage_error(k, NULL, "missing %s", k->args[c->nargs].name);
+    for (const int *o = k->opts; *o != O_NONE; o++)
+        if ((*o & REQUIRED) && c->given[OPT_ID(*o)] == 0)
+            return usage_error(k, NULL, "missing %s %s", options[OPT_ID(*o)].name,
+                               options[OPT_ID(*o)].metavar);
+    for (int id = O_NONE + 1; id < O_COUNT; id++) {
+        const option *o = &options[id];
+        if (c->given[id] == 0)
+            continue;
+        if (o->needs != O_NONE && c->given[o->needs] == 0)
+            return usage_error(k, NULL, "%s only applies with %s", o->name, options[o->needs].name);
+        if (o->excludes != O_NONE && c->given[o->excludes] != 0)
+            return usage_error(k, NULL, "give %s or %s, not both", o->name,
+                               options[o->excludes].name);
+    }
+    return 0;
+}
+
+/* What the environment gives for an option not on the command line,
+ * checked as the option would be. */
+static int from_env(cli *c, int id, const char *var, const char **slot)
+{
+    char why[512];
+    const char *v = getenv(var);
+    if (c->given[id] != 0 || v == NULL)
+        return 0;
+    if (options[id].check != NULL && !options[id].check(var, v, why, sizeof(why)))
+        return usage_error(c->cmd, NULL, "%s", why);
+    *slot = v;
+    return 0;
+}
+
+/* The controller, its TLS settings and the token of a command that
+ * contacts a controller, from the options or the environment; all checked
+ * (and the token file read) before any request. */
+static int connection(cli *c)
+{
+    int rc;
+    if ((rc = from_env(c, O_CONTROLLER, "POPCAST_CONTROLLER", &c->controller)) != 0 ||
+        (rc = from_env(c, O_CA_FILE, "POPCAST_CA_FILE", &c->ca_file)) != 0 ||
+        (rc = from_env(c, O_TLS_SERVER_NAME, "POPCAST_TLS_SERVER_NAME", &c->tls_server_name)) != 0)
+        return rc;
+    if (c->controller == NULL)
+        c->controller = DEFAULT_CONTROLLER;
+    if (pc_url_is_tls(c->controller) && c->ca_file == NULL)
+        return usage_error(c->cmd, NULL, "%s is https: give --ca-file (or POPCAST_CA_FILE)",
+                           c->controller);
+    if (c->token != NULL)
+        return 0;
+    if ((rc = from_env(c, O_TOKEN_FILE, "POPCAST_TOKEN_FILE", &c->token_file)) != 0)
+        return rc;
+    if (c->token_file == NULL) {
+        c->token = getenv("POPCAST_TOKEN");
+        return 0;
+    }
+    FILE *f = fopen(c->token_file, "r");
+    if (f == NULL)
+        return usage_error(c->cmd, NULL, "cannot read token file %s: %s", c->token_file,
+                           strerror(errno));
+    if (fgets(c->token_buf, sizeof(c->token_buf), f) == NULL)
+        c->token_buf[0] = '\0';
+    fclose(f);
+    c->token_buf[strcspn(c->token_buf, "\r\n")] = '\0';
+    c->token = c->token_buf;
+    return 0;
+}
+
+static bool is_help(const char *a)
+{
+    return strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0;
+}
+
+/* The command argv[1] (and argv[2], for a command of two words) names;
+ * *first: where its arguments start. NULL after a usage error. */
+static const command *find_command(int argc, char **argv, int *first, int *rc)
+{
+    const char *name = argv[1];
+    const command *plain = NULL;
+    bool known = false;
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        const command *k = &commands[i];
+        if (strcmp(k->name, name) != 0)
+            continue;
+        known = true;
+        if (k->sub == NULL)
+            plain = k;
+        else if (argc > 2 && strcmp(argv[2], k->sub) == 0) {
+            *first = 3;
+            return k;
+        }
+    }
+    if (plain != NULL) {
+        *first = 2;
+        return plain;
+    }
+    if (!known) {
+        *rc = usage_error(NULL, NULL, "unknown command '%s'", name);
+        return NULL;
+    }
+    char subs[128] = "";
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (strcmp(commands[i].name, name) == 0) {
+            size_t used = strlen(subs);
+            snprintf(subs + used, sizeof(subs) - used, "%s%s", used ? ", " : "", commands[i].sub);
+        }
+    if (argc > 2 && is_help(argv[2])) {
+        group_help(stdout, name);
+        *rc = 0;
+    } else if (argc > 2) {
+        *rc = usage_error(NULL, name, "unknown subcommand '%s' (one of: %s)", argv[2], subs);
+    } else {
+        *rc = usage_error(NULL, name, "needs a subcommand: %s", subs);
+    }
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0); /* progress lines show up at once in pipes */
-    cli c = {.controller = getenv("POPCAST_CONTROLLER")};
-    if (c.controller == NULL)
-        c.controller = DEFAULT_CONTROLLER;
     if (argc < 2) {
         usage(stderr);
-        return 2;
+        return RC_USAGE;
     }
     const char *cmd = argv[1];
-    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
-        usage(stdout);
+    if (strcmp(cmd, "--version") == 0) {
+        if (argc > 2)
+            return usage_error(NULL, NULL, "--version takes no arguments");
+        printf("popcast %s\n", POPCAST_VERSION);
         return 0;
     }
-    for (int i = 2; i < argc; i++) {
-        const char *a = argv[i];
-        const char **slot = NULL;
-        if (strcmp(a, "--json") == 0) {
-            c.json = true;
-            continue;
+    if (is_help(cmd) || strcmp(cmd, "help") == 0) {
+        if (argc == 2) {
+            usage(stdout);
+            return 0;
         }
-        if (strcmp(a, "--wait") == 0) {
-            c.wait = true;
-            continue;
-        }
-        if (strcmp(a, "--tenant") == 0) {
-            if (i + 1 >= argc || c.n_tenants == 16) {
-                fprintf(stderr, "popcast: --tenant needs a value (at most 16)\n");
-                return 2;
-            }
-            c.tenants[c.n_tenants++] = argv[++i];
-            continue;
-        }
-        if (strcmp(a, "--controller") == 0)
-            slot = &c.controller;
-        else if (strcmp(a, "--token") == 0)
-            slot = &c.token;
-        else if (strcmp(a, "--token-file") == 0)
-            slot = &c.token_file;
-        else if (strcmp(a, "--entrypoint") == 0)
-            slot = &c.entrypoint;
-        else if (strcmp(a, "--runtime") == 0)
-            slot = &c.runtime;
-        else if (strcmp(a, "--out") == 0)
-            slot = &c.out_dir;
-        else if (strcmp(a, "--name") == 0)
-            slot = &c.name;
-        else if (strcmp(a, "--timeout") == 0)
-            slot = &c.timeout;
-        else if (strcmp(a, "--fraction") == 0)
-            slot = &c.fraction;
-        else if (strcmp(a, "--ca-file") == 0)
-            slot = &c.ca_file;
-        else if (strcmp(a, "--tls-server-name") == 0)
-            slot = &c.tls_server_name;
-        else if (strcmp(a, "--root-key") == 0)
-            slot = &c.root_key;
-        else if (strcmp(a, "--authorization") == 0)
-            slot = &c.authorization;
-        else if (strcmp(a, "--replaces") == 0)
-            slot = &c.replaces;
-        if (slot != NULL) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "popcast: %s needs a value\n", a);
-                return 2;
-            }
-            *slot = argv[++i];
-            continue;
-        }
-        if (strncmp(a, "--", 2) == 0) {
-            fprintf(stderr, "popcast: unknown option %s (see popcast help)\n", a);
-            return 2;
-        }
-        if (c.nargs == 4) {
-            fprintf(stderr, "popcast: too many arguments\n");
-            return 2;
-        }
-        c.args[c.nargs++] = a;
+        /* popcast help COMMAND [SUB] */
+        if (argc == 3 && group_help(stdout, argv[2]))
+            return 0;
+        int first = 0, rc = RC_USAGE;
+        const command *k = find_command(argc - 1, argv + 1, &first, &rc);
+        if (k == NULL)
+            return rc;
+        if (first + 1 < argc)
+            return usage_error(NULL, "help", "unexpected argument '%s'", argv[first + 1]);
+        command_help(stdout, k);
+        return 0;
     }
+    if (is_option(cmd))
+        return usage_error(NULL, NULL, "unknown command '%s' (options follow the command)", cmd);
+    int first = 0, rc = RC_USAGE;
+    const command *k = find_command(argc, argv, &first, &rc);
+    if (k == NULL)
+        return rc;
+    for (int i = first; i < argc && strcmp(argv[i], "--") != 0; i++) {
+        if (is_help(argv[i])) {
+            if (k->sub == NULL)
+                group_help(stdout, k->name);
+            else
+                command_help(stdout, k);
+            return 0;
+        }
+    }
+    cli c = {.cmd = k, .timeout_s = WAIT_DEFAULT_S, .fraction = 1.0};
+    if ((rc = parse(&c, k, argc, argv, first)) != 0 || (!k->offline && (rc = connection(&c)) != 0))
+        return rc;
     if (pc_crypto_init() != PC_OK)
         return fail("%s", "libsodium failed to initialise");
-    if (c.ca_file == NULL)
-        c.ca_file = getenv("POPCAST_CA_FILE");
-    if (c.tls_server_name == NULL)
-        c.tls_server_name = getenv("POPCAST_TLS_SERVER_NAME");
     nng_tls_config *tls = NULL;
-    if (c.ca_file != NULL) {
+    if (!k->offline && c.ca_file != NULL) {
         pc_err terr;
         if (pc_tls_client_config(c.ca_file, c.tls_server_name, &tls, &terr) != PC_OK)
-            return fail("%s", terr.msg);
+            return usage_error(k, NULL, "%s", terr.msg);
         pc_http_set_tls(tls);
     }
-    struct {
-        const char *name;
-        int min, max;
-        int (*run)(cli *);
-    } cmds[] = {{"keygen", 0, 0, cmd_keygen},     {"deploy", 2, 2, cmd_deploy},
-                {"versions", 1, 1, cmd_versions}, {"rollback", 2, 2, cmd_rollback},
-                {"delete", 1, 1, cmd_delete},     {"status", 0, 1, cmd_status},
-                {"rollout", 2, 2, cmd_rollout},   {"fleet", 0, 0, cmd_fleet},
-                {"cluster", 0, 4, cmd_cluster},   {"token", 1, 2, cmd_token},
-                {"agent", 1, 3, cmd_agent},       {"key", 1, 3, cmd_key}};
-    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
-        if (strcmp(cmd, cmds[i].name) != 0)
-            continue;
-        if (c.nargs < cmds[i].min || c.nargs > cmds[i].max) {
-            fprintf(stderr, "popcast: wrong number of arguments for %s\n\n", cmd);
-            usage(stderr);
-            if (tls != NULL)
-                nng_tls_config_free(tls);
-            return 2;
-        }
-        int rc = cmds[i].run(&c);
-        if (tls != NULL)
-            nng_tls_config_free(tls);
-        return rc;
-    }
+    rc = k->run(&c);
     if (tls != NULL)
         nng_tls_config_free(tls);
-    fprintf(stderr, "popcast: unknown command '%s'\n\n", cmd);
-    usage(stderr);
-    return 2;
+    return rc;
 }

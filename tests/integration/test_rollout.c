@@ -116,8 +116,8 @@ static void test_rollout_nack_fleet_and_gone(void **state)
     const char *deploy_bad[] = {"deploy", "app", path, "--wait", "--timeout", "60", NULL};
     rc = pc_test_cli(&env, &ctl, deploy_bad, out, sizeof(out));
     /* The wait ends at the first nack: one agent's refusal is enough to
-     * know the version will not be live everywhere. */
-    if (rc != 1 || strstr(out, "refused: app v2 was nacked by") == NULL ||
+     * know the version will not be live everywhere. Exit 3: refused. */
+    if (rc != 3 || strstr(out, "refused: app v2 was nacked by") == NULL ||
         strstr(out, "boom at top level") == NULL || strstr(out, "runtime_error") == NULL)
         fail_msg("deploy --wait of a bad bundle: exit %d:\n%s", rc, out);
     doc = api_json(&env, &ctl, "/v1/tenants/app/versions/2/rollout?wait=30000", 200);
