@@ -109,11 +109,14 @@ typedef struct cli {
     int given[O_COUNT]; /* how often each option was given */
 } cli;
 
-static int fail(const char *fmt, const char *a)
+__attribute__((format(printf, 1, 2))) static int fail(const char *fmt, ...)
 {
+    va_list ap;
+    va_start(ap, fmt);
     fprintf(stderr, "popcast: ");
-    fprintf(stderr, fmt, a);
+    vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n");
+    va_end(ap);
     return 1;
 }
 
@@ -627,8 +630,8 @@ static int read_first_line(const char *path, char *out, size_t cap)
     return 0;
 }
 
-/* DELETE collection + args[0]; says `done` (a format taking the id). */
-static int revoke_id(cli *c, const char *collection, const char *done)
+/* DELETE collection + args[0]; says "<what> <id> revoked<consequence>". */
+static int revoke_id(cli *c, const char *collection, const char *what, const char *consequence)
 {
     char path[200];
     snprintf(path, sizeof(path), "%s%.128s", collection, c->args[0]);
@@ -638,7 +641,7 @@ static int revoke_id(cli *c, const char *collection, const char *done)
     if (c->json)
         print_json(doc);
     else
-        printf(done, c->args[0]);
+        printf("%s %s revoked%s\n", what, c->args[0], consequence);
     json_decref(doc);
     return 0;
 }
@@ -681,7 +684,7 @@ static int cmd_agent_list(cli *c)
 
 static int cmd_agent_revoke(cli *c)
 {
-    return revoke_id(c, "/v1/agents/", "agent %s revoked: its reports are refused\n");
+    return revoke_id(c, "/v1/agents/", "agent", ": its reports are refused");
 }
 
 /* Offline: a root key's permission to replace the signing key --replaces
@@ -835,7 +838,7 @@ static int cmd_token_list(cli *c)
 
 static int cmd_token_revoke(cli *c)
 {
-    return revoke_id(c, "/v1/tokens/", "token %s revoked\n");
+    return revoke_id(c, "/v1/tokens/", "token", "");
 }
 
 static int cmd_status(cli *c)
@@ -881,9 +884,13 @@ typedef bool (*check_fn)(const char *label, const char *value, char *why, size_t
 
 /* The value checks. Each sentence names the value it refuses. */
 
-static bool refuse(char *why, size_t cap, const char *fmt, const char *label, const char *value)
+__attribute__((format(printf, 3, 4))) static bool refuse(char *why, size_t cap, const char *fmt,
+                                                         ...)
 {
-    snprintf(why, cap, fmt, label, value);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, cap, fmt, ap);
+    va_end(ap);
     return false;
 }
 
