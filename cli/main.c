@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "bundle.h"
+#include "clock.h"
 #include "crypto.h"
 #include "envelope.h"
 #include "http_client.h"
@@ -384,13 +385,6 @@ static int cmd_delete(cli *c)
     return c->wait ? wait_live(c, tenant, version) : 0;
 }
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Prints each agent in state (e.g. "nacked", "missing") with its details. */
 static void print_agents_in(json_t *doc, const char *state)
 {
@@ -429,10 +423,10 @@ static int wait_live(cli *c, const char *tenant, long long version)
 {
     double fraction = c->fraction;
     long long timeout_s = c->timeout_s;
-    int64_t start = mono_ms(), deadline = start + timeout_s * 1000;
+    int64_t start = pc_mono_ms(), deadline = start + timeout_s * 1000;
     long long last_live = -1, last_total = -1;
     for (;;) {
-        int64_t left = deadline - mono_ms();
+        int64_t left = deadline - pc_mono_ms();
         int64_t step = left < WAIT_STEP_MS ? (left > 0 ? left : 1) : WAIT_STEP_MS;
         char url[256];
         snprintf(url, sizeof(url), "/v1/tenants/%s/versions/%lld/rollout?wait=%lld&fraction=%g",
@@ -455,10 +449,10 @@ static int wait_live(cli *c, const char *tenant, long long version)
         }
         bool complete = json_is_true(json_object_get(s, "complete"));
         bool failed = json_is_true(json_object_get(s, "failed"));
-        bool over = mono_ms() >= deadline;
+        bool over = pc_mono_ms() >= deadline;
         if (!c->json && (num(s, "live") != last_live || num(s, "total") != last_total)) {
             printf("waiting: %s v%lld live on %lld of %lld agents (%.1f s)\n", tenant, version,
-                   num(s, "live"), num(s, "total"), (double)(mono_ms() - start) / 1000.0);
+                   num(s, "live"), num(s, "total"), (double)(pc_mono_ms() - start) / 1000.0);
             last_live = num(s, "live");
             last_total = num(s, "total");
         }
@@ -471,7 +465,7 @@ static int wait_live(cli *c, const char *tenant, long long version)
                 print_json(doc);
             } else if (complete && !failed) {
                 printf("live: %s v%lld is live on %lld/%lld agents after %.1f s\n", tenant, version,
-                       num(s, "live"), num(s, "total"), (double)(mono_ms() - start) / 1000.0);
+                       num(s, "live"), num(s, "total"), (double)(pc_mono_ms() - start) / 1000.0);
             } else if (failed) {
                 printf("refused: %s v%lld was nacked by %lld agent(s); they keep serving the "
                        "previous version\n",
@@ -705,9 +699,7 @@ static int cmd_key_authorize(cli *c)
     a.next_public_key.len = PC_PK_LEN;
     a.replaces_key_id.data = replaces;
     a.replaces_key_id.len = PC_KEY_ID_LEN;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    a.created_unix_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    a.created_unix_ms = pc_wall_ms();
     Popcast__SignedRotationAuthorization sa;
     char *text = NULL;
     int rc = pc_envelope_sign_authorization(&root, &a, &sa, &err);

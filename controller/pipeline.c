@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "envelope.h"
 #include "log.h"
 #include "registry.h"
@@ -28,13 +29,6 @@ struct pc_pipeline {
     pc_change_result inflight_result;
     bool inflight_answered; /* shutdown answered it; raft's callback only frees */
 };
-
-static int64_t now_unix_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* The content of an earlier version, for a rollback. */
 static int load_version_content(pc_pipeline *p, pc_change *c, pc_change_result *r)
@@ -187,7 +181,7 @@ static int start_tenant_change(pc_pipeline *p, pc_change *c, pc_change_result *r
     m.tenant = c->tenant;
     m.version = t.last_version + 1;
     m.seq = applied + 1;
-    m.created_unix_ms = now_unix_ms();
+    m.created_unix_ms = pc_wall_ms();
     if (content != NULL) {
         pc_hash(hash, content->bundle, content->bundle_len);
         m.bundle_hash.data = hash;
@@ -274,7 +268,7 @@ static int start_rotation(pc_pipeline *p, pc_change *c, pc_change_result *r)
     Popcast__Manifest m = POPCAST__MANIFEST__INIT;
     m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION;
     m.seq = applied + 1;
-    m.created_unix_ms = now_unix_ms();
+    m.created_unix_ms = pc_wall_ms();
     m.next_public_key.data = c->u.key.next;
     m.next_public_key.len = PC_PK_LEN;
     Popcast__SignedManifest sm;
@@ -309,7 +303,7 @@ static int start_token_create(pc_pipeline *p, pc_change *c, pc_change_result *r)
     t.name = c->u.token.name;
     t.tenants = tenants;
     t.n_tenants = c->u.token.n_tenants;
-    t.created_unix_ms = now_unix_ms();
+    t.created_unix_ms = pc_wall_ms();
     return propose_token(p, c, &t, r);
 }
 
@@ -342,7 +336,7 @@ static int start_agent_enroll(pc_pipeline *p, pc_change *c, pc_change_result *r)
     a.agent_id = c->u.agent.id;
     a.public_key.data = c->u.agent.pk;
     a.public_key.len = PC_PK_LEN;
-    a.enrolled_unix_ms = now_unix_ms();
+    a.enrolled_unix_ms = pc_wall_ms();
     return propose_agent(p, c, &a, r);
 }
 
