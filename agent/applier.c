@@ -12,6 +12,7 @@
 #include "envelope.h"
 #include "log.h"
 #include "trust.h"
+#include "checks.h"
 
 #define NACK_RING 64
 
@@ -27,7 +28,7 @@ struct pc_applier {
     pc_applier_options opt;
     /* Serializes everything that writes: entries from pub/sub (loop
      * thread) and from catch-up (syncer thread) apply one at a time. */
-    pthread_mutex_t apply_lock;
+    pc_mutex apply_lock;
     pthread_mutex_t lock; /* guards the nack ring and heartbeat state */
     nack nacks[NACK_RING];
     size_t nack_next, nack_count;
@@ -190,6 +191,7 @@ static void rotated_to(pc_applier *a, const Popcast__Manifest *m)
 
 static int apply_entry_locked(pc_applier *a, const Popcast__Entry *e, pc_err *err)
 {
+    PC_CHECK_HELD(&a->apply_lock);
     Popcast__Manifest *m = NULL;
     pc_metric_add(a->m_received, 1);
     int rc = pc_trust_verify_entry(&a->trust, e, a->opt.max_bundle, &m, err);
@@ -256,9 +258,9 @@ out:
 
 int pc_applier_apply_entry(pc_applier *a, const Popcast__Entry *e, pc_err *err)
 {
-    pthread_mutex_lock(&a->apply_lock);
+    pc_mutex_lock(&a->apply_lock);
     int rc = apply_entry_locked(a, e, err);
-    pthread_mutex_unlock(&a->apply_lock);
+    pc_mutex_unlock(&a->apply_lock);
     if (rc == PC_OK)
         changed(a, 0);
     return rc;
@@ -425,10 +427,10 @@ size_t pc_applier_load(pc_applier *a)
 {
     load_walk w = {a, 0};
     pc_err err;
-    pthread_mutex_lock(&a->apply_lock);
+    pc_mutex_lock(&a->apply_lock);
     if (pc_store_foreach_tenant(a->opt.store, load_tenant, &w, &err) != PC_OK)
         pc_error("applier", "cannot read tenants from the store: %s", err.msg);
-    pthread_mutex_unlock(&a->apply_lock);
+    pc_mutex_unlock(&a->apply_lock);
     return w.live;
 }
 
@@ -473,7 +475,7 @@ int pc_applier_install_snapshot(pc_applier *a, uint64_t seq, Popcast__Entry *con
     pc_trust cand;
     pc_trust_init(&cand, &a->trust.roots);
     int rc = PC_OK;
-    pthread_mutex_lock(&a->apply_lock);
+    pc_mutex_lock(&a->apply_lock);
     if (ms == NULL || items == NULL || applied == NULL) {
         rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
         goto out;
@@ -539,7 +541,7 @@ int pc_applier_install_snapshot(pc_applier *a, uint64_t seq, Popcast__Entry *con
                 (unsigned long long)seq, n, made_live);
     }
 out:
-    pthread_mutex_unlock(&a->apply_lock);
+    pc_mutex_unlock(&a->apply_lock);
     pc_trust_free(&cand);
     if (rc == PC_OK)
         changed(a, 0);
@@ -578,7 +580,7 @@ int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     a->opt = *opt;
     pthread_mutex_init(&a->lock, NULL);
-    pthread_mutex_init(&a->apply_lock, NULL);
+    pc_mutex_init(&a->apply_lock);
     a->last_heartbeat_ms = pc_mono_ms();
     a->drop_state = opt->test_drop_seed;
     uint64_t applied = 0;
@@ -592,7 +594,7 @@ int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
     if (rc != PC_OK) {
         pc_trust_free(&a->trust);
         pthread_mutex_destroy(&a->lock);
-        pthread_mutex_destroy(&a->apply_lock);
+        pc_mutex_destroy(&a->apply_lock);
         free(a);
         return rc;
     }
@@ -629,7 +631,7 @@ void pc_applier_free(pc_applier *a)
         return;
     pc_trust_free(&a->trust);
     pthread_mutex_destroy(&a->lock);
-    pthread_mutex_destroy(&a->apply_lock);
+    pc_mutex_destroy(&a->apply_lock);
     free(a);
 }
 

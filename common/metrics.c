@@ -8,6 +8,7 @@
 
 #include "err.h"
 #include "strmap.h"
+#include "checks.h"
 
 typedef struct entry {
     pc_metric metric;
@@ -26,7 +27,7 @@ typedef struct family {
 } family;
 
 struct pc_metrics {
-    pthread_mutex_t lock;
+    pc_mutex lock;
     entry *head, *tail;  /* insertion order keeps a name's series together */
     pc_strmap *families; /* name -> family */
 };
@@ -40,7 +41,7 @@ pc_metrics *pc_metrics_new(void)
         free(m);
         return NULL;
     }
-    pthread_mutex_init(&m->lock, NULL);
+    pc_mutex_init(&m->lock);
     return m;
 }
 
@@ -63,12 +64,13 @@ void pc_metrics_free(pc_metrics *m)
         free(f);
     }
     pc_strmap_free(m->families);
-    pthread_mutex_destroy(&m->lock);
+    pc_mutex_destroy(&m->lock);
     free(m);
 }
 
 static entry *find_locked(pc_metrics *m, const char *name, const char *labels)
 {
+    PC_CHECK_HELD(&m->lock);
     family *f = pc_strmap_get(m->families, name);
     return f != NULL ? pc_strmap_get(f->series, labels) : NULL;
 }
@@ -76,6 +78,7 @@ static entry *find_locked(pc_metrics *m, const char *name, const char *labels)
 /* The family of name, created empty if new; NULL when out of memory. */
 static family *family_locked(pc_metrics *m, const char *name)
 {
+    PC_CHECK_HELD(&m->lock);
     family *f = pc_strmap_get(m->families, name);
     if (f != NULL)
         return f;
@@ -96,7 +99,7 @@ static pc_metric *lookup(pc_metrics *m, const char *name, const char *labels, co
         return NULL;
     if (labels == NULL)
         labels = "";
-    pthread_mutex_lock(&m->lock);
+    pc_mutex_lock(&m->lock);
     family *f = family_locked(m, name);
     entry *e = f != NULL ? pc_strmap_get(f->series, labels) : NULL;
     if (f != NULL && e == NULL && (e = calloc(1, sizeof(*e))) != NULL) {
@@ -127,7 +130,7 @@ static pc_metric *lookup(pc_metrics *m, const char *name, const char *labels, co
             }
         }
     }
-    pthread_mutex_unlock(&m->lock);
+    pc_mutex_unlock(&m->lock);
     return e ? &e->metric : NULL;
 }
 
@@ -150,10 +153,10 @@ uint64_t pc_metrics_get(pc_metrics *m, const char *name, const char *labels)
 {
     if (m == NULL)
         return 0;
-    pthread_mutex_lock(&m->lock);
+    pc_mutex_lock(&m->lock);
     entry *e = find_locked(m, name, labels ? labels : "");
     uint64_t v = e ? atomic_load(&e->metric.value) : 0;
-    pthread_mutex_unlock(&m->lock);
+    pc_mutex_unlock(&m->lock);
     return v;
 }
 
@@ -164,7 +167,7 @@ char *pc_metrics_render_text(pc_metrics *m)
     FILE *f = open_memstream(&buf, &len);
     if (f == NULL)
         return NULL;
-    pthread_mutex_lock(&m->lock);
+    pc_mutex_lock(&m->lock);
     const char *last = NULL;
     for (entry *e = m->head; e != NULL; e = e->next) {
         if (last == NULL || strcmp(last, e->name) != 0) {
@@ -176,7 +179,7 @@ char *pc_metrics_render_text(pc_metrics *m)
         fprintf(f, "%s%s%s%s %llu\n", e->name, e->labels[0] ? "{" : "", e->labels,
                 e->labels[0] ? "}" : "", (unsigned long long)atomic_load(&e->metric.value));
     }
-    pthread_mutex_unlock(&m->lock);
+    pc_mutex_unlock(&m->lock);
     fclose(f);
     return buf;
 }
@@ -186,13 +189,13 @@ json_t *pc_metrics_render_json(pc_metrics *m)
     json_t *obj = json_object();
     if (obj == NULL)
         return NULL;
-    pthread_mutex_lock(&m->lock);
+    pc_mutex_lock(&m->lock);
     for (entry *e = m->head; e != NULL; e = e->next) {
         char key[512];
         snprintf(key, sizeof(key), "%s%s%s%s", e->name, e->labels[0] ? "{" : "", e->labels,
                  e->labels[0] ? "}" : "");
         json_object_set_new(obj, key, json_integer((json_int_t)atomic_load(&e->metric.value)));
     }
-    pthread_mutex_unlock(&m->lock);
+    pc_mutex_unlock(&m->lock);
     return obj;
 }

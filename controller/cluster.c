@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "byteorder.h"
+#include "checks.h"
 #include "envelope.h"
 #include "log.h"
 #include "names.h"
@@ -63,6 +64,7 @@ struct pc_cluster {
     unsigned n_waiters;
     pc_err last_apply_err; /* the message of the last refused apply */
     /* Guarded by lock: nodes' API addresses and the info copy. */
+    pc_thread_owner loop_thread; /* raft and everything marked "loop thread" */
     pthread_mutex_t lock;
     node nodes[MAX_NODES];
     unsigned n_nodes;
@@ -341,6 +343,7 @@ static void barrier_done(struct raft_barrier *req, int status)
 
 void pc_cluster_refresh(pc_cluster *c)
 {
+    PC_CHECK_OWNER(&c->loop_thread);
     int state = raft_state(&c->raft);
     if (state != RAFT_LEADER) {
         c->ready_term = 0;
@@ -380,16 +383,19 @@ static void on_tick(uv_timer_t *t)
 
 bool pc_cluster_leading(pc_cluster *c)
 {
+    PC_CHECK_OWNER(&c->loop_thread);
     return raft_state(&c->raft) == RAFT_LEADER;
 }
 
 bool pc_cluster_ready_to_write(pc_cluster *c)
 {
+    PC_CHECK_OWNER(&c->loop_thread);
     return raft_state(&c->raft) == RAFT_LEADER && c->ready_term == c->raft.current_term;
 }
 
 void pc_cluster_when_ready(pc_cluster *c, void (*cb)(void *arg), void *arg)
 {
+    PC_CHECK_OWNER(&c->loop_thread);
     if (pc_cluster_ready_to_write(c)) {
         cb(arg);
         return;
@@ -488,6 +494,7 @@ static int propose_command(pc_cluster *c, const Popcast__ClusterCommand *cmd, pc
 int pc_cluster_propose_entry(pc_cluster *c, const Popcast__Entry *e, pc_cluster_done done,
                              void *arg, pc_err *err)
 {
+    PC_CHECK_OWNER(&c->loop_thread);
     Popcast__ClusterCommand cmd = POPCAST__CLUSTER_COMMAND__INIT;
     cmd.body_case = POPCAST__CLUSTER_COMMAND__BODY_ENTRY;
     cmd.entry = (Popcast__Entry *)e;
@@ -497,6 +504,7 @@ int pc_cluster_propose_entry(pc_cluster *c, const Popcast__Entry *e, pc_cluster_
 int pc_cluster_propose_token(pc_cluster *c, const Popcast__TokenRecord *t, pc_cluster_done done,
                              void *arg, pc_err *err)
 {
+    PC_CHECK_OWNER(&c->loop_thread);
     Popcast__ClusterCommand cmd = POPCAST__CLUSTER_COMMAND__INIT;
     cmd.body_case = POPCAST__CLUSTER_COMMAND__BODY_TOKEN;
     cmd.token = (Popcast__TokenRecord *)t;
@@ -506,6 +514,7 @@ int pc_cluster_propose_token(pc_cluster *c, const Popcast__TokenRecord *t, pc_cl
 int pc_cluster_propose_agent(pc_cluster *c, const Popcast__AgentRecord *a, pc_cluster_done done,
                              void *arg, pc_err *err)
 {
+    PC_CHECK_OWNER(&c->loop_thread);
     Popcast__ClusterCommand cmd = POPCAST__CLUSTER_COMMAND__INIT;
     cmd.body_case = POPCAST__CLUSTER_COMMAND__BODY_AGENT;
     cmd.agent = (Popcast__AgentRecord *)a;
@@ -561,6 +570,7 @@ static void change_done(struct raft_change *req, int status)
 int pc_cluster_add(pc_cluster *c, uint64_t id, const char *raft_address, const char *api_url,
                    pc_cluster_done done, void *arg, pc_err *err)
 {
+    PC_CHECK_OWNER(&c->loop_thread);
     if (id == 0 || raft_address == NULL || raft_address[0] == '\0' || strlen(raft_address) >= 128 ||
         api_url == NULL || strlen(api_url) >= 256)
         return pc_err_set(err, PC_E_INVALID,
@@ -601,6 +611,7 @@ int pc_cluster_add(pc_cluster *c, uint64_t id, const char *raft_address, const c
 
 int pc_cluster_remove(pc_cluster *c, uint64_t id, pc_cluster_done done, void *arg, pc_err *err)
 {
+    PC_CHECK_OWNER(&c->loop_thread);
     proposal *p = calloc(1, sizeof(*p));
     if (p == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
@@ -710,6 +721,7 @@ int pc_cluster_start(pc_cluster **out, const pc_cluster_options *opt, pc_err *er
     snprintf(c->raft_dir, sizeof(c->raft_dir), "%s", opt->raft_dir);
     snprintf(c->scratch_dir, sizeof(c->scratch_dir), "%s", opt->scratch_dir);
     pthread_mutex_init(&c->lock, NULL);
+    pc_thread_own(&c->loop_thread);
     remember_node(c, opt->id, c->raft_address, c->api_url);
 
     struct raft_configuration conf;
@@ -836,6 +848,7 @@ void pc_cluster_stop(pc_cluster *c, void (*done)(void *arg), void *arg)
             done(arg);
         return;
     }
+    PC_CHECK_OWNER(&c->loop_thread);
     c->stop_done = done;
     c->stop_arg = arg;
     /* Waiters will never be ready now. */

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "checks.h"
 #include "clock.h"
 #include "envelope.h"
 #include "log.h"
@@ -20,7 +21,8 @@ struct pc_pipeline {
     pc_store *store;
     pc_signer *signer;
     pc_cluster *cluster;
-    pthread_mutex_t lock; /* guards the queue below */
+    pc_thread_owner loop_thread; /* everything but submit runs on it */
+    pthread_mutex_t lock;        /* guards the queue below */
     pc_change *head, *tail;
     size_t pending, max_pending;
     int closing;
@@ -96,6 +98,7 @@ static void log_committed(const pc_change *c, const pc_change_result *r)
 static void change_done(void *arg, int rc, const pc_err *err)
 {
     pc_pipeline *p = arg;
+    PC_CHECK_OWNER(&p->loop_thread);
     pc_change *c = p->inflight;
     pc_change_result *r = &p->inflight_result;
     p->inflight = NULL;
@@ -393,6 +396,7 @@ static const start_fn start[PC_CHANGE_KIND_COUNT] = {
 static void resume(void *arg)
 {
     pc_pipeline *p = arg;
+    PC_CHECK_OWNER(&p->loop_thread);
     if (!p->closing)
         uv_async_send(&p->wake);
 }
@@ -400,6 +404,7 @@ static void resume(void *arg)
 static void drain(uv_async_t *handle)
 {
     pc_pipeline *p = handle->data;
+    PC_CHECK_OWNER(&p->loop_thread);
     while (p->inflight == NULL) {
         pthread_mutex_lock(&p->lock);
         pc_change *c = p->head;
@@ -448,6 +453,7 @@ int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, pc_sign
     p->signer = signer;
     p->cluster = cluster;
     p->max_pending = max_pending;
+    pc_thread_own(&p->loop_thread);
     pthread_mutex_init(&p->lock, NULL);
     if (uv_async_init(loop, &p->wake, drain) != 0) {
         pthread_mutex_destroy(&p->lock);
@@ -468,6 +474,7 @@ static void free_after_close(uv_handle_t *h)
 
 void pc_pipeline_shutdown(pc_pipeline *p)
 {
+    PC_CHECK_OWNER(&p->loop_thread);
     /* The change in flight is answered now (raft's own callback may only
      * come when the cluster stops, after the API has to be quiet). */
     if (p->inflight != NULL && !p->inflight_answered) {
@@ -499,6 +506,7 @@ void pc_pipeline_close(pc_pipeline *p)
 {
     if (p == NULL)
         return;
+    PC_CHECK_OWNER(&p->loop_thread);
     pc_pipeline_shutdown(p);
     uv_close((uv_handle_t *)&p->wake, free_after_close);
 }

@@ -35,7 +35,8 @@ int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, pc_sign
                     pc_cluster *cluster, size_t max_pending, pc_err *err);
 /* Shutting down is two steps because the HTTP server's stop waits for
  * every handler, and a handler may wait on a queued change:
- * _shutdown fails every queued change and refuses new ones (any thread);
+ * _shutdown answers the change in flight, fails every queued change and
+ * refuses new ones (loop thread, as everything here but _submit);
  * _close frees the pipeline once nothing can submit any more (loop
  * thread), after which the loop can finish. */
 void pc_pipeline_shutdown(pc_pipeline *p);

@@ -8,6 +8,7 @@
 
 #include "names.h"
 #include "strmap.h"
+#include "checks.h"
 
 typedef struct agent_entry {
     bool verified;                /* the last report was signed by its enrolled key */
@@ -26,7 +27,7 @@ typedef struct waiter {
 
 struct pc_rollout {
     pc_rollout_options opt;
-    pthread_mutex_t lock;
+    pc_mutex lock;
     pc_strmap *by_id;     /* agent id -> agent_entry */
     agent_entry **agents; /* every agent, sorted by id unless unsorted */
     size_t n_agents, cap_agents;
@@ -50,7 +51,7 @@ pc_rollout *pc_rollout_new(const pc_rollout_options *opt)
         free(r);
         return NULL;
     }
-    pthread_mutex_init(&r->lock, NULL);
+    pc_mutex_init(&r->lock);
     return r;
 }
 
@@ -65,7 +66,7 @@ void pc_rollout_free(pc_rollout *r)
     }
     free(r->agents);
     pc_strmap_free(r->by_id);
-    pthread_mutex_destroy(&r->lock);
+    pc_mutex_destroy(&r->lock);
     free(r);
 }
 
@@ -103,6 +104,7 @@ static int by_agent_id(const void *x, const void *y)
  * agent (a fleet arriving at once would make that quadratic). */
 static void sort_agents_locked(pc_rollout *r)
 {
+    PC_CHECK_HELD(&r->lock);
     if (r->unsorted)
         qsort(r->agents, r->n_agents, sizeof(*r->agents), by_agent_id);
     r->unsorted = false;
@@ -111,6 +113,7 @@ static void sort_agents_locked(pc_rollout *r)
 /* Adds a (lock held); PC_E_NOMEM leaves the fleet unchanged. */
 static int add_agent_locked(pc_rollout *r, agent_entry *a)
 {
+    PC_CHECK_HELD(&r->lock);
     if (r->n_agents == r->cap_agents) {
         size_t cap = r->cap_agents ? r->cap_agents * 2 : 64;
         agent_entry **grown = realloc(r->agents, cap * sizeof(*grown));
@@ -141,7 +144,7 @@ int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verifi
     if (copy == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     waiter *fired = NULL;
-    pthread_mutex_lock(&r->lock);
+    pc_mutex_lock(&r->lock);
     agent_entry *a = pc_strmap_get(r->by_id, st->agent_id);
     int rc = PC_OK;
     if (a != NULL) {
@@ -174,7 +177,7 @@ int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verifi
     }
     if (rc == PC_OK)
         evaluate_waiters_locked(r, now_ms, &fired);
-    pthread_mutex_unlock(&r->lock);
+    pc_mutex_unlock(&r->lock);
     if (copy != NULL)
         popcast__agent_status__free_unpacked(copy, NULL);
     fire(fired, r, now_ms);
@@ -202,7 +205,7 @@ json_t *pc_rollout_fleet_json(pc_rollout *r, uint64_t head_seq, int64_t now_ms)
 {
     json_t *agents = json_array();
     size_t live = 0, stale = 0, gone = 0;
-    pthread_mutex_lock(&r->lock);
+    pc_mutex_lock(&r->lock);
     sort_agents_locked(r);
     for (size_t i = 0; i < r->n_agents; i++) {
         agent_entry *a = r->agents[i];
@@ -220,7 +223,7 @@ json_t *pc_rollout_fleet_json(pc_rollout *r, uint64_t head_seq, int64_t now_ms)
                       a->status->stale, "gone", g, "tenants", (json_int_t)a->status->n_tenants,
                       "verified", a->verified));
     }
-    pthread_mutex_unlock(&r->lock);
+    pc_mutex_unlock(&r->lock);
     return json_pack("{s:I,s:o,s:{s:I,s:I,s:I}}", "head_seq", (json_int_t)head_seq, "agents",
                      agents, "counts", "agents", (json_int_t)live, "stale", (json_int_t)stale,
                      "gone", (json_int_t)gone);
@@ -270,6 +273,7 @@ static void pop_inc(json_t *p, const char *key)
 static void evaluate_locked(pc_rollout *r, const pc_rollout_query *q, int64_t now,
                             pc_rollout_summary *s, json_t *doc)
 {
+    PC_CHECK_HELD(&r->lock);
     memset(s, 0, sizeof(*s));
     json_t *agents = doc ? json_array() : NULL, *pops = doc ? json_object() : NULL;
     if (doc != NULL)
@@ -335,9 +339,9 @@ json_t *pc_rollout_version_json(pc_rollout *r, const pc_rollout_query *q, int64_
 {
     json_t *doc = version_doc(q);
     pc_rollout_summary s;
-    pthread_mutex_lock(&r->lock);
+    pc_mutex_lock(&r->lock);
     evaluate_locked(r, q, now_ms, &s, doc);
-    pthread_mutex_unlock(&r->lock);
+    pc_mutex_unlock(&r->lock);
     if (out != NULL)
         *out = s;
     return doc;
@@ -347,6 +351,7 @@ json_t *pc_rollout_version_json(pc_rollout *r, const pc_rollout_query *q, int64_
  * callbacks run after the lock is dropped, because they reply over HTTP. */
 static void evaluate_waiters_locked(pc_rollout *r, int64_t now, waiter **fired)
 {
+    PC_CHECK_HELD(&r->lock);
     waiter **pp = &r->waiters;
     while (*pp != NULL) {
         waiter *w = *pp;
@@ -390,11 +395,11 @@ int pc_rollout_wait(pc_rollout *r, const pc_rollout_query *q, int64_t deadline_m
     w->arg = arg;
     waiter *fired = NULL;
     int64_t now = pc_mono_ms();
-    pthread_mutex_lock(&r->lock);
+    pc_mutex_lock(&r->lock);
     w->next = r->waiters;
     r->waiters = w;
     evaluate_waiters_locked(r, now, &fired);
-    pthread_mutex_unlock(&r->lock);
+    pc_mutex_unlock(&r->lock);
     fire(fired, r, now);
     return PC_OK;
 }
@@ -402,18 +407,18 @@ int pc_rollout_wait(pc_rollout *r, const pc_rollout_query *q, int64_t deadline_m
 void pc_rollout_tick(pc_rollout *r, int64_t now_ms)
 {
     waiter *fired = NULL;
-    pthread_mutex_lock(&r->lock);
+    pc_mutex_lock(&r->lock);
     evaluate_waiters_locked(r, now_ms, &fired);
-    pthread_mutex_unlock(&r->lock);
+    pc_mutex_unlock(&r->lock);
     fire(fired, r, now_ms);
 }
 
 void pc_rollout_cancel_waits(pc_rollout *r)
 {
-    pthread_mutex_lock(&r->lock);
+    pc_mutex_lock(&r->lock);
     waiter *w = r->waiters;
     r->waiters = NULL;
-    pthread_mutex_unlock(&r->lock);
+    pc_mutex_unlock(&r->lock);
     while (w != NULL) {
         waiter *next = w->next;
         json_t *doc = version_doc(&w->q);
