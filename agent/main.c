@@ -136,6 +136,7 @@ typedef struct agent {
     agent_config cfg;
     char agent_id[PC_ID_MAX + 1];
     uv_loop_t loop;
+    bool loop_open;
     uv_signal_t sigint, sigterm;
     pc_store *store;
     pc_keyring trusted;
@@ -280,175 +281,193 @@ static int load_trusted_keys(agent *ag, pc_err *err)
     return PC_OK;
 }
 
+/* Checks the configuration beyond its syntax: the agent's name, trusted
+ * keys, TLS. */
+static int agent_configure(agent *ag, pc_err *err)
+{
+    int rc;
+    char hostname[256] = "agent";
+    gethostname(hostname, sizeof(hostname) - 1);
+    const char *id = ag->cfg.agent_id ? ag->cfg.agent_id : hostname;
+    if (!pc_id_valid(id) || !pc_id_valid(ag->cfg.pop))
+        return pc_err_set(err, PC_E_INVALID, "agent_id and pop must be [A-Za-z0-9._-]{1,128}");
+    snprintf(ag->agent_id, sizeof(ag->agent_id), "%.*s", PC_ID_MAX, id);
+    if ((rc = load_trusted_keys(ag, err)) != PC_OK)
+        return rc;
+    if (ag->cfg.tls_ca != NULL &&
+        (rc = pc_tls_client_config(ag->cfg.tls_ca, ag->cfg.tls_server_name, &ag->tls, err)) !=
+            PC_OK)
+        return rc;
+    for (size_t i = 0; i < ag->cfg.subscribe.count; i++)
+        if ((rc = pc_tls_check_url(ag->cfg.subscribe.items[i], ag->tls, ag->cfg.allow_plaintext,
+                                   "subscribe", err)) != PC_OK)
+            return rc;
+    for (size_t i = 0; i < ag->cfg.sync.count; i++)
+        if ((rc = pc_tls_check_url(ag->cfg.sync.items[i], ag->tls, ag->cfg.allow_plaintext, "sync",
+                                   err)) != PC_OK)
+            return rc;
+    return PC_OK;
+}
+
+/* Opens the store and the runtimes and makes every stored tenant live:
+ * static stability, before talking to anyone. */
+static int agent_open(agent *ag, pc_err *err)
+{
+    pc_store_options sopt = {.keep_history = false};
+    int rc;
+    if ((rc = pc_daemon_ensure_dir(ag->cfg.data_dir, err)) != PC_OK ||
+        (rc = pc_store_open(&ag->store, ag->cfg.data_dir, &sopt, err)) != PC_OK)
+        return rc;
+    pc_lua_limits limits;
+    pc_lua_limits_default(&limits);
+    limits.memory_bytes = ag->cfg.lua_memory;
+    limits.instructions = ag->cfg.lua_instructions;
+    limits.wall_ms = ag->cfg.lua_wall_ms;
+    limits.response_bytes = ag->cfg.lua_response_max;
+    limits.max_isolates = ag->cfg.lua_max_isolates;
+    if ((ag->metrics = pc_metrics_new()) == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    if ((ag->lua = pc_lua_adapter_new(&limits, ag->metrics, err)) == NULL) {
+        pc_err_wrap(err, "cannot initialise the Lua runtime");
+        return err->code;
+    }
+    ag->adapters[ag->n_adapters++] = ag->lua;
+    if ((rc = start_exec_adapter(ag, err)) != PC_OK) {
+        pc_err_wrap(err, "cannot initialise the exec runtime");
+        return rc;
+    }
+    ag->adapters[ag->n_adapters++] = ag->exec;
+    pc_applier_options aopt = {.store = ag->store,
+                               .trusted = &ag->trusted,
+                               .adapters = ag->adapters,
+                               .n_adapters = ag->n_adapters,
+                               .metrics = ag->metrics,
+                               .max_bundle = ag->cfg.max_bundle,
+                               .stale_after_ms = ag->cfg.stale_after_ms,
+                               .on_change = on_change,
+                               .on_change_arg = ag,
+                               .test_drop_permille = (unsigned)ag->cfg.test_drop_permille,
+                               .test_drop_seed = ag->cfg.test_drop_seed};
+    if ((rc = pc_applier_new(&ag->applier, &aopt, err)) != PC_OK)
+        return rc;
+    size_t live = pc_applier_load(ag->applier);
+    pc_info("agent", "%zu tenants live from the local store (applied seq %llu)", live,
+            (unsigned long long)pc_applier_applied_seq(ag->applier));
+    return PC_OK;
+}
+
+/* Serves tenant traffic and the admin endpoints, then starts talking to
+ * the controllers: catch-up and reports (syncer), pub/sub on the loop. */
+static int agent_serve(agent *ag, pc_err *err)
+{
+    pc_edge_options eopt = {.listen = ag->cfg.edge_listen,
+                            .threads = (unsigned)ag->cfg.edge_threads,
+                            .max_body = ag->cfg.edge_max_body,
+                            .adapters = ag->adapters,
+                            .n_adapters = ag->n_adapters,
+                            .metrics = ag->metrics};
+    uint64_t epoch = 0;
+    int rc;
+    if ((rc = pc_edge_start(&ag->edge, &eopt, err)) != PC_OK ||
+        (rc = pc_admin_start(&ag->admin, ag->cfg.admin_listen, ag->metrics, status, ag, err)) !=
+            PC_OK ||
+        (rc = load_identity(ag, err)) != PC_OK ||
+        (rc = pc_registry_next_status_epoch(ag->store, &epoch, err)) != PC_OK)
+        return rc;
+    pc_syncer_options syopt = {
+        .urls = &ag->cfg.sync,
+        .applier = ag->applier,
+        .metrics = ag->metrics,
+        .agent_id = ag->agent_id,
+        .pop = ag->cfg.pop,
+        .status_epoch = epoch,
+        .identity = &ag->identity,
+        .tls = ag->tls,
+        .request_timeout_ms = ag->cfg.request_timeout_ms,
+        .sync_interval_ms = ag->cfg.sync_interval_ms,
+        .status_interval_ms = ag->cfg.status_interval_ms,
+        .status_min_ms = 50,
+        .batch_entries = PC_SYNC_BATCH_ENTRIES,
+        .batch_bytes = PC_SYNC_BATCH_BYTES,
+        .chunk_bytes = PC_CHUNK_BYTES,
+        .recv_max = pc_sync_reply_max(ag->cfg.max_bundle),
+    };
+    pc_syncer *syncer = NULL;
+    if ((rc = pc_syncer_start(&syncer, &syopt, err)) != PC_OK)
+        return rc;
+    ag->syncer = syncer;
+    uv_loop_init(&ag->loop);
+    ag->loop_open = true;
+    pc_subscriber_options subopt = {.urls = &ag->cfg.subscribe,
+                                    .recvbuf = (int)ag->cfg.sub_recvbuf,
+                                    .recv_max = pc_pub_message_max(ag->cfg.max_bundle),
+                                    .tls = ag->tls,
+                                    .queue_max = ag->cfg.sub_queue};
+    if ((rc = pc_subscriber_open(&ag->sub, &ag->loop, &subopt, on_publication, ag, err)) != PC_OK)
+        return rc;
+    uv_signal_init(&ag->loop, &ag->sigint);
+    uv_signal_init(&ag->loop, &ag->sigterm);
+    ag->sigint.data = ag->sigterm.data = ag;
+    uv_signal_start(&ag->sigint, on_signal, SIGINT);
+    uv_signal_start(&ag->sigterm, on_signal, SIGTERM);
+    pc_info("agent", "%s (pop %s) ready: edge %s, admin %s", ag->agent_id, ag->cfg.pop,
+            ag->cfg.edge_listen, ag->cfg.admin_listen);
+    return PC_OK;
+}
+
+/* Stops and frees everything, in the reverse order of its start. */
+static void agent_close(agent *ag)
+{
+    if (ag->loop_open)
+        uv_loop_close(&ag->loop);
+    if (ag->syncer != NULL) {
+        pc_syncer *s = ag->syncer;
+        ag->syncer = NULL;
+        pc_syncer_stop(s);
+    }
+    pc_admin_stop(ag->admin);
+    pc_edge_stop(ag->edge);
+    pc_applier_free(ag->applier);
+    if (ag->lua)
+        ag->lua->destroy(ag->lua);
+    if (ag->exec)
+        ag->exec->destroy(ag->exec);
+    pc_signing_key_wipe(&ag->identity);
+    if (ag->tls != NULL)
+        nng_tls_config_free(ag->tls);
+    pc_metrics_free(ag->metrics);
+    pc_store_close(ag->store);
+    pc_config_free(options, &ag->cfg);
+    /* Every socket is closed by now; let nng finish reaping them before
+     * the process exits, so that nothing it still held shows up as a leak
+     * (the sanitizer build checks the daemons at exit). */
+    nng_fini();
+}
+
 int main(int argc, char **argv)
 {
     agent ag;
     memset(&ag, 0, sizeof(ag));
     pc_err err;
-    int exit_code = 1;
+    pc_err_clear(&err);
     int rc = pc_daemon_configure("popcast-agent", options, &ag.cfg, argc, argv, &ag.cfg.log_level);
-    if (rc == PC_DAEMON_EXIT_OK) {
+    if (rc != PC_DAEMON_RUN) {
         pc_config_free(options, &ag.cfg);
-        return 0;
+        return rc == PC_DAEMON_EXIT_OK ? 0 : 1;
     }
-    if (rc != PC_DAEMON_RUN)
-        goto out;
-    char hostname[256] = "agent";
-    gethostname(hostname, sizeof(hostname) - 1);
-    const char *id = ag.cfg.agent_id ? ag.cfg.agent_id : hostname;
-    if (!pc_id_valid(id) || !pc_id_valid(ag.cfg.pop)) {
-        fprintf(stderr, "popcast-agent: agent_id and pop must be [A-Za-z0-9._-]{1,128}\n");
-        goto out;
-    }
-    snprintf(ag.agent_id, sizeof(ag.agent_id), "%.*s", PC_ID_MAX, id);
-    if (load_trusted_keys(&ag, &err) != PC_OK) {
+    int exit_code = 1;
+    if (agent_configure(&ag, &err) != PC_OK) {
         fprintf(stderr, "popcast-agent: %s\n", err.msg);
-        goto out;
-    }
-    if (ag.cfg.tls_ca != NULL &&
-        pc_tls_client_config(ag.cfg.tls_ca, ag.cfg.tls_server_name, &ag.tls, &err) != PC_OK) {
+        pc_config_free(options, &ag.cfg);
+        if (ag.tls != NULL)
+            nng_tls_config_free(ag.tls);
+        return 1;
+    } else if (agent_open(&ag, &err) != PC_OK || agent_serve(&ag, &err) != PC_OK) {
         pc_error("agent", "%s", err.msg);
-        goto out;
+    } else {
+        uv_run(&ag.loop, UV_RUN_DEFAULT);
+        exit_code = 0;
     }
-    for (size_t i = 0; i < ag.cfg.subscribe.count; i++)
-        if (pc_tls_check_url(ag.cfg.subscribe.items[i], ag.tls, ag.cfg.allow_plaintext, "subscribe",
-                             &err) != PC_OK) {
-            pc_error("agent", "%s", err.msg);
-            goto out;
-        }
-    for (size_t i = 0; i < ag.cfg.sync.count; i++)
-        if (pc_tls_check_url(ag.cfg.sync.items[i], ag.tls, ag.cfg.allow_plaintext, "sync", &err) !=
-            PC_OK) {
-            pc_error("agent", "%s", err.msg);
-            goto out;
-        }
-    pc_store_options sopt = {.keep_history = false};
-    if (pc_daemon_ensure_dir(ag.cfg.data_dir, &err) != PC_OK ||
-        pc_store_open(&ag.store, ag.cfg.data_dir, &sopt, &err) != PC_OK) {
-        pc_error("agent", "%s", err.msg);
-        goto out;
-    }
-    pc_lua_limits limits;
-    pc_lua_limits_default(&limits);
-    limits.memory_bytes = ag.cfg.lua_memory;
-    limits.instructions = ag.cfg.lua_instructions;
-    limits.wall_ms = ag.cfg.lua_wall_ms;
-    limits.response_bytes = ag.cfg.lua_response_max;
-    limits.max_isolates = ag.cfg.lua_max_isolates;
-    if ((ag.metrics = pc_metrics_new()) == NULL ||
-        (ag.lua = pc_lua_adapter_new(&limits, ag.metrics, &err)) == NULL) {
-        pc_error("agent", "cannot initialise the Lua runtime: %s", err.msg);
-        goto out;
-    }
-    ag.adapters[ag.n_adapters++] = ag.lua;
-    if (start_exec_adapter(&ag, &err) != PC_OK) {
-        pc_error("agent", "cannot initialise the exec runtime: %s", err.msg);
-        goto out;
-    }
-    ag.adapters[ag.n_adapters++] = ag.exec;
-    pc_applier_options aopt = {.store = ag.store,
-                               .trusted = &ag.trusted,
-                               .adapters = ag.adapters,
-                               .n_adapters = ag.n_adapters,
-                               .metrics = ag.metrics,
-                               .max_bundle = ag.cfg.max_bundle,
-                               .stale_after_ms = ag.cfg.stale_after_ms,
-                               .on_change = on_change,
-                               .on_change_arg = &ag,
-                               .test_drop_permille = (unsigned)ag.cfg.test_drop_permille,
-                               .test_drop_seed = ag.cfg.test_drop_seed};
-    if (pc_applier_new(&ag.applier, &aopt, &err) != PC_OK) {
-        pc_error("agent", "%s", err.msg);
-        goto out;
-    }
-    /* Static stability: serve what LMDB holds before talking to anyone. */
-    size_t live = pc_applier_load(ag.applier);
-    pc_info("agent", "%zu tenants live from the local store (applied seq %llu)", live,
-            (unsigned long long)pc_applier_applied_seq(ag.applier));
-    pc_edge_options eopt = {.listen = ag.cfg.edge_listen,
-                            .threads = (unsigned)ag.cfg.edge_threads,
-                            .max_body = ag.cfg.edge_max_body,
-                            .adapters = ag.adapters,
-                            .n_adapters = ag.n_adapters,
-                            .metrics = ag.metrics};
-    if (pc_edge_start(&ag.edge, &eopt, &err) != PC_OK ||
-        pc_admin_start(&ag.admin, ag.cfg.admin_listen, ag.metrics, status, &ag, &err) != PC_OK) {
-        pc_error("agent", "%s", err.msg);
-        goto out;
-    }
-    uint64_t epoch = 0;
-    if (load_identity(&ag, &err) != PC_OK ||
-        pc_registry_next_status_epoch(ag.store, &epoch, &err) != PC_OK) {
-        pc_error("agent", "%s", err.msg);
-        goto out;
-    }
-    pc_syncer_options syopt = {
-        .urls = &ag.cfg.sync,
-        .applier = ag.applier,
-        .metrics = ag.metrics,
-        .agent_id = ag.agent_id,
-        .pop = ag.cfg.pop,
-        .status_epoch = epoch,
-        .identity = &ag.identity,
-        .tls = ag.tls,
-        .request_timeout_ms = ag.cfg.request_timeout_ms,
-        .sync_interval_ms = ag.cfg.sync_interval_ms,
-        .status_interval_ms = ag.cfg.status_interval_ms,
-        .status_min_ms = 50,
-        .batch_entries = PC_SYNC_BATCH_ENTRIES,
-        .batch_bytes = PC_SYNC_BATCH_BYTES,
-        .chunk_bytes = PC_CHUNK_BYTES,
-        .recv_max = pc_sync_reply_max(ag.cfg.max_bundle),
-    };
-    pc_syncer *syncer = NULL;
-    if (pc_syncer_start(&syncer, &syopt, &err) != PC_OK) {
-        pc_error("agent", "%s", err.msg);
-        goto out;
-    }
-    ag.syncer = syncer;
-    uv_loop_init(&ag.loop);
-    pc_subscriber_options subopt = {.urls = &ag.cfg.subscribe,
-                                    .recvbuf = (int)ag.cfg.sub_recvbuf,
-                                    .recv_max = pc_pub_message_max(ag.cfg.max_bundle),
-                                    .tls = ag.tls,
-                                    .queue_max = ag.cfg.sub_queue};
-    if (pc_subscriber_open(&ag.sub, &ag.loop, &subopt, on_publication, &ag, &err) != PC_OK) {
-        pc_error("agent", "%s", err.msg);
-        uv_loop_close(&ag.loop);
-        goto out;
-    }
-    uv_signal_init(&ag.loop, &ag.sigint);
-    uv_signal_init(&ag.loop, &ag.sigterm);
-    ag.sigint.data = ag.sigterm.data = &ag;
-    uv_signal_start(&ag.sigint, on_signal, SIGINT);
-    uv_signal_start(&ag.sigterm, on_signal, SIGTERM);
-    pc_info("agent", "%s (pop %s) ready: edge %s, admin %s", ag.agent_id, ag.cfg.pop,
-            ag.cfg.edge_listen, ag.cfg.admin_listen);
-    uv_run(&ag.loop, UV_RUN_DEFAULT);
-    uv_loop_close(&ag.loop);
-    exit_code = 0;
-out:
-    if (ag.syncer != NULL) {
-        pc_syncer *s = ag.syncer;
-        ag.syncer = NULL;
-        pc_syncer_stop(s);
-    }
-    pc_admin_stop(ag.admin);
-    pc_edge_stop(ag.edge);
-    pc_applier_free(ag.applier);
-    if (ag.lua)
-        ag.lua->destroy(ag.lua);
-    if (ag.exec)
-        ag.exec->destroy(ag.exec);
-    pc_signing_key_wipe(&ag.identity);
-    if (ag.tls != NULL)
-        nng_tls_config_free(ag.tls);
-    pc_metrics_free(ag.metrics);
-    pc_store_close(ag.store);
-    pc_config_free(options, &ag.cfg);
-    /* Every socket is closed by now; let nng finish reaping them before
-     * the process exits, so that nothing it still held shows up as a leak
-     * (the sanitizer build checks the daemons at exit). */
-    nng_fini();
+    agent_close(&ag);
     return exit_code;
 }

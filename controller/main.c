@@ -201,6 +201,10 @@ typedef struct controller {
     pc_cluster *cluster;
     nng_tls_config *tls;
     uv_timer_t tick;
+    bool loop_open;
+    char node_id[PC_ID_MAX + 1];
+    char raft_dir[4200];
+    uint8_t admin_token_hash[PC_HASH_LEN];
 } controller;
 
 /* The secret keys this controller holds and the root keys agents trust;
@@ -280,180 +284,204 @@ static void on_signal(uv_signal_t *h, int signum)
     uv_close((uv_handle_t *)&c->sigterm, NULL);
 }
 
+/* Checks the configuration beyond its syntax: keys, the node's name, TLS
+ * for every listen address. */
+static int controller_configure(controller *c, pc_err *err)
+{
+    if (c->cfg.signing_key.count == 0)
+        return pc_err_set(err, PC_E_INVALID,
+                          "--signing-key is required (create one with `popcast keygen`)");
+    char hostname[256] = "controller";
+    gethostname(hostname, sizeof(hostname) - 1);
+    snprintf(c->node_id, sizeof(c->node_id), "%s", c->cfg.node_id ? c->cfg.node_id : hostname);
+    if (!pc_id_valid(c->node_id))
+        return pc_err_set(err, PC_E_INVALID, "node_id must be [A-Za-z0-9._-]{1,128}");
+    int rc;
+    if (c->cfg.tls_cert_key != NULL &&
+        (rc = pc_tls_server_config(c->cfg.tls_cert_key, &c->tls, err)) != PC_OK)
+        return rc;
+    const char *urls[][2] = {{c->cfg.api_listen, "api_listen"},
+                             {c->cfg.pub_listen, "pub_listen"},
+                             {c->cfg.sync_listen, "sync_listen"}};
+    for (size_t i = 0; i < sizeof(urls) / sizeof(urls[0]); i++)
+        if ((rc = pc_tls_check_url(urls[i][0], c->tls, c->cfg.allow_plaintext, urls[i][1], err)) !=
+            PC_OK)
+            return rc;
+    return PC_OK;
+}
+
+/* Opens what does not need the event loop: the store, the keys, the
+ * admin token, metrics, the Lua checker, the rollout tracker and the sync
+ * server (which runs on nng's threads). */
+static int controller_open(controller *c, pc_err *err)
+{
+    char token_path[4096];
+    snprintf(token_path, sizeof(token_path), "%s/admin.token", c->cfg.data_dir);
+    if (c->cfg.admin_token_file != NULL)
+        snprintf(token_path, sizeof(token_path), "%s", c->cfg.admin_token_file);
+    pc_store_options sopt = {.keep_history = true};
+    int rc;
+    if ((rc = pc_daemon_ensure_dir(c->cfg.data_dir, err)) != PC_OK ||
+        (rc = load_admin_token(token_path, c->admin_token_hash, err)) != PC_OK ||
+        (rc = pc_store_open(&c->store, c->cfg.data_dir, &sopt, err)) != PC_OK ||
+        (rc = load_signing_keys(c, err)) != PC_OK)
+        return rc;
+    pc_lua_limits limits;
+    pc_lua_limits_default(&limits);
+    if ((c->metrics = pc_metrics_new()) == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    if ((c->lua = pc_lua_adapter_new(&limits, NULL, err)) == NULL)
+        return err->code;
+    pc_rollout_options ropt = {.gone_after_ms = c->cfg.gone_after_ms,
+                               .report_stale_ms = c->cfg.report_stale_ms};
+    if ((c->rollout = pc_rollout_new(&ropt)) == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    pc_sync_server_options sopts = {.url = c->cfg.sync_listen,
+                                    .store = c->store,
+                                    .rollout = c->rollout,
+                                    .metrics = c->metrics,
+                                    .inline_max = c->cfg.sync_inline_max,
+                                    .max_reply = c->cfg.sync_max_reply,
+                                    .chunk_max = PC_CHUNK_BYTES,
+                                    .snapshot_lag = c->cfg.snapshot_lag,
+                                    .require_enrollment = c->cfg.require_enrollment,
+                                    .tls = c->tls,
+                                    .workers = PC_SYNC_WORKERS};
+    return pc_sync_server_start(&c->sync, &sopts, err);
+}
+
+/* Starts what runs on the loop: publisher, heartbeats, raft, the write
+ * pipeline, the API, and the periodic tick and signals. */
+static int controller_start(controller *c, pc_err *err)
+{
+    uv_loop_init(&c->loop);
+    c->loop_open = true;
+    snprintf(c->raft_dir, sizeof(c->raft_dir), "%s/raft", c->cfg.data_dir);
+    pc_cluster_options copt = {.loop = &c->loop,
+                               .store = c->store,
+                               .raft_dir = c->raft_dir,
+                               .scratch_dir = c->cfg.data_dir,
+                               .id = c->cfg.raft_id,
+                               .raft_address = c->cfg.raft_listen,
+                               .api_url = c->cfg.api_listen,
+                               .peers = &c->cfg.peers,
+                               .join = c->cfg.raft_join,
+                               .election_ms = (unsigned)c->cfg.raft_election_ms,
+                               .heartbeat_ms = (unsigned)c->cfg.raft_heartbeat_ms,
+                               .snapshot_threshold = (unsigned)c->cfg.raft_snapshot_threshold,
+                               .snapshot_trailing = (unsigned)c->cfg.raft_snapshot_trailing,
+                               .on_applied = on_applied,
+                               .on_applied_arg = c};
+    pc_api_options api_opt = {.listen_url = c->cfg.api_listen,
+                              .node_id = c->node_id,
+                              .max_bundle = c->cfg.max_bundle,
+                              .runtimes = &c->cfg.runtimes,
+                              .lua = c->lua,
+                              .signer = c->signer,
+                              .tls = c->tls,
+                              .token_write_rate = (double)c->cfg.token_write_rate,
+                              .token_write_burst = (double)c->cfg.token_write_burst,
+                              .admin_write_rate = (double)c->cfg.admin_write_rate,
+                              .admin_write_burst = (double)c->cfg.admin_write_burst};
+    memcpy(api_opt.admin_token_hash, c->admin_token_hash, PC_HASH_LEN);
+    int rc;
+    if ((rc = pc_publisher_open(&c->pub, c->cfg.pub_listen, c->tls, (int)c->cfg.pub_sendbuf,
+                                pc_pub_message_max(c->cfg.max_bundle), err)) != PC_OK ||
+        (rc = pc_heartbeat_start(&c->heartbeat, &c->loop, c->cfg.heartbeat_ms, c->node_id,
+                                 c->signer, c->store, c->pub, err)) != PC_OK ||
+        (rc = pc_daemon_ensure_dir(c->raft_dir, err)) != PC_OK ||
+        (rc = pc_cluster_start(&c->cluster, &copt, err)) != PC_OK ||
+        (rc = pc_pipeline_new(&c->pipeline, &c->loop, c->store, c->signer, c->cluster,
+                              c->cfg.max_pending, err)) != PC_OK)
+        return rc;
+    api_opt.cluster = c->cluster;
+    if ((rc = pc_api_start(&c->api, &api_opt, c->store, c->pipeline, c->rollout, c->metrics,
+                           err)) != PC_OK)
+        return rc;
+    uv_timer_init(&c->loop, &c->tick);
+    c->tick.data = c;
+    uv_timer_start(&c->tick, on_tick, 100, 100);
+    uv_signal_init(&c->loop, &c->sigint);
+    uv_signal_init(&c->loop, &c->sigterm);
+    c->sigint.data = c->sigterm.data = c;
+    uv_signal_start(&c->sigint, on_signal, SIGINT);
+    uv_signal_start(&c->sigterm, on_signal, SIGTERM);
+    char kid[PC_HEX_KEY_ID_LEN] = "?";
+    pc_public_key current;
+    pc_err kerr;
+    if (pc_signer_current_public(c->signer, &current, NULL, &kerr) == PC_OK)
+        pc_hex(kid, current.id, PC_KEY_ID_LEN);
+    pc_info("controller",
+            "%s ready: api %s, publishing on %s, sync on %s, raft id %llu on %s (%zu peers), "
+            "signing key %s",
+            c->node_id, c->cfg.api_listen, c->cfg.pub_listen, c->cfg.sync_listen,
+            (unsigned long long)c->cfg.raft_id, c->cfg.raft_listen, c->cfg.peers.count, kid);
+    return PC_OK;
+}
+
+/* Stops and frees everything. After a failed start, what did start is
+ * stopped in order: writes and waits answered first (the HTTP server's
+ * stop waits for every handler), then raft, which closes the pipeline. */
+static void controller_close(controller *c)
+{
+    if (c->loop_open) {
+        if (c->pipeline != NULL)
+            pc_pipeline_shutdown(c->pipeline);
+        if (c->rollout != NULL)
+            pc_rollout_cancel_waits(c->rollout);
+        pc_api_stop(c->api);
+        c->api = NULL;
+        if (c->heartbeat != NULL)
+            pc_heartbeat_stop(c->heartbeat);
+        c->heartbeat = NULL;
+        if (c->cluster != NULL)
+            pc_cluster_stop(c->cluster, cluster_stopped, c);
+        else if (c->pipeline != NULL)
+            pc_pipeline_close(c->pipeline);
+        uv_run(&c->loop, UV_RUN_DEFAULT); /* let closed handles finish */
+        uv_loop_close(&c->loop);
+        pc_publisher_close(c->pub);
+    }
+    pc_sync_server_stop(c->sync);
+    pc_rollout_free(c->rollout);
+    if (c->lua)
+        c->lua->destroy(c->lua);
+    pc_metrics_free(c->metrics);
+    pc_store_close(c->store);
+    if (c->tls != NULL)
+        nng_tls_config_free(c->tls);
+    pc_signer_free(c->signer);
+    for (size_t i = 0; i < c->n_keys; i++)
+        pc_signing_key_wipe(&c->keys[i]);
+    sodium_memzero(c->admin_token_hash, sizeof(c->admin_token_hash));
+    pc_config_free(options, &c->cfg);
+    /* Every socket is closed by now; let nng finish reaping them before
+     * the process exits, so that nothing it still held shows up as a leak
+     * (the sanitizer build checks the daemons at exit). */
+    nng_fini();
+}
+
 int main(int argc, char **argv)
 {
     controller c;
     memset(&c, 0, sizeof(c));
     pc_err err;
-    int exit_code = 1;
+    pc_err_clear(&err);
     int rc =
         pc_daemon_configure("popcast-controller", options, &c.cfg, argc, argv, &c.cfg.log_level);
-    if (rc == PC_DAEMON_EXIT_OK) {
+    if (rc != PC_DAEMON_RUN) {
         pc_config_free(options, &c.cfg);
-        return 0;
+        return rc == PC_DAEMON_EXIT_OK ? 0 : 1;
     }
-    if (rc != PC_DAEMON_RUN)
-        goto out;
-    if (c.cfg.signing_key.count == 0) {
-        fprintf(stderr, "popcast-controller: --signing-key is required (create one with "
-                        "`popcast keygen`)\n");
-        goto out;
-    }
-    char hostname[256] = "controller";
-    gethostname(hostname, sizeof(hostname) - 1);
-    const char *node_id = c.cfg.node_id ? c.cfg.node_id : hostname;
-    if (!pc_id_valid(node_id)) {
-        fprintf(stderr, "popcast-controller: node_id must be [A-Za-z0-9._-]{1,128}\n");
-        goto out;
-    }
-    char token_path[4096];
-    snprintf(token_path, sizeof(token_path), "%s/admin.token", c.cfg.data_dir);
-    if (c.cfg.admin_token_file != NULL)
-        snprintf(token_path, sizeof(token_path), "%s", c.cfg.admin_token_file);
-
-    pc_api_options api_opt = {.listen_url = c.cfg.api_listen,
-                              .node_id = node_id,
-                              .max_bundle = c.cfg.max_bundle,
-                              .runtimes = &c.cfg.runtimes,
-                              .token_write_rate = (double)c.cfg.token_write_rate,
-                              .token_write_burst = (double)c.cfg.token_write_burst,
-                              .admin_write_rate = (double)c.cfg.admin_write_rate,
-                              .admin_write_burst = (double)c.cfg.admin_write_burst};
-    if (c.cfg.tls_cert_key != NULL &&
-        pc_tls_server_config(c.cfg.tls_cert_key, &c.tls, &err) != PC_OK) {
+    int exit_code = 1;
+    if (controller_configure(&c, &err) != PC_OK) {
         fprintf(stderr, "popcast-controller: %s\n", err.msg);
-        goto out;
-    }
-    if (pc_tls_check_url(c.cfg.api_listen, c.tls, c.cfg.allow_plaintext, "api_listen", &err) !=
-            PC_OK ||
-        pc_tls_check_url(c.cfg.pub_listen, c.tls, c.cfg.allow_plaintext, "pub_listen", &err) !=
-            PC_OK ||
-        pc_tls_check_url(c.cfg.sync_listen, c.tls, c.cfg.allow_plaintext, "sync_listen", &err) !=
-            PC_OK) {
-        fprintf(stderr, "popcast-controller: %s\n", err.msg);
-        goto out;
-    }
-    api_opt.tls = c.tls;
-    pc_store_options sopt = {.keep_history = true};
-    pc_lua_limits limits;
-    pc_lua_limits_default(&limits);
-    if (pc_daemon_ensure_dir(c.cfg.data_dir, &err) != PC_OK ||
-        load_admin_token(token_path, api_opt.admin_token_hash, &err) != PC_OK ||
-        pc_store_open(&c.store, c.cfg.data_dir, &sopt, &err) != PC_OK ||
-        load_signing_keys(&c, &err) != PC_OK) {
+    } else if (controller_open(&c, &err) != PC_OK || controller_start(&c, &err) != PC_OK) {
         pc_error("controller", "%s", err.msg);
-        goto out;
+    } else {
+        uv_run(&c.loop, UV_RUN_DEFAULT);
+        exit_code = 0;
     }
-    if ((c.metrics = pc_metrics_new()) == NULL ||
-        (c.lua = pc_lua_adapter_new(&limits, NULL, &err)) == NULL) {
-        pc_error("controller", "cannot initialise: %s", err.msg);
-        goto out;
-    }
-    api_opt.lua = c.lua;
-    api_opt.signer = c.signer;
-    pc_rollout_options ropt = {.gone_after_ms = c.cfg.gone_after_ms,
-                               .report_stale_ms = c.cfg.report_stale_ms};
-    if ((c.rollout = pc_rollout_new(&ropt)) == NULL) {
-        pc_error("controller", "out of memory");
-        goto out;
-    }
-    pc_sync_server_options sopts = {.url = c.cfg.sync_listen,
-                                    .store = c.store,
-                                    .rollout = c.rollout,
-                                    .metrics = c.metrics,
-                                    .inline_max = c.cfg.sync_inline_max,
-                                    .max_reply = c.cfg.sync_max_reply,
-                                    .chunk_max = PC_CHUNK_BYTES,
-                                    .snapshot_lag = c.cfg.snapshot_lag,
-                                    .require_enrollment = c.cfg.require_enrollment,
-                                    .tls = c.tls,
-                                    .workers = PC_SYNC_WORKERS};
-    if (pc_sync_server_start(&c.sync, &sopts, &err) != PC_OK) {
-        pc_error("controller", "%s", err.msg);
-        goto out;
-    }
-    uv_loop_init(&c.loop);
-    char raft_dir[4200];
-    snprintf(raft_dir, sizeof(raft_dir), "%s/raft", c.cfg.data_dir);
-    pc_cluster_options copt = {.loop = &c.loop,
-                               .store = c.store,
-                               .raft_dir = raft_dir,
-                               .scratch_dir = c.cfg.data_dir,
-                               .id = c.cfg.raft_id,
-                               .raft_address = c.cfg.raft_listen,
-                               .api_url = c.cfg.api_listen,
-                               .peers = &c.cfg.peers,
-                               .join = c.cfg.raft_join,
-                               .election_ms = (unsigned)c.cfg.raft_election_ms,
-                               .heartbeat_ms = (unsigned)c.cfg.raft_heartbeat_ms,
-                               .snapshot_threshold = (unsigned)c.cfg.raft_snapshot_threshold,
-                               .snapshot_trailing = (unsigned)c.cfg.raft_snapshot_trailing,
-                               .on_applied = on_applied,
-                               .on_applied_arg = &c};
-    if (pc_publisher_open(&c.pub, c.cfg.pub_listen, c.tls, (int)c.cfg.pub_sendbuf,
-                          pc_pub_message_max(c.cfg.max_bundle), &err) != PC_OK ||
-        pc_heartbeat_start(&c.heartbeat, &c.loop, c.cfg.heartbeat_ms, node_id, c.signer, c.store,
-                           c.pub, &err) != PC_OK ||
-        pc_daemon_ensure_dir(raft_dir, &err) != PC_OK ||
-        pc_cluster_start(&c.cluster, &copt, &err) != PC_OK ||
-        pc_pipeline_new(&c.pipeline, &c.loop, c.store, c.signer, c.cluster, c.cfg.max_pending,
-                        &err) != PC_OK ||
-        (api_opt.cluster = c.cluster, pc_api_start(&c.api, &api_opt, c.store, c.pipeline, c.rollout,
-                                                   c.metrics, &err)) != PC_OK) {
-        pc_error("controller", "%s", err.msg);
-        goto out_loop;
-    }
-    uv_timer_init(&c.loop, &c.tick);
-    c.tick.data = &c;
-    uv_timer_start(&c.tick, on_tick, 100, 100);
-    uv_signal_init(&c.loop, &c.sigint);
-    uv_signal_init(&c.loop, &c.sigterm);
-    c.sigint.data = c.sigterm.data = &c;
-    uv_signal_start(&c.sigint, on_signal, SIGINT);
-    uv_signal_start(&c.sigterm, on_signal, SIGTERM);
-    char kid[PC_HEX_KEY_ID_LEN] = "?";
-    pc_public_key current;
-    if (pc_signer_current_public(c.signer, &current, NULL, &err) == PC_OK)
-        pc_hex(kid, current.id, PC_KEY_ID_LEN);
-    pc_info("controller",
-            "%s ready: api %s, publishing on %s, sync on %s, raft id %llu on %s (%zu peers), "
-            "signing key %s",
-            node_id, c.cfg.api_listen, c.cfg.pub_listen, c.cfg.sync_listen,
-            (unsigned long long)c.cfg.raft_id, c.cfg.raft_listen, c.cfg.peers.count, kid);
-    uv_run(&c.loop, UV_RUN_DEFAULT);
-    exit_code = 0;
-
-out_loop:
-    if (c.pipeline != NULL)
-        pc_pipeline_shutdown(c.pipeline);
-    if (c.rollout != NULL)
-        pc_rollout_cancel_waits(c.rollout);
-    pc_api_stop(c.api);
-    if (c.heartbeat != NULL)
-        pc_heartbeat_stop(c.heartbeat);
-    if (c.cluster != NULL)
-        pc_cluster_stop(c.cluster, cluster_stopped, &c);
-    else if (c.pipeline != NULL)
-        pc_pipeline_close(c.pipeline);
-    uv_run(&c.loop, UV_RUN_DEFAULT); /* let closed handles finish */
-    uv_loop_close(&c.loop);
-    pc_publisher_close(c.pub);
-out:
-    pc_sync_server_stop(c.sync);
-    pc_rollout_free(c.rollout);
-    if (c.lua)
-        c.lua->destroy(c.lua);
-    pc_metrics_free(c.metrics);
-    pc_store_close(c.store);
-    if (c.tls != NULL)
-        nng_tls_config_free(c.tls);
-    pc_signer_free(c.signer);
-    for (size_t i = 0; i < c.n_keys; i++)
-        pc_signing_key_wipe(&c.keys[i]);
-    pc_config_free(options, &c.cfg);
-    /* Every socket is closed by now; let nng finish reaping them before
-     * the process exits, so that nothing it still held shows up as a leak
-     * (the sanitizer build checks the daemons at exit). */
-    nng_fini();
+    controller_close(&c);
     return exit_code;
 }
