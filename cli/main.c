@@ -1077,50 +1077,91 @@ typedef struct option {
 } option;
 
 static const option options[O_COUNT] = {
-    [O_CONTROLLER] = {"--controller", "URL",
-                      "controller API (env POPCAST_CONTROLLER, default " DEFAULT_CONTROLLER ")",
-                      check_url},
-    [O_TOKEN] = {"--token", "TOKEN", "API token (env POPCAST_TOKEN)", check_nonempty},
-    [O_TOKEN_FILE] = {"--token-file", "FILE", "file holding the API token (env POPCAST_TOKEN_FILE)",
-                      check_file},
-    [O_CA_FILE] = {"--ca-file", "FILE", "https: the CA to trust (env POPCAST_CA_FILE)", check_file},
-    [O_TLS_SERVER_NAME] = {"--tls-server-name", "NAME",
-                           "https: the name the controller's certificate must carry (env "
-                           "POPCAST_TLS_SERVER_NAME)",
-                           check_nonempty},
-    [O_JSON] = {"--json", NULL, "print JSON (the controller's answer) instead of text"},
-    [O_WAIT] = {"--wait", NULL,
-                "block until the change is live on every agent (or --fraction of them), an "
-                "agent refuses it, or --timeout passes"},
-    [O_TIMEOUT] = {"--timeout", "SECONDS",
-                   "with --wait: give up after SECONDS (1 to 86400, default 60)", check_timeout,
+    [O_CONTROLLER] = {.name = "--controller",
+                      .metavar = "URL",
+                      .help =
+                          "controller API (env POPCAST_CONTROLLER, default " DEFAULT_CONTROLLER ")",
+                      .check = check_url},
+    [O_TOKEN] = {.name = "--token",
+                 .metavar = "TOKEN",
+                 .help = "API token (env POPCAST_TOKEN)",
+                 .check = check_nonempty},
+    [O_TOKEN_FILE] = {.name = "--token-file",
+                      .metavar = "FILE",
+                      .help = "file holding the API token (env POPCAST_TOKEN_FILE)",
+                      .check = check_file},
+    [O_CA_FILE] = {.name = "--ca-file",
+                   .metavar = "FILE",
+                   .help = "https: the CA to trust (env POPCAST_CA_FILE)",
+                   .check = check_file},
+    [O_TLS_SERVER_NAME] = {.name = "--tls-server-name",
+                           .metavar = "NAME",
+                           .help = "https: the name the controller's certificate must carry (env "
+                                   "POPCAST_TLS_SERVER_NAME)",
+                           .check = check_nonempty},
+    [O_JSON] = {.name = "--json",
+                .metavar = NULL,
+                .help = "print JSON (the controller's answer) instead of text"},
+    [O_WAIT] = {.name = "--wait",
+                .metavar = NULL,
+                .help = "block until the change is live on every agent (or --fraction of them), an "
+                        "agent refuses it, or --timeout passes"},
+    [O_TIMEOUT] = {.name = "--timeout",
+                   .metavar = "SECONDS",
+                   .help = "with --wait: give up after SECONDS (1 to 86400, default 60)",
+                   .check = check_timeout,
                    .needs = O_WAIT},
-    [O_FRACTION] = {"--fraction", "F",
-                    "with --wait: live on this fraction of the agents is enough (0 < F <= 1, "
-                    "default 1)",
-                    check_fraction, .needs = O_WAIT},
-    [O_ENTRYPOINT] = {"--entrypoint", "FILE",
-                      "the file the runtime starts from (default: main.lua in a directory, the "
-                      "file's own name for a file)",
-                      check_entrypoint},
-    [O_RUNTIME] = {"--runtime", "NAME", "the runtime that runs it (default lua)", check_runtime},
-    [O_OUT] = {"--out", "DIR", "write the key files into DIR (default .)", check_out_dir},
-    [O_KEY_NAME] = {"--name", "NAME", "the key files' name (default popcast-signing)",
-                    check_key_name},
-    [O_TENANT] = {"--tenant", "TENANT", "a tenant the token may act on (repeat: at most 16)",
-                  check_tenant, MAX_TENANTS},
-    [O_TOKEN_NAME] = {"--name", "NAME",
-                      "a label for the token (1 to 64 of A-Z, a-z, 0-9, '.', '_', '-')",
-                      check_token_name},
-    [O_ROOT_KEY] = {"--root-key", "ROOT_PUBKEY_FILE",
-                    "sign the rotation with this root key, held by the controller (emergency)",
-                    check_file, .excludes = O_AUTHORIZATION},
-    [O_AUTHORIZATION] = {"--authorization", "FILE",
-                         "carry a root's offline authorization (from `popcast key authorize`)",
-                         check_file, .excludes = O_ROOT_KEY},
-    [O_REPLACES] = {"--replaces", "KEY_ID",
-                    "the signing key being replaced (16 hex digits, from `popcast key list`)",
-                    check_key_id},
+    [O_FRACTION] = {.name = "--fraction",
+                    .metavar = "F",
+                    .help =
+                        "with --wait: live on this fraction of the agents is enough (0 < F <= 1, "
+                        "default 1)",
+                    .check = check_fraction,
+                    .needs = O_WAIT},
+    [O_ENTRYPOINT] = {.name = "--entrypoint",
+                      .metavar = "FILE",
+                      .help =
+                          "the file the runtime starts from (default: main.lua in a directory, the "
+                          "file's own name for a file)",
+                      .check = check_entrypoint},
+    [O_RUNTIME] = {.name = "--runtime",
+                   .metavar = "NAME",
+                   .help = "the runtime that runs it (default lua)",
+                   .check = check_runtime},
+    [O_OUT] = {.name = "--out",
+               .metavar = "DIR",
+               .help = "write the key files into DIR (default .)",
+               .check = check_out_dir},
+    [O_KEY_NAME] = {.name = "--name",
+                    .metavar = "NAME",
+                    .help = "the key files' name (default popcast-signing)",
+                    .check = check_key_name},
+    [O_TENANT] = {.name = "--tenant",
+                  .metavar = "TENANT",
+                  .help = "a tenant the token may act on (repeat: at most 16)",
+                  .check = check_tenant,
+                  .max = MAX_TENANTS},
+    [O_TOKEN_NAME] = {.name = "--name",
+                      .metavar = "NAME",
+                      .help = "a label for the token (1 to 64 of A-Z, a-z, 0-9, '.', '_', '-')",
+                      .check = check_token_name},
+    [O_ROOT_KEY] = {.name = "--root-key",
+                    .metavar = "ROOT_PUBKEY_FILE",
+                    .help =
+                        "sign the rotation with this root key, held by the controller (emergency)",
+                    .check = check_file,
+                    .excludes = O_AUTHORIZATION},
+    [O_AUTHORIZATION] = {.name = "--authorization",
+                         .metavar = "FILE",
+                         .help =
+                             "carry a root's offline authorization (from `popcast key authorize`)",
+                         .check = check_file,
+                         .excludes = O_ROOT_KEY},
+    [O_REPLACES] = {.name = "--replaces",
+                    .metavar = "KEY_ID",
+                    .help =
+                        "the signing key being replaced (16 hex digits, from `popcast key list`)",
+                    .check = check_key_id},
 };
 
 typedef struct argument {
@@ -1144,8 +1185,15 @@ struct command {
 #define WAIT_OPTS O_WAIT, O_TIMEOUT, O_FRACTION
 #define OPTS(...) ((const int[]){__VA_ARGS__, O_NONE})
 
-static const argument tenant_arg = {"TENANT", check_tenant};
-static const argument version_arg = {"VERSION", check_version};
+/* Macros, not const objects: a static table may only hold constants. */
+#define TENANT_ARG                                                                                 \
+    {                                                                                              \
+        "TENANT", check_tenant                                                                     \
+    }
+#define VERSION_ARG                                                                                \
+    {                                                                                              \
+        "VERSION", check_version                                                                   \
+    }
 
 static const command commands[] = {
     {"keygen",
@@ -1159,7 +1207,7 @@ static const command commands[] = {
     {"deploy",
      NULL,
      "upload a file or directory as a new version",
-     {tenant_arg, {"PATH", check_bundle_path}},
+     {TENANT_ARG, {"PATH", check_bundle_path}},
      0,
      OPTS(O_ENTRYPOINT, O_RUNTIME, WAIT_OPTS, O_JSON),
      false,
@@ -1167,7 +1215,7 @@ static const command commands[] = {
     {"versions",
      NULL,
      "list a tenant's versions",
-     {tenant_arg},
+     {TENANT_ARG},
      0,
      OPTS(O_JSON),
      false,
@@ -1175,7 +1223,7 @@ static const command commands[] = {
     {"rollback",
      NULL,
      "make VERSION's content the new version",
-     {tenant_arg, version_arg},
+     {TENANT_ARG, VERSION_ARG},
      0,
      OPTS(WAIT_OPTS, O_JSON),
      false,
@@ -1183,7 +1231,7 @@ static const command commands[] = {
     {"delete",
      NULL,
      "stop serving a tenant",
-     {tenant_arg},
+     {TENANT_ARG},
      0,
      OPTS(WAIT_OPTS, O_JSON),
      false,
@@ -1191,7 +1239,7 @@ static const command commands[] = {
     {"status",
      NULL,
      "tenants, or one tenant's state",
-     {tenant_arg},
+     {TENANT_ARG},
      1,
      OPTS(O_JSON),
      false,
@@ -1199,7 +1247,7 @@ static const command commands[] = {
     {"rollout",
      NULL,
      "where a version is live, per agent and PoP",
-     {tenant_arg, version_arg},
+     {TENANT_ARG, VERSION_ARG},
      0,
      OPTS(WAIT_OPTS, O_JSON),
      false,

@@ -202,8 +202,8 @@ void pc_httpd_reply_json(pc_httpd_req *rq, uint16_t status, json_t *body,
     free(text);
 }
 
-static void verror(pc_httpd_req *rq, int code, const char *const *headers, const char *fmt,
-                   va_list ap)
+__attribute__((format(printf, 4, 0))) static void
+verror(pc_httpd_req *rq, int code, const char *const *headers, const char *fmt, va_list ap)
 {
     char msg[1024];
     vsnprintf(msg, sizeof(msg), fmt, ap);
