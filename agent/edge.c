@@ -20,6 +20,7 @@ struct pc_edge {
     pc_edge_options opt;
     struct MHD_Daemon *daemon;
     pc_metric *m_requests, *m_unknown, *m_errors, *m_too_large;
+    pc_metric *m_bad_status;
 };
 
 typedef struct edge_request {
@@ -219,6 +220,18 @@ static enum MHD_Result serve(pc_edge *e, struct MHD_Connection *conn, const char
             rc = a->serve(a, tenant, &req, &res, &err);
     }
     free_headers(&headers);
+    if (rc == PC_OK && (res.status < 200 || res.status > 599)) {
+        /* 1xx are interim answers: sent alone they leave the client
+         * without a final response (and libmicrohttpd calls the handler
+         * again after a 102, forever). Nothing else is HTTP. */
+        pc_metric_add(e->m_bad_status, 1);
+        pc_metric_add(e->m_errors, 1);
+        pc_warn("edge", "%s %s: the handler answered status %d", tenant, method, res.status);
+        uint64_t version = res.version;
+        pc_response_clear(&res);
+        return send_error(conn, 502, PC_E_RUNTIME, tenant, version,
+                          "tenant code answered a status outside 200-599");
+    }
     if (rc == PC_OK) {
         uint64_t version = res.version;
         enum MHD_Result mr = send_response(conn, (unsigned)res.status, NULL, res.body, res.body_len,
@@ -316,6 +329,10 @@ int pc_edge_start(pc_edge **out, const pc_edge_options *opt, pc_err *err)
                                      "requests answered 502/503 (handler error, limit, busy)");
     e->m_too_large = pc_metrics_counter(opt->metrics, "popcast_edge_body_too_large_total", NULL,
                                         "requests refused for their body size");
+    e->m_bad_status =
+        pc_metrics_counter(opt->metrics, "popcast_edge_bad_responses_total", "reason=\"status\"",
+                           "handler answers refused with 502 (status, header, header count or "
+                           "bytes)");
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;

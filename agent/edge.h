@@ -6,7 +6,9 @@
  * ("acme.edge.example.com" -> "acme"). Every answer from tenant code
  * carries X-Popcast-Tenant and X-Popcast-Version (the version that ran).
  * Unknown tenant: 404; handler error or sandbox limit: 502; all isolates
- * busy: 503; each with a JSON error body, the detail logged.
+ * busy: 503; each with a JSON error body, the detail logged. Only statuses
+ * 200-599 reach a client: a handler answering anything else gets a 502
+ * (a 1xx alone is no final response).
  *
  * One path is the edge's own, whatever the tenant: GET /_popcast/health
  * answers 200 {"status":"ok"} without running any tenant code (for load

@@ -1,0 +1,345 @@
+/* test_edge_hostile.c - hostile tenants and hostile clients against the
+ * real edge. Every request of the corpus ends with its documented status
+ * (docs/operations.md, "The edge's limits") within a generous bound, the
+ * matching counter moves, a neighbour tenant keeps answering throughout,
+ * and the agent stops cleanly afterwards. Malformed requests go over raw
+ * sockets: no HTTP client would send them. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+
+/* How long any single exchange may take before the test calls it a
+ * stall: far beyond anything the edge needs, even under sanitizers. */
+#define EXCHANGE_TIMEOUT_MS 30000
+
+static pc_test_env env;
+static pc_test_controller ctl;
+static pc_test_agent agent;
+
+/* ---- raw sockets ---- */
+
+/* A TCP connection to the edge from source address src (NULL: any), or -1
+ * (connect refused or reset). */
+static int edge_connect(const char *src)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    if (src != NULL) {
+        struct sockaddr_in from = {.sin_family = AF_INET};
+        assert_int_equal(inet_pton(AF_INET, src, &from.sin_addr), 1);
+        assert_int_equal(bind(fd, (struct sockaddr *)&from, sizeof(from)), 0);
+    }
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)agent.edge_port)};
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&to, sizeof(to)) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+typedef struct raw_answer {
+    char data[256 * 1024];
+    size_t len;
+    bool closed; /* the edge closed the connection */
+} raw_answer;
+
+/* Reads until the edge closes the connection, the buffer is full or the
+ * exchange timeout passed. */
+static void read_answer(int fd, raw_answer *a)
+{
+    a->len = 0;
+    a->closed = false;
+    int64_t deadline = pc_test_now_ms() + EXCHANGE_TIMEOUT_MS;
+    while (a->len + 1 < sizeof(a->data)) {
+        int64_t left = deadline - pc_test_now_ms();
+        if (left <= 0)
+            break;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, (int)left) <= 0)
+            break;
+        ssize_t n = read(fd, a->data + a->len, sizeof(a->data) - 1 - a->len);
+        if (n <= 0) {
+            a->closed = true; /* EOF, or a reset: either way closed */
+            break;
+        }
+        a->len += (size_t)n;
+    }
+    a->data[a->len] = '\0';
+}
+
+/* Sends bytes (which may hold NULs) on a fresh connection and reads the
+ * answer. */
+static void raw_exchange(const char *src, const void *bytes, size_t len, raw_answer *a)
+{
+    int fd = edge_connect(src);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, bytes, len), (ssize_t)len);
+    read_answer(fd, a);
+    close(fd);
+}
+
+static int count_responses(const raw_answer *a)
+{
+    int n = 0;
+    const char *p = a->data, *end = a->data + a->len;
+    while ((p = memmem(p, (size_t)(end - p), "HTTP/1.1 ", 9)) != NULL) {
+        n++;
+        p += 9;
+    }
+    return n;
+}
+
+static int status_of(const raw_answer *a)
+{
+    int status = 0;
+    if (sscanf(a->data, "HTTP/1.1 %d", &status) != 1)
+        return 0;
+    return status;
+}
+
+/* A GET for tenant on a connection that closes after the answer. */
+static void get_tenant(const char *tenant, raw_answer *a)
+{
+    char req[256];
+    int n = snprintf(req, sizeof(req),
+                     "GET / HTTP/1.1\r\nHost: %s.edge.test\r\nConnection: close\r\n\r\n", tenant);
+    raw_exchange(NULL, req, (size_t)n, a);
+}
+
+/* The JSON error code of a raw answer's body ("" when none). */
+static void error_code_of(const raw_answer *a, char *out, size_t cap)
+{
+    out[0] = '\0';
+    const char *body = memmem(a->data, a->len, "\r\n\r\n", 4);
+    if (body == NULL)
+        return;
+    json_t *doc = json_loads(body + 4, 0, NULL);
+    const char *c = json_string_value(json_object_get(json_object_get(doc, "error"), "code"));
+    snprintf(out, cap, "%s", c ? c : "");
+    json_decref(doc);
+}
+
+/* ---- the fleet ---- */
+
+static void deploy_and_wait(const char *tenant, const char *src)
+{
+    uint64_t v = pc_test_deploy_lua(&env, &ctl, tenant, src);
+    /* Errors name the version too, so waiting on the version works for
+     * handlers whose every answer is refused. */
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    for (;;) {
+        json_t *s = pc_test_agent_status(&agent);
+        bool live = false;
+        size_t i;
+        json_t *t;
+        json_array_foreach(json_object_get(s, "tenants"), i, t)
+        {
+            if (strcmp(json_string_value(json_object_get(t, "tenant")), tenant) == 0)
+                live = (uint64_t)json_integer_value(json_object_get(t, "live_version")) == v;
+        }
+        json_decref(s);
+        if (live)
+            return;
+        if (pc_test_now_ms() > deadline)
+            fail_msg("%s v%llu did not go live", tenant, (unsigned long long)v);
+        pc_test_sleep_ms(25);
+    }
+}
+
+static uint64_t metric(const char *name)
+{
+    return pc_test_agent_metric(&agent, name);
+}
+
+/* ---- the neighbour: a well-behaved tenant asked without pause while the
+ * corpus runs; every answer must be its own 200. ---- */
+
+#define MAX_SAMPLES 200000
+
+typedef struct neighbour {
+    pthread_t thread;
+    atomic_bool stop;
+    atomic_bool paused;
+    double *ms; /* latency of each request */
+    size_t n;
+    long errors;
+    char first_error[256];
+} neighbour;
+
+static neighbour nb;
+
+/* One request to the neighbour; its latency, or -1 (error recorded). */
+static double neighbour_once(char *why, size_t cap)
+{
+    const char *headers[] = {"X-Popcast-Tenant", "good", NULL};
+    int64_t t0 = pc_test_now_ms();
+    pc_http_result r;
+    if (pc_http_call(agent.edge_url, "GET", "/", headers, NULL, 0, EXCHANGE_TIMEOUT_MS, &r, NULL) !=
+        PC_OK) {
+        snprintf(why, cap, "transport error after %lld ms", (long long)(pc_test_now_ms() - t0));
+        return -1;
+    }
+    double ms = (double)(pc_test_now_ms() - t0);
+    bool ok = r.status == 200 && r.body_len == 4 && memcmp(r.body, "fine", 4) == 0;
+    if (!ok)
+        snprintf(why, cap, "status %d: %.100s", r.status, r.body ? (char *)r.body : "");
+    pc_http_result_free(&r);
+    return ok ? ms : -1;
+}
+
+static void *neighbour_run(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&nb.stop)) {
+        if (atomic_load(&nb.paused)) {
+            pc_test_sleep_ms(10);
+            continue;
+        }
+        char why[256];
+        double ms = neighbour_once(why, sizeof(why));
+        if (ms < 0) {
+            if (nb.errors++ == 0)
+                snprintf(nb.first_error, sizeof(nb.first_error), "%s", why);
+        } else if (nb.n < MAX_SAMPLES) {
+            nb.ms[nb.n++] = ms;
+        }
+    }
+    return NULL;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double p99(double *v, size_t n)
+{
+    if (n == 0)
+        return 0;
+    qsort(v, n, sizeof(*v), cmp_double);
+    return v[(n * 99) / 100 < n ? (n * 99) / 100 : n - 1];
+}
+
+static double p99_before;
+
+static int setup(void **state)
+{
+    (void)state;
+    pc_test_env_init(&env);
+    pc_test_controller_start(&env, &ctl, NULL);
+    const char *extra[] = {NULL};
+    pc_test_agent_start_for(&env, &agent, "edge", &ctl, extra);
+    deploy_and_wait("good", "return function(req) return 'fine' end");
+    /* The neighbour's latency before any abuse. */
+    double before[200];
+    for (size_t i = 0; i < 200; i++) {
+        char why[256];
+        before[i] = neighbour_once(why, sizeof(why));
+        if (before[i] < 0)
+            fail_msg("the neighbour fails before any abuse: %s", why);
+    }
+    p99_before = p99(before, 200);
+    nb.ms = calloc(MAX_SAMPLES, sizeof(double));
+    assert_non_null(nb.ms);
+    assert_int_equal(pthread_create(&nb.thread, NULL, neighbour_run, NULL), 0);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    if (!atomic_exchange(&nb.stop, true))
+        pthread_join(nb.thread, NULL);
+    free(nb.ms);
+    pc_test_agent_stop(&agent);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+    return 0;
+}
+
+/* ---- hostile tenants ---- */
+
+static void test_status_outside_200_599_is_refused(void **state)
+{
+    (void)state;
+    /* 1xx is interim: a handler answering it would leave the client with
+     * no final response (102 made the edge re-run the handler forever).
+     * Only 200-599 reach a client. */
+    static const int statuses[] = {100, 101, 102, 103, 199};
+    uint64_t before = metric("popcast_edge_bad_responses_total{reason=\"status\"}");
+    for (size_t i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++) {
+        char tenant[32], src[128];
+        snprintf(tenant, sizeof(tenant), "status%d", statuses[i]);
+        snprintf(src, sizeof(src), "return function(req) return {status = %d, body = 'x'} end",
+                 statuses[i]);
+        deploy_and_wait(tenant, src);
+        raw_answer *a = malloc(sizeof(*a));
+        assert_non_null(a);
+        get_tenant(tenant, a);
+        char code[64];
+        error_code_of(a, code, sizeof(code));
+        if (count_responses(a) != 1 || status_of(a) != 502 || !a->closed ||
+            strcmp(code, "runtime_error") != 0 || strstr(a->data, "200-599") == NULL)
+            fail_msg("status %d: expected one 502 runtime_error naming 200-599, got %zu bytes: "
+                     "%.300s",
+                     statuses[i], a->len, a->data);
+        free(a);
+    }
+    assert_int_equal(metric("popcast_edge_bad_responses_total{reason=\"status\"}") - before, 5);
+}
+
+/* ---- the end ---- */
+
+static void test_neighbour_kept_answering(void **state)
+{
+    (void)state;
+    atomic_store(&nb.stop, true);
+    pthread_join(nb.thread, NULL);
+    double during = p99(nb.ms, nb.n);
+    fprintf(stderr, "neighbour: p99 %.0f ms before, %.0f ms during the corpus (%zu requests)\n",
+            p99_before, during, nb.n);
+    if (nb.errors != 0)
+        fail_msg("the neighbour failed %ld times; first: %s", nb.errors, nb.first_error);
+    assert_true(nb.n > 0);
+    /* Generous: a stalled edge means seconds to forever, not a slower
+     * p99. */
+    assert_true(during < 10000);
+}
+
+static void test_agent_stops_cleanly(void **state)
+{
+    (void)state;
+    assert_int_equal(pc_proc_stop(agent.proc), 0);
+    pc_proc_free(agent.proc);
+    agent.proc = NULL;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_status_outside_200_599_is_refused),
+        cmocka_unit_test(test_neighbour_kept_answering),
+        cmocka_unit_test(test_agent_stops_cleanly),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
