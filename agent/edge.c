@@ -5,9 +5,11 @@
 #include <ctype.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -20,7 +22,7 @@ struct pc_edge {
     pc_edge_options opt;
     struct MHD_Daemon *daemon;
     pc_metric *m_requests, *m_unknown, *m_errors, *m_too_large;
-    pc_metric *m_bad_status;
+    pc_metric *m_bad_status, *m_bad_header, *m_dropped;
 };
 
 typedef struct edge_request {
@@ -177,6 +179,87 @@ static void free_headers(header_list *l)
     }
 }
 
+/* RFC 9110 5.6.2: tchar. */
+static bool is_tchar(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+static bool field_name_valid(const char *name)
+{
+    if (name[0] == '\0')
+        return false;
+    for (const unsigned char *p = (const unsigned char *)name; *p != '\0'; p++)
+        if (!is_tchar(*p))
+            return false;
+    return true;
+}
+
+/* RFC 9110 5.5: no control character but HTAB (obs-text is allowed). */
+static bool field_value_valid(const char *value, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)value[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return false;
+    }
+    return true;
+}
+
+/* Response headers the edge owns: its own X-Popcast-*, and framing and
+ * hop-by-hop fields (RFC 9110 7.6.1), which describe the connection the
+ * edge manages, not the tenant's answer. */
+static bool header_owned_by_edge(const char *name)
+{
+    static const char *const owned[] = {
+        "content-length", "transfer-encoding", "connection", "keep-alive",
+        "upgrade",        "proxy-connection",  "te",         "trailer"};
+    if (strncasecmp(name, "x-popcast-", 10) == 0)
+        return true;
+    for (size_t i = 0; i < sizeof(owned) / sizeof(owned[0]); i++)
+        if (strcasecmp(name, owned[i]) == 0)
+            return true;
+    return false;
+}
+
+/* Checks a handler's answer before any of it reaches the client. Drops
+ * (frees) the headers the edge owns from res; returns NULL when the rest
+ * may be sent, else why not (for the client) with *counter to count it. */
+static const char *check_response(pc_edge *e, pc_response *res, pc_metric **counter)
+{
+    if (res->status < 200 || res->status > 599) {
+        /* 1xx are interim answers: sent alone they leave the client
+         * without a final response (and libmicrohttpd calls the handler
+         * again after a 102, forever). Nothing else is HTTP. */
+        *counter = e->m_bad_status;
+        return "tenant code answered a status outside 200-599";
+    }
+    /* Every header is checked before any is dropped: res stays whole for
+     * pc_response_clear on a refusal. */
+    for (size_t i = 0; i < res->n_headers; i++) {
+        pc_header *h = &res->headers[i];
+        if (!field_name_valid(h->name) || !field_value_valid(h->value, strlen(h->value))) {
+            *counter = e->m_bad_header;
+            return "tenant code set a response header that is not valid HTTP (a name that is "
+                   "not a token, or a value with a control character)";
+        }
+    }
+    size_t kept = 0;
+    for (size_t i = 0; i < res->n_headers; i++) {
+        pc_header *h = &res->headers[i];
+        if (header_owned_by_edge(h->name)) {
+            pc_metric_add(e->m_dropped, 1);
+            free(h->name);
+            free(h->value);
+            continue;
+        }
+        res->headers[kept++] = *h;
+    }
+    res->n_headers = kept;
+    return NULL;
+}
+
 static enum MHD_Result serve(pc_edge *e, struct MHD_Connection *conn, const char *method,
                              edge_request *r)
 {
@@ -220,17 +303,16 @@ static enum MHD_Result serve(pc_edge *e, struct MHD_Connection *conn, const char
             rc = a->serve(a, tenant, &req, &res, &err);
     }
     free_headers(&headers);
-    if (rc == PC_OK && (res.status < 200 || res.status > 599)) {
-        /* 1xx are interim answers: sent alone they leave the client
-         * without a final response (and libmicrohttpd calls the handler
-         * again after a 102, forever). Nothing else is HTTP. */
-        pc_metric_add(e->m_bad_status, 1);
+    pc_metric *refused = NULL;
+    const char *why = rc == PC_OK ? check_response(e, &res, &refused) : NULL;
+    if (why != NULL) {
+        pc_metric_add(refused, 1);
         pc_metric_add(e->m_errors, 1);
-        pc_warn("edge", "%s %s: the handler answered status %d", tenant, method, res.status);
+        pc_warn("edge", "%s %s: refused the handler's answer (status %d): %s", tenant, method,
+                res.status, why);
         uint64_t version = res.version;
         pc_response_clear(&res);
-        return send_error(conn, 502, PC_E_RUNTIME, tenant, version,
-                          "tenant code answered a status outside 200-599");
+        return send_error(conn, 502, PC_E_RUNTIME, tenant, version, why);
     }
     if (rc == PC_OK) {
         uint64_t version = res.version;
@@ -333,6 +415,11 @@ int pc_edge_start(pc_edge **out, const pc_edge_options *opt, pc_err *err)
         pc_metrics_counter(opt->metrics, "popcast_edge_bad_responses_total", "reason=\"status\"",
                            "handler answers refused with 502 (status, header, header count or "
                            "bytes)");
+    e->m_bad_header = pc_metrics_counter(opt->metrics, "popcast_edge_bad_responses_total",
+                                         "reason=\"header\"", NULL);
+    e->m_dropped =
+        pc_metrics_counter(opt->metrics, "popcast_edge_response_headers_dropped_total", NULL,
+                           "handler-set X-Popcast-*, framing and hop-by-hop headers dropped");
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;

@@ -4,7 +4,10 @@
  * Routing (docs/operations.md, "edge"): the tenant is the X-Popcast-Tenant
  * header if present, else the first label of the Host header
  * ("acme.edge.example.com" -> "acme"). Every answer from tenant code
- * carries X-Popcast-Tenant and X-Popcast-Version (the version that ran).
+ * carries X-Popcast-Tenant and X-Popcast-Version (the version that ran):
+ * X-Popcast-*, framing and hop-by-hop headers set by a handler are
+ * dropped, and a header that is not valid HTTP (name not a token, value
+ * with a control character but HTAB) makes the answer a 502.
  * Unknown tenant: 404; handler error or sandbox limit: 502; all isolates
  * busy: 503; each with a JSON error body, the detail logged. Only statuses
  * 200-599 reach a client: a handler answering anything else gets a 502

@@ -116,6 +116,39 @@ static int status_of(const raw_answer *a)
     return status;
 }
 
+/* The value of a response header (first occurrence, case-insensitive) in
+ * the head of a raw answer, copied into out; false when absent. */
+static bool answer_header(const raw_answer *a, const char *name, char *out, size_t cap)
+{
+    const char *head_end = memmem(a->data, a->len, "\r\n\r\n", 4);
+    size_t nlen = strlen(name);
+    for (const char *line = strstr(a->data, "\r\n"); line != NULL && line < head_end;
+         line = strstr(line + 2, "\r\n")) {
+        const char *l = line + 2;
+        if (strncasecmp(l, name, nlen) == 0 && l[nlen] == ':') {
+            const char *v = l + nlen + 1;
+            while (*v == ' ')
+                v++;
+            size_t vlen = strcspn(v, "\r");
+            snprintf(out, cap, "%.*s", (int)vlen, v);
+            return true;
+        }
+    }
+    return false;
+}
+
+static int count_header(const raw_answer *a, const char *name)
+{
+    const char *head_end = memmem(a->data, a->len, "\r\n\r\n", 4);
+    size_t nlen = strlen(name);
+    int n = 0;
+    for (const char *line = strstr(a->data, "\r\n"); line != NULL && line < head_end;
+         line = strstr(line + 2, "\r\n"))
+        if (strncasecmp(line + 2, name, nlen) == 0 && line[2 + nlen] == ':')
+            n++;
+    return n;
+}
+
 /* A GET for tenant on a connection that closes after the answer. */
 static void get_tenant(const char *tenant, raw_answer *a)
 {
@@ -308,6 +341,87 @@ static void test_status_outside_200_599_is_refused(void **state)
     assert_int_equal(metric("popcast_edge_bad_responses_total{reason=\"status\"}") - before, 5);
 }
 
+static void test_edge_owns_popcast_and_framing_headers(void **state)
+{
+    (void)state;
+    /* X-Popcast-* say what ran; framing is the edge's: a handler cannot
+     * forge the one nor break the other. */
+    deploy_and_wait("forger", "return function(req) return {headers = {"
+                              "['X-Popcast-Version'] = '999', ['x-popcast-tenant'] = 'victim', "
+                              "['X-Popcast-Other'] = 'z', ['keep-alive'] = 'timeout=1', "
+                              "['upgrade'] = 'h2c', ['proxy-connection'] = 'close', "
+                              "['trailer'] = 'x-t', ['te'] = 'trailers', ['x-ok'] = 'yes'}, "
+                              "body = 'forged?'} end");
+    uint64_t version = 0;
+    {
+        json_t *s = pc_test_agent_status(&agent);
+        size_t i;
+        json_t *t;
+        json_array_foreach(json_object_get(s, "tenants"), i, t)
+        {
+            if (strcmp(json_string_value(json_object_get(t, "tenant")), "forger") == 0)
+                version = (uint64_t)json_integer_value(json_object_get(t, "live_version"));
+        }
+        json_decref(s);
+    }
+    assert_true(version > 0);
+    uint64_t before = metric("popcast_edge_response_headers_dropped_total");
+    raw_answer *a = malloc(sizeof(*a));
+    assert_non_null(a);
+    get_tenant("forger", a);
+    char v[64], want[32];
+    snprintf(want, sizeof(want), "%llu", (unsigned long long)version);
+    if (status_of(a) != 200 || count_header(a, "X-Popcast-Version") != 1 ||
+        !answer_header(a, "X-Popcast-Version", v, sizeof(v)) || strcmp(v, want) != 0 ||
+        count_header(a, "X-Popcast-Tenant") != 1 ||
+        !answer_header(a, "X-Popcast-Tenant", v, sizeof(v)) || strcmp(v, "forger") != 0 ||
+        count_header(a, "X-Popcast-Other") != 0 || count_header(a, "Keep-Alive") != 0 ||
+        count_header(a, "Upgrade") != 0 || count_header(a, "Proxy-Connection") != 0 ||
+        count_header(a, "Trailer") != 0 || count_header(a, "TE") != 0 ||
+        !answer_header(a, "x-ok", v, sizeof(v)) || strcmp(v, "yes") != 0)
+        fail_msg("expected 200 with the edge's own X-Popcast-* only, got: %.600s", a->data);
+    assert_int_equal(metric("popcast_edge_response_headers_dropped_total") - before, 8);
+    free(a);
+}
+
+static void test_header_syntax_is_checked_byte_by_byte(void **state)
+{
+    (void)state;
+    /* RFC 9110: a field value holds no control characters but HTAB. The
+     * runtime only refuses CR, LF and NUL; the edge refuses the rest. */
+    static const char *values[] = {"a\\1b", "a\\127b", "a\\27b"};
+    uint64_t before = metric("popcast_edge_bad_responses_total{reason=\"header\"}");
+    for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+        char tenant[32], src[512];
+        snprintf(tenant, sizeof(tenant), "ctl%zu", i);
+        /* Dropped and kept headers around the bad one: a refusal must
+         * free each exactly once (the sanitizer build checks). */
+        snprintf(src, sizeof(src),
+                 "return function(req) local h = {['x-v'] = '%s'} "
+                 "for i = 1, 8 do h['x-popcast-' .. i] = 'a'; h['x-' .. i] = 'b' end "
+                 "return {headers = h, body = 'x'} end",
+                 values[i]);
+        deploy_and_wait(tenant, src);
+        raw_answer *a = malloc(sizeof(*a));
+        assert_non_null(a);
+        get_tenant(tenant, a);
+        char code[64];
+        error_code_of(a, code, sizeof(code));
+        if (count_responses(a) != 1 || status_of(a) != 502 || strcmp(code, "runtime_error") != 0)
+            fail_msg("value %s: expected one 502, got: %.300s", values[i], a->data);
+        free(a);
+    }
+    /* A tab inside a value is fine. */
+    deploy_and_wait("tab", "return function(req) return {headers = {['x-v'] = 'a\\tb'}, "
+                           "body = 'x'} end");
+    raw_answer *a = malloc(sizeof(*a));
+    assert_non_null(a);
+    get_tenant("tab", a);
+    assert_int_equal(status_of(a), 200);
+    free(a);
+    assert_int_equal(metric("popcast_edge_bad_responses_total{reason=\"header\"}") - before, 3);
+}
+
 /* ---- the end ---- */
 
 static void test_neighbour_kept_answering(void **state)
@@ -338,6 +452,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_status_outside_200_599_is_refused),
+        cmocka_unit_test(test_edge_owns_popcast_and_framing_headers),
+        cmocka_unit_test(test_header_syntax_is_checked_byte_by_byte),
         cmocka_unit_test(test_neighbour_kept_answering),
         cmocka_unit_test(test_agent_stops_cleanly),
     };
