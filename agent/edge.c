@@ -18,11 +18,19 @@
 #define MAX_REQUEST_HEADERS 128
 #define EDGE_HEALTH_PATH    "/_popcast/health"
 
+/* libmicrohttpd builds a response's head in the connection's memory pool,
+ * next to what is left of the request, and closes the connection without
+ * an answer when it does not fit. The pool is sized so that a request
+ * within REQUEST_BUDGET always leaves room for the largest response head
+ * the options allow plus the edge's own fields (RESPONSE_SLACK). */
+#define REQUEST_BUDGET (64 * 1024)
+#define RESPONSE_SLACK (8 * 1024)
+
 struct pc_edge {
     pc_edge_options opt;
     struct MHD_Daemon *daemon;
     pc_metric *m_requests, *m_unknown, *m_errors, *m_too_large;
-    pc_metric *m_bad_status, *m_bad_header, *m_dropped;
+    pc_metric *m_bad_status, *m_bad_header, *m_bad_count, *m_bad_bytes, *m_dropped;
 };
 
 typedef struct edge_request {
@@ -226,7 +234,8 @@ static bool header_owned_by_edge(const char *name)
 /* Checks a handler's answer before any of it reaches the client. Drops
  * (frees) the headers the edge owns from res; returns NULL when the rest
  * may be sent, else why not (for the client) with *counter to count it. */
-static const char *check_response(pc_edge *e, pc_response *res, pc_metric **counter)
+static const char *check_response(pc_edge *e, pc_response *res, pc_metric **counter, char *msg,
+                                  size_t cap)
 {
     if (res->status < 200 || res->status > 599) {
         /* 1xx are interim answers: sent alone they leave the client
@@ -257,6 +266,21 @@ static const char *check_response(pc_edge *e, pc_response *res, pc_metric **coun
         res->headers[kept++] = *h;
     }
     res->n_headers = kept;
+    if (kept > e->opt.response_headers_max) {
+        *counter = e->m_bad_count;
+        snprintf(msg, cap, "tenant code set more than %u response headers",
+                 e->opt.response_headers_max);
+        return msg;
+    }
+    size_t bytes = 0;
+    for (size_t i = 0; i < kept; i++)
+        bytes += strlen(res->headers[i].name) + strlen(res->headers[i].value) + 4;
+    if (bytes > e->opt.response_header_bytes) {
+        *counter = e->m_bad_bytes;
+        snprintf(msg, cap, "tenant code set more than %zu bytes of response headers",
+                 e->opt.response_header_bytes);
+        return msg;
+    }
     return NULL;
 }
 
@@ -304,7 +328,8 @@ static enum MHD_Result serve(pc_edge *e, struct MHD_Connection *conn, const char
     }
     free_headers(&headers);
     pc_metric *refused = NULL;
-    const char *why = rc == PC_OK ? check_response(e, &res, &refused) : NULL;
+    char msg[160];
+    const char *why = rc == PC_OK ? check_response(e, &res, &refused, msg, sizeof(msg)) : NULL;
     if (why != NULL) {
         pc_metric_add(refused, 1);
         pc_metric_add(e->m_errors, 1);
@@ -326,7 +351,6 @@ static enum MHD_Result serve(pc_edge *e, struct MHD_Connection *conn, const char
     pc_response_clear(&res);
     if (rc == PC_E_NOTFOUND) {
         pc_metric_add(e->m_unknown, 1);
-        char msg[128];
         snprintf(msg, sizeof(msg), "tenant %s is not served here", tenant);
         return send_error(conn, 404, PC_E_NOTFOUND, tenant, 0, msg);
     }
@@ -393,6 +417,11 @@ int pc_edge_start(pc_edge **out, const pc_edge_options *opt, pc_err *err)
     struct addrinfo *ai = NULL;
     char portstr[8];
     snprintf(portstr, sizeof(portstr), "%u", port);
+    if (opt->response_headers_max == 0 || opt->response_header_bytes == 0 ||
+        opt->response_header_bytes > PC_EDGE_RESPONSE_HEADER_BYTES_MAX)
+        return pc_err_set(err, PC_E_INVALID,
+                          "response header limits must be at least 1 (and bytes at most %d)",
+                          PC_EDGE_RESPONSE_HEADER_BYTES_MAX);
     if (getaddrinfo(host, portstr, &hints, &ai) != 0)
         return pc_err_set(err, PC_E_INVALID, "edge_listen host '%s' is not an IP address", host);
     pc_edge *e = calloc(1, sizeof(*e));
@@ -417,6 +446,10 @@ int pc_edge_start(pc_edge **out, const pc_edge_options *opt, pc_err *err)
                            "bytes)");
     e->m_bad_header = pc_metrics_counter(opt->metrics, "popcast_edge_bad_responses_total",
                                          "reason=\"header\"", NULL);
+    e->m_bad_count = pc_metrics_counter(opt->metrics, "popcast_edge_bad_responses_total",
+                                        "reason=\"header_count\"", NULL);
+    e->m_bad_bytes = pc_metrics_counter(opt->metrics, "popcast_edge_bad_responses_total",
+                                        "reason=\"header_bytes\"", NULL);
     e->m_dropped =
         pc_metrics_counter(opt->metrics, "popcast_edge_response_headers_dropped_total", NULL,
                            "handler-set X-Popcast-*, framing and hop-by-hop headers dropped");
@@ -427,6 +460,8 @@ int pc_edge_start(pc_edge **out, const pc_edge_options *opt, pc_err *err)
         flags, (uint16_t)port, NULL, NULL, on_request, e, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
         MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_URI_LOG_CALLBACK, on_uri, e,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, e, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)(REQUEST_BUDGET + opt->response_header_bytes + RESPONSE_SLACK),
         MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (e->daemon == NULL) {

@@ -32,10 +32,19 @@
 
 typedef struct pc_edge pc_edge;
 
+/* The largest response_header_bytes (each connection may use this much
+ * memory for its answer's head). */
+#define PC_EDGE_RESPONSE_HEADER_BYTES_MAX (1024 * 1024)
+
 typedef struct pc_edge_options {
     const char *listen; /* "127.0.0.1:8080" or "[::1]:8080" */
     unsigned threads;   /* worker threads (0: number of CPUs) */
     size_t max_body;    /* request body limit */
+    /* Handler-set response headers (after the dropped ones): at most this
+     * many, of at most this many bytes sent ("name: value\r\n" each);
+     * more makes the answer a 502. Both at least 1. */
+    unsigned response_headers_max;
+    size_t response_header_bytes;
     pc_adapter **adapters;
     size_t n_adapters;
     pc_metrics *metrics;

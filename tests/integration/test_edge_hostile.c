@@ -280,7 +280,8 @@ static int setup(void **state)
     (void)state;
     pc_test_env_init(&env);
     pc_test_controller_start(&env, &ctl, NULL);
-    const char *extra[] = {NULL};
+    const char *extra[] = {"--edge-response-headers-max", "20", "--edge-response-header-bytes",
+                           "48KiB", NULL};
     pc_test_agent_start_for(&env, &agent, "edge", &ctl, extra);
     deploy_and_wait("good", "return function(req) return 'fine' end");
     /* The neighbour's latency before any abuse. */
@@ -422,6 +423,60 @@ static void test_header_syntax_is_checked_byte_by_byte(void **state)
     assert_int_equal(metric("popcast_edge_bad_responses_total{reason=\"header\"}") - before, 3);
 }
 
+/* A handler answering n headers x-hNN of vlen bytes each. */
+static void deploy_headers(const char *tenant, int n, int vlen)
+{
+    char src[512];
+    snprintf(src, sizeof(src),
+             "return function(req) local h = {} for i = 1, %d do "
+             "h[string.format('x-h%%02d', i)] = ('v'):rep(%d) end "
+             "return {headers = h, body = 'x'} end",
+             n, vlen);
+    deploy_and_wait(tenant, src);
+}
+
+static void test_response_header_caps(void **state)
+{
+    (void)state;
+    /* The agent runs with 20 headers and 48 KiB ("name: value\r\n" each),
+     * more than libmicrohttpd's default 32 KiB per connection: over
+     * ~32 KiB, headers used to close the connection with no answer. */
+    uint64_t count0 = metric("popcast_edge_bad_responses_total{reason=\"header_count\"}");
+    uint64_t bytes0 = metric("popcast_edge_bad_responses_total{reason=\"header_bytes\"}");
+    /* 16 x ("x-hNN: " + 3063 + CRLF) = 16 x 3072 = 48 KiB exactly: sent. */
+    deploy_headers("atcap", 16, 3063);
+    raw_answer *a = malloc(sizeof(*a));
+    assert_non_null(a);
+    get_tenant("atcap", a);
+    if (status_of(a) != 200 || count_header(a, "x-h16") != 1 || !a->closed)
+        fail_msg("48 KiB of headers: expected 200 with all of them, got %zu bytes: %.200s", a->len,
+                 a->data);
+    /* One byte more, or one header more, or the 40 x 1000 bytes that
+     * used to close the connection: a 502 saying why. */
+    static const struct {
+        const char *tenant;
+        int n, vlen;
+        const char *says;
+    } over[] = {{"overbytes", 16, 3064, "more than 49152 bytes of response headers"},
+                {"overcount", 21, 1, "more than 20 response headers"},
+                {"fortyk", 40, 1000, "more than 20 response headers"}};
+    for (size_t i = 0; i < sizeof(over) / sizeof(over[0]); i++) {
+        deploy_headers(over[i].tenant, over[i].n, over[i].vlen);
+        get_tenant(over[i].tenant, a);
+        char code[64];
+        error_code_of(a, code, sizeof(code));
+        if (count_responses(a) != 1 || status_of(a) != 502 || strcmp(code, "runtime_error") != 0 ||
+            strstr(a->data, over[i].says) == NULL)
+            fail_msg("%s: expected one 502 naming the limit, got %zu bytes: %.300s", over[i].tenant,
+                     a->len, a->data);
+    }
+    free(a);
+    assert_int_equal(metric("popcast_edge_bad_responses_total{reason=\"header_count\"}") - count0,
+                     2);
+    assert_int_equal(metric("popcast_edge_bad_responses_total{reason=\"header_bytes\"}") - bytes0,
+                     1);
+}
+
 /* ---- the end ---- */
 
 static void test_neighbour_kept_answering(void **state)
@@ -454,6 +509,7 @@ int main(void)
         cmocka_unit_test(test_status_outside_200_599_is_refused),
         cmocka_unit_test(test_edge_owns_popcast_and_framing_headers),
         cmocka_unit_test(test_header_syntax_is_checked_byte_by_byte),
+        cmocka_unit_test(test_response_header_caps),
         cmocka_unit_test(test_neighbour_kept_answering),
         cmocka_unit_test(test_agent_stops_cleanly),
     };
