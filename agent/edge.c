@@ -16,6 +16,7 @@
 #include "names.h"
 
 #define MAX_REQUEST_HEADERS 128
+#define REQUEST_HEAD_MAX    (32 * 1024)
 #define EDGE_HEALTH_PATH    "/_popcast/health"
 
 /* libmicrohttpd builds a response's head in the connection's memory pool,
@@ -25,17 +26,23 @@
  * the options allow plus the edge's own fields (RESPONSE_SLACK). */
 #define REQUEST_BUDGET (64 * 1024)
 #define RESPONSE_SLACK (8 * 1024)
+/* What libmicrohttpd spends per header field, query argument or cookie
+ * besides its bytes (a list entry, rounded up to its alignment). */
+#define ENTRY_COST 64
 
 struct pc_edge {
     pc_edge_options opt;
     struct MHD_Daemon *daemon;
     pc_metric *m_requests, *m_unknown, *m_errors, *m_too_large;
     pc_metric *m_bad_status, *m_bad_header, *m_bad_count, *m_bad_bytes, *m_dropped;
+    pc_metric *m_bad_framing, *m_bad_target, *m_bad_host, *m_bad_field, *m_head_too_large;
 };
 
 typedef struct edge_request {
-    char *uri; /* raw request target, query included */
+    char *uri;        /* raw request target, query included */
+    uintptr_t uri_at; /* where libmicrohttpd holds it (compared, never read) */
     int started;
+    int refused; /* answered by check_request */
     int too_large;
     uint8_t *body;
     size_t body_len, body_cap;
@@ -77,6 +84,8 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
         free(r);
         r = NULL;
     }
+    if (r != NULL)
+        r->uri_at = (uintptr_t)uri;
     return r;
 }
 
@@ -95,7 +104,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 static enum MHD_Result send_response(struct MHD_Connection *conn, unsigned status,
                                      const char *content_type, void *body, size_t len,
                                      const pc_header *headers, size_t n_headers, const char *tenant,
-                                     uint64_t version)
+                                     uint64_t version, bool close)
 {
     struct MHD_Response *res = MHD_create_response_from_buffer_with_free_callback(len, body, free);
     if (res == NULL) {
@@ -113,13 +122,16 @@ static enum MHD_Result send_response(struct MHD_Connection *conn, unsigned statu
         snprintf(v, sizeof(v), "%llu", (unsigned long long)version);
         MHD_add_response_header(res, "X-Popcast-Version", v);
     }
+    if (close)
+        MHD_add_response_header(res, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result rc = MHD_queue_response(conn, status, res);
     MHD_destroy_response(res);
     return rc;
 }
 
-static enum MHD_Result send_error(struct MHD_Connection *conn, unsigned status, int code,
-                                  const char *tenant, uint64_t version, const char *message)
+static enum MHD_Result send_error_close(struct MHD_Connection *conn, unsigned status, int code,
+                                        const char *tenant, uint64_t version, const char *message,
+                                        bool close)
 {
     json_t *o = json_pack("{s:{s:s,s:s}}", "error", "code", pc_err_name(code), "message", message);
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
@@ -127,7 +139,14 @@ static enum MHD_Result send_error(struct MHD_Connection *conn, unsigned status, 
     if (text == NULL)
         return MHD_NO;
     size_t len = strlen(text);
-    return send_response(conn, status, "application/json", text, len, NULL, 0, tenant, version);
+    return send_response(conn, status, "application/json", text, len, NULL, 0, tenant, version,
+                         close);
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *conn, unsigned status, int code,
+                                  const char *tenant, uint64_t version, const char *message)
+{
+    return send_error_close(conn, status, code, tenant, version, message, false);
 }
 
 /* The tenant a request is for, or NULL (see edge.h for the rules). */
@@ -295,7 +314,8 @@ static enum MHD_Result serve(pc_edge *e, struct MHD_Connection *conn, const char
         char *ok = strdup("{\"status\":\"ok\"}");
         if (ok == NULL)
             return MHD_NO;
-        return send_response(conn, 200, "application/json", ok, strlen(ok), NULL, 0, NULL, 0);
+        return send_response(conn, 200, "application/json", ok, strlen(ok), NULL, 0, NULL, 0,
+                             false);
     }
     char tenant[PC_TENANT_MAX + 1];
     int rc = request_tenant(conn, tenant, sizeof(tenant));
@@ -342,7 +362,7 @@ static enum MHD_Result serve(pc_edge *e, struct MHD_Connection *conn, const char
     if (rc == PC_OK) {
         uint64_t version = res.version;
         enum MHD_Result mr = send_response(conn, (unsigned)res.status, NULL, res.body, res.body_len,
-                                           res.headers, res.n_headers, tenant, version);
+                                           res.headers, res.n_headers, tenant, version, false);
         res.body = NULL; /* owned by the MHD response now */
         pc_response_clear(&res);
         return mr;
@@ -362,6 +382,104 @@ static enum MHD_Result serve(pc_edge *e, struct MHD_Connection *conn, const char
                       rc == PC_E_LIMIT ? "tenant code exceeded a limit" : "tenant code failed");
 }
 
+/* What check_request learns from the header fields. */
+typedef struct field_scan {
+    size_t count, bytes_extra; /* fields; cookie bytes libmicrohttpd copies */
+    unsigned host, content_length, transfer_encoding;
+    const char *te;
+    bool invalid;
+} field_scan;
+
+static enum MHD_Result scan_field(void *cls, enum MHD_ValueKind kind, const char *key,
+                                  size_t key_size, const char *value, size_t value_size)
+{
+    (void)kind;
+    field_scan *f = cls;
+    f->count++;
+    /* Sizes, not strlen: a NUL inside a name or value is refused, never
+     * cut short. */
+    bool name_ok = key_size > 0;
+    for (size_t i = 0; i < key_size && name_ok; i++)
+        name_ok = is_tchar((unsigned char)key[i]);
+    if (!name_ok || value == NULL || !field_value_valid(value, value_size)) {
+        f->invalid = true;
+        return MHD_NO;
+    }
+    if (strcasecmp(key, MHD_HTTP_HEADER_HOST) == 0)
+        f->host++;
+    else if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
+        f->content_length++;
+    else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        f->transfer_encoding++;
+        f->te = value;
+    } else if (strcasecmp(key, MHD_HTTP_HEADER_COOKIE) == 0)
+        f->bytes_extra += value_size + 1;
+    return MHD_YES;
+}
+
+static enum MHD_Result refuse(struct MHD_Connection *conn, pc_metric *counter, unsigned status,
+                              const char *message)
+{
+    pc_metric_add(counter, 1);
+    pc_debug("edge", "refused a request: %u %s", status, message);
+    /* The rest of the connection cannot be trusted to be framed as the
+     * edge reads it: close it after the answer. */
+    return send_error_close(conn, status, status == 431 ? PC_E_TOO_LARGE : PC_E_INVALID, NULL, 0,
+                            message, true);
+}
+
+/* Checks a request's head before anything else looks at it (RFC 9112):
+ * MHD_YES to go on, else the answer is queued (or MHD_NO to drop the
+ * connection). libmicrohttpd 0.9.75 accepts what follows, so the edge
+ * refuses it itself. */
+static enum MHD_Result check_request(pc_edge *e, struct MHD_Connection *conn, const char *version,
+                                     edge_request *r, bool *refused)
+{
+    *refused = true;
+    /* libmicrohttpd parses the request line in place and hands out the
+     * target and the version as pointers into it: the version starts one
+     * byte (the space) after the target's last byte. A NUL in the target
+     * makes the string end earlier, and the target would be cut short. */
+    if ((uintptr_t)version != r->uri_at + strlen(r->uri) + 1)
+        return refuse(conn, e->m_bad_target, 400, "the request target holds a NUL byte");
+    for (const unsigned char *p = (const unsigned char *)r->uri; *p != '\0'; p++)
+        if (*p <= 0x20 || *p == 0x7f)
+            return refuse(conn, e->m_bad_target, 400,
+                          "the request target holds a space or a control character");
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    size_t head = ci != NULL ? ci->header_size : 0;
+    if (head > REQUEST_HEAD_MAX)
+        return refuse(conn, e->m_head_too_large, 431, "the request head is over 32 KiB");
+    field_scan f = {.count = 0};
+    MHD_get_connection_values_n(conn, MHD_HEADER_KIND, scan_field, &f);
+    if (f.invalid)
+        return refuse(conn, e->m_bad_field, 400,
+                      "a header field name is not a token, or a value holds a control character");
+    if (f.count > MAX_REQUEST_HEADERS)
+        return refuse(conn, e->m_head_too_large, 431, "more than 128 header fields");
+    int args = MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, NULL, NULL);
+    int cookies = MHD_get_connection_values(conn, MHD_COOKIE_KIND, NULL, NULL);
+    size_t entries = f.count + (size_t)(args > 0 ? args : 0) + (size_t)(cookies > 0 ? cookies : 0);
+    if (head + f.bytes_extra + ENTRY_COST * entries > REQUEST_BUDGET)
+        return refuse(conn, e->m_head_too_large, 431,
+                      "the request head has too many query arguments, cookies or fields");
+    /* RFC 9112 6.1 and 6.3: one way to frame a body, or none. */
+    if (f.content_length > 0 && f.transfer_encoding > 0)
+        return refuse(conn, e->m_bad_framing, 400,
+                      "a request must not carry both Content-Length and Transfer-Encoding");
+    if (f.content_length > 1)
+        return refuse(conn, e->m_bad_framing, 400, "more than one Content-Length");
+    if (f.transfer_encoding > 1 || (f.transfer_encoding == 1 && strcasecmp(f.te, "chunked") != 0))
+        return refuse(conn, e->m_bad_framing, 400,
+                      "the only Transfer-Encoding accepted is a single \"chunked\"");
+    /* RFC 9112 3.2: exactly one Host in HTTP/1.1, at most one before. */
+    if (f.host > 1 || (f.host == 0 && strcmp(version, MHD_HTTP_VERSION_1_1) == 0))
+        return refuse(conn, e->m_bad_host, 400, "an HTTP/1.1 request needs exactly one Host");
+    *refused = false;
+    return MHD_YES;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
@@ -373,6 +491,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (!r->started) {
         r->started = 1;
         pc_metric_add(e->m_requests, 1);
+        bool refused;
+        enum MHD_Result rc = check_request(e, conn, version, r, &refused);
+        if (refused)
+            r->refused = 1;
+        return rc;
+    }
+    if (r->refused) {
+        *upload_data_size = 0; /* answered already; nothing is read */
         return MHD_YES;
     }
     if (*upload_data_size > 0) {
@@ -450,6 +576,19 @@ int pc_edge_start(pc_edge **out, const pc_edge_options *opt, pc_err *err)
                                         "reason=\"header_count\"", NULL);
     e->m_bad_bytes = pc_metrics_counter(opt->metrics, "popcast_edge_bad_responses_total",
                                         "reason=\"header_bytes\"", NULL);
+    static const char *const bad_requests_help =
+        "requests refused before any tenant code: framing (Content-Length, Transfer-Encoding), "
+        "target, host, header (field syntax), too_large (431)";
+    e->m_bad_framing = pc_metrics_counter(opt->metrics, "popcast_edge_bad_requests_total",
+                                          "reason=\"framing\"", bad_requests_help);
+    e->m_bad_target = pc_metrics_counter(opt->metrics, "popcast_edge_bad_requests_total",
+                                         "reason=\"target\"", bad_requests_help);
+    e->m_bad_host = pc_metrics_counter(opt->metrics, "popcast_edge_bad_requests_total",
+                                       "reason=\"host\"", bad_requests_help);
+    e->m_bad_field = pc_metrics_counter(opt->metrics, "popcast_edge_bad_requests_total",
+                                        "reason=\"header\"", bad_requests_help);
+    e->m_head_too_large = pc_metrics_counter(opt->metrics, "popcast_edge_bad_requests_total",
+                                             "reason=\"too_large\"", bad_requests_help);
     e->m_dropped =
         pc_metrics_counter(opt->metrics, "popcast_edge_response_headers_dropped_total", NULL,
                            "handler-set X-Popcast-*, framing and hop-by-hop headers dropped");

@@ -13,6 +13,14 @@
  * 200-599 reach a client: a handler answering anything else gets a 502
  * (a 1xx alone is no final response).
  *
+ * Requests are checked before any tenant code sees them (RFC 9112; the
+ * list, with what a client sees, is docs/operations.md, "The edge's
+ * limits"): a head over 32 KiB or 128 fields gets 431; ambiguous framing
+ * (Content-Length with Transfer-Encoding, two lengths, a coding other than
+ * chunked), a NUL, space or control character in the target, not exactly
+ * one Host in HTTP/1.1, or a field that is not valid HTTP gets 400; each
+ * closes the connection after the answer.
+ *
  * One path is the edge's own, whatever the tenant: GET /_popcast/health
  * answers 200 {"status":"ok"} without running any tenant code (for load
  * balancers; tenants cannot use that path).

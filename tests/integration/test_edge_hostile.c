@@ -97,13 +97,16 @@ static void raw_exchange(const char *src, const void *bytes, size_t len, raw_ans
     close(fd);
 }
 
+/* Status lines ("HTTP/1.1 NNN ") in an answer: how many responses came. */
 static int count_responses(const raw_answer *a)
 {
     int n = 0;
     const char *p = a->data, *end = a->data + a->len;
     while ((p = memmem(p, (size_t)(end - p), "HTTP/1.1 ", 9)) != NULL) {
-        n++;
         p += 9;
+        if (end - p >= 4 && p[0] >= '1' && p[0] <= '5' && p[1] >= '0' && p[1] <= '9' &&
+            p[2] >= '0' && p[2] <= '9' && p[3] == ' ')
+            n++;
     }
     return n;
 }
@@ -477,6 +480,194 @@ static void test_response_header_caps(void **state)
                      1);
 }
 
+/* ---- hostile clients ---- */
+
+/* Sends a malformed request and expects exactly one answer with status,
+ * then the connection closed (nothing after the refusal may be read as a
+ * request). */
+static void expect_refused(const char *what, const void *bytes, size_t len, int status,
+                           const char *code)
+{
+    raw_answer *a = malloc(sizeof(*a));
+    assert_non_null(a);
+    raw_exchange(NULL, bytes, len, a);
+    char got[64];
+    error_code_of(a, got, sizeof(got));
+    if (count_responses(a) != 1 || status_of(a) != status || !a->closed || strcmp(got, code) != 0)
+        fail_msg("%s: expected one %d %s and a close, got %zu bytes (%s): %.400s", what, status,
+                 code, a->len, a->closed ? "closed" : "open", a->data);
+    free(a);
+}
+
+#define REFUSE(what, literal, status, code)                                                        \
+    expect_refused(what, literal, sizeof(literal) - 1, status, code)
+
+static void test_request_framing_is_strict(void **state)
+{
+    (void)state;
+    uint64_t before = metric("popcast_edge_bad_requests_total{reason=\"framing\"}");
+    /* RFC 9112 6.1: both lengths may smuggle a request past a proxy. The
+     * inner GET must never be answered. */
+    REFUSE("CL and TE",
+           "POST / HTTP/1.1\r\nHost: good.x\r\nContent-Length: 3\r\n"
+           "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: good.x\r\n\r\n",
+           400, "invalid");
+    REFUSE("TE and CL",
+           "POST / HTTP/1.1\r\nHost: good.x\r\nTransfer-Encoding: chunked\r\n"
+           "Content-Length: 3\r\n\r\n0\r\n\r\n",
+           400, "invalid");
+    REFUSE("TE gzip", "POST / HTTP/1.1\r\nHost: good.x\r\nTransfer-Encoding: gzip\r\n\r\nabc", 400,
+           "invalid");
+    REFUSE("TE chunked, gzip",
+           "POST / HTTP/1.1\r\nHost: good.x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"
+           "0\r\n\r\n",
+           400, "invalid");
+    REFUSE("TE gzip, chunked",
+           "POST / HTTP/1.1\r\nHost: good.x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+           "0\r\n\r\n",
+           400, "invalid");
+    REFUSE("two TE",
+           "POST / HTTP/1.1\r\nHost: good.x\r\nTransfer-Encoding: chunked\r\n"
+           "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+           400, "invalid");
+    REFUSE("two CL",
+           "POST / HTTP/1.1\r\nHost: good.x\r\nContent-Length: 3\r\n"
+           "Content-Length: 5\r\n\r\nabcde",
+           400, "invalid");
+    REFUSE("two equal CL",
+           "POST / HTTP/1.1\r\nHost: good.x\r\nContent-Length: 3\r\n"
+           "Content-Length: 3\r\n\r\nabc",
+           400, "invalid");
+    assert_int_equal(metric("popcast_edge_bad_requests_total{reason=\"framing\"}") - before, 8);
+
+    /* What is well framed still works: chunked, and two requests on one
+     * kept-alive connection. */
+    raw_answer *a = malloc(sizeof(*a));
+    assert_non_null(a);
+    static const char chunked[] =
+        "POST / HTTP/1.1\r\nHost: good.x\r\nTransfer-Encoding: chunked\r\n"
+        "Connection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    raw_exchange(NULL, chunked, sizeof(chunked) - 1, a);
+    assert_int_equal(status_of(a), 200);
+    static const char two[] = "GET / HTTP/1.1\r\nHost: good.x\r\n\r\n"
+                              "GET / HTTP/1.1\r\nHost: good.x\r\nConnection: close\r\n\r\n";
+    raw_exchange(NULL, two, sizeof(two) - 1, a);
+    if (count_responses(a) != 2 || status_of(a) != 200)
+        fail_msg("two requests on one connection: expected two 200s, got: %.400s", a->data);
+    free(a);
+}
+
+static void test_request_target_and_host(void **state)
+{
+    (void)state;
+    uint64_t target0 = metric("popcast_edge_bad_requests_total{reason=\"target\"}");
+    uint64_t host0 = metric("popcast_edge_bad_requests_total{reason=\"host\"}");
+    /* libmicrohttpd would cut the path at the NUL ("/a"). */
+    REFUSE("NUL in target", "GET /a\0b HTTP/1.1\r\nHost: good.x\r\n\r\n", 400, "invalid");
+    REFUSE("NUL at end of target", "GET /a\0 HTTP/1.1\r\nHost: good.x\r\n\r\n", 400, "invalid");
+    REFUSE("NUL in query", "GET /a?b\0c HTTP/1.1\r\nHost: good.x\r\n\r\n", 400, "invalid");
+    REFUSE("NUL then version", "GET /a\0HTTP/1.1 HTTP/1.1\r\nHost: good.x\r\n\r\n", 400, "invalid");
+    REFUSE("control in target", "GET /a\001b HTTP/1.1\r\nHost: good.x\r\n\r\n", 400, "invalid");
+    REFUSE("DEL in target", "GET /a\177b HTTP/1.1\r\nHost: good.x\r\n\r\n", 400, "invalid");
+    REFUSE("space in target", "GET /a b HTTP/1.1\r\nHost: good.x\r\n\r\n", 400, "invalid");
+    REFUSE("tab in target", "GET /a\tb HTTP/1.1\r\nHost: good.x\r\n\r\n", 400, "invalid");
+    assert_int_equal(metric("popcast_edge_bad_requests_total{reason=\"target\"}") - target0, 8);
+    /* RFC 9112 3.2: exactly one Host in HTTP/1.1. */
+    REFUSE("two Host", "GET / HTTP/1.1\r\nHost: good.x\r\nHost: evil.x\r\n\r\n", 400, "invalid");
+    REFUSE("no Host", "GET / HTTP/1.1\r\nX-Popcast-Tenant: good\r\n\r\n", 400, "invalid");
+    assert_int_equal(metric("popcast_edge_bad_requests_total{reason=\"host\"}") - host0, 2);
+    /* HTTP/1.0 needs none. */
+    raw_answer *a = malloc(sizeof(*a));
+    assert_non_null(a);
+    static const char old[] = "GET / HTTP/1.0\r\nX-Popcast-Tenant: good\r\n\r\n";
+    raw_exchange(NULL, old, sizeof(old) - 1, a);
+    assert_int_equal(status_of(a), 200);
+    free(a);
+}
+
+static void test_request_header_syntax(void **state)
+{
+    (void)state;
+    uint64_t before = metric("popcast_edge_bad_requests_total{reason=\"header\"}");
+    /* RFC 9112 5.1: no whitespace between name and colon. */
+    REFUSE("space before colon", "GET / HTTP/1.1\r\nHost: good.x\r\nContent-Length : 5\r\n\r\n",
+           400, "invalid");
+    REFUSE("tab in name", "GET / HTTP/1.1\r\nHost: good.x\r\nX-A\tb: c\r\n\r\n", 400, "invalid");
+    REFUSE("control in value", "GET / HTTP/1.1\r\nHost: good.x\r\nX-A: b\001c\r\n\r\n", 400,
+           "invalid");
+    REFUSE("slash in name", "GET / HTTP/1.1\r\nHost: good.x\r\nX/A: b\r\n\r\n", 400, "invalid");
+    assert_int_equal(metric("popcast_edge_bad_requests_total{reason=\"header\"}") - before, 4);
+}
+
+/* A request head of about size bytes in header fields of field bytes. */
+static char *big_head(const char *first_line, size_t fields, size_t field_len, size_t *len)
+{
+    size_t cap = strlen(first_line) + fields * (field_len + 16) + 256;
+    char *h = malloc(cap);
+    assert_non_null(h);
+    size_t n = (size_t)snprintf(h, cap, "%s\r\nHost: atcap.x\r\nConnection: close\r\n", first_line);
+    for (size_t i = 0; i < fields; i++) {
+        n += (size_t)snprintf(h + n, cap - n, "X-F%04zu: ", i);
+        memset(h + n, 'v', field_len);
+        n += field_len;
+        n += (size_t)snprintf(h + n, cap - n, "\r\n");
+    }
+    n += (size_t)snprintf(h + n, cap - n, "\r\n");
+    *len = n;
+    return h;
+}
+
+static void test_request_head_limits(void **state)
+{
+    (void)state;
+    uint64_t before = metric("popcast_edge_bad_requests_total{reason=\"too_large\"}");
+    size_t len;
+    /* More than 128 fields. */
+    char *h = big_head("GET / HTTP/1.1", 130, 4, &len);
+    expect_refused("130 fields", h, len, 431, "too_large");
+    free(h);
+    /* Heads over 32 KiB, up to far beyond what fits in memory: each gets
+     * an answer, never a silent close. */
+    static const size_t sizes[] = {40 * 1024, 100 * 1024, 200 * 1024, 1024 * 1024};
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        h = big_head("GET / HTTP/1.1", 100, sizes[i] / 100, &len);
+        raw_answer *a = malloc(sizeof(*a));
+        assert_non_null(a);
+        raw_exchange(NULL, h, len, a);
+        if (count_responses(a) != 1 || status_of(a) != 431 || !a->closed)
+            fail_msg("head of %zu bytes: expected one 431, got: %.300s", len, a->data);
+        free(a);
+        free(h);
+    }
+    /* Query arguments and cookies take memory too. */
+    char line[40000];
+    int n = snprintf(line, sizeof(line), "GET /?");
+    for (int i = 0; i < 1000; i++)
+        n += snprintf(line + n, sizeof(line) - (size_t)n, "a&");
+    snprintf(line + n, sizeof(line) - (size_t)n, " HTTP/1.1");
+    h = big_head(line, 0, 0, &len);
+    expect_refused("1000 query arguments", h, len, 431, "too_large");
+    free(h);
+    assert_true(metric("popcast_edge_bad_requests_total{reason=\"too_large\"}") - before >= 2);
+
+    /* The largest head accepted, answered with the largest response head
+     * allowed: it all fits. */
+    n = snprintf(line, sizeof(line), "GET /?");
+    for (int i = 0; i < 100; i++)
+        n += snprintf(line + n, sizeof(line) - (size_t)n, "a%d=%d&", i, i);
+    snprintf(line + n, sizeof(line) - (size_t)n, " HTTP/1.1");
+    h = big_head(line, 125, 240, &len);
+    assert_true(len < 32 * 1024);
+    raw_answer *a = malloc(sizeof(*a));
+    assert_non_null(a);
+    raw_exchange(NULL, h, len, a);
+    if (status_of(a) != 200 || count_header(a, "x-h16") != 1)
+        fail_msg("a %zu-byte head: expected 200 with 48 KiB of headers, got %zu bytes: %.300s", len,
+                 a->len, a->data);
+    free(a);
+    free(h);
+}
+
 /* ---- the end ---- */
 
 static void test_neighbour_kept_answering(void **state)
@@ -510,6 +701,10 @@ int main(void)
         cmocka_unit_test(test_edge_owns_popcast_and_framing_headers),
         cmocka_unit_test(test_header_syntax_is_checked_byte_by_byte),
         cmocka_unit_test(test_response_header_caps),
+        cmocka_unit_test(test_request_framing_is_strict),
+        cmocka_unit_test(test_request_target_and_host),
+        cmocka_unit_test(test_request_header_syntax),
+        cmocka_unit_test(test_request_head_limits),
         cmocka_unit_test(test_neighbour_kept_answering),
         cmocka_unit_test(test_agent_stops_cleanly),
     };
