@@ -5,15 +5,22 @@
 #include <ctype.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include "checks.h"
+#include "clock.h"
 #include "log.h"
 #include "names.h"
+#include "strmap.h"
 
 #define MAX_REQUEST_HEADERS 128
 #define REQUEST_HEAD_MAX    (32 * 1024)
@@ -30,9 +37,43 @@
  * besides its bytes (a list entry, rounded up to its alignment). */
 #define ENTRY_COST 64
 
+/* File descriptors kept for the rest of the agent (LMDB, nng, logs, exec
+ * hooks) beyond the edge's connections. */
+#define FD_RESERVE 256
+/* "v4:255.255.255.255" or "v6:<first 64 bits>::/64" */
+#define CLIENT_KEY_MAX 64
+
+/* One open connection, from libmicrohttpd's notice that it started to the
+ * one that it closed (before its socket is closed). */
+typedef struct edge_conn {
+    struct edge_conn *prev, *next;
+    int fd;
+    char client[CLIENT_KEY_MAX];
+    /* When its current request began: accepted, or the previous answer
+     * sent (keep-alive). Written by the connection's worker, read by the
+     * sweeper. */
+    _Atomic int64_t started_ms;
+    bool timed_out;
+} edge_conn;
+
 struct pc_edge {
     pc_edge_options opt;
     struct MHD_Daemon *daemon;
+    /* Connections: lock guards open, clients and conns. Taken on
+     * libmicrohttpd's worker threads (accept, connection start and end)
+     * and by the sweeper; never held while calling libmicrohttpd. */
+    pc_mutex lock;
+    unsigned open;
+    pc_strmap *clients; /* client key -> open connections (as a pointer) */
+    edge_conn *conns;
+    /* The sweeper closes connections past their request deadline. */
+    pthread_t sweeper;
+    bool sweeper_running;
+    pthread_mutex_t stop_lock;
+    pthread_cond_t stop_cond;
+    bool stopping;
+    unsigned sweep_ms;
+    pc_metric *m_open, *m_refused_limit, *m_refused_client, *m_timeouts;
     pc_metric *m_requests, *m_unknown, *m_errors, *m_too_large;
     pc_metric *m_bad_status, *m_bad_header, *m_bad_count, *m_bad_bytes, *m_dropped;
     pc_metric *m_bad_framing, *m_bad_target, *m_bad_host, *m_bad_field, *m_head_too_large;
@@ -77,6 +118,180 @@ int pc_parse_host_port(const char *text, char *host, size_t host_cap, unsigned *
     return PC_OK;
 }
 
+/* The key a client's connections are counted under: its IPv4 address, or
+ * its IPv6 /64 (one host usually holds a whole /64). */
+static void client_key(const struct sockaddr *sa, socklen_t len, char *out, size_t cap)
+{
+    char text[INET6_ADDRSTRLEN];
+    if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, text, sizeof(text));
+        snprintf(out, cap, "v4:%s", text);
+    } else if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+            inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], text, sizeof(text));
+            snprintf(out, cap, "v4:%s", text);
+        } else {
+            struct in6_addr prefix = in6->sin6_addr;
+            memset(&prefix.s6_addr[8], 0, 8);
+            inet_ntop(AF_INET6, &prefix, text, sizeof(text));
+            snprintf(out, cap, "v6:%s/64", text);
+        }
+    } else {
+        snprintf(out, cap, "other");
+    }
+}
+
+static unsigned client_open(pc_edge *e, const char *key)
+{
+    PC_CHECK_HELD(&e->lock);
+    return (unsigned)(uintptr_t)pc_strmap_get(e->clients, key);
+}
+
+/* Gives back the slot a connection of client key held. */
+static void release_slot(pc_edge *e, const char *key)
+{
+    PC_CHECK_HELD(&e->lock);
+    unsigned n = client_open(e, key);
+    if (n <= 1)
+        pc_strmap_remove(e->clients, key);
+    else
+        pc_strmap_put(e->clients, key, (void *)(uintptr_t)(n - 1)); /* present: cannot fail */
+    e->open--;
+    pc_metric_set(e->m_open, e->open);
+}
+
+/* A slot taken at accept, not yet claimed by the connection it was taken
+ * for. libmicrohttpd accepts and starts a connection on the same worker
+ * thread, one after the other; when it fails in between (out of memory),
+ * the next accept on the thread gives the slot back. */
+static _Thread_local struct {
+    bool held;
+    char client[CLIENT_KEY_MAX];
+} pending;
+
+/* libmicrohttpd's accept policy: runs before a connection exists, so a
+ * refusal just closes the socket (no HTTP answer, nothing to read). */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t len)
+{
+    pc_edge *e = cls;
+    char key[CLIENT_KEY_MAX];
+    client_key(addr, len, key, sizeof(key));
+    pc_mutex_lock(&e->lock);
+    if (pending.held) {
+        release_slot(e, pending.client);
+        pending.held = false;
+    }
+    enum MHD_Result ok = MHD_NO;
+    unsigned mine = client_open(e, key);
+    if (e->open >= e->opt.max_connections) {
+        pc_metric_add(e->m_refused_limit, 1);
+    } else if (e->opt.max_connections_per_client != 0 &&
+               mine >= e->opt.max_connections_per_client) {
+        pc_metric_add(e->m_refused_client, 1);
+    } else if (pc_strmap_put(e->clients, key, (void *)(uintptr_t)(mine + 1)) != PC_OK) {
+        pc_metric_add(e->m_refused_limit, 1); /* out of memory */
+    } else {
+        e->open++;
+        pc_metric_set(e->m_open, e->open);
+        pending.held = true;
+        memcpy(pending.client, key, sizeof(key));
+        ok = MHD_YES;
+    }
+    pc_mutex_unlock(&e->lock);
+    return ok;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    pc_edge *e = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        *socket_context = NULL;
+        if (!pending.held)
+            return; /* not counted: nothing to give back */
+        const union MHD_ConnectionInfo *fd =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        edge_conn *c = calloc(1, sizeof(*c));
+        pc_mutex_lock(&e->lock);
+        pending.held = false;
+        if (c == NULL || fd == NULL) {
+            /* Served without a deadline rather than refused: it is
+             * accepted already. */
+            release_slot(e, pending.client);
+            pc_mutex_unlock(&e->lock);
+            free(c);
+            return;
+        }
+        c->fd = fd->connect_fd;
+        memcpy(c->client, pending.client, sizeof(c->client));
+        atomic_store(&c->started_ms, pc_mono_ms());
+        c->next = e->conns;
+        if (e->conns != NULL)
+            e->conns->prev = c;
+        e->conns = c;
+        pc_mutex_unlock(&e->lock);
+        *socket_context = c;
+        return;
+    }
+    /* Closed: libmicrohttpd closes the socket after this returns, so the
+     * sweeper, which shuts sockets down with the lock held, never touches
+     * a descriptor that was reused. */
+    edge_conn *c = *socket_context;
+    if (c == NULL)
+        return;
+    pc_mutex_lock(&e->lock);
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        e->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    release_slot(e, c->client);
+    pc_mutex_unlock(&e->lock);
+    free(c);
+    *socket_context = NULL;
+}
+
+/* Closes every connection whose current request is past the deadline,
+ * however it is trickling: the client sees its connection close. */
+static void sweep_once(pc_edge *e)
+{
+    int64_t now = pc_mono_ms();
+    pc_mutex_lock(&e->lock);
+    for (edge_conn *c = e->conns; c != NULL; c = c->next) {
+        if (c->timed_out || now - atomic_load(&c->started_ms) <= (int64_t)e->opt.request_timeout_ms)
+            continue;
+        c->timed_out = true;
+        /* libmicrohttpd sees the shutdown as the peer going away and
+         * closes the connection on its own thread. */
+        shutdown(c->fd, SHUT_RDWR);
+        pc_metric_add(e->m_timeouts, 1);
+        pc_debug("edge", "closed a connection of %s: its request ran past %u ms", c->client,
+                 e->opt.request_timeout_ms);
+    }
+    pc_mutex_unlock(&e->lock);
+}
+
+static void *sweeper_main(void *arg)
+{
+    pc_edge *e = arg;
+    pthread_mutex_lock(&e->stop_lock);
+    while (!e->stopping) {
+        struct timespec deadline;
+        pc_deadline_after_ms(&deadline, e->sweep_ms);
+        pthread_cond_timedwait(&e->stop_cond, &e->stop_lock, &deadline);
+        if (e->stopping)
+            break;
+        pthread_mutex_unlock(&e->stop_lock);
+        sweep_once(e);
+        pthread_mutex_lock(&e->stop_lock);
+    }
+    pthread_mutex_unlock(&e->stop_lock);
+    return NULL;
+}
+
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 {
     edge_request *r = calloc(1, sizeof(*r));
@@ -92,6 +307,15 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
+    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+        /* Answered: the connection's next request starts its deadline
+         * now. */
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        edge_conn *c = ci != NULL ? ci->socket_context : NULL;
+        if (c != NULL)
+            atomic_store(&c->started_ms, pc_mono_ms());
+    }
     edge_request *r = *con_cls;
     if (r == NULL)
         return;
@@ -532,30 +756,103 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return serve(e, conn, method, r);
 }
 
-int pc_edge_start(pc_edge **out, const pc_edge_options *opt, pc_err *err)
+/* Makes room for max_connections sockets under the process's open file
+ * limit, raising the soft limit up to the hard one if needed. */
+static int ensure_fd_limit(unsigned max_connections, pc_err *err)
 {
-    char host[256];
-    unsigned port = 0;
-    if (pc_parse_host_port(opt->listen, host, sizeof(host), &port) != PC_OK)
-        return pc_err_set(err, PC_E_INVALID, "edge_listen '%s' is not host:port", opt->listen);
-    struct addrinfo hints = {.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV,
-                             .ai_socktype = SOCK_STREAM};
-    struct addrinfo *ai = NULL;
-    char portstr[8];
-    snprintf(portstr, sizeof(portstr), "%u", port);
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return PC_OK; /* unknown: let accept() report it */
+    rlim_t need = (rlim_t)max_connections + FD_RESERVE;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
+        if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)
+            return pc_err_set(err, PC_E_INVALID,
+                              "edge_max_connections %u needs %llu open files, and the limit is "
+                              "%llu: raise it (ulimit -n, LimitNOFILE=) or lower "
+                              "edge_max_connections",
+                              max_connections, (unsigned long long)need,
+                              (unsigned long long)rl.rlim_max);
+        rl.rlim_cur = need;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            return pc_err_set(err, PC_E_IO, "cannot raise the open file limit to %llu",
+                              (unsigned long long)need);
+        pc_info("edge", "raised the open file limit to %llu for edge_max_connections",
+                (unsigned long long)need);
+    }
+    return PC_OK;
+}
+
+static int check_options(const pc_edge_options *opt, pc_err *err)
+{
     if (opt->response_headers_max == 0 || opt->response_header_bytes == 0 ||
         opt->response_header_bytes > PC_EDGE_RESPONSE_HEADER_BYTES_MAX)
         return pc_err_set(err, PC_E_INVALID,
                           "response header limits must be at least 1 (and bytes at most %d)",
                           PC_EDGE_RESPONSE_HEADER_BYTES_MAX);
+    if (opt->max_connections == 0 || opt->max_connections > PC_EDGE_MAX_CONNECTIONS)
+        return pc_err_set(err, PC_E_INVALID, "edge_max_connections must be 1 to %d",
+                          PC_EDGE_MAX_CONNECTIONS);
+    if (opt->request_timeout_ms == 0)
+        return pc_err_set(err, PC_E_INVALID, "edge_request_timeout_ms must be at least 1");
+    return PC_OK;
+}
+
+static void edge_free(pc_edge *e)
+{
+    if (e->sweeper_running) {
+        pthread_mutex_lock(&e->stop_lock);
+        e->stopping = true;
+        pthread_cond_signal(&e->stop_cond);
+        pthread_mutex_unlock(&e->stop_lock);
+        pthread_join(e->sweeper, NULL);
+    }
+    /* Closes every connection: each one's end is notified, which gives
+     * its slot back and frees it. */
+    if (e->daemon != NULL)
+        MHD_stop_daemon(e->daemon);
+    while (e->conns != NULL) { /* none left; defensive */
+        edge_conn *c = e->conns;
+        e->conns = c->next;
+        free(c);
+    }
+    pc_strmap_free(e->clients);
+    pthread_cond_destroy(&e->stop_cond);
+    pthread_mutex_destroy(&e->stop_lock);
+    pc_mutex_destroy(&e->lock);
+    free(e);
+}
+
+int pc_edge_start(pc_edge **out, const pc_edge_options *opt, pc_err *err)
+{
+    char host[256];
+    unsigned port = 0;
+    int rc;
+    if (pc_parse_host_port(opt->listen, host, sizeof(host), &port) != PC_OK)
+        return pc_err_set(err, PC_E_INVALID, "edge_listen '%s' is not host:port", opt->listen);
+    if ((rc = check_options(opt, err)) != PC_OK ||
+        (rc = ensure_fd_limit(opt->max_connections, err)) != PC_OK)
+        return rc;
+    struct addrinfo hints = {.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV,
+                             .ai_socktype = SOCK_STREAM};
+    struct addrinfo *ai = NULL;
+    char portstr[8];
+    snprintf(portstr, sizeof(portstr), "%u", port);
     if (getaddrinfo(host, portstr, &hints, &ai) != 0)
         return pc_err_set(err, PC_E_INVALID, "edge_listen host '%s' is not an IP address", host);
     pc_edge *e = calloc(1, sizeof(*e));
-    if (e == NULL) {
+    if (e == NULL || (e->clients = pc_strmap_new()) == NULL) {
+        free(e);
         freeaddrinfo(ai);
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     }
     e->opt = *opt;
+    pc_mutex_init(&e->lock);
+    pthread_mutex_init(&e->stop_lock, NULL);
+    pthread_cond_init(&e->stop_cond, NULL);
+    /* A deadline is enforced within a quarter of it (at most a second)
+     * after it passed. */
+    e->sweep_ms = opt->request_timeout_ms / 4;
+    e->sweep_ms = e->sweep_ms < 10 ? 10 : e->sweep_ms > 1000 ? 1000 : e->sweep_ms;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     unsigned threads = opt->threads ? opt->threads : (unsigned)(ncpu > 0 ? ncpu : 1);
     e->m_requests = pc_metrics_counter(opt->metrics, "popcast_edge_requests_total", NULL,
@@ -592,19 +889,44 @@ int pc_edge_start(pc_edge **out, const pc_edge_options *opt, pc_err *err)
     e->m_dropped =
         pc_metrics_counter(opt->metrics, "popcast_edge_response_headers_dropped_total", NULL,
                            "handler-set X-Popcast-*, framing and hop-by-hop headers dropped");
+    e->m_open =
+        pc_metrics_gauge(opt->metrics, "popcast_edge_connections", NULL, "open edge connections");
+    static const char *const refused_help =
+        "connections closed at accept: limit (edge_max_connections), client "
+        "(edge_max_connections_per_client)";
+    e->m_refused_limit = pc_metrics_counter(opt->metrics, "popcast_edge_connections_refused_total",
+                                            "reason=\"limit\"", refused_help);
+    e->m_refused_client = pc_metrics_counter(opt->metrics, "popcast_edge_connections_refused_total",
+                                             "reason=\"client\"", refused_help);
+    e->m_timeouts = pc_metrics_counter(opt->metrics, "popcast_edge_request_timeouts_total", NULL,
+                                       "connections closed because a request ran past "
+                                       "edge_request_timeout_ms");
+    if (pthread_create(&e->sweeper, NULL, sweeper_main, e) != 0) {
+        freeaddrinfo(ai);
+        edge_free(e);
+        return pc_err_set(err, PC_E_NOMEM, "cannot start the edge's deadline thread");
+    }
+    e->sweeper_running = true;
+    /* libmicrohttpd's own limit splits between its threads: it is set so
+     * that it never refuses before the edge's count (on_accept) does. Its
+     * idle timeout, in whole seconds, is a backstop for the sweeper. */
+    unsigned long mhd_limit = (unsigned long)opt->max_connections * threads;
+    unsigned idle_s = (opt->request_timeout_ms + 999) / 1000;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     e->daemon = MHD_start_daemon(
-        flags, (uint16_t)port, NULL, NULL, on_request, e, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+        flags, (uint16_t)port, on_accept, e, on_request, e, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
         MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_URI_LOG_CALLBACK, on_uri, e,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, e, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, e, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
+        e, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)(mhd_limit > UINT32_MAX / 2 ? UINT32_MAX / 2 : mhd_limit),
+        MHD_OPTION_CONNECTION_TIMEOUT, idle_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)(REQUEST_BUDGET + opt->response_header_bytes + RESPONSE_SLACK),
         MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (e->daemon == NULL) {
-        free(e);
+        edge_free(e);
         return pc_err_set(err, PC_E_UNAVAILABLE, "cannot listen on %s (port in use?)", opt->listen);
     }
     *out = e;
@@ -615,6 +937,5 @@ void pc_edge_stop(pc_edge *e)
 {
     if (e == NULL)
         return;
-    MHD_stop_daemon(e->daemon);
-    free(e);
+    edge_free(e);
 }

@@ -43,6 +43,8 @@ typedef struct pc_edge pc_edge;
 /* The largest response_header_bytes (each connection may use this much
  * memory for its answer's head). */
 #define PC_EDGE_RESPONSE_HEADER_BYTES_MAX (1024 * 1024)
+/* The largest max_connections. */
+#define PC_EDGE_MAX_CONNECTIONS 1000000
 
 typedef struct pc_edge_options {
     const char *listen; /* "127.0.0.1:8080" or "[::1]:8080" */
@@ -53,6 +55,17 @@ typedef struct pc_edge_options {
      * more makes the answer a 502. Both at least 1. */
     unsigned response_headers_max;
     size_t response_header_bytes;
+    /* Connections: at most max_connections open (>= 1), at most
+     * max_connections_per_client from one client address (an IPv6 /64;
+     * 0: no such limit); more are closed as soon as they are accepted.
+     * The process's open file limit is raised to fit them, or the start
+     * fails. Each request must be received and answered within
+     * request_timeout_ms (>= 1), counted from the connection's accept or
+     * the previous answer on it, however slowly it trickles; past it the
+     * connection is closed. */
+    unsigned max_connections;
+    unsigned max_connections_per_client;
+    unsigned request_timeout_ms;
     pc_adapter **adapters;
     size_t n_adapters;
     pc_metrics *metrics;

@@ -215,7 +215,8 @@ typedef struct neighbour {
     pthread_t thread;
     atomic_bool stop;
     atomic_bool paused;
-    double *ms; /* latency of each request */
+    atomic_bool idle; /* paused, and no request in flight */
+    double *ms;       /* latency of each request */
     size_t n;
     long errors;
     char first_error[256];
@@ -247,9 +248,11 @@ static void *neighbour_run(void *arg)
     (void)arg;
     while (!atomic_load(&nb.stop)) {
         if (atomic_load(&nb.paused)) {
+            atomic_store(&nb.idle, true);
             pc_test_sleep_ms(10);
             continue;
         }
+        atomic_store(&nb.idle, false);
         char why[256];
         double ms = neighbour_once(why, sizeof(why));
         if (ms < 0) {
@@ -283,8 +286,17 @@ static int setup(void **state)
     (void)state;
     pc_test_env_init(&env);
     pc_test_controller_start(&env, &ctl, NULL);
-    const char *extra[] = {"--edge-response-headers-max", "20", "--edge-response-header-bytes",
-                           "48KiB", NULL};
+    const char *extra[] = {"--edge-response-headers-max",
+                           "20",
+                           "--edge-response-header-bytes",
+                           "48KiB",
+                           "--edge-max-connections",
+                           "40",
+                           "--edge-max-connections-per-client",
+                           "8",
+                           "--edge-request-timeout-ms",
+                           "5000",
+                           NULL};
     pc_test_agent_start_for(&env, &agent, "edge", &ctl, extra);
     deploy_and_wait("good", "return function(req) return 'fine' end");
     /* The neighbour's latency before any abuse. */
@@ -668,6 +680,122 @@ static void test_request_head_limits(void **state)
     free(h);
 }
 
+/* ---- connection floods ---- */
+
+/* Sends one more byte of a request on each connection still open, every
+ * 200 ms (far faster than any idle timeout), until the edge has closed
+ * them all; returns how many it closed within the exchange timeout. */
+static int trickle_until_closed(int *fds, int n)
+{
+    static const char request[] =
+        "POST / HTTP/1.1\r\nHost: good.x\r\nContent-Length: 100000\r\n\r\n";
+    int closed = 0;
+    size_t sent = 0;
+    int64_t deadline = pc_test_now_ms() + EXCHANGE_TIMEOUT_MS;
+    while (closed < n && pc_test_now_ms() < deadline) {
+        /* The head, then body bytes: the deadline holds in both. */
+        char byte = sent < sizeof(request) - 1 ? request[sent] : 'x';
+        sent++;
+        for (int i = 0; i < n; i++) {
+            if (fds[i] < 0)
+                continue;
+            struct pollfd p = {.fd = fds[i], .events = POLLIN};
+            char buf[256];
+            if ((poll(&p, 1, 0) == 1 && read(fds[i], buf, sizeof(buf)) <= 0) ||
+                send(fds[i], &byte, 1, MSG_NOSIGNAL) != 1) {
+                close(fds[i]);
+                fds[i] = -1;
+                closed++;
+            }
+        }
+        pc_test_sleep_ms(200); /* the client's pace, not a wait for an event */
+    }
+    return closed;
+}
+
+static void test_trickling_clients_are_cut_off(void **state)
+{
+    (void)state;
+    /* The agent allows 8 connections per client address and 5 s per
+     * request. One address opens 12: 4 are closed at once; the 8 others
+     * trickle a request a byte at a time, never idle, and are closed at
+     * the deadline. Meanwhile the neighbour (another address) is served. */
+    uint64_t refused0 = metric("popcast_edge_connections_refused_total{reason=\"client\"}");
+    uint64_t timeouts0 = metric("popcast_edge_request_timeouts_total");
+    int fds[12];
+    for (int i = 0; i < 12; i++)
+        fds[i] = edge_connect("127.0.0.2");
+    int open = 0;
+    for (int i = 0; i < 12; i++)
+        open += fds[i] >= 0;
+    assert_int_equal(trickle_until_closed(fds, 12), open);
+    assert_int_equal(metric("popcast_edge_connections_refused_total{reason=\"client\"}") - refused0,
+                     4);
+    assert_true(metric("popcast_edge_request_timeouts_total") - timeouts0 >= 8);
+    /* The address is served again once its connections are gone. */
+    raw_answer *a = malloc(sizeof(*a));
+    assert_non_null(a);
+    static const char get[] = "GET / HTTP/1.1\r\nHost: good.x\r\nConnection: close\r\n\r\n";
+    raw_exchange("127.0.0.2", get, sizeof(get) - 1, a);
+    assert_int_equal(status_of(a), 200);
+    free(a);
+}
+
+static void test_a_full_edge_serves_again(void **state)
+{
+    (void)state;
+    /* 40 connections in all: five addresses of 8 (the per-address limit)
+     * fill the edge and send nothing more. A fresh client is refused
+     * while they hold it, and served once the deadline (5 s) freed them,
+     * without any help from them. The neighbour pauses meanwhile: it
+     * would be refused too. */
+    atomic_store(&nb.paused, true);
+    for (int64_t until = pc_test_now_ms() + EXCHANGE_TIMEOUT_MS;
+         !atomic_load(&nb.idle) && pc_test_now_ms() < until;)
+        pc_test_sleep_ms(10);
+    assert_true(atomic_load(&nb.idle));
+    uint64_t refused0 = metric("popcast_edge_connections_refused_total{reason=\"limit\"}");
+    int fds[45];
+    for (int i = 0; i < 45; i++) {
+        char src[32];
+        snprintf(src, sizeof(src), "127.0.1.%d", 1 + i / 8);
+        fds[i] = edge_connect(src);
+        if (fds[i] >= 0)
+            (void)!write(fds[i], "G", 1);
+    }
+    static const char get[] = "GET / HTTP/1.1\r\nHost: good.x\r\nConnection: close\r\n\r\n";
+    raw_answer *a = malloc(sizeof(*a));
+    assert_non_null(a);
+    int64_t t0 = pc_test_now_ms();
+    int attempts = 0;
+    for (;;) {
+        attempts++;
+        int fd = edge_connect(NULL);
+        if (fd >= 0) {
+            (void)!write(fd, get, sizeof(get) - 1);
+            read_answer(fd, a);
+            close(fd);
+            if (status_of(a) == 200)
+                break;
+            /* Refused: closed at once, without an answer. */
+            if (a->len != 0 || !a->closed)
+                fail_msg("a refused connection got %zu bytes: %.200s", a->len, a->data);
+        }
+        if (pc_test_now_ms() - t0 > EXCHANGE_TIMEOUT_MS)
+            fail_msg("no fresh client served within %d ms (%d attempts)", EXCHANGE_TIMEOUT_MS,
+                     attempts);
+        pc_test_sleep_ms(100);
+    }
+    free(a);
+    fprintf(stderr, "a fresh client was served after %d attempts\n", attempts);
+    assert_true(attempts > 1); /* it was full */
+    assert_true(metric("popcast_edge_connections_refused_total{reason=\"limit\"}") - refused0 >= 6);
+    for (int i = 0; i < 45; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    atomic_store(&nb.paused, false);
+}
+
 /* ---- the end ---- */
 
 static void test_neighbour_kept_answering(void **state)
@@ -705,6 +833,8 @@ int main(void)
         cmocka_unit_test(test_request_target_and_host),
         cmocka_unit_test(test_request_header_syntax),
         cmocka_unit_test(test_request_head_limits),
+        cmocka_unit_test(test_trickling_clients_are_cut_off),
+        cmocka_unit_test(test_a_full_edge_serves_again),
         cmocka_unit_test(test_neighbour_kept_answering),
         cmocka_unit_test(test_agent_stops_cleanly),
     };
