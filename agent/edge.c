@@ -609,7 +609,7 @@ static enum MHD_Result serve(pc_edge *e, struct MHD_Connection *conn, const char
 /* What check_request learns from the header fields. */
 typedef struct field_scan {
     size_t count, bytes_extra; /* fields; cookie bytes libmicrohttpd copies */
-    unsigned host, content_length, transfer_encoding;
+    unsigned host, tenant, content_length, transfer_encoding;
     const char *te;
     bool invalid;
 } field_scan;
@@ -631,6 +631,8 @@ static enum MHD_Result scan_field(void *cls, enum MHD_ValueKind kind, const char
     }
     if (strcasecmp(key, MHD_HTTP_HEADER_HOST) == 0)
         f->host++;
+    else if (strcasecmp(key, "X-Popcast-Tenant") == 0)
+        f->tenant++;
     else if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
         f->content_length++;
     else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
@@ -700,6 +702,9 @@ static enum MHD_Result check_request(pc_edge *e, struct MHD_Connection *conn, co
     /* RFC 9112 3.2: exactly one Host in HTTP/1.1, at most one before. */
     if (f.host > 1 || (f.host == 0 && strcmp(version, MHD_HTTP_VERSION_1_1) == 0))
         return refuse(conn, e->m_bad_host, 400, "an HTTP/1.1 request needs exactly one Host");
+    /* Routing must not depend on which copy a proxy in front reads. */
+    if (f.tenant > 1)
+        return refuse(conn, e->m_bad_host, 400, "more than one X-Popcast-Tenant");
     *refused = false;
     return MHD_YES;
 }
