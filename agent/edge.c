@@ -5,26 +5,85 @@
 #include <ctype.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include "checks.h"
+#include "clock.h"
 #include "log.h"
 #include "names.h"
+#include "strmap.h"
 
 #define MAX_REQUEST_HEADERS 128
+#define REQUEST_HEAD_MAX    (32 * 1024)
 #define EDGE_HEALTH_PATH    "/_popcast/health"
+
+/* libmicrohttpd builds a response's head in the connection's memory pool,
+ * next to what is left of the request, and closes the connection without
+ * an answer when it does not fit. The pool is sized so that a request
+ * within REQUEST_BUDGET always leaves room for the largest response head
+ * the options allow plus the edge's own fields (RESPONSE_SLACK). */
+#define REQUEST_BUDGET (64 * 1024)
+#define RESPONSE_SLACK (8 * 1024)
+/* What libmicrohttpd spends per header field, query argument or cookie
+ * besides its bytes (a list entry, rounded up to its alignment). */
+#define ENTRY_COST 64
+
+/* File descriptors kept for the rest of the agent (LMDB, nng, logs, exec
+ * hooks) beyond the edge's connections. */
+#define FD_RESERVE 256
+/* "v4:255.255.255.255" or "v6:<first 64 bits>::/64" */
+#define CLIENT_KEY_MAX 64
+
+/* One open connection, from libmicrohttpd's notice that it started to the
+ * one that it closed (before its socket is closed). */
+typedef struct edge_conn {
+    struct edge_conn *prev, *next;
+    int fd;
+    char client[CLIENT_KEY_MAX];
+    /* When its current request began: accepted, or the previous answer
+     * sent (keep-alive). Written by the connection's worker, read by the
+     * sweeper. */
+    _Atomic int64_t started_ms;
+    bool timed_out;
+} edge_conn;
 
 struct pc_edge {
     pc_edge_options opt;
     struct MHD_Daemon *daemon;
+    /* Connections: lock guards open, clients and conns. Taken on
+     * libmicrohttpd's worker threads (accept, connection start and end)
+     * and by the sweeper; never held while calling libmicrohttpd. */
+    pc_mutex lock;
+    unsigned open;
+    pc_strmap *clients; /* client key -> open connections (as a pointer) */
+    edge_conn *conns;
+    /* The sweeper closes connections past their request deadline. */
+    pthread_t sweeper;
+    bool sweeper_running;
+    pthread_mutex_t stop_lock;
+    pthread_cond_t stop_cond;
+    bool stopping;
+    unsigned sweep_ms;
+    pc_metric *m_open, *m_refused_limit, *m_refused_client, *m_timeouts;
     pc_metric *m_requests, *m_unknown, *m_errors, *m_too_large;
+    pc_metric *m_bad_status, *m_bad_header, *m_bad_count, *m_bad_bytes, *m_dropped;
+    pc_metric *m_bad_framing, *m_bad_target, *m_bad_host, *m_bad_field, *m_head_too_large;
 };
 
 typedef struct edge_request {
-    char *uri; /* raw request target, query included */
+    char *uri;        /* raw request target, query included */
+    uintptr_t uri_at; /* where libmicrohttpd holds it (compared, never read) */
     int started;
+    int refused; /* answered by check_request */
     int too_large;
     uint8_t *body;
     size_t body_len, body_cap;
@@ -59,6 +118,180 @@ int pc_parse_host_port(const char *text, char *host, size_t host_cap, unsigned *
     return PC_OK;
 }
 
+/* The key a client's connections are counted under: its IPv4 address, or
+ * its IPv6 /64 (one host usually holds a whole /64). */
+static void client_key(const struct sockaddr *sa, socklen_t len, char *out, size_t cap)
+{
+    char text[INET6_ADDRSTRLEN];
+    if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, text, sizeof(text));
+        snprintf(out, cap, "v4:%s", text);
+    } else if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+            inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], text, sizeof(text));
+            snprintf(out, cap, "v4:%s", text);
+        } else {
+            struct in6_addr prefix = in6->sin6_addr;
+            memset(&prefix.s6_addr[8], 0, 8);
+            inet_ntop(AF_INET6, &prefix, text, sizeof(text));
+            snprintf(out, cap, "v6:%s/64", text);
+        }
+    } else {
+        snprintf(out, cap, "other");
+    }
+}
+
+static unsigned client_open(pc_edge *e, const char *key)
+{
+    PC_CHECK_HELD(&e->lock);
+    return (unsigned)(uintptr_t)pc_strmap_get(e->clients, key);
+}
+
+/* Gives back the slot a connection of client key held. */
+static void release_slot(pc_edge *e, const char *key)
+{
+    PC_CHECK_HELD(&e->lock);
+    unsigned n = client_open(e, key);
+    if (n <= 1)
+        pc_strmap_remove(e->clients, key);
+    else
+        pc_strmap_put(e->clients, key, (void *)(uintptr_t)(n - 1)); /* present: cannot fail */
+    e->open--;
+    pc_metric_set(e->m_open, e->open);
+}
+
+/* A slot taken at accept, not yet claimed by the connection it was taken
+ * for. libmicrohttpd accepts and starts a connection on the same worker
+ * thread, one after the other; when it fails in between (out of memory),
+ * the next accept on the thread gives the slot back. */
+static _Thread_local struct {
+    bool held;
+    char client[CLIENT_KEY_MAX];
+} pending;
+
+/* libmicrohttpd's accept policy: runs before a connection exists, so a
+ * refusal just closes the socket (no HTTP answer, nothing to read). */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t len)
+{
+    pc_edge *e = cls;
+    char key[CLIENT_KEY_MAX];
+    client_key(addr, len, key, sizeof(key));
+    pc_mutex_lock(&e->lock);
+    if (pending.held) {
+        release_slot(e, pending.client);
+        pending.held = false;
+    }
+    enum MHD_Result ok = MHD_NO;
+    unsigned mine = client_open(e, key);
+    if (e->open >= e->opt.max_connections) {
+        pc_metric_add(e->m_refused_limit, 1);
+    } else if (e->opt.max_connections_per_client != 0 &&
+               mine >= e->opt.max_connections_per_client) {
+        pc_metric_add(e->m_refused_client, 1);
+    } else if (pc_strmap_put(e->clients, key, (void *)(uintptr_t)(mine + 1)) != PC_OK) {
+        pc_metric_add(e->m_refused_limit, 1); /* out of memory */
+    } else {
+        e->open++;
+        pc_metric_set(e->m_open, e->open);
+        pending.held = true;
+        memcpy(pending.client, key, sizeof(key));
+        ok = MHD_YES;
+    }
+    pc_mutex_unlock(&e->lock);
+    return ok;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    pc_edge *e = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        *socket_context = NULL;
+        if (!pending.held)
+            return; /* not counted: nothing to give back */
+        const union MHD_ConnectionInfo *fd =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        edge_conn *c = calloc(1, sizeof(*c));
+        pc_mutex_lock(&e->lock);
+        pending.held = false;
+        if (c == NULL || fd == NULL) {
+            /* Served without a deadline rather than refused: it is
+             * accepted already. */
+            release_slot(e, pending.client);
+            pc_mutex_unlock(&e->lock);
+            free(c);
+            return;
+        }
+        c->fd = fd->connect_fd;
+        memcpy(c->client, pending.client, sizeof(c->client));
+        atomic_store(&c->started_ms, pc_mono_ms());
+        c->next = e->conns;
+        if (e->conns != NULL)
+            e->conns->prev = c;
+        e->conns = c;
+        pc_mutex_unlock(&e->lock);
+        *socket_context = c;
+        return;
+    }
+    /* Closed: libmicrohttpd closes the socket after this returns, so the
+     * sweeper, which shuts sockets down with the lock held, never touches
+     * a descriptor that was reused. */
+    edge_conn *c = *socket_context;
+    if (c == NULL)
+        return;
+    pc_mutex_lock(&e->lock);
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        e->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    release_slot(e, c->client);
+    pc_mutex_unlock(&e->lock);
+    free(c);
+    *socket_context = NULL;
+}
+
+/* Closes every connection whose current request is past the deadline,
+ * however it is trickling: the client sees its connection close. */
+static void sweep_once(pc_edge *e)
+{
+    int64_t now = pc_mono_ms();
+    pc_mutex_lock(&e->lock);
+    for (edge_conn *c = e->conns; c != NULL; c = c->next) {
+        if (c->timed_out || now - atomic_load(&c->started_ms) <= (int64_t)e->opt.request_timeout_ms)
+            continue;
+        c->timed_out = true;
+        /* libmicrohttpd sees the shutdown as the peer going away and
+         * closes the connection on its own thread. */
+        shutdown(c->fd, SHUT_RDWR);
+        pc_metric_add(e->m_timeouts, 1);
+        pc_debug("edge", "closed a connection of %s: its request ran past %u ms", c->client,
+                 e->opt.request_timeout_ms);
+    }
+    pc_mutex_unlock(&e->lock);
+}
+
+static void *sweeper_main(void *arg)
+{
+    pc_edge *e = arg;
+    pthread_mutex_lock(&e->stop_lock);
+    while (!e->stopping) {
+        struct timespec deadline;
+        pc_deadline_after_ms(&deadline, e->sweep_ms);
+        pthread_cond_timedwait(&e->stop_cond, &e->stop_lock, &deadline);
+        if (e->stopping)
+            break;
+        pthread_mutex_unlock(&e->stop_lock);
+        sweep_once(e);
+        pthread_mutex_lock(&e->stop_lock);
+    }
+    pthread_mutex_unlock(&e->stop_lock);
+    return NULL;
+}
+
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 {
     edge_request *r = calloc(1, sizeof(*r));
@@ -66,12 +299,23 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
         free(r);
         r = NULL;
     }
+    if (r != NULL)
+        r->uri_at = (uintptr_t)uri;
     return r;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
+    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+        /* Answered: the connection's next request starts its deadline
+         * now. */
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        edge_conn *c = ci != NULL ? ci->socket_context : NULL;
+        if (c != NULL)
+            atomic_store(&c->started_ms, pc_mono_ms());
+    }
     edge_request *r = *con_cls;
     if (r == NULL)
         return;
@@ -84,7 +328,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 static enum MHD_Result send_response(struct MHD_Connection *conn, unsigned status,
                                      const char *content_type, void *body, size_t len,
                                      const pc_header *headers, size_t n_headers, const char *tenant,
-                                     uint64_t version)
+                                     uint64_t version, bool close)
 {
     struct MHD_Response *res = MHD_create_response_from_buffer_with_free_callback(len, body, free);
     if (res == NULL) {
@@ -102,13 +346,16 @@ static enum MHD_Result send_response(struct MHD_Connection *conn, unsigned statu
         snprintf(v, sizeof(v), "%llu", (unsigned long long)version);
         MHD_add_response_header(res, "X-Popcast-Version", v);
     }
+    if (close)
+        MHD_add_response_header(res, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result rc = MHD_queue_response(conn, status, res);
     MHD_destroy_response(res);
     return rc;
 }
 
-static enum MHD_Result send_error(struct MHD_Connection *conn, unsigned status, int code,
-                                  const char *tenant, uint64_t version, const char *message)
+static enum MHD_Result send_error_close(struct MHD_Connection *conn, unsigned status, int code,
+                                        const char *tenant, uint64_t version, const char *message,
+                                        bool close)
 {
     json_t *o = json_pack("{s:{s:s,s:s}}", "error", "code", pc_err_name(code), "message", message);
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
@@ -116,7 +363,14 @@ static enum MHD_Result send_error(struct MHD_Connection *conn, unsigned status, 
     if (text == NULL)
         return MHD_NO;
     size_t len = strlen(text);
-    return send_response(conn, status, "application/json", text, len, NULL, 0, tenant, version);
+    return send_response(conn, status, "application/json", text, len, NULL, 0, tenant, version,
+                         close);
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *conn, unsigned status, int code,
+                                  const char *tenant, uint64_t version, const char *message)
+{
+    return send_error_close(conn, status, code, tenant, version, message, false);
 }
 
 /* The tenant a request is for, or NULL (see edge.h for the rules). */
@@ -176,6 +430,103 @@ static void free_headers(header_list *l)
     }
 }
 
+/* RFC 9110 5.6.2: tchar. */
+static bool is_tchar(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+static bool field_name_valid(const char *name)
+{
+    if (name[0] == '\0')
+        return false;
+    for (const unsigned char *p = (const unsigned char *)name; *p != '\0'; p++)
+        if (!is_tchar(*p))
+            return false;
+    return true;
+}
+
+/* RFC 9110 5.5: no control character but HTAB (obs-text is allowed). */
+static bool field_value_valid(const char *value, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)value[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return false;
+    }
+    return true;
+}
+
+/* Response headers the edge owns: its own X-Popcast-*, and framing and
+ * hop-by-hop fields (RFC 9110 7.6.1), which describe the connection the
+ * edge manages, not the tenant's answer. */
+static bool header_owned_by_edge(const char *name)
+{
+    static const char *const owned[] = {
+        "content-length", "transfer-encoding", "connection", "keep-alive",
+        "upgrade",        "proxy-connection",  "te",         "trailer"};
+    if (strncasecmp(name, "x-popcast-", 10) == 0)
+        return true;
+    for (size_t i = 0; i < sizeof(owned) / sizeof(owned[0]); i++)
+        if (strcasecmp(name, owned[i]) == 0)
+            return true;
+    return false;
+}
+
+/* Checks a handler's answer before any of it reaches the client. Drops
+ * (frees) the headers the edge owns from res; returns NULL when the rest
+ * may be sent, else why not (for the client) with *counter to count it. */
+static const char *check_response(pc_edge *e, pc_response *res, pc_metric **counter, char *msg,
+                                  size_t cap)
+{
+    if (res->status < 200 || res->status > 599) {
+        /* 1xx are interim answers: sent alone they leave the client
+         * without a final response (and libmicrohttpd calls the handler
+         * again after a 102, forever). Nothing else is HTTP. */
+        *counter = e->m_bad_status;
+        return "tenant code answered a status outside 200-599";
+    }
+    /* Every header is checked before any is dropped: res stays whole for
+     * pc_response_clear on a refusal. */
+    for (size_t i = 0; i < res->n_headers; i++) {
+        pc_header *h = &res->headers[i];
+        if (!field_name_valid(h->name) || !field_value_valid(h->value, strlen(h->value))) {
+            *counter = e->m_bad_header;
+            return "tenant code set a response header that is not valid HTTP (a name that is "
+                   "not a token, or a value with a control character)";
+        }
+    }
+    size_t kept = 0;
+    for (size_t i = 0; i < res->n_headers; i++) {
+        pc_header *h = &res->headers[i];
+        if (header_owned_by_edge(h->name)) {
+            pc_metric_add(e->m_dropped, 1);
+            free(h->name);
+            free(h->value);
+            continue;
+        }
+        res->headers[kept++] = *h;
+    }
+    res->n_headers = kept;
+    if (kept > e->opt.response_headers_max) {
+        *counter = e->m_bad_count;
+        snprintf(msg, cap, "tenant code set more than %u response headers",
+                 e->opt.response_headers_max);
+        return msg;
+    }
+    size_t bytes = 0;
+    for (size_t i = 0; i < kept; i++)
+        bytes += strlen(res->headers[i].name) + strlen(res->headers[i].value) + 4;
+    if (bytes > e->opt.response_header_bytes) {
+        *counter = e->m_bad_bytes;
+        snprintf(msg, cap, "tenant code set more than %zu bytes of response headers",
+                 e->opt.response_header_bytes);
+        return msg;
+    }
+    return NULL;
+}
+
 static enum MHD_Result serve(pc_edge *e, struct MHD_Connection *conn, const char *method,
                              edge_request *r)
 {
@@ -187,7 +538,8 @@ static enum MHD_Result serve(pc_edge *e, struct MHD_Connection *conn, const char
         char *ok = strdup("{\"status\":\"ok\"}");
         if (ok == NULL)
             return MHD_NO;
-        return send_response(conn, 200, "application/json", ok, strlen(ok), NULL, 0, NULL, 0);
+        return send_response(conn, 200, "application/json", ok, strlen(ok), NULL, 0, NULL, 0,
+                             false);
     }
     char tenant[PC_TENANT_MAX + 1];
     int rc = request_tenant(conn, tenant, sizeof(tenant));
@@ -219,10 +571,22 @@ static enum MHD_Result serve(pc_edge *e, struct MHD_Connection *conn, const char
             rc = a->serve(a, tenant, &req, &res, &err);
     }
     free_headers(&headers);
+    pc_metric *refused = NULL;
+    char msg[160];
+    const char *why = rc == PC_OK ? check_response(e, &res, &refused, msg, sizeof(msg)) : NULL;
+    if (why != NULL) {
+        pc_metric_add(refused, 1);
+        pc_metric_add(e->m_errors, 1);
+        pc_warn("edge", "%s %s: refused the handler's answer (status %d): %s", tenant, method,
+                res.status, why);
+        uint64_t version = res.version;
+        pc_response_clear(&res);
+        return send_error(conn, 502, PC_E_RUNTIME, tenant, version, why);
+    }
     if (rc == PC_OK) {
         uint64_t version = res.version;
         enum MHD_Result mr = send_response(conn, (unsigned)res.status, NULL, res.body, res.body_len,
-                                           res.headers, res.n_headers, tenant, version);
+                                           res.headers, res.n_headers, tenant, version, false);
         res.body = NULL; /* owned by the MHD response now */
         pc_response_clear(&res);
         return mr;
@@ -231,7 +595,6 @@ static enum MHD_Result serve(pc_edge *e, struct MHD_Connection *conn, const char
     pc_response_clear(&res);
     if (rc == PC_E_NOTFOUND) {
         pc_metric_add(e->m_unknown, 1);
-        char msg[128];
         snprintf(msg, sizeof(msg), "tenant %s is not served here", tenant);
         return send_error(conn, 404, PC_E_NOTFOUND, tenant, 0, msg);
     }
@@ -241,6 +604,109 @@ static enum MHD_Result serve(pc_edge *e, struct MHD_Connection *conn, const char
         return send_error(conn, 503, rc, tenant, version, "tenant is busy, retry");
     return send_error(conn, 502, rc, tenant, version,
                       rc == PC_E_LIMIT ? "tenant code exceeded a limit" : "tenant code failed");
+}
+
+/* What check_request learns from the header fields. */
+typedef struct field_scan {
+    size_t count, bytes_extra; /* fields; cookie bytes libmicrohttpd copies */
+    unsigned host, tenant, content_length, transfer_encoding;
+    const char *te;
+    bool invalid;
+} field_scan;
+
+static enum MHD_Result scan_field(void *cls, enum MHD_ValueKind kind, const char *key,
+                                  size_t key_size, const char *value, size_t value_size)
+{
+    (void)kind;
+    field_scan *f = cls;
+    f->count++;
+    /* Sizes, not strlen: a NUL inside a name or value is refused, never
+     * cut short. */
+    bool name_ok = key_size > 0;
+    for (size_t i = 0; i < key_size && name_ok; i++)
+        name_ok = is_tchar((unsigned char)key[i]);
+    if (!name_ok || value == NULL || !field_value_valid(value, value_size)) {
+        f->invalid = true;
+        return MHD_NO;
+    }
+    if (strcasecmp(key, MHD_HTTP_HEADER_HOST) == 0)
+        f->host++;
+    else if (strcasecmp(key, "X-Popcast-Tenant") == 0)
+        f->tenant++;
+    else if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
+        f->content_length++;
+    else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        f->transfer_encoding++;
+        f->te = value;
+    } else if (strcasecmp(key, MHD_HTTP_HEADER_COOKIE) == 0)
+        f->bytes_extra += value_size + 1;
+    return MHD_YES;
+}
+
+static enum MHD_Result refuse(struct MHD_Connection *conn, pc_metric *counter, unsigned status,
+                              const char *message)
+{
+    pc_metric_add(counter, 1);
+    pc_debug("edge", "refused a request: %u %s", status, message);
+    /* The rest of the connection cannot be trusted to be framed as the
+     * edge reads it: close it after the answer. */
+    return send_error_close(conn, status, status == 431 ? PC_E_TOO_LARGE : PC_E_INVALID, NULL, 0,
+                            message, true);
+}
+
+/* Checks a request's head before anything else looks at it (RFC 9112):
+ * MHD_YES to go on, else the answer is queued (or MHD_NO to drop the
+ * connection). libmicrohttpd 0.9.75 accepts what follows, so the edge
+ * refuses it itself. */
+static enum MHD_Result check_request(pc_edge *e, struct MHD_Connection *conn, const char *version,
+                                     edge_request *r, bool *refused)
+{
+    *refused = true;
+    /* libmicrohttpd parses the request line in place and hands out the
+     * target and the version as pointers into it: the version starts one
+     * byte (the space) after the target's last byte. A NUL in the target
+     * makes the string end earlier, and the target would be cut short. */
+    if ((uintptr_t)version != r->uri_at + strlen(r->uri) + 1)
+        return refuse(conn, e->m_bad_target, 400, "the request target holds a NUL byte");
+    for (const unsigned char *p = (const unsigned char *)r->uri; *p != '\0'; p++)
+        if (*p <= 0x20 || *p == 0x7f)
+            return refuse(conn, e->m_bad_target, 400,
+                          "the request target holds a space or a control character");
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    size_t head = ci != NULL ? ci->header_size : 0;
+    if (head > REQUEST_HEAD_MAX)
+        return refuse(conn, e->m_head_too_large, 431, "the request head is over 32 KiB");
+    field_scan f = {.count = 0};
+    MHD_get_connection_values_n(conn, MHD_HEADER_KIND, scan_field, &f);
+    if (f.invalid)
+        return refuse(conn, e->m_bad_field, 400,
+                      "a header field name is not a token, or a value holds a control character");
+    if (f.count > MAX_REQUEST_HEADERS)
+        return refuse(conn, e->m_head_too_large, 431, "more than 128 header fields");
+    int args = MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, NULL, NULL);
+    int cookies = MHD_get_connection_values(conn, MHD_COOKIE_KIND, NULL, NULL);
+    size_t entries = f.count + (size_t)(args > 0 ? args : 0) + (size_t)(cookies > 0 ? cookies : 0);
+    if (head + f.bytes_extra + ENTRY_COST * entries > REQUEST_BUDGET)
+        return refuse(conn, e->m_head_too_large, 431,
+                      "the request head has too many query arguments, cookies or fields");
+    /* RFC 9112 6.1 and 6.3: one way to frame a body, or none. */
+    if (f.content_length > 0 && f.transfer_encoding > 0)
+        return refuse(conn, e->m_bad_framing, 400,
+                      "a request must not carry both Content-Length and Transfer-Encoding");
+    if (f.content_length > 1)
+        return refuse(conn, e->m_bad_framing, 400, "more than one Content-Length");
+    if (f.transfer_encoding > 1 || (f.transfer_encoding == 1 && strcasecmp(f.te, "chunked") != 0))
+        return refuse(conn, e->m_bad_framing, 400,
+                      "the only Transfer-Encoding accepted is a single \"chunked\"");
+    /* RFC 9112 3.2: exactly one Host in HTTP/1.1, at most one before. */
+    if (f.host > 1 || (f.host == 0 && strcmp(version, MHD_HTTP_VERSION_1_1) == 0))
+        return refuse(conn, e->m_bad_host, 400, "an HTTP/1.1 request needs exactly one Host");
+    /* Routing must not depend on which copy a proxy in front reads. */
+    if (f.tenant > 1)
+        return refuse(conn, e->m_bad_host, 400, "more than one X-Popcast-Tenant");
+    *refused = false;
+    return MHD_YES;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -254,6 +720,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (!r->started) {
         r->started = 1;
         pc_metric_add(e->m_requests, 1);
+        bool refused;
+        enum MHD_Result rc = check_request(e, conn, version, r, &refused);
+        if (refused)
+            r->refused = 1;
+        return rc;
+    }
+    if (r->refused) {
+        *upload_data_size = 0; /* answered already; nothing is read */
         return MHD_YES;
     }
     if (*upload_data_size > 0) {
@@ -287,12 +761,82 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return serve(e, conn, method, r);
 }
 
+/* Makes room for max_connections sockets under the process's open file
+ * limit, raising the soft limit up to the hard one if needed. */
+static int ensure_fd_limit(unsigned max_connections, pc_err *err)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return PC_OK; /* unknown: let accept() report it */
+    rlim_t need = (rlim_t)max_connections + FD_RESERVE;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
+        if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)
+            return pc_err_set(err, PC_E_INVALID,
+                              "edge_max_connections %u needs %llu open files, and the limit is "
+                              "%llu: raise it (ulimit -n, LimitNOFILE=) or lower "
+                              "edge_max_connections",
+                              max_connections, (unsigned long long)need,
+                              (unsigned long long)rl.rlim_max);
+        rl.rlim_cur = need;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            return pc_err_set(err, PC_E_IO, "cannot raise the open file limit to %llu",
+                              (unsigned long long)need);
+        pc_info("edge", "raised the open file limit to %llu for edge_max_connections",
+                (unsigned long long)need);
+    }
+    return PC_OK;
+}
+
+static int check_options(const pc_edge_options *opt, pc_err *err)
+{
+    if (opt->response_headers_max == 0 || opt->response_header_bytes == 0 ||
+        opt->response_header_bytes > PC_EDGE_RESPONSE_HEADER_BYTES_MAX)
+        return pc_err_set(err, PC_E_INVALID,
+                          "response header limits must be at least 1 (and bytes at most %d)",
+                          PC_EDGE_RESPONSE_HEADER_BYTES_MAX);
+    if (opt->max_connections == 0 || opt->max_connections > PC_EDGE_MAX_CONNECTIONS)
+        return pc_err_set(err, PC_E_INVALID, "edge_max_connections must be 1 to %d",
+                          PC_EDGE_MAX_CONNECTIONS);
+    if (opt->request_timeout_ms == 0)
+        return pc_err_set(err, PC_E_INVALID, "edge_request_timeout_ms must be at least 1");
+    return PC_OK;
+}
+
+static void edge_free(pc_edge *e)
+{
+    if (e->sweeper_running) {
+        pthread_mutex_lock(&e->stop_lock);
+        e->stopping = true;
+        pthread_cond_signal(&e->stop_cond);
+        pthread_mutex_unlock(&e->stop_lock);
+        pthread_join(e->sweeper, NULL);
+    }
+    /* Closes every connection: each one's end is notified, which gives
+     * its slot back and frees it. */
+    if (e->daemon != NULL)
+        MHD_stop_daemon(e->daemon);
+    while (e->conns != NULL) { /* none left; defensive */
+        edge_conn *c = e->conns;
+        e->conns = c->next;
+        free(c);
+    }
+    pc_strmap_free(e->clients);
+    pthread_cond_destroy(&e->stop_cond);
+    pthread_mutex_destroy(&e->stop_lock);
+    pc_mutex_destroy(&e->lock);
+    free(e);
+}
+
 int pc_edge_start(pc_edge **out, const pc_edge_options *opt, pc_err *err)
 {
     char host[256];
     unsigned port = 0;
+    int rc;
     if (pc_parse_host_port(opt->listen, host, sizeof(host), &port) != PC_OK)
         return pc_err_set(err, PC_E_INVALID, "edge_listen '%s' is not host:port", opt->listen);
+    if ((rc = check_options(opt, err)) != PC_OK ||
+        (rc = ensure_fd_limit(opt->max_connections, err)) != PC_OK)
+        return rc;
     struct addrinfo hints = {.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV,
                              .ai_socktype = SOCK_STREAM};
     struct addrinfo *ai = NULL;
@@ -301,11 +845,19 @@ int pc_edge_start(pc_edge **out, const pc_edge_options *opt, pc_err *err)
     if (getaddrinfo(host, portstr, &hints, &ai) != 0)
         return pc_err_set(err, PC_E_INVALID, "edge_listen host '%s' is not an IP address", host);
     pc_edge *e = calloc(1, sizeof(*e));
-    if (e == NULL) {
+    if (e == NULL || (e->clients = pc_strmap_new()) == NULL) {
+        free(e);
         freeaddrinfo(ai);
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     }
     e->opt = *opt;
+    pc_mutex_init(&e->lock);
+    pthread_mutex_init(&e->stop_lock, NULL);
+    pthread_cond_init(&e->stop_cond, NULL);
+    /* A deadline is enforced within a quarter of it (at most a second)
+     * after it passed. */
+    e->sweep_ms = opt->request_timeout_ms / 4;
+    e->sweep_ms = e->sweep_ms < 10 ? 10 : e->sweep_ms > 1000 ? 1000 : e->sweep_ms;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     unsigned threads = opt->threads ? opt->threads : (unsigned)(ncpu > 0 ? ncpu : 1);
     e->m_requests = pc_metrics_counter(opt->metrics, "popcast_edge_requests_total", NULL,
@@ -316,17 +868,70 @@ int pc_edge_start(pc_edge **out, const pc_edge_options *opt, pc_err *err)
                                      "requests answered 502/503 (handler error, limit, busy)");
     e->m_too_large = pc_metrics_counter(opt->metrics, "popcast_edge_body_too_large_total", NULL,
                                         "requests refused for their body size");
+    e->m_bad_status =
+        pc_metrics_counter(opt->metrics, "popcast_edge_bad_responses_total", "reason=\"status\"",
+                           "handler answers refused with 502 (status, header, header count or "
+                           "bytes)");
+    e->m_bad_header = pc_metrics_counter(opt->metrics, "popcast_edge_bad_responses_total",
+                                         "reason=\"header\"", NULL);
+    e->m_bad_count = pc_metrics_counter(opt->metrics, "popcast_edge_bad_responses_total",
+                                        "reason=\"header_count\"", NULL);
+    e->m_bad_bytes = pc_metrics_counter(opt->metrics, "popcast_edge_bad_responses_total",
+                                        "reason=\"header_bytes\"", NULL);
+    static const char *const bad_requests_help =
+        "requests refused before any tenant code: framing (Content-Length, Transfer-Encoding), "
+        "target, host, header (field syntax), too_large (431)";
+    e->m_bad_framing = pc_metrics_counter(opt->metrics, "popcast_edge_bad_requests_total",
+                                          "reason=\"framing\"", bad_requests_help);
+    e->m_bad_target = pc_metrics_counter(opt->metrics, "popcast_edge_bad_requests_total",
+                                         "reason=\"target\"", bad_requests_help);
+    e->m_bad_host = pc_metrics_counter(opt->metrics, "popcast_edge_bad_requests_total",
+                                       "reason=\"host\"", bad_requests_help);
+    e->m_bad_field = pc_metrics_counter(opt->metrics, "popcast_edge_bad_requests_total",
+                                        "reason=\"header\"", bad_requests_help);
+    e->m_head_too_large = pc_metrics_counter(opt->metrics, "popcast_edge_bad_requests_total",
+                                             "reason=\"too_large\"", bad_requests_help);
+    e->m_dropped =
+        pc_metrics_counter(opt->metrics, "popcast_edge_response_headers_dropped_total", NULL,
+                           "handler-set X-Popcast-*, framing and hop-by-hop headers dropped");
+    e->m_open =
+        pc_metrics_gauge(opt->metrics, "popcast_edge_connections", NULL, "open edge connections");
+    static const char *const refused_help =
+        "connections closed at accept: limit (edge_max_connections), client "
+        "(edge_max_connections_per_client)";
+    e->m_refused_limit = pc_metrics_counter(opt->metrics, "popcast_edge_connections_refused_total",
+                                            "reason=\"limit\"", refused_help);
+    e->m_refused_client = pc_metrics_counter(opt->metrics, "popcast_edge_connections_refused_total",
+                                             "reason=\"client\"", refused_help);
+    e->m_timeouts = pc_metrics_counter(opt->metrics, "popcast_edge_request_timeouts_total", NULL,
+                                       "connections closed because a request ran past "
+                                       "edge_request_timeout_ms");
+    if (pthread_create(&e->sweeper, NULL, sweeper_main, e) != 0) {
+        freeaddrinfo(ai);
+        edge_free(e);
+        return pc_err_set(err, PC_E_NOMEM, "cannot start the edge's deadline thread");
+    }
+    e->sweeper_running = true;
+    /* libmicrohttpd's own limit splits between its threads: it is set so
+     * that it never refuses before the edge's count (on_accept) does. Its
+     * idle timeout, in whole seconds, is a backstop for the sweeper. */
+    unsigned long mhd_limit = (unsigned long)opt->max_connections * threads;
+    unsigned idle_s = (opt->request_timeout_ms + 999) / 1000;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     e->daemon = MHD_start_daemon(
-        flags, (uint16_t)port, NULL, NULL, on_request, e, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+        flags, (uint16_t)port, on_accept, e, on_request, e, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
         MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_URI_LOG_CALLBACK, on_uri, e,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, e, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, e, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
+        e, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)(mhd_limit > UINT32_MAX / 2 ? UINT32_MAX / 2 : mhd_limit),
+        MHD_OPTION_CONNECTION_TIMEOUT, idle_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)(REQUEST_BUDGET + opt->response_header_bytes + RESPONSE_SLACK),
         MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (e->daemon == NULL) {
-        free(e);
+        edge_free(e);
         return pc_err_set(err, PC_E_UNAVAILABLE, "cannot listen on %s (port in use?)", opt->listen);
     }
     *out = e;
@@ -337,6 +942,5 @@ void pc_edge_stop(pc_edge *e)
 {
     if (e == NULL)
         return;
-    MHD_stop_daemon(e->daemon);
-    free(e);
+    edge_free(e);
 }

@@ -43,6 +43,11 @@ typedef struct agent_config {
     char *log_level;
     uint64_t edge_threads;
     uint64_t edge_max_body;
+    uint64_t edge_max_connections;
+    uint64_t edge_max_connections_per_client;
+    uint64_t edge_request_timeout_ms;
+    uint64_t edge_response_headers_max;
+    uint64_t edge_response_header_bytes;
     uint64_t max_bundle;
     uint64_t sub_recvbuf;
     uint64_t sub_queue;
@@ -89,6 +94,16 @@ static const pc_cfg_option options[] = {
     OPT(log_level, PC_CFG_STRING, "info", 0, 0, "debug, info, warn or error"),
     OPT(edge_threads, PC_CFG_U64, "0", 0, 1024, "edge worker threads (0: one per CPU)"),
     OPT(edge_max_body, PC_CFG_SIZE, "1MiB", 0, (uint64_t)1 << 30, "largest end-user request body"),
+    OPT(edge_max_connections, PC_CFG_U64, "1024", 1, PC_EDGE_MAX_CONNECTIONS,
+        "most open end-user connections (more are closed at once)"),
+    OPT(edge_max_connections_per_client, PC_CFG_U64, "64", 0, PC_EDGE_MAX_CONNECTIONS,
+        "most open connections from one client address, an IPv6 /64 (0: no limit)"),
+    OPT(edge_request_timeout_ms, PC_CFG_U64, "30000", 100, 3600000,
+        "one request must be received and answered within this, however slowly it trickles"),
+    OPT(edge_response_headers_max, PC_CFG_U64, "100", 1, 10000,
+        "most response headers a handler may set (more: 502)"),
+    OPT(edge_response_header_bytes, PC_CFG_SIZE, "16KiB", 1024, PC_EDGE_RESPONSE_HEADER_BYTES_MAX,
+        "most bytes of response headers a handler may set (more: 502)"),
     OPT(max_bundle, PC_CFG_SIZE, "64MiB", 1, (uint64_t)1 << 30,
         "largest bundle accepted (must match the controllers')"),
     OPT(sub_recvbuf, PC_CFG_U64, "256", 1, 8192, "nng receive queue (messages)"),
@@ -363,6 +378,12 @@ static int agent_serve(agent *ag, pc_err *err)
     pc_edge_options eopt = {.listen = ag->cfg.edge_listen,
                             .threads = (unsigned)ag->cfg.edge_threads,
                             .max_body = ag->cfg.edge_max_body,
+                            .response_headers_max = (unsigned)ag->cfg.edge_response_headers_max,
+                            .response_header_bytes = ag->cfg.edge_response_header_bytes,
+                            .max_connections = (unsigned)ag->cfg.edge_max_connections,
+                            .max_connections_per_client =
+                                (unsigned)ag->cfg.edge_max_connections_per_client,
+                            .request_timeout_ms = (unsigned)ag->cfg.edge_request_timeout_ms,
                             .adapters = ag->adapters,
                             .n_adapters = ag->n_adapters,
                             .metrics = ag->metrics};

@@ -20,28 +20,21 @@ struct pc_httpd {
     pc_httpd_options opt;
 };
 
-typedef enum body_state {
-    BODY_NONE,   /* the request declares no body */
-    BODY_UNREAD, /* it declares one that nobody read */
-    BODY_READ,
-} body_state;
-
 struct pc_httpd_req {
     nng_aio *aio;
     nng_http_req *req;
     pc_httpd *server;
-    body_state body;
 };
 
-/* Whether the request carries body bytes after its head. */
-static body_state declared_body(nng_http_req *req)
+/* Whether the request declares body bytes after its head. */
+static bool declares_body(nng_http_req *req)
 {
     const char *cl = nng_http_req_get_header(req, "Content-Length");
     if (nng_http_req_get_header(req, "Transfer-Encoding") != NULL)
-        return BODY_UNREAD;
+        return true;
     if (cl == NULL)
-        return BODY_NONE;
-    return strspn(cl, "0") == strlen(cl) && cl[0] != '\0' ? BODY_NONE : BODY_UNREAD;
+        return false;
+    return !(strspn(cl, "0") == strlen(cl) && cl[0] != '\0');
 }
 
 static void dispatch(nng_aio *aio)
@@ -56,7 +49,6 @@ static void dispatch(nng_aio *aio)
     rq->aio = aio;
     rq->req = nng_aio_get_input(aio, 0);
     rq->server = s;
-    rq->body = declared_body(rq->req);
     if (nng_http_req_get_header(rq->req, "Transfer-Encoding") != NULL &&
         nng_http_req_get_header(rq->req, "Content-Length") != NULL) {
         /* RFC 9112 6.1: a request with both may be an attempt to smuggle
@@ -175,9 +167,13 @@ void pc_httpd_reply(pc_httpd_req *rq, uint16_t status, const char *content_type,
         rv = nng_http_res_set_header(res, "Content-Type", content_type);
     for (size_t i = 0; rv == 0 && headers != NULL && headers[i] != NULL; i += 2)
         rv = nng_http_res_set_header(res, headers[i], headers[i + 1]);
-    if (rv == 0 && rq->body == BODY_UNREAD)
-        /* The unread body is still on the wire: the connection cannot
-         * carry another request, so nng closes it after this reply. */
+    if (rv == 0)
+        /* One request per connection: nng 1.5 reads header names up to the
+         * colon, whitespace included, so "Content-Length : 5" is not a
+         * length to it, and a body it did not see would be parsed as a
+         * next request (a proxy framing by that length would have let it
+         * through). Nor can an unread body ever be. nng closes the
+         * connection after a reply carrying this. */
         rv = nng_http_res_set_header(res, "Connection", "close");
     if (rv == 0 && len > 0)
         rv = nng_http_res_copy_data(res, body, len);
@@ -284,7 +280,6 @@ static void body_read_done(void *p)
         finish(br->rq, NULL, rv);
         br->cb(br->arg, NULL, rv, NULL, 0);
     } else {
-        br->rq->body = BODY_READ;
         br->buf[br->len] = '\0';
         br->cb(br->arg, br->rq, 0, br->buf, br->len);
     }
@@ -306,13 +301,12 @@ void pc_httpd_read_body(pc_httpd_req *rq, size_t max, pc_httpd_body_cb cb, void 
                     "chunked request bodies are not supported; send Content-Length");
         return;
     }
-    if (cl == NULL || rq->body == BODY_NONE) {
+    if (!declares_body(rq->req)) {
         uint8_t *empty = calloc(1, 1);
         if (empty == NULL) {
             refuse_body(rq, cb, arg, PC_E_NOMEM, "out of memory");
             return;
         }
-        rq->body = BODY_READ;
         cb(arg, rq, 0, empty, 0);
         return;
     }

@@ -58,7 +58,8 @@ const char *pc_httpd_target(const pc_httpd_req *rq); /* path and query */
 const char *pc_httpd_header(const pc_httpd_req *rq, const char *name);
 
 /* Answers. Each one finishes the request; headers are (name, value, ...,
- * NULL) pairs or NULL. */
+ * NULL) pairs or NULL. Every answer carries Connection: close: a
+ * connection carries one request (see httpd.c for why). */
 void pc_httpd_reply(pc_httpd_req *rq, uint16_t status, const char *content_type, const void *body,
                     size_t len, const char *const *headers);
 /* Steals the reference to body (NULL: answered as out of memory). */

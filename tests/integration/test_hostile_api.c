@@ -311,6 +311,79 @@ static void test_unread_bodies_never_become_requests(void **state)
     raw_exchange(bytes, answer, sizeof(answer));
     if (count_responses(answer) != 1 || strncmp(answer, "HTTP/1.1 400", 12) != 0)
         fail_msg("expected one 400 answer, got: %s", answer);
+    /* nng takes "Content-Length : N" (whitespace before the colon, which
+     * RFC 9112 5.1 says to refuse) as a field named "Content-Length ", so
+     * the server sees no body; a proxy that frames by it would pass the
+     * inner request along. No second request is ever read from a
+     * connection: every answer closes it. */
+    const char *names[] = {"Content-Length ", "content-length  ", "Transfer-Encoding "};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (names[i][0] == 'T')
+            snprintf(bytes, sizeof(bytes),
+                     "GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n%s: chunked\r\n\r\n"
+                     "%zx\r\n%s\r\n0\r\n\r\n",
+                     names[i], strlen(inner), inner);
+        else
+            snprintf(bytes, sizeof(bytes),
+                     "GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n%s: %zu\r\n\r\n%s", names[i],
+                     strlen(inner), inner);
+        raw_exchange(bytes, answer, sizeof(answer));
+        if (count_responses(answer) != 1 || strncmp(answer, "HTTP/1.1 200", 12) != 0 ||
+            strstr(answer, "Connection: close") == NULL)
+            fail_msg("'%s': expected one 200 answer and a close, got: %s", names[i], answer);
+    }
+    /* Even a request that declares no body: nothing after it is read. */
+    snprintf(bytes, sizeof(bytes), "GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n%s", inner);
+    raw_exchange(bytes, answer, sizeof(answer));
+    if (count_responses(answer) != 1 || strncmp(answer, "HTTP/1.1 200", 12) != 0)
+        fail_msg("pipelined: expected one 200 answer, got: %s", answer);
+    expect_nothing_stored();
+}
+
+static void test_malformed_heads_are_never_served(void **state)
+{
+    /* nng 1.5 parses request heads itself and drops the connection on
+     * what it cannot parse, before any handler runs (docs/security.md,
+     * "Open"): no 400 or 431 is possible. What must hold: none of these
+     * is served (no answer, or a 4xx), and the controller keeps serving. */
+    static char big[16 * 1024];
+    memset(big, 'a', sizeof(big) - 1);
+    char bytes[20 * 1024], answer[4096];
+    const char *heads[] = {
+        "GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\tb\r\n\r\n",
+        "GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A:\tb\r\n\r\n",
+        "GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\001b\r\n\r\n",
+        "GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\ngarbage\r\n\r\n",
+        "GET /v1/health\r\nHost: 127.0.0.1\r\n\r\n",
+        NULL, /* a 16 KiB field: over nng's 8 KiB head buffer */
+    };
+    for (size_t i = 0; i < sizeof(heads) / sizeof(heads[0]); i++) {
+        if (heads[i] != NULL)
+            snprintf(bytes, sizeof(bytes), "%s", heads[i]);
+        else
+            snprintf(bytes, sizeof(bytes),
+                     "GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: %s\r\n\r\n", big);
+        raw_exchange(bytes, answer, sizeof(answer));
+        if (answer[0] != '\0' && strncmp(answer, "HTTP/1.1 4", 10) != 0)
+            fail_msg("head %zu: expected no answer or a 4xx, got: %.200s", i, answer);
+    }
+    /* A NUL cannot go through raw_exchange (a string): by hand. */
+    static const char nul[] = "GET /v1/hea\0lth HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)ctl.api_port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    struct timeval tv = {.tv_sec = 30};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    assert_int_equal(write(fd, nul, sizeof(nul) - 1), (ssize_t)(sizeof(nul) - 1));
+    ssize_t got = read(fd, answer, sizeof(answer) - 1);
+    answer[got > 0 ? got : 0] = '\0';
+    close(fd);
+    if (got > 0 && strncmp(answer, "HTTP/1.1 4", 10) != 0)
+        fail_msg("NUL in the target: expected no answer or a 4xx, got: %.200s", answer);
+    pc_http_result r;
+    assert_int_equal(pc_test_api(&env, &ctl, "GET", "/v1/health", NULL, NULL, 0, &r), 200);
+    pc_http_result_free(&r);
     expect_nothing_stored();
 }
 
@@ -350,6 +423,7 @@ int main(void)
         cmocka_unit_test(test_malformed_json_and_missing_fields),
         cmocka_unit_test(test_routes_and_methods),
         cmocka_unit_test(test_unread_bodies_never_become_requests),
+        cmocka_unit_test(test_malformed_heads_are_never_served),
         cmocka_unit_test(test_error_messages_quote_any_bytes),
         cmocka_unit_test(test_a_good_deploy_still_works),
     };
