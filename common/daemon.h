@@ -3,6 +3,8 @@
 #ifndef PC_DAEMON_H
 #define PC_DAEMON_H
 
+#include <jansson.h>
+
 #include "config.h"
 #include "err.h"
 
@@ -20,5 +22,15 @@ int pc_daemon_configure(const char *program, const pc_cfg_option *opts, void *cf
 /* Creates path and its missing parents, mode 0700 (data directories hold
  * keys and tokens). An existing directory is fine. */
 int pc_daemon_ensure_dir(const char *path, pc_err *err);
+
+/* The ready file (option ready_file): a JSON object with the daemon's pid
+ * and the addresses it actually bound (listen options may name port 0),
+ * for supervisors and tests. pc_daemon_remove_ready removes a previous
+ * run's file at start, so a waiter never reads stale addresses; an
+ * ENOENT is fine. pc_daemon_write_ready writes doc atomically: a
+ * temporary file in the same directory, fsync, rename over path, mode
+ * 0644; a reader sees either no file or the whole document. */
+int pc_daemon_remove_ready(const char *path, pc_err *err);
+int pc_daemon_write_ready(const char *path, const json_t *doc, pc_err *err);
 
 #endif
