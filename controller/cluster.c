@@ -820,6 +820,17 @@ fail_started:
     return rc;
 }
 
+void pc_cluster_set_api_url(pc_cluster *c, const char *api_url)
+{
+    PC_CHECK_OWNER(&c->loop_thread);
+    pthread_mutex_lock(&c->lock);
+    for (unsigned i = 0; i < c->n_nodes; i++)
+        if (c->nodes[i].id == c->opt.id && strcmp(c->nodes[i].api_url, c->api_url) == 0)
+            snprintf(c->nodes[i].api_url, sizeof(c->nodes[i].api_url), "%s", api_url);
+    pthread_mutex_unlock(&c->lock);
+    snprintf(c->api_url, sizeof(c->api_url), "%s", api_url);
+}
+
 static void handle_closed(uv_handle_t *h)
 {
     pc_cluster *c = h->data;

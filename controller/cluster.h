@@ -57,6 +57,10 @@ typedef struct pc_cluster_options {
 } pc_cluster_options;
 
 int pc_cluster_start(pc_cluster **out, const pc_cluster_options *opt, pc_err *err);
+/* Loop thread: this node's API address once its listener is bound (the
+ * api_url given at start may name port 0). As at start, what the peers
+ * list or the recorded membership says about this node keeps precedence. */
+void pc_cluster_set_api_url(pc_cluster *c, const char *api_url);
 /* Loop thread. Closes raft; done is called (on the loop) once it is shut. */
 void pc_cluster_stop(pc_cluster *c, void (*done)(void *arg), void *arg);
 
