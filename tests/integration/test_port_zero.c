@@ -185,6 +185,67 @@ static void test_controller_on_port_0(void **state)
     pc_test_env_cleanup(&env);
 }
 
+static void test_agent_on_port_0(void **state)
+{
+    (void)state;
+    pc_test_env env;
+    pc_test_env_init(&env);
+    char dir[400], ready[450], log[450], nowhere[64];
+    snprintf(dir, sizeof(dir), "%s/agent", env.root);
+    snprintf(ready, sizeof(ready), "%s/agent.ready", env.root);
+    snprintf(log, sizeof(log), "%s/agent.log", env.root);
+    /* A reserved port nothing listens on: the agent serves without any
+     * controller. */
+    snprintf(nowhere, sizeof(nowhere), "tcp://127.0.0.1:%d", pc_test_free_port());
+    char *argv[] = {getenv("POPCAST_AGENT_BIN"),
+                    "--data-dir",
+                    dir,
+                    "--agent-id",
+                    "edge",
+                    "--trusted-key",
+                    env.pub_path,
+                    "--allow-plaintext",
+                    "--subscribe",
+                    nowhere,
+                    "--sync",
+                    nowhere,
+                    "--edge-listen",
+                    "127.0.0.1:0",
+                    "--admin-listen",
+                    "http://127.0.0.1:0",
+                    "--ready-file",
+                    ready,
+                    NULL};
+    pc_proc *p = pc_proc_spawn("agent", argv, log);
+    json_t *doc = wait_ready_file(p, ready);
+    expect_mode_0644(ready);
+    const char *edge = field(doc, "edge"), *admin = field(doc, "admin");
+    expect_bound(edge, "127.0.0.1:");
+    expect_bound(admin, "http://127.0.0.1:");
+    const char *addrs[] = {edge, admin, NULL};
+    expect_ready_line(log, addrs);
+
+    /* Both answer where the file says. */
+    char edge_url[128];
+    snprintf(edge_url, sizeof(edge_url), "http://%s", edge);
+    pc_http_result r;
+    pc_err err;
+    assert_int_equal(
+        pc_http_call(edge_url, "GET", "/_popcast/health", NULL, NULL, 0, 10000, &r, &err), PC_OK);
+    assert_int_equal(r.status, 200);
+    pc_http_result_free(&r);
+    assert_int_equal(pc_http_call(admin, "GET", "/v1/health", NULL, NULL, 0, 10000, &r, &err),
+                     PC_OK);
+    assert_int_equal(r.status, 200);
+    pc_http_result_free(&r);
+    json_decref(doc);
+
+    int status = stop(p);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_int_equal(access(ready, F_OK), -1);
+    pc_test_env_cleanup(&env);
+}
+
 static void test_raft_listen_refuses_port_0(void **state)
 {
     (void)state;
@@ -228,6 +289,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_controller_on_port_0),
+        cmocka_unit_test(test_agent_on_port_0),
         cmocka_unit_test(test_raft_listen_refuses_port_0),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
