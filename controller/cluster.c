@@ -783,6 +783,12 @@ int pc_cluster_start(pc_cluster **out, const pc_cluster_options *opt, pc_err *er
         rc = pc_err_set(err, PC_E_INVALID, "raft: %s", raft_errmsg(&c->raft));
         goto fail_conf;
     }
+    /* Pre-vote (raft thesis 9.6): a node that lost contact, e.g. a follower
+     * restarted before the leader's transport reconnected to it, first
+     * asks whether it could win, and bumps its term only if so. Without
+     * it such a follower deposes a healthy leader: an election, the term
+     * jumping, seconds of 503s (tests/integration/test_prevote.c). */
+    raft_set_pre_vote(&c->raft, true);
     if (opt->election_ms)
         raft_set_election_timeout(&c->raft, opt->election_ms);
     if (opt->heartbeat_ms)

@@ -1,6 +1,6 @@
 /* cluster.h - the controller cluster: canonical raft (libraft, its libuv
- * I/O and TCP transport) replicating every change into each controller's
- * LMDB store.
+ * I/O and TCP transport, pre-vote on) replicating every change into each
+ * controller's LMDB store.
  *
  * The replicated state machine is the store itself. A raft command is a
  * ClusterCommand: a change already versioned and signed by the leader (an
