@@ -67,6 +67,8 @@ typedef struct agent_config {
     uint64_t test_drop_permille;
     uint64_t test_drop_seed;
     char *ready_file;
+    uint64_t shutdown_timeout_ms;
+    bool test_hang_on_stop;
 } agent_config;
 
 #define OPT(name, type, def, min, max, help)                                                       \
@@ -134,6 +136,11 @@ static const pc_cfg_option options[] = {
     OPT(ready_file, PC_CFG_STRING, NULL, 0, 0,
         "once every listener is bound, write {\"pid\",\"edge\",\"admin\"} with the bound "
         "addresses to this file (atomically)"),
+    OPT(shutdown_timeout_ms, PC_CFG_U64, "15000", 0, 3600000,
+        "a stop (SIGTERM, SIGINT) taking longer ends the process with status 124 (0: wait "
+        "forever); keep it above twice request_timeout_ms"),
+    OPT(test_hang_on_stop, PC_CFG_BOOL, "false", 0, 0,
+        "TESTS ONLY: block the orderly stop forever (shutdown_timeout_ms then ends it)"),
     {NULL, 0, 0, NULL, 0, 0, NULL},
 };
 
@@ -263,6 +270,14 @@ static void on_signal(uv_signal_t *h, int signum)
 {
     agent *ag = h->data;
     pc_info("agent", "signal %d: shutting down", signum);
+    pc_daemon_watchdog_arm("agent", ag->cfg.shutdown_timeout_ms);
+    if (ag->cfg.test_hang_on_stop) {
+        /* Stands for nng_close never returning (nng 1.5.2, about one stop
+         * in 200 under churn): only the watchdog can end this. */
+        pc_warn("agent", "test_hang_on_stop: the stop hangs here");
+        for (;;)
+            pause();
+    }
     if (ag->cfg.ready_file != NULL) /* no longer ready */
         unlink(ag->cfg.ready_file);
     pc_subscriber_close(ag->sub);
@@ -299,6 +314,13 @@ static int agent_configure(agent *ag, pc_err *err)
     if (!pc_id_valid(id) || !pc_id_valid(ag->cfg.pop))
         return pc_err_set(err, PC_E_INVALID, "agent_id and pop must be [A-Za-z0-9._-]{1,128}");
     snprintf(ag->agent_id, sizeof(ag->agent_id), "%.*s", PC_ID_MAX, id);
+    if (ag->cfg.shutdown_timeout_ms != 0 &&
+        ag->cfg.shutdown_timeout_ms <= 2 * ag->cfg.request_timeout_ms)
+        pc_warn("agent",
+                "shutdown_timeout_ms (%llu) is not above twice request_timeout_ms (%llu): a stop "
+                "during a slow sync request may be cut short (status 124; the store is safe)",
+                (unsigned long long)ag->cfg.shutdown_timeout_ms,
+                (unsigned long long)ag->cfg.request_timeout_ms);
     if ((rc = load_trusted_keys(ag, err)) != PC_OK)
         return rc;
     if (ag->cfg.tls_ca != NULL &&
@@ -491,6 +513,7 @@ int main(int argc, char **argv)
         return rc == PC_DAEMON_EXIT_OK ? 0 : 1;
     }
     int exit_code = 1;
+    uint64_t shutdown_timeout_ms = ag.cfg.shutdown_timeout_ms;
     if (agent_configure(&ag, &err) != PC_OK) {
         fprintf(stderr, "popcast-agent: %s\n", err.msg);
         pc_config_free(options, &ag.cfg);
@@ -503,6 +526,9 @@ int main(int argc, char **argv)
         uv_run(&ag.loop, UV_RUN_DEFAULT);
         exit_code = 0;
     }
+    /* Bounded, like a stop on a signal, whatever happened before. */
+    pc_daemon_watchdog_arm("agent", shutdown_timeout_ms);
     agent_close(&ag);
+    pc_daemon_watchdog_disarm();
     return exit_code;
 }

@@ -4,11 +4,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "crypto.h"
@@ -123,4 +126,82 @@ int pc_daemon_write_ready(const char *path, const json_t *doc, pc_err *err)
         return pc_err_set(err, PC_E_IO, "ready_file: cannot sync the directory of %s: %s", path,
                           strerror(errno));
     return PC_OK;
+}
+
+/* The watchdog's state: armed once, disarmed once, by any threads. */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond; /* signalled on disarm; waits on CLOCK_MONOTONIC */
+    bool armed, disarmed;
+    pthread_t thread;
+    struct timespec deadline;
+    uint64_t timeout_ms;
+    char component[32];
+} dog = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void *watchdog_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&dog.lock);
+    int rc = 0;
+    while (!dog.disarmed && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&dog.cond, &dog.lock, &dog.deadline);
+    bool fire = !dog.disarmed;
+    pthread_mutex_unlock(&dog.lock);
+    if (fire) {
+        pc_error(dog.component,
+                 "the orderly stop did not finish within %llu ms (shutdown_timeout_ms): giving "
+                 "up, exiting with status %d (the store is crash safe)",
+                 (unsigned long long)dog.timeout_ms, PC_DAEMON_EXIT_STOP_TIMEOUT);
+        _exit(PC_DAEMON_EXIT_STOP_TIMEOUT);
+    }
+    return NULL;
+}
+
+void pc_daemon_watchdog_arm(const char *component, uint64_t timeout_ms)
+{
+    if (timeout_ms == 0)
+        return;
+    pthread_mutex_lock(&dog.lock);
+    if (dog.armed || dog.disarmed) {
+        pthread_mutex_unlock(&dog.lock);
+        return;
+    }
+    snprintf(dog.component, sizeof(dog.component), "%s", component);
+    dog.timeout_ms = timeout_ms;
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&dog.cond, &attr);
+    pthread_condattr_destroy(&attr);
+    clock_gettime(CLOCK_MONOTONIC, &dog.deadline);
+    dog.deadline.tv_sec += (time_t)(timeout_ms / 1000);
+    dog.deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (dog.deadline.tv_nsec >= 1000000000L) {
+        dog.deadline.tv_sec++;
+        dog.deadline.tv_nsec -= 1000000000L;
+    }
+    int rc = pthread_create(&dog.thread, NULL, watchdog_main, NULL);
+    if (rc == 0)
+        dog.armed = true;
+    else
+        pthread_cond_destroy(&dog.cond);
+    pthread_mutex_unlock(&dog.lock);
+    if (rc != 0)
+        pc_warn(component, "cannot start the shutdown watchdog (%s): this stop is not bounded",
+                strerror(rc));
+}
+
+void pc_daemon_watchdog_disarm(void)
+{
+    pthread_mutex_lock(&dog.lock);
+    bool armed = dog.armed;
+    dog.disarmed = true;
+    if (armed)
+        pthread_cond_signal(&dog.cond);
+    pthread_mutex_unlock(&dog.lock);
+    if (armed) {
+        pthread_join(dog.thread, NULL);
+        pthread_cond_destroy(&dog.cond);
+    }
 }

@@ -71,6 +71,8 @@ typedef struct controller_config {
     uint64_t report_stale_ms;
     pc_strlist runtimes;
     char *ready_file;
+    uint64_t shutdown_timeout_ms;
+    bool test_hang_on_stop;
 } controller_config;
 
 #define OPT(name, type, def, min, max, help)                                                       \
@@ -146,6 +148,11 @@ static const pc_cfg_option options[] = {
     OPT(ready_file, PC_CFG_STRING, NULL, 0, 0,
         "once every listener is bound, write {\"pid\",\"api\",\"pub\",\"sync\",\"raft\"} "
         "with the bound addresses to this file (atomically)"),
+    OPT(shutdown_timeout_ms, PC_CFG_U64, "15000", 0, 3600000,
+        "a stop (SIGTERM, SIGINT) taking longer ends the process with status 124 (0: wait "
+        "forever)"),
+    OPT(test_hang_on_stop, PC_CFG_BOOL, "false", 0, 0,
+        "TESTS ONLY: block the orderly stop forever (shutdown_timeout_ms then ends it)"),
     {NULL, 0, 0, NULL, 0, 0, NULL},
 };
 
@@ -274,6 +281,14 @@ static void on_signal(uv_signal_t *h, int signum)
 {
     controller *c = h->data;
     pc_info("controller", "signal %d: shutting down", signum);
+    pc_daemon_watchdog_arm("controller", c->cfg.shutdown_timeout_ms);
+    if (c->cfg.test_hang_on_stop) {
+        /* Stands for a library call that never returns (nng_close, rarely,
+         * in nng 1.5.2): only the watchdog can end this. */
+        pc_warn("controller", "test_hang_on_stop: the stop hangs here");
+        for (;;)
+            pause();
+    }
     if (c->cfg.ready_file != NULL) /* no longer ready */
         unlink(c->cfg.ready_file);
     /* Fail queued writes and end rollout waits first: stopping the HTTP
@@ -534,6 +549,9 @@ int main(int argc, char **argv)
         uv_run(&c.loop, UV_RUN_DEFAULT);
         exit_code = 0;
     }
+    /* Bounded, like a stop on a signal, whatever happened before. */
+    pc_daemon_watchdog_arm("controller", c.cfg.shutdown_timeout_ms);
     controller_close(&c);
+    pc_daemon_watchdog_disarm();
     return exit_code;
 }

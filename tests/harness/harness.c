@@ -252,6 +252,19 @@ bool pc_proc_alive(pc_proc *p)
     return !p->exited;
 }
 
+bool pc_proc_wait_exit(pc_proc *p, int timeout_ms)
+{
+    int64_t deadline = pc_test_now_ms() + timeout_ms;
+    for (;;) {
+        reap(p, 0);
+        if (p->exited)
+            return true;
+        if (pc_test_now_ms() >= deadline)
+            return false;
+        pc_test_sleep_ms(10);
+    }
+}
+
 int pc_proc_stop(pc_proc *p)
 {
     if (p == NULL)

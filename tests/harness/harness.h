@@ -65,6 +65,9 @@ pc_proc *pc_proc_spawn(const char *name, char *const argv[], const char *log);
 int pc_proc_stop(pc_proc *p);
 void pc_proc_kill9(pc_proc *p);
 bool pc_proc_alive(pc_proc *p);
+/* Polls until the process exits (true; its status in p->status) or
+ * timeout_ms passes (false). Sends nothing. */
+bool pc_proc_wait_exit(pc_proc *p, int timeout_ms);
 void pc_proc_free(pc_proc *p);
 /* Prints the last lines of the process log to stderr (after a failure). */
 void pc_proc_dump_log(pc_proc *p);
