@@ -317,8 +317,11 @@ static int check_raft_listen(const char *addr, pc_err *err)
     if ((size_t)snprintf(url, sizeof(url), "tcp://%s", addr) >= sizeof(url) ||
         nng_url_parse(&u, url) != 0)
         return pc_err_set(err, PC_E_INVALID, "raft_listen '%s' is not HOST:PORT", addr);
+    bool no_port = u->u_port[0] == '\0';
     bool port0 = strspn(u->u_port, "0") == strlen(u->u_port);
     nng_url_free(u);
+    if (no_port)
+        return pc_err_set(err, PC_E_INVALID, "raft_listen '%s' is not HOST:PORT", addr);
     if (port0)
         return pc_err_set(err, PC_E_INVALID,
                           "raft_listen '%s' needs a port other than 0: the peers must know each "

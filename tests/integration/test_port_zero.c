@@ -246,42 +246,51 @@ static void test_agent_on_port_0(void **state)
     pc_test_env_cleanup(&env);
 }
 
+/* The controller refuses raft_listen = raft and says `reason`, before it
+ * creates anything. */
+static void expect_raft_listen_refused(pc_test_env *env, const char *raft, const char *reason)
+{
+    char dir[400], log[450];
+    snprintf(dir, sizeof(dir), "%s/ctl", env->root);
+    snprintf(log, sizeof(log), "%s/refused.log", env->root);
+    unlink(log);
+    char *argv[] = {getenv("POPCAST_CONTROLLER_BIN"),
+                    "--data-dir",
+                    dir,
+                    "--signing-key",
+                    env->key_path,
+                    "--allow-plaintext",
+                    "--api-listen",
+                    "http://127.0.0.1:0",
+                    "--raft-listen",
+                    (char *)raft,
+                    NULL};
+    pc_proc *p = pc_proc_spawn("controller", argv, log);
+    if (!pc_proc_wait_exit(p, PC_TEST_START_TIMEOUT_MS))
+        fail_msg("a controller with raft_listen %s did not stop", raft);
+    int status = stop(p);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+    FILE *f = fopen(log, "r");
+    assert_non_null(f);
+    char text[4096];
+    size_t len = fread(text, 1, sizeof(text) - 1, f);
+    text[len] = '\0';
+    fclose(f);
+    if (strstr(text, reason) == NULL)
+        fail_msg("raft_listen %s: expected \"%s\" in: %s", raft, reason, text);
+    assert_int_equal(access(dir, F_OK), -1);
+}
+
 static void test_raft_listen_refuses_port_0(void **state)
 {
     (void)state;
     pc_test_env env;
     pc_test_env_init(&env);
-    char dir[400], log[450];
-    snprintf(dir, sizeof(dir), "%s/ctl", env.root);
-    snprintf(log, sizeof(log), "%s/refused.log", env.root);
-    char *argv[] = {getenv("POPCAST_CONTROLLER_BIN"),
-                    "--data-dir",
-                    dir,
-                    "--signing-key",
-                    env.key_path,
-                    "--allow-plaintext",
-                    "--api-listen",
-                    "http://127.0.0.1:0",
-                    "--raft-listen",
-                    "127.0.0.1:0",
-                    NULL};
-    pc_proc *p = pc_proc_spawn("controller", argv, log);
-    int64_t deadline = pc_test_now_ms() + PC_TEST_START_TIMEOUT_MS;
-    while (pc_proc_alive(p) && pc_test_now_ms() < deadline)
-        pc_test_sleep_ms(20);
-    int status = stop(p);
-    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 1);
-    size_t len = 0;
-    FILE *f = fopen(log, "r");
-    assert_non_null(f);
-    char text[4096];
-    len = fread(text, 1, sizeof(text) - 1, f);
-    text[len] = '\0';
-    fclose(f);
-    if (strstr(text, "raft_listen '127.0.0.1:0' needs a port other than 0") == NULL)
-        fail_msg("no reason given: %s", text);
-    /* Refused before anything was created. */
-    assert_int_equal(access(dir, F_OK), -1);
+    expect_raft_listen_refused(&env, "127.0.0.1:0",
+                               "raft_listen '127.0.0.1:0' needs a port other than 0");
+    expect_raft_listen_refused(&env, "127.0.0.1:00",
+                               "raft_listen '127.0.0.1:00' needs a port other than 0");
+    expect_raft_listen_refused(&env, "127.0.0.1", "raft_listen '127.0.0.1' is not HOST:PORT");
     pc_test_env_cleanup(&env);
 }
 
