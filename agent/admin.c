@@ -86,6 +86,11 @@ int pc_admin_start(pc_admin **out, const char *url, pc_metrics *metrics,
     return PC_OK;
 }
 
+const char *pc_admin_bound_url(const pc_admin *a)
+{
+    return pc_httpd_bound_url(a->server);
+}
+
 void pc_admin_stop(pc_admin *a)
 {
     if (a == NULL)

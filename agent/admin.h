@@ -18,5 +18,7 @@ typedef struct pc_admin pc_admin;
 int pc_admin_start(pc_admin **out, const char *url, pc_metrics *metrics,
                    json_t *(*status_cb)(void *arg), void *arg, pc_err *err);
 void pc_admin_stop(pc_admin *a);
+/* The url it listens on, with the port actually bound (url may name 0). */
+const char *pc_admin_bound_url(const pc_admin *a);
 
 #endif

@@ -938,6 +938,12 @@ int pc_edge_start(pc_edge **out, const pc_edge_options *opt, pc_err *err)
     return PC_OK;
 }
 
+unsigned pc_edge_bound_port(const pc_edge *e)
+{
+    const union MHD_DaemonInfo *i = MHD_get_daemon_info(e->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    return i != NULL ? i->port : 0;
+}
+
 void pc_edge_stop(pc_edge *e)
 {
     if (e == NULL)

@@ -73,6 +73,8 @@ typedef struct pc_edge_options {
 
 int pc_edge_start(pc_edge **out, const pc_edge_options *opt, pc_err *err);
 void pc_edge_stop(pc_edge *e);
+/* The port the edge listens on (the kernel's choice if listen named 0). */
+unsigned pc_edge_bound_port(const pc_edge *e);
 
 /* Splits "host:port" / "[v6]:port" (used by the agent's config checks). */
 int pc_parse_host_port(const char *text, char *host, size_t host_cap, unsigned *port);

@@ -71,6 +71,9 @@ typedef struct agent_config {
     uint64_t request_timeout_ms;
     uint64_t test_drop_permille;
     uint64_t test_drop_seed;
+    char *ready_file;
+    uint64_t shutdown_timeout_ms;
+    bool test_hang_on_stop;
 } agent_config;
 
 #define OPT(name, type, def, min, max, help)                                                       \
@@ -88,9 +91,10 @@ static const pc_cfg_option options[] = {
         "sync (catch-up and status) address of a controller or relay (repeat for each)"),
     OPT(trusted_key, PC_CFG_LIST, NULL, 0, 0,
         "public key file of a trusted signing key (repeat for each); required"),
-    OPT(edge_listen, PC_CFG_STRING, "127.0.0.1:8080", 0, 0, "end-user HTTP address host:port"),
+    OPT(edge_listen, PC_CFG_STRING, "127.0.0.1:8080", 0, 0,
+        "end-user HTTP address host:port (port 0: any free port, see ready_file)"),
     OPT(admin_listen, PC_CFG_STRING, "http://127.0.0.1:9090", 0, 0,
-        "operator endpoints (status, metrics)"),
+        "operator endpoints (status, metrics; port 0: any free port)"),
     OPT(log_level, PC_CFG_STRING, "info", 0, 0, "debug, info, warn or error"),
     OPT(edge_threads, PC_CFG_U64, "0", 0, 1024, "edge worker threads (0: one per CPU)"),
     OPT(edge_max_body, PC_CFG_SIZE, "1MiB", 0, (uint64_t)1 << 30, "largest end-user request body"),
@@ -144,6 +148,14 @@ static const pc_cfg_option options[] = {
     OPT(test_drop_permille, PC_CFG_U64, "0", 0, 1000,
         "TESTS ONLY: discard this many per mille of pub/sub entries"),
     OPT(test_drop_seed, PC_CFG_U64, "1", 0, 0, "TESTS ONLY: seed of the drop switch"),
+    OPT(ready_file, PC_CFG_STRING, NULL, 0, 0,
+        "once every listener is bound, write {\"pid\",\"edge\",\"admin\"} with the bound "
+        "addresses to this file (atomically)"),
+    OPT(shutdown_timeout_ms, PC_CFG_U64, "15000", 0, 3600000,
+        "a stop (SIGTERM, SIGINT) taking longer ends the process with status 124 (0: wait "
+        "forever); keep it above twice request_timeout_ms"),
+    OPT(test_hang_on_stop, PC_CFG_BOOL, "false", 0, 0,
+        "TESTS ONLY: block the orderly stop forever (shutdown_timeout_ms then ends it)"),
     {NULL, 0, 0, NULL, 0, 0, NULL},
 };
 
@@ -273,6 +285,16 @@ static void on_signal(uv_signal_t *h, int signum)
 {
     agent *ag = h->data;
     pc_info("agent", "signal %d: shutting down", signum);
+    pc_daemon_watchdog_arm("agent", ag->cfg.shutdown_timeout_ms);
+    if (ag->cfg.test_hang_on_stop) {
+        /* Stands for nng_close never returning (nng 1.5.2, about one stop
+         * in 200 under churn): only the watchdog can end this. */
+        pc_warn("agent", "test_hang_on_stop: the stop hangs here");
+        for (;;)
+            pause();
+    }
+    if (ag->cfg.ready_file != NULL) /* no longer ready */
+        unlink(ag->cfg.ready_file);
     pc_subscriber_close(ag->sub);
     ag->sub = NULL;
     uv_close((uv_handle_t *)&ag->sigint, NULL);
@@ -307,6 +329,13 @@ static int agent_configure(agent *ag, pc_err *err)
     if (!pc_id_valid(id) || !pc_id_valid(ag->cfg.pop))
         return pc_err_set(err, PC_E_INVALID, "agent_id and pop must be [A-Za-z0-9._-]{1,128}");
     snprintf(ag->agent_id, sizeof(ag->agent_id), "%.*s", PC_ID_MAX, id);
+    if (ag->cfg.shutdown_timeout_ms != 0 &&
+        ag->cfg.shutdown_timeout_ms <= 2 * ag->cfg.request_timeout_ms)
+        pc_warn("agent",
+                "shutdown_timeout_ms (%llu) is not above twice request_timeout_ms (%llu): a stop "
+                "during a slow sync request may be cut short (status 124; the store is safe)",
+                (unsigned long long)ag->cfg.shutdown_timeout_ms,
+                (unsigned long long)ag->cfg.request_timeout_ms);
     if ((rc = load_trusted_keys(ag, err)) != PC_OK)
         return rc;
     if (ag->cfg.tls_ca != NULL &&
@@ -330,8 +359,12 @@ static int agent_open(agent *ag, pc_err *err)
 {
     pc_store_options sopt = {.keep_history = false};
     int rc;
+    /* A previous run's ready file goes once this process owns the store
+     * (a second daemon on the same directory stops at pc_store_open). */
     if ((rc = pc_daemon_ensure_dir(ag->cfg.data_dir, err)) != PC_OK ||
-        (rc = pc_store_open(&ag->store, ag->cfg.data_dir, &sopt, err)) != PC_OK)
+        (rc = pc_store_open(&ag->store, ag->cfg.data_dir, &sopt, err)) != PC_OK ||
+        (ag->cfg.ready_file != NULL &&
+         (rc = pc_daemon_remove_ready(ag->cfg.ready_file, err)) != PC_OK))
         return rc;
     pc_lua_limits limits;
     pc_lua_limits_default(&limits);
@@ -369,6 +402,32 @@ static int agent_open(agent *ag, pc_err *err)
     pc_info("agent", "%zu tenants live from the local store (applied seq %llu)", live,
             (unsigned long long)pc_applier_applied_seq(ag->applier));
     return PC_OK;
+}
+
+/* Every listener is bound: says where, in the log and in the ready file
+ * (edge_listen and admin_listen may name port 0). */
+static int agent_ready(agent *ag, pc_err *err)
+{
+    char host[256], edge[300];
+    unsigned port = 0;
+    if (pc_parse_host_port(ag->cfg.edge_listen, host, sizeof(host), &port) != PC_OK)
+        return pc_err_set(err, PC_E_INVALID, "edge_listen '%s' is not host:port",
+                          ag->cfg.edge_listen);
+    bool v6 = strchr(host, ':') != NULL;
+    snprintf(edge, sizeof(edge), "%s%s%s:%u", v6 ? "[" : "", host, v6 ? "]" : "",
+             pc_edge_bound_port(ag->edge));
+    const char *admin = pc_admin_bound_url(ag->admin);
+    pc_info("agent", "%s (pop %s) ready: edge %s, admin %s", ag->agent_id, ag->cfg.pop, edge,
+            admin);
+    if (ag->cfg.ready_file == NULL)
+        return PC_OK;
+    json_t *doc =
+        json_pack("{s:I,s:s,s:s}", "pid", (json_int_t)getpid(), "edge", edge, "admin", admin);
+    if (doc == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    int rc = pc_daemon_write_ready(ag->cfg.ready_file, doc, err);
+    json_decref(doc);
+    return rc;
 }
 
 /* Serves tenant traffic and the admin endpoints, then starts talking to
@@ -431,9 +490,7 @@ static int agent_serve(agent *ag, pc_err *err)
     ag->sigint.data = ag->sigterm.data = ag;
     uv_signal_start(&ag->sigint, on_signal, SIGINT);
     uv_signal_start(&ag->sigterm, on_signal, SIGTERM);
-    pc_info("agent", "%s (pop %s) ready: edge %s, admin %s", ag->agent_id, ag->cfg.pop,
-            ag->cfg.edge_listen, ag->cfg.admin_listen);
-    return PC_OK;
+    return agent_ready(ag, err);
 }
 
 /* Stops and frees everything, in the reverse order of its start. */
@@ -477,6 +534,7 @@ int main(int argc, char **argv)
         return rc == PC_DAEMON_EXIT_OK ? 0 : 1;
     }
     int exit_code = 1;
+    uint64_t shutdown_timeout_ms = ag.cfg.shutdown_timeout_ms;
     if (agent_configure(&ag, &err) != PC_OK) {
         fprintf(stderr, "popcast-agent: %s\n", err.msg);
         pc_config_free(options, &ag.cfg);
@@ -489,6 +547,9 @@ int main(int argc, char **argv)
         uv_run(&ag.loop, UV_RUN_DEFAULT);
         exit_code = 0;
     }
+    /* Bounded, like a stop on a signal, whatever happened before. */
+    pc_daemon_watchdog_arm("agent", shutdown_timeout_ms);
     agent_close(&ag);
+    pc_daemon_watchdog_disarm();
     return exit_code;
 }

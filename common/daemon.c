@@ -2,10 +2,17 @@
 #include "daemon.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "crypto.h"
 #include "log.h"
@@ -51,4 +58,150 @@ int pc_daemon_ensure_dir(const char *path, pc_err *err)
     if (mkdir(buf, 0700) != 0 && errno != EEXIST)
         return pc_err_set(err, PC_E_IO, "cannot create %s: %s", buf, strerror(errno));
     return PC_OK;
+}
+
+int pc_daemon_remove_ready(const char *path, pc_err *err)
+{
+    if (unlink(path) != 0 && errno != ENOENT)
+        return pc_err_set(err, PC_E_IO, "ready_file %s: cannot remove the old one: %s", path,
+                          strerror(errno));
+    return PC_OK;
+}
+
+/* fsync of the directory holding path, so the rename is durable. */
+static int sync_parent(const char *path)
+{
+    char buf[4096];
+    snprintf(buf, sizeof(buf), "%s", path);
+    int fd = open(dirname(buf), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+int pc_daemon_write_ready(const char *path, const json_t *doc, pc_err *err)
+{
+    char tmp[4200];
+    if (snprintf(tmp, sizeof(tmp), "%s.%ld.tmp", path, (long)getpid()) >= (int)sizeof(tmp))
+        return pc_err_set(err, PC_E_INVALID, "ready_file path too long: %.64s...", path);
+    char *text = json_dumps(doc, JSON_COMPACT);
+    if (text == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        free(text);
+        return pc_err_set(err, PC_E_IO, "ready_file: cannot create %s: %s", tmp, strerror(errno));
+    }
+    size_t len = strlen(text);
+    text[len] = '\n'; /* json_dumps' NUL becomes the last line's end */
+    size_t done = 0;
+    int rc = PC_OK;
+    while (done < len + 1) {
+        ssize_t n = write(fd, text + done, len + 1 - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            rc = pc_err_set(err, PC_E_IO, "ready_file: cannot write %s: %s", tmp,
+                            n < 0 ? strerror(errno) : "short write");
+            break;
+        }
+        done += (size_t)n;
+    }
+    free(text);
+    /* The mode does not depend on the umask: readers may run as others. */
+    if (rc == PC_OK && (fchmod(fd, 0644) != 0 || fsync(fd) != 0))
+        rc = pc_err_set(err, PC_E_IO, "ready_file: cannot sync %s: %s", tmp, strerror(errno));
+    if (close(fd) != 0 && rc == PC_OK)
+        rc = pc_err_set(err, PC_E_IO, "ready_file: cannot close %s: %s", tmp, strerror(errno));
+    if (rc == PC_OK && rename(tmp, path) != 0)
+        rc = pc_err_set(err, PC_E_IO, "ready_file: cannot rename %s to %s: %s", tmp, path,
+                        strerror(errno));
+    if (rc != PC_OK) {
+        unlink(tmp);
+        return rc;
+    }
+    if (sync_parent(path) != 0)
+        return pc_err_set(err, PC_E_IO, "ready_file: cannot sync the directory of %s: %s", path,
+                          strerror(errno));
+    return PC_OK;
+}
+
+/* The watchdog's state: armed once, disarmed once, by any threads. */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond; /* signalled on disarm; waits on CLOCK_MONOTONIC */
+    bool armed, disarmed;
+    pthread_t thread;
+    struct timespec deadline;
+    uint64_t timeout_ms;
+    char component[32];
+} dog = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void *watchdog_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&dog.lock);
+    int rc = 0;
+    while (!dog.disarmed && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&dog.cond, &dog.lock, &dog.deadline);
+    bool fire = !dog.disarmed;
+    pthread_mutex_unlock(&dog.lock);
+    if (fire) {
+        pc_error(dog.component,
+                 "the orderly stop did not finish within %llu ms (shutdown_timeout_ms): giving "
+                 "up, exiting with status %d (the store is crash safe)",
+                 (unsigned long long)dog.timeout_ms, PC_DAEMON_EXIT_STOP_TIMEOUT);
+        _exit(PC_DAEMON_EXIT_STOP_TIMEOUT);
+    }
+    return NULL;
+}
+
+void pc_daemon_watchdog_arm(const char *component, uint64_t timeout_ms)
+{
+    if (timeout_ms == 0)
+        return;
+    pthread_mutex_lock(&dog.lock);
+    if (dog.armed || dog.disarmed) {
+        pthread_mutex_unlock(&dog.lock);
+        return;
+    }
+    snprintf(dog.component, sizeof(dog.component), "%s", component);
+    dog.timeout_ms = timeout_ms;
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&dog.cond, &attr);
+    pthread_condattr_destroy(&attr);
+    clock_gettime(CLOCK_MONOTONIC, &dog.deadline);
+    dog.deadline.tv_sec += (time_t)(timeout_ms / 1000);
+    dog.deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (dog.deadline.tv_nsec >= 1000000000L) {
+        dog.deadline.tv_sec++;
+        dog.deadline.tv_nsec -= 1000000000L;
+    }
+    int rc = pthread_create(&dog.thread, NULL, watchdog_main, NULL);
+    if (rc == 0)
+        dog.armed = true;
+    else
+        pthread_cond_destroy(&dog.cond);
+    pthread_mutex_unlock(&dog.lock);
+    if (rc != 0)
+        pc_warn(component, "cannot start the shutdown watchdog (%s): this stop is not bounded",
+                strerror(rc));
+}
+
+void pc_daemon_watchdog_disarm(void)
+{
+    pthread_mutex_lock(&dog.lock);
+    bool armed = dog.armed;
+    dog.disarmed = true;
+    if (armed)
+        pthread_cond_signal(&dog.cond);
+    pthread_mutex_unlock(&dog.lock);
+    if (armed) {
+        pthread_join(dog.thread, NULL);
+        pthread_cond_destroy(&dog.cond);
+    }
 }

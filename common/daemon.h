@@ -3,12 +3,19 @@
 #ifndef PC_DAEMON_H
 #define PC_DAEMON_H
 
+#include <jansson.h>
+#include <stdint.h>
+
 #include "config.h"
 #include "err.h"
 
 #define PC_DAEMON_RUN     0  /* configured: go on */
 #define PC_DAEMON_EXIT_OK 1  /* --help was printed: exit 0 */
 #define PC_DAEMON_FAIL    -1 /* the reason is on stderr, prefixed by program */
+
+/* The exit status of a daemon whose orderly stop outlived its
+ * shutdown_timeout_ms (the status timeout(1) uses for a timeout). */
+#define PC_DAEMON_EXIT_STOP_TIMEOUT 124
 
 /* Ignores SIGPIPE (a peer that went away must not kill the daemon),
  * initialises libsodium, loads the configuration into cfg (defaults, then
@@ -20,5 +27,28 @@ int pc_daemon_configure(const char *program, const pc_cfg_option *opts, void *cf
 /* Creates path and its missing parents, mode 0700 (data directories hold
  * keys and tokens). An existing directory is fine. */
 int pc_daemon_ensure_dir(const char *path, pc_err *err);
+
+/* The ready file (option ready_file): a JSON object with the daemon's pid
+ * and the addresses it actually bound (listen options may name port 0),
+ * for supervisors and tests. pc_daemon_remove_ready removes a previous
+ * run's file at start, so a waiter never reads stale addresses; an
+ * ENOENT is fine. pc_daemon_write_ready writes doc atomically: a
+ * temporary file in the same directory, fsync, rename over path, mode
+ * 0644; a reader sees either no file or the whole document. */
+int pc_daemon_remove_ready(const char *path, pc_err *err);
+int pc_daemon_write_ready(const char *path, const json_t *doc, pc_err *err);
+
+/* The shutdown watchdog: a daemon told to stop ends within a bound,
+ * whatever a library it waits for does (nng 1.5.2's nng_close, rarely,
+ * never returns). Arming starts a thread that, unless disarmed within
+ * timeout_ms, logs that the orderly stop is taking too long (as
+ * component) and ends the process with _exit(PC_DAEMON_EXIT_STOP_TIMEOUT):
+ * no cleanup, as safe as a kill -9 (LMDB commits are crash safe).
+ * timeout_ms 0: no watchdog. Any thread; arming again keeps the first
+ * deadline. If the thread cannot start, a warning is logged and the stop
+ * goes on unbounded. Disarm (it joins the thread) once the orderly stop
+ * has finished, before returning from main. */
+void pc_daemon_watchdog_arm(const char *component, uint64_t timeout_ms);
+void pc_daemon_watchdog_disarm(void);
 
 #endif

@@ -1,6 +1,7 @@
 /* httpd.c - nng HTTP servers for JSON APIs (see httpd.h). */
 #include "httpd.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -10,6 +11,7 @@
 
 #include "json_text.h"
 #include "log.h"
+#include "tls.h"
 
 /* A slow client must not hold a body read open forever. */
 #define BODY_READ_TIMEOUT_MS 30000
@@ -18,6 +20,7 @@
 struct pc_httpd {
     nng_http_server *server;
     pc_httpd_options opt;
+    char bound_url[300];
 };
 
 struct pc_httpd_req {
@@ -91,6 +94,19 @@ int pc_httpd_start(pc_httpd **out, const pc_httpd_options *opt, pc_err *err)
     h = NULL;
     if ((rv = nng_http_server_start(s->server)) != 0)
         goto fail;
+    /* The address the server is bound to (the kernel chose the port if the
+     * url names port 0). */
+    nng_sockaddr sa;
+    if ((rv = nng_http_server_get_addr(s->server, &sa)) != 0)
+        goto fail;
+    int port = sa.s_family == NNG_AF_INET    ? ntohs(sa.s_in.sa_port)
+               : sa.s_family == NNG_AF_INET6 ? ntohs(sa.s_in6.sa_port)
+                                             : -1;
+    if (port < 0 ||
+        pc_url_with_port(opt->url, port, s->bound_url, sizeof(s->bound_url), err) != PC_OK) {
+        rv = NNG_EADDRINVAL;
+        goto fail;
+    }
     nng_url_free(u);
     *out = s;
     return PC_OK;
@@ -103,6 +119,11 @@ fail:
     free(s);
     return pc_err_set(err, PC_E_UNAVAILABLE, "cannot serve HTTP on %s: %s", opt->url,
                       nng_strerror(rv));
+}
+
+const char *pc_httpd_bound_url(const pc_httpd *s)
+{
+    return s->bound_url;
 }
 
 void pc_httpd_stop(pc_httpd *s)

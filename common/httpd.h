@@ -46,7 +46,11 @@ typedef struct pc_httpd_options {
     pc_httpd_header_fn headers; /* optional */
 } pc_httpd_options;
 
+/* A url naming port 0 gets a port chosen by the kernel (read it with
+ * pc_httpd_bound_url). */
 int pc_httpd_start(pc_httpd **out, const pc_httpd_options *opt, pc_err *err);
+/* The url the server listens on, with the port it actually bound. */
+const char *pc_httpd_bound_url(const pc_httpd *s);
 /* Waits for handlers running now; requests still unanswered (long polls)
  * must be answered by their owners before or during the stop. */
 void pc_httpd_stop(pc_httpd *s);

@@ -1,6 +1,7 @@
 /* tls.c - TLS configuration for nng links and HTTP (see tls.h). */
 #include "tls.h"
 
+#include <stdio.h>
 #include <string.h>
 
 int pc_tls_server_config(const char *cert_key_file, nng_tls_config **out, pc_err *err)
@@ -66,6 +67,12 @@ int pc_tls_check_url(const char *url, const nng_tls_config *cfg, bool allow_plai
 
 int pc_nng_listen(nng_socket s, const char *url, nng_tls_config *cfg, pc_err *err)
 {
+    return pc_nng_listen_bound(s, url, cfg, NULL, 0, err);
+}
+
+int pc_nng_listen_bound(nng_socket s, const char *url, nng_tls_config *cfg, char *bound, size_t cap,
+                        pc_err *err)
+{
     nng_listener l;
     int rv = nng_listener_create(&l, s, url);
     if (rv == 0 && pc_url_is_tls(url) && cfg != NULL)
@@ -74,6 +81,41 @@ int pc_nng_listen(nng_socket s, const char *url, nng_tls_config *cfg, pc_err *er
         rv = nng_listener_start(l, 0);
     if (rv != 0)
         return pc_err_set(err, PC_E_UNAVAILABLE, "cannot listen on %s: %s", url, nng_strerror(rv));
+    if (bound == NULL)
+        return PC_OK;
+    int port = 0;
+    rv = nng_listener_get_int(l, NNG_OPT_TCP_BOUND_PORT, &port);
+    if (rv == NNG_ENOTSUP) { /* not TCP (ipc://...): no port to choose */
+        if ((size_t)snprintf(bound, cap, "%s", url) < cap)
+            return PC_OK;
+        nng_listener_close(l);
+        return pc_err_set(err, PC_E_INVALID, "address %s is too long", url);
+    }
+    if (rv != 0) {
+        nng_listener_close(l);
+        return pc_err_set(err, PC_E_UNAVAILABLE, "cannot read the port bound for %s: %s", url,
+                          nng_strerror(rv));
+    }
+    if (pc_url_with_port(url, port, bound, cap, err) != PC_OK) {
+        nng_listener_close(l);
+        return PC_E_INVALID;
+    }
+    return PC_OK;
+}
+
+int pc_url_with_port(const char *url, int port, char *out, size_t cap, pc_err *err)
+{
+    nng_url *u = NULL;
+    int rv = nng_url_parse(&u, url);
+    if (rv != 0)
+        return pc_err_set(err, PC_E_INVALID, "bad address %s: %s", url, nng_strerror(rv));
+    /* nng gives an IPv6 host without its brackets. */
+    bool v6 = strchr(u->u_hostname, ':') != NULL;
+    int n = snprintf(out, cap, "%s://%s%s%s:%d%s", u->u_scheme, v6 ? "[" : "", u->u_hostname,
+                     v6 ? "]" : "", port, u->u_path);
+    nng_url_free(u);
+    if (n < 0 || (size_t)n >= cap)
+        return pc_err_set(err, PC_E_INVALID, "address %s is too long", url);
     return PC_OK;
 }
 

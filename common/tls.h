@@ -30,6 +30,14 @@ int pc_tls_check_url(const char *url, const nng_tls_config *cfg, bool allow_plai
 
 /* nng_listen / nng_dial with cfg applied to TLS URLs. flags as for nng. */
 int pc_nng_listen(nng_socket s, const char *url, nng_tls_config *cfg, pc_err *err);
+/* pc_nng_listen that also writes into bound (cap bytes) the URL it is
+ * listening on: url with the port the kernel chose when url names port 0
+ * (the same url otherwise). */
+int pc_nng_listen_bound(nng_socket s, const char *url, nng_tls_config *cfg, char *bound, size_t cap,
+                        pc_err *err);
+/* url ("scheme://host:port[path]") with its port replaced by port, into
+ * out. PC_E_INVALID if url does not parse or out is too small. */
+int pc_url_with_port(const char *url, int port, char *out, size_t cap, pc_err *err);
 int pc_nng_dial(nng_socket s, const char *url, nng_tls_config *cfg, int flags, pc_err *err);
 
 #endif

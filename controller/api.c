@@ -321,6 +321,11 @@ int pc_api_start(pc_api **out, const pc_api_options *opt, pc_store *store, pc_pi
     return PC_OK;
 }
 
+const char *pc_api_bound_url(const pc_api *api)
+{
+    return pc_httpd_bound_url(api->server);
+}
+
 void pc_api_stop(pc_api *api)
 {
     if (api == NULL)

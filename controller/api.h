@@ -44,5 +44,8 @@ typedef struct pc_api pc_api;
 int pc_api_start(pc_api **out, const pc_api_options *opt, pc_store *store, pc_pipeline *pipeline,
                  pc_rollout *rollout, pc_metrics *metrics, pc_err *err);
 void pc_api_stop(pc_api *api);
+/* The url the API listens on, with the port actually bound (listen_url
+ * may name port 0). */
+const char *pc_api_bound_url(const pc_api *api);
 
 #endif

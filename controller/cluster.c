@@ -783,6 +783,12 @@ int pc_cluster_start(pc_cluster **out, const pc_cluster_options *opt, pc_err *er
         rc = pc_err_set(err, PC_E_INVALID, "raft: %s", raft_errmsg(&c->raft));
         goto fail_conf;
     }
+    /* Pre-vote (raft thesis 9.6): a node that lost contact, e.g. a follower
+     * restarted before the leader's transport reconnected to it, first
+     * asks whether it could win, and bumps its term only if so. Without
+     * it such a follower deposes a healthy leader: an election, the term
+     * jumping, seconds of 503s (tests/integration/test_prevote.c). */
+    raft_set_pre_vote(&c->raft, true);
     if (opt->election_ms)
         raft_set_election_timeout(&c->raft, opt->election_ms);
     if (opt->heartbeat_ms)
@@ -818,6 +824,17 @@ fail_started:
     pthread_mutex_destroy(&c->lock);
     free(c);
     return rc;
+}
+
+void pc_cluster_set_api_url(pc_cluster *c, const char *api_url)
+{
+    PC_CHECK_OWNER(&c->loop_thread);
+    pthread_mutex_lock(&c->lock);
+    for (unsigned i = 0; i < c->n_nodes; i++)
+        if (c->nodes[i].id == c->opt.id && strcmp(c->nodes[i].api_url, c->api_url) == 0)
+            snprintf(c->nodes[i].api_url, sizeof(c->nodes[i].api_url), "%s", api_url);
+    pthread_mutex_unlock(&c->lock);
+    snprintf(c->api_url, sizeof(c->api_url), "%s", api_url);
 }
 
 static void handle_closed(uv_handle_t *h)

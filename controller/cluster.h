@@ -1,6 +1,6 @@
 /* cluster.h - the controller cluster: canonical raft (libraft, its libuv
- * I/O and TCP transport) replicating every change into each controller's
- * LMDB store.
+ * I/O and TCP transport, pre-vote on) replicating every change into each
+ * controller's LMDB store.
  *
  * The replicated state machine is the store itself. A raft command is a
  * ClusterCommand: a change already versioned and signed by the leader (an
@@ -57,6 +57,10 @@ typedef struct pc_cluster_options {
 } pc_cluster_options;
 
 int pc_cluster_start(pc_cluster **out, const pc_cluster_options *opt, pc_err *err);
+/* Loop thread: this node's API address once its listener is bound (the
+ * api_url given at start may name port 0). As at start, what the peers
+ * list or the recorded membership says about this node keeps precedence. */
+void pc_cluster_set_api_url(pc_cluster *c, const char *api_url);
 /* Loop thread. Closes raft; done is called (on the loop) once it is shut. */
 void pc_cluster_stop(pc_cluster *c, void (*done)(void *arg), void *arg);
 

@@ -70,6 +70,9 @@ typedef struct controller_config {
     uint64_t gone_after_ms;
     uint64_t report_stale_ms;
     pc_strlist runtimes;
+    char *ready_file;
+    uint64_t shutdown_timeout_ms;
+    bool test_hang_on_stop;
 } controller_config;
 
 #define OPT(name, type, def, min, max, help)                                                       \
@@ -79,11 +82,13 @@ typedef struct controller_config {
 static const pc_cfg_option options[] = {
     OPT(data_dir, PC_CFG_STRING, "/var/lib/popcast/controller", 0, 0,
         "directory of the controller's LMDB store"),
-    OPT(api_listen, PC_CFG_STRING, "http://127.0.0.1:7070", 0, 0, "REST API address"),
+    OPT(api_listen, PC_CFG_STRING, "http://127.0.0.1:7070", 0, 0,
+        "REST API address (port 0: any free port, see ready_file)"),
     OPT(pub_listen, PC_CFG_STRING, "tcp://127.0.0.1:7071", 0, 0,
-        "nng pub address agents subscribe to"),
+        "nng pub address agents subscribe to (port 0: any free port)"),
     OPT(sync_listen, PC_CFG_STRING, "tcp://127.0.0.1:7072", 0, 0,
-        "nng rep address for catch-up, snapshots, bundle chunks and status reports"),
+        "nng rep address for catch-up, snapshots, bundle chunks and status reports (port 0: any "
+        "free port)"),
     OPT(signing_key, PC_CFG_LIST, NULL, 0, 0,
         "Ed25519 secret key file (popcast keygen); required; repeat to also hold the next key "
         "of a rotation (the log decides which one signs)"),
@@ -115,7 +120,7 @@ static const pc_cfg_option options[] = {
         "changes the admin token may make at once"),
     OPT(raft_id, PC_CFG_U64, "1", 1, 0, "this controller's raft id (>= 1, unique in the cluster)"),
     OPT(raft_listen, PC_CFG_STRING, "127.0.0.1:7073", 0, 0,
-        "host:port for raft traffic between controllers"),
+        "host:port for raft traffic between controllers (a real port: peers name it)"),
     OPT(peers, PC_CFG_LIST, NULL, 0, 0,
         "cluster member ID@HOST:PORT@API_URL (repeat for each, this node included; none: a "
         "single-node cluster)"),
@@ -140,6 +145,14 @@ static const pc_cfg_option options[] = {
     OPT(report_stale_ms, PC_CFG_U64, "10000", 100, 0,
         "an agent not heard from for this long is listed as stale"),
     OPT(runtimes, PC_CFG_LIST, "lua", 0, 0, "runtime names uploads may name"),
+    OPT(ready_file, PC_CFG_STRING, NULL, 0, 0,
+        "once every listener is bound, write {\"pid\",\"api\",\"pub\",\"sync\",\"raft\"} "
+        "with the bound addresses to this file (atomically)"),
+    OPT(shutdown_timeout_ms, PC_CFG_U64, "15000", 0, 3600000,
+        "a stop (SIGTERM, SIGINT) taking longer ends the process with status 124 (0: wait "
+        "forever)"),
+    OPT(test_hang_on_stop, PC_CFG_BOOL, "false", 0, 0,
+        "TESTS ONLY: block the orderly stop forever (shutdown_timeout_ms then ends it)"),
     {NULL, 0, 0, NULL, 0, 0, NULL},
 };
 
@@ -268,6 +281,16 @@ static void on_signal(uv_signal_t *h, int signum)
 {
     controller *c = h->data;
     pc_info("controller", "signal %d: shutting down", signum);
+    pc_daemon_watchdog_arm("controller", c->cfg.shutdown_timeout_ms);
+    if (c->cfg.test_hang_on_stop) {
+        /* Stands for a library call that never returns (nng_close, rarely,
+         * in nng 1.5.2): only the watchdog can end this. */
+        pc_warn("controller", "test_hang_on_stop: the stop hangs here");
+        for (;;)
+            pause();
+    }
+    if (c->cfg.ready_file != NULL) /* no longer ready */
+        unlink(c->cfg.ready_file);
     /* Fail queued writes and end rollout waits first: stopping the HTTP
      * server waits for every handler, and a handler may be waiting. */
     pc_pipeline_shutdown(c->pipeline);
@@ -282,6 +305,29 @@ static void on_signal(uv_signal_t *h, int signum)
     uv_close((uv_handle_t *)&c->tick, NULL);
     uv_close((uv_handle_t *)&c->sigint, NULL);
     uv_close((uv_handle_t *)&c->sigterm, NULL);
+}
+
+/* libraft's TCP transport cannot say which port it bound, and the peers
+ * must know each other's raft address before any starts: raft_listen
+ * needs a real port, unlike the other listen addresses. */
+static int check_raft_listen(const char *addr, pc_err *err)
+{
+    char url[300];
+    nng_url *u = NULL;
+    if ((size_t)snprintf(url, sizeof(url), "tcp://%s", addr) >= sizeof(url) ||
+        nng_url_parse(&u, url) != 0)
+        return pc_err_set(err, PC_E_INVALID, "raft_listen '%s' is not HOST:PORT", addr);
+    bool no_port = u->u_port[0] == '\0';
+    bool port0 = strspn(u->u_port, "0") == strlen(u->u_port);
+    nng_url_free(u);
+    if (no_port)
+        return pc_err_set(err, PC_E_INVALID, "raft_listen '%s' is not HOST:PORT", addr);
+    if (port0)
+        return pc_err_set(err, PC_E_INVALID,
+                          "raft_listen '%s' needs a port other than 0: the peers must know each "
+                          "other's raft address before they start",
+                          addr);
+    return PC_OK;
 }
 
 /* Checks the configuration beyond its syntax: keys, the node's name, TLS
@@ -307,7 +353,7 @@ static int controller_configure(controller *c, pc_err *err)
         if ((rc = pc_tls_check_url(urls[i][0], c->tls, c->cfg.allow_plaintext, urls[i][1], err)) !=
             PC_OK)
             return rc;
-    return PC_OK;
+    return check_raft_listen(c->cfg.raft_listen, err);
 }
 
 /* Opens what does not need the event loop: the store, the keys, the
@@ -321,9 +367,13 @@ static int controller_open(controller *c, pc_err *err)
         snprintf(token_path, sizeof(token_path), "%s", c->cfg.admin_token_file);
     pc_store_options sopt = {.keep_history = true};
     int rc;
+    /* A previous run's ready file goes once this process owns the store
+     * (a second daemon on the same directory stops at pc_store_open). */
     if ((rc = pc_daemon_ensure_dir(c->cfg.data_dir, err)) != PC_OK ||
         (rc = load_admin_token(token_path, c->admin_token_hash, err)) != PC_OK ||
         (rc = pc_store_open(&c->store, c->cfg.data_dir, &sopt, err)) != PC_OK ||
+        (c->cfg.ready_file != NULL &&
+         (rc = pc_daemon_remove_ready(c->cfg.ready_file, err)) != PC_OK) ||
         (rc = load_signing_keys(c, err)) != PC_OK)
         return rc;
     pc_lua_limits limits;
@@ -348,6 +398,36 @@ static int controller_open(controller *c, pc_err *err)
                                     .tls = c->tls,
                                     .workers = PC_SYNC_WORKERS};
     return pc_sync_server_start(&c->sync, &sopts, err);
+}
+
+/* Every listener is bound: says where, in the log and in the ready file.
+ * The API's address goes to the cluster too (api_listen may name port 0,
+ * and /v1/cluster shows this node's address). */
+static int controller_ready(controller *c, pc_err *err)
+{
+    const char *api = pc_api_bound_url(c->api);
+    const char *pub = pc_publisher_bound_url(c->pub);
+    const char *sync = pc_sync_server_bound_url(c->sync);
+    pc_cluster_set_api_url(c->cluster, api);
+    char kid[PC_HEX_KEY_ID_LEN] = "?";
+    pc_public_key current;
+    pc_err kerr;
+    if (pc_signer_current_public(c->signer, &current, NULL, &kerr) == PC_OK)
+        pc_hex(kid, current.id, PC_KEY_ID_LEN);
+    pc_info("controller",
+            "%s ready: api %s, publishing on %s, sync on %s, raft id %llu on %s (%zu peers), "
+            "signing key %s",
+            c->node_id, api, pub, sync, (unsigned long long)c->cfg.raft_id, c->cfg.raft_listen,
+            c->cfg.peers.count, kid);
+    if (c->cfg.ready_file == NULL)
+        return PC_OK;
+    json_t *doc = json_pack("{s:I,s:s,s:s,s:s,s:s}", "pid", (json_int_t)getpid(), "api", api, "pub",
+                            pub, "sync", sync, "raft", c->cfg.raft_listen);
+    if (doc == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    int rc = pc_daemon_write_ready(c->cfg.ready_file, doc, err);
+    json_decref(doc);
+    return rc;
 }
 
 /* Starts what runs on the loop: publisher, heartbeats, raft, the write
@@ -406,17 +486,7 @@ static int controller_start(controller *c, pc_err *err)
     c->sigint.data = c->sigterm.data = c;
     uv_signal_start(&c->sigint, on_signal, SIGINT);
     uv_signal_start(&c->sigterm, on_signal, SIGTERM);
-    char kid[PC_HEX_KEY_ID_LEN] = "?";
-    pc_public_key current;
-    pc_err kerr;
-    if (pc_signer_current_public(c->signer, &current, NULL, &kerr) == PC_OK)
-        pc_hex(kid, current.id, PC_KEY_ID_LEN);
-    pc_info("controller",
-            "%s ready: api %s, publishing on %s, sync on %s, raft id %llu on %s (%zu peers), "
-            "signing key %s",
-            c->node_id, c->cfg.api_listen, c->cfg.pub_listen, c->cfg.sync_listen,
-            (unsigned long long)c->cfg.raft_id, c->cfg.raft_listen, c->cfg.peers.count, kid);
-    return PC_OK;
+    return controller_ready(c, err);
 }
 
 /* Stops and frees everything. After a failed start, what did start is
@@ -482,6 +552,9 @@ int main(int argc, char **argv)
         uv_run(&c.loop, UV_RUN_DEFAULT);
         exit_code = 0;
     }
+    /* Bounded, like a stop on a signal, whatever happened before. */
+    pc_daemon_watchdog_arm("controller", c.cfg.shutdown_timeout_ms);
     controller_close(&c);
+    pc_daemon_watchdog_disarm();
     return exit_code;
 }

@@ -13,6 +13,7 @@
 struct pc_publisher {
     nng_socket sock;
     _Atomic uint64_t sent, failed;
+    char bound_url[300];
 };
 
 int pc_publisher_open(pc_publisher **out, const char *url, nng_tls_config *tls, int sendbuf,
@@ -33,13 +34,18 @@ int pc_publisher_open(pc_publisher **out, const char *url, nng_tls_config *tls, 
         free(p);
         return pc_err_set(err, PC_E_UNAVAILABLE, "cannot publish on %s: %s", url, nng_strerror(rv));
     }
-    if (pc_nng_listen(p->sock, url, tls, err) != PC_OK) {
+    if (pc_nng_listen_bound(p->sock, url, tls, p->bound_url, sizeof(p->bound_url), err) != PC_OK) {
         nng_close(p->sock);
         free(p);
         return PC_E_UNAVAILABLE;
     }
     *out = p;
     return PC_OK;
+}
+
+const char *pc_publisher_bound_url(const pc_publisher *p)
+{
+    return p->bound_url;
 }
 
 void pc_publisher_close(pc_publisher *p)

@@ -21,6 +21,8 @@ typedef struct pc_publisher pc_publisher;
 int pc_publisher_open(pc_publisher **out, const char *url, nng_tls_config *tls, int sendbuf,
                       size_t max_msg, pc_err *err);
 void pc_publisher_close(pc_publisher *p);
+/* The url it listens on, with the port actually bound (url may name 0). */
+const char *pc_publisher_bound_url(const pc_publisher *p);
 
 /* Publishes one entry (the bundle inline). Errors are counted, not
  * retried: catch-up is what guarantees delivery. */

@@ -26,6 +26,7 @@ struct pc_sync_server {
     worker *workers;
     size_t n_workers;
     pc_metric *m_sync, *m_snapshot, *m_chunk, *m_status, *m_bad, *m_forged;
+    char bound_url[300];
 };
 
 /* Builds an Entry for seq from the store. The bundle goes inline when it is
@@ -479,7 +480,8 @@ int pc_sync_server_start(pc_sync_server **out, const pc_sync_server_options *opt
             rv = nng_ctx_open(&s->workers[i].ctx, s->sock);
     }
     pc_err lerr;
-    if (rv == 0 && pc_nng_listen(s->sock, opt->url, opt->tls, &lerr) != PC_OK)
+    if (rv == 0 && pc_nng_listen_bound(s->sock, opt->url, opt->tls, s->bound_url,
+                                       sizeof(s->bound_url), &lerr) != PC_OK)
         rv = NNG_EADDRINUSE;
     if (rv != 0) {
         pc_sync_server_stop(s);
@@ -503,6 +505,11 @@ int pc_sync_server_start(pc_sync_server **out, const pc_sync_server_options *opt
         nng_ctx_recv(s->workers[i].ctx, s->workers[i].aio);
     *out = s;
     return PC_OK;
+}
+
+const char *pc_sync_server_bound_url(const pc_sync_server *s)
+{
+    return s->bound_url;
 }
 
 void pc_sync_server_stop(pc_sync_server *s)

@@ -45,5 +45,7 @@ typedef struct pc_sync_server_options {
 
 int pc_sync_server_start(pc_sync_server **out, const pc_sync_server_options *opt, pc_err *err);
 void pc_sync_server_stop(pc_sync_server *s);
+/* The url it listens on, with the port actually bound (url may name 0). */
+const char *pc_sync_server_bound_url(const pc_sync_server *s);
 
 #endif

@@ -94,30 +94,84 @@ void pc_test_rm_rf(const char *path)
     rmdir(path);
 }
 
+/* Reserved ports: sockets bound with SO_REUSEADDR and never listening.
+ * Linux refuses such a port to every bind() of port 0 and to every
+ * outgoing connection (of any process) while the socket exists, but lets a
+ * listener that sets SO_REUSEADDR bind it and listen: exactly a
+ * reservation that ends with this process, however it ends. */
+#define MAX_HELD 1024
+
+static struct {
+    int port, fd;
+} held[MAX_HELD];
+static int n_held;
+
+/* A socket holding 127.0.0.1:port (port 0: one the kernel picks); the
+ * port in *got. -1 with errno on failure. */
+static int hold_socket(int port, int *got)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int one = 1;
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                             .sin_port = htons((uint16_t)port)};
+    socklen_t len = sizeof(sa);
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    *got = ntohs(sa.sin_port);
+    return fd;
+}
+
+static bool is_held(int port)
+{
+    for (int i = 0; i < n_held; i++)
+        if (held[i].port == port)
+            return true;
+    return false;
+}
+
+static void remember_held(int port, int fd)
+{
+    if (n_held == MAX_HELD) {
+        close(fd);
+        fail_msg("harness: more than %d reserved ports", MAX_HELD);
+    }
+    held[n_held].port = port;
+    held[n_held].fd = fd;
+    n_held++;
+}
+
 int pc_test_free_port(void)
 {
-    /* Ports come from below the kernel's ephemeral range (32768+), so an
-     * outgoing connection's local port can never take one between this
-     * check and the daemon's bind; each test process owns its own slice,
-     * so tests run in parallel do not hand out the same port either. */
-    static int next = 0;
-    int slice = 20000 + (int)(getpid() % 100) * 120;
-    for (int tries = 0; tries < 120; tries++) {
-        int port = slice + (next++ % 120);
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        assert_true(fd >= 0);
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        struct sockaddr_in sa = {.sin_family = AF_INET,
-                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-                                 .sin_port = htons((uint16_t)port)};
-        int ok = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-        close(fd);
-        if (ok)
-            return port;
+    int port = 0;
+    int fd = hold_socket(0, &port);
+    if (fd < 0)
+        fail_msg("harness: cannot reserve a port: %s", strerror(errno));
+    remember_held(port, fd);
+    return port;
+}
+
+/* Reserves a port a daemon of this test listened on while it is down, so
+ * that its restart finds it free. */
+static void hold_port(int port)
+{
+    if (port <= 0 || is_held(port))
+        return;
+    int got = 0;
+    int fd = hold_socket(port, &got);
+    if (fd < 0) {
+        fprintf(stderr, "harness: cannot hold port %d for a restart: %s\n", port, strerror(errno));
+        return;
     }
-    fail_msg("no free port in this test's slice");
-    return -1;
+    remember_held(port, fd);
 }
 
 void pc_test_write_file(const char *path, const void *data, size_t len)
@@ -187,6 +241,8 @@ static void reap(pc_proc *p, int block)
     if (r == p->pid) {
         p->exited = 1;
         p->status = status;
+        for (int i = 0; i < p->n_ports; i++)
+            hold_port(p->ports[i]);
     }
 }
 
@@ -194,6 +250,19 @@ bool pc_proc_alive(pc_proc *p)
 {
     reap(p, 0);
     return !p->exited;
+}
+
+bool pc_proc_wait_exit(pc_proc *p, int timeout_ms)
+{
+    int64_t deadline = pc_test_now_ms() + timeout_ms;
+    for (;;) {
+        reap(p, 0);
+        if (p->exited)
+            return true;
+        if (pc_test_now_ms() >= deadline)
+            return false;
+        pc_test_sleep_ms(10);
+    }
 }
 
 int pc_proc_stop(pc_proc *p)
@@ -303,6 +372,58 @@ static bool wait_health(const char *base, const char *path, pc_proc *p)
     return false;
 }
 
+/* Polls until the daemon p wrote its ready file (path, with its pid), or
+ * exits, or the start timeout passes; the document, or NULL. */
+static json_t *wait_ready(pc_proc *p, const char *path)
+{
+    int64_t deadline = pc_test_now_ms() + PC_TEST_START_TIMEOUT_MS;
+    for (;;) {
+        json_t *doc = json_load_file(path, 0, NULL);
+        if (doc != NULL && json_integer_value(json_object_get(doc, "pid")) == p->pid)
+            return doc;
+        json_decref(doc);
+        if (!pc_proc_alive(p) || pc_test_now_ms() >= deadline)
+            return NULL;
+        pc_test_sleep_ms(10);
+    }
+}
+
+/* The port of "scheme://host:port" or "host:port" (0 if none). */
+static int port_of(const char *addr)
+{
+    const char *colon = strrchr(addr, ':');
+    return colon != NULL ? atoi(colon + 1) : 0;
+}
+
+/* A field of a ready file copied into out; fails the test if missing. */
+static void ready_field(json_t *doc, const char *name, char *out, size_t cap, pc_proc *p)
+{
+    const char *v = json_string_value(json_object_get(doc, name));
+    if (v == NULL || strlen(v) >= cap) {
+        pc_proc_dump_log(p);
+        fail_msg("%s: the ready file has no usable \"%s\"", p->name, name);
+    }
+    snprintf(out, cap, "%s", v);
+}
+
+/* Spawns a daemon whose argv ends with --ready-file PATH (written by the
+ * caller) and waits for the file; fails the test with the log if it does
+ * not come. */
+static json_t *spawn_ready(pc_proc **out, const char *name, char **argv, const char *log,
+                           const char *ready)
+{
+    unlink(ready); /* never read a previous run's */
+    pc_proc *p = pc_proc_spawn(name, argv, log);
+    *out = p;
+    json_t *doc = wait_ready(p, ready);
+    if (doc == NULL) {
+        pc_proc_dump_log(p);
+        fail_msg("%s %s before writing its ready file %s", name,
+                 pc_proc_alive(p) ? "took too long" : "exited", ready);
+    }
+    return doc;
+}
+
 static char *bin(const char *env_name)
 {
     char *b = getenv(env_name);
@@ -313,17 +434,22 @@ static char *bin(const char *env_name)
 
 void pc_test_controller_start(pc_test_env *env, pc_test_controller *c, const char *const *extra)
 {
-    if (c->api_port == 0) {
+    if (c->dir[0] == '\0')
         pc_test_tmpdir(c->dir, sizeof(c->dir), "ctl");
-        c->api_port = pc_test_free_port();
-        c->pub_port = pc_test_free_port();
-        c->sync_port = pc_test_free_port();
+    mkdir(c->dir, 0700); /* a test may have deleted it */
+    if (c->api_url[0] == '\0')
+        snprintf(c->api_url, sizeof(c->api_url), "http://127.0.0.1:0");
+    if (c->pub_url[0] == '\0')
+        snprintf(c->pub_url, sizeof(c->pub_url), "tcp://127.0.0.1:0");
+    if (c->sync_url[0] == '\0')
+        snprintf(c->sync_url, sizeof(c->sync_url), "tcp://127.0.0.1:0");
+    if (c->raft_address[0] == '\0') {
         c->raft_port = pc_test_free_port();
         snprintf(c->raft_address, sizeof(c->raft_address), "127.0.0.1:%d", c->raft_port);
-        snprintf(c->api_url, sizeof(c->api_url), "http://127.0.0.1:%d", c->api_port);
-        snprintf(c->pub_url, sizeof(c->pub_url), "tcp://127.0.0.1:%d", c->pub_port);
-        snprintf(c->sync_url, sizeof(c->sync_url), "tcp://127.0.0.1:%d", c->sync_port);
     }
+    char ready[400], log[400];
+    snprintf(ready, sizeof(ready), "%s/controller.ready", c->dir);
+    snprintf(log, sizeof(log), "%s/controller.log", c->dir);
     char *argv[64];
     int n = 0;
     argv[n++] = bin("POPCAST_CONTROLLER_BIN");
@@ -343,12 +469,23 @@ void pc_test_controller_start(pc_test_env *env, pc_test_controller *c, const cha
     argv[n++] = env->key_path;
     argv[n++] = "--admin-token-file";
     argv[n++] = env->token_path;
-    for (size_t i = 0; extra != NULL && extra[i] != NULL && n < 62; i++)
+    for (size_t i = 0; extra != NULL && extra[i] != NULL && n < 60; i++)
         argv[n++] = (char *)extra[i];
+    argv[n++] = "--ready-file";
+    argv[n++] = ready;
     argv[n] = NULL;
-    char log[400];
-    snprintf(log, sizeof(log), "%s/controller.log", c->dir);
-    c->proc = pc_proc_spawn("controller", argv, log);
+    json_t *doc = spawn_ready(&c->proc, "controller", argv, log, ready);
+    ready_field(doc, "api", c->api_url, sizeof(c->api_url), c->proc);
+    ready_field(doc, "pub", c->pub_url, sizeof(c->pub_url), c->proc);
+    ready_field(doc, "sync", c->sync_url, sizeof(c->sync_url), c->proc);
+    json_decref(doc);
+    c->api_port = port_of(c->api_url);
+    c->pub_port = port_of(c->pub_url);
+    c->sync_port = port_of(c->sync_url);
+    c->raft_port = port_of(c->raft_address);
+    c->proc->ports[c->proc->n_ports++] = c->api_port;
+    c->proc->ports[c->proc->n_ports++] = c->pub_port;
+    c->proc->ports[c->proc->n_ports++] = c->sync_port;
     if (!wait_health(c->api_url, "/v1/health", c->proc)) {
         pc_proc_dump_log(c->proc);
         fail_msg("controller did not become healthy on %s", c->api_url);
@@ -387,16 +524,18 @@ void pc_test_agent_start(pc_test_env *env, pc_test_agent *a, const char *id,
                          const char *const *subscribe, const char *const *sync,
                          const char *const *extra)
 {
-    if (a->edge_port == 0) {
+    if (a->dir[0] == '\0') {
         pc_test_tmpdir(a->dir, sizeof(a->dir), "agent");
         snprintf(a->id, sizeof(a->id), "%s", id);
-        a->edge_port = pc_test_free_port();
-        a->admin_port = pc_test_free_port();
-        snprintf(a->edge_url, sizeof(a->edge_url), "http://127.0.0.1:%d", a->edge_port);
-        snprintf(a->admin_url, sizeof(a->admin_url), "http://127.0.0.1:%d", a->admin_port);
     }
+    mkdir(a->dir, 0700); /* a test may have deleted it */
     char edge[64];
     snprintf(edge, sizeof(edge), "127.0.0.1:%d", a->edge_port);
+    if (a->admin_url[0] == '\0')
+        snprintf(a->admin_url, sizeof(a->admin_url), "http://127.0.0.1:0");
+    char ready[400], log[400];
+    snprintf(ready, sizeof(ready), "%s/agent.ready", a->dir);
+    snprintf(log, sizeof(log), "%s/agent.log", a->dir);
     char *argv[64];
     int n = 0;
     argv[n++] = bin("POPCAST_AGENT_BIN");
@@ -424,15 +563,23 @@ void pc_test_agent_start(pc_test_env *env, pc_test_agent *a, const char *id,
     /* Fast status reports keep rollout tests short. */
     argv[n++] = "--status-interval-ms";
     argv[n++] = "500";
-    for (size_t i = 0; extra != NULL && extra[i] != NULL && n < 62; i++)
+    for (size_t i = 0; extra != NULL && extra[i] != NULL && n < 60; i++)
         argv[n++] = (char *)extra[i];
+    argv[n++] = "--ready-file";
+    argv[n++] = ready;
     argv[n] = NULL;
-    char log[400];
-    snprintf(log, sizeof(log), "%s/agent.log", a->dir);
-    a->proc = pc_proc_spawn(a->id, argv, log);
+    json_t *doc = spawn_ready(&a->proc, a->id, argv, log, ready);
+    ready_field(doc, "edge", edge, sizeof(edge), a->proc);
+    ready_field(doc, "admin", a->admin_url, sizeof(a->admin_url), a->proc);
+    json_decref(doc);
+    a->edge_port = port_of(edge);
+    a->admin_port = port_of(a->admin_url);
+    snprintf(a->edge_url, sizeof(a->edge_url), "http://%.56s", edge);
+    a->proc->ports[a->proc->n_ports++] = a->edge_port;
+    a->proc->ports[a->proc->n_ports++] = a->admin_port;
     if (!wait_health(a->admin_url, "/v1/health", a->proc)) {
         pc_proc_dump_log(a->proc);
-        fail_msg("agent %s did not become healthy on %s", id, a->admin_url);
+        fail_msg("agent %s did not become healthy on %s", a->id, a->admin_url);
     }
 }
 
@@ -784,16 +931,14 @@ int pc_test_cli(pc_test_env *env, pc_test_controller *c, const char *const *args
 
 /* Clusters. */
 
+/* The peers list names every member's raft address and API URL, so both
+ * are reserved before any node starts; pub and sync are left to port 0. */
 static void prepare_node(pc_test_controller *c)
 {
     pc_test_tmpdir(c->dir, sizeof(c->dir), "ctl");
     c->api_port = pc_test_free_port();
-    c->pub_port = pc_test_free_port();
-    c->sync_port = pc_test_free_port();
     c->raft_port = pc_test_free_port();
     snprintf(c->api_url, sizeof(c->api_url), "http://127.0.0.1:%d", c->api_port);
-    snprintf(c->pub_url, sizeof(c->pub_url), "tcp://127.0.0.1:%d", c->pub_port);
-    snprintf(c->sync_url, sizeof(c->sync_url), "tcp://127.0.0.1:%d", c->sync_port);
     snprintf(c->raft_address, sizeof(c->raft_address), "127.0.0.1:%d", c->raft_port);
 }
 
@@ -881,6 +1026,10 @@ void pc_test_agent_start_cluster(pc_test_env *env, pc_test_agent *a, const char 
     const char *subs[PC_TEST_MAX_NODES + 1], *syncs[PC_TEST_MAX_NODES + 1];
     int n = 0;
     for (int i = 0; i < cl->n && i < 3; i++) {
+        if (cl->node[i].pub_port == 0 || cl->node[i].sync_port == 0)
+            fail_msg("start cluster node %d before an agent of the cluster: its pub and sync "
+                     "ports are known once it has run",
+                     i);
         subs[n] = cl->node[i].pub_url;
         syncs[n] = cl->node[i].sync_url;
         n++;

@@ -1,7 +1,16 @@
 /* harness.h - what the integration tests need to run popcast for real:
- * temp dirs, free loopback ports, child processes with their logs, HTTP
- * calls, and fixtures that start a controller or an agent and wait until
- * it answers. Every process a test starts is killed at exit, pass or fail.
+ * temp dirs, reserved loopback ports, child processes with their logs,
+ * HTTP calls, and fixtures that start a controller or an agent and wait
+ * until it answers. Every process a test starts is killed at exit, pass or
+ * fail.
+ *
+ * Ports: daemons listen on port 0 and report what they bound in their
+ * ready file (docs/operations.md, "Ports and the ready file"); the
+ * fixtures read it into the api_url/pub_url/... fields. Only what must be
+ * known before a daemon starts (raft addresses, the API URLs a cluster's
+ * peers list names) comes from pc_test_free_port. A restarted daemon gets
+ * the ports it had the first time, and the harness holds them while it is
+ * down, so nothing else takes them meanwhile.
  *
  * Waiting is always "poll until a condition holds, or give up after a
  * generous bound": no test asserts how long anything took. */
@@ -27,17 +36,27 @@ void pc_test_sleep_ms(int ms);
 /* A fresh directory under $POPCAST_TEST_TMP (or /tmp). */
 void pc_test_tmpdir(char *out, size_t cap, const char *prefix);
 void pc_test_rm_rf(const char *path);
+/* A loopback port reserved for this test process until it exits: a socket
+ * bound to 127.0.0.1:PORT with SO_REUSEADDR, never listening. The kernel
+ * gives no other bind(port 0) and no outgoing connection a port bound that
+ * way, while a daemon told to listen on it can (popcast's listeners set
+ * SO_REUSEADDR). Nothing listens on it until something is told to. */
 int pc_test_free_port(void);
 void pc_test_write_file(const char *path, const void *data, size_t len);
 /* The contents of a file under the source tree, malloc'd. */
 char *pc_test_source_file(const char *relpath, size_t *len);
 
+#define PC_PROC_MAX_PORTS 8
 typedef struct pc_proc {
     pid_t pid;
     char name[64];
     char log[512];
     int exited;
     int status;
+    /* Ports the process listened on: reserved (as by pc_test_free_port)
+     * once it is seen to exit, for its restart. */
+    int ports[PC_PROC_MAX_PORTS];
+    int n_ports;
 } pc_proc;
 
 /* Starts argv[0] with stdout and stderr appended to log. */
@@ -46,6 +65,9 @@ pc_proc *pc_proc_spawn(const char *name, char *const argv[], const char *log);
 int pc_proc_stop(pc_proc *p);
 void pc_proc_kill9(pc_proc *p);
 bool pc_proc_alive(pc_proc *p);
+/* Polls until the process exits (true; its status in p->status) or
+ * timeout_ms passes (false). Sends nothing. */
+bool pc_proc_wait_exit(pc_proc *p, int timeout_ms);
 void pc_proc_free(pc_proc *p);
 /* Prints the last lines of the process log to stderr (after a failure). */
 void pc_proc_dump_log(pc_proc *p);
@@ -68,9 +90,11 @@ typedef struct pc_test_controller {
     pc_proc *proc;
 } pc_test_controller;
 
-/* extra: more flags (NULL-terminated) or NULL. Ports are chosen on the
- * first start and kept across restarts. Fails the test if the controller
- * does not answer /v1/health in time. */
+/* extra: more flags (NULL-terminated) or NULL. The first start listens
+ * where the URL fields say, or on port 0 where they are empty (raft: a
+ * reserved port), then fills the fields and ports with the addresses the
+ * controller bound; a restart uses them again. Fails the test, with the
+ * controller's log, if it exits or writes no ready file in time. */
 void pc_test_controller_start(pc_test_env *env, pc_test_controller *c, const char *const *extra);
 void pc_test_controller_stop(pc_test_controller *c);
 
@@ -82,7 +106,8 @@ typedef struct pc_test_agent {
     pc_proc *proc;
 } pc_test_agent;
 
-/* subscribe: pub URLs, sync: sync URLs, both NULL-terminated. */
+/* subscribe: pub URLs, sync: sync URLs, both NULL-terminated. Ports as
+ * for controllers: port 0 on the first start, the same ones on restarts. */
 void pc_test_agent_start(pc_test_env *env, pc_test_agent *a, const char *id,
                          const char *const *subscribe, const char *const *sync,
                          const char *const *extra);

@@ -19,6 +19,7 @@
 #include "clock.h"
 #include "envelope.h"
 #include "harness.h"
+#include "tls.h"
 
 static pc_test_env env;
 static pc_test_controller ctl;
@@ -32,9 +33,11 @@ static int setup(void **state)
     memset(&ctl, 0, sizeof(ctl));
     memset(&agent, 0, sizeof(agent));
     pc_test_controller_start(&env, &ctl, NULL);
-    snprintf(rogue_url, sizeof(rogue_url), "tcp://127.0.0.1:%d", pc_test_free_port());
     assert_int_equal(nng_pub0_open(&rogue), 0);
-    assert_int_equal(nng_listen(rogue, rogue_url, NULL, 0), 0);
+    pc_err lerr;
+    if (pc_nng_listen_bound(rogue, "tcp://127.0.0.1:0", NULL, rogue_url, sizeof(rogue_url),
+                            &lerr) != PC_OK)
+        fail_msg("rogue publisher: %s", lerr.msg);
     const char *subs[] = {ctl.pub_url, rogue_url, NULL};
     const char *syncs[] = {ctl.sync_url, NULL};
     pc_test_agent_start(&env, &agent, "victim", subs, syncs, NULL);

@@ -59,15 +59,10 @@ static void test_tls_links(void **state)
     pc_http_set_tls(client);
 
     pc_test_controller ctl = {0};
-    pc_test_tmpdir(ctl.dir, sizeof(ctl.dir), "ctl");
-    ctl.api_port = pc_test_free_port();
-    ctl.pub_port = pc_test_free_port();
-    ctl.sync_port = pc_test_free_port();
-    ctl.raft_port = pc_test_free_port();
-    snprintf(ctl.api_url, sizeof(ctl.api_url), "https://127.0.0.1:%d", ctl.api_port);
-    snprintf(ctl.pub_url, sizeof(ctl.pub_url), "tls+tcp://127.0.0.1:%d", ctl.pub_port);
-    snprintf(ctl.sync_url, sizeof(ctl.sync_url), "tls+tcp://127.0.0.1:%d", ctl.sync_port);
-    snprintf(ctl.raft_address, sizeof(ctl.raft_address), "127.0.0.1:%d", ctl.raft_port);
+    /* TLS listeners on port 0: the harness reads back what they bound. */
+    snprintf(ctl.api_url, sizeof(ctl.api_url), "https://127.0.0.1:0");
+    snprintf(ctl.pub_url, sizeof(ctl.pub_url), "tls+tcp://127.0.0.1:0");
+    snprintf(ctl.sync_url, sizeof(ctl.sync_url), "tls+tcp://127.0.0.1:0");
     const char *cflags[] = {"--tls-cert-key", good_pem, NULL};
     pc_test_controller_start(&env, &ctl, cflags);
 
