@@ -12,6 +12,8 @@
 #define AGENT_PREFIX "agent."
 #define NODE_PREFIX  "cluster.node."
 #define EPOCH_KEY    "status_epoch"
+/* Counters are epoch << 32 | n: the epoch has 32 bits. */
+#define EPOCH_LIMIT ((uint64_t)1 << 32)
 
 /* The key of a token: its prefix and the hex hash. */
 static void token_key(char *out, size_t cap, const uint8_t hash[PC_HASH_LEN])
@@ -228,19 +230,25 @@ int pc_registry_foreach_node(pc_store *s, int (*cb)(void *arg, const Popcast__Cl
 
 /* The agent's report epoch. */
 
-int pc_registry_next_status_epoch(pc_store *s, uint64_t *epoch, pc_err *err)
+int pc_registry_next_status_epoch(pc_store *s, uint64_t now_s, uint64_t *epoch, pc_err *err)
 {
     uint8_t buf[8] = {0};
     size_t len = 0;
     int rc = pc_store_meta_get(s, EPOCH_KEY, buf, sizeof(buf), &len, err);
-    uint64_t e = 0;
+    uint64_t stored = 0;
     if (rc == PC_OK && len != 8)
         return corrupt(err, EPOCH_KEY);
     if (rc == PC_OK)
-        e = pc_be64_get(buf);
+        stored = pc_be64_get(buf);
     else if (rc != PC_E_NOTFOUND)
         return rc;
-    e++;
+    uint64_t e = stored + 1;
+    if (now_s < EPOCH_LIMIT && now_s > e)
+        e = now_s;
+    if (e >= EPOCH_LIMIT)
+        return pc_err_set(err, PC_E_INVALID,
+                          "status report epoch %llu does not fit in 32 bits (meta %s is damaged)",
+                          (unsigned long long)e, EPOCH_KEY);
     pc_be64_put(buf, e);
     if ((rc = pc_store_meta_put(s, EPOCH_KEY, buf, 8, err)) != PC_OK)
         return rc;
