@@ -44,6 +44,8 @@ struct pc_applier {
     bool rotated;
     pc_metric *m_received, *m_applied, *m_live, *m_applied_seq, *m_heartbeats, *m_dropped,
         *m_snapshots;
+    uint8_t identity[PC_PK_LEN]; /* the key reports carry, when has_identity */
+    bool has_identity;
 };
 
 static int64_t heartbeat_age_ms(pc_applier *a);
@@ -696,6 +698,12 @@ static int tenant_proto(void *arg, const pc_tenant_state *t)
     return 0;
 }
 
+void pc_applier_set_identity(pc_applier *a, const pc_public_key *pk)
+{
+    memcpy(a->identity, pk->pk, PC_PK_LEN);
+    a->has_identity = true;
+}
+
 int pc_applier_status(pc_applier *a, Popcast__AgentStatus *out)
 {
     popcast__agent_status__init(out);
@@ -706,6 +714,10 @@ int pc_applier_status(pc_applier *a, Popcast__AgentStatus *out)
     if (rc != PC_OK) {
         pc_applier_status_clear(out);
         return PC_E_STORE;
+    }
+    if (a->has_identity && (out->public_key.data = malloc(PC_PK_LEN)) != NULL) {
+        memcpy(out->public_key.data, a->identity, PC_PK_LEN);
+        out->public_key.len = PC_PK_LEN;
     }
     out->applied_seq = atomic_load(&a->applied_seq);
     out->stale = pc_applier_is_stale(a);
@@ -744,6 +756,7 @@ void pc_applier_status_clear(Popcast__AgentStatus *st)
         free(st->nacks[i]);
     }
     free(st->nacks);
+    free(st->public_key.data);
     popcast__agent_status__init(st);
 }
 

@@ -93,6 +93,11 @@ uint64_t pc_applier_head_seq(pc_applier *a);
 int pc_applier_is_stale(pc_applier *a);
 uint64_t pc_applier_stale_after_ms(pc_applier *a);
 
+/* The agent's identity key, whose public half every status report
+ * carries (a controller binds it to the agent id on first use). Call once,
+ * before reports are built. */
+void pc_applier_set_identity(pc_applier *a, const pc_public_key *pk);
+
 /* The status report for the controllers (agent_id, pop and counter are
  * the caller's). Free with pc_applier_status_clear. */
 int pc_applier_status(pc_applier *a, Popcast__AgentStatus *out);

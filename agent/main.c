@@ -499,6 +499,7 @@ static int agent_serve(agent *ag, pc_err *err)
         (rc = pc_admin_start(&ag->admin, ag->cfg.admin_listen, ag->metrics, status, ag, err)) !=
             PC_OK)
         return rc;
+    pc_applier_set_identity(ag->applier, &ag->identity.pub);
     pc_syncer_options syopt = {
         .urls = &ag->cfg.sync,
         .applier = ag->applier,

@@ -3,17 +3,27 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "crypto.h"
 #include "names.h"
 #include "strmap.h"
 #include "checks.h"
 
+/* Reports refused under one agent id. */
+typedef struct refusals {
+    uint64_t count;
+    char reason[32]; /* the last one's */
+    int64_t last_ms;
+} refusals;
+
 typedef struct agent_entry {
-    bool verified;                /* the last report was signed by its enrolled key */
+    bool verified;                /* the last report was signed by its bound key */
     Popcast__AgentStatus *status; /* the last accepted report */
     int64_t last_seen_ms;
+    refusals refused;
 } agent_entry;
 
 typedef struct waiter {
@@ -33,6 +43,8 @@ struct pc_rollout {
     size_t n_agents, cap_agents;
     bool unsorted; /* agents arrived since the last sort */
     waiter *waiters;
+    pc_strmap *refused_only; /* ids never accepted -> refusals */
+    uint64_t refused_total;  /* every refusal, attributed or not */
 };
 
 pc_rollout *pc_rollout_new(const pc_rollout_options *opt)
@@ -47,7 +59,10 @@ pc_rollout *pc_rollout_new(const pc_rollout_options *opt)
         r->opt.report_stale_ms = 15000;
     if (r->opt.max_agents == 0)
         r->opt.max_agents = 100000;
-    if ((r->by_id = pc_strmap_new()) == NULL) {
+    if (r->opt.max_refused == 0)
+        r->opt.max_refused = 1024;
+    if ((r->by_id = pc_strmap_new()) == NULL || (r->refused_only = pc_strmap_new()) == NULL) {
+        pc_strmap_free(r->by_id);
         free(r);
         return NULL;
     }
@@ -66,6 +81,12 @@ void pc_rollout_free(pc_rollout *r)
     }
     free(r->agents);
     pc_strmap_free(r->by_id);
+    size_t pos = 0;
+    const char *key;
+    void *val;
+    while (pc_strmap_next(r->refused_only, &pos, &key, &val))
+        free(val);
+    pc_strmap_free(r->refused_only);
     pc_mutex_destroy(&r->lock);
     free(r);
 }
@@ -129,17 +150,79 @@ static int add_agent_locked(pc_rollout *r, agent_entry *a)
     return PC_OK;
 }
 
+static void count_refusal(refusals *f, const char *reason, int64_t now)
+{
+    f->count++;
+    snprintf(f->reason, sizeof(f->reason), "%s", reason);
+    f->last_ms = now;
+}
+
+/* Counts a refusal under agent_id (lock held): on its entry if it has
+ * one, else in the bounded list of ids never accepted. */
+static void refused_locked(pc_rollout *r, const char *agent_id, const char *reason, int64_t now)
+{
+    PC_CHECK_HELD(&r->lock);
+    r->refused_total++;
+    if (!pc_id_valid(agent_id))
+        return;
+    agent_entry *a = pc_strmap_get(r->by_id, agent_id);
+    if (a != NULL) {
+        count_refusal(&a->refused, reason, now);
+        return;
+    }
+    refusals *f = pc_strmap_get(r->refused_only, agent_id);
+    if (f == NULL) {
+        if (pc_strmap_count(r->refused_only) >= r->opt.max_refused ||
+            (f = calloc(1, sizeof(*f))) == NULL)
+            return;
+        if (pc_strmap_put(r->refused_only, agent_id, f) != PC_OK) {
+            free(f);
+            return;
+        }
+    }
+    count_refusal(f, reason, now);
+}
+
+void pc_rollout_refused(pc_rollout *r, const char *agent_id, const char *reason, int64_t now_ms)
+{
+    pc_mutex_lock(&r->lock);
+    refused_locked(r, agent_id, reason, now_ms);
+    pc_mutex_unlock(&r->lock);
+}
+
+/* Whether a verified report brings another public key than the agent's
+ * last accepted one (pc_rollout_report: a new key bound to the id). */
+static bool key_changed(const Popcast__AgentStatus *last, const Popcast__AgentStatus *st)
+{
+    return st->public_key.len == PC_PK_LEN &&
+           (last->public_key.len != PC_PK_LEN ||
+            memcmp(last->public_key.data, st->public_key.data, PC_PK_LEN) != 0);
+}
+
 static void evaluate_waiters_locked(pc_rollout *r, int64_t now, waiter **fired);
 static void fire(waiter *fired, pc_rollout *r, int64_t now);
 
-int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verified, int64_t now_ms,
-                      pc_err *err)
+/* PC_OK or PC_E_INVALID naming what is wrong with the report. */
+static int check_report(const Popcast__AgentStatus *st, pc_err *err)
 {
     if (!pc_id_valid(st->agent_id) || !pc_id_valid(st->pop))
         return pc_err_set(err, PC_E_INVALID, "status report with an invalid agent id or pop");
     for (size_t i = 0; i < st->n_tenants; i++)
         if (st->tenants[i] == NULL || !pc_tenant_name_valid(st->tenants[i]->tenant))
             return pc_err_set(err, PC_E_INVALID, "status report with an invalid tenant name");
+    if (st->public_key.len != 0 && st->public_key.len != PC_PK_LEN)
+        return pc_err_set(err, PC_E_INVALID, "status report with a public key of %zu bytes",
+                          st->public_key.len);
+    return PC_OK;
+}
+
+int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verified, int64_t now_ms,
+                      pc_err *err)
+{
+    if (check_report(st, err) != PC_OK) {
+        pc_rollout_refused(r, st->agent_id, "invalid", now_ms);
+        return PC_E_INVALID;
+    }
     Popcast__AgentStatus *copy = copy_status(st);
     if (copy == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
@@ -148,10 +231,11 @@ int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verifi
     agent_entry *a = pc_strmap_get(r->by_id, st->agent_id);
     int rc = PC_OK;
     if (a != NULL) {
-        if (st->counter <= a->status->counter) {
+        if (st->counter <= a->status->counter && !(verified && key_changed(a->status, st))) {
             rc = pc_err_set(
                 err, PC_E_REPLAYED, "report counter %llu is not above %llu (replayed or reordered)",
                 (unsigned long long)st->counter, (unsigned long long)a->status->counter);
+            refused_locked(r, st->agent_id, "replayed", now_ms);
         } else {
             popcast__agent_status__free_unpacked(a->status, NULL);
             a->status = copy;
@@ -173,6 +257,13 @@ int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verifi
             rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
         } else {
             copy = NULL;
+            /* Refusals counted before its first accepted report move to
+             * its entry. */
+            refusals *f = pc_strmap_remove(r->refused_only, st->agent_id);
+            if (f != NULL) {
+                a->refused = *f;
+                free(f);
+            }
         }
     }
     if (rc == PC_OK)
@@ -201,6 +292,40 @@ static const Popcast__Nack *nack_for(const Popcast__AgentStatus *st, const char 
     return NULL;
 }
 
+static json_t *refusal_json(const refusals *f, int64_t now)
+{
+    return json_pack("{s:s,s:I}", "reason", f->reason, "ms_ago", (json_int_t)(now - f->last_ms));
+}
+
+static int by_refused_id(const void *x, const void *y)
+{
+    const char *a = json_string_value(json_object_get(*(json_t *const *)x, "agent_id"));
+    const char *b = json_string_value(json_object_get(*(json_t *const *)y, "agent_id"));
+    return strcmp(a, b);
+}
+
+/* Ids refused and never accepted, by id (lock held). */
+static json_t *refused_only_json(pc_rollout *r, int64_t now)
+{
+    PC_CHECK_HELD(&r->lock);
+    size_t n = pc_strmap_count(r->refused_only), pos = 0, k = 0;
+    json_t **items = calloc(n ? n : 1, sizeof(*items));
+    json_t *list = json_array();
+    const char *id;
+    void *val;
+    while (items != NULL && pc_strmap_next(r->refused_only, &pos, &id, &val)) {
+        const refusals *f = val;
+        items[k++] = json_pack("{s:s,s:I,s:s,s:I}", "agent_id", id, "count", (json_int_t)f->count,
+                               "reason", f->reason, "last_ms_ago", (json_int_t)(now - f->last_ms));
+    }
+    if (items != NULL)
+        qsort(items, k, sizeof(*items), by_refused_id);
+    for (size_t i = 0; i < k; i++)
+        json_array_append_new(list, items[i]);
+    free(items);
+    return list;
+}
+
 json_t *pc_rollout_fleet_json(pc_rollout *r, uint64_t head_seq, int64_t now_ms)
 {
     json_t *agents = json_array();
@@ -214,19 +339,24 @@ json_t *pc_rollout_fleet_json(pc_rollout *r, uint64_t head_seq, int64_t now_ms)
         stale += !g && s;
         live += !g;
         uint64_t applied = a->status->applied_seq;
-        json_array_append_new(
-            agents,
-            json_pack("{s:s,s:s,s:I,s:I,s:I,s:b,s:b,s:b,s:I,s:b}", "agent_id", a->status->agent_id,
-                      "pop", a->status->pop, "applied_seq", (json_int_t)applied, "lag",
-                      (json_int_t)(head_seq > applied ? head_seq - applied : 0), "last_seen_ms_ago",
-                      (json_int_t)(now_ms - a->last_seen_ms), "stale", s, "reports_stale",
-                      a->status->stale, "gone", g, "tenants", (json_int_t)a->status->n_tenants,
-                      "verified", a->verified));
+        json_t *o = json_pack(
+            "{s:s,s:s,s:I,s:I,s:I,s:b,s:b,s:b,s:I,s:b,s:I}", "agent_id", a->status->agent_id, "pop",
+            a->status->pop, "applied_seq", (json_int_t)applied, "lag",
+            (json_int_t)(head_seq > applied ? head_seq - applied : 0), "last_seen_ms_ago",
+            (json_int_t)(now_ms - a->last_seen_ms), "stale", s, "reports_stale", a->status->stale,
+            "gone", g, "tenants", (json_int_t)a->status->n_tenants, "verified", a->verified,
+            "refused_reports", (json_int_t)a->refused.count);
+        if (o != NULL && a->refused.count > 0)
+            json_object_set_new(o, "last_refusal", refusal_json(&a->refused, now_ms));
+        json_array_append_new(agents, o);
     }
+    json_t *refused = refused_only_json(r, now_ms);
+    uint64_t refused_total = r->refused_total;
     pc_mutex_unlock(&r->lock);
-    return json_pack("{s:I,s:o,s:{s:I,s:I,s:I}}", "head_seq", (json_int_t)head_seq, "agents",
-                     agents, "counts", "agents", (json_int_t)live, "stale", (json_int_t)stale,
-                     "gone", (json_int_t)gone);
+    return json_pack("{s:I,s:o,s:o,s:{s:I,s:I,s:I,s:I}}", "head_seq", (json_int_t)head_seq,
+                     "agents", agents, "refused", refused, "counts", "agents", (json_int_t)live,
+                     "stale", (json_int_t)stale, "gone", (json_int_t)gone, "refused_reports",
+                     (json_int_t)refused_total);
 }
 
 typedef enum { ST_LIVE, ST_NACKED, ST_MISSING } agent_verdict;

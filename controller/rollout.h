@@ -37,21 +37,36 @@ typedef struct pc_rollout_options {
     uint64_t gone_after_ms;   /* default 30000 */
     uint64_t report_stale_ms; /* default 15000 */
     size_t max_agents;        /* reports from more agents are refused */
+    size_t max_refused;       /* ids with refusals listed apart (default 1024) */
 } pc_rollout_options;
 
 pc_rollout *pc_rollout_new(const pc_rollout_options *opt);
 void pc_rollout_free(pc_rollout *r);
 
 /* Records an agent's report (authenticated by the caller; verified says
- * whether it was signed by the agent's enrolled key, shown in the fleet).
- * PC_E_REPLAYED if its counter is not above the last one seen from
+ * whether it was signed by the key bound to the agent id, shown in the
+ * fleet). PC_E_REPLAYED if its counter is not above the last one seen from
  * that agent (a replay); PC_E_INVALID for malformed reports; PC_E_TOO_LARGE
- * when max_agents is reached. */
+ * when max_agents is reached. Refusals of an agent id are counted as
+ * pc_rollout_refused does. One exception to the counter rule: a verified
+ * report carrying another public key than the agent's last accepted one
+ * starts a new counter sequence (an operator bound a new key to the id,
+ * e.g. after the old one was lost; the caller has checked that the key it
+ * verified with is that public key). */
 int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verified, int64_t now_ms,
                       pc_err *err);
 
-/* {"head_seq", "agents": [{agent_id, pop, applied_seq, lag, last_seen_ms_ago, stale, gone}],
- *  "counts": {...}} */
+/* A report refused before it reached the tracker (unsigned, signed by
+ * another key than the one bound to the id, revoked, ...), under the agent
+ * id it claims (which it may not own: that is what the count is for). The
+ * fleet shows it: on the agent's entry, or for ids never accepted in a
+ * list bounded to max_refused ids (beyond, only the total counts).
+ * reason: a short word, e.g. "wrong_key". */
+void pc_rollout_refused(pc_rollout *r, const char *agent_id, const char *reason, int64_t now_ms);
+
+/* {"head_seq", "agents": [{agent_id, pop, applied_seq, lag, last_seen_ms_ago, stale, gone,
+ *  tenants, verified, refused_reports[, last_refusal]}], "refused": [{agent_id, count,
+ *  reason, last_ms_ago}], "counts": {...}} (docs/api.md) */
 json_t *pc_rollout_fleet_json(pc_rollout *r, uint64_t head_seq, int64_t now_ms);
 
 typedef struct pc_rollout_query {

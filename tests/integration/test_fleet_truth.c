@@ -1,6 +1,8 @@
 /* test_fleet_truth.c - what an operator reads about the fleet is true:
  * an agent whose data directory was wiped is heard again (its report
- * counters keep growing); ... */
+ * counters keep growing); reports not signed by the key bound to an agent
+ * id (bound on first use by default) are refused, counted and shown, and
+ * move nothing; ... */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,8 +13,12 @@
 #include <sys/stat.h>
 
 #include <cmocka.h>
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
 
+#include "envelope.h"
 #include "harness.h"
+#include "popcast.pb-c.h"
 
 static json_t *api_json(pc_test_env *env, pc_test_controller *c, const char *path, int want)
 {
@@ -59,6 +65,106 @@ static json_t *fleet_agent(pc_test_env *env, pc_test_controller *c, const char *
     }
     json_decref(fleet);
     return found;
+}
+
+/* The value of one controller metric series, e.g.
+ * popcast_status_refused_total{reason="unsigned"} (0 if absent). */
+static uint64_t controller_metric(pc_test_controller *c, const char *series)
+{
+    pc_http_result r;
+    assert_int_equal(pc_http_call(c->api_url, "GET", "/metrics", NULL, NULL, 0, 10000, &r, NULL),
+                     PC_OK);
+    uint64_t v = 0;
+    size_t n = strlen(series);
+    for (const char *line = (const char *)r.body; line != NULL && *line != '\0';) {
+        if (strncmp(line, series, n) == 0 && line[n] == ' ')
+            v = strtoull(line + n + 1, NULL, 10);
+        line = strchr(line, '\n');
+        line = line ? line + 1 : NULL;
+    }
+    pc_http_result_free(&r);
+    return v;
+}
+
+/* Sends one report straight to a controller's sync socket, signed by key
+ * (carrying its public key) or unsigned; returns the controller's error
+ * text in error ("" when accepted). */
+static void send_report(pc_test_controller *c, const Popcast__AgentStatus *st,
+                        const pc_signing_key *key, char *error, size_t cap)
+{
+    nng_socket s;
+    assert_int_equal(nng_req0_open(&s), 0);
+    nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 10000);
+    assert_int_equal(nng_dial(s, c->sync_url, NULL, 0), 0);
+    Popcast__AgentStatus copy = *st;
+    Popcast__SyncCall call = POPCAST__SYNC_CALL__INIT;
+    Popcast__SignedAgentStatus ss = POPCAST__SIGNED_AGENT_STATUS__INIT;
+    uint8_t sig[PC_SIG_LEN], *packed = NULL;
+    if (key != NULL) {
+        copy.public_key.data = (uint8_t *)key->pub.pk;
+        copy.public_key.len = PC_PK_LEN;
+        size_t len = popcast__agent_status__get_packed_size(&copy);
+        packed = malloc(len ? len : 1);
+        popcast__agent_status__pack(&copy, packed);
+        pc_sign(key, PC_DOMAIN_STATUS, packed, len, sig);
+        ss.status.data = packed;
+        ss.status.len = len;
+        ss.signature.data = sig;
+        ss.signature.len = PC_SIG_LEN;
+        call.body_case = POPCAST__SYNC_CALL__BODY_SIGNED_STATUS;
+        call.signed_status = &ss;
+    } else {
+        call.body_case = POPCAST__SYNC_CALL__BODY_STATUS;
+        call.status = &copy;
+    }
+    size_t n = popcast__sync_call__get_packed_size(&call);
+    uint8_t *buf = malloc(n);
+    popcast__sync_call__pack(&call, buf);
+    assert_int_equal(nng_send(s, buf, n, 0), 0);
+    free(buf);
+    free(packed);
+    void *reply = NULL;
+    size_t rlen = 0;
+    assert_int_equal(nng_recv(s, &reply, &rlen, NNG_FLAG_ALLOC), 0);
+    Popcast__SyncReply *rep = popcast__sync_reply__unpack(NULL, rlen, reply);
+    assert_non_null(rep);
+    assert_int_equal(rep->body_case, POPCAST__SYNC_REPLY__BODY_STATUS_ACK);
+    snprintf(error, cap, "%s", rep->status_ack->error);
+    popcast__sync_reply__free_unpacked(rep, NULL);
+    nng_free(reply, rlen);
+    nng_close(s);
+}
+
+/* A forged report for id: tenant app at version live (applied too),
+ * applied seq 500, and a counter far above anything real. */
+static void forged_report(Popcast__AgentStatus *st, Popcast__TenantStatus *ts,
+                          Popcast__TenantStatus **list, const char *id, uint64_t live)
+{
+    popcast__agent_status__init(st);
+    popcast__tenant_status__init(ts);
+    ts->tenant = "app";
+    ts->applied_version = live;
+    ts->live_version = live;
+    ts->applied_seq = 500;
+    list[0] = ts;
+    st->agent_id = (char *)id;
+    st->pop = "forged";
+    st->applied_seq = 500;
+    st->tenants = list;
+    st->n_tenants = 1;
+    st->counter = UINT64_MAX / 2;
+}
+
+/* Polls the fleet until agent id is listed; returns its entry. */
+static json_t *wait_fleet_agent(pc_test_env *env, pc_test_controller *c, const char *id)
+{
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    json_t *a = NULL;
+    while ((a = fleet_agent(env, c, id)) == NULL && pc_test_now_ms() < deadline)
+        pc_test_sleep_ms(100);
+    if (a == NULL)
+        fail_msg("agent %s never appeared in the fleet of %s", id, c->api_url);
+    return a;
 }
 
 /* An agent that restarted, then lost its data directory, then started
@@ -116,11 +222,152 @@ static void test_wiped_agent_is_heard_again(void **state)
     pc_test_env_cleanup(&env);
 }
 
+/* With the default configuration (require_enrollment off) an agent's key
+ * is bound to its id on its first signed report. From then on, an unsigned
+ * report, or one signed by another key, naming that id is refused: it
+ * moves nothing (not the agent's state, not its counter, so the real
+ * agent's reports keep counting), is counted by reason and shows on the
+ * agent's fleet entry. Before, an unsigned report for an agent that was
+ * not enrolled was accepted: it could show a nacked version live and raise
+ * the counter so that the real agent was refused from then on. A lost key
+ * is replaced by an operator (popcast agent enroll). */
+static void test_reports_need_the_bound_key(void **state)
+{
+    (void)state;
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    pc_test_controller_start(&env, &ctl, NULL);
+    pc_test_agent agent = {0};
+    pc_test_agent_start_for(&env, &agent, "edge-1", &ctl, NULL);
+    json_t *a = wait_fleet_agent(&env, &ctl, "edge-1");
+    assert_true(json_is_true(json_object_get(a, "verified")));
+    json_decref(a);
+    json_t *agents = api_json(&env, &ctl, "/v1/agents", 200);
+    json_t *rec = json_array_get(json_object_get(agents, "agents"), 0);
+    assert_string_equal(json_string_value(json_object_get(rec, "agent_id")), "edge-1");
+    assert_true(json_is_true(json_object_get(rec, "first_use")));
+    json_decref(agents);
+
+    char src[128];
+    pc_test_lua_hello(src, sizeof(src), "one");
+    uint64_t v1 = pc_test_deploy_lua(&env, &ctl, "app", src);
+    expect_rollout_end(&env, &ctl, "app", v1, "complete");
+    const char *bad = "error('boom')\nreturn function() end\n";
+    uint64_t v2 = pc_test_deploy_lua(&env, &ctl, "app", bad);
+    expect_rollout_end(&env, &ctl, "app", v2, "nacked");
+
+    /* Forged: v2 live, a huge counter; unsigned, then signed by a key
+     * that is not edge-1's. */
+    Popcast__AgentStatus st;
+    Popcast__TenantStatus ts, *list[1];
+    forged_report(&st, &ts, list, "edge-1", v2);
+    char error[512];
+    send_report(&ctl, &st, NULL, error, sizeof(error));
+    if (strstr(error, "unsigned") == NULL)
+        fail_msg("unsigned report for edge-1: answer \"%s\"", error);
+    pc_signing_key other;
+    assert_int_equal(pc_keygen(&other), PC_OK);
+    send_report(&ctl, &st, &other, error, sizeof(error));
+    if (strstr(error, "another key") == NULL)
+        fail_msg("report for edge-1 signed by another key: answer \"%s\"", error);
+    /* An unsigned report for an id never seen: refused too, and listed. */
+    forged_report(&st, &ts, list, "ghost-7", v2);
+    send_report(&ctl, &st, NULL, error, sizeof(error));
+    assert_non_null(strstr(error, "unsigned"));
+
+    /* Nothing moved: v2 is still nacked on edge-1, which still counts. */
+    json_t *doc = api_json(&env, &ctl, "/v1/tenants/app/versions/2/rollout", 200);
+    json_t *entry = json_array_get(json_object_get(doc, "agents"), 0);
+    assert_string_equal(json_string_value(json_object_get(entry, "state")), "nacked");
+    assert_string_equal(json_string_value(json_object_get(entry, "pop")), "default");
+    json_decref(doc);
+    pc_test_lua_hello(src, sizeof(src), "three");
+    uint64_t v3 = pc_test_deploy_lua(&env, &ctl, "app", src);
+    expect_rollout_end(&env, &ctl, "app", v3, "complete");
+
+    /* Counted and shown. */
+    a = fleet_agent(&env, &ctl, "edge-1");
+    assert_true(json_integer_value(json_object_get(a, "applied_seq")) < 500);
+    assert_int_equal(json_integer_value(json_object_get(a, "refused_reports")), 2);
+    json_t *last = json_object_get(a, "last_refusal");
+    assert_string_equal(json_string_value(json_object_get(last, "reason")), "wrong_key");
+    json_decref(a);
+    json_t *fleet = api_json(&env, &ctl, "/v1/fleet", 200);
+    json_t *ghost = json_array_get(json_object_get(fleet, "refused"), 0);
+    assert_string_equal(json_string_value(json_object_get(ghost, "agent_id")), "ghost-7");
+    assert_string_equal(json_string_value(json_object_get(ghost, "reason")), "unsigned");
+    assert_int_equal(json_integer_value(json_object_get(ghost, "count")), 1);
+    json_decref(fleet);
+    assert_int_equal(controller_metric(&ctl, "popcast_status_refused_total{reason=\"unsigned\"}"),
+                     2);
+    assert_int_equal(controller_metric(&ctl, "popcast_status_refused_total{reason=\"wrong_key\"}"),
+                     1);
+
+    /* The agent loses its key (it lived in the wiped data directory): its
+     * reports are refused as signed by another key, until an operator
+     * binds the new one. */
+    pc_test_agent_stop(&agent);
+    pc_test_rm_rf(agent.dir);
+    assert_int_equal(mkdir(agent.dir, 0700), 0);
+    pc_test_agent_start_for(&env, &agent, "edge-1", &ctl, NULL);
+    uint64_t before = controller_metric(&ctl, "popcast_status_refused_total{reason=\"wrong_key\"}");
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    while (controller_metric(&ctl, "popcast_status_refused_total{reason=\"wrong_key\"}") ==
+               before &&
+           pc_test_now_ms() < deadline)
+        pc_test_sleep_ms(100);
+    assert_true(controller_metric(&ctl, "popcast_status_refused_total{reason=\"wrong_key\"}") >
+                before);
+    char keyfile[400], out[4096];
+    snprintf(keyfile, sizeof(keyfile), "%s/agent.key.pub", agent.dir);
+    const char *enroll[] = {"agent", "enroll", "edge-1", keyfile, NULL};
+    int rc = pc_test_cli(&env, &ctl, enroll, out, sizeof(out));
+    if (rc != 0)
+        fail_msg("popcast agent enroll: exit %d:\n%s", rc, out);
+    pc_test_lua_hello(src, sizeof(src), "four");
+    uint64_t v4 = pc_test_deploy_lua(&env, &ctl, "app", src);
+    expect_rollout_end(&env, &ctl, "app", v4, "complete");
+
+    pc_test_agent_stop(&agent);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
+/* In a cluster, every controller hears an agent once the leader bound its
+ * key: followers do not bind, they wait for the leader's record, which
+ * raft brings them. */
+static void test_first_use_binding_in_a_cluster(void **state)
+{
+    (void)state;
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_cluster cl;
+    pc_test_cluster_init(&env, &cl, 3, 3, NULL);
+    int leader = pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS);
+    assert_true(leader >= 0);
+    pc_test_agent agent = {0};
+    pc_test_agent_start_cluster(&env, &agent, "edge-c", &cl, NULL);
+    for (int i = 0; i < cl.n; i++) {
+        json_t *a = wait_fleet_agent(&env, &cl.node[i], "edge-c");
+        assert_true(json_is_true(json_object_get(a, "verified")));
+        json_decref(a);
+    }
+    json_t *agents = api_json(&env, &cl.node[leader], "/v1/agents", 200);
+    assert_int_equal(json_array_size(json_object_get(agents, "agents")), 1);
+    json_decref(agents);
+    pc_test_agent_stop(&agent);
+    pc_test_cluster_stop(&cl);
+    pc_test_env_cleanup(&env);
+}
+
 int main(void)
 {
     pc_test_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_wiped_agent_is_heard_again),
+        cmocka_unit_test(test_reports_need_the_bound_key),
+        cmocka_unit_test(test_first_use_binding_in_a_cluster),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
