@@ -11,27 +11,38 @@
 #include "clock.h"
 #include "envelope.h"
 #include "log.h"
+#include "names.h"
+#include "strmap.h"
 #include "trust.h"
 #include "checks.h"
 
-#define NACK_RING 64
+/* Versions of one tenant whose fate is kept (the most recent ones). */
+#define VERSIONS_KEPT 8
 
-typedef struct nack {
-    char tenant[PC_TENANT_MAX + 1];
+/* A version of a tenant this agent refused or could not make live. */
+typedef struct version_record {
     uint64_t version, seq;
     char reason[32];
-    char detail[512];
+    char *detail; /* malloc'd */
     int64_t at_unix_ms;
-} nack;
+} version_record;
+
+/* What this agent knows of one tenant's versions, by version ascending.
+ * Only versions that verified (signed by a trusted key, so their tenant,
+ * version and seq are real) ever get here: garbage cannot push a real
+ * record out. */
+typedef struct tenant_record {
+    version_record v[VERSIONS_KEPT];
+    size_t n;
+} tenant_record;
 
 struct pc_applier {
     pc_applier_options opt;
     /* Serializes everything that writes: entries from pub/sub (loop
      * thread) and from catch-up (syncer thread) apply one at a time. */
     pc_mutex apply_lock;
-    pthread_mutex_t lock; /* guards the nack ring and heartbeat state */
-    nack nacks[NACK_RING];
-    size_t nack_next, nack_count;
+    pthread_mutex_t lock; /* guards the records and heartbeat state */
+    pc_strmap *records;   /* tenant -> tenant_record */
     _Atomic uint64_t applied_seq;
     _Atomic uint64_t head_seq;
     int64_t last_heartbeat_ms;      /* monotonic; start time until the first */
@@ -56,24 +67,71 @@ static void changed(pc_applier *a, int need_sync)
         a->opt.on_change(a->opt.on_change_arg, need_sync);
 }
 
+static void record_free(tenant_record *t)
+{
+    for (size_t i = 0; i < t->n; i++)
+        free(t->v[i].detail);
+    free(t);
+}
+
+/* The record of tenant's version (lock held): the existing one, or a new
+ * one in its place by version; NULL when out of memory, or when the
+ * version is older than every kept one and there is no room. The oldest
+ * version makes room for a newer one. */
+static version_record *record_slot(pc_applier *a, const char *tenant, uint64_t version,
+                                   bool *created)
+{
+    *created = false;
+    tenant_record *t = pc_strmap_get(a->records, tenant);
+    if (t == NULL) {
+        if ((t = calloc(1, sizeof(*t))) == NULL)
+            return NULL;
+        if (pc_strmap_put(a->records, tenant, t) != PC_OK) {
+            free(t);
+            return NULL;
+        }
+    }
+    size_t i = 0;
+    while (i < t->n && t->v[i].version < version)
+        i++;
+    if (i < t->n && t->v[i].version == version)
+        return &t->v[i];
+    if (t->n == VERSIONS_KEPT) {
+        if (i == 0)
+            return NULL;
+        free(t->v[0].detail);
+        memmove(&t->v[0], &t->v[1], (VERSIONS_KEPT - 1) * sizeof(t->v[0]));
+        t->n--;
+        i--;
+    }
+    memmove(&t->v[i + 1], &t->v[i], (t->n - i) * sizeof(t->v[0]));
+    t->n++;
+    memset(&t->v[i], 0, sizeof(t->v[i]));
+    t->v[i].version = version;
+    *created = true;
+    return &t->v[i];
+}
+
+/* A nack: a version that verified (so tenant, version and seq are real)
+ * and was refused or could not be made live. The first reason given for
+ * a version is kept. */
 static void record_nack(pc_applier *a, const char *tenant, uint64_t version, uint64_t seq,
                         const char *reason, const char *detail)
 {
+    if (tenant == NULL || !pc_tenant_name_valid(tenant) || version == 0)
+        return;
     char labels[64];
     snprintf(labels, sizeof(labels), "reason=\"%s\"", reason);
     pc_metrics_inc(a->opt.metrics, "popcast_agent_nacks_total", labels);
     pthread_mutex_lock(&a->lock);
-    nack *n = &a->nacks[a->nack_next];
-    memset(n, 0, sizeof(*n));
-    snprintf(n->tenant, sizeof(n->tenant), "%s", tenant ? tenant : "");
-    n->version = version;
-    n->seq = seq;
-    snprintf(n->reason, sizeof(n->reason), "%s", reason);
-    snprintf(n->detail, sizeof(n->detail), "%s", detail);
-    n->at_unix_ms = pc_wall_ms();
-    a->nack_next = (a->nack_next + 1) % NACK_RING;
-    if (a->nack_count < NACK_RING)
-        a->nack_count++;
+    bool created;
+    version_record *v = record_slot(a, tenant, version, &created);
+    if (v != NULL && created) {
+        v->seq = seq;
+        snprintf(v->reason, sizeof(v->reason), "%s", reason);
+        v->detail = strdup(detail ? detail : "");
+        v->at_unix_ms = pc_wall_ms();
+    }
     pthread_mutex_unlock(&a->lock);
     changed(a, 0);
 }
@@ -102,8 +160,11 @@ static void refuse(pc_applier *a, int code, const Popcast__Manifest *m, const pc
         changed(a, 1);
         return;
     }
-    record_nack(a, m ? m->tenant : "", m ? m->version : 0, m ? m->seq : 0, pc_err_name(code),
-                err->msg);
+    /* Only an entry that verified names a real tenant version: anything
+     * else (garbage, a forgery, an unknown key) is counted above and
+     * never becomes a nack, which would speak for a version it is not. */
+    if (m != NULL)
+        record_nack(a, m->tenant, m->version, m->seq, pc_err_name(code), err->msg);
 }
 
 static pc_adapter *find_adapter(pc_applier *a, const char *runtime)
@@ -581,6 +642,10 @@ int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
     if (a == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     a->opt = *opt;
+    if ((a->records = pc_strmap_new()) == NULL) {
+        free(a);
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    }
     pthread_mutex_init(&a->lock, NULL);
     pc_mutex_init(&a->apply_lock);
     a->last_heartbeat_ms = pc_mono_ms();
@@ -595,6 +660,7 @@ int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
     }
     if (rc != PC_OK) {
         pc_trust_free(&a->trust);
+        pc_strmap_free(a->records);
         pthread_mutex_destroy(&a->lock);
         pc_mutex_destroy(&a->apply_lock);
         free(a);
@@ -632,6 +698,12 @@ void pc_applier_free(pc_applier *a)
     if (a == NULL)
         return;
     pc_trust_free(&a->trust);
+    size_t pos = 0;
+    const char *tenant;
+    void *val;
+    while (pc_strmap_next(a->records, &pos, &tenant, &val))
+        record_free(val);
+    pc_strmap_free(a->records);
     pthread_mutex_destroy(&a->lock);
     pc_mutex_destroy(&a->apply_lock);
     free(a);
@@ -698,6 +770,72 @@ static int tenant_proto(void *arg, const pc_tenant_state *t)
     return 0;
 }
 
+static void free_nack(Popcast__Nack *pn)
+{
+    free(pn->tenant);
+    free(pn->reason);
+    free(pn->detail);
+    free(pn);
+}
+
+static int by_nack_time(const void *x, const void *y)
+{
+    const Popcast__Nack *a = *(Popcast__Nack *const *)x, *b = *(Popcast__Nack *const *)y;
+    if (a->at_unix_ms != b->at_unix_ms)
+        return a->at_unix_ms < b->at_unix_ms ? -1 : 1;
+    int c = strcmp(a->tenant, b->tenant);
+    return c != 0 ? c : (a->version < b->version ? -1 : a->version > b->version);
+}
+
+/* Every nack kept, oldest first (the report's and /v1/status's list). */
+static int collect_nacks(pc_applier *a, Popcast__Nack ***out, size_t *n_out)
+{
+    size_t n = 0, cap = 0;
+    Popcast__Nack **list = NULL;
+    int rc = PC_OK;
+    pthread_mutex_lock(&a->lock);
+    size_t pos = 0;
+    const char *tenant;
+    void *val;
+    while (rc == PC_OK && pc_strmap_next(a->records, &pos, &tenant, &val)) {
+        const tenant_record *t = val;
+        for (size_t i = 0; rc == PC_OK && i < t->n; i++) {
+            const version_record *v = &t->v[i];
+            if (n == cap) {
+                size_t grown_cap = cap ? cap * 2 : 16;
+                Popcast__Nack **grown = realloc(list, grown_cap * sizeof(*grown));
+                if (grown == NULL) {
+                    rc = PC_E_NOMEM;
+                    break;
+                }
+                list = grown;
+                cap = grown_cap;
+            }
+            Popcast__Nack *pn = malloc(sizeof(*pn));
+            if (pn == NULL) {
+                rc = PC_E_NOMEM;
+                break;
+            }
+            popcast__nack__init(pn);
+            pn->tenant = strdup(tenant);
+            pn->version = v->version;
+            pn->seq = v->seq;
+            pn->reason = strdup(v->reason);
+            pn->detail = strdup(v->detail ? v->detail : "");
+            pn->at_unix_ms = v->at_unix_ms;
+            list[n++] = pn;
+            if (pn->tenant == NULL || pn->reason == NULL || pn->detail == NULL)
+                rc = PC_E_NOMEM;
+        }
+    }
+    pthread_mutex_unlock(&a->lock);
+    if (list != NULL)
+        qsort(list, n, sizeof(*list), by_nack_time);
+    *out = list;
+    *n_out = n;
+    return rc;
+}
+
 void pc_applier_set_identity(pc_applier *a, const pc_public_key *pk)
 {
     memcpy(a->identity, pk->pk, PC_PK_LEN);
@@ -721,24 +859,10 @@ int pc_applier_status(pc_applier *a, Popcast__AgentStatus *out)
     }
     out->applied_seq = atomic_load(&a->applied_seq);
     out->stale = pc_applier_is_stale(a);
-    pthread_mutex_lock(&a->lock);
-    out->nacks = calloc(a->nack_count ? a->nack_count : 1, sizeof(*out->nacks));
-    for (size_t i = 0; out->nacks != NULL && i < a->nack_count; i++) {
-        size_t idx = (a->nack_next + NACK_RING - a->nack_count + i) % NACK_RING;
-        const nack *n = &a->nacks[idx];
-        Popcast__Nack *pn = malloc(sizeof(*pn));
-        if (pn == NULL)
-            break;
-        popcast__nack__init(pn);
-        pn->tenant = strdup(n->tenant);
-        pn->version = n->version;
-        pn->seq = n->seq;
-        pn->reason = strdup(n->reason);
-        pn->detail = strdup(n->detail);
-        pn->at_unix_ms = n->at_unix_ms;
-        out->nacks[out->n_nacks++] = pn;
+    if (collect_nacks(a, &out->nacks, &out->n_nacks) != PC_OK) {
+        pc_applier_status_clear(out);
+        return PC_E_NOMEM;
     }
-    pthread_mutex_unlock(&a->lock);
     return PC_OK;
 }
 
@@ -749,12 +873,8 @@ void pc_applier_status_clear(Popcast__AgentStatus *st)
         free(st->tenants[i]);
     }
     free(st->tenants);
-    for (size_t i = 0; i < st->n_nacks; i++) {
-        free(st->nacks[i]->tenant);
-        free(st->nacks[i]->reason);
-        free(st->nacks[i]->detail);
-        free(st->nacks[i]);
-    }
+    for (size_t i = 0; i < st->n_nacks; i++)
+        free_nack(st->nacks[i]);
     free(st->nacks);
     free(st->public_key.data);
     popcast__agent_status__init(st);
@@ -791,16 +911,22 @@ json_t *pc_applier_status_json(pc_applier *a)
     if (pc_store_foreach_tenant(a->opt.store, tenant_status, tenants, &err) != PC_OK)
         pc_error("applier", "status lists only part of the tenants: %s", err.msg);
     json_t *nacks = json_array();
-    pthread_mutex_lock(&a->lock);
-    for (size_t i = 0; i < a->nack_count; i++) {
-        /* Oldest first. */
-        size_t idx = (a->nack_next + NACK_RING - a->nack_count + i) % NACK_RING;
-        const nack *n = &a->nacks[idx];
-        json_array_append_new(nacks, json_pack("{s:s,s:I,s:I,s:s,s:s,s:I}", "tenant", n->tenant,
-                                               "version", (json_int_t)n->version, "seq",
-                                               (json_int_t)n->seq, "reason", n->reason, "detail",
-                                               n->detail, "at_unix_ms", (json_int_t)n->at_unix_ms));
+    Popcast__Nack **list = NULL;
+    size_t n = 0;
+    if (collect_nacks(a, &list, &n) != PC_OK)
+        pc_error("applier", "status lists only part of the nacks: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        Popcast__Nack *pn = list[i];
+        if (pn->tenant != NULL && pn->reason != NULL && pn->detail != NULL)
+            json_array_append_new(nacks,
+                                  json_pack("{s:s,s:I,s:I,s:s,s:s,s:I}", "tenant", pn->tenant,
+                                            "version", (json_int_t)pn->version, "seq",
+                                            (json_int_t)pn->seq, "reason", pn->reason, "detail",
+                                            pn->detail, "at_unix_ms", (json_int_t)pn->at_unix_ms));
+        free_nack(pn);
     }
+    free(list);
+    pthread_mutex_lock(&a->lock);
     /* The key entries must now be signed with (null: any root key). */
     json_t *signing_key = json_null();
     if (a->rotated) {

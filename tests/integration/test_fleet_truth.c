@@ -2,7 +2,7 @@
  * an agent whose data directory was wiped is heard again (its report
  * counters keep growing); reports not signed by the key bound to an agent
  * id (bound on first use by default) are refused, counted and shown, and
- * move nothing; ... */
+ * move nothing; garbage on pub/sub never erases a genuine nack; ... */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +14,7 @@
 
 #include <cmocka.h>
 #include <nng/nng.h>
+#include <nng/protocol/pubsub0/pub.h>
 #include <nng/protocol/reqrep0/req.h>
 
 #include "envelope.h"
@@ -361,6 +362,120 @@ static void test_first_use_binding_in_a_cluster(void **state)
     pc_test_env_cleanup(&env);
 }
 
+/* Garbage on an agent's subscription: undecodable messages, messages with
+ * no body, and entries for the nacked version signed by a stranger. Each
+ * is refused and counted, none becomes a nack, and the genuine nack of v2
+ * stays: the rollout still says nacked and `popcast rollout --wait` fails
+ * (exit 3). Before, every refusal was a nack with tenant "" in a ring of
+ * 64, so enough garbage erased the real one: the agent turned from
+ * nacked to missing and --wait timed out instead. */
+static void test_garbage_does_not_erase_nacks(void **state)
+{
+    (void)state;
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    pc_test_controller_start(&env, &ctl, NULL);
+    char rogue_url[64];
+    snprintf(rogue_url, sizeof(rogue_url), "tcp://127.0.0.1:%d", pc_test_free_port());
+    nng_socket rogue;
+    assert_int_equal(nng_pub0_open(&rogue), 0);
+    assert_int_equal(nng_listen(rogue, rogue_url, NULL, 0), 0);
+    const char *subs[] = {ctl.pub_url, rogue_url, NULL};
+    const char *syncs[] = {ctl.sync_url, NULL};
+    pc_test_agent agent = {0};
+    pc_test_agent_start(&env, &agent, "victim", subs, syncs, NULL);
+
+    char src[128];
+    pc_test_lua_hello(src, sizeof(src), "one");
+    uint64_t v1 = pc_test_deploy_lua(&env, &ctl, "app", src);
+    expect_rollout_end(&env, &ctl, "app", v1, "complete");
+    const char *bad = "error('boom')\nreturn function() end\n";
+    uint64_t v2 = pc_test_deploy_lua(&env, &ctl, "app", bad);
+    expect_rollout_end(&env, &ctl, "app", v2, "nacked");
+
+    /* A forged entry claiming app v2 at the next seq. */
+    pc_signing_key stranger;
+    assert_int_equal(pc_keygen(&stranger), PC_OK);
+    Popcast__Manifest m = POPCAST__MANIFEST__INIT;
+    uint8_t hash[PC_HASH_LEN] = {0};
+    m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY;
+    m.tenant = "app";
+    m.version = v2;
+    m.seq = 3;
+    m.bundle_hash.data = hash;
+    m.bundle_hash.len = PC_HASH_LEN;
+    m.entrypoint = "main.lua";
+    m.runtime = "lua";
+    Popcast__SignedManifest sm;
+    assert_int_equal(pc_envelope_sign_manifest(&stranger, &m, &sm, NULL), PC_OK);
+    Popcast__Entry e = POPCAST__ENTRY__INIT;
+    e.signed_ = &sm;
+    Popcast__Publication pub = POPCAST__PUBLICATION__INIT;
+    pub.body_case = POPCAST__PUBLICATION__BODY_ENTRY;
+    pub.entry = &e;
+    size_t forged_len = popcast__publication__get_packed_size(&pub);
+    uint8_t *forged = malloc(forged_len);
+    popcast__publication__pack(&pub, forged);
+    Popcast__Publication empty = POPCAST__PUBLICATION__INIT;
+    uint8_t empty_buf[16];
+    size_t empty_len = popcast__publication__pack(&empty, empty_buf);
+    const uint8_t junk[] = {0xff, 0xff, 0xff, 0xff, 0x0f, 0x01};
+
+    /* pub/sub may drop, and the rogue link may come up late: send until
+     * the agent counted well over a ring's worth of each. */
+    const char *invalid = "popcast_agent_refused_total{reason=\"invalid\"}";
+    const char *untrusted = "popcast_agent_refused_total{reason=\"untrusted_key\"}";
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    while ((pc_test_agent_metric(&agent, invalid) < 150 ||
+            pc_test_agent_metric(&agent, untrusted) < 80) &&
+           pc_test_now_ms() < deadline) {
+        for (int i = 0; i < 20; i++) {
+            nng_send(rogue, (void *)junk, sizeof(junk), 0);
+            nng_send(rogue, empty_buf, empty_len, 0);
+            nng_send(rogue, forged, forged_len, 0);
+        }
+        pc_test_sleep_ms(50);
+    }
+    assert_true(pc_test_agent_metric(&agent, invalid) >= 150);
+    assert_true(pc_test_agent_metric(&agent, untrusted) >= 80);
+    free(forged);
+    pc_envelope_signed_clear(&sm);
+
+    /* A report sent after all that still carries the nack: wait for one
+     * that shows the agent's refusals happened (a new deploy of another
+     * tenant), then look at v2. */
+    pc_test_lua_hello(src, sizeof(src), "other");
+    uint64_t o1 = pc_test_deploy_lua(&env, &ctl, "other", src);
+    expect_rollout_end(&env, &ctl, "other", o1, "complete");
+    json_t *doc = api_json(&env, &ctl, "/v1/tenants/app/versions/2/rollout", 200);
+    json_t *a = json_array_get(json_object_get(doc, "agents"), 0);
+    assert_string_equal(json_string_value(json_object_get(a, "state")), "nacked");
+    assert_string_equal(json_string_value(json_object_get(a, "reason")), "runtime_error");
+    json_decref(doc);
+    char out[8192];
+    const char *wait_cmd[] = {"rollout", "app", "2", "--wait", "--timeout", "20", NULL};
+    int rc = pc_test_cli(&env, &ctl, wait_cmd, out, sizeof(out));
+    if (rc != 3 || strstr(out, "refused: app v2 was nacked by 1 agent") == NULL)
+        fail_msg("popcast rollout app 2 --wait: exit %d:\n%s", rc, out);
+
+    /* The agent's nacks: the genuine one only. */
+    json_t *st = pc_test_agent_status(&agent);
+    assert_non_null(st);
+    json_t *nacks = json_object_get(st, "nacks");
+    assert_int_equal(json_array_size(nacks), 1);
+    json_t *n0 = json_array_get(nacks, 0);
+    assert_string_equal(json_string_value(json_object_get(n0, "tenant")), "app");
+    assert_int_equal(json_integer_value(json_object_get(n0, "version")), v2);
+    assert_string_equal(json_string_value(json_object_get(n0, "reason")), "runtime_error");
+    json_decref(st);
+
+    nng_close(rogue);
+    pc_test_agent_stop(&agent);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
 int main(void)
 {
     pc_test_init();
@@ -368,6 +483,7 @@ int main(void)
         cmocka_unit_test(test_wiped_agent_is_heard_again),
         cmocka_unit_test(test_reports_need_the_bound_key),
         cmocka_unit_test(test_first_use_binding_in_a_cluster),
+        cmocka_unit_test(test_garbage_does_not_erase_nacks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
