@@ -12,37 +12,58 @@
 #include "envelope.h"
 #include "log.h"
 #include "names.h"
+#include "registry.h"
 #include "strmap.h"
 #include "trust.h"
 #include "checks.h"
 
-/* Versions of one tenant whose fate is kept (the most recent ones). */
+/* Versions of one tenant whose outcome is kept (the most recent ones). */
 #define VERSIONS_KEPT 8
 
-/* A version of a tenant this agent refused or could not make live. */
+/* What became of one version of a tenant on this agent (a VersionOutcome):
+ * LIVE (a delete: took effect) or NACKED. Decided once; only a NACKED
+ * version that later loads after all (at a restart) becomes LIVE. */
 typedef struct version_record {
-    uint64_t version, seq;
+    uint64_t version, seq, decided_seq;
+    Popcast__VersionState state;
+    bool is_delete;
     char reason[32];
-    char *detail; /* malloc'd */
+    char *detail; /* NACKED: malloc'd */
     int64_t at_unix_ms;
 } version_record;
 
-/* What this agent knows of one tenant's versions, by version ascending.
- * Only versions that verified (signed by a trusted key, so their tenant,
+/* The outcomes of one tenant's versions, by version ascending. Only
+ * versions that verified (signed by a trusted key, so their tenant,
  * version and seq are real) ever get here: garbage cannot push a real
- * record out. */
+ * record out. Every version >= from that this agent processed is here
+ * (older ones were evicted, or processed before records were kept). */
 typedef struct tenant_record {
     version_record v[VERSIONS_KEPT];
     size_t n;
+    uint64_t from;
 } tenant_record;
+
+/* Nacks that are not a version's outcome: a verified entry refused for a
+ * version that already has one (e.g. a validly signed entry reusing a
+ * live version's number: stale_version; or a live version that no longer
+ * loads at start). Only verified entries get here, so nothing on the wire
+ * can push these out either; the most recent ones are kept. */
+#define OTHER_NACKS 16
+
+typedef struct other_nack {
+    char tenant[PC_TENANT_MAX + 1];
+    version_record v;
+} other_nack;
 
 struct pc_applier {
     pc_applier_options opt;
     /* Serializes everything that writes: entries from pub/sub (loop
      * thread) and from catch-up (syncer thread) apply one at a time. */
     pc_mutex apply_lock;
-    pthread_mutex_t lock; /* guards the records and heartbeat state */
-    pc_strmap *records;   /* tenant -> tenant_record */
+    pthread_mutex_t lock;           /* guards the records and heartbeat state */
+    pc_strmap *records;             /* tenant -> tenant_record; changed under apply_lock too */
+    other_nack others[OTHER_NACKS]; /* ring, under lock */
+    size_t others_next, others_count;
     _Atomic uint64_t applied_seq;
     _Atomic uint64_t head_seq;
     int64_t last_heartbeat_ms;      /* monotonic; start time until the first */
@@ -57,6 +78,7 @@ struct pc_applier {
         *m_snapshots;
     uint8_t identity[PC_PK_LEN]; /* the key reports carry, when has_identity */
     bool has_identity;
+    pc_metric *m_record_failures;
 };
 
 static int64_t heartbeat_age_ms(pc_applier *a);
@@ -74,23 +96,30 @@ static void record_free(tenant_record *t)
     free(t);
 }
 
-/* The record of tenant's version (lock held): the existing one, or a new
- * one in its place by version; NULL when out of memory, or when the
- * version is older than every kept one and there is no room. The oldest
- * version makes room for a newer one. */
-static version_record *record_slot(pc_applier *a, const char *tenant, uint64_t version,
-                                   bool *created)
+/* tenant's record (lock held), created with from when absent; NULL when
+ * out of memory. */
+static tenant_record *tenant_record_get(pc_applier *a, const char *tenant, uint64_t from)
+{
+    tenant_record *t = pc_strmap_get(a->records, tenant);
+    if (t != NULL)
+        return t;
+    if ((t = calloc(1, sizeof(*t))) == NULL)
+        return NULL;
+    t->from = from;
+    if (pc_strmap_put(a->records, tenant, t) != PC_OK) {
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+/* The record of version in t (lock held): the existing one, or a new one
+ * in its place by version; NULL when the version is older than every kept
+ * one and there is no room. The oldest version makes room for a newer one
+ * (from then moves past it). */
+static version_record *record_slot(tenant_record *t, uint64_t version, bool *created)
 {
     *created = false;
-    tenant_record *t = pc_strmap_get(a->records, tenant);
-    if (t == NULL) {
-        if ((t = calloc(1, sizeof(*t))) == NULL)
-            return NULL;
-        if (pc_strmap_put(a->records, tenant, t) != PC_OK) {
-            free(t);
-            return NULL;
-        }
-    }
     size_t i = 0;
     while (i < t->n && t->v[i].version < version)
         i++;
@@ -99,6 +128,8 @@ static version_record *record_slot(pc_applier *a, const char *tenant, uint64_t v
     if (t->n == VERSIONS_KEPT) {
         if (i == 0)
             return NULL;
+        if (t->from <= t->v[0].version)
+            t->from = t->v[0].version + 1;
         free(t->v[0].detail);
         memmove(&t->v[0], &t->v[1], (VERSIONS_KEPT - 1) * sizeof(t->v[0]));
         t->n--;
@@ -112,28 +143,152 @@ static version_record *record_slot(pc_applier *a, const char *tenant, uint64_t v
     return &t->v[i];
 }
 
+/* A copy of a record that needs no lock (details duplicated); free with
+ * record_copy_clear. */
+static void record_copy(tenant_record *dst, const tenant_record *src)
+{
+    *dst = *src;
+    for (size_t i = 0; i < dst->n; i++)
+        dst->v[i].detail = src->v[i].detail ? strdup(src->v[i].detail) : NULL;
+}
+
+static void record_copy_clear(tenant_record *t)
+{
+    for (size_t i = 0; i < t->n; i++)
+        free(t->v[i].detail);
+}
+
+/* The outcomes of t as protobuf, pointing into t (items: VERSIONS_KEPT
+ * slots). */
+static void outcomes_proto(const tenant_record *t, Popcast__VersionOutcome *items,
+                           Popcast__VersionOutcome **ptrs, size_t *n)
+{
+    for (size_t i = 0; i < t->n; i++) {
+        const version_record *v = &t->v[i];
+        popcast__version_outcome__init(&items[i]);
+        items[i].version = v->version;
+        items[i].seq = v->seq;
+        items[i].state = v->state;
+        items[i].is_delete = v->is_delete;
+        items[i].decided_seq = v->decided_seq;
+        items[i].reason =
+            (char *)(v->state == POPCAST__VERSION_STATE__VERSION_STATE_NACKED ? v->reason : "");
+        items[i].detail = v->detail ? v->detail : (char *)"";
+        items[i].at_unix_ms = v->at_unix_ms;
+        ptrs[i] = &items[i];
+    }
+    *n = t->n;
+}
+
+/* Writes tenant's outcomes to the store, so they survive restarts
+ * (apply_lock held: writes of one tenant's record happen in order). A
+ * failure is counted and logged; the report still says what happened. */
+static void persist_outcomes(pc_applier *a, const char *tenant, const tenant_record *t)
+{
+    PC_CHECK_HELD(&a->apply_lock);
+    Popcast__VersionOutcome items[VERSIONS_KEPT], *ptrs[VERSIONS_KEPT];
+    Popcast__TenantOutcomes o = POPCAST__TENANT_OUTCOMES__INIT;
+    outcomes_proto(t, items, ptrs, &o.n_outcomes);
+    o.outcomes = ptrs;
+    o.outcomes_from = t->from;
+    pc_err err;
+    if (pc_registry_put_outcomes(a->opt.store, tenant, &o, &err) != PC_OK) {
+        pc_metric_add(a->m_record_failures, 1);
+        pc_warn("applier", "%s: cannot record its versions' outcomes (%s: %s)", tenant,
+                pc_err_name(err.code), err.msg);
+    }
+}
+
+/* Records what became of a version that verified (apply_lock held): a
+ * new outcome, or NACKED turning LIVE (the version loaded after all). A
+ * version's outcome is otherwise never rewritten. */
+typedef enum { OUTCOME_RECORDED, OUTCOME_KNOWN, OUTCOME_CONFLICT } outcome_result;
+
+static outcome_result record_outcome(pc_applier *a, const char *tenant, uint64_t version,
+                                     uint64_t seq, Popcast__VersionState state, bool is_delete,
+                                     const char *reason, const char *detail)
+{
+    PC_CHECK_HELD(&a->apply_lock);
+    if (tenant == NULL || !pc_tenant_name_valid(tenant) || version == 0)
+        return OUTCOME_KNOWN;
+    bool changed_now = false, created = false;
+    outcome_result result = OUTCOME_KNOWN;
+    tenant_record copy;
+    pthread_mutex_lock(&a->lock);
+    tenant_record *t = tenant_record_get(a, tenant, version);
+    version_record *v = t ? record_slot(t, version, &created) : NULL;
+    if (v != NULL && (created || (v->state == POPCAST__VERSION_STATE__VERSION_STATE_NACKED &&
+                                  state == POPCAST__VERSION_STATE__VERSION_STATE_LIVE))) {
+        v->seq = seq;
+        v->state = state;
+        v->is_delete = is_delete;
+        v->decided_seq = atomic_load(&a->applied_seq);
+        v->at_unix_ms = pc_wall_ms();
+        free(v->detail);
+        v->detail = NULL;
+        v->reason[0] = '\0';
+        if (state == POPCAST__VERSION_STATE__VERSION_STATE_NACKED) {
+            snprintf(v->reason, sizeof(v->reason), "%s", reason ? reason : "");
+            v->detail = strdup(detail ? detail : "");
+        }
+        changed_now = true;
+        record_copy(&copy, t);
+    } else if (v != NULL && (v->state != state || v->seq != seq)) {
+        result = OUTCOME_CONFLICT;
+    }
+    pthread_mutex_unlock(&a->lock);
+    if (!changed_now)
+        return result;
+    persist_outcomes(a, tenant, &copy);
+    record_copy_clear(&copy);
+    changed(a, 0);
+    return OUTCOME_RECORDED;
+}
+
+/* A nack that is not its version's outcome (OTHER_NACKS); the same one
+ * again is kept once. */
+static void record_other_nack(pc_applier *a, const char *tenant, uint64_t version, uint64_t seq,
+                              const char *reason, const char *detail)
+{
+    pthread_mutex_lock(&a->lock);
+    for (size_t i = 0; i < a->others_count; i++) {
+        const other_nack *o = &a->others[i];
+        if (o->v.version == version && o->v.seq == seq && strcmp(o->tenant, tenant) == 0 &&
+            strcmp(o->v.reason, reason) == 0) {
+            pthread_mutex_unlock(&a->lock);
+            return;
+        }
+    }
+    other_nack *o = &a->others[a->others_next];
+    free(o->v.detail);
+    memset(o, 0, sizeof(*o));
+    snprintf(o->tenant, sizeof(o->tenant), "%s", tenant);
+    o->v.version = version;
+    o->v.seq = seq;
+    o->v.state = POPCAST__VERSION_STATE__VERSION_STATE_NACKED;
+    o->v.decided_seq = atomic_load(&a->applied_seq);
+    o->v.at_unix_ms = pc_wall_ms();
+    snprintf(o->v.reason, sizeof(o->v.reason), "%s", reason);
+    o->v.detail = strdup(detail ? detail : "");
+    a->others_next = (a->others_next + 1) % OTHER_NACKS;
+    if (a->others_count < OTHER_NACKS)
+        a->others_count++;
+    pthread_mutex_unlock(&a->lock);
+    changed(a, 0);
+}
+
 /* A nack: a version that verified (so tenant, version and seq are real)
  * and was refused or could not be made live. The first reason given for
  * a version is kept. */
 static void record_nack(pc_applier *a, const char *tenant, uint64_t version, uint64_t seq,
                         const char *reason, const char *detail)
 {
-    if (tenant == NULL || !pc_tenant_name_valid(tenant) || version == 0)
-        return;
     char labels[64];
     snprintf(labels, sizeof(labels), "reason=\"%s\"", reason);
     pc_metrics_inc(a->opt.metrics, "popcast_agent_nacks_total", labels);
-    pthread_mutex_lock(&a->lock);
-    bool created;
-    version_record *v = record_slot(a, tenant, version, &created);
-    if (v != NULL && created) {
-        v->seq = seq;
-        snprintf(v->reason, sizeof(v->reason), "%s", reason);
-        v->detail = strdup(detail ? detail : "");
-        v->at_unix_ms = pc_wall_ms();
-    }
-    pthread_mutex_unlock(&a->lock);
-    changed(a, 0);
+    if (record_outcome(a, tenant, version, seq, POPCAST__VERSION_STATE__VERSION_STATE_NACKED, false,
+                       reason, detail) == OUTCOME_CONFLICT)
+        record_other_nack(a, tenant, version, seq, reason, detail);
 }
 
 /* Counts and logs a refused entry. m is the verified manifest when the
@@ -206,9 +361,26 @@ static int make_live(pc_applier *a, const Popcast__Manifest *m, const uint8_t *b
     if (pc_store_set_live(a->opt.store, m->tenant, m->version, &serr) != PC_OK)
         pc_warn("applier", "%s version %llu is live but not recorded as live: %s", m->tenant,
                 (unsigned long long)m->version, serr.msg);
+    record_outcome(a, m->tenant, m->version, m->seq, POPCAST__VERSION_STATE__VERSION_STATE_LIVE,
+                   false, NULL, NULL);
     return PC_OK;
 }
 
+/* The outcome of tenant's delete, once the store holds it: in effect. */
+static void record_delete(pc_applier *a, const char *tenant)
+{
+    pc_tenant_state t;
+    uint64_t seq = 0;
+    pc_err err;
+    if (pc_store_get_tenant(a->opt.store, tenant, &t, &err) != PC_OK || !t.deleted ||
+        pc_store_version_seq(a->opt.store, tenant, t.last_version, &seq, &err) != PC_OK)
+        return;
+    record_outcome(a, tenant, t.last_version, seq, POPCAST__VERSION_STATE__VERSION_STATE_LIVE, true,
+                   NULL, NULL);
+}
+
+/* A delete: the tenant leaves every runtime (called once the delete is
+ * stored). */
 static void take_down(pc_applier *a, const char *tenant)
 {
     for (size_t i = 0; i < a->opt.n_adapters; i++)
@@ -216,6 +388,7 @@ static void take_down(pc_applier *a, const char *tenant)
     pc_err serr;
     if (pc_store_set_live(a->opt.store, tenant, 0, &serr) != PC_OK)
         pc_warn("applier", "%s: cannot record that nothing is live: %s", tenant, serr.msg);
+    record_delete(a, tenant);
 }
 
 /* Whether an entry claims a seq past the next one we expect. Only used to
@@ -463,8 +636,16 @@ static int load_tenant(void *arg, const pc_tenant_state *t)
 {
     load_walk *w = arg;
     pc_applier *a = w->a;
-    if (t->active_version == 0)
+    /* A tenant without outcomes (a store from before they were kept):
+     * they start at its newest version; what came before is unknown. */
+    pthread_mutex_lock(&a->lock);
+    tenant_record_get(a, t->tenant, t->last_version);
+    pthread_mutex_unlock(&a->lock);
+    if (t->active_version == 0) {
+        if (t->deleted)
+            record_delete(a, t->tenant);
         return 0;
+    }
     pc_err err;
     if (load_version(a, t->tenant, t->active_version, &err) == PC_OK) {
         w->live++;
@@ -636,6 +817,45 @@ static int load_rotation(void *arg, const Popcast__SignedManifest *sm)
     return rc;
 }
 
+static void records_free(pc_applier *a)
+{
+    size_t pos = 0;
+    const char *tenant;
+    void *val;
+    while (pc_strmap_next(a->records, &pos, &tenant, &val))
+        record_free(val);
+    pc_strmap_free(a->records);
+}
+
+/* One tenant's stored outcomes into memory (before anything runs: no
+ * lock needed, none taken). */
+static int load_outcomes(void *arg, const char *tenant, const Popcast__TenantOutcomes *o)
+{
+    pc_applier *a = arg;
+    if (!pc_tenant_name_valid(tenant))
+        return 0;
+    tenant_record *t = tenant_record_get(a, tenant, o->outcomes_from);
+    if (t == NULL)
+        return PC_E_NOMEM;
+    for (size_t i = 0; i < o->n_outcomes; i++) {
+        const Popcast__VersionOutcome *po = o->outcomes[i];
+        bool created;
+        version_record *v = po->version != 0 ? record_slot(t, po->version, &created) : NULL;
+        if (v == NULL)
+            continue;
+        v->seq = po->seq;
+        v->state = po->state;
+        v->is_delete = po->is_delete;
+        v->decided_seq = po->decided_seq;
+        v->at_unix_ms = po->at_unix_ms;
+        snprintf(v->reason, sizeof(v->reason), "%s", po->reason);
+        free(v->detail);
+        v->detail =
+            po->state == POPCAST__VERSION_STATE__VERSION_STATE_NACKED ? strdup(po->detail) : NULL;
+    }
+    return 0;
+}
+
 int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
 {
     pc_applier *a = calloc(1, sizeof(*a));
@@ -658,9 +878,12 @@ int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
         rotation_load l = {a, err};
         rc = pc_store_foreach_rotation(opt->store, load_rotation, &l, err);
     }
+    /* So do the outcomes of versions processed before. */
+    if (rc == PC_OK)
+        rc = pc_registry_foreach_outcomes(opt->store, load_outcomes, a, err);
     if (rc != PC_OK) {
         pc_trust_free(&a->trust);
-        pc_strmap_free(a->records);
+        records_free(a);
         pthread_mutex_destroy(&a->lock);
         pc_mutex_destroy(&a->apply_lock);
         free(a);
@@ -686,6 +909,9 @@ int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
                                       "entries discarded by the test-only drop switch");
     a->m_snapshots = pc_metrics_counter(opt->metrics, "popcast_agent_snapshots_installed_total",
                                         NULL, "snapshots installed");
+    a->m_record_failures =
+        pc_metrics_counter(opt->metrics, "popcast_agent_record_failures_total", NULL,
+                           "writes of what happened (live versions, outcomes) that failed");
     if (opt->test_drop_permille != 0)
         pc_warn("applier", "TEST MODE: dropping %u per mille of pub/sub entries",
                 opt->test_drop_permille);
@@ -698,12 +924,9 @@ void pc_applier_free(pc_applier *a)
     if (a == NULL)
         return;
     pc_trust_free(&a->trust);
-    size_t pos = 0;
-    const char *tenant;
-    void *val;
-    while (pc_strmap_next(a->records, &pos, &tenant, &val))
-        record_free(val);
-    pc_strmap_free(a->records);
+    records_free(a);
+    for (size_t i = 0; i < OTHER_NACKS; i++)
+        free(a->others[i].v.detail);
     pthread_mutex_destroy(&a->lock);
     pc_mutex_destroy(&a->apply_lock);
     free(a);
@@ -738,9 +961,64 @@ uint64_t pc_applier_stale_after_ms(pc_applier *a)
 }
 
 typedef struct proto_walk {
+    pc_applier *a;
     Popcast__TenantStatus **items;
     size_t n, cap;
 } proto_walk;
+
+static void free_outcome(Popcast__VersionOutcome *o)
+{
+    if (o->reason != protobuf_c_empty_string)
+        free(o->reason);
+    if (o->detail != protobuf_c_empty_string)
+        free(o->detail);
+    free(o);
+}
+
+/* The outcomes of a tenant's versions into its report entry (copies:
+ * the report outlives the lock). Read after the store's view of the
+ * tenant, so a version the store shows as applied and has no outcome yet
+ * is one being decided now, never one skipped (rollout.h). */
+static int tenant_outcomes(pc_applier *a, const pc_tenant_state *t, Popcast__TenantStatus *ts)
+{
+    tenant_record copy = {.from = t->last_version ? t->last_version : 1};
+    pthread_mutex_lock(&a->lock);
+    const tenant_record *rec = pc_strmap_get(a->records, t->tenant);
+    if (rec != NULL)
+        record_copy(&copy, rec);
+    pthread_mutex_unlock(&a->lock);
+    ts->outcomes_from = copy.from;
+    int rc = PC_OK;
+    if (copy.n > 0 && (ts->outcomes = calloc(copy.n, sizeof(*ts->outcomes))) == NULL)
+        rc = PC_E_NOMEM;
+    Popcast__VersionOutcome items[VERSIONS_KEPT], *ptrs[VERSIONS_KEPT];
+    size_t n = 0;
+    outcomes_proto(&copy, items, ptrs, &n);
+    for (size_t i = 0; rc == PC_OK && i < n; i++) {
+        Popcast__VersionOutcome *o = malloc(sizeof(*o));
+        if (o == NULL) {
+            rc = PC_E_NOMEM;
+            break;
+        }
+        *o = items[i];
+        o->reason = strdup(items[i].reason);
+        o->detail = strdup(items[i].detail);
+        ts->outcomes[ts->n_outcomes++] = o;
+        if (o->reason == NULL || o->detail == NULL)
+            rc = PC_E_NOMEM;
+    }
+    record_copy_clear(&copy);
+    return rc;
+}
+
+static void free_tenant_status(Popcast__TenantStatus *ts)
+{
+    for (size_t i = 0; i < ts->n_outcomes; i++)
+        free_outcome(ts->outcomes[i]);
+    free(ts->outcomes);
+    free(ts->tenant);
+    free(ts);
+}
 
 static int tenant_proto(void *arg, const pc_tenant_state *t)
 {
@@ -767,7 +1045,7 @@ static int tenant_proto(void *arg, const pc_tenant_state *t)
     ts->live_version = t->live_version;
     ts->applied_seq = t->active_seq;
     w->items[w->n++] = ts;
-    return 0;
+    return tenant_outcomes(w->a, t, ts) == PC_OK ? 0 : 1;
 }
 
 static void free_nack(Popcast__Nack *pn)
@@ -787,6 +1065,32 @@ static int by_nack_time(const void *x, const void *y)
     return c != 0 ? c : (a->version < b->version ? -1 : a->version > b->version);
 }
 
+/* Appends a copy of v as a Nack of tenant (lock held). */
+static int add_nack(Popcast__Nack ***list, size_t *n, size_t *cap, const char *tenant,
+                    const version_record *v)
+{
+    if (*n == *cap) {
+        size_t grown_cap = *cap ? *cap * 2 : 16;
+        Popcast__Nack **grown = realloc(*list, grown_cap * sizeof(*grown));
+        if (grown == NULL)
+            return PC_E_NOMEM;
+        *list = grown;
+        *cap = grown_cap;
+    }
+    Popcast__Nack *pn = malloc(sizeof(*pn));
+    if (pn == NULL)
+        return PC_E_NOMEM;
+    popcast__nack__init(pn);
+    pn->tenant = strdup(tenant);
+    pn->version = v->version;
+    pn->seq = v->seq;
+    pn->reason = strdup(v->reason);
+    pn->detail = strdup(v->detail ? v->detail : "");
+    pn->at_unix_ms = v->at_unix_ms;
+    (*list)[(*n)++] = pn;
+    return pn->tenant == NULL || pn->reason == NULL || pn->detail == NULL ? PC_E_NOMEM : PC_OK;
+}
+
 /* Every nack kept, oldest first (the report's and /v1/status's list). */
 static int collect_nacks(pc_applier *a, Popcast__Nack ***out, size_t *n_out)
 {
@@ -799,35 +1103,12 @@ static int collect_nacks(pc_applier *a, Popcast__Nack ***out, size_t *n_out)
     void *val;
     while (rc == PC_OK && pc_strmap_next(a->records, &pos, &tenant, &val)) {
         const tenant_record *t = val;
-        for (size_t i = 0; rc == PC_OK && i < t->n; i++) {
-            const version_record *v = &t->v[i];
-            if (n == cap) {
-                size_t grown_cap = cap ? cap * 2 : 16;
-                Popcast__Nack **grown = realloc(list, grown_cap * sizeof(*grown));
-                if (grown == NULL) {
-                    rc = PC_E_NOMEM;
-                    break;
-                }
-                list = grown;
-                cap = grown_cap;
-            }
-            Popcast__Nack *pn = malloc(sizeof(*pn));
-            if (pn == NULL) {
-                rc = PC_E_NOMEM;
-                break;
-            }
-            popcast__nack__init(pn);
-            pn->tenant = strdup(tenant);
-            pn->version = v->version;
-            pn->seq = v->seq;
-            pn->reason = strdup(v->reason);
-            pn->detail = strdup(v->detail ? v->detail : "");
-            pn->at_unix_ms = v->at_unix_ms;
-            list[n++] = pn;
-            if (pn->tenant == NULL || pn->reason == NULL || pn->detail == NULL)
-                rc = PC_E_NOMEM;
-        }
+        for (size_t i = 0; rc == PC_OK && i < t->n; i++)
+            if (t->v[i].state == POPCAST__VERSION_STATE__VERSION_STATE_NACKED)
+                rc = add_nack(&list, &n, &cap, tenant, &t->v[i]);
     }
+    for (size_t i = 0; rc == PC_OK && i < a->others_count; i++)
+        rc = add_nack(&list, &n, &cap, a->others[i].tenant, &a->others[i].v);
     pthread_mutex_unlock(&a->lock);
     if (list != NULL)
         qsort(list, n, sizeof(*list), by_nack_time);
@@ -845,7 +1126,7 @@ void pc_applier_set_identity(pc_applier *a, const pc_public_key *pk)
 int pc_applier_status(pc_applier *a, Popcast__AgentStatus *out)
 {
     popcast__agent_status__init(out);
-    proto_walk w = {0};
+    proto_walk w = {.a = a};
     int rc = pc_store_foreach_tenant(a->opt.store, tenant_proto, &w, NULL);
     out->tenants = w.items;
     out->n_tenants = w.n;
@@ -868,10 +1149,8 @@ int pc_applier_status(pc_applier *a, Popcast__AgentStatus *out)
 
 void pc_applier_status_clear(Popcast__AgentStatus *st)
 {
-    for (size_t i = 0; i < st->n_tenants; i++) {
-        free(st->tenants[i]->tenant);
-        free(st->tenants[i]);
-    }
+    for (size_t i = 0; i < st->n_tenants; i++)
+        free_tenant_status(st->tenants[i]);
     free(st->tenants);
     for (size_t i = 0; i < st->n_nacks; i++)
         free_nack(st->nacks[i]);
@@ -889,9 +1168,41 @@ static json_t *hex_hash(const uint8_t *h)
     return json_string(hex);
 }
 
+typedef struct json_walk {
+    pc_applier *a;
+    json_t *list;
+} json_walk;
+
+static const char *state_name(Popcast__VersionState s)
+{
+    switch (s) {
+    case POPCAST__VERSION_STATE__VERSION_STATE_LIVE: return "live";
+    case POPCAST__VERSION_STATE__VERSION_STATE_NACKED: return "nacked";
+    default: return "unknown";
+    }
+}
+
+static json_t *outcomes_json(const Popcast__TenantStatus *ts)
+{
+    json_t *list = json_array();
+    for (size_t i = 0; i < ts->n_outcomes; i++) {
+        const Popcast__VersionOutcome *o = ts->outcomes[i];
+        json_t *j = json_pack("{s:I,s:I,s:s,s:b,s:I,s:I}", "version", (json_int_t)o->version, "seq",
+                              (json_int_t)o->seq, "state", state_name(o->state), "is_delete",
+                              o->is_delete, "decided_seq", (json_int_t)o->decided_seq, "at_unix_ms",
+                              (json_int_t)o->at_unix_ms);
+        if (j != NULL && o->state == POPCAST__VERSION_STATE__VERSION_STATE_NACKED) {
+            json_object_set_new(j, "reason", json_string(o->reason));
+            json_object_set_new(j, "detail", json_string(o->detail));
+        }
+        json_array_append_new(list, j);
+    }
+    return list;
+}
+
 static int tenant_status(void *arg, const pc_tenant_state *t)
 {
-    json_t *list = arg;
+    json_walk *w = arg;
     json_t *o =
         json_pack("{s:s,s:I,s:I,s:I,s:b}", "tenant", t->tenant, "applied_version",
                   (json_int_t)t->active_version, "live_version", (json_int_t)t->live_version,
@@ -900,15 +1211,24 @@ static int tenant_status(void *arg, const pc_tenant_state *t)
         json_object_set_new(o, "applied_hash", hex_hash(t->active_hash));
     if (o != NULL && t->live_version != 0)
         json_object_set_new(o, "live_hash", hex_hash(t->live_hash));
-    json_array_append_new(list, o);
+    Popcast__TenantStatus ts = POPCAST__TENANT_STATUS__INIT;
+    if (o != NULL && tenant_outcomes(w->a, t, &ts) == PC_OK) {
+        json_object_set_new(o, "outcomes", outcomes_json(&ts));
+        json_object_set_new(o, "outcomes_from", json_integer((json_int_t)ts.outcomes_from));
+    }
+    for (size_t i = 0; i < ts.n_outcomes; i++)
+        free_outcome(ts.outcomes[i]);
+    free(ts.outcomes);
+    json_array_append_new(w->list, o);
     return 0;
 }
 
 json_t *pc_applier_status_json(pc_applier *a)
 {
     json_t *tenants = json_array();
+    json_walk jw = {a, tenants};
     pc_err err;
-    if (pc_store_foreach_tenant(a->opt.store, tenant_status, tenants, &err) != PC_OK)
+    if (pc_store_foreach_tenant(a->opt.store, tenant_status, &jw, &err) != PC_OK)
         pc_error("applier", "status lists only part of the tenants: %s", err.msg);
     json_t *nacks = json_array();
     Popcast__Nack **list = NULL;

@@ -359,35 +359,111 @@ json_t *pc_rollout_fleet_json(pc_rollout *r, uint64_t head_seq, int64_t now_ms)
                      (json_int_t)refused_total);
 }
 
-typedef enum { ST_LIVE, ST_NACKED, ST_MISSING } agent_verdict;
+typedef enum {
+    ST_LIVE,
+    ST_NACKED,
+    ST_SKIPPED,
+    ST_DELETED,
+    ST_UNKNOWN,
+    ST_MISSING,
+    ST_COUNT
+} agent_verdict;
 
-static agent_verdict verdict(const pc_rollout_query *q, const Popcast__AgentStatus *st,
-                             bool *applied, bool *superseded, const Popcast__Nack **nack)
+static const char *const state_names[ST_COUNT] = {"live",    "nacked",  "skipped",
+                                                  "deleted", "unknown", "missing"};
+
+/* One agent's verdict on a version (rollout.h). */
+typedef struct judgement {
+    agent_verdict v;
+    bool applied;
+    bool superseded;             /* live, but no longer what it serves */
+    const char *reason, *detail; /* nacked */
+} judgement;
+
+static const Popcast__VersionOutcome *outcome_of(const Popcast__TenantStatus *t, uint64_t version,
+                                                 const Popcast__VersionOutcome **next)
 {
-    const Popcast__TenantStatus *t = tenant_of(st, q->tenant);
-    uint64_t av = t ? t->applied_version : 0, lv = t ? t->live_version : 0;
-    *applied = av >= q->version;
-    *superseded = false;
-    *nack = NULL;
-    bool live;
-    if (q->is_delete)
-        live = *applied && (lv == 0 || lv > q->version);
-    else
-        live = lv >= q->version;
-    if (live) {
-        *superseded = lv > q->version;
-        return ST_LIVE;
+    const Popcast__VersionOutcome *found = NULL;
+    *next = NULL;
+    for (size_t i = 0; i < t->n_outcomes; i++) {
+        const Popcast__VersionOutcome *o = t->outcomes[i];
+        if (o->version == version)
+            found = o;
+        else if (o->version > version && (*next == NULL || o->version < (*next)->version))
+            *next = o;
     }
-    if ((*nack = nack_for(st, q->tenant, q->version)) != NULL)
-        return ST_NACKED;
-    return ST_MISSING;
+    return found;
+}
+
+/* From the outcomes an agent reports for the tenant. */
+static void judge_outcomes(const pc_rollout_query *q, const Popcast__TenantStatus *t, judgement *j)
+{
+    uint64_t v = q->version, av = t->applied_version;
+    const Popcast__VersionOutcome *next, *o = outcome_of(t, v, &next);
+    if (o != NULL && o->state == POPCAST__VERSION_STATE__VERSION_STATE_LIVE) {
+        j->v = ST_LIVE;
+        /* A delete serves while nothing newer came; a version while it is
+         * the live one. */
+        j->superseded = q->is_delete ? av != v : t->live_version != v;
+    } else if (o != NULL && o->state == POPCAST__VERSION_STATE__VERSION_STATE_NACKED) {
+        j->v = ST_NACKED;
+        j->reason = o->reason;
+        j->detail = o->detail;
+    } else if (o != NULL) {
+        j->v = ST_UNKNOWN; /* a state this controller does not know */
+    } else if (v >= av) {
+        /* Not there yet, or being decided right now (the agent reads its
+         * store, then its outcomes). */
+        j->v = ST_MISSING;
+    } else if (v < t->outcomes_from) {
+        j->v = ST_UNKNOWN; /* before what the agent remembers */
+    } else {
+        /* Never processed although something newer was: a snapshot
+         * brought a newer version, or the delete, first. */
+        j->v = next != NULL && next->is_delete && !q->is_delete ? ST_DELETED : ST_SKIPPED;
+    }
+}
+
+/* From an agent that reports no outcomes (older agents): live when the
+ * live version is at least V, which cannot tell a nacked version that a
+ * newer one replaced from one that went live. */
+static void judge_legacy(const pc_rollout_query *q, const Popcast__AgentStatus *st,
+                         const Popcast__TenantStatus *t, judgement *j)
+{
+    uint64_t lv = t ? t->live_version : 0;
+    bool live = q->is_delete ? j->applied && (lv == 0 || lv > q->version) : lv >= q->version;
+    const Popcast__Nack *nack;
+    if (live) {
+        j->v = ST_LIVE;
+        j->superseded = lv > q->version;
+    } else if ((nack = nack_for(st, q->tenant, q->version)) != NULL) {
+        j->v = ST_NACKED;
+        j->reason = nack->reason;
+        j->detail = nack->detail;
+    } else {
+        j->v = ST_MISSING;
+    }
+}
+
+static void judge(const pc_rollout_query *q, const Popcast__AgentStatus *st, judgement *j)
+{
+    memset(j, 0, sizeof(*j));
+    const Popcast__TenantStatus *t = tenant_of(st, q->tenant);
+    j->applied = t != NULL && t->applied_version >= q->version;
+    if (t != NULL && t->outcomes_from > 0)
+        judge_outcomes(q, t, j);
+    else
+        judge_legacy(q, st, t, j);
 }
 
 static json_t *pop_entry(json_t *pops, const char *pop)
 {
     json_t *p = json_object_get(pops, pop);
     if (p == NULL) {
-        p = json_pack("{s:i,s:i,s:i,s:i}", "total", 0, "live", 0, "nacked", 0, "missing", 0);
+        p = json_object();
+        json_object_set_new(p, "total", json_integer(0));
+        for (size_t i = 0; i < ST_COUNT; i++)
+            json_object_set_new(p, state_names[i], json_integer(0));
         json_object_set_new(pops, pop, p);
     }
     return p;
@@ -412,28 +488,33 @@ static void evaluate_locked(pc_rollout *r, const pc_rollout_query *q, int64_t no
         agent_entry *a = r->agents[i];
         if (is_gone(r, a, now))
             continue;
-        bool applied, superseded, stale = is_stale(r, a, now);
-        const Popcast__Nack *nack;
-        agent_verdict v = verdict(q, a->status, &applied, &superseded, &nack);
+        bool stale = is_stale(r, a, now);
+        judgement j;
+        judge(q, a->status, &j);
         s->total++;
-        s->applied += applied;
+        s->applied += j.applied;
         s->stale += stale;
-        s->superseded += superseded;
-        s->live += v == ST_LIVE;
-        s->nacked += v == ST_NACKED;
-        s->missing += v == ST_MISSING;
+        s->superseded += j.superseded;
+        s->live += j.v == ST_LIVE;
+        s->nacked += j.v == ST_NACKED;
+        s->skipped += j.v == ST_SKIPPED;
+        s->deleted += j.v == ST_DELETED;
+        s->unknown += j.v == ST_UNKNOWN;
+        s->missing += j.v == ST_MISSING;
         if (doc == NULL)
             continue;
-        const char *state = v == ST_LIVE ? "live" : v == ST_NACKED ? "nacked" : "missing";
+        const char *state = state_names[j.v];
         const Popcast__TenantStatus *t = tenant_of(a->status, q->tenant);
         json_t *o = json_pack("{s:s,s:s,s:s,s:b,s:b,s:I,s:I,s:I}", "agent_id", a->status->agent_id,
-                              "pop", a->status->pop, "state", state, "applied", applied, "stale",
+                              "pop", a->status->pop, "state", state, "applied", j.applied, "stale",
                               stale, "applied_version", (json_int_t)(t ? t->applied_version : 0),
                               "live_version", (json_int_t)(t ? t->live_version : 0),
                               "last_seen_ms_ago", (json_int_t)(now - a->last_seen_ms));
-        if (nack != NULL && v == ST_NACKED) {
-            json_object_set_new(o, "reason", json_string(nack->reason));
-            json_object_set_new(o, "detail", json_string(nack->detail));
+        if (j.v == ST_LIVE)
+            json_object_set_new(o, "superseded", json_boolean(j.superseded));
+        if (j.v == ST_NACKED) {
+            json_object_set_new(o, "reason", json_string(j.reason ? j.reason : ""));
+            json_object_set_new(o, "detail", json_string(j.detail ? j.detail : ""));
         }
         json_array_append_new(agents, o);
         json_t *p = pop_entry(pops, a->status->pop);
@@ -445,23 +526,35 @@ static void evaluate_locked(pc_rollout *r, const pc_rollout_query *q, int64_t no
      * operator waiting for a deploy wants at least one agent to have it. */
     s->complete = s->total > 0 && s->live >= need;
     s->failed = s->nacked > 0;
+    /* Only agents still missing it can add to live: when they cannot make
+     * up the difference, waiting longer changes nothing. */
+    s->unreachable = s->total > 0 && !s->complete && s->live + s->missing < need;
     if (doc != NULL) {
         json_object_set_new(doc, "agents", agents);
         json_object_set_new(doc, "pops", pops);
-        json_object_set_new(
-            doc, "summary",
-            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:b,s:f}", "total", (json_int_t)s->total,
-                      "live", (json_int_t)s->live, "applied", (json_int_t)s->applied, "nacked",
-                      (json_int_t)s->nacked, "missing", (json_int_t)s->missing, "stale",
-                      (json_int_t)s->stale, "superseded", (json_int_t)s->superseded, "complete",
-                      s->complete, "failed", s->failed, "fraction", q->fraction));
+        json_t *sum = json_pack(
+            "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:b,s:b,s:f}", "total",
+            (json_int_t)s->total, "live", (json_int_t)s->live, "applied", (json_int_t)s->applied,
+            "nacked", (json_int_t)s->nacked, "missing", (json_int_t)s->missing, "stale",
+            (json_int_t)s->stale, "superseded", (json_int_t)s->superseded, "skipped",
+            (json_int_t)s->skipped, "deleted", (json_int_t)s->deleted, "unknown",
+            (json_int_t)s->unknown, "complete", s->complete, "failed", s->failed, "unreachable",
+            s->unreachable, "fraction", q->fraction);
+        json_object_set_new(doc, "summary", sum);
     }
+}
+
+static const char *kind_name(const pc_rollout_query *q)
+{
+    if (q->is_delete || q->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE)
+        return "delete";
+    return q->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_ROLLBACK ? "rollback" : "deploy";
 }
 
 static json_t *version_doc(const pc_rollout_query *q)
 {
     return json_pack("{s:s,s:I,s:I,s:s}", "tenant", q->tenant, "version", (json_int_t)q->version,
-                     "seq", (json_int_t)q->seq, "kind", q->is_delete ? "delete" : "deploy");
+                     "seq", (json_int_t)q->seq, "kind", kind_name(q));
 }
 
 json_t *pc_rollout_version_json(pc_rollout *r, const pc_rollout_query *q, int64_t now_ms,
@@ -487,7 +580,7 @@ static void evaluate_waiters_locked(pc_rollout *r, int64_t now, waiter **fired)
         waiter *w = *pp;
         pc_rollout_summary s;
         evaluate_locked(r, &w->q, now, &s, NULL);
-        if (s.complete || s.failed || now >= w->deadline_ms) {
+        if (s.complete || s.failed || s.unreachable || now >= w->deadline_ms) {
             *pp = w->next;
             w->next = *fired;
             *fired = w;
@@ -503,7 +596,10 @@ static void fire(waiter *fired, pc_rollout *r, int64_t now)
         waiter *next = fired->next;
         pc_rollout_summary s;
         json_t *doc = pc_rollout_version_json(r, &fired->q, now, &s);
-        const char *why = s.complete ? "complete" : s.failed ? "nacked" : "timeout";
+        const char *why = s.complete      ? "complete"
+                          : s.failed      ? "nacked"
+                          : s.unreachable ? "unreachable"
+                                          : "timeout";
         json_object_set_new(doc, "wait", json_string(why));
         fired->done(fired->arg, doc, why);
         free(fired);
@@ -557,4 +653,68 @@ void pc_rollout_cancel_waits(pc_rollout *r)
         free(w);
         w = next;
     }
+}
+
+typedef struct serving_count {
+    uint64_t version;
+    size_t agents;
+} serving_count;
+
+static int by_version_desc(const void *x, const void *y)
+{
+    const serving_count *a = x, *b = y;
+    return a->version < b->version ? 1 : a->version > b->version ? -1 : 0;
+}
+
+json_t *pc_rollout_serving_json(pc_rollout *r, const char *tenant, int64_t now_ms)
+{
+    serving_count *counts = NULL;
+    size_t n = 0, cap = 0, total = 0, none = 0, stale = 0;
+    bool nomem = false;
+    pc_mutex_lock(&r->lock);
+    for (size_t i = 0; i < r->n_agents && !nomem; i++) {
+        agent_entry *a = r->agents[i];
+        if (is_gone(r, a, now_ms))
+            continue;
+        total++;
+        stale += is_stale(r, a, now_ms);
+        const Popcast__TenantStatus *t = tenant_of(a->status, tenant);
+        uint64_t lv = t ? t->live_version : 0;
+        if (lv == 0) {
+            none++;
+            continue;
+        }
+        size_t k = 0;
+        while (k < n && counts[k].version != lv)
+            k++;
+        if (k == n) {
+            if (n == cap) {
+                size_t grown_cap = cap ? cap * 2 : 8;
+                serving_count *grown = realloc(counts, grown_cap * sizeof(*grown));
+                if (grown == NULL) {
+                    nomem = true;
+                    break;
+                }
+                counts = grown;
+                cap = grown_cap;
+            }
+            counts[n++] = (serving_count){lv, 0};
+        }
+        counts[k].agents++;
+    }
+    pc_mutex_unlock(&r->lock);
+    if (nomem) {
+        free(counts);
+        return NULL;
+    }
+    if (counts != NULL)
+        qsort(counts, n, sizeof(*counts), by_version_desc);
+    json_t *versions = json_array();
+    for (size_t k = 0; k < n; k++)
+        json_array_append_new(versions,
+                              json_pack("{s:I,s:I}", "version", (json_int_t)counts[k].version,
+                                        "agents", (json_int_t)counts[k].agents));
+    free(counts);
+    return json_pack("{s:I,s:o,s:I,s:I}", "agents", (json_int_t)total, "versions", versions, "none",
+                     (json_int_t)none, "stale", (json_int_t)stale);
 }

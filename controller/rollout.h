@@ -8,14 +8,21 @@
  * report_stale_ms, or that report themselves stale (no valid heartbeat),
  * are listed as stale.
  *
- * For a tenant version V, an agent is
- *   live      when its live version for the tenant is >= V (a newer version
- *             supersedes V; "superseded" counts those separately),
- *   applied   when its applied version is >= V,
- *   nacked    when it reported a nack for V and V is not live there,
- *   missing   otherwise.
- * For a delete, "live" means the delete is applied and nothing older is
- * served.
+ * For a tenant version V, an agent's state comes from the outcome it
+ * reports for V (agents keep, per tenant, the outcome of each recent
+ * version they processed; docs/protocol.md "Version outcomes"):
+ *   live      V went live there (a delete: took effect), whatever came
+ *             after: "superseded" when it no longer serves V;
+ *   nacked    it refused V or could not load it;
+ *   skipped   it never processed V, although it has a newer version (a
+ *             snapshot brought that first), so V was never live there;
+ *   deleted   likewise, and what came first was the tenant's delete;
+ *   unknown   V is older than the outcomes it remembers;
+ *   missing   it has not got to V yet (or is deciding it right now).
+ * "applied" counts agents whose applied version is >= V, whatever their
+ * state. Agents that report no outcomes (older agents) are judged the old
+ * way: live when their live version is >= V, nacked when they list a nack
+ * for V, missing otherwise.
  *
  * Thread safe: reports arrive on nng threads, queries on HTTP threads,
  * ticks on the loop. */
@@ -74,26 +81,39 @@ typedef struct pc_rollout_query {
     uint64_t version;
     uint64_t seq;
     bool is_delete;
-    double fraction; /* of non-gone agents that must be live; 1.0 = all */
+    double fraction;         /* of non-gone agents that must be live; 1.0 = all */
+    Popcast__EntryKind kind; /* the change's kind, shown ("deploy" when unset) */
 } pc_rollout_query;
 
 typedef struct pc_rollout_summary {
-    size_t total, live, applied, nacked, missing, stale, superseded;
-    bool complete; /* live >= ceil(fraction * total) */
-    bool failed;   /* at least one nack */
+    size_t total, live, applied, nacked, missing, stale;
+    size_t superseded; /* live, no longer served */
+    size_t skipped, deleted, unknown;
+    bool complete;    /* live >= ceil(fraction * total) */
+    bool failed;      /* at least one nack */
+    bool unreachable; /* not complete, and live + missing < ceil(fraction * total) */
 } pc_rollout_summary;
 
 /* The rollout of one version, per agent and per PoP (docs/api.md). */
 json_t *pc_rollout_version_json(pc_rollout *r, const pc_rollout_query *q, int64_t now_ms,
                                 pc_rollout_summary *out);
 
-/* Waits until the rollout of q completes, fails (a nack) or deadline_ms
- * passes; then calls done exactly once, from whichever thread noticed,
- * with the rollout document and why it ended ("complete", "nacked",
- * "timeout", "shutdown"). Checked on every report and every tick. */
+/* Waits until the rollout of q completes, fails (a nack), can no longer
+ * complete (unreachable: too many agents skipped it, saw the tenant
+ * deleted first, or do not know it) or deadline_ms passes; then calls done
+ * exactly once, from whichever thread noticed, with the rollout document
+ * and why it ended ("complete", "nacked", "unreachable", "timeout",
+ * "shutdown"; in that order of precedence). Checked on every report and
+ * every tick. */
 typedef void (*pc_rollout_done)(void *arg, json_t *doc, const char *why);
 int pc_rollout_wait(pc_rollout *r, const pc_rollout_query *q, int64_t deadline_ms,
                     pc_rollout_done done, void *arg, pc_err *err);
+/* What the fleet serves of tenant, from the agents' last reports (gone
+ * agents left out): {"agents": N, "versions": [{"version", "agents"}]
+ * newest first, "none": agents serving nothing of it, "stale": N}. NULL
+ * when out of memory. */
+json_t *pc_rollout_serving_json(pc_rollout *r, const char *tenant, int64_t now_ms);
+
 /* Expires waits and applies "gone" (call periodically, e.g. every 100 ms). */
 void pc_rollout_tick(pc_rollout *r, int64_t now_ms);
 /* Ends every wait with "shutdown". */

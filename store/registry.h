@@ -16,6 +16,7 @@
  *   "agent.<agent id>"             AgentRecord controller: enrolled agents
  *   "cluster.node.<raft id>"       ClusterNode controller: members added at run time
  *   "status_epoch"                 u64 BE      agent: report counter epoch
+ *   "outcome.<tenant>"             TenantOutcomes agent: what became of its versions
  *
  * Walks follow store.h: cb returning non-zero stops the walk and that
  * value is returned. Writes here are for the cluster's FSM (controller)
@@ -53,6 +54,15 @@ int pc_registry_foreach_agent(pc_store *s, int (*cb)(void *arg, const Popcast__A
 int pc_registry_put_node(pc_store *s, const Popcast__ClusterNode *n, pc_err *err);
 int pc_registry_foreach_node(pc_store *s, int (*cb)(void *arg, const Popcast__ClusterNode *n),
                              void *arg, pc_err *err);
+
+/* Agent: the outcomes of a tenant's recent versions (replaced whole). */
+int pc_registry_put_outcomes(pc_store *s, const char *tenant, const Popcast__TenantOutcomes *o,
+                             pc_err *err);
+/* Every tenant's outcomes, in tenant name order. */
+int pc_registry_foreach_outcomes(pc_store *s,
+                                 int (*cb)(void *arg, const char *tenant,
+                                           const Popcast__TenantOutcomes *o),
+                                 void *arg, pc_err *err);
 
 /* Agent: the epoch of this start's status report counters (the counter
  * is epoch << 32 | n, docs/protocol.md "status reports"), stored before it

@@ -2,7 +2,10 @@
  * an agent whose data directory was wiped is heard again (its report
  * counters keep growing); reports not signed by the key bound to an agent
  * id (bound on first use by default) are refused, counted and shown, and
- * move nothing; garbage on pub/sub never erases a genuine nack; ... */
+ * move nothing; garbage on pub/sub never erases a genuine nack; each
+ * version's outcome per agent (live, nacked) is kept and never rewritten
+ * by later versions, and `status` shows what agents serve next to what
+ * was asked for; ... */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -166,6 +169,46 @@ static json_t *wait_fleet_agent(pc_test_env *env, pc_test_controller *c, const c
     if (a == NULL)
         fail_msg("agent %s never appeared in the fleet of %s", id, c->api_url);
     return a;
+}
+
+static long long summary_of(json_t *doc, const char *key)
+{
+    return (long long)json_integer_value(json_object_get(json_object_get(doc, "summary"), key));
+}
+
+/* The rollout of app's version, once summary[key] reached want. */
+static json_t *wait_summary(pc_test_env *env, pc_test_controller *c, uint64_t version,
+                            const char *key, long long want)
+{
+    char url[128];
+    snprintf(url, sizeof(url), "/v1/tenants/app/versions/%llu/rollout",
+             (unsigned long long)version);
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    json_t *doc = api_json(env, c, url, 200);
+    while (summary_of(doc, key) != want && pc_test_now_ms() < deadline) {
+        json_decref(doc);
+        pc_test_sleep_ms(100);
+        doc = api_json(env, c, url, 200);
+    }
+    if (summary_of(doc, key) != want) {
+        char *dump = json_dumps(doc, JSON_COMPACT);
+        fail_msg("app v%llu: %s never reached %lld: %s", (unsigned long long)version, key, want,
+                 dump);
+    }
+    return doc;
+}
+
+/* `popcast` with args; fails the test unless it exits want_rc and its
+ * output has want_text. */
+static void expect_cli(pc_test_env *env, pc_test_controller *c, const char *const *args,
+                       int want_rc, const char *want_text)
+{
+    char out[8192];
+    int rc = pc_test_cli(env, c, args, out, sizeof(out));
+    if (rc != want_rc || strstr(out, want_text) == NULL)
+        fail_msg("popcast %s %s %s: exit %d (expected %d, with \"%s\"):\n%s", args[0],
+                 args[1] ? args[1] : "", args[1] && args[2] ? args[2] : "", rc, want_rc, want_text,
+                 out);
 }
 
 /* An agent that restarted, then lost its data directory, then started
@@ -476,6 +519,102 @@ static void test_garbage_does_not_erase_nacks(void **state)
     pc_test_env_cleanup(&env);
 }
 
+/* A version every agent nacked stays nacked when a good one follows: its
+ * rollout and `popcast rollout --wait` say nacked (exit 3), not "live
+ * 3/3, complete" as when live meant "live version >= V". `status` shows
+ * what was asked for next to what agents serve. A version that went live
+ * stays live (superseded) after newer ones, across an agent restart; a
+ * rollback's rollout says rollback; a delete's rollout completes. */
+static void test_outcomes_are_kept(void **state)
+{
+    (void)state;
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    pc_test_controller_start(&env, &ctl, NULL);
+    pc_test_agent agents[3];
+    memset(agents, 0, sizeof(agents));
+    const char *ids[] = {"out-1", "out-2", "out-3"};
+    for (int i = 0; i < 3; i++)
+        pc_test_agent_start_for(&env, &agents[i], ids[i], &ctl, NULL);
+    for (int i = 0; i < 3; i++)
+        json_decref(wait_fleet_agent(&env, &ctl, ids[i]));
+
+    char src[128];
+    pc_test_lua_hello(src, sizeof(src), "one");
+    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "app", src), 1);
+    json_decref(wait_summary(&env, &ctl, 1, "live", 3));
+    const char *bad = "error('boom')\nreturn function() end\n";
+    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "app", bad), 2);
+    json_decref(wait_summary(&env, &ctl, 2, "nacked", 3));
+
+    /* Asked for v2, served v1 everywhere. */
+    const char *status_cmd[] = {"status", "app", NULL};
+    expect_cli(&env, &ctl, status_cmd, 0, "requested      v2");
+    expect_cli(&env, &ctl, status_cmd, 0, "serving        v1 on 3 (of 3 agents)");
+    json_t *t = api_json(&env, &ctl, "/v1/tenants/app", 200);
+    json_t *serving = json_object_get(t, "serving");
+    assert_int_equal(json_integer_value(json_object_get(serving, "agents")), 3);
+    json_t *sv0 = json_array_get(json_object_get(serving, "versions"), 0);
+    assert_int_equal(json_integer_value(json_object_get(sv0, "version")), 1);
+    assert_int_equal(json_integer_value(json_object_get(sv0, "agents")), 3);
+    json_decref(t);
+
+    /* A good v3: v2 stays nacked everywhere, v1 stays live (superseded). */
+    pc_test_lua_hello(src, sizeof(src), "three");
+    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "app", src), 3);
+    json_decref(wait_summary(&env, &ctl, 3, "live", 3));
+    const char *wait2[] = {"rollout", "app", "2", "--wait", "--timeout", "20", NULL};
+    expect_cli(&env, &ctl, wait2, 3, "refused: app v2 was nacked by 3 agent(s)");
+    json_t *doc = wait_summary(&env, &ctl, 2, "nacked", 3);
+    assert_int_equal(summary_of(doc, "live"), 0);
+    assert_false(json_is_true(json_object_get(json_object_get(doc, "summary"), "complete")));
+    json_decref(doc);
+    doc = wait_summary(&env, &ctl, 1, "superseded", 3);
+    assert_int_equal(summary_of(doc, "live"), 3);
+    json_decref(doc);
+    expect_cli(&env, &ctl, status_cmd, 0, "serving        v3 on 3 (of 3 agents)");
+
+    /* An agent restarts: what it decided before survives. Then a
+     * rollback: its rollout says so. */
+    pc_test_agent_stop(&agents[0]);
+    pc_test_agent_start_for(&env, &agents[0], ids[0], &ctl, NULL);
+    pc_http_result r;
+    const char *body = "{\"version\": 1}";
+    assert_int_equal(pc_test_api(&env, &ctl, "POST", "/v1/tenants/app/rollback", "application/json",
+                                 body, strlen(body), &r),
+                     201);
+    pc_http_result_free(&r);
+    const char *wait4[] = {"rollout", "app", "4", "--wait", "--timeout", "60", NULL};
+    expect_cli(&env, &ctl, wait4, 0, "live: app v4 is live on 3/3 agents");
+    doc = api_json(&env, &ctl, "/v1/tenants/app/versions/4/rollout", 200);
+    assert_string_equal(json_string_value(json_object_get(doc, "kind")), "rollback");
+    json_decref(doc);
+    doc = api_json(&env, &ctl, "/v1/tenants/app/versions/2/rollout", 200);
+    assert_int_equal(summary_of(doc, "nacked"), 3);
+    json_decref(doc);
+    doc = api_json(&env, &ctl, "/v1/tenants/app/versions/3/rollout", 200);
+    assert_int_equal(summary_of(doc, "live"), 3);
+    assert_int_equal(summary_of(doc, "superseded"), 3);
+    json_decref(doc);
+
+    /* A delete: its rollout completes; v4 went live, then the delete. */
+    assert_int_equal(pc_test_api(&env, &ctl, "DELETE", "/v1/tenants/app", NULL, NULL, 0, &r), 200);
+    pc_http_result_free(&r);
+    expect_rollout_end(&env, &ctl, "app", 5, "complete");
+    doc = api_json(&env, &ctl, "/v1/tenants/app/versions/4/rollout", 200);
+    assert_int_equal(summary_of(doc, "live"), 3);
+    json_decref(doc);
+    doc = wait_summary(&env, &ctl, 4, "superseded", 3);
+    json_decref(doc);
+    expect_cli(&env, &ctl, status_cmd, 0, "serving        nothing on 3 (of 3 agents)");
+
+    for (int i = 0; i < 3; i++)
+        pc_test_agent_stop(&agents[i]);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
 int main(void)
 {
     pc_test_init();
@@ -484,6 +623,7 @@ int main(void)
         cmocka_unit_test(test_reports_need_the_bound_key),
         cmocka_unit_test(test_first_use_binding_in_a_cluster),
         cmocka_unit_test(test_garbage_does_not_erase_nacks),
+        cmocka_unit_test(test_outcomes_are_kept),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
