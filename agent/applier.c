@@ -41,6 +41,9 @@ typedef struct tenant_record {
     version_record v[VERSIONS_KEPT];
     size_t n;
     uint64_t from;
+    /* The version that went live but could not be recorded as live in the
+     * store (0: none); cleared when a later recording succeeds. */
+    uint64_t live_unrecorded;
 } tenant_record;
 
 /* Nacks that are not a version's outcome: a verified entry refused for a
@@ -79,6 +82,7 @@ struct pc_applier {
     uint8_t identity[PC_PK_LEN]; /* the key reports carry, when has_identity */
     bool has_identity;
     pc_metric *m_record_failures;
+    _Atomic uint64_t record_failures; /* as m_record_failures, for reports */
 };
 
 static int64_t heartbeat_age_ms(pc_applier *a);
@@ -87,6 +91,12 @@ static void changed(pc_applier *a, int need_sync)
 {
     if (a->opt.on_change != NULL)
         a->opt.on_change(a->opt.on_change_arg, need_sync);
+}
+
+static void count_record_failure(pc_applier *a)
+{
+    pc_metric_add(a->m_record_failures, 1);
+    atomic_fetch_add(&a->record_failures, 1);
 }
 
 static void record_free(tenant_record *t)
@@ -193,7 +203,7 @@ static void persist_outcomes(pc_applier *a, const char *tenant, const tenant_rec
     o.outcomes_from = t->from;
     pc_err err;
     if (pc_registry_put_outcomes(a->opt.store, tenant, &o, &err) != PC_OK) {
-        pc_metric_add(a->m_record_failures, 1);
+        count_record_failure(a);
         pc_warn("applier", "%s: cannot record its versions' outcomes (%s: %s)", tenant,
                 pc_err_name(err.code), err.msg);
     }
@@ -330,6 +340,50 @@ static pc_adapter *find_adapter(pc_applier *a, const char *runtime)
     return NULL;
 }
 
+/* Records in the store that tenant's version is live (0: nothing is), so
+ * that a restart serves it. Serving does not wait for it: when the write
+ * fails (a full store), the runtime serves the version all the same, and
+ * reports say so (they read what serves from the runtimes), flag it
+ * unrecorded and count the failure. */
+static void record_live(pc_applier *a, const char *tenant, uint64_t version)
+{
+    pc_tenant_state t;
+    pc_err serr;
+    int rc = PC_OK;
+    /* At start the store already records what is being made live again. */
+    if (pc_store_get_tenant(a->opt.store, tenant, &t, NULL) != PC_OK || t.live_version != version)
+        rc = pc_store_set_live(a->opt.store, tenant, version, &serr);
+    pthread_mutex_lock(&a->lock);
+    tenant_record *r =
+        version != 0 ? tenant_record_get(a, tenant, version) : pc_strmap_get(a->records, tenant);
+    if (r != NULL)
+        r->live_unrecorded = rc == PC_OK ? 0 : version;
+    pthread_mutex_unlock(&a->lock);
+    if (rc == PC_OK)
+        return;
+    count_record_failure(a);
+    if (version != 0)
+        pc_warn("applier",
+                "%s version %llu is live but could not be recorded as live (%s: %s): reports show "
+                "it live, flagged unrecorded; a restart would serve the version recorded before",
+                tenant, (unsigned long long)version, pc_err_name(serr.code), serr.msg);
+    else
+        pc_warn("applier", "%s: cannot record that nothing is live (%s: %s)", tenant,
+                pc_err_name(serr.code), serr.msg);
+}
+
+/* What the runtimes serve of tenant now (0: nothing): the truth reports
+ * give, whatever the store could record. */
+static uint64_t serving_version(pc_applier *a, const char *tenant)
+{
+    for (size_t i = 0; i < a->opt.n_adapters; i++) {
+        uint64_t v = a->opt.adapters[i]->live_version(a->opt.adapters[i], tenant);
+        if (v != 0)
+            return v;
+    }
+    return 0;
+}
+
 /* Prepares and swaps in one version; on success records it as live. */
 static int make_live(pc_applier *a, const Popcast__Manifest *m, const uint8_t *bundle, size_t len,
                      pc_err *err)
@@ -357,10 +411,7 @@ static int make_live(pc_applier *a, const Popcast__Manifest *m, const uint8_t *b
     if ((rc = ad->activate(ad, p, err)) != PC_OK)
         return rc;
     pc_metric_add(a->m_live, 1);
-    pc_err serr;
-    if (pc_store_set_live(a->opt.store, m->tenant, m->version, &serr) != PC_OK)
-        pc_warn("applier", "%s version %llu is live but not recorded as live: %s", m->tenant,
-                (unsigned long long)m->version, serr.msg);
+    record_live(a, m->tenant, m->version);
     record_outcome(a, m->tenant, m->version, m->seq, POPCAST__VERSION_STATE__VERSION_STATE_LIVE,
                    false, NULL, NULL);
     return PC_OK;
@@ -385,9 +436,7 @@ static void take_down(pc_applier *a, const char *tenant)
 {
     for (size_t i = 0; i < a->opt.n_adapters; i++)
         a->opt.adapters[i]->deactivate(a->opt.adapters[i], tenant, NULL);
-    pc_err serr;
-    if (pc_store_set_live(a->opt.store, tenant, 0, &serr) != PC_OK)
-        pc_warn("applier", "%s: cannot record that nothing is live: %s", tenant, serr.msg);
+    record_live(a, tenant, 0);
     record_delete(a, tenant);
 }
 
@@ -988,6 +1037,7 @@ static int tenant_outcomes(pc_applier *a, const pc_tenant_state *t, Popcast__Ten
         record_copy(&copy, rec);
     pthread_mutex_unlock(&a->lock);
     ts->outcomes_from = copy.from;
+    ts->live_unrecorded = copy.live_unrecorded != 0 && copy.live_unrecorded == ts->live_version;
     int rc = PC_OK;
     if (copy.n > 0 && (ts->outcomes = calloc(copy.n, sizeof(*ts->outcomes))) == NULL)
         rc = PC_E_NOMEM;
@@ -1042,7 +1092,7 @@ static int tenant_proto(void *arg, const pc_tenant_state *t)
     ts->tenant = name;
     /* last_version, not active: a delete is "applied" too (rollout.h). */
     ts->applied_version = t->last_version;
-    ts->live_version = t->live_version;
+    ts->live_version = serving_version(w->a, t->tenant);
     ts->applied_seq = t->active_seq;
     w->items[w->n++] = ts;
     return tenant_outcomes(w->a, t, ts) == PC_OK ? 0 : 1;
@@ -1140,6 +1190,7 @@ int pc_applier_status(pc_applier *a, Popcast__AgentStatus *out)
     }
     out->applied_seq = atomic_load(&a->applied_seq);
     out->stale = pc_applier_is_stale(a);
+    out->record_failures = atomic_load(&a->record_failures);
     if (collect_nacks(a, &out->nacks, &out->n_nacks) != PC_OK) {
         pc_applier_status_clear(out);
         return PC_E_NOMEM;
@@ -1203,18 +1254,25 @@ static json_t *outcomes_json(const Popcast__TenantStatus *ts)
 static int tenant_status(void *arg, const pc_tenant_state *t)
 {
     json_walk *w = arg;
-    json_t *o =
-        json_pack("{s:s,s:I,s:I,s:I,s:b}", "tenant", t->tenant, "applied_version",
-                  (json_int_t)t->active_version, "live_version", (json_int_t)t->live_version,
-                  "last_version", (json_int_t)t->last_version, "deleted", t->deleted);
+    /* live_version: what the runtime serves; the store's record of it may
+     * lag when it could not be written (live_unrecorded). */
+    uint64_t live = serving_version(w->a, t->tenant);
+    json_t *o = json_pack("{s:s,s:I,s:I,s:I,s:I,s:b}", "tenant", t->tenant, "applied_version",
+                          (json_int_t)t->active_version, "live_version", (json_int_t)live,
+                          "recorded_live_version", (json_int_t)t->live_version, "last_version",
+                          (json_int_t)t->last_version, "deleted", t->deleted);
     if (o != NULL && t->active_version != 0)
         json_object_set_new(o, "applied_hash", hex_hash(t->active_hash));
-    if (o != NULL && t->live_version != 0)
+    if (o != NULL && live != 0 && live == t->live_version)
         json_object_set_new(o, "live_hash", hex_hash(t->live_hash));
+    else if (o != NULL && live != 0 && live == t->active_version)
+        json_object_set_new(o, "live_hash", hex_hash(t->active_hash));
     Popcast__TenantStatus ts = POPCAST__TENANT_STATUS__INIT;
+    ts.live_version = live;
     if (o != NULL && tenant_outcomes(w->a, t, &ts) == PC_OK) {
         json_object_set_new(o, "outcomes", outcomes_json(&ts));
         json_object_set_new(o, "outcomes_from", json_integer((json_int_t)ts.outcomes_from));
+        json_object_set_new(o, "live_unrecorded", json_boolean(ts.live_unrecorded));
     }
     for (size_t i = 0; i < ts.n_outcomes; i++)
         free_outcome(ts.outcomes[i]);
@@ -1257,8 +1315,9 @@ json_t *pc_applier_status_json(pc_applier *a)
     pthread_mutex_unlock(&a->lock);
     uint64_t head = atomic_load(&a->head_seq), applied = atomic_load(&a->applied_seq);
     return json_pack(
-        "{s:I,s:I,s:I,s:b,s:I,s:o,s:o,s:o}", "applied_seq", (json_int_t)applied, "head_seq",
+        "{s:I,s:I,s:I,s:b,s:I,s:o,s:o,s:o,s:I}", "applied_seq", (json_int_t)applied, "head_seq",
         (json_int_t)head, "lag", (json_int_t)(head > applied ? head - applied : 0), "stale",
         pc_applier_is_stale(a), "last_heartbeat_ms_ago", (json_int_t)heartbeat_age_ms(a), "tenants",
-        tenants, "nacks", nacks, "signing_key", signing_key);
+        tenants, "nacks", nacks, "signing_key", signing_key, "record_failures",
+        (json_int_t)atomic_load(&a->record_failures));
 }

@@ -348,6 +348,15 @@ json_t *pc_rollout_fleet_json(pc_rollout *r, uint64_t head_seq, int64_t now_ms)
             "refused_reports", (json_int_t)a->refused.count);
         if (o != NULL && a->refused.count > 0)
             json_object_set_new(o, "last_refusal", refusal_json(&a->refused, now_ms));
+        /* What the agent could not write down (a full store): it serves
+         * what it reports, but a restart would go back to what it had
+         * recorded. */
+        size_t unrecorded = 0;
+        for (size_t k = 0; k < a->status->n_tenants; k++)
+            unrecorded += a->status->tenants[k]->live_unrecorded;
+        json_object_set_new(o, "record_failures",
+                            json_integer((json_int_t)a->status->record_failures));
+        json_object_set_new(o, "tenants_unrecorded", json_integer((json_int_t)unrecorded));
         json_array_append_new(agents, o);
     }
     json_t *refused = refused_only_json(r, now_ms);
@@ -512,6 +521,8 @@ static void evaluate_locked(pc_rollout *r, const pc_rollout_query *q, int64_t no
                               "last_seen_ms_ago", (json_int_t)(now - a->last_seen_ms));
         if (j.v == ST_LIVE)
             json_object_set_new(o, "superseded", json_boolean(j.superseded));
+        if (t != NULL && t->live_unrecorded)
+            json_object_set_new(o, "live_unrecorded", json_true());
         if (j.v == ST_NACKED) {
             json_object_set_new(o, "reason", json_string(j.reason ? j.reason : ""));
             json_object_set_new(o, "detail", json_string(j.detail ? j.detail : ""));

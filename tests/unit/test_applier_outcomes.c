@@ -1,9 +1,10 @@
 /* test_applier_outcomes.c - what the agent's applier (agent/applier.h)
  * says about versions: the outcome of each version it processed (live,
  * nacked; a delete in effect), kept per tenant and in its store so they
- * survive a restart; only entries that verified become nacks. Runs the
+ * survive a restart; only entries that verified become nacks; reports say
+ * what the runtime serves even when the store cannot record it. Runs the
  * applier on a real store with a fake runtime adapter that refuses the
- * versions a test names. */
+ * versions a test names (and can fill the store when it swaps one in). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -116,12 +117,11 @@ static pc_metrics *metrics;
 static fake rt;
 static pc_adapter *adapters[1];
 
-static int setup(void **state)
+static int setup_with(const pc_store_options *opt)
 {
     pc_test_init();
     pc_test_tmpdir(dir, sizeof(dir), "applier");
-    pc_store_options opt = {0};
-    assert_int_equal(pc_store_open(&store, dir, &opt, NULL), PC_OK);
+    assert_int_equal(pc_store_open(&store, dir, opt, NULL), PC_OK);
     assert_int_equal(pc_keygen(&root), PC_OK);
     memset(&trusted, 0, sizeof(trusted));
     assert_int_equal(pc_keyring_add(&trusted, &root.pub, NULL), PC_OK);
@@ -129,6 +129,19 @@ static int setup(void **state)
     fake_init(&rt);
     adapters[0] = &rt.base;
     return 0;
+}
+
+static int setup(void **state)
+{
+    pc_store_options opt = {0};
+    return setup_with(&opt);
+}
+
+/* A store that cannot grow past 2 MiB. */
+static int setup_small(void **state)
+{
+    pc_store_options opt = {.map_size = 2 << 20, .map_size_max = 2 << 20};
+    return setup_with(&opt);
 }
 
 static int teardown(void **state)
@@ -360,6 +373,61 @@ static void test_nack_that_is_not_an_outcome(void **state)
     pc_applier_free(a);
 }
 
+/* Fills the store until nothing more fits (values of shrinking sizes, so
+ * that even small writes fail afterwards). Runs once. */
+static void fill_store(void *arg)
+{
+    static uint8_t big[64 * 1024];
+    const size_t sizes[] = {sizeof(big), 4096, 256, 16};
+    char key[64];
+    int n = 0;
+    pc_err err;
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++)
+        while (snprintf(key, sizeof(key), "fill.%d", n++) > 0 &&
+               pc_store_meta_put(store, key, big, sizes[k], &err) == PC_OK)
+            ;
+    assert_non_null(strstr(err.msg, "store is full"));
+    rt.on_activate = NULL;
+}
+
+/* The store fills up while v2 is being made live: the runtime serves v2,
+ * the store still says v1. The report and /v1/status say v2 (what serves),
+ * flag it unrecorded and count the failure; they used to say v1. */
+static void test_live_when_the_store_is_full(void **state)
+{
+    pc_applier *a = applier_new();
+    rt.refuse = 0;
+    assert_int_equal(apply(a, &root, "app", 1, 1, "one"), PC_OK);
+    rt.on_activate = fill_store;
+    assert_int_equal(apply(a, &root, "app", 2, 2, "two"), PC_OK);
+    assert_null(rt.on_activate); /* the store was filled */
+    assert_int_equal(fake_live_version(&rt.base, "app"), 2);
+    pc_tenant_state t;
+    assert_int_equal(pc_store_get_tenant(store, "app", &t, NULL), PC_OK);
+    assert_int_equal(t.live_version, 1);
+
+    Popcast__AgentStatus st;
+    assert_int_equal(pc_applier_status(a, &st), PC_OK);
+    const Popcast__TenantStatus *ts = tenant_in(&st, "app");
+    assert_non_null(ts);
+    assert_int_equal(ts->live_version, 2);
+    assert_true(ts->live_unrecorded);
+    /* The live version's record failed, and so did its outcome's. */
+    assert_true(st.record_failures >= 1);
+    pc_applier_status_clear(&st);
+    expect_outcomes(a, "app", "v1:L v2:L", 1);
+    assert_true(pc_metrics_get(metrics, "popcast_agent_record_failures_total", NULL) >= 1);
+
+    json_t *js = pc_applier_status_json(a);
+    json_t *app = json_array_get(json_object_get(js, "tenants"), 0);
+    assert_int_equal(json_integer_value(json_object_get(app, "live_version")), 2);
+    assert_int_equal(json_integer_value(json_object_get(app, "recorded_live_version")), 1);
+    assert_true(json_is_true(json_object_get(app, "live_unrecorded")));
+    assert_true(json_integer_value(json_object_get(js, "record_failures")) >= 1);
+    json_decref(js);
+    pc_applier_free(a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -368,6 +436,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_nacked_then_loaded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_garbage_is_not_a_nack, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nack_that_is_not_an_outcome, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_live_when_the_store_is_full, setup_small, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -372,12 +372,49 @@ static void test_serving(void **state)
     pc_rollout_free(r);
 }
 
+/* An agent that could not record what it serves (a full store) says so;
+ * the fleet shows it. */
+static void test_unrecorded_shown(void **state)
+{
+    (void)state;
+    pc_rollout_options opt = {.gone_after_ms = 60000, .report_stale_ms = 60000};
+    pc_rollout *r = pc_rollout_new(&opt);
+    Popcast__TenantStatus t1 = POPCAST__TENANT_STATUS__INIT, t2 = POPCAST__TENANT_STATUS__INIT;
+    Popcast__TenantStatus *tenants[] = {&t1, &t2};
+    t1.tenant = "web";
+    t1.applied_version = t1.live_version = 2;
+    t1.live_unrecorded = true;
+    t2.tenant = "api";
+    t2.applied_version = t2.live_version = 1;
+    Popcast__AgentStatus st = POPCAST__AGENT_STATUS__INIT;
+    st.agent_id = "edge-full";
+    st.pop = "fra";
+    st.counter = 1;
+    st.tenants = tenants;
+    st.n_tenants = 2;
+    st.record_failures = 3;
+    pc_err err;
+    assert_int_equal(pc_rollout_report(r, &st, true, T0, &err), PC_OK);
+    json_t *fleet = pc_rollout_fleet_json(r, 0, T0);
+    json_t *a = entry_of(fleet, "edge-full");
+    assert_int_equal(int_at(a, "record_failures"), 3);
+    assert_int_equal(int_at(a, "tenants_unrecorded"), 1);
+    json_decref(fleet);
+    pc_rollout_query q = {.tenant = "web", .version = 2, .seq = 2, .fraction = 1.0};
+    json_t *doc = pc_rollout_version_json(r, &q, T0, NULL);
+    json_t *e = json_array_get(json_object_get(doc, "agents"), 0);
+    assert_true(json_is_true(json_object_get(e, "live_unrecorded")));
+    json_decref(doc);
+    pc_rollout_free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_refusals_are_shown),  cmocka_unit_test(test_refused_list_is_bounded),
         cmocka_unit_test(test_new_key_new_counter), cmocka_unit_test(test_judged_by_outcomes),
         cmocka_unit_test(test_wait_unreachable),    cmocka_unit_test(test_serving),
+        cmocka_unit_test(test_unrecorded_shown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
