@@ -11,27 +11,62 @@
 #include "clock.h"
 #include "envelope.h"
 #include "log.h"
+#include "names.h"
+#include "registry.h"
+#include "strmap.h"
 #include "trust.h"
 #include "checks.h"
 
-#define NACK_RING 64
+/* Versions of one tenant whose outcome is kept (the most recent ones). */
+#define VERSIONS_KEPT 8
 
-typedef struct nack {
-    char tenant[PC_TENANT_MAX + 1];
-    uint64_t version, seq;
+/* What became of one version of a tenant on this agent (a VersionOutcome):
+ * LIVE (a delete: took effect) or NACKED. Decided once; only a NACKED
+ * version that later loads after all (at a restart) becomes LIVE. */
+typedef struct version_record {
+    uint64_t version, seq, decided_seq;
+    Popcast__VersionState state;
+    bool is_delete;
     char reason[32];
-    char detail[512];
+    char *detail; /* NACKED: malloc'd */
     int64_t at_unix_ms;
-} nack;
+} version_record;
+
+/* The outcomes of one tenant's versions, by version ascending. Only
+ * versions that verified (signed by a trusted key, so their tenant,
+ * version and seq are real) ever get here: garbage cannot push a real
+ * record out. Every version >= from that this agent processed is here
+ * (older ones were evicted, or processed before records were kept). */
+typedef struct tenant_record {
+    version_record v[VERSIONS_KEPT];
+    size_t n;
+    uint64_t from;
+    /* The version that went live but could not be recorded as live in the
+     * store (0: none); cleared when a later recording succeeds. */
+    uint64_t live_unrecorded;
+} tenant_record;
+
+/* Nacks that are not a version's outcome: a verified entry refused for a
+ * version that already has one (e.g. a validly signed entry reusing a
+ * live version's number: stale_version; or a live version that no longer
+ * loads at start). Only verified entries get here, so nothing on the wire
+ * can push these out either; the most recent ones are kept. */
+#define OTHER_NACKS 16
+
+typedef struct other_nack {
+    char tenant[PC_TENANT_MAX + 1];
+    version_record v;
+} other_nack;
 
 struct pc_applier {
     pc_applier_options opt;
     /* Serializes everything that writes: entries from pub/sub (loop
      * thread) and from catch-up (syncer thread) apply one at a time. */
     pc_mutex apply_lock;
-    pthread_mutex_t lock; /* guards the nack ring and heartbeat state */
-    nack nacks[NACK_RING];
-    size_t nack_next, nack_count;
+    pthread_mutex_t lock;           /* guards the records and heartbeat state */
+    pc_strmap *records;             /* tenant -> tenant_record; changed under apply_lock too */
+    other_nack others[OTHER_NACKS]; /* ring, under lock */
+    size_t others_next, others_count;
     _Atomic uint64_t applied_seq;
     _Atomic uint64_t head_seq;
     int64_t last_heartbeat_ms;      /* monotonic; start time until the first */
@@ -44,6 +79,10 @@ struct pc_applier {
     bool rotated;
     pc_metric *m_received, *m_applied, *m_live, *m_applied_seq, *m_heartbeats, *m_dropped,
         *m_snapshots;
+    uint8_t identity[PC_PK_LEN]; /* the key reports carry, when has_identity */
+    bool has_identity;
+    pc_metric *m_record_failures;
+    _Atomic uint64_t record_failures; /* as m_record_failures, for reports */
 };
 
 static int64_t heartbeat_age_ms(pc_applier *a);
@@ -54,26 +93,212 @@ static void changed(pc_applier *a, int need_sync)
         a->opt.on_change(a->opt.on_change_arg, need_sync);
 }
 
+static void count_record_failure(pc_applier *a)
+{
+    pc_metric_add(a->m_record_failures, 1);
+    atomic_fetch_add(&a->record_failures, 1);
+}
+
+static void record_free(tenant_record *t)
+{
+    for (size_t i = 0; i < t->n; i++)
+        free(t->v[i].detail);
+    free(t);
+}
+
+/* tenant's record (lock held), created with from when absent; NULL when
+ * out of memory. */
+static tenant_record *tenant_record_get(pc_applier *a, const char *tenant, uint64_t from)
+{
+    tenant_record *t = pc_strmap_get(a->records, tenant);
+    if (t != NULL)
+        return t;
+    if ((t = calloc(1, sizeof(*t))) == NULL)
+        return NULL;
+    t->from = from;
+    if (pc_strmap_put(a->records, tenant, t) != PC_OK) {
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+/* The record of version in t (lock held): the existing one, or a new one
+ * in its place by version; NULL when the version is older than every kept
+ * one and there is no room. The oldest version makes room for a newer one
+ * (from then moves past it). */
+static version_record *record_slot(tenant_record *t, uint64_t version, bool *created)
+{
+    *created = false;
+    size_t i = 0;
+    while (i < t->n && t->v[i].version < version)
+        i++;
+    if (i < t->n && t->v[i].version == version)
+        return &t->v[i];
+    if (t->n == VERSIONS_KEPT) {
+        if (i == 0)
+            return NULL;
+        if (t->from <= t->v[0].version)
+            t->from = t->v[0].version + 1;
+        free(t->v[0].detail);
+        memmove(&t->v[0], &t->v[1], (VERSIONS_KEPT - 1) * sizeof(t->v[0]));
+        t->n--;
+        i--;
+    }
+    memmove(&t->v[i + 1], &t->v[i], (t->n - i) * sizeof(t->v[0]));
+    t->n++;
+    memset(&t->v[i], 0, sizeof(t->v[i]));
+    t->v[i].version = version;
+    *created = true;
+    return &t->v[i];
+}
+
+/* A copy of a record that needs no lock (details duplicated); free with
+ * record_copy_clear. */
+static void record_copy(tenant_record *dst, const tenant_record *src)
+{
+    *dst = *src;
+    for (size_t i = 0; i < dst->n; i++)
+        dst->v[i].detail = src->v[i].detail ? strdup(src->v[i].detail) : NULL;
+}
+
+static void record_copy_clear(tenant_record *t)
+{
+    for (size_t i = 0; i < t->n; i++)
+        free(t->v[i].detail);
+}
+
+/* The outcomes of t as protobuf, pointing into t (items: VERSIONS_KEPT
+ * slots). */
+static void outcomes_proto(const tenant_record *t, Popcast__VersionOutcome *items,
+                           Popcast__VersionOutcome **ptrs, size_t *n)
+{
+    for (size_t i = 0; i < t->n; i++) {
+        const version_record *v = &t->v[i];
+        popcast__version_outcome__init(&items[i]);
+        items[i].version = v->version;
+        items[i].seq = v->seq;
+        items[i].state = v->state;
+        items[i].is_delete = v->is_delete;
+        items[i].decided_seq = v->decided_seq;
+        items[i].reason =
+            (char *)(v->state == POPCAST__VERSION_STATE__VERSION_STATE_NACKED ? v->reason : "");
+        items[i].detail = v->detail ? v->detail : (char *)"";
+        items[i].at_unix_ms = v->at_unix_ms;
+        ptrs[i] = &items[i];
+    }
+    *n = t->n;
+}
+
+/* Writes tenant's outcomes to the store, so they survive restarts
+ * (apply_lock held: writes of one tenant's record happen in order). A
+ * failure is counted and logged; the report still says what happened. */
+static void persist_outcomes(pc_applier *a, const char *tenant, const tenant_record *t)
+{
+    PC_CHECK_HELD(&a->apply_lock);
+    Popcast__VersionOutcome items[VERSIONS_KEPT], *ptrs[VERSIONS_KEPT];
+    Popcast__TenantOutcomes o = POPCAST__TENANT_OUTCOMES__INIT;
+    outcomes_proto(t, items, ptrs, &o.n_outcomes);
+    o.outcomes = ptrs;
+    o.outcomes_from = t->from;
+    pc_err err;
+    if (pc_registry_put_outcomes(a->opt.store, tenant, &o, &err) != PC_OK) {
+        count_record_failure(a);
+        pc_warn("applier", "%s: cannot record its versions' outcomes (%s: %s)", tenant,
+                pc_err_name(err.code), err.msg);
+    }
+}
+
+/* Records what became of a version that verified (apply_lock held): a
+ * new outcome, or NACKED turning LIVE (the version loaded after all). A
+ * version's outcome is otherwise never rewritten. */
+typedef enum { OUTCOME_RECORDED, OUTCOME_KNOWN, OUTCOME_CONFLICT } outcome_result;
+
+static outcome_result record_outcome(pc_applier *a, const char *tenant, uint64_t version,
+                                     uint64_t seq, Popcast__VersionState state, bool is_delete,
+                                     const char *reason, const char *detail)
+{
+    PC_CHECK_HELD(&a->apply_lock);
+    if (tenant == NULL || !pc_tenant_name_valid(tenant) || version == 0)
+        return OUTCOME_KNOWN;
+    bool changed_now = false, created = false;
+    outcome_result result = OUTCOME_KNOWN;
+    tenant_record copy;
+    pthread_mutex_lock(&a->lock);
+    tenant_record *t = tenant_record_get(a, tenant, version);
+    version_record *v = t ? record_slot(t, version, &created) : NULL;
+    if (v != NULL && (created || (v->state == POPCAST__VERSION_STATE__VERSION_STATE_NACKED &&
+                                  state == POPCAST__VERSION_STATE__VERSION_STATE_LIVE))) {
+        v->seq = seq;
+        v->state = state;
+        v->is_delete = is_delete;
+        v->decided_seq = atomic_load(&a->applied_seq);
+        v->at_unix_ms = pc_wall_ms();
+        free(v->detail);
+        v->detail = NULL;
+        v->reason[0] = '\0';
+        if (state == POPCAST__VERSION_STATE__VERSION_STATE_NACKED) {
+            snprintf(v->reason, sizeof(v->reason), "%s", reason ? reason : "");
+            v->detail = strdup(detail ? detail : "");
+        }
+        changed_now = true;
+        record_copy(&copy, t);
+    } else if (v != NULL && (v->state != state || v->seq != seq)) {
+        result = OUTCOME_CONFLICT;
+    }
+    pthread_mutex_unlock(&a->lock);
+    if (!changed_now)
+        return result;
+    persist_outcomes(a, tenant, &copy);
+    record_copy_clear(&copy);
+    changed(a, 0);
+    return OUTCOME_RECORDED;
+}
+
+/* A nack that is not its version's outcome (OTHER_NACKS); the same one
+ * again is kept once. */
+static void record_other_nack(pc_applier *a, const char *tenant, uint64_t version, uint64_t seq,
+                              const char *reason, const char *detail)
+{
+    pthread_mutex_lock(&a->lock);
+    for (size_t i = 0; i < a->others_count; i++) {
+        const other_nack *o = &a->others[i];
+        if (o->v.version == version && o->v.seq == seq && strcmp(o->tenant, tenant) == 0 &&
+            strcmp(o->v.reason, reason) == 0) {
+            pthread_mutex_unlock(&a->lock);
+            return;
+        }
+    }
+    other_nack *o = &a->others[a->others_next];
+    free(o->v.detail);
+    memset(o, 0, sizeof(*o));
+    snprintf(o->tenant, sizeof(o->tenant), "%s", tenant);
+    o->v.version = version;
+    o->v.seq = seq;
+    o->v.state = POPCAST__VERSION_STATE__VERSION_STATE_NACKED;
+    o->v.decided_seq = atomic_load(&a->applied_seq);
+    o->v.at_unix_ms = pc_wall_ms();
+    snprintf(o->v.reason, sizeof(o->v.reason), "%s", reason);
+    o->v.detail = strdup(detail ? detail : "");
+    a->others_next = (a->others_next + 1) % OTHER_NACKS;
+    if (a->others_count < OTHER_NACKS)
+        a->others_count++;
+    pthread_mutex_unlock(&a->lock);
+    changed(a, 0);
+}
+
+/* A nack: a version that verified (so tenant, version and seq are real)
+ * and was refused or could not be made live. The first reason given for
+ * a version is kept. */
 static void record_nack(pc_applier *a, const char *tenant, uint64_t version, uint64_t seq,
                         const char *reason, const char *detail)
 {
     char labels[64];
     snprintf(labels, sizeof(labels), "reason=\"%s\"", reason);
     pc_metrics_inc(a->opt.metrics, "popcast_agent_nacks_total", labels);
-    pthread_mutex_lock(&a->lock);
-    nack *n = &a->nacks[a->nack_next];
-    memset(n, 0, sizeof(*n));
-    snprintf(n->tenant, sizeof(n->tenant), "%s", tenant ? tenant : "");
-    n->version = version;
-    n->seq = seq;
-    snprintf(n->reason, sizeof(n->reason), "%s", reason);
-    snprintf(n->detail, sizeof(n->detail), "%s", detail);
-    n->at_unix_ms = pc_wall_ms();
-    a->nack_next = (a->nack_next + 1) % NACK_RING;
-    if (a->nack_count < NACK_RING)
-        a->nack_count++;
-    pthread_mutex_unlock(&a->lock);
-    changed(a, 0);
+    if (record_outcome(a, tenant, version, seq, POPCAST__VERSION_STATE__VERSION_STATE_NACKED, false,
+                       reason, detail) == OUTCOME_CONFLICT)
+        record_other_nack(a, tenant, version, seq, reason, detail);
 }
 
 /* Counts and logs a refused entry. m is the verified manifest when the
@@ -100,8 +325,11 @@ static void refuse(pc_applier *a, int code, const Popcast__Manifest *m, const pc
         changed(a, 1);
         return;
     }
-    record_nack(a, m ? m->tenant : "", m ? m->version : 0, m ? m->seq : 0, pc_err_name(code),
-                err->msg);
+    /* Only an entry that verified names a real tenant version: anything
+     * else (garbage, a forgery, an unknown key) is counted above and
+     * never becomes a nack, which would speak for a version it is not. */
+    if (m != NULL)
+        record_nack(a, m->tenant, m->version, m->seq, pc_err_name(code), err->msg);
 }
 
 static pc_adapter *find_adapter(pc_applier *a, const char *runtime)
@@ -110,6 +338,50 @@ static pc_adapter *find_adapter(pc_applier *a, const char *runtime)
         if (strcmp(a->opt.adapters[i]->name, runtime) == 0)
             return a->opt.adapters[i];
     return NULL;
+}
+
+/* Records in the store that tenant's version is live (0: nothing is), so
+ * that a restart serves it. Serving does not wait for it: when the write
+ * fails (a full store), the runtime serves the version all the same, and
+ * reports say so (they read what serves from the runtimes), flag it
+ * unrecorded and count the failure. */
+static void record_live(pc_applier *a, const char *tenant, uint64_t version)
+{
+    pc_tenant_state t;
+    pc_err serr;
+    int rc = PC_OK;
+    /* At start the store already records what is being made live again. */
+    if (pc_store_get_tenant(a->opt.store, tenant, &t, NULL) != PC_OK || t.live_version != version)
+        rc = pc_store_set_live(a->opt.store, tenant, version, &serr);
+    pthread_mutex_lock(&a->lock);
+    tenant_record *r =
+        version != 0 ? tenant_record_get(a, tenant, version) : pc_strmap_get(a->records, tenant);
+    if (r != NULL)
+        r->live_unrecorded = rc == PC_OK ? 0 : version;
+    pthread_mutex_unlock(&a->lock);
+    if (rc == PC_OK)
+        return;
+    count_record_failure(a);
+    if (version != 0)
+        pc_warn("applier",
+                "%s version %llu is live but could not be recorded as live (%s: %s): reports show "
+                "it live, flagged unrecorded; a restart would serve the version recorded before",
+                tenant, (unsigned long long)version, pc_err_name(serr.code), serr.msg);
+    else
+        pc_warn("applier", "%s: cannot record that nothing is live (%s: %s)", tenant,
+                pc_err_name(serr.code), serr.msg);
+}
+
+/* What the runtimes serve of tenant now (0: nothing): the truth reports
+ * give, whatever the store could record. */
+static uint64_t serving_version(pc_applier *a, const char *tenant)
+{
+    for (size_t i = 0; i < a->opt.n_adapters; i++) {
+        uint64_t v = a->opt.adapters[i]->live_version(a->opt.adapters[i], tenant);
+        if (v != 0)
+            return v;
+    }
+    return 0;
 }
 
 /* Prepares and swaps in one version; on success records it as live. */
@@ -139,20 +411,33 @@ static int make_live(pc_applier *a, const Popcast__Manifest *m, const uint8_t *b
     if ((rc = ad->activate(ad, p, err)) != PC_OK)
         return rc;
     pc_metric_add(a->m_live, 1);
-    pc_err serr;
-    if (pc_store_set_live(a->opt.store, m->tenant, m->version, &serr) != PC_OK)
-        pc_warn("applier", "%s version %llu is live but not recorded as live: %s", m->tenant,
-                (unsigned long long)m->version, serr.msg);
+    record_live(a, m->tenant, m->version);
+    record_outcome(a, m->tenant, m->version, m->seq, POPCAST__VERSION_STATE__VERSION_STATE_LIVE,
+                   false, NULL, NULL);
     return PC_OK;
 }
 
+/* The outcome of tenant's delete, once the store holds it: in effect. */
+static void record_delete(pc_applier *a, const char *tenant)
+{
+    pc_tenant_state t;
+    uint64_t seq = 0;
+    pc_err err;
+    if (pc_store_get_tenant(a->opt.store, tenant, &t, &err) != PC_OK || !t.deleted ||
+        pc_store_version_seq(a->opt.store, tenant, t.last_version, &seq, &err) != PC_OK)
+        return;
+    record_outcome(a, tenant, t.last_version, seq, POPCAST__VERSION_STATE__VERSION_STATE_LIVE, true,
+                   NULL, NULL);
+}
+
+/* A delete: the tenant leaves every runtime (called once the delete is
+ * stored). */
 static void take_down(pc_applier *a, const char *tenant)
 {
     for (size_t i = 0; i < a->opt.n_adapters; i++)
         a->opt.adapters[i]->deactivate(a->opt.adapters[i], tenant, NULL);
-    pc_err serr;
-    if (pc_store_set_live(a->opt.store, tenant, 0, &serr) != PC_OK)
-        pc_warn("applier", "%s: cannot record that nothing is live: %s", tenant, serr.msg);
+    record_live(a, tenant, 0);
+    record_delete(a, tenant);
 }
 
 /* Whether an entry claims a seq past the next one we expect. Only used to
@@ -400,8 +685,16 @@ static int load_tenant(void *arg, const pc_tenant_state *t)
 {
     load_walk *w = arg;
     pc_applier *a = w->a;
-    if (t->active_version == 0)
+    /* A tenant without outcomes (a store from before they were kept):
+     * they start at its newest version; what came before is unknown. */
+    pthread_mutex_lock(&a->lock);
+    tenant_record_get(a, t->tenant, t->last_version);
+    pthread_mutex_unlock(&a->lock);
+    if (t->active_version == 0) {
+        if (t->deleted)
+            record_delete(a, t->tenant);
         return 0;
+    }
     pc_err err;
     if (load_version(a, t->tenant, t->active_version, &err) == PC_OK) {
         w->live++;
@@ -573,12 +866,55 @@ static int load_rotation(void *arg, const Popcast__SignedManifest *sm)
     return rc;
 }
 
+static void records_free(pc_applier *a)
+{
+    size_t pos = 0;
+    const char *tenant;
+    void *val;
+    while (pc_strmap_next(a->records, &pos, &tenant, &val))
+        record_free(val);
+    pc_strmap_free(a->records);
+}
+
+/* One tenant's stored outcomes into memory (before anything runs: no
+ * lock needed, none taken). */
+static int load_outcomes(void *arg, const char *tenant, const Popcast__TenantOutcomes *o)
+{
+    pc_applier *a = arg;
+    if (!pc_tenant_name_valid(tenant))
+        return 0;
+    tenant_record *t = tenant_record_get(a, tenant, o->outcomes_from);
+    if (t == NULL)
+        return PC_E_NOMEM;
+    for (size_t i = 0; i < o->n_outcomes; i++) {
+        const Popcast__VersionOutcome *po = o->outcomes[i];
+        bool created;
+        version_record *v = po->version != 0 ? record_slot(t, po->version, &created) : NULL;
+        if (v == NULL)
+            continue;
+        v->seq = po->seq;
+        v->state = po->state;
+        v->is_delete = po->is_delete;
+        v->decided_seq = po->decided_seq;
+        v->at_unix_ms = po->at_unix_ms;
+        snprintf(v->reason, sizeof(v->reason), "%s", po->reason);
+        free(v->detail);
+        v->detail =
+            po->state == POPCAST__VERSION_STATE__VERSION_STATE_NACKED ? strdup(po->detail) : NULL;
+    }
+    return 0;
+}
+
 int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
 {
     pc_applier *a = calloc(1, sizeof(*a));
     if (a == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     a->opt = *opt;
+    if ((a->records = pc_strmap_new()) == NULL) {
+        free(a);
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    }
     pthread_mutex_init(&a->lock, NULL);
     pc_mutex_init(&a->apply_lock);
     a->last_heartbeat_ms = pc_mono_ms();
@@ -591,8 +927,12 @@ int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
         rotation_load l = {a, err};
         rc = pc_store_foreach_rotation(opt->store, load_rotation, &l, err);
     }
+    /* So do the outcomes of versions processed before. */
+    if (rc == PC_OK)
+        rc = pc_registry_foreach_outcomes(opt->store, load_outcomes, a, err);
     if (rc != PC_OK) {
         pc_trust_free(&a->trust);
+        records_free(a);
         pthread_mutex_destroy(&a->lock);
         pc_mutex_destroy(&a->apply_lock);
         free(a);
@@ -618,6 +958,9 @@ int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
                                       "entries discarded by the test-only drop switch");
     a->m_snapshots = pc_metrics_counter(opt->metrics, "popcast_agent_snapshots_installed_total",
                                         NULL, "snapshots installed");
+    a->m_record_failures =
+        pc_metrics_counter(opt->metrics, "popcast_agent_record_failures_total", NULL,
+                           "writes of what happened (live versions, outcomes) that failed");
     if (opt->test_drop_permille != 0)
         pc_warn("applier", "TEST MODE: dropping %u per mille of pub/sub entries",
                 opt->test_drop_permille);
@@ -630,6 +973,9 @@ void pc_applier_free(pc_applier *a)
     if (a == NULL)
         return;
     pc_trust_free(&a->trust);
+    records_free(a);
+    for (size_t i = 0; i < OTHER_NACKS; i++)
+        free(a->others[i].v.detail);
     pthread_mutex_destroy(&a->lock);
     pc_mutex_destroy(&a->apply_lock);
     free(a);
@@ -664,9 +1010,65 @@ uint64_t pc_applier_stale_after_ms(pc_applier *a)
 }
 
 typedef struct proto_walk {
+    pc_applier *a;
     Popcast__TenantStatus **items;
     size_t n, cap;
 } proto_walk;
+
+static void free_outcome(Popcast__VersionOutcome *o)
+{
+    if (o->reason != protobuf_c_empty_string)
+        free(o->reason);
+    if (o->detail != protobuf_c_empty_string)
+        free(o->detail);
+    free(o);
+}
+
+/* The outcomes of a tenant's versions into its report entry (copies:
+ * the report outlives the lock). Read after the store's view of the
+ * tenant, so a version the store shows as applied and has no outcome yet
+ * is one being decided now, never one skipped (rollout.h). */
+static int tenant_outcomes(pc_applier *a, const pc_tenant_state *t, Popcast__TenantStatus *ts)
+{
+    tenant_record copy = {.from = t->last_version ? t->last_version : 1};
+    pthread_mutex_lock(&a->lock);
+    const tenant_record *rec = pc_strmap_get(a->records, t->tenant);
+    if (rec != NULL)
+        record_copy(&copy, rec);
+    pthread_mutex_unlock(&a->lock);
+    ts->outcomes_from = copy.from;
+    ts->live_unrecorded = copy.live_unrecorded != 0 && copy.live_unrecorded == ts->live_version;
+    int rc = PC_OK;
+    if (copy.n > 0 && (ts->outcomes = calloc(copy.n, sizeof(*ts->outcomes))) == NULL)
+        rc = PC_E_NOMEM;
+    Popcast__VersionOutcome items[VERSIONS_KEPT], *ptrs[VERSIONS_KEPT];
+    size_t n = 0;
+    outcomes_proto(&copy, items, ptrs, &n);
+    for (size_t i = 0; rc == PC_OK && i < n; i++) {
+        Popcast__VersionOutcome *o = malloc(sizeof(*o));
+        if (o == NULL) {
+            rc = PC_E_NOMEM;
+            break;
+        }
+        *o = items[i];
+        o->reason = strdup(items[i].reason);
+        o->detail = strdup(items[i].detail);
+        ts->outcomes[ts->n_outcomes++] = o;
+        if (o->reason == NULL || o->detail == NULL)
+            rc = PC_E_NOMEM;
+    }
+    record_copy_clear(&copy);
+    return rc;
+}
+
+static void free_tenant_status(Popcast__TenantStatus *ts)
+{
+    for (size_t i = 0; i < ts->n_outcomes; i++)
+        free_outcome(ts->outcomes[i]);
+    free(ts->outcomes);
+    free(ts->tenant);
+    free(ts);
+}
 
 static int tenant_proto(void *arg, const pc_tenant_state *t)
 {
@@ -690,16 +1092,91 @@ static int tenant_proto(void *arg, const pc_tenant_state *t)
     ts->tenant = name;
     /* last_version, not active: a delete is "applied" too (rollout.h). */
     ts->applied_version = t->last_version;
-    ts->live_version = t->live_version;
+    ts->live_version = serving_version(w->a, t->tenant);
     ts->applied_seq = t->active_seq;
     w->items[w->n++] = ts;
-    return 0;
+    return tenant_outcomes(w->a, t, ts) == PC_OK ? 0 : 1;
+}
+
+static void free_nack(Popcast__Nack *pn)
+{
+    free(pn->tenant);
+    free(pn->reason);
+    free(pn->detail);
+    free(pn);
+}
+
+static int by_nack_time(const void *x, const void *y)
+{
+    const Popcast__Nack *a = *(Popcast__Nack *const *)x, *b = *(Popcast__Nack *const *)y;
+    if (a->at_unix_ms != b->at_unix_ms)
+        return a->at_unix_ms < b->at_unix_ms ? -1 : 1;
+    int c = strcmp(a->tenant, b->tenant);
+    return c != 0 ? c : (a->version < b->version ? -1 : a->version > b->version);
+}
+
+/* Appends a copy of v as a Nack of tenant (lock held). */
+static int add_nack(Popcast__Nack ***list, size_t *n, size_t *cap, const char *tenant,
+                    const version_record *v)
+{
+    if (*n == *cap) {
+        size_t grown_cap = *cap ? *cap * 2 : 16;
+        Popcast__Nack **grown = realloc(*list, grown_cap * sizeof(*grown));
+        if (grown == NULL)
+            return PC_E_NOMEM;
+        *list = grown;
+        *cap = grown_cap;
+    }
+    Popcast__Nack *pn = malloc(sizeof(*pn));
+    if (pn == NULL)
+        return PC_E_NOMEM;
+    popcast__nack__init(pn);
+    pn->tenant = strdup(tenant);
+    pn->version = v->version;
+    pn->seq = v->seq;
+    pn->reason = strdup(v->reason);
+    pn->detail = strdup(v->detail ? v->detail : "");
+    pn->at_unix_ms = v->at_unix_ms;
+    (*list)[(*n)++] = pn;
+    return pn->tenant == NULL || pn->reason == NULL || pn->detail == NULL ? PC_E_NOMEM : PC_OK;
+}
+
+/* Every nack kept, oldest first (the report's and /v1/status's list). */
+static int collect_nacks(pc_applier *a, Popcast__Nack ***out, size_t *n_out)
+{
+    size_t n = 0, cap = 0;
+    Popcast__Nack **list = NULL;
+    int rc = PC_OK;
+    pthread_mutex_lock(&a->lock);
+    size_t pos = 0;
+    const char *tenant;
+    void *val;
+    while (rc == PC_OK && pc_strmap_next(a->records, &pos, &tenant, &val)) {
+        const tenant_record *t = val;
+        for (size_t i = 0; rc == PC_OK && i < t->n; i++)
+            if (t->v[i].state == POPCAST__VERSION_STATE__VERSION_STATE_NACKED)
+                rc = add_nack(&list, &n, &cap, tenant, &t->v[i]);
+    }
+    for (size_t i = 0; rc == PC_OK && i < a->others_count; i++)
+        rc = add_nack(&list, &n, &cap, a->others[i].tenant, &a->others[i].v);
+    pthread_mutex_unlock(&a->lock);
+    if (list != NULL)
+        qsort(list, n, sizeof(*list), by_nack_time);
+    *out = list;
+    *n_out = n;
+    return rc;
+}
+
+void pc_applier_set_identity(pc_applier *a, const pc_public_key *pk)
+{
+    memcpy(a->identity, pk->pk, PC_PK_LEN);
+    a->has_identity = true;
 }
 
 int pc_applier_status(pc_applier *a, Popcast__AgentStatus *out)
 {
     popcast__agent_status__init(out);
-    proto_walk w = {0};
+    proto_walk w = {.a = a};
     int rc = pc_store_foreach_tenant(a->opt.store, tenant_proto, &w, NULL);
     out->tenants = w.items;
     out->n_tenants = w.n;
@@ -707,43 +1184,29 @@ int pc_applier_status(pc_applier *a, Popcast__AgentStatus *out)
         pc_applier_status_clear(out);
         return PC_E_STORE;
     }
+    if (a->has_identity && (out->public_key.data = malloc(PC_PK_LEN)) != NULL) {
+        memcpy(out->public_key.data, a->identity, PC_PK_LEN);
+        out->public_key.len = PC_PK_LEN;
+    }
     out->applied_seq = atomic_load(&a->applied_seq);
     out->stale = pc_applier_is_stale(a);
-    pthread_mutex_lock(&a->lock);
-    out->nacks = calloc(a->nack_count ? a->nack_count : 1, sizeof(*out->nacks));
-    for (size_t i = 0; out->nacks != NULL && i < a->nack_count; i++) {
-        size_t idx = (a->nack_next + NACK_RING - a->nack_count + i) % NACK_RING;
-        const nack *n = &a->nacks[idx];
-        Popcast__Nack *pn = malloc(sizeof(*pn));
-        if (pn == NULL)
-            break;
-        popcast__nack__init(pn);
-        pn->tenant = strdup(n->tenant);
-        pn->version = n->version;
-        pn->seq = n->seq;
-        pn->reason = strdup(n->reason);
-        pn->detail = strdup(n->detail);
-        pn->at_unix_ms = n->at_unix_ms;
-        out->nacks[out->n_nacks++] = pn;
+    out->record_failures = atomic_load(&a->record_failures);
+    if (collect_nacks(a, &out->nacks, &out->n_nacks) != PC_OK) {
+        pc_applier_status_clear(out);
+        return PC_E_NOMEM;
     }
-    pthread_mutex_unlock(&a->lock);
     return PC_OK;
 }
 
 void pc_applier_status_clear(Popcast__AgentStatus *st)
 {
-    for (size_t i = 0; i < st->n_tenants; i++) {
-        free(st->tenants[i]->tenant);
-        free(st->tenants[i]);
-    }
+    for (size_t i = 0; i < st->n_tenants; i++)
+        free_tenant_status(st->tenants[i]);
     free(st->tenants);
-    for (size_t i = 0; i < st->n_nacks; i++) {
-        free(st->nacks[i]->tenant);
-        free(st->nacks[i]->reason);
-        free(st->nacks[i]->detail);
-        free(st->nacks[i]);
-    }
+    for (size_t i = 0; i < st->n_nacks; i++)
+        free_nack(st->nacks[i]);
     free(st->nacks);
+    free(st->public_key.data);
     popcast__agent_status__init(st);
 }
 
@@ -756,38 +1219,92 @@ static json_t *hex_hash(const uint8_t *h)
     return json_string(hex);
 }
 
+typedef struct json_walk {
+    pc_applier *a;
+    json_t *list;
+} json_walk;
+
+static const char *state_name(Popcast__VersionState s)
+{
+    switch (s) {
+    case POPCAST__VERSION_STATE__VERSION_STATE_LIVE: return "live";
+    case POPCAST__VERSION_STATE__VERSION_STATE_NACKED: return "nacked";
+    default: return "unknown";
+    }
+}
+
+static json_t *outcomes_json(const Popcast__TenantStatus *ts)
+{
+    json_t *list = json_array();
+    for (size_t i = 0; i < ts->n_outcomes; i++) {
+        const Popcast__VersionOutcome *o = ts->outcomes[i];
+        json_t *j = json_pack("{s:I,s:I,s:s,s:b,s:I,s:I}", "version", (json_int_t)o->version, "seq",
+                              (json_int_t)o->seq, "state", state_name(o->state), "is_delete",
+                              o->is_delete, "decided_seq", (json_int_t)o->decided_seq, "at_unix_ms",
+                              (json_int_t)o->at_unix_ms);
+        if (j != NULL && o->state == POPCAST__VERSION_STATE__VERSION_STATE_NACKED) {
+            json_object_set_new(j, "reason", json_string(o->reason));
+            json_object_set_new(j, "detail", json_string(o->detail));
+        }
+        json_array_append_new(list, j);
+    }
+    return list;
+}
+
 static int tenant_status(void *arg, const pc_tenant_state *t)
 {
-    json_t *list = arg;
-    json_t *o =
-        json_pack("{s:s,s:I,s:I,s:I,s:b}", "tenant", t->tenant, "applied_version",
-                  (json_int_t)t->active_version, "live_version", (json_int_t)t->live_version,
-                  "last_version", (json_int_t)t->last_version, "deleted", t->deleted);
+    json_walk *w = arg;
+    /* live_version: what the runtime serves; the store's record of it may
+     * lag when it could not be written (live_unrecorded). */
+    uint64_t live = serving_version(w->a, t->tenant);
+    json_t *o = json_pack("{s:s,s:I,s:I,s:I,s:I,s:b}", "tenant", t->tenant, "applied_version",
+                          (json_int_t)t->active_version, "live_version", (json_int_t)live,
+                          "recorded_live_version", (json_int_t)t->live_version, "last_version",
+                          (json_int_t)t->last_version, "deleted", t->deleted);
     if (o != NULL && t->active_version != 0)
         json_object_set_new(o, "applied_hash", hex_hash(t->active_hash));
-    if (o != NULL && t->live_version != 0)
+    if (o != NULL && live != 0 && live == t->live_version)
         json_object_set_new(o, "live_hash", hex_hash(t->live_hash));
-    json_array_append_new(list, o);
+    else if (o != NULL && live != 0 && live == t->active_version)
+        json_object_set_new(o, "live_hash", hex_hash(t->active_hash));
+    Popcast__TenantStatus ts = POPCAST__TENANT_STATUS__INIT;
+    ts.live_version = live;
+    if (o != NULL && tenant_outcomes(w->a, t, &ts) == PC_OK) {
+        json_object_set_new(o, "outcomes", outcomes_json(&ts));
+        json_object_set_new(o, "outcomes_from", json_integer((json_int_t)ts.outcomes_from));
+        json_object_set_new(o, "live_unrecorded", json_boolean(ts.live_unrecorded));
+    }
+    for (size_t i = 0; i < ts.n_outcomes; i++)
+        free_outcome(ts.outcomes[i]);
+    free(ts.outcomes);
+    json_array_append_new(w->list, o);
     return 0;
 }
 
 json_t *pc_applier_status_json(pc_applier *a)
 {
     json_t *tenants = json_array();
+    json_walk jw = {a, tenants};
     pc_err err;
-    if (pc_store_foreach_tenant(a->opt.store, tenant_status, tenants, &err) != PC_OK)
+    if (pc_store_foreach_tenant(a->opt.store, tenant_status, &jw, &err) != PC_OK)
         pc_error("applier", "status lists only part of the tenants: %s", err.msg);
     json_t *nacks = json_array();
-    pthread_mutex_lock(&a->lock);
-    for (size_t i = 0; i < a->nack_count; i++) {
-        /* Oldest first. */
-        size_t idx = (a->nack_next + NACK_RING - a->nack_count + i) % NACK_RING;
-        const nack *n = &a->nacks[idx];
-        json_array_append_new(nacks, json_pack("{s:s,s:I,s:I,s:s,s:s,s:I}", "tenant", n->tenant,
-                                               "version", (json_int_t)n->version, "seq",
-                                               (json_int_t)n->seq, "reason", n->reason, "detail",
-                                               n->detail, "at_unix_ms", (json_int_t)n->at_unix_ms));
+    Popcast__Nack **list = NULL;
+    size_t n = 0;
+    if (collect_nacks(a, &list, &n) != PC_OK)
+        pc_error("applier", "status lists only part of the nacks: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        Popcast__Nack *pn = list[i];
+        if (pn->tenant != NULL && pn->reason != NULL && pn->detail != NULL)
+            json_array_append_new(nacks,
+                                  json_pack("{s:s,s:I,s:I,s:s,s:s,s:I}", "tenant", pn->tenant,
+                                            "version", (json_int_t)pn->version, "seq",
+                                            (json_int_t)pn->seq, "reason", pn->reason, "detail",
+                                            pn->detail, "at_unix_ms", (json_int_t)pn->at_unix_ms));
+        free_nack(pn);
     }
+    free(list);
+    pthread_mutex_lock(&a->lock);
     /* The key entries must now be signed with (null: any root key). */
     json_t *signing_key = json_null();
     if (a->rotated) {
@@ -798,8 +1315,9 @@ json_t *pc_applier_status_json(pc_applier *a)
     pthread_mutex_unlock(&a->lock);
     uint64_t head = atomic_load(&a->head_seq), applied = atomic_load(&a->applied_seq);
     return json_pack(
-        "{s:I,s:I,s:I,s:b,s:I,s:o,s:o,s:o}", "applied_seq", (json_int_t)applied, "head_seq",
+        "{s:I,s:I,s:I,s:b,s:I,s:o,s:o,s:o,s:I}", "applied_seq", (json_int_t)applied, "head_seq",
         (json_int_t)head, "lag", (json_int_t)(head > applied ? head - applied : 0), "stale",
         pc_applier_is_stale(a), "last_heartbeat_ms_ago", (json_int_t)heartbeat_age_ms(a), "tenants",
-        tenants, "nacks", nacks, "signing_key", signing_key);
+        tenants, "nacks", nacks, "signing_key", signing_key, "record_failures",
+        (json_int_t)atomic_load(&a->record_failures));
 }

@@ -13,7 +13,17 @@
  *      request path and swaps it in; on failure the old version keeps
  *      serving and the entry is nacked with the runtime's error.
  * Every refusal is counted (popcast_agent_refused_total{reason}) and
- * logged; refusals of entries that passed verification become nacks.
+ * logged; only refusals of entries that passed verification (a real
+ * tenant, version and seq) become nacks.
+ *
+ * What became of each version is an outcome (docs/protocol.md, "Version
+ * outcomes"): LIVE once it went live (a delete: took effect), NACKED when
+ * refused after verification or not loadable. Outcomes of each tenant's 8
+ * most recent versions are kept in memory and in the store (registry.h,
+ * "outcome.<tenant>"), loaded at start, and never rewritten, except a
+ * NACKED version that loads later (at start) becoming LIVE. Reports give
+ * the live version the runtimes serve, whatever the store could record
+ * (a failed record is flagged and counted, never hidden).
  *
  * Runs on the agent's loop thread; the status getters may be called from
  * any thread. */
@@ -93,13 +103,19 @@ uint64_t pc_applier_head_seq(pc_applier *a);
 int pc_applier_is_stale(pc_applier *a);
 uint64_t pc_applier_stale_after_ms(pc_applier *a);
 
+/* The agent's identity key, whose public half every status report
+ * carries (a controller binds it to the agent id on first use). Call once,
+ * before reports are built. */
+void pc_applier_set_identity(pc_applier *a, const pc_public_key *pk);
+
 /* The status report for the controllers (agent_id, pop and counter are
  * the caller's). Free with pc_applier_status_clear. */
 int pc_applier_status(pc_applier *a, Popcast__AgentStatus *out);
 void pc_applier_status_clear(Popcast__AgentStatus *st);
 
 /* Status as JSON (docs/api.md, agent /v1/status): applied seq, tenants
- * with applied and live versions, recent nacks, refusal counters. */
+ * with applied, live and recorded live versions and their outcomes, the
+ * nacks, failed records. */
 json_t *pc_applier_status_json(pc_applier *a);
 
 #endif

@@ -9,12 +9,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <nng/nng.h>
 #include <uv.h>
 
 #include "admin.h"
 #include "applier.h"
+#include "clock.h"
 #include "config.h"
 #include "daemon.h"
 #include "crypto.h"
@@ -229,7 +231,6 @@ static void on_change(void *arg, int need_sync)
     pc_syncer_notify(ag->syncer, need_sync);
 }
 
-/* A number that grows on every start, so status counters never repeat. */
 /* The agent's own key: loaded, or created (0600) with its public half in
  * KEY.pub for enrollment (popcast agent enroll). */
 static int load_identity(agent *ag, pc_err *err)
@@ -253,6 +254,36 @@ static int load_identity(agent *ag, pc_err *err)
         return PC_E_INVALID;
     }
     pc_key_format_public(&ag->identity.pub, ag->identity_public, sizeof(ag->identity_public));
+    return PC_OK;
+}
+
+/* This start's status report epoch (pc_registry_next_status_epoch). The
+ * clock is what keeps counters growing after a wiped store, so the
+ * epoch's second is let pass before reports use it: any later start,
+ * wiped or not, then reads a later second (unless the clock steps back).
+ * That costs at most two seconds before catch-up and reports begin;
+ * serving has started already. When the stored epoch is further ahead of
+ * the clock (restarts faster than one a second, or the clock was set
+ * back), waiting is pointless: say what it means instead. */
+static int status_epoch(agent *ag, uint64_t *epoch, pc_err *err)
+{
+    uint64_t now_s = (uint64_t)pc_wall_ms() / 1000;
+    int rc = pc_registry_next_status_epoch(ag->store, now_s, epoch, err);
+    if (rc != PC_OK)
+        return rc;
+    if (*epoch > now_s + 1) {
+        pc_warn("agent",
+                "status report epoch %llu is %llu s ahead of the clock: if this data directory "
+                "is wiped before then, controllers refuse the agent's reports as replays until "
+                "it restarts after that time (docs/protocol.md, \"status reports\")",
+                (unsigned long long)*epoch, (unsigned long long)(*epoch - now_s));
+        return PC_OK;
+    }
+    int64_t left;
+    while ((left = (int64_t)(*epoch + 1) * 1000 - pc_wall_ms()) > 0) {
+        struct timespec ts = {left / 1000, (left % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     return PC_OK;
 }
 
@@ -449,11 +480,26 @@ static int agent_serve(agent *ag, pc_err *err)
     uint64_t epoch = 0;
     int rc;
     if ((rc = pc_edge_start(&ag->edge, &eopt, err)) != PC_OK ||
-        (rc = pc_admin_start(&ag->admin, ag->cfg.admin_listen, ag->metrics, status, ag, err)) !=
-            PC_OK ||
-        (rc = load_identity(ag, err)) != PC_OK ||
-        (rc = pc_registry_next_status_epoch(ag->store, &epoch, err)) != PC_OK)
+        (rc = load_identity(ag, err)) != PC_OK)
         return rc;
+    /* Stop signals are caught from here on: one that arrives while the
+     * report epoch's second passes ends the agent cleanly once the loop
+     * runs. */
+    uv_loop_init(&ag->loop);
+    ag->loop_open = true;
+    uv_signal_init(&ag->loop, &ag->sigint);
+    uv_signal_init(&ag->loop, &ag->sigterm);
+    ag->sigint.data = ag->sigterm.data = ag;
+    uv_signal_start(&ag->sigint, on_signal, SIGINT);
+    uv_signal_start(&ag->sigterm, on_signal, SIGTERM);
+    /* The admin address (health, status) answers after the epoch's wait,
+     * when catch-up and pub/sub start: whoever waits for its health gets
+     * an agent that follows the controllers (the edge serves already). */
+    if ((rc = status_epoch(ag, &epoch, err)) != PC_OK ||
+        (rc = pc_admin_start(&ag->admin, ag->cfg.admin_listen, ag->metrics, status, ag, err)) !=
+            PC_OK)
+        return rc;
+    pc_applier_set_identity(ag->applier, &ag->identity.pub);
     pc_syncer_options syopt = {
         .urls = &ag->cfg.sync,
         .applier = ag->applier,
@@ -476,8 +522,6 @@ static int agent_serve(agent *ag, pc_err *err)
     if ((rc = pc_syncer_start(&syncer, &syopt, err)) != PC_OK)
         return rc;
     ag->syncer = syncer;
-    uv_loop_init(&ag->loop);
-    ag->loop_open = true;
     pc_subscriber_options subopt = {.urls = &ag->cfg.subscribe,
                                     .recvbuf = (int)ag->cfg.sub_recvbuf,
                                     .recv_max = pc_pub_message_max(ag->cfg.max_bundle),
@@ -485,19 +529,21 @@ static int agent_serve(agent *ag, pc_err *err)
                                     .queue_max = ag->cfg.sub_queue};
     if ((rc = pc_subscriber_open(&ag->sub, &ag->loop, &subopt, on_publication, ag, err)) != PC_OK)
         return rc;
-    uv_signal_init(&ag->loop, &ag->sigint);
-    uv_signal_init(&ag->loop, &ag->sigterm);
-    ag->sigint.data = ag->sigterm.data = ag;
-    uv_signal_start(&ag->sigint, on_signal, SIGINT);
-    uv_signal_start(&ag->sigterm, on_signal, SIGTERM);
     return agent_ready(ag, err);
 }
 
 /* Stops and frees everything, in the reverse order of its start. */
 static void agent_close(agent *ag)
 {
-    if (ag->loop_open)
+    if (ag->loop_open) {
+        /* After a failed start the signal handles are still open. */
+        if (!uv_is_closing((uv_handle_t *)&ag->sigterm)) {
+            uv_close((uv_handle_t *)&ag->sigint, NULL);
+            uv_close((uv_handle_t *)&ag->sigterm, NULL);
+            uv_run(&ag->loop, UV_RUN_NOWAIT);
+        }
         uv_loop_close(&ag->loop);
+    }
     if (ag->syncer != NULL) {
         pc_syncer *s = ag->syncer;
         ag->syncer = NULL;

@@ -48,11 +48,12 @@
 /* Exit status (docs/cli.md). */
 enum {
     RC_OK = 0,
-    RC_FAILED = 1,    /* the request failed: an HTTP error, the controller unreachable */
-    RC_USAGE = 2,     /* the command line is wrong; nothing was sent */
-    RC_NACKED = 3,    /* --wait: an agent refused (nacked) the version */
-    RC_TIMEOUT = 4,   /* --wait: not live on the wanted agents within --timeout */
-    RC_NO_AGENTS = 5, /* --wait: no agent reports to the controller, so nothing to wait for */
+    RC_FAILED = 1,      /* the request failed: an HTTP error, the controller unreachable */
+    RC_USAGE = 2,       /* the command line is wrong; nothing was sent */
+    RC_NACKED = 3,      /* --wait: an agent refused (nacked) the version */
+    RC_TIMEOUT = 4,     /* --wait: not live on the wanted agents within --timeout */
+    RC_NO_AGENTS = 5,   /* --wait: no agent reports to the controller, so nothing to wait for */
+    RC_UNREACHABLE = 6, /* --wait: too many agents got something newer first: it never will be */
 };
 
 /* Every option of every command. The connection options come first:
@@ -408,17 +409,26 @@ static void print_agents_in(json_t *doc, const char *state)
 static void print_summary(json_t *doc)
 {
     json_t *s = json_object_get(doc, "summary");
-    printf("  live %lld/%lld  applied %lld  nacked %lld  missing %lld  stale %lld\n",
-           num(s, "live"), num(s, "total"), num(s, "applied"), num(s, "nacked"), num(s, "missing"),
+    printf("  live %lld/%lld  applied %lld  nacked %lld  missing %lld  stale %lld", num(s, "live"),
+           num(s, "total"), num(s, "applied"), num(s, "nacked"), num(s, "missing"),
            num(s, "stale"));
+    /* The states that only some rollouts have. */
+    const char *rare[] = {"superseded", "skipped", "deleted", "unknown"};
+    for (size_t i = 0; i < sizeof(rare) / sizeof(rare[0]); i++)
+        if (num(s, rare[i]) != 0)
+            printf("  %s %lld", rare[i], num(s, rare[i]));
+    printf("\n");
 }
 
 /* Follows the rollout of tenant's version through the controller's wait
  * call, one step at a time so progress can be shown. Returns the exit
- * status: RC_OK when live on the wanted fraction of agents, RC_NACKED
- * when an agent refused it, RC_TIMEOUT or RC_NO_AGENTS when --timeout
- * passed without it (with agents reporting, or without any), RC_FAILED
- * when a request failed or the controller stopped during the wait. */
+ * status: RC_OK when it went live on the wanted fraction of agents (even
+ * where a newer version has replaced it since), RC_NACKED when an agent
+ * refused it, RC_UNREACHABLE when it can no longer go live on enough
+ * agents (they got a newer version or the tenant's delete first),
+ * RC_TIMEOUT or RC_NO_AGENTS when --timeout passed without it (with
+ * agents reporting, or without any), RC_FAILED when a request failed or
+ * the controller stopped during the wait. */
 static int wait_live(cli *c, const char *tenant, long long version)
 {
     double fraction = c->fraction;
@@ -449,6 +459,7 @@ static int wait_live(cli *c, const char *tenant, long long version)
         }
         bool complete = json_is_true(json_object_get(s, "complete"));
         bool failed = json_is_true(json_object_get(s, "failed"));
+        bool unreachable = strcmp(why, "unreachable") == 0;
         bool over = pc_mono_ms() >= deadline;
         if (!c->json && (num(s, "live") != last_live || num(s, "total") != last_total)) {
             printf("waiting: %s v%lld live on %lld of %lld agents (%.1f s)\n", tenant, version,
@@ -456,9 +467,10 @@ static int wait_live(cli *c, const char *tenant, long long version)
             last_live = num(s, "live");
             last_total = num(s, "total");
         }
-        if (complete || failed || over) {
+        if (complete || failed || unreachable || over) {
             int rc = complete && !failed    ? RC_OK
                      : failed               ? RC_NACKED
+                     : unreachable          ? RC_UNREACHABLE
                      : num(s, "total") == 0 ? RC_NO_AGENTS
                                             : RC_TIMEOUT;
             if (c->json) {
@@ -471,6 +483,14 @@ static int wait_live(cli *c, const char *tenant, long long version)
                        "previous version\n",
                        tenant, version, num(s, "nacked"));
                 print_agents_in(doc, "nacked");
+                print_summary(doc);
+            } else if (unreachable) {
+                printf("unreachable: %s v%lld can no longer be live on the wanted agents: %lld got "
+                       "a newer version first, %lld the tenant's delete, %lld do not know it\n",
+                       tenant, version, num(s, "skipped"), num(s, "deleted"), num(s, "unknown"));
+                print_agents_in(doc, "skipped");
+                print_agents_in(doc, "deleted");
+                print_agents_in(doc, "unknown");
                 print_summary(doc);
             } else if (num(s, "total") == 0) {
                 printf("timeout: no agent reports to this controller, so %s v%lld is live "
@@ -833,6 +853,28 @@ static int cmd_token_revoke(cli *c)
     return revoke_id(c, "/v1/tokens/", "token", "");
 }
 
+/* What the agents serve of a tenant (the tenant document's "serving"):
+ * e.g. "serving        v3 on 2, v2 on 1 (of 3 agents)". */
+static void print_serving(json_t *sv)
+{
+    if (!json_is_object(sv) || num(sv, "agents") == 0) {
+        printf("serving        unknown: no agent reports to this controller\n");
+        return;
+    }
+    printf("serving        ");
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(sv, "versions"), i, v)
+        printf("%sv%lld on %lld", i ? ", " : "", num(v, "version"), num(v, "agents"));
+    if (num(sv, "none") != 0)
+        printf("%snothing on %lld", json_array_size(json_object_get(sv, "versions")) ? ", " : "",
+               num(sv, "none"));
+    printf(" (of %lld agents", num(sv, "agents"));
+    if (num(sv, "stale") != 0)
+        printf(", %lld stale", num(sv, "stale"));
+    printf(")\n");
+}
+
 static int cmd_status(cli *c)
 {
     char url[256];
@@ -848,8 +890,10 @@ static int cmd_status(cli *c)
         print_json(doc);
     } else if (c->nargs == 1) {
         printf("tenant         %s\n", str(doc, "tenant"));
-        printf("active version %lld%s\n", num(doc, "active_version"),
-               json_is_true(json_object_get(doc, "deleted")) ? " (deleted)" : "");
+        printf("requested      v%lld%s (the controllers' active version)\n",
+               num(doc, "active_version"),
+               json_is_true(json_object_get(doc, "deleted")) ? ", deleted" : "");
+        print_serving(json_object_get(doc, "serving"));
         printf("active seq     %lld\n", num(doc, "active_seq"));
         printf("active hash    %s\n", str(doc, "active_hash"));
         printf("versions       %zu\n", json_array_size(json_object_get(doc, "versions")));
@@ -1238,7 +1282,7 @@ static const command commands[] = {
      cmd_delete},
     {"status",
      NULL,
-     "tenants, or one tenant's state",
+     "tenants, or one tenant's state: requested vs serving",
      {TENANT_ARG},
      1,
      OPTS(O_JSON),
@@ -1380,7 +1424,8 @@ static int find_option(const command *k, const char *name, bool *elsewhere)
 
 static const char *const exit_codes =
     "exit status: 0 done, 1 the request failed, 2 wrong command line (nothing sent),\n"
-    "  with --wait: 3 an agent refused (nacked) it, 4 timed out, 5 no agents to wait for\n";
+    "  with --wait: 3 an agent refused (nacked) it, 4 timed out, 5 no agents to wait for,\n"
+    "  6 unreachable (agents got a newer version or a delete first)\n";
 
 /* "key authorize ROOT_SECRET_KEY_FILE NEXT_PUBKEY_FILE --replaces KEY_ID":
  * the words, the arguments and the options it cannot do without. */

@@ -165,9 +165,10 @@ static int add_agent(void *arg, const Popcast__AgentRecord *a)
     char text[128], id[PC_HEX_KEY_ID_LEN];
     pc_key_format_public(&pk, text, sizeof(text));
     pc_hex(id, pk.id, PC_KEY_ID_LEN);
-    json_t *o = json_pack("{s:o,s:s,s:s,s:I,s:b}", "agent_id", pc_json_text(a->agent_id),
-                          "public_key", text, "key_id", id, "enrolled_unix_ms",
-                          (json_int_t)a->enrolled_unix_ms, "revoked", a->revoked);
+    json_t *o =
+        json_pack("{s:o,s:s,s:s,s:I,s:b,s:b}", "agent_id", pc_json_text(a->agent_id), "public_key",
+                  text, "key_id", id, "enrolled_unix_ms", (json_int_t)a->enrolled_unix_ms,
+                  "revoked", a->revoked, "first_use", a->first_use);
     return json_array_append_new(arg, o) == 0 ? 0 : PC_E_NOMEM;
 }
 

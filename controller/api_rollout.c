@@ -72,7 +72,8 @@ static void reply_rollout(api_call *call, const char *tenant, uint64_t version, 
                           .version = m->version,
                           .seq = m->seq,
                           .is_delete = m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE,
-                          .fraction = fraction};
+                          .fraction = fraction,
+                          .kind = m->kind};
     popcast__manifest__free_unpacked(m, NULL);
     if (wait_ms == 0) {
         pc_httpd_reply_json(rq, 200, pc_rollout_version_json(api->rollout, &q, pc_mono_ms(), NULL),

@@ -142,6 +142,12 @@ static void reply_tenant(api_call *call, bool versions_only)
             json_pack("{s:s,s:O}", "tenant", tenant, "versions", json_object_get(o, "versions"));
         json_decref(o);
         o = v;
+    } else {
+        /* What was asked for (active_version: the controllers' state) next
+         * to what the agents serve, which may differ for good (a version
+         * every agent nacked) or for a while (a rollout in progress). */
+        json_t *serving = pc_rollout_serving_json(call->api->rollout, tenant, pc_mono_ms());
+        json_object_set_new(o, "serving", serving ? serving : json_null());
     }
     pc_httpd_reply_json(call->rq, 200, o, NULL);
 }

@@ -94,7 +94,12 @@ struct pc_change {
         struct {
             char id[PC_ID_MAX + 1];
             uint8_t pk[PC_PK_LEN];
-        } agent; /* AGENT_ENROLL (both), AGENT_REVOKE (id) */
+            /* AGENT_ENROLL by a controller on the agent's first signed
+             * report (trust on first use): binds only an id that has no
+             * record at all (PC_E_EXISTS otherwise), where an operator's
+             * enrollment replaces any record. */
+            bool first_use;
+        } agent; /* AGENT_ENROLL (all), AGENT_REVOKE (id) */
         struct {
             /* The next signing key (this controller must hold its
              * secret); signed by the current key, by the root key

@@ -110,7 +110,8 @@ static const pc_cfg_option options[] = {
     OPT(allow_plaintext, PC_CFG_BOOL, "false", 0, 0,
         "allow http:// and tcp:// listen addresses (local development only)"),
     OPT(require_enrollment, PC_CFG_BOOL, "false", 0, 0,
-        "refuse status reports not signed by an enrolled agent key (recommended in production)"),
+        "trust only agent keys an operator enrolled (off: an unknown agent's key is bound on "
+        "its first signed report)"),
     OPT(token_write_rate, PC_CFG_U64, "10", 0, 1000000,
         "changes per second one scoped token may make (0: unlimited)"),
     OPT(token_write_burst, PC_CFG_U64, "30", 1, 1000000, "changes a scoped token may make at once"),
@@ -293,6 +294,7 @@ static void on_signal(uv_signal_t *h, int signum)
         unlink(c->cfg.ready_file);
     /* Fail queued writes and end rollout waits first: stopping the HTTP
      * server waits for every handler, and a handler may be waiting. */
+    pc_sync_server_set_pipeline(c->sync, NULL);
     pc_pipeline_shutdown(c->pipeline);
     pc_rollout_cancel_waits(c->rollout);
     pc_api_stop(c->api);
@@ -475,6 +477,7 @@ static int controller_start(controller *c, pc_err *err)
                               c->cfg.max_pending, err)) != PC_OK)
         return rc;
     api_opt.cluster = c->cluster;
+    pc_sync_server_set_pipeline(c->sync, c->pipeline);
     if ((rc = pc_api_start(&c->api, &api_opt, c->store, c->pipeline, c->rollout, c->metrics,
                            err)) != PC_OK)
         return rc;
@@ -495,6 +498,8 @@ static int controller_start(controller *c, pc_err *err)
 static void controller_close(controller *c)
 {
     if (c->loop_open) {
+        if (c->sync != NULL)
+            pc_sync_server_set_pipeline(c->sync, NULL);
         if (c->pipeline != NULL)
             pc_pipeline_shutdown(c->pipeline);
         if (c->rollout != NULL)

@@ -335,7 +335,21 @@ static int propose_agent(pc_pipeline *p, pc_change *c, const Popcast__AgentRecor
 
 static int start_agent_enroll(pc_pipeline *p, pc_change *c, pc_change_result *r)
 {
+    if (c->u.agent.first_use) {
+        /* Changes start one at a time on a store holding every committed
+         * one: no other binding can land between this check and the
+         * proposal. */
+        Popcast__AgentRecord *old = NULL;
+        int rc = pc_registry_get_agent(p->store, c->u.agent.id, &old, &r->err);
+        if (rc == PC_OK) {
+            popcast__agent_record__free_unpacked(old, NULL);
+            return pc_err_set(&r->err, PC_E_EXISTS, "agent %s already has a key", c->u.agent.id);
+        }
+        if (rc != PC_E_NOTFOUND)
+            return rc;
+    }
     Popcast__AgentRecord a = POPCAST__AGENT_RECORD__INIT;
+    a.first_use = c->u.agent.first_use;
     a.agent_id = c->u.agent.id;
     a.public_key.data = c->u.agent.pk;
     a.public_key.len = PC_PK_LEN;

@@ -3,17 +3,27 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "crypto.h"
 #include "names.h"
 #include "strmap.h"
 #include "checks.h"
 
+/* Reports refused under one agent id. */
+typedef struct refusals {
+    uint64_t count;
+    char reason[32]; /* the last one's */
+    int64_t last_ms;
+} refusals;
+
 typedef struct agent_entry {
-    bool verified;                /* the last report was signed by its enrolled key */
+    bool verified;                /* the last report was signed by its bound key */
     Popcast__AgentStatus *status; /* the last accepted report */
     int64_t last_seen_ms;
+    refusals refused;
 } agent_entry;
 
 typedef struct waiter {
@@ -33,6 +43,8 @@ struct pc_rollout {
     size_t n_agents, cap_agents;
     bool unsorted; /* agents arrived since the last sort */
     waiter *waiters;
+    pc_strmap *refused_only; /* ids never accepted -> refusals */
+    uint64_t refused_total;  /* every refusal, attributed or not */
 };
 
 pc_rollout *pc_rollout_new(const pc_rollout_options *opt)
@@ -47,7 +59,10 @@ pc_rollout *pc_rollout_new(const pc_rollout_options *opt)
         r->opt.report_stale_ms = 15000;
     if (r->opt.max_agents == 0)
         r->opt.max_agents = 100000;
-    if ((r->by_id = pc_strmap_new()) == NULL) {
+    if (r->opt.max_refused == 0)
+        r->opt.max_refused = 1024;
+    if ((r->by_id = pc_strmap_new()) == NULL || (r->refused_only = pc_strmap_new()) == NULL) {
+        pc_strmap_free(r->by_id);
         free(r);
         return NULL;
     }
@@ -66,6 +81,12 @@ void pc_rollout_free(pc_rollout *r)
     }
     free(r->agents);
     pc_strmap_free(r->by_id);
+    size_t pos = 0;
+    const char *key;
+    void *val;
+    while (pc_strmap_next(r->refused_only, &pos, &key, &val))
+        free(val);
+    pc_strmap_free(r->refused_only);
     pc_mutex_destroy(&r->lock);
     free(r);
 }
@@ -129,17 +150,79 @@ static int add_agent_locked(pc_rollout *r, agent_entry *a)
     return PC_OK;
 }
 
+static void count_refusal(refusals *f, const char *reason, int64_t now)
+{
+    f->count++;
+    snprintf(f->reason, sizeof(f->reason), "%s", reason);
+    f->last_ms = now;
+}
+
+/* Counts a refusal under agent_id (lock held): on its entry if it has
+ * one, else in the bounded list of ids never accepted. */
+static void refused_locked(pc_rollout *r, const char *agent_id, const char *reason, int64_t now)
+{
+    PC_CHECK_HELD(&r->lock);
+    r->refused_total++;
+    if (!pc_id_valid(agent_id))
+        return;
+    agent_entry *a = pc_strmap_get(r->by_id, agent_id);
+    if (a != NULL) {
+        count_refusal(&a->refused, reason, now);
+        return;
+    }
+    refusals *f = pc_strmap_get(r->refused_only, agent_id);
+    if (f == NULL) {
+        if (pc_strmap_count(r->refused_only) >= r->opt.max_refused ||
+            (f = calloc(1, sizeof(*f))) == NULL)
+            return;
+        if (pc_strmap_put(r->refused_only, agent_id, f) != PC_OK) {
+            free(f);
+            return;
+        }
+    }
+    count_refusal(f, reason, now);
+}
+
+void pc_rollout_refused(pc_rollout *r, const char *agent_id, const char *reason, int64_t now_ms)
+{
+    pc_mutex_lock(&r->lock);
+    refused_locked(r, agent_id, reason, now_ms);
+    pc_mutex_unlock(&r->lock);
+}
+
+/* Whether a verified report brings another public key than the agent's
+ * last accepted one (pc_rollout_report: a new key bound to the id). */
+static bool key_changed(const Popcast__AgentStatus *last, const Popcast__AgentStatus *st)
+{
+    return st->public_key.len == PC_PK_LEN &&
+           (last->public_key.len != PC_PK_LEN ||
+            memcmp(last->public_key.data, st->public_key.data, PC_PK_LEN) != 0);
+}
+
 static void evaluate_waiters_locked(pc_rollout *r, int64_t now, waiter **fired);
 static void fire(waiter *fired, pc_rollout *r, int64_t now);
 
-int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verified, int64_t now_ms,
-                      pc_err *err)
+/* PC_OK or PC_E_INVALID naming what is wrong with the report. */
+static int check_report(const Popcast__AgentStatus *st, pc_err *err)
 {
     if (!pc_id_valid(st->agent_id) || !pc_id_valid(st->pop))
         return pc_err_set(err, PC_E_INVALID, "status report with an invalid agent id or pop");
     for (size_t i = 0; i < st->n_tenants; i++)
         if (st->tenants[i] == NULL || !pc_tenant_name_valid(st->tenants[i]->tenant))
             return pc_err_set(err, PC_E_INVALID, "status report with an invalid tenant name");
+    if (st->public_key.len != 0 && st->public_key.len != PC_PK_LEN)
+        return pc_err_set(err, PC_E_INVALID, "status report with a public key of %zu bytes",
+                          st->public_key.len);
+    return PC_OK;
+}
+
+int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verified, int64_t now_ms,
+                      pc_err *err)
+{
+    if (check_report(st, err) != PC_OK) {
+        pc_rollout_refused(r, st->agent_id, "invalid", now_ms);
+        return PC_E_INVALID;
+    }
     Popcast__AgentStatus *copy = copy_status(st);
     if (copy == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
@@ -148,10 +231,11 @@ int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verifi
     agent_entry *a = pc_strmap_get(r->by_id, st->agent_id);
     int rc = PC_OK;
     if (a != NULL) {
-        if (st->counter <= a->status->counter) {
+        if (st->counter <= a->status->counter && !(verified && key_changed(a->status, st))) {
             rc = pc_err_set(
                 err, PC_E_REPLAYED, "report counter %llu is not above %llu (replayed or reordered)",
                 (unsigned long long)st->counter, (unsigned long long)a->status->counter);
+            refused_locked(r, st->agent_id, "replayed", now_ms);
         } else {
             popcast__agent_status__free_unpacked(a->status, NULL);
             a->status = copy;
@@ -173,6 +257,13 @@ int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verifi
             rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
         } else {
             copy = NULL;
+            /* Refusals counted before its first accepted report move to
+             * its entry. */
+            refusals *f = pc_strmap_remove(r->refused_only, st->agent_id);
+            if (f != NULL) {
+                a->refused = *f;
+                free(f);
+            }
         }
     }
     if (rc == PC_OK)
@@ -201,6 +292,40 @@ static const Popcast__Nack *nack_for(const Popcast__AgentStatus *st, const char 
     return NULL;
 }
 
+static json_t *refusal_json(const refusals *f, int64_t now)
+{
+    return json_pack("{s:s,s:I}", "reason", f->reason, "ms_ago", (json_int_t)(now - f->last_ms));
+}
+
+static int by_refused_id(const void *x, const void *y)
+{
+    const char *a = json_string_value(json_object_get(*(json_t *const *)x, "agent_id"));
+    const char *b = json_string_value(json_object_get(*(json_t *const *)y, "agent_id"));
+    return strcmp(a, b);
+}
+
+/* Ids refused and never accepted, by id (lock held). */
+static json_t *refused_only_json(pc_rollout *r, int64_t now)
+{
+    PC_CHECK_HELD(&r->lock);
+    size_t n = pc_strmap_count(r->refused_only), pos = 0, k = 0;
+    json_t **items = calloc(n ? n : 1, sizeof(*items));
+    json_t *list = json_array();
+    const char *id;
+    void *val;
+    while (items != NULL && pc_strmap_next(r->refused_only, &pos, &id, &val)) {
+        const refusals *f = val;
+        items[k++] = json_pack("{s:s,s:I,s:s,s:I}", "agent_id", id, "count", (json_int_t)f->count,
+                               "reason", f->reason, "last_ms_ago", (json_int_t)(now - f->last_ms));
+    }
+    if (items != NULL)
+        qsort(items, k, sizeof(*items), by_refused_id);
+    for (size_t i = 0; i < k; i++)
+        json_array_append_new(list, items[i]);
+    free(items);
+    return list;
+}
+
 json_t *pc_rollout_fleet_json(pc_rollout *r, uint64_t head_seq, int64_t now_ms)
 {
     json_t *agents = json_array();
@@ -214,50 +339,140 @@ json_t *pc_rollout_fleet_json(pc_rollout *r, uint64_t head_seq, int64_t now_ms)
         stale += !g && s;
         live += !g;
         uint64_t applied = a->status->applied_seq;
-        json_array_append_new(
-            agents,
-            json_pack("{s:s,s:s,s:I,s:I,s:I,s:b,s:b,s:b,s:I,s:b}", "agent_id", a->status->agent_id,
-                      "pop", a->status->pop, "applied_seq", (json_int_t)applied, "lag",
-                      (json_int_t)(head_seq > applied ? head_seq - applied : 0), "last_seen_ms_ago",
-                      (json_int_t)(now_ms - a->last_seen_ms), "stale", s, "reports_stale",
-                      a->status->stale, "gone", g, "tenants", (json_int_t)a->status->n_tenants,
-                      "verified", a->verified));
+        json_t *o = json_pack(
+            "{s:s,s:s,s:I,s:I,s:I,s:b,s:b,s:b,s:I,s:b,s:I}", "agent_id", a->status->agent_id, "pop",
+            a->status->pop, "applied_seq", (json_int_t)applied, "lag",
+            (json_int_t)(head_seq > applied ? head_seq - applied : 0), "last_seen_ms_ago",
+            (json_int_t)(now_ms - a->last_seen_ms), "stale", s, "reports_stale", a->status->stale,
+            "gone", g, "tenants", (json_int_t)a->status->n_tenants, "verified", a->verified,
+            "refused_reports", (json_int_t)a->refused.count);
+        if (o != NULL && a->refused.count > 0)
+            json_object_set_new(o, "last_refusal", refusal_json(&a->refused, now_ms));
+        /* What the agent could not write down (a full store): it serves
+         * what it reports, but a restart would go back to what it had
+         * recorded. */
+        size_t unrecorded = 0;
+        for (size_t k = 0; k < a->status->n_tenants; k++)
+            unrecorded += a->status->tenants[k]->live_unrecorded;
+        json_object_set_new(o, "record_failures",
+                            json_integer((json_int_t)a->status->record_failures));
+        json_object_set_new(o, "tenants_unrecorded", json_integer((json_int_t)unrecorded));
+        json_array_append_new(agents, o);
     }
+    json_t *refused = refused_only_json(r, now_ms);
+    uint64_t refused_total = r->refused_total;
     pc_mutex_unlock(&r->lock);
-    return json_pack("{s:I,s:o,s:{s:I,s:I,s:I}}", "head_seq", (json_int_t)head_seq, "agents",
-                     agents, "counts", "agents", (json_int_t)live, "stale", (json_int_t)stale,
-                     "gone", (json_int_t)gone);
+    return json_pack("{s:I,s:o,s:o,s:{s:I,s:I,s:I,s:I}}", "head_seq", (json_int_t)head_seq,
+                     "agents", agents, "refused", refused, "counts", "agents", (json_int_t)live,
+                     "stale", (json_int_t)stale, "gone", (json_int_t)gone, "refused_reports",
+                     (json_int_t)refused_total);
 }
 
-typedef enum { ST_LIVE, ST_NACKED, ST_MISSING } agent_verdict;
+typedef enum {
+    ST_LIVE,
+    ST_NACKED,
+    ST_SKIPPED,
+    ST_DELETED,
+    ST_UNKNOWN,
+    ST_MISSING,
+    ST_COUNT
+} agent_verdict;
 
-static agent_verdict verdict(const pc_rollout_query *q, const Popcast__AgentStatus *st,
-                             bool *applied, bool *superseded, const Popcast__Nack **nack)
+static const char *const state_names[ST_COUNT] = {"live",    "nacked",  "skipped",
+                                                  "deleted", "unknown", "missing"};
+
+/* One agent's verdict on a version (rollout.h). */
+typedef struct judgement {
+    agent_verdict v;
+    bool applied;
+    bool superseded;             /* live, but no longer what it serves */
+    const char *reason, *detail; /* nacked */
+} judgement;
+
+static const Popcast__VersionOutcome *outcome_of(const Popcast__TenantStatus *t, uint64_t version,
+                                                 const Popcast__VersionOutcome **next)
 {
-    const Popcast__TenantStatus *t = tenant_of(st, q->tenant);
-    uint64_t av = t ? t->applied_version : 0, lv = t ? t->live_version : 0;
-    *applied = av >= q->version;
-    *superseded = false;
-    *nack = NULL;
-    bool live;
-    if (q->is_delete)
-        live = *applied && (lv == 0 || lv > q->version);
-    else
-        live = lv >= q->version;
-    if (live) {
-        *superseded = lv > q->version;
-        return ST_LIVE;
+    const Popcast__VersionOutcome *found = NULL;
+    *next = NULL;
+    for (size_t i = 0; i < t->n_outcomes; i++) {
+        const Popcast__VersionOutcome *o = t->outcomes[i];
+        if (o->version == version)
+            found = o;
+        else if (o->version > version && (*next == NULL || o->version < (*next)->version))
+            *next = o;
     }
-    if ((*nack = nack_for(st, q->tenant, q->version)) != NULL)
-        return ST_NACKED;
-    return ST_MISSING;
+    return found;
+}
+
+/* From the outcomes an agent reports for the tenant. */
+static void judge_outcomes(const pc_rollout_query *q, const Popcast__TenantStatus *t, judgement *j)
+{
+    uint64_t v = q->version, av = t->applied_version;
+    const Popcast__VersionOutcome *next, *o = outcome_of(t, v, &next);
+    if (o != NULL && o->state == POPCAST__VERSION_STATE__VERSION_STATE_LIVE) {
+        j->v = ST_LIVE;
+        /* A delete serves while nothing newer came; a version while it is
+         * the live one. */
+        j->superseded = q->is_delete ? av != v : t->live_version != v;
+    } else if (o != NULL && o->state == POPCAST__VERSION_STATE__VERSION_STATE_NACKED) {
+        j->v = ST_NACKED;
+        j->reason = o->reason;
+        j->detail = o->detail;
+    } else if (o != NULL) {
+        j->v = ST_UNKNOWN; /* a state this controller does not know */
+    } else if (v >= av) {
+        /* Not there yet, or being decided right now (the agent reads its
+         * store, then its outcomes). */
+        j->v = ST_MISSING;
+    } else if (v < t->outcomes_from) {
+        j->v = ST_UNKNOWN; /* before what the agent remembers */
+    } else {
+        /* Never processed although something newer was: a snapshot
+         * brought a newer version, or the delete, first. */
+        j->v = next != NULL && next->is_delete && !q->is_delete ? ST_DELETED : ST_SKIPPED;
+    }
+}
+
+/* From an agent that reports no outcomes (older agents): live when the
+ * live version is at least V, which cannot tell a nacked version that a
+ * newer one replaced from one that went live. */
+static void judge_legacy(const pc_rollout_query *q, const Popcast__AgentStatus *st,
+                         const Popcast__TenantStatus *t, judgement *j)
+{
+    uint64_t lv = t ? t->live_version : 0;
+    bool live = q->is_delete ? j->applied && (lv == 0 || lv > q->version) : lv >= q->version;
+    const Popcast__Nack *nack;
+    if (live) {
+        j->v = ST_LIVE;
+        j->superseded = lv > q->version;
+    } else if ((nack = nack_for(st, q->tenant, q->version)) != NULL) {
+        j->v = ST_NACKED;
+        j->reason = nack->reason;
+        j->detail = nack->detail;
+    } else {
+        j->v = ST_MISSING;
+    }
+}
+
+static void judge(const pc_rollout_query *q, const Popcast__AgentStatus *st, judgement *j)
+{
+    memset(j, 0, sizeof(*j));
+    const Popcast__TenantStatus *t = tenant_of(st, q->tenant);
+    j->applied = t != NULL && t->applied_version >= q->version;
+    if (t != NULL && t->outcomes_from > 0)
+        judge_outcomes(q, t, j);
+    else
+        judge_legacy(q, st, t, j);
 }
 
 static json_t *pop_entry(json_t *pops, const char *pop)
 {
     json_t *p = json_object_get(pops, pop);
     if (p == NULL) {
-        p = json_pack("{s:i,s:i,s:i,s:i}", "total", 0, "live", 0, "nacked", 0, "missing", 0);
+        p = json_object();
+        json_object_set_new(p, "total", json_integer(0));
+        for (size_t i = 0; i < ST_COUNT; i++)
+            json_object_set_new(p, state_names[i], json_integer(0));
         json_object_set_new(pops, pop, p);
     }
     return p;
@@ -282,28 +497,35 @@ static void evaluate_locked(pc_rollout *r, const pc_rollout_query *q, int64_t no
         agent_entry *a = r->agents[i];
         if (is_gone(r, a, now))
             continue;
-        bool applied, superseded, stale = is_stale(r, a, now);
-        const Popcast__Nack *nack;
-        agent_verdict v = verdict(q, a->status, &applied, &superseded, &nack);
+        bool stale = is_stale(r, a, now);
+        judgement j;
+        judge(q, a->status, &j);
         s->total++;
-        s->applied += applied;
+        s->applied += j.applied;
         s->stale += stale;
-        s->superseded += superseded;
-        s->live += v == ST_LIVE;
-        s->nacked += v == ST_NACKED;
-        s->missing += v == ST_MISSING;
+        s->superseded += j.superseded;
+        s->live += j.v == ST_LIVE;
+        s->nacked += j.v == ST_NACKED;
+        s->skipped += j.v == ST_SKIPPED;
+        s->deleted += j.v == ST_DELETED;
+        s->unknown += j.v == ST_UNKNOWN;
+        s->missing += j.v == ST_MISSING;
         if (doc == NULL)
             continue;
-        const char *state = v == ST_LIVE ? "live" : v == ST_NACKED ? "nacked" : "missing";
+        const char *state = state_names[j.v];
         const Popcast__TenantStatus *t = tenant_of(a->status, q->tenant);
         json_t *o = json_pack("{s:s,s:s,s:s,s:b,s:b,s:I,s:I,s:I}", "agent_id", a->status->agent_id,
-                              "pop", a->status->pop, "state", state, "applied", applied, "stale",
+                              "pop", a->status->pop, "state", state, "applied", j.applied, "stale",
                               stale, "applied_version", (json_int_t)(t ? t->applied_version : 0),
                               "live_version", (json_int_t)(t ? t->live_version : 0),
                               "last_seen_ms_ago", (json_int_t)(now - a->last_seen_ms));
-        if (nack != NULL && v == ST_NACKED) {
-            json_object_set_new(o, "reason", json_string(nack->reason));
-            json_object_set_new(o, "detail", json_string(nack->detail));
+        if (j.v == ST_LIVE)
+            json_object_set_new(o, "superseded", json_boolean(j.superseded));
+        if (t != NULL && t->live_unrecorded)
+            json_object_set_new(o, "live_unrecorded", json_true());
+        if (j.v == ST_NACKED) {
+            json_object_set_new(o, "reason", json_string(j.reason ? j.reason : ""));
+            json_object_set_new(o, "detail", json_string(j.detail ? j.detail : ""));
         }
         json_array_append_new(agents, o);
         json_t *p = pop_entry(pops, a->status->pop);
@@ -315,23 +537,35 @@ static void evaluate_locked(pc_rollout *r, const pc_rollout_query *q, int64_t no
      * operator waiting for a deploy wants at least one agent to have it. */
     s->complete = s->total > 0 && s->live >= need;
     s->failed = s->nacked > 0;
+    /* Only agents still missing it can add to live: when they cannot make
+     * up the difference, waiting longer changes nothing. */
+    s->unreachable = s->total > 0 && !s->complete && s->live + s->missing < need;
     if (doc != NULL) {
         json_object_set_new(doc, "agents", agents);
         json_object_set_new(doc, "pops", pops);
-        json_object_set_new(
-            doc, "summary",
-            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:b,s:f}", "total", (json_int_t)s->total,
-                      "live", (json_int_t)s->live, "applied", (json_int_t)s->applied, "nacked",
-                      (json_int_t)s->nacked, "missing", (json_int_t)s->missing, "stale",
-                      (json_int_t)s->stale, "superseded", (json_int_t)s->superseded, "complete",
-                      s->complete, "failed", s->failed, "fraction", q->fraction));
+        json_t *sum = json_pack(
+            "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:b,s:b,s:f}", "total",
+            (json_int_t)s->total, "live", (json_int_t)s->live, "applied", (json_int_t)s->applied,
+            "nacked", (json_int_t)s->nacked, "missing", (json_int_t)s->missing, "stale",
+            (json_int_t)s->stale, "superseded", (json_int_t)s->superseded, "skipped",
+            (json_int_t)s->skipped, "deleted", (json_int_t)s->deleted, "unknown",
+            (json_int_t)s->unknown, "complete", s->complete, "failed", s->failed, "unreachable",
+            s->unreachable, "fraction", q->fraction);
+        json_object_set_new(doc, "summary", sum);
     }
+}
+
+static const char *kind_name(const pc_rollout_query *q)
+{
+    if (q->is_delete || q->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE)
+        return "delete";
+    return q->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_ROLLBACK ? "rollback" : "deploy";
 }
 
 static json_t *version_doc(const pc_rollout_query *q)
 {
     return json_pack("{s:s,s:I,s:I,s:s}", "tenant", q->tenant, "version", (json_int_t)q->version,
-                     "seq", (json_int_t)q->seq, "kind", q->is_delete ? "delete" : "deploy");
+                     "seq", (json_int_t)q->seq, "kind", kind_name(q));
 }
 
 json_t *pc_rollout_version_json(pc_rollout *r, const pc_rollout_query *q, int64_t now_ms,
@@ -357,7 +591,7 @@ static void evaluate_waiters_locked(pc_rollout *r, int64_t now, waiter **fired)
         waiter *w = *pp;
         pc_rollout_summary s;
         evaluate_locked(r, &w->q, now, &s, NULL);
-        if (s.complete || s.failed || now >= w->deadline_ms) {
+        if (s.complete || s.failed || s.unreachable || now >= w->deadline_ms) {
             *pp = w->next;
             w->next = *fired;
             *fired = w;
@@ -373,7 +607,10 @@ static void fire(waiter *fired, pc_rollout *r, int64_t now)
         waiter *next = fired->next;
         pc_rollout_summary s;
         json_t *doc = pc_rollout_version_json(r, &fired->q, now, &s);
-        const char *why = s.complete ? "complete" : s.failed ? "nacked" : "timeout";
+        const char *why = s.complete      ? "complete"
+                          : s.failed      ? "nacked"
+                          : s.unreachable ? "unreachable"
+                                          : "timeout";
         json_object_set_new(doc, "wait", json_string(why));
         fired->done(fired->arg, doc, why);
         free(fired);
@@ -427,4 +664,68 @@ void pc_rollout_cancel_waits(pc_rollout *r)
         free(w);
         w = next;
     }
+}
+
+typedef struct serving_count {
+    uint64_t version;
+    size_t agents;
+} serving_count;
+
+static int by_version_desc(const void *x, const void *y)
+{
+    const serving_count *a = x, *b = y;
+    return a->version < b->version ? 1 : a->version > b->version ? -1 : 0;
+}
+
+json_t *pc_rollout_serving_json(pc_rollout *r, const char *tenant, int64_t now_ms)
+{
+    serving_count *counts = NULL;
+    size_t n = 0, cap = 0, total = 0, none = 0, stale = 0;
+    bool nomem = false;
+    pc_mutex_lock(&r->lock);
+    for (size_t i = 0; i < r->n_agents && !nomem; i++) {
+        agent_entry *a = r->agents[i];
+        if (is_gone(r, a, now_ms))
+            continue;
+        total++;
+        stale += is_stale(r, a, now_ms);
+        const Popcast__TenantStatus *t = tenant_of(a->status, tenant);
+        uint64_t lv = t ? t->live_version : 0;
+        if (lv == 0) {
+            none++;
+            continue;
+        }
+        size_t k = 0;
+        while (k < n && counts[k].version != lv)
+            k++;
+        if (k == n) {
+            if (n == cap) {
+                size_t grown_cap = cap ? cap * 2 : 8;
+                serving_count *grown = realloc(counts, grown_cap * sizeof(*grown));
+                if (grown == NULL) {
+                    nomem = true;
+                    break;
+                }
+                counts = grown;
+                cap = grown_cap;
+            }
+            counts[n++] = (serving_count){lv, 0};
+        }
+        counts[k].agents++;
+    }
+    pc_mutex_unlock(&r->lock);
+    if (nomem) {
+        free(counts);
+        return NULL;
+    }
+    if (counts != NULL)
+        qsort(counts, n, sizeof(*counts), by_version_desc);
+    json_t *versions = json_array();
+    for (size_t k = 0; k < n; k++)
+        json_array_append_new(versions,
+                              json_pack("{s:I,s:I}", "version", (json_int_t)counts[k].version,
+                                        "agents", (json_int_t)counts[k].agents));
+    free(counts);
+    return json_pack("{s:I,s:o,s:I,s:I}", "agents", (json_int_t)total, "versions", versions, "none",
+                     (json_int_t)none, "stale", (json_int_t)stale);
 }

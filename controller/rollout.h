@@ -8,14 +8,21 @@
  * report_stale_ms, or that report themselves stale (no valid heartbeat),
  * are listed as stale.
  *
- * For a tenant version V, an agent is
- *   live      when its live version for the tenant is >= V (a newer version
- *             supersedes V; "superseded" counts those separately),
- *   applied   when its applied version is >= V,
- *   nacked    when it reported a nack for V and V is not live there,
- *   missing   otherwise.
- * For a delete, "live" means the delete is applied and nothing older is
- * served.
+ * For a tenant version V, an agent's state comes from the outcome it
+ * reports for V (agents keep, per tenant, the outcome of each recent
+ * version they processed; docs/protocol.md "Version outcomes"):
+ *   live      V went live there (a delete: took effect), whatever came
+ *             after: "superseded" when it no longer serves V;
+ *   nacked    it refused V or could not load it;
+ *   skipped   it never processed V, although it has a newer version (a
+ *             snapshot brought that first), so V was never live there;
+ *   deleted   likewise, and what came first was the tenant's delete;
+ *   unknown   V is older than the outcomes it remembers;
+ *   missing   it has not got to V yet (or is deciding it right now).
+ * "applied" counts agents whose applied version is >= V, whatever their
+ * state. Agents that report no outcomes (older agents) are judged the old
+ * way: live when their live version is >= V, nacked when they list a nack
+ * for V, missing otherwise.
  *
  * Thread safe: reports arrive on nng threads, queries on HTTP threads,
  * ticks on the loop. */
@@ -37,21 +44,36 @@ typedef struct pc_rollout_options {
     uint64_t gone_after_ms;   /* default 30000 */
     uint64_t report_stale_ms; /* default 15000 */
     size_t max_agents;        /* reports from more agents are refused */
+    size_t max_refused;       /* ids with refusals listed apart (default 1024) */
 } pc_rollout_options;
 
 pc_rollout *pc_rollout_new(const pc_rollout_options *opt);
 void pc_rollout_free(pc_rollout *r);
 
 /* Records an agent's report (authenticated by the caller; verified says
- * whether it was signed by the agent's enrolled key, shown in the fleet).
- * PC_E_REPLAYED if its counter is not above the last one seen from
+ * whether it was signed by the key bound to the agent id, shown in the
+ * fleet). PC_E_REPLAYED if its counter is not above the last one seen from
  * that agent (a replay); PC_E_INVALID for malformed reports; PC_E_TOO_LARGE
- * when max_agents is reached. */
+ * when max_agents is reached. Refusals of an agent id are counted as
+ * pc_rollout_refused does. One exception to the counter rule: a verified
+ * report carrying another public key than the agent's last accepted one
+ * starts a new counter sequence (an operator bound a new key to the id,
+ * e.g. after the old one was lost; the caller has checked that the key it
+ * verified with is that public key). */
 int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verified, int64_t now_ms,
                       pc_err *err);
 
-/* {"head_seq", "agents": [{agent_id, pop, applied_seq, lag, last_seen_ms_ago, stale, gone}],
- *  "counts": {...}} */
+/* A report refused before it reached the tracker (unsigned, signed by
+ * another key than the one bound to the id, revoked, ...), under the agent
+ * id it claims (which it may not own: that is what the count is for). The
+ * fleet shows it: on the agent's entry, or for ids never accepted in a
+ * list bounded to max_refused ids (beyond, only the total counts).
+ * reason: a short word, e.g. "wrong_key". */
+void pc_rollout_refused(pc_rollout *r, const char *agent_id, const char *reason, int64_t now_ms);
+
+/* {"head_seq", "agents": [{agent_id, pop, applied_seq, lag, last_seen_ms_ago, stale, gone,
+ *  tenants, verified, refused_reports[, last_refusal]}], "refused": [{agent_id, count,
+ *  reason, last_ms_ago}], "counts": {...}} (docs/api.md) */
 json_t *pc_rollout_fleet_json(pc_rollout *r, uint64_t head_seq, int64_t now_ms);
 
 typedef struct pc_rollout_query {
@@ -59,26 +81,39 @@ typedef struct pc_rollout_query {
     uint64_t version;
     uint64_t seq;
     bool is_delete;
-    double fraction; /* of non-gone agents that must be live; 1.0 = all */
+    double fraction;         /* of non-gone agents that must be live; 1.0 = all */
+    Popcast__EntryKind kind; /* the change's kind, shown ("deploy" when unset) */
 } pc_rollout_query;
 
 typedef struct pc_rollout_summary {
-    size_t total, live, applied, nacked, missing, stale, superseded;
-    bool complete; /* live >= ceil(fraction * total) */
-    bool failed;   /* at least one nack */
+    size_t total, live, applied, nacked, missing, stale;
+    size_t superseded; /* live, no longer served */
+    size_t skipped, deleted, unknown;
+    bool complete;    /* live >= ceil(fraction * total) */
+    bool failed;      /* at least one nack */
+    bool unreachable; /* not complete, and live + missing < ceil(fraction * total) */
 } pc_rollout_summary;
 
 /* The rollout of one version, per agent and per PoP (docs/api.md). */
 json_t *pc_rollout_version_json(pc_rollout *r, const pc_rollout_query *q, int64_t now_ms,
                                 pc_rollout_summary *out);
 
-/* Waits until the rollout of q completes, fails (a nack) or deadline_ms
- * passes; then calls done exactly once, from whichever thread noticed,
- * with the rollout document and why it ended ("complete", "nacked",
- * "timeout", "shutdown"). Checked on every report and every tick. */
+/* Waits until the rollout of q completes, fails (a nack), can no longer
+ * complete (unreachable: too many agents skipped it, saw the tenant
+ * deleted first, or do not know it) or deadline_ms passes; then calls done
+ * exactly once, from whichever thread noticed, with the rollout document
+ * and why it ended ("complete", "nacked", "unreachable", "timeout",
+ * "shutdown"; in that order of precedence). Checked on every report and
+ * every tick. */
 typedef void (*pc_rollout_done)(void *arg, json_t *doc, const char *why);
 int pc_rollout_wait(pc_rollout *r, const pc_rollout_query *q, int64_t deadline_ms,
                     pc_rollout_done done, void *arg, pc_err *err);
+/* What the fleet serves of tenant, from the agents' last reports (gone
+ * agents left out): {"agents": N, "versions": [{"version", "agents"}]
+ * newest first, "none": agents serving nothing of it, "stale": N}. NULL
+ * when out of memory. */
+json_t *pc_rollout_serving_json(pc_rollout *r, const char *tenant, int64_t now_ms);
+
 /* Expires waits and applies "gone" (call periodically, e.g. every 100 ms). */
 void pc_rollout_tick(pc_rollout *r, int64_t now_ms);
 /* Ends every wait with "shutdown". */

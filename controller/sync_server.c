@@ -4,14 +4,21 @@
 
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "change.h"
 #include "clock.h"
 #include "envelope.h"
 #include "log.h"
 #include "protocol_limits.h"
 #include "registry.h"
+#include "strmap.h"
+
+/* Agent ids whose first-use binding may be in the pipeline at once. */
+#define BINDINGS_MAX 256
 
 typedef struct worker {
     struct pc_sync_server *server;
@@ -25,8 +32,14 @@ struct pc_sync_server {
     nng_socket sock;
     worker *workers;
     size_t n_workers;
-    pc_metric *m_sync, *m_snapshot, *m_chunk, *m_status, *m_bad, *m_forged;
+    pc_metric *m_sync, *m_snapshot, *m_chunk, *m_status, *m_bad, *m_bindings;
     char bound_url[300];
+    /* Trust on first use: where bindings are submitted (NULL while the
+     * controller starts or stops), and the ids whose binding is queued or
+     * in flight (each submitted once). */
+    pthread_mutex_t bind_lock;
+    pc_pipeline *pipeline;
+    pc_strmap *binding;
 };
 
 /* Builds an Entry for seq from the store. The bundle goes inline when it is
@@ -282,17 +295,18 @@ static void handle_chunk(pc_sync_server *s, const Popcast__BundleChunkRequest *r
     resp->total_size = total;
 }
 
-/* The enrolled record of an agent: PC_OK with *pk filled, PC_E_NOTFOUND
- * when not enrolled, PC_E_FORBIDDEN when revoked. */
-static int enrolled_key(pc_sync_server *s, const char *agent_id, pc_public_key *pk)
+/* The key bound to an agent id: PC_OK with *pk filled, PC_E_NOTFOUND when
+ * the id has no record, PC_E_FORBIDDEN when its key was revoked, PC_E_STORE
+ * when the record cannot be read. */
+static int bound_key(pc_sync_server *s, const char *agent_id, pc_public_key *pk)
 {
     Popcast__AgentRecord *a = NULL;
     pc_err err;
     int rc = pc_registry_get_agent(s->opt.store, agent_id, &a, &err);
-    if (rc == PC_E_STORE)
-        pc_warn("sync", "%s", err.msg);
+    if (rc != PC_OK && rc != PC_E_NOTFOUND)
+        pc_warn("sync", "cannot read the record of agent %s: %s", agent_id, err.msg);
     if (rc != PC_OK)
-        return PC_E_NOTFOUND;
+        return rc == PC_E_NOTFOUND ? rc : PC_E_STORE;
     rc = a->revoked ? PC_E_FORBIDDEN : PC_OK;
     memcpy(pk->pk, a->public_key.data, PC_PK_LEN);
     pc_key_id(pk->id, pk->pk);
@@ -300,12 +314,18 @@ static int enrolled_key(pc_sync_server *s, const char *agent_id, pc_public_key *
     return rc;
 }
 
+/* Refuses a report: counted by reason (popcast_status_refused_total),
+ * shown under the agent id it claims in the fleet, logged, and the reason
+ * goes back to the sender. */
 static void refuse_status(pc_sync_server *s, Popcast__StatusAck *ack, const char *agent,
-                          const char *why)
+                          const char *reason, const char *why)
 {
+    char labels[64];
+    snprintf(labels, sizeof(labels), "reason=\"%s\"", reason);
     pc_metric_add(s->m_bad, 1);
-    pc_metric_add(s->m_forged, 1);
-    pc_warn("sync", "status report from %s refused: %s", agent, why);
+    pc_metrics_inc(s->opt.metrics, "popcast_status_refused_total", labels);
+    pc_rollout_refused(s->opt.rollout, agent, reason, pc_mono_ms());
+    pc_warn("sync", "status report from %s refused (%s): %s", agent, reason, why);
     ack->error = strdup(why);
 }
 
@@ -313,49 +333,164 @@ static void record_status(pc_sync_server *s, const Popcast__AgentStatus *st, boo
                           Popcast__StatusAck *ack)
 {
     pc_err err;
-    if (pc_rollout_report(s->opt.rollout, st, verified, pc_mono_ms(), &err) != PC_OK) {
+    int rc = pc_rollout_report(s->opt.rollout, st, verified, pc_mono_ms(), &err);
+    if (rc != PC_OK) {
+        /* The tracker counted it under the agent id already. */
+        char labels[64];
+        snprintf(labels, sizeof(labels), "reason=\"%s\"",
+                 rc == PC_E_REPLAYED    ? "replayed"
+                 : rc == PC_E_INVALID   ? "invalid"
+                 : rc == PC_E_TOO_LARGE ? "fleet_full"
+                                        : "internal");
         pc_metric_add(s->m_bad, 1);
+        pc_metrics_inc(s->opt.metrics, "popcast_status_refused_total", labels);
         pc_debug("sync", "status from %s refused: %s", st->agent_id, err.msg);
         ack->error = strdup(err.msg);
     }
 }
 
-/* An unsigned report: only from an agent that is not enrolled, and only
- * when enrollment is not required. */
+/* Called once per binding, on the controller's loop thread, when the
+ * pipeline has committed or refused it. */
+static void binding_done(pc_change *c, const pc_change_result *r)
+{
+    pc_sync_server *s = c->arg;
+    pthread_mutex_lock(&s->bind_lock);
+    pc_strmap_remove(s->binding, c->u.agent.id);
+    pthread_mutex_unlock(&s->bind_lock);
+    pc_public_key pk;
+    memcpy(pk.pk, c->u.agent.pk, PC_PK_LEN);
+    pc_key_id(pk.id, pk.pk);
+    char kid[PC_HEX_KEY_ID_LEN];
+    pc_hex(kid, pk.id, PC_KEY_ID_LEN);
+    if (r->rc == PC_OK)
+        pc_info("sync", "agent %s bound to its key %s on first use", c->u.agent.id, kid);
+    else if (r->rc == PC_E_NOT_LEADER || r->rc == PC_E_EXISTS)
+        pc_debug("sync", "agent %s not bound here: %s", c->u.agent.id, r->err.msg);
+    else
+        pc_warn("sync", "agent %s: binding its key %s failed: %s", c->u.agent.id, kid, r->err.msg);
+}
+
+/* Trust on first use: submits the binding of agent_id to pk (once while
+ * it is pending) and tells the agent its reports count once the binding
+ * is committed. Followers' submissions fail harmlessly (not the leader):
+ * the agent reports to every controller, and the leader's binding reaches
+ * all of them through raft. */
+static void bind_first_use(pc_sync_server *s, const char *agent_id, const uint8_t *pk,
+                           Popcast__StatusAck *ack)
+{
+    char why[PC_ID_MAX + 256];
+    snprintf(why, sizeof(why),
+             "agent %s is not known yet: its key is being bound on first use; its reports count "
+             "once the binding is committed (docs/security.md)",
+             agent_id);
+    pthread_mutex_lock(&s->bind_lock);
+    if (s->pipeline == NULL) {
+        snprintf(why, sizeof(why), "controller is starting or stopping: report again later");
+    } else if (pc_strmap_get(s->binding, agent_id) != NULL) {
+        /* Pending: nothing more to do. */
+    } else if (pc_strmap_count(s->binding) >= BINDINGS_MAX) {
+        snprintf(why, sizeof(why), "%d agents are being bound already: report again later",
+                 BINDINGS_MAX);
+    } else {
+        pc_change *c = pc_change_new(PC_CHANGE_AGENT_ENROLL, NULL);
+        pc_err err;
+        if (c == NULL || pc_strmap_put(s->binding, agent_id, s) != PC_OK) {
+            pc_change_free(c);
+            snprintf(why, sizeof(why), "out of memory");
+        } else {
+            snprintf(c->u.agent.id, sizeof(c->u.agent.id), "%s", agent_id);
+            memcpy(c->u.agent.pk, pk, PC_PK_LEN);
+            c->u.agent.first_use = true;
+            c->done = binding_done;
+            c->arg = s;
+            if (pc_pipeline_submit(s->pipeline, c, &err) != PC_OK) {
+                pc_strmap_remove(s->binding, agent_id);
+                pc_change_free(c);
+                snprintf(why, sizeof(why), "cannot bind the agent's key now: %.200s", err.msg);
+            } else {
+                pc_metric_add(s->m_bindings, 1);
+            }
+        }
+    }
+    pthread_mutex_unlock(&s->bind_lock);
+    ack->error = strdup(why);
+}
+
+void pc_sync_server_set_pipeline(pc_sync_server *s, pc_pipeline *p)
+{
+    pthread_mutex_lock(&s->bind_lock);
+    s->pipeline = p;
+    pthread_mutex_unlock(&s->bind_lock);
+}
+
+/* An unsigned report: never trusted. Anyone able to reach the sync port
+ * could otherwise claim any agent id's state (and raise its counter so
+ * that the real agent's reports are refused as replays). */
 static void handle_status(pc_sync_server *s, const Popcast__AgentStatus *st,
                           Popcast__StatusAck *ack)
 {
-    pc_public_key pk;
-    int rc = enrolled_key(s, st->agent_id, &pk);
-    if (rc != PC_E_NOTFOUND)
-        refuse_status(s, ack, st->agent_id, "unsigned report for an enrolled (or revoked) agent");
-    else if (s->opt.require_enrollment)
-        refuse_status(s, ack, st->agent_id, "unsigned report: agents must be enrolled");
-    else
-        record_status(s, st, false, ack);
+    refuse_status(s, ack, st->agent_id, "unsigned",
+                  "unsigned report: status reports must be signed with the agent's key");
 }
 
+static bool verifies(const pc_public_key *pk, const Popcast__SignedAgentStatus *ss)
+{
+    return pc_verify(pk, PC_DOMAIN_STATUS, ss->status.data, ss->status.len, ss->signature.data,
+                     ss->signature.len) == PC_OK;
+}
+
+/* A signed report: verified with the key bound to its agent id; an id
+ * without a key is bound to the key the report carries (trust on first
+ * use) unless enrollment is required. */
 static void handle_signed_status(pc_sync_server *s, const Popcast__SignedAgentStatus *ss,
                                  Popcast__StatusAck *ack)
 {
     Popcast__AgentStatus *st = popcast__agent_status__unpack(NULL, ss->status.len, ss->status.data);
     if (st == NULL) {
-        refuse_status(s, ack, "?", "signed report does not decode");
+        refuse_status(s, ack, "?", "undecodable", "signed report does not decode");
         return;
     }
-    pc_public_key pk;
-    int rc = enrolled_key(s, st->agent_id, &pk);
-    if (rc == PC_E_NOTFOUND && !s->opt.require_enrollment)
-        record_status(s, st, false, ack); /* no key to check it with: unverified */
-    else if (rc == PC_E_NOTFOUND)
-        refuse_status(s, ack, st->agent_id, "agent is not enrolled");
-    else if (rc == PC_E_FORBIDDEN)
-        refuse_status(s, ack, st->agent_id, "agent's key was revoked");
-    else if (pc_verify(&pk, PC_DOMAIN_STATUS, ss->status.data, ss->status.len, ss->signature.data,
-                       ss->signature.len) != PC_OK)
-        refuse_status(s, ack, st->agent_id, "signature does not match the enrolled key");
-    else
+    const char *id = st->agent_id;
+    char why[512];
+    pc_public_key bound, carried;
+    bool has_key = st->public_key.len == PC_PK_LEN;
+    if (has_key) {
+        memcpy(carried.pk, st->public_key.data, PC_PK_LEN);
+        pc_key_id(carried.id, carried.pk);
+    }
+    int rc = pc_id_valid(id) ? bound_key(s, id, &bound) : PC_E_INVALID;
+    if (rc == PC_E_INVALID || (st->public_key.len != 0 && !has_key)) {
+        refuse_status(s, ack, id, "invalid", "status report with an invalid agent id or key");
+    } else if (rc == PC_E_STORE) {
+        refuse_status(s, ack, id, "store_error", "controller cannot read its agent records");
+    } else if (rc == PC_E_FORBIDDEN) {
+        refuse_status(s, ack, id, "revoked", "agent's key was revoked");
+    } else if (rc == PC_E_NOTFOUND && s->opt.require_enrollment) {
+        refuse_status(s, ack, id, "not_enrolled", "agent is not enrolled");
+    } else if (rc == PC_E_NOTFOUND && !has_key) {
+        refuse_status(s, ack, id, "not_enrolled",
+                      "agent is not enrolled and its report carries no key to bind");
+    } else if (rc == PC_E_NOTFOUND && !verifies(&carried, ss)) {
+        refuse_status(s, ack, id, "bad_signature", "signature does not match the report's key");
+    } else if (rc == PC_E_NOTFOUND) {
+        bind_first_use(s, id, carried.pk, ack);
+    } else if (!verifies(&bound, ss) || (has_key && memcmp(carried.pk, bound.pk, PC_PK_LEN) != 0)) {
+        char bound_id[PC_HEX_KEY_ID_LEN], carried_id[PC_HEX_KEY_ID_LEN] = "none";
+        pc_hex(bound_id, bound.id, PC_KEY_ID_LEN);
+        if (has_key)
+            pc_hex(carried_id, carried.id, PC_KEY_ID_LEN);
+        bool other = has_key && verifies(&carried, ss);
+        snprintf(
+            why, sizeof(why),
+            "%s: the key bound to agent %s is %s, the report's is %s (a lost key needs `popcast "
+            "agent enroll` of the new one, docs/security.md)",
+            other ? "signed by another key than the one bound to the agent"
+                  : "signature does not match the key bound to the agent",
+            id, bound_id, carried_id);
+        refuse_status(s, ack, id, other ? "wrong_key" : "bad_signature", why);
+    } else {
         record_status(s, st, true, ack);
+    }
     popcast__agent_status__free_unpacked(st, NULL);
 }
 
@@ -467,9 +602,11 @@ int pc_sync_server_start(pc_sync_server **out, const pc_sync_server_options *opt
     if (s == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     s->opt = *opt;
+    pthread_mutex_init(&s->bind_lock, NULL);
+    s->binding = pc_strmap_new();
     s->n_workers = opt->workers ? opt->workers : PC_SYNC_WORKERS;
     s->workers = calloc(s->n_workers, sizeof(*s->workers));
-    int rv = s->workers ? nng_rep0_open(&s->sock) : NNG_ENOMEM;
+    int rv = s->workers && s->binding ? nng_rep0_open(&s->sock) : NNG_ENOMEM;
     /* Requests are small: a large one is hostile. */
     if (rv == 0)
         rv = nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, PC_SYNC_REQUEST_MAX);
@@ -498,9 +635,10 @@ int pc_sync_server_start(pc_sync_server **out, const pc_sync_server_options *opt
         pc_metrics_counter(opt->metrics, "popcast_sync_requests_total", "kind=\"status\"", NULL);
     s->m_bad = pc_metrics_counter(opt->metrics, "popcast_sync_refused_total", NULL,
                                   "requests that did not decode or were refused");
-    s->m_forged = pc_metrics_counter(opt->metrics, "popcast_status_refused_total", NULL,
-                                     "status reports refused: unsigned, unenrolled, revoked or "
-                                     "a bad signature");
+    pc_metrics_counter(opt->metrics, "popcast_status_refused_total", "reason=\"unsigned\"",
+                       "status reports refused, by reason (docs/operations.md)");
+    s->m_bindings = pc_metrics_counter(opt->metrics, "popcast_status_first_use_bindings_total",
+                                       NULL, "agent keys submitted for binding on first use");
     for (size_t i = 0; i < s->n_workers; i++)
         nng_ctx_recv(s->workers[i].ctx, s->workers[i].aio);
     *out = s;
@@ -524,5 +662,7 @@ void pc_sync_server_stop(pc_sync_server *s)
         if (s->workers[i].aio)
             nng_aio_free(s->workers[i].aio);
     free(s->workers);
+    pc_strmap_free(s->binding);
+    pthread_mutex_destroy(&s->bind_lock);
     free(s);
 }

@@ -7,7 +7,9 @@
  *             far behind (or new) is told to take a snapshot instead;
  *   snapshot  every tenant's latest entry, read in one LMDB transaction;
  *   chunk     a slice of a bundle by hash;
- *   status    the agent's report, handed to the rollout tracker.
+ *   status    the agent's signed report, verified with the key bound to
+ *             its id (or binding one on first use), handed to the rollout
+ *             tracker.
  * Every reply fits in max_reply bytes, so an agent's receive limit is never
  * hit by accident. Requests are served concurrently (nng contexts) on nng
  * threads, reading LMDB directly. */
@@ -20,6 +22,7 @@
 #include "err.h"
 #include "tls.h"
 #include "metrics.h"
+#include "pipeline.h"
 #include "rollout.h"
 #include "store.h"
 
@@ -35,15 +38,22 @@ typedef struct pc_sync_server_options {
     size_t chunk_max;      /* bytes per chunk reply */
     uint64_t snapshot_lag; /* further behind than this: take a snapshot */
     size_t workers;        /* concurrent requests */
-    /* Status reports must be signed by an enrolled agent key. Without it,
-     * unsigned reports are accepted from agents that are not enrolled
-     * (shown as unverified); an enrolled agent's reports must always be
-     * signed by its key. */
+    /* Status reports are always signed, and verified with the key bound
+     * to the agent id. With require_enrollment only an operator binds
+     * keys (popcast agent enroll); without it, an id with no record is
+     * bound to the key its first valid signed report carries (trust on
+     * first use, committed through raft like an enrollment; reports count
+     * once the binding is committed). */
     bool require_enrollment;
     nng_tls_config *tls; /* for a tls+tcp:// url */
 } pc_sync_server_options;
 
 int pc_sync_server_start(pc_sync_server **out, const pc_sync_server_options *opt, pc_err *err);
+/* Where first-use bindings go (pipeline.h), from the time the pipeline
+ * exists; NULL before it is shut down: no submission is in progress once
+ * this returns. Bindings' callbacks run on the pipeline's loop thread and
+ * use the server, which must outlive them (stop it after the loop ends). */
+void pc_sync_server_set_pipeline(pc_sync_server *s, pc_pipeline *p);
 void pc_sync_server_stop(pc_sync_server *s);
 /* The url it listens on, with the port actually bound (url may name 0). */
 const char *pc_sync_server_bound_url(const pc_sync_server *s);

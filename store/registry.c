@@ -8,10 +8,13 @@
 #include "byteorder.h"
 #include "names.h"
 
-#define TOKEN_PREFIX "token."
-#define AGENT_PREFIX "agent."
-#define NODE_PREFIX  "cluster.node."
-#define EPOCH_KEY    "status_epoch"
+#define TOKEN_PREFIX   "token."
+#define AGENT_PREFIX   "agent."
+#define NODE_PREFIX    "cluster.node."
+#define OUTCOME_PREFIX "outcome."
+#define EPOCH_KEY      "status_epoch"
+/* Counters are epoch << 32 | n: the epoch has 32 bits. */
+#define EPOCH_LIMIT ((uint64_t)1 << 32)
 
 /* The key of a token: its prefix and the hex hash. */
 static void token_key(char *out, size_t cap, const uint8_t hash[PC_HASH_LEN])
@@ -89,6 +92,7 @@ typedef struct walk {
         int (*token)(void *arg, const Popcast__TokenRecord *t);
         int (*agent)(void *arg, const Popcast__AgentRecord *a);
         int (*node)(void *arg, const Popcast__ClusterNode *n);
+        int (*outcomes)(void *arg, const char *tenant, const Popcast__TenantOutcomes *o);
     } cb;
     void *arg;
     pc_err *err;
@@ -105,6 +109,9 @@ static int walk_one(void *arg, const char *key, const uint8_t *val, size_t len)
         rc = w->cb.token(w->arg, (const Popcast__TokenRecord *)msg);
     else if (w->d == &popcast__agent_record__descriptor)
         rc = w->cb.agent(w->arg, (const Popcast__AgentRecord *)msg);
+    else if (w->d == &popcast__tenant_outcomes__descriptor)
+        rc = w->cb.outcomes(w->arg, key + strlen(OUTCOME_PREFIX),
+                            (const Popcast__TenantOutcomes *)msg);
     else
         rc = w->cb.node(w->arg, (const Popcast__ClusterNode *)msg);
     protobuf_c_message_free_unpacked(msg, NULL);
@@ -226,21 +233,48 @@ int pc_registry_foreach_node(pc_store *s, int (*cb)(void *arg, const Popcast__Cl
     return pc_store_meta_foreach(s, NODE_PREFIX, walk_one, &w, err);
 }
 
+/* The agent's version outcomes. */
+
+int pc_registry_put_outcomes(pc_store *s, const char *tenant, const Popcast__TenantOutcomes *o,
+                             pc_err *err)
+{
+    if (!pc_tenant_name_valid(tenant))
+        return pc_err_set(err, PC_E_INVALID, "outcomes for an invalid tenant name");
+    char key[sizeof(OUTCOME_PREFIX) + PC_TENANT_MAX];
+    snprintf(key, sizeof(key), OUTCOME_PREFIX "%s", tenant);
+    return put_message(s, key, &o->base, err);
+}
+
+int pc_registry_foreach_outcomes(pc_store *s,
+                                 int (*cb)(void *arg, const char *tenant,
+                                           const Popcast__TenantOutcomes *o),
+                                 void *arg, pc_err *err)
+{
+    walk w = {&popcast__tenant_outcomes__descriptor, {.outcomes = cb}, arg, err};
+    return pc_store_meta_foreach(s, OUTCOME_PREFIX, walk_one, &w, err);
+}
+
 /* The agent's report epoch. */
 
-int pc_registry_next_status_epoch(pc_store *s, uint64_t *epoch, pc_err *err)
+int pc_registry_next_status_epoch(pc_store *s, uint64_t now_s, uint64_t *epoch, pc_err *err)
 {
     uint8_t buf[8] = {0};
     size_t len = 0;
     int rc = pc_store_meta_get(s, EPOCH_KEY, buf, sizeof(buf), &len, err);
-    uint64_t e = 0;
+    uint64_t stored = 0;
     if (rc == PC_OK && len != 8)
         return corrupt(err, EPOCH_KEY);
     if (rc == PC_OK)
-        e = pc_be64_get(buf);
+        stored = pc_be64_get(buf);
     else if (rc != PC_E_NOTFOUND)
         return rc;
-    e++;
+    uint64_t e = stored + 1;
+    if (now_s < EPOCH_LIMIT && now_s > e)
+        e = now_s;
+    if (e >= EPOCH_LIMIT)
+        return pc_err_set(err, PC_E_INVALID,
+                          "status report epoch %llu does not fit in 32 bits (meta %s is damaged)",
+                          (unsigned long long)e, EPOCH_KEY);
     pc_be64_put(buf, e);
     if ((rc = pc_store_meta_put(s, EPOCH_KEY, buf, 8, err)) != PC_OK)
         return rc;

@@ -16,6 +16,7 @@
  *   "agent.<agent id>"             AgentRecord controller: enrolled agents
  *   "cluster.node.<raft id>"       ClusterNode controller: members added at run time
  *   "status_epoch"                 u64 BE      agent: report counter epoch
+ *   "outcome.<tenant>"             TenantOutcomes agent: what became of its versions
  *
  * Walks follow store.h: cb returning non-zero stops the walk and that
  * value is returned. Writes here are for the cluster's FSM (controller)
@@ -54,8 +55,24 @@ int pc_registry_put_node(pc_store *s, const Popcast__ClusterNode *n, pc_err *err
 int pc_registry_foreach_node(pc_store *s, int (*cb)(void *arg, const Popcast__ClusterNode *n),
                              void *arg, pc_err *err);
 
-/* Agent: bumps the stored report epoch and returns the new value (1 on a
- * fresh store). */
-int pc_registry_next_status_epoch(pc_store *s, uint64_t *epoch, pc_err *err);
+/* Agent: the outcomes of a tenant's recent versions (replaced whole). */
+int pc_registry_put_outcomes(pc_store *s, const char *tenant, const Popcast__TenantOutcomes *o,
+                             pc_err *err);
+/* Every tenant's outcomes, in tenant name order. */
+int pc_registry_foreach_outcomes(pc_store *s,
+                                 int (*cb)(void *arg, const char *tenant,
+                                           const Popcast__TenantOutcomes *o),
+                                 void *arg, pc_err *err);
+
+/* Agent: the epoch of this start's status report counters (the counter
+ * is epoch << 32 | n, docs/protocol.md "status reports"), stored before it
+ * is returned: max(stored epoch + 1, now_s), where now_s is the wall clock
+ * in Unix seconds at start. The stored epoch keeps counters growing across
+ * restarts whatever the clock does; the clock keeps them growing across a
+ * wiped store (which loses the stored epoch), provided it is past the
+ * epoch last used. A now_s of 2^32 or more (a clock past 2106) is ignored.
+ * PC_E_STORE for a damaged record; PC_E_INVALID when the epoch would not
+ * fit in 32 bits. */
+int pc_registry_next_status_epoch(pc_store *s, uint64_t now_s, uint64_t *epoch, pc_err *err);
 
 #endif

@@ -51,17 +51,23 @@ static json_t *fleet_agent(const char *id)
     return found;
 }
 
+/* The sum of every series of a controller metric (any labels). */
 static uint64_t controller_metric(const char *name)
 {
     pc_http_result r;
     assert_int_equal(pc_http_call(ctl.api_url, "GET", "/metrics", NULL, NULL, 0, 10000, &r, NULL),
                      PC_OK);
     uint64_t v = 0;
-    const char *line = strstr((const char *)r.body, name);
-    while (line != NULL && line > (const char *)r.body && line[-1] != '\n')
-        line = strstr(line + 1, name);
-    if (line != NULL)
-        v = strtoull(line + strlen(name) + 1, NULL, 10);
+    size_t n = strlen(name);
+    for (const char *line = (const char *)r.body; line != NULL && *line != '\0';) {
+        if (strncmp(line, name, n) == 0 && (line[n] == ' ' || line[n] == '{')) {
+            const char *num = strchr(line + n, ' ');
+            if (num != NULL)
+                v += strtoull(num + 1, NULL, 10);
+        }
+        line = strchr(line, '\n');
+        line = line ? line + 1 : NULL;
+    }
     pc_http_result_free(&r);
     return v;
 }

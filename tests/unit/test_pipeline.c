@@ -607,6 +607,52 @@ static void test_agents(void **state)
     pc_signing_key_wipe(&agent_key);
 }
 
+/* A binding on first use (the sync server's, docs/security.md) takes an id
+ * with no record only: a second binding, for another key, or of an id an
+ * operator enrolled or revoked, is refused and changes nothing; an
+ * operator's enrollment replaces a binding. */
+static void test_agent_first_use(void **state)
+{
+    fixture *f = *state;
+    pc_signing_key k1, k2;
+    assert_int_equal(pc_keygen(&k1), PC_OK);
+    assert_int_equal(pc_keygen(&k2), PC_OK);
+    pc_change *c = agent_change(PC_CHANGE_AGENT_ENROLL, "edge-1", k1.pub.pk);
+    c->u.agent.first_use = true;
+    expect_rc(run_change(f, c), PC_OK);
+    Popcast__AgentRecord *a = NULL;
+    pc_err err;
+    assert_int_equal(pc_registry_get_agent(f->store, "edge-1", &a, &err), PC_OK);
+    assert_true(a->first_use);
+    assert_memory_equal(a->public_key.data, k1.pub.pk, PC_PK_LEN);
+    popcast__agent_record__free_unpacked(a, NULL);
+
+    c = agent_change(PC_CHANGE_AGENT_ENROLL, "edge-1", k2.pub.pk);
+    c->u.agent.first_use = true;
+    expect_rc(run_change(f, c), PC_E_EXISTS);
+    assert_int_equal(pc_registry_get_agent(f->store, "edge-1", &a, &err), PC_OK);
+    assert_memory_equal(a->public_key.data, k1.pub.pk, PC_PK_LEN);
+    popcast__agent_record__free_unpacked(a, NULL);
+
+    /* An operator replaces it. */
+    expect_rc(run_change(f, agent_change(PC_CHANGE_AGENT_ENROLL, "edge-1", k2.pub.pk)), PC_OK);
+    assert_int_equal(pc_registry_get_agent(f->store, "edge-1", &a, &err), PC_OK);
+    assert_false(a->first_use);
+    assert_memory_equal(a->public_key.data, k2.pub.pk, PC_PK_LEN);
+    popcast__agent_record__free_unpacked(a, NULL);
+
+    /* A revoked id stays revoked. */
+    expect_rc(run_change(f, agent_change(PC_CHANGE_AGENT_REVOKE, "edge-1", NULL)), PC_OK);
+    c = agent_change(PC_CHANGE_AGENT_ENROLL, "edge-1", k1.pub.pk);
+    c->u.agent.first_use = true;
+    expect_rc(run_change(f, c), PC_E_EXISTS);
+    assert_int_equal(pc_registry_get_agent(f->store, "edge-1", &a, &err), PC_OK);
+    assert_true(a->revoked);
+    popcast__agent_record__free_unpacked(a, NULL);
+    pc_signing_key_wipe(&k1);
+    pc_signing_key_wipe(&k2);
+}
+
 static pc_change *rotate_to(const pc_public_key *k)
 {
     pc_change *c = pc_change_new(PC_CHANGE_KEY_ROTATE, NULL);
@@ -832,6 +878,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_agents, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_agent_first_use, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_rotation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_kind, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_pending, setup, teardown),

@@ -171,21 +171,60 @@ static void test_nodes_of_any_id(void **state)
     }
 }
 
+/* The report epoch grows on every start: from the stored one when the
+ * clock is behind it (stepped back, or restarts faster than one a
+ * second), from the clock when it is ahead (as after a wiped store, which
+ * starts again from nothing). The "clock" is a parameter here. */
 static void test_status_epoch_grows_across_reopen(void **state)
 {
     pc_err err;
     uint64_t e1 = 0, e2 = 0, e3 = 0;
-    assert_int_equal(pc_registry_next_status_epoch(store, &e1, &err), PC_OK);
-    assert_int_equal(pc_registry_next_status_epoch(store, &e2, &err), PC_OK);
-    assert_int_equal(e2, e1 + 1);
+    assert_int_equal(pc_registry_next_status_epoch(store, 1000, &e1, &err), PC_OK);
+    assert_int_equal(e1, 1000);
+    /* The same second, then a clock stepped back: still growing. */
+    assert_int_equal(pc_registry_next_status_epoch(store, 1000, &e2, &err), PC_OK);
+    assert_int_equal(e2, 1001);
+    assert_int_equal(pc_registry_next_status_epoch(store, 5, &e3, &err), PC_OK);
+    assert_int_equal(e3, 1002);
     pc_store_close(store);
     pc_store_options opt = {0};
     assert_int_equal(pc_store_open(&store, dir, &opt, NULL), PC_OK);
-    assert_int_equal(pc_registry_next_status_epoch(store, &e3, &err), PC_OK);
-    assert_int_equal(e3, e2 + 1);
+    assert_int_equal(pc_registry_next_status_epoch(store, 0, &e3, &err), PC_OK);
+    assert_int_equal(e3, 1003);
+    /* The clock ahead of the stored epoch wins. */
+    assert_int_equal(pc_registry_next_status_epoch(store, 2000, &e3, &err), PC_OK);
+    assert_int_equal(e3, 2000);
+    /* A clock past 2106 does not make an epoch of 33 bits. */
+    assert_int_equal(pc_registry_next_status_epoch(store, (uint64_t)1 << 33, &e3, &err), PC_OK);
+    assert_int_equal(e3, 2001);
     /* A damaged epoch is an error, not a restart from 1. */
     assert_int_equal(pc_store_meta_put(store, "status_epoch", "abc", 3, &err), PC_OK);
-    assert_int_equal(pc_registry_next_status_epoch(store, &e3, &err), PC_E_STORE);
+    assert_int_equal(pc_registry_next_status_epoch(store, 3000, &e3, &err), PC_E_STORE);
+    uint8_t full[8] = {0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff};
+    assert_int_equal(pc_store_meta_put(store, "status_epoch", full, 8, &err), PC_OK);
+    assert_int_equal(pc_registry_next_status_epoch(store, 3000, &e3, &err), PC_E_INVALID);
+}
+
+/* A wiped store (a new one in another directory) starts from the clock,
+ * so its counters are above those of the store it replaces as long as the
+ * clock is past the old epoch. */
+static void test_status_epoch_after_wipe(void **state)
+{
+    pc_err err;
+    uint64_t before = 0, after = 0;
+    uint8_t zero[8] = {0};
+    assert_int_equal(pc_store_meta_put(store, "status_epoch", zero, 8, &err), PC_OK);
+    assert_int_equal(pc_registry_next_status_epoch(store, 1700000000, &before, &err), PC_OK);
+    assert_int_equal(pc_registry_next_status_epoch(store, 1700000000, &before, &err), PC_OK);
+    char other[256];
+    pc_test_tmpdir(other, sizeof(other), "wiped");
+    pc_store *fresh = NULL;
+    pc_store_options opt = {0};
+    assert_int_equal(pc_store_open(&fresh, other, &opt, NULL), PC_OK);
+    assert_int_equal(pc_registry_next_status_epoch(fresh, 1700000005, &after, &err), PC_OK);
+    assert_true(after > before);
+    pc_store_close(fresh);
+    pc_test_rm_rf(other);
 }
 
 int main(void)
@@ -195,6 +234,7 @@ int main(void)
         cmocka_unit_test(test_damaged_records_are_errors),
         cmocka_unit_test(test_nodes_of_any_id),
         cmocka_unit_test(test_status_epoch_grows_across_reopen),
+        cmocka_unit_test(test_status_epoch_after_wipe),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

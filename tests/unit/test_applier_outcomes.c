@@ -1,0 +1,442 @@
+/* test_applier_outcomes.c - what the agent's applier (agent/applier.h)
+ * says about versions: the outcome of each version it processed (live,
+ * nacked; a delete in effect), kept per tenant and in its store so they
+ * survive a restart; only entries that verified become nacks; reports say
+ * what the runtime serves even when the store cannot record it. Runs the
+ * applier on a real store with a fake runtime adapter that refuses the
+ * versions a test names (and can fill the store when it swaps one in). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "applier.h"
+#include "envelope.h"
+#include "harness.h"
+#include "registry.h"
+
+/* The fake runtime: one live version per tenant (few tenants), refusing
+ * the version in `refuse` and running `on_activate` when it swaps one in. */
+#define FAKE_TENANTS 8
+
+typedef struct fake {
+    pc_adapter base;
+    char tenant[FAKE_TENANTS][PC_TENANT_MAX + 1];
+    uint64_t live[FAKE_TENANTS];
+    uint64_t refuse;
+    void (*on_activate)(void *arg);
+    void *on_activate_arg;
+} fake;
+
+struct pc_prepared {
+    char tenant[PC_TENANT_MAX + 1];
+    uint64_t version;
+};
+
+static size_t fake_slot(fake *f, const char *tenant)
+{
+    for (size_t i = 0; i < FAKE_TENANTS; i++)
+        if (strcmp(f->tenant[i], tenant) == 0)
+            return i;
+    for (size_t i = 0; i < FAKE_TENANTS; i++)
+        if (f->tenant[i][0] == '\0') {
+            snprintf(f->tenant[i], sizeof(f->tenant[i]), "%s", tenant);
+            return i;
+        }
+    fail_msg("fake adapter: too many tenants");
+    return 0;
+}
+
+static int fake_prepare(pc_adapter *a, const pc_version_spec *spec, pc_prepared **out, pc_err *err)
+{
+    fake *f = (fake *)a;
+    if (spec->version == f->refuse)
+        return pc_err_set(err, PC_E_RUNTIME, "boom in version %llu",
+                          (unsigned long long)spec->version);
+    pc_prepared *p = calloc(1, sizeof(*p));
+    snprintf(p->tenant, sizeof(p->tenant), "%s", spec->tenant);
+    p->version = spec->version;
+    *out = p;
+    return PC_OK;
+}
+
+static int fake_activate(pc_adapter *a, pc_prepared *p, pc_err *err)
+{
+    fake *f = (fake *)a;
+    f->live[fake_slot(f, p->tenant)] = p->version;
+    free(p);
+    if (f->on_activate != NULL)
+        f->on_activate(f->on_activate_arg);
+    return PC_OK;
+}
+
+static void fake_discard(pc_adapter *a, pc_prepared *p)
+{
+    free(p);
+}
+
+static int fake_deactivate(pc_adapter *a, const char *tenant, pc_err *err)
+{
+    fake *f = (fake *)a;
+    f->live[fake_slot(f, tenant)] = 0;
+    return PC_OK;
+}
+
+static uint64_t fake_live_version(pc_adapter *a, const char *tenant)
+{
+    fake *f = (fake *)a;
+    return f->live[fake_slot(f, tenant)];
+}
+
+static void fake_destroy(pc_adapter *a) {}
+
+static void fake_init(fake *f)
+{
+    memset(f, 0, sizeof(*f));
+    f->base.name = "fake";
+    f->base.prepare = fake_prepare;
+    f->base.activate = fake_activate;
+    f->base.discard = fake_discard;
+    f->base.deactivate = fake_deactivate;
+    f->base.live_version = fake_live_version;
+    f->base.destroy = fake_destroy;
+}
+
+/* The fixture: a store, a root key the applier trusts, the fake. */
+static char dir[256];
+static pc_store *store;
+static pc_signing_key root;
+static pc_keyring trusted;
+static pc_metrics *metrics;
+static fake rt;
+static pc_adapter *adapters[1];
+
+static int setup_with(const pc_store_options *opt)
+{
+    pc_test_init();
+    pc_test_tmpdir(dir, sizeof(dir), "applier");
+    assert_int_equal(pc_store_open(&store, dir, opt, NULL), PC_OK);
+    assert_int_equal(pc_keygen(&root), PC_OK);
+    memset(&trusted, 0, sizeof(trusted));
+    assert_int_equal(pc_keyring_add(&trusted, &root.pub, NULL), PC_OK);
+    metrics = pc_metrics_new();
+    fake_init(&rt);
+    adapters[0] = &rt.base;
+    return 0;
+}
+
+static int setup(void **state)
+{
+    pc_store_options opt = {0};
+    return setup_with(&opt);
+}
+
+/* A store that cannot grow past 2 MiB. */
+static int setup_small(void **state)
+{
+    pc_store_options opt = {.map_size = 2 << 20, .map_size_max = 2 << 20};
+    return setup_with(&opt);
+}
+
+static int teardown(void **state)
+{
+    pc_store_close(store);
+    pc_metrics_free(metrics);
+    pc_test_rm_rf(dir);
+    return 0;
+}
+
+static pc_applier *applier_new(void)
+{
+    pc_applier_options o = {.store = store,
+                            .trusted = &trusted,
+                            .adapters = adapters,
+                            .n_adapters = 1,
+                            .metrics = metrics,
+                            .max_bundle = 1 << 20,
+                            .stale_after_ms = 60000};
+    pc_applier *a = NULL;
+    pc_err err;
+    if (pc_applier_new(&a, &o, &err) != PC_OK)
+        fail_msg("applier: %s", err.msg);
+    return a;
+}
+
+/* Applies the entry of tenant's version at seq, signed by key (a delete
+ * when body is NULL). Returns the applier's answer. */
+static int apply(pc_applier *a, const pc_signing_key *key, const char *tenant, uint64_t version,
+                 uint64_t seq, const char *body)
+{
+    Popcast__Manifest m = POPCAST__MANIFEST__INIT;
+    uint8_t hash[PC_HASH_LEN];
+    m.tenant = (char *)tenant;
+    m.version = version;
+    m.seq = seq;
+    if (body != NULL) {
+        m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY;
+        pc_hash(hash, body, strlen(body));
+        m.bundle_hash.data = hash;
+        m.bundle_hash.len = PC_HASH_LEN;
+        m.bundle_size = strlen(body);
+        m.entrypoint = "main.lua";
+        m.runtime = "fake";
+    } else {
+        m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE;
+    }
+    Popcast__SignedManifest sm;
+    assert_int_equal(pc_envelope_sign_manifest(key, &m, &sm, NULL), PC_OK);
+    Popcast__Entry e = POPCAST__ENTRY__INIT;
+    e.signed_ = &sm;
+    if (body != NULL) {
+        e.bundle.data = (uint8_t *)body;
+        e.bundle.len = strlen(body);
+    }
+    pc_err err;
+    int rc = pc_applier_apply_entry(a, &e, &err);
+    pc_envelope_signed_clear(&sm);
+    return rc;
+}
+
+/* The report's entry for tenant (NULL if absent). */
+static const Popcast__TenantStatus *tenant_in(const Popcast__AgentStatus *st, const char *tenant)
+{
+    for (size_t i = 0; i < st->n_tenants; i++)
+        if (strcmp(st->tenants[i]->tenant, tenant) == 0)
+            return st->tenants[i];
+    return NULL;
+}
+
+/* "v1:L v2:N v3:L v4:D": each outcome, L live, N nacked, D a delete in
+ * effect. */
+static void outcomes_text(const Popcast__TenantStatus *t, char *out, size_t cap)
+{
+    out[0] = '\0';
+    for (size_t i = 0; i < t->n_outcomes; i++) {
+        const Popcast__VersionOutcome *o = t->outcomes[i];
+        char state = o->state == POPCAST__VERSION_STATE__VERSION_STATE_NACKED ? 'N'
+                     : o->is_delete                                           ? 'D'
+                                                                              : 'L';
+        size_t n = strlen(out);
+        snprintf(out + n, cap - n, "%sv%llu:%c", i ? " " : "", (unsigned long long)o->version,
+                 state);
+    }
+}
+
+static void expect_outcomes(pc_applier *a, const char *tenant, const char *want, uint64_t from)
+{
+    Popcast__AgentStatus st;
+    assert_int_equal(pc_applier_status(a, &st), PC_OK);
+    const Popcast__TenantStatus *t = tenant_in(&st, tenant);
+    assert_non_null(t);
+    char got[256];
+    outcomes_text(t, got, sizeof(got));
+    if (strcmp(got, want) != 0 || t->outcomes_from != from)
+        fail_msg("%s: outcomes \"%s\" from %llu, expected \"%s\" from %llu", tenant, got,
+                 (unsigned long long)t->outcomes_from, want, (unsigned long long)from);
+    pc_applier_status_clear(&st);
+}
+
+/* Live, nacked, a later good version, a delete: each version keeps its own
+ * outcome, the nack its reason; all of it survives a restart. */
+static void test_outcomes_kept_across_restart(void **state)
+{
+    pc_applier *a = applier_new();
+    rt.refuse = 2;
+    assert_int_equal(apply(a, &root, "app", 1, 1, "one"), PC_OK);
+    assert_int_equal(apply(a, &root, "app", 2, 2, "two"), PC_OK);
+    assert_int_equal(apply(a, &root, "app", 3, 3, "three"), PC_OK);
+    assert_int_equal(apply(a, &root, "other", 1, 4, "o"), PC_OK);
+    assert_int_equal(apply(a, &root, "other", 2, 5, NULL), PC_OK);
+    expect_outcomes(a, "app", "v1:L v2:N v3:L", 1);
+    expect_outcomes(a, "other", "v1:L v2:D", 1);
+
+    Popcast__AgentStatus st;
+    assert_int_equal(pc_applier_status(a, &st), PC_OK);
+    const Popcast__TenantStatus *t = tenant_in(&st, "app");
+    assert_int_equal(t->outcomes[1]->seq, 2);
+    assert_int_equal(t->outcomes[1]->decided_seq, 2);
+    assert_string_equal(t->outcomes[1]->reason, "runtime_error");
+    assert_non_null(strstr(t->outcomes[1]->detail, "boom in version 2"));
+    assert_int_equal(t->live_version, 3);
+    /* The nack list (for older controllers) holds the nack alone. */
+    assert_int_equal(st.n_nacks, 1);
+    assert_string_equal(st.nacks[0]->tenant, "app");
+    assert_int_equal(st.nacks[0]->version, 2);
+    pc_applier_status_clear(&st);
+
+    /* Restart. */
+    pc_applier_free(a);
+    a = applier_new();
+    pc_applier_load(a);
+    expect_outcomes(a, "app", "v1:L v2:N v3:L", 1);
+    expect_outcomes(a, "other", "v1:L v2:D", 1);
+    json_t *js = pc_applier_status_json(a);
+    json_t *nacks = json_object_get(js, "nacks");
+    assert_int_equal(json_array_size(nacks), 1);
+    json_t *tenants = json_object_get(js, "tenants");
+    json_t *app = json_array_get(tenants, 0);
+    assert_string_equal(json_string_value(json_object_get(app, "tenant")), "app");
+    json_t *o2 = json_array_get(json_object_get(app, "outcomes"), 1);
+    assert_string_equal(json_string_value(json_object_get(o2, "state")), "nacked");
+    json_decref(js);
+    pc_applier_free(a);
+}
+
+/* Only the 8 most recent versions of a tenant are kept; outcomes_from
+ * moves past the ones dropped. */
+static void test_outcomes_bounded(void **state)
+{
+    pc_applier *a = applier_new();
+    rt.refuse = 0;
+    char body[16];
+    for (uint64_t v = 1; v <= 10; v++) {
+        snprintf(body, sizeof(body), "v%llu", (unsigned long long)v);
+        assert_int_equal(apply(a, &root, "app", v, v, body), PC_OK);
+    }
+    expect_outcomes(a, "app", "v3:L v4:L v5:L v6:L v7:L v8:L v9:L v10:L", 3);
+    pc_applier_free(a);
+}
+
+/* A version nacked at first that loads at a restart (the runtime refused
+ * it then, not now) becomes live; a live one stays live. */
+static void test_nacked_then_loaded(void **state)
+{
+    pc_applier *a = applier_new();
+    rt.refuse = 2;
+    assert_int_equal(apply(a, &root, "app", 1, 1, "one"), PC_OK);
+    assert_int_equal(apply(a, &root, "app", 2, 2, "two"), PC_OK);
+    expect_outcomes(a, "app", "v1:L v2:N", 1);
+    pc_applier_free(a);
+    rt.refuse = 0;
+    memset(rt.live, 0, sizeof(rt.live));
+    a = applier_new();
+    assert_int_equal(pc_applier_load(a), 1);
+    expect_outcomes(a, "app", "v1:L v2:L", 1);
+    pc_applier_free(a);
+}
+
+/* Garbage and forgeries are refused and counted, and never become nacks:
+ * the genuine nack stays the only one. */
+static void test_garbage_is_not_a_nack(void **state)
+{
+    pc_applier *a = applier_new();
+    rt.refuse = 2;
+    assert_int_equal(apply(a, &root, "app", 1, 1, "one"), PC_OK);
+    assert_int_equal(apply(a, &root, "app", 2, 2, "two"), PC_OK);
+    pc_signing_key stranger;
+    assert_int_equal(pc_keygen(&stranger), PC_OK);
+    const uint8_t junk[] = {0xff, 0xff, 0xff, 0xff, 0x0f};
+    for (int i = 0; i < 100; i++) {
+        pc_applier_on_publication(a, junk, sizeof(junk));
+        assert_int_not_equal(apply(a, &stranger, "app", 2, 3, "forged"), PC_OK);
+        assert_int_not_equal(apply(a, &stranger, "evil", 1, 3, "forged"), PC_OK);
+    }
+    assert_int_equal(pc_metrics_get(metrics, "popcast_agent_refused_total", "reason=\"invalid\""),
+                     100);
+    assert_int_equal(
+        pc_metrics_get(metrics, "popcast_agent_refused_total", "reason=\"untrusted_key\""), 200);
+    Popcast__AgentStatus st;
+    assert_int_equal(pc_applier_status(a, &st), PC_OK);
+    assert_int_equal(st.n_nacks, 1);
+    assert_int_equal(st.nacks[0]->version, 2);
+    assert_null(tenant_in(&st, "evil"));
+    pc_applier_status_clear(&st);
+    expect_outcomes(a, "app", "v1:L v2:N", 1);
+    pc_applier_free(a);
+    pc_signing_key_wipe(&stranger);
+}
+
+/* A validly signed entry that reuses a live version's number (at the next
+ * seq) is refused as stale_version: a nack, but not the outcome of that
+ * version, which went live and stays live. */
+static void test_nack_that_is_not_an_outcome(void **state)
+{
+    pc_applier *a = applier_new();
+    rt.refuse = 0;
+    assert_int_equal(apply(a, &root, "app", 1, 1, "one"), PC_OK);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(apply(a, &root, "app", 1, 2, "old content"), PC_E_STALE_VERSION);
+    expect_outcomes(a, "app", "v1:L", 1);
+    Popcast__AgentStatus st;
+    assert_int_equal(pc_applier_status(a, &st), PC_OK);
+    assert_int_equal(st.n_nacks, 1); /* once, however often it came */
+    assert_string_equal(st.nacks[0]->reason, "stale_version");
+    assert_int_equal(st.nacks[0]->version, 1);
+    assert_int_equal(st.nacks[0]->seq, 2);
+    pc_applier_status_clear(&st);
+    pc_applier_free(a);
+}
+
+/* Fills the store until nothing more fits (values of shrinking sizes, so
+ * that even small writes fail afterwards). Runs once. */
+static void fill_store(void *arg)
+{
+    static uint8_t big[64 * 1024];
+    const size_t sizes[] = {sizeof(big), 4096, 256, 16};
+    char key[64];
+    int n = 0;
+    pc_err err;
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++)
+        while (snprintf(key, sizeof(key), "fill.%d", n++) > 0 &&
+               pc_store_meta_put(store, key, big, sizes[k], &err) == PC_OK)
+            ;
+    assert_non_null(strstr(err.msg, "store is full"));
+    rt.on_activate = NULL;
+}
+
+/* The store fills up while v2 is being made live: the runtime serves v2,
+ * the store still says v1. The report and /v1/status say v2 (what serves),
+ * flag it unrecorded and count the failure; they used to say v1. */
+static void test_live_when_the_store_is_full(void **state)
+{
+    pc_applier *a = applier_new();
+    rt.refuse = 0;
+    assert_int_equal(apply(a, &root, "app", 1, 1, "one"), PC_OK);
+    rt.on_activate = fill_store;
+    assert_int_equal(apply(a, &root, "app", 2, 2, "two"), PC_OK);
+    assert_null(rt.on_activate); /* the store was filled */
+    assert_int_equal(fake_live_version(&rt.base, "app"), 2);
+    pc_tenant_state t;
+    assert_int_equal(pc_store_get_tenant(store, "app", &t, NULL), PC_OK);
+    assert_int_equal(t.live_version, 1);
+
+    Popcast__AgentStatus st;
+    assert_int_equal(pc_applier_status(a, &st), PC_OK);
+    const Popcast__TenantStatus *ts = tenant_in(&st, "app");
+    assert_non_null(ts);
+    assert_int_equal(ts->live_version, 2);
+    assert_true(ts->live_unrecorded);
+    /* The live version's record failed, and so did its outcome's. */
+    assert_true(st.record_failures >= 1);
+    pc_applier_status_clear(&st);
+    expect_outcomes(a, "app", "v1:L v2:L", 1);
+    assert_true(pc_metrics_get(metrics, "popcast_agent_record_failures_total", NULL) >= 1);
+
+    json_t *js = pc_applier_status_json(a);
+    json_t *app = json_array_get(json_object_get(js, "tenants"), 0);
+    assert_int_equal(json_integer_value(json_object_get(app, "live_version")), 2);
+    assert_int_equal(json_integer_value(json_object_get(app, "recorded_live_version")), 1);
+    assert_true(json_is_true(json_object_get(app, "live_unrecorded")));
+    assert_true(json_integer_value(json_object_get(js, "record_failures")) >= 1);
+    json_decref(js);
+    pc_applier_free(a);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_outcomes_kept_across_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outcomes_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nacked_then_loaded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_garbage_is_not_a_nack, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nack_that_is_not_an_outcome, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_live_when_the_store_is_full, setup_small, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
