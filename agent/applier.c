@@ -652,23 +652,14 @@ typedef struct load_walk {
 static int load_version(pc_applier *a, const char *tenant, uint64_t version, pc_err *err)
 {
     uint64_t seq = 0;
-    Popcast__LogRecord *rec = NULL;
     Popcast__Manifest *m = NULL;
     uint8_t *bundle = NULL;
     size_t len = 0;
     int rc = pc_store_version_seq(a->opt.store, tenant, version, &seq, err);
+    /* Verified before it was stored; the key that signed it may have
+     * rotated since, so it is not verified again. */
     if (rc == PC_OK)
-        rc = pc_store_get_log(a->opt.store, seq, &rec, err);
-    if (rc == PC_OK) {
-        /* Verified before it was stored; the key that signed it may have
-         * rotated since, so it is not verified again. */
-        m = rec->signed_ ? popcast__manifest__unpack(NULL, rec->signed_->manifest.len,
-                                                     rec->signed_->manifest.data)
-                         : NULL;
-        if (m == NULL)
-            rc = pc_err_set(err, PC_E_STORE, "stored manifest of seq %llu does not decode",
-                            (unsigned long long)seq);
-    }
+        rc = pc_store_get_manifest(a->opt.store, seq, &m, err);
     if (rc == PC_OK)
         rc = pc_store_get_blob(a->opt.store, m->bundle_hash.data, &bundle, &len, err);
     if (rc == PC_OK)
@@ -676,8 +667,6 @@ static int load_version(pc_applier *a, const char *tenant, uint64_t version, pc_
     free(bundle);
     if (m)
         popcast__manifest__free_unpacked(m, NULL);
-    if (rec)
-        popcast__log_record__free_unpacked(rec, NULL);
     return rc;
 }
 

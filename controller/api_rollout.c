@@ -49,19 +49,17 @@ static void reply_rollout(api_call *call, const char *tenant, uint64_t version, 
                        (unsigned long long)version);
         return;
     }
-    Popcast__LogRecord *rec = NULL;
-    if ((rc = pc_store_get_log(api->store, seq, &rec, &err)) != PC_OK) {
+    Popcast__Manifest *m = NULL;
+    if ((rc = pc_store_get_manifest(api->store, seq, &m, &err)) == PC_E_NOTFOUND) {
         pc_httpd_error(rq, rc, "no change with seq %llu", (unsigned long long)seq);
         return;
     }
-    Popcast__Manifest *m = rec->signed_
-                               ? popcast__manifest__unpack(NULL, rec->signed_->manifest.len,
-                                                           rec->signed_->manifest.data)
-                               : NULL;
-    popcast__log_record__free_unpacked(rec, NULL);
-    if (m == NULL || m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION) {
-        if (m)
-            popcast__manifest__free_unpacked(m, NULL);
+    if (rc != PC_OK) {
+        pc_httpd_error(rq, rc, "%s", err.msg);
+        return;
+    }
+    if (m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION) {
+        popcast__manifest__free_unpacked(m, NULL);
         pc_httpd_error(rq, PC_E_INVALID, "seq %llu is not a tenant change",
                        (unsigned long long)seq);
         return;

@@ -26,15 +26,8 @@ static const char *entry_kind_name(Popcast__EntryKind k)
 /* One version as JSON, from its stored manifest. */
 static json_t *version_json(pc_api *api, uint64_t seq)
 {
-    Popcast__LogRecord *rec = NULL;
-    if (pc_store_get_log(api->store, seq, &rec, NULL) != PC_OK)
-        return NULL;
     Popcast__Manifest *m = NULL;
-    if (rec->signed_ != NULL)
-        m = popcast__manifest__unpack(NULL, rec->signed_->manifest.len,
-                                      rec->signed_->manifest.data);
-    popcast__log_record__free_unpacked(rec, NULL);
-    if (m == NULL)
+    if (pc_store_get_manifest(api->store, seq, &m, NULL) != PC_OK)
         return NULL;
     char kid[PC_HEX_KEY_ID_LEN] = "";
     if (m->key_id.len == PC_KEY_ID_LEN)

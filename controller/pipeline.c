@@ -43,17 +43,9 @@ static int load_version_content(pc_pipeline *p, pc_change *c, pc_change_result *
                           (unsigned long long)c->u.rollback.to);
     if (rc != PC_OK)
         return rc;
-    Popcast__LogRecord *rec = NULL;
-    if ((rc = pc_store_get_log(p->store, seq, &rec, &r->err)) != PC_OK)
-        return rc;
     Popcast__Manifest *m = NULL;
-    if (rec->signed_ != NULL)
-        m = popcast__manifest__unpack(NULL, rec->signed_->manifest.len,
-                                      rec->signed_->manifest.data);
-    popcast__log_record__free_unpacked(rec, NULL);
-    if (m == NULL)
-        return pc_err_set(&r->err, PC_E_STORE, "stored manifest of seq %llu does not decode",
-                          (unsigned long long)seq);
+    if ((rc = pc_store_get_manifest(p->store, seq, &m, &r->err)) != PC_OK)
+        return rc;
     if (!pc_manifest_has_content(m)) {
         popcast__manifest__free_unpacked(m, NULL);
         return pc_err_set(&r->err, PC_E_INVALID,

@@ -885,6 +885,22 @@ int pc_store_foreach_version(pc_store *s, const char *tenant,
     return rc;
 }
 
+int pc_store_get_manifest(pc_store *s, uint64_t seq, Popcast__Manifest **out, pc_err *err)
+{
+    Popcast__LogRecord *rec = NULL;
+    int rc = pc_store_get_log(s, seq, &rec, err);
+    if (rc != PC_OK)
+        return rc;
+    *out = rec->signed_ != NULL ? popcast__manifest__unpack(NULL, rec->signed_->manifest.len,
+                                                            rec->signed_->manifest.data)
+                                : NULL;
+    popcast__log_record__free_unpacked(rec, NULL);
+    if (*out == NULL)
+        return pc_err_set(err, PC_E_STORE, "stored manifest of seq %llu does not decode",
+                          (unsigned long long)seq);
+    return PC_OK;
+}
+
 int pc_store_get_log(pc_store *s, uint64_t seq, Popcast__LogRecord **out, pc_err *err)
 {
     *out = NULL;

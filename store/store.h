@@ -147,6 +147,10 @@ int pc_store_foreach_version(pc_store *s, const char *tenant,
  * malloc'd by protobuf-c: free with popcast__log_record__free_unpacked.
  * PC_E_NOTFOUND if seq is not in the retained log. */
 int pc_store_get_log(pc_store *s, uint64_t seq, Popcast__LogRecord **out, pc_err *err);
+/* The decoded manifest of seq (free with popcast__manifest__free_unpacked),
+ * for readers that need its fields, not its signed bytes. PC_E_NOTFOUND as
+ * above; PC_E_STORE if the stored bytes do not decode. */
+int pc_store_get_manifest(pc_store *s, uint64_t seq, Popcast__Manifest **out, pc_err *err);
 
 /* First and last seq held in the log (both 0 when it is empty); after a
  * snapshot, first is the first seq after the snapshot. */
