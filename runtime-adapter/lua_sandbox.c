@@ -23,7 +23,6 @@ struct pc_lua_isolate {
     lua_State *L;
     /* allocator */
     size_t mem_used, mem_limit;
-    bool mem_exceeded;
     /* the run in progress */
     int64_t instructions_left;
     int64_t deadline_ns;
@@ -58,10 +57,12 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         free(ptr);
         return NULL;
     }
-    if (nsize > old && iso->mem_used + (nsize - old) > iso->mem_limit) {
-        iso->mem_exceeded = true;
-        return NULL; /* Lua raises a memory error inside the script */
-    }
+    /* Refusing is not the end of the run: Lua answers a refusal with an
+     * emergency collection and asks again, and raises a memory error only
+     * if the live data still does not fit. Garbage left by earlier
+     * requests is therefore never what stops a handler. */
+    if (nsize > old && iso->mem_used + (nsize - old) > iso->mem_limit)
+        return NULL;
     void *p = realloc(ptr, nsize);
     if (p != NULL)
         iso->mem_used = iso->mem_used - old + nsize;
@@ -114,18 +115,19 @@ static const pc_lua_pattern_budget pattern_budget = {charge_pattern};
 static void start_run(pc_lua_isolate *iso, uint64_t instructions, uint64_t wall_ms)
 {
     iso->killed = PC_LUA_LIMIT_NONE;
-    iso->mem_exceeded = false;
     iso->instructions_left = instructions > INT64_MAX ? INT64_MAX : (int64_t)instructions;
     iso->deadline_ns = now_ns() + (int64_t)wall_ms * 1000000LL;
     lua_sethook(iso->L, limit_hook, LUA_MASKCOUNT, HOOK_EVERY);
 }
 
-/* Which limit, if any, ended the run. */
-static pc_lua_limit run_limit(pc_lua_isolate *iso)
+/* Which limit, if any, ended a run that finished with status. A memory
+ * error that reaches the top is the memory limit (one that tenant code
+ * caught and got past is not). */
+static pc_lua_limit run_limit(pc_lua_isolate *iso, int status)
 {
     if (iso->killed != PC_LUA_LIMIT_NONE)
         return iso->killed;
-    if (iso->mem_exceeded)
+    if (status == LUA_ERRMEM)
         return PC_LUA_LIMIT_MEMORY;
     return PC_LUA_LIMIT_NONE;
 }
@@ -258,9 +260,10 @@ int pc_lua_isolate_new(const char *source, size_t len, const char *chunkname,
     } else {
         lua_pushcfunction(iso->L, run_top_level);
         lua_insert(iso->L, -2);
-        if (lua_pcall(iso->L, 1, 0, 0) != LUA_OK) {
+        int status = lua_pcall(iso->L, 1, 0, 0);
+        if (status != LUA_OK) {
             const char *msg = lua_tostring(iso->L, -1);
-            *hit = run_limit(iso);
+            *hit = run_limit(iso, status);
             rc = pc_err_set(err, *hit != PC_LUA_LIMIT_NONE ? PC_E_LIMIT : PC_E_RUNTIME,
                             "top level: %s", msg ? msg : "error object is not a string");
         }
@@ -443,7 +446,7 @@ int pc_lua_isolate_call(pc_lua_isolate *iso, const pc_request *req, pc_response 
     lua_pushlightuserdata(L, &ctx);
     int status = lua_pcall(L, 1, 0, 0);
     int rc = PC_OK;
-    *hit = run_limit(iso);
+    *hit = run_limit(iso, status);
     if (ctx.too_large)
         *hit = PC_LUA_LIMIT_RESPONSE;
     if (status != LUA_OK || *hit != PC_LUA_LIMIT_NONE) {

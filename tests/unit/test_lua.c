@@ -293,6 +293,35 @@ static void test_limits(void **state)
                      0);
 }
 
+/* The memory limit is on what a run keeps alive, not on the garbage that
+ * earlier requests left for the collector: a refused allocation makes Lua
+ * collect and retry, and only if that fails too is the run over. */
+static void test_memory_limit_counts_live_data_only(void **state)
+{
+    /* Each request builds 3 MiB and drops it: 8 MiB hold one, never three. */
+    deploy_ok("garbage", 1,
+              "return function(req) local s = string.rep('x', 3 * 1024 * 1024) "
+              "return tostring(#s) end");
+    for (int i = 0; i < 20; i++)
+        expect_body("garbage", "/", "3145728");
+    /* A pcall that catches a memory error leaves a handler that can go on. */
+    deploy_ok("garbage", 2,
+              "return function(req) local ok = pcall(string.rep, 'x', 64 * 1024 * 1024) "
+              "return tostring(ok) .. ' ' .. #string.rep('y', 1024 * 1024) end");
+    for (int i = 0; i < 5; i++)
+        expect_body("garbage", "/", "false 1048576");
+    /* Live data over the cap is still stopped, as a memory limit. */
+    deploy_ok("garbage", 3,
+              "local keep = {} return function(req) for i = 1, 16 do "
+              "keep[#keep + 1] = string.rep('z', 1024 * 1024) .. i end return 'kept' end");
+    pc_response res;
+    pc_err err;
+    assert_int_equal(get("garbage", "/", &res, &err), PC_E_LIMIT);
+    assert_non_null(strstr(err.msg, "memory"));
+    assert_true(pc_metrics_get(metrics, "popcast_lua_limit_exceeded_total",
+                               "tenant=\"garbage\",limit=\"memory\"") == 1);
+}
+
 static void test_prepare_failure_keeps_old_version(void **state)
 {
     deploy_ok("stable", 1, "return function(req) return 'one' end");
@@ -351,6 +380,7 @@ int main(void)
         cmocka_unit_test(test_sandbox_escapes_unreachable),
         cmocka_unit_test(test_tenants_share_nothing),
         cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_memory_limit_counts_live_data_only),
         cmocka_unit_test(test_prepare_failure_keeps_old_version),
         cmocka_unit_test(test_swaps_free_old_versions),
     };
