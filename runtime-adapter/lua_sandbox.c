@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "lua_budget.h"
 #include "lua_pattern.h"
 
 /* The hook runs every HOOK_EVERY instructions: often enough to stop a loop
@@ -25,6 +26,7 @@ struct pc_lua_isolate {
     size_t mem_used, mem_limit;
     /* the run in progress */
     int64_t instructions_left;
+    uint64_t pending; /* units charged by C code, not yet taken from the budget */
     int64_t deadline_ns;
     pc_lua_limit killed;
     const pc_lua_limits *limits;
@@ -74,47 +76,60 @@ static pc_lua_isolate *isolate_of(lua_State *L)
     return *(pc_lua_isolate **)lua_getextraspace(L);
 }
 
+/* Takes units from the instruction budget and checks every limit; true
+ * (with killed set) when the run must stop. Once stopped, it stays so. */
+static bool over_limits(pc_lua_isolate *iso, uint64_t units)
+{
+    if (iso->killed != PC_LUA_LIMIT_NONE)
+        return true;
+    iso->instructions_left -= units > INT64_MAX ? INT64_MAX : (int64_t)units;
+    if (iso->instructions_left < 0)
+        iso->killed = PC_LUA_LIMIT_CPU;
+    else if (now_ns() > iso->deadline_ns)
+        iso->killed = PC_LUA_LIMIT_TIME;
+    return iso->killed != PC_LUA_LIMIT_NONE;
+}
+
+static void limit_hook(lua_State *L, lua_Debug *ar);
+
+/* Raises the limit error in L. From now on every instruction of L fails
+ * too, so no pcall can outlast it. */
+static int stop_run(lua_State *L, pc_lua_isolate *iso)
+{
+    lua_sethook(L, limit_hook, LUA_MASKCOUNT, 1);
+    return luaL_error(L, "%s limit exceeded", pc_lua_limit_name(iso->killed));
+}
+
 static void limit_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
     pc_lua_isolate *iso = isolate_of(L);
-    if (iso->killed == PC_LUA_LIMIT_NONE) {
-        iso->instructions_left -= HOOK_EVERY;
-        if (iso->instructions_left < 0)
-            iso->killed = PC_LUA_LIMIT_CPU;
-        else if (now_ns() > iso->deadline_ns)
-            iso->killed = PC_LUA_LIMIT_TIME;
-        else
-            return;
-    }
-    /* From now on every instruction fails, so no pcall can outlast it. */
-    lua_sethook(L, limit_hook, LUA_MASKCOUNT, 1);
-    luaL_error(L, "%s limit exceeded", pc_lua_limit_name(iso->killed));
+    if (over_limits(iso, HOOK_EVERY))
+        stop_run(L, iso);
 }
 
-/* The pattern functions run in C, where the hook never fires: they charge
- * their steps here, against the same instruction budget and deadline. */
-static int charge_pattern(lua_State *L, uint64_t steps)
+/* C code (the pattern functions, the metered library) runs where the hook
+ * never fires: it charges its work here (lua_budget.h), against the same
+ * instruction budget and deadline, checked once a chunk of units is due. */
+static int charge_work(lua_State *L, uint64_t units)
 {
     pc_lua_isolate *iso = isolate_of(L);
-    if (iso->killed == PC_LUA_LIMIT_NONE) {
-        iso->instructions_left -= (int64_t)steps;
-        if (iso->instructions_left < 0)
-            iso->killed = PC_LUA_LIMIT_CPU;
-        else if (now_ns() > iso->deadline_ns)
-            iso->killed = PC_LUA_LIMIT_TIME;
-        else
-            return 0;
-    }
-    lua_sethook(L, limit_hook, LUA_MASKCOUNT, 1);
-    return 1;
+    iso->pending += units;
+    if (iso->pending < PC_LUA_CHUNK && iso->killed == PC_LUA_LIMIT_NONE)
+        return 0;
+    uint64_t due = iso->pending;
+    iso->pending = 0;
+    if (!over_limits(iso, due))
+        return 0;
+    return stop_run(L, iso);
 }
 
-static const pc_lua_pattern_budget pattern_budget = {charge_pattern};
+static const pc_lua_budget work_budget = {charge_work};
 
 static void start_run(pc_lua_isolate *iso, uint64_t instructions, uint64_t wall_ms)
 {
     iso->killed = PC_LUA_LIMIT_NONE;
+    iso->pending = 0;
     iso->instructions_left = instructions > INT64_MAX ? INT64_MAX : (int64_t)instructions;
     iso->deadline_ns = now_ns() + (int64_t)wall_ms * 1000000LL;
     lua_sethook(iso->L, limit_hook, LUA_MASKCOUNT, HOOK_EVERY);
@@ -196,7 +211,7 @@ static void open_sandbox_libs(lua_State *L)
     lua_getfield(L, -1, "string");
     lua_pushnil(L);
     lua_setfield(L, -2, "dump");
-    pc_lua_pattern_install(L, &pattern_budget);
+    pc_lua_pattern_install(L, &work_budget);
     lua_pop(L, 2);
 }
 
