@@ -135,6 +135,17 @@ static void start_run(pc_lua_isolate *iso, uint64_t instructions, uint64_t wall_
     lua_sethook(iso->L, limit_hook, LUA_MASKCOUNT, HOOK_EVERY);
 }
 
+/* Settles a run that has returned: work charged since the last check, and
+ * the deadline, which a run may pass between two checks. A run that was
+ * stopped (say in a coroutine whose error was returned to the caller as a
+ * value) or that overran is over its limit even if it then returned. */
+static void finish_run(pc_lua_isolate *iso)
+{
+    uint64_t due = iso->pending;
+    iso->pending = 0;
+    over_limits(iso, due);
+}
+
 /* Which limit, if any, ended a run that finished with status. A memory
  * error that reaches the top is the memory limit (one that tenant code
  * caught and got past is not). */
@@ -276,12 +287,15 @@ int pc_lua_isolate_new(const char *source, size_t len, const char *chunkname,
         lua_pushcfunction(iso->L, run_top_level);
         lua_insert(iso->L, -2);
         int status = lua_pcall(iso->L, 1, 0, 0);
-        if (status != LUA_OK) {
-            const char *msg = lua_tostring(iso->L, -1);
-            *hit = run_limit(iso, status);
-            rc = pc_err_set(err, *hit != PC_LUA_LIMIT_NONE ? PC_E_LIMIT : PC_E_RUNTIME,
-                            "top level: %s", msg ? msg : "error object is not a string");
-        }
+        finish_run(iso);
+        *hit = run_limit(iso, status);
+        const char *msg = status != LUA_OK ? lua_tostring(iso->L, -1) : NULL;
+        if (*hit != PC_LUA_LIMIT_NONE)
+            rc = pc_err_set(err, PC_E_LIMIT, "top level: %s limit exceeded%s%s",
+                            pc_lua_limit_name(*hit), msg ? ": " : "", msg ? msg : "");
+        else if (status != LUA_OK)
+            rc = pc_err_set(err, PC_E_RUNTIME, "top level: %s",
+                            msg ? msg : "error object is not a string");
     }
     lua_settop(iso->L, 0);
     if (rc != PC_OK) {
@@ -461,6 +475,7 @@ int pc_lua_isolate_call(pc_lua_isolate *iso, const pc_request *req, pc_response 
     lua_pushlightuserdata(L, &ctx);
     int status = lua_pcall(L, 1, 0, 0);
     int rc = PC_OK;
+    finish_run(iso);
     *hit = run_limit(iso, status);
     if (ctx.too_large)
         *hit = PC_LUA_LIMIT_RESPONSE;
