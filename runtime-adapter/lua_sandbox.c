@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "lua_budget.h"
+#include "lua_metered.h"
 #include "lua_pattern.h"
 
 /* The hook runs every HOOK_EVERY instructions: often enough to stop a loop
@@ -222,6 +223,7 @@ static void open_sandbox_libs(lua_State *L)
     lua_getfield(L, -1, "string");
     lua_pushnil(L);
     lua_setfield(L, -2, "dump");
+    pc_lua_metered_string(L, &work_budget);
     pc_lua_pattern_install(L, &work_budget);
     lua_pop(L, 2);
 }

@@ -1,0 +1,251 @@
+/* test_lua_hostile.c - tenant code written to stall a PoP: every case of a
+ * corpus of hostile Lua (C library functions that loop uncharged,
+ * finalizers, message handlers, metamethod chains, VM instructions whose
+ * cost grows with the data) must end with the documented error within a
+ * generous bound derived from the configured limit, as a request and as a
+ * bundle's top level (which is then refused, leaving the live version
+ * serving); the engine keeps serving a neighbour tenant, and replacing the
+ * hostile version (which frees it) completes.
+ *
+ * Elapsed times are measured with a monotonic clock and compared only with
+ * a bound a hundred times the wall limit: the point is "ends", not "ends
+ * fast", on a loaded CI machine. POPCAST_TEST_FILTER=name runs one case. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "adapter.h"
+#include "bundle.h"
+#include "crypto.h"
+#include "harness.h"
+#include "lua_engine.h"
+#include "metrics.h"
+
+#define WALL_MS  100
+#define BOUND_MS (100 * WALL_MS)
+
+static pc_adapter *lua;
+static pc_metrics *metrics;
+static uint64_t next_version = 1;
+
+static int setup(void **state)
+{
+    (void)state;
+    pc_test_init();
+    pc_lua_limits limits;
+    pc_lua_limits_default(&limits);
+    limits.instructions = 20000000;
+    limits.wall_ms = WALL_MS;
+    limits.memory_bytes = 16u << 20;
+    limits.response_bytes = 64 * 1024;
+    limits.max_isolates = 4;
+    pc_err err;
+    metrics = pc_metrics_new();
+    lua = pc_lua_adapter_new(&limits, metrics, &err);
+    if (lua == NULL)
+        return 1;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    lua->destroy(lua);
+    pc_metrics_free(metrics);
+    return 0;
+}
+
+static int deploy(const char *tenant, uint64_t version, const char *source, pc_err *err)
+{
+    uint8_t *bundle = NULL;
+    size_t len = 0;
+    int rc = pc_bundle_pack_single("main.lua", (const uint8_t *)source, strlen(source), &bundle,
+                                   &len, err);
+    if (rc != PC_OK)
+        return rc;
+    uint8_t hash[PC_HASH_LEN];
+    pc_hash(hash, bundle, len);
+    pc_version_spec spec = {.tenant = tenant,
+                            .version = version,
+                            .seq = version,
+                            .runtime = "lua",
+                            .entrypoint = "main.lua",
+                            .bundle = bundle,
+                            .bundle_len = len,
+                            .hash = hash};
+    pc_prepared *p = NULL;
+    rc = lua->prepare(lua, &spec, &p, err);
+    free(bundle);
+    if (rc != PC_OK)
+        return rc;
+    return lua->activate(lua, p, err);
+}
+
+static uint64_t deploy_ok(const char *tenant, const char *source)
+{
+    pc_err err;
+    uint64_t v = next_version++;
+    if (deploy(tenant, v, source, &err) != PC_OK)
+        fail_msg("deploy %s v%llu: %s", tenant, (unsigned long long)v, err.msg);
+    return v;
+}
+
+static int get(const char *tenant, pc_response *res, pc_err *err)
+{
+    pc_request req = {.method = "GET", .path = "/", .query = "", .body = (const uint8_t *)""};
+    return lua->serve(lua, tenant, &req, res, err);
+}
+
+static void expect_body(const char *tenant, const char *want)
+{
+    pc_response res;
+    pc_err err;
+    if (get(tenant, &res, &err) != PC_OK)
+        fail_msg("GET %s: %s", tenant, err.msg);
+    if (res.body_len != strlen(want) || memcmp(res.body, want, res.body_len) != 0)
+        fail_msg("GET %s: expected '%s', got '%.*s'", tenant, want, (int)res.body_len,
+                 (const char *)res.body);
+    pc_response_clear(&res);
+}
+
+static void check_bound(const char *what, const char *name, int64_t elapsed)
+{
+    if (elapsed >= BOUND_MS)
+        fail_msg("%s of %s took %lld ms (wall limit %d ms, bound %d ms)", what, name,
+                 (long long)elapsed, WALL_MS, BOUND_MS);
+}
+
+/* What a case must end with. */
+enum { LIMIT, REFUSED };
+
+typedef struct hostile {
+    const char *name;
+    const char *setup; /* statements run first (both forms) */
+    const char *body;  /* statements that must not be allowed to finish */
+    int expect;        /* LIMIT: PC_E_LIMIT; REFUSED: a runtime error naming it */
+    const char *refusal;
+} hostile;
+
+#define BIG_SETUP(n) "local t = {} for i = 1, " #n " do t[i] = i end "
+
+static const hostile corpus[] = {
+    /* string.rep: zero-length results loop n times; big ones copy a lot */
+    {"rep_empty", "", "while true do local _ = ('').rep('', math.maxinteger) end", LIMIT, NULL},
+    {"rep_empty_sep", "", "while true do local _ = string.rep('', math.maxinteger, '') end", LIMIT,
+     NULL},
+    {"rep_large", "", "while true do local _ = ('x'):rep(3000000) end", LIMIT, NULL},
+    {"rep_sep_large", "", "while true do local _ = ('x'):rep(1000000, 'yz') end", LIMIT, NULL},
+    /* string functions whose work grows with their arguments */
+    {"string_byte", "local s = ('x'):rep(400000)",
+     "while true do local _ = select('#', s:byte(1, -1)) end", LIMIT, NULL},
+    {"string_char", BIG_SETUP(200000) "for i = 1, #t do t[i] = 65 end",
+     "while true do local _ = string.char(table.unpack(t)) end", LIMIT, NULL},
+    {"string_format", "local s = ('x'):rep(2000000)",
+     "while true do local _ = string.format('%s%s', s, s) end", LIMIT, NULL},
+    {"string_format_q", "local s = ('\\0'):rep(1000000)",
+     "while true do local _ = string.format('%q', s) end", LIMIT, NULL},
+    {"string_upper", "local s = ('x'):rep(4000000)", "while true do local _ = s:upper() end", LIMIT,
+     NULL},
+    {"string_reverse", "local s = ('x'):rep(4000000)", "while true do local _ = s:reverse() end",
+     LIMIT, NULL},
+    {"string_sub", "local s = ('x'):rep(4000000)", "while true do local _ = s:sub(2) end", LIMIT,
+     NULL},
+    {"string_pack_padding", "", "while true do pcall(string.pack, 'c1000000000', '') end", LIMIT,
+     NULL},
+    {"string_unpack", "local s = ('x'):rep(4000000)",
+     "while true do local _ = string.unpack('c4000000', s) end", LIMIT, NULL},
+    {"gsub_big_replacement", "local s = ('x'):rep(1000) local r = ('y'):rep(4000)",
+     "while true do local _ = s:gsub('x', r) end", LIMIT, NULL},
+    /* plain loops, for reference */
+    {"spin", "", "while true do end", LIMIT, NULL},
+    {"pcall_spin", "", "while true do pcall(function() while true do end end) end", LIMIT, NULL},
+};
+
+#define N_CORPUS (sizeof(corpus) / sizeof(corpus[0]))
+
+static void check_outcome(const hostile *h, const char *form, int rc, const pc_err *err)
+{
+    if (h->expect == LIMIT) {
+        if (rc != PC_E_LIMIT)
+            fail_msg("%s (%s): expected a limit error, got %s: %s", h->name, form, pc_err_name(rc),
+                     rc == PC_OK ? "" : err->msg);
+        if (strstr(err->msg, "limit") == NULL && strstr(err->msg, "memory") == NULL)
+            fail_msg("%s (%s): the error does not name the limit: %s", h->name, form, err->msg);
+    } else {
+        if (rc != PC_E_RUNTIME)
+            fail_msg("%s (%s): expected a refusal, got %s: %s", h->name, form, pc_err_name(rc),
+                     rc == PC_OK ? "" : err->msg);
+        if (strstr(err->msg, h->refusal) == NULL)
+            fail_msg("%s (%s): the refusal does not name %s: %s", h->name, form, h->refusal,
+                     err->msg);
+    }
+}
+
+static void test_hostile(void **state)
+{
+    const hostile *h = *state;
+    char src[2048];
+    pc_err err;
+    pc_response res;
+    /* As a request handler: twice, the second on an isolate built on demand. */
+    snprintf(src, sizeof(src),
+             "local function hostile()\n%s\n%s\nend\n"
+             "return function(req) hostile() return 'survived' end\n",
+             h->setup, h->body);
+    deploy_ok("hostile", src);
+    for (int i = 0; i < 2; i++) {
+        int64_t t0 = pc_test_now_ms();
+        int rc = get("hostile", &res, &err);
+        check_bound("a request", h->name, pc_test_now_ms() - t0);
+        check_outcome(h, "request", rc, &err);
+    }
+    /* The neighbour was never disturbed. */
+    expect_body("good", "fine");
+
+    /* As a top level: refused at prepare, the live version stays. */
+    uint64_t live = lua->live_version(lua, "hostile");
+    snprintf(src, sizeof(src), "%s\n%s\nreturn function(req) return 'survived' end\n", h->setup,
+             h->body);
+    int64_t t0 = pc_test_now_ms();
+    int rc = deploy("hostile", next_version++, src, &err);
+    check_bound("a prepare", h->name, pc_test_now_ms() - t0);
+    check_outcome(h, "top level", rc, &err);
+    assert_int_equal(lua->live_version(lua, "hostile"), live);
+
+    /* Replacing the hostile version frees it, promptly. */
+    t0 = pc_test_now_ms();
+    deploy_ok("hostile", "return function(req) return 'benign' end");
+    check_bound("a swap", h->name, pc_test_now_ms() - t0);
+    expect_body("hostile", "benign");
+    long versions = 0, isolates = 0;
+    pc_lua_adapter_counts(lua, &versions, &isolates);
+    assert_int_equal(versions, 2); /* good and hostile: nothing left behind */
+    expect_body("good", "fine");
+}
+
+static int case_setup(void **state)
+{
+    (void)state;
+    if (lua->live_version(lua, "good") == 0)
+        deploy_ok("good", "return function(req) return 'fine' end");
+    return 0;
+}
+
+int main(void)
+{
+    struct CMUnitTest tests[N_CORPUS];
+    for (size_t i = 0; i < N_CORPUS; i++) {
+        tests[i] =
+            (struct CMUnitTest){corpus[i].name, test_hostile, case_setup, NULL, (void *)&corpus[i]};
+    }
+    const char *filter = getenv("POPCAST_TEST_FILTER");
+    if (filter != NULL)
+        cmocka_set_test_filter(filter);
+    return _cmocka_run_group_tests("hostile_lua", tests, N_CORPUS, setup, teardown);
+}

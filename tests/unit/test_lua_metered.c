@@ -1,0 +1,221 @@
+/* test_lua_metered.c - the metered library functions (lua_metered.h)
+ * against Lua's own: a seeded corpus of calls with random arguments (good
+ * and bad) must give the same results and the same errors from both; and
+ * work that would not end, or would end late, stops at the budget. */
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "lua_metered.h"
+
+static uint64_t units_used, units_allowed;
+
+static int charge(lua_State *L, uint64_t units)
+{
+    (void)L;
+    units_used += units;
+    return units_used > units_allowed;
+}
+
+static const pc_lua_budget budget = {charge};
+
+/* Copies global library name into m[name] and meters the copy. */
+static void metered_copy(lua_State *L, const char *name,
+                         void (*install)(lua_State *, const pc_lua_budget *))
+{
+    lua_getglobal(L, "m");
+    lua_newtable(L);
+    lua_getglobal(L, name);
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_settable(L, -5);
+    }
+    lua_pop(L, 1);
+    install(L, &budget);
+    lua_setfield(L, -2, name);
+    lua_pop(L, 1);
+}
+
+/* A state with Lua's libraries and metered copies of them in `m`. */
+static lua_State *new_state(void)
+{
+    lua_State *L = luaL_newstate();
+    assert_non_null(L);
+    luaL_openlibs(L);
+    lua_newtable(L);
+    lua_setglobal(L, "m");
+    metered_copy(L, "string", pc_lua_metered_string);
+    return L;
+}
+
+static void run(lua_State *L, const char *code)
+{
+    if (luaL_dostring(L, code) != LUA_OK)
+        fail_msg("%s", lua_tostring(L, -1));
+}
+
+/* Helpers for the corpus, in Lua: compare(name, f) runs f(stock library)
+ * and f(metered library) under pcall and fails on any difference. */
+static const char *prelude =
+    "math.randomseed(20260118)\n"
+    "local function pack(ok, ...) return {ok = ok, n = select('#', ...), ...} end\n"
+    "local function describe(r)\n"
+    "  local out = {}\n"
+    "  for i = 1, r.n do\n"
+    "    local v = r[i]\n"
+    "    local text = type(v) == 'table' and '{' .. table.concat(v, ',') .. '}' or tostring(v)\n"
+    "    out[#out + 1] = (math.type(v) or type(v)) .. ':' .. text\n"
+    "  end\n"
+    "  return (r.ok and 'ok ' or 'error ') .. table.concat(out, ', ')\n"
+    "end\n"
+    "local function same_value(a, b)\n"
+    "  if type(a) == 'table' and type(b) == 'table' then\n"
+    "    if #a ~= #b then return false end\n"
+    "    for k, v in pairs(a) do if b[k] ~= v then return false end end\n"
+    "    for k, v in pairs(b) do if a[k] ~= v then return false end end\n"
+    "    return true\n"
+    "  end\n"
+    "  if type(a) == 'function' and type(b) == 'function' then return true end\n"
+    "  return a == b and math.type(a) == math.type(b)\n"
+    "end\n"
+    "local function same(a, b)\n"
+    "  if a.ok ~= b.ok then return false end\n"
+    "  if not a.ok then\n"
+    "    -- argument errors name the function differently; the rest must match\n"
+    "    local ea, eb = tostring(a[1]), tostring(b[1])\n"
+    "    ea, eb = ea:gsub(\"to '[^']*'\", 'to F'), eb:gsub(\"to '[^']*'\", 'to F')\n"
+    "    return ea == eb\n"
+    "  end\n"
+    "  if a.n ~= b.n then return false end\n"
+    "  for i = 1, a.n do if not same_value(a[i], b[i]) then return false end end\n"
+    "  return true\n"
+    "end\n"
+    "cases = 0\n"
+    "function compare(what, f)\n"
+    "  local want, got = pack(pcall(f, _G)), pack(pcall(f, m))\n"
+    "  cases = cases + 1\n"
+    "  if not same(want, got) then\n"
+    "    error(what .. ': lua gives ' .. describe(want) .. ', metered ' .. describe(got), 0)\n"
+    "  end\n"
+    "end\n"
+    "function pick(t) return t[math.random(#t)] end\n"
+    "strings = {'', 'a', 'abc', 'hello world', '\\0x\\0', '\\xff\\x80', 'caf\\xc3\\xa9',\n"
+    "  ('xy'):rep(50), '12', '  0x1F ', '1e5', 'z'}\n"
+    "ints = {-100, -5, -3, -1, 0, 1, 2, 3, 5, 100, math.maxinteger, math.mininteger,\n"
+    "  math.maxinteger - 1, math.mininteger + 1}\n"
+    "odd = {nil, true, {}, 1.5, '3', 2^53, -0.0, 0/0}\n"
+    "function anyint() if math.random(8) == 1 then return pick(odd) end return pick(ints) end\n"
+    "function anystr() if math.random(10) == 1 then return pick(odd) end return pick(strings) "
+    "end\n";
+
+static const char *string_corpus =
+    "local fmts = {'%d', '%5.2f', '%s', '%q', '%x', '%-10s|', '%c', '%i', '%%', '%a', '%g',\n"
+    "  '%10.3s', '%y', '%099d', '%100d', '%s %s', '%q%q', '%5s', '', 'plain', '%.20s', '%X',\n"
+    "  '%o', '%e', '%u'}\n"
+    "local packs = {'i4', '<i8', 'z', 's1', 'c5', '!4 i3 i1', 'xXi4', 'j', 'n', 'c0', 'b B h H',\n"
+    "  '>I3', 's', 'i17', 'c', 'Xz', '=!8d', 'i0', 'c300', 'i4i4i4i4'}\n"
+    "for i = 1, 4000 do\n"
+    "  local s, a, b = anystr(), anyint(), anyint()\n"
+    "  compare('byte', function(lib) return lib.string.byte(s, a, b) end)\n"
+    "  compare('byte1', function(lib) return lib.string.byte(s, a) end)\n"
+    "  compare('sub', function(lib) return lib.string.sub(s, a, b) end)\n"
+    "  compare('sub1', function(lib) return lib.string.sub(s, a) end)\n"
+    "  compare('upper', function(lib) return lib.string.upper(s) end)\n"
+    "  compare('lower', function(lib) return lib.string.lower(s) end)\n"
+    "  compare('reverse', function(lib) return lib.string.reverse(s) end)\n"
+    "  compare('char', function(lib) return lib.string.char(a, b) end)\n"
+    "  compare('char0', function(lib) return lib.string.char() end)\n"
+    "  local n = pick({-1, 0, 1, 2, 3, 7, math.maxinteger, 2^31, 'x', nil})\n"
+    "  local sep = math.random(2) == 1 and pick(strings) or nil\n"
+    "  if (s == '' and (sep == nil or sep == '') and math.type(n) and n > 8) then\n"
+    "    -- Lua's own loops n times here: compare with what it would give\n"
+    "    assert(m.string.rep(s, n, sep) == '')\n"
+    "  elseif not (type(s) == 'string' and #s * (tonumber(n) or 0) > 1e6) then\n"
+    "    compare('rep', function(lib) return lib.string.rep(s, n, sep) end)\n"
+    "  end\n"
+    "  local f = pick(fmts)\n"
+    "  local x = select(math.random(3), a, s, b)\n"
+    "  compare('format ' .. f, function(lib) return lib.string.format(f, x, s) end)\n"
+    "  local p = pick(packs)\n"
+    "  compare('pack ' .. p, function(lib) return lib.string.pack(p, a, b, s) end)\n"
+    "  compare('packsize ' .. p, function(lib) return lib.string.packsize(p) end)\n"
+    "  local ok, data = pcall(string.pack, p, 1, 2, 'abc')\n"
+    "  if not ok then data = s end\n"
+    "  compare('unpack ' .. p, function(lib) return lib.string.unpack(p, data, a) end)\n"
+    "  compare('unpack1 ' .. p, function(lib) return lib.string.unpack(p, data) end)\n"
+    "end\n"
+    "return cases\n";
+
+static void test_string_same_as_lua(void **state)
+{
+    (void)state;
+    lua_State *L = new_state();
+    units_used = 0;
+    units_allowed = UINT64_MAX;
+    run(L, prelude);
+    if (luaL_dostring(L, string_corpus) != LUA_OK)
+        fail_msg("%s", lua_tostring(L, -1));
+    print_message("string cases compared: %lld\n", (long long)lua_tointeger(L, -1));
+    /* Methods on strings use the library table they were looked up in. */
+    run(L, "assert(m.string.rep('ab', 3, '-') == 'ab-ab-ab')\n"
+           "assert(m.string.rep('ab', 1, '-') == 'ab')\n"
+           "assert(m.string.rep('', 5, ',') == ',,,,')\n"
+           "assert(m.string.rep('x', 1000):len() == 1000)\n"
+           "assert(m.string.rep('ab', 1000, 'c') == string.rep('ab', 1000, 'c'))\n");
+    lua_close(L);
+}
+
+/* Each runs with a budget of 10^6 units and must stop at it. */
+static void test_string_work_stops(void **state)
+{
+    (void)state;
+    lua_State *L = new_state();
+    const char *bombs[] = {
+        /* Lua's own rep would loop 2^63 times */
+        "for i = 1, 1e9 do local _ = m.string.rep('', math.maxinteger) end",
+        "for i = 1, 1e9 do local _ = m.string.rep('', math.maxinteger, '') end",
+        "local s = ('x'):rep(100000) for i = 1, 1e9 do local _ = m.string.upper(s) end",
+        "local s = ('x'):rep(100000) for i = 1, 1e9 do local _ = m.string.sub(s, 2) end",
+        "local s = ('x'):rep(100000) for i = 1, 1e9 do local _ = m.string.format('%q', s) end",
+        "local s = ('x'):rep(10000) for i = 1, 1e9 do local _ = m.string.byte(s, 1, -1) end",
+        "for i = 1, 1e9 do local _ = m.string.rep('x', 100000) end",
+        "for i = 1, 1e9 do local _ = m.string.pack('c100000', '') end",
+    };
+    for (size_t i = 0; i < sizeof(bombs) / sizeof(bombs[0]); i++) {
+        units_used = 0;
+        units_allowed = 1000 * 1000;
+        int rc = luaL_dostring(L, bombs[i]);
+        if (rc == LUA_OK)
+            fail_msg("bomb %zu finished instead of stopping", i);
+        if (strstr(lua_tostring(L, -1), "work limit exceeded") == NULL)
+            fail_msg("bomb %zu: %s", i, lua_tostring(L, -1));
+        assert_true(units_used > units_allowed);
+        lua_pop(L, 1);
+    }
+    /* A string too large to build is refused before it is paid for. */
+    units_used = 0;
+    units_allowed = UINT64_MAX;
+    assert_int_not_equal(luaL_dostring(L, "return m.string.rep('x', 1 << 40)"), LUA_OK);
+    assert_non_null(strstr(lua_tostring(L, -1), "too large"));
+    lua_pop(L, 1);
+    lua_close(L);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_string_same_as_lua),
+        cmocka_unit_test(test_string_work_stops),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
