@@ -13,6 +13,7 @@
 #include <lauxlib.h>
 #include <limits.h>
 #include <string.h>
+#include <time.h>
 
 /* The budget's error when it asks to stop without raising one itself. */
 #define STOP_MESSAGE "work limit exceeded"
@@ -27,6 +28,35 @@ static void charge(lua_State *L, uint64_t units)
 {
     if (budget_of(L)->charge(L, units) != 0)
         luaL_error(L, STOP_MESSAGE);
+}
+
+/* Work counted as it goes, charged a chunk at a time. */
+typedef struct meter {
+    lua_State *L;
+    const pc_lua_budget *budget;
+    uint64_t units;
+} meter;
+
+static void meter_init(meter *m, lua_State *L)
+{
+    m->L = L;
+    m->budget = budget_of(L);
+    m->units = 0;
+}
+
+static void meter_flush(meter *m)
+{
+    uint64_t units = m->units;
+    m->units = 0;
+    if (units != 0 && m->budget->charge(m->L, units) != 0)
+        luaL_error(m->L, STOP_MESSAGE);
+}
+
+static inline void meter_add(meter *m, uint64_t units)
+{
+    m->units += units;
+    if (m->units >= PC_LUA_CHUNK)
+        meter_flush(m);
 }
 
 /* A wrapper's tail: Lua's own function, on the same stack. */
@@ -220,6 +250,336 @@ void pc_lua_metered_string(lua_State *L, const pc_lua_budget *budget)
         {"upper", m_str_scan},    {"lower", m_str_scan}, {"reverse", m_str_scan},
         {"format", m_str_format}, {"pack", m_str_pack},  {"packsize", m_str_packsize},
         {"unpack", m_str_unpack}, {"rep", m_str_rep},    {NULL, NULL},
+    };
+    for (const luaL_Reg *f = fns; f->name != NULL; f++)
+        install(L, budget, f->name, f->func);
+}
+
+/* Table library (ltablib.c): every loop over elements is metered, one
+ * element moved or read at a time. */
+
+#define TAB_R  1 /* read */
+#define TAB_W  2 /* write */
+#define TAB_L  4 /* length */
+#define TAB_RW (TAB_R | TAB_W)
+
+static int checkfield(lua_State *L, const char *key, int n)
+{
+    lua_pushstring(L, key);
+    return lua_rawget(L, -n) != LUA_TNIL;
+}
+
+/* arg must be a table, or have a metatable with the metamethods what
+ * needs. */
+static void checktab(lua_State *L, int arg, int what)
+{
+    if (lua_type(L, arg) != LUA_TTABLE) {
+        int n = 1;
+        if (lua_getmetatable(L, arg) && (!(what & TAB_R) || checkfield(L, "__index", ++n)) &&
+            (!(what & TAB_W) || checkfield(L, "__newindex", ++n)) &&
+            (!(what & TAB_L) || checkfield(L, "__len", ++n))) {
+            lua_pop(L, n);
+        } else {
+            luaL_checktype(L, arg, LUA_TTABLE); /* force an error */
+        }
+    }
+}
+
+static lua_Integer aux_getn(lua_State *L, int arg, int what)
+{
+    checktab(L, arg, what | TAB_L);
+    return luaL_len(L, arg);
+}
+
+/* A move of one element: a read and a write, either of which may run a
+ * metamethod (whose own instructions the hook counts). */
+#define MOVE_UNITS 4
+
+static int m_tab_insert(lua_State *L)
+{
+    lua_Integer pos;
+    lua_Integer e = aux_getn(L, 1, TAB_RW);
+    e = (lua_Integer)((lua_Unsigned)e + 1u); /* first empty element */
+    switch (lua_gettop(L)) {
+    case 2: pos = e; break;
+    case 3: {
+        pos = luaL_checkinteger(L, 2);
+        luaL_argcheck(L, (lua_Unsigned)pos - 1u < (lua_Unsigned)e, 2, "position out of bounds");
+        meter m;
+        meter_init(&m, L);
+        for (lua_Integer i = e; i > pos; i--) {
+            meter_add(&m, MOVE_UNITS);
+            lua_geti(L, 1, i - 1);
+            lua_seti(L, 1, i);
+        }
+        meter_flush(&m);
+        break;
+    }
+    default: return luaL_error(L, "wrong number of arguments to 'insert'");
+    }
+    lua_seti(L, 1, pos);
+    return 0;
+}
+
+static int m_tab_remove(lua_State *L)
+{
+    lua_Integer size = aux_getn(L, 1, TAB_RW);
+    lua_Integer pos = luaL_optinteger(L, 2, size);
+    if (pos != size)
+        luaL_argcheck(L, (lua_Unsigned)pos - 1u <= (lua_Unsigned)size, 1, "position out of bounds");
+    lua_geti(L, 1, pos);
+    meter m;
+    meter_init(&m, L);
+    for (; pos < size; pos++) {
+        meter_add(&m, MOVE_UNITS);
+        lua_geti(L, 1, pos + 1);
+        lua_seti(L, 1, pos);
+    }
+    meter_flush(&m);
+    lua_pushnil(L);
+    lua_seti(L, 1, pos);
+    return 1;
+}
+
+static int m_tab_move(lua_State *L)
+{
+    lua_Integer f = luaL_checkinteger(L, 2);
+    lua_Integer e = luaL_checkinteger(L, 3);
+    lua_Integer t = luaL_checkinteger(L, 4);
+    int tt = !lua_isnoneornil(L, 5) ? 5 : 1; /* destination table */
+    checktab(L, 1, TAB_R);
+    checktab(L, tt, TAB_W);
+    if (e >= f) {
+        luaL_argcheck(L, f > 0 || e < LUA_MAXINTEGER + f, 3, "too many elements to move");
+        lua_Integer n = e - f + 1;
+        luaL_argcheck(L, t <= LUA_MAXINTEGER - n + 1, 4, "destination wrap around");
+        meter m;
+        meter_init(&m, L);
+        if (t > e || t <= f || (tt != 1 && !lua_compare(L, 1, tt, LUA_OPEQ))) {
+            for (lua_Integer i = 0; i < n; i++) {
+                meter_add(&m, MOVE_UNITS);
+                lua_geti(L, 1, f + i);
+                lua_seti(L, tt, t + i);
+            }
+        } else {
+            for (lua_Integer i = n - 1; i >= 0; i--) {
+                meter_add(&m, MOVE_UNITS);
+                lua_geti(L, 1, f + i);
+                lua_seti(L, tt, t + i);
+            }
+        }
+        meter_flush(&m);
+    }
+    lua_pushvalue(L, tt);
+    return 1;
+}
+
+static void addfield(lua_State *L, meter *m, luaL_Buffer *b, lua_Integer i)
+{
+    lua_geti(L, 1, i);
+    if (!lua_isstring(L, -1))
+        luaL_error(L, "invalid value (%s) at index %I in table for 'concat'", luaL_typename(L, -1),
+                   (LUAI_UACINT)i);
+    size_t len;
+    lua_tolstring(L, -1, &len);
+    meter_add(m, MOVE_UNITS + pc_lua_units_copy(len));
+    luaL_addvalue(b);
+}
+
+static int m_tab_concat(lua_State *L)
+{
+    luaL_Buffer b;
+    lua_Integer last = aux_getn(L, 1, TAB_R);
+    size_t lsep;
+    const char *sep = luaL_optlstring(L, 2, "", &lsep);
+    lua_Integer i = luaL_optinteger(L, 3, 1);
+    last = luaL_optinteger(L, 4, last);
+    meter m;
+    meter_init(&m, L);
+    uint64_t sep_units = pc_lua_units_copy(lsep);
+    luaL_buffinit(L, &b);
+    for (; i < last; i++) {
+        addfield(L, &m, &b, i);
+        meter_add(&m, sep_units);
+        luaL_addlstring(&b, sep, lsep);
+    }
+    if (i == last)
+        addfield(L, &m, &b, i);
+    meter_flush(&m);
+    luaL_pushresult(&b);
+    return 1;
+}
+
+static int m_tab_pack(lua_State *L)
+{
+    charge(L, pc_lua_units_values((uint64_t)lua_gettop(L)));
+    return call_stock(L);
+}
+
+static int m_tab_unpack(lua_State *L)
+{
+    lua_Unsigned n;
+    lua_Integer i = luaL_optinteger(L, 2, 1);
+    lua_Integer e = luaL_opt(L, luaL_checkinteger, 3, luaL_len(L, 1));
+    if (i > e)
+        return 0;
+    n = (lua_Unsigned)e - (lua_Unsigned)i; /* number of elements minus 1 */
+    if (n >= (unsigned int)INT_MAX || !lua_checkstack(L, (int)(++n)))
+        return luaL_error(L, "too many results to unpack");
+    meter m;
+    meter_init(&m, L);
+    for (; i < e; i++) {
+        meter_add(&m, MOVE_UNITS / 2);
+        lua_geti(L, 1, i);
+    }
+    lua_geti(L, 1, e);
+    meter_flush(&m);
+    return (int)n;
+}
+
+/* sort: Lua's quicksort (after Sedgewick), each comparison metered. */
+typedef unsigned int IdxT;
+
+#define RANLIMIT 100u /* arrays larger than this may use randomized pivots */
+
+/* "Random" bits from the clocks, for the pivot when a partition came out
+ * badly unbalanced. */
+static unsigned int randomize_pivot(void)
+{
+    clock_t c = clock();
+    time_t t = time(NULL);
+    unsigned int buff[(sizeof(c) + sizeof(t)) / sizeof(unsigned int)];
+    unsigned int rnd = 0;
+    memcpy(buff, &c, sizeof(c));
+    memcpy((char *)buff + sizeof(c), &t, sizeof(t));
+    for (size_t i = 0; i < sizeof(buff) / sizeof(buff[0]); i++)
+        rnd += buff[i];
+    return rnd;
+}
+
+static void set2(lua_State *L, IdxT i, IdxT j)
+{
+    lua_seti(L, 1, i);
+    lua_seti(L, 1, j);
+}
+
+/* Is the value at a less than the one at b, in the sort's order? */
+static int sort_comp(lua_State *L, meter *m, int a, int b)
+{
+    meter_add(m, MOVE_UNITS);
+    if (lua_isnil(L, 2))
+        return lua_compare(L, a, b, LUA_OPLT);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, a - 1);
+    lua_pushvalue(L, b - 2);
+    lua_call(L, 2, 1);
+    int res = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return res;
+}
+
+static IdxT partition(lua_State *L, meter *m, IdxT lo, IdxT up)
+{
+    IdxT i = lo;     /* incremented before first use */
+    IdxT j = up - 1; /* decremented before first use */
+    for (;;) {
+        while ((void)lua_geti(L, 1, ++i), sort_comp(L, m, -1, -2)) {
+            if (i == up - 1)
+                luaL_error(L, "invalid order function for sorting");
+            lua_pop(L, 1);
+        }
+        while ((void)lua_geti(L, 1, --j), sort_comp(L, m, -3, -1)) {
+            if (j < i)
+                luaL_error(L, "invalid order function for sorting");
+            lua_pop(L, 1);
+        }
+        if (j < i) {
+            lua_pop(L, 1);
+            set2(L, up - 1, i);
+            return i;
+        }
+        set2(L, i, j);
+    }
+}
+
+static IdxT choose_pivot(IdxT lo, IdxT up, unsigned int rnd)
+{
+    IdxT r4 = (up - lo) / 4;
+    return rnd % (r4 * 2) + (lo + r4);
+}
+
+static void auxsort(lua_State *L, meter *m, IdxT lo, IdxT up, unsigned int rnd)
+{
+    while (lo < up) { /* loop for tail recursion */
+        IdxT p, n;
+        lua_geti(L, 1, lo);
+        lua_geti(L, 1, up);
+        if (sort_comp(L, m, -1, -2))
+            set2(L, lo, up);
+        else
+            lua_pop(L, 2);
+        if (up - lo == 1)
+            return;
+        if (up - lo < RANLIMIT || rnd == 0)
+            p = (lo + up) / 2;
+        else
+            p = choose_pivot(lo, up, rnd);
+        lua_geti(L, 1, p);
+        lua_geti(L, 1, lo);
+        if (sort_comp(L, m, -2, -1)) {
+            set2(L, p, lo);
+        } else {
+            lua_pop(L, 1);
+            lua_geti(L, 1, up);
+            if (sort_comp(L, m, -1, -2))
+                set2(L, p, up);
+            else
+                lua_pop(L, 2);
+        }
+        if (up - lo == 2)
+            return;
+        lua_geti(L, 1, p);
+        lua_pushvalue(L, -1);
+        lua_geti(L, 1, up - 1);
+        set2(L, p, up - 1);
+        p = partition(L, m, lo, up);
+        if (p - lo < up - p) {
+            auxsort(L, m, lo, p - 1, rnd);
+            n = p - lo;
+            lo = p + 1;
+        } else {
+            auxsort(L, m, p + 1, up, rnd);
+            n = up - p;
+            up = p - 1;
+        }
+        if ((up - lo) / 128 > n) /* partition too imbalanced? */
+            rnd = randomize_pivot();
+    }
+}
+
+static int m_tab_sort(lua_State *L)
+{
+    lua_Integer n = aux_getn(L, 1, TAB_RW);
+    if (n > 1) {
+        luaL_argcheck(L, n < INT_MAX, 1, "array too big");
+        if (!lua_isnoneornil(L, 2))
+            luaL_checktype(L, 2, LUA_TFUNCTION);
+        lua_settop(L, 2);
+        meter m;
+        meter_init(&m, L);
+        auxsort(L, &m, 1, (IdxT)n, 0);
+        meter_flush(&m);
+    }
+    return 0;
+}
+
+void pc_lua_metered_table(lua_State *L, const pc_lua_budget *budget)
+{
+    static const luaL_Reg fns[] = {
+        {"insert", m_tab_insert}, {"remove", m_tab_remove},
+        {"move", m_tab_move},     {"concat", m_tab_concat},
+        {"pack", m_tab_pack},     {"unpack", m_tab_unpack},
+        {"sort", m_tab_sort},     {NULL, NULL},
     };
     for (const luaL_Reg *f = fns; f->name != NULL; f++)
         install(L, budget, f->name, f->func);

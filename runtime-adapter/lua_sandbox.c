@@ -220,6 +220,9 @@ static void open_sandbox_libs(lua_State *L)
     lua_setfield(L, -2, "collectgarbage");
     lua_pushcfunction(L, quiet_print);
     lua_setfield(L, -2, "print");
+    lua_getfield(L, -1, "table");
+    pc_lua_metered_table(L, &work_budget);
+    lua_pop(L, 1);
     lua_getfield(L, -1, "string");
     lua_pushnil(L);
     lua_setfield(L, -2, "dump");

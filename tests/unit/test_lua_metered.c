@@ -55,6 +55,7 @@ static lua_State *new_state(void)
     lua_newtable(L);
     lua_setglobal(L, "m");
     metered_copy(L, "string", pc_lua_metered_string);
+    metered_copy(L, "table", pc_lua_metered_table);
     return L;
 }
 
@@ -156,6 +157,111 @@ static const char *string_corpus =
     "end\n"
     "return cases\n";
 
+static const char *table_corpus =
+    "local vals = {1, 2, 3, 'a', 'b', 10, -1, 2.5}\n"
+    "local function spec()\n"
+    "  local t = {}\n"
+    "  for i = 1, math.random(0, 8) do t[i] = pick(vals) end\n"
+    "  if math.random(6) == 1 then t[math.random(1, 9)] = nil end\n"
+    "  return t\n"
+    "end\n"
+    "-- the table to work on: plain, or a proxy to a plain one\n"
+    "local function mk(base, proxied)\n"
+    "  local t = {} for k, v in pairs(base) do t[k] = v end\n"
+    "  if not proxied then return t, t end\n"
+    "  local p = setmetatable({}, {__index = t, __newindex = t, __len = function() return #t "
+    "end})\n"
+    "  return p, t\n"
+    "end\n"
+    "local comps = {false, function(a, b) return a > b end, function(a, b) return a < b end,\n"
+    "  function() return true end, function() return false end}\n"
+    "local small = {-2, -1, 0, 1, 2, 3, 4, 5, 9, math.maxinteger, math.mininteger}\n"
+    "for i = 1, 3000 do\n"
+    "  local base, proxied = spec(), math.random(3) == 1\n"
+    "  local a, b, c = pick(small), pick(small), pick(small)\n"
+    "  local v = pick(vals)\n"
+    "  compare('insert', function(lib) local t, raw = mk(base, proxied)\n"
+    "    lib.table.insert(t, v) return raw end)\n"
+    "  compare('insert pos', function(lib) local t, raw = mk(base, proxied)\n"
+    "    lib.table.insert(t, a, v) return raw end)\n"
+    "  compare('insert 4', function(lib) local t = mk(base) lib.table.insert(t, a, v, v) end)\n"
+    "  compare('remove', function(lib) local t, raw = mk(base, proxied)\n"
+    "    return lib.table.remove(t), raw end)\n"
+    "  compare('remove pos', function(lib) local t, raw = mk(base, proxied)\n"
+    "    return lib.table.remove(t, a), raw end)\n"
+    "  -- (Lua's own move would copy a huge range for as long as it takes)\n"
+    "  if not (b >= a and (b - a > 100 or b - a < 0)) then\n"
+    "    compare('move', function(lib) local t, raw = mk(base, proxied)\n"
+    "      lib.table.move(t, a, b, c) return raw end)\n"
+    "    compare('move to', function(lib) local t, raw = mk(base, proxied) local d = {}\n"
+    "      lib.table.move(t, a, b, c, d) return raw, d end)\n"
+    "  end\n"
+    "  local sep = pick({false, '', ', ', 1}) or nil\n"
+    "  compare('concat', function(lib) return lib.table.concat(mk(base, proxied), sep) end)\n"
+    "  compare('concat range', function(lib)\n"
+    "    return lib.table.concat(mk(base, proxied), sep, a, b) end)\n"
+    "  compare('unpack', function(lib) return lib.table.unpack(mk(base, proxied)) end)\n"
+    "  compare('unpack range', function(lib) return lib.table.unpack(mk(base), a, b) end)\n"
+    "  compare('pack', function(lib) return lib.table.pack(a, nil, v) end)\n"
+    "  local comp = pick(comps) or nil\n"
+    "  compare('sort', function(lib) local t, raw = mk(base, proxied)\n"
+    "    lib.table.sort(t, comp) return raw end)\n"
+    "  local nums = {} for j = 1, math.random(0, 300) do nums[j] = math.random(1, 50) end\n"
+    "  compare('sort big', function(lib) local t = mk(nums) lib.table.sort(t, comp) return t end)\n"
+    "  local bad = pick({1, 'x', true})\n"
+    "  compare('bad table', function(lib) return lib.table.concat(bad) end)\n"
+    "end\n"
+    "return cases\n";
+
+static void test_table_same_as_lua(void **state)
+{
+    (void)state;
+    lua_State *L = new_state();
+    units_used = 0;
+    units_allowed = UINT64_MAX;
+    run(L, prelude);
+    if (luaL_dostring(L, table_corpus) != LUA_OK)
+        fail_msg("%s", lua_tostring(L, -1));
+    print_message("table cases compared: %lld\n", (long long)lua_tointeger(L, -1));
+    lua_close(L);
+}
+
+static void test_table_work_stops(void **state)
+{
+    (void)state;
+    lua_State *L = new_state();
+    const char *bombs[] = {
+        /* a __len that claims 2^63 elements: Lua's own would shift forever */
+        "local t = setmetatable({}, {__len = function() return math.maxinteger - 1 end})\n"
+        "m.table.insert(t, 1, 'x')",
+        "local t = setmetatable({}, {__len = function() return math.maxinteger - 1 end})\n"
+        "m.table.remove(t, 1)",
+        "m.table.move({}, 1, math.maxinteger, 1)",
+        "m.table.move({}, 1, math.maxinteger - 1, 2)",
+        "local t = setmetatable({}, {__index = rawlen}) m.table.concat(t, '', 1, math.maxinteger)",
+        "local t = {} for i = 1, 10000 do t[i] = i end\n"
+        "for i = 1, 1e9 do m.table.sort(t) end",
+        "local t = {} for i = 1, 10000 do t[i] = i end\n"
+        "for i = 1, 1e9 do m.table.unpack(t) end",
+        "for i = 1, 1e9 do m.table.unpack({}, 1, 100000) end",
+        "local t = {} for i = 1, 10000 do t[i] = i end\n"
+        "for i = 1, 1e9 do m.table.pack(table.unpack(t)) end",
+    };
+    for (size_t i = 0; i < sizeof(bombs) / sizeof(bombs[0]); i++) {
+        units_used = 0;
+        units_allowed = 1000 * 1000;
+        int rc = luaL_dostring(L, bombs[i]);
+        if (rc == LUA_OK)
+            fail_msg("bomb %zu finished instead of stopping", i);
+        if (strstr(lua_tostring(L, -1), "work limit exceeded") == NULL)
+            fail_msg("bomb %zu: %s", i, lua_tostring(L, -1));
+        assert_true(units_used > units_allowed);
+        assert_true(units_used < units_allowed + 64 * PC_LUA_CHUNK);
+        lua_pop(L, 1);
+    }
+    lua_close(L);
+}
+
 static void test_string_same_as_lua(void **state)
 {
     (void)state;
@@ -216,6 +322,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_string_same_as_lua),
         cmocka_unit_test(test_string_work_stops),
+        cmocka_unit_test(test_table_same_as_lua),
+        cmocka_unit_test(test_table_work_stops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
