@@ -584,3 +584,178 @@ void pc_lua_metered_table(lua_State *L, const pc_lua_budget *budget)
     for (const luaL_Reg *f = fns; f->name != NULL; f++)
         install(L, budget, f->name, f->func);
 }
+
+/* utf8 library (lutf8lib.c). */
+
+#define MAXUNICODE 0x10FFFFu
+#define MAXUTF     0x7FFFFFFFu
+#define iscont(p)  ((*(p)&0xC0) == 0x80)
+
+typedef unsigned int utfint;
+
+static lua_Integer u_posrelat(lua_Integer pos, size_t len)
+{
+    if (pos >= 0)
+        return pos;
+    else if (0u - (size_t)pos > len)
+        return 0;
+    return (lua_Integer)len + pos + 1;
+}
+
+/* Decodes one UTF-8 sequence; NULL if it is invalid. */
+static const char *utf8_decode(const char *s, utfint *val, int strict)
+{
+    static const utfint limits[] = {~(utfint)0, 0x80, 0x800, 0x10000u, 0x200000u, 0x4000000u};
+    unsigned int c = (unsigned char)s[0];
+    utfint res = 0;
+    if (c < 0x80) {
+        res = c;
+    } else {
+        int count = 0;
+        for (; c & 0x40; c <<= 1) {
+            unsigned int cc = (unsigned char)s[++count];
+            if ((cc & 0xC0) != 0x80)
+                return NULL;
+            res = (res << 6) | (cc & 0x3F);
+        }
+        res |= ((utfint)(c & 0x7F) << (count * 5));
+        if (count > 5 || res > MAXUTF || res < limits[count])
+            return NULL;
+        s += count;
+    }
+    if (strict && (res > MAXUNICODE || (0xD800u <= res && res <= 0xDFFFu)))
+        return NULL;
+    if (val)
+        *val = res;
+    return s + 1;
+}
+
+/* len and codepoint decode the range they are given. */
+static int m_utf8_len(lua_State *L)
+{
+    size_t len;
+    luaL_checklstring(L, 1, &len);
+    lua_Integer posi = u_posrelat(luaL_optinteger(L, 2, 1), len);
+    lua_Integer posj = u_posrelat(luaL_optinteger(L, 3, -1), len);
+    if (posi <= posj)
+        charge(L, pc_lua_units_scan((size_t)(posj - posi) + 1));
+    return call_stock(L);
+}
+
+static int m_utf8_codepoint(lua_State *L)
+{
+    size_t len;
+    luaL_checklstring(L, 1, &len);
+    lua_Integer posi = u_posrelat(luaL_optinteger(L, 2, 1), len);
+    lua_Integer pose = u_posrelat(luaL_optinteger(L, 3, posi), len);
+    if (posi <= pose && posi >= 1 && pose <= (lua_Integer)len)
+        charge(L, pc_lua_units_values((uint64_t)(pose - posi) + 1));
+    return call_stock(L);
+}
+
+static int m_utf8_char(lua_State *L)
+{
+    charge(L, pc_lua_units_values((uint64_t)lua_gettop(L)));
+    return call_stock(L);
+}
+
+/* offset: how far it walks depends on the bytes it meets. */
+static int m_utf8_offset(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    lua_Integer n = luaL_checkinteger(L, 2);
+    lua_Integer posi = (n >= 0) ? 1 : (lua_Integer)len + 1;
+    posi = u_posrelat(luaL_optinteger(L, 3, posi), len);
+    luaL_argcheck(L, 1 <= posi && --posi <= (lua_Integer)len, 3, "position out of bounds");
+    meter m;
+    meter_init(&m, L);
+    if (n == 0) {
+        /* find the beginning of the current byte sequence */
+        while (posi > 0 && iscont(s + posi)) {
+            meter_add(&m, 1);
+            posi--;
+        }
+    } else {
+        if (iscont(s + posi))
+            return luaL_error(L, "initial position is a continuation byte");
+        if (n < 0) {
+            while (n < 0 && posi > 0) { /* move back */
+                do {
+                    meter_add(&m, 1);
+                    posi--;
+                } while (posi > 0 && iscont(s + posi));
+                n++;
+            }
+        } else {
+            n--; /* do not move for the first character */
+            while (n > 0 && posi < (lua_Integer)len) {
+                do {
+                    meter_add(&m, 1);
+                    posi++;
+                } while (iscont(s + posi)); /* (cannot pass the final '\0') */
+                n--;
+            }
+        }
+    }
+    meter_flush(&m);
+    if (n == 0)
+        lua_pushinteger(L, posi + 1);
+    else
+        luaL_pushfail(L);
+    return 1;
+}
+
+/* codes: the iterator skips continuation bytes, as many as there are. */
+static int iter_aux(lua_State *L, int strict)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    lua_Unsigned n = (lua_Unsigned)lua_tointeger(L, 2);
+    if (n < len) {
+        lua_Unsigned start = n;
+        while (iscont(s + n))
+            n++;
+        charge(L, pc_lua_units_scan((size_t)(n - start)));
+    }
+    if (n >= len)
+        return 0; /* no more code points */
+    utfint code;
+    const char *next = utf8_decode(s + n, &code, strict);
+    if (next == NULL)
+        return luaL_error(L, "invalid UTF-8 code");
+    lua_pushinteger(L, (lua_Integer)n + 1);
+    lua_pushinteger(L, code);
+    return 2;
+}
+
+static int iter_auxstrict(lua_State *L)
+{
+    return iter_aux(L, 1);
+}
+
+static int iter_auxlax(lua_State *L)
+{
+    return iter_aux(L, 0);
+}
+
+static int m_utf8_codes(lua_State *L)
+{
+    int lax = lua_toboolean(L, 2);
+    luaL_checkstring(L, 1);
+    lua_pushvalue(L, lua_upvalueindex(1)); /* the budget, for the iterator */
+    lua_pushcclosure(L, lax ? iter_auxlax : iter_auxstrict, 1);
+    lua_pushvalue(L, 1);
+    lua_pushinteger(L, 0);
+    return 3;
+}
+
+void pc_lua_metered_utf8(lua_State *L, const pc_lua_budget *budget)
+{
+    static const luaL_Reg fns[] = {
+        {"len", m_utf8_len},       {"codepoint", m_utf8_codepoint}, {"char", m_utf8_char},
+        {"offset", m_utf8_offset}, {"codes", m_utf8_codes},         {NULL, NULL},
+    };
+    for (const luaL_Reg *f = fns; f->name != NULL; f++)
+        install(L, budget, f->name, f->func);
+}

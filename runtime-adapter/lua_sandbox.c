@@ -223,6 +223,9 @@ static void open_sandbox_libs(lua_State *L)
     lua_getfield(L, -1, "table");
     pc_lua_metered_table(L, &work_budget);
     lua_pop(L, 1);
+    lua_getfield(L, -1, "utf8");
+    pc_lua_metered_utf8(L, &work_budget);
+    lua_pop(L, 1);
     lua_getfield(L, -1, "string");
     lua_pushnil(L);
     lua_setfield(L, -2, "dump");

@@ -181,6 +181,17 @@ static const hostile corpus[] = {
      "while true do local _ = string.unpack('c4000000', s) end", LIMIT, NULL},
     {"gsub_big_replacement", "local s = ('x'):rep(1000) local r = ('y'):rep(4000)",
      "while true do local _ = s:gsub('x', r) end", LIMIT, NULL},
+    /* utf8 over big strings */
+    {"utf8_len", "local s = ('a'):rep(4000000)", "while true do local _ = utf8.len(s) end", LIMIT,
+     NULL},
+    {"utf8_codes_continuation", "local s = ('\\x80'):rep(4000000) local f = utf8.codes(s)",
+     "while true do pcall(f, s, 0) end", LIMIT, NULL},
+    {"utf8_offset", "local s = 'a' .. ('\\x80'):rep(4000000)",
+     "while true do local _ = utf8.offset(s, 2) end", LIMIT, NULL},
+    {"utf8_char", BIG_SETUP(200000), "while true do local _ = utf8.char(table.unpack(t)) end",
+     LIMIT, NULL},
+    {"utf8_codepoint", "local s = ('a'):rep(400000)",
+     "while true do local _ = select('#', utf8.codepoint(s, 1, -1)) end", LIMIT, NULL},
     /* plain loops, for reference */
     {"spin", "", "while true do end", LIMIT, NULL},
     {"pcall_spin", "", "while true do pcall(function() while true do end end) end", LIMIT, NULL},

@@ -56,6 +56,7 @@ static lua_State *new_state(void)
     lua_setglobal(L, "m");
     metered_copy(L, "string", pc_lua_metered_string);
     metered_copy(L, "table", pc_lua_metered_table);
+    metered_copy(L, "utf8", pc_lua_metered_utf8);
     return L;
 }
 
@@ -262,6 +263,80 @@ static void test_table_work_stops(void **state)
     lua_close(L);
 }
 
+static const char *utf8_corpus =
+    "local pieces = {'a', 'z', ' ', '\\xc3\\xa9', '\\xe2\\x82\\xac', '\\xf0\\x9f\\x98\\x80',\n"
+    "  '\\x80', '\\xbf', '\\xc3', '\\xed\\xa0\\x80', '\\xf4\\x90\\x80\\x80', '\\xff', "
+    "'\\0',\n"
+    "  '\\xf8\\x88\\x80\\x80\\x80', '\\xc0\\x80'}\n"
+    "local function text()\n"
+    "  local t = {} for i = 1, math.random(0, 10) do t[i] = pick(pieces) end\n"
+    "  return table.concat(t)\n"
+    "end\n"
+    "local pos = {-20, -3, -2, -1, 0, 1, 2, 3, 4, 7, 20, math.maxinteger, math.mininteger}\n"
+    "local function walk(lib, s, lax)\n"
+    "  local out = {}\n"
+    "  local ok, err = pcall(function()\n"
+    "    for p, c in lib.utf8.codes(s, lax) do out[#out + 1] = p .. ':' .. c end end)\n"
+    "  return table.concat(out, ' '), ok, err\n"
+    "end\n"
+    "for i = 1, 5000 do\n"
+    "  local s, a, b, lax = text(), pick(pos), pick(pos), math.random(2) == 1\n"
+    "  if math.random(12) == 1 then s = pick({12, true, {}}) end\n"
+    "  compare('len', function(lib) return lib.utf8.len(s, a, b, lax) end)\n"
+    "  compare('len1', function(lib) return lib.utf8.len(s) end)\n"
+    "  compare('codepoint', function(lib) return lib.utf8.codepoint(s, a, b, lax) end)\n"
+    "  compare('codepoint1', function(lib) return lib.utf8.codepoint(s, a) end)\n"
+    "  compare('offset', function(lib) return lib.utf8.offset(s, a, b) end)\n"
+    "  compare('offset2', function(lib) return lib.utf8.offset(s, a) end)\n"
+    "  compare('codes', function(lib) return walk(lib, s, lax) end)\n"
+    "  compare('codes step', function(lib) local f = lib.utf8.codes(s) return f(s, a) end)\n"
+    "  compare('char', function(lib) return lib.utf8.char(a, b) end)\n"
+    "  compare('char small', function(lib) return lib.utf8.char(72, 0x20AC, 0x10FFFF, 0x7FFFFFFF) "
+    "end)\n"
+    "end\n"
+    "return cases\n";
+
+static void test_utf8_same_as_lua(void **state)
+{
+    (void)state;
+    lua_State *L = new_state();
+    units_used = 0;
+    units_allowed = UINT64_MAX;
+    run(L, prelude);
+    if (luaL_dostring(L, utf8_corpus) != LUA_OK)
+        fail_msg("%s", lua_tostring(L, -1));
+    print_message("utf8 cases compared: %lld\n", (long long)lua_tointeger(L, -1));
+    lua_close(L);
+}
+
+static void test_utf8_work_stops(void **state)
+{
+    (void)state;
+    lua_State *L = new_state();
+    const char *bombs[] = {
+        "local s = ('a'):rep(100000) for i = 1, 1e9 do m.utf8.len(s) end",
+        "local s = ('\\x80'):rep(100000) local f = m.utf8.codes(s)\n"
+        "for i = 1, 1e9 do f(s, 0) end",
+        "local s = 'a' .. ('\\x80'):rep(100000) for i = 1, 1e9 do m.utf8.offset(s, 2) end",
+        "local s = ('\\x80'):rep(100000) .. 'a' for i = 1, 1e9 do m.utf8.offset(s, 0, -2) end",
+        "local s = ('a'):rep(10000) for i = 1, 1e9 do m.utf8.codepoint(s, 1, -1) end",
+        "local t = {} for i = 1, 10000 do t[i] = 65 end\n"
+        "for i = 1, 1e9 do m.utf8.char(table.unpack(t)) end",
+    };
+    for (size_t i = 0; i < sizeof(bombs) / sizeof(bombs[0]); i++) {
+        units_used = 0;
+        units_allowed = 1000 * 1000;
+        int rc = luaL_dostring(L, bombs[i]);
+        if (rc == LUA_OK)
+            fail_msg("bomb %zu finished instead of stopping", i);
+        if (strstr(lua_tostring(L, -1), "work limit exceeded") == NULL)
+            fail_msg("bomb %zu: %s", i, lua_tostring(L, -1));
+        assert_true(units_used > units_allowed);
+        lua_pop(L, 1);
+    }
+    lua_close(L);
+}
+
 static void test_string_same_as_lua(void **state)
 {
     (void)state;
@@ -320,10 +395,9 @@ static void test_string_work_stops(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_string_same_as_lua),
-        cmocka_unit_test(test_string_work_stops),
-        cmocka_unit_test(test_table_same_as_lua),
-        cmocka_unit_test(test_table_work_stops),
+        cmocka_unit_test(test_string_same_as_lua), cmocka_unit_test(test_string_work_stops),
+        cmocka_unit_test(test_table_same_as_lua),  cmocka_unit_test(test_table_work_stops),
+        cmocka_unit_test(test_utf8_same_as_lua),   cmocka_unit_test(test_utf8_work_stops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
