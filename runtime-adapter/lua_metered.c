@@ -759,3 +759,122 @@ void pc_lua_metered_utf8(lua_State *L, const pc_lua_budget *budget)
     for (const luaL_Reg *f = fns; f->name != NULL; f++)
         install(L, budget, f->name, f->func);
 }
+
+/* Base library. */
+
+/* The parser is fed at most this much at a time, each piece charged
+ * before it is parsed. */
+#define LOAD_PIECE 4096
+
+typedef struct chunk_reader {
+    const pc_lua_budget *budget;
+    const char *s; /* what is left of the current piece */
+    size_t left;
+    int reader; /* stack index of a reader function, 0 for text */
+    int slot;   /* where the reader's current piece is kept alive */
+} chunk_reader;
+
+static const char *metered_reader(lua_State *L, void *ud, size_t *size)
+{
+    chunk_reader *r = ud;
+    if (r->left == 0 && r->reader != 0) {
+        /* lbaselib.c's generic_reader: nil or "" ends the chunk */
+        luaL_checkstack(L, 2, "too many nested functions");
+        lua_pushvalue(L, r->reader);
+        lua_call(L, 0, 1);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            *size = 0;
+            return NULL;
+        }
+        if (!lua_isstring(L, -1))
+            luaL_error(L, "reader function must return a string");
+        lua_replace(L, r->slot);
+        r->s = lua_tolstring(L, r->slot, &r->left);
+    }
+    if (r->left == 0) {
+        *size = 0;
+        return NULL;
+    }
+    size_t n = r->left < LOAD_PIECE ? r->left : LOAD_PIECE;
+    if (r->budget->charge(L, pc_lua_units_scan(n)) != 0)
+        luaL_error(L, STOP_MESSAGE);
+    const char *piece = r->s;
+    r->s += n;
+    r->left -= n;
+    *size = n;
+    return piece;
+}
+
+int pc_lua_metered_loadbuffer(lua_State *L, const pc_lua_budget *budget, const char *s, size_t len,
+                              const char *chunkname)
+{
+    chunk_reader r = {budget, s, len, 0, 0};
+    return lua_load(L, metered_reader, &r, chunkname, "t");
+}
+
+/* load, text only whatever mode is asked for: bytecode could break out
+ * of the VM's safety. Otherwise lbaselib.c's. */
+#define RESERVEDSLOT 5
+
+static int m_load(lua_State *L)
+{
+    int status;
+    size_t l;
+    const char *s = lua_tolstring(L, 1, &l);
+    luaL_optstring(L, 3, "bt"); /* the mode is checked, then ignored */
+    int env = !lua_isnone(L, 4) ? 4 : 0;
+    chunk_reader r = {budget_of(L), NULL, 0, 0, RESERVEDSLOT};
+    if (s != NULL) {
+        const char *chunkname = luaL_optstring(L, 2, s);
+        r.s = s;
+        r.left = l;
+        status = lua_load(L, metered_reader, &r, chunkname, "t");
+    } else {
+        const char *chunkname = luaL_optstring(L, 2, "=(load)");
+        luaL_checktype(L, 1, LUA_TFUNCTION);
+        lua_settop(L, RESERVEDSLOT);
+        r.reader = 1;
+        status = lua_load(L, metered_reader, &r, chunkname, "t");
+    }
+    if (status == LUA_OK) {
+        if (env != 0) {
+            lua_pushvalue(L, env);
+            if (!lua_setupvalue(L, -2, 1))
+                lua_pop(L, 1);
+        }
+        return 1;
+    }
+    luaL_pushfail(L);
+    lua_insert(L, -2);
+    return 2;
+}
+
+/* tonumber reads the whole string. */
+static int m_tonumber(lua_State *L)
+{
+    if (lua_type(L, 1) == LUA_TSTRING)
+        charge(L, pc_lua_units_scan(lua_rawlen(L, 1)));
+    return call_stock(L);
+}
+
+/* rawequal compares two strings of the same length byte by byte. */
+static int m_rawequal(lua_State *L)
+{
+    if (lua_type(L, 1) == LUA_TSTRING && lua_type(L, 2) == LUA_TSTRING &&
+        lua_rawlen(L, 1) == lua_rawlen(L, 2))
+        charge(L, pc_lua_units_copy(lua_rawlen(L, 1)));
+    return call_stock(L);
+}
+
+void pc_lua_metered_base(lua_State *L, const pc_lua_budget *budget)
+{
+    static const luaL_Reg fns[] = {
+        {"load", m_load},
+        {"tonumber", m_tonumber},
+        {"rawequal", m_rawequal},
+        {NULL, NULL},
+    };
+    for (const luaL_Reg *f = fns; f->name != NULL; f++)
+        install(L, budget, f->name, f->func);
+}

@@ -161,21 +161,6 @@ static pc_lua_limit run_limit(pc_lua_isolate *iso, int status)
 
 /* Safe replacements for base functions. */
 
-/* load, text only: bytecode could break out of the VM's safety. */
-static int safe_load(lua_State *L)
-{
-    lua_settop(L, 4); /* chunk, chunkname, mode, env: absent ones are nil */
-    int has_env = !lua_isnone(L, 4) && !lua_isnil(L, 4);
-    lua_pushvalue(L, lua_upvalueindex(1)); /* the real load */
-    lua_pushvalue(L, 1);
-    lua_pushvalue(L, 2);
-    lua_pushliteral(L, "t");
-    if (has_env)
-        lua_pushvalue(L, 4);
-    lua_call(L, has_env ? 4 : 3, LUA_MULTRET);
-    return lua_gettop(L) - 4;
-}
-
 /* collectgarbage("count") only: the rest lets a tenant stall or tune the
  * collector in ways that hurt latency. */
 static int safe_collectgarbage(lua_State *L)
@@ -213,9 +198,7 @@ static void open_sandbox_libs(lua_State *L)
         lua_pushnil(L);
         lua_setfield(L, -2, removed[i]);
     }
-    lua_getfield(L, -1, "load");
-    lua_pushcclosure(L, safe_load, 1);
-    lua_setfield(L, -2, "load");
+    pc_lua_metered_base(L, &work_budget); /* load (text only), tonumber, rawequal */
     lua_pushcfunction(L, safe_collectgarbage);
     lua_setfield(L, -2, "collectgarbage");
     lua_pushcfunction(L, quiet_print);
@@ -289,12 +272,21 @@ int pc_lua_isolate_new(const char *source, size_t len, const char *chunkname,
     start_run(iso, limits->instructions, limits->wall_ms);
     open_sandbox_libs(iso->L);
     int rc = PC_OK;
-    if (luaL_loadbufferx(iso->L, source, len, chunkname, "t") != LUA_OK) {
-        rc = pc_err_set(err, PC_E_RUNTIME, "%s", lua_tostring(iso->L, -1));
+    /* Compiling is work too: a bundle may hold megabytes of source. */
+    int status = pc_lua_metered_loadbuffer(iso->L, &work_budget, source, len, chunkname);
+    if (status != LUA_OK) {
+        finish_run(iso);
+        *hit = run_limit(iso, status);
+        const char *msg = lua_tostring(iso->L, -1);
+        if (*hit != PC_LUA_LIMIT_NONE)
+            rc = pc_err_set(err, PC_E_LIMIT, "compiling: %s limit exceeded",
+                            pc_lua_limit_name(*hit));
+        else
+            rc = pc_err_set(err, PC_E_RUNTIME, "%s", msg ? msg : "cannot compile");
     } else {
         lua_pushcfunction(iso->L, run_top_level);
         lua_insert(iso->L, -2);
-        int status = lua_pcall(iso->L, 1, 0, 0);
+        status = lua_pcall(iso->L, 1, 0, 0);
         finish_run(iso);
         *hit = run_limit(iso, status);
         const char *msg = status != LUA_OK ? lua_tostring(iso->L, -1) : NULL;

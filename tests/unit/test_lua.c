@@ -356,6 +356,16 @@ static void test_prepare_failure_keeps_old_version(void **state)
     }
     assert_int_equal(deploy("stable", 10, "error('top level boom')", &err), PC_E_RUNTIME);
     assert_non_null(strstr(err.msg, "top level boom"));
+    /* Compiling is charged too: 10 MB of source is over 2,000,000
+     * instructions' worth of parsing. */
+    size_t big = 10u << 20;
+    char *src = malloc(big + 64);
+    memset(src, ' ', big);
+    strcpy(src + big, "return function(req) return 'big' end");
+    assert_int_equal(deploy("stable", 11, src, &err), PC_E_LIMIT);
+    assert_non_null(strstr(err.msg, "compiling"));
+    free(src);
+    expect_body("stable", "/", "one");
 }
 
 static void test_swaps_free_old_versions(void **state)

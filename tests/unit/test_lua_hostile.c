@@ -192,6 +192,18 @@ static const hostile corpus[] = {
      LIMIT, NULL},
     {"utf8_codepoint", "local s = ('a'):rep(400000)",
      "while true do local _ = select('#', utf8.codepoint(s, 1, -1)) end", LIMIT, NULL},
+    /* compiling text */
+    {"load_big", "local src = (' '):rep(4000000)", "while true do load(src) end", LIMIT, NULL},
+    {"load_reader", "local src = (' '):rep(4000000)",
+     "while true do local done = false "
+     "load(function() if done then return nil end done = true return src end) end",
+     LIMIT, NULL},
+    {"tonumber_big", "local s = ('1'):rep(4000000)", "while true do local _ = tonumber(s) end",
+     LIMIT, NULL},
+    {"tonumber_base", "local s = ('1'):rep(4000000)", "while true do local _ = tonumber(s, 10) end",
+     LIMIT, NULL},
+    {"rawequal_big", "local a = ('x'):rep(5000000) local b = a:sub(1, -2) .. 'x'",
+     "while rawequal(a, a) and not rawequal(a, b) or true do end", LIMIT, NULL},
     /* plain loops, for reference */
     {"spin", "", "while true do end", LIMIT, NULL},
     {"pcall_spin", "", "while true do pcall(function() while true do end end) end", LIMIT, NULL},

@@ -57,6 +57,15 @@ static lua_State *new_state(void)
     metered_copy(L, "string", pc_lua_metered_string);
     metered_copy(L, "table", pc_lua_metered_table);
     metered_copy(L, "utf8", pc_lua_metered_utf8);
+    /* m.load, m.tonumber, m.rawequal */
+    lua_getglobal(L, "m");
+    for (int i = 0; i < 3; i++) {
+        static const char *const names[] = {"load", "tonumber", "rawequal"};
+        lua_getglobal(L, names[i]);
+        lua_setfield(L, -2, names[i]);
+    }
+    pc_lua_metered_base(L, &budget);
+    lua_pop(L, 1);
     return L;
 }
 
@@ -337,6 +346,117 @@ static void test_utf8_work_stops(void **state)
     lua_close(L);
 }
 
+static const char *base_corpus =
+    "local srcs = {'return 1 + 2', 'return ...', 'x = ', 'return x', 'return \"a\"',\n"
+    "  'local t = {} for i = 1, 10 do t[i] = i end return #t', 'error(\"boom\")', '', 12,\n"
+    "  ('-- comment\\n'):rep(300) .. 'return 7', 'return [[' .. ('x'):rep(3000) .. ']]'}\n"
+    "local function pieces(src, size)\n"
+    "  local at = 1\n"
+    "  return function()\n"
+    "    if at > #src then return nil end\n"
+    "    local p = src:sub(at, at + size - 1) at = at + size return p\n"
+    "  end\n"
+    "end\n"
+    "local function run(f, e) if f then return pcall(f) end return f, e end\n"
+    "local nums = {'10', '0x10', ' 12 ', '1e3', '1e', 'z', '-7', '  ', '9223372036854775808',\n"
+    "  '0x7fffffffffffffff', 'inf', 'nan', '1.5', 12, 3.5, true, 'ff', '777', '-zz', '1 2'}\n"
+    "for i = 1, 3000 do\n"
+    "  local src = pick(srcs)\n"
+    "  local name, env = pick({false, 'chunk', '=named', '@file.lua'}) or nil, pick({false, {x = "
+    "5}})\n"
+    "  compare('load', function(lib) return run(lib.load(src)) end)\n"
+    "  compare('load name', function(lib) return run(lib.load(src, name)) end)\n"
+    "  if env then\n"
+    "    compare('load env', function(lib) return run(lib.load(src, name, 't', env)) end)\n"
+    "  else\n"
+    "    compare('load nil env', function(lib) return run(lib.load(src, name, 't', nil)) end)\n"
+    "  end\n"
+    "  local mode = pick({'t', 'bt', {}}) -- (the metered load ignores 'b': text only)\n"
+    "  compare('load mode', function(lib) return run(lib.load(src, name, mode)) end)\n"
+    "  if type(src) == 'string' then\n"
+    "    local size = pick({1, 3, 100, 5000})\n"
+    "    if #src > 200 and size < 100 then size = 100 end\n"
+    "    compare('load reader', function(lib) return run(lib.load(pieces(src, size))) end)\n"
+    "  end\n"
+    "  local bad = pick({function() return {} end, function() error('reader') end,\n"
+    "    function() return '' end, 5})\n"
+    "  compare('load bad reader', function(lib) return run(lib.load(bad)) end)\n"
+    "  local n, base = pick(nums), pick({false, 2, 10, 16, 36, 37, 1}) or nil\n"
+    "  compare('tonumber', function(lib) return lib.tonumber(n) end)\n"
+    "  compare('tonumber base', function(lib) return lib.tonumber(n, base) end)\n"
+    "  local x, y = pick(nums), pick(nums)\n"
+    "  compare('rawequal', function(lib) return lib.rawequal(x, y) end)\n"
+    "  compare('rawequal1', function(lib) return lib.rawequal(x) end)\n"
+    "end\n"
+    "return cases\n";
+
+static void test_base_same_as_lua(void **state)
+{
+    (void)state;
+    lua_State *L = new_state();
+    units_used = 0;
+    units_allowed = UINT64_MAX;
+    run(L, prelude);
+    if (luaL_dostring(L, base_corpus) != LUA_OK)
+        fail_msg("%s", lua_tostring(L, -1));
+    print_message("base cases compared: %lld\n", (long long)lua_tointeger(L, -1));
+    /* Bytecode is refused whatever mode is asked for. */
+    run(L, "local f = load(function() return nil end) local code = string.dump(f)\n"
+           "for _, mode in ipairs({'b', 'bt', 't'}) do\n"
+           "  local g, err = m.load(code, 'x', mode)\n"
+           "  assert(g == nil and err:find('attempt to load a binary chunk', 1, true), err)\n"
+           "end\n");
+    lua_close(L);
+}
+
+static void test_base_work_stops(void **state)
+{
+    (void)state;
+    lua_State *L = new_state();
+    const char *bombs[] = {
+        /* load returns the stop as its error value: assert raises it */
+        "local src = (' '):rep(100000) for i = 1, 1e9 do assert(m.load(src)) end",
+        "local src = (' '):rep(100000)\n"
+        "for i = 1, 1e9 do local done assert(m.load(function() if done then return nil end\n"
+        "done = true return src end)) end",
+        "local s = ('1'):rep(100000) for i = 1, 1e9 do m.tonumber(s) end",
+        "local s = ('1'):rep(100000) for i = 1, 1e9 do m.tonumber(s, 10) end",
+        "local a, b = ('x'):rep(100000), ('x'):rep(99999) .. 'x'\n"
+        "for i = 1, 1e9 do m.rawequal(a, b) end",
+    };
+    for (size_t i = 0; i < sizeof(bombs) / sizeof(bombs[0]); i++) {
+        units_used = 0;
+        units_allowed = 1000 * 1000;
+        int rc = luaL_dostring(L, bombs[i]);
+        if (rc == LUA_OK)
+            fail_msg("bomb %zu finished instead of stopping", i);
+        if (strstr(lua_tostring(L, -1), "work limit exceeded") == NULL)
+            fail_msg("bomb %zu: %s", i, lua_tostring(L, -1));
+        assert_true(units_used > units_allowed);
+        lua_settop(L, 0);
+    }
+    /* The loader used for a bundle's top level charges as it parses. */
+    units_used = 0;
+    units_allowed = 1000;
+    const char *big = "local x = 1\n-- a long comment .......................................\n"
+                      "return x";
+    char src[100000];
+    size_t n = 0;
+    while (n + strlen(big) < sizeof(src)) {
+        memcpy(src + n, big, strlen(big));
+        n += strlen(big);
+    }
+    assert_int_not_equal(pc_lua_metered_loadbuffer(L, &budget, src, n, "=big"), LUA_OK);
+    assert_non_null(strstr(lua_tostring(L, -1), "work limit exceeded"));
+    lua_pop(L, 1);
+    units_used = 0;
+    units_allowed = UINT64_MAX;
+    assert_int_equal(pc_lua_metered_loadbuffer(L, &budget, "return 42", 9, "=small"), LUA_OK);
+    assert_int_equal(lua_pcall(L, 0, 1, 0), LUA_OK);
+    assert_int_equal(lua_tointeger(L, -1), 42);
+    lua_close(L);
+}
+
 static void test_string_same_as_lua(void **state)
 {
     (void)state;
@@ -398,6 +518,7 @@ int main(void)
         cmocka_unit_test(test_string_same_as_lua), cmocka_unit_test(test_string_work_stops),
         cmocka_unit_test(test_table_same_as_lua),  cmocka_unit_test(test_table_work_stops),
         cmocka_unit_test(test_utf8_same_as_lua),   cmocka_unit_test(test_utf8_work_stops),
+        cmocka_unit_test(test_base_same_as_lua),   cmocka_unit_test(test_base_work_stops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
