@@ -161,6 +161,25 @@ static pc_lua_limit run_limit(pc_lua_isolate *iso, int status)
 
 /* Safe replacements for base functions. */
 
+/* setmetatable, without finalizers. A __gc metamethod runs inside the
+ * collector with hooks off, so no limit could stop it: during a request
+ * it hangs the worker, and at lua_close of a replaced version it hangs
+ * whoever drops the last reference (the apply thread, often). Lua marks
+ * an object for finalization only if its metatable has a __gc field when
+ * setmetatable is called (adding one later does nothing), and tenants
+ * have no other way to give one to a table or a userdata (no debug
+ * library): refusing it here means no tenant finalizer ever runs. */
+static int safe_setmetatable(lua_State *L)
+{
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_pushliteral(L, "__gc");
+        if (lua_rawget(L, 2) != LUA_TNIL)
+            return luaL_error(L, "__gc metamethods (finalizers) are not available");
+        lua_pop(L, 1);
+    }
+    return lua_tocfunction(L, lua_upvalueindex(1))(L); /* Lua's own */
+}
+
 /* collectgarbage("count") only: the rest lets a tenant stall or tune the
  * collector in ways that hurt latency. */
 static int safe_collectgarbage(lua_State *L)
@@ -199,6 +218,9 @@ static void open_sandbox_libs(lua_State *L)
         lua_setfield(L, -2, removed[i]);
     }
     pc_lua_metered_base(L, &work_budget); /* load (text only), tonumber, rawequal */
+    lua_getfield(L, -1, "setmetatable");
+    lua_pushcclosure(L, safe_setmetatable, 1);
+    lua_setfield(L, -2, "setmetatable");
     lua_pushcfunction(L, safe_collectgarbage);
     lua_setfield(L, -2, "collectgarbage");
     lua_pushcfunction(L, quiet_print);

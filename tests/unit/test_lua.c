@@ -174,6 +174,18 @@ static void test_sandbox_escapes_unreachable(void **state)
         {"select(2, pcall(collectgarbage, 'collect'))",
          "collectgarbage('collect') is not available"},
         {"type(collectgarbage('count'))", "number"},
+        /* No finalizers: they would run with no limit at all. */
+        {"select(2, pcall(setmetatable, {}, {__gc = function() end}))",
+         "__gc metamethods (finalizers) are not available"},
+        {"select(2, pcall(setmetatable, {}, {__gc = false}))",
+         "__gc metamethods (finalizers) are not available"},
+        /* Other metatables work as in Lua. */
+        {"getmetatable(setmetatable({}, {__index = {a = 1}})).__index.a", "1"},
+        {"setmetatable({}, {__index = function(t, k) return k .. '!' end}).x", "x!"},
+        {"select(2, pcall(setmetatable, setmetatable({}, {__metatable = 'no'}), {}))",
+         "cannot change a protected metatable"},
+        {"select(2, pcall(setmetatable, 1, {}))",
+         "bad argument #1 to 'setmetatable' (table expected, got number)"},
         /* Text chunks still load, but see only the sandbox. */
         {"load('return tostring(io)')()", "nil"},
         {"type(string.format) .. type(table.concat) .. type(math.floor) .. type(utf8.char)",

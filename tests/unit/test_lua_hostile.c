@@ -204,6 +204,17 @@ static const hostile corpus[] = {
      LIMIT, NULL},
     {"rawequal_big", "local a = ('x'):rep(5000000) local b = a:sub(1, -2) .. 'x'",
      "while rawequal(a, a) and not rawequal(a, b) or true do end", LIMIT, NULL},
+    /* finalizers: refused, whatever the metatable's __gc holds */
+    {"gc_finalizer", "",
+     "setmetatable({}, {__gc = function() while true do end end}) "
+     "while true do local _ = {} end",
+     REFUSED, "__gc"},
+    {"gc_field_false", "", "local mt = {__gc = false} setmetatable({}, mt)", REFUSED, "__gc"},
+    {"gc_added_later", "",
+     "local mt = {} local t = setmetatable({}, mt) "
+     "mt.__gc = function() while true do end end t = nil "
+     "while true do local _ = {} end",
+     LIMIT, NULL},
     /* plain loops, for reference */
     {"spin", "", "while true do end", LIMIT, NULL},
     {"pcall_spin", "", "while true do pcall(function() while true do end end) end", LIMIT, NULL},
