@@ -180,6 +180,31 @@ static int safe_setmetatable(lua_State *L)
     return lua_tocfunction(L, lua_upvalueindex(1))(L); /* Lua's own */
 }
 
+/* An xpcall's message handler, guarded. A limit error is raised inside
+ * the hook, where hooks are off, and Lua calls the message handler right
+ * there, and again for every error inside the handler: a looping handler
+ * would never be stopped. Once the run is stopped the handler is skipped
+ * and the error goes through as it is. */
+static int guarded_handler(lua_State *L)
+{
+    if (isolate_of(L)->killed != PC_LUA_LIMIT_NONE)
+        return 1;
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+static int safe_xpcall(lua_State *L)
+{
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 2);
+    lua_pushcclosure(L, guarded_handler, 1);
+    lua_replace(L, 2);
+    /* Lua's own (its continuation keeps yields across xpcall working) */
+    return lua_tocfunction(L, lua_upvalueindex(1))(L);
+}
+
 /* collectgarbage("count") only: the rest lets a tenant stall or tune the
  * collector in ways that hurt latency. */
 static int safe_collectgarbage(lua_State *L)
@@ -221,6 +246,9 @@ static void open_sandbox_libs(lua_State *L)
     lua_getfield(L, -1, "setmetatable");
     lua_pushcclosure(L, safe_setmetatable, 1);
     lua_setfield(L, -2, "setmetatable");
+    lua_getfield(L, -1, "xpcall");
+    lua_pushcclosure(L, safe_xpcall, 1);
+    lua_setfield(L, -2, "xpcall");
     lua_pushcfunction(L, safe_collectgarbage);
     lua_setfield(L, -2, "collectgarbage");
     lua_pushcfunction(L, quiet_print);

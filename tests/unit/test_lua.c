@@ -179,6 +179,18 @@ static void test_sandbox_escapes_unreachable(void **state)
          "__gc metamethods (finalizers) are not available"},
         {"select(2, pcall(setmetatable, {}, {__gc = false}))",
          "__gc metamethods (finalizers) are not available"},
+        /* xpcall's message handler works as in Lua. */
+        {"select(2, xpcall(error, function(m) return 'handled: ' .. m end, 'x'))", "handled: x"},
+        {"select(2, xpcall(function(a, b) return a + b end, print, 1, 2))", "3"},
+        {"select(2, pcall(xpcall, print))",
+         "bad argument #2 to 'xpcall' (function expected, got no value)"},
+        {"coroutine.wrap(function() "
+         "return xpcall(function() return coroutine.yield(5) end, print) end)()",
+         "5"},
+        {"(function() local co = coroutine.wrap(function() "
+         "return select(2, xpcall(function() coroutine.yield() error('e', 0) end, "
+         "function(m) return m .. '!' end)) end) co() return co() end)()",
+         "e!"},
         /* Other metatables work as in Lua. */
         {"getmetatable(setmetatable({}, {__index = {a = 1}})).__index.a", "1"},
         {"setmetatable({}, {__index = function(t, k) return k .. '!' end}).x", "x!"},

@@ -215,6 +215,17 @@ static const hostile corpus[] = {
      "mt.__gc = function() while true do end end t = nil "
      "while true do local _ = {} end",
      LIMIT, NULL},
+    /* message handlers */
+    {"xpcall_handler", "",
+     "while true do xpcall(function() while true do end end, "
+     "function(m) while true do end end) end",
+     LIMIT, NULL},
+    {"xpcall_handler_error", "",
+     "while true do xpcall(error, function(m) while true do end end) end", LIMIT, NULL},
+    {"xpcall_handler_coroutine", "",
+     "while true do xpcall(function() while true do end end, "
+     "coroutine.wrap(function() while true do end end)) end",
+     LIMIT, NULL},
     /* plain loops, for reference */
     {"spin", "", "while true do end", LIMIT, NULL},
     {"pcall_spin", "", "while true do pcall(function() while true do end end) end", LIMIT, NULL},
