@@ -15,20 +15,39 @@
 #include "lua_metered.h"
 #include "lua_pattern.h"
 
-/* The hook runs every HOOK_EVERY instructions: often enough to stop a loop
- * within microseconds of its budget, rarely enough to cost nothing. */
+/* The hook runs every hook_every instructions (HOOK_EVERY when the
+ * isolate holds no big blocks): often enough to stop a loop within
+ * microseconds of its budget, rarely enough to cost nothing. A single
+ * instruction can cost time proportional to the data it touches (comparing
+ * two long strings, concatenating, copying a huge argument list, a 'next'
+ * over a sparse array), so the more the isolate holds in big blocks, the
+ * more often the hook looks: HOOK_EVERY * HOOK_SCALE / big bytes, at least
+ * HOOK_MIN. An interval of instructions then costs about the same whatever
+ * they touch. */
 #define HOOK_EVERY           1000
+#define HOOK_MIN             50
+#define HOOK_SCALE           (1u << 20)
+#define BIG_BLOCK            (64u * 1024) /* allocations worth watching */
 #define MAX_RESPONSE_HEADERS 100
 #define HANDLER_KEY          "popcast.handler"
 
 struct pc_lua_isolate {
     lua_State *L;
+    /* The thread running now: the main thread or a coroutine (the
+     * sandbox's coroutine functions track every switch). The allocator,
+     * which is not told the thread, uses it to stop a run or adjust the
+     * hook where it runs. */
+    lua_State *running;
     /* allocator */
     size_t mem_used, mem_limit;
+    size_t big_bytes; /* in live blocks of BIG_BLOCK bytes or more */
     /* the run in progress */
+    bool in_run;
+    int hook_every;
     int64_t instructions_left;
     uint64_t pending; /* units charged by C code, not yet taken from the budget */
-    int64_t deadline_ns;
+    int64_t deadline_ns, wall_ns;
+    int64_t last_check_ns; /* when the limits were last checked */
     pc_lua_limit killed;
     const pc_lua_limits *limits;
 };
@@ -51,27 +70,6 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
-{
-    pc_lua_isolate *iso = ud;
-    size_t old = ptr != NULL ? osize : 0; /* with ptr NULL, osize is a type tag */
-    if (nsize == 0) {
-        iso->mem_used -= old;
-        free(ptr);
-        return NULL;
-    }
-    /* Refusing is not the end of the run: Lua answers a refusal with an
-     * emergency collection and asks again, and raises a memory error only
-     * if the live data still does not fit. Garbage left by earlier
-     * requests is therefore never what stops a handler. */
-    if (nsize > old && iso->mem_used + (nsize - old) > iso->mem_limit)
-        return NULL;
-    void *p = realloc(ptr, nsize);
-    if (p != NULL)
-        iso->mem_used = iso->mem_used - old + nsize;
-    return p;
-}
-
 static pc_lua_isolate *isolate_of(lua_State *L)
 {
     return *(pc_lua_isolate **)lua_getextraspace(L);
@@ -86,18 +84,49 @@ static bool over_limits(pc_lua_isolate *iso, uint64_t units)
     iso->instructions_left -= units > INT64_MAX ? INT64_MAX : (int64_t)units;
     if (iso->instructions_left < 0)
         iso->killed = PC_LUA_LIMIT_CPU;
-    else if (now_ns() > iso->deadline_ns)
+    else if ((iso->last_check_ns = now_ns()) > iso->deadline_ns)
+        iso->killed = PC_LUA_LIMIT_TIME;
+    return iso->killed != PC_LUA_LIMIT_NONE;
+}
+
+/* The check at a big allocation. Besides the limits: an instruction that
+ * has run for a long time without the hook or a charge (which check
+ * every few microseconds) is one of the VM's own loops, and the only one
+ * that allocates as it goes is a self-referencing __call chain, which
+ * moves the whole stack for every link: its time grows with the square of
+ * the stack, so the stack growth after this one comes about four times as
+ * long after it as this one came after the last check. If that would end
+ * past twice the wall limit, it is stopped now. A legitimate instruction
+ * (a collection, a copy) never runs for a quarter of the wall limit. */
+static bool over_limits_at_alloc(pc_lua_isolate *iso)
+{
+    if (iso->killed != PC_LUA_LIMIT_NONE)
+        return true;
+    int64_t now = now_ns();
+    int64_t since = now - iso->last_check_ns;
+    iso->last_check_ns = now;
+    if (now > iso->deadline_ns || now + 4 * since > iso->deadline_ns + iso->wall_ns)
         iso->killed = PC_LUA_LIMIT_TIME;
     return iso->killed != PC_LUA_LIMIT_NONE;
 }
 
 static void limit_hook(lua_State *L, lua_Debug *ar);
 
-/* Raises the limit error in L. From now on every instruction of L fails
- * too, so no pcall can outlast it. */
+/* Puts thread L under the hook the isolate needs now: once the run is
+ * stopped, on every instruction and every call (so that no pcall, not
+ * even one whose callee never executes an instruction, can outlast it). */
+static void set_hook(pc_lua_isolate *iso, lua_State *L)
+{
+    if (iso->killed != PC_LUA_LIMIT_NONE)
+        lua_sethook(L, limit_hook, LUA_MASKCOUNT | LUA_MASKCALL, 1);
+    else if (lua_gethook(L) != limit_hook || lua_gethookcount(L) != iso->hook_every)
+        lua_sethook(L, limit_hook, LUA_MASKCOUNT, iso->hook_every);
+}
+
+/* Raises the limit error in L. */
 static int stop_run(lua_State *L, pc_lua_isolate *iso)
 {
-    lua_sethook(L, limit_hook, LUA_MASKCOUNT, 1);
+    set_hook(iso, L);
     return luaL_error(L, "%s limit exceeded", pc_lua_limit_name(iso->killed));
 }
 
@@ -105,8 +134,62 @@ static void limit_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
     pc_lua_isolate *iso = isolate_of(L);
-    if (over_limits(iso, HOOK_EVERY))
+    iso->running = L;
+    if (over_limits(iso, (uint64_t)lua_gethookcount(L)))
         stop_run(L, iso);
+    set_hook(iso, L); /* the interval may have changed since it was set */
+}
+
+static int hook_interval(size_t big_bytes)
+{
+    if (big_bytes <= HOOK_SCALE)
+        return HOOK_EVERY;
+    uint64_t every = (uint64_t)HOOK_EVERY * HOOK_SCALE / big_bytes;
+    return every < HOOK_MIN ? HOOK_MIN : (int)every;
+}
+
+static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    pc_lua_isolate *iso = ud;
+    size_t old = ptr != NULL ? osize : 0; /* with ptr NULL, osize is a type tag */
+    if (nsize == 0) {
+        iso->mem_used -= old;
+        if (old >= BIG_BLOCK)
+            iso->big_bytes -= old;
+        free(ptr);
+        return NULL;
+    }
+    if (nsize > old) {
+        /* Refusing is not the end of the run: Lua answers a refusal with an
+         * emergency collection and asks again, and raises a memory error
+         * only if the live data still does not fit. Garbage left by
+         * earlier requests is therefore never what stops a handler. */
+        if (iso->mem_used + (nsize - old) > iso->mem_limit)
+            return NULL;
+        /* A big allocation is a point where an instruction that never
+         * returns to the VM can be stopped: a self-referencing __call
+         * chain, resolved inside one call instruction, moves the whole
+         * stack for every link and only comes out here, to grow it.
+         * Past a limit the growth is refused (a memory error where it
+         * stands), and the running thread fails its next instruction. */
+        if (nsize >= BIG_BLOCK && iso->in_run && over_limits_at_alloc(iso)) {
+            set_hook(iso, iso->running);
+            return NULL;
+        }
+    }
+    void *p = realloc(ptr, nsize);
+    if (p == NULL)
+        return NULL;
+    iso->mem_used = iso->mem_used - old + nsize;
+    if (old >= BIG_BLOCK || nsize >= BIG_BLOCK) {
+        iso->big_bytes =
+            iso->big_bytes - (old >= BIG_BLOCK ? old : 0) + (nsize >= BIG_BLOCK ? nsize : 0);
+        if (iso->in_run && nsize > old) {
+            iso->hook_every = hook_interval(iso->big_bytes);
+            set_hook(iso, iso->running); /* now, not at the next hook */
+        }
+    }
+    return p;
 }
 
 /* C code (the pattern functions, the metered library) runs where the hook
@@ -118,6 +201,7 @@ static int charge_work(lua_State *L, uint64_t units)
     iso->pending += units;
     if (iso->pending < PC_LUA_CHUNK && iso->killed == PC_LUA_LIMIT_NONE)
         return 0;
+    iso->running = L;
     uint64_t due = iso->pending;
     iso->pending = 0;
     if (!over_limits(iso, due))
@@ -132,8 +216,13 @@ static void start_run(pc_lua_isolate *iso, uint64_t instructions, uint64_t wall_
     iso->killed = PC_LUA_LIMIT_NONE;
     iso->pending = 0;
     iso->instructions_left = instructions > INT64_MAX ? INT64_MAX : (int64_t)instructions;
-    iso->deadline_ns = now_ns() + (int64_t)wall_ms * 1000000LL;
-    lua_sethook(iso->L, limit_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    iso->wall_ns = (int64_t)wall_ms * 1000000LL;
+    iso->last_check_ns = now_ns();
+    iso->deadline_ns = iso->last_check_ns + iso->wall_ns;
+    iso->running = iso->L;
+    iso->hook_every = hook_interval(iso->big_bytes);
+    iso->in_run = true;
+    lua_sethook(iso->L, limit_hook, LUA_MASKCOUNT, iso->hook_every);
 }
 
 /* Settles a run that has returned: work charged since the last check, and
@@ -142,6 +231,8 @@ static void start_run(pc_lua_isolate *iso, uint64_t instructions, uint64_t wall_
  * value) or that overran is over its limit even if it then returned. */
 static void finish_run(pc_lua_isolate *iso)
 {
+    iso->in_run = false;
+    iso->running = iso->L;
     uint64_t due = iso->pending;
     iso->pending = 0;
     over_limits(iso, due);
@@ -205,6 +296,122 @@ static int safe_xpcall(lua_State *L)
     return lua_tocfunction(L, lua_upvalueindex(1))(L);
 }
 
+/* Coroutines, adapted from Lua 5.4.4's lcorolib.c (Copyright (C)
+ * 1994-2022 Lua.org, PUC-Rio; MIT license): resume, wrap and close are
+ * Lua's, but every switch of thread goes through switch_to, which keeps
+ * iso->running right and puts the thread it enters under the hook the run
+ * needs now (a coroutine created earlier may carry an older setting). */
+
+/* Runs co from L (resumed with narg arguments, or closed when narg < 0);
+ * returns lua_resume's or lua_resetthread's status. */
+static int switch_to(lua_State *L, lua_State *co, int narg, int *nres)
+{
+    pc_lua_isolate *iso = isolate_of(L);
+    set_hook(iso, co);
+    iso->running = co;
+    int status = narg >= 0 ? lua_resume(co, L, narg, nres) : lua_resetthread(co);
+    iso->running = L;
+    if (iso->killed != PC_LUA_LIMIT_NONE)
+        set_hook(iso, L); /* stopped in co: the caller fails next */
+    return status;
+}
+
+static lua_State *getco(lua_State *L)
+{
+    lua_State *co = lua_tothread(L, 1);
+    luaL_argexpected(L, co, 1, "thread");
+    return co;
+}
+
+static int auxresume(lua_State *L, lua_State *co, int narg)
+{
+    int status, nres;
+    if (!lua_checkstack(co, narg)) {
+        lua_pushliteral(L, "too many arguments to resume");
+        return -1;
+    }
+    lua_xmove(L, co, narg);
+    status = switch_to(L, co, narg, &nres);
+    if (status == LUA_OK || status == LUA_YIELD) {
+        if (!lua_checkstack(L, nres + 1)) {
+            lua_pop(co, nres);
+            lua_pushliteral(L, "too many results to resume");
+            return -1;
+        }
+        lua_xmove(co, L, nres);
+        return nres;
+    }
+    lua_xmove(co, L, 1); /* the error */
+    return -1;
+}
+
+static int co_resume(lua_State *L)
+{
+    lua_State *co = getco(L);
+    int r = auxresume(L, co, lua_gettop(L) - 1);
+    if (r < 0) {
+        lua_pushboolean(L, 0);
+        lua_insert(L, -2);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    lua_insert(L, -(r + 1));
+    return r + 1;
+}
+
+static int co_auxwrap(lua_State *L)
+{
+    lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+    int r = auxresume(L, co, lua_gettop(L));
+    if (r < 0) {
+        int stat = lua_status(co);
+        if (stat != LUA_OK && stat != LUA_YIELD) { /* an error in the coroutine */
+            stat = switch_to(L, co, -1, NULL);     /* close its tbc variables */
+            lua_xmove(co, L, 1);
+        }
+        if (stat != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+            luaL_where(L, 1);
+            lua_insert(L, -2);
+            lua_concat(L, 2);
+        }
+        return lua_error(L);
+    }
+    return r;
+}
+
+static int co_wrap(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_State *co = lua_newthread(L);
+    lua_pushvalue(L, 1);
+    lua_xmove(L, co, 1);
+    lua_pushcclosure(L, co_auxwrap, 1);
+    return 1;
+}
+
+static int co_close(lua_State *L)
+{
+    lua_State *co = getco(L);
+    const char *state = NULL;
+    if (co == L) {
+        state = "running";
+    } else if (lua_status(co) == LUA_OK) {
+        lua_Debug ar;
+        if (lua_getstack(co, 0, &ar))
+            state = "normal"; /* it resumed the caller */
+    }
+    if (state != NULL)
+        return luaL_error(L, "cannot close a %s coroutine", state);
+    int status = switch_to(L, co, -1, NULL);
+    if (status == LUA_OK) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushboolean(L, 0);
+    lua_xmove(co, L, 1);
+    return 2;
+}
+
 /* collectgarbage("count") only: the rest lets a tenant stall or tune the
  * collector in ways that hurt latency. */
 static int safe_collectgarbage(lua_State *L)
@@ -253,6 +460,14 @@ static void open_sandbox_libs(lua_State *L)
     lua_setfield(L, -2, "collectgarbage");
     lua_pushcfunction(L, quiet_print);
     lua_setfield(L, -2, "print");
+    lua_getfield(L, -1, "coroutine");
+    lua_pushcfunction(L, co_resume);
+    lua_setfield(L, -2, "resume");
+    lua_pushcfunction(L, co_wrap);
+    lua_setfield(L, -2, "wrap");
+    lua_pushcfunction(L, co_close);
+    lua_setfield(L, -2, "close");
+    lua_pop(L, 1);
     lua_getfield(L, -1, "table");
     pc_lua_metered_table(L, &work_budget);
     lua_pop(L, 1);
@@ -296,9 +511,8 @@ static int run_top_level(lua_State *L)
 
 static void close_state(pc_lua_isolate *iso)
 {
-    /* Finalizers (__gc) run at close: they get no budget at all. */
-    iso->killed = PC_LUA_LIMIT_CPU;
-    lua_sethook(iso->L, limit_hook, LUA_MASKCOUNT, 1);
+    /* No tenant code runs here (tenants cannot have finalizers): closing
+     * frees what the isolate holds, bounded by its memory limit. */
     lua_close(iso->L);
 }
 

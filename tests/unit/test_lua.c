@@ -191,6 +191,28 @@ static void test_sandbox_escapes_unreachable(void **state)
          "return select(2, xpcall(function() coroutine.yield() error('e', 0) end, "
          "function(m) return m .. '!' end)) end) co() return co() end)()",
          "e!"},
+        /* Coroutines work as in Lua. */
+        {"select(2, coroutine.resume(coroutine.create(function(a) return a * 2 end), 21))", "42"},
+        {"select(2, coroutine.resume(coroutine.create(function() error('x', 0) end)))", "x"},
+        {"select(2, pcall(coroutine.wrap(function() error('x') end)))", "main.lua:1: x"},
+        {"(function() local co = coroutine.wrap(function(a) local b = coroutine.yield(a + 1) "
+         "return b * 3 end) return co(1) + co(5) end)()",
+         "17"},
+        {"coroutine.close(coroutine.create(print))", "true"},
+        {"(function() local co = coroutine.create(function() local x <close> = "
+         "setmetatable({}, {__close = function() error('in close', 0) end}) "
+         "coroutine.yield() end) coroutine.resume(co) "
+         "return select(2, coroutine.close(co)) .. ' ' .. coroutine.status(co) end)()",
+         "in close dead"},
+        {"select(2, pcall(coroutine.close, coroutine.running()))",
+         "cannot close a running coroutine"},
+        {"(function() local outer outer = coroutine.create(function() "
+         "local inner = coroutine.create(function() return coroutine.close(outer) end) "
+         "return coroutine.resume(inner) end) return select(3, coroutine.resume(outer)) end)()",
+         "main.lua:1: cannot close a normal coroutine"},
+        {"select(2, pcall(coroutine.resume, 1))",
+         "bad argument #1 to 'coroutine.resume' (thread expected, got number)"},
+        {"select('#', coroutine.resume(coroutine.create(function() end)))", "1"},
         /* Other metatables work as in Lua. */
         {"getmetatable(setmetatable({}, {__index = {a = 1}})).__index.a", "1"},
         {"setmetatable({}, {__index = function(t, k) return k .. '!' end}).x", "x!"},
