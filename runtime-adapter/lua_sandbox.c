@@ -49,6 +49,7 @@ struct pc_lua_isolate {
     int64_t deadline_ns, wall_ns;
     int64_t last_check_ns; /* when the limits were last checked */
     pc_lua_limit killed;
+    const atomic_int *abort; /* the caller's, for this run; may be NULL */
     const pc_lua_limits *limits;
 };
 
@@ -59,11 +60,12 @@ const char *pc_lua_limit_name(pc_lua_limit l)
     case PC_LUA_LIMIT_TIME: return "time";
     case PC_LUA_LIMIT_MEMORY: return "memory";
     case PC_LUA_LIMIT_RESPONSE: return "response";
+    case PC_LUA_LIMIT_WATCHDOG: return "watchdog";
     default: return "none";
     }
 }
 
-static int64_t now_ns(void)
+int64_t pc_lua_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -75,6 +77,11 @@ static pc_lua_isolate *isolate_of(lua_State *L)
     return *(pc_lua_isolate **)lua_getextraspace(L);
 }
 
+static bool aborted(const pc_lua_isolate *iso)
+{
+    return iso->abort != NULL && atomic_load_explicit(iso->abort, memory_order_relaxed) != 0;
+}
+
 /* Takes units from the instruction budget and checks every limit; true
  * (with killed set) when the run must stop. Once stopped, it stays so. */
 static bool over_limits(pc_lua_isolate *iso, uint64_t units)
@@ -84,7 +91,9 @@ static bool over_limits(pc_lua_isolate *iso, uint64_t units)
     iso->instructions_left -= units > INT64_MAX ? INT64_MAX : (int64_t)units;
     if (iso->instructions_left < 0)
         iso->killed = PC_LUA_LIMIT_CPU;
-    else if ((iso->last_check_ns = now_ns()) > iso->deadline_ns)
+    else if (aborted(iso))
+        iso->killed = PC_LUA_LIMIT_WATCHDOG;
+    else if ((iso->last_check_ns = pc_lua_now_ns()) > iso->deadline_ns)
         iso->killed = PC_LUA_LIMIT_TIME;
     return iso->killed != PC_LUA_LIMIT_NONE;
 }
@@ -102,10 +111,12 @@ static bool over_limits_at_alloc(pc_lua_isolate *iso)
 {
     if (iso->killed != PC_LUA_LIMIT_NONE)
         return true;
-    int64_t now = now_ns();
+    int64_t now = pc_lua_now_ns();
     int64_t since = now - iso->last_check_ns;
     iso->last_check_ns = now;
-    if (now > iso->deadline_ns || now + 4 * since > iso->deadline_ns + iso->wall_ns)
+    if (aborted(iso))
+        iso->killed = PC_LUA_LIMIT_WATCHDOG;
+    else if (now > iso->deadline_ns || now + 4 * since > iso->deadline_ns + iso->wall_ns)
         iso->killed = PC_LUA_LIMIT_TIME;
     return iso->killed != PC_LUA_LIMIT_NONE;
 }
@@ -211,13 +222,15 @@ static int charge_work(lua_State *L, uint64_t units)
 
 static const pc_lua_budget work_budget = {charge_work};
 
-static void start_run(pc_lua_isolate *iso, uint64_t instructions, uint64_t wall_ms)
+static void start_run(pc_lua_isolate *iso, uint64_t instructions, uint64_t wall_ms,
+                      const atomic_int *abort)
 {
     iso->killed = PC_LUA_LIMIT_NONE;
+    iso->abort = abort;
     iso->pending = 0;
     iso->instructions_left = instructions > INT64_MAX ? INT64_MAX : (int64_t)instructions;
     iso->wall_ns = (int64_t)wall_ms * 1000000LL;
-    iso->last_check_ns = now_ns();
+    iso->last_check_ns = pc_lua_now_ns();
     iso->deadline_ns = iso->last_check_ns + iso->wall_ns;
     iso->running = iso->L;
     iso->hook_every = hook_interval(iso->big_bytes);
@@ -231,11 +244,12 @@ static void start_run(pc_lua_isolate *iso, uint64_t instructions, uint64_t wall_
  * value) or that overran is over its limit even if it then returned. */
 static void finish_run(pc_lua_isolate *iso)
 {
-    iso->in_run = false;
-    iso->running = iso->L;
     uint64_t due = iso->pending;
     iso->pending = 0;
     over_limits(iso, due);
+    iso->in_run = false;
+    iso->running = iso->L;
+    iso->abort = NULL; /* the caller's flag may not outlive the call */
 }
 
 /* Which limit, if any, ended a run that finished with status. A memory
@@ -517,8 +531,8 @@ static void close_state(pc_lua_isolate *iso)
 }
 
 int pc_lua_isolate_new(const char *source, size_t len, const char *chunkname,
-                       const pc_lua_limits *limits, pc_lua_isolate **out, pc_lua_limit *hit,
-                       pc_err *err)
+                       const pc_lua_limits *limits, const atomic_int *abort, pc_lua_isolate **out,
+                       pc_lua_limit *hit, pc_err *err)
 {
     *out = NULL;
     *hit = PC_LUA_LIMIT_NONE;
@@ -533,7 +547,7 @@ int pc_lua_isolate_new(const char *source, size_t len, const char *chunkname,
         return pc_err_set(err, PC_E_LIMIT, "cannot create a Lua state within the memory limit");
     }
     *(pc_lua_isolate **)lua_getextraspace(iso->L) = iso;
-    start_run(iso, limits->instructions, limits->wall_ms);
+    start_run(iso, limits->instructions, limits->wall_ms, abort);
     open_sandbox_libs(iso->L);
     int rc = PC_OK;
     /* Compiling is work too: a bundle may hold megabytes of source. */
@@ -728,13 +742,13 @@ static int call_handler(lua_State *L)
 }
 
 int pc_lua_isolate_call(pc_lua_isolate *iso, const pc_request *req, pc_response *res,
-                        pc_lua_limit *hit, pc_err *err)
+                        const atomic_int *abort, pc_lua_limit *hit, pc_err *err)
 {
     *hit = PC_LUA_LIMIT_NONE;
     memset(res, 0, sizeof(*res));
     call_ctx ctx = {req, res, iso->limits->response_bytes, false};
     lua_State *L = iso->L;
-    start_run(iso, iso->limits->instructions, iso->limits->wall_ms);
+    start_run(iso, iso->limits->instructions, iso->limits->wall_ms, abort);
     lua_pushcfunction(L, call_handler);
     lua_pushlightuserdata(L, &ctx);
     int status = lua_pcall(L, 1, 0, 0);

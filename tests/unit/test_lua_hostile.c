@@ -355,6 +355,92 @@ static int case_setup(void **state)
     return 0;
 }
 
+/* The watchdog, with a wall limit it never meets (a minute) and a 200 ms
+ * ceiling: what happens to a run still inside tenant code past it. */
+
+static int watchdog_setup(void **state)
+{
+    (void)state;
+    pc_lua_limits limits;
+    pc_lua_limits_default(&limits);
+    limits.instructions = UINT64_MAX / 2;
+    limits.wall_ms = 60000;
+    limits.watchdog_ms = 200;
+    limits.memory_bytes = 16u << 20;
+    limits.max_isolates = 4;
+    pc_err err;
+    metrics = pc_metrics_new();
+    lua = pc_lua_adapter_new(&limits, metrics, &err);
+    if (lua == NULL)
+        return 1;
+    deploy_ok("good", "return function(req) return 'fine' end");
+    return 0;
+}
+
+static void test_watchdog_quarantines_a_stuck_request(void **state)
+{
+    (void)state;
+    uint64_t v = deploy_ok("stuck", "return function(req) while true do end end");
+    assert_false(pc_lua_adapter_is_quarantined(lua, "stuck", NULL));
+    pc_response res;
+    pc_err err;
+    int64_t t0 = pc_test_now_ms();
+    assert_int_equal(get("stuck", &res, &err), PC_E_LIMIT);
+    int64_t elapsed = pc_test_now_ms() - t0;
+    print_message("stopped by the watchdog after %lld ms (ceiling 200 ms)\n", (long long)elapsed);
+    assert_true(elapsed < 20000);
+    assert_non_null(strstr(err.msg, "quarantined"));
+    assert_non_null(strstr(err.msg, "a request ran past the 200 ms ceiling"));
+
+    /* From now on requests are refused without entering the code. */
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(get("stuck", &res, &err), PC_E_LIMIT);
+        assert_non_null(strstr(err.msg, "is quarantined"));
+    }
+    pc_lua_quarantine q;
+    assert_true(pc_lua_adapter_is_quarantined(lua, "stuck", &q));
+    assert_string_equal(q.tenant, "stuck");
+    assert_int_equal(q.version, v);
+    assert_non_null(strstr(q.reason, "ceiling"));
+    pc_lua_quarantine list[4];
+    assert_int_equal(pc_lua_adapter_quarantined(lua, list, 4), 1);
+    assert_string_equal(list[0].tenant, "stuck");
+    assert_int_equal(pc_lua_adapter_quarantined(lua, NULL, 0), 1);
+    assert_int_equal(pc_metrics_get(metrics, "popcast_lua_quarantined_total", "tenant=\"stuck\""),
+                     1);
+    assert_int_equal(pc_metrics_get(metrics, "popcast_lua_limit_exceeded_total",
+                                    "tenant=\"stuck\",limit=\"watchdog\""),
+                     1);
+    /* The neighbour never noticed. */
+    expect_body("good", "fine");
+    assert_false(pc_lua_adapter_is_quarantined(lua, "good", NULL));
+
+    /* The tenant's next version ends the quarantine. */
+    deploy_ok("stuck", "return function(req) return 'unstuck' end");
+    expect_body("stuck", "unstuck");
+    assert_false(pc_lua_adapter_is_quarantined(lua, "stuck", NULL));
+    assert_int_equal(pc_lua_adapter_quarantined(lua, list, 4), 0);
+}
+
+static void test_watchdog_stops_a_stuck_prepare(void **state)
+{
+    (void)state;
+    deploy_ok("slow", "return function(req) return 'one' end");
+    pc_err err;
+    int64_t t0 = pc_test_now_ms();
+    assert_int_equal(deploy("slow", next_version++, "while true do end", &err), PC_E_LIMIT);
+    assert_true(pc_test_now_ms() - t0 < 20000);
+    assert_non_null(strstr(err.msg, "watchdog"));
+    /* The live version is not the one that was stuck. */
+    expect_body("slow", "one");
+    assert_false(pc_lua_adapter_is_quarantined(lua, "slow", NULL));
+    assert_int_equal(pc_metrics_get(metrics, "popcast_lua_quarantined_total", "tenant=\"slow\""),
+                     1);
+    long versions = 0, isolates = 0;
+    pc_lua_adapter_counts(lua, &versions, &isolates);
+    assert_int_equal(versions, 3); /* good, stuck, slow: the stuck prepare was freed */
+}
+
 int main(void)
 {
     struct CMUnitTest tests[N_CORPUS];
@@ -365,5 +451,11 @@ int main(void)
     const char *filter = getenv("POPCAST_TEST_FILTER");
     if (filter != NULL)
         cmocka_set_test_filter(filter);
-    return _cmocka_run_group_tests("hostile_lua", tests, N_CORPUS, setup, teardown);
+    int failed = _cmocka_run_group_tests("hostile_lua", tests, N_CORPUS, setup, teardown);
+    const struct CMUnitTest watchdog_tests[] = {
+        cmocka_unit_test(test_watchdog_quarantines_a_stuck_request),
+        cmocka_unit_test(test_watchdog_stops_a_stuck_prepare),
+    };
+    failed += cmocka_run_group_tests_name("watchdog", watchdog_tests, watchdog_setup, teardown);
+    return failed;
 }
