@@ -175,8 +175,16 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
          * emergency collection and asks again, and raises a memory error
          * only if the live data still does not fit. Garbage left by
          * earlier requests is therefore never what stops a handler. */
-        if (iso->mem_used + (nsize - old) > iso->mem_limit)
+        if (iso->mem_used + (nsize - old) > iso->mem_limit) {
+            /* That collection is a full one, its cost proportional to the
+             * heap: it is charged, and is a point to check the limits. A
+             * handler whose live data sits at the cap, allocating under
+             * pcall, would otherwise collect the whole heap once per
+             * instruction, unseen. */
+            if (iso->in_run && over_limits(iso, iso->mem_used / 256))
+                set_hook(iso, iso->running);
             return NULL;
+        }
         /* A big allocation is a point where an instruction that never
          * returns to the VM can be stopped: a self-referencing __call
          * chain, resolved inside one call instruction, moves the whole

@@ -280,6 +280,15 @@ static const hostile corpus[] = {
      "while true do next(t) end", LIMIT, NULL},
     {"vararg_copy", BIG_SETUP(200000) "local function f(...) return select('#', ...) end",
      "while true do f(table.unpack(t)) end", LIMIT, NULL},
+    /* the collector: with the live data at the cap, every allocation is
+     * refused once and makes Lua run a full emergency collection */
+    {"gc_at_cap",
+     "local f = function() local _ = {} end "
+     "local head pcall(function() while true do head = {head} end end)",
+     "while true do pcall(f) end", LIMIT, NULL},
+    {"gc_at_cap_strings",
+     "local keep = {} pcall(function() while true do keep[#keep + 1] = 'k' .. #keep end end)",
+     "local i = 0 while true do i = i + 1 local _ = 'x' .. i end", LIMIT, NULL},
     /* plain loops, for reference */
     {"spin", "", "while true do end", LIMIT, NULL},
     {"pcall_spin", "", "while true do pcall(function() while true do end end) end", LIMIT, NULL},
