@@ -134,11 +134,16 @@ static void set_hook(pc_lua_isolate *iso, lua_State *L)
         lua_sethook(L, limit_hook, LUA_MASKCOUNT, iso->hook_every);
 }
 
-/* Raises the limit error in L. */
-static int stop_run(lua_State *L, pc_lua_isolate *iso)
+/* Raises the limit error in L, naming the tenant's code at level (0 in
+ * the hook, which runs in the tenant function's frame; 1 in a C function
+ * it called). */
+static int stop_run(lua_State *L, pc_lua_isolate *iso, int level)
 {
     set_hook(iso, L);
-    return luaL_error(L, "%s limit exceeded", pc_lua_limit_name(iso->killed));
+    luaL_where(L, level);
+    lua_pushfstring(L, "%s limit exceeded", pc_lua_limit_name(iso->killed));
+    lua_concat(L, 2);
+    return lua_error(L);
 }
 
 static void limit_hook(lua_State *L, lua_Debug *ar)
@@ -147,7 +152,7 @@ static void limit_hook(lua_State *L, lua_Debug *ar)
     pc_lua_isolate *iso = isolate_of(L);
     iso->running = L;
     if (over_limits(iso, (uint64_t)lua_gethookcount(L)))
-        stop_run(L, iso);
+        stop_run(L, iso, 0);
     set_hook(iso, L); /* the interval may have changed since it was set */
 }
 
@@ -225,7 +230,7 @@ static int charge_work(lua_State *L, uint64_t units)
     iso->pending = 0;
     if (!over_limits(iso, due))
         return 0;
-    return stop_run(L, iso);
+    return stop_run(L, iso, 1);
 }
 
 static const pc_lua_budget work_budget = {charge_work};
@@ -258,6 +263,17 @@ static void finish_run(pc_lua_isolate *iso)
     iso->in_run = false;
     iso->running = iso->L;
     iso->abort = NULL; /* the caller's flag may not outlive the call */
+}
+
+/* The error for a run that a limit stopped: "<where><limit> limit
+ * exceeded", followed by what Lua raised unless that says the same. */
+static int limit_error(pc_err *err, const char *where, pc_lua_limit hit, const char *msg)
+{
+    char said[48];
+    snprintf(said, sizeof(said), "%s limit exceeded", pc_lua_limit_name(hit));
+    if (msg != NULL && strstr(msg, said) != NULL)
+        return pc_err_set(err, PC_E_LIMIT, "%s%s", where, msg);
+    return pc_err_set(err, PC_E_LIMIT, "%s%s%s%s", where, said, msg ? ": " : "", msg ? msg : "");
 }
 
 /* Which limit, if any, ended a run that finished with status. A memory
@@ -565,8 +581,7 @@ int pc_lua_isolate_new(const char *source, size_t len, const char *chunkname,
         *hit = run_limit(iso, status);
         const char *msg = lua_tostring(iso->L, -1);
         if (*hit != PC_LUA_LIMIT_NONE)
-            rc = pc_err_set(err, PC_E_LIMIT, "compiling: %s limit exceeded",
-                            pc_lua_limit_name(*hit));
+            rc = limit_error(err, "compiling: ", *hit, msg);
         else
             rc = pc_err_set(err, PC_E_RUNTIME, "%s", msg ? msg : "cannot compile");
     } else {
@@ -577,8 +592,7 @@ int pc_lua_isolate_new(const char *source, size_t len, const char *chunkname,
         *hit = run_limit(iso, status);
         const char *msg = status != LUA_OK ? lua_tostring(iso->L, -1) : NULL;
         if (*hit != PC_LUA_LIMIT_NONE)
-            rc = pc_err_set(err, PC_E_LIMIT, "top level: %s limit exceeded%s%s",
-                            pc_lua_limit_name(*hit), msg ? ": " : "", msg ? msg : "");
+            rc = limit_error(err, "top level: ", *hit, msg);
         else if (status != LUA_OK)
             rc = pc_err_set(err, PC_E_RUNTIME, "top level: %s",
                             msg ? msg : "error object is not a string");
@@ -768,8 +782,7 @@ int pc_lua_isolate_call(pc_lua_isolate *iso, const pc_request *req, pc_response 
     if (status != LUA_OK || *hit != PC_LUA_LIMIT_NONE) {
         const char *msg = status != LUA_OK ? lua_tostring(L, -1) : NULL;
         if (*hit != PC_LUA_LIMIT_NONE)
-            rc = pc_err_set(err, PC_E_LIMIT, "%s limit exceeded%s%s", pc_lua_limit_name(*hit),
-                            msg ? ": " : "", msg ? msg : "");
+            rc = limit_error(err, "", *hit, msg);
         else
             rc = pc_err_set(err, PC_E_RUNTIME, "%s", msg ? msg : "error object is not a string");
         pc_response_clear(res);
