@@ -468,7 +468,9 @@ static int quiet_print(lua_State *L)
     return 0;
 }
 
-static void open_sandbox_libs(lua_State *L)
+/* The libraries a tenant sees. metered is false only for the benchmark's
+ * comparison isolates (pc_lua_isolate_new_stock). */
+static void open_sandbox_libs(lua_State *L, bool metered)
 {
     static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},
                                     {LUA_TABLIBNAME, luaopen_table},
@@ -487,6 +489,18 @@ static void open_sandbox_libs(lua_State *L)
         lua_pushnil(L);
         lua_setfield(L, -2, removed[i]);
     }
+    lua_pushcfunction(L, safe_collectgarbage);
+    lua_setfield(L, -2, "collectgarbage");
+    lua_pushcfunction(L, quiet_print);
+    lua_setfield(L, -2, "print");
+    lua_getfield(L, -1, "string");
+    lua_pushnil(L);
+    lua_setfield(L, -2, "dump");
+    lua_pop(L, 1);
+    if (!metered) {
+        lua_pop(L, 1);
+        return;
+    }
     pc_lua_metered_base(L, &work_budget); /* load (text only), tonumber, rawequal */
     lua_getfield(L, -1, "setmetatable");
     lua_pushcclosure(L, safe_setmetatable, 1);
@@ -494,10 +508,6 @@ static void open_sandbox_libs(lua_State *L)
     lua_getfield(L, -1, "xpcall");
     lua_pushcclosure(L, safe_xpcall, 1);
     lua_setfield(L, -2, "xpcall");
-    lua_pushcfunction(L, safe_collectgarbage);
-    lua_setfield(L, -2, "collectgarbage");
-    lua_pushcfunction(L, quiet_print);
-    lua_setfield(L, -2, "print");
     lua_getfield(L, -1, "coroutine");
     lua_pushcfunction(L, co_resume);
     lua_setfield(L, -2, "resume");
@@ -513,8 +523,6 @@ static void open_sandbox_libs(lua_State *L)
     pc_lua_metered_utf8(L, &work_budget);
     lua_pop(L, 1);
     lua_getfield(L, -1, "string");
-    lua_pushnil(L);
-    lua_setfield(L, -2, "dump");
     pc_lua_metered_string(L, &work_budget);
     pc_lua_pattern_install(L, &work_budget);
     lua_pop(L, 2);
@@ -554,9 +562,9 @@ static void close_state(pc_lua_isolate *iso)
     lua_close(iso->L);
 }
 
-int pc_lua_isolate_new(const char *source, size_t len, const char *chunkname,
-                       const pc_lua_limits *limits, const atomic_int *abort, pc_lua_isolate **out,
-                       pc_lua_limit *hit, pc_err *err)
+static int isolate_new(const char *source, size_t len, const char *chunkname,
+                       const pc_lua_limits *limits, const atomic_int *abort, bool metered,
+                       pc_lua_isolate **out, pc_lua_limit *hit, pc_err *err)
 {
     *out = NULL;
     *hit = PC_LUA_LIMIT_NONE;
@@ -572,7 +580,7 @@ int pc_lua_isolate_new(const char *source, size_t len, const char *chunkname,
     }
     *(pc_lua_isolate **)lua_getextraspace(iso->L) = iso;
     start_run(iso, limits->instructions, limits->wall_ms, abort);
-    open_sandbox_libs(iso->L);
+    open_sandbox_libs(iso->L, metered);
     int rc = PC_OK;
     /* Compiling is work too: a bundle may hold megabytes of source. */
     int status = pc_lua_metered_loadbuffer(iso->L, &work_budget, source, len, chunkname);
@@ -604,6 +612,20 @@ int pc_lua_isolate_new(const char *source, size_t len, const char *chunkname,
     }
     *out = iso;
     return PC_OK;
+}
+
+int pc_lua_isolate_new(const char *source, size_t len, const char *chunkname,
+                       const pc_lua_limits *limits, const atomic_int *abort, pc_lua_isolate **out,
+                       pc_lua_limit *hit, pc_err *err)
+{
+    return isolate_new(source, len, chunkname, limits, abort, true, out, hit, err);
+}
+
+int pc_lua_isolate_new_stock(const char *source, size_t len, const char *chunkname,
+                             const pc_lua_limits *limits, pc_lua_isolate **out, pc_lua_limit *hit,
+                             pc_err *err)
+{
+    return isolate_new(source, len, chunkname, limits, NULL, false, out, hit, err);
 }
 
 void pc_lua_isolate_free(pc_lua_isolate *iso)

@@ -57,6 +57,15 @@ int pc_lua_isolate_new(const char *source, size_t len, const char *chunkname,
                        const pc_lua_limits *limits, const atomic_int *abort, pc_lua_isolate **out,
                        pc_lua_limit *hit, pc_err *err);
 
+/* For bench/bench_lua_metering.c only, never on the request path: an
+ * isolate with Lua's own library functions (string, table, utf8,
+ * patterns, load, setmetatable, xpcall, coroutines: nothing metered or
+ * guarded), under the same hook, allocator and limits otherwise. It is
+ * what the cost of metering is measured against. */
+int pc_lua_isolate_new_stock(const char *source, size_t len, const char *chunkname,
+                             const pc_lua_limits *limits, pc_lua_isolate **out, pc_lua_limit *hit,
+                             pc_err *err);
+
 /* Runs the handler for one request. PC_E_RUNTIME: the handler failed or
  * answered something malformed; PC_E_LIMIT: *hit says which limit. After
  * PC_E_LIMIT the isolate must be discarded. */
