@@ -31,6 +31,16 @@ typedef struct pc_lua_budget {
     int (*charge)(lua_State *L, uint64_t units);
 } pc_lua_budget;
 
+/* Where the metered library (lua_metered.h) finds the budget, without an
+ * API call on every call: the first pointer in L's extra space
+ * (lua_getextraspace, which coroutines inherit) points at a pointer to
+ * it. The sandbox's isolate starts with that pointer; a test can use a
+ * static one. */
+static inline const pc_lua_budget *pc_lua_budget_of(lua_State *L)
+{
+    return **(const pc_lua_budget *const *const *)lua_getextraspace(L);
+}
+
 /* Rough costs in units, calibrated against the VM (an instruction is a few
  * nanoseconds): they keep the instruction budget meaningful and, more
  * importantly, make the deadline checks frequent enough. */

@@ -1,32 +1,34 @@
 /* lua_metered.c - Lua's standard library functions that iterate in C, with
  * their work charged to a budget (see lua_metered.h).
  *
- * Two kinds of function live here. Wrappers compute, from the arguments,
- * what the function is about to do, charge it, and call Lua's own C
- * function (kept as upvalue 2, upvalue 1 being the budget) directly on the
- * same stack, so results and error messages are Lua's. Replacements are
- * adapted from Lua 5.4.4 (lstrlib.c, ltablib.c, lutf8lib.c, lbaselib.c;
- * Copyright (C) 1994-2022 Lua.org, PUC-Rio; MIT license) with a meter in
- * every loop: their work is only known as they go. */
+ * Two kinds of function live here. Wrappers know, from the arguments or
+ * the result, what Lua's own C function does, charge it, and call that
+ * function directly on the same stack, so results and error messages are
+ * Lua's. Replacements are adapted from Lua 5.4.4 (lstrlib.c, ltablib.c,
+ * lutf8lib.c, lbaselib.c; Copyright (C) 1994-2022 Lua.org, PUC-Rio; MIT
+ * license) with a meter in every loop: their work is only known as they
+ * go.
+ *
+ * They run on every request, so they are lean: the budget comes from the
+ * state's extra space (lua_budget.h), Lua's own functions from a table
+ * filled at install (they are the same for every state), and a wrapper
+ * whose function cannot fail once it has started working charges after
+ * the call, from the result, instead of checking the arguments twice. */
 #include "lua_metered.h"
 
 #include <lauxlib.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <time.h>
 
 /* The budget's error when it asks to stop without raising one itself. */
 #define STOP_MESSAGE "work limit exceeded"
 
-static const pc_lua_budget *budget_of(lua_State *L)
-{
-    return lua_touserdata(L, lua_upvalueindex(1));
-}
-
-/* Charges units at once (for work known up front). */
+/* Charges units at once (for work known up front, or just done). */
 static void charge(lua_State *L, uint64_t units)
 {
-    if (budget_of(L)->charge(L, units) != 0)
+    if (pc_lua_budget_of(L)->charge(L, units) != 0)
         luaL_error(L, STOP_MESSAGE);
 }
 
@@ -40,7 +42,7 @@ typedef struct meter {
 static void meter_init(meter *m, lua_State *L)
 {
     m->L = L;
-    m->budget = budget_of(L);
+    m->budget = pc_lua_budget_of(L);
     m->units = 0;
 }
 
@@ -59,20 +61,66 @@ static inline void meter_add(meter *m, uint64_t units)
         meter_flush(m);
 }
 
-/* A wrapper's tail: Lua's own function, on the same stack. */
-static int call_stock(lua_State *L)
+/* Lua's own functions behind the wrappers. Every state's library holds
+ * the same ones; install stores what it finds (the same value, whichever
+ * thread does it). */
+enum stock_fn {
+    S_BYTE,
+    S_CHAR,
+    S_SUB,
+    S_UPPER,
+    S_LOWER,
+    S_REVERSE,
+    S_FORMAT,
+    S_PACK,
+    S_PACKSIZE,
+    S_UNPACK,
+    S_TPACK,
+    S_ULEN,
+    S_CODEPOINT,
+    S_UCHAR,
+    S_TONUMBER,
+    S_RAWEQUAL,
+    N_STOCK,
+    NO_STOCK = -1,
+};
+
+static _Atomic(lua_CFunction) stock[N_STOCK];
+
+/* A wrapper's call: Lua's own function, on the same stack. */
+static int call_stock(lua_State *L, enum stock_fn which)
 {
-    return lua_tocfunction(L, lua_upvalueindex(2))(L);
+    lua_CFunction f = atomic_load_explicit(&stock[which], memory_order_relaxed);
+    if (f == NULL)
+        return luaL_error(L, "this library function is not available");
+    return f(L);
 }
 
-/* Replaces t[name] (t at the top of the stack) by f, a closure over the
- * budget and the original function. */
-static void install(lua_State *L, const pc_lua_budget *budget, const char *name, lua_CFunction f)
+/* Replaces t[name] (t at the top of the stack) by f, after keeping the
+ * original as stock[which] (unless NO_STOCK). */
+static void install(lua_State *L, const char *name, lua_CFunction f, enum stock_fn which)
 {
-    lua_pushlightuserdata(L, (void *)budget);
-    lua_getfield(L, -2, name);
-    lua_pushcclosure(L, f, 2);
+    if (which != NO_STOCK) {
+        lua_getfield(L, -1, name);
+        lua_CFunction orig = lua_tocfunction(L, -1);
+        lua_pop(L, 1);
+        if (orig != NULL && orig != f)
+            atomic_store_explicit(&stock[which], orig, memory_order_relaxed);
+    }
+    lua_pushcfunction(L, f);
     lua_setfield(L, -2, name);
+}
+
+typedef struct metered_fn {
+    const char *name;
+    lua_CFunction f;
+    enum stock_fn stock;
+} metered_fn;
+
+static void install_all(lua_State *L, const metered_fn *fns)
+{
+    for (const metered_fn *m = fns; m->name != NULL; m++)
+        install(L, m->name, m->f, m->stock);
 }
 
 /* An upper bound on the sizes a pack format asks for: the sum of its
@@ -95,74 +143,57 @@ static uint64_t format_sizes(const char *fmt, size_t len)
 
 /* String library. */
 
-/* Lua's rules for string positions (lstrlib.c). */
-static size_t posrelat_start(lua_Integer pos, size_t len)
-{
-    if (pos > 0)
-        return (size_t)pos;
-    else if (pos == 0)
-        return 1;
-    else if (pos < -(lua_Integer)len)
-        return 1;
-    return len + (size_t)pos + 1;
-}
-
-static size_t posrelat_end(lua_Integer pos, size_t len)
-{
-    if (pos > (lua_Integer)len)
-        return len;
-    else if (pos >= 0)
-        return (size_t)pos;
-    else if (pos < -(lua_Integer)len)
-        return 0;
-    return len + (size_t)pos + 1;
-}
-
+/* byte, char, sub, upper, lower, reverse fail, if at all, before they
+ * start working, and what they did shows in their result: they are
+ * charged after the call. */
 static int m_str_byte(lua_State *L)
 {
-    size_t l;
-    luaL_checklstring(L, 1, &l);
-    lua_Integer pi = luaL_optinteger(L, 2, 1);
-    size_t posi = posrelat_start(pi, l);
-    size_t pose = posrelat_end(luaL_optinteger(L, 3, pi), l);
-    if (posi <= pose)
-        charge(L, pc_lua_units_values(pose - posi + 1));
-    return call_stock(L);
+    int n = call_stock(L, S_BYTE);
+    charge(L, pc_lua_units_values((uint64_t)n));
+    return n;
 }
 
 static int m_str_char(lua_State *L)
 {
+    /* (before: a bad argument at the end fails after the work) */
     charge(L, pc_lua_units_values((uint64_t)lua_gettop(L)));
-    return call_stock(L);
+    return call_stock(L, S_CHAR);
+}
+
+/* The result's length: the bytes the function produced. */
+static int charge_result(lua_State *L, int n, uint64_t (*units)(size_t))
+{
+    charge(L, units(lua_rawlen(L, -1)));
+    return n;
 }
 
 static int m_str_sub(lua_State *L)
 {
-    size_t l;
-    luaL_checklstring(L, 1, &l);
-    size_t start = posrelat_start(luaL_checkinteger(L, 2), l);
-    size_t end = posrelat_end(luaL_optinteger(L, 3, -1), l);
-    if (start <= end)
-        charge(L, pc_lua_units_copy(end - start + 1));
-    return call_stock(L);
+    return charge_result(L, call_stock(L, S_SUB), pc_lua_units_copy);
 }
 
-/* upper, lower, reverse: one pass over the subject. */
-static int m_str_scan(lua_State *L)
+static int m_str_upper(lua_State *L)
 {
-    size_t l;
-    luaL_checklstring(L, 1, &l);
-    charge(L, pc_lua_units_scan(l));
-    return call_stock(L);
+    return charge_result(L, call_stock(L, S_UPPER), pc_lua_units_scan);
 }
 
-/* The strings among the arguments from first on, in bytes. */
+static int m_str_lower(lua_State *L)
+{
+    return charge_result(L, call_stock(L, S_LOWER), pc_lua_units_scan);
+}
+
+static int m_str_reverse(lua_State *L)
+{
+    return charge_result(L, call_stock(L, S_REVERSE), pc_lua_units_scan);
+}
+
+/* The arguments from first on, in bytes: a string's length (rawlen is 0
+ * for a number; a table counts its border, which only overcharges). */
 static uint64_t string_args(lua_State *L, int first)
 {
     uint64_t bytes = 0;
-    for (int i = first; i <= lua_gettop(L); i++)
-        if (lua_type(L, i) == LUA_TSTRING)
-            bytes += lua_rawlen(L, i);
+    for (int i = first, n = lua_gettop(L); i <= n; i++)
+        bytes += lua_rawlen(L, i);
     return bytes;
 }
 
@@ -173,7 +204,7 @@ static int m_str_format(lua_State *L)
     size_t l;
     luaL_checklstring(L, 1, &l);
     charge(L, pc_lua_units_scan(l) + pc_lua_units_scan(string_args(L, 2)));
-    return call_stock(L);
+    return call_stock(L, S_FORMAT);
 }
 
 /* pack: sizes named in the format (a 'c' option pads to its size), and
@@ -183,7 +214,7 @@ static int m_str_pack(lua_State *L)
     size_t l;
     const char *fmt = luaL_checklstring(L, 1, &l);
     charge(L, pc_lua_units_copy(format_sizes(fmt, l)) + pc_lua_units_copy(string_args(L, 2)));
-    return call_stock(L);
+    return call_stock(L, S_PACK);
 }
 
 static int m_str_packsize(lua_State *L)
@@ -191,7 +222,7 @@ static int m_str_packsize(lua_State *L)
     size_t l;
     luaL_checklstring(L, 1, &l);
     charge(L, pc_lua_units_scan(l));
-    return call_stock(L);
+    return call_stock(L, S_PACKSIZE);
 }
 
 /* unpack: one value per option at most, copied out of the data. */
@@ -202,7 +233,7 @@ static int m_str_unpack(lua_State *L)
     luaL_checklstring(L, 2, &ld);
     charge(L, pc_lua_units_values(l) + pc_lua_units_copy(format_sizes(fmt, l)) +
                   pc_lua_units_copy(ld));
-    return call_stock(L);
+    return call_stock(L, S_UNPACK);
 }
 
 /* rep, replaced: Lua's loops n times even when the result is empty. The
@@ -243,16 +274,23 @@ static int m_str_rep(lua_State *L)
     return 1;
 }
 
-void pc_lua_metered_string(lua_State *L, const pc_lua_budget *budget)
+void pc_lua_metered_string(lua_State *L)
 {
-    static const luaL_Reg fns[] = {
-        {"byte", m_str_byte},     {"char", m_str_char},  {"sub", m_str_sub},
-        {"upper", m_str_scan},    {"lower", m_str_scan}, {"reverse", m_str_scan},
-        {"format", m_str_format}, {"pack", m_str_pack},  {"packsize", m_str_packsize},
-        {"unpack", m_str_unpack}, {"rep", m_str_rep},    {NULL, NULL},
+    static const metered_fn fns[] = {
+        {"byte", m_str_byte, S_BYTE},
+        {"char", m_str_char, S_CHAR},
+        {"sub", m_str_sub, S_SUB},
+        {"upper", m_str_upper, S_UPPER},
+        {"lower", m_str_lower, S_LOWER},
+        {"reverse", m_str_reverse, S_REVERSE},
+        {"format", m_str_format, S_FORMAT},
+        {"pack", m_str_pack, S_PACK},
+        {"packsize", m_str_packsize, S_PACKSIZE},
+        {"unpack", m_str_unpack, S_UNPACK},
+        {"rep", m_str_rep, NO_STOCK},
+        {NULL, NULL, NO_STOCK},
     };
-    for (const luaL_Reg *f = fns; f->name != NULL; f++)
-        install(L, budget, f->name, f->func);
+    install_all(L, fns);
 }
 
 /* Table library (ltablib.c): every loop over elements is metered, one
@@ -380,9 +418,8 @@ static void addfield(lua_State *L, meter *m, luaL_Buffer *b, lua_Integer i)
     if (!lua_isstring(L, -1))
         luaL_error(L, "invalid value (%s) at index %I in table for 'concat'", luaL_typename(L, -1),
                    (LUAI_UACINT)i);
-    size_t len;
-    lua_tolstring(L, -1, &len);
-    meter_add(m, MOVE_UNITS + pc_lua_units_copy(len));
+    /* (a number's text is short: rawlen is 0 for it) */
+    meter_add(m, MOVE_UNITS + pc_lua_units_copy(lua_rawlen(L, -1)));
     luaL_addvalue(b);
 }
 
@@ -413,7 +450,7 @@ static int m_tab_concat(lua_State *L)
 static int m_tab_pack(lua_State *L)
 {
     charge(L, pc_lua_units_values((uint64_t)lua_gettop(L)));
-    return call_stock(L);
+    return call_stock(L, S_TPACK);
 }
 
 static int m_tab_unpack(lua_State *L)
@@ -573,16 +610,15 @@ static int m_tab_sort(lua_State *L)
     return 0;
 }
 
-void pc_lua_metered_table(lua_State *L, const pc_lua_budget *budget)
+void pc_lua_metered_table(lua_State *L)
 {
-    static const luaL_Reg fns[] = {
-        {"insert", m_tab_insert}, {"remove", m_tab_remove},
-        {"move", m_tab_move},     {"concat", m_tab_concat},
-        {"pack", m_tab_pack},     {"unpack", m_tab_unpack},
-        {"sort", m_tab_sort},     {NULL, NULL},
+    static const metered_fn fns[] = {
+        {"insert", m_tab_insert, NO_STOCK}, {"remove", m_tab_remove, NO_STOCK},
+        {"move", m_tab_move, NO_STOCK},     {"concat", m_tab_concat, NO_STOCK},
+        {"pack", m_tab_pack, S_TPACK},      {"unpack", m_tab_unpack, NO_STOCK},
+        {"sort", m_tab_sort, NO_STOCK},     {NULL, NULL, NO_STOCK},
     };
-    for (const luaL_Reg *f = fns; f->name != NULL; f++)
-        install(L, budget, f->name, f->func);
+    install_all(L, fns);
 }
 
 /* utf8 library (lutf8lib.c). */
@@ -639,7 +675,7 @@ static int m_utf8_len(lua_State *L)
     lua_Integer posj = u_posrelat(luaL_optinteger(L, 3, -1), len);
     if (posi <= posj)
         charge(L, pc_lua_units_scan((size_t)(posj - posi) + 1));
-    return call_stock(L);
+    return call_stock(L, S_ULEN);
 }
 
 static int m_utf8_codepoint(lua_State *L)
@@ -650,13 +686,13 @@ static int m_utf8_codepoint(lua_State *L)
     lua_Integer pose = u_posrelat(luaL_optinteger(L, 3, posi), len);
     if (posi <= pose && posi >= 1 && pose <= (lua_Integer)len)
         charge(L, pc_lua_units_values((uint64_t)(pose - posi) + 1));
-    return call_stock(L);
+    return call_stock(L, S_CODEPOINT);
 }
 
 static int m_utf8_char(lua_State *L)
 {
     charge(L, pc_lua_units_values((uint64_t)lua_gettop(L)));
-    return call_stock(L);
+    return call_stock(L, S_UCHAR);
 }
 
 /* offset: how far it walks depends on the bytes it meets. */
@@ -743,21 +779,20 @@ static int m_utf8_codes(lua_State *L)
 {
     int lax = lua_toboolean(L, 2);
     luaL_checkstring(L, 1);
-    lua_pushvalue(L, lua_upvalueindex(1)); /* the budget, for the iterator */
-    lua_pushcclosure(L, lax ? iter_auxlax : iter_auxstrict, 1);
+    lua_pushcfunction(L, lax ? iter_auxlax : iter_auxstrict);
     lua_pushvalue(L, 1);
     lua_pushinteger(L, 0);
     return 3;
 }
 
-void pc_lua_metered_utf8(lua_State *L, const pc_lua_budget *budget)
+void pc_lua_metered_utf8(lua_State *L)
 {
-    static const luaL_Reg fns[] = {
-        {"len", m_utf8_len},       {"codepoint", m_utf8_codepoint}, {"char", m_utf8_char},
-        {"offset", m_utf8_offset}, {"codes", m_utf8_codes},         {NULL, NULL},
+    static const metered_fn fns[] = {
+        {"len", m_utf8_len, S_ULEN},       {"codepoint", m_utf8_codepoint, S_CODEPOINT},
+        {"char", m_utf8_char, S_UCHAR},    {"offset", m_utf8_offset, NO_STOCK},
+        {"codes", m_utf8_codes, NO_STOCK}, {NULL, NULL, NO_STOCK},
     };
-    for (const luaL_Reg *f = fns; f->name != NULL; f++)
-        install(L, budget, f->name, f->func);
+    install_all(L, fns);
 }
 
 /* Base library. */
@@ -824,7 +859,7 @@ static int m_load(lua_State *L)
     const char *s = lua_tolstring(L, 1, &l);
     luaL_optstring(L, 3, "bt"); /* the mode is checked, then ignored */
     int env = !lua_isnone(L, 4) ? 4 : 0;
-    chunk_reader r = {budget_of(L), NULL, 0, 0, RESERVEDSLOT};
+    chunk_reader r = {pc_lua_budget_of(L), NULL, 0, 0, RESERVEDSLOT};
     if (s != NULL) {
         const char *chunkname = luaL_optstring(L, 2, s);
         r.s = s;
@@ -855,7 +890,7 @@ static int m_tonumber(lua_State *L)
 {
     if (lua_type(L, 1) == LUA_TSTRING)
         charge(L, pc_lua_units_scan(lua_rawlen(L, 1)));
-    return call_stock(L);
+    return call_stock(L, S_TONUMBER);
 }
 
 /* rawequal compares two strings of the same length byte by byte. */
@@ -864,17 +899,16 @@ static int m_rawequal(lua_State *L)
     if (lua_type(L, 1) == LUA_TSTRING && lua_type(L, 2) == LUA_TSTRING &&
         lua_rawlen(L, 1) == lua_rawlen(L, 2))
         charge(L, pc_lua_units_copy(lua_rawlen(L, 1)));
-    return call_stock(L);
+    return call_stock(L, S_RAWEQUAL);
 }
 
-void pc_lua_metered_base(lua_State *L, const pc_lua_budget *budget)
+void pc_lua_metered_base(lua_State *L)
 {
-    static const luaL_Reg fns[] = {
-        {"load", m_load},
-        {"tonumber", m_tonumber},
-        {"rawequal", m_rawequal},
-        {NULL, NULL},
+    static const metered_fn fns[] = {
+        {"load", m_load, NO_STOCK},
+        {"tonumber", m_tonumber, S_TONUMBER},
+        {"rawequal", m_rawequal, S_RAWEQUAL},
+        {NULL, NULL, NO_STOCK},
     };
-    for (const luaL_Reg *f = fns; f->name != NULL; f++)
-        install(L, budget, f->name, f->func);
+    install_all(L, fns);
 }

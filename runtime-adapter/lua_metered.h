@@ -13,9 +13,10 @@
  *
  * The functions behave like Lua 5.4.4's own (tests/unit/test_lua_metered.c
  * compares the two on a seeded corpus). Those whose cost is known from
- * their arguments (string.byte, char, sub, upper, lower, reverse, format,
- * pack, packsize, unpack; table.pack; utf8.char, codepoint, len; tonumber,
- * rawequal) charge it and then run Lua's own code unchanged. Those whose
+ * their arguments or their result (string.byte, char, sub, upper, lower,
+ * reverse, format, pack, packsize, unpack; table.pack; utf8.char,
+ * codepoint, len; tonumber, rawequal) charge it and run Lua's own code
+ * unchanged. Those whose
  * loops depend on what they find as they go (string.rep; table.concat,
  * insert, remove, move, unpack, sort; utf8.offset, codes; load) are
  * adapted from Lua 5.4.4's lstrlib.c, ltablib.c, lutf8lib.c and lbaselib.c
@@ -24,7 +25,9 @@
  *
  * Each install function replaces functions in the table at the top of L's
  * stack, which must hold Lua's own library (it reads the originals from
- * it). budget must outlive L. */
+ * it). The functions find their budget through L's extra space
+ * (pc_lua_budget_of, lua_budget.h), which must be set before any of them
+ * runs and outlive L. */
 #ifndef PC_LUA_METERED_H
 #define PC_LUA_METERED_H
 
@@ -33,12 +36,12 @@
 
 #include "lua_budget.h"
 
-void pc_lua_metered_string(lua_State *L, const pc_lua_budget *budget);
-void pc_lua_metered_table(lua_State *L, const pc_lua_budget *budget);
-void pc_lua_metered_utf8(lua_State *L, const pc_lua_budget *budget);
+void pc_lua_metered_string(lua_State *L);
+void pc_lua_metered_table(lua_State *L);
+void pc_lua_metered_utf8(lua_State *L);
 /* The base library (the table of globals): load (text only: the mode is
  * always "t"), tonumber, rawequal. */
-void pc_lua_metered_base(lua_State *L, const pc_lua_budget *budget);
+void pc_lua_metered_base(lua_State *L);
 
 /* Compiles text like luaL_loadbufferx(L, s, len, chunkname, "t"), feeding
  * the parser in pieces and charging each: pushes the function, or the

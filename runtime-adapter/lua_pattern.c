@@ -104,8 +104,8 @@ static int set_matches(matcher *m, int c, const char *p, const char *close)
         found = 0;
         p++;
     }
+    step(m, (uint64_t)(close - p)); /* at most one step per character of the set */
     while (++p < close) {
-        step(m, 1);
         if (*p == ESC) {
             p++;
             if (class_matches(c, (unsigned char)*p))

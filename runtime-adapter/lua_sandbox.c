@@ -32,6 +32,9 @@
 #define HANDLER_KEY          "popcast.handler"
 
 struct pc_lua_isolate {
+    /* First: the extra space of every thread points here, and the metered
+     * library finds the budget through it (lua_budget.h). */
+    const pc_lua_budget *budget;
     lua_State *L;
     /* The thread running now: the main thread or a coroutine (the
      * sandbox's coroutine functions track every switch). The allocator,
@@ -501,7 +504,7 @@ static void open_sandbox_libs(lua_State *L, bool metered)
         lua_pop(L, 1);
         return;
     }
-    pc_lua_metered_base(L, &work_budget); /* load (text only), tonumber, rawequal */
+    pc_lua_metered_base(L); /* load (text only), tonumber, rawequal */
     lua_getfield(L, -1, "setmetatable");
     lua_pushcclosure(L, safe_setmetatable, 1);
     lua_setfield(L, -2, "setmetatable");
@@ -517,13 +520,13 @@ static void open_sandbox_libs(lua_State *L, bool metered)
     lua_setfield(L, -2, "close");
     lua_pop(L, 1);
     lua_getfield(L, -1, "table");
-    pc_lua_metered_table(L, &work_budget);
+    pc_lua_metered_table(L);
     lua_pop(L, 1);
     lua_getfield(L, -1, "utf8");
-    pc_lua_metered_utf8(L, &work_budget);
+    pc_lua_metered_utf8(L);
     lua_pop(L, 1);
     lua_getfield(L, -1, "string");
-    pc_lua_metered_string(L, &work_budget);
+    pc_lua_metered_string(L);
     pc_lua_pattern_install(L, &work_budget);
     lua_pop(L, 2);
 }
@@ -571,6 +574,7 @@ static int isolate_new(const char *source, size_t len, const char *chunkname,
     pc_lua_isolate *iso = calloc(1, sizeof(*iso));
     if (iso == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    iso->budget = &work_budget;
     iso->limits = limits;
     iso->mem_limit = limits->memory_bytes;
     iso->L = lua_newstate(capped_alloc, iso);

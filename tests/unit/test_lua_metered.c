@@ -26,10 +26,10 @@ static int charge(lua_State *L, uint64_t units)
 }
 
 static const pc_lua_budget budget = {charge};
+static const pc_lua_budget *const budget_ref = &budget; /* see pc_lua_budget_of */
 
 /* Copies global library name into m[name] and meters the copy. */
-static void metered_copy(lua_State *L, const char *name,
-                         void (*install)(lua_State *, const pc_lua_budget *))
+static void metered_copy(lua_State *L, const char *name, void (*install)(lua_State *))
 {
     lua_getglobal(L, "m");
     lua_newtable(L);
@@ -41,7 +41,7 @@ static void metered_copy(lua_State *L, const char *name,
         lua_settable(L, -5);
     }
     lua_pop(L, 1);
-    install(L, &budget);
+    install(L);
     lua_setfield(L, -2, name);
     lua_pop(L, 1);
 }
@@ -51,6 +51,7 @@ static lua_State *new_state(void)
 {
     lua_State *L = luaL_newstate();
     assert_non_null(L);
+    *(const pc_lua_budget *const **)lua_getextraspace(L) = &budget_ref;
     luaL_openlibs(L);
     lua_newtable(L);
     lua_setglobal(L, "m");
@@ -64,7 +65,7 @@ static lua_State *new_state(void)
         lua_getglobal(L, names[i]);
         lua_setfield(L, -2, names[i]);
     }
-    pc_lua_metered_base(L, &budget);
+    pc_lua_metered_base(L);
     lua_pop(L, 1);
     return L;
 }
