@@ -81,6 +81,14 @@ enum stock_fn {
     S_UCHAR,
     S_TONUMBER,
     S_RAWEQUAL,
+    S_ADD,
+    S_SUB_,
+    S_MUL,
+    S_MOD,
+    S_POW,
+    S_DIV,
+    S_IDIV,
+    S_UNM,
     N_STOCK,
     NO_STOCK = -1,
 };
@@ -274,6 +282,29 @@ static int m_str_rep(lua_State *L)
     return 1;
 }
 
+/* Arithmetic on strings ("10" + 1) is the string metatable's __add and
+ * company in Lua 5.4: C functions that convert each string operand to a
+ * number, reading all of it. */
+static uint64_t operand_bytes(lua_State *L)
+{
+    return pc_lua_units_scan(lua_rawlen(L, 1) + lua_rawlen(L, 2));
+}
+
+#define STRING_ARITH(name, which)                                                                  \
+    static int name(lua_State *L)                                                                  \
+    {                                                                                              \
+        charge(L, operand_bytes(L));                                                               \
+        return call_stock(L, which);                                                               \
+    }
+STRING_ARITH(m_arith_add, S_ADD)
+STRING_ARITH(m_arith_sub, S_SUB_)
+STRING_ARITH(m_arith_mul, S_MUL)
+STRING_ARITH(m_arith_mod, S_MOD)
+STRING_ARITH(m_arith_pow, S_POW)
+STRING_ARITH(m_arith_div, S_DIV)
+STRING_ARITH(m_arith_idiv, S_IDIV)
+STRING_ARITH(m_arith_unm, S_UNM)
+
 void pc_lua_metered_string(lua_State *L)
 {
     static const metered_fn fns[] = {
@@ -290,7 +321,20 @@ void pc_lua_metered_string(lua_State *L)
         {"rep", m_str_rep, NO_STOCK},
         {NULL, NULL, NO_STOCK},
     };
+    static const metered_fn meta[] = {
+        {"__add", m_arith_add, S_ADD},    {"__sub", m_arith_sub, S_SUB_},
+        {"__mul", m_arith_mul, S_MUL},    {"__mod", m_arith_mod, S_MOD},
+        {"__pow", m_arith_pow, S_POW},    {"__div", m_arith_div, S_DIV},
+        {"__idiv", m_arith_idiv, S_IDIV}, {"__unm", m_arith_unm, S_UNM},
+        {NULL, NULL, NO_STOCK},
+    };
     install_all(L, fns);
+    lua_pushliteral(L, "");
+    if (lua_getmetatable(L, -1)) { /* the strings' metatable */
+        install_all(L, meta);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
 }
 
 /* Table library (ltablib.c): every loop over elements is metered, one

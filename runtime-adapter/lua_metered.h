@@ -36,6 +36,8 @@
 
 #include "lua_budget.h"
 
+/* (also the arithmetic metamethods of the strings' metatable, which
+ * convert numeric strings: "10" + 1) */
 void pc_lua_metered_string(lua_State *L);
 void pc_lua_metered_table(lua_State *L);
 void pc_lua_metered_utf8(lua_State *L);

@@ -191,6 +191,15 @@ static void test_sandbox_escapes_unreachable(void **state)
          "return select(2, xpcall(function() coroutine.yield() error('e', 0) end, "
          "function(m) return m .. '!' end)) end) co() return co() end)()",
          "e!"},
+        /* Arithmetic on strings works as in Lua (the string metatable's
+         * metamethods are metered). */
+        {"('10' + 1) .. ' ' .. ('0x10' * 2) .. ' ' .. (-'2') .. ' ' .. ('7' // '2') .. ' ' .. "
+         "('2' ^ '3') .. ' ' .. math.type('3' + 0)",
+         "11 32 -2 3 8.0 integer"},
+        {"select(2, pcall(function() return 'a' + 1 end))",
+         "main.lua:1: attempt to add a 'string' with a 'number'"},
+        {"select(2, pcall(function() return '1' + {} end))",
+         "main.lua:1: attempt to add a 'string' with a 'table'"},
         /* Coroutines work as in Lua. */
         {"select(2, coroutine.resume(coroutine.create(function(a) return a * 2 end), 21))", "42"},
         {"select(2, coroutine.resume(coroutine.create(function() error('x', 0) end)))", "x"},
