@@ -108,8 +108,10 @@ static bool over_limits(pc_lua_isolate *iso, uint64_t units)
  * moves the whole stack for every link: its time grows with the square of
  * the stack, so the stack growth after this one comes about four times as
  * long after it as this one came after the last check. If that would end
- * past twice the wall limit, it is stopped now. A legitimate instruction
- * (a collection, a copy) never runs for a quarter of the wall limit. */
+ * past one and a half wall limits, it is stopped now (so that the run ends
+ * within twice the limit wherever the growths fall). A legitimate
+ * instruction (a collection, a copy) never runs for a third of the wall
+ * limit. */
 static bool over_limits_at_alloc(pc_lua_isolate *iso)
 {
     if (iso->killed != PC_LUA_LIMIT_NONE)
@@ -119,7 +121,7 @@ static bool over_limits_at_alloc(pc_lua_isolate *iso)
     iso->last_check_ns = now;
     if (aborted(iso))
         iso->killed = PC_LUA_LIMIT_WATCHDOG;
-    else if (now > iso->deadline_ns || now + 4 * since > iso->deadline_ns + iso->wall_ns)
+    else if (now > iso->deadline_ns || now + 4 * since > iso->deadline_ns + iso->wall_ns / 2)
         iso->killed = PC_LUA_LIMIT_TIME;
     return iso->killed != PC_LUA_LIMIT_NONE;
 }
