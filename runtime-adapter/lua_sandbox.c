@@ -15,17 +15,21 @@
 #include "lua_metered.h"
 #include "lua_pattern.h"
 
-/* The hook runs every hook_every instructions (HOOK_EVERY when the
- * isolate holds no big blocks): often enough to stop a loop within
- * microseconds of its budget, rarely enough to cost nothing. A single
- * instruction can cost time proportional to the data it touches (comparing
- * two long strings, concatenating, copying a huge argument list, a 'next'
- * over a sparse array), so the more the isolate holds in big blocks, the
- * more often the hook looks: HOOK_EVERY * HOOK_SCALE / big bytes, at least
- * HOOK_MIN. An interval of instructions then costs about the same whatever
- * they touch. */
+/* The hook runs every hook_every instructions (HOOK_EVERY normally):
+ * often enough to stop a loop within microseconds of its budget, rarely
+ * enough to cost nothing. A single instruction can cost time proportional
+ * to the data it touches (comparing two long strings, concatenating,
+ * copying a huge argument list, a 'next' over a sparse array, a library
+ * function converting a long numeric string), so the interval adapts:
+ * - the more the isolate holds in big blocks, the more often the hook
+ *   looks: at most HOOK_EVERY * HOOK_SCALE / big bytes instructions;
+ * - an interval that took longer than a 32nd of the wall limit shrinks
+ *   the next ones in proportion (to HOOK_MIN at least), and they grow back
+ *   while intervals are short.
+ * An interval then costs about the same whatever its instructions touch,
+ * and ordinary code keeps the full interval. */
 #define HOOK_EVERY           1000
-#define HOOK_MIN             50
+#define HOOK_MIN             10
 #define HOOK_SCALE           (1u << 20)
 #define BIG_BLOCK            (64u * 1024) /* allocations worth watching */
 #define MAX_RESPONSE_HEADERS 100
@@ -47,6 +51,7 @@ struct pc_lua_isolate {
     /* the run in progress */
     bool in_run;
     int hook_every;
+    int64_t last_hook_ns; /* when the hook last ran */
     int64_t instructions_left;
     uint64_t pending; /* units charged by C code, not yet taken from the budget */
     int64_t deadline_ns, wall_ns;
@@ -151,22 +156,40 @@ static int stop_run(lua_State *L, pc_lua_isolate *iso, int level)
     return lua_error(L);
 }
 
-static void limit_hook(lua_State *L, lua_Debug *ar)
-{
-    (void)ar;
-    pc_lua_isolate *iso = isolate_of(L);
-    iso->running = L;
-    if (over_limits(iso, (uint64_t)lua_gethookcount(L)))
-        stop_run(L, iso, 0);
-    set_hook(iso, L); /* the interval may have changed since it was set */
-}
-
+/* The longest interval for the big blocks the isolate holds. */
 static int hook_interval(size_t big_bytes)
 {
     if (big_bytes <= HOOK_SCALE)
         return HOOK_EVERY;
     uint64_t every = (uint64_t)HOOK_EVERY * HOOK_SCALE / big_bytes;
     return every < HOOK_MIN ? HOOK_MIN : (int)every;
+}
+
+/* Adapts the interval to how long the last one (count instructions) took. */
+static void adapt_interval(pc_lua_isolate *iso, int count, int64_t took_ns)
+{
+    int64_t target = iso->wall_ns / 32;
+    int every = iso->hook_every, cap = hook_interval(iso->big_bytes);
+    if (took_ns > target && target > 0) {
+        int64_t shrunk = (int64_t)count * target / took_ns;
+        every = shrunk < HOOK_MIN ? HOOK_MIN : (int)shrunk;
+    } else if (took_ns < target / 4 && every < cap) {
+        every = 2 * every < cap ? 2 * every : cap;
+    }
+    iso->hook_every = every < cap ? every : cap;
+}
+
+static void limit_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    pc_lua_isolate *iso = isolate_of(L);
+    iso->running = L;
+    int count = lua_gethookcount(L);
+    if (over_limits(iso, (uint64_t)count))
+        stop_run(L, iso, 0);
+    adapt_interval(iso, count, iso->last_check_ns - iso->last_hook_ns);
+    iso->last_hook_ns = iso->last_check_ns;
+    set_hook(iso, L); /* the interval may have changed since it was set */
 }
 
 static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
@@ -214,7 +237,9 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         iso->big_bytes =
             iso->big_bytes - (old >= BIG_BLOCK ? old : 0) + (nsize >= BIG_BLOCK ? nsize : 0);
         if (iso->in_run && nsize > old) {
-            iso->hook_every = hook_interval(iso->big_bytes);
+            int cap = hook_interval(iso->big_bytes);
+            if (iso->hook_every > cap)
+                iso->hook_every = cap;
             set_hook(iso, iso->running); /* now, not at the next hook */
         }
     }
@@ -248,7 +273,7 @@ static void start_run(pc_lua_isolate *iso, uint64_t instructions, uint64_t wall_
     iso->pending = 0;
     iso->instructions_left = instructions > INT64_MAX ? INT64_MAX : (int64_t)instructions;
     iso->wall_ns = (int64_t)wall_ms * 1000000LL;
-    iso->last_check_ns = pc_lua_now_ns();
+    iso->last_check_ns = iso->last_hook_ns = pc_lua_now_ns();
     iso->deadline_ns = iso->last_check_ns + iso->wall_ns;
     iso->running = iso->L;
     iso->hook_every = hook_interval(iso->big_bytes);

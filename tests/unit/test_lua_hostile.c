@@ -279,6 +279,8 @@ static const hostile corpus[] = {
      "while a == b do end", LIMIT, NULL},
     {"arith_coercion", "local s = ('1'):rep(4000000)", "while true do local _ = s + 0 end", LIMIT,
      NULL},
+    {"math_coercion", "local s = ('1'):rep(4000000)", "while true do local _ = math.abs(s) end",
+     LIMIT, NULL},
     {"concat_big", "local s = ('x'):rep(3000000)", "while true do local _ = s .. 'y' end", LIMIT,
      NULL},
     {"next_sparse", BIG_SETUP(500000) "for i = 1, #t do t[i] = nil end",
