@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "bundle.h"
 #include "log.h"
@@ -19,23 +20,38 @@ typedef struct engine engine;
 
 /* Per-tenant counters, looked up once per version (not per request). */
 typedef struct tenant_metrics {
-    pc_metric *requests, *errors, *isolates;
-    pc_metric *limit[PC_LUA_LIMIT_RESPONSE + 1];
+    pc_metric *requests, *errors, *isolates, *quarantined;
+    pc_metric *limit[PC_LUA_LIMIT_LAST + 1];
 } tenant_metrics;
+
+/* A thread inside a version's code: a request, or a top level being run
+ * for a new isolate. Lives on that thread's stack, linked into the
+ * version's list (under pool_lock) for as long as it runs. */
+typedef struct inflight {
+    struct inflight *prev, *next;
+    int64_t started_ns;
+    bool top_level;
+    bool caught;     /* the watchdog has acted on it */
+    atomic_int stop; /* the run's abort flag (lua_sandbox.h) */
+} inflight;
 
 typedef struct lua_version {
     _Atomic long refs;
     engine *e;
+    struct lua_version *prev, *next; /* the engine's list (versions_lock) */
     char tenant[PC_TENANT_MAX + 1];
     uint64_t version;
     char *source;
     size_t source_len;
     char chunkname[PC_TENANT_MAX + PC_PATH_MAX + 32];
     tenant_metrics m;
-    pthread_mutex_t pool_lock; /* guards the pool below */
+    pthread_mutex_t pool_lock; /* guards the pool, the runs and the reason below */
     pc_lua_isolate **idle;
     size_t n_idle;
     size_t n_isolates; /* idle + in use */
+    inflight *runs;    /* threads inside this version's code, oldest first */
+    atomic_bool quarantined;
+    char reason[sizeof(((pc_lua_quarantine *)0)->reason)];
 } lua_version;
 
 typedef struct tenant_slot {
@@ -53,6 +69,16 @@ struct engine {
     tenant_slot *buckets[TENANT_BUCKETS];
     _Atomic long n_versions, n_isolates;
     pc_metric *g_versions, *g_isolates; /* mirror the two counts above */
+    /* Every version in memory, for the watchdog. Lock order: versions_lock,
+     * then a version's pool_lock. */
+    pthread_mutex_t versions_lock;
+    lua_version *versions;
+    /* the watchdog thread */
+    int64_t ceiling_ns, tick_ns;
+    pthread_mutex_t watchdog_lock; /* guards stopping */
+    pthread_cond_t watchdog_wake;
+    bool stopping;
+    pthread_t watchdog;
 };
 
 /* Keeps the gauges equal to the counts: a leak of versions or isolates
@@ -76,6 +102,7 @@ void pc_lua_limits_default(pc_lua_limits *l)
     l->wall_ms = 1000;
     l->response_bytes = 8u << 20;
     l->max_isolates = 64;
+    l->watchdog_ms = 0; /* 4 x wall_ms */
 }
 
 static unsigned bucket_of(const char *name)
@@ -115,6 +142,14 @@ static void version_unref(lua_version *v)
         return;
     /* Last reference: no request is inside any of its isolates. */
     engine *e = v->e;
+    pthread_mutex_lock(&e->versions_lock);
+    if (v->prev != NULL)
+        v->prev->next = v->next;
+    else
+        e->versions = v->next;
+    if (v->next != NULL)
+        v->next->prev = v->prev;
+    pthread_mutex_unlock(&e->versions_lock);
     for (size_t i = 0; i < v->n_idle; i++) {
         pc_lua_isolate_free(v->idle[i]);
         count_isolates(e, -1);
@@ -124,6 +159,30 @@ static void version_unref(lua_version *v)
     pthread_mutex_destroy(&v->pool_lock);
     count_versions(e, -1);
     free(v);
+}
+
+/* Runs: entering and leaving a version's code (pool_lock held). */
+static void run_enter(lua_version *v, inflight *r, bool top_level)
+{
+    r->started_ns = pc_lua_now_ns();
+    r->top_level = top_level;
+    r->caught = false;
+    atomic_init(&r->stop, 0);
+    r->prev = NULL;
+    r->next = v->runs;
+    if (v->runs != NULL)
+        v->runs->prev = r;
+    v->runs = r;
+}
+
+static void run_leave(lua_version *v, inflight *r)
+{
+    if (r->prev != NULL)
+        r->prev->next = r->next;
+    else
+        v->runs = r->next;
+    if (r->next != NULL)
+        r->next->prev = r->prev;
 }
 
 static void count_limit(lua_version *v, pc_lua_limit hit)
@@ -142,7 +201,10 @@ static void load_metrics(engine *e, lua_version *v)
                                      "requests whose handler failed or hit a limit");
     v->m.isolates = pc_metrics_counter(e->metrics, "popcast_lua_isolates_created_total", labels,
                                        "Lua isolates created");
-    for (int l = PC_LUA_LIMIT_CPU; l <= PC_LUA_LIMIT_RESPONSE; l++) {
+    v->m.quarantined =
+        pc_metrics_counter(e->metrics, "popcast_lua_quarantined_total", labels,
+                           "versions quarantined by the watchdog (a run past the hard ceiling)");
+    for (int l = PC_LUA_LIMIT_CPU; l <= PC_LUA_LIMIT_LAST; l++) {
         snprintf(labels, sizeof(labels), "tenant=\"%s\",limit=\"%s\"", v->tenant,
                  pc_lua_limit_name((pc_lua_limit)l));
         v->m.limit[l] = pc_metrics_counter(e->metrics, "popcast_lua_limit_exceeded_total", labels,
@@ -153,8 +215,15 @@ static void load_metrics(engine *e, lua_version *v)
 static int new_isolate(lua_version *v, pc_lua_isolate **out, pc_err *err)
 {
     pc_lua_limit hit = PC_LUA_LIMIT_NONE;
-    int rc =
-        pc_lua_isolate_new(v->source, v->source_len, v->chunkname, &v->e->limits, out, &hit, err);
+    inflight run;
+    pthread_mutex_lock(&v->pool_lock);
+    run_enter(v, &run, true);
+    pthread_mutex_unlock(&v->pool_lock);
+    int rc = pc_lua_isolate_new(v->source, v->source_len, v->chunkname, &v->e->limits, &run.stop,
+                                out, &hit, err);
+    pthread_mutex_lock(&v->pool_lock);
+    run_leave(v, &run);
+    pthread_mutex_unlock(&v->pool_lock);
     count_limit(v, hit);
     if (rc == PC_OK) {
         pc_metric_add(v->m.isolates, 1);
@@ -217,8 +286,15 @@ static int lua_prepare(pc_adapter *a, const pc_version_spec *spec, pc_prepared *
     /* "@name" makes Lua's error messages read "main.lua:3: ..." */
     snprintf(v->chunkname, sizeof(v->chunkname), "@%s", spec->entrypoint);
     pthread_mutex_init(&v->pool_lock, NULL);
+    atomic_init(&v->quarantined, false);
     count_versions(e, 1);
     load_metrics(e, v);
+    pthread_mutex_lock(&e->versions_lock);
+    v->next = e->versions;
+    if (e->versions != NULL)
+        e->versions->prev = v;
+    e->versions = v;
+    pthread_mutex_unlock(&e->versions_lock);
     /* The first isolate, built now, is what makes activation warm. */
     pc_lua_isolate *iso = NULL;
     if ((rc = new_isolate(v, &iso, err)) != PC_OK ||
@@ -296,6 +372,15 @@ static int lua_serve(pc_adapter *a, const char *tenant, const pc_request *req, p
         return pc_err_set(err, PC_E_NOTFOUND, "tenant %s has no live version", tenant);
     res->version = v->version;
     pc_metric_add(v->m.requests, 1);
+    if (atomic_load(&v->quarantined)) {
+        pthread_mutex_lock(&v->pool_lock);
+        int rc = pc_err_set(err, PC_E_LIMIT, "tenant %s version %llu is quarantined: %s", tenant,
+                            (unsigned long long)v->version, v->reason);
+        pthread_mutex_unlock(&v->pool_lock);
+        pc_metric_add(v->m.errors, 1);
+        version_unref(v);
+        return rc;
+    }
     pc_lua_isolate *iso = NULL;
     int build = 0;
     pthread_mutex_lock(&v->pool_lock);
@@ -317,10 +402,19 @@ static int lua_serve(pc_adapter *a, const char *tenant, const pc_request *req, p
     }
     if (rc == PC_OK) {
         pc_lua_limit hit = PC_LUA_LIMIT_NONE;
-        rc = pc_lua_isolate_call(iso, req, res, &hit, err);
+        inflight run;
+        pthread_mutex_lock(&v->pool_lock);
+        run_enter(v, &run, false);
+        pthread_mutex_unlock(&v->pool_lock);
+        rc = pc_lua_isolate_call(iso, req, res, &run.stop, &hit, err);
         res->version = v->version;
         count_limit(v, hit);
         pthread_mutex_lock(&v->pool_lock);
+        run_leave(v, &run);
+        if (hit == PC_LUA_LIMIT_WATCHDOG)
+            rc = pc_err_set(err, PC_E_LIMIT,
+                            "stopped by the watchdog: tenant %s version %llu is quarantined: %s",
+                            tenant, (unsigned long long)v->version, v->reason);
         if (hit != PC_LUA_LIMIT_NONE) {
             /* Whatever state the limit interrupted, it is not reused. */
             v->n_isolates--;
@@ -351,6 +445,11 @@ static uint64_t lua_live_version(pc_adapter *a, const char *tenant)
 static void lua_destroy(pc_adapter *a)
 {
     engine *e = (engine *)a;
+    pthread_mutex_lock(&e->watchdog_lock);
+    e->stopping = true;
+    pthread_cond_signal(&e->watchdog_wake);
+    pthread_mutex_unlock(&e->watchdog_lock);
+    pthread_join(e->watchdog, NULL);
     for (int b = 0; b < TENANT_BUCKETS; b++) {
         tenant_slot *s = e->buckets[b];
         while (s != NULL) {
@@ -362,7 +461,105 @@ static void lua_destroy(pc_adapter *a)
         }
     }
     pthread_rwlock_destroy(&e->table_lock);
+    pthread_mutex_destroy(&e->versions_lock);
+    pthread_mutex_destroy(&e->watchdog_lock);
+    pthread_cond_destroy(&e->watchdog_wake);
     free(e);
+}
+
+/* The watchdog. */
+
+/* Quarantines v (pool_lock held); counted once per version. */
+static void quarantine(lua_version *v, const char *reason)
+{
+    if (atomic_load(&v->quarantined))
+        return;
+    snprintf(v->reason, sizeof(v->reason), "%s", reason);
+    atomic_store(&v->quarantined, true);
+    pc_metric_add(v->m.quarantined, 1);
+    pc_warn("lua", "tenant %s version %llu quarantined: %s", v->tenant,
+            (unsigned long long)v->version, reason);
+}
+
+static void watchdog_pass(engine *e)
+{
+    int64_t now = pc_lua_now_ns();
+    pthread_mutex_lock(&e->versions_lock);
+    for (lua_version *v = e->versions; v != NULL; v = v->next) {
+        pthread_mutex_lock(&v->pool_lock);
+        for (inflight *r = v->runs; r != NULL; r = r->next) {
+            if (r->caught || now - r->started_ns <= e->ceiling_ns)
+                continue;
+            r->caught = true;
+            atomic_store(&r->stop, 1);
+            char reason[sizeof(v->reason)];
+            snprintf(reason, sizeof(reason), "%s ran past the %lld ms ceiling (wall limit %llu ms)",
+                     r->top_level ? "the top level" : "a request",
+                     (long long)(e->ceiling_ns / 1000000), (unsigned long long)e->limits.wall_ms);
+            quarantine(v, reason);
+        }
+        pthread_mutex_unlock(&v->pool_lock);
+    }
+    pthread_mutex_unlock(&e->versions_lock);
+}
+
+static void *watchdog_main(void *arg)
+{
+    engine *e = arg;
+    pthread_mutex_lock(&e->watchdog_lock);
+    while (!e->stopping) {
+        int64_t wake = pc_lua_now_ns() + e->tick_ns;
+        struct timespec ts = {(time_t)(wake / 1000000000), (long)(wake % 1000000000)};
+        pthread_cond_timedwait(&e->watchdog_wake, &e->watchdog_lock, &ts);
+        if (e->stopping)
+            break;
+        pthread_mutex_unlock(&e->watchdog_lock);
+        watchdog_pass(e);
+        pthread_mutex_lock(&e->watchdog_lock);
+    }
+    pthread_mutex_unlock(&e->watchdog_lock);
+    return NULL;
+}
+
+/* Quarantine queries: the tenants' live versions. */
+static bool live_quarantine(tenant_slot *s, pc_lua_quarantine *q)
+{
+    bool found = false;
+    pthread_mutex_lock(&s->lock);
+    lua_version *v = s->active;
+    if (v != NULL && atomic_load(&v->quarantined)) {
+        found = true;
+        if (q != NULL) {
+            snprintf(q->tenant, sizeof(q->tenant), "%s", v->tenant);
+            q->version = v->version;
+            pthread_mutex_lock(&v->pool_lock);
+            snprintf(q->reason, sizeof(q->reason), "%s", v->reason);
+            pthread_mutex_unlock(&v->pool_lock);
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return found;
+}
+
+size_t pc_lua_adapter_quarantined(pc_adapter *a, pc_lua_quarantine *out, size_t max)
+{
+    engine *e = (engine *)a;
+    size_t n = 0;
+    pthread_rwlock_rdlock(&e->table_lock);
+    for (int b = 0; b < TENANT_BUCKETS; b++) {
+        for (tenant_slot *s = e->buckets[b]; s != NULL; s = s->next) {
+            if (live_quarantine(s, n < max ? &out[n] : NULL))
+                n++;
+        }
+    }
+    pthread_rwlock_unlock(&e->table_lock);
+    return n;
+}
+
+bool pc_lua_adapter_is_quarantined(pc_adapter *a, const char *tenant, pc_lua_quarantine *q)
+{
+    tenant_slot *s = find_slot((engine *)a, tenant, 0);
+    return s != NULL && live_quarantine(s, q);
 }
 
 pc_adapter *pc_lua_adapter_new(const pc_lua_limits *limits, pc_metrics *metrics, pc_err *err)
@@ -383,6 +580,29 @@ pc_adapter *pc_lua_adapter_new(const pc_lua_limits *limits, pc_metrics *metrics,
                                          "Lua isolates (lua_State) in memory");
     }
     pthread_rwlock_init(&e->table_lock, NULL);
+    pthread_mutex_init(&e->versions_lock, NULL);
+    uint64_t ceiling_ms = e->limits.watchdog_ms ? e->limits.watchdog_ms : 4 * e->limits.wall_ms;
+    e->ceiling_ns = (int64_t)ceiling_ms * 1000000;
+    e->tick_ns = e->ceiling_ns / 4;
+    if (e->tick_ns < 10 * 1000000LL)
+        e->tick_ns = 10 * 1000000LL;
+    if (e->tick_ns > 1000 * 1000000LL)
+        e->tick_ns = 1000 * 1000000LL;
+    pthread_mutex_init(&e->watchdog_lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC); /* the clock of pc_lua_now_ns */
+    pthread_cond_init(&e->watchdog_wake, &attr);
+    pthread_condattr_destroy(&attr);
+    if (pthread_create(&e->watchdog, NULL, watchdog_main, e) != 0) {
+        pthread_cond_destroy(&e->watchdog_wake);
+        pthread_mutex_destroy(&e->watchdog_lock);
+        pthread_mutex_destroy(&e->versions_lock);
+        pthread_rwlock_destroy(&e->table_lock);
+        free(e);
+        pc_err_set(err, PC_E_NOMEM, "cannot start the Lua watchdog thread");
+        return NULL;
+    }
     e->base.name = "lua";
     e->base.check = lua_check;
     e->base.prepare = lua_prepare;

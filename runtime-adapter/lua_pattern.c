@@ -104,8 +104,8 @@ static int set_matches(matcher *m, int c, const char *p, const char *close)
         found = 0;
         p++;
     }
+    step(m, (uint64_t)(close - p)); /* at most one step per character of the set */
     while (++p < close) {
-        step(m, 1);
         if (*p == ESC) {
             p++;
             if (class_matches(c, (unsigned char)*p))
@@ -513,6 +513,7 @@ static void add_replacement_string(matcher *m, luaL_Buffer *buf, const char *s, 
     size_t l;
     const char *news = lua_tolstring(L, 3, &l);
     const char *p;
+    step(m, pc_lua_units_copy(l));
     while ((p = memchr(news, ESC, l)) != NULL) {
         luaL_addlstring(buf, news, (size_t)(p - news));
         p++; /* the character after '%' */
@@ -558,6 +559,7 @@ static int add_replacement(matcher *m, luaL_Buffer *buf, const char *s, const ch
     }
     if (!lua_isstring(L, -1))
         return luaL_error(L, "invalid replacement value (a %s)", luaL_typename(L, -1));
+    step(m, pc_lua_units_copy(lua_rawlen(L, -1)));
     luaL_addvalue(buf);
     return 1;
 }

@@ -19,13 +19,14 @@
 #include <lua.h>
 #include <stdint.h>
 
-#define PC_LUA_PATTERN_CHUNK 1024
+#include "lua_budget.h"
 
-typedef struct pc_lua_pattern_budget {
-    /* Called with the steps done since the last call; returns 0 to go on,
-     * non-zero to stop (the caller records which limit was hit). */
-    int (*charge)(lua_State *L, uint64_t steps);
-} pc_lua_pattern_budget;
+#define PC_LUA_PATTERN_CHUNK PC_LUA_CHUNK
+
+/* Charged with the steps done since the last call (lua_budget.h): returns
+ * 0 to go on; to stop, raises a Lua error or returns non-zero (then the
+ * pattern function raises "pattern matching exceeded the CPU limit"). */
+typedef pc_lua_budget pc_lua_pattern_budget;
 
 /* Replaces find, match, gmatch and gsub in the table at the top of L's
  * stack (the string library). budget must outlive L. */

@@ -174,6 +174,61 @@ static void test_sandbox_escapes_unreachable(void **state)
         {"select(2, pcall(collectgarbage, 'collect'))",
          "collectgarbage('collect') is not available"},
         {"type(collectgarbage('count'))", "number"},
+        /* No finalizers: they would run with no limit at all. */
+        {"select(2, pcall(setmetatable, {}, {__gc = function() end}))",
+         "__gc metamethods (finalizers) are not available"},
+        {"select(2, pcall(setmetatable, {}, {__gc = false}))",
+         "__gc metamethods (finalizers) are not available"},
+        /* xpcall's message handler works as in Lua. */
+        {"select(2, xpcall(error, function(m) return 'handled: ' .. m end, 'x'))", "handled: x"},
+        {"select(2, xpcall(function(a, b) return a + b end, print, 1, 2))", "3"},
+        {"select(2, pcall(xpcall, print))",
+         "bad argument #2 to 'xpcall' (function expected, got no value)"},
+        {"coroutine.wrap(function() "
+         "return xpcall(function() return coroutine.yield(5) end, print) end)()",
+         "5"},
+        {"(function() local co = coroutine.wrap(function() "
+         "return select(2, xpcall(function() coroutine.yield() error('e', 0) end, "
+         "function(m) return m .. '!' end)) end) co() return co() end)()",
+         "e!"},
+        /* Arithmetic on strings works as in Lua (the string metatable's
+         * metamethods are metered). */
+        {"('10' + 1) .. ' ' .. ('0x10' * 2) .. ' ' .. (-'2') .. ' ' .. ('7' // '2') .. ' ' .. "
+         "('2' ^ '3') .. ' ' .. math.type('3' + 0)",
+         "11 32 -2 3 8.0 integer"},
+        {"select(2, pcall(function() return 'a' + 1 end))",
+         "main.lua:1: attempt to add a 'string' with a 'number'"},
+        {"select(2, pcall(function() return '1' + {} end))",
+         "main.lua:1: attempt to add a 'string' with a 'table'"},
+        /* Coroutines work as in Lua. */
+        {"select(2, coroutine.resume(coroutine.create(function(a) return a * 2 end), 21))", "42"},
+        {"select(2, coroutine.resume(coroutine.create(function() error('x', 0) end)))", "x"},
+        {"select(2, pcall(coroutine.wrap(function() error('x') end)))", "main.lua:1: x"},
+        {"(function() local co = coroutine.wrap(function(a) local b = coroutine.yield(a + 1) "
+         "return b * 3 end) return co(1) + co(5) end)()",
+         "17"},
+        {"coroutine.close(coroutine.create(print))", "true"},
+        {"(function() local co = coroutine.create(function() local x <close> = "
+         "setmetatable({}, {__close = function() error('in close', 0) end}) "
+         "coroutine.yield() end) coroutine.resume(co) "
+         "return select(2, coroutine.close(co)) .. ' ' .. coroutine.status(co) end)()",
+         "in close dead"},
+        {"select(2, pcall(coroutine.close, coroutine.running()))",
+         "cannot close a running coroutine"},
+        {"(function() local outer outer = coroutine.create(function() "
+         "local inner = coroutine.create(function() return coroutine.close(outer) end) "
+         "return coroutine.resume(inner) end) return select(3, coroutine.resume(outer)) end)()",
+         "main.lua:1: cannot close a normal coroutine"},
+        {"select(2, pcall(coroutine.resume, 1))",
+         "bad argument #1 to 'coroutine.resume' (thread expected, got number)"},
+        {"select('#', coroutine.resume(coroutine.create(function() end)))", "1"},
+        /* Other metatables work as in Lua. */
+        {"getmetatable(setmetatable({}, {__index = {a = 1}})).__index.a", "1"},
+        {"setmetatable({}, {__index = function(t, k) return k .. '!' end}).x", "x!"},
+        {"select(2, pcall(setmetatable, setmetatable({}, {__metatable = 'no'}), {}))",
+         "cannot change a protected metatable"},
+        {"select(2, pcall(setmetatable, 1, {}))",
+         "bad argument #1 to 'setmetatable' (table expected, got number)"},
         /* Text chunks still load, but see only the sandbox. */
         {"load('return tostring(io)')()", "nil"},
         {"type(string.format) .. type(table.concat) .. type(math.floor) .. type(utf8.char)",
@@ -217,13 +272,24 @@ static void test_limits(void **state)
     /* CPU: an endless loop is stopped. */
     deploy_ok("spin", 1, "return function(req) while true do end end");
     assert_int_equal(get("spin", "/", &res, &err), PC_E_LIMIT);
-    assert_non_null(strstr(err.msg, "limit"));
+    /* The error says which limit, once, and where the code was. */
+    if (strcmp(err.msg, "main.lua:1: cpu limit exceeded") != 0 &&
+        strcmp(err.msg, "main.lua:1: time limit exceeded") != 0)
+        fail_msg("unexpected limit error: %s", err.msg);
     /* Again, on a fresh isolate: still stopped, never hangs. */
     assert_int_equal(get("spin", "/", &res, &err), PC_E_LIMIT);
     /* An endless loop inside a coroutine too. */
     deploy_ok("spin", 2,
               "return function(req) return coroutine.wrap(function() while true do end end)() "
               "end");
+    assert_int_equal(get("spin", "/", &res, &err), PC_E_LIMIT);
+    /* A coroutine stopped by a limit returns its error to the resumer as a
+     * value; the run is still over, even if the handler then returns. */
+    deploy_ok("spin", 3,
+              "return function(req) "
+              "local ok = coroutine.resume(coroutine.create(function() while true do end end)) "
+              "return tostring(ok) end");
+    assert_int_equal(get("spin", "/", &res, &err), PC_E_LIMIT);
     assert_int_equal(get("spin", "/", &res, &err), PC_E_LIMIT);
     /* Memory: a bomb hits the cap, the process is unharmed. */
     deploy_ok("bomb", 1,
@@ -278,7 +344,7 @@ static void test_limits(void **state)
                                "tenant=\"spin\",limit=\"cpu\"") +
                     pc_metrics_get(metrics, "popcast_lua_limit_exceeded_total",
                                    "tenant=\"spin\",limit=\"time\"") >=
-                3);
+                5);
     assert_true(pc_metrics_get(metrics, "popcast_lua_limit_exceeded_total",
                                "tenant=\"bomb\",limit=\"memory\"") >= 1);
     assert_true(pc_metrics_get(metrics, "popcast_lua_limit_exceeded_total",
@@ -293,6 +359,35 @@ static void test_limits(void **state)
                      0);
 }
 
+/* The memory limit is on what a run keeps alive, not on the garbage that
+ * earlier requests left for the collector: a refused allocation makes Lua
+ * collect and retry, and only if that fails too is the run over. */
+static void test_memory_limit_counts_live_data_only(void **state)
+{
+    /* Each request builds 3 MiB and drops it: 8 MiB hold one, never three. */
+    deploy_ok("garbage", 1,
+              "return function(req) local s = string.rep('x', 3 * 1024 * 1024) "
+              "return tostring(#s) end");
+    for (int i = 0; i < 20; i++)
+        expect_body("garbage", "/", "3145728");
+    /* A pcall that catches a memory error leaves a handler that can go on. */
+    deploy_ok("garbage", 2,
+              "return function(req) local ok = pcall(string.rep, 'x', 64 * 1024 * 1024) "
+              "return tostring(ok) .. ' ' .. #string.rep('y', 1024 * 1024) end");
+    for (int i = 0; i < 5; i++)
+        expect_body("garbage", "/", "false 1048576");
+    /* Live data over the cap is still stopped, as a memory limit. */
+    deploy_ok("garbage", 3,
+              "local keep = {} return function(req) for i = 1, 16 do "
+              "keep[#keep + 1] = string.rep('z', 1024 * 1024) .. i end return 'kept' end");
+    pc_response res;
+    pc_err err;
+    assert_int_equal(get("garbage", "/", &res, &err), PC_E_LIMIT);
+    assert_non_null(strstr(err.msg, "memory"));
+    assert_true(pc_metrics_get(metrics, "popcast_lua_limit_exceeded_total",
+                               "tenant=\"garbage\",limit=\"memory\"") == 1);
+}
+
 static void test_prepare_failure_keeps_old_version(void **state)
 {
     deploy_ok("stable", 1, "return function(req) return 'one' end");
@@ -305,6 +400,9 @@ static void test_prepare_failure_keeps_old_version(void **state)
         "error('top level boom')",
         "while true do end",
         "local t = {} for i = 1, 1e9 do t[i] = string.rep('y', 1024) .. i end",
+        /* stopped inside a coroutine, then returns a handler */
+        "coroutine.resume(coroutine.create(function() while true do end end)) "
+        "return function() return 'two' end",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         int rc = deploy("stable", 2 + i, bad[i], &err);
@@ -316,6 +414,16 @@ static void test_prepare_failure_keeps_old_version(void **state)
     }
     assert_int_equal(deploy("stable", 10, "error('top level boom')", &err), PC_E_RUNTIME);
     assert_non_null(strstr(err.msg, "top level boom"));
+    /* Compiling is charged too: 10 MB of source is over 2,000,000
+     * instructions' worth of parsing. */
+    size_t big = 10u << 20;
+    char *src = malloc(big + 64);
+    memset(src, ' ', big);
+    strcpy(src + big, "return function(req) return 'big' end");
+    assert_int_equal(deploy("stable", 11, src, &err), PC_E_LIMIT);
+    assert_non_null(strstr(err.msg, "compiling"));
+    free(src);
+    expect_body("stable", "/", "one");
 }
 
 static void test_swaps_free_old_versions(void **state)
@@ -351,6 +459,7 @@ int main(void)
         cmocka_unit_test(test_sandbox_escapes_unreachable),
         cmocka_unit_test(test_tenants_share_nothing),
         cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_memory_limit_counts_live_data_only),
         cmocka_unit_test(test_prepare_failure_keeps_old_version),
         cmocka_unit_test(test_swaps_free_old_versions),
     };
