@@ -10,6 +10,7 @@
 
 #include "clock.h"
 #include "envelope.h"
+#include "json_text.h"
 #include "log.h"
 #include "names.h"
 #include "registry.h"
@@ -1162,6 +1163,63 @@ void pc_applier_set_identity(pc_applier *a, const pc_public_key *pk)
     a->has_identity = true;
 }
 
+/* The runtimes' quarantined live versions (adapter.h), at most max. */
+#define MAX_QUARANTINES 256
+static size_t collect_quarantines(pc_applier *a, pc_quarantine *out, size_t max)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < a->opt.n_adapters && n < max; i++) {
+        pc_adapter *ad = a->opt.adapters[i];
+        if (ad->quarantined != NULL) {
+            size_t got = ad->quarantined(ad, out + n, max - n);
+            n += got < max - n ? got : max - n;
+        }
+    }
+    return n;
+}
+
+static int quarantines_proto(pc_applier *a, Popcast__AgentStatus *out)
+{
+    pc_quarantine *q = calloc(MAX_QUARANTINES, sizeof(*q));
+    if (q == NULL)
+        return PC_E_NOMEM;
+    size_t n = collect_quarantines(a, q, MAX_QUARANTINES);
+    int rc = PC_OK;
+    if (n > 0 && (out->quarantined = calloc(n, sizeof(*out->quarantined))) == NULL)
+        rc = PC_E_NOMEM;
+    for (size_t i = 0; rc == PC_OK && i < n; i++) {
+        Popcast__Quarantine *p = malloc(sizeof(*p));
+        char *tenant = strdup(q[i].tenant), *reason = strdup(q[i].reason);
+        if (p == NULL || tenant == NULL || reason == NULL) {
+            free(p);
+            free(tenant);
+            free(reason);
+            rc = PC_E_NOMEM;
+            break;
+        }
+        popcast__quarantine__init(p);
+        p->tenant = tenant;
+        p->version = q[i].version;
+        p->reason = reason;
+        out->quarantined[out->n_quarantined++] = p;
+    }
+    free(q);
+    return rc;
+}
+
+static json_t *quarantines_json(pc_applier *a)
+{
+    json_t *list = json_array();
+    pc_quarantine *q = calloc(MAX_QUARANTINES, sizeof(*q));
+    size_t n = q != NULL ? collect_quarantines(a, q, MAX_QUARANTINES) : 0;
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(list, json_pack("{s:s,s:I,s:o}", "tenant", q[i].tenant, "version",
+                                              (json_int_t)q[i].version, "reason",
+                                              pc_json_text(q[i].reason)));
+    free(q);
+    return list;
+}
+
 int pc_applier_status(pc_applier *a, Popcast__AgentStatus *out)
 {
     popcast__agent_status__init(out);
@@ -1180,7 +1238,8 @@ int pc_applier_status(pc_applier *a, Popcast__AgentStatus *out)
     out->applied_seq = atomic_load(&a->applied_seq);
     out->stale = pc_applier_is_stale(a);
     out->record_failures = atomic_load(&a->record_failures);
-    if (collect_nacks(a, &out->nacks, &out->n_nacks) != PC_OK) {
+    if (collect_nacks(a, &out->nacks, &out->n_nacks) != PC_OK ||
+        quarantines_proto(a, out) != PC_OK) {
         pc_applier_status_clear(out);
         return PC_E_NOMEM;
     }
@@ -1196,6 +1255,12 @@ void pc_applier_status_clear(Popcast__AgentStatus *st)
         free_nack(st->nacks[i]);
     free(st->nacks);
     free(st->public_key.data);
+    for (size_t i = 0; i < st->n_quarantined; i++) {
+        free(st->quarantined[i]->tenant);
+        free(st->quarantined[i]->reason);
+        free(st->quarantined[i]);
+    }
+    free(st->quarantined);
     popcast__agent_status__init(st);
 }
 
@@ -1285,11 +1350,11 @@ json_t *pc_applier_status_json(pc_applier *a)
     for (size_t i = 0; i < n; i++) {
         Popcast__Nack *pn = list[i];
         if (pn->tenant != NULL && pn->reason != NULL && pn->detail != NULL)
-            json_array_append_new(nacks,
-                                  json_pack("{s:s,s:I,s:I,s:s,s:s,s:I}", "tenant", pn->tenant,
-                                            "version", (json_int_t)pn->version, "seq",
-                                            (json_int_t)pn->seq, "reason", pn->reason, "detail",
-                                            pn->detail, "at_unix_ms", (json_int_t)pn->at_unix_ms));
+            json_array_append_new(nacks, json_pack("{s:s,s:I,s:I,s:s,s:o,s:I}", "tenant",
+                                                   pn->tenant, "version", (json_int_t)pn->version,
+                                                   "seq", (json_int_t)pn->seq, "reason", pn->reason,
+                                                   "detail", pc_json_text(pn->detail), "at_unix_ms",
+                                                   (json_int_t)pn->at_unix_ms));
         free_nack(pn);
     }
     free(list);
@@ -1304,9 +1369,9 @@ json_t *pc_applier_status_json(pc_applier *a)
     pthread_mutex_unlock(&a->lock);
     uint64_t head = atomic_load(&a->head_seq), applied = atomic_load(&a->applied_seq);
     return json_pack(
-        "{s:I,s:I,s:I,s:b,s:I,s:o,s:o,s:o,s:I}", "applied_seq", (json_int_t)applied, "head_seq",
+        "{s:I,s:I,s:I,s:b,s:I,s:o,s:o,s:o,s:I,s:o}", "applied_seq", (json_int_t)applied, "head_seq",
         (json_int_t)head, "lag", (json_int_t)(head > applied ? head - applied : 0), "stale",
         pc_applier_is_stale(a), "last_heartbeat_ms_ago", (json_int_t)heartbeat_age_ms(a), "tenants",
         tenants, "nacks", nacks, "signing_key", signing_key, "record_failures",
-        (json_int_t)atomic_load(&a->record_failures));
+        (json_int_t)atomic_load(&a->record_failures), "quarantined", quarantines_json(a));
 }

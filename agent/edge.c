@@ -18,6 +18,7 @@
 
 #include "checks.h"
 #include "clock.h"
+#include "json_text.h"
 #include "log.h"
 #include "names.h"
 #include "strmap.h"
@@ -74,7 +75,7 @@ struct pc_edge {
     bool stopping;
     unsigned sweep_ms;
     pc_metric *m_open, *m_refused_limit, *m_refused_client, *m_timeouts;
-    pc_metric *m_requests, *m_unknown, *m_errors, *m_too_large;
+    pc_metric *m_requests, *m_unknown, *m_errors, *m_too_large, *m_quarantined;
     pc_metric *m_bad_status, *m_bad_header, *m_bad_count, *m_bad_bytes, *m_dropped;
     pc_metric *m_bad_framing, *m_bad_target, *m_bad_host, *m_bad_field, *m_head_too_large;
 };
@@ -357,7 +358,10 @@ static enum MHD_Result send_error_close(struct MHD_Connection *conn, unsigned st
                                         const char *tenant, uint64_t version, const char *message,
                                         bool close)
 {
-    json_t *o = json_pack("{s:{s:s,s:s}}", "error", "code", pc_err_name(code), "message", message);
+    /* The message may quote tenant code's bytes: pc_json_text keeps it
+     * valid JSON whatever they are. */
+    json_t *o = json_pack("{s:{s:s,s:o}}", "error", "code", pc_err_name(code), "message",
+                          pc_json_text(message));
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (text == NULL)
@@ -597,6 +601,12 @@ static enum MHD_Result serve(pc_edge *e, struct MHD_Connection *conn, const char
         pc_metric_add(e->m_unknown, 1);
         snprintf(msg, sizeof(msg), "tenant %s is not served here", tenant);
         return send_error(conn, 404, PC_E_NOTFOUND, tenant, 0, msg);
+    }
+    if (rc == PC_E_QUARANTINED) {
+        /* Counted, not logged per request: the engine logged the
+         * quarantine once, and a busy tenant would flood the log. */
+        pc_metric_add(e->m_quarantined, 1);
+        return send_error(conn, 503, rc, tenant, version, err.msg);
     }
     pc_metric_add(e->m_errors, 1);
     pc_warn("edge", "%s %s %s: %s: %s", tenant, method, r->uri, pc_err_name(rc), err.msg);
@@ -864,6 +874,9 @@ int pc_edge_start(pc_edge **out, const pc_edge_options *opt, pc_err *err)
                                        "requests received by the edge listener");
     e->m_unknown = pc_metrics_counter(opt->metrics, "popcast_edge_unknown_tenant_total", NULL,
                                       "requests for no tenant or one not served here");
+    e->m_quarantined =
+        pc_metrics_counter(opt->metrics, "popcast_edge_quarantined_total", NULL,
+                           "requests answered 503 because the tenant's version is quarantined");
     e->m_errors = pc_metrics_counter(opt->metrics, "popcast_edge_handler_errors_total", NULL,
                                      "requests answered 502/503 (handler error, limit, busy)");
     e->m_too_large = pc_metrics_counter(opt->metrics, "popcast_edge_body_too_large_total", NULL,

@@ -56,6 +56,7 @@ typedef struct agent_config {
     uint64_t lua_memory;
     uint64_t lua_instructions;
     uint64_t lua_wall_ms;
+    uint64_t lua_watchdog_ms;
     uint64_t lua_response_max;
     uint64_t lua_max_isolates;
     char *identity_key;
@@ -119,6 +120,9 @@ static const pc_cfg_option options[] = {
         "memory limit of one Lua isolate"),
     OPT(lua_instructions, PC_CFG_U64, "50000000", 1000, 0, "Lua instruction budget per request"),
     OPT(lua_wall_ms, PC_CFG_U64, "1000", 1, 3600000, "wall-time limit per request (ms)"),
+    OPT(lua_watchdog_ms, PC_CFG_U64, "0", 0, 3600000,
+        "a run still going this long is stopped and its version quarantined (503) until the "
+        "tenant's next version (ms; 0: 4 x lua_wall_ms)"),
     OPT(lua_response_max, PC_CFG_SIZE, "8MiB", 1, (uint64_t)1 << 30, "largest response body"),
     OPT(lua_max_isolates, PC_CFG_U64, "64", 1, 65536, "isolates per tenant version"),
     OPT(tls_ca, PC_CFG_STRING, NULL, 0, 0,
@@ -402,6 +406,7 @@ static int agent_open(agent *ag, pc_err *err)
     limits.memory_bytes = ag->cfg.lua_memory;
     limits.instructions = ag->cfg.lua_instructions;
     limits.wall_ms = ag->cfg.lua_wall_ms;
+    limits.watchdog_ms = ag->cfg.lua_watchdog_ms;
     limits.response_bytes = ag->cfg.lua_response_max;
     limits.max_isolates = ag->cfg.lua_max_isolates;
     if ((ag->metrics = pc_metrics_new()) == NULL)

@@ -78,6 +78,7 @@ const char *pc_err_name(int code)
     case PC_E_EXPIRED: return "expired";
     case PC_E_REPLAYED: return "replayed";
     case PC_E_BUNDLE_OMITTED: return "bundle_omitted";
+    case PC_E_QUARANTINED: return "quarantined";
     default: return "unknown";
     }
 }

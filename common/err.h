@@ -39,6 +39,7 @@ enum {
     PC_E_EXPIRED = -26,         /* a signed message past its expiry (heartbeats) */
     PC_E_REPLAYED = -27,        /* a message not newer than one already accepted */
     PC_E_BUNDLE_OMITTED = -28,  /* an announcement: the bundle must be fetched */
+    PC_E_QUARANTINED = -29,     /* the tenant's live version is quarantined (misbehaved) */
 };
 
 typedef struct pc_err {

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "crypto.h"
+#include "json_text.h"
 #include "names.h"
 #include "strmap.h"
 #include "checks.h"
@@ -210,6 +211,10 @@ static int check_report(const Popcast__AgentStatus *st, pc_err *err)
     for (size_t i = 0; i < st->n_tenants; i++)
         if (st->tenants[i] == NULL || !pc_tenant_name_valid(st->tenants[i]->tenant))
             return pc_err_set(err, PC_E_INVALID, "status report with an invalid tenant name");
+    for (size_t i = 0; i < st->n_quarantined; i++)
+        if (st->quarantined[i] == NULL || !pc_tenant_name_valid(st->quarantined[i]->tenant) ||
+            st->quarantined[i]->reason == NULL || strlen(st->quarantined[i]->reason) > 512)
+            return pc_err_set(err, PC_E_INVALID, "status report with an invalid quarantine");
     if (st->public_key.len != 0 && st->public_key.len != PC_PK_LEN)
         return pc_err_set(err, PC_E_INVALID, "status report with a public key of %zu bytes",
                           st->public_key.len);
@@ -357,6 +362,16 @@ json_t *pc_rollout_fleet_json(pc_rollout *r, uint64_t head_seq, int64_t now_ms)
         json_object_set_new(o, "record_failures",
                             json_integer((json_int_t)a->status->record_failures));
         json_object_set_new(o, "tenants_unrecorded", json_integer((json_int_t)unrecorded));
+        /* Versions this agent's runtime stopped serving (it answers their
+         * requests 503): a PoP-level outage of that tenant. */
+        json_t *q = json_array();
+        for (size_t k = 0; k < a->status->n_quarantined; k++) {
+            const Popcast__Quarantine *e = a->status->quarantined[k];
+            json_array_append_new(q, json_pack("{s:o,s:I,s:o}", "tenant", pc_json_text(e->tenant),
+                                               "version", (json_int_t)e->version, "reason",
+                                               pc_json_text(e->reason)));
+        }
+        json_object_set_new(o, "quarantined", q);
         json_array_append_new(agents, o);
     }
     json_t *refused = refused_only_json(r, now_ms);

@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "err.h"
+#include "names.h"
 
 /* What the agent knows about a version when it asks an adapter to prepare
  * it. The adapter copies whatever it keeps: the pointers are only valid for
@@ -68,6 +69,15 @@ typedef struct pc_response {
 
 void pc_response_clear(pc_response *res);
 
+/* A live version an adapter stopped serving because it misbehaved past
+ * every limit (Lua: a run still going past the watchdog's ceiling). It
+ * lasts until the tenant's next version goes live. */
+typedef struct pc_quarantine {
+    char tenant[PC_TENANT_MAX + 1];
+    uint64_t version;
+    char reason[160]; /* e.g. "a request ran past the 4000 ms ceiling" */
+} pc_quarantine;
+
 typedef struct pc_prepared pc_prepared; /* adapter specific */
 typedef struct pc_adapter pc_adapter;
 
@@ -83,11 +93,17 @@ struct pc_adapter {
     void (*discard)(pc_adapter *a, pc_prepared *p);
     int (*deactivate)(pc_adapter *a, const char *tenant, pc_err *err);
     /* PC_E_NOTFOUND: no live version. PC_E_RUNTIME: the handler failed
-     * (err has its message). PC_E_LIMIT: a sandbox limit stopped it. */
+     * (err has its message). PC_E_LIMIT: a sandbox limit stopped it.
+     * PC_E_QUARANTINED: the live version is quarantined (err says why);
+     * nothing ran. */
     int (*serve)(pc_adapter *a, const char *tenant, const pc_request *req, pc_response *res,
                  pc_err *err);
     /* The tenant's live version, 0 when none. */
     uint64_t (*live_version)(pc_adapter *a, const char *tenant);
+    /* Optional (NULL: this adapter never quarantines). The quarantined
+     * live versions: fills up to max into out, returns how many there are
+     * (possibly more than max). Thread safe. */
+    size_t (*quarantined)(pc_adapter *a, pc_quarantine *out, size_t max);
     void (*destroy)(pc_adapter *a);
 };
 

@@ -374,8 +374,8 @@ static int lua_serve(pc_adapter *a, const char *tenant, const pc_request *req, p
     pc_metric_add(v->m.requests, 1);
     if (atomic_load(&v->quarantined)) {
         pthread_mutex_lock(&v->pool_lock);
-        int rc = pc_err_set(err, PC_E_LIMIT, "tenant %s version %llu is quarantined: %s", tenant,
-                            (unsigned long long)v->version, v->reason);
+        int rc = pc_err_set(err, PC_E_QUARANTINED, "tenant %s version %llu is quarantined: %s",
+                            tenant, (unsigned long long)v->version, v->reason);
         pthread_mutex_unlock(&v->pool_lock);
         pc_metric_add(v->m.errors, 1);
         version_unref(v);
@@ -611,6 +611,7 @@ pc_adapter *pc_lua_adapter_new(const pc_lua_limits *limits, pc_metrics *metrics,
     e->base.deactivate = lua_deactivate;
     e->base.serve = lua_serve;
     e->base.live_version = lua_live_version;
+    e->base.quarantined = pc_lua_adapter_quarantined;
     e->base.destroy = lua_destroy;
     return &e->base;
 }

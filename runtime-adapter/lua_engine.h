@@ -51,7 +51,7 @@ void pc_lua_adapter_counts(pc_adapter *a, long *versions, long *isolates);
  *     PC_E_LIMIT, limit "watchdog" (if it never reaches a check, as a C
  *     function that never returns would not, its thread stays there);
  *   - quarantines the version: each request that starts afterwards is
- *     answered PC_E_LIMIT ("tenant T version V is quarantined: REASON")
+ *     answered PC_E_QUARANTINED ("tenant T version V is quarantined: REASON")
  *     at once, without entering the tenant's code, so a stuck version
  *     cannot take worker after worker;
  *   - counts popcast_lua_quarantined_total{tenant} (and the run in
@@ -62,11 +62,7 @@ void pc_lua_adapter_counts(pc_adapter *a, long *versions, long *isolates);
  *
  * The two functions below are what the agent reports; both are thread
  * safe and take the engine's table lock and per-tenant locks briefly. */
-typedef struct pc_lua_quarantine {
-    char tenant[PC_TENANT_MAX + 1];
-    uint64_t version;
-    char reason[160]; /* e.g. "a request ran past the 4000 ms ceiling" */
-} pc_lua_quarantine;
+typedef pc_quarantine pc_lua_quarantine; /* adapter.h */
 
 /* The live versions in quarantine: fills up to max of them into out and
  * returns how many there are (which may be more than max). */

@@ -758,6 +758,8 @@ static int call_handler(lua_State *L)
         } else {
             int isnum = 0;
             lua_Integer st = lua_tointegerx(L, -1, &isnum);
+            /* 1xx pass through to the edge, which refuses them with a 502
+             * naming the range it serves (agent/edge.c). */
             if (!isnum || st < 100 || st > 599)
                 return luaL_error(L, "response status must be an integer from 100 to 599");
             res->status = (int)st;
@@ -774,7 +776,12 @@ static int call_handler(lua_State *L)
             while (lua_next(L, -2) != 0) {
                 if (lua_type(L, -2) != LUA_TSTRING)
                     return luaL_error(L, "response header names must be strings");
-                const char *name = lua_tostring(L, -2);
+                size_t nlen = 0;
+                const char *name = lua_tolstring(L, -2, &nlen);
+                /* A NUL inside the name would cut it short: refuse, never
+                 * truncate. */
+                if (strlen(name) != nlen)
+                    return luaL_error(L, "response header names must not contain NUL");
                 size_t vlen = 0;
                 if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
                     return luaL_error(L, "response header %s must be a string", name);

@@ -336,6 +336,10 @@ static void test_limits(void **state)
     assert_int_equal(get("oops", "/", &res, &err), PC_E_RUNTIME);
     deploy_ok("oops", 4, "return function(req) return {headers = {['x-a'] = 'b\\r\\nx-c: d'}} end");
     assert_int_equal(get("oops", "/", &res, &err), PC_E_RUNTIME);
+    /* A NUL in a header name is refused, not cut short to "x-a". */
+    deploy_ok("oops", 6, "return function(req) return {headers = {['x-a\\0evil'] = 'v'}} end");
+    assert_int_equal(get("oops", "/", &res, &err), PC_E_RUNTIME);
+    assert_non_null(strstr(err.msg, "NUL"));
 
     /* Through all of it the other tenant kept serving. */
     expect_body("good", "/", "fine");

@@ -410,7 +410,7 @@ static void test_watchdog_quarantines_a_stuck_request(void **state)
 
     /* From now on requests are refused without entering the code. */
     for (int i = 0; i < 3; i++) {
-        assert_int_equal(get("stuck", &res, &err), PC_E_LIMIT);
+        assert_int_equal(get("stuck", &res, &err), PC_E_QUARANTINED);
         assert_non_null(strstr(err.msg, "is quarantined"));
     }
     pc_lua_quarantine q;
