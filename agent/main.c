@@ -64,6 +64,7 @@ typedef struct agent_config {
     uint64_t status_interval_ms;
     uint64_t sync_interval_ms;
     uint64_t request_timeout_ms;
+    uint64_t connect_timeout_ms;
     uint64_t test_drop_permille;
     uint64_t test_drop_seed;
 } agent_config;
@@ -126,6 +127,8 @@ static const pc_cfg_option options[] = {
     OPT(sync_interval_ms, PC_CFG_U64, "10000", 100, 3600000,
         "catch-up probe period, even when nothing looks missing"),
     OPT(request_timeout_ms, PC_CFG_U64, "5000", 100, 600000, "one sync request's timeout"),
+    OPT(connect_timeout_ms, PC_CFG_U64, "1000", 10, 600000,
+        "catch-up waits this long for a controller's connection before trying the next"),
     OPT(test_drop_permille, PC_CFG_U64, "0", 0, 1000,
         "TESTS ONLY: discard this many per mille of pub/sub entries"),
     OPT(test_drop_seed, PC_CFG_U64, "1", 0, 0, "TESTS ONLY: seed of the drop switch"),
@@ -384,6 +387,7 @@ static int agent_serve(agent *ag, pc_err *err)
         .identity = &ag->identity,
         .tls = ag->tls,
         .request_timeout_ms = ag->cfg.request_timeout_ms,
+        .connect_timeout_ms = ag->cfg.connect_timeout_ms,
         .sync_interval_ms = ag->cfg.sync_interval_ms,
         .status_interval_ms = ag->cfg.status_interval_ms,
         .status_min_ms = 50,
