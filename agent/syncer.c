@@ -4,6 +4,7 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
 #include <pthread.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -16,6 +17,12 @@
 #include "log.h"
 #include "protocol_limits.h"
 
+/* Each controller's catch-up backs off on its own after a failure, an
+ * error reply or an answer that does not move the agent forward (a lie:
+ * "head is N" with no entries, entries it already has, a snapshot that is
+ * not ahead): from BACKOFF_MIN_MS, doubling up to BACKOFF_MAX_MS, each wait
+ * drawn between half and all of it (jitter: a fleet does not retry in
+ * step). */
 #define BACKOFF_MIN_MS 200
 #define BACKOFF_MAX_MS 5000
 /* A failure that repeats is logged at most once per this long, with the
@@ -40,9 +47,13 @@ typedef struct link {
     char *url;
     /* Catch-up: the sync thread's socket, and what it learnt of it. */
     nng_socket sock;
-    _Atomic int pipes;  /* connections (nng pipe events) */
-    unsigned failures;  /* catch-up failures in a row: the health score */
-    int64_t last_ok_ms; /* the last catch-up it answered (0: never) */
+    _Atomic int pipes;    /* connections (nng pipe events) */
+    unsigned failures;    /* catch-up failures in a row: the health score */
+    int64_t last_ok_ms;   /* the last catch-up it answered (0: never) */
+    int64_t retry_at_ms;  /* backoff: not asked again before this */
+    uint64_t backoff_ms;  /* the next failure's backoff */
+    int unreachable;      /* the last failure was "no connection" */
+    _Atomic int new_pipe; /* connected since unreachable was set */
     log_gate sync_log;
     /* Reports: a socket, context and aio of their own. Under s->lock:
      * busy (a request in flight), pending (a newer report waits). */
@@ -68,9 +79,7 @@ struct pc_syncer {
     int stop, need_sync, dirty;
     int sync_exited;      /* the catch-up thread has returned (under lock) */
     _Atomic int stopping; /* no new request once set (read without lock) */
-    int64_t next_sync_ms; /* a requested sync waits for this (backoff) */
     int64_t last_sync_ms; /* the periodic probe runs sync_interval after it */
-    uint64_t backoff_ms;
     int64_t next_status_ms, last_status_ms;
     uint64_t counter;
     int stale; /* as last seen by the report thread */
@@ -254,8 +263,14 @@ static int take_snapshot(pc_syncer *s, link *l, pc_err *err)
         if (rc == PC_OK) {
             rc = pc_applier_install_snapshot(s->opt.applier, snap->seq, ptrs, n, snap->rotations,
                                              snap->n_rotations, err);
+            /* It demanded a snapshot and sent one that is not ahead of us:
+             * asking again would get the same answer. */
             if (rc == PC_E_DUPLICATE)
-                rc = PC_OK; /* we were already there: nothing to do */
+                rc = pc_err_set(err, PC_E_UNAVAILABLE,
+                                "%s: asked for a snapshot, sent one (seq %llu) that is not ahead "
+                                "of the applied seq %llu",
+                                l->url, (unsigned long long)snap->seq,
+                                (unsigned long long)pc_applier_applied_seq(s->opt.applier));
         }
         for (size_t i = 0; i < n; i++)
             free(owned[i]);
@@ -267,10 +282,13 @@ static int take_snapshot(pc_syncer *s, link *l, pc_err *err)
     return rc;
 }
 
-/* Catches up from one link until the head it reports. */
+/* Catches up from one link until the head it reports. Every answer must
+ * move the applied seq forward (or say we are at its head): one that does
+ * not is an error, so a lying or broken endpoint costs one request per
+ * backoff, never a loop. */
 static int catch_up_from(pc_syncer *s, link *l, pc_err *err)
 {
-    for (int rounds = 0; rounds < 100000; rounds++) {
+    for (;;) {
         uint64_t applied = pc_applier_applied_seq(s->opt.applier);
         Popcast__SyncCall c = POPCAST__SYNC_CALL__INIT;
         Popcast__SyncRequest req = POPCAST__SYNC_REQUEST__INIT;
@@ -298,6 +316,9 @@ static int catch_up_from(pc_syncer *s, link *l, pc_err *err)
                     (unsigned long long)applied);
             if ((rc = take_snapshot(s, l, err)) != PC_OK)
                 return rc;
+            if (pc_applier_applied_seq(s->opt.applier) <= applied)
+                return pc_err_set(err, PC_E_UNAVAILABLE, "%s: its snapshot did not move us",
+                                  l->url);
             continue;
         }
         uint64_t head = r->head_seq;
@@ -318,13 +339,27 @@ static int catch_up_from(pc_syncer *s, link *l, pc_err *err)
         popcast__sync_reply__free_unpacked(rep, NULL);
         if (rc != PC_OK)
             return rc;
-        if (pc_applier_applied_seq(s->opt.applier) >= head)
-            return PC_OK;
+        uint64_t now_applied = pc_applier_applied_seq(s->opt.applier);
+        if (now_applied >= head) {
+            /* At its head; but a signed heartbeat may have shown more. */
+            uint64_t known = pc_applier_head_seq(s->opt.applier);
+            if (now_applied >= known)
+                return PC_OK;
+            if (now_applied > applied)
+                continue; /* commits keep coming: ask for those too */
+            /* A controller that lags, or one that lies about its head. */
+            return pc_err_set(err, PC_E_UNAVAILABLE,
+                              "%s: its head %llu is behind the heartbeat's %llu", l->url,
+                              (unsigned long long)head, (unsigned long long)known);
+        }
         if (n == 0)
             return pc_err_set(err, PC_E_UNAVAILABLE, "%s: head is %llu but no entries came", l->url,
                               (unsigned long long)head);
+        if (now_applied <= applied)
+            return pc_err_set(err, PC_E_UNAVAILABLE,
+                              "%s: head is %llu but its %zu entries are not after %llu", l->url,
+                              (unsigned long long)head, n, (unsigned long long)applied);
     }
-    return pc_err_set(err, PC_E_INTERNAL, "catch-up did not finish");
 }
 
 static int connected(const link *l)
@@ -382,6 +417,42 @@ static void wait_for_a_connection(pc_syncer *s)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* A link's catch-up failed: it waits out its backoff (drawn between half
+ * and all of it) before it is asked again, and its next one doubles. */
+static void back_off(link *l, int unreachable)
+{
+    uint64_t half = l->backoff_ms / 2;
+    l->retry_at_ms = pc_mono_ms() + (int64_t)(half + randombytes_uniform((uint32_t)half + 1));
+    l->backoff_ms = l->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : l->backoff_ms * 2;
+    l->failures++;
+    l->unreachable = unreachable;
+    atomic_store(&l->new_pipe, 0);
+}
+
+/* When a link may be asked again. A link that failed for want of a
+ * connection may be asked as soon as it has one. */
+static int64_t ready_at(link *l)
+{
+    if (l->unreachable && atomic_load(&l->new_pipe))
+        return 0;
+    return l->retry_at_ms;
+}
+
+/* The earliest time any link may be asked. */
+static int64_t next_ready(pc_syncer *s)
+{
+    int64_t t = INT64_MAX;
+    for (size_t i = 0; i < s->n_links; i++) {
+        int64_t r = ready_at(&s->links[i]);
+        if (r < t)
+            t = r;
+    }
+    return t;
+}
+
+/* One round: asks each link that is not backing off, in order, until one
+ * brings the agent to its head. PC_OK, or PC_E_UNAVAILABLE when none did
+ * (the caller retries when the first backoff ends). */
 static int catch_up(pc_syncer *s)
 {
     pc_err err;
@@ -392,16 +463,22 @@ static int catch_up(pc_syncer *s)
     order_links(s, order);
     for (size_t k = 0; k < s->n_links && !atomic_load(&s->stopping); k++) {
         link *l = &s->links[order[k]];
+        if (ready_at(l) > pc_mono_ms())
+            continue;
         pc_err_clear(&err);
         int rc = catch_up_from(s, l, &err);
         if (rc == PC_OK) {
             l->failures = 0;
+            l->backoff_ms = BACKOFF_MIN_MS;
+            l->retry_at_ms = 0;
+            l->unreachable = 0;
             l->last_ok_ms = pc_mono_ms();
             gate_reset(&l->sync_log);
             return PC_OK;
         }
-        l->failures++;
-        gated_warn(&l->sync_log, "catch-up from %s failed: %s", l->url, err.msg);
+        back_off(l, rc == PC_E_TIMEOUT && !connected(l));
+        gated_warn(&l->sync_log, "catch-up from %s failed: %s (next try in %lld ms or later)",
+                   l->url, err.msg, (long long)(l->retry_at_ms - pc_mono_ms()));
     }
     pc_metric_add(s->m_sync_failures, 1);
     return PC_E_UNAVAILABLE;
@@ -414,7 +491,7 @@ static void *sync_run(void *arg)
     while (!s->stop) {
         int64_t now = pc_mono_ms();
         int64_t due =
-            s->need_sync ? s->next_sync_ms : s->last_sync_ms + (int64_t)s->opt.sync_interval_ms;
+            s->need_sync ? next_ready(s) : s->last_sync_ms + (int64_t)s->opt.sync_interval_ms;
         if (now < due) {
             struct timespec ts;
             pc_deadline_after_ms(&ts, (uint64_t)(due - now));
@@ -425,16 +502,9 @@ static void *sync_run(void *arg)
         pthread_mutex_unlock(&s->lock);
         int rc = catch_up(s);
         pthread_mutex_lock(&s->lock);
-        now = pc_mono_ms();
-        s->last_sync_ms = now;
-        if (rc == PC_OK) {
-            s->backoff_ms = BACKOFF_MIN_MS;
-        } else {
-            /* Keep asking, backing off, until a controller answers. */
-            s->need_sync = 1;
-            s->next_sync_ms = now + (int64_t)s->backoff_ms;
-            s->backoff_ms = s->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : s->backoff_ms * 2;
-        }
+        s->last_sync_ms = pc_mono_ms();
+        if (rc != PC_OK)
+            s->need_sync = 1; /* again when the first backoff ends */
     }
     s->sync_exited = 1;
     pthread_cond_broadcast(&s->sync_cond);
@@ -454,6 +524,7 @@ static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
     } else if (ev == NNG_PIPE_EV_REM_POST) {
         atomic_fetch_sub(&l->pipes, 1);
     } else if (ev == NNG_PIPE_EV_ADD_POST) {
+        atomic_store(&l->new_pipe, 1);
         pthread_mutex_lock(&l->s->lock);
         pthread_cond_broadcast(&l->s->sync_cond);
         pthread_mutex_unlock(&l->s->lock);
@@ -798,9 +869,9 @@ int pc_syncer_start(pc_syncer **out, const pc_syncer_options *opt, pc_err *err)
         }
     }
     s->need_sync = s->n_links > 0;
-    s->backoff_ms = BACKOFF_MIN_MS;
+    for (size_t i = 0; i < s->n_links; i++)
+        s->links[i].backoff_ms = BACKOFF_MIN_MS;
     int64_t now = pc_mono_ms();
-    s->next_sync_ms = now;
     s->last_sync_ms = now;
     s->next_status_ms = now;
     s->m_stale = pc_metrics_gauge(opt->metrics, "popcast_agent_stale", NULL,

@@ -1,0 +1,335 @@
+/* test_hostile_sync.c - a sync endpoint that lies. The agent's --sync
+ * address here is a real nng rep socket run by the test, answering with
+ * lies, garbage and forgeries; the agent subscribes to a pub socket the
+ * test owns too. Whatever the endpoint answers, the agent keeps serving,
+ * applies nothing that is not genuine, and asks it at a bounded rate. */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <nng/nng.h>
+#include <nng/protocol/pubsub0/pub.h>
+#include <nng/protocol/reqrep0/rep.h>
+
+#include "bundle.h"
+#include "envelope.h"
+#include "harness.h"
+
+/* The fake endpoint. */
+
+typedef struct fake_sync fake_sync;
+/* Builds the answer to one request (NULL: an empty status ack). */
+typedef nng_msg *(*fake_answer)(fake_sync *f, const Popcast__SyncCall *call);
+
+struct fake_sync {
+    nng_socket rep;
+    char url[64];
+    pthread_t thread;
+    atomic_int stop;
+    atomic_int n_sync, n_snapshot, n_chunk, n_status;
+    pthread_mutex_t lock; /* guards answer and state */
+    fake_answer answer;
+    int state; /* the answer's own counter */
+};
+
+static nng_msg *packed_reply(const Popcast__SyncReply *r)
+{
+    nng_msg *msg = NULL;
+    assert_int_equal(nng_msg_alloc(&msg, popcast__sync_reply__get_packed_size(r)), 0);
+    popcast__sync_reply__pack(r, nng_msg_body(msg));
+    return msg;
+}
+
+static nng_msg *status_ack(void)
+{
+    Popcast__StatusAck ack = POPCAST__STATUS_ACK__INIT;
+    Popcast__SyncReply r = POPCAST__SYNC_REPLY__INIT;
+    r.body_case = POPCAST__SYNC_REPLY__BODY_STATUS_ACK;
+    r.status_ack = &ack;
+    return packed_reply(&r);
+}
+
+/* Bytes that never decode: field 31 with the invalid wire type 7. */
+static nng_msg *garbage(void)
+{
+    nng_msg *msg = NULL;
+    assert_int_equal(nng_msg_alloc(&msg, 64), 0);
+    memset(nng_msg_body(msg), 0xff, 64);
+    return msg;
+}
+
+static void *fake_run(void *arg)
+{
+    fake_sync *f = arg;
+    while (!atomic_load(&f->stop)) {
+        nng_msg *req = NULL;
+        if (nng_recvmsg(f->rep, &req, 0) != 0)
+            continue; /* receive timeout: look at stop */
+        Popcast__SyncCall *call =
+            popcast__sync_call__unpack(NULL, nng_msg_len(req), nng_msg_body(req));
+        nng_msg_free(req);
+        nng_msg *rep = NULL;
+        if (call != NULL) {
+            switch (call->body_case) {
+            case POPCAST__SYNC_CALL__BODY_SYNC: atomic_fetch_add(&f->n_sync, 1); break;
+            case POPCAST__SYNC_CALL__BODY_SNAPSHOT: atomic_fetch_add(&f->n_snapshot, 1); break;
+            case POPCAST__SYNC_CALL__BODY_CHUNK: atomic_fetch_add(&f->n_chunk, 1); break;
+            default: atomic_fetch_add(&f->n_status, 1); break;
+            }
+            if (call->body_case == POPCAST__SYNC_CALL__BODY_STATUS ||
+                call->body_case == POPCAST__SYNC_CALL__BODY_SIGNED_STATUS) {
+                rep = status_ack();
+            } else {
+                pthread_mutex_lock(&f->lock);
+                rep = f->answer != NULL ? f->answer(f, call) : NULL;
+                pthread_mutex_unlock(&f->lock);
+            }
+            popcast__sync_call__free_unpacked(call, NULL);
+        }
+        if (rep == NULL)
+            rep = status_ack();
+        if (nng_sendmsg(f->rep, rep, 0) != 0)
+            nng_msg_free(rep);
+    }
+    return NULL;
+}
+
+static void fake_start(fake_sync *f, fake_answer answer)
+{
+    memset(f, 0, sizeof(*f));
+    pthread_mutex_init(&f->lock, NULL);
+    f->answer = answer;
+    snprintf(f->url, sizeof(f->url), "tcp://127.0.0.1:%d", pc_test_free_port());
+    assert_int_equal(nng_rep0_open(&f->rep), 0);
+    assert_int_equal(nng_socket_set_ms(f->rep, NNG_OPT_RECVTIMEO, 100), 0);
+    assert_int_equal(nng_socket_set_size(f->rep, NNG_OPT_RECVMAXSZ, 4 << 20), 0);
+    assert_int_equal(nng_listen(f->rep, f->url, NULL, 0), 0);
+    assert_int_equal(pthread_create(&f->thread, NULL, fake_run, f), 0);
+}
+
+static void fake_set(fake_sync *f, fake_answer answer)
+{
+    pthread_mutex_lock(&f->lock);
+    f->answer = answer;
+    f->state = 0;
+    pthread_mutex_unlock(&f->lock);
+}
+
+static void fake_stop(fake_sync *f)
+{
+    atomic_store(&f->stop, 1);
+    pthread_join(f->thread, NULL);
+    nng_close(f->rep);
+    pthread_mutex_destroy(&f->lock);
+}
+
+/* Requests that ask for something (not status reports). */
+static int fake_asks(fake_sync *f)
+{
+    return atomic_load(&f->n_sync) + atomic_load(&f->n_snapshot) + atomic_load(&f->n_chunk);
+}
+
+/* The fixture: an agent whose only sync endpoint is the fake, subscribed
+ * to a pub socket of the test's. */
+
+static pc_test_env env;
+static fake_sync fake;
+static nng_socket pub;
+static char pub_url[64];
+static pc_test_agent agent;
+
+/* A genuine (trusted key) deploy of tenant acme. */
+typedef struct forged {
+    Popcast__SignedManifest sm;
+    uint8_t *bundle;
+    size_t len;
+} forged;
+
+static void forge(forged *f, const pc_signing_key *key, uint64_t seq, uint64_t version,
+                  const char *body)
+{
+    char src[256];
+    pc_test_lua_hello(src, sizeof(src), body);
+    assert_int_equal(pc_bundle_pack_single("main.lua", (const uint8_t *)src, strlen(src),
+                                           &f->bundle, &f->len, NULL),
+                     PC_OK);
+    uint8_t hash[PC_HASH_LEN];
+    pc_hash(hash, f->bundle, f->len);
+    Popcast__Manifest m = POPCAST__MANIFEST__INIT;
+    m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY;
+    m.tenant = "acme";
+    m.version = version;
+    m.seq = seq;
+    m.bundle_hash.data = hash;
+    m.bundle_hash.len = PC_HASH_LEN;
+    m.bundle_size = f->len;
+    m.entrypoint = "main.lua";
+    m.runtime = "lua";
+    assert_int_equal(pc_envelope_sign_manifest(key, &m, &f->sm, NULL), PC_OK);
+}
+
+static void forged_free(forged *f)
+{
+    pc_envelope_signed_clear(&f->sm);
+    free(f->bundle);
+}
+
+static forged genuine1; /* seq 1, version 1 */
+
+static int setup(void **state)
+{
+    (void)state;
+    pc_test_env_init(&env);
+    memset(&agent, 0, sizeof(agent));
+    forge(&genuine1, &env.key, 1, 1, "genuine v1");
+    fake_start(&fake, NULL);
+    snprintf(pub_url, sizeof(pub_url), "tcp://127.0.0.1:%d", pc_test_free_port());
+    assert_int_equal(nng_pub0_open(&pub), 0);
+    assert_int_equal(nng_listen(pub, pub_url, NULL, 0), 0);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    pc_test_agent_stop(&agent);
+    nng_close(pub);
+    fake_stop(&fake);
+    forged_free(&genuine1);
+    pc_test_env_cleanup(&env);
+    return 0;
+}
+
+static void start_agent(void)
+{
+    const char *subs[] = {pub_url, NULL};
+    const char *syncs[] = {fake.url, NULL};
+    pc_test_agent_start(&env, &agent, "victim", subs, syncs, NULL);
+}
+
+static uint64_t agent_applied(void)
+{
+    json_t *s = pc_test_agent_status(&agent);
+    assert_non_null(s);
+    uint64_t seq = (uint64_t)json_integer_value(json_object_get(s, "applied_seq"));
+    json_decref(s);
+    return seq;
+}
+
+/* Lines of the agent's log containing needle. */
+static int log_lines(const char *needle)
+{
+    FILE *f = fopen(agent.proc->log, "r");
+    assert_non_null(f);
+    char line[2048];
+    int n = 0;
+    while (fgets(line, sizeof(line), f) != NULL)
+        n += strstr(line, needle) != NULL;
+    fclose(f);
+    return n;
+}
+
+/* How many requests the agent sends the fake in window_ms. */
+static int asks_in(int window_ms)
+{
+    int before = fake_asks(&fake);
+    pc_test_sleep_ms(window_ms); /* the measurement window itself */
+    return fake_asks(&fake) - before;
+}
+
+#define WINDOW_MS 3000
+/* Backoff from 200 ms doubling, at most two requests a round (a sync and
+ * a snapshot): about a dozen in the window. Without backoff an agent asks
+ * thousands of times. */
+#define ASKS_MAX 30
+
+/* Lies that do not look like errors: the genuine entry 1 again and again
+ * with "head is 5", and "snapshot required" followed by a snapshot that
+ * is not ahead. */
+static nng_msg *answer_in_circles(fake_sync *f, const Popcast__SyncCall *call)
+{
+    Popcast__SyncReply r = POPCAST__SYNC_REPLY__INIT;
+    if (call->body_case == POPCAST__SYNC_CALL__BODY_SNAPSHOT) {
+        Popcast__SnapshotResponse snap = POPCAST__SNAPSHOT_RESPONSE__INIT;
+        snap.seq = 1;
+        r.body_case = POPCAST__SYNC_REPLY__BODY_SNAPSHOT;
+        r.snapshot = &snap;
+        return packed_reply(&r);
+    }
+    if (call->body_case != POPCAST__SYNC_CALL__BODY_SYNC)
+        return garbage();
+    Popcast__SyncResponse sync = POPCAST__SYNC_RESPONSE__INIT;
+    Popcast__Entry e = POPCAST__ENTRY__INIT;
+    Popcast__Entry *entries[] = {&e};
+    e.signed_ = &genuine1.sm;
+    e.bundle.data = genuine1.bundle;
+    e.bundle.len = genuine1.len;
+    r.body_case = POPCAST__SYNC_REPLY__BODY_SYNC;
+    r.sync = &sync;
+    if (f->state++ % 2 == 0) {
+        sync.head_seq = 5;
+        sync.entries = entries;
+        sync.n_entries = 1;
+    } else {
+        sync.head_seq = 5;
+        sync.snapshot_required = 1;
+    }
+    return packed_reply(&r);
+}
+
+/* Lies that look like errors: garbage, and "head is 1000" with nothing. */
+static nng_msg *answer_errors(fake_sync *f, const Popcast__SyncCall *call)
+{
+    if (call->body_case != POPCAST__SYNC_CALL__BODY_SYNC || f->state++ % 2 == 0)
+        return garbage();
+    Popcast__SyncReply r = POPCAST__SYNC_REPLY__INIT;
+    Popcast__SyncResponse sync = POPCAST__SYNC_RESPONSE__INIT;
+    sync.head_seq = 1000;
+    r.body_case = POPCAST__SYNC_REPLY__BODY_SYNC;
+    r.sync = &sync;
+    return packed_reply(&r);
+}
+
+static void test_lying_endpoint_is_asked_at_a_bounded_rate(void **state)
+{
+    (void)state;
+    fake_set(&fake, answer_in_circles);
+    start_agent();
+    int64_t deadline = pc_test_now_ms() + PC_TEST_START_TIMEOUT_MS;
+    while (atomic_load(&fake.n_sync) == 0 && pc_test_now_ms() < deadline)
+        pc_test_sleep_ms(10);
+    assert_true(atomic_load(&fake.n_sync) > 0);
+    int circles = asks_in(WINDOW_MS);
+    fake_set(&fake, answer_errors);
+    int errors = asks_in(WINDOW_MS);
+    fprintf(stderr, "requests in %d ms: %d answered in circles, %d answered with errors\n",
+            WINDOW_MS, circles, errors);
+    assert_true(circles <= ASKS_MAX);
+    assert_true(errors <= ASKS_MAX);
+    /* The one genuine entry is all it applied, and it still serves it. */
+    assert_int_equal(agent_applied(), 1);
+    char body[64];
+    uint64_t v = 0;
+    assert_int_equal(pc_test_edge_get(&agent, "acme", "/", &v, body, sizeof(body)), 200);
+    assert_int_equal(v, 1);
+    /* The failures are in the log, but once per interval with a count,
+     * not once per request. */
+    int lines = log_lines("catch-up from");
+    fprintf(stderr, "catch-up failure lines in the log: %d\n", lines);
+    assert_true(lines >= 1 && lines <= 3);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_lying_endpoint_is_asked_at_a_bounded_rate),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
