@@ -464,6 +464,90 @@ static int snapshot_chain(pc_applier *a, uint64_t seq, Popcast__Entry *const *ro
     return PC_OK;
 }
 
+/* Verifies a snapshot (apply_lock held): its rotation chain into cand (and
+ * ms[n..n+n_rot)), then every tenant entry under it into ms[0..n). With
+ * omitted_ok, bundles may be omitted (their declared size is still bounded
+ * by max_bundle); without, every bundle must be there and match. */
+static int verify_snapshot_locked(pc_applier *a, uint64_t seq, Popcast__Entry *const *entries,
+                                  size_t n, Popcast__Entry *const *rotations, size_t n_rot,
+                                  bool omitted_ok, pc_trust *cand, Popcast__Manifest **ms,
+                                  pc_err *err)
+{
+    PC_CHECK_HELD(&a->apply_lock);
+    uint64_t applied = atomic_load(&a->applied_seq);
+    if (seq <= applied)
+        return pc_err_set(err, PC_E_DUPLICATE, "snapshot at seq %llu is not ahead of %llu",
+                          (unsigned long long)seq, (unsigned long long)applied);
+    int rc = snapshot_chain(a, seq, rotations, n_rot, cand, ms + n, err);
+    if (rc != PC_OK)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        pc_metric_add(a->m_received, 1);
+        rc = pc_trust_verify_entry(cand, entries[i], a->opt.max_bundle, &ms[i], err);
+        if (rc == PC_OK && ms[i]->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION)
+            rc = pc_err_set(err, PC_E_INVALID, "a key rotation among a snapshot's tenants");
+        if (rc == PC_OK && !omitted_ok && entries[i]->bundle_omitted &&
+            pc_manifest_has_content(ms[i]))
+            rc = pc_err_set(err, PC_E_INVALID, "snapshot entry without its bundle");
+        if (rc == PC_OK && ms[i]->seq > seq)
+            rc = pc_err_set(err, PC_E_INVALID, "snapshot entry seq %llu is past the snapshot",
+                            (unsigned long long)ms[i]->seq);
+        if (rc != PC_OK) {
+            /* One bad entry refuses the whole snapshot: a partial one would
+             * claim a seq whose state we do not have. */
+            refuse(a, rc, ms[i], err);
+            pc_err_wrap(err, "snapshot refused");
+            return rc;
+        }
+    }
+    return PC_OK;
+}
+
+static void free_manifests(Popcast__Manifest **ms, size_t n)
+{
+    for (size_t i = 0; ms != NULL && i < n; i++)
+        if (ms[i] != NULL)
+            popcast__manifest__free_unpacked(ms[i], NULL);
+    free(ms);
+}
+
+int pc_applier_verify_snapshot(pc_applier *a, uint64_t seq, Popcast__Entry *const *entries,
+                               size_t n, Popcast__Entry *const *rotations, size_t n_rot,
+                               pc_err *err)
+{
+    size_t total = n + n_rot;
+    Popcast__Manifest **ms = calloc(total ? total : 1, sizeof(*ms));
+    if (ms == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    pc_trust cand;
+    pc_trust_init(&cand, &a->trust.roots);
+    pc_mutex_lock(&a->apply_lock);
+    int rc = verify_snapshot_locked(a, seq, entries, n, rotations, n_rot, true, &cand, ms, err);
+    pc_mutex_unlock(&a->apply_lock);
+    pc_trust_free(&cand);
+    free_manifests(ms, total);
+    return rc;
+}
+
+int pc_applier_verify_announced(pc_applier *a, const Popcast__Entry *e, Popcast__Manifest **out,
+                                pc_err *err)
+{
+    *out = NULL;
+    /* Only the manifest: whatever bytes came beside it are not the bundle. */
+    Popcast__Entry shell = POPCAST__ENTRY__INIT;
+    shell.signed_ = e != NULL ? e->signed_ : NULL;
+    shell.bundle_omitted = 1;
+    pc_mutex_lock(&a->apply_lock);
+    pc_metric_add(a->m_received, 1);
+    int rc = pc_trust_verify_entry(&a->trust, &shell, a->opt.max_bundle, out, err);
+    pc_mutex_unlock(&a->apply_lock);
+    if (rc != PC_OK) {
+        refuse(a, rc, NULL, err);
+        pc_err_wrap(err, "announcement refused before its bundle was fetched");
+    }
+    return rc;
+}
+
 int pc_applier_install_snapshot(pc_applier *a, uint64_t seq, Popcast__Entry *const *entries,
                                 size_t n, Popcast__Entry *const *rotations, size_t n_rot,
                                 pc_err *err)
@@ -480,29 +564,14 @@ int pc_applier_install_snapshot(pc_applier *a, uint64_t seq, Popcast__Entry *con
         rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
         goto out;
     }
-    if ((rc = snapshot_chain(a, seq, rotations, n_rot, &cand, ms + n, err)) != PC_OK)
+    if ((rc = verify_snapshot_locked(a, seq, entries, n, rotations, n_rot, false, &cand, ms,
+                                     err)) != PC_OK)
         goto out;
     for (size_t i = 0; i < n_rot; i++) {
         items[n + i].sm = rotations[i]->signed_;
         items[n + i].m = ms[n + i];
     }
     for (size_t i = 0; i < n; i++) {
-        pc_metric_add(a->m_received, 1);
-        rc = pc_trust_verify_entry(&cand, entries[i], a->opt.max_bundle, &ms[i], err);
-        if (rc == PC_OK && ms[i]->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION)
-            rc = pc_err_set(err, PC_E_INVALID, "a key rotation among a snapshot's tenants");
-        if (rc == PC_OK && entries[i]->bundle_omitted && pc_manifest_has_content(ms[i]))
-            rc = pc_err_set(err, PC_E_INVALID, "snapshot entry without its bundle");
-        if (rc == PC_OK && ms[i]->seq > seq)
-            rc = pc_err_set(err, PC_E_INVALID, "snapshot entry seq %llu is past the snapshot",
-                            (unsigned long long)ms[i]->seq);
-        if (rc != PC_OK) {
-            /* One bad entry refuses the whole snapshot: a partial one would
-             * claim a seq whose state we do not have. */
-            refuse(a, rc, ms[i], err);
-            pc_err_wrap(err, "snapshot refused");
-            goto out;
-        }
         items[i].sm = entries[i]->signed_;
         items[i].m = ms[i];
         items[i].bundle = pc_manifest_has_content(ms[i]) ? entries[i]->bundle.data : NULL;
@@ -545,10 +614,7 @@ out:
     pc_trust_free(&cand);
     if (rc == PC_OK)
         changed(a, 0);
-    for (size_t i = 0; ms != NULL && i < total; i++)
-        if (ms[i] != NULL)
-            popcast__manifest__free_unpacked(ms[i], NULL);
-    free(ms);
+    free_manifests(ms, total);
     free(items);
     free(applied);
     return rc;

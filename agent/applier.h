@@ -74,6 +74,15 @@ void pc_applier_on_publication(pc_applier *a, const uint8_t *data, size_t len);
  * when entries are missing before it, or the refusal's error. */
 int pc_applier_apply_entry(pc_applier *a, const Popcast__Entry *e, pc_err *err);
 
+/* Verifies an entry announced without its bundle (bundle_omitted), before
+ * anything of the bundle is fetched: its signed manifest under the keys in
+ * force (as pc_applier_apply_entry would), and that the size it declares
+ * is within max_bundle. On success *out is the verified manifest (free
+ * with popcast__manifest__free_unpacked): fetch exactly bundle_size bytes
+ * by bundle_hash. A refusal is counted as any other. */
+int pc_applier_verify_announced(pc_applier *a, const Popcast__Entry *e, Popcast__Manifest **out,
+                                pc_err *err);
+
 /* Installs a snapshot (every tenant's latest entry as of a seq), for an
  * agent too far behind, new, or wiped. Entries must carry their bundles.
  * The rotations (every KEY_ROTATION up to seq, in order) are verified
@@ -85,6 +94,13 @@ int pc_applier_apply_entry(pc_applier *a, const Popcast__Entry *e, pc_err *err);
 int pc_applier_install_snapshot(pc_applier *a, uint64_t seq, Popcast__Entry *const *entries,
                                 size_t n, Popcast__Entry *const *rotations, size_t n_rot,
                                 pc_err *err);
+/* Everything pc_applier_install_snapshot verifies, without storing
+ * anything, and with bundles that may still be omitted (each declared
+ * size within max_bundle): what is checked before any of them is fetched.
+ * PC_E_DUPLICATE if the snapshot is not ahead of us. */
+int pc_applier_verify_snapshot(pc_applier *a, uint64_t seq, Popcast__Entry *const *entries,
+                               size_t n, Popcast__Entry *const *rotations, size_t n_rot,
+                               pc_err *err);
 
 uint64_t pc_applier_applied_seq(pc_applier *a);
 /* The head seq from the last valid heartbeat (0 if none yet). */

@@ -150,33 +150,22 @@ static int call(pc_syncer *s, link *l, const Popcast__SyncCall *req, Popcast__Sy
     return PC_OK;
 }
 
-/* Fetches a bundle announced without its bytes, in chunks. The bytes are
- * checked against the signed manifest by the applier, not here. */
-static int fetch_bundle(pc_syncer *s, link *l, const Popcast__Entry *e, uint8_t **out,
-                        size_t *out_len, pc_err *err)
+/* Fetches size bytes of the bundle whose hash is given, in chunks. Only
+ * called with a hash and size from a verified manifest (size within
+ * max_bundle): the bytes themselves are checked against it by the
+ * applier. */
+static int fetch_bundle(pc_syncer *s, link *l, const ProtobufCBinaryData *hash, size_t size,
+                        uint8_t **out, pc_err *err)
 {
-    Popcast__Manifest *m = NULL;
-    /* Decode (not verify) just to learn hash and size; the applier verifies
-     * the whole entry once the bytes are here. */
-    if (e->signed_ == NULL || (m = popcast__manifest__unpack(NULL, e->signed_->manifest.len,
-                                                             e->signed_->manifest.data)) == NULL)
-        return pc_err_set(err, PC_E_INVALID, "announced entry has no readable manifest");
-    size_t size = (size_t)m->bundle_size;
-    int rc = PC_OK;
-    if (m->bundle_hash.len != PC_HASH_LEN || m->bundle_size > s->opt.recv_max * 64) {
-        rc = pc_err_set(err, PC_E_INVALID, "announced bundle is malformed or too large");
-        goto out;
-    }
     uint8_t *buf = malloc(size ? size : 1);
-    if (buf == NULL) {
-        rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
-        goto out;
-    }
+    if (buf == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
     size_t got = 0;
+    int rc = PC_OK;
     while (got < size) {
         Popcast__SyncCall c = POPCAST__SYNC_CALL__INIT;
         Popcast__BundleChunkRequest creq = POPCAST__BUNDLE_CHUNK_REQUEST__INIT;
-        creq.bundle_hash = m->bundle_hash;
+        creq.bundle_hash = *hash;
         creq.offset = got;
         creq.length = s->opt.chunk_bytes;
         c.body_case = POPCAST__SYNC_CALL__BODY_CHUNK;
@@ -202,32 +191,46 @@ static int fetch_bundle(pc_syncer *s, link *l, const Popcast__Entry *e, uint8_t 
     }
     if (rc != PC_OK) {
         free(buf);
-        goto out;
+        return rc;
     }
     *out = buf;
-    *out_len = size;
-out:
-    popcast__manifest__free_unpacked(m, NULL);
-    return rc;
+    return PC_OK;
 }
 
 /* The entry as it must be applied: with its bundle, fetched if omitted.
- * *owned is what the caller frees after applying. */
-static int complete_entry(pc_syncer *s, link *l, const Popcast__Entry *e, Popcast__Entry *full,
-                          uint8_t **owned, pc_err *err)
+ * *owned is what the caller frees after applying. m is the entry's
+ * manifest, already verified; NULL makes the applier verify it first
+ * (catch-up), so that nothing is fetched for an entry that is not
+ * genuine or declares a bundle over max_bundle, and PC_E_DUPLICATE
+ * says it was applied meanwhile. */
+static int complete_entry(pc_syncer *s, link *l, const Popcast__Entry *e,
+                          const Popcast__Manifest *m, Popcast__Entry *full, uint8_t **owned,
+                          pc_err *err)
 {
     *full = *e;
     *owned = NULL;
     if (!e->bundle_omitted)
         return PC_OK;
-    size_t len = 0;
-    int rc = fetch_bundle(s, l, e, owned, &len, err);
-    if (rc != PC_OK)
-        return rc;
-    full->bundle.data = *owned;
-    full->bundle.len = len;
-    full->bundle_omitted = 0;
-    return PC_OK;
+    Popcast__Manifest *verified = NULL;
+    int rc = PC_OK;
+    if (m == NULL) {
+        if ((rc = pc_applier_verify_announced(s->opt.applier, e, &verified, err)) != PC_OK)
+            return rc;
+        m = verified;
+        if (m->seq <= pc_applier_applied_seq(s->opt.applier))
+            rc = PC_E_DUPLICATE; /* applied meanwhile (pub/sub): nothing to fetch */
+    }
+    if (rc == PC_OK && pc_manifest_has_content(m)) {
+        rc = fetch_bundle(s, l, &m->bundle_hash, (size_t)m->bundle_size, owned, err);
+        if (rc == PC_OK) {
+            full->bundle.data = *owned;
+            full->bundle.len = (size_t)m->bundle_size;
+            full->bundle_omitted = 0;
+        }
+    }
+    if (verified != NULL)
+        popcast__manifest__free_unpacked(verified, NULL);
+    return rc;
 }
 
 static int take_snapshot(pc_syncer *s, link *l, pc_err *err)
@@ -256,22 +259,33 @@ static int take_snapshot(pc_syncer *s, link *l, pc_err *err)
     if (full == NULL || ptrs == NULL || owned == NULL) {
         rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
     } else {
+        /* All of it verified before any bundle is fetched. */
+        rc = pc_applier_verify_snapshot(s->opt.applier, snap->seq, snap->tenants, n,
+                                        snap->rotations, snap->n_rotations, err);
         for (size_t i = 0; i < n && rc == PC_OK; i++) {
-            rc = complete_entry(s, l, snap->tenants[i], &full[i], &owned[i], err);
+            /* These exact bytes were just verified. */
+            Popcast__Manifest *m =
+                popcast__manifest__unpack(NULL, snap->tenants[i]->signed_->manifest.len,
+                                          snap->tenants[i]->signed_->manifest.data);
+            if (m == NULL)
+                rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
+            else
+                rc = complete_entry(s, l, snap->tenants[i], m, &full[i], &owned[i], err);
             ptrs[i] = &full[i];
+            if (m != NULL)
+                popcast__manifest__free_unpacked(m, NULL);
         }
-        if (rc == PC_OK) {
+        if (rc == PC_OK)
             rc = pc_applier_install_snapshot(s->opt.applier, snap->seq, ptrs, n, snap->rotations,
                                              snap->n_rotations, err);
-            /* It demanded a snapshot and sent one that is not ahead of us:
-             * asking again would get the same answer. */
-            if (rc == PC_E_DUPLICATE)
-                rc = pc_err_set(err, PC_E_UNAVAILABLE,
-                                "%s: asked for a snapshot, sent one (seq %llu) that is not ahead "
-                                "of the applied seq %llu",
-                                l->url, (unsigned long long)snap->seq,
-                                (unsigned long long)pc_applier_applied_seq(s->opt.applier));
-        }
+        /* It demanded a snapshot and sent one that is not ahead of us:
+         * asking again would get the same answer. */
+        if (rc == PC_E_DUPLICATE)
+            rc = pc_err_set(err, PC_E_UNAVAILABLE,
+                            "%s: asked for a snapshot, sent one (seq %llu) that is not ahead "
+                            "of the applied seq %llu",
+                            l->url, (unsigned long long)snap->seq,
+                            (unsigned long long)pc_applier_applied_seq(s->opt.applier));
         for (size_t i = 0; i < n; i++)
             free(owned[i]);
     }
@@ -326,8 +340,10 @@ static int catch_up_from(pc_syncer *s, link *l, pc_err *err)
         for (size_t i = 0; i < n && rc == PC_OK; i++) {
             Popcast__Entry full;
             uint8_t *owned = NULL;
-            rc = complete_entry(s, l, r->entries[i], &full, &owned, err);
-            if (rc == PC_OK) {
+            rc = complete_entry(s, l, r->entries[i], NULL, &full, &owned, err);
+            if (rc == PC_E_DUPLICATE) {
+                rc = PC_OK; /* pub/sub got there first */
+            } else if (rc == PC_OK) {
                 rc = pc_applier_apply_entry(s->opt.applier, &full, err);
                 if (rc == PC_E_DUPLICATE)
                     rc = PC_OK; /* pub/sub got there first */

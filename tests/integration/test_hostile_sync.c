@@ -326,10 +326,117 @@ static void test_lying_endpoint_is_asked_at_a_bounded_rate(void **state)
     assert_true(lines >= 1 && lines <= 3);
 }
 
+/* Announcements: an entry whose bundle must be fetched by hash. */
+
+#define HUGE_BUNDLE (200 * ((uint64_t)1 << 20)) /* declared; over the default max_bundle */
+
+static forged announced; /* what answer_announcement offers as seq 2 */
+
+/* A deploy at seq 2 declaring `size` bytes, signed by key, or (key NULL)
+ * carrying the trusted key's id and a signature of zeros. */
+static void forge_announcement(forged *f, const pc_signing_key *key, uint64_t size)
+{
+    memset(f, 0, sizeof(*f));
+    uint8_t hash[PC_HASH_LEN];
+    memset(hash, 0x5a, sizeof(hash));
+    Popcast__Manifest m = POPCAST__MANIFEST__INIT;
+    m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY;
+    m.tenant = "acme";
+    m.version = 2;
+    m.seq = 2;
+    m.bundle_hash.data = hash;
+    m.bundle_hash.len = PC_HASH_LEN;
+    m.bundle_size = size;
+    m.entrypoint = "main.lua";
+    m.runtime = "lua";
+    assert_int_equal(pc_envelope_sign_manifest(key ? key : &env.key, &m, &f->sm, NULL), PC_OK);
+    if (key == NULL)
+        memset(f->sm.signature.data, 0, f->sm.signature.len);
+}
+
+static nng_msg *answer_announcement(fake_sync *f, const Popcast__SyncCall *call)
+{
+    (void)f;
+    Popcast__SyncReply r = POPCAST__SYNC_REPLY__INIT;
+    if (call->body_case == POPCAST__SYNC_CALL__BODY_CHUNK) {
+        /* Serves whatever is asked: the bytes of `announced` if it has
+         * them, zeros up to the declared size otherwise. */
+        Popcast__BundleChunkResponse chunk = POPCAST__BUNDLE_CHUNK_RESPONSE__INIT;
+        static uint8_t zeros[1 << 20];
+        uint64_t total = announced.bundle ? announced.len : HUGE_BUNDLE;
+        uint64_t off = call->chunk->offset < total ? call->chunk->offset : total;
+        size_t len = total - off < sizeof(zeros) ? (size_t)(total - off) : sizeof(zeros);
+        chunk.data.data = announced.bundle ? announced.bundle + off : zeros;
+        chunk.data.len = len;
+        chunk.total_size = total;
+        r.body_case = POPCAST__SYNC_REPLY__BODY_CHUNK;
+        r.chunk = &chunk;
+        return packed_reply(&r);
+    }
+    if (call->body_case != POPCAST__SYNC_CALL__BODY_SYNC)
+        return garbage();
+    Popcast__SyncResponse sync = POPCAST__SYNC_RESPONSE__INIT;
+    Popcast__Entry e = POPCAST__ENTRY__INIT;
+    Popcast__Entry *entries[] = {&e};
+    e.signed_ = &announced.sm;
+    e.bundle_omitted = 1;
+    sync.head_seq = 2;
+    sync.entries = entries;
+    sync.n_entries = 1;
+    r.body_case = POPCAST__SYNC_REPLY__BODY_SYNC;
+    r.sync = &sync;
+    return packed_reply(&r);
+}
+
+/* Offers `announced` until the agent counts metric, then says how many
+ * chunks it asked for meanwhile. */
+static int chunks_until_counted(const char *metric)
+{
+    uint64_t before = pc_test_agent_metric(&agent, metric);
+    int chunks = atomic_load(&fake.n_chunk);
+    fake_set(&fake, answer_announcement);
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    while (pc_test_agent_metric(&agent, metric) == before && pc_test_now_ms() < deadline)
+        pc_test_sleep_ms(20);
+    fake_set(&fake, answer_errors);
+    if (pc_test_agent_metric(&agent, metric) == before) {
+        pc_proc_dump_log(agent.proc);
+        fail_msg("the agent never counted %s", metric);
+    }
+    return atomic_load(&fake.n_chunk) - chunks;
+}
+
+static void test_announcement_verified_before_any_fetch(void **state)
+{
+    (void)state;
+    /* Not signed, declaring 200 MiB: refused before a single chunk. */
+    forge_announcement(&announced, NULL, HUGE_BUNDLE);
+    int chunks = chunks_until_counted("popcast_agent_refused_total{reason=\"bad_signature\"}");
+    pc_envelope_signed_clear(&announced.sm);
+    fprintf(stderr, "unsigned 200 MiB announcement: %d chunks asked for\n", chunks);
+    assert_int_equal(chunks, 0);
+    /* Signed by the trusted key but over max_bundle: the same. */
+    forge_announcement(&announced, &env.key, HUGE_BUNDLE);
+    chunks = chunks_until_counted("popcast_agent_refused_total{reason=\"too_large\"}");
+    pc_envelope_signed_clear(&announced.sm);
+    fprintf(stderr, "signed announcement over max_bundle: %d chunks asked for\n", chunks);
+    assert_int_equal(chunks, 0);
+    assert_int_equal(agent_applied(), 1);
+    /* A genuine one is fetched and goes live. */
+    forge(&announced, &env.key, 2, 2, "genuine v2, fetched by chunks");
+    chunks = chunks_until_counted("popcast_agent_caught_up_entries_total");
+    forged_free(&announced);
+    memset(&announced, 0, sizeof(announced));
+    assert_true(chunks >= 1);
+    assert_int_equal(agent_applied(), 2);
+    assert_true(pc_test_wait_version(&agent, "acme", 2, PC_TEST_CONVERGE_TIMEOUT_MS));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lying_endpoint_is_asked_at_a_bounded_rate),
+        cmocka_unit_test(test_announcement_verified_before_any_fetch),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
