@@ -46,6 +46,7 @@ typedef struct agent_config {
     uint64_t max_bundle;
     uint64_t sub_recvbuf;
     uint64_t sub_queue;
+    uint64_t sub_queue_bytes;
     uint64_t lua_memory;
     uint64_t lua_instructions;
     uint64_t lua_wall_ms;
@@ -95,6 +96,8 @@ static const pc_cfg_option options[] = {
     OPT(sub_recvbuf, PC_CFG_U64, "256", 1, 8192, "nng receive queue (messages)"),
     OPT(sub_queue, PC_CFG_U64, "1024", 1, 1 << 20,
         "received messages waiting for the apply loop before drops"),
+    OPT(sub_queue_bytes, PC_CFG_SIZE, "64MiB", 1, (uint64_t)1 << 40,
+        "received bytes waiting for the apply loop, per publisher connection, before drops"),
     OPT(lua_memory, PC_CFG_SIZE, "32MiB", 65536, (uint64_t)1 << 34,
         "memory limit of one Lua isolate"),
     OPT(lua_instructions, PC_CFG_U64, "50000000", 1000, 0, "Lua instruction budget per request"),
@@ -406,7 +409,9 @@ static int agent_serve(agent *ag, pc_err *err)
                                     .recvbuf = (int)ag->cfg.sub_recvbuf,
                                     .recv_max = pc_pub_message_max(ag->cfg.max_bundle),
                                     .tls = ag->tls,
-                                    .queue_max = ag->cfg.sub_queue};
+                                    .queue_max = ag->cfg.sub_queue,
+                                    .queue_bytes = ag->cfg.sub_queue_bytes,
+                                    .metrics = ag->metrics};
     if ((rc = pc_subscriber_open(&ag->sub, &ag->loop, &subopt, on_publication, ag, err)) != PC_OK)
         return rc;
     uv_signal_init(&ag->loop, &ag->sigint);
