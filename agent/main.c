@@ -62,6 +62,7 @@ typedef struct agent_config {
     char *exec_reload_signal;
     uint64_t exec_hook_timeout_ms;
     uint64_t stale_after_ms;
+    uint64_t max_clock_skew_ms;
     uint64_t status_interval_ms;
     uint64_t sync_interval_ms;
     uint64_t request_timeout_ms;
@@ -125,6 +126,8 @@ static const pc_cfg_option options[] = {
         "exec runtime: a reload hook taking longer is killed and counts as failed"),
     OPT(stale_after_ms, PC_CFG_U64, "5000", 100, 86400000,
         "no valid heartbeat for this long: report stale (and keep serving)"),
+    OPT(max_clock_skew_ms, PC_CFG_U64, "30000", 1000, 86400000,
+        "how far ahead of this clock a heartbeat or snapshot may be dated (run NTP)"),
     OPT(status_interval_ms, PC_CFG_U64, "2000", 50, 3600000,
         "status report period (reports also go out on every change)"),
     OPT(sync_interval_ms, PC_CFG_U64, "10000", 100, 3600000,
@@ -350,6 +353,7 @@ static int agent_open(agent *ag, pc_err *err)
                                .metrics = ag->metrics,
                                .max_bundle = ag->cfg.max_bundle,
                                .stale_after_ms = ag->cfg.stale_after_ms,
+                               .max_clock_skew_ms = ag->cfg.max_clock_skew_ms,
                                .on_change = on_change,
                                .on_change_arg = ag,
                                .test_drop_permille = (unsigned)ag->cfg.test_drop_permille,

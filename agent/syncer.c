@@ -260,8 +260,7 @@ static int take_snapshot(pc_syncer *s, link *l, pc_err *err)
         rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
     } else {
         /* All of it verified before any bundle is fetched. */
-        rc = pc_applier_verify_snapshot(s->opt.applier, snap->seq, snap->tenants, n,
-                                        snap->rotations, snap->n_rotations, err);
+        rc = pc_applier_verify_snapshot(s->opt.applier, snap, err);
         for (size_t i = 0; i < n && rc == PC_OK; i++) {
             /* These exact bytes were just verified. */
             Popcast__Manifest *m =
@@ -276,8 +275,7 @@ static int take_snapshot(pc_syncer *s, link *l, pc_err *err)
                 popcast__manifest__free_unpacked(m, NULL);
         }
         if (rc == PC_OK)
-            rc = pc_applier_install_snapshot(s->opt.applier, snap->seq, ptrs, n, snap->rotations,
-                                             snap->n_rotations, err);
+            rc = pc_applier_install_snapshot(s->opt.applier, snap, ptrs, err);
         /* It demanded a snapshot and sent one that is not ahead of us:
          * asking again would get the same answer. */
         if (rc == PC_E_DUPLICATE)

@@ -5,7 +5,10 @@
  *   sync      entries after a seq, bounded by count and bytes; bundles over
  *             inline_max are omitted (fetched in chunks), and an agent too
  *             far behind (or new) is told to take a snapshot instead;
- *   snapshot  every tenant's latest entry, read in one LMDB transaction;
+ *   snapshot  every tenant's latest entry, read in one LMDB transaction,
+ *             with the key rotations up to its seq and a SnapshotAssertion
+ *             (seq, head, digests of what it carries, time) signed with
+ *             the key current at that seq;
  *   chunk     a slice of a bundle by hash;
  *   status    the agent's report, handed to the rollout tracker.
  * Every reply fits in max_reply bytes, so an agent's receive limit is never
@@ -21,6 +24,7 @@
 #include "tls.h"
 #include "metrics.h"
 #include "rollout.h"
+#include "signer.h"
 #include "store.h"
 
 typedef struct pc_sync_server pc_sync_server;
@@ -29,6 +33,7 @@ typedef struct pc_sync_server_options {
     const char *url; /* tcp://127.0.0.1:7072 */
     pc_store *store;
     pc_rollout *rollout;
+    pc_signer *signer; /* signs snapshot assertions */
     pc_metrics *metrics;
     size_t inline_max;     /* bundles up to this travel inside sync replies */
     size_t max_reply;      /* bytes per reply (bundles beyond go by chunk) */
