@@ -47,6 +47,7 @@ struct pc_applier {
 };
 
 static int64_t heartbeat_age_ms(pc_applier *a);
+static uint64_t max_skew_ms(pc_applier *a);
 
 static void changed(pc_applier *a, int need_sync)
 {
@@ -291,9 +292,27 @@ static void on_heartbeat(pc_applier *a, const Popcast__SignedHeartbeat *sh)
             changed(a, 1);
         return;
     }
-    int64_t now_wall = pc_wall_ms();
+    int64_t now_wall = pc_wall_ms(), skew = (int64_t)max_skew_ms(a);
+    const char *reason = NULL;
     pthread_mutex_lock(&a->lock);
-    if (hb->time_unix_ms <= a->last_heartbeat_time_ms) {
+    if (a->last_heartbeat_time_ms > now_wall + skew) {
+        /* Only possible if this agent's clock went back: the floor would
+         * refuse every genuine heartbeat until a restart. */
+        pc_warn("applier",
+                "the last heartbeat accepted is dated %lld ms ahead of this clock: "
+                "the clock went back; accepting newer heartbeats again",
+                (long long)(a->last_heartbeat_time_ms - now_wall));
+        a->last_heartbeat_time_ms = 0;
+    }
+    if (hb->time_unix_ms > now_wall + skew) {
+        /* Accepting it would make it the floor every later heartbeat must
+         * pass: a key holder's heartbeat dated years ahead would leave the
+         * agent stale, even after that key is rotated away. */
+        rc = pc_err_set(&err, PC_E_INVALID,
+                        "heartbeat dated %lld ms ahead of this agent's clock (max skew %lld ms)",
+                        (long long)(hb->time_unix_ms - now_wall), (long long)skew);
+        reason = "future";
+    } else if (hb->time_unix_ms <= a->last_heartbeat_time_ms) {
         /* Older than one already accepted: a replay (or a controller
          * whose clock went back); it proves nothing about freshness. */
         rc = pc_err_set(&err, PC_E_REPLAYED, "heartbeat from %lld is not newer than %lld",
@@ -309,7 +328,7 @@ static void on_heartbeat(pc_applier *a, const Popcast__SignedHeartbeat *sh)
     pthread_mutex_unlock(&a->lock);
     if (rc != PC_OK) {
         char labels[64];
-        snprintf(labels, sizeof(labels), "reason=\"%s\"", pc_err_name(rc));
+        snprintf(labels, sizeof(labels), "reason=\"%s\"", reason ? reason : pc_err_name(rc));
         pc_metrics_inc(a->opt.metrics, "popcast_agent_heartbeats_refused_total", labels);
         pc_debug("applier", "heartbeat refused: %s", err.msg);
     } else {

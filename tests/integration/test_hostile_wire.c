@@ -278,10 +278,38 @@ static void test_heartbeat_replay_and_expiry(void **state)
     hb_args old = {now - 3600 * 1000, now + 3600 * 1000};
     send_until_counted(send_heartbeat, &old,
                        "popcast_agent_heartbeats_refused_total{reason=\"replayed\"}");
-    /* Newer, but already expired. */
-    hb_args expired = {now + 60 * 1000, now - 1000};
+    /* Newer (and within the clock skew), but already expired. */
+    hb_args expired = {now + 5 * 1000, now - 1000};
     send_until_counted(send_heartbeat, &expired,
                        "popcast_agent_heartbeats_refused_total{reason=\"expired\"}");
+    expect_still_v1();
+}
+
+/* A heartbeat signed by the current key but dated ten years ahead: taken,
+ * it would become the floor every later heartbeat must pass, leaving the
+ * agent stale until a restart, even after that key is rotated away. It is
+ * refused (beyond max_clock_skew_ms), and the controller's heartbeats
+ * keep being accepted. */
+static void test_heartbeat_from_the_future(void **state)
+{
+    int64_t now = pc_wall_ms();
+    int64_t ten_years = 10LL * 365 * 24 * 3600 * 1000;
+    hb_args future = {now + ten_years, now + ten_years + 60 * 1000};
+    send_until_counted(send_heartbeat, &future,
+                       "popcast_agent_heartbeats_refused_total{reason=\"future\"}");
+    uint64_t before = pc_test_agent_metric(&agent, "popcast_agent_heartbeats_total");
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    while (pc_test_agent_metric(&agent, "popcast_agent_heartbeats_total") < before + 3 &&
+           pc_test_now_ms() < deadline)
+        pc_test_sleep_ms(50);
+    if (pc_test_agent_metric(&agent, "popcast_agent_heartbeats_total") < before + 3) {
+        pc_proc_dump_log(agent.proc);
+        fail_msg("the controller's heartbeats are no longer accepted");
+    }
+    json_t *s = pc_test_agent_status(&agent);
+    assert_non_null(s);
+    assert_false(json_is_true(json_object_get(s, "stale")));
+    json_decref(s);
     expect_still_v1();
 }
 
@@ -329,6 +357,7 @@ int main(void)
         cmocka_unit_test(test_replays),
         cmocka_unit_test(test_mix_and_match),
         cmocka_unit_test(test_heartbeat_replay_and_expiry),
+        cmocka_unit_test(test_heartbeat_from_the_future),
         cmocka_unit_test(test_garbage),
         cmocka_unit_test(test_still_follows_the_controller),
     };
