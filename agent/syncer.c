@@ -25,6 +25,12 @@
  * step). */
 #define BACKOFF_MIN_MS 200
 #define BACKOFF_MAX_MS 5000
+/* After a catch-up that found nothing to apply, the next one waits this
+ * long. What asks for catch-up is not always authenticated (an entry far
+ * ahead, or a heartbeat, signed by a key the agent does not know yet may
+ * announce a rotation it missed): a flood of those must not turn into a
+ * flood of requests to the controllers. */
+#define IDLE_HOLDOFF_MS 250
 /* A failure that repeats is logged at most once per this long, with the
  * count of those not logged: a dead or hostile controller must not fill
  * the log. */
@@ -77,9 +83,10 @@ struct pc_syncer {
     pthread_cond_t sync_cond;   /* wakes the catch-up thread */
     pthread_cond_t report_cond; /* wakes the report thread */
     int stop, need_sync, dirty;
-    int sync_exited;      /* the catch-up thread has returned (under lock) */
-    _Atomic int stopping; /* no new request once set (read without lock) */
-    int64_t last_sync_ms; /* the periodic probe runs sync_interval after it */
+    int sync_exited;       /* the catch-up thread has returned (under lock) */
+    _Atomic int stopping;  /* no new request once set (read without lock) */
+    int64_t last_sync_ms;  /* the periodic probe runs sync_interval after it */
+    int64_t idle_until_ms; /* a catch-up that found nothing: not before this */
     int64_t next_status_ms, last_status_ms;
     uint64_t counter;
     int stale; /* as last seen by the report thread */
@@ -506,6 +513,8 @@ static void *sync_run(void *arg)
         int64_t now = pc_mono_ms();
         int64_t due =
             s->need_sync ? next_ready(s) : s->last_sync_ms + (int64_t)s->opt.sync_interval_ms;
+        if (due < s->idle_until_ms)
+            due = s->idle_until_ms;
         if (now < due) {
             struct timespec ts;
             pc_deadline_after_ms(&ts, (uint64_t)(due - now));
@@ -514,11 +523,14 @@ static void *sync_run(void *arg)
         }
         s->need_sync = 0;
         pthread_mutex_unlock(&s->lock);
+        uint64_t before = pc_applier_applied_seq(s->opt.applier);
         int rc = catch_up(s);
         pthread_mutex_lock(&s->lock);
         s->last_sync_ms = pc_mono_ms();
         if (rc != PC_OK)
             s->need_sync = 1; /* again when the first backoff ends */
+        else if (pc_applier_applied_seq(s->opt.applier) == before)
+            s->idle_until_ms = s->last_sync_ms + IDLE_HOLDOFF_MS;
     }
     s->sync_exited = 1;
     pthread_cond_broadcast(&s->sync_cond);
