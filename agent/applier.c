@@ -87,6 +87,7 @@ struct pc_applier {
 };
 
 static int64_t heartbeat_age_ms(pc_applier *a);
+static uint64_t max_skew_ms(pc_applier *a);
 
 static void changed(pc_applier *a, int need_sync)
 {
@@ -577,9 +578,27 @@ static void on_heartbeat(pc_applier *a, const Popcast__SignedHeartbeat *sh)
             changed(a, 1);
         return;
     }
-    int64_t now_wall = pc_wall_ms();
+    int64_t now_wall = pc_wall_ms(), skew = (int64_t)max_skew_ms(a);
+    const char *reason = NULL;
     pthread_mutex_lock(&a->lock);
-    if (hb->time_unix_ms <= a->last_heartbeat_time_ms) {
+    if (a->last_heartbeat_time_ms > now_wall + skew) {
+        /* Only possible if this agent's clock went back: the floor would
+         * refuse every genuine heartbeat until a restart. */
+        pc_warn("applier",
+                "the last heartbeat accepted is dated %lld ms ahead of this clock: "
+                "the clock went back; accepting newer heartbeats again",
+                (long long)(a->last_heartbeat_time_ms - now_wall));
+        a->last_heartbeat_time_ms = 0;
+    }
+    if (hb->time_unix_ms > now_wall + skew) {
+        /* Accepting it would make it the floor every later heartbeat must
+         * pass: a key holder's heartbeat dated years ahead would leave the
+         * agent stale, even after that key is rotated away. */
+        rc = pc_err_set(&err, PC_E_INVALID,
+                        "heartbeat dated %lld ms ahead of this agent's clock (max skew %lld ms)",
+                        (long long)(hb->time_unix_ms - now_wall), (long long)skew);
+        reason = "future";
+    } else if (hb->time_unix_ms <= a->last_heartbeat_time_ms) {
         /* Older than one already accepted: a replay (or a controller
          * whose clock went back); it proves nothing about freshness. */
         rc = pc_err_set(&err, PC_E_REPLAYED, "heartbeat from %lld is not newer than %lld",
@@ -595,7 +614,7 @@ static void on_heartbeat(pc_applier *a, const Popcast__SignedHeartbeat *sh)
     pthread_mutex_unlock(&a->lock);
     if (rc != PC_OK) {
         char labels[64];
-        snprintf(labels, sizeof(labels), "reason=\"%s\"", pc_err_name(rc));
+        snprintf(labels, sizeof(labels), "reason=\"%s\"", reason ? reason : pc_err_name(rc));
         pc_metrics_inc(a->opt.metrics, "popcast_agent_heartbeats_refused_total", labels);
         pc_debug("applier", "heartbeat refused: %s", err.msg);
     } else {
@@ -718,17 +737,15 @@ size_t pc_applier_load(pc_applier *a)
 }
 
 /* Verifies a snapshot's rotation chain from the root keys into cand, and
- * that it extends the chain we already follow (apply_lock held). */
-static int snapshot_chain(pc_applier *a, uint64_t seq, Popcast__Entry *const *rotations,
-                          size_t n_rot, pc_trust *cand, Popcast__Manifest **ms, pc_err *err)
+ * that it extends the chain we already follow (apply_lock held). Their
+ * seqs are checked against the snapshot's once its assertion verified. */
+static int snapshot_chain(pc_applier *a, Popcast__Entry *const *rotations, size_t n_rot,
+                          pc_trust *cand, Popcast__Manifest **ms, pc_err *err)
 {
     for (size_t i = 0; i < n_rot; i++) {
         int rc = pc_trust_verify_entry(cand, rotations[i], a->opt.max_bundle, &ms[i], err);
         if (rc == PC_OK && ms[i]->kind != POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION)
             rc = pc_err_set(err, PC_E_INVALID, "snapshot rotation %zu is not a rotation", i);
-        if (rc == PC_OK && ms[i]->seq > seq)
-            rc = pc_err_set(err, PC_E_INVALID, "snapshot rotation seq %llu is past the snapshot",
-                            (unsigned long long)ms[i]->seq);
         if (rc == PC_OK)
             rc = pc_trust_advance(cand, ms[i], err);
         if (rc != PC_OK) {
@@ -747,10 +764,160 @@ static int snapshot_chain(pc_applier *a, uint64_t seq, Popcast__Entry *const *ro
     return PC_OK;
 }
 
-int pc_applier_install_snapshot(pc_applier *a, uint64_t seq, Popcast__Entry *const *entries,
-                                size_t n, Popcast__Entry *const *rotations, size_t n_rot,
+static uint64_t max_skew_ms(pc_applier *a)
+{
+    return a->opt.max_clock_skew_ms ? a->opt.max_clock_skew_ms : PC_APPLIER_MAX_SKEW_MS;
+}
+
+/* What a snapshot asserts, checked against what it carries and what this
+ * agent knows (apply_lock held; cand is its verified chain): signed by the
+ * key current as of that chain, the reply's seq is the asserted one, the
+ * digests match the rotations and tenants that came, no rotation is past
+ * its seq, its time is within the clock skew (when fresh is set: before
+ * anything is fetched), and its seq is not past the head of the last
+ * heartbeat while heartbeats arrive. *seq gets the asserted seq. */
+static int check_assertion(pc_applier *a, const Popcast__SnapshotResponse *snap,
+                           Popcast__Entry *const *tenants, const pc_trust *cand,
+                           Popcast__Manifest *const *rot_ms, bool fresh, uint64_t *seq, pc_err *err)
+{
+    Popcast__SnapshotAssertion *sa = NULL;
+    int rc = pc_trust_verify_snapshot(cand, snap->assertion, &sa, err);
+    if (rc != PC_OK)
+        return rc;
+    uint8_t rot[PC_HASH_LEN], ten[PC_HASH_LEN];
+    pc_envelope_snapshot_digest(snap->rotations, snap->n_rotations, rot);
+    pc_envelope_snapshot_digest(tenants, snap->n_tenants, ten);
+    int64_t now = pc_wall_ms(), skew = (int64_t)max_skew_ms(a);
+    uint64_t head = atomic_load(&a->head_seq);
+    if (snap->seq != sa->seq)
+        rc = pc_err_set(err, PC_E_INVALID, "the reply's seq %llu is not the asserted seq %llu",
+                        (unsigned long long)snap->seq, (unsigned long long)sa->seq);
+    else if (memcmp(rot, sa->rotations_digest.data, PC_HASH_LEN) != 0)
+        rc = pc_err_set(err, PC_E_HASH_MISMATCH,
+                        "the rotations carried are not the ones the assertion signs for");
+    else if (memcmp(ten, sa->tenants_digest.data, PC_HASH_LEN) != 0)
+        rc = pc_err_set(err, PC_E_HASH_MISMATCH,
+                        "the tenants carried are not the ones the assertion signs for");
+    else if (fresh && sa->time_unix_ms > now + skew)
+        rc = pc_err_set(err, PC_E_INVALID,
+                        "assertion dated %lld ms ahead of this agent's clock (max skew %lld ms)",
+                        (long long)(sa->time_unix_ms - now), (long long)skew);
+    else if (fresh && sa->time_unix_ms < now - 2 * skew)
+        rc = pc_err_set(err, PC_E_EXPIRED, "assertion made %lld ms ago: a replay",
+                        (long long)(now - sa->time_unix_ms));
+    else if (head > 0 && sa->seq > head && !pc_applier_is_stale(a))
+        /* A controller that holds the key could still claim any seq; the
+         * heartbeats say where the log really is. A genuine snapshot newer
+         * than the last heartbeat passes once the next one arrives. */
+        rc = pc_err_set(err, PC_E_INVALID,
+                        "seq %llu is ahead of the head %llu of the last heartbeat",
+                        (unsigned long long)sa->seq, (unsigned long long)head);
+    for (size_t i = 0; rc == PC_OK && i < snap->n_rotations; i++)
+        if (rot_ms[i]->seq > sa->seq)
+            rc = pc_err_set(err, PC_E_INVALID, "rotation seq %llu is past the snapshot's %llu",
+                            (unsigned long long)rot_ms[i]->seq, (unsigned long long)sa->seq);
+    *seq = sa->seq;
+    popcast__snapshot_assertion__free_unpacked(sa, NULL);
+    return rc;
+}
+
+/* Verifies a snapshot (apply_lock held): its rotation chain into cand (and
+ * ms[n..n+n_rot)), its signed assertion (*seq gets its seq), then every
+ * tenant entry (tenants: the reply's, or the same with their bundles)
+ * under the chain into ms[0..n). Before the fetch (before_fetch), bundles
+ * may be omitted (their declared size is still bounded by max_bundle) and
+ * the assertion's time is checked; after, every bundle must be there and
+ * match. */
+static int verify_snapshot_locked(pc_applier *a, const Popcast__SnapshotResponse *snap,
+                                  Popcast__Entry *const *tenants, bool before_fetch, pc_trust *cand,
+                                  Popcast__Manifest **ms, uint64_t *seq, pc_err *err)
+{
+    PC_CHECK_HELD(&a->apply_lock);
+    size_t n = snap->n_tenants;
+    int rc = snapshot_chain(a, snap->rotations, snap->n_rotations, cand, ms + n, err);
+    if (rc != PC_OK)
+        return rc;
+    if ((rc = check_assertion(a, snap, tenants, cand, ms + n, before_fetch, seq, err)) != PC_OK) {
+        refuse(a, rc, NULL, err);
+        pc_err_wrap(err, "snapshot refused: its assertion");
+        return rc;
+    }
+    uint64_t applied = atomic_load(&a->applied_seq);
+    if (*seq <= applied)
+        return pc_err_set(err, PC_E_DUPLICATE, "snapshot at seq %llu is not ahead of %llu",
+                          (unsigned long long)*seq, (unsigned long long)applied);
+    for (size_t i = 0; i < n; i++) {
+        pc_metric_add(a->m_received, 1);
+        rc = pc_trust_verify_entry(cand, tenants[i], a->opt.max_bundle, &ms[i], err);
+        if (rc == PC_OK && ms[i]->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION)
+            rc = pc_err_set(err, PC_E_INVALID, "a key rotation among a snapshot's tenants");
+        if (rc == PC_OK && !before_fetch && tenants[i]->bundle_omitted &&
+            pc_manifest_has_content(ms[i]))
+            rc = pc_err_set(err, PC_E_INVALID, "snapshot entry without its bundle");
+        if (rc == PC_OK && ms[i]->seq > *seq)
+            rc = pc_err_set(err, PC_E_INVALID, "snapshot entry seq %llu is past the snapshot",
+                            (unsigned long long)ms[i]->seq);
+        if (rc != PC_OK) {
+            /* One bad entry refuses the whole snapshot: a partial one would
+             * claim a seq whose state we do not have. */
+            refuse(a, rc, ms[i], err);
+            pc_err_wrap(err, "snapshot refused");
+            return rc;
+        }
+    }
+    return PC_OK;
+}
+
+static void free_manifests(Popcast__Manifest **ms, size_t n)
+{
+    for (size_t i = 0; ms != NULL && i < n; i++)
+        if (ms[i] != NULL)
+            popcast__manifest__free_unpacked(ms[i], NULL);
+    free(ms);
+}
+
+int pc_applier_verify_snapshot(pc_applier *a, const Popcast__SnapshotResponse *snap, pc_err *err)
+{
+    size_t total = snap->n_tenants + snap->n_rotations;
+    Popcast__Manifest **ms = calloc(total ? total : 1, sizeof(*ms));
+    if (ms == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    pc_trust cand;
+    pc_trust_init(&cand, &a->trust.roots);
+    uint64_t seq = 0;
+    pc_mutex_lock(&a->apply_lock);
+    int rc = verify_snapshot_locked(a, snap, snap->tenants, true, &cand, ms, &seq, err);
+    pc_mutex_unlock(&a->apply_lock);
+    pc_trust_free(&cand);
+    free_manifests(ms, total);
+    return rc;
+}
+
+int pc_applier_verify_announced(pc_applier *a, const Popcast__Entry *e, Popcast__Manifest **out,
                                 pc_err *err)
 {
+    *out = NULL;
+    /* Only the manifest: whatever bytes came beside it are not the bundle. */
+    Popcast__Entry shell = POPCAST__ENTRY__INIT;
+    shell.signed_ = e != NULL ? e->signed_ : NULL;
+    shell.bundle_omitted = 1;
+    pc_mutex_lock(&a->apply_lock);
+    pc_metric_add(a->m_received, 1);
+    int rc = pc_trust_verify_entry(&a->trust, &shell, a->opt.max_bundle, out, err);
+    pc_mutex_unlock(&a->apply_lock);
+    if (rc != PC_OK) {
+        refuse(a, rc, NULL, err);
+        pc_err_wrap(err, "announcement refused before its bundle was fetched");
+    }
+    return rc;
+}
+
+int pc_applier_install_snapshot(pc_applier *a, const Popcast__SnapshotResponse *snap,
+                                Popcast__Entry *const *entries, pc_err *err)
+{
+    size_t n = snap->n_tenants, n_rot = snap->n_rotations;
+    Popcast__Entry *const *rotations = snap->rotations;
+    uint64_t seq = 0;
     size_t total = n + n_rot;
     Popcast__Manifest **ms = calloc(total ? total : 1, sizeof(*ms));
     pc_store_item *items = calloc(total ? total : 1, sizeof(*items));
@@ -763,29 +930,13 @@ int pc_applier_install_snapshot(pc_applier *a, uint64_t seq, Popcast__Entry *con
         rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
         goto out;
     }
-    if ((rc = snapshot_chain(a, seq, rotations, n_rot, &cand, ms + n, err)) != PC_OK)
+    if ((rc = verify_snapshot_locked(a, snap, entries, false, &cand, ms, &seq, err)) != PC_OK)
         goto out;
     for (size_t i = 0; i < n_rot; i++) {
         items[n + i].sm = rotations[i]->signed_;
         items[n + i].m = ms[n + i];
     }
     for (size_t i = 0; i < n; i++) {
-        pc_metric_add(a->m_received, 1);
-        rc = pc_trust_verify_entry(&cand, entries[i], a->opt.max_bundle, &ms[i], err);
-        if (rc == PC_OK && ms[i]->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION)
-            rc = pc_err_set(err, PC_E_INVALID, "a key rotation among a snapshot's tenants");
-        if (rc == PC_OK && entries[i]->bundle_omitted && pc_manifest_has_content(ms[i]))
-            rc = pc_err_set(err, PC_E_INVALID, "snapshot entry without its bundle");
-        if (rc == PC_OK && ms[i]->seq > seq)
-            rc = pc_err_set(err, PC_E_INVALID, "snapshot entry seq %llu is past the snapshot",
-                            (unsigned long long)ms[i]->seq);
-        if (rc != PC_OK) {
-            /* One bad entry refuses the whole snapshot: a partial one would
-             * claim a seq whose state we do not have. */
-            refuse(a, rc, ms[i], err);
-            pc_err_wrap(err, "snapshot refused");
-            goto out;
-        }
         items[i].sm = entries[i]->signed_;
         items[i].m = ms[i];
         items[i].bundle = pc_manifest_has_content(ms[i]) ? entries[i]->bundle.data : NULL;
@@ -828,10 +979,7 @@ out:
     pc_trust_free(&cand);
     if (rc == PC_OK)
         changed(a, 0);
-    for (size_t i = 0; ms != NULL && i < total; i++)
-        if (ms[i] != NULL)
-            popcast__manifest__free_unpacked(ms[i], NULL);
-    free(ms);
+    free_manifests(ms, total);
     free(items);
     free(applied);
     return rc;

@@ -43,6 +43,8 @@
 
 typedef struct pc_applier pc_applier;
 
+#define PC_APPLIER_MAX_SKEW_MS 30000
+
 typedef struct pc_applier_options {
     pc_store *store;
     const pc_keyring *trusted; /* root keys (rotations come from the log) */
@@ -51,6 +53,9 @@ typedef struct pc_applier_options {
     pc_metrics *metrics;
     size_t max_bundle;
     uint64_t stale_after_ms; /* no valid heartbeat for this long: stale */
+    /* How far a heartbeat's or a snapshot assertion's time may be ahead of
+     * this agent's clock (0: PC_APPLIER_MAX_SKEW_MS). */
+    uint64_t max_clock_skew_ms;
     /* Called (without locks held) when something changed that the
      * controllers should hear about; need_sync is set when the applier
      * found itself behind (a seq gap, or a heartbeat ahead of it). */
@@ -84,17 +89,39 @@ void pc_applier_on_publication(pc_applier *a, const uint8_t *data, size_t len);
  * when entries are missing before it, or the refusal's error. */
 int pc_applier_apply_entry(pc_applier *a, const Popcast__Entry *e, pc_err *err);
 
-/* Installs a snapshot (every tenant's latest entry as of a seq), for an
- * agent too far behind, new, or wiped. Entries must carry their bundles.
- * The rotations (every KEY_ROTATION up to seq, in order) are verified
- * first, from the root keys, and must extend the ones already applied;
- * each tenant entry is then verified under the key current at its seq.
- * Every entry is verified first; then tenants whose snapshot version is
- * above what they have are stored in one transaction with the applied seq,
- * and made live. PC_E_DUPLICATE if the snapshot is not ahead of us. */
-int pc_applier_install_snapshot(pc_applier *a, uint64_t seq, Popcast__Entry *const *entries,
-                                size_t n, Popcast__Entry *const *rotations, size_t n_rot,
+/* Verifies an entry announced without its bundle (bundle_omitted), before
+ * anything of the bundle is fetched: its signed manifest under the keys in
+ * force (as pc_applier_apply_entry would), and that the size it declares
+ * is within max_bundle. On success *out is the verified manifest (free
+ * with popcast__manifest__free_unpacked): fetch exactly bundle_size bytes
+ * by bundle_hash. A refusal is counted as any other. */
+int pc_applier_verify_announced(pc_applier *a, const Popcast__Entry *e, Popcast__Manifest **out,
                                 pc_err *err);
+
+/* Verifies a snapshot before anything of it is fetched or stored
+ * (docs/protocol.md, "snapshots"), with bundles that may still be omitted
+ * (each declared size within max_bundle):
+ *   - the rotations (every KEY_ROTATION up to its seq, in order) verify
+ *     from the root keys and extend the ones already applied;
+ *   - its SnapshotAssertion is signed by the key current as of those
+ *     rotations; the reply's seq is the asserted one; the digests match
+ *     the rotations and tenants carried; no rotation is past the seq; it
+ *     is dated within max_clock_skew_ms ahead of this agent's clock and
+ *     not more than twice that behind (a replay); and while heartbeats
+ *     arrive (not stale), its seq is not past the last heartbeat's head;
+ *   - each tenant entry verifies under the key current at its own seq.
+ * Every refusal is counted and logged. PC_E_DUPLICATE if the snapshot is
+ * not ahead of us. */
+int pc_applier_verify_snapshot(pc_applier *a, const Popcast__SnapshotResponse *snap, pc_err *err);
+/* Installs a verified snapshot (every tenant's latest entry as of its
+ * seq), for an agent too far behind, new, or wiped: entries are snap's
+ * tenants, in the same order, with their bundles. Everything is verified
+ * again (but the time), then tenants whose snapshot version is above what
+ * they have are stored in one transaction with the applied seq (the
+ * asserted one), and made live. PC_E_DUPLICATE if the snapshot is not
+ * ahead of us. */
+int pc_applier_install_snapshot(pc_applier *a, const Popcast__SnapshotResponse *snap,
+                                Popcast__Entry *const *entries, pc_err *err);
 
 uint64_t pc_applier_applied_seq(pc_applier *a);
 /* The head seq from the last valid heartbeat (0 if none yet). */

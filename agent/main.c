@@ -53,6 +53,7 @@ typedef struct agent_config {
     uint64_t max_bundle;
     uint64_t sub_recvbuf;
     uint64_t sub_queue;
+    uint64_t sub_queue_bytes;
     uint64_t lua_memory;
     uint64_t lua_instructions;
     uint64_t lua_wall_ms;
@@ -69,9 +70,11 @@ typedef struct agent_config {
     char *exec_reload_signal;
     uint64_t exec_hook_timeout_ms;
     uint64_t stale_after_ms;
+    uint64_t max_clock_skew_ms;
     uint64_t status_interval_ms;
     uint64_t sync_interval_ms;
     uint64_t request_timeout_ms;
+    uint64_t connect_timeout_ms;
     uint64_t test_drop_permille;
     uint64_t test_drop_seed;
     char *ready_file;
@@ -116,6 +119,8 @@ static const pc_cfg_option options[] = {
     OPT(sub_recvbuf, PC_CFG_U64, "256", 1, 8192, "nng receive queue (messages)"),
     OPT(sub_queue, PC_CFG_U64, "1024", 1, 1 << 20,
         "received messages waiting for the apply loop before drops"),
+    OPT(sub_queue_bytes, PC_CFG_SIZE, "64MiB", 1, (uint64_t)1 << 40,
+        "received bytes waiting for the apply loop, per publisher connection, before drops"),
     OPT(lua_memory, PC_CFG_SIZE, "32MiB", 65536, (uint64_t)1 << 34,
         "memory limit of one Lua isolate"),
     OPT(lua_instructions, PC_CFG_U64, "50000000", 1000, 0, "Lua instruction budget per request"),
@@ -146,11 +151,15 @@ static const pc_cfg_option options[] = {
         "exec runtime: a reload hook taking longer is killed and counts as failed"),
     OPT(stale_after_ms, PC_CFG_U64, "5000", 100, 86400000,
         "no valid heartbeat for this long: report stale (and keep serving)"),
+    OPT(max_clock_skew_ms, PC_CFG_U64, "30000", 1000, 86400000,
+        "how far ahead of this clock a heartbeat or snapshot may be dated (run NTP)"),
     OPT(status_interval_ms, PC_CFG_U64, "2000", 50, 3600000,
         "status report period (reports also go out on every change)"),
     OPT(sync_interval_ms, PC_CFG_U64, "10000", 100, 3600000,
         "catch-up probe period, even when nothing looks missing"),
     OPT(request_timeout_ms, PC_CFG_U64, "5000", 100, 600000, "one sync request's timeout"),
+    OPT(connect_timeout_ms, PC_CFG_U64, "1000", 10, 600000,
+        "catch-up waits this long for a controller's connection before trying the next"),
     OPT(test_drop_permille, PC_CFG_U64, "0", 0, 1000,
         "TESTS ONLY: discard this many per mille of pub/sub entries"),
     OPT(test_drop_seed, PC_CFG_U64, "1", 0, 0, "TESTS ONLY: seed of the drop switch"),
@@ -428,6 +437,7 @@ static int agent_open(agent *ag, pc_err *err)
                                .metrics = ag->metrics,
                                .max_bundle = ag->cfg.max_bundle,
                                .stale_after_ms = ag->cfg.stale_after_ms,
+                               .max_clock_skew_ms = ag->cfg.max_clock_skew_ms,
                                .on_change = on_change,
                                .on_change_arg = ag,
                                .test_drop_permille = (unsigned)ag->cfg.test_drop_permille,
@@ -515,6 +525,7 @@ static int agent_serve(agent *ag, pc_err *err)
         .identity = &ag->identity,
         .tls = ag->tls,
         .request_timeout_ms = ag->cfg.request_timeout_ms,
+        .connect_timeout_ms = ag->cfg.connect_timeout_ms,
         .sync_interval_ms = ag->cfg.sync_interval_ms,
         .status_interval_ms = ag->cfg.status_interval_ms,
         .status_min_ms = 50,
@@ -531,7 +542,9 @@ static int agent_serve(agent *ag, pc_err *err)
                                     .recvbuf = (int)ag->cfg.sub_recvbuf,
                                     .recv_max = pc_pub_message_max(ag->cfg.max_bundle),
                                     .tls = ag->tls,
-                                    .queue_max = ag->cfg.sub_queue};
+                                    .queue_max = ag->cfg.sub_queue,
+                                    .queue_bytes = ag->cfg.sub_queue_bytes,
+                                    .metrics = ag->metrics};
     if ((rc = pc_subscriber_open(&ag->sub, &ag->loop, &subopt, on_publication, ag, err)) != PC_OK)
         return rc;
     return agent_ready(ag, err);

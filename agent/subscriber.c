@@ -4,6 +4,7 @@
 #include <nng/protocol/pubsub0/sub.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "log.h"
@@ -14,17 +15,54 @@ typedef struct queued {
     struct queued *next;
 } queued;
 
+/* A publisher connection's queue, by its dialer (one per subscribed url,
+ * so they are few and fixed). The last slot takes messages whose dialer is
+ * not known (a pipe already gone). The loop takes from the connections in
+ * turn, so a flooding one delays another's messages by one of its own at a
+ * time, not by all it has queued; each connection's own order is kept. */
+typedef struct source {
+    int32_t dialer; /* nng_dialer_id; -1: not assigned */
+    size_t bytes;   /* queued from it */
+    queued *head, *tail;
+} source;
+
+/* Messages handled per wake-up of the loop: then it looks at its other
+ * events (signals) before going on. */
+#define DRAIN_BATCH 64
+
 struct pc_subscriber {
     nng_socket sock;
     nng_aio *aio;
     uv_async_t wake;
     pc_subscriber_cb cb;
     void *arg;
-    pthread_mutex_t lock; /* guards the queue */
-    queued *head, *tail;
+    pthread_mutex_t lock; /* guards the queues (sources) and counts */
+    size_t next_source;   /* the loop takes from this one next */
     size_t queued_count, queue_max;
+    size_t queued_bytes, queue_bytes;
+    source *sources;
+    size_t n_sources;
     _Atomic uint64_t received, dropped;
+    pc_metric *m_drop_count, *m_drop_bytes, *m_dropped_bytes, *m_queued_bytes, *m_queued_max;
 };
+
+/* The source of a message (lock held). */
+static size_t source_of(pc_subscriber *s, nng_msg *msg)
+{
+    int32_t id = (int32_t)nng_dialer_id(nng_pipe_dialer(nng_msg_get_pipe(msg)));
+    size_t last = s->n_sources - 1;
+    if (id < 0)
+        return last;
+    for (size_t i = 0; i < last; i++) {
+        if (s->sources[i].dialer == id)
+            return i;
+        if (s->sources[i].dialer == -1) {
+            s->sources[i].dialer = id;
+            return i;
+        }
+    }
+    return last;
+}
 
 static void recv_done(void *p)
 {
@@ -34,23 +72,38 @@ static void recv_done(void *p)
         return;
     if (rv == 0) {
         nng_msg *msg = nng_aio_get_msg(s->aio);
+        size_t len = nng_msg_len(msg);
         queued *q = malloc(sizeof(*q));
         atomic_fetch_add(&s->received, 1);
         pthread_mutex_lock(&s->lock);
-        if (q == NULL || s->queued_count >= s->queue_max) {
+        size_t from = source_of(s, msg);
+        source *src = &s->sources[from];
+        pc_metric *full = NULL;
+        if (q == NULL || s->queued_count >= s->queue_max)
+            full = s->m_drop_count;
+        else if (src->bytes > 0 && src->bytes + len > s->queue_bytes)
+            full = s->m_drop_bytes;
+        if (full != NULL || q == NULL) {
             pthread_mutex_unlock(&s->lock);
             atomic_fetch_add(&s->dropped, 1);
+            pc_metric_add(full, 1);
+            pc_metric_add(s->m_dropped_bytes, len);
             free(q);
             nng_msg_free(msg);
         } else {
             q->msg = msg;
             q->next = NULL;
-            if (s->tail)
-                s->tail->next = q;
+            if (src->tail)
+                src->tail->next = q;
             else
-                s->head = q;
-            s->tail = q;
+                src->head = q;
+            src->tail = q;
             s->queued_count++;
+            src->bytes += len;
+            s->queued_bytes += len;
+            pc_metric_set(s->m_queued_bytes, s->queued_bytes);
+            if (s->m_queued_max != NULL && s->queued_bytes > s->m_queued_max->value)
+                pc_metric_set(s->m_queued_max, s->queued_bytes);
             uv_async_send(&s->wake);
             pthread_mutex_unlock(&s->lock);
         }
@@ -58,18 +111,36 @@ static void recv_done(void *p)
     nng_recv_aio(s->sock, s->aio);
 }
 
+/* The next message for the loop, taking the connections in turn (lock
+ * held); NULL when none is queued. */
+static queued *take(pc_subscriber *s)
+{
+    for (size_t k = 0; k < s->n_sources; k++) {
+        size_t i = (s->next_source + k) % s->n_sources;
+        source *src = &s->sources[i];
+        queued *q = src->head;
+        if (q == NULL)
+            continue;
+        src->head = q->next;
+        if (src->head == NULL)
+            src->tail = NULL;
+        size_t len = nng_msg_len(q->msg);
+        src->bytes -= len;
+        s->queued_bytes -= len;
+        s->queued_count--;
+        pc_metric_set(s->m_queued_bytes, s->queued_bytes);
+        s->next_source = (i + 1) % s->n_sources;
+        return q;
+    }
+    return NULL;
+}
+
 static void drain(uv_async_t *h)
 {
     pc_subscriber *s = h->data;
-    for (;;) {
+    for (int n = 0; n < DRAIN_BATCH; n++) {
         pthread_mutex_lock(&s->lock);
-        queued *q = s->head;
-        if (q != NULL) {
-            s->head = q->next;
-            if (s->head == NULL)
-                s->tail = NULL;
-            s->queued_count--;
-        }
+        queued *q = take(s);
         pthread_mutex_unlock(&s->lock);
         if (q == NULL)
             return;
@@ -77,6 +148,8 @@ static void drain(uv_async_t *h)
         nng_msg_free(q->msg);
         free(q);
     }
+    /* More may be waiting: come back after the loop's other events. */
+    uv_async_send(&s->wake);
 }
 
 int pc_subscriber_open(pc_subscriber **out, uv_loop_t *loop, const pc_subscriber_options *opt,
@@ -88,6 +161,28 @@ int pc_subscriber_open(pc_subscriber **out, uv_loop_t *loop, const pc_subscriber
     s->cb = cb;
     s->arg = arg;
     s->queue_max = opt->queue_max;
+    s->queue_bytes = opt->queue_bytes ? opt->queue_bytes : SIZE_MAX;
+    s->n_sources = opt->urls->count + 1;
+    s->sources = calloc(s->n_sources, sizeof(*s->sources));
+    if (s->sources == NULL) {
+        free(s);
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < s->n_sources; i++)
+        s->sources[i].dialer = -1;
+    s->m_drop_count = pc_metrics_counter(opt->metrics, "popcast_agent_pubsub_dropped_total",
+                                         "reason=\"queue_count\"",
+                                         "pub/sub messages dropped before the apply loop saw them");
+    s->m_drop_bytes = pc_metrics_counter(opt->metrics, "popcast_agent_pubsub_dropped_total",
+                                         "reason=\"queue_bytes\"", NULL);
+    s->m_dropped_bytes =
+        pc_metrics_counter(opt->metrics, "popcast_agent_pubsub_dropped_bytes_total", NULL,
+                           "bytes of the pub/sub messages dropped");
+    s->m_queued_bytes = pc_metrics_gauge(opt->metrics, "popcast_agent_pubsub_queued_bytes", NULL,
+                                         "pub/sub bytes waiting for the apply loop");
+    s->m_queued_max =
+        pc_metrics_gauge(opt->metrics, "popcast_agent_pubsub_queued_bytes_max", NULL,
+                         "the most pub/sub bytes that waited for the apply loop at once");
     pthread_mutex_init(&s->lock, NULL);
     int rv = nng_sub0_open(&s->sock);
     if (rv == 0)
@@ -107,6 +202,7 @@ int pc_subscriber_open(pc_subscriber **out, uv_loop_t *loop, const pc_subscriber
     if (rv != 0) {
         nng_close(s->sock);
         pthread_mutex_destroy(&s->lock);
+        free(s->sources);
         free(s);
         return pc_err_set(err, PC_E_INTERNAL, "cannot open sub socket: %s", nng_strerror(rv));
     }
@@ -119,6 +215,7 @@ int pc_subscriber_open(pc_subscriber **out, uv_loop_t *loop, const pc_subscriber
             nng_close(s->sock);
             nng_aio_free(s->aio);
             pthread_mutex_destroy(&s->lock);
+            free(s->sources);
             free(s);
             return pc_err_set(err, PC_E_INVALID, "cannot subscribe to %s: %s", opt->urls->items[i],
                               nng_strerror(rv));
@@ -134,14 +231,13 @@ int pc_subscriber_open(pc_subscriber **out, uv_loop_t *loop, const pc_subscriber
 static void free_after_close(uv_handle_t *h)
 {
     pc_subscriber *s = h->data;
-    queued *q = s->head;
-    while (q != NULL) {
-        queued *next = q->next;
+    queued *q;
+    while ((q = take(s)) != NULL) {
         nng_msg_free(q->msg);
         free(q);
-        q = next;
     }
     pthread_mutex_destroy(&s->lock);
+    free(s->sources);
     free(s);
 }
 

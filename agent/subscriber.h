@@ -1,10 +1,17 @@
 /* subscriber.h - the agent's nng sub socket, bridged into its libuv loop.
  *
  * nng receives on its own threads; each message is queued and the loop is
- * woken with uv_async_send, so every message is handled on the loop thread
- * in arrival order. The queue is bounded: when the loop falls behind,
- * messages are dropped and counted, exactly like a full pub/sub queue, and
- * the seq gap they leave is repaired by catch-up. */
+ * woken with uv_async_send, so every message is handled on the loop thread,
+ * each publisher connection's in arrival order, the connections in turn
+ * (a few dozen messages per wake-up, so the loop's other events are not
+ * starved). The queue is bounded, in messages (queue_max) and in bytes per
+ * publisher connection (queue_bytes): when the loop falls behind, messages
+ * are dropped and counted, exactly like a full pub/sub queue, and the seq
+ * gap they leave is repaired by catch-up. Per connection, so that a
+ * publisher flooding the agent with large messages (say, signed by keys
+ * nobody trusts) fills only its own share, and the controllers' messages
+ * still get in and are taken between two of its. A message larger than
+ * queue_bytes is still taken when its connection has nothing queued. */
 #ifndef PC_SUBSCRIBER_H
 #define PC_SUBSCRIBER_H
 
@@ -15,6 +22,7 @@
 
 #include "config.h"
 #include "err.h"
+#include "metrics.h"
 #include "tls.h"
 
 typedef struct pc_subscriber pc_subscriber;
@@ -28,7 +36,9 @@ typedef struct pc_subscriber_options {
     int recvbuf;            /* nng receive queue, messages */
     size_t recv_max;        /* largest message accepted (bytes) */
     size_t queue_max;       /* messages waiting for the loop */
+    size_t queue_bytes;     /* bytes waiting for the loop, per connection */
     nng_tls_config *tls;    /* for tls+tcp:// urls */
+    pc_metrics *metrics;    /* drops by reason, queued bytes (may be NULL) */
 } pc_subscriber_options;
 
 /* Dials every url without waiting: an agent starts and serves with no
@@ -39,7 +49,8 @@ int pc_subscriber_open(pc_subscriber **out, uv_loop_t *loop, const pc_subscriber
  * closed its handle. */
 void pc_subscriber_close(pc_subscriber *s);
 
-/* Messages received and dropped (queue full) since open. */
+/* Messages received and dropped (queue full, by count or bytes) since
+ * open. Any thread. */
 void pc_subscriber_counts(pc_subscriber *s, uint64_t *received, uint64_t *dropped);
 
 #endif

@@ -4,7 +4,10 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
 #include <pthread.h>
+#include <sodium.h>
+#include <stdarg.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -14,41 +17,119 @@
 #include "log.h"
 #include "protocol_limits.h"
 
+/* Each controller's catch-up backs off on its own after a failure, an
+ * error reply or an answer that does not move the agent forward (a lie:
+ * "head is N" with no entries, entries it already has, a snapshot that is
+ * not ahead): from BACKOFF_MIN_MS, doubling up to BACKOFF_MAX_MS, each wait
+ * drawn between half and all of it (jitter: a fleet does not retry in
+ * step). */
 #define BACKOFF_MIN_MS 200
 #define BACKOFF_MAX_MS 5000
+/* After a catch-up that found nothing to apply, the next one waits this
+ * long. What asks for catch-up is not always authenticated (an entry far
+ * ahead, or a heartbeat, signed by a key the agent does not know yet may
+ * announce a rotation it missed): a flood of those must not turn into a
+ * flood of requests to the controllers. */
+#define IDLE_HOLDOFF_MS 250
+/* A failure that repeats is logged at most once per this long, with the
+ * count of those not logged: a dead or hostile controller must not fill
+ * the log. */
+#define LOG_INTERVAL_MS 10000
+/* Status acks are a few bytes; anything much larger is not one. */
+#define REPORT_REPLY_MAX (64 * 1024)
+
+/* How often the report thread looks at freshness even when nothing else
+ * is due: becoming stale (or fresh again) is a change the controllers hear
+ * about at once, not at the next periodic report. */
+#define STALE_WATCH_MS 200
+
+typedef struct log_gate {
+    int64_t next_ms;
+    unsigned suppressed;
+} log_gate;
 
 typedef struct link {
+    struct pc_syncer *s;
     char *url;
+    /* Catch-up: the sync thread's socket, and what it learnt of it. */
     nng_socket sock;
+    _Atomic int pipes;    /* connections (nng pipe events) */
+    unsigned failures;    /* catch-up failures in a row: the health score */
+    int64_t last_ok_ms;   /* the last catch-up it answered (0: never) */
+    int64_t retry_at_ms;  /* backoff: not asked again before this */
+    uint64_t backoff_ms;  /* the next failure's backoff */
+    int unreachable;      /* the last failure was "no connection" */
+    _Atomic int new_pipe; /* connected since unreachable was set */
+    log_gate sync_log;
+    /* Reports: a socket, context and aio of their own. Under s->lock:
+     * busy (a request in flight), pending (a newer report waits). */
+    nng_socket rsock;
+    nng_ctx rctx;
+    nng_aio *raio;
+    int r_open; /* rsock, rctx and raio exist */
+    int r_busy, r_pending, r_receiving;
+    nng_msg *r_next; /* the report thread's: claimed, to send */
+    log_gate report_log;
 } link;
 
 struct pc_syncer {
     pc_syncer_options opt;
     link *links;
     size_t n_links;
-    size_t preferred; /* the link that last answered */
-    pthread_t thread;
+    size_t *order; /* the sync thread's scratch: links in the order to try */
+    pthread_t sync_thread, report_thread;
+    int sync_started, report_started;
     pthread_mutex_t lock;
-    pthread_cond_t cond;
+    pthread_cond_t sync_cond;   /* wakes the catch-up thread */
+    pthread_cond_t report_cond; /* wakes the report thread */
     int stop, need_sync, dirty;
-    int exited;           /* the thread has returned (under lock) */
-    _Atomic int stopping; /* no new request once set (read without lock) */
-    int64_t next_sync_ms; /* a requested sync waits for this (backoff) */
-    int64_t last_sync_ms; /* the periodic probe runs sync_interval after it */
+    int sync_exited;       /* the catch-up thread has returned (under lock) */
+    _Atomic int stopping;  /* no new request once set (read without lock) */
+    int64_t last_sync_ms;  /* the periodic probe runs sync_interval after it */
+    int64_t idle_until_ms; /* a catch-up that found nothing: not before this */
     int64_t next_status_ms, last_status_ms;
-    uint64_t backoff_ms;
     uint64_t counter;
-    int stale; /* as last seen by the watch below */
+    int stale; /* as last seen by the report thread */
+    /* The latest report, packed (under lock): what a sender sends next. */
+    uint8_t *report;
+    size_t report_len;
     pc_metric *m_syncs, *m_sync_failures, *m_entries, *m_chunks, *m_reports, *m_report_failures;
     pc_metric *m_stale;
 };
 
-/* How often the thread looks at freshness even when nothing else is due:
- * becoming stale (or fresh again) is a change the controllers hear about
- * at once, not at the next periodic report. */
-#define STALE_WATCH_MS 200
+/* Logs a repeated failure at most once per LOG_INTERVAL_MS, saying how
+ * many were not logged in between. */
+static void gated_warn(log_gate *g, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void gated_warn(log_gate *g, const char *fmt, ...)
+{
+    int64_t now = pc_mono_ms();
+    if (now < g->next_ms) {
+        g->suppressed++;
+        return;
+    }
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (g->suppressed > 0)
+        pc_warn("syncer", "%s (and %u more like it in the last %d s)", msg, g->suppressed,
+                LOG_INTERVAL_MS / 1000);
+    else
+        pc_warn("syncer", "%s", msg);
+    g->suppressed = 0;
+    g->next_ms = now + LOG_INTERVAL_MS;
+}
 
-/* One request and its reply on one link. */
+static void gate_reset(log_gate *g)
+{
+    g->next_ms = 0;
+    g->suppressed = 0;
+}
+
+/* Catch-up. */
+
+/* One request and its reply on one link's catch-up socket. */
 static int call(pc_syncer *s, link *l, const Popcast__SyncCall *req, Popcast__SyncReply **out,
                 pc_err *err)
 {
@@ -62,7 +143,8 @@ static int call(pc_syncer *s, link *l, const Popcast__SyncCall *req, Popcast__Sy
     popcast__sync_call__pack(req, nng_msg_body(msg));
     if ((rv = nng_sendmsg(l->sock, msg, 0)) != 0) {
         nng_msg_free(msg);
-        return pc_err_set(err, PC_E_UNAVAILABLE, "%s: send: %s", l->url, nng_strerror(rv));
+        return pc_err_set(err, rv == NNG_ETIMEDOUT ? PC_E_TIMEOUT : PC_E_UNAVAILABLE, "%s: %s",
+                          l->url, rv == NNG_ETIMEDOUT ? "no connection" : nng_strerror(rv));
     }
     nng_msg *rep = NULL;
     if ((rv = nng_recvmsg(l->sock, &rep, 0)) != 0)
@@ -75,33 +157,22 @@ static int call(pc_syncer *s, link *l, const Popcast__SyncCall *req, Popcast__Sy
     return PC_OK;
 }
 
-/* Fetches a bundle announced without its bytes, in chunks. The bytes are
- * checked against the signed manifest by the applier, not here. */
-static int fetch_bundle(pc_syncer *s, link *l, const Popcast__Entry *e, uint8_t **out,
-                        size_t *out_len, pc_err *err)
+/* Fetches size bytes of the bundle whose hash is given, in chunks. Only
+ * called with a hash and size from a verified manifest (size within
+ * max_bundle): the bytes themselves are checked against it by the
+ * applier. */
+static int fetch_bundle(pc_syncer *s, link *l, const ProtobufCBinaryData *hash, size_t size,
+                        uint8_t **out, pc_err *err)
 {
-    Popcast__Manifest *m = NULL;
-    /* Decode (not verify) just to learn hash and size; the applier verifies
-     * the whole entry once the bytes are here. */
-    if (e->signed_ == NULL || (m = popcast__manifest__unpack(NULL, e->signed_->manifest.len,
-                                                             e->signed_->manifest.data)) == NULL)
-        return pc_err_set(err, PC_E_INVALID, "announced entry has no readable manifest");
-    size_t size = (size_t)m->bundle_size;
-    int rc = PC_OK;
-    if (m->bundle_hash.len != PC_HASH_LEN || m->bundle_size > s->opt.recv_max * 64) {
-        rc = pc_err_set(err, PC_E_INVALID, "announced bundle is malformed or too large");
-        goto out;
-    }
     uint8_t *buf = malloc(size ? size : 1);
-    if (buf == NULL) {
-        rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
-        goto out;
-    }
+    if (buf == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
     size_t got = 0;
+    int rc = PC_OK;
     while (got < size) {
         Popcast__SyncCall c = POPCAST__SYNC_CALL__INIT;
         Popcast__BundleChunkRequest creq = POPCAST__BUNDLE_CHUNK_REQUEST__INIT;
-        creq.bundle_hash = m->bundle_hash;
+        creq.bundle_hash = *hash;
         creq.offset = got;
         creq.length = s->opt.chunk_bytes;
         c.body_case = POPCAST__SYNC_CALL__BODY_CHUNK;
@@ -127,32 +198,46 @@ static int fetch_bundle(pc_syncer *s, link *l, const Popcast__Entry *e, uint8_t 
     }
     if (rc != PC_OK) {
         free(buf);
-        goto out;
+        return rc;
     }
     *out = buf;
-    *out_len = size;
-out:
-    popcast__manifest__free_unpacked(m, NULL);
-    return rc;
+    return PC_OK;
 }
 
 /* The entry as it must be applied: with its bundle, fetched if omitted.
- * *owned is what the caller frees after applying. */
-static int complete_entry(pc_syncer *s, link *l, const Popcast__Entry *e, Popcast__Entry *full,
-                          uint8_t **owned, pc_err *err)
+ * *owned is what the caller frees after applying. m is the entry's
+ * manifest, already verified; NULL makes the applier verify it first
+ * (catch-up), so that nothing is fetched for an entry that is not
+ * genuine or declares a bundle over max_bundle, and PC_E_DUPLICATE
+ * says it was applied meanwhile. */
+static int complete_entry(pc_syncer *s, link *l, const Popcast__Entry *e,
+                          const Popcast__Manifest *m, Popcast__Entry *full, uint8_t **owned,
+                          pc_err *err)
 {
     *full = *e;
     *owned = NULL;
     if (!e->bundle_omitted)
         return PC_OK;
-    size_t len = 0;
-    int rc = fetch_bundle(s, l, e, owned, &len, err);
-    if (rc != PC_OK)
-        return rc;
-    full->bundle.data = *owned;
-    full->bundle.len = len;
-    full->bundle_omitted = 0;
-    return PC_OK;
+    Popcast__Manifest *verified = NULL;
+    int rc = PC_OK;
+    if (m == NULL) {
+        if ((rc = pc_applier_verify_announced(s->opt.applier, e, &verified, err)) != PC_OK)
+            return rc;
+        m = verified;
+        if (m->seq <= pc_applier_applied_seq(s->opt.applier))
+            rc = PC_E_DUPLICATE; /* applied meanwhile (pub/sub): nothing to fetch */
+    }
+    if (rc == PC_OK && pc_manifest_has_content(m)) {
+        rc = fetch_bundle(s, l, &m->bundle_hash, (size_t)m->bundle_size, owned, err);
+        if (rc == PC_OK) {
+            full->bundle.data = *owned;
+            full->bundle.len = (size_t)m->bundle_size;
+            full->bundle_omitted = 0;
+        }
+    }
+    if (verified != NULL)
+        popcast__manifest__free_unpacked(verified, NULL);
+    return rc;
 }
 
 static int take_snapshot(pc_syncer *s, link *l, pc_err *err)
@@ -181,16 +266,31 @@ static int take_snapshot(pc_syncer *s, link *l, pc_err *err)
     if (full == NULL || ptrs == NULL || owned == NULL) {
         rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
     } else {
+        /* All of it verified before any bundle is fetched. */
+        rc = pc_applier_verify_snapshot(s->opt.applier, snap, err);
         for (size_t i = 0; i < n && rc == PC_OK; i++) {
-            rc = complete_entry(s, l, snap->tenants[i], &full[i], &owned[i], err);
+            /* These exact bytes were just verified. */
+            Popcast__Manifest *m =
+                popcast__manifest__unpack(NULL, snap->tenants[i]->signed_->manifest.len,
+                                          snap->tenants[i]->signed_->manifest.data);
+            if (m == NULL)
+                rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
+            else
+                rc = complete_entry(s, l, snap->tenants[i], m, &full[i], &owned[i], err);
             ptrs[i] = &full[i];
+            if (m != NULL)
+                popcast__manifest__free_unpacked(m, NULL);
         }
-        if (rc == PC_OK) {
-            rc = pc_applier_install_snapshot(s->opt.applier, snap->seq, ptrs, n, snap->rotations,
-                                             snap->n_rotations, err);
-            if (rc == PC_E_DUPLICATE)
-                rc = PC_OK; /* we were already there: nothing to do */
-        }
+        if (rc == PC_OK)
+            rc = pc_applier_install_snapshot(s->opt.applier, snap, ptrs, err);
+        /* It demanded a snapshot and sent one that is not ahead of us:
+         * asking again would get the same answer. */
+        if (rc == PC_E_DUPLICATE)
+            rc = pc_err_set(err, PC_E_UNAVAILABLE,
+                            "%s: asked for a snapshot, sent one (seq %llu) that is not ahead "
+                            "of the applied seq %llu",
+                            l->url, (unsigned long long)snap->seq,
+                            (unsigned long long)pc_applier_applied_seq(s->opt.applier));
         for (size_t i = 0; i < n; i++)
             free(owned[i]);
     }
@@ -201,10 +301,13 @@ static int take_snapshot(pc_syncer *s, link *l, pc_err *err)
     return rc;
 }
 
-/* Catches up from one link until the head it reports. */
+/* Catches up from one link until the head it reports. Every answer must
+ * move the applied seq forward (or say we are at its head): one that does
+ * not is an error, so a lying or broken endpoint costs one request per
+ * backoff, never a loop. */
 static int catch_up_from(pc_syncer *s, link *l, pc_err *err)
 {
-    for (int rounds = 0; rounds < 100000; rounds++) {
+    for (;;) {
         uint64_t applied = pc_applier_applied_seq(s->opt.applier);
         Popcast__SyncCall c = POPCAST__SYNC_CALL__INIT;
         Popcast__SyncRequest req = POPCAST__SYNC_REQUEST__INIT;
@@ -232,6 +335,9 @@ static int catch_up_from(pc_syncer *s, link *l, pc_err *err)
                     (unsigned long long)applied);
             if ((rc = take_snapshot(s, l, err)) != PC_OK)
                 return rc;
+            if (pc_applier_applied_seq(s->opt.applier) <= applied)
+                return pc_err_set(err, PC_E_UNAVAILABLE, "%s: its snapshot did not move us",
+                                  l->url);
             continue;
         }
         uint64_t head = r->head_seq;
@@ -239,8 +345,10 @@ static int catch_up_from(pc_syncer *s, link *l, pc_err *err)
         for (size_t i = 0; i < n && rc == PC_OK; i++) {
             Popcast__Entry full;
             uint8_t *owned = NULL;
-            rc = complete_entry(s, l, r->entries[i], &full, &owned, err);
-            if (rc == PC_OK) {
+            rc = complete_entry(s, l, r->entries[i], NULL, &full, &owned, err);
+            if (rc == PC_E_DUPLICATE) {
+                rc = PC_OK; /* pub/sub got there first */
+            } else if (rc == PC_OK) {
                 rc = pc_applier_apply_entry(s->opt.applier, &full, err);
                 if (rc == PC_E_DUPLICATE)
                     rc = PC_OK; /* pub/sub got there first */
@@ -252,34 +360,287 @@ static int catch_up_from(pc_syncer *s, link *l, pc_err *err)
         popcast__sync_reply__free_unpacked(rep, NULL);
         if (rc != PC_OK)
             return rc;
-        if (pc_applier_applied_seq(s->opt.applier) >= head)
-            return PC_OK;
+        uint64_t now_applied = pc_applier_applied_seq(s->opt.applier);
+        if (now_applied >= head) {
+            /* At its head; but a signed heartbeat may have shown more. */
+            uint64_t known = pc_applier_head_seq(s->opt.applier);
+            if (now_applied >= known)
+                return PC_OK;
+            if (now_applied > applied)
+                continue; /* commits keep coming: ask for those too */
+            /* A controller that lags, or one that lies about its head. */
+            return pc_err_set(err, PC_E_UNAVAILABLE,
+                              "%s: its head %llu is behind the heartbeat's %llu", l->url,
+                              (unsigned long long)head, (unsigned long long)known);
+        }
         if (n == 0)
             return pc_err_set(err, PC_E_UNAVAILABLE, "%s: head is %llu but no entries came", l->url,
                               (unsigned long long)head);
+        if (now_applied <= applied)
+            return pc_err_set(err, PC_E_UNAVAILABLE,
+                              "%s: head is %llu but its %zu entries are not after %llu", l->url,
+                              (unsigned long long)head, n, (unsigned long long)applied);
     }
-    return pc_err_set(err, PC_E_INTERNAL, "catch-up did not finish");
 }
 
+static int connected(const link *l)
+{
+    return atomic_load(&((link *)l)->pipes) > 0;
+}
+
+/* Which link to try first: a connected one, then the healthiest (fewest
+ * failures in a row), then the one that answered last, then the
+ * configuration's order. */
+static int better(const link *a, size_t ia, const link *b, size_t ib)
+{
+    int ca = connected(a), cb = connected(b);
+    if (ca != cb)
+        return ca > cb;
+    if (a->failures != b->failures)
+        return a->failures < b->failures;
+    if (a->last_ok_ms != b->last_ok_ms)
+        return a->last_ok_ms > b->last_ok_ms;
+    return ia < ib;
+}
+
+static void order_links(pc_syncer *s, size_t *order)
+{
+    for (size_t i = 0; i < s->n_links; i++) {
+        size_t j = i;
+        while (j > 0 && better(&s->links[i], i, &s->links[order[j - 1]], order[j - 1])) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = i;
+    }
+}
+
+static int any_connected(pc_syncer *s)
+{
+    for (size_t i = 0; i < s->n_links; i++)
+        if (connected(&s->links[i]))
+            return 1;
+    return 0;
+}
+
+/* Right after start (or when every controller dropped), dials are still in
+ * flight: give them connect_timeout_ms to produce a connection, so the
+ * first controller to connect is asked first rather than the first in the
+ * configuration, which may be down. */
+static void wait_for_a_connection(pc_syncer *s)
+{
+    struct timespec deadline;
+    pc_deadline_after_ms(&deadline, s->opt.connect_timeout_ms);
+    pthread_mutex_lock(&s->lock);
+    while (!s->stop && !any_connected(s) &&
+           pthread_cond_timedwait(&s->sync_cond, &s->lock, &deadline) == 0)
+        ;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* A link's catch-up failed: it waits out its backoff (drawn between half
+ * and all of it) before it is asked again, and its next one doubles. */
+static void back_off(link *l, int unreachable)
+{
+    uint64_t half = l->backoff_ms / 2;
+    l->retry_at_ms = pc_mono_ms() + (int64_t)(half + randombytes_uniform((uint32_t)half + 1));
+    l->backoff_ms = l->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : l->backoff_ms * 2;
+    l->failures++;
+    l->unreachable = unreachable;
+    atomic_store(&l->new_pipe, 0);
+}
+
+/* When a link may be asked again. A link that failed for want of a
+ * connection may be asked as soon as it has one. */
+static int64_t ready_at(link *l)
+{
+    if (l->unreachable && atomic_load(&l->new_pipe))
+        return 0;
+    return l->retry_at_ms;
+}
+
+/* The earliest time any link may be asked. */
+static int64_t next_ready(pc_syncer *s)
+{
+    int64_t t = INT64_MAX;
+    for (size_t i = 0; i < s->n_links; i++) {
+        int64_t r = ready_at(&s->links[i]);
+        if (r < t)
+            t = r;
+    }
+    return t;
+}
+
+/* One round: asks each link that is not backing off, in order, until one
+ * brings the agent to its head. PC_OK, or PC_E_UNAVAILABLE when none did
+ * (the caller retries when the first backoff ends). */
 static int catch_up(pc_syncer *s)
 {
     pc_err err;
     pc_metric_add(s->m_syncs, 1);
-    for (size_t k = 0; k < s->n_links; k++) {
-        size_t i = (s->preferred + k) % s->n_links;
+    if (!any_connected(s))
+        wait_for_a_connection(s);
+    size_t *order = s->order;
+    order_links(s, order);
+    for (size_t k = 0; k < s->n_links && !atomic_load(&s->stopping); k++) {
+        link *l = &s->links[order[k]];
+        if (ready_at(l) > pc_mono_ms())
+            continue;
         pc_err_clear(&err);
-        int rc = catch_up_from(s, &s->links[i], &err);
+        int rc = catch_up_from(s, l, &err);
         if (rc == PC_OK) {
-            s->preferred = i;
+            l->failures = 0;
+            l->backoff_ms = BACKOFF_MIN_MS;
+            l->retry_at_ms = 0;
+            l->unreachable = 0;
+            l->last_ok_ms = pc_mono_ms();
+            gate_reset(&l->sync_log);
             return PC_OK;
         }
-        pc_warn("syncer", "catch-up from %s failed: %s", s->links[i].url, err.msg);
+        back_off(l, rc == PC_E_TIMEOUT && !connected(l));
+        gated_warn(&l->sync_log, "catch-up from %s failed: %s (next try in %lld ms or later)",
+                   l->url, err.msg, (long long)(l->retry_at_ms - pc_mono_ms()));
     }
     pc_metric_add(s->m_sync_failures, 1);
     return PC_E_UNAVAILABLE;
 }
 
-static void report_status(pc_syncer *s)
+static void *sync_run(void *arg)
+{
+    pc_syncer *s = arg;
+    pthread_mutex_lock(&s->lock);
+    while (!s->stop) {
+        int64_t now = pc_mono_ms();
+        int64_t due =
+            s->need_sync ? next_ready(s) : s->last_sync_ms + (int64_t)s->opt.sync_interval_ms;
+        if (due < s->idle_until_ms)
+            due = s->idle_until_ms;
+        if (now < due) {
+            struct timespec ts;
+            pc_deadline_after_ms(&ts, (uint64_t)(due - now));
+            pthread_cond_timedwait(&s->sync_cond, &s->lock, &ts);
+            continue;
+        }
+        s->need_sync = 0;
+        pthread_mutex_unlock(&s->lock);
+        uint64_t before = pc_applier_applied_seq(s->opt.applier);
+        int rc = catch_up(s);
+        pthread_mutex_lock(&s->lock);
+        s->last_sync_ms = pc_mono_ms();
+        if (rc != PC_OK)
+            s->need_sync = 1; /* again when the first backoff ends */
+        else if (pc_applier_applied_seq(s->opt.applier) == before)
+            s->idle_until_ms = s->last_sync_ms + IDLE_HOLDOFF_MS;
+    }
+    s->sync_exited = 1;
+    pthread_cond_broadcast(&s->sync_cond);
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+/* nng pipe events on a catch-up socket: counts connections, and wakes a
+ * catch-up waiting for one. ADD_PRE and REM_POST come in pairs (nng runs
+ * REM_POST only for pipes that ran ADD_PRE). */
+static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+    (void)p;
+    link *l = arg;
+    if (ev == NNG_PIPE_EV_ADD_PRE) {
+        atomic_fetch_add(&l->pipes, 1);
+    } else if (ev == NNG_PIPE_EV_REM_POST) {
+        atomic_fetch_sub(&l->pipes, 1);
+    } else if (ev == NNG_PIPE_EV_ADD_POST) {
+        atomic_store(&l->new_pipe, 1);
+        pthread_mutex_lock(&l->s->lock);
+        pthread_cond_broadcast(&l->s->sync_cond);
+        pthread_mutex_unlock(&l->s->lock);
+    }
+}
+
+/* Reports. */
+
+/* Starts sending the latest report on l (lock held, l not busy). */
+/* Claims l's sender for the latest report (lock held, l not busy): the
+ * message to hand to send_report once the lock is released (nng may run
+ * the callback, which takes the lock, before nng_ctx_send returns), or
+ * NULL. */
+static nng_msg *claim_report(pc_syncer *s, link *l)
+{
+    nng_msg *msg = NULL;
+    l->r_pending = 0;
+    if (s->report == NULL || nng_msg_alloc(&msg, s->report_len) != 0) {
+        pc_metric_add(s->m_report_failures, 1);
+        return NULL;
+    }
+    memcpy(nng_msg_body(msg), s->report, s->report_len);
+    l->r_busy = 1;
+    l->r_receiving = 0;
+    return msg;
+}
+
+/* Sends what claim_report gave (lock not held). */
+static void send_report(link *l, nng_msg *msg)
+{
+    nng_aio_set_msg(l->raio, msg);
+    nng_ctx_send(l->rctx, l->raio);
+}
+
+/* The report sender of one link (an nng thread): send done, then reply. */
+static void report_done(void *arg)
+{
+    link *l = arg;
+    pc_syncer *s = l->s;
+    int rv = nng_aio_result(l->raio);
+    int ok = 0;
+    char why[256] = "";
+    if (!l->r_receiving) {
+        if (rv == 0) {
+            l->r_receiving = 1;
+            nng_ctx_recv(l->rctx, l->raio);
+            return;
+        }
+        /* A send that did not happen hands its message back. */
+        nng_msg *msg = nng_aio_get_msg(l->raio);
+        nng_aio_set_msg(l->raio, NULL);
+        if (msg != NULL)
+            nng_msg_free(msg);
+        snprintf(why, sizeof(why), "%s", rv == NNG_ETIMEDOUT ? "no connection" : nng_strerror(rv));
+    } else if (rv != 0) {
+        snprintf(why, sizeof(why), "%s", nng_strerror(rv));
+    } else {
+        nng_msg *msg = nng_aio_get_msg(l->raio);
+        nng_aio_set_msg(l->raio, NULL);
+        Popcast__SyncReply *rep =
+            popcast__sync_reply__unpack(NULL, nng_msg_len(msg), nng_msg_body(msg));
+        nng_msg_free(msg);
+        ok = 1;
+        if (rep == NULL || rep->body_case != POPCAST__SYNC_REPLY__BODY_STATUS_ACK)
+            snprintf(why, sizeof(why), "the answer is not a status ack");
+        else if (rep->status_ack->error[0] != '\0')
+            snprintf(why, sizeof(why), "refused: %s", rep->status_ack->error);
+        if (rep != NULL)
+            popcast__sync_reply__free_unpacked(rep, NULL);
+    }
+    pc_metric_add(ok ? s->m_reports : s->m_report_failures, 1);
+    pthread_mutex_lock(&s->lock);
+    l->r_busy = 0;
+    if (rv == NNG_ECANCELED || rv == NNG_ECLOSED || atomic_load(&s->stopping)) {
+        pthread_mutex_unlock(&s->lock);
+        return;
+    }
+    if (why[0] != '\0')
+        gated_warn(&l->report_log, "status report to %s: %s", l->url, why);
+    else
+        gate_reset(&l->report_log);
+    nng_msg *next = l->r_pending ? claim_report(s, l) : NULL;
+    pthread_mutex_unlock(&s->lock);
+    if (next != NULL)
+        send_report(l, next);
+}
+
+/* Builds and signs the report, makes it the latest, and hands it to every
+ * sender that is idle; a busy one sends it when its request ends. */
+static void send_reports(pc_syncer *s)
 {
     Popcast__AgentStatus st;
     if (pc_applier_status(s->opt.applier, &st) != PC_OK)
@@ -312,27 +673,40 @@ static void report_status(pc_syncer *s)
             c.signed_status = &ss;
         }
     }
-    for (size_t i = 0; i < s->n_links; i++) {
-        Popcast__SyncReply *rep = NULL;
-        pc_err err;
-        if (call(s, &s->links[i], &c, &rep, &err) != PC_OK) {
-            pc_metric_add(s->m_report_failures, 1);
-            pc_debug("syncer", "status to %s: %s", s->links[i].url, err.msg);
-            continue;
-        }
-        pc_metric_add(s->m_reports, 1);
-        if (rep->body_case == POPCAST__SYNC_REPLY__BODY_STATUS_ACK &&
-            rep->status_ack->error[0] != '\0')
-            pc_warn("syncer", "status refused by %s: %s", s->links[i].url, rep->status_ack->error);
-        popcast__sync_reply__free_unpacked(rep, NULL);
-    }
+    size_t len = popcast__sync_call__get_packed_size(&c);
+    uint8_t *report = malloc(len ? len : 1);
+    if (report != NULL)
+        popcast__sync_call__pack(&c, report);
     free(packed);
     st.agent_id = NULL;
     st.pop = NULL;
     pc_applier_status_clear(&st);
+    if (report == NULL) {
+        pc_metric_add(s->m_report_failures, s->n_links);
+        return;
+    }
+    pthread_mutex_lock(&s->lock);
+    free(s->report);
+    s->report = report;
+    s->report_len = len;
+    for (size_t i = 0; i < s->n_links; i++) {
+        link *l = &s->links[i];
+        l->r_next = NULL;
+        if (s->stop)
+            continue;
+        if (l->r_busy)
+            l->r_pending = 1;
+        else
+            l->r_next = claim_report(s, l);
+    }
+    pthread_mutex_unlock(&s->lock);
+    /* A claimed sender is ours until its callback runs: no lock needed. */
+    for (size_t i = 0; i < s->n_links; i++)
+        if (s->links[i].r_next != NULL)
+            send_report(&s->links[i], s->links[i].r_next);
 }
 
-static void *run(void *arg)
+static void *report_run(void *arg)
 {
     pc_syncer *s = arg;
     pthread_mutex_lock(&s->lock);
@@ -351,49 +725,25 @@ static void *run(void *arg)
                 pc_info("syncer", "fresh again: heartbeats are arriving");
         }
         int64_t now = pc_mono_ms();
-        int64_t sync_due =
-            s->need_sync ? s->next_sync_ms : s->last_sync_ms + (int64_t)s->opt.sync_interval_ms;
-        int64_t status_due = s->next_status_ms;
-        if (s->dirty && s->last_status_ms + (int64_t)s->opt.status_min_ms < status_due)
-            status_due = s->last_status_ms + (int64_t)s->opt.status_min_ms;
-        int do_sync = now >= sync_due, do_status = now >= status_due;
-        if (!do_sync && !do_status) {
-            int64_t wait = (sync_due < status_due ? sync_due : status_due) - now;
+        int64_t due = s->next_status_ms;
+        if (s->dirty && s->last_status_ms + (int64_t)s->opt.status_min_ms < due)
+            due = s->last_status_ms + (int64_t)s->opt.status_min_ms;
+        if (now < due) {
+            int64_t wait = due - now;
             if (wait > STALE_WATCH_MS)
                 wait = STALE_WATCH_MS;
             struct timespec ts;
             pc_deadline_after_ms(&ts, (uint64_t)wait);
-            pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+            pthread_cond_timedwait(&s->report_cond, &s->lock, &ts);
             continue;
         }
-        if (do_sync)
-            s->need_sync = 0;
-        if (do_status) {
-            s->dirty = 0;
-            s->last_status_ms = now;
-            s->next_status_ms = now + (int64_t)s->opt.status_interval_ms;
-        }
+        s->dirty = 0;
+        s->last_status_ms = now;
+        s->next_status_ms = now + (int64_t)s->opt.status_interval_ms;
         pthread_mutex_unlock(&s->lock);
-        int sync_rc = do_sync ? catch_up(s) : PC_OK;
-        if (do_status)
-            report_status(s);
+        send_reports(s);
         pthread_mutex_lock(&s->lock);
-        if (do_sync) {
-            now = pc_mono_ms();
-            s->last_sync_ms = now;
-            if (sync_rc == PC_OK) {
-                s->backoff_ms = BACKOFF_MIN_MS;
-            } else {
-                /* Keep asking, backing off, until a controller answers. */
-                s->need_sync = 1;
-                s->next_sync_ms = now + (int64_t)s->backoff_ms;
-                s->backoff_ms =
-                    s->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : s->backoff_ms * 2;
-            }
-        }
     }
-    s->exited = 1;
-    pthread_cond_broadcast(&s->cond);
     pthread_mutex_unlock(&s->lock);
     return NULL;
 }
@@ -403,22 +753,118 @@ void pc_syncer_notify(pc_syncer *s, int need_sync)
     if (s == NULL)
         return;
     pthread_mutex_lock(&s->lock);
-    if (need_sync)
+    if (need_sync) {
         s->need_sync = 1;
+        pthread_cond_signal(&s->sync_cond);
+    }
     s->dirty = 1;
-    pthread_cond_signal(&s->cond);
+    pthread_cond_signal(&s->report_cond);
     pthread_mutex_unlock(&s->lock);
 }
 
-static void close_links(pc_syncer *s)
+/* Start and stop. */
+
+static int set_common(nng_socket sock, const pc_syncer_options *opt, size_t recv_max)
 {
-    for (size_t i = 0; i < s->n_links; i++) {
-        if (s->links[i].url != NULL) {
-            nng_close(s->links[i].sock);
-            free(s->links[i].url);
-        }
+    int rv = nng_socket_set_ms(sock, NNG_OPT_RECVTIMEO, (nng_duration)opt->request_timeout_ms);
+    /* nng resends a request whose connection dropped; do it soon. */
+    if (rv == 0)
+        rv = nng_socket_set_ms(sock, NNG_OPT_REQ_RESENDTIME, 2000);
+    if (rv == 0)
+        rv = nng_socket_set_size(sock, NNG_OPT_RECVMAXSZ, recv_max);
+    if (rv == 0)
+        rv = nng_socket_set_ms(sock, NNG_OPT_RECONNMINT, PC_REDIAL_MIN_MS);
+    if (rv == 0)
+        rv = nng_socket_set_ms(sock, NNG_OPT_RECONNMAXT, PC_REDIAL_MAX_MS);
+    return rv;
+}
+
+static int dial(nng_socket sock, const char *url, const pc_syncer_options *opt)
+{
+    pc_err derr;
+    return pc_nng_dial(sock, url, opt->tls, NNG_FLAG_NONBLOCK, &derr) == PC_OK ? 0 : NNG_EINVAL;
+}
+
+/* Opens a link's two sockets; on failure leaves nothing open. */
+static int open_link(pc_syncer *s, link *l, const char *url)
+{
+    const pc_syncer_options *opt = &s->opt;
+    l->s = s;
+    int rv = nng_req0_open(&l->sock);
+    if (rv != 0)
+        return rv;
+    /* A catch-up's send only waits for a connection: connect_timeout_ms,
+     * so a controller that is down costs that much, not a whole request
+     * timeout. */
+    rv = nng_socket_set_ms(l->sock, NNG_OPT_SENDTIMEO, (nng_duration)opt->connect_timeout_ms);
+    if (rv == 0)
+        rv = set_common(l->sock, opt, opt->recv_max);
+    if (rv == 0)
+        rv = nng_pipe_notify(l->sock, NNG_PIPE_EV_ADD_PRE, pipe_event, l);
+    if (rv == 0)
+        rv = nng_pipe_notify(l->sock, NNG_PIPE_EV_ADD_POST, pipe_event, l);
+    if (rv == 0)
+        rv = nng_pipe_notify(l->sock, NNG_PIPE_EV_REM_POST, pipe_event, l);
+    if (rv == 0)
+        rv = dial(l->sock, url, opt);
+    if (rv != 0) {
+        nng_close(l->sock);
+        return rv;
     }
+    rv = nng_req0_open(&l->rsock);
+    if (rv == 0)
+        rv = set_common(l->rsock, opt, REPORT_REPLY_MAX);
+    if (rv == 0)
+        rv = nng_ctx_open(&l->rctx, l->rsock);
+    if (rv == 0 && (rv = nng_aio_alloc(&l->raio, report_done, l)) != 0)
+        nng_ctx_close(l->rctx);
+    if (rv == 0)
+        nng_aio_set_timeout(l->raio, (nng_duration)opt->request_timeout_ms);
+    if (rv == 0 && (rv = dial(l->rsock, url, opt)) != 0) {
+        nng_aio_free(l->raio);
+        nng_ctx_close(l->rctx);
+    }
+    if (rv != 0) {
+        nng_close(l->rsock);
+        nng_close(l->sock);
+        return rv;
+    }
+    if ((l->url = strdup(url)) == NULL) {
+        nng_aio_free(l->raio);
+        nng_ctx_close(l->rctx);
+        nng_close(l->rsock);
+        nng_close(l->sock);
+        return NNG_ENOMEM;
+    }
+    l->r_open = 1;
+    return 0;
+}
+
+/* Closes what open_link opened, once nothing uses it (no thread runs;
+ * reports were stopped). */
+static void close_link(link *l)
+{
+    if (!l->r_open)
+        return;
+    nng_aio_free(l->raio);
+    nng_ctx_close(l->rctx);
+    nng_close(l->rsock);
+    nng_close(l->sock);
+    free(l->url);
+    l->r_open = 0;
+}
+
+static void free_syncer(pc_syncer *s)
+{
+    for (size_t i = 0; i < s->n_links; i++)
+        close_link(&s->links[i]);
     free(s->links);
+    free(s->order);
+    free(s->report);
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->sync_cond);
+    pthread_cond_destroy(&s->report_cond);
+    free(s);
 }
 
 int pc_syncer_start(pc_syncer **out, const pc_syncer_options *opt, pc_err *err)
@@ -427,53 +873,31 @@ int pc_syncer_start(pc_syncer **out, const pc_syncer_options *opt, pc_err *err)
     if (s == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     s->opt = *opt;
-    s->n_links = opt->urls->count;
-    s->links = calloc(s->n_links ? s->n_links : 1, sizeof(*s->links));
-    if (s->links == NULL) {
-        free(s);
+    if (s->opt.connect_timeout_ms == 0 || s->opt.connect_timeout_ms > s->opt.request_timeout_ms)
+        s->opt.connect_timeout_ms = s->opt.request_timeout_ms;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->sync_cond, NULL);
+    pthread_cond_init(&s->report_cond, NULL);
+    s->links = calloc(opt->urls->count ? opt->urls->count : 1, sizeof(*s->links));
+    s->order = calloc(opt->urls->count ? opt->urls->count : 1, sizeof(*s->order));
+    if (s->links == NULL || s->order == NULL) {
+        free_syncer(s);
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     }
-    for (size_t i = 0; i < s->n_links; i++) {
-        link *l = &s->links[i];
-        int rv = nng_req0_open(&l->sock);
-        if (rv == 0)
-            rv = nng_socket_set_ms(l->sock, NNG_OPT_SENDTIMEO,
-                                   (nng_duration)opt->request_timeout_ms);
-        if (rv == 0)
-            rv = nng_socket_set_ms(l->sock, NNG_OPT_RECVTIMEO,
-                                   (nng_duration)opt->request_timeout_ms);
-        /* nng resends a request whose connection dropped; do it soon. */
-        if (rv == 0)
-            rv = nng_socket_set_ms(l->sock, NNG_OPT_REQ_RESENDTIME, 2000);
-        if (rv == 0)
-            rv = nng_socket_set_size(l->sock, NNG_OPT_RECVMAXSZ, opt->recv_max);
-        if (rv == 0)
-            rv = nng_socket_set_ms(l->sock, NNG_OPT_RECONNMINT, PC_REDIAL_MIN_MS);
-        if (rv == 0)
-            rv = nng_socket_set_ms(l->sock, NNG_OPT_RECONNMAXT, PC_REDIAL_MAX_MS);
-        if (rv == 0) {
-            pc_err derr;
-            if (pc_nng_dial(l->sock, opt->urls->items[i], opt->tls, NNG_FLAG_NONBLOCK, &derr) !=
-                PC_OK)
-                rv = NNG_EINVAL;
-        }
-        if (rv != 0 || (l->url = strdup(opt->urls->items[i])) == NULL) {
-            if (rv == 0)
-                nng_close(l->sock);
+    for (size_t i = 0; i < opt->urls->count; i++) {
+        int rv = open_link(s, &s->links[i], opt->urls->items[i]);
+        s->n_links = i + 1;
+        if (rv != 0) {
             int code = pc_err_set(err, PC_E_INVALID, "cannot use sync address %s: %s",
-                                  opt->urls->items[i], rv ? nng_strerror(rv) : "out of memory");
-            s->n_links = i;
-            close_links(s);
-            free(s);
+                                  opt->urls->items[i], nng_strerror(rv));
+            free_syncer(s);
             return code;
         }
     }
-    pthread_mutex_init(&s->lock, NULL);
-    pthread_cond_init(&s->cond, NULL);
     s->need_sync = s->n_links > 0;
-    s->backoff_ms = BACKOFF_MIN_MS;
+    for (size_t i = 0; i < s->n_links; i++)
+        s->links[i].backoff_ms = BACKOFF_MIN_MS;
     int64_t now = pc_mono_ms();
-    s->next_sync_ms = now;
     s->last_sync_ms = now;
     s->next_status_ms = now;
     s->m_stale = pc_metrics_gauge(opt->metrics, "popcast_agent_stale", NULL,
@@ -491,12 +915,15 @@ int pc_syncer_start(pc_syncer **out, const pc_syncer_options *opt, pc_err *err)
     s->m_report_failures =
         pc_metrics_counter(opt->metrics, "popcast_agent_status_report_failures_total", NULL,
                            "status reports that got no answer");
-    if (s->n_links > 0 && pthread_create(&s->thread, NULL, run, s) != 0) {
-        close_links(s);
-        pthread_mutex_destroy(&s->lock);
-        pthread_cond_destroy(&s->cond);
-        free(s);
-        return pc_err_set(err, PC_E_INTERNAL, "cannot start the syncer thread");
+    if (s->n_links > 0) {
+        if (pthread_create(&s->sync_thread, NULL, sync_run, s) == 0)
+            s->sync_started = 1;
+        if (s->sync_started && pthread_create(&s->report_thread, NULL, report_run, s) == 0)
+            s->report_started = 1;
+        if (!s->report_started) {
+            pc_syncer_stop(s);
+            return pc_err_set(err, PC_E_INTERNAL, "cannot start the syncer threads");
+        }
     }
     *out = s;
     return PC_OK;
@@ -509,25 +936,37 @@ void pc_syncer_stop(pc_syncer *s)
     atomic_store(&s->stopping, 1);
     pthread_mutex_lock(&s->lock);
     s->stop = 1;
-    pthread_cond_broadcast(&s->cond);
-    /* Let a request in flight end by itself (answer or timeout): closing a
-     * req socket under a request in flight makes nng 1.5.2 lose the
-     * message it still holds for resending. Bounded by the send and the
-     * receive timeouts; after that, closing the sockets aborts the call. */
+    pthread_cond_broadcast(&s->sync_cond);
+    pthread_cond_broadcast(&s->report_cond);
+    /* Let a catch-up request in flight end by itself (answer or timeout):
+     * closing a req socket under a request in flight makes nng 1.5.2 lose
+     * the message it still holds for resending. Bounded by the send and
+     * the receive timeouts; after that, closing the sockets aborts the
+     * call. */
     struct timespec deadline;
-    pc_deadline_after_ms(&deadline, 2 * s->opt.request_timeout_ms + 1000);
-    while (s->n_links > 0 && !s->exited &&
-           pthread_cond_timedwait(&s->cond, &s->lock, &deadline) == 0)
+    pc_deadline_after_ms(&deadline, s->opt.connect_timeout_ms + s->opt.request_timeout_ms + 1000);
+    while (s->sync_started && !s->sync_exited &&
+           pthread_cond_timedwait(&s->sync_cond, &s->lock, &deadline) == 0)
         ;
     pthread_mutex_unlock(&s->lock);
+    if (s->report_started)
+        pthread_join(s->report_thread, NULL);
+    /* Reports in flight are cancelled: nng hands back what it held. A
+     * report a callback was about to send when the stop came is still on
+     * its aio (nng refuses to start an operation on a stopped aio). */
+    for (size_t i = 0; i < s->n_links; i++) {
+        if (!s->links[i].r_open)
+            continue;
+        nng_aio_stop(s->links[i].raio);
+        nng_msg *left = nng_aio_get_msg(s->links[i].raio);
+        nng_aio_set_msg(s->links[i].raio, NULL);
+        if (left != NULL)
+            nng_msg_free(left);
+    }
     for (size_t i = 0; i < s->n_links; i++)
-        nng_close(s->links[i].sock);
-    if (s->n_links > 0)
-        pthread_join(s->thread, NULL);
-    for (size_t i = 0; i < s->n_links; i++)
-        free(s->links[i].url);
-    free(s->links);
-    pthread_mutex_destroy(&s->lock);
-    pthread_cond_destroy(&s->cond);
-    free(s);
+        if (s->links[i].r_open)
+            nng_close(s->links[i].sock);
+    if (s->sync_started)
+        pthread_join(s->sync_thread, NULL);
+    free_syncer(s);
 }

@@ -1,18 +1,32 @@
 /* syncer.h - the agent's link to its controllers over req/rep: catch-up,
- * snapshots, bundle chunks and status reports. One thread, blocking calls
- * with timeouts, so the protocol reads top to bottom (docs/protocol.md,
- * "catch-up").
+ * snapshots, bundle chunks and status reports (docs/protocol.md,
+ * "catch-up" and "status reports").
  *
- * Catch-up runs when the applier reports a gap or a heartbeat ahead of it,
- * at start, and every sync_interval_ms as a safety net. It asks any
- * reachable controller (trying each in turn) for the entries after the
- * applied seq, fetches bundles that were too large to travel inline in
- * chunks, applies them in order, and repeats until it reaches the head; a
- * controller that answers "snapshot required" gets a snapshot request
- * instead. Failures back off and retry; the agent never stops serving.
+ * Catch-up and reports never wait for each other, and a dead or slow
+ * controller delays neither:
  *
- * Status reports go to every controller, when something changed (at most
- * every status_min_ms) and every status_interval_ms. */
+ *  - Catch-up runs on its own thread, with blocking calls so the protocol
+ *    reads top to bottom, on one req socket per controller used by nothing
+ *    else. It runs when the applier reports a gap or a heartbeat ahead of
+ *    it, at start, and every sync_interval_ms as a safety net. It asks one
+ *    controller at a time for the entries after the applied seq, fetches
+ *    bundles that were too large to travel inline in chunks, applies them
+ *    in order, and repeats until it reaches the head; a controller that
+ *    answers "snapshot required" gets a snapshot request instead. The
+ *    controllers are tried connected ones first (nng pipe events tell),
+ *    then by health (fewest failures in a row), then the one that answered
+ *    last; a controller with no connection is given connect_timeout_ms to
+ *    get one, never request_timeout_ms. Failures back off and retry; the
+ *    agent never stops serving.
+ *
+ *  - Status reports go to every controller, when something changed (at
+ *    most every status_min_ms), when the agent becomes stale or fresh, and
+ *    every status_interval_ms. A report thread builds and signs each report
+ *    once and hands it to one asynchronous sender per controller (its own
+ *    req socket and nng aio): a controller that does not answer holds only
+ *    its own sender, which sends the latest report when its request ends.
+ *
+ * pc_syncer_notify may be called from any thread. */
 #ifndef PC_SYNCER_H
 #define PC_SYNCER_H
 
@@ -37,7 +51,8 @@ typedef struct pc_syncer_options {
     uint64_t status_epoch;          /* grows on every start: counters never repeat */
     const pc_signing_key *identity; /* signs status reports (NULL: unsigned) */
     nng_tls_config *tls;            /* for tls+tcp:// urls */
-    uint64_t request_timeout_ms;    /* one request */
+    uint64_t request_timeout_ms;    /* one request's answer */
+    uint64_t connect_timeout_ms;    /* catch-up: wait this long for a connection */
     uint64_t sync_interval_ms;      /* catch-up probe even without a trigger */
     uint64_t status_interval_ms;
     uint64_t status_min_ms;
@@ -50,8 +65,9 @@ typedef struct pc_syncer_options {
 int pc_syncer_start(pc_syncer **out, const pc_syncer_options *opt, pc_err *err);
 /* Any thread: something changed; need_sync asks for a catch-up now. */
 void pc_syncer_notify(pc_syncer *s, int need_sync);
-/* Stops the thread: no new request is sent, a request in flight may finish
- * (at most its send and receive timeouts), then the sockets are closed. */
+/* Stops both threads: no new request is sent; a catch-up request in
+ * flight may finish (at most its send and receive timeouts); reports in
+ * flight are cancelled. Then the sockets are closed. */
 void pc_syncer_stop(pc_syncer *s);
 
 #endif

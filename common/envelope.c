@@ -6,6 +6,7 @@
 
 #include <sodium.h>
 
+#include "byteorder.h"
 #include "names.h"
 
 int pc_manifest_has_content(const Popcast__Manifest *m)
@@ -213,6 +214,57 @@ int pc_envelope_verify_heartbeat(const pc_keyring *ring, const Popcast__SignedHe
                        &sh->key_id, &popcast__heartbeat__descriptor, heartbeat_key_id, &msg, err);
     *out = (Popcast__Heartbeat *)msg;
     return rc;
+}
+
+static const ProtobufCBinaryData *snapshot_key_id(const ProtobufCMessage *msg)
+{
+    return &((const Popcast__SnapshotAssertion *)msg)->key_id;
+}
+
+int pc_envelope_sign_snapshot(const pc_signing_key *key, Popcast__SnapshotAssertion *a,
+                              Popcast__SignedSnapshotAssertion *out, pc_err *err)
+{
+    popcast__signed_snapshot_assertion__init(out);
+    return sign_message(key, PC_DOMAIN_SNAPSHOT, &a->base, &a->key_id, &out->assertion,
+                        &out->signature, &out->key_id, err);
+}
+
+int pc_envelope_verify_snapshot(const pc_keyring *ring, const Popcast__SignedSnapshotAssertion *sa,
+                                Popcast__SnapshotAssertion **out, pc_err *err)
+{
+    *out = NULL;
+    if (sa == NULL || sa->assertion.len == 0)
+        return pc_err_set(err, PC_E_INVALID, "snapshot carries no signed assertion");
+    ProtobufCMessage *msg = NULL;
+    int rc = verify_message(ring, PC_DOMAIN_SNAPSHOT, "snapshot assertion", &sa->assertion,
+                            &sa->signature, &sa->key_id, &popcast__snapshot_assertion__descriptor,
+                            snapshot_key_id, &msg, err);
+    if (rc != PC_OK)
+        return rc;
+    Popcast__SnapshotAssertion *a = (Popcast__SnapshotAssertion *)msg;
+    if (a->seq == 0 || a->head_seq < a->seq || a->rotations_digest.len != PC_HASH_LEN ||
+        a->tenants_digest.len != PC_HASH_LEN) {
+        popcast__snapshot_assertion__free_unpacked(a, NULL);
+        return pc_err_set(err, PC_E_INVALID, "snapshot assertion fields are malformed");
+    }
+    *out = a;
+    return PC_OK;
+}
+
+void pc_envelope_snapshot_digest(Popcast__Entry *const *entries, size_t n, uint8_t out[PC_HASH_LEN])
+{
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, NULL, 0, PC_HASH_LEN);
+    for (size_t i = 0; i < n; i++) {
+        const Popcast__SignedManifest *sm = entries[i] != NULL ? entries[i]->signed_ : NULL;
+        size_t len = sm != NULL ? sm->manifest.len : 0;
+        uint8_t be[8];
+        pc_be64_put(be, (uint64_t)len);
+        crypto_generichash_update(&st, be, sizeof(be));
+        if (len > 0)
+            crypto_generichash_update(&st, sm->manifest.data, len);
+    }
+    crypto_generichash_final(&st, out, PC_HASH_LEN);
 }
 
 static const ProtobufCBinaryData *authorization_key_id(const ProtobufCMessage *msg)

@@ -46,6 +46,23 @@ int pc_envelope_sign_heartbeat(const pc_signing_key *key, Popcast__Heartbeat *hb
 int pc_envelope_verify_heartbeat(const pc_keyring *ring, const Popcast__SignedHeartbeat *sh,
                                  Popcast__Heartbeat **out, pc_err *err);
 
+/* Snapshot assertions (SnapshotAssertion in proto/popcast.proto): what a
+ * snapshot claims (seq, head, which rotations and tenants it carries),
+ * signed under their own domain. */
+#define PC_DOMAIN_SNAPSHOT "popcast-snapshot-v1"
+int pc_envelope_sign_snapshot(const pc_signing_key *key, Popcast__SnapshotAssertion *a,
+                              Popcast__SignedSnapshotAssertion *out, pc_err *err);
+/* Verifies against ring, decodes, and checks the fields: seq >= 1,
+ * head_seq >= seq, 32-byte digests. *out: free with
+ * popcast__snapshot_assertion__free_unpacked. */
+int pc_envelope_verify_snapshot(const pc_keyring *ring, const Popcast__SignedSnapshotAssertion *sa,
+                                Popcast__SnapshotAssertion **out, pc_err *err);
+/* The digest a SnapshotAssertion carries for a list of entries: BLAKE2b-256
+ * over each entry's 8-byte big-endian manifest length and manifest bytes.
+ * An entry without a signed manifest counts as an empty one. */
+void pc_envelope_snapshot_digest(Popcast__Entry *const *entries, size_t n,
+                                 uint8_t out[PC_HASH_LEN]);
+
 /* Rotation authorizations: a root key's offline permission to replace the
  * signing key replaces_key_id by next_public_key (trust.h, rule 3). */
 int pc_envelope_sign_authorization(const pc_signing_key *root, Popcast__RotationAuthorization *a,

@@ -194,6 +194,17 @@ int pc_trust_verify_heartbeat(const pc_trust *t, const Popcast__SignedHeartbeat 
     return pc_envelope_verify_heartbeat(&one, sh, out, err);
 }
 
+int pc_trust_verify_snapshot(const pc_trust *t, const Popcast__SignedSnapshotAssertion *sa,
+                             Popcast__SnapshotAssertion **out, pc_err *err)
+{
+    const pc_public_key *cur = pc_trust_current(t);
+    if (cur == NULL)
+        return pc_envelope_verify_snapshot(&t->roots, sa, out, err);
+    pc_keyring one = {.count = 1};
+    one.keys[0] = *cur;
+    return pc_envelope_verify_snapshot(&one, sa, out, err);
+}
+
 int pc_trust_advance(pc_trust *t, const Popcast__Manifest *m, pc_err *err)
 {
     if (m->kind != POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION ||

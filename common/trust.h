@@ -15,8 +15,10 @@
  *     carrying a root key's offline authorization to replace exactly the
  *     key current at its seq (the emergency revocation of a compromised or
  *     lost signing key, without the root secret on any controller).
- *  4. Heartbeats must be signed by the current key (the last announced one,
- *     or any root key before the first rotation).
+ *  4. Heartbeats, and snapshot assertions, must be signed by the current
+ *     key (the last announced one, or any root key before the first
+ *     rotation); for a snapshot, "current" is as of the rotations it
+ *     carries.
  *  5. An entry is checked against the key that was current at ITS seq, so
  *     old manifests (a tenant's active version in a snapshot) stay valid
  *     under the key that signed them.
@@ -59,6 +61,10 @@ int pc_trust_verify_entry(const pc_trust *t, const Popcast__Entry *e, size_t max
 /* Verifies a heartbeat under rule 4. */
 int pc_trust_verify_heartbeat(const pc_trust *t, const Popcast__SignedHeartbeat *sh,
                               Popcast__Heartbeat **out, pc_err *err);
+/* Verifies a snapshot assertion under rule 4: t is the chain the snapshot
+ * carries, already verified from the roots. */
+int pc_trust_verify_snapshot(const pc_trust *t, const Popcast__SignedSnapshotAssertion *sa,
+                             Popcast__SnapshotAssertion **out, pc_err *err);
 
 /* Records a verified, applied rotation m. Its seq must be above the last
  * rotation's. */

@@ -391,6 +391,7 @@ static int controller_open(controller *c, pc_err *err)
     pc_sync_server_options sopts = {.url = c->cfg.sync_listen,
                                     .store = c->store,
                                     .rollout = c->rollout,
+                                    .signer = c->signer,
                                     .metrics = c->metrics,
                                     .inline_max = c->cfg.sync_inline_max,
                                     .max_reply = c->cfg.sync_max_reply,

@@ -233,7 +233,69 @@ static int rotation_item(void *arg, const Popcast__SignedManifest *sm)
     return 0;
 }
 
+/* The held key that was current at the snapshot's seq: the one the last
+ * carried rotation announced, or a held root key before any. (Not simply
+ * the signer's current key: a rotation committed after the snapshot was
+ * read is not in it.) */
+static const pc_signing_key *snapshot_key(pc_sync_server *s, Popcast__Entry *const *rotations,
+                                          size_t n_rot, pc_err *err)
+{
+    if (n_rot > 0) {
+        Popcast__SignedManifest *sm = rotations[n_rot - 1]->signed_;
+        Popcast__Manifest *m = popcast__manifest__unpack(NULL, sm->manifest.len, sm->manifest.data);
+        const pc_signing_key *key = NULL;
+        if (m != NULL && m->next_public_key.len == PC_PK_LEN)
+            key = pc_signer_held(s->opt.signer, m->next_public_key.data);
+        if (m != NULL)
+            popcast__manifest__free_unpacked(m, NULL);
+        if (key == NULL)
+            pc_err_set(err, PC_E_UNAVAILABLE,
+                       "this controller does not hold the key current at the snapshot's seq");
+        return key;
+    }
+    const pc_keyring *roots = pc_signer_roots(s->opt.signer);
+    for (size_t i = 0; i < roots->count; i++) {
+        const pc_signing_key *key = pc_signer_held(s->opt.signer, roots->keys[i].pk);
+        if (key != NULL)
+            return key;
+    }
+    pc_err_set(err, PC_E_UNAVAILABLE, "this controller holds none of the root keys");
+    return NULL;
+}
+
+/* Signs what the snapshot in resp asserts into *out (its buffers are
+ * malloc'd: free them with free_assertion). */
+static int sign_snapshot(pc_sync_server *s, const Popcast__SnapshotResponse *resp,
+                         Popcast__SignedSnapshotAssertion *out, pc_err *err)
+{
+    const pc_signing_key *key = snapshot_key(s, resp->rotations, resp->n_rotations, err);
+    if (key == NULL)
+        return err->code;
+    uint8_t rot[PC_HASH_LEN], ten[PC_HASH_LEN];
+    pc_envelope_snapshot_digest(resp->rotations, resp->n_rotations, rot);
+    pc_envelope_snapshot_digest(resp->tenants, resp->n_tenants, ten);
+    uint64_t head = resp->seq;
+    if (pc_store_applied_seq(s->opt.store, &head, NULL) != PC_OK || head < resp->seq)
+        head = resp->seq;
+    Popcast__SnapshotAssertion a = POPCAST__SNAPSHOT_ASSERTION__INIT;
+    a.seq = resp->seq;
+    a.head_seq = head;
+    a.rotations_digest = (ProtobufCBinaryData){PC_HASH_LEN, rot};
+    a.tenants_digest = (ProtobufCBinaryData){PC_HASH_LEN, ten};
+    a.time_unix_ms = pc_wall_ms();
+    return pc_envelope_sign_snapshot(key, &a, out, err);
+}
+
+static void free_assertion(Popcast__SignedSnapshotAssertion *sa)
+{
+    free(sa->assertion.data);
+    free(sa->signature.data);
+    free(sa->key_id.data);
+    popcast__signed_snapshot_assertion__init(sa);
+}
+
 static void handle_snapshot(pc_sync_server *s, Popcast__SnapshotResponse *resp,
+                            Popcast__SignedSnapshotAssertion *assertion,
                             Popcast__Entry ***entries_out, size_t *n_out,
                             Popcast__Entry ***rotations_out, size_t *n_rot_out)
 {
@@ -264,6 +326,16 @@ static void handle_snapshot(pc_sync_server *s, Popcast__SnapshotResponse *resp,
     resp->n_tenants = w.n;
     *entries_out = w.entries;
     *n_out = w.n;
+    /* Agents install nothing a controller did not sign for. */
+    if (seq > 0 && sign_snapshot(s, resp, assertion, &err) != PC_OK) {
+        pc_warn("sync", "cannot sign a snapshot: %s", err.msg);
+        resp->error = strdup(err.msg);
+        resp->tenants = resp->rotations = NULL;
+        resp->n_tenants = resp->n_rotations = 0;
+        return;
+    }
+    if (seq > 0)
+        resp->assertion = assertion;
 }
 
 static void handle_chunk(pc_sync_server *s, const Popcast__BundleChunkRequest *req,
@@ -503,6 +575,7 @@ static nng_msg *handle(pc_sync_server *s, const uint8_t *data, size_t len)
     Popcast__SnapshotResponse snap = POPCAST__SNAPSHOT_RESPONSE__INIT;
     Popcast__BundleChunkResponse chunk = POPCAST__BUNDLE_CHUNK_RESPONSE__INIT;
     Popcast__StatusAck ack = POPCAST__STATUS_ACK__INIT;
+    Popcast__SignedSnapshotAssertion assertion = POPCAST__SIGNED_SNAPSHOT_ASSERTION__INIT;
     Popcast__Entry **entries = NULL, **rotations = NULL;
     size_t n_entries = 0, n_rotations = 0;
     if (call == NULL) {
@@ -521,7 +594,7 @@ static nng_msg *handle(pc_sync_server *s, const uint8_t *data, size_t len)
             break;
         case POPCAST__SYNC_CALL__BODY_SNAPSHOT:
             pc_metric_add(s->m_snapshot, 1);
-            handle_snapshot(s, &snap, &entries, &n_entries, &rotations, &n_rotations);
+            handle_snapshot(s, &snap, &assertion, &entries, &n_entries, &rotations, &n_rotations);
             reply.body_case = POPCAST__SYNC_REPLY__BODY_SNAPSHOT;
             reply.snapshot = &snap;
             break;
@@ -558,6 +631,7 @@ static nng_msg *handle(pc_sync_server *s, const uint8_t *data, size_t len)
         popcast__sync_reply__pack(&reply, nng_msg_body(msg));
     free_entries(entries, n_entries);
     free_entries(rotations, n_rotations);
+    free_assertion(&assertion);
     free_string(sync.error);
     free_string(snap.error);
     free_string(chunk.error);

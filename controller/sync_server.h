@@ -5,7 +5,10 @@
  *   sync      entries after a seq, bounded by count and bytes; bundles over
  *             inline_max are omitted (fetched in chunks), and an agent too
  *             far behind (or new) is told to take a snapshot instead;
- *   snapshot  every tenant's latest entry, read in one LMDB transaction;
+ *   snapshot  every tenant's latest entry, read in one LMDB transaction,
+ *             with the key rotations up to its seq and a SnapshotAssertion
+ *             (seq, head, digests of what it carries, time) signed with
+ *             the key current at that seq;
  *   chunk     a slice of a bundle by hash;
  *   status    the agent's signed report, verified with the key bound to
  *             its id (or binding one on first use), handed to the rollout
@@ -24,6 +27,7 @@
 #include "metrics.h"
 #include "pipeline.h"
 #include "rollout.h"
+#include "signer.h"
 #include "store.h"
 
 typedef struct pc_sync_server pc_sync_server;
@@ -32,6 +36,7 @@ typedef struct pc_sync_server_options {
     const char *url; /* tcp://127.0.0.1:7072 */
     pc_store *store;
     pc_rollout *rollout;
+    pc_signer *signer; /* signs snapshot assertions */
     pc_metrics *metrics;
     size_t inline_max;     /* bundles up to this travel inside sync replies */
     size_t max_reply;      /* bytes per reply (bundles beyond go by chunk) */

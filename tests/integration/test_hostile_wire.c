@@ -281,10 +281,97 @@ static void test_heartbeat_replay_and_expiry(void **state)
     hb_args old = {now - 3600 * 1000, now + 3600 * 1000};
     send_until_counted(send_heartbeat, &old,
                        "popcast_agent_heartbeats_refused_total{reason=\"replayed\"}");
-    /* Newer, but already expired. */
-    hb_args expired = {now + 60 * 1000, now - 1000};
+    /* Newer (and within the clock skew), but already expired. */
+    hb_args expired = {now + 5 * 1000, now - 1000};
     send_until_counted(send_heartbeat, &expired,
                        "popcast_agent_heartbeats_refused_total{reason=\"expired\"}");
+    expect_still_v1();
+}
+
+/* A heartbeat signed by the current key but dated ten years ahead: taken,
+ * it would become the floor every later heartbeat must pass, leaving the
+ * agent stale until a restart, even after that key is rotated away. It is
+ * refused (beyond max_clock_skew_ms), and the controller's heartbeats
+ * keep being accepted. */
+static void test_heartbeat_from_the_future(void **state)
+{
+    int64_t now = pc_wall_ms();
+    int64_t ten_years = 10LL * 365 * 24 * 3600 * 1000;
+    hb_args future = {now + ten_years, now + ten_years + 60 * 1000};
+    send_until_counted(send_heartbeat, &future,
+                       "popcast_agent_heartbeats_refused_total{reason=\"future\"}");
+    uint64_t before = pc_test_agent_metric(&agent, "popcast_agent_heartbeats_total");
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    while (pc_test_agent_metric(&agent, "popcast_agent_heartbeats_total") < before + 3 &&
+           pc_test_now_ms() < deadline)
+        pc_test_sleep_ms(50);
+    if (pc_test_agent_metric(&agent, "popcast_agent_heartbeats_total") < before + 3) {
+        pc_proc_dump_log(agent.proc);
+        fail_msg("the controller's heartbeats are no longer accepted");
+    }
+    json_t *s = pc_test_agent_status(&agent);
+    assert_non_null(s);
+    assert_false(json_is_true(json_object_get(s, "stale")));
+    json_decref(s);
+    expect_still_v1();
+}
+
+/* The controller's count of catch-up requests served. */
+static uint64_t controller_syncs(void)
+{
+    pc_http_result r;
+    assert_int_equal(pc_http_call(ctl.api_url, "GET", "/metrics", NULL, NULL, 0, 10000, &r, NULL),
+                     PC_OK);
+    const char *key = "popcast_sync_requests_total{kind=\"sync\"} ";
+    const char *at = r.body ? strstr((const char *)r.body, key) : NULL;
+    uint64_t n = at ? strtoull(at + strlen(key), NULL, 10) : 0;
+    pc_http_result_free(&r);
+    return n;
+}
+
+/* Entries far ahead and heartbeats, signed by a key the agent does not
+ * know: either may come from a rotation it missed, so each makes it want
+ * to catch up. A flood of them must not become a flood of catch-up
+ * requests to the controller (one round, then a pause, while they find
+ * nothing new). */
+static void test_unknown_keys_do_not_drive_catch_up(void **state)
+{
+    pc_signing_key evil;
+    assert_int_equal(pc_keygen(&evil), PC_OK);
+    forged f;
+    forge(&f, &evil, 1000000, 1000000, "far ahead");
+    Popcast__Heartbeat hb = POPCAST__HEARTBEAT__INIT;
+    hb.head_seq = 1000000;
+    hb.time_unix_ms = pc_wall_ms();
+    hb.expires_unix_ms = hb.time_unix_ms + 3600 * 1000;
+    Popcast__SignedHeartbeat sh;
+    assert_int_equal(pc_envelope_sign_heartbeat(&evil, &hb, &sh, NULL), PC_OK);
+    Popcast__Publication pub = POPCAST__PUBLICATION__INIT;
+    pub.body_case = POPCAST__PUBLICATION__BODY_HEARTBEAT;
+    pub.heartbeat = &sh;
+    uint8_t hbuf[512];
+    size_t hlen = popcast__publication__pack(&pub, hbuf);
+    send_until_counted(send_forged, &f, "popcast_agent_unverified_ahead_total");
+    uint64_t claims = pc_test_agent_metric(&agent, "popcast_agent_unverified_ahead_total");
+    uint64_t before = controller_syncs();
+    int64_t t0 = pc_test_now_ms();
+    while (pc_test_now_ms() - t0 < 2000) { /* the measurement window */
+        send_forged(&f);
+        publish(hbuf, hlen);
+        pc_test_sleep_ms(1);
+    }
+    uint64_t syncs = controller_syncs() - before;
+    claims = pc_test_agent_metric(&agent, "popcast_agent_unverified_ahead_total") - claims;
+    fprintf(stderr, "%llu claims from an unknown key made %llu catch-up requests in 2 s\n",
+            (unsigned long long)claims, (unsigned long long)syncs);
+    assert_true(claims >= 100);
+    /* One round per 250 ms at most, with slack: without the pause, one
+     * round per claim, as fast as the controller answers. */
+    assert_true(syncs <= 30);
+    free(sh.heartbeat.data);
+    free(sh.signature.data);
+    free(sh.key_id.data);
+    forged_free(&f);
     expect_still_v1();
 }
 
@@ -332,6 +419,8 @@ int main(void)
         cmocka_unit_test(test_replays),
         cmocka_unit_test(test_mix_and_match),
         cmocka_unit_test(test_heartbeat_replay_and_expiry),
+        cmocka_unit_test(test_heartbeat_from_the_future),
+        cmocka_unit_test(test_unknown_keys_do_not_drive_catch_up),
         cmocka_unit_test(test_garbage),
         cmocka_unit_test(test_still_follows_the_controller),
     };

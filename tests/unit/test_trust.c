@@ -270,6 +270,76 @@ static void test_heartbeats(void **state)
     pc_trust_free(&t);
 }
 
+/* Rule 4 for snapshot assertions: signed by the key current as of the
+ * chain given; the fields are checked; the digests pin the entries. */
+static void test_snapshot_assertions(void **state)
+{
+    (void)state;
+    signed_entry r1, d2, d3;
+    make_rotation(&r1, &root, 1, &k1.pub);
+    make_delete(&d2, &k1, 2);
+    make_delete(&d3, &k1, 3);
+    Popcast__Entry *rots[] = {&r1.e}, *tenants[] = {&d2.e, &d3.e}, *swapped[] = {&d3.e, &d2.e};
+    uint8_t rot[PC_HASH_LEN], ten[PC_HASH_LEN], other[PC_HASH_LEN];
+    pc_envelope_snapshot_digest(rots, 1, rot);
+    pc_envelope_snapshot_digest(tenants, 2, ten);
+    /* Order, content and count all change the digest. */
+    pc_envelope_snapshot_digest(swapped, 2, other);
+    assert_memory_not_equal(ten, other, PC_HASH_LEN);
+    pc_envelope_snapshot_digest(tenants, 1, other);
+    assert_memory_not_equal(ten, other, PC_HASH_LEN);
+    pc_envelope_snapshot_digest(NULL, 0, other);
+    assert_memory_not_equal(rot, other, PC_HASH_LEN);
+
+    Popcast__SnapshotAssertion a = POPCAST__SNAPSHOT_ASSERTION__INIT;
+    a.seq = 3;
+    a.head_seq = 5;
+    a.rotations_digest = (ProtobufCBinaryData){PC_HASH_LEN, rot};
+    a.tenants_digest = (ProtobufCBinaryData){PC_HASH_LEN, ten};
+    a.time_unix_ms = 1;
+    Popcast__SignedSnapshotAssertion by_root, by_k1, by_rogue, bad_head;
+    pc_err err;
+    assert_int_equal(pc_envelope_sign_snapshot(&root, &a, &by_root, &err), PC_OK);
+    assert_int_equal(pc_envelope_sign_snapshot(&k1, &a, &by_k1, &err), PC_OK);
+    assert_int_equal(pc_envelope_sign_snapshot(&rogue, &a, &by_rogue, &err), PC_OK);
+    a.head_seq = 2; /* below its own seq */
+    assert_int_equal(pc_envelope_sign_snapshot(&k1, &a, &bad_head, &err), PC_OK);
+
+    pc_trust t;
+    pc_trust_init(&t, &roots);
+    Popcast__SnapshotAssertion *out = NULL;
+    /* With no rotation carried, a root signs; not k1, not a stranger. */
+    assert_int_equal(pc_trust_verify_snapshot(&t, &by_root, &out, &err), PC_OK);
+    assert_int_equal(out->seq, 3);
+    assert_int_equal(out->head_seq, 5);
+    popcast__snapshot_assertion__free_unpacked(out, NULL);
+    assert_int_equal(pc_trust_verify_snapshot(&t, &by_k1, &out, &err), PC_E_UNTRUSTED_KEY);
+    assert_null(out);
+    /* With the rotation to k1 carried, only k1: the root is revoked. */
+    assert_int_equal(accept(&t, &root, 1, &k1.pub), PC_OK);
+    assert_int_equal(pc_trust_verify_snapshot(&t, &by_k1, &out, &err), PC_OK);
+    popcast__snapshot_assertion__free_unpacked(out, NULL);
+    assert_int_equal(pc_trust_verify_snapshot(&t, &by_root, &out, &err), PC_E_UNTRUSTED_KEY);
+    assert_int_equal(pc_trust_verify_snapshot(&t, &by_rogue, &out, &err), PC_E_UNTRUSTED_KEY);
+    /* The seq cannot be changed under the signature, nor the hint. */
+    by_k1.assertion.data[1] ^= 1;
+    assert_int_equal(pc_trust_verify_snapshot(&t, &by_k1, &out, &err), PC_E_BAD_SIGNATURE);
+    by_k1.assertion.data[1] ^= 1;
+    /* Malformed fields, or none at all. */
+    assert_int_equal(pc_trust_verify_snapshot(&t, &bad_head, &out, &err), PC_E_INVALID);
+    assert_int_equal(pc_trust_verify_snapshot(&t, NULL, &out, &err), PC_E_INVALID);
+    Popcast__SignedSnapshotAssertion *all[] = {&by_root, &by_k1, &by_rogue, &bad_head};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+        free(all[i]->assertion.data);
+        free(all[i]->signature.data);
+        free(all[i]->key_id.data);
+    }
+    pc_envelope_signed_clear(&r1.sm);
+    pc_envelope_signed_clear(&d2.sm);
+    pc_envelope_signed_clear(&d3.sm);
+    pc_trust_free(&t);
+}
+
 /* Rotations must advance; a chain rebuilt from stored manifests equals the
  * live one; extends() tells a continuation from a fork. */
 static void test_advance_and_extends(void **state)
@@ -388,6 +458,7 @@ int main(void)
         cmocka_unit_test(test_who_may_rotate),
         cmocka_unit_test(test_offline_authorization),
         cmocka_unit_test(test_heartbeats),
+        cmocka_unit_test(test_snapshot_assertions),
         cmocka_unit_test(test_advance_and_extends),
         cmocka_unit_test(test_advance_signed_verifies),
     };
