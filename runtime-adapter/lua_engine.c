@@ -236,6 +236,7 @@ static int new_isolate(lua_version *v, pc_lua_isolate **out, pc_err *err)
 
 static int lua_check(pc_adapter *a, const pc_version_spec *spec, pc_err *err)
 {
+    engine *e = (engine *)a;
     pc_bundle *b = NULL;
     int rc = pc_bundle_open(spec->bundle, spec->bundle_len, &b, err);
     if (rc != PC_OK)
@@ -246,7 +247,7 @@ static int lua_check(pc_adapter *a, const pc_version_spec *spec, pc_err *err)
     if (pc_bundle_file(b, entry, &src, &len) != PC_OK)
         rc = pc_err_set(err, PC_E_RUNTIME, "entrypoint %s not found in the bundle", entry);
     else
-        rc = pc_lua_check_syntax((const char *)src, len, entry, err);
+        rc = pc_lua_check_syntax((const char *)src, len, entry, &e->limits, err);
     pc_bundle_free(b);
     return rc;
 }

@@ -557,18 +557,6 @@ static void open_sandbox_libs(lua_State *L, bool metered)
     lua_pop(L, 2);
 }
 
-int pc_lua_check_syntax(const char *source, size_t len, const char *chunkname, pc_err *err)
-{
-    lua_State *L = luaL_newstate();
-    if (L == NULL)
-        return pc_err_set(err, PC_E_NOMEM, "cannot create a Lua state");
-    int rc = PC_OK;
-    if (luaL_loadbufferx(L, source, len, chunkname, "t") != LUA_OK)
-        rc = pc_err_set(err, PC_E_RUNTIME, "%s", lua_tostring(L, -1));
-    lua_close(L);
-    return rc;
-}
-
 /* Runs in protected mode: the top level, then finds the handler. */
 static int run_top_level(lua_State *L)
 {
@@ -591,11 +579,13 @@ static void close_state(pc_lua_isolate *iso)
     lua_close(iso->L);
 }
 
+/* run: also run the top level (else only compile it, out may be NULL). */
 static int isolate_new(const char *source, size_t len, const char *chunkname,
-                       const pc_lua_limits *limits, const atomic_int *abort, bool metered,
+                       const pc_lua_limits *limits, const atomic_int *abort, bool metered, bool run,
                        pc_lua_isolate **out, pc_lua_limit *hit, pc_err *err)
 {
-    *out = NULL;
+    if (out != NULL)
+        *out = NULL;
     *hit = PC_LUA_LIMIT_NONE;
     pc_lua_isolate *iso = calloc(1, sizeof(*iso));
     if (iso == NULL)
@@ -622,6 +612,8 @@ static int isolate_new(const char *source, size_t len, const char *chunkname,
             rc = limit_error(err, "compiling: ", *hit, msg);
         else
             rc = pc_err_set(err, PC_E_RUNTIME, "%s", msg ? msg : "cannot compile");
+    } else if (!run) {
+        finish_run(iso);
     } else {
         lua_pushcfunction(iso->L, run_top_level);
         lua_insert(iso->L, -2);
@@ -636,7 +628,7 @@ static int isolate_new(const char *source, size_t len, const char *chunkname,
                             msg ? msg : "error object is not a string");
     }
     lua_settop(iso->L, 0);
-    if (rc != PC_OK) {
+    if (rc != PC_OK || out == NULL) {
         pc_lua_isolate_free(iso);
         return rc;
     }
@@ -644,18 +636,25 @@ static int isolate_new(const char *source, size_t len, const char *chunkname,
     return PC_OK;
 }
 
+int pc_lua_check_syntax(const char *source, size_t len, const char *chunkname,
+                        const pc_lua_limits *limits, pc_err *err)
+{
+    pc_lua_limit hit;
+    return isolate_new(source, len, chunkname, limits, NULL, true, false, NULL, &hit, err);
+}
+
 int pc_lua_isolate_new(const char *source, size_t len, const char *chunkname,
                        const pc_lua_limits *limits, const atomic_int *abort, pc_lua_isolate **out,
                        pc_lua_limit *hit, pc_err *err)
 {
-    return isolate_new(source, len, chunkname, limits, abort, true, out, hit, err);
+    return isolate_new(source, len, chunkname, limits, abort, true, true, out, hit, err);
 }
 
 int pc_lua_isolate_new_stock(const char *source, size_t len, const char *chunkname,
                              const pc_lua_limits *limits, pc_lua_isolate **out, pc_lua_limit *hit,
                              pc_err *err)
 {
-    return isolate_new(source, len, chunkname, limits, NULL, false, out, hit, err);
+    return isolate_new(source, len, chunkname, limits, NULL, false, true, out, hit, err);
 }
 
 void pc_lua_isolate_free(pc_lua_isolate *iso)

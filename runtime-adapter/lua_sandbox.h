@@ -40,8 +40,12 @@ const char *pc_lua_limit_name(pc_lua_limit l);
 /* The monotonic clock the limits are measured with, in nanoseconds. */
 int64_t pc_lua_now_ns(void);
 
-/* Compiles source (text only) without running it. */
-int pc_lua_check_syntax(const char *source, size_t len, const char *chunkname, pc_err *err);
+/* Compiles source (text only) without running it, under the same memory
+ * cap and work budget as a prepare: the controller's upload check then
+ * refuses what every agent would refuse to compile (PC_E_LIMIT), instead
+ * of accepting a bundle all of them nack. */
+int pc_lua_check_syntax(const char *source, size_t len, const char *chunkname,
+                        const pc_lua_limits *limits, pc_err *err);
 
 /* Both runs below take abort, which may be NULL: a flag that another
  * thread may set (non-zero) while the run is in progress. The run then

@@ -456,6 +456,51 @@ static void test_swaps_free_old_versions(void **state)
     assert_int_equal(versions, versions0 - 1);
 }
 
+/* The controller's upload check compiles under the agents' limits: a
+ * bundle whose compilation alone needs more memory than an isolate may
+ * have is refused at upload, not accepted and then nacked everywhere. */
+static void test_check_uses_the_limits(void **state)
+{
+    /* ~4 MiB of constants in one table constructor: a few MiB of
+     * bytecode and constants, over the 8 MiB isolate once compiled. */
+    size_t n = 400000, cap = n * 12 + 64;
+    char *src = malloc(cap);
+    assert_non_null(src);
+    size_t used = (size_t)snprintf(src, cap, "local t = {");
+    for (size_t i = 0; i < n; i++)
+        used += (size_t)snprintf(src + used, cap - used, "%zu.5,", i);
+    snprintf(src + used, cap - used, "} return function() return 'x' end");
+    uint8_t *bundle = NULL;
+    size_t len = 0;
+    pc_err err;
+    assert_int_equal(
+        pc_bundle_pack_single("main.lua", (const uint8_t *)src, strlen(src), &bundle, &len, &err),
+        PC_OK);
+    free(src);
+    pc_version_spec spec = {.tenant = "big",
+                            .version = 1,
+                            .runtime = "lua",
+                            .entrypoint = "main.lua",
+                            .bundle = bundle,
+                            .bundle_len = len};
+    int rc = lua->check(lua, &spec, &err);
+    if (rc != PC_E_LIMIT)
+        fail_msg("check: expected PC_E_LIMIT, got %s: %s", pc_err_name(rc), err.msg);
+    assert_non_null(strstr(err.msg, "memory"));
+    pc_prepared *p = NULL;
+    assert_int_equal(lua->prepare(lua, &spec, &p, &err), PC_E_LIMIT);
+    free(bundle);
+    /* A small bundle still passes the check. */
+    const char *ok = "return function() return 'x' end";
+    assert_int_equal(
+        pc_bundle_pack_single("main.lua", (const uint8_t *)ok, strlen(ok), &bundle, &len, &err),
+        PC_OK);
+    spec.bundle = bundle;
+    spec.bundle_len = len;
+    assert_int_equal(lua->check(lua, &spec, &err), PC_OK);
+    free(bundle);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -466,6 +511,7 @@ int main(void)
         cmocka_unit_test(test_memory_limit_counts_live_data_only),
         cmocka_unit_test(test_prepare_failure_keeps_old_version),
         cmocka_unit_test(test_swaps_free_old_versions),
+        cmocka_unit_test(test_check_uses_the_limits),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
