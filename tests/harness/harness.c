@@ -779,6 +779,24 @@ json_t *pc_test_agent_status(pc_test_agent *a)
     return doc;
 }
 
+void pc_test_agent_wait_subscribed(pc_test_agent *a)
+{
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    for (;;) {
+        json_t *s = pc_test_agent_status(a);
+        json_int_t got =
+            json_integer_value(json_object_get(json_object_get(s, "pubsub"), "received"));
+        json_decref(s);
+        if (got >= 1)
+            return;
+        if (pc_test_now_ms() > deadline) {
+            pc_proc_dump_log(a->proc);
+            fail_msg("the agent's subscription never delivered anything");
+        }
+        pc_test_sleep_ms(10);
+    }
+}
+
 uint64_t pc_test_agent_metric(pc_test_agent *a, const char *name_with_labels)
 {
     json_t *s = pc_test_agent_status(a);

@@ -145,6 +145,11 @@ int pc_test_edge_get(pc_test_agent *a, const char *tenant, const char *path, uin
 bool pc_test_wait_version(pc_test_agent *a, const char *tenant, uint64_t version, int timeout_ms);
 /* The agent's /v1/status, parsed (NULL if unreachable). */
 json_t *pc_test_agent_status(pc_test_agent *a);
+/* Waits (bounded) until the agent has received something on pub/sub (a
+ * heartbeat): its subscription is live. An agent with nothing applied that
+ * misses the first entries catches up with a snapshot, so tests that
+ * count entries applied one by one start their stream after this. */
+void pc_test_agent_wait_subscribed(pc_test_agent *a);
 /* A metric's value from the agent's status (0 if absent). */
 uint64_t pc_test_agent_metric(pc_test_agent *a, const char *name_with_labels);
 

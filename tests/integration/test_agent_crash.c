@@ -173,7 +173,7 @@ static void test_kill_9_agent_during_deploys(void **state)
      * would have a hole. So the stream starts once its subscription is
      * live (a heartbeat came through), and the first kill waits for a
      * first applied entry. */
-    wait_status_at_least(&agent, "pubsub", "received", 1);
+    pc_test_agent_wait_subscribed(&agent);
     pthread_t thread;
     assert_int_equal(pthread_create(&thread, NULL, deployer, NULL), 0);
     wait_status_at_least(&agent, NULL, "applied_seq", 1);

@@ -149,6 +149,9 @@ static void test_controller_restart_during_stream(void **state)
     memset(agents, 0, sizeof(agents));
     pc_test_agent_start_for(&env, &agents[0], "a", &ctl, NULL);
     pc_test_agent_start_for(&env, &agents[1], "b", &ctl, NULL);
+    /* Counted below: every entry applied one by one, none by snapshot. */
+    for (int i = 0; i < 2; i++)
+        pc_test_agent_wait_subscribed(&agents[i]);
     srand(11);
     int ok = 0;
     for (int i = 0; i < 90; i++) {
