@@ -270,36 +270,6 @@ static int load_identity(agent *ag, pc_err *err)
     return PC_OK;
 }
 
-/* This start's status report epoch (pc_registry_next_status_epoch). The
- * clock is what keeps counters growing after a wiped store, so the
- * epoch's second is let pass before reports use it: any later start,
- * wiped or not, then reads a later second (unless the clock steps back).
- * That costs at most two seconds before catch-up and reports begin;
- * serving has started already. When the stored epoch is further ahead of
- * the clock (restarts faster than one a second, or the clock was set
- * back), waiting is pointless: say what it means instead. */
-static int status_epoch(agent *ag, uint64_t *epoch, pc_err *err)
-{
-    uint64_t now_s = (uint64_t)pc_wall_ms() / 1000;
-    int rc = pc_registry_next_status_epoch(ag->store, now_s, epoch, err);
-    if (rc != PC_OK)
-        return rc;
-    if (*epoch > now_s + 1) {
-        pc_warn("agent",
-                "status report epoch %llu is %llu s ahead of the clock: if this data directory "
-                "is wiped before then, controllers refuse the agent's reports as replays until "
-                "it restarts after that time (docs/protocol.md, \"status reports\")",
-                (unsigned long long)*epoch, (unsigned long long)(*epoch - now_s));
-        return PC_OK;
-    }
-    int64_t left;
-    while ((left = (int64_t)(*epoch + 1) * 1000 - pc_wall_ms()) > 0) {
-        struct timespec ts = {left / 1000, (left % 1000) * 1000000L};
-        nanosleep(&ts, NULL);
-    }
-    return PC_OK;
-}
-
 static void on_publication(void *arg, const uint8_t *data, size_t len)
 {
     agent *ag = arg;
@@ -492,14 +462,13 @@ static int agent_serve(agent *ag, pc_err *err)
                             .adapters = ag->adapters,
                             .n_adapters = ag->n_adapters,
                             .metrics = ag->metrics};
-    uint64_t epoch = 0;
+    uint64_t floor = 0;
     int rc;
     if ((rc = pc_edge_start(&ag->edge, &eopt, err)) != PC_OK ||
-        (rc = load_identity(ag, err)) != PC_OK)
+        (rc = load_identity(ag, err)) != PC_OK ||
+        (rc = pc_registry_next_report_floor(ag->store, (uint64_t)pc_wall_ms() * 1000, &floor,
+                                            err)) != PC_OK)
         return rc;
-    /* Stop signals are caught from here on: one that arrives while the
-     * report epoch's second passes ends the agent cleanly once the loop
-     * runs. */
     uv_loop_init(&ag->loop);
     ag->loop_open = true;
     uv_signal_init(&ag->loop, &ag->sigint);
@@ -507,12 +476,8 @@ static int agent_serve(agent *ag, pc_err *err)
     ag->sigint.data = ag->sigterm.data = ag;
     uv_signal_start(&ag->sigint, on_signal, SIGINT);
     uv_signal_start(&ag->sigterm, on_signal, SIGTERM);
-    /* The admin address (health, status) answers after the epoch's wait,
-     * when catch-up and pub/sub start: whoever waits for its health gets
-     * an agent that follows the controllers (the edge serves already). */
-    if ((rc = status_epoch(ag, &epoch, err)) != PC_OK ||
-        (rc = pc_admin_start(&ag->admin, ag->cfg.admin_listen, ag->metrics, status, ag, err)) !=
-            PC_OK)
+    if ((rc = pc_admin_start(&ag->admin, ag->cfg.admin_listen, ag->metrics, status, ag, err)) !=
+        PC_OK)
         return rc;
     pc_applier_set_identity(ag->applier, &ag->identity.pub);
     pc_syncer_options syopt = {
@@ -521,7 +486,7 @@ static int agent_serve(agent *ag, pc_err *err)
         .metrics = ag->metrics,
         .agent_id = ag->agent_id,
         .pop = ag->cfg.pop,
-        .status_epoch = epoch,
+        .report_floor = floor,
         .identity = &ag->identity,
         .tls = ag->tls,
         .request_timeout_ms = ag->cfg.request_timeout_ms,

@@ -647,7 +647,13 @@ static void send_reports(pc_syncer *s)
         return;
     st.agent_id = (char *)s->opt.agent_id;
     st.pop = (char *)s->opt.pop;
-    st.counter = (s->opt.status_epoch << 32) | ++s->counter;
+    /* Wall-clock microseconds, each above the last and above this start's
+     * floor: counters grow across restarts and wiped stores alike. */
+    uint64_t now_us = (uint64_t)pc_wall_ms() * 1000;
+    s->counter = now_us > s->counter ? now_us : s->counter + 1;
+    if (s->counter < s->opt.report_floor)
+        s->counter = s->opt.report_floor;
+    st.counter = s->counter;
     st.time_unix_ms = pc_wall_ms();
     Popcast__SyncCall c = POPCAST__SYNC_CALL__INIT;
     c.body_case = POPCAST__SYNC_CALL__BODY_STATUS;

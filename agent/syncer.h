@@ -48,7 +48,7 @@ typedef struct pc_syncer_options {
     pc_metrics *metrics;
     const char *agent_id;
     const char *pop;
-    uint64_t status_epoch;          /* grows on every start: counters never repeat */
+    uint64_t report_floor;          /* counters start above it (pc_registry_next_report_floor) */
     const pc_signing_key *identity; /* signs status reports (NULL: unsigned) */
     nng_tls_config *tls;            /* for tls+tcp:// urls */
     uint64_t request_timeout_ms;    /* one request's answer */

@@ -14,7 +14,6 @@
 #define OUTCOME_PREFIX "outcome."
 #define EPOCH_KEY      "status_epoch"
 /* Counters are epoch << 32 | n: the epoch has 32 bits. */
-#define EPOCH_LIMIT ((uint64_t)1 << 32)
 
 /* The key of a token: its prefix and the hex hash. */
 static void token_key(char *out, size_t cap, const uint8_t hash[PC_HASH_LEN])
@@ -256,7 +255,7 @@ int pc_registry_foreach_outcomes(pc_store *s,
 
 /* The agent's report epoch. */
 
-int pc_registry_next_status_epoch(pc_store *s, uint64_t now_s, uint64_t *epoch, pc_err *err)
+int pc_registry_next_report_floor(pc_store *s, uint64_t now_us, uint64_t *floor, pc_err *err)
 {
     uint8_t buf[8] = {0};
     size_t len = 0;
@@ -268,16 +267,12 @@ int pc_registry_next_status_epoch(pc_store *s, uint64_t now_s, uint64_t *epoch, 
         stored = pc_be64_get(buf);
     else if (rc != PC_E_NOTFOUND)
         return rc;
-    uint64_t e = stored + 1;
-    if (now_s < EPOCH_LIMIT && now_s > e)
-        e = now_s;
-    if (e >= EPOCH_LIMIT)
-        return pc_err_set(err, PC_E_INVALID,
-                          "status report epoch %llu does not fit in 32 bits (meta %s is damaged)",
-                          (unsigned long long)e, EPOCH_KEY);
-    pc_be64_put(buf, e);
+    if (stored == UINT64_MAX)
+        return pc_err_set(err, PC_E_INVALID, "meta %s is at its maximum: damaged", EPOCH_KEY);
+    uint64_t f = stored + 1 > now_us ? stored + 1 : now_us;
+    pc_be64_put(buf, f);
     if ((rc = pc_store_meta_put(s, EPOCH_KEY, buf, 8, err)) != PC_OK)
         return rc;
-    *epoch = e;
+    *floor = f;
     return PC_OK;
 }

@@ -15,7 +15,7 @@
  *   "token.<hex BLAKE2b of token>" TokenRecord controller: API tokens
  *   "agent.<agent id>"             AgentRecord controller: enrolled agents
  *   "cluster.node.<raft id>"       ClusterNode controller: members added at run time
- *   "status_epoch"                 u64 BE      agent: report counter epoch
+ *   "status_epoch"                 u64 BE      agent: report counter floor (µs)
  *   "outcome.<tenant>"             TenantOutcomes agent: what became of its versions
  *
  * Walks follow store.h: cb returning non-zero stops the walk and that
@@ -64,15 +64,11 @@ int pc_registry_foreach_outcomes(pc_store *s,
                                            const Popcast__TenantOutcomes *o),
                                  void *arg, pc_err *err);
 
-/* Agent: the epoch of this start's status report counters (the counter
- * is epoch << 32 | n, docs/protocol.md "status reports"), stored before it
- * is returned: max(stored epoch + 1, now_s), where now_s is the wall clock
- * in Unix seconds at start. The stored epoch keeps counters growing across
- * restarts whatever the clock does; the clock keeps them growing across a
- * wiped store (which loses the stored epoch), provided it is past the
- * epoch last used. A now_s of 2^32 or more (a clock past 2106) is ignored.
- * PC_E_STORE for a damaged record; PC_E_INVALID when the epoch would not
- * fit in 32 bits. */
-int pc_registry_next_status_epoch(pc_store *s, uint64_t now_s, uint64_t *epoch, pc_err *err);
+/* Agent: the floor of this start's status report counters, stored
+ * before use: max(stored + 1, now_us). Report counters are wall-clock
+ * microseconds (each above the last), so they keep growing across
+ * restarts and across a wiped store, as long as the clock does not step
+ * back; the stored floor covers a clock that does, within one store. */
+int pc_registry_next_report_floor(pc_store *s, uint64_t now_us, uint64_t *floor, pc_err *err);
 
 #endif

@@ -171,57 +171,56 @@ static void test_nodes_of_any_id(void **state)
     }
 }
 
-/* The report epoch grows on every start: from the stored one when the
- * clock is behind it (stepped back, or restarts faster than one a
- * second), from the clock when it is ahead (as after a wiped store, which
- * starts again from nothing). The "clock" is a parameter here. */
-static void test_status_epoch_grows_across_reopen(void **state)
+/* The report counter's floor: from the store when the clock is behind it
+ * (stepped back, or restarts within one microsecond), from the clock when
+ * it is ahead (as after a wiped store, which starts from nothing). The
+ * "clock" is a parameter here, in microseconds. */
+static void test_report_floor_grows_across_reopen(void **state)
 {
     pc_err err;
-    uint64_t e1 = 0, e2 = 0, e3 = 0;
-    assert_int_equal(pc_registry_next_status_epoch(store, 1000, &e1, &err), PC_OK);
-    assert_int_equal(e1, 1000);
-    /* The same second, then a clock stepped back: still growing. */
-    assert_int_equal(pc_registry_next_status_epoch(store, 1000, &e2, &err), PC_OK);
-    assert_int_equal(e2, 1001);
-    assert_int_equal(pc_registry_next_status_epoch(store, 5, &e3, &err), PC_OK);
-    assert_int_equal(e3, 1002);
+    uint64_t f1 = 0, f2 = 0, f3 = 0;
+    assert_int_equal(pc_registry_next_report_floor(store, 1000, &f1, &err), PC_OK);
+    assert_int_equal(f1, 1000);
+    /* The same instant, then a clock stepped back: still growing. */
+    assert_int_equal(pc_registry_next_report_floor(store, 1000, &f2, &err), PC_OK);
+    assert_int_equal(f2, 1001);
+    assert_int_equal(pc_registry_next_report_floor(store, 5, &f3, &err), PC_OK);
+    assert_int_equal(f3, 1002);
     pc_store_close(store);
     pc_store_options opt = {0};
     assert_int_equal(pc_store_open(&store, dir, &opt, NULL), PC_OK);
-    assert_int_equal(pc_registry_next_status_epoch(store, 0, &e3, &err), PC_OK);
-    assert_int_equal(e3, 1003);
-    /* The clock ahead of the stored epoch wins. */
-    assert_int_equal(pc_registry_next_status_epoch(store, 2000, &e3, &err), PC_OK);
-    assert_int_equal(e3, 2000);
-    /* A clock past 2106 does not make an epoch of 33 bits. */
-    assert_int_equal(pc_registry_next_status_epoch(store, (uint64_t)1 << 33, &e3, &err), PC_OK);
-    assert_int_equal(e3, 2001);
-    /* A damaged epoch is an error, not a restart from 1. */
+    assert_int_equal(pc_registry_next_report_floor(store, 0, &f3, &err), PC_OK);
+    assert_int_equal(f3, 1003);
+    /* The clock ahead of the stored floor wins. */
+    assert_int_equal(pc_registry_next_report_floor(store, 2000, &f3, &err), PC_OK);
+    assert_int_equal(f3, 2000);
+    /* A damaged floor is an error, not a restart from 1. */
     assert_int_equal(pc_store_meta_put(store, "status_epoch", "abc", 3, &err), PC_OK);
-    assert_int_equal(pc_registry_next_status_epoch(store, 3000, &e3, &err), PC_E_STORE);
-    uint8_t full[8] = {0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff};
+    assert_int_equal(pc_registry_next_report_floor(store, 3000, &f3, &err), PC_E_STORE);
+    uint8_t full[8] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
     assert_int_equal(pc_store_meta_put(store, "status_epoch", full, 8, &err), PC_OK);
-    assert_int_equal(pc_registry_next_status_epoch(store, 3000, &e3, &err), PC_E_INVALID);
+    assert_int_equal(pc_registry_next_report_floor(store, 3000, &f3, &err), PC_E_INVALID);
 }
 
 /* A wiped store (a new one in another directory) starts from the clock,
- * so its counters are above those of the store it replaces as long as the
- * clock is past the old epoch. */
-static void test_status_epoch_after_wipe(void **state)
+ * so its counters are above those of the store it replaces, including
+ * counters that store's agent made before the wipe (they were its clock
+ * too). An older agent's epoch-shaped value (a small number) is below any
+ * clock reading. */
+static void test_report_floor_after_wipe(void **state)
 {
     pc_err err;
     uint64_t before = 0, after = 0;
-    uint8_t zero[8] = {0};
-    assert_int_equal(pc_store_meta_put(store, "status_epoch", zero, 8, &err), PC_OK);
-    assert_int_equal(pc_registry_next_status_epoch(store, 1700000000, &before, &err), PC_OK);
-    assert_int_equal(pc_registry_next_status_epoch(store, 1700000000, &before, &err), PC_OK);
+    uint8_t old_epoch[8] = {0, 0, 0, 0, 0, 0, 0, 7};
+    assert_int_equal(pc_store_meta_put(store, "status_epoch", old_epoch, 8, &err), PC_OK);
+    assert_int_equal(pc_registry_next_report_floor(store, 1700000000000000, &before, &err), PC_OK);
+    assert_int_equal(before, 1700000000000000);
     char other[256];
     pc_test_tmpdir(other, sizeof(other), "wiped");
     pc_store *fresh = NULL;
     pc_store_options opt = {0};
     assert_int_equal(pc_store_open(&fresh, other, &opt, NULL), PC_OK);
-    assert_int_equal(pc_registry_next_status_epoch(fresh, 1700000005, &after, &err), PC_OK);
+    assert_int_equal(pc_registry_next_report_floor(fresh, 1700000005000000, &after, &err), PC_OK);
     assert_true(after > before);
     pc_store_close(fresh);
     pc_test_rm_rf(other);
@@ -233,8 +232,8 @@ int main(void)
         cmocka_unit_test(test_tokens),
         cmocka_unit_test(test_damaged_records_are_errors),
         cmocka_unit_test(test_nodes_of_any_id),
-        cmocka_unit_test(test_status_epoch_grows_across_reopen),
-        cmocka_unit_test(test_status_epoch_after_wipe),
+        cmocka_unit_test(test_report_floor_grows_across_reopen),
+        cmocka_unit_test(test_report_floor_after_wipe),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
