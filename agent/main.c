@@ -301,8 +301,8 @@ static void on_signal(uv_signal_t *h, int signum)
     pc_info("agent", "signal %d: shutting down", signum);
     pc_daemon_watchdog_arm("agent", ag->cfg.shutdown_timeout_ms);
     if (ag->cfg.test_hang_on_stop) {
-        /* Stands for nng_close never returning (nng 1.5.2, about one stop
-         * in 200 under churn): only the watchdog can end this. */
+        /* Stands for a library call that never returns (nng_close in
+         * nng 1.5.2, rarely): only the watchdog can end this. */
         pc_warn("agent", "test_hang_on_stop: the stop hangs here");
         for (;;)
             pause();

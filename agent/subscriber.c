@@ -245,10 +245,13 @@ void pc_subscriber_close(pc_subscriber *s)
 {
     if (s == NULL)
         return;
-    /* Closing the socket first guarantees recv_done never runs again
-     * (nng_aio_stop waits for a running callback). */
-    nng_close(s->sock);
+    /* Stop the receive first: nng_aio_stop waits for a running recv_done,
+     * and once stopped the aio cannot be re-armed (recv_done sees
+     * NNG_ECANCELED and returns). The socket then closes with no
+     * operation pending on it: nng 1.5.2 can deadlock in nng_close when
+     * an aio is still queued on the socket (nanomsg/nng#1543, #1813). */
     nng_aio_stop(s->aio);
+    nng_close(s->sock);
     nng_aio_free(s->aio);
     uv_close((uv_handle_t *)&s->wake, free_after_close);
 }
