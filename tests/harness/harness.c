@@ -265,6 +265,26 @@ bool pc_proc_wait_exit(pc_proc *p, int timeout_ms)
     }
 }
 
+/* A stop that hangs is a bug found on a loaded machine and rarely seen
+ * again by hand: print every thread's stack while the process still
+ * hangs (the daemon's own watchdog ends it later), when gdb is there. */
+static void dump_stacks(pc_proc *p)
+{
+    if (system("command -v gdb >/dev/null 2>&1") != 0) {
+        fprintf(stderr, "harness: %s hangs in its stop; no gdb for its stacks\n", p->name);
+        return;
+    }
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd),
+             "gdb -p %d -batch -nx -ex 'thread apply all bt' </dev/null 2>&1 | "
+             "grep -v '^\\[New LWP' | head -400 >&2",
+             (int)p->pid);
+    fprintf(stderr, "---- %s hangs in its stop: its threads ----\n", p->name);
+    if (system(cmd) != 0)
+        fprintf(stderr, "harness: gdb could not attach to %s\n", p->name);
+    fprintf(stderr, "---- end ----\n");
+}
+
 int pc_proc_stop(pc_proc *p)
 {
     if (p == NULL)
@@ -272,11 +292,17 @@ int pc_proc_stop(pc_proc *p)
     reap(p, 0);
     if (!p->exited) {
         kill(p->pid, SIGTERM);
-        int64_t deadline = pc_test_now_ms() + 20000;
+        int64_t start = pc_test_now_ms();
+        int64_t deadline = start + 20000;
+        bool dumped = false;
         while (pc_test_now_ms() < deadline) {
             reap(p, 0);
             if (p->exited)
                 break;
+            if (!dumped && pc_test_now_ms() - start > 8000) {
+                dump_stacks(p);
+                dumped = true;
+            }
             pc_test_sleep_ms(20);
         }
         if (!p->exited) {
