@@ -44,7 +44,9 @@ if [ "${POPCAST_SKIP_FUZZ:-0}" != 1 ]; then
     echo "== fuzz (libFuzzer, ${FUZZ_SECONDS:-10} s per target)"
     CC=clang cmake -S "$ROOT" -B "$BUILD_ROOT/fuzz" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DPOPCAST_WERROR=ON -DPOPCAST_FUZZ=ON >/dev/null
-    cmake --build "$BUILD_ROOT/fuzz" -j "$JOBS" --target fuzz
+    # Everything, not only the fuzz targets: clang's warnings (-Werror) then
+    # cover the whole tree, tests included, as gcc's do above.
+    cmake --build "$BUILD_ROOT/fuzz" -j "$JOBS"
     for target in fuzz_publication fuzz_sync_call fuzz_bundle fuzz_config fuzz_api_bodies \
         fuzz_lua_pattern; do
         work="$BUILD_ROOT/fuzz/work/$target"

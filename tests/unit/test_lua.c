@@ -405,8 +405,8 @@ static void test_prepare_failure_keeps_old_version(void **state)
         "while true do end",
         "local t = {} for i = 1, 1e9 do t[i] = string.rep('y', 1024) .. i end",
         /* stopped inside a coroutine, then returns a handler */
-        "coroutine.resume(coroutine.create(function() while true do end end)) "
-        "return function() return 'two' end",
+        ("coroutine.resume(coroutine.create(function() while true do end end)) "
+         "return function() return 'two' end"),
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         int rc = deploy("stable", 2 + i, bad[i], &err);

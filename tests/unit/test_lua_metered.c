@@ -417,13 +417,13 @@ static void test_base_work_stops(void **state)
     const char *bombs[] = {
         /* load returns the stop as its error value: assert raises it */
         "local src = (' '):rep(100000) for i = 1, 1e9 do assert(m.load(src)) end",
-        "local src = (' '):rep(100000)\n"
-        "for i = 1, 1e9 do local done assert(m.load(function() if done then return nil end\n"
-        "done = true return src end)) end",
+        ("local src = (' '):rep(100000)\n"
+         "for i = 1, 1e9 do local done assert(m.load(function() if done then return nil end\n"
+         "done = true return src end)) end"),
         "local s = ('1'):rep(100000) for i = 1, 1e9 do m.tonumber(s) end",
         "local s = ('1'):rep(100000) for i = 1, 1e9 do m.tonumber(s, 10) end",
-        "local a, b = ('x'):rep(100000), ('x'):rep(99999) .. 'x'\n"
-        "for i = 1, 1e9 do m.rawequal(a, b) end",
+        ("local a, b = ('x'):rep(100000), ('x'):rep(99999) .. 'x'\n"
+         "for i = 1, 1e9 do m.rawequal(a, b) end"),
     };
     for (size_t i = 0; i < sizeof(bombs) / sizeof(bombs[0]); i++) {
         units_used = 0;

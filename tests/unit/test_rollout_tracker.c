@@ -254,10 +254,19 @@ static void test_classification(void **state)
          .t = {{"web", 3, 2}},
          .n = {{"web", 3, "runtime_error", "main.lua:1: boom"}}},
         /* a nack for V but V live (loaded on a later try): live */
-        {.agent = "e-nack-then-live", .pop = "ams", .t = {{"web", 3, 3}}, .n = {{"web", 3}}},
+        {.agent = "e-nack-then-live",
+         .pop = "ams",
+         .t = {{"web", 3, 3}},
+         .n = {{.tenant = "web", .version = 3}}},
         /* a nack for another version, or for another tenant: missing */
-        {.agent = "f-other-nack", .pop = "lhr", .t = {{"web", 2, 2}}, .n = {{"web", 2}}},
-        {.agent = "g-other-tenant-nack", .pop = "lhr", .t = {{"web", 2, 2}}, .n = {{"api", 3}}},
+        {.agent = "f-other-nack",
+         .pop = "lhr",
+         .t = {{"web", 2, 2}},
+         .n = {{.tenant = "web", .version = 2}}},
+        {.agent = "g-other-tenant-nack",
+         .pop = "lhr",
+         .t = {{"web", 2, 2}},
+         .n = {{.tenant = "api", .version = 3}}},
         /* never had the tenant; another tenant at a high version: missing */
         {.agent = "h-absent", .pop = "lhr", .t = {{"api", 9, 9}}},
         /* older version live and applied: missing */
@@ -359,7 +368,9 @@ static void test_delete_rollout(void **state)
         {.agent = "c-not-applied", .t = {{"web", 4, 4}}},
         {.agent = "d-redeployed", .t = {{"web", 6, 6}}},
         {.agent = "e-never-had-it", .t = {{"api", 7, 7}}},
-        {.agent = "f-nacked", .t = {{"web", 4, 4}}, .n = {{"web", 5, "store_error"}}},
+        {.agent = "f-nacked",
+         .t = {{"web", 4, 4}},
+         .n = {{.tenant = "web", .version = 5, .reason = "store_error"}}},
     };
     size_t n = sizeof(fleet) / sizeof(fleet[0]);
     for (size_t i = 0; i < n; i++) {
