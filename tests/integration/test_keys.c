@@ -412,19 +412,32 @@ static void test_rotation_survives_failover(void **state)
     cl.node[leader].proc = NULL;
     int next = pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS);
     assert_true(next >= 0 && next != leader);
-    /* Every surviving node holds the rotation in its own store. */
+    /* Every surviving node holds the rotation in its own store. A
+     * follower may have the entry in its raft log but apply it only once
+     * it learns it is committed (the next append from the new leader), so
+     * each is polled, bounded. */
     char k2id[PC_HEX_KEY_ID_LEN];
     key_hex(&k2.key, k2id);
     for (int i = 0; i < 3; i++) {
         if (i == leader)
             continue;
-        pc_http_result r;
-        assert_int_equal(pc_test_api(&env, &cl.node[i], "GET", "/v1/keys", NULL, NULL, 0, &r), 200);
-        json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
-        pc_http_result_free(&r);
-        assert_string_equal(
-            json_string_value(json_object_get(json_object_get(doc, "current"), "key_id")), k2id);
-        json_decref(doc);
+        char seen[PC_HEX_KEY_ID_LEN] = "";
+        int64_t until = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+        while (strcmp(seen, k2id) != 0 && pc_test_now_ms() < until) {
+            pc_http_result r;
+            int status = pc_test_api(&env, &cl.node[i], "GET", "/v1/keys", NULL, NULL, 0, &r);
+            json_t *doc =
+                status == 200 ? json_loadb((const char *)r.body, r.body_len, 0, NULL) : NULL;
+            pc_http_result_free(&r);
+            const char *id =
+                json_string_value(json_object_get(json_object_get(doc, "current"), "key_id"));
+            snprintf(seen, sizeof(seen), "%s", id ? id : "");
+            json_decref(doc);
+            if (strcmp(seen, k2id) != 0)
+                pc_test_sleep_ms(50);
+        }
+        if (strcmp(seen, k2id) != 0)
+            fail_msg("node %d's current key is %s, not the rotated %s", i + 1, seen, k2id);
     }
     pc_test_lua_hello(src, sizeof(src), "after failover");
     pc_test_deployed d;
