@@ -548,8 +548,9 @@ static int apply_body(pc_store *s, MDB_txn *txn, void *arg, pc_err *err)
     return put_u64(txn, s->meta, "applied_seq", 11, m->seq, err);
 }
 
-int pc_store_apply(pc_store *s, const Popcast__SignedManifest *sm, const Popcast__Manifest *m,
-                   const uint8_t *bundle, size_t bundle_len, pc_err *err)
+/* What pc_store_apply checks before any transaction. */
+static int check_entry(const Popcast__SignedManifest *sm, const Popcast__Manifest *m,
+                       const uint8_t *bundle, size_t bundle_len, pc_err *err)
 {
     if (sm == NULL || m == NULL || sm->manifest.len == 0)
         return pc_err_set(err, PC_E_INVALID, "entry without a signed manifest");
@@ -561,11 +562,51 @@ int pc_store_apply(pc_store *s, const Popcast__SignedManifest *sm, const Popcast
     if (m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION &&
         m->next_public_key.len != PC_PK_LEN)
         return pc_err_set(err, PC_E_INVALID, "key rotation without a next key");
-    int rc = check_content(m, bundle, bundle_len, err);
+    return check_content(m, bundle, bundle_len, err);
+}
+
+int pc_store_apply(pc_store *s, const Popcast__SignedManifest *sm, const Popcast__Manifest *m,
+                   const uint8_t *bundle, size_t bundle_len, pc_err *err)
+{
+    int rc = check_entry(sm, m, bundle, bundle_len, err);
     if (rc != PC_OK)
         return rc;
     apply_args a = {sm, m, bundle, bundle_len, true, false};
     return write_txn(s, apply_body, &a, err);
+}
+
+typedef struct batch_args {
+    const pc_store_item *items;
+    size_t n;
+} batch_args;
+
+static int batch_body(pc_store *s, MDB_txn *txn, void *arg, pc_err *err)
+{
+    batch_args *b = arg;
+    for (size_t i = 0; i < b->n; i++) {
+        const pc_store_item *it = &b->items[i];
+        apply_args a = {it->sm, it->m, it->bundle, it->bundle_len, true, false};
+        /* Each entry sees the ones before it (same transaction), so the
+         * seq and version checks are exactly pc_store_apply's, in order. */
+        int rc = apply_body(s, txn, &a, err);
+        if (rc != PC_OK)
+            return rc;
+    }
+    return PC_OK;
+}
+
+int pc_store_apply_batch(pc_store *s, const pc_store_item *items, size_t n, pc_err *err)
+{
+    if (n == 0)
+        return pc_err_set(err, PC_E_INVALID, "an empty batch");
+    for (size_t i = 0; i < n; i++) {
+        const pc_store_item *it = &items[i];
+        int rc = check_entry(it->sm, it->m, it->bundle, it->bundle_len, err);
+        if (rc != PC_OK)
+            return rc;
+    }
+    batch_args b = {items, n};
+    return write_txn(s, batch_body, &b, err);
 }
 
 typedef struct snapshot_args {

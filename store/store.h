@@ -82,13 +82,20 @@ void pc_store_close(pc_store *s);
 int pc_store_apply(pc_store *s, const Popcast__SignedManifest *sm, const Popcast__Manifest *m,
                    const uint8_t *bundle, size_t bundle_len, pc_err *err);
 
-/* One entry of a snapshot, verified by the caller. */
+/* One entry of a snapshot or of a batch, verified by the caller. */
 typedef struct pc_store_item {
     const Popcast__SignedManifest *sm;
     const Popcast__Manifest *m;
     const uint8_t *bundle; /* content kinds only */
     size_t bundle_len;
 } pc_store_item;
+
+/* Applies n entries at consecutive seqs (the first following the applied
+ * seq) in ONE write transaction, each checked exactly as pc_store_apply
+ * checks it, after the ones before it: all are applied, or, on the first
+ * error (pc_store_apply's codes), none. Group commit: one fsync for the
+ * lot. */
+int pc_store_apply_batch(pc_store *s, const pc_store_item *items, size_t n, pc_err *err);
 
 /* Installs a snapshot (each tenant's latest entry as of seq) in ONE write
  * transaction: items whose version is above the tenant's last_version are

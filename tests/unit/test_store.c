@@ -262,6 +262,92 @@ static void test_refuses_out_of_order_and_stale(void **state)
     pc_test_rm_rf(dir);
 }
 
+/* Group commit: a batch is applied whole, each entry checked after the
+ * ones before it, or not at all. */
+static void test_batch_is_all_or_nothing(void **state)
+{
+    char dir[256];
+    pc_test_tmpdir(dir, sizeof(dir), "store");
+    pc_store *s = open_store(dir, false, 0, 0);
+    apply_ok(s, "acme", 1, 1, 100, 1);
+    apply_ok(s, "acme", 2, 2, 100, 2);
+    pc_err err;
+    /* Each bad batch has a good first entry and one bad one behind it. */
+    struct {
+        const char *why;
+        int expect;
+        struct {
+            const char *tenant;
+            uint64_t seq, version;
+            size_t size;
+        } e[3];
+    } bad[] = {
+        {"a seq gap inside", PC_E_SEQ_GAP, {{"other", 3, 1, 50}, {"acme", 5, 3, 50}}},
+        {"a seq repeated inside", PC_E_DUPLICATE, {{"other", 3, 1, 50}, {"acme", 3, 3, 50}}},
+        {"a version not above the one before it in the batch",
+         PC_E_STALE_VERSION,
+         {{"other", 3, 1, 50}, {"other", 4, 1, 60}}},
+        {"a stale version", PC_E_STALE_VERSION, {{"other", 3, 1, 50}, {"acme", 4, 2, 50}}},
+        {"already applied", PC_E_DUPLICATE, {{"acme", 2, 2, 100}, {"other", 3, 1, 50}}},
+        {"a gap before it", PC_E_SEQ_GAP, {{"other", 4, 1, 50}, {"other", 5, 2, 50}}},
+    };
+    for (size_t b = 0; b < sizeof(bad) / sizeof(bad[0]); b++) {
+        entry es[3];
+        pc_store_item items[3];
+        size_t n = 0;
+        for (; n < 3 && bad[b].e[n].tenant != NULL; n++) {
+            assert_int_equal(entry_make(&es[n], bad[b].e[n].tenant, bad[b].e[n].seq,
+                                        bad[b].e[n].version, bad[b].e[n].size, (int)(10 + n)),
+                             PC_OK);
+            items[n] = (pc_store_item){&es[n].sm, &es[n].m, es[n].bundle, es[n].len};
+        }
+        int rc = pc_store_apply_batch(s, items, n, &err);
+        if (rc != bad[b].expect)
+            fail_msg("%s: expected %s, got %s (%s)", bad[b].why, pc_err_name(bad[b].expect),
+                     pc_err_name(rc), err.msg);
+        expect_unchanged(s);
+        for (size_t i = 0; i < n; i++)
+            entry_free(&es[i]);
+    }
+    assert_int_equal(pc_store_apply_batch(s, NULL, 0, &err), PC_E_INVALID);
+    expect_unchanged(s);
+
+    /* A good batch: a new tenant, its second version, a delete of the
+     * first, each at its own seq, each readable alone afterwards. */
+    entry es[3];
+    assert_int_equal(entry_make(&es[0], "other", 3, 1, 70, 20), PC_OK);
+    assert_int_equal(entry_make(&es[1], "other", 4, 2, 80, 21), PC_OK);
+    assert_int_equal(entry_make(&es[2], "acme", 5, 3, 0, 0), PC_OK);
+    pc_store_item items[3];
+    for (size_t i = 0; i < 3; i++)
+        items[i] = (pc_store_item){&es[i].sm, &es[i].m, es[i].bundle, es[i].len};
+    if (pc_store_apply_batch(s, items, 3, &err) != PC_OK)
+        fail_msg("good batch: %s", err.msg);
+    assert_int_equal(applied(s), 5);
+    pc_tenant_state t;
+    assert_int_equal(pc_store_get_tenant(s, "other", &t, &err), PC_OK);
+    assert_int_equal(t.active_version, 2);
+    assert_int_equal(t.active_seq, 4);
+    assert_int_equal(pc_store_get_tenant(s, "acme", &t, &err), PC_OK);
+    assert_true(t.deleted);
+    assert_int_equal(t.last_version, 3);
+    for (uint64_t seq = 3; seq <= 5; seq++) {
+        Popcast__LogRecord *rec = NULL;
+        assert_int_equal(pc_store_get_log(s, seq, &rec, &err), PC_OK);
+        assert_int_equal(rec->signed_->manifest.len, es[seq - 3].sm.manifest.len);
+        assert_memory_equal(rec->signed_->manifest.data, es[seq - 3].sm.manifest.data,
+                            es[seq - 3].sm.manifest.len);
+        popcast__log_record__free_unpacked(rec, NULL);
+    }
+    /* The same batch again is a duplicate and changes nothing. */
+    assert_int_equal(pc_store_apply_batch(s, items, 3, &err), PC_E_DUPLICATE);
+    assert_int_equal(applied(s), 5);
+    for (size_t i = 0; i < 3; i++)
+        entry_free(&es[i]);
+    pc_store_close(s);
+    pc_test_rm_rf(dir);
+}
+
 static void test_blob_references(void **state)
 {
     char dir[256];
@@ -839,6 +925,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_apply_stores_everything_together),
         cmocka_unit_test(test_refuses_out_of_order_and_stale),
+        cmocka_unit_test(test_batch_is_all_or_nothing),
         cmocka_unit_test(test_blob_references),
         cmocka_unit_test(test_map_full_is_an_error),
         cmocka_unit_test(test_one_process_per_directory),
