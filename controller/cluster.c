@@ -129,6 +129,20 @@ static void reload_nodes_from_store(pc_cluster *c)
 
 /* The FSM. */
 
+/* True when the store's log holds exactly this signed manifest at its
+ * seq: raft replaying an entry the store already applied. */
+static bool already_applied(pc_cluster *c, const Popcast__SignedManifest *sm, uint64_t seq)
+{
+    Popcast__LogRecord *rec = NULL;
+    pc_err gerr;
+    bool same = pc_store_get_log(c->opt.store, seq, &rec, &gerr) == PC_OK && rec->signed_ &&
+                rec->signed_->manifest.len == sm->manifest.len &&
+                memcmp(rec->signed_->manifest.data, sm->manifest.data, sm->manifest.len) == 0;
+    if (rec != NULL)
+        popcast__log_record__free_unpacked(rec, NULL);
+    return same;
+}
+
 static int apply_entry(pc_cluster *c, const Popcast__Entry *e, bool *replayed, pc_err *err)
 {
     *replayed = false;
@@ -141,22 +155,62 @@ static int apply_entry(pc_cluster *c, const Popcast__Entry *e, bool *replayed, p
     const uint8_t *bundle = pc_manifest_has_content(m) ? e->bundle.data : NULL;
     size_t len = pc_manifest_has_content(m) ? e->bundle.len : 0;
     int rc = pc_store_apply(c->opt.store, e->signed_, m, bundle, len, err);
-    if (rc == PC_E_DUPLICATE) {
+    if (rc == PC_E_DUPLICATE && already_applied(c, e->signed_, m->seq)) {
         /* Raft replays its log after a restart: the same entry again is
          * fine, another entry at an applied seq is a conflict. */
-        Popcast__LogRecord *rec = NULL;
-        pc_err gerr;
-        if (pc_store_get_log(c->opt.store, m->seq, &rec, &gerr) == PC_OK && rec->signed_ &&
-            rec->signed_->manifest.len == e->signed_->manifest.len &&
-            memcmp(rec->signed_->manifest.data, e->signed_->manifest.data,
-                   e->signed_->manifest.len) == 0) {
+        rc = PC_OK;
+        *replayed = true;
+    }
+    popcast__manifest__free_unpacked(m, NULL);
+    return rc;
+}
+
+/* A group commit: every entry in one store transaction. A replayed batch
+ * was applied whole (one transaction), so it is a replay only if every
+ * entry is already in the log, byte for byte. */
+static int apply_batch(pc_cluster *c, const Popcast__EntryBatch *b, bool *replayed, pc_err *err)
+{
+    *replayed = false;
+    size_t n = b->n_entries;
+    if (n == 0)
+        return pc_err_set(err, PC_E_INVALID, "an empty cluster batch");
+    pc_store_item *items = calloc(n, sizeof(*items));
+    Popcast__Manifest **ms = calloc(n, sizeof(*ms));
+    int rc = PC_OK;
+    if (items == NULL || ms == NULL)
+        rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
+    for (size_t i = 0; rc == PC_OK && i < n; i++) {
+        const Popcast__Entry *e = b->entries[i];
+        if (e->signed_ == NULL) {
+            rc = pc_err_set(err, PC_E_INVALID, "cluster batch entry %zu without a manifest", i);
+            break;
+        }
+        ms[i] =
+            popcast__manifest__unpack(NULL, e->signed_->manifest.len, e->signed_->manifest.data);
+        if (ms[i] == NULL) {
+            rc = pc_err_set(err, PC_E_INVALID, "cluster batch entry %zu does not decode", i);
+            break;
+        }
+        bool content = pc_manifest_has_content(ms[i]);
+        items[i] = (pc_store_item){e->signed_, ms[i], content ? e->bundle.data : NULL,
+                                   content ? e->bundle.len : 0};
+    }
+    if (rc == PC_OK)
+        rc = pc_store_apply_batch(c->opt.store, items, n, err);
+    if (rc == PC_E_DUPLICATE) {
+        bool all = true;
+        for (size_t i = 0; all && i < n; i++)
+            all = already_applied(c, b->entries[i]->signed_, ms[i]->seq);
+        if (all) {
             rc = PC_OK;
             *replayed = true;
         }
-        if (rec != NULL)
-            popcast__log_record__free_unpacked(rec, NULL);
     }
-    popcast__manifest__free_unpacked(m, NULL);
+    for (size_t i = 0; ms != NULL && i < n; i++)
+        if (ms[i] != NULL)
+            popcast__manifest__free_unpacked(ms[i], NULL);
+    free(ms);
+    free(items);
     return rc;
 }
 
@@ -182,6 +236,13 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
         rc = apply_entry(c, cmd->entry, &replayed, &err);
         if (rc == PC_OK && !replayed && c->opt.on_applied != NULL)
             c->opt.on_applied(c->opt.on_applied_arg, cmd->entry);
+    } else if (cmd->body_case == POPCAST__CLUSTER_COMMAND__BODY_BATCH) {
+        bool replayed = false;
+        rc = apply_batch(c, cmd->batch, &replayed, &err);
+        for (size_t i = 0;
+             rc == PC_OK && !replayed && c->opt.on_applied != NULL && i < cmd->batch->n_entries;
+             i++)
+            c->opt.on_applied(c->opt.on_applied_arg, cmd->batch->entries[i]);
     } else if (cmd->body_case == POPCAST__CLUSTER_COMMAND__BODY_NODE) {
         rc = pc_registry_put_node(c->opt.store, cmd->node, &err);
         if (rc == PC_OK)
@@ -498,6 +559,25 @@ int pc_cluster_propose_entry(pc_cluster *c, const Popcast__Entry *e, pc_cluster_
     Popcast__ClusterCommand cmd = POPCAST__CLUSTER_COMMAND__INIT;
     cmd.body_case = POPCAST__CLUSTER_COMMAND__BODY_ENTRY;
     cmd.entry = (Popcast__Entry *)e;
+    return propose_command(c, &cmd, done, arg, err);
+}
+
+int pc_cluster_propose_entries(pc_cluster *c, Popcast__Entry **entries, size_t n,
+                               pc_cluster_done done, void *arg, pc_err *err)
+{
+    PC_CHECK_OWNER(&c->loop_thread);
+    if (n == 0)
+        return pc_err_set(err, PC_E_INVALID, "nothing to propose");
+    /* One entry goes as before, so that a lone change reads the same to a
+     * controller that does not know batches. */
+    if (n == 1)
+        return pc_cluster_propose_entry(c, entries[0], done, arg, err);
+    Popcast__EntryBatch b = POPCAST__ENTRY_BATCH__INIT;
+    b.entries = entries;
+    b.n_entries = n;
+    Popcast__ClusterCommand cmd = POPCAST__CLUSTER_COMMAND__INIT;
+    cmd.body_case = POPCAST__CLUSTER_COMMAND__BODY_BATCH;
+    cmd.batch = &b;
     return propose_command(c, &cmd, done, arg, err);
 }
 

@@ -84,6 +84,14 @@ typedef void (*pc_cluster_done)(void *arg, int rc, const pc_err *err);
 int pc_cluster_propose_entry(pc_cluster *c, const Popcast__Entry *e, pc_cluster_done done,
                              void *arg, pc_err *err);
 
+/* Loop thread. Group commit: proposes n entries at consecutive seqs as
+ * one raft command, applied by every replica in one store transaction
+ * (pc_store_apply_batch: all or none); done is called once for all of
+ * them, as for one entry. The entries are copied. n == 1 proposes as
+ * pc_cluster_propose_entry does. */
+int pc_cluster_propose_entries(pc_cluster *c, Popcast__Entry **entries, size_t n,
+                               pc_cluster_done done, void *arg, pc_err *err);
+
 /* Loop thread: writes an API token record (create, or revoke with
  * revoked set) through the log into every controller's store, under
  * "token.<hex hash>". */

@@ -47,6 +47,8 @@ typedef struct controller_config {
     uint64_t max_bundle;
     uint64_t pub_sendbuf;
     uint64_t max_pending;
+    uint64_t commit_batch_max;
+    uint64_t commit_batch_bytes;
     uint64_t heartbeat_ms;
     bool require_enrollment;
     char *tls_cert_key;
@@ -103,6 +105,10 @@ static const pc_cfg_option options[] = {
     OPT(pub_sendbuf, PC_CFG_U64, "128", 1, 8192,
         "messages queued per subscriber before pub/sub drops for it"),
     OPT(max_pending, PC_CFG_U64, "1024", 1, 1 << 20, "writes queued before the API answers 503"),
+    OPT(commit_batch_max, PC_CFG_U64, "256", 1, 65536,
+        "tenant changes committed together in one raft entry (group commit; 1: one at a time)"),
+    OPT(commit_batch_bytes, PC_CFG_SIZE, "8MiB", 1, (uint64_t)1 << 30,
+        "bundle bytes one group commit may carry (a larger bundle still goes, alone)"),
     OPT(heartbeat_ms, PC_CFG_U64, "1000", 0, 3600000,
         "signed heartbeat period (0: none; agents then go stale)"),
     OPT(tls_cert_key, PC_CFG_STRING, NULL, 0, 0,
@@ -475,7 +481,13 @@ static int controller_start(controller *c, pc_err *err)
         (rc = pc_daemon_ensure_dir(c->raft_dir, err)) != PC_OK ||
         (rc = pc_cluster_start(&c->cluster, &copt, err)) != PC_OK ||
         (rc = pc_pipeline_new(&c->pipeline, &c->loop, c->store, c->signer, c->cluster,
-                              c->cfg.max_pending, err)) != PC_OK)
+                              &(pc_pipeline_options){
+                                  .max_pending = c->cfg.max_pending,
+                                  .batch_max_changes = c->cfg.commit_batch_max,
+                                  .batch_max_bytes = c->cfg.commit_batch_bytes,
+                                  .metrics = c->metrics,
+                              },
+                              err)) != PC_OK)
         return rc;
     api_opt.cluster = c->cluster;
     pc_sync_server_set_pipeline(c->sync, c->pipeline);

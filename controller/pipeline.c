@@ -13,6 +13,7 @@
 #include "clock.h"
 #include "envelope.h"
 #include "log.h"
+#include "metrics.h"
 #include "registry.h"
 
 struct pc_pipeline {
@@ -26,11 +27,29 @@ struct pc_pipeline {
     pc_change *head, *tail;
     size_t pending, max_pending;
     int closing;
-    /* The change being replicated (one at a time: see pipeline.h). */
-    pc_change *inflight;
-    pc_change_result inflight_result;
-    bool inflight_answered; /* shutdown answered it; raft's callback only frees */
+    /* The changes being replicated: one raft command at a time (see
+     * pipeline.h); several tenant changes when they were queued together
+     * (group commit), each with its own result. */
+    pc_change **flight;
+    pc_change_result *flight_results;
+    size_t n_flight;
+    bool flight_answered; /* shutdown answered them; raft's callback only frees */
+    /* The batch being built (tenant changes only). */
+    Popcast__Entry *entries;
+    Popcast__Entry **entry_ptrs;
+    Popcast__SignedManifest *signed_;
+    size_t batch_max_changes, batch_max_bytes;
+    pc_metric *m_commands, *m_changes;
 };
+
+static void free_arrays(pc_pipeline *p)
+{
+    free(p->flight);
+    free(p->flight_results);
+    free(p->entries);
+    free(p->entry_ptrs);
+    free(p->signed_);
+}
 
 /* The content of an earlier version, for a rollback. */
 static int load_version_content(pc_pipeline *p, pc_change *c, pc_change_result *r)
@@ -86,67 +105,90 @@ static void log_committed(const pc_change *c, const pc_change_result *r)
     }
 }
 
-/* The change is through raft (or failed): answer, then take the next. */
+/* The command in flight is through raft (or failed): answer each of its
+ * changes, then take the next. */
 static void change_done(void *arg, int rc, const pc_err *err)
 {
     pc_pipeline *p = arg;
     PC_CHECK_OWNER(&p->loop_thread);
-    pc_change *c = p->inflight;
-    pc_change_result *r = &p->inflight_result;
-    p->inflight = NULL;
-    if (p->inflight_answered) {
-        p->inflight_answered = false;
+    size_t n = p->n_flight;
+    bool answered = p->flight_answered;
+    p->n_flight = 0;
+    p->flight_answered = false;
+    for (size_t i = 0; i < n; i++) {
+        pc_change *c = p->flight[i];
+        pc_change_result *r = &p->flight_results[i];
+        p->flight[i] = NULL;
+        if (!answered) {
+            r->rc = rc;
+            if (rc != PC_OK) {
+                r->err = *err;
+                r->err.code = rc;
+            } else {
+                log_committed(c, r);
+            }
+            c->done(c, r);
+        }
         pc_change_free(c);
-        return;
     }
-    r->rc = rc;
-    if (rc != PC_OK) {
-        r->err = *err;
-        r->err.code = rc;
-    } else {
-        log_committed(c, r);
-    }
-    c->done(c, r);
-    pc_change_free(c);
     if (!p->closing)
         uv_async_send(&p->wake);
 }
 
-/* Proposes a signed entry (and its bundle) as the change in flight; the
+/* The change becomes the one in flight, alone (every kind but tenant
+ * changes, which go in batches). */
+static void fly_alone(pc_pipeline *p, pc_change *c)
+{
+    p->flight[0] = c;
+    p->n_flight = 1;
+}
+
+/* Proposes a signed entry (no bundle) as the change in flight, alone; the
  * signed manifest is cleared either way. */
 static int propose_signed(pc_pipeline *p, pc_change *c, Popcast__SignedManifest *sm,
-                          uint8_t *bundle, size_t bundle_len, pc_change_result *r)
+                          pc_change_result *r)
 {
     Popcast__Entry e = POPCAST__ENTRY__INIT;
     e.signed_ = sm;
-    e.bundle.data = bundle;
-    e.bundle.len = bundle_len;
-    p->inflight = c;
+    fly_alone(p, c);
     int rc = pc_cluster_propose_entry(p->cluster, &e, change_done, p, &r->err);
     if (rc != PC_OK)
-        p->inflight = NULL;
+        p->n_flight = 0;
     pc_envelope_signed_clear(sm);
     return rc;
 }
 
-/* Versions and signs the change against this node's store (which, on a
- * leader ready to write, holds every committed change), then proposes it.
- * Returns an error only when nothing was proposed. */
-static int start_tenant_change(pc_pipeline *p, pc_change *c, pc_change_result *r)
+/* The tenant's state as the batch being built leaves it: the last change
+ * of the batch to it, or else the store (which, on a leader ready to
+ * write, holds every committed change). */
+static int batch_tenant_state(pc_pipeline *p, const char *tenant, pc_tenant_state *t, pc_err *err)
 {
-    uint64_t applied = 0;
-    int rc = pc_store_applied_seq(p->store, &applied, &r->err);
+    for (size_t i = p->n_flight; i-- > 0;) {
+        if (strcmp(p->flight[i]->tenant, tenant) == 0) {
+            memset(t, 0, sizeof(*t));
+            t->last_version = p->flight_results[i].version;
+            t->deleted = p->flight[i]->kind == PC_CHANGE_DELETE;
+            return PC_OK;
+        }
+    }
+    int rc = pc_store_get_tenant(p->store, tenant, t, err);
+    if (rc == PC_E_NOTFOUND) {
+        memset(t, 0, sizeof(*t));
+        pc_err_clear(err);
+        rc = PC_OK;
+    }
+    return rc;
+}
+
+/* Versions and signs a tenant change at seq, after the changes already in
+ * the batch, and adds it to the batch (r is its result slot). Returns an
+ * error only when it was not added. */
+static int batch_add(pc_pipeline *p, pc_change *c, uint64_t seq, pc_change_result *r)
+{
+    pc_tenant_state t;
+    int rc = batch_tenant_state(p, c->tenant, &t, &r->err);
     if (rc != PC_OK)
         return rc;
-    pc_tenant_state t;
-    rc = pc_store_get_tenant(p->store, c->tenant, &t, &r->err);
-    if (rc == PC_E_NOTFOUND) {
-        memset(&t, 0, sizeof(t));
-        pc_err_clear(&r->err);
-    } else if (rc != PC_OK) {
-        return rc;
-    }
-
     Popcast__Manifest m = POPCAST__MANIFEST__INIT;
     uint8_t hash[PC_HASH_LEN];
     const pc_change_content *content = NULL;
@@ -156,6 +198,8 @@ static int start_tenant_change(pc_pipeline *p, pc_change *c, pc_change_result *r
         content = &c->u.deploy;
         break;
     case PC_CHANGE_ROLLBACK:
+        /* Never behind a change of the same tenant in the batch (see
+         * joins_batch): the version it names is in the store. */
         m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_ROLLBACK;
         if (t.last_version == 0)
             return pc_err_set(&r->err, PC_E_NOTFOUND, "tenant %s not found", c->tenant);
@@ -175,7 +219,7 @@ static int start_tenant_change(pc_pipeline *p, pc_change *c, pc_change_result *r
     }
     m.tenant = c->tenant;
     m.version = t.last_version + 1;
-    m.seq = applied + 1;
+    m.seq = seq;
     m.created_unix_ms = pc_wall_ms();
     if (content != NULL) {
         pc_hash(hash, content->bundle, content->bundle_len);
@@ -189,20 +233,29 @@ static int start_tenant_change(pc_pipeline *p, pc_change *c, pc_change_result *r
     const pc_signing_key *key = NULL;
     if ((rc = pc_signer_current(p->signer, &key, &r->err)) != PC_OK)
         return rc;
-    Popcast__SignedManifest sm;
-    if ((rc = pc_envelope_sign_manifest(key, &m, &sm, &r->err)) != PC_OK)
+    size_t i = p->n_flight;
+    Popcast__SignedManifest *sm = &p->signed_[i];
+    if ((rc = pc_envelope_sign_manifest(key, &m, sm, &r->err)) != PC_OK)
         return rc;
     r->version = m.version;
     r->seq = m.seq;
     r->bundle_size = m.bundle_size;
     r->rollback_of = m.rollback_of;
     r->created_unix_ms = m.created_unix_ms;
-    if (content == NULL)
-        return propose_signed(p, c, &sm, NULL, 0, r);
-    memcpy(r->hash, hash, PC_HASH_LEN);
-    snprintf(r->entrypoint, sizeof(r->entrypoint), "%s", content->entrypoint);
-    snprintf(r->runtime, sizeof(r->runtime), "%s", content->runtime);
-    return propose_signed(p, c, &sm, content->bundle, content->bundle_len, r);
+    Popcast__Entry *e = &p->entries[i];
+    popcast__entry__init(e);
+    e->signed_ = sm;
+    if (content != NULL) {
+        memcpy(r->hash, hash, PC_HASH_LEN);
+        snprintf(r->entrypoint, sizeof(r->entrypoint), "%s", content->entrypoint);
+        snprintf(r->runtime, sizeof(r->runtime), "%s", content->runtime);
+        e->bundle.data = content->bundle;
+        e->bundle.len = content->bundle_len;
+    }
+    p->entry_ptrs[i] = e;
+    p->flight[i] = c;
+    p->n_flight = i + 1;
+    return PC_OK;
 }
 
 /* A KEY_ROTATION entry: announces the key that signs every later entry.
@@ -272,17 +325,17 @@ static int start_rotation(pc_pipeline *p, pc_change *c, pc_change_result *r)
     sm.root_authorization = c->u.key.authorization; /* still owned by c */
     r->seq = m.seq;
     r->created_unix_ms = m.created_unix_ms;
-    return propose_signed(p, c, &sm, NULL, 0, r);
+    return propose_signed(p, c, &sm, r);
 }
 
 /* Proposes a token record as the change in flight. */
 static int propose_token(pc_pipeline *p, pc_change *c, const Popcast__TokenRecord *t,
                          pc_change_result *r)
 {
-    p->inflight = c;
+    fly_alone(p, c);
     int rc = pc_cluster_propose_token(p->cluster, t, change_done, p, &r->err);
     if (rc != PC_OK)
-        p->inflight = NULL;
+        p->n_flight = 0;
     return rc;
 }
 
@@ -318,10 +371,10 @@ static int start_token_revoke(pc_pipeline *p, pc_change *c, pc_change_result *r)
 static int propose_agent(pc_pipeline *p, pc_change *c, const Popcast__AgentRecord *a,
                          pc_change_result *r)
 {
-    p->inflight = c;
+    fly_alone(p, c);
     int rc = pc_cluster_propose_agent(p->cluster, a, change_done, p, &r->err);
     if (rc != PC_OK)
-        p->inflight = NULL;
+        p->n_flight = 0;
     return rc;
 }
 
@@ -370,34 +423,134 @@ static int start_agent_revoke(pc_pipeline *p, pc_change *c, pc_change_result *r)
 
 static int start_add_node(pc_pipeline *p, pc_change *c, pc_change_result *r)
 {
-    p->inflight = c;
+    fly_alone(p, c);
     int rc = pc_cluster_add(p->cluster, c->u.node.id, c->u.node.raft_address, c->u.node.api_url,
                             change_done, p, &r->err);
     if (rc != PC_OK)
-        p->inflight = NULL;
+        p->n_flight = 0;
     return rc;
 }
 
 static int start_remove_node(pc_pipeline *p, pc_change *c, pc_change_result *r)
 {
-    p->inflight = c;
+    fly_alone(p, c);
     int rc = pc_cluster_remove(p->cluster, c->u.node.id, change_done, p, &r->err);
     if (rc != PC_OK)
-        p->inflight = NULL;
+        p->n_flight = 0;
     return rc;
 }
 
-/* How each kind of change starts: versions and signs it (or builds its
- * record) and proposes it as the change in flight. Returns an error only
- * when nothing was proposed. */
+/* How each kind of change but tenant changes starts, alone: builds its
+ * record (or signs it) and proposes it as the change in flight. Returns
+ * an error only when nothing was proposed. Tenant changes go in batches
+ * (start_batch). */
 typedef int (*start_fn)(pc_pipeline *p, pc_change *c, pc_change_result *r);
-static const start_fn start[PC_CHANGE_KIND_COUNT] = {
-    [PC_CHANGE_DEPLOY] = start_tenant_change,      [PC_CHANGE_ROLLBACK] = start_tenant_change,
-    [PC_CHANGE_DELETE] = start_tenant_change,      [PC_CHANGE_ADD_NODE] = start_add_node,
-    [PC_CHANGE_REMOVE_NODE] = start_remove_node,   [PC_CHANGE_TOKEN_CREATE] = start_token_create,
-    [PC_CHANGE_TOKEN_REVOKE] = start_token_revoke, [PC_CHANGE_AGENT_ENROLL] = start_agent_enroll,
-    [PC_CHANGE_AGENT_REVOKE] = start_agent_revoke, [PC_CHANGE_KEY_ROTATE] = start_rotation,
+static const start_fn start_alone[PC_CHANGE_KIND_COUNT] = {
+    [PC_CHANGE_ADD_NODE] = start_add_node,         [PC_CHANGE_REMOVE_NODE] = start_remove_node,
+    [PC_CHANGE_TOKEN_CREATE] = start_token_create, [PC_CHANGE_TOKEN_REVOKE] = start_token_revoke,
+    [PC_CHANGE_AGENT_ENROLL] = start_agent_enroll, [PC_CHANGE_AGENT_REVOKE] = start_agent_revoke,
+    [PC_CHANGE_KEY_ROTATE] = start_rotation,
 };
+
+/* Answers a change that was not proposed, and frees it. */
+static void refuse(pc_change *c, pc_change_result *r, int rc)
+{
+    r->rc = rc;
+    r->err.code = rc;
+    c->done(c, r);
+    pc_change_free(c);
+}
+
+static bool in_flight(const pc_pipeline *p, const char *tenant)
+{
+    for (size_t i = 0; i < p->n_flight; i++)
+        if (strcmp(p->flight[i]->tenant, tenant) == 0)
+            return true;
+    return false;
+}
+
+/* Whether the queued change c may join the batch being built, whose
+ * bundles hold bytes so far. A rollback reads the version it restores from
+ * the store, so it waits for the next batch when its tenant is already in
+ * this one. */
+static bool joins_batch(const pc_pipeline *p, const pc_change *c, size_t bytes)
+{
+    if ((unsigned)c->kind >= PC_CHANGE_KIND_COUNT || !pc_change_kind_get(c->kind)->tenant)
+        return false;
+    if (c->kind == PC_CHANGE_DEPLOY && bytes + c->u.deploy.bundle_len > p->batch_max_bytes)
+        return false;
+    if (c->kind == PC_CHANGE_ROLLBACK && in_flight(p, c->tenant))
+        return false;
+    return true;
+}
+
+/* Takes the next queued change if it joins the batch. */
+static pc_change *take_for_batch(pc_pipeline *p, size_t bytes)
+{
+    if (p->n_flight >= p->batch_max_changes)
+        return NULL;
+    pthread_mutex_lock(&p->lock);
+    pc_change *c = p->head;
+    if (c != NULL && !p->closing && joins_batch(p, c, bytes)) {
+        p->head = c->next;
+        if (p->head == NULL)
+            p->tail = NULL;
+        p->pending--;
+    } else {
+        c = NULL;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return c;
+}
+
+/* Group commit: the tenant change c and the tenant changes queued behind
+ * it (up to the batch limits) are versioned and signed in order, each at
+ * its own seq, and proposed as one raft command. A change that cannot be
+ * made (a rollback to a version that does not exist...) is answered at
+ * once and takes no seq. Every change is answered after the command
+ * commits; at low load a batch is one change, proposed at once, as
+ * before. */
+static void start_batch(pc_pipeline *p, pc_change *c)
+{
+    uint64_t applied = 0;
+    pc_change_result *r = &p->flight_results[0];
+    memset(r, 0, sizeof(*r));
+    int rc = pc_store_applied_seq(p->store, &applied, &r->err);
+    if (rc != PC_OK) {
+        refuse(c, r, rc);
+        return;
+    }
+    size_t bytes = 0;
+    while (c != NULL) {
+        r = &p->flight_results[p->n_flight];
+        memset(r, 0, sizeof(*r));
+        rc = batch_add(p, c, applied + 1 + p->n_flight, r);
+        if (rc != PC_OK)
+            refuse(c, r, rc);
+        else
+            bytes += r->bundle_size;
+        c = take_for_batch(p, bytes);
+    }
+    size_t n = p->n_flight;
+    if (n == 0)
+        return;
+    pc_err err;
+    pc_err_clear(&err);
+    rc = pc_cluster_propose_entries(p->cluster, p->entry_ptrs, n, change_done, p, &err);
+    for (size_t i = 0; i < n; i++)
+        pc_envelope_signed_clear(&p->signed_[i]);
+    if (rc != PC_OK) {
+        p->n_flight = 0;
+        for (size_t i = 0; i < n; i++) {
+            p->flight_results[i].err = err;
+            refuse(p->flight[i], &p->flight_results[i], rc);
+            p->flight[i] = NULL;
+        }
+        return;
+    }
+    pc_metric_add(p->m_commands, 1);
+    pc_metric_add(p->m_changes, n);
+}
 
 static void resume(void *arg)
 {
@@ -411,7 +564,7 @@ static void drain(uv_async_t *handle)
 {
     pc_pipeline *p = handle->data;
     PC_CHECK_OWNER(&p->loop_thread);
-    while (p->inflight == NULL) {
+    while (p->n_flight == 0) {
         pthread_mutex_lock(&p->lock);
         pc_change *c = p->head;
         if (c != NULL && !pc_cluster_ready_to_write(p->cluster) && pc_cluster_leading(p->cluster)) {
@@ -430,26 +583,25 @@ static void drain(uv_async_t *handle)
         pthread_mutex_unlock(&p->lock);
         if (c == NULL)
             return;
-        pc_change_result *r = &p->inflight_result;
+        pc_change_result *r = &p->flight_results[0];
         memset(r, 0, sizeof(*r));
-        int rc;
-        if (!pc_cluster_ready_to_write(p->cluster))
-            rc = pc_err_set(&r->err, PC_E_NOT_LEADER, "this controller is not the leader");
-        else if ((unsigned)c->kind >= PC_CHANGE_KIND_COUNT)
-            rc = pc_err_set(&r->err, PC_E_INTERNAL, "unknown change kind %d", (int)c->kind);
-        else
-            rc = start[c->kind](p, c, r);
-        if (rc != PC_OK) {
-            r->rc = rc;
-            r->err.code = rc;
-            c->done(c, r);
-            pc_change_free(c);
+        if (!pc_cluster_ready_to_write(p->cluster)) {
+            refuse(c, r, pc_err_set(&r->err, PC_E_NOT_LEADER, "this controller is not the leader"));
+        } else if ((unsigned)c->kind >= PC_CHANGE_KIND_COUNT) {
+            refuse(c, r,
+                   pc_err_set(&r->err, PC_E_INTERNAL, "unknown change kind %d", (int)c->kind));
+        } else if (pc_change_kind_get(c->kind)->tenant) {
+            start_batch(p, c);
+        } else {
+            int rc = start_alone[c->kind](p, c, r);
+            if (rc != PC_OK)
+                refuse(c, r, rc);
         }
     }
 }
 
 int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, pc_signer *signer,
-                    pc_cluster *cluster, size_t max_pending, pc_err *err)
+                    pc_cluster *cluster, const pc_pipeline_options *opt, pc_err *err)
 {
     pc_pipeline *p = calloc(1, sizeof(*p));
     if (p == NULL)
@@ -458,11 +610,33 @@ int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, pc_sign
     p->store = store;
     p->signer = signer;
     p->cluster = cluster;
-    p->max_pending = max_pending;
+    p->max_pending = opt->max_pending;
+    p->batch_max_changes = opt->batch_max_changes ? opt->batch_max_changes : 1;
+    p->batch_max_bytes = opt->batch_max_bytes;
+    size_t n = p->batch_max_changes;
+    p->flight = calloc(n, sizeof(*p->flight));
+    p->flight_results = calloc(n, sizeof(*p->flight_results));
+    p->entries = calloc(n, sizeof(*p->entries));
+    p->entry_ptrs = calloc(n, sizeof(*p->entry_ptrs));
+    p->signed_ = calloc(n, sizeof(*p->signed_));
+    if (p->flight == NULL || p->flight_results == NULL || p->entries == NULL ||
+        p->entry_ptrs == NULL || p->signed_ == NULL) {
+        free_arrays(p);
+        free(p);
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    }
+    if (opt->metrics != NULL) {
+        p->m_commands =
+            pc_metrics_counter(opt->metrics, "popcast_controller_commit_commands_total", NULL,
+                               "raft commands carrying tenant changes (a batch is one)");
+        p->m_changes = pc_metrics_counter(opt->metrics, "popcast_controller_commit_changes_total",
+                                          NULL, "tenant changes proposed in those commands");
+    }
     pc_thread_own(&p->loop_thread);
     pthread_mutex_init(&p->lock, NULL);
     if (uv_async_init(loop, &p->wake, drain) != 0) {
         pthread_mutex_destroy(&p->lock);
+        free_arrays(p);
         free(p);
         return pc_err_set(err, PC_E_INTERNAL, "uv_async_init failed");
     }
@@ -475,6 +649,7 @@ static void free_after_close(uv_handle_t *h)
 {
     pc_pipeline *p = h->data;
     pthread_mutex_destroy(&p->lock);
+    free_arrays(p);
     free(p);
 }
 
@@ -483,13 +658,16 @@ void pc_pipeline_shutdown(pc_pipeline *p)
     PC_CHECK_OWNER(&p->loop_thread);
     /* The change in flight is answered now (raft's own callback may only
      * come when the cluster stops, after the API has to be quiet). */
-    if (p->inflight != NULL && !p->inflight_answered) {
-        pc_change_result r;
-        memset(&r, 0, sizeof(r));
-        r.rc = pc_err_set(&r.err, PC_E_UNAVAILABLE,
-                          "controller is shutting down: the change may or may not be committed");
-        p->inflight->done(p->inflight, &r);
-        p->inflight_answered = true;
+    if (p->n_flight > 0 && !p->flight_answered) {
+        for (size_t i = 0; i < p->n_flight; i++) {
+            pc_change_result r;
+            memset(&r, 0, sizeof(r));
+            r.rc =
+                pc_err_set(&r.err, PC_E_UNAVAILABLE,
+                           "controller is shutting down: the change may or may not be committed");
+            p->flight[i]->done(p->flight[i], &r);
+        }
+        p->flight_answered = true;
     }
     pthread_mutex_lock(&p->lock);
     p->closing = 1;

@@ -24,6 +24,7 @@
 #include "cluster.h"
 #include "envelope.h"
 #include "harness.h"
+#include "metrics.h"
 #include "pipeline.h"
 #include "registry.h"
 #include "signer.h"
@@ -56,7 +57,8 @@ struct fixture {
     pc_signer *signer;
     pc_cluster *cluster;
     pc_pipeline *pipeline;
-    pc_pipeline *extra; /* a second pipeline on the same cluster */
+    pc_pipeline *extra;  /* a second pipeline on the same cluster */
+    pc_metrics *metrics; /* the fixture pipeline's */
     /* Every change handed to a pipeline has a slot here, so that a done
      * called twice, or late, is counted (and never writes to a dead
      * stack frame). */
@@ -121,7 +123,14 @@ static int setup(void **state)
                                .heartbeat_ms = 20};
     if (pc_cluster_start(&f->cluster, &copt, &err) != PC_OK)
         fail_msg("cluster: %s", err.msg);
-    if (pc_pipeline_new(&f->pipeline, &f->loop, f->store, f->signer, f->cluster, 16, &err) != PC_OK)
+    f->metrics = pc_metrics_new();
+    assert_non_null(f->metrics);
+    pc_pipeline_options popt = {.max_pending = 16,
+                                .batch_max_changes = 8,
+                                .batch_max_bytes = 1 << 20,
+                                .metrics = f->metrics};
+    if (pc_pipeline_new(&f->pipeline, &f->loop, f->store, f->signer, f->cluster, &popt, &err) !=
+        PC_OK)
         fail_msg("pipeline: %s", err.msg);
     if (!run_until_ready(f))
         fail_msg("the single-node cluster did not become ready to write");
@@ -157,6 +166,8 @@ static void fixture_cleanup(fixture *f)
     }
     pc_signer_free(f->signer);
     f->signer = NULL;
+    pc_metrics_free(f->metrics);
+    f->metrics = NULL;
     pc_store_close(f->store);
     f->store = NULL;
     if (f->dir[0] != '\0')
@@ -738,12 +749,141 @@ static void test_unknown_kind(void **state)
 
 /* Past max_pending queued changes, submit refuses and the caller keeps
  * its change. */
+static uint64_t counter(fixture *f, const char *name)
+{
+    pc_metric *m = pc_metrics_counter(f->metrics, name, NULL, NULL);
+    assert_non_null(m);
+    return m->value;
+}
+
+/* Group commit: tenant changes queued together are committed in one raft
+ * command, in order, each at its own seq with its own version and
+ * signature, each answered with its own result; a change that cannot be
+ * made is refused alone and takes no seq; a rollback waits for the next
+ * command when its tenant is in this one; other kinds go alone. */
+static void test_group_commit(void **state)
+{
+    fixture *f = *state;
+    assert_int_equal(deploy(f, "acme", "one"), 1);
+    assert_int_equal(counter(f, "popcast_controller_commit_commands_total"), 1);
+    size_t len = 0;
+    uint8_t *archive = lua_bundle("return function() return 'x' end\n", &len);
+    /* Queued while nothing runs the loop: one drain sees them all. */
+    outcome *o[10];
+    o[0] = submit_to(f, f->pipeline, deploy_change("acme", archive, len));     /* v2 seq 2 */
+    o[1] = submit_to(f, f->pipeline, deploy_change("beta", archive, len));     /* v1 seq 3 */
+    o[2] = submit_to(f, f->pipeline, pc_change_new(PC_CHANGE_DELETE, "acme")); /* v3 seq 4 */
+    o[3] = submit_to(f, f->pipeline, pc_change_new(PC_CHANGE_DELETE, "acme")); /* refused */
+    o[4] = submit_to(f, f->pipeline, pc_change_new(PC_CHANGE_DELETE, "zeta")); /* refused */
+    o[5] = submit_to(f, f->pipeline, deploy_change("gamma", archive, len));    /* v1 seq 5 */
+    o[6] = submit_to(f, f->pipeline, rollback_change("beta", 1)); /* next command: v2 seq 6 */
+    o[7] = submit_to(f, f->pipeline, deploy_change("acme", archive, len)); /* v4 seq 7 */
+    o[8] = submit_to(f, f->pipeline,
+                     token_create("pct_00112233445566778899aabbccddeeff", "t", "acme")); /* alone */
+    o[9] = submit_to(f, f->pipeline, deploy_change("delta", archive, len)); /* v1 seq 8 */
+    free(archive);
+    if (!run_until_int(f, &o[9]->calls))
+        fail_msg("the last change was not answered");
+    struct {
+        int rc;
+        uint64_t seq, version;
+    } want[10] = {
+        {PC_OK, 2, 2}, {PC_OK, 3, 1}, {PC_OK, 4, 3}, {PC_E_NOTFOUND, 0, 0}, {PC_E_NOTFOUND, 0, 0},
+        {PC_OK, 5, 1}, {PC_OK, 6, 2}, {PC_OK, 7, 4}, {PC_OK, 0, 0},         {PC_OK, 8, 1},
+    };
+    for (int i = 0; i < 10; i++) {
+        assert_int_equal(o[i]->calls, 1);
+        if (o[i]->r.rc != want[i].rc || o[i]->r.seq != want[i].seq ||
+            o[i]->r.version != want[i].version)
+            fail_msg("change %d: %s seq %llu version %llu, expected %s seq %llu version %llu (%s)",
+                     i, pc_err_name(o[i]->r.rc), (unsigned long long)o[i]->r.seq,
+                     (unsigned long long)o[i]->r.version, pc_err_name(want[i].rc),
+                     (unsigned long long)want[i].seq, (unsigned long long)want[i].version,
+                     o[i]->r.err.msg);
+    }
+    assert_non_null(strstr(o[3]->r.err.msg, "already deleted"));
+    assert_int_equal(o[6]->r.rollback_of, 1);
+    /* 1 + {2,3,4,5} + {6,7} + {8}: three commands for seven changes. */
+    assert_int_equal(counter(f, "popcast_controller_commit_commands_total"), 4);
+    assert_int_equal(counter(f, "popcast_controller_commit_changes_total"), 8);
+    assert_int_equal(applied_seq(f), 8);
+    /* Every entry is in the log, signed alone, at its seq. */
+    const char *tenant[] = {NULL, "acme", "acme", "beta", "acme", "gamma", "beta", "acme", "delta"};
+    for (uint64_t seq = 1; seq <= 8; seq++) {
+        Popcast__Manifest *m = stored_manifest(f, seq, &root.pub, PC_OK);
+        assert_int_equal(m->seq, seq);
+        assert_string_equal(m->tenant, tenant[seq]);
+        popcast__manifest__free_unpacked(m, NULL);
+    }
+    pc_tenant_state t = tenant_state(f, "acme");
+    assert_int_equal(t.last_version, 4);
+    assert_int_equal(t.active_version, 4);
+    assert_false(t.deleted);
+    t = tenant_state(f, "beta");
+    assert_int_equal(t.active_version, 2);
+    expect_no_tenant(f, "zeta");
+}
+
+/* With one change per command, the same queue commits one by one. */
+static void test_group_commit_off(void **state)
+{
+    fixture *f = *state;
+    pc_err err;
+    pc_pipeline_options popt = {.max_pending = 8, .batch_max_changes = 1, .metrics = f->metrics};
+    assert_int_equal(
+        pc_pipeline_new(&f->extra, &f->loop, f->store, f->signer, f->cluster, &popt, &err), PC_OK);
+    size_t len = 0;
+    uint8_t *archive = lua_bundle("return function() return 'x' end\n", &len);
+    outcome *o[4];
+    for (int i = 0; i < 4; i++)
+        o[i] = submit_to(f, f->extra, deploy_change("acme", archive, len));
+    free(archive);
+    if (!run_until_int(f, &o[3]->calls))
+        fail_msg("the last change was not answered");
+    for (int i = 0; i < 4; i++) {
+        expect_rc(&o[i]->r, PC_OK);
+        assert_int_equal(o[i]->r.seq, (uint64_t)i + 1);
+        assert_int_equal(o[i]->r.version, (uint64_t)i + 1);
+    }
+    assert_int_equal(counter(f, "popcast_controller_commit_commands_total"), 4);
+}
+
+/* The bytes limit: a change that would take the command over it starts
+ * the next one; a change larger than the limit still goes, alone. */
+static void test_group_commit_bytes(void **state)
+{
+    fixture *f = *state;
+    pc_err err;
+    size_t len = 0;
+    uint8_t *archive = lua_bundle("return function() return 'x' end\n", &len);
+    pc_pipeline_options popt = {.max_pending = 8,
+                                .batch_max_changes = 8,
+                                .batch_max_bytes = 2 * len,
+                                .metrics = f->metrics};
+    assert_int_equal(
+        pc_pipeline_new(&f->extra, &f->loop, f->store, f->signer, f->cluster, &popt, &err), PC_OK);
+    outcome *o[5];
+    for (int i = 0; i < 5; i++)
+        o[i] = submit_to(f, f->extra, deploy_change("acme", archive, len));
+    free(archive);
+    if (!run_until_int(f, &o[4]->calls))
+        fail_msg("the last change was not answered");
+    for (int i = 0; i < 5; i++) {
+        expect_rc(&o[i]->r, PC_OK);
+        assert_int_equal(o[i]->r.seq, (uint64_t)i + 1);
+    }
+    /* 2 + 2 + 1 */
+    assert_int_equal(counter(f, "popcast_controller_commit_commands_total"), 3);
+    assert_int_equal(counter(f, "popcast_controller_commit_changes_total"), 5);
+}
+
 static void test_max_pending(void **state)
 {
     fixture *f = *state;
     pc_err err;
-    assert_int_equal(pc_pipeline_new(&f->extra, &f->loop, f->store, f->signer, f->cluster, 2, &err),
-                     PC_OK);
+    pc_pipeline_options popt = {.max_pending = 2, .batch_max_changes = 1};
+    assert_int_equal(
+        pc_pipeline_new(&f->extra, &f->loop, f->store, f->signer, f->cluster, &popt, &err), PC_OK);
     pc_pipeline *p = f->extra;
     size_t len = 0;
     uint8_t *archive = lua_bundle("return function() return 'x' end\n", &len);
@@ -881,6 +1021,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_agent_first_use, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_rotation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_kind, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_group_commit_off, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_group_commit_bytes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_fails_queued, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_answers_inflight, setup, teardown),
