@@ -4,10 +4,12 @@
  *
  * The replicated state machine is the store itself. A raft command is a
  * ClusterCommand: a change already versioned and signed by the leader (an
- * Entry with its bundle), or a node's API address. Applying an entry runs
- * pc_store_apply, whose seq and version checks are deterministic, so every
- * replica ends in the same state; then the entry is published to this
- * controller's subscribers. A raft snapshot is a compacted copy of the
+ * Entry with its bundle), a batch of them at consecutive seqs (group
+ * commit), a token or agent record, or a node's API address. Applying an
+ * entry runs pc_store_apply (a batch: pc_store_apply_batch, all or none),
+ * whose seq and version checks are deterministic, so every replica ends in
+ * the same state; then each entry is published to this controller's
+ * subscribers. A raft snapshot is a compacted copy of the
  * store; restoring one replaces the store (pc_store_replace).
  *
  * Why the leader signs before proposing: Ed25519 is deterministic, so
