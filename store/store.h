@@ -4,7 +4,9 @@
  *  1. Every change is ONE write transaction: pc_store_apply stores the log
  *     record, the version record, the bundle blob, the tenant pointer and
  *     the applied seq together, or none of them. A crash at any instant
- *     leaves the complete old or the complete new state.
+ *     leaves the complete old or the complete new state. A batch
+ *     (pc_store_apply_batch, group commit) is one transaction too: all of
+ *     its entries, or none.
  *  2. Entries are applied in seq order, exactly once: an entry is accepted
  *     only when its seq is applied_seq + 1.
  *  3. A tenant's versions only grow: an entry is accepted only when its
