@@ -159,7 +159,8 @@ static int propose_signed(pc_pipeline *p, pc_change *c, Popcast__SignedManifest 
 }
 
 /* The tenant's state as the batch being built leaves it: the last change
- * of the batch to it, or else the store (which, on a leader ready to
+ * of the batch to it (only deploys follow a change of their tenant in a
+ * batch: see joins_batch), or else the store (which, on a leader ready to
  * write, holds every committed change). */
 static int batch_tenant_state(pc_pipeline *p, const char *tenant, pc_tenant_state *t, pc_err *err)
 {
@@ -199,7 +200,7 @@ static int batch_add(pc_pipeline *p, pc_change *c, uint64_t seq, pc_change_resul
         break;
     case PC_CHANGE_ROLLBACK:
         /* Never behind a change of the same tenant in the batch (see
-         * joins_batch): the version it names is in the store. */
+         * joins_batch): it is judged on committed state only. */
         m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_ROLLBACK;
         if (t.last_version == 0)
             return pc_err_set(&r->err, PC_E_NOTFOUND, "tenant %s not found", c->tenant);
@@ -470,18 +471,23 @@ static bool in_flight(const pc_pipeline *p, const char *tenant)
 }
 
 /* Whether the queued change c may join the batch being built, whose
- * bundles hold bytes so far. A rollback reads the version it restores from
- * the store, so it waits for the next batch when its tenant is already in
- * this one. */
+ * bundles hold bytes so far. A rollback or a delete whose tenant is
+ * already in the batch waits for the next one: each can be refused (no
+ * such version, already deleted), and a refusal must rest on committed
+ * state only, never on changes of this batch that might yet fail to
+ * commit; a rollback also reads the version it restores from the store.
+ * A deploy is never refused for its tenant's state, so it may follow
+ * changes of its tenant. Nothing joins once the bytes limit is reached:
+ * a bundle larger than the limit goes alone. */
 static bool joins_batch(const pc_pipeline *p, const pc_change *c, size_t bytes)
 {
     if ((unsigned)c->kind >= PC_CHANGE_KIND_COUNT || !pc_change_kind_get(c->kind)->tenant)
         return false;
-    if (c->kind == PC_CHANGE_DEPLOY && bytes + c->u.deploy.bundle_len > p->batch_max_bytes)
+    if (bytes >= p->batch_max_bytes)
         return false;
-    if (c->kind == PC_CHANGE_ROLLBACK && in_flight(p, c->tenant))
-        return false;
-    return true;
+    if (c->kind == PC_CHANGE_DEPLOY)
+        return c->u.deploy.bundle_len <= p->batch_max_bytes - bytes;
+    return !in_flight(p, c->tenant);
 }
 
 /* Takes the next queued change if it joins the batch. */
@@ -612,7 +618,7 @@ int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, pc_sign
     p->cluster = cluster;
     p->max_pending = opt->max_pending;
     p->batch_max_changes = opt->batch_max_changes ? opt->batch_max_changes : 1;
-    p->batch_max_bytes = opt->batch_max_bytes;
+    p->batch_max_bytes = opt->batch_max_bytes ? opt->batch_max_bytes : SIZE_MAX;
     size_t n = p->batch_max_changes;
     p->flight = calloc(n, sizeof(*p->flight));
     p->flight_results = calloc(n, sizeof(*p->flight_results));

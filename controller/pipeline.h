@@ -16,7 +16,9 @@
  * Group commit: tenant changes queued while a command is in flight go
  * together in the next one (up to batch_max_changes and batch_max_bytes),
  * each still with its own seq, version and signature, and are applied by
- * every replica in one store transaction (all or none). A lone change is
+ * every replica in one store transaction (all or none). A rollback or a
+ * delete of a tenant already in the batch waits for the next one, so that
+ * every refusal rests on committed state. A lone change is
  * proposed at once, so latency at low load is that of one change. Other
  * kinds (tokens, agents, membership, key rotation) go alone: a rotation
  * changes the key that signs every later entry.
@@ -44,8 +46,8 @@ typedef struct pc_pipeline pc_pipeline;
 typedef struct pc_pipeline_options {
     size_t max_pending; /* changes queued before _submit refuses */
     /* Group commit: tenant changes per raft command (0 or 1: one at a
-     * time), and the bundle bytes they may carry together (a change larger
-     * than that still goes, alone). */
+     * time), and the bundle bytes they may carry together (0: no limit; a
+     * change larger than that still goes, alone). */
     size_t batch_max_changes, batch_max_bytes;
     pc_metrics *metrics; /* NULL: none */
 } pc_pipeline_options;

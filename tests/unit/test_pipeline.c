@@ -759,8 +759,9 @@ static uint64_t counter(fixture *f, const char *name)
 /* Group commit: tenant changes queued together are committed in one raft
  * command, in order, each at its own seq with its own version and
  * signature, each answered with its own result; a change that cannot be
- * made is refused alone and takes no seq; a rollback waits for the next
- * command when its tenant is in this one; other kinds go alone. */
+ * made is refused alone and takes no seq; a rollback or a delete waits
+ * for the next command when its tenant is in this one (a refusal rests on
+ * committed state only); other kinds go alone. */
 static void test_group_commit(void **state)
 {
     fixture *f = *state;
@@ -772,12 +773,12 @@ static void test_group_commit(void **state)
     outcome *o[10];
     o[0] = submit_to(f, f->pipeline, deploy_change("acme", archive, len));     /* v2 seq 2 */
     o[1] = submit_to(f, f->pipeline, deploy_change("beta", archive, len));     /* v1 seq 3 */
-    o[2] = submit_to(f, f->pipeline, pc_change_new(PC_CHANGE_DELETE, "acme")); /* v3 seq 4 */
-    o[3] = submit_to(f, f->pipeline, pc_change_new(PC_CHANGE_DELETE, "acme")); /* refused */
+    o[2] = submit_to(f, f->pipeline, pc_change_new(PC_CHANGE_DELETE, "acme")); /* next: v3 seq 4 */
+    o[3] = submit_to(f, f->pipeline, pc_change_new(PC_CHANGE_DELETE, "acme")); /* next: refused */
     o[4] = submit_to(f, f->pipeline, pc_change_new(PC_CHANGE_DELETE, "zeta")); /* refused */
     o[5] = submit_to(f, f->pipeline, deploy_change("gamma", archive, len));    /* v1 seq 5 */
-    o[6] = submit_to(f, f->pipeline, rollback_change("beta", 1)); /* next command: v2 seq 6 */
-    o[7] = submit_to(f, f->pipeline, deploy_change("acme", archive, len)); /* v4 seq 7 */
+    o[6] = submit_to(f, f->pipeline, rollback_change("beta", 1));              /* v2 seq 6 */
+    o[7] = submit_to(f, f->pipeline, deploy_change("acme", archive, len));     /* v4 seq 7 */
     o[8] = submit_to(f, f->pipeline,
                      token_create("pct_00112233445566778899aabbccddeeff", "t", "acme")); /* alone */
     o[9] = submit_to(f, f->pipeline, deploy_change("delta", archive, len)); /* v1 seq 8 */
@@ -803,8 +804,9 @@ static void test_group_commit(void **state)
     }
     assert_non_null(strstr(o[3]->r.err.msg, "already deleted"));
     assert_int_equal(o[6]->r.rollback_of, 1);
-    /* 1 + {2,3,4,5} + {6,7} + {8}: three commands for seven changes. */
-    assert_int_equal(counter(f, "popcast_controller_commit_commands_total"), 4);
+    /* {1}, {2,3}, {4}, {5,6,7}, {8}: the second delete of acme waits for
+     * the first to commit, and is then refused on committed state. */
+    assert_int_equal(counter(f, "popcast_controller_commit_commands_total"), 5);
     assert_int_equal(counter(f, "popcast_controller_commit_changes_total"), 8);
     assert_int_equal(applied_seq(f), 8);
     /* Every entry is in the log, signed alone, at its seq. */
@@ -875,6 +877,23 @@ static void test_group_commit_bytes(void **state)
     /* 2 + 2 + 1 */
     assert_int_equal(counter(f, "popcast_controller_commit_commands_total"), 3);
     assert_int_equal(counter(f, "popcast_controller_commit_changes_total"), 5);
+
+    /* Rollbacks carry bundles too (read from the store): three of them,
+     * to three tenants, go 2 + 1. */
+    const char *tenants[] = {"r1", "r2", "r3"};
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(deploy(f, tenants[i], "r"), 1);
+    uint64_t commands = counter(f, "popcast_controller_commit_commands_total");
+    outcome *rb[3];
+    for (int i = 0; i < 3; i++)
+        rb[i] = submit_to(f, f->extra, rollback_change(tenants[i], 1));
+    if (!run_until_int(f, &rb[2]->calls))
+        fail_msg("the last rollback was not answered");
+    for (int i = 0; i < 3; i++) {
+        expect_rc(&rb[i]->r, PC_OK);
+        assert_int_equal(rb[i]->r.version, 2);
+    }
+    assert_int_equal(counter(f, "popcast_controller_commit_commands_total"), commands + 2);
 }
 
 static void test_max_pending(void **state)
