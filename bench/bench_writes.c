@@ -13,20 +13,30 @@
  *
  * Figures: acknowledged changes per second, the ratio to the baseline, and
  * each deploy's round trip (request sent -> 201 received, i.e. committed by
- * a majority and applied by the leader): median and 99th percentile. */
+ * a majority and applied by the leader): median and 99th percentile.
+ *
+ * When etcd is installed (Debian's etcd-server; ETCD_BIN overrides
+ * /usr/bin/etcd), an etcd cluster of the same size is measured the same
+ * way in the same run: each client puts values of the same size to a key
+ * of its own through etcd's HTTP gateway (POST /v3/kv/put, a new
+ * connection per request, as for popcast), and the last column is
+ * popcast's grouped figure over etcd's. Without etcd that column says so. */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "clock.h"
+#include "http_client.h"
 #include "harness.h"
 
 #define MAX_LIST    8
@@ -65,6 +75,161 @@ static void *client_main(void *p)
             pc_test_try_deploy(r->env, r->leader, tenant, "text/x-lua", src, strlen(src), &d);
         double t = pc_mono_ms_frac() - t0;
         if (status != 201) {
+            atomic_fetch_add(&r->errors, 1);
+            continue;
+        }
+        int k = atomic_fetch_add(&r->n, 1);
+        if (k < MAX_SAMPLES)
+            r->latency[k] = t;
+    }
+    return NULL;
+}
+
+/* etcd: a cluster of n members on loopback, each with its own ports. */
+typedef struct etcd_cluster {
+    int n;
+    char client_url[3][64];
+    pc_proc *proc[3];
+    char dir[256];
+} etcd_cluster;
+
+static const char *etcd_bin(void)
+{
+    const char *bin = getenv("ETCD_BIN");
+    return bin != NULL ? bin : "/usr/bin/etcd";
+}
+
+static bool etcd_healthy(const char *url)
+{
+    pc_http_result r;
+    pc_err err;
+    if (pc_http_call(url, "GET", "/health", NULL, NULL, 0, 2000, &r, &err) != PC_OK)
+        return false;
+    bool ok = r.status == 200 && r.body != NULL && strstr((char *)r.body, "true") != NULL;
+    pc_http_result_free(&r);
+    return ok;
+}
+
+static void etcd_start(etcd_cluster *e, int n)
+{
+    memset(e, 0, sizeof(*e));
+    e->n = n;
+    pc_test_tmpdir(e->dir, sizeof(e->dir), "etcd");
+    int peer_port[3];
+    char initial[512] = "";
+    for (int i = 0; i < n; i++) {
+        peer_port[i] = pc_test_free_port();
+        snprintf(e->client_url[i], sizeof(e->client_url[i]), "http://127.0.0.1:%d",
+                 pc_test_free_port());
+        char member[96];
+        snprintf(member, sizeof(member), "%se%d=http://127.0.0.1:%d", i ? "," : "", i,
+                 peer_port[i]);
+        strncat(initial, member, sizeof(initial) - strlen(initial) - 1);
+    }
+    for (int i = 0; i < n; i++) {
+        char name[16], data[320], peer[64], log[340];
+        snprintf(name, sizeof(name), "e%d", i);
+        snprintf(data, sizeof(data), "%s/%s", e->dir, name);
+        snprintf(peer, sizeof(peer), "http://127.0.0.1:%d", peer_port[i]);
+        snprintf(log, sizeof(log), "%s/%s.log", e->dir, name);
+        char *argv[] = {(char *)etcd_bin(),
+                        "--name",
+                        name,
+                        "--data-dir",
+                        data,
+                        "--listen-client-urls",
+                        e->client_url[i],
+                        "--advertise-client-urls",
+                        e->client_url[i],
+                        "--listen-peer-urls",
+                        peer,
+                        "--initial-advertise-peer-urls",
+                        peer,
+                        "--initial-cluster",
+                        initial,
+                        "--initial-cluster-state",
+                        "new",
+                        "--log-level",
+                        "error",
+                        NULL};
+        e->proc[i] = pc_proc_spawn(name, argv, log);
+        assert_non_null(e->proc[i]);
+    }
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    for (int i = 0; i < n; i++)
+        while (!etcd_healthy(e->client_url[i])) {
+            if (pc_test_now_ms() > deadline) {
+                pc_proc_dump_log(e->proc[i]);
+                fail_msg("etcd member %d did not become healthy", i);
+            }
+            pc_test_sleep_ms(50);
+        }
+}
+
+static void etcd_stop(etcd_cluster *e)
+{
+    for (int i = 0; i < e->n; i++) {
+        pc_proc_stop(e->proc[i]);
+        pc_proc_free(e->proc[i]);
+    }
+    pc_test_rm_rf(e->dir);
+}
+
+typedef struct etcd_run {
+    etcd_cluster *e;
+    double deadline_ms;
+    atomic_int n;
+    atomic_int errors;
+    double *latency;
+} etcd_run;
+
+typedef struct etcd_client_arg {
+    etcd_run *r;
+    int id;
+} etcd_client_arg;
+
+/* base64 of "w<id>" style keys and ~100-byte values, as JSON. */
+static void b64(const char *in, char *out, size_t cap)
+{
+    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t n = strlen(in), o = 0;
+    for (size_t i = 0; i < n && o + 5 < cap; i += 3) {
+        uint32_t v = (uint32_t)(uint8_t)in[i] << 16;
+        if (i + 1 < n)
+            v |= (uint32_t)(uint8_t)in[i + 1] << 8;
+        if (i + 2 < n)
+            v |= (uint8_t)in[i + 2];
+        out[o++] = tbl[(v >> 18) & 63];
+        out[o++] = tbl[(v >> 12) & 63];
+        out[o++] = i + 1 < n ? tbl[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < n ? tbl[v & 63] : '=';
+    }
+    out[o] = '\0';
+}
+
+static void *etcd_client_main(void *p)
+{
+    etcd_client_arg *a = p;
+    etcd_run *r = a->r;
+    const char *url = r->e->client_url[a->id % r->e->n];
+    char key[32], value[160], k64[64], v64[256], body[400];
+    snprintf(key, sizeof(key), "w%d", a->id);
+    b64(key, k64, sizeof(k64));
+    for (int i = 0; pc_mono_ms_frac() < r->deadline_ms; i++) {
+        snprintf(value, sizeof(value), "return function(req) return 'client %d change %d' end",
+                 a->id, i);
+        b64(value, v64, sizeof(v64));
+        int len = snprintf(body, sizeof(body), "{\"key\":\"%s\",\"value\":\"%s\"}", k64, v64);
+        pc_http_result res;
+        pc_err err;
+        double t0 = pc_mono_ms_frac();
+        int rc =
+            pc_http_call(url, "POST", "/v3/kv/put", NULL, body, (size_t)len, 10000, &res, &err);
+        double t = pc_mono_ms_frac() - t0;
+        bool ok = rc == PC_OK && res.status == 200;
+        if (rc == PC_OK)
+            pc_http_result_free(&res);
+        if (!ok) {
             atomic_fetch_add(&r->errors, 1);
             continue;
         }
@@ -127,23 +292,69 @@ static figures measure(int n_nodes_now, int n_clients_now, bool batching)
     return f;
 }
 
+static figures measure_etcd(int n_nodes_now, int n_clients_now)
+{
+    etcd_cluster e;
+    etcd_start(&e, n_nodes_now);
+    etcd_run r = {.e = &e};
+    r.latency = calloc(MAX_SAMPLES, sizeof(double));
+    pthread_t *threads = calloc((size_t)n_clients_now, sizeof(*threads));
+    etcd_client_arg *args = calloc((size_t)n_clients_now, sizeof(*args));
+    assert_true(r.latency != NULL && threads != NULL && args != NULL);
+    double start = pc_mono_ms_frac();
+    r.deadline_ms = start + seconds * 1000.0;
+    for (int k = 0; k < n_clients_now; k++) {
+        args[k] = (etcd_client_arg){&r, k};
+        assert_int_equal(pthread_create(&threads[k], NULL, etcd_client_main, &args[k]), 0);
+    }
+    for (int k = 0; k < n_clients_now; k++)
+        pthread_join(threads[k], NULL);
+    double elapsed = pc_mono_ms_frac() - start;
+    int n = atomic_load(&r.n);
+    if (n > MAX_SAMPLES)
+        n = MAX_SAMPLES;
+    figures f = {.per_second = n * 1000.0 / elapsed, .errors = atomic_load(&r.errors)};
+    if (n > 0) {
+        qsort(r.latency, (size_t)n, sizeof(double), cmp_double);
+        f.p50 = r.latency[n / 2];
+        f.p99 = r.latency[(size_t)((n - 1) * 0.99)];
+    }
+    free(r.latency);
+    free(threads);
+    free(args);
+    etcd_stop(&e);
+    return f;
+}
+
 static void bench(void **state)
 {
     (void)state;
+    bool etcd = access(etcd_bin(), X_OK) == 0;
     printf("acknowledged changes through a cluster, %d s per point; baseline: one change per "
            "raft entry (--commit-batch-max 1), same run\n",
            seconds);
-    printf("%5s %7s | %12s %9s %9s | %12s %9s %9s | %6s\n", "nodes", "clients", "baseline/s",
-           "p50 ms", "p99 ms", "grouped/s", "p50 ms", "p99 ms", "ratio");
+    if (!etcd)
+        printf("etcd: %s is not installed (Debian: etcd-server): no etcd column\n", etcd_bin());
+    printf("%5s %7s | %10s %7s %7s | %10s %7s %7s | %6s | %10s %7s %7s | %7s\n", "nodes", "clients",
+           "baseline/s", "p50 ms", "p99 ms", "grouped/s", "p50 ms", "p99 ms", "ratio", "etcd/s",
+           "p50 ms", "p99 ms", "vs etcd");
     for (int a = 0; a < n_nodes; a++) {
         for (int b = 0; b < n_clients; b++) {
             figures base = measure(nodes[a], clients[b], false);
             figures group = measure(nodes[a], clients[b], true);
-            printf("%5d %7d | %12.0f %9.2f %9.2f | %12.0f %9.2f %9.2f | %6.2f", nodes[a],
+            printf("%5d %7d | %10.0f %7.2f %7.2f | %10.0f %7.2f %7.2f | %6.2f", nodes[a],
                    clients[b], base.per_second, base.p50, base.p99, group.per_second, group.p50,
                    group.p99, base.per_second > 0 ? group.per_second / base.per_second : 0.0);
-            if (base.errors + group.errors > 0)
-                printf("  (not acknowledged: %d, %d)", base.errors, group.errors);
+            figures ref = {0};
+            if (etcd && nodes[a] <= 3) {
+                ref = measure_etcd(nodes[a], clients[b]);
+                printf(" | %10.0f %7.2f %7.2f | %7.2f", ref.per_second, ref.p50, ref.p99,
+                       ref.per_second > 0 ? group.per_second / ref.per_second : 0.0);
+            } else {
+                printf(" | %10s %7s %7s | %7s", "-", "-", "-", "-");
+            }
+            if (base.errors + group.errors + ref.errors > 0)
+                printf("  (not acknowledged: %d, %d, %d)", base.errors, group.errors, ref.errors);
             printf("\n");
             fflush(stdout);
         }
