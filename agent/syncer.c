@@ -94,6 +94,7 @@ struct pc_syncer {
     uint8_t *report;
     size_t report_len;
     pc_metric *m_syncs, *m_sync_failures, *m_entries, *m_chunks, *m_reports, *m_report_failures;
+    pc_metric *m_report_bytes;
     pc_metric *m_stale;
 };
 
@@ -691,6 +692,7 @@ static void send_reports(pc_syncer *s)
         pc_metric_add(s->m_report_failures, s->n_links);
         return;
     }
+    pc_metric_set(s->m_report_bytes, len);
     pthread_mutex_lock(&s->lock);
     free(s->report);
     s->report = report;
@@ -921,6 +923,9 @@ int pc_syncer_start(pc_syncer **out, const pc_syncer_options *opt, pc_err *err)
     s->m_report_failures =
         pc_metrics_counter(opt->metrics, "popcast_agent_status_report_failures_total", NULL,
                            "status reports that got no answer");
+    s->m_report_bytes =
+        pc_metrics_gauge(opt->metrics, "popcast_agent_status_report_bytes", NULL,
+                         "size of the last status report built (it grows with the tenants)");
     if (s->n_links > 0) {
         if (pthread_create(&s->sync_thread, NULL, sync_run, s) == 0)
             s->sync_started = 1;

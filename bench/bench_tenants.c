@@ -1,0 +1,167 @@
+/* bench_tenants.c - what an agent costs per tenant. Real processes on
+ * loopback; run by hand or by CI with tiny sizes.
+ *
+ *   bench_tenants [TENANTS,...]
+ *   default:       1000,10000
+ *
+ * One controller and one agent. Small Lua tenants (one handler each) are
+ * deployed by 16 clients until the fleet holds each count in turn; once
+ * the agent has applied everything:
+ *   rss        the agent's resident memory (VmRSS), and per tenant over the
+ *              same agent with no tenant (the baseline, same run)
+ *   report     the size of its status report (it carries every tenant)
+ *   restart    SIGTERM, start again on the same data: time to ready (its
+ *              edge serves) and to the first answer from the last tenant
+ *              deployed, and the RSS once it serves that tenant */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "clock.h"
+#include "harness.h"
+
+#define MAX_LIST 8
+#define CLIENTS  16
+
+static int counts[MAX_LIST] = {1000, 10000}, n_counts = 2;
+
+static pc_test_env env;
+static pc_test_controller ctl;
+static atomic_int next_tenant;
+static int target;
+static atomic_int failures;
+
+static void *deployer(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        int t = atomic_fetch_add(&next_tenant, 1);
+        if (t >= target) {
+            atomic_fetch_sub(&next_tenant, 1);
+            return NULL;
+        }
+        char tenant[32], src[160], body[32];
+        snprintf(tenant, sizeof(tenant), "t%06d", t);
+        snprintf(body, sizeof(body), "tenant %d", t);
+        pc_test_lua_hello(src, sizeof(src), body);
+        pc_test_deployed d;
+        if (pc_test_try_deploy(&env, &ctl, tenant, "text/x-lua", src, strlen(src), &d) != 201)
+            atomic_fetch_add(&failures, 1);
+    }
+}
+
+static uint64_t controller_head(void)
+{
+    pc_http_result r;
+    uint64_t head = 0;
+    if (pc_test_api(&env, &ctl, "GET", "/v1/health", NULL, NULL, 0, &r) == 200) {
+        json_t *h = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+        head = (uint64_t)json_integer_value(json_object_get(h, "head_seq"));
+        json_decref(h);
+    }
+    pc_http_result_free(&r);
+    return head;
+}
+
+static uint64_t agent_applied(pc_test_agent *a)
+{
+    json_t *st = pc_test_agent_status(a);
+    uint64_t seq = st ? (uint64_t)json_integer_value(json_object_get(st, "applied_seq")) : 0;
+    json_decref(st);
+    return seq;
+}
+
+static double rss_mib(pc_proc *p)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)p->pid);
+    FILE *f = fopen(path, "r");
+    double kib = 0;
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            kib = strtod(line + 6, NULL);
+    if (f != NULL)
+        fclose(f);
+    return kib / 1024.0;
+}
+
+static void bench(void **state)
+{
+    (void)state;
+    pc_test_env_init(&env);
+    pc_test_controller_start(&env, &ctl, NULL);
+    pc_test_agent agent = {0};
+    pc_test_agent_start_for(&env, &agent, "edge", &ctl, NULL);
+    double base = rss_mib(agent.proc);
+    printf("agent with no tenant: %.1f MiB RSS (the baseline)\n", base);
+    printf("%8s | %9s %13s | %12s | %11s %14s %13s\n", "tenants", "RSS MiB", "KiB/tenant",
+           "report bytes", "restart: ms", "to last tenant", "RSS after MiB");
+    for (int i = 0; i < n_counts; i++) {
+        target = counts[i];
+        pthread_t threads[CLIENTS];
+        for (int k = 0; k < CLIENTS; k++)
+            assert_int_equal(pthread_create(&threads[k], NULL, deployer, NULL), 0);
+        for (int k = 0; k < CLIENTS; k++)
+            pthread_join(threads[k], NULL);
+        uint64_t head = controller_head();
+        int64_t deadline = pc_test_now_ms() + 30 * 60 * 1000;
+        while (agent_applied(&agent) < head && pc_test_now_ms() < deadline)
+            pc_test_sleep_ms(100);
+        assert_true(agent_applied(&agent) >= head);
+        pc_test_sleep_ms(3000); /* a status report built with every tenant */
+        double rss = rss_mib(agent.proc);
+        uint64_t report = pc_test_agent_metric(&agent, "popcast_agent_status_report_bytes");
+
+        pc_test_agent_stop(&agent);
+        double t0 = pc_mono_ms_frac();
+        pc_test_agent_start_for(&env, &agent, "edge", &ctl, NULL);
+        double ready = pc_mono_ms_frac() - t0;
+        char last[32];
+        snprintf(last, sizeof(last), "t%06d", target - 1);
+        int status = 0;
+        while ((status = pc_test_edge_get(&agent, last, "/", NULL, NULL, 0)) != 200 &&
+               pc_mono_ms_frac() - t0 < 30 * 60 * 1000.0)
+            pc_test_sleep_ms(10);
+        assert_int_equal(status, 200);
+        double served = pc_mono_ms_frac() - t0;
+        printf("%8d | %9.1f %13.1f | %12llu | %11.0f %14.0f %13.1f\n", target, rss,
+               (rss - base) * 1024.0 / target, (unsigned long long)report, ready, served,
+               rss_mib(agent.proc));
+        fflush(stdout);
+    }
+    if (atomic_load(&failures) > 0)
+        printf("deploys not acknowledged: %d\n", atomic_load(&failures));
+    pc_test_agent_stop(&agent);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1) {
+        n_counts = 0;
+        const char *s = argv[1];
+        while (*s != '\0' && n_counts < MAX_LIST) {
+            char *end;
+            long v = strtol(s, &end, 10);
+            if (end == s || v <= 0)
+                break;
+            counts[n_counts++] = (int)v;
+            s = *end == ',' ? end + 1 : end;
+        }
+        if (n_counts == 0) {
+            fprintf(stderr, "bench_tenants: TENANTS is a list like 1000,10000\n");
+            return 2;
+        }
+    }
+    const struct CMUnitTest benches[] = {cmocka_unit_test(bench)};
+    return cmocka_run_group_tests(benches, NULL, NULL);
+}
