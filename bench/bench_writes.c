@@ -46,9 +46,12 @@ static int seconds = 5;
 static int clients[MAX_LIST] = {1, 4, 16, 64}, n_clients = 4;
 static int nodes[MAX_LIST] = {1, 3}, n_nodes = 2;
 
+/* One measured point: what its clients share. */
+typedef struct etcd_cluster etcd_cluster;
 typedef struct run {
     pc_test_env *env;
-    pc_test_controller *leader;
+    pc_test_controller *leader; /* popcast */
+    etcd_cluster *etcd;         /* or etcd */
     double deadline_ms;
     atomic_int n;
     atomic_int errors;
@@ -59,6 +62,18 @@ typedef struct client_arg {
     run *r;
     int id;
 } client_arg;
+
+/* One write took t ms, acknowledged or not. */
+static void sample(run *r, bool ok, double t)
+{
+    if (!ok) {
+        atomic_fetch_add(&r->errors, 1);
+        return;
+    }
+    int k = atomic_fetch_add(&r->n, 1);
+    if (k < MAX_SAMPLES)
+        r->latency[k] = t;
+}
 
 static void *client_main(void *p)
 {
@@ -73,25 +88,18 @@ static void *client_main(void *p)
         double t0 = pc_mono_ms_frac();
         int status =
             pc_test_try_deploy(r->env, r->leader, tenant, "text/x-lua", src, strlen(src), &d);
-        double t = pc_mono_ms_frac() - t0;
-        if (status != 201) {
-            atomic_fetch_add(&r->errors, 1);
-            continue;
-        }
-        int k = atomic_fetch_add(&r->n, 1);
-        if (k < MAX_SAMPLES)
-            r->latency[k] = t;
+        sample(r, status == 201, pc_mono_ms_frac() - t0);
     }
     return NULL;
 }
 
 /* etcd: a cluster of n members on loopback, each with its own ports. */
-typedef struct etcd_cluster {
+struct etcd_cluster {
     int n;
     char client_url[3][64];
     pc_proc *proc[3];
     char dir[256];
-} etcd_cluster;
+};
 
 static const char *etcd_bin(void)
 {
@@ -175,19 +183,6 @@ static void etcd_stop(etcd_cluster *e)
     pc_test_rm_rf(e->dir);
 }
 
-typedef struct etcd_run {
-    etcd_cluster *e;
-    double deadline_ms;
-    atomic_int n;
-    atomic_int errors;
-    double *latency;
-} etcd_run;
-
-typedef struct etcd_client_arg {
-    etcd_run *r;
-    int id;
-} etcd_client_arg;
-
 /* base64 of "w<id>" style keys and ~100-byte values, as JSON. */
 static void b64(const char *in, char *out, size_t cap)
 {
@@ -209,9 +204,9 @@ static void b64(const char *in, char *out, size_t cap)
 
 static void *etcd_client_main(void *p)
 {
-    etcd_client_arg *a = p;
-    etcd_run *r = a->r;
-    const char *url = r->e->client_url[a->id % r->e->n];
+    client_arg *a = p;
+    run *r = a->r;
+    const char *url = r->etcd->client_url[a->id % r->etcd->n];
     char key[32], value[160], k64[64], v64[256], body[400];
     snprintf(key, sizeof(key), "w%d", a->id);
     b64(key, k64, sizeof(k64));
@@ -229,13 +224,7 @@ static void *etcd_client_main(void *p)
         bool ok = rc == PC_OK && res.status == 200;
         if (rc == PC_OK)
             pc_http_result_free(&res);
-        if (!ok) {
-            atomic_fetch_add(&r->errors, 1);
-            continue;
-        }
-        int k = atomic_fetch_add(&r->n, 1);
-        if (k < MAX_SAMPLES)
-            r->latency[k] = t;
+        sample(r, ok, t);
     }
     return NULL;
 }
@@ -251,6 +240,37 @@ typedef struct figures {
     int errors;
 } figures;
 
+/* Runs n clients (fn) against r for the configured time; the figures. */
+static figures drive(run *r, int n, void *(*fn)(void *))
+{
+    r->latency = calloc(MAX_SAMPLES, sizeof(double));
+    pthread_t *threads = calloc((size_t)n, sizeof(*threads));
+    client_arg *args = calloc((size_t)n, sizeof(*args));
+    assert_true(r->latency != NULL && threads != NULL && args != NULL);
+    double start = pc_mono_ms_frac();
+    r->deadline_ms = start + seconds * 1000.0;
+    for (int k = 0; k < n; k++) {
+        args[k] = (client_arg){r, k};
+        assert_int_equal(pthread_create(&threads[k], NULL, fn, &args[k]), 0);
+    }
+    for (int k = 0; k < n; k++)
+        pthread_join(threads[k], NULL);
+    double elapsed = pc_mono_ms_frac() - start;
+    int got = atomic_load(&r->n);
+    if (got > MAX_SAMPLES)
+        got = MAX_SAMPLES;
+    figures f = {.per_second = got * 1000.0 / elapsed, .errors = atomic_load(&r->errors)};
+    if (got > 0) {
+        qsort(r->latency, (size_t)got, sizeof(double), cmp_double);
+        f.p50 = r->latency[got / 2];
+        f.p99 = r->latency[(size_t)((got - 1) * 0.99)];
+    }
+    free(r->latency);
+    free(threads);
+    free(args);
+    return f;
+}
+
 static figures measure(int n_nodes_now, int n_clients_now, bool batching)
 {
     pc_test_env env;
@@ -261,32 +281,7 @@ static figures measure(int n_nodes_now, int n_clients_now, bool batching)
     int leader = pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS);
     assert_true(leader >= 0);
     run r = {.env = &env, .leader = &cl.node[leader]};
-    r.latency = calloc(MAX_SAMPLES, sizeof(double));
-    assert_non_null(r.latency);
-    pthread_t *threads = calloc((size_t)n_clients_now, sizeof(*threads));
-    client_arg *args = calloc((size_t)n_clients_now, sizeof(*args));
-    assert_true(threads != NULL && args != NULL);
-    double start = pc_mono_ms_frac();
-    r.deadline_ms = start + seconds * 1000.0;
-    for (int k = 0; k < n_clients_now; k++) {
-        args[k] = (client_arg){&r, k};
-        assert_int_equal(pthread_create(&threads[k], NULL, client_main, &args[k]), 0);
-    }
-    for (int k = 0; k < n_clients_now; k++)
-        pthread_join(threads[k], NULL);
-    double elapsed = pc_mono_ms_frac() - start;
-    int n = atomic_load(&r.n);
-    if (n > MAX_SAMPLES)
-        n = MAX_SAMPLES;
-    figures f = {.per_second = n * 1000.0 / elapsed, .errors = atomic_load(&r.errors)};
-    if (n > 0) {
-        qsort(r.latency, (size_t)n, sizeof(double), cmp_double);
-        f.p50 = r.latency[n / 2];
-        f.p99 = r.latency[(size_t)((n - 1) * 0.99)];
-    }
-    free(r.latency);
-    free(threads);
-    free(args);
+    figures f = drive(&r, n_clients_now, client_main);
     pc_test_cluster_stop(&cl);
     pc_test_env_cleanup(&env);
     return f;
@@ -296,32 +291,8 @@ static figures measure_etcd(int n_nodes_now, int n_clients_now)
 {
     etcd_cluster e;
     etcd_start(&e, n_nodes_now);
-    etcd_run r = {.e = &e};
-    r.latency = calloc(MAX_SAMPLES, sizeof(double));
-    pthread_t *threads = calloc((size_t)n_clients_now, sizeof(*threads));
-    etcd_client_arg *args = calloc((size_t)n_clients_now, sizeof(*args));
-    assert_true(r.latency != NULL && threads != NULL && args != NULL);
-    double start = pc_mono_ms_frac();
-    r.deadline_ms = start + seconds * 1000.0;
-    for (int k = 0; k < n_clients_now; k++) {
-        args[k] = (etcd_client_arg){&r, k};
-        assert_int_equal(pthread_create(&threads[k], NULL, etcd_client_main, &args[k]), 0);
-    }
-    for (int k = 0; k < n_clients_now; k++)
-        pthread_join(threads[k], NULL);
-    double elapsed = pc_mono_ms_frac() - start;
-    int n = atomic_load(&r.n);
-    if (n > MAX_SAMPLES)
-        n = MAX_SAMPLES;
-    figures f = {.per_second = n * 1000.0 / elapsed, .errors = atomic_load(&r.errors)};
-    if (n > 0) {
-        qsort(r.latency, (size_t)n, sizeof(double), cmp_double);
-        f.p50 = r.latency[n / 2];
-        f.p99 = r.latency[(size_t)((n - 1) * 0.99)];
-    }
-    free(r.latency);
-    free(threads);
-    free(args);
+    run r = {.etcd = &e};
+    figures f = drive(&r, n_clients_now, etcd_client_main);
     etcd_stop(&e);
     return f;
 }
