@@ -58,19 +58,6 @@ static void *deployer(void *arg)
     }
 }
 
-static uint64_t controller_head(void)
-{
-    pc_http_result r;
-    uint64_t head = 0;
-    if (pc_test_api(&env, &ctl, "GET", "/v1/health", NULL, NULL, 0, &r) == 200) {
-        json_t *h = json_loadb((const char *)r.body, r.body_len, 0, NULL);
-        head = (uint64_t)json_integer_value(json_object_get(h, "head_seq"));
-        json_decref(h);
-    }
-    pc_http_result_free(&r);
-    return head;
-}
-
 static uint64_t agent_applied(pc_test_agent *a)
 {
     json_t *st = pc_test_agent_status(a);
@@ -111,7 +98,7 @@ static void bench(void **state)
             assert_int_equal(pthread_create(&threads[k], NULL, deployer, NULL), 0);
         for (int k = 0; k < CLIENTS; k++)
             pthread_join(threads[k], NULL);
-        uint64_t head = controller_head();
+        uint64_t head = pc_test_controller_head(&env, &ctl);
         int64_t deadline = pc_test_now_ms() + 30 * 60 * 1000;
         while (agent_applied(&agent) < head && pc_test_now_ms() < deadline)
             pc_test_sleep_ms(100);

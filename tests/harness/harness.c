@@ -795,6 +795,23 @@ bool pc_test_wait_version(pc_test_agent *a, const char *tenant, uint64_t version
     return false;
 }
 
+json_t *pc_test_controller_json(pc_test_env *env, pc_test_controller *c, const char *path)
+{
+    pc_http_result r;
+    int status = pc_test_api(env, c, "GET", path, NULL, NULL, 0, &r);
+    json_t *doc = status == 200 ? json_loadb((const char *)r.body, r.body_len, 0, NULL) : NULL;
+    pc_http_result_free(&r);
+    return doc;
+}
+
+uint64_t pc_test_controller_head(pc_test_env *env, pc_test_controller *c)
+{
+    json_t *h = pc_test_controller_json(env, c, "/v1/health");
+    uint64_t seq = h ? (uint64_t)json_integer_value(json_object_get(h, "head_seq")) : 0;
+    json_decref(h);
+    return seq;
+}
+
 json_t *pc_test_agent_status(pc_test_agent *a)
 {
     pc_http_result r;

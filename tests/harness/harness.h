@@ -119,6 +119,10 @@ void pc_test_agent_stop(pc_test_agent *a);
 /* HTTP with the env's admin token. */
 int pc_test_api(pc_test_env *env, pc_test_controller *c, const char *method, const char *path,
                 const char *content_type, const void *body, size_t len, pc_http_result *r);
+/* GET path on the controller (admin token), parsed; NULL unless 200. */
+json_t *pc_test_controller_json(pc_test_env *env, pc_test_controller *c, const char *path);
+/* The controller's head seq (/v1/health; 0 if it does not answer). */
+uint64_t pc_test_controller_head(pc_test_env *env, pc_test_controller *c);
 /* Deploys one Lua file; returns the new version (fails the test on error). */
 uint64_t pc_test_deploy_lua(pc_test_env *env, pc_test_controller *c, const char *tenant,
                             const char *source);

@@ -102,22 +102,12 @@ static void *load(void *arg)
 
 static json_t *node_json(int i, const char *path)
 {
-    pc_http_result r;
-    if (pc_test_api(&env, &cl.node[i], "GET", path, NULL, NULL, 0, &r) != 200) {
-        pc_http_result_free(&r);
-        return NULL;
-    }
-    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
-    pc_http_result_free(&r);
-    return doc;
+    return pc_test_controller_json(&env, &cl.node[i], path);
 }
 
 static uint64_t node_head(int i)
 {
-    json_t *h = node_json(i, "/v1/health");
-    uint64_t seq = h ? (uint64_t)json_integer_value(json_object_get(h, "head_seq")) : 0;
-    json_decref(h);
-    return seq;
+    return pc_test_controller_head(&env, &cl.node[i]);
 }
 
 /* Waits until every running node has the same head seq as the leader. */

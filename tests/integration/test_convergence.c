@@ -75,17 +75,6 @@ static uint64_t applied_seq(pc_test_agent *a)
     return seq;
 }
 
-static uint64_t head_seq(pc_test_env *env, pc_test_controller *c)
-{
-    pc_http_result r;
-    assert_int_equal(pc_test_api(env, c, "GET", "/v1/health", NULL, NULL, 0, &r), 200);
-    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
-    uint64_t seq = (uint64_t)json_integer_value(json_object_get(doc, "head_seq"));
-    json_decref(doc);
-    pc_http_result_free(&r);
-    return seq;
-}
-
 /* An agent started after 100 deploys converges (it has nothing: it gets a
  * snapshot); an agent that was down for 40 deploys catches up entry by
  * entry; an agent whose data directory was deleted converges through a
@@ -108,7 +97,7 @@ static void test_late_joiner_restart_and_wiped_store(void **state)
     pc_test_agent_stop(&agents[2]);
     pc_test_rm_rf(agents[2].dir);
     deploy_n(&env, &ctl, 40, 10, 2);
-    assert_int_equal(head_seq(&env, &ctl), 100);
+    assert_int_equal(pc_test_controller_head(&env, &ctl), 100);
 
     pc_test_agent_start_for(&env, &agents[0], "late", &ctl, NULL);
     pc_test_agent_start_for(&env, &agents[1], "restarted", &ctl, NULL);
@@ -176,7 +165,7 @@ static void test_controller_restart_during_stream(void **state)
             ok++;
     }
     assert_int_equal(ok, 90);
-    uint64_t head = head_seq(&env, &ctl);
+    uint64_t head = pc_test_controller_head(&env, &ctl);
     assert_int_equal(head, 90);
     pc_test_wait_converged(&env, &ctl, agents, 2);
     for (int i = 0; i < 2; i++) {

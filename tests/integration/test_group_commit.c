@@ -62,11 +62,7 @@ static void *client(void *arg)
 
 static json_t *node_json(int i, const char *path)
 {
-    pc_http_result r;
-    int status = pc_test_api(&env, &cl.node[i], "GET", path, NULL, NULL, 0, &r);
-    json_t *doc = status == 200 ? json_loadb((const char *)r.body, r.body_len, 0, NULL) : NULL;
-    pc_http_result_free(&r);
-    return doc;
+    return pc_test_controller_json(&env, &cl.node[i], path);
 }
 
 /* A counter from a node's /metrics (text format). */
@@ -107,10 +103,7 @@ static json_t *node_versions(int i)
 
 static uint64_t node_head(int i)
 {
-    json_t *h = node_json(i, "/v1/health");
-    uint64_t seq = h ? (uint64_t)json_integer_value(json_object_get(h, "head_seq")) : 0;
-    json_decref(h);
-    return seq;
+    return pc_test_controller_head(&env, &cl.node[i]);
 }
 
 static uint64_t cluster_field(int i, const char *name)
