@@ -8,6 +8,7 @@
 #include <stdlib.h>
 
 #include "log.h"
+#include "nng_close.h"
 #include "protocol_limits.h"
 
 typedef struct queued {
@@ -248,10 +249,11 @@ void pc_subscriber_close(pc_subscriber *s)
     /* Stop the receive first: nng_aio_stop waits for a running recv_done,
      * and once stopped the aio cannot be re-armed (recv_done sees
      * NNG_ECANCELED and returns). The socket then closes with no
-     * operation pending on it: nng 1.5.2 can deadlock in nng_close when
-     * an aio is still queued on the socket (nanomsg/nng#1543, #1813). */
+     * operation pending on it, which makes nng 1.5.2's nng_close hang
+     * rarer (nanomsg/nng#1543, #1813) but does not end it: the close is
+     * bounded (nng_close.h). */
     nng_aio_stop(s->aio);
-    nng_close(s->sock);
+    pc_nng_close_bounded(s->sock, PC_NNG_CLOSE_MS, "the pub/sub subscription");
     nng_aio_free(s->aio);
     uv_close((uv_handle_t *)&s->wake, free_after_close);
 }

@@ -15,6 +15,7 @@
 #include "clock.h"
 #include "envelope.h"
 #include "log.h"
+#include "nng_close.h"
 #include "protocol_limits.h"
 
 /* Each controller's catch-up backs off on its own after a failure, an
@@ -66,7 +67,8 @@ typedef struct link {
     nng_socket rsock;
     nng_ctx rctx;
     nng_aio *raio;
-    int r_open; /* rsock, rctx and raio exist */
+    int r_open;     /* rsock, rctx and raio exist */
+    bool sock_shut; /* sock was closed (by the stop): closing it again would wait */
     int r_busy, r_pending, r_receiving;
     nng_msg *r_next; /* the report thread's: claimed, to send */
     log_gate report_log;
@@ -856,8 +858,9 @@ static void close_link(link *l)
         return;
     nng_aio_free(l->raio);
     nng_ctx_close(l->rctx);
-    nng_close(l->rsock);
-    nng_close(l->sock);
+    pc_nng_close_bounded(l->rsock, PC_NNG_CLOSE_MS, "a status report connection");
+    if (!l->sock_shut)
+        pc_nng_close_bounded(l->sock, PC_NNG_CLOSE_MS, "a catch-up connection");
     free(l->url);
     l->r_open = 0;
 }
@@ -974,9 +977,12 @@ void pc_syncer_stop(pc_syncer *s)
         if (left != NULL)
             nng_msg_free(left);
     }
-    for (size_t i = 0; i < s->n_links; i++)
-        if (s->links[i].r_open)
-            nng_close(s->links[i].sock);
+    for (size_t i = 0; i < s->n_links; i++) {
+        if (s->links[i].r_open) {
+            pc_nng_close_bounded(s->links[i].sock, PC_NNG_CLOSE_MS, "a catch-up connection");
+            s->links[i].sock_shut = true;
+        }
+    }
     if (s->sync_started)
         pthread_join(s->sync_thread, NULL);
     free_syncer(s);
