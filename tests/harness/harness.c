@@ -795,6 +795,31 @@ bool pc_test_wait_version(pc_test_agent *a, const char *tenant, uint64_t version
     return false;
 }
 
+void pc_test_wait_live(pc_test_agent *a, const char *tenant, uint64_t version)
+{
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    for (;;) {
+        json_t *s = pc_test_agent_status(a);
+        bool live = false;
+        size_t i;
+        json_t *t;
+        json_array_foreach(json_object_get(s, "tenants"), i, t)
+        {
+            const char *name = json_string_value(json_object_get(t, "tenant"));
+            if (name != NULL && strcmp(name, tenant) == 0)
+                live = (uint64_t)json_integer_value(json_object_get(t, "live_version")) == version;
+        }
+        json_decref(s);
+        if (live)
+            return;
+        if (pc_test_now_ms() > deadline) {
+            pc_proc_dump_log(a->proc);
+            fail_msg("%s v%llu did not go live on %s", tenant, (unsigned long long)version, a->id);
+        }
+        pc_test_sleep_ms(25);
+    }
+}
+
 json_t *pc_test_controller_json(pc_test_env *env, pc_test_controller *c, const char *path)
 {
     pc_http_result r;

@@ -147,6 +147,10 @@ int pc_test_edge_get(pc_test_agent *a, const char *tenant, const char *path, uin
                      char *body, size_t body_cap);
 /* Polls until the agent serves tenant at version; false on timeout. */
 bool pc_test_wait_version(pc_test_agent *a, const char *tenant, uint64_t version, int timeout_ms);
+/* Polls the agent's status until tenant's live_version is version (works
+ * for handlers whose every answer is an error); fails the test after the
+ * converge timeout. */
+void pc_test_wait_live(pc_test_agent *a, const char *tenant, uint64_t version);
 /* The agent's /v1/status, parsed (NULL if unreachable). */
 json_t *pc_test_agent_status(pc_test_agent *a);
 /* Waits (bounded) until the agent has received something on pub/sub (a

@@ -34,6 +34,12 @@ static pc_test_env env;
 static pc_test_controller ctl;
 static pc_test_agent agent;
 
+/* Deploys and waits until the agent serves the version (live_version). */
+static void deploy_and_wait(const char *tenant, const char *src)
+{
+    pc_test_wait_live(&agent, tenant, pc_test_deploy_lua(&env, &ctl, tenant, src));
+}
+
 /* ---- raw sockets ---- */
 
 /* A TCP connection to the edge from source address src (NULL: any), or -1
@@ -175,31 +181,6 @@ static void error_code_of(const raw_answer *a, char *out, size_t cap)
 }
 
 /* ---- the fleet ---- */
-
-static void deploy_and_wait(const char *tenant, const char *src)
-{
-    uint64_t v = pc_test_deploy_lua(&env, &ctl, tenant, src);
-    /* Errors name the version too, so waiting on the version works for
-     * handlers whose every answer is refused. */
-    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
-    for (;;) {
-        json_t *s = pc_test_agent_status(&agent);
-        bool live = false;
-        size_t i;
-        json_t *t;
-        json_array_foreach(json_object_get(s, "tenants"), i, t)
-        {
-            if (strcmp(json_string_value(json_object_get(t, "tenant")), tenant) == 0)
-                live = (uint64_t)json_integer_value(json_object_get(t, "live_version")) == v;
-        }
-        json_decref(s);
-        if (live)
-            return;
-        if (pc_test_now_ms() > deadline)
-            fail_msg("%s v%llu did not go live", tenant, (unsigned long long)v);
-        pc_test_sleep_ms(25);
-    }
-}
 
 static uint64_t metric(const char *name)
 {
