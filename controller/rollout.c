@@ -208,9 +208,23 @@ static int check_report(const Popcast__AgentStatus *st, pc_err *err)
 {
     if (!pc_id_valid(st->agent_id) || !pc_id_valid(st->pop))
         return pc_err_set(err, PC_E_INVALID, "status report with an invalid agent id or pop");
-    for (size_t i = 0; i < st->n_tenants; i++)
-        if (st->tenants[i] == NULL || !pc_tenant_name_valid(st->tenants[i]->tenant))
+    for (size_t i = 0; i < st->n_tenants; i++) {
+        const Popcast__TenantStatus *t = st->tenants[i];
+        if (t == NULL || !pc_tenant_name_valid(t->tenant))
             return pc_err_set(err, PC_E_INVALID, "status report with an invalid tenant name");
+        /* Agents keep 8 outcomes per tenant; a few more are tolerated,
+         * hundreds are not (each waiter scans them). */
+        if (t->n_outcomes > 64)
+            return pc_err_set(err, PC_E_INVALID, "status report with %zu outcomes for %s",
+                              t->n_outcomes, t->tenant);
+        for (size_t k = 0; k < t->n_outcomes; k++) {
+            const Popcast__VersionOutcome *o = t->outcomes[k];
+            if (o == NULL || (o->reason != NULL && strlen(o->reason) > 64) ||
+                (o->detail != NULL && strlen(o->detail) > 4096))
+                return pc_err_set(err, PC_E_INVALID, "status report with an invalid outcome for %s",
+                                  t->tenant);
+        }
+    }
     for (size_t i = 0; i < st->n_quarantined; i++)
         if (st->quarantined[i] == NULL || !pc_tenant_name_valid(st->quarantined[i]->tenant) ||
             st->quarantined[i]->reason == NULL || strlen(st->quarantined[i]->reason) > 512)
@@ -478,6 +492,16 @@ static void judge(const pc_rollout_query *q, const Popcast__AgentStatus *st, jud
         judge_outcomes(q, t, j);
     else
         judge_legacy(q, st, t, j);
+    /* A quarantined version is loaded but answers 503: not serving, so
+     * never counted live (nor complete); its reason is the agent's. */
+    for (size_t i = 0; j->v == ST_LIVE && i < st->n_quarantined; i++) {
+        const Popcast__Quarantine *e = st->quarantined[i];
+        if (e->version == q->version && strcmp(e->tenant, q->tenant) == 0) {
+            j->v = ST_NACKED;
+            j->reason = "quarantined";
+            j->detail = e->reason;
+        }
+    }
 }
 
 static json_t *pop_entry(json_t *pops, const char *pop)
@@ -539,8 +563,8 @@ static void evaluate_locked(pc_rollout *r, const pc_rollout_query *q, int64_t no
         if (t != NULL && t->live_unrecorded)
             json_object_set_new(o, "live_unrecorded", json_true());
         if (j.v == ST_NACKED) {
-            json_object_set_new(o, "reason", json_string(j.reason ? j.reason : ""));
-            json_object_set_new(o, "detail", json_string(j.detail ? j.detail : ""));
+            json_object_set_new(o, "reason", pc_json_text(j.reason ? j.reason : ""));
+            json_object_set_new(o, "detail", pc_json_text(j.detail ? j.detail : ""));
         }
         json_array_append_new(agents, o);
         json_t *p = pop_entry(pops, a->status->pop);
@@ -706,6 +730,11 @@ json_t *pc_rollout_serving_json(pc_rollout *r, const char *tenant, int64_t now_m
         stale += is_stale(r, a, now_ms);
         const Popcast__TenantStatus *t = tenant_of(a->status, tenant);
         uint64_t lv = t ? t->live_version : 0;
+        /* A quarantined live version answers 503: it serves nothing. */
+        for (size_t q = 0; lv != 0 && q < a->status->n_quarantined; q++)
+            if (a->status->quarantined[q]->version == lv &&
+                strcmp(a->status->quarantined[q]->tenant, tenant) == 0)
+                lv = 0;
         if (lv == 0) {
             none++;
             continue;

@@ -37,28 +37,6 @@ static int get(const char *tenant, char *code, size_t cap)
 
 /* Waits until the agent's status says tenant's version is live (without a
  * request: the stuck handler would run). */
-static void wait_live(const char *tenant, uint64_t version)
-{
-    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
-    for (;;) {
-        json_t *s = pc_test_agent_status(&agent);
-        bool live = false;
-        size_t i;
-        json_t *t;
-        json_array_foreach(json_object_get(s, "tenants"), i, t)
-        {
-            if (strcmp(json_string_value(json_object_get(t, "tenant")), tenant) == 0)
-                live = (uint64_t)json_integer_value(json_object_get(t, "live_version")) == version;
-        }
-        json_decref(s);
-        if (live)
-            return;
-        if (pc_test_now_ms() > deadline)
-            fail_msg("%s v%llu did not go live", tenant, (unsigned long long)version);
-        pc_test_sleep_ms(25);
-    }
-}
-
 /* The quarantine list of agent a in the controller's fleet view (NULL
  * until the agent reported). */
 static json_t *fleet_quarantines(void)
@@ -122,8 +100,8 @@ static void test_quarantine_and_release(void **state)
     uint64_t good = pc_test_deploy_lua(&env, &ctl, "good", "return function(req) return 'ok' end");
     uint64_t stuck =
         pc_test_deploy_lua(&env, &ctl, "stuck", "return function(req) while true do end end");
-    wait_live("good", good);
-    wait_live("stuck", stuck);
+    pc_test_wait_live(&agent, "good", good);
+    pc_test_wait_live(&agent, "stuck", stuck);
 
     char code[64];
     /* The run the watchdog stops is a limit error; the ones after are
@@ -142,10 +120,28 @@ static void test_quarantine_and_release(void **state)
     assert_int_equal(json_integer_value(json_object_get(json_array_get(q, 0), "version")), stuck);
     json_decref(s);
     assert_int_equal(wait_fleet_quarantines(1), 1);
+    /* Once the controller knows, the quarantined version is not claimed
+     * live: its rollout says nacked (quarantined), and the tenant's
+     * serving view counts the agent as serving nothing. */
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/tenants/stuck/versions/%llu/rollout",
+             (unsigned long long)stuck);
+    json_t *ro = pc_test_controller_json(&env, &ctl, path);
+    assert_non_null(ro);
+    json_t *ra = json_array_get(json_object_get(ro, "agents"), 0);
+    assert_string_equal(json_string_value(json_object_get(ra, "state")), "nacked");
+    assert_string_equal(json_string_value(json_object_get(ra, "reason")), "quarantined");
+    json_decref(ro);
+    json_t *tj = pc_test_controller_json(&env, &ctl, "/v1/tenants/stuck");
+    assert_non_null(tj);
+    json_t *serving = json_object_get(tj, "serving");
+    assert_int_equal(json_integer_value(json_object_get(serving, "none")), 1);
+    assert_int_equal(json_array_size(json_object_get(serving, "versions")), 0);
+    json_decref(tj);
 
     /* The next version ends it. */
     uint64_t fixed = pc_test_deploy_lua(&env, &ctl, "stuck", "return function(req) return 'x' end");
-    wait_live("stuck", fixed);
+    pc_test_wait_live(&agent, "stuck", fixed);
     assert_int_equal(get("stuck", code, sizeof(code)), 200);
     assert_int_equal(wait_fleet_quarantines(0), 0);
 
