@@ -405,13 +405,15 @@ static int make_live(pc_applier *a, const Popcast__Manifest *m, const uint8_t *b
     int rc = ad->prepare(ad, &spec, &p, err);
     if (rc != PC_OK)
         return rc;
-    /* A tenant lives in one adapter: moving runtimes retires the old one. */
+    if ((rc = ad->activate(ad, p, err)) != PC_OK)
+        return rc;
+    /* A tenant lives in one adapter: moving runtimes retires the old one,
+     * only once the new one is active (a failed activation leaves the old
+     * version serving, and the new one nacked). */
     for (size_t i = 0; i < a->opt.n_adapters; i++)
         if (a->opt.adapters[i] != ad &&
             a->opt.adapters[i]->live_version(a->opt.adapters[i], m->tenant) != 0)
             a->opt.adapters[i]->deactivate(a->opt.adapters[i], m->tenant, NULL);
-    if ((rc = ad->activate(ad, p, err)) != PC_OK)
-        return rc;
     pc_metric_add(a->m_live, 1);
     record_live(a, m->tenant, m->version);
     record_outcome(a, m->tenant, m->version, m->seq, POPCAST__VERSION_STATE__VERSION_STATE_LIVE,
