@@ -11,7 +11,10 @@
  * publisher flooding the agent with large messages (say, signed by keys
  * nobody trusts) fills only its own share, and the controllers' messages
  * still get in and are taken between two of its. A message larger than
- * queue_bytes is still taken when its connection has nothing queued. */
+ * queue_bytes is still taken when its connection has nothing queued. The
+ * message count (queue_max) is shared by all connections: a publisher
+ * flooding small messages can fill it, and then the controllers' messages
+ * are dropped too until it drains (catch-up repairs the gap). */
 #ifndef PC_SUBSCRIBER_H
 #define PC_SUBSCRIBER_H
 

@@ -13,7 +13,8 @@
 #define NODE_PREFIX    "cluster.node."
 #define OUTCOME_PREFIX "outcome."
 #define EPOCH_KEY      "status_epoch"
-/* Counters are epoch << 32 | n: the epoch has 32 bits. */
+/* EPOCH_KEY holds the floor of an agent's report counters (microseconds;
+ * see pc_registry_next_report_floor). */
 
 /* The key of a token: its prefix and the hex hash. */
 static void token_key(char *out, size_t cap, const uint8_t hash[PC_HASH_LEN])
