@@ -154,7 +154,8 @@ int main(void)
         cmocka_unit_test(test_nng_listener_bound_too_small),
         cmocka_unit_test(test_http_server_on_port_0),
     };
-    int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    nng_fini();
-    return rc;
+    /* No nng_fini: in nng 1.5.2 it can race a task thread still reaping
+     * the HTTP server's connections and panic at exit ("pthread_mutex_lock:
+     * Invalid argument", seen once under two busy loops). */
+    return cmocka_run_group_tests(tests, NULL, NULL);
 }
