@@ -469,6 +469,16 @@ void pc_cluster_when_ready(pc_cluster *c, void (*cb)(void *arg), void *arg)
     pc_cluster_refresh(c);
 }
 
+void pc_cluster_forget_when_ready(pc_cluster *c, void (*cb)(void *arg), void *arg)
+{
+    PC_CHECK_OWNER(&c->loop_thread);
+    unsigned kept = 0;
+    for (unsigned i = 0; i < c->n_waiters; i++)
+        if (c->waiters[i].cb != cb || c->waiters[i].arg != arg)
+            c->waiters[kept++] = c->waiters[i];
+    c->n_waiters = kept;
+}
+
 /* Proposals. */
 
 typedef struct proposal {

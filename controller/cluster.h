@@ -75,6 +75,9 @@ bool pc_cluster_leading(pc_cluster *c);
 /* Loop thread: calls cb once the node becomes ready to write, or stops
  * leading (or at once if it is ready); the pipeline resumes with it. */
 void pc_cluster_when_ready(pc_cluster *c, void (*cb)(void *arg), void *arg);
+/* Loop thread: withdraws a when_ready registration (cb will not be called
+ * with arg); whoever frees arg must call it first. */
+void pc_cluster_forget_when_ready(pc_cluster *c, void (*cb)(void *arg), void *arg);
 
 /* Loop thread. Proposes one entry (takes nothing: the command is copied).
  * done(arg, rc, err) is called once: PC_OK after the entry was committed

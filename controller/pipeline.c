@@ -34,6 +34,9 @@ struct pc_pipeline {
     pc_change_result *flight_results;
     size_t n_flight;
     bool flight_answered; /* shutdown answered them; raft's callback only frees */
+    /* Closed with changes still in flight: raft's callback (which comes at
+     * the latest when the cluster stops) frees the pipeline. */
+    bool wake_closed;
     /* The batch being built (tenant changes only). */
     Popcast__Entry *entries;
     Popcast__Entry **entry_ptrs;
@@ -42,13 +45,15 @@ struct pc_pipeline {
     pc_metric *m_commands, *m_changes;
 };
 
-static void free_arrays(pc_pipeline *p)
+static void free_pipeline(pc_pipeline *p)
 {
+    pthread_mutex_destroy(&p->lock);
     free(p->flight);
     free(p->flight_results);
     free(p->entries);
     free(p->entry_ptrs);
     free(p->signed_);
+    free(p);
 }
 
 /* The content of an earlier version, for a rollback. */
@@ -133,6 +138,8 @@ static void change_done(void *arg, int rc, const pc_err *err)
     }
     if (!p->closing)
         uv_async_send(&p->wake);
+    else if (p->wake_closed)
+        free_pipeline(p);
 }
 
 /* The change becomes the one in flight, alone (every kind but tenant
@@ -625,10 +632,10 @@ int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, pc_sign
     p->entries = calloc(n, sizeof(*p->entries));
     p->entry_ptrs = calloc(n, sizeof(*p->entry_ptrs));
     p->signed_ = calloc(n, sizeof(*p->signed_));
+    pthread_mutex_init(&p->lock, NULL);
     if (p->flight == NULL || p->flight_results == NULL || p->entries == NULL ||
         p->entry_ptrs == NULL || p->signed_ == NULL) {
-        free_arrays(p);
-        free(p);
+        free_pipeline(p);
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     }
     if (opt->metrics != NULL) {
@@ -639,11 +646,8 @@ int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, pc_sign
                                           NULL, "tenant changes proposed in those commands");
     }
     pc_thread_own(&p->loop_thread);
-    pthread_mutex_init(&p->lock, NULL);
     if (uv_async_init(loop, &p->wake, drain) != 0) {
-        pthread_mutex_destroy(&p->lock);
-        free_arrays(p);
-        free(p);
+        free_pipeline(p);
         return pc_err_set(err, PC_E_INTERNAL, "uv_async_init failed");
     }
     p->wake.data = p;
@@ -654,9 +658,9 @@ int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, pc_sign
 static void free_after_close(uv_handle_t *h)
 {
     pc_pipeline *p = h->data;
-    pthread_mutex_destroy(&p->lock);
-    free_arrays(p);
-    free(p);
+    p->wake_closed = true;
+    if (p->n_flight == 0)
+        free_pipeline(p);
 }
 
 void pc_pipeline_shutdown(pc_pipeline *p)
@@ -675,6 +679,9 @@ void pc_pipeline_shutdown(pc_pipeline *p)
         }
         p->flight_answered = true;
     }
+    /* A wait for readiness would otherwise call resume on a freed pipeline
+     * when the cluster stops leading (at the latest, at its stop). */
+    pc_cluster_forget_when_ready(p->cluster, resume, p);
     pthread_mutex_lock(&p->lock);
     p->closing = 1;
     pc_change *c = p->head;
