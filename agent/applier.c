@@ -59,6 +59,11 @@ typedef struct other_nack {
     version_record v;
 } other_nack;
 
+typedef struct deferred_live {
+    char tenant[PC_TENANT_MAX + 1];
+    uint64_t version;
+} deferred_live;
+
 struct pc_applier {
     pc_applier_options opt;
     /* Serializes everything that writes: entries from pub/sub (loop
@@ -84,6 +89,13 @@ struct pc_applier {
     bool has_identity;
     pc_metric *m_record_failures;
     _Atomic uint64_t record_failures; /* as m_record_failures, for reports */
+    /* While a snapshot's tenants are made live (apply_lock held), their
+     * live versions and outcomes are collected here and written in one
+     * transaction at the end: one flush instead of two per tenant. */
+    bool deferring;
+    deferred_live *dlive;
+    size_t n_dlive, cap_dlive;
+    pc_strmap *douts; /* tenants whose outcomes changed meanwhile */
 };
 
 static int64_t heartbeat_age_ms(pc_applier *a);
@@ -198,6 +210,9 @@ static void outcomes_proto(const tenant_record *t, Popcast__VersionOutcome *item
 static void persist_outcomes(pc_applier *a, const char *tenant, const tenant_record *t)
 {
     PC_CHECK_HELD(&a->apply_lock);
+    /* Written with the rest of a snapshot, from the record as it is then. */
+    if (a->deferring && pc_strmap_put(a->douts, tenant, (void *)1) == PC_OK)
+        return;
     Popcast__VersionOutcome items[VERSIONS_KEPT], *ptrs[VERSIONS_KEPT];
     Popcast__TenantOutcomes o = POPCAST__TENANT_OUTCOMES__INIT;
     outcomes_proto(t, items, ptrs, &o.n_outcomes);
@@ -347,14 +362,10 @@ static pc_adapter *find_adapter(pc_applier *a, const char *runtime)
  * fails (a full store), the runtime serves the version all the same, and
  * reports say so (they read what serves from the runtimes), flag it
  * unrecorded and count the failure. */
-static void record_live(pc_applier *a, const char *tenant, uint64_t version)
+/* The outcome of recording tenant's live version (rc from the store). */
+static void live_recorded(pc_applier *a, const char *tenant, uint64_t version, int rc,
+                          const pc_err *serr)
 {
-    pc_tenant_state t;
-    pc_err serr;
-    int rc = PC_OK;
-    /* At start the store already records what is being made live again. */
-    if (pc_store_get_tenant(a->opt.store, tenant, &t, NULL) != PC_OK || t.live_version != version)
-        rc = pc_store_set_live(a->opt.store, tenant, version, &serr);
     pthread_mutex_lock(&a->lock);
     tenant_record *r =
         version != 0 ? tenant_record_get(a, tenant, version) : pc_strmap_get(a->records, tenant);
@@ -368,10 +379,127 @@ static void record_live(pc_applier *a, const char *tenant, uint64_t version)
         pc_warn("applier",
                 "%s version %llu is live but could not be recorded as live (%s: %s): reports show "
                 "it live, flagged unrecorded; a restart would serve the version recorded before",
-                tenant, (unsigned long long)version, pc_err_name(serr.code), serr.msg);
+                tenant, (unsigned long long)version, pc_err_name(serr->code), serr->msg);
     else
         pc_warn("applier", "%s: cannot record that nothing is live (%s: %s)", tenant,
-                pc_err_name(serr.code), serr.msg);
+                pc_err_name(serr->code), serr->msg);
+}
+
+static void record_live(pc_applier *a, const char *tenant, uint64_t version)
+{
+    pc_tenant_state t;
+    pc_err serr;
+    int rc = PC_OK;
+    /* At start the store already records what is being made live again. */
+    if (pc_store_get_tenant(a->opt.store, tenant, &t, NULL) == PC_OK && t.live_version == version) {
+        live_recorded(a, tenant, version, PC_OK, NULL);
+        return;
+    }
+    if (a->deferring) {
+        if (a->n_dlive == a->cap_dlive) {
+            size_t cap = a->cap_dlive ? a->cap_dlive * 2 : 256;
+            deferred_live *grown = realloc(a->dlive, cap * sizeof(*grown));
+            if (grown != NULL) {
+                a->dlive = grown;
+                a->cap_dlive = cap;
+            }
+        }
+        if (a->n_dlive < a->cap_dlive) {
+            deferred_live *d = &a->dlive[a->n_dlive++];
+            snprintf(d->tenant, sizeof(d->tenant), "%s", tenant);
+            d->version = version;
+            return;
+        }
+    }
+    rc = pc_store_set_live(a->opt.store, tenant, version, &serr);
+    live_recorded(a, tenant, version, rc, &serr);
+}
+
+/* Starts collecting live versions and outcomes (apply_lock held). */
+static void defer_records(pc_applier *a)
+{
+    PC_CHECK_HELD(&a->apply_lock);
+    a->n_dlive = 0;
+    a->douts = pc_strmap_new();
+    a->deferring = a->douts != NULL;
+}
+
+/* Writes what was collected in one transaction (apply_lock held). When
+ * that fails, each is written alone, so one bad record costs only itself. */
+static void flush_records(pc_applier *a)
+{
+    PC_CHECK_HELD(&a->apply_lock);
+    if (!a->deferring)
+        return;
+    a->deferring = false;
+    size_t n_outs = pc_strmap_count(a->douts), n = a->n_dlive + n_outs;
+    pc_store_write *w = calloc(n ? n : 1, sizeof(*w));
+    uint8_t **vals = calloc(n_outs ? n_outs : 1, sizeof(*vals));
+    char(*keys)[PC_REGISTRY_OUTCOMES_KEY_MAX] = calloc(n_outs ? n_outs : 1, sizeof(*keys));
+    const char **out_tenants = calloc(n_outs ? n_outs : 1, sizeof(*out_tenants));
+    pc_err err;
+    int rc =
+        w && vals && keys && out_tenants ? PC_OK : pc_err_set(&err, PC_E_NOMEM, "out of memory");
+    for (size_t i = 0; rc == PC_OK && i < a->n_dlive; i++) {
+        w[i].tenant = a->dlive[i].tenant;
+        w[i].live_version = a->dlive[i].version;
+    }
+    size_t pos = 0, k = 0;
+    const char *tenant;
+    void *unused;
+    while (rc == PC_OK && pc_strmap_next(a->douts, &pos, &tenant, &unused)) {
+        tenant_record copy;
+        pthread_mutex_lock(&a->lock);
+        tenant_record *t = pc_strmap_get(a->records, tenant);
+        if (t != NULL)
+            record_copy(&copy, t);
+        pthread_mutex_unlock(&a->lock);
+        if (t == NULL)
+            continue;
+        Popcast__VersionOutcome items[VERSIONS_KEPT], *ptrs[VERSIONS_KEPT];
+        Popcast__TenantOutcomes o = POPCAST__TENANT_OUTCOMES__INIT;
+        outcomes_proto(&copy, items, ptrs, &o.n_outcomes);
+        o.outcomes = ptrs;
+        o.outcomes_from = copy.from;
+        rc = pc_registry_outcomes_write(tenant, &o, keys[k], &w[a->n_dlive + k], &vals[k], &err);
+        record_copy_clear(&copy);
+        out_tenants[k++] = tenant;
+    }
+    if (rc == PC_OK)
+        rc = pc_store_write_many(a->opt.store, w, a->n_dlive + k, &err);
+    if (rc == PC_OK) {
+        for (size_t i = 0; i < a->n_dlive; i++)
+            live_recorded(a, a->dlive[i].tenant, a->dlive[i].version, PC_OK, NULL);
+    } else {
+        pc_warn("applier",
+                "cannot record a snapshot's %zu live versions and %zu outcomes at once "
+                "(%s: %s): writing each alone",
+                a->n_dlive, n_outs, pc_err_name(err.code), err.msg);
+        for (size_t i = 0; i < a->n_dlive; i++)
+            record_live(a, a->dlive[i].tenant, a->dlive[i].version);
+        pos = 0;
+        while (pc_strmap_next(a->douts, &pos, &tenant, &unused)) {
+            tenant_record copy;
+            pthread_mutex_lock(&a->lock);
+            tenant_record *t = pc_strmap_get(a->records, tenant);
+            if (t != NULL)
+                record_copy(&copy, t);
+            pthread_mutex_unlock(&a->lock);
+            if (t != NULL) {
+                persist_outcomes(a, tenant, &copy);
+                record_copy_clear(&copy);
+            }
+        }
+    }
+    for (size_t i = 0; vals != NULL && i < n_outs; i++)
+        free(vals[i]);
+    free(vals);
+    free(keys);
+    free(out_tenants);
+    free(w);
+    pc_strmap_free(a->douts);
+    a->douts = NULL;
+    a->n_dlive = 0;
 }
 
 /* What the runtimes serve of tenant now (0: nothing): the truth reports
@@ -960,6 +1088,7 @@ int pc_applier_install_snapshot(pc_applier *a, const Popcast__SnapshotResponse *
         pc_metric_set(a->m_applied_seq, seq);
         pc_metric_add(a->m_snapshots, 1);
         size_t made_live = 0;
+        defer_records(a);
         for (size_t i = 0; i < n; i++) {
             if (!applied[i])
                 continue;
@@ -973,6 +1102,7 @@ int pc_applier_install_snapshot(pc_applier *a, const Popcast__SnapshotResponse *
                 made_live++;
             }
         }
+        flush_records(a);
         pc_info("applier", "installed a snapshot at seq %llu: %zu tenants, %zu made live",
                 (unsigned long long)seq, n, made_live);
     }
@@ -1116,6 +1246,7 @@ void pc_applier_free(pc_applier *a)
     records_free(a);
     for (size_t i = 0; i < OTHER_NACKS; i++)
         free(a->others[i].v.detail);
+    free(a->dlive);
     pthread_mutex_destroy(&a->lock);
     pc_mutex_destroy(&a->apply_lock);
     free(a);

@@ -245,6 +245,25 @@ int pc_registry_put_outcomes(pc_store *s, const char *tenant, const Popcast__Ten
     return put_message(s, key, &o->base, err);
 }
 
+int pc_registry_outcomes_write(const char *tenant, const Popcast__TenantOutcomes *o,
+                               char key[PC_REGISTRY_OUTCOMES_KEY_MAX], pc_store_write *w,
+                               uint8_t **val, pc_err *err)
+{
+    *val = NULL;
+    if (!pc_tenant_name_valid(tenant))
+        return pc_err_set(err, PC_E_INVALID, "outcomes for an invalid tenant name");
+    snprintf(key, PC_REGISTRY_OUTCOMES_KEY_MAX, OUTCOME_PREFIX "%s", tenant);
+    size_t len = popcast__tenant_outcomes__get_packed_size(o);
+    if ((*val = malloc(len ? len : 1)) == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    popcast__tenant_outcomes__pack(o, *val);
+    memset(w, 0, sizeof(*w));
+    w->meta_key = key;
+    w->meta_val = *val;
+    w->meta_len = len;
+    return PC_OK;
+}
+
 int pc_registry_foreach_outcomes(pc_store *s,
                                  int (*cb)(void *arg, const char *tenant,
                                            const Popcast__TenantOutcomes *o),

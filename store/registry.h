@@ -58,6 +58,12 @@ int pc_registry_foreach_node(pc_store *s, int (*cb)(void *arg, const Popcast__Cl
 /* Agent: the outcomes of a tenant's recent versions (replaced whole). */
 int pc_registry_put_outcomes(pc_store *s, const char *tenant, const Popcast__TenantOutcomes *o,
                              pc_err *err);
+/* The same write, for pc_store_write_many: fills w (its key in key, its
+ * value malloc'd in *val: the caller frees it after the write). */
+#define PC_REGISTRY_OUTCOMES_KEY_MAX (sizeof("outcome.") + PC_TENANT_MAX)
+int pc_registry_outcomes_write(const char *tenant, const Popcast__TenantOutcomes *o,
+                               char key[PC_REGISTRY_OUTCOMES_KEY_MAX], pc_store_write *w,
+                               uint8_t **val, pc_err *err);
 /* Every tenant's outcomes, in tenant name order. */
 int pc_registry_foreach_outcomes(pc_store *s,
                                  int (*cb)(void *arg, const char *tenant,

@@ -716,6 +716,44 @@ int pc_store_set_live(pc_store *s, const char *tenant, uint64_t version, pc_err 
     return write_txn(s, live_body, &la, err);
 }
 
+typedef struct many_args {
+    const pc_store_write *w;
+    size_t n;
+} many_args;
+
+static int many_body(pc_store *s, MDB_txn *txn, void *arg, pc_err *err)
+{
+    many_args *ma = arg;
+    for (size_t i = 0; i < ma->n; i++) {
+        const pc_store_write *w = &ma->w[i];
+        int rc;
+        if (w->tenant != NULL) {
+            live_args la = {w->tenant, w->live_version};
+            rc = live_body(s, txn, &la, err);
+        } else {
+            MDB_val k = {strlen(w->meta_key), (void *)w->meta_key},
+                    v = {w->meta_len, (void *)w->meta_val};
+            int mrc = mdb_put(txn, s->meta, &k, &v, 0);
+            rc = mrc ? mdb_fail(err, mrc, "write meta") : PC_OK;
+        }
+        if (rc != PC_OK)
+            return rc;
+    }
+    return PC_OK;
+}
+
+int pc_store_write_many(pc_store *s, const pc_store_write *w, size_t n, pc_err *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (w[i].tenant != NULL ? !pc_tenant_name_valid(w[i].tenant)
+                                : (w[i].meta_key == NULL || w[i].meta_key[0] == '\0' ||
+                                   strlen(w[i].meta_key) > 200))
+            return pc_err_set(err, PC_E_INVALID, "write %zu of %zu names no valid record", i, n);
+    }
+    many_args ma = {w, n};
+    return write_txn(s, many_body, &ma, err);
+}
+
 /* Reads. */
 
 int pc_store_applied_seq(pc_store *s, uint64_t *out, pc_err *err)

@@ -121,6 +121,21 @@ int pc_store_snapshot_read(pc_store *s, uint64_t *seq,
  * if version is not the tenant's active version (or 0). */
 int pc_store_set_live(pc_store *s, const char *tenant, uint64_t version, pc_err *err);
 
+/* One write of pc_store_write_many: either tenant's live version (as
+ * pc_store_set_live) or a meta record (as pc_store_meta_put; its key
+ * comes from registry.h). */
+typedef struct pc_store_write {
+    const char *tenant; /* non-NULL: set tenant's live version */
+    uint64_t live_version;
+    const char *meta_key; /* non-NULL: put a meta record */
+    const void *meta_val;
+    size_t meta_len;
+} pc_store_write;
+
+/* Agent: many such writes in ONE transaction (one flush to disk instead
+ * of one each): all take effect, or none (the first failure's error). */
+int pc_store_write_many(pc_store *s, const pc_store_write *w, size_t n, pc_err *err);
+
 /* The seq of the last applied entry (0 for an empty store). */
 int pc_store_applied_seq(pc_store *s, uint64_t *out, pc_err *err);
 
