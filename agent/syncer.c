@@ -17,6 +17,7 @@
 #include "log.h"
 #include "nng_close.h"
 #include "protocol_limits.h"
+#include "report_book.h"
 
 /* Each controller's catch-up backs off on its own after a failure, an
  * error reply or an answer that does not move the agent forward (a lie:
@@ -71,6 +72,11 @@ typedef struct link {
     bool sock_shut; /* sock was closed (by the stop): closing it again would wait */
     int r_busy, r_pending, r_receiving;
     nng_msg *r_next; /* the report thread's: claimed, to send */
+    /* Delta reports (report_book.h), under s->lock: the generation in
+     * flight; the last one this controller acknowledged holding (0: none);
+     * whether it takes deltas. */
+    uint64_t r_counter, acked;
+    bool takes_deltas;
     log_gate report_log;
 } link;
 
@@ -92,11 +98,11 @@ struct pc_syncer {
     int64_t next_status_ms, last_status_ms;
     uint64_t counter;
     int stale; /* as last seen by the report thread */
-    /* The latest report, packed (under lock): what a sender sends next. */
-    uint8_t *report;
-    size_t report_len;
+    /* The latest status, under lock: what a sender sends next, whole or as
+     * a delta on what its controller acknowledged. */
+    pc_report_book *book;
     pc_metric *m_syncs, *m_sync_failures, *m_entries, *m_chunks, *m_reports, *m_report_failures;
-    pc_metric *m_report_bytes;
+    pc_metric *m_report_bytes, *m_table_bytes, *m_deltas;
     pc_metric *m_stale;
 };
 
@@ -562,20 +568,31 @@ static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
 
 /* Reports. */
 
-/* Starts sending the latest report on l (lock held, l not busy). */
 /* Claims l's sender for the latest report (lock held, l not busy): the
  * message to hand to send_report once the lock is released (nng may run
  * the callback, which takes the lock, before nng_ctx_send returns), or
- * NULL. */
+ * NULL. The report is a delta on what l's controller acknowledged when it
+ * takes them, else whole. */
 static nng_msg *claim_report(pc_syncer *s, link *l)
 {
     nng_msg *msg = NULL;
     l->r_pending = 0;
-    if (s->report == NULL || nng_msg_alloc(&msg, s->report_len) != 0) {
+    uint8_t *report = NULL;
+    size_t len = 0;
+    bool delta = false;
+    if (pc_report_book_pack(s->book, l->takes_deltas ? l->acked : 0, s->opt.identity, &report, &len,
+                            &delta) != PC_OK ||
+        nng_msg_alloc(&msg, len) != 0) {
+        free(report);
         pc_metric_add(s->m_report_failures, 1);
         return NULL;
     }
-    memcpy(nng_msg_body(msg), s->report, s->report_len);
+    memcpy(nng_msg_body(msg), report, len);
+    free(report);
+    pc_metric_set(s->m_report_bytes, len);
+    if (delta)
+        pc_metric_add(s->m_deltas, 1);
+    l->r_counter = pc_report_book_counter(s->book);
     l->r_busy = 1;
     l->r_receiving = 0;
     return msg;
@@ -596,6 +613,8 @@ static void report_done(void *arg)
     int rv = nng_aio_result(l->raio);
     int ok = 0;
     char why[256] = "";
+    int acked = -1; /* -1: no ack; else whether it holds the table */
+    bool resend_whole = false;
     if (!l->r_receiving) {
         if (rv == 0) {
             l->r_receiving = 1;
@@ -617,10 +636,15 @@ static void report_done(void *arg)
             popcast__sync_reply__unpack(NULL, nng_msg_len(msg), nng_msg_body(msg));
         nng_msg_free(msg);
         ok = 1;
-        if (rep == NULL || rep->body_case != POPCAST__SYNC_REPLY__BODY_STATUS_ACK)
+        if (rep == NULL || rep->body_case != POPCAST__SYNC_REPLY__BODY_STATUS_ACK) {
             snprintf(why, sizeof(why), "the answer is not a status ack");
-        else if (rep->status_ack->error[0] != '\0')
+        } else if (rep->status_ack->error[0] != '\0') {
             snprintf(why, sizeof(why), "refused: %s", rep->status_ack->error);
+        } else if (rep->status_ack->resend_whole) {
+            resend_whole = true;
+        } else {
+            acked = rep->status_ack->takes_deltas ? 1 : 0;
+        }
         if (rep != NULL)
             popcast__sync_reply__free_unpacked(rep, NULL);
     }
@@ -630,6 +654,16 @@ static void report_done(void *arg)
     if (rv == NNG_ECANCELED || rv == NNG_ECLOSED || atomic_load(&s->stopping)) {
         pthread_mutex_unlock(&s->lock);
         return;
+    }
+    if (acked >= 0) {
+        l->takes_deltas = acked == 1;
+        l->acked = acked == 1 ? l->r_counter : 0;
+    } else if (resend_whole) {
+        /* Its controller lacks the base (it restarted, or lost a report):
+         * the whole table goes to it now, not at the next interval. */
+        l->acked = 0;
+        l->takes_deltas = false;
+        l->r_pending = 1;
     }
     if (why[0] != '\0')
         gated_warn(&l->report_log, "status report to %s: %s", l->url, why);
@@ -641,64 +675,40 @@ static void report_done(void *arg)
         send_report(l, next);
 }
 
-/* Builds and signs the report, makes it the latest, and hands it to every
+/* Builds the status as the latest generation and hands it to every
  * sender that is idle; a busy one sends it when its request ends. */
 static void send_reports(pc_syncer *s)
 {
-    Popcast__AgentStatus st;
-    if (pc_applier_status(s->opt.applier, &st) != PC_OK)
+    Popcast__AgentStatus *st = calloc(1, sizeof(*st));
+    if (st == NULL || pc_applier_status(s->opt.applier, st) != PC_OK) {
+        free(st);
         return;
-    st.agent_id = (char *)s->opt.agent_id;
-    st.pop = (char *)s->opt.pop;
+    }
+    char *agent_id = strdup(s->opt.agent_id), *pop = strdup(s->opt.pop);
+    if (agent_id == NULL || pop == NULL) {
+        free(agent_id);
+        free(pop);
+        pc_applier_status_clear(st);
+        free(st);
+        pc_metric_add(s->m_report_failures, s->n_links);
+        return;
+    }
+    st->agent_id = agent_id;
+    st->pop = pop;
     /* Wall-clock microseconds, each above the last and above this start's
      * floor: counters grow across restarts and wiped stores alike. */
     uint64_t now_us = (uint64_t)pc_wall_ms() * 1000;
     s->counter = now_us > s->counter ? now_us : s->counter + 1;
     if (s->counter < s->opt.report_floor)
         s->counter = s->opt.report_floor;
-    st.counter = s->counter;
-    st.time_unix_ms = pc_wall_ms();
-    Popcast__SyncCall c = POPCAST__SYNC_CALL__INIT;
-    c.body_case = POPCAST__SYNC_CALL__BODY_STATUS;
-    c.status = &st;
-    /* Signed with the agent's own key: the counter inside the signed bytes
-     * makes a replayed report useless, the key makes a forged one. */
-    Popcast__SignedAgentStatus ss = POPCAST__SIGNED_AGENT_STATUS__INIT;
-    uint8_t sig[PC_SIG_LEN];
-    uint8_t *packed = NULL;
-    if (s->opt.identity != NULL) {
-        size_t len = popcast__agent_status__get_packed_size(&st);
-        packed = malloc(len ? len : 1);
-        if (packed != NULL) {
-            popcast__agent_status__pack(&st, packed);
-            pc_sign(s->opt.identity, PC_DOMAIN_STATUS, packed, len, sig);
-            ss.status.data = packed;
-            ss.status.len = len;
-            ss.signature.data = sig;
-            ss.signature.len = PC_SIG_LEN;
-            ss.key_id.data = (uint8_t *)s->opt.identity->pub.id;
-            ss.key_id.len = PC_KEY_ID_LEN;
-            c.body_case = POPCAST__SYNC_CALL__BODY_SIGNED_STATUS;
-            c.signed_status = &ss;
-        }
-    }
-    size_t len = popcast__sync_call__get_packed_size(&c);
-    uint8_t *report = malloc(len ? len : 1);
-    if (report != NULL)
-        popcast__sync_call__pack(&c, report);
-    free(packed);
-    st.agent_id = NULL;
-    st.pop = NULL;
-    pc_applier_status_clear(&st);
-    if (report == NULL) {
-        pc_metric_add(s->m_report_failures, s->n_links);
-        return;
-    }
-    pc_metric_set(s->m_report_bytes, len);
+    st->counter = s->counter;
+    st->time_unix_ms = pc_wall_ms();
+    pc_metric_set(s->m_table_bytes, popcast__agent_status__get_packed_size(st));
     pthread_mutex_lock(&s->lock);
-    free(s->report);
-    s->report = report;
-    s->report_len = len;
+    /* Out of memory, the book still holds st, with every base void: the
+     * next reports are whole. */
+    if (pc_report_book_update(s->book, st) != PC_OK)
+        pc_warn("syncer", "out of memory: the next status reports are whole");
     for (size_t i = 0; i < s->n_links; i++) {
         link *l = &s->links[i];
         l->r_next = NULL;
@@ -871,7 +881,7 @@ static void free_syncer(pc_syncer *s)
         close_link(&s->links[i]);
     free(s->links);
     free(s->order);
-    free(s->report);
+    pc_report_book_free(s->book);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->sync_cond);
     pthread_cond_destroy(&s->report_cond);
@@ -891,7 +901,8 @@ int pc_syncer_start(pc_syncer **out, const pc_syncer_options *opt, pc_err *err)
     pthread_cond_init(&s->report_cond, NULL);
     s->links = calloc(opt->urls->count ? opt->urls->count : 1, sizeof(*s->links));
     s->order = calloc(opt->urls->count ? opt->urls->count : 1, sizeof(*s->order));
-    if (s->links == NULL || s->order == NULL) {
+    s->book = pc_report_book_new();
+    if (s->links == NULL || s->order == NULL || s->book == NULL) {
         free_syncer(s);
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     }
@@ -928,7 +939,12 @@ int pc_syncer_start(pc_syncer **out, const pc_syncer_options *opt, pc_err *err)
                            "status reports that got no answer");
     s->m_report_bytes =
         pc_metrics_gauge(opt->metrics, "popcast_agent_status_report_bytes", NULL,
-                         "size of the last status report built (it grows with the tenants)");
+                         "size of the last status report sent (a delta: what changed)");
+    s->m_table_bytes =
+        pc_metrics_gauge(opt->metrics, "popcast_agent_status_table_bytes", NULL,
+                         "size of the whole status table (what a whole report carries)");
+    s->m_deltas = pc_metrics_counter(opt->metrics, "popcast_agent_status_deltas_total", NULL,
+                                     "status reports sent as deltas");
     if (s->n_links > 0) {
         if (pthread_create(&s->sync_thread, NULL, sync_run, s) == 0)
             s->sync_started = 1;

@@ -40,6 +40,7 @@ enum {
     PC_E_REPLAYED = -27,        /* a message not newer than one already accepted */
     PC_E_BUNDLE_OMITTED = -28,  /* an announcement: the bundle must be fetched */
     PC_E_QUARANTINED = -29,     /* the tenant's live version is quarantined (misbehaved) */
+    PC_E_BASE_UNKNOWN = -30,    /* a delta whose base the receiver does not hold */
 };
 
 typedef struct pc_err {

@@ -10,6 +10,7 @@
 #include "crypto.h"
 #include "json_text.h"
 #include "names.h"
+#include "status_digest.h"
 #include "strmap.h"
 #include "checks.h"
 
@@ -21,8 +22,16 @@ typedef struct refusals {
 } refusals;
 
 typedef struct agent_entry {
-    bool verified;                /* the last report was signed by its bound key */
-    Popcast__AgentStatus *status; /* the last accepted report */
+    bool verified; /* the last report was signed by its bound key */
+    /* The agent's table as of its last accepted report: a whole report, or
+     * the last whole one with every delta since merged in. Its tenants are
+     * sorted by name (tenant_of searches them). */
+    Popcast__AgentStatus *status;
+    /* The digest of status's tenants; deltas_ok: it matched the one the
+     * agent sent with its last whole report (the two pack alike), so
+     * deltas can be merged and checked against it. */
+    pc_status_digest digest;
+    bool deltas_ok;
     int64_t last_seen_ms;
     refusals refused;
 } agent_entry;
@@ -235,9 +244,153 @@ static int check_report(const Popcast__AgentStatus *st, pc_err *err)
     return PC_OK;
 }
 
-int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verified, int64_t now_ms,
-                      pc_err *err)
+static int by_tenant_name(const void *x, const void *y)
 {
+    const Popcast__TenantStatus *a = *(Popcast__TenantStatus *const *)x;
+    const Popcast__TenantStatus *b = *(Popcast__TenantStatus *const *)y;
+    return strcmp(a->tenant, b->tenant);
+}
+
+/* Sorts a report's tenants by name; PC_E_INVALID when one is listed twice. */
+static int sort_tenants(Popcast__AgentStatus *st, pc_err *err)
+{
+    qsort(st->tenants, st->n_tenants, sizeof(*st->tenants), by_tenant_name);
+    for (size_t i = 1; i < st->n_tenants; i++)
+        if (strcmp(st->tenants[i - 1]->tenant, st->tenants[i]->tenant) == 0)
+            return pc_err_set(err, PC_E_INVALID, "status report lists tenant %s twice",
+                              st->tenants[i]->tenant);
+    return PC_OK;
+}
+
+static const Popcast__TenantStatus *tenant_of(const Popcast__AgentStatus *st, const char *tenant)
+{
+    size_t lo = 0, hi = st->n_tenants;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(st->tenants[mid]->tenant, tenant);
+        if (c == 0)
+            return st->tenants[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+/* The digest of a whole table; false when out of memory. */
+static bool table_digest(const Popcast__AgentStatus *st, pc_status_digest *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (size_t i = 0; i < st->n_tenants; i++) {
+        pc_status_digest h;
+        if (!pc_status_digest_tenant(&h, st->tenants[i]))
+            return false;
+        pc_status_digest_xor(out, &h);
+    }
+    return true;
+}
+
+/* What the table would digest to with delta's tenants in place of old's
+ * (both sorted). */
+static bool merged_digest(const agent_entry *a, const Popcast__AgentStatus *delta,
+                          pc_status_digest *out)
+{
+    *out = a->digest;
+    for (size_t i = 0; i < delta->n_tenants; i++) {
+        pc_status_digest h;
+        const Popcast__TenantStatus *was = tenant_of(a->status, delta->tenants[i]->tenant);
+        if (was != NULL) {
+            if (!pc_status_digest_tenant(&h, was))
+                return false;
+            pc_status_digest_xor(out, &h);
+        }
+        if (!pc_status_digest_tenant(&h, delta->tenants[i]))
+            return false;
+        pc_status_digest_xor(out, &h);
+    }
+    return true;
+}
+
+/* Moves the tenants and nacks of old that delta does not replace into
+ * delta (both sorted), which becomes the whole table; old is freed. Only
+ * pointers move: every array comes from protobuf-c's default allocator
+ * (malloc), which frees them later. PC_E_NOMEM leaves both unchanged. */
+static int merge_into(Popcast__AgentStatus *delta, Popcast__AgentStatus *old)
+{
+    size_t cap = old->n_tenants + delta->n_tenants;
+    Popcast__TenantStatus **tenants = malloc((cap ? cap : 1) * sizeof(*tenants));
+    Popcast__Nack **nacks = malloc((old->n_nacks + delta->n_nacks + 1) * sizeof(*nacks));
+    if (tenants == NULL || nacks == NULL) {
+        free(tenants);
+        free(nacks);
+        return PC_E_NOMEM;
+    }
+    size_t n = 0, i = 0, k = 0;
+    while (i < old->n_tenants || k < delta->n_tenants) {
+        int c = i == old->n_tenants ? 1
+                : k == delta->n_tenants
+                    ? -1
+                    : strcmp(old->tenants[i]->tenant, delta->tenants[k]->tenant);
+        if (c < 0) {
+            tenants[n++] = old->tenants[i];
+            old->tenants[i++] = NULL;
+        } else {
+            if (c == 0)
+                i++; /* replaced: freed with old */
+            tenants[n++] = delta->tenants[k++];
+        }
+    }
+    /* Nacks: the delta's own, and old's for tenants the delta leaves as
+     * they were. */
+    size_t n_nacks = 0;
+    for (size_t j = 0; j < delta->n_nacks; j++)
+        nacks[n_nacks++] = delta->nacks[j];
+    for (size_t j = 0; j < old->n_nacks; j++)
+        if (tenant_of(delta, old->nacks[j]->tenant) == NULL) {
+            nacks[n_nacks++] = old->nacks[j];
+            old->nacks[j] = NULL;
+        }
+    free(delta->tenants);
+    delta->tenants = tenants;
+    delta->n_tenants = n;
+    free(delta->nacks);
+    delta->nacks = nacks;
+    delta->n_nacks = n_nacks;
+    /* What is left in old: replaced tenants, nacks of changed tenants, and
+     * NULLs where pointers moved out (protobuf-c skips those). */
+    popcast__agent_status__free_unpacked(old, NULL);
+    return PC_OK;
+}
+
+/* Checks a delta against a's table (lock held): PC_OK with the merged
+ * digest, or PC_E_BASE_UNKNOWN when a does not hold its base. */
+static int check_delta_locked(const agent_entry *a, const Popcast__AgentStatus *delta,
+                              bool verified, pc_status_digest *digest, pc_err *err)
+{
+    if (a == NULL)
+        return pc_err_set(err, PC_E_BASE_UNKNOWN,
+                          "a delta report, but this controller holds no report of the agent");
+    if (!a->deltas_ok || (verified && key_changed(a->status, delta)))
+        return pc_err_set(err, PC_E_BASE_UNKNOWN,
+                          "a delta report, but this controller holds no table to merge it into");
+    if (a->status->counter < delta->base_counter)
+        return pc_err_set(
+            err, PC_E_BASE_UNKNOWN, "a delta on report %llu, but this controller holds report %llu",
+            (unsigned long long)delta->base_counter, (unsigned long long)a->status->counter);
+    if (!merged_digest(a, delta, digest))
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    if (!pc_status_digest_equal(digest, delta->tenants_digest.data, delta->tenants_digest.len))
+        return pc_err_set(err, PC_E_BASE_UNKNOWN,
+                          "a delta report whose digest does not match the merged table");
+    return PC_OK;
+}
+
+int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verified, int64_t now_ms,
+                      bool *takes_deltas, pc_err *err)
+{
+    if (takes_deltas != NULL)
+        *takes_deltas = false;
     if (check_report(st, err) != PC_OK) {
         pc_rollout_refused(r, st->agent_id, "invalid", now_ms);
         return PC_E_INVALID;
@@ -245,23 +398,53 @@ int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verifi
     Popcast__AgentStatus *copy = copy_status(st);
     if (copy == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    if (sort_tenants(copy, err) != PC_OK) {
+        popcast__agent_status__free_unpacked(copy, NULL);
+        pc_rollout_refused(r, st->agent_id, "invalid", now_ms);
+        return PC_E_INVALID;
+    }
+    /* A whole report's digest, computed here and compared with the
+     * agent's own outside the lock. */
+    pc_status_digest digest;
+    bool digest_known = false, digest_matches = false;
+    if (!copy->delta) {
+        digest_known = table_digest(copy, &digest);
+        digest_matches = digest_known && pc_status_digest_equal(&digest, copy->tenants_digest.data,
+                                                                copy->tenants_digest.len);
+    }
     waiter *fired = NULL;
     pc_mutex_lock(&r->lock);
     agent_entry *a = pc_strmap_get(r->by_id, st->agent_id);
     int rc = PC_OK;
-    if (a != NULL) {
-        if (st->counter <= a->status->counter && !(verified && key_changed(a->status, st))) {
-            rc = pc_err_set(
-                err, PC_E_REPLAYED, "report counter %llu is not above %llu (replayed or reordered)",
-                (unsigned long long)st->counter, (unsigned long long)a->status->counter);
-            refused_locked(r, st->agent_id, "replayed", now_ms);
-        } else {
-            popcast__agent_status__free_unpacked(a->status, NULL);
+    if (a != NULL && st->counter <= a->status->counter &&
+        !(verified && key_changed(a->status, st))) {
+        rc = pc_err_set(err, PC_E_REPLAYED,
+                        "report counter %llu is not above %llu (replayed or reordered)",
+                        (unsigned long long)st->counter, (unsigned long long)a->status->counter);
+        refused_locked(r, st->agent_id, "replayed", now_ms);
+    } else if (copy->delta) {
+        /* Not a refusal of the agent: its base is gone here (a restart of
+         * this controller, a lost report); the whole table comes next. */
+        rc = check_delta_locked(a, copy, verified, &digest, err);
+        if (rc == PC_OK && (rc = merge_into(copy, a->status)) != PC_OK)
+            rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
+        if (rc == PC_OK) {
             a->status = copy;
+            a->digest = digest;
             a->last_seen_ms = now_ms;
             a->verified = verified;
             copy = NULL;
+            if (takes_deltas != NULL)
+                *takes_deltas = true;
         }
+    } else if (a != NULL) {
+        popcast__agent_status__free_unpacked(a->status, NULL);
+        a->status = copy;
+        a->digest = digest;
+        a->deltas_ok = digest_matches;
+        a->last_seen_ms = now_ms;
+        a->verified = verified;
+        copy = NULL;
     } else if (r->n_agents >= r->opt.max_agents) {
         rc = pc_err_set(err, PC_E_TOO_LARGE, "fleet is at its limit of %zu agents",
                         r->opt.max_agents);
@@ -269,6 +452,8 @@ int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verifi
         rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
     } else {
         a->status = copy;
+        a->digest = digest;
+        a->deltas_ok = digest_matches;
         a->last_seen_ms = now_ms;
         a->verified = verified;
         if (add_agent_locked(r, a) != PC_OK) {
@@ -285,6 +470,8 @@ int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verifi
             }
         }
     }
+    if (rc == PC_OK && takes_deltas != NULL && !st->delta)
+        *takes_deltas = digest_matches;
     if (rc == PC_OK)
         evaluate_waiters_locked(r, now_ms, &fired);
     pc_mutex_unlock(&r->lock);
@@ -292,14 +479,6 @@ int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verifi
         popcast__agent_status__free_unpacked(copy, NULL);
     fire(fired, r, now_ms);
     return rc;
-}
-
-static const Popcast__TenantStatus *tenant_of(const Popcast__AgentStatus *st, const char *tenant)
-{
-    for (size_t i = 0; i < st->n_tenants; i++)
-        if (strcmp(st->tenants[i]->tenant, tenant) == 0)
-            return st->tenants[i];
-    return NULL;
 }
 
 static const Popcast__Nack *nack_for(const Popcast__AgentStatus *st, const char *tenant,

@@ -59,9 +59,17 @@ void pc_rollout_free(pc_rollout *r);
  * report carrying another public key than the agent's last accepted one
  * starts a new counter sequence (an operator bound a new key to the id,
  * e.g. after the old one was lost; the caller has checked that the key it
- * verified with is that public key). */
+ * verified with is that public key).
+ *
+ * A delta report (st->delta; docs/protocol.md "Delta reports") lists only
+ * the tenants that changed since the report st->base_counter: it is merged
+ * into the agent's table, which must be at base_counter or later and, once
+ * merged, match st->tenants_digest; otherwise PC_E_BASE_UNKNOWN and nothing
+ * changes (the agent then sends its whole table). *takes_deltas (may be
+ * NULL) says whether the agent may send deltas based on this report: it
+ * was accepted and the table's digest matches the agent's. */
 int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verified, int64_t now_ms,
-                      pc_err *err);
+                      bool *takes_deltas, pc_err *err);
 
 /* A report refused before it reached the tracker (unsigned, signed by
  * another key than the one bound to the id, revoked, ...), under the agent

@@ -33,6 +33,7 @@ struct pc_sync_server {
     worker *workers;
     size_t n_workers;
     pc_metric *m_sync, *m_snapshot, *m_chunk, *m_status, *m_bad, *m_bindings;
+    pc_metric *m_deltas, *m_resend_whole;
     char bound_url[300];
     /* Trust on first use: where bindings are submitted (NULL while the
      * controller starts or stops), and the ids whose binding is queued or
@@ -405,8 +406,16 @@ static void record_status(pc_sync_server *s, const Popcast__AgentStatus *st, boo
                           Popcast__StatusAck *ack)
 {
     pc_err err;
-    int rc = pc_rollout_report(s->opt.rollout, st, verified, pc_mono_ms(), &err);
-    if (rc != PC_OK) {
+    bool takes_deltas = false;
+    int rc = pc_rollout_report(s->opt.rollout, st, verified, pc_mono_ms(), &takes_deltas, &err);
+    ack->takes_deltas = takes_deltas;
+    if (rc == PC_E_BASE_UNKNOWN) {
+        /* Not the agent's fault (this controller restarted, or a report
+         * was lost): it sends its whole table next. */
+        pc_metric_add(s->m_resend_whole, 1);
+        pc_debug("sync", "status from %s: %s; asking for the whole table", st->agent_id, err.msg);
+        ack->resend_whole = true;
+    } else if (rc != PC_OK) {
         /* The tracker counted it under the agent id already. */
         char labels[64];
         snprintf(labels, sizeof(labels), "reason=\"%s\"",
@@ -418,6 +427,8 @@ static void record_status(pc_sync_server *s, const Popcast__AgentStatus *st, boo
         pc_metrics_inc(s->opt.metrics, "popcast_status_refused_total", labels);
         pc_debug("sync", "status from %s refused: %s", st->agent_id, err.msg);
         ack->error = strdup(err.msg);
+    } else if (st->delta) {
+        pc_metric_add(s->m_deltas, 1);
     }
 }
 
@@ -713,6 +724,11 @@ int pc_sync_server_start(pc_sync_server **out, const pc_sync_server_options *opt
                        "status reports refused, by reason (docs/operations.md)");
     s->m_bindings = pc_metrics_counter(opt->metrics, "popcast_status_first_use_bindings_total",
                                        NULL, "agent keys submitted for binding on first use");
+    s->m_deltas = pc_metrics_counter(opt->metrics, "popcast_status_deltas_total", NULL,
+                                     "delta status reports merged into an agent's table");
+    s->m_resend_whole = pc_metrics_counter(
+        opt->metrics, "popcast_status_whole_requested_total", NULL,
+        "delta reports whose base this controller lacks (asked to resend whole)");
     for (size_t i = 0; i < s->n_workers; i++)
         nng_ctx_recv(s->workers[i].ctx, s->workers[i].aio);
     *out = s;

@@ -23,7 +23,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     if (call->body_case == POPCAST__SYNC_CALL__BODY_STATUS) {
         pc_err err;
-        pc_rollout_report(rollout, call->status, false, 1000, &err);
+        pc_rollout_report(rollout, call->status, false, 1000, NULL, &err);
         json_decref(pc_rollout_fleet_json(rollout, 10, 2000));
         pc_rollout_query q = {.tenant = "acme", .version = 1, .seq = 1, .fraction = 1.0};
         json_decref(pc_rollout_version_json(rollout, &q, 2000, NULL));

@@ -1123,3 +1123,20 @@ void pc_test_agent_start_cluster(pc_test_env *env, pc_test_agent *a, const char 
     subs[n] = syncs[n] = NULL;
     pc_test_agent_start(env, a, id, subs, syncs, extra);
 }
+
+uint64_t pc_test_controller_metric(pc_test_controller *c, const char *series)
+{
+    pc_http_result r;
+    assert_int_equal(pc_http_call(c->api_url, "GET", "/metrics", NULL, NULL, 0, 10000, &r, NULL),
+                     PC_OK);
+    uint64_t v = 0;
+    size_t n = strlen(series);
+    for (const char *line = (const char *)r.body; line != NULL && *line != '\0';) {
+        if (strncmp(line, series, n) == 0 && line[n] == ' ')
+            v = strtoull(line + n + 1, NULL, 10);
+        line = strchr(line, '\n');
+        line = line ? line + 1 : NULL;
+    }
+    pc_http_result_free(&r);
+    return v;
+}

@@ -160,6 +160,9 @@ json_t *pc_test_agent_status(pc_test_agent *a);
 void pc_test_agent_wait_subscribed(pc_test_agent *a);
 /* A metric's value from the agent's status (0 if absent). */
 uint64_t pc_test_agent_metric(pc_test_agent *a, const char *name_with_labels);
+/* The value of one controller metric series from its /metrics, e.g.
+ * popcast_status_refused_total{reason="unsigned"} (0 if absent). */
+uint64_t pc_test_controller_metric(pc_test_controller *c, const char *series);
 
 /* A controller cluster: n nodes (at most 5) started with each other as
  * raft peers. Ports are chosen for all before any starts. */

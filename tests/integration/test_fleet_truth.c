@@ -71,25 +71,6 @@ static json_t *fleet_agent(pc_test_env *env, pc_test_controller *c, const char *
     return found;
 }
 
-/* The value of one controller metric series, e.g.
- * popcast_status_refused_total{reason="unsigned"} (0 if absent). */
-static uint64_t controller_metric(pc_test_controller *c, const char *series)
-{
-    pc_http_result r;
-    assert_int_equal(pc_http_call(c->api_url, "GET", "/metrics", NULL, NULL, 0, 10000, &r, NULL),
-                     PC_OK);
-    uint64_t v = 0;
-    size_t n = strlen(series);
-    for (const char *line = (const char *)r.body; line != NULL && *line != '\0';) {
-        if (strncmp(line, series, n) == 0 && line[n] == ' ')
-            v = strtoull(line + n + 1, NULL, 10);
-        line = strchr(line, '\n');
-        line = line ? line + 1 : NULL;
-    }
-    pc_http_result_free(&r);
-    return v;
-}
-
 /* Sends one report straight to a controller's sync socket, signed by key
  * (carrying its public key) or unsigned; returns the controller's error
  * text in error ("" when accepted). */
@@ -343,10 +324,10 @@ static void test_reports_need_the_bound_key(void **state)
     assert_string_equal(json_string_value(json_object_get(ghost, "reason")), "unsigned");
     assert_int_equal(json_integer_value(json_object_get(ghost, "count")), 1);
     json_decref(fleet);
-    assert_int_equal(controller_metric(&ctl, "popcast_status_refused_total{reason=\"unsigned\"}"),
-                     2);
-    assert_int_equal(controller_metric(&ctl, "popcast_status_refused_total{reason=\"wrong_key\"}"),
-                     1);
+    assert_int_equal(
+        pc_test_controller_metric(&ctl, "popcast_status_refused_total{reason=\"unsigned\"}"), 2);
+    assert_int_equal(
+        pc_test_controller_metric(&ctl, "popcast_status_refused_total{reason=\"wrong_key\"}"), 1);
 
     /* The agent loses its key (it lived in the wiped data directory): its
      * reports are refused as signed by another key, until an operator
@@ -355,14 +336,15 @@ static void test_reports_need_the_bound_key(void **state)
     pc_test_rm_rf(agent.dir);
     assert_int_equal(mkdir(agent.dir, 0700), 0);
     pc_test_agent_start_for(&env, &agent, "edge-1", &ctl, NULL);
-    uint64_t before = controller_metric(&ctl, "popcast_status_refused_total{reason=\"wrong_key\"}");
+    uint64_t before =
+        pc_test_controller_metric(&ctl, "popcast_status_refused_total{reason=\"wrong_key\"}");
     int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
-    while (controller_metric(&ctl, "popcast_status_refused_total{reason=\"wrong_key\"}") ==
+    while (pc_test_controller_metric(&ctl, "popcast_status_refused_total{reason=\"wrong_key\"}") ==
                before &&
            pc_test_now_ms() < deadline)
         pc_test_sleep_ms(100);
-    assert_true(controller_metric(&ctl, "popcast_status_refused_total{reason=\"wrong_key\"}") >
-                before);
+    assert_true(pc_test_controller_metric(
+                    &ctl, "popcast_status_refused_total{reason=\"wrong_key\"}") > before);
     char keyfile[400], out[4096];
     snprintf(keyfile, sizeof(keyfile), "%s/agent.key.pub", agent.dir);
     const char *enroll[] = {"agent", "enroll", "edge-1", keyfile, NULL};

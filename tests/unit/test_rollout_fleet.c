@@ -31,7 +31,7 @@ static int report(pc_rollout *r, const char *id, const char *pop, uint64_t count
     st.n_tenants = 1;
     st.tenants = tenants;
     pc_err err;
-    return pc_rollout_report(r, &st, true, 1000, &err);
+    return pc_rollout_report(r, &st, true, 1000, NULL, &err);
 }
 
 /* The "agents" array's agent ids, in order, joined by ','. */

@@ -37,7 +37,7 @@ static int report(pc_rollout *r, const char *id, uint64_t counter, uint8_t key, 
         st.public_key.len = PC_PK_LEN;
     }
     pc_err err;
-    return pc_rollout_report(r, &st, verified, now, &err);
+    return pc_rollout_report(r, &st, verified, now, NULL, &err);
 }
 
 static json_t *entry_of(json_t *fleet, const char *id)
@@ -217,7 +217,7 @@ static int report_outcomes(pc_rollout *r, const char *id, uint64_t counter, uint
     st.tenants = tenants;
     st.n_tenants = 1;
     pc_err err;
-    return pc_rollout_report(r, &st, true, now, &err);
+    return pc_rollout_report(r, &st, true, now, NULL, &err);
 }
 
 static const char *state_in(json_t *doc, const char *id)
@@ -394,7 +394,7 @@ static void test_unrecorded_shown(void **state)
     st.n_tenants = 2;
     st.record_failures = 3;
     pc_err err;
-    assert_int_equal(pc_rollout_report(r, &st, true, T0, &err), PC_OK);
+    assert_int_equal(pc_rollout_report(r, &st, true, T0, NULL, &err), PC_OK);
     json_t *fleet = pc_rollout_fleet_json(r, 0, T0);
     json_t *a = entry_of(fleet, "edge-full");
     assert_int_equal(int_at(a, "record_failures"), 3);

@@ -71,7 +71,7 @@ static int send_report(pc_rollout *r, const report_spec *rs, bool verified, int6
         st.n_nacks = i + 1;
     }
     st.nacks = np;
-    return pc_rollout_report(r, &st, verified, now, err);
+    return pc_rollout_report(r, &st, verified, now, NULL, err);
 }
 
 static void report_ok(pc_rollout *r, const report_spec *rs, int64_t now)

@@ -1,0 +1,184 @@
+/* test_delta_fleet.c - delta status reports between real processes, with
+ * an agent holding 20,000 tenants (POPCAST_DELTA_TENANTS overrides).
+ *
+ * Once the controller holds the agent's table, each report carries what
+ * changed (a few hundred bytes, whatever the tenant count), a deploy still
+ * shows live through them, and a controller that restarts (and so lost
+ * the table) asks for and gets the whole table again. */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+
+#define CLIENTS 16
+/* A report of what changed: the header, a digest, a few tenants. Far below
+ * the whole table (about 38 bytes per tenant). */
+#define DELTA_MAX_BYTES 4096
+
+static pc_test_env env;
+static pc_test_controller ctl;
+static atomic_int next_tenant;
+static int n_tenants = 20000;
+static atomic_int failures;
+
+static void *deployer(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        int t = atomic_fetch_add(&next_tenant, 1);
+        if (t >= n_tenants)
+            return NULL;
+        char tenant[32], src[160], body[32];
+        snprintf(tenant, sizeof(tenant), "t%06d", t);
+        snprintf(body, sizeof(body), "tenant %d", t);
+        pc_test_lua_hello(src, sizeof(src), body);
+        pc_test_deployed d;
+        /* Retried: a busy controller may ask the client to come back. */
+        int status = 0;
+        for (int attempt = 0; attempt < 20 && status != 201; attempt++)
+            if ((status = pc_test_try_deploy(&env, &ctl, tenant, "text/x-lua", src, strlen(src),
+                                             &d)) != 201)
+                pc_test_sleep_ms(50);
+        if (status != 201)
+            atomic_fetch_add(&failures, 1);
+    }
+}
+
+/* The number of tenants the controller's fleet view holds for the agent
+ * (-1 if it does not list it). */
+static long fleet_tenants(const char *agent_id)
+{
+    json_t *fleet = pc_test_controller_json(&env, &ctl, "/v1/fleet");
+    long n = -1;
+    size_t i;
+    json_t *a;
+    json_array_foreach(json_object_get(fleet, "agents"), i, a)
+    {
+        if (strcmp(json_string_value(json_object_get(a, "agent_id")), agent_id) == 0)
+            n = (long)json_integer_value(json_object_get(a, "tenants"));
+    }
+    json_decref(fleet);
+    return n;
+}
+
+static void wait_fleet_tenants(const char *agent_id, long want)
+{
+    int64_t deadline = pc_test_now_ms() + 120000;
+    long n;
+    while ((n = fleet_tenants(agent_id)) != want && pc_test_now_ms() < deadline)
+        pc_test_sleep_ms(100);
+    if (n != want)
+        fail_msg("the fleet lists %ld tenants for %s, not %ld", n, agent_id, want);
+}
+
+/* Waits for a report sent after now, and returns its size. */
+static uint64_t next_report_bytes(pc_test_agent *agent);
+
+/* Reports while the agent is still making its tenants live carry those
+ * that changed; once they all are, reports must be small. Returns the
+ * first report below DELTA_MAX_BYTES (or the last one seen). */
+static uint64_t settled_report_bytes(pc_test_agent *agent)
+{
+    int64_t deadline = pc_test_now_ms() + 120000;
+    uint64_t bytes;
+    while ((bytes = next_report_bytes(agent)) >= DELTA_MAX_BYTES && pc_test_now_ms() < deadline)
+        ;
+    return bytes;
+}
+
+static uint64_t next_report_bytes(pc_test_agent *agent)
+{
+    uint64_t sent = pc_test_agent_metric(agent, "popcast_agent_status_reports_total");
+    int64_t deadline = pc_test_now_ms() + 60000;
+    while (pc_test_agent_metric(agent, "popcast_agent_status_reports_total") < sent + 2 &&
+           pc_test_now_ms() < deadline)
+        pc_test_sleep_ms(50);
+    return pc_test_agent_metric(agent, "popcast_agent_status_report_bytes");
+}
+
+static void test_delta_reports_with_many_tenants(void **state)
+{
+    (void)state;
+    const char *env_n = getenv("POPCAST_DELTA_TENANTS");
+    if (env_n != NULL && atoi(env_n) > 0)
+        n_tenants = atoi(env_n);
+    print_message("tenants: %d\n", n_tenants);
+    pc_test_env_init(&env);
+    const char *fast[] = {"--status-interval-ms", "300", NULL};
+    pc_test_controller_start(&env, &ctl, NULL);
+    pthread_t threads[CLIENTS];
+    for (int k = 0; k < CLIENTS; k++)
+        assert_int_equal(pthread_create(&threads[k], NULL, deployer, NULL), 0);
+    for (int k = 0; k < CLIENTS; k++)
+        pthread_join(threads[k], NULL);
+    assert_int_equal(atomic_load(&failures), 0);
+
+    /* The agent starts after the deploys: it installs them as a snapshot. */
+    pc_test_agent agent = {0};
+    pc_test_agent_start_for(&env, &agent, "edge-1", &ctl, fast);
+    wait_fleet_tenants("edge-1", n_tenants);
+    uint64_t delta = settled_report_bytes(&agent);
+    uint64_t table = pc_test_agent_metric(&agent, "popcast_agent_status_table_bytes");
+    print_message("whole table %llu bytes, a report once the controller holds it %llu bytes\n",
+                  (unsigned long long)table, (unsigned long long)delta);
+    assert_true(table > (uint64_t)n_tenants * 10);
+    assert_true(delta > 0 && delta < DELTA_MAX_BYTES);
+    assert_true(pc_test_agent_metric(&agent, "popcast_agent_status_deltas_total") > 0);
+    assert_true(pc_test_controller_metric(&ctl, "popcast_status_deltas_total") > 0);
+
+    /* A deploy shows live through deltas. */
+    char src[160];
+    pc_test_lua_hello(src, sizeof(src), "second");
+    uint64_t v = pc_test_deploy_lua(&env, &ctl, "t000017", src);
+    assert_int_equal(v, 2);
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/tenants/t000017/versions/%llu/rollout",
+             (unsigned long long)v);
+    int64_t deadline = pc_test_now_ms() + 60000;
+    long live = 0;
+    while (live != 1 && pc_test_now_ms() < deadline) {
+        json_t *r = pc_test_controller_json(&env, &ctl, path);
+        live = (long)json_integer_value(json_object_get(json_object_get(r, "summary"), "live"));
+        json_decref(r);
+        if (live != 1)
+            pc_test_sleep_ms(50);
+    }
+    assert_int_equal(live, 1);
+    assert_true(settled_report_bytes(&agent) < DELTA_MAX_BYTES);
+    wait_fleet_tenants("edge-1", n_tenants);
+
+    /* A restarted controller holds no table: it asks for the whole one,
+     * gets it, and deltas resume. */
+    pc_test_controller_stop(&ctl);
+    pc_test_controller_start(&env, &ctl, NULL);
+    wait_fleet_tenants("edge-1", n_tenants);
+    assert_true(pc_test_controller_metric(&ctl, "popcast_status_whole_requested_total") > 0);
+    deadline = pc_test_now_ms() + 60000;
+    while (pc_test_controller_metric(&ctl, "popcast_status_deltas_total") == 0 &&
+           pc_test_now_ms() < deadline)
+        pc_test_sleep_ms(100);
+    assert_true(pc_test_controller_metric(&ctl, "popcast_status_deltas_total") > 0);
+    assert_true(settled_report_bytes(&agent) < DELTA_MAX_BYTES);
+
+    pc_test_agent_stop(&agent);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
+int main(void)
+{
+    pc_test_init();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_delta_reports_with_many_tenants),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
