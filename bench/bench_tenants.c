@@ -9,7 +9,9 @@
  * the agent has applied everything:
  *   rss        the agent's resident memory (VmRSS), and per tenant over the
  *              same agent with no tenant (the baseline, same run)
- *   report     the size of its status report (it carries every tenant)
+ *   whole      the size its status report would have with every tenant
+ *   delta      the size of the last one it sent: a delta on what the
+ *              controller acknowledged (only what changed)
  *   restart    SIGTERM, start again on the same data: time to ready (its
  *              edge serves) and to the first answer from the last tenant
  *              deployed, and the RSS once it serves that tenant */
@@ -89,8 +91,8 @@ static void bench(void **state)
     pc_test_agent_start_for(&env, &agent, "edge", &ctl, NULL);
     double base = rss_mib(agent.proc);
     printf("agent with no tenant: %.1f MiB RSS (the baseline)\n", base);
-    printf("%8s | %9s %13s | %12s | %11s %14s %13s\n", "tenants", "RSS MiB", "KiB/tenant",
-           "report bytes", "restart: ms", "to last tenant", "RSS after MiB");
+    printf("%8s | %9s %13s | %12s %12s | %11s %14s %13s\n", "tenants", "RSS MiB", "KiB/tenant",
+           "whole bytes", "delta bytes", "restart: ms", "to last tenant", "RSS after MiB");
     for (int i = 0; i < n_counts; i++) {
         target = counts[i];
         pthread_t threads[CLIENTS];
@@ -105,6 +107,7 @@ static void bench(void **state)
         assert_true(agent_applied(&agent) >= head);
         pc_test_sleep_ms(3000); /* a status report built with every tenant */
         double rss = rss_mib(agent.proc);
+        uint64_t whole = pc_test_agent_metric(&agent, "popcast_agent_status_table_bytes");
         uint64_t report = pc_test_agent_metric(&agent, "popcast_agent_status_report_bytes");
 
         pc_test_agent_stop(&agent);
@@ -119,9 +122,9 @@ static void bench(void **state)
             pc_test_sleep_ms(10);
         assert_int_equal(status, 200);
         double served = pc_mono_ms_frac() - t0;
-        printf("%8d | %9.1f %13.1f | %12llu | %11.0f %14.0f %13.1f\n", target, rss,
-               (rss - base) * 1024.0 / target, (unsigned long long)report, ready, served,
-               rss_mib(agent.proc));
+        printf("%8d | %9.1f %13.1f | %12llu %12llu | %11.0f %14.0f %13.1f\n", target, rss,
+               (rss - base) * 1024.0 / target, (unsigned long long)whole,
+               (unsigned long long)report, ready, served, rss_mib(agent.proc));
         fflush(stdout);
     }
     if (atomic_load(&failures) > 0)
