@@ -404,6 +404,57 @@ static void test_blob_references(void **state)
     entry_free(&v3);
 }
 
+/* Many records in one transaction: all of them, or (one bad) none. */
+static void test_write_many_is_all_or_nothing(void **state)
+{
+    (void)state;
+    char dir[256];
+    pc_test_tmpdir(dir, sizeof(dir), "store");
+    pc_store *s = open_store(dir, false, 0, 0);
+    pc_err err;
+    entry a1, b1;
+    assert_int_equal(entry_make(&a1, "acme", 1, 1, 100, 1), PC_OK);
+    assert_int_equal(entry_make(&b1, "beta", 2, 1, 100, 2), PC_OK);
+    assert_int_equal(entry_apply(s, &a1, &err), PC_OK);
+    assert_int_equal(entry_apply(s, &b1, &err), PC_OK);
+
+    /* The last write names a version beta does not have: nothing lands. */
+    pc_store_write bad[] = {
+        {.tenant = "acme", .live_version = 1},
+        {.meta_key = "outcome.acme", .meta_val = "x", .meta_len = 1},
+        {.tenant = "beta", .live_version = 9},
+    };
+    assert_int_equal(pc_store_write_many(s, bad, 3, &err), PC_E_INVALID);
+    pc_tenant_state t;
+    assert_int_equal(pc_store_get_tenant(s, "acme", &t, &err), PC_OK);
+    assert_int_equal(t.live_version, 0);
+    uint8_t val[8];
+    size_t len = 0;
+    assert_int_equal(pc_store_meta_get(s, "outcome.acme", val, sizeof(val), &len, &err),
+                     PC_E_NOTFOUND);
+    /* A write that names nothing is refused before any transaction. */
+    pc_store_write nameless[] = {{.live_version = 1}};
+    assert_int_equal(pc_store_write_many(s, nameless, 1, &err), PC_E_INVALID);
+
+    pc_store_write good[] = {
+        {.tenant = "acme", .live_version = 1},
+        {.meta_key = "outcome.acme", .meta_val = "x", .meta_len = 1},
+        {.tenant = "beta", .live_version = 1},
+    };
+    assert_int_equal(pc_store_write_many(s, good, 3, &err), PC_OK);
+    assert_int_equal(pc_store_get_tenant(s, "acme", &t, &err), PC_OK);
+    assert_int_equal(t.live_version, 1);
+    assert_int_equal(pc_store_get_tenant(s, "beta", &t, &err), PC_OK);
+    assert_int_equal(t.live_version, 1);
+    assert_int_equal(pc_store_meta_get(s, "outcome.acme", val, sizeof(val), &len, &err), PC_OK);
+    assert_int_equal(len, 1);
+    assert_true(pc_store_has_blob(s, a1.hash));
+    pc_store_close(s);
+    pc_test_rm_rf(dir);
+    entry_free(&a1);
+    entry_free(&b1);
+}
+
 static void test_map_full_is_an_error(void **state)
 {
     char dir[256];
@@ -927,6 +978,7 @@ int main(void)
         cmocka_unit_test(test_refuses_out_of_order_and_stale),
         cmocka_unit_test(test_batch_is_all_or_nothing),
         cmocka_unit_test(test_blob_references),
+        cmocka_unit_test(test_write_many_is_all_or_nothing),
         cmocka_unit_test(test_map_full_is_an_error),
         cmocka_unit_test(test_one_process_per_directory),
         cmocka_unit_test(test_snapshot_install),
