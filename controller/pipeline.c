@@ -680,8 +680,10 @@ void pc_pipeline_shutdown(pc_pipeline *p)
         p->flight_answered = true;
     }
     /* A wait for readiness would otherwise call resume on a freed pipeline
-     * when the cluster stops leading (at the latest, at its stop). */
-    pc_cluster_forget_when_ready(p->cluster, resume, p);
+     * when the cluster stops leading (at the latest, at its stop). Only
+     * the first call: the cluster may be gone by a later one (pipeline.h). */
+    if (!p->closing)
+        pc_cluster_forget_when_ready(p->cluster, resume, p);
     pthread_mutex_lock(&p->lock);
     p->closing = 1;
     pc_change *c = p->head;

@@ -52,7 +52,10 @@ typedef struct pc_pipeline_options {
     pc_metrics *metrics; /* NULL: none */
 } pc_pipeline_options;
 
-/* signer and cluster stay owned by the caller and must outlive the pipeline.
+/* signer and cluster stay owned by the caller. signer must outlive the
+ * pipeline; cluster must outlive its first pc_pipeline_shutdown (or its
+ * close, without one): a cluster's stop completes raft's callbacks, so the
+ * pipeline can be closed once it has stopped.
  * Changes submitted to a node that is not the leader fail with
  * PC_E_NOT_LEADER (the API redirects before submitting). */
 int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, pc_signer *signer,

@@ -254,7 +254,8 @@ static int by_tenant_name(const void *x, const void *y)
 /* Sorts a report's tenants by name; PC_E_INVALID when one is listed twice. */
 static int sort_tenants(Popcast__AgentStatus *st, pc_err *err)
 {
-    qsort(st->tenants, st->n_tenants, sizeof(*st->tenants), by_tenant_name);
+    if (st->n_tenants > 1)
+        qsort(st->tenants, st->n_tenants, sizeof(*st->tenants), by_tenant_name);
     for (size_t i = 1; i < st->n_tenants; i++)
         if (strcmp(st->tenants[i - 1]->tenant, st->tenants[i]->tenant) == 0)
             return pc_err_set(err, PC_E_INVALID, "status report lists tenant %s twice",

@@ -60,7 +60,7 @@ static Popcast__AgentStatus *whole_of(agent_view *v)
     for (size_t i = 0; i < v->n; i++) {
         if (!v->present[i])
             continue;
-        char name[16];
+        char name[32];
         tenant_name(name, sizeof(name), i);
         Popcast__TenantStatus *t = calloc(1, sizeof(*t));
         assert_non_null(t);
@@ -117,7 +117,7 @@ static delivered deliver(pc_report_book *b, pc_rollout *r, uint64_t base, bool t
 
 static uint64_t served(pc_rollout *r, size_t i)
 {
-    char name[16];
+    char name[32];
     tenant_name(name, sizeof(name), i);
     json_t *j = pc_rollout_serving_json(r, name, NOW);
     assert_non_null(j);
@@ -129,7 +129,7 @@ static uint64_t served(pc_rollout *r, size_t i)
 
 static size_t nacked_agents(pc_rollout *r, size_t i, uint64_t version)
 {
-    char name[16];
+    char name[32];
     tenant_name(name, sizeof(name), i);
     pc_rollout_query q = {.tenant = name, .version = version, .seq = version, .fraction = 1.0};
     pc_rollout_summary sum;

@@ -153,6 +153,8 @@ static void fixture_cleanup(fixture *f)
         /* A handle left open would keep the loop waiting for ever. */
         pc_pipeline_close(f->extra);
         f->extra = NULL;
+        if (f->pipeline != NULL && f->cluster != NULL)
+            pc_pipeline_shutdown(f->pipeline);
         if (f->cluster != NULL)
             pc_cluster_stop(f->cluster, cluster_stopped, f);
         else if (f->pipeline != NULL)
