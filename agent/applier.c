@@ -415,6 +415,17 @@ static void record_live(pc_applier *a, const char *tenant, uint64_t version)
     live_recorded(a, tenant, version, rc, &serr);
 }
 
+/* A copy of tenant's record (taken under lock); false when it has none. */
+static bool copy_record(pc_applier *a, const char *tenant, tenant_record *copy)
+{
+    pthread_mutex_lock(&a->lock);
+    tenant_record *t = pc_strmap_get(a->records, tenant);
+    if (t != NULL)
+        record_copy(copy, t);
+    pthread_mutex_unlock(&a->lock);
+    return t != NULL;
+}
+
 /* Starts collecting live versions and outcomes (apply_lock held). */
 static void defer_records(pc_applier *a)
 {
@@ -449,12 +460,7 @@ static void flush_records(pc_applier *a)
     void *unused;
     while (rc == PC_OK && pc_strmap_next(a->douts, &pos, &tenant, &unused)) {
         tenant_record copy;
-        pthread_mutex_lock(&a->lock);
-        tenant_record *t = pc_strmap_get(a->records, tenant);
-        if (t != NULL)
-            record_copy(&copy, t);
-        pthread_mutex_unlock(&a->lock);
-        if (t == NULL)
+        if (!copy_record(a, tenant, &copy))
             continue;
         Popcast__VersionOutcome items[VERSIONS_KEPT], *ptrs[VERSIONS_KEPT];
         Popcast__TenantOutcomes o = POPCAST__TENANT_OUTCOMES__INIT;
@@ -480,12 +486,7 @@ static void flush_records(pc_applier *a)
         pos = 0;
         while (pc_strmap_next(a->douts, &pos, &tenant, &unused)) {
             tenant_record copy;
-            pthread_mutex_lock(&a->lock);
-            tenant_record *t = pc_strmap_get(a->records, tenant);
-            if (t != NULL)
-                record_copy(&copy, t);
-            pthread_mutex_unlock(&a->lock);
-            if (t != NULL) {
+            if (copy_record(a, tenant, &copy)) {
                 persist_outcomes(a, tenant, &copy);
                 record_copy_clear(&copy);
             }

@@ -37,28 +37,7 @@ static int counts[MAX_LIST] = {1000, 10000}, n_counts = 2;
 
 static pc_test_env env;
 static pc_test_controller ctl;
-static atomic_int next_tenant;
-static int target;
-static atomic_int failures;
-
-static void *deployer(void *arg)
-{
-    (void)arg;
-    for (;;) {
-        int t = atomic_fetch_add(&next_tenant, 1);
-        if (t >= target) {
-            atomic_fetch_sub(&next_tenant, 1);
-            return NULL;
-        }
-        char tenant[32], src[160], body[32];
-        snprintf(tenant, sizeof(tenant), "t%06d", t);
-        snprintf(body, sizeof(body), "tenant %d", t);
-        pc_test_lua_hello(src, sizeof(src), body);
-        pc_test_deployed d;
-        if (pc_test_try_deploy(&env, &ctl, tenant, "text/x-lua", src, strlen(src), &d) != 201)
-            atomic_fetch_add(&failures, 1);
-    }
-}
+static int failures;
 
 static uint64_t agent_applied(pc_test_agent *a)
 {
@@ -94,12 +73,8 @@ static void bench(void **state)
     printf("%8s | %9s %13s | %12s %12s | %11s %14s %13s\n", "tenants", "RSS MiB", "KiB/tenant",
            "whole bytes", "delta bytes", "restart: ms", "to last tenant", "RSS after MiB");
     for (int i = 0; i < n_counts; i++) {
-        target = counts[i];
-        pthread_t threads[CLIENTS];
-        for (int k = 0; k < CLIENTS; k++)
-            assert_int_equal(pthread_create(&threads[k], NULL, deployer, NULL), 0);
-        for (int k = 0; k < CLIENTS; k++)
-            pthread_join(threads[k], NULL);
+        int target = counts[i];
+        failures += pc_test_deploy_tenants(&env, &ctl, i > 0 ? counts[i - 1] : 0, target, CLIENTS);
         uint64_t head = pc_test_controller_head(&env, &ctl);
         int64_t deadline = pc_test_now_ms() + 30 * 60 * 1000;
         while (agent_applied(&agent) < head && pc_test_now_ms() < deadline)
@@ -127,8 +102,8 @@ static void bench(void **state)
                (unsigned long long)report, ready, served, rss_mib(agent.proc));
         fflush(stdout);
     }
-    if (atomic_load(&failures) > 0)
-        printf("deploys not acknowledged: %d\n", atomic_load(&failures));
+    if (failures > 0)
+        printf("deploys not acknowledged: %d\n", failures);
     pc_test_agent_stop(&agent);
     pc_test_controller_stop(&ctl);
     pc_test_env_cleanup(&env);

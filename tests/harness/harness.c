@@ -2,6 +2,8 @@
 #include "harness.h"
 
 #include <arpa/inet.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -1139,4 +1141,49 @@ uint64_t pc_test_controller_metric(pc_test_controller *c, const char *series)
     }
     pc_http_result_free(&r);
     return v;
+}
+
+typedef struct tenant_deploys {
+    pc_test_env *env;
+    pc_test_controller *c;
+    atomic_int next;
+    int to;
+    atomic_int failures;
+} tenant_deploys;
+
+static void *deploy_tenants_run(void *arg)
+{
+    tenant_deploys *d = arg;
+    for (int t; (t = atomic_fetch_add(&d->next, 1)) < d->to;) {
+        char tenant[32], src[160], body[32];
+        snprintf(tenant, sizeof(tenant), "t%06d", t);
+        snprintf(body, sizeof(body), "tenant %d", t);
+        pc_test_lua_hello(src, sizeof(src), body);
+        pc_test_deployed out;
+        int status = 0;
+        for (int attempt = 0; attempt < 20 && status != 201; attempt++)
+            if ((status = pc_test_try_deploy(d->env, d->c, tenant, "text/x-lua", src, strlen(src),
+                                             &out)) == 503)
+                pc_test_sleep_ms(50);
+            else if (status != 201)
+                break;
+        if (status != 201)
+            atomic_fetch_add(&d->failures, 1);
+    }
+    return NULL;
+}
+
+int pc_test_deploy_tenants(pc_test_env *env, pc_test_controller *c, int from, int to, int clients)
+{
+    tenant_deploys d = {.env = env, .c = c, .to = to};
+    atomic_init(&d.next, from);
+    atomic_init(&d.failures, 0);
+    pthread_t threads[64];
+    if (clients > 64)
+        clients = 64;
+    for (int k = 0; k < clients; k++)
+        assert_int_equal(pthread_create(&threads[k], NULL, deploy_tenants_run, &d), 0);
+    for (int k = 0; k < clients; k++)
+        pthread_join(threads[k], NULL);
+    return atomic_load(&d.failures);
 }

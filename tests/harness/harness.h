@@ -137,6 +137,12 @@ int pc_test_try_deploy(pc_test_env *env, pc_test_controller *c, const char *tena
                        const char *content_type, const void *body, size_t len,
                        pc_test_deployed *out);
 
+/* Deploys tenants t<from, 6 digits> .. t<to - 1> (a small Lua handler
+ * each, answering "tenant N") from `clients` threads, each upload retried
+ * while the controller asks to come back later; returns how many were not
+ * acknowledged. */
+int pc_test_deploy_tenants(pc_test_env *env, pc_test_controller *c, int from, int to, int clients);
+
 /* A Lua handler answering `body` as text. */
 void pc_test_lua_hello(char *out, size_t cap, const char *body);
 

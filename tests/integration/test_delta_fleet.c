@@ -26,32 +26,7 @@
 
 static pc_test_env env;
 static pc_test_controller ctl;
-static atomic_int next_tenant;
 static int n_tenants = 20000;
-static atomic_int failures;
-
-static void *deployer(void *arg)
-{
-    (void)arg;
-    for (;;) {
-        int t = atomic_fetch_add(&next_tenant, 1);
-        if (t >= n_tenants)
-            return NULL;
-        char tenant[32], src[160], body[32];
-        snprintf(tenant, sizeof(tenant), "t%06d", t);
-        snprintf(body, sizeof(body), "tenant %d", t);
-        pc_test_lua_hello(src, sizeof(src), body);
-        pc_test_deployed d;
-        /* Retried: a busy controller may ask the client to come back. */
-        int status = 0;
-        for (int attempt = 0; attempt < 20 && status != 201; attempt++)
-            if ((status = pc_test_try_deploy(&env, &ctl, tenant, "text/x-lua", src, strlen(src),
-                                             &d)) != 201)
-                pc_test_sleep_ms(50);
-        if (status != 201)
-            atomic_fetch_add(&failures, 1);
-    }
-}
 
 /* The number of tenants the controller's fleet view holds for the agent
  * (-1 if it does not list it). */
@@ -115,12 +90,7 @@ static void test_delta_reports_with_many_tenants(void **state)
     pc_test_env_init(&env);
     const char *fast[] = {"--status-interval-ms", "300", NULL};
     pc_test_controller_start(&env, &ctl, NULL);
-    pthread_t threads[CLIENTS];
-    for (int k = 0; k < CLIENTS; k++)
-        assert_int_equal(pthread_create(&threads[k], NULL, deployer, NULL), 0);
-    for (int k = 0; k < CLIENTS; k++)
-        pthread_join(threads[k], NULL);
-    assert_int_equal(atomic_load(&failures), 0);
+    assert_int_equal(pc_test_deploy_tenants(&env, &ctl, 0, n_tenants, CLIENTS), 0);
 
     /* The agent starts after the deploys: it installs them as a snapshot. */
     pc_test_agent agent = {0};

@@ -167,6 +167,40 @@ static pc_rollout *fleet(void)
     return r;
 }
 
+/* An agent with n tenants whose whole table the controller holds; the
+ * generation it acknowledged. */
+typedef struct setup {
+    agent_view *v;
+    pc_report_book *b;
+    pc_rollout *r;
+    uint64_t base;
+} setup;
+
+static setup held(size_t n)
+{
+    setup x = {view_of(n), pc_report_book_new(), fleet(), 0};
+    assert_non_null(x.b);
+    assert_int_equal(pc_report_book_update(x.b, whole_of(x.v)), PC_OK);
+    delivered d = deliver(x.b, x.r, 0, false);
+    assert_int_equal(d.rc, PC_OK);
+    assert_true(d.takes_deltas);
+    x.base = pc_report_book_counter(x.b);
+    return x;
+}
+
+/* The agent's next generation, as it stands. */
+static void next_generation(setup *x)
+{
+    assert_int_equal(pc_report_book_update(x->b, whole_of(x->v)), PC_OK);
+}
+
+static void done(setup *x)
+{
+    pc_rollout_free(x->r);
+    pc_report_book_free(x->b);
+    free(x->v);
+}
+
 /* A change to 3 of 2,000 tenants travels as those 3, and the controller's
  * view moves for them and only them. */
 static void test_delta_carries_only_what_changed(void **state)
@@ -181,13 +215,13 @@ static void test_delta_carries_only_what_changed(void **state)
     assert_false(whole.delta);
     assert_int_equal(whole.n_tenants, 2000);
     assert_true(whole.takes_deltas);
-    uint64_t base = pc_report_book_counter(b);
+    setup x = {v, b, r, pc_report_book_counter(b)};
 
     v->live[7] = 2;
     v->live[1500] = 5;
     v->nacked[42] = 2;
-    assert_int_equal(pc_report_book_update(b, whole_of(v)), PC_OK);
-    delivered d = deliver(b, r, base, false);
+    next_generation(&x);
+    delivered d = deliver(b, r, x.base, false);
     assert_int_equal(d.rc, PC_OK);
     assert_true(d.delta);
     assert_int_equal(d.n_tenants, 3);
@@ -200,30 +234,21 @@ static void test_delta_carries_only_what_changed(void **state)
     assert_int_equal(served(r, 8), 1);
     assert_int_equal(nacked_agents(r, 42, 2), 1);
     assert_int_equal(fleet_tenants(r), 2000);
-    pc_rollout_free(r);
-    pc_report_book_free(b);
-    free(v);
+    done(&x);
 }
 
 /* An unchanged table travels as an empty delta. */
 static void test_nothing_changed_is_an_empty_delta(void **state)
 {
     (void)state;
-    agent_view *v = view_of(100);
-    pc_report_book *b = pc_report_book_new();
-    pc_rollout *r = fleet();
-    assert_int_equal(pc_report_book_update(b, whole_of(v)), PC_OK);
-    assert_int_equal(deliver(b, r, 0, false).rc, PC_OK);
-    uint64_t base = pc_report_book_counter(b);
-    assert_int_equal(pc_report_book_update(b, whole_of(v)), PC_OK);
-    delivered d = deliver(b, r, base, false);
+    setup x = held(100);
+    next_generation(&x);
+    delivered d = deliver(x.b, x.r, x.base, false);
     assert_int_equal(d.rc, PC_OK);
     assert_true(d.delta);
     assert_int_equal(d.n_tenants, 0);
-    assert_int_equal(fleet_tenants(r), 100);
-    pc_rollout_free(r);
-    pc_report_book_free(b);
-    free(v);
+    assert_int_equal(fleet_tenants(x.r), 100);
+    done(&x);
 }
 
 /* A controller that never held the agent's table (it restarted) refuses
@@ -232,31 +257,24 @@ static void test_nothing_changed_is_an_empty_delta(void **state)
 static void test_delta_to_a_restarted_controller_asks_for_whole(void **state)
 {
     (void)state;
-    agent_view *v = view_of(50);
-    pc_report_book *b = pc_report_book_new();
-    pc_rollout *r = fleet();
-    assert_int_equal(pc_report_book_update(b, whole_of(v)), PC_OK);
-    assert_int_equal(deliver(b, r, 0, false).rc, PC_OK);
-    uint64_t base = pc_report_book_counter(b);
-    pc_rollout_free(r);
-    r = fleet(); /* the restart */
-    v->live[3] = 9;
-    assert_int_equal(pc_report_book_update(b, whole_of(v)), PC_OK);
-    delivered d = deliver(b, r, base, false);
+    setup x = held(50);
+    pc_rollout_free(x.r);
+    x.r = fleet(); /* the restart */
+    x.v->live[3] = 9;
+    next_generation(&x);
+    delivered d = deliver(x.b, x.r, x.base, false);
     assert_int_equal(d.rc, PC_E_BASE_UNKNOWN);
     assert_false(d.takes_deltas);
-    assert_int_equal(fleet_tenants(r), 0);
-    assert_int_equal(served(r, 3), 0);
+    assert_int_equal(fleet_tenants(x.r), 0);
+    assert_int_equal(served(x.r, 3), 0);
     /* The agent hears "resend whole": its next report is whole. */
-    assert_int_equal(pc_report_book_update(b, whole_of(v)), PC_OK);
-    d = deliver(b, r, 0, false);
+    next_generation(&x);
+    d = deliver(x.b, x.r, 0, false);
     assert_int_equal(d.rc, PC_OK);
     assert_true(d.takes_deltas);
-    assert_int_equal(served(r, 3), 9);
-    assert_int_equal(fleet_tenants(r), 50);
-    pc_rollout_free(r);
-    pc_report_book_free(b);
-    free(v);
+    assert_int_equal(served(x.r, 3), 9);
+    assert_int_equal(fleet_tenants(x.r), 50);
+    done(&x);
 }
 
 /* A delta whose digest does not match the merged table (drift, or a bug
@@ -264,24 +282,17 @@ static void test_delta_to_a_restarted_controller_asks_for_whole(void **state)
 static void test_digest_mismatch_changes_nothing(void **state)
 {
     (void)state;
-    agent_view *v = view_of(50);
-    pc_report_book *b = pc_report_book_new();
-    pc_rollout *r = fleet();
-    assert_int_equal(pc_report_book_update(b, whole_of(v)), PC_OK);
-    assert_int_equal(deliver(b, r, 0, false).rc, PC_OK);
-    uint64_t base = pc_report_book_counter(b);
-    v->live[3] = 9;
-    assert_int_equal(pc_report_book_update(b, whole_of(v)), PC_OK);
-    delivered d = deliver(b, r, base, true);
+    setup x = held(50);
+    x.v->live[3] = 9;
+    next_generation(&x);
+    delivered d = deliver(x.b, x.r, x.base, true);
     assert_int_equal(d.rc, PC_E_BASE_UNKNOWN);
-    assert_int_equal(served(r, 3), 1);
+    assert_int_equal(served(x.r, 3), 1);
     /* The same delta, untampered, is taken: nothing was half applied. */
-    d = deliver(b, r, base, false);
+    d = deliver(x.b, x.r, x.base, false);
     assert_int_equal(d.rc, PC_OK);
-    assert_int_equal(served(r, 3), 9);
-    pc_rollout_free(r);
-    pc_report_book_free(b);
-    free(v);
+    assert_int_equal(served(x.r, 3), 9);
+    done(&x);
 }
 
 /* A delta on a base older than what the controller holds (the ack of a
@@ -290,40 +301,29 @@ static void test_digest_mismatch_changes_nothing(void **state)
 static void test_lost_ack_and_future_base(void **state)
 {
     (void)state;
-    agent_view *v = view_of(50);
-    pc_report_book *b = pc_report_book_new();
-    pc_rollout *r = fleet();
-    assert_int_equal(pc_report_book_update(b, whole_of(v)), PC_OK);
-    assert_int_equal(deliver(b, r, 0, false).rc, PC_OK);
-    uint64_t base1 = pc_report_book_counter(b);
-    v->live[1] = 2;
-    assert_int_equal(pc_report_book_update(b, whole_of(v)), PC_OK);
-    assert_int_equal(deliver(b, r, base1, false).rc, PC_OK); /* its ack is lost */
-    v->live[2] = 3;
-    assert_int_equal(pc_report_book_update(b, whole_of(v)), PC_OK);
-    delivered d = deliver(b, r, base1, false);
+    setup x = held(50);
+    x.v->live[1] = 2;
+    next_generation(&x);
+    assert_int_equal(deliver(x.b, x.r, x.base, false).rc, PC_OK); /* its ack is lost */
+    x.v->live[2] = 3;
+    next_generation(&x);
+    delivered d = deliver(x.b, x.r, x.base, false);
     assert_int_equal(d.rc, PC_OK);
     assert_int_equal(d.n_tenants, 2);
-    assert_int_equal(served(r, 1), 2);
-    assert_int_equal(served(r, 2), 3);
+    assert_int_equal(served(x.r, 1), 2);
+    assert_int_equal(served(x.r, 2), 3);
 
-    pc_rollout *r2 = fleet();
-    assert_int_equal(pc_report_book_update(b, whole_of(v)), PC_OK);
-    assert_int_equal(deliver(b, r2, 0, false).rc, PC_OK);
-    uint64_t held = pc_report_book_counter(b);
-    v->live[4] = 4;
-    assert_int_equal(pc_report_book_update(b, whole_of(v)), PC_OK);
-    v->live[5] = 4;
-    assert_int_equal(pc_report_book_update(b, whole_of(v)), PC_OK);
-    /* Based on a generation r2 never got. */
-    d = deliver(b, r2, pc_report_book_counter(b) - 1, false);
+    /* Based on a generation this controller never got. */
+    x.v->live[4] = 4;
+    next_generation(&x);
+    uint64_t never_sent = pc_report_book_counter(x.b);
+    x.v->live[5] = 4;
+    next_generation(&x);
+    d = deliver(x.b, x.r, never_sent, false);
     assert_int_equal(d.rc, PC_E_BASE_UNKNOWN);
-    assert_int_equal(served(r2, 5), 1);
-    assert_true(held < pc_report_book_counter(b));
-    pc_rollout_free(r2);
-    pc_rollout_free(r);
-    pc_report_book_free(b);
-    free(v);
+    assert_int_equal(served(x.r, 4), 1);
+    assert_int_equal(served(x.r, 5), 1);
+    done(&x);
 }
 
 /* A tenant leaving the table cannot be said in a delta: the book sends
@@ -331,30 +331,23 @@ static void test_lost_ack_and_future_base(void **state)
 static void test_tenant_leaving_voids_bases(void **state)
 {
     (void)state;
-    agent_view *v = view_of(20);
-    pc_report_book *b = pc_report_book_new();
-    pc_rollout *r = fleet();
-    assert_int_equal(pc_report_book_update(b, whole_of(v)), PC_OK);
-    assert_int_equal(deliver(b, r, 0, false).rc, PC_OK);
-    uint64_t base = pc_report_book_counter(b);
-    v->present[11] = 0;
-    assert_int_equal(pc_report_book_update(b, whole_of(v)), PC_OK);
-    delivered d = deliver(b, r, base, false);
+    setup x = held(20);
+    x.v->present[11] = 0;
+    next_generation(&x);
+    delivered d = deliver(x.b, x.r, x.base, false);
     assert_int_equal(d.rc, PC_OK);
     assert_false(d.delta);
-    assert_int_equal(fleet_tenants(r), 19);
-    assert_int_equal(served(r, 11), 0);
+    assert_int_equal(fleet_tenants(x.r), 19);
+    assert_int_equal(served(x.r, 11), 0);
     /* Later bases work again. */
-    base = pc_report_book_counter(b);
-    v->live[2] = 7;
-    assert_int_equal(pc_report_book_update(b, whole_of(v)), PC_OK);
-    d = deliver(b, r, base, false);
+    uint64_t base = pc_report_book_counter(x.b);
+    x.v->live[2] = 7;
+    next_generation(&x);
+    d = deliver(x.b, x.r, base, false);
     assert_true(d.delta);
     assert_int_equal(d.rc, PC_OK);
-    assert_int_equal(served(r, 2), 7);
-    pc_rollout_free(r);
-    pc_report_book_free(b);
-    free(v);
+    assert_int_equal(served(x.r, 2), 7);
+    done(&x);
 }
 
 /* Nacks of tenants a delta does not list stay as they were; those of the
@@ -362,27 +355,23 @@ static void test_tenant_leaving_voids_bases(void **state)
 static void test_nacks_merge_per_tenant(void **state)
 {
     (void)state;
-    agent_view *v = view_of(30);
-    pc_report_book *b = pc_report_book_new();
-    pc_rollout *r = fleet();
-    v->nacked[4] = 2;
-    v->nacked[5] = 2;
-    assert_int_equal(pc_report_book_update(b, whole_of(v)), PC_OK);
-    assert_int_equal(deliver(b, r, 0, false).rc, PC_OK);
-    uint64_t base = pc_report_book_counter(b);
-    v->nacked[5] = 0;
-    v->live[5] = 3; /* version 3 fixed it */
-    v->live[6] = 2;
-    assert_int_equal(pc_report_book_update(b, whole_of(v)), PC_OK);
-    delivered d = deliver(b, r, base, false);
+    setup x = held(30);
+    x.v->nacked[4] = 2;
+    x.v->nacked[5] = 2;
+    next_generation(&x);
+    assert_int_equal(deliver(x.b, x.r, x.base, false).rc, PC_OK);
+    uint64_t base = pc_report_book_counter(x.b);
+    x.v->nacked[5] = 0;
+    x.v->live[5] = 3; /* version 3 fixed it */
+    x.v->live[6] = 2;
+    next_generation(&x);
+    delivered d = deliver(x.b, x.r, base, false);
     assert_int_equal(d.rc, PC_OK);
     assert_int_equal(d.n_tenants, 2);
-    assert_int_equal(nacked_agents(r, 4, 2), 1);
-    assert_int_equal(nacked_agents(r, 5, 2), 0);
-    assert_int_equal(served(r, 5), 3);
-    pc_rollout_free(r);
-    pc_report_book_free(b);
-    free(v);
+    assert_int_equal(nacked_agents(x.r, 4, 2), 1);
+    assert_int_equal(nacked_agents(x.r, 5, 2), 0);
+    assert_int_equal(served(x.r, 5), 3);
+    done(&x);
 }
 
 /* A delta that lists a tenant twice is malformed. */
