@@ -2,6 +2,7 @@
  * them, makes them live in the local runtime and serves tenant traffic.
  * docs/operations.md describes every option. */
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -61,6 +62,8 @@ typedef struct agent_config {
     uint64_t lua_watchdog_ms;
     uint64_t lua_response_max;
     uint64_t lua_max_isolates;
+    uint64_t lua_max_idle_isolates;
+    uint64_t malloc_arenas;
     char *identity_key;
     char *tls_ca;
     char *tls_server_name;
@@ -131,6 +134,10 @@ static const pc_cfg_option options[] = {
         "tenant's next version (ms; 0: 4 x lua_wall_ms)"),
     OPT(lua_response_max, PC_CFG_SIZE, "8MiB", 1, (uint64_t)1 << 30, "largest response body"),
     OPT(lua_max_isolates, PC_CFG_U64, "64", 1, 65536, "isolates per tenant version"),
+    OPT(malloc_arenas, PC_CFG_U64, "2", 1, 1024,
+        "glibc malloc arenas (fewer hold less freed memory; more contend less)"),
+    OPT(lua_max_idle_isolates, PC_CFG_U64, "1024", 1, 1048576,
+        "idle isolates kept across all tenants (least recently used ones are freed)"),
     OPT(tls_ca, PC_CFG_STRING, NULL, 0, 0,
         "PEM CA certificate(s) the controllers' TLS certificates must chain to (tls+tcp://)"),
     OPT(tls_server_name, PC_CFG_STRING, NULL, 0, 0,
@@ -389,6 +396,7 @@ static int agent_open(agent *ag, pc_err *err)
     limits.watchdog_ms = ag->cfg.lua_watchdog_ms;
     limits.response_bytes = ag->cfg.lua_response_max;
     limits.max_isolates = ag->cfg.lua_max_isolates;
+    limits.max_idle_isolates = ag->cfg.lua_max_idle_isolates;
     if ((ag->metrics = pc_metrics_new()) == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     if ((ag->lua = pc_lua_adapter_new(&limits, ag->metrics, err)) == NULL) {
@@ -565,6 +573,10 @@ int main(int argc, char **argv)
         pc_config_free(options, &ag.cfg);
         return rc == PC_DAEMON_EXIT_OK ? 0 : 1;
     }
+    /* Before any thread allocates: glibc's default (8 per core) leaves
+     * memory freed by one thread stranded in its arena; with 10,000
+     * tenants that was 280 MiB anonymous memory instead of 110. */
+    mallopt(M_ARENA_MAX, (int)ag.cfg.malloc_arenas);
     int exit_code = 1;
     uint64_t shutdown_timeout_ms = ag.cfg.shutdown_timeout_ms;
     if (agent_configure(&ag, &err) != PC_OK) {

@@ -4,7 +4,11 @@
  * tenant-facing description (handler API, limits, metrics).
  *
  * A version owns a pool of isolates, created on demand up to max_isolates;
- * the first is built at prepare, so activation is warm. Activation swaps
+ * the first is built at prepare, so activation is warm. Idle isolates are
+ * bounded across the engine (max_idle_isolates): past it, the least
+ * recently used idle isolate of any version is freed, so a tenant that
+ * gets no traffic costs its source and bookkeeping, not a lua_State; its
+ * next request builds an isolate again (a cold start). Activation swaps
  * the tenant's version pointer under a per-tenant lock; requests hold a
  * reference to the version they started on, and a version (with its
  * isolates) is freed when its last reference goes. An isolate that hit a
@@ -22,12 +26,13 @@
 #include "names.h"
 
 typedef struct pc_lua_limits {
-    size_t memory_bytes;   /* per isolate, default 32 MiB */
-    uint64_t instructions; /* per request and for the top-level run, default 50,000,000 */
-    uint64_t wall_ms;      /* per request and for the top-level run, default 1000 */
-    size_t response_bytes; /* response body, default 8 MiB */
-    size_t max_isolates;   /* per version, default 64 */
-    uint64_t watchdog_ms;  /* hard ceiling for any run (see below); 0: 4 x wall_ms */
+    size_t memory_bytes;      /* per isolate, default 32 MiB */
+    uint64_t instructions;    /* per request and for the top-level run, default 50,000,000 */
+    uint64_t wall_ms;         /* per request and for the top-level run, default 1000 */
+    size_t response_bytes;    /* response body, default 8 MiB */
+    size_t max_isolates;      /* per version, default 64 */
+    size_t max_idle_isolates; /* idle ones across all versions, default 1024 (0: 1) */
+    uint64_t watchdog_ms;     /* hard ceiling for any run (see below); 0: 4 x wall_ms */
 } pc_lua_limits;
 
 void pc_lua_limits_default(pc_lua_limits *l);
@@ -36,7 +41,8 @@ void pc_lua_limits_default(pc_lua_limits *l);
  * engine's watchdog thread; destroy stops it. */
 pc_adapter *pc_lua_adapter_new(const pc_lua_limits *limits, pc_metrics *metrics, pc_err *err);
 
-/* For tests and status: versions and isolates currently allocated. */
+/* For tests and status: versions and isolates currently allocated (the
+ * idle ones are among the isolates). */
 void pc_lua_adapter_counts(pc_adapter *a, long *versions, long *isolates);
 
 /* Quarantine.

@@ -456,6 +456,55 @@ static void test_swaps_free_old_versions(void **state)
     assert_int_equal(versions, versions0 - 1);
 }
 
+/* Idle isolates are bounded across tenants: past max_idle_isolates the
+ * least recently used go, a tenant whose isolate went is served all the
+ * same (a new isolate, built on its request), and the one just used keeps
+ * its own. */
+static void test_idle_isolates_are_bounded(void **state)
+{
+    (void)state;
+    pc_lua_limits limits;
+    pc_lua_limits_default(&limits);
+    limits.max_idle_isolates = 3;
+    pc_metrics *own_metrics = pc_metrics_new();
+    pc_err err;
+    pc_adapter *shared = lua;
+    lua = pc_lua_adapter_new(&limits, own_metrics, &err);
+    assert_non_null(lua);
+    char tenant[32], src[128], want[32];
+    for (int t = 0; t < 10; t++) {
+        snprintf(tenant, sizeof(tenant), "idle%d", t);
+        snprintf(src, sizeof(src), "return function(req) return 'tenant %d' end", t);
+        deploy_ok(tenant, 1, src);
+    }
+    long versions = 0, isolates = 0;
+    pc_lua_adapter_counts(lua, &versions, &isolates);
+    assert_int_equal(versions, 10);
+    assert_int_equal(isolates, 3);
+    assert_int_equal(pc_metrics_get(own_metrics, "popcast_lua_isolates_evicted_total", NULL), 7);
+    /* Every tenant still answers; the idle bound still holds after. */
+    for (int t = 0; t < 10; t++) {
+        snprintf(tenant, sizeof(tenant), "idle%d", t);
+        snprintf(want, sizeof(want), "tenant %d", t);
+        expect_body(tenant, "/", want);
+    }
+    pc_lua_adapter_counts(lua, &versions, &isolates);
+    assert_int_equal(isolates, 3);
+    /* idle0 was deployed first and used long ago: built again. idle9 was
+     * just used: its isolate is reused. */
+    assert_int_equal(
+        pc_metrics_get(own_metrics, "popcast_lua_isolates_created_total", "tenant=\"idle0\""), 2);
+    uint64_t before =
+        pc_metrics_get(own_metrics, "popcast_lua_isolates_created_total", "tenant=\"idle9\"");
+    expect_body("idle9", "/", "tenant 9");
+    assert_int_equal(
+        pc_metrics_get(own_metrics, "popcast_lua_isolates_created_total", "tenant=\"idle9\""),
+        before);
+    lua->destroy(lua);
+    pc_metrics_free(own_metrics);
+    lua = shared;
+}
+
 /* The controller's upload check compiles under the agents' limits: a
  * bundle whose compilation alone needs more memory than an isolate may
  * have is refused at upload, not accepted and then nacked everywhere. */
@@ -511,6 +560,7 @@ int main(void)
         cmocka_unit_test(test_memory_limit_counts_live_data_only),
         cmocka_unit_test(test_prepare_failure_keeps_old_version),
         cmocka_unit_test(test_swaps_free_old_versions),
+        cmocka_unit_test(test_idle_isolates_are_bounded),
         cmocka_unit_test(test_check_uses_the_limits),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
