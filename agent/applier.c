@@ -89,9 +89,9 @@ struct pc_applier {
     bool has_identity;
     pc_metric *m_record_failures;
     _Atomic uint64_t record_failures; /* as m_record_failures, for reports */
-    /* While a snapshot's tenants are made live (apply_lock held), their
-     * live versions and outcomes are collected here and written in one
-     * transaction at the end: one flush instead of two per tenant. */
+    /* While an entry or a snapshot's tenants are made live (apply_lock
+     * held), live versions and outcomes are collected here and written in
+     * one transaction at the end: one flush instead of two per tenant. */
     bool deferring;
     deferred_live *dlive;
     size_t n_dlive, cap_dlive;
@@ -647,6 +647,8 @@ static int apply_entry_locked(pc_applier *a, const Popcast__Entry *e, pc_err *er
     if (m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION)
         rotated_to(a, m);
     pc_metric_set(a->m_applied_seq, m->seq);
+    /* What went live and its outcome: one transaction, not one each. */
+    defer_records(a);
     switch (m->kind) {
     case POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY:
     case POPCAST__ENTRY_KIND__ENTRY_KIND_ROLLBACK: {
@@ -668,6 +670,7 @@ static int apply_entry_locked(pc_applier *a, const Popcast__Entry *e, pc_err *er
         break;
     default: break;
     }
+    flush_records(a);
     rc = PC_OK;
 out:
     popcast__manifest__free_unpacked(m, NULL);
