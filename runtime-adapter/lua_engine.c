@@ -21,10 +21,12 @@
 
 typedef struct engine engine;
 
-/* Per-tenant counters, looked up once per version (not per request). */
+/* Per-tenant counters of every request, looked up once per version (not
+ * per request). Those of rare events (a limit hit, a quarantine) are
+ * looked up when they happen: each series costs about 200 bytes, and an
+ * agent has tens of thousands of tenants that never hit a limit. */
 typedef struct tenant_metrics {
-    pc_metric *requests, *errors, *isolates, *quarantined;
-    pc_metric *limit[PC_LUA_LIMIT_LAST + 1];
+    pc_metric *requests, *errors, *isolates;
 } tenant_metrics;
 
 /* A thread inside a version's code: a request, or a top level being run
@@ -288,8 +290,14 @@ static void run_leave(lua_version *v, inflight *r)
 
 static void count_limit(lua_version *v, pc_lua_limit hit)
 {
-    if (hit != PC_LUA_LIMIT_NONE)
-        pc_metric_add(v->m.limit[hit], 1);
+    if (hit == PC_LUA_LIMIT_NONE)
+        return;
+    char labels[128];
+    snprintf(labels, sizeof(labels), "tenant=\"%s\",limit=\"%s\"", v->tenant,
+             pc_lua_limit_name(hit));
+    pc_metric_add(pc_metrics_counter(v->e->metrics, "popcast_lua_limit_exceeded_total", labels,
+                                     "runs stopped by a sandbox limit"),
+                  1);
 }
 
 static void load_metrics(engine *e, lua_version *v)
@@ -302,15 +310,6 @@ static void load_metrics(engine *e, lua_version *v)
                                      "requests whose handler failed or hit a limit");
     v->m.isolates = pc_metrics_counter(e->metrics, "popcast_lua_isolates_created_total", labels,
                                        "Lua isolates created");
-    v->m.quarantined =
-        pc_metrics_counter(e->metrics, "popcast_lua_quarantined_total", labels,
-                           "versions quarantined by the watchdog (a run past the hard ceiling)");
-    for (int l = PC_LUA_LIMIT_CPU; l <= PC_LUA_LIMIT_LAST; l++) {
-        snprintf(labels, sizeof(labels), "tenant=\"%s\",limit=\"%s\"", v->tenant,
-                 pc_lua_limit_name((pc_lua_limit)l));
-        v->m.limit[l] = pc_metrics_counter(e->metrics, "popcast_lua_limit_exceeded_total", labels,
-                                           "runs stopped by a sandbox limit");
-    }
 }
 
 static int new_isolate(lua_version *v, pc_lua_isolate **out, pc_err *err)
@@ -578,7 +577,12 @@ static void quarantine(lua_version *v, const char *reason)
         return;
     snprintf(v->reason, sizeof(v->reason), "%s", reason);
     atomic_store(&v->quarantined, true);
-    pc_metric_add(v->m.quarantined, 1);
+    char labels[128];
+    snprintf(labels, sizeof(labels), "tenant=\"%s\"", v->tenant);
+    pc_metric_add(pc_metrics_counter(v->e->metrics, "popcast_lua_quarantined_total", labels,
+                                     "versions quarantined by the watchdog (a run past the hard "
+                                     "ceiling)"),
+                  1);
     pc_warn("lua", "tenant %s version %llu quarantined: %s", v->tenant,
             (unsigned long long)v->version, reason);
 }
