@@ -517,7 +517,7 @@ static uint64_t serving_version(pc_applier *a, const char *tenant)
 
 /* Prepares and swaps in one version; on success records it as live. */
 static int make_live(pc_applier *a, const Popcast__Manifest *m, const uint8_t *bundle, size_t len,
-                     pc_err *err)
+                     bool deferred, pc_err *err)
 {
     pc_adapter *ad = find_adapter(a, m->runtime);
     if (ad == NULL)
@@ -529,7 +529,8 @@ static int make_live(pc_applier *a, const Popcast__Manifest *m, const uint8_t *b
                             .entrypoint = m->entrypoint,
                             .bundle = bundle,
                             .bundle_len = len,
-                            .hash = m->bundle_hash.data};
+                            .hash = m->bundle_hash.data,
+                            .deferred = deferred};
     pc_prepared *p = NULL;
     int rc = ad->prepare(ad, &spec, &p, err);
     if (rc != PC_OK)
@@ -653,7 +654,7 @@ static int apply_entry_locked(pc_applier *a, const Popcast__Entry *e, pc_err *er
     case POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY:
     case POPCAST__ENTRY_KIND__ENTRY_KIND_ROLLBACK: {
         pc_err lerr;
-        if (make_live(a, m, bundle, bundle_len, &lerr) != PC_OK) {
+        if (make_live(a, m, bundle, bundle_len, false, &lerr) != PC_OK) {
             pc_warn("applier", "%s version %llu stored but not live: %s", m->tenant,
                     (unsigned long long)m->version, lerr.msg);
             record_nack(a, m->tenant, m->version, m->seq, pc_err_name(lerr.code), lerr.msg);
@@ -803,7 +804,9 @@ typedef struct load_walk {
     size_t live;
 } load_walk;
 
-static int load_version(pc_applier *a, const char *tenant, uint64_t version, pc_err *err)
+/* deferred: the version was live before this start (pc_version_spec). */
+static int load_version(pc_applier *a, const char *tenant, uint64_t version, bool deferred,
+                        pc_err *err)
 {
     uint64_t seq = 0;
     Popcast__Manifest *m = NULL;
@@ -817,7 +820,7 @@ static int load_version(pc_applier *a, const char *tenant, uint64_t version, pc_
     if (rc == PC_OK)
         rc = pc_store_get_blob(a->opt.store, m->bundle_hash.data, &bundle, &len, err);
     if (rc == PC_OK)
-        rc = make_live(a, m, bundle, len, err);
+        rc = make_live(a, m, bundle, len, deferred, err);
     free(bundle);
     if (m)
         popcast__manifest__free_unpacked(m, NULL);
@@ -839,7 +842,10 @@ static int load_tenant(void *arg, const pc_tenant_state *t)
         return 0;
     }
     pc_err err;
-    if (load_version(a, t->tenant, t->active_version, &err) == PC_OK) {
+    /* A version that was live before (it loaded then) is not built again
+     * before serving: the start stays short with many tenants. */
+    if (load_version(a, t->tenant, t->active_version, t->live_version == t->active_version, &err) ==
+        PC_OK) {
         w->live++;
         return 0;
     }
@@ -847,7 +853,7 @@ static int load_tenant(void *arg, const pc_tenant_state *t)
             (unsigned long long)t->active_version, err.msg);
     record_nack(a, t->tenant, t->active_version, t->active_seq, pc_err_name(err.code), err.msg);
     if (t->live_version != 0 && t->live_version != t->active_version) {
-        if (load_version(a, t->tenant, t->live_version, &err) == PC_OK) {
+        if (load_version(a, t->tenant, t->live_version, true, &err) == PC_OK) {
             pc_info("applier", "%s serves its last live version %llu", t->tenant,
                     (unsigned long long)t->live_version);
             w->live++;
@@ -1099,7 +1105,8 @@ int pc_applier_install_snapshot(pc_applier *a, const Popcast__SnapshotResponse *
             pc_err lerr;
             if (!pc_manifest_has_content(ms[i])) {
                 take_down(a, ms[i]->tenant);
-            } else if (make_live(a, ms[i], items[i].bundle, items[i].bundle_len, &lerr) != PC_OK) {
+            } else if (make_live(a, ms[i], items[i].bundle, items[i].bundle_len, false, &lerr) !=
+                       PC_OK) {
                 record_nack(a, ms[i]->tenant, ms[i]->version, ms[i]->seq, pc_err_name(lerr.code),
                             lerr.msg);
             } else {

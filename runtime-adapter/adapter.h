@@ -38,6 +38,12 @@ typedef struct pc_version_spec {
     const uint8_t *bundle;  /* the bundle archive bytes (see common/bundle.h) */
     size_t bundle_len;
     const uint8_t *hash; /* BLAKE2b-256 of bundle, PC_HASH_LEN bytes */
+    /* This agent made the version live before (a restart): prepare may
+     * leave running its code until the first request, so that an agent
+     * with many tenants serves without building each first. If the code
+     * then fails to load, the version is quarantined with the reason
+     * (it serves nothing, and reports say so). Adapters may ignore it. */
+    bool deferred;
 } pc_version_spec;
 
 typedef struct pc_header {

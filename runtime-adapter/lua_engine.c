@@ -57,6 +57,9 @@ typedef struct lua_version {
     inflight *runs;    /* threads inside this version's code, oldest first */
     atomic_bool quarantined;
     char reason[sizeof(((pc_lua_quarantine *)0)->reason)];
+    /* Prepared deferred (pc_version_spec.deferred) and no isolate built
+     * yet (pool_lock): the first build failing quarantines it. */
+    bool unproven;
     /* The engine's idle list (lru_lock): versions with idle isolates,
      * most recently used first. */
     struct lua_version *lru_prev, *lru_next;
@@ -396,15 +399,18 @@ static int lua_prepare(pc_adapter *a, const pc_version_spec *spec, pc_prepared *
         e->versions->prev = v;
     e->versions = v;
     pthread_mutex_unlock(&e->versions_lock);
+    if ((v->idle = malloc(e->limits.max_isolates * sizeof(*v->idle))) == NULL) {
+        version_unref(v);
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    }
+    if (spec->deferred) {
+        v->unproven = true;
+        *out = (pc_prepared *)v;
+        return PC_OK;
+    }
     /* The first isolate, built now, is what makes activation warm. */
     pc_lua_isolate *iso = NULL;
-    if ((rc = new_isolate(v, &iso, err)) != PC_OK ||
-        (v->idle = malloc(e->limits.max_isolates * sizeof(*v->idle))) == NULL) {
-        if (rc == PC_OK) {
-            pc_lua_isolate_free(iso);
-            count_isolates(e, -1);
-            rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
-        }
+    if ((rc = new_isolate(v, &iso, err)) != PC_OK) {
         version_unref(v);
         return rc;
     }
@@ -463,6 +469,8 @@ static lua_version *acquire(engine *e, const char *tenant)
     return v;
 }
 
+static void quarantine(lua_version *v, const char *reason);
+
 static int lua_serve(pc_adapter *a, const char *tenant, const pc_request *req, pc_response *res,
                      pc_err *err)
 {
@@ -500,6 +508,18 @@ static int lua_serve(pc_adapter *a, const char *tenant, const pc_request *req, p
     } else if (build && (rc = new_isolate(v, &iso, err)) != PC_OK) {
         pthread_mutex_lock(&v->pool_lock);
         v->n_isolates--;
+        /* A version made live again at start that no longer loads (the
+         * limits changed, say) must not be shown serving: it is
+         * quarantined, as one that misbehaved. */
+        if (v->unproven) {
+            char reason[sizeof(v->reason)];
+            snprintf(reason, sizeof(reason), "does not load: %.140s", err->msg);
+            quarantine(v, reason);
+        }
+        pthread_mutex_unlock(&v->pool_lock);
+    } else if (build) {
+        pthread_mutex_lock(&v->pool_lock);
+        v->unproven = false;
         pthread_mutex_unlock(&v->pool_lock);
     }
     if (rc == PC_OK) {

@@ -47,8 +47,9 @@ static int teardown(void **state)
 }
 
 /* Prepares and activates source as tenant's version; returns the result of
- * prepare (or activate), with err set. */
-static int deploy(const char *tenant, uint64_t version, const char *source, pc_err *err)
+ * prepare (or activate), with err set. deferred: as at an agent's start. */
+static int deploy_as(const char *tenant, uint64_t version, const char *source, bool deferred,
+                     pc_err *err)
 {
     uint8_t *bundle = NULL;
     size_t len = 0;
@@ -65,13 +66,19 @@ static int deploy(const char *tenant, uint64_t version, const char *source, pc_e
                             .entrypoint = "main.lua",
                             .bundle = bundle,
                             .bundle_len = len,
-                            .hash = hash};
+                            .hash = hash,
+                            .deferred = deferred};
     pc_prepared *p = NULL;
     rc = lua->prepare(lua, &spec, &p, err);
     free(bundle);
     if (rc != PC_OK)
         return rc;
     return lua->activate(lua, p, err);
+}
+
+static int deploy(const char *tenant, uint64_t version, const char *source, pc_err *err)
+{
+    return deploy_as(tenant, version, source, false, err);
 }
 
 static void deploy_ok(const char *tenant, uint64_t version, const char *source)
@@ -505,6 +512,42 @@ static void test_idle_isolates_are_bounded(void **state)
     lua = shared;
 }
 
+/* A deferred version (an agent's start) builds nothing until its first
+ * request; one whose code no longer loads is quarantined with the reason
+ * at that request, instead of being shown serving. */
+static void test_deferred_versions_build_on_first_request(void **state)
+{
+    (void)state;
+    long versions0 = 0, isolates0 = 0, versions = 0, isolates = 0;
+    pc_lua_adapter_counts(lua, &versions0, &isolates0);
+    pc_err err;
+    assert_int_equal(deploy_as("later", 1, "return function(req) return 'later' end", true, &err),
+                     PC_OK);
+    pc_lua_adapter_counts(lua, &versions, &isolates);
+    assert_int_equal(versions, versions0 + 1);
+    assert_int_equal(isolates, isolates0);
+    assert_int_equal(lua->live_version(lua, "later"), 1);
+    expect_body("later", "/", "later");
+    pc_lua_adapter_counts(lua, &versions, &isolates);
+    assert_int_equal(isolates, isolates0 + 1);
+
+    /* Its top level fails now: the version is taken as live, then the
+     * first request quarantines it. */
+    assert_int_equal(deploy_as("broken", 1, "error('boom at load')", true, &err), PC_OK);
+    assert_false(pc_lua_adapter_is_quarantined(lua, "broken", NULL));
+    pc_response res;
+    assert_int_not_equal(get("broken", "/", &res, &err), PC_OK);
+    pc_lua_quarantine q;
+    assert_true(pc_lua_adapter_is_quarantined(lua, "broken", &q));
+    assert_non_null(strstr(q.reason, "does not load"));
+    assert_non_null(strstr(q.reason, "boom at load"));
+    assert_int_equal(get("broken", "/", &res, &err), PC_E_QUARANTINED);
+    /* The same code not deferred is refused at prepare, as always. */
+    assert_int_not_equal(deploy("broken", 2, "error('boom at load')", &err), PC_OK);
+    assert_int_equal(lua->deactivate(lua, "later", &err), PC_OK);
+    assert_int_equal(lua->deactivate(lua, "broken", &err), PC_OK);
+}
+
 /* The controller's upload check compiles under the agents' limits: a
  * bundle whose compilation alone needs more memory than an isolate may
  * have is refused at upload, not accepted and then nacked everywhere. */
@@ -561,6 +604,7 @@ int main(void)
         cmocka_unit_test(test_prepare_failure_keeps_old_version),
         cmocka_unit_test(test_swaps_free_old_versions),
         cmocka_unit_test(test_idle_isolates_are_bounded),
+        cmocka_unit_test(test_deferred_versions_build_on_first_request),
         cmocka_unit_test(test_check_uses_the_limits),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
