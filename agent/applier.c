@@ -92,6 +92,7 @@ struct pc_applier {
     /* While an entry or a snapshot's tenants are made live (apply_lock
      * held), live versions and outcomes are collected here and written in
      * one transaction at the end: one flush instead of two per tenant. */
+    atomic_bool interrupted; /* pc_applier_interrupt */
     bool deferring;
     deferred_live *dlive;
     size_t n_dlive, cap_dlive;
@@ -870,8 +871,12 @@ size_t pc_applier_load(pc_applier *a)
     load_walk w = {a, 0};
     pc_err err;
     pc_mutex_lock(&a->apply_lock);
+    /* What goes live for the first time here (a snapshot interrupted by
+     * a stop) is recorded in one transaction, as a snapshot is. */
+    defer_records(a);
     if (pc_store_foreach_tenant(a->opt.store, load_tenant, &w, &err) != PC_OK)
         pc_error("applier", "cannot read tenants from the store: %s", err.msg);
+    flush_records(a);
     pc_mutex_unlock(&a->apply_lock);
     return w.live;
 }
@@ -1100,6 +1105,13 @@ int pc_applier_install_snapshot(pc_applier *a, const Popcast__SnapshotResponse *
         size_t made_live = 0;
         defer_records(a);
         for (size_t i = 0; i < n; i++) {
+            if (atomic_load(&a->interrupted)) {
+                pc_warn("applier",
+                        "stopping: %zu tenants of the snapshot are stored but not made live; the "
+                        "next start makes them live",
+                        n - i);
+                break;
+            }
             if (!applied[i])
                 continue;
             pc_err lerr;
@@ -1247,6 +1259,12 @@ int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
                 opt->test_drop_permille);
     *out = a;
     return PC_OK;
+}
+
+void pc_applier_interrupt(pc_applier *a)
+{
+    if (a != NULL)
+        atomic_store(&a->interrupted, true);
 }
 
 void pc_applier_free(pc_applier *a)

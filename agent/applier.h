@@ -73,6 +73,9 @@ typedef struct pc_applier_options {
  * the agent must not start on a chain with a hole in it. */
 int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err);
 void pc_applier_free(pc_applier *a);
+/* Any thread: the agent is stopping. A snapshot being made live stops
+ * there (its tenants are stored; the next start makes them live). */
+void pc_applier_interrupt(pc_applier *a);
 
 /* Startup: makes every tenant's stored version live, straight from LMDB,
  * with no controller involved (static stability). A tenant whose active

@@ -317,6 +317,7 @@ static void on_signal(uv_signal_t *h, int signum)
     }
     if (ag->cfg.ready_file != NULL) /* no longer ready */
         unlink(ag->cfg.ready_file);
+    pc_applier_interrupt(ag->applier);
     pc_subscriber_close(ag->sub);
     ag->sub = NULL;
     uv_close((uv_handle_t *)&ag->sigint, NULL);

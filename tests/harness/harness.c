@@ -190,6 +190,11 @@ char *pc_test_source_file(const char *relpath, size_t *len)
     assert_non_null(src);
     char path[1024];
     snprintf(path, sizeof(path), "%s/%s", src, relpath);
+    return pc_test_read_file(path, len);
+}
+
+char *pc_test_read_file(const char *path, size_t *len)
+{
     FILE *f = fopen(path, "rb");
     assert_non_null(f);
     fseek(f, 0, SEEK_END);

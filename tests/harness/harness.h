@@ -45,6 +45,8 @@ int pc_test_free_port(void);
 void pc_test_write_file(const char *path, const void *data, size_t len);
 /* The contents of a file under the source tree, malloc'd. */
 char *pc_test_source_file(const char *relpath, size_t *len);
+/* A whole file, NUL-terminated (fails the test if it cannot be read). */
+char *pc_test_read_file(const char *path, size_t *len);
 
 #define PC_PROC_MAX_PORTS 8
 typedef struct pc_proc {

@@ -140,6 +140,38 @@ static void test_delta_reports_with_many_tenants(void **state)
     assert_true(settled_report_bytes(&agent) < DELTA_MAX_BYTES);
 
     pc_test_agent_stop(&agent);
+
+    /* A stop while a snapshot is being made live ends promptly and
+     * cleanly (the harness checks the exit), and the next start serves
+     * every tenant. The stop is sent as soon as the snapshot is stored,
+     * when the agent starts making its tenants live. */
+    pc_test_agent late = {0};
+    pc_test_agent_start_for(&env, &late, "edge-2", &ctl, fast);
+    uint64_t head = pc_test_controller_head(&env, &ctl);
+    deadline = pc_test_now_ms() + 120000;
+    while (pc_test_agent_metric(&late, "popcast_agent_applied_seq") < head &&
+           pc_test_now_ms() < deadline)
+        pc_test_sleep_ms(5);
+    assert_true(pc_test_agent_metric(&late, "popcast_agent_applied_seq") >= head);
+    char log_path[sizeof(late.proc->log)];
+    snprintf(log_path, sizeof(log_path), "%s", late.proc->log);
+    pc_test_agent_stop(&late);
+    size_t log_len = 0;
+    char *log = pc_test_read_file(log_path, &log_len);
+    print_message("the stop came %s the snapshot was made live\n",
+                  log != NULL && strstr(log, "stored but not made live") ? "while" : "after");
+    free(log);
+    pc_test_agent_start_for(&env, &late, "edge-2", &ctl, fast);
+    for (int t = 0; t<n_tenants; t += n_tenants / 20> 0 ? n_tenants / 20 : 1) {
+        char tenant[32];
+        snprintf(tenant, sizeof(tenant), "t%06d", t);
+        assert_true(pc_test_wait_version(&late, tenant, 1, 60000));
+    }
+    assert_true(pc_test_wait_version(&late, "t000017", 2, 60000));
+    char last[32];
+    snprintf(last, sizeof(last), "t%06d", n_tenants - 1);
+    assert_true(pc_test_wait_version(&late, last, 1, 60000));
+    pc_test_agent_stop(&late);
     pc_test_controller_stop(&ctl);
     pc_test_env_cleanup(&env);
 }
