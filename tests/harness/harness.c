@@ -872,15 +872,28 @@ void pc_test_agent_wait_subscribed(pc_test_agent *a)
     }
 }
 
+/* One series from a daemon's /metrics (text, not the status JSON, which
+ * lists every tenant); 0 if absent or unreachable. */
+static uint64_t metric_at(const char *base_url, const char *series)
+{
+    pc_http_result r;
+    if (pc_http_call(base_url, "GET", "/metrics", NULL, NULL, 0, 30000, &r, NULL) != PC_OK)
+        return 0;
+    uint64_t v = 0;
+    size_t n = strlen(series);
+    for (const char *line = (const char *)r.body; line != NULL && *line != '\0';) {
+        if (strncmp(line, series, n) == 0 && line[n] == ' ')
+            v = strtoull(line + n + 1, NULL, 10);
+        line = strchr(line, '\n');
+        line = line ? line + 1 : NULL;
+    }
+    pc_http_result_free(&r);
+    return v;
+}
+
 uint64_t pc_test_agent_metric(pc_test_agent *a, const char *name_with_labels)
 {
-    json_t *s = pc_test_agent_status(a);
-    if (s == NULL)
-        return 0;
-    uint64_t v = (uint64_t)json_integer_value(
-        json_object_get(json_object_get(s, "metrics"), name_with_labels));
-    json_decref(s);
-    return v;
+    return metric_at(a->admin_url, name_with_labels);
 }
 
 /* Convergence. */
@@ -1133,19 +1146,7 @@ void pc_test_agent_start_cluster(pc_test_env *env, pc_test_agent *a, const char 
 
 uint64_t pc_test_controller_metric(pc_test_controller *c, const char *series)
 {
-    pc_http_result r;
-    assert_int_equal(pc_http_call(c->api_url, "GET", "/metrics", NULL, NULL, 0, 10000, &r, NULL),
-                     PC_OK);
-    uint64_t v = 0;
-    size_t n = strlen(series);
-    for (const char *line = (const char *)r.body; line != NULL && *line != '\0';) {
-        if (strncmp(line, series, n) == 0 && line[n] == ' ')
-            v = strtoull(line + n + 1, NULL, 10);
-        line = strchr(line, '\n');
-        line = line ? line + 1 : NULL;
-    }
-    pc_http_result_free(&r);
-    return v;
+    return metric_at(c->api_url, series);
 }
 
 typedef struct tenant_deploys {

@@ -166,7 +166,7 @@ json_t *pc_test_agent_status(pc_test_agent *a);
  * misses the first entries catches up with a snapshot, so tests that
  * count entries applied one by one start their stream after this. */
 void pc_test_agent_wait_subscribed(pc_test_agent *a);
-/* A metric's value from the agent's status (0 if absent). */
+/* A metric's value from the agent's /metrics (0 if absent). */
 uint64_t pc_test_agent_metric(pc_test_agent *a, const char *name_with_labels);
 /* The value of one controller metric series from its /metrics, e.g.
  * popcast_status_refused_total{reason="unsigned"} (0 if absent). */
