@@ -2,8 +2,8 @@
  * lossy agent converges. Real processes on loopback, started with the test
  * harness; run by hand (or by CI with tiny sizes), never as a test.
  *
- *   bench_rollout [AGENTS,AGENTS,...] [RUNS] [LOSS_DEPLOYS]
- *   defaults:      3,20               9      200
+ *   bench_rollout [AGENTS,AGENTS,...] [RUNS] [LOSS_DEPLOYS] [BYTES,BYTES,...]
+ *   defaults:      3,20               9      200            4096
  *
  * Figures (medians over RUNS, milliseconds):
  *   commit     POST of a bundle until the controller answered 201 (the
@@ -11,6 +11,15 @@
  *   live-all   POST until the rollout wait reports it live on every agent
  *              (agents applied, hot-swapped and reported it)
  *   ratio      live-all / commit
+ *   etcd       the baseline, measured in the same run when etcd is installed
+ *              (Debian's etcd-server; ETCD_BIN overrides /usr/bin/etcd): a
+ *              one-member etcd, as many watchers of one key as there are
+ *              agents (curl streaming its HTTP gateway's /v3/watch), a PUT
+ *              of the same number of bytes until every watcher has received
+ *              the event (watchers are looked at every 0.2 ms or so)
+ *   vs etcd    live-all / etcd (popcast's figure includes the agents'
+ *              verification, store, hot swap and signed report back)
+ * The bundle is a Lua handler padded with a comment to BYTES.
  * and, for LOSS_DEPLOYS deploys over 20 tenants with one agent dropping
  * 30 % of pub/sub entries (seeded) next to a loss-free agent:
  *   converge   last deploy answered until the agent holds exactly the
@@ -23,13 +32,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "clock.h"
+#include "etcd_cluster.h"
 #include "harness.h"
 
 static const char *agent_counts = "3,20";
+static const char *byte_counts = "4096";
 static int runs = 9;
 static int loss_deploys = 200;
 
@@ -45,7 +57,60 @@ static double median(double *v, int n)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
 }
 
-static void bench_live_everywhere(int n_agents)
+/* A Lua handler answering body, padded with comment lines to size bytes
+ * (malloc'd; *len gets its length). */
+static char *padded_source(const char *body, size_t size, size_t *len)
+{
+    char head[256];
+    pc_test_lua_hello(head, sizeof(head), body);
+    size_t n = strlen(head);
+    size_t cap = (size > n ? size : n) + 1;
+    char *src = malloc(cap);
+    assert_non_null(src);
+    memcpy(src, head, n);
+    while (n + 1 < size) {
+        size_t line = size - n - 1 < 100 ? size - n - 1 : 100;
+        src[n++] = '\n';
+        for (size_t i = 0; i < line && n < size; i++)
+            src[n++] = i < 2 ? '-' : 'x';
+    }
+    src[n] = '\0';
+    *len = n;
+    return src;
+}
+
+/* The etcd baseline for n watchers and size bytes: median ms (-1: none). */
+static double etcd_fanout(int n_watchers, size_t size)
+{
+    if (!etcd_installed() || access("/usr/bin/curl", X_OK) != 0)
+        return -1;
+    etcd_cluster e;
+    etcd_start(&e, 1, size * 2 + (1u << 20));
+    etcd_watchers w;
+    etcd_watchers_start(&w, &e, "bench", n_watchers);
+    char *value = malloc(size ? size : 1);
+    assert_non_null(value);
+    double *t = calloc((size_t)runs, sizeof(double));
+    assert_non_null(t);
+    size_t b64_len = (size + 2) / 3 * 4;
+    for (int i = 0; i < runs; i++) {
+        pc_test_sleep_ms(100);
+        memset(value, 'a' + i % 26, size);
+        etcd_watchers_mark(&w);
+        double t0 = pc_mono_ms_frac();
+        assert_true(etcd_put(&e, 0, "bench", value, size));
+        t[i] = etcd_watchers_wait(&w, b64_len, t0, 60000);
+        assert_true(t[i] >= 0);
+    }
+    double m = median(t, runs);
+    free(t);
+    free(value);
+    etcd_watchers_stop(&w);
+    etcd_stop(&e);
+    return m;
+}
+
+static void bench_live_everywhere(int n_agents, size_t size)
 {
     pc_test_env env;
     pc_test_env_init(&env);
@@ -86,10 +151,11 @@ static void bench_live_everywhere(int n_agents)
         pc_test_sleep_ms(100); /* let status reports settle between runs */
         char body[64];
         snprintf(body, sizeof(body), "run %d", i);
-        pc_test_lua_hello(src, sizeof(src), body);
+        size_t len = 0;
+        char *big = padded_source(body, size, &len);
         double t0 = pc_mono_ms_frac();
-        assert_int_equal(
-            pc_test_try_deploy(&env, &ctl, "bench", "text/x-lua", src, strlen(src), &d), 201);
+        assert_int_equal(pc_test_try_deploy(&env, &ctl, "bench", "text/x-lua", big, len, &d), 201);
+        free(big);
         double t1 = pc_mono_ms_frac();
         char url[128];
         snprintf(url, sizeof(url), "/v1/tenants/bench/versions/%llu/rollout?wait=60000",
@@ -107,9 +173,6 @@ static void bench_live_everywhere(int n_agents)
         live[i] = t2 - t0;
     }
     double mc = median(commit, runs), ml = median(live, runs);
-    printf("deploy to live everywhere, %2d agents, %d runs: commit %.1f ms, live-all %.1f ms "
-           "(median), ratio %.1f\n",
-           n_agents, runs, mc, ml, ml / mc);
     free(commit);
     free(live);
     for (int i = 0; i < n_agents; i++)
@@ -117,6 +180,16 @@ static void bench_live_everywhere(int n_agents)
     free(agents);
     pc_test_controller_stop(&ctl);
     pc_test_env_cleanup(&env);
+    double me = etcd_fanout(n_agents, size);
+    printf("deploy to live everywhere, %3d agents, %8zu bytes, %d runs: commit %.1f ms, live-all "
+           "%.1f ms (median), ratio %.1f",
+           n_agents, size, runs, mc, ml, ml / mc);
+    if (me >= 0)
+        printf("; etcd watch fan-out %.1f ms, vs etcd %.2f\n", me, me > 0 ? ml / me : 0.0);
+    else
+        printf("; no etcd baseline: needs %s (Debian: etcd-server) and /usr/bin/curl\n",
+               etcd_bin());
+    fflush(stdout);
 }
 
 static void bench_loss_convergence(void)
@@ -178,11 +251,16 @@ static void bench_loss_convergence(void)
 
 static void bench(void **state)
 {
-    char *list = strdup(agent_counts);
-    for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok != NULL;
-         tok = strtok_r(NULL, ",", &save))
-        bench_live_everywhere(atoi(tok));
-    free(list);
+    char *sizes = strdup(byte_counts);
+    for (char *s1 = NULL, *sz = strtok_r(sizes, ",", &s1); sz != NULL;
+         sz = strtok_r(NULL, ",", &s1)) {
+        char *list = strdup(agent_counts);
+        for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok != NULL;
+             tok = strtok_r(NULL, ",", &save))
+            bench_live_everywhere(atoi(tok), (size_t)strtoull(sz, NULL, 10));
+        free(list);
+    }
+    free(sizes);
     if (loss_deploys > 0)
         bench_loss_convergence();
 }
@@ -195,6 +273,8 @@ int main(int argc, char **argv)
         runs = atoi(argv[2]) > 0 ? atoi(argv[2]) : 1;
     if (argc > 3)
         loss_deploys = atoi(argv[3]);
+    if (argc > 4)
+        byte_counts = argv[4];
     const struct CMUnitTest benches[] = {cmocka_unit_test(bench)};
     return cmocka_run_group_tests(benches, NULL, NULL);
 }

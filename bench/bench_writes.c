@@ -36,8 +36,9 @@
 #include <cmocka.h>
 
 #include "clock.h"
-#include "http_client.h"
+#include "etcd_cluster.h"
 #include "harness.h"
+#include "http_client.h"
 
 #define MAX_LIST    8
 #define MAX_SAMPLES 400000
@@ -47,7 +48,6 @@ static int clients[MAX_LIST] = {1, 4, 16, 64}, n_clients = 4;
 static int nodes[MAX_LIST] = {1, 3}, n_nodes = 2;
 
 /* One measured point: what its clients share. */
-typedef struct etcd_cluster etcd_cluster;
 typedef struct run {
     pc_test_env *env;
     pc_test_controller *leader; /* popcast */
@@ -93,138 +93,18 @@ static void *client_main(void *p)
     return NULL;
 }
 
-/* etcd: a cluster of n members on loopback, each with its own ports. */
-struct etcd_cluster {
-    int n;
-    char client_url[3][64];
-    pc_proc *proc[3];
-    char dir[256];
-};
-
-static const char *etcd_bin(void)
-{
-    const char *bin = getenv("ETCD_BIN");
-    return bin != NULL ? bin : "/usr/bin/etcd";
-}
-
-static bool etcd_healthy(const char *url)
-{
-    pc_http_result r;
-    pc_err err;
-    if (pc_http_call(url, "GET", "/health", NULL, NULL, 0, 2000, &r, &err) != PC_OK)
-        return false;
-    bool ok = r.status == 200 && r.body != NULL && strstr((char *)r.body, "true") != NULL;
-    pc_http_result_free(&r);
-    return ok;
-}
-
-static void etcd_start(etcd_cluster *e, int n)
-{
-    memset(e, 0, sizeof(*e));
-    e->n = n;
-    pc_test_tmpdir(e->dir, sizeof(e->dir), "etcd");
-    int peer_port[3];
-    char initial[512] = "";
-    for (int i = 0; i < n; i++) {
-        peer_port[i] = pc_test_free_port();
-        snprintf(e->client_url[i], sizeof(e->client_url[i]), "http://127.0.0.1:%d",
-                 pc_test_free_port());
-        char member[96];
-        snprintf(member, sizeof(member), "%se%d=http://127.0.0.1:%d", i ? "," : "", i,
-                 peer_port[i]);
-        strncat(initial, member, sizeof(initial) - strlen(initial) - 1);
-    }
-    for (int i = 0; i < n; i++) {
-        char name[16], data[320], peer[64], log[340];
-        snprintf(name, sizeof(name), "e%d", i);
-        snprintf(data, sizeof(data), "%s/%s", e->dir, name);
-        snprintf(peer, sizeof(peer), "http://127.0.0.1:%d", peer_port[i]);
-        snprintf(log, sizeof(log), "%s/%s.log", e->dir, name);
-        char *argv[] = {(char *)etcd_bin(),
-                        "--name",
-                        name,
-                        "--data-dir",
-                        data,
-                        "--listen-client-urls",
-                        e->client_url[i],
-                        "--advertise-client-urls",
-                        e->client_url[i],
-                        "--listen-peer-urls",
-                        peer,
-                        "--initial-advertise-peer-urls",
-                        peer,
-                        "--initial-cluster",
-                        initial,
-                        "--initial-cluster-state",
-                        "new",
-                        "--log-level",
-                        "error",
-                        NULL};
-        e->proc[i] = pc_proc_spawn(name, argv, log);
-        assert_non_null(e->proc[i]);
-    }
-    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
-    for (int i = 0; i < n; i++)
-        while (!etcd_healthy(e->client_url[i])) {
-            if (pc_test_now_ms() > deadline) {
-                pc_proc_dump_log(e->proc[i]);
-                fail_msg("etcd member %d did not become healthy", i);
-            }
-            pc_test_sleep_ms(50);
-        }
-}
-
-static void etcd_stop(etcd_cluster *e)
-{
-    for (int i = 0; i < e->n; i++) {
-        pc_proc_stop(e->proc[i]);
-        pc_proc_free(e->proc[i]);
-    }
-    pc_test_rm_rf(e->dir);
-}
-
-/* base64 of "w<id>" style keys and ~100-byte values, as JSON. */
-static void b64(const char *in, char *out, size_t cap)
-{
-    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t n = strlen(in), o = 0;
-    for (size_t i = 0; i < n && o + 5 < cap; i += 3) {
-        uint32_t v = (uint32_t)(uint8_t)in[i] << 16;
-        if (i + 1 < n)
-            v |= (uint32_t)(uint8_t)in[i + 1] << 8;
-        if (i + 2 < n)
-            v |= (uint8_t)in[i + 2];
-        out[o++] = tbl[(v >> 18) & 63];
-        out[o++] = tbl[(v >> 12) & 63];
-        out[o++] = i + 1 < n ? tbl[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < n ? tbl[v & 63] : '=';
-    }
-    out[o] = '\0';
-}
-
 static void *etcd_client_main(void *p)
 {
     client_arg *a = p;
     run *r = a->r;
-    const char *url = r->etcd->client_url[a->id % r->etcd->n];
-    char key[32], value[160], k64[64], v64[256], body[400];
+    char key[32], value[160];
     snprintf(key, sizeof(key), "w%d", a->id);
-    b64(key, k64, sizeof(k64));
     for (int i = 0; pc_mono_ms_frac() < r->deadline_ms; i++) {
-        snprintf(value, sizeof(value), "return function(req) return 'client %d change %d' end",
-                 a->id, i);
-        b64(value, v64, sizeof(v64));
-        int len = snprintf(body, sizeof(body), "{\"key\":\"%s\",\"value\":\"%s\"}", k64, v64);
-        pc_http_result res;
-        pc_err err;
+        int len = snprintf(value, sizeof(value),
+                           "return function(req) return 'client %d change %d' end", a->id, i);
         double t0 = pc_mono_ms_frac();
-        int rc =
-            pc_http_call(url, "POST", "/v3/kv/put", NULL, body, (size_t)len, 10000, &res, &err);
-        double t = pc_mono_ms_frac() - t0;
-        bool ok = rc == PC_OK && res.status == 200;
-        if (rc == PC_OK)
-            pc_http_result_free(&res);
-        sample(r, ok, t);
+        bool ok = etcd_put(r->etcd, a->id, key, value, (size_t)len);
+        sample(r, ok, pc_mono_ms_frac() - t0);
     }
     return NULL;
 }
@@ -290,7 +170,7 @@ static figures measure(int n_nodes_now, int n_clients_now, bool batching)
 static figures measure_etcd(int n_nodes_now, int n_clients_now)
 {
     etcd_cluster e;
-    etcd_start(&e, n_nodes_now);
+    etcd_start(&e, n_nodes_now, 0);
     run r = {.etcd = &e};
     figures f = drive(&r, n_clients_now, etcd_client_main);
     etcd_stop(&e);
@@ -300,7 +180,7 @@ static figures measure_etcd(int n_nodes_now, int n_clients_now)
 static void bench(void **state)
 {
     (void)state;
-    bool etcd = access(etcd_bin(), X_OK) == 0;
+    bool etcd = etcd_installed();
     printf("acknowledged changes through a cluster, %d s per point; baseline: one change per "
            "raft entry (--commit-batch-max 1), same run\n",
            seconds);
