@@ -873,12 +873,19 @@ void pc_test_agent_wait_subscribed(pc_test_agent *a)
 }
 
 /* One series from a daemon's /metrics (text, not the status JSON, which
- * lists every tenant); 0 if absent or unreachable. */
+ * lists every tenant); 0 if absent. A daemon that does not answer fails
+ * the test: reading 0 from it would let "nothing was counted" pass. */
 static uint64_t metric_at(const char *base_url, const char *series)
 {
     pc_http_result r;
-    if (pc_http_call(base_url, "GET", "/metrics", NULL, NULL, 0, 30000, &r, NULL) != PC_OK)
-        return 0;
+    pc_err err;
+    if (pc_http_call(base_url, "GET", "/metrics", NULL, NULL, 0, 30000, &r, &err) != PC_OK)
+        fail_msg("GET %s/metrics: %s", base_url, err.msg);
+    if (r.status != 200) {
+        int status = r.status;
+        pc_http_result_free(&r);
+        fail_msg("GET %s/metrics: HTTP %d", base_url, status);
+    }
     uint64_t v = 0;
     size_t n = strlen(series);
     for (const char *line = (const char *)r.body; line != NULL && *line != '\0';) {

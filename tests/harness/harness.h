@@ -166,10 +166,12 @@ json_t *pc_test_agent_status(pc_test_agent *a);
  * misses the first entries catches up with a snapshot, so tests that
  * count entries applied one by one start their stream after this. */
 void pc_test_agent_wait_subscribed(pc_test_agent *a);
-/* A metric's value from the agent's /metrics (0 if absent). */
+/* A metric's value from the agent's /metrics (0 if absent; fails the test
+ * if the agent does not answer). */
 uint64_t pc_test_agent_metric(pc_test_agent *a, const char *name_with_labels);
 /* The value of one controller metric series from its /metrics, e.g.
- * popcast_status_refused_total{reason="unsigned"} (0 if absent). */
+ * popcast_status_refused_total{reason="unsigned"} (0 if absent; fails
+ * the test if the controller does not answer). */
 uint64_t pc_test_controller_metric(pc_test_controller *c, const char *series);
 
 /* A controller cluster: n nodes (at most 5) started with each other as
