@@ -1,8 +1,9 @@
 /* rollout.h - where each version is live: the controller's view of its
  * fleet, built from the status reports agents send.
  *
- * An agent's report replaces its previous one (reports carry a counter that
- * must grow, so a delayed or replayed report never moves state backwards).
+ * An agent's whole report replaces its table, a delta report is merged into
+ * it (pc_rollout_report); either way reports carry a counter that must
+ * grow, so a delayed or replayed report never moves state backwards.
  * Agents not heard from for gone_after_ms are "gone": they leave the
  * denominator of "live everywhere". Agents not heard from for
  * report_stale_ms, or that report themselves stale (no valid heartbeat),
