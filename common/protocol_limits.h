@@ -35,6 +35,15 @@
  * (a status report, one line per tenant, is the largest): a bigger one is
  * hostile. Agents' requests must stay below it. */
 #define PC_SYNC_REQUEST_MAX PC_MIB
+/* A relay's StatusBatch (its agents' reports, each below
+ * PC_SYNC_REQUEST_MAX): what a controller's rep socket accepts, and what a
+ * relay fills a batch up to. */
+#define PC_STATUS_BATCH_MAX (4 * PC_MIB)
+/* How a relay's StatusAck.error starts when it could not forward a report
+ * (no upstream answered): the agent then reports elsewhere. */
+#define PC_RELAY_UNAVAILABLE "relay unavailable:"
+/* Longest upstream address in a report (an nng url). */
+#define PC_UPSTREAM_MAX 256
 /* Requests the controller serves at once (nng contexts on its rep
  * socket); each one reads LMDB on an nng thread. */
 #define PC_SYNC_WORKERS 8

@@ -10,6 +10,7 @@
 #include "crypto.h"
 #include "json_text.h"
 #include "names.h"
+#include "protocol_limits.h"
 #include "status_digest.h"
 #include "strmap.h"
 #include "checks.h"
@@ -36,6 +37,14 @@ typedef struct agent_entry {
     refusals refused;
 } agent_entry;
 
+/* A relay's own account, as its last batch carried it (unsigned). */
+typedef struct relay_entry {
+    char pop[PC_ID_MAX + 1];
+    char upstream[PC_UPSTREAM_MAX + 1];
+    uint64_t head_seq, first_seq, agents;
+    int64_t last_seen_ms;
+} relay_entry;
+
 typedef struct waiter {
     pc_rollout_query q;
     char tenant[PC_TENANT_MAX + 1];
@@ -54,6 +63,7 @@ struct pc_rollout {
     bool unsorted; /* agents arrived since the last sort */
     waiter *waiters;
     pc_strmap *refused_only; /* ids never accepted -> refusals */
+    pc_strmap *relays;       /* relay id -> relay_entry (what relays say of themselves) */
     uint64_t refused_total;  /* every refusal, attributed or not */
 };
 
@@ -71,8 +81,10 @@ pc_rollout *pc_rollout_new(const pc_rollout_options *opt)
         r->opt.max_agents = 100000;
     if (r->opt.max_refused == 0)
         r->opt.max_refused = 1024;
-    if ((r->by_id = pc_strmap_new()) == NULL || (r->refused_only = pc_strmap_new()) == NULL) {
+    if ((r->by_id = pc_strmap_new()) == NULL || (r->refused_only = pc_strmap_new()) == NULL ||
+        (r->relays = pc_strmap_new()) == NULL) {
         pc_strmap_free(r->by_id);
+        pc_strmap_free(r->refused_only);
         free(r);
         return NULL;
     }
@@ -97,6 +109,10 @@ void pc_rollout_free(pc_rollout *r)
     while (pc_strmap_next(r->refused_only, &pos, &key, &val))
         free(val);
     pc_strmap_free(r->refused_only);
+    pos = 0;
+    while (pc_strmap_next(r->relays, &pos, &key, &val))
+        free(val);
+    pc_strmap_free(r->relays);
     pc_mutex_destroy(&r->lock);
     free(r);
 }
@@ -241,6 +257,9 @@ static int check_report(const Popcast__AgentStatus *st, pc_err *err)
     if (st->public_key.len != 0 && st->public_key.len != PC_PK_LEN)
         return pc_err_set(err, PC_E_INVALID, "status report with a public key of %zu bytes",
                           st->public_key.len);
+    if (st->upstream != NULL && strlen(st->upstream) > PC_UPSTREAM_MAX)
+        return pc_err_set(err, PC_E_INVALID, "status report with an upstream of %zu bytes",
+                          strlen(st->upstream));
     return PC_OK;
 }
 
@@ -525,6 +544,66 @@ static json_t *refused_only_json(pc_rollout *r, int64_t now)
     return list;
 }
 
+void pc_rollout_relay(pc_rollout *r, const Popcast__RelayStatus *rs, int64_t now_ms)
+{
+    if (!pc_id_valid(rs->relay_id) || !pc_id_valid(rs->pop) || rs->upstream == NULL ||
+        strlen(rs->upstream) > PC_UPSTREAM_MAX)
+        return;
+    pc_mutex_lock(&r->lock);
+    relay_entry *e = pc_strmap_get(r->relays, rs->relay_id);
+    /* As many relays as agents at most: a relay is a PoP's, and ids come
+     * from the network. */
+    if (e == NULL && pc_strmap_count(r->relays) < r->opt.max_agents &&
+        (e = calloc(1, sizeof(*e))) != NULL && pc_strmap_put(r->relays, rs->relay_id, e) != PC_OK) {
+        free(e);
+        e = NULL;
+    }
+    if (e != NULL) {
+        snprintf(e->pop, sizeof(e->pop), "%s", rs->pop);
+        snprintf(e->upstream, sizeof(e->upstream), "%s", rs->upstream);
+        e->head_seq = rs->head_seq;
+        e->first_seq = rs->first_seq;
+        e->agents = rs->agents;
+        e->last_seen_ms = now_ms;
+    }
+    pc_mutex_unlock(&r->lock);
+}
+
+static int by_relay_id(const void *x, const void *y)
+{
+    return strcmp(json_string_value(json_object_get(*(json_t *const *)x, "relay_id")),
+                  json_string_value(json_object_get(*(json_t *const *)y, "relay_id")));
+}
+
+/* Relays that forwarded a batch within gone_after_ms, sorted by id (lock
+ * held). Their numbers are their own claims: "claimed" says so. */
+static json_t *relays_json(pc_rollout *r, uint64_t head_seq, int64_t now_ms)
+{
+    PC_CHECK_HELD(&r->lock);
+    size_t n = pc_strmap_count(r->relays), k = 0, pos = 0;
+    json_t **items = calloc(n ? n : 1, sizeof(*items));
+    const char *id;
+    void *val;
+    while (items != NULL && pc_strmap_next(r->relays, &pos, &id, &val)) {
+        relay_entry *e = val;
+        if (now_ms - e->last_seen_ms > (int64_t)r->opt.gone_after_ms)
+            continue;
+        items[k++] = json_pack(
+            "{s:s,s:s,s:I,s:I,s:I,s:o,s:I,s:I,s:b}", "relay_id", id, "pop", e->pop, "head_seq",
+            (json_int_t)e->head_seq, "first_seq", (json_int_t)e->first_seq, "lag",
+            (json_int_t)(head_seq > e->head_seq ? head_seq - e->head_seq : 0), "upstream",
+            pc_json_text(e->upstream), "agents_in_last_batch", (json_int_t)e->agents,
+            "last_seen_ms_ago", (json_int_t)(now_ms - e->last_seen_ms), "claimed", 1);
+    }
+    json_t *list = json_array();
+    if (items != NULL)
+        qsort(items, k, sizeof(*items), by_relay_id);
+    for (size_t i = 0; i < k; i++)
+        json_array_append_new(list, items[i]);
+    free(items);
+    return list;
+}
+
 json_t *pc_rollout_fleet_json(pc_rollout *r, uint64_t head_seq, int64_t now_ms)
 {
     json_t *agents = json_array();
@@ -566,15 +645,18 @@ json_t *pc_rollout_fleet_json(pc_rollout *r, uint64_t head_seq, int64_t now_ms)
                                                pc_json_text(e->reason)));
         }
         json_object_set_new(o, "quarantined", q);
+        json_object_set_new(o, "upstream",
+                            pc_json_text(a->status->upstream ? a->status->upstream : ""));
         json_array_append_new(agents, o);
     }
     json_t *refused = refused_only_json(r, now_ms);
+    json_t *relays = relays_json(r, head_seq, now_ms);
     uint64_t refused_total = r->refused_total;
     pc_mutex_unlock(&r->lock);
-    return json_pack("{s:I,s:o,s:o,s:{s:I,s:I,s:I,s:I}}", "head_seq", (json_int_t)head_seq,
-                     "agents", agents, "refused", refused, "counts", "agents", (json_int_t)live,
-                     "stale", (json_int_t)stale, "gone", (json_int_t)gone, "refused_reports",
-                     (json_int_t)refused_total);
+    return json_pack("{s:I,s:o,s:o,s:o,s:{s:I,s:I,s:I,s:I}}", "head_seq", (json_int_t)head_seq,
+                     "agents", agents, "refused", refused, "relays", relays, "counts", "agents",
+                     (json_int_t)live, "stale", (json_int_t)stale, "gone", (json_int_t)gone,
+                     "refused_reports", (json_int_t)refused_total);
 }
 
 typedef enum {

@@ -80,9 +80,16 @@ int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verifi
  * reason: a short word, e.g. "wrong_key". */
 void pc_rollout_refused(pc_rollout *r, const char *agent_id, const char *reason, int64_t now_ms);
 
+/* What a relay says of itself in a status batch (unsigned: relays hold no
+ * key). Kept per relay id, shown in the fleet view as the relay's claim;
+ * never used to judge what is live. Invalid ids are ignored. */
+void pc_rollout_relay(pc_rollout *r, const Popcast__RelayStatus *rs, int64_t now_ms);
+
 /* {"head_seq", "agents": [{agent_id, pop, applied_seq, lag, last_seen_ms_ago, stale, gone,
- *  tenants, verified, refused_reports[, last_refusal]}], "refused": [{agent_id, count,
- *  reason, last_ms_ago}], "counts": {...}} (docs/api.md) */
+ *  tenants, verified, refused_reports, upstream[, last_refusal]}], "refused": [{agent_id,
+ *  count, reason, last_ms_ago}], "relays": [{relay_id, pop, head_seq, first_seq, lag,
+ *  upstream, agents_in_last_batch, last_seen_ms_ago, claimed}], "counts": {...}}
+ *  (docs/api.md) */
 json_t *pc_rollout_fleet_json(pc_rollout *r, uint64_t head_seq, int64_t now_ms);
 
 typedef struct pc_rollout_query {

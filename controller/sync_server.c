@@ -33,7 +33,7 @@ struct pc_sync_server {
     worker *workers;
     size_t n_workers;
     pc_metric *m_sync, *m_snapshot, *m_chunk, *m_status, *m_bad, *m_bindings;
-    pc_metric *m_deltas, *m_resend_whole;
+    pc_metric *m_deltas, *m_resend_whole, *m_batches;
     char bound_url[300];
     /* Trust on first use: where bindings are submitted (NULL while the
      * controller starts or stops), and the ids whose binding is queued or
@@ -577,6 +577,43 @@ static void handle_signed_status(pc_sync_server *s, const Popcast__SignedAgentSt
     popcast__agent_status__free_unpacked(st, NULL);
 }
 
+/* A relay's batch: each report verified and recorded alone, as if its
+ * agent had sent it (the relay vouches for nothing). */
+static void handle_status_batch(pc_sync_server *s, const Popcast__StatusBatch *b,
+                                Popcast__StatusBatchAck *back)
+{
+    pc_metric_add(s->m_batches, 1);
+    back->acks = calloc(b->n_reports ? b->n_reports : 1, sizeof(*back->acks));
+    Popcast__StatusAck *acks = calloc(b->n_reports ? b->n_reports : 1, sizeof(*acks));
+    if (back->acks == NULL || acks == NULL) {
+        free(back->acks);
+        free(acks);
+        back->acks = NULL;
+        back->error = strdup("out of memory");
+        return;
+    }
+    for (size_t i = 0; i < b->n_reports; i++) {
+        popcast__status_ack__init(&acks[i]);
+        pc_metric_add(s->m_status, 1);
+        handle_signed_status(s, b->reports[i], &acks[i]);
+        back->acks[i] = &acks[i];
+    }
+    back->n_acks = b->n_reports;
+    if (b->relay != NULL && s->opt.rollout != NULL)
+        pc_rollout_relay(s->opt.rollout, b->relay, pc_mono_ms());
+}
+
+static void free_batch_ack(Popcast__StatusBatchAck *back)
+{
+    if (back->acks != NULL) {
+        for (size_t i = 0; i < back->n_acks; i++)
+            free_string(back->acks[i]->error);
+        free(back->acks[0]);
+    }
+    free(back->acks);
+    free_string(back->error);
+}
+
 /* Answers one request; returns the reply message (NULL: no reply). */
 static nng_msg *handle(pc_sync_server *s, const uint8_t *data, size_t len)
 {
@@ -586,6 +623,7 @@ static nng_msg *handle(pc_sync_server *s, const uint8_t *data, size_t len)
     Popcast__SnapshotResponse snap = POPCAST__SNAPSHOT_RESPONSE__INIT;
     Popcast__BundleChunkResponse chunk = POPCAST__BUNDLE_CHUNK_RESPONSE__INIT;
     Popcast__StatusAck ack = POPCAST__STATUS_ACK__INIT;
+    Popcast__StatusBatchAck batch_ack = POPCAST__STATUS_BATCH_ACK__INIT;
     Popcast__SignedSnapshotAssertion assertion = POPCAST__SIGNED_SNAPSHOT_ASSERTION__INIT;
     Popcast__Entry **entries = NULL, **rotations = NULL;
     size_t n_entries = 0, n_rotations = 0;
@@ -627,6 +665,11 @@ static nng_msg *handle(pc_sync_server *s, const uint8_t *data, size_t len)
             reply.body_case = POPCAST__SYNC_REPLY__BODY_STATUS_ACK;
             reply.status_ack = &ack;
             break;
+        case POPCAST__SYNC_CALL__BODY_STATUS_BATCH:
+            handle_status_batch(s, call->status_batch, &batch_ack);
+            reply.body_case = POPCAST__SYNC_REPLY__BODY_STATUS_BATCH_ACK;
+            reply.status_batch_ack = &batch_ack;
+            break;
         default:
             pc_metric_add(s->m_bad, 1);
             ack.error = strdup("unknown request");
@@ -648,6 +691,7 @@ static nng_msg *handle(pc_sync_server *s, const uint8_t *data, size_t len)
     free_string(chunk.error);
     free(chunk.data.data);
     free_string(ack.error);
+    free_batch_ack(&batch_ack);
     return msg;
 }
 
@@ -692,9 +736,10 @@ int pc_sync_server_start(pc_sync_server **out, const pc_sync_server_options *opt
     s->n_workers = opt->workers ? opt->workers : PC_SYNC_WORKERS;
     s->workers = calloc(s->n_workers, sizeof(*s->workers));
     int rv = s->workers && s->binding ? nng_rep0_open(&s->sock) : NNG_ENOMEM;
-    /* Requests are small: a large one is hostile. */
+    /* Requests are small (a relay's batch of reports is the largest): a
+     * larger one is hostile. */
     if (rv == 0)
-        rv = nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, PC_SYNC_REQUEST_MAX);
+        rv = nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, PC_STATUS_BATCH_MAX);
     for (size_t i = 0; rv == 0 && i < s->n_workers; i++) {
         s->workers[i].server = s;
         rv = nng_aio_alloc(&s->workers[i].aio, worker_cb, &s->workers[i]);
@@ -724,6 +769,9 @@ int pc_sync_server_start(pc_sync_server **out, const pc_sync_server_options *opt
                        "status reports refused, by reason (docs/operations.md)");
     s->m_bindings = pc_metrics_counter(opt->metrics, "popcast_status_first_use_bindings_total",
                                        NULL, "agent keys submitted for binding on first use");
+    s->m_batches = pc_metrics_counter(opt->metrics, "popcast_status_batches_total", NULL,
+                                      "status batches relays forwarded (each report counted in "
+                                      "popcast_sync_requests_total{kind=\"status\"})");
     s->m_deltas = pc_metrics_counter(opt->metrics, "popcast_status_deltas_total", NULL,
                                      "delta status reports merged into an agent's table");
     s->m_resend_whole = pc_metrics_counter(

@@ -16,6 +16,8 @@ static void test_documented_values(void **state)
     assert_int_equal(PC_SYNC_BATCH_ENTRIES, 256);
     assert_int_equal(PC_SYNC_BATCH_BYTES, 8u << 20);
     assert_int_equal(PC_SYNC_REQUEST_MAX, 1u << 20);
+    /* A relay's batch holds at least one report of the largest size. */
+    assert_true(PC_STATUS_BATCH_MAX >= PC_SYNC_REQUEST_MAX + 64 * 1024);
     assert_int_equal(PC_SYNC_WORKERS, 8);
     assert_int_equal(PC_REDIAL_MIN_MS, 100);
     assert_int_equal(PC_REDIAL_MAX_MS, 2000);

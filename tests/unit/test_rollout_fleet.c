@@ -13,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include "protocol_limits.h"
 #include "rollout.h"
 
 static int report(pc_rollout *r, const char *id, const char *pop, uint64_t counter,
@@ -133,11 +134,73 @@ static void test_many_agents_and_limit(void **state)
     pc_rollout_free(r);
 }
 
+/* What relays say of themselves is listed per relay id, sorted, with its
+ * lag from the head and marked as a claim; invalid ones are ignored, and
+ * relays silent past gone_after_ms drop out. An agent's upstream is shown
+ * as it reported it; an overlong one is refused. */
+static void test_relays_and_upstreams(void **state)
+{
+    (void)state;
+    pc_rollout_options opt = {.gone_after_ms = 60000, .report_stale_ms = 60000};
+    pc_rollout *r = pc_rollout_new(&opt);
+    Popcast__RelayStatus rs = POPCAST__RELAY_STATUS__INIT;
+    rs.relay_id = "relay-b";
+    rs.pop = "pop1";
+    rs.head_seq = 8;
+    rs.first_seq = 2;
+    rs.upstream = "tcp://10.0.0.1:7072";
+    rs.agents = 3;
+    pc_rollout_relay(r, &rs, 1000);
+    rs.relay_id = "relay-a";
+    rs.head_seq = 10;
+    pc_rollout_relay(r, &rs, 1000);
+    rs.relay_id = "bad id";
+    pc_rollout_relay(r, &rs, 1000);
+    rs.relay_id = "relay-c";
+    rs.pop = "";
+    pc_rollout_relay(r, &rs, 1000);
+
+    Popcast__AgentStatus st = POPCAST__AGENT_STATUS__INIT;
+    st.agent_id = "e1";
+    st.pop = "pop1";
+    st.counter = 1;
+    st.upstream = "tcp://10.0.1.1:7082";
+    pc_err err;
+    assert_int_equal(pc_rollout_report(r, &st, true, 1000, NULL, &err), PC_OK);
+    char longest[PC_UPSTREAM_MAX + 2];
+    memset(longest, 'x', sizeof(longest) - 1);
+    longest[sizeof(longest) - 1] = '\0';
+    st.upstream = longest;
+    st.counter = 2;
+    assert_int_equal(pc_rollout_report(r, &st, true, 1000, NULL, &err), PC_E_INVALID);
+
+    json_t *fleet = pc_rollout_fleet_json(r, 12, 2000);
+    json_t *relays = json_object_get(fleet, "relays");
+    assert_int_equal(json_array_size(relays), 2);
+    json_t *a = json_array_get(relays, 0), *b = json_array_get(relays, 1);
+    assert_string_equal(json_string_value(json_object_get(a, "relay_id")), "relay-a");
+    assert_string_equal(json_string_value(json_object_get(b, "relay_id")), "relay-b");
+    assert_int_equal(json_integer_value(json_object_get(a, "lag")), 2);
+    assert_int_equal(json_integer_value(json_object_get(b, "lag")), 4);
+    assert_int_equal(json_integer_value(json_object_get(b, "first_seq")), 2);
+    assert_int_equal(json_integer_value(json_object_get(b, "agents_in_last_batch")), 3);
+    assert_true(json_is_true(json_object_get(b, "claimed")));
+    json_t *e1 = json_array_get(json_object_get(fleet, "agents"), 0);
+    assert_string_equal(json_string_value(json_object_get(e1, "upstream")), "tcp://10.0.1.1:7082");
+    json_decref(fleet);
+
+    fleet = pc_rollout_fleet_json(r, 12, 1000 + 60001);
+    assert_int_equal(json_array_size(json_object_get(fleet, "relays")), 0);
+    json_decref(fleet);
+    pc_rollout_free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sorted_and_replaced),
         cmocka_unit_test(test_many_agents_and_limit),
+        cmocka_unit_test(test_relays_and_upstreams),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
