@@ -41,6 +41,7 @@ typedef struct agent_config {
     char *pop;
     pc_strlist subscribe;
     pc_strlist sync;
+    pc_strlist relay;
     pc_strlist trusted_key;
     char *edge_listen;
     char *admin_listen;
@@ -96,9 +97,12 @@ static const pc_cfg_option options[] = {
     OPT(agent_id, PC_CFG_STRING, NULL, 0, 0, "this agent's name (default: host name)"),
     OPT(pop, PC_CFG_STRING, "default", 0, 0, "the PoP this machine is in"),
     OPT(subscribe, PC_CFG_LIST, "tcp://127.0.0.1:7071", 0, 0,
-        "pub address of a controller (repeat for each)"),
+        "pub address of a controller or a relay (repeat for each)"),
     OPT(sync, PC_CFG_LIST, "tcp://127.0.0.1:7072", 0, 0,
         "sync (catch-up and status) address of a controller (repeat for each)"),
+    OPT(relay, PC_CFG_LIST, NULL, 0, 0,
+        "sync address of a relay in this PoP (repeat for each): catch-up asks it before the "
+        "controllers, and status reports go through it"),
     OPT(trusted_key, PC_CFG_LIST, NULL, 0, 0,
         "public key file of a trusted signing key (repeat for each); required"),
     OPT(edge_listen, PC_CFG_STRING, "127.0.0.1:8080", 0, 0,
@@ -373,6 +377,10 @@ static int agent_configure(agent *ag, pc_err *err)
         if ((rc = pc_tls_check_url(ag->cfg.sync.items[i], ag->tls, ag->cfg.allow_plaintext, "sync",
                                    err)) != PC_OK)
             return rc;
+    for (size_t i = 0; i < ag->cfg.relay.count; i++)
+        if ((rc = pc_tls_check_url(ag->cfg.relay.items[i], ag->tls, ag->cfg.allow_plaintext,
+                                   "relay", err)) != PC_OK)
+            return rc;
     return PC_OK;
 }
 
@@ -492,6 +500,7 @@ static int agent_serve(agent *ag, pc_err *err)
     pc_applier_set_identity(ag->applier, &ag->identity.pub);
     pc_syncer_options syopt = {
         .urls = &ag->cfg.sync,
+        .relays = &ag->cfg.relay,
         .applier = ag->applier,
         .metrics = ag->metrics,
         .agent_id = ag->agent_id,

@@ -39,7 +39,9 @@ static void drop_whole(pc_report_book *b)
     if (b->whole != NULL) {
         free(b->whole->agent_id);
         free(b->whole->pop);
-        b->whole->agent_id = b->whole->pop = NULL;
+        if (b->whole->upstream != protobuf_c_empty_string)
+            free(b->whole->upstream);
+        b->whole->agent_id = b->whole->pop = b->whole->upstream = NULL;
         pc_applier_status_clear(b->whole);
         free(b->whole);
     }

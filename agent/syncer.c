@@ -37,6 +37,10 @@
  * count of those not logged: a dead or hostile controller must not fill
  * the log. */
 #define LOG_INTERVAL_MS 10000
+/* No relay answered: reports go to every controller this long before the
+ * relays are tried again. */
+#define RELAY_RETRY_MS 10000
+
 /* Status acks are a few bytes; anything much larger is not one. */
 #define REPORT_REPLY_MAX (64 * 1024)
 
@@ -53,6 +57,7 @@ typedef struct log_gate {
 typedef struct link {
     struct pc_syncer *s;
     char *url;
+    bool relay; /* a PoP relay's (opt.relays), not a controller's */
     /* Catch-up: the sync thread's socket, and what it learnt of it. */
     nng_socket sock;
     _Atomic int pipes;    /* connections (nng pipe events) */
@@ -98,6 +103,13 @@ struct pc_syncer {
     int64_t next_status_ms, last_status_ms;
     uint64_t counter;
     int stale; /* as last seen by the report thread */
+    /* With relays: the relay link reports go to (its index), or -1 for
+     * every controller until relay_retry_ms; under lock. */
+    long report_via;
+    int64_t relay_retry_ms;
+    size_t n_relays;
+    int relay_waited;      /* the catch-up thread's: the first round waited for a relay */
+    _Atomic long upstream; /* the link the last catch-up came from (-1: none) */
     /* The latest status, under lock: what a sender sends next, whole or as
      * a delta on what its controller acknowledged. */
     pc_report_book *book;
@@ -398,8 +410,8 @@ static int connected(const link *l)
 }
 
 /* Which link to try first: a connected one, then the healthiest (fewest
- * failures in a row), then the one that answered last, then the
- * configuration's order. */
+ * failures in a row), then a relay before a controller, then the one that
+ * answered last, then the configuration's order. */
 static int better(const link *a, size_t ia, const link *b, size_t ib)
 {
     int ca = connected(a), cb = connected(b);
@@ -407,6 +419,8 @@ static int better(const link *a, size_t ia, const link *b, size_t ib)
         return ca > cb;
     if (a->failures != b->failures)
         return a->failures < b->failures;
+    if (a->relay != b->relay)
+        return a->relay; /* the PoP's relay before the controllers */
     if (a->last_ok_ms != b->last_ok_ms)
         return a->last_ok_ms > b->last_ok_ms;
     return ia < ib;
@@ -432,16 +446,24 @@ static int any_connected(pc_syncer *s)
     return 0;
 }
 
+static int any_relay_connected(pc_syncer *s)
+{
+    for (size_t i = 0; i < s->n_relays; i++)
+        if (connected(&s->links[i]))
+            return 1;
+    return 0;
+}
+
 /* Right after start (or when every controller dropped), dials are still in
- * flight: give them connect_timeout_ms to produce a connection, so the
- * first controller to connect is asked first rather than the first in the
- * configuration, which may be down. */
-static void wait_for_a_connection(pc_syncer *s)
+ * flight: give them connect_timeout_ms to produce a connection (enough
+ * says which: any, or a relay's), so the first to connect is asked first
+ * rather than the first in the configuration, which may be down. */
+static void wait_for_a_connection(pc_syncer *s, int (*enough)(pc_syncer *))
 {
     struct timespec deadline;
     pc_deadline_after_ms(&deadline, s->opt.connect_timeout_ms);
     pthread_mutex_lock(&s->lock);
-    while (!s->stop && !any_connected(s) &&
+    while (!s->stop && !enough(s) &&
            pthread_cond_timedwait(&s->sync_cond, &s->lock, &deadline) == 0)
         ;
     pthread_mutex_unlock(&s->lock);
@@ -487,8 +509,15 @@ static int catch_up(pc_syncer *s)
 {
     pc_err err;
     pc_metric_add(s->m_syncs, 1);
-    if (!any_connected(s))
-        wait_for_a_connection(s);
+    if (s->n_relays > 0 && !s->relay_waited && !any_relay_connected(s)) {
+        /* The first round, with relays: a controller that connected
+         * first must not serve what the PoP's relay is there for (a new
+         * agent's snapshot, say). Once: later rounds take what is up. */
+        wait_for_a_connection(s, any_relay_connected);
+    } else if (!any_connected(s)) {
+        wait_for_a_connection(s, any_connected);
+    }
+    s->relay_waited = 1;
     size_t *order = s->order;
     order_links(s, order);
     for (size_t k = 0; k < s->n_links && !atomic_load(&s->stopping); k++) {
@@ -503,6 +532,7 @@ static int catch_up(pc_syncer *s)
             l->retry_at_ms = 0;
             l->unreachable = 0;
             l->last_ok_ms = pc_mono_ms();
+            atomic_store(&s->upstream, (long)order[k]);
             gate_reset(&l->sync_log);
             return PC_OK;
         }
@@ -598,6 +628,41 @@ static nng_msg *claim_report(pc_syncer *s, link *l)
     return msg;
 }
 
+/* Whether link i gets the reports (lock held). Without relays, every
+ * controller does; with them, the relay in use, or every controller while
+ * no relay answers (docs/protocol.md "Relays"). */
+static bool report_target(const pc_syncer *s, size_t i)
+{
+    if (s->n_relays == 0)
+        return true;
+    if (s->report_via >= 0)
+        return (long)i == s->report_via;
+    return !s->links[i].relay;
+}
+
+/* The relay in use did not answer (lock held): the next relay takes the
+ * reports, or, after the last, every controller until RELAY_RETRY_MS has
+ * passed. The new targets get the latest report now: *sends (n_links
+ * slots) receives what to send once the lock is released. */
+static void relay_failed(pc_syncer *s, link *l, nng_msg **sends)
+{
+    long was = s->report_via;
+    s->report_via = was + 1 < (long)s->n_relays ? was + 1 : -1;
+    if (s->report_via < 0)
+        s->relay_retry_ms = pc_mono_ms() + RELAY_RETRY_MS;
+    pc_warn("syncer", "relay %s does not take status reports: sending them to %s", l->url,
+            s->report_via >= 0 ? s->links[s->report_via].url : "every controller");
+    for (size_t i = 0; i < s->n_links; i++) {
+        link *t = &s->links[i];
+        if (t == l || !report_target(s, i))
+            continue;
+        if (t->r_busy)
+            t->r_pending = 1;
+        else if (sends != NULL)
+            sends[i] = claim_report(s, t);
+    }
+}
+
 /* Sends what claim_report gave (lock not held). */
 static void send_report(link *l, nng_msg *msg)
 {
@@ -615,6 +680,7 @@ static void report_done(void *arg)
     char why[256] = "";
     int acked = -1; /* -1: no ack; else whether it holds the table */
     bool resend_whole = false;
+    bool relay_down = false; /* a relay that could not forward it */
     if (!l->r_receiving) {
         if (rv == 0) {
             l->r_receiving = 1;
@@ -640,6 +706,8 @@ static void report_done(void *arg)
             snprintf(why, sizeof(why), "the answer is not a status ack");
         } else if (rep->status_ack->error[0] != '\0') {
             snprintf(why, sizeof(why), "refused: %s", rep->status_ack->error);
+            relay_down = l->relay && strncmp(rep->status_ack->error, PC_RELAY_UNAVAILABLE,
+                                             strlen(PC_RELAY_UNAVAILABLE)) == 0;
         } else if (rep->status_ack->resend_whole) {
             resend_whole = true;
         } else {
@@ -669,10 +737,22 @@ static void report_done(void *arg)
         gated_warn(&l->report_log, "status report to %s: %s", l->url, why);
     else
         gate_reset(&l->report_log);
+    size_t self = (size_t)(l - s->links);
+    nng_msg **sends = NULL;
+    if ((!ok || relay_down) && l->relay && (long)self == s->report_via) {
+        sends = calloc(s->n_links, sizeof(*sends));
+        relay_failed(s, l, sends);
+    }
+    if (!report_target(s, self))
+        l->r_pending = 0;
     nng_msg *next = l->r_pending ? claim_report(s, l) : NULL;
     pthread_mutex_unlock(&s->lock);
     if (next != NULL)
         send_report(l, next);
+    for (size_t i = 0; sends != NULL && i < s->n_links; i++)
+        if (sends[i] != NULL)
+            send_report(&s->links[i], sends[i]);
+    free(sends);
 }
 
 /* Builds the status as the latest generation and hands it to every
@@ -695,6 +775,9 @@ static void send_reports(pc_syncer *s)
     }
     st->agent_id = agent_id;
     st->pop = pop;
+    long up = atomic_load(&s->upstream);
+    /* malloc'd or NULL (none yet, or out of memory: none shown). */
+    st->upstream = up >= 0 ? strdup(s->links[up].url) : NULL;
     /* Wall-clock microseconds, each above the last and above this start's
      * floor: counters grow across restarts and wiped stores alike. */
     uint64_t now_us = (uint64_t)pc_wall_ms() * 1000;
@@ -709,10 +792,12 @@ static void send_reports(pc_syncer *s)
      * next reports are whole. */
     if (pc_report_book_update(s->book, st) != PC_OK)
         pc_warn("syncer", "out of memory: the next status reports are whole");
+    if (s->n_relays > 0 && s->report_via < 0 && pc_mono_ms() >= s->relay_retry_ms)
+        s->report_via = 0; /* the relays again */
     for (size_t i = 0; i < s->n_links; i++) {
         link *l = &s->links[i];
         l->r_next = NULL;
-        if (s->stop)
+        if (s->stop || !report_target(s, i))
             continue;
         if (l->r_busy)
             l->r_pending = 1;
@@ -899,19 +984,26 @@ int pc_syncer_start(pc_syncer **out, const pc_syncer_options *opt, pc_err *err)
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->sync_cond, NULL);
     pthread_cond_init(&s->report_cond, NULL);
-    s->links = calloc(opt->urls->count ? opt->urls->count : 1, sizeof(*s->links));
-    s->order = calloc(opt->urls->count ? opt->urls->count : 1, sizeof(*s->order));
+    size_t n_relays = opt->relays != NULL ? opt->relays->count : 0;
+    size_t total = n_relays + opt->urls->count;
+    s->links = calloc(total ? total : 1, sizeof(*s->links));
+    s->order = calloc(total ? total : 1, sizeof(*s->order));
+    s->n_relays = n_relays;
+    s->report_via = n_relays > 0 ? 0 : -1;
+    atomic_store(&s->upstream, -1L);
     s->book = pc_report_book_new();
     if (s->links == NULL || s->order == NULL || s->book == NULL) {
         free_syncer(s);
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     }
-    for (size_t i = 0; i < opt->urls->count; i++) {
-        int rv = open_link(s, &s->links[i], opt->urls->items[i]);
+    for (size_t i = 0; i < total; i++) {
+        const char *url = i < n_relays ? opt->relays->items[i] : opt->urls->items[i - n_relays];
+        s->links[i].relay = i < n_relays;
+        int rv = open_link(s, &s->links[i], url);
         s->n_links = i + 1;
         if (rv != 0) {
-            int code = pc_err_set(err, PC_E_INVALID, "cannot use sync address %s: %s",
-                                  opt->urls->items[i], nng_strerror(rv));
+            int code = pc_err_set(err, PC_E_INVALID, "cannot use sync address %s: %s", url,
+                                  nng_strerror(rv));
             free_syncer(s);
             return code;
         }

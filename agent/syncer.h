@@ -19,6 +19,11 @@
  *    get one, never request_timeout_ms. Failures back off and retry; the
  *    agent never stops serving.
  *
+ *  - With relays (opt.relays), catch-up asks a healthy relay before any
+ *    controller, and reports go to one relay (the first that answers),
+ *    which forwards them in batches; while no relay answers they go to
+ *    every controller, and the relays are tried again after 10 s.
+ *
  *  - Status reports go to every controller, when something changed (at
  *    most every status_min_ms), when the agent becomes stale or fresh, and
  *    every status_interval_ms. A report thread builds and signs each report
@@ -43,7 +48,8 @@
 typedef struct pc_syncer pc_syncer;
 
 typedef struct pc_syncer_options {
-    const pc_strlist *urls; /* controllers' (or relays') sync addresses */
+    const pc_strlist *urls;   /* controllers' sync addresses */
+    const pc_strlist *relays; /* PoP relays' sync addresses (may be NULL): tried first */
     pc_applier *applier;
     pc_metrics *metrics;
     const char *agent_id;
