@@ -624,6 +624,82 @@ void pc_test_agent_start_for(pc_test_env *env, pc_test_agent *a, const char *id,
     pc_test_agent_start(env, a, id, subs, syncs, extra);
 }
 
+void pc_test_relay_start(pc_test_env *env, pc_test_relay *r, const char *id, const char *pop,
+                         const char *const *subscribe, const char *const *sync,
+                         const char *const *extra)
+{
+    if (r->dir[0] == '\0') {
+        pc_test_tmpdir(r->dir, sizeof(r->dir), "relay");
+        snprintf(r->id, sizeof(r->id), "%s", id);
+        snprintf(r->pub_url, sizeof(r->pub_url), "tcp://127.0.0.1:0");
+        snprintf(r->sync_url, sizeof(r->sync_url), "tcp://127.0.0.1:0");
+        snprintf(r->admin_url, sizeof(r->admin_url), "http://127.0.0.1:0");
+    }
+    char ready[400], log[400];
+    snprintf(ready, sizeof(ready), "%s/relay.ready", r->dir);
+    snprintf(log, sizeof(log), "%s/relay.log", r->dir);
+    char *argv[64];
+    int n = 0;
+    argv[n++] = bin("POPCAST_RELAY_BIN");
+    argv[n++] = "--data-dir";
+    argv[n++] = r->dir;
+    argv[n++] = "--relay-id";
+    argv[n++] = r->id;
+    argv[n++] = "--pop";
+    argv[n++] = (char *)pop;
+    argv[n++] = "--pub-listen";
+    argv[n++] = r->pub_url;
+    argv[n++] = "--sync-listen";
+    argv[n++] = r->sync_url;
+    argv[n++] = "--admin-listen";
+    argv[n++] = r->admin_url;
+    argv[n++] = "--trusted-key";
+    argv[n++] = env->pub_path;
+    argv[n++] = "--allow-plaintext";
+    for (size_t i = 0; subscribe != NULL && subscribe[i] != NULL && n < 30; i++) {
+        argv[n++] = "--subscribe";
+        argv[n++] = (char *)subscribe[i];
+    }
+    for (size_t i = 0; sync != NULL && sync[i] != NULL && n < 44; i++) {
+        argv[n++] = "--sync";
+        argv[n++] = (char *)sync[i];
+    }
+    for (size_t i = 0; extra != NULL && extra[i] != NULL && n < 60; i++)
+        argv[n++] = (char *)extra[i];
+    argv[n++] = "--ready-file";
+    argv[n++] = ready;
+    argv[n] = NULL;
+    json_t *doc = spawn_ready(&r->proc, r->id, argv, log, ready);
+    ready_field(doc, "pub", r->pub_url, sizeof(r->pub_url), r->proc);
+    ready_field(doc, "sync", r->sync_url, sizeof(r->sync_url), r->proc);
+    ready_field(doc, "admin", r->admin_url, sizeof(r->admin_url), r->proc);
+    json_decref(doc);
+    r->proc->ports[r->proc->n_ports++] = port_of(r->pub_url);
+    r->proc->ports[r->proc->n_ports++] = port_of(r->sync_url);
+    r->proc->ports[r->proc->n_ports++] = port_of(r->admin_url);
+}
+
+void pc_test_relay_stop(pc_test_relay *r)
+{
+    if (r->proc != NULL)
+        expect_clean_exit(r->proc, pc_proc_stop(r->proc));
+    pc_proc_free(r->proc);
+    r->proc = NULL;
+}
+
+json_t *pc_test_relay_status(pc_test_relay *r)
+{
+    pc_http_result res;
+    json_t *doc = NULL;
+    if (pc_http_call(r->admin_url, "GET", "/v1/status", NULL, NULL, 0, 10000, &res, NULL) ==
+        PC_OK) {
+        if (res.status == 200)
+            doc = json_loadb((const char *)res.body, res.body_len, 0, NULL);
+        pc_http_result_free(&res);
+    }
+    return doc;
+}
+
 void pc_test_agent_stop(pc_test_agent *a)
 {
     if (a->proc != NULL)

@@ -118,6 +118,23 @@ void pc_test_agent_start_for(pc_test_env *env, pc_test_agent *a, const char *id,
                              pc_test_controller *c, const char *const *extra);
 void pc_test_agent_stop(pc_test_agent *a);
 
+typedef struct pc_test_relay {
+    char dir[300];
+    char id[32];
+    char pub_url[64], sync_url[64], admin_url[64];
+    pc_proc *proc;
+} pc_test_relay;
+
+/* A popcast-relay in pop, fed from subscribe (pub URLs) and sync
+ * (controllers' sync URLs), both NULL-terminated; listening on port 0 on
+ * the first start and on the same ports on restarts. */
+void pc_test_relay_start(pc_test_env *env, pc_test_relay *r, const char *id, const char *pop,
+                         const char *const *subscribe, const char *const *sync,
+                         const char *const *extra);
+void pc_test_relay_stop(pc_test_relay *r);
+/* GET /v1/status of the relay, parsed (NULL if it does not answer). */
+json_t *pc_test_relay_status(pc_test_relay *r);
+
 /* HTTP with the env's admin token. */
 int pc_test_api(pc_test_env *env, pc_test_controller *c, const char *method, const char *path,
                 const char *content_type, const void *body, size_t len, pc_http_result *r);
