@@ -1,0 +1,357 @@
+/* test_hostile_relay.c - a relay is not trusted (docs/security.md,
+ * "Relays"): one that tampers with, reorders and replays everything it
+ * passes on can delay an agent but never make it apply anything forged,
+ * old or out of order, nor make it report a nack.
+ *
+ * The hostile relay is this test: it subscribes to the real controller
+ * and serves the agent on pub/sub and req/rep as a relay would, with a
+ * fixed-seed mix of attacks on every entry (a bundle byte flipped, a
+ * manifest byte flipped, an older entry replayed in its place, two
+ * entries swapped) and on every catch-up reply (bundles flipped, entries
+ * reversed, snapshots and chunks altered). Heartbeats pass unchanged, one
+ * in four with its head altered. Reports are refused as "relay
+ * unavailable", so the agent reports directly. The agent lists the
+ * hostile relay first and the controller after it. */
+#include <nng/nng.h>
+#include <nng/protocol/pubsub0/pub.h>
+#include <nng/protocol/pubsub0/sub.h>
+#include <nng/protocol/reqrep0/rep.h>
+#include <nng/protocol/reqrep0/req.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "popcast.pb-c.h"
+#include "protocol_limits.h"
+#include "tls.h"
+
+#define DEPLOYS 40
+
+typedef struct hostile {
+    nng_socket up_sub, down_pub, down_rep, up_req;
+    char pub_url[64], sync_url[64];
+    pthread_t pub_thread, rep_thread;
+    _Atomic int stop;
+    unsigned seed;
+    nng_msg *held;   /* an entry held back to be sent after the next */
+    nng_msg *old[8]; /* earlier entries, replayed */
+    size_t n_old;
+    _Atomic unsigned attacks;
+} hostile;
+
+static void flip(uint8_t *data, size_t len, unsigned r)
+{
+    if (len > 0)
+        data[r % len] ^= 0x5a;
+}
+
+static nng_msg *pack_publication(const Popcast__Publication *p)
+{
+    nng_msg *m = NULL;
+    size_t n = popcast__publication__get_packed_size(p);
+    if (nng_msg_alloc(&m, n) != 0)
+        return NULL;
+    popcast__publication__pack(p, nng_msg_body(m));
+    return m;
+}
+
+static void send_pub(hostile *h, nng_msg *m)
+{
+    if (m != NULL && nng_sendmsg(h->down_pub, m, 0) != 0)
+        nng_msg_free(m);
+}
+
+/* One publication from the controller, attacked. */
+static void attack_publication(hostile *h, nng_msg *in)
+{
+    Popcast__Publication *p = popcast__publication__unpack(NULL, nng_msg_len(in), nng_msg_body(in));
+    unsigned r = (unsigned)rand_r(&h->seed);
+    if (p == NULL) {
+        nng_msg_free(in);
+        return;
+    }
+    if (p->body_case == POPCAST__PUBLICATION__BODY_HEARTBEAT) {
+        if (r % 4 == 0) {
+            flip(p->heartbeat->heartbeat.data, p->heartbeat->heartbeat.len, r / 4);
+            atomic_fetch_add(&h->attacks, 1);
+        }
+        send_pub(h, pack_publication(p));
+        popcast__publication__free_unpacked(p, NULL);
+        nng_msg_free(in);
+        return;
+    }
+    atomic_fetch_add(&h->attacks, 1);
+    Popcast__Entry *e = p->entry;
+    switch (r % 4) {
+    case 0: /* the bundle altered (or the manifest, for an entry without one) */
+        if (e->bundle.len > 0)
+            flip(e->bundle.data, e->bundle.len, r / 4);
+        else
+            flip(e->signed_->manifest.data, e->signed_->manifest.len, r / 4);
+        send_pub(h, pack_publication(p));
+        break;
+    case 1: /* the manifest altered, the signature kept */
+        flip(e->signed_->manifest.data, e->signed_->manifest.len, r / 4);
+        send_pub(h, pack_publication(p));
+        break;
+    case 2: /* an older entry instead */
+        if (h->n_old > 0) {
+            nng_msg *copy = NULL;
+            if (nng_msg_dup(&copy, h->old[(r / 4) % h->n_old]) == 0)
+                send_pub(h, copy);
+        }
+        break;
+    default: /* held back, sent after the next one */
+        if (h->held != NULL) {
+            send_pub(h, h->held);
+            h->held = NULL;
+        } else {
+            nng_msg *copy = NULL;
+            if (nng_msg_dup(&copy, in) == 0)
+                h->held = copy;
+        }
+        break;
+    }
+    if (h->n_old < 8) {
+        nng_msg *copy = NULL;
+        if (nng_msg_dup(&copy, in) == 0)
+            h->old[h->n_old++] = copy;
+    }
+    popcast__publication__free_unpacked(p, NULL);
+    nng_msg_free(in);
+}
+
+static void *pub_run(void *arg)
+{
+    hostile *h = arg;
+    while (!atomic_load(&h->stop)) {
+        nng_msg *m = NULL;
+        if (nng_recvmsg(h->up_sub, &m, 0) == 0)
+            attack_publication(h, m);
+    }
+    return NULL;
+}
+
+/* A catch-up reply from the controller, attacked. */
+static void attack_reply(hostile *h, Popcast__SyncReply *rep)
+{
+    unsigned r = (unsigned)rand_r(&h->seed);
+    atomic_fetch_add(&h->attacks, 1);
+    switch (rep->body_case) {
+    case POPCAST__SYNC_REPLY__BODY_SYNC: {
+        Popcast__SyncResponse *s = rep->sync;
+        if (s->n_entries > 1 && r % 2 == 0) {
+            for (size_t i = 0; i < s->n_entries / 2; i++) {
+                Popcast__Entry *t = s->entries[i];
+                s->entries[i] = s->entries[s->n_entries - 1 - i];
+                s->entries[s->n_entries - 1 - i] = t;
+            }
+        } else {
+            for (size_t i = 0; i < s->n_entries; i++) {
+                Popcast__Entry *e = s->entries[i];
+                if (e->bundle.len > 0)
+                    flip(e->bundle.data, e->bundle.len, r + (unsigned)i);
+                else
+                    flip(e->signed_->manifest.data, e->signed_->manifest.len, r + (unsigned)i);
+            }
+        }
+        break;
+    }
+    case POPCAST__SYNC_REPLY__BODY_SNAPSHOT:
+        if (rep->snapshot->assertion != NULL)
+            flip(rep->snapshot->assertion->assertion.data, rep->snapshot->assertion->assertion.len,
+                 r);
+        break;
+    case POPCAST__SYNC_REPLY__BODY_CHUNK:
+        flip(rep->chunk->data.data, rep->chunk->data.len, r);
+        break;
+    default: break;
+    }
+}
+
+static void reply(hostile *h, const Popcast__SyncReply *rep)
+{
+    nng_msg *m = NULL;
+    size_t n = popcast__sync_reply__get_packed_size(rep);
+    if (nng_msg_alloc(&m, n) != 0)
+        return;
+    popcast__sync_reply__pack(rep, nng_msg_body(m));
+    if (nng_sendmsg(h->down_rep, m, 0) != 0)
+        nng_msg_free(m);
+}
+
+static void *rep_run(void *arg)
+{
+    hostile *h = arg;
+    while (!atomic_load(&h->stop)) {
+        nng_msg *req = NULL;
+        if (nng_recvmsg(h->down_rep, &req, 0) != 0)
+            continue;
+        Popcast__SyncCall *call =
+            popcast__sync_call__unpack(NULL, nng_msg_len(req), nng_msg_body(req));
+        if (call != NULL && (call->body_case == POPCAST__SYNC_CALL__BODY_SIGNED_STATUS ||
+                             call->body_case == POPCAST__SYNC_CALL__BODY_STATUS)) {
+            Popcast__StatusAck ack = POPCAST__STATUS_ACK__INIT;
+            ack.error = PC_RELAY_UNAVAILABLE " not forwarding";
+            Popcast__SyncReply rep = POPCAST__SYNC_REPLY__INIT;
+            rep.body_case = POPCAST__SYNC_REPLY__BODY_STATUS_ACK;
+            rep.status_ack = &ack;
+            reply(h, &rep);
+            nng_msg_free(req);
+        } else if (call != NULL && nng_sendmsg(h->up_req, req, 0) == 0) {
+            nng_msg *up = NULL;
+            if (nng_recvmsg(h->up_req, &up, 0) == 0) {
+                Popcast__SyncReply *rep =
+                    popcast__sync_reply__unpack(NULL, nng_msg_len(up), nng_msg_body(up));
+                nng_msg_free(up);
+                if (rep != NULL) {
+                    attack_reply(h, rep);
+                    reply(h, rep);
+                    popcast__sync_reply__free_unpacked(rep, NULL);
+                }
+            }
+        } else {
+            nng_msg_free(req);
+        }
+        if (call != NULL)
+            popcast__sync_call__free_unpacked(call, NULL);
+    }
+    return NULL;
+}
+
+static void hostile_start(hostile *h, pc_test_controller *c)
+{
+    memset(h, 0, sizeof(*h));
+    h->seed = 1234;
+    pc_err err;
+    assert_int_equal(nng_sub0_open(&h->up_sub), 0);
+    assert_int_equal(nng_socket_set(h->up_sub, NNG_OPT_SUB_SUBSCRIBE, "", 0), 0);
+    assert_int_equal(nng_socket_set_size(h->up_sub, NNG_OPT_RECVMAXSZ, 0), 0);
+    assert_int_equal(nng_socket_set_ms(h->up_sub, NNG_OPT_RECVTIMEO, 100), 0);
+    assert_int_equal(pc_nng_dial(h->up_sub, c->pub_url, NULL, NNG_FLAG_NONBLOCK, &err), PC_OK);
+    assert_int_equal(nng_req0_open(&h->up_req), 0);
+    assert_int_equal(nng_socket_set_size(h->up_req, NNG_OPT_RECVMAXSZ, 0), 0);
+    assert_int_equal(nng_socket_set_ms(h->up_req, NNG_OPT_RECVTIMEO, 5000), 0);
+    assert_int_equal(nng_socket_set_ms(h->up_req, NNG_OPT_SENDTIMEO, 5000), 0);
+    assert_int_equal(pc_nng_dial(h->up_req, c->sync_url, NULL, NNG_FLAG_NONBLOCK, &err), PC_OK);
+    assert_int_equal(nng_pub0_open(&h->down_pub), 0);
+    assert_int_equal(pc_nng_listen_bound(h->down_pub, "tcp://127.0.0.1:0", NULL, h->pub_url,
+                                         sizeof(h->pub_url), &err),
+                     PC_OK);
+    assert_int_equal(nng_rep0_open(&h->down_rep), 0);
+    assert_int_equal(nng_socket_set_size(h->down_rep, NNG_OPT_RECVMAXSZ, 0), 0);
+    assert_int_equal(nng_socket_set_ms(h->down_rep, NNG_OPT_RECVTIMEO, 100), 0);
+    assert_int_equal(pc_nng_listen_bound(h->down_rep, "tcp://127.0.0.1:0", NULL, h->sync_url,
+                                         sizeof(h->sync_url), &err),
+                     PC_OK);
+    assert_int_equal(pthread_create(&h->pub_thread, NULL, pub_run, h), 0);
+    assert_int_equal(pthread_create(&h->rep_thread, NULL, rep_run, h), 0);
+}
+
+static void hostile_stop(hostile *h)
+{
+    atomic_store(&h->stop, 1);
+    pthread_join(h->pub_thread, NULL);
+    pthread_join(h->rep_thread, NULL);
+    nng_close(h->up_sub);
+    nng_close(h->up_req);
+    nng_close(h->down_pub);
+    nng_close(h->down_rep);
+    if (h->held != NULL)
+        nng_msg_free(h->held);
+    for (size_t i = 0; i < h->n_old; i++)
+        nng_msg_free(h->old[i]);
+}
+
+static void test_tampering_relay(void **state)
+{
+    (void)state;
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    pc_test_controller_start(&env, &ctl, NULL);
+    hostile h;
+    hostile_start(&h, &ctl);
+    pc_test_agent agent = {0};
+    const char *subs[] = {h.pub_url, NULL};
+    const char *syncs[] = {ctl.sync_url, NULL};
+    const char *extra[] = {"--relay", h.sync_url, "--sync-interval-ms", "500", NULL};
+    pc_test_agent_start(&env, &agent, "victim", subs, syncs, extra);
+    srand(99);
+    for (int i = 0; i < DEPLOYS; i++) {
+        char tenant[16], src[256], body[64];
+        snprintf(tenant, sizeof(tenant), "t%d", rand() % 5);
+        snprintf(body, sizeof(body), "genuine %d", i);
+        pc_test_lua_hello(src, sizeof(src), body);
+        pc_test_deploy_lua(&env, &ctl, tenant, src);
+        /* A large bundle now and then: announced, fetched in chunks. */
+        if (i % 10 == 9) {
+            size_t big = 1536 * 1024;
+            char *lua = malloc(big + 128);
+            assert_non_null(lua);
+            int n = snprintf(
+                lua, 128, "-- %d\nreturn function(req) return {status=200, body=\"big\"} end\n--",
+                i);
+            memset(lua + n, 'x', big - (size_t)n);
+            lua[big] = '\0';
+            pc_test_deploy_lua(&env, &ctl, "big", lua);
+            free(lua);
+        }
+    }
+    uint64_t head = pc_test_controller_head(&env, &ctl);
+    pc_test_wait_converged(&env, &ctl, &agent, 1);
+    /* Every seq applied once, from the genuine bytes only: nothing twice,
+     * nothing skipped, no snapshot needed, no nack reported. */
+    json_t *s = pc_test_agent_status(&agent);
+    assert_int_equal(json_integer_value(json_object_get(s, "applied_seq")), head);
+    json_decref(s);
+    assert_int_equal(pc_test_agent_metric(&agent, "popcast_agent_entries_applied_total"), head);
+    uint64_t nacks = 0;
+    const char *reasons[] = {"bad_signature", "hash_mismatch", "invalid", "runtime", NULL};
+    for (int i = 0; reasons[i] != NULL; i++) {
+        char series[96];
+        snprintf(series, sizeof(series), "popcast_agent_nacks_total{reason=\"%s\"}", reasons[i]);
+        nacks += pc_test_agent_metric(&agent, series);
+    }
+    assert_int_equal(nacks, 0);
+    assert_true(atomic_load(&h.attacks) > DEPLOYS);
+    /* The agent saw the forgeries and refused them. */
+    assert_true(
+        pc_test_agent_metric(&agent, "popcast_agent_refused_total{reason=\"bad_signature\"}") +
+            pc_test_agent_metric(&agent, "popcast_agent_refused_total{reason=\"hash_mismatch\"}") >
+        0);
+    /* The edge serves the genuine bodies: the controller's versions. */
+    uint64_t version = 0;
+    char body[256];
+    json_t *t = pc_test_controller_json(&env, &ctl, "/v1/tenants/t0");
+    uint64_t want = (uint64_t)json_integer_value(json_object_get(t, "active_version"));
+    json_decref(t);
+    if (want > 0) {
+        int status = pc_test_edge_get(&agent, "t0", "/", &version, body, sizeof(body));
+        assert_int_equal(status, 200);
+        assert_int_equal(version, want);
+        assert_non_null(strstr(body, "genuine"));
+    }
+    pc_test_agent_stop(&agent);
+    hostile_stop(&h);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
+int main(void)
+{
+    pc_test_init();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tampering_relay),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
