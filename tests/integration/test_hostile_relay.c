@@ -288,7 +288,7 @@ static void test_tampering_relay(void **state)
     pc_test_agent_start(&env, &agent, "victim", subs, syncs, extra);
     srand(99);
     for (int i = 0; i < DEPLOYS; i++) {
-        char tenant[16], src[256], body[64];
+        char tenant[32], src[256], body[64];
         snprintf(tenant, sizeof(tenant), "t%d", rand() % 5);
         snprintf(body, sizeof(body), "genuine %d", i);
         pc_test_lua_hello(src, sizeof(src), body);

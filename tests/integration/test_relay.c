@@ -48,7 +48,7 @@ static int teardown(void **state)
 
 static void start_relay(int i)
 {
-    char id[16];
+    char id[32];
     snprintf(id, sizeof(id), "relay-%d", i);
     const char *subs[] = {ctl.pub_url, NULL};
     const char *syncs[] = {ctl.sync_url, NULL};
@@ -169,7 +169,7 @@ static void test_relay_kill9_under_stream(void **state)
     assert_int_equal(deploy("t00", -1), 201);
     for (int i = 0; i < 2; i++)
         wait_relay_head(&relays[i], 1);
-    char id[AGENTS][16];
+    char id[AGENTS][32];
     for (int i = 0; i < AGENTS; i++) {
         snprintf(id[i], sizeof(id[i]), "edge-%d", i);
         start_agent(&agents[i], id[i]);
@@ -186,7 +186,7 @@ static void test_relay_kill9_under_stream(void **state)
         }
         if (i == 40)
             start_relay(0);
-        char tenant[16];
+        char tenant[32];
         snprintf(tenant, sizeof(tenant), "t%02d", rand() % 6);
         assert_int_equal(deploy(tenant, i), 201);
     }
