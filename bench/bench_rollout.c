@@ -2,8 +2,13 @@
  * lossy agent converges. Real processes on loopback, started with the test
  * harness; run by hand (or by CI with tiny sizes), never as a test.
  *
- *   bench_rollout [AGENTS,AGENTS,...] [RUNS] [LOSS_DEPLOYS] [BYTES,BYTES,...]
- *   defaults:      3,20               9      200            4096
+ *   bench_rollout [AGENTS,AGENTS,...] [RUNS] [LOSS_DEPLOYS] [BYTES,BYTES,...] [RELAYS]
+ *   defaults:      3,20               9      200            4096               0
+ *
+ * RELAYS > 0: the agents are spread over that many PoPs, each with one
+ * popcast-relay; an agent subscribes to its PoP's relay only, catches up
+ * from it and reports through it (the controller keeps its --sync as the
+ * fallback).
  *
  * Figures (medians over RUNS, milliseconds):
  *   commit     POST of a bundle until the controller answered 201 (the
@@ -19,6 +24,9 @@
  *              the event (watchers are looked at every 0.2 ms or so)
  *   vs etcd    live-all / etcd (popcast's figure includes the agents'
  *              verification, store, hot swap and signed report back)
+ *   ctl cpu    the controller process's CPU time (user + system, from
+ *              /proc) over the RUNS deploys, per deploy: what the fleet
+ *              costs the controller, direct or through relays
  * The bundle is a Lua handler padded with a comment to BYTES.
  * and, for LOSS_DEPLOYS deploys over 20 tenants with one agent dropping
  * 30 % of pub/sub entries (seeded) next to a loss-free agent:
@@ -44,6 +52,27 @@ static const char *agent_counts = "3,20";
 static const char *byte_counts = "4096";
 static int runs = 9;
 static int loss_deploys = 200;
+static int n_relays = 0;
+
+/* User + system CPU time of a process so far, in ms (0 if unreadable). */
+static double cpu_ms(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    unsigned long utime = 0, stime = 0;
+    /* After the command: state, then fields 4..13, then utime and stime. */
+    if (p == NULL ||
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime) != 2)
+        return 0;
+    return (double)(utime + stime) * 1000.0 / (double)sysconf(_SC_CLK_TCK);
+}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -117,10 +146,29 @@ static void bench_live_everywhere(int n_agents, size_t size)
     pc_test_controller ctl = {0};
     pc_test_controller_start(&env, &ctl, NULL);
     pc_test_agent *agents = calloc((size_t)n_agents, sizeof(*agents));
+    pc_test_relay *relays = calloc((size_t)(n_relays ? n_relays : 1), sizeof(*relays));
+    for (int k = 0; k < n_relays; k++) {
+        char id[32], pop[32];
+        snprintf(id, sizeof(id), "relay-%02d", k);
+        snprintf(pop, sizeof(pop), "pop-%02d", k);
+        const char *subs[] = {ctl.pub_url, NULL};
+        const char *syncs[] = {ctl.sync_url, NULL};
+        pc_test_relay_start(&env, &relays[k], id, pop, subs, syncs, NULL);
+    }
     for (int i = 0; i < n_agents; i++) {
         char id[32];
         snprintf(id, sizeof(id), "edge-%02d", i);
-        pc_test_agent_start_for(&env, &agents[i], id, &ctl, NULL);
+        if (n_relays == 0) {
+            pc_test_agent_start_for(&env, &agents[i], id, &ctl, NULL);
+            continue;
+        }
+        pc_test_relay *r = &relays[i % n_relays];
+        char pop[32];
+        snprintf(pop, sizeof(pop), "pop-%02d", i % n_relays);
+        const char *subs[] = {r->pub_url, NULL};
+        const char *syncs[] = {ctl.sync_url, NULL};
+        const char *extra[] = {"--pop", pop, "--relay", r->sync_url, NULL};
+        pc_test_agent_start(&env, &agents[i], id, subs, syncs, extra);
     }
     /* Every agent has reported once, so the fleet is complete. */
     char src[256];
@@ -147,6 +195,7 @@ static void bench_live_everywhere(int n_agents, size_t size)
 
     double *commit = calloc((size_t)runs, sizeof(double));
     double *live = calloc((size_t)runs, sizeof(double));
+    double cpu0 = cpu_ms(ctl.proc->pid);
     for (int i = 0; i < runs; i++) {
         pc_test_sleep_ms(100); /* let status reports settle between runs */
         char body[64];
@@ -172,18 +221,25 @@ static void bench_live_everywhere(int n_agents, size_t size)
         commit[i] = t1 - t0;
         live[i] = t2 - t0;
     }
+    double cpu = (cpu_ms(ctl.proc->pid) - cpu0) / runs;
     double mc = median(commit, runs), ml = median(live, runs);
     free(commit);
     free(live);
     for (int i = 0; i < n_agents; i++)
         pc_test_agent_stop(&agents[i]);
     free(agents);
+    for (int k = 0; k < n_relays; k++)
+        pc_test_relay_stop(&relays[k]);
+    free(relays);
     pc_test_controller_stop(&ctl);
     pc_test_env_cleanup(&env);
     double me = etcd_fanout(n_agents, size);
-    printf("deploy to live everywhere, %3d agents, %8zu bytes, %d runs: commit %.1f ms, live-all "
-           "%.1f ms (median), ratio %.1f",
-           n_agents, size, runs, mc, ml, ml / mc);
+    char via[32] = "direct";
+    if (n_relays > 0)
+        snprintf(via, sizeof(via), "via %d relays", n_relays);
+    printf("deploy to live everywhere, %3d agents %s, %8zu bytes, %d runs: commit %.1f ms, "
+           "live-all %.1f ms (median), ratio %.1f, ctl cpu %.1f ms/deploy",
+           n_agents, via, size, runs, mc, ml, ml / mc, cpu);
     if (me >= 0)
         printf("; etcd watch fan-out %.1f ms, vs etcd %.2f\n", me, me > 0 ? ml / me : 0.0);
     else
@@ -275,6 +331,8 @@ int main(int argc, char **argv)
         loss_deploys = atoi(argv[3]);
     if (argc > 4)
         byte_counts = argv[4];
+    if (argc > 5)
+        n_relays = atoi(argv[5]) > 0 ? atoi(argv[5]) : 0;
     const struct CMUnitTest benches[] = {cmocka_unit_test(bench)};
     return cmocka_run_group_tests(benches, NULL, NULL);
 }
