@@ -260,12 +260,76 @@ static void test_failover_order(void **state)
     assert_int_equal(applied, 8);
 }
 
+/* Depth 2: a PoP relay fed only by a regional relay (its parent), which
+ * alone talks to the controller. Entries (a large one in chunks among
+ * them), snapshots, catch-up and reports all pass both tiers. */
+static void test_relay_chain(void **state)
+{
+    (void)state;
+    /* The log began before either relay: the regional one starts from a
+     * controller's snapshot, the leaf from one passed through it. */
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(deploy("early", i), 201);
+    start_relay(0); /* the regional tier: relay-0 */
+    wait_relay_head(&relays[0], 3);
+    const char *subs[] = {relays[0].pub_url, NULL};
+    const char *extra[] = {"--parent", relays[0].sync_url, NULL};
+    pc_test_relay_start(&env, &relays[1], "relay-leaf", "pop-a", subs, NULL, extra);
+    wait_relay_head(&relays[1], 3);
+    for (int i = 0; i < 2; i++) {
+        json_t *st = pc_test_relay_status(&relays[i]);
+        json_t *m = json_object_get(st, "metrics");
+        assert_int_equal(json_integer_value(json_object_get(m, "popcast_relay_snapshots_total")),
+                         1);
+        assert_int_equal(json_integer_value(json_object_get(st, "first_seq")), 4);
+        json_decref(st);
+    }
+    /* The agent talks to the leaf only (and to the controller as the last
+     * resort, which the test shows it did not need). */
+    const char *asubs[] = {relays[1].pub_url, NULL};
+    const char *asyncs[] = {ctl.sync_url, NULL};
+    const char *aextra[] = {"--pop", "pop-a", "--relay", relays[1].sync_url, NULL};
+    pc_test_agent_start(&env, &agents[0], "deep", asubs, asyncs, aextra);
+    pc_test_agent_wait_subscribed(&agents[0]);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(deploy("app", i), 201);
+    size_t big = 1536 * 1024;
+    char *lua = malloc(big + 1);
+    assert_non_null(lua);
+    int n = snprintf(lua, 128, "return function(req) return {status=200, body=\"big\"} end\n--");
+    memset(lua + n, 'x', big - (size_t)n);
+    lua[big] = '\0';
+    pc_test_deploy_lua(&env, &ctl, "big", lua);
+    free(lua);
+    uint64_t head = pc_test_controller_head(&env, &ctl);
+    pc_test_wait_converged(&env, &ctl, agents, 1);
+    assert_int_equal(applied_seq(&agents[0]), head);
+    wait_upstream("deep", relays[1].sync_url);
+    /* Reports reached the controller through both tiers: the regional
+     * relay's batches, which carried the leaf's. */
+    assert_true(pc_test_controller_metric(&ctl, "popcast_status_batches_total") > 0);
+    json_t *top = NULL;
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    while ((top = fleet_entry("relay_id", "relays", "relay-0")) == NULL &&
+           pc_test_now_ms() < deadline)
+        pc_test_sleep_ms(100);
+    assert_non_null(top);
+    json_decref(top);
+    json_t *st = pc_test_relay_status(&relays[1]);
+    assert_non_null(st);
+    assert_string_equal(json_string_value(json_object_get(st, "upstream")), relays[0].sync_url);
+    json_decref(st);
+    /* The large bundle came to the agent in chunks from the leaf. */
+    assert_true(metric(&agents[0], "popcast_agent_bundle_chunks_total") > 0);
+}
+
 int main(void)
 {
     pc_test_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_relay_kill9_under_stream, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failover_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_relay_chain, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
