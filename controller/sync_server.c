@@ -601,6 +601,8 @@ static void handle_status_batch(pc_sync_server *s, const Popcast__StatusBatch *b
     back->n_acks = b->n_reports;
     if (b->relay != NULL && s->opt.rollout != NULL)
         pc_rollout_relay(s->opt.rollout, b->relay, pc_mono_ms());
+    for (size_t i = 0; i < b->n_forwarded && s->opt.rollout != NULL; i++)
+        pc_rollout_relay(s->opt.rollout, b->forwarded[i], pc_mono_ms());
 }
 
 static void free_batch_ack(Popcast__StatusBatchAck *back)

@@ -427,18 +427,30 @@ static void send_batch(pc_relay_server *s, worker *const *ws, size_t n)
         total += ws[i]->call->body_case == POPCAST__SYNC_CALL__BODY_SIGNED_STATUS
                      ? 1
                      : ws[i]->call->status_batch->n_reports;
+    /* Child relays' accounts travel on: their own and what they carried. */
+    size_t n_fwd = 0;
+    for (size_t i = 0; i < n; i++)
+        if (ws[i]->call->body_case == POPCAST__SYNC_CALL__BODY_STATUS_BATCH)
+            n_fwd +=
+                (ws[i]->call->status_batch->relay != NULL) + ws[i]->call->status_batch->n_forwarded;
+    Popcast__RelayStatus **fwd = calloc(n_fwd ? n_fwd : 1, sizeof(*fwd));
     Popcast__SignedAgentStatus **reports = calloc(total ? total : 1, sizeof(*reports));
     Popcast__SyncReply **acks = NULL;
     size_t n_slots = 0;
-    if (reports != NULL) {
-        size_t k = 0;
+    if (reports != NULL && fwd != NULL) {
+        size_t k = 0, f = 0;
         for (size_t i = 0; i < n; i++) {
             const Popcast__SyncCall *c = ws[i]->call;
-            if (c->body_case == POPCAST__SYNC_CALL__BODY_SIGNED_STATUS)
+            if (c->body_case == POPCAST__SYNC_CALL__BODY_SIGNED_STATUS) {
                 reports[k++] = c->signed_status;
-            else
-                for (size_t j = 0; j < c->status_batch->n_reports; j++)
-                    reports[k++] = c->status_batch->reports[j];
+                continue;
+            }
+            for (size_t j = 0; j < c->status_batch->n_reports; j++)
+                reports[k++] = c->status_batch->reports[j];
+            if (c->status_batch->relay != NULL)
+                fwd[f++] = c->status_batch->relay;
+            for (size_t j = 0; j < c->status_batch->n_forwarded; j++)
+                fwd[f++] = c->status_batch->forwarded[j];
         }
         Popcast__RelayStatus rs = POPCAST__RELAY_STATUS__INIT;
         char upstream[PC_UPSTREAM_MAX + 1];
@@ -456,6 +468,8 @@ static void send_batch(pc_relay_server *s, worker *const *ws, size_t n)
         batch.reports = reports;
         batch.n_reports = total;
         batch.relay = &rs;
+        batch.forwarded = fwd;
+        batch.n_forwarded = n_fwd;
         pc_err err;
         pc_metric_add(s->m_batches, 1);
         if (pc_upstream_report(s->opt.upstream, &batch, &acks, &n_slots, &err) != PC_OK) {
@@ -466,6 +480,7 @@ static void send_batch(pc_relay_server *s, worker *const *ws, size_t n)
     answer_batch(ws, n, acks, n_slots);
     pc_upstream_free_acks(acks, n_slots);
     free(reports);
+    free(fwd);
 }
 
 static void *batch_run(void *arg)

@@ -315,6 +315,11 @@ static void test_relay_chain(void **state)
         pc_test_sleep_ms(100);
     assert_non_null(top);
     json_decref(top);
+    /* The leaf's own account came along in the regional relay's batches. */
+    json_t *leaf = fleet_entry("relay_id", "relays", "relay-leaf");
+    assert_non_null(leaf);
+    assert_string_equal(json_string_value(json_object_get(leaf, "upstream")), relays[0].sync_url);
+    json_decref(leaf);
     json_t *st = pc_test_relay_status(&relays[1]);
     assert_non_null(st);
     assert_string_equal(json_string_value(json_object_get(st, "upstream")), relays[0].sync_url);
