@@ -111,7 +111,7 @@ static const pc_cfg_option options[] = {
         "received messages waiting for the loop before drops"),
     OPT(sub_queue_bytes, PC_CFG_SIZE, "64MiB", 1, (uint64_t)1 << 40,
         "received bytes waiting for the loop, per upstream connection, before drops"),
-    OPT(batch_ms, PC_CFG_U64, "50", 0, 10000,
+    OPT(batch_ms, PC_CFG_U64, "20", 0, 10000,
         "a report waits this long for others to share its batch upstream"),
     OPT(workers, PC_CFG_U64, "256", 1, 65536,
         "requests held at once (each report waiting for its batch holds one)"),
