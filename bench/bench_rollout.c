@@ -233,6 +233,7 @@ static void bench_live_everywhere(int n_agents, size_t size)
     free(relays);
     pc_test_controller_stop(&ctl);
     pc_test_env_cleanup(&env);
+    pc_test_release_ports(); /* nothing stopped here starts again */
     double me = etcd_fanout(n_agents, size);
     char via[32] = "direct";
     if (n_relays > 0)

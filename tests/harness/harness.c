@@ -161,6 +161,13 @@ int pc_test_free_port(void)
     return port;
 }
 
+void pc_test_release_ports(void)
+{
+    for (int i = 0; i < n_held; i++)
+        close(held[i].fd);
+    n_held = 0;
+}
+
 /* Reserves a port a daemon of this test listened on while it is down, so
  * that its restart finds it free. */
 static void hold_port(int port)

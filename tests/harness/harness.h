@@ -42,6 +42,10 @@ void pc_test_rm_rf(const char *path);
  * way, while a daemon told to listen on it can (popcast's listeners set
  * SO_REUSEADDR). Nothing listens on it until something is told to. */
 int pc_test_free_port(void);
+/* Lets go of every port reserved so far (for restarts, or by
+ * pc_test_free_port): for a long run that starts many daemons in turn and
+ * restarts none of those already stopped (benchmarks). */
+void pc_test_release_ports(void);
 void pc_test_write_file(const char *path, const void *data, size_t len);
 /* The contents of a file under the source tree, malloc'd. */
 char *pc_test_source_file(const char *relpath, size_t *len);
