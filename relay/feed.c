@@ -24,6 +24,11 @@ struct pc_feed {
     pthread_mutex_t lock;
     pc_trust trust;
     _Atomic uint64_t hb_head;
+    /* A verified heartbeat ahead of the log, held back until the log
+     * reaches its head (lock held): agents that hear of a head from this
+     * relay find it here, rather than fail over to a controller. */
+    Popcast__SignedHeartbeat *held_hb;
+    uint64_t held_head;
     /* The catch-up thread. */
     pthread_t thread;
     bool started;
@@ -88,6 +93,11 @@ static int append(pc_feed *f, const Popcast__Entry *e, const Popcast__Manifest *
         pc_error("relay", "seq %" PRIu64 ": stored a rotation it cannot follow: %s", m->seq,
                  err->msg);
     republish(f, e);
+    if (f->held_hb != NULL && f->held_head <= m->seq) {
+        (void)pc_publisher_send_heartbeat(f->opt.publisher, f->held_hb, err);
+        popcast__signed_heartbeat__free_unpacked(f->held_hb, NULL);
+        f->held_hb = NULL;
+    }
     return PC_OK;
 }
 
@@ -199,18 +209,27 @@ void pc_feed_on_publication(pc_feed *f, const uint8_t *data, size_t len)
         }
     } else if (pub->body_case == POPCAST__PUBLICATION__BODY_HEARTBEAT) {
         Popcast__Heartbeat *hb = NULL;
+        uint64_t first, head;
         pthread_mutex_lock(&f->lock);
         int rc = pc_trust_verify_heartbeat(&f->trust, pub->heartbeat, &hb, &err);
-        if (rc == PC_OK)
+        pc_relay_log_bounds(f->opt.log, &first, &head);
+        if (rc == PC_OK && hb->head_seq <= head) {
             (void)pc_publisher_send_heartbeat(f->opt.publisher, pub->heartbeat, &err);
+        } else if (rc == PC_OK) {
+            /* Held (the newest only) until the log has its head. */
+            if (f->held_hb != NULL)
+                popcast__signed_heartbeat__free_unpacked(f->held_hb, NULL);
+            f->held_hb = pub->heartbeat;
+            f->held_head = hb->head_seq;
+            pub->heartbeat = NULL;
+            pub->body_case = POPCAST__PUBLICATION__BODY__NOT_SET;
+        }
         pthread_mutex_unlock(&f->lock);
         if (rc == PC_OK) {
             uint64_t was = atomic_load(&f->hb_head);
             if (hb->head_seq > was)
                 atomic_store(&f->hb_head, hb->head_seq);
             pc_metric_set(f->m_hb_head, hb->head_seq);
-            uint64_t first, head;
-            pc_relay_log_bounds(f->opt.log, &first, &head);
             if (hb->head_seq > head)
                 wake(f);
             popcast__heartbeat__free_unpacked(hb, NULL);
@@ -483,6 +502,8 @@ void pc_feed_stop(pc_feed *f)
     if (f->started)
         pthread_join(f->thread, NULL);
     pc_trust_free(&f->trust);
+    if (f->held_hb != NULL)
+        popcast__signed_heartbeat__free_unpacked(f->held_hb, NULL);
     pthread_cond_destroy(&f->cond);
     pthread_mutex_destroy(&f->lock);
     free(f);

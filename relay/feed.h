@@ -8,7 +8,10 @@
  * key chain, bundle hash: trust.h) before it is stored, and appended only
  * at the log's head + 1; a bundle announced without its bytes is fetched
  * in chunks first, so the relay can serve it to its agents. Heartbeats are
- * verified and republished as they came. Every stored entry is then
+ * verified and republished as they came once the log holds their head (a
+ * heartbeat ahead of the log is held, the newest one, until it does: an
+ * agent that learns of a head from its relay must find it there, or it
+ * would fail over to a controller for it). Every stored entry is then
  * republished, in seq order, inline up to inline_max (an announcement
  * above: agents fetch the chunks from the relay).
  *

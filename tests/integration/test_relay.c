@@ -324,8 +324,11 @@ static void test_relay_chain(void **state)
     assert_non_null(st);
     assert_string_equal(json_string_value(json_object_get(st, "upstream")), relays[0].sync_url);
     json_decref(st);
-    /* The large bundle came to the agent in chunks from the leaf. */
+    /* The large bundle came to the agent in chunks from the leaf: the
+     * controller served its two chunks once, to the regional relay. */
     assert_true(metric(&agents[0], "popcast_agent_bundle_chunks_total") > 0);
+    assert_int_equal(pc_test_controller_metric(&ctl, "popcast_sync_requests_total{kind=\"chunk\"}"),
+                     2);
 }
 
 int main(void)
