@@ -11,7 +11,11 @@
  * reversed, snapshots and chunks altered). Heartbeats pass unchanged, one
  * in four with its head altered. Reports are refused as "relay
  * unavailable", so the agent reports directly. The agent lists the
- * hostile relay first and the controller after it. */
+ * hostile relay first and the controller after it.
+ *
+ * A second test speaks to the controller as a hostile relay would: its
+ * StatusBatch carries forged, undecodable and replayed reports beside a
+ * genuine one; each is judged alone, as if its agent had sent it. */
 #include <nng/nng.h>
 #include <nng/protocol/pubsub0/pub.h>
 #include <nng/protocol/pubsub0/sub.h>
@@ -29,6 +33,7 @@
 
 #include <cmocka.h>
 
+#include "crypto.h"
 #include "harness.h"
 #include "popcast.pb-c.h"
 #include "protocol_limits.h"
@@ -347,11 +352,182 @@ static void test_tampering_relay(void **state)
     pc_test_env_cleanup(&env);
 }
 
+/* A report of agent id signed by key (signer: another key signs it). */
+static Popcast__SignedAgentStatus *signed_report(const char *id, const pc_signing_key *key,
+                                                 const pc_signing_key *signer, uint64_t counter)
+{
+    Popcast__AgentStatus st = POPCAST__AGENT_STATUS__INIT;
+    st.agent_id = (char *)id;
+    st.pop = "pop-x";
+    st.counter = counter;
+    st.applied_seq = 7;
+    st.public_key.data = (uint8_t *)key->pub.pk;
+    st.public_key.len = PC_PK_LEN;
+    Popcast__SignedAgentStatus *ss = calloc(1, sizeof(*ss));
+    assert_non_null(ss);
+    popcast__signed_agent_status__init(ss);
+    ss->status.len = popcast__agent_status__get_packed_size(&st);
+    ss->status.data = malloc(ss->status.len);
+    assert_non_null(ss->status.data);
+    popcast__agent_status__pack(&st, ss->status.data);
+    ss->signature.data = malloc(PC_SIG_LEN);
+    assert_non_null(ss->signature.data);
+    ss->signature.len = PC_SIG_LEN;
+    pc_sign(signer, PC_DOMAIN_STATUS, ss->status.data, ss->status.len, ss->signature.data);
+    return ss;
+}
+
+static void free_report(Popcast__SignedAgentStatus *ss)
+{
+    free(ss->status.data);
+    free(ss->signature.data);
+    free(ss);
+}
+
+/* Sends a batch to the controller's sync port; the decoded answer, or NULL
+ * when none came within the timeout. */
+static Popcast__SyncReply *send_batch(nng_socket req, Popcast__SignedAgentStatus **reports,
+                                      size_t n, const char *relay_id)
+{
+    Popcast__RelayStatus rs = POPCAST__RELAY_STATUS__INIT;
+    rs.relay_id = (char *)relay_id;
+    rs.pop = "pop-x";
+    rs.upstream = "";
+    Popcast__StatusBatch b = POPCAST__STATUS_BATCH__INIT;
+    b.reports = reports;
+    b.n_reports = n;
+    b.relay = &rs;
+    Popcast__SyncCall c = POPCAST__SYNC_CALL__INIT;
+    c.body_case = POPCAST__SYNC_CALL__BODY_STATUS_BATCH;
+    c.status_batch = &b;
+    nng_msg *m = NULL;
+    assert_int_equal(nng_msg_alloc(&m, popcast__sync_call__get_packed_size(&c)), 0);
+    popcast__sync_call__pack(&c, nng_msg_body(m));
+    if (nng_sendmsg(req, m, 0) != 0) {
+        nng_msg_free(m);
+        return NULL;
+    }
+    nng_msg *r = NULL;
+    if (nng_recvmsg(req, &r, 0) != 0)
+        return NULL;
+    Popcast__SyncReply *rep = popcast__sync_reply__unpack(NULL, nng_msg_len(r), nng_msg_body(r));
+    nng_msg_free(r);
+    return rep;
+}
+
+static const char *ack_error(Popcast__SyncReply *rep, size_t i)
+{
+    assert_non_null(rep);
+    assert_int_equal(rep->body_case, POPCAST__SYNC_REPLY__BODY_STATUS_BATCH_ACK);
+    assert_true(i < rep->status_batch_ack->n_acks);
+    return rep->status_batch_ack->acks[i]->error;
+}
+
+static void test_forged_reports_in_a_batch(void **state)
+{
+    (void)state;
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    pc_test_controller_start(&env, &ctl, NULL);
+    nng_socket req;
+    assert_int_equal(nng_req0_open(&req), 0);
+    assert_int_equal(nng_socket_set_ms(req, NNG_OPT_RECVTIMEO, 10000), 0);
+    assert_int_equal(nng_socket_set_ms(req, NNG_OPT_SENDTIMEO, 10000), 0);
+    pc_err err;
+    assert_int_equal(pc_nng_dial(req, ctl.sync_url, NULL, 0, &err), PC_OK);
+    pc_signing_key genuine, thief;
+    assert_int_equal(pc_keygen(&genuine), PC_OK);
+    assert_int_equal(pc_keygen(&thief), PC_OK);
+
+    /* The genuine agent's first report binds its key (trust on first use). */
+    Popcast__SignedAgentStatus *first = signed_report("solo", &genuine, &genuine, 10);
+    Popcast__SyncReply *rep = send_batch(req, &first, 1, "liar");
+    assert_non_null(rep);
+    popcast__sync_reply__free_unpacked(rep, NULL);
+    json_t *a = NULL;
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    uint64_t counter = 11;
+    for (;;) {
+        Popcast__SignedAgentStatus *again = signed_report("solo", &genuine, &genuine, counter++);
+        rep = send_batch(req, &again, 1, "liar");
+        bool taken = rep != NULL && ack_error(rep, 0)[0] == '\0';
+        popcast__sync_reply__free_unpacked(rep, NULL);
+        free_report(again);
+        if (taken)
+            break;
+        assert_true(pc_test_now_ms() < deadline);
+        pc_test_sleep_ms(50);
+    }
+    /* Then, in one batch: a report for the same id signed by another key,
+     * one whose status bytes do not decode, a replay of an old counter, and
+     * a genuine one. */
+    Popcast__SignedAgentStatus *forged = signed_report("solo", &thief, &thief, counter + 100);
+    Popcast__SignedAgentStatus *wrong_sig = signed_report("solo", &genuine, &thief, counter + 101);
+    Popcast__SignedAgentStatus *garbled = signed_report("solo", &genuine, &genuine, counter + 102);
+    memset(garbled->status.data, 0xff, garbled->status.len);
+    Popcast__SignedAgentStatus *replay = signed_report("solo", &genuine, &genuine, 10);
+    Popcast__SignedAgentStatus *good = signed_report("solo", &genuine, &genuine, counter);
+    Popcast__SignedAgentStatus *batch[] = {forged, wrong_sig, garbled, replay, good};
+    rep = send_batch(req, batch, 5, "liar");
+    assert_non_null(strstr(ack_error(rep, 0), "another key"));
+    assert_non_null(strstr(ack_error(rep, 1), "does not match"));
+    assert_true(ack_error(rep, 2)[0] != '\0');
+    assert_true(ack_error(rep, 3)[0] != '\0');
+    assert_string_equal(ack_error(rep, 4), "");
+    popcast__sync_reply__free_unpacked(rep, NULL);
+    for (size_t i = 0; i < 5; i++)
+        free_report(batch[i]);
+    free_report(first);
+    /* The fleet holds the genuine report only, counts the refusals, and
+     * lists the batch's sender as a relay's claim. */
+    json_t *fleet = pc_test_controller_json(&env, &ctl, "/v1/fleet");
+    json_t *agents = json_object_get(fleet, "agents");
+    assert_int_equal(json_array_size(agents), 1);
+    a = json_array_get(agents, 0);
+    assert_string_equal(json_string_value(json_object_get(a, "agent_id")), "solo");
+    assert_int_equal(json_integer_value(json_object_get(a, "applied_seq")), 7);
+    assert_true(json_is_true(json_object_get(a, "verified")));
+    assert_true(json_integer_value(json_object_get(a, "refused_reports")) >= 3);
+    json_t *relays = json_object_get(fleet, "relays");
+    assert_int_equal(json_array_size(relays), 1);
+    assert_true(json_is_true(json_object_get(json_array_get(relays, 0), "claimed")));
+    json_decref(fleet);
+
+    /* A batch over the controller's receive limit gets no answer (nng
+     * drops the connection), and the controller goes on serving. */
+    size_t big_n = 5, each = PC_STATUS_BATCH_MAX / 4;
+    Popcast__SignedAgentStatus **big = calloc(big_n, sizeof(*big));
+    assert_non_null(big);
+    for (size_t i = 0; i < big_n; i++) {
+        big[i] = signed_report("solo", &genuine, &genuine, counter + 200 + i);
+        free(big[i]->status.data);
+        big[i]->status.data = calloc(1, each);
+        assert_non_null(big[i]->status.data);
+        big[i]->status.len = each;
+    }
+    assert_int_equal(nng_socket_set_ms(req, NNG_OPT_RECVTIMEO, 2000), 0);
+    assert_null(send_batch(req, big, big_n, "liar"));
+    for (size_t i = 0; i < big_n; i++)
+        free_report(big[i]);
+    free(big);
+    assert_int_equal(nng_socket_set_ms(req, NNG_OPT_RECVTIMEO, 10000), 0);
+    Popcast__SignedAgentStatus *after = signed_report("solo", &genuine, &genuine, counter + 300);
+    rep = send_batch(req, &after, 1, "liar");
+    assert_string_equal(ack_error(rep, 0), "");
+    popcast__sync_reply__free_unpacked(rep, NULL);
+    free_report(after);
+    nng_close(req);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
 int main(void)
 {
     pc_test_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tampering_relay),
+        cmocka_unit_test(test_forged_reports_in_a_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
