@@ -409,18 +409,20 @@ static int connected(const link *l)
     return atomic_load(&((link *)l)->pipes) > 0;
 }
 
-/* Which link to try first: a connected one, then the healthiest (fewest
- * failures in a row), then a relay before a controller, then the one that
+/* Which link to try first: a connected one, then a relay before a
+ * controller (the relays are there to spare the controllers; one that
+ * failed is skipped while it backs off, and asked first again after),
+ * then the healthiest (fewest failures in a row), then the one that
  * answered last, then the configuration's order. */
 static int better(const link *a, size_t ia, const link *b, size_t ib)
 {
     int ca = connected(a), cb = connected(b);
     if (ca != cb)
         return ca > cb;
-    if (a->failures != b->failures)
-        return a->failures < b->failures;
     if (a->relay != b->relay)
         return a->relay; /* the PoP's relay before the controllers */
+    if (a->failures != b->failures)
+        return a->failures < b->failures;
     if (a->last_ok_ms != b->last_ok_ms)
         return a->last_ok_ms > b->last_ok_ms;
     return ia < ib;
