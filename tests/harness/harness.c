@@ -101,7 +101,7 @@ void pc_test_rm_rf(const char *path)
  * outgoing connection (of any process) while the socket exists, but lets a
  * listener that sets SO_REUSEADDR bind it and listen: exactly a
  * reservation that ends with this process, however it ends. */
-#define MAX_HELD 1024
+#define MAX_HELD 8192
 
 static struct {
     int port, fd;
@@ -464,6 +464,17 @@ static json_t *spawn_ready(pc_proc **out, const char *name, char **argv, const c
     return doc;
 }
 
+/* Appends "flag value" for each value (NULL-terminated list, may be NULL)
+ * while fewer than limit slots are used; returns the new count. */
+static int add_flags(char **argv, int n, int limit, const char *flag, const char *const *values)
+{
+    for (size_t i = 0; values != NULL && values[i] != NULL && n < limit; i++) {
+        argv[n++] = (char *)flag;
+        argv[n++] = (char *)values[i];
+    }
+    return n;
+}
+
 static char *bin(const char *env_name)
 {
     char *b = getenv(env_name);
@@ -592,14 +603,8 @@ void pc_test_agent_start(pc_test_env *env, pc_test_agent *a, const char *id,
     argv[n++] = "--edge-threads";
     argv[n++] = "2";
     argv[n++] = "--allow-plaintext";
-    for (size_t i = 0; subscribe != NULL && subscribe[i] != NULL && n < 30; i++) {
-        argv[n++] = "--subscribe";
-        argv[n++] = (char *)subscribe[i];
-    }
-    for (size_t i = 0; sync != NULL && sync[i] != NULL && n < 44; i++) {
-        argv[n++] = "--sync";
-        argv[n++] = (char *)sync[i];
-    }
+    n = add_flags(argv, n, 30, "--subscribe", subscribe);
+    n = add_flags(argv, n, 44, "--sync", sync);
     /* Fast status reports keep rollout tests short. */
     argv[n++] = "--status-interval-ms";
     argv[n++] = "500";
@@ -663,14 +668,8 @@ void pc_test_relay_start(pc_test_env *env, pc_test_relay *r, const char *id, con
     argv[n++] = "--trusted-key";
     argv[n++] = env->pub_path;
     argv[n++] = "--allow-plaintext";
-    for (size_t i = 0; subscribe != NULL && subscribe[i] != NULL && n < 30; i++) {
-        argv[n++] = "--subscribe";
-        argv[n++] = (char *)subscribe[i];
-    }
-    for (size_t i = 0; sync != NULL && sync[i] != NULL && n < 44; i++) {
-        argv[n++] = "--sync";
-        argv[n++] = (char *)sync[i];
-    }
+    n = add_flags(argv, n, 30, "--subscribe", subscribe);
+    n = add_flags(argv, n, 44, "--sync", sync);
     for (size_t i = 0; extra != NULL && extra[i] != NULL && n < 60; i++)
         argv[n++] = (char *)extra[i];
     argv[n++] = "--ready-file";
