@@ -191,7 +191,7 @@ typedef struct agent {
     char agent_id[PC_ID_MAX + 1];
     uv_loop_t loop;
     bool loop_open;
-    uv_signal_t sigint, sigterm;
+    uv_signal_t sigint, sigterm, sighup;
     pc_store *store;
     pc_keyring trusted;
     pc_metrics *metrics;
@@ -326,6 +326,14 @@ static void on_signal(uv_signal_t *h, int signum)
     ag->sub = NULL;
     uv_close((uv_handle_t *)&ag->sigint, NULL);
     uv_close((uv_handle_t *)&ag->sigterm, NULL);
+    uv_close((uv_handle_t *)&ag->sighup, NULL);
+}
+
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    (void)h;
+    (void)signum;
+    pc_daemon_reload("agent", options, sizeof(agent_config), offsetof(agent_config, log_level));
 }
 
 static int load_trusted_keys(agent *ag, pc_err *err)
@@ -494,6 +502,8 @@ static int agent_serve(agent *ag, pc_err *err)
     ag->sigint.data = ag->sigterm.data = ag;
     uv_signal_start(&ag->sigint, on_signal, SIGINT);
     uv_signal_start(&ag->sigterm, on_signal, SIGTERM);
+    uv_signal_init(&ag->loop, &ag->sighup);
+    uv_signal_start(&ag->sighup, on_sighup, SIGHUP);
     if ((rc = pc_admin_start(&ag->admin, ag->cfg.admin_listen, ag->metrics, status, ag, err)) !=
         PC_OK)
         return rc;
@@ -542,6 +552,7 @@ static void agent_close(agent *ag)
         if (!uv_is_closing((uv_handle_t *)&ag->sigterm)) {
             uv_close((uv_handle_t *)&ag->sigint, NULL);
             uv_close((uv_handle_t *)&ag->sigterm, NULL);
+            uv_close((uv_handle_t *)&ag->sighup, NULL);
             uv_run(&ag->loop, UV_RUN_NOWAIT);
         }
         uv_loop_close(&ag->loop);

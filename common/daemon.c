@@ -17,10 +17,29 @@
 #include "crypto.h"
 #include "log.h"
 
+/* The command line, read again on SIGHUP. */
+static int start_argc;
+static char **start_argv;
+
+/* A handler, not SIG_IGN: an ignored signal stays ignored in the
+ * processes a daemon starts (the exec runtime's hooks), a handler does
+ * not. */
+static void sighup_before_ready(int sig)
+{
+    (void)sig;
+}
+
 int pc_daemon_configure(const char *program, const pc_cfg_option *opts, void *cfg, int argc,
                         char **argv, char *const *log_level)
 {
     signal(SIGPIPE, SIG_IGN);
+    struct sigaction hup;
+    memset(&hup, 0, sizeof(hup));
+    hup.sa_handler = sighup_before_ready;
+    sigemptyset(&hup.sa_mask);
+    sigaction(SIGHUP, &hup, NULL);
+    start_argc = argc;
+    start_argv = argv;
     if (pc_crypto_init() != PC_OK) {
         fprintf(stderr, "%s: libsodium failed to initialise\n", program);
         return PC_DAEMON_FAIL;
@@ -40,6 +59,36 @@ int pc_daemon_configure(const char *program, const pc_cfg_option *opts, void *cf
     }
     pc_log_set_level(level);
     return PC_DAEMON_RUN;
+}
+
+void pc_daemon_reload(const char *component, const pc_cfg_option *opts, size_t cfg_size,
+                      size_t log_level_offset)
+{
+    void *cfg = calloc(1, cfg_size);
+    if (cfg == NULL) {
+        pc_warn(component, "SIGHUP: out of memory: nothing changed");
+        return;
+    }
+    pc_err err;
+    enum pc_log_level level;
+    if (pc_config_load(opts, cfg, start_argc, start_argv, &err) != PC_OK) {
+        pc_warn(component, "SIGHUP: the configuration does not load (%s): nothing changed",
+                err.msg);
+    } else {
+        const char *text = *(char *const *)((const char *)cfg + log_level_offset);
+        if (text == NULL || pc_log_parse_level(text, &level) != 0) {
+            pc_warn(component, "SIGHUP: log_level must be debug, info, warn or error: nothing "
+                               "changed");
+        } else {
+            pc_log_set_level(level);
+            pc_info(component,
+                    "SIGHUP: configuration read again: log_level is %s; every other option "
+                    "takes effect at the next restart",
+                    text);
+        }
+    }
+    pc_config_free(opts, cfg);
+    free(cfg);
 }
 
 int pc_daemon_ensure_dir(const char *path, pc_err *err)

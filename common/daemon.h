@@ -17,12 +17,24 @@
  * shutdown_timeout_ms (the status timeout(1) uses for a timeout). */
 #define PC_DAEMON_EXIT_STOP_TIMEOUT 124
 
-/* Ignores SIGPIPE (a peer that went away must not kill the daemon),
+/* Ignores SIGPIPE (a peer that went away must not kill the daemon) and,
+ * until the daemon handles it, SIGHUP,
  * initialises libsodium, loads the configuration into cfg (defaults, then
  * the --config file, then flags: config.h) and applies the log level that
  * *log_level names once loaded. */
 int pc_daemon_configure(const char *program, const pc_cfg_option *opts, void *cfg, int argc,
                         char **argv, char *const *log_level);
+
+/* SIGHUP (docs/operations.md "Signals"): reads the configuration again
+ * exactly as at start (defaults, the --config file, the flags) and applies
+ * what can change without a restart: the log level. It logs what it did,
+ * as component; a configuration that no longer loads changes nothing and
+ * says why. cfg_size is the size of the daemon's configuration struct and
+ * log_level_offset the offset of its log_level (char *). Loop thread.
+ * Until a daemon listens for SIGHUP itself, pc_daemon_configure makes it
+ * harmless (it used to end the process). */
+void pc_daemon_reload(const char *component, const pc_cfg_option *opts, size_t cfg_size,
+                      size_t log_level_offset);
 
 /* Creates path and its missing parents, mode 0700 (data directories hold
  * keys and tokens). An existing directory is fine. */

@@ -205,7 +205,7 @@ static int load_admin_token(const char *path, uint8_t hash[PC_HASH_LEN], pc_err 
 typedef struct controller {
     controller_config cfg;
     uv_loop_t loop;
-    uv_signal_t sigint, sigterm;
+    uv_signal_t sigint, sigterm, sighup;
     pc_store *store;
     pc_signing_key keys[PC_KEYRING_MAX];
     size_t n_keys;
@@ -313,6 +313,15 @@ static void on_signal(uv_signal_t *h, int signum)
     uv_close((uv_handle_t *)&c->tick, NULL);
     uv_close((uv_handle_t *)&c->sigint, NULL);
     uv_close((uv_handle_t *)&c->sigterm, NULL);
+    uv_close((uv_handle_t *)&c->sighup, NULL);
+}
+
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    (void)h;
+    (void)signum;
+    pc_daemon_reload("controller", options, sizeof(controller_config),
+                     offsetof(controller_config, log_level));
 }
 
 /* libraft's TCP transport cannot say which port it bound, and the peers
@@ -502,6 +511,8 @@ static int controller_start(controller *c, pc_err *err)
     c->sigint.data = c->sigterm.data = c;
     uv_signal_start(&c->sigint, on_signal, SIGINT);
     uv_signal_start(&c->sigterm, on_signal, SIGTERM);
+    uv_signal_init(&c->loop, &c->sighup);
+    uv_signal_start(&c->sighup, on_sighup, SIGHUP);
     return controller_ready(c, err);
 }
 

@@ -138,7 +138,7 @@ typedef struct relay {
     char relay_id[PC_ID_MAX + 1];
     uv_loop_t loop;
     bool loop_open;
-    uv_signal_t sigint, sigterm;
+    uv_signal_t sigint, sigterm, sighup;
     pc_metrics *metrics;
     pc_keyring trusted;
     nng_tls_config *client_tls, *server_tls;
@@ -200,6 +200,14 @@ static void on_signal(uv_signal_t *h, int signum)
     r->sub = NULL;
     uv_close((uv_handle_t *)&r->sigint, NULL);
     uv_close((uv_handle_t *)&r->sigterm, NULL);
+    uv_close((uv_handle_t *)&r->sighup, NULL);
+}
+
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    (void)h;
+    (void)signum;
+    pc_daemon_reload("relay", options, sizeof(relay_config), offsetof(relay_config, log_level));
 }
 
 static int load_keys(relay *r, pc_err *err)
@@ -358,6 +366,8 @@ static int relay_start(relay *r, pc_err *err)
     r->sigint.data = r->sigterm.data = r;
     uv_signal_start(&r->sigint, on_signal, SIGINT);
     uv_signal_start(&r->sigterm, on_signal, SIGTERM);
+    uv_signal_init(&r->loop, &r->sighup);
+    uv_signal_start(&r->sighup, on_sighup, SIGHUP);
     return relay_ready(r, err);
 }
 
@@ -369,6 +379,7 @@ static void relay_close(relay *r)
             r->sub = NULL;
             uv_close((uv_handle_t *)&r->sigint, NULL);
             uv_close((uv_handle_t *)&r->sigterm, NULL);
+            uv_close((uv_handle_t *)&r->sighup, NULL);
         }
         uv_run(&r->loop, UV_RUN_DEFAULT);
         uv_loop_close(&r->loop);
