@@ -17,6 +17,10 @@
 #include "crypto.h"
 #include "log.h"
 
+#ifndef POPCAST_VERSION
+#define POPCAST_VERSION "unknown"
+#endif
+
 /* The command line, read again on SIGHUP. */
 static int start_argc;
 static char **start_argv;
@@ -40,6 +44,10 @@ int pc_daemon_configure(const char *program, const pc_cfg_option *opts, void *cf
     sigaction(SIGHUP, &hup, NULL);
     start_argc = argc;
     start_argv = argv;
+    if (argc == 2 && strcmp(argv[1], "--version") == 0) {
+        printf("%s %s\n", program, POPCAST_VERSION);
+        return PC_DAEMON_EXIT_OK;
+    }
     if (pc_crypto_init() != PC_OK) {
         fprintf(stderr, "%s: libsodium failed to initialise\n", program);
         return PC_DAEMON_FAIL;

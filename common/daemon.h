@@ -17,8 +17,9 @@
  * shutdown_timeout_ms (the status timeout(1) uses for a timeout). */
 #define PC_DAEMON_EXIT_STOP_TIMEOUT 124
 
-/* Ignores SIGPIPE (a peer that went away must not kill the daemon) and,
- * until the daemon handles it, SIGHUP,
+/* `PROGRAM --version` prints "PROGRAM VERSION" and returns
+ * PC_DAEMON_EXIT_OK. Otherwise: ignores SIGPIPE (a peer that went away
+ * must not kill the daemon) and, until the daemon handles it, SIGHUP;
  * initialises libsodium, loads the configuration into cfg (defaults, then
  * the --config file, then flags: config.h) and applies the log level that
  * *log_level names once loaded. */

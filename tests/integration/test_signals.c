@@ -1,4 +1,5 @@
-/* test_signals.c - SIGHUP (docs/operations.md "Signals"): every daemon
+/* test_signals.c - --version, and SIGHUP (docs/operations.md "Signals"):
+ * every daemon
  * reads its configuration again and applies the log level, says so in its
  * log, keeps running, and changes nothing when the configuration no
  * longer loads. (SIGHUP used to end a daemon at once.) */
@@ -139,10 +140,38 @@ static void test_sighup_reloads_every_daemon(void **state)
     pc_test_env_cleanup(&env);
 }
 
+/* Every daemon answers --version with its name and the project's
+ * version, exit 0, and starts nothing. */
+static void test_daemons_print_their_version(void **state)
+{
+    (void)state;
+    const char *bins[][2] = {{"POPCAST_CONTROLLER_BIN", "popcast-controller "},
+                             {"POPCAST_AGENT_BIN", "popcast-agent "},
+                             {"POPCAST_RELAY_BIN", "popcast-relay "}};
+    for (size_t i = 0; i < 3; i++) {
+        const char *bin = getenv(bins[i][0]);
+        assert_non_null(bin);
+        char cmd[600], out[256] = "";
+        snprintf(cmd, sizeof(cmd), "'%s' --version", bin);
+        FILE *f = popen(cmd, "r");
+        assert_non_null(f);
+        size_t n = fread(out, 1, sizeof(out) - 1, f);
+        out[n] = '\0';
+        assert_int_equal(pclose(f), 0);
+        assert_int_equal(strncmp(out, bins[i][1], strlen(bins[i][1])), 0);
+        /* NAME X.Y.Z and a newline. */
+        const char *v = out + strlen(bins[i][1]);
+        assert_true(v[0] >= '0' && v[0] <= '9');
+        assert_non_null(strchr(v, '.'));
+        assert_int_equal(out[strlen(out) - 1], '\n');
+    }
+}
+
 int main(void)
 {
     pc_test_init();
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_daemons_print_their_version),
         cmocka_unit_test(test_sighup_reloads_every_daemon),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
