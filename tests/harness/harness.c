@@ -219,7 +219,9 @@ char *pc_test_read_file(const char *path, size_t *len)
     return buf;
 }
 
-pc_proc *pc_proc_spawn(const char *name, char *const argv[], const char *log)
+/* leaks_in_log: LeakSanitizer reports leaks in the log and leaves the
+ * exit status alone, for expect_clean_exit to judge (see there). */
+static pc_proc *proc_spawn(const char *name, char *const argv[], const char *log, bool leaks_in_log)
 {
     pc_proc *p = calloc(1, sizeof(*p));
     assert_non_null(p);
@@ -235,6 +237,13 @@ pc_proc *pc_proc_spawn(const char *name, char *const argv[], const char *log)
             close(fd);
         }
         signal(SIGPIPE, SIG_DFL);
+        if (leaks_in_log) {
+            const char *was = getenv("LSAN_OPTIONS");
+            char opts[1024];
+            snprintf(opts, sizeof(opts), "%s%sexitcode=0", was != NULL ? was : "",
+                     was != NULL && was[0] != '\0' ? ":" : "");
+            setenv("LSAN_OPTIONS", opts, 1);
+        }
         execv(argv[0], argv);
         fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
         _exit(127);
@@ -250,6 +259,11 @@ pc_proc *pc_proc_spawn(const char *name, char *const argv[], const char *log)
     }
     procs[slot] = p;
     return p;
+}
+
+pc_proc *pc_proc_spawn(const char *name, char *const argv[], const char *log)
+{
+    return proc_spawn(name, argv, log, false);
 }
 
 static void reap(pc_proc *p, int block)
@@ -459,7 +473,7 @@ static json_t *spawn_ready(pc_proc **out, const char *name, char **argv, const c
                            const char *ready)
 {
     unlink(ready); /* never read a previous run's */
-    pc_proc *p = pc_proc_spawn(name, argv, log);
+    pc_proc *p = proc_spawn(name, argv, log, true);
     *out = p;
     json_t *doc = wait_ready(p, ready);
     if (doc == NULL) {
@@ -551,22 +565,66 @@ void pc_test_controller_start(pc_test_env *env, pc_test_controller *c, const cha
 
 /* A daemon asked to stop must exit 0, having logged no sanitizer report:
  * this is where the ASan/UBSan build checks the daemons themselves
- * (leaks included: LeakSanitizer runs at exit). */
-static void expect_clean_exit(pc_proc *p, int status)
+ * (leaks included: LeakSanitizer runs at exit).
+ *
+ * One kind of leak is nng's, not popcast's: nng 1.5.2 (Debian 12) loses
+ * objects of its own when a connection closes as it sends on it or dials
+ * it (nanomsg/nng#1713, a message reference dropped by a transport whose
+ * send was closed first; #1658 and the pipe-reference fixes of 1.6.0, a
+ * pipe and its dialer never reaped). Seen as a flake on a daemon whose
+ * peer was killed under a stream. A leak report is therefore accepted
+ * when every directly leaked block was allocated by nng itself (its
+ * frame #1, the allocator's caller, is in libnng): such a block is an
+ * nng message, pipe, dialer or socket. Every block popcast's own code
+ * allocates is still checked, in nng's threads too. docs/testing.md
+ * "Sanitizers" says what this leaves unchecked. */
+static bool leak_report_is_nngs(FILE *f)
 {
-    bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-    FILE *f = fopen(p->log, "r");
+    char line[1024];
+    bool direct = false, ours = false, ended = false;
+    while (!ended && fgets(line, sizeof(line), f) != NULL) {
+        if (strstr(line, "Direct leak of") != NULL)
+            direct = true;
+        else if (strstr(line, "Indirect leak of") != NULL)
+            direct = false;
+        else if (direct && strstr(line, "    #1 ") == line && strstr(line, "libnng.so") == NULL)
+            ours = true;
+        else if (strstr(line, "SUMMARY: AddressSanitizer:") != NULL)
+            ended = true;
+    }
+    return ended && !ours;
+}
+
+pc_sanitizer_verdict pc_test_sanitizer_verdict(const char *log)
+{
+    pc_sanitizer_verdict verdict = PC_SANITIZER_CLEAN;
+    FILE *f = fopen(log, "r");
     char line[1024];
     while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
-        if (strstr(line, "Sanitizer") != NULL || strstr(line, "runtime error:") != NULL)
-            clean = false;
+        if (strstr(line, "ERROR: LeakSanitizer: detected memory leaks") != NULL) {
+            if (!leak_report_is_nngs(f))
+                verdict = PC_SANITIZER_REPORT;
+            else if (verdict == PC_SANITIZER_CLEAN)
+                verdict = PC_SANITIZER_NNG_LEAK;
+        } else if (strstr(line, "Sanitizer") != NULL || strstr(line, "runtime error:") != NULL) {
+            verdict = PC_SANITIZER_REPORT;
+        }
     }
     if (f != NULL)
         fclose(f);
-    if (!clean) {
+    return verdict;
+}
+
+static void expect_clean_exit(pc_proc *p, int status)
+{
+    pc_sanitizer_verdict verdict = pc_test_sanitizer_verdict(p->log);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || verdict == PC_SANITIZER_REPORT) {
         pc_proc_dump_log(p);
         fail_msg("%s did not exit cleanly (status %d)", p->name, status);
     }
+    if (verdict == PC_SANITIZER_NNG_LEAK)
+        printf("note: %s: LeakSanitizer found only nng's own objects (nng 1.5.2 bugs, accepted)\n",
+               p->name);
 }
 
 void pc_test_controller_stop(pc_test_controller *c)

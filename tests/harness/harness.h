@@ -65,6 +65,16 @@ typedef struct pc_proc {
     int n_ports;
 } pc_proc;
 
+/* What a daemon's log says of the sanitizers: nothing; only a leak of
+ * nng 1.5.2's own objects (docs/testing.md "Sanitizers"); or a report
+ * that fails the test. */
+typedef enum {
+    PC_SANITIZER_CLEAN,
+    PC_SANITIZER_NNG_LEAK,
+    PC_SANITIZER_REPORT
+} pc_sanitizer_verdict;
+pc_sanitizer_verdict pc_test_sanitizer_verdict(const char *log);
+
 /* Starts argv[0] with stdout and stderr appended to log. */
 pc_proc *pc_proc_spawn(const char *name, char *const argv[], const char *log);
 /* SIGTERM then wait (SIGKILL after timeout); returns the exit status. */
