@@ -10,31 +10,33 @@
 struct pc_admin {
     pc_httpd *server;
     pc_metrics *metrics;
-    json_t *(*status_cb)(void *arg);
-    void *arg;
+    pc_admin_callbacks cb;
 };
 
 typedef struct admin_route {
     pc_route route;
-    void (*handler)(pc_admin *a, pc_httpd_req *rq);
+    void (*handler)(pc_admin *a, pc_httpd_req *rq, const char *query);
 } admin_route;
 
-static void get_health(pc_admin *a, pc_httpd_req *rq)
+static void get_health(pc_admin *a, pc_httpd_req *rq, const char *query)
 {
+    (void)query;
     pc_httpd_reply_json(rq, 200, json_pack("{s:s}", "status", "ok"), NULL);
 }
 
-static void get_status(pc_admin *a, pc_httpd_req *rq)
+static void get_status(pc_admin *a, pc_httpd_req *rq, const char *query)
 {
-    json_t *s = a->status_cb(a->arg);
+    (void)query;
+    json_t *s = a->cb.status_cb(a->cb.arg);
     if (s == NULL)
         pc_httpd_error(rq, PC_E_INTERNAL, "status unavailable");
     else
         pc_httpd_reply_json(rq, 200, s, NULL);
 }
 
-static void get_metrics(pc_admin *a, pc_httpd_req *rq)
+static void get_metrics(pc_admin *a, pc_httpd_req *rq, const char *query)
 {
+    (void)query;
     char *text = pc_metrics_render_text(a->metrics);
     if (text == NULL) {
         pc_httpd_error(rq, PC_E_NOMEM, "out of memory");
@@ -44,9 +46,25 @@ static void get_metrics(pc_admin *a, pc_httpd_req *rq)
     free(text);
 }
 
+static void get_livez(pc_admin *a, pc_httpd_req *rq, const char *query)
+{
+    pc_health_report r;
+    pc_health_init(&r, "livez");
+    a->cb.check_cb(a->cb.arg, &r);
+    pc_health_reply(rq, &r, query);
+}
+
+static void get_readyz(pc_admin *a, pc_httpd_req *rq, const char *query)
+{
+    pc_health_report r;
+    pc_health_init(&r, "readyz");
+    a->cb.check_cb(a->cb.arg, &r);
+    pc_health_reply(rq, &r, query);
+}
+
 static const admin_route routes[] = {
-    {{"GET", "/v1/health"}, get_health},
-    {{"GET", "/v1/status"}, get_status},
+    {{"GET", "/v1/health"}, get_health}, {{"GET", "/livez"}, get_livez},
+    {{"GET", "/readyz"}, get_readyz},    {{"GET", "/v1/status"}, get_status},
     {{"GET", "/metrics"}, get_metrics},
 };
 
@@ -63,19 +81,18 @@ static void route(pc_httpd_req *rq)
     } else if (rc != PC_OK) {
         pc_httpd_error(rq, PC_E_NOTFOUND, "no such resource");
     } else {
-        routes[m.index].handler(a, rq);
+        routes[m.index].handler(a, rq, m.query);
     }
 }
 
 int pc_admin_start(pc_admin **out, const char *url, pc_metrics *metrics,
-                   json_t *(*status_cb)(void *arg), void *arg, pc_err *err)
+                   const pc_admin_callbacks *cb, pc_err *err)
 {
     pc_admin *a = calloc(1, sizeof(*a));
     if (a == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     a->metrics = metrics;
-    a->status_cb = status_cb;
-    a->arg = arg;
+    a->cb = *cb;
     pc_httpd_options h = {.url = url, .handler = route, .data = a};
     int rc = pc_httpd_start(&a->server, &h, err);
     if (rc != PC_OK) {

@@ -76,6 +76,7 @@ struct pc_applier {
     _Atomic uint64_t applied_seq;
     _Atomic uint64_t head_seq;
     int64_t last_heartbeat_ms;      /* monotonic; start time until the first */
+    bool heard_heartbeat;           /* a valid one came since start */
     int64_t last_heartbeat_time_ms; /* the controller's clock, for replays */
     uint64_t drop_state;            /* test-only drop generator */
     /* Root keys and rotations: written under apply_lock (with `current`
@@ -745,6 +746,7 @@ static void on_heartbeat(pc_applier *a, const Popcast__SignedHeartbeat *sh)
     } else {
         a->last_heartbeat_time_ms = hb->time_unix_ms;
         a->last_heartbeat_ms = pc_mono_ms();
+        a->heard_heartbeat = true;
         atomic_store(&a->head_seq, hb->head_seq);
     }
     pthread_mutex_unlock(&a->lock);
@@ -1302,6 +1304,14 @@ static int64_t heartbeat_age_ms(pc_applier *a)
 int pc_applier_is_stale(pc_applier *a)
 {
     return heartbeat_age_ms(a) > (int64_t)a->opt.stale_after_ms;
+}
+
+int64_t pc_applier_heartbeat_age_ms(pc_applier *a)
+{
+    pthread_mutex_lock(&a->lock);
+    int64_t age = a->heard_heartbeat ? pc_mono_ms() - a->last_heartbeat_ms : -1;
+    pthread_mutex_unlock(&a->lock);
+    return age;
 }
 
 uint64_t pc_applier_stale_after_ms(pc_applier *a)

@@ -131,6 +131,10 @@ uint64_t pc_applier_applied_seq(pc_applier *a);
 uint64_t pc_applier_head_seq(pc_applier *a);
 /* No valid heartbeat for stale_after_ms. */
 int pc_applier_is_stale(pc_applier *a);
+/* Milliseconds since the last valid heartbeat; -1 if none came since
+ * start (is_stale counts from start then: a restarted agent serves its
+ * stored versions as fresh for stale_after_ms). */
+int64_t pc_applier_heartbeat_age_ms(pc_applier *a);
 uint64_t pc_applier_stale_after_ms(pc_applier *a);
 
 /* The agent's identity key, whose public half every status report

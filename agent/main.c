@@ -192,6 +192,8 @@ typedef struct agent {
     uv_loop_t loop;
     bool loop_open;
     uv_signal_t sigint, sigterm, sighup;
+    uv_timer_t tick; /* stamps loop_health */
+    pc_health_loop loop_health;
     pc_store *store;
     pc_keyring trusted;
     pc_metrics *metrics;
@@ -307,10 +309,44 @@ static json_t *status(void *arg)
     return s;
 }
 
+/* livez: the loop runs, the store reads. readyz: also serving (the edge
+ * listens), fresh (a valid heartbeat within stale_after_ms: the versions
+ * served are known current) and not stopping (docs/operations.md
+ * "Health"). */
+static void check(void *arg, pc_health_report *r)
+{
+    agent *ag = arg;
+    uint64_t applied = 0;
+    pc_err err;
+    bool store_ok = pc_store_applied_seq(ag->store, &applied, &err) == PC_OK;
+    pc_health_check(r, "store", store_ok, "%s", store_ok ? "" : err.msg);
+    pc_health_check_loop(r, &ag->loop_health);
+    if (strcmp(r->endpoint, "readyz") != 0)
+        return;
+    pc_health_check_shutdown(r, &ag->loop_health);
+    pc_health_check(r, "edge", ag->edge != NULL && pc_edge_bound_port(ag->edge) > 0,
+                    "the edge listener is not bound");
+    int64_t age = pc_applier_heartbeat_age_ms(ag->applier);
+    uint64_t stale_after = pc_applier_stale_after_ms(ag->applier);
+    if (age < 0)
+        pc_health_check(r, "fresh", false, "no valid heartbeat since start");
+    else
+        pc_health_check(r, "fresh", (uint64_t)age <= stale_after,
+                        "last valid heartbeat %lld ms ago (stale_after_ms %llu)", (long long)age,
+                        (unsigned long long)stale_after);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    agent *ag = t->data;
+    pc_health_loop_tick(&ag->loop_health);
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     agent *ag = h->data;
     pc_info("agent", "signal %d: shutting down", signum);
+    pc_health_loop_stopping(&ag->loop_health);
     pc_daemon_watchdog_arm("agent", ag->cfg.shutdown_timeout_ms);
     if (ag->cfg.test_hang_on_stop) {
         /* Stands for a library call that never returns (nng_close in
@@ -327,6 +363,7 @@ static void on_signal(uv_signal_t *h, int signum)
     uv_close((uv_handle_t *)&ag->sigint, NULL);
     uv_close((uv_handle_t *)&ag->sigterm, NULL);
     uv_close((uv_handle_t *)&ag->sighup, NULL);
+    uv_close((uv_handle_t *)&ag->tick, NULL);
 }
 
 static void on_sighup(uv_signal_t *h, int signum)
@@ -504,7 +541,12 @@ static int agent_serve(agent *ag, pc_err *err)
     uv_signal_start(&ag->sigterm, on_signal, SIGTERM);
     uv_signal_init(&ag->loop, &ag->sighup);
     uv_signal_start(&ag->sighup, on_sighup, SIGHUP);
-    if ((rc = pc_admin_start(&ag->admin, ag->cfg.admin_listen, ag->metrics, status, ag, err)) !=
+    uv_timer_init(&ag->loop, &ag->tick);
+    ag->tick.data = ag;
+    uv_timer_start(&ag->tick, on_tick, 1000, 1000);
+    pc_health_loop_tick(&ag->loop_health); /* about to run */
+    pc_admin_callbacks admin_cb = {.status_cb = status, .check_cb = check, .arg = ag};
+    if ((rc = pc_admin_start(&ag->admin, ag->cfg.admin_listen, ag->metrics, &admin_cb, err)) !=
         PC_OK)
         return rc;
     pc_applier_set_identity(ag->applier, &ag->identity.pub);
@@ -553,6 +595,7 @@ static void agent_close(agent *ag)
             uv_close((uv_handle_t *)&ag->sigint, NULL);
             uv_close((uv_handle_t *)&ag->sigterm, NULL);
             uv_close((uv_handle_t *)&ag->sighup, NULL);
+            uv_close((uv_handle_t *)&ag->tick, NULL);
             uv_run(&ag->loop, UV_RUN_NOWAIT);
         }
         uv_loop_close(&ag->loop);

@@ -14,6 +14,8 @@
 #include "registry.h"
 
 static void get_health(api_call *call);
+static void get_livez(api_call *call);
+static void get_readyz(api_call *call);
 static void get_metrics(api_call *call);
 
 #define GET(p, auth, h)                                                                            \
@@ -30,6 +32,8 @@ static void get_metrics(api_call *call);
 static const api_route routes[] = {
     GET("/metrics", API_PUBLIC, get_metrics),
     GET("/v1/health", API_PUBLIC, get_health),
+    GET("/livez", API_PUBLIC, get_livez),
+    GET("/readyz", API_PUBLIC, get_readyz),
     GET("/v1/tenants", API_TENANT, api_get_tenants),
     GET("/v1/tenants/{tenant}", API_TENANT, api_get_tenant),
     WRITE("DELETE", "/v1/tenants/{tenant}", API_TENANT, api_delete_tenant),
@@ -198,6 +202,53 @@ static void get_health(api_call *call)
         json_object_set_new(o, "leader_api", json_string(is_leader ? api->opt.listen_url : leader));
     }
     pc_httpd_reply_json(call->rq, 200, o, NULL);
+}
+
+/* The store answers a read (an LMDB read transaction). */
+static void check_store(pc_health_report *r, pc_api *api)
+{
+    uint64_t applied = 0;
+    pc_err err;
+    bool ok = pc_store_applied_seq(api->store, &applied, &err) == PC_OK;
+    pc_health_check(r, "store", ok, "%s", ok ? "" : err.msg);
+}
+
+/* Alive: the loop runs and the store reads. Nothing about peers: a node
+ * cut from its cluster is not helped by a restart. */
+static void get_livez(api_call *call)
+{
+    pc_health_report r;
+    pc_health_init(&r, "livez");
+    check_store(&r, call->api);
+    if (call->api->opt.loop != NULL)
+        pc_health_check_loop(&r, call->api->opt.loop);
+    pc_health_reply(call->rq, &r, call->match->query);
+}
+
+/* Ready: able to serve what it is asked, with a store that is the
+ * committed state: a member of its cluster, with a leader known, and
+ * every committed entry applied here (docs/operations.md "Health"). */
+static void get_readyz(api_call *call)
+{
+    pc_api *api = call->api;
+    pc_health_report r;
+    pc_health_init(&r, "readyz");
+    check_store(&r, api);
+    if (api->opt.loop != NULL) {
+        pc_health_check_loop(&r, api->opt.loop);
+        pc_health_check_shutdown(&r, api->opt.loop);
+    }
+    if (api->opt.cluster != NULL) {
+        pc_cluster_health h;
+        pc_cluster_get_health(api->opt.cluster, &h);
+        pc_health_check(&r, "member", h.member, "node %s is not in the cluster's configuration",
+                        api->node_id);
+        pc_health_check(&r, "leader", h.leader_id != 0, "no leader known");
+        pc_health_check(&r, "applied", h.last_applied >= h.commit_index,
+                        "applied %llu of %llu committed raft entries",
+                        (unsigned long long)h.last_applied, (unsigned long long)h.commit_index);
+    }
+    pc_health_reply(call->rq, &r, call->match->query);
 }
 
 static void get_metrics(api_call *call)

@@ -16,6 +16,7 @@
 #include "config.h"
 #include "crypto.h"
 #include "err.h"
+#include "health.h"
 #include "tls.h"
 #include "metrics.h"
 #include "cluster.h"
@@ -37,6 +38,7 @@ typedef struct pc_api_options {
     /* Mutating calls per second and burst, per token (0: unlimited). */
     double token_write_rate, token_write_burst;
     double admin_write_rate, admin_write_burst;
+    pc_health_loop *loop; /* the controller's loop, for /livez and /readyz */
 } pc_api_options;
 
 typedef struct pc_api pc_api;

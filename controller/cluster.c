@@ -442,6 +442,19 @@ static void on_tick(uv_timer_t *t)
     pc_cluster_refresh(t->data);
 }
 
+void pc_cluster_get_health(pc_cluster *c, pc_cluster_health *out)
+{
+    pthread_mutex_lock(&c->lock);
+    out->member = false;
+    for (unsigned i = 0; i < c->info.n_members; i++)
+        if (c->info.members[i].id == c->opt.id)
+            out->member = true;
+    out->leader_id = c->info.leader_id;
+    out->commit_index = c->info.commit_index;
+    out->last_applied = c->info.last_applied;
+    pthread_mutex_unlock(&c->lock);
+}
+
 bool pc_cluster_leading(pc_cluster *c)
 {
     PC_CHECK_OWNER(&c->loop_thread);

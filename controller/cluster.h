@@ -121,6 +121,14 @@ void pc_cluster_refresh(pc_cluster *c);
  * this node). */
 bool pc_cluster_leader_api(pc_cluster *c, char *out, size_t cap);
 bool pc_cluster_is_leader(pc_cluster *c);
+/* Any thread: what /readyz checks, from the copy pc_cluster_refresh
+ * made (every 100 ms on the loop). */
+typedef struct pc_cluster_health {
+    bool member;        /* this node is in the configuration */
+    uint64_t leader_id; /* 0: no leader known */
+    uint64_t commit_index, last_applied;
+} pc_cluster_health;
+void pc_cluster_get_health(pc_cluster *c, pc_cluster_health *out);
 /* {"id","role","leader_id","leader_api","term","commit_index","last_applied",
  *  "last_index","nodes":[{"id","raft_address","api_url","role"}]} */
 json_t *pc_cluster_info_json(pc_cluster *c);

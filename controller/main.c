@@ -221,6 +221,7 @@ typedef struct controller {
     pc_cluster *cluster;
     nng_tls_config *tls;
     uv_timer_t tick;
+    pc_health_loop loop_health;
     bool loop_open;
     char node_id[PC_ID_MAX + 1];
     char raft_dir[4200];
@@ -279,6 +280,7 @@ static void cluster_stopped(void *arg)
 static void on_tick(uv_timer_t *t)
 {
     controller *c = t->data;
+    pc_health_loop_tick(&c->loop_health);
     pc_rollout_tick(c->rollout, pc_mono_ms());
     if (c->cluster != NULL)
         pc_cluster_refresh(c->cluster);
@@ -288,6 +290,7 @@ static void on_signal(uv_signal_t *h, int signum)
 {
     controller *c = h->data;
     pc_info("controller", "signal %d: shutting down", signum);
+    pc_health_loop_stopping(&c->loop_health);
     pc_daemon_watchdog_arm("controller", c->cfg.shutdown_timeout_ms);
     if (c->cfg.test_hang_on_stop) {
         /* Stands for a library call that never returns (nng_close, rarely,
@@ -480,7 +483,8 @@ static int controller_start(controller *c, pc_err *err)
                               .token_write_rate = (double)c->cfg.token_write_rate,
                               .token_write_burst = (double)c->cfg.token_write_burst,
                               .admin_write_rate = (double)c->cfg.admin_write_rate,
-                              .admin_write_burst = (double)c->cfg.admin_write_burst};
+                              .admin_write_burst = (double)c->cfg.admin_write_burst,
+                              .loop = &c->loop_health};
     memcpy(api_opt.admin_token_hash, c->admin_token_hash, PC_HASH_LEN);
     int rc;
     if ((rc = pc_publisher_open(&c->pub, c->cfg.pub_listen, c->tls, (int)c->cfg.pub_sendbuf,
@@ -506,6 +510,7 @@ static int controller_start(controller *c, pc_err *err)
     uv_timer_init(&c->loop, &c->tick);
     c->tick.data = c;
     uv_timer_start(&c->tick, on_tick, 100, 100);
+    pc_health_loop_tick(&c->loop_health); /* about to run */
     uv_signal_init(&c->loop, &c->sigint);
     uv_signal_init(&c->loop, &c->sigterm);
     c->sigint.data = c->sigterm.data = c;

@@ -24,6 +24,7 @@ struct pc_feed {
     pthread_mutex_t lock;
     pc_trust trust;
     _Atomic uint64_t hb_head;
+    _Atomic int64_t hb_at_ms; /* monotonic, when the last verified one came; 0: none */
     /* A verified heartbeat ahead of the log, held back until the log
      * reaches its head (lock held): agents that hear of a head from this
      * relay find it here, rather than fail over to a controller. */
@@ -229,6 +230,7 @@ void pc_feed_on_publication(pc_feed *f, const uint8_t *data, size_t len)
             uint64_t was = atomic_load(&f->hb_head);
             if (hb->head_seq > was)
                 atomic_store(&f->hb_head, hb->head_seq);
+            atomic_store(&f->hb_at_ms, pc_mono_ms());
             pc_metric_set(f->m_hb_head, hb->head_seq);
             if (hb->head_seq > head)
                 wake(f);
@@ -246,6 +248,12 @@ void pc_feed_on_publication(pc_feed *f, const uint8_t *data, size_t len)
 uint64_t pc_feed_heartbeat_head(pc_feed *f)
 {
     return atomic_load(&f->hb_head);
+}
+
+int64_t pc_feed_heartbeat_age_ms(pc_feed *f)
+{
+    int64_t at = atomic_load(&f->hb_at_ms);
+    return at == 0 ? -1 : pc_mono_ms() - at;
 }
 
 static bool sync_reply_ok(void *arg, const Popcast__SyncReply *rep)

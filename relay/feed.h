@@ -60,6 +60,9 @@ int pc_feed_start(pc_feed **out, const pc_feed_options *opt, pc_err *err);
 void pc_feed_on_publication(pc_feed *f, const uint8_t *data, size_t len);
 /* The head of the last verified heartbeat (0: none yet). Any thread. */
 uint64_t pc_feed_heartbeat_head(pc_feed *f);
+/* Milliseconds since the last verified heartbeat came by pub/sub (-1:
+ * none yet). Any thread. */
+int64_t pc_feed_heartbeat_age_ms(pc_feed *f);
 /* Stops the catch-up thread: waits for a request in flight to end (at
  * most the upstream's connect and request timeouts). Close the upstream
  * after this, never before. */

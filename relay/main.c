@@ -21,6 +21,7 @@
 #include "crypto.h"
 #include "daemon.h"
 #include "feed.h"
+#include "health.h"
 #include "httpd.h"
 #include "log.h"
 #include "metrics.h"
@@ -29,6 +30,7 @@
 #include "publisher.h"
 #include "relay_log.h"
 #include "relay_server.h"
+#include "router.h"
 #include "subscriber.h"
 #include "tls.h"
 #include "upstream.h"
@@ -59,6 +61,7 @@ typedef struct relay_config {
     uint64_t workers;
     uint64_t request_timeout_ms;
     uint64_t sync_interval_ms;
+    uint64_t stale_after_ms;
     char *tls_ca;
     char *tls_server_name;
     char *tls_cert_key;
@@ -90,7 +93,8 @@ static const pc_cfg_option options[] = {
     OPT(sync_listen, PC_CFG_STRING, "tcp://127.0.0.1:7082", 0, 0,
         "where the PoP's agents catch up and report (port 0: any free port)"),
     OPT(admin_listen, PC_CFG_STRING, "http://127.0.0.1:9091", 0, 0,
-        "status and metrics (GET /v1/status, /metrics; port 0: any free port)"),
+        "status, health and metrics (GET /v1/status, /livez, /readyz, /metrics; port 0: any "
+        "free port)"),
     OPT(log_level, PC_CFG_STRING, "info", 0, 0, "debug, info, warn or error"),
     OPT(retain_entries, PC_CFG_U64, "100000", 1, 0,
         "entries kept (agents further behind take a snapshot, passed through from upstream)"),
@@ -118,6 +122,8 @@ static const pc_cfg_option options[] = {
     OPT(request_timeout_ms, PC_CFG_U64, "5000", 100, 600000, "one upstream request's timeout"),
     OPT(sync_interval_ms, PC_CFG_U64, "5000", 100, 3600000,
         "catch-up probe period, even when nothing looks missing"),
+    OPT(stale_after_ms, PC_CFG_U64, "5000", 100, 86400000,
+        "GET /readyz fails when no verified heartbeat came from upstream for this long"),
     OPT(tls_ca, PC_CFG_STRING, NULL, 0, 0,
         "PEM CA certificate(s) upstream TLS certificates must chain to (tls+tcp://)"),
     OPT(tls_server_name, PC_CFG_STRING, NULL, 0, 0, "the name upstream certificates must carry"),
@@ -139,6 +145,8 @@ typedef struct relay {
     uv_loop_t loop;
     bool loop_open;
     uv_signal_t sigint, sigterm, sighup;
+    uv_timer_t tick; /* stamps loop_health */
+    pc_health_loop loop_health;
     pc_metrics *metrics;
     pc_keyring trusted;
     nng_tls_config *client_tls, *server_tls;
@@ -157,13 +165,40 @@ static void on_publication(void *arg, const uint8_t *data, size_t len)
     pc_feed_on_publication(r->feed, data, len);
 }
 
+/* livez: the loop runs. readyz: also a verified heartbeat from upstream
+ * within stale_after_ms (what it serves is current), and not stopping
+ * (docs/operations.md "Health"). */
+static void health(relay *r, pc_httpd_req *rq, const char *endpoint, const char *query)
+{
+    pc_health_report hr;
+    pc_health_init(&hr, endpoint);
+    pc_health_check_loop(&hr, &r->loop_health);
+    if (strcmp(endpoint, "readyz") == 0) {
+        pc_health_check_shutdown(&hr, &r->loop_health);
+        int64_t age = pc_feed_heartbeat_age_ms(r->feed);
+        if (age < 0)
+            pc_health_check(&hr, "upstream", false, "no verified heartbeat from upstream yet");
+        else
+            pc_health_check(&hr, "upstream", (uint64_t)age <= r->cfg.stale_after_ms,
+                            "last verified heartbeat %lld ms ago (stale_after_ms %llu)",
+                            (long long)age, (unsigned long long)r->cfg.stale_after_ms);
+    }
+    pc_health_reply(rq, &hr, query);
+}
+
 static void admin_handler(pc_httpd_req *rq)
 {
     relay *r = pc_httpd_data(rq);
-    const char *target = pc_httpd_target(rq);
+    char path[PC_ROUTE_MAX_PATH + 1];
+    snprintf(path, sizeof(path), "%s", pc_httpd_target(rq));
+    char *query = strchr(path, '?');
+    if (query != NULL)
+        *query++ = '\0';
     if (strcmp(pc_httpd_method(rq), "GET") != 0) {
         pc_httpd_error(rq, PC_E_METHOD, "only GET is served here");
-    } else if (strcmp(target, "/metrics") == 0) {
+    } else if (strcmp(path, "/livez") == 0 || strcmp(path, "/readyz") == 0) {
+        health(r, rq, path + 1, query);
+    } else if (strcmp(path, "/metrics") == 0) {
         char *text = pc_metrics_render_text(r->metrics);
         if (text == NULL) {
             pc_httpd_error(rq, PC_E_NOMEM, "out of memory");
@@ -171,7 +206,7 @@ static void admin_handler(pc_httpd_req *rq)
         }
         pc_httpd_reply(rq, 200, "text/plain; version=0.0.4", text, strlen(text), NULL);
         free(text);
-    } else if (strcmp(target, "/v1/status") == 0) {
+    } else if (strcmp(path, "/v1/status") == 0) {
         uint64_t first, head;
         pc_relay_log_bounds(r->log, &first, &head);
         char upstream[PC_UPSTREAM_MAX + 1];
@@ -185,14 +220,21 @@ static void admin_handler(pc_httpd_req *rq)
                                       upstream, "metrics", pc_metrics_render_json(r->metrics)),
                             NULL);
     } else {
-        pc_httpd_error(rq, PC_E_NOTFOUND, "no such resource: %s", target);
+        pc_httpd_error(rq, PC_E_NOTFOUND, "no such resource: %s", path);
     }
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    relay *r = t->data;
+    pc_health_loop_tick(&r->loop_health);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
 {
     relay *r = h->data;
     pc_info("relay", "signal %d: shutting down", signum);
+    pc_health_loop_stopping(&r->loop_health);
     pc_daemon_watchdog_arm("relay", r->cfg.shutdown_timeout_ms);
     if (r->cfg.ready_file != NULL)
         unlink(r->cfg.ready_file);
@@ -201,6 +243,7 @@ static void on_signal(uv_signal_t *h, int signum)
     uv_close((uv_handle_t *)&r->sigint, NULL);
     uv_close((uv_handle_t *)&r->sigterm, NULL);
     uv_close((uv_handle_t *)&r->sighup, NULL);
+    uv_close((uv_handle_t *)&r->tick, NULL);
 }
 
 static void on_sighup(uv_signal_t *h, int signum)
@@ -368,6 +411,10 @@ static int relay_start(relay *r, pc_err *err)
     uv_signal_start(&r->sigterm, on_signal, SIGTERM);
     uv_signal_init(&r->loop, &r->sighup);
     uv_signal_start(&r->sighup, on_sighup, SIGHUP);
+    uv_timer_init(&r->loop, &r->tick);
+    r->tick.data = r;
+    uv_timer_start(&r->tick, on_tick, 1000, 1000);
+    pc_health_loop_tick(&r->loop_health); /* about to run */
     return relay_ready(r, err);
 }
 
@@ -380,6 +427,7 @@ static void relay_close(relay *r)
             uv_close((uv_handle_t *)&r->sigint, NULL);
             uv_close((uv_handle_t *)&r->sigterm, NULL);
             uv_close((uv_handle_t *)&r->sighup, NULL);
+            uv_close((uv_handle_t *)&r->tick, NULL);
         }
         uv_run(&r->loop, UV_RUN_DEFAULT);
         uv_loop_close(&r->loop);

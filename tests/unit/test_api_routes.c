@@ -2,7 +2,7 @@
  * the decisions derived from it are the ones docs/api.md states: every
  * write is leader-only and rate limited, every route naming a tenant is
  * scoped to the caller's tenants, administration needs the admin token,
- * and only health and metrics are public. */
+ * and only health (/v1/health, /livez, /readyz) and metrics are public. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -48,7 +48,8 @@ static void test_auth_is_derived_from_the_path(void **state)
     for (size_t i = 0; i < n; i++) {
         const char *p = r[i].route.pattern;
         bool tenant_path = strncmp(p, "/v1/tenants", 11) == 0;
-        bool public_path = strcmp(p, "/v1/health") == 0 || strcmp(p, "/metrics") == 0;
+        bool public_path = strcmp(p, "/v1/health") == 0 || strcmp(p, "/metrics") == 0 ||
+                           strcmp(p, "/livez") == 0 || strcmp(p, "/readyz") == 0;
         if (public_path)
             assert_int_equal(r[i].auth, API_PUBLIC);
         else if (tenant_path)
