@@ -2,7 +2,8 @@
  * labels, the exact Prometheus text and JSON renderings (a name's series
  * stay together, in the order they were created), NULL handling, and a
  * registry of many series (one per tenant, as an agent with thousands of
- * tenants has). */
+ * tenants has), latency histograms, and families described before their
+ * first series. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -145,6 +146,72 @@ static void test_many_series(void **state)
     pc_metrics_free(m);
 }
 
+/* Buckets are cumulative, the count is the +Inf bucket, the sum is in
+ * seconds; an observation on a bound falls in that bound's bucket. */
+static void test_histogram(void **state)
+{
+    (void)state;
+    pc_metrics *m = pc_metrics_new();
+    pc_histogram *h = pc_metrics_latency(m, "op_seconds", "kind=\"a\"", "how long ops take");
+    assert_non_null(h);
+    assert_ptr_equal(pc_metrics_latency(m, "op_seconds", "kind=\"a\"", NULL), h);
+    pc_histogram_observe_us(h, 1000);      /* le 0.001 */
+    pc_histogram_observe_us(h, 1001);      /* le 0.0025 */
+    pc_histogram_observe_us(h, 700000);    /* le 1 */
+    pc_histogram_observe_us(h, 120000000); /* +Inf */
+    pc_histogram_observe_us(NULL, 5);
+    pc_histogram_observe_us(pc_metrics_latency(m, "plain_seconds", NULL, "no labels"), 0);
+    char *text = pc_metrics_render_text(m);
+    assert_non_null(strstr(text, "# HELP op_seconds how long ops take\n"
+                                 "# TYPE op_seconds histogram\n"
+                                 "op_seconds_bucket{kind=\"a\",le=\"0.001\"} 1\n"
+                                 "op_seconds_bucket{kind=\"a\",le=\"0.0025\"} 2\n"
+                                 "op_seconds_bucket{kind=\"a\",le=\"0.005\"} 2\n"));
+    assert_non_null(strstr(text, "op_seconds_bucket{kind=\"a\",le=\"0.5\"} 2\n"
+                                 "op_seconds_bucket{kind=\"a\",le=\"1\"} 3\n"));
+    assert_non_null(strstr(text, "op_seconds_bucket{kind=\"a\",le=\"60\"} 3\n"
+                                 "op_seconds_bucket{kind=\"a\",le=\"+Inf\"} 4\n"
+                                 "op_seconds_sum{kind=\"a\"} 120.702001\n"
+                                 "op_seconds_count{kind=\"a\"} 4\n"));
+    assert_non_null(strstr(text, "plain_seconds_bucket{le=\"0.001\"} 1\n"));
+    assert_non_null(strstr(text, "plain_seconds_sum 0.000000\nplain_seconds_count 1\n"));
+    free(text);
+    json_t *j = pc_metrics_render_json(m);
+    assert_int_equal(json_integer_value(json_object_get(j, "op_seconds_count{kind=\"a\"}")), 4);
+    assert_true(json_real_value(json_object_get(j, "op_seconds_sum{kind=\"a\"}")) > 120.7);
+    json_decref(j);
+    pc_metrics_free(m);
+}
+
+/* A family's help is its own, whichever series gives it; a described
+ * family shows its help and type before it has a series, and only once
+ * after. */
+static void test_family_help(void **state)
+{
+    (void)state;
+    pc_metrics *m = pc_metrics_new();
+    pc_metrics_inc(m, "late_total", "reason=\"x\"");
+    pc_metric_add(pc_metrics_counter(m, "late_total", "reason=\"y\"", "given second"), 2);
+    pc_metrics_describe(m, "refused_total", "refusals, by reason");
+    char *text = pc_metrics_render_text(m);
+    assert_string_equal(text, "# HELP late_total given second\n"
+                              "# TYPE late_total counter\n"
+                              "late_total{reason=\"x\"} 1\n"
+                              "late_total{reason=\"y\"} 2\n"
+                              "# HELP refused_total refusals, by reason\n"
+                              "# TYPE refused_total counter\n");
+    free(text);
+    pc_metrics_inc(m, "refused_total", "reason=\"bad\"");
+    text = pc_metrics_render_text(m);
+    assert_non_null(strstr(text, "# HELP refused_total refusals, by reason\n"
+                                 "# TYPE refused_total counter\n"
+                                 "refused_total{reason=\"bad\"} 1\n"));
+    assert_null(strstr(strstr(text, "# TYPE refused_total") + 1, "# TYPE refused_total"));
+    free(text);
+    pc_metrics_describe(NULL, "x", "y");
+    pc_metrics_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -152,6 +219,8 @@ int main(void)
         cmocka_unit_test(test_null_registry),
         cmocka_unit_test(test_render),
         cmocka_unit_test(test_many_series),
+        cmocka_unit_test(test_histogram),
+        cmocka_unit_test(test_family_help),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
