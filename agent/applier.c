@@ -89,6 +89,8 @@ struct pc_applier {
     uint8_t identity[PC_PK_LEN]; /* the key reports carry, when has_identity */
     bool has_identity;
     pc_metric *m_record_failures;
+    pc_metric *m_rotations, *m_unverified_ahead, *m_announcements;
+    pc_histogram *m_apply_latency, *m_deploy_to_live;
     _Atomic uint64_t record_failures; /* as m_record_failures, for reports */
     /* While an entry or a snapshot's tenants are made live (apply_lock
      * held), live versions and outcomes are collected here and written in
@@ -605,7 +607,7 @@ static void rotated_to(pc_applier *a, const Popcast__Manifest *m)
     pthread_mutex_unlock(&a->lock);
     char kid[PC_HEX_KEY_ID_LEN];
     pc_hex(kid, a->current.id, PC_KEY_ID_LEN);
-    pc_metrics_inc(a->opt.metrics, "popcast_agent_key_rotations_total", NULL);
+    pc_metric_add(a->m_rotations, 1);
     pc_info("applier", "signing key rotated at seq %llu: entries after it must be signed by %s",
             (unsigned long long)m->seq, kid);
 }
@@ -619,7 +621,7 @@ static int apply_entry_locked(pc_applier *a, const Popcast__Entry *e, pc_err *er
     if (rc == PC_E_UNTRUSTED_KEY && beyond_next(a, e)) {
         /* Possibly signed by a key announced in an entry we have not seen
          * yet: catch up first; the entry is judged when its turn comes. */
-        pc_metrics_inc(a->opt.metrics, "popcast_agent_unverified_ahead_total", NULL);
+        pc_metric_add(a->m_unverified_ahead, 1);
         changed(a, 1);
         return pc_err_set(err, PC_E_SEQ_GAP, "entry ahead of us signed by a key not known yet");
     }
@@ -633,7 +635,7 @@ static int apply_entry_locked(pc_applier *a, const Popcast__Entry *e, pc_err *er
         rc = pc_err_set(err, PC_E_BUNDLE_OMITTED, "bundle of seq %llu must be fetched",
                         (unsigned long long)m->seq);
         if (m->seq > atomic_load(&a->applied_seq)) {
-            pc_metrics_inc(a->opt.metrics, "popcast_agent_announcements_total", NULL);
+            pc_metric_add(a->m_announcements, 1);
             changed(a, 1);
         }
         goto out;
@@ -661,6 +663,10 @@ static int apply_entry_locked(pc_applier *a, const Popcast__Entry *e, pc_err *er
                     (unsigned long long)m->version, lerr.msg);
             record_nack(a, m->tenant, m->version, m->seq, pc_err_name(lerr.code), lerr.msg);
         } else {
+            /* From the signing controller's clock to this one's: skew
+             * shifts it (docs/operations.md "Metrics"). */
+            int64_t since = pc_wall_ms() - m->created_unix_ms;
+            pc_histogram_observe_us(a->m_deploy_to_live, since > 0 ? (uint64_t)since * 1000 : 0);
             pc_info("applier", "%s version %llu (seq %llu) is live", m->tenant,
                     (unsigned long long)m->version, (unsigned long long)m->seq);
         }
@@ -683,7 +689,10 @@ out:
 int pc_applier_apply_entry(pc_applier *a, const Popcast__Entry *e, pc_err *err)
 {
     pc_mutex_lock(&a->apply_lock);
+    int64_t started = pc_mono_ns();
     int rc = apply_entry_locked(a, e, err);
+    if (rc == PC_OK)
+        pc_histogram_observe_us(a->m_apply_latency, (uint64_t)(pc_mono_ns() - started) / 1000);
     pc_mutex_unlock(&a->apply_lock);
     if (rc == PC_OK)
         changed(a, 0);
@@ -1256,6 +1265,27 @@ int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
     a->m_record_failures =
         pc_metrics_counter(opt->metrics, "popcast_agent_record_failures_total", NULL,
                            "writes of what happened (live versions, outcomes) that failed");
+    a->m_rotations = pc_metrics_counter(opt->metrics, "popcast_agent_key_rotations_total", NULL,
+                                        "signing key rotations applied");
+    a->m_unverified_ahead = pc_metrics_counter(
+        opt->metrics, "popcast_agent_unverified_ahead_total", NULL,
+        "entries ahead of the log signed by a key not known yet (caught up first)");
+    a->m_announcements =
+        pc_metrics_counter(opt->metrics, "popcast_agent_announcements_total", NULL,
+                           "entries announced without their bundle (fetched in chunks)");
+    a->m_apply_latency =
+        pc_metrics_latency(opt->metrics, "popcast_agent_apply_seconds", NULL,
+                           "applying one entry: verify, store in one transaction, make live");
+    a->m_deploy_to_live =
+        pc_metrics_latency(opt->metrics, "popcast_agent_deploy_to_live_seconds", NULL,
+                           "from the controller signing a version to it going live here (wall "
+                           "clocks: skew shifts it)");
+    pc_metrics_describe(opt->metrics, "popcast_agent_nacks_total",
+                        "versions this agent refused or could not make live, by reason");
+    pc_metrics_describe(opt->metrics, "popcast_agent_refused_total",
+                        "entries refused, by reason (duplicates included)");
+    pc_metrics_describe(opt->metrics, "popcast_agent_heartbeats_refused_total",
+                        "heartbeats refused, by reason");
     if (opt->test_drop_permille != 0)
         pc_warn("applier", "TEST MODE: dropping %u per mille of pub/sub entries",
                 opt->test_drop_permille);

@@ -453,6 +453,7 @@ static int agent_open(agent *ag, pc_err *err)
     limits.max_idle_isolates = ag->cfg.lua_max_idle_isolates;
     if ((ag->metrics = pc_metrics_new()) == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    pc_daemon_build_info(ag->metrics, "agent");
     if ((ag->lua = pc_lua_adapter_new(&limits, ag->metrics, err)) == NULL) {
         pc_err_wrap(err, "cannot initialise the Lua runtime");
         return err->code;

@@ -33,6 +33,15 @@ static void sighup_before_ready(int sig)
     (void)sig;
 }
 
+void pc_daemon_build_info(pc_metrics *m, const char *daemon)
+{
+    char labels[128];
+    snprintf(labels, sizeof(labels), "daemon=\"%s\",version=\"%s\"", daemon, POPCAST_VERSION);
+    pc_metric_set(pc_metrics_gauge(m, "popcast_build_info", labels,
+                                   "1, labelled with the daemon and the popcast version it runs"),
+                  1);
+}
+
 int pc_daemon_configure(const char *program, const pc_cfg_option *opts, void *cfg, int argc,
                         char **argv, char *const *log_level)
 {

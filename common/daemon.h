@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "metrics.h"
 #include "err.h"
 
 #define PC_DAEMON_RUN     0  /* configured: go on */
@@ -40,6 +41,9 @@ void pc_daemon_reload(const char *component, const pc_cfg_option *opts, size_t c
 /* Creates path and its missing parents, mode 0700 (data directories hold
  * keys and tokens). An existing directory is fine. */
 int pc_daemon_ensure_dir(const char *path, pc_err *err);
+
+/* popcast_build_info{daemon,version} 1: which build runs where. */
+void pc_daemon_build_info(pc_metrics *m, const char *daemon);
 
 /* The ready file (option ready_file): a JSON object with the daemon's pid
  * and the addresses it actually bound (listen options may name port 0),

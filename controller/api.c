@@ -142,7 +142,7 @@ static bool within_write_rate(pc_api *api, pc_httpd_req *rq, const api_principal
 static void route(pc_httpd_req *rq)
 {
     pc_api *api = pc_httpd_data(rq);
-    pc_metrics_inc(api->metrics, "popcast_api_requests_total", NULL);
+    pc_metric_add(api->m_requests, 1);
     pc_route_match m;
     size_t n = 0;
     const api_route *table = pc_api_routes(&n);
@@ -294,7 +294,7 @@ static void change_done(pc_change *c, const pc_change_result *r)
     const pc_change_kind_info *kind = pc_change_kind_get(c->kind);
     if (r->rc != PC_OK) {
         if (kind->tenant)
-            pc_metrics_inc(api->metrics, "popcast_controller_changes_failed_total", NULL);
+            pc_metric_add(api->m_changes_failed, 1);
         pc_httpd_error(rq, r->rc, "%s", r->err.msg);
         return;
     }
@@ -307,9 +307,7 @@ static void change_done(pc_change *c, const pc_change_result *r)
     case PC_CHANGE_AGENT_ENROLL:
     case PC_CHANGE_AGENT_REVOKE: answer = api_agent_change_json(c, r); break;
     case PC_CHANGE_KEY_ROTATE: answer = api_key_change_json(c, r); break;
-    default:
-        pc_metrics_inc(api->metrics, "popcast_controller_changes_total", NULL);
-        answer = api_tenant_change_json(c, r);
+    default: pc_metric_add(api->m_changes, 1); answer = api_tenant_change_json(c, r);
     }
     pc_httpd_reply_json(rq, kind->success_status, answer, NULL);
 }
@@ -351,6 +349,14 @@ int pc_api_start(pc_api **out, const pc_api_options *opt, pc_store *store, pc_pi
     api->pipeline = pipeline;
     api->rollout = rollout;
     api->metrics = metrics;
+    api->m_requests = pc_metrics_counter(metrics, "popcast_api_requests_total", NULL,
+                                         "API requests received (any route, any answer)");
+    api->m_changes = pc_metrics_counter(metrics, "popcast_controller_changes_total", NULL,
+                                        "tenant changes committed (deploy, rollback, delete)");
+    api->m_changes_failed =
+        pc_metrics_counter(metrics, "popcast_controller_changes_failed_total", NULL,
+                           "tenant changes that failed after validation (not committed, or "
+                           "not known to be)");
     api->token_writes = pc_ratelimit_new(opt->token_write_rate, opt->token_write_burst, 4096);
     api->admin_writes = pc_ratelimit_new(opt->admin_write_rate, opt->admin_write_burst, 1);
     pc_httpd_options h = {.url = opt->listen_url,

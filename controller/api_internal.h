@@ -27,6 +27,7 @@ struct pc_api {
     pc_pipeline *pipeline;
     pc_rollout *rollout;
     pc_metrics *metrics;
+    pc_metric *m_requests, *m_changes, *m_changes_failed;
     pc_httpd *server;
     pc_ratelimit *token_writes, *admin_writes;
 };

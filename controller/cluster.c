@@ -56,6 +56,8 @@ struct pc_cluster {
     struct raft_uv_transport transport;
     struct raft_fsm fsm;
     uv_timer_t tick;
+    pc_metric *m_term, *m_commit, *m_applied, *m_last_index, *m_leader, *m_leader_changes;
+    uint64_t seen_leader; /* for m_leader_changes (loop thread) */
     /* Leadership: writes wait until a barrier of the current term applied. */
     raft_term ready_term;
     bool barrier_pending;
@@ -435,6 +437,18 @@ void pc_cluster_refresh(pc_cluster *c)
         c->info.n_members++;
     }
     pthread_mutex_unlock(&c->lock);
+    pc_metric_set(c->m_term, c->raft.current_term);
+    pc_metric_set(c->m_commit, c->raft.commit_index);
+    pc_metric_set(c->m_applied, raft_last_applied(&c->raft));
+    pc_metric_set(c->m_last_index, raft_last_index(&c->raft));
+    pc_metric_set(c->m_leader, state == RAFT_LEADER ? 1 : 0);
+    if (leader != 0 && leader != c->seen_leader) {
+        /* Seen from this node, at 100 ms ticks: a leader that came and
+         * went between two ticks is not counted. */
+        if (c->seen_leader != 0)
+            pc_metric_add(c->m_leader_changes, 1);
+        c->seen_leader = leader;
+    }
 }
 
 static void on_tick(uv_timer_t *t)
@@ -819,6 +833,18 @@ int pc_cluster_start(pc_cluster **out, const pc_cluster_options *opt, pc_err *er
     if (c == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     c->opt = *opt;
+    pc_metrics *mx = opt->metrics;
+    c->m_term = pc_metrics_gauge(mx, "popcast_raft_term", NULL, "this node's current raft term");
+    c->m_commit = pc_metrics_gauge(mx, "popcast_raft_commit_index", NULL,
+                                   "highest raft index known committed");
+    c->m_applied = pc_metrics_gauge(mx, "popcast_raft_applied_index", NULL,
+                                    "highest raft index applied to this node's store");
+    c->m_last_index =
+        pc_metrics_gauge(mx, "popcast_raft_last_index", NULL, "last index in this node's raft log");
+    c->m_leader = pc_metrics_gauge(mx, "popcast_raft_leader", NULL, "1 while this node leads");
+    c->m_leader_changes = pc_metrics_counter(
+        mx, "popcast_raft_leader_changes_total", NULL,
+        "times this node saw the leader change to another node (after the first)");
     snprintf(c->raft_address, sizeof(c->raft_address), "%s", opt->raft_address);
     snprintf(c->api_url, sizeof(c->api_url), "%s", opt->api_url);
     snprintf(c->raft_dir, sizeof(c->raft_dir), "%s", opt->raft_dir);

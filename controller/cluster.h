@@ -35,6 +35,7 @@
 #include "config.h"
 #include "err.h"
 #include "popcast.pb-c.h"
+#include "metrics.h"
 #include "store.h"
 
 typedef struct pc_cluster pc_cluster;
@@ -56,6 +57,7 @@ typedef struct pc_cluster_options {
     /* Called on the loop after an entry was applied to the store. */
     void (*on_applied)(void *arg, const Popcast__Entry *e);
     void *on_applied_arg;
+    pc_metrics *metrics; /* popcast_raft_*: term, indexes, leader changes */
 } pc_cluster_options;
 
 int pc_cluster_start(pc_cluster **out, const pc_cluster_options *opt, pc_err *err);

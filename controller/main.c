@@ -400,6 +400,7 @@ static int controller_open(controller *c, pc_err *err)
     pc_lua_limits_default(&limits);
     if ((c->metrics = pc_metrics_new()) == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    pc_daemon_build_info(c->metrics, "controller");
     if ((c->lua = pc_lua_adapter_new(&limits, NULL, err)) == NULL)
         return err->code;
     pc_rollout_options ropt = {.gone_after_ms = c->cfg.gone_after_ms,
@@ -472,7 +473,8 @@ static int controller_start(controller *c, pc_err *err)
                                .snapshot_threshold = (unsigned)c->cfg.raft_snapshot_threshold,
                                .snapshot_trailing = (unsigned)c->cfg.raft_snapshot_trailing,
                                .on_applied = on_applied,
-                               .on_applied_arg = c};
+                               .on_applied_arg = c,
+                               .metrics = c->metrics};
     pc_api_options api_opt = {.listen_url = c->cfg.api_listen,
                               .node_id = c->node_id,
                               .max_bundle = c->cfg.max_bundle,

@@ -43,6 +43,8 @@ struct pc_pipeline {
     Popcast__SignedManifest *signed_;
     size_t batch_max_changes, batch_max_bytes;
     pc_metric *m_commands, *m_changes;
+    pc_histogram *m_commit_latency;
+    int64_t flight_started_ns; /* when the command in flight was proposed */
 };
 
 static void free_pipeline(pc_pipeline *p)
@@ -118,6 +120,9 @@ static void change_done(void *arg, int rc, const pc_err *err)
     PC_CHECK_OWNER(&p->loop_thread);
     size_t n = p->n_flight;
     bool answered = p->flight_answered;
+    if (rc == PC_OK && n > 0 && p->flight_started_ns != 0)
+        pc_histogram_observe_us(p->m_commit_latency,
+                                (uint64_t)(pc_mono_ns() - p->flight_started_ns) / 1000);
     p->n_flight = 0;
     p->flight_answered = false;
     for (size_t i = 0; i < n; i++) {
@@ -148,6 +153,7 @@ static void fly_alone(pc_pipeline *p, pc_change *c)
 {
     p->flight[0] = c;
     p->n_flight = 1;
+    p->flight_started_ns = pc_mono_ns();
 }
 
 /* Proposes a signed entry (no bundle) as the change in flight, alone; the
@@ -432,6 +438,7 @@ static int start_agent_revoke(pc_pipeline *p, pc_change *c, pc_change_result *r)
 static int start_add_node(pc_pipeline *p, pc_change *c, pc_change_result *r)
 {
     fly_alone(p, c);
+    p->flight_started_ns = 0; /* waits for the node to catch up: not a commit's latency */
     int rc = pc_cluster_add(p->cluster, c->u.node.id, c->u.node.raft_address, c->u.node.api_url,
                             change_done, p, &r->err);
     if (rc != PC_OK)
@@ -442,6 +449,7 @@ static int start_add_node(pc_pipeline *p, pc_change *c, pc_change_result *r)
 static int start_remove_node(pc_pipeline *p, pc_change *c, pc_change_result *r)
 {
     fly_alone(p, c);
+    p->flight_started_ns = 0; /* a configuration change: not a commit's latency */
     int rc = pc_cluster_remove(p->cluster, c->u.node.id, change_done, p, &r->err);
     if (rc != PC_OK)
         p->n_flight = 0;
@@ -549,6 +557,7 @@ static void start_batch(pc_pipeline *p, pc_change *c)
         return;
     pc_err err;
     pc_err_clear(&err);
+    p->flight_started_ns = pc_mono_ns();
     rc = pc_cluster_propose_entries(p->cluster, p->entry_ptrs, n, change_done, p, &err);
     for (size_t i = 0; i < n; i++)
         pc_envelope_signed_clear(&p->signed_[i]);
@@ -644,6 +653,9 @@ int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, pc_sign
                                "raft commands carrying tenant changes (a batch is one)");
         p->m_changes = pc_metrics_counter(opt->metrics, "popcast_controller_commit_changes_total",
                                           NULL, "tenant changes proposed in those commands");
+        p->m_commit_latency = pc_metrics_latency(
+            opt->metrics, "popcast_controller_commit_seconds", NULL,
+            "from proposing a raft command to its commit and apply on this node (a batch is one)");
     }
     pc_thread_own(&p->loop_thread);
     if (uv_async_init(loop, &p->wake, drain) != 0) {

@@ -767,8 +767,17 @@ int pc_sync_server_start(pc_sync_server **out, const pc_sync_server_options *opt
         pc_metrics_counter(opt->metrics, "popcast_sync_requests_total", "kind=\"status\"", NULL);
     s->m_bad = pc_metrics_counter(opt->metrics, "popcast_sync_refused_total", NULL,
                                   "requests that did not decode or were refused");
-    pc_metrics_counter(opt->metrics, "popcast_status_refused_total", "reason=\"unsigned\"",
-                       "status reports refused, by reason (docs/operations.md)");
+    /* Every reason a report can be refused for, at 0 from the start. */
+    static const char *const refusals[] = {
+        "unsigned",  "undecodable",   "invalid",  "store_error", "revoked",  "not_enrolled",
+        "wrong_key", "bad_signature", "replayed", "fleet_full",  "internal",
+    };
+    for (size_t i = 0; i < sizeof(refusals) / sizeof(refusals[0]); i++) {
+        char labels[64];
+        snprintf(labels, sizeof(labels), "reason=\"%s\"", refusals[i]);
+        pc_metrics_counter(opt->metrics, "popcast_status_refused_total", labels,
+                           "status reports refused, by reason (docs/operations.md)");
+    }
     s->m_bindings = pc_metrics_counter(opt->metrics, "popcast_status_first_use_bindings_total",
                                        NULL, "agent keys submitted for binding on first use");
     s->m_batches = pc_metrics_counter(opt->metrics, "popcast_status_batches_total", NULL,

@@ -344,6 +344,7 @@ static int relay_start(relay *r, pc_err *err)
     uint64_t map = r->cfg.retain_bytes * 2 + (uint64_t)r->cfg.max_bundle * 4 + 256 * PC_MIB;
     if ((r->metrics = pc_metrics_new()) == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    pc_daemon_build_info(r->metrics, "relay");
     if ((rc = pc_daemon_ensure_dir(dir, err)) != PC_OK ||
         (r->cfg.ready_file != NULL &&
          (rc = pc_daemon_remove_ready(r->cfg.ready_file, err)) != PC_OK) ||
