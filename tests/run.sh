@@ -12,6 +12,31 @@ JOBS=${JOBS:-$(nproc)}
 
 ./deploy/install-deps.sh
 
+# promtool checks the daemons' /metrics (test_metrics_exposition). It is
+# unpacked from Debian's prometheus package into the build tree: nothing
+# is installed system-wide, and no Prometheus service starts.
+PROMTOOL_DIR="$BUILD_ROOT/tools/prometheus"
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$PROMTOOL_DIR/usr/bin/promtool" ]; then
+    echo "== unpacking promtool (Debian package prometheus)"
+    mkdir -p "$BUILD_ROOT/tools"
+    (
+        cd "$BUILD_ROOT/tools"
+        rm -f prometheus_*.deb
+        apt-get download prometheus >/dev/null 2>&1 || {
+            SUDO=""
+            [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+            $SUDO apt-get update -qq
+            apt-get download prometheus >/dev/null
+        }
+        dpkg-deb -x prometheus_*.deb "$PROMTOOL_DIR"
+        rm -f prometheus_*.deb
+    )
+fi
+if [ -x "$PROMTOOL_DIR/usr/bin/promtool" ]; then
+    PATH="$PROMTOOL_DIR/usr/bin:$PATH"
+    export PATH
+fi
+
 echo "== clang-format check"
 files=$(git ls-files '*.c' '*.h' 2>/dev/null || find . -name '*.[ch]' -not -path './build/*')
 clang-format --dry-run --Werror $files
