@@ -58,6 +58,12 @@ struct pc_cluster {
     uv_timer_t tick;
     pc_metric *m_term, *m_commit, *m_applied, *m_last_index, *m_leader, *m_leader_changes;
     uint64_t seen_leader; /* for m_leader_changes (loop thread) */
+    /* A leadership transfer before a stop (loop thread). */
+    struct raft_transfer transfer;
+    uv_timer_t transfer_timer;
+    bool transfer_timer_open;
+    void (*transfer_done)(void *arg, uint64_t new_leader);
+    void *transfer_arg;
     /* Leadership: writes wait until a barrier of the current term applied. */
     raft_term ready_term;
     bool barrier_pending;
@@ -987,6 +993,60 @@ static void raft_closed(struct raft *r)
     handle_closed((uv_handle_t *)&c->tick);
 }
 
+/* Ends a transfer once: from raft's callback or from the timer. */
+static void transfer_finish(pc_cluster *c)
+{
+    void (*done)(void *, uint64_t) = c->transfer_done;
+    if (done == NULL)
+        return;
+    c->transfer_done = NULL;
+    uv_timer_stop(&c->transfer_timer);
+    raft_id leader = 0;
+    const char *address = NULL;
+    raft_leader(&c->raft, &leader, &address);
+    done(c->transfer_arg, leader != c->opt.id ? (uint64_t)leader : 0);
+}
+
+static void transfer_cb(struct raft_transfer *req)
+{
+    transfer_finish(req->data);
+}
+
+static void transfer_timeout(uv_timer_t *t)
+{
+    transfer_finish(t->data);
+}
+
+int pc_cluster_transfer_leadership(pc_cluster *c, uint64_t timeout_ms,
+                                   void (*done)(void *arg, uint64_t new_leader), void *arg)
+{
+    PC_CHECK_OWNER(&c->loop_thread);
+    /* Once per life: raft may hold the request after a timeout. */
+    if (raft_state(&c->raft) != RAFT_LEADER || c->transfer_timer_open)
+        return PC_E_NOT_LEADER;
+    unsigned voters = 0;
+    for (unsigned i = 0; i < c->raft.configuration.n; i++)
+        if (c->raft.configuration.servers[i].role == RAFT_VOTER &&
+            c->raft.configuration.servers[i].id != c->opt.id)
+            voters++;
+    if (voters == 0)
+        return PC_E_NOTFOUND; /* alone: nobody to hand it to */
+    memset(&c->transfer, 0, sizeof(c->transfer));
+    c->transfer.data = c;
+    /* 0: raft picks the voter whose log is the most up to date. */
+    if (raft_transfer(&c->raft, &c->transfer, 0, transfer_cb) != 0)
+        return PC_E_UNAVAILABLE;
+    c->transfer_done = done;
+    c->transfer_arg = arg;
+    if (!c->transfer_timer_open) {
+        uv_timer_init(c->opt.loop, &c->transfer_timer);
+        c->transfer_timer.data = c;
+        c->transfer_timer_open = true;
+    }
+    uv_timer_start(&c->transfer_timer, transfer_timeout, timeout_ms, 0);
+    return PC_OK;
+}
+
 void pc_cluster_stop(pc_cluster *c, void (*done)(void *arg), void *arg)
 {
     if (c == NULL) {
@@ -997,9 +1057,16 @@ void pc_cluster_stop(pc_cluster *c, void (*done)(void *arg), void *arg)
     PC_CHECK_OWNER(&c->loop_thread);
     c->stop_done = done;
     c->stop_arg = arg;
-    /* Waiters will never be ready now. */
+    /* Waiters will never be ready now; nor does a transfer's caller hear
+     * more (raft may still call transfer_cb while it closes). */
     c->n_waiters = 0;
+    c->transfer_done = NULL;
     c->closing_handles = 2; /* the tick timer and raft */
+    if (c->transfer_timer_open) {
+        c->closing_handles++;
+        uv_timer_stop(&c->transfer_timer);
+        uv_close((uv_handle_t *)&c->transfer_timer, handle_closed);
+    }
     uv_timer_stop(&c->tick);
     uv_close((uv_handle_t *)&c->tick, handle_closed);
     c->raft.data = c;

@@ -65,6 +65,15 @@ int pc_cluster_start(pc_cluster **out, const pc_cluster_options *opt, pc_err *er
  * api_url given at start may name port 0). As at start, what the peers
  * list or the recorded membership says about this node keeps precedence. */
 void pc_cluster_set_api_url(pc_cluster *c, const char *api_url);
+/* Loop thread, before a stop: hands leadership to the most up-to-date
+ * other voter (raft's TimeoutNow), so that the cluster has a leader
+ * without waiting for an election timeout. done(arg, new_leader) is
+ * called once on the loop: when raft says the transfer ended, or after
+ * timeout_ms; new_leader is the leader then, 0 if none other is known.
+ * PC_E_NOT_LEADER: not leading (or a transfer is under way);
+ * PC_E_NOTFOUND: no other voter; done is not called then. */
+int pc_cluster_transfer_leadership(pc_cluster *c, uint64_t timeout_ms,
+                                   void (*done)(void *arg, uint64_t new_leader), void *arg);
 /* Loop thread. Closes raft; done is called (on the loop) once it is shut. */
 void pc_cluster_stop(pc_cluster *c, void (*done)(void *arg), void *arg);
 

@@ -222,6 +222,8 @@ typedef struct controller {
     nng_tls_config *tls;
     uv_timer_t tick;
     pc_health_loop loop_health;
+    bool stopping;     /* a stop signal came */
+    bool stop_started; /* stop_serving ran (after the handover, if any) */
     bool loop_open;
     char node_id[PC_ID_MAX + 1];
     char raft_dir[4200];
@@ -286,21 +288,9 @@ static void on_tick(uv_timer_t *t)
         pc_cluster_refresh(c->cluster);
 }
 
-static void on_signal(uv_signal_t *h, int signum)
+/* The stop itself, once leadership is handed over (or was not ours). */
+static void stop_serving(controller *c)
 {
-    controller *c = h->data;
-    pc_info("controller", "signal %d: shutting down", signum);
-    pc_health_loop_stopping(&c->loop_health);
-    pc_daemon_watchdog_arm("controller", c->cfg.shutdown_timeout_ms);
-    if (c->cfg.test_hang_on_stop) {
-        /* Stands for a library call that never returns (nng_close, rarely,
-         * in nng 1.5.2): only the watchdog can end this. */
-        pc_warn("controller", "test_hang_on_stop: the stop hangs here");
-        for (;;)
-            pause();
-    }
-    if (c->cfg.ready_file != NULL) /* no longer ready */
-        unlink(c->cfg.ready_file);
     /* Fail queued writes and end rollout waits first: stopping the HTTP
      * server waits for every handler, and a handler may be waiting. */
     pc_sync_server_set_pipeline(c->sync, NULL);
@@ -317,6 +307,61 @@ static void on_signal(uv_signal_t *h, int signum)
     uv_close((uv_handle_t *)&c->sigint, NULL);
     uv_close((uv_handle_t *)&c->sigterm, NULL);
     uv_close((uv_handle_t *)&c->sighup, NULL);
+}
+
+static void leadership_handed_over(void *arg, uint64_t new_leader)
+{
+    controller *c = arg;
+    if (c->stop_started)
+        return;
+    c->stop_started = true;
+    if (new_leader != 0)
+        pc_info("controller", "leadership transferred to node %llu: stopping",
+                (unsigned long long)new_leader);
+    else
+        pc_warn("controller",
+                "leadership transfer did not complete: stopping anyway (the others elect a "
+                "leader after their election timeout)");
+    stop_serving(c);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    controller *c = h->data;
+    if (c->stopping) {
+        /* A second signal during the handover: stop now. */
+        if (!c->stop_started) {
+            c->stop_started = true;
+            pc_info("controller", "signal %d again: stopping without waiting for the handover",
+                    signum);
+            stop_serving(c);
+        }
+        return;
+    }
+    c->stopping = true;
+    pc_info("controller", "signal %d: shutting down", signum);
+    pc_health_loop_stopping(&c->loop_health);
+    pc_daemon_watchdog_arm("controller", c->cfg.shutdown_timeout_ms);
+    if (c->cfg.test_hang_on_stop) {
+        /* Stands for a library call that never returns (nng_close, rarely,
+         * in nng 1.5.2): only the watchdog can end this. */
+        pc_warn("controller", "test_hang_on_stop: the stop hangs here");
+        for (;;)
+            pause();
+    }
+    if (c->cfg.ready_file != NULL) /* no longer ready */
+        unlink(c->cfg.ready_file);
+    /* A leader hands over first: the others then have a leader at once
+     * instead of after an election timeout, and writes (redirected by
+     * this node meanwhile) see a gap of one round trip, not of seconds.
+     * Bounded: twice the election timeout. */
+    if (pc_cluster_transfer_leadership(c->cluster, 2 * (uint64_t)c->cfg.raft_election_ms,
+                                       leadership_handed_over, c) == PC_OK) {
+        pc_info("controller", "leading: handing leadership over before stopping");
+        return;
+    }
+    c->stop_started = true;
+    stop_serving(c);
 }
 
 static void on_sighup(uv_signal_t *h, int signum)
