@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "http_client.h"
 
 #define MAX_ACKED 200000
 
@@ -25,6 +26,7 @@ typedef struct acked {
     char tenant[16];
     uint64_t version, seq;
     char hash[PC_HEX_HASH_LEN];
+    int64_t at_ms; /* when the answer came */
 } acked;
 
 static pc_test_env env;
@@ -35,6 +37,7 @@ static atomic_int stop_load;
 static atomic_int pause_load;  /* while nodes catch up: heads stop moving */
 static atomic_int load_errors; /* answered, but not 201 (e.g. 503 in an election) */
 static pthread_mutex_t nodes_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool draining[PC_TEST_MAX_NODES]; /* taken out of the clients' rotation */
 
 /* One deploy through whichever node answers, following redirects by trying
  * the others. Returns the HTTP status of the last attempt (201: acked). */
@@ -44,7 +47,7 @@ static int deploy_anywhere(const char *tenant, const char *src, pc_test_deployed
     for (int t = 0; t < tries; t++) {
         for (int i = 0; i < cl.n; i++) {
             pthread_mutex_lock(&nodes_lock);
-            bool up = cl.node[i].proc != NULL && pc_proc_alive(cl.node[i].proc);
+            bool up = !draining[i] && cl.node[i].proc != NULL && pc_proc_alive(cl.node[i].proc);
             pc_test_controller node = cl.node[i];
             pthread_mutex_unlock(&nodes_lock);
             if (!up)
@@ -70,6 +73,7 @@ static void record(const char *tenant, const pc_test_deployed *d)
     snprintf(acks[i].tenant, sizeof(acks[i].tenant), "%s", tenant);
     acks[i].version = d->version;
     acks[i].seq = d->seq;
+    acks[i].at_ms = pc_test_now_ms();
     snprintf(acks[i].hash, sizeof(acks[i].hash), "%s", d->hash);
 }
 
@@ -362,6 +366,140 @@ static void test_leader_kill_9_under_load(void **state)
     pc_test_cluster_stop(&cl);
 }
 
+/* Polls node i's /readyz until it answers 200. */
+static void wait_node_ready(int i)
+{
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    for (;;) {
+        pc_http_result r;
+        int status = 0;
+        if (pc_http_call(cl.node[i].api_url, "GET", "/readyz?verbose", NULL, NULL, 0, 5000, &r,
+                         NULL) == PC_OK) {
+            status = r.status;
+            if (status != 200 && pc_test_now_ms() > deadline)
+                fail_msg("node %d never became ready: %s", i + 1, (const char *)r.body);
+            pc_http_result_free(&r);
+        }
+        if (status == 200)
+            return;
+        if (pc_test_now_ms() > deadline)
+            fail_msg("node %d never answered /readyz", i + 1);
+        pc_test_sleep_ms(20);
+    }
+}
+
+/* The longest stretch without an acknowledged deploy between from_ms and
+ * to_ms (from from_ms to the first, between two, from the last to to_ms). */
+static int64_t longest_gap(int64_t from_ms, int64_t to_ms)
+{
+    int64_t last = from_ms, gap = 0;
+    int n = atomic_load(&n_acks);
+    for (int a = 0; a < n && a < MAX_ACKED; a++) {
+        int64_t at = acks[a].at_ms;
+        if (at < from_ms || at > to_ms)
+            continue;
+        if (at - last > gap)
+            gap = at - last;
+        last = at > last ? at : last;
+    }
+    return to_ms - last > gap ? to_ms - last : gap;
+}
+
+/* A rolling restart under a stream of deploys (docs/operations.md
+ * "Upgrading a cluster"): each node in turn is drained from the clients'
+ * rotation, stopped with SIGTERM, started again and waited for on its
+ * /readyz. A stopping leader hands leadership over first: its log names
+ * the node it handed to, and that node leads once it is gone. Nothing
+ * acknowledged is lost, and the agent applied every seq once. Prints the
+ * longest stretch without an acknowledged write around each stop. */
+static void test_rolling_restart_under_load(void **state)
+{
+    (void)state;
+    atomic_store(&n_acks, 0);
+    atomic_store(&stop_load, 0);
+    atomic_store(&pause_load, 0);
+    pc_test_cluster_init(&env, &cl, 3, 3, NULL);
+    assert_true(pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS) >= 0);
+    pc_test_agent agent = {0};
+    pc_test_agent_start_cluster(&env, &agent, "edge", &cl, NULL);
+    pthread_t threads[LOAD_THREADS];
+    for (int t = 0; t < LOAD_THREADS; t++)
+        assert_int_equal(pthread_create(&threads[t], NULL, load, (void *)(intptr_t)t), 0);
+    enum { RESTARTS = 6 };
+    int64_t gaps[RESTARTS];
+    bool was_leader[RESTARTS];
+    int leaders_stopped = 0;
+    for (int k = 0; k < RESTARTS; k++) {
+        /* Stop the leader every other time, a follower otherwise. */
+        int leader = pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS);
+        assert_true(leader >= 0);
+        int i = k % 2 == 0 ? leader : (leader + 1) % cl.n;
+        was_leader[k] = i == leader;
+        int before = atomic_load(&n_acks);
+        int64_t flow_deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+        while (atomic_load(&n_acks) < before + 5) { /* deploys flow */
+            if (pc_test_now_ms() > flow_deadline)
+                fail_msg("no deploys acknowledged before restart %d", k + 1);
+            pc_test_sleep_ms(5);
+        }
+        pthread_mutex_lock(&nodes_lock);
+        draining[i] = true;
+        pc_test_controller stopping = cl.node[i];
+        pthread_mutex_unlock(&nodes_lock);
+        int64_t stop_at = pc_test_now_ms();
+        char log_path[400];
+        snprintf(log_path, sizeof(log_path), "%s/controller.log", stopping.dir);
+        pc_test_controller_stop(&stopping); /* SIGTERM; a clean exit is checked */
+        pthread_mutex_lock(&nodes_lock);
+        cl.node[i].proc = NULL;
+        pthread_mutex_unlock(&nodes_lock);
+        if (was_leader[k]) {
+            leaders_stopped++;
+            size_t len = 0;
+            char *log = pc_test_read_file(log_path, &len);
+            const char *said = strstr(log, "leadership transferred to node ");
+            if (said == NULL)
+                fail_msg("leader node %d stopped without handing leadership over:\n%s", i + 1, log);
+            int to = atoi(said + strlen("leadership transferred to node "));
+            free(log);
+            assert_true(to >= 1 && to <= cl.n && to != i + 1);
+            /* The node it handed to leads (no election needed meanwhile). */
+            int now_leader = pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS);
+            assert_int_equal(now_leader, to - 1);
+        }
+        pthread_mutex_lock(&nodes_lock);
+        pc_test_cluster_start_node(&env, &cl, i, false, NULL);
+        pthread_mutex_unlock(&nodes_lock);
+        wait_node_ready(i);
+        pthread_mutex_lock(&nodes_lock);
+        draining[i] = false;
+        pthread_mutex_unlock(&nodes_lock);
+        gaps[k] = longest_gap(stop_at, pc_test_now_ms());
+    }
+    atomic_store(&stop_load, 1);
+    for (int t = 0; t < LOAD_THREADS; t++)
+        pthread_join(threads[t], NULL);
+    assert_true(leaders_stopped >= RESTARTS / 2);
+    check_acks_everywhere();
+    int leader = pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS);
+    pc_test_wait_converged(&env, &cl.node[leader], &agent, 1);
+    json_t *st = pc_test_agent_status(&agent);
+    assert_int_equal((uint64_t)json_integer_value(json_object_get(st, "applied_seq")),
+                     node_head(leader));
+    json_decref(st);
+    char line[512];
+    size_t used = 0;
+    for (int k = 0; k < RESTARTS; k++)
+        used += (size_t)snprintf(line + used, sizeof(line) - used, "%s%s %lld ms", k ? ", " : "",
+                                 was_leader[k] ? "leader" : "follower", (long long)gaps[k]);
+    print_message("rolling restart: %d restarts, acknowledged deploys: %d, refused or "
+                  "unanswered: %d; longest stretch without an acknowledged deploy around each "
+                  "stop: %s (election timeout 500 ms)\n",
+                  RESTARTS, atomic_load(&n_acks), atomic_load(&load_errors), line);
+    pc_test_agent_stop(&agent);
+    pc_test_cluster_stop(&cl);
+}
+
 static void test_minority_loss(void **state)
 {
     atomic_store(&n_acks, 0);
@@ -556,6 +694,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_three_nodes_replicate_and_redirect),
         cmocka_unit_test(test_leader_kill_9_under_load),
+        cmocka_unit_test(test_rolling_restart_under_load),
         cmocka_unit_test(test_minority_loss),
         cmocka_unit_test(test_wiped_node_rejoins_by_snapshot),
         cmocka_unit_test(test_membership_under_load),
