@@ -20,6 +20,7 @@
 #include "clock.h"
 #include "config.h"
 #include "daemon.h"
+#include "sd_notify.h"
 #include "crypto.h"
 #include "edge.h"
 #include "log.h"
@@ -340,12 +341,14 @@ static void on_tick(uv_timer_t *t)
 {
     agent *ag = t->data;
     pc_health_loop_tick(&ag->loop_health);
+    pc_sd_watchdog_tick(pc_mono_ms());
 }
 
 static void on_signal(uv_signal_t *h, int signum)
 {
     agent *ag = h->data;
     pc_info("agent", "signal %d: shutting down", signum);
+    pc_sd_notify("STOPPING=1\nSTATUS=stopping");
     pc_health_loop_stopping(&ag->loop_health);
     pc_daemon_watchdog_arm("agent", ag->cfg.shutdown_timeout_ms);
     if (ag->cfg.test_hang_on_stop) {
@@ -584,7 +587,11 @@ static int agent_serve(agent *ag, pc_err *err)
                                     .metrics = ag->metrics};
     if ((rc = pc_subscriber_open(&ag->sub, &ag->loop, &subopt, on_publication, ag, err)) != PC_OK)
         return rc;
-    return agent_ready(ag, err);
+    int rc_ready = agent_ready(ag, err);
+    /* systemd (Type=notify): every listener is bound. */
+    if (rc_ready == PC_OK)
+        pc_sd_notify("READY=1\nSTATUS=serving");
+    return rc_ready;
 }
 
 /* Stops and frees everything, in the reverse order of its start. */

@@ -20,6 +20,7 @@
 #include "cluster.h"
 #include "config.h"
 #include "daemon.h"
+#include "sd_notify.h"
 #include "crypto.h"
 #include "log.h"
 #include "lua_engine.h"
@@ -283,6 +284,7 @@ static void on_tick(uv_timer_t *t)
 {
     controller *c = t->data;
     pc_health_loop_tick(&c->loop_health);
+    pc_sd_watchdog_tick(pc_mono_ms());
     pc_rollout_tick(c->rollout, pc_mono_ms());
     if (c->cluster != NULL)
         pc_cluster_refresh(c->cluster);
@@ -340,6 +342,7 @@ static void on_signal(uv_signal_t *h, int signum)
     }
     c->stopping = true;
     pc_info("controller", "signal %d: shutting down", signum);
+    pc_sd_notify("STOPPING=1\nSTATUS=stopping");
     pc_health_loop_stopping(&c->loop_health);
     pc_daemon_watchdog_arm("controller", c->cfg.shutdown_timeout_ms);
     if (c->cfg.test_hang_on_stop) {
@@ -565,7 +568,11 @@ static int controller_start(controller *c, pc_err *err)
     uv_signal_start(&c->sigterm, on_signal, SIGTERM);
     uv_signal_init(&c->loop, &c->sighup);
     uv_signal_start(&c->sighup, on_sighup, SIGHUP);
-    return controller_ready(c, err);
+    int rc_ready = controller_ready(c, err);
+    /* systemd (Type=notify): every listener is bound. */
+    if (rc_ready == PC_OK)
+        pc_sd_notify("READY=1\nSTATUS=serving");
+    return rc_ready;
 }
 
 /* Stops and frees everything. After a failed start, what did start is

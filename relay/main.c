@@ -22,6 +22,7 @@
 #include "daemon.h"
 #include "feed.h"
 #include "health.h"
+#include "sd_notify.h"
 #include "httpd.h"
 #include "log.h"
 #include "metrics.h"
@@ -228,12 +229,14 @@ static void on_tick(uv_timer_t *t)
 {
     relay *r = t->data;
     pc_health_loop_tick(&r->loop_health);
+    pc_sd_watchdog_tick(pc_mono_ms());
 }
 
 static void on_signal(uv_signal_t *h, int signum)
 {
     relay *r = h->data;
     pc_info("relay", "signal %d: shutting down", signum);
+    pc_sd_notify("STOPPING=1\nSTATUS=stopping");
     pc_health_loop_stopping(&r->loop_health);
     pc_daemon_watchdog_arm("relay", r->cfg.shutdown_timeout_ms);
     if (r->cfg.ready_file != NULL)
@@ -416,7 +419,11 @@ static int relay_start(relay *r, pc_err *err)
     r->tick.data = r;
     uv_timer_start(&r->tick, on_tick, 1000, 1000);
     pc_health_loop_tick(&r->loop_health); /* about to run */
-    return relay_ready(r, err);
+    int rc_ready = relay_ready(r, err);
+    /* systemd (Type=notify): every listener is bound. */
+    if (rc_ready == PC_OK)
+        pc_sd_notify("READY=1\nSTATUS=serving");
+    return rc_ready;
 }
 
 static void relay_close(relay *r)
