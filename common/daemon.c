@@ -61,6 +61,20 @@ int pc_daemon_configure(const char *program, const pc_cfg_option *opts, void *cf
         fprintf(stderr, "%s: libsodium failed to initialise\n", program);
         return PC_DAEMON_FAIL;
     }
+    /* PROGRAM --check-config [the usual flags]: load, judge, say so. */
+    bool check_only = argc >= 2 && strcmp(argv[1], "--check-config") == 0;
+    char *shifted[256];
+    if (check_only && argc > 256) {
+        fprintf(stderr, "%s: too many arguments\n", program);
+        return PC_DAEMON_FAIL;
+    }
+    if (check_only) {
+        shifted[0] = argv[0];
+        for (int i = 2; i < argc; i++)
+            shifted[i - 1] = argv[i];
+        argv = shifted;
+        argc--;
+    }
     pc_err err;
     int rc = pc_config_load(opts, cfg, argc, argv, &err);
     if (rc == 1)
@@ -73,6 +87,12 @@ int pc_daemon_configure(const char *program, const pc_cfg_option *opts, void *cf
     if (pc_log_parse_level(*log_level, &level) != 0) {
         fprintf(stderr, "%s: log_level must be debug, info, warn or error\n", program);
         return PC_DAEMON_FAIL;
+    }
+    if (check_only) {
+        printf("%s: configuration OK (names, types and ranges; addresses, keys and files are "
+               "checked when it starts)\n",
+               program);
+        return PC_DAEMON_EXIT_OK;
     }
     pc_log_set_level(level);
     return PC_DAEMON_RUN;

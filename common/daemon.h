@@ -19,7 +19,10 @@
 #define PC_DAEMON_EXIT_STOP_TIMEOUT 124
 
 /* `PROGRAM --version` prints "PROGRAM VERSION" and returns
- * PC_DAEMON_EXIT_OK. Otherwise: ignores SIGPIPE (a peer that went away
+ * PC_DAEMON_EXIT_OK. `PROGRAM --check-config [FLAGS]` loads the
+ * configuration as a start would (the --config file and the flags), says
+ * whether it loads, and returns PC_DAEMON_EXIT_OK or PC_DAEMON_FAIL
+ * without starting anything. Otherwise: ignores SIGPIPE (a peer that went away
  * must not kill the daemon) and, until the daemon handles it, SIGHUP;
  * initialises libsodium, loads the configuration into cfg (defaults, then
  * the --config file, then flags: config.h) and applies the log level that
