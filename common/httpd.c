@@ -27,6 +27,8 @@ struct pc_httpd_req {
     nng_aio *aio;
     nng_http_req *req;
     pc_httpd *server;
+    pc_httpd_done_fn done;
+    void *done_arg;
 };
 
 /* Whether the request declares body bytes after its head. */
@@ -159,6 +161,16 @@ const char *pc_httpd_header(const pc_httpd_req *rq, const char *name)
 static void finish(pc_httpd_req *rq, nng_http_res *res, int rv)
 {
     nng_aio *aio = rq->aio;
+    if (rq->done != NULL) {
+        void *body = NULL;
+        size_t len = 0;
+        uint16_t status = 0;
+        if (rv == 0 && res != NULL) {
+            status = nng_http_res_get_status(res);
+            nng_http_res_get_data(res, &body, &len);
+        }
+        rq->done(rq->done_arg, status, body, len);
+    }
     free(rq);
     if (rv != 0) {
         /* A failed aio makes nng close the connection. */
@@ -169,6 +181,12 @@ static void finish(pc_httpd_req *rq, nng_http_res *res, int rv)
     }
     nng_aio_set_output(aio, 0, res);
     nng_aio_finish(aio, 0);
+}
+
+void pc_httpd_on_done(pc_httpd_req *rq, pc_httpd_done_fn done, void *arg)
+{
+    rq->done = done;
+    rq->done_arg = arg;
 }
 
 void pc_httpd_reply(pc_httpd_req *rq, uint16_t status, const char *content_type, const void *body,

@@ -61,6 +61,12 @@ const char *pc_httpd_method(const pc_httpd_req *rq);
 const char *pc_httpd_target(const pc_httpd_req *rq); /* path and query */
 const char *pc_httpd_header(const pc_httpd_req *rq, const char *name);
 
+/* Called once when the request ends, on the thread that ends it: with
+ * the status and body answered, or status 0 when it ended unanswered (its
+ * connection failed). For an audit of what was asked and answered. */
+typedef void (*pc_httpd_done_fn)(void *arg, uint16_t status, const void *body, size_t len);
+void pc_httpd_on_done(pc_httpd_req *rq, pc_httpd_done_fn done, void *arg);
+
 /* Answers. Each one finishes the request; headers are (name, value, ...,
  * NULL) pairs or NULL. Every answer carries Connection: close: a
  * connection carries one request (see httpd.c for why). */
