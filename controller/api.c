@@ -135,6 +135,46 @@ static bool within_write_rate(pc_api *api, pc_httpd_req *rq, const api_principal
     return false;
 }
 
+/* What the audit log keeps of a write request until it is answered. */
+typedef struct audit_call {
+    pc_audit *audit;
+    char *token; /* "admin", a token id, or NULL */
+    char method[16];
+    char *path;
+} audit_call;
+
+static void audit_done(void *arg, uint16_t status, const void *body, size_t len)
+{
+    audit_call *ac = arg;
+    pc_audit_write(ac->audit, ac->token, ac->method, ac->path, status, body, len);
+    free(ac->token);
+    free(ac->path);
+    free(ac);
+}
+
+/* Every request to a write route goes to the audit log once answered,
+ * refused ones included (who: NULL when no valid token came). */
+static void audit_request(pc_api *api, pc_httpd_req *rq, const api_principal *who)
+{
+    if (api->opt.audit == NULL)
+        return;
+    audit_call *ac = calloc(1, sizeof(*ac));
+    if (ac == NULL)
+        return;
+    ac->audit = api->opt.audit;
+    if (who != NULL)
+        ac->token = strdup(who->admin ? "admin" : who->token->id);
+    snprintf(ac->method, sizeof(ac->method), "%s", pc_httpd_method(rq));
+    ac->path = strdup(pc_httpd_target(rq));
+    if (ac->path == NULL || (who != NULL && ac->token == NULL)) {
+        free(ac->token);
+        free(ac->path);
+        free(ac);
+        return;
+    }
+    pc_httpd_on_done(rq, audit_done, ac);
+}
+
 /* Takes every decision a route's row implies, in order: the route exists
  * for this method, the caller may call it (and may see its tenant), its
  * tenant name is well formed, a write reaches the leader and is within the
@@ -160,7 +200,10 @@ static void route(pc_httpd_req *rq)
     const api_route *r = &table[m.index];
     api_principal who = {false, NULL};
     const char *tenant = pc_route_param(&m, "tenant");
-    if (r->auth != API_PUBLIC && !authenticate(api, rq, &who)) {
+    bool authed = r->auth == API_PUBLIC || authenticate(api, rq, &who);
+    if (r->write)
+        audit_request(api, rq, authed ? &who : NULL);
+    if (!authed) {
         pc_httpd_error(rq, PC_E_AUTH,
                        "missing, wrong or revoked bearer token (Authorization: Bearer <token>)");
     } else if (r->auth == API_ADMIN && !who.admin) {

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "adapter.h"
+#include "audit.h"
 #include "config.h"
 #include "crypto.h"
 #include "err.h"
@@ -39,6 +40,7 @@ typedef struct pc_api_options {
     double token_write_rate, token_write_burst;
     double admin_write_rate, admin_write_burst;
     pc_health_loop *loop; /* the controller's loop, for /livez and /readyz */
+    pc_audit *audit;      /* every request to a write route, or NULL */
 } pc_api_options;
 
 typedef struct pc_api pc_api;

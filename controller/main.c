@@ -74,6 +74,7 @@ typedef struct controller_config {
     uint64_t report_stale_ms;
     pc_strlist runtimes;
     char *ready_file;
+    char *audit_log;
     uint64_t shutdown_timeout_ms;
     bool test_hang_on_stop;
 } controller_config;
@@ -153,6 +154,9 @@ static const pc_cfg_option options[] = {
     OPT(report_stale_ms, PC_CFG_U64, "10000", 100, 0,
         "an agent not heard from for this long is listed as stale"),
     OPT(runtimes, PC_CFG_LIST, "lua", 0, 0, "runtime names uploads may name"),
+    OPT(audit_log, PC_CFG_STRING, NULL, 0, 0,
+        "append a JSON line for every API write request, answered or refused, to this file "
+        "(0600; reopened on SIGHUP)"),
     OPT(ready_file, PC_CFG_STRING, NULL, 0, 0,
         "once every listener is bound, write {\"pid\",\"api\",\"pub\",\"sync\",\"raft\"} "
         "with the bound addresses to this file (atomically)"),
@@ -223,6 +227,7 @@ typedef struct controller {
     nng_tls_config *tls;
     uv_timer_t tick;
     pc_health_loop loop_health;
+    pc_audit *audit;
     bool stopping;     /* a stop signal came */
     bool stop_started; /* stop_serving ran (after the handover, if any) */
     bool loop_open;
@@ -369,10 +374,18 @@ static void on_signal(uv_signal_t *h, int signum)
 
 static void on_sighup(uv_signal_t *h, int signum)
 {
-    (void)h;
+    controller *c = h->data;
     (void)signum;
     pc_daemon_reload("controller", options, sizeof(controller_config),
                      offsetof(controller_config, log_level));
+    if (c->audit != NULL) {
+        /* logrotate moved the file: write to a new one at the path. */
+        pc_err err;
+        if (pc_audit_reopen(c->audit, &err) == PC_OK)
+            pc_info("controller", "SIGHUP: audit log %s reopened", c->cfg.audit_log);
+        else
+            pc_warn("controller", "SIGHUP: %s; still writing to the old file", err.msg);
+    }
 }
 
 /* libraft's TCP transport cannot say which port it bound, and the peers
@@ -448,6 +461,8 @@ static int controller_open(controller *c, pc_err *err)
     pc_lua_limits_default(&limits);
     if ((c->metrics = pc_metrics_new()) == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    if (c->cfg.audit_log != NULL && (rc = pc_audit_open(&c->audit, c->cfg.audit_log, err)) != PC_OK)
+        return rc;
     pc_daemon_build_info(c->metrics, "controller");
     if ((c->lua = pc_lua_adapter_new(&limits, NULL, err)) == NULL)
         return err->code;
@@ -534,7 +549,8 @@ static int controller_start(controller *c, pc_err *err)
                               .token_write_burst = (double)c->cfg.token_write_burst,
                               .admin_write_rate = (double)c->cfg.admin_write_rate,
                               .admin_write_burst = (double)c->cfg.admin_write_burst,
-                              .loop = &c->loop_health};
+                              .loop = &c->loop_health,
+                              .audit = c->audit};
     memcpy(api_opt.admin_token_hash, c->admin_token_hash, PC_HASH_LEN);
     int rc;
     if ((rc = pc_publisher_open(&c->pub, c->cfg.pub_listen, c->tls, (int)c->cfg.pub_sendbuf,
@@ -567,6 +583,7 @@ static int controller_start(controller *c, pc_err *err)
     uv_signal_start(&c->sigint, on_signal, SIGINT);
     uv_signal_start(&c->sigterm, on_signal, SIGTERM);
     uv_signal_init(&c->loop, &c->sighup);
+    c->sighup.data = c;
     uv_signal_start(&c->sighup, on_sighup, SIGHUP);
     int rc_ready = controller_ready(c, err);
     /* systemd (Type=notify): every listener is bound. */
@@ -601,6 +618,7 @@ static void controller_close(controller *c)
         pc_publisher_close(c->pub);
     }
     pc_sync_server_stop(c->sync);
+    pc_audit_close(c->audit); /* after the API: its last answers are written */
     pc_rollout_free(c->rollout);
     if (c->lua)
         c->lua->destroy(c->lua);
