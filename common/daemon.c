@@ -42,6 +42,16 @@ void pc_daemon_build_info(pc_metrics *m, const char *daemon)
                   1);
 }
 
+/* The value of string option name in cfg, or NULL (unset, or no such
+ * option in this daemon's table). */
+static const char *option_text(const pc_cfg_option *opts, const void *cfg, const char *name)
+{
+    for (size_t i = 0; opts[i].name != NULL; i++)
+        if (opts[i].type == PC_CFG_STRING && strcmp(opts[i].name, name) == 0)
+            return *(char *const *)((const char *)cfg + opts[i].offset);
+    return NULL;
+}
+
 int pc_daemon_configure(const char *program, const pc_cfg_option *opts, void *cfg, int argc,
                         char **argv, char *const *log_level)
 {
@@ -88,6 +98,13 @@ int pc_daemon_configure(const char *program, const pc_cfg_option *opts, void *cf
         fprintf(stderr, "%s: log_level must be debug, info, warn or error\n", program);
         return PC_DAEMON_FAIL;
     }
+    /* log_format, when the daemon has one (all do). */
+    enum pc_log_format format = PC_LOG_TEXT;
+    const char *format_name = option_text(opts, cfg, "log_format");
+    if (format_name != NULL && pc_log_parse_format(format_name, &format) != 0) {
+        fprintf(stderr, "%s: log_format must be text or json\n", program);
+        return PC_DAEMON_FAIL;
+    }
     if (check_only) {
         printf("%s: configuration OK (names, types and ranges; addresses, keys and files are "
                "checked when it starts)\n",
@@ -95,6 +112,7 @@ int pc_daemon_configure(const char *program, const pc_cfg_option *opts, void *cf
         return PC_DAEMON_EXIT_OK;
     }
     pc_log_set_level(level);
+    pc_log_set_format(format);
     return PC_DAEMON_RUN;
 }
 
@@ -117,11 +135,18 @@ void pc_daemon_reload(const char *component, const pc_cfg_option *opts, size_t c
             pc_warn(component, "SIGHUP: log_level must be debug, info, warn or error: nothing "
                                "changed");
         } else {
-            pc_log_set_level(level);
-            pc_info(component,
-                    "SIGHUP: configuration read again: log_level is %s; every other option "
-                    "takes effect at the next restart",
-                    text);
+            enum pc_log_format format = PC_LOG_TEXT;
+            const char *format_name = option_text(opts, cfg, "log_format");
+            if (format_name != NULL && pc_log_parse_format(format_name, &format) != 0) {
+                pc_warn(component, "SIGHUP: log_format must be text or json: nothing changed");
+            } else {
+                pc_log_set_level(level);
+                pc_log_set_format(format);
+                pc_info(component,
+                        "SIGHUP: configuration read again: log_level is %s, log_format %s; "
+                        "every other option takes effect at the next restart",
+                        text, format == PC_LOG_JSON ? "json" : "text");
+            }
         }
     }
     pc_config_free(opts, cfg);

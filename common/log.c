@@ -9,9 +9,56 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "clock.h"
+#include "json_text.h"
 
 static atomic_int min_level = -1; /* -1: not yet read from the environment */
+static atomic_int log_format = PC_LOG_TEXT;
+
+void pc_log_set_format(enum pc_log_format format)
+{
+    atomic_store(&log_format, (int)format);
+}
+
+int pc_log_parse_format(const char *name, enum pc_log_format *out)
+{
+    if (strcmp(name, "text") == 0)
+        *out = PC_LOG_TEXT;
+    else if (strcmp(name, "json") == 0)
+        *out = PC_LOG_JSON;
+    else
+        return -1;
+    return 0;
+}
+
+/* One JSON object per line. The message can hold a peer's bytes:
+ * pc_json_set_text keeps any bytes as valid JSON text. */
+static void log_json(const char *when, const char *level, const char *component, const char *msg)
+{
+    json_t *o = json_object();
+    if (o == NULL)
+        return;
+    json_object_set_new(o, "time", json_string(when));
+    json_object_set_new(o, "level", json_string(level));
+    pc_json_set_text(o, "component", component);
+    pc_json_set_text(o, "msg", msg);
+    char *text = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
+    json_decref(o);
+    if (text == NULL)
+        return;
+    size_t len = strlen(text);
+    char *line = realloc(text, len + 2);
+    if (line == NULL) {
+        free(text);
+        return;
+    }
+    line[len] = '\n';
+    ssize_t written = write(STDERR_FILENO, line, len + 1);
+    (void)written;
+    free(line);
+}
 
 void pc_log_set_level(enum pc_log_level level)
 {
@@ -55,6 +102,18 @@ void pc_log(enum pc_log_level level, const char *component, const char *fmt, ...
     time_t sec = (time_t)(now / 1000);
     struct tm tm;
     gmtime_r(&sec, &tm);
+    if (atomic_load(&log_format) == PC_LOG_JSON) {
+        static const char *names[] = {"debug", "info", "warn", "error"};
+        char when[96];
+        snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(now % 1000));
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(line, sizeof(line), fmt, ap);
+        va_end(ap);
+        log_json(when, names[level], component, line);
+        return;
+    }
     int n = snprintf(line, sizeof(line),
                      "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %-5s %s: ", tm.tm_year + 1900,
                      tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
