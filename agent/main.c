@@ -47,6 +47,7 @@ typedef struct agent_config {
     char *edge_listen;
     char *admin_listen;
     char *log_level;
+    char *log_format;
     uint64_t edge_threads;
     uint64_t edge_max_body;
     uint64_t edge_max_connections;
@@ -111,6 +112,8 @@ static const pc_cfg_option options[] = {
     OPT(admin_listen, PC_CFG_STRING, "http://127.0.0.1:9090", 0, 0,
         "operator endpoints (status, metrics; port 0: any free port)"),
     OPT(log_level, PC_CFG_STRING, "info", 0, 0, "debug, info, warn or error"),
+    OPT(log_format, PC_CFG_STRING, "text", 0, 0,
+        "text, or json: one JSON object per line (time, level, component, msg)"),
     OPT(edge_threads, PC_CFG_U64, "0", 0, 1024, "edge worker threads (0: one per CPU)"),
     OPT(edge_max_body, PC_CFG_SIZE, "1MiB", 0, (uint64_t)1 << 30, "largest end-user request body"),
     OPT(edge_max_connections, PC_CFG_U64, "1024", 1, PC_EDGE_MAX_CONNECTIONS,

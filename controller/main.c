@@ -45,6 +45,7 @@ typedef struct controller_config {
     char *admin_token_file;
     char *node_id;
     char *log_level;
+    char *log_format;
     uint64_t max_bundle;
     uint64_t pub_sendbuf;
     uint64_t max_pending;
@@ -103,6 +104,8 @@ static const pc_cfg_option options[] = {
         "(default: DATA_DIR/admin.token)"),
     OPT(node_id, PC_CFG_STRING, NULL, 0, 0, "this controller's name (default: host name)"),
     OPT(log_level, PC_CFG_STRING, "info", 0, 0, "debug, info, warn or error"),
+    OPT(log_format, PC_CFG_STRING, "text", 0, 0,
+        "text, or json: one JSON object per line (time, level, component, msg)"),
     OPT(max_bundle, PC_CFG_SIZE, "64MiB", 1, (uint64_t)1 << 30, "largest bundle accepted"),
     OPT(pub_sendbuf, PC_CFG_U64, "128", 1, 8192,
         "messages queued per subscriber before pub/sub drops for it"),

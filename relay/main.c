@@ -48,6 +48,7 @@ typedef struct relay_config {
     char *sync_listen;
     char *admin_listen;
     char *log_level;
+    char *log_format;
     uint64_t retain_entries;
     uint64_t retain_bytes;
     uint64_t max_bundle;
@@ -97,6 +98,8 @@ static const pc_cfg_option options[] = {
         "status, health and metrics (GET /v1/status, /livez, /readyz, /metrics; port 0: any "
         "free port)"),
     OPT(log_level, PC_CFG_STRING, "info", 0, 0, "debug, info, warn or error"),
+    OPT(log_format, PC_CFG_STRING, "text", 0, 0,
+        "text, or json: one JSON object per line (time, level, component, msg)"),
     OPT(retain_entries, PC_CFG_U64, "100000", 1, 0,
         "entries kept (agents further behind take a snapshot, passed through from upstream)"),
     OPT(retain_bytes, PC_CFG_SIZE, "1GiB", PC_MIB, (uint64_t)1 << 40,

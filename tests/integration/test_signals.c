@@ -1,6 +1,7 @@
 /* test_signals.c - --version, and SIGHUP (docs/operations.md "Signals"):
  * every daemon
- * reads its configuration again and applies the log level, says so in its
+ * reads its configuration again and applies the log level and format (text
+ * or JSON lines), says so in its
  * log, keeps running, and changes nothing when the configuration no
  * longer loads. (SIGHUP used to end a daemon at once.) */
 #include <setjmp.h>
@@ -83,6 +84,39 @@ static void exercise(pc_proc *p, const char *config)
     write_config(config, "{\"log_level\": \"info\"}");
     assert_int_equal(kill(p->pid, SIGHUP), 0);
     wait_log(p, "SIGHUP: configuration read again: log_level is info", 2);
+    assert_true(pc_proc_alive(p));
+    /* JSON lines, then a format that does not exist, then text again. */
+    write_config(config, "{\"log_level\": \"info\", \"log_format\": \"json\"}");
+    assert_int_equal(kill(p->pid, SIGHUP), 0);
+    wait_log(p, "\"level\":\"info\",\"component\":\"", 1);
+    wait_log(p, "\"msg\":\"SIGHUP: configuration read again: log_level is info, log_format json;",
+             1);
+    write_config(config, "{\"log_format\": \"xml\"}");
+    assert_int_equal(kill(p->pid, SIGHUP), 0);
+    wait_log(p, "\"msg\":\"SIGHUP: log_format must be text or json: nothing changed\"", 1);
+    write_config(config, "{\"log_level\": \"info\"}");
+    assert_int_equal(kill(p->pid, SIGHUP), 0);
+    wait_log(p, "log_level is info, log_format text;", 3);
+    /* Every line written as JSON is one JSON object with the four keys. */
+    size_t len = 0;
+    char *log = pc_test_read_file(p->log, &len);
+    int objects = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(log, "\n", &save); line != NULL;
+         line = strtok_r(NULL, "\n", &save)) {
+        if (line[0] != '{')
+            continue;
+        json_t *o = json_loads(line, 0, NULL);
+        if (!json_is_object(o) || !json_is_string(json_object_get(o, "time")) ||
+            !json_is_string(json_object_get(o, "level")) ||
+            !json_is_string(json_object_get(o, "component")) ||
+            !json_is_string(json_object_get(o, "msg")))
+            fail_msg("%s: not a JSON log line: %s", p->name, line);
+        json_decref(o);
+        objects++;
+    }
+    free(log);
+    assert_true(objects >= 2);
     assert_true(pc_proc_alive(p));
 }
 
