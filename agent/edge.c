@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "append_log.h"
 #include "checks.h"
 #include "clock.h"
 #include "json_text.h"
@@ -83,6 +84,13 @@ struct pc_edge {
 typedef struct edge_request {
     char *uri;        /* raw request target, query included */
     uintptr_t uri_at; /* where libmicrohttpd holds it (compared, never read) */
+    int64_t began_ns; /* for the access log */
+    /* What was answered, for the access log (send_response sets it). */
+    unsigned status;
+    char tenant[PC_TENANT_MAX + 1];
+    uint64_t version;
+    size_t bytes;
+    char method[16];
     int started;
     int refused; /* answered by check_request */
     int too_large;
@@ -117,6 +125,18 @@ int pc_parse_host_port(const char *text, char *host, size_t host_cap, unsigned *
     host[hlen] = '\0';
     *port = (unsigned)p;
     return PC_OK;
+}
+
+/* A client's address as text ("192.0.2.1", "2001:db8::1"). */
+#define CLIENT_ADDR_MAX INET6_ADDRSTRLEN
+static void client_address(const struct sockaddr *sa, char *out, size_t cap)
+{
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)cap);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)cap);
+    else
+        snprintf(out, cap, "other");
 }
 
 /* The key a client's connections are counted under: its IPv4 address, or
@@ -300,9 +320,47 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
         free(r);
         r = NULL;
     }
-    if (r != NULL)
+    if (r != NULL) {
         r->uri_at = (uintptr_t)uri;
+        r->began_ns = pc_mono_ns();
+    }
     return r;
+}
+
+/* The request whose answer this thread is queueing: libmicrohttpd calls
+ * on_request, which answers, on the connection's thread. */
+static _Thread_local edge_request *answering;
+
+/* One access log line per request answered (docs/operations.md "Edge
+ * access log"). The query string is left out: it can carry secrets. */
+static void log_access(pc_edge *e, struct MHD_Connection *conn, const edge_request *r,
+                       enum MHD_RequestTerminationCode toe)
+{
+    char when[96], client[CLIENT_ADDR_MAX] = "";
+    pc_append_log_time(when, sizeof(when), pc_wall_ms());
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci != NULL && ci->client_addr != NULL)
+        client_address(ci->client_addr, client, sizeof(client));
+    size_t path_len = strcspn(r->uri, "?");
+    json_t *o = json_object();
+    if (o == NULL)
+        return;
+    json_object_set_new(o, "time", json_string(when));
+    json_object_set_new(o, "client", json_string(client));
+    pc_json_set_text(o, "method", r->method);
+    /* The client's bytes: kept as text, whatever they are. */
+    char *path = strndup(r->uri, path_len);
+    if (path != NULL)
+        pc_json_set_text(o, "path", path);
+    free(path);
+    json_object_set_new(o, "tenant", r->tenant[0] ? json_string(r->tenant) : json_null());
+    json_object_set_new(o, "status", json_integer(r->status));
+    json_object_set_new(o, "bytes", json_integer((json_int_t)r->bytes));
+    json_object_set_new(o, "version", json_integer((json_int_t)r->version));
+    json_object_set_new(o, "us", json_integer((pc_mono_ns() - r->began_ns) / 1000));
+    json_object_set_new(o, "completed", json_boolean(toe == MHD_REQUEST_TERMINATED_COMPLETED_OK));
+    pc_append_log_json(e->opt.access_log, o);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -320,6 +378,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     edge_request *r = *con_cls;
     if (r == NULL)
         return;
+    pc_edge *e = cls;
+    if (e->opt.access_log != NULL && r->status != 0)
+        log_access(e, conn, r, toe);
     free(r->uri);
     free(r->body);
     free(r);
@@ -335,6 +396,12 @@ static enum MHD_Result send_response(struct MHD_Connection *conn, unsigned statu
     if (res == NULL) {
         free(body);
         return MHD_NO;
+    }
+    if (answering != NULL) {
+        answering->status = status;
+        answering->bytes = len;
+        answering->version = version;
+        snprintf(answering->tenant, sizeof(answering->tenant), "%s", tenant ? tenant : "");
     }
     if (content_type != NULL)
         MHD_add_response_header(res, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
@@ -719,16 +786,13 @@ static enum MHD_Result check_request(pc_edge *e, struct MHD_Connection *conn, co
     return MHD_YES;
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version, const char *upload_data,
-                                  size_t *upload_data_size, void **con_cls)
+static enum MHD_Result handle_request(pc_edge *e, struct MHD_Connection *conn, const char *method,
+                                      const char *version, const char *upload_data,
+                                      size_t *upload_data_size, edge_request *r)
 {
-    pc_edge *e = cls;
-    edge_request *r = *con_cls;
-    if (r == NULL)
-        return MHD_NO; /* out of memory in on_uri */
     if (!r->started) {
         r->started = 1;
+        snprintf(r->method, sizeof(r->method), "%s", method);
         pc_metric_add(e->m_requests, 1);
         bool refused;
         enum MHD_Result rc = check_request(e, conn, version, r, &refused);
@@ -769,6 +833,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return send_error(conn, 413, PC_E_TOO_LARGE, NULL, 0, "request body too large");
     }
     return serve(e, conn, method, r);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    edge_request *r = *con_cls;
+    if (r == NULL)
+        return MHD_NO; /* out of memory in on_uri */
+    answering = r;
+    enum MHD_Result rc =
+        handle_request(cls, conn, method, version, upload_data, upload_data_size, r);
+    answering = NULL;
+    return rc;
 }
 
 /* Makes room for max_connections sockets under the process's open file

@@ -35,6 +35,7 @@
 #include <stddef.h>
 
 #include "adapter.h"
+#include "append_log.h"
 #include "err.h"
 #include "metrics.h"
 
@@ -69,6 +70,9 @@ typedef struct pc_edge_options {
     pc_adapter **adapters;
     size_t n_adapters;
     pc_metrics *metrics;
+    /* One JSON line per request answered (docs/operations.md "Edge access
+     * log"), or NULL. The caller owns it and closes it after the stop. */
+    pc_append_log *access_log;
 } pc_edge_options;
 
 int pc_edge_start(pc_edge **out, const pc_edge_options *opt, pc_err *err);

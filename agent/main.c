@@ -48,6 +48,7 @@ typedef struct agent_config {
     char *admin_listen;
     char *log_level;
     char *log_format;
+    char *edge_access_log;
     uint64_t edge_threads;
     uint64_t edge_max_body;
     uint64_t edge_max_connections;
@@ -114,6 +115,9 @@ static const pc_cfg_option options[] = {
     OPT(log_level, PC_CFG_STRING, "info", 0, 0, "debug, info, warn or error"),
     OPT(log_format, PC_CFG_STRING, "text", 0, 0,
         "text, or json: one JSON object per line (time, level, component, msg)"),
+    OPT(edge_access_log, PC_CFG_STRING, NULL, 0, 0,
+        "append a JSON line for every request the edge answers to this file (0640; reopened on "
+        "SIGHUP)"),
     OPT(edge_threads, PC_CFG_U64, "0", 0, 1024, "edge worker threads (0: one per CPU)"),
     OPT(edge_max_body, PC_CFG_SIZE, "1MiB", 0, (uint64_t)1 << 30, "largest end-user request body"),
     OPT(edge_max_connections, PC_CFG_U64, "1024", 1, PC_EDGE_MAX_CONNECTIONS,
@@ -198,6 +202,7 @@ typedef struct agent {
     uv_signal_t sigint, sigterm, sighup;
     uv_timer_t tick; /* stamps loop_health */
     pc_health_loop loop_health;
+    pc_append_log *access_log;
     pc_store *store;
     pc_keyring trusted;
     pc_metrics *metrics;
@@ -374,9 +379,17 @@ static void on_signal(uv_signal_t *h, int signum)
 
 static void on_sighup(uv_signal_t *h, int signum)
 {
-    (void)h;
+    agent *ag = h->data;
     (void)signum;
     pc_daemon_reload("agent", options, sizeof(agent_config), offsetof(agent_config, log_level));
+    if (ag->access_log != NULL) {
+        /* logrotate moved the file: write to a new one at the path. */
+        pc_err err;
+        if (pc_append_log_reopen(ag->access_log, &err) == PC_OK)
+            pc_info("agent", "SIGHUP: edge access log %s reopened", ag->cfg.edge_access_log);
+        else
+            pc_warn("agent", "SIGHUP: %s; still writing to the old file", err.msg);
+    }
 }
 
 static int load_trusted_keys(agent *ag, pc_err *err)
@@ -534,6 +547,11 @@ static int agent_serve(agent *ag, pc_err *err)
                             .metrics = ag->metrics};
     uint64_t floor = 0;
     int rc;
+    if (ag->cfg.edge_access_log != NULL &&
+        (rc = pc_append_log_open(&ag->access_log, "edge access log", ag->cfg.edge_access_log, 0640,
+                                 err)) != PC_OK)
+        return rc;
+    eopt.access_log = ag->access_log;
     if ((rc = pc_edge_start(&ag->edge, &eopt, err)) != PC_OK ||
         (rc = load_identity(ag, err)) != PC_OK ||
         (rc = pc_registry_next_report_floor(ag->store, (uint64_t)pc_wall_ms() * 1000, &floor,
@@ -547,6 +565,7 @@ static int agent_serve(agent *ag, pc_err *err)
     uv_signal_start(&ag->sigint, on_signal, SIGINT);
     uv_signal_start(&ag->sigterm, on_signal, SIGTERM);
     uv_signal_init(&ag->loop, &ag->sighup);
+    ag->sighup.data = ag;
     uv_signal_start(&ag->sighup, on_sighup, SIGHUP);
     uv_timer_init(&ag->loop, &ag->tick);
     ag->tick.data = ag;
@@ -618,6 +637,7 @@ static void agent_close(agent *ag)
     }
     pc_admin_stop(ag->admin);
     pc_edge_stop(ag->edge);
+    pc_append_log_close(ag->access_log); /* after the edge: its last lines are written */
     pc_applier_free(ag->applier);
     if (ag->lua)
         ag->lua->destroy(ag->lua);
