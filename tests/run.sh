@@ -45,7 +45,7 @@ run_suite() {
     name=$1
     shift
     echo "== build ($name)"
-    cmake -S "$ROOT" -B "$BUILD_ROOT/$name" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    cmake -S "$ROOT" -B "$BUILD_ROOT/$name" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_INSTALL_PREFIX=/usr \
         -DPOPCAST_WERROR=ON "$@" >/dev/null
     cmake --build "$BUILD_ROOT/$name" -j "$JOBS"
     echo "== test ($name)"
