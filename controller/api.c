@@ -72,9 +72,14 @@ static bool authenticate(pc_api *api, pc_httpd_req *rq, api_principal *who)
     const char *h = pc_httpd_header(rq, "Authorization");
     if (h == NULL || strncmp(h, "Bearer ", 7) != 0 || strlen(h + 7) > 512)
         return false;
-    uint8_t got[PC_HASH_LEN];
+    uint8_t got[PC_HASH_LEN], admin[PC_HASH_LEN];
     pc_hash(got, h + 7, strlen(h + 7));
-    if (sodium_memcmp(got, api->opt.admin_token_hash, PC_HASH_LEN) == 0) {
+    pthread_mutex_lock(&api->admin_lock);
+    memcpy(admin, api->admin_token_hash, PC_HASH_LEN);
+    pthread_mutex_unlock(&api->admin_lock);
+    bool is_admin = sodium_memcmp(got, admin, PC_HASH_LEN) == 0;
+    sodium_memzero(admin, sizeof(admin));
+    if (is_admin) {
         who->admin = true;
         return true;
     }
@@ -392,6 +397,8 @@ int pc_api_start(pc_api **out, const pc_api_options *opt, pc_store *store, pc_pi
     api->pipeline = pipeline;
     api->rollout = rollout;
     api->metrics = metrics;
+    pthread_mutex_init(&api->admin_lock, NULL);
+    memcpy(api->admin_token_hash, opt->admin_token_hash, PC_HASH_LEN);
     api->m_requests = pc_metrics_counter(metrics, "popcast_api_requests_total", NULL,
                                          "API requests received (any route, any answer)");
     api->m_changes = pc_metrics_counter(metrics, "popcast_controller_changes_total", NULL,
@@ -414,11 +421,20 @@ int pc_api_start(pc_api **out, const pc_api_options *opt, pc_store *store, pc_pi
         pc_ratelimit_free(api->token_writes);
         pc_ratelimit_free(api->admin_writes);
         free(api->node_id);
+        pthread_mutex_destroy(&api->admin_lock);
+        sodium_memzero(api->admin_token_hash, PC_HASH_LEN);
         free(api);
         return rc;
     }
     *out = api;
     return PC_OK;
+}
+
+void pc_api_set_admin_token_hash(pc_api *api, const uint8_t hash[PC_HASH_LEN])
+{
+    pthread_mutex_lock(&api->admin_lock);
+    memcpy(api->admin_token_hash, hash, PC_HASH_LEN);
+    pthread_mutex_unlock(&api->admin_lock);
 }
 
 const char *pc_api_bound_url(const pc_api *api)
@@ -434,5 +450,7 @@ void pc_api_stop(pc_api *api)
     pc_ratelimit_free(api->token_writes);
     pc_ratelimit_free(api->admin_writes);
     free(api->node_id);
+    pthread_mutex_destroy(&api->admin_lock);
+    sodium_memzero(api->admin_token_hash, PC_HASH_LEN);
     free(api);
 }

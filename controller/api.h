@@ -48,6 +48,9 @@ typedef struct pc_api pc_api;
 int pc_api_start(pc_api **out, const pc_api_options *opt, pc_store *store, pc_pipeline *pipeline,
                  pc_rollout *rollout, pc_metrics *metrics, pc_err *err);
 void pc_api_stop(pc_api *api);
+/* Any thread: the admin token from now on (SIGHUP read its file again);
+ * requests that already passed authentication are not affected. */
+void pc_api_set_admin_token_hash(pc_api *api, const uint8_t hash[PC_HASH_LEN]);
 /* The url the API listens on, with the port actually bound (listen_url
  * may name port 0). */
 const char *pc_api_bound_url(const pc_api *api);

@@ -11,6 +11,7 @@
 #define PC_API_INTERNAL_H
 
 #include <jansson.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -28,6 +29,9 @@ struct pc_api {
     pc_rollout *rollout;
     pc_metrics *metrics;
     pc_metric *m_requests, *m_changes, *m_changes_failed;
+    /* The admin token's hash: replaced on SIGHUP while requests check it. */
+    pthread_mutex_t admin_lock;
+    uint8_t admin_token_hash[PC_HASH_LEN];
     pc_httpd *server;
     pc_ratelimit *token_writes, *admin_writes;
 };

@@ -173,11 +173,13 @@ static const pc_cfg_option options[] = {
 
 /* The admin token: read it, or create a random one on first start so the
  * API is never open to anyone (docs/security.md: bootstrap). */
-static int load_admin_token(const char *path, uint8_t hash[PC_HASH_LEN], pc_err *err)
+/* create: make one (0600) when the file does not exist, as on a first
+ * start; a reload never does. */
+static int load_admin_token(const char *path, bool create, uint8_t hash[PC_HASH_LEN], pc_err *err)
 {
     char token[256];
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0 && errno == ENOENT) {
+    if (fd < 0 && errno == ENOENT && create) {
         uint8_t raw[32];
         randombytes_buf(raw, sizeof(raw));
         pc_hex(token, raw, sizeof(raw));
@@ -237,6 +239,7 @@ typedef struct controller {
     char node_id[PC_ID_MAX + 1];
     char raft_dir[4200];
     uint8_t admin_token_hash[PC_HASH_LEN];
+    char token_path[4096]; /* the admin token's file, read again on SIGHUP */
 } controller;
 
 /* The secret keys this controller holds and the root keys agents trust;
@@ -381,6 +384,24 @@ static void on_sighup(uv_signal_t *h, int signum)
     (void)signum;
     pc_daemon_reload("controller", options, sizeof(controller_config),
                      offsetof(controller_config, log_level));
+    /* The admin token: a new one in the file replaces the old at once. */
+    pc_err terr;
+    uint8_t hash[PC_HASH_LEN];
+    if (c->api == NULL) {
+        /* stopping: nothing to give it to */
+    } else if (load_admin_token(c->token_path, false, hash, &terr) != PC_OK) {
+        pc_warn("controller", "SIGHUP: admin token not read again (%s): the old one stays",
+                terr.msg);
+    } else if (sodium_memcmp(hash, c->admin_token_hash, PC_HASH_LEN) == 0) {
+        pc_info("controller", "SIGHUP: admin token in %s unchanged", c->token_path);
+    } else {
+        memcpy(c->admin_token_hash, hash, PC_HASH_LEN);
+        pc_api_set_admin_token_hash(c->api, hash);
+        pc_info("controller",
+                "SIGHUP: admin token replaced from %s: the previous one no longer works",
+                c->token_path);
+    }
+    sodium_memzero(hash, sizeof(hash));
     if (c->audit != NULL) {
         /* logrotate moved the file: write to a new one at the path. */
         pc_err err;
@@ -445,16 +466,15 @@ static int controller_configure(controller *c, pc_err *err)
  * server (which runs on nng's threads). */
 static int controller_open(controller *c, pc_err *err)
 {
-    char token_path[4096];
-    snprintf(token_path, sizeof(token_path), "%s/admin.token", c->cfg.data_dir);
+    snprintf(c->token_path, sizeof(c->token_path), "%s/admin.token", c->cfg.data_dir);
     if (c->cfg.admin_token_file != NULL)
-        snprintf(token_path, sizeof(token_path), "%s", c->cfg.admin_token_file);
+        snprintf(c->token_path, sizeof(c->token_path), "%s", c->cfg.admin_token_file);
     pc_store_options sopt = {.keep_history = true};
     int rc;
     /* A previous run's ready file goes once this process owns the store
      * (a second daemon on the same directory stops at pc_store_open). */
     if ((rc = pc_daemon_ensure_dir(c->cfg.data_dir, err)) != PC_OK ||
-        (rc = load_admin_token(token_path, c->admin_token_hash, err)) != PC_OK ||
+        (rc = load_admin_token(c->token_path, true, c->admin_token_hash, err)) != PC_OK ||
         (rc = pc_store_open(&c->store, c->cfg.data_dir, &sopt, err)) != PC_OK ||
         (c->cfg.ready_file != NULL &&
          (rc = pc_daemon_remove_ready(c->cfg.ready_file, err)) != PC_OK) ||

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "http_client.h"
 
 static void write_config(const char *path, const char *text)
 {
@@ -202,12 +203,60 @@ static void test_daemons_print_their_version(void **state)
     }
 }
 
+static int status_with(pc_test_controller *c, const char *token)
+{
+    char auth[200];
+    snprintf(auth, sizeof(auth), "Bearer %s", token);
+    const char *headers[] = {"Authorization", auth, NULL};
+    pc_http_result r;
+    if (pc_http_call(c->api_url, "GET", "/v1/tenants", headers, NULL, 0, 10000, &r, NULL) != PC_OK)
+        return 0;
+    int status = r.status;
+    pc_http_result_free(&r);
+    return status;
+}
+
+/* SIGHUP reads the admin token file again: a new token replaces the old
+ * at once; a file that does not hold a token changes nothing. */
+static void test_sighup_replaces_admin_token(void **state)
+{
+    (void)state;
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    pc_test_controller_start(&env, &ctl, NULL);
+    char old_token[80];
+    snprintf(old_token, sizeof(old_token), "%s", env.token);
+    assert_int_equal(status_with(&ctl, old_token), 200);
+
+    const char *new_token = "0123456789abcdef0123456789abcdef-rotated";
+    write_config(env.token_path, "0123456789abcdef0123456789abcdef-rotated\n");
+    assert_int_equal(kill(ctl.proc->pid, SIGHUP), 0);
+    wait_log(ctl.proc, "SIGHUP: admin token replaced from ", 1);
+    assert_int_equal(status_with(&ctl, old_token), 401);
+    assert_int_equal(status_with(&ctl, new_token), 200);
+
+    /* Too short to be a token: refused, the current one stays. */
+    write_config(env.token_path, "short\n");
+    assert_int_equal(kill(ctl.proc->pid, SIGHUP), 0);
+    wait_log(ctl.proc, "SIGHUP: admin token not read again (", 1);
+    assert_int_equal(status_with(&ctl, new_token), 200);
+    /* The same token again: said to be unchanged. */
+    write_config(env.token_path, "0123456789abcdef0123456789abcdef-rotated\n");
+    assert_int_equal(kill(ctl.proc->pid, SIGHUP), 0);
+    wait_log(ctl.proc, "SIGHUP: admin token in ", 1);
+    assert_int_equal(status_with(&ctl, new_token), 200);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
 int main(void)
 {
     pc_test_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_daemons_print_their_version),
         cmocka_unit_test(test_sighup_reloads_every_daemon),
+        cmocka_unit_test(test_sighup_replaces_admin_token),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
