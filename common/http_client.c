@@ -45,9 +45,19 @@ int pc_http_call(const char *base_url, const char *method, const char *path,
     if (rv != 0)
         goto done;
     nng_aio_set_timeout(aio, timeout_ms > 0 ? timeout_ms : NNG_DURATION_INFINITE);
-    nng_http_client_transact(client, req, res, aio);
+    /* Connect first, then send: a failure before the connection exists
+     * means the server never saw the request (out->sent stays false),
+     * which is what lets a caller retry a write elsewhere safely. */
+    nng_http_client_connect(client, aio);
+    nng_aio_wait(aio);
+    if ((rv = nng_aio_result(aio)) != 0)
+        goto done;
+    nng_http_conn *conn = nng_aio_get_output(aio, 0);
+    out->sent = true;
+    nng_http_conn_transact(conn, req, res, aio);
     nng_aio_wait(aio);
     rv = nng_aio_result(aio);
+    nng_http_conn_close(conn);
     if (rv != 0)
         goto done;
     void *data = NULL;

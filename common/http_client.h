@@ -3,6 +3,7 @@
 #ifndef PC_HTTP_CLIENT_H
 #define PC_HTTP_CLIENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -13,6 +14,10 @@ typedef struct pc_http_result {
     uint8_t *body; /* NUL-terminated copy */
     size_t body_len;
     void *res; /* the nng_http_res, for header lookups */
+    /* Set once a connection carried the request: after a failure, false
+     * means the server cannot have acted on it (safe to send elsewhere),
+     * true that it may have. */
+    bool sent;
 } pc_http_result;
 
 /* base_url: "http://127.0.0.1:7070"; path: "/v1/health?x=1". headers:
