@@ -54,7 +54,16 @@ enum {
     RC_TIMEOUT = 4,     /* --wait: not live on the wanted agents within --timeout */
     RC_NO_AGENTS = 5,   /* --wait: no agent reports to the controller, so nothing to wait for */
     RC_UNREACHABLE = 6, /* --wait: too many agents got something newer first: it never will be */
+    RC_UNKNOWN = 7,     /* a write was sent and no answer came: it may or may not be done */
 };
+
+#define MAX_CONTROLLERS 8
+/* How long a request keeps trying the controllers (refused connections,
+ * 503 during an election, 429 over the rate) before it gives up, by
+ * default (--retry-for). */
+#define RETRY_FOR_DEFAULT_S 20
+#define RETRY_MIN_MS        200
+#define RETRY_MAX_MS        2000
 
 /* Every option of every command. The connection options come first:
  * every command accepts them (see accepts()). */
@@ -65,7 +74,8 @@ enum opt_id {
     O_TOKEN_FILE,
     O_CA_FILE,
     O_TLS_SERVER_NAME,
-    O_LAST_CONNECTION = O_TLS_SERVER_NAME,
+    O_RETRY_FOR,
+    O_LAST_CONNECTION = O_RETRY_FOR,
     O_JSON,
     O_WAIT,
     O_TIMEOUT,
@@ -86,8 +96,14 @@ typedef struct command command;
 
 typedef struct cli {
     const command *cmd;
-    const char *controller;
+    const char *controller; /* the one in use: the leader once known */
     char controller_buf[512];
+    const char *controllers[MAX_CONTROLLERS]; /* --controller, in order */
+    int n_controllers;
+    int current;                /* index of the one in use */
+    char env_controllers[1024]; /* POPCAST_CONTROLLER's list, split */
+    long long retry_for_s;      /* --retry-for */
+    bool outcome_unknown;       /* a write went out and no answer came */
     const char *token;
     const char *token_file;
     char token_buf[256];
@@ -122,7 +138,32 @@ __attribute__((format(printf, 1, 2))) static int fail(const char *fmt, ...)
     return 1;
 }
 
-/* Calls the API; prints the error and returns NULL unless 2xx. */
+static void sleep_ms(int64_t ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* The next controller of the list (after a failure of the current one). */
+static void next_controller(cli *c)
+{
+    if (c->n_controllers > 1) {
+        c->current = (c->current + 1) % c->n_controllers;
+        c->controller = c->controllers[c->current];
+    }
+}
+
+/* Calls the API; prints the error and returns NULL unless 2xx.
+ *
+ * Retries (docs/cli.md "Several controllers, retries"), for up to
+ * --retry-for seconds with a doubling pause: on to the next controller when one
+ * cannot be connected to, or answers 503 (an election, a start, a stop);
+ * the same one again after 429, as its Retry-After says. Each of those
+ * means the request was not acted on, so a write is sent again safely.
+ * A write that was sent and got no answer is not sent again: it may have
+ * been done (c->outcome_unknown, exit 7). A read is retried anyway. A
+ * follower's 307 is followed to the leader. */
 static json_t *call(cli *c, const char *method, const char *path, const char *content_type,
                     const void *body, size_t len)
 {
@@ -140,32 +181,73 @@ static json_t *call(cli *c, const char *method, const char *path, const char *co
         headers[h++] = content_type;
     }
     headers[h] = NULL;
+    bool read = strcmp(method, "GET") == 0;
     pc_http_result r;
     pc_err err;
-    /* A follower controller answers writes with 307 and the leader's
-     * address: follow it (a few hops at most, during an election). */
-    char base[512];
-    snprintf(base, sizeof(base), "%s", c->controller);
     json_error_t jerr;
     json_t *doc = NULL;
-    for (int hop = 0;; hop++) {
+    int64_t give_up = pc_mono_ms() + c->retry_for_s * 1000;
+    int64_t pause = RETRY_MIN_MS;
+    int hops = 0, tried = 0;
+    for (;;) {
+        char base[512];
+        snprintf(base, sizeof(base), "%s", c->controller);
         if (pc_http_call(base, method, path, headers, body, len, TIMEOUT_MS, &r, &err) != PC_OK) {
-            fprintf(stderr, "popcast: %s\n", err.msg);
-            return NULL;
+            if (r.sent && !read) {
+                c->outcome_unknown = true;
+                fprintf(stderr,
+                        "popcast: %s\npopcast: the request was sent and no answer came: it may or "
+                        "may not have been done; look before trying again (popcast status, "
+                        "popcast versions)\n",
+                        err.msg);
+                return NULL;
+            }
+            tried++;
+            if (pc_mono_ms() + pause > give_up) {
+                fprintf(stderr, "popcast: %s\n", err.msg);
+                return NULL;
+            }
+            fprintf(stderr, "popcast: %s%s\n", err.msg,
+                    c->n_controllers > 1 ? "; trying the next controller" : "; trying again");
+            next_controller(c);
+            if (tried % (c->n_controllers > 0 ? c->n_controllers : 1) == 0) {
+                sleep_ms(pause);
+                pause = pause * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : pause * 2;
+            }
+            continue;
         }
         doc = json_loadb((const char *)r.body, r.body_len, 0, &jerr);
         const char *leader =
             json_string_value(json_object_get(json_object_get(doc, "error"), "leader"));
-        if (r.status != 307 || leader == NULL || hop == 3)
+        if (r.status == 307 && leader != NULL && hops < 3) {
+            /* A follower answers writes with the leader's address. Later
+             * calls (--wait's rollout queries) go to the leader too: a
+             * follower may not have applied the change yet. */
+            hops++;
+            if (!c->json)
+                fprintf(stderr, "popcast: %s is a follower; sending to the leader %s\n", base,
+                        leader);
+            snprintf(c->controller_buf, sizeof(c->controller_buf), "%s", leader);
+            c->controller = c->controller_buf;
+        } else if ((r.status == 503 || r.status == 429) && pc_mono_ms() + pause <= give_up) {
+            /* Not acted on: an election, a start or a stop (503), or
+             * over the write rate (429). */
+            int64_t wait = pause;
+            const char *after = pc_http_result_header(&r, "Retry-After");
+            if (r.status == 429 && after != NULL && atoll(after) > 0)
+                wait = atoll(after) * 1000 > RETRY_MAX_MS ? RETRY_MAX_MS : atoll(after) * 1000;
+            fprintf(stderr, "popcast: %s answered %d; trying %s in %lld ms\n", base, r.status,
+                    r.status == 503 && c->n_controllers > 1 ? "the next controller" : "again",
+                    (long long)wait);
+            if (r.status == 503)
+                next_controller(c);
+            sleep_ms(wait);
+            pause = pause * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : pause * 2;
+        } else {
             break;
-        if (!c->json)
-            fprintf(stderr, "popcast: %s is a follower; sending to the leader %s\n", base, leader);
-        snprintf(base, sizeof(base), "%s", leader);
-        /* Later calls (e.g. --wait's rollout queries) go to the leader
-         * too: a follower may not have applied the change yet. */
-        snprintf(c->controller_buf, sizeof(c->controller_buf), "%s", leader);
-        c->controller = c->controller_buf;
+        }
         json_decref(doc);
+        doc = NULL;
         pc_http_result_free(&r);
     }
     if (r.status < 200 || r.status > 299) {
@@ -982,6 +1064,13 @@ static bool check_timeout(const char *label, const char *v, char *why, size_t ca
            refuse(why, cap, "%s must be whole seconds from 1 to 86400, not '%s'", label, v);
 }
 
+static bool check_retry_for(const char *label, const char *v, char *why, size_t cap)
+{
+    long long n;
+    return whole(v, 0, 3600, &n) ||
+           refuse(why, cap, "%s must be whole seconds from 0 to 3600, not '%s'", label, v);
+}
+
 static bool check_fraction(const char *label, const char *v, char *why, size_t cap)
 {
     double f;
@@ -1124,8 +1213,10 @@ static const option options[O_COUNT] = {
     [O_CONTROLLER] = {.name = "--controller",
                       .metavar = "URL",
                       .help =
-                          "controller API (env POPCAST_CONTROLLER, default " DEFAULT_CONTROLLER ")",
-                      .check = check_url},
+                          "controller API; repeat for each (tried in turn when one fails); "
+                          "env POPCAST_CONTROLLER (comma-separated), default " DEFAULT_CONTROLLER,
+                      .check = check_url,
+                      .max = MAX_CONTROLLERS},
     [O_TOKEN] = {.name = "--token",
                  .metavar = "TOKEN",
                  .help = "API token (env POPCAST_TOKEN)",
@@ -1150,6 +1241,12 @@ static const option options[O_COUNT] = {
                 .metavar = NULL,
                 .help = "block until the change is live on every agent (or --fraction of them), an "
                         "agent refuses it, or --timeout passes"},
+    [O_RETRY_FOR] = {.name = "--retry-for",
+                     .metavar = "SECONDS",
+                     .help = "keep trying the controllers this long when they refuse the "
+                             "connection or answer 503/429 (0 to 3600, default 20; 0: once; env "
+                             "POPCAST_RETRY_FOR)",
+                     .check = check_retry_for},
     [O_TIMEOUT] = {.name = "--timeout",
                    .metavar = "SECONDS",
                    .help = "with --wait: give up after SECONDS (1 to 86400, default 60)",
@@ -1425,7 +1522,8 @@ static int find_option(const command *k, const char *name, bool *elsewhere)
 static const char *const exit_codes =
     "exit status: 0 done, 1 the request failed, 2 wrong command line (nothing sent),\n"
     "  with --wait: 3 an agent refused (nacked) it, 4 timed out, 5 no agents to wait for,\n"
-    "  6 unreachable (agents got a newer version or a delete first)\n";
+    "  6 unreachable (agents got a newer version or a delete first);\n"
+    "  7 a write was sent and no answer came (it may or may not be done)\n";
 
 /* "key authorize ROOT_SECRET_KEY_FILE NEXT_PUBKEY_FILE --replaces KEY_ID":
  * the words, the arguments and the options it cannot do without. */
@@ -1566,7 +1664,10 @@ static bool is_option(const char *a)
 static void store(cli *c, int id, const char *value)
 {
     switch (id) {
-    case O_CONTROLLER: c->controller = value; break;
+    case O_CONTROLLER:
+        if (c->n_controllers < MAX_CONTROLLERS)
+            c->controllers[c->n_controllers++] = value;
+        break;
     case O_TOKEN: c->token = value; break;
     case O_TOKEN_FILE: c->token_file = value; break;
     case O_CA_FILE: c->ca_file = value; break;
@@ -1574,6 +1675,7 @@ static void store(cli *c, int id, const char *value)
     case O_JSON: c->json = true; break;
     case O_WAIT: c->wait = true; break;
     case O_TIMEOUT: whole(value, 1, 86400, &c->timeout_s); break;
+    case O_RETRY_FOR: whole(value, 0, 3600, &c->retry_for_s); break;
     case O_FRACTION: fraction_of(value, &c->fraction); break;
     case O_ENTRYPOINT: c->entrypoint = value; break;
     case O_RUNTIME: c->runtime = value; break;
@@ -1687,15 +1789,42 @@ static int from_env(cli *c, int id, const char *var, const char **slot)
 static int connection(cli *c)
 {
     int rc;
-    if ((rc = from_env(c, O_CONTROLLER, "POPCAST_CONTROLLER", &c->controller)) != 0 ||
-        (rc = from_env(c, O_CA_FILE, "POPCAST_CA_FILE", &c->ca_file)) != 0 ||
+    if ((rc = from_env(c, O_CA_FILE, "POPCAST_CA_FILE", &c->ca_file)) != 0 ||
         (rc = from_env(c, O_TLS_SERVER_NAME, "POPCAST_TLS_SERVER_NAME", &c->tls_server_name)) != 0)
         return rc;
-    if (c->controller == NULL)
-        c->controller = DEFAULT_CONTROLLER;
-    if (pc_url_is_tls(c->controller) && c->ca_file == NULL)
-        return usage_error(c->cmd, NULL, "%s is https: give --ca-file (or POPCAST_CA_FILE)",
-                           c->controller);
+    const char *retry = getenv("POPCAST_RETRY_FOR");
+    if (c->given[O_RETRY_FOR] == 0 && retry != NULL) {
+        char why[512];
+        if (!check_retry_for("POPCAST_RETRY_FOR", retry, why, sizeof(why)))
+            return usage_error(c->cmd, NULL, "%s", why);
+        whole(retry, 0, 3600, &c->retry_for_s);
+    }
+    const char *env = getenv("POPCAST_CONTROLLER");
+    if (c->n_controllers == 0 && env != NULL) {
+        /* A comma-separated list, each checked like a --controller. */
+        if (strlen(env) >= sizeof(c->env_controllers))
+            return usage_error(c->cmd, NULL, "POPCAST_CONTROLLER is too long");
+        snprintf(c->env_controllers, sizeof(c->env_controllers), "%s", env);
+        char *save = NULL;
+        for (char *u = strtok_r(c->env_controllers, ",", &save); u != NULL;
+             u = strtok_r(NULL, ",", &save)) {
+            char why[512];
+            if (c->n_controllers == MAX_CONTROLLERS)
+                return usage_error(c->cmd, NULL,
+                                   "POPCAST_CONTROLLER names more than %d controllers",
+                                   MAX_CONTROLLERS);
+            if (!check_url("POPCAST_CONTROLLER", u, why, sizeof(why)))
+                return usage_error(c->cmd, NULL, "%s", why);
+            c->controllers[c->n_controllers++] = u;
+        }
+    }
+    if (c->n_controllers == 0)
+        c->controllers[c->n_controllers++] = DEFAULT_CONTROLLER;
+    c->controller = c->controllers[0];
+    for (int i = 0; i < c->n_controllers; i++)
+        if (pc_url_is_tls(c->controllers[i]) && c->ca_file == NULL)
+            return usage_error(c->cmd, NULL, "%s is https: give --ca-file (or POPCAST_CA_FILE)",
+                               c->controllers[i]);
     if (c->token != NULL)
         return 0;
     if ((rc = from_env(c, O_TOKEN_FILE, "POPCAST_TOKEN_FILE", &c->token_file)) != 0)
@@ -1811,7 +1940,8 @@ int main(int argc, char **argv)
             return 0;
         }
     }
-    cli c = {.cmd = k, .timeout_s = WAIT_DEFAULT_S, .fraction = 1.0};
+    cli c = {
+        .cmd = k, .timeout_s = WAIT_DEFAULT_S, .fraction = 1.0, .retry_for_s = RETRY_FOR_DEFAULT_S};
     if ((rc = parse(&c, k, argc, argv, first)) != 0 || (!k->offline && (rc = connection(&c)) != 0))
         return rc;
     if (pc_crypto_init() != PC_OK)
@@ -1824,6 +1954,8 @@ int main(int argc, char **argv)
         pc_http_set_tls(tls);
     }
     rc = k->run(&c);
+    if (rc == RC_FAILED && c.outcome_unknown)
+        rc = RC_UNKNOWN;
     if (tls != NULL)
         nng_tls_config_free(tls);
     return rc;

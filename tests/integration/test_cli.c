@@ -111,11 +111,13 @@ static void run_env(const char *const *args, const char *const *env, run_result 
         dup2(o, 1);
         dup2(e, 2);
         close(listen_fd);
-        const char *vars[] = {"POPCAST_CONTROLLER", "POPCAST_TOKEN", "POPCAST_TOKEN_FILE",
-                              "POPCAST_CA_FILE", "POPCAST_TLS_SERVER_NAME"};
+        const char *vars[] = {"POPCAST_CONTROLLER", "POPCAST_TOKEN",     "POPCAST_TOKEN_FILE",
+                              "POPCAST_CA_FILE",    "POPCAST_RETRY_FOR", "POPCAST_TLS_SERVER_NAME"};
         for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
             unsetenv(vars[i]);
         setenv("POPCAST_CONTROLLER", listen_url, 1);
+        /* The listener closes every connection: no retries. */
+        setenv("POPCAST_RETRY_FOR", "0", 1);
         setenv("POPCAST_TOKEN_FILE", token_path, 1);
         for (size_t i = 0; env != NULL && env[i] != NULL; i++) {
             char name[64];
@@ -310,17 +312,31 @@ static void join(const char *const *args, const char *const *more, const char **
     assert_true(n <= MAX_ARGV);
 }
 
+/* Whether the case's command changes something (a write: it cannot tell
+ * whether a request that got no answer was done). */
+static bool writes(const cmd_case *k)
+{
+    static const char *const words[] = {
+        "deploy",       "rollback",     "delete",       "cluster add",  "cluster remove",
+        "token create", "token revoke", "agent enroll", "agent revoke", "key rotate"};
+    for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+        if (strcmp(k->words, words[i]) == 0)
+            return true;
+    return false;
+}
+
 /* The right command lines work (so the cases below fail for the one thing
- * each changes): an online command connects to the controller (the
- * listener closes the connection: exit 1), an offline one succeeds
- * without connecting. This also shows the listener sees what is sent. */
+ * each changes): an online command connects to the controller, an
+ * offline one succeeds without connecting. The listener closes the
+ * connection without an answer: a read fails (exit 1), a write may have
+ * been done (exit 7). This also shows the listener sees what is sent. */
 static void test_right_command_lines_reach_the_controller(void **state)
 {
     (void)state;
     static run_result r;
     for (size_t i = 0; i < N_CASES; i++) {
         run(cases[i].args, &r);
-        int want_rc = cases[i].offline ? 0 : 1;
+        int want_rc = cases[i].offline ? 0 : writes(&cases[i]) ? 7 : 1;
         bool sent = r.connections > 0;
         if (r.rc != want_rc || sent == cases[i].offline)
             fail_msg("popcast %s: exit %d, %d connection(s)\nstdout: %s\nstderr: %s",
@@ -786,6 +802,50 @@ static void test_unreachable_controller(void **state)
         fail_msg("status against nothing: exit %d\n%s%s", r.rc, r.out, r.err);
 }
 
+/* Several controllers and retries (docs/cli.md): a write goes to the
+ * next controller when one refuses the connection, waits out a 429 and
+ * is sent again, and is made once either way; --retry-for 0 tries once. */
+static void test_failover_and_retries(void **state)
+{
+    (void)state;
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    /* One admin write per second: the second deploy in a row gets 429. */
+    const char *limits[] = {"--admin-write-rate", "1", "--admin-write-burst", "1", NULL};
+    pc_test_controller_start(&env, &ctl, limits);
+    char dead[64];
+    snprintf(dead, sizeof(dead), "http://127.0.0.1:%d", pc_test_free_port());
+    char out[4096];
+    /* The first controller is down: the second takes it. */
+    const char *first[] = {"deploy", "twice", lua_path, "--controller", dead, NULL};
+    int rc = pc_test_cli(&env, &ctl, first, out, sizeof(out));
+    if (rc != 0 || strstr(out, "trying the next controller") == NULL)
+        fail_msg("deploy with the first controller down: exit %d\n%s", rc, out);
+    /* At once again: over the rate, retried after Retry-After. */
+    const char *second[] = {"deploy", "twice", lua_path, NULL};
+    rc = pc_test_cli(&env, &ctl, second, out, sizeof(out));
+    if (rc != 0 || strstr(out, "answered 429") == NULL)
+        fail_msg("deploy over the rate: exit %d\n%s", rc, out);
+    /* Each made exactly one version. */
+    json_t *v = pc_test_controller_json(&env, &ctl, "/v1/tenants/twice/versions");
+    assert_non_null(v);
+    assert_int_equal(json_array_size(json_object_get(v, "versions")), 2);
+    json_decref(v);
+    /* --retry-for 0: one try, against nothing, fails at once. */
+    const char *once[] = {"status", "--retry-for", "0", "--controller", dead, NULL};
+    pc_test_controller nowhere = ctl;
+    snprintf(nowhere.api_url, sizeof(nowhere.api_url), "%s", dead);
+    rc = pc_test_cli(&env, &nowhere, once, out, sizeof(out));
+    if (rc != 1 || strstr(out, "trying") != NULL)
+        fail_msg("--retry-for 0 against nothing: exit %d\n%s", rc, out);
+    /* Out of range: a usage error, nothing sent. */
+    const char *bad[] = {"status", "--retry-for", "3601", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, bad, out, sizeof(out)), 2);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -797,6 +857,7 @@ int main(void)
         cmocka_unit_test(test_unreachable_controller),
         cmocka_unit_test(test_real_controller_untouched),
         cmocka_unit_test(test_wait_exit_codes),
+        cmocka_unit_test(test_failover_and_retries),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
