@@ -61,15 +61,14 @@ static void start_agent(pc_test_agent *a, const char *id)
 {
     const char *subs[] = {relays[0].pub_url, relays[1].pub_url, NULL};
     const char *syncs[] = {ctl.sync_url, NULL};
-    const char *extra[] = {"--pop",
-                           "pop-a",
-                           "--relay",
-                           relays[0].sync_url,
-                           "--relay",
-                           relays[1].sync_url,
-                           "--sync-interval-ms",
-                           "1000",
-                           NULL};
+    const char *extra[] = {"--pop", "pop-a", "--relay", relays[0].sync_url, "--relay",
+                           relays[1].sync_url, "--sync-interval-ms", "1000",
+                           /* The first round waits this long for a relay's
+                            * connection before the controller may serve
+                            * it: ample on a loaded machine (CI saw a
+                            * second pass, and a snapshot come from the
+                            * controller). */
+                           "--connect-timeout-ms", "10000", NULL};
     pc_test_agent_start(&env, a, id, subs, syncs, extra);
 }
 
