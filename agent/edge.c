@@ -337,7 +337,7 @@ static void log_access(pc_edge *e, struct MHD_Connection *conn, const edge_reque
                        enum MHD_RequestTerminationCode toe)
 {
     char when[96], client[CLIENT_ADDR_MAX] = "";
-    pc_append_log_time(when, sizeof(when), pc_wall_ms());
+    pc_json_utc_time(when, sizeof(when), pc_wall_ms());
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     if (ci != NULL && ci->client_addr != NULL)

@@ -7,8 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "json_text.h"
 
 struct pc_append_log {
     pthread_mutex_t lock; /* fd: swapped by reopen while writers write */
@@ -80,29 +81,13 @@ const char *pc_append_log_path(const pc_append_log *l)
 
 void pc_append_log_json(pc_append_log *l, json_t *o)
 {
-    char *text = o != NULL ? json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
-    json_decref(o);
-    if (text == NULL)
+    size_t len = 0;
+    char *line = pc_json_line(o, &len);
+    if (line == NULL)
         return;
-    size_t len = strlen(text);
-    char *line = realloc(text, len + 2);
-    if (line == NULL) {
-        free(text);
-        return;
-    }
-    line[len] = '\n';
     pthread_mutex_lock(&l->lock);
-    ssize_t n = write(l->fd, line, len + 1);
+    ssize_t n = write(l->fd, line, len);
     pthread_mutex_unlock(&l->lock);
     (void)n;
     free(line);
-}
-
-void pc_append_log_time(char *out, size_t cap, int64_t wall_ms)
-{
-    time_t sec = (time_t)(wall_ms / 1000);
-    struct tm tm;
-    gmtime_r(&sec, &tm);
-    snprintf(out, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(wall_ms % 1000));
 }

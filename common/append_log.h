@@ -28,7 +28,4 @@ const char *pc_append_log_path(const pc_append_log *l);
  * escapes by jansson), then releases o. */
 void pc_append_log_json(pc_append_log *l, json_t *o);
 
-/* "2026-12-03T06:31:11.401Z" for wall-clock ms (out: at least 32 bytes). */
-void pc_append_log_time(char *out, size_t cap, int64_t wall_ms);
-
 #endif

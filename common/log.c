@@ -44,18 +44,11 @@ static void log_json(const char *when, const char *level, const char *component,
     json_object_set_new(o, "level", json_string(level));
     pc_json_set_text(o, "component", component);
     pc_json_set_text(o, "msg", msg);
-    char *text = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
-    json_decref(o);
-    if (text == NULL)
+    size_t len = 0;
+    char *line = pc_json_line(o, &len);
+    if (line == NULL)
         return;
-    size_t len = strlen(text);
-    char *line = realloc(text, len + 2);
-    if (line == NULL) {
-        free(text);
-        return;
-    }
-    line[len] = '\n';
-    ssize_t written = write(STDERR_FILENO, line, len + 1);
+    ssize_t written = write(STDERR_FILENO, line, len);
     (void)written;
     free(line);
 }
@@ -105,8 +98,7 @@ void pc_log(enum pc_log_level level, const char *component, const char *fmt, ...
     if (atomic_load(&log_format) == PC_LOG_JSON) {
         static const char *names[] = {"debug", "info", "warn", "error"};
         char when[96];
-        snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(now % 1000));
+        pc_json_utc_time(when, sizeof(when), now);
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(line, sizeof(line), fmt, ap);

@@ -44,7 +44,7 @@ void pc_audit_write(pc_audit *a, const char *token, const char *method, const ch
     if (a == NULL)
         return;
     char when[96];
-    pc_append_log_time(when, sizeof(when), pc_wall_ms());
+    pc_json_utc_time(when, sizeof(when), pc_wall_ms());
     json_t *line = json_object();
     if (line == NULL)
         return;

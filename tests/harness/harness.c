@@ -595,6 +595,39 @@ static bool leak_report_is_nngs(FILE *f)
     return ended && !ours;
 }
 
+json_t *pc_test_json_lines(const char *path)
+{
+    size_t len = 0;
+    char *text = pc_test_read_file(path, &len);
+    json_t *lines = json_array();
+    char *save = NULL;
+    for (char *line = strtok_r(text, "\n", &save); line != NULL;
+         line = strtok_r(NULL, "\n", &save)) {
+        json_error_t jerr;
+        json_t *o = json_loads(line, 0, &jerr);
+        if (!json_is_object(o))
+            fail_msg("%s: a line is not a JSON object (%s): %s", path, jerr.text, line);
+        json_array_append_new(lines, o);
+    }
+    free(text);
+    return lines;
+}
+
+json_t *pc_test_wait_json_lines(const char *path, size_t n)
+{
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    for (;;) {
+        json_t *lines = pc_test_json_lines(path);
+        size_t have = json_array_size(lines);
+        if (have >= n)
+            return lines;
+        json_decref(lines);
+        if (pc_test_now_ms() > deadline)
+            fail_msg("%s has %zu lines, not %zu", path, have, n);
+        pc_test_sleep_ms(20);
+    }
+}
+
 pc_sanitizer_verdict pc_test_sanitizer_verdict(const char *log)
 {
     pc_sanitizer_verdict verdict = PC_SANITIZER_CLEAN;

@@ -75,6 +75,14 @@ typedef enum {
 } pc_sanitizer_verdict;
 pc_sanitizer_verdict pc_test_sanitizer_verdict(const char *log);
 
+/* A JSON-lines file (an audit or access log), each line parsed: fails
+ * the test on a line that is not one JSON object. */
+json_t *pc_test_json_lines(const char *path);
+/* Polls until the file holds at least n lines (they are written as
+ * answers go out, so a client may see its answer first); fails after the
+ * converge timeout. */
+json_t *pc_test_wait_json_lines(const char *path, size_t n);
+
 /* Starts argv[0] with stdout and stderr appended to log. */
 pc_proc *pc_proc_spawn(const char *name, char *const argv[], const char *log);
 /* SIGTERM then wait (SIGKILL after timeout); returns the exit status. */

@@ -66,41 +66,6 @@ static int raw_status(const char *request)
     return atoi(buf + 9);
 }
 
-static json_t *lines_of(const char *path)
-{
-    size_t len = 0;
-    char *text = pc_test_read_file(path, &len);
-    json_t *lines = json_array();
-    char *save = NULL;
-    for (char *line = strtok_r(text, "\n", &save); line != NULL;
-         line = strtok_r(NULL, "\n", &save)) {
-        json_error_t jerr;
-        json_t *o = json_loads(line, 0, &jerr);
-        if (!json_is_object(o))
-            fail_msg("access log line is not a JSON object (%s): %s", jerr.text, line);
-        json_array_append_new(lines, o);
-    }
-    free(text);
-    return lines;
-}
-
-/* The line is written when the request completes, after the client read
- * the answer: wait for it. */
-static json_t *wait_lines(const char *path, size_t n)
-{
-    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
-    for (;;) {
-        json_t *lines = lines_of(path);
-        if (json_array_size(lines) >= n)
-            return lines;
-        size_t have = json_array_size(lines);
-        json_decref(lines);
-        if (pc_test_now_ms() > deadline)
-            fail_msg("the access log has %zu lines, not %zu", have, n);
-        pc_test_sleep_ms(20);
-    }
-}
-
 static const char *str(json_t *o, const char *key)
 {
     const char *s = json_string_value(json_object_get(o, key));
@@ -120,7 +85,7 @@ static void test_requests_are_logged(void **state)
     uint64_t v = pc_test_deploy_lua(&env, &ctl, "acme", src);
     pc_test_wait_live(&agent, "acme", v);
     /* The agent was quiet until now: the log starts with these. */
-    json_t *before = lines_of(log_path);
+    json_t *before = pc_test_json_lines(log_path);
     size_t base = json_array_size(before);
     json_decref(before);
 
@@ -134,7 +99,7 @@ static void test_requests_are_logged(void **state)
                                 "Connection: close\r\n\r\n"),
                      200);
 
-    json_t *lines = wait_lines(log_path, base + 4);
+    json_t *lines = pc_test_wait_json_lines(log_path, base + 4);
     assert_int_equal(json_array_size(lines), base + 4);
     json_t *l = json_array_get(lines, base);
     assert_string_equal(str(l, "client"), "127.0.0.1");
@@ -181,11 +146,11 @@ static void test_requests_are_logged(void **state)
         pc_test_sleep_ms(20);
     }
     assert_int_equal(pc_test_edge_get(&agent, "acme", "/after", &version, NULL, 0), 200);
-    json_t *fresh = wait_lines(log_path, 1);
+    json_t *fresh = pc_test_wait_json_lines(log_path, 1);
     assert_int_equal(json_array_size(fresh), 1);
     assert_string_equal(str(json_array_get(fresh, 0), "path"), "/after");
     json_decref(fresh);
-    json_t *old = lines_of(rotated);
+    json_t *old = pc_test_json_lines(rotated);
     assert_int_equal(json_array_size(old), base + 4);
     json_decref(old);
 }

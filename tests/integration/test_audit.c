@@ -59,42 +59,6 @@ static int call(const char *token, const char *method, const char *path, const c
     return status;
 }
 
-/* The audit file's lines, parsed (each must be one JSON object). */
-static json_t *audit_lines(const char *path)
-{
-    size_t len = 0;
-    char *text = pc_test_read_file(path, &len);
-    json_t *lines = json_array();
-    char *save = NULL;
-    for (char *line = strtok_r(text, "\n", &save); line != NULL;
-         line = strtok_r(NULL, "\n", &save)) {
-        json_error_t jerr;
-        json_t *o = json_loads(line, 0, &jerr);
-        if (!json_is_object(o))
-            fail_msg("audit line is not a JSON object (%s): %s", jerr.text, line);
-        json_array_append_new(lines, o);
-    }
-    free(text);
-    return lines;
-}
-
-/* Waits until the audit file holds n lines (the line is written as the
- * answer goes out, so the client may see the answer first). */
-static json_t *wait_lines(const char *path, size_t n)
-{
-    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
-    for (;;) {
-        json_t *lines = audit_lines(path);
-        if (json_array_size(lines) >= n)
-            return lines;
-        size_t have = json_array_size(lines);
-        json_decref(lines);
-        if (pc_test_now_ms() > deadline)
-            fail_msg("the audit log has %zu lines, not %zu", have, n);
-        pc_test_sleep_ms(20);
-    }
-}
-
 static const char *str(json_t *line, const char *key)
 {
     const char *s = json_string_value(json_object_get(line, key));
@@ -132,7 +96,7 @@ static void test_writes_are_audited(void **state)
     /* 7: a hostile path: still one valid line. */
     assert_int_equal(call(env.token, "DELETE", "/v1/tenants/%22%0a%ff", NULL, NULL, NULL), 400);
 
-    json_t *lines = wait_lines(audit_path, 7);
+    json_t *lines = pc_test_wait_json_lines(audit_path, 7);
     assert_int_equal(json_array_size(lines), 7);
     json_t *l = json_array_get(lines, 0);
     assert_string_equal(str(l, "token"), "admin");
@@ -179,7 +143,7 @@ static void test_sighup_reopens(void **state)
     const char *lua = "return function(req) return 'x' end";
     assert_int_equal(call(env.token, "POST", "/v1/tenants/acme/bundles", "text/x-lua", lua, NULL),
                      201);
-    json_decref(wait_lines(audit_path, 1));
+    json_decref(pc_test_wait_json_lines(audit_path, 1));
     char rotated[600];
     snprintf(rotated, sizeof(rotated), "%s.1", audit_path);
     assert_int_equal(rename(audit_path, rotated), 0);
@@ -198,13 +162,13 @@ static void test_sighup_reopens(void **state)
     }
     assert_int_equal(call(env.token, "POST", "/v1/tenants/acme/bundles", "text/x-lua", lua, NULL),
                      201);
-    json_t *fresh = wait_lines(audit_path, 1);
+    json_t *fresh = pc_test_wait_json_lines(audit_path, 1);
     assert_int_equal(json_array_size(fresh), 1);
     assert_int_equal(json_integer_value(json_object_get(
                          json_object_get(json_array_get(fresh, 0), "answer"), "version")),
                      2);
     json_decref(fresh);
-    json_t *old = audit_lines(rotated);
+    json_t *old = pc_test_json_lines(rotated);
     assert_int_equal(json_array_size(old), 1);
     json_decref(old);
 }
