@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bundle_ignore.h"
 #include "names.h"
 #include "popcast.pb-c.h"
 
@@ -133,6 +134,7 @@ typedef struct file_list {
     size_t count, cap;
     size_t total;
     size_t max_size;
+    const pc_ignore *ignore; /* what stays out (.popcastignore) */
 } file_list;
 
 static void file_list_free(file_list *fl)
@@ -252,6 +254,9 @@ static int walk(file_list *fl, const char *root, const char *rel, int depth, pc_
         struct stat st;
         if (lstat(full, &st) != 0) {
             rc = pc_err_set(err, PC_E_IO, "cannot stat %s: %s", full, strerror(errno));
+        } else if (fl->ignore != NULL &&
+                   pc_ignore_match(fl->ignore, child_rel, S_ISDIR(st.st_mode))) {
+            continue; /* left out, and nothing under it is read */
         } else if (S_ISDIR(st.st_mode)) {
             rc = walk(fl, root, child_rel, depth + 1, err);
         } else if (S_ISREG(st.st_mode)) {
@@ -286,8 +291,12 @@ int pc_bundle_pack_dir(const char *dir, const char *entrypoint, size_t max_size,
 {
     if (entrypoint == NULL)
         entrypoint = PC_BUNDLE_DEFAULT_ENTRYPOINT;
-    file_list fl = {.max_size = max_size};
-    int rc = walk(&fl, dir, "", 0, err);
+    pc_ignore *ignore = NULL;
+    int rc = pc_ignore_load(&ignore, dir, err);
+    if (rc != PC_OK)
+        return rc;
+    file_list fl = {.max_size = max_size, .ignore = ignore};
+    rc = walk(&fl, dir, "", 0, err);
     if (rc == PC_OK && fl.count == 0)
         rc = pc_err_set(err, PC_E_INVALID, "%s has no files", dir);
     if (rc == PC_OK) {
@@ -302,6 +311,7 @@ int pc_bundle_pack_dir(const char *dir, const char *entrypoint, size_t max_size,
     if (rc == PC_OK)
         rc = pack_archive(fl.files, fl.count, entrypoint, out, out_len, err);
     file_list_free(&fl);
+    pc_ignore_free(ignore);
     return rc;
 }
 

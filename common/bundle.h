@@ -31,8 +31,9 @@ void pc_bundle_file_at(const pc_bundle *bundle, size_t i, const char **path, con
 int pc_bundle_file(const pc_bundle *bundle, const char *path, const uint8_t **data, size_t *len);
 
 /* Packs every regular file under dir (symlinks and special files are
- * refused). entrypoint NULL means PC_BUNDLE_DEFAULT_ENTRYPOINT. The result
- * is malloc'd; packing stops with PC_E_TOO_LARGE past max_size bytes. */
+ * refused) but what bundle_ignore.h leaves out: .git, .popcastignore and
+ * the patterns in dir/.popcastignore. entrypoint NULL means PC_BUNDLE_DEFAULT_ENTRYPOINT. The
+ * result is malloc'd; packing stops with PC_E_TOO_LARGE past max_size bytes. */
 int pc_bundle_pack_dir(const char *dir, const char *entrypoint, size_t max_size, uint8_t **out,
                        size_t *out_len, pc_err *err);
 /* Packs one file's content under name, which is also the entrypoint. */

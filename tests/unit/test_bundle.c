@@ -1,5 +1,5 @@
-/* test_bundle.c - the bundle archive reader refuses anything unsafe, and
- * packing is deterministic. */
+/* test_bundle.c - the bundle archive reader refuses anything unsafe,
+ * packing is deterministic, and .popcastignore leaves out what it names. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -161,6 +161,94 @@ static void test_pack_dir_is_deterministic_and_safe(void **state)
     pc_test_rm_rf(dir);
 }
 
+/* Writes dir/rel (making its directories) with content. */
+static void put(const char *dir, const char *rel, const char *content)
+{
+    char path[600];
+    snprintf(path, sizeof(path), "%s/%s", dir, rel);
+    for (char *slash = strchr(path + strlen(dir) + 1, '/'); slash != NULL;
+         slash = strchr(slash + 1, '/')) {
+        *slash = '\0';
+        mkdir(path, 0700);
+        *slash = '/';
+    }
+    pc_test_write_file(path, content, strlen(content));
+}
+
+/* The paths a packed directory holds, joined by spaces, or the error. */
+static void packed(const char *dir, char *out, size_t cap)
+{
+    uint8_t *a = NULL;
+    size_t alen = 0;
+    pc_err err;
+    if (pc_bundle_pack_dir(dir, NULL, 1 << 20, &a, &alen, &err) != PC_OK) {
+        snprintf(out, cap, "error: %s", err.msg);
+        return;
+    }
+    pc_bundle *b = NULL;
+    assert_int_equal(pc_bundle_open(a, alen, &b, &err), PC_OK);
+    out[0] = '\0';
+    for (size_t i = 0; i < pc_bundle_file_count(b); i++) {
+        const char *path;
+        const uint8_t *data;
+        size_t len;
+        pc_bundle_file_at(b, i, &path, &data, &len);
+        size_t used = strlen(out);
+        snprintf(out + used, cap - used, "%s%s", used ? " " : "", path);
+    }
+    pc_bundle_free(b);
+    free(a);
+}
+
+/* .git never goes into a bundle, nor .popcastignore, nor what its
+ * patterns name (docs/cli.md ".popcastignore"). */
+static void test_popcastignore(void **state)
+{
+    (void)state;
+    pc_test_init();
+    char dir[256], got[2048];
+    pc_test_tmpdir(dir, sizeof(dir), "ignore");
+    put(dir, "main.lua", "return 1");
+    put(dir, "lib/util.lua", "u");
+    put(dir, ".git/config", "[core]");
+    put(dir, "lib/.git/HEAD", "ref");
+    put(dir, "debug.log", "x");
+    put(dir, "lib/deep/trace.log", "x");
+    put(dir, "node_modules/m/index.js", "x");
+    put(dir, "build/out.js", "x");
+    put(dir, "lib/build/out.js", "kept: the anchored pattern names the top one");
+    put(dir, "notes", "a file named like a directory pattern");
+    /* No .popcastignore: only .git is left out. */
+    packed(dir, got, sizeof(got));
+    assert_string_equal(got, "build/out.js debug.log lib/build/out.js lib/deep/trace.log "
+                             "lib/util.lua main.lua node_modules/m/index.js notes");
+    put(dir, ".popcastignore",
+        "# build output\n\n*.log\nnode_modules/\n/build/out.js\nnotes/\n   \n");
+    packed(dir, got, sizeof(got));
+    assert_string_equal(got, "lib/build/out.js lib/util.lua main.lua notes");
+    /* Refused, with the line named: a re-include, an empty anchor. */
+    put(dir, ".popcastignore", "*.log\n!keep.log\n");
+    packed(dir, got, sizeof(got));
+    assert_non_null(strstr(got, "error: "));
+    assert_non_null(strstr(got, ".popcastignore:2: '!'"));
+    put(dir, ".popcastignore", "/\n");
+    packed(dir, got, sizeof(got));
+    assert_non_null(strstr(got, ".popcastignore:1: an empty pattern"));
+    /* A line too long to be a pattern. */
+    char longline[1200];
+    memset(longline, 'a', sizeof(longline) - 2);
+    longline[sizeof(longline) - 2] = '\n';
+    longline[sizeof(longline) - 1] = '\0';
+    put(dir, ".popcastignore", longline);
+    packed(dir, got, sizeof(got));
+    assert_non_null(strstr(got, "a line longer than"));
+    /* Leaving the entrypoint out is an error, not an empty bundle. */
+    put(dir, ".popcastignore", "*.lua\n");
+    packed(dir, got, sizeof(got));
+    assert_non_null(strstr(got, "entrypoint main.lua is not a file"));
+    pc_test_rm_rf(dir);
+}
+
 static void test_names(void **state)
 {
     assert_true(pc_tenant_name_valid("acme-1"));
@@ -190,6 +278,7 @@ int main(void)
         cmocka_unit_test(test_duplicate_paths_are_refused),
         cmocka_unit_test(test_garbage_is_refused),
         cmocka_unit_test(test_pack_dir_is_deterministic_and_safe),
+        cmocka_unit_test(test_popcastignore),
         cmocka_unit_test(test_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
