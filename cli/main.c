@@ -1305,6 +1305,15 @@ static const option options[O_COUNT] = {
                     .check = check_key_id},
 };
 
+/* Shells the completion script is written for. */
+static bool check_shell(const char *label, const char *v, char *why, size_t cap)
+{
+    return strcmp(v, "bash") == 0 ||
+           refuse(why, cap, "%s must be bash, not '%s' (zsh: see docs/cli.md)", label, v);
+}
+
+static int cmd_completion(cli *c);
+
 typedef struct argument {
     const char *name; /* "TENANT"; NULL ends the list */
     check_fn check;   /* NULL: any value */
@@ -1483,8 +1492,97 @@ static const command commands[] = {
      OPTS(O_REPLACES | REQUIRED),
      true,
      cmd_key_authorize},
+    {"completion",
+     NULL,
+     "print the shell completion script (bash)",
+     {{"SHELL", check_shell}},
+     0,
+     OPTS(O_NONE),
+     true,
+     cmd_completion},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+/* The script: the shell asks `popcast __complete WORDS...` (the words
+ * after popcast, the one being completed last), which answers from the
+ * same tables the parser uses; no candidate falls back to file names. */
+static const char bash_script[] =
+    "# popcast completion for bash: popcast completion bash > "
+    "/etc/bash_completion.d/popcast\n"
+    "_popcast() {\n"
+    "    local IFS=$'\\n'\n"
+    "    COMPREPLY=($(\"${COMP_WORDS[0]}\" __complete \"${COMP_WORDS[@]:1:COMP_CWORD}\" "
+    "2>/dev/null))\n"
+    "}\n"
+    "complete -o default -F _popcast popcast\n";
+
+static int cmd_completion(cli *c)
+{
+    (void)c;
+    fputs(bash_script, stdout);
+    return 0;
+}
+
+static bool accepts(const command *k, int id);
+
+static void candidate(const char *word, const char *prefix)
+{
+    if (strncmp(word, prefix, strlen(prefix)) == 0)
+        printf("%s\n", word);
+}
+
+/* popcast __complete WORD... : the words that can come in place of the
+ * last one (one per line), given the ones before it. Prints nothing
+ * where a file name or a free value goes. */
+static int complete_words(int n, char **words)
+{
+    const char *cur = n > 0 ? words[n - 1] : "";
+    if (n <= 1) {
+        for (size_t i = 0; i < N_COMMANDS; i++)
+            if (i == 0 || strcmp(commands[i].name, commands[i - 1].name) != 0)
+                candidate(commands[i].name, cur);
+        candidate("help", cur);
+        candidate("--help", cur);
+        candidate("--version", cur);
+        return 0;
+    }
+    /* The command: NAME SUB when the second word is one of NAME's subs. */
+    const command *k = NULL;
+    bool has_subs = false;
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        if (strcmp(commands[i].name, words[0]) != 0)
+            continue;
+        if (commands[i].sub == NULL && k == NULL)
+            k = &commands[i];
+        if (commands[i].sub != NULL) {
+            has_subs = true;
+            if (n > 2 && strcmp(commands[i].sub, words[1]) == 0)
+                k = &commands[i];
+        }
+    }
+    if (n == 2 && has_subs && cur[0] != '-')
+        for (size_t i = 0; i < N_COMMANDS; i++)
+            if (strcmp(commands[i].name, words[0]) == 0 && commands[i].sub != NULL)
+                candidate(commands[i].sub, cur);
+    if (k == NULL)
+        return 0;
+    /* After an option that takes a value: the value (shells only). */
+    if (n >= 2 && words[n - 2][0] == '-') {
+        for (int id = O_NONE + 1; id < O_COUNT; id++)
+            if (strcmp(options[id].name, words[n - 2]) == 0 && options[id].metavar != NULL)
+                return 0;
+    }
+    if (cur[0] == '-') {
+        for (int id = O_NONE + 1; id < O_COUNT; id++)
+            if (accepts(k, id))
+                candidate(options[id].name, cur);
+        candidate("--help", cur);
+        return 0;
+    }
+    if (k->run == cmd_completion)
+        candidate("bash", cur);
+    return 0;
+}
 
 static int n_args(const command *k)
 {
@@ -1925,6 +2023,8 @@ int main(int argc, char **argv)
         command_help(stdout, k);
         return 0;
     }
+    if (strcmp(cmd, "__complete") == 0) /* the completion script's question */
+        return complete_words(argc - 2, argv + 2);
     if (is_option(cmd))
         return usage_error(NULL, NULL, "unknown command '%s' (options follow the command)", cmd);
     int first = 0, rc = RC_USAGE;

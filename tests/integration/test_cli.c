@@ -802,6 +802,52 @@ static void test_unreachable_controller(void **state)
         fail_msg("status against nothing: exit %d\n%s%s", r.rc, r.out, r.err);
 }
 
+/* Bash completion (docs/cli.md "Shell completion"): the script popcast
+ * prints, sourced in bash, completes commands, subcommands and the
+ * options of the command being typed. */
+static void complete_in_bash(const char *words, const char *want)
+{
+    const char *cli = getenv("POPCAST_CLI_BIN");
+    assert_non_null(cli);
+    char script[4096], out_path[400];
+    snprintf(out_path, sizeof(out_path), "%s/completion.out", dir);
+    /* words: what was typed after popcast; the last one is completed. */
+    snprintf(script, sizeof(script),
+             "source <('%s' completion bash) || exit 9\n"
+             "COMP_WORDS=('%s' %s); COMP_CWORD=$((${#COMP_WORDS[@]} - 1))\n"
+             "_popcast\n"
+             "for w in \"${COMPREPLY[@]}\"; do printf '%%s,' \"$w\"; done > '%s'\n",
+             cli, cli, words, out_path);
+    char script_path[400];
+    snprintf(script_path, sizeof(script_path), "%s/completion.sh", dir);
+    pc_test_write_file(script_path, script, strlen(script));
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "bash '%s'", script_path);
+    assert_int_equal(system(cmd), 0);
+    size_t len = 0;
+    char *got = pc_test_read_file(out_path, &len);
+    if (strcmp(got, want) != 0)
+        fail_msg("completing popcast %s: got '%s', wanted '%s'", words, got, want);
+    free(got);
+}
+
+static void test_bash_completion(void **state)
+{
+    (void)state;
+    complete_in_bash("de", "deploy,delete,");
+    complete_in_bash("key ''", "list,rotate,authorize,");
+    complete_in_bash("cluster a", "add,");
+    complete_in_bash("deploy app ./x --wa", "--wait,");
+    complete_in_bash("rollout app 1 --fr", "--fraction,");
+    complete_in_bash("status --retry", "--retry-for,");
+    /* An option another command takes is not offered. */
+    complete_in_bash("versions app --wa", "");
+    /* After an option that takes a value: nothing (the shell's files). */
+    complete_in_bash("deploy app ./x --timeout ''", "");
+    complete_in_bash("completion ''", "bash,");
+    complete_in_bash("nosuch --", "");
+}
+
 /* Several controllers and retries (docs/cli.md): a write goes to the
  * next controller when one refuses the connection, waits out a 429 and
  * is sent again, and is made once either way; --retry-for 0 tries once. */
@@ -858,6 +904,7 @@ int main(void)
         cmocka_unit_test(test_real_controller_untouched),
         cmocka_unit_test(test_wait_exit_codes),
         cmocka_unit_test(test_failover_and_retries),
+        cmocka_unit_test(test_bash_completion),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
