@@ -42,8 +42,9 @@
 #define TIMEOUT_MS         120000
 #define WAIT_DEFAULT_S     60
 #define WAIT_STEP_MS       1000
-#define MAX_ARGS           3  /* positional arguments of any command */
-#define MAX_TENANTS        16 /* token create --tenant */
+#define QUIET_LINE_MS      5000 /* --wait: a line at least this often, even if nothing moved */
+#define MAX_ARGS           3    /* positional arguments of any command */
+#define MAX_TENANTS        16   /* token create --tenant */
 
 /* Exit status (docs/cli.md). */
 enum {
@@ -488,6 +489,32 @@ static void print_agents_in(json_t *doc, const char *state)
     }
 }
 
+/* The agents a wait is still waiting for, on one line: at most five,
+ * each with what it last reported and when. */
+static void print_not_yet(json_t *doc)
+{
+    size_t i, shown = 0, more = 0;
+    json_t *a;
+    json_array_foreach(json_object_get(doc, "agents"), i, a)
+    {
+        if (strcmp(str(a, "state"), "live") == 0)
+            continue;
+        if (shown == 5) {
+            more++;
+            continue;
+        }
+        printf("%s%s (pop %s, %s, applied v%lld, live v%lld%s, last report %.1f s ago)",
+               shown ? ", " : "", str(a, "agent_id"), str(a, "pop"), str(a, "state"),
+               num(a, "applied_version"), num(a, "live_version"),
+               json_is_true(json_object_get(a, "stale")) ? ", stale" : "",
+               (double)num(a, "last_seen_ms_ago") / 1000.0);
+        shown++;
+    }
+    if (more > 0)
+        printf(", +%zu more", more);
+    printf("\n");
+}
+
 static void print_summary(json_t *doc)
 {
     json_t *s = json_object_get(doc, "summary");
@@ -517,6 +544,7 @@ static int wait_live(cli *c, const char *tenant, long long version)
     long long timeout_s = c->timeout_s;
     int64_t start = pc_mono_ms(), deadline = start + timeout_s * 1000;
     long long last_live = -1, last_total = -1;
+    int64_t last_line = start;
     for (;;) {
         int64_t left = deadline - pc_mono_ms();
         int64_t step = left < WAIT_STEP_MS ? (left > 0 ? left : 1) : WAIT_STEP_MS;
@@ -548,6 +576,14 @@ static int wait_live(cli *c, const char *tenant, long long version)
                    num(s, "live"), num(s, "total"), (double)(pc_mono_ms() - start) / 1000.0);
             last_live = num(s, "live");
             last_total = num(s, "total");
+            last_line = pc_mono_ms();
+        } else if (!c->json && pc_mono_ms() - last_line >= QUIET_LINE_MS) {
+            /* Nothing moved for a while: say who it is waiting for. */
+            printf(
+                "still waiting: %s v%lld live on %lld of %lld agents (%.1f s); not yet: ", tenant,
+                version, num(s, "live"), num(s, "total"), (double)(pc_mono_ms() - start) / 1000.0);
+            print_not_yet(doc);
+            last_line = pc_mono_ms();
         }
         if (complete || failed || unreachable || over) {
             int rc = complete && !failed    ? RC_OK

@@ -769,10 +769,18 @@ static void test_wait_exit_codes(void **state)
     if (rc != 4 || strstr(out, "timeout: app v3 is not live everywhere after 1 s") == NULL ||
         strstr(out, "edge-1") == NULL)
         fail_msg("deploy --wait with a frozen agent: exit %d:\n%s", rc, out);
+    /* A longer wait on a frozen agent keeps saying whom it waits for. */
+    assert_int_equal(kill(agent.proc->pid, SIGSTOP), 0);
+    const char *deploy_long[] = {"deploy", "app", good, "--wait", "--timeout", "9", NULL};
+    rc = pc_test_cli(&env, &ctl, deploy_long, out, sizeof(out));
+    assert_int_equal(kill(agent.proc->pid, SIGCONT), 0);
+    if (rc != 4 || strstr(out, "still waiting: app v4 live on 0 of 1 agents (") == NULL ||
+        strstr(out, "not yet: edge-1 (pop ") == NULL || strstr(out, "last report ") == NULL)
+        fail_msg("deploy --wait with a frozen agent for 9 s: exit %d:\n%s", rc, out);
     /* Thawed, it catches up. */
-    const char *rollout3[] = {"rollout", "app", "3", "--wait", "--timeout", "60", NULL};
+    const char *rollout3[] = {"rollout", "app", "4", "--wait", "--timeout", "60", NULL};
     rc = pc_test_cli(&env, &ctl, rollout3, out, sizeof(out));
-    if (rc != 0 || strstr(out, "live: app v3") == NULL)
+    if (rc != 0 || strstr(out, "live: app v4") == NULL)
         fail_msg("rollout --wait after thawing: exit %d:\n%s", rc, out);
 
     /* A request that fails: HTTP 404, 1. */
