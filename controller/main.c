@@ -31,6 +31,7 @@
 #include "publisher.h"
 #include "rollout.h"
 #include "sync_server.h"
+#include "backup.h"
 #include "store.h"
 #include "signer.h"
 #include "tls.h"
@@ -660,8 +661,76 @@ static void controller_close(controller *c)
     nng_fini();
 }
 
+/* popcast-controller backup|restore: the store's tools, run beside (backup)
+ * or instead of (restore) the daemon. */
+typedef struct store_tool_config {
+    char *data_dir;
+    char *out;
+    char *from;
+} store_tool_config;
+
+static const pc_cfg_option backup_options[] = {
+    {"data_dir", PC_CFG_STRING, offsetof(store_tool_config, data_dir),
+     "/var/lib/popcast/controller", 0, 0, "the running controller's data directory"},
+    {"out", PC_CFG_STRING, offsetof(store_tool_config, out), NULL, 0, 0,
+     "the backup file to write (created 0600; never overwritten); required"},
+    {NULL, 0, 0, NULL, 0, 0, NULL},
+};
+
+static const pc_cfg_option restore_options[] = {
+    {"data_dir", PC_CFG_STRING, offsetof(store_tool_config, data_dir),
+     "/var/lib/popcast/controller", 0, 0, "an empty data directory (created if missing)"},
+    {"from", PC_CFG_STRING, offsetof(store_tool_config, from), NULL, 0, 0,
+     "the backup file to restore; required"},
+    {NULL, 0, 0, NULL, 0, 0, NULL},
+};
+
+/* argv[1] is "backup" or "restore". Exit 0, 1 (it failed) or 2 (usage). */
+static int store_tool(int argc, char **argv)
+{
+    bool backup = strcmp(argv[1], "backup") == 0;
+    const pc_cfg_option *opts = backup ? backup_options : restore_options;
+    store_tool_config cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    pc_err err;
+    /* argv[1] is the tool's name, where the parser expects the program's. */
+    int rc = pc_config_load(opts, &cfg, argc - 1, argv + 1, &err);
+    if (rc == 1) {
+        pc_config_free(opts, &cfg);
+        return 0; /* --help */
+    }
+    const char *missing =
+        backup ? (cfg.out == NULL ? "--out" : NULL) : (cfg.from == NULL ? "--from" : NULL);
+    if (rc != PC_OK || missing != NULL) {
+        fprintf(stderr, "popcast-controller %s: %s\n", argv[1],
+                rc != PC_OK ? err.msg
+                : backup    ? "--out FILE is required"
+                            : "--from FILE is required");
+        pc_config_free(opts, &cfg);
+        return 2;
+    }
+    uint64_t seq = 0;
+    if (backup)
+        rc = pc_store_backup(cfg.data_dir, cfg.out, &seq, &err);
+    else if ((rc = pc_daemon_ensure_dir(cfg.data_dir, &err)) == PC_OK)
+        rc = pc_store_restore(cfg.from, cfg.data_dir, &seq, &err);
+    if (rc != PC_OK)
+        fprintf(stderr, "popcast-controller %s: %s\n", argv[1], err.msg);
+    else if (backup)
+        printf("backed up %s to %s (applied seq %llu)\n", cfg.data_dir, cfg.out,
+               (unsigned long long)seq);
+    else
+        printf("restored %s into %s (applied seq %llu): start this node alone, then add the "
+               "others (docs/operations.md \"Backups and recovery\")\n",
+               cfg.from, cfg.data_dir, (unsigned long long)seq);
+    pc_config_free(opts, &cfg);
+    return rc == PC_OK ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && (strcmp(argv[1], "backup") == 0 || strcmp(argv[1], "restore") == 0))
+        return store_tool(argc, argv);
     controller c;
     memset(&c, 0, sizeof(c));
     pc_err err;
