@@ -35,6 +35,7 @@
 
 #include "crypto.h"
 #include "harness.h"
+#include "nng_close.h"
 #include "popcast.pb-c.h"
 #include "protocol_limits.h"
 #include "tls.h"
@@ -543,18 +544,27 @@ static void test_forged_reports_in_a_batch(void **state)
         assert_non_null(big[i]->status.data);
         big[i]->status.len = each;
     }
-    assert_int_equal(nng_socket_set_ms(req, NNG_OPT_RECVTIMEO, 2000), 0);
-    assert_null(send_batch(req, big, big_n, "liar"));
+    /* On a connection of its own: the controller drops it, and nng 1.5.2's
+     * req socket can stay wedged after that (every later request on it
+     * unanswered, even nng_close hanging), which is nng's business, not
+     * what is tested here. */
+    nng_socket big_req;
+    assert_int_equal(nng_req0_open(&big_req), 0);
+    assert_int_equal(nng_socket_set_ms(big_req, NNG_OPT_RECVTIMEO, 2000), 0);
+    assert_int_equal(nng_socket_set_ms(big_req, NNG_OPT_SENDTIMEO, 2000), 0);
+    assert_int_equal(pc_nng_dial(big_req, ctl.sync_url, NULL, 0, &err), PC_OK);
+    assert_null(send_batch(big_req, big, big_n, "liar"));
     for (size_t i = 0; i < big_n; i++)
         free_report(big[i]);
     free(big);
-    assert_int_equal(nng_socket_set_ms(req, NNG_OPT_RECVTIMEO, 10000), 0);
+    pc_nng_close_bounded(big_req, PC_NNG_CLOSE_MS, "the oversized batch's connection");
+    /* The controller goes on serving the other connections. */
     Popcast__SignedAgentStatus *after = signed_report("solo", &genuine, &genuine, counter + 300);
     rep = send_batch(req, &after, 1, "liar");
     assert_string_equal(ack_error(rep, 0), "");
     popcast__sync_reply__free_unpacked(rep, NULL);
     free_report(after);
-    nng_close(req);
+    pc_nng_close_bounded(req, PC_NNG_CLOSE_MS, "the test's sync connection");
     pc_test_controller_stop(&ctl);
     pc_test_env_cleanup(&env);
 }
