@@ -23,6 +23,8 @@
  * the socket's operations stopped first), far below their stop watchdog
  * (shutdown_timeout_ms, 15 s by default). */
 #define PC_NNG_CLOSE_MS 3000
+/* What a close waits once another was abandoned in this process. */
+#define PC_NNG_CLOSE_AFTER_HANG_MS 200
 
 /* True when the socket closed in time; false when it was abandoned (a
  * warning naming what is logged). */
