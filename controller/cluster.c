@@ -58,6 +58,7 @@ struct pc_cluster {
     uv_timer_t tick;
     pc_metric *m_term, *m_commit, *m_applied, *m_last_index, *m_leader, *m_leader_changes;
     uint64_t seen_leader; /* for m_leader_changes (loop thread) */
+    uint64_t won_term;    /* last term this node was seen leading (loop thread) */
     /* A leadership transfer before a stop (loop thread). */
     struct raft_transfer transfer;
     uv_timer_t transfer_timer;
@@ -419,7 +420,14 @@ void pc_cluster_refresh(pc_cluster *c)
         /* Whoever waits to write here must hear that it never will. */
         if (c->n_waiters > 0)
             run_waiters(c);
-    } else if (c->ready_term != c->raft.current_term && !c->barrier_pending) {
+    } else if (c->won_term != c->raft.current_term) {
+        /* Said apart from "leads term" (which waits for the barrier): a
+         * leader that loses the term before its barrier commits still led. */
+        c->won_term = c->raft.current_term;
+        pc_info("cluster", "node %llu won the election for term %llu",
+                (unsigned long long)c->opt.id, (unsigned long long)c->won_term);
+    }
+    if (state == RAFT_LEADER && c->ready_term != c->raft.current_term && !c->barrier_pending) {
         c->barrier.data = c;
         if (raft_barrier(&c->raft, &c->barrier, barrier_done) == 0)
             c->barrier_pending = true;
