@@ -38,6 +38,11 @@ bool pc_runtime_name_valid(const char *name)
     return all_in(name, 1, 32, "", false);
 }
 
+bool pc_idempotency_key_valid(const char *key)
+{
+    return all_in(key, 1, PC_IDEMPOTENCY_KEY_MAX, "._:-", true);
+}
+
 bool pc_bundle_path_valid(const char *path)
 {
     if (!all_in(path, 1, PC_PATH_MAX, "._-/", true))

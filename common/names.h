@@ -1,14 +1,15 @@
 /* names.h - validation of names that come from outside: tenants, agents,
- * PoPs, bundle paths. Every check is total: NULL and any length are safe. */
+ * PoPs, bundle paths, idempotency keys. Every check is total: NULL and any length are safe. */
 #ifndef PC_NAMES_H
 #define PC_NAMES_H
 
 #include <stdbool.h>
 #include <stddef.h>
 
-#define PC_TENANT_MAX 63
-#define PC_ID_MAX     128 /* agent ids, PoP names, node ids */
-#define PC_PATH_MAX   255 /* a path inside a bundle */
+#define PC_TENANT_MAX          63
+#define PC_ID_MAX              128 /* agent ids, PoP names, node ids */
+#define PC_PATH_MAX            255 /* a path inside a bundle */
+#define PC_IDEMPOTENCY_KEY_MAX 64
 
 /* [a-z0-9-]{1,63} */
 bool pc_tenant_name_valid(const char *name);
@@ -19,5 +20,8 @@ bool pc_id_valid(const char *id);
 bool pc_bundle_path_valid(const char *path);
 /* A runtime adapter name: [a-z0-9]{1,32} */
 bool pc_runtime_name_valid(const char *name);
+/* A write's Idempotency-Key: [A-Za-z0-9._:-]{1,64} (a UUID, a hex
+ * string, "deploy-2026-12-03.1", ...). */
+bool pc_idempotency_key_valid(const char *key);
 
 #endif

@@ -14,6 +14,7 @@
 
 #include "byteorder.h"
 #include "envelope.h"
+#include "names.h"
 
 #define DEFAULT_MAP_SIZE (64ull << 20)
 #define DEFAULT_MAP_MAX  (64ull << 30)
@@ -575,6 +576,120 @@ int pc_store_apply(pc_store *s, const Popcast__SignedManifest *sm, const Popcast
     return write_txn(s, apply_body, &a, err);
 }
 
+/* Idempotency keys (invariant 7). */
+
+#define IDEM_PREFIX        "idem/"
+#define IDEM_TIME_PREFIX   "idemt/"
+#define IDEM_KEY_MAX       (sizeof(IDEM_TIME_PREFIX) + 21 + PC_TENANT_MAX + 1 + PC_IDEMPOTENCY_KEY_MAX)
+#define IDEM_PRUNE_PER_PUT 16
+
+static size_t idem_key(char *buf, size_t cap, const char *tenant, const char *key)
+{
+    return (size_t)snprintf(buf, cap, IDEM_PREFIX "%s/%s", tenant, key);
+}
+
+static size_t idem_time_key(char *buf, size_t cap, int64_t ms, const char *tenant, const char *key)
+{
+    return (size_t)snprintf(buf, cap, IDEM_TIME_PREFIX "%020lld/%s/%s",
+                            (long long)(ms > 0 ? ms : 0), tenant, key);
+}
+
+/* Drops a few records older than the retention before ms (oldest first):
+ * at most as many per put as it may take, so the kept set stays bounded
+ * by the write rate over the retention. */
+static int idem_prune(pc_store *s, MDB_txn *txn, int64_t ms, pc_err *err)
+{
+    char bound[IDEM_KEY_MAX];
+    int blen = snprintf(
+        bound, sizeof(bound), IDEM_TIME_PREFIX "%020lld",
+        (long long)(ms > PC_STORE_IDEMPOTENCY_RETAIN_MS ? ms - PC_STORE_IDEMPOTENCY_RETAIN_MS : 0));
+    size_t plen = strlen(IDEM_TIME_PREFIX);
+    MDB_cursor *cur = NULL;
+    int mrc = mdb_cursor_open(txn, s->meta, &cur);
+    if (mrc != 0)
+        return mdb_fail(err, mrc, "open idempotency index");
+    int rc = PC_OK;
+    for (int n = 0; rc == PC_OK && n < IDEM_PRUNE_PER_PUT; n++) {
+        /* Sought again after each delete: the oldest left comes first. */
+        MDB_val k = {plen, (void *)IDEM_TIME_PREFIX}, v;
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+        if (mrc == MDB_NOTFOUND)
+            break;
+        if (mrc != 0) {
+            rc = mdb_fail(err, mrc, "walk idempotency index");
+            break;
+        }
+        if (k.mv_size <= plen + 21 || memcmp(k.mv_data, IDEM_TIME_PREFIX, plen) != 0 ||
+            memcmp(k.mv_data, bound, (size_t)blen) >= 0)
+            break;
+        /* "idemt/<20 digits>/<tenant>/<key>" indexes "idem/<tenant>/<key>". */
+        char rec[IDEM_KEY_MAX];
+        size_t skip = plen + 21;
+        int rlen = snprintf(rec, sizeof(rec), IDEM_PREFIX "%.*s", (int)(k.mv_size - skip),
+                            (const char *)k.mv_data + skip);
+        MDB_val rk = {rlen > 0 && (size_t)rlen < sizeof(rec) ? (size_t)rlen : 0, rec};
+        if ((mrc = mdb_cursor_del(cur, 0)) != 0) {
+            rc = mdb_fail(err, mrc, "drop an idempotency key");
+            break;
+        }
+        int drc = rk.mv_size > 0 ? mdb_del(txn, s->meta, &rk, NULL) : MDB_NOTFOUND;
+        if (drc != 0 && drc != MDB_NOTFOUND)
+            rc = mdb_fail(err, drc, "drop an idempotency key");
+    }
+    mdb_cursor_close(cur);
+    return rc;
+}
+
+static int put_idempotency(pc_store *s, MDB_txn *txn, const Popcast__IdempotencyRecord *r,
+                           const Popcast__Manifest *m, pc_err *err)
+{
+    if (r->seq != m->seq || m->tenant == NULL || strcmp(r->tenant, m->tenant) != 0 ||
+        !pc_idempotency_key_valid(r->key) || r->fingerprint.len != PC_HASH_LEN)
+        return pc_err_set(err, PC_E_INVALID, "idempotency record does not match entry seq %llu",
+                          (unsigned long long)m->seq);
+    char k[IDEM_KEY_MAX], tk[IDEM_KEY_MAX];
+    size_t klen = idem_key(k, sizeof(k), r->tenant, r->key);
+    size_t len = popcast__idempotency_record__get_packed_size(r);
+    MDB_val key = {klen, k}, val = {len, NULL};
+    /* A key names one entry: a second entry for a kept key is refused
+     * (the pipeline answers a retry from the first instead). */
+    int mrc = mdb_put(txn, s->meta, &key, &val, MDB_RESERVE | MDB_NOOVERWRITE);
+    if (mrc == MDB_KEYEXIST)
+        return pc_err_set(err, PC_E_EXISTS, "idempotency key %s of %s names another entry", r->key,
+                          r->tenant);
+    if (mrc != 0)
+        return mdb_fail(err, mrc, "write idempotency key");
+    popcast__idempotency_record__pack(r, val.mv_data);
+    size_t tklen = idem_time_key(tk, sizeof(tk), r->created_unix_ms, r->tenant, r->key);
+    MDB_val tkey = {tklen, tk}, empty = {0, ""};
+    if ((mrc = mdb_put(txn, s->meta, &tkey, &empty, 0)) != 0)
+        return mdb_fail(err, mrc, "write idempotency index");
+    return idem_prune(s, txn, r->created_unix_ms, err);
+}
+
+int pc_store_get_idempotency(pc_store *s, const char *tenant, const char *key,
+                             Popcast__IdempotencyRecord **out, pc_err *err)
+{
+    *out = NULL;
+    if (!pc_tenant_name_valid(tenant) || !pc_idempotency_key_valid(key))
+        return pc_err_set(err, PC_E_INVALID, "not a valid tenant and idempotency key");
+    char k[IDEM_KEY_MAX];
+    MDB_val mk = {idem_key(k, sizeof(k), tenant, key), k}, v;
+    MDB_txn *txn;
+    int rc = read_begin(s, &txn, err);
+    if (rc != PC_OK)
+        return rc;
+    int mrc = mdb_get(txn, s->meta, &mk, &v);
+    if (mrc == MDB_NOTFOUND)
+        rc = pc_err_set(err, PC_E_NOTFOUND, "no idempotency key %s for %s", key, tenant);
+    else if (mrc != 0)
+        rc = mdb_fail(err, mrc, "read idempotency key");
+    else if ((*out = popcast__idempotency_record__unpack(NULL, v.mv_size, v.mv_data)) == NULL)
+        rc = pc_err_set(err, PC_E_STORE, "idempotency key %s of %s does not decode", key, tenant);
+    read_end(s, txn);
+    return rc;
+}
+
 typedef struct batch_args {
     const pc_store_item *items;
     size_t n;
@@ -589,6 +704,8 @@ static int batch_body(pc_store *s, MDB_txn *txn, void *arg, pc_err *err)
         /* Each entry sees the ones before it (same transaction), so the
          * seq and version checks are exactly pc_store_apply's, in order. */
         int rc = apply_body(s, txn, &a, err);
+        if (rc == PC_OK && it->idempotency != NULL)
+            rc = put_idempotency(s, txn, it->idempotency, it->m, err);
         if (rc != PC_OK)
             return rc;
     }

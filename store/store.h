@@ -24,10 +24,19 @@
  *     snapshot that carries rotations) also stores it under
  *     "rotation/<seq, 20 digits>" in meta, in the same transaction, so the
  *     chain of signing keys survives log truncation, restarts and snapshots.
+ *  7. An idempotency key names the entry it made for as long as it is
+ *     kept: pc_store_apply_batch stores an item's key record in the same
+ *     transaction as the entry, under "idem/<tenant>/<key>" in meta (with
+ *     "idemt/<created ms, 20 digits>/<tenant>/<key>" as its time index).
+ *     Records older than PC_STORE_IDEMPOTENCY_RETAIN_MS before the newest
+ *     stored one are dropped, a few per store, by the same transactions:
+ *     every replica applies the same entries, so every replica keeps the
+ *     same keys.
  *
  * Layout (named databases):
  *   meta     string key -> bytes      "applied_seq" (u64 big-endian), ids,
- *                                     "rotation/<seq>" -> LogRecord
+ *                                     "rotation/<seq>" -> LogRecord,
+ *                                     "idem/<tenant>/<key>" -> IdempotencyRecord
  *   log      u64 BE seq -> LogRecord  (the signed manifest, exact bytes)
  *   versions tenant "\0" u64 BE version -> u64 BE seq
  *   tenants  tenant -> TenantRecord
@@ -90,6 +99,10 @@ typedef struct pc_store_item {
     const Popcast__Manifest *m;
     const uint8_t *bundle; /* content kinds only */
     size_t bundle_len;
+    /* Batches only, may be NULL: the idempotency key of the request that
+     * made this entry (invariant 7); its tenant and seq must be the
+     * entry's. */
+    const Popcast__IdempotencyRecord *idempotency;
 } pc_store_item;
 
 /* Applies n entries at consecutive seqs (the first following the applied
@@ -98,6 +111,17 @@ typedef struct pc_store_item {
  * error (pc_store_apply's codes), none. Group commit: one fsync for the
  * lot. */
 int pc_store_apply_batch(pc_store *s, const pc_store_item *items, size_t n, pc_err *err);
+
+/* How long an idempotency key is kept (invariant 7): a client may retry
+ * a write for this long after it was made. */
+#define PC_STORE_IDEMPOTENCY_RETAIN_MS (24ll * 3600 * 1000)
+
+/* The record of tenant's idempotency key (free it with
+ * popcast__idempotency_record__free_unpacked). PC_E_NOTFOUND if no kept
+ * record has that key; PC_E_INVALID for a tenant or key that is not
+ * valid (names.h). */
+int pc_store_get_idempotency(pc_store *s, const char *tenant, const char *key,
+                             Popcast__IdempotencyRecord **out, pc_err *err);
 
 /* Installs a snapshot (each tenant's latest entry as of seq) in ONE write
  * transaction: items whose version is above the tenant's last_version are

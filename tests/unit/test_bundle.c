@@ -267,6 +267,19 @@ static void test_names(void **state)
     assert_false(pc_id_valid("a b"));
     assert_true(pc_runtime_name_valid("lua"));
     assert_false(pc_runtime_name_valid("Lua"));
+    assert_true(pc_idempotency_key_valid("0f3a9c2e-7b1d-4e55-9a10-2c3b4d5e6f70"));
+    assert_true(pc_idempotency_key_valid("release-2026-12-03.1:retry_2"));
+    assert_false(pc_idempotency_key_valid(""));
+    assert_false(pc_idempotency_key_valid(NULL));
+    assert_false(pc_idempotency_key_valid("a b"));
+    assert_false(pc_idempotency_key_valid("a/b")); /* '/' separates the store's key parts */
+    assert_false(pc_idempotency_key_valid("k\xc3\xa9"));
+    memset(name, 'k', 64);
+    name[64] = '\0';
+    assert_true(pc_idempotency_key_valid(name));
+    name[64] = 'k';
+    name[65] = '\0';
+    assert_false(pc_idempotency_key_valid(name));
 }
 
 int main(void)

@@ -299,7 +299,7 @@ static void test_batch_is_all_or_nothing(void **state)
             assert_int_equal(entry_make(&es[n], bad[b].e[n].tenant, bad[b].e[n].seq,
                                         bad[b].e[n].version, bad[b].e[n].size, (int)(10 + n)),
                              PC_OK);
-            items[n] = (pc_store_item){&es[n].sm, &es[n].m, es[n].bundle, es[n].len};
+            items[n] = (pc_store_item){&es[n].sm, &es[n].m, es[n].bundle, es[n].len, NULL};
         }
         int rc = pc_store_apply_batch(s, items, n, &err);
         if (rc != bad[b].expect)
@@ -320,7 +320,7 @@ static void test_batch_is_all_or_nothing(void **state)
     assert_int_equal(entry_make(&es[2], "acme", 5, 3, 0, 0), PC_OK);
     pc_store_item items[3];
     for (size_t i = 0; i < 3; i++)
-        items[i] = (pc_store_item){&es[i].sm, &es[i].m, es[i].bundle, es[i].len};
+        items[i] = (pc_store_item){&es[i].sm, &es[i].m, es[i].bundle, es[i].len, NULL};
     if (pc_store_apply_batch(s, items, 3, &err) != PC_OK)
         fail_msg("good batch: %s", err.msg);
     assert_int_equal(applied(s), 5);
@@ -346,6 +346,131 @@ static void test_batch_is_all_or_nothing(void **state)
         entry_free(&es[i]);
     pc_store_close(s);
     pc_test_rm_rf(dir);
+}
+
+/* Invariant 7: an idempotency key is stored with the entry it names, in
+ * the same transaction; a key that does not match its entry, or that is
+ * already kept, fails the whole batch; records past the retention before
+ * the newest one are dropped. */
+static void idem_record(Popcast__IdempotencyRecord *r, const char *tenant, const char *idem_key,
+                        uint8_t fp[PC_HASH_LEN], uint64_t seq, int64_t ms)
+{
+    popcast__idempotency_record__init(r);
+    r->tenant = (char *)tenant;
+    r->key = (char *)idem_key;
+    r->fingerprint.data = fp;
+    r->fingerprint.len = PC_HASH_LEN;
+    r->seq = seq;
+    r->created_unix_ms = ms;
+}
+
+static void test_idempotency_keys(void **state)
+{
+    (void)state;
+    char dir[256];
+    pc_test_tmpdir(dir, sizeof(dir), "store");
+    pc_store *s = open_store(dir, true, 0, 0);
+    pc_err err;
+    uint8_t fp[PC_HASH_LEN];
+    memset(fp, 7, sizeof(fp));
+    const int64_t day = PC_STORE_IDEMPOTENCY_RETAIN_MS;
+    Popcast__IdempotencyRecord *got = NULL;
+    assert_int_equal(pc_store_get_idempotency(s, "acme", "k1", &got, &err), PC_E_NOTFOUND);
+    assert_int_equal(pc_store_get_idempotency(s, "acme", "bad key", &got, &err), PC_E_INVALID);
+    assert_int_equal(pc_store_get_idempotency(s, "ACME", "k1", &got, &err), PC_E_INVALID);
+
+    /* Refused, nothing stored: a record for another seq, another tenant,
+     * a key that is not valid, a fingerprint of the wrong size. */
+    struct {
+        const char *why, *tenant, *key;
+        uint64_t seq;
+        size_t fp_len;
+    } bad[] = {
+        {"another seq", "acme", "k1", 2, PC_HASH_LEN},
+        {"another tenant", "other", "k1", 1, PC_HASH_LEN},
+        {"a key that is not valid", "acme", "k 1", 1, PC_HASH_LEN},
+        {"a short fingerprint", "acme", "k1", 1, 4},
+    };
+    for (size_t b = 0; b < sizeof(bad) / sizeof(bad[0]); b++) {
+        entry e;
+        assert_int_equal(entry_make(&e, "acme", 1, 1, 100, 1), PC_OK);
+        Popcast__IdempotencyRecord r;
+        idem_record(&r, bad[b].tenant, bad[b].key, fp, bad[b].seq, 5 * day);
+        r.fingerprint.len = bad[b].fp_len;
+        pc_store_item item = {&e.sm, &e.m, e.bundle, e.len, &r};
+        int rc = pc_store_apply_batch(s, &item, 1, &err);
+        if (rc != PC_E_INVALID)
+            fail_msg("%s: got %s (%s)", bad[b].why, pc_err_name(rc), err.msg);
+        assert_int_equal(applied(s), 0);
+        entry_free(&e);
+    }
+    assert_int_equal(pc_store_get_idempotency(s, "acme", "k1", &got, &err), PC_E_NOTFOUND);
+
+    /* Stored with its entry. */
+    entry e1;
+    assert_int_equal(entry_make(&e1, "acme", 1, 1, 100, 1), PC_OK);
+    Popcast__IdempotencyRecord r1;
+    idem_record(&r1, "acme", "k1", fp, 1, 5 * day);
+    pc_store_item item = {&e1.sm, &e1.m, e1.bundle, e1.len, &r1};
+    if (pc_store_apply_batch(s, &item, 1, &err) != PC_OK)
+        fail_msg("apply with a key: %s", err.msg);
+    assert_int_equal(pc_store_get_idempotency(s, "acme", "k1", &got, &err), PC_OK);
+    assert_int_equal(got->seq, 1);
+    assert_string_equal(got->key, "k1");
+    assert_memory_equal(got->fingerprint.data, fp, PC_HASH_LEN);
+    popcast__idempotency_record__free_unpacked(got, NULL);
+    /* Keys are per tenant. */
+    assert_int_equal(pc_store_get_idempotency(s, "other", "k1", &got, &err), PC_E_NOTFOUND);
+
+    /* The same key again, in a batch with another entry: all refused. */
+    entry e2, e3;
+    assert_int_equal(entry_make(&e2, "other", 2, 1, 100, 2), PC_OK);
+    assert_int_equal(entry_make(&e3, "acme", 3, 2, 100, 3), PC_OK);
+    Popcast__IdempotencyRecord r3;
+    idem_record(&r3, "acme", "k1", fp, 3, 5 * day);
+    pc_store_item two[] = {{&e2.sm, &e2.m, e2.bundle, e2.len, NULL},
+                           {&e3.sm, &e3.m, e3.bundle, e3.len, &r3}};
+    assert_int_equal(pc_store_apply_batch(s, two, 2, &err), PC_E_EXISTS);
+    assert_int_equal(applied(s), 1);
+    assert_int_equal(pc_store_get_tenant(s, "other", &(pc_tenant_state){0}, &err), PC_E_NOTFOUND);
+
+    /* Retention: a record made more than a day after k1 drops it; one
+     * made less than a day after k2 keeps k2. */
+    idem_record(&r3, "acme", "k2", fp, 3, 5 * day + day / 2);
+    if (pc_store_apply_batch(s, two, 2, &err) != PC_OK)
+        fail_msg("apply with a second key: %s", err.msg);
+    assert_int_equal(pc_store_get_idempotency(s, "acme", "k1", &got, &err), PC_OK);
+    popcast__idempotency_record__free_unpacked(got, NULL);
+    entry e4;
+    assert_int_equal(entry_make(&e4, "acme", 4, 3, 100, 4), PC_OK);
+    Popcast__IdempotencyRecord r4;
+    idem_record(&r4, "acme", "k3", fp, 4, 6 * day + 1);
+    pc_store_item last = {&e4.sm, &e4.m, e4.bundle, e4.len, &r4};
+    if (pc_store_apply_batch(s, &last, 1, &err) != PC_OK)
+        fail_msg("apply with a third key: %s", err.msg);
+    assert_int_equal(pc_store_get_idempotency(s, "acme", "k1", &got, &err), PC_E_NOTFOUND);
+    assert_int_equal(pc_store_get_idempotency(s, "acme", "k2", &got, &err), PC_OK);
+    assert_int_equal(got->seq, 3);
+    popcast__idempotency_record__free_unpacked(got, NULL);
+    assert_int_equal(pc_store_get_idempotency(s, "acme", "k3", &got, &err), PC_OK);
+    popcast__idempotency_record__free_unpacked(got, NULL);
+    /* Once dropped, the key may name a new entry. */
+    entry e5;
+    assert_int_equal(entry_make(&e5, "acme", 5, 4, 100, 5), PC_OK);
+    Popcast__IdempotencyRecord r5;
+    idem_record(&r5, "acme", "k1", fp, 5, 6 * day + 2);
+    pc_store_item again = {&e5.sm, &e5.m, e5.bundle, e5.len, &r5};
+    if (pc_store_apply_batch(s, &again, 1, &err) != PC_OK)
+        fail_msg("a dropped key again: %s", err.msg);
+    assert_int_equal(pc_store_get_idempotency(s, "acme", "k1", &got, &err), PC_OK);
+    assert_int_equal(got->seq, 5);
+    popcast__idempotency_record__free_unpacked(got, NULL);
+    entry_free(&e1);
+    entry_free(&e2);
+    entry_free(&e3);
+    entry_free(&e4);
+    entry_free(&e5);
+    pc_store_close(s);
 }
 
 static void test_blob_references(void **state)
@@ -570,7 +695,7 @@ static void test_rotations_are_kept(void **state)
     pc_store *d = open_store(dir2, false, 0, 0);
     entry a2;
     assert_int_equal(entry_make(&a2, "a", 3, 2, 100, 2), PC_OK);
-    pc_store_item items[] = {{&a2.sm, &a2.m, a2.bundle, a2.len}, {&sm, &m, NULL, 0}};
+    pc_store_item items[] = {{&a2.sm, &a2.m, a2.bundle, a2.len, NULL}, {&sm, &m, NULL, 0, NULL}};
     bool done[2];
     assert_int_equal(pc_store_install_snapshot(d, 3, items, 2, done, &err), PC_OK);
     assert_false(done[1]); /* a rotation changes no tenant */
@@ -730,9 +855,9 @@ static void test_snapshot_install(void **state)
     assert_int_equal(entry_make(&a2, "a", 7, 2, 300, 1), PC_OK);
     assert_int_equal(entry_make(&b1, "b", 9, 1, 300, 2), PC_OK);
     assert_int_equal(entry_make(&c3, "c", 10, 3, 0, 0), PC_OK); /* deleted tenant */
-    pc_store_item items[] = {{&a2.sm, &a2.m, a2.bundle, a2.len},
-                             {&b1.sm, &b1.m, b1.bundle, b1.len},
-                             {&c3.sm, &c3.m, NULL, 0}};
+    pc_store_item items[] = {{&a2.sm, &a2.m, a2.bundle, a2.len, NULL},
+                             {&b1.sm, &b1.m, b1.bundle, b1.len, NULL},
+                             {&c3.sm, &c3.m, NULL, 0, NULL}};
     /* A tampered item makes the whole snapshot fail, with nothing stored. */
     b1.bundle[3] ^= 1;
     bool done[3];
@@ -762,7 +887,7 @@ static void test_snapshot_install(void **state)
     dst = open_store(dst_dir, false, 0, 0);
     entry a1;
     assert_int_equal(entry_make(&a1, "a", 3, 1, 300, 4), PC_OK);
-    pc_store_item old[] = {{&a1.sm, &a1.m, a1.bundle, a1.len}};
+    pc_store_item old[] = {{&a1.sm, &a1.m, a1.bundle, a1.len, NULL}};
     assert_int_equal(pc_store_install_snapshot(dst, 20, old, 1, done, &err), PC_OK);
     assert_false(done[0]);
     assert_int_equal(pc_store_get_tenant(dst, "a", &t, &err), PC_OK);
@@ -983,6 +1108,7 @@ int main(void)
         cmocka_unit_test(test_one_process_per_directory),
         cmocka_unit_test(test_snapshot_install),
         cmocka_unit_test(test_rotations_are_kept),
+        cmocka_unit_test(test_idempotency_keys),
         cmocka_unit_test(test_walkers_return_callback_errors),
         cmocka_unit_test(test_copy_and_replace),
         cmocka_unit_test(test_kill_9_writer_leaves_a_complete_prefix),
