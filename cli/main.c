@@ -16,6 +16,7 @@
 #include <jansson.h>
 #include <libgen.h>
 #include <limits.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -90,6 +91,7 @@ enum opt_id {
     O_ROOT_KEY,
     O_AUTHORIZATION,
     O_REPLACES,
+    O_IDEMPOTENCY_KEY,
     O_COUNT
 };
 
@@ -105,6 +107,9 @@ typedef struct cli {
     char env_controllers[1024]; /* POPCAST_CONTROLLER's list, split */
     long long retry_for_s;      /* --retry-for */
     bool outcome_unknown;       /* a write went out and no answer came */
+    /* Deploy, rollback, delete: the Idempotency-Key every try of the
+     * write carries (--idempotency-key, or a random one per run). */
+    char idempotency_key[PC_IDEMPOTENCY_KEY_MAX + 1];
     const char *token;
     const char *token_file;
     char token_buf[256];
@@ -162,16 +167,23 @@ static void next_controller(cli *c)
  * cannot be connected to, or answers 503 (an election, a start, a stop);
  * the same one again after 429, as its Retry-After says. Each of those
  * means the request was not acted on, so a write is sent again safely.
- * A write that was sent and got no answer is not sent again: it may have
- * been done (c->outcome_unknown, exit 7). A read is retried anyway. A
+ * A write that was sent and got no answer is sent again only when it
+ * carries an idempotency key (the controller answers a retry from the
+ * change the key made, never a second one); without one it may have been
+ * done (c->outcome_unknown, exit 7). A read is retried anyway. A
  * follower's 307 is followed to the leader. */
 static json_t *call(cli *c, const char *method, const char *path, const char *content_type,
                     const void *body, size_t len)
 {
     const char *tok = c->token;
     char auth[300];
-    const char *headers[7];
+    const char *headers[9];
     int h = 0;
+    bool keyed = c->idempotency_key[0] != '\0' && strcmp(method, "GET") != 0;
+    if (keyed) {
+        headers[h++] = "Idempotency-Key";
+        headers[h++] = c->idempotency_key;
+    }
     if (tok != NULL) {
         snprintf(auth, sizeof(auth), "Bearer %s", tok);
         headers[h++] = "Authorization";
@@ -194,7 +206,21 @@ static json_t *call(cli *c, const char *method, const char *path, const char *co
         char base[512];
         snprintf(base, sizeof(base), "%s", c->controller);
         if (pc_http_call(base, method, path, headers, body, len, TIMEOUT_MS, &r, &err) != PC_OK) {
-            if (r.sent && !read) {
+            bool may_retry = pc_mono_ms() + pause <= give_up;
+            if (r.sent && keyed && may_retry) {
+                fprintf(stderr,
+                        "popcast: %s\npopcast: the request was sent and no answer came; sending it "
+                        "again with the same idempotency key (%s)\n",
+                        err.msg, c->idempotency_key);
+            } else if (r.sent && keyed) {
+                c->outcome_unknown = true;
+                fprintf(stderr,
+                        "popcast: %s\npopcast: the request was sent and no answer came: it may or "
+                        "may not have been done; run the same command with --idempotency-key %s "
+                        "to find out (it is not done twice)\n",
+                        err.msg, c->idempotency_key);
+                return NULL;
+            } else if (r.sent && !read) {
                 c->outcome_unknown = true;
                 fprintf(stderr,
                         "popcast: %s\npopcast: the request was sent and no answer came: it may or "
@@ -208,8 +234,9 @@ static json_t *call(cli *c, const char *method, const char *path, const char *co
                 fprintf(stderr, "popcast: %s\n", err.msg);
                 return NULL;
             }
-            fprintf(stderr, "popcast: %s%s\n", err.msg,
-                    c->n_controllers > 1 ? "; trying the next controller" : "; trying again");
+            if (!(r.sent && keyed)) /* else said above */
+                fprintf(stderr, "popcast: %s%s\n", err.msg,
+                        c->n_controllers > 1 ? "; trying the next controller" : "; trying again");
             next_controller(c);
             if (tried % (c->n_controllers > 0 ? c->n_controllers : 1) == 0) {
                 sleep_ms(pause);
@@ -358,6 +385,16 @@ static int read_file(const char *path, uint8_t **out, size_t *len)
     return *out ? 0 : -1;
 }
 
+/* Deploy, rollback, delete: every try of the write carries this key. */
+static void use_idempotency_key(cli *c)
+{
+    if (c->idempotency_key[0] != '\0')
+        return; /* --idempotency-key */
+    uint8_t raw[16];
+    randombytes_buf(raw, sizeof(raw));
+    pc_hex(c->idempotency_key, raw, sizeof(raw));
+}
+
 static int cmd_deploy(cli *c)
 {
     const char *tenant = c->args[0], *path = c->args[1];
@@ -387,6 +424,7 @@ static int cmd_deploy(cli *c)
     char url[512];
     snprintf(url, sizeof(url), "/v1/tenants/%s/bundles?runtime=%s", tenant,
              c->runtime ? c->runtime : "lua");
+    use_idempotency_key(c);
     json_t *doc = call(c, "POST", url, "application/vnd.popcast.bundle", archive, archive_len);
     free(archive);
     if (doc == NULL)
@@ -438,6 +476,7 @@ static int cmd_rollback(cli *c)
     char url[256], body[64];
     snprintf(url, sizeof(url), "/v1/tenants/%s/rollback", tenant);
     int n = snprintf(body, sizeof(body), "{\"version\": %lld}", version);
+    use_idempotency_key(c);
     json_t *doc = call(c, "POST", url, "application/json", body, (size_t)n);
     if (doc == NULL)
         return 1;
@@ -456,6 +495,7 @@ static int cmd_delete(cli *c)
     const char *tenant = c->args[0];
     char url[256];
     snprintf(url, sizeof(url), "/v1/tenants/%s", tenant);
+    use_idempotency_key(c);
     json_t *doc = call(c, "DELETE", url, NULL, NULL, 0);
     if (doc == NULL)
         return 1;
@@ -1114,6 +1154,13 @@ static bool check_fraction(const char *label, const char *v, char *why, size_t c
            refuse(why, cap, "%s must be a number in (0, 1], not '%s'", label, v);
 }
 
+static bool check_idempotency_key(const char *label, const char *v, char *why, size_t cap)
+{
+    return pc_idempotency_key_valid(v) ||
+           refuse(why, cap, "%s must be 1 to 64 of A-Z, a-z, 0-9, '.', '_', ':', '-', not '%s'",
+                  label, v);
+}
+
 static bool check_runtime(const char *label, const char *v, char *why, size_t cap)
 {
     return pc_runtime_name_valid(v) ||
@@ -1334,6 +1381,13 @@ static const option options[O_COUNT] = {
                              "carry a root's offline authorization (from `popcast key authorize`)",
                          .check = check_file,
                          .excludes = O_ROOT_KEY},
+    [O_IDEMPOTENCY_KEY] = {.name = "--idempotency-key",
+                           .metavar = "KEY",
+                           .help = "the write's idempotency key, sent on every try (1 to 64 of "
+                                   "A-Z, a-z, 0-9, '.', '_', ':', '-'; default: a new random one "
+                                   "per run); running again with the same key and request is "
+                                   "answered with what the first run made, never a second change",
+                           .check = check_idempotency_key},
     [O_REPLACES] = {.name = "--replaces",
                     .metavar = "KEY_ID",
                     .help =
@@ -1395,7 +1449,7 @@ static const command commands[] = {
      "upload a file or directory as a new version",
      {TENANT_ARG, {"PATH", check_bundle_path}},
      0,
-     OPTS(O_ENTRYPOINT, O_RUNTIME, WAIT_OPTS, O_JSON),
+     OPTS(O_ENTRYPOINT, O_RUNTIME, O_IDEMPOTENCY_KEY, WAIT_OPTS, O_JSON),
      false,
      cmd_deploy},
     {"versions",
@@ -1411,7 +1465,7 @@ static const command commands[] = {
      "make VERSION's content the new version",
      {TENANT_ARG, VERSION_ARG},
      0,
-     OPTS(WAIT_OPTS, O_JSON),
+     OPTS(O_IDEMPOTENCY_KEY, WAIT_OPTS, O_JSON),
      false,
      cmd_rollback},
     {"delete",
@@ -1419,7 +1473,7 @@ static const command commands[] = {
      "stop serving a tenant",
      {TENANT_ARG},
      0,
-     OPTS(WAIT_OPTS, O_JSON),
+     OPTS(O_IDEMPOTENCY_KEY, WAIT_OPTS, O_JSON),
      false,
      cmd_delete},
     {"status",
@@ -1820,6 +1874,9 @@ static void store(cli *c, int id, const char *value)
     case O_ROOT_KEY: c->root_key = value; break;
     case O_AUTHORIZATION: c->authorization = value; break;
     case O_REPLACES: c->replaces = value; break;
+    case O_IDEMPOTENCY_KEY:
+        snprintf(c->idempotency_key, sizeof(c->idempotency_key), "%s", value);
+        break;
     default: break;
     }
 }

@@ -355,9 +355,14 @@ static void change_done(pc_change *c, const pc_change_result *r)
     case PC_CHANGE_AGENT_ENROLL:
     case PC_CHANGE_AGENT_REVOKE: answer = api_agent_change_json(c, r); break;
     case PC_CHANGE_KEY_ROTATE: answer = api_key_change_json(c, r); break;
-    default: pc_metric_add(api->m_changes, 1); answer = api_tenant_change_json(c, r);
+    default:
+        if (!r->replayed)
+            pc_metric_add(api->m_changes, 1);
+        answer = api_tenant_change_json(c, r);
     }
-    pc_httpd_reply_json(rq, kind->success_status, answer, NULL);
+    /* A replay answers as the first time did, and says it is one. */
+    static const char *const replayed[] = {"Idempotent-Replayed", "true", NULL};
+    pc_httpd_reply_json(rq, kind->success_status, answer, r->replayed ? replayed : NULL);
 }
 
 void api_submit(pc_api *api, pc_httpd_req *rq, pc_change *c)
@@ -365,6 +370,12 @@ void api_submit(pc_api *api, pc_httpd_req *rq, pc_change *c)
     pc_err err;
     c->done = change_done;
     c->arg = rq;
+    const char *key = pc_httpd_header(rq, "Idempotency-Key");
+    if (key != NULL && pc_change_set_idempotency(c, key, &err) != PC_OK) {
+        pc_change_free(c);
+        pc_httpd_error(rq, err.code, "%s", err.msg);
+        return;
+    }
     if (pc_pipeline_submit(api->pipeline, c, &err) != PC_OK) {
         pc_change_free(c);
         pc_httpd_error(rq, err.code, "%s", err.msg);

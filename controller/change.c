@@ -52,3 +52,36 @@ void pc_change_free(pc_change *c)
     }
     free(c);
 }
+
+int pc_change_set_idempotency(pc_change *c, const char *key, pc_err *err)
+{
+    if (!pc_change_kind_get(c->kind)->tenant)
+        return pc_err_set(err, PC_E_INVALID,
+                          "Idempotency-Key is honoured on deploys, rollbacks and deletes only");
+    if (!pc_idempotency_key_valid(key))
+        return pc_err_set(err, PC_E_INVALID,
+                          "Idempotency-Key must be 1 to %d characters of A-Z a-z 0-9 . _ : -",
+                          PC_IDEMPOTENCY_KEY_MAX);
+    snprintf(c->idempotency_key, sizeof(c->idempotency_key), "%s", key);
+    /* What the request asks for, not how it was sent: the same bundle
+     * bytes, entrypoint and runtime, or the same rollback target. */
+    char what[PC_TENANT_MAX + PC_PATH_MAX + PC_RUNTIME_NAME_MAX + PC_HEX_HASH_LEN + 64];
+    uint8_t bundle_hash[PC_HASH_LEN];
+    char hex[PC_HEX_HASH_LEN] = "";
+    int n = 0;
+    switch (c->kind) {
+    case PC_CHANGE_DEPLOY:
+        pc_hash(bundle_hash, c->u.deploy.bundle, c->u.deploy.bundle_len);
+        pc_hex(hex, bundle_hash, PC_HASH_LEN);
+        n = snprintf(what, sizeof(what), "deploy\n%s\n%s\n%s\n%s", c->tenant, c->u.deploy.runtime,
+                     c->u.deploy.entrypoint, hex);
+        break;
+    case PC_CHANGE_ROLLBACK:
+        n = snprintf(what, sizeof(what), "rollback\n%s\n%llu", c->tenant,
+                     (unsigned long long)c->u.rollback.to);
+        break;
+    default: n = snprintf(what, sizeof(what), "delete\n%s", c->tenant); break;
+    }
+    pc_hash(c->fingerprint, what, n > 0 && (size_t)n < sizeof(what) ? (size_t)n : 0);
+    return PC_OK;
+}

@@ -63,6 +63,9 @@ typedef struct pc_change_result {
     int64_t created_unix_ms;
     /* Tenant changes. */
     uint64_t version, bundle_size, rollback_of;
+    /* The change's idempotency key named an entry made before: this is
+     * that entry's result, and nothing new was made. */
+    bool replayed;
     uint8_t hash[PC_HASH_LEN];
     char entrypoint[PC_PATH_MAX + 1];
     char runtime[PC_RUNTIME_NAME_MAX + 1];
@@ -72,6 +75,13 @@ typedef struct pc_change pc_change;
 struct pc_change {
     pc_change_kind kind;
     char tenant[PC_TENANT_MAX + 1]; /* tenant changes */
+    /* Tenant changes, optional (docs/api.md "Idempotent writes"): the
+     * client's key, and the fingerprint of what it asked for. While the
+     * key is kept, the first change that carried it is the only one it
+     * makes: a later one with the same fingerprint gets that change's
+     * result (replayed), one with another fingerprint is refused. */
+    char idempotency_key[PC_IDEMPOTENCY_KEY_MAX + 1];
+    uint8_t fingerprint[PC_HASH_LEN];
     union {
         pc_change_content deploy; /* DEPLOY */
         struct {
@@ -122,5 +132,10 @@ struct pc_change {
 pc_change *pc_change_new(pc_change_kind kind, const char *tenant);
 /* Frees the change and everything it owns; secrets are wiped. */
 void pc_change_free(pc_change *c);
+
+/* Sets a tenant change's idempotency key and fingerprint, once its
+ * content is filled in. PC_E_INVALID (c unchanged) for a key that is not
+ * valid (names.h) or a change that is not a tenant change. */
+int pc_change_set_idempotency(pc_change *c, const char *key, pc_err *err);
 
 #endif

@@ -152,35 +152,15 @@ static bool already_applied(pc_cluster *c, const Popcast__SignedManifest *sm, ui
     return same;
 }
 
-static int apply_entry(pc_cluster *c, const Popcast__Entry *e, bool *replayed, pc_err *err)
-{
-    *replayed = false;
-    if (e->signed_ == NULL)
-        return pc_err_set(err, PC_E_INVALID, "cluster entry without a manifest");
-    Popcast__Manifest *m =
-        popcast__manifest__unpack(NULL, e->signed_->manifest.len, e->signed_->manifest.data);
-    if (m == NULL)
-        return pc_err_set(err, PC_E_INVALID, "cluster entry manifest does not decode");
-    const uint8_t *bundle = pc_manifest_has_content(m) ? e->bundle.data : NULL;
-    size_t len = pc_manifest_has_content(m) ? e->bundle.len : 0;
-    int rc = pc_store_apply(c->opt.store, e->signed_, m, bundle, len, err);
-    if (rc == PC_E_DUPLICATE && already_applied(c, e->signed_, m->seq)) {
-        /* Raft replays its log after a restart: the same entry again is
-         * fine, another entry at an applied seq is a conflict. */
-        rc = PC_OK;
-        *replayed = true;
-    }
-    popcast__manifest__free_unpacked(m, NULL);
-    return rc;
-}
-
 /* A group commit: every entry in one store transaction. A replayed batch
  * was applied whole (one transaction), so it is a replay only if every
  * entry is already in the log, byte for byte. */
-static int apply_batch(pc_cluster *c, const Popcast__EntryBatch *b, bool *replayed, pc_err *err)
+static int apply_batch(pc_cluster *c, Popcast__Entry *const *entries, size_t n_entries,
+                       Popcast__IdempotencyRecord *const *claims, size_t n_claims, bool *replayed,
+                       pc_err *err)
 {
     *replayed = false;
-    size_t n = b->n_entries;
+    size_t n = n_entries;
     if (n == 0)
         return pc_err_set(err, PC_E_INVALID, "an empty cluster batch");
     pc_store_item *items = calloc(n, sizeof(*items));
@@ -189,7 +169,7 @@ static int apply_batch(pc_cluster *c, const Popcast__EntryBatch *b, bool *replay
     if (items == NULL || ms == NULL)
         rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
     for (size_t i = 0; rc == PC_OK && i < n; i++) {
-        const Popcast__Entry *e = b->entries[i];
+        const Popcast__Entry *e = entries[i];
         if (e->signed_ == NULL) {
             rc = pc_err_set(err, PC_E_INVALID, "cluster batch entry %zu without a manifest", i);
             break;
@@ -202,14 +182,25 @@ static int apply_batch(pc_cluster *c, const Popcast__EntryBatch *b, bool *replay
         }
         bool content = pc_manifest_has_content(ms[i]);
         items[i] = (pc_store_item){e->signed_, ms[i], content ? e->bundle.data : NULL,
-                                   content ? e->bundle.len : 0};
+                                   content ? e->bundle.len : 0, NULL};
+    }
+    /* Each key goes with the entry it names, into the same transaction. */
+    for (size_t k = 0; rc == PC_OK && k < n_claims; k++) {
+        size_t i = 0;
+        while (i < n && ms[i]->seq != claims[k]->seq)
+            i++;
+        if (i == n || items[i].idempotency != NULL)
+            rc = pc_err_set(err, PC_E_INVALID, "idempotency key for seq %llu names no entry",
+                            (unsigned long long)claims[k]->seq);
+        else
+            items[i].idempotency = claims[k];
     }
     if (rc == PC_OK)
         rc = pc_store_apply_batch(c->opt.store, items, n, err);
     if (rc == PC_E_DUPLICATE) {
         bool all = true;
         for (size_t i = 0; all && i < n; i++)
-            all = already_applied(c, b->entries[i]->signed_, ms[i]->seq);
+            all = already_applied(c, entries[i]->signed_, ms[i]->seq);
         if (all) {
             rc = PC_OK;
             *replayed = true;
@@ -240,18 +231,18 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     }
     if (cmd == NULL) {
         rc = pc_err_set(&err, PC_E_INVALID, "raft command does not decode");
-    } else if (cmd->body_case == POPCAST__CLUSTER_COMMAND__BODY_ENTRY) {
+    } else if (cmd->body_case == POPCAST__CLUSTER_COMMAND__BODY_ENTRY ||
+               cmd->body_case == POPCAST__CLUSTER_COMMAND__BODY_BATCH) {
+        /* One entry is a batch of one (the same checks, one transaction). */
+        bool one = cmd->body_case == POPCAST__CLUSTER_COMMAND__BODY_ENTRY;
+        Popcast__Entry *const *entries = one ? &cmd->entry : cmd->batch->entries;
+        size_t n = one ? 1 : cmd->batch->n_entries;
         bool replayed = false;
-        rc = apply_entry(c, cmd->entry, &replayed, &err);
-        if (rc == PC_OK && !replayed && c->opt.on_applied != NULL)
-            c->opt.on_applied(c->opt.on_applied_arg, cmd->entry);
-    } else if (cmd->body_case == POPCAST__CLUSTER_COMMAND__BODY_BATCH) {
-        bool replayed = false;
-        rc = apply_batch(c, cmd->batch, &replayed, &err);
-        for (size_t i = 0;
-             rc == PC_OK && !replayed && c->opt.on_applied != NULL && i < cmd->batch->n_entries;
-             i++)
-            c->opt.on_applied(c->opt.on_applied_arg, cmd->batch->entries[i]);
+        rc = entries[0] == NULL && one ? pc_err_set(&err, PC_E_INVALID, "cluster entry is empty")
+                                       : apply_batch(c, entries, n, cmd->idempotency,
+                                                     cmd->n_idempotency, &replayed, &err);
+        for (size_t i = 0; rc == PC_OK && !replayed && c->opt.on_applied != NULL && i < n; i++)
+            c->opt.on_applied(c->opt.on_applied_arg, entries[i]);
     } else if (cmd->body_case == POPCAST__CLUSTER_COMMAND__BODY_NODE) {
         rc = pc_registry_put_node(c->opt.store, cmd->node, &err);
         if (rc == PC_OK)
@@ -606,29 +597,32 @@ static int propose_command(pc_cluster *c, const Popcast__ClusterCommand *cmd, pc
 int pc_cluster_propose_entry(pc_cluster *c, const Popcast__Entry *e, pc_cluster_done done,
                              void *arg, pc_err *err)
 {
-    PC_CHECK_OWNER(&c->loop_thread);
-    Popcast__ClusterCommand cmd = POPCAST__CLUSTER_COMMAND__INIT;
-    cmd.body_case = POPCAST__CLUSTER_COMMAND__BODY_ENTRY;
-    cmd.entry = (Popcast__Entry *)e;
-    return propose_command(c, &cmd, done, arg, err);
+    Popcast__Entry *one = (Popcast__Entry *)e;
+    return pc_cluster_propose_entries(c, &one, 1, NULL, 0, done, arg, err);
 }
 
 int pc_cluster_propose_entries(pc_cluster *c, Popcast__Entry **entries, size_t n,
+                               Popcast__IdempotencyRecord **claims, size_t n_claims,
                                pc_cluster_done done, void *arg, pc_err *err)
 {
     PC_CHECK_OWNER(&c->loop_thread);
     if (n == 0)
         return pc_err_set(err, PC_E_INVALID, "nothing to propose");
-    /* One entry goes as before, so that a lone change reads the same to a
-     * controller that does not know batches. */
-    if (n == 1)
-        return pc_cluster_propose_entry(c, entries[0], done, arg, err);
     Popcast__EntryBatch b = POPCAST__ENTRY_BATCH__INIT;
-    b.entries = entries;
-    b.n_entries = n;
     Popcast__ClusterCommand cmd = POPCAST__CLUSTER_COMMAND__INIT;
-    cmd.body_case = POPCAST__CLUSTER_COMMAND__BODY_BATCH;
-    cmd.batch = &b;
+    cmd.idempotency = claims;
+    cmd.n_idempotency = n_claims;
+    if (n == 1) {
+        /* One entry goes as before, so that a lone change reads the same
+         * to a controller that does not know batches. */
+        cmd.body_case = POPCAST__CLUSTER_COMMAND__BODY_ENTRY;
+        cmd.entry = entries[0];
+    } else {
+        b.entries = entries;
+        b.n_entries = n;
+        cmd.body_case = POPCAST__CLUSTER_COMMAND__BODY_BATCH;
+        cmd.batch = &b;
+    }
     return propose_command(c, &cmd, done, arg, err);
 }
 

@@ -103,9 +103,12 @@ int pc_cluster_propose_entry(pc_cluster *c, const Popcast__Entry *e, pc_cluster_
 /* Loop thread. Group commit: proposes n entries at consecutive seqs as
  * one raft command, applied by every replica in one store transaction
  * (pc_store_apply_batch: all or none); done is called once for all of
- * them, as for one entry. The entries are copied. n == 1 proposes as
- * pc_cluster_propose_entry does. */
+ * them, as for one entry. claims (may be NULL when n_claims is 0) are the
+ * idempotency keys of some of the entries, each naming its entry by seq
+ * and stored with it (store.h invariant 7); an entry named twice, or a
+ * key already kept, fails the whole command. Everything is copied. */
 int pc_cluster_propose_entries(pc_cluster *c, Popcast__Entry **entries, size_t n,
+                               Popcast__IdempotencyRecord **claims, size_t n_claims,
                                pc_cluster_done done, void *arg, pc_err *err);
 
 /* Loop thread: writes an API token record (create, or revoke with

@@ -41,6 +41,10 @@ struct pc_pipeline {
     Popcast__Entry *entries;
     Popcast__Entry **entry_ptrs;
     Popcast__SignedManifest *signed_;
+    /* The idempotency keys of the batch's changes that carry one. */
+    Popcast__IdempotencyRecord *claims;
+    Popcast__IdempotencyRecord **claim_ptrs;
+    size_t n_claims;
     size_t batch_max_changes, batch_max_bytes;
     pc_metric *m_commands, *m_changes;
     pc_histogram *m_commit_latency;
@@ -55,6 +59,8 @@ static void free_pipeline(pc_pipeline *p)
     free(p->entries);
     free(p->entry_ptrs);
     free(p->signed_);
+    free(p->claims);
+    free(p->claim_ptrs);
     free(p);
 }
 
@@ -194,11 +200,62 @@ static int batch_tenant_state(pc_pipeline *p, const char *tenant, pc_tenant_stat
     return rc;
 }
 
+/* A change whose idempotency key is kept (store.h invariant 7): the
+ * result of the change that made it, if this one asks for the same
+ * (r->replayed), PC_E_EXISTS if it asks for something else, PC_E_NOTFOUND
+ * if the key is not kept. Only committed changes are kept, and a change
+ * whose key is in the batch being built waits for the next one
+ * (joins_batch), so a key never makes two entries. */
+static int find_replay(pc_pipeline *p, const pc_change *c, pc_change_result *r)
+{
+    Popcast__IdempotencyRecord *rec = NULL;
+    int rc = pc_store_get_idempotency(p->store, c->tenant, c->idempotency_key, &rec, &r->err);
+    if (rc != PC_OK)
+        return rc;
+    Popcast__Manifest *m = NULL;
+    bool same = rec->fingerprint.len == PC_HASH_LEN &&
+                memcmp(rec->fingerprint.data, c->fingerprint, PC_HASH_LEN) == 0;
+    rc = pc_store_get_manifest(p->store, rec->seq, &m, &r->err);
+    if (rc == PC_E_NOTFOUND)
+        rc = pc_err_set(&r->err, PC_E_EXISTS,
+                        "idempotency key %s of %s made seq %llu, which is no longer in the log",
+                        c->idempotency_key, c->tenant, (unsigned long long)rec->seq);
+    else if (rc == PC_OK && !same)
+        rc = pc_err_set(&r->err, PC_E_EXISTS,
+                        "idempotency key %s was used for another request, which made version "
+                        "%llu of %s: use a new key for a new request",
+                        c->idempotency_key, (unsigned long long)m->version, c->tenant);
+    if (rc == PC_OK) {
+        r->replayed = true;
+        r->version = m->version;
+        r->seq = m->seq;
+        r->created_unix_ms = m->created_unix_ms;
+        r->bundle_size = m->bundle_size;
+        r->rollback_of = m->rollback_of;
+        if (pc_manifest_has_content(m) && m->bundle_hash.len == PC_HASH_LEN) {
+            memcpy(r->hash, m->bundle_hash.data, PC_HASH_LEN);
+            snprintf(r->entrypoint, sizeof(r->entrypoint), "%s", m->entrypoint);
+            snprintf(r->runtime, sizeof(r->runtime), "%s", m->runtime);
+        }
+    }
+    if (m != NULL)
+        popcast__manifest__free_unpacked(m, NULL);
+    popcast__idempotency_record__free_unpacked(rec, NULL);
+    return rc;
+}
+
 /* Versions and signs a tenant change at seq, after the changes already in
  * the batch, and adds it to the batch (r is its result slot). Returns an
- * error only when it was not added. */
+ * error only when it was not added; a replay (find_replay) returns PC_OK
+ * with r->replayed set and adds nothing. */
 static int batch_add(pc_pipeline *p, pc_change *c, uint64_t seq, pc_change_result *r)
 {
+    if (c->idempotency_key[0] != '\0') {
+        int rrc = find_replay(p, c, r);
+        if (rrc != PC_E_NOTFOUND)
+            return rrc;
+        pc_err_clear(&r->err);
+    }
     pc_tenant_state t;
     int rc = batch_tenant_state(p, c->tenant, &t, &r->err);
     if (rc != PC_OK)
@@ -267,6 +324,17 @@ static int batch_add(pc_pipeline *p, pc_change *c, uint64_t seq, pc_change_resul
         e->bundle.len = content->bundle_len;
     }
     p->entry_ptrs[i] = e;
+    if (c->idempotency_key[0] != '\0') {
+        Popcast__IdempotencyRecord *k = &p->claims[p->n_claims];
+        popcast__idempotency_record__init(k);
+        k->tenant = c->tenant;
+        k->key = c->idempotency_key;
+        k->fingerprint.data = c->fingerprint;
+        k->fingerprint.len = PC_HASH_LEN;
+        k->seq = m.seq;
+        k->created_unix_ms = m.created_unix_ms;
+        p->claim_ptrs[p->n_claims++] = k;
+    }
     p->flight[i] = c;
     p->n_flight = i + 1;
     return PC_OK;
@@ -468,7 +536,8 @@ static const start_fn start_alone[PC_CHANGE_KIND_COUNT] = {
     [PC_CHANGE_KEY_ROTATE] = start_rotation,
 };
 
-/* Answers a change that was not proposed, and frees it. */
+/* Answers a change that was not proposed (an error, or a replay's
+ * result), and frees it. */
 static void refuse(pc_change *c, pc_change_result *r, int rc)
 {
     r->rc = rc;
@@ -481,6 +550,15 @@ static bool in_flight(const pc_pipeline *p, const char *tenant)
 {
     for (size_t i = 0; i < p->n_flight; i++)
         if (strcmp(p->flight[i]->tenant, tenant) == 0)
+            return true;
+    return false;
+}
+
+static bool key_in_flight(const pc_pipeline *p, const pc_change *c)
+{
+    for (size_t i = 0; c->idempotency_key[0] != '\0' && i < p->n_flight; i++)
+        if (strcmp(p->flight[i]->tenant, c->tenant) == 0 &&
+            strcmp(p->flight[i]->idempotency_key, c->idempotency_key) == 0)
             return true;
     return false;
 }
@@ -499,6 +577,10 @@ static bool joins_batch(const pc_pipeline *p, const pc_change *c, size_t bytes)
     if ((unsigned)c->kind >= PC_CHANGE_KIND_COUNT || !pc_change_kind_get(c->kind)->tenant)
         return false;
     if (bytes >= p->batch_max_bytes)
+        return false;
+    /* A retry of a change in this batch waits for it to commit, then gets
+     * its result (find_replay). */
+    if (key_in_flight(p, c))
         return false;
     if (c->kind == PC_CHANGE_DEPLOY)
         return c->u.deploy.bundle_len <= p->batch_max_bytes - bytes;
@@ -542,14 +624,20 @@ static void start_batch(pc_pipeline *p, pc_change *c)
         return;
     }
     size_t bytes = 0;
+    p->n_claims = 0;
     while (c != NULL) {
         r = &p->flight_results[p->n_flight];
         memset(r, 0, sizeof(*r));
         rc = batch_add(p, c, applied + 1 + p->n_flight, r);
-        if (rc != PC_OK)
+        if (rc != PC_OK) {
             refuse(c, r, rc);
-        else
+        } else if (r->replayed) {
+            pc_info("pipeline", "idempotency key %s of %s: answered again with version %llu",
+                    c->idempotency_key, c->tenant, (unsigned long long)r->version);
+            refuse(c, r, PC_OK); /* answered from the committed change */
+        } else {
             bytes += r->bundle_size;
+        }
         c = take_for_batch(p, bytes);
     }
     size_t n = p->n_flight;
@@ -558,7 +646,8 @@ static void start_batch(pc_pipeline *p, pc_change *c)
     pc_err err;
     pc_err_clear(&err);
     p->flight_started_ns = pc_mono_ns();
-    rc = pc_cluster_propose_entries(p->cluster, p->entry_ptrs, n, change_done, p, &err);
+    rc = pc_cluster_propose_entries(p->cluster, p->entry_ptrs, n, p->claim_ptrs, p->n_claims,
+                                    change_done, p, &err);
     for (size_t i = 0; i < n; i++)
         pc_envelope_signed_clear(&p->signed_[i]);
     if (rc != PC_OK) {
@@ -641,9 +730,11 @@ int pc_pipeline_new(pc_pipeline **out, uv_loop_t *loop, pc_store *store, pc_sign
     p->entries = calloc(n, sizeof(*p->entries));
     p->entry_ptrs = calloc(n, sizeof(*p->entry_ptrs));
     p->signed_ = calloc(n, sizeof(*p->signed_));
+    p->claims = calloc(n, sizeof(*p->claims));
+    p->claim_ptrs = calloc(n, sizeof(*p->claim_ptrs));
     pthread_mutex_init(&p->lock, NULL);
     if (p->flight == NULL || p->flight_results == NULL || p->entries == NULL ||
-        p->entry_ptrs == NULL || p->signed_ == NULL) {
+        p->entry_ptrs == NULL || p->signed_ == NULL || p->claims == NULL || p->claim_ptrs == NULL) {
         free_pipeline(p);
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     }

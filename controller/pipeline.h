@@ -23,6 +23,13 @@
  * kinds (tokens, agents, membership, key rotation) go alone: a rotation
  * changes the key that signs every later entry.
  *
+ * Idempotency keys (change.h): a tenant change whose key the store
+ * keeps is answered from the change that key made (or refused, if it asks
+ * for something else) and makes nothing; a key rides to the store with
+ * its entry (store.h invariant 7). A change whose key is in the batch
+ * being built waits for the next batch, so it is judged on committed
+ * state too.
+ *
  * The expensive, parallel part of a deploy (reading the body, decoding the
  * archive, checking that the runtime can parse it, hashing) happens before
  * submission, on the API's threads. */
