@@ -1398,8 +1398,8 @@ static const option options[O_COUNT] = {
 /* Shells the completion script is written for. */
 static bool check_shell(const char *label, const char *v, char *why, size_t cap)
 {
-    return strcmp(v, "bash") == 0 ||
-           refuse(why, cap, "%s must be bash, not '%s' (zsh: see docs/cli.md)", label, v);
+    return strcmp(v, "bash") == 0 || strcmp(v, "zsh") == 0 ||
+           refuse(why, cap, "%s must be bash or zsh, not '%s'", label, v);
 }
 
 static int cmd_completion(cli *c);
@@ -1584,7 +1584,7 @@ static const command commands[] = {
      cmd_key_authorize},
     {"completion",
      NULL,
-     "print the shell completion script (bash)",
+     "print the shell completion script (bash or zsh)",
      {{"SHELL", check_shell}},
      0,
      OPTS(O_NONE),
@@ -1606,10 +1606,31 @@ static const char bash_script[] =
     "}\n"
     "complete -o default -F _popcast popcast\n";
 
+/* The same for zsh: loaded from $fpath (autoload: the file is the
+ * function's body) or sourced (it registers itself). */
+static const char zsh_script[] =
+    "#compdef popcast\n"
+    "# popcast completion for zsh: popcast completion zsh > \"${fpath[1]}/_popcast\"\n"
+    "# (or, after compinit in .zshrc: source <(popcast completion zsh))\n"
+    "_popcast() {\n"
+    "    local -a candidates\n"
+    "    candidates=(${(f)\"$(\"${words[1]}\" __complete \"${(@)words[2,CURRENT]}\" "
+    "2>/dev/null)\"})\n"
+    "    if (( ${#candidates} )); then\n"
+    "        compadd -Q -a candidates\n"
+    "    else\n"
+    "        _files\n"
+    "    fi\n"
+    "}\n"
+    "if [[ ${funcstack[1]} == _popcast ]]; then\n"
+    "    _popcast \"$@\"\n"
+    "else\n"
+    "    compdef _popcast popcast\n"
+    "fi\n";
+
 static int cmd_completion(cli *c)
 {
-    (void)c;
-    fputs(bash_script, stdout);
+    fputs(strcmp(c->args[0], "zsh") == 0 ? zsh_script : bash_script, stdout);
     return 0;
 }
 
@@ -1669,8 +1690,10 @@ static int complete_words(int n, char **words)
         candidate("--help", cur);
         return 0;
     }
-    if (k->run == cmd_completion)
+    if (k->run == cmd_completion) {
         candidate("bash", cur);
+        candidate("zsh", cur);
+    }
     return 0;
 }
 

@@ -490,6 +490,11 @@ static void test_bad_values_send_nothing(void **state)
     expect_usage("status", "is not an http:// or https:// URL",
                  ARGS("status", "--controller", "127.0.0.1:7070"));
     expect_usage("status", "needs a value", ARGS("status", "--token="));
+    expect_usage("completion", "must be bash or zsh", ARGS("completion", "fish"));
+    expect_usage("deploy", "--idempotency-key must be 1 to 64 of",
+                 ARGS("deploy", "app", "@LUA", "--idempotency-key", "a/b"));
+    expect_usage("versions", "--idempotency-key is not an option of versions",
+                 ARGS("versions", "app", "--idempotency-key", "k1"));
 }
 
 /* The connection settings from the environment are checked like the
@@ -839,6 +844,65 @@ static void complete_in_bash(const char *words, const char *want)
     free(got);
 }
 
+/* The zsh script, run by zsh with the completion system's compadd and
+ * _files stood in for (they only exist inside a completion widget): it
+ * must ask popcast with the right words and offer what it answers, or
+ * fall back to file names. Both ways of loading it: sourced (it
+ * registers itself with compdef) and autoloaded from $fpath. */
+static void complete_in_zsh(const char *words, const char *want)
+{
+    const char *cli = getenv("POPCAST_CLI_BIN");
+    assert_non_null(cli);
+    for (int autoload = 0; autoload < 2; autoload++) {
+        char script[4096], out_path[400], fn_dir[400];
+        snprintf(out_path, sizeof(out_path), "%s/completion-zsh.out", dir);
+        snprintf(fn_dir, sizeof(fn_dir), "%s/zfunc", dir);
+        snprintf(script, sizeof(script),
+                 "registered=0\n"
+                 "compdef() { [[ $1 == _popcast && $2 == popcast ]] && registered=1 }\n"
+                 "compadd() { [[ $1 == -Q ]] && shift; [[ $1 == -a ]] && print -rl -- "
+                 "\"${(@P)2}\" }\n"
+                 "_files() { print -r -- _files }\n"
+                 "if (( %d )); then\n"
+                 "  mkdir -p '%s' && '%s' completion zsh > '%s/_popcast' || exit 9\n"
+                 "  fpath=('%s' $fpath); autoload -Uz _popcast\n"
+                 "else\n"
+                 "  source <('%s' completion zsh) || exit 9\n"
+                 "  (( registered )) || exit 8\n"
+                 "fi\n"
+                 "words=('%s' %s); CURRENT=${#words}\n"
+                 "_popcast | while read -r w; do printf '%%s,' \"$w\"; done > '%s'\n",
+                 autoload, fn_dir, cli, fn_dir, fn_dir, cli, cli, words, out_path);
+        char script_path[400];
+        snprintf(script_path, sizeof(script_path), "%s/completion.zsh", dir);
+        pc_test_write_file(script_path, script, strlen(script));
+        char cmd[600];
+        snprintf(cmd, sizeof(cmd), "zsh -f '%s'", script_path);
+        int rc = system(cmd);
+        if (rc != 0)
+            fail_msg("zsh (%s) completing popcast %s: exit status %d",
+                     autoload ? "autoloaded" : "sourced", words, rc);
+        size_t len = 0;
+        char *got = pc_test_read_file(out_path, &len);
+        if (strcmp(got, want) != 0)
+            fail_msg("zsh (%s) completing popcast %s: got '%s', wanted '%s'",
+                     autoload ? "autoloaded" : "sourced", words, got, want);
+        free(got);
+    }
+}
+
+static void test_zsh_completion(void **state)
+{
+    (void)state;
+    complete_in_zsh("de", "deploy,delete,");
+    complete_in_zsh("key ''", "list,rotate,authorize,");
+    complete_in_zsh("deploy app ./x --idem", "--idempotency-key,");
+    complete_in_zsh("status --retry", "--retry-for,");
+    complete_in_zsh("versions app --wa", "_files,");
+    complete_in_zsh("deploy app ./x --timeout ''", "_files,");
+    complete_in_zsh("completion ''", "bash,zsh,");
+}
+
 static void test_bash_completion(void **state)
 {
     (void)state;
@@ -852,7 +916,7 @@ static void test_bash_completion(void **state)
     complete_in_bash("versions app --wa", "");
     /* After an option that takes a value: nothing (the shell's files). */
     complete_in_bash("deploy app ./x --timeout ''", "");
-    complete_in_bash("completion ''", "bash,");
+    complete_in_bash("completion ''", "bash,zsh,");
     complete_in_bash("nosuch --", "");
 }
 
@@ -913,6 +977,7 @@ int main(void)
         cmocka_unit_test(test_wait_exit_codes),
         cmocka_unit_test(test_failover_and_retries),
         cmocka_unit_test(test_bash_completion),
+        cmocka_unit_test(test_zsh_completion),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
