@@ -828,6 +828,76 @@ static void test_group_commit(void **state)
     expect_no_tenant(f, "zeta");
 }
 
+/* Idempotency keys (pipeline.h): queued together, the first change with
+ * a key is made; a repeat behind it in the same batch waits for the next
+ * batch and is answered with the first one's result; the same key asking
+ * for something else is refused; keys are per tenant; a key on another
+ * kind of change cannot be set. Asserted on commands and seqs, so the
+ * waits are seen, not assumed. */
+static pc_change *keyed(pc_change *c, const char *key)
+{
+    pc_err err;
+    if (pc_change_set_idempotency(c, key, &err) != PC_OK)
+        fail_msg("set key %s: %s", key, err.msg);
+    return c;
+}
+
+static void test_idempotency_keys(void **state)
+{
+    fixture *f = *state;
+    size_t len = 0, other_len = 0;
+    uint8_t *archive = lua_bundle("return function() return 'x' end\n", &len);
+    uint8_t *other = lua_bundle("return function() return 'y' end\n", &other_len);
+    outcome *o[7];
+    o[0] = submit_to(f, f->pipeline, keyed(deploy_change("acme", archive, len), "k1")); /* v1 */
+    o[1] = submit_to(f, f->pipeline, deploy_change("beta", archive, len));              /* v1 */
+    o[2] = submit_to(f, f->pipeline, keyed(deploy_change("acme", archive, len), "k1")); /* replay */
+    o[3] = submit_to(f, f->pipeline, keyed(deploy_change("acme", other, other_len), "k1"));
+    o[4] = submit_to(f, f->pipeline, keyed(deploy_change("gamma", archive, len), "k1")); /* v1 */
+    o[5] = submit_to(f, f->pipeline, keyed(pc_change_new(PC_CHANGE_DELETE, "beta"), "d1"));
+    o[6] = submit_to(f, f->pipeline, keyed(pc_change_new(PC_CHANGE_DELETE, "beta"), "d1"));
+    if (!run_until_int(f, &o[6]->calls))
+        fail_msg("the last change was not answered");
+    for (int i = 0; i < 7; i++)
+        assert_int_equal(o[i]->calls, 1);
+    expect_rc(&o[0]->r, PC_OK);
+    assert_false(o[0]->r.replayed);
+    expect_rc(&o[1]->r, PC_OK);
+    /* The repeat: the first one's answer, nothing new. */
+    expect_rc(&o[2]->r, PC_OK);
+    assert_true(o[2]->r.replayed);
+    assert_int_equal(o[2]->r.seq, o[0]->r.seq);
+    assert_int_equal(o[2]->r.version, 1);
+    assert_memory_equal(o[2]->r.hash, o[0]->r.hash, PC_HASH_LEN);
+    assert_string_equal(o[2]->r.entrypoint, "main.lua");
+    expect_rc(&o[3]->r, PC_E_EXISTS);
+    assert_non_null(strstr(o[3]->r.err.msg, "used for another request"));
+    expect_rc(&o[4]->r, PC_OK);
+    assert_false(o[4]->r.replayed);
+    expect_rc(&o[5]->r, PC_OK);
+    expect_rc(&o[6]->r, PC_OK);
+    assert_true(o[6]->r.replayed);
+    assert_int_equal(o[6]->r.seq, o[5]->r.seq);
+    /* {acme v1, beta v1} then the repeat waits: {gamma, delete beta}
+     * after answering it and refusing o[3] on committed state; the second
+     * delete waits for the first (its key is in that batch). */
+    assert_int_equal(applied_seq(f), 4);
+    assert_int_equal(counter(f, "popcast_controller_commit_commands_total"), 2);
+    assert_int_equal(tenant_state(f, "acme").last_version, 1);
+    assert_true(tenant_state(f, "beta").deleted);
+    /* Keys only on tenant changes, and only valid ones. */
+    pc_err err;
+    pc_change *t = token_create("pct_00112233445566778899aabbccddeeff", "t", "acme");
+    assert_int_equal(pc_change_set_idempotency(t, "k1", &err), PC_E_INVALID);
+    pc_change_free(t);
+    pc_change *d = pc_change_new(PC_CHANGE_DELETE, "acme");
+    assert_int_equal(pc_change_set_idempotency(d, "a/b", &err), PC_E_INVALID);
+    assert_string_equal(d->idempotency_key, "");
+    pc_change_free(d);
+    free(archive);
+    free(other);
+}
+
 /* With one change per command, the same queue commits one by one. */
 static void test_group_commit_off(void **state)
 {
@@ -1044,6 +1114,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unknown_kind, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_commit_off, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idempotency_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_commit_bytes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_fails_queued, setup, teardown),
