@@ -247,6 +247,29 @@ static json_t *call(cli *c, const char *method, const char *path, const char *co
         doc = json_loadb((const char *)r.body, r.body_len, 0, &jerr);
         const char *leader =
             json_string_value(json_object_get(json_object_get(doc, "error"), "leader"));
+        const char *code =
+            json_string_value(json_object_get(json_object_get(doc, "error"), "code"));
+        bool unknown = r.status == 503 && code != NULL && strcmp(code, "outcome_unknown") == 0;
+        if (unknown && !read && !(keyed && pc_mono_ms() + pause <= give_up)) {
+            /* Leadership was lost, or the leader stopped, with the write
+             * in flight: it may have been committed. */
+            const char *msg =
+                json_string_value(json_object_get(json_object_get(doc, "error"), "message"));
+            c->outcome_unknown = true;
+            if (keyed)
+                fprintf(stderr,
+                        "popcast: %s answered 503: %s\npopcast: run the same command with "
+                        "--idempotency-key %s to find out (it is not done twice)\n",
+                        base, msg ? msg : "outcome unknown", c->idempotency_key);
+            else
+                fprintf(stderr,
+                        "popcast: %s answered 503: %s\npopcast: it may or may not have been "
+                        "done; look before trying again\n",
+                        base, msg ? msg : "outcome unknown");
+            json_decref(doc);
+            pc_http_result_free(&r);
+            return NULL;
+        }
         if (r.status == 307 && leader != NULL && hops < 3) {
             /* A follower answers writes with the leader's address. Later
              * calls (--wait's rollout queries) go to the leader too: a
@@ -259,7 +282,8 @@ static json_t *call(cli *c, const char *method, const char *path, const char *co
             c->controller = c->controller_buf;
         } else if ((r.status == 503 || r.status == 429) && pc_mono_ms() + pause <= give_up) {
             /* Not acted on: an election, a start or a stop (503), or
-             * over the write rate (429). */
+             * over the write rate (429); or acted on perhaps, for a keyed
+             * write (outcome_unknown): its retry is answered from it. */
             int64_t wait = pause;
             const char *after = pc_http_result_header(&r, "Retry-After");
             if (r.status == 429 && after != NULL && atoll(after) > 0)

@@ -41,6 +41,9 @@ enum {
     PC_E_BUNDLE_OMITTED = -28,  /* an announcement: the bundle must be fetched */
     PC_E_QUARANTINED = -29,     /* the tenant's live version is quarantined (misbehaved) */
     PC_E_BASE_UNKNOWN = -30,    /* a delta whose base the receiver does not hold */
+    PC_E_OUTCOME_UNKNOWN = -31, /* a write went out and its outcome is not known: it may or
+                                   may not be committed (only an idempotency key makes a
+                                   retry safe) */
 };
 
 typedef struct pc_err {

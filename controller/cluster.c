@@ -540,9 +540,10 @@ static void apply_done(struct raft_apply *req, int status, void *result)
     if (status == RAFT_NOTLEADER) {
         rc = pc_err_set(&err, PC_E_NOT_LEADER, "this controller is not the leader");
     } else if (status != 0) {
-        rc = pc_err_set(&err, PC_E_UNAVAILABLE,
+        rc = pc_err_set(&err, PC_E_OUTCOME_UNKNOWN,
                         "leadership was lost before the change was confirmed (%s): it may or may "
-                        "not be committed; check the tenant's versions before retrying",
+                        "not be committed; retry with the same Idempotency-Key, or check before "
+                        "retrying",
                         raft_strerror(status));
     } else {
         rc = (int)(intptr_t)result;

@@ -93,8 +93,8 @@ void pc_cluster_forget_when_ready(pc_cluster *c, void (*cb)(void *arg), void *ar
 /* Loop thread. Proposes one entry (takes nothing: the command is copied).
  * done(arg, rc, err) is called once: PC_OK after the entry was committed
  * by a majority and applied to this node's store; PC_E_NOT_LEADER if this
- * node is not the leader; PC_E_UNAVAILABLE if leadership was lost while it
- * was in flight (it may or may not be committed: the caller must say so);
+ * node is not the leader; PC_E_OUTCOME_UNKNOWN if leadership was lost while
+ * it was in flight (it may or may not be committed: the caller must say so);
  * or the store's error from applying it. */
 typedef void (*pc_cluster_done)(void *arg, int rc, const pc_err *err);
 int pc_cluster_propose_entry(pc_cluster *c, const Popcast__Entry *e, pc_cluster_done done,

@@ -776,8 +776,9 @@ void pc_pipeline_shutdown(pc_pipeline *p)
             pc_change_result r;
             memset(&r, 0, sizeof(r));
             r.rc =
-                pc_err_set(&r.err, PC_E_UNAVAILABLE,
-                           "controller is shutting down: the change may or may not be committed");
+                pc_err_set(&r.err, PC_E_OUTCOME_UNKNOWN,
+                           "controller is shutting down: the change may or may not be committed; "
+                           "retry with the same Idempotency-Key, or check before retrying");
             p->flight[i]->done(p->flight[i], &r);
         }
         p->flight_answered = true;

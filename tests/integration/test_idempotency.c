@@ -234,9 +234,11 @@ static void test_same_key_at_once(void **state)
 
 /* A TCP relay to the leader's API that passes requests on but drops the
  * answers of the first `drop` connections: the request is acted on and
- * the client hears nothing. */
+ * the client hears nothing, or (canned) hears what a controller says when
+ * it lost leadership with the write in flight. */
 typedef struct lossy {
     int listen_fd, port, upstream_port;
+    const char *canned;
     atomic_int drop, connections;
     pthread_t thread;
     atomic_bool stop;
@@ -275,6 +277,8 @@ static void lossy_serve(lossy *l, int client)
                 break;
         }
     }
+    if (drop && l->canned != NULL && write(client, l->canned, strlen(l->canned)) < 0)
+        fprintf(stderr, "lossy relay: the canned answer was not written\n");
     close(up);
     close(client);
 }
@@ -293,10 +297,11 @@ static void *lossy_run(void *arg)
     return NULL;
 }
 
-static void lossy_start(lossy *l, int upstream_port, int drop)
+static void lossy_start(lossy *l, int upstream_port, int drop, const char *canned)
 {
     memset(l, 0, sizeof(*l));
     l->upstream_port = upstream_port;
+    l->canned = canned;
     atomic_store(&l->drop, drop);
     l->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(l->listen_fd >= 0);
@@ -331,7 +336,7 @@ static void test_cli_retries_a_lost_answer(void **state)
     fclose(f);
 
     lossy l;
-    lossy_start(&l, cl.node[leader].api_port, 1);
+    lossy_start(&l, cl.node[leader].api_port, 1, NULL);
     pc_test_controller via = cl.node[leader];
     snprintf(via.api_url, sizeof(via.api_url), "http://127.0.0.1:%d", l.port);
     char out[8192];
@@ -346,7 +351,7 @@ static void test_cli_retries_a_lost_answer(void **state)
 
     /* A run that gives up (no retries) says how to find out, safely; the
      * same command with that key then answers what the first made. */
-    lossy_start(&l, cl.node[leader].api_port, 1);
+    lossy_start(&l, cl.node[leader].api_port, 1, NULL);
     snprintf(via.api_url, sizeof(via.api_url), "http://127.0.0.1:%d", l.port);
     pc_test_lua_hello(src, sizeof(src), "second");
     f = fopen(file, "w");
@@ -363,6 +368,37 @@ static void test_cli_retries_a_lost_answer(void **state)
     if (rc != 0 || strstr(out, "deployed idem-cli version 2 ") == NULL)
         fail_msg("popcast deploy again with the key: exit %d:\n%s", rc, out);
     assert_int_equal(versions_on(leader, "idem-cli"), 2);
+
+    /* "503 outcome_unknown" (leadership lost with the write in flight):
+     * a keyed write is sent again and made once; an unkeyed one is not
+     * sent again, and exits 7. */
+    static const char unknown[] =
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        "Connection: close\r\nContent-Length: 90\r\n\r\n"
+        "{\"error\":{\"code\":\"outcome_unknown\",\"message\":\"leadership was lost; it may or may "
+        "not be\"}}";
+    assert_int_equal(strlen(strstr(unknown, "\r\n\r\n") + 4), 90);
+    lossy_start(&l, cl.node[leader].api_port, 1, unknown);
+    snprintf(via.api_url, sizeof(via.api_url), "http://127.0.0.1:%d", l.port);
+    const char *third[] = {"deploy", "idem-unknown", file, NULL};
+    rc = pc_test_cli(&env, &via, third, out, sizeof(out));
+    lossy_stop(&l);
+    if (rc != 0 || strstr(out, "deployed idem-unknown version 1 ") == NULL ||
+        atomic_load(&l.connections) != 2)
+        fail_msg("popcast deploy after 503 outcome_unknown: exit %d:\n%s", rc, out);
+    assert_int_equal(versions_on(leader, "idem-unknown"), 1);
+    lossy_start(&l, cl.node[leader].api_port, 1, unknown);
+    snprintf(via.api_url, sizeof(via.api_url), "http://127.0.0.1:%d", l.port);
+    const char *token[] = {"token", "create", "--tenant", "idem-unknown", "--name", "once", NULL};
+    rc = pc_test_cli(&env, &via, token, out, sizeof(out));
+    lossy_stop(&l);
+    if (rc != 7 || strstr(out, "may or may not have been done") == NULL ||
+        atomic_load(&l.connections) != 1)
+        fail_msg("popcast token create after 503 outcome_unknown: exit %d:\n%s", rc, out);
+    json_t *tokens = pc_test_controller_json(&env, &cl.node[leader], "/v1/tokens");
+    assert_non_null(tokens);
+    assert_int_equal(json_array_size(json_object_get(tokens, "tokens")), 1); /* made, once */
+    json_decref(tokens);
 
     /* A key that is not valid is a usage error: nothing is sent. */
     const char *bad[] = {"deploy", "idem-cli", file, "--idempotency-key", "a b", NULL};

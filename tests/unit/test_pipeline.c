@@ -1067,7 +1067,7 @@ static void test_shutdown_answers_inflight(void **state)
 
     pc_pipeline_shutdown(f->pipeline);
     assert_int_equal(o->calls, 1);
-    expect_rc(&o->r, PC_E_UNAVAILABLE);
+    expect_rc(&o->r, PC_E_OUTCOME_UNKNOWN);
     assert_non_null(strstr(o->r.err.msg, "may or may not be committed"));
 
     /* The cluster still runs: the change commits, and is not answered
