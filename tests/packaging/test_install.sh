@@ -25,6 +25,11 @@ for bin in popcast-controller popcast-agent popcast-relay popcast; do
     out=$("$root/bin/$bin" --version)
     [ "$out" = "$bin $version" ] || fail "$bin --version said '$out'"
 done
+# Shell completion, where bash-completion and zsh find vendor scripts.
+grep -q 'complete -o default -F _popcast popcast' "$root/share/bash-completion/completions/popcast" ||
+    fail "bash completion not installed"
+grep -q '^#compdef popcast' "$root/share/zsh/vendor-completions/_popcast" ||
+    fail "zsh completion not installed"
 for f in operations.md api.md openapi.yaml security.md; do
     [ -f "$doc/$f" ] || fail "docs/$f not installed"
 done

@@ -45,5 +45,8 @@ done
 # The agent's package holds the agent alone.
 [ ! -e "$tmp/agent$prefix/bin/popcast-controller" ] || fail "popcast-agent ships the controller"
 [ "$("$tmp/cli$prefix/bin/popcast" --version)" = "popcast $version" ] || fail "popcast --version"
+[ -f "$tmp/cli$prefix/share/bash-completion/completions/popcast" ] &&
+    [ -f "$tmp/cli$prefix/share/zsh/vendor-completions/_popcast" ] ||
+    fail "popcast-cli has no shell completion"
 ls "$tmp/out"/*.deb | sed 's|.*/||'
 echo "packages: ok"
