@@ -209,6 +209,7 @@ typedef struct agent {
     pc_adapter *lua, *exec;
     pc_signing_key identity;
     nng_tls_config *tls;
+    pc_tls_stamp tls_stamp; /* the CA as loaded: SIGHUP says if it changed */
     char identity_public[128];
     pc_adapter *adapters[2];
     size_t n_adapters;
@@ -382,6 +383,7 @@ static void on_sighup(uv_signal_t *h, int signum)
     agent *ag = h->data;
     (void)signum;
     pc_daemon_reload("agent", options, sizeof(agent_config), offsetof(agent_config, log_level));
+    pc_tls_stamp_report(&ag->tls_stamp, "agent", "TLS CA");
     if (ag->access_log != NULL) {
         /* logrotate moved the file: write to a new one at the path. */
         pc_err err;
@@ -429,6 +431,7 @@ static int agent_configure(agent *ag, pc_err *err)
                 (unsigned long long)ag->cfg.request_timeout_ms);
     if ((rc = load_trusted_keys(ag, err)) != PC_OK)
         return rc;
+    pc_tls_stamp_take(&ag->tls_stamp, ag->cfg.tls_ca);
     if (ag->cfg.tls_ca != NULL &&
         (rc = pc_tls_client_config(ag->cfg.tls_ca, ag->cfg.tls_server_name, &ag->tls, err)) !=
             PC_OK)

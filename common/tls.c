@@ -2,7 +2,67 @@
 #include "tls.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "log.h"
+
+/* The file's hash; false if it cannot be read. */
+static bool hash_file(const char *path, uint8_t out[PC_HASH_LEN])
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return false;
+    size_t cap = 1 << 16, len = 0;
+    uint8_t *buf = malloc(cap);
+    bool ok = buf != NULL;
+    while (ok) {
+        if (len == cap) {
+            uint8_t *more = cap < (64u << 20) ? realloc(buf, cap * 2) : NULL;
+            if (more == NULL) {
+                ok = false;
+                break;
+            }
+            buf = more;
+            cap *= 2;
+        }
+        size_t got = fread(buf + len, 1, cap - len, f);
+        len += got;
+        if (got == 0) {
+            ok = !ferror(f);
+            break;
+        }
+    }
+    fclose(f);
+    if (ok)
+        pc_hash(out, buf, len);
+    free(buf);
+    return ok;
+}
+
+void pc_tls_stamp_take(pc_tls_stamp *s, const char *path)
+{
+    memset(s, 0, sizeof(*s));
+    s->path = path;
+    if (path != NULL)
+        s->readable = hash_file(path, s->hash);
+}
+
+void pc_tls_stamp_report(const pc_tls_stamp *s, const char *component, const char *what)
+{
+    if (s->path == NULL)
+        return;
+    uint8_t now[PC_HASH_LEN];
+    bool readable = hash_file(s->path, now);
+    if (readable && s->readable && memcmp(now, s->hash, PC_HASH_LEN) == 0)
+        pc_info(component, "SIGHUP: %s %s unchanged", what, s->path);
+    else
+        pc_warn(component,
+                "SIGHUP: %s %s changed since start and is NOT reloaded: nng cannot change a TLS "
+                "configuration in use; restart this daemon to use it (a rolling restart for a "
+                "cluster: docs/operations.md)",
+                what, s->path);
+}
 
 int pc_tls_server_config(const char *cert_key_file, nng_tls_config **out, pc_err *err)
 {

@@ -12,6 +12,7 @@
 #include <nng/supplemental/tls/tls.h>
 #include <stdbool.h>
 
+#include "crypto.h"
 #include "err.h"
 
 /* cert_key_file: one PEM file holding the certificate (chain) and key. */
@@ -20,6 +21,22 @@ int pc_tls_server_config(const char *cert_key_file, nng_tls_config **out, pc_err
  * certificate must carry. */
 int pc_tls_client_config(const char *ca_file, const char *server_name, nng_tls_config **out,
                          pc_err *err);
+
+/* A TLS file's content as it was loaded. nng cannot change a TLS
+ * configuration once a listener or dialer uses it (nng 1.5.2, tls_common.c:
+ * a busy config refuses new certificates), so the files are read at start
+ * only; the stamp lets SIGHUP tell the operator a file changed since and
+ * needs a restart. */
+typedef struct pc_tls_stamp {
+    const char *path; /* NULL: no file, nothing to report */
+    uint8_t hash[PC_HASH_LEN];
+    bool readable;
+} pc_tls_stamp;
+void pc_tls_stamp_take(pc_tls_stamp *s, const char *path);
+/* SIGHUP: logs (as component) whether the file what (e.g. "TLS
+ * certificate") still holds what was loaded: info if so, a warning that
+ * a restart is needed if not. */
+void pc_tls_stamp_report(const pc_tls_stamp *s, const char *component, const char *what);
 
 bool pc_url_is_tls(const char *url);
 

@@ -240,7 +240,8 @@ typedef struct controller {
     char node_id[PC_ID_MAX + 1];
     char raft_dir[4200];
     uint8_t admin_token_hash[PC_HASH_LEN];
-    char token_path[4096]; /* the admin token's file, read again on SIGHUP */
+    char token_path[4096];  /* the admin token's file, read again on SIGHUP */
+    pc_tls_stamp tls_stamp; /* the certificate as loaded: SIGHUP says if it changed */
 } controller;
 
 /* The secret keys this controller holds and the root keys agents trust;
@@ -403,6 +404,7 @@ static void on_sighup(uv_signal_t *h, int signum)
                 c->token_path);
     }
     sodium_memzero(hash, sizeof(hash));
+    pc_tls_stamp_report(&c->tls_stamp, "controller", "TLS certificate");
     if (c->audit != NULL) {
         /* logrotate moved the file: write to a new one at the path. */
         pc_err err;
@@ -449,6 +451,8 @@ static int controller_configure(controller *c, pc_err *err)
     if (!pc_id_valid(c->node_id))
         return pc_err_set(err, PC_E_INVALID, "node_id must be [A-Za-z0-9._-]{1,128}");
     int rc;
+    /* Stamped before nng reads it: a change in between shows as a change. */
+    pc_tls_stamp_take(&c->tls_stamp, c->cfg.tls_cert_key);
     if (c->cfg.tls_cert_key != NULL &&
         (rc = pc_tls_server_config(c->cfg.tls_cert_key, &c->tls, err)) != PC_OK)
         return rc;

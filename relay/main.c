@@ -154,6 +154,7 @@ typedef struct relay {
     pc_metrics *metrics;
     pc_keyring trusted;
     nng_tls_config *client_tls, *server_tls;
+    pc_tls_stamp ca_stamp, cert_stamp; /* as loaded: SIGHUP says if they changed */
     pc_relay_log *log;
     pc_upstream *upstream;
     pc_publisher *pub;
@@ -254,9 +255,11 @@ static void on_signal(uv_signal_t *h, int signum)
 
 static void on_sighup(uv_signal_t *h, int signum)
 {
-    (void)h;
+    relay *r = h->data;
     (void)signum;
     pc_daemon_reload("relay", options, sizeof(relay_config), offsetof(relay_config, log_level));
+    pc_tls_stamp_report(&r->ca_stamp, "relay", "TLS CA");
+    pc_tls_stamp_report(&r->cert_stamp, "relay", "TLS certificate");
 }
 
 static int load_keys(relay *r, pc_err *err)
@@ -298,6 +301,8 @@ static int relay_configure(relay *r, pc_err *err)
     int rc = load_keys(r, err);
     if (rc != PC_OK)
         return rc;
+    pc_tls_stamp_take(&r->ca_stamp, r->cfg.tls_ca);
+    pc_tls_stamp_take(&r->cert_stamp, r->cfg.tls_cert_key);
     if (r->cfg.tls_ca != NULL && (rc = pc_tls_client_config(r->cfg.tls_ca, r->cfg.tls_server_name,
                                                             &r->client_tls, err)) != PC_OK)
         return rc;
@@ -417,6 +422,7 @@ static int relay_start(relay *r, pc_err *err)
     uv_signal_start(&r->sigint, on_signal, SIGINT);
     uv_signal_start(&r->sigterm, on_signal, SIGTERM);
     uv_signal_init(&r->loop, &r->sighup);
+    r->sighup.data = r;
     uv_signal_start(&r->sighup, on_sighup, SIGHUP);
     uv_timer_init(&r->loop, &r->tick);
     r->tick.data = r;
