@@ -71,24 +71,8 @@ int pc_store_backup(const char *dir, const char *out_path, uint64_t *seq, pc_err
     unlink(partial);
     if (rc != PC_OK)
         return rc;
-    /* What the copy holds, read from the copy itself. */
-    char check[4200];
-    snprintf(check, sizeof(check), "%s.check", out_path);
-    if (mkdir(check, 0700) != 0)
-        return pc_err_set(err, PC_E_IO, "cannot create %s: %s", check, strerror(errno));
-    char data[4300];
-    snprintf(data, sizeof(data), "%s/data.mdb", check);
-    rc = link(out_path, data) == 0
-             ? applied_seq_of(check, seq, err)
-             : pc_err_set(err, PC_E_IO, "cannot link %s: %s", data, strerror(errno));
-    char lock[4300], plock[4300];
-    snprintf(lock, sizeof(lock), "%s/lock.mdb", check);
-    snprintf(plock, sizeof(plock), "%s/popcast.lock", check);
-    unlink(data);
-    unlink(lock);
-    unlink(plock);
-    rmdir(check);
-    return rc;
+    /* What the copy holds, read from the copy itself, read only. */
+    return pc_store_file_applied_seq(out_path, seq, err);
 }
 
 int pc_store_restore(const char *backup_path, const char *dir, uint64_t *seq, pc_err *err)
@@ -110,6 +94,13 @@ int pc_store_restore(const char *backup_path, const char *dir, uint64_t *seq, pc
                           "%s is not a popcast store backup (empty, or not "
                           "a regular file)",
                           backup_path);
+    }
+    /* Checked before anything is written into dir. */
+    pc_err why;
+    if (pc_store_file_applied_seq(backup_path, seq, &why) != PC_OK) {
+        close(in);
+        return pc_err_set(err, PC_E_INVALID, "%s is not a popcast store backup: %s", backup_path,
+                          why.msg);
     }
     int out = open(data, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (out < 0) {
@@ -134,7 +125,7 @@ int pc_store_restore(const char *backup_path, const char *dir, uint64_t *seq, pc
     close(in);
     close(out);
     if (rc == PC_OK) {
-        pc_err why;
+        /* The copy in place opens as the daemon will open it. */
         if (applied_seq_of(dir, seq, &why) != PC_OK)
             rc = pc_err_set(err, PC_E_INVALID, "%s is not a popcast store backup: %s", backup_path,
                             why.msg);

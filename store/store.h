@@ -233,6 +233,11 @@ int pc_store_meta_foreach(pc_store *s, const char *prefix,
 int pc_store_foreach_rotation(pc_store *s, int (*cb)(void *arg, const Popcast__SignedManifest *sm),
                               void *arg, pc_err *err);
 
+/* The applied seq of a store file (data.mdb alone, e.g. a backup), read
+ * without changing it: opened read only, with no lock file. PC_E_STORE if
+ * it is not an LMDB file holding a popcast store. */
+int pc_store_file_applied_seq(const char *path, uint64_t *seq, pc_err *err);
+
 /* Writes a compacted copy of the whole store (a consistent snapshot) to
  * path: what a raft snapshot carries. */
 int pc_store_copy(pc_store *s, const char *path, pc_err *err);

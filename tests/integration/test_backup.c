@@ -84,6 +84,18 @@ static void test_backup_and_restore(void **state)
     struct stat st;
     assert_int_equal(stat(backup, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0600);
+    /* The copy was checked read only: nothing beside it (no lock file, no
+     * scratch directory, no partial file), and the check changed none of
+     * its bytes: the restore below reads the same file. */
+    const char *beside[] = {".check", "-lock", ".partial"};
+    for (size_t i = 0; i < sizeof(beside) / sizeof(beside[0]); i++) {
+        char p[450];
+        snprintf(p, sizeof(p), "%s%s", backup, beside[i]);
+        if (access(p, F_OK) == 0)
+            fail_msg("the backup left %s behind", p);
+    }
+    size_t backup_len = 0;
+    char *backup_bytes = pc_test_read_file(backup, &backup_len);
     /* Never over an existing file; usage errors are 2. */
     rc = tool(args, out, sizeof(out));
     if (rc != 1 || strstr(out, "never overwrites") == NULL)
@@ -114,6 +126,13 @@ static void test_backup_and_restore(void **state)
     assert_int_equal(access(data, F_OK), -1);
     assert_int_equal(tool("restore --data-dir /tmp/z", out, sizeof(out)), 2);
 
+    /* Nothing so far changed the backup. */
+    size_t after_len = 0;
+    char *after = pc_test_read_file(backup, &after_len);
+    assert_int_equal(after_len, backup_len);
+    assert_memory_equal(after, backup_bytes, backup_len);
+    free(after);
+
     /* The real one, then not twice into the same directory. */
     snprintf(args, sizeof(args), "restore --data-dir '%s' --from '%s'", restored, backup);
     rc = tool(args, out, sizeof(out));
@@ -122,6 +141,11 @@ static void test_backup_and_restore(void **state)
     rc = tool(args, out, sizeof(out));
     if (rc != 1 || strstr(out, "already holds a store") == NULL)
         fail_msg("restore into a store: exit %d: %s", rc, out);
+    after = pc_test_read_file(backup, &after_len);
+    assert_int_equal(after_len, backup_len);
+    assert_memory_equal(after, backup_bytes, backup_len); /* restoring does not change it */
+    free(after);
+    free(backup_bytes);
 
     /* A controller on the restored store serves the backup's state. */
     pc_test_controller r = {0};
