@@ -19,6 +19,7 @@
 #include "append_log.h"
 #include "checks.h"
 #include "clock.h"
+#include "http_client.h"
 #include "json_text.h"
 #include "log.h"
 #include "names.h"
@@ -1033,6 +1034,32 @@ unsigned pc_edge_bound_port(const pc_edge *e)
 {
     const union MHD_DaemonInfo *i = MHD_get_daemon_info(e->daemon, MHD_DAEMON_INFO_BIND_PORT);
     return i != NULL ? i->port : 0;
+}
+
+int pc_edge_probe(pc_edge *e, int timeout_ms, pc_err *err)
+{
+    char host[256];
+    unsigned port = 0;
+    if (pc_parse_host_port(e->opt.listen, host, sizeof(host), &port) != PC_OK)
+        return pc_err_set(err, PC_E_INVALID, "edge_listen '%s' is not host:port", e->opt.listen);
+    bool v6 = strchr(host, ':') != NULL;
+    const char *to = host;
+    if (strcmp(host, "0.0.0.0") == 0 || host[0] == '\0')
+        to = "127.0.0.1";
+    else if (strcmp(host, "::") == 0)
+        to = "::1";
+    char base[320];
+    snprintf(base, sizeof(base), "http://%s%s%s:%u", v6 ? "[" : "", to, v6 ? "]" : "",
+             pc_edge_bound_port(e));
+    pc_http_result r;
+    pc_err why;
+    if (pc_http_call(base, "GET", EDGE_HEALTH_PATH, NULL, NULL, 0, timeout_ms, &r, &why) != PC_OK)
+        return pc_err_set(err, PC_E_UNAVAILABLE, "the edge does not answer: %s", why.msg);
+    int status = r.status;
+    pc_http_result_free(&r);
+    if (status != 200)
+        return pc_err_set(err, PC_E_UNAVAILABLE, "the edge answered its health path %d", status);
+    return PC_OK;
 }
 
 void pc_edge_stop(pc_edge *e)

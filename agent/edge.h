@@ -80,6 +80,13 @@ void pc_edge_stop(pc_edge *e);
 /* The port the edge listens on (the kernel's choice if listen named 0). */
 unsigned pc_edge_bound_port(const pc_edge *e);
 
+/* Asks the edge's own health path over the network, as a load balancer
+ * would (the wildcard address as loopback): PC_OK once it answers 200
+ * within timeout_ms; otherwise why (it refuses connections at
+ * edge_max_connections, or does not answer). From any thread but the
+ * edge's own. */
+int pc_edge_probe(pc_edge *e, int timeout_ms, pc_err *err);
+
 /* Splits "host:port" / "[v6]:port" (used by the agent's config checks). */
 int pc_parse_host_port(const char *text, char *host, size_t host_cap, unsigned *port);
 

@@ -90,6 +90,9 @@ typedef struct agent_config {
     bool test_hang_on_stop;
 } agent_config;
 
+/* /readyz's edge check waits this long for the edge's health answer. */
+#define EDGE_PROBE_TIMEOUT_MS 2000
+
 #define OPT(name, type, def, min, max, help)                                                       \
     {                                                                                              \
 #name, type, offsetof(agent_config, name), def, min, max, help                             \
@@ -334,8 +337,13 @@ static void check(void *arg, pc_health_report *r)
     if (strcmp(r->endpoint, "readyz") != 0)
         return;
     pc_health_check_shutdown(r, &ag->loop_health);
-    pc_health_check(r, "edge", ag->edge != NULL && pc_edge_bound_port(ag->edge) > 0,
-                    "the edge listener is not bound");
+    /* Asked as a load balancer asks: a saturated or wedged edge is not
+     * ready for more traffic. */
+    pc_err eerr = {0};
+    bool edge_ok =
+        ag->edge != NULL && pc_edge_probe(ag->edge, EDGE_PROBE_TIMEOUT_MS, &eerr) == PC_OK;
+    pc_health_check(r, "edge", edge_ok, "%s",
+                    ag->edge == NULL ? "the edge listener is not running" : eerr.msg);
     int64_t age = pc_applier_heartbeat_age_ms(ag->applier);
     uint64_t stale_after = pc_applier_stale_after_ms(ag->applier);
     if (age < 0)

@@ -9,8 +9,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <arpa/inet.h>
 #include <cmocka.h>
+#include <netinet/in.h>
 
 #include "harness.h"
 #include "http_client.h"
@@ -169,6 +173,44 @@ static void test_agent_freshness(void **state)
 }
 
 /* A relay is ready while verified heartbeats come from upstream. */
+/* The edge check asks the edge as a load balancer would: an edge at
+ * edge_max_connections refuses the question, and the agent is not ready
+ * until a connection frees up. */
+static void test_agent_edge(void **state)
+{
+    (void)state;
+    char nowhere[64];
+    snprintf(nowhere, sizeof(nowhere), "tcp://127.0.0.1:%d", pc_test_free_port());
+    const char *none[] = {nowhere, NULL};
+    const char *extra[] = {"--edge-max-connections", "2", NULL};
+    pc_test_agent a;
+    memset(&a, 0, sizeof(a));
+    pc_test_agent_start(&env, &a, "full", none, none, extra);
+    expect(a.admin_url, "/readyz?exclude=fresh&verbose", 200, "[+]edge ok\n");
+    int held[2];
+    for (int i = 0; i < 2; i++) {
+        held[i] = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)a.edge_port)};
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        assert_int_equal(connect(held[i], (struct sockaddr *)&sa, sizeof(sa)), 0);
+        /* Counted before the next: the edge's threads accept in parallel,
+         * and a later connection may be counted before an earlier one. */
+        int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+        while (pc_test_agent_metric(&a, "popcast_edge_connections") != (uint64_t)i + 1) {
+            if (pc_test_now_ms() > deadline)
+                fail_msg("the edge did not count connection %d", i + 1);
+            pc_test_sleep_ms(20);
+        }
+    }
+    wait_for(a.admin_url, "/readyz?exclude=fresh&verbose", 503,
+             "[-]edge failed: the edge does not answer: ");
+    expect(a.admin_url, "/livez", 200, "ok\n"); /* alive, only not ready */
+    for (int i = 0; i < 2; i++)
+        close(held[i]);
+    wait_for(a.admin_url, "/readyz?exclude=fresh", 200, "ok\n");
+    pc_test_agent_stop(&a);
+}
+
 static void test_relay_upstream(void **state)
 {
     (void)state;
@@ -199,6 +241,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_controller, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cluster_quorum, setup, teardown),
         cmocka_unit_test_setup_teardown(test_agent_freshness, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_agent_edge, setup, teardown),
         cmocka_unit_test_setup_teardown(test_relay_upstream, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
