@@ -3,6 +3,7 @@
  * pass and to fail for its reason, the verbose form names it, exclude
  * leaves it out, and bad requests are refused without effect. */
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -211,6 +212,27 @@ static void test_agent_edge(void **state)
     pc_test_agent_stop(&a);
 }
 
+/* From the stop signal on, readiness fails its shutdown check, so a load
+ * balancer drains the agent while it stops. The hidden test_hang_on_stop
+ * holds the stop where it starts, so the check is seen, not raced. */
+static void test_agent_stopping(void **state)
+{
+    (void)state;
+    char nowhere[64];
+    snprintf(nowhere, sizeof(nowhere), "tcp://127.0.0.1:%d", pc_test_free_port());
+    const char *none[] = {nowhere, NULL};
+    const char *extra[] = {"--test-hang-on-stop", "--shutdown-timeout-ms", "60000", NULL};
+    pc_test_agent a;
+    memset(&a, 0, sizeof(a));
+    pc_test_agent_start(&env, &a, "stopping", none, none, extra);
+    expect(a.admin_url, "/readyz?exclude=fresh&verbose", 200, "[+]shutdown ok\n");
+    assert_int_equal(kill(a.proc->pid, SIGTERM), 0);
+    wait_for(a.admin_url, "/readyz?exclude=fresh&verbose", 503, "[-]shutdown failed: stopping\n");
+    pc_proc_kill9(a.proc);
+    pc_proc_free(a.proc);
+    a.proc = NULL;
+}
+
 static void test_relay_upstream(void **state)
 {
     (void)state;
@@ -242,6 +264,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cluster_quorum, setup, teardown),
         cmocka_unit_test_setup_teardown(test_agent_freshness, setup, teardown),
         cmocka_unit_test_setup_teardown(test_agent_edge, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_agent_stopping, setup, teardown),
         cmocka_unit_test_setup_teardown(test_relay_upstream, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
