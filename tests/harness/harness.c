@@ -613,6 +613,29 @@ json_t *pc_test_json_lines(const char *path)
     return lines;
 }
 
+int pc_test_log_count(pc_proc *p, const char *needle)
+{
+    size_t len = 0;
+    char *log = pc_test_read_file(p->log, &len);
+    int n = 0;
+    for (const char *at = log; (at = strstr(at, needle)) != NULL; at += strlen(needle))
+        n++;
+    free(log);
+    return n;
+}
+
+void pc_test_wait_log(pc_proc *p, const char *needle, int times)
+{
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    while (pc_test_log_count(p, needle) < times) {
+        if (pc_test_now_ms() > deadline) {
+            pc_proc_dump_log(p);
+            fail_msg("%s never logged \"%s\" %d times", p->name, needle, times);
+        }
+        pc_test_sleep_ms(20);
+    }
+}
+
 json_t *pc_test_wait_json_lines(const char *path, size_t n)
 {
     int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;

@@ -83,6 +83,12 @@ json_t *pc_test_json_lines(const char *path);
  * converge timeout. */
 json_t *pc_test_wait_json_lines(const char *path, size_t n);
 
+/* How often needle occurs in the process's log now. */
+int pc_test_log_count(pc_proc *p, const char *needle);
+/* Polls until the process's log holds needle at least `times` times;
+ * fails the test (with the log's end) after the converge timeout. */
+void pc_test_wait_log(pc_proc *p, const char *needle, int times);
+
 /* Starts argv[0] with stdout and stderr appended to log. */
 pc_proc *pc_proc_spawn(const char *name, char *const argv[], const char *log);
 /* SIGTERM then wait (SIGKILL after timeout); returns the exit status. */

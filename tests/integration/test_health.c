@@ -139,16 +139,22 @@ static void test_cluster_quorum(void **state)
 /* An agent with no controller to hear from is alive but not ready (it
  * never heard a heartbeat); ready once it has one; not ready again when
  * heartbeats stop for stale_after_ms. */
-static void test_agent_freshness(void **state)
+/* An agent whose controllers are nowhere (it never gets a heartbeat). */
+static void start_lonely_agent(pc_test_agent *a, const char *id, const char *const *extra)
 {
-    (void)state;
     char nowhere[64];
     snprintf(nowhere, sizeof(nowhere), "tcp://127.0.0.1:%d", pc_test_free_port());
     const char *none[] = {nowhere, NULL};
+    memset(a, 0, sizeof(*a));
+    pc_test_agent_start(&env, a, id, none, none, extra);
+}
+
+static void test_agent_freshness(void **state)
+{
+    (void)state;
     const char *extra[] = {"--stale-after-ms", "1000", NULL};
     pc_test_agent lonely;
-    memset(&lonely, 0, sizeof(lonely));
-    pc_test_agent_start(&env, &lonely, "lonely", none, none, extra);
+    start_lonely_agent(&lonely, "lonely", extra);
     expect(lonely.admin_url, "/livez", 200, "ok\n");
     expect(lonely.admin_url, "/readyz?verbose", 503,
            "[+]store ok\n[+]loop ok\n[+]shutdown ok\n[+]edge ok\n"
@@ -180,13 +186,9 @@ static void test_agent_freshness(void **state)
 static void test_agent_edge(void **state)
 {
     (void)state;
-    char nowhere[64];
-    snprintf(nowhere, sizeof(nowhere), "tcp://127.0.0.1:%d", pc_test_free_port());
-    const char *none[] = {nowhere, NULL};
     const char *extra[] = {"--edge-max-connections", "2", NULL};
     pc_test_agent a;
-    memset(&a, 0, sizeof(a));
-    pc_test_agent_start(&env, &a, "full", none, none, extra);
+    start_lonely_agent(&a, "full", extra);
     expect(a.admin_url, "/readyz?exclude=fresh&verbose", 200, "[+]edge ok\n");
     int held[2];
     for (int i = 0; i < 2; i++) {
@@ -218,13 +220,9 @@ static void test_agent_edge(void **state)
 static void test_agent_stopping(void **state)
 {
     (void)state;
-    char nowhere[64];
-    snprintf(nowhere, sizeof(nowhere), "tcp://127.0.0.1:%d", pc_test_free_port());
-    const char *none[] = {nowhere, NULL};
     const char *extra[] = {"--test-hang-on-stop", "--shutdown-timeout-ms", "60000", NULL};
     pc_test_agent a;
-    memset(&a, 0, sizeof(a));
-    pc_test_agent_start(&env, &a, "stopping", none, none, extra);
+    start_lonely_agent(&a, "stopping", extra);
     expect(a.admin_url, "/readyz?exclude=fresh&verbose", 200, "[+]shutdown ok\n");
     assert_int_equal(kill(a.proc->pid, SIGTERM), 0);
     wait_for(a.admin_url, "/readyz?exclude=fresh&verbose", 503, "[-]shutdown failed: stopping\n");

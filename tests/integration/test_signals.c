@@ -27,27 +27,6 @@ static void write_config(const char *path, const char *text)
     pc_test_write_file(path, text, strlen(text));
 }
 
-/* Waits until the process's log holds needle at least `times` times. */
-static void wait_log(pc_proc *p, const char *needle, int times)
-{
-    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
-    for (;;) {
-        size_t len = 0;
-        char *log = pc_test_read_file(p->log, &len);
-        int n = 0;
-        for (const char *at = log; (at = strstr(at, needle)) != NULL; at += strlen(needle))
-            n++;
-        free(log);
-        if (n >= times)
-            return;
-        if (pc_test_now_ms() > deadline) {
-            pc_proc_dump_log(p);
-            fail_msg("%s never logged \"%s\" %d times", p->name, needle, times);
-        }
-        pc_test_sleep_ms(20);
-    }
-}
-
 /* A request the edge refuses before any tenant code (two Host headers):
  * logged at debug level only, before the answer is sent. */
 static void send_refused_request(int port)
@@ -71,33 +50,33 @@ static void send_refused_request(int port)
 static void exercise(pc_proc *p, const char *config)
 {
     assert_int_equal(kill(p->pid, SIGHUP), 0);
-    wait_log(p, "SIGHUP: configuration read again: log_level is info", 1);
+    pc_test_wait_log(p, "SIGHUP: configuration read again: log_level is info", 1);
     assert_true(pc_proc_alive(p));
     write_config(config, "{\"log_level\": \"debug\"}");
     assert_int_equal(kill(p->pid, SIGHUP), 0);
-    wait_log(p, "SIGHUP: configuration read again: log_level is debug", 1);
+    pc_test_wait_log(p, "SIGHUP: configuration read again: log_level is debug", 1);
     write_config(config, "{\"log_level\": ");
     assert_int_equal(kill(p->pid, SIGHUP), 0);
-    wait_log(p, "SIGHUP: the configuration does not load", 1);
+    pc_test_wait_log(p, "SIGHUP: the configuration does not load", 1);
     write_config(config, "{\"log_level\": \"loud\"}");
     assert_int_equal(kill(p->pid, SIGHUP), 0);
-    wait_log(p, "SIGHUP: log_level must be debug, info, warn or error: nothing changed", 1);
+    pc_test_wait_log(p, "SIGHUP: log_level must be debug, info, warn or error: nothing changed", 1);
     write_config(config, "{\"log_level\": \"info\"}");
     assert_int_equal(kill(p->pid, SIGHUP), 0);
-    wait_log(p, "SIGHUP: configuration read again: log_level is info", 2);
+    pc_test_wait_log(p, "SIGHUP: configuration read again: log_level is info", 2);
     assert_true(pc_proc_alive(p));
     /* JSON lines, then a format that does not exist, then text again. */
     write_config(config, "{\"log_level\": \"info\", \"log_format\": \"json\"}");
     assert_int_equal(kill(p->pid, SIGHUP), 0);
-    wait_log(p, "\"level\":\"info\",\"component\":\"", 1);
-    wait_log(p, "\"msg\":\"SIGHUP: configuration read again: log_level is info, log_format json;",
-             1);
+    pc_test_wait_log(p, "\"level\":\"info\",\"component\":\"", 1);
+    pc_test_wait_log(
+        p, "\"msg\":\"SIGHUP: configuration read again: log_level is info, log_format json;", 1);
     write_config(config, "{\"log_format\": \"xml\"}");
     assert_int_equal(kill(p->pid, SIGHUP), 0);
-    wait_log(p, "\"msg\":\"SIGHUP: log_format must be text or json: nothing changed\"", 1);
+    pc_test_wait_log(p, "\"msg\":\"SIGHUP: log_format must be text or json: nothing changed\"", 1);
     write_config(config, "{\"log_level\": \"info\"}");
     assert_int_equal(kill(p->pid, SIGHUP), 0);
-    wait_log(p, "log_level is info, log_format text;", 3);
+    pc_test_wait_log(p, "log_level is info, log_format text;", 3);
     /* Every line written as JSON is one JSON object with the four keys. */
     size_t len = 0;
     char *log = pc_test_read_file(p->log, &len);
@@ -145,13 +124,13 @@ static void test_sighup_reloads_every_daemon(void **state)
     send_refused_request(agent.edge_port);
     write_config(config, "{\"log_level\": \"debug\"}");
     assert_int_equal(kill(agent.proc->pid, SIGHUP), 0);
-    wait_log(agent.proc, "log_level is debug", 2);
+    pc_test_wait_log(agent.proc, "log_level is debug", 2);
     send_refused_request(agent.edge_port);
-    wait_log(agent.proc, "refused a request: 400", 1);
+    pc_test_wait_log(agent.proc, "refused a request: 400", 1);
     write_config(config, "{\"log_level\": \"info\"}");
     assert_int_equal(kill(agent.proc->pid, SIGHUP), 0);
     /* exercise() left three such lines (the JSON one says log_format json). */
-    wait_log(agent.proc, "log_level is info, log_format text;", 4);
+    pc_test_wait_log(agent.proc, "log_level is info, log_format text;", 4);
     /* Answered: the edge logs a refusal before it answers, so had this one
      * been logged, it would be in the log by now. */
     send_refused_request(agent.edge_port);
@@ -232,19 +211,19 @@ static void test_sighup_replaces_admin_token(void **state)
     const char *new_token = "0123456789abcdef0123456789abcdef-rotated";
     write_config(env.token_path, "0123456789abcdef0123456789abcdef-rotated\n");
     assert_int_equal(kill(ctl.proc->pid, SIGHUP), 0);
-    wait_log(ctl.proc, "SIGHUP: admin token replaced from ", 1);
+    pc_test_wait_log(ctl.proc, "SIGHUP: admin token replaced from ", 1);
     assert_int_equal(status_with(&ctl, old_token), 401);
     assert_int_equal(status_with(&ctl, new_token), 200);
 
     /* Too short to be a token: refused, the current one stays. */
     write_config(env.token_path, "short\n");
     assert_int_equal(kill(ctl.proc->pid, SIGHUP), 0);
-    wait_log(ctl.proc, "SIGHUP: admin token not read again (", 1);
+    pc_test_wait_log(ctl.proc, "SIGHUP: admin token not read again (", 1);
     assert_int_equal(status_with(&ctl, new_token), 200);
     /* The same token again: said to be unchanged. */
     write_config(env.token_path, "0123456789abcdef0123456789abcdef-rotated\n");
     assert_int_equal(kill(ctl.proc->pid, SIGHUP), 0);
-    wait_log(ctl.proc, "SIGHUP: admin token in ", 1);
+    pc_test_wait_log(ctl.proc, "SIGHUP: admin token in ", 1);
     assert_int_equal(status_with(&ctl, new_token), 200);
     pc_test_controller_stop(&ctl);
     pc_test_env_cleanup(&env);

@@ -41,28 +41,6 @@ static void make_pki(const char *name)
         fail_msg("openssl could not make the test certificates");
 }
 
-/* Polls the daemon's log until needle appears n times; fails after the
- * converge timeout. */
-static void wait_log(pc_proc *p, const char *needle, int n)
-{
-    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
-    for (;;) {
-        size_t len = 0;
-        char *log = pc_test_read_file(p->log, &len);
-        int seen = 0;
-        for (const char *at = log; (at = strstr(at, needle)) != NULL; at += strlen(needle))
-            seen++;
-        free(log);
-        if (seen >= n)
-            return;
-        if (pc_test_now_ms() > deadline) {
-            pc_proc_dump_log(p);
-            fail_msg("the log never said '%s' %d time(s)", needle, n);
-        }
-        pc_test_sleep_ms(20);
-    }
-}
-
 static void test_tls_links(void **state)
 {
     pc_test_env env;
@@ -121,10 +99,10 @@ static void test_tls_links(void **state)
      * cannot change a TLS configuration in use); the daemons say whether
      * the files changed since, and keep serving with what they loaded. */
     assert_int_equal(kill(ctl.proc->pid, SIGHUP), 0);
-    wait_log(ctl.proc, "SIGHUP: TLS certificate ", 1);
-    wait_log(ctl.proc, "-server.pem unchanged", 1);
+    pc_test_wait_log(ctl.proc, "SIGHUP: TLS certificate ", 1);
+    pc_test_wait_log(ctl.proc, "-server.pem unchanged", 1);
     assert_int_equal(kill(trusting.proc->pid, SIGHUP), 0);
-    wait_log(trusting.proc, "-ca.pem unchanged", 1);
+    pc_test_wait_log(trusting.proc, "-ca.pem unchanged", 1);
     char evil_pem[400];
     snprintf(evil_pem, sizeof(evil_pem), "%s/evil-server.pem", dir);
     size_t pem_len = 0;
@@ -132,7 +110,7 @@ static void test_tls_links(void **state)
     pc_test_write_file(good_pem, pem, pem_len);
     free(pem);
     assert_int_equal(kill(ctl.proc->pid, SIGHUP), 0);
-    wait_log(ctl.proc, "changed since start and is NOT reloaded", 1);
+    pc_test_wait_log(ctl.proc, "changed since start and is NOT reloaded", 1);
     pc_test_lua_hello(src, sizeof(src), "still over tls");
     uint64_t v2 = pc_test_deploy_lua(&env, &ctl, "app", src); /* https, the good CA */
     assert_true(pc_test_wait_version(&trusting, "app", v2, PC_TEST_CONVERGE_TIMEOUT_MS));
