@@ -364,6 +364,38 @@ static void idem_record(Popcast__IdempotencyRecord *r, const char *tenant, const
     r->created_unix_ms = ms;
 }
 
+/* Applies a deploy of tenant at seq and version with key, made at ms. */
+static void apply_keyed(pc_store *s, const char *tenant, uint64_t seq, uint64_t version,
+                        const char *idem_key, int64_t ms)
+{
+    uint8_t fp[PC_HASH_LEN];
+    memset(fp, 7, sizeof(fp));
+    entry e;
+    assert_int_equal(entry_make(&e, tenant, seq, version, 100, (int)seq), PC_OK);
+    Popcast__IdempotencyRecord r;
+    idem_record(&r, tenant, idem_key, fp, seq, ms);
+    pc_store_item item = {&e.sm, &e.m, e.bundle, e.len, &r};
+    pc_err err;
+    if (pc_store_apply_batch(s, &item, 1, &err) != PC_OK)
+        fail_msg("apply seq %llu with key %s: %s", (unsigned long long)seq, idem_key, err.msg);
+    entry_free(&e);
+}
+
+/* The seq the kept key names, 0 if it is not kept. */
+static uint64_t kept_seq(pc_store *s, const char *tenant, const char *idem_key)
+{
+    Popcast__IdempotencyRecord *got = NULL;
+    pc_err err;
+    int rc = pc_store_get_idempotency(s, tenant, idem_key, &got, &err);
+    if (rc == PC_E_NOTFOUND)
+        return 0;
+    if (rc != PC_OK)
+        fail_msg("key %s: %s", idem_key, err.msg);
+    uint64_t seq = got->seq;
+    popcast__idempotency_record__free_unpacked(got, NULL);
+    return seq;
+}
+
 static void test_idempotency_keys(void **state)
 {
     (void)state;
@@ -439,37 +471,17 @@ static void test_idempotency_keys(void **state)
     idem_record(&r3, "acme", "k2", fp, 3, 5 * day + day / 2);
     if (pc_store_apply_batch(s, two, 2, &err) != PC_OK)
         fail_msg("apply with a second key: %s", err.msg);
-    assert_int_equal(pc_store_get_idempotency(s, "acme", "k1", &got, &err), PC_OK);
-    popcast__idempotency_record__free_unpacked(got, NULL);
-    entry e4;
-    assert_int_equal(entry_make(&e4, "acme", 4, 3, 100, 4), PC_OK);
-    Popcast__IdempotencyRecord r4;
-    idem_record(&r4, "acme", "k3", fp, 4, 6 * day + 1);
-    pc_store_item last = {&e4.sm, &e4.m, e4.bundle, e4.len, &r4};
-    if (pc_store_apply_batch(s, &last, 1, &err) != PC_OK)
-        fail_msg("apply with a third key: %s", err.msg);
-    assert_int_equal(pc_store_get_idempotency(s, "acme", "k1", &got, &err), PC_E_NOTFOUND);
-    assert_int_equal(pc_store_get_idempotency(s, "acme", "k2", &got, &err), PC_OK);
-    assert_int_equal(got->seq, 3);
-    popcast__idempotency_record__free_unpacked(got, NULL);
-    assert_int_equal(pc_store_get_idempotency(s, "acme", "k3", &got, &err), PC_OK);
-    popcast__idempotency_record__free_unpacked(got, NULL);
+    assert_int_equal(kept_seq(s, "acme", "k1"), 1);
+    apply_keyed(s, "acme", 4, 3, "k3", 6 * day + 1);
+    assert_int_equal(kept_seq(s, "acme", "k1"), 0);
+    assert_int_equal(kept_seq(s, "acme", "k2"), 3);
+    assert_int_equal(kept_seq(s, "acme", "k3"), 4);
     /* Once dropped, the key may name a new entry. */
-    entry e5;
-    assert_int_equal(entry_make(&e5, "acme", 5, 4, 100, 5), PC_OK);
-    Popcast__IdempotencyRecord r5;
-    idem_record(&r5, "acme", "k1", fp, 5, 6 * day + 2);
-    pc_store_item again = {&e5.sm, &e5.m, e5.bundle, e5.len, &r5};
-    if (pc_store_apply_batch(s, &again, 1, &err) != PC_OK)
-        fail_msg("a dropped key again: %s", err.msg);
-    assert_int_equal(pc_store_get_idempotency(s, "acme", "k1", &got, &err), PC_OK);
-    assert_int_equal(got->seq, 5);
-    popcast__idempotency_record__free_unpacked(got, NULL);
+    apply_keyed(s, "acme", 5, 4, "k1", 6 * day + 2);
+    assert_int_equal(kept_seq(s, "acme", "k1"), 5);
     entry_free(&e1);
     entry_free(&e2);
     entry_free(&e3);
-    entry_free(&e4);
-    entry_free(&e5);
     pc_store_close(s);
 }
 
