@@ -146,14 +146,17 @@ typedef struct audit_call {
     char *token; /* "admin", a token id, or NULL */
     char method[16];
     char *path;
+    char *idempotency_key; /* as sent, or NULL */
 } audit_call;
 
 static void audit_done(void *arg, uint16_t status, const void *body, size_t len)
 {
     audit_call *ac = arg;
-    pc_audit_write(ac->audit, ac->token, ac->method, ac->path, status, body, len);
+    pc_audit_write(ac->audit, ac->token, ac->method, ac->path, ac->idempotency_key, status, body,
+                   len);
     free(ac->token);
     free(ac->path);
+    free(ac->idempotency_key);
     free(ac);
 }
 
@@ -171,9 +174,14 @@ static void audit_request(pc_api *api, pc_httpd_req *rq, const api_principal *wh
         ac->token = strdup(who->admin ? "admin" : who->token->id);
     snprintf(ac->method, sizeof(ac->method), "%s", pc_httpd_method(rq));
     ac->path = strdup(pc_httpd_target(rq));
-    if (ac->path == NULL || (who != NULL && ac->token == NULL)) {
+    const char *key = pc_httpd_header(rq, "Idempotency-Key");
+    if (key != NULL)
+        ac->idempotency_key = strdup(key);
+    if (ac->path == NULL || (who != NULL && ac->token == NULL) ||
+        (key != NULL && ac->idempotency_key == NULL)) {
         free(ac->token);
         free(ac->path);
+        free(ac->idempotency_key);
         free(ac);
         return;
     }
@@ -359,6 +367,8 @@ static void change_done(pc_change *c, const pc_change_result *r)
         if (!r->replayed)
             pc_metric_add(api->m_changes, 1);
         answer = api_tenant_change_json(c, r);
+        if (answer != NULL && r->replayed)
+            json_object_set_new(answer, "replayed", json_true());
     }
     /* A replay answers as the first time did, and says it is one. */
     static const char *const replayed[] = {"Idempotent-Replayed", "true", NULL};

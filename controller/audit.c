@@ -39,7 +39,8 @@ void pc_audit_close(pc_audit *a)
 }
 
 void pc_audit_write(pc_audit *a, const char *token, const char *method, const char *path,
-                    uint16_t status, const void *answer, size_t answer_len)
+                    const char *idempotency_key, uint16_t status, const void *answer,
+                    size_t answer_len)
 {
     if (a == NULL)
         return;
@@ -53,6 +54,8 @@ void pc_audit_write(pc_audit *a, const char *token, const char *method, const ch
     json_object_set_new(line, "method", json_string(method));
     /* The path is the caller's bytes: kept as text, whatever they are. */
     pc_json_set_text(line, "path", path);
+    if (idempotency_key != NULL) /* the caller's bytes too */
+        pc_json_set_text(line, "idempotency_key", idempotency_key);
     json_object_set_new(line, "status", json_integer(status));
     json_t *body = answer != NULL && answer_len > 0
                        ? json_loadb(answer, answer_len, JSON_DISABLE_EOF_CHECK, NULL)

@@ -6,7 +6,10 @@
  *    "path":"/v1/tenants/acme/bundles","status":201,"answer":{...}}
  *
  * token is "admin", a scoped token's id, or null when no valid token
- * came; answer is the JSON the caller got (the version and seq, or the
+ * came; idempotency_key is the request's Idempotency-Key, when it sent
+ * one (a repeat of a keyed write is answered, and logged, with the first
+ * one's version and seq and "replayed": true); answer is the JSON the
+ * caller got (the version and seq, or the
  * error), absent when the answer was not JSON or there was none (status
  * 0: the connection failed first). A created token's secret ("token" in
  * the answer) is left out; its id stays. The file is opened for appending,
@@ -31,9 +34,11 @@ int pc_audit_open(pc_audit **out, const char *path, pc_err *err);
 int pc_audit_reopen(pc_audit *a, pc_err *err);
 void pc_audit_close(pc_audit *a);
 
-/* Appends one line: time, token, method, path, status, answer. token
- * NULL: none. answer: the body answered (parsed if JSON). */
+/* Appends one line: time, token, method, path, idempotency_key, status,
+ * answer. token, idempotency_key NULL: none. answer: the body answered
+ * (parsed if JSON; a repeat of a keyed write answers "replayed": true). */
 void pc_audit_write(pc_audit *a, const char *token, const char *method, const char *path,
-                    uint16_t status, const void *answer, size_t answer_len);
+                    const char *idempotency_key, uint16_t status, const void *answer,
+                    size_t answer_len);
 
 #endif

@@ -65,6 +65,14 @@ static const char *str(json_t *line, const char *key)
     return s != NULL ? s : "";
 }
 
+/* A line is written once its answer is sent, so a client may see its
+ * answer (and send the next request) first: each audited request waits
+ * for its line, which keeps the lines in request order. */
+static void wait_lines(size_t n)
+{
+    json_decref(pc_test_wait_json_lines(audit_path, n));
+}
+
 static void test_writes_are_audited(void **state)
 {
     (void)state;
@@ -72,6 +80,7 @@ static void test_writes_are_audited(void **state)
     /* 1: a deploy by the admin. */
     assert_int_equal(call(env.token, "POST", "/v1/tenants/acme/bundles", "text/x-lua", lua, NULL),
                      201);
+    wait_lines(1);
     /* Reads are not audited. */
     assert_int_equal(call(env.token, "GET", "/v1/tenants", NULL, NULL, NULL), 200);
     assert_int_equal(call(env.token, "GET", "/v1/tenants/acme/versions", NULL, NULL, NULL), 200);
@@ -80,19 +89,24 @@ static void test_writes_are_audited(void **state)
     assert_int_equal(call(env.token, "POST", "/v1/tokens", "application/json",
                           "{\"tenants\": [\"acme\"], \"name\": \"ci\"}", &doc),
                      201);
+    wait_lines(2);
     char token[128], id[32];
     snprintf(token, sizeof(token), "%s", json_string_value(json_object_get(doc, "token")));
     snprintf(id, sizeof(id), "%s", json_string_value(json_object_get(doc, "id")));
     json_decref(doc);
     /* 3: it deploys acme; 4: it is refused another tenant. */
     assert_int_equal(call(token, "POST", "/v1/tenants/acme/bundles", "text/x-lua", lua, NULL), 201);
+    wait_lines(3);
     assert_int_equal(call(token, "POST", "/v1/tenants/other/bundles", "text/x-lua", lua, NULL),
                      404);
+    wait_lines(4);
     /* 5: no valid token. */
     assert_int_equal(call("pct_wrong", "DELETE", "/v1/tenants/acme", NULL, NULL, NULL), 401);
+    wait_lines(5);
     /* 6: a malformed upload (refused before any change). */
     assert_int_equal(
         call(env.token, "POST", "/v1/tenants/acme/bundles", "text/x-lua", "not lua (", NULL), 422);
+    wait_lines(6);
     /* 7: a hostile path: still one valid line. */
     assert_int_equal(call(env.token, "DELETE", "/v1/tenants/%22%0a%ff", NULL, NULL, NULL), 400);
 
@@ -133,6 +147,38 @@ static void test_writes_are_audited(void **state)
     struct stat st;
     assert_int_equal(stat(audit_path, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0600);
+}
+
+/* A keyed write and its repeat: both lines carry the key; the repeat's
+ * answer is the first one's, marked replayed. */
+static void test_keyed_writes_are_audited(void **state)
+{
+    (void)state;
+    char auth[200];
+    snprintf(auth, sizeof(auth), "Bearer %s", env.token);
+    const char *headers[] = {"Authorization", auth, "Content-Type", "text/x-lua", "Idempotency-Key",
+                             "audit-1",       NULL};
+    const char *lua = "return function(req) return 'keyed' end";
+    for (int i = 0; i < 2; i++) {
+        pc_http_result r;
+        assert_int_equal(pc_http_call(ctl.api_url, "POST", "/v1/tenants/keyed/bundles", headers,
+                                      lua, strlen(lua), 30000, &r, NULL),
+                         PC_OK);
+        assert_int_equal(r.status, 201);
+        pc_http_result_free(&r);
+        wait_lines((size_t)i + 1);
+    }
+    json_t *lines = pc_test_json_lines(audit_path);
+    assert_int_equal(json_array_size(lines), 2);
+    json_t *first = json_array_get(lines, 0), *again = json_array_get(lines, 1);
+    assert_string_equal(str(first, "idempotency_key"), "audit-1");
+    assert_string_equal(str(again, "idempotency_key"), "audit-1");
+    json_t *a1 = json_object_get(first, "answer"), *a2 = json_object_get(again, "answer");
+    assert_null(json_object_get(a1, "replayed"));
+    assert_true(json_is_true(json_object_get(a2, "replayed")));
+    assert_int_equal(json_integer_value(json_object_get(a2, "seq")),
+                     json_integer_value(json_object_get(a1, "seq")));
+    json_decref(lines);
 }
 
 /* logrotate: the file is moved, SIGHUP, and the next lines go to a new
@@ -177,6 +223,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_writes_are_audited, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_keyed_writes_are_audited, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sighup_reopens, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -31,7 +31,8 @@ static int leader;
 typedef struct answer {
     int status;
     uint64_t version, seq;
-    bool replayed;
+    bool replayed;      /* the Idempotent-Replayed header */
+    bool replayed_body; /* "replayed": true in the answer */
     char code[32];
 } answer;
 
@@ -67,6 +68,7 @@ static answer write_keyed(int node, const char *method, const char *path, const 
     snprintf(a.code, sizeof(a.code), "%s", code ? code : "");
     const char *replayed = pc_http_result_header(&r, "Idempotent-Replayed");
     a.replayed = replayed != NULL && strcmp(replayed, "true") == 0;
+    a.replayed_body = json_is_true(json_object_get(doc, "replayed"));
     json_decref(doc);
     pc_http_result_free(&r);
     return a;
@@ -125,6 +127,8 @@ static void test_same_key_same_answer(void **state)
     assert_int_equal(again.version, 1);
     assert_int_equal(again.seq, first.seq);
     assert_true(again.replayed);
+    assert_true(again.replayed_body);
+    assert_false(first.replayed_body);
     assert_int_equal(versions_on(leader, "idem-a"), 1);
 
     /* The same key for something else: refused, nothing made. */
