@@ -576,20 +576,28 @@ void pc_test_controller_start(pc_test_env *env, pc_test_controller *c, const cha
  * when every directly leaked block was allocated by nng itself (its
  * frame #1, the allocator's caller, is in libnng): such a block is an
  * nng message, pipe, dialer or socket. Every block popcast's own code
- * allocates is still checked, in nng's threads too. docs/testing.md
- * "Sanitizers" says what this leaves unchecked. */
-static bool leak_report_is_nngs(FILE *f)
+ * allocates is still checked, in nng's threads too.
+ *
+ * And one block of libraft 0.15's: installSnapshotCb (replication.c)
+ * frees a snapshot's data and configuration when it discards an install
+ * (the node is stopping as the snapshot lands) but not its one-element
+ * bufs array, 16 bytes. Accepted exactly so: a direct leak of 16 bytes
+ * whose allocator's caller is in libraft. docs/testing.md "Sanitizers"
+ * says what these leave unchecked. */
+static bool leak_report_is_libraries(FILE *f)
 {
     char line[1024];
-    bool direct = false, ours = false, ended = false;
+    bool direct = false, ours = false, ended = false, sixteen = false;
     while (!ended && fgets(line, sizeof(line), f) != NULL) {
-        if (strstr(line, "Direct leak of") != NULL)
+        if (strstr(line, "Direct leak of") != NULL) {
             direct = true;
-        else if (strstr(line, "Indirect leak of") != NULL)
+            sixteen = strstr(line, "Direct leak of 16 byte(s) in 1 object(s)") == line;
+        } else if (strstr(line, "Indirect leak of") != NULL) {
             direct = false;
-        else if (direct && strstr(line, "    #1 ") == line && strstr(line, "libnng.so") == NULL)
+        } else if (direct && strstr(line, "    #1 ") == line && strstr(line, "libnng.so") == NULL &&
+                   !(sixteen && strstr(line, "libraft.so") != NULL)) {
             ours = true;
-        else if (strstr(line, "SUMMARY: AddressSanitizer:") != NULL)
+        } else if (strstr(line, "SUMMARY: AddressSanitizer:") != NULL)
             ended = true;
     }
     return ended && !ours;
@@ -658,10 +666,10 @@ pc_sanitizer_verdict pc_test_sanitizer_verdict(const char *log)
     char line[1024];
     while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
         if (strstr(line, "ERROR: LeakSanitizer: detected memory leaks") != NULL) {
-            if (!leak_report_is_nngs(f))
+            if (!leak_report_is_libraries(f))
                 verdict = PC_SANITIZER_REPORT;
             else if (verdict == PC_SANITIZER_CLEAN)
-                verdict = PC_SANITIZER_NNG_LEAK;
+                verdict = PC_SANITIZER_LIBRARY_LEAK;
         } else if (strstr(line, "Sanitizer") != NULL || strstr(line, "runtime error:") != NULL) {
             verdict = PC_SANITIZER_REPORT;
         }
@@ -678,8 +686,8 @@ static void expect_clean_exit(pc_proc *p, int status)
         pc_proc_dump_log(p);
         fail_msg("%s did not exit cleanly (status %d)", p->name, status);
     }
-    if (verdict == PC_SANITIZER_NNG_LEAK)
-        printf("note: %s: LeakSanitizer found only nng's own objects (nng 1.5.2 bugs, accepted)\n",
+    if (verdict == PC_SANITIZER_LIBRARY_LEAK)
+        printf("note: %s: LeakSanitizer found only nng's or libraft's own known leaks (accepted)\n",
                p->name);
 }
 

@@ -65,12 +65,12 @@ typedef struct pc_proc {
     int n_ports;
 } pc_proc;
 
-/* What a daemon's log says of the sanitizers: nothing; only a leak of
- * nng 1.5.2's own objects (docs/testing.md "Sanitizers"); or a report
- * that fails the test. */
+/* What a daemon's log says of the sanitizers: nothing; only known leaks
+ * of nng 1.5.2's and libraft 0.15's own (docs/testing.md "Sanitizers");
+ * or a report that fails the test. */
 typedef enum {
     PC_SANITIZER_CLEAN,
-    PC_SANITIZER_NNG_LEAK,
+    PC_SANITIZER_LIBRARY_LEAK,
     PC_SANITIZER_REPORT
 } pc_sanitizer_verdict;
 pc_sanitizer_verdict pc_test_sanitizer_verdict(const char *log);
