@@ -660,12 +660,11 @@ static void agent_close(agent *ag)
     pc_metrics_free(ag->metrics);
     pc_store_close(ag->store);
     pc_config_free(options, &ag->cfg);
-    /* Every socket is closed by now; let nng finish reaping them before
-     * the process exits, so that nothing it still held shows up as a leak
-     * (the sanitizer build checks the daemons at exit). Not when a close
-     * was abandoned: nng_fini would wait for that socket for good. */
-    if (!pc_nng_abandoned())
-        nng_fini();
+    /* No nng_fini: in nng 1.5.2 it can race a task thread still reaping
+     * an HTTP server's (TLS) connections and panic the process at exit
+     * ("pthread_mutex_lock: Invalid argument", seen in test_tls). What nng
+     * still holds at exit stays reachable from its own lists and threads;
+     * the sanitizer build judges the leaks that are left (docs/testing.md). */
 }
 
 int main(int argc, char **argv)

@@ -8,8 +8,8 @@
  * library does, so the close runs on a thread of its own and the caller
  * waits at most timeout_ms. If it has not returned by then the socket is
  * abandoned: the caller goes on with its stop, and pc_nng_abandoned tells
- * the daemon to skip nng_fini (which would wait for that socket too) and
- * to leave with _exit once everything it owns is closed.
+ * the daemon to leave with _exit once everything it owns is closed (exit's
+ * handlers would walk nng's half-closed state).
  *
  * Thread safe. */
 #ifndef PC_NNG_CLOSE_H

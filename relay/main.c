@@ -461,7 +461,11 @@ static void relay_close(relay *r)
     if (r->server_tls != NULL)
         nng_tls_config_free(r->server_tls);
     pc_config_free(options, &r->cfg);
-    nng_fini();
+    /* No nng_fini: in nng 1.5.2 it can race a task thread still reaping
+     * an HTTP server's (TLS) connections and panic the process at exit
+     * ("pthread_mutex_lock: Invalid argument", seen in test_tls). What nng
+     * still holds at exit stays reachable from its own lists and threads;
+     * the sanitizer build judges the leaks that are left (docs/testing.md). */
 }
 
 int main(int argc, char **argv)
