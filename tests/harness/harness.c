@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <dirent.h>
 #include <errno.h>
@@ -219,6 +220,20 @@ char *pc_test_read_file(const char *path, size_t *len)
     return buf;
 }
 
+/* Where daemons started from now on run (pc_test_place). */
+static char place_netns[64];
+static char place_host[40] = "127.0.0.1";
+
+void pc_test_place(const char *netns, const char *host)
+{
+    snprintf(place_netns, sizeof(place_netns), "%s", netns != NULL ? netns : "");
+    snprintf(place_host, sizeof(place_host), "%s", host != NULL ? host : "127.0.0.1");
+}
+
+/* The network namespace the next proc_spawn runs its child in ("" or
+ * NULL: this process's); set by the daemon starters around the spawn. */
+static const char *spawn_netns;
+
 /* leaks_in_log: LeakSanitizer reports leaks in the log and leaves the
  * exit status alone, for expect_clean_exit to judge (see there). */
 static pc_proc *proc_spawn(const char *name, char *const argv[], const char *log, bool leaks_in_log)
@@ -237,6 +252,15 @@ static pc_proc *proc_spawn(const char *name, char *const argv[], const char *log
             close(fd);
         }
         signal(SIGPIPE, SIG_DFL);
+        if (spawn_netns != NULL && spawn_netns[0] != '\0') {
+            int ns = open(spawn_netns, O_RDONLY | O_CLOEXEC);
+            if (ns < 0 || setns(ns, CLONE_NEWNET) != 0) {
+                fprintf(stderr, "harness: cannot enter network namespace %s: %s\n", spawn_netns,
+                        strerror(errno));
+                _exit(127);
+            }
+            close(ns);
+        }
         if (leaks_in_log) {
             const char *was = getenv("LSAN_OPTIONS");
             char opts[1024];
@@ -507,13 +531,17 @@ void pc_test_controller_start(pc_test_env *env, pc_test_controller *c, const cha
 {
     if (c->dir[0] == '\0')
         pc_test_tmpdir(c->dir, sizeof(c->dir), "ctl");
+    if (c->host[0] == '\0') { /* the first start (a cluster's nodes have a dir by then) */
+        snprintf(c->host, sizeof(c->host), "%s", place_host);
+        snprintf(c->netns, sizeof(c->netns), "%s", place_netns);
+    }
     mkdir(c->dir, 0700); /* a test may have deleted it */
     if (c->api_url[0] == '\0')
-        snprintf(c->api_url, sizeof(c->api_url), "http://127.0.0.1:0");
+        snprintf(c->api_url, sizeof(c->api_url), "http://%s:0", c->host);
     if (c->pub_url[0] == '\0')
-        snprintf(c->pub_url, sizeof(c->pub_url), "tcp://127.0.0.1:0");
+        snprintf(c->pub_url, sizeof(c->pub_url), "tcp://%s:0", c->host);
     if (c->sync_url[0] == '\0')
-        snprintf(c->sync_url, sizeof(c->sync_url), "tcp://127.0.0.1:0");
+        snprintf(c->sync_url, sizeof(c->sync_url), "tcp://%s:0", c->host);
     if (c->raft_address[0] == '\0') {
         c->raft_port = pc_test_free_port();
         snprintf(c->raft_address, sizeof(c->raft_address), "127.0.0.1:%d", c->raft_port);
@@ -545,7 +573,9 @@ void pc_test_controller_start(pc_test_env *env, pc_test_controller *c, const cha
     argv[n++] = "--ready-file";
     argv[n++] = ready;
     argv[n] = NULL;
+    spawn_netns = c->netns;
     json_t *doc = spawn_ready(&c->proc, "controller", argv, log, ready);
+    spawn_netns = NULL;
     ready_field(doc, "api", c->api_url, sizeof(c->api_url), c->proc);
     ready_field(doc, "pub", c->pub_url, sizeof(c->pub_url), c->proc);
     ready_field(doc, "sync", c->sync_url, sizeof(c->sync_url), c->proc);
@@ -623,6 +653,9 @@ json_t *pc_test_json_lines(const char *path)
 
 int pc_test_log_count(pc_proc *p, const char *needle)
 {
+    /* The child creates its log after the fork: none yet, nothing said. */
+    if (access(p->log, F_OK) != 0)
+        return 0;
     size_t len = 0;
     char *log = pc_test_read_file(p->log, &len);
     int n = 0;
@@ -706,12 +739,14 @@ void pc_test_agent_start(pc_test_env *env, pc_test_agent *a, const char *id,
     if (a->dir[0] == '\0') {
         pc_test_tmpdir(a->dir, sizeof(a->dir), "agent");
         snprintf(a->id, sizeof(a->id), "%s", id);
+        snprintf(a->host, sizeof(a->host), "%s", place_host);
+        snprintf(a->netns, sizeof(a->netns), "%s", place_netns);
     }
     mkdir(a->dir, 0700); /* a test may have deleted it */
     char edge[64];
-    snprintf(edge, sizeof(edge), "127.0.0.1:%d", a->edge_port);
+    snprintf(edge, sizeof(edge), "%s:%d", a->host, a->edge_port);
     if (a->admin_url[0] == '\0')
-        snprintf(a->admin_url, sizeof(a->admin_url), "http://127.0.0.1:0");
+        snprintf(a->admin_url, sizeof(a->admin_url), "http://%s:0", a->host);
     char ready[400], log[400];
     snprintf(ready, sizeof(ready), "%s/agent.ready", a->dir);
     snprintf(log, sizeof(log), "%s/agent.log", a->dir);
@@ -741,7 +776,9 @@ void pc_test_agent_start(pc_test_env *env, pc_test_agent *a, const char *id,
     argv[n++] = "--ready-file";
     argv[n++] = ready;
     argv[n] = NULL;
+    spawn_netns = a->netns;
     json_t *doc = spawn_ready(&a->proc, a->id, argv, log, ready);
+    spawn_netns = NULL;
     ready_field(doc, "edge", edge, sizeof(edge), a->proc);
     ready_field(doc, "admin", a->admin_url, sizeof(a->admin_url), a->proc);
     json_decref(doc);
@@ -771,9 +808,10 @@ void pc_test_relay_start(pc_test_env *env, pc_test_relay *r, const char *id, con
     if (r->dir[0] == '\0') {
         pc_test_tmpdir(r->dir, sizeof(r->dir), "relay");
         snprintf(r->id, sizeof(r->id), "%s", id);
-        snprintf(r->pub_url, sizeof(r->pub_url), "tcp://127.0.0.1:0");
-        snprintf(r->sync_url, sizeof(r->sync_url), "tcp://127.0.0.1:0");
-        snprintf(r->admin_url, sizeof(r->admin_url), "http://127.0.0.1:0");
+        snprintf(r->netns, sizeof(r->netns), "%s", place_netns);
+        snprintf(r->pub_url, sizeof(r->pub_url), "tcp://%s:0", place_host);
+        snprintf(r->sync_url, sizeof(r->sync_url), "tcp://%s:0", place_host);
+        snprintf(r->admin_url, sizeof(r->admin_url), "http://%s:0", place_host);
     }
     char ready[400], log[400];
     snprintf(ready, sizeof(ready), "%s/relay.ready", r->dir);
@@ -803,7 +841,9 @@ void pc_test_relay_start(pc_test_env *env, pc_test_relay *r, const char *id, con
     argv[n++] = "--ready-file";
     argv[n++] = ready;
     argv[n] = NULL;
+    spawn_netns = r->netns;
     json_t *doc = spawn_ready(&r->proc, r->id, argv, log, ready);
+    spawn_netns = NULL;
     ready_field(doc, "pub", r->pub_url, sizeof(r->pub_url), r->proc);
     ready_field(doc, "sync", r->sync_url, sizeof(r->sync_url), r->proc);
     ready_field(doc, "admin", r->admin_url, sizeof(r->admin_url), r->proc);

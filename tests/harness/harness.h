@@ -113,8 +113,16 @@ typedef struct pc_test_env {
 void pc_test_env_init(pc_test_env *env);
 void pc_test_env_cleanup(pc_test_env *env);
 
+/* Where daemons started from now on run and listen: in the network
+ * namespace at path netns (NULL: this process's) on host (NULL:
+ * 127.0.0.1). A daemon keeps its place across restarts. For the WAN
+ * testbed (wan.h): controllers on 0.0.0.0 in the core, a PoP's daemons
+ * in its namespace on its address. */
+void pc_test_place(const char *netns, const char *host);
+
 typedef struct pc_test_controller {
     char dir[300];
+    char host[40], netns[64];
     int api_port, pub_port, sync_port, raft_port;
     char api_url[64], pub_url[64], sync_url[64], raft_address[64];
     pc_proc *proc;
@@ -130,6 +138,7 @@ void pc_test_controller_stop(pc_test_controller *c);
 
 typedef struct pc_test_agent {
     char dir[300];
+    char host[40], netns[64];
     char id[32];
     int edge_port, admin_port;
     char edge_url[64], admin_url[64];
@@ -148,6 +157,7 @@ void pc_test_agent_stop(pc_test_agent *a);
 
 typedef struct pc_test_relay {
     char dir[300];
+    char netns[64];
     char id[32];
     char pub_url[64], sync_url[64], admin_url[64];
     pc_proc *proc;
