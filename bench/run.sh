@@ -17,6 +17,7 @@ BUILD=$(cd "$BUILD" && pwd)
 export POPCAST_CONTROLLER_BIN="$BUILD/controller/popcast-controller"
 export POPCAST_AGENT_BIN="$BUILD/agent/popcast-agent"
 export POPCAST_RELAY_BIN="$BUILD/relay/popcast-relay"
+export POPCAST_WAN_LINK_BIN="$BUILD/tests/pc_wan_link"
 export POPCAST_CLI_BIN="$BUILD/cli/popcast"
 export POPCAST_SOURCE_DIR="$ROOT"
 export POPCAST_TEST_TMP="$BUILD/bench-tmp"
