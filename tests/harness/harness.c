@@ -33,14 +33,26 @@
 
 static pc_proc *procs[MAX_PROCS];
 
-static void kill_all(void)
+/* Kills every process still running (but, unless at exit, not those
+ * that outlive their env) and marks it exited, so that no later stop
+ * waits on, or signals, a pid that is gone. */
+static void kill_running(bool at_exit)
 {
     for (int i = 0; i < MAX_PROCS; i++) {
-        if (procs[i] != NULL && !procs[i]->exited) {
-            kill(procs[i]->pid, SIGKILL);
-            waitpid(procs[i]->pid, NULL, 0);
-        }
+        pc_proc *p = procs[i];
+        if (p == NULL || p->exited || (p->outlives_env && !at_exit))
+            continue;
+        kill(p->pid, SIGKILL);
+        int status = 0;
+        waitpid(p->pid, &status, 0);
+        p->exited = 1;
+        p->status = status;
     }
+}
+
+static void kill_all(void)
+{
+    kill_running(true);
 }
 
 void pc_test_init(void)
@@ -287,7 +299,10 @@ static pc_proc *proc_spawn(const char *name, char *const argv[], const char *log
 
 pc_proc *pc_proc_spawn(const char *name, char *const argv[], const char *log)
 {
-    return proc_spawn(name, argv, log, false);
+    spawn_netns = place_netns;
+    pc_proc *p = proc_spawn(name, argv, log, false);
+    spawn_netns = NULL;
+    return p;
 }
 
 static void reap(pc_proc *p, int block)
@@ -433,7 +448,7 @@ void pc_test_env_init(pc_test_env *env)
 
 void pc_test_env_cleanup(pc_test_env *env)
 {
-    kill_all();
+    kill_running(false);
     if (getenv("POPCAST_TEST_KEEP") == NULL)
         pc_test_rm_rf(env->root);
 }

@@ -63,6 +63,9 @@ typedef struct pc_proc {
      * once it is seen to exit, for its restart. */
     int ports[PC_PROC_MAX_PORTS];
     int n_ports;
+    /* Not killed by pc_test_env_cleanup (only at exit, or when stopped):
+     * the WAN testbed's links, which a benchmark keeps across envs. */
+    bool outlives_env;
 } pc_proc;
 
 /* What a daemon's log says of the sanitizers: nothing; only known leaks
@@ -89,7 +92,8 @@ int pc_test_log_count(pc_proc *p, const char *needle);
  * fails the test (with the log's end) after the converge timeout. */
 void pc_test_wait_log(pc_proc *p, const char *needle, int times);
 
-/* Starts argv[0] with stdout and stderr appended to log. */
+/* Starts argv[0] with stdout and stderr appended to log, in the network
+ * namespace pc_test_place last named. */
 pc_proc *pc_proc_spawn(const char *name, char *const argv[], const char *log);
 /* SIGTERM then wait (SIGKILL after timeout); returns the exit status. */
 int pc_proc_stop(pc_proc *p);

@@ -47,6 +47,7 @@ void pc_wan_add_pop(pc_wan_pop *pop, int index, const char *name, const pc_wan_s
     char *argv[] = {(char *)bin, dev,  pop->core_addr, pop->pop_addr, delay,
                     jitter,      loss, rate,           seed_s,        NULL};
     pop->link = pc_proc_spawn(name, argv, log);
+    pop->link->outlives_env = true;
     pc_test_wait_log(pop->link, "wan link up", 1);
     snprintf(pop->netns, sizeof(pop->netns), "/proc/%d/ns/net", (int)pop->link->pid);
 }
