@@ -2,13 +2,21 @@
  * lossy agent converges. Real processes on loopback, started with the test
  * harness; run by hand (or by CI with tiny sizes), never as a test.
  *
- *   bench_rollout [AGENTS,AGENTS,...] [RUNS] [LOSS_DEPLOYS] [BYTES,BYTES,...] [RELAYS]
- *   defaults:      3,20               9      200            4096               0
+ *   bench_rollout [AGENTS,AGENTS,...] [RUNS] [LOSS_DEPLOYS] [BYTES,BYTES,...] [RELAYS] [WAN]
+ *   defaults:      3,20               9      200            4096               0        0
  *
  * RELAYS > 0: the agents are spread over that many PoPs, each with one
  * popcast-relay; an agent subscribes to its PoP's relay only, catches up
  * from it and reports through it (the controller keeps its --sync as the
  * fallback).
+ *
+ * WAN = RTT_MS:LOSS (e.g. 100:0.01): the WAN testbed (tests/harness/wan.h)
+ * instead of loopback. The controller (and etcd) in the core namespace;
+ * RELAYS PoPs (4 when RELAYS is 0), each a namespace behind a link of
+ * RTT_MS round trip (jitter +-RTT_MS/20 each way) and LOSS per packet each
+ * way; agents (and etcd's watchers) spread over the PoPs, reaching the
+ * core across their PoP's link. The loss-convergence part is skipped (its
+ * loss is the agent's own, not the network's).
  *
  * Figures (medians over RUNS, milliseconds):
  *   commit     POST of a bundle until the controller answered 201 (the
@@ -47,12 +55,34 @@
 #include "clock.h"
 #include "etcd_cluster.h"
 #include "harness.h"
+#include "wan.h"
 
 static const char *agent_counts = "3,20";
 static const char *byte_counts = "4096";
 static int runs = 9;
 static int loss_deploys = 200;
 static int n_relays = 0;
+static int wan_rtt_ms = 0; /* 0: loopback, no WAN testbed */
+static double wan_loss = 0;
+#define MAX_POPS 64
+static pc_wan_pop pops[MAX_POPS];
+static int n_pops = 0;
+
+/* The PoP agent or watcher i lives in (WAN testbed), or NULL. */
+static pc_wan_pop *pop_of(int i)
+{
+    return n_pops > 0 ? &pops[i % n_pops] : NULL;
+}
+
+/* A controller URL as seen from pop (its core address) or loopback. */
+static void seen_from(char *out, size_t cap, const char *url, const pc_wan_pop *pop)
+{
+    if (pop == NULL) {
+        snprintf(out, cap, "%s", url);
+        return;
+    }
+    snprintf(out, cap, "tcp://%s:%s", pop->core_addr, strrchr(url, ':') + 1);
+}
 
 /* User + system CPU time of a process so far, in ms (0 if unreadable). */
 static double cpu_ms(pid_t pid)
@@ -114,9 +144,19 @@ static double etcd_fanout(int n_watchers, size_t size)
     if (!etcd_installed() || access("/usr/bin/curl", X_OK) != 0)
         return -1;
     etcd_cluster e;
+    etcd_listen_everywhere(n_pops > 0);
     etcd_start(&e, 1, size * 2 + (1u << 20));
     etcd_watchers w;
-    etcd_watchers_start(&w, &e, "bench", n_watchers);
+    const char **netns = calloc((size_t)n_watchers, sizeof(*netns));
+    const char **host = calloc((size_t)n_watchers, sizeof(*host));
+    assert_true(netns != NULL && host != NULL);
+    for (int i = 0; i < n_watchers && n_pops > 0; i++) {
+        netns[i] = pop_of(i)->netns;
+        host[i] = pop_of(i)->core_addr;
+    }
+    etcd_watchers_start_placed(&w, &e, "bench", n_watchers, netns, host);
+    free(netns);
+    free(host);
     char *value = malloc(size ? size : 1);
     assert_non_null(value);
     double *t = calloc((size_t)runs, sizeof(double));
@@ -144,31 +184,48 @@ static void bench_live_everywhere(int n_agents, size_t size)
     pc_test_env env;
     pc_test_env_init(&env);
     pc_test_controller ctl = {0};
+    pc_test_place(NULL, n_pops > 0 ? "0.0.0.0" : NULL);
     pc_test_controller_start(&env, &ctl, NULL);
+    pc_test_place(NULL, NULL);
     pc_test_agent *agents = calloc((size_t)n_agents, sizeof(*agents));
     pc_test_relay *relays = calloc((size_t)(n_relays ? n_relays : 1), sizeof(*relays));
     for (int k = 0; k < n_relays; k++) {
         char id[32], pop[32];
         snprintf(id, sizeof(id), "relay-%02d", k);
         snprintf(pop, sizeof(pop), "pop-%02d", k);
-        const char *subs[] = {ctl.pub_url, NULL};
-        const char *syncs[] = {ctl.sync_url, NULL};
+        char pub[64], sync[64];
+        seen_from(pub, sizeof(pub), ctl.pub_url, pop_of(k));
+        seen_from(sync, sizeof(sync), ctl.sync_url, pop_of(k));
+        const char *subs[] = {pub, NULL};
+        const char *syncs[] = {sync, NULL};
+        if (pop_of(k) != NULL)
+            pc_test_place(pop_of(k)->netns, pop_of(k)->pop_addr);
         pc_test_relay_start(&env, &relays[k], id, pop, subs, syncs, NULL);
+        pc_test_place(NULL, NULL);
     }
     for (int i = 0; i < n_agents; i++) {
-        char id[32];
+        char id[32], pub[64], sync[64];
         snprintf(id, sizeof(id), "edge-%02d", i);
+        pc_wan_pop *wp = pop_of(i);
+        seen_from(pub, sizeof(pub), ctl.pub_url, wp);
+        seen_from(sync, sizeof(sync), ctl.sync_url, wp);
+        if (wp != NULL)
+            pc_test_place(wp->netns, wp->pop_addr);
         if (n_relays == 0) {
-            pc_test_agent_start_for(&env, &agents[i], id, &ctl, NULL);
+            const char *subs[] = {pub, NULL};
+            const char *syncs[] = {sync, NULL};
+            pc_test_agent_start(&env, &agents[i], id, subs, syncs, NULL);
+            pc_test_place(NULL, NULL);
             continue;
         }
         pc_test_relay *r = &relays[i % n_relays];
         char pop[32];
         snprintf(pop, sizeof(pop), "pop-%02d", i % n_relays);
         const char *subs[] = {r->pub_url, NULL};
-        const char *syncs[] = {ctl.sync_url, NULL};
+        const char *syncs[] = {sync, NULL};
         const char *extra[] = {"--pop", pop, "--relay", r->sync_url, NULL};
         pc_test_agent_start(&env, &agents[i], id, subs, syncs, extra);
+        pc_test_place(NULL, NULL);
     }
     /* Every agent has reported once, so the fleet is complete. */
     char src[256];
@@ -235,9 +292,14 @@ static void bench_live_everywhere(int n_agents, size_t size)
     pc_test_env_cleanup(&env);
     pc_test_release_ports(); /* nothing stopped here starts again */
     double me = etcd_fanout(n_agents, size);
-    char via[32] = "direct";
+    char via[80] = "direct";
     if (n_relays > 0)
         snprintf(via, sizeof(via), "via %d relays", n_relays);
+    if (n_pops > 0) {
+        size_t used = strlen(via);
+        snprintf(via + used, sizeof(via) - used, ", WAN %d ms RTT %.1f%% loss, %d PoPs", wan_rtt_ms,
+                 wan_loss * 100, n_pops);
+    }
     printf("deploy to live everywhere, %3d agents %s, %8zu bytes, %d runs: commit %.1f ms, "
            "live-all %.1f ms (median), ratio %.1f, ctl cpu %.1f ms/deploy",
            n_agents, via, size, runs, mc, ml, ml / mc, cpu);
@@ -306,8 +368,23 @@ static void bench_loss_convergence(void)
     free(clean);
 }
 
+/* The WAN testbed's PoPs, once for the whole run. */
+static void build_wan(void)
+{
+    n_pops = n_relays > 0 ? n_relays : 4;
+    assert_true(n_pops <= MAX_POPS);
+    pc_wan_spec spec = {.delay_ms = wan_rtt_ms / 2, .jitter_ms = wan_rtt_ms / 20, .loss = wan_loss};
+    for (int k = 0; k < n_pops; k++) {
+        char name[16];
+        snprintf(name, sizeof(name), "pop-%02d", k);
+        pc_wan_add_pop(&pops[k], k + 1, name, &spec, 100u + (unsigned)k);
+    }
+}
+
 static void bench(void **state)
 {
+    if (wan_rtt_ms > 0)
+        build_wan();
     char *sizes = strdup(byte_counts);
     for (char *s1 = NULL, *sz = strtok_r(sizes, ",", &s1); sz != NULL;
          sz = strtok_r(NULL, ",", &s1)) {
@@ -318,8 +395,10 @@ static void bench(void **state)
         free(list);
     }
     free(sizes);
-    if (loss_deploys > 0)
+    if (loss_deploys > 0 && n_pops == 0)
         bench_loss_convergence();
+    for (int k = 0; k < n_pops; k++)
+        pc_wan_remove_pop(&pops[k]);
 }
 
 int main(int argc, char **argv)
@@ -334,6 +413,16 @@ int main(int argc, char **argv)
         byte_counts = argv[4];
     if (argc > 5)
         n_relays = atoi(argv[5]) > 0 ? atoi(argv[5]) : 0;
+    if (argc > 6 && strcmp(argv[6], "0") != 0) {
+        if (sscanf(argv[6], "%d:%lf", &wan_rtt_ms, &wan_loss) != 2 || wan_rtt_ms < 2 ||
+            wan_rtt_ms > 2000 || wan_loss < 0 || wan_loss >= 1) {
+            fprintf(stderr, "bench_rollout: WAN is RTT_MS:LOSS, e.g. 100:0.01 (2..2000 ms, "
+                            "0 <= LOSS < 1)\n");
+            return 2;
+        }
+        pc_test_init();
+        pc_wan_enter_core();
+    }
     const struct CMUnitTest benches[] = {cmocka_unit_test(bench)};
     return cmocka_run_group_tests(benches, NULL, NULL);
 }

@@ -38,6 +38,13 @@ static bool etcd_healthy(const char *url)
     return ok;
 }
 
+static bool listen_everywhere;
+
+void etcd_listen_everywhere(bool on)
+{
+    listen_everywhere = on;
+}
+
 void etcd_start(etcd_cluster *e, int n, size_t max_request_bytes)
 {
     assert_true(n >= 1 && n <= ETCD_MAX_MEMBERS);
@@ -59,7 +66,11 @@ void etcd_start(etcd_cluster *e, int n, size_t max_request_bytes)
     snprintf(max_bytes, sizeof(max_bytes), "%zu",
              max_request_bytes ? max_request_bytes : (size_t)1572864);
     for (int i = 0; i < n; i++) {
-        char name[16], data[320], peer[64], log[340];
+        char name[16], data[320], peer[64], log[340], listen[64];
+        snprintf(listen, sizeof(listen), "%s", e->client_url[i]);
+        if (listen_everywhere)
+            snprintf(listen, sizeof(listen), "http://0.0.0.0:%s",
+                     strrchr(e->client_url[i], ':') + 1);
         snprintf(name, sizeof(name), "e%d", i);
         snprintf(data, sizeof(data), "%s/%s", e->dir, name);
         snprintf(peer, sizeof(peer), "http://127.0.0.1:%d", peer_port[i]);
@@ -70,7 +81,7 @@ void etcd_start(etcd_cluster *e, int n, size_t max_request_bytes)
                         "--data-dir",
                         data,
                         "--listen-client-urls",
-                        e->client_url[i],
+                        listen,
                         "--advertise-client-urls",
                         e->client_url[i],
                         "--listen-peer-urls",
@@ -147,6 +158,12 @@ static long file_size(const char *path)
 
 void etcd_watchers_start(etcd_watchers *w, etcd_cluster *e, const char *key, int n)
 {
+    etcd_watchers_start_placed(w, e, key, n, NULL, NULL);
+}
+
+void etcd_watchers_start_placed(etcd_watchers *w, etcd_cluster *e, const char *key, int n,
+                                const char *const *netns, const char *const *host)
+{
     memset(w, 0, sizeof(*w));
     w->n = n;
     w->proc = calloc((size_t)n, sizeof(*w->proc));
@@ -157,13 +174,17 @@ void etcd_watchers_start(etcd_watchers *w, etcd_cluster *e, const char *key, int
     char body[256], url[128];
     snprintf(body, sizeof(body), "{\"create_request\":{\"key\":\"%s\"}}", k);
     free(k);
-    snprintf(url, sizeof(url), "%s/v3/watch", e->client_url[0]);
+    const char *port = strrchr(e->client_url[0], ':') + 1;
     for (int i = 0; i < n; i++) {
         char name[32];
         snprintf(name, sizeof(name), "watch-%d", i);
         snprintf(w->file[i], sizeof(w->file[i]), "%s/%s.out", e->dir, name);
+        snprintf(url, sizeof(url), "http://%s:%s/v3/watch",
+                 host != NULL && host[i] != NULL ? host[i] : "127.0.0.1", port);
         char *argv[] = {"/usr/bin/curl", "-sN", "-X", "POST", url, "-d", body, NULL};
+        pc_test_place(netns != NULL ? netns[i] : NULL, NULL);
         w->proc[i] = pc_proc_spawn(name, argv, w->file[i]);
+        pc_test_place(NULL, NULL);
         assert_non_null(w->proc[i]);
     }
     /* Each prints its "created" answer once its watch is in place. */

@@ -20,6 +20,10 @@ typedef struct etcd_cluster {
 } etcd_cluster;
 
 const char *etcd_bin(void);
+/* Members started from now on take clients on every address (for the WAN
+ * testbed, whose PoPs reach the core across their links), not only on
+ * loopback. */
+void etcd_listen_everywhere(bool on);
 bool etcd_installed(void);
 /* n members (at most 3), each taking requests up to max_request_bytes
  * (0: etcd's default, 1.5 MiB). */
@@ -39,6 +43,10 @@ typedef struct etcd_watchers {
 } etcd_watchers;
 
 void etcd_watchers_start(etcd_watchers *w, etcd_cluster *e, const char *key, int n);
+/* The same, watcher i in network namespace netns[i] (NULL: this
+ * process's) reaching the member at host[i] (NULL: 127.0.0.1). */
+void etcd_watchers_start_placed(etcd_watchers *w, etcd_cluster *e, const char *key, int n,
+                                const char *const *netns, const char *const *host);
 /* Call before a put: remembers where each watcher's output stands. */
 void etcd_watchers_mark(etcd_watchers *w);
 /* Waits until every watcher received at least min_bytes more (the put's
