@@ -48,10 +48,16 @@ typedef struct lua_version {
     uint64_t version;
     char *source;
     size_t source_len;
-    char chunkname[PC_TENANT_MAX + PC_PATH_MAX + 32];
+    char *chunkname;
+    /* Looked up with the first isolate or request (metrics_ready, set
+     * under pool_lock): a version made live again at a restart without
+     * running its code costs no series until it is used. */
     tenant_metrics m;
+    atomic_bool metrics_ready;
     pthread_mutex_t pool_lock; /* guards the pool, the runs and the reason below */
-    pc_lua_isolate **idle;     /* oldest first: the last one pushed is reused first */
+    /* Oldest first: the last one pushed is reused first. Room for
+     * max_isolates, allocated with the first isolate to go idle. */
+    pc_lua_isolate **idle;
     size_t n_idle;
     size_t n_isolates; /* idle + in use */
     inflight *runs;    /* threads inside this version's code, oldest first */
@@ -188,6 +194,14 @@ static void make_idle(lua_version *v, pc_lua_isolate *iso)
 {
     engine *e = v->e;
     pthread_mutex_lock(&v->pool_lock);
+    if (v->idle == NULL && (v->idle = malloc(e->limits.max_isolates * sizeof(*v->idle))) == NULL) {
+        /* No room to keep it: the next request builds another. */
+        v->n_isolates--;
+        pthread_mutex_unlock(&v->pool_lock);
+        pc_lua_isolate_free(iso);
+        count_isolates(e, -1);
+        return;
+    }
     v->idle[v->n_idle++] = iso;
     atomic_fetch_add(&e->n_idle, 1);
     pthread_mutex_unlock(&v->pool_lock);
@@ -262,6 +276,7 @@ static void version_unref(lua_version *v)
     }
     free(v->idle);
     free(v->source);
+    free(v->chunkname);
     pthread_mutex_destroy(&v->pool_lock);
     count_versions(e, -1);
     free(v);
@@ -305,6 +320,13 @@ static void count_limit(lua_version *v, pc_lua_limit hit)
 
 static void load_metrics(engine *e, lua_version *v)
 {
+    if (atomic_load(&v->metrics_ready))
+        return;
+    pthread_mutex_lock(&v->pool_lock);
+    if (atomic_load(&v->metrics_ready)) {
+        pthread_mutex_unlock(&v->pool_lock);
+        return;
+    }
     char labels[128];
     snprintf(labels, sizeof(labels), "tenant=\"%s\"", v->tenant);
     v->m.requests = pc_metrics_counter(e->metrics, "popcast_lua_requests_total", labels,
@@ -313,6 +335,8 @@ static void load_metrics(engine *e, lua_version *v)
                                      "requests whose handler failed or hit a limit");
     v->m.isolates = pc_metrics_counter(e->metrics, "popcast_lua_isolates_created_total", labels,
                                        "Lua isolates created");
+    atomic_store(&v->metrics_ready, true);
+    pthread_mutex_unlock(&v->pool_lock);
 }
 
 static int new_isolate(lua_version *v, pc_lua_isolate **out, pc_err *err)
@@ -387,28 +411,30 @@ static int lua_prepare(pc_adapter *a, const pc_version_spec *spec, pc_prepared *
     v->e = e;
     v->version = spec->version;
     snprintf(v->tenant, sizeof(v->tenant), "%s", spec->tenant);
-    /* "@name" makes Lua's error messages read "main.lua:3: ..." */
-    snprintf(v->chunkname, sizeof(v->chunkname), "@%s", spec->entrypoint);
     pthread_mutex_init(&v->pool_lock, NULL);
     atomic_init(&v->quarantined, false);
+    atomic_init(&v->metrics_ready, false);
     count_versions(e, 1);
-    load_metrics(e, v);
     pthread_mutex_lock(&e->versions_lock);
     v->next = e->versions;
     if (e->versions != NULL)
         e->versions->prev = v;
     e->versions = v;
     pthread_mutex_unlock(&e->versions_lock);
-    if ((v->idle = malloc(e->limits.max_isolates * sizeof(*v->idle))) == NULL) {
+    /* "@name" makes Lua's error messages read "main.lua:3: ..." */
+    size_t name_len = strlen(spec->entrypoint) + 2;
+    if ((v->chunkname = malloc(name_len)) == NULL) {
         version_unref(v);
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     }
+    snprintf(v->chunkname, name_len, "@%s", spec->entrypoint);
     if (spec->deferred) {
         v->unproven = true;
         *out = (pc_prepared *)v;
         return PC_OK;
     }
     /* The first isolate, built now, is what makes activation warm. */
+    load_metrics(e, v);
     pc_lua_isolate *iso = NULL;
     if ((rc = new_isolate(v, &iso, err)) != PC_OK) {
         version_unref(v);
@@ -480,6 +506,7 @@ static int lua_serve(pc_adapter *a, const char *tenant, const pc_request *req, p
     if (v == NULL)
         return pc_err_set(err, PC_E_NOTFOUND, "tenant %s has no live version", tenant);
     res->version = v->version;
+    load_metrics(e, v);
     pc_metric_add(v->m.requests, 1);
     if (atomic_load(&v->quarantined)) {
         pthread_mutex_lock(&v->pool_lock);
