@@ -37,14 +37,16 @@ typedef struct version_record {
  * versions that verified (signed by a trusted key, so their tenant,
  * version and seq are real) ever get here: garbage cannot push a real
  * record out. Every version >= from that this agent processed is here
- * (older ones were evicted, or processed before records were kept). */
+ * (older ones were evicted, or processed before records were kept).
+ * Sized to what it holds (room grows to VERSIONS_KEPT): most of an
+ * agent's tens of thousands of tenants hold one version. */
 typedef struct tenant_record {
-    version_record v[VERSIONS_KEPT];
-    size_t n;
     uint64_t from;
     /* The version that went live but could not be recorded as live in the
      * store (0: none); cleared when a later recording succeeds. */
     uint64_t live_unrecorded;
+    uint32_t n, room;
+    version_record v[];
 } tenant_record;
 
 /* Nacks that are not a version's outcome: a verified entry refused for a
@@ -119,9 +121,19 @@ static void count_record_failure(pc_applier *a)
 
 static void record_free(tenant_record *t)
 {
+    if (t == NULL)
+        return;
     for (size_t i = 0; i < t->n; i++)
         free(t->v[i].detail);
     free(t);
+}
+
+static tenant_record *record_alloc(uint32_t room)
+{
+    tenant_record *t = calloc(1, sizeof(*t) + room * sizeof(version_record));
+    if (t != NULL)
+        t->room = room;
+    return t;
 }
 
 /* tenant's record (lock held), created with from when absent; NULL when
@@ -131,7 +143,7 @@ static tenant_record *tenant_record_get(pc_applier *a, const char *tenant, uint6
     tenant_record *t = pc_strmap_get(a->records, tenant);
     if (t != NULL)
         return t;
-    if ((t = calloc(1, sizeof(*t))) == NULL)
+    if ((t = record_alloc(1)) == NULL)
         return NULL;
     t->from = from;
     if (pc_strmap_put(a->records, tenant, t) != PC_OK) {
@@ -141,18 +153,31 @@ static tenant_record *tenant_record_get(pc_applier *a, const char *tenant, uint6
     return t;
 }
 
-/* The record of version in t (lock held): the existing one, or a new one
- * in its place by version; NULL when the version is older than every kept
- * one and there is no room. The oldest version makes room for a newer one
- * (from then moves past it). */
-static version_record *record_slot(tenant_record *t, uint64_t version, bool *created)
+/* The record of version in tenant's record *tp (lock held): the existing
+ * one, or a new one in its place by version; NULL when the version is
+ * older than every kept one and there is no room, or when out of memory.
+ * The oldest version makes room for a newer one (from then moves past
+ * it). *tp may move (a record grows up to VERSIONS_KEPT versions). */
+static version_record *record_slot(pc_applier *a, const char *tenant, tenant_record **tp,
+                                   uint64_t version, bool *created)
 {
     *created = false;
+    tenant_record *t = *tp;
     size_t i = 0;
     while (i < t->n && t->v[i].version < version)
         i++;
     if (i < t->n && t->v[i].version == version)
         return &t->v[i];
+    if (t->n == t->room && t->room < VERSIONS_KEPT) {
+        uint32_t room = t->room * 2 < VERSIONS_KEPT ? t->room * 2 : VERSIONS_KEPT;
+        tenant_record *grown = realloc(t, sizeof(*t) + room * sizeof(version_record));
+        if (grown == NULL)
+            return NULL;
+        grown->room = room;
+        /* Replacing a present key's value allocates nothing: cannot fail. */
+        pc_strmap_put(a->records, tenant, grown);
+        *tp = t = grown;
+    }
     if (t->n == VERSIONS_KEPT) {
         if (i == 0)
             return NULL;
@@ -171,19 +196,21 @@ static version_record *record_slot(tenant_record *t, uint64_t version, bool *cre
     return &t->v[i];
 }
 
-/* A copy of a record that needs no lock (details duplicated); free with
- * record_copy_clear. */
-static void record_copy(tenant_record *dst, const tenant_record *src)
+/* A copy of a record that needs no lock (details duplicated), NULL when
+ * out of memory; free with record_free. */
+static tenant_record *record_copy(const tenant_record *src)
 {
-    *dst = *src;
-    for (size_t i = 0; i < dst->n; i++)
+    tenant_record *dst = record_alloc(src->n);
+    if (dst == NULL)
+        return NULL;
+    dst->from = src->from;
+    dst->live_unrecorded = src->live_unrecorded;
+    dst->n = src->n;
+    for (size_t i = 0; i < src->n; i++) {
+        dst->v[i] = src->v[i];
         dst->v[i].detail = src->v[i].detail ? strdup(src->v[i].detail) : NULL;
-}
-
-static void record_copy_clear(tenant_record *t)
-{
-    for (size_t i = 0; i < t->n; i++)
-        free(t->v[i].detail);
+    }
+    return dst;
 }
 
 /* The outcomes of t as protobuf, pointing into t (items: VERSIONS_KEPT
@@ -244,10 +271,10 @@ static outcome_result record_outcome(pc_applier *a, const char *tenant, uint64_t
         return OUTCOME_KNOWN;
     bool changed_now = false, created = false;
     outcome_result result = OUTCOME_KNOWN;
-    tenant_record copy;
+    tenant_record *copy = NULL;
     pthread_mutex_lock(&a->lock);
     tenant_record *t = tenant_record_get(a, tenant, version);
-    version_record *v = t ? record_slot(t, version, &created) : NULL;
+    version_record *v = t ? record_slot(a, tenant, &t, version, &created) : NULL;
     if (v != NULL && (created || (v->state == POPCAST__VERSION_STATE__VERSION_STATE_NACKED &&
                                   state == POPCAST__VERSION_STATE__VERSION_STATE_LIVE))) {
         v->seq = seq;
@@ -263,15 +290,18 @@ static outcome_result record_outcome(pc_applier *a, const char *tenant, uint64_t
             v->detail = strdup(detail ? detail : "");
         }
         changed_now = true;
-        record_copy(&copy, t);
+        copy = record_copy(t);
     } else if (v != NULL && (v->state != state || v->seq != seq)) {
         result = OUTCOME_CONFLICT;
     }
     pthread_mutex_unlock(&a->lock);
     if (!changed_now)
         return result;
-    persist_outcomes(a, tenant, &copy);
-    record_copy_clear(&copy);
+    if (copy != NULL)
+        persist_outcomes(a, tenant, copy);
+    else
+        count_record_failure(a);
+    record_free(copy);
     changed(a, 0);
     return OUTCOME_RECORDED;
 }
@@ -419,15 +449,15 @@ static void record_live(pc_applier *a, const char *tenant, uint64_t version)
     live_recorded(a, tenant, version, rc, &serr);
 }
 
-/* A copy of tenant's record (taken under lock); false when it has none. */
-static bool copy_record(pc_applier *a, const char *tenant, tenant_record *copy)
+/* A copy of tenant's record (taken under lock); NULL when it has none
+ * (or out of memory). Free with record_free. */
+static tenant_record *copy_record(pc_applier *a, const char *tenant)
 {
     pthread_mutex_lock(&a->lock);
     tenant_record *t = pc_strmap_get(a->records, tenant);
-    if (t != NULL)
-        record_copy(copy, t);
+    tenant_record *copy = t != NULL ? record_copy(t) : NULL;
     pthread_mutex_unlock(&a->lock);
-    return t != NULL;
+    return copy;
 }
 
 /* Starts collecting live versions and outcomes (apply_lock held). */
@@ -463,16 +493,16 @@ static void flush_records(pc_applier *a)
     const char *tenant;
     void *unused;
     while (rc == PC_OK && pc_strmap_next(a->douts, &pos, &tenant, &unused)) {
-        tenant_record copy;
-        if (!copy_record(a, tenant, &copy))
+        tenant_record *copy = copy_record(a, tenant);
+        if (copy == NULL)
             continue;
         Popcast__VersionOutcome items[VERSIONS_KEPT], *ptrs[VERSIONS_KEPT];
         Popcast__TenantOutcomes o = POPCAST__TENANT_OUTCOMES__INIT;
-        outcomes_proto(&copy, items, ptrs, &o.n_outcomes);
+        outcomes_proto(copy, items, ptrs, &o.n_outcomes);
         o.outcomes = ptrs;
-        o.outcomes_from = copy.from;
+        o.outcomes_from = copy->from;
         rc = pc_registry_outcomes_write(tenant, &o, keys[k], &w[a->n_dlive + k], &vals[k], &err);
-        record_copy_clear(&copy);
+        record_free(copy);
         out_tenants[k++] = tenant;
     }
     if (rc == PC_OK)
@@ -489,10 +519,10 @@ static void flush_records(pc_applier *a)
             record_live(a, a->dlive[i].tenant, a->dlive[i].version);
         pos = 0;
         while (pc_strmap_next(a->douts, &pos, &tenant, &unused)) {
-            tenant_record copy;
-            if (copy_record(a, tenant, &copy)) {
-                persist_outcomes(a, tenant, &copy);
-                record_copy_clear(&copy);
+            tenant_record *copy = copy_record(a, tenant);
+            if (copy != NULL) {
+                persist_outcomes(a, tenant, copy);
+                record_free(copy);
             }
         }
     }
@@ -1193,7 +1223,8 @@ static int load_outcomes(void *arg, const char *tenant, const Popcast__TenantOut
     for (size_t i = 0; i < o->n_outcomes; i++) {
         const Popcast__VersionOutcome *po = o->outcomes[i];
         bool created;
-        version_record *v = po->version != 0 ? record_slot(t, po->version, &created) : NULL;
+        version_record *v =
+            po->version != 0 ? record_slot(a, tenant, &t, po->version, &created) : NULL;
         if (v == NULL)
             continue;
         v->seq = po->seq;
@@ -1370,20 +1401,20 @@ static void free_outcome(Popcast__VersionOutcome *o)
  * is one being decided now, never one skipped (rollout.h). */
 static int tenant_outcomes(pc_applier *a, const pc_tenant_state *t, Popcast__TenantStatus *ts)
 {
-    tenant_record copy = {.from = t->last_version ? t->last_version : 1};
+    tenant_record none = {.from = t->last_version ? t->last_version : 1};
     pthread_mutex_lock(&a->lock);
     const tenant_record *rec = pc_strmap_get(a->records, t->tenant);
-    if (rec != NULL)
-        record_copy(&copy, rec);
+    tenant_record *copy = rec != NULL ? record_copy(rec) : NULL;
     pthread_mutex_unlock(&a->lock);
-    ts->outcomes_from = copy.from;
-    ts->live_unrecorded = copy.live_unrecorded != 0 && copy.live_unrecorded == ts->live_version;
-    int rc = PC_OK;
-    if (copy.n > 0 && (ts->outcomes = calloc(copy.n, sizeof(*ts->outcomes))) == NULL)
+    int rc = rec != NULL && copy == NULL ? PC_E_NOMEM : PC_OK;
+    const tenant_record *use = copy != NULL ? copy : &none;
+    ts->outcomes_from = use->from;
+    ts->live_unrecorded = use->live_unrecorded != 0 && use->live_unrecorded == ts->live_version;
+    if (use->n > 0 && (ts->outcomes = calloc(use->n, sizeof(*ts->outcomes))) == NULL)
         rc = PC_E_NOMEM;
     Popcast__VersionOutcome items[VERSIONS_KEPT], *ptrs[VERSIONS_KEPT];
     size_t n = 0;
-    outcomes_proto(&copy, items, ptrs, &n);
+    outcomes_proto(use, items, ptrs, &n);
     for (size_t i = 0; rc == PC_OK && i < n; i++) {
         Popcast__VersionOutcome *o = malloc(sizeof(*o));
         if (o == NULL) {
@@ -1397,7 +1428,7 @@ static int tenant_outcomes(pc_applier *a, const pc_tenant_state *t, Popcast__Ten
         if (o->reason == NULL || o->detail == NULL)
             rc = PC_E_NOMEM;
     }
-    record_copy_clear(&copy);
+    record_free(copy);
     return rc;
 }
 
