@@ -67,6 +67,7 @@ typedef struct agent_config {
     uint64_t lua_response_max;
     uint64_t lua_max_isolates;
     uint64_t lua_max_idle_isolates;
+    uint64_t lua_idle_ttl_ms;
     uint64_t malloc_arenas;
     char *identity_key;
     char *tls_ca;
@@ -153,6 +154,8 @@ static const pc_cfg_option options[] = {
         "glibc malloc arenas (fewer hold less freed memory; more contend less)"),
     OPT(lua_max_idle_isolates, PC_CFG_U64, "1024", 1, 1048576,
         "idle isolates kept across all tenants (least recently used ones are freed)"),
+    OPT(lua_idle_ttl_ms, PC_CFG_U64, "60000", 0, 86400000,
+        "free a version's idle isolates after this long unused (0: never)"),
     OPT(tls_ca, PC_CFG_STRING, NULL, 0, 0,
         "PEM CA certificate(s) the controllers' TLS certificates must chain to (tls+tcp://)"),
     OPT(tls_server_name, PC_CFG_STRING, NULL, 0, 0,
@@ -481,6 +484,7 @@ static int agent_open(agent *ag, pc_err *err)
     limits.response_bytes = ag->cfg.lua_response_max;
     limits.max_isolates = ag->cfg.lua_max_isolates;
     limits.max_idle_isolates = ag->cfg.lua_max_idle_isolates;
+    limits.idle_ttl_ms = ag->cfg.lua_idle_ttl_ms;
     if ((ag->metrics = pc_metrics_new()) == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     pc_daemon_build_info(ag->metrics, "agent");

@@ -70,6 +70,7 @@ typedef struct lua_version {
      * most recently used first. */
     struct lua_version *lru_prev, *lru_next;
     bool in_lru;
+    int64_t idle_since_ns; /* when an isolate last went idle (lru_lock) */
 } lua_version;
 
 typedef struct tenant_slot {
@@ -93,7 +94,7 @@ struct engine {
     pthread_mutex_t lru_lock;
     lua_version *lru_head, *lru_tail;
     _Atomic long n_idle;
-    pc_metric *m_evicted;
+    pc_metric *m_evicted, *m_expired;
     atomic_bool freed_untrimmed; /* isolates were freed since the last malloc_trim */
     int64_t last_trim_ns;        /* the watchdog's */
     /* Every version in memory, for the watchdog. Lock order: versions_lock,
@@ -146,6 +147,7 @@ static void lru_touch(engine *e, lua_version *v)
 {
     pthread_mutex_lock(&e->lru_lock);
     lru_unlink(e, v);
+    v->idle_since_ns = pc_lua_now_ns();
     v->lru_next = e->lru_head;
     if (e->lru_head != NULL)
         e->lru_head->lru_prev = v;
@@ -189,6 +191,44 @@ static void trim_idle(engine *e)
     }
 }
 
+/* Frees the idle isolates of versions none of whose isolates went idle
+ * for idle_ttl_ms (the watchdog's; the list is most recent first, so it
+ * works from the tail). */
+static void expire_idle(engine *e, int64_t now)
+{
+    if (e->limits.idle_ttl_ms == 0)
+        return;
+    int64_t ttl_ns = (int64_t)e->limits.idle_ttl_ms * 1000000;
+    for (;;) {
+        pc_lua_isolate **freed = NULL;
+        size_t n_freed = 0;
+        pthread_mutex_lock(&e->lru_lock);
+        lua_version *t = e->lru_tail;
+        if (t == NULL || now - t->idle_since_ns < ttl_ns) {
+            pthread_mutex_unlock(&e->lru_lock);
+            return;
+        }
+        pthread_mutex_lock(&t->pool_lock);
+        /* The idle array moves to us whole; the version gets a new one
+         * with its next idle isolate. */
+        freed = t->idle;
+        n_freed = t->n_idle;
+        t->idle = NULL;
+        t->n_isolates -= t->n_idle;
+        atomic_fetch_sub(&e->n_idle, (long)t->n_idle);
+        t->n_idle = 0;
+        lru_unlink(e, t);
+        pthread_mutex_unlock(&t->pool_lock);
+        pthread_mutex_unlock(&e->lru_lock);
+        for (size_t i = 0; i < n_freed; i++) {
+            pc_lua_isolate_free(freed[i]);
+            count_isolates(e, -1);
+            pc_metric_add(e->m_expired, 1);
+        }
+        free(freed);
+    }
+}
+
 /* Puts iso back into v's idle pool, then keeps the engine's bound. */
 static void make_idle(lua_version *v, pc_lua_isolate *iso)
 {
@@ -218,6 +258,7 @@ void pc_lua_limits_default(pc_lua_limits *l)
     l->max_isolates = 64;
     l->max_idle_isolates = 1024;
     l->watchdog_ms = 0; /* 4 x wall_ms */
+    l->idle_ttl_ms = 60000;
 }
 
 static unsigned bucket_of(const char *name)
@@ -668,6 +709,7 @@ static void *watchdog_main(void *arg)
             break;
         pthread_mutex_unlock(&e->watchdog_lock);
         watchdog_pass(e);
+        expire_idle(e, pc_lua_now_ns());
         /* Freed isolates leave free pages inside glibc's arenas (one per
          * thread that allocated), which it does not give back by itself:
          * an agent that made 5,000 tenants live and evicted most of their
@@ -746,6 +788,9 @@ pc_adapter *pc_lua_adapter_new(const pc_lua_limits *limits, pc_metrics *metrics,
         e->m_evicted = pc_metrics_counter(
             metrics, "popcast_lua_isolates_evicted_total", NULL,
             "idle isolates freed to keep lua_max_idle_isolates (the next request builds one)");
+        e->m_expired = pc_metrics_counter(
+            metrics, "popcast_lua_isolates_expired_total", NULL,
+            "idle isolates freed after lua_idle_ttl_ms unused (the next request builds one)");
     }
     pthread_rwlock_init(&e->table_lock, NULL);
     pthread_mutex_init(&e->versions_lock, NULL);

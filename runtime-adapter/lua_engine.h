@@ -6,9 +6,11 @@
  * A version owns a pool of isolates, created on demand up to max_isolates;
  * the first is built at prepare, so activation is warm. Idle isolates are
  * bounded across the engine (max_idle_isolates): past it, the least
- * recently used idle isolate of any version is freed, so a tenant that
- * gets no traffic costs its source and bookkeeping, not a lua_State; its
- * next request builds an isolate again (a cold start). Activation swaps
+ * recently used idle isolate of any version is freed; and a version none
+ * of whose isolates was used for idle_ttl_ms loses its idle ones (the
+ * watchdog looks). So a tenant that gets no traffic costs its source and
+ * bookkeeping, not a lua_State; its next request builds an isolate again
+ * (a cold start). Activation swaps
  * the tenant's version pointer under a per-tenant lock; requests hold a
  * reference to the version they started on, and a version (with its
  * isolates) is freed when its last reference goes. An isolate that hit a
@@ -33,6 +35,7 @@ typedef struct pc_lua_limits {
     size_t max_isolates;      /* per version, default 64 */
     size_t max_idle_isolates; /* idle ones across all versions, default 1024 (0: 1) */
     uint64_t watchdog_ms;     /* hard ceiling for any run (see below); 0: 4 x wall_ms */
+    uint64_t idle_ttl_ms; /* idle isolates unused this long are freed; 0: never (default 60000) */
 } pc_lua_limits;
 
 void pc_lua_limits_default(pc_lua_limits *l);

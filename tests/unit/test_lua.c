@@ -512,6 +512,45 @@ static void test_idle_isolates_are_bounded(void **state)
     lua = shared;
 }
 
+/* Idle isolates unused for idle_ttl_ms are freed by the watchdog, so an
+ * agent whose tenants went quiet gives back their lua_States; the next
+ * request builds one again and is served. */
+static void test_idle_isolates_expire(void **state)
+{
+    (void)state;
+    pc_lua_limits limits;
+    pc_lua_limits_default(&limits);
+    limits.idle_ttl_ms = 50;
+    limits.wall_ms = 40; /* the watchdog looks every 40 ms */
+    pc_metrics *own_metrics = pc_metrics_new();
+    pc_err err;
+    pc_adapter *shared = lua;
+    lua = pc_lua_adapter_new(&limits, own_metrics, &err);
+    assert_non_null(lua);
+    deploy_ok("quiet0", 1, "return function(req) return 'zero' end");
+    deploy_ok("quiet1", 1, "return function(req) return 'one' end");
+    long versions = 0, isolates = 0;
+    pc_lua_adapter_counts(lua, &versions, &isolates);
+    assert_int_equal(isolates, 2);
+    /* Polls the event (the watchdog's pass), bounded. */
+    int64_t deadline = pc_test_now_ms() + 10000;
+    while (isolates > 0 && pc_test_now_ms() < deadline) {
+        pc_test_sleep_ms(5);
+        pc_lua_adapter_counts(lua, &versions, &isolates);
+    }
+    assert_int_equal(isolates, 0);
+    assert_int_equal(versions, 2);
+    assert_int_equal(pc_metrics_get(own_metrics, "popcast_lua_isolates_expired_total", NULL), 2);
+    expect_body("quiet0", "/", "zero");
+    pc_lua_adapter_counts(lua, &versions, &isolates);
+    assert_true(isolates >= 0 && isolates <= 1);
+    assert_int_equal(
+        pc_metrics_get(own_metrics, "popcast_lua_isolates_created_total", "tenant=\"quiet0\""), 2);
+    lua->destroy(lua);
+    pc_metrics_free(own_metrics);
+    lua = shared;
+}
+
 /* A deferred version (an agent's start) builds nothing until its first
  * request; one whose code no longer loads is quarantined with the reason
  * at that request, instead of being shown serving. */
@@ -604,6 +643,7 @@ int main(void)
         cmocka_unit_test(test_prepare_failure_keeps_old_version),
         cmocka_unit_test(test_swaps_free_old_versions),
         cmocka_unit_test(test_idle_isolates_are_bounded),
+        cmocka_unit_test(test_idle_isolates_expire),
         cmocka_unit_test(test_deferred_versions_build_on_first_request),
         cmocka_unit_test(test_check_uses_the_limits),
     };
