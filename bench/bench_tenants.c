@@ -14,6 +14,10 @@
  *   whole      the size its status report would have with every tenant
  *   delta      the size of the last one it sent: a delta on what the
  *              controller acknowledged (only what changed)
+ *   idle       RSS and anonymous RSS once every idle isolate was freed
+ *              (the agent runs with lua_idle_ttl_ms 2000; the lowest
+ *              reading over the 12 s that follow, which cover the
+ *              engine's malloc_trim interval)
  *   restart    SIGTERM, start again on the same data: time to ready (its
  *              edge serves) and to the first answer from the last tenant
  *              deployed, and the RSS once it serves that tenant */
@@ -77,19 +81,21 @@ static double anon_mib(pc_proc *p)
     return rss_mib_of(p, "RssAnon:");
 }
 
+static const char *const agent_flags[] = {"--lua-idle-ttl-ms", "2000", NULL};
+
 static void bench(void **state)
 {
     (void)state;
     pc_test_env_init(&env);
     pc_test_controller_start(&env, &ctl, NULL);
     pc_test_agent agent = {0};
-    pc_test_agent_start_for(&env, &agent, "edge", &ctl, NULL);
+    pc_test_agent_start_for(&env, &agent, "edge", &ctl, agent_flags);
     double base = rss_mib(agent.proc), base_anon = anon_mib(agent.proc);
     printf("agent with no tenant: %.1f MiB RSS, %.1f MiB anonymous (the baselines)\n", base,
            base_anon);
-    printf("%8s | %9s %10s %11s | %12s %12s | %11s %14s %9s %10s\n", "tenants", "RSS MiB",
-           "anon MiB", "anon KiB/t", "whole bytes", "delta bytes", "restart: ms", "to last tenant",
-           "RSS after", "anon after");
+    printf("%8s | %9s %10s %11s | %9s %10s | %12s %12s | %11s %14s %9s %10s\n", "tenants",
+           "RSS MiB", "anon MiB", "anon KiB/t", "idle RSS", "idle anon", "whole bytes",
+           "delta bytes", "restart: ms", "to last tenant", "RSS after", "anon after");
     for (int i = 0; i < n_counts; i++) {
         int target = counts[i];
         failures += pc_test_deploy_tenants(&env, &ctl, i > 0 ? counts[i - 1] : 0, target, CLIENTS);
@@ -102,10 +108,23 @@ static void bench(void **state)
         double rss = rss_mib(agent.proc), anon = anon_mib(agent.proc);
         uint64_t whole = pc_test_agent_metric(&agent, "popcast_agent_status_table_bytes");
         uint64_t report = pc_test_agent_metric(&agent, "popcast_agent_status_report_bytes");
+        int64_t idle_deadline = pc_test_now_ms() + 60000;
+        while (pc_test_agent_metric(&agent, "popcast_lua_isolates") > 0 &&
+               pc_test_now_ms() < idle_deadline)
+            pc_test_sleep_ms(100);
+        double idle_rss = rss_mib(agent.proc), idle_anon = anon_mib(agent.proc);
+        for (int64_t until = pc_test_now_ms() + 12000; pc_test_now_ms() < until;) {
+            pc_test_sleep_ms(250);
+            double r = rss_mib(agent.proc), an = anon_mib(agent.proc);
+            if (r < idle_rss)
+                idle_rss = r;
+            if (an < idle_anon)
+                idle_anon = an;
+        }
 
         pc_test_agent_stop(&agent);
         double t0 = pc_mono_ms_frac();
-        pc_test_agent_start_for(&env, &agent, "edge", &ctl, NULL);
+        pc_test_agent_start_for(&env, &agent, "edge", &ctl, agent_flags);
         double ready = pc_mono_ms_frac() - t0;
         char last[32];
         snprintf(last, sizeof(last), "t%06d", target - 1);
@@ -115,10 +134,11 @@ static void bench(void **state)
             pc_test_sleep_ms(10);
         assert_int_equal(status, 200);
         double served = pc_mono_ms_frac() - t0;
-        printf("%8d | %9.1f %10.1f %11.1f | %12llu %12llu | %11.0f %14.0f %9.1f %10.1f\n", target,
-               rss, anon, (anon - base_anon) * 1024.0 / target, (unsigned long long)whole,
-               (unsigned long long)report, ready, served, rss_mib(agent.proc),
-               anon_mib(agent.proc));
+        printf("%8d | %9.1f %10.1f %11.1f | %9.1f %10.1f | %12llu %12llu | %11.0f %14.0f %9.1f "
+               "%10.1f\n",
+               target, rss, anon, (anon - base_anon) * 1024.0 / target, idle_rss, idle_anon,
+               (unsigned long long)whole, (unsigned long long)report, ready, served,
+               rss_mib(agent.proc), anon_mib(agent.proc));
         fflush(stdout);
     }
     if (failures > 0)
