@@ -133,13 +133,7 @@ static uint8_t *padded_bundle(const char *body, size_t size, size_t *len)
     if (pad > 0) {
         uint8_t *asset = malloc(pad);
         assert_non_null(asset);
-        uint64_t x = (uint64_t)size * 0x9e3779b97f4a7c15ULL + (uint64_t)strlen(body);
-        for (size_t i = 0; i < pad; i++) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            asset[i] = (uint8_t)x;
-        }
+        pc_test_fill_random(asset, pad, (uint64_t)size * 0x9e3779b97f4a7c15ULL + strlen(body));
         snprintf(path, sizeof(path), "%s/asset.bin", dir);
         pc_test_write_file(path, asset, pad);
         free(asset);

@@ -206,6 +206,17 @@ void pc_test_write_file(const char *path, const void *data, size_t len)
     fclose(f);
 }
 
+void pc_test_fill_random(uint8_t *buf, size_t len, uint64_t seed)
+{
+    uint64_t x = seed != 0 ? seed : 0x9e3779b97f4a7c15ULL;
+    for (size_t i = 0; i < len; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        buf[i] = (uint8_t)x;
+    }
+}
+
 char *pc_test_source_file(const char *relpath, size_t *len)
 {
     const char *src = getenv("POPCAST_SOURCE_DIR");
@@ -876,6 +887,26 @@ void pc_test_relay_stop(pc_test_relay *r)
     r->proc = NULL;
 }
 
+uint64_t pc_test_relay_head(pc_test_relay *r)
+{
+    json_t *s = pc_test_relay_status(r);
+    uint64_t head = s ? (uint64_t)json_integer_value(json_object_get(s, "head_seq")) : 0;
+    json_decref(s);
+    return head;
+}
+
+void pc_test_wait_relay_head(pc_test_relay *r, uint64_t head)
+{
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    while (pc_test_relay_head(r) < head) {
+        if (pc_test_now_ms() > deadline) {
+            pc_proc_dump_log(r->proc);
+            fail_msg("relay %s never reached seq %llu", r->id, (unsigned long long)head);
+        }
+        pc_test_sleep_ms(50);
+    }
+}
+
 json_t *pc_test_relay_status(pc_test_relay *r)
 {
     pc_http_result res;
@@ -1161,6 +1192,15 @@ static uint64_t metric_at(const char *base_url, const char *series)
     }
     pc_http_result_free(&r);
     return v;
+}
+
+uint64_t pc_test_agent_applied_seq(pc_test_agent *a)
+{
+    json_t *s = pc_test_agent_status(a);
+    assert_non_null(s);
+    uint64_t seq = (uint64_t)json_integer_value(json_object_get(s, "applied_seq"));
+    json_decref(s);
+    return seq;
 }
 
 uint64_t pc_test_agent_metric(pc_test_agent *a, const char *name_with_labels)

@@ -47,6 +47,8 @@ int pc_test_free_port(void);
  * restarts none of those already stopped (benchmarks). */
 void pc_test_release_ports(void);
 void pc_test_write_file(const char *path, const void *data, size_t len);
+/* len bytes that do not compress (xorshift64 from seed, nonzero). */
+void pc_test_fill_random(uint8_t *buf, size_t len, uint64_t seed);
 /* The contents of a file under the source tree, malloc'd. */
 char *pc_test_source_file(const char *relpath, size_t *len);
 /* A whole file, NUL-terminated (fails the test if it cannot be read). */
@@ -176,6 +178,11 @@ void pc_test_relay_start(pc_test_env *env, pc_test_relay *r, const char *id, con
 void pc_test_relay_stop(pc_test_relay *r);
 /* GET /v1/status of the relay, parsed (NULL if it does not answer). */
 json_t *pc_test_relay_status(pc_test_relay *r);
+/* The relay's head_seq (0 if it does not answer). */
+uint64_t pc_test_relay_head(pc_test_relay *r);
+/* Polls until the relay holds the log to head; fails the test (with its
+ * log) after the converge timeout. */
+void pc_test_wait_relay_head(pc_test_relay *r, uint64_t head);
 
 /* HTTP with the env's admin token. */
 int pc_test_api(pc_test_env *env, pc_test_controller *c, const char *method, const char *path,
@@ -220,6 +227,9 @@ bool pc_test_wait_version(pc_test_agent *a, const char *tenant, uint64_t version
 void pc_test_wait_live(pc_test_agent *a, const char *tenant, uint64_t version);
 /* The agent's /v1/status, parsed (NULL if unreachable). */
 json_t *pc_test_agent_status(pc_test_agent *a);
+/* The agent's applied_seq from its status (fails the test if it does not
+ * answer). */
+uint64_t pc_test_agent_applied_seq(pc_test_agent *a);
 /* Waits (bounded) until the agent has received something on pub/sub (a
  * heartbeat): its subscription is live. An agent with nothing applied that
  * misses the first entries catches up with a snapshot, so tests that

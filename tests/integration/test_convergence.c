@@ -66,15 +66,6 @@ static void deploy_n(pc_test_env *env, pc_test_controller *c, int n, int tenants
     }
 }
 
-static uint64_t applied_seq(pc_test_agent *a)
-{
-    json_t *s = pc_test_agent_status(a);
-    assert_non_null(s);
-    uint64_t seq = (uint64_t)json_integer_value(json_object_get(s, "applied_seq"));
-    json_decref(s);
-    return seq;
-}
-
 /* An agent started after 100 deploys converges (it has nothing: it gets a
  * snapshot); an agent that was down for 40 deploys catches up entry by
  * entry; an agent whose data directory was deleted converges through a
@@ -104,7 +95,7 @@ static void test_late_joiner_restart_and_wiped_store(void **state)
     pc_test_agent_start_for(&env, &agents[2], "wiped", &ctl, NULL);
     pc_test_wait_converged(&env, &ctl, agents, 3);
     for (int i = 0; i < 3; i++)
-        assert_int_equal(applied_seq(&agents[i]), 100);
+        assert_int_equal(pc_test_agent_applied_seq(&agents[i]), 100);
     /* The restarted agent fetched exactly the 40 entries it missed. */
     assert_int_equal(pc_test_agent_metric(&agents[1], "popcast_agent_snapshots_installed_total"),
                      0);
@@ -169,7 +160,7 @@ static void test_controller_restart_during_stream(void **state)
     assert_int_equal(head, 90);
     pc_test_wait_converged(&env, &ctl, agents, 2);
     for (int i = 0; i < 2; i++) {
-        assert_int_equal(applied_seq(&agents[i]), head);
+        assert_int_equal(pc_test_agent_applied_seq(&agents[i]), head);
         /* Every seq applied exactly once by this agent process. */
         assert_int_equal(pc_test_agent_metric(&agents[i], "popcast_agent_entries_applied_total"),
                          head);
@@ -205,13 +196,7 @@ static void test_large_bundle_reaches_every_agent(void **state)
     size_t big_len = 20u << 20;
     uint8_t *big = malloc(big_len);
     assert_non_null(big);
-    uint64_t x = 0x9e3779b97f4a7c15ULL;
-    for (size_t i = 0; i < big_len; i++) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        big[i] = (uint8_t)x;
-    }
+    pc_test_fill_random(big, big_len, 0x9e3779b97f4a7c15ULL);
     snprintf(path, sizeof(path), "%s/assets.bin", dir);
     pc_test_write_file(path, big, big_len);
     free(big);

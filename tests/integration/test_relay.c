@@ -77,35 +77,6 @@ static uint64_t metric(pc_test_agent *a, const char *name)
     return pc_test_agent_metric(a, name);
 }
 
-static uint64_t applied_seq(pc_test_agent *a)
-{
-    json_t *s = pc_test_agent_status(a);
-    assert_non_null(s);
-    uint64_t seq = (uint64_t)json_integer_value(json_object_get(s, "applied_seq"));
-    json_decref(s);
-    return seq;
-}
-
-static uint64_t relay_head(pc_test_relay *r)
-{
-    json_t *s = pc_test_relay_status(r);
-    uint64_t head = s ? (uint64_t)json_integer_value(json_object_get(s, "head_seq")) : 0;
-    json_decref(s);
-    return head;
-}
-
-static void wait_relay_head(pc_test_relay *r, uint64_t head)
-{
-    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
-    while (relay_head(r) < head) {
-        if (pc_test_now_ms() > deadline) {
-            pc_proc_dump_log(r->proc);
-            fail_msg("relay %s never reached seq %llu", r->id, (unsigned long long)head);
-        }
-        pc_test_sleep_ms(50);
-    }
-}
-
 /* The controller's fleet entry for agent id (new reference) or NULL. */
 static json_t *fleet_entry(const char *key, const char *list, const char *id)
 {
@@ -167,7 +138,7 @@ static void test_relay_kill9_under_stream(void **state)
      * rather than by a snapshot of nothing. */
     assert_int_equal(deploy("t00", -1), 201);
     for (int i = 0; i < 2; i++)
-        wait_relay_head(&relays[i], 1);
+        pc_test_wait_relay_head(&relays[i], 1);
     char id[AGENTS][32];
     for (int i = 0; i < AGENTS; i++) {
         snprintf(id[i], sizeof(id[i]), "edge-%d", i);
@@ -193,13 +164,13 @@ static void test_relay_kill9_under_stream(void **state)
     assert_int_equal(head, 61);
     pc_test_wait_converged(&env, &ctl, agents, AGENTS);
     for (int i = 0; i < AGENTS; i++) {
-        assert_int_equal(applied_seq(&agents[i]), head);
+        assert_int_equal(pc_test_agent_applied_seq(&agents[i]), head);
         assert_int_equal(metric(&agents[i], "popcast_agent_entries_applied_total"), head);
         assert_int_equal(metric(&agents[i], "popcast_agent_snapshots_installed_total"), 0);
     }
     /* Both relays hold the log to the head (the restarted one caught up). */
     for (int i = 0; i < 2; i++)
-        wait_relay_head(&relays[i], head);
+        pc_test_wait_relay_head(&relays[i], head);
     /* Reports came through the relays, in batches, and say so. */
     assert_true(pc_test_controller_metric(&ctl, "popcast_status_batches_total") > 0);
     /* The relay the agents report through lists itself, as its claim. */
@@ -236,7 +207,7 @@ static void test_failover_order(void **state)
     for (int i = 0; i < 5; i++)
         assert_int_equal(deploy("app", i), 201);
     for (int i = 0; i < 2; i++)
-        wait_relay_head(&relays[i], 5);
+        pc_test_wait_relay_head(&relays[i], 5);
     pc_test_relay_stop(&relays[0]);
     start_agent(&agents[0], "order");
     pc_test_wait_converged(&env, &ctl, agents, 1);
@@ -251,7 +222,7 @@ static void test_failover_order(void **state)
      * directly to it. */
     pc_test_wait_converged(&env, &ctl, agents, 1);
     wait_upstream("order", ctl.sync_url);
-    assert_int_equal(applied_seq(&agents[0]), 8);
+    assert_int_equal(pc_test_agent_applied_seq(&agents[0]), 8);
     uint64_t applied = metric(&agents[0], "popcast_agent_entries_applied_total");
     uint64_t snaps = metric(&agents[0], "popcast_agent_snapshots_installed_total");
     fprintf(stderr, "order: applied %llu entries, %llu snapshots\n", (unsigned long long)applied,
@@ -270,11 +241,11 @@ static void test_relay_chain(void **state)
     for (int i = 0; i < 3; i++)
         assert_int_equal(deploy("early", i), 201);
     start_relay(0); /* the regional tier: relay-0 */
-    wait_relay_head(&relays[0], 3);
+    pc_test_wait_relay_head(&relays[0], 3);
     const char *subs[] = {relays[0].pub_url, NULL};
     const char *extra[] = {"--parent", relays[0].sync_url, NULL};
     pc_test_relay_start(&env, &relays[1], "relay-leaf", "pop-a", subs, NULL, extra);
-    wait_relay_head(&relays[1], 3);
+    pc_test_wait_relay_head(&relays[1], 3);
     for (int i = 0; i < 2; i++) {
         json_t *st = pc_test_relay_status(&relays[i]);
         json_t *m = json_object_get(st, "metrics");
@@ -302,7 +273,7 @@ static void test_relay_chain(void **state)
     free(lua);
     uint64_t head = pc_test_controller_head(&env, &ctl);
     pc_test_wait_converged(&env, &ctl, agents, 1);
-    assert_int_equal(applied_seq(&agents[0]), head);
+    assert_int_equal(pc_test_agent_applied_seq(&agents[0]), head);
     wait_upstream("deep", relays[1].sync_url);
     /* Reports reached the controller through both tiers: the regional
      * relay's batches, which carried the leaf's. */

@@ -128,26 +128,6 @@ static int teardown(void **state)
     return 0;
 }
 
-static uint64_t relay_head(pc_test_relay *r)
-{
-    json_t *s = pc_test_relay_status(r);
-    uint64_t head = s ? (uint64_t)json_integer_value(json_object_get(s, "head_seq")) : 0;
-    json_decref(s);
-    return head;
-}
-
-static void wait_relay_head(pc_test_relay *r, uint64_t head)
-{
-    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
-    while (relay_head(r) < head) {
-        if (pc_test_now_ms() > deadline) {
-            pc_proc_dump_log(r->proc);
-            fail_msg("relay %s never reached seq %llu", r->id, (unsigned long long)head);
-        }
-        pc_test_sleep_ms(50);
-    }
-}
-
 static int deploy(pc_test_controller *leader, const char *tenant, int i)
 {
     char src[256], body[64];
@@ -155,15 +135,6 @@ static int deploy(pc_test_controller *leader, const char *tenant, int i)
     pc_test_lua_hello(src, sizeof(src), body);
     pc_test_deployed d;
     return pc_test_try_deploy(&env, leader, tenant, "text/x-lua", src, strlen(src), &d);
-}
-
-static uint64_t applied_seq(pc_test_agent *a)
-{
-    json_t *s = pc_test_agent_status(a);
-    assert_non_null(s);
-    uint64_t seq = (uint64_t)json_integer_value(json_object_get(s, "applied_seq"));
-    json_decref(s);
-    return seq;
 }
 
 /* The leader's fleet entry of agent id (new reference) or NULL. */
@@ -194,7 +165,7 @@ static void test_wan_stream_with_relay_kill9(void **state)
      * snapshot of nothing. */
     assert_int_equal(deploy(leader, "t00", -1), 201);
     for (int p = 0; p < POPS; p++)
-        wait_relay_head(&relays[p], 1);
+        pc_test_wait_relay_head(&relays[p], 1);
     start_agent(0, 0, true);
     start_agent(1, 0, true);
     start_agent(2, 1, true);
@@ -241,12 +212,12 @@ static void test_wan_stream_with_relay_kill9(void **state)
         printf("wan: agent %s applied %llu entries in the stream, %llu snapshots\n", agents[i].id,
                (unsigned long long)(applied - applied_before[i]),
                (unsigned long long)(snaps - snapshots_before[i]));
-        assert_int_equal(applied_seq(&agents[i]), head);
+        assert_int_equal(pc_test_agent_applied_seq(&agents[i]), head);
         assert_int_equal(applied - applied_before[i], DEPLOYS);
         assert_int_equal(snaps, snapshots_before[i]);
     }
     for (int p = 0; p < POPS; p++)
-        wait_relay_head(&relays[p], head);
+        pc_test_wait_relay_head(&relays[p], head);
 
     /* The links lost packets for real: TCP retransmitted underneath. */
     for (int p = 0; p < POPS; p++) {
