@@ -78,8 +78,16 @@ static void test_tls_links(void **state)
     uint64_t v = pc_test_deploy_lua(&env, &ctl, "app", src);
     assert_true(pc_test_wait_version(&trusting, "app", v, PC_TEST_CONVERGE_TIMEOUT_MS));
     /* The agent that trusts another CA never accepted the controller:
-     * nothing applied, no report reached it. */
-    pc_test_sleep_ms(2000);
+     * nothing applied, no report reached it. Looked at once it has tried
+     * (and failed) to report twice more since the version went live. */
+    uint64_t failed = pc_test_agent_metric(&other, "popcast_agent_status_report_failures_total");
+    int64_t tried_by = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    while (pc_test_agent_metric(&other, "popcast_agent_status_report_failures_total") <
+               failed + 2 &&
+           pc_test_now_ms() < tried_by)
+        pc_test_sleep_ms(50);
+    assert_true(pc_test_agent_metric(&other, "popcast_agent_status_report_failures_total") >=
+                failed + 2);
     json_t *s = pc_test_agent_status(&other);
     assert_int_equal(json_integer_value(json_object_get(s, "applied_seq")), 0);
     json_decref(s);
