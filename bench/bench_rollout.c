@@ -35,6 +35,9 @@
  *   ctl cpu    the controller process's CPU time (user + system, from
  *              /proc) over the RUNS deploys, per deploy: what the fleet
  *              costs the controller, direct or through relays
+ *   core out   (WAN only) bytes the core sent across the PoPs' links over
+ *              the RUNS deploys, per deploy: the controller's bytes out
+ *              (entries, bundles, acks, and heartbeats meanwhile)
  * The bundle is a Lua handler and an asset of random bytes, BYTES in all.
  * and, for LOSS_DEPLOYS deploys over 20 tenants with one agent dropping
  * 30 % of pub/sub entries (seeded) next to a loss-free agent:
@@ -83,6 +86,30 @@ static void seen_from(char *out, size_t cap, const char *url, const pc_wan_pop *
         return;
     }
     snprintf(out, cap, "tcp://%s:%s", pop->core_addr, strrchr(url, ':') + 1);
+}
+
+/* Bytes this network namespace sent on its WAN links so far (the core's
+ * wan* devices, from /proc/self/net/dev): in the WAN testbed, everything
+ * the controller sent to the PoPs. */
+static double wan_tx_bytes(void)
+{
+    FILE *f = fopen("/proc/self/net/dev", "r");
+    if (f == NULL)
+        return 0;
+    char line[512];
+    double total = 0;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        char name[64];
+        unsigned long long rx_bytes, rx_packets, rx_errs, rx_drop, rx_fifo, rx_frame, rx_comp,
+            rx_multi, tx_bytes;
+        if (sscanf(line, " %63[^:]: %llu %llu %llu %llu %llu %llu %llu %llu %llu", name, &rx_bytes,
+                   &rx_packets, &rx_errs, &rx_drop, &rx_fifo, &rx_frame, &rx_comp, &rx_multi,
+                   &tx_bytes) == 10 &&
+            strncmp(name, "wan", 3) == 0)
+            total += (double)tx_bytes;
+    }
+    fclose(f);
+    return total;
 }
 
 /* User + system CPU time of a process so far, in ms (0 if unreadable). */
@@ -260,7 +287,7 @@ static void bench_live_everywhere(int n_agents, size_t size)
 
     double *commit = calloc((size_t)runs, sizeof(double));
     double *live = calloc((size_t)runs, sizeof(double));
-    double cpu0 = cpu_ms(ctl.proc->pid);
+    double cpu0 = cpu_ms(ctl.proc->pid), tx0 = wan_tx_bytes();
     for (int i = 0; i < runs; i++) {
         pc_test_sleep_ms(100); /* let status reports settle between runs */
         char body[64];
@@ -289,6 +316,7 @@ static void bench_live_everywhere(int n_agents, size_t size)
         live[i] = t2 - t0;
     }
     double cpu = (cpu_ms(ctl.proc->pid) - cpu0) / runs;
+    double tx_kib = (wan_tx_bytes() - tx0) / runs / 1024.0;
     double mc = median(commit, runs), ml = median(live, runs);
     free(commit);
     free(live);
@@ -313,6 +341,8 @@ static void bench_live_everywhere(int n_agents, size_t size)
     printf("deploy to live everywhere, %3d agents %s, %8zu bytes, %d runs: commit %.1f ms, "
            "live-all %.1f ms (median), ratio %.1f, ctl cpu %.1f ms/deploy",
            n_agents, via, size, runs, mc, ml, ml / mc, cpu);
+    if (n_pops > 0)
+        printf(", core out %.0f KiB/deploy", tx_kib);
     if (me >= 0)
         printf("; etcd watch fan-out %.1f ms, vs etcd %.2f\n", me, me > 0 ? ml / me : 0.0);
     else
