@@ -142,10 +142,10 @@ static void lru_unlink(engine *e, lua_version *v)
     v->in_lru = false;
 }
 
-/* v just got an idle isolate back: it becomes the most recently used. */
+/* v just got an idle isolate back: it becomes the most recently used
+ * (lru_lock held). */
 static void lru_touch(engine *e, lua_version *v)
 {
-    pthread_mutex_lock(&e->lru_lock);
     lru_unlink(e, v);
     v->idle_since_ns = pc_lua_now_ns();
     v->lru_next = e->lru_head;
@@ -155,7 +155,6 @@ static void lru_touch(engine *e, lua_version *v)
     if (e->lru_tail == NULL)
         e->lru_tail = v;
     v->in_lru = true;
-    pthread_mutex_unlock(&e->lru_lock);
 }
 
 /* Frees least recently used idle isolates until at most max_idle_isolates
@@ -222,8 +221,10 @@ static void expire_idle(engine *e, int64_t now)
         pthread_mutex_unlock(&e->lru_lock);
         for (size_t i = 0; i < n_freed; i++) {
             pc_lua_isolate_free(freed[i]);
-            count_isolates(e, -1);
+            /* Counted before the gauge drops: whoever sees the gauge at
+             * its new value sees the count too. */
             pc_metric_add(e->m_expired, 1);
+            count_isolates(e, -1);
         }
         free(freed);
     }
@@ -233,11 +234,16 @@ static void expire_idle(engine *e, int64_t now)
 static void make_idle(lua_version *v, pc_lua_isolate *iso)
 {
     engine *e = v->e;
+    /* Both locks (in their order) while the isolate goes idle and the
+     * version is touched: expire_idle, looking at the list's tail, must
+     * never see the isolate idle under the version's old time. */
+    pthread_mutex_lock(&e->lru_lock);
     pthread_mutex_lock(&v->pool_lock);
     if (v->idle == NULL && (v->idle = malloc(e->limits.max_isolates * sizeof(*v->idle))) == NULL) {
         /* No room to keep it: the next request builds another. */
         v->n_isolates--;
         pthread_mutex_unlock(&v->pool_lock);
+        pthread_mutex_unlock(&e->lru_lock);
         pc_lua_isolate_free(iso);
         count_isolates(e, -1);
         return;
@@ -246,6 +252,7 @@ static void make_idle(lua_version *v, pc_lua_isolate *iso)
     atomic_fetch_add(&e->n_idle, 1);
     pthread_mutex_unlock(&v->pool_lock);
     lru_touch(e, v);
+    pthread_mutex_unlock(&e->lru_lock);
     trim_idle(e);
 }
 
