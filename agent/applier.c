@@ -171,8 +171,10 @@ static version_record *record_slot(pc_applier *a, const char *tenant, tenant_rec
     if (t->n == t->room && t->room < VERSIONS_KEPT) {
         uint32_t room = t->room * 2 < VERSIONS_KEPT ? t->room * 2 : VERSIONS_KEPT;
         tenant_record *grown = realloc(t, sizeof(*t) + room * sizeof(version_record));
-        if (grown == NULL)
+        if (grown == NULL) {
+            count_record_failure(a);
             return NULL;
+        }
         grown->room = room;
         /* Replacing a present key's value allocates nothing: cannot fail. */
         pc_strmap_put(a->records, tenant, grown);
@@ -299,8 +301,8 @@ static outcome_result record_outcome(pc_applier *a, const char *tenant, uint64_t
         return result;
     if (copy != NULL)
         persist_outcomes(a, tenant, copy);
-    else
-        count_record_failure(a);
+    else if (!(a->deferring && pc_strmap_put(a->douts, tenant, (void *)1) == PC_OK))
+        count_record_failure(a); /* deferred, the flush copies it again */
     record_free(copy);
     changed(a, 0);
     return OUTCOME_RECORDED;
@@ -494,8 +496,10 @@ static void flush_records(pc_applier *a)
     void *unused;
     while (rc == PC_OK && pc_strmap_next(a->douts, &pos, &tenant, &unused)) {
         tenant_record *copy = copy_record(a, tenant);
-        if (copy == NULL)
+        if (copy == NULL) {
+            count_record_failure(a);
             continue;
+        }
         Popcast__VersionOutcome items[VERSIONS_KEPT], *ptrs[VERSIONS_KEPT];
         Popcast__TenantOutcomes o = POPCAST__TENANT_OUTCOMES__INIT;
         outcomes_proto(copy, items, ptrs, &o.n_outcomes);
