@@ -46,6 +46,8 @@ void pc_wan_add_pop(pc_wan_pop *pop, int index, const char *name, const pc_wan_s
     snprintf(seed_s, sizeof(seed_s), "%u", seed);
     char *argv[] = {(char *)bin, dev,  pop->core_addr, pop->pop_addr, delay,
                     jitter,      loss, rate,           seed_s,        NULL};
+    /* The link starts in the core, whatever was placed last. */
+    pc_test_place(NULL, NULL);
     pop->link = pc_proc_spawn(name, argv, log);
     pop->link->outlives_env = true;
     pc_test_wait_log(pop->link, "wan link up", 1);

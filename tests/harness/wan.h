@@ -39,7 +39,8 @@ typedef struct pc_wan_pop {
 void pc_wan_enter_core(void);
 /* Builds PoP number index (1..200; it names the link's addresses
  * 10.77.index.1 in the core and .2 in the PoP) with spec, its loss and
- * jitter drawn from seed. Fails the test if the link does not come up. */
+ * jitter drawn from seed. Fails the test if the link does not come up.
+ * Leaves the place (pc_test_place) at the core. */
 void pc_wan_add_pop(pc_wan_pop *pop, int index, const char *name, const pc_wan_spec *spec,
                     unsigned seed);
 /* What the link has done so far, both directions summed: packets passed

@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -221,6 +222,21 @@ int main(int argc, char **argv)
     signal(SIGINT, on_term);
     signal(SIGUSR1, on_usr1);
     signal(SIGPIPE, SIG_IGN);
+    /* Gone with the test that started it, even if that one crashed. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() == 1)
+        return 1;
+    /* The signals are taken only inside ppoll, so none arrives between
+     * looking at the flags and sleeping. */
+    sigset_t blocked, waiting;
+    sigemptyset(&blocked);
+    sigaddset(&blocked, SIGTERM);
+    sigaddset(&blocked, SIGINT);
+    sigaddset(&blocked, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &blocked, &waiting);
+    sigdelset(&waiting, SIGTERM);
+    sigdelset(&waiting, SIGINT);
+    sigdelset(&waiting, SIGUSR1);
 
     int core = open_tun(core_dev, core_addr, pop_addr);
     if (core < 0)
@@ -266,7 +282,7 @@ int main(int argc, char **argv)
             wait.tv_sec = left / 1000000;
             wait.tv_nsec = (left % 1000000) * 1000;
         }
-        int n = ppoll(pfd, 2, &wait, NULL);
+        int n = ppoll(pfd, 2, &wait, &waiting);
         if (n < 0 && errno != EINTR) {
             fprintf(stderr, "pc_wan_link: poll: %s\n", strerror(errno));
             return 1;
