@@ -15,6 +15,7 @@
 #include <nng/nng.h>
 #include <uv.h>
 
+#include "nng_close.h"
 #include "api.h"
 #include "clock.h"
 #include "cluster.h"
@@ -759,5 +760,13 @@ int main(int argc, char **argv)
     pc_daemon_watchdog_arm("controller", c.cfg.shutdown_timeout_ms);
     controller_close(&c);
     pc_daemon_watchdog_disarm();
+    if (pc_nng_abandoned()) {
+        /* As the agent does: only an nng socket stuck in nng 1.5.2's
+         * close is left; exit's handlers would walk its half-closed
+         * state. */
+        pc_info("controller", "stopped (an nng socket left unclosed, see above)");
+        fflush(NULL);
+        _exit(exit_code);
+    }
     return exit_code;
 }

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 
 #include "log.h"
+#include "nng_close.h"
 
 struct pc_publisher {
     nng_socket sock;
@@ -52,7 +53,7 @@ void pc_publisher_close(pc_publisher *p)
 {
     if (p == NULL)
         return;
-    nng_close(p->sock);
+    pc_nng_close_bounded(p->sock, PC_NNG_CLOSE_MS, "the publisher");
     free(p);
 }
 

@@ -13,6 +13,7 @@
 #include "clock.h"
 #include "envelope.h"
 #include "log.h"
+#include "nng_close.h"
 #include "protocol_limits.h"
 #include "registry.h"
 #include "strmap.h"
@@ -806,7 +807,9 @@ void pc_sync_server_stop(pc_sync_server *s)
     for (size_t i = 0; s->workers && i < s->n_workers; i++)
         if (s->workers[i].aio)
             nng_aio_stop(s->workers[i].aio);
-    nng_close(s->sock);
+    /* Bounded: nng 1.5.2's close can hang (nng_close.h); seen in a
+     * cluster test's stop under load. */
+    pc_nng_close_bounded(s->sock, PC_NNG_CLOSE_MS, "the sync server");
     for (size_t i = 0; s->workers && i < s->n_workers; i++)
         if (s->workers[i].aio)
             nng_aio_free(s->workers[i].aio);

@@ -12,6 +12,7 @@
 
 #include "clock.h"
 #include "log.h"
+#include "nng_close.h"
 #include "protocol_limits.h"
 
 /* Room in a batch beside the reports (framing, the relay's own status). */
@@ -611,7 +612,7 @@ void pc_relay_server_stop(pc_relay_server *s)
         if (s->workers[i].aio)
             nng_aio_stop(s->workers[i].aio);
     if (nng_socket_id(s->sock) > 0)
-        nng_close(s->sock);
+        pc_nng_close_bounded(s->sock, PC_NNG_CLOSE_MS, "the relay's sync server");
     for (size_t i = 0; s->workers && i < s->n_workers; i++) {
         if (s->workers[i].aio)
             nng_aio_free(s->workers[i].aio);
