@@ -25,19 +25,24 @@
  * ahead of it (no reordering, as a real path mostly keeps order). A
  * direction's queue holds at most QUEUE_PACKETS; more are dropped at the
  * tail and counted apart from random loss. SIGUSR1 prints the counters. */
+#include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/if.h>
 #include <linux/if_tun.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -98,12 +103,25 @@ static double uniform(uint64_t *state)
     return (double)(next_random(state) >> 11) / 9007199254740992.0;
 }
 
-static int run(const char *cmd)
+/* Runs iproute2's ip with args (no shell: the arguments are passed as
+ * they are); 0 when it exited 0. */
+static int run_ip(char *const args[])
 {
-    int rc = system(cmd);
-    if (rc != 0)
-        fprintf(stderr, "pc_wan_link: `%s` failed (%d)\n", cmd, rc);
-    return rc;
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        execvp("ip", args);
+        fprintf(stderr, "pc_wan_link: cannot run ip: %s (is iproute2 installed?)\n",
+                strerror(errno));
+        _exit(127);
+    }
+    int status = 0;
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "pc_wan_link: ip %s %s failed\n", args[1], args[2]);
+        return -1;
+    }
+    return 0;
 }
 
 /* A tun device named name in the current network namespace, configured
@@ -124,10 +142,10 @@ static int open_tun(const char *name, const char *addr, const char *peer)
         close(fd);
         return -1;
     }
-    char cmd[256];
-    snprintf(cmd, sizeof(cmd), "ip addr add %s peer %s dev %s && ip link set %s up", addr, peer,
-             name, name);
-    if (run(cmd) != 0) {
+    char *add[] = {"ip",         "addr", "add",        (char *)addr, "peer",
+                   (char *)peer, "dev",  (char *)name, NULL};
+    char *up[] = {"ip", "link", "set", (char *)name, "up", NULL};
+    if (run_ip(add) != 0 || run_ip(up) != 0) {
         close(fd);
         return -1;
     }
@@ -200,24 +218,58 @@ static void print_stats(const direction *dirs)
     fflush(stdout);
 }
 
+/* A whole decimal number in [0, max] (false on anything else). */
+static bool whole(const char *text, long long max, long long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || v < 0 || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+static bool device_name_valid(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n >= IFNAMSIZ)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)name[i]))
+            return false;
+    return true;
+}
+
 int main(int argc, char **argv)
 {
+    const char *usage = "usage: pc_wan_link CORE_DEV CORE_ADDR POP_ADDR DELAY_MS JITTER_MS LOSS "
+                        "RATE_KBIT SEED\n";
     if (argc != 9) {
-        fprintf(stderr, "usage: pc_wan_link CORE_DEV CORE_ADDR POP_ADDR DELAY_MS JITTER_MS LOSS "
-                        "RATE_KBIT SEED\n");
+        fputs(usage, stderr);
         return 2;
     }
     const char *core_dev = argv[1], *core_addr = argv[2], *pop_addr = argv[3];
-    int64_t delay_us = atoll(argv[4]) * 1000, jitter_us = atoll(argv[5]) * 1000;
-    double loss = atof(argv[6]);
-    int64_t rate_bps = atoll(argv[7]) * 1000;
-    uint64_t seed = strtoull(argv[8], NULL, 10);
-    if (delay_us < 0 || jitter_us < 0 || jitter_us > delay_us || loss < 0 || loss >= 1 ||
-        rate_bps < 0) {
-        fprintf(stderr, "pc_wan_link: need 0 <= JITTER_MS <= DELAY_MS, 0 <= LOSS < 1, "
-                        "RATE_KBIT >= 0\n");
+    long long delay_ms = 0, jitter_ms = 0, rate_kbit = 0, seed_n = 0;
+    struct in_addr a4;
+    char *loss_end = NULL;
+    double loss = strtod(argv[6], &loss_end);
+    /* Checked before anything is created: a bad argument changes nothing. */
+    if (!device_name_valid(core_dev) || inet_pton(AF_INET, core_addr, &a4) != 1 ||
+        inet_pton(AF_INET, pop_addr, &a4) != 1 || !whole(argv[4], 60000, &delay_ms) ||
+        !whole(argv[5], delay_ms, &jitter_ms) || loss_end == argv[6] || *loss_end != '\0' ||
+        !(loss >= 0 && loss < 1) || !whole(argv[7], 100000000, &rate_kbit) ||
+        !whole(argv[8], LLONG_MAX, &seed_n)) {
+        fprintf(stderr,
+                "pc_wan_link: bad argument: CORE_DEV is 1-15 letters or digits, the addresses "
+                "IPv4, 0 <= JITTER_MS <= DELAY_MS <= 60000, 0 <= LOSS < 1, "
+                "0 <= RATE_KBIT <= 100000000, SEED a whole number\n%s",
+                usage);
         return 2;
     }
+    int64_t delay_us = delay_ms * 1000, jitter_us = jitter_ms * 1000;
+    int64_t rate_bps = rate_kbit * 1000;
+    uint64_t seed = (uint64_t)seed_n;
     signal(SIGTERM, on_term);
     signal(SIGINT, on_term);
     signal(SIGUSR1, on_usr1);
@@ -246,7 +298,8 @@ int main(int argc, char **argv)
                 strerror(errno));
         return 1;
     }
-    if (run("ip link set lo up") != 0)
+    char *lo_up[] = {"ip", "link", "set", "lo", "up", NULL};
+    if (run_ip(lo_up) != 0)
         return 1;
     int pop = open_tun("wan0", pop_addr, core_addr);
     if (pop < 0)

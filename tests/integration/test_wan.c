@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <net/if.h>
+#include <sys/wait.h>
 
 #include <cmocka.h>
 
@@ -283,6 +285,51 @@ static void test_wan_stream_with_relay_kill9(void **state)
     }
 }
 
+/* The link refuses a bad argument with its usage, before it creates
+ * anything: no device appears in the core. */
+static void test_link_refuses_bad_arguments(void **state)
+{
+    (void)state;
+    const char *bin = getenv("POPCAST_WAN_LINK_BIN");
+    assert_non_null(bin);
+    const char *cases[][8] = {
+        {"wan9", "10.77.9.1", "10.77.9.2", "15", "20", "0.01", "0", "1"}, /* jitter > delay */
+        {"wan9", "10.77.9.1", "10.77.9.2", "15", "3", "1", "0", "1"},     /* loss 1 */
+        {"wan9", "10.77.9.1", "10.77.9.2", "abc", "0", "0", "0", "1"},    /* not a number */
+        {"wan9", "10.77.9.1", "10.77.9.2", "15x", "0", "0", "0", "1"},    /* trailing text */
+        {"wan9", "10.77.9.1", "10.77.9.2", "-5", "0", "0", "0", "1"},     /* negative */
+        {"wan9", "10.77.9.1;id", "10.77.9.2", "15", "3", "0", "0", "1"},  /* not an address */
+        {"wan 9", "10.77.9.1", "10.77.9.2", "15", "3", "0", "0", "1"},    /* bad device name */
+        {"wan9", "10.77.9.1", "10.77.9.2", "15", "3", "0.5x", "0", "1"},  /* bad loss */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *argv[10] = {(char *)bin};
+        for (int k = 0; k < 8; k++)
+            argv[k + 1] = (char *)cases[i][k];
+        argv[9] = NULL;
+        char dir[300], log[400];
+        pc_test_tmpdir(dir, sizeof(dir), "wanargs");
+        snprintf(log, sizeof(log), "%s/link.log", dir);
+        pc_proc *p = pc_proc_spawn("bad-link", argv, log);
+        assert_true(pc_proc_wait_exit(p, PC_TEST_START_TIMEOUT_MS));
+        assert_true(WIFEXITED(p->status));
+        assert_int_equal(WEXITSTATUS(p->status), 2);
+        assert_int_equal(pc_test_log_count(p, "pc_wan_link: bad argument"), 1);
+        assert_int_equal(if_nametoindex("wan9"), 0);
+        pc_proc_free(p);
+    }
+    /* The wrong number of arguments: the usage alone. */
+    char *few[] = {(char *)bin, "wan9", NULL};
+    char dir[300], log[400];
+    pc_test_tmpdir(dir, sizeof(dir), "wanargs");
+    snprintf(log, sizeof(log), "%s/link.log", dir);
+    pc_proc *p = pc_proc_spawn("bad-link", few, log);
+    assert_true(pc_proc_wait_exit(p, PC_TEST_START_TIMEOUT_MS));
+    assert_int_equal(WEXITSTATUS(p->status), 2);
+    assert_int_equal(pc_test_log_count(p, "usage: pc_wan_link"), 1);
+    pc_proc_free(p);
+}
+
 int main(void)
 {
     pc_test_init();
@@ -290,6 +337,7 @@ int main(void)
      * namespace, so it changes nothing on the machine's network. */
     pc_wan_enter_core();
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_link_refuses_bad_arguments),
         cmocka_unit_test_setup_teardown(test_wan_stream_with_relay_kill9, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
