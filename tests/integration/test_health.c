@@ -179,7 +179,6 @@ static void test_agent_freshness(void **state)
     pc_test_agent_stop(&a);
 }
 
-/* A relay is ready while verified heartbeats come from upstream. */
 /* The edge check asks the edge as a load balancer would: an edge at
  * edge_max_connections refuses the question, and the agent is not ready
  * until a connection frees up. */
@@ -231,6 +230,7 @@ static void test_agent_stopping(void **state)
     a.proc = NULL;
 }
 
+/* A relay is ready while verified heartbeats come from upstream. */
 static void test_relay_upstream(void **state)
 {
     (void)state;
