@@ -63,16 +63,18 @@ int pc_store_backup(const char *dir, const char *out_path, uint64_t *seq, pc_err
     else if (fsync(fd) != 0)
         rc = pc_err_set(err, PC_E_IO, "syncing %s: %s", partial, strerror(errno));
     close(fd);
+    /* What the copy holds, read from the copy itself, read only, before it
+     * takes its name: a copy that does not check out never appears at
+     * out_path. */
+    if (rc == PC_OK)
+        rc = pc_store_file_applied_seq(partial, seq, err);
     /* link, not rename: it fails rather than replace a file that appeared
      * at out_path meanwhile. */
     if (rc == PC_OK && link(partial, out_path) != 0)
         rc = pc_err_set(err, errno == EEXIST ? PC_E_EXISTS : PC_E_IO, "cannot create %s: %s",
                         out_path, strerror(errno));
     unlink(partial);
-    if (rc != PC_OK)
-        return rc;
-    /* What the copy holds, read from the copy itself, read only. */
-    return pc_store_file_applied_seq(out_path, seq, err);
+    return rc;
 }
 
 int pc_store_restore(const char *backup_path, const char *dir, uint64_t *seq, pc_err *err)

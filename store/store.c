@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "byteorder.h"
@@ -1333,8 +1334,26 @@ int pc_store_file_applied_seq(const char *path, uint64_t *seq, pc_err *err)
      * opens a backup while it is checked. */
     if (mrc == 0)
         mrc = mdb_env_open(env, path, MDB_RDONLY | MDB_NOSUBDIR | MDB_NOLOCK | MDB_NOTLS, 0600);
-    if (mrc == 0)
+    if (mrc == 0) {
+        /* LMDB maps the pages its header names without looking at the
+         * file's size: reading a page past the end of a cut-short copy
+         * (a full disk, a copy interrupted) would kill the process with
+         * SIGBUS. Refused here, before any page is read. */
+        MDB_envinfo info;
+        MDB_stat st;
+        struct stat fst;
+        mdb_env_info(env, &info);
+        mdb_env_stat(env, &st);
+        uint64_t needed = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
+        if (stat(path, &fst) != 0 || (uint64_t)fst.st_size < needed) {
+            mdb_env_close(env);
+            return pc_err_set(err, PC_E_STORE,
+                              "%s is truncated: its header names %llu bytes of pages, the file "
+                              "has %lld",
+                              path, (unsigned long long)needed, (long long)fst.st_size);
+        }
         mrc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
+    }
     if (mrc == 0)
         mrc = mdb_dbi_open(txn, "meta", 0, &meta);
     int rc = PC_OK;

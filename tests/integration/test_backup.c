@@ -121,6 +121,15 @@ static void test_backup_and_restore(void **state)
         fail_msg("restore of garbage: exit %d: %s", rc, out);
     snprintf(args, sizeof(args), "restore --data-dir '%s' --from '%s'", restored, empty);
     assert_int_equal(tool(args, out, sizeof(out)), 1);
+    /* A copy cut short (a full disk, an interrupted copy): refused with a
+     * reason, not a crash. */
+    char truncated[400];
+    snprintf(truncated, sizeof(truncated), "%s/truncated", env.root);
+    pc_test_write_file(truncated, backup_bytes, backup_len / 2);
+    snprintf(args, sizeof(args), "restore --data-dir '%s' --from '%s'", restored, truncated);
+    rc = tool(args, out, sizeof(out));
+    if (rc != 1 || strstr(out, "is truncated") == NULL)
+        fail_msg("restore of a truncated backup: exit %d: %s", rc, out);
     char data[500];
     snprintf(data, sizeof(data), "%s/data.mdb", restored);
     assert_int_equal(access(data, F_OK), -1);
