@@ -1,43 +1,36 @@
 /* tls.c - TLS configuration for nng links and HTTP (see tls.h). */
 #include "tls.h"
 
+#include <errno.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "log.h"
 
-/* The file's hash; false if it cannot be read. */
+/* The file's hash (libsodium's BLAKE2b, streamed: no size limit, no
+ * copy of the file); false with errno set if it cannot be read. */
 static bool hash_file(const char *path, uint8_t out[PC_HASH_LEN])
 {
-    FILE *f = fopen(path, "rb");
+    FILE *f = fopen(path, "rbe");
     if (f == NULL)
         return false;
-    size_t cap = 1 << 16, len = 0;
-    uint8_t *buf = malloc(cap);
-    bool ok = buf != NULL;
-    while (ok) {
-        if (len == cap) {
-            uint8_t *more = cap < (64u << 20) ? realloc(buf, cap * 2) : NULL;
-            if (more == NULL) {
-                ok = false;
-                break;
-            }
-            buf = more;
-            cap *= 2;
-        }
-        size_t got = fread(buf + len, 1, cap - len, f);
-        len += got;
-        if (got == 0) {
-            ok = !ferror(f);
-            break;
-        }
-    }
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, NULL, 0, PC_HASH_LEN);
+    uint8_t buf[1 << 14];
+    size_t got;
+    while ((got = fread(buf, 1, sizeof(buf), f)) > 0)
+        crypto_generichash_update(&st, buf, got);
+    bool ok = !ferror(f);
+    int e = errno;
     fclose(f);
-    if (ok)
-        pc_hash(out, buf, len);
-    free(buf);
-    return ok;
+    if (!ok) {
+        errno = e;
+        return false;
+    }
+    crypto_generichash_final(&st, out, PC_HASH_LEN);
+    return true;
 }
 
 void pc_tls_stamp_take(pc_tls_stamp *s, const char *path)
@@ -54,7 +47,14 @@ void pc_tls_stamp_report(const pc_tls_stamp *s, const char *component, const cha
         return;
     uint8_t now[PC_HASH_LEN];
     bool readable = hash_file(s->path, now);
-    if (readable && s->readable && memcmp(now, s->hash, PC_HASH_LEN) == 0)
+    if (!readable) {
+        pc_warn(component,
+                "SIGHUP: %s %s cannot be read now (%s): the one loaded at start stays in use, and "
+                "a restart would fail until it can be read",
+                what, s->path, strerror(errno));
+        return;
+    }
+    if (s->readable && memcmp(now, s->hash, PC_HASH_LEN) == 0)
         pc_info(component, "SIGHUP: %s %s unchanged", what, s->path);
     else
         pc_warn(component,

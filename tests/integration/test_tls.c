@@ -122,6 +122,17 @@ static void test_tls_links(void **state)
     pc_test_lua_hello(src, sizeof(src), "still over tls");
     uint64_t v2 = pc_test_deploy_lua(&env, &ctl, "app", src); /* https, the good CA */
     assert_true(pc_test_wait_version(&trusting, "app", v2, PC_TEST_CONVERGE_TIMEOUT_MS));
+    /* A CA file gone (a botched rotation): said, with the reason, and the
+     * agent goes on with what it loaded. */
+    char moved[450];
+    snprintf(moved, sizeof(moved), "%s.moved", good_ca);
+    assert_int_equal(rename(good_ca, moved), 0);
+    assert_int_equal(kill(trusting.proc->pid, SIGHUP), 0);
+    pc_test_wait_log(trusting.proc, "-ca.pem cannot be read now (No such file or directory)", 1);
+    pc_test_lua_hello(src, sizeof(src), "after a lost CA file");
+    uint64_t v3 = pc_test_deploy_lua(&env, &ctl, "app", src);
+    assert_true(pc_test_wait_version(&trusting, "app", v3, PC_TEST_CONVERGE_TIMEOUT_MS));
+    assert_int_equal(rename(moved, good_ca), 0);
 
     pc_test_agent_stop(&trusting);
     pc_test_agent_stop(&other);
