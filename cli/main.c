@@ -1759,7 +1759,8 @@ static const char *const exit_codes =
     "  with --wait: 3 an agent refused (nacked) it, 4 timed out, 5 no agents to wait for,\n"
     "  6 unreachable (agents got a newer version or a delete first);\n"
     "  7 a write was sent and no answer came (it may or may not be done; a deploy,\n"
-    "  rollback or delete run again with the --idempotency-key it names is done once)\n";
+    "  rollback or delete run again within 24 h with the --idempotency-key it names\n"
+    "  is done once)\n";
 
 /* "key authorize ROOT_SECRET_KEY_FILE NEXT_PUBKEY_FILE --replaces KEY_ID":
  * the words, the arguments and the options it cannot do without. */
