@@ -178,6 +178,8 @@ static void test_keyed_writes_are_audited(void **state)
     assert_true(json_is_true(json_object_get(a2, "replayed")));
     assert_int_equal(json_integer_value(json_object_get(a2, "seq")),
                      json_integer_value(json_object_get(a1, "seq")));
+    assert_int_equal(json_integer_value(json_object_get(a2, "version")),
+                     json_integer_value(json_object_get(a1, "version")));
     json_decref(lines);
 }
 
