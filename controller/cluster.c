@@ -81,6 +81,12 @@ struct pc_cluster {
     void (*stop_done)(void *arg);
     void *stop_arg;
     int closing_handles;
+    /* libraft 0.15 can call its io close callback a second time, from a
+     * segment writer that finishes closing after the first call (uvAppendClose
+     * takes the segment off the queue uvMaybeFireCloseCb checks before its
+     * writer has closed). io.data points here once raft is closed, so that
+     * second call frees nothing twice; a zeroed raft has nothing to free. */
+    struct raft closed_raft;
 };
 
 /* Nodes. */
@@ -980,20 +986,28 @@ static void handle_closed(uv_handle_t *h)
     pc_cluster *c = h->data;
     if (--c->closing_handles > 0)
         return;
-    void (*done)(void *) = c->stop_done;
-    void *arg = c->stop_arg;
-    pthread_mutex_destroy(&c->lock);
-    free(c);
-    if (done != NULL)
-        done(arg);
+    if (c->stop_done != NULL)
+        c->stop_done(c->stop_arg);
 }
 
 static void raft_closed(struct raft *r)
 {
     pc_cluster *c = r->data;
+    memset(&c->closed_raft, 0, sizeof(c->closed_raft));
+    c->io.data = &c->closed_raft;
+    handle_closed((uv_handle_t *)&c->tick);
+}
+
+void pc_cluster_free(pc_cluster *c)
+{
+    if (c == NULL)
+        return;
+    /* Only now: raft's io and transport may still have had callbacks
+     * queued on the loop after raft_close's callback (see closed_raft). */
     raft_uv_close(&c->io);
     raft_uv_tcp_close(&c->transport);
-    handle_closed((uv_handle_t *)&c->tick);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
 }
 
 /* Ends a transfer once: from raft's callback or from the timer. */

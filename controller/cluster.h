@@ -74,8 +74,13 @@ void pc_cluster_set_api_url(pc_cluster *c, const char *api_url);
  * PC_E_NOTFOUND: no other voter; done is not called then. */
 int pc_cluster_transfer_leadership(pc_cluster *c, uint64_t timeout_ms,
                                    void (*done)(void *arg, uint64_t new_leader), void *arg);
-/* Loop thread. Closes raft; done is called (on the loop) once it is shut. */
+/* Loop thread. Closes raft; done is called (on the loop) once it is shut.
+ * The cluster's memory stays until pc_cluster_free. */
 void pc_cluster_stop(pc_cluster *c, void (*done)(void *arg), void *arg);
+/* Releases a stopped cluster (NULL is a no-op). Call it only after stop's
+ * done ran and the loop has run until no handle is alive: libraft 0.15 may
+ * still finish closing a log segment after its own close callback. */
+void pc_cluster_free(pc_cluster *c);
 
 /* Loop thread: true when this node is the leader and has applied every
  * entry of earlier terms (a barrier of its own term went through), so its

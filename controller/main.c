@@ -231,6 +231,7 @@ typedef struct controller {
     pc_sync_server *sync;
     pc_heartbeat *heartbeat;
     pc_cluster *cluster;
+    pc_cluster *stopped_cluster; /* freed once the loop has drained */
     nng_tls_config *tls;
     uv_timer_t tick;
     pc_health_loop loop_health;
@@ -289,6 +290,7 @@ static void on_applied(void *arg, const Popcast__Entry *applied)
 static void cluster_stopped(void *arg)
 {
     controller *c = arg;
+    c->stopped_cluster = c->cluster;
     c->cluster = NULL;
     pc_pipeline_close(c->pipeline);
     c->pipeline = NULL;
@@ -644,6 +646,8 @@ static void controller_close(controller *c)
             pc_pipeline_close(c->pipeline);
         uv_run(&c->loop, UV_RUN_DEFAULT); /* let closed handles finish */
         uv_loop_close(&c->loop);
+        pc_cluster_free(c->stopped_cluster);
+        c->stopped_cluster = NULL;
         pc_publisher_close(c->pub);
     }
     pc_sync_server_stop(c->sync);

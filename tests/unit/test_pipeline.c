@@ -56,6 +56,7 @@ struct fixture {
     pc_store *store;
     pc_signer *signer;
     pc_cluster *cluster;
+    pc_cluster *stopped_cluster; /* freed once the loop has drained */
     pc_pipeline *pipeline;
     pc_pipeline *extra;  /* a second pipeline on the same cluster */
     pc_metrics *metrics; /* the fixture pipeline's */
@@ -140,6 +141,7 @@ static int setup(void **state)
 static void cluster_stopped(void *arg)
 {
     fixture *f = arg;
+    f->stopped_cluster = f->cluster;
     f->cluster = NULL;
     pc_pipeline_close(f->pipeline);
     f->pipeline = NULL;
@@ -165,6 +167,8 @@ static void fixture_cleanup(fixture *f)
         assert_null(f->pipeline);
         assert_int_equal(uv_loop_close(&f->loop), 0);
         f->loop_open = false;
+        pc_cluster_free(f->stopped_cluster);
+        f->stopped_cluster = NULL;
     }
     pc_signer_free(f->signer);
     f->signer = NULL;
