@@ -49,12 +49,15 @@ typedef struct lua_version {
     char *source;
     size_t source_len;
     char *chunkname;
-    /* Looked up with the first isolate or request (metrics_ready, set
-     * under pool_lock): a version made live again at a restart without
-     * running its code costs no series until it is used. */
+    /* Looked up with the first request (metrics_ready, set under
+     * pool_lock): a tenant that gets no traffic costs no series, and the
+     * counters, which live as long as the agent, are not allocated between
+     * the blocks of the isolate built at prepare (freed when it goes idle,
+     * they would pin the heap pages around them). */
     tenant_metrics m;
     atomic_bool metrics_ready;
-    pthread_mutex_t pool_lock; /* guards the pool, the runs and the reason below */
+    unsigned isolates_uncounted; /* built before the lookup (pool_lock) */
+    pthread_mutex_t pool_lock;   /* guards the pool, the runs and the reason below */
     /* Oldest first: the last one pushed is reused first. Room for
      * max_isolates, allocated with the first isolate to go idle. */
     pc_lua_isolate **idle;
@@ -383,6 +386,8 @@ static void load_metrics(engine *e, lua_version *v)
                                      "requests whose handler failed or hit a limit");
     v->m.isolates = pc_metrics_counter(e->metrics, "popcast_lua_isolates_created_total", labels,
                                        "Lua isolates created");
+    pc_metric_add(v->m.isolates, v->isolates_uncounted);
+    v->isolates_uncounted = 0;
     atomic_store(&v->metrics_ready, true);
     pthread_mutex_unlock(&v->pool_lock);
 }
@@ -401,7 +406,12 @@ static int new_isolate(lua_version *v, pc_lua_isolate **out, pc_err *err)
     pthread_mutex_unlock(&v->pool_lock);
     count_limit(v, hit);
     if (rc == PC_OK) {
-        pc_metric_add(v->m.isolates, 1);
+        pthread_mutex_lock(&v->pool_lock);
+        if (atomic_load(&v->metrics_ready))
+            pc_metric_add(v->m.isolates, 1);
+        else
+            v->isolates_uncounted++;
+        pthread_mutex_unlock(&v->pool_lock);
         count_isolates(v->e, 1);
     }
     return rc;
@@ -482,7 +492,6 @@ static int lua_prepare(pc_adapter *a, const pc_version_spec *spec, pc_prepared *
         return PC_OK;
     }
     /* The first isolate, built now, is what makes activation warm. */
-    load_metrics(e, v);
     pc_lua_isolate *iso = NULL;
     if ((rc = new_isolate(v, &iso, err)) != PC_OK) {
         version_unref(v);

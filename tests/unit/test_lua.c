@@ -541,11 +541,20 @@ static void test_idle_isolates_expire(void **state)
     assert_int_equal(isolates, 0);
     assert_int_equal(versions, 2);
     assert_int_equal(pc_metrics_get(own_metrics, "popcast_lua_isolates_expired_total", NULL), 2);
+    /* No traffic yet: no per-tenant series (they would live as long as
+     * the agent, for every tenant deployed). */
+    char *text = pc_metrics_render_text(own_metrics);
+    assert_non_null(text);
+    assert_null(strstr(text, "tenant=\"quiet0\""));
+    free(text);
     expect_body("quiet0", "/", "zero");
     pc_lua_adapter_counts(lua, &versions, &isolates);
     assert_true(isolates >= 0 && isolates <= 1);
+    /* The one built at deploy is counted with the series' creation. */
     assert_int_equal(
         pc_metrics_get(own_metrics, "popcast_lua_isolates_created_total", "tenant=\"quiet0\""), 2);
+    assert_int_equal(pc_metrics_get(own_metrics, "popcast_lua_requests_total", "tenant=\"quiet0\""),
+                     1);
     lua->destroy(lua);
     pc_metrics_free(own_metrics);
     lua = shared;
