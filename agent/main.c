@@ -23,6 +23,7 @@
 #include "sd_notify.h"
 #include "crypto.h"
 #include "edge.h"
+#include "edge_prober.h"
 #include "log.h"
 #include "nng_close.h"
 #include "lua_engine.h"
@@ -91,8 +92,10 @@ typedef struct agent_config {
     bool test_hang_on_stop;
 } agent_config;
 
-/* /readyz's edge check waits this long for the edge's health answer. */
-#define EDGE_PROBE_TIMEOUT_MS 2000
+/* /readyz's edge check: the edge is asked this often, in the background
+ * (edge_prober.h), and waited for this long. */
+#define EDGE_PROBE_INTERVAL_MS 1000
+#define EDGE_PROBE_TIMEOUT_MS  2000
 
 #define OPT(name, type, def, min, max, help)                                                       \
     {                                                                                              \
@@ -223,6 +226,7 @@ typedef struct agent {
     pc_subscriber *sub;
     pc_syncer *_Atomic syncer;
     pc_edge *edge;
+    pc_edge_prober *edge_prober;
     pc_admin *admin;
 } agent;
 
@@ -342,11 +346,9 @@ static void check(void *arg, pc_health_report *r)
     pc_health_check_shutdown(r, &ag->loop_health);
     /* Asked as a load balancer asks: a saturated or wedged edge is not
      * ready for more traffic. */
-    pc_err eerr = {0};
-    bool edge_ok =
-        ag->edge != NULL && pc_edge_probe(ag->edge, EDGE_PROBE_TIMEOUT_MS, &eerr) == PC_OK;
-    pc_health_check(r, "edge", edge_ok, "%s",
-                    ag->edge == NULL ? "the edge listener is not running" : eerr.msg);
+    char why[sizeof(((pc_err *)0)->msg)] = "the edge listener is not running";
+    bool edge_ok = ag->edge_prober != NULL && pc_edge_prober_ok(ag->edge_prober, why, sizeof(why));
+    pc_health_check(r, "edge", edge_ok, "%s", why);
     int64_t age = pc_applier_heartbeat_age_ms(ag->applier);
     uint64_t stale_after = pc_applier_stale_after_ms(ag->applier);
     if (age < 0)
@@ -568,6 +570,8 @@ static int agent_serve(agent *ag, pc_err *err)
         return rc;
     eopt.access_log = ag->access_log;
     if ((rc = pc_edge_start(&ag->edge, &eopt, err)) != PC_OK ||
+        (rc = pc_edge_prober_start(&ag->edge_prober, ag->edge, EDGE_PROBE_INTERVAL_MS,
+                                   EDGE_PROBE_TIMEOUT_MS, ag->metrics, err)) != PC_OK ||
         (rc = load_identity(ag, err)) != PC_OK ||
         (rc = pc_registry_next_report_floor(ag->store, (uint64_t)pc_wall_ms() * 1000, &floor,
                                             err)) != PC_OK)
@@ -651,6 +655,7 @@ static void agent_close(agent *ag)
         pc_syncer_stop(s);
     }
     pc_admin_stop(ag->admin);
+    pc_edge_prober_stop(ag->edge_prober); /* before the edge it asks */
     pc_edge_stop(ag->edge);
     pc_append_log_close(ag->access_log); /* after the edge: its last lines are written */
     pc_applier_free(ag->applier);

@@ -181,7 +181,7 @@ static void test_agent_freshness(void **state)
 
 /* The edge check asks the edge as a load balancer would: an edge at
  * edge_max_connections refuses the question, and the agent is not ready
- * until a connection frees up. */
+ * until a connection frees up (seen by the next probe: wait_for). */
 static void test_agent_edge(void **state)
 {
     (void)state;
@@ -189,6 +189,19 @@ static void test_agent_edge(void **state)
     pc_test_agent a;
     start_lonely_agent(&a, "full", extra);
     expect(a.admin_url, "/readyz?exclude=fresh&verbose", 200, "[+]edge ok\n");
+    /* /readyz reads the answer of a prober of its own: however many ask,
+     * the edge is asked about once a second (asked from each /readyz,
+     * a wedged edge held an admin thread per prober for 2 s). */
+    uint64_t probes0 = pc_test_agent_metric(&a, "popcast_agent_edge_probes_total");
+    assert_true(probes0 >= 1); /* the one at start */
+    int64_t t0 = pc_test_now_ms();
+    for (int i = 0; i < 40; i++)
+        expect(a.admin_url, "/readyz?exclude=fresh", 200, "ok\n");
+    int64_t took = pc_test_now_ms() - t0;
+    uint64_t probes = pc_test_agent_metric(&a, "popcast_agent_edge_probes_total") - probes0;
+    if (probes > (uint64_t)(took / 1000 + 2))
+        fail_msg("40 /readyz in %lld ms made %llu edge probes", (long long)took,
+                 (unsigned long long)probes);
     int held[2];
     for (int i = 0; i < 2; i++) {
         held[i] = socket(AF_INET, SOCK_STREAM, 0);

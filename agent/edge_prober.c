@@ -1,0 +1,122 @@
+/* edge_prober.c - the edge's health, asked in the background (see
+ * edge_prober.h). */
+#include "edge_prober.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "clock.h"
+
+struct pc_edge_prober {
+    pc_edge *edge;
+    uint64_t interval_ms, timeout_ms;
+    pc_metric *m_probes;
+    pthread_mutex_t lock; /* guards what follows */
+    pthread_cond_t wake;
+    bool stopping;
+    bool ok;
+    int64_t done_ms; /* when the last probe completed (pc_mono_ms) */
+    char why[sizeof(((pc_err *)0)->msg)];
+    pthread_t thread;
+};
+
+static void probe_once(pc_edge_prober *p)
+{
+    pc_err err = {0};
+    bool ok = pc_edge_probe(p->edge, (int)p->timeout_ms, &err) == PC_OK;
+    pc_metric_add(p->m_probes, 1);
+    pthread_mutex_lock(&p->lock);
+    p->ok = ok;
+    p->done_ms = pc_mono_ms();
+    snprintf(p->why, sizeof(p->why), "%s", ok ? "" : err.msg);
+    pthread_mutex_unlock(&p->lock);
+}
+
+static void *prober_main(void *arg)
+{
+    pc_edge_prober *p = arg;
+    pthread_mutex_lock(&p->lock);
+    while (!p->stopping) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += (time_t)(p->interval_ms / 1000);
+        until.tv_nsec += (long)(p->interval_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        while (!p->stopping && pthread_cond_timedwait(&p->wake, &p->lock, &until) == 0)
+            ;
+        if (p->stopping)
+            break;
+        pthread_mutex_unlock(&p->lock);
+        probe_once(p);
+        pthread_mutex_lock(&p->lock);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return NULL;
+}
+
+int pc_edge_prober_start(pc_edge_prober **out, pc_edge *edge, uint64_t interval_ms,
+                         uint64_t timeout_ms, pc_metrics *metrics, pc_err *err)
+{
+    *out = NULL;
+    if (edge == NULL || interval_ms == 0 || timeout_ms == 0 || timeout_ms > INT32_MAX)
+        return pc_err_set(err, PC_E_INVALID, "edge prober: no edge, or a zero interval or timeout");
+    pc_edge_prober *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    p->edge = edge;
+    p->interval_ms = interval_ms;
+    p->timeout_ms = timeout_ms;
+    if (metrics != NULL)
+        p->m_probes = pc_metrics_counter(metrics, "popcast_agent_edge_probes_total", NULL,
+                                         "health probes the agent sent its own edge (for /readyz)");
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&p->wake, &attr);
+    pthread_condattr_destroy(&attr);
+    probe_once(p);
+    if (pthread_create(&p->thread, NULL, prober_main, p) != 0) {
+        pthread_cond_destroy(&p->wake);
+        pthread_mutex_destroy(&p->lock);
+        free(p);
+        return pc_err_set(err, PC_E_NOMEM, "cannot start the edge prober thread");
+    }
+    *out = p;
+    return PC_OK;
+}
+
+bool pc_edge_prober_ok(pc_edge_prober *p, char *why, size_t why_len)
+{
+    pthread_mutex_lock(&p->lock);
+    int64_t age = pc_mono_ms() - p->done_ms;
+    bool ok = p->ok;
+    if (age > (int64_t)(p->interval_ms + p->timeout_ms + 1000)) {
+        ok = false;
+        snprintf(why, why_len, "the edge's last probe completed %lld ms ago", (long long)age);
+    } else {
+        snprintf(why, why_len, "%s", p->why);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return ok;
+}
+
+void pc_edge_prober_stop(pc_edge_prober *p)
+{
+    if (p == NULL)
+        return;
+    pthread_mutex_lock(&p->lock);
+    p->stopping = true;
+    pthread_cond_signal(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+    pthread_join(p->thread, NULL);
+    pthread_cond_destroy(&p->wake);
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+}
