@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "clock.h"
 
@@ -40,16 +39,10 @@ static void *prober_main(void *arg)
     pc_edge_prober *p = arg;
     pthread_mutex_lock(&p->lock);
     while (!p->stopping) {
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_sec += (time_t)(p->interval_ms / 1000);
-        until.tv_nsec += (long)(p->interval_ms % 1000) * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
-        while (!p->stopping && pthread_cond_timedwait(&p->wake, &p->lock, &until) == 0)
-            ;
+        struct timespec deadline;
+        pc_deadline_after_ms(&deadline, p->interval_ms);
+        /* A spurious wake only probes early. */
+        pthread_cond_timedwait(&p->wake, &p->lock, &deadline);
         if (p->stopping)
             break;
         pthread_mutex_unlock(&p->lock);
@@ -76,11 +69,7 @@ int pc_edge_prober_start(pc_edge_prober **out, pc_edge *edge, uint64_t interval_
         p->m_probes = pc_metrics_counter(metrics, "popcast_agent_edge_probes_total", NULL,
                                          "health probes the agent sent its own edge (for /readyz)");
     pthread_mutex_init(&p->lock, NULL);
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&p->wake, &attr);
-    pthread_condattr_destroy(&attr);
+    pthread_cond_init(&p->wake, NULL); /* pc_deadline_after_ms's clock */
     probe_once(p);
     if (pthread_create(&p->thread, NULL, prober_main, p) != 0) {
         pthread_cond_destroy(&p->wake);
