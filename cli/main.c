@@ -10,6 +10,7 @@
  * Exit status: see RC_*. For RC_USAGE, every argument and option (and the
  * connection settings from the environment) is checked, and the token
  * file read, before the first request. */
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -92,6 +93,7 @@ enum opt_id {
     O_AUTHORIZATION,
     O_REPLACES,
     O_IDEMPOTENCY_KEY,
+    O_MESSAGE,
     O_COUNT
 };
 
@@ -125,6 +127,7 @@ typedef struct cli {
     const char *tenants[MAX_TENANTS]; /* token create --tenant, repeatable */
     int n_tenants;
     const char *entrypoint;
+    const char *message; /* --message */
     const char *runtime;
     const char *out_dir;
     const char *name;
@@ -410,6 +413,25 @@ static int read_file(const char *path, uint8_t **out, size_t *len)
 }
 
 /* Deploy, rollback, delete: every try of the write carries this key. */
+/* "&message=" and --message percent-encoded (RFC 3986 unreserved bytes
+ * as they are), appended to url; nothing without --message. */
+static void add_message_query(const cli *c, char *url, size_t cap)
+{
+    if (c->message == NULL || c->message[0] == '\0')
+        return;
+    size_t n = strlen(url);
+    n += (size_t)snprintf(url + n, cap > n ? cap - n : 0,
+                          "%cmessage=", strchr(url, '?') ? '&' : '?');
+    for (const unsigned char *m = (const unsigned char *)c->message; *m != '\0' && n + 4 < cap;
+         m++) {
+        if (isalnum(*m) || strchr("-._~", *m) != NULL)
+            url[n++] = (char)*m;
+        else
+            n += (size_t)snprintf(url + n, cap - n, "%%%02X", *m);
+    }
+    url[n < cap ? n : cap - 1] = '\0';
+}
+
 static void use_idempotency_key(cli *c)
 {
     if (c->idempotency_key[0] != '\0')
@@ -445,9 +467,10 @@ static int cmd_deploy(cli *c)
         if (rc != PC_OK)
             return fail("%s", err.msg);
     }
-    char url[512];
+    char url[2048]; /* room for a 512-byte message, each byte escaped */
     snprintf(url, sizeof(url), "/v1/tenants/%s/bundles?runtime=%s", tenant,
              c->runtime ? c->runtime : "lua");
+    add_message_query(c, url, sizeof(url));
     use_idempotency_key(c);
     json_t *doc = call(c, "POST", url, "application/vnd.popcast.bundle", archive, archive_len);
     free(archive);
@@ -485,8 +508,16 @@ static int cmd_versions(cli *c)
             format_time(num(v, "created_unix_ms"), when, sizeof(when));
             if (num(v, "rollback_of") != 0)
                 snprintf(note, sizeof(note), "content of v%lld", num(v, "rollback_of"));
-            printf("%-8lld %-8lld %-9s %-20s %-10lld %-16.16s %s\n", num(v, "version"),
-                   num(v, "seq"), str(v, "kind"), when, num(v, "size"), str(v, "hash"), note);
+            const char *message = json_string_value(json_object_get(v, "message"));
+            const char *author = json_string_value(json_object_get(v, "author"));
+            message = message ? message : "";
+            author = author ? author : "";
+            char said[PC_CHANGE_MESSAGE_MAX + PC_CHANGE_AUTHOR_MAX + 16] = "";
+            if (author[0] != '\0' || message[0] != '\0')
+                snprintf(said, sizeof(said), "%s%s%s%s", note[0] ? "; " : "", author,
+                         author[0] && message[0] ? ": " : "", message);
+            printf("%-8lld %-8lld %-9s %-20s %-10lld %-16.16s %s%s\n", num(v, "version"),
+                   num(v, "seq"), str(v, "kind"), when, num(v, "size"), str(v, "hash"), note, said);
         }
     }
     json_decref(doc);
@@ -497,11 +528,18 @@ static int cmd_rollback(cli *c)
 {
     const char *tenant = c->args[0];
     long long version = strtoll(c->args[1], NULL, 10);
-    char url[256], body[64];
+    char url[256];
     snprintf(url, sizeof(url), "/v1/tenants/%s/rollback", tenant);
-    int n = snprintf(body, sizeof(body), "{\"version\": %lld}", version);
+    json_t *req = json_pack("{s:I}", "version", (json_int_t)version);
+    if (req != NULL && c->message != NULL && c->message[0] != '\0')
+        json_object_set_new(req, "message", json_string(c->message));
+    char *body = req != NULL ? json_dumps(req, JSON_COMPACT) : NULL;
+    json_decref(req);
+    if (body == NULL)
+        return fail("out of memory");
     use_idempotency_key(c);
-    json_t *doc = call(c, "POST", url, "application/json", body, (size_t)n);
+    json_t *doc = call(c, "POST", url, "application/json", body, strlen(body));
+    free(body);
     if (doc == NULL)
         return 1;
     if (c->json && !c->wait)
@@ -517,8 +555,9 @@ static int cmd_rollback(cli *c)
 static int cmd_delete(cli *c)
 {
     const char *tenant = c->args[0];
-    char url[256];
+    char url[2048];
     snprintf(url, sizeof(url), "/v1/tenants/%s", tenant);
+    add_message_query(c, url, sizeof(url));
     use_idempotency_key(c);
     json_t *doc = call(c, "DELETE", url, NULL, NULL, 0);
     if (doc == NULL)
@@ -1185,6 +1224,12 @@ static bool check_idempotency_key(const char *label, const char *v, char *why, s
                   label, v);
 }
 
+static bool check_message(const char *label, const char *v, char *why, size_t cap)
+{
+    return pc_change_message_valid(v) ||
+           refuse(why, cap, "%s must be %s", label, PC_CHANGE_MESSAGE_RULE);
+}
+
 static bool check_runtime(const char *label, const char *v, char *why, size_t cap)
 {
     return pc_runtime_name_valid(v) ||
@@ -1412,6 +1457,11 @@ static const option options[O_COUNT] = {
                                    "per run); running again with the same key and request is "
                                    "answered with what the first run made, never a second change",
                            .check = check_idempotency_key},
+    [O_MESSAGE] = {.name = "--message",
+                   .metavar = "TEXT",
+                   .help = "why: kept with the version, signed, shown by `popcast versions` (at "
+                           "most 512 bytes of UTF-8, no control characters)",
+                   .check = check_message},
     [O_REPLACES] = {.name = "--replaces",
                     .metavar = "KEY_ID",
                     .help =
@@ -1473,7 +1523,7 @@ static const command commands[] = {
      "upload a file or directory as a new version",
      {TENANT_ARG, {"PATH", check_bundle_path}},
      0,
-     OPTS(O_ENTRYPOINT, O_RUNTIME, O_IDEMPOTENCY_KEY, WAIT_OPTS, O_JSON),
+     OPTS(O_ENTRYPOINT, O_RUNTIME, O_MESSAGE, O_IDEMPOTENCY_KEY, WAIT_OPTS, O_JSON),
      false,
      cmd_deploy},
     {"versions",
@@ -1489,7 +1539,7 @@ static const command commands[] = {
      "make VERSION's content the new version",
      {TENANT_ARG, VERSION_ARG},
      0,
-     OPTS(O_IDEMPOTENCY_KEY, WAIT_OPTS, O_JSON),
+     OPTS(O_MESSAGE, O_IDEMPOTENCY_KEY, WAIT_OPTS, O_JSON),
      false,
      cmd_rollback},
     {"delete",
@@ -1497,7 +1547,7 @@ static const command commands[] = {
      "stop serving a tenant",
      {TENANT_ARG},
      0,
-     OPTS(O_IDEMPOTENCY_KEY, WAIT_OPTS, O_JSON),
+     OPTS(O_MESSAGE, O_IDEMPOTENCY_KEY, WAIT_OPTS, O_JSON),
      false,
      cmd_delete},
     {"status",
@@ -1926,6 +1976,7 @@ static void store(cli *c, int id, const char *value)
     case O_IDEMPOTENCY_KEY:
         snprintf(c->idempotency_key, sizeof(c->idempotency_key), "%s", value);
         break;
+    case O_MESSAGE: c->message = value; break;
     default: break;
     }
 }

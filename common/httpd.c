@@ -384,6 +384,51 @@ void pc_httpd_read_body(pc_httpd_req *rq, size_t max, pc_httpd_body_cb cb, void 
     nng_http_conn_read_all(conn, br->read_aio);
 }
 
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int pc_httpd_query_text(const char *query, const char *key, char *out, size_t cap)
+{
+    size_t klen = strlen(key);
+    for (const char *p = query; p != NULL && *p != '\0';) {
+        size_t plen = strcspn(p, "&");
+        if (plen >= klen && strncmp(p, key, klen) == 0 && (plen == klen || p[klen] == '=')) {
+            const char *v = p + klen + (plen > klen ? 1 : 0), *end = p + plen;
+            size_t n = 0;
+            for (; v < end; v++) {
+                int c = (unsigned char)*v;
+                if (c == '+') {
+                    c = ' ';
+                } else if (c == '%') {
+                    if (end - v < 3 || hex_digit(v[1]) < 0 || hex_digit(v[2]) < 0)
+                        return PC_E_INVALID;
+                    c = hex_digit(v[1]) * 16 + hex_digit(v[2]);
+                    v += 2;
+                }
+                if (c == 0 || n + 1 >= cap)
+                    return PC_E_INVALID;
+                out[n++] = (char)c;
+            }
+            if (cap == 0)
+                return PC_E_INVALID;
+            out[n] = '\0';
+            return PC_OK;
+        }
+        p += plen;
+        if (*p == '&')
+            p++;
+    }
+    return PC_E_NOTFOUND;
+}
+
 bool pc_httpd_query_get(const char *query, const char *key, char *out, size_t cap)
 {
     size_t klen = strlen(key);

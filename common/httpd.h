@@ -94,5 +94,9 @@ void pc_httpd_read_body(pc_httpd_req *rq, size_t max, pc_httpd_body_cb cb, void 
  * Returns false when absent or longer than cap-1. No percent-decoding: the
  * values popcast accepts (numbers, names) never need it. */
 bool pc_httpd_query_get(const char *query, const char *key, char *out, size_t cap);
+/* The value of key in a query string, percent-decoded ("+" is a space),
+ * for free text: PC_OK, PC_E_NOTFOUND when absent, PC_E_INVALID for a
+ * malformed escape, an encoded NUL, or more than cap-1 decoded bytes. */
+int pc_httpd_query_text(const char *query, const char *key, char *out, size_t cap);
 
 #endif

@@ -1,6 +1,7 @@
 /* names.c - name validation (see names.h). */
 #include "names.h"
 
+#include <jansson.h>
 #include <string.h>
 
 static bool all_in(const char *s, size_t min, size_t max, const char *extra, bool upper)
@@ -58,4 +59,28 @@ bool pc_bundle_path_valid(const char *path)
             return true;
         p += len + 1;
     }
+}
+
+bool pc_change_message_valid(const char *message)
+{
+    if (message == NULL)
+        return false;
+    size_t n = strnlen(message, PC_CHANGE_MESSAGE_MAX + 1);
+    if (n > PC_CHANGE_MESSAGE_MAX)
+        return false;
+    /* jansson's strict UTF-8 check (overlong forms, surrogates and code
+     * points past U+10FFFF are refused). */
+    json_t *s = json_stringn(message, n);
+    if (s == NULL)
+        return false;
+    json_decref(s);
+    const unsigned char *u = (const unsigned char *)message;
+    for (size_t i = 0; i < n; i++) {
+        if (u[i] < 0x20 || u[i] == 0x7f)
+            return false;
+        /* U+0080-U+009F: 0xC2 0x80-0x9F in UTF-8 */
+        if (u[i] == 0xc2 && i + 1 < n && u[i + 1] <= 0x9f)
+            return false;
+    }
+    return true;
 }

@@ -31,24 +31,34 @@ static json_t *parse_object(const uint8_t *body, size_t len, pc_err *err)
     return root;
 }
 
-int pc_api_parse_rollback(const uint8_t *body, size_t len, uint64_t *version, pc_err *err)
+int pc_api_parse_rollback(const uint8_t *body, size_t len, uint64_t *version, char *message,
+                          size_t message_cap, pc_err *err)
 {
     json_t *root = parse_object(body, len, err);
     if (root == NULL)
         return PC_E_INVALID;
     int rc = PC_OK;
-    json_t *v = json_object_get(root, "version");
+    json_t *v = json_object_get(root, "version"), *msg = json_object_get(root, "message");
     const char *key;
     json_t *val;
     int unknown = 0;
-    json_object_foreach(root, key, val) unknown |= strcmp(key, "version") != 0;
+    json_object_foreach(root, key, val) unknown |=
+        strcmp(key, "version") != 0 && strcmp(key, "message") != 0;
     if (unknown)
-        rc = pc_err_set(err, PC_E_INVALID, "only the field \"version\" is allowed");
+        rc = pc_err_set(err, PC_E_INVALID,
+                        "only the fields \"version\" and \"message\" are allowed");
     else if (!json_is_integer(v) || json_integer_value(v) < 1)
         rc = pc_err_set(err, PC_E_INVALID,
                         "\"version\" must be an integer >= 1 (the version to roll back to)");
+    else if (msg != NULL &&
+             (!json_is_string(msg) || strlen(json_string_value(msg)) != json_string_length(msg) ||
+              !pc_change_message_valid(json_string_value(msg)) ||
+              json_string_length(msg) >= message_cap))
+        rc = pc_err_set(err, PC_E_INVALID, "\"message\" must be %s", PC_CHANGE_MESSAGE_RULE);
     else
         *version = (uint64_t)json_integer_value(v);
+    if (rc == PC_OK)
+        snprintf(message, message_cap, "%s", msg != NULL ? json_string_value(msg) : "");
     json_decref(root);
     return rc;
 }

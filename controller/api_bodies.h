@@ -9,10 +9,14 @@
 #include <stdint.h>
 
 #include "err.h"
+#include "names.h"
 #include "popcast.pb-c.h"
 
-/* {"version": N} with N >= 1 and no other field. */
-int pc_api_parse_rollback(const uint8_t *body, size_t len, uint64_t *version, pc_err *err);
+/* {"version": N, "message": "..."} with N >= 1, the message optional
+ * (pc_change_message_valid, under message_cap; "" when absent) and no
+ * other field. */
+int pc_api_parse_rollback(const uint8_t *body, size_t len, uint64_t *version, char *message,
+                          size_t message_cap, pc_err *err);
 
 /* {"id": N >= 1, "raft_address": "host:port", "api_url": "http..."} and
  * nothing else; raft_address under raft_cap, api_url under api_cap. */

@@ -43,6 +43,10 @@ static json_t *version_json(pc_api *api, uint64_t seq)
     }
     if (v != NULL && m->rollback_of != 0)
         json_object_set_new(v, "rollback_of", json_integer((json_int_t)m->rollback_of));
+    if (v != NULL && m->author != NULL && m->author[0] != '\0')
+        pc_json_set_text(v, "author", m->author);
+    if (v != NULL && m->message != NULL && m->message[0] != '\0')
+        pc_json_set_text(v, "message", m->message);
     popcast__manifest__free_unpacked(m, NULL);
     return v;
 }
@@ -169,7 +173,40 @@ json_t *api_tenant_change_json(const pc_change *c, const pc_change_result *r)
     }
     if (o != NULL && r->rollback_of != 0)
         json_object_set_new(o, "rollback_of", json_integer((json_int_t)r->rollback_of));
+    if (o != NULL && r->author[0] != '\0')
+        pc_json_set_text(o, "author", r->author);
+    if (o != NULL && r->message[0] != '\0')
+        pc_json_set_text(o, "message", r->message);
     return o;
+}
+
+/* Who and why: set on every tenant change. */
+
+/* "admin", or "token:" and the token's id. */
+static void author_of(const api_principal *who, char out[PC_CHANGE_AUTHOR_MAX + 1])
+{
+    if (who == NULL || who->admin || who->token == NULL)
+        snprintf(out, PC_CHANGE_AUTHOR_MAX + 1, "admin");
+    else
+        snprintf(out, PC_CHANGE_AUTHOR_MAX + 1, "token:%s", who->token->id);
+}
+
+/* The request's ?message= (percent-encoded) into out ("" when absent);
+ * false, after answering 400, when it is not a valid message. */
+static bool message_of_query(pc_httpd_req *rq, const char *query,
+                             char out[PC_CHANGE_MESSAGE_MAX + 1])
+{
+    int rc = pc_httpd_query_text(query, "message", out, PC_CHANGE_MESSAGE_MAX + 1);
+    if (rc == PC_E_NOTFOUND) {
+        out[0] = '\0';
+        return true;
+    }
+    if (rc != PC_OK || !pc_change_message_valid(out)) {
+        pc_httpd_error(rq, PC_E_INVALID, "message must be %s (percent-encoded in the query)",
+                       PC_CHANGE_MESSAGE_RULE);
+        return false;
+    }
+    return true;
 }
 
 /* Uploads. */
@@ -202,6 +239,8 @@ typedef struct upload {
     char runtime[PC_RUNTIME_NAME_MAX + 1];
     char entrypoint[PC_PATH_MAX + 1];
     bool single_file;
+    char author[PC_CHANGE_AUTHOR_MAX + 1];
+    char message[PC_CHANGE_MESSAGE_MAX + 1];
 } upload;
 
 static void upload_body(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size_t len)
@@ -255,6 +294,8 @@ static void upload_body(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size
     c->u.deploy.bundle = archive;
     c->u.deploy.bundle_len = archive_len;
     archive = NULL;
+    snprintf(c->author, sizeof(c->author), "%s", u->author);
+    snprintf(c->message, sizeof(c->message), "%s", u->message);
     api_submit(api, rq, c);
 out:
     pc_bundle_free(b);
@@ -279,6 +320,11 @@ void api_post_bundle(api_call *call)
         snprintf(u->runtime, sizeof(u->runtime), "lua");
     if (!pc_httpd_query_get(query, "entrypoint", u->entrypoint, sizeof(u->entrypoint)))
         snprintf(u->entrypoint, sizeof(u->entrypoint), "%s", PC_BUNDLE_DEFAULT_ENTRYPOINT);
+    author_of(call->who, u->author);
+    if (!message_of_query(rq, query, u->message)) {
+        free(u);
+        return;
+    }
     if (!pc_runtime_name_valid(u->runtime) || !runtime_allowed(call->api, u->runtime)) {
         pc_httpd_error(rq, PC_E_INVALID, "runtime '%s' is not one this cluster accepts",
                        u->runtime);
@@ -307,16 +353,19 @@ void api_post_bundle(api_call *call)
 typedef struct tenant_write {
     pc_api *api;
     char tenant[PC_TENANT_MAX + 1];
+    char author[PC_CHANGE_AUTHOR_MAX + 1];
 } tenant_write;
 
 static void rollback_body(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size_t len)
 {
     tenant_write *w = arg;
     uint64_t version = 0;
+    char message[PC_CHANGE_MESSAGE_MAX + 1];
     pc_err err;
     if (rc != PC_OK) {
         /* answered already */
-    } else if (pc_api_parse_rollback(body, len, &version, &err) != PC_OK) {
+    } else if (pc_api_parse_rollback(body, len, &version, message, sizeof(message), &err) !=
+               PC_OK) {
         pc_httpd_error(rq, PC_E_INVALID, "%s", err.msg);
     } else {
         pc_change *c = pc_change_new(PC_CHANGE_ROLLBACK, w->tenant);
@@ -324,6 +373,8 @@ static void rollback_body(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, si
             pc_httpd_error(rq, PC_E_NOMEM, "out of memory");
         } else {
             c->u.rollback.to = version;
+            snprintf(c->author, sizeof(c->author), "%s", w->author);
+            snprintf(c->message, sizeof(c->message), "%s", message);
             api_submit(w->api, rq, c);
         }
     }
@@ -340,15 +391,21 @@ void api_post_rollback(api_call *call)
     }
     w->api = call->api;
     snprintf(w->tenant, sizeof(w->tenant), "%s", pc_route_param(call->match, "tenant"));
+    author_of(call->who, w->author);
     pc_httpd_read_body(call->rq, JSON_BODY_MAX, rollback_body, w);
 }
 
 void api_delete_tenant(api_call *call)
 {
+    char message[PC_CHANGE_MESSAGE_MAX + 1];
+    if (!message_of_query(call->rq, call->match->query, message))
+        return;
     pc_change *c = pc_change_new(PC_CHANGE_DELETE, pc_route_param(call->match, "tenant"));
     if (c == NULL) {
         pc_httpd_error(call->rq, PC_E_NOMEM, "out of memory");
         return;
     }
+    author_of(call->who, c->author);
+    snprintf(c->message, sizeof(c->message), "%s", message);
     api_submit(call->api, call->rq, c);
 }

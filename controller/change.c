@@ -64,8 +64,10 @@ int pc_change_set_idempotency(pc_change *c, const char *key, pc_err *err)
                           PC_IDEMPOTENCY_KEY_MAX);
     snprintf(c->idempotency_key, sizeof(c->idempotency_key), "%s", key);
     /* What the request asks for, not how it was sent: the same bundle
-     * bytes, entrypoint and runtime, or the same rollback target. */
-    char what[PC_TENANT_MAX + PC_PATH_MAX + PC_RUNTIME_NAME_MAX + PC_HEX_HASH_LEN + 64];
+     * bytes, entrypoint and runtime, or the same rollback target, with the
+     * same message. */
+    char what[PC_TENANT_MAX + PC_PATH_MAX + PC_RUNTIME_NAME_MAX + PC_HEX_HASH_LEN +
+              PC_CHANGE_MESSAGE_MAX + 64];
     uint8_t bundle_hash[PC_HASH_LEN];
     char hex[PC_HEX_HASH_LEN] = "";
     int n = 0;
@@ -82,6 +84,10 @@ int pc_change_set_idempotency(pc_change *c, const char *key, pc_err *err)
         break;
     default: n = snprintf(what, sizeof(what), "delete\n%s", c->tenant); break;
     }
+    /* Only when there is one: keys taken before messages existed keep
+     * their fingerprints. */
+    if (n > 0 && (size_t)n < sizeof(what) && c->message[0] != '\0')
+        n += snprintf(what + n, sizeof(what) - (size_t)n, "\nmessage\n%s", c->message);
     pc_hash(c->fingerprint, what, n > 0 && (size_t)n < sizeof(what) ? (size_t)n : 0);
     return PC_OK;
 }

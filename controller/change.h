@@ -69,6 +69,8 @@ typedef struct pc_change_result {
     uint8_t hash[PC_HASH_LEN];
     char entrypoint[PC_PATH_MAX + 1];
     char runtime[PC_RUNTIME_NAME_MAX + 1];
+    char author[PC_CHANGE_AUTHOR_MAX + 1]; /* as signed */
+    char message[PC_CHANGE_MESSAGE_MAX + 1];
 } pc_change_result;
 
 typedef struct pc_change pc_change;
@@ -82,6 +84,12 @@ struct pc_change {
      * result (replayed), one with another fingerprint is refused. */
     char idempotency_key[PC_IDEMPOTENCY_KEY_MAX + 1];
     uint8_t fingerprint[PC_HASH_LEN];
+    /* Tenant changes: who asked (set by the API from the credential) and
+     * the client's message (pc_change_message_valid), signed into the
+     * entry's manifest. Set both before pc_change_set_idempotency: the
+     * message is part of what a key identifies. */
+    char author[PC_CHANGE_AUTHOR_MAX + 1];
+    char message[PC_CHANGE_MESSAGE_MAX + 1];
     union {
         pc_change_content deploy; /* DEPLOY */
         struct {

@@ -232,6 +232,8 @@ static int find_replay(pc_pipeline *p, const pc_change *c, pc_change_result *r)
         r->created_unix_ms = m->created_unix_ms;
         r->bundle_size = m->bundle_size;
         r->rollback_of = m->rollback_of;
+        snprintf(r->author, sizeof(r->author), "%s", m->author ? m->author : "");
+        snprintf(r->message, sizeof(r->message), "%s", m->message ? m->message : "");
         if (pc_manifest_has_content(m) && m->bundle_hash.len == PC_HASH_LEN) {
             memcpy(r->hash, m->bundle_hash.data, PC_HASH_LEN);
             snprintf(r->entrypoint, sizeof(r->entrypoint), "%s", m->entrypoint);
@@ -292,6 +294,8 @@ static int batch_add(pc_pipeline *p, pc_change *c, uint64_t seq, pc_change_resul
     m.version = t.last_version + 1;
     m.seq = seq;
     m.created_unix_ms = pc_wall_ms();
+    m.author = c->author;
+    m.message = c->message;
     if (content != NULL) {
         pc_hash(hash, content->bundle, content->bundle_len);
         m.bundle_hash.data = hash;
@@ -313,6 +317,8 @@ static int batch_add(pc_pipeline *p, pc_change *c, uint64_t seq, pc_change_resul
     r->bundle_size = m.bundle_size;
     r->rollback_of = m.rollback_of;
     r->created_unix_ms = m.created_unix_ms;
+    snprintf(r->author, sizeof(r->author), "%s", c->author);
+    snprintf(r->message, sizeof(r->message), "%s", c->message);
     Popcast__Entry *e = &p->entries[i];
     popcast__entry__init(e);
     e->signed_ = sm;
