@@ -35,7 +35,7 @@ int pc_store_backup(const char *dir, const char *out_path, uint64_t *seq, pc_err
     MDB_env *env = NULL;
     int mrc = mdb_env_create(&env);
     if (mrc == 0)
-        mrc = mdb_env_set_maxdbs(env, 8);
+        mrc = mdb_env_set_maxdbs(env, PC_STORE_MAX_DBS);
     /* Read only, beside the daemon that owns the store: LMDB allows any
      * number of reader processes next to its one writer. */
     if (mrc == 0)

@@ -23,6 +23,10 @@
 
 /* Internal result of a transaction body: the map is full, grow and retry. */
 #define MAP_FULL_RETRY 1000
+/* meta's key for the last applied seq: pc_store_file_applied_seq reads it
+ * from a file as the store does. */
+#define APPLIED_SEQ_KEY     "applied_seq"
+#define APPLIED_SEQ_KEY_LEN (sizeof(APPLIED_SEQ_KEY) - 1)
 
 struct pc_store {
     MDB_env *env;
@@ -150,7 +154,7 @@ static int put_u64(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t klen, uint64
 
 static int applied_seq_txn(pc_store *s, MDB_txn *txn, uint64_t *out, pc_err *err)
 {
-    int rc = get_u64(txn, s->meta, "applied_seq", 11, out, err);
+    int rc = get_u64(txn, s->meta, APPLIED_SEQ_KEY, APPLIED_SEQ_KEY_LEN, out, err);
     return rc == PC_E_NOTFOUND ? PC_OK : rc;
 }
 
@@ -289,7 +293,7 @@ static int open_env(pc_store *s, pc_err *err)
 {
     int mrc = mdb_env_create(&s->env);
     if (mrc == 0)
-        mrc = mdb_env_set_maxdbs(s->env, 8);
+        mrc = mdb_env_set_maxdbs(s->env, PC_STORE_MAX_DBS);
     if (mrc == 0)
         mrc = mdb_env_set_mapsize(s->env, (size_t)s->opt.map_size);
     if (mrc == 0)
@@ -547,7 +551,7 @@ static int apply_body(pc_store *s, MDB_txn *txn, void *arg, pc_err *err)
         return rc;
     if ((rc = put_log(s, txn, a->sm, m->seq, err)) != PC_OK)
         return rc;
-    return put_u64(txn, s->meta, "applied_seq", 11, m->seq, err);
+    return put_u64(txn, s->meta, APPLIED_SEQ_KEY, APPLIED_SEQ_KEY_LEN, m->seq, err);
 }
 
 /* What pc_store_apply checks before any transaction. */
@@ -762,7 +766,7 @@ static int snapshot_body(pc_store *s, MDB_txn *txn, void *arg, pc_err *err)
     /* The log below this seq has holes: only entries after it are whole. */
     if ((rc = put_u64(txn, s->meta, "log_base", 8, sa->seq, err)) != PC_OK)
         return rc;
-    return put_u64(txn, s->meta, "applied_seq", 11, sa->seq, err);
+    return put_u64(txn, s->meta, APPLIED_SEQ_KEY, APPLIED_SEQ_KEY_LEN, sa->seq, err);
 }
 
 int pc_store_install_snapshot(pc_store *s, uint64_t seq, const pc_store_item *items, size_t n,
@@ -1329,7 +1333,7 @@ int pc_store_file_applied_seq(const char *path, uint64_t *seq, pc_err *err)
     MDB_dbi meta;
     int mrc = mdb_env_create(&env);
     if (mrc == 0)
-        mrc = mdb_env_set_maxdbs(env, 8);
+        mrc = mdb_env_set_maxdbs(env, PC_STORE_MAX_DBS);
     /* NOLOCK: no lock file beside it, and nothing written; nothing else
      * opens a backup while it is checked. */
     if (mrc == 0)
@@ -1358,7 +1362,7 @@ int pc_store_file_applied_seq(const char *path, uint64_t *seq, pc_err *err)
         mrc = mdb_dbi_open(txn, "meta", 0, &meta);
     int rc = PC_OK;
     if (mrc == 0) {
-        rc = get_u64(txn, meta, "applied_seq", 11, seq, err);
+        rc = get_u64(txn, meta, APPLIED_SEQ_KEY, APPLIED_SEQ_KEY_LEN, seq, err);
         if (rc == PC_E_NOTFOUND)
             rc = PC_OK; /* a store that applied nothing yet */
     } else {

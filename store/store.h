@@ -68,6 +68,10 @@
 #include "names.h"
 #include "popcast.pb-c.h"
 
+/* The named LMDB databases of a store (mdb_env_set_maxdbs): every opener
+ * of a store's file (store.c, backup.c) sets the same. */
+#define PC_STORE_MAX_DBS 8
+
 typedef struct pc_store pc_store;
 
 typedef struct pc_store_options {
