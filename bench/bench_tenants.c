@@ -17,7 +17,10 @@
  *   idle       RSS and anonymous RSS once every idle isolate was freed
  *              (the agent runs with lua_idle_ttl_ms 2000; the lowest
  *              reading over the 12 s that follow, which cover the
- *              engine's malloc_trim interval)
+ *              engine's malloc_trim interval), and the agent's CPU over
+ *              those 12 s in % of one core: with nothing to apply or
+ *              serve, what its status reports (every 500 ms here, the
+ *              harness's status_interval_ms) and timers cost
  *   restart    SIGTERM, start again on the same data: time to ready (its
  *              edge serves) and to the first answer from the last tenant
  *              deployed, and the RSS once it serves that tenant */
@@ -30,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -81,6 +85,26 @@ static double anon_mib(pc_proc *p)
     return rss_mib_of(p, "RssAnon:");
 }
 
+/* The CPU time the process used so far, in seconds (utime + stime). */
+static double cpu_seconds(pc_proc *p)
+{
+    char path[64], line[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)p->pid);
+    FILE *f = fopen(path, "r");
+    double ticks = 0;
+    if (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+        /* after "pid (comm) ": state is field 3, utime 14, stime 15 */
+        const char *at = strrchr(line, ')');
+        unsigned long long utime = 0, stime = 0;
+        if (at != NULL && sscanf(at + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+                                 &utime, &stime) == 2)
+            ticks = (double)(utime + stime);
+    }
+    if (f != NULL)
+        fclose(f);
+    return ticks / (double)sysconf(_SC_CLK_TCK);
+}
+
 static const char *const agent_flags[] = {"--lua-idle-ttl-ms", "2000", NULL};
 
 static void bench(void **state)
@@ -93,8 +117,8 @@ static void bench(void **state)
     double base = rss_mib(agent.proc), base_anon = anon_mib(agent.proc);
     printf("agent with no tenant: %.1f MiB RSS, %.1f MiB anonymous (the baselines)\n", base,
            base_anon);
-    printf("%8s | %9s %10s %11s | %9s %10s | %12s %12s | %11s %14s %9s %10s\n", "tenants",
-           "RSS MiB", "anon MiB", "anon KiB/t", "idle RSS", "idle anon", "whole bytes",
+    printf("%8s | %9s %10s %11s | %9s %10s %9s | %12s %12s | %11s %14s %9s %10s\n", "tenants",
+           "RSS MiB", "anon MiB", "anon KiB/t", "idle RSS", "idle anon", "idle CPU%", "whole bytes",
            "delta bytes", "restart: ms", "to last tenant", "RSS after", "anon after");
     for (int i = 0; i < n_counts; i++) {
         int target = counts[i];
@@ -113,6 +137,7 @@ static void bench(void **state)
                pc_test_now_ms() < idle_deadline)
             pc_test_sleep_ms(100);
         double idle_rss = rss_mib(agent.proc), idle_anon = anon_mib(agent.proc);
+        double cpu0 = cpu_seconds(agent.proc), wall0 = pc_mono_ms_frac();
         for (int64_t until = pc_test_now_ms() + 12000; pc_test_now_ms() < until;) {
             pc_test_sleep_ms(250);
             double r = rss_mib(agent.proc), an = anon_mib(agent.proc);
@@ -121,6 +146,8 @@ static void bench(void **state)
             if (an < idle_anon)
                 idle_anon = an;
         }
+        double idle_cpu =
+            100.0 * (cpu_seconds(agent.proc) - cpu0) * 1000.0 / (pc_mono_ms_frac() - wall0);
 
         pc_test_agent_stop(&agent);
         double t0 = pc_mono_ms_frac();
@@ -134,10 +161,10 @@ static void bench(void **state)
             pc_test_sleep_ms(10);
         assert_int_equal(status, 200);
         double served = pc_mono_ms_frac() - t0;
-        printf("%8d | %9.1f %10.1f %11.1f | %9.1f %10.1f | %12llu %12llu | %11.0f %14.0f %9.1f "
-               "%10.1f\n",
+        printf("%8d | %9.1f %10.1f %11.1f | %9.1f %10.1f %9.1f | %12llu %12llu | %11.0f %14.0f "
+               "%9.1f %10.1f\n",
                target, rss, anon, (anon - base_anon) * 1024.0 / target, idle_rss, idle_anon,
-               (unsigned long long)whole, (unsigned long long)report, ready, served,
+               idle_cpu, (unsigned long long)whole, (unsigned long long)report, ready, served,
                rss_mib(agent.proc), anon_mib(agent.proc));
         fflush(stdout);
     }
