@@ -280,6 +280,27 @@ static void test_names(void **state)
     name[64] = 'k';
     name[65] = '\0';
     assert_false(pc_idempotency_key_valid(name));
+    /* A change's message: one line of valid UTF-8, at most 512 bytes. */
+    assert_true(pc_change_message_valid(""));
+    assert_true(pc_change_message_valid("Fix login \xe2\x9c\x93, caf\xc3\xa9"));
+    assert_true(pc_change_message_valid("\xc2\xa0no-break space")); /* U+00A0, past C1 */
+    assert_true(pc_change_message_valid("\xf0\x9f\x9a\x80"));       /* U+1F680 */
+    assert_false(pc_change_message_valid(NULL));
+    assert_false(pc_change_message_valid("tab\there"));
+    assert_false(pc_change_message_valid("two\nlines"));
+    assert_false(pc_change_message_valid("del\x7f"));
+    assert_false(pc_change_message_valid("c1 \xc2\x85"));      /* U+0085 */
+    assert_false(pc_change_message_valid("cut \xe2\x9c"));     /* a sequence cut short */
+    assert_false(pc_change_message_valid("\xc0\xaf"));         /* overlong '/' */
+    assert_false(pc_change_message_valid("\xed\xa0\x80"));     /* a surrogate */
+    assert_false(pc_change_message_valid("\xf4\x90\x80\x80")); /* past U+10FFFF */
+    char message[PC_CHANGE_MESSAGE_MAX + 2];
+    memset(message, 'm', PC_CHANGE_MESSAGE_MAX);
+    message[PC_CHANGE_MESSAGE_MAX] = '\0';
+    assert_true(pc_change_message_valid(message));
+    message[PC_CHANGE_MESSAGE_MAX] = 'm';
+    message[PC_CHANGE_MESSAGE_MAX + 1] = '\0';
+    assert_false(pc_change_message_valid(message));
 }
 
 int main(void)

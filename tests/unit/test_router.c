@@ -8,6 +8,8 @@
 
 #include <cmocka.h>
 
+#include "err.h"
+#include "httpd.h"
 #include "router.h"
 
 typedef struct row {
@@ -103,6 +105,29 @@ static void test_hostile_targets(void **state)
     assert_int_equal(find(NULL, "/v1/health", &m), PC_E_NOTFOUND);
 }
 
+/* Free text in a query (?message=): percent-decoded, "+" a space; a
+ * malformed or NUL escape, or more than cap-1 bytes, is an error, never
+ * a shortened value. */
+static void test_query_text(void **state)
+{
+    (void)state;
+    char out[8];
+    assert_int_equal(pc_httpd_query_text("a=1&m=x+y%2By%e2", "m", out, sizeof(out)), PC_OK);
+    assert_string_equal(out, "x y+y\xe2");
+    assert_int_equal(pc_httpd_query_text("mm=1&m", "m", out, sizeof(out)), PC_OK);
+    assert_string_equal(out, ""); /* the key alone: empty */
+    assert_int_equal(pc_httpd_query_text("mm=1&m=2&m=3", "m", out, sizeof(out)), PC_OK);
+    assert_string_equal(out, "2"); /* the first one */
+    assert_int_equal(pc_httpd_query_text("mm=1", "m", out, sizeof(out)), PC_E_NOTFOUND);
+    assert_int_equal(pc_httpd_query_text(NULL, "m", out, sizeof(out)), PC_E_NOTFOUND);
+    assert_int_equal(pc_httpd_query_text("m=1234567", "m", out, sizeof(out)), PC_OK);
+    assert_int_equal(pc_httpd_query_text("m=12345678", "m", out, sizeof(out)), PC_E_INVALID);
+    assert_int_equal(pc_httpd_query_text("m=%41%4", "m", out, sizeof(out)), PC_E_INVALID);
+    assert_int_equal(pc_httpd_query_text("m=%4&x=1", "m", out, sizeof(out)), PC_E_INVALID);
+    assert_int_equal(pc_httpd_query_text("m=%zz", "m", out, sizeof(out)), PC_E_INVALID);
+    assert_int_equal(pc_httpd_query_text("m=a%00b", "m", out, sizeof(out)), PC_E_INVALID);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -110,6 +135,7 @@ int main(void)
         cmocka_unit_test(test_head_is_get_and_empty_segments),
         cmocka_unit_test(test_not_found_vs_method),
         cmocka_unit_test(test_hostile_targets),
+        cmocka_unit_test(test_query_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
