@@ -102,13 +102,32 @@ struct pc_applier {
     deferred_live *dlive;
     size_t n_dlive, cap_dlive;
     pc_strmap *douts; /* tenants whose outcomes changed meanwhile */
+    /* pc_applier_tenants_generation: moves after every change of what the
+     * tenant part of a report is built from (store, records, runtimes). */
+    _Atomic uint64_t tenants_gen;
 };
 
 static int64_t heartbeat_age_ms(pc_applier *a);
 static uint64_t max_skew_ms(pc_applier *a);
 
+/* Every writer of what tenant_proto and collect_nacks read calls this
+ * after its change is visible: under apply_lock (whose holders are the
+ * only writers of the store and the runtimes), on leaving it, and the
+ * writers of records outside it, through changed(). */
+static void tenants_moved(pc_applier *a)
+{
+    atomic_fetch_add(&a->tenants_gen, 1);
+}
+
+static void apply_unlock(pc_applier *a)
+{
+    tenants_moved(a);
+    pc_mutex_unlock(&a->apply_lock);
+}
+
 static void changed(pc_applier *a, int need_sync)
 {
+    tenants_moved(a);
     if (a->opt.on_change != NULL)
         a->opt.on_change(a->opt.on_change_arg, need_sync);
 }
@@ -727,7 +746,7 @@ int pc_applier_apply_entry(pc_applier *a, const Popcast__Entry *e, pc_err *err)
     int rc = apply_entry_locked(a, e, err);
     if (rc == PC_OK)
         pc_histogram_observe_us(a->m_apply_latency, (uint64_t)(pc_mono_ns() - started) / 1000);
-    pc_mutex_unlock(&a->apply_lock);
+    apply_unlock(a);
     if (rc == PC_OK)
         changed(a, 0);
     return rc;
@@ -922,7 +941,7 @@ size_t pc_applier_load(pc_applier *a)
     if (pc_store_foreach_tenant(a->opt.store, load_tenant, &w, &err) != PC_OK)
         pc_error("applier", "cannot read tenants from the store: %s", err.msg);
     flush_records(a);
-    pc_mutex_unlock(&a->apply_lock);
+    apply_unlock(a);
     return w.live;
 }
 
@@ -1077,7 +1096,7 @@ int pc_applier_verify_snapshot(pc_applier *a, const Popcast__SnapshotResponse *s
     uint64_t seq = 0;
     pc_mutex_lock(&a->apply_lock);
     int rc = verify_snapshot_locked(a, snap, snap->tenants, true, &cand, ms, &seq, err);
-    pc_mutex_unlock(&a->apply_lock);
+    apply_unlock(a);
     pc_trust_free(&cand);
     free_manifests(ms, total);
     return rc;
@@ -1094,7 +1113,7 @@ int pc_applier_verify_announced(pc_applier *a, const Popcast__Entry *e, Popcast_
     pc_mutex_lock(&a->apply_lock);
     pc_metric_add(a->m_received, 1);
     int rc = pc_trust_verify_entry(&a->trust, &shell, a->opt.max_bundle, out, err);
-    pc_mutex_unlock(&a->apply_lock);
+    apply_unlock(a);
     if (rc != PC_OK) {
         refuse(a, rc, NULL, err);
         pc_err_wrap(err, "announcement refused before its bundle was fetched");
@@ -1175,7 +1194,7 @@ int pc_applier_install_snapshot(pc_applier *a, const Popcast__SnapshotResponse *
                 (unsigned long long)seq, n, made_live);
     }
 out:
-    pc_mutex_unlock(&a->apply_lock);
+    apply_unlock(a);
     pc_trust_free(&cand);
     if (rc == PC_OK)
         changed(a, 0);
@@ -1605,17 +1624,14 @@ static json_t *quarantines_json(pc_applier *a)
     return list;
 }
 
-int pc_applier_status(pc_applier *a, Popcast__AgentStatus *out)
+uint64_t pc_applier_tenants_generation(pc_applier *a)
+{
+    return atomic_load(&a->tenants_gen);
+}
+
+int pc_applier_status_header(pc_applier *a, Popcast__AgentStatus *out)
 {
     popcast__agent_status__init(out);
-    proto_walk w = {.a = a};
-    int rc = pc_store_foreach_tenant(a->opt.store, tenant_proto, &w, NULL);
-    out->tenants = w.items;
-    out->n_tenants = w.n;
-    if (rc != PC_OK) {
-        pc_applier_status_clear(out);
-        return PC_E_STORE;
-    }
     if (a->has_identity && (out->public_key.data = malloc(PC_PK_LEN)) != NULL) {
         memcpy(out->public_key.data, a->identity, PC_PK_LEN);
         out->public_key.len = PC_PK_LEN;
@@ -1623,8 +1639,27 @@ int pc_applier_status(pc_applier *a, Popcast__AgentStatus *out)
     out->applied_seq = atomic_load(&a->applied_seq);
     out->stale = pc_applier_is_stale(a);
     out->record_failures = atomic_load(&a->record_failures);
-    if (collect_nacks(a, &out->nacks, &out->n_nacks) != PC_OK ||
-        quarantines_proto(a, out) != PC_OK) {
+    if (quarantines_proto(a, out) != PC_OK) {
+        pc_applier_status_clear(out);
+        return PC_E_NOMEM;
+    }
+    return PC_OK;
+}
+
+int pc_applier_status(pc_applier *a, Popcast__AgentStatus *out)
+{
+    int rc = pc_applier_status_header(a, out);
+    if (rc != PC_OK)
+        return rc;
+    proto_walk w = {.a = a};
+    rc = pc_store_foreach_tenant(a->opt.store, tenant_proto, &w, NULL);
+    out->tenants = w.items;
+    out->n_tenants = w.n;
+    if (rc != PC_OK) {
+        pc_applier_status_clear(out);
+        return PC_E_STORE;
+    }
+    if (collect_nacks(a, &out->nacks, &out->n_nacks) != PC_OK) {
         pc_applier_status_clear(out);
         return PC_E_NOMEM;
     }

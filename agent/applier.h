@@ -145,6 +145,14 @@ void pc_applier_set_identity(pc_applier *a, const pc_public_key *pk);
 /* The status report for the controllers (agent_id, pop and counter are
  * the caller's). Free with pc_applier_status_clear. */
 int pc_applier_status(pc_applier *a, Popcast__AgentStatus *out);
+/* The same without its tenants and nacks (the costly part, which grows
+ * with the tenants): for a reporter whose tenant part is current. */
+int pc_applier_status_header(pc_applier *a, Popcast__AgentStatus *out);
+/* A number that has moved whenever anything the tenant part of a status
+ * is built from (the store, the outcomes, the live versions, the nacks)
+ * has changed since it was read: a tenant part built after reading g is
+ * current while the number is still g. */
+uint64_t pc_applier_tenants_generation(pc_applier *a);
 void pc_applier_status_clear(Popcast__AgentStatus *st);
 
 /* Status as JSON (docs/api.md, agent /v1/status): applied seq, tenants

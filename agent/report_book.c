@@ -147,6 +147,28 @@ int pc_report_book_update(pc_report_book *b, Popcast__AgentStatus *whole)
     return rc;
 }
 
+int pc_report_book_renew(pc_report_book *b, Popcast__AgentStatus *header)
+{
+    Popcast__AgentStatus *was = b->whole;
+    if (was == NULL || b->changed_at == NULL || header->n_tenants != 0 || header->n_nacks != 0)
+        return PC_E_NOTFOUND;
+    /* The lists move: marks, digest and changed_at describe them still. */
+    header->tenants = was->tenants;
+    header->n_tenants = was->n_tenants;
+    header->nacks = was->nacks;
+    header->n_nacks = was->n_nacks;
+    was->tenants = NULL;
+    was->n_tenants = 0;
+    was->nacks = NULL;
+    was->n_nacks = 0;
+    uint64_t *changed_at = b->changed_at;
+    b->changed_at = NULL;
+    drop_whole(b);
+    b->whole = header;
+    b->changed_at = changed_at;
+    return PC_OK;
+}
+
 int pc_report_book_pack(const pc_report_book *b, uint64_t base, const pc_signing_key *identity,
                         uint8_t **out, size_t *len, bool *delta)
 {

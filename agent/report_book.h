@@ -36,6 +36,15 @@ void pc_report_book_free(pc_report_book *b);
  * with every base void (the next reports are whole). */
 int pc_report_book_update(pc_report_book *b, Popcast__AgentStatus *whole);
 
+/* Makes header (as pc_report_book_update takes whole, but built by
+ * pc_applier_status_header: no tenants, no nacks) the latest generation,
+ * with the tenants and nacks of the one before it, for a caller that
+ * knows they have not changed since (pc_applier_tenants_generation). So
+ * an idle agent's reports cost nothing per tenant to build. PC_E_NOTFOUND
+ * (header not taken) when there is no earlier generation with every base
+ * valid: build a whole one then. */
+int pc_report_book_renew(pc_report_book *b, Popcast__AgentStatus *header);
+
 /* The latest generation's counter (0: none yet). */
 uint64_t pc_report_book_counter(const pc_report_book *b);
 

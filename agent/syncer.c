@@ -113,6 +113,11 @@ struct pc_syncer {
     /* The latest status, under lock: what a sender sends next, whole or as
      * a delta on what its controller acknowledged. */
     pc_report_book *book;
+    /* The report thread's: the applier's tenants generation the book's
+     * tenant part was built at (book_built: valid), and when. */
+    uint64_t book_gen;
+    bool book_built;
+    int64_t book_built_ms;
     pc_metric *m_syncs, *m_sync_failures, *m_entries, *m_chunks, *m_reports, *m_report_failures;
     pc_metric *m_report_bytes, *m_table_bytes, *m_deltas;
     pc_metric *m_stale;
@@ -757,12 +762,25 @@ static void report_done(void *arg)
     free(sends);
 }
 
+/* An unchanged tenant part is built again at least this often all the
+ * same: a change the generation missed would be shown no later. */
+#define REBUILD_MS 30000
+
 /* Builds the status as the latest generation and hands it to every
- * sender that is idle; a busy one sends it when its request ends. */
+ * sender that is idle; a busy one sends it when its request ends. The
+ * tenant part, which grows with the tenants, is built only when the
+ * applier's tenants generation moved since the last build (an idle
+ * agent's reports then cost nothing per tenant); else the book renews it. */
 static void send_reports(pc_syncer *s)
 {
+    uint64_t gen = pc_applier_tenants_generation(s->opt.applier);
+    int64_t now = pc_mono_ms();
+    bool renew = s->book_built && gen == s->book_gen && now - s->book_built_ms < REBUILD_MS;
     Popcast__AgentStatus *st = calloc(1, sizeof(*st));
-    if (st == NULL || pc_applier_status(s->opt.applier, st) != PC_OK) {
+    int rc = st == NULL ? PC_E_NOMEM
+             : renew    ? pc_applier_status_header(s->opt.applier, st)
+                        : pc_applier_status(s->opt.applier, st);
+    if (rc != PC_OK) {
         free(st);
         return;
     }
@@ -788,12 +806,31 @@ static void send_reports(pc_syncer *s)
         s->counter = s->opt.report_floor;
     st->counter = s->counter;
     st->time_unix_ms = pc_wall_ms();
-    pc_metric_set(s->m_table_bytes, popcast__agent_status__get_packed_size(st));
+    if (!renew)
+        pc_metric_set(s->m_table_bytes, popcast__agent_status__get_packed_size(st));
     pthread_mutex_lock(&s->lock);
+    if (renew && pc_report_book_renew(s->book, st) != PC_OK) {
+        /* Not taken: the next report builds the whole table. */
+        pthread_mutex_unlock(&s->lock);
+        s->book_built = false;
+        free(st->agent_id);
+        free(st->pop);
+        free(st->upstream);
+        st->agent_id = st->pop = st->upstream = NULL;
+        pc_applier_status_clear(st);
+        free(st);
+        return;
+    }
     /* Out of memory, the book still holds st, with every base void: the
      * next reports are whole. */
-    if (pc_report_book_update(s->book, st) != PC_OK)
+    if (!renew && pc_report_book_update(s->book, st) != PC_OK) {
+        s->book_built = false;
         pc_warn("syncer", "out of memory: the next status reports are whole");
+    } else if (!renew) {
+        s->book_built = true;
+        s->book_gen = gen;
+        s->book_built_ms = now;
+    }
     if (s->n_relays > 0 && s->report_via < 0 && pc_mono_ms() >= s->relay_retry_ms)
         s->report_via = 0; /* the relays again */
     for (size_t i = 0; i < s->n_links; i++) {

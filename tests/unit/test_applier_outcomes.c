@@ -373,6 +373,87 @@ static void test_nack_that_is_not_an_outcome(void **state)
     pc_applier_free(a);
 }
 
+/* The tenant part of a status as text: each tenant's versions and
+ * outcomes, then the nacks. */
+static void tenant_part(pc_applier *a, char *out, size_t cap)
+{
+    Popcast__AgentStatus st;
+    assert_int_equal(pc_applier_status(a, &st), PC_OK);
+    size_t n = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < st.n_tenants && n < cap; i++) {
+        const Popcast__TenantStatus *t = st.tenants[i];
+        char outcomes[256];
+        outcomes_text(t, outcomes, sizeof(outcomes));
+        n += (size_t)snprintf(out + n, cap - n, "%s a%llu l%llu s%llu u%d [%s]; ", t->tenant,
+                              (unsigned long long)t->applied_version,
+                              (unsigned long long)t->live_version,
+                              (unsigned long long)t->applied_seq, t->live_unrecorded, outcomes);
+    }
+    for (size_t i = 0; i < st.n_nacks && n < cap; i++)
+        n += (size_t)snprintf(out + n, cap - n, "nack %s v%llu s%llu %s; ", st.nacks[i]->tenant,
+                              (unsigned long long)st.nacks[i]->version,
+                              (unsigned long long)st.nacks[i]->seq, st.nacks[i]->reason);
+    assert_true(n < cap);
+    pc_applier_status_clear(&st);
+}
+
+/* Reports rebuild their tenant part only when the tenants generation
+ * moved (agent/syncer.c), so it must move with every change of that part:
+ * after each step below, a changed tenant part with an unmoved generation
+ * fails. Building a status moves nothing. */
+static void test_tenants_generation_moves_with_every_change(void **state)
+{
+    static char before[4096], after[4096];
+    pc_applier *a = applier_new();
+    rt.refuse = 3;
+    pc_signing_key stranger;
+    assert_int_equal(pc_keygen(&stranger), PC_OK);
+    const uint8_t junk[] = {0xff, 0xff, 0xff, 0xff, 0x0f};
+    enum { DEPLOY, NACKED, STALE, FORGED, GARBAGE, DUPLICATE, DELETE, RESTART, STEPS };
+    size_t changes = 0;
+    for (int step = 0; step < STEPS; step++) {
+        tenant_part(a, before, sizeof(before));
+        uint64_t g = pc_applier_tenants_generation(a);
+        tenant_part(a, after, sizeof(after));
+        assert_int_equal(pc_applier_tenants_generation(a), g);
+        switch (step) {
+        case DEPLOY:
+            assert_int_equal(apply(a, &root, "app", 1, 1, "one"), PC_OK);
+            assert_int_equal(apply(a, &root, "app", 2, 2, "two"), PC_OK);
+            break;
+        case NACKED: assert_int_equal(apply(a, &root, "app", 3, 3, "three"), PC_OK); break;
+        case STALE:
+            assert_int_equal(apply(a, &root, "app", 2, 4, "old"), PC_E_STALE_VERSION);
+            break;
+        case FORGED: assert_int_not_equal(apply(a, &stranger, "app", 5, 4, "x"), PC_OK); break;
+        case GARBAGE: pc_applier_on_publication(a, junk, sizeof(junk)); break;
+        case DUPLICATE: (void)apply(a, &root, "app", 2, 2, "two"); break;
+        case DELETE: assert_int_equal(apply(a, &root, "app", 4, 4, NULL), PC_OK); break;
+        case RESTART:
+            pc_applier_free(a);
+            memset(rt.live, 0, sizeof(rt.live));
+            a = applier_new();
+            g = pc_applier_tenants_generation(a);
+            assert_int_equal(apply(a, &root, "more", 1, 5, "m"), PC_OK);
+            pc_applier_load(a);
+            break;
+        }
+        tenant_part(a, after, sizeof(after));
+        if (strcmp(before, after) != 0) {
+            changes++;
+            if (pc_applier_tenants_generation(a) == g)
+                fail_msg("step %d changed the tenant part without moving the generation:\n"
+                         "before: %s\nafter:  %s",
+                         step, before, after);
+        }
+    }
+    /* Deploys, a nack, a stale version, a delete, a new tenant: each changed it. */
+    assert_int_equal(changes, 5);
+    pc_applier_free(a);
+    pc_signing_key_wipe(&stranger);
+}
+
 /* Fills the store until nothing more fits (values of shrinking sizes, so
  * that even small writes fail afterwards). Runs once. */
 static void fill_store(void *arg)
@@ -437,6 +518,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_garbage_is_not_a_nack, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nack_that_is_not_an_outcome, setup, teardown),
         cmocka_unit_test_setup_teardown(test_live_when_the_store_is_full, setup_small, teardown),
+        cmocka_unit_test_setup_teardown(test_tenants_generation_moves_with_every_change, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -17,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include "applier.h"
 #include "report_book.h"
 #include "rollout.h"
 
@@ -249,6 +250,96 @@ static void test_nothing_changed_is_an_empty_delta(void **state)
     assert_int_equal(d.n_tenants, 0);
     assert_int_equal(fleet_tenants(x.r), 100);
     done(&x);
+}
+
+/* A header-only status (pc_applier_status_header) for the agent's next
+ * generation, its tenant part unchanged. */
+static Popcast__AgentStatus *header_of(agent_view *v)
+{
+    Popcast__AgentStatus *st = calloc(1, sizeof(*st));
+    assert_non_null(st);
+    popcast__agent_status__init(st);
+    st->agent_id = dup("edge-1");
+    st->pop = dup("fra");
+    st->counter = ++v->counter;
+    st->applied_seq = st->counter;
+    return st;
+}
+
+/* A renewed generation carries the tenants, nacks and digest of the one
+ * before it under its own counter: a whole report of it is the whole
+ * table, a delta on the earlier one is empty, and a delta on an older
+ * base still lists what changed since that base. */
+static void test_renew_keeps_the_tenant_part(void **state)
+{
+    (void)state;
+    setup x = held(40);
+    uint64_t first = x.base;
+    x.v->live[9] = 4;
+    x.v->nacked[10] = 2;
+    next_generation(&x);
+    uint64_t second = pc_report_book_counter(x.b);
+    assert_int_equal(pc_report_book_renew(x.b, header_of(x.v)), PC_OK);
+    uint64_t third = pc_report_book_counter(x.b);
+    assert_true(third > second);
+
+    delivered d = deliver(x.b, x.r, first, false);
+    assert_int_equal(d.rc, PC_OK);
+    assert_true(d.delta);
+    assert_int_equal(d.n_tenants, 2);
+    assert_int_equal(served(x.r, 9), 4);
+    assert_int_equal(nacked_agents(x.r, 10, 2), 1);
+    /* Renewed again: nothing changed since the generation it holds. */
+    assert_int_equal(pc_report_book_renew(x.b, header_of(x.v)), PC_OK);
+    d = deliver(x.b, x.r, third, false);
+    assert_int_equal(d.rc, PC_OK);
+    assert_true(d.delta);
+    assert_int_equal(d.n_tenants, 0);
+    third = pc_report_book_counter(x.b);
+
+    /* A fresh controller gets the whole table from the renewed one. */
+    pc_rollout_free(x.r);
+    x.r = fleet();
+    d = deliver(x.b, x.r, 0, false);
+    assert_int_equal(d.rc, PC_OK);
+    assert_false(d.delta);
+    assert_int_equal(d.n_tenants, 40);
+    assert_int_equal(fleet_tenants(x.r), 40);
+    assert_int_equal(served(x.r, 9), 4);
+    assert_int_equal(nacked_agents(x.r, 10, 2), 1);
+
+    /* A change after the renewal is a delta on it as on any generation. */
+    x.v->live[3] = 6;
+    next_generation(&x);
+    d = deliver(x.b, x.r, third, false);
+    assert_int_equal(d.rc, PC_OK);
+    assert_int_equal(d.n_tenants, 1);
+    assert_int_equal(served(x.r, 3), 6);
+    done(&x);
+}
+
+/* Nothing to renew from (no generation yet), or a header that carries
+ * tenants: refused, and the book is as it was. */
+static void test_renew_refuses_without_a_tenant_part(void **state)
+{
+    (void)state;
+    agent_view *v = view_of(5);
+    pc_report_book *b = pc_report_book_new();
+    assert_non_null(b);
+    Popcast__AgentStatus *h = header_of(v);
+    assert_int_equal(pc_report_book_renew(b, h), PC_E_NOTFOUND);
+    assert_int_equal(pc_report_book_counter(b), 0);
+    assert_int_equal(pc_report_book_update(b, h = whole_of(v)), PC_OK);
+    Popcast__AgentStatus *not_header = whole_of(v);
+    assert_int_equal(pc_report_book_renew(b, not_header), PC_E_NOTFOUND);
+    assert_int_equal(pc_report_book_counter(b), h->counter);
+    free(not_header->agent_id);
+    free(not_header->pop);
+    not_header->agent_id = not_header->pop = NULL;
+    pc_applier_status_clear(not_header);
+    free(not_header);
+    pc_report_book_free(b);
+    free(v);
 }
 
 /* A controller that never held the agent's table (it restarted) refuses
@@ -511,6 +602,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_delta_carries_only_what_changed),
         cmocka_unit_test(test_nothing_changed_is_an_empty_delta),
+        cmocka_unit_test(test_renew_keeps_the_tenant_part),
+        cmocka_unit_test(test_renew_refuses_without_a_tenant_part),
         cmocka_unit_test(test_delta_to_a_restarted_controller_asks_for_whole),
         cmocka_unit_test(test_digest_mismatch_changes_nothing),
         cmocka_unit_test(test_lost_ack_and_future_base),
