@@ -166,7 +166,7 @@ static void lru_touch(engine *e, lua_version *v)
 static void trim_idle(engine *e)
 {
     while (atomic_load(&e->n_idle) > (long)e->limits.max_idle_isolates) {
-        pc_lua_isolate *iso = NULL;
+        pc_lua_isolate *iso = NULL, **emptied = NULL;
         pthread_mutex_lock(&e->lru_lock);
         lua_version *t = e->lru_tail;
         if (t == NULL) {
@@ -181,10 +181,16 @@ static void trim_idle(engine *e)
             t->n_isolates--;
             atomic_fetch_sub(&e->n_idle, 1);
         }
-        if (t->n_idle == 0)
+        if (t->n_idle == 0) {
             lru_unlink(e, t);
+            /* As expire_idle does: a version that gets no traffic keeps
+             * no room for idle isolates (max_isolates pointers each). */
+            emptied = t->idle;
+            t->idle = NULL;
+        }
         pthread_mutex_unlock(&t->pool_lock);
         pthread_mutex_unlock(&e->lru_lock);
+        free(emptied);
         if (iso != NULL) {
             pc_lua_isolate_free(iso);
             count_isolates(e, -1);
