@@ -527,10 +527,12 @@ static int cmd_versions(cli *c)
 static int cmd_rollback(cli *c)
 {
     const char *tenant = c->args[0];
-    long long version = strtoll(c->args[1], NULL, 10);
+    /* Without VERSION the controller chooses: the newest earlier version
+     * the agents showed live everywhere and nacked nowhere. */
+    long long version = c->nargs > 1 ? strtoll(c->args[1], NULL, 10) : 0;
     char url[256];
     snprintf(url, sizeof(url), "/v1/tenants/%s/rollback", tenant);
-    json_t *req = json_pack("{s:I}", "version", (json_int_t)version);
+    json_t *req = version > 0 ? json_pack("{s:I}", "version", (json_int_t)version) : json_object();
     if (req != NULL && c->message != NULL && c->message[0] != '\0')
         json_object_set_new(req, "message", json_string(c->message));
     char *body = req != NULL ? json_dumps(req, JSON_COMPACT) : NULL;
@@ -545,8 +547,9 @@ static int cmd_rollback(cli *c)
     if (c->json && !c->wait)
         print_json(doc);
     else if (!c->json)
-        printf("rolled %s back to the content of version %lld as version %lld (seq %lld)\n", tenant,
-               version, num(doc, "version"), num(doc, "seq"));
+        printf("rolled %s back to the content of version %lld as version %lld (seq %lld)%s\n",
+               tenant, num(doc, "rollback_of"), num(doc, "version"), num(doc, "seq"),
+               version > 0 ? "" : ": the last version proven live on every agent");
     long long new_version = num(doc, "version");
     json_decref(doc);
     return c->wait ? wait_live(c, tenant, new_version) : 0;
@@ -1536,9 +1539,10 @@ static const command commands[] = {
      cmd_versions},
     {"rollback",
      NULL,
-     "make VERSION's content the new version",
+     "make VERSION's content the new version (default: the last version proven live "
+     "everywhere)",
      {TENANT_ARG, VERSION_ARG},
-     0,
+     1,
      OPTS(O_MESSAGE, O_IDEMPOTENCY_KEY, WAIT_OPTS, O_JSON),
      false,
      cmd_rollback},

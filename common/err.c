@@ -81,6 +81,7 @@ const char *pc_err_name(int code)
     case PC_E_QUARANTINED: return "quarantined";
     case PC_E_BASE_UNKNOWN: return "base_unknown";
     case PC_E_OUTCOME_UNKNOWN: return "outcome_unknown";
+    case PC_E_UNPROVEN: return "unproven";
     default: return "unknown";
     }
 }

@@ -44,6 +44,7 @@ enum {
     PC_E_OUTCOME_UNKNOWN = -31, /* a write went out and its outcome is not known: it may or
                                    may not be committed (only an idempotency key makes a
                                    retry safe) */
+    PC_E_UNPROVEN = -32,        /* what was asked for rests on a fact no agent has shown */
 };
 
 typedef struct pc_err {

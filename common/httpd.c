@@ -292,6 +292,7 @@ uint16_t pc_httpd_status_for(int code)
     case PC_E_NOMEM: return 503; /* transient: retry */
     case PC_E_UNAVAILABLE: return 503;
     case PC_E_OUTCOME_UNKNOWN: return 503; /* retry only with the same Idempotency-Key */
+    case PC_E_UNPROVEN: return 409;
     case PC_E_NOT_LEADER: return 503;
     case PC_E_QUARANTINED: return 503;
     case PC_E_TIMEOUT: return 504;

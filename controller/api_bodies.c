@@ -47,16 +47,17 @@ int pc_api_parse_rollback(const uint8_t *body, size_t len, uint64_t *version, ch
     if (unknown)
         rc = pc_err_set(err, PC_E_INVALID,
                         "only the fields \"version\" and \"message\" are allowed");
-    else if (!json_is_integer(v) || json_integer_value(v) < 1)
+    else if (v != NULL && (!json_is_integer(v) || json_integer_value(v) < 1))
         rc = pc_err_set(err, PC_E_INVALID,
-                        "\"version\" must be an integer >= 1 (the version to roll back to)");
+                        "\"version\" must be an integer >= 1 (the version to roll back to), or "
+                        "left out (the last version proven live everywhere)");
     else if (msg != NULL &&
              (!json_is_string(msg) || strlen(json_string_value(msg)) != json_string_length(msg) ||
               !pc_change_message_valid(json_string_value(msg)) ||
               json_string_length(msg) >= message_cap))
         rc = pc_err_set(err, PC_E_INVALID, "\"message\" must be %s", PC_CHANGE_MESSAGE_RULE);
     else
-        *version = (uint64_t)json_integer_value(v);
+        *version = v != NULL ? (uint64_t)json_integer_value(v) : 0;
     if (rc == PC_OK)
         snprintf(message, message_cap, "%s", msg != NULL ? json_string_value(msg) : "");
     json_decref(root);

@@ -12,8 +12,9 @@
 #include "names.h"
 #include "popcast.pb-c.h"
 
-/* {"version": N, "message": "..."} with N >= 1, the message optional
- * (pc_change_message_valid, under message_cap; "" when absent) and no
+/* {"version": N, "message": "..."} with N >= 1, both optional (*version
+ * 0 when absent: the API chooses, rollback_target.h; the message
+ * pc_change_message_valid, under message_cap; "" when absent) and no
  * other field. */
 int pc_api_parse_rollback(const uint8_t *body, size_t len, uint64_t *version, char *message,
                           size_t message_cap, pc_err *err);

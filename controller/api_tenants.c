@@ -9,6 +9,7 @@
 #include "bundle.h"
 #include "envelope.h"
 #include "json_text.h"
+#include "rollback_target.h"
 
 #define JSON_BODY_MAX (64 * 1024)
 
@@ -368,11 +369,16 @@ static void rollback_body(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, si
                PC_OK) {
         pc_httpd_error(rq, PC_E_INVALID, "%s", err.msg);
     } else {
-        pc_change *c = pc_change_new(PC_CHANGE_ROLLBACK, w->tenant);
-        if (c == NULL) {
+        uint64_t to = version;
+        pc_change *c = NULL;
+        if (to == 0 && pc_rollback_target(w->api->store, w->api->rollout, w->tenant, pc_mono_ms(),
+                                          &to, &err) != PC_OK)
+            pc_httpd_error(rq, err.code, "%s", err.msg);
+        else if ((c = pc_change_new(PC_CHANGE_ROLLBACK, w->tenant)) == NULL)
             pc_httpd_error(rq, PC_E_NOMEM, "out of memory");
-        } else {
-            c->u.rollback.to = version;
+        if (c != NULL) {
+            c->u.rollback.to = to;
+            c->u.rollback.asked = version;
             snprintf(c->author, sizeof(c->author), "%s", w->author);
             snprintf(c->message, sizeof(c->message), "%s", message);
             api_submit(w->api, rq, c);

@@ -79,8 +79,11 @@ int pc_change_set_idempotency(pc_change *c, const char *key, pc_err *err)
                      c->u.deploy.entrypoint, hex);
         break;
     case PC_CHANGE_ROLLBACK:
-        n = snprintf(what, sizeof(what), "rollback\n%s\n%llu", c->tenant,
-                     (unsigned long long)c->u.rollback.to);
+        if (c->u.rollback.asked == 0)
+            n = snprintf(what, sizeof(what), "rollback\n%s\ndefault", c->tenant);
+        else
+            n = snprintf(what, sizeof(what), "rollback\n%s\n%llu", c->tenant,
+                         (unsigned long long)c->u.rollback.asked);
         break;
     default: n = snprintf(what, sizeof(what), "delete\n%s", c->tenant); break;
     }

@@ -93,7 +93,12 @@ struct pc_change {
     union {
         pc_change_content deploy; /* DEPLOY */
         struct {
-            uint64_t to;               /* the version whose content comes back */
+            uint64_t to; /* the version whose content comes back */
+            /* What the request named: to, or 0 when it named none and the
+             * API chose to (rollback_target.h). Idempotency fingerprints
+             * it, so a retry is the same request whatever the fleet shows
+             * by then. */
+            uint64_t asked;
             pc_change_content content; /* filled by the pipeline */
         } rollback;                    /* ROLLBACK */
         struct {

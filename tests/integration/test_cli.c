@@ -264,7 +264,8 @@ static const cmd_case cases[] = {
     {"keygen", {"keygen", "--out", "@DIR", "--name", "k2"}, 0, {"--wait"}, true},
     {"deploy", {"deploy", "app", "@LUA"}, 2, {"--tenant", "app"}, false},
     {"versions", {"versions", "app"}, 1, {"--wait"}, false},
-    {"rollback", {"rollback", "app", "1"}, 2, {"--entrypoint", "main.lua"}, false},
+    /* VERSION is optional: "missing TENANT" is tested below. */
+    {"rollback", {"rollback", "app", "1"}, 0, {"--entrypoint", "main.lua"}, false},
     {"delete", {"delete", "app"}, 1, {"--runtime", "lua"}, false},
     {"status", {"status", "app"}, 0, {"--timeout", "5"}, false}, /* TENANT is optional */
     {"rollout", {"rollout", "app", "1"}, 2, {"--out", "@DIR"}, false},
@@ -375,6 +376,7 @@ static void test_wrong_command_lines_send_nothing(void **state)
             expect_usage(k->words, "missing ", line);
         }
     }
+    expect_usage("rollback", "missing TENANT", ARGS("rollback"));
     /* An option given twice, a value missing, a value that is an option. */
     expect_usage("deploy", "--runtime is given twice",
                  ARGS("deploy", "app", "@LUA", "--runtime", "lua", "--runtime", "lua"));

@@ -205,7 +205,7 @@ static void test_malformed_json_and_missing_fields(void **state)
     const char *bodies[] = {"{",
                             "[]",
                             "{\"version\": \"1\"}",
-                            "{}",
+                            "{\"version\": null}",
                             "{\"version\": 0}",
                             "{\"version\": -3}",
                             "{\"version\": 1, \"version\": 2}",
@@ -230,6 +230,9 @@ static void test_malformed_json_and_missing_fields(void **state)
     const char *ok = "{\"version\": 1}";
     expect_error("POST", "/v1/tenants/acme/rollback", env.token, "application/json", ok, strlen(ok),
                  404, "not_found");
+    /* No version named: the default target, of a tenant there is not. */
+    expect_error("POST", "/v1/tenants/acme/rollback", env.token, "application/json", "{}", 2, 404,
+                 "not_found");
     expect_error("DELETE", "/v1/tenants/acme", env.token, NULL, NULL, 0, 404, "not_found");
     expect_error("GET", "/v1/tenants/acme", env.token, NULL, NULL, 0, 404, "not_found");
     /* Revoking or removing what does not exist. */
