@@ -329,6 +329,9 @@ static void test_renew_refuses_without_a_tenant_part(void **state)
     Popcast__AgentStatus *h = header_of(v);
     assert_int_equal(pc_report_book_renew(b, h), PC_E_NOTFOUND);
     assert_int_equal(pc_report_book_counter(b), 0);
+    free(h->agent_id); /* not taken: still ours */
+    free(h->pop);
+    free(h);
     assert_int_equal(pc_report_book_update(b, h = whole_of(v)), PC_OK);
     Popcast__AgentStatus *not_header = whole_of(v);
     assert_int_equal(pc_report_book_renew(b, not_header), PC_E_NOTFOUND);
