@@ -1460,6 +1460,9 @@ static void free_tenant_status(Popcast__TenantStatus *ts)
     for (size_t i = 0; i < ts->n_outcomes; i++)
         free_outcome(ts->outcomes[i]);
     free(ts->outcomes);
+    for (size_t i = 0; i < ts->n_traffic; i++) /* the syncer's (traffic.h) */
+        free(ts->traffic[i]);
+    free(ts->traffic);
     free(ts->tenant);
     free(ts);
 }

@@ -646,6 +646,15 @@ static enum MHD_Result serve(pc_edge *e, struct MHD_Connection *conn, const char
     pc_metric *refused = NULL;
     char msg[160];
     const char *why = rc == PC_OK ? check_response(e, &res, &refused, msg, sizeof(msg)) : NULL;
+    /* Requests that ran the version's code count for it (traffic.h);
+     * nothing ran when none serves, it is quarantined or all its isolates
+     * are busy. */
+    if (rc == PC_OK || rc == PC_E_RUNTIME || rc == PC_E_LIMIT)
+        pc_traffic_count(e->opt.traffic, tenant, res.version,
+                         why != NULL || rc == PC_E_RUNTIME ? PC_TRAFFIC_ERROR
+                         : rc == PC_E_LIMIT                ? PC_TRAFFIC_LIMIT
+                         : res.status >= 500               ? PC_TRAFFIC_5XX
+                                                           : PC_TRAFFIC_OK);
     if (why != NULL) {
         pc_metric_add(refused, 1);
         pc_metric_add(e->m_errors, 1);

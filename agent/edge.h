@@ -38,6 +38,7 @@
 #include "append_log.h"
 #include "err.h"
 #include "metrics.h"
+#include "traffic.h"
 
 typedef struct pc_edge pc_edge;
 
@@ -73,6 +74,9 @@ typedef struct pc_edge_options {
     /* One JSON line per request answered (docs/operations.md "Edge access
      * log"), or NULL. The caller owns it and closes it after the stop. */
     pc_append_log *access_log;
+    /* Counts each request that ran a tenant version's code, by outcome
+     * (NULL: none). The caller owns it and frees it after the stop. */
+    pc_traffic *traffic;
 } pc_edge_options;
 
 int pc_edge_start(pc_edge **out, const pc_edge_options *opt, pc_err *err);

@@ -36,6 +36,7 @@
 #include "exec_adapter.h"
 #include "syncer.h"
 #include "tls.h"
+#include "traffic.h"
 
 typedef struct agent_config {
     char *data_dir;
@@ -82,6 +83,7 @@ typedef struct agent_config {
     uint64_t stale_after_ms;
     uint64_t max_clock_skew_ms;
     uint64_t status_interval_ms;
+    uint64_t traffic_interval_ms;
     uint64_t sync_interval_ms;
     uint64_t request_timeout_ms;
     uint64_t connect_timeout_ms;
@@ -184,6 +186,8 @@ static const pc_cfg_option options[] = {
         "how far ahead of this clock a heartbeat or snapshot may be dated (run NTP)"),
     OPT(status_interval_ms, PC_CFG_U64, "2000", 50, 3600000,
         "status report period (reports also go out on every change)"),
+    OPT(traffic_interval_ms, PC_CFG_U64, "10000", 50, 3600000,
+        "how often reports take new request counts per tenant version"),
     OPT(sync_interval_ms, PC_CFG_U64, "10000", 100, 3600000,
         "catch-up probe period, even when nothing looks missing"),
     OPT(request_timeout_ms, PC_CFG_U64, "5000", 100, 600000, "one sync request's timeout"),
@@ -223,6 +227,7 @@ typedef struct agent {
     pc_adapter *adapters[2];
     size_t n_adapters;
     pc_applier *applier;
+    pc_traffic *traffic; /* the edge counts, reports show */
     pc_subscriber *sub;
     pc_syncer *_Atomic syncer;
     pc_edge *edge;
@@ -550,6 +555,9 @@ static int agent_ready(agent *ag, pc_err *err)
  * the controllers: catch-up and reports (syncer), pub/sub on the loop. */
 static int agent_serve(agent *ag, pc_err *err)
 {
+    /* Counting starts with serving: reports say since when. */
+    if ((ag->traffic = pc_traffic_new(pc_wall_ms())) == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
     pc_edge_options eopt = {.listen = ag->cfg.edge_listen,
                             .threads = (unsigned)ag->cfg.edge_threads,
                             .max_body = ag->cfg.edge_max_body,
@@ -561,7 +569,8 @@ static int agent_serve(agent *ag, pc_err *err)
                             .request_timeout_ms = (unsigned)ag->cfg.edge_request_timeout_ms,
                             .adapters = ag->adapters,
                             .n_adapters = ag->n_adapters,
-                            .metrics = ag->metrics};
+                            .metrics = ag->metrics,
+                            .traffic = ag->traffic};
     uint64_t floor = 0;
     int rc;
     if (ag->cfg.edge_access_log != NULL &&
@@ -610,6 +619,8 @@ static int agent_serve(agent *ag, pc_err *err)
         .sync_interval_ms = ag->cfg.sync_interval_ms,
         .status_interval_ms = ag->cfg.status_interval_ms,
         .status_min_ms = 50,
+        .traffic = ag->traffic,
+        .traffic_interval_ms = ag->cfg.traffic_interval_ms,
         .batch_entries = PC_SYNC_BATCH_ENTRIES,
         .batch_bytes = PC_SYNC_BATCH_BYTES,
         .chunk_bytes = PC_CHUNK_BYTES,
@@ -658,6 +669,7 @@ static void agent_close(agent *ag)
     pc_edge_prober_stop(ag->edge_prober); /* before the edge it asks */
     pc_edge_stop(ag->edge);
     pc_append_log_close(ag->access_log); /* after the edge: its last lines are written */
+    pc_traffic_free(ag->traffic);        /* after the edge and the syncer */
     pc_applier_free(ag->applier);
     if (ag->lua)
         ag->lua->destroy(ag->lua);

@@ -118,6 +118,7 @@ struct pc_syncer {
     uint64_t book_gen;
     bool book_built;
     int64_t book_built_ms;
+    int64_t traffic_ms; /* the report thread's: when counts were last published */
     pc_metric *m_syncs, *m_sync_failures, *m_entries, *m_chunks, *m_reports, *m_report_failures;
     pc_metric *m_report_bytes, *m_table_bytes, *m_deltas;
     pc_metric *m_stale;
@@ -775,15 +776,28 @@ static void send_reports(pc_syncer *s)
 {
     uint64_t gen = pc_applier_tenants_generation(s->opt.applier);
     int64_t now = pc_mono_ms();
-    bool renew = s->book_built && gen == s->book_gen && now - s->book_built_ms < REBUILD_MS;
+    bool counts_moved = false;
+    if (s->opt.traffic != NULL && now - s->traffic_ms >= (int64_t)s->opt.traffic_interval_ms) {
+        s->traffic_ms = now;
+        counts_moved = pc_traffic_publish(s->opt.traffic);
+    }
+    bool renew =
+        s->book_built && gen == s->book_gen && !counts_moved && now - s->book_built_ms < REBUILD_MS;
     Popcast__AgentStatus *st = calloc(1, sizeof(*st));
     int rc = st == NULL ? PC_E_NOMEM
              : renew    ? pc_applier_status_header(s->opt.applier, st)
                         : pc_applier_status(s->opt.applier, st);
+    for (size_t i = 0; rc == PC_OK && !renew && s->opt.traffic != NULL && i < st->n_tenants; i++)
+        rc = pc_traffic_attach(s->opt.traffic, st->tenants[i]);
+    if (rc != PC_OK && st != NULL)
+        pc_applier_status_clear(st);
     if (rc != PC_OK) {
         free(st);
+        s->book_built = false; /* counts published but not shown: build again */
         return;
     }
+    if (s->opt.traffic != NULL)
+        st->traffic_since_unix_ms = pc_traffic_since_ms(s->opt.traffic);
     char *agent_id = strdup(s->opt.agent_id), *pop = strdup(s->opt.pop);
     if (agent_id == NULL || pop == NULL) {
         free(agent_id);

@@ -39,6 +39,7 @@
 #include <stdint.h>
 
 #include "applier.h"
+#include "traffic.h"
 #include "config.h"
 #include "crypto.h"
 #include "err.h"
@@ -62,6 +63,10 @@ typedef struct pc_syncer_options {
     uint64_t sync_interval_ms;      /* catch-up probe even without a trigger */
     uint64_t status_interval_ms;
     uint64_t status_min_ms;
+    /* Request counts per tenant version (NULL: none): published every
+     * traffic_interval_ms and shown in the reports built after. */
+    pc_traffic *traffic;
+    uint64_t traffic_interval_ms;
     uint32_t batch_entries;
     uint64_t batch_bytes;
     uint32_t chunk_bytes;

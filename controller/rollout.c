@@ -228,6 +228,46 @@ static bool key_changed(const Popcast__AgentStatus *last, const Popcast__AgentSt
 static void evaluate_waiters_locked(pc_rollout *r, int64_t now, waiter **fired);
 static void fire(waiter *fired, pc_rollout *r, int64_t now);
 
+/* Agents count 3 versions per tenant; a few more are tolerated. */
+#define TRAFFIC_MAX 8
+
+/* A tenant's request counts: few, one entry per version, and each
+ * request has at most one outcome. */
+static int check_traffic(const Popcast__TenantStatus *t)
+{
+    if (t->n_traffic > TRAFFIC_MAX)
+        return PC_E_INVALID;
+    for (size_t k = 0; k < t->n_traffic; k++) {
+        const Popcast__VersionTraffic *v = t->traffic[k];
+        if (v == NULL || v->version == 0 || v->errors > v->requests ||
+            v->limit_kills > v->requests || v->status_5xx > v->requests ||
+            v->errors > v->requests - v->status_5xx ||
+            v->limit_kills > v->requests - v->status_5xx - v->errors)
+            return PC_E_INVALID;
+        for (size_t m = 0; m < k; m++)
+            if (t->traffic[m]->version == v->version)
+                return PC_E_INVALID;
+    }
+    return PC_OK;
+}
+
+/* tenant t's counts for version (NULL when it reports none). */
+static const Popcast__VersionTraffic *traffic_of(const Popcast__TenantStatus *t, uint64_t version)
+{
+    for (size_t k = 0; t != NULL && k < t->n_traffic; k++)
+        if (t->traffic[k]->version == version)
+            return t->traffic[k];
+    return NULL;
+}
+
+static json_t *traffic_json(uint64_t requests, uint64_t errors, uint64_t limit_kills,
+                            uint64_t status_5xx)
+{
+    return json_pack("{s:I,s:I,s:I,s:I}", "requests", (json_int_t)requests, "errors",
+                     (json_int_t)errors, "limit_kills", (json_int_t)limit_kills, "status_5xx",
+                     (json_int_t)status_5xx);
+}
+
 /* PC_OK or PC_E_INVALID naming what is wrong with the report. */
 static int check_report(const Popcast__AgentStatus *st, pc_err *err)
 {
@@ -249,6 +289,9 @@ static int check_report(const Popcast__AgentStatus *st, pc_err *err)
                 return pc_err_set(err, PC_E_INVALID, "status report with an invalid outcome for %s",
                                   t->tenant);
         }
+        if (check_traffic(t) != PC_OK)
+            return pc_err_set(err, PC_E_INVALID, "status report with invalid request counts for %s",
+                              t->tenant);
     }
     for (size_t i = 0; i < st->n_quarantined; i++)
         if (st->quarantined[i] == NULL || !pc_tenant_name_valid(st->quarantined[i]->tenant) ||
@@ -811,10 +854,18 @@ static void evaluate_locked(pc_rollout *r, const pc_rollout_query *q, int64_t no
         s->deleted += j.v == ST_DELETED;
         s->unknown += j.v == ST_UNKNOWN;
         s->missing += j.v == ST_MISSING;
+        const Popcast__TenantStatus *t = tenant_of(a->status, q->tenant);
+        const Popcast__VersionTraffic *tr = traffic_of(t, q->version);
+        if (tr != NULL) {
+            s->traffic.requests += tr->requests;
+            s->traffic.errors += tr->errors;
+            s->traffic.limit_kills += tr->limit_kills;
+            s->traffic.status_5xx += tr->status_5xx;
+            s->traffic.agents++;
+        }
         if (doc == NULL)
             continue;
         const char *state = state_names[j.v];
-        const Popcast__TenantStatus *t = tenant_of(a->status, q->tenant);
         json_t *o = json_pack("{s:s,s:s,s:s,s:b,s:b,s:I,s:I,s:I}", "agent_id", a->status->agent_id,
                               "pop", a->status->pop, "state", state, "applied", j.applied, "stale",
                               stale, "applied_version", (json_int_t)(t ? t->applied_version : 0),
@@ -824,6 +875,12 @@ static void evaluate_locked(pc_rollout *r, const pc_rollout_query *q, int64_t no
             json_object_set_new(o, "superseded", json_boolean(j.superseded));
         if (t != NULL && t->live_unrecorded)
             json_object_set_new(o, "live_unrecorded", json_true());
+        if (tr != NULL) {
+            json_t *tj = traffic_json(tr->requests, tr->errors, tr->limit_kills, tr->status_5xx);
+            json_object_set_new(tj, "since_unix_ms",
+                                json_integer((json_int_t)a->status->traffic_since_unix_ms));
+            json_object_set_new(o, "traffic", tj);
+        }
         if (j.v == ST_NACKED) {
             json_object_set_new(o, "reason", pc_json_text(j.reason ? j.reason : ""));
             json_object_set_new(o, "detail", pc_json_text(j.detail ? j.detail : ""));
@@ -852,6 +909,10 @@ static void evaluate_locked(pc_rollout *r, const pc_rollout_query *q, int64_t no
             (json_int_t)s->skipped, "deleted", (json_int_t)s->deleted, "unknown",
             (json_int_t)s->unknown, "complete", s->complete, "failed", s->failed, "unreachable",
             s->unreachable, "fraction", q->fraction);
+        json_t *tj = traffic_json(s->traffic.requests, s->traffic.errors, s->traffic.limit_kills,
+                                  s->traffic.status_5xx);
+        json_object_set_new(tj, "agents", json_integer((json_int_t)s->traffic.agents));
+        json_object_set_new(sum, "traffic", tj);
         json_object_set_new(doc, "summary", sum);
     }
 }

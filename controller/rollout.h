@@ -101,7 +101,15 @@ typedef struct pc_rollout_query {
     Popcast__EntryKind kind; /* the change's kind, shown ("deploy" when unset) */
 } pc_rollout_query;
 
+/* What a version's code did, summed over agents (TenantStatus.traffic:
+ * each agent's counts since it started). */
+typedef struct pc_rollout_traffic {
+    uint64_t requests, errors, limit_kills, status_5xx;
+    size_t agents; /* agents that reported any for the version */
+} pc_rollout_traffic;
+
 typedef struct pc_rollout_summary {
+    pc_rollout_traffic traffic;
     size_t total, live, applied, nacked, missing, stale;
     size_t superseded; /* live, no longer served */
     size_t skipped, deleted, unknown;

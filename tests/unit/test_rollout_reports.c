@@ -408,13 +408,114 @@ static void test_unrecorded_shown(void **state)
     pc_rollout_free(r);
 }
 
+/* An agent's report of tenant web with the given counts for versions 2
+ * and 1 (n: how many of them). */
+static int report_traffic(pc_rollout *r, const char *id, uint64_t counter,
+                          Popcast__VersionTraffic *counts, size_t n)
+{
+    Popcast__VersionTraffic *ptrs[16];
+    for (size_t i = 0; i < n; i++)
+        ptrs[i] = &counts[i];
+    Popcast__TenantStatus t = POPCAST__TENANT_STATUS__INIT;
+    Popcast__TenantStatus *tenants[] = {&t};
+    t.tenant = "web";
+    t.applied_version = t.live_version = 2;
+    t.traffic = ptrs;
+    t.n_traffic = n;
+    Popcast__AgentStatus st = POPCAST__AGENT_STATUS__INIT;
+    st.agent_id = (char *)id;
+    st.pop = "fra";
+    st.counter = counter;
+    st.tenants = tenants;
+    st.n_tenants = 1;
+    st.traffic_since_unix_ms = 777;
+    pc_err err;
+    return pc_rollout_report(r, &st, true, T0, NULL, &err);
+}
+
+static Popcast__VersionTraffic counts_of(uint64_t version, uint64_t requests, uint64_t errors,
+                                         uint64_t limit_kills, uint64_t status_5xx)
+{
+    Popcast__VersionTraffic v = POPCAST__VERSION_TRAFFIC__INIT;
+    v.version = version;
+    v.requests = requests;
+    v.errors = errors;
+    v.limit_kills = limit_kills;
+    v.status_5xx = status_5xx;
+    return v;
+}
+
+/* A version's request counts: per agent as reported, summed in the
+ * summary; reports with impossible counts are refused and change nothing. */
+static void test_traffic_per_version(void **state)
+{
+    (void)state;
+    pc_rollout_options opt = {.gone_after_ms = 60000, .report_stale_ms = 60000};
+    pc_rollout *r = pc_rollout_new(&opt);
+    Popcast__VersionTraffic a[] = {counts_of(2, 100, 30, 1, 4), counts_of(1, 50, 0, 0, 0)};
+    Popcast__VersionTraffic b[] = {counts_of(2, 10, 0, 0, 10)};
+    assert_int_equal(report_traffic(r, "edge-a", 1, a, 2), PC_OK);
+    assert_int_equal(report_traffic(r, "edge-b", 1, b, 1), PC_OK);
+    assert_int_equal(report_traffic(r, "edge-c", 1, NULL, 0), PC_OK);
+
+    pc_rollout_query q = {.tenant = "web", .version = 2, .seq = 2, .fraction = 1.0};
+    pc_rollout_summary sum;
+    json_t *doc = pc_rollout_version_json(r, &q, T0, &sum);
+    assert_int_equal(sum.traffic.requests, 110);
+    assert_int_equal(sum.traffic.errors, 30);
+    assert_int_equal(sum.traffic.limit_kills, 1);
+    assert_int_equal(sum.traffic.status_5xx, 14);
+    assert_int_equal(sum.traffic.agents, 2);
+    json_t *tj = json_object_get(json_object_get(doc, "summary"), "traffic");
+    assert_int_equal(int_at(tj, "requests"), 110);
+    assert_int_equal(int_at(tj, "agents"), 2);
+    size_t shown = 0;
+    json_t *agents = json_object_get(doc, "agents");
+    for (size_t i = 0; i < json_array_size(agents); i++) {
+        json_t *e = json_array_get(agents, i);
+        json_t *t = json_object_get(e, "traffic");
+        if (strcmp(str_at(e, "agent_id"), "edge-a") == 0) {
+            assert_int_equal(int_at(t, "requests"), 100);
+            assert_int_equal(int_at(t, "errors"), 30);
+            assert_int_equal(int_at(t, "since_unix_ms"), 777);
+            shown++;
+        } else if (strcmp(str_at(e, "agent_id"), "edge-c") == 0) {
+            assert_null(t);
+        }
+    }
+    assert_int_equal(shown, 1);
+    json_decref(doc);
+
+    /* Impossible counts, duplicates, too many versions: refused. */
+    Popcast__VersionTraffic bad[][2] = {
+        {counts_of(2, 5, 6, 0, 0), counts_of(1, 1, 0, 0, 0)},
+        {counts_of(2, 5, 3, 3, 0), counts_of(1, 1, 0, 0, 0)},
+        {counts_of(2, 5, 1, 1, 4), counts_of(1, 1, 0, 0, 0)},
+        {counts_of(2, UINT64_MAX, UINT64_MAX / 2 + 1, UINT64_MAX / 2 + 1, 0),
+         counts_of(1, 1, 0, 0, 0)},
+        {counts_of(0, 5, 0, 0, 0), counts_of(1, 1, 0, 0, 0)},
+        {counts_of(2, 5, 0, 0, 0), counts_of(2, 1, 0, 0, 0)},
+    };
+    uint64_t counter = 2;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(report_traffic(r, "edge-a", counter++, bad[i], 2), PC_E_INVALID);
+    Popcast__VersionTraffic many[9];
+    for (size_t i = 0; i < 9; i++)
+        many[i] = counts_of(i + 1, 1, 0, 0, 0);
+    assert_int_equal(report_traffic(r, "edge-a", counter++, many, 9), PC_E_INVALID);
+    doc = pc_rollout_version_json(r, &q, T0, &sum);
+    assert_int_equal(sum.traffic.requests, 110);
+    json_decref(doc);
+    pc_rollout_free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_refusals_are_shown),  cmocka_unit_test(test_refused_list_is_bounded),
         cmocka_unit_test(test_new_key_new_counter), cmocka_unit_test(test_judged_by_outcomes),
         cmocka_unit_test(test_wait_unreachable),    cmocka_unit_test(test_serving),
-        cmocka_unit_test(test_unrecorded_shown),
+        cmocka_unit_test(test_unrecorded_shown),    cmocka_unit_test(test_traffic_per_version),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

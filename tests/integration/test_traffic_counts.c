@@ -1,0 +1,160 @@
+/* test_traffic_counts.c - what each version's code did at the edges reaches the
+ * controller's rollout view, exactly, per agent and summed: requests,
+ * errors, limit kills and 5xx answers (agent/traffic.h), driven by real
+ * requests to real agents; counts restart with an agent, and its reports
+ * say since when. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+
+static const char *const fast_counts[] = {"--traffic-interval-ms", "100", NULL};
+
+static const char handler[] = "return function(req)\n"
+                              "  if req.path == '/fail' then error('boom') end\n"
+                              "  if req.path == '/busy' then return { status = 503 } end\n"
+                              "  if req.path == '/spin' then while true do end end\n"
+                              "  return 'ok'\n"
+                              "end\n";
+
+/* The rollout document of web's version (answered at once). */
+static json_t *rollout_of(pc_test_env *env, pc_test_controller *ctl, uint64_t version,
+                          const char *wait_for)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "/v1/tenants/web/versions/%llu/rollout%s",
+             (unsigned long long)version, wait_for ? "?wait=20000" : "");
+    pc_http_result r;
+    assert_int_equal(pc_test_api(env, ctl, "GET", path, NULL, NULL, 0, &r), 200);
+    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    assert_non_null(doc);
+    if (wait_for != NULL) {
+        const char *got = json_string_value(json_object_get(doc, "wait"));
+        if (got == NULL || strcmp(got, wait_for) != 0)
+            fail_msg("web v%llu: rollout ended %s: %.*s", (unsigned long long)version,
+                     got ? got : "(none)", (int)r.body_len, (const char *)r.body);
+    }
+    pc_http_result_free(&r);
+    return doc;
+}
+
+/* agent id's counts in doc (NULL: none reported). */
+static json_t *traffic_of(json_t *doc, const char *id)
+{
+    json_t *agents = json_object_get(doc, "agents");
+    for (size_t i = 0; i < json_array_size(agents); i++) {
+        json_t *a = json_array_get(agents, i);
+        if (strcmp(json_string_value(json_object_get(a, "agent_id")), id) == 0)
+            return json_object_get(a, "traffic");
+    }
+    return NULL;
+}
+
+static json_int_t num(json_t *o, const char *key)
+{
+    return json_integer_value(json_object_get(o, key));
+}
+
+/* Waits until web's version shows `requests` requests in total, then
+ * returns its rollout document. */
+static json_t *wait_requests(pc_test_env *env, pc_test_controller *ctl, uint64_t version,
+                             json_int_t requests)
+{
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    for (;;) {
+        json_t *doc = rollout_of(env, ctl, version, NULL);
+        json_t *sum = json_object_get(json_object_get(doc, "summary"), "traffic");
+        json_int_t got = num(sum, "requests");
+        if (got == requests)
+            return doc;
+        if (got > requests || pc_test_now_ms() > deadline) {
+            char *text = json_dumps(doc, JSON_COMPACT);
+            fail_msg("web v%llu: %lld requests shown, expected %lld: %s",
+                     (unsigned long long)version, (long long)got, (long long)requests, text);
+        }
+        json_decref(doc);
+        pc_test_sleep_ms(50);
+    }
+}
+
+static void hit(pc_test_agent *a, const char *path, int times, int want_status)
+{
+    for (int i = 0; i < times; i++)
+        assert_int_equal(pc_test_edge_get(a, "web", path, NULL, NULL, 0), want_status);
+}
+
+static void test_counts_reach_the_rollout_view(void **state)
+{
+    (void)state;
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    pc_test_controller_start(&env, &ctl, NULL);
+    pc_test_agent agents[2];
+    memset(agents, 0, sizeof(agents));
+    pc_test_agent_start_for(&env, &agents[0], "edge-a", &ctl, fast_counts);
+    pc_test_agent_start_for(&env, &agents[1], "edge-b", &ctl, fast_counts);
+
+    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "web", handler), 1);
+    json_decref(rollout_of(&env, &ctl, 1, "complete")); /* no request sent to wait */
+    hit(&agents[0], "/", 20, 200);
+    hit(&agents[0], "/fail", 6, 502);
+    hit(&agents[0], "/busy", 3, 503);
+    hit(&agents[0], "/spin", 1, 502);
+    hit(&agents[1], "/", 10, 200);
+
+    json_t *doc = wait_requests(&env, &ctl, 1, 40);
+    json_t *a = traffic_of(doc, "edge-a"), *b = traffic_of(doc, "edge-b");
+    assert_int_equal(num(a, "requests"), 30);
+    assert_int_equal(num(a, "errors"), 6);
+    assert_int_equal(num(a, "status_5xx"), 3);
+    assert_int_equal(num(a, "limit_kills"), 1);
+    assert_int_equal(num(b, "requests"), 10);
+    assert_int_equal(num(b, "errors") + num(b, "status_5xx") + num(b, "limit_kills"), 0);
+    json_t *sum = json_object_get(json_object_get(doc, "summary"), "traffic");
+    assert_int_equal(num(sum, "errors"), 6);
+    assert_int_equal(num(sum, "agents"), 2);
+    json_int_t since_a = num(a, "since_unix_ms");
+    assert_true(since_a > 0);
+    json_decref(doc);
+
+    /* A new version counts apart; the old one's counts stay shown. */
+    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "web", handler), 2);
+    json_decref(rollout_of(&env, &ctl, 2, "complete"));
+    hit(&agents[1], "/fail", 5, 502);
+    doc = wait_requests(&env, &ctl, 2, 5);
+    assert_int_equal(num(traffic_of(doc, "edge-b"), "errors"), 5);
+    assert_null(traffic_of(doc, "edge-a"));
+    json_decref(doc);
+    json_decref(wait_requests(&env, &ctl, 1, 40));
+
+    /* A restarted agent counts from zero, and says since when. */
+    pc_test_agent_stop(&agents[0]);
+    pc_test_agent_start_for(&env, &agents[0], "edge-a", &ctl, fast_counts);
+    hit(&agents[0], "/", 2, 200);
+    doc = wait_requests(&env, &ctl, 2, 7);
+    a = traffic_of(doc, "edge-a");
+    assert_int_equal(num(a, "requests"), 2);
+    assert_true(num(a, "since_unix_ms") > since_a);
+    json_decref(doc);
+    json_decref(wait_requests(&env, &ctl, 1, 10)); /* edge-a's v1 counts are gone */
+
+    for (int i = 0; i < 2; i++)
+        pc_test_agent_stop(&agents[i]);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_counts_reach_the_rollout_view),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
