@@ -88,6 +88,7 @@ void api_post_rollback(api_call *call);
 void api_delete_tenant(api_call *call);
 void api_get_rollout_by_seq(api_call *call);
 void api_get_rollout_by_version(api_call *call);
+void api_get_version_health(api_call *call);
 void api_get_fleet(api_call *call);
 void api_get_cluster(api_call *call);
 void api_post_node(api_call *call);

@@ -917,6 +917,42 @@ static void evaluate_locked(pc_rollout *r, const pc_rollout_query *q, int64_t no
     }
 }
 
+static pc_gate_counts gate_counts(const Popcast__VersionTraffic *v)
+{
+    return (pc_gate_counts){.requests = v->requests,
+                            .errors = v->errors,
+                            .limit_kills = v->limit_kills,
+                            .status_5xx = v->status_5xx};
+}
+
+size_t pc_rollout_gate_samples(pc_rollout *r, const char *tenant, uint64_t candidate,
+                               uint64_t baseline, int64_t now_ms, pc_gate_sample *out, size_t cap)
+{
+    size_t n = 0;
+    pc_mutex_lock(&r->lock);
+    for (size_t i = 0; i < r->n_agents; i++) {
+        agent_entry *a = r->agents[i];
+        if (is_gone(r, a, now_ms))
+            continue;
+        const Popcast__TenantStatus *t = tenant_of(a->status, tenant);
+        const Popcast__VersionTraffic *c = traffic_of(t, candidate), *b = traffic_of(t, baseline);
+        if (c == NULL && b == NULL)
+            continue;
+        if (n < cap) {
+            memset(&out[n], 0, sizeof(out[n]));
+            out[n].has_candidate = c != NULL;
+            out[n].has_baseline = b != NULL;
+            if (c != NULL)
+                out[n].candidate = gate_counts(c);
+            if (b != NULL)
+                out[n].baseline = gate_counts(b);
+        }
+        n++;
+    }
+    pc_mutex_unlock(&r->lock);
+    return n;
+}
+
 static const char *kind_name(const pc_rollout_query *q)
 {
     if (q->is_delete || q->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE)

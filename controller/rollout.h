@@ -37,6 +37,7 @@
 
 #include "clock.h"
 #include "err.h"
+#include "gate.h"
 #include "popcast.pb-c.h"
 
 typedef struct pc_rollout pc_rollout;
@@ -132,6 +133,12 @@ json_t *pc_rollout_version_json(pc_rollout *r, const pc_rollout_query *q, int64_
 typedef void (*pc_rollout_done)(void *arg, json_t *doc, const char *why);
 int pc_rollout_wait(pc_rollout *r, const pc_rollout_query *q, int64_t deadline_ms,
                     pc_rollout_done done, void *arg, pc_err *err);
+/* Gate samples (gate.h) for tenant's versions candidate and baseline:
+ * one per counted (not gone) agent that reports counts for either, from
+ * its last report. Fills out up to cap; returns how many there are. */
+size_t pc_rollout_gate_samples(pc_rollout *r, const char *tenant, uint64_t candidate,
+                               uint64_t baseline, int64_t now_ms, pc_gate_sample *out, size_t cap);
+
 /* What the fleet serves of tenant, from the agents' last reports (gone
  * agents left out): {"agents": N, "versions": [{"version", "agents"}]
  * newest first, "none": agents serving nothing of it, "stale": N}. NULL

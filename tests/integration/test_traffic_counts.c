@@ -151,10 +151,117 @@ static void test_counts_reach_the_rollout_view(void **state)
     pc_test_env_cleanup(&env);
 }
 
+/* GET .../versions/V/health (query: "" or "?..."): status, document. */
+static int health(pc_test_env *env, pc_test_controller *ctl, uint64_t version, const char *query,
+                  json_t **doc)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "/v1/tenants/web/versions/%llu/health%s",
+             (unsigned long long)version, query);
+    pc_http_result r;
+    int status = pc_test_api(env, ctl, "GET", path, NULL, NULL, 0, &r);
+    *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    assert_non_null(*doc);
+    pc_http_result_free(&r);
+    return status;
+}
+
+/* Waits until version's health shows `requests` candidate requests. */
+static json_t *wait_health(pc_test_env *env, pc_test_controller *ctl, uint64_t version,
+                           const char *query, json_int_t requests)
+{
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    for (;;) {
+        json_t *doc = NULL;
+        assert_int_equal(health(env, ctl, version, query, &doc), 200);
+        json_int_t got = num(json_object_get(doc, "candidate"), "requests");
+        if (got == requests)
+            return doc;
+        if (got > requests || pc_test_now_ms() > deadline) {
+            char *text = json_dumps(doc, JSON_COMPACT);
+            fail_msg("web v%llu health: %lld requests, expected %lld: %s",
+                     (unsigned long long)version, (long long)got, (long long)requests, text);
+        }
+        json_decref(doc);
+        pc_test_sleep_ms(50);
+    }
+}
+
+/* A version that fails 30 % of its requests, against one that failed
+ * none on the same agent: the health gate fails it on the error rate,
+ * with the numbers; a healthy one passes; too few requests wait. */
+static void test_health_gate(void **state)
+{
+    (void)state;
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    pc_test_controller_start(&env, &ctl, NULL);
+    pc_test_agent agent = {0};
+    pc_test_agent_start_for(&env, &agent, "edge-h", &ctl, fast_counts);
+
+    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "web", handler), 1);
+    json_decref(rollout_of(&env, &ctl, 1, "complete"));
+    hit(&agent, "/", 100, 200);
+    json_decref(wait_requests(&env, &ctl, 1, 100));
+    json_t *doc = NULL;
+    assert_int_equal(health(&env, &ctl, 1, "", &doc), 200);
+    assert_int_equal(num(doc, "baseline"), 0); /* nothing before it */
+    json_decref(doc);
+
+    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "web", handler), 2);
+    json_decref(rollout_of(&env, &ctl, 2, "complete"));
+    hit(&agent, "/", 35, 200);
+    hit(&agent, "/fail", 15, 502);
+    doc = wait_health(&env, &ctl, 2, "", 50);
+    assert_string_equal(json_string_value(json_object_get(doc, "verdict")), "wait");
+    json_decref(doc);
+    hit(&agent, "/", 35, 200);
+    hit(&agent, "/fail", 15, 502);
+    doc = wait_health(&env, &ctl, 2, "", 100);
+    assert_string_equal(json_string_value(json_object_get(doc, "verdict")), "fail");
+    assert_int_equal(num(doc, "baseline"), 1);
+    assert_int_equal(num(json_object_get(doc, "candidate"), "errors"), 30);
+    assert_int_equal(num(json_object_get(doc, "baseline_on_same_agents"), "requests"), 100);
+    assert_true(json_is_true(json_object_get(json_object_get(doc, "failed"), "error_rate")));
+    assert_non_null(strstr(json_string_value(json_object_get(doc, "reason")),
+                           "error rate 30.00% (baseline 0.00%)"));
+    json_decref(doc);
+    assert_int_equal(health(&env, &ctl, 2, "?min_requests=1000", &doc), 200);
+    assert_string_equal(json_string_value(json_object_get(doc, "verdict")), "wait");
+    json_decref(doc);
+
+    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "web", handler), 3);
+    json_decref(rollout_of(&env, &ctl, 3, "complete"));
+    hit(&agent, "/", 100, 200);
+    doc = wait_health(&env, &ctl, 3, "?baseline=1", 100);
+    assert_string_equal(json_string_value(json_object_get(doc, "verdict")), "pass");
+    json_decref(doc);
+
+    /* Bad queries change nothing and say why. */
+    const char *bad[] = {"?baseline=0",
+                         "?baseline=3",
+                         "?baseline=x",
+                         "?min_requests=0",
+                         "?min_requests=1000000001",
+                         "?min_requests=-1"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(health(&env, &ctl, 3, bad[i], &doc), 400);
+        json_decref(doc);
+    }
+    assert_int_equal(health(&env, &ctl, 9, "", &doc), 404);
+    json_decref(doc);
+
+    pc_test_agent_stop(&agent);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_counts_reach_the_rollout_view),
+        cmocka_unit_test(test_health_gate),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
