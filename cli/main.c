@@ -58,6 +58,8 @@ enum {
     RC_NO_AGENTS = 5,   /* --wait: no agent reports to the controller, so nothing to wait for */
     RC_UNREACHABLE = 6, /* --wait: too many agents got something newer first: it never will be */
     RC_UNKNOWN = 7,     /* a write was sent and no answer came: it may or may not be done */
+    RC_UNHEALTHY = 8,   /* health: the version failed the gate */
+    RC_TOO_FEW = 9,     /* health: too few requests yet to judge */
 };
 
 #define MAX_CONTROLLERS 8
@@ -94,6 +96,8 @@ enum opt_id {
     O_REPLACES,
     O_IDEMPOTENCY_KEY,
     O_MESSAGE,
+    O_BASELINE,
+    O_MIN_REQUESTS,
     O_COUNT
 };
 
@@ -127,7 +131,8 @@ typedef struct cli {
     const char *tenants[MAX_TENANTS]; /* token create --tenant, repeatable */
     int n_tenants;
     const char *entrypoint;
-    const char *message; /* --message */
+    const char *message;              /* --message */
+    long long baseline, min_requests; /* health: 0 when not given */
     const char *runtime;
     const char *out_dir;
     const char *name;
@@ -768,6 +773,50 @@ static int cmd_rollout(cli *c)
     return 0;
 }
 
+static void print_rates(const char *label, json_t *r)
+{
+    printf("%-10s %-9lld %-8lld %-8lld %-11lld %-7lld %6.2f%%  %6.2f%%\n", label,
+           num(r, "requests"), num(r, "errors"), num(r, "status_5xx"), num(r, "limit_kills"),
+           num(r, "agents"), 100 * json_real_value(json_object_get(r, "error_rate")),
+           100 * json_real_value(json_object_get(r, "limit_kill_rate")));
+}
+
+/* The health gate's verdict (docs/api.md): exit RC_OK on pass,
+ * RC_UNHEALTHY on fail, RC_TOO_FEW while there are too few requests. */
+static int cmd_health(cli *c)
+{
+    const char *tenant = c->args[0];
+    long long version = strtoll(c->args[1], NULL, 10);
+    char url[256];
+    int n = snprintf(url, sizeof(url), "/v1/tenants/%s/versions/%lld/health", tenant, version);
+    const char *sep = "?";
+    if (c->baseline > 0) {
+        n += snprintf(url + n, sizeof(url) - (size_t)n, "%sbaseline=%lld", sep, c->baseline);
+        sep = "&";
+    }
+    if (c->min_requests > 0)
+        snprintf(url + n, sizeof(url) - (size_t)n, "%smin_requests=%lld", sep, c->min_requests);
+    json_t *doc = call(c, "GET", url, NULL, NULL, 0);
+    if (doc == NULL)
+        return RC_FAILED;
+    const char *verdict = str(doc, "verdict");
+    if (c->json) {
+        print_json(doc);
+    } else {
+        printf("%s v%lld against v%lld: %s\n  %s\n", tenant, version, num(doc, "baseline"), verdict,
+               str(doc, "reason"));
+        printf("%-10s %-9s %-8s %-8s %-11s %-7s %-8s %s\n", "", "REQUESTS", "ERRORS", "5XX",
+               "LIMIT_KILLS", "AGENTS", "ERRORS%", "KILLS%");
+        print_rates("version", json_object_get(doc, "candidate"));
+        print_rates("baseline", json_object_get(doc, "baseline_on_same_agents"));
+    }
+    int rc = strcmp(verdict, "pass") == 0   ? RC_OK
+             : strcmp(verdict, "fail") == 0 ? RC_UNHEALTHY
+                                            : RC_TOO_FEW;
+    json_decref(doc);
+    return rc;
+}
+
 static int cmd_fleet(cli *c)
 {
     json_t *doc = call(c, "GET", "/v1/fleet", NULL, NULL, 0);
@@ -1199,6 +1248,13 @@ static bool check_node_id(const char *label, const char *v, char *why, size_t ca
            refuse(why, cap, "%s '%s' is not a node id (a number >= 1)", label, v);
 }
 
+static bool check_min_requests(const char *label, const char *v, char *why, size_t cap)
+{
+    long long n;
+    return whole(v, 1, 1000000000, &n) ||
+           refuse(why, cap, "%s must be a count from 1 to 1000000000, not '%s'", label, v);
+}
+
 static bool check_timeout(const char *label, const char *v, char *why, size_t cap)
 {
     long long n;
@@ -1460,6 +1516,16 @@ static const option options[O_COUNT] = {
                                    "per run); running again with the same key and request is "
                                    "answered with what the first run made, never a second change",
                            .check = check_idempotency_key},
+    [O_BASELINE] = {.name = "--baseline",
+                    .metavar = "VERSION",
+                    .help = "compare with this version (default: the newest earlier one with "
+                            "content)",
+                    .check = check_version},
+    [O_MIN_REQUESTS] = {.name = "--min-requests",
+                        .metavar = "N",
+                        .help = "requests the version needs before a verdict (1 to 1000000000, "
+                                "default 100)",
+                        .check = check_min_requests},
     [O_MESSAGE] = {.name = "--message",
                    .metavar = "TEXT",
                    .help = "why: kept with the version, signed, shown by `popcast versions` (at "
@@ -1570,6 +1636,14 @@ static const command commands[] = {
      OPTS(WAIT_OPTS, O_JSON),
      false,
      cmd_rollout},
+    {"health",
+     NULL,
+     "judge a version by its error and limit-kill rates against the one before it",
+     {TENANT_ARG, VERSION_ARG},
+     0,
+     OPTS(O_BASELINE, O_MIN_REQUESTS, O_JSON),
+     false,
+     cmd_health},
     {"fleet",
      NULL,
      "agents, their lag, staleness, last report",
@@ -1814,7 +1888,7 @@ static const char *const exit_codes =
     "  6 unreachable (agents got a newer version or a delete first);\n"
     "  7 a write was sent and no answer came (it may or may not be done; a deploy,\n"
     "  rollback or delete run again within 24 h with the --idempotency-key it names\n"
-    "  is done once)\n";
+    "  is done once); health: 8 the version failed the gate, 9 too few requests yet\n";
 
 /* "key authorize ROOT_SECRET_KEY_FILE NEXT_PUBKEY_FILE --replaces KEY_ID":
  * the words, the arguments and the options it cannot do without. */
@@ -1981,6 +2055,8 @@ static void store(cli *c, int id, const char *value)
         snprintf(c->idempotency_key, sizeof(c->idempotency_key), "%s", value);
         break;
     case O_MESSAGE: c->message = value; break;
+    case O_BASELINE: whole(value, 1, LLONG_MAX, &c->baseline); break;
+    case O_MIN_REQUESTS: whole(value, 1, 1000000000, &c->min_requests); break;
     default: break;
     }
 }

@@ -269,6 +269,7 @@ static const cmd_case cases[] = {
     {"delete", {"delete", "app"}, 1, {"--runtime", "lua"}, false},
     {"status", {"status", "app"}, 0, {"--timeout", "5"}, false}, /* TENANT is optional */
     {"rollout", {"rollout", "app", "1"}, 2, {"--out", "@DIR"}, false},
+    {"health", {"health", "app", "2", "--baseline", "1"}, 2, {"--wait"}, false},
     {"fleet", {"fleet"}, 0, {"--wait"}, false},
     {"cluster", {"cluster"}, 0, {"--fraction", "0.5"}, false},
     {"cluster add",
@@ -424,6 +425,11 @@ static void test_bad_values_send_nothing(void **state)
         const char *v = bad_numbers[i];
         expect_usage("rollback", "is not a version number", ARGS("rollback", "app", v));
         expect_usage("rollout", "is not a version number", ARGS("rollout", "app", v, "--wait"));
+        expect_usage("health", "is not a version number", ARGS("health", "app", v));
+        expect_usage("health", "is not a version number",
+                     ARGS("health", "app", "2", "--baseline", v));
+        expect_usage("health", "must be a count from 1 to 1000000000",
+                     ARGS("health", "app", "2", "--min-requests", v));
         expect_usage("cluster add", "is not a node id",
                      ARGS("cluster", "add", v, "127.0.0.1:9", "http://127.0.0.1:9"));
         expect_usage("cluster remove", "is not a node id", ARGS("cluster", "remove", v));

@@ -230,6 +230,14 @@ static void test_health_gate(void **state)
     assert_int_equal(health(&env, &ctl, 2, "?min_requests=1000", &doc), 200);
     assert_string_equal(json_string_value(json_object_get(doc, "verdict")), "wait");
     json_decref(doc);
+    /* The CLI says the same, and its exit status tells a script. */
+    static char out[4096];
+    const char *fail_args[] = {"health", "web", "2", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, fail_args, out, sizeof(out)), 8);
+    assert_non_null(strstr(out, "web v2 against v1: fail"));
+    assert_non_null(strstr(out, "error rate 30.00%"));
+    const char *wait_args[] = {"health", "web", "2", "--min-requests", "1000", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, wait_args, out, sizeof(out)), 9);
 
     assert_int_equal(pc_test_deploy_lua(&env, &ctl, "web", handler), 3);
     json_decref(rollout_of(&env, &ctl, 3, "complete"));
@@ -237,6 +245,8 @@ static void test_health_gate(void **state)
     doc = wait_health(&env, &ctl, 3, "?baseline=1", 100);
     assert_string_equal(json_string_value(json_object_get(doc, "verdict")), "pass");
     json_decref(doc);
+    const char *pass_args[] = {"health", "web", "3", "--baseline", "1", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, pass_args, out, sizeof(out)), 0);
 
     /* Bad queries change nothing and say why. */
     const char *bad[] = {"?baseline=0",
