@@ -54,7 +54,8 @@ void pc_ratelimit_free(pc_ratelimit *r)
     free(r);
 }
 
-bool pc_ratelimit_take(pc_ratelimit *r, const char *key, int64_t now_ms, int64_t *retry_after_ms)
+bool pc_ratelimit_take_n(pc_ratelimit *r, const char *key, double n, int64_t now_ms,
+                         int64_t *retry_after_ms)
 {
     *retry_after_ms = 0;
     if (r == NULL || r->rate <= 0)
@@ -96,11 +97,21 @@ bool pc_ratelimit_take(pc_ratelimit *r, const char *key, int64_t now_ms, int64_t
             b->tokens = r->burst;
         b->updated_ms = now_ms;
     }
-    bool ok = b->tokens >= 1.0;
+    bool ok = b->tokens >= n;
     if (ok)
-        b->tokens -= 1.0;
+        b->tokens -= n;
     else
-        *retry_after_ms = (int64_t)((1.0 - b->tokens) * 1000.0 / r->rate) + 1;
+        *retry_after_ms = (int64_t)((n - b->tokens) * 1000.0 / r->rate) + 1;
     pthread_mutex_unlock(&r->lock);
     return ok;
+}
+
+bool pc_ratelimit_take(pc_ratelimit *r, const char *key, int64_t now_ms, int64_t *retry_after_ms)
+{
+    return pc_ratelimit_take_n(r, key, 1.0, now_ms, retry_after_ms);
+}
+
+double pc_ratelimit_burst(const pc_ratelimit *r)
+{
+    return r == NULL || r->rate <= 0 ? 0.0 : r->burst;
 }

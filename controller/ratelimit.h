@@ -19,5 +19,11 @@ void pc_ratelimit_free(pc_ratelimit *r);
 /* Takes one action for key at now_ms (monotonic). false: refused, and
  * *retry_after_ms says when one will be available. */
 bool pc_ratelimit_take(pc_ratelimit *r, const char *key, int64_t now_ms, int64_t *retry_after_ms);
+/* Takes n actions at once (all or none); more than the burst never
+ * succeeds. */
+bool pc_ratelimit_take_n(pc_ratelimit *r, const char *key, double n, int64_t now_ms,
+                         int64_t *retry_after_ms);
+/* The burst, 0 when unlimited. */
+double pc_ratelimit_burst(const pc_ratelimit *r);
 
 #endif

@@ -33,6 +33,27 @@ static void test_burst_then_rate(void **state)
     pc_ratelimit_free(r);
 }
 
+/* n at once: all or none, never more than the burst; the burst is 0
+ * when unlimited. */
+static void test_take_n(void **state)
+{
+    pc_ratelimit *r = pc_ratelimit_new(10, 5, 16);
+    int64_t retry = 0;
+    assert_int_equal((int)pc_ratelimit_burst(r), 5);
+    assert_true(pc_ratelimit_take_n(r, "t", 3, 1000, &retry));
+    assert_false(pc_ratelimit_take_n(r, "t", 3, 1000, &retry)); /* 2 left: none taken */
+    assert_true(retry > 0 && retry <= 101);
+    assert_true(pc_ratelimit_take_n(r, "t", 2, 1000, &retry));
+    assert_false(pc_ratelimit_take(r, "t", 1000, &retry));
+    assert_false(pc_ratelimit_take_n(r, "t", 6, 1000000, &retry)); /* above the burst */
+    assert_true(pc_ratelimit_take_n(r, "t", 5, 1000000, &retry));
+    pc_ratelimit_free(r);
+    pc_ratelimit *unlimited = pc_ratelimit_new(0, 5, 16);
+    assert_int_equal((int)pc_ratelimit_burst(unlimited), 0);
+    assert_true(pc_ratelimit_take_n(unlimited, "t", 1000, 0, &retry));
+    pc_ratelimit_free(unlimited);
+}
+
 static void test_bounded_and_unlimited(void **state)
 {
     pc_ratelimit *r = pc_ratelimit_new(1, 1, 2);
@@ -90,6 +111,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_burst_then_rate),
+        cmocka_unit_test(test_take_n),
         cmocka_unit_test(test_bounded_and_unlimited),
         cmocka_unit_test(test_eviction_keeps_others),
         cmocka_unit_test(test_long_key),
