@@ -41,6 +41,7 @@ static const api_route routes[] = {
     WRITE("POST", "/v1/tenants/{tenant}/bundles", API_TENANT, api_post_bundle),
     WRITE("PUT", "/v1/tenants/{tenant}/bundles", API_TENANT, api_post_bundle),
     WRITE("POST", "/v1/tenants/{tenant}/rollback", API_TENANT, api_post_rollback),
+    WRITE("POST", "/v1/changes", API_TENANT, api_post_changes),
     GET("/v1/tenants/{tenant}/versions/{version}/rollout", API_TENANT, api_get_rollout_by_version),
     GET("/v1/tenants/{tenant}/versions/{version}/health", API_TENANT, api_get_version_health),
     GET("/v1/rollout/{seq}", API_ADMIN, api_get_rollout_by_seq),

@@ -78,6 +78,23 @@ json_t *api_hash_json(const uint8_t *hash, size_t len);
 /* Queues c with the pipeline; the answer is sent when it commits (or it
  * is refused now). Takes c. */
 void api_submit(pc_api *api, pc_httpd_req *rq, pc_change *c);
+/* POST /v1/changes (api_batch.c): at most this many changes, in a body
+ * of at most this many bytes. */
+#define PC_API_BATCH_MAX      256
+#define PC_API_BATCH_BODY_MAX (32u << 20)
+
+/* A deploy of tenant: body is its bundle (an archive, or with
+ * single_file the entrypoint's source, packed into one), checked as every
+ * upload is (size, archive, whether the runtime can load it). Takes body.
+ * NULL with err set (its code is the answer's) when refused; the caller
+ * sets author and message. From any thread. */
+pc_change *api_deploy_change(pc_api *api, const char *tenant, const char *runtime,
+                             const char *entrypoint, bool single_file, uint8_t *body, size_t len,
+                             pc_err *err);
+/* "admin", or "token:" and the token's id: a change's author. */
+void api_author_of(const api_principal *who, char out[PC_CHANGE_AUTHOR_MAX + 1]);
+/* Whether this cluster accepts runtime (runtimes option). */
+bool api_runtime_allowed(pc_api *api, const char *runtime);
 
 /* Handlers, by resource. */
 void api_get_tenants(api_call *call);
@@ -85,6 +102,7 @@ void api_get_tenant(api_call *call);
 void api_get_versions(api_call *call);
 void api_post_bundle(api_call *call);
 void api_post_rollback(api_call *call);
+void api_post_changes(api_call *call);
 void api_delete_tenant(api_call *call);
 void api_get_rollout_by_seq(api_call *call);
 void api_get_rollout_by_version(api_call *call);

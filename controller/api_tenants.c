@@ -183,8 +183,7 @@ json_t *api_tenant_change_json(const pc_change *c, const pc_change_result *r)
 
 /* Who and why: set on every tenant change. */
 
-/* "admin", or "token:" and the token's id. */
-static void author_of(const api_principal *who, char out[PC_CHANGE_AUTHOR_MAX + 1])
+void api_author_of(const api_principal *who, char out[PC_CHANGE_AUTHOR_MAX + 1])
 {
     if (who == NULL || who->admin || who->token == NULL)
         snprintf(out, PC_CHANGE_AUTHOR_MAX + 1, "admin");
@@ -212,7 +211,7 @@ static bool message_of_query(pc_httpd_req *rq, const char *query,
 
 /* Uploads. */
 
-static bool runtime_allowed(pc_api *api, const char *runtime)
+bool api_runtime_allowed(pc_api *api, const char *runtime)
 {
     for (size_t i = 0; i < api->opt.runtimes->count; i++)
         if (strcmp(api->opt.runtimes->items[i], runtime) == 0)
@@ -244,64 +243,74 @@ typedef struct upload {
     char message[PC_CHANGE_MESSAGE_MAX + 1];
 } upload;
 
-static void upload_body(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size_t len)
+pc_change *api_deploy_change(pc_api *api, const char *tenant, const char *runtime,
+                             const char *entrypoint, bool single_file, uint8_t *body, size_t len,
+                             pc_err *err)
 {
-    upload *u = arg;
-    pc_api *api = u->api;
-    pc_err err;
     uint8_t *archive = NULL;
     size_t archive_len = 0;
     pc_bundle *b = NULL;
-    if (rc != PC_OK)
-        goto out;
-    if (u->single_file) {
-        if ((rc = pc_bundle_pack_single(u->entrypoint, body, len, &archive, &archive_len, &err)) !=
-            PC_OK) {
-            pc_httpd_error(rq, rc, "%s", err.msg);
+    pc_change *c = NULL;
+    if (single_file) {
+        if (pc_bundle_pack_single(entrypoint, body, len, &archive, &archive_len, err) != PC_OK)
             goto out;
-        }
     } else {
         archive = body;
         archive_len = len;
         body = NULL;
     }
     if (archive_len > api->opt.max_bundle) {
-        pc_httpd_error(rq, PC_E_TOO_LARGE, "bundle of %zu bytes exceeds %zu", archive_len,
-                       api->opt.max_bundle);
+        pc_err_set(err, PC_E_TOO_LARGE, "bundle of %zu bytes exceeds %zu", archive_len,
+                   api->opt.max_bundle);
         goto out;
     }
-    if ((rc = pc_bundle_open(archive, archive_len, &b, &err)) != PC_OK) {
-        pc_httpd_error(rq, rc, "%s", err.msg);
+    if (pc_bundle_open(archive, archive_len, &b, err) != PC_OK)
         goto out;
-    }
-    pc_version_spec spec = {.tenant = u->tenant,
-                            .runtime = u->runtime,
+    pc_version_spec spec = {.tenant = tenant,
+                            .runtime = runtime,
                             .entrypoint = pc_bundle_entrypoint(b),
                             .bundle = archive,
                             .bundle_len = archive_len};
-    if (strcmp(u->runtime, "lua") == 0 && api->opt.lua != NULL && api->opt.lua->check != NULL &&
-        api->opt.lua->check(api->opt.lua, &spec, &err) != PC_OK) {
-        pc_httpd_error(rq, PC_E_RUNTIME, "the lua runtime cannot load %s: %s", spec.entrypoint,
-                       err.msg);
+    pc_err lerr;
+    if (strcmp(runtime, "lua") == 0 && api->opt.lua != NULL && api->opt.lua->check != NULL &&
+        api->opt.lua->check(api->opt.lua, &spec, &lerr) != PC_OK) {
+        pc_err_set(err, PC_E_RUNTIME, "the lua runtime cannot load %s: %s", spec.entrypoint,
+                   lerr.msg);
         goto out;
     }
-    pc_change *c = pc_change_new(PC_CHANGE_DEPLOY, u->tenant);
-    if (c == NULL) {
-        pc_httpd_error(rq, PC_E_NOMEM, "out of memory");
+    if ((c = pc_change_new(PC_CHANGE_DEPLOY, tenant)) == NULL) {
+        pc_err_set(err, PC_E_NOMEM, "out of memory");
         goto out;
     }
     snprintf(c->u.deploy.entrypoint, sizeof(c->u.deploy.entrypoint), "%s", pc_bundle_entrypoint(b));
-    snprintf(c->u.deploy.runtime, sizeof(c->u.deploy.runtime), "%s", u->runtime);
+    snprintf(c->u.deploy.runtime, sizeof(c->u.deploy.runtime), "%s", runtime);
     c->u.deploy.bundle = archive;
     c->u.deploy.bundle_len = archive_len;
     archive = NULL;
-    snprintf(c->author, sizeof(c->author), "%s", u->author);
-    snprintf(c->message, sizeof(c->message), "%s", u->message);
-    api_submit(api, rq, c);
 out:
     pc_bundle_free(b);
     free(archive);
     free(body);
+    return c;
+}
+
+static void upload_body(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size_t len)
+{
+    upload *u = arg;
+    pc_err err;
+    if (rc == PC_OK) {
+        pc_change *c = api_deploy_change(u->api, u->tenant, u->runtime, u->entrypoint,
+                                         u->single_file, body, len, &err);
+        if (c == NULL) {
+            pc_httpd_error(rq, err.code, "%s", err.msg);
+        } else {
+            snprintf(c->author, sizeof(c->author), "%s", u->author);
+            snprintf(c->message, sizeof(c->message), "%s", u->message);
+            api_submit(u->api, rq, c);
+        }
+    } else {
+        free(body);
+    }
     free(u);
 }
 
@@ -321,12 +330,12 @@ void api_post_bundle(api_call *call)
         snprintf(u->runtime, sizeof(u->runtime), "lua");
     if (!pc_httpd_query_get(query, "entrypoint", u->entrypoint, sizeof(u->entrypoint)))
         snprintf(u->entrypoint, sizeof(u->entrypoint), "%s", PC_BUNDLE_DEFAULT_ENTRYPOINT);
-    author_of(call->who, u->author);
+    api_author_of(call->who, u->author);
     if (!message_of_query(rq, query, u->message)) {
         free(u);
         return;
     }
-    if (!pc_runtime_name_valid(u->runtime) || !runtime_allowed(call->api, u->runtime)) {
+    if (!pc_runtime_name_valid(u->runtime) || !api_runtime_allowed(call->api, u->runtime)) {
         pc_httpd_error(rq, PC_E_INVALID, "runtime '%s' is not one this cluster accepts",
                        u->runtime);
         free(u);
@@ -397,7 +406,7 @@ void api_post_rollback(api_call *call)
     }
     w->api = call->api;
     snprintf(w->tenant, sizeof(w->tenant), "%s", pc_route_param(call->match, "tenant"));
-    author_of(call->who, w->author);
+    api_author_of(call->who, w->author);
     pc_httpd_read_body(call->rq, JSON_BODY_MAX, rollback_body, w);
 }
 
@@ -411,7 +420,7 @@ void api_delete_tenant(api_call *call)
         pc_httpd_error(call->rq, PC_E_NOMEM, "out of memory");
         return;
     }
-    author_of(call->who, c->author);
+    api_author_of(call->who, c->author);
     snprintf(c->message, sizeof(c->message), "%s", message);
     api_submit(call->api, call->rq, c);
 }
