@@ -754,8 +754,8 @@ static int cmd_rollout(cli *c)
     } else {
         printf("%s v%lld (seq %lld, %s)\n", tenant, version, num(doc, "seq"), str(doc, "kind"));
         print_summary(doc);
-        printf("%-20s %-10s %-10s %-8s %-8s %s\n", "AGENT", "POP", "STATE", "APPLIED", "LIVE",
-               "DETAIL");
+        printf("%-20s %-10s %-10s %-8s %-8s %-9s %-7s %s\n", "AGENT", "POP", "STATE", "APPLIED",
+               "LIVE", "REQUESTS", "ERRORS", "DETAIL");
         size_t i;
         json_t *a;
         json_array_foreach(json_object_get(doc, "agents"), i, a)
@@ -765,8 +765,18 @@ static int cmd_rollout(cli *c)
                 snprintf(detail, sizeof(detail), "%s: %s", str(a, "reason"), str(a, "detail"));
             else if (json_is_true(json_object_get(a, "stale")))
                 snprintf(detail, sizeof(detail), "stale");
-            printf("%-20s %-10s %-10s %-8lld %-8lld %s\n", str(a, "agent_id"), str(a, "pop"),
-                   str(a, "state"), num(a, "applied_version"), num(a, "live_version"), detail);
+            /* What this version's code did there (errors: failures and
+             * the handler's own 5xx), or "-" when the agent reported none. */
+            json_t *t = json_object_get(a, "traffic");
+            char requests[24] = "-", errors[24] = "-";
+            if (t != NULL) {
+                snprintf(requests, sizeof(requests), "%lld", num(t, "requests"));
+                snprintf(errors, sizeof(errors), "%lld",
+                         num(t, "errors") + num(t, "status_5xx") + num(t, "limit_kills"));
+            }
+            printf("%-20s %-10s %-10s %-8lld %-8lld %-9s %-7s %s\n", str(a, "agent_id"),
+                   str(a, "pop"), str(a, "state"), num(a, "applied_version"),
+                   num(a, "live_version"), requests, errors, detail);
         }
     }
     json_decref(doc);
