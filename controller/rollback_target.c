@@ -24,6 +24,9 @@ static Popcast__Manifest *manifest_of(pc_store *store, const char *tenant, uint6
 /* Appends "; " and a printf-style text to why (truncated, never
  * overflowing). */
 static void add_reason(char *why, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void add_reason(char *why, size_t cap, const char *fmt, ...)
 {
     size_t n = strlen(why);
     if (n > 0 && n + 3 < cap) {
