@@ -326,6 +326,30 @@ static json_t *status(void *arg)
         pc_subscriber_counts(ag->sub, &received, &dropped);
     json_object_set_new(s, "agent_id", json_string(ag->agent_id));
     json_object_set_new(s, "pop", json_string(ag->cfg.pop));
+    /* Each tenant's request counts as they are now (reports carry them
+     * as of the last traffic interval). */
+    size_t i;
+    json_t *t;
+    json_array_foreach(json_object_get(s, "tenants"), i, t)
+    {
+        pc_version_traffic got[PC_TRAFFIC_VERSIONS];
+        size_t n = ag->traffic != NULL
+                       ? pc_traffic_current(ag->traffic,
+                                            json_string_value(json_object_get(t, "tenant")), got)
+                       : 0;
+        json_t *list = json_array();
+        for (size_t k = 0; k < n; k++)
+            json_array_append_new(list, json_pack("{s:I,s:I,s:I,s:I,s:I}", "version",
+                                                  (json_int_t)got[k].version, "requests",
+                                                  (json_int_t)got[k].requests, "errors",
+                                                  (json_int_t)got[k].errors, "limit_kills",
+                                                  (json_int_t)got[k].limit_kills, "status_5xx",
+                                                  (json_int_t)got[k].status_5xx));
+        json_object_set_new(t, "traffic", list);
+    }
+    if (ag->traffic != NULL)
+        json_object_set_new(s, "traffic_since_unix_ms",
+                            json_integer((json_int_t)pc_traffic_since_ms(ag->traffic)));
     json_object_set_new(s, "identity_key", json_string(ag->identity_public));
     json_object_set_new(
         s, "pubsub",

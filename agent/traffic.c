@@ -120,17 +120,32 @@ bool pc_traffic_publish(pc_traffic *t)
     return moved;
 }
 
-size_t pc_traffic_get(pc_traffic *t, const char *tenant,
-                      pc_version_traffic out[PC_TRAFFIC_VERSIONS])
+/* tenant's counts, published or current. */
+static size_t counts_of(pc_traffic *t, const char *tenant, bool published,
+                        pc_version_traffic out[PC_TRAFFIC_VERSIONS])
 {
     size_t n = 0;
     pthread_mutex_lock(&t->lock);
     const tenant_counts *c = pc_strmap_get(t->tenants, tenant);
-    for (size_t i = 0; c != NULL && i < PC_TRAFFIC_VERSIONS; i++)
-        if (c->s[i].shown.version != 0 && c->s[i].shown.requests > 0)
-            out[n++] = c->s[i].shown;
+    for (size_t i = 0; c != NULL && i < PC_TRAFFIC_VERSIONS; i++) {
+        const pc_version_traffic *v = published ? &c->s[i].shown : &c->s[i].now;
+        if (v->version != 0 && v->requests > 0)
+            out[n++] = *v;
+    }
     pthread_mutex_unlock(&t->lock);
     return n;
+}
+
+size_t pc_traffic_get(pc_traffic *t, const char *tenant,
+                      pc_version_traffic out[PC_TRAFFIC_VERSIONS])
+{
+    return counts_of(t, tenant, true, out);
+}
+
+size_t pc_traffic_current(pc_traffic *t, const char *tenant,
+                          pc_version_traffic out[PC_TRAFFIC_VERSIONS])
+{
+    return counts_of(t, tenant, false, out);
 }
 
 int pc_traffic_attach(pc_traffic *t, Popcast__TenantStatus *ts)

@@ -57,6 +57,11 @@ bool pc_traffic_publish(pc_traffic *t);
 size_t pc_traffic_get(pc_traffic *t, const char *tenant,
                       pc_version_traffic out[PC_TRAFFIC_VERSIONS]);
 
+/* The same, as counted now (not as published): the agent's own
+ * /v1/status shows these. */
+size_t pc_traffic_current(pc_traffic *t, const char *tenant,
+                          pc_version_traffic out[PC_TRAFFIC_VERSIONS]);
+
 /* Sets ts->traffic (malloc'd: every element and the array, as
  * pc_applier_status_clear frees them) to ts->tenant's published counts.
  * PC_E_NOMEM leaves ts without any. */

@@ -123,6 +123,18 @@ static void test_counts_reach_the_rollout_view(void **state)
     json_int_t since_a = num(a, "since_unix_ms");
     assert_true(since_a > 0);
     json_decref(doc);
+    /* The agent's own status shows the same counts, and since when. */
+    json_t *st = pc_test_agent_status(&agents[0]);
+    assert_non_null(st);
+    assert_int_equal(num(st, "traffic_since_unix_ms"), since_a);
+    json_t *web = json_array_get(json_object_get(st, "tenants"), 0);
+    json_t *v1 = json_array_get(json_object_get(web, "traffic"), 0);
+    assert_int_equal(num(v1, "version"), 1);
+    assert_int_equal(num(v1, "requests"), 30);
+    assert_int_equal(num(v1, "errors"), 6);
+    assert_int_equal(num(v1, "status_5xx"), 3);
+    assert_int_equal(num(v1, "limit_kills"), 1);
+    json_decref(st);
 
     /* A new version counts apart; the old one's counts stay shown. */
     assert_int_equal(pc_test_deploy_lua(&env, &ctl, "web", handler), 2);

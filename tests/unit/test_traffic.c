@@ -34,6 +34,9 @@ static void test_counts_show_once_published(void **state)
     count_n(t, "app", 1, PC_TRAFFIC_LIMIT, 1);
     count_n(t, "app", 1, PC_TRAFFIC_5XX, 3);
     assert_int_equal(pc_traffic_get(t, "app", got), 0);
+    /* As counted now, they show at once (the agent's own status). */
+    assert_int_equal(pc_traffic_current(t, "app", got), 1);
+    assert_int_equal(got[0].requests, 13);
     assert_true(pc_traffic_publish(t));
     assert_int_equal(pc_traffic_get(t, "app", got), 1);
     assert_int_equal(got[0].version, 1);
