@@ -24,6 +24,7 @@
 #include "log.h"
 #include "names.h"
 #include "strmap.h"
+#include "ticker.h"
 
 #define MAX_REQUEST_HEADERS 128
 #define REQUEST_HEAD_MAX    (32 * 1024)
@@ -70,12 +71,7 @@ struct pc_edge {
     pc_strmap *clients; /* client key -> open connections (as a pointer) */
     edge_conn *conns;
     /* The sweeper closes connections past their request deadline. */
-    pthread_t sweeper;
-    bool sweeper_running;
-    pthread_mutex_t stop_lock;
-    pthread_cond_t stop_cond;
-    bool stopping;
-    unsigned sweep_ms;
+    pc_ticker *sweeper;
     pc_metric *m_open, *m_refused_limit, *m_refused_client, *m_timeouts;
     pc_metric *m_requests, *m_unknown, *m_errors, *m_too_large, *m_quarantined;
     pc_metric *m_bad_status, *m_bad_header, *m_bad_count, *m_bad_bytes, *m_dropped;
@@ -296,22 +292,9 @@ static void sweep_once(pc_edge *e)
     pc_mutex_unlock(&e->lock);
 }
 
-static void *sweeper_main(void *arg)
+static void sweep(void *arg)
 {
-    pc_edge *e = arg;
-    pthread_mutex_lock(&e->stop_lock);
-    while (!e->stopping) {
-        struct timespec deadline;
-        pc_deadline_after_ms(&deadline, e->sweep_ms);
-        pthread_cond_timedwait(&e->stop_cond, &e->stop_lock, &deadline);
-        if (e->stopping)
-            break;
-        pthread_mutex_unlock(&e->stop_lock);
-        sweep_once(e);
-        pthread_mutex_lock(&e->stop_lock);
-    }
-    pthread_mutex_unlock(&e->stop_lock);
-    return NULL;
+    sweep_once(arg);
 }
 
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
@@ -902,13 +885,7 @@ static int check_options(const pc_edge_options *opt, pc_err *err)
 
 static void edge_free(pc_edge *e)
 {
-    if (e->sweeper_running) {
-        pthread_mutex_lock(&e->stop_lock);
-        e->stopping = true;
-        pthread_cond_signal(&e->stop_cond);
-        pthread_mutex_unlock(&e->stop_lock);
-        pthread_join(e->sweeper, NULL);
-    }
+    pc_ticker_stop(e->sweeper);
     /* Closes every connection: each one's end is notified, which gives
      * its slot back and frees it. */
     if (e->daemon != NULL)
@@ -919,8 +896,6 @@ static void edge_free(pc_edge *e)
         free(c);
     }
     pc_strmap_free(e->clients);
-    pthread_cond_destroy(&e->stop_cond);
-    pthread_mutex_destroy(&e->stop_lock);
     pc_mutex_destroy(&e->lock);
     free(e);
 }
@@ -950,12 +925,10 @@ int pc_edge_start(pc_edge **out, const pc_edge_options *opt, pc_err *err)
     }
     e->opt = *opt;
     pc_mutex_init(&e->lock);
-    pthread_mutex_init(&e->stop_lock, NULL);
-    pthread_cond_init(&e->stop_cond, NULL);
     /* A deadline is enforced within a quarter of it (at most a second)
      * after it passed. */
-    e->sweep_ms = opt->request_timeout_ms / 4;
-    e->sweep_ms = e->sweep_ms < 10 ? 10 : e->sweep_ms > 1000 ? 1000 : e->sweep_ms;
+    unsigned sweep_ms = opt->request_timeout_ms / 4;
+    sweep_ms = sweep_ms < 10 ? 10 : sweep_ms > 1000 ? 1000 : sweep_ms;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     unsigned threads = opt->threads ? opt->threads : (unsigned)(ncpu > 0 ? ncpu : 1);
     e->m_requests = pc_metrics_counter(opt->metrics, "popcast_edge_requests_total", NULL,
@@ -1007,12 +980,11 @@ int pc_edge_start(pc_edge **out, const pc_edge_options *opt, pc_err *err)
     e->m_timeouts = pc_metrics_counter(opt->metrics, "popcast_edge_request_timeouts_total", NULL,
                                        "connections closed because a request ran past "
                                        "edge_request_timeout_ms");
-    if (pthread_create(&e->sweeper, NULL, sweeper_main, e) != 0) {
+    if ((rc = pc_ticker_start(&e->sweeper, sweep_ms, sweep, e, err)) != PC_OK) {
         freeaddrinfo(ai);
         edge_free(e);
-        return pc_err_set(err, PC_E_NOMEM, "cannot start the edge's deadline thread");
+        return rc;
     }
-    e->sweeper_running = true;
     /* libmicrohttpd's own limit splits between its threads: it is set so
      * that it never refuses before the edge's count (on_accept) does. Its
      * idle timeout, in whole seconds, is a backstop for the sweeper. */

@@ -8,18 +8,17 @@
 #include <string.h>
 
 #include "clock.h"
+#include "ticker.h"
 
 struct pc_edge_prober {
     pc_edge *edge;
     uint64_t interval_ms, timeout_ms;
     pc_metric *m_probes;
     pthread_mutex_t lock; /* guards what follows */
-    pthread_cond_t wake;
-    bool stopping;
     bool ok;
     int64_t done_ms; /* when the last probe completed (pc_mono_ms) */
     char why[sizeof(((pc_err *)0)->msg)];
-    pthread_t thread;
+    pc_ticker *ticker;
 };
 
 static void probe_once(pc_edge_prober *p)
@@ -34,23 +33,9 @@ static void probe_once(pc_edge_prober *p)
     pthread_mutex_unlock(&p->lock);
 }
 
-static void *prober_main(void *arg)
+static void probe(void *arg)
 {
-    pc_edge_prober *p = arg;
-    pthread_mutex_lock(&p->lock);
-    while (!p->stopping) {
-        struct timespec deadline;
-        pc_deadline_after_ms(&deadline, p->interval_ms);
-        /* A spurious wake only probes early. */
-        pthread_cond_timedwait(&p->wake, &p->lock, &deadline);
-        if (p->stopping)
-            break;
-        pthread_mutex_unlock(&p->lock);
-        probe_once(p);
-        pthread_mutex_lock(&p->lock);
-    }
-    pthread_mutex_unlock(&p->lock);
-    return NULL;
+    probe_once(arg);
 }
 
 int pc_edge_prober_start(pc_edge_prober **out, pc_edge *edge, uint64_t interval_ms,
@@ -69,13 +54,12 @@ int pc_edge_prober_start(pc_edge_prober **out, pc_edge *edge, uint64_t interval_
         p->m_probes = pc_metrics_counter(metrics, "popcast_agent_edge_probes_total", NULL,
                                          "health probes the agent sent its own edge (for /readyz)");
     pthread_mutex_init(&p->lock, NULL);
-    pthread_cond_init(&p->wake, NULL); /* pc_deadline_after_ms's clock */
     probe_once(p);
-    if (pthread_create(&p->thread, NULL, prober_main, p) != 0) {
-        pthread_cond_destroy(&p->wake);
+    int rc = pc_ticker_start(&p->ticker, interval_ms, probe, p, err);
+    if (rc != PC_OK) {
         pthread_mutex_destroy(&p->lock);
         free(p);
-        return pc_err_set(err, PC_E_NOMEM, "cannot start the edge prober thread");
+        return rc;
     }
     *out = p;
     return PC_OK;
@@ -100,12 +84,7 @@ void pc_edge_prober_stop(pc_edge_prober *p)
 {
     if (p == NULL)
         return;
-    pthread_mutex_lock(&p->lock);
-    p->stopping = true;
-    pthread_cond_signal(&p->wake);
-    pthread_mutex_unlock(&p->lock);
-    pthread_join(p->thread, NULL);
-    pthread_cond_destroy(&p->wake);
+    pc_ticker_stop(p->ticker);
     pthread_mutex_destroy(&p->lock);
     free(p);
 }
