@@ -11,12 +11,14 @@
 #include "api_internal.h"
 #include "log.h"
 #include "names.h"
+#include "openapi_doc.h"
 #include "registry.h"
 
 static void get_health(api_call *call);
 static void get_livez(api_call *call);
 static void get_readyz(api_call *call);
 static void get_metrics(api_call *call);
+static void get_openapi(api_call *call);
 
 #define GET(p, auth, h)                                                                            \
     {                                                                                              \
@@ -34,6 +36,7 @@ static const api_route routes[] = {
     GET("/v1/health", API_PUBLIC, get_health),
     GET("/livez", API_PUBLIC, get_livez),
     GET("/readyz", API_PUBLIC, get_readyz),
+    GET("/v1/openapi.yaml", API_PUBLIC, get_openapi),
     GET("/v1/tenants", API_TENANT, api_get_tenants),
     GET("/v1/tenants/{tenant}", API_TENANT, api_get_tenant),
     WRITE("DELETE", "/v1/tenants/{tenant}", API_TENANT, api_delete_tenant),
@@ -307,6 +310,13 @@ static void get_readyz(api_call *call)
                         (unsigned long long)h.last_applied, (unsigned long long)h.commit_index);
     }
     pc_health_reply(call->rq, &r, call->match->query);
+}
+
+/* The API's description, as built in (docs/openapi.yaml): public, like
+ * the routes it lists are to anyone who reads the source. */
+static void get_openapi(api_call *call)
+{
+    pc_httpd_reply(call->rq, 200, "application/yaml", pc_openapi_yaml, pc_openapi_yaml_len, NULL);
 }
 
 static void get_metrics(api_call *call)

@@ -267,6 +267,32 @@ static void test_routes_and_methods(void **state)
     expect_nothing_stored();
 }
 
+/* The API's description is public and is the document in the source
+ * tree, byte for byte; writing to it is not a route. */
+static void test_openapi_document_served(void **state)
+{
+    pc_http_result r;
+    pc_err err;
+    assert_int_equal(
+        pc_http_call(ctl.api_url, "GET", "/v1/openapi.yaml", NULL, NULL, 0, 30000, &r, &err),
+        PC_OK);
+    assert_int_equal(r.status, 200);
+    const char *ct = pc_http_result_header(&r, "Content-Type");
+    assert_non_null(ct);
+    assert_string_equal(ct, "application/yaml");
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/docs/openapi.yaml", getenv("POPCAST_SOURCE_DIR"));
+    size_t len = 0;
+    char *want = pc_test_read_file(path, &len);
+    assert_non_null(want);
+    assert_int_equal(r.body_len, len);
+    assert_memory_equal(r.body, want, len);
+    free(want);
+    pc_http_result_free(&r);
+    expect_error("POST", "/v1/openapi.yaml", env.token, "application/yaml", "x", 1, 405,
+                 "method_not_allowed");
+}
+
 /* Sends bytes on a raw connection and returns everything the server
  * answers until it closes the connection (NUL-terminated). */
 static void raw_exchange(const char *bytes, char *answer, size_t cap)
@@ -425,6 +451,7 @@ int main(void)
         cmocka_unit_test(test_bad_bundles),
         cmocka_unit_test(test_malformed_json_and_missing_fields),
         cmocka_unit_test(test_routes_and_methods),
+        cmocka_unit_test(test_openapi_document_served),
         cmocka_unit_test(test_unread_bodies_never_become_requests),
         cmocka_unit_test(test_malformed_heads_are_never_served),
         cmocka_unit_test(test_error_messages_quote_any_bytes),
