@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "httpd.h"
-#include "router.h"
+#include "openapi_agent_doc.h"
 
 struct pc_admin {
     pc_httpd *server;
@@ -62,11 +62,25 @@ static void get_readyz(pc_admin *a, pc_httpd_req *rq, const char *query)
     pc_health_reply(rq, &r, query);
 }
 
+/* This API's description, as built in (docs/openapi-agent.yaml). */
+static void get_openapi(pc_admin *a, pc_httpd_req *rq, const char *query)
+{
+    (void)a;
+    (void)query;
+    pc_httpd_reply(rq, 200, "application/yaml", pc_openapi_agent_yaml, pc_openapi_agent_yaml_len,
+                   NULL);
+}
+
 static const admin_route routes[] = {
     {{"GET", "/v1/health"}, get_health}, {{"GET", "/livez"}, get_livez},
     {{"GET", "/readyz"}, get_readyz},    {{"GET", "/v1/status"}, get_status},
-    {{"GET", "/metrics"}, get_metrics},
+    {{"GET", "/metrics"}, get_metrics},  {{"GET", "/v1/openapi.yaml"}, get_openapi},
 };
+
+const pc_route *pc_admin_route(size_t i)
+{
+    return i < sizeof(routes) / sizeof(routes[0]) ? &routes[i].route : NULL;
+}
 
 static void route(pc_httpd_req *rq)
 {

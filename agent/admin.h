@@ -13,6 +13,7 @@
 #include "err.h"
 #include "health.h"
 #include "metrics.h"
+#include "router.h"
 
 typedef struct pc_admin pc_admin;
 
@@ -29,5 +30,9 @@ int pc_admin_start(pc_admin **out, const char *url, pc_metrics *metrics,
 void pc_admin_stop(pc_admin *a);
 /* The url it listens on, with the port actually bound (url may name 0). */
 const char *pc_admin_bound_url(const pc_admin *a);
+
+/* The i-th route the admin server answers, NULL past the last (tests
+ * hold the table against docs/openapi-agent.yaml). */
+const pc_route *pc_admin_route(size_t i);
 
 #endif

@@ -30,7 +30,7 @@ grep -q 'complete -o default -F _popcast popcast' "$root/share/bash-completion/c
     fail "bash completion not installed"
 grep -q '^#compdef popcast' "$root/share/zsh/vendor-completions/_popcast" ||
     fail "zsh completion not installed"
-for f in operations.md api.md openapi.yaml security.md; do
+for f in operations.md api.md openapi.yaml openapi-agent.yaml security.md; do
     [ -f "$doc/$f" ] || fail "docs/$f not installed"
 done
 for d in controller agent relay; do

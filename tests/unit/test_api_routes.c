@@ -17,6 +17,7 @@
 
 #include "api_internal.h"
 #include "openapi_doc.h"
+#include "openapi_scan.h"
 
 static void test_table_is_well_formed(void **state)
 {
@@ -102,91 +103,18 @@ static void test_parse_u64(void **state)
     assert_int_equal(api_parse_u64(NULL, &v), -1);
 }
 
-/* pattern with every {name} made {}: the document and the table may
- * name a parameter differently. */
-static void shape(const char *pattern, char *out, size_t cap)
-{
-    size_t n = 0;
-    for (const char *p = pattern; *p != '\0' && n + 3 < cap; p++) {
-        out[n++] = *p;
-        if (*p == '{') {
-            while (*p != '\0' && *p != '}')
-                p++;
-            out[n++] = '}';
-            if (*p == '\0')
-                break;
-        }
-    }
-    out[n] = '\0';
-}
-
-typedef struct documented {
-    char method[8], shape[160];
-    bool has_id, routed;
-} documented;
-
-/* The operations the built-in document lists: its lines "  /path:" and,
- * under them, "    get:" etc. (the file's own layout; docs/openapi.yaml
- * keeps it), and whether each has an operationId. */
-static size_t documented_operations(documented *ops, size_t cap)
-{
-    const char *doc = (const char *)pc_openapi_yaml;
-    char path[160] = "";
-    size_t n = 0;
-    bool in_paths = false;
-    for (const char *line = doc; *line != '\0';) {
-        const char *end = strchr(line, '\n');
-        size_t len = end ? (size_t)(end - line) : strlen(line);
-        char l[256];
-        snprintf(l, sizeof(l), "%.*s", (int)(len < sizeof(l) - 1 ? len : sizeof(l) - 1), line);
-        if (strcmp(l, "paths:") == 0)
-            in_paths = true;
-        else if (l[0] != ' ' && l[0] != '\0')
-            in_paths = false;
-        else if (in_paths && strncmp(l, "  /", 3) == 0 && l[len - 1] == ':') {
-            l[len - 1] = '\0';
-            shape(l + 2, path, sizeof(path));
-        } else if (in_paths && (strcmp(l, "    get:") == 0 || strcmp(l, "    post:") == 0 ||
-                                strcmp(l, "    put:") == 0 || strcmp(l, "    delete:") == 0)) {
-            assert_true(n < cap);
-            memset(&ops[n], 0, sizeof(ops[n]));
-            for (size_t i = 0; l[4 + i] != ':'; i++)
-                ops[n].method[i] = (char)(l[4 + i] - 'a' + 'A');
-            snprintf(ops[n].shape, sizeof(ops[n].shape), "%s", path);
-            n++;
-        } else if (in_paths && n > 0 && strncmp(l, "      operationId: ", 19) == 0) {
-            ops[n - 1].has_id = true;
-        }
-        line = end ? end + 1 : line + len;
-    }
-    return n;
-}
-
 static void test_openapi_describes_every_route(void **state)
 {
-    static documented ops[128];
-    size_t n_ops = documented_operations(ops, 128), n = 0;
+    size_t n = 0;
     const api_route *r = pc_api_routes(&n);
-    assert_true(n_ops >= n);
+    static const char *methods[128], *patterns[128];
+    assert_true(n <= 128);
     for (size_t i = 0; i < n; i++) {
-        char s[160];
-        shape(r[i].route.pattern, s, sizeof(s));
-        bool found = false;
-        for (size_t k = 0; k < n_ops; k++)
-            if (strcmp(ops[k].method, r[i].route.method) == 0 && strcmp(ops[k].shape, s) == 0) {
-                ops[k].routed = found = true;
-            }
-        if (!found)
-            fail_msg("route %s %s is not in docs/openapi.yaml", r[i].route.method,
-                     r[i].route.pattern);
+        methods[i] = r[i].route.method;
+        patterns[i] = r[i].route.pattern;
     }
-    for (size_t k = 0; k < n_ops; k++) {
-        if (!ops[k].routed)
-            fail_msg("docs/openapi.yaml lists %s %s, which no route answers", ops[k].method,
-                     ops[k].shape);
-        if (!ops[k].has_id)
-            fail_msg("docs/openapi.yaml: %s %s has no operationId", ops[k].method, ops[k].shape);
-    }
+    pc_openapi_check_routes((const char *)pc_openapi_yaml, "docs/openapi.yaml", methods, patterns,
+                            n);
     assert_int_equal(strlen((const char *)pc_openapi_yaml), pc_openapi_yaml_len);
 }
 
