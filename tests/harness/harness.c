@@ -1505,3 +1505,21 @@ int pc_test_deploy_tenants(pc_test_env *env, pc_test_controller *c, int from, in
         pthread_join(threads[k], NULL);
     return atomic_load(&d.failures);
 }
+
+void pc_test_expect_serves_file(const char *base_url, const char *path, const char *rel)
+{
+    pc_http_result r;
+    assert_int_equal(pc_http_call(base_url, "GET", path, NULL, NULL, 0, 30000, &r, NULL), PC_OK);
+    assert_int_equal(r.status, 200);
+    const char *src = getenv("POPCAST_SOURCE_DIR");
+    assert_non_null(src);
+    char file[1024];
+    snprintf(file, sizeof(file), "%s/%s", src, rel);
+    size_t len = 0;
+    char *want = pc_test_read_file(file, &len);
+    assert_non_null(want);
+    assert_int_equal(r.body_len, len);
+    assert_memory_equal(r.body, want, len);
+    free(want);
+    pc_http_result_free(&r);
+}

@@ -53,6 +53,9 @@ void pc_test_fill_random(uint8_t *buf, size_t len, uint64_t seed);
 char *pc_test_source_file(const char *relpath, size_t *len);
 /* A whole file, NUL-terminated (fails the test if it cannot be read). */
 char *pc_test_read_file(const char *path, size_t *len);
+/* Fails the test unless GET base_url + path answers 200 with exactly the
+ * bytes of the source tree's file rel (e.g. "docs/openapi.yaml"). */
+void pc_test_expect_serves_file(const char *base_url, const char *path, const char *rel);
 
 #define PC_PROC_MAX_PORTS 8
 typedef struct pc_proc {

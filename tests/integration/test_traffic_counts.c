@@ -137,20 +137,7 @@ static void test_counts_reach_the_rollout_view(void **state)
     assert_int_equal(num(v1, "limit_kills"), 1);
     json_decref(st);
     /* Its admin address describes itself: the source tree's document. */
-    pc_http_result r;
-    assert_int_equal(pc_http_call(agents[0].admin_url, "GET", "/v1/openapi.yaml", NULL, NULL, 0,
-                                  30000, &r, NULL),
-                     PC_OK);
-    assert_int_equal(r.status, 200);
-    char path[1024];
-    snprintf(path, sizeof(path), "%s/docs/openapi-agent.yaml", getenv("POPCAST_SOURCE_DIR"));
-    size_t len = 0;
-    char *want = pc_test_read_file(path, &len);
-    assert_non_null(want);
-    assert_int_equal(r.body_len, len);
-    assert_memory_equal(r.body, want, len);
-    free(want);
-    pc_http_result_free(&r);
+    pc_test_expect_serves_file(agents[0].admin_url, "/v1/openapi.yaml", "docs/openapi-agent.yaml");
 
     /* A new version counts apart; the old one's counts stay shown. */
     assert_int_equal(pc_test_deploy_lua(&env, &ctl, "web", handler), 2);
