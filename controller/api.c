@@ -130,12 +130,21 @@ static void redirect_to_leader(pc_api *api, pc_httpd_req *rq)
     pc_httpd_reply_json(rq, 307, o, headers);
 }
 
-/* Bounded write rates per token: one token cannot flood the log. */
-static bool within_write_rate(pc_api *api, pc_httpd_req *rq, const api_principal *who)
+bool api_take_writes(pc_api *api, pc_httpd_req *rq, bool admin, const char *token_id, size_t n,
+                     size_t taken)
 {
     int64_t retry = 0;
-    pc_ratelimit *limit = who->admin ? api->admin_writes : api->token_writes;
-    if (pc_ratelimit_take(limit, who->admin ? "admin" : who->token->id, pc_mono_ms(), &retry))
+    pc_ratelimit *limit = admin ? api->admin_writes : api->token_writes;
+    double burst = pc_ratelimit_burst(limit);
+    if (burst > 0 && (double)(n + taken) > burst) {
+        pc_httpd_error(rq, PC_E_INVALID,
+                       "%zu changes are more than this token may make at once (%.0f)", n + taken,
+                       burst);
+        return false;
+    }
+    if (n == 0)
+        return true;
+    if (pc_ratelimit_take_n(limit, admin ? "admin" : token_id, (double)n, pc_mono_ms(), &retry))
         return true;
     char secs[24];
     snprintf(secs, sizeof(secs), "%lld", (long long)(retry + 999) / 1000);
@@ -235,7 +244,8 @@ static void route(pc_httpd_req *rq)
         pc_httpd_error(rq, PC_E_INVALID, "tenant names are 1 to 63 characters of a-z, 0-9 and '-'");
     } else if (r->write && api->opt.cluster != NULL && !pc_cluster_is_leader(api->opt.cluster)) {
         redirect_to_leader(api, rq);
-    } else if (!r->write || within_write_rate(api, rq, &who)) {
+    } else if (!r->write ||
+               api_take_writes(api, rq, who.admin, who.admin ? NULL : who.token->id, 1, 0)) {
         api_call call = {api, rq, &who, &m};
         r->handler(&call);
     }

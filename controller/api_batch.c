@@ -259,21 +259,7 @@ static void batch_body(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size_
     }
     /* The route took one change from the token's rate; the rest now, all
      * or none. */
-    int64_t retry = 0;
-    pc_ratelimit *limit = b->admin ? api->admin_writes : api->token_writes;
-    double burst = pc_ratelimit_burst(limit);
-    if (b->n > 1 && burst > 0 && (double)b->n > burst) {
-        pc_httpd_error(rq, PC_E_INVALID,
-                       "a batch of %zu changes is more than this token may make at once (%.0f)",
-                       b->n, burst);
-    } else if (b->n > 1 && !pc_ratelimit_take_n(limit, b->admin ? "admin" : b->token_id,
-                                                (double)(b->n - 1), pc_mono_ms(), &retry)) {
-        char secs[24];
-        snprintf(secs, sizeof(secs), "%lld", (long long)(retry + 999) / 1000);
-        const char *headers[] = {"Retry-After", secs, NULL};
-        pc_httpd_error_with(rq, PC_E_RATE_LIMITED, headers,
-                            "too many changes with this token; retry in %lld ms", (long long)retry);
-    } else {
+    if (api_take_writes(api, rq, b->admin, b->token_id, b->n - 1, 1)) {
         atomic_store(&b->pending, b->n + 1);
         for (size_t i = 0; i < b->n; i++) {
             if (pc_pipeline_submit(api->pipeline, changes[i], &err) != PC_OK) {

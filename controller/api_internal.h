@@ -78,6 +78,13 @@ json_t *api_hash_json(const uint8_t *hash, size_t len);
 /* Queues c with the pipeline; the answer is sent when it commits (or it
  * is refused now). Takes c. */
 void api_submit(pc_api *api, pc_httpd_req *rq, pc_change *c);
+/* Bounded write rates per token, so one token cannot flood the log: takes
+ * n more changes from the caller's bucket (the admin's, or token_id's),
+ * all or none, for a request that took `taken` already. false after
+ * answering: 400 when n + taken is more than the bucket's burst (it could
+ * never pass), 429 with Retry-After when too few are left. */
+bool api_take_writes(pc_api *api, pc_httpd_req *rq, bool admin, const char *token_id, size_t n,
+                     size_t taken);
 /* POST /v1/changes (api_batch.c): at most this many changes, in a body
  * of at most this many bytes. */
 #define PC_API_BATCH_MAX      256
