@@ -20,8 +20,10 @@
 static pc_test_env env;
 static pc_test_controller ctl;
 
-/* A tight limit for scoped tokens, so the limit test is exact. */
-static const char *const limits[] = {"--token-write-rate", "1", "--token-write-burst", "4", NULL};
+/* A tight limit for scoped tokens, so the limit test is exact; bundles
+ * of at most 64 KiB, so the size test stays small. */
+static const char *const limits[] = {
+    "--token-write-rate", "1", "--token-write-burst", "4", "--max-bundle", "64KiB", NULL};
 
 static int setup(void **state)
 {
@@ -127,6 +129,30 @@ static void test_batch_goes_live(void **state)
         assert_string_equal(got, says[i]);
     }
     pc_test_agent_stop(&agent);
+}
+
+/* One bundle over max_bundle refuses the batch: 413, nothing made. */
+static void test_oversized_change_makes_nothing(void **state)
+{
+    size_t big = 70 * 1024;
+    char *body = malloc(big + 256);
+    assert_non_null(body);
+    size_t n = (size_t)snprintf(body, 256,
+                                "{\"changes\": [{\"tenant\": \"o-one\", \"source\": \"return 1\"},"
+                                "{\"tenant\": \"o-two\", \"source\": \"return '");
+    memset(body + n, 'x', big);
+    n += big;
+    snprintf(body + n, 256, "'\"}]}");
+    json_t *doc = NULL;
+    assert_int_equal(post(env.token, body, NULL, NULL, &doc), 413);
+    free(body);
+    assert_string_equal(error_code(doc), "too_large");
+    assert_non_null(
+        strstr(json_string_value(json_object_get(json_object_get(doc, "error"), "message")),
+               "change 1 (o-two)"));
+    json_decref(doc);
+    assert_false(exists("o-one"));
+    assert_false(exists("o-two"));
 }
 
 /* One change the runtime cannot load refuses the batch: nothing made. */
@@ -285,6 +311,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batch_goes_live),
         cmocka_unit_test(test_one_bad_change_makes_nothing),
+        cmocka_unit_test(test_oversized_change_makes_nothing),
         cmocka_unit_test(test_hostile_bodies),
         cmocka_unit_test(test_scoped_token),
         cmocka_unit_test(test_idempotent_changes),
