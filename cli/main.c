@@ -2147,6 +2147,10 @@ static int parse(cli *c, const command *k, int argc, char **argv, int first)
             return usage_error(k, NULL, "give %s or %s, not both", o->name,
                                options[o->excludes].name);
     }
+    /* health: a baseline is an earlier version than the one judged. */
+    if (c->given[O_BASELINE] != 0 && c->nargs > 1 && c->baseline >= strtoll(c->args[1], NULL, 10))
+        return usage_error(k, NULL, "--baseline %lld is not below VERSION %s", c->baseline,
+                           c->args[1]);
     return 0;
 }
 

@@ -434,6 +434,11 @@ static void test_bad_values_send_nothing(void **state)
                      ARGS("cluster", "add", v, "127.0.0.1:9", "http://127.0.0.1:9"));
         expect_usage("cluster remove", "is not a node id", ARGS("cluster", "remove", v));
     }
+    /* A baseline is below the version judged. */
+    expect_usage("health", "--baseline 2 is not below VERSION 2",
+                 ARGS("health", "app", "2", "--baseline", "2"));
+    expect_usage("health", "--baseline 9 is not below VERSION 2",
+                 ARGS("health", "app", "2", "--baseline", "9"));
     /* --timeout and --fraction, for each command that waits; neither
      * without --wait. The write must not happen first. */
     const char *bad_timeouts[] = {"0", "-5", "abc", "86401", "1.5", ""};
