@@ -1523,3 +1523,14 @@ void pc_test_expect_serves_file(const char *base_url, const char *path, const ch
     free(want);
     pc_http_result_free(&r);
 }
+
+void pc_test_agents_start_for(pc_test_env *env, pc_test_agent *agents, int n, const char *prefix,
+                              pc_test_controller *c, const char *const *extra)
+{
+    memset(agents, 0, (size_t)n * sizeof(*agents));
+    for (int i = 0; i < n; i++) {
+        char id[64];
+        snprintf(id, sizeof(id), "%s%d", prefix, i);
+        pc_test_agent_start_for(env, &agents[i], id, c, extra);
+    }
+}

@@ -162,6 +162,9 @@ void pc_test_agent_start(pc_test_env *env, pc_test_agent *a, const char *id,
 /* The common case: one controller. */
 void pc_test_agent_start_for(pc_test_env *env, pc_test_agent *a, const char *id,
                              pc_test_controller *c, const char *const *extra);
+/* n agents of c (zeroed first), named prefix0, prefix1, ... */
+void pc_test_agents_start_for(pc_test_env *env, pc_test_agent *agents, int n, const char *prefix,
+                              pc_test_controller *c, const char *const *extra);
 void pc_test_agent_stop(pc_test_agent *a);
 
 typedef struct pc_test_relay {

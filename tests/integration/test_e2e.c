@@ -196,12 +196,7 @@ static void test_rollback_default_target(void **state)
     pc_test_controller ctl = {0};
     pc_test_controller_start(&env, &ctl, NULL);
     pc_test_agent agents[2];
-    memset(agents, 0, sizeof(agents));
-    for (int i = 0; i < 2; i++) {
-        char id[16];
-        snprintf(id, sizeof(id), "agent-%d", i);
-        pc_test_agent_start_for(&env, &agents[i], id, &ctl, NULL);
-    }
+    pc_test_agents_start_for(&env, agents, 2, "agent-", &ctl, NULL);
     const char *bad = "error('boom at load')\n";
     char src[512];
 

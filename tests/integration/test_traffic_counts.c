@@ -62,26 +62,46 @@ static json_int_t num(json_t *o, const char *key)
     return json_integer_value(json_object_get(o, key));
 }
 
+/* GET path on the controller: 200, and the document. */
+static json_t *get_doc(pc_test_env *env, pc_test_controller *ctl, const char *path)
+{
+    pc_http_result r;
+    assert_int_equal(pc_test_api(env, ctl, "GET", path, NULL, NULL, 0, &r), 200);
+    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    assert_non_null(doc);
+    pc_http_result_free(&r);
+    return doc;
+}
+
+/* Polls path until doc[outer][inner]["requests"] (inner may be NULL) is
+ * `requests`, then returns that document; more, or none in time, fails. */
+static json_t *wait_requests_at(pc_test_env *env, pc_test_controller *ctl, const char *path,
+                                const char *outer, const char *inner, json_int_t requests)
+{
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    for (;;) {
+        json_t *doc = get_doc(env, ctl, path);
+        json_t *o = json_object_get(doc, outer);
+        json_int_t got = num(inner != NULL ? json_object_get(o, inner) : o, "requests");
+        if (got == requests)
+            return doc;
+        if (got > requests || pc_test_now_ms() > deadline)
+            fail_msg("%s: %lld requests shown, expected %lld: %s", path, (long long)got,
+                     (long long)requests, json_dumps(doc, JSON_COMPACT));
+        json_decref(doc);
+        pc_test_sleep_ms(50);
+    }
+}
+
 /* Waits until web's version shows `requests` requests in total, then
  * returns its rollout document. */
 static json_t *wait_requests(pc_test_env *env, pc_test_controller *ctl, uint64_t version,
                              json_int_t requests)
 {
-    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
-    for (;;) {
-        json_t *doc = rollout_of(env, ctl, version, NULL);
-        json_t *sum = json_object_get(json_object_get(doc, "summary"), "traffic");
-        json_int_t got = num(sum, "requests");
-        if (got == requests)
-            return doc;
-        if (got > requests || pc_test_now_ms() > deadline) {
-            char *text = json_dumps(doc, JSON_COMPACT);
-            fail_msg("web v%llu: %lld requests shown, expected %lld: %s",
-                     (unsigned long long)version, (long long)got, (long long)requests, text);
-        }
-        json_decref(doc);
-        pc_test_sleep_ms(50);
-    }
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/tenants/web/versions/%llu/rollout",
+             (unsigned long long)version);
+    return wait_requests_at(env, ctl, path, "summary", "traffic", requests);
 }
 
 static void hit(pc_test_agent *a, const char *path, int times, int want_status)
@@ -98,9 +118,7 @@ static void test_counts_reach_the_rollout_view(void **state)
     pc_test_controller ctl = {0};
     pc_test_controller_start(&env, &ctl, NULL);
     pc_test_agent agents[2];
-    memset(agents, 0, sizeof(agents));
-    pc_test_agent_start_for(&env, &agents[0], "edge-a", &ctl, fast_counts);
-    pc_test_agent_start_for(&env, &agents[1], "edge-b", &ctl, fast_counts);
+    pc_test_agents_start_for(&env, agents, 2, "edge-", &ctl, fast_counts);
 
     assert_int_equal(pc_test_deploy_lua(&env, &ctl, "web", handler), 1);
     json_decref(rollout_of(&env, &ctl, 1, "complete")); /* no request sent to wait */
@@ -111,7 +129,7 @@ static void test_counts_reach_the_rollout_view(void **state)
     hit(&agents[1], "/", 10, 200);
 
     json_t *doc = wait_requests(&env, &ctl, 1, 40);
-    json_t *a = traffic_of(doc, "edge-a"), *b = traffic_of(doc, "edge-b");
+    json_t *a = traffic_of(doc, "edge-0"), *b = traffic_of(doc, "edge-1");
     assert_int_equal(num(a, "requests"), 30);
     assert_int_equal(num(a, "errors"), 6);
     assert_int_equal(num(a, "status_5xx"), 3);
@@ -144,17 +162,17 @@ static void test_counts_reach_the_rollout_view(void **state)
     json_decref(rollout_of(&env, &ctl, 2, "complete"));
     hit(&agents[1], "/fail", 5, 502);
     doc = wait_requests(&env, &ctl, 2, 5);
-    assert_int_equal(num(traffic_of(doc, "edge-b"), "errors"), 5);
-    assert_null(traffic_of(doc, "edge-a"));
+    assert_int_equal(num(traffic_of(doc, "edge-1"), "errors"), 5);
+    assert_null(traffic_of(doc, "edge-0"));
     json_decref(doc);
     json_decref(wait_requests(&env, &ctl, 1, 40));
 
     /* A restarted agent counts from zero, and says since when. */
     pc_test_agent_stop(&agents[0]);
-    pc_test_agent_start_for(&env, &agents[0], "edge-a", &ctl, fast_counts);
+    pc_test_agent_start_for(&env, &agents[0], agents[0].id, &ctl, fast_counts);
     hit(&agents[0], "/", 2, 200);
     doc = wait_requests(&env, &ctl, 2, 7);
-    a = traffic_of(doc, "edge-a");
+    a = traffic_of(doc, "edge-0");
     assert_int_equal(num(a, "requests"), 2);
     assert_true(num(a, "since_unix_ms") > since_a);
     json_decref(doc);
@@ -185,21 +203,10 @@ static int health(pc_test_env *env, pc_test_controller *ctl, uint64_t version, c
 static json_t *wait_health(pc_test_env *env, pc_test_controller *ctl, uint64_t version,
                            const char *query, json_int_t requests)
 {
-    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
-    for (;;) {
-        json_t *doc = NULL;
-        assert_int_equal(health(env, ctl, version, query, &doc), 200);
-        json_int_t got = num(json_object_get(doc, "candidate"), "requests");
-        if (got == requests)
-            return doc;
-        if (got > requests || pc_test_now_ms() > deadline) {
-            char *text = json_dumps(doc, JSON_COMPACT);
-            fail_msg("web v%llu health: %lld requests, expected %lld: %s",
-                     (unsigned long long)version, (long long)got, (long long)requests, text);
-        }
-        json_decref(doc);
-        pc_test_sleep_ms(50);
-    }
+    char path[256];
+    snprintf(path, sizeof(path), "/v1/tenants/web/versions/%llu/health%s",
+             (unsigned long long)version, query);
+    return wait_requests_at(env, ctl, path, "candidate", NULL, requests);
 }
 
 /* A version that fails 30 % of its requests, against one that failed
