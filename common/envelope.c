@@ -8,6 +8,7 @@
 
 #include "byteorder.h"
 #include "names.h"
+#include "target.h"
 
 int pc_manifest_has_content(const Popcast__Manifest *m)
 {
@@ -106,7 +107,8 @@ static int check_manifest_fields(const Popcast__Manifest *m, pc_err *err)
     case POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY:
     case POPCAST__ENTRY_KIND__ENTRY_KIND_ROLLBACK:
     case POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE:
-    case POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION: break;
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION:
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_STAGE: break;
     default: return pc_err_set(err, PC_E_INVALID, "manifest has unknown kind %d", (int)m->kind);
     }
     if (m->seq == 0)
@@ -129,7 +131,9 @@ static int check_manifest_fields(const Popcast__Manifest *m, pc_err *err)
         if (!pc_bundle_path_valid(m->entrypoint))
             return pc_err_set(err, PC_E_INVALID, "manifest entrypoint is not valid");
     }
-    return PC_OK;
+    if (m->target != NULL && m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE)
+        return pc_err_set(err, PC_E_INVALID, "a delete has no target: it applies everywhere");
+    return pc_target_check(m->target, err);
 }
 
 int pc_envelope_verify_manifest(const pc_keyring *ring, const Popcast__SignedManifest *sm,

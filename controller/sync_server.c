@@ -168,9 +168,8 @@ typedef struct snapshot_walk {
     pc_err err;
 } snapshot_walk;
 
-static int snapshot_item(void *arg, const char *tenant, uint64_t seq)
+static int snapshot_add(snapshot_walk *w, uint64_t seq)
 {
-    snapshot_walk *w = arg;
     if (w->n == w->cap) {
         size_t cap = w->cap ? w->cap * 2 : 64;
         Popcast__Entry **grown = realloc(w->entries, cap * sizeof(*grown));
@@ -186,6 +185,18 @@ static int snapshot_item(void *arg, const char *tenant, uint64_t seq)
         return 1;
     w->n++;
     return 0;
+}
+
+/* A tenant's latest entry, then the last STAGE of it: an agent that
+ * joins in the middle of a deployment makes it live only where the
+ * stage reached (docs/deployments.md). */
+static int snapshot_item(void *arg, const char *tenant, uint64_t seq, uint64_t stage_seq)
+{
+    (void)tenant;
+    snapshot_walk *w = arg;
+    if (snapshot_add(w, seq) != 0)
+        return 1;
+    return stage_seq != 0 ? snapshot_add(w, stage_seq) : 0;
 }
 
 typedef struct rotation_walk {

@@ -182,6 +182,7 @@ static void state_from_record(pc_tenant_state *t, const char *name, size_t name_
     t->deleted = r->deleted;
     t->live_version = r->live_version;
     t->live_seq = r->live_seq;
+    t->stage_seq = r->stage_seq;
     if (r->live_hash.len == PC_HASH_LEN)
         memcpy(t->live_hash, r->live_hash.data, PC_HASH_LEN);
 }
@@ -220,6 +221,7 @@ static int put_tenant_txn(pc_store *s, MDB_txn *txn, const pc_tenant_state *t, p
     r.deleted = t->deleted;
     r.live_version = t->live_version;
     r.live_seq = t->live_seq;
+    r.stage_seq = t->stage_seq;
     if (t->live_version != 0) {
         r.live_hash.data = (uint8_t *)t->live_hash;
         r.live_hash.len = PC_HASH_LEN;
@@ -483,6 +485,29 @@ static int put_rotation(pc_store *s, MDB_txn *txn, const Popcast__SignedManifest
     return PC_OK;
 }
 
+/* A STAGE (invariant 8): it widens where the active version is live, so
+ * it only moves the tenant's stage_seq, and only while the version it
+ * names is still the active one. One that a newer change overtook is
+ * logged and does nothing else (the controller that signed it had not
+ * seen that change yet); one naming a version the tenant never had is
+ * refused. */
+static int apply_stage(pc_store *s, MDB_txn *txn, apply_args *a, pc_tenant_state *t, pc_err *err)
+{
+    const Popcast__Manifest *m = a->m;
+    if (m->version > t->last_version)
+        return pc_err_set(err, PC_E_INVALID, "%s has no version %llu to stage (last is %llu)",
+                          m->tenant, (unsigned long long)m->version,
+                          (unsigned long long)t->last_version);
+    if (m->version != t->active_version || t->deleted || m->seq <= t->stage_seq) {
+        return PC_OK; /* a->applied stays false: a snapshot does not log it */
+    }
+    t->stage_seq = m->seq;
+    int rc = put_tenant_txn(s, txn, t, err);
+    if (rc == PC_OK)
+        a->applied = true;
+    return rc;
+}
+
 /* The tenant part of an apply: version rule, version record, blob refs,
  * tenant pointer. */
 static int apply_tenant(pc_store *s, MDB_txn *txn, apply_args *a, pc_err *err)
@@ -492,6 +517,8 @@ static int apply_tenant(pc_store *s, MDB_txn *txn, apply_args *a, pc_err *err)
     int rc = get_tenant_txn(s, txn, m->tenant, &t, err);
     if (rc != PC_OK && rc != PC_E_NOTFOUND)
         return rc;
+    if (m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_STAGE)
+        return apply_stage(s, txn, a, &t, err);
     if (m->version <= t.last_version) {
         if (!a->check_seq)
             return PC_OK; /* snapshot: we already have this or newer */
@@ -522,6 +549,7 @@ static int apply_tenant(pc_store *s, MDB_txn *txn, apply_args *a, pc_err *err)
         memset(t.active_hash, 0, PC_HASH_LEN);
         t.deleted = true;
     }
+    t.stage_seq = 0;
     t.last_version = m->version;
     if ((rc = put_tenant_txn(s, txn, &t, err)) != PC_OK)
         return rc;
@@ -976,8 +1004,9 @@ int pc_store_foreach_tenant(pc_store *s, int (*cb)(void *arg, const pc_tenant_st
 }
 
 int pc_store_snapshot_read(pc_store *s, uint64_t *seq,
-                           int (*cb)(void *arg, const char *tenant, uint64_t latest_seq), void *arg,
-                           pc_err *err)
+                           int (*cb)(void *arg, const char *tenant, uint64_t latest_seq,
+                                     uint64_t stage_seq),
+                           void *arg, pc_err *err)
 {
     pc_err_clear(err);
     MDB_txn *txn;
@@ -1005,7 +1034,7 @@ int pc_store_snapshot_read(pc_store *s, uint64_t *seq,
     if (rc == MAP_FULL_RETRY)
         rc = PC_E_STORE;
     for (size_t i = 0; rc == PC_OK && i < l.n; i++) {
-        int stop = cb(arg, l.items[i].tenant, seqs[i]);
+        int stop = cb(arg, l.items[i].tenant, seqs[i], l.items[i].stage_seq);
         if (stop != 0)
             rc = walk_stopped(err, stop);
     }

@@ -32,6 +32,14 @@
  *     stored one are dropped, a few per store, by the same transactions:
  *     every replica applies the same entries, so every replica keeps the
  *     same keys.
+ *  8. A STAGE entry (a deployment's next stage) names a version the
+ *     tenant already has and carries no content: it is exempt from
+ *     invariant 3, changes no version, blob or live pointer, and only
+ *     records its seq as the tenant's stage_seq while that version is
+ *     still the active one (any other change resets stage_seq to 0). One
+ *     for a version above last_version is refused (PC_E_INVALID); one
+ *     for an older version is logged and does nothing else. Snapshot
+ *     items of this kind follow the same rule.
  *
  * Layout (named databases):
  *   meta     string key -> bytes      "applied_seq" (u64 big-endian), ids,
@@ -138,10 +146,12 @@ int pc_store_install_snapshot(pc_store *s, uint64_t seq, const pc_store_item *it
                               bool *applied, pc_err *err);
 
 /* Reads, in one transaction, the applied seq and each tenant's latest
- * entry (the seq of its last version), then walks them (see "Walks"). */
+ * entry (the seq of its last version) and the last STAGE of it (0: none),
+ * then walks them (see "Walks"). */
 int pc_store_snapshot_read(pc_store *s, uint64_t *seq,
-                           int (*cb)(void *arg, const char *tenant, uint64_t latest_seq), void *arg,
-                           pc_err *err);
+                           int (*cb)(void *arg, const char *tenant, uint64_t latest_seq,
+                                     uint64_t stage_seq),
+                           void *arg, pc_err *err);
 
 /* Agent: records that tenant's version is now live (serving), in one
  * transaction, moving the "live" blob reference. version 0 clears it (the
@@ -177,6 +187,7 @@ typedef struct pc_tenant_state {
     uint64_t live_version; /* agent only: 0 when nothing is live */
     uint64_t live_seq;
     uint8_t live_hash[PC_HASH_LEN];
+    uint64_t stage_seq; /* the active version's last STAGE (0: none) */
 } pc_tenant_state;
 
 /* PC_E_NOTFOUND if the tenant never had an entry. */

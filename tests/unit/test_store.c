@@ -768,10 +768,11 @@ static int stop_rotation(void *arg, const Popcast__SignedManifest *sm)
     return stop_now(arg);
 }
 
-static int stop_snapshot(void *arg, const char *tenant, uint64_t latest_seq)
+static int stop_snapshot(void *arg, const char *tenant, uint64_t latest_seq, uint64_t stage_seq)
 {
     (void)tenant;
     (void)latest_seq;
+    (void)stage_seq;
     return stop_now(arg);
 }
 
@@ -911,6 +912,102 @@ static void test_snapshot_install(void **state)
     entry_free(&c3);
     pc_test_rm_rf(src_dir);
     pc_test_rm_rf(dst_dir);
+}
+
+/* A STAGE of tenant's version at seq (no content). */
+static int stage_make(entry *e, const char *tenant, uint64_t seq, uint64_t version)
+{
+    memset(e, 0, sizeof(*e));
+    snprintf(e->tenant, sizeof(e->tenant), "%s", tenant);
+    popcast__manifest__init(&e->m);
+    e->m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_STAGE;
+    e->m.tenant = e->tenant;
+    e->m.version = version;
+    e->m.seq = seq;
+    return pc_envelope_sign_manifest(&key, &e->m, &e->sm, NULL);
+}
+
+static uint64_t stage_of(pc_store *s, const char *tenant)
+{
+    pc_tenant_state t;
+    assert_int_equal(pc_store_get_tenant(s, tenant, &t, NULL), PC_OK);
+    return t.stage_seq;
+}
+
+static int record_stage(void *arg, const char *tenant, uint64_t latest_seq, uint64_t stage_seq)
+{
+    uint64_t *out = arg;
+    if (strcmp(tenant, "a") == 0) {
+        out[0] = latest_seq;
+        out[1] = stage_seq;
+    }
+    return 0;
+}
+
+/* Invariant 8: a STAGE only records its seq on the tenant's active
+ * version, changes no version, and is reset by any later change; one for
+ * a version never made is refused with nothing changed; a snapshot reads
+ * and installs it after its version. */
+static void test_stage_entries(void **state)
+{
+    char d[256], d2[256];
+    pc_test_tmpdir(d, sizeof(d), "store");
+    pc_test_tmpdir(d2, sizeof(d2), "store");
+    pc_store *s = open_store(d, false, 0, 0);
+    pc_err err;
+    entry st;
+    apply_ok(s, "a", 1, 1, 100, 1);
+    apply_ok(s, "a", 2, 2, 100, 2);
+    assert_int_equal(stage_make(&st, "a", 3, 3), PC_OK);
+    assert_int_equal(entry_apply(s, &st, &err), PC_E_INVALID);
+    assert_int_equal(applied(s), 2);
+    entry_free(&st);
+    assert_int_equal(stage_make(&st, "a", 3, 2), PC_OK);
+    assert_int_equal(entry_apply(s, &st, &err), PC_OK);
+    entry_free(&st);
+    assert_int_equal(applied(s), 3);
+    assert_int_equal(stage_of(s, "a"), 3);
+    pc_tenant_state t;
+    assert_int_equal(pc_store_get_tenant(s, "a", &t, &err), PC_OK);
+    assert_int_equal(t.active_version, 2);
+    assert_int_equal(t.last_version, 2);
+    /* Versions still only grow: the stage did not make room for a 2. */
+    entry again;
+    assert_int_equal(entry_make(&again, "a", 4, 2, 100, 9), PC_OK);
+    assert_int_equal(entry_apply(s, &again, &err), PC_E_STALE_VERSION);
+    entry_free(&again);
+    /* An overtaken stage (of version 1) is logged and changes nothing. */
+    assert_int_equal(stage_make(&st, "a", 4, 1), PC_OK);
+    assert_int_equal(entry_apply(s, &st, &err), PC_OK);
+    entry_free(&st);
+    assert_int_equal(applied(s), 4);
+    assert_int_equal(stage_of(s, "a"), 3);
+    uint64_t seen[2] = {0, 0}, seq = 0;
+    assert_int_equal(pc_store_snapshot_read(s, &seq, record_stage, seen, &err), PC_OK);
+    assert_int_equal(seen[0], 2);
+    assert_int_equal(seen[1], 3);
+
+    /* A snapshot installs the version, then its stage. */
+    pc_store *dst = open_store(d2, false, 0, 0);
+    entry v2, st3;
+    assert_int_equal(entry_make(&v2, "a", 2, 2, 100, 2), PC_OK);
+    assert_int_equal(stage_make(&st3, "a", 3, 2), PC_OK);
+    pc_store_item items[] = {{&v2.sm, &v2.m, v2.bundle, v2.len, NULL},
+                             {&st3.sm, &st3.m, NULL, 0, NULL}};
+    bool done[2];
+    assert_int_equal(pc_store_install_snapshot(dst, 4, items, 2, done, &err), PC_OK);
+    assert_true(done[0] && done[1]);
+    assert_int_equal(stage_of(dst, "a"), 3);
+    pc_store_close(dst);
+    entry_free(&v2);
+    entry_free(&st3);
+
+    /* Any other change of the tenant resets it. */
+    apply_ok(s, "a", 5, 3, 100, 3);
+    assert_int_equal(stage_of(s, "a"), 0);
+    pc_store_close(s);
+    pc_test_rm_rf(d);
+    pc_test_rm_rf(d2);
 }
 
 static void test_copy_and_replace(void **state)
@@ -1119,6 +1216,7 @@ int main(void)
         cmocka_unit_test(test_map_full_is_an_error),
         cmocka_unit_test(test_one_process_per_directory),
         cmocka_unit_test(test_snapshot_install),
+        cmocka_unit_test(test_stage_entries),
         cmocka_unit_test(test_rotations_are_kept),
         cmocka_unit_test(test_idempotency_keys),
         cmocka_unit_test(test_walkers_return_callback_errors),
