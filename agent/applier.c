@@ -15,6 +15,7 @@
 #include "names.h"
 #include "registry.h"
 #include "strmap.h"
+#include "target.h"
 #include "trust.h"
 #include "checks.h"
 
@@ -279,8 +280,9 @@ static void persist_outcomes(pc_applier *a, const char *tenant, const tenant_rec
 }
 
 /* Records what became of a version that verified (apply_lock held): a
- * new outcome, or NACKED turning LIVE (the version loaded after all). A
- * version's outcome is otherwise never rewritten. */
+ * new outcome, NACKED turning LIVE (the version loaded after all), or
+ * HELD turning LIVE or NACKED (a stage reached this agent). A version's
+ * outcome is otherwise never rewritten. */
 typedef enum { OUTCOME_RECORDED, OUTCOME_KNOWN, OUTCOME_CONFLICT } outcome_result;
 
 static outcome_result record_outcome(pc_applier *a, const char *tenant, uint64_t version,
@@ -296,8 +298,11 @@ static outcome_result record_outcome(pc_applier *a, const char *tenant, uint64_t
     pthread_mutex_lock(&a->lock);
     tenant_record *t = tenant_record_get(a, tenant, version);
     version_record *v = t ? record_slot(a, tenant, &t, version, &created) : NULL;
-    if (v != NULL && (created || (v->state == POPCAST__VERSION_STATE__VERSION_STATE_NACKED &&
-                                  state == POPCAST__VERSION_STATE__VERSION_STATE_LIVE))) {
+    bool nacked_loads = v != NULL && v->state == POPCAST__VERSION_STATE__VERSION_STATE_NACKED &&
+                        state == POPCAST__VERSION_STATE__VERSION_STATE_LIVE;
+    bool held_decided = v != NULL && v->state == POPCAST__VERSION_STATE__VERSION_STATE_HELD &&
+                        state != POPCAST__VERSION_STATE__VERSION_STATE_HELD;
+    if (v != NULL && (created || nacked_loads || held_decided)) {
         v->seq = seq;
         v->state = state;
         v->is_delete = is_delete;
@@ -325,6 +330,19 @@ static outcome_result record_outcome(pc_applier *a, const char *tenant, uint64_t
     record_free(copy);
     changed(a, 0);
     return OUTCOME_RECORDED;
+}
+
+/* The outcome recorded for tenant's version (UNSPECIFIED: none kept). */
+static Popcast__VersionState outcome_of(pc_applier *a, const char *tenant, uint64_t version)
+{
+    Popcast__VersionState state = POPCAST__VERSION_STATE__VERSION_STATE_UNSPECIFIED;
+    pthread_mutex_lock(&a->lock);
+    const tenant_record *t = pc_strmap_get(a->records, tenant);
+    for (size_t i = 0; t != NULL && i < t->n; i++)
+        if (t->v[i].version == version)
+            state = t->v[i].state;
+    pthread_mutex_unlock(&a->lock);
+    return state;
 }
 
 /* A nack that is not its version's outcome (OTHER_NACKS); the same one
@@ -621,6 +639,60 @@ static void record_delete(pc_applier *a, const char *tenant)
                    NULL, NULL);
 }
 
+/* Whether target (NULL: everyone) names this agent for tenant's version. */
+static bool names_me(pc_applier *a, const Popcast__Target *target, const char *tenant,
+                     uint64_t version)
+{
+    return pc_target_names(target, tenant, version, a->opt.agent_id ? a->opt.agent_id : "",
+                           a->opt.pop ? a->opt.pop : "");
+}
+
+/* A version stored here whose target does not name this agent (yet):
+ * whatever served before keeps serving. */
+static void hold(pc_applier *a, const Popcast__Manifest *m)
+{
+    record_outcome(a, m->tenant, m->version, m->seq, POPCAST__VERSION_STATE__VERSION_STATE_HELD,
+                   false, NULL, NULL);
+    pc_info("applier",
+            "%s version %llu (seq %llu) is stored and held: its target does not name "
+            "this agent",
+            m->tenant, (unsigned long long)m->version, (unsigned long long)m->seq);
+}
+
+static int load_version(pc_applier *a, const char *tenant, uint64_t version, bool deferred,
+                        pc_err *err);
+
+/* A STAGE (stored): if it names this agent and its version is still the
+ * tenant's active one, held here, that version goes live from the store.
+ * A STAGE that a newer change overtook does nothing. */
+static void stage_reached(pc_applier *a, const Popcast__Manifest *stage)
+{
+    pc_tenant_state t;
+    pc_err err;
+    if (pc_store_get_tenant(a->opt.store, stage->tenant, &t, &err) != PC_OK || t.deleted ||
+        t.active_version != stage->version) {
+        pc_info("applier", "%s: stage seq %llu of version %llu was overtaken by a newer change",
+                stage->tenant, (unsigned long long)stage->seq, (unsigned long long)stage->version);
+        return;
+    }
+    if (!names_me(a, stage->target, stage->tenant, stage->version))
+        return;
+    Popcast__VersionState st = outcome_of(a, stage->tenant, stage->version);
+    if (st == POPCAST__VERSION_STATE__VERSION_STATE_LIVE ||
+        st == POPCAST__VERSION_STATE__VERSION_STATE_NACKED ||
+        serving_version(a, stage->tenant) == stage->version)
+        return;
+    if (load_version(a, stage->tenant, stage->version, false, &err) != PC_OK) {
+        pc_warn("applier", "%s version %llu reached by stage seq %llu but not live: %s",
+                stage->tenant, (unsigned long long)stage->version, (unsigned long long)stage->seq,
+                err.msg);
+        record_nack(a, stage->tenant, stage->version, t.active_seq, pc_err_name(err.code), err.msg);
+        return;
+    }
+    pc_info("applier", "%s version %llu is live: stage seq %llu names this agent", stage->tenant,
+            (unsigned long long)stage->version, (unsigned long long)stage->seq);
+}
+
 /* A delete: the tenant leaves every runtime (called once the delete is
  * stored). */
 static void take_down(pc_applier *a, const char *tenant)
@@ -711,7 +783,9 @@ static int apply_entry_locked(pc_applier *a, const Popcast__Entry *e, pc_err *er
     case POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY:
     case POPCAST__ENTRY_KIND__ENTRY_KIND_ROLLBACK: {
         pc_err lerr;
-        if (make_live(a, m, bundle, bundle_len, false, &lerr) != PC_OK) {
+        if (!names_me(a, m->target, m->tenant, m->version)) {
+            hold(a, m);
+        } else if (make_live(a, m, bundle, bundle_len, false, &lerr) != PC_OK) {
             pc_warn("applier", "%s version %llu stored but not live: %s", m->tenant,
                     (unsigned long long)m->version, lerr.msg);
             record_nack(a, m->tenant, m->version, m->seq, pc_err_name(lerr.code), lerr.msg);
@@ -725,6 +799,7 @@ static int apply_entry_locked(pc_applier *a, const Popcast__Entry *e, pc_err *er
         }
         break;
     }
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_STAGE: stage_reached(a, m); break;
     case POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE:
         take_down(a, m->tenant);
         pc_info("applier", "%s deleted at version %llu (seq %llu)", m->tenant,
@@ -892,6 +967,26 @@ static int load_version(pc_applier *a, const char *tenant, uint64_t version, boo
     return rc;
 }
 
+/* At start: whether the tenant's active version is targeted at this
+ * agent, by its own entry or by the last STAGE of it. Only a version
+ * whose outcome here is not decided (held, or none kept) needs its
+ * target read. */
+static bool active_names_me(pc_applier *a, const pc_tenant_state *t)
+{
+    Popcast__VersionState st = outcome_of(a, t->tenant, t->active_version);
+    if (st == POPCAST__VERSION_STATE__VERSION_STATE_LIVE ||
+        st == POPCAST__VERSION_STATE__VERSION_STATE_NACKED)
+        return true;
+    Popcast__Manifest *m = NULL;
+    pc_err err;
+    if (pc_store_get_manifest(a->opt.store, t->stage_seq ? t->stage_seq : t->active_seq, &m,
+                              &err) != PC_OK)
+        return true; /* loading it fails, and says why */
+    bool named = names_me(a, m->target, t->tenant, t->active_version);
+    popcast__manifest__free_unpacked(m, NULL);
+    return named;
+}
+
 static int load_tenant(void *arg, const pc_tenant_state *t)
 {
     load_walk *w = arg;
@@ -907,6 +1002,19 @@ static int load_tenant(void *arg, const pc_tenant_state *t)
         return 0;
     }
     pc_err err;
+    if (!active_names_me(a, t)) {
+        /* Held here: what served before serves again. */
+        record_outcome(a, t->tenant, t->active_version, t->active_seq,
+                       POPCAST__VERSION_STATE__VERSION_STATE_HELD, false, NULL, NULL);
+        if (t->live_version != 0 && t->live_version != t->active_version) {
+            if (load_version(a, t->tenant, t->live_version, true, &err) == PC_OK)
+                w->live++;
+            else
+                pc_error("applier", "%s: live version %llu does not load: %s", t->tenant,
+                         (unsigned long long)t->live_version, err.msg);
+        }
+        return 0;
+    }
     /* A version that was live before (it loaded then) is not built again
      * before serving: the start stays short with many tenants. */
     if (load_version(a, t->tenant, t->active_version, t->live_version == t->active_version, &err) ==
@@ -1179,8 +1287,12 @@ int pc_applier_install_snapshot(pc_applier *a, const Popcast__SnapshotResponse *
             if (!applied[i])
                 continue;
             pc_err lerr;
-            if (!pc_manifest_has_content(ms[i])) {
+            if (ms[i]->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_STAGE) {
+                stage_reached(a, ms[i]); /* follows its version's entry */
+            } else if (!pc_manifest_has_content(ms[i])) {
                 take_down(a, ms[i]->tenant);
+            } else if (!names_me(a, ms[i]->target, ms[i]->tenant, ms[i]->version)) {
+                hold(a, ms[i]);
             } else if (make_live(a, ms[i], items[i].bundle, items[i].bundle_len, false, &lerr) !=
                        PC_OK) {
                 record_nack(a, ms[i]->tenant, ms[i]->version, ms[i]->seq, pc_err_name(lerr.code),
@@ -1706,6 +1818,7 @@ static const char *state_name(Popcast__VersionState s)
     switch (s) {
     case POPCAST__VERSION_STATE__VERSION_STATE_LIVE: return "live";
     case POPCAST__VERSION_STATE__VERSION_STATE_NACKED: return "nacked";
+    case POPCAST__VERSION_STATE__VERSION_STATE_HELD: return "held";
     default: return "unknown";
     }
 }

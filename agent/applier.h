@@ -9,19 +9,25 @@
  *      a gap, which catch-up must fill first);
  *   3. anti-rollback: version above every version the tenant ever had;
  *   4. store: blob, tenant pointer and applied seq in ONE LMDB transaction;
- *   5. make live: the tenant's runtime adapter prepares the version off the
- *      request path and swaps it in; on failure the old version keeps
- *      serving and the entry is nacked with the runtime's error.
+ *   5. make live, if the entry's target names this agent (target.h; else
+ *      the version is HELD and what served keeps serving, until a STAGE
+ *      entry naming the agent makes it live): the tenant's runtime adapter
+ *      prepares the version off the request path and swaps it in; on
+ *      failure the old version keeps serving and the entry is nacked with
+ *      the runtime's error.
  * Every refusal is counted (popcast_agent_refused_total{reason}) and
  * logged; only refusals of entries that passed verification (a real
  * tenant, version and seq) become nacks.
  *
  * What became of each version is an outcome (docs/protocol.md, "Version
  * outcomes"): LIVE once it went live (a delete: took effect), NACKED when
- * refused after verification or not loadable. Outcomes of each tenant's 8
- * most recent versions are kept in memory and in the store (registry.h,
- * "outcome.<tenant>"), loaded at start, and never rewritten, except a
- * NACKED version that loads later (at start) becoming LIVE. Reports give
+ * refused after verification or not loadable, HELD while stored but not
+ * targeted here. Outcomes of each tenant's 8 most recent versions are kept
+ * in memory and in the store (registry.h, "outcome.<tenant>"), loaded at
+ * start, and never rewritten, except a NACKED version that loads later
+ * (at start) becoming LIVE, and a HELD one becoming LIVE or NACKED when a
+ * stage reaches this agent. At start, a held active version stays held
+ * and the version that served before serves again. Reports give
  * the live version the runtimes serve, whatever the store could record
  * (a failed record is flagged and counted, never hidden).
  *
@@ -47,6 +53,8 @@ typedef struct pc_applier pc_applier;
 
 typedef struct pc_applier_options {
     pc_store *store;
+    /* Who this agent is, as entries' targets name it (target.h). */
+    const char *agent_id, *pop;
     const pc_keyring *trusted; /* root keys (rotations come from the log) */
     pc_adapter **adapters;     /* by Manifest.runtime */
     size_t n_adapters;

@@ -530,6 +530,8 @@ static int agent_open(agent *ag, pc_err *err)
     }
     ag->adapters[ag->n_adapters++] = ag->exec;
     pc_applier_options aopt = {.store = ag->store,
+                               .agent_id = ag->agent_id,
+                               .pop = ag->cfg.pop,
                                .trusted = &ag->trusted,
                                .adapters = ag->adapters,
                                .n_adapters = ag->n_adapters,

@@ -1,6 +1,7 @@
 /* test_applier_outcomes.c - what the agent's applier (agent/applier.h)
  * says about versions: the outcome of each version it processed (live,
- * nacked; a delete in effect), kept per tenant and in its store so they
+ * nacked, held where its target does not name the agent; a delete in
+ * effect), kept per tenant and in its store so they
  * survive a restart; only entries that verified become nacks; reports say
  * what the runtime serves even when the store cannot record it. Runs the
  * applier on a real store with a fake runtime adapter that refuses the
@@ -155,6 +156,8 @@ static int teardown(void **state)
 static pc_applier *applier_new(void)
 {
     pc_applier_options o = {.store = store,
+                            .agent_id = "edge-1",
+                            .pop = "ams",
                             .trusted = &trusted,
                             .adapters = adapters,
                             .n_adapters = 1,
@@ -168,17 +171,23 @@ static pc_applier *applier_new(void)
     return a;
 }
 
-/* Applies the entry of tenant's version at seq, signed by key (a delete
- * when body is NULL). Returns the applier's answer. */
-static int apply(pc_applier *a, const pc_signing_key *key, const char *tenant, uint64_t version,
-                 uint64_t seq, const char *body)
+/* Applies the entry of tenant's version at seq, signed by key: a deploy
+ * of body targeted at target (NULL: everyone), a delete when body is NULL
+ * and stage is false, a STAGE of version when stage is true. Returns the
+ * applier's answer. */
+static int apply_entry(pc_applier *a, const pc_signing_key *key, const char *tenant,
+                       uint64_t version, uint64_t seq, const char *body, bool stage,
+                       Popcast__Target *target)
 {
     Popcast__Manifest m = POPCAST__MANIFEST__INIT;
     uint8_t hash[PC_HASH_LEN];
     m.tenant = (char *)tenant;
     m.version = version;
     m.seq = seq;
-    if (body != NULL) {
+    m.target = target;
+    if (stage) {
+        m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_STAGE;
+    } else if (body != NULL) {
         m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY;
         pc_hash(hash, body, strlen(body));
         m.bundle_hash.data = hash;
@@ -203,6 +212,12 @@ static int apply(pc_applier *a, const pc_signing_key *key, const char *tenant, u
     return rc;
 }
 
+static int apply(pc_applier *a, const pc_signing_key *key, const char *tenant, uint64_t version,
+                 uint64_t seq, const char *body)
+{
+    return apply_entry(a, key, tenant, version, seq, body, false, NULL);
+}
+
 /* The report's entry for tenant (NULL if absent). */
 static const Popcast__TenantStatus *tenant_in(const Popcast__AgentStatus *st, const char *tenant)
 {
@@ -212,14 +227,15 @@ static const Popcast__TenantStatus *tenant_in(const Popcast__AgentStatus *st, co
     return NULL;
 }
 
-/* "v1:L v2:N v3:L v4:D": each outcome, L live, N nacked, D a delete in
- * effect. */
+/* "v1:L v2:N v3:L v4:D v5:H": each outcome, L live, N nacked, D a delete
+ * in effect, H held. */
 static void outcomes_text(const Popcast__TenantStatus *t, char *out, size_t cap)
 {
     out[0] = '\0';
     for (size_t i = 0; i < t->n_outcomes; i++) {
         const Popcast__VersionOutcome *o = t->outcomes[i];
         char state = o->state == POPCAST__VERSION_STATE__VERSION_STATE_NACKED ? 'N'
+                     : o->state == POPCAST__VERSION_STATE__VERSION_STATE_HELD ? 'H'
                      : o->is_delete                                           ? 'D'
                                                                               : 'L';
         size_t n = strlen(out);
@@ -509,6 +525,154 @@ static void test_live_when_the_store_is_full(void **state)
     pc_applier_free(a);
 }
 
+/* What the fake serves of tenant, and what the report says is live. */
+static void expect_serving(pc_applier *a, const char *tenant, uint64_t live, uint64_t applied)
+{
+    assert_int_equal(rt.live[fake_slot(&rt, tenant)], live);
+    Popcast__AgentStatus st;
+    assert_int_equal(pc_applier_status(a, &st), PC_OK);
+    const Popcast__TenantStatus *t = tenant_in(&st, tenant);
+    assert_non_null(t);
+    assert_int_equal(t->live_version, live);
+    assert_int_equal(t->applied_version, applied);
+    pc_applier_status_clear(&st);
+}
+
+static char *pop_other[] = {"fra"}, *pop_mine[] = {"ams"}, *agent_mine[] = {"edge-1"},
+            *agent_other[] = {"edge-2"};
+
+/* A version whose target does not name this agent is stored and held:
+ * the version before it keeps serving, the report says so, and only a
+ * STAGE naming the agent (by PoP, by id, or everyone) makes it live. */
+static void test_held_version_never_serves(void **state)
+{
+    pc_applier *a = applier_new();
+    Popcast__Target other = POPCAST__TARGET__INIT, nobody = POPCAST__TARGET__INIT,
+                    by_agent = POPCAST__TARGET__INIT, by_pop = POPCAST__TARGET__INIT;
+    other.pops = pop_other;
+    other.n_pops = 1;
+    other.agents = agent_other;
+    other.n_agents = 1;
+    by_agent.agents = agent_mine;
+    by_agent.n_agents = 1;
+    by_pop.pops = pop_mine;
+    by_pop.n_pops = 1;
+    assert_int_equal(apply(a, &root, "app", 1, 1, "one"), PC_OK);
+    assert_int_equal(apply_entry(a, &root, "app", 2, 2, "two", false, &other), PC_OK);
+    expect_serving(a, "app", 1, 2);
+    expect_outcomes(a, "app", "v1:L v2:H", 1);
+    /* A stage that still names others only. */
+    assert_int_equal(apply_entry(a, &root, "app", 2, 3, NULL, true, &other), PC_OK);
+    expect_serving(a, "app", 1, 2);
+    assert_int_equal(apply_entry(a, &root, "app", 2, 4, NULL, true, &by_pop), PC_OK);
+    expect_serving(a, "app", 2, 2);
+    expect_outcomes(a, "app", "v1:L v2:L", 1);
+
+    /* An upload (a target naming nobody), then a stage by agent id. */
+    assert_int_equal(apply_entry(a, &root, "app", 3, 5, "three", false, &nobody), PC_OK);
+    expect_serving(a, "app", 2, 3);
+    assert_int_equal(apply_entry(a, &root, "app", 3, 6, NULL, true, &by_agent), PC_OK);
+    expect_serving(a, "app", 3, 3);
+    /* And one for everyone (no target). */
+    assert_int_equal(apply_entry(a, &root, "app", 4, 7, "four", false, &nobody), PC_OK);
+    assert_int_equal(apply_entry(a, &root, "app", 4, 8, NULL, true, NULL), PC_OK);
+    expect_serving(a, "app", 4, 4);
+    expect_outcomes(a, "app", "v1:L v2:L v3:L v4:L", 1);
+    /* A held version that fails to load when its stage comes is nacked,
+     * and the one before keeps serving. */
+    rt.refuse = 5;
+    assert_int_equal(apply_entry(a, &root, "app", 5, 9, "five", false, &nobody), PC_OK);
+    assert_int_equal(apply_entry(a, &root, "app", 5, 10, NULL, true, NULL), PC_OK);
+    expect_serving(a, "app", 4, 5);
+    expect_outcomes(a, "app", "v1:L v2:L v3:L v4:L v5:N", 1);
+    pc_applier_free(a);
+}
+
+/* A STAGE only ever widens the tenant's active version: one for a version
+ * a newer change overtook does nothing (never makes an older version
+ * live), one for a version the tenant never had is refused. */
+static void test_stage_never_makes_an_older_version_live(void **state)
+{
+    pc_applier *a = applier_new();
+    Popcast__Target nobody = POPCAST__TARGET__INIT;
+    assert_int_equal(apply(a, &root, "app", 1, 1, "one"), PC_OK);
+    assert_int_equal(apply_entry(a, &root, "app", 2, 2, "two", false, &nobody), PC_OK);
+    assert_int_equal(apply_entry(a, &root, "app", 3, 3, "three", false, &nobody), PC_OK);
+    assert_int_equal(apply_entry(a, &root, "app", 2, 4, NULL, true, NULL), PC_OK);
+    expect_serving(a, "app", 1, 3);
+    expect_outcomes(a, "app", "v1:L v2:H v3:H", 1);
+    assert_int_not_equal(apply_entry(a, &root, "app", 9, 5, NULL, true, NULL), PC_OK);
+    assert_int_equal(pc_applier_applied_seq(a), 4);
+    expect_serving(a, "app", 1, 3);
+    /* A deleted tenant's stage does nothing either. */
+    assert_int_equal(apply(a, &root, "app", 4, 5, NULL), PC_OK);
+    assert_int_equal(apply_entry(a, &root, "app", 4, 6, NULL, true, NULL), PC_OK);
+    expect_serving(a, "app", 0, 4);
+    assert_int_equal(apply_entry(a, &root, "app", 3, 7, NULL, true, NULL), PC_OK);
+    expect_serving(a, "app", 0, 4);
+    pc_applier_free(a);
+}
+
+/* A restart keeps a held version held (the version before serves), and a
+ * STAGE that was stored but not yet made live when the agent died (kill
+ * -9 between the two) makes it live at the next start. */
+static void test_held_across_restart(void **state)
+{
+    pc_applier *a = applier_new();
+    Popcast__Target nobody = POPCAST__TARGET__INIT;
+    assert_int_equal(apply(a, &root, "app", 1, 1, "one"), PC_OK);
+    assert_int_equal(apply_entry(a, &root, "app", 2, 2, "two", false, &nobody), PC_OK);
+    assert_int_equal(apply_entry(a, &root, "new", 1, 3, "n", false, &nobody), PC_OK);
+    pc_applier_free(a);
+    memset(rt.live, 0, sizeof(rt.live));
+    a = applier_new();
+    assert_int_equal(pc_applier_load(a), 1);
+    expect_serving(a, "app", 1, 2);
+    expect_serving(a, "new", 0, 1);
+    expect_outcomes(a, "app", "v1:L v2:H", 1);
+    pc_applier_free(a);
+
+    /* The stage reaches the store, and the agent dies before the swap. */
+    Popcast__Manifest m = POPCAST__MANIFEST__INIT;
+    m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_STAGE;
+    m.tenant = "app";
+    m.version = 2;
+    m.seq = 4;
+    Popcast__SignedManifest sm;
+    assert_int_equal(pc_envelope_sign_manifest(&root, &m, &sm, NULL), PC_OK);
+    assert_int_equal(pc_store_apply(store, &sm, &m, NULL, 0, NULL), PC_OK);
+    pc_envelope_signed_clear(&sm);
+    memset(rt.live, 0, sizeof(rt.live));
+    a = applier_new();
+    assert_int_equal(pc_applier_load(a), 1);
+    expect_serving(a, "app", 2, 2);
+    expect_outcomes(a, "app", "v1:L v2:L", 1);
+    pc_applier_free(a);
+}
+
+/* A signed entry whose target is malformed (a per mille past 1000, a
+ * name that is not an id, a delete with a target) is refused as invalid:
+ * nothing is stored, nothing changes what serves. */
+static void test_malformed_targets_are_refused(void **state)
+{
+    pc_applier *a = applier_new();
+    assert_int_equal(apply(a, &root, "app", 1, 1, "one"), PC_OK);
+    Popcast__Target too_many = POPCAST__TARGET__INIT, bad_name = POPCAST__TARGET__INIT,
+                    fine = POPCAST__TARGET__INIT;
+    too_many.permille = 1001;
+    char *bad[] = {"edge 1"};
+    bad_name.agents = bad;
+    bad_name.n_agents = 1;
+    assert_int_equal(apply_entry(a, &root, "app", 2, 2, "two", false, &too_many), PC_E_INVALID);
+    assert_int_equal(apply_entry(a, &root, "app", 2, 2, "two", false, &bad_name), PC_E_INVALID);
+    assert_int_equal(apply_entry(a, &root, "app", 2, 2, NULL, true, &bad_name), PC_E_INVALID);
+    assert_int_equal(apply_entry(a, &root, "app", 2, 2, NULL, false, &fine), PC_E_INVALID);
+    assert_int_equal(pc_applier_applied_seq(a), 1);
+    expect_serving(a, "app", 1, 1);
+    expect_outcomes(a, "app", "v1:L", 1);
+    pc_applier_free(a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -520,6 +684,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_live_when_the_store_is_full, setup_small, teardown),
         cmocka_unit_test_setup_teardown(test_tenants_generation_moves_with_every_change, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_held_version_never_serves, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stage_never_makes_an_older_version_live, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_held_across_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_targets_are_refused, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
