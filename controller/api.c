@@ -47,6 +47,7 @@ static const api_route routes[] = {
     WRITE("POST", "/v1/changes", API_TENANT, api_post_changes),
     GET("/v1/tenants/{tenant}/versions/{version}/rollout", API_TENANT, api_get_rollout_by_version),
     GET("/v1/tenants/{tenant}/versions/{version}/health", API_TENANT, api_get_version_health),
+    WRITE("POST", "/v1/tenants/{tenant}/versions/{version}/stage", API_TENANT, api_post_stage),
     GET("/v1/rollout/{seq}", API_ADMIN, api_get_rollout_by_seq),
     GET("/v1/fleet", API_ADMIN, api_get_fleet),
     GET("/v1/cluster", API_ADMIN, api_get_cluster),

@@ -4,6 +4,7 @@
 #include "crypto.h"
 #include "envelope.h"
 #include "names.h"
+#include "target.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -60,6 +61,89 @@ int pc_api_parse_rollback(const uint8_t *body, size_t len, uint64_t *version, ch
         *version = v != NULL ? (uint64_t)json_integer_value(v) : 0;
     if (rc == PC_OK)
         snprintf(message, message_cap, "%s", msg != NULL ? json_string_value(msg) : "");
+    json_decref(root);
+    return rc;
+}
+
+static int stage_names(json_t *list, Popcast__Target *t, bool pops, pc_err *err)
+{
+    if (list == NULL)
+        return PC_OK;
+    const char *field = pops ? "pops" : "agents";
+    if (!json_is_array(list))
+        return pc_err_set(err, PC_E_INVALID, "\"%s\" must be an array of names", field);
+    size_t i;
+    json_t *v;
+    json_array_foreach(list, i, v)
+    {
+        const char *name = json_string_value(v);
+        if (name == NULL || strlen(name) != json_string_length(v))
+            return pc_err_set(err, PC_E_INVALID, "\"%s\" item %zu is not a name", field, i);
+        int rc = pops ? pc_target_add_pop(t, name, err) : pc_target_add_agent(t, name, err);
+        if (rc != PC_OK)
+            return rc;
+    }
+    return PC_OK;
+}
+
+int pc_api_parse_stage(const uint8_t *body, size_t len, Popcast__Target **target, char *message,
+                       size_t message_cap, pc_err *err)
+{
+    *target = NULL;
+    json_t *root = parse_object(body, len, err);
+    if (root == NULL)
+        return PC_E_INVALID;
+    int rc = PC_OK;
+    const char *key;
+    json_t *val;
+    json_object_foreach(root, key,
+                        val) if (strcmp(key, "everyone") != 0 && strcmp(key, "agents") != 0 &&
+                                 strcmp(key, "pops") != 0 && strcmp(key, "permille") != 0 &&
+                                 strcmp(key, "message") != 0) rc =
+        pc_err_set(err, PC_E_INVALID,
+                   "only the fields \"everyone\", \"agents\", \"pops\", \"permille\" and "
+                   "\"message\" are allowed");
+    json_t *everyone = json_object_get(root, "everyone"),
+           *permille = json_object_get(root, "permille"), *msg = json_object_get(root, "message");
+    bool named = json_object_get(root, "agents") != NULL || json_object_get(root, "pops") != NULL ||
+                 permille != NULL;
+    Popcast__Target *t = NULL;
+    if (rc != PC_OK) {
+    } else if (everyone != NULL && (!json_is_true(everyone) || named)) {
+        rc = pc_err_set(err, PC_E_INVALID,
+                        "\"everyone\" must be true, and alone (with an optional message)");
+    } else if (everyone == NULL && !named) {
+        rc = pc_err_set(err, PC_E_INVALID,
+                        "a stage names \"agents\", \"pops\", a \"permille\" of all agents, or "
+                        "\"everyone\": true");
+    } else if (permille != NULL &&
+               (!json_is_integer(permille) || json_integer_value(permille) < 0 ||
+                json_integer_value(permille) > PC_TARGET_EVERYONE)) {
+        rc = pc_err_set(err, PC_E_INVALID, "\"permille\" must be an integer from 0 to 1000");
+    } else if (msg != NULL &&
+               (!json_is_string(msg) || strlen(json_string_value(msg)) != json_string_length(msg) ||
+                !pc_change_message_valid(json_string_value(msg)) ||
+                json_string_length(msg) >= message_cap)) {
+        rc = pc_err_set(err, PC_E_INVALID, "\"message\" must be %s", PC_CHANGE_MESSAGE_RULE);
+    } else if (named && (t = pc_target_new()) == NULL) {
+        rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
+    }
+    if (rc == PC_OK && t != NULL) {
+        rc = stage_names(json_object_get(root, "agents"), t, false, err);
+        if (rc == PC_OK)
+            rc = stage_names(json_object_get(root, "pops"), t, true, err);
+        if (permille != NULL)
+            t->permille = (uint32_t)json_integer_value(permille);
+        /* A stage only ever widens: one naming nobody would do nothing. */
+        if (rc == PC_OK && t->n_agents + t->n_pops == 0 && t->permille == 0)
+            rc = pc_err_set(err, PC_E_INVALID, "the stage names nobody");
+    }
+    if (rc == PC_OK) {
+        snprintf(message, message_cap, "%s", msg != NULL ? json_string_value(msg) : "");
+        *target = t;
+    } else if (t != NULL) {
+        popcast__target__free_unpacked(t, NULL);
+    }
     json_decref(root);
     return rc;
 }

@@ -19,6 +19,13 @@
 int pc_api_parse_rollback(const uint8_t *body, size_t len, uint64_t *version, char *message,
                           size_t message_cap, pc_err *err);
 
+/* A stage: {"everyone": true} or any of {"agents": [ids], "pops":
+ * [names], "permille": 0..1000} naming someone (not all empty or 0), and an optional
+ * "message" as above; no other field. *target is NULL for everyone, else
+ * a new target (free with popcast__target__free_unpacked). */
+int pc_api_parse_stage(const uint8_t *body, size_t len, Popcast__Target **target, char *message,
+                       size_t message_cap, pc_err *err);
+
 /* {"id": N >= 1, "raft_address": "host:port", "api_url": "http..."} and
  * nothing else; raft_address under raft_cap, api_url under api_cap. */
 int pc_api_parse_node(const uint8_t *body, size_t len, uint64_t *id, char *raft_address,

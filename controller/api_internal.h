@@ -109,6 +109,7 @@ void api_get_tenant(api_call *call);
 void api_get_versions(api_call *call);
 void api_post_bundle(api_call *call);
 void api_post_rollback(api_call *call);
+void api_post_stage(api_call *call);
 void api_post_changes(api_call *call);
 void api_delete_tenant(api_call *call);
 void api_get_rollout_by_seq(api_call *call);

@@ -24,6 +24,22 @@ static void rollout_done(void *arg, json_t *doc, const char *why)
     pc_httpd_reply_json(arg, 200, doc, NULL);
 }
 
+/* Where m's version goes live now: the target of the last STAGE of it
+ * while it is its tenant's active version, else its own entry's (a
+ * version a newer one overtook is judged on where it was first sent).
+ * *owner, if set, holds the stage the target points into. */
+static const Popcast__Target *current_target(pc_store *store, const Popcast__Manifest *m,
+                                             Popcast__Manifest **owner)
+{
+    *owner = NULL;
+    pc_tenant_state t;
+    if (pc_store_get_tenant(store, m->tenant, &t, NULL) == PC_OK &&
+        t.active_version == m->version && t.stage_seq != 0 &&
+        pc_store_get_manifest(store, t.stage_seq, owner, NULL) == PC_OK)
+        return (*owner)->target;
+    return m->target;
+}
+
 /* The rollout of the change at seq (version 0) or of tenant's version. */
 static void reply_rollout(api_call *call, const char *tenant, uint64_t version, uint64_t seq)
 {
@@ -68,23 +84,24 @@ static void reply_rollout(api_call *call, const char *tenant, uint64_t version, 
                        (unsigned long long)seq);
         return;
     }
-    char t[PC_TENANT_MAX + 1];
-    snprintf(t, sizeof(t), "%s", m->tenant);
-    pc_rollout_query q = {.tenant = t,
+    Popcast__Manifest *stage = NULL;
+    pc_rollout_query q = {.tenant = m->tenant,
                           .version = m->version,
                           .seq = m->seq,
                           .is_delete = m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE,
                           .fraction = fraction,
-                          .kind = m->kind};
-    popcast__manifest__free_unpacked(m, NULL);
+                          .kind = m->kind,
+                          .target = current_target(api->store, m, &stage)};
     if (wait_ms == 0) {
         pc_httpd_reply_json(rq, 200, pc_rollout_version_json(api->rollout, &q, pc_mono_ms(), NULL),
                             NULL);
-        return;
-    }
-    if (pc_rollout_wait(api->rollout, &q, pc_mono_ms() + (int64_t)wait_ms, rollout_done, rq,
-                        &err) != PC_OK)
+    } else if (pc_rollout_wait(api->rollout, &q, pc_mono_ms() + (int64_t)wait_ms, rollout_done, rq,
+                               &err) != PC_OK) {
         pc_httpd_error(rq, err.code, "%s", err.msg);
+    }
+    if (stage != NULL)
+        popcast__manifest__free_unpacked(stage, NULL);
+    popcast__manifest__free_unpacked(m, NULL);
 }
 
 void api_get_rollout_by_seq(api_call *call)

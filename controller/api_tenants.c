@@ -6,6 +6,7 @@
 
 #include "api_bodies.h"
 #include "api_internal.h"
+#include "target.h"
 #include "bundle.h"
 #include "envelope.h"
 #include "json_text.h"
@@ -20,6 +21,7 @@ static const char *entry_kind_name(Popcast__EntryKind k)
     case POPCAST__ENTRY_KIND__ENTRY_KIND_ROLLBACK: return "rollback";
     case POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE: return "delete";
     case POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION: return "key_rotation";
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_STAGE: return "stage";
     default: return "unknown";
     }
 }
@@ -44,6 +46,8 @@ static json_t *version_json(pc_api *api, uint64_t seq)
     }
     if (v != NULL && m->rollback_of != 0)
         json_object_set_new(v, "rollback_of", json_integer((json_int_t)m->rollback_of));
+    if (v != NULL && m->target != NULL)
+        json_object_set_new(v, "target", pc_target_json(m->target));
     if (v != NULL && m->author != NULL && m->author[0] != '\0')
         pc_json_set_text(v, "author", m->author);
     if (v != NULL && m->message != NULL && m->message[0] != '\0')
@@ -82,6 +86,20 @@ static json_t *tenant_json(pc_api *api, const pc_tenant_state *t, bool with_vers
     if (t->active_version != 0) {
         json_object_set_new(o, "active_seq", json_integer((json_int_t)t->active_seq));
         json_object_set_new(o, "active_hash", api_hash_json(t->active_hash, PC_HASH_LEN));
+    }
+    /* The last stage of the active version: where it is targeted now. */
+    Popcast__Manifest *stage = NULL;
+    if (t->stage_seq != 0 &&
+        pc_store_get_manifest(api->store, t->stage_seq, &stage, NULL) == PC_OK) {
+        json_t *sj =
+            json_pack("{s:I,s:I,s:o}", "seq", (json_int_t)stage->seq, "created_unix_ms",
+                      (json_int_t)stage->created_unix_ms, "target", pc_target_json(stage->target));
+        if (stage->author != NULL && stage->author[0] != '\0')
+            pc_json_set_text(sj, "author", stage->author);
+        if (stage->message != NULL && stage->message[0] != '\0')
+            pc_json_set_text(sj, "message", stage->message);
+        json_object_set_new(o, "stage", sj);
+        popcast__manifest__free_unpacked(stage, NULL);
     }
     if (with_versions) {
         tenants_walk w = {api, json_array(), NULL};
@@ -166,12 +184,14 @@ json_t *api_tenant_change_json(const pc_change *c, const pc_change_result *r)
         json_pack("{s:s,s:s,s:I,s:I,s:I}", "tenant", c->tenant, "kind",
                   pc_change_kind_get(c->kind)->name, "version", (json_int_t)r->version, "seq",
                   (json_int_t)r->seq, "created_unix_ms", (json_int_t)r->created_unix_ms);
-    if (o != NULL && c->kind != PC_CHANGE_DELETE) {
+    if (o != NULL && c->kind != PC_CHANGE_DELETE && c->kind != PC_CHANGE_STAGE) {
         json_object_set_new(o, "hash", api_hash_json(r->hash, PC_HASH_LEN));
         json_object_set_new(o, "size", json_integer((json_int_t)r->bundle_size));
         pc_json_set_text(o, "entrypoint", r->entrypoint);
         pc_json_set_text(o, "runtime", r->runtime);
     }
+    if (o != NULL && (c->target != NULL || c->kind == PC_CHANGE_STAGE))
+        json_object_set_new(o, "target", pc_target_json(c->target));
     if (o != NULL && r->rollback_of != 0)
         json_object_set_new(o, "rollback_of", json_integer((json_int_t)r->rollback_of));
     if (o != NULL && r->author[0] != '\0')
@@ -233,8 +253,86 @@ static bool content_is_single_file(const char *ct)
             strncmp(ct, "text/plain", 10) == 0);
 }
 
+/* Where a deploy goes live, from its query (docs/api.md "Targets"):
+ * target_agents and target_pops (comma-separated names), target_permille
+ * (0..1000), or hold=true (nowhere: an upload). *out stays NULL when the
+ * query names none of them (every agent). */
+#define TARGET_QUERY_MAX (PC_TARGET_MAX_NAMES * (PC_ID_MAX + 1) + 1)
+
+/* Whether the query has key at all, whatever its value's length (a
+ * value too long to read must be refused, not taken as absent). */
+static bool query_has(const char *query, const char *key)
+{
+    size_t klen = strlen(key);
+    for (const char *p = query; p != NULL && *p != '\0';) {
+        if (strncmp(p, key, klen) == 0 && (p[klen] == '=' || p[klen] == '&' || p[klen] == '\0'))
+            return true;
+        p = strchr(p, '&');
+        if (p != NULL)
+            p++;
+    }
+    return false;
+}
+
+static int add_query_names(const char *query, const char *key, Popcast__Target *t, bool pops,
+                           pc_err *err)
+{
+    if (!query_has(query, key))
+        return PC_OK;
+    char *list = malloc(TARGET_QUERY_MAX);
+    if (list == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    int rc = PC_OK;
+    if (!pc_httpd_query_get(query, key, list, TARGET_QUERY_MAX))
+        rc = pc_err_set(err, PC_E_INVALID, "%s names more than a target may", key);
+    /* Every comma-separated item must be a name: "a,,b" or "" is refused,
+     * never read as fewer names (or as nobody). */
+    for (char *name = list, *next; rc == PC_OK && name != NULL; name = next) {
+        next = strchr(name, ',');
+        if (next != NULL)
+            *next++ = '\0';
+        rc = pops ? pc_target_add_pop(t, name, err) : pc_target_add_agent(t, name, err);
+    }
+    free(list);
+    return rc;
+}
+
+static int target_of_query(const char *query, Popcast__Target **out, pc_err *err)
+{
+    *out = NULL;
+    char buf[16];
+    bool hold = query_has(query, "hold");
+    if (hold && (!pc_httpd_query_get(query, "hold", buf, sizeof(buf)) || strcmp(buf, "true") != 0))
+        return pc_err_set(err, PC_E_INVALID, "hold must be true (or left out)");
+    bool named = query_has(query, "target_agents") || query_has(query, "target_pops") ||
+                 query_has(query, "target_permille");
+    if (hold && named)
+        return pc_err_set(err, PC_E_INVALID, "hold=true targets nobody: name no target with it");
+    if (!hold && !named)
+        return PC_OK;
+    Popcast__Target *t = pc_target_new();
+    if (t == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    int rc = add_query_names(query, "target_agents", t, false, err);
+    if (rc == PC_OK)
+        rc = add_query_names(query, "target_pops", t, true, err);
+    uint64_t permille = 0;
+    if (rc == PC_OK && query_has(query, "target_permille") &&
+        (!pc_httpd_query_get(query, "target_permille", buf, sizeof(buf)) ||
+         api_parse_u64(buf, &permille) != 0 || permille > PC_TARGET_EVERYONE))
+        rc = pc_err_set(err, PC_E_INVALID, "target_permille must be an integer from 0 to 1000");
+    t->permille = (uint32_t)permille;
+    if (rc != PC_OK) {
+        popcast__target__free_unpacked(t, NULL);
+        return rc;
+    }
+    *out = t;
+    return PC_OK;
+}
+
 typedef struct upload {
     pc_api *api;
+    Popcast__Target *target; /* NULL: everyone */
     char tenant[PC_TENANT_MAX + 1];
     char runtime[PC_RUNTIME_NAME_MAX + 1];
     char entrypoint[PC_PATH_MAX + 1];
@@ -294,6 +392,13 @@ out:
     return c;
 }
 
+static void upload_free(upload *u)
+{
+    if (u->target != NULL)
+        popcast__target__free_unpacked(u->target, NULL);
+    free(u);
+}
+
 static void upload_body(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size_t len)
 {
     upload *u = arg;
@@ -306,12 +411,14 @@ static void upload_body(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size
         } else {
             snprintf(c->author, sizeof(c->author), "%s", u->author);
             snprintf(c->message, sizeof(c->message), "%s", u->message);
+            c->target = u->target;
+            u->target = NULL;
             api_submit(u->api, rq, c);
         }
     } else {
         free(body);
     }
-    free(u);
+    upload_free(u);
 }
 
 void api_post_bundle(api_call *call)
@@ -335,24 +442,30 @@ void api_post_bundle(api_call *call)
         free(u);
         return;
     }
+    pc_err err;
+    if (target_of_query(query, &u->target, &err) != PC_OK) {
+        pc_httpd_error(rq, err.code, "%s", err.msg);
+        free(u);
+        return;
+    }
     if (!pc_runtime_name_valid(u->runtime) || !api_runtime_allowed(call->api, u->runtime)) {
         pc_httpd_error(rq, PC_E_INVALID, "runtime '%s' is not one this cluster accepts",
                        u->runtime);
-        free(u);
+        upload_free(u);
         return;
     }
     if (content_is_single_file(ct)) {
         u->single_file = true;
         if (!pc_bundle_path_valid(u->entrypoint)) {
             pc_httpd_error(rq, PC_E_INVALID, "entrypoint is not a valid bundle path");
-            free(u);
+            upload_free(u);
             return;
         }
     } else if (!content_is_archive(ct)) {
         pc_httpd_error(rq, PC_E_MEDIA_TYPE,
                        "Content-Type must be application/vnd.popcast.bundle (an archive) or "
                        "text/x-lua (one file)");
-        free(u);
+        upload_free(u);
         return;
     }
     pc_httpd_read_body(rq, call->api->opt.max_bundle, upload_body, u);
@@ -408,6 +521,59 @@ void api_post_rollback(api_call *call)
     snprintf(w->tenant, sizeof(w->tenant), "%s", pc_route_param(call->match, "tenant"));
     api_author_of(call->who, w->author);
     pc_httpd_read_body(call->rq, JSON_BODY_MAX, rollback_body, w);
+}
+
+typedef struct stage_write {
+    pc_api *api;
+    char tenant[PC_TENANT_MAX + 1];
+    char author[PC_CHANGE_AUTHOR_MAX + 1];
+    uint64_t version;
+} stage_write;
+
+static void stage_body(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size_t len)
+{
+    stage_write *w = arg;
+    char message[PC_CHANGE_MESSAGE_MAX + 1];
+    Popcast__Target *target = NULL;
+    pc_err err;
+    pc_change *c = NULL;
+    if (rc != PC_OK) {
+        /* answered already */
+    } else if (pc_api_parse_stage(body, len, &target, message, sizeof(message), &err) != PC_OK) {
+        pc_httpd_error(rq, err.code, "%s", err.msg);
+    } else if ((c = pc_change_new(PC_CHANGE_STAGE, w->tenant)) == NULL) {
+        pc_httpd_error(rq, PC_E_NOMEM, "out of memory");
+    } else {
+        c->u.stage.version = w->version;
+        c->target = target;
+        target = NULL;
+        snprintf(c->author, sizeof(c->author), "%s", w->author);
+        snprintf(c->message, sizeof(c->message), "%s", message);
+        api_submit(w->api, rq, c);
+    }
+    if (target != NULL)
+        popcast__target__free_unpacked(target, NULL);
+    free(body);
+    free(w);
+}
+
+void api_post_stage(api_call *call)
+{
+    uint64_t version = 0;
+    if (api_parse_u64(pc_route_param(call->match, "version"), &version) != 0 || version == 0) {
+        pc_httpd_error(call->rq, PC_E_INVALID, "version must be a number >= 1");
+        return;
+    }
+    stage_write *w = calloc(1, sizeof(*w));
+    if (w == NULL) {
+        pc_httpd_error(call->rq, PC_E_NOMEM, "out of memory");
+        return;
+    }
+    w->api = call->api;
+    w->version = version;
+    snprintf(w->tenant, sizeof(w->tenant), "%s", pc_route_param(call->match, "tenant"));
+    api_author_of(call->who, w->author);
+    pc_httpd_read_body(call->rq, JSON_BODY_MAX, stage_body, w);
 }
 
 void api_delete_tenant(api_call *call)

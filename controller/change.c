@@ -16,6 +16,7 @@ static const pc_change_kind_info kinds[PC_CHANGE_KIND_COUNT] = {
     [PC_CHANGE_AGENT_ENROLL] = {"agent_enroll", false, 201},
     [PC_CHANGE_AGENT_REVOKE] = {"agent_revoke", false, 200},
     [PC_CHANGE_KEY_ROTATE] = {"key_rotation", false, 201},
+    [PC_CHANGE_STAGE] = {"stage", true, 201},
 };
 
 const pc_change_kind_info *pc_change_kind_get(pc_change_kind kind)
@@ -38,6 +39,8 @@ void pc_change_free(pc_change *c)
 {
     if (c == NULL)
         return;
+    if (c->target != NULL)
+        popcast__target__free_unpacked(c->target, NULL);
     switch (c->kind) {
     case PC_CHANGE_DEPLOY: free(c->u.deploy.bundle); break;
     case PC_CHANGE_ROLLBACK: free(c->u.rollback.content.bundle); break;
@@ -56,8 +59,7 @@ void pc_change_free(pc_change *c)
 int pc_change_set_idempotency(pc_change *c, const char *key, pc_err *err)
 {
     if (!pc_change_kind_get(c->kind)->tenant)
-        return pc_err_set(err, PC_E_INVALID,
-                          "Idempotency-Key is honoured on deploys, rollbacks and deletes only");
+        return pc_err_set(err, PC_E_INVALID, "Idempotency-Key is honoured on tenant changes only");
     if (!pc_idempotency_key_valid(key))
         return pc_err_set(err, PC_E_INVALID,
                           "Idempotency-Key must be 1 to %d characters of A-Z a-z 0-9 . _ : -",
@@ -85,8 +87,26 @@ int pc_change_set_idempotency(pc_change *c, const char *key, pc_err *err)
             n = snprintf(what, sizeof(what), "rollback\n%s\n%llu", c->tenant,
                          (unsigned long long)c->u.rollback.asked);
         break;
+    case PC_CHANGE_STAGE:
+        n = snprintf(what, sizeof(what), "stage\n%s\n%llu", c->tenant,
+                     (unsigned long long)c->u.stage.version);
+        break;
     default: n = snprintf(what, sizeof(what), "delete\n%s", c->tenant); break;
     }
+    /* The target as signed (protobuf bytes), when there is one. */
+    char target_hex[PC_HEX_HASH_LEN] = "";
+    if (c->target != NULL) {
+        size_t len = popcast__target__get_packed_size(c->target);
+        uint8_t *buf = malloc(len ? len : 1), th[PC_HASH_LEN];
+        if (buf == NULL)
+            return pc_err_set(err, PC_E_NOMEM, "out of memory");
+        popcast__target__pack(c->target, buf);
+        pc_hash(th, buf, len);
+        free(buf);
+        pc_hex(target_hex, th, PC_HASH_LEN);
+    }
+    if (n > 0 && (size_t)n < sizeof(what) && target_hex[0] != '\0')
+        n += snprintf(what + n, sizeof(what) - (size_t)n, "\ntarget\n%s", target_hex);
     /* Only when there is one: keys taken before messages existed keep
      * their fingerprints. */
     if (n > 0 && (size_t)n < sizeof(what) && c->message[0] != '\0')

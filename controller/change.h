@@ -29,6 +29,7 @@ typedef enum pc_change_kind {
     PC_CHANGE_AGENT_ENROLL,
     PC_CHANGE_AGENT_REVOKE,
     PC_CHANGE_KEY_ROTATE,
+    PC_CHANGE_STAGE,
     PC_CHANGE_KIND_COUNT
 } pc_change_kind;
 
@@ -90,6 +91,10 @@ struct pc_change {
      * message is part of what a key identifies. */
     char author[PC_CHANGE_AUTHOR_MAX + 1];
     char message[PC_CHANGE_MESSAGE_MAX + 1];
+    /* DEPLOY, ROLLBACK, STAGE: where the version goes live (target.h;
+     * NULL: every agent), owned by the change. Set it before
+     * pc_change_set_idempotency: it is part of what a key identifies. */
+    Popcast__Target *target;
     union {
         pc_change_content deploy; /* DEPLOY */
         struct {
@@ -101,6 +106,9 @@ struct pc_change {
             uint64_t asked;
             pc_change_content content; /* filled by the pipeline */
         } rollback;                    /* ROLLBACK */
+        struct {
+            uint64_t version; /* the tenant's active version, widened */
+        } stage;              /* STAGE */
         struct {
             uint64_t id;
             char raft_address[128];

@@ -288,10 +288,24 @@ static int batch_add(pc_pipeline *p, pc_change *c, uint64_t seq, pc_change_resul
         if (t.deleted)
             return pc_err_set(&r->err, PC_E_NOTFOUND, "tenant %s is already deleted", c->tenant);
         break;
+    case PC_CHANGE_STAGE:
+        /* Like a rollback, judged on committed state only (joins_batch):
+         * only the active version of a tenant that is not deleted. */
+        m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_STAGE;
+        if (t.last_version == 0 || t.deleted)
+            return pc_err_set(&r->err, PC_E_NOTFOUND, "tenant %s not found", c->tenant);
+        if (c->u.stage.version != t.active_version)
+            return pc_err_set(&r->err, PC_E_STALE_VERSION,
+                              "version %llu of %s is not its active version (%llu is): a newer "
+                              "change overtook it",
+                              (unsigned long long)c->u.stage.version, c->tenant,
+                              (unsigned long long)t.active_version);
+        break;
     default: return pc_err_set(&r->err, PC_E_INTERNAL, "not a tenant change");
     }
     m.tenant = c->tenant;
-    m.version = t.last_version + 1;
+    m.target = c->kind == PC_CHANGE_DELETE ? NULL : c->target;
+    m.version = c->kind == PC_CHANGE_STAGE ? c->u.stage.version : t.last_version + 1;
     m.seq = seq;
     m.created_unix_ms = pc_wall_ms();
     m.author = c->author;

@@ -12,6 +12,7 @@
 #include "names.h"
 #include "protocol_limits.h"
 #include "status_digest.h"
+#include "target.h"
 #include "strmap.h"
 #include "checks.h"
 
@@ -48,6 +49,7 @@ typedef struct relay_entry {
 typedef struct waiter {
     pc_rollout_query q;
     char tenant[PC_TENANT_MAX + 1];
+    Popcast__Target *target; /* q.target's own copy */
     int64_t deadline_ms;
     pc_rollout_done done;
     void *arg;
@@ -709,11 +711,12 @@ typedef enum {
     ST_DELETED,
     ST_UNKNOWN,
     ST_MISSING,
+    ST_UNTARGETED,
     ST_COUNT
 } agent_verdict;
 
-static const char *const state_names[ST_COUNT] = {"live",    "nacked",  "skipped",
-                                                  "deleted", "unknown", "missing"};
+static const char *const state_names[ST_COUNT] = {"live",    "nacked",  "skipped",   "deleted",
+                                                  "unknown", "missing", "untargeted"};
 
 /* One agent's verdict on a version (rollout.h). */
 typedef struct judgement {
@@ -752,6 +755,8 @@ static void judge_outcomes(const pc_rollout_query *q, const Popcast__TenantStatu
         j->v = ST_NACKED;
         j->reason = o->reason;
         j->detail = o->detail;
+    } else if (o != NULL && o->state == POPCAST__VERSION_STATE__VERSION_STATE_HELD) {
+        j->v = ST_MISSING; /* targeted, and its stage not applied there yet */
     } else if (o != NULL) {
         j->v = ST_UNKNOWN; /* a state this controller does not know */
     } else if (v >= av) {
@@ -793,6 +798,10 @@ static void judge(const pc_rollout_query *q, const Popcast__AgentStatus *st, jud
     memset(j, 0, sizeof(*j));
     const Popcast__TenantStatus *t = tenant_of(st, q->tenant);
     j->applied = t != NULL && t->applied_version >= q->version;
+    if (!pc_target_names(q->target, q->tenant, q->version, st->agent_id, st->pop)) {
+        j->v = ST_UNTARGETED;
+        return;
+    }
     if (t != NULL && t->outcomes_from > 0)
         judge_outcomes(q, t, j);
     else
@@ -844,7 +853,8 @@ static void evaluate_locked(pc_rollout *r, const pc_rollout_query *q, int64_t no
         bool stale = is_stale(r, a, now);
         judgement j;
         judge(q, a->status, &j);
-        s->total++;
+        s->untargeted += j.v == ST_UNTARGETED;
+        s->total += j.v != ST_UNTARGETED;
         s->applied += j.applied;
         s->stale += stale;
         s->superseded += j.superseded;
@@ -902,13 +912,13 @@ static void evaluate_locked(pc_rollout *r, const pc_rollout_query *q, int64_t no
         json_object_set_new(doc, "agents", agents);
         json_object_set_new(doc, "pops", pops);
         json_t *sum = json_pack(
-            "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:b,s:b,s:f}", "total",
-            (json_int_t)s->total, "live", (json_int_t)s->live, "applied", (json_int_t)s->applied,
-            "nacked", (json_int_t)s->nacked, "missing", (json_int_t)s->missing, "stale",
-            (json_int_t)s->stale, "superseded", (json_int_t)s->superseded, "skipped",
-            (json_int_t)s->skipped, "deleted", (json_int_t)s->deleted, "unknown",
-            (json_int_t)s->unknown, "complete", s->complete, "failed", s->failed, "unreachable",
-            s->unreachable, "fraction", q->fraction);
+            "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:b,s:b,s:f}", "total",
+            (json_int_t)s->total, "untargeted", (json_int_t)s->untargeted, "live",
+            (json_int_t)s->live, "applied", (json_int_t)s->applied, "nacked", (json_int_t)s->nacked,
+            "missing", (json_int_t)s->missing, "stale", (json_int_t)s->stale, "superseded",
+            (json_int_t)s->superseded, "skipped", (json_int_t)s->skipped, "deleted",
+            (json_int_t)s->deleted, "unknown", (json_int_t)s->unknown, "complete", s->complete,
+            "failed", s->failed, "unreachable", s->unreachable, "fraction", q->fraction);
         json_t *tj = traffic_json(s->traffic.requests, s->traffic.errors, s->traffic.limit_kills,
                                   s->traffic.status_5xx);
         json_object_set_new(tj, "agents", json_integer((json_int_t)s->traffic.agents));
@@ -962,8 +972,12 @@ static const char *kind_name(const pc_rollout_query *q)
 
 static json_t *version_doc(const pc_rollout_query *q)
 {
-    return json_pack("{s:s,s:I,s:I,s:s}", "tenant", q->tenant, "version", (json_int_t)q->version,
-                     "seq", (json_int_t)q->seq, "kind", kind_name(q));
+    json_t *doc =
+        json_pack("{s:s,s:I,s:I,s:s}", "tenant", q->tenant, "version", (json_int_t)q->version,
+                  "seq", (json_int_t)q->seq, "kind", kind_name(q));
+    if (doc != NULL)
+        json_object_set_new(doc, "target", pc_target_json(q->target));
+    return doc;
 }
 
 json_t *pc_rollout_version_json(pc_rollout *r, const pc_rollout_query *q, int64_t now_ms,
@@ -999,6 +1013,13 @@ static void evaluate_waiters_locked(pc_rollout *r, int64_t now, waiter **fired)
     }
 }
 
+static void waiter_free(waiter *w)
+{
+    if (w->target != NULL)
+        popcast__target__free_unpacked(w->target, NULL);
+    free(w);
+}
+
 static void fire(waiter *fired, pc_rollout *r, int64_t now)
 {
     while (fired != NULL) {
@@ -1011,7 +1032,7 @@ static void fire(waiter *fired, pc_rollout *r, int64_t now)
                                           : "timeout";
         json_object_set_new(doc, "wait", json_string(why));
         fired->done(fired->arg, doc, why);
-        free(fired);
+        waiter_free(fired);
         fired = next;
     }
 }
@@ -1025,6 +1046,20 @@ int pc_rollout_wait(pc_rollout *r, const pc_rollout_query *q, int64_t deadline_m
     w->q = *q;
     snprintf(w->tenant, sizeof(w->tenant), "%s", q->tenant);
     w->q.tenant = w->tenant;
+    if (q->target != NULL) {
+        size_t len = popcast__target__get_packed_size(q->target);
+        uint8_t *buf = malloc(len ? len : 1);
+        if (buf != NULL) {
+            popcast__target__pack(q->target, buf);
+            w->target = popcast__target__unpack(NULL, len, buf);
+            free(buf);
+        }
+        if (w->target == NULL) {
+            free(w);
+            return pc_err_set(err, PC_E_NOMEM, "out of memory");
+        }
+        w->q.target = w->target;
+    }
     w->deadline_ms = deadline_ms;
     w->done = done;
     w->arg = arg;
@@ -1059,7 +1094,7 @@ void pc_rollout_cancel_waits(pc_rollout *r)
         json_t *doc = version_doc(&w->q);
         json_object_set_new(doc, "wait", json_string("shutdown"));
         w->done(w->arg, doc, "shutdown");
-        free(w);
+        waiter_free(w);
         w = next;
     }
 }

@@ -100,6 +100,10 @@ typedef struct pc_rollout_query {
     bool is_delete;
     double fraction;         /* of non-gone agents that must be live; 1.0 = all */
     Popcast__EntryKind kind; /* the change's kind, shown ("deploy" when unset) */
+    /* Where the version goes live (target.h; NULL: every agent): agents it
+     * does not name are shown "untargeted" and not counted (a waiter keeps
+     * a copy, so a later stage does not move its goal). */
+    const Popcast__Target *target;
 } pc_rollout_query;
 
 /* What a version's code did, summed over agents (TenantStatus.traffic:
@@ -114,9 +118,10 @@ typedef struct pc_rollout_summary {
     size_t total, live, applied, nacked, missing, stale;
     size_t superseded; /* live, no longer served */
     size_t skipped, deleted, unknown;
-    bool complete;    /* live >= ceil(fraction * total) */
-    bool failed;      /* at least one nack */
-    bool unreachable; /* not complete, and live + missing < ceil(fraction * total) */
+    size_t untargeted; /* not named by the query's target: not in total */
+    bool complete;     /* live >= ceil(fraction * total) */
+    bool failed;       /* at least one nack */
+    bool unreachable;  /* not complete, and live + missing < ceil(fraction * total) */
 } pc_rollout_summary;
 
 /* The rollout of one version, per agent and per PoP (docs/api.md). */

@@ -1,19 +1,31 @@
 /* fuzz_api_bodies.c - the controller API's JSON request bodies. The first
- * byte picks the decoder (cluster node, rollback, token, agent, key
- * rotation). */
+ * byte picks the decoder (0xF0 and above: a stage; else, modulo 5: cluster
+ * node, rollback, token, agent, key rotation). */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
 #include "api_bodies.h"
 #include "fuzz.h"
+#include "target.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
     pc_err err;
-    if (data[0] % 5 == 4) {
+    if (data[0] >= 0xF0) {
+        Popcast__Target *t = NULL;
+        char message[PC_CHANGE_MESSAGE_MAX + 1];
+        /* A stage that parses names someone (or everyone, NULL) and holds
+         * only what a signed target may. */
+        if (pc_api_parse_stage(data + 1, size - 1, &t, message, sizeof(message), &err) == PC_OK &&
+            (!pc_change_message_valid(message) || pc_target_check(t, &err) != PC_OK ||
+             (t != NULL && t->n_agents + t->n_pops == 0 && t->permille == 0)))
+            __builtin_trap();
+        if (t != NULL)
+            popcast__target__free_unpacked(t, NULL);
+    } else if (data[0] % 5 == 4) {
         uint8_t next[32], root[32];
         int has_root = 0;
         Popcast__SignedRotationAuthorization *auth = NULL;

@@ -233,6 +233,9 @@ int main(int argc, char **argv)
              "\x05{\"id\": 4, \"raft_address\": \"127.0.0.1:7073\", \"api_url\": "
              "\"http://127.0.0.1:7070\"}");
     put_text("fuzz_api_bodies", 3, "\x02{\"tenants\": [\"alpha\", \"beta\"], \"name\": \"ci\"}");
+    put_text("fuzz_api_bodies", 7,
+             "\xf0{\"pops\": [\"ams\"], \"agents\": [\"edge-1\"], \"permille\": 100, "
+             "\"message\": \"canary\"}");
     {
         char text[256], pk_text[100];
         pc_key_format_public(&key.pub, pk_text, sizeof(pk_text));

@@ -26,6 +26,7 @@
 #include "harness.h"
 #include "metrics.h"
 #include "pipeline.h"
+#include "target.h"
 #include "registry.h"
 #include "signer.h"
 #include "store.h"
@@ -339,7 +340,8 @@ static void test_kind_table(void **state)
         assert_true(info->name[0] != '\0');
         assert_string_not_equal(info->name, "unknown");
         assert_true(info->success_status == 200 || info->success_status == 201);
-        bool tenant = k == PC_CHANGE_DEPLOY || k == PC_CHANGE_ROLLBACK || k == PC_CHANGE_DELETE;
+        bool tenant = k == PC_CHANGE_DEPLOY || k == PC_CHANGE_ROLLBACK || k == PC_CHANGE_DELETE ||
+                      k == PC_CHANGE_STAGE;
         assert_int_equal(info->tenant, tenant);
         for (int j = 0; j < k; j++)
             assert_string_not_equal(info->name, pc_change_kind_get((pc_change_kind)j)->name);
@@ -464,6 +466,66 @@ static void test_rollback(void **state)
     assert_int_equal(r->seq, 3);
     assert_int_equal(r->version, 3);
     assert_int_equal(applied_seq(f), 3);
+}
+
+static pc_change *stage_change(const char *tenant, uint64_t version, const char *pop)
+{
+    pc_change *c = pc_change_new(PC_CHANGE_STAGE, tenant);
+    assert_non_null(c);
+    c->u.stage.version = version;
+    if (pop != NULL) {
+        c->target = pc_target_new();
+        assert_int_equal(pc_target_add_pop(c->target, pop, NULL), PC_OK);
+    }
+    return c;
+}
+
+/* A deploy carries its target into the signed manifest; a stage is an
+ * entry of the active version only (its own seq, no new version), and a
+ * stage of a version a newer one overtook, of an unknown or deleted
+ * tenant, is refused and takes no seq. */
+static void test_targets_and_stages(void **state)
+{
+    fixture *f = *state;
+    char source[] = "return function() return 'x' end\n";
+    size_t len = 0;
+    uint8_t *archive = lua_bundle(source, &len);
+    pc_change *c = deploy_change("acme", archive, len);
+    c->target = pc_target_new(); /* nobody: an upload */
+    const pc_change_result *r = run_change(f, c);
+    expect_rc(r, PC_OK);
+    assert_int_equal(r->version, 1);
+    Popcast__Manifest *m = stored_manifest(f, 1, &root.pub, PC_OK);
+    assert_non_null(m->target);
+    assert_int_equal(m->target->n_pops + m->target->n_agents + m->target->permille, 0);
+    popcast__manifest__free_unpacked(m, NULL);
+
+    r = run_change(f, stage_change("acme", 1, "ams"));
+    expect_rc(r, PC_OK);
+    assert_int_equal(r->version, 1);
+    assert_int_equal(r->seq, 2);
+    m = stored_manifest(f, 2, &root.pub, PC_OK);
+    assert_int_equal(m->kind, POPCAST__ENTRY_KIND__ENTRY_KIND_STAGE);
+    assert_int_equal(m->version, 1);
+    assert_int_equal(m->target->n_pops, 1);
+    assert_string_equal(m->target->pops[0], "ams");
+    popcast__manifest__free_unpacked(m, NULL);
+    pc_tenant_state t = tenant_state(f, "acme");
+    assert_int_equal(t.active_version, 1);
+    assert_int_equal(t.last_version, 1);
+    assert_int_equal(t.stage_seq, 2);
+
+    /* The next deploy takes the next version; staging the old one is 409. */
+    r = run_change(f, deploy_change("acme", archive, len));
+    expect_rc(r, PC_OK);
+    assert_int_equal(r->version, 2);
+    assert_int_equal(tenant_state(f, "acme").stage_seq, 0);
+    r = run_change(f, stage_change("acme", 1, NULL));
+    expect_rc(r, PC_E_STALE_VERSION);
+    r = run_change(f, stage_change("nobody", 1, NULL));
+    expect_rc(r, PC_E_NOTFOUND);
+    assert_int_equal(applied_seq(f), 3);
+    free(archive);
 }
 
 /* A delete is a version without content; it can happen once, and cannot
@@ -1110,6 +1172,7 @@ int main(void)
         cmocka_unit_test(test_kind_table),
         cmocka_unit_test_setup_teardown(test_deploy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rollback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_targets_and_stages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_agents, setup, teardown),
