@@ -33,6 +33,7 @@
 #include "envelope.h"
 #include "http_client.h"
 #include "names.h"
+#include "target.h"
 #include "tls.h"
 
 #ifndef POPCAST_VERSION
@@ -98,6 +99,10 @@ enum opt_id {
     O_MESSAGE,
     O_BASELINE,
     O_MIN_REQUESTS,
+    O_POP,
+    O_AGENT,
+    O_PERMILLE,
+    O_EVERYONE,
     O_COUNT
 };
 
@@ -130,6 +135,12 @@ typedef struct cli {
     const char *replaces;             /* key authorize: the key id being replaced */
     const char *tenants[MAX_TENANTS]; /* token create --tenant, repeatable */
     int n_tenants;
+    /* deploy, stage: where the version goes live (--pop, --agent
+     * repeatable; --permille -1 when not given). */
+    const char *pops[PC_TARGET_MAX_NAMES], *agents[PC_TARGET_MAX_NAMES];
+    int n_pops, n_agents;
+    long long permille;
+    bool everyone;
     const char *entrypoint;
     const char *message;              /* --message */
     long long baseline, min_requests; /* health: 0 when not given */
@@ -446,7 +457,26 @@ static void use_idempotency_key(cli *c)
     pc_hex(c->idempotency_key, raw, sizeof(raw));
 }
 
-static int cmd_deploy(cli *c)
+/* Appends a deploy's target to its query: hold (an upload), or the
+ * --pop, --agent and --permille given (none: every agent). */
+static void add_target_query(cli *c, char *url, size_t cap, bool hold)
+{
+    size_t n = strlen(url);
+    if (hold) {
+        snprintf(url + n, cap - n, "&hold=true");
+        return;
+    }
+    const char *sep = "&target_pops=";
+    for (int i = 0; i < c->n_pops; i++, sep = ",")
+        n += (size_t)snprintf(url + n, n < cap ? cap - n : 0, "%s%s", sep, c->pops[i]);
+    sep = "&target_agents=";
+    for (int i = 0; i < c->n_agents; i++, sep = ",")
+        n += (size_t)snprintf(url + n, n < cap ? cap - n : 0, "%s%s", sep, c->agents[i]);
+    if (c->given[O_PERMILLE])
+        snprintf(url + n, n < cap ? cap - n : 0, "&target_permille=%lld", c->permille);
+}
+
+static int deploy_or_upload(cli *c, bool hold)
 {
     const char *tenant = c->args[0], *path = c->args[1];
     struct stat st;
@@ -472,22 +502,80 @@ static int cmd_deploy(cli *c)
         if (rc != PC_OK)
             return fail("%s", err.msg);
     }
-    char url[2048]; /* room for a 512-byte message, each byte escaped */
+    /* Room for a 512-byte message, each byte escaped, and a target of 2 x
+     * 64 names. */
+    static char url[2048 + 2 * PC_TARGET_MAX_NAMES * (PC_ID_MAX + 1) + 64];
     snprintf(url, sizeof(url), "/v1/tenants/%s/bundles?runtime=%s", tenant,
              c->runtime ? c->runtime : "lua");
     add_message_query(c, url, sizeof(url));
+    add_target_query(c, url, sizeof(url), hold);
     use_idempotency_key(c);
     json_t *doc = call(c, "POST", url, "application/vnd.popcast.bundle", archive, archive_len);
     free(archive);
     if (doc == NULL)
         return 1;
+    bool targeted = hold || c->n_pops > 0 || c->n_agents > 0 || c->given[O_PERMILLE];
     /* With --wait, --json prints only the final rollout document. */
     if (c->json && !c->wait)
         print_json(doc);
     else if (!c->json)
-        printf("deployed %s version %lld (seq %lld, %lld bytes, hash %.16s...)\n", tenant,
-               num(doc, "version"), num(doc, "seq"), num(doc, "size"), str(doc, "hash"));
+        printf("%s %s version %lld (seq %lld, %lld bytes, hash %.16s...)%s\n",
+               hold ? "uploaded" : "deployed", tenant, num(doc, "version"), num(doc, "seq"),
+               num(doc, "size"), str(doc, "hash"),
+               hold       ? ": live nowhere yet; `popcast stage` makes it live"
+               : targeted ? ": live where its target names; `popcast stage` widens it"
+                          : "");
     long long version = num(doc, "version");
+    json_decref(doc);
+    return c->wait ? wait_live(c, tenant, version) : 0;
+}
+
+static int cmd_deploy(cli *c)
+{
+    return deploy_or_upload(c, false);
+}
+
+static int cmd_upload(cli *c)
+{
+    return deploy_or_upload(c, true);
+}
+
+static int cmd_stage(cli *c)
+{
+    const char *tenant = c->args[0];
+    long long version = strtoll(c->args[1], NULL, 10);
+    char url[256];
+    snprintf(url, sizeof(url), "/v1/tenants/%s/versions/%lld/stage", tenant, version);
+    json_t *req = json_object();
+    if (c->everyone) {
+        json_object_set_new(req, "everyone", json_true());
+    } else {
+        json_t *pops = json_array(), *agents = json_array();
+        for (int i = 0; i < c->n_pops; i++)
+            json_array_append_new(pops, json_string(c->pops[i]));
+        for (int i = 0; i < c->n_agents; i++)
+            json_array_append_new(agents, json_string(c->agents[i]));
+        json_object_set_new(req, "pops", pops);
+        json_object_set_new(req, "agents", agents);
+        if (c->given[O_PERMILLE])
+            json_object_set_new(req, "permille", json_integer(c->permille));
+    }
+    if (c->message != NULL && c->message[0] != '\0')
+        json_object_set_new(req, "message", json_string(c->message));
+    char *body = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    if (body == NULL)
+        return fail("out of memory");
+    use_idempotency_key(c);
+    json_t *doc = call(c, "POST", url, "application/json", body, strlen(body));
+    free(body);
+    if (doc == NULL)
+        return 1;
+    if (c->json && !c->wait)
+        print_json(doc);
+    else if (!c->json)
+        printf("staged %s version %lld (seq %lld): live %s\n", tenant, num(doc, "version"),
+               num(doc, "seq"), c->everyone ? "on every agent" : "where the stage names");
     json_decref(doc);
     return c->wait ? wait_live(c, tenant, version) : 0;
 }
@@ -1321,6 +1409,13 @@ static bool check_id(const char *label, const char *v, char *why, size_t cap)
                   label, v);
 }
 
+static bool check_permille(const char *label, const char *v, char *why, size_t cap)
+{
+    long long n;
+    return whole(v, 0, PC_TARGET_EVERYONE, &n) ||
+           refuse(why, cap, "%s '%s' is not a whole number from 0 to 1000", label, v);
+}
+
 static bool check_key_name(const char *label, const char *v, char *why, size_t cap)
 {
     return pc_id_valid(v) ||
@@ -1541,6 +1636,23 @@ static const option options[O_COUNT] = {
                    .help = "why: kept with the version, signed, shown by `popcast versions` (at "
                            "most 512 bytes of UTF-8, no control characters)",
                    .check = check_message},
+    [O_POP] = {.name = "--pop",
+               .metavar = "POP",
+               .help = "make it live on this PoP's agents (repeat: at most 64)",
+               .check = check_id,
+               .max = PC_TARGET_MAX_NAMES},
+    [O_AGENT] = {.name = "--agent",
+                 .metavar = "ID",
+                 .help = "make it live on this agent (repeat: at most 64)",
+                 .check = check_id,
+                 .max = PC_TARGET_MAX_NAMES},
+    [O_PERMILLE] = {.name = "--permille",
+                    .metavar = "N",
+                    .help = "make it live on N per mille of all agents, chosen by a hash of the "
+                            "tenant, version and agent id (0 to 1000; a larger N names a "
+                            "superset)",
+                    .check = check_permille},
+    [O_EVERYONE] = {.name = "--everyone", .metavar = NULL, .help = "make it live on every agent"},
     [O_REPLACES] = {.name = "--replaces",
                     .metavar = "KEY_ID",
                     .help =
@@ -1602,9 +1714,26 @@ static const command commands[] = {
      "upload a file or directory as a new version",
      {TENANT_ARG, {"PATH", check_bundle_path}},
      0,
-     OPTS(O_ENTRYPOINT, O_RUNTIME, O_MESSAGE, O_IDEMPOTENCY_KEY, WAIT_OPTS, O_JSON),
+     OPTS(O_ENTRYPOINT, O_RUNTIME, O_MESSAGE, O_IDEMPOTENCY_KEY, O_POP, O_AGENT, O_PERMILLE,
+          WAIT_OPTS, O_JSON),
      false,
      cmd_deploy},
+    {"upload",
+     NULL,
+     "store a file or directory as a new version, live nowhere until staged",
+     {TENANT_ARG, {"PATH", check_bundle_path}},
+     0,
+     OPTS(O_ENTRYPOINT, O_RUNTIME, O_MESSAGE, O_IDEMPOTENCY_KEY, O_JSON),
+     false,
+     cmd_upload},
+    {"stage",
+     NULL,
+     "make the active VERSION live on more agents (--pop, --agent, --permille, --everyone)",
+     {TENANT_ARG, VERSION_ARG},
+     0,
+     OPTS(O_POP, O_AGENT, O_PERMILLE, O_EVERYONE, O_MESSAGE, O_IDEMPOTENCY_KEY, WAIT_OPTS, O_JSON),
+     false,
+     cmd_stage},
     {"versions",
      NULL,
      "list a tenant's versions",
@@ -2067,6 +2196,10 @@ static void store(cli *c, int id, const char *value)
     case O_MESSAGE: c->message = value; break;
     case O_BASELINE: whole(value, 1, LLONG_MAX, &c->baseline); break;
     case O_MIN_REQUESTS: whole(value, 1, 1000000000, &c->min_requests); break;
+    case O_POP: c->pops[c->n_pops++] = value; break;
+    case O_AGENT: c->agents[c->n_agents++] = value; break;
+    case O_PERMILLE: whole(value, 0, PC_TARGET_EVERYONE, &c->permille); break;
+    case O_EVERYONE: c->everyone = true; break;
     default: break;
     }
 }
@@ -2147,6 +2280,11 @@ static int parse(cli *c, const command *k, int argc, char **argv, int first)
             return usage_error(k, NULL, "give %s or %s, not both", o->name,
                                options[o->excludes].name);
     }
+    /* stage: where to, one way or the other. */
+    if (k->run == cmd_stage &&
+        (c->given[O_EVERYONE] != 0) ==
+            (c->given[O_POP] + c->given[O_AGENT] + c->given[O_PERMILLE] != 0))
+        return usage_error(k, NULL, "give --everyone, or any of --pop, --agent, --permille");
     /* health: a baseline is an earlier version than the one judged. */
     if (c->given[O_BASELINE] != 0 && c->nargs > 1 && c->baseline >= strtoll(c->args[1], NULL, 10))
         return usage_error(k, NULL, "--baseline %lld is not below VERSION %s", c->baseline,
