@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "crypto.h"
+#include "deployment.h"
 #include "err.h"
 #include "names.h"
 #include "popcast.pb-c.h"
@@ -30,6 +31,7 @@ typedef enum pc_change_kind {
     PC_CHANGE_AGENT_REVOKE,
     PC_CHANGE_KEY_ROTATE,
     PC_CHANGE_STAGE,
+    PC_CHANGE_DEPLOYMENT,
     PC_CHANGE_KIND_COUNT
 } pc_change_kind;
 
@@ -72,6 +74,7 @@ typedef struct pc_change_result {
     char runtime[PC_RUNTIME_NAME_MAX + 1];
     char author[PC_CHANGE_AUTHOR_MAX + 1]; /* as signed */
     char message[PC_CHANGE_MESSAGE_MAX + 1];
+    uint64_t deployment_id; /* DEPLOYMENT: the record made or changed */
 } pc_change_result;
 
 typedef struct pc_change pc_change;
@@ -109,6 +112,13 @@ struct pc_change {
         struct {
             uint64_t version; /* the tenant's active version, widened */
         } stage;              /* STAGE */
+        struct {
+            /* Creating: the new record (its id is the pipeline's to give,
+             * owned by the change); else the record id and what to do. */
+            Popcast__DeploymentRecord *create;
+            uint64_t id;
+            pc_deployment_op op;
+        } deployment; /* DEPLOYMENT (c->tenant is the record's) */
         struct {
             uint64_t id;
             char raft_address[128];

@@ -1,5 +1,6 @@
 /* cluster.c - raft replication of the controller's store (see cluster.h). */
 #include "cluster.h"
+#include "deployment.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -220,6 +221,23 @@ static int apply_batch(pc_cluster *c, Popcast__Entry *const *entries, size_t n_e
     return rc;
 }
 
+/* A deployment record, checked against the one this store holds: every
+ * replica refuses the same records (deployment.h). */
+static int apply_deployment(pc_cluster *c, const Popcast__DeploymentRecord *d, pc_err *err)
+{
+    if (d == NULL || d->tenant == NULL)
+        return pc_err_set(err, PC_E_INVALID, "deployment record without a tenant");
+    Popcast__DeploymentRecord *cur = NULL;
+    int rc = pc_registry_get_deployment(c->opt.store, d->tenant, d->id, &cur, err);
+    if (rc == PC_E_NOTFOUND)
+        rc = pc_deployment_check_new(d, err);
+    else if (rc == PC_OK)
+        rc = pc_deployment_check_update(cur, d, err);
+    if (cur != NULL)
+        popcast__deployment_record__free_unpacked(cur, NULL);
+    return rc == PC_OK ? pc_registry_put_deployment(c->opt.store, d, err) : rc;
+}
+
 static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
 {
     pc_cluster *c = fsm->data;
@@ -257,6 +275,8 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
         rc = pc_registry_put_token(c->opt.store, cmd->token, &err);
     } else if (cmd->body_case == POPCAST__CLUSTER_COMMAND__BODY_AGENT) {
         rc = pc_registry_put_agent(c->opt.store, cmd->agent, &err);
+    } else if (cmd->body_case == POPCAST__CLUSTER_COMMAND__BODY_DEPLOYMENT) {
+        rc = apply_deployment(c, cmd->deployment, &err);
     } else {
         rc = pc_err_set(&err, PC_E_INVALID, "raft command has no valid body");
     }
@@ -640,6 +660,16 @@ int pc_cluster_propose_token(pc_cluster *c, const Popcast__TokenRecord *t, pc_cl
     Popcast__ClusterCommand cmd = POPCAST__CLUSTER_COMMAND__INIT;
     cmd.body_case = POPCAST__CLUSTER_COMMAND__BODY_TOKEN;
     cmd.token = (Popcast__TokenRecord *)t;
+    return propose_command(c, &cmd, done, arg, err);
+}
+
+int pc_cluster_propose_deployment(pc_cluster *c, const Popcast__DeploymentRecord *d,
+                                  pc_cluster_done done, void *arg, pc_err *err)
+{
+    PC_CHECK_OWNER(&c->loop_thread);
+    Popcast__ClusterCommand cmd = POPCAST__CLUSTER_COMMAND__INIT;
+    cmd.body_case = POPCAST__CLUSTER_COMMAND__BODY_DEPLOYMENT;
+    cmd.deployment = (Popcast__DeploymentRecord *)d;
     return propose_command(c, &cmd, done, arg, err);
 }
 

@@ -127,6 +127,13 @@ int pc_cluster_propose_token(pc_cluster *c, const Popcast__TokenRecord *t, pc_cl
 int pc_cluster_propose_agent(pc_cluster *c, const Popcast__AgentRecord *a, pc_cluster_done done,
                              void *arg, pc_err *err);
 
+/* Loop thread: creates or updates a staged deployment's record, stored
+ * under "deployment.<tenant>.<id>" on every controller once each checked
+ * it (deployment.h: pc_deployment_check_new or _check_update against the
+ * record it holds; a record that fails is refused, PC_E_INVALID). */
+int pc_cluster_propose_deployment(pc_cluster *c, const Popcast__DeploymentRecord *d,
+                                  pc_cluster_done done, void *arg, pc_err *err);
+
 /* Loop thread: membership. add: records the node's API address through the
  * log, adds it, and makes it a voter once it caught up. */
 int pc_cluster_add(pc_cluster *c, uint64_t id, const char *raft_address, const char *api_url,

@@ -111,6 +111,12 @@ static void log_committed(const pc_change *c, const pc_change_result *r)
     case PC_CHANGE_TOKEN_REVOKE: pc_info("pipeline", "%s %s", name, c->u.token.id); break;
     case PC_CHANGE_AGENT_ENROLL:
     case PC_CHANGE_AGENT_REVOKE: pc_info("pipeline", "%s %s", name, c->u.agent.id); break;
+    case PC_CHANGE_DEPLOYMENT:
+        pc_info("pipeline", "deployment %llu of %s version %llu: %s",
+                (unsigned long long)r->deployment_id, c->tenant, (unsigned long long)r->version,
+                c->u.deployment.create ? "started"
+                                       : pc_deployment_op_name(c->u.deployment.op.kind));
+        break;
     default:
         pc_info("pipeline", "committed %s %s version %llu seq %llu (%llu bytes)", name, c->tenant,
                 (unsigned long long)r->version, (unsigned long long)r->seq,
@@ -544,6 +550,92 @@ static int start_remove_node(pc_pipeline *p, pc_change *c, pc_change_result *r)
     return rc;
 }
 
+typedef struct deployments_seen {
+    uint64_t last_id, version;
+    uint64_t running_id; /* a deployment of version not final yet (0: none) */
+} deployments_seen;
+
+static int see_deployment(void *arg, const Popcast__DeploymentRecord *d)
+{
+    deployments_seen *s = arg;
+    if (d->id > s->last_id)
+        s->last_id = d->id;
+    if (d->version == s->version && !pc_deployment_final(d))
+        s->running_id = d->id;
+    return 0;
+}
+
+/* A new deployment: of the tenant's active version, with none of it
+ * still going, the next id; judged on the store, which holds every
+ * committed change (changes start one at a time). */
+static int start_new_deployment(pc_pipeline *p, pc_change *c, pc_change_result *r)
+{
+    Popcast__DeploymentRecord *d = c->u.deployment.create;
+    pc_tenant_state t;
+    int rc = pc_store_get_tenant(p->store, d->tenant, &t, &r->err);
+    if (rc == PC_E_NOTFOUND || (rc == PC_OK && t.deleted))
+        return pc_err_set(&r->err, PC_E_NOTFOUND, "tenant %s not found", d->tenant);
+    if (rc != PC_OK)
+        return rc;
+    if (d->version == 0)
+        d->version = t.active_version;
+    if (d->version != t.active_version)
+        return pc_err_set(&r->err, PC_E_STALE_VERSION,
+                          "version %llu of %s is not its active version (%llu is): deploy a "
+                          "version as it is made, or roll back to it first",
+                          (unsigned long long)d->version, d->tenant,
+                          (unsigned long long)t.active_version);
+    deployments_seen seen = {.version = d->version};
+    if ((rc = pc_registry_foreach_deployment(p->store, d->tenant, see_deployment, &seen,
+                                             &r->err)) != PC_OK)
+        return rc;
+    if (seen.running_id != 0)
+        return pc_err_set(&r->err, PC_E_EXISTS, "deployment %llu of %s version %llu is not over",
+                          (unsigned long long)seen.running_id, d->tenant,
+                          (unsigned long long)d->version);
+    if (d->baseline >= d->version)
+        d->baseline = 0;
+    d->id = seen.last_id + 1;
+    if ((rc = pc_deployment_check_new(d, &r->err)) != PC_OK)
+        return rc;
+    fly_alone(p, c);
+    r->deployment_id = d->id;
+    r->version = d->version;
+    rc = pc_cluster_propose_deployment(p->cluster, d, change_done, p, &r->err);
+    if (rc != PC_OK)
+        p->n_flight = 0;
+    return rc;
+}
+
+/* A deployment's next record: the committed one, changed by the op. */
+static int start_deployment(pc_pipeline *p, pc_change *c, pc_change_result *r)
+{
+    if (c->u.deployment.create != NULL)
+        return start_new_deployment(p, c, r);
+    Popcast__DeploymentRecord *cur = NULL, *next = NULL;
+    int rc = pc_registry_get_deployment(p->store, c->tenant, c->u.deployment.id, &cur, &r->err);
+    if (rc == PC_E_NOTFOUND)
+        rc = pc_err_set(&r->err, PC_E_NOTFOUND, "%s has no deployment %llu", c->tenant,
+                        (unsigned long long)c->u.deployment.id);
+    if (rc == PC_OK)
+        rc = pc_deployment_apply(cur, &c->u.deployment.op, pc_wall_ms(), c->author, &next, &r->err);
+    if (rc == PC_OK)
+        rc = pc_deployment_check_update(cur, next, &r->err);
+    if (rc == PC_OK) {
+        fly_alone(p, c);
+        r->deployment_id = next->id;
+        r->version = next->version;
+        if ((rc = pc_cluster_propose_deployment(p->cluster, next, change_done, p, &r->err)) !=
+            PC_OK)
+            p->n_flight = 0;
+    }
+    if (cur != NULL)
+        popcast__deployment_record__free_unpacked(cur, NULL);
+    if (next != NULL)
+        popcast__deployment_record__free_unpacked(next, NULL);
+    return rc;
+}
+
 /* How each kind of change but tenant changes starts, alone: builds its
  * record (or signs it) and proposes it as the change in flight. Returns
  * an error only when nothing was proposed. Tenant changes go in batches
@@ -553,7 +645,7 @@ static const start_fn start_alone[PC_CHANGE_KIND_COUNT] = {
     [PC_CHANGE_ADD_NODE] = start_add_node,         [PC_CHANGE_REMOVE_NODE] = start_remove_node,
     [PC_CHANGE_TOKEN_CREATE] = start_token_create, [PC_CHANGE_TOKEN_REVOKE] = start_token_revoke,
     [PC_CHANGE_AGENT_ENROLL] = start_agent_enroll, [PC_CHANGE_AGENT_REVOKE] = start_agent_revoke,
-    [PC_CHANGE_KEY_ROTATE] = start_rotation,
+    [PC_CHANGE_KEY_ROTATE] = start_rotation,       [PC_CHANGE_DEPLOYMENT] = start_deployment,
 };
 
 /* Answers a change that was not proposed (an error, or a replay's

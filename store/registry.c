@@ -8,11 +8,13 @@
 #include "byteorder.h"
 #include "names.h"
 
-#define TOKEN_PREFIX   "token."
-#define AGENT_PREFIX   "agent."
-#define NODE_PREFIX    "cluster.node."
-#define OUTCOME_PREFIX "outcome."
-#define EPOCH_KEY      "status_epoch"
+#define TOKEN_PREFIX       "token."
+#define AGENT_PREFIX       "agent."
+#define NODE_PREFIX        "cluster.node."
+#define OUTCOME_PREFIX     "outcome."
+#define DEPLOYMENT_PREFIX  "deployment."
+#define DEPLOYMENT_KEY_MAX (sizeof(DEPLOYMENT_PREFIX) + PC_TENANT_MAX + 1 + 20 + 1)
+#define EPOCH_KEY          "status_epoch"
 /* EPOCH_KEY holds the floor of an agent's report counters (microseconds;
  * see pc_registry_next_report_floor). */
 
@@ -93,6 +95,7 @@ typedef struct walk {
         int (*agent)(void *arg, const Popcast__AgentRecord *a);
         int (*node)(void *arg, const Popcast__ClusterNode *n);
         int (*outcomes)(void *arg, const char *tenant, const Popcast__TenantOutcomes *o);
+        int (*deployment)(void *arg, const Popcast__DeploymentRecord *d);
     } cb;
     void *arg;
     pc_err *err;
@@ -112,6 +115,8 @@ static int walk_one(void *arg, const char *key, const uint8_t *val, size_t len)
     else if (w->d == &popcast__tenant_outcomes__descriptor)
         rc = w->cb.outcomes(w->arg, key + strlen(OUTCOME_PREFIX),
                             (const Popcast__TenantOutcomes *)msg);
+    else if (w->d == &popcast__deployment_record__descriptor)
+        rc = w->cb.deployment(w->arg, (const Popcast__DeploymentRecord *)msg);
     else
         rc = w->cb.node(w->arg, (const Popcast__ClusterNode *)msg);
     protobuf_c_message_free_unpacked(msg, NULL);
@@ -271,6 +276,47 @@ int pc_registry_foreach_outcomes(pc_store *s,
 {
     walk w = {&popcast__tenant_outcomes__descriptor, {.outcomes = cb}, arg, err};
     return pc_store_meta_foreach(s, OUTCOME_PREFIX, walk_one, &w, err);
+}
+
+/* Staged deployments. */
+
+static void deployment_key(char *out, size_t cap, const char *tenant, uint64_t id)
+{
+    snprintf(out, cap, DEPLOYMENT_PREFIX "%s.%020llu", tenant, (unsigned long long)id);
+}
+
+int pc_registry_put_deployment(pc_store *s, const Popcast__DeploymentRecord *d, pc_err *err)
+{
+    if (d->tenant == NULL || !pc_tenant_name_valid(d->tenant) || d->id == 0)
+        return pc_err_set(err, PC_E_INVALID, "deployment record without a tenant or id");
+    char key[DEPLOYMENT_KEY_MAX];
+    deployment_key(key, sizeof(key), d->tenant, d->id);
+    return put_message(s, key, &d->base, err);
+}
+
+int pc_registry_get_deployment(pc_store *s, const char *tenant, uint64_t id,
+                               Popcast__DeploymentRecord **out, pc_err *err)
+{
+    *out = NULL;
+    if (!pc_tenant_name_valid(tenant) || id == 0)
+        return pc_err_set(err, PC_E_NOTFOUND, "no such deployment");
+    char key[DEPLOYMENT_KEY_MAX];
+    deployment_key(key, sizeof(key), tenant, id);
+    return get_message(s, key, &popcast__deployment_record__descriptor, (ProtobufCMessage **)out,
+                       err);
+}
+
+int pc_registry_foreach_deployment(pc_store *s, const char *tenant,
+                                   int (*cb)(void *arg, const Popcast__DeploymentRecord *d),
+                                   void *arg, pc_err *err)
+{
+    char prefix[DEPLOYMENT_KEY_MAX];
+    if (tenant != NULL && !pc_tenant_name_valid(tenant))
+        return PC_OK;
+    snprintf(prefix, sizeof(prefix), DEPLOYMENT_PREFIX "%s%s", tenant ? tenant : "",
+             tenant ? "." : "");
+    walk w = {&popcast__deployment_record__descriptor, {.deployment = cb}, arg, err};
+    return pc_store_meta_foreach(s, prefix, walk_one, &w, err);
 }
 
 /* The agent's report epoch. */

@@ -17,6 +17,7 @@
  *   "cluster.node.<raft id>"       ClusterNode controller: members added at run time
  *   "status_epoch"                 u64 BE      agent: report counter floor (µs)
  *   "outcome.<tenant>"             TenantOutcomes agent: what became of its versions
+ *   "deployment.<tenant>.<id, 20 digits>" DeploymentRecord controller: staged deployments
  *
  * Walks follow store.h: cb returning non-zero stops the walk and that
  * value is returned. Writes here are for the cluster's FSM (controller)
@@ -54,6 +55,17 @@ int pc_registry_foreach_agent(pc_store *s, int (*cb)(void *arg, const Popcast__A
 int pc_registry_put_node(pc_store *s, const Popcast__ClusterNode *n, pc_err *err);
 int pc_registry_foreach_node(pc_store *s, int (*cb)(void *arg, const Popcast__ClusterNode *n),
                              void *arg, pc_err *err);
+
+/* Controller: staged deployments, by tenant and id (replaced whole; the
+ * rules of an update are controller/deployment.h's). PC_E_NOTFOUND when
+ * absent. The walk goes in id order, one tenant's (tenant non-NULL) or
+ * every tenant's. */
+int pc_registry_put_deployment(pc_store *s, const Popcast__DeploymentRecord *d, pc_err *err);
+int pc_registry_get_deployment(pc_store *s, const char *tenant, uint64_t id,
+                               Popcast__DeploymentRecord **out, pc_err *err);
+int pc_registry_foreach_deployment(pc_store *s, const char *tenant,
+                                   int (*cb)(void *arg, const Popcast__DeploymentRecord *d),
+                                   void *arg, pc_err *err);
 
 /* Agent: the outcomes of a tenant's recent versions (replaced whole). */
 int pc_registry_put_outcomes(pc_store *s, const char *tenant, const Popcast__TenantOutcomes *o,
