@@ -48,6 +48,17 @@ static const api_route routes[] = {
     GET("/v1/tenants/{tenant}/versions/{version}/rollout", API_TENANT, api_get_rollout_by_version),
     GET("/v1/tenants/{tenant}/versions/{version}/health", API_TENANT, api_get_version_health),
     WRITE("POST", "/v1/tenants/{tenant}/versions/{version}/stage", API_TENANT, api_post_stage),
+    WRITE("POST", "/v1/tenants/{tenant}/deployments", API_TENANT, api_post_deployment),
+    GET("/v1/tenants/{tenant}/deployments", API_TENANT, api_get_deployments),
+    GET("/v1/tenants/{tenant}/deployments/{id}", API_TENANT, api_get_deployment),
+    WRITE("POST", "/v1/tenants/{tenant}/deployments/{id}/pause", API_TENANT,
+          api_post_deployment_pause),
+    WRITE("POST", "/v1/tenants/{tenant}/deployments/{id}/resume", API_TENANT,
+          api_post_deployment_resume),
+    WRITE("POST", "/v1/tenants/{tenant}/deployments/{id}/abort", API_TENANT,
+          api_post_deployment_abort),
+    WRITE("POST", "/v1/tenants/{tenant}/deployments/{id}/promote", API_TENANT,
+          api_post_deployment_promote),
     GET("/v1/rollout/{seq}", API_ADMIN, api_get_rollout_by_seq),
     GET("/v1/fleet", API_ADMIN, api_get_fleet),
     GET("/v1/cluster", API_ADMIN, api_get_cluster),
@@ -386,6 +397,7 @@ static void change_done(pc_change *c, const pc_change_result *r)
     case PC_CHANGE_AGENT_ENROLL:
     case PC_CHANGE_AGENT_REVOKE: answer = api_agent_change_json(c, r); break;
     case PC_CHANGE_KEY_ROTATE: answer = api_key_change_json(c, r); break;
+    case PC_CHANGE_DEPLOYMENT: answer = api_deployment_change_json(api, c, r); break;
     default:
         if (!r->replayed)
             pc_metric_add(api->m_changes, 1);
@@ -395,7 +407,10 @@ static void change_done(pc_change *c, const pc_change_result *r)
     }
     /* A replay answers as the first time did, and says it is one. */
     static const char *const replayed[] = {"Idempotent-Replayed", "true", NULL};
-    pc_httpd_reply_json(rq, kind->success_status, answer, r->replayed ? replayed : NULL);
+    uint16_t status = kind->success_status;
+    if (c->kind == PC_CHANGE_DEPLOYMENT && c->u.deployment.create != NULL)
+        status = 201; /* a new deployment; its operations answer 200 */
+    pc_httpd_reply_json(rq, status, answer, r->replayed ? replayed : NULL);
 }
 
 void api_submit(pc_api *api, pc_httpd_req *rq, pc_change *c)

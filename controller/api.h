@@ -41,6 +41,10 @@ typedef struct pc_api_options {
     double admin_write_rate, admin_write_burst;
     pc_health_loop *loop; /* the controller's loop, for /livez and /readyz */
     pc_audit *audit;      /* every request to a write route, or NULL */
+    /* The default deployment plan's canary PoP (NULL or "": the first PoP
+     * by name among the agents) and each gated stage's bake. */
+    const char *deploy_canary_pop;
+    uint64_t deploy_bake_ms;
 } pc_api_options;
 
 typedef struct pc_api pc_api;

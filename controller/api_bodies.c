@@ -3,11 +3,13 @@
 
 #include "crypto.h"
 #include "envelope.h"
+#include "deployment.h"
 #include "names.h"
 #include "target.h"
 
 #include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* The body as a JSON object, or NULL with err set. */
@@ -143,6 +145,152 @@ int pc_api_parse_stage(const uint8_t *body, size_t len, Popcast__Target **target
         *target = t;
     } else if (t != NULL) {
         popcast__target__free_unpacked(t, NULL);
+    }
+    json_decref(root);
+    return rc;
+}
+
+static bool only_fields(json_t *o, const char *const *allowed)
+{
+    const char *key;
+    json_t *val;
+    json_object_foreach(o, key, val)
+    {
+        bool ok = false;
+        for (size_t i = 0; allowed[i] != NULL && !ok; i++)
+            ok = strcmp(key, allowed[i]) == 0;
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+/* A whole number from 0 to max, or absent (0). */
+static int bounded(json_t *o, const char *field, uint64_t max, uint64_t *out, size_t stage,
+                   pc_err *err)
+{
+    json_t *v = json_object_get(o, field);
+    *out = 0;
+    if (v == NULL)
+        return PC_OK;
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || (uint64_t)json_integer_value(v) > max)
+        return pc_err_set(err, PC_E_INVALID, "stage %zu: \"%s\" must be an integer from 0 to %llu",
+                          stage, field, (unsigned long long)max);
+    *out = (uint64_t)json_integer_value(v);
+    return PC_OK;
+}
+
+static int plan_stage(json_t *o, size_t i, Popcast__DeploymentStage **out, pc_err *err)
+{
+    static const char *const fields[] = {"everyone",     "pops",    "agents",
+                                         "permille",     "bake_ms", "max_nacks",
+                                         "min_requests", "gate",    NULL};
+    *out = NULL;
+    if (!json_is_object(o) || !only_fields(o, fields))
+        return pc_err_set(err, PC_E_INVALID,
+                          "stage %zu must be an object of \"everyone\", \"pops\", \"agents\", "
+                          "\"permille\", \"bake_ms\", \"max_nacks\", \"min_requests\", \"gate\"",
+                          i);
+    json_t *everyone = json_object_get(o, "everyone"), *gate = json_object_get(o, "gate");
+    bool named = json_object_get(o, "pops") != NULL || json_object_get(o, "agents") != NULL ||
+                 json_object_get(o, "permille") != NULL;
+    if ((everyone != NULL && (!json_is_true(everyone) || named)) || (everyone == NULL && !named))
+        return pc_err_set(err, PC_E_INVALID,
+                          "stage %zu names \"everyone\": true, or any of \"pops\", \"agents\", "
+                          "\"permille\"",
+                          i);
+    if (gate != NULL && !json_is_boolean(gate))
+        return pc_err_set(err, PC_E_INVALID, "stage %zu: \"gate\" must be true or false", i);
+    Popcast__DeploymentStage *s = malloc(sizeof(*s));
+    if (s == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    popcast__deployment_stage__init(s);
+    s->gate = gate == NULL || json_is_true(gate);
+    uint64_t bake = 0, nacks = 0, min = 0, permille = 0;
+    int rc = bounded(o, "bake_ms", 7ull * 24 * 3600 * 1000, &bake, i, err);
+    if (rc == PC_OK)
+        rc = bounded(o, "max_nacks", 1000000, &nacks, i, err);
+    if (rc == PC_OK)
+        rc = bounded(o, "min_requests", 1000000000, &min, i, err);
+    if (rc == PC_OK)
+        rc = bounded(o, "permille", PC_TARGET_EVERYONE, &permille, i, err);
+    if (rc == PC_OK && named && (s->target = pc_target_new()) == NULL)
+        rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
+    if (rc == PC_OK && named) {
+        rc = stage_names(json_object_get(o, "agents"), s->target, false, err);
+        if (rc == PC_OK)
+            rc = stage_names(json_object_get(o, "pops"), s->target, true, err);
+        s->target->permille = (uint32_t)permille;
+        if (rc == PC_OK && s->target->n_agents + s->target->n_pops == 0 && permille == 0)
+            rc = pc_err_set(err, PC_E_INVALID, "stage %zu names nobody", i);
+    }
+    s->bake_ms = bake;
+    s->max_nacks = (uint32_t)nacks;
+    s->min_requests = min;
+    if (rc != PC_OK) {
+        popcast__deployment_stage__free_unpacked(s, NULL);
+        return rc;
+    }
+    *out = s;
+    return PC_OK;
+}
+
+int pc_api_parse_deployment(const uint8_t *body, size_t len, Popcast__DeploymentRecord **out,
+                            bool *default_plan, char *message, size_t message_cap, pc_err *err)
+{
+    static const char *const fields[] = {"version", "plan", "immediate", "message", NULL};
+    *out = NULL;
+    *default_plan = false;
+    json_t *root = parse_object(body, len, err);
+    if (root == NULL)
+        return PC_E_INVALID;
+    json_t *v = json_object_get(root, "version"), *plan = json_object_get(root, "plan"),
+           *immediate = json_object_get(root, "immediate"), *msg = json_object_get(root, "message");
+    int rc = PC_OK;
+    Popcast__DeploymentRecord *d = NULL;
+    if (!only_fields(root, fields))
+        rc = pc_err_set(err, PC_E_INVALID,
+                        "only the fields \"version\", \"plan\", \"immediate\" and \"message\" "
+                        "are allowed");
+    else if (v != NULL && (!json_is_integer(v) || json_integer_value(v) < 1))
+        rc = pc_err_set(err, PC_E_INVALID, "\"version\" must be an integer >= 1");
+    else if (immediate != NULL && (!json_is_true(immediate) || plan != NULL))
+        rc = pc_err_set(err, PC_E_INVALID, "\"immediate\" must be true, and without a plan");
+    else if (plan != NULL &&
+             !(json_is_string(plan) && strcmp(json_string_value(plan), "default") == 0) &&
+             !(json_is_array(plan) && json_array_size(plan) >= 1 &&
+               json_array_size(plan) <= PC_DEPLOYMENT_MAX_STAGES))
+        rc = pc_err_set(err, PC_E_INVALID,
+                        "\"plan\" must be \"default\" or an array of 1 to %d stages",
+                        PC_DEPLOYMENT_MAX_STAGES);
+    else if (msg != NULL &&
+             (!json_is_string(msg) || strlen(json_string_value(msg)) != json_string_length(msg) ||
+              !pc_change_message_valid(json_string_value(msg)) ||
+              json_string_length(msg) >= message_cap))
+        rc = pc_err_set(err, PC_E_INVALID, "\"message\" must be %s", PC_CHANGE_MESSAGE_RULE);
+    else if ((d = malloc(sizeof(*d))) == NULL)
+        rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
+    if (d != NULL) {
+        popcast__deployment_record__init(d);
+        d->version = v != NULL ? (uint64_t)json_integer_value(v) : 0;
+        d->immediate = immediate != NULL;
+        *default_plan = immediate == NULL && (plan == NULL || json_is_string(plan));
+    }
+    if (rc == PC_OK && json_is_array(plan)) {
+        size_t n = json_array_size(plan);
+        if ((d->plan = calloc(n, sizeof(*d->plan))) == NULL)
+            rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
+        for (size_t i = 0; rc == PC_OK && i < n; i++) {
+            rc = plan_stage(json_array_get(plan, i), i + 1, &d->plan[i], err);
+            if (rc == PC_OK)
+                d->n_plan++;
+        }
+    }
+    if (rc == PC_OK) {
+        snprintf(message, message_cap, "%s", msg != NULL ? json_string_value(msg) : "");
+        *out = d;
+    } else if (d != NULL) {
+        popcast__deployment_record__free_unpacked(d, NULL);
     }
     json_decref(root);
     return rc;

@@ -10,6 +10,8 @@
 
 #include "err.h"
 #include "names.h"
+#include <stdbool.h>
+
 #include "popcast.pb-c.h"
 
 /* {"version": N, "message": "..."} with N >= 1, both optional (*version
@@ -25,6 +27,17 @@ int pc_api_parse_rollback(const uint8_t *body, size_t len, uint64_t *version, ch
  * a new target (free with popcast__target__free_unpacked). */
 int pc_api_parse_stage(const uint8_t *body, size_t len, Popcast__Target **target, char *message,
                        size_t message_cap, pc_err *err);
+
+/* A deployment: {"version": N >= 1 (absent: the active one), "plan":
+ * "default" or [stage, ...] (1 to 8; absent: "default"), "immediate":
+ * true (one stage, everyone, no gate; not with a plan), "message": "..."}.
+ * A stage is a target as in pc_api_parse_stage ("everyone" or "pops",
+ * "agents", "permille") and "bake_ms" (at most a week), "max_nacks",
+ * "min_requests" (at most 10^9), "gate" (default true). *out: a new record
+ * with version, immediate and, unless *default_plan, the plan (free with
+ * popcast__deployment_record__free_unpacked). */
+int pc_api_parse_deployment(const uint8_t *body, size_t len, Popcast__DeploymentRecord **out,
+                            bool *default_plan, char *message, size_t message_cap, pc_err *err);
 
 /* {"id": N >= 1, "raft_address": "host:port", "api_url": "http..."} and
  * nothing else; raft_address under raft_cap, api_url under api_cap. */

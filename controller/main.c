@@ -31,6 +31,7 @@
 #include "heartbeat.h"
 #include "publisher.h"
 #include "rollout.h"
+#include "deployer.h"
 #include "sync_server.h"
 #include "backup.h"
 #include "store.h"
@@ -80,6 +81,9 @@ typedef struct controller_config {
     char *audit_log;
     uint64_t shutdown_timeout_ms;
     bool test_hang_on_stop;
+    uint64_t deploy_interval_ms;
+    uint64_t deploy_bake_ms;
+    char *deploy_canary_pop;
 } controller_config;
 
 #define OPT(name, type, def, min, max, help)                                                       \
@@ -168,6 +172,12 @@ static const pc_cfg_option options[] = {
     OPT(shutdown_timeout_ms, PC_CFG_U64, "15000", 0, 3600000,
         "a stop (SIGTERM, SIGINT) taking longer ends the process with status 124 (0: wait "
         "forever)"),
+    OPT(deploy_interval_ms, PC_CFG_U64, "1000", 50, 3600000,
+        "the gate interval: how often the leader judges and moves each staged deployment"),
+    OPT(deploy_bake_ms, PC_CFG_U64, "60000", 0, 604800000,
+        "how long each gated stage of the default deployment plan holds before the next"),
+    OPT(deploy_canary_pop, PC_CFG_STRING, NULL, 0, 0,
+        "the default plan's canary PoP (default: the first PoP by name among the agents)"),
     OPT(test_hang_on_stop, PC_CFG_BOOL, "false", 0, 0,
         "TESTS ONLY: block the orderly stop forever (shutdown_timeout_ms then ends it)"),
     {NULL, 0, 0, NULL, 0, 0, NULL},
@@ -228,6 +238,7 @@ typedef struct controller {
     pc_pipeline *pipeline;
     pc_api *api;
     pc_rollout *rollout;
+    pc_deployer *deployer; /* staged deployments, moved by the leader */
     pc_sync_server *sync;
     pc_heartbeat *heartbeat;
     pc_cluster *cluster;
@@ -302,6 +313,7 @@ static void on_tick(uv_timer_t *t)
     pc_health_loop_tick(&c->loop_health);
     pc_sd_watchdog_tick(pc_mono_ms());
     pc_rollout_tick(c->rollout, pc_mono_ms());
+    pc_deployer_tick(c->deployer, pc_wall_ms());
     if (c->cluster != NULL)
         pc_cluster_refresh(c->cluster);
 }
@@ -312,6 +324,7 @@ static void stop_serving(controller *c)
     /* Fail queued writes and end rollout waits first: stopping the HTTP
      * server waits for every handler, and a handler may be waiting. */
     pc_sync_server_set_pipeline(c->sync, NULL);
+    pc_deployer_stop(c->deployer);
     pc_pipeline_shutdown(c->pipeline);
     pc_rollout_cancel_waits(c->rollout);
     pc_api_stop(c->api);
@@ -581,7 +594,9 @@ static int controller_start(controller *c, pc_err *err)
                               .admin_write_rate = (double)c->cfg.admin_write_rate,
                               .admin_write_burst = (double)c->cfg.admin_write_burst,
                               .loop = &c->loop_health,
-                              .audit = c->audit};
+                              .audit = c->audit,
+                              .deploy_canary_pop = c->cfg.deploy_canary_pop,
+                              .deploy_bake_ms = c->cfg.deploy_bake_ms};
     memcpy(api_opt.admin_token_hash, c->admin_token_hash, PC_HASH_LEN);
     int rc;
     if ((rc = pc_publisher_open(&c->pub, c->cfg.pub_listen, c->tls, (int)c->cfg.pub_sendbuf,
@@ -601,6 +616,13 @@ static int controller_start(controller *c, pc_err *err)
         return rc;
     api_opt.cluster = c->cluster;
     pc_sync_server_set_pipeline(c->sync, c->pipeline);
+    if ((c->deployer = pc_deployer_new(
+             &(pc_deployer_options){.store = c->store,
+                                    .pipeline = c->pipeline,
+                                    .rollout = c->rollout,
+                                    .cluster = c->cluster,
+                                    .interval_ms = c->cfg.deploy_interval_ms})) == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
     if ((rc = pc_api_start(&c->api, &api_opt, c->store, c->pipeline, c->rollout, c->metrics,
                            err)) != PC_OK)
         return rc;
@@ -631,6 +653,7 @@ static void controller_close(controller *c)
     if (c->loop_open) {
         if (c->sync != NULL)
             pc_sync_server_set_pipeline(c->sync, NULL);
+        pc_deployer_stop(c->deployer);
         if (c->pipeline != NULL)
             pc_pipeline_shutdown(c->pipeline);
         if (c->rollout != NULL)
@@ -651,7 +674,8 @@ static void controller_close(controller *c)
         pc_publisher_close(c->pub);
     }
     pc_sync_server_stop(c->sync);
-    pc_audit_close(c->audit); /* after the API: its last answers are written */
+    pc_audit_close(c->audit);      /* after the API: its last answers are written */
+    pc_deployer_free(c->deployer); /* the loop is closed: no step is answered any more */
     pc_rollout_free(c->rollout);
     if (c->lua)
         c->lua->destroy(c->lua);

@@ -1,0 +1,380 @@
+/* test_deployments.c - staged deployments driven by the leader
+ * (controller/deployer.h), on real processes: a healthy version passes
+ * every stage of its plan (and the default plan, and --immediate); a
+ * version failing 30 % of the requests the test drives at the canary is
+ * halted and reverted there, and agents outside the canary never serve
+ * it; a version that one PoP's agents cannot load halts the rollout with
+ * the nack's reason; a leader killed with -9 in the middle of a
+ * deployment leaves a record the next leader carries on from. Times to
+ * 100 % and from the first bad answer to the revert are printed (a
+ * benchmark's figures, never asserted). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+
+#define N_AGENTS 4
+
+static const char *const fast_controller[] = {"--deploy-interval-ms", "100", "--deploy-bake-ms",
+                                              "300", NULL};
+static const char *const ams[] = {"--pop", "ams", "--traffic-interval-ms", "100", NULL},
+                         *const fra[] = {"--pop", "fra", "--traffic-interval-ms", "100", NULL},
+                         *const fra_small[] = {"--pop", "fra",          "--traffic-interval-ms",
+                                               "100",   "--lua-memory", "1MiB",
+                                               NULL};
+
+/* A healthy handler answering its own text (each version's content
+ * differs, as real ones do: the baseline is never "the current bundle"). */
+static const char *healthy(const char *answer)
+{
+    static char src[8][128];
+    static int next;
+    char *out = src[next++ % 8];
+    pc_test_lua_hello(out, sizeof(src[0]), answer);
+    return out;
+}
+/* Fails whatever the test sends to /bad. */
+static const char flaky[] = "return function(req)\n"
+                            "  if req.path == '/bad' then error('boom') end\n"
+                            "  return 'new'\n"
+                            "end\n";
+/* Takes 4 MiB when it loads: more than a 1 MiB agent allows. */
+static const char big[] = "local blob = string.rep('x', 4 * 1024 * 1024)\n"
+                          "return function(req) return #blob end\n";
+
+static void start_agents(pc_test_env *env, pc_test_controller *ctl, pc_test_agent *agents,
+                         const char *const *fra_flags)
+{
+    memset(agents, 0, N_AGENTS * sizeof(*agents));
+    const char *ids[] = {"ams-0", "ams-1", "fra-0", "fra-1"};
+    for (int i = 0; i < N_AGENTS; i++)
+        pc_test_agent_start_for(env, &agents[i], ids[i], ctl, i < 2 ? ams : fra_flags);
+}
+
+static json_t *request(pc_test_env *env, pc_test_controller *ctl, const char *method,
+                       const char *path, const char *ct, const char *body, int want)
+{
+    pc_http_result r;
+    int status = pc_test_api(env, ctl, method, path, ct, body, body ? strlen(body) : 0, &r);
+    if (status != want)
+        fail_msg("%s %s: %d, expected %d: %.*s", method, path, status, want, (int)r.body_len,
+                 (const char *)r.body);
+    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    pc_http_result_free(&r);
+    return doc;
+}
+
+static uint64_t upload(pc_test_env *env, pc_test_controller *ctl, const char *src)
+{
+    json_t *doc =
+        request(env, ctl, "POST", "/v1/tenants/web/bundles?hold=true", "text/x-lua", src, 201);
+    uint64_t v = (uint64_t)json_integer_value(json_object_get(doc, "version"));
+    json_decref(doc);
+    return v;
+}
+
+static json_int_t num(json_t *o, const char *key)
+{
+    return json_integer_value(json_object_get(o, key));
+}
+
+static const char *text(json_t *o, const char *key)
+{
+    const char *s = json_string_value(json_object_get(o, key));
+    return s ? s : "";
+}
+
+static uint64_t start(pc_test_env *env, pc_test_controller *ctl, const char *body)
+{
+    json_t *doc =
+        request(env, ctl, "POST", "/v1/tenants/web/deployments", "application/json", body, 201);
+    assert_string_equal(text(doc, "state"), "running");
+    uint64_t id = (uint64_t)num(doc, "id");
+    json_decref(doc);
+    return id;
+}
+
+/* Polls the deployment until its state is `state` (any other final state
+ * fails the test); returns the record. */
+static json_t *wait_state(pc_test_env *env, pc_test_controller *ctl, uint64_t id, const char *state)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/tenants/web/deployments/%llu", (unsigned long long)id);
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    for (;;) {
+        json_t *doc = pc_test_controller_json(env, ctl, path);
+        const char *now = doc ? text(doc, "state") : "";
+        if (strcmp(now, state) == 0)
+            return doc;
+        bool final = strcmp(now, "running") != 0 && strcmp(now, "paused") != 0 &&
+                     strcmp(now, "halted") != 0 && now[0] != '\0';
+        if (final || pc_test_now_ms() > deadline)
+            fail_msg("deployment %llu is %s, expected %s: %s", (unsigned long long)id, now, state,
+                     doc ? json_dumps(doc, JSON_COMPACT) : "(no answer)");
+        json_decref(doc);
+        pc_test_sleep_ms(50);
+    }
+}
+
+/* The events' names, space-separated ("started staged passed ..."). */
+static void event_names(json_t *doc, char *out, size_t cap)
+{
+    out[0] = '\0';
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(doc, "events"), i, e)
+    {
+        size_t n = strlen(out);
+        snprintf(out + n, cap - n, "%s%s", n ? " " : "", text(e, "what"));
+    }
+}
+
+/* The detail of the first event named what. */
+static const char *event_detail(json_t *doc, const char *what)
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(doc, "events"), i,
+                       e) if (strcmp(text(e, "what"), what) == 0) return text(e, "detail");
+    return "";
+}
+
+static void expect_serving(pc_test_agent *a, uint64_t version)
+{
+    if (!pc_test_wait_version(a, "web", version, PC_TEST_CONVERGE_TIMEOUT_MS))
+        fail_msg("%s does not serve web version %llu", a->id, (unsigned long long)version);
+}
+
+/* The agent's outcome of web's version ("" when it has none). */
+static void outcome_on(pc_test_agent *a, uint64_t version, char *out, size_t cap)
+{
+    json_t *st = pc_test_agent_status(a);
+    out[0] = '\0';
+    size_t i, j;
+    json_t *t, *o;
+    json_array_foreach(json_object_get(st, "tenants"), i, t)
+    {
+        if (strcmp(text(t, "tenant"), "web") != 0)
+            continue;
+        json_array_foreach(json_object_get(t, "outcomes"), j,
+                           o) if (num(o, "version") == (json_int_t)version)
+            snprintf(out, cap, "%s", text(o, "state"));
+    }
+    json_decref(st);
+}
+
+static void test_healthy_version_passes_every_stage(void **state)
+{
+    (void)state;
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    pc_test_controller_start(&env, &ctl, fast_controller);
+    pc_test_agent agents[N_AGENTS];
+    start_agents(&env, &ctl, agents, fra);
+    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "web", healthy("one")), 1);
+    for (int i = 0; i < N_AGENTS; i++)
+        expect_serving(&agents[i], 1);
+
+    /* Two stages: the canary PoP, then everyone. */
+    assert_int_equal(upload(&env, &ctl, healthy("two")), 2);
+    int64_t t0 = pc_test_now_ms();
+    uint64_t id = start(&env, &ctl,
+                        "{\"plan\":[{\"pops\":[\"ams\"],\"bake_ms\":200,\"gate\":false},"
+                        "{\"everyone\":true}],\"message\":\"two stages\"}");
+    assert_int_equal(id, 1);
+    json_t *doc = wait_state(&env, &ctl, id, "complete");
+    char names[512];
+    event_names(doc, names, sizeof(names));
+    assert_string_equal(names, "started staged passed staged passed complete");
+    assert_int_equal(num(doc, "baseline"), 1);
+    json_decref(doc);
+    for (int i = 0; i < N_AGENTS; i++)
+        expect_serving(&agents[i], 2);
+    int64_t two_stages = pc_test_now_ms() - t0;
+
+    /* The default plan: canary PoP (ams, the first by name), 10 %, 50 %,
+     * everyone; the gate has too few requests to judge, and says so. */
+    assert_int_equal(upload(&env, &ctl, healthy("three")), 3);
+    t0 = pc_test_now_ms();
+    id = start(&env, &ctl, "{}");
+    doc = wait_state(&env, &ctl, id, "complete");
+    assert_int_equal(num(doc, "stages_total"), 4);
+    event_names(doc, names, sizeof(names));
+    assert_string_equal(names, "started staged passed staged passed staged passed staged passed "
+                               "complete");
+    assert_non_null(strstr(event_detail(doc, "passed"), "not judged"));
+    json_t *first = json_array_get(json_object_get(doc, "plan"), 0);
+    assert_string_equal(json_string_value(json_array_get(
+                            json_object_get(json_object_get(first, "target"), "pops"), 0)),
+                        "ams");
+    json_decref(doc);
+    for (int i = 0; i < N_AGENTS; i++)
+        expect_serving(&agents[i], 3);
+    int64_t default_plan = pc_test_now_ms() - t0;
+
+    /* Immediate: one stage, everyone, recorded as such. */
+    assert_int_equal(upload(&env, &ctl, healthy("four")), 4);
+    t0 = pc_test_now_ms();
+    id = start(&env, &ctl, "{\"immediate\":true}");
+    doc = wait_state(&env, &ctl, id, "complete");
+    assert_true(json_is_true(json_object_get(doc, "immediate")));
+    json_decref(doc);
+    for (int i = 0; i < N_AGENTS; i++)
+        expect_serving(&agents[i], 4);
+    int64_t immediate = pc_test_now_ms() - t0;
+    printf("deployments: time to 100%% on %d agents: two stages (200 ms bake) %lld ms, default "
+           "plan (300 ms bakes) %lld ms, immediate %lld ms (gate interval 100 ms)\n",
+           N_AGENTS, (long long)two_stages, (long long)default_plan, (long long)immediate);
+
+    /* A second deployment of a version that has one going is refused;
+     * a deployment of a version that is not the active one too. */
+    assert_int_equal(upload(&env, &ctl, healthy("five")), 5);
+    id = start(&env, &ctl,
+               "{\"plan\":[{\"pops\":[\"ams\"],\"bake_ms\":600000,\"gate\":false},"
+               "{\"everyone\":true}]}");
+    json_decref(
+        request(&env, &ctl, "POST", "/v1/tenants/web/deployments", "application/json", "{}", 409));
+    json_decref(request(&env, &ctl, "POST", "/v1/tenants/web/deployments", "application/json",
+                        "{\"version\":4}", 409));
+    /* Pause, resume, promote by hand past the long bake, and the list. */
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/tenants/web/deployments/%llu/pause", (unsigned long long)id);
+    doc = request(&env, &ctl, "POST", path, NULL, NULL, 200);
+    assert_string_equal(text(doc, "state"), "paused");
+    json_decref(doc);
+    json_decref(request(&env, &ctl, "POST", path, NULL, NULL, 409));
+    snprintf(path, sizeof(path), "/v1/tenants/web/deployments/%llu/resume", (unsigned long long)id);
+    json_decref(request(&env, &ctl, "POST", path, NULL, NULL, 200));
+    snprintf(path, sizeof(path), "/v1/tenants/web/deployments/%llu", (unsigned long long)id);
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    while ((doc = pc_test_controller_json(&env, &ctl, path)) != NULL &&
+           num(doc, "stage_seq") == 0 && pc_test_now_ms() < deadline) {
+        json_decref(doc);
+        pc_test_sleep_ms(50);
+    }
+    json_decref(doc);
+    snprintf(path, sizeof(path), "/v1/tenants/web/deployments/%llu/promote",
+             (unsigned long long)id);
+    json_decref(request(&env, &ctl, "POST", path, NULL, NULL, 200));
+    doc = wait_state(&env, &ctl, id, "complete");
+    assert_non_null(strstr(event_detail(doc, "promoted"), "by admin"));
+    json_decref(doc);
+    doc = request(&env, &ctl, "GET", "/v1/tenants/web/deployments", NULL, NULL, 200);
+    assert_int_equal(json_array_size(json_object_get(doc, "deployments")), 4);
+    json_decref(doc);
+
+    for (int i = 0; i < N_AGENTS; i++)
+        pc_test_agent_stop(&agents[i]);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
+static void test_failing_version_is_reverted_at_the_canary(void **state)
+{
+    (void)state;
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    pc_test_controller_start(&env, &ctl, fast_controller);
+    pc_test_agent agents[N_AGENTS];
+    start_agents(&env, &ctl, agents, fra);
+    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "web", healthy("one")), 1);
+    for (int i = 0; i < N_AGENTS; i++)
+        expect_serving(&agents[i], 1);
+    assert_int_equal(upload(&env, &ctl, flaky), 2);
+    uint64_t id = start(&env, &ctl,
+                        "{\"plan\":[{\"pops\":[\"ams\"],\"bake_ms\":600000,\"min_requests\":50},"
+                        "{\"everyone\":true}]}");
+    expect_serving(&agents[0], 2);
+    expect_serving(&agents[1], 2);
+    /* Real traffic at the canary: 30 % of it fails. */
+    int64_t first_bad = 0;
+    for (int i = 0; i < 100; i++) {
+        bool bad = i % 10 < 3;
+        int status = pc_test_edge_get(&agents[i % 2], "web", bad ? "/bad" : "/", NULL, NULL, 0);
+        if (bad && first_bad == 0)
+            first_bad = pc_test_now_ms();
+        assert_int_equal(status, bad ? 502 : 200);
+    }
+    json_t *doc = wait_state(&env, &ctl, id, "reverted");
+    const char *why = event_detail(doc, "failed");
+    if (strstr(why, "health gate: error rate") == NULL ||
+        strstr(why, "the error rate is above the gate") == NULL)
+        fail_msg("failed: %s", json_dumps(doc, JSON_COMPACT));
+    uint64_t revert = (uint64_t)num(doc, "revert_seq");
+    assert_true(revert > 0);
+    json_decref(doc);
+    /* The revert is version 3, v1's content, live everywhere. */
+    for (int i = 0; i < N_AGENTS; i++)
+        expect_serving(&agents[i], 3);
+    int64_t reverted = pc_test_now_ms() - first_bad;
+    printf("deployments: from the first bad answer to the revert live on all %d agents: %lld ms "
+           "(traffic interval 100 ms, gate interval 100 ms)\n",
+           N_AGENTS, (long long)reverted);
+    /* The fra agents never served v2: held there, to the end. */
+    char state_buf[32];
+    for (int i = 2; i < N_AGENTS; i++) {
+        outcome_on(&agents[i], 2, state_buf, sizeof(state_buf));
+        assert_string_equal(state_buf, "held");
+    }
+    doc = request(&env, &ctl, "GET", "/v1/tenants/web", NULL, NULL, 200);
+    json_t *v3 = json_array_get(json_object_get(doc, "versions"), 2);
+    assert_int_equal(num(v3, "rollback_of"), 1);
+    json_decref(doc);
+
+    for (int i = 0; i < N_AGENTS; i++)
+        pc_test_agent_stop(&agents[i]);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
+static void test_nack_on_one_pop_halts_the_rollout(void **state)
+{
+    (void)state;
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    pc_test_controller_start(&env, &ctl, fast_controller);
+    pc_test_agent agents[N_AGENTS];
+    start_agents(&env, &ctl, agents, fra_small);
+    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "web", healthy("one")), 1);
+    for (int i = 0; i < N_AGENTS; i++)
+        expect_serving(&agents[i], 1);
+    assert_int_equal(upload(&env, &ctl, big), 2);
+    uint64_t id = start(&env, &ctl,
+                        "{\"plan\":[{\"pops\":[\"ams\"],\"gate\":false},"
+                        "{\"pops\":[\"ams\",\"fra\"],\"gate\":false},{\"everyone\":true}]}");
+    json_t *doc = wait_state(&env, &ctl, id, "reverted");
+    const char *why = event_detail(doc, "failed");
+    if (strstr(why, "nacked on 2 of 4 targeted agents") == NULL || strstr(why, "fra-") == NULL ||
+        strstr(why, "limit_exceeded") == NULL)
+        fail_msg("failed: %s", json_dumps(doc, JSON_COMPACT));
+    assert_int_equal(json_array_get(json_object_get(doc, "events"), 0) != NULL, 1);
+    json_decref(doc);
+    for (int i = 0; i < N_AGENTS; i++)
+        expect_serving(&agents[i], 3);
+
+    for (int i = 0; i < N_AGENTS; i++)
+        pc_test_agent_stop(&agents[i]);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
+int main(void)
+{
+    pc_test_init();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_healthy_version_passes_every_stage),
+        cmocka_unit_test(test_failing_version_is_reverted_at_the_canary),
+        cmocka_unit_test(test_nack_on_one_pop_halts_the_rollout),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
