@@ -368,6 +368,64 @@ static void test_nack_on_one_pop_halts_the_rollout(void **state)
     pc_test_env_cleanup(&env);
 }
 
+/* A leader killed with -9 in the middle of a deployment: the next leader
+ * finds the record where the old one left it and carries on; the stage
+ * never goes back and the history has no gap. */
+static void test_leader_kill_9_mid_deployment(void **state)
+{
+    (void)state;
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_cluster cl;
+    pc_test_cluster_init(&env, &cl, 3, 3, fast_controller);
+    int leader = pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS);
+    assert_true(leader >= 0);
+    pc_test_agent agents[2];
+    memset(agents, 0, sizeof(agents));
+    pc_test_agent_start_cluster(&env, &agents[0], "ams-0", &cl, ams);
+    pc_test_agent_start_cluster(&env, &agents[1], "fra-0", &cl, fra);
+    assert_int_equal(pc_test_deploy_lua(&env, &cl.node[leader], "web", healthy("one")), 1);
+    expect_serving(&agents[0], 1);
+    expect_serving(&agents[1], 1);
+    assert_int_equal(upload(&env, &cl.node[leader], healthy("two")), 2);
+    uint64_t id = start(&env, &cl.node[leader],
+                        "{\"plan\":[{\"pops\":[\"ams\"],\"bake_ms\":1500,\"gate\":false},"
+                        "{\"everyone\":true}]}");
+    /* Kill the leader once the canary stage is under way. */
+    expect_serving(&agents[0], 2);
+    json_t *doc = NULL;
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/tenants/web/deployments/%llu", (unsigned long long)id);
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    while ((doc = pc_test_controller_json(&env, &cl.node[leader], path)) != NULL &&
+           json_integer_value(json_object_get(doc, "stage_seq")) == 0 &&
+           pc_test_now_ms() < deadline) {
+        json_decref(doc);
+        pc_test_sleep_ms(20);
+    }
+    assert_non_null(doc);
+    json_int_t stage_before = num(doc, "stage");
+    json_decref(doc);
+    pc_proc_kill9(cl.node[leader].proc);
+    pc_proc_free(cl.node[leader].proc);
+    cl.node[leader].proc = NULL;
+    int next = pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS);
+    assert_true(next >= 0 && next != leader);
+    doc = wait_state(&env, &cl.node[next], id, "complete");
+    assert_true(num(doc, "stage") >= stage_before);
+    char names[512];
+    event_names(doc, names, sizeof(names));
+    assert_string_equal(names, "started staged passed staged passed complete");
+    json_decref(doc);
+    expect_serving(&agents[0], 2);
+    expect_serving(&agents[1], 2);
+
+    pc_test_agent_stop(&agents[0]);
+    pc_test_agent_stop(&agents[1]);
+    pc_test_cluster_stop(&cl);
+    pc_test_env_cleanup(&env);
+}
+
 int main(void)
 {
     pc_test_init();
@@ -375,6 +433,7 @@ int main(void)
         cmocka_unit_test(test_healthy_version_passes_every_stage),
         cmocka_unit_test(test_failing_version_is_reverted_at_the_canary),
         cmocka_unit_test(test_nack_on_one_pop_halts_the_rollout),
+        cmocka_unit_test(test_leader_kill_9_mid_deployment),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
