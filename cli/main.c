@@ -103,6 +103,9 @@ enum opt_id {
     O_AGENT,
     O_PERMILLE,
     O_EVERYONE,
+    O_STAGED,
+    O_PLAN,
+    O_IMMEDIATE,
     O_COUNT
 };
 
@@ -141,6 +144,10 @@ typedef struct cli {
     int n_pops, n_agents;
     long long permille;
     bool everyone;
+    bool staged, immediate; /* deploy: through a deployment (default plan / --plan FILE) */
+    const char *plan_file;
+    bool quiet_upload;          /* deploy --staged: the upload says nothing itself */
+    long long uploaded_version; /* what deploy_or_upload made */
     const char *entrypoint;
     const char *message;              /* --message */
     long long baseline, min_requests; /* health: 0 when not given */
@@ -515,8 +522,11 @@ static int deploy_or_upload(cli *c, bool hold)
     if (doc == NULL)
         return 1;
     bool targeted = hold || c->n_pops > 0 || c->n_agents > 0 || c->given[O_PERMILLE];
+    c->uploaded_version = num(doc, "version");
     /* With --wait, --json prints only the final rollout document. */
-    if (c->json && !c->wait)
+    if (c->quiet_upload)
+        ;
+    else if (c->json && !c->wait)
         print_json(doc);
     else if (!c->json)
         printf("%s %s version %lld (seq %lld, %lld bytes, hash %.16s...)%s\n",
@@ -530,9 +540,248 @@ static int deploy_or_upload(cli *c, bool hold)
     return c->wait ? wait_live(c, tenant, version) : 0;
 }
 
+/* Deployments (docs/deployments.md). */
+
+/* Prints one event line: "[stage 2] passed: detail". */
+static void print_event(json_t *e)
+{
+    char when[32];
+    format_time(num(e, "at_unix_ms"), when, sizeof(when));
+    const char *detail = str(e, "detail");
+    printf("%s [stage %lld] %s%s%s", when, num(e, "stage"), str(e, "what"), detail[0] ? ": " : "",
+           detail);
+    if (num(e, "seq") != 0)
+        printf(" (seq %lld)", num(e, "seq"));
+    printf("\n");
+}
+
+static void print_deployment(json_t *d)
+{
+    printf("deployment %lld of %s version %lld: %s, stage %lld of %lld (baseline %lld%s)\n",
+           num(d, "id"), str(d, "tenant"), num(d, "version"), str(d, "state"), num(d, "stage"),
+           num(d, "stages_total"), num(d, "baseline"),
+           json_is_true(json_object_get(d, "immediate")) ? ", immediate" : "");
+    size_t i;
+    json_t *st;
+    json_array_foreach(json_object_get(d, "plan"), i, st)
+    {
+        char *target = json_dumps(json_object_get(st, "target"), JSON_COMPACT);
+        printf("  stage %zu: %s, bake %lld ms, max nacks %lld, %s%s\n", i + 1,
+               target ? target : "?", num(st, "bake_ms"), num(st, "max_nacks"),
+               json_is_true(json_object_get(st, "gate")) ? "gated" : "no gate",
+               json_is_true(json_object_get(st, "gate")) && num(st, "min_requests") > 0
+                   ? " (needs its requests)"
+                   : "");
+        free(target);
+    }
+    json_t *e;
+    json_array_foreach(json_object_get(d, "events"), i, e) print_event(e);
+}
+
+static bool deployment_over(const char *state)
+{
+    return strcmp(state, "running") != 0 && strcmp(state, "paused") != 0 &&
+           strcmp(state, "halted") != 0;
+}
+
+/* Follows a deployment until it is over, printing each event as it is
+ * recorded: 0 complete, 8 reverted, halted or aborted, 6 superseded, 4
+ * past --timeout (default an hour). */
+static int watch_deployment(cli *c, const char *tenant, long long id)
+{
+    long long timeout_s = c->given[O_TIMEOUT] ? c->timeout_s : 3600;
+    int64_t deadline = pc_mono_ms() + timeout_s * 1000;
+    size_t printed = 0;
+    char url[256];
+    snprintf(url, sizeof(url), "/v1/tenants/%s/deployments/%lld", tenant, id);
+    for (;;) {
+        json_t *d = call(c, "GET", url, NULL, NULL, 0);
+        if (d == NULL)
+            return RC_FAILED;
+        json_t *events = json_object_get(d, "events");
+        for (; !c->json && printed < json_array_size(events); printed++)
+            print_event(json_array_get(events, printed));
+        const char *state = str(d, "state");
+        bool over =
+            deployment_over(state) || (strcmp(state, "halted") == 0 && num(d, "baseline") == 0);
+        if (over || pc_mono_ms() >= deadline) {
+            int rc = !over                              ? RC_TIMEOUT
+                     : strcmp(state, "complete") == 0   ? RC_OK
+                     : strcmp(state, "superseded") == 0 ? RC_UNREACHABLE
+                                                        : RC_UNHEALTHY;
+            if (c->json)
+                print_json(d);
+            else
+                printf("deployment %lld of %s version %lld: %s\n", id, tenant, num(d, "version"),
+                       over ? state : "still going (timeout)");
+            json_decref(d);
+            return rc;
+        }
+        json_decref(d);
+        sleep_ms(500);
+    }
+}
+
+/* Starts a deployment of tenant's version (0: the active one) with the
+ * default plan, --plan FILE or --immediate. */
+static int start_deployment(cli *c, const char *tenant, long long version)
+{
+    json_t *req = json_object();
+    if (version > 0)
+        json_object_set_new(req, "version", json_integer(version));
+    if (c->immediate) {
+        json_object_set_new(req, "immediate", json_true());
+    } else if (c->plan_file != NULL) {
+        json_error_t jerr;
+        json_t *plan = json_load_file(c->plan_file, 0, &jerr);
+        if (plan == NULL) {
+            json_decref(req);
+            return fail("%s:%d: %s", c->plan_file, jerr.line, jerr.text);
+        }
+        json_object_set_new(req, "plan", plan);
+    }
+    if (c->message != NULL && c->message[0] != '\0')
+        json_object_set_new(req, "message", json_string(c->message));
+    char *body = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    if (body == NULL)
+        return fail("out of memory");
+    char url[256];
+    snprintf(url, sizeof(url), "/v1/tenants/%s/deployments", tenant);
+    /* A deployment takes no idempotency key: a repeat is refused (409)
+     * while the first one is not over. */
+    c->idempotency_key[0] = '\0';
+    json_t *d = call(c, "POST", url, "application/json", body, strlen(body));
+    free(body);
+    if (d == NULL)
+        return 1;
+    long long id = num(d, "id");
+    if (c->json && !c->wait)
+        print_json(d);
+    else if (!c->json)
+        printf("deployment %lld of %s version %lld started: %lld stage%s%s\n", id, tenant,
+               num(d, "version"), num(d, "stages_total"), num(d, "stages_total") == 1 ? "" : "s",
+               c->wait ? "" : " (follow it: popcast deployments watch)");
+    json_decref(d);
+    return c->wait ? watch_deployment(c, tenant, id) : 0;
+}
+
 static int cmd_deploy(cli *c)
 {
-    return deploy_or_upload(c, false);
+    if (!c->staged && c->plan_file == NULL && !c->immediate)
+        return deploy_or_upload(c, false);
+    /* Upload, then deploy that version through a deployment. */
+    bool json = c->json, wait = c->wait;
+    c->json = false;
+    c->wait = false;
+    c->quiet_upload = true;
+    int rc = deploy_or_upload(c, true);
+    c->json = json;
+    c->wait = wait;
+    if (rc != 0)
+        return rc;
+    return start_deployment(c, c->args[0], c->uploaded_version);
+}
+
+static long long deployment_arg(cli *c)
+{
+    return strtoll(c->args[1], NULL, 10);
+}
+
+static int cmd_deployments_start(cli *c)
+{
+    return start_deployment(c, c->args[0], c->nargs > 1 ? strtoll(c->args[1], NULL, 10) : 0);
+}
+
+static int cmd_deployments_list(cli *c)
+{
+    char url[256];
+    snprintf(url, sizeof(url), "/v1/tenants/%s/deployments", c->args[0]);
+    json_t *doc = call(c, "GET", url, NULL, NULL, 0);
+    if (doc == NULL)
+        return 1;
+    if (c->json) {
+        print_json(doc);
+    } else {
+        printf("%-6s %-8s %-11s %-9s %-9s %-20s %s\n", "ID", "VERSION", "STATE", "STAGE",
+               "BASELINE", "STARTED", "LAST EVENT");
+        size_t i;
+        json_t *d;
+        json_array_foreach(json_object_get(doc, "deployments"), i, d)
+        {
+            char when[32], stage[24];
+            format_time(num(d, "created_unix_ms"), when, sizeof(when));
+            snprintf(stage, sizeof(stage), "%lld/%lld", num(d, "stage"), num(d, "stages_total"));
+            json_t *events = json_object_get(d, "events");
+            json_t *last = json_array_get(events, json_array_size(events) - 1);
+            printf("%-6lld %-8lld %-11s %-9s %-9lld %-20s %s%s%.80s\n", num(d, "id"),
+                   num(d, "version"), str(d, "state"), stage, num(d, "baseline"), when,
+                   str(last, "what"), str(last, "detail")[0] ? ": " : "", str(last, "detail"));
+        }
+    }
+    json_decref(doc);
+    return 0;
+}
+
+static int cmd_deployments_show(cli *c)
+{
+    char url[256];
+    snprintf(url, sizeof(url), "/v1/tenants/%s/deployments/%lld", c->args[0], deployment_arg(c));
+    json_t *d = call(c, "GET", url, NULL, NULL, 0);
+    if (d == NULL)
+        return 1;
+    if (c->json)
+        print_json(d);
+    else
+        print_deployment(d);
+    json_decref(d);
+    return 0;
+}
+
+static int cmd_deployments_watch(cli *c)
+{
+    return watch_deployment(c, c->args[0], deployment_arg(c));
+}
+
+static int deployment_operation(cli *c, const char *op)
+{
+    char url[256];
+    snprintf(url, sizeof(url), "/v1/tenants/%s/deployments/%lld/%s", c->args[0], deployment_arg(c),
+             op);
+    json_t *d = call(c, "POST", url, NULL, NULL, 0);
+    if (d == NULL)
+        return 1;
+    if (c->json) {
+        print_json(d);
+    } else {
+        json_t *events = json_object_get(d, "events");
+        printf("deployment %lld of %s version %lld is %s at stage %lld of %lld\n", num(d, "id"),
+               str(d, "tenant"), num(d, "version"), str(d, "state"), num(d, "stage"),
+               num(d, "stages_total"));
+        print_event(json_array_get(events, json_array_size(events) - 1));
+    }
+    json_decref(d);
+    return 0;
+}
+
+static int cmd_deployments_pause(cli *c)
+{
+    return deployment_operation(c, "pause");
+}
+
+static int cmd_deployments_resume(cli *c)
+{
+    return deployment_operation(c, "resume");
+}
+
+static int cmd_deployments_abort(cli *c)
+{
+    return deployment_operation(c, "abort");
+}
+
+static int cmd_deployments_promote(cli *c)
+{
+    return deployment_operation(c, "promote");
 }
 
 static int cmd_upload(cli *c)
@@ -1653,6 +1902,22 @@ static const option options[O_COUNT] = {
                             "superset)",
                     .check = check_permille},
     [O_EVERYONE] = {.name = "--everyone", .metavar = NULL, .help = "make it live on every agent"},
+    [O_STAGED] = {.name = "--staged",
+                  .metavar = NULL,
+                  .help = "deploy through a staged deployment with the default plan (canary PoP, "
+                          "10 %, 50 %, everyone; each stage gated and baked): upload, then "
+                          "`deployments start`",
+                  .excludes = O_IMMEDIATE},
+    [O_PLAN] = {.name = "--plan",
+                .metavar = "FILE",
+                .help = "a staged deployment with this plan: a JSON array of stages "
+                        "(docs/deployments.md)",
+                .check = check_file,
+                .excludes = O_IMMEDIATE},
+    [O_IMMEDIATE] = {.name = "--immediate",
+                     .metavar = NULL,
+                     .help = "a deployment of one stage, every agent at once, no gate: recorded "
+                             "as such"},
     [O_REPLACES] = {.name = "--replaces",
                     .metavar = "KEY_ID",
                     .help =
@@ -1715,7 +1980,7 @@ static const command commands[] = {
      {TENANT_ARG, {"PATH", check_bundle_path}},
      0,
      OPTS(O_ENTRYPOINT, O_RUNTIME, O_MESSAGE, O_IDEMPOTENCY_KEY, O_POP, O_AGENT, O_PERMILLE,
-          WAIT_OPTS, O_JSON),
+          O_STAGED, O_PLAN, O_IMMEDIATE, WAIT_OPTS, O_JSON),
      false,
      cmd_deploy},
     {"upload",
@@ -1726,6 +1991,71 @@ static const command commands[] = {
      OPTS(O_ENTRYPOINT, O_RUNTIME, O_MESSAGE, O_IDEMPOTENCY_KEY, O_JSON),
      false,
      cmd_upload},
+    {"deployments",
+     "start",
+     "start a staged deployment of VERSION (default: the active one): the default plan, --plan "
+     "FILE, or --immediate",
+     {TENANT_ARG, VERSION_ARG},
+     1,
+     OPTS(O_PLAN, O_IMMEDIATE, O_MESSAGE, O_WAIT, O_TIMEOUT, O_JSON),
+     false,
+     cmd_deployments_start},
+    {"deployments",
+     "list",
+     "a tenant's deployments and how each ended",
+     {TENANT_ARG},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_deployments_list},
+    {"deployments",
+     "show",
+     "one deployment: plan, stage, history",
+     {TENANT_ARG, {"ID", check_version}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_deployments_show},
+    {"deployments",
+     "watch",
+     "follow a deployment until it is over (exit 0 complete, 8 reverted, 6 superseded)",
+     {TENANT_ARG, {"ID", check_version}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_deployments_watch},
+    {"deployments",
+     "pause",
+     "stop judging and moving a running deployment",
+     {TENANT_ARG, {"ID", check_version}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_deployments_pause},
+    {"deployments",
+     "resume",
+     "let a paused deployment go on",
+     {TENANT_ARG, {"ID", check_version}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_deployments_resume},
+    {"deployments",
+     "abort",
+     "halt a deployment and revert it to its baseline",
+     {TENANT_ARG, {"ID", check_version}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_deployments_abort},
+    {"deployments",
+     "promote",
+     "pass the current stage now, without its bake or gate",
+     {TENANT_ARG, {"ID", check_version}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_deployments_promote},
     {"stage",
      NULL,
      "make the active VERSION live on more agents (--pop, --agent, --permille, --everyone)",
@@ -2200,6 +2530,9 @@ static void store(cli *c, int id, const char *value)
     case O_AGENT: c->agents[c->n_agents++] = value; break;
     case O_PERMILLE: whole(value, 0, PC_TARGET_EVERYONE, &c->permille); break;
     case O_EVERYONE: c->everyone = true; break;
+    case O_STAGED: c->staged = true; break;
+    case O_PLAN: c->plan_file = value; break;
+    case O_IMMEDIATE: c->immediate = true; break;
     default: break;
     }
 }
@@ -2280,6 +2613,14 @@ static int parse(cli *c, const command *k, int argc, char **argv, int first)
             return usage_error(k, NULL, "give %s or %s, not both", o->name,
                                options[o->excludes].name);
     }
+    /* deploy: a target, or a deployment that stages it, not both. */
+    if ((c->given[O_STAGED] + c->given[O_PLAN] + c->given[O_IMMEDIATE]) != 0 &&
+        (c->given[O_POP] + c->given[O_AGENT] + c->given[O_PERMILLE]) != 0)
+        return usage_error(k, NULL,
+                           "--pop, --agent and --permille target a plain deploy; a deployment's "
+                           "stages are in its --plan");
+    if (c->given[O_STAGED] != 0 && c->given[O_PLAN] != 0)
+        return usage_error(k, NULL, "give --staged (the default plan) or --plan FILE, not both");
     /* stage: where to, one way or the other. */
     if (k->run == cmd_stage &&
         (c->given[O_EVERYONE] != 0) ==

@@ -907,7 +907,7 @@ static void complete_in_zsh(const char *words, const char *want)
 static void test_zsh_completion(void **state)
 {
     (void)state;
-    complete_in_zsh("de", "deploy,delete,");
+    complete_in_zsh("de", "deploy,deployments,delete,");
     complete_in_zsh("key ''", "list,rotate,authorize,");
     complete_in_zsh("deploy app ./x --idem", "--idempotency-key,");
     complete_in_zsh("status --retry", "--retry-for,");
@@ -919,7 +919,7 @@ static void test_zsh_completion(void **state)
 static void test_bash_completion(void **state)
 {
     (void)state;
-    complete_in_bash("de", "deploy,delete,");
+    complete_in_bash("de", "deploy,deployments,delete,");
     complete_in_bash("key ''", "list,rotate,authorize,");
     complete_in_bash("cluster a", "add,");
     complete_in_bash("deploy app ./x --wa", "--wait,");

@@ -368,6 +368,71 @@ static void test_nack_on_one_pop_halts_the_rollout(void **state)
     pc_test_env_cleanup(&env);
 }
 
+/* The operator's side: deploy --staged --wait follows the default plan to
+ * the end (exit 0); a deployment aborted by hand is reverted and watch
+ * says so (exit 8); list shows both; usage errors are refused before any
+ * request. */
+static void test_cli_deployments(void **state)
+{
+    (void)state;
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    pc_test_controller_start(&env, &ctl, fast_controller);
+    pc_test_agent agents[N_AGENTS];
+    start_agents(&env, &ctl, agents, fra);
+    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "web", healthy("one")), 1);
+    char dir[256], file[300], out[8192];
+    pc_test_tmpdir(dir, sizeof(dir), "bundle");
+    snprintf(file, sizeof(file), "%s/main.lua", dir);
+    const char *two = healthy("two");
+    pc_test_write_file(file, two, strlen(two));
+    const char *staged[] = {"deploy", "web", file, "--staged", "--wait", NULL};
+    if (pc_test_cli(&env, &ctl, staged, out, sizeof(out)) != 0)
+        fail_msg("deploy --staged: %s", out);
+    assert_non_null(strstr(out, "deployment 1 of web version 2 started: 4 stages"));
+    assert_non_null(strstr(out, "[stage 4] complete"));
+    for (int i = 0; i < N_AGENTS; i++)
+        expect_serving(&agents[i], 2);
+
+    /* A plan from a file that never gets past its canary: abort it. */
+    char plan[300];
+    snprintf(plan, sizeof(plan), "%s/plan.json", dir);
+    const char *plan_json = "[{\"pops\":[\"ams\"],\"bake_ms\":600000},{\"everyone\":true}]";
+    pc_test_write_file(plan, plan_json, strlen(plan_json));
+    const char *three = healthy("three");
+    pc_test_write_file(file, three, strlen(three));
+    const char *planned[] = {"deploy", "web", file, "--plan", plan, NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, planned, out, sizeof(out)), 0);
+    expect_serving(&agents[0], 3);
+    const char *abort_it[] = {"deployments", "abort", "web", "2", NULL};
+    if (pc_test_cli(&env, &ctl, abort_it, out, sizeof(out)) != 0)
+        fail_msg("abort: %s", out);
+    const char *watch[] = {"deployments", "watch", "web", "2", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, watch, out, sizeof(out)), 8);
+    assert_non_null(strstr(out, "aborted: by admin"));
+    assert_non_null(strstr(out, "deployment 2 of web version 3: aborted"));
+    for (int i = 0; i < N_AGENTS; i++)
+        expect_serving(&agents[i], 4); /* the revert: v2's content as v4 */
+    const char *list[] = {"deployments", "list", "web", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, list, out, sizeof(out)), 0);
+    assert_non_null(strstr(out, "complete"));
+    assert_non_null(strstr(out, "aborted"));
+    /* Usage errors: nothing sent. */
+    uint64_t head = pc_test_controller_head(&env, &ctl);
+    const char *both[] = {"deploy", "web", file, "--staged", "--pop", "ams", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, both, out, sizeof(out)), 2);
+    const char *bad_id[] = {"deployments", "show", "web", "0", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, bad_id, out, sizeof(out)), 2);
+    assert_int_equal(pc_test_controller_head(&env, &ctl), head);
+
+    for (int i = 0; i < N_AGENTS; i++)
+        pc_test_agent_stop(&agents[i]);
+    pc_test_controller_stop(&ctl);
+    pc_test_rm_rf(dir);
+    pc_test_env_cleanup(&env);
+}
+
 /* A leader killed with -9 in the middle of a deployment: the next leader
  * finds the record where the old one left it and carries on; the stage
  * never goes back and the history has no gap. */
@@ -433,6 +498,7 @@ int main(void)
         cmocka_unit_test(test_healthy_version_passes_every_stage),
         cmocka_unit_test(test_failing_version_is_reverted_at_the_canary),
         cmocka_unit_test(test_nack_on_one_pop_halts_the_rollout),
+        cmocka_unit_test(test_cli_deployments),
         cmocka_unit_test(test_leader_kill_9_mid_deployment),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
