@@ -1,11 +1,13 @@
 /* fuzz_api_bodies.c - the controller API's JSON request bodies. The first
- * byte picks the decoder (0xF0 and above: a stage; else, modulo 5: cluster
- * node, rollback, token, agent, key rotation). */
+ * byte picks the decoder (0xF0 and above: a stage; 0xE0 to 0xEF: a
+ * deployment; else, modulo 5: cluster node, rollback, token, agent, key
+ * rotation). */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
 #include "api_bodies.h"
+#include "deployment.h"
 #include "fuzz.h"
 #include "target.h"
 
@@ -25,6 +27,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             __builtin_trap();
         if (t != NULL)
             popcast__target__free_unpacked(t, NULL);
+    } else if (data[0] >= 0xE0) {
+        Popcast__DeploymentRecord *d = NULL;
+        bool default_plan = false;
+        char message[PC_CHANGE_MESSAGE_MAX + 1];
+        /* A deployment that parses has a plan of 1 to 8 stages (or asks for
+         * the default one, or is immediate with none), each naming someone
+         * and holding only what a signed target may. */
+        if (pc_api_parse_deployment(data + 1, size - 1, &d, &default_plan, message, sizeof(message),
+                                    &err) == PC_OK) {
+            if (!pc_change_message_valid(message) ||
+                (d->n_plan == 0) != (default_plan || d->immediate) ||
+                d->n_plan > PC_DEPLOYMENT_MAX_STAGES)
+                __builtin_trap();
+            for (size_t i = 0; i < d->n_plan; i++)
+                if (pc_target_check(d->plan[i]->target, &err) != PC_OK)
+                    __builtin_trap();
+        }
+        if (d != NULL)
+            popcast__deployment_record__free_unpacked(d, NULL);
     } else if (data[0] % 5 == 4) {
         uint8_t next[32], root[32];
         int has_root = 0;

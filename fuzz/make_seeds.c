@@ -233,6 +233,10 @@ int main(int argc, char **argv)
              "\x05{\"id\": 4, \"raft_address\": \"127.0.0.1:7073\", \"api_url\": "
              "\"http://127.0.0.1:7070\"}");
     put_text("fuzz_api_bodies", 3, "\x02{\"tenants\": [\"alpha\", \"beta\"], \"name\": \"ci\"}");
+    put_text("fuzz_api_bodies", 8,
+             "\xe0{\"version\": 3, \"plan\": [{\"pops\": [\"ams\"], \"bake_ms\": 60000, "
+             "\"min_requests\": 100}, {\"permille\": 500, \"gate\": false}, {\"everyone\": true}], "
+             "\"message\": \"canary first\"}");
     put_text("fuzz_api_bodies", 7,
              "\xf0{\"pops\": [\"ams\"], \"agents\": [\"edge-1\"], \"permille\": 100, "
              "\"message\": \"canary\"}");
