@@ -642,17 +642,12 @@ static int start_deployment(cli *c, const char *tenant, long long version)
     }
     if (c->message != NULL && c->message[0] != '\0')
         json_object_set_new(req, "message", json_string(c->message));
-    char *body = json_dumps(req, JSON_COMPACT);
-    json_decref(req);
-    if (body == NULL)
-        return fail("out of memory");
     char url[256];
     snprintf(url, sizeof(url), "/v1/tenants/%s/deployments", tenant);
     /* A deployment takes no idempotency key: a repeat is refused (409)
      * while the first one is not over. */
     c->idempotency_key[0] = '\0';
-    json_t *d = call(c, "POST", url, "application/json", body, strlen(body));
-    free(body);
+    json_t *d = post_json(c, url, req);
     if (d == NULL)
         return 1;
     long long id = num(d, "id");
@@ -811,13 +806,8 @@ static int cmd_stage(cli *c)
     }
     if (c->message != NULL && c->message[0] != '\0')
         json_object_set_new(req, "message", json_string(c->message));
-    char *body = json_dumps(req, JSON_COMPACT);
-    json_decref(req);
-    if (body == NULL)
-        return fail("out of memory");
     use_idempotency_key(c);
-    json_t *doc = call(c, "POST", url, "application/json", body, strlen(body));
-    free(body);
+    json_t *doc = post_json(c, url, req);
     if (doc == NULL)
         return 1;
     if (c->json && !c->wait)
@@ -877,13 +867,8 @@ static int cmd_rollback(cli *c)
     json_t *req = version > 0 ? json_pack("{s:I}", "version", (json_int_t)version) : json_object();
     if (req != NULL && c->message != NULL && c->message[0] != '\0')
         json_object_set_new(req, "message", json_string(c->message));
-    char *body = req != NULL ? json_dumps(req, JSON_COMPACT) : NULL;
-    json_decref(req);
-    if (body == NULL)
-        return fail("out of memory");
     use_idempotency_key(c);
-    json_t *doc = call(c, "POST", url, "application/json", body, strlen(body));
-    free(body);
+    json_t *doc = post_json(c, url, req);
     if (doc == NULL)
         return 1;
     if (c->json && !c->wait)

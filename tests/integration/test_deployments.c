@@ -170,18 +170,35 @@ static void outcome_on(pc_test_agent *a, uint64_t version, char *out, size_t cap
     json_decref(st);
 }
 
+/* A controller and N_AGENTS agents (2 in ams, 2 in fra with fra_flags),
+ * every one serving web version 1. */
+static void fleet_up(pc_test_env *env, pc_test_controller *ctl, pc_test_agent *agents,
+                     const char *const *fra_flags)
+{
+    pc_test_env_init(env);
+    memset(ctl, 0, sizeof(*ctl));
+    pc_test_controller_start(env, ctl, fast_controller);
+    start_agents(env, ctl, agents, fra_flags);
+    assert_int_equal(pc_test_deploy_lua(env, ctl, "web", healthy("one")), 1);
+    for (int i = 0; i < N_AGENTS; i++)
+        expect_serving(&agents[i], 1);
+}
+
+static void fleet_down(pc_test_env *env, pc_test_controller *ctl, pc_test_agent *agents)
+{
+    for (int i = 0; i < N_AGENTS; i++)
+        pc_test_agent_stop(&agents[i]);
+    pc_test_controller_stop(ctl);
+    pc_test_env_cleanup(env);
+}
+
 static void test_healthy_version_passes_every_stage(void **state)
 {
     (void)state;
     pc_test_env env;
-    pc_test_env_init(&env);
-    pc_test_controller ctl = {0};
-    pc_test_controller_start(&env, &ctl, fast_controller);
+    pc_test_controller ctl;
     pc_test_agent agents[N_AGENTS];
-    start_agents(&env, &ctl, agents, fra);
-    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "web", healthy("one")), 1);
-    for (int i = 0; i < N_AGENTS; i++)
-        expect_serving(&agents[i], 1);
+    fleet_up(&env, &ctl, agents, fra);
 
     /* Two stages: the canary PoP, then everyone. */
     assert_int_equal(upload(&env, &ctl, healthy("two")), 2);
@@ -271,24 +288,16 @@ static void test_healthy_version_passes_every_stage(void **state)
     assert_int_equal(json_array_size(json_object_get(doc, "deployments")), 4);
     json_decref(doc);
 
-    for (int i = 0; i < N_AGENTS; i++)
-        pc_test_agent_stop(&agents[i]);
-    pc_test_controller_stop(&ctl);
-    pc_test_env_cleanup(&env);
+    fleet_down(&env, &ctl, agents);
 }
 
 static void test_failing_version_is_reverted_at_the_canary(void **state)
 {
     (void)state;
     pc_test_env env;
-    pc_test_env_init(&env);
-    pc_test_controller ctl = {0};
-    pc_test_controller_start(&env, &ctl, fast_controller);
+    pc_test_controller ctl;
     pc_test_agent agents[N_AGENTS];
-    start_agents(&env, &ctl, agents, fra);
-    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "web", healthy("one")), 1);
-    for (int i = 0; i < N_AGENTS; i++)
-        expect_serving(&agents[i], 1);
+    fleet_up(&env, &ctl, agents, fra);
     assert_int_equal(upload(&env, &ctl, flaky), 2);
     uint64_t id = start(&env, &ctl,
                         "{\"plan\":[{\"pops\":[\"ams\"],\"bake_ms\":600000,\"min_requests\":50},"
@@ -330,24 +339,16 @@ static void test_failing_version_is_reverted_at_the_canary(void **state)
     assert_int_equal(num(v3, "rollback_of"), 1);
     json_decref(doc);
 
-    for (int i = 0; i < N_AGENTS; i++)
-        pc_test_agent_stop(&agents[i]);
-    pc_test_controller_stop(&ctl);
-    pc_test_env_cleanup(&env);
+    fleet_down(&env, &ctl, agents);
 }
 
 static void test_nack_on_one_pop_halts_the_rollout(void **state)
 {
     (void)state;
     pc_test_env env;
-    pc_test_env_init(&env);
-    pc_test_controller ctl = {0};
-    pc_test_controller_start(&env, &ctl, fast_controller);
+    pc_test_controller ctl;
     pc_test_agent agents[N_AGENTS];
-    start_agents(&env, &ctl, agents, fra_small);
-    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "web", healthy("one")), 1);
-    for (int i = 0; i < N_AGENTS; i++)
-        expect_serving(&agents[i], 1);
+    fleet_up(&env, &ctl, agents, fra_small);
     assert_int_equal(upload(&env, &ctl, big), 2);
     uint64_t id = start(&env, &ctl,
                         "{\"plan\":[{\"pops\":[\"ams\"],\"gate\":false},"
@@ -362,10 +363,7 @@ static void test_nack_on_one_pop_halts_the_rollout(void **state)
     for (int i = 0; i < N_AGENTS; i++)
         expect_serving(&agents[i], 3);
 
-    for (int i = 0; i < N_AGENTS; i++)
-        pc_test_agent_stop(&agents[i]);
-    pc_test_controller_stop(&ctl);
-    pc_test_env_cleanup(&env);
+    fleet_down(&env, &ctl, agents);
 }
 
 /* The operator's side: deploy --staged --wait follows the default plan to
@@ -376,12 +374,9 @@ static void test_cli_deployments(void **state)
 {
     (void)state;
     pc_test_env env;
-    pc_test_env_init(&env);
-    pc_test_controller ctl = {0};
-    pc_test_controller_start(&env, &ctl, fast_controller);
+    pc_test_controller ctl;
     pc_test_agent agents[N_AGENTS];
-    start_agents(&env, &ctl, agents, fra);
-    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "web", healthy("one")), 1);
+    fleet_up(&env, &ctl, agents, fra);
     char dir[256], file[300], out[8192];
     pc_test_tmpdir(dir, sizeof(dir), "bundle");
     snprintf(file, sizeof(file), "%s/main.lua", dir);
@@ -426,11 +421,8 @@ static void test_cli_deployments(void **state)
     assert_int_equal(pc_test_cli(&env, &ctl, bad_id, out, sizeof(out)), 2);
     assert_int_equal(pc_test_controller_head(&env, &ctl), head);
 
-    for (int i = 0; i < N_AGENTS; i++)
-        pc_test_agent_stop(&agents[i]);
-    pc_test_controller_stop(&ctl);
     pc_test_rm_rf(dir);
-    pc_test_env_cleanup(&env);
+    fleet_down(&env, &ctl, agents);
 }
 
 /* A leader killed with -9 in the middle of a deployment: the next leader
