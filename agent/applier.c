@@ -977,14 +977,19 @@ static bool active_names_me(pc_applier *a, const pc_tenant_state *t)
     if (st == POPCAST__VERSION_STATE__VERSION_STATE_LIVE ||
         st == POPCAST__VERSION_STATE__VERSION_STATE_NACKED)
         return true;
-    Popcast__Manifest *m = NULL;
-    pc_err err;
-    if (pc_store_get_manifest(a->opt.store, t->stage_seq ? t->stage_seq : t->active_seq, &m,
-                              &err) != PC_OK)
-        return true; /* loading it fails, and says why */
-    bool named = names_me(a, m->target, t->tenant, t->active_version);
-    popcast__manifest__free_unpacked(m, NULL);
-    return named;
+    /* Its entry, or else its last stage (a stage never takes it back). */
+    uint64_t seqs[2] = {t->active_seq, t->stage_seq};
+    for (size_t i = 0; i < 2 && seqs[i] != 0; i++) {
+        Popcast__Manifest *m = NULL;
+        pc_err err;
+        if (pc_store_get_manifest(a->opt.store, seqs[i], &m, &err) != PC_OK)
+            return true; /* loading it fails, and says why */
+        bool named = names_me(a, m->target, t->tenant, t->active_version);
+        popcast__manifest__free_unpacked(m, NULL);
+        if (named)
+            return true;
+    }
+    return false;
 }
 
 static int load_tenant(void *arg, const pc_tenant_state *t)
@@ -1229,6 +1234,30 @@ int pc_applier_verify_announced(pc_applier *a, const Popcast__Entry *e, Popcast_
     return rc;
 }
 
+static bool same_tenant(const Popcast__Manifest *x, const Popcast__Manifest *y)
+{
+    return x->tenant != NULL && y->tenant != NULL && strcmp(x->tenant, y->tenant) == 0;
+}
+
+/* A snapshot's item i is a base: the version the agents a deployment has
+ * not reached serve, carried before its tenant's newer active entry. */
+static bool is_base(Popcast__Manifest *const *ms, size_t n, size_t i)
+{
+    return i + 1 < n && pc_manifest_has_content(ms[i]) && pc_manifest_has_content(ms[i + 1]) &&
+           same_tenant(ms[i], ms[i + 1]) && ms[i + 1]->version > ms[i]->version;
+}
+
+/* Whether the active entry at i, or the STAGE of it that follows, names
+ * this agent (either makes it live here: a stage never takes it back). */
+static bool snapshot_names_me(pc_applier *a, Popcast__Manifest *const *ms, size_t n, size_t i)
+{
+    if (names_me(a, ms[i]->target, ms[i]->tenant, ms[i]->version))
+        return true;
+    return i + 1 < n && ms[i + 1]->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_STAGE &&
+           same_tenant(ms[i], ms[i + 1]) && ms[i + 1]->version == ms[i]->version &&
+           names_me(a, ms[i + 1]->target, ms[i]->tenant, ms[i]->version);
+}
+
 int pc_applier_install_snapshot(pc_applier *a, const Popcast__SnapshotResponse *snap,
                                 Popcast__Entry *const *entries, pc_err *err)
 {
@@ -1259,6 +1288,11 @@ int pc_applier_install_snapshot(pc_applier *a, const Popcast__SnapshotResponse *
         items[i].bundle = pc_manifest_has_content(ms[i]) ? entries[i]->bundle.data : NULL;
         items[i].bundle_len = pc_manifest_has_content(ms[i]) ? entries[i]->bundle.len : 0;
     }
+    /* A deployment under way that does not name this agent: the version
+     * before it goes live here, in the same transaction (so its bundle
+     * stays), and the held one after it does not. */
+    for (size_t i = 0; i < n; i++)
+        items[i].live = is_base(ms, n, i) && !snapshot_names_me(a, ms, n, i + 1);
     rc = pc_store_install_snapshot(a->opt.store, seq, items, total, applied, err);
     if (rc == PC_OK && cand.n > a->trust.n) {
         pc_trust_free(&a->trust);
@@ -1284,14 +1318,15 @@ int pc_applier_install_snapshot(pc_applier *a, const Popcast__SnapshotResponse *
                         n - i);
                 break;
             }
-            if (!applied[i])
-                continue;
+            if (!applied[i] || (is_base(ms, n, i) && !items[i].live))
+                continue; /* a base this agent does not serve: the version after it does */
             pc_err lerr;
             if (ms[i]->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_STAGE) {
                 stage_reached(a, ms[i]); /* follows its version's entry */
             } else if (!pc_manifest_has_content(ms[i])) {
                 take_down(a, ms[i]->tenant);
-            } else if (!names_me(a, ms[i]->target, ms[i]->tenant, ms[i]->version)) {
+            } else if (!is_base(ms, n, i) &&
+                       !names_me(a, ms[i]->target, ms[i]->tenant, ms[i]->version)) {
                 hold(a, ms[i]);
             } else if (make_live(a, ms[i], items[i].bundle, items[i].bundle_len, false, &lerr) !=
                        PC_OK) {

@@ -187,16 +187,19 @@ static int snapshot_add(snapshot_walk *w, uint64_t seq)
     return 0;
 }
 
-/* A tenant's latest entry, then the last STAGE of it: an agent that
- * joins in the middle of a deployment makes it live only where the
- * stage reached (docs/deployments.md). */
-static int snapshot_item(void *arg, const char *tenant, uint64_t seq, uint64_t stage_seq)
+/* A tenant's latest entry, then the last STAGE of it; while that version
+ * is not targeted at everyone, the version the other agents serve first:
+ * an agent that joins in the middle of a deployment serves exactly what
+ * its place in it says (docs/deployments.md). */
+static int snapshot_item(void *arg, const pc_tenant_state *t, uint64_t seq)
 {
-    (void)tenant;
     snapshot_walk *w = arg;
+    if (t->active_targeted && t->base_seq != 0 && t->base_seq < seq &&
+        snapshot_add(w, t->base_seq) != 0)
+        return 1;
     if (snapshot_add(w, seq) != 0)
         return 1;
-    return stage_seq != 0 ? snapshot_add(w, stage_seq) : 0;
+    return t->stage_seq != 0 ? snapshot_add(w, t->stage_seq) : 0;
 }
 
 typedef struct rotation_walk {

@@ -1,5 +1,6 @@
 /* store.c - popcast's LMDB layer (see store.h for the invariants). */
 #include "store.h"
+#include "target.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -183,6 +184,8 @@ static void state_from_record(pc_tenant_state *t, const char *name, size_t name_
     t->live_version = r->live_version;
     t->live_seq = r->live_seq;
     t->stage_seq = r->stage_seq;
+    t->active_targeted = r->active_targeted;
+    t->base_seq = r->base_seq;
     if (r->live_hash.len == PC_HASH_LEN)
         memcpy(t->live_hash, r->live_hash.data, PC_HASH_LEN);
 }
@@ -222,6 +225,8 @@ static int put_tenant_txn(pc_store *s, MDB_txn *txn, const pc_tenant_state *t, p
     r.live_version = t->live_version;
     r.live_seq = t->live_seq;
     r.stage_seq = t->stage_seq;
+    r.active_targeted = t->active_targeted;
+    r.base_seq = t->base_seq;
     if (t->live_version != 0) {
         r.live_hash.data = (uint8_t *)t->live_hash;
         r.live_hash.len = PC_HASH_LEN;
@@ -502,6 +507,10 @@ static int apply_stage(pc_store *s, MDB_txn *txn, apply_args *a, pc_tenant_state
         return PC_OK; /* a->applied stays false: a snapshot does not log it */
     }
     t->stage_seq = m->seq;
+    if (pc_target_is_everyone(m->target)) {
+        t->active_targeted = false;
+        t->base_seq = 0;
+    }
     int rc = put_tenant_txn(s, txn, t, err);
     if (rc == PC_OK)
         a->applied = true;
@@ -530,6 +539,13 @@ static int apply_tenant(pc_store *s, MDB_txn *txn, apply_args *a, pc_err *err)
     size_t vklen = version_key(vk, m->tenant, m->version);
     if ((rc = put_u64(txn, s->versions, vk, vklen, m->seq, err)) != PC_OK)
         return rc;
+    /* What the agents a targeted version does not name keep serving. */
+    bool targeted = pc_manifest_has_content(m) && !pc_target_is_everyone(m->target);
+    if (!targeted)
+        t.base_seq = 0;
+    else if (!t.active_targeted)
+        t.base_seq = t.active_version != 0 ? t.active_seq : 0;
+    t.active_targeted = targeted;
     if (pc_manifest_has_content(m)) {
         if ((rc = blob_ref(s, txn, m->bundle_hash.data, a->bundle, a->len, err)) != PC_OK)
             return rc;
@@ -759,6 +775,13 @@ int pc_store_apply_batch(pc_store *s, const pc_store_item *items, size_t n, pc_e
     return write_txn(s, batch_body, &b, err);
 }
 
+typedef struct live_args {
+    const char *tenant;
+    uint64_t version;
+} live_args;
+
+static int live_body(pc_store *s, MDB_txn *txn, void *arg, pc_err *err);
+
 typedef struct snapshot_args {
     uint64_t seq;
     const pc_store_item *items;
@@ -788,6 +811,11 @@ static int snapshot_body(pc_store *s, MDB_txn *txn, void *arg, pc_err *err)
             return rc;
         if (a.applied && (rc = put_log(s, txn, it->sm, it->m->seq, err)) != PC_OK)
             return rc;
+        if (a.applied && it->live && pc_manifest_has_content(it->m)) {
+            live_args la = {it->m->tenant, it->m->version};
+            if ((rc = live_body(s, txn, &la, err)) != PC_OK)
+                return rc;
+        }
         if (sa->applied != NULL)
             sa->applied[i] = a.applied;
     }
@@ -822,11 +850,6 @@ int pc_store_install_snapshot(pc_store *s, uint64_t seq, const pc_store_item *it
         memset(applied, 0, n * sizeof(*applied));
     return rc;
 }
-
-typedef struct live_args {
-    const char *tenant;
-    uint64_t version;
-} live_args;
 
 static int live_body(pc_store *s, MDB_txn *txn, void *arg, pc_err *err)
 {
@@ -1004,8 +1027,7 @@ int pc_store_foreach_tenant(pc_store *s, int (*cb)(void *arg, const pc_tenant_st
 }
 
 int pc_store_snapshot_read(pc_store *s, uint64_t *seq,
-                           int (*cb)(void *arg, const char *tenant, uint64_t latest_seq,
-                                     uint64_t stage_seq),
+                           int (*cb)(void *arg, const pc_tenant_state *t, uint64_t latest_seq),
                            void *arg, pc_err *err)
 {
     pc_err_clear(err);
@@ -1034,7 +1056,7 @@ int pc_store_snapshot_read(pc_store *s, uint64_t *seq,
     if (rc == MAP_FULL_RETRY)
         rc = PC_E_STORE;
     for (size_t i = 0; rc == PC_OK && i < l.n; i++) {
-        int stop = cb(arg, l.items[i].tenant, seqs[i], l.items[i].stage_seq);
+        int stop = cb(arg, &l.items[i], seqs[i]);
         if (stop != 0)
             rc = walk_stopped(err, stop);
     }

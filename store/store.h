@@ -39,7 +39,11 @@
  *     still the active one (any other change resets stage_seq to 0). One
  *     for a version above last_version is refused (PC_E_INVALID); one
  *     for an older version is logged and does nothing else. Snapshot
- *     items of this kind follow the same rule.
+ *     items of this kind follow the same rule. A deploy or rollback whose
+ *     target does not name everyone records the version the agents it
+ *     does not name keep serving (base_seq: the previous active version
+ *     if that one was everywhere, else its own base); one for everyone,
+ *     a STAGE for everyone, or a delete clears it.
  *
  * Layout (named databases):
  *   meta     string key -> bytes      "applied_seq" (u64 big-endian), ids,
@@ -115,6 +119,10 @@ typedef struct pc_store_item {
      * made this entry (invariant 7); its tenant and seq must be the
      * entry's. */
     const Popcast__IdempotencyRecord *idempotency;
+    /* Snapshots only (agent): when the item is stored, it becomes the
+     * tenant's live version in the same transaction (the version a
+     * deployment's later item holds back from this agent keeps its blob). */
+    bool live;
 } pc_store_item;
 
 /* Applies n entries at consecutive seqs (the first following the applied
@@ -144,14 +152,6 @@ int pc_store_get_idempotency(pc_store *s, const char *tenant, const char *key,
  * pc_store_log_bounds reports the first whole seq. */
 int pc_store_install_snapshot(pc_store *s, uint64_t seq, const pc_store_item *items, size_t n,
                               bool *applied, pc_err *err);
-
-/* Reads, in one transaction, the applied seq and each tenant's latest
- * entry (the seq of its last version) and the last STAGE of it (0: none),
- * then walks them (see "Walks"). */
-int pc_store_snapshot_read(pc_store *s, uint64_t *seq,
-                           int (*cb)(void *arg, const char *tenant, uint64_t latest_seq,
-                                     uint64_t stage_seq),
-                           void *arg, pc_err *err);
 
 /* Agent: records that tenant's version is now live (serving), in one
  * transaction, moving the "live" blob reference. version 0 clears it (the
@@ -188,7 +188,19 @@ typedef struct pc_tenant_state {
     uint64_t live_seq;
     uint8_t live_hash[PC_HASH_LEN];
     uint64_t stage_seq; /* the active version's last STAGE (0: none) */
+    /* The active version is not targeted at every agent (its entry's or
+     * its last STAGE's target); base_seq: the entry of the version the
+     * others serve (0: none). Invariant 8. */
+    bool active_targeted;
+    uint64_t base_seq;
 } pc_tenant_state;
+
+/* Reads, in one transaction, the applied seq, each tenant's state and its
+ * latest entry (the seq of its last version), then walks them (see
+ * "Walks"). */
+int pc_store_snapshot_read(pc_store *s, uint64_t *seq,
+                           int (*cb)(void *arg, const pc_tenant_state *t, uint64_t latest_seq),
+                           void *arg, pc_err *err);
 
 /* PC_E_NOTFOUND if the tenant never had an entry. */
 int pc_store_get_tenant(pc_store *s, const char *tenant, pc_tenant_state *out, pc_err *err);

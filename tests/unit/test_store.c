@@ -299,7 +299,7 @@ static void test_batch_is_all_or_nothing(void **state)
             assert_int_equal(entry_make(&es[n], bad[b].e[n].tenant, bad[b].e[n].seq,
                                         bad[b].e[n].version, bad[b].e[n].size, (int)(10 + n)),
                              PC_OK);
-            items[n] = (pc_store_item){&es[n].sm, &es[n].m, es[n].bundle, es[n].len, NULL};
+            items[n] = (pc_store_item){&es[n].sm, &es[n].m, es[n].bundle, es[n].len, NULL, false};
         }
         int rc = pc_store_apply_batch(s, items, n, &err);
         if (rc != bad[b].expect)
@@ -320,7 +320,7 @@ static void test_batch_is_all_or_nothing(void **state)
     assert_int_equal(entry_make(&es[2], "acme", 5, 3, 0, 0), PC_OK);
     pc_store_item items[3];
     for (size_t i = 0; i < 3; i++)
-        items[i] = (pc_store_item){&es[i].sm, &es[i].m, es[i].bundle, es[i].len, NULL};
+        items[i] = (pc_store_item){&es[i].sm, &es[i].m, es[i].bundle, es[i].len, NULL, false};
     if (pc_store_apply_batch(s, items, 3, &err) != PC_OK)
         fail_msg("good batch: %s", err.msg);
     assert_int_equal(applied(s), 5);
@@ -374,7 +374,7 @@ static void apply_keyed(pc_store *s, const char *tenant, uint64_t seq, uint64_t 
     assert_int_equal(entry_make(&e, tenant, seq, version, 100, (int)seq), PC_OK);
     Popcast__IdempotencyRecord r;
     idem_record(&r, tenant, idem_key, fp, seq, ms);
-    pc_store_item item = {&e.sm, &e.m, e.bundle, e.len, &r};
+    pc_store_item item = {&e.sm, &e.m, e.bundle, e.len, &r, false};
     pc_err err;
     if (pc_store_apply_batch(s, &item, 1, &err) != PC_OK)
         fail_msg("apply seq %llu with key %s: %s", (unsigned long long)seq, idem_key, err.msg);
@@ -429,7 +429,7 @@ static void test_idempotency_keys(void **state)
         Popcast__IdempotencyRecord r;
         idem_record(&r, bad[b].tenant, bad[b].key, fp, bad[b].seq, 5 * day);
         r.fingerprint.len = bad[b].fp_len;
-        pc_store_item item = {&e.sm, &e.m, e.bundle, e.len, &r};
+        pc_store_item item = {&e.sm, &e.m, e.bundle, e.len, &r, false};
         int rc = pc_store_apply_batch(s, &item, 1, &err);
         if (rc != PC_E_INVALID)
             fail_msg("%s: got %s (%s)", bad[b].why, pc_err_name(rc), err.msg);
@@ -443,7 +443,7 @@ static void test_idempotency_keys(void **state)
     assert_int_equal(entry_make(&e1, "acme", 1, 1, 100, 1), PC_OK);
     Popcast__IdempotencyRecord r1;
     idem_record(&r1, "acme", "k1", fp, 1, 5 * day);
-    pc_store_item item = {&e1.sm, &e1.m, e1.bundle, e1.len, &r1};
+    pc_store_item item = {&e1.sm, &e1.m, e1.bundle, e1.len, &r1, false};
     if (pc_store_apply_batch(s, &item, 1, &err) != PC_OK)
         fail_msg("apply with a key: %s", err.msg);
     assert_int_equal(pc_store_get_idempotency(s, "acme", "k1", &got, &err), PC_OK);
@@ -460,8 +460,8 @@ static void test_idempotency_keys(void **state)
     assert_int_equal(entry_make(&e3, "acme", 3, 2, 100, 3), PC_OK);
     Popcast__IdempotencyRecord r3;
     idem_record(&r3, "acme", "k1", fp, 3, 5 * day);
-    pc_store_item two[] = {{&e2.sm, &e2.m, e2.bundle, e2.len, NULL},
-                           {&e3.sm, &e3.m, e3.bundle, e3.len, &r3}};
+    pc_store_item two[] = {{&e2.sm, &e2.m, e2.bundle, e2.len, NULL, false},
+                           {&e3.sm, &e3.m, e3.bundle, e3.len, &r3, false}};
     assert_int_equal(pc_store_apply_batch(s, two, 2, &err), PC_E_EXISTS);
     assert_int_equal(applied(s), 1);
     assert_int_equal(pc_store_get_tenant(s, "other", &(pc_tenant_state){0}, &err), PC_E_NOTFOUND);
@@ -707,7 +707,8 @@ static void test_rotations_are_kept(void **state)
     pc_store *d = open_store(dir2, false, 0, 0);
     entry a2;
     assert_int_equal(entry_make(&a2, "a", 3, 2, 100, 2), PC_OK);
-    pc_store_item items[] = {{&a2.sm, &a2.m, a2.bundle, a2.len, NULL}, {&sm, &m, NULL, 0, NULL}};
+    pc_store_item items[] = {{&a2.sm, &a2.m, a2.bundle, a2.len, NULL, false},
+                             {&sm, &m, NULL, 0, NULL, false}};
     bool done[2];
     assert_int_equal(pc_store_install_snapshot(d, 3, items, 2, done, &err), PC_OK);
     assert_false(done[1]); /* a rotation changes no tenant */
@@ -768,11 +769,10 @@ static int stop_rotation(void *arg, const Popcast__SignedManifest *sm)
     return stop_now(arg);
 }
 
-static int stop_snapshot(void *arg, const char *tenant, uint64_t latest_seq, uint64_t stage_seq)
+static int stop_snapshot(void *arg, const pc_tenant_state *t, uint64_t latest_seq)
 {
-    (void)tenant;
+    (void)t;
     (void)latest_seq;
-    (void)stage_seq;
     return stop_now(arg);
 }
 
@@ -868,9 +868,9 @@ static void test_snapshot_install(void **state)
     assert_int_equal(entry_make(&a2, "a", 7, 2, 300, 1), PC_OK);
     assert_int_equal(entry_make(&b1, "b", 9, 1, 300, 2), PC_OK);
     assert_int_equal(entry_make(&c3, "c", 10, 3, 0, 0), PC_OK); /* deleted tenant */
-    pc_store_item items[] = {{&a2.sm, &a2.m, a2.bundle, a2.len, NULL},
-                             {&b1.sm, &b1.m, b1.bundle, b1.len, NULL},
-                             {&c3.sm, &c3.m, NULL, 0, NULL}};
+    pc_store_item items[] = {{&a2.sm, &a2.m, a2.bundle, a2.len, NULL, false},
+                             {&b1.sm, &b1.m, b1.bundle, b1.len, NULL, false},
+                             {&c3.sm, &c3.m, NULL, 0, NULL, false}};
     /* A tampered item makes the whole snapshot fail, with nothing stored. */
     b1.bundle[3] ^= 1;
     bool done[3];
@@ -900,7 +900,7 @@ static void test_snapshot_install(void **state)
     dst = open_store(dst_dir, false, 0, 0);
     entry a1;
     assert_int_equal(entry_make(&a1, "a", 3, 1, 300, 4), PC_OK);
-    pc_store_item old[] = {{&a1.sm, &a1.m, a1.bundle, a1.len, NULL}};
+    pc_store_item old[] = {{&a1.sm, &a1.m, a1.bundle, a1.len, NULL, false}};
     assert_int_equal(pc_store_install_snapshot(dst, 20, old, 1, done, &err), PC_OK);
     assert_false(done[0]);
     assert_int_equal(pc_store_get_tenant(dst, "a", &t, &err), PC_OK);
@@ -934,12 +934,13 @@ static uint64_t stage_of(pc_store *s, const char *tenant)
     return t.stage_seq;
 }
 
-static int record_stage(void *arg, const char *tenant, uint64_t latest_seq, uint64_t stage_seq)
+static int record_stage(void *arg, const pc_tenant_state *t, uint64_t latest_seq)
 {
     uint64_t *out = arg;
-    if (strcmp(tenant, "a") == 0) {
+    if (strcmp(t->tenant, "a") == 0) {
         out[0] = latest_seq;
-        out[1] = stage_seq;
+        out[1] = t->stage_seq;
+        out[2] = t->base_seq;
     }
     return 0;
 }
@@ -982,7 +983,7 @@ static void test_stage_entries(void **state)
     entry_free(&st);
     assert_int_equal(applied(s), 4);
     assert_int_equal(stage_of(s, "a"), 3);
-    uint64_t seen[2] = {0, 0}, seq = 0;
+    uint64_t seen[3] = {0, 0, 0}, seq = 0;
     assert_int_equal(pc_store_snapshot_read(s, &seq, record_stage, seen, &err), PC_OK);
     assert_int_equal(seen[0], 2);
     assert_int_equal(seen[1], 3);
@@ -992,8 +993,8 @@ static void test_stage_entries(void **state)
     entry v2, st3;
     assert_int_equal(entry_make(&v2, "a", 2, 2, 100, 2), PC_OK);
     assert_int_equal(stage_make(&st3, "a", 3, 2), PC_OK);
-    pc_store_item items[] = {{&v2.sm, &v2.m, v2.bundle, v2.len, NULL},
-                             {&st3.sm, &st3.m, NULL, 0, NULL}};
+    pc_store_item items[] = {{&v2.sm, &v2.m, v2.bundle, v2.len, NULL, false},
+                             {&st3.sm, &st3.m, NULL, 0, NULL, false}};
     bool done[2];
     assert_int_equal(pc_store_install_snapshot(dst, 4, items, 2, done, &err), PC_OK);
     assert_true(done[0] && done[1]);
@@ -1006,6 +1007,90 @@ static void test_stage_entries(void **state)
     apply_ok(s, "a", 5, 3, 100, 3);
     assert_int_equal(stage_of(s, "a"), 0);
     pc_store_close(s);
+    pc_test_rm_rf(d);
+    pc_test_rm_rf(d2);
+}
+
+/* An entry re-signed with a target (NULL: everyone). */
+static void retarget(entry *e, Popcast__Target *target)
+{
+    pc_envelope_signed_clear(&e->sm);
+    e->m.target = target;
+    assert_int_equal(pc_envelope_sign_manifest(&key, &e->m, &e->sm, NULL), PC_OK);
+}
+
+static void apply_targeted(pc_store *s, const char *tenant, uint64_t seq, uint64_t version,
+                           Popcast__Target *target)
+{
+    entry e;
+    pc_err err;
+    assert_int_equal(entry_make(&e, tenant, seq, version, 100, (int)seq), PC_OK);
+    retarget(&e, target);
+    if (entry_apply(s, &e, &err) != PC_OK)
+        fail_msg("apply %s seq %llu: %s", tenant, (unsigned long long)seq, err.msg);
+    entry_free(&e);
+}
+
+static void expect_base(pc_store *s, bool targeted, uint64_t base_seq)
+{
+    pc_tenant_state t;
+    assert_int_equal(pc_store_get_tenant(s, "a", &t, NULL), PC_OK);
+    if (t.active_targeted != targeted || t.base_seq != base_seq)
+        fail_msg("active_targeted %d base_seq %llu, expected %d %llu", t.active_targeted,
+                 (unsigned long long)t.base_seq, targeted, (unsigned long long)base_seq);
+}
+
+/* Invariant 8's base: while the active version is targeted, the store
+ * names the version the other agents serve; a snapshot carries it, and an
+ * agent can install it live in the same transaction, keeping its blob. */
+static void test_base_version(void **state)
+{
+    char d[256], d2[256];
+    pc_test_tmpdir(d, sizeof(d), "store");
+    pc_test_tmpdir(d2, sizeof(d2), "store");
+    pc_store *s = open_store(d, true, 0, 0);
+    Popcast__Target nobody = POPCAST__TARGET__INIT;
+    apply_ok(s, "a", 1, 1, 100, 1);
+    expect_base(s, false, 0);
+    apply_targeted(s, "a", 2, 2, &nobody);
+    expect_base(s, true, 1);
+    apply_targeted(s, "a", 3, 3, &nobody); /* v2 never went everywhere */
+    expect_base(s, true, 1);
+    uint64_t seen[3] = {0, 0, 0}, seq = 0;
+    pc_err err;
+    assert_int_equal(pc_store_snapshot_read(s, &seq, record_stage, seen, &err), PC_OK);
+    assert_int_equal(seen[2], 1);
+    entry st;
+    assert_int_equal(stage_make(&st, "a", 4, 3), PC_OK); /* everyone */
+    assert_int_equal(entry_apply(s, &st, &err), PC_OK);
+    entry_free(&st);
+    expect_base(s, false, 0);
+    apply_targeted(s, "a", 5, 4, &nobody);
+    expect_base(s, true, 3);
+    apply_ok(s, "a", 6, 5, 0, 0); /* a delete */
+    expect_base(s, false, 0);
+    pc_store_close(s);
+
+    /* An agent installing [base live, held version]: v1 serves, its blob
+     * stays although v2 is the active version. */
+    pc_store *dst = open_store(d2, false, 0, 0);
+    entry v1, v2;
+    assert_int_equal(entry_make(&v1, "a", 1, 1, 100, 1), PC_OK);
+    assert_int_equal(entry_make(&v2, "a", 2, 2, 100, 2), PC_OK);
+    retarget(&v2, &nobody);
+    pc_store_item items[] = {{&v1.sm, &v1.m, v1.bundle, v1.len, NULL, true},
+                             {&v2.sm, &v2.m, v2.bundle, v2.len, NULL, false}};
+    bool done[2];
+    assert_int_equal(pc_store_install_snapshot(dst, 3, items, 2, done, &err), PC_OK);
+    pc_tenant_state t;
+    assert_int_equal(pc_store_get_tenant(dst, "a", &t, &err), PC_OK);
+    assert_int_equal(t.active_version, 2);
+    assert_int_equal(t.live_version, 1);
+    assert_true(pc_store_has_blob(dst, v1.hash));
+    assert_true(pc_store_has_blob(dst, v2.hash));
+    pc_store_close(dst);
+    entry_free(&v1);
+    entry_free(&v2);
     pc_test_rm_rf(d);
     pc_test_rm_rf(d2);
 }
@@ -1217,6 +1302,7 @@ int main(void)
         cmocka_unit_test(test_one_process_per_directory),
         cmocka_unit_test(test_snapshot_install),
         cmocka_unit_test(test_stage_entries),
+        cmocka_unit_test(test_base_version),
         cmocka_unit_test(test_rotations_are_kept),
         cmocka_unit_test(test_idempotency_keys),
         cmocka_unit_test(test_walkers_return_callback_errors),
