@@ -6,6 +6,8 @@
 
 #include "api_bodies.h"
 #include "api_internal.h"
+#include "registry.h"
+#include "deployment.h"
 #include "target.h"
 #include "bundle.h"
 #include "envelope.h"
@@ -73,6 +75,27 @@ static int add_version(void *arg, uint64_t version, uint64_t seq)
     return 0;
 }
 
+/* Each version lists the deployments of it and how each ended (its
+ * history: records are never rewritten). */
+static int attach_deployment(void *arg, const Popcast__DeploymentRecord *d)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach((json_t *)arg, i, v)
+    {
+        if (json_integer_value(json_object_get(v, "version")) != (json_int_t)d->version)
+            continue;
+        json_t *list = json_object_get(v, "deployments");
+        if (list == NULL) {
+            list = json_array();
+            json_object_set_new(v, "deployments", list);
+        }
+        json_array_append_new(list, json_pack("{s:I,s:s}", "id", (json_int_t)d->id, "state",
+                                              pc_deployment_state_name(d->state)));
+    }
+    return 0;
+}
+
 /* NULL with err set when the tenant's versions cannot be read. */
 static json_t *tenant_json(pc_api *api, const pc_tenant_state *t, bool with_versions, pc_err *err)
 {
@@ -104,6 +127,9 @@ static json_t *tenant_json(pc_api *api, const pc_tenant_state *t, bool with_vers
     if (with_versions) {
         tenants_walk w = {api, json_array(), NULL};
         int rc = pc_store_foreach_version(api->store, t->tenant, add_version, &w, err);
+        if (rc == PC_OK)
+            rc = pc_registry_foreach_deployment(api->store, t->tenant, attach_deployment, w.list,
+                                                err);
         json_object_set_new(o, "versions", w.list);
         if (rc != PC_OK) {
             /* A partial history would look complete: refuse instead. */

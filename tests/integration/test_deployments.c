@@ -337,6 +337,11 @@ static void test_failing_version_is_reverted_at_the_canary(void **state)
     doc = request(&env, &ctl, "GET", "/v1/tenants/web", NULL, NULL, 200);
     json_t *v3 = json_array_get(json_object_get(doc, "versions"), 2);
     assert_int_equal(num(v3, "rollback_of"), 1);
+    /* v2 keeps its deployment's outcome in its history. */
+    json_t *v2 = json_array_get(json_object_get(doc, "versions"), 1);
+    json_t *dep = json_array_get(json_object_get(v2, "deployments"), 0);
+    assert_int_equal(num(dep, "id"), (json_int_t)id);
+    assert_string_equal(text(dep, "state"), "reverted");
     json_decref(doc);
 
     fleet_down(&env, &ctl, agents);
