@@ -626,6 +626,49 @@ static int make_live(pc_applier *a, const Popcast__Manifest *m, const uint8_t *b
     return PC_OK;
 }
 
+/* A split (target.h): the version runs its share of the tenant's
+ * requests beside the one serving the rest. It went live here (its
+ * outcome), but the store's live version stays the other one: the one a
+ * restart starts from, before it splits again. An adapter that cannot
+ * split, or a tenant with nothing live in it to split with, gets the
+ * version wholly. */
+static int make_split(pc_applier *a, const Popcast__Manifest *m, const uint8_t *bundle, size_t len,
+                      const Popcast__Target *target, pc_err *err)
+{
+    pc_adapter *ad = find_adapter(a, m->runtime);
+    if (ad == NULL || ad->activate_split == NULL || ad->live_version(ad, m->tenant) == 0)
+        return make_live(a, m, bundle, len, false, err);
+    pc_version_spec spec = {.tenant = m->tenant,
+                            .version = m->version,
+                            .seq = m->seq,
+                            .runtime = m->runtime,
+                            .entrypoint = m->entrypoint,
+                            .bundle = bundle,
+                            .bundle_len = len,
+                            .hash = m->bundle_hash.data};
+    pc_prepared *p = NULL;
+    int rc = ad->prepare(ad, &spec, &p, err);
+    if (rc == PC_OK)
+        rc = ad->activate_split(ad, p, target->split_permille, target->split_key, err);
+    if (rc != PC_OK)
+        return rc;
+    pc_metric_add(a->m_live, 1);
+    record_outcome(a, m->tenant, m->version, m->seq, POPCAST__VERSION_STATE__VERSION_STATE_LIVE,
+                   false, NULL, NULL);
+    pc_info("applier", "%s version %llu runs %u per mille of the requests (split by %s)", m->tenant,
+            (unsigned long long)m->version, target->split_permille, target->split_key);
+    return PC_OK;
+}
+
+/* Makes a version live as its target says: wholly, or as a split. */
+static int go_live(pc_applier *a, const Popcast__Manifest *m, const uint8_t *bundle, size_t len,
+                   const Popcast__Target *target, bool deferred, pc_err *err)
+{
+    if (pc_target_splits(target))
+        return make_split(a, m, bundle, len, target, err);
+    return make_live(a, m, bundle, len, deferred, err);
+}
+
 /* The outcome of tenant's delete, once the store holds it: in effect. */
 static void record_delete(pc_applier *a, const char *tenant)
 {
@@ -660,7 +703,7 @@ static void hold(pc_applier *a, const Popcast__Manifest *m)
 }
 
 static int load_version(pc_applier *a, const char *tenant, uint64_t version, bool deferred,
-                        pc_err *err);
+                        const Popcast__Target *split, pc_err *err);
 
 /* A STAGE (stored): if it names this agent and its version is still the
  * tenant's active one, held here, that version goes live from the store.
@@ -677,12 +720,13 @@ static void stage_reached(pc_applier *a, const Popcast__Manifest *stage)
     }
     if (!names_me(a, stage->target, stage->tenant, stage->version))
         return;
+    /* Wholly live already, or refused here: a stage never narrows it to
+     * a split, nor retries it. A split becomes whole, or another split. */
     Popcast__VersionState st = outcome_of(a, stage->tenant, stage->version);
-    if (st == POPCAST__VERSION_STATE__VERSION_STATE_LIVE ||
-        st == POPCAST__VERSION_STATE__VERSION_STATE_NACKED ||
+    if (st == POPCAST__VERSION_STATE__VERSION_STATE_NACKED ||
         serving_version(a, stage->tenant) == stage->version)
         return;
-    if (load_version(a, stage->tenant, stage->version, false, &err) != PC_OK) {
+    if (load_version(a, stage->tenant, stage->version, false, stage->target, &err) != PC_OK) {
         pc_warn("applier", "%s version %llu reached by stage seq %llu but not live: %s",
                 stage->tenant, (unsigned long long)stage->version, (unsigned long long)stage->seq,
                 err.msg);
@@ -785,7 +829,7 @@ static int apply_entry_locked(pc_applier *a, const Popcast__Entry *e, pc_err *er
         pc_err lerr;
         if (!names_me(a, m->target, m->tenant, m->version)) {
             hold(a, m);
-        } else if (make_live(a, m, bundle, bundle_len, false, &lerr) != PC_OK) {
+        } else if (go_live(a, m, bundle, bundle_len, m->target, false, &lerr) != PC_OK) {
             pc_warn("applier", "%s version %llu stored but not live: %s", m->tenant,
                     (unsigned long long)m->version, lerr.msg);
             record_nack(a, m->tenant, m->version, m->seq, pc_err_name(lerr.code), lerr.msg);
@@ -946,7 +990,7 @@ typedef struct load_walk {
 
 /* deferred: the version was live before this start (pc_version_spec). */
 static int load_version(pc_applier *a, const char *tenant, uint64_t version, bool deferred,
-                        pc_err *err)
+                        const Popcast__Target *split, pc_err *err)
 {
     uint64_t seq = 0;
     Popcast__Manifest *m = NULL;
@@ -960,7 +1004,7 @@ static int load_version(pc_applier *a, const char *tenant, uint64_t version, boo
     if (rc == PC_OK)
         rc = pc_store_get_blob(a->opt.store, m->bundle_hash.data, &bundle, &len, err);
     if (rc == PC_OK)
-        rc = make_live(a, m, bundle, len, deferred, err);
+        rc = go_live(a, m, bundle, len, split, deferred, err);
     free(bundle);
     if (m)
         popcast__manifest__free_unpacked(m, NULL);
@@ -968,28 +1012,34 @@ static int load_version(pc_applier *a, const char *tenant, uint64_t version, boo
 }
 
 /* At start: whether the tenant's active version is targeted at this
- * agent, by its own entry or by the last STAGE of it. Only a version
- * whose outcome here is not decided (held, or none kept) needs its
- * target read. */
-static bool active_names_me(pc_applier *a, const pc_tenant_state *t)
+ * agent, by its own entry or by the last STAGE of it (either makes it
+ * live here: a stage never takes it back); *split: a copy of the target
+ * of the last of them that named it, when that one splits (free with
+ * popcast__target__free_unpacked). A version decided here (nacked, or
+ * wholly live: the store's live one) is not read again. */
+static bool active_names_me(pc_applier *a, const pc_tenant_state *t, Popcast__Target **split)
 {
+    *split = NULL;
     Popcast__VersionState st = outcome_of(a, t->tenant, t->active_version);
-    if (st == POPCAST__VERSION_STATE__VERSION_STATE_LIVE ||
-        st == POPCAST__VERSION_STATE__VERSION_STATE_NACKED)
+    if (st == POPCAST__VERSION_STATE__VERSION_STATE_NACKED ||
+        (st == POPCAST__VERSION_STATE__VERSION_STATE_LIVE && t->live_version == t->active_version))
         return true;
-    /* Its entry, or else its last stage (a stage never takes it back). */
+    bool named = false;
     uint64_t seqs[2] = {t->active_seq, t->stage_seq};
     for (size_t i = 0; i < 2 && seqs[i] != 0; i++) {
         Popcast__Manifest *m = NULL;
         pc_err err;
         if (pc_store_get_manifest(a->opt.store, seqs[i], &m, &err) != PC_OK)
             return true; /* loading it fails, and says why */
-        bool named = names_me(a, m->target, t->tenant, t->active_version);
+        if (names_me(a, m->target, t->tenant, t->active_version)) {
+            named = true;
+            if (*split != NULL)
+                popcast__target__free_unpacked(*split, NULL);
+            *split = pc_target_splits(m->target) ? pc_target_copy(m->target) : NULL;
+        }
         popcast__manifest__free_unpacked(m, NULL);
-        if (named)
-            return true;
     }
-    return false;
+    return named || st == POPCAST__VERSION_STATE__VERSION_STATE_LIVE;
 }
 
 static int load_tenant(void *arg, const pc_tenant_state *t)
@@ -1007,12 +1057,29 @@ static int load_tenant(void *arg, const pc_tenant_state *t)
         return 0;
     }
     pc_err err;
-    if (!active_names_me(a, t)) {
+    Popcast__Target *split = NULL;
+    bool named = active_names_me(a, t, &split);
+    if (named && split != NULL && t->live_version != 0 && t->live_version != t->active_version) {
+        /* A split: the version serving the rest first, then the split. */
+        if (load_version(a, t->tenant, t->live_version, true, NULL, &err) == PC_OK)
+            w->live++;
+        else
+            pc_error("applier", "%s: live version %llu does not load: %s", t->tenant,
+                     (unsigned long long)t->live_version, err.msg);
+        if (load_version(a, t->tenant, t->active_version, false, split, &err) != PC_OK)
+            record_nack(a, t->tenant, t->active_version, t->active_seq, pc_err_name(err.code),
+                        err.msg);
+        popcast__target__free_unpacked(split, NULL);
+        return 0;
+    }
+    if (split != NULL)
+        popcast__target__free_unpacked(split, NULL);
+    if (!named) {
         /* Held here: what served before serves again. */
         record_outcome(a, t->tenant, t->active_version, t->active_seq,
                        POPCAST__VERSION_STATE__VERSION_STATE_HELD, false, NULL, NULL);
         if (t->live_version != 0 && t->live_version != t->active_version) {
-            if (load_version(a, t->tenant, t->live_version, true, &err) == PC_OK)
+            if (load_version(a, t->tenant, t->live_version, true, NULL, &err) == PC_OK)
                 w->live++;
             else
                 pc_error("applier", "%s: live version %llu does not load: %s", t->tenant,
@@ -1022,8 +1089,8 @@ static int load_tenant(void *arg, const pc_tenant_state *t)
     }
     /* A version that was live before (it loaded then) is not built again
      * before serving: the start stays short with many tenants. */
-    if (load_version(a, t->tenant, t->active_version, t->live_version == t->active_version, &err) ==
-        PC_OK) {
+    if (load_version(a, t->tenant, t->active_version, t->live_version == t->active_version, NULL,
+                     &err) == PC_OK) {
         w->live++;
         return 0;
     }
@@ -1031,7 +1098,7 @@ static int load_tenant(void *arg, const pc_tenant_state *t)
             (unsigned long long)t->active_version, err.msg);
     record_nack(a, t->tenant, t->active_version, t->active_seq, pc_err_name(err.code), err.msg);
     if (t->live_version != 0 && t->live_version != t->active_version) {
-        if (load_version(a, t->tenant, t->live_version, true, &err) == PC_OK) {
+        if (load_version(a, t->tenant, t->live_version, true, NULL, &err) == PC_OK) {
             pc_info("applier", "%s serves its last live version %llu", t->tenant,
                     (unsigned long long)t->live_version);
             w->live++;
@@ -1248,14 +1315,20 @@ static bool is_base(Popcast__Manifest *const *ms, size_t n, size_t i)
 }
 
 /* Whether the active entry at i, or the STAGE of it that follows, names
- * this agent (either makes it live here: a stage never takes it back). */
-static bool snapshot_names_me(pc_applier *a, Popcast__Manifest *const *ms, size_t n, size_t i)
+ * this agent (either makes it live here: a stage never takes it back);
+ * *how: the target of the last of them that does (the stage's first). */
+static bool snapshot_names_me(pc_applier *a, Popcast__Manifest *const *ms, size_t n, size_t i,
+                              const Popcast__Target **how)
 {
-    if (names_me(a, ms[i]->target, ms[i]->tenant, ms[i]->version))
+    *how = NULL;
+    if (i + 1 < n && ms[i + 1]->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_STAGE &&
+        same_tenant(ms[i], ms[i + 1]) && ms[i + 1]->version == ms[i]->version &&
+        names_me(a, ms[i + 1]->target, ms[i]->tenant, ms[i]->version)) {
+        *how = ms[i + 1]->target;
         return true;
-    return i + 1 < n && ms[i + 1]->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_STAGE &&
-           same_tenant(ms[i], ms[i + 1]) && ms[i + 1]->version == ms[i]->version &&
-           names_me(a, ms[i + 1]->target, ms[i]->tenant, ms[i]->version);
+    }
+    *how = ms[i]->target;
+    return names_me(a, ms[i]->target, ms[i]->tenant, ms[i]->version);
 }
 
 int pc_applier_install_snapshot(pc_applier *a, const Popcast__SnapshotResponse *snap,
@@ -1291,8 +1364,12 @@ int pc_applier_install_snapshot(pc_applier *a, const Popcast__SnapshotResponse *
     /* A deployment under way that does not name this agent: the version
      * before it goes live here, in the same transaction (so its bundle
      * stays), and the held one after it does not. */
-    for (size_t i = 0; i < n; i++)
-        items[i].live = is_base(ms, n, i) && !snapshot_names_me(a, ms, n, i + 1);
+    for (size_t i = 0; i < n; i++) {
+        const Popcast__Target *how = NULL;
+        /* ... and it serves the rest of a split. */
+        items[i].live = is_base(ms, n, i) &&
+                        (!snapshot_names_me(a, ms, n, i + 1, &how) || pc_target_splits(how));
+    }
     rc = pc_store_install_snapshot(a->opt.store, seq, items, total, applied, err);
     if (rc == PC_OK && cand.n > a->trust.n) {
         pc_trust_free(&a->trust);
@@ -1321,15 +1398,15 @@ int pc_applier_install_snapshot(pc_applier *a, const Popcast__SnapshotResponse *
             if (!applied[i] || (is_base(ms, n, i) && !items[i].live))
                 continue; /* a base this agent does not serve: the version after it does */
             pc_err lerr;
+            const Popcast__Target *how = NULL;
             if (ms[i]->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_STAGE) {
                 stage_reached(a, ms[i]); /* follows its version's entry */
             } else if (!pc_manifest_has_content(ms[i])) {
                 take_down(a, ms[i]->tenant);
-            } else if (!is_base(ms, n, i) &&
-                       !names_me(a, ms[i]->target, ms[i]->tenant, ms[i]->version)) {
+            } else if (!is_base(ms, n, i) && !snapshot_names_me(a, ms, n, i, &how)) {
                 hold(a, ms[i]);
-            } else if (make_live(a, ms[i], items[i].bundle, items[i].bundle_len, false, &lerr) !=
-                       PC_OK) {
+            } else if (go_live(a, ms[i], items[i].bundle, items[i].bundle_len,
+                               is_base(ms, n, i) ? NULL : how, false, &lerr) != PC_OK) {
                 record_nack(a, ms[i]->tenant, ms[i]->version, ms[i]->seq, pc_err_name(lerr.code),
                             lerr.msg);
             } else {

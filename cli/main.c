@@ -106,6 +106,8 @@ enum opt_id {
     O_STAGED,
     O_PLAN,
     O_IMMEDIATE,
+    O_SPLIT,
+    O_SPLIT_KEY,
     O_COUNT
 };
 
@@ -146,6 +148,8 @@ typedef struct cli {
     bool everyone;
     bool staged, immediate; /* deploy: through a deployment (default plan / --plan FILE) */
     const char *plan_file;
+    long long split;            /* stage --split: per mille of each agent's requests */
+    const char *split_key;      /* stage --split-key */
     bool quiet_upload;          /* deploy --staged: the upload says nothing itself */
     long long uploaded_version; /* what deploy_or_upload made */
     const char *entrypoint;
@@ -803,6 +807,10 @@ static int cmd_stage(cli *c)
         json_object_set_new(req, "agents", agents);
         if (c->given[O_PERMILLE])
             json_object_set_new(req, "permille", json_integer(c->permille));
+    }
+    if (c->given[O_SPLIT]) {
+        json_object_set_new(req, "split_permille", json_integer(c->split));
+        json_object_set_new(req, "split_key", json_string(c->split_key));
     }
     if (c->message != NULL && c->message[0] != '\0')
         json_object_set_new(req, "message", json_string(c->message));
@@ -1643,6 +1651,20 @@ static bool check_id(const char *label, const char *v, char *why, size_t cap)
                   label, v);
 }
 
+static bool check_split(const char *label, const char *v, char *why, size_t cap)
+{
+    long long n;
+    return whole(v, 1, 999, &n) ||
+           refuse(why, cap, "%s '%s' is not a whole number from 1 to 999", label, v);
+}
+
+static bool check_split_key(const char *label, const char *v, char *why, size_t cap)
+{
+    return pc_target_split_key_valid(v) ||
+           refuse(why, cap, "%s '%s' is not a header name ([a-z0-9-], 1 to 64) or cookie:NAME",
+                  label, v);
+}
+
 static bool check_permille(const char *label, const char *v, char *why, size_t cap)
 {
     long long n;
@@ -1903,6 +1925,18 @@ static const option options[O_COUNT] = {
                      .metavar = NULL,
                      .help = "a deployment of one stage, every agent at once, no gate: recorded "
                              "as such"},
+    [O_SPLIT] = {.name = "--split",
+                 .metavar = "N",
+                 .help = "on the agents named, run the version for N per mille of the requests (1 "
+                         "to 999; the rest keep the version they served), sticky by --split-key",
+                 .check = check_split,
+                 .needs = O_SPLIT_KEY},
+    [O_SPLIT_KEY] = {.name = "--split-key",
+                     .metavar = "KEY",
+                     .help = "what keeps a client on one side of a split: a request header "
+                             "(x-user-id) or cookie:NAME",
+                     .check = check_split_key,
+                     .needs = O_SPLIT},
     [O_REPLACES] = {.name = "--replaces",
                     .metavar = "KEY_ID",
                     .help =
@@ -2046,7 +2080,8 @@ static const command commands[] = {
      "make the active VERSION live on more agents (--pop, --agent, --permille, --everyone)",
      {TENANT_ARG, VERSION_ARG},
      0,
-     OPTS(O_POP, O_AGENT, O_PERMILLE, O_EVERYONE, O_MESSAGE, O_IDEMPOTENCY_KEY, WAIT_OPTS, O_JSON),
+     OPTS(O_POP, O_AGENT, O_PERMILLE, O_EVERYONE, O_SPLIT, O_SPLIT_KEY, O_MESSAGE,
+          O_IDEMPOTENCY_KEY, WAIT_OPTS, O_JSON),
      false,
      cmd_stage},
     {"versions",
@@ -2518,6 +2553,8 @@ static void store(cli *c, int id, const char *value)
     case O_STAGED: c->staged = true; break;
     case O_PLAN: c->plan_file = value; break;
     case O_IMMEDIATE: c->immediate = true; break;
+    case O_SPLIT: whole(value, 1, 999, &c->split); break;
+    case O_SPLIT_KEY: c->split_key = value; break;
     default: break;
     }
 }

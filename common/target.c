@@ -68,7 +68,63 @@ int pc_target_check(const Popcast__Target *target, pc_err *err)
     if (target->permille > PC_TARGET_EVERYONE)
         return pc_err_set(err, PC_E_INVALID, "target permille %u is above 1000",
                           (unsigned)target->permille);
+    if (target->split_permille > PC_TARGET_EVERYONE)
+        return pc_err_set(err, PC_E_INVALID, "target split_permille %u is above 1000",
+                          (unsigned)target->split_permille);
+    if ((target->split_key != NULL && target->split_key[0] != '\0' &&
+         !pc_target_split_key_valid(target->split_key)) ||
+        (pc_target_splits(target) && (target->split_key == NULL || target->split_key[0] == '\0')))
+        return pc_err_set(err, PC_E_INVALID,
+                          "a split needs a split_key: a header name ([a-z0-9-], 1 to 64) or "
+                          "cookie:NAME");
     return PC_OK;
+}
+
+bool pc_target_splits(const Popcast__Target *target)
+{
+    return target != NULL && target->split_permille > 0 &&
+           target->split_permille < PC_TARGET_EVERYONE;
+}
+
+static bool all_of(const char *s, size_t max, const char *extra, bool upper)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > max)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                  (upper && c >= 'A' && c <= 'Z') || strchr(extra, c) != NULL;
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+bool pc_target_split_key_valid(const char *key)
+{
+    if (key == NULL)
+        return false;
+    if (strncmp(key, "cookie:", 7) == 0)
+        return all_of(key + 7, 64, "._-", true);
+    return all_of(key, 64, "-", false);
+}
+
+unsigned pc_target_split_rank(const char *tenant, uint64_t version, const char *value,
+                              size_t value_len)
+{
+    crypto_generichash_state st;
+    uint8_t be[8], out[8];
+    crypto_generichash_init(&st, NULL, 0, sizeof(out));
+    crypto_generichash_update(&st, (const uint8_t *)"popcast-split-v1", 16);
+    pc_be64_put(be, strlen(tenant));
+    crypto_generichash_update(&st, be, sizeof(be));
+    crypto_generichash_update(&st, (const uint8_t *)tenant, strlen(tenant));
+    pc_be64_put(be, version);
+    crypto_generichash_update(&st, be, sizeof(be));
+    crypto_generichash_update(&st, (const uint8_t *)value, value_len);
+    crypto_generichash_final(&st, out, sizeof(out));
+    return (unsigned)(pc_be64_get(out) % PC_TARGET_EVERYONE);
 }
 
 Popcast__Target *pc_target_new(void)
@@ -122,6 +178,12 @@ Popcast__Target *pc_target_copy(const Popcast__Target *t)
         return NULL;
     }
     c->permille = t->permille;
+    c->split_permille = t->split_permille;
+    if (t->split_key != NULL && t->split_key[0] != '\0' &&
+        (c->split_key = strdup(t->split_key)) == NULL) {
+        popcast__target__free_unpacked(c, NULL);
+        return NULL;
+    }
     return c;
 }
 
@@ -135,8 +197,15 @@ static json_t *names_json(char *const *names, size_t n)
 
 json_t *pc_target_json(const Popcast__Target *t)
 {
+    json_t *o;
     if (pc_target_is_everyone(t))
-        return json_pack("{s:b}", "everyone", 1);
-    return json_pack("{s:o,s:o,s:i}", "agents", names_json(t->agents, t->n_agents), "pops",
-                     names_json(t->pops, t->n_pops), "permille", (int)t->permille);
+        o = json_pack("{s:b}", "everyone", 1);
+    else
+        o = json_pack("{s:o,s:o,s:i}", "agents", names_json(t->agents, t->n_agents), "pops",
+                      names_json(t->pops, t->n_pops), "permille", (int)t->permille);
+    if (o != NULL && pc_target_splits(t)) {
+        json_object_set_new(o, "split_permille", json_integer((json_int_t)t->split_permille));
+        json_object_set_new(o, "split_key", json_string(t->split_key));
+    }
+    return o;
 }

@@ -34,9 +34,24 @@ bool pc_target_is_everyone(const Popcast__Target *target);
  * it. */
 unsigned pc_target_rank(const char *tenant, uint64_t version, const char *agent_id);
 
+/* Whether target splits the traffic of the agents it names (a
+ * split_permille from 1 to 999). */
+bool pc_target_splits(const Popcast__Target *target);
+
+/* Whether key is a valid split key: a header name ([a-z0-9-], 1 to 64) or
+ * "cookie:" and a cookie name ([A-Za-z0-9._-], 1 to 64). */
+bool pc_target_split_key_valid(const char *key);
+
+/* The request's place in a split of tenant's version, 0..999, from its
+ * key's value: the version serves it when the place is below
+ * split_permille. */
+unsigned pc_target_split_rank(const char *tenant, uint64_t version, const char *value,
+                              size_t value_len);
+
 /* PC_E_INVALID, naming the field, unless every agent id and PoP name is
- * valid (names.h), there are at most PC_TARGET_MAX_NAMES of each, and
- * permille is at most 1000. */
+ * valid (names.h), there are at most PC_TARGET_MAX_NAMES of each,
+ * permille and split_permille are at most 1000, and a split key (needed
+ * by a split) is valid. */
 int pc_target_check(const Popcast__Target *target, pc_err *err);
 
 /* Building targets (a request's): an empty target (names nobody) that

@@ -88,6 +88,31 @@ static int stage_names(json_t *list, Popcast__Target *t, bool pops, pc_err *err)
     return PC_OK;
 }
 
+/* "split_permille" and "split_key" of a stage into *t (a target of
+ * everyone when there was none), checked as a signed target is. */
+static int split_fields(json_t *o, Popcast__Target **t, pc_err *err)
+{
+    json_t *share = json_object_get(o, "split_permille"), *key = json_object_get(o, "split_key");
+    if (share == NULL && key == NULL)
+        return PC_OK;
+    if (share == NULL || !json_is_integer(share) || json_integer_value(share) < 1 ||
+        json_integer_value(share) > 999 || key == NULL || !json_is_string(key) ||
+        strlen(json_string_value(key)) != json_string_length(key) ||
+        !pc_target_split_key_valid(json_string_value(key)))
+        return pc_err_set(err, PC_E_INVALID,
+                          "a split is \"split_permille\" (1 to 999) and \"split_key\" (a header "
+                          "name, or cookie:NAME)");
+    if (*t == NULL) {
+        if ((*t = pc_target_new()) == NULL)
+            return pc_err_set(err, PC_E_NOMEM, "out of memory");
+        (*t)->permille = PC_TARGET_EVERYONE;
+    }
+    (*t)->split_permille = (uint32_t)json_integer_value(share);
+    if (((*t)->split_key = strdup(json_string_value(key))) == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    return pc_target_check(*t, err);
+}
+
 int pc_api_parse_stage(const uint8_t *body, size_t len, Popcast__Target **target, char *message,
                        size_t message_cap, pc_err *err)
 {
@@ -98,13 +123,18 @@ int pc_api_parse_stage(const uint8_t *body, size_t len, Popcast__Target **target
     int rc = PC_OK;
     const char *key;
     json_t *val;
-    json_object_foreach(root, key,
-                        val) if (strcmp(key, "everyone") != 0 && strcmp(key, "agents") != 0 &&
-                                 strcmp(key, "pops") != 0 && strcmp(key, "permille") != 0 &&
-                                 strcmp(key, "message") != 0) rc =
-        pc_err_set(err, PC_E_INVALID,
-                   "only the fields \"everyone\", \"agents\", \"pops\", \"permille\" and "
-                   "\"message\" are allowed");
+    static const char *const allowed[] = {"everyone", "agents",         "pops",      "permille",
+                                          "message",  "split_permille", "split_key", NULL};
+    json_object_foreach(root, key, val)
+    {
+        bool known = false;
+        for (size_t i = 0; allowed[i] != NULL && !known; i++)
+            known = strcmp(key, allowed[i]) == 0;
+        if (!known)
+            rc = pc_err_set(err, PC_E_INVALID,
+                            "only the fields \"everyone\", \"agents\", \"pops\", \"permille\", "
+                            "\"split_permille\", \"split_key\" and \"message\" are allowed");
+    }
     json_t *everyone = json_object_get(root, "everyone"),
            *permille = json_object_get(root, "permille"), *msg = json_object_get(root, "message");
     bool named = json_object_get(root, "agents") != NULL || json_object_get(root, "pops") != NULL ||
@@ -113,7 +143,7 @@ int pc_api_parse_stage(const uint8_t *body, size_t len, Popcast__Target **target
     if (rc != PC_OK) {
     } else if (everyone != NULL && (!json_is_true(everyone) || named)) {
         rc = pc_err_set(err, PC_E_INVALID,
-                        "\"everyone\" must be true, and alone (with an optional message)");
+                        "\"everyone\" must be true, and without agents, pops or permille");
     } else if (everyone == NULL && !named) {
         rc = pc_err_set(err, PC_E_INVALID,
                         "a stage names \"agents\", \"pops\", a \"permille\" of all agents, or "
@@ -140,6 +170,8 @@ int pc_api_parse_stage(const uint8_t *body, size_t len, Popcast__Target **target
         if (rc == PC_OK && t->n_agents + t->n_pops == 0 && t->permille == 0)
             rc = pc_err_set(err, PC_E_INVALID, "the stage names nobody");
     }
+    if (rc == PC_OK)
+        rc = split_fields(root, &t, err);
     if (rc == PC_OK) {
         snprintf(message, message_cap, "%s", msg != NULL ? json_string_value(msg) : "");
         *target = t;
@@ -182,9 +214,9 @@ static int bounded(json_t *o, const char *field, uint64_t max, uint64_t *out, si
 
 static int plan_stage(json_t *o, size_t i, Popcast__DeploymentStage **out, pc_err *err)
 {
-    static const char *const fields[] = {"everyone",     "pops",    "agents",
-                                         "permille",     "bake_ms", "max_nacks",
-                                         "min_requests", "gate",    NULL};
+    static const char *const fields[] = {
+        "everyone",     "pops", "agents",         "permille",  "bake_ms", "max_nacks",
+        "min_requests", "gate", "split_permille", "split_key", NULL};
     *out = NULL;
     if (!json_is_object(o) || !only_fields(o, fields))
         return pc_err_set(err, PC_E_INVALID,
@@ -224,6 +256,8 @@ static int plan_stage(json_t *o, size_t i, Popcast__DeploymentStage **out, pc_er
         if (rc == PC_OK && s->target->n_agents + s->target->n_pops == 0 && permille == 0)
             rc = pc_err_set(err, PC_E_INVALID, "stage %zu names nobody", i);
     }
+    if (rc == PC_OK)
+        rc = split_fields(o, &s->target, err);
     s->bake_ms = bake;
     s->max_nacks = (uint32_t)nacks;
     s->min_requests = min;

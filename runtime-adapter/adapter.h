@@ -106,6 +106,17 @@ struct pc_adapter {
                  pc_err *err);
     /* The tenant's live version, 0 when none. */
     uint64_t (*live_version)(pc_adapter *a, const char *tenant);
+    /* Optional (NULL: this adapter cannot split a tenant's traffic, and
+     * the agent makes such a version wholly live). Takes ownership of p,
+     * on success and on failure: p becomes the tenant's second version,
+     * running permille per mille of its requests, chosen by the value of
+     * key in each request (a header name, or "cookie:" and a cookie name;
+     * a request without it is chosen at random: common/target.h); the live
+     * version runs the rest. A later activate or deactivate ends it. */
+    int (*activate_split)(pc_adapter *a, pc_prepared *p, unsigned permille, const char *key,
+                          pc_err *err);
+    /* Optional: the version a split sends requests to (0: none). */
+    uint64_t (*split_version)(pc_adapter *a, const char *tenant);
     /* Optional (NULL: this adapter never quarantines). The quarantined
      * live versions: fills up to max into out, returns how many there are
      * (possibly more than max). Thread safe. */

@@ -10,10 +10,13 @@
 #include <string.h>
 #include <time.h>
 
+#include <sodium.h>
+
 #include "bundle.h"
 #include "log.h"
 #include "lua_sandbox.h"
 #include "names.h"
+#include "target.h"
 
 #define TENANT_BUCKETS 1024
 /* At most one malloc_trim (it walks the heap) per this long. */
@@ -78,8 +81,13 @@ typedef struct lua_version {
 
 typedef struct tenant_slot {
     char name[PC_TENANT_MAX + 1];
-    pthread_mutex_t lock; /* guards active: held only to swap or take a ref */
+    pthread_mutex_t lock; /* guards active and the split: held only to swap or take a ref */
     lua_version *active;
+    /* A traffic split (adapter.h activate_split): split runs
+     * split_permille per mille of the requests, by split_key's value. */
+    lua_version *split;
+    unsigned split_permille;
+    char split_key[80];
     struct tenant_slot *next;
 } tenant_slot;
 
@@ -519,12 +527,75 @@ static int lua_activate(pc_adapter *a, pc_prepared *p, pc_err *err)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     }
     pthread_mutex_lock(&s->lock);
-    lua_version *old = s->active;
+    lua_version *old = s->active, *split = s->split;
     s->active = v;
+    s->split = NULL; /* a whole swap ends a split */
     pthread_mutex_unlock(&s->lock);
     /* Requests still in old hold their own references. */
     version_unref(old);
+    version_unref(split);
     return PC_OK;
+}
+
+static int lua_activate_split(pc_adapter *a, pc_prepared *p, unsigned permille, const char *key,
+                              pc_err *err)
+{
+    engine *e = (engine *)a;
+    lua_version *v = (lua_version *)p;
+    tenant_slot *s = find_slot(e, v->tenant, 1);
+    if (s == NULL || key == NULL || strlen(key) >= sizeof(s->split_key)) {
+        version_unref(v);
+        return pc_err_set(err, s == NULL ? PC_E_NOMEM : PC_E_INVALID, "cannot split %s", v->tenant);
+    }
+    pthread_mutex_lock(&s->lock);
+    lua_version *old = s->split;
+    s->split = v;
+    s->split_permille = permille;
+    snprintf(s->split_key, sizeof(s->split_key), "%s", key);
+    pthread_mutex_unlock(&s->lock);
+    version_unref(old);
+    return PC_OK;
+}
+
+static uint64_t lua_split_version(pc_adapter *a, const char *tenant)
+{
+    tenant_slot *s = find_slot((engine *)a, tenant, 0);
+    if (s == NULL)
+        return 0;
+    pthread_mutex_lock(&s->lock);
+    uint64_t v = s->split != NULL ? s->split->version : 0;
+    pthread_mutex_unlock(&s->lock);
+    return v;
+}
+
+/* The value of a split key in req: a header's, or a cookie's from the
+ * Cookie header ("a=1; b=2"). NULL when the request has none. */
+static const char *split_value(const pc_request *req, const char *key, size_t *len)
+{
+    bool cookie = strncmp(key, "cookie:", 7) == 0;
+    const char *want = cookie ? "cookie" : key;
+    for (size_t i = 0; req != NULL && i < req->n_headers; i++) {
+        if (strcmp(req->headers[i].name, want) != 0)
+            continue;
+        const char *v = req->headers[i].value;
+        if (!cookie) {
+            *len = strlen(v);
+            return v;
+        }
+        size_t nlen = strlen(key + 7);
+        for (const char *p = v; *p != '\0';) {
+            while (*p == ' ' || *p == ';')
+                p++;
+            const char *end = strchr(p, ';');
+            size_t plen = end ? (size_t)(end - p) : strlen(p);
+            if (plen > nlen && strncmp(p, key + 7, nlen) == 0 && p[nlen] == '=') {
+                *len = plen - nlen - 1;
+                return p + nlen + 1;
+            }
+            p += plen;
+        }
+    }
+    return NULL;
 }
 
 static void lua_discard(pc_adapter *a, pc_prepared *p)
@@ -538,20 +609,33 @@ static int lua_deactivate(pc_adapter *a, const char *tenant, pc_err *err)
     if (s == NULL)
         return PC_OK;
     pthread_mutex_lock(&s->lock);
-    lua_version *old = s->active;
+    lua_version *old = s->active, *split = s->split;
     s->active = NULL;
+    s->split = NULL;
     pthread_mutex_unlock(&s->lock);
     version_unref(old);
+    version_unref(split);
     return PC_OK;
 }
 
-static lua_version *acquire(engine *e, const char *tenant)
+/* The version req runs: the split's for its share of the requests (by
+ * its key's value, sticky; at random without one), else (and for no req)
+ * the live one. */
+static lua_version *acquire(engine *e, const char *tenant, const pc_request *req)
 {
     tenant_slot *s = find_slot(e, tenant, 0);
     if (s == NULL)
         return NULL;
     pthread_mutex_lock(&s->lock);
     lua_version *v = s->active;
+    if (s->split != NULL && req != NULL) {
+        size_t len = 0;
+        const char *value = split_value(req, s->split_key, &len);
+        unsigned place = value != NULL ? pc_target_split_rank(tenant, s->split->version, value, len)
+                                       : randombytes_uniform(1000);
+        if (place < s->split_permille)
+            v = s->split;
+    }
     if (v != NULL)
         atomic_fetch_add(&v->refs, 1);
     pthread_mutex_unlock(&s->lock);
@@ -565,7 +649,7 @@ static int lua_serve(pc_adapter *a, const char *tenant, const pc_request *req, p
 {
     engine *e = (engine *)a;
     memset(res, 0, sizeof(*res));
-    lua_version *v = acquire(e, tenant);
+    lua_version *v = acquire(e, tenant, req);
     if (v == NULL)
         return pc_err_set(err, PC_E_NOTFOUND, "tenant %s has no live version", tenant);
     res->version = v->version;
@@ -646,7 +730,7 @@ static int lua_serve(pc_adapter *a, const char *tenant, const pc_request *req, p
 
 static uint64_t lua_live_version(pc_adapter *a, const char *tenant)
 {
-    lua_version *v = acquire((engine *)a, tenant);
+    lua_version *v = acquire((engine *)a, tenant, NULL); /* the live one, not a split's */
     uint64_t version = v ? v->version : 0;
     version_unref(v);
     return version;
@@ -665,6 +749,7 @@ static void lua_destroy(pc_adapter *a)
         while (s != NULL) {
             tenant_slot *next = s->next;
             version_unref(s->active);
+            version_unref(s->split);
             pthread_mutex_destroy(&s->lock);
             free(s);
             s = next;
@@ -847,6 +932,8 @@ pc_adapter *pc_lua_adapter_new(const pc_lua_limits *limits, pc_metrics *metrics,
     e->base.deactivate = lua_deactivate;
     e->base.serve = lua_serve;
     e->base.live_version = lua_live_version;
+    e->base.activate_split = lua_activate_split;
+    e->base.split_version = lua_split_version;
     e->base.quarantined = pc_lua_adapter_quarantined;
     e->base.destroy = lua_destroy;
     return &e->base;

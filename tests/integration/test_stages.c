@@ -52,10 +52,7 @@ static uint64_t deploy_at(pc_test_env *env, pc_test_controller *ctl, const char 
     return version;
 }
 
-/* Waits until the agent applied seq, then checks what it serves of web
- * (0: nothing). Applied first, so a "still the old one" is a fact, not a
- * race. */
-static void expect_serves(pc_test_agent *a, uint64_t seq, uint64_t version)
+static void wait_applied(pc_test_agent *a, uint64_t seq)
 {
     int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
     while (pc_test_agent_applied_seq(a) < seq) {
@@ -63,6 +60,14 @@ static void expect_serves(pc_test_agent *a, uint64_t seq, uint64_t version)
             fail_msg("%s never applied seq %llu", a->id, (unsigned long long)seq);
         pc_test_sleep_ms(25);
     }
+}
+
+/* Waits until the agent applied seq, then checks what it serves of web
+ * (0: nothing). Applied first, so a "still the old one" is a fact, not a
+ * race. */
+static void expect_serves(pc_test_agent *a, uint64_t seq, uint64_t version)
+{
+    wait_applied(a, seq);
     if (version != 0) {
         if (!pc_test_wait_version(a, "web", version, PC_TEST_CONVERGE_TIMEOUT_MS))
             fail_msg("%s does not serve web version %llu", a->id, (unsigned long long)version);
@@ -296,12 +301,147 @@ static void test_bad_targets(void **state)
     pc_test_env_cleanup(&env);
 }
 
+/* The version web's edge on a answers a request carrying header: value
+ * (header NULL: none) with; 0 when it does not answer 200. */
+static uint64_t version_for(pc_test_agent *a, const char *header, const char *value)
+{
+    const char *headers[] = {"X-Popcast-Tenant", "web", header, value, NULL};
+    if (header == NULL)
+        headers[2] = NULL;
+    pc_http_result r;
+    if (pc_http_call(a->edge_url, "GET", "/", headers, NULL, 0, 10000, &r, NULL) != PC_OK)
+        return 0;
+    const char *v = pc_http_result_header(&r, "X-Popcast-Version");
+    uint64_t got = r.status == 200 && v ? strtoull(v, NULL, 10) : 0;
+    pc_http_result_free(&r);
+    return got;
+}
+
+/* Every one of n users (prefix0, prefix1, ...) lands where the split's
+ * hash puts it; returns how many ran the new version. */
+static int expect_split(pc_test_agent *a, const char *header, const char *prefix, int n,
+                        unsigned permille, uint64_t old_v, uint64_t new_v)
+{
+    int on_new = 0;
+    for (int i = 0; i < n; i++) {
+        char value[64];
+        snprintf(value, sizeof(value), "%s%d", prefix, i);
+        bool in = pc_target_split_rank("web", new_v, value, strlen(value)) < permille;
+        uint64_t got = version_for(a, header, value);
+        if (got != (in ? new_v : old_v))
+            fail_msg("%s=%s got version %llu, expected %llu", header, value,
+                     (unsigned long long)got, (unsigned long long)(in ? new_v : old_v));
+        on_new += in;
+    }
+    return on_new;
+}
+
+/* A stage that splits: on the agents it names, its share of the requests
+ * (by a header's or a cookie's value, sticky) run the new version and the
+ * rest the one before; the split survives a restart; a stage without a
+ * split makes the version whole. */
+static void test_traffic_split(void **state)
+{
+    (void)state;
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    pc_test_controller_start(&env, &ctl, NULL);
+    pc_test_agent agents[2];
+    memset(agents, 0, sizeof(agents));
+    pc_test_agent_start_for(&env, &agents[0], "edge-0", &ctl, in_ams);
+    pc_test_agent_start_for(&env, &agents[1], "edge-1", &ctl, in_fra);
+    uint64_t seq = 0;
+    assert_int_equal(deploy_at(&env, &ctl, "", "one", &seq), 1);
+    assert_int_equal(deploy_at(&env, &ctl, "?hold=true", "two", &seq), 2);
+    json_t *ans = NULL;
+    assert_int_equal(post(&env, &ctl, "/v1/tenants/web/versions/2/stage", "application/json",
+                          "{\"pops\":[\"ams\"],\"split_permille\":300,\"split_key\":\"x-user\"}",
+                          &ans),
+                     201);
+    seq = (uint64_t)json_integer_value(json_object_get(ans, "seq"));
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(ans, "target"), "split_permille")), 300);
+    json_decref(ans);
+    wait_applied(&agents[0], seq); /* requests without the header may go either way */
+    expect_still(&agents[1], seq, 1);
+    /* 1000 users: each exactly where the hash puts it. */
+    int on_new = expect_split(&agents[0], "x-user", "user-", 1000, 300, 1, 2);
+    printf("split: %d of 1000 users on the new version (asked 300 per mille)\n", on_new);
+    assert_true(on_new > 240 && on_new < 360); /* binomial(1000, 0.3): 5 sd */
+    /* Sticky: the same user, the same version, every time. */
+    for (int k = 0; k < 20; k++)
+        expect_split(&agents[0], "x-user", "user-", 1, 300, 1, 2);
+    /* Without the key: at random, both versions come up. */
+    bool seen[3] = {false, false, false};
+    for (int k = 0; k < 200 && !(seen[1] && seen[2]); k++) {
+        uint64_t v = version_for(&agents[0], NULL, NULL);
+        assert_true(v == 1 || v == 2);
+        seen[v] = true;
+    }
+    assert_true(seen[1] && seen[2]);
+    /* fra is not named: all of it stays on v1. */
+    for (int k = 0; k < 50; k++)
+        assert_int_equal(version_for(&agents[1], "x-user", "user-1"), 1);
+
+    /* The split survives a restart of the agent. */
+    pc_test_agent_stop(&agents[0]);
+    pc_test_agent_start_for(&env, &agents[0], "edge-0", &ctl, in_ams);
+    expect_split(&agents[0], "x-user", "user-", 200, 300, 1, 2);
+
+    /* Another split, by a cookie. */
+    assert_int_equal(post(&env, &ctl, "/v1/tenants/web/versions/2/stage", "application/json",
+                          "{\"pops\":[\"ams\"],\"split_permille\":500,"
+                          "\"split_key\":\"cookie:sid\"}",
+                          &ans),
+                     201);
+    seq = (uint64_t)json_integer_value(json_object_get(ans, "seq"));
+    json_decref(ans);
+    wait_applied(&agents[0], seq);
+    for (int i = 0; i < 100; i++) {
+        char cookie[64], sid[32];
+        snprintf(sid, sizeof(sid), "s%d", i);
+        snprintf(cookie, sizeof(cookie), "theme=dark; sid=%s; x=1", sid);
+        bool in = pc_target_split_rank("web", 2, sid, strlen(sid)) < 500;
+        assert_int_equal(version_for(&agents[0], "Cookie", cookie), in ? 2 : 1);
+    }
+
+    /* A stage without a split: wholly v2, everywhere. */
+    assert_int_equal(post(&env, &ctl, "/v1/tenants/web/versions/2/stage", "application/json",
+                          "{\"everyone\":true}", &ans),
+                     201);
+    seq = (uint64_t)json_integer_value(json_object_get(ans, "seq"));
+    json_decref(ans);
+    expect_serves(&agents[0], seq, 2);
+    expect_serves(&agents[1], seq, 2);
+    for (int i = 0; i < 50; i++) {
+        char value[32];
+        snprintf(value, sizeof(value), "user-%d", i);
+        assert_int_equal(version_for(&agents[0], "x-user", value), 2);
+    }
+    /* Malformed splits are refused. */
+    const char *bad[] = {"{\"everyone\":true,\"split_permille\":300}",
+                         "{\"everyone\":true,\"split_permille\":1000,\"split_key\":\"x\"}",
+                         "{\"everyone\":true,\"split_permille\":30,\"split_key\":\"X-User\"}",
+                         "{\"everyone\":true,\"split_permille\":30,\"split_key\":\"cookie:\"}"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(
+            post(&env, &ctl, "/v1/tenants/web/versions/2/stage", "application/json", bad[i], NULL),
+            400);
+
+    pc_test_agent_stop(&agents[0]);
+    pc_test_agent_stop(&agents[1]);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
 int main(void)
 {
     pc_test_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_targets_and_stages),
         cmocka_unit_test(test_bad_targets),
+        cmocka_unit_test(test_traffic_split),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
