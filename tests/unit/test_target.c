@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 #include <cmocka.h>
 
@@ -91,6 +92,47 @@ static void test_check(void **state)
     assert_int_equal(pc_target_check(&t, &err), PC_E_INVALID);
 }
 
+/* Splits: which targets split, which keys are valid, and a rank every
+ * party computes alike that spreads values evenly and moves with the
+ * version (so one tenant's canary users are not always the same). */
+static void test_split(void **state)
+{
+    Popcast__Target t = POPCAST__TARGET__INIT;
+    pc_err err;
+    assert_false(pc_target_splits(NULL));
+    assert_false(pc_target_splits(&t));
+    t.split_permille = 1000;
+    assert_false(pc_target_splits(&t));
+    t.split_permille = 300;
+    assert_true(pc_target_splits(&t));
+    assert_int_equal(pc_target_check(&t, &err), PC_E_INVALID); /* a split needs a key */
+    t.split_key = "x-user-id";
+    assert_int_equal(pc_target_check(&t, &err), PC_OK);
+    t.split_key = "X-User";
+    assert_int_equal(pc_target_check(&t, &err), PC_E_INVALID);
+    t.split_permille = 1001;
+    t.split_key = "x-user";
+    assert_int_equal(pc_target_check(&t, &err), PC_E_INVALID);
+    assert_true(pc_target_split_key_valid("cookie:session_ID.2"));
+    assert_false(pc_target_split_key_valid("cookie:"));
+    assert_false(pc_target_split_key_valid("cookie:a b"));
+    assert_false(pc_target_split_key_valid(""));
+    assert_false(pc_target_split_key_valid("x user"));
+    int below = 0, moved = 0;
+    char v[32];
+    for (int i = 0; i < 2000; i++) {
+        snprintf(v, sizeof(v), "user-%d", i);
+        unsigned r = pc_target_split_rank("web", 7, v, strlen(v));
+        assert_true(r < 1000);
+        assert_int_equal(r, pc_target_split_rank("web", 7, v, strlen(v)));
+        below += r < 300;
+        moved += (r < 300) != (pc_target_split_rank("web", 8, v, strlen(v)) < 300);
+    }
+    if (below < 520 || below > 680) /* binomial(2000, 0.3): mean 600, sd 20.5 */
+        fail_msg("%d of 2000 below 300", below);
+    assert_true(moved > 200);
+}
+
 int main(void)
 {
     pc_test_init();
@@ -98,6 +140,7 @@ int main(void)
         cmocka_unit_test(test_names_by_agent_and_pop),
         cmocka_unit_test(test_fraction),
         cmocka_unit_test(test_check),
+        cmocka_unit_test(test_split),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
