@@ -590,6 +590,19 @@ static uint64_t serving_version(pc_applier *a, const char *tenant)
     return 0;
 }
 
+/* The version a traffic split runs part of tenant's requests on (0:
+ * none). */
+static uint64_t split_serving(pc_applier *a, const char *tenant)
+{
+    for (size_t i = 0; i < a->opt.n_adapters; i++) {
+        pc_adapter *ad = a->opt.adapters[i];
+        uint64_t v = ad->split_version != NULL ? ad->split_version(ad, tenant) : 0;
+        if (v != 0)
+            return v;
+    }
+    return 0;
+}
+
 /* Prepares and swaps in one version; on success records it as live. */
 static int make_live(pc_applier *a, const Popcast__Manifest *m, const uint8_t *bundle, size_t len,
                      bool deferred, pc_err *err)
@@ -1714,6 +1727,7 @@ static int tenant_proto(void *arg, const pc_tenant_state *t)
     /* last_version, not active: a delete is "applied" too (rollout.h). */
     ts->applied_version = t->last_version;
     ts->live_version = serving_version(w->a, t->tenant);
+    ts->split_version = split_serving(w->a, t->tenant);
     ts->applied_seq = t->active_seq;
     w->items[w->n++] = ts;
     return tenant_outcomes(w->a, t, ts) == PC_OK ? 0 : 1;
@@ -1965,6 +1979,9 @@ static int tenant_status(void *arg, const pc_tenant_state *t)
                           (json_int_t)t->last_version, "deleted", t->deleted);
     if (o != NULL && t->active_version != 0)
         json_object_set_new(o, "applied_hash", hex_hash(t->active_hash));
+    uint64_t split = split_serving(w->a, t->tenant);
+    if (o != NULL && split != 0)
+        json_object_set_new(o, "split_version", json_integer((json_int_t)split));
     if (o != NULL && live != 0 && live == t->live_version)
         json_object_set_new(o, "live_hash", hex_hash(t->live_hash));
     else if (o != NULL && live != 0 && live == t->active_version)

@@ -750,7 +750,7 @@ static void judge_outcomes(const pc_rollout_query *q, const Popcast__TenantStatu
         j->v = ST_LIVE;
         /* A delete serves while nothing newer came; a version while it is
          * the live one. */
-        j->superseded = q->is_delete ? av != v : t->live_version != v;
+        j->superseded = q->is_delete ? av != v : t->live_version != v && t->split_version != v;
     } else if (o != NULL && o->state == POPCAST__VERSION_STATE__VERSION_STATE_NACKED) {
         j->v = ST_NACKED;
         j->reason = o->reason;

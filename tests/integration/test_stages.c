@@ -384,6 +384,27 @@ static void test_traffic_split(void **state)
     for (int k = 0; k < 50; k++)
         assert_int_equal(version_for(&agents[1], "x-user", "user-1"), 1);
 
+    /* The agent and the rollout view say v2 runs a split there, live and
+     * not superseded. */
+    json_t *st = pc_test_agent_status(&agents[0]);
+    json_t *web = json_array_get(json_object_get(st, "tenants"), 0);
+    assert_int_equal(json_integer_value(json_object_get(web, "split_version")), 2);
+    assert_int_equal(json_integer_value(json_object_get(web, "live_version")), 1);
+    json_decref(st);
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    for (;;) {
+        json_t *doc = pc_test_controller_json(&env, &ctl, "/v1/tenants/web/versions/2/rollout");
+        json_t *a0 = json_array_get(json_object_get(doc, "agents"), 0);
+        bool ok = strcmp(json_string_value(json_object_get(a0, "state")), "live") == 0 &&
+                  json_is_false(json_object_get(a0, "superseded"));
+        json_decref(doc);
+        if (ok)
+            break;
+        if (pc_test_now_ms() > deadline)
+            fail_msg("the rollout view never showed the split as live");
+        pc_test_sleep_ms(50);
+    }
+
     /* The split survives a restart of the agent. */
     pc_test_agent_stop(&agents[0]);
     pc_test_agent_start_for(&env, &agents[0], "edge-0", &ctl, in_ams);
