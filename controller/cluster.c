@@ -188,8 +188,9 @@ static int apply_batch(pc_cluster *c, Popcast__Entry *const *entries, size_t n_e
             break;
         }
         bool content = pc_manifest_has_content(ms[i]);
-        items[i] = (pc_store_item){e->signed_, ms[i], content ? e->bundle.data : NULL,
-                                   content ? e->bundle.len : 0, NULL, false};
+        items[i] = (pc_store_item){
+            e->signed_, ms[i], content ? e->bundle.data : NULL, content ? e->bundle.len : 0,
+            NULL,       false};
     }
     /* Each key goes with the entry it names, into the same transaction. */
     for (size_t k = 0; rc == PC_OK && k < n_claims; k++) {
