@@ -603,6 +603,21 @@ static uint64_t split_serving(pc_applier *a, const char *tenant)
     return 0;
 }
 
+/* What an adapter is told of the version m (pointers into m and bundle). */
+static pc_version_spec spec_of(const Popcast__Manifest *m, const uint8_t *bundle, size_t len,
+                               bool deferred)
+{
+    return (pc_version_spec){.tenant = m->tenant,
+                             .version = m->version,
+                             .seq = m->seq,
+                             .runtime = m->runtime,
+                             .entrypoint = m->entrypoint,
+                             .bundle = bundle,
+                             .bundle_len = len,
+                             .hash = m->bundle_hash.data,
+                             .deferred = deferred};
+}
+
 /* Prepares and swaps in one version; on success records it as live. */
 static int make_live(pc_applier *a, const Popcast__Manifest *m, const uint8_t *bundle, size_t len,
                      bool deferred, pc_err *err)
@@ -610,15 +625,7 @@ static int make_live(pc_applier *a, const Popcast__Manifest *m, const uint8_t *b
     pc_adapter *ad = find_adapter(a, m->runtime);
     if (ad == NULL)
         return pc_err_set(err, PC_E_RUNTIME, "this agent has no runtime named '%s'", m->runtime);
-    pc_version_spec spec = {.tenant = m->tenant,
-                            .version = m->version,
-                            .seq = m->seq,
-                            .runtime = m->runtime,
-                            .entrypoint = m->entrypoint,
-                            .bundle = bundle,
-                            .bundle_len = len,
-                            .hash = m->bundle_hash.data,
-                            .deferred = deferred};
+    pc_version_spec spec = spec_of(m, bundle, len, deferred);
     pc_prepared *p = NULL;
     int rc = ad->prepare(ad, &spec, &p, err);
     if (rc != PC_OK)
@@ -651,14 +658,7 @@ static int make_split(pc_applier *a, const Popcast__Manifest *m, const uint8_t *
     pc_adapter *ad = find_adapter(a, m->runtime);
     if (ad == NULL || ad->activate_split == NULL || ad->live_version(ad, m->tenant) == 0)
         return make_live(a, m, bundle, len, false, err);
-    pc_version_spec spec = {.tenant = m->tenant,
-                            .version = m->version,
-                            .seq = m->seq,
-                            .runtime = m->runtime,
-                            .entrypoint = m->entrypoint,
-                            .bundle = bundle,
-                            .bundle_len = len,
-                            .hash = m->bundle_hash.data};
+    pc_version_spec spec = spec_of(m, bundle, len, false);
     pc_prepared *p = NULL;
     int rc = ad->prepare(ad, &spec, &p, err);
     if (rc == PC_OK)
