@@ -381,6 +381,7 @@ static long long num(json_t *o, const char *key)
 }
 
 static int wait_live(cli *c, const char *tenant, long long version);
+static bool is_version_arg(const char *v);
 
 static void format_time(long long unix_ms, char *out, size_t cap)
 {
@@ -667,6 +668,10 @@ static int start_deployment(cli *c, const char *tenant, long long version)
 
 static int cmd_deploy(cli *c)
 {
+    /* A stored version goes out through a deployment: the default plan,
+     * --plan FILE or --immediate. */
+    if (is_version_arg(c->args[1]))
+        return start_deployment(c, c->args[0], strtoll(c->args[1], NULL, 10));
     if (!c->staged && c->plan_file == NULL && !c->immediate)
         return deploy_or_upload(c, false);
     /* Upload, then deploy that version through a deployment. */
@@ -1725,6 +1730,17 @@ static bool check_file(const char *label, const char *v, char *why, size_t cap)
 }
 
 /* deploy's PATH: a readable file, or a directory that can be listed. */
+/* deploy's second argument: a version number (no file of that name):
+ * deploy that stored version through a deployment. */
+static bool is_version_arg(const char *v)
+{
+    struct stat st;
+    long long n;
+    return whole(v, 1, LLONG_MAX, &n) && stat(v, &st) != 0;
+}
+
+static bool check_deploy_what(const char *label, const char *v, char *why, size_t cap);
+
 static bool check_bundle_path(const char *label, const char *v, char *why, size_t cap)
 {
     struct stat st;
@@ -1738,6 +1754,11 @@ static bool check_bundle_path(const char *label, const char *v, char *why, size_
         return true;
     }
     return check_file(label, v, why, cap);
+}
+
+static bool check_deploy_what(const char *label, const char *v, char *why, size_t cap)
+{
+    return is_version_arg(v) || check_bundle_path(label, v, why, cap);
 }
 
 static bool check_out_dir(const char *label, const char *v, char *why, size_t cap)
@@ -1995,8 +2016,9 @@ static const command commands[] = {
      cmd_keygen},
     {"deploy",
      NULL,
-     "upload a file or directory as a new version",
-     {TENANT_ARG, {"PATH", check_bundle_path}},
+     "upload a file or directory as a new version (or deploy a stored VERSION through a "
+     "deployment)",
+     {TENANT_ARG, {"PATH|VERSION", check_deploy_what}},
      0,
      OPTS(O_ENTRYPOINT, O_RUNTIME, O_MESSAGE, O_IDEMPOTENCY_KEY, O_POP, O_AGENT, O_PERMILLE,
           O_STAGED, O_PLAN, O_IMMEDIATE, WAIT_OPTS, O_JSON),
@@ -2635,8 +2657,10 @@ static int parse(cli *c, const command *k, int argc, char **argv, int first)
             return usage_error(k, NULL, "give %s or %s, not both", o->name,
                                options[o->excludes].name);
     }
-    /* deploy: a target, or a deployment that stages it, not both. */
-    if ((c->given[O_STAGED] + c->given[O_PLAN] + c->given[O_IMMEDIATE]) != 0 &&
+    /* deploy: a target, or a deployment that stages it, not both; a stored
+     * VERSION always goes through a deployment. */
+    bool version_arg = k->run == cmd_deploy && c->nargs > 1 && is_version_arg(c->args[1]);
+    if ((c->given[O_STAGED] + c->given[O_PLAN] + c->given[O_IMMEDIATE] + version_arg) != 0 &&
         (c->given[O_POP] + c->given[O_AGENT] + c->given[O_PERMILLE]) != 0)
         return usage_error(k, NULL,
                            "--pop, --agent and --permille target a plain deploy; a deployment's "

@@ -418,8 +418,22 @@ static void test_cli_deployments(void **state)
     assert_int_equal(pc_test_cli(&env, &ctl, list, out, sizeof(out)), 0);
     assert_non_null(strstr(out, "complete"));
     assert_non_null(strstr(out, "aborted"));
+    /* A stored version, deployed by number. */
+    const char *five = healthy("five");
+    pc_test_write_file(file, five, strlen(five));
+    const char *up[] = {"upload", "web", file, NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, up, out, sizeof(out)), 0);
+    assert_non_null(strstr(out, "uploaded web version 5"));
+    const char *by_number[] = {"deploy", "web", "5", "--immediate", "--wait", NULL};
+    if (pc_test_cli(&env, &ctl, by_number, out, sizeof(out)) != 0)
+        fail_msg("deploy web 5: %s", out);
+    assert_non_null(strstr(out, "deployment 3 of web version 5 started: 1 stage"));
+    for (int i = 0; i < N_AGENTS; i++)
+        expect_serving(&agents[i], 5);
     /* Usage errors: nothing sent. */
     uint64_t head = pc_test_controller_head(&env, &ctl);
+    const char *targeted[] = {"deploy", "web", "5", "--pop", "ams", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, targeted, out, sizeof(out)), 2);
     const char *both[] = {"deploy", "web", file, "--staged", "--pop", "ams", NULL};
     assert_int_equal(pc_test_cli(&env, &ctl, both, out, sizeof(out)), 2);
     const char *bad_id[] = {"deployments", "show", "web", "0", NULL};
