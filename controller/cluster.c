@@ -236,7 +236,8 @@ static int apply_deployment(pc_cluster *c, const Popcast__DeploymentRecord *d, p
         rc = pc_deployment_check_update(cur, d, err);
     if (cur != NULL)
         popcast__deployment_record__free_unpacked(cur, NULL);
-    return rc == PC_OK ? pc_registry_put_deployment(c->opt.store, d, err) : rc;
+    return rc == PC_OK ? pc_registry_put_deployment(c->opt.store, d, !pc_deployment_final(d), err)
+                       : rc;
 }
 
 static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)

@@ -362,7 +362,8 @@ typedef struct open_records {
     size_t n, cap;
 } open_records;
 
-/* Copies every deployment that is not over (the walk frees its records). */
+/* Copies every deployment that is not over (the walk, over the index of
+ * open ones, frees its records). */
 static int collect_open(void *arg, const Popcast__DeploymentRecord *rec)
 {
     open_records *o = arg;
@@ -391,7 +392,7 @@ void pc_deployer_tick(pc_deployer *d, int64_t now_ms)
         return;
     open_records o = {0};
     pc_err err;
-    if (pc_registry_foreach_deployment(d->opt.store, NULL, collect_open, &o, &err) != PC_OK)
+    if (pc_registry_foreach_open_deployment(d->opt.store, collect_open, &o, &err) != PC_OK)
         pc_warn("deployer", "cannot read the deployments: %s", err.msg);
     for (size_t i = 0; i < o.n; i++) {
         drive(d, o.items[i], now_ms);

@@ -8,13 +8,14 @@
 #include "byteorder.h"
 #include "names.h"
 
-#define TOKEN_PREFIX       "token."
-#define AGENT_PREFIX       "agent."
-#define NODE_PREFIX        "cluster.node."
-#define OUTCOME_PREFIX     "outcome."
-#define DEPLOYMENT_PREFIX  "deployment."
-#define DEPLOYMENT_KEY_MAX (sizeof(DEPLOYMENT_PREFIX) + PC_TENANT_MAX + 1 + 20 + 1)
-#define EPOCH_KEY          "status_epoch"
+#define TOKEN_PREFIX           "token."
+#define AGENT_PREFIX           "agent."
+#define NODE_PREFIX            "cluster.node."
+#define OUTCOME_PREFIX         "outcome."
+#define DEPLOYMENT_PREFIX      "deployment."
+#define OPEN_DEPLOYMENT_PREFIX "deployment_open."
+#define DEPLOYMENT_KEY_MAX     (sizeof(OPEN_DEPLOYMENT_PREFIX) + PC_TENANT_MAX + 1 + 20 + 1)
+#define EPOCH_KEY              "status_epoch"
 /* EPOCH_KEY holds the floor of an agent's report counters (microseconds;
  * see pc_registry_next_report_floor). */
 
@@ -285,13 +286,58 @@ static void deployment_key(char *out, size_t cap, const char *tenant, uint64_t i
     snprintf(out, cap, DEPLOYMENT_PREFIX "%s.%020llu", tenant, (unsigned long long)id);
 }
 
-int pc_registry_put_deployment(pc_store *s, const Popcast__DeploymentRecord *d, pc_err *err)
+int pc_registry_put_deployment(pc_store *s, const Popcast__DeploymentRecord *d, bool open,
+                               pc_err *err)
 {
     if (d->tenant == NULL || !pc_tenant_name_valid(d->tenant) || d->id == 0)
         return pc_err_set(err, PC_E_INVALID, "deployment record without a tenant or id");
-    char key[DEPLOYMENT_KEY_MAX];
+    char key[DEPLOYMENT_KEY_MAX], index[DEPLOYMENT_KEY_MAX];
     deployment_key(key, sizeof(key), d->tenant, d->id);
-    return put_message(s, key, &d->base, err);
+    snprintf(index, sizeof(index), OPEN_DEPLOYMENT_PREFIX "%s.%020llu", d->tenant,
+             (unsigned long long)d->id);
+    size_t len = popcast__deployment_record__get_packed_size(d);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (buf == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    popcast__deployment_record__pack(d, buf);
+    /* The record and its place in the index of open ones, together. */
+    pc_store_write w[2] = {{.meta_key = key, .meta_val = buf, .meta_len = len},
+                           {.meta_key = index, .meta_val = "", .meta_delete = !open}};
+    int rc = pc_store_write_many(s, w, 2, err);
+    free(buf);
+    return rc;
+}
+
+typedef struct open_walk {
+    pc_store *s;
+    int (*cb)(void *arg, const Popcast__DeploymentRecord *d);
+    void *arg;
+    pc_err *err;
+} open_walk;
+
+static int open_one(void *arg, const char *key, const uint8_t *val, size_t len)
+{
+    (void)val;
+    (void)len;
+    open_walk *w = arg;
+    char rec[DEPLOYMENT_KEY_MAX];
+    snprintf(rec, sizeof(rec), DEPLOYMENT_PREFIX "%s", key + strlen(OPEN_DEPLOYMENT_PREFIX));
+    Popcast__DeploymentRecord *d = NULL;
+    int rc = get_message(w->s, rec, &popcast__deployment_record__descriptor,
+                         (ProtobufCMessage **)&d, w->err);
+    if (rc != PC_OK)
+        return rc;
+    rc = w->cb(w->arg, d);
+    popcast__deployment_record__free_unpacked(d, NULL);
+    return rc;
+}
+
+int pc_registry_foreach_open_deployment(pc_store *s,
+                                        int (*cb)(void *arg, const Popcast__DeploymentRecord *d),
+                                        void *arg, pc_err *err)
+{
+    open_walk w = {s, cb, arg, err};
+    return pc_store_meta_foreach(s, OPEN_DEPLOYMENT_PREFIX, open_one, &w, err);
 }
 
 int pc_registry_get_deployment(pc_store *s, const char *tenant, uint64_t id,

@@ -18,6 +18,7 @@
  *   "status_epoch"                 u64 BE      agent: report counter floor (µs)
  *   "outcome.<tenant>"             TenantOutcomes agent: what became of its versions
  *   "deployment.<tenant>.<id, 20 digits>" DeploymentRecord controller: staged deployments
+ *   "deployment_open.<tenant>.<id>"  ""         controller: the ones not over (an index)
  *
  * Walks follow store.h: cb returning non-zero stops the walk and that
  * value is returned. Writes here are for the cluster's FSM (controller)
@@ -26,6 +27,7 @@
 #ifndef PC_REGISTRY_H
 #define PC_REGISTRY_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "crypto.h"
@@ -57,10 +59,18 @@ int pc_registry_foreach_node(pc_store *s, int (*cb)(void *arg, const Popcast__Cl
                              void *arg, pc_err *err);
 
 /* Controller: staged deployments, by tenant and id (replaced whole; the
- * rules of an update are controller/deployment.h's). PC_E_NOTFOUND when
+ * rules of an update are controller/deployment.h's; open: the record is
+ * not over, and is listed in the index of open ones). PC_E_NOTFOUND when
  * absent. The walk goes in id order, one tenant's (tenant non-NULL) or
  * every tenant's. */
-int pc_registry_put_deployment(pc_store *s, const Popcast__DeploymentRecord *d, pc_err *err);
+int pc_registry_put_deployment(pc_store *s, const Popcast__DeploymentRecord *d, bool open,
+                               pc_err *err);
+/* The deployments put with open set, in tenant and id order (the index
+ * "deployment_open.<tenant>.<id>" is written with each record, in the
+ * same transaction). */
+int pc_registry_foreach_open_deployment(pc_store *s,
+                                        int (*cb)(void *arg, const Popcast__DeploymentRecord *d),
+                                        void *arg, pc_err *err);
 int pc_registry_get_deployment(pc_store *s, const char *tenant, uint64_t id,
                                Popcast__DeploymentRecord **out, pc_err *err);
 int pc_registry_foreach_deployment(pc_store *s, const char *tenant,

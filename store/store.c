@@ -906,7 +906,10 @@ static int many_body(pc_store *s, MDB_txn *txn, void *arg, pc_err *err)
         } else {
             MDB_val k = {strlen(w->meta_key), (void *)w->meta_key},
                     v = {w->meta_len, (void *)w->meta_val};
-            int mrc = mdb_put(txn, s->meta, &k, &v, 0);
+            int mrc =
+                w->meta_delete ? mdb_del(txn, s->meta, &k, NULL) : mdb_put(txn, s->meta, &k, &v, 0);
+            if (mrc == MDB_NOTFOUND && w->meta_delete)
+                mrc = 0;
             rc = mrc ? mdb_fail(err, mrc, "write meta") : PC_OK;
         }
         if (rc != PC_OK)

@@ -168,10 +168,11 @@ typedef struct pc_store_write {
     const char *meta_key; /* non-NULL: put a meta record */
     const void *meta_val;
     size_t meta_len;
+    bool meta_delete; /* with meta_key: remove the record instead (absent is fine) */
 } pc_store_write;
 
-/* Agent: many such writes in ONE transaction (one flush to disk instead
- * of one each): all take effect, or none (the first failure's error). */
+/* Many such writes in ONE transaction (one flush to disk instead of one
+ * each): all take effect, or none (the first failure's error). */
 int pc_store_write_many(pc_store *s, const pc_store_write *w, size_t n, pc_err *err);
 
 /* The seq of the last applied entry (0 for an empty store). */

@@ -226,6 +226,53 @@ static void test_report_floor_after_wipe(void **state)
     pc_test_rm_rf(other);
 }
 
+static int count_deployment(void *arg, const Popcast__DeploymentRecord *d)
+{
+    (void)d;
+    (*(int *)arg)++;
+    return 0;
+}
+
+/* Deployments: every record is listed; only the open ones are in the
+ * index the leader's driver walks, and a record that ends leaves it in
+ * the same write. */
+static void test_open_deployments_index(void **state)
+{
+    Popcast__DeploymentRecord d = POPCAST__DEPLOYMENT_RECORD__INIT;
+    d.tenant = "web";
+    d.version = 3;
+    for (uint64_t id = 1; id <= 3; id++) {
+        d.id = id;
+        assert_int_equal(pc_registry_put_deployment(store, &d, id != 2, NULL), PC_OK);
+    }
+    d.tenant = "api";
+    d.id = 1;
+    assert_int_equal(pc_registry_put_deployment(store, &d, true, NULL), PC_OK);
+    int all = 0, open = 0, web = 0;
+    assert_int_equal(pc_registry_foreach_deployment(store, NULL, count_deployment, &all, NULL),
+                     PC_OK);
+    assert_int_equal(pc_registry_foreach_open_deployment(store, count_deployment, &open, NULL),
+                     PC_OK);
+    assert_int_equal(pc_registry_foreach_deployment(store, "web", count_deployment, &web, NULL),
+                     PC_OK);
+    assert_int_equal(all, 4);
+    assert_int_equal(open, 3);
+    assert_int_equal(web, 3);
+    /* web 3 ends: out of the index; ending again is no error. */
+    d.tenant = "web";
+    d.id = 3;
+    assert_int_equal(pc_registry_put_deployment(store, &d, false, NULL), PC_OK);
+    assert_int_equal(pc_registry_put_deployment(store, &d, false, NULL), PC_OK);
+    open = 0;
+    assert_int_equal(pc_registry_foreach_open_deployment(store, count_deployment, &open, NULL),
+                     PC_OK);
+    assert_int_equal(open, 2);
+    Popcast__DeploymentRecord *got = NULL;
+    assert_int_equal(pc_registry_get_deployment(store, "web", 3, &got, NULL), PC_OK);
+    assert_int_equal(got->version, 3);
+    popcast__deployment_record__free_unpacked(got, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -234,6 +281,7 @@ int main(void)
         cmocka_unit_test(test_nodes_of_any_id),
         cmocka_unit_test(test_report_floor_grows_across_reopen),
         cmocka_unit_test(test_report_floor_after_wipe),
+        cmocka_unit_test(test_open_deployments_index),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
