@@ -196,7 +196,7 @@ void pc_httpd_reply(pc_httpd_req *rq, uint16_t status, const char *content_type,
     int rv = nng_http_res_alloc(&res);
     if (rv == 0 && rq->server->opt.headers != NULL) {
         const char *extra[2 * MAX_SERVER_HEADERS];
-        size_t n = rq->server->opt.headers(rq->server->opt.data, extra, MAX_SERVER_HEADERS);
+        size_t n = rq->server->opt.headers(rq->server->opt.data, rq, extra, MAX_SERVER_HEADERS);
         for (size_t i = 0; rv == 0 && i < n && i < MAX_SERVER_HEADERS; i++)
             rv = nng_http_res_set_header(res, extra[2 * i], extra[2 * i + 1]);
     }

@@ -33,10 +33,11 @@ typedef struct pc_httpd pc_httpd;
 typedef struct pc_httpd_req pc_httpd_req;
 
 /* Headers a server adds to every one of its replies (e.g. a controller's
- * raft role). Fills up to cap (name, value) pairs into out (2*cap
- * strings, which must stay valid: static) and returns how many. Runs on
- * HTTP threads. */
-typedef size_t (*pc_httpd_header_fn)(void *data, const char **out, size_t cap);
+ * raft role, CORS). Fills up to cap (name, value) pairs into out (2*cap
+ * strings, which must stay valid until the reply is sent: static, or the
+ * request's own headers) and returns how many. Runs on HTTP threads. */
+typedef size_t (*pc_httpd_header_fn)(void *data, const pc_httpd_req *rq, const char **out,
+                                     size_t cap);
 
 typedef struct pc_httpd_options {
     const char *url;     /* "http://127.0.0.1:7070" or https:// */

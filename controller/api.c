@@ -15,6 +15,7 @@
 #include "registry.h"
 
 static void get_health(api_call *call);
+static void preflight(pc_api *api, pc_httpd_req *rq);
 static void get_livez(api_call *call);
 static void get_readyz(api_call *call);
 static void get_metrics(api_call *call);
@@ -222,6 +223,11 @@ static void route(pc_httpd_req *rq)
 {
     pc_api *api = pc_httpd_data(rq);
     pc_metric_add(api->m_requests, 1);
+    if (strcmp(pc_httpd_method(rq), "OPTIONS") == 0 &&
+        pc_httpd_header(rq, "Access-Control-Request-Method") != NULL) {
+        preflight(api, rq);
+        return;
+    }
     pc_route_match m;
     size_t n = 0;
     const api_route *table = pc_api_routes(&n);
@@ -432,16 +438,68 @@ void api_submit(pc_api *api, pc_httpd_req *rq, pc_change *c)
 
 /* Every answer says which role this node had: reads from a follower may
  * lag the leader (they never include unacknowledged writes, but may miss
- * acknowledged ones for a moment). */
-static size_t role_headers(void *data, const char **out, size_t cap)
+ * acknowledged ones for a moment); and, to a browser page from an
+ * allowed origin, that it may read the answer (CORS). */
+static size_t api_headers(void *data, const pc_httpd_req *rq, const char **out, size_t cap)
 {
     pc_api *api = data;
-    if (cap < 1 || api->opt.cluster == NULL)
-        return 0;
-    bool leader = pc_cluster_is_leader(api->opt.cluster);
-    out[0] = "X-Popcast-Read";
-    out[1] = leader ? "leader" : "follower; may be stale";
-    return 1;
+    size_t n = 0;
+    if (n < cap && api->opt.cluster != NULL) {
+        bool leader = pc_cluster_is_leader(api->opt.cluster);
+        out[2 * n] = "X-Popcast-Read";
+        out[2 * n++ + 1] = leader ? "leader" : "follower; may be stale";
+    }
+    const char *origin = pc_httpd_header(rq, "Origin");
+    if (n + 3 <= cap && api_origin_allowed(api, origin)) {
+        out[2 * n] = "Access-Control-Allow-Origin";
+        out[2 * n++ + 1] = origin;
+        out[2 * n] = "Vary";
+        out[2 * n++ + 1] = "Origin";
+        out[2 * n] = "Access-Control-Expose-Headers";
+        out[2 * n++ + 1] = "X-Popcast-Read, Idempotent-Replayed, Retry-After, Location";
+    }
+    return n;
+}
+
+bool api_origin_allowed(const pc_api *api, const char *origin)
+{
+    const pc_strlist *list = api->opt.cors_origins;
+    for (size_t i = 0; origin != NULL && list != NULL && i < list->count; i++)
+        if (strcmp(list->items[i], "*") == 0 || strcmp(list->items[i], origin) == 0)
+            return true;
+    return false;
+}
+
+/* A browser's preflight (OPTIONS with Access-Control-Request-Method):
+ * from an allowed origin, for a route that answers that method, 204 with
+ * what the request may carry; else refused, and the browser sends
+ * nothing. */
+static void preflight(pc_api *api, pc_httpd_req *rq)
+{
+    const char *origin = pc_httpd_header(rq, "Origin"),
+               *method = pc_httpd_header(rq, "Access-Control-Request-Method");
+    if (!api_origin_allowed(api, origin)) {
+        pc_httpd_error(rq, PC_E_FORBIDDEN, "origin %s may not call this API (cors_origins)",
+                       origin ? origin : "(none)");
+        return;
+    }
+    pc_route_match m;
+    size_t n = 0;
+    const api_route *table = pc_api_routes(&n);
+    int rc = pc_route_find(table, n, sizeof(*table), method, pc_httpd_target(rq), &m);
+    if (rc != PC_OK) {
+        pc_httpd_error(rq, rc == PC_E_METHOD ? PC_E_METHOD : PC_E_NOTFOUND,
+                       "no route answers %s here", method);
+        return;
+    }
+    const char *headers[] = {"Access-Control-Allow-Methods",
+                             method,
+                             "Access-Control-Allow-Headers",
+                             "Authorization, Content-Type, Idempotency-Key",
+                             "Access-Control-Max-Age",
+                             "600",
+                             NULL};
+    pc_httpd_reply(rq, 204, NULL, NULL, 0, headers);
 }
 
 int pc_api_start(pc_api **out, const pc_api_options *opt, pc_store *store, pc_pipeline *pipeline,
@@ -472,7 +530,7 @@ int pc_api_start(pc_api **out, const pc_api_options *opt, pc_store *store, pc_pi
                           .tls = opt->tls,
                           .handler = route,
                           .data = api,
-                          .headers = role_headers};
+                          .headers = api_headers};
     int rc = api->node_id == NULL || api->token_writes == NULL || api->admin_writes == NULL
                  ? pc_err_set(err, PC_E_NOMEM, "out of memory")
                  : pc_httpd_start(&api->server, &h, err);

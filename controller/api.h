@@ -45,6 +45,9 @@ typedef struct pc_api_options {
      * by name among the agents) and each gated stage's bake. */
     const char *deploy_canary_pop;
     uint64_t deploy_bake_ms;
+    /* Origins a browser may call the API from (CORS; "*": any); NULL or
+     * empty: none (no CORS headers, preflights refused). */
+    const pc_strlist *cors_origins;
 } pc_api_options;
 
 typedef struct pc_api pc_api;

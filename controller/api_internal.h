@@ -118,6 +118,8 @@ void api_post_deployment_resume(api_call *call);
 void api_post_deployment_abort(api_call *call);
 void api_post_deployment_promote(api_call *call);
 json_t *api_deployment_change_json(pc_api *api, const pc_change *c, const pc_change_result *r);
+/* Whether a browser page from origin may call the API (cors_origins). */
+bool api_origin_allowed(const pc_api *api, const char *origin);
 void api_post_changes(api_call *call);
 void api_delete_tenant(api_call *call);
 void api_get_rollout_by_seq(api_call *call);

@@ -84,6 +84,7 @@ typedef struct controller_config {
     uint64_t deploy_interval_ms;
     uint64_t deploy_bake_ms;
     char *deploy_canary_pop;
+    pc_strlist cors_origins;
 } controller_config;
 
 #define OPT(name, type, def, min, max, help)                                                       \
@@ -178,6 +179,9 @@ static const pc_cfg_option options[] = {
         "how long each gated stage of the default deployment plan holds before the next"),
     OPT(deploy_canary_pop, PC_CFG_STRING, NULL, 0, 0,
         "the default plan's canary PoP (default: the first PoP by name among the agents)"),
+    OPT(cors_origins, PC_CFG_LIST, NULL, 0, 0,
+        "origins a browser page may call the API from (CORS), e.g. https://dash.example.com; * "
+        "for any; repeat for each (default: none)"),
     OPT(test_hang_on_stop, PC_CFG_BOOL, "false", 0, 0,
         "TESTS ONLY: block the orderly stop forever (shutdown_timeout_ms then ends it)"),
     {NULL, 0, 0, NULL, 0, 0, NULL},
@@ -596,7 +600,8 @@ static int controller_start(controller *c, pc_err *err)
                               .loop = &c->loop_health,
                               .audit = c->audit,
                               .deploy_canary_pop = c->cfg.deploy_canary_pop,
-                              .deploy_bake_ms = c->cfg.deploy_bake_ms};
+                              .deploy_bake_ms = c->cfg.deploy_bake_ms,
+                              .cors_origins = &c->cfg.cors_origins};
     memcpy(api_opt.admin_token_hash, c->admin_token_hash, PC_HASH_LEN);
     int rc;
     if ((rc = pc_publisher_open(&c->pub, c->cfg.pub_listen, c->tls, (int)c->cfg.pub_sendbuf,
