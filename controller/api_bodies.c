@@ -34,6 +34,15 @@ static json_t *parse_object(const uint8_t *body, size_t len, pc_err *err)
     return root;
 }
 
+/* A "message" field that is present and not a valid change message
+ * (pc_change_message_valid, no NUL inside, shorter than cap). */
+static bool bad_message(json_t *msg, size_t cap)
+{
+    return msg != NULL &&
+           (!json_is_string(msg) || strlen(json_string_value(msg)) != json_string_length(msg) ||
+            !pc_change_message_valid(json_string_value(msg)) || json_string_length(msg) >= cap);
+}
+
 int pc_api_parse_rollback(const uint8_t *body, size_t len, uint64_t *version, char *message,
                           size_t message_cap, pc_err *err)
 {
@@ -54,10 +63,7 @@ int pc_api_parse_rollback(const uint8_t *body, size_t len, uint64_t *version, ch
         rc = pc_err_set(err, PC_E_INVALID,
                         "\"version\" must be an integer >= 1 (the version to roll back to), or "
                         "left out (the last version proven live everywhere)");
-    else if (msg != NULL &&
-             (!json_is_string(msg) || strlen(json_string_value(msg)) != json_string_length(msg) ||
-              !pc_change_message_valid(json_string_value(msg)) ||
-              json_string_length(msg) >= message_cap))
+    else if (bad_message(msg, message_cap))
         rc = pc_err_set(err, PC_E_INVALID, "\"message\" must be %s", PC_CHANGE_MESSAGE_RULE);
     else
         *version = v != NULL ? (uint64_t)json_integer_value(v) : 0;
@@ -152,10 +158,7 @@ int pc_api_parse_stage(const uint8_t *body, size_t len, Popcast__Target **target
                (!json_is_integer(permille) || json_integer_value(permille) < 0 ||
                 json_integer_value(permille) > PC_TARGET_EVERYONE)) {
         rc = pc_err_set(err, PC_E_INVALID, "\"permille\" must be an integer from 0 to 1000");
-    } else if (msg != NULL &&
-               (!json_is_string(msg) || strlen(json_string_value(msg)) != json_string_length(msg) ||
-                !pc_change_message_valid(json_string_value(msg)) ||
-                json_string_length(msg) >= message_cap)) {
+    } else if (bad_message(msg, message_cap)) {
         rc = pc_err_set(err, PC_E_INVALID, "\"message\" must be %s", PC_CHANGE_MESSAGE_RULE);
     } else if (named && (t = pc_target_new()) == NULL) {
         rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
@@ -297,10 +300,7 @@ int pc_api_parse_deployment(const uint8_t *body, size_t len, Popcast__Deployment
         rc = pc_err_set(err, PC_E_INVALID,
                         "\"plan\" must be \"default\" or an array of 1 to %d stages",
                         PC_DEPLOYMENT_MAX_STAGES);
-    else if (msg != NULL &&
-             (!json_is_string(msg) || strlen(json_string_value(msg)) != json_string_length(msg) ||
-              !pc_change_message_valid(json_string_value(msg)) ||
-              json_string_length(msg) >= message_cap))
+    else if (bad_message(msg, message_cap))
         rc = pc_err_set(err, PC_E_INVALID, "\"message\" must be %s", PC_CHANGE_MESSAGE_RULE);
     else if ((d = malloc(sizeof(*d))) == NULL)
         rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
