@@ -1729,6 +1729,27 @@ static bool check_file(const char *label, const char *v, char *why, size_t cap)
     return !S_ISDIR(st.st_mode) || refuse(why, cap, "%s: %s is a directory, not a file", label, v);
 }
 
+/* --plan FILE: readable JSON, an array of 1 to 8 stage objects (the
+ * controller checks each stage; a file that is not even that is refused
+ * before anything, an upload included, is sent). */
+static bool check_plan_file(const char *label, const char *v, char *why, size_t cap)
+{
+    if (!check_file(label, v, why, cap))
+        return false;
+    json_error_t jerr;
+    json_t *plan = json_load_file(v, 0, &jerr);
+    bool ok = plan != NULL && json_is_array(plan) && json_array_size(plan) >= 1 &&
+              json_array_size(plan) <= 8;
+    for (size_t i = 0; ok && i < json_array_size(plan); i++)
+        ok = json_is_object(json_array_get(plan, i));
+    if (plan == NULL)
+        snprintf(why, cap, "%s: %s:%d: %s", label, v, jerr.line, jerr.text);
+    else if (!ok)
+        snprintf(why, cap, "%s: %s is not a JSON array of 1 to 8 stage objects", label, v);
+    json_decref(plan);
+    return ok;
+}
+
 /* deploy's PATH: a readable file, or a directory that can be listed. */
 /* deploy's second argument: a version number (no file of that name):
  * deploy that stored version through a deployment. */
@@ -1940,7 +1961,7 @@ static const option options[O_COUNT] = {
                 .metavar = "FILE",
                 .help = "a staged deployment with this plan: a JSON array of stages "
                         "(docs/deployments.md)",
-                .check = check_file,
+                .check = check_plan_file,
                 .excludes = O_IMMEDIATE},
     [O_IMMEDIATE] = {.name = "--immediate",
                      .metavar = NULL,
