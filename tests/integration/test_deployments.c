@@ -371,6 +371,67 @@ static void test_nack_on_one_pop_halts_the_rollout(void **state)
     fleet_down(&env, &ctl, agents);
 }
 
+/* Malformed deployments and operations are refused (400, or 404 for what
+ * does not exist) and make nothing: no entry, no record. */
+static void test_bad_deployments(void **state)
+{
+    (void)state;
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    pc_test_controller_start(&env, &ctl, fast_controller);
+    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "web", healthy("one")), 1);
+    uint64_t head = pc_test_controller_head(&env, &ctl);
+    const char *bad[] = {
+        "not json",
+        "[]",
+        "{\"extra\":1}",
+        "{\"version\":0}",
+        "{\"version\":\"1\"}",
+        "{\"plan\":\"fast\"}",
+        "{\"plan\":[]}",
+        "{\"plan\":[{\"everyone\":true},{\"everyone\":true},{\"everyone\":true},"
+        "{\"everyone\":true},{\"everyone\":true},{\"everyone\":true},{\"everyone\":true},"
+        "{\"everyone\":true},{\"everyone\":true}]}",
+        "{\"plan\":[{}]}",
+        "{\"plan\":[{\"pops\":[]}]}",
+        "{\"plan\":[{\"everyone\":true,\"pops\":[\"ams\"]}]}",
+        "{\"plan\":[{\"pops\":[\"a b\"]}]}",
+        "{\"plan\":[{\"everyone\":true,\"bake_ms\":-1}]}",
+        "{\"plan\":[{\"everyone\":true,\"bake_ms\":604800001}]}",
+        "{\"plan\":[{\"everyone\":true,\"gate\":\"yes\"}]}",
+        "{\"plan\":[{\"everyone\":true,\"split_permille\":100}]}",
+        "{\"plan\":[{\"everyone\":true,\"what\":1}]}",
+        "{\"immediate\":false}",
+        "{\"immediate\":true,\"plan\":\"default\"}",
+        "{\"message\":\"line\\nbreak\"}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        pc_http_result r;
+        int status = pc_test_api(&env, &ctl, "POST", "/v1/tenants/web/deployments",
+                                 "application/json", bad[i], strlen(bad[i]), &r);
+        if (status != 400)
+            fail_msg("%s: %d, expected 400: %.*s", bad[i], status, (int)r.body_len,
+                     (const char *)r.body);
+        pc_http_result_free(&r);
+    }
+    json_decref(
+        request(&env, &ctl, "POST", "/v1/tenants/nope/deployments", "application/json", "{}", 404));
+    json_decref(request(&env, &ctl, "GET", "/v1/tenants/web/deployments/0", NULL, NULL, 400));
+    json_decref(request(&env, &ctl, "GET", "/v1/tenants/web/deployments/x", NULL, NULL, 400));
+    json_decref(request(&env, &ctl, "GET", "/v1/tenants/web/deployments/7", NULL, NULL, 404));
+    json_decref(
+        request(&env, &ctl, "POST", "/v1/tenants/web/deployments/7/pause", NULL, NULL, 404));
+    json_decref(
+        request(&env, &ctl, "POST", "/v1/tenants/web/deployments/0/abort", NULL, NULL, 400));
+    json_t *doc = request(&env, &ctl, "GET", "/v1/tenants/web/deployments", NULL, NULL, 200);
+    assert_int_equal(json_array_size(json_object_get(doc, "deployments")), 0);
+    json_decref(doc);
+    assert_int_equal(pc_test_controller_head(&env, &ctl), head);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
 /* The operator's side: deploy --staged --wait follows the default plan to
  * the end (exit 0); a deployment aborted by hand is reverted and watch
  * says so (exit 8); list shows both; usage errors are refused before any
@@ -434,6 +495,12 @@ static void test_cli_deployments(void **state)
     uint64_t head = pc_test_controller_head(&env, &ctl);
     const char *targeted[] = {"deploy", "web", "5", "--pop", "ams", NULL};
     assert_int_equal(pc_test_cli(&env, &ctl, targeted, out, sizeof(out)), 2);
+    /* A plan file that is not a plan: refused before the upload. */
+    const char *not_a_plan = "{\"pops\":[\"ams\"]}";
+    pc_test_write_file(plan, not_a_plan, strlen(not_a_plan));
+    const char *bad_plan[] = {"deploy", "web", file, "--plan", plan, NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, bad_plan, out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "is not a JSON array of 1 to 8 stage objects"));
     const char *both[] = {"deploy", "web", file, "--staged", "--pop", "ams", NULL};
     assert_int_equal(pc_test_cli(&env, &ctl, both, out, sizeof(out)), 2);
     const char *bad_id[] = {"deployments", "show", "web", "0", NULL};
@@ -509,6 +576,7 @@ int main(void)
         cmocka_unit_test(test_healthy_version_passes_every_stage),
         cmocka_unit_test(test_failing_version_is_reverted_at_the_canary),
         cmocka_unit_test(test_nack_on_one_pop_halts_the_rollout),
+        cmocka_unit_test(test_bad_deployments),
         cmocka_unit_test(test_cli_deployments),
         cmocka_unit_test(test_leader_kill_9_mid_deployment),
     };
