@@ -210,6 +210,46 @@ static void first_nack(json_t *doc, char *out, size_t cap)
     }
 }
 
+typedef struct names_nobody {
+    const Popcast__DeploymentRecord *rec;
+    pc_rollout *rollout;
+    size_t agents;  /* enrolled, not revoked */
+    bool undecided; /* the target names one, or its PoP is not known here */
+} names_nobody;
+
+static int check_enrolled(void *arg, const Popcast__AgentRecord *a)
+{
+    names_nobody *n = arg;
+    if (a->revoked || a->agent_id == NULL)
+        return 0;
+    n->agents++;
+    const Popcast__Target *t = n->rec->plan[n->rec->stage]->target;
+    char pop[PC_ID_MAX + 1] = "";
+    bool located = pc_rollout_agent_pop(n->rollout, a->agent_id, pop, sizeof(pop));
+    if (pc_target_names(t, n->rec->tenant, n->rec->version, a->agent_id, pop) ||
+        (!located && t != NULL && t->n_pops > 0))
+        n->undecided = true;
+    return n->undecided ? 1 : 0;
+}
+
+/* Whether the current stage's target names none of the agents enrolled
+ * in the replicated store (a canary PoP without agents, 10 % of a fleet of
+ * two): such a stage has nothing to make live, bake or judge, so it
+ * passes. Judged against the enrolled agents, not against those that
+ * reported to this leader: a leader elected a moment ago has heard from
+ * few, and a target must not look empty because of that. An agent never
+ * heard of here whose PoP a target might name keeps the stage waiting. */
+static bool stage_names_nobody(pc_deployer *d, const Popcast__DeploymentRecord *rec,
+                               size_t *enrolled)
+{
+    names_nobody n = {.rec = rec, .rollout = d->opt.rollout};
+    pc_err err;
+    if (pc_registry_foreach_agent(d->opt.store, check_enrolled, &n, &err) != PC_OK)
+        return false;
+    *enrolled = n.agents;
+    return n.agents > 0 && !n.undecided;
+}
+
 /* Judges a started stage: failed, passed (true: a step is in flight), or
  * not yet (false). */
 static bool judge(pc_deployer *d, const Popcast__DeploymentRecord *rec, int64_t now_ms)
@@ -226,6 +266,15 @@ static bool judge(pc_deployer *d, const Popcast__DeploymentRecord *rec, int64_t 
     pc_rollout_summary sum;
     json_t *doc = pc_rollout_version_json(d->opt.rollout, &q, pc_mono_ms(), &sum);
     char detail[PC_DEPLOYMENT_DETAIL_MAX];
+    size_t enrolled = 0;
+    if (sum.total == 0 && stage_names_nobody(d, rec, &enrolled)) {
+        json_decref(doc);
+        snprintf(detail, sizeof(detail),
+                 "its target names none of the %zu enrolled agents: nothing to bake or judge",
+                 enrolled);
+        record_op(d, rec->tenant, rec->id, PC_DEPLOYMENT_PASSED, rec->stage, 0, detail);
+        return true;
+    }
     if (sum.nacked > st->max_nacks) {
         char who[300];
         first_nack(doc, who, sizeof(who));

@@ -1110,6 +1110,17 @@ static int by_version_desc(const void *x, const void *y)
     return a->version < b->version ? 1 : a->version > b->version ? -1 : 0;
 }
 
+bool pc_rollout_agent_pop(pc_rollout *r, const char *agent_id, char *pop, size_t cap)
+{
+    pc_mutex_lock(&r->lock);
+    agent_entry *a = pc_strmap_get(r->by_id, agent_id);
+    bool known = a != NULL && a->status != NULL && a->status->pop != NULL;
+    if (known)
+        snprintf(pop, cap, "%s", a->status->pop);
+    pc_mutex_unlock(&r->lock);
+    return known;
+}
+
 json_t *pc_rollout_serving_json(pc_rollout *r, const char *tenant, int64_t now_ms)
 {
     serving_count *counts = NULL;

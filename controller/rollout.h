@@ -150,6 +150,11 @@ size_t pc_rollout_gate_samples(pc_rollout *r, const char *tenant, uint64_t candi
  * when out of memory. */
 json_t *pc_rollout_serving_json(pc_rollout *r, const char *tenant, int64_t now_ms);
 
+/* The PoP agent_id named in its last accepted report to this controller,
+ * gone or not, copied to pop (cap bytes); false when it has none (it never
+ * reported here, e.g. to a leader elected since). */
+bool pc_rollout_agent_pop(pc_rollout *r, const char *agent_id, char *pop, size_t cap);
+
 /* Expires waits and applies "gone" (call periodically, e.g. every 100 ms). */
 void pc_rollout_tick(pc_rollout *r, int64_t now_ms);
 /* Ends every wait with "shutdown". */

@@ -288,6 +288,18 @@ static void test_healthy_version_passes_every_stage(void **state)
     assert_int_equal(json_array_size(json_object_get(doc, "deployments")), 4);
     json_decref(doc);
 
+    /* A stage that names none of the enrolled agents (a PoP with none)
+     * has nothing to bake or judge: it passes, and says why. */
+    assert_int_equal(upload(&env, &ctl, healthy("six")), 6);
+    id = start(&env, &ctl,
+               "{\"plan\":[{\"pops\":[\"nowhere\"],\"bake_ms\":600000},{\"everyone\":true}]}");
+    doc = wait_state(&env, &ctl, id, "complete");
+    assert_non_null(
+        strstr(event_detail(doc, "passed"), "its target names none of the 4 enrolled agents"));
+    json_decref(doc);
+    for (int i = 0; i < N_AGENTS; i++)
+        expect_serving(&agents[i], 6);
+
     fleet_down(&env, &ctl, agents);
 }
 
