@@ -103,10 +103,12 @@ static void start_body(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size_
     d->baseline = baseline;
     d->state = POPCAST__DEPLOYMENT_STATE__DEPLOYMENT_STATE_RUNNING;
     d->created_unix_ms = pc_wall_ms();
-    snprintf(said, sizeof(said), "by %s: %zu stage%s%s%s, baseline %s%llu%s%s", s->author,
-             d->n_plan, d->n_plan == 1 ? "" : "s", d->immediate ? " (immediate)" : "",
-             default_plan ? " (default plan)" : "", baseline ? "version " : "none",
-             (unsigned long long)baseline, message[0] ? "; " : "", message);
+    char base[32] = "none";
+    if (baseline)
+        snprintf(base, sizeof(base), "version %llu", (unsigned long long)baseline);
+    snprintf(said, sizeof(said), "by %s: %zu stage%s%s%s, baseline %s%s%s", s->author, d->n_plan,
+             d->n_plan == 1 ? "" : "s", d->immediate ? " (immediate)" : "",
+             default_plan ? " (default plan)" : "", base, message[0] ? "; " : "", message);
     if (!baseline)
         snprintf(said + strlen(said), sizeof(said) - strlen(said), "%s",
                  " (no version was live everywhere: a failed gate halts it, nothing reverts)");
