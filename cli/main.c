@@ -106,6 +106,7 @@ enum opt_id {
     O_STAGED,
     O_PLAN,
     O_IMMEDIATE,
+    O_NO_DEPLOYMENT,
     O_SPLIT,
     O_SPLIT_KEY,
     O_COUNT
@@ -146,12 +147,14 @@ typedef struct cli {
     int n_pops, n_agents;
     long long permille;
     bool everyone;
-    bool staged, immediate; /* deploy: through a deployment (default plan / --plan FILE) */
+    bool staged, immediate; /* deploy: the default plan spelled out / one stage */
+    bool direct;            /* deploy --direct: one entry, no deployment */
     const char *plan_file;
     long long split;            /* stage --split: per mille of each agent's requests */
     const char *split_key;      /* stage --split-key */
-    bool quiet_upload;          /* deploy --staged: the upload says nothing itself */
+    bool quiet_upload;          /* deploy: the upload says only what it made */
     long long uploaded_version; /* what deploy_or_upload made */
+    bool upload_replayed;       /* ... and whether a key named it made before */
     const char *entrypoint;
     const char *message;              /* --message */
     long long baseline, min_requests; /* health: 0 when not given */
@@ -528,10 +531,14 @@ static int deploy_or_upload(cli *c, bool hold)
         return 1;
     bool targeted = hold || c->n_pops > 0 || c->n_agents > 0 || c->given[O_PERMILLE];
     c->uploaded_version = num(doc, "version");
+    c->upload_replayed = json_is_true(json_object_get(doc, "replayed"));
     /* With --wait, --json prints only the final rollout document. */
-    if (c->quiet_upload)
-        ;
-    else if (c->json && !c->wait)
+    if (c->quiet_upload) {
+        if (!c->json)
+            printf("uploaded %s version %lld (seq %lld, %lld bytes, hash %.16s...)%s\n", tenant,
+                   num(doc, "version"), num(doc, "seq"), num(doc, "size"), str(doc, "hash"),
+                   c->upload_replayed ? ", made before with this idempotency key" : "");
+    } else if (c->json && !c->wait)
         print_json(doc);
     else if (!c->json)
         printf("%s %s version %lld (seq %lld, %lld bytes, hash %.16s...)%s\n",
@@ -547,12 +554,19 @@ static int deploy_or_upload(cli *c, bool hold)
 
 /* Deployments (docs/deployments.md). */
 
+/* An event's detail, "" when it has none. */
+static const char *event_detail(json_t *e)
+{
+    const char *s = json_string_value(json_object_get(e, "detail"));
+    return s ? s : "";
+}
+
 /* Prints one event line: "[stage 2] passed: detail". */
 static void print_event(json_t *e)
 {
     char when[32];
     format_time(num(e, "at_unix_ms"), when, sizeof(when));
-    const char *detail = str(e, "detail");
+    const char *detail = event_detail(e);
     printf("%s [stage %lld] %s%s%s", when, num(e, "stage"), str(e, "what"), detail[0] ? ": " : "",
            detail);
     if (num(e, "seq") != 0)
@@ -666,25 +680,61 @@ static int start_deployment(cli *c, const char *tenant, long long version)
     return c->wait ? watch_deployment(c, tenant, id) : 0;
 }
 
+/* The id of the newest deployment of tenant's version (0: none), or -1
+ * when the controller could not be asked. */
+static long long newest_deployment_of(cli *c, const char *tenant, long long version)
+{
+    char url[256];
+    snprintf(url, sizeof(url), "/v1/tenants/%s/deployments", tenant);
+    json_t *doc = call(c, "GET", url, NULL, NULL, 0);
+    if (doc == NULL)
+        return -1;
+    long long id = 0;
+    size_t i;
+    json_t *d;
+    json_array_foreach(json_object_get(doc, "deployments"), i, d)
+    {
+        if (num(d, "version") == version && num(d, "id") > id)
+            id = num(d, "id");
+    }
+    json_decref(doc);
+    return id;
+}
+
 static int cmd_deploy(cli *c)
 {
+    const char *tenant = c->args[0];
     /* A stored version goes out through a deployment: the default plan,
      * --plan FILE or --immediate. */
     if (is_version_arg(c->args[1]))
-        return start_deployment(c, c->args[0], strtoll(c->args[1], NULL, 10));
-    if (!c->staged && c->plan_file == NULL && !c->immediate)
+        return start_deployment(c, tenant, strtoll(c->args[1], NULL, 10));
+    if (c->direct)
         return deploy_or_upload(c, false);
-    /* Upload, then deploy that version through a deployment. */
-    bool json = c->json, wait = c->wait;
-    c->json = false;
+    /* Upload (held: live nowhere), then deploy that version through a
+     * deployment, so that every deploy is gated and recorded. */
+    bool wait = c->wait;
     c->wait = false;
     c->quiet_upload = true;
     int rc = deploy_or_upload(c, true);
-    c->json = json;
     c->wait = wait;
     if (rc != 0)
         return rc;
-    return start_deployment(c, c->args[0], c->uploaded_version);
+    /* The same command again with the same key (after an answer was lost)
+     * follows the deployment the first run started, if it got that far,
+     * rather than being refused as a second one. */
+    if (c->upload_replayed) {
+        long long id = newest_deployment_of(c, tenant, c->uploaded_version);
+        if (id < 0)
+            return RC_FAILED;
+        if (id > 0) {
+            if (!c->json)
+                printf("deployment %lld of %s version %lld was started by the first run%s\n", id,
+                       tenant, c->uploaded_version,
+                       c->wait ? "" : " (follow it: popcast deployments watch)");
+            return c->wait ? watch_deployment(c, tenant, id) : 0;
+        }
+    }
+    return start_deployment(c, tenant, c->uploaded_version);
 }
 
 static long long deployment_arg(cli *c)
@@ -720,7 +770,7 @@ static int cmd_deployments_list(cli *c)
             json_t *last = json_array_get(events, json_array_size(events) - 1);
             printf("%-6lld %-8lld %-11s %-9s %-9lld %-20s %s%s%.80s\n", num(d, "id"),
                    num(d, "version"), str(d, "state"), stage, num(d, "baseline"), when,
-                   str(last, "what"), str(last, "detail")[0] ? ": " : "", str(last, "detail"));
+                   str(last, "what"), event_detail(last)[0] ? ": " : "", event_detail(last));
         }
     }
     json_decref(doc);
@@ -1953,10 +2003,15 @@ static const option options[O_COUNT] = {
     [O_EVERYONE] = {.name = "--everyone", .metavar = NULL, .help = "make it live on every agent"},
     [O_STAGED] = {.name = "--staged",
                   .metavar = NULL,
-                  .help = "deploy through a staged deployment with the default plan (canary PoP, "
-                          "10 %, 50 %, everyone; each stage gated and baked): upload, then "
-                          "`deployments start`",
+                  .help = "the default, spelled out: a staged deployment with the default plan "
+                          "(canary PoP, 10 %, 50 %, everyone; each stage gated and baked)",
                   .excludes = O_IMMEDIATE},
+    [O_NO_DEPLOYMENT] =
+        {.name = "--direct",
+         .metavar = NULL,
+         .help = "no deployment: one entry, live at once on every agent (or where --pop, "
+                 "--agent, --permille name), no gate, no record; --wait follows its "
+                 "rollout"},
     [O_PLAN] = {.name = "--plan",
                 .metavar = "FILE",
                 .help = "a staged deployment with this plan: a JSON array of stages "
@@ -2037,12 +2092,13 @@ static const command commands[] = {
      cmd_keygen},
     {"deploy",
      NULL,
-     "upload a file or directory as a new version (or deploy a stored VERSION through a "
-     "deployment)",
+     "upload a file or directory as a new version and roll it out through a staged deployment "
+     "(the default plan, --plan FILE or --immediate; or --direct: no deployment), or roll out a "
+     "stored VERSION",
      {TENANT_ARG, {"PATH|VERSION", check_deploy_what}},
      0,
-     OPTS(O_ENTRYPOINT, O_RUNTIME, O_MESSAGE, O_IDEMPOTENCY_KEY, O_POP, O_AGENT, O_PERMILLE,
-          O_STAGED, O_PLAN, O_IMMEDIATE, WAIT_OPTS, O_JSON),
+     OPTS(O_ENTRYPOINT, O_RUNTIME, O_MESSAGE, O_IDEMPOTENCY_KEY, O_STAGED, O_PLAN, O_IMMEDIATE,
+          O_NO_DEPLOYMENT, O_POP, O_AGENT, O_PERMILLE, WAIT_OPTS, O_JSON),
      false,
      cmd_deploy},
     {"upload",
@@ -2596,6 +2652,7 @@ static void store(cli *c, int id, const char *value)
     case O_STAGED: c->staged = true; break;
     case O_PLAN: c->plan_file = value; break;
     case O_IMMEDIATE: c->immediate = true; break;
+    case O_NO_DEPLOYMENT: c->direct = true; break;
     case O_SPLIT: whole(value, 1, 999, &c->split); break;
     case O_SPLIT_KEY: c->split_key = value; break;
     default: break;
@@ -2678,14 +2735,26 @@ static int parse(cli *c, const command *k, int argc, char **argv, int first)
             return usage_error(k, NULL, "give %s or %s, not both", o->name,
                                options[o->excludes].name);
     }
-    /* deploy: a target, or a deployment that stages it, not both; a stored
+    /* deploy: through a deployment (the default), or --direct, not both;
+     * a target and a rollout wait's fraction are --direct's; a stored
      * VERSION always goes through a deployment. */
     bool version_arg = k->run == cmd_deploy && c->nargs > 1 && is_version_arg(c->args[1]);
-    if ((c->given[O_STAGED] + c->given[O_PLAN] + c->given[O_IMMEDIATE] + version_arg) != 0 &&
+    if (c->given[O_NO_DEPLOYMENT] != 0 &&
+        (c->given[O_STAGED] + c->given[O_PLAN] + c->given[O_IMMEDIATE] + version_arg) != 0)
+        return usage_error(k, NULL,
+                           version_arg ? "a stored VERSION goes out through a deployment, not "
+                                         "--direct"
+                                       : "--direct is no deployment: give it without --staged, "
+                                         "--plan, --immediate");
+    if (k->run == cmd_deploy && c->given[O_NO_DEPLOYMENT] == 0 &&
         (c->given[O_POP] + c->given[O_AGENT] + c->given[O_PERMILLE]) != 0)
         return usage_error(k, NULL,
-                           "--pop, --agent and --permille target a plain deploy; a deployment's "
-                           "stages are in its --plan");
+                           "--pop, --agent and --permille target one --direct entry; a "
+                           "deployment's stages are in its --plan");
+    if (k->run == cmd_deploy && c->given[O_NO_DEPLOYMENT] == 0 && c->given[O_FRACTION] != 0)
+        return usage_error(k, NULL,
+                           "--fraction is for --direct's rollout wait; a deployment's --wait "
+                           "follows its stages");
     if (c->given[O_STAGED] != 0 && c->given[O_PLAN] != 0)
         return usage_error(k, NULL, "give --staged (the default plan) or --plan FILE, not both");
     /* stage: where to, one way or the other. */

@@ -1,7 +1,9 @@
 #!/bin/bash
 # popcast quickstart: installs, builds, starts a local controller and three
 # agents on loopback, deploys examples/hello, shows every agent serving it,
-# deploys a second version and shows it served everywhere. The fleet then
+# deploys a second version and shows it served everywhere. Each deploy is a
+# staged deployment with the default plan (canary PoP, 10 %, 50 %,
+# everyone), its bakes shortened to 1 s for the demo. The fleet then
 # keeps running until Ctrl-C (or exits at once with QUICKSTART_EXIT=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,6 +66,7 @@ step "starting the controller (API http://127.0.0.1:$API_PORT)"
     --api-listen "http://127.0.0.1:$API_PORT" --pub-listen "tcp://127.0.0.1:$PUB_PORT" \
     --sync-listen "tcp://127.0.0.1:$SYNC_PORT" \
     --signing-key "$RUN/signing.key" --node-id controller-1 \
+    --deploy-bake-ms 1000 --deploy-interval-ms 200 \
     >"$RUN/controller.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$API_PORT/v1/health"
@@ -108,11 +111,11 @@ show_everywhere() {
     done
 }
 
-step "deploying examples/hello as tenant 'hello' (--wait: until the agents report it live)"
+step "deploying examples/hello as tenant 'hello' (staged; --wait: until every stage passed)"
 "$POPCAST" deploy hello examples/hello --wait --timeout 60
 show_everywhere 1
 
-step "deploying a second version"
+step "deploying a second version (canary PoP ams first, then the rest)"
 mkdir -p "$RUN/hello-v2"
 sed 's/Hello from popcast/Hello again, version two/' examples/hello/main.lua >"$RUN/hello-v2/main.lua"
 "$POPCAST" deploy hello "$RUN/hello-v2" --wait --timeout 60
@@ -126,6 +129,9 @@ step "the fleet"
 
 step "versions of 'hello'"
 "$POPCAST" versions hello
+
+step "the deployments of 'hello'"
+"$POPCAST" deployments list hello
 
 if [ "${QUICKSTART_EXIT:-0}" = 1 ]; then
     echo
@@ -143,6 +149,8 @@ Try, in another shell:
   export POPCAST_CONTROLLER=$POPCAST_CONTROLLER POPCAST_TOKEN_FILE=$POPCAST_TOKEN_FILE
   curl -H 'Host: hello.popcast.local' http://127.0.0.1:${EDGE_PORTS[0]}/
   $POPCAST deploy mytenant examples/router --wait
+  $POPCAST deploy mytenant examples/router --immediate --wait
+  $POPCAST deployments show hello 2
   $POPCAST rollback hello 1 --wait
   $POPCAST rollout hello 3
   $POPCAST fleet

@@ -752,7 +752,8 @@ static void test_wait_exit_codes(void **state)
     write_lua(bad, "error('boom at top level')\nreturn function() end\n");
 
     /* No agent reports to this controller: 5, after the deploy. */
-    const char *deploy_good[] = {"deploy", "app", good, "--wait", "--timeout", "1", NULL};
+    const char *deploy_good[] = {"deploy", "app",       good, "--direct",
+                                 "--wait", "--timeout", "1",  NULL};
     int rc = pc_test_cli(&env, &ctl, deploy_good, out, sizeof(out));
     if (rc != 5 || strstr(out, "deployed app version 1") == NULL ||
         strstr(out, "timeout: no agent reports to this controller") == NULL)
@@ -767,7 +768,8 @@ static void test_wait_exit_codes(void **state)
         fail_msg("rollout --wait of a live version: exit %d:\n%s", rc, out);
 
     /* A top-level Lua error: the agent nacks, 3. */
-    const char *deploy_bad[] = {"deploy", "app", bad, "--wait", "--timeout", "60", NULL};
+    const char *deploy_bad[] = {"deploy", "app",       bad,  "--direct",
+                                "--wait", "--timeout", "60", NULL};
     rc = pc_test_cli(&env, &ctl, deploy_bad, out, sizeof(out));
     if (rc != 3 || strstr(out, "refused: app v2 was nacked by 1 agent(s)") == NULL ||
         strstr(out, "boom at top level") == NULL)
@@ -789,7 +791,8 @@ static void test_wait_exit_codes(void **state)
         fail_msg("deploy --wait with a frozen agent: exit %d:\n%s", rc, out);
     /* A longer wait on a frozen agent keeps saying whom it waits for. */
     assert_int_equal(kill(agent.proc->pid, SIGSTOP), 0);
-    const char *deploy_long[] = {"deploy", "app", good, "--wait", "--timeout", "9", NULL};
+    const char *deploy_long[] = {"deploy", "app",       good, "--direct",
+                                 "--wait", "--timeout", "9",  NULL};
     rc = pc_test_cli(&env, &ctl, deploy_long, out, sizeof(out));
     assert_int_equal(kill(agent.proc->pid, SIGCONT), 0);
     if (rc != 4 || strstr(out, "still waiting: app v4 live on 0 of 1 agents (") == NULL ||
@@ -949,12 +952,12 @@ static void test_failover_and_retries(void **state)
     snprintf(dead, sizeof(dead), "http://127.0.0.1:%d", pc_test_free_port());
     char out[4096];
     /* The first controller is down: the second takes it. */
-    const char *first[] = {"deploy", "twice", lua_path, "--controller", dead, NULL};
+    const char *first[] = {"deploy", "twice", lua_path, "--direct", "--controller", dead, NULL};
     int rc = pc_test_cli(&env, &ctl, first, out, sizeof(out));
     if (rc != 0 || strstr(out, "trying the next controller") == NULL)
         fail_msg("deploy with the first controller down: exit %d\n%s", rc, out);
     /* At once again: over the rate, retried after Retry-After. */
-    const char *second[] = {"deploy", "twice", lua_path, NULL};
+    const char *second[] = {"deploy", "twice", lua_path, "--direct", NULL};
     rc = pc_test_cli(&env, &ctl, second, out, sizeof(out));
     if (rc != 0 || strstr(out, "answered 429") == NULL)
         fail_msg("deploy over the rate: exit %d\n%s", rc, out);

@@ -275,7 +275,7 @@ static void test_three_nodes_replicate_and_redirect(void **state)
     pc_test_tmpdir(dir, sizeof(dir), "cli");
     snprintf(path, sizeof(path), "%s/app.lua", dir);
     pc_test_write_file(path, src, strlen(src));
-    const char *args[] = {"deploy", "app", path, "--wait", "--timeout", "60", NULL};
+    const char *args[] = {"deploy", "app", path, "--direct", "--wait", "--timeout", "60", NULL};
     int rc = pc_test_cli(&env, &cl.node[follower], args, out, sizeof(out));
     if (rc != 0 || strstr(out, "live: app v1 is live on 1/1 agents") == NULL)
         fail_msg("deploy through a follower: exit %d:\n%s", rc, out);

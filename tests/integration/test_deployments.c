@@ -460,13 +460,29 @@ static void test_cli_deployments(void **state)
     snprintf(file, sizeof(file), "%s/main.lua", dir);
     const char *two = healthy("two");
     pc_test_write_file(file, two, strlen(two));
-    const char *staged[] = {"deploy", "web", file, "--staged", "--wait", NULL};
+    /* A plain deploy is a staged deployment with the default plan. */
+    const char *staged[] = {"deploy", "web", file, "--idempotency-key", "web-two", "--wait", NULL};
     if (pc_test_cli(&env, &ctl, staged, out, sizeof(out)) != 0)
-        fail_msg("deploy --staged: %s", out);
+        fail_msg("deploy: %s", out);
+    assert_non_null(strstr(out, "uploaded web version 2 "));
     assert_non_null(strstr(out, "deployment 1 of web version 2 started: 4 stages"));
     assert_non_null(strstr(out, "[stage 4] complete"));
     for (int i = 0; i < N_AGENTS; i++)
         expect_serving(&agents[i], 2);
+    /* The same command again (an answer lost, say): nothing new is made;
+     * it follows the deployment the first run started. */
+    uint64_t made = pc_test_controller_head(&env, &ctl);
+    if (pc_test_cli(&env, &ctl, staged, out, sizeof(out)) != 0)
+        fail_msg("deploy again with its key: %s", out);
+    assert_non_null(strstr(out, "made before with this idempotency key"));
+    assert_non_null(strstr(out, "deployment 1 of web version 2 was started by the first run"));
+    assert_non_null(strstr(out, "deployment 1 of web version 2: complete"));
+    assert_int_equal(pc_test_controller_head(&env, &ctl), made);
+    const char *spelled_out[] = {"deploy",  "web",      file, "--idempotency-key",
+                                 "web-two", "--staged", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, spelled_out, out, sizeof(out)), 0);
+    assert_non_null(strstr(out, "was started by the first run"));
+    assert_int_equal(pc_test_controller_head(&env, &ctl), made);
 
     /* A plan from a file that never gets past its canary: abort it. */
     char plan[300];
@@ -515,6 +531,15 @@ static void test_cli_deployments(void **state)
     assert_non_null(strstr(out, "is not a JSON array of 1 to 8 stage objects"));
     const char *both[] = {"deploy", "web", file, "--staged", "--pop", "ams", NULL};
     assert_int_equal(pc_test_cli(&env, &ctl, both, out, sizeof(out)), 2);
+    const char *pop_alone[] = {"deploy", "web", file, "--pop", "ams", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, pop_alone, out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "target one --direct entry"));
+    const char *direct_staged[] = {"deploy", "web", file, "--direct", "--immediate", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, direct_staged, out, sizeof(out)), 2);
+    const char *direct_version[] = {"deploy", "web", "5", "--direct", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, direct_version, out, sizeof(out)), 2);
+    const char *fraction[] = {"deploy", "web", file, "--wait", "--fraction", "0.5", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, fraction, out, sizeof(out)), 2);
     const char *bad_id[] = {"deployments", "show", "web", "0", NULL};
     assert_int_equal(pc_test_cli(&env, &ctl, bad_id, out, sizeof(out)), 2);
     assert_int_equal(pc_test_controller_head(&env, &ctl), head);

@@ -344,7 +344,7 @@ static void test_cli_retries_a_lost_answer(void **state)
     pc_test_controller via = cl.node[leader];
     snprintf(via.api_url, sizeof(via.api_url), "http://127.0.0.1:%d", l.port);
     char out[8192];
-    const char *args[] = {"deploy", "idem-cli", file, NULL};
+    const char *args[] = {"deploy", "idem-cli", file, "--direct", NULL};
     int rc = pc_test_cli(&env, &via, args, out, sizeof(out));
     lossy_stop(&l);
     if (rc != 0 || strstr(out, "sending it again with the same idempotency key") == NULL ||
@@ -362,8 +362,8 @@ static void test_cli_retries_a_lost_answer(void **state)
     assert_non_null(f);
     fputs(src, f);
     fclose(f);
-    const char *once[] = {"deploy", "idem-cli",          file,        "--retry-for",
-                          "0",      "--idempotency-key", "cli-run-2", NULL};
+    const char *once[] = {"deploy",    "idem-cli", file, "--retry-for", "0", "--idempotency-key",
+                          "cli-run-2", "--direct", NULL};
     rc = pc_test_cli(&env, &via, once, out, sizeof(out));
     lossy_stop(&l);
     if (rc != 7 || strstr(out, "--idempotency-key cli-run-2") == NULL)
@@ -384,7 +384,7 @@ static void test_cli_retries_a_lost_answer(void **state)
     assert_int_equal(strlen(strstr(unknown, "\r\n\r\n") + 4), 90);
     lossy_start(&l, cl.node[leader].api_port, 1, unknown);
     snprintf(via.api_url, sizeof(via.api_url), "http://127.0.0.1:%d", l.port);
-    const char *third[] = {"deploy", "idem-unknown", file, NULL};
+    const char *third[] = {"deploy", "idem-unknown", file, "--direct", NULL};
     rc = pc_test_cli(&env, &via, third, out, sizeof(out));
     lossy_stop(&l);
     if (rc != 0 || strstr(out, "deployed idem-unknown version 1 ") == NULL ||

@@ -88,7 +88,8 @@ static void test_rollout_nack_fleet_and_gone(void **state)
     char src[256];
     pc_test_lua_hello(src, sizeof(src), "good one");
     pc_test_write_file(path, src, strlen(src));
-    const char *deploy_good[] = {"deploy", "app", path, "--wait", "--timeout", "60", NULL};
+    const char *deploy_good[] = {"deploy", "app",       path, "--direct",
+                                 "--wait", "--timeout", "60", NULL};
     int rc = pc_test_cli(&env, &ctl, deploy_good, out, sizeof(out));
     if (rc != 0 || strstr(out, "live: app v1 is live on 3/3 agents") == NULL)
         fail_msg("deploy --wait: exit %d:\n%s", rc, out);
@@ -113,7 +114,8 @@ static void test_rollout_nack_fleet_and_gone(void **state)
     snprintf(path, sizeof(path), "%s/bad.lua", dir);
     const char *bad = "error('boom at top level')\nreturn function() end\n";
     pc_test_write_file(path, bad, strlen(bad));
-    const char *deploy_bad[] = {"deploy", "app", path, "--wait", "--timeout", "60", NULL};
+    const char *deploy_bad[] = {"deploy", "app",       path, "--direct",
+                                "--wait", "--timeout", "60", NULL};
     rc = pc_test_cli(&env, &ctl, deploy_bad, out, sizeof(out));
     /* The wait ends at the first nack: one agent's refusal is enough to
      * know the version will not be live everywhere. Exit 3: refused. */
