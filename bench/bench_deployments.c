@@ -1,5 +1,5 @@
 /* bench_deployments.c - what a staged deployment costs in time, against a
- * plain deploy measured in the same run. Real processes on loopback; run
+ * direct deploy measured in the same run. Real processes on loopback; run
  * by hand or by CI with tiny sizes.
  *
  *   bench_deployments [AGENTS] [RUNS] [BAKE_MS]
@@ -9,7 +9,7 @@
  * and AGENTS agents, half in PoP "ams", half in "fra" (request counts
  * reported every 100 ms). Each run, from the moment the request is sent
  * (medians over RUNS, milliseconds):
- *   plain      a deploy for everyone, to live on every agent (the
+ *   direct     a direct deploy for everyone, to live on every agent (the
  *              baseline: the time every figure is a ratio to)
  *   immediate  upload + a one-stage deployment, to complete and live on
  *              every agent
@@ -112,7 +112,7 @@ static json_t *deploy_and_wait(const char *body, const char *until)
     }
 }
 
-static double timed_plain(void)
+static double timed_direct(void)
 {
     int64_t t0 = pc_test_now_ms();
     all_serve(new_version(NULL, false));
@@ -186,20 +186,20 @@ static void bench(void **state)
         pc_test_agent_start_for(&env, &agents[i], id, &ctl, i < n_agents / 2 ? ams : fra);
     }
     all_serve(new_version(NULL, false));
-    double plain[MAX_RUNS], immediate[MAX_RUNS], staged[MAX_RUNS], revert[MAX_RUNS];
+    double direct[MAX_RUNS], immediate[MAX_RUNS], staged[MAX_RUNS], revert[MAX_RUNS];
     for (int r = 0; r < runs; r++) {
-        plain[r] = timed_plain();
+        direct[r] = timed_direct();
         immediate[r] = timed_deployment("{\"immediate\":true}");
         staged[r] = timed_deployment("{}");
         revert[r] = timed_revert();
     }
-    double p = median(plain, runs), i = median(immediate, runs), s = median(staged, runs),
+    double p = median(direct, runs), i = median(immediate, runs), s = median(staged, runs),
            v = median(revert, runs);
     printf("bench_deployments: %d agents (2 PoPs), %d runs, gate interval 100 ms, bakes %d ms, "
-           "counts every 100 ms; medians in ms (ratio to a plain deploy in the same run)\n",
+           "counts every 100 ms; medians in ms (ratio to a direct deploy in the same run)\n",
            n_agents, runs, bake_ms);
     printf("%-10s %10s %8s\n", "what", "median_ms", "ratio");
-    printf("%-10s %10.0f %8.2f\n", "plain", p, 1.0);
+    printf("%-10s %10.0f %8.2f\n", "direct", p, 1.0);
     printf("%-10s %10.0f %8.2f\n", "immediate", i, i / p);
     printf("%-10s %10.0f %8.2f\n", "default", s, s / p);
     printf("%-10s %10.0f %8.2f   (first bad answer at the canary to the revert everywhere)\n",
