@@ -182,6 +182,20 @@ static void fleet_up(pc_test_env *env, pc_test_controller *ctl, pc_test_agent *a
     assert_int_equal(pc_test_deploy_lua(env, ctl, "web", healthy("one")), 1);
     for (int i = 0; i < N_AGENTS; i++)
         expect_serving(&agents[i], 1);
+    /* ... and the controller has it from all their reports: a
+     * deployment's baseline is the last version it saw live everywhere. */
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    for (;;) {
+        json_t *doc = pc_test_controller_json(env, ctl, "/v1/tenants/web/versions/1/rollout");
+        json_int_t live = num(json_object_get(doc, "summary"), "live");
+        json_decref(doc);
+        if (live == N_AGENTS)
+            break;
+        if (pc_test_now_ms() > deadline)
+            fail_msg("the controller shows version 1 live on %lld of %d agents", (long long)live,
+                     N_AGENTS);
+        pc_test_sleep_ms(20);
+    }
 }
 
 static void fleet_down(pc_test_env *env, pc_test_controller *ctl, pc_test_agent *agents)
