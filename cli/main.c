@@ -818,6 +818,68 @@ static int deployment_operation(cli *c, const char *op)
     return 0;
 }
 
+/* A tenant's default plan (docs/deployments.md "Plan syntax"). */
+static int print_plan(cli *c, json_t *doc)
+{
+    if (doc == NULL)
+        return 1;
+    if (c->json) {
+        print_json(doc);
+    } else {
+        bool own = strcmp(str(doc, "source"), "tenant") == 0;
+        char when[32] = "";
+        if (own)
+            format_time(num(doc, "updated_unix_ms"), when, sizeof(when));
+        printf("%s deploys with %s%s%s%s\n", str(doc, "tenant"),
+               own ? "its own plan, set by " : "the controllers' default plan",
+               own ? str(doc, "author") : "", own ? " at " : "", when);
+        size_t i;
+        json_t *st;
+        json_array_foreach(json_object_get(doc, "plan"), i, st)
+        {
+            char *target = json_dumps(json_object_get(st, "target"), JSON_COMPACT);
+            printf("  stage %zu: %s, bake %lld ms, max nacks %lld, %s\n", i + 1,
+                   target ? target : "?", num(st, "bake_ms"), num(st, "max_nacks"),
+                   json_is_true(json_object_get(st, "gate")) ? "gated" : "no gate");
+            free(target);
+        }
+    }
+    json_decref(doc);
+    return 0;
+}
+
+static int cmd_plan_show(cli *c)
+{
+    char url[256];
+    snprintf(url, sizeof(url), "/v1/tenants/%s/plan", c->args[0]);
+    return print_plan(c, call(c, "GET", url, NULL, NULL, 0));
+}
+
+static int cmd_plan_set(cli *c)
+{
+    json_error_t jerr;
+    json_t *plan = json_load_file(c->args[1], 0, &jerr);
+    if (plan == NULL)
+        return fail("%s:%d: %s", c->args[1], jerr.line, jerr.text);
+    json_t *body = json_pack("{s:o}", "plan", plan);
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    if (text == NULL)
+        return fail("out of memory");
+    char url[256];
+    snprintf(url, sizeof(url), "/v1/tenants/%s/plan", c->args[0]);
+    json_t *doc = call(c, "PUT", url, "application/json", (const uint8_t *)text, strlen(text));
+    free(text);
+    return print_plan(c, doc);
+}
+
+static int cmd_plan_clear(cli *c)
+{
+    char url[256];
+    snprintf(url, sizeof(url), "/v1/tenants/%s/plan", c->args[0]);
+    return print_plan(c, call(c, "DELETE", url, NULL, NULL, 0));
+}
+
 static int cmd_deployments_pause(cli *c)
 {
     return deployment_operation(c, "pause");
@@ -2174,6 +2236,31 @@ static const command commands[] = {
      OPTS(O_JSON),
      false,
      cmd_deployments_promote},
+    {"plan",
+     "show",
+     "the plan a deployment of TENANT follows when given none: its own, or the controllers'",
+     {TENANT_ARG},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_plan_show},
+    {"plan",
+     "set",
+     "give TENANT a default plan of its own: FILE is a JSON array of stages "
+     "(docs/deployments.md)",
+     {TENANT_ARG, {"FILE", check_plan_file}},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_plan_set},
+    {"plan",
+     "clear",
+     "TENANT goes back to the controllers' default plan",
+     {TENANT_ARG},
+     0,
+     OPTS(O_JSON),
+     false,
+     cmd_plan_clear},
     {"stage",
      NULL,
      "make the active VERSION live on more agents (--pop, --agent, --permille, --everyone)",

@@ -51,6 +51,9 @@ static const api_route routes[] = {
     WRITE("POST", "/v1/tenants/{tenant}/versions/{version}/stage", API_TENANT, api_post_stage),
     WRITE("POST", "/v1/tenants/{tenant}/deployments", API_TENANT, api_post_deployment),
     GET("/v1/tenants/{tenant}/deployments", API_TENANT, api_get_deployments),
+    GET("/v1/tenants/{tenant}/plan", API_TENANT, api_get_plan),
+    WRITE("PUT", "/v1/tenants/{tenant}/plan", API_TENANT, api_put_plan),
+    WRITE("DELETE", "/v1/tenants/{tenant}/plan", API_TENANT, api_delete_plan),
     GET("/v1/tenants/{tenant}/deployments/{id}", API_TENANT, api_get_deployment),
     WRITE("POST", "/v1/tenants/{tenant}/deployments/{id}/pause", API_TENANT,
           api_post_deployment_pause),
@@ -404,6 +407,7 @@ static void change_done(pc_change *c, const pc_change_result *r)
     case PC_CHANGE_AGENT_REVOKE: answer = api_agent_change_json(c, r); break;
     case PC_CHANGE_KEY_ROTATE: answer = api_key_change_json(c, r); break;
     case PC_CHANGE_DEPLOYMENT: answer = api_deployment_change_json(api, c, r); break;
+    case PC_CHANGE_PLAN: answer = api_plan_json(api, c->tenant); break;
     default:
         if (!r->replayed)
             pc_metric_add(api->m_changes, 1);

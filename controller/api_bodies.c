@@ -272,6 +272,38 @@ static int plan_stage(json_t *o, size_t i, Popcast__DeploymentStage **out, pc_er
     return PC_OK;
 }
 
+int pc_api_parse_plan(const uint8_t *body, size_t len, Popcast__TenantPlan **out, pc_err *err)
+{
+    static const char *const fields[] = {"plan", NULL};
+    *out = NULL;
+    json_t *root = parse_object(body, len, err);
+    if (root == NULL)
+        return PC_E_INVALID;
+    json_t *plan = json_object_get(root, "plan");
+    int rc = PC_OK;
+    Popcast__TenantPlan *p = NULL;
+    if (!only_fields(root, fields) || !json_is_array(plan) || json_array_size(plan) < 1 ||
+        json_array_size(plan) > PC_DEPLOYMENT_MAX_STAGES)
+        rc = pc_err_set(err, PC_E_INVALID,
+                        "the body is {\"plan\": [...]}, an array of 1 to %d stages",
+                        PC_DEPLOYMENT_MAX_STAGES);
+    else if ((p = malloc(sizeof(*p))) == NULL ||
+             (popcast__tenant_plan__init(p),
+              p->plan = calloc(json_array_size(plan), sizeof(*p->plan))) == NULL)
+        rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
+    for (size_t i = 0; rc == PC_OK && i < json_array_size(plan); i++) {
+        rc = plan_stage(json_array_get(plan, i), i + 1, &p->plan[i], err);
+        if (rc == PC_OK)
+            p->n_plan++;
+    }
+    if (rc == PC_OK)
+        *out = p;
+    else if (p != NULL)
+        popcast__tenant_plan__free_unpacked(p, NULL);
+    json_decref(root);
+    return rc;
+}
+
 int pc_api_parse_deployment(const uint8_t *body, size_t len, Popcast__DeploymentRecord **out,
                             bool *default_plan, char *message, size_t message_cap, pc_err *err)
 {

@@ -39,6 +39,11 @@ int pc_api_parse_stage(const uint8_t *body, size_t len, Popcast__Target **target
 int pc_api_parse_deployment(const uint8_t *body, size_t len, Popcast__DeploymentRecord **out,
                             bool *default_plan, char *message, size_t message_cap, pc_err *err);
 
+/* A tenant's default plan: {"plan": [stage, ...]} (1 to 8 stages, as in a
+ * deployment) and nothing else. *out: a new record with the plan (free
+ * with popcast__tenant_plan__free_unpacked). */
+int pc_api_parse_plan(const uint8_t *body, size_t len, Popcast__TenantPlan **out, pc_err *err);
+
 /* {"id": N >= 1, "raft_address": "host:port", "api_url": "http..."} and
  * nothing else; raft_address under raft_cap, api_url under api_cap. */
 int pc_api_parse_node(const uint8_t *body, size_t len, uint64_t *id, char *raft_address,

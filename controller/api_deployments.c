@@ -8,6 +8,7 @@
 #include "api_bodies.h"
 #include "api_internal.h"
 #include "deployment.h"
+#include "json_text.h"
 #include "registry.h"
 #include "rollback_target.h"
 
@@ -32,6 +33,35 @@ static void first_pop(pc_api *api, char *out, size_t cap)
             snprintf(out, cap, "%s", pop);
     }
     json_decref(fleet);
+}
+
+/* The controllers' default plan as it would be now (docs/deployments.md):
+ * its canary is deploy_canary_pop, else the first PoP by name. */
+static int controllers_plan(pc_api *api, Popcast__DeploymentRecord *d)
+{
+    char canary[PC_ID_MAX + 1] = "";
+    if (api->opt.deploy_canary_pop != NULL && api->opt.deploy_canary_pop[0] != '\0')
+        snprintf(canary, sizeof(canary), "%s", api->opt.deploy_canary_pop);
+    else
+        first_pop(api, canary, sizeof(canary));
+    return pc_deployment_default_plan(d, canary, api->opt.deploy_bake_ms);
+}
+
+/* A deployment's plan when none was given: the tenant's own default plan
+ * if it has one (*own), else the controllers'. */
+static int tenant_default_plan(pc_api *api, const char *tenant, Popcast__DeploymentRecord *d,
+                               bool *own, pc_err *err)
+{
+    Popcast__TenantPlan *p = NULL;
+    int rc = pc_registry_get_plan(api->store, tenant, &p, err);
+    *own = rc == PC_OK;
+    if (rc == PC_OK)
+        rc = pc_deployment_copy_plan(d, p->plan, p->n_plan);
+    else if (rc == PC_E_NOTFOUND)
+        rc = controllers_plan(api, d);
+    if (p != NULL)
+        popcast__tenant_plan__free_unpacked(p, NULL);
+    return rc;
 }
 
 /* One stage, everyone, no gate, no bake. */
@@ -71,8 +101,8 @@ static void start_body(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size_
     start_req *s = arg;
     pc_api *api = s->api;
     Popcast__DeploymentRecord *d = NULL;
-    bool default_plan = false;
-    char message[PC_CHANGE_MESSAGE_MAX + 1], canary[PC_ID_MAX + 1] = "", said[768];
+    bool default_plan = false, own_plan = false;
+    char message[PC_CHANGE_MESSAGE_MAX + 1], said[768];
     pc_err err;
     pc_change *c = NULL;
     if (rc != PC_OK)
@@ -83,11 +113,11 @@ static void start_body(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size_
         goto out;
     }
     if (default_plan) {
-        if (api->opt.deploy_canary_pop != NULL && api->opt.deploy_canary_pop[0] != '\0')
-            snprintf(canary, sizeof(canary), "%s", api->opt.deploy_canary_pop);
-        else
-            first_pop(api, canary, sizeof(canary));
-        rc = pc_deployment_default_plan(d, canary, api->opt.deploy_bake_ms);
+        pc_err perr;
+        if ((rc = tenant_default_plan(api, s->tenant, d, &own_plan, &perr)) != PC_OK) {
+            pc_httpd_error(rq, rc, "%s", perr.msg);
+            goto out;
+        }
     } else if (d->immediate) {
         rc = immediate_plan(d);
     }
@@ -108,7 +138,10 @@ static void start_body(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size_
         snprintf(base, sizeof(base), "version %llu", (unsigned long long)baseline);
     snprintf(said, sizeof(said), "by %s: %zu stage%s%s%s, baseline %s%s%s", s->author, d->n_plan,
              d->n_plan == 1 ? "" : "s", d->immediate ? " (immediate)" : "",
-             default_plan ? " (default plan)" : "", base, message[0] ? "; " : "", message);
+             !default_plan ? ""
+             : own_plan    ? " (the tenant's plan)"
+                           : " (default plan)",
+             base, message[0] ? "; " : "", message);
     if (!baseline)
         snprintf(said + strlen(said), sizeof(said) - strlen(said), "%s",
                  " (no version was live everywhere: a failed gate halts it, nothing reverts)");
@@ -140,6 +173,108 @@ void api_post_deployment(api_call *call)
     snprintf(s->tenant, sizeof(s->tenant), "%s", pc_route_param(call->match, "tenant"));
     api_author_of(call->who, s->author);
     pc_httpd_read_body(call->rq, JSON_BODY_MAX, start_body, s);
+}
+
+/* A tenant's default plan: {"tenant", "source": "tenant" (its own, with
+ * "author" and "updated_unix_ms") or "controllers" (the default plan as it
+ * would be now), "plan": [...]}. */
+json_t *api_plan_json(pc_api *api, const char *tenant)
+{
+    Popcast__DeploymentRecord d = POPCAST__DEPLOYMENT_RECORD__INIT;
+    bool own = false;
+    pc_err err;
+    Popcast__TenantPlan *p = NULL;
+    int rc = tenant_default_plan(api, tenant, &d, &own, &err);
+    json_t *o = NULL;
+    if (rc == PC_OK)
+        o = json_pack("{s:s,s:s,s:o}", "tenant", tenant, "source", own ? "tenant" : "controllers",
+                      "plan", pc_deployment_plan_json(d.plan, d.n_plan));
+    if (o != NULL && own && pc_registry_get_plan(api->store, tenant, &p, &err) == PC_OK) {
+        if (p->author != NULL && p->author[0] != '\0')
+            pc_json_set_text(o, "author", p->author);
+        json_object_set_new(o, "updated_unix_ms", json_integer((json_int_t)p->updated_unix_ms));
+        popcast__tenant_plan__free_unpacked(p, NULL);
+    }
+    for (size_t i = 0; i < d.n_plan; i++)
+        popcast__deployment_stage__free_unpacked(d.plan[i], NULL);
+    free(d.plan);
+    return o;
+}
+
+void api_get_plan(api_call *call)
+{
+    json_t *o = api_plan_json(call->api, pc_route_param(call->match, "tenant"));
+    if (o == NULL)
+        pc_httpd_error(call->rq, PC_E_NOMEM, "cannot read the plan");
+    else
+        pc_httpd_reply_json(call->rq, 200, o, NULL);
+}
+
+typedef struct plan_req {
+    pc_api *api;
+    char tenant[PC_TENANT_MAX + 1];
+    char author[PC_CHANGE_AUTHOR_MAX + 1];
+} plan_req;
+
+/* Submits the tenant's plan p (owned; no stages: clear it). */
+static void submit_plan(pc_api *api, pc_httpd_req *rq, const char *tenant, const char *author,
+                        Popcast__TenantPlan *p)
+{
+    pc_change *c = pc_change_new(PC_CHANGE_PLAN, tenant);
+    if (c == NULL || (p->tenant = strdup(tenant)) == NULL || (p->author = strdup(author)) == NULL) {
+        pc_change_free(c);
+        popcast__tenant_plan__free_unpacked(p, NULL);
+        pc_httpd_error(rq, PC_E_NOMEM, "out of memory");
+        return;
+    }
+    p->updated_unix_ms = pc_wall_ms();
+    snprintf(c->author, sizeof(c->author), "%s", author);
+    c->u.plan.record = p;
+    api_submit(api, rq, c);
+}
+
+static void plan_body(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size_t len)
+{
+    plan_req *s = arg;
+    Popcast__TenantPlan *p = NULL;
+    pc_err err;
+    if (rc != PC_OK)
+        ; /* answered already */
+    else if (pc_api_parse_plan(body, len, &p, &err) != PC_OK)
+        pc_httpd_error(rq, err.code, "%s", err.msg);
+    else if (pc_deployment_check_plan(p->plan, p->n_plan, &err) != PC_OK) {
+        popcast__tenant_plan__free_unpacked(p, NULL);
+        pc_httpd_error(rq, err.code, "%s", err.msg);
+    } else
+        submit_plan(s->api, rq, s->tenant, s->author, p);
+    free(body);
+    free(s);
+}
+
+void api_put_plan(api_call *call)
+{
+    plan_req *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        pc_httpd_error(call->rq, PC_E_NOMEM, "out of memory");
+        return;
+    }
+    s->api = call->api;
+    snprintf(s->tenant, sizeof(s->tenant), "%s", pc_route_param(call->match, "tenant"));
+    api_author_of(call->who, s->author);
+    pc_httpd_read_body(call->rq, JSON_BODY_MAX, plan_body, s);
+}
+
+void api_delete_plan(api_call *call)
+{
+    char author[PC_CHANGE_AUTHOR_MAX + 1];
+    api_author_of(call->who, author);
+    Popcast__TenantPlan *p = malloc(sizeof(*p));
+    if (p == NULL) {
+        pc_httpd_error(call->rq, PC_E_NOMEM, "out of memory");
+        return;
+    }
+    popcast__tenant_plan__init(p);
+    submit_plan(call->api, call->rq, pc_route_param(call->match, "tenant"), author, p);
 }
 
 static int list_one(void *arg, const Popcast__DeploymentRecord *d)

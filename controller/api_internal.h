@@ -117,7 +117,12 @@ void api_post_deployment_pause(api_call *call);
 void api_post_deployment_resume(api_call *call);
 void api_post_deployment_abort(api_call *call);
 void api_post_deployment_promote(api_call *call);
+void api_get_plan(api_call *call);
+void api_put_plan(api_call *call);
+void api_delete_plan(api_call *call);
 json_t *api_deployment_change_json(pc_api *api, const pc_change *c, const pc_change_result *r);
+/* A tenant's default plan as GET /v1/tenants/{t}/plan shows it. */
+json_t *api_plan_json(pc_api *api, const char *tenant);
 /* Whether a browser page from origin may call the API (cors_origins). */
 bool api_origin_allowed(const pc_api *api, const char *origin);
 void api_post_changes(api_call *call);

@@ -18,6 +18,7 @@ static const pc_change_kind_info kinds[PC_CHANGE_KIND_COUNT] = {
     [PC_CHANGE_KEY_ROTATE] = {"key_rotation", false, 201},
     [PC_CHANGE_STAGE] = {"stage", true, 201},
     [PC_CHANGE_DEPLOYMENT] = {"deployment", false, 200},
+    [PC_CHANGE_PLAN] = {"plan", false, 200},
 };
 
 const pc_change_kind_info *pc_change_kind_get(pc_change_kind kind)
@@ -48,6 +49,10 @@ void pc_change_free(pc_change *c)
     case PC_CHANGE_DEPLOYMENT:
         if (c->u.deployment.create != NULL)
             popcast__deployment_record__free_unpacked(c->u.deployment.create, NULL);
+        break;
+    case PC_CHANGE_PLAN:
+        if (c->u.plan.record != NULL)
+            popcast__tenant_plan__free_unpacked(c->u.plan.record, NULL);
         break;
     case PC_CHANGE_TOKEN_CREATE:
         sodium_memzero(c->u.token.secret, sizeof(c->u.token.secret));

@@ -32,6 +32,7 @@ typedef enum pc_change_kind {
     PC_CHANGE_KEY_ROTATE,
     PC_CHANGE_STAGE,
     PC_CHANGE_DEPLOYMENT,
+    PC_CHANGE_PLAN,
     PC_CHANGE_KIND_COUNT
 } pc_change_kind;
 
@@ -119,6 +120,10 @@ struct pc_change {
             uint64_t id;
             pc_deployment_op op;
         } deployment; /* DEPLOYMENT (c->tenant is the record's) */
+        struct {
+            /* The tenant's plan to set (no stages: clear it), owned. */
+            Popcast__TenantPlan *record;
+        } plan; /* PLAN (c->tenant is the record's) */
         struct {
             uint64_t id;
             char raft_address[128];

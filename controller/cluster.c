@@ -240,6 +240,20 @@ static int apply_deployment(pc_cluster *c, const Popcast__DeploymentRecord *d, p
                        : rc;
 }
 
+/* A tenant's default plan, set (checked as a deployment's plan is, by
+ * every replica alike) or cleared (no stages). */
+static int apply_plan(pc_cluster *c, const Popcast__TenantPlan *p, pc_err *err)
+{
+    if (p == NULL || p->tenant == NULL || !pc_tenant_name_valid(p->tenant))
+        return pc_err_set(err, PC_E_INVALID, "plan record without a valid tenant");
+    if (p->n_plan != 0) {
+        int rc = pc_deployment_check_plan(p->plan, p->n_plan, err);
+        if (rc != PC_OK)
+            return rc;
+    }
+    return pc_registry_put_plan(c->opt.store, p, err);
+}
+
 static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
 {
     pc_cluster *c = fsm->data;
@@ -279,6 +293,8 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
         rc = pc_registry_put_agent(c->opt.store, cmd->agent, &err);
     } else if (cmd->body_case == POPCAST__CLUSTER_COMMAND__BODY_DEPLOYMENT) {
         rc = apply_deployment(c, cmd->deployment, &err);
+    } else if (cmd->body_case == POPCAST__CLUSTER_COMMAND__BODY_PLAN) {
+        rc = apply_plan(c, cmd->plan, &err);
     } else {
         rc = pc_err_set(&err, PC_E_INVALID, "raft command has no valid body");
     }
@@ -672,6 +688,16 @@ int pc_cluster_propose_deployment(pc_cluster *c, const Popcast__DeploymentRecord
     Popcast__ClusterCommand cmd = POPCAST__CLUSTER_COMMAND__INIT;
     cmd.body_case = POPCAST__CLUSTER_COMMAND__BODY_DEPLOYMENT;
     cmd.deployment = (Popcast__DeploymentRecord *)d;
+    return propose_command(c, &cmd, done, arg, err);
+}
+
+int pc_cluster_propose_plan(pc_cluster *c, const Popcast__TenantPlan *p, pc_cluster_done done,
+                            void *arg, pc_err *err)
+{
+    PC_CHECK_OWNER(&c->loop_thread);
+    Popcast__ClusterCommand cmd = POPCAST__CLUSTER_COMMAND__INIT;
+    cmd.body_case = POPCAST__CLUSTER_COMMAND__BODY_PLAN;
+    cmd.plan = (Popcast__TenantPlan *)p;
     return propose_command(c, &cmd, done, arg, err);
 }
 

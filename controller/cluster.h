@@ -134,6 +134,12 @@ int pc_cluster_propose_agent(pc_cluster *c, const Popcast__AgentRecord *a, pc_cl
 int pc_cluster_propose_deployment(pc_cluster *c, const Popcast__DeploymentRecord *d,
                                   pc_cluster_done done, void *arg, pc_err *err);
 
+/* Loop thread: sets (or, with no stages, clears) a tenant's default plan,
+ * stored under "plan.<tenant>" on every controller once each checked it
+ * (pc_deployment_check_plan). */
+int pc_cluster_propose_plan(pc_cluster *c, const Popcast__TenantPlan *p, pc_cluster_done done,
+                            void *arg, pc_err *err);
+
 /* Loop thread: membership. add: records the node's API address through the
  * log, adds it, and makes it a voter once it caught up. */
 int pc_cluster_add(pc_cluster *c, uint64_t id, const char *raft_address, const char *api_url,

@@ -91,10 +91,15 @@ int pc_deployment_check_new(const Popcast__DeploymentRecord *d, pc_err *err)
         return pc_err_set(err, PC_E_INVALID, "a deployment starts running, at its first stage");
     if (d->n_events != 1 || !same_text(d->events[0]->what, "started"))
         return pc_err_set(err, PC_E_INVALID, "a deployment starts with one event: started");
-    if (d->n_plan < 1 || d->n_plan > PC_DEPLOYMENT_MAX_STAGES)
+    return pc_deployment_check_plan(d->plan, d->n_plan, err);
+}
+
+int pc_deployment_check_plan(Popcast__DeploymentStage *const *plan, size_t n, pc_err *err)
+{
+    if (n < 1 || n > PC_DEPLOYMENT_MAX_STAGES)
         return pc_err_set(err, PC_E_INVALID, "a plan has 1 to %d stages", PC_DEPLOYMENT_MAX_STAGES);
-    for (size_t i = 0; i < d->n_plan; i++) {
-        const Popcast__DeploymentStage *s = d->plan[i];
+    for (size_t i = 0; i < n; i++) {
+        const Popcast__DeploymentStage *s = plan[i];
         int rc = pc_target_check(s->target, err);
         if (rc != PC_OK) {
             pc_err_wrap(err, "stage %zu", i + 1);
@@ -162,6 +167,32 @@ int pc_deployment_add_event(Popcast__DeploymentRecord *d, int64_t at_ms, const c
         return PC_E_NOMEM;
     }
     d->events[d->n_events++] = e;
+    return PC_OK;
+}
+
+int pc_deployment_copy_plan(Popcast__DeploymentRecord *d, Popcast__DeploymentStage *const *plan,
+                            size_t n)
+{
+    Popcast__DeploymentStage **copy = calloc(n ? n : 1, sizeof(*copy));
+    if (copy == NULL)
+        return PC_E_NOMEM;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = popcast__deployment_stage__get_packed_size(plan[i]);
+        uint8_t *buf = malloc(len ? len : 1);
+        if (buf != NULL) {
+            popcast__deployment_stage__pack(plan[i], buf);
+            copy[i] = popcast__deployment_stage__unpack(NULL, len, buf);
+            free(buf);
+        }
+        if (copy[i] == NULL) {
+            for (size_t j = 0; j < i; j++)
+                popcast__deployment_stage__free_unpacked(copy[j], NULL);
+            free(copy);
+            return PC_E_NOMEM;
+        }
+    }
+    d->plan = copy;
+    d->n_plan = n;
     return PC_OK;
 }
 
@@ -336,16 +367,22 @@ int pc_deployment_default_plan(Popcast__DeploymentRecord *d, const char *canary_
     return PC_OK;
 }
 
-json_t *pc_deployment_json(const Popcast__DeploymentRecord *d)
+json_t *pc_deployment_plan_json(Popcast__DeploymentStage *const *plan, size_t n)
 {
-    json_t *stages = json_array(), *events = json_array();
-    for (size_t i = 0; i < d->n_plan; i++) {
-        const Popcast__DeploymentStage *s = d->plan[i];
+    json_t *stages = json_array();
+    for (size_t i = 0; i < n; i++) {
+        const Popcast__DeploymentStage *s = plan[i];
         json_array_append_new(
             stages, json_pack("{s:o,s:I,s:i,s:I,s:b}", "target", pc_target_json(s->target),
                               "bake_ms", (json_int_t)s->bake_ms, "max_nacks", (int)s->max_nacks,
                               "min_requests", (json_int_t)s->min_requests, "gate", s->gate));
     }
+    return stages;
+}
+
+json_t *pc_deployment_json(const Popcast__DeploymentRecord *d)
+{
+    json_t *stages = pc_deployment_plan_json(d->plan, d->n_plan), *events = json_array();
     for (size_t i = 0; i < d->n_events; i++) {
         const Popcast__DeploymentEvent *e = d->events[i];
         json_t *o = json_pack("{s:I,s:s,s:i}", "at_unix_ms", (json_int_t)e->at_unix_ms, "what",

@@ -60,6 +60,9 @@ bool pc_deployment_final(const Popcast__DeploymentRecord *d);
 /* Checks a record being created (its id, state running, one "started"
  * event, 1 to PC_DEPLOYMENT_MAX_STAGES stages, each target valid). */
 int pc_deployment_check_new(const Popcast__DeploymentRecord *d, pc_err *err);
+/* Checks a plan: 1 to PC_DEPLOYMENT_MAX_STAGES stages, each target valid,
+ * bakes and minimum requests within bounds (a deployment's, a tenant's). */
+int pc_deployment_check_plan(Popcast__DeploymentStage *const *plan, size_t n, pc_err *err);
 /* Checks that next may replace cur (the three invariants above);
  * PC_E_INVALID naming the broken one. */
 int pc_deployment_check_update(const Popcast__DeploymentRecord *cur,
@@ -77,6 +80,9 @@ int pc_deployment_apply(const Popcast__DeploymentRecord *cur, const pc_deploymen
 /* Appends an event to d (strings copied). PC_E_NOMEM. */
 int pc_deployment_add_event(Popcast__DeploymentRecord *d, int64_t at_ms, const char *what,
                             uint32_t stage, uint64_t seq, const char *detail);
+/* Fills d's (empty) plan with a deep copy of plan. PC_E_NOMEM. */
+int pc_deployment_copy_plan(Popcast__DeploymentRecord *d, Popcast__DeploymentStage *const *plan,
+                            size_t n);
 /* A deep copy (NULL when out of memory). */
 Popcast__DeploymentRecord *pc_deployment_copy(const Popcast__DeploymentRecord *d);
 
@@ -85,6 +91,9 @@ Popcast__DeploymentRecord *pc_deployment_copy(const Popcast__DeploymentRecord *d
  * bake_ms with the health gate, then everyone. Fills d's plan. */
 int pc_deployment_default_plan(Popcast__DeploymentRecord *d, const char *canary_pop,
                                uint64_t bake_ms);
+
+/* A plan's stages as the API shows them (docs/api.md "Deployments"). */
+json_t *pc_deployment_plan_json(Popcast__DeploymentStage *const *plan, size_t n);
 
 /* The record as the API shows it (docs/api.md "Deployments"). */
 json_t *pc_deployment_json(const Popcast__DeploymentRecord *d);

@@ -117,6 +117,10 @@ static void log_committed(const pc_change *c, const pc_change_result *r)
                 c->u.deployment.create ? "started"
                                        : pc_deployment_op_name(c->u.deployment.op.kind));
         break;
+    case PC_CHANGE_PLAN:
+        pc_info("pipeline", "%s of %s: %s", name, c->tenant,
+                c->u.plan.record->n_plan ? "set" : "cleared");
+        break;
     default:
         pc_info("pipeline", "committed %s %s version %llu seq %llu (%llu bytes)", name, c->tenant,
                 (unsigned long long)r->version, (unsigned long long)r->seq,
@@ -636,16 +640,35 @@ static int start_deployment(pc_pipeline *p, pc_change *c, pc_change_result *r)
     return rc;
 }
 
+/* A tenant's default plan, set or cleared (no stages). */
+static int start_plan(pc_pipeline *p, pc_change *c, pc_change_result *r)
+{
+    Popcast__TenantPlan *plan = c->u.plan.record;
+    int rc =
+        plan->n_plan != 0 ? pc_deployment_check_plan(plan->plan, plan->n_plan, &r->err) : PC_OK;
+    if (rc != PC_OK)
+        return rc;
+    fly_alone(p, c);
+    if ((rc = pc_cluster_propose_plan(p->cluster, plan, change_done, p, &r->err)) != PC_OK)
+        p->n_flight = 0;
+    return rc;
+}
+
 /* How each kind of change but tenant changes starts, alone: builds its
  * record (or signs it) and proposes it as the change in flight. Returns
  * an error only when nothing was proposed. Tenant changes go in batches
  * (start_batch). */
 typedef int (*start_fn)(pc_pipeline *p, pc_change *c, pc_change_result *r);
 static const start_fn start_alone[PC_CHANGE_KIND_COUNT] = {
-    [PC_CHANGE_ADD_NODE] = start_add_node,         [PC_CHANGE_REMOVE_NODE] = start_remove_node,
-    [PC_CHANGE_TOKEN_CREATE] = start_token_create, [PC_CHANGE_TOKEN_REVOKE] = start_token_revoke,
-    [PC_CHANGE_AGENT_ENROLL] = start_agent_enroll, [PC_CHANGE_AGENT_REVOKE] = start_agent_revoke,
-    [PC_CHANGE_KEY_ROTATE] = start_rotation,       [PC_CHANGE_DEPLOYMENT] = start_deployment,
+    [PC_CHANGE_ADD_NODE] = start_add_node,
+    [PC_CHANGE_REMOVE_NODE] = start_remove_node,
+    [PC_CHANGE_TOKEN_CREATE] = start_token_create,
+    [PC_CHANGE_TOKEN_REVOKE] = start_token_revoke,
+    [PC_CHANGE_AGENT_ENROLL] = start_agent_enroll,
+    [PC_CHANGE_AGENT_REVOKE] = start_agent_revoke,
+    [PC_CHANGE_KEY_ROTATE] = start_rotation,
+    [PC_CHANGE_DEPLOYMENT] = start_deployment,
+    [PC_CHANGE_PLAN] = start_plan,
 };
 
 /* Answers a change that was not proposed (an error, or a replay's

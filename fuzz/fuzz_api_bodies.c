@@ -1,7 +1,7 @@
 /* fuzz_api_bodies.c - the controller API's JSON request bodies. The first
  * byte picks the decoder (0xF0 and above: a stage; 0xE0 to 0xEF: a
- * deployment; else, modulo 5: cluster node, rollback, token, agent, key
- * rotation). */
+ * deployment; 0xD0 to 0xDF: a tenant's plan; else, modulo 5: cluster node,
+ * rollback, token, agent, key rotation). */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -46,6 +46,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         if (d != NULL)
             popcast__deployment_record__free_unpacked(d, NULL);
+    } else if (data[0] >= 0xD0) {
+        Popcast__TenantPlan *p = NULL;
+        /* A plan that parses has 1 to 8 stages, each naming someone and
+         * holding only what a signed target may. */
+        if (pc_api_parse_plan(data + 1, size - 1, &p, &err) == PC_OK) {
+            if (p->n_plan < 1 || p->n_plan > PC_DEPLOYMENT_MAX_STAGES)
+                __builtin_trap();
+            for (size_t i = 0; i < p->n_plan; i++)
+                if (pc_target_check(p->plan[i]->target, &err) != PC_OK)
+                    __builtin_trap();
+        }
+        if (p != NULL)
+            popcast__tenant_plan__free_unpacked(p, NULL);
     } else if (data[0] % 5 == 4) {
         uint8_t next[32], root[32];
         int has_root = 0;

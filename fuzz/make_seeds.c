@@ -237,6 +237,10 @@ int main(int argc, char **argv)
              "\xe0{\"version\": 3, \"plan\": [{\"pops\": [\"ams\"], \"bake_ms\": 60000, "
              "\"min_requests\": 100}, {\"permille\": 500, \"gate\": false}, {\"everyone\": true}], "
              "\"message\": \"canary first\"}");
+    put_text("fuzz_api_bodies", 9,
+             "\xd0{\"plan\": [{\"pops\": [\"ams\"], \"bake_ms\": 60000, \"min_requests\": 100}, "
+             "{\"permille\": 500, \"split_permille\": 100, \"split_key\": \"cookie:session\"}, "
+             "{\"everyone\": true, \"gate\": false}]}");
     put_text("fuzz_api_bodies", 7,
              "\xf0{\"pops\": [\"ams\"], \"agents\": [\"edge-1\"], \"permille\": 100, "
              "\"message\": \"canary\"}");

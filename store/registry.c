@@ -279,6 +279,38 @@ int pc_registry_foreach_outcomes(pc_store *s,
     return pc_store_meta_foreach(s, OUTCOME_PREFIX, walk_one, &w, err);
 }
 
+/* Tenants' own default plans. */
+
+#define PLAN_PREFIX "plan."
+
+int pc_registry_put_plan(pc_store *s, const Popcast__TenantPlan *p, pc_err *err)
+{
+    if (p->tenant == NULL || !pc_tenant_name_valid(p->tenant))
+        return pc_err_set(err, PC_E_INVALID, "plan record without a valid tenant");
+    char key[sizeof(PLAN_PREFIX) + PC_TENANT_MAX + 1];
+    snprintf(key, sizeof(key), PLAN_PREFIX "%s", p->tenant);
+    size_t len = popcast__tenant_plan__get_packed_size(p);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (buf == NULL)
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    popcast__tenant_plan__pack(p, buf);
+    pc_store_write w = {
+        .meta_key = key, .meta_val = buf, .meta_len = len, .meta_delete = p->n_plan == 0};
+    int rc = pc_store_write_many(s, &w, 1, err);
+    free(buf);
+    return rc;
+}
+
+int pc_registry_get_plan(pc_store *s, const char *tenant, Popcast__TenantPlan **out, pc_err *err)
+{
+    *out = NULL;
+    if (!pc_tenant_name_valid(tenant))
+        return pc_err_set(err, PC_E_NOTFOUND, "no such plan");
+    char key[sizeof(PLAN_PREFIX) + PC_TENANT_MAX + 1];
+    snprintf(key, sizeof(key), PLAN_PREFIX "%s", tenant);
+    return get_message(s, key, &popcast__tenant_plan__descriptor, (ProtobufCMessage **)out, err);
+}
+
 /* Staged deployments. */
 
 static void deployment_key(char *out, size_t cap, const char *tenant, uint64_t id)

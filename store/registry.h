@@ -77,6 +77,12 @@ int pc_registry_foreach_deployment(pc_store *s, const char *tenant,
                                    int (*cb)(void *arg, const Popcast__DeploymentRecord *d),
                                    void *arg, pc_err *err);
 
+/* Controller: a tenant's own default deployment plan, under
+ * "plan.<tenant>" (replaced whole; a plan of no stages deletes it).
+ * PC_E_NOTFOUND when the tenant has none. */
+int pc_registry_put_plan(pc_store *s, const Popcast__TenantPlan *p, pc_err *err);
+int pc_registry_get_plan(pc_store *s, const char *tenant, Popcast__TenantPlan **out, pc_err *err);
+
 /* Agent: the outcomes of a tenant's recent versions (replaced whole). */
 int pc_registry_put_outcomes(pc_store *s, const char *tenant, const Popcast__TenantOutcomes *o,
                              pc_err *err);

@@ -562,6 +562,119 @@ static void test_cli_deployments(void **state)
     fleet_down(&env, &ctl, agents);
 }
 
+/* A tenant's own default plan: what a deployment given no plan follows,
+ * set, shown and cleared through the API and the CLI; bad plans and other
+ * tenants' tokens change nothing. */
+static void test_tenant_plan(void **state)
+{
+    (void)state;
+    pc_test_env env;
+    pc_test_controller ctl;
+    pc_test_agent agents[N_AGENTS];
+    fleet_up(&env, &ctl, agents, fra);
+    json_t *doc = request(&env, &ctl, "GET", "/v1/tenants/web/plan", NULL, NULL, 200);
+    assert_string_equal(text(doc, "source"), "controllers");
+    assert_int_equal(json_array_size(json_object_get(doc, "plan")), 4);
+    json_decref(doc);
+
+    static const char *const bad[] = {
+        "{}",
+        "{\"plan\":[]}",
+        "{\"plan\":\"default\"}",
+        "{\"plan\":[{\"everyone\":true}],\"extra\":1}",
+        "{\"plan\":[{\"pops\":[\"Not A Pop\"]}]}",
+        "{\"plan\":[{\"everyone\":true,\"bake_ms\":-1}]}",
+        "{\"plan\":[{\"everyone\":true,\"bake_ms\":604800001}]}",
+        "{\"plan\":[{}]}",
+        "{\"plan\":[1,2,3,4,5,6,7,8,9]}",
+        "[",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        json_decref(
+            request(&env, &ctl, "PUT", "/v1/tenants/web/plan", "application/json", bad[i], 400));
+    /* Over the 64 KiB a JSON body may have: 413, before it is parsed. */
+    size_t oversized_len = 70 * 1024;
+    char *oversized = malloc(oversized_len + 1);
+    assert_non_null(oversized);
+    memset(oversized, ' ', oversized_len);
+    memcpy(oversized, "{\"plan\":[{\"everyone\":true}]", 27);
+    oversized[oversized_len - 1] = '}';
+    oversized[oversized_len] = '\0';
+    json_decref(
+        request(&env, &ctl, "PUT", "/v1/tenants/web/plan", "application/json", oversized, 413));
+    free(oversized);
+    doc = request(&env, &ctl, "GET", "/v1/tenants/web/plan", NULL, NULL, 200);
+    assert_string_equal(text(doc, "source"), "controllers");
+    json_decref(doc);
+
+    const char *plan = "{\"plan\":[{\"pops\":[\"ams\"],\"bake_ms\":100,\"gate\":false},"
+                       "{\"everyone\":true}]}";
+    doc = request(&env, &ctl, "PUT", "/v1/tenants/web/plan", "application/json", plan, 200);
+    assert_string_equal(text(doc, "source"), "tenant");
+    assert_string_equal(text(doc, "author"), "admin");
+    assert_int_equal(json_array_size(json_object_get(doc, "plan")), 2);
+    json_decref(doc);
+
+    /* Another tenant's token can neither read nor set it. */
+    pc_http_result r;
+    const char *req = "{\"tenants\": [\"other\"], \"name\": \"other-deployer\"}";
+    assert_int_equal(
+        pc_test_api(&env, &ctl, "POST", "/v1/tokens", "application/json", req, strlen(req), &r),
+        201);
+    json_t *tok = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    pc_http_result_free(&r);
+    pc_test_env stranger = env;
+    snprintf(stranger.token, sizeof(stranger.token), "%s", text(tok, "token"));
+    json_decref(tok);
+    int status = pc_test_api(&stranger, &ctl, "GET", "/v1/tenants/web/plan", NULL, NULL, 0, &r);
+    pc_http_result_free(&r);
+    assert_true(status == 403 || status == 404);
+    status = pc_test_api(&stranger, &ctl, "DELETE", "/v1/tenants/web/plan", NULL, NULL, 0, &r);
+    pc_http_result_free(&r);
+    assert_true(status == 403 || status == 404);
+
+    /* A deployment given no plan follows the tenant's. */
+    assert_int_equal(upload(&env, &ctl, healthy("two")), 2);
+    uint64_t id = start(&env, &ctl, "{}");
+    doc = wait_state(&env, &ctl, id, "complete");
+    assert_int_equal(num(doc, "stages_total"), 2);
+    assert_non_null(strstr(event_detail(doc, "started"), "2 stages (the tenant's plan)"));
+    json_decref(doc);
+    for (int i = 0; i < N_AGENTS; i++)
+        expect_serving(&agents[i], 2);
+
+    /* The CLI: show, set from a file (checked before it is sent), clear. */
+    char dir[256], file[300], out[8192];
+    pc_test_tmpdir(dir, sizeof(dir), "plan");
+    snprintf(file, sizeof(file), "%s/plan.json", dir);
+    const char *show[] = {"plan", "show", "web", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, show, out, sizeof(out)), 0);
+    assert_non_null(strstr(out, "web deploys with its own plan, set by admin"));
+    assert_non_null(strstr(out, "stage 2: {\"everyone\":true}"));
+    const char *three = "[{\"permille\":500,\"bake_ms\":100},{\"pops\":[\"fra\"]},"
+                        "{\"everyone\":true}]";
+    pc_test_write_file(file, three, strlen(three));
+    const char *set[] = {"plan", "set", "web", file, NULL};
+    if (pc_test_cli(&env, &ctl, set, out, sizeof(out)) != 0)
+        fail_msg("plan set: %s", out);
+    assert_non_null(strstr(out, "stage 3: {\"everyone\":true}"));
+    const char *not_a_plan = "{\"everyone\":true}";
+    pc_test_write_file(file, not_a_plan, strlen(not_a_plan));
+    assert_int_equal(pc_test_cli(&env, &ctl, set, out, sizeof(out)), 2);
+    doc = request(&env, &ctl, "GET", "/v1/tenants/web/plan", NULL, NULL, 200);
+    assert_int_equal(json_array_size(json_object_get(doc, "plan")), 3);
+    json_decref(doc);
+    const char *clear[] = {"plan", "clear", "web", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, clear, out, sizeof(out)), 0);
+    assert_non_null(strstr(out, "web deploys with the controllers' default plan"));
+    doc = request(&env, &ctl, "GET", "/v1/tenants/web/plan", NULL, NULL, 200);
+    assert_string_equal(text(doc, "source"), "controllers");
+    json_decref(doc);
+
+    pc_test_rm_rf(dir);
+    fleet_down(&env, &ctl, agents);
+}
+
 /* A leader killed with -9 in the middle of a deployment: the next leader
  * finds the record where the old one left it and carries on; the stage
  * never goes back and the history has no gap. */
@@ -629,6 +742,7 @@ int main(void)
         cmocka_unit_test(test_nack_on_one_pop_halts_the_rollout),
         cmocka_unit_test(test_bad_deployments),
         cmocka_unit_test(test_cli_deployments),
+        cmocka_unit_test(test_tenant_plan),
         cmocka_unit_test(test_leader_kill_9_mid_deployment),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
