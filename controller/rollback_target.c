@@ -7,7 +7,35 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "deployment.h"
 #include "envelope.h"
+#include "registry.h"
+
+/* What the deployments of the versions looked at say: per version (by
+ * last - version), whether any went out through one, and whether one of
+ * those completed. */
+typedef struct deployed {
+    uint64_t last;
+    bool any[PC_ROLLBACK_LOOKBACK + 1], complete[PC_ROLLBACK_LOOKBACK + 1];
+    uint64_t unfinished[PC_ROLLBACK_LOOKBACK + 1]; /* one that did not complete */
+    const char *how[PC_ROLLBACK_LOOKBACK + 1];     /* ... and its state */
+} deployed;
+
+static int see_deployment(void *arg, const Popcast__DeploymentRecord *d)
+{
+    deployed *s = arg;
+    if (d->version > s->last || s->last - d->version > PC_ROLLBACK_LOOKBACK)
+        return 0;
+    size_t i = (size_t)(s->last - d->version);
+    s->any[i] = true;
+    if (d->state == POPCAST__DEPLOYMENT_STATE__DEPLOYMENT_STATE_COMPLETE) {
+        s->complete[i] = true;
+    } else {
+        s->unfinished[i] = d->id;
+        s->how[i] = pc_deployment_state_name(d->state);
+    }
+    return 0;
+}
 
 /* The manifest of tenant's version (NULL when the log no longer holds
  * it, or it does not decode). */
@@ -93,6 +121,14 @@ int pc_rollback_target(pc_store *store, pc_rollout *rollout, const char *tenant,
     uint64_t rolled_to = UINT64_MAX;
     char why[sizeof(err->msg) - 160] = "";
     size_t candidates = 0;
+    /* A version that went out through deployments is proven on the whole
+     * fleet by one that completed: one that was reverted or aborted
+     * failed or was stopped, and one superseded or halted before its end
+     * may have shown it only on a stage's agents or a split's share of
+     * their traffic (which the agents' reports cannot tell apart). */
+    deployed seen = {.last = t.last_version};
+    if ((rc = pc_registry_foreach_deployment(store, tenant, see_deployment, &seen, err)) != PC_OK)
+        return rc;
     uint64_t floor =
         t.last_version > PC_ROLLBACK_LOOKBACK ? t.last_version - PC_ROLLBACK_LOOKBACK : 0;
     for (uint64_t v = t.last_version; v > floor; v--) {
@@ -107,7 +143,12 @@ int pc_rollback_target(pc_store *store, pc_rollout *rollout, const char *tenant,
         } else if (content && v <= rolled_to &&
                    !(has_current && memcmp(m->bundle_hash.data, current_hash, PC_HASH_LEN) == 0)) {
             candidates++;
-            if (proven(rollout, m, now_ms, why, sizeof(why))) {
+            size_t i = (size_t)(t.last_version - v);
+            if (seen.any[i] && !seen.complete[i])
+                add_reason(why, sizeof(why), "v%llu: its deployment %llu is %s",
+                           (unsigned long long)v, (unsigned long long)seen.unfinished[i],
+                           seen.how[i] ? seen.how[i] : "not complete");
+            else if (proven(rollout, m, now_ms, why, sizeof(why))) {
                 *version = v;
                 popcast__manifest__free_unpacked(m, NULL);
                 return PC_OK;

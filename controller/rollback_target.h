@@ -13,8 +13,10 @@
  * live there (superseded since counts: it went live), none nacked or
  * quarantined it. An agent that never processed it (skipped, or too old
  * for the outcomes it keeps) proves nothing, so the version does not
- * qualify: nothing is claimed that no agent showed. Health is, for now,
- * exactly that (no per-version error rates yet). */
+ * qualify: nothing is claimed that no agent showed. A version that went
+ * out through staged deployments (deployment.h) qualifies only if one of
+ * them completed: the others were reverted by a failed gate, aborted, or
+ * ended before the version took every agent's whole traffic. */
 #ifndef PC_ROLLBACK_TARGET_H
 #define PC_ROLLBACK_TARGET_H
 

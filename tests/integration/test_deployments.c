@@ -675,6 +675,41 @@ static void test_tenant_plan(void **state)
     fleet_down(&env, &ctl, agents);
 }
 
+/* A rollback that names no version goes back to the last version proven
+ * on the whole fleet: not to one whose deployment ended before that, even
+ * when every agent reported it live (here it served a 10 % split). */
+static void test_rollback_skips_unfinished_deployments(void **state)
+{
+    (void)state;
+    pc_test_env env;
+    pc_test_controller ctl;
+    pc_test_agent agents[N_AGENTS];
+    fleet_up(&env, &ctl, agents, fra);
+    assert_int_equal(upload(&env, &ctl, healthy("two")), 2);
+    uint64_t id = start(&env, &ctl,
+                        "{\"plan\":[{\"everyone\":true,\"split_permille\":100,\"split_key\":"
+                        "\"x-user\",\"bake_ms\":600000,\"gate\":false},{\"everyone\":true}]}");
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    for (json_int_t live = 0; live != N_AGENTS;) {
+        json_t *doc = pc_test_controller_json(&env, &ctl, "/v1/tenants/web/versions/2/rollout");
+        live = num(json_object_get(doc, "summary"), "live");
+        json_decref(doc);
+        if (pc_test_now_ms() > deadline)
+            fail_msg("version 2 is shown live on %lld of %d agents", (long long)live, N_AGENTS);
+        pc_test_sleep_ms(20);
+    }
+    /* A direct deploy supersedes the deployment in its split stage. */
+    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "web", healthy("three")), 3);
+    json_decref(wait_state(&env, &ctl, id, "superseded"));
+    for (int i = 0; i < N_AGENTS; i++)
+        expect_serving(&agents[i], 3);
+    json_t *doc =
+        request(&env, &ctl, "POST", "/v1/tenants/web/rollback", "application/json", "{}", 201);
+    assert_int_equal(num(doc, "rollback_of"), 1);
+    json_decref(doc);
+    fleet_down(&env, &ctl, agents);
+}
+
 /* A leader killed with -9 in the middle of a deployment: the next leader
  * finds the record where the old one left it and carries on; the stage
  * never goes back and the history has no gap. */
@@ -743,6 +778,7 @@ int main(void)
         cmocka_unit_test(test_bad_deployments),
         cmocka_unit_test(test_cli_deployments),
         cmocka_unit_test(test_tenant_plan),
+        cmocka_unit_test(test_rollback_skips_unfinished_deployments),
         cmocka_unit_test(test_leader_kill_9_mid_deployment),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
