@@ -183,6 +183,115 @@ static void finish(pc_httpd_req *rq, nng_http_res *res, int rv)
     nng_aio_finish(aio, 0);
 }
 
+struct pc_httpd_stream {
+    nng_http_conn *conn;
+    nng_aio *aio;
+    void (*cb)(void *arg, int rv);
+    void *arg;
+    /* Until the head is written. */
+    nng_http_res *head;
+    void (*ready)(void *arg, pc_httpd_stream *st);
+    void *ready_arg;
+};
+
+static void head_written(void *p, int rv)
+{
+    pc_httpd_stream *st = p;
+    nng_http_res_free(st->head);
+    st->head = NULL;
+    if (rv != 0) {
+        st->ready(st->ready_arg, NULL);
+        /* From inside the aio's own callback: reap it, not free it. */
+        nng_http_conn_close(st->conn);
+        nng_aio_reap(st->aio);
+        free(st);
+        return;
+    }
+    st->ready(st->ready_arg, st);
+}
+
+static void stream_written(void *p)
+{
+    pc_httpd_stream *st = p;
+    st->cb(st->arg, nng_aio_result(st->aio));
+}
+
+void pc_httpd_stream_start(pc_httpd_req *rq, const char *content_type, const char *const *headers,
+                           void (*ready)(void *arg, pc_httpd_stream *st), void *arg)
+{
+    nng_http_conn *conn = nng_aio_get_input(rq->aio, 2);
+    pc_httpd_stream *st = calloc(1, sizeof(*st));
+    nng_http_res *res = NULL;
+    int rv = st == NULL ? NNG_ENOMEM : nng_http_res_alloc(&res);
+    if (rv == 0 && rq->server->opt.headers != NULL) {
+        const char *extra[2 * MAX_SERVER_HEADERS];
+        size_t n = rq->server->opt.headers(rq->server->opt.data, rq, extra, MAX_SERVER_HEADERS);
+        for (size_t i = 0; rv == 0 && i < n && i < MAX_SERVER_HEADERS; i++)
+            rv = nng_http_res_set_header(res, extra[2 * i], extra[2 * i + 1]);
+    }
+    if (rv == 0)
+        rv = nng_http_res_set_header(res, "Content-Type", content_type);
+    if (rv == 0)
+        rv = nng_http_res_set_header(res, "Cache-Control", "no-cache");
+    if (rv == 0)
+        rv = nng_http_res_set_header(res, "Connection", "close");
+    for (size_t i = 0; rv == 0 && headers != NULL && headers[i] != NULL; i += 2)
+        rv = nng_http_res_set_header(res, headers[i], headers[i + 1]);
+    if (rv == 0)
+        rv = nng_aio_alloc(&st->aio, stream_written, st);
+    if (rv != 0) {
+        if (res != NULL)
+            nng_http_res_free(res);
+        if (st != NULL)
+            nng_aio_free(st->aio);
+        free(st);
+        pc_httpd_error(rq, PC_E_NOMEM, "out of memory");
+        ready(arg, NULL);
+        return;
+    }
+    /* From here nng's server no longer owns the connection or the
+     * request (nng_http_hijack): the head goes out through nng with no
+     * body, so with no length (the body runs until the close), and the
+     * request ends without an answer of the server's. */
+    nng_http_hijack(conn);
+    st->conn = conn;
+    st->head = res;
+    st->ready = ready;
+    st->ready_arg = arg;
+    st->cb = head_written;
+    st->arg = st;
+    nng_http_req *req = rq->req;
+    nng_aio *aio = rq->aio;
+    if (rq->done != NULL)
+        rq->done(rq->done_arg, 200, NULL, 0);
+    free(rq);
+    nng_aio_finish(aio, 0);
+    nng_http_req_free(req);
+    nng_aio_set_timeout(st->aio, 10000);
+    nng_http_conn_write_res(conn, res, st->aio);
+}
+
+void pc_httpd_stream_write(pc_httpd_stream *st, const void *buf, size_t len, int timeout_ms,
+                           void (*cb)(void *arg, int rv), void *arg)
+{
+    st->cb = cb;
+    st->arg = arg;
+    nng_iov iov = {.iov_buf = (void *)buf, .iov_len = len};
+    nng_aio_set_iov(st->aio, 1, &iov);
+    nng_aio_set_timeout(st->aio, timeout_ms);
+    nng_http_conn_write_all(st->conn, st->aio);
+}
+
+void pc_httpd_stream_close(pc_httpd_stream *st)
+{
+    if (st == NULL)
+        return;
+    nng_aio_stop(st->aio); /* cancels a write in flight, waits for its callback */
+    nng_http_conn_close(st->conn);
+    nng_aio_free(st->aio);
+    free(st);
+}
+
 void pc_httpd_on_done(pc_httpd_req *rq, pc_httpd_done_fn done, void *arg)
 {
     rq->done = done;
@@ -293,6 +402,7 @@ uint16_t pc_httpd_status_for(int code)
     case PC_E_UNAVAILABLE: return 503;
     case PC_E_OUTCOME_UNKNOWN: return 503; /* retry only with the same Idempotency-Key */
     case PC_E_UNPROVEN: return 409;
+    case PC_E_COMPACTED: return 410;
     case PC_E_NOT_LEADER: return 503;
     case PC_E_QUARANTINED: return 503;
     case PC_E_TIMEOUT: return 504;

@@ -68,6 +68,26 @@ const char *pc_httpd_header(const pc_httpd_req *rq, const char *name);
 typedef void (*pc_httpd_done_fn)(void *arg, uint16_t status, const void *body, size_t len);
 void pc_httpd_on_done(pc_httpd_req *rq, pc_httpd_done_fn done, void *arg);
 
+/* A stream answer (Server-Sent Events): the request's connection, taken
+ * over from nng's server. pc_httpd_stream_start answers 200 with
+ * content_type, "Cache-Control: no-cache", "Connection: close", the
+ * server's headers and headers, and no length: the body is what the
+ * stream writes until it is closed. The request is over once it returns:
+ * ready(arg, st) follows on an nng thread once the head is written, with
+ * NULL when it could not be (out of memory: the request was answered
+ * with an error; or the peer went away). */
+typedef struct pc_httpd_stream pc_httpd_stream;
+void pc_httpd_stream_start(pc_httpd_req *rq, const char *content_type, const char *const *headers,
+                           void (*ready)(void *arg, pc_httpd_stream *st), void *arg);
+/* Writes len bytes of buf (which must stay valid until cb), one write at
+ * a time; cb(arg, rv) on an nng thread when it ended, rv != 0 when the
+ * peer is gone or timeout_ms passed first. */
+void pc_httpd_stream_write(pc_httpd_stream *st, const void *buf, size_t len, int timeout_ms,
+                           void (*cb)(void *arg, int rv), void *arg);
+/* Cancels a write in flight (waiting for its cb to return), closes the
+ * connection and frees the stream. Never from inside a write's cb. */
+void pc_httpd_stream_close(pc_httpd_stream *st);
+
 /* Answers. Each one finishes the request; headers are (name, value, ...,
  * NULL) pairs or NULL. Every answer carries Connection: close: a
  * connection carries one request (see httpd.c for why). */
