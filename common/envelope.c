@@ -10,6 +10,18 @@
 #include "names.h"
 #include "target.h"
 
+const char *pc_entry_kind_name(Popcast__EntryKind k)
+{
+    switch (k) {
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY: return "deploy";
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_ROLLBACK: return "rollback";
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE: return "delete";
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION: return "key_rotation";
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_STAGE: return "stage";
+    default: return "unknown";
+    }
+}
+
 int pc_manifest_has_content(const Popcast__Manifest *m)
 {
     return m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY ||

@@ -83,5 +83,8 @@ int pc_authorization_parse(const char *text, Popcast__SignedRotationAuthorizatio
 
 /* True for kinds that carry a bundle (deploy, rollback). */
 int pc_manifest_has_content(const Popcast__Manifest *m);
+/* "deploy", "rollback", "delete", "key_rotation", "stage" (the API's
+ * names), "unknown" for any other. */
+const char *pc_entry_kind_name(Popcast__EntryKind k);
 
 #endif

@@ -82,6 +82,7 @@ const char *pc_err_name(int code)
     case PC_E_BASE_UNKNOWN: return "base_unknown";
     case PC_E_OUTCOME_UNKNOWN: return "outcome_unknown";
     case PC_E_UNPROVEN: return "unproven";
+    case PC_E_COMPACTED: return "compacted";
     default: return "unknown";
     }
 }

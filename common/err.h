@@ -45,6 +45,8 @@ enum {
                                    may not be committed (only an idempotency key makes a
                                    retry safe) */
     PC_E_UNPROVEN = -32,        /* what was asked for rests on a fact no agent has shown */
+    PC_E_COMPACTED = -33,       /* history asked for is no longer kept (a watch from too old a
+                                   seq): list again */
 };
 
 typedef struct pc_err {

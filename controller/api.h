@@ -48,6 +48,7 @@ typedef struct pc_api_options {
     /* Origins a browser may call the API from (CORS; "*": any); NULL or
      * empty: none (no CORS headers, preflights refused). */
     const pc_strlist *cors_origins;
+    struct pc_watch *watch; /* GET /v1/watch; NULL: 404 */
 } pc_api_options;
 
 typedef struct pc_api pc_api;

@@ -16,18 +16,6 @@
 
 #define JSON_BODY_MAX (64 * 1024)
 
-static const char *entry_kind_name(Popcast__EntryKind k)
-{
-    switch (k) {
-    case POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY: return "deploy";
-    case POPCAST__ENTRY_KIND__ENTRY_KIND_ROLLBACK: return "rollback";
-    case POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE: return "delete";
-    case POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION: return "key_rotation";
-    case POPCAST__ENTRY_KIND__ENTRY_KIND_STAGE: return "stage";
-    default: return "unknown";
-    }
-}
-
 /* One version as JSON, from its stored manifest. */
 static json_t *version_json(pc_api *api, uint64_t seq)
 {
@@ -38,8 +26,8 @@ static json_t *version_json(pc_api *api, uint64_t seq)
     if (m->key_id.len == PC_KEY_ID_LEN)
         pc_hex(kid, m->key_id.data, PC_KEY_ID_LEN);
     json_t *v = json_pack("{s:I,s:I,s:s,s:I,s:s}", "version", (json_int_t)m->version, "seq",
-                          (json_int_t)m->seq, "kind", entry_kind_name(m->kind), "created_unix_ms",
-                          (json_int_t)m->created_unix_ms, "key_id", kid);
+                          (json_int_t)m->seq, "kind", pc_entry_kind_name(m->kind),
+                          "created_unix_ms", (json_int_t)m->created_unix_ms, "key_id", kid);
     if (v != NULL && pc_manifest_has_content(m)) {
         json_object_set_new(v, "hash", api_hash_json(m->bundle_hash.data, m->bundle_hash.len));
         json_object_set_new(v, "size", json_integer((json_int_t)m->bundle_size));

@@ -293,6 +293,8 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
         rc = pc_registry_put_agent(c->opt.store, cmd->agent, &err);
     } else if (cmd->body_case == POPCAST__CLUSTER_COMMAND__BODY_DEPLOYMENT) {
         rc = apply_deployment(c, cmd->deployment, &err);
+        if (rc == PC_OK && c->opt.on_deployment != NULL)
+            c->opt.on_deployment(c->opt.on_applied_arg, cmd->deployment);
     } else if (cmd->body_case == POPCAST__CLUSTER_COMMAND__BODY_PLAN) {
         rc = apply_plan(c, cmd->plan, &err);
     } else {

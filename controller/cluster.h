@@ -57,6 +57,9 @@ typedef struct pc_cluster_options {
     /* Called on the loop after an entry was applied to the store. */
     void (*on_applied)(void *arg, const Popcast__Entry *e);
     void *on_applied_arg;
+    /* Called on the loop after a deployment record was stored (optional;
+     * same arg). */
+    void (*on_deployment)(void *arg, const Popcast__DeploymentRecord *d);
     pc_metrics *metrics; /* popcast_raft_*: term, indexes, leader changes */
 } pc_cluster_options;
 

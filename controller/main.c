@@ -32,6 +32,8 @@
 #include "publisher.h"
 #include "rollout.h"
 #include "deployer.h"
+#include "deployment.h"
+#include "watch.h"
 #include "sync_server.h"
 #include "backup.h"
 #include "store.h"
@@ -85,6 +87,7 @@ typedef struct controller_config {
     uint64_t deploy_bake_ms;
     char *deploy_canary_pop;
     pc_strlist cors_origins;
+    uint64_t watch_queue_max, watch_max;
 } controller_config;
 
 #define OPT(name, type, def, min, max, help)                                                       \
@@ -182,6 +185,10 @@ static const pc_cfg_option options[] = {
     OPT(cors_origins, PC_CFG_LIST, NULL, 0, 0,
         "origins a browser page may call the API from (CORS), e.g. https://dash.example.com; * "
         "for any; repeat for each (default: none)"),
+    OPT(watch_queue_max, PC_CFG_SIZE, "1MiB", 4096, 1ull << 30,
+        "live events queued for one watcher of GET /v1/watch before it is cut as too slow"),
+    OPT(watch_max, PC_CFG_U64, "1024", 1, 100000,
+        "watchers of GET /v1/watch at once; more are refused (503)"),
     OPT(test_hang_on_stop, PC_CFG_BOOL, "false", 0, 0,
         "TESTS ONLY: block the orderly stop forever (shutdown_timeout_ms then ends it)"),
     {NULL, 0, 0, NULL, 0, 0, NULL},
@@ -243,6 +250,7 @@ typedef struct controller {
     pc_api *api;
     pc_rollout *rollout;
     pc_deployer *deployer; /* staged deployments, moved by the leader */
+    pc_watch *watch;       /* GET /v1/watch */
     pc_sync_server *sync;
     pc_heartbeat *heartbeat;
     pc_cluster *cluster;
@@ -300,6 +308,20 @@ static void on_applied(void *arg, const Popcast__Entry *applied)
     if (pc_publisher_send_entry(c->pub, &e, &err) != PC_OK)
         pc_warn("controller", "an applied entry was not published (%s); agents catch up", err.msg);
     pc_heartbeat_kick(c->heartbeat);
+    pc_watch_entries_applied(c->watch);
+}
+
+static void on_deployment(void *arg, const Popcast__DeploymentRecord *d)
+{
+    controller *c = arg;
+    pc_watch_event(c->watch, "deployment", d->tenant, pc_deployment_json(d));
+}
+
+/* An agent's report changed what it holds or serves of a tenant. */
+static void on_rollout_change(void *arg, const char *tenant, json_t *change)
+{
+    controller *c = arg;
+    pc_watch_event(c->watch, "rollout", tenant, change);
 }
 
 static void cluster_stopped(void *arg)
@@ -318,6 +340,7 @@ static void on_tick(uv_timer_t *t)
     pc_sd_watchdog_tick(pc_mono_ms());
     pc_rollout_tick(c->rollout, pc_mono_ms());
     pc_deployer_tick(c->deployer, pc_wall_ms());
+    pc_watch_tick(c->watch, pc_mono_ms());
     if (c->cluster != NULL)
         pc_cluster_refresh(c->cluster);
 }
@@ -333,6 +356,7 @@ static void stop_serving(controller *c)
     pc_rollout_cancel_waits(c->rollout);
     pc_api_stop(c->api);
     c->api = NULL;
+    pc_watch_stop(c->watch); /* its streams outlive the HTTP server */
     pc_heartbeat_stop(c->heartbeat);
     c->heartbeat = NULL;
     /* raft fails what it still has in flight, then the pipeline goes. */
@@ -514,8 +538,17 @@ static int controller_open(controller *c, pc_err *err)
     pc_daemon_build_info(c->metrics, "controller");
     if ((c->lua = pc_lua_adapter_new(&limits, NULL, err)) == NULL)
         return err->code;
+    if ((rc = pc_watch_new(&c->watch,
+                           &(pc_watch_options){.store = c->store,
+                                               .max_queued_bytes = c->cfg.watch_queue_max,
+                                               .max_watchers = c->cfg.watch_max,
+                                               .metrics = c->metrics},
+                           err)) != PC_OK)
+        return rc;
     pc_rollout_options ropt = {.gone_after_ms = c->cfg.gone_after_ms,
-                               .report_stale_ms = c->cfg.report_stale_ms};
+                               .report_stale_ms = c->cfg.report_stale_ms,
+                               .on_change = on_rollout_change,
+                               .on_change_arg = c};
     if ((c->rollout = pc_rollout_new(&ropt)) == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     pc_sync_server_options sopts = {.url = c->cfg.sync_listen,
@@ -585,6 +618,7 @@ static int controller_start(controller *c, pc_err *err)
                                .snapshot_trailing = (unsigned)c->cfg.raft_snapshot_trailing,
                                .on_applied = on_applied,
                                .on_applied_arg = c,
+                               .on_deployment = on_deployment,
                                .metrics = c->metrics};
     pc_api_options api_opt = {.listen_url = c->cfg.api_listen,
                               .node_id = c->node_id,
@@ -601,7 +635,8 @@ static int controller_start(controller *c, pc_err *err)
                               .audit = c->audit,
                               .deploy_canary_pop = c->cfg.deploy_canary_pop,
                               .deploy_bake_ms = c->cfg.deploy_bake_ms,
-                              .cors_origins = &c->cfg.cors_origins};
+                              .cors_origins = &c->cfg.cors_origins,
+                              .watch = c->watch};
     memcpy(api_opt.admin_token_hash, c->admin_token_hash, PC_HASH_LEN);
     int rc;
     if ((rc = pc_publisher_open(&c->pub, c->cfg.pub_listen, c->tls, (int)c->cfg.pub_sendbuf,
@@ -681,6 +716,7 @@ static void controller_close(controller *c)
     pc_sync_server_stop(c->sync);
     pc_audit_close(c->audit);      /* after the API: its last answers are written */
     pc_deployer_free(c->deployer); /* the loop is closed: no step is answered any more */
+    pc_watch_free(c->watch);       /* after the sync server: reports feed it */
     pc_rollout_free(c->rollout);
     if (c->lua)
         c->lua->destroy(c->lua);

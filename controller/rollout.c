@@ -327,6 +327,31 @@ static int sort_tenants(Popcast__AgentStatus *st, pc_err *err)
     return PC_OK;
 }
 
+static const Popcast__TenantStatus *tenant_of(const Popcast__AgentStatus *st, const char *tenant);
+
+/* The tenants whose applied, live or split version the report st changes
+ * from what the agent's entry a (NULL: a new agent) holds, as on_change
+ * gets them (lock held). */
+static json_t *changes_of(const agent_entry *a, const Popcast__AgentStatus *st)
+{
+    json_t *list = json_array();
+    for (size_t i = 0; list != NULL && i < st->n_tenants; i++) {
+        const Popcast__TenantStatus *t = st->tenants[i];
+        const Popcast__TenantStatus *old =
+            a != NULL && a->status != NULL ? tenant_of(a->status, t->tenant) : NULL;
+        if (t->tenant == NULL ||
+            (old != NULL && old->applied_version == t->applied_version &&
+             old->live_version == t->live_version && old->split_version == t->split_version))
+            continue;
+        json_array_append_new(list, json_pack("{s:s,s:s,s:s,s:I,s:I,s:I}", "agent_id", st->agent_id,
+                                              "pop", st->pop ? st->pop : "", "tenant", t->tenant,
+                                              "applied_version", (json_int_t)t->applied_version,
+                                              "live_version", (json_int_t)t->live_version,
+                                              "split_version", (json_int_t)t->split_version));
+    }
+    return list;
+}
+
 static const Popcast__TenantStatus *tenant_of(const Popcast__AgentStatus *st, const char *tenant)
 {
     size_t lo = 0, hi = st->n_tenants;
@@ -480,6 +505,7 @@ int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verifi
     waiter *fired = NULL;
     pc_mutex_lock(&r->lock);
     agent_entry *a = pc_strmap_get(r->by_id, st->agent_id);
+    json_t *changes = r->opt.on_change != NULL ? changes_of(a, st) : NULL;
     int rc = PC_OK;
     if (a != NULL && st->counter <= a->status->counter &&
         !(verified && key_changed(a->status, st))) {
@@ -543,6 +569,15 @@ int pc_rollout_report(pc_rollout *r, const Popcast__AgentStatus *st, bool verifi
     if (copy != NULL)
         popcast__agent_status__free_unpacked(copy, NULL);
     fire(fired, r, now_ms);
+    size_t i;
+    json_t *change;
+    json_array_foreach(rc == PC_OK ? changes : NULL, i, change)
+    {
+        json_incref(change);
+        r->opt.on_change(r->opt.on_change_arg, json_string_value(json_object_get(change, "tenant")),
+                         change);
+    }
+    json_decref(changes);
     return rc;
 }
 

@@ -47,6 +47,13 @@ typedef struct pc_rollout_options {
     uint64_t report_stale_ms; /* default 15000 */
     size_t max_agents;        /* reports from more agents are refused */
     size_t max_refused;       /* ids with refusals listed apart (default 1024) */
+    /* Optional, called (outside the tracker's lock, on the reporting
+     * thread) for each tenant whose applied, live or split version an
+     * accepted report changed on that agent: {"agent_id", "pop",
+     * "tenant", "applied_version", "live_version", "split_version"}
+     * (taken). */
+    void (*on_change)(void *arg, const char *tenant, json_t *change);
+    void *on_change_arg;
 } pc_rollout_options;
 
 pc_rollout *pc_rollout_new(const pc_rollout_options *opt);

@@ -52,8 +52,10 @@ static void test_auth_is_derived_from_the_path(void **state)
     for (size_t i = 0; i < n; i++) {
         const char *p = r[i].route.pattern;
         /* /v1/changes names its tenants in the body: its handler checks
-         * each against the caller (test_batch). */
-        bool tenant_path = strncmp(p, "/v1/tenants", 11) == 0 || strcmp(p, "/v1/changes") == 0;
+         * each against the caller (test_batch); /v1/watch shows a scoped
+         * token its tenants' events only (test_watch). */
+        bool tenant_path = strncmp(p, "/v1/tenants", 11) == 0 || strcmp(p, "/v1/changes") == 0 ||
+                           strcmp(p, "/v1/watch") == 0;
         bool public_path = strcmp(p, "/v1/health") == 0 || strcmp(p, "/metrics") == 0 ||
                            strcmp(p, "/livez") == 0 || strcmp(p, "/readyz") == 0 ||
                            strcmp(p, "/v1/openapi.yaml") == 0;

@@ -1,0 +1,74 @@
+/* api_watch.c - GET /v1/watch: the event stream (watch.h, docs/api.md
+ * "Watch"). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api_internal.h"
+#include "watch.h"
+
+typedef struct watch_start {
+    pc_watch *watch;
+    uint64_t from;
+    pc_watch_scope scope;
+} watch_start;
+
+static void stream_ready(void *arg, pc_httpd_stream *st)
+{
+    watch_start *s = arg;
+    if (st != NULL)
+        pc_watch_add(s->watch, st, s->from, &s->scope);
+    free(s);
+}
+
+/* Where to start: ?from=SEQ, else Last-Event-ID (a reconnecting
+ * EventSource sends the last id it got), else the head now (live only). */
+static int start_seq(api_call *call, uint64_t *from, pc_err *err)
+{
+    char text[32];
+    const char *last = pc_httpd_header(call->rq, "Last-Event-ID");
+    int rc = call->match->query != NULL
+                 ? pc_httpd_query_text(call->match->query, "from", text, sizeof(text))
+                 : PC_E_NOTFOUND;
+    if (rc != PC_E_NOTFOUND) {
+        if (rc != PC_OK || api_parse_u64(text, from) != 0)
+            return pc_err_set(err, PC_E_INVALID, "from must be a seq: digits only");
+        return PC_OK;
+    }
+    if (last != NULL) {
+        if (api_parse_u64(last, from) != 0)
+            return pc_err_set(err, PC_E_INVALID, "Last-Event-ID must be a seq: digits only");
+        return PC_OK;
+    }
+    return pc_store_applied_seq(call->api->store, from, err);
+}
+
+void api_get_watch(api_call *call)
+{
+    pc_watch *w = call->api->opt.watch;
+    if (w == NULL) {
+        pc_httpd_error(call->rq, PC_E_NOTFOUND, "this controller serves no watch");
+        return;
+    }
+    uint64_t from = 0;
+    pc_err err;
+    if (start_seq(call, &from, &err) != PC_OK || pc_watch_check(w, from, &err) != PC_OK) {
+        pc_httpd_error(call->rq, err.code, "%s", err.msg);
+        return;
+    }
+    watch_start *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        pc_httpd_error(call->rq, PC_E_NOMEM, "out of memory");
+        return;
+    }
+    s->watch = w;
+    s->from = from;
+    s->scope.all = call->who->admin;
+    const Popcast__TokenRecord *t = call->who->token;
+    for (size_t i = 0; !s->scope.all && t != NULL && i < t->n_tenants && i < PC_WATCH_MAX_TENANTS;
+         i++) {
+        snprintf(s->scope.tenants[i], sizeof(s->scope.tenants[i]), "%s", t->tenants[i]);
+        s->scope.n++;
+    }
+    pc_httpd_stream_start(call->rq, "text/event-stream", NULL, stream_ready, s);
+}

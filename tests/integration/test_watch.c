@@ -1,0 +1,414 @@
+/* test_watch.c - GET /v1/watch (docs/api.md "Watch") on a real
+ * controller and agent: every committed entry once and in seq order,
+ * resumable from ?from= and Last-Event-ID; rollout and deployment events
+ * as they happen; a scoped token sees its tenants only; bad requests are
+ * refused before any stream starts; a watcher that stops reading is cut
+ * and never slows the controller. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "harness.h"
+
+#define MAX_EVENTS 512
+
+typedef struct sse_event {
+    unsigned long long id;
+    char type[32];
+    json_t *data;
+} sse_event;
+
+/* A watch connection and what it read so far. */
+typedef struct watcher {
+    int fd;
+    int status;
+    char *buf; /* bytes after the head not parsed yet */
+    size_t len, cap;
+    bool head_done, closed;
+    sse_event events[MAX_EVENTS];
+    size_t n;
+} watcher;
+
+static pc_test_env env;
+static pc_test_controller ctl;
+
+static int connect_api(int rcvbuf)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    if (rcvbuf > 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)ctl.api_port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    return fd;
+}
+
+/* Sends a GET of path with token (NULL: none) and extra header lines. */
+static void open_watch(watcher *w, const char *path, const char *token, const char *extra,
+                       int rcvbuf)
+{
+    memset(w, 0, sizeof(*w));
+    w->fd = connect_api(rcvbuf);
+    char req[1024];
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%s%s%s\r\n", path,
+                     token ? "Authorization: Bearer " : "", token ? token : "", token ? "\r\n" : "",
+                     extra ? extra : "");
+    assert_int_equal(write(w->fd, req, (size_t)n), n);
+}
+
+static void parse_events(watcher *w)
+{
+    for (;;) {
+        char *end = w->len ? memmem(w->buf, w->len, "\n\n", 2) : NULL;
+        if (end == NULL)
+            return;
+        *end = '\0';
+        sse_event e = {0};
+        bool any = false;
+        for (char *line = w->buf; line != NULL && line < end;) {
+            char *next = strchr(line, '\n');
+            if (next != NULL)
+                *next++ = '\0';
+            if (strncmp(line, "id: ", 4) == 0) {
+                e.id = strtoull(line + 4, NULL, 10);
+            } else if (strncmp(line, "event: ", 7) == 0) {
+                snprintf(e.type, sizeof(e.type), "%s", line + 7);
+                any = true;
+            } else if (strncmp(line, "data: ", 6) == 0) {
+                e.data = json_loads(line + 6, 0, NULL);
+                assert_non_null(e.data);
+            }
+            line = next;
+        }
+        if (any && w->n < MAX_EVENTS)
+            w->events[w->n++] = e;
+        else
+            json_decref(e.data);
+        size_t used = (size_t)(end + 2 - w->buf);
+        memmove(w->buf, w->buf + used, w->len - used);
+        w->len -= used;
+    }
+}
+
+/* Reads what is there within timeout_ms; false once the peer closed. */
+static bool pump(watcher *w, int timeout_ms)
+{
+    struct pollfd p = {.fd = w->fd, .events = POLLIN};
+    if (w->closed || poll(&p, 1, timeout_ms) <= 0)
+        return !w->closed;
+    if (w->len + 65536 > w->cap) {
+        w->cap = (w->len + 65536) * 2;
+        w->buf = realloc(w->buf, w->cap + 1);
+        assert_non_null(w->buf);
+    }
+    ssize_t got = read(w->fd, w->buf + w->len, w->cap - w->len);
+    if (got <= 0) {
+        w->closed = true;
+        return false;
+    }
+    w->len += (size_t)got;
+    w->buf[w->len] = '\0';
+    if (!w->head_done) {
+        char *end = strstr(w->buf, "\r\n\r\n");
+        if (end == NULL)
+            return true;
+        assert_int_equal(sscanf(w->buf, "HTTP/1.1 %d", &w->status), 1);
+        size_t used = (size_t)(end + 4 - w->buf);
+        memmove(w->buf, w->buf + used, w->len - used);
+        w->len -= used;
+        w->head_done = true;
+    }
+    if (w->status == 200)
+        parse_events(w);
+    return true;
+}
+
+static void close_watch(watcher *w)
+{
+    close(w->fd);
+    for (size_t i = 0; i < w->n; i++)
+        json_decref(w->events[i].data);
+    free(w->buf);
+}
+
+/* The index of the first event of type (and, unless NULL, tenant) at or
+ * after from, waiting for it up to the converge timeout; fails if none. */
+static size_t wait_event(watcher *w, size_t from, const char *type, const char *tenant,
+                         unsigned long long seq)
+{
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    for (;;) {
+        for (size_t i = from; i < w->n; i++) {
+            const sse_event *e = &w->events[i];
+            const char *t = json_string_value(json_object_get(e->data, "tenant"));
+            if (strcmp(e->type, type) == 0 && (tenant == NULL || (t && strcmp(t, tenant) == 0)) &&
+                (seq == 0 || e->id == seq))
+                return i;
+        }
+        if (pc_test_now_ms() > deadline || !pump(w, 100))
+            fail_msg("no %s event%s%s (seq %llu) in %zu events", type, tenant ? " of " : "",
+                     tenant ? tenant : "", seq, w->n);
+    }
+}
+
+/* The entries among w's events, as their seqs in order. */
+static size_t entry_seqs(const watcher *w, unsigned long long *out, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < w->n && n < cap; i++)
+        if (strcmp(w->events[i].type, "entry") == 0)
+            out[n++] = w->events[i].id;
+    return n;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    pc_test_env_init(&env);
+    const char *flags[] = {"--watch-queue-max", "262144", NULL};
+    pc_test_controller_start(&env, &ctl, flags);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+    return 0;
+}
+
+/* Entries once each, in seq order, from where the watcher asked; the
+ * agent's progress as rollout events; resumption from Last-Event-ID. */
+static void test_entries_and_rollout(void **state)
+{
+    (void)state;
+    pc_test_agent agent = {0};
+    pc_test_agent_start_for(&env, &agent, "edge-1", &ctl, NULL);
+    watcher w;
+    open_watch(&w, "/v1/watch?from=0", env.token, NULL, 0);
+    char src[256];
+    for (int i = 1; i <= 3; i++) {
+        char answer[32];
+        snprintf(answer, sizeof(answer), "a%d", i);
+        pc_test_lua_hello(src, sizeof(src), answer);
+        assert_int_equal(pc_test_deploy_lua(&env, &ctl, "wa", src), (uint64_t)i);
+    }
+    pc_test_lua_hello(src, sizeof(src), "b1");
+    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "wb", src), 1);
+    size_t last = wait_event(&w, 0, "entry", "wb", 0);
+    assert_int_equal(w.status, 200);
+    unsigned long long seqs[16];
+    size_t n = entry_seqs(&w, seqs, 16);
+    assert_int_equal(n, 4);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(seqs[i], i + 1);
+    json_t *d = w.events[last].data;
+    assert_string_equal(json_string_value(json_object_get(d, "kind")), "deploy");
+    assert_int_equal(json_integer_value(json_object_get(d, "version")), 1);
+    /* The agent makes wb v1 live: a rollout event says so. */
+    for (size_t from = 0;;) {
+        size_t i = wait_event(&w, from, "rollout", "wb", 0);
+        json_t *r = w.events[i].data;
+        if (json_integer_value(json_object_get(r, "live_version")) == 1) {
+            assert_string_equal(json_string_value(json_object_get(r, "agent_id")), "edge-1");
+            break;
+        }
+        from = i + 1;
+    }
+    close_watch(&w);
+
+    /* Reconnecting with the last id it got: the entries after it. */
+    open_watch(&w, "/v1/watch", env.token, "Last-Event-ID: 2\r\n", 0);
+    wait_event(&w, 0, "entry", "wb", 4);
+    n = entry_seqs(&w, seqs, 16);
+    assert_int_equal(n, 2);
+    assert_int_equal(seqs[0], 3);
+    assert_int_equal(seqs[1], 4);
+    /* ... and new ones as they come. */
+    pc_test_lua_hello(src, sizeof(src), "a4");
+    assert_int_equal(pc_test_deploy_lua(&env, &ctl, "wa", src), 4);
+    wait_event(&w, 0, "entry", "wa", 5);
+    close_watch(&w);
+    pc_test_agent_stop(&agent);
+}
+
+/* A token scoped to a tenant watches that tenant's events only. */
+static void test_scoped_token(void **state)
+{
+    (void)state;
+    pc_http_result r;
+    const char *req = "{\"tenants\": [\"wb\"], \"name\": \"wb-dashboard\"}";
+    assert_int_equal(
+        pc_test_api(&env, &ctl, "POST", "/v1/tokens", "application/json", req, strlen(req), &r),
+        201);
+    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    pc_http_result_free(&r);
+    char token[128];
+    snprintf(token, sizeof(token), "%s", json_string_value(json_object_get(doc, "token")));
+    json_decref(doc);
+    watcher w;
+    open_watch(&w, "/v1/watch?from=0", token, NULL, 0);
+    char src[256];
+    pc_test_lua_hello(src, sizeof(src), "b2");
+    uint64_t v = pc_test_deploy_lua(&env, &ctl, "wb", src);
+    uint64_t head = pc_test_controller_head(&env, &ctl);
+    wait_event(&w, 0, "entry", "wb", head);
+    (void)v;
+    for (size_t i = 0; i < w.n; i++) {
+        const char *t = json_string_value(json_object_get(w.events[i].data, "tenant"));
+        if (t == NULL || strcmp(t, "wb") != 0)
+            fail_msg("a token scoped to wb saw a %s event of %s", w.events[i].type,
+                     t ? t : "(none)");
+    }
+    close_watch(&w);
+}
+
+/* Refused before any stream: no token, a bad from, a bad Last-Event-ID,
+ * a write method. */
+static void test_bad_requests(void **state)
+{
+    (void)state;
+    struct {
+        const char *path, *token, *extra;
+        int status;
+    } cases[] = {
+        {"/v1/watch", NULL, NULL, 401},
+        {"/v1/watch?from=abc", env.token, NULL, 400},
+        {"/v1/watch?from=-1", env.token, NULL, 400},
+        {"/v1/watch?from=99999999999999999999999", env.token, NULL, 400},
+        {"/v1/watch", env.token, "Last-Event-ID: x1\r\n", 400},
+        {"/v1/watch?from=%zz", env.token, NULL, 400},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        watcher w;
+        open_watch(&w, cases[i].path, cases[i].token, cases[i].extra, 0);
+        while (!w.head_done && pump(&w, 1000))
+            ;
+        if (w.status != cases[i].status)
+            fail_msg("GET %s: %d, expected %d", cases[i].path, w.status, cases[i].status);
+        close_watch(&w);
+    }
+    pc_http_result r;
+    assert_int_equal(pc_test_api(&env, &ctl, "POST", "/v1/watch", "application/json", "{}", 2, &r),
+                     405);
+    pc_http_result_free(&r);
+}
+
+/* A watcher that stops reading is cut once its queue (256 KiB here) is
+ * full; the controller answers as before meanwhile, and a reading
+ * watcher gets every event. */
+static void test_slow_watcher_is_cut(void **state)
+{
+    (void)state;
+    watcher slow, quick;
+    open_watch(&slow, "/v1/watch", env.token, NULL, 1024);
+    open_watch(&quick, "/v1/watch", env.token, NULL, 0);
+    pc_http_result r;
+    assert_int_equal(pc_test_api(&env, &ctl, "GET", "/metrics", NULL, NULL, 0, &r), 200);
+    pc_http_result_free(&r);
+    /* Big deployment events: a held version and a deployment whose first
+     * stage names 64 long agent ids, edge-1 (stopped) and 63 that do not
+     * exist, so it never passes; paused and resumed again and again. */
+    char src[256];
+    pc_test_lua_hello(src, sizeof(src), "held");
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/tenants/wc/bundles?hold=true");
+    assert_int_equal(pc_test_api(&env, &ctl, "POST", path, "text/x-lua", src, strlen(src), &r),
+                     201);
+    pc_http_result_free(&r);
+    char plan[8192];
+    size_t n = (size_t)snprintf(plan, sizeof(plan), "{\"plan\":[{\"agents\":[");
+    for (int i = 0; i < 64; i++)
+        n += (size_t)snprintf(plan + n, sizeof(plan) - n,
+                              i ? ",\"agent-that-does-not-exist-anywhere-%02d\"" : "\"edge-1\"", i);
+    snprintf(plan + n, sizeof(plan) - n, "]},{\"everyone\":true}]}");
+    assert_int_equal(pc_test_api(&env, &ctl, "POST", "/v1/tenants/wc/deployments",
+                                 "application/json", plan, strlen(plan), &r),
+                     201);
+    json_t *doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    pc_http_result_free(&r);
+    long long id = (long long)json_integer_value(json_object_get(doc, "id"));
+    json_decref(doc);
+    int ops = 0;
+    for (; ops < 400; ops++) {
+        snprintf(path, sizeof(path), "/v1/tenants/wc/deployments/%lld/%s", id,
+                 ops % 2 ? "resume" : "pause");
+        assert_int_equal(pc_test_api(&env, &ctl, "POST", path, NULL, NULL, 0, &r), 200);
+        pc_http_result_free(&r);
+        for (struct pollfd p = {.fd = quick.fd, .events = POLLIN};
+             poll(&p, 1, 0) > 0 && pump(&quick, 0);)
+            ;
+    }
+    /* The quick one got every change of the record: one event each (the
+     * operations, and the driver's own, such as its first stage). */
+    snprintf(path, sizeof(path), "/v1/tenants/wc/deployments/%lld", id);
+    doc = pc_test_controller_json(&env, &ctl, path);
+    assert_non_null(doc);
+    size_t changes = json_array_size(json_object_get(doc, "events"));
+    json_decref(doc);
+    assert_true(changes >= (size_t)ops + 1);
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    size_t seen = 0;
+    while (seen < changes && pc_test_now_ms() < deadline) {
+        pump(&quick, 100);
+        seen = 0;
+        for (size_t i = 0; i < quick.n; i++)
+            seen += strcmp(quick.events[i].type, "deployment") == 0;
+    }
+    assert_int_equal(seen, changes);
+    /* The slow one was cut: its stream ends with "cut". */
+    deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    while (!slow.closed && pc_test_now_ms() < deadline)
+        pump(&slow, 200);
+    assert_true(slow.closed);
+    assert_true(slow.n > 0);
+    assert_string_equal(slow.events[slow.n - 1].type, "cut");
+    assert_true(slow.n < quick.n);
+    assert_int_equal(pc_test_api(&env, &ctl, "GET", "/metrics", NULL, NULL, 0, &r), 200);
+    assert_non_null(strstr((const char *)r.body, "popcast_controller_watch_cut_total 1"));
+    pc_http_result_free(&r);
+    close_watch(&slow);
+    close_watch(&quick);
+}
+
+/* A controller stops cleanly (exit 0, in time) with watchers connected,
+ * and their streams end. */
+static void test_stop_with_watchers(void **state)
+{
+    (void)state;
+    watcher a, b;
+    open_watch(&a, "/v1/watch?from=0", env.token, NULL, 0);
+    open_watch(&b, "/v1/watch", env.token, NULL, 1024);
+    wait_event(&a, 0, "entry", NULL, 1);
+    pc_test_controller_stop(&ctl); /* fails the test unless it exits 0 */
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    while (!(a.closed && b.closed) && pc_test_now_ms() < deadline) {
+        pump(&a, 100);
+        pump(&b, 100);
+    }
+    assert_true(a.closed && b.closed);
+    close_watch(&a);
+    close_watch(&b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_entries_and_rollout), cmocka_unit_test(test_scoped_token),
+        cmocka_unit_test(test_bad_requests),        cmocka_unit_test(test_slow_watcher_is_cut),
+        cmocka_unit_test(test_stop_with_watchers),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
