@@ -4,7 +4,7 @@
 #   bench/run.sh build/release bench_rollout 3,20 9 200
 #   bench/run.sh build/release bench_lua_metering 15 20000
 # (BENCH: bench_rollout, bench_edge, bench_cluster, bench_writes, bench_tenants,
-# bench_deployments,
+# bench_deployments, bench_watch,
 # bench_lua_metering;
 # the README's "Benchmarks" section says what each measures)
 # The build must be a release one (no sanitizers) for meaningful figures.

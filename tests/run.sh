@@ -60,6 +60,7 @@ echo "== benchmark smoke run (tiny sizes; figures are not checked)"
 ./bench/run.sh "$BUILD_ROOT/release" bench_writes 1 1,8 3
 ./bench/run.sh "$BUILD_ROOT/release" bench_tenants 100
 ./bench/run.sh "$BUILD_ROOT/release" bench_deployments 2 1 100
+./bench/run.sh "$BUILD_ROOT/release" bench_watch 5 5
 if [ "${POPCAST_SKIP_SANITIZE:-0}" != 1 ]; then
     ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} \
     UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
