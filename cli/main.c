@@ -109,6 +109,8 @@ enum opt_id {
     O_NO_DEPLOYMENT,
     O_SPLIT,
     O_SPLIT_KEY,
+    O_FROM,
+    O_EVENTS,
     O_COUNT
 };
 
@@ -158,6 +160,7 @@ typedef struct cli {
     const char *entrypoint;
     const char *message;              /* --message */
     long long baseline, min_requests; /* health: 0 when not given */
+    long long from, events;           /* watch: --from, --count (0: not given) */
     const char *runtime;
     const char *out_dir;
     const char *name;
@@ -1605,6 +1608,159 @@ static void print_serving(json_t *sv)
     printf(")\n");
 }
 
+/* popcast watch: GET /v1/watch, one line per event. */
+typedef struct watch_state {
+    cli *c;
+    const char *tenant; /* only its events (NULL: all) */
+    int status;
+    char *buf; /* what came and is not a whole event yet */
+    size_t len, cap;
+    long long printed;
+    int rc; /* set when the stream says it ends: compacted, cut */
+    bool done;
+} watch_state;
+
+static void watch_head(void *arg, int status)
+{
+    ((watch_state *)arg)->status = status;
+}
+
+static void print_watch_event(watch_state *w, const char *type, const char *id, json_t *d)
+{
+    const char *tenant = json_string_value(json_object_get(d, "tenant"));
+    if (w->tenant != NULL && (tenant == NULL || strcmp(tenant, w->tenant) != 0) &&
+        strcmp(type, "compacted") != 0 && strcmp(type, "cut") != 0)
+        return;
+    if (w->c->json) {
+        json_t *o = json_pack("{s:I,s:s,s:O}", "id", (json_int_t)strtoll(id, NULL, 10), "event",
+                              type, "data", d);
+        char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        if (text != NULL)
+            printf("%s\n", text);
+        free(text);
+        json_decref(o);
+    } else if (strcmp(type, "entry") == 0) {
+        const char *msg = str(d, "message");
+        printf("seq %lld  %s %s v%lld by %s%s%s%s\n", num(d, "seq"), str(d, "kind"),
+               str(d, "tenant"), num(d, "version"), str(d, "author"),
+               json_is_true(json_object_get(d, "targeted")) ? " (targeted)" : "",
+               strcmp(msg, "-") != 0 ? ": " : "", strcmp(msg, "-") != 0 ? msg : "");
+    } else if (strcmp(type, "rollout") == 0) {
+        printf("        %s (%s) %s: live v%lld, applied v%lld", str(d, "agent_id"), str(d, "pop"),
+               str(d, "tenant"), num(d, "live_version"), num(d, "applied_version"));
+        if (num(d, "split_version") != 0)
+            printf(", split with v%lld", num(d, "split_version"));
+        printf("\n");
+    } else if (strcmp(type, "deployment") == 0) {
+        json_t *events = json_object_get(d, "events");
+        json_t *last = json_array_get(events, json_array_size(events) - 1);
+        printf("        deployment %lld of %s v%lld: %s, stage %lld of %lld; %s%s%s\n",
+               num(d, "id"), str(d, "tenant"), num(d, "version"), str(d, "state"), num(d, "stage"),
+               num(d, "stages_total"), str(last, "what"), event_detail(last)[0] ? ": " : "",
+               event_detail(last));
+    } else {
+        printf("%s: %s\n", type, str(d, strcmp(type, "cut") == 0 ? "reason" : "message"));
+    }
+    fflush(stdout);
+    w->printed++;
+}
+
+/* One "id:/event:/data:" block. */
+static void watch_block(watch_state *w, char *block)
+{
+    const char *type = NULL, *id = "0", *data = NULL;
+    for (char *line = block; line != NULL;) {
+        char *next = strchr(line, '\n');
+        if (next != NULL)
+            *next++ = '\0';
+        if (strncmp(line, "event: ", 7) == 0)
+            type = line + 7;
+        else if (strncmp(line, "id: ", 4) == 0)
+            id = line + 4;
+        else if (strncmp(line, "data: ", 6) == 0)
+            data = line + 6;
+        line = next;
+    }
+    if (type == NULL || data == NULL)
+        return; /* a comment: the hello, a keepalive */
+    json_t *d = json_loads(data, 0, NULL);
+    if (d == NULL)
+        return;
+    print_watch_event(w, type, id, d);
+    json_decref(d);
+    if (strcmp(type, "compacted") == 0) {
+        w->rc = RC_UNREACHABLE;
+        w->done = true;
+    } else if (strcmp(type, "cut") == 0) {
+        w->rc = RC_FAILED;
+        w->done = true;
+    } else if (w->c->events > 0 && w->printed >= w->c->events) {
+        w->done = true;
+    }
+}
+
+static bool watch_body(void *arg, const char *data, size_t len)
+{
+    watch_state *w = arg;
+    if (w->len + len + 1 > w->cap) {
+        size_t cap = (w->len + len + 1) * 2;
+        char *grown = realloc(w->buf, cap);
+        if (grown == NULL)
+            return false;
+        w->buf = grown;
+        w->cap = cap;
+    }
+    memcpy(w->buf + w->len, data, len);
+    w->len += len;
+    w->buf[w->len] = '\0';
+    if (w->status != 200)
+        return true; /* an error's body: read whole, then printed */
+    char *start = w->buf, *end;
+    while (!w->done && (end = strstr(start, "\n\n")) != NULL) {
+        *end = '\0';
+        watch_block(w, start);
+        start = end + 2;
+    }
+    w->len -= (size_t)(start - w->buf);
+    memmove(w->buf, start, w->len + 1);
+    return !w->done;
+}
+
+static int cmd_watch(cli *c)
+{
+    char path[96] = "/v1/watch";
+    if (c->given[O_FROM])
+        snprintf(path, sizeof(path), "/v1/watch?from=%lld", c->from);
+    char auth[300];
+    const char *headers[3] = {NULL};
+    if (c->token != NULL) {
+        snprintf(auth, sizeof(auth), "Bearer %s", c->token);
+        headers[0] = "Authorization";
+        headers[1] = auth;
+    }
+    watch_state w = {.c = c, .tenant = c->nargs > 0 ? c->args[0] : NULL};
+    pc_err err;
+    int rc = pc_http_stream(c->controller, path, headers, 0, watch_head, watch_body, &w, &err);
+    if (rc != PC_OK) {
+        free(w.buf);
+        return fail("%s", err.msg);
+    }
+    if (w.status != 200) {
+        json_t *doc = json_loadb(w.buf ? w.buf : "", w.len, 0, NULL);
+        json_t *e = json_object_get(doc, "error");
+        fail("%d %s: %s", w.status, str(e, "code"), str(e, "message"));
+        json_decref(doc);
+        free(w.buf);
+        return RC_FAILED;
+    }
+    free(w.buf);
+    if (w.done)
+        return w.rc;
+    fprintf(stderr, "popcast: the controller ended the stream; watch again with --from and the "
+                    "last seq printed\n");
+    return RC_FAILED;
+}
+
 static int cmd_status(cli *c)
 {
     char url[256];
@@ -1710,6 +1866,13 @@ static bool check_min_requests(const char *label, const char *v, char *why, size
     long long n;
     return whole(v, 1, 1000000000, &n) ||
            refuse(why, cap, "%s must be a count from 1 to 1000000000, not '%s'", label, v);
+}
+
+static bool check_from(const char *label, const char *v, char *why, size_t cap)
+{
+    long long n;
+    return whole(v, 0, LLONG_MAX, &n) ||
+           refuse(why, cap, "%s must be a seq (a whole number from 0), not '%s'", label, v);
 }
 
 static bool check_timeout(const char *label, const char *v, char *why, size_t cap)
@@ -2036,6 +2199,14 @@ static const option options[O_COUNT] = {
                     .help = "compare with this version (default: the newest earlier one with "
                             "content)",
                     .check = check_version},
+    [O_FROM] = {.name = "--from",
+                .metavar = "SEQ",
+                .help = "every entry after this seq, then what happens (default: from now)",
+                .check = check_from},
+    [O_EVENTS] = {.name = "--count",
+                  .metavar = "N",
+                  .help = "exit (0) after N events (1 to 1000000000)",
+                  .check = check_min_requests},
     [O_MIN_REQUESTS] = {.name = "--min-requests",
                         .metavar = "N",
                         .help = "requests the version needs before a verdict (1 to 1000000000, "
@@ -2295,6 +2466,15 @@ static const command commands[] = {
      OPTS(O_MESSAGE, O_IDEMPOTENCY_KEY, WAIT_OPTS, O_JSON),
      false,
      cmd_delete},
+    {"watch",
+     NULL,
+     "follow what happens, as it happens: committed entries (from --from), deployments, agents' "
+     "rollout progress; one tenant's only with TENANT",
+     {TENANT_ARG},
+     1,
+     OPTS(O_FROM, O_EVENTS, O_JSON),
+     false,
+     cmd_watch},
     {"status",
      NULL,
      "tenants, or one tenant's state: requested vs serving",
@@ -2732,6 +2912,8 @@ static void store(cli *c, int id, const char *value)
     case O_MESSAGE: c->message = value; break;
     case O_BASELINE: whole(value, 1, LLONG_MAX, &c->baseline); break;
     case O_MIN_REQUESTS: whole(value, 1, 1000000000, &c->min_requests); break;
+    case O_FROM: whole(value, 0, LLONG_MAX, &c->from); break;
+    case O_EVENTS: whole(value, 1, 1000000000, &c->events); break;
     case O_POP: c->pops[c->n_pops++] = value; break;
     case O_AGENT: c->agents[c->n_agents++] = value; break;
     case O_PERMILLE: whole(value, 0, PC_TARGET_EVERYONE, &c->permille); break;

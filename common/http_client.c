@@ -98,6 +98,81 @@ done:
     return PC_OK;
 }
 
+int pc_http_stream(const char *base_url, const char *path, const char *const *headers, int idle_ms,
+                   void (*on_head)(void *arg, int status),
+                   bool (*on_body)(void *arg, const char *data, size_t len), void *arg, pc_err *err)
+{
+    nng_url *url = NULL;
+    nng_http_client *client = NULL;
+    nng_http_req *req = NULL;
+    nng_http_res *res = NULL;
+    nng_http_conn *conn = NULL;
+    nng_aio *aio = NULL;
+    int rv = nng_url_parse(&url, base_url);
+    if (rv != 0)
+        return pc_err_set(err, PC_E_INVALID, "bad URL %s: %s", base_url, nng_strerror(rv));
+    if ((rv = nng_http_client_alloc(&client, url)) != 0 ||
+        (strcmp(url->u_scheme, "https") == 0 &&
+         (rv = client_tls == NULL ? NNG_EINVAL : nng_http_client_set_tls(client, client_tls)) !=
+             0) ||
+        (rv = nng_http_req_alloc(&req, url)) != 0 || (rv = nng_http_res_alloc(&res)) != 0 ||
+        (rv = nng_aio_alloc(&aio, NULL, NULL)) != 0 || (rv = nng_http_req_set_uri(req, path)) != 0)
+        goto done;
+    for (size_t i = 0; headers != NULL && headers[i] != NULL && rv == 0; i += 2)
+        rv = nng_http_req_set_header(req, headers[i], headers[i + 1]);
+    if (rv != 0)
+        goto done;
+    nng_aio_set_timeout(aio, 10000);
+    nng_http_client_connect(client, aio);
+    nng_aio_wait(aio);
+    if ((rv = nng_aio_result(aio)) == NNG_ETIMEDOUT)
+        client = NULL; /* see pc_http_call: nng 1.5 can hang freeing it */
+    if (rv != 0)
+        goto done;
+    conn = nng_aio_get_output(aio, 0);
+    nng_http_conn_write_req(conn, req, aio);
+    nng_aio_wait(aio);
+    if ((rv = nng_aio_result(aio)) != 0)
+        goto done;
+    /* The head; the body is read as it comes (it has no length). */
+    nng_http_conn_read_res(conn, res, aio);
+    nng_aio_wait(aio);
+    if ((rv = nng_aio_result(aio)) != 0)
+        goto done;
+    on_head(arg, nng_http_res_get_status(res));
+    char buf[16384];
+    for (;;) {
+        nng_iov iov = {.iov_buf = buf, .iov_len = sizeof(buf)};
+        nng_aio_set_iov(aio, 1, &iov);
+        nng_aio_set_timeout(aio, idle_ms > 0 ? idle_ms : NNG_DURATION_INFINITE);
+        nng_http_conn_read(conn, aio);
+        nng_aio_wait(aio);
+        rv = nng_aio_result(aio);
+        if (rv == NNG_ECLOSED || rv == NNG_ECONNSHUT || rv == NNG_ECONNRESET) {
+            rv = 0; /* the end of the stream */
+            break;
+        }
+        if (rv != 0 || !on_body(arg, buf, nng_aio_count(aio)))
+            break;
+    }
+done:
+    if (conn != NULL)
+        nng_http_conn_close(conn);
+    if (aio)
+        nng_aio_free(aio);
+    if (res)
+        nng_http_res_free(res);
+    if (req)
+        nng_http_req_free(req);
+    if (client)
+        nng_http_client_free(client);
+    nng_url_free(url);
+    if (rv != 0)
+        return pc_err_set(err, rv == NNG_ETIMEDOUT ? PC_E_TIMEOUT : PC_E_UNAVAILABLE,
+                          "GET %s%s: %s", base_url, path, nng_strerror(rv));
+    return PC_OK;
+}
+
 const char *pc_http_result_header(const pc_http_result *r, const char *name)
 {
     return r->res ? nng_http_res_get_header((nng_http_res *)r->res, name) : NULL;

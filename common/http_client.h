@@ -28,6 +28,16 @@ int pc_http_call(const char *base_url, const char *method, const char *path,
                  pc_http_result *out, pc_err *err);
 const char *pc_http_result_header(const pc_http_result *r, const char *name);
 
+/* A GET whose answer is a stream (Server-Sent Events): on_head(arg,
+ * status) once the head is in, then on_body(arg, data, len) with each
+ * piece of the body as it comes, until the server closes (PC_OK), on_body
+ * returns false (PC_OK), or nothing came for idle_ms (PC_E_TIMEOUT; 0:
+ * wait forever). Transport failures as pc_http_call. */
+int pc_http_stream(const char *base_url, const char *path, const char *const *headers, int idle_ms,
+                   void (*on_head)(void *arg, int status),
+                   bool (*on_body)(void *arg, const char *data, size_t len), void *arg,
+                   pc_err *err);
+
 /* The TLS client configuration for https:// calls from this process (the
  * CA to trust, see tls.h); NULL: https calls fail. Not thread safe: set it
  * before calling. */

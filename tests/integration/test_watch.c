@@ -383,6 +383,35 @@ static void test_slow_watcher_is_cut(void **state)
     close_watch(&quick);
 }
 
+/* popcast watch: a line per event, --from, --count, a tenant's only,
+ * --json; usage errors before any request. */
+static void test_cli_watch(void **state)
+{
+    (void)state;
+    char out[16384];
+    const char *two[] = {"watch", "--from", "0", "--count", "2", NULL};
+    if (pc_test_cli(&env, &ctl, two, out, sizeof(out)) != 0)
+        fail_msg("popcast watch --from 0 --count 2: %s", out);
+    assert_non_null(strstr(out, "seq 1  deploy wa v1 by admin"));
+    assert_non_null(strstr(out, "seq 2  deploy wa v2 by admin"));
+    assert_null(strstr(out, "seq 3 "));
+    const char *json[] = {"watch", "wb", "--from", "0", "--count", "1", "--json", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, json, out, sizeof(out)), 0);
+    json_t *doc = json_loads(out, JSON_DISABLE_EOF_CHECK, NULL);
+    assert_non_null(doc);
+    assert_string_equal(json_string_value(json_object_get(doc, "event")), "entry");
+    assert_int_equal(json_integer_value(json_object_get(doc, "id")), 4);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(doc, "data"), "tenant")),
+                        "wb");
+    json_decref(doc);
+    const char *bad_from[] = {"watch", "--from", "x", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, bad_from, out, sizeof(out)), 2);
+    const char *bad_count[] = {"watch", "--count", "0", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, bad_count, out, sizeof(out)), 2);
+    const char *bad_tenant[] = {"watch", "Not-A-Tenant", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, bad_tenant, out, sizeof(out)), 2);
+}
+
 /* A controller stops cleanly (exit 0, in time) with watchers connected,
  * and their streams end. */
 static void test_stop_with_watchers(void **state)
@@ -408,7 +437,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_entries_and_rollout), cmocka_unit_test(test_scoped_token),
         cmocka_unit_test(test_bad_requests),        cmocka_unit_test(test_slow_watcher_is_cut),
-        cmocka_unit_test(test_stop_with_watchers),
+        cmocka_unit_test(test_cli_watch),           cmocka_unit_test(test_stop_with_watchers),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
