@@ -499,6 +499,8 @@ void pc_cluster_refresh(pc_cluster *c)
         if (c->seen_leader != 0)
             pc_metric_add(c->m_leader_changes, 1);
         c->seen_leader = leader;
+        if (c->opt.on_leader != NULL)
+            c->opt.on_leader(c->opt.on_applied_arg, leader, c->raft.current_term);
     }
 }
 

@@ -60,6 +60,9 @@ typedef struct pc_cluster_options {
     /* Called on the loop after a deployment record was stored (optional;
      * same arg). */
     void (*on_deployment)(void *arg, const Popcast__DeploymentRecord *d);
+    /* Called on the loop when this node sees another leader than before
+     * (at its 100 ms refresh; optional; same arg). */
+    void (*on_leader)(void *arg, uint64_t leader, uint64_t term);
     pc_metrics *metrics; /* popcast_raft_*: term, indexes, leader changes */
 } pc_cluster_options;
 

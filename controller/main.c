@@ -317,6 +317,22 @@ static void on_deployment(void *arg, const Popcast__DeploymentRecord *d)
     pc_watch_event(c->watch, "deployment", d->tenant, pc_deployment_json(d));
 }
 
+/* Another controller leads (as this one sees it). */
+static void on_leader(void *arg, uint64_t leader, uint64_t term)
+{
+    controller *c = arg;
+    pc_watch_event(c->watch, "cluster", NULL,
+                   json_pack("{s:s,s:I,s:I}", "node", c->node_id, "leader", (json_int_t)leader,
+                             "term", (json_int_t)term));
+}
+
+/* An agent was heard of, went stale or gone, or came back. */
+static void on_fleet_change(void *arg, json_t *change)
+{
+    controller *c = arg;
+    pc_watch_event(c->watch, "fleet", NULL, change);
+}
+
 /* An agent's report changed what it holds or serves of a tenant. */
 static void on_rollout_change(void *arg, const char *tenant, json_t *change)
 {
@@ -548,6 +564,7 @@ static int controller_open(controller *c, pc_err *err)
     pc_rollout_options ropt = {.gone_after_ms = c->cfg.gone_after_ms,
                                .report_stale_ms = c->cfg.report_stale_ms,
                                .on_change = on_rollout_change,
+                               .on_fleet = on_fleet_change,
                                .on_change_arg = c};
     if ((c->rollout = pc_rollout_new(&ropt)) == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
@@ -619,6 +636,7 @@ static int controller_start(controller *c, pc_err *err)
                                .on_applied = on_applied,
                                .on_applied_arg = c,
                                .on_deployment = on_deployment,
+                               .on_leader = on_leader,
                                .metrics = c->metrics};
     pc_api_options api_opt = {.listen_url = c->cfg.api_listen,
                               .node_id = c->node_id,

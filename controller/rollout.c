@@ -36,6 +36,7 @@ typedef struct agent_entry {
     bool deltas_ok;
     int64_t last_seen_ms;
     refusals refused;
+    const char *standing; /* "ok", "stale", "gone" as last told on_fleet (NULL: never) */
 } agent_entry;
 
 /* A relay's own account, as its last batch carried it (unsigned). */
@@ -1112,10 +1113,29 @@ int pc_rollout_wait(pc_rollout *r, const pc_rollout_query *q, int64_t deadline_m
 void pc_rollout_tick(pc_rollout *r, int64_t now_ms)
 {
     waiter *fired = NULL;
+    json_t *changes = r->opt.on_fleet != NULL ? json_array() : NULL;
     pc_mutex_lock(&r->lock);
     evaluate_waiters_locked(r, now_ms, &fired);
+    for (size_t i = 0; changes != NULL && i < r->n_agents; i++) {
+        agent_entry *a = r->agents[i];
+        const char *now = is_gone(r, a, now_ms) ? "gone" : is_stale(r, a, now_ms) ? "stale" : "ok";
+        if (a->standing == now)
+            continue;
+        a->standing = now;
+        json_array_append_new(changes,
+                              json_pack("{s:s,s:s,s:s}", "agent_id", a->status->agent_id, "pop",
+                                        a->status->pop ? a->status->pop : "", "state", now));
+    }
     pc_mutex_unlock(&r->lock);
     fire(fired, r, now_ms);
+    size_t i;
+    json_t *change;
+    json_array_foreach(changes, i, change)
+    {
+        json_incref(change);
+        r->opt.on_fleet(r->opt.on_change_arg, change);
+    }
+    json_decref(changes);
 }
 
 void pc_rollout_cancel_waits(pc_rollout *r)

@@ -54,6 +54,11 @@ typedef struct pc_rollout_options {
      * (taken). */
     void (*on_change)(void *arg, const char *tenant, json_t *change);
     void *on_change_arg;
+    /* Optional, called from pc_rollout_tick (outside the lock) for each
+     * agent whose standing changed: {"agent_id", "pop", "state": "ok"
+     * (first heard of, or heard again), "stale" or "gone"} (taken; same
+     * arg). */
+    void (*on_fleet)(void *arg, json_t *change);
 } pc_rollout_options;
 
 pc_rollout *pc_rollout_new(const pc_rollout_options *opt);

@@ -13,7 +13,8 @@
  *   there, as after etcd's "compacted" or Kubernetes' 410.
  * - events that are not in the log ("deployment": a deployment record as
  *   committed; "rollout": an agent's report changed what it serves of a
- *   tenant), live only: a watcher gets those that happen while it is
+ *   tenant; "fleet": an agent's standing; "cluster": the leader), live
+ *   only: a watcher gets those that happen while it is
  *   connected. Each is queued for the watcher, up to max_queued_bytes;
  *   a watcher whose queue is full is cut (a "cut" event, then the close):
  *   it never slows the controller down.

@@ -42,29 +42,36 @@ typedef struct watcher {
 static pc_test_env env;
 static pc_test_controller ctl;
 
-static int connect_api(int rcvbuf)
+static int connect_api(int port, int rcvbuf)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(fd >= 0);
     if (rcvbuf > 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)ctl.api_port)};
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
     assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
     return fd;
 }
 
-/* Sends a GET of path with token (NULL: none) and extra header lines. */
-static void open_watch(watcher *w, const char *path, const char *token, const char *extra,
-                       int rcvbuf)
+/* Sends a GET of path to the controller on port with token (NULL: none)
+ * and extra header lines. */
+static void open_watch_on(watcher *w, int port, const char *path, const char *token,
+                          const char *extra, int rcvbuf)
 {
     memset(w, 0, sizeof(*w));
-    w->fd = connect_api(rcvbuf);
+    w->fd = connect_api(port, rcvbuf);
     char req[1024];
     int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%s%s%s\r\n", path,
                      token ? "Authorization: Bearer " : "", token ? token : "", token ? "\r\n" : "",
                      extra ? extra : "");
     assert_int_equal(write(w->fd, req, (size_t)n), n);
+}
+
+static void open_watch(watcher *w, const char *path, const char *token, const char *extra,
+                       int rcvbuf)
+{
+    open_watch_on(w, ctl.api_port, path, token, extra, rcvbuf);
 }
 
 static void parse_events(watcher *w)
@@ -412,6 +419,49 @@ static void test_cli_watch(void **state)
     assert_int_equal(pc_test_cli(&env, &ctl, bad_tenant, out, sizeof(out)), 2);
 }
 
+/* A new agent is announced ("fleet", admin watchers); on a follower of
+ * a 3-node cluster, entries committed through the leader come in order,
+ * and the leader's kill -9 is a "cluster" event naming the next one. */
+static void test_fleet_and_cluster_events(void **state)
+{
+    (void)state;
+    watcher w;
+    open_watch(&w, "/v1/watch", env.token, NULL, 0);
+    pc_test_agent agent = {0};
+    pc_test_agent_start_for(&env, &agent, "edge-2", &ctl, NULL);
+    for (size_t from = 0;;) {
+        size_t i = wait_event(&w, from, "fleet", NULL, 0);
+        json_t *d = w.events[i].data;
+        if (strcmp(json_string_value(json_object_get(d, "agent_id")), "edge-2") == 0) {
+            assert_string_equal(json_string_value(json_object_get(d, "state")), "ok");
+            break;
+        }
+        from = i + 1;
+    }
+    pc_test_agent_stop(&agent);
+    close_watch(&w);
+
+    pc_test_cluster cl;
+    pc_test_cluster_init(&env, &cl, 3, 3, NULL);
+    int leader = pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS);
+    assert_true(leader >= 0);
+    int follower = (leader + 1) % 3;
+    open_watch_on(&w, cl.node[follower].api_port, "/v1/watch?from=0", env.token, NULL, 0);
+    char src[256];
+    pc_test_lua_hello(src, sizeof(src), "c1");
+    assert_int_equal(pc_test_deploy_lua(&env, &cl.node[leader], "wc", src), 1);
+    wait_event(&w, 0, "entry", "wc", 1);
+    pc_proc_kill9(cl.node[leader].proc);
+    size_t i = wait_event(&w, 0, "cluster", NULL, 0);
+    json_t *d = w.events[i].data;
+    assert_int_not_equal(json_integer_value(json_object_get(d, "leader")),
+                         strtoll(cl.id[leader], NULL, 10));
+    close_watch(&w);
+    pc_proc_free(cl.node[leader].proc);
+    cl.node[leader].proc = NULL;
+    pc_test_cluster_stop(&cl);
+}
+
 /* A controller stops cleanly (exit 0, in time) with watchers connected,
  * and their streams end. */
 static void test_stop_with_watchers(void **state)
@@ -437,7 +487,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_entries_and_rollout), cmocka_unit_test(test_scoped_token),
         cmocka_unit_test(test_bad_requests),        cmocka_unit_test(test_slow_watcher_is_cut),
-        cmocka_unit_test(test_cli_watch),           cmocka_unit_test(test_stop_with_watchers),
+        cmocka_unit_test(test_cli_watch),           cmocka_unit_test(test_fleet_and_cluster_events),
+        cmocka_unit_test(test_stop_with_watchers),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
