@@ -14,6 +14,46 @@ void pc_http_set_tls(struct nng_tls_config *cfg)
     client_tls = cfg;
 }
 
+/* What one call needs: a client for url (https: with the TLS
+ * configuration), the request with its method, path and headers, a
+ * response and an aio. 0 or an nng error (what was made is set, for the
+ * caller to free). */
+static int prepare(const char *method, const char *path, const char *const *headers, nng_url *url,
+                   nng_http_client **client, nng_http_req **req, nng_http_res **res, nng_aio **aio)
+{
+    int rv;
+    if ((rv = nng_http_client_alloc(client, url)) != 0 ||
+        (strcmp(url->u_scheme, "https") == 0 &&
+         (rv = client_tls == NULL ? NNG_EINVAL : nng_http_client_set_tls(*client, client_tls)) !=
+             0) ||
+        (rv = nng_http_req_alloc(req, url)) != 0 || (rv = nng_http_res_alloc(res)) != 0 ||
+        (rv = nng_aio_alloc(aio, NULL, NULL)) != 0 ||
+        (rv = nng_http_req_set_method(*req, method)) != 0 ||
+        (rv = nng_http_req_set_uri(*req, path)) != 0)
+        return rv;
+    for (size_t i = 0; headers != NULL && headers[i] != NULL && rv == 0; i += 2)
+        rv = nng_http_req_set_header(*req, headers[i], headers[i + 1]);
+    return rv;
+}
+
+/* Connects client (with aio's timeout); *conn on success. */
+static int connect_to(nng_http_client **client, nng_aio *aio, nng_http_conn **conn)
+{
+    nng_http_client_connect(*client, aio);
+    nng_aio_wait(aio);
+    int rv = nng_aio_result(aio);
+    if (rv == NNG_ETIMEDOUT) {
+        /* nng 1.5 (Debian 12): freeing a client whose connect timed out
+         * before its dialer finished can block forever in the client's
+         * teardown (fixed upstream in nng PR #2119). Leave that client:
+         * a small leak per timed-out connect, never a hang. */
+        *client = NULL;
+    }
+    if (rv == 0)
+        *conn = nng_aio_get_output(aio, 0);
+    return rv;
+}
+
 int pc_http_call(const char *base_url, const char *method, const char *path,
                  const char *const *headers, const void *body, size_t body_len, int timeout_ms,
                  pc_http_result *out, pc_err *err)
@@ -27,17 +67,8 @@ int pc_http_call(const char *base_url, const char *method, const char *path,
     int rv = nng_url_parse(&url, base_url);
     if (rv != 0)
         return pc_err_set(err, PC_E_INVALID, "bad URL %s: %s", base_url, nng_strerror(rv));
-    if ((rv = nng_http_client_alloc(&client, url)) != 0 ||
-        (strcmp(url->u_scheme, "https") == 0 &&
-         (rv = client_tls == NULL ? NNG_EINVAL : nng_http_client_set_tls(client, client_tls)) !=
-             0) ||
-        (rv = nng_http_req_alloc(&req, url)) != 0 || (rv = nng_http_res_alloc(&res)) != 0 ||
-        (rv = nng_aio_alloc(&aio, NULL, NULL)) != 0 ||
-        (rv = nng_http_req_set_method(req, method)) != 0 ||
-        (rv = nng_http_req_set_uri(req, path)) != 0)
+    if ((rv = prepare(method, path, headers, url, &client, &req, &res, &aio)) != 0)
         goto done;
-    for (size_t i = 0; headers != NULL && headers[i] != NULL && rv == 0; i += 2)
-        rv = nng_http_req_set_header(req, headers[i], headers[i + 1]);
     if (rv == 0 && body != NULL)
         rv = nng_http_req_set_data(req, body, body_len);
     else if (rv == 0 && (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0))
@@ -48,18 +79,9 @@ int pc_http_call(const char *base_url, const char *method, const char *path,
     /* Connect first, then send: a failure before the connection exists
      * means the server never saw the request (out->sent stays false),
      * which is what lets a caller retry a write elsewhere safely. */
-    nng_http_client_connect(client, aio);
-    nng_aio_wait(aio);
-    if ((rv = nng_aio_result(aio)) == NNG_ETIMEDOUT) {
-        /* nng 1.5 (Debian 12): freeing a client whose connect timed out
-         * before its dialer finished can block forever in the client's
-         * teardown (fixed upstream in nng PR #2119). Leave that client:
-         * a small leak per timed-out connect, never a hang. */
-        client = NULL;
-    }
-    if (rv != 0)
+    nng_http_conn *conn = NULL;
+    if ((rv = connect_to(&client, aio, &conn)) != 0)
         goto done;
-    nng_http_conn *conn = nng_aio_get_output(aio, 0);
     out->sent = true;
     nng_http_conn_transact(conn, req, res, aio);
     nng_aio_wait(aio);
@@ -111,25 +133,11 @@ int pc_http_stream(const char *base_url, const char *path, const char *const *he
     int rv = nng_url_parse(&url, base_url);
     if (rv != 0)
         return pc_err_set(err, PC_E_INVALID, "bad URL %s: %s", base_url, nng_strerror(rv));
-    if ((rv = nng_http_client_alloc(&client, url)) != 0 ||
-        (strcmp(url->u_scheme, "https") == 0 &&
-         (rv = client_tls == NULL ? NNG_EINVAL : nng_http_client_set_tls(client, client_tls)) !=
-             0) ||
-        (rv = nng_http_req_alloc(&req, url)) != 0 || (rv = nng_http_res_alloc(&res)) != 0 ||
-        (rv = nng_aio_alloc(&aio, NULL, NULL)) != 0 || (rv = nng_http_req_set_uri(req, path)) != 0)
-        goto done;
-    for (size_t i = 0; headers != NULL && headers[i] != NULL && rv == 0; i += 2)
-        rv = nng_http_req_set_header(req, headers[i], headers[i + 1]);
-    if (rv != 0)
+    if ((rv = prepare("GET", path, headers, url, &client, &req, &res, &aio)) != 0)
         goto done;
     nng_aio_set_timeout(aio, 10000);
-    nng_http_client_connect(client, aio);
-    nng_aio_wait(aio);
-    if ((rv = nng_aio_result(aio)) == NNG_ETIMEDOUT)
-        client = NULL; /* see pc_http_call: nng 1.5 can hang freeing it */
-    if (rv != 0)
+    if ((rv = connect_to(&client, aio, &conn)) != 0)
         goto done;
-    conn = nng_aio_get_output(aio, 0);
     nng_http_conn_write_req(conn, req, aio);
     nng_aio_wait(aio);
     if ((rv = nng_aio_result(aio)) != 0)

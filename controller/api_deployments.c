@@ -90,15 +90,16 @@ json_t *api_deployment_change_json(pc_api *api, const pc_change *c, const pc_cha
     return o;
 }
 
-typedef struct start_req {
+/* A request on {tenant} while its body is read. */
+typedef struct tenant_req {
     pc_api *api;
     char tenant[PC_TENANT_MAX + 1];
     char author[PC_CHANGE_AUTHOR_MAX + 1];
-} start_req;
+} tenant_req;
 
 static void start_body(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size_t len)
 {
-    start_req *s = arg;
+    tenant_req *s = arg;
     pc_api *api = s->api;
     Popcast__DeploymentRecord *d = NULL;
     bool default_plan = false, own_plan = false;
@@ -162,9 +163,10 @@ out:
     free(s);
 }
 
-void api_post_deployment(api_call *call)
+/* Reads the body of a request on {tenant}, then body_cb(tenant_req). */
+static void read_tenant_body(api_call *call, pc_httpd_body_cb body_cb)
 {
-    start_req *s = calloc(1, sizeof(*s));
+    tenant_req *s = calloc(1, sizeof(*s));
     if (s == NULL) {
         pc_httpd_error(call->rq, PC_E_NOMEM, "out of memory");
         return;
@@ -172,7 +174,12 @@ void api_post_deployment(api_call *call)
     s->api = call->api;
     snprintf(s->tenant, sizeof(s->tenant), "%s", pc_route_param(call->match, "tenant"));
     api_author_of(call->who, s->author);
-    pc_httpd_read_body(call->rq, JSON_BODY_MAX, start_body, s);
+    pc_httpd_read_body(call->rq, JSON_BODY_MAX, body_cb, s);
+}
+
+void api_post_deployment(api_call *call)
+{
+    read_tenant_body(call, start_body);
 }
 
 /* A tenant's default plan: {"tenant", "source": "tenant" (its own, with
@@ -210,12 +217,6 @@ void api_get_plan(api_call *call)
         pc_httpd_reply_json(call->rq, 200, o, NULL);
 }
 
-typedef struct plan_req {
-    pc_api *api;
-    char tenant[PC_TENANT_MAX + 1];
-    char author[PC_CHANGE_AUTHOR_MAX + 1];
-} plan_req;
-
 /* Submits the tenant's plan p (owned; no stages: clear it). */
 static void submit_plan(pc_api *api, pc_httpd_req *rq, const char *tenant, const char *author,
                         Popcast__TenantPlan *p)
@@ -235,7 +236,7 @@ static void submit_plan(pc_api *api, pc_httpd_req *rq, const char *tenant, const
 
 static void plan_body(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size_t len)
 {
-    plan_req *s = arg;
+    tenant_req *s = arg;
     Popcast__TenantPlan *p = NULL;
     pc_err err;
     if (rc != PC_OK)
@@ -253,15 +254,7 @@ static void plan_body(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size_t
 
 void api_put_plan(api_call *call)
 {
-    plan_req *s = calloc(1, sizeof(*s));
-    if (s == NULL) {
-        pc_httpd_error(call->rq, PC_E_NOMEM, "out of memory");
-        return;
-    }
-    s->api = call->api;
-    snprintf(s->tenant, sizeof(s->tenant), "%s", pc_route_param(call->match, "tenant"));
-    api_author_of(call->who, s->author);
-    pc_httpd_read_body(call->rq, JSON_BODY_MAX, plan_body, s);
+    read_tenant_body(call, plan_body);
 }
 
 void api_delete_plan(api_call *call)
