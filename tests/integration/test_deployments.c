@@ -172,6 +172,27 @@ static void outcome_on(pc_test_agent *a, uint64_t version, char *out, size_t cap
 
 /* A controller and N_AGENTS agents (2 in ams, 2 in fra with fra_flags),
  * every one serving web version 1. */
+/* Polls until the controller shows web's version live on every agent
+ * (from their reports); fails after the converge timeout. */
+static void wait_shown_live(pc_test_env *env, pc_test_controller *ctl, uint64_t version)
+{
+    char path[96];
+    snprintf(path, sizeof(path), "/v1/tenants/web/versions/%llu/rollout",
+             (unsigned long long)version);
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    for (;;) {
+        json_t *doc = pc_test_controller_json(env, ctl, path);
+        json_int_t live = num(json_object_get(doc, "summary"), "live");
+        json_decref(doc);
+        if (live == N_AGENTS)
+            return;
+        if (pc_test_now_ms() > deadline)
+            fail_msg("the controller shows version %llu live on %lld of %d agents",
+                     (unsigned long long)version, (long long)live, N_AGENTS);
+        pc_test_sleep_ms(20);
+    }
+}
+
 static void fleet_up(pc_test_env *env, pc_test_controller *ctl, pc_test_agent *agents,
                      const char *const *fra_flags)
 {
@@ -184,18 +205,7 @@ static void fleet_up(pc_test_env *env, pc_test_controller *ctl, pc_test_agent *a
         expect_serving(&agents[i], 1);
     /* ... and the controller has it from all their reports: a
      * deployment's baseline is the last version it saw live everywhere. */
-    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
-    for (;;) {
-        json_t *doc = pc_test_controller_json(env, ctl, "/v1/tenants/web/versions/1/rollout");
-        json_int_t live = num(json_object_get(doc, "summary"), "live");
-        json_decref(doc);
-        if (live == N_AGENTS)
-            break;
-        if (pc_test_now_ms() > deadline)
-            fail_msg("the controller shows version 1 live on %lld of %d agents", (long long)live,
-                     N_AGENTS);
-        pc_test_sleep_ms(20);
-    }
+    wait_shown_live(env, ctl, 1);
 }
 
 static void fleet_down(pc_test_env *env, pc_test_controller *ctl, pc_test_agent *agents)
@@ -689,15 +699,7 @@ static void test_rollback_skips_unfinished_deployments(void **state)
     uint64_t id = start(&env, &ctl,
                         "{\"plan\":[{\"everyone\":true,\"split_permille\":100,\"split_key\":"
                         "\"x-user\",\"bake_ms\":600000,\"gate\":false},{\"everyone\":true}]}");
-    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
-    for (json_int_t live = 0; live != N_AGENTS;) {
-        json_t *doc = pc_test_controller_json(&env, &ctl, "/v1/tenants/web/versions/2/rollout");
-        live = num(json_object_get(doc, "summary"), "live");
-        json_decref(doc);
-        if (pc_test_now_ms() > deadline)
-            fail_msg("version 2 is shown live on %lld of %d agents", (long long)live, N_AGENTS);
-        pc_test_sleep_ms(20);
-    }
+    wait_shown_live(&env, &ctl, 2);
     /* A direct deploy supersedes the deployment in its split stage. */
     assert_int_equal(pc_test_deploy_lua(&env, &ctl, "web", healthy("three")), 3);
     json_decref(wait_state(&env, &ctl, id, "superseded"));
