@@ -183,6 +183,19 @@ static void finish(pc_httpd_req *rq, nng_http_res *res, int rv)
     nng_aio_finish(aio, 0);
 }
 
+/* The headers the server adds to every reply (pc_httpd_options.headers). */
+static int add_server_headers(pc_httpd_req *rq, nng_http_res *res)
+{
+    int rv = 0;
+    if (rq->server->opt.headers != NULL) {
+        const char *extra[2 * MAX_SERVER_HEADERS];
+        size_t n = rq->server->opt.headers(rq->server->opt.data, rq, extra, MAX_SERVER_HEADERS);
+        for (size_t i = 0; rv == 0 && i < n && i < MAX_SERVER_HEADERS; i++)
+            rv = nng_http_res_set_header(res, extra[2 * i], extra[2 * i + 1]);
+    }
+    return rv;
+}
+
 struct pc_httpd_stream {
     nng_http_conn *conn;
     nng_aio *aio;
@@ -223,12 +236,8 @@ void pc_httpd_stream_start(pc_httpd_req *rq, const char *content_type, const cha
     pc_httpd_stream *st = calloc(1, sizeof(*st));
     nng_http_res *res = NULL;
     int rv = st == NULL ? NNG_ENOMEM : nng_http_res_alloc(&res);
-    if (rv == 0 && rq->server->opt.headers != NULL) {
-        const char *extra[2 * MAX_SERVER_HEADERS];
-        size_t n = rq->server->opt.headers(rq->server->opt.data, rq, extra, MAX_SERVER_HEADERS);
-        for (size_t i = 0; rv == 0 && i < n && i < MAX_SERVER_HEADERS; i++)
-            rv = nng_http_res_set_header(res, extra[2 * i], extra[2 * i + 1]);
-    }
+    if (rv == 0)
+        rv = add_server_headers(rq, res);
     if (rv == 0)
         rv = nng_http_res_set_header(res, "Content-Type", content_type);
     if (rv == 0)
@@ -303,12 +312,8 @@ void pc_httpd_reply(pc_httpd_req *rq, uint16_t status, const char *content_type,
 {
     nng_http_res *res = NULL;
     int rv = nng_http_res_alloc(&res);
-    if (rv == 0 && rq->server->opt.headers != NULL) {
-        const char *extra[2 * MAX_SERVER_HEADERS];
-        size_t n = rq->server->opt.headers(rq->server->opt.data, rq, extra, MAX_SERVER_HEADERS);
-        for (size_t i = 0; rv == 0 && i < n && i < MAX_SERVER_HEADERS; i++)
-            rv = nng_http_res_set_header(res, extra[2 * i], extra[2 * i + 1]);
-    }
+    if (rv == 0)
+        rv = add_server_headers(rq, res);
     if (rv == 0)
         rv = nng_http_res_set_status(res, status);
     if (rv == 0 && content_type != NULL)
