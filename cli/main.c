@@ -709,6 +709,8 @@ static int cmd_deploy(cli *c)
     const char *tenant = c->args[0];
     /* A stored version goes out through a deployment: the default plan,
      * --plan FILE or --immediate. */
+    if (c->nargs < 2)
+        return start_deployment(c, tenant, 0); /* the active version */
     if (is_version_arg(c->args[1]))
         return start_deployment(c, tenant, strtoll(c->args[1], NULL, 10));
     if (c->direct)
@@ -2327,9 +2329,9 @@ static const command commands[] = {
      NULL,
      "upload a file or directory as a new version and roll it out through a staged deployment "
      "(the default plan, --plan FILE or --immediate; or --direct: no deployment), or roll out a "
-     "stored VERSION",
+     "stored VERSION (none: the active one, e.g. an upload)",
      {TENANT_ARG, {"PATH|VERSION", check_deploy_what}},
-     0,
+     1,
      OPTS(O_ENTRYPOINT, O_RUNTIME, O_MESSAGE, O_IDEMPOTENCY_KEY, O_STAGED, O_PLAN, O_IMMEDIATE,
           O_NO_DEPLOYMENT, O_POP, O_AGENT, O_PERMILLE, WAIT_OPTS, O_JSON),
      false,
@@ -3007,7 +3009,12 @@ static int parse(cli *c, const command *k, int argc, char **argv, int first)
     /* deploy: through a deployment (the default), or --direct, not both;
      * a target and a rollout wait's fraction are --direct's; a stored
      * VERSION always goes through a deployment. */
-    bool version_arg = k->run == cmd_deploy && c->nargs > 1 && is_version_arg(c->args[1]);
+    bool version_arg = k->run == cmd_deploy && (c->nargs < 2 || is_version_arg(c->args[1]));
+    if (version_arg &&
+        (c->given[O_ENTRYPOINT] + c->given[O_RUNTIME] + c->given[O_IDEMPOTENCY_KEY]) != 0)
+        return usage_error(k, NULL,
+                           "--entrypoint, --runtime and --idempotency-key go with an upload "
+                           "(PATH), not a stored version");
     if (c->given[O_NO_DEPLOYMENT] != 0 &&
         (c->given[O_STAGED] + c->given[O_PLAN] + c->given[O_IMMEDIATE] + version_arg) != 0)
         return usage_error(k, NULL,

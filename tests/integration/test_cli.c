@@ -262,7 +262,9 @@ typedef struct cmd_case {
 
 static const cmd_case cases[] = {
     {"keygen", {"keygen", "--out", "@DIR", "--name", "k2"}, 0, {"--wait"}, true},
-    {"deploy", {"deploy", "app", "@LUA"}, 2, {"--tenant", "app"}, false},
+    /* PATH is optional (none: the active version): "missing TENANT" is
+     * tested below. */
+    {"deploy", {"deploy", "app", "@LUA"}, 0, {"--tenant", "app"}, false},
     {"versions", {"versions", "app"}, 1, {"--wait"}, false},
     /* VERSION is optional: "missing TENANT" is tested below. */
     {"rollback", {"rollback", "app", "1"}, 0, {"--entrypoint", "main.lua"}, false},
@@ -378,6 +380,7 @@ static void test_wrong_command_lines_send_nothing(void **state)
         }
     }
     expect_usage("rollback", "missing TENANT", ARGS("rollback"));
+    expect_usage("deploy", "missing TENANT", ARGS("deploy"));
     /* An option given twice, a value missing, a value that is an option. */
     expect_usage("deploy", "--runtime is given twice",
                  ARGS("deploy", "app", "@LUA", "--runtime", "lua", "--runtime", "lua"));

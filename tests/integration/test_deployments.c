@@ -537,12 +537,25 @@ static void test_cli_deployments(void **state)
     const char *up[] = {"upload", "web", file, NULL};
     assert_int_equal(pc_test_cli(&env, &ctl, up, out, sizeof(out)), 0);
     assert_non_null(strstr(out, "uploaded web version 5"));
+    const char *stored_with_upload_flags[] = {"deploy", "web", "5", "--runtime", "lua", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, stored_with_upload_flags, out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "go with an upload (PATH), not a stored version"));
     const char *by_number[] = {"deploy", "web", "5", "--immediate", "--wait", NULL};
     if (pc_test_cli(&env, &ctl, by_number, out, sizeof(out)) != 0)
         fail_msg("deploy web 5: %s", out);
     assert_non_null(strstr(out, "deployment 3 of web version 5 started: 1 stage"));
     for (int i = 0; i < N_AGENTS; i++)
         expect_serving(&agents[i], 5);
+    /* No version: the active one (an upload). */
+    const char *six = healthy("six");
+    pc_test_write_file(file, six, strlen(six));
+    assert_int_equal(pc_test_cli(&env, &ctl, up, out, sizeof(out)), 0);
+    const char *active[] = {"deploy", "web", "--immediate", "--wait", NULL};
+    if (pc_test_cli(&env, &ctl, active, out, sizeof(out)) != 0)
+        fail_msg("deploy web --immediate: %s", out);
+    assert_non_null(strstr(out, "deployment 4 of web version 6 started: 1 stage"));
+    for (int i = 0; i < N_AGENTS; i++)
+        expect_serving(&agents[i], 6);
     /* Usage errors: nothing sent. */
     uint64_t head = pc_test_controller_head(&env, &ctl);
     const char *targeted[] = {"deploy", "web", "5", "--pop", "ams", NULL};
