@@ -15,6 +15,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "registry.h"
+#include "target.h"
 
 struct pc_pipeline {
     uv_loop_t *loop;
@@ -256,6 +257,28 @@ static int find_replay(pc_pipeline *p, const pc_change *c, pc_change_result *r)
     return rc;
 }
 
+/* A traffic split runs two versions of a tenant side by side in one
+ * runtime: only the Lua runtime can (docs/deployments.md); for any other
+ * the split would silently make the version whole. */
+static int check_split_runtime(pc_pipeline *p, const char *tenant, uint64_t version,
+                               const Popcast__Target *target, pc_err *err)
+{
+    if (!pc_target_splits(target))
+        return PC_OK;
+    uint64_t seq = 0;
+    Popcast__Manifest *m = NULL;
+    int rc = pc_store_version_seq(p->store, tenant, version, &seq, err);
+    if (rc == PC_OK)
+        rc = pc_store_get_manifest(p->store, seq, &m, err);
+    if (rc == PC_OK && (m->runtime == NULL || strcmp(m->runtime, "lua") != 0))
+        rc = pc_err_set(err, PC_E_INVALID,
+                        "version %llu of %s runs on %s: a traffic split needs the lua runtime",
+                        (unsigned long long)version, tenant, m->runtime ? m->runtime : "?");
+    if (m != NULL)
+        popcast__manifest__free_unpacked(m, NULL);
+    return rc;
+}
+
 /* Versions and signs a tenant change at seq, after the changes already in
  * the batch, and adds it to the batch (r is its result slot). Returns an
  * error only when it was not added; a replay (find_replay) returns PC_OK
@@ -310,6 +333,9 @@ static int batch_add(pc_pipeline *p, pc_change *c, uint64_t seq, pc_change_resul
                               "change overtook it",
                               (unsigned long long)c->u.stage.version, c->tenant,
                               (unsigned long long)t.active_version);
+        if ((rc = check_split_runtime(p, c->tenant, c->u.stage.version, c->target, &r->err)) !=
+            PC_OK)
+            return rc;
         break;
     default: return pc_err_set(&r->err, PC_E_INTERNAL, "not a tenant change");
     }
@@ -597,6 +623,10 @@ static int start_new_deployment(pc_pipeline *p, pc_change *c, pc_change_result *
         return pc_err_set(&r->err, PC_E_EXISTS, "deployment %llu of %s version %llu is not over",
                           (unsigned long long)seen.running_id, d->tenant,
                           (unsigned long long)d->version);
+    for (size_t i = 0; i < d->n_plan; i++)
+        if ((rc = check_split_runtime(p, d->tenant, d->version, d->plan[i]->target, &r->err)) !=
+            PC_OK)
+            return rc;
     if (d->baseline >= d->version)
         d->baseline = 0;
     d->id = seen.last_id + 1;

@@ -292,6 +292,26 @@ static void test_exec_runtime(void **state)
     assert_non_null(fgets(got, sizeof(got), f));
     fclose(f);
     assert_string_equal(got, site);
+    /* A traffic split needs two versions side by side in one runtime:
+     * refused for exec, by the stage and by a deployment, nothing made. */
+    uint64_t head = pc_test_controller_head(&env, &ctl);
+    const char *split = "{\"everyone\":true,\"split_permille\":100,\"split_key\":\"x-user\"}";
+    assert_int_equal(pc_test_api(&env, &ctl, "POST", "/v1/tenants/site/versions/1/stage",
+                                 "application/json", split, strlen(split), &r),
+                     400);
+    assert_non_null(strstr((const char *)r.body, "a traffic split needs the lua runtime"));
+    pc_http_result_free(&r);
+    const char *plan = "{\"plan\":[{\"everyone\":true,\"split_permille\":100,\"split_key\":"
+                       "\"x-user\"}]}";
+    assert_int_equal(pc_test_api(&env, &ctl, "POST", "/v1/tenants/site/deployments",
+                                 "application/json", plan, strlen(plan), &r),
+                     400);
+    assert_non_null(strstr((const char *)r.body, "a traffic split needs the lua runtime"));
+    pc_http_result_free(&r);
+    assert_int_equal(pc_test_controller_head(&env, &ctl), head);
+    doc = api_json(&env, &ctl, "/v1/tenants/site/deployments", 200);
+    assert_int_equal(json_array_size(json_object_get(doc, "deployments")), 0);
+    json_decref(doc);
 
     pc_test_write_file(control, "4\n", 2);
     const char *site2 = "<h1>v2</h1>";
