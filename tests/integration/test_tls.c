@@ -41,6 +41,28 @@ static void make_pki(const char *name)
         fail_msg("openssl could not make the test certificates");
 }
 
+/* What a stream brought, up to its first entry event. */
+typedef struct stream_seen {
+    int status;
+    char text[8192];
+    size_t len;
+} stream_seen;
+
+static void stream_head(void *arg, int status)
+{
+    ((stream_seen *)arg)->status = status;
+}
+
+static bool stream_body(void *arg, const char *data, size_t len)
+{
+    stream_seen *s = arg;
+    size_t room = sizeof(s->text) - 1 - s->len;
+    memcpy(s->text + s->len, data, len < room ? len : room);
+    s->len += len < room ? len : room;
+    s->text[s->len] = '\0';
+    return strstr(s->text, "event: entry\n") == NULL && s->len < sizeof(s->text) - 1;
+}
+
 static void test_tls_links(void **state)
 {
     pc_test_env env;
@@ -133,6 +155,16 @@ static void test_tls_links(void **state)
     uint64_t v3 = pc_test_deploy_lua(&env, &ctl, "app", src);
     assert_true(pc_test_wait_version(&trusting, "app", v3, PC_TEST_CONVERGE_TIMEOUT_MS));
     assert_int_equal(rename(moved, good_ca), 0);
+    /* The event stream (GET /v1/watch) over https: the first entry comes. */
+    char bearer[128];
+    snprintf(bearer, sizeof(bearer), "Bearer %s", env.token);
+    const char *headers[] = {"Authorization", bearer, NULL};
+    stream_seen seen = {0};
+    assert_int_equal(pc_http_stream(ctl.api_url, "/v1/watch?from=0", headers, 30000, stream_head,
+                                    stream_body, &seen, &err),
+                     PC_OK);
+    assert_int_equal(seen.status, 200);
+    assert_non_null(strstr(seen.text, "id: 1\nevent: entry\n"));
 
     pc_test_agent_stop(&trusting);
     pc_test_agent_stop(&other);
