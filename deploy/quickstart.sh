@@ -151,6 +151,7 @@ Try, in another shell:
   $POPCAST deploy mytenant examples/router --wait
   $POPCAST deploy mytenant examples/router --immediate --wait
   $POPCAST deployments show hello 2
+  $POPCAST watch --from 0          # every change, then what happens (Ctrl-C to stop)
   $POPCAST rollback hello 1 --wait
   $POPCAST rollout hello 3
   $POPCAST fleet
