@@ -1730,9 +1730,13 @@ static bool watch_body(void *arg, const char *data, size_t len)
 
 static int cmd_watch(cli *c)
 {
-    char path[96] = "/v1/watch";
+    char path[160] = "/v1/watch";
+    size_t n = strlen(path);
     if (c->given[O_FROM])
-        snprintf(path, sizeof(path), "/v1/watch?from=%lld", c->from);
+        n += (size_t)snprintf(path + n, sizeof(path) - n, "?from=%lld", c->from);
+    if (c->nargs > 0) /* only its events come */
+        snprintf(path + n, sizeof(path) - n, "%ctenant=%s", c->given[O_FROM] ? '&' : '?',
+                 c->args[0]);
     char auth[300];
     const char *headers[3] = {NULL};
     if (c->token != NULL) {

@@ -63,12 +63,32 @@ void api_get_watch(api_call *call)
     }
     s->watch = w;
     s->from = from;
-    s->scope.all = call->who->admin;
-    const Popcast__TokenRecord *t = call->who->token;
-    for (size_t i = 0; !s->scope.all && t != NULL && i < t->n_tenants && i < PC_WATCH_MAX_TENANTS;
-         i++) {
-        snprintf(s->scope.tenants[i], sizeof(s->scope.tenants[i]), "%s", t->tenants[i]);
-        s->scope.n++;
+    /* ?tenant=NAME: that tenant's events only (a scoped token's own). */
+    char one[PC_TENANT_MAX + 1];
+    int qrc = call->match->query != NULL
+                  ? pc_httpd_query_text(call->match->query, "tenant", one, sizeof(one))
+                  : PC_E_NOTFOUND;
+    if (qrc != PC_E_NOTFOUND) {
+        if (qrc != PC_OK || !pc_tenant_name_valid(one)) {
+            free(s);
+            pc_httpd_error(call->rq, PC_E_INVALID, "tenant must be a tenant name");
+            return;
+        }
+        if (!api_may_use_tenant(call->who, one)) {
+            free(s);
+            pc_httpd_error(call->rq, PC_E_NOTFOUND, "tenant %s not found", one);
+            return;
+        }
+        snprintf(s->scope.tenants[0], sizeof(s->scope.tenants[0]), "%s", one);
+        s->scope.n = 1;
+    } else {
+        s->scope.all = call->who->admin;
+        const Popcast__TokenRecord *t = call->who->token;
+        for (size_t i = 0;
+             !s->scope.all && t != NULL && i < t->n_tenants && i < PC_WATCH_MAX_TENANTS; i++) {
+            snprintf(s->scope.tenants[i], sizeof(s->scope.tenants[i]), "%s", t->tenants[i]);
+            s->scope.n++;
+        }
     }
     pc_httpd_stream_start(call->rq, "text/event-stream", NULL, stream_ready, s);
 }

@@ -281,6 +281,52 @@ static void test_scoped_token(void **state)
                      t ? t : "(none)");
     }
     close_watch(&w);
+    /* It may not ask for another tenant's: as if that one did not exist. */
+    open_watch(&w, "/v1/watch?tenant=wa", token, NULL, 0);
+    while (!w.head_done && pump(&w, 1000))
+        ;
+    assert_int_equal(w.status, 404);
+    close_watch(&w);
+}
+
+/* ?tenant=: one tenant's events only, for an admin too; a scoped token
+ * may name only its own (test_scoped_token). */
+static void test_one_tenant(void **state)
+{
+    (void)state;
+    watcher w;
+    open_watch(&w, "/v1/watch?from=0&tenant=wb", env.token, NULL, 0);
+    uint64_t head = pc_test_controller_head(&env, &ctl);
+    char src[256];
+    pc_test_lua_hello(src, sizeof(src), "a-again");
+    pc_test_deploy_lua(&env, &ctl, "wa", src);
+    pc_test_lua_hello(src, sizeof(src), "b-again");
+    pc_test_deploy_lua(&env, &ctl, "wb", src);
+    wait_event(&w, 0, "entry", "wb", head + 2);
+    for (size_t i = 0; i < w.n; i++) {
+        const char *t = json_string_value(json_object_get(w.events[i].data, "tenant"));
+        if (t == NULL || strcmp(t, "wb") != 0)
+            fail_msg("a watch of wb saw a %s event of %s", w.events[i].type, t ? t : "(none)");
+    }
+    close_watch(&w);
+    struct {
+        const char *path;
+        int status;
+    } bad[] = {
+        {"/v1/watch?tenant=Not_A_Tenant", 400},
+        {"/v1/watch?tenant=", 400},
+        {"/v1/"
+         "watch?tenant=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+         400},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        open_watch(&w, bad[i].path, env.token, NULL, 0);
+        while (!w.head_done && pump(&w, 1000))
+            ;
+        if (w.status != bad[i].status)
+            fail_msg("GET %s: %d, expected %d", bad[i].path, w.status, bad[i].status);
+        close_watch(&w);
+    }
 }
 
 /* Refused before any stream: no token, a bad from, a bad Last-Event-ID,
@@ -505,9 +551,13 @@ static void test_stop_with_watchers(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_entries_and_rollout), cmocka_unit_test(test_scoped_token),
-        cmocka_unit_test(test_bad_requests),        cmocka_unit_test(test_slow_watcher_is_cut),
-        cmocka_unit_test(test_cli_watch),           cmocka_unit_test(test_fleet_and_cluster_events),
+        cmocka_unit_test(test_entries_and_rollout),
+        cmocka_unit_test(test_scoped_token),
+        cmocka_unit_test(test_one_tenant),
+        cmocka_unit_test(test_bad_requests),
+        cmocka_unit_test(test_slow_watcher_is_cut),
+        cmocka_unit_test(test_cli_watch),
+        cmocka_unit_test(test_fleet_and_cluster_events),
         cmocka_unit_test(test_stop_with_watchers),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
