@@ -38,6 +38,7 @@
 
 #include "clock.h"
 #include "etcd_cluster.h"
+#include "sse.h"
 #include "harness.h"
 
 #define MAX_WATCHERS 1000
@@ -49,9 +50,10 @@ static pc_test_controller ctl;
 
 typedef struct sse_reader {
     int fd;
-    char buf[65536];
-    size_t len;
+    char head[4096];
+    size_t head_len;
     bool head_done;
+    pc_sse sse;
 } sse_reader;
 
 static sse_reader *readers;
@@ -92,36 +94,42 @@ static int connect_watch(void)
     return fd;
 }
 
-/* Notes the entry events in r's buffer (id lines of "event: entry"). */
-static void scan(int w, sse_reader *r, double now)
+typedef struct arrival {
+    int watcher;
+    double now;
+} arrival;
+
+/* Notes when an entry of the changes arrived at a watcher. */
+static bool note_entry(void *arg, const pc_sse_event *e)
 {
-    char *start = r->buf;
+    const arrival *a = arg;
+    unsigned long long id = strtoull(e->id, NULL, 10);
+    if (strcmp(e->type, "entry") != 0 || first_seq == 0 || id < first_seq ||
+        id >= first_seq + (uint64_t)n_changes)
+        return true;
+    double *slot = &arrived[(size_t)a->watcher * (size_t)(n_changes + 1) + (id - first_seq) + 1];
+    if (*slot == 0)
+        *slot = a->now;
+    return true;
+}
+
+/* Reads r's new bytes: the head once, then events. */
+static void scan(int w, sse_reader *r, const char *data, size_t len, double now)
+{
     if (!r->head_done) {
-        char *end = memmem(r->buf, r->len, "\r\n\r\n", 4);
+        size_t room = sizeof(r->head) - 1 - r->head_len;
+        memcpy(r->head + r->head_len, data, len < room ? len : room);
+        r->head_len += len < room ? len : room;
+        r->head[r->head_len] = '\0';
+        char *end = strstr(r->head, "\r\n\r\n");
         if (end == NULL)
             return;
-        start = end + 4;
         r->head_done = true;
+        data = end + 4;
+        len = r->head_len - (size_t)(data - r->head);
     }
-    for (;;) {
-        size_t left = r->len - (size_t)(start - r->buf);
-        char *end = memmem(start, left, "\n\n", 2);
-        if (end == NULL)
-            break;
-        unsigned long long id = 0;
-        if (sscanf(start, "id: %llu\nevent: entry", &id) == 1 &&
-            memmem(start, (size_t)(end - start), "event: entry", 12) != NULL && id >= first_seq &&
-            id < first_seq + (uint64_t)n_changes && first_seq > 0) {
-            size_t k = (size_t)(id - first_seq) + 1;
-            double *slot = &arrived[(size_t)w * (size_t)(n_changes + 1) + k];
-            if (*slot == 0)
-                *slot = now;
-        }
-        start = end + 2;
-    }
-    size_t used = (size_t)(start - r->buf);
-    memmove(r->buf, start, r->len - used);
-    r->len -= used;
+    arrival a = {.watcher = w, .now = now};
+    pc_sse_feed(&r->sse, data, len, note_entry, &a);
 }
 
 static void *read_all(void *arg)
@@ -137,14 +145,13 @@ static void *read_all(void *arg)
         for (int i = 0; i < n_watchers; i++) {
             if (!(p[i].revents & POLLIN))
                 continue;
-            sse_reader *r = &readers[i];
-            ssize_t got = read(r->fd, r->buf + r->len, sizeof(r->buf) - r->len - 1);
+            char chunk[65536];
+            ssize_t got = read(readers[i].fd, chunk, sizeof(chunk));
             if (got <= 0) {
                 p[i].fd = -1;
                 continue;
             }
-            r->len += (size_t)got;
-            scan(i, r, now);
+            scan(i, &readers[i], chunk, (size_t)got, now);
         }
     }
     free(p);
@@ -259,8 +266,10 @@ static void bench(void **state)
         printf("%-12s %10.2f %10s %10s\n", "last", last50, "", "-");
         printf("etcd last: not measured (etcd is not installed)\n");
     }
-    for (int i = 0; i < n_watchers; i++)
+    for (int i = 0; i < n_watchers; i++) {
         close(readers[i].fd);
+        pc_sse_free(&readers[i].sse);
+    }
     free(readers);
     free(arrived);
     free(sent);

@@ -32,6 +32,7 @@
 #include "crypto.h"
 #include "envelope.h"
 #include "http_client.h"
+#include "sse.h"
 #include "names.h"
 #include "target.h"
 #include "tls.h"
@@ -1615,8 +1616,9 @@ typedef struct watch_state {
     cli *c;
     const char *tenant; /* only its events (NULL: all) */
     int status;
-    char *buf; /* what came and is not a whole event yet */
-    size_t len, cap;
+    pc_sse sse;
+    char error[4096]; /* an error answer's body */
+    size_t error_len;
     long long printed;
     int rc; /* set when the stream says it ends: compacted, cut */
     bool done;
@@ -1667,64 +1669,40 @@ static void print_watch_event(watch_state *w, const char *type, const char *id, 
     w->printed++;
 }
 
-/* One "id:/event:/data:" block. */
-static void watch_block(watch_state *w, char *block)
+static bool watch_event(void *arg, const pc_sse_event *e)
 {
-    const char *type = NULL, *id = "0", *data = NULL;
-    for (char *line = block; line != NULL;) {
-        char *next = strchr(line, '\n');
-        if (next != NULL)
-            *next++ = '\0';
-        if (strncmp(line, "event: ", 7) == 0)
-            type = line + 7;
-        else if (strncmp(line, "id: ", 4) == 0)
-            id = line + 4;
-        else if (strncmp(line, "data: ", 6) == 0)
-            data = line + 6;
-        line = next;
-    }
-    if (type == NULL || data == NULL)
-        return; /* a comment: the hello, a keepalive */
-    json_t *d = json_loads(data, 0, NULL);
+    watch_state *w = arg;
+    json_t *d = json_loads(e->data, 0, NULL);
     if (d == NULL)
-        return;
-    print_watch_event(w, type, id, d);
+        return true; /* not one of popcast's events */
+    print_watch_event(w, e->type, e->id, d);
     json_decref(d);
-    if (strcmp(type, "compacted") == 0) {
+    if (strcmp(e->type, "compacted") == 0) {
         w->rc = RC_UNREACHABLE;
         w->done = true;
-    } else if (strcmp(type, "cut") == 0) {
+    } else if (strcmp(e->type, "cut") == 0) {
         w->rc = RC_FAILED;
         w->done = true;
     } else if (w->c->events > 0 && w->printed >= w->c->events) {
         w->done = true;
     }
+    return !w->done;
 }
 
 static bool watch_body(void *arg, const char *data, size_t len)
 {
     watch_state *w = arg;
-    if (w->len + len + 1 > w->cap) {
-        size_t cap = (w->len + len + 1) * 2;
-        char *grown = realloc(w->buf, cap);
-        if (grown == NULL)
-            return false;
-        w->buf = grown;
-        w->cap = cap;
+    if (w->status != 200) { /* an error's body: kept, then printed */
+        size_t room = sizeof(w->error) - 1 - w->error_len;
+        memcpy(w->error + w->error_len, data, len < room ? len : room);
+        w->error_len += len < room ? len : room;
+        return true;
     }
-    memcpy(w->buf + w->len, data, len);
-    w->len += len;
-    w->buf[w->len] = '\0';
-    if (w->status != 200)
-        return true; /* an error's body: read whole, then printed */
-    char *start = w->buf, *end;
-    while (!w->done && (end = strstr(start, "\n\n")) != NULL) {
-        *end = '\0';
-        watch_block(w, start);
-        start = end + 2;
+    if (!pc_sse_feed(&w->sse, data, len, watch_event, w) && !w->done) {
+        w->rc = RC_FAILED;
+        w->done = true;
+        fprintf(stderr, "popcast: the stream is not one of events\n");
     }
-    w->len -= (size_t)(start - w->buf);
-    memmove(w->buf, start, w->len + 1);
     return !w->done;
 }
 
@@ -1747,19 +1725,16 @@ static int cmd_watch(cli *c)
     watch_state w = {.c = c, .tenant = c->nargs > 0 ? c->args[0] : NULL};
     pc_err err;
     int rc = pc_http_stream(c->controller, path, headers, 0, watch_head, watch_body, &w, &err);
-    if (rc != PC_OK) {
-        free(w.buf);
+    pc_sse_free(&w.sse);
+    if (rc != PC_OK)
         return fail("%s", err.msg);
-    }
     if (w.status != 200) {
-        json_t *doc = json_loadb(w.buf ? w.buf : "", w.len, 0, NULL);
+        json_t *doc = json_loadb(w.error, w.error_len, 0, NULL);
         json_t *e = json_object_get(doc, "error");
         fail("%d %s: %s", w.status, str(e, "code"), str(e, "message"));
         json_decref(doc);
-        free(w.buf);
         return RC_FAILED;
     }
-    free(w.buf);
     if (w.done)
         return w.rc;
     fprintf(stderr, "popcast: the controller ended the stream; watch again with --from and the "

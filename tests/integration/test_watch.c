@@ -21,6 +21,7 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "sse.h"
 
 #define MAX_EVENTS 512
 
@@ -34,8 +35,9 @@ typedef struct sse_event {
 typedef struct watcher {
     int fd;
     int status;
-    char *buf; /* bytes after the head not parsed yet */
-    size_t len, cap;
+    char head[65536 * 2]; /* the answer's head, until it is whole */
+    size_t head_len;
+    pc_sse sse;
     bool head_done, closed;
     sse_event events[MAX_EVENTS];
     size_t n;
@@ -76,38 +78,20 @@ static void open_watch(watcher *w, const char *path, const char *token, const ch
     open_watch_on(w, ctl.api_port, path, token, extra, rcvbuf);
 }
 
-static void parse_events(watcher *w)
+static bool keep_event(void *arg, const pc_sse_event *e)
 {
-    for (;;) {
-        char *end = w->len ? memmem(w->buf, w->len, "\n\n", 2) : NULL;
-        if (end == NULL)
-            return;
-        *end = '\0';
-        sse_event e = {0};
-        bool any = false;
-        for (char *line = w->buf; line != NULL && line < end;) {
-            char *next = strchr(line, '\n');
-            if (next != NULL)
-                *next++ = '\0';
-            if (strncmp(line, "id: ", 4) == 0) {
-                e.id = strtoull(line + 4, NULL, 10);
-            } else if (strncmp(line, "event: ", 7) == 0) {
-                snprintf(e.type, sizeof(e.type), "%s", line + 7);
-                any = true;
-            } else if (strncmp(line, "data: ", 6) == 0) {
-                e.data = json_loads(line + 6, 0, NULL);
-                assert_non_null(e.data);
-            }
-            line = next;
-        }
-        if (any && w->n < MAX_EVENTS)
-            w->events[w->n++] = e;
-        else
-            json_decref(e.data);
-        size_t used = (size_t)(end + 2 - w->buf);
-        memmove(w->buf, w->buf + used, w->len - used);
-        w->len -= used;
+    watcher *w = arg;
+    json_t *data = json_loads(e->data, 0, NULL);
+    assert_non_null(data);
+    if (w->n == MAX_EVENTS) {
+        json_decref(data);
+        return true;
     }
+    sse_event *k = &w->events[w->n++];
+    k->id = strtoull(e->id, NULL, 10);
+    snprintf(k->type, sizeof(k->type), "%s", e->type);
+    k->data = data;
+    return true;
 }
 
 /* Reads what is there within timeout_ms; false once the peer closed. */
@@ -116,30 +100,30 @@ static bool pump(watcher *w, int timeout_ms)
     struct pollfd p = {.fd = w->fd, .events = POLLIN};
     if (w->closed || poll(&p, 1, timeout_ms) <= 0)
         return !w->closed;
-    if (w->len + 65536 > w->cap) {
-        w->cap = (w->len + 65536) * 2;
-        w->buf = realloc(w->buf, w->cap + 1);
-        assert_non_null(w->buf);
-    }
-    ssize_t got = read(w->fd, w->buf + w->len, w->cap - w->len);
+    char chunk[65536];
+    ssize_t got = read(w->fd, chunk, sizeof(chunk));
     if (got <= 0) {
         w->closed = true;
         return false;
     }
-    w->len += (size_t)got;
-    w->buf[w->len] = '\0';
+    const char *body = chunk;
+    size_t len = (size_t)got;
     if (!w->head_done) {
-        char *end = strstr(w->buf, "\r\n\r\n");
+        /* The head: gathered until its blank line, for the status. */
+        assert_true(w->head_len + len < sizeof(w->head));
+        memcpy(w->head + w->head_len, chunk, len);
+        w->head_len += len;
+        w->head[w->head_len] = '\0';
+        char *end = strstr(w->head, "\r\n\r\n");
         if (end == NULL)
             return true;
-        assert_int_equal(sscanf(w->buf, "HTTP/1.1 %d", &w->status), 1);
-        size_t used = (size_t)(end + 4 - w->buf);
-        memmove(w->buf, w->buf + used, w->len - used);
-        w->len -= used;
+        assert_int_equal(sscanf(w->head, "HTTP/1.1 %d", &w->status), 1);
         w->head_done = true;
+        body = end + 4;
+        len = w->head_len - (size_t)(body - w->head);
     }
     if (w->status == 200)
-        parse_events(w);
+        assert_true(pc_sse_feed(&w->sse, body, len, keep_event, w));
     return true;
 }
 
@@ -148,7 +132,7 @@ static void close_watch(watcher *w)
     close(w->fd);
     for (size_t i = 0; i < w->n; i++)
         json_decref(w->events[i].data);
-    free(w->buf);
+    pc_sse_free(&w->sse);
 }
 
 /* The index of the first event of type (and, unless NULL, tenant) at or
