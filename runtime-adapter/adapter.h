@@ -60,7 +60,14 @@ typedef struct pc_request {
     size_t n_headers;
     const uint8_t *body;
     size_t body_len;
+    /* Where the handler's print(...) output goes, one call per print with
+     * its line (no newline; at most PC_PRINT_LINE_MAX bytes, longer lines
+     * are cut), on the serving thread during serve. NULL: discarded. */
+    void (*print)(void *arg, const char *line, size_t len);
+    void *print_arg;
 } pc_request;
+
+#define PC_PRINT_LINE_MAX 1024
 
 /* The handler's answer. Filled by serve with malloc'd memory; release it
  * with pc_response_clear. */

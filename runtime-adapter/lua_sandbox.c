@@ -494,9 +494,35 @@ static int safe_collectgarbage(lua_State *L)
     return 1;
 }
 
-static int quiet_print(lua_State *L)
+/* The request being served (a light userdata, while a handler runs):
+ * where print sends its line. */
+#define REQUEST_KEY "popcast.request"
+
+/* print(...): Lua's own print joins its arguments' tostring with tabs; so
+ * does this one, into one line handed to the request's print sink (the
+ * agent's tail), cut at PC_PRINT_LINE_MAX bytes. Outside a request (the
+ * top level) or with no sink, the line is dropped: a tenant's print never
+ * reaches the agent's own output. */
+static int sandbox_print(lua_State *L)
 {
-    (void)L;
+    lua_getfield(L, LUA_REGISTRYINDEX, REQUEST_KEY);
+    const pc_request *req = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (req == NULL || req->print == NULL)
+        return 0;
+    int n = lua_gettop(L);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (int i = 1; i <= n; i++) {
+        if (i > 1)
+            luaL_addchar(&b, '\t');
+        luaL_tolstring(L, i, NULL);
+        luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);
+    size_t len = 0;
+    const char *line = lua_tolstring(L, -1, &len);
+    req->print(req->print_arg, line, len > PC_PRINT_LINE_MAX ? PC_PRINT_LINE_MAX : len);
     return 0;
 }
 
@@ -523,7 +549,7 @@ static void open_sandbox_libs(lua_State *L, bool metered)
     }
     lua_pushcfunction(L, safe_collectgarbage);
     lua_setfield(L, -2, "collectgarbage");
-    lua_pushcfunction(L, quiet_print);
+    lua_pushcfunction(L, sandbox_print);
     lua_setfield(L, -2, "print");
     lua_getfield(L, -1, "string");
     lua_pushnil(L);
@@ -832,9 +858,13 @@ int pc_lua_isolate_call(pc_lua_isolate *iso, const pc_request *req, pc_response 
     call_ctx ctx = {req, res, iso->limits->response_bytes, false};
     lua_State *L = iso->L;
     start_run(iso, iso->limits->instructions, iso->limits->wall_ms, abort);
+    lua_pushlightuserdata(L, (void *)req);
+    lua_setfield(L, LUA_REGISTRYINDEX, REQUEST_KEY);
     lua_pushcfunction(L, call_handler);
     lua_pushlightuserdata(L, &ctx);
     int status = lua_pcall(L, 1, 0, 0);
+    lua_pushnil(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, REQUEST_KEY);
     int rc = PC_OK;
     finish_run(iso);
     *hit = run_limit(iso, status);

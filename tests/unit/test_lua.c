@@ -157,6 +157,57 @@ static void test_handler_api(void **state)
     assert_int_equal(get("nobody", "/", &res, &err), PC_E_NOTFOUND);
 }
 
+/* What print hands the request's sink. */
+typedef struct printed {
+    char lines[8][1100];
+    size_t lens[8];
+    int n;
+} printed;
+
+static void keep_print(void *arg, const char *line, size_t len)
+{
+    printed *p = arg;
+    if (p->n == 8)
+        return;
+    memcpy(p->lines[p->n], line, len);
+    p->lines[p->n][len] = '\0';
+    p->lens[p->n++] = len;
+}
+
+/* print: tostring of each argument (metamethods too), tab-joined, one
+ * call of the request's sink per print, cut at PC_PRINT_LINE_MAX; with
+ * no sink, or at the top level, nothing happens and the handler runs on. */
+static void test_print_goes_to_the_request_sink(void **state)
+{
+    (void)state;
+    deploy_ok("printer", 1,
+              "print('at the top level')\n"
+              "local t = setmetatable({}, {__tostring = function() return 'T!' end})\n"
+              "return function(req)\n"
+              "  print('a', 1, nil, true, t)\n"
+              "  print()\n"
+              "  print(string.rep('x', 5000))\n"
+              "  return 'done'\n"
+              "end\n");
+    printed p = {.n = 0};
+    pc_request req = {.method = "GET",
+                      .path = "/",
+                      .query = "",
+                      .body = (const uint8_t *)"",
+                      .print = keep_print,
+                      .print_arg = &p};
+    pc_response res;
+    pc_err err;
+    assert_int_equal(lua->serve(lua, "printer", &req, &res, &err), PC_OK);
+    pc_response_clear(&res);
+    assert_int_equal(p.n, 3);
+    assert_string_equal(p.lines[0], "a\t1\tnil\ttrue\tT!");
+    assert_int_equal(p.lens[1], 0);
+    assert_int_equal(p.lens[2], PC_PRINT_LINE_MAX);
+    /* No sink: the same handler answers, and nothing is kept anywhere. */
+    expect_body("printer", "/", "done");
+}
+
 static void test_sandbox_escapes_unreachable(void **state)
 {
     static const struct {
@@ -655,6 +706,7 @@ int main(void)
         cmocka_unit_test(test_idle_isolates_expire),
         cmocka_unit_test(test_deferred_versions_build_on_first_request),
         cmocka_unit_test(test_check_uses_the_limits),
+        cmocka_unit_test(test_print_goes_to_the_request_sink),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
