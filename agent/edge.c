@@ -582,6 +582,72 @@ static const char *check_response(pc_edge *e, pc_response *res, pc_metric **coun
     return NULL;
 }
 
+/* What a tailed request printed, kept until the edge knows the version
+ * that ran (the lines go to the buffer after the answer). */
+#define TAIL_PRINTS_MAX 16
+
+typedef struct tail_note {
+    bool on; /* the tenant is tailed */
+    double started_ms;
+    char *prints[TAIL_PRINTS_MAX];
+    size_t print_lens[TAIL_PRINTS_MAX];
+    size_t n_prints;
+    uint64_t prints_lost;
+} tail_note;
+
+static void tail_print(void *arg, const char *text, size_t len)
+{
+    tail_note *n = arg;
+    char *copy = n->n_prints < TAIL_PRINTS_MAX ? malloc(len + 1) : NULL;
+    if (copy == NULL) {
+        n->prints_lost++;
+        return;
+    }
+    memcpy(copy, text, len);
+    copy[len] = '\0';
+    n->prints[n->n_prints] = copy;
+    n->print_lens[n->n_prints++] = len;
+}
+
+/* A tailed request's lines: what it printed, its error (error: NULL when
+ * it did not fail), and its request line if sampled. */
+static void tail_request(pc_edge *e, tail_note *n, const char *tenant, const char *method,
+                         const char *path, unsigned status, uint64_t version, const char *error)
+{
+    if (!n->on)
+        return;
+    int64_t now_ms = pc_mono_ms();
+    pc_tail_line l = {.tenant = tenant,
+                      .version = version,
+                      .time_unix_ms = pc_wall_ms(),
+                      .method = method,
+                      .path = path,
+                      .status = status,
+                      .duration_us = (uint64_t)((pc_mono_ms_frac() - n->started_ms) * 1000.0)};
+    for (size_t i = 0; i < n->n_prints; i++) {
+        l.kind = POPCAST__TAIL_KIND__TAIL_KIND_PRINT;
+        l.message = n->prints[i];
+        l.message_len = n->print_lens[i];
+        pc_tail_buffer_add(e->opt.tail, &l, now_ms);
+        free(n->prints[i]);
+    }
+    n->n_prints = 0;
+    if (n->prints_lost > 0)
+        pc_tail_buffer_count_dropped(e->opt.tail, tenant, n->prints_lost, now_ms);
+    if (error != NULL) {
+        l.kind = POPCAST__TAIL_KIND__TAIL_KIND_ERROR;
+        l.message = error;
+        l.message_len = strlen(error);
+        pc_tail_buffer_add(e->opt.tail, &l, now_ms);
+    }
+    if (pc_tail_buffer_sample(e->opt.tail, tenant, now_ms)) {
+        l.kind = POPCAST__TAIL_KIND__TAIL_KIND_REQUEST;
+        l.message = NULL;
+        l.message_len = 0;
+        pc_tail_buffer_add(e->opt.tail, &l, now_ms);
+    }
+}
+
 static enum MHD_Result serve(pc_edge *e, struct MHD_Connection *conn, const char *method,
                              edge_request *r)
 {
@@ -615,6 +681,12 @@ static enum MHD_Result serve(pc_edge *e, struct MHD_Connection *conn, const char
                       .n_headers = headers.count,
                       .body = r->body ? r->body : (const uint8_t *)"",
                       .body_len = r->body_len};
+    tail_note note = {.on = pc_tail_buffer_wanted(e->opt.tail, tenant, pc_mono_ms())};
+    if (note.on) {
+        note.started_ms = pc_mono_ms_frac();
+        req.print = tail_print;
+        req.print_arg = &note;
+    }
     pc_response res;
     memset(&res, 0, sizeof(res));
     pc_err err;
@@ -645,10 +717,12 @@ static enum MHD_Result serve(pc_edge *e, struct MHD_Connection *conn, const char
                 res.status, why);
         uint64_t version = res.version;
         pc_response_clear(&res);
+        tail_request(e, &note, tenant, method, r->uri, 502, version, why);
         return send_error(conn, 502, PC_E_RUNTIME, tenant, version, why);
     }
     if (rc == PC_OK) {
         uint64_t version = res.version;
+        tail_request(e, &note, tenant, method, r->uri, (unsigned)res.status, version, NULL);
         enum MHD_Result mr = send_response(conn, (unsigned)res.status, NULL, res.body, res.body_len,
                                            res.headers, res.n_headers, tenant, version, false);
         res.body = NULL; /* owned by the MHD response now */
@@ -660,16 +734,20 @@ static enum MHD_Result serve(pc_edge *e, struct MHD_Connection *conn, const char
     if (rc == PC_E_NOTFOUND) {
         pc_metric_add(e->m_unknown, 1);
         snprintf(msg, sizeof(msg), "tenant %s is not served here", tenant);
+        tail_request(e, &note, tenant, method, r->uri, 404, 0, NULL);
         return send_error(conn, 404, PC_E_NOTFOUND, tenant, 0, msg);
     }
     if (rc == PC_E_QUARANTINED) {
         /* Counted, not logged per request: the engine logged the
          * quarantine once, and a busy tenant would flood the log. */
         pc_metric_add(e->m_quarantined, 1);
+        tail_request(e, &note, tenant, method, r->uri, 503, version, err.msg);
         return send_error(conn, 503, rc, tenant, version, err.msg);
     }
     pc_metric_add(e->m_errors, 1);
     pc_warn("edge", "%s %s %s: %s: %s", tenant, method, r->uri, pc_err_name(rc), err.msg);
+    tail_request(e, &note, tenant, method, r->uri, rc == PC_E_UNAVAILABLE ? 503 : 502, version,
+                 err.msg);
     if (rc == PC_E_UNAVAILABLE)
         return send_error(conn, 503, rc, tenant, version, "tenant is busy, retry");
     return send_error(conn, 502, rc, tenant, version,

@@ -38,6 +38,7 @@
 #include "append_log.h"
 #include "err.h"
 #include "metrics.h"
+#include "tail_buffer.h"
 #include "traffic.h"
 
 typedef struct pc_edge pc_edge;
@@ -77,6 +78,10 @@ typedef struct pc_edge_options {
     /* Counts each request that ran a tenant version's code, by outcome
      * (NULL: none). The caller owns it and frees it after the stop. */
     pc_traffic *traffic;
+    /* Tenants' log lines for popcast tail (NULL: none): for a tenant some
+     * controller tails, the handler's print output, each failed request's
+     * error and a sample of request lines (tail_buffer.h). */
+    pc_tail_buffer *tail;
 } pc_edge_options;
 
 int pc_edge_start(pc_edge **out, const pc_edge_options *opt, pc_err *err);

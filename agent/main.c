@@ -35,6 +35,7 @@
 #include "subscriber.h"
 #include "exec_adapter.h"
 #include "syncer.h"
+#include "tail_shipper.h"
 #include "tls.h"
 #include "traffic.h"
 
@@ -84,6 +85,11 @@ typedef struct agent_config {
     uint64_t max_clock_skew_ms;
     uint64_t status_interval_ms;
     uint64_t traffic_interval_ms;
+    uint64_t tail_poll_ms;
+    uint64_t tail_flush_ms;
+    uint64_t tail_buffer_lines;
+    uint64_t tail_buffer_bytes;
+    uint64_t tail_request_lines;
     uint64_t sync_interval_ms;
     uint64_t request_timeout_ms;
     uint64_t connect_timeout_ms;
@@ -188,6 +194,16 @@ static const pc_cfg_option options[] = {
         "status report period (reports also go out on every change)"),
     OPT(traffic_interval_ms, PC_CFG_U64, "10000", 50, 3600000,
         "how often reports take new request counts per tenant version"),
+    OPT(tail_poll_ms, PC_CFG_U64, "2000", 0, 3600000,
+        "how often to ask each controller which tenants are tailed (popcast tail; 0: tails off)"),
+    OPT(tail_flush_ms, PC_CFG_U64, "200", 10, 60000,
+        "how often a tailed tenant's log lines are sent to the controllers"),
+    OPT(tail_buffer_lines, PC_CFG_U64, "4096", 1, 1048576,
+        "tailed tenants' log lines held for sending (more are dropped, counted)"),
+    OPT(tail_buffer_bytes, PC_CFG_U64, "1048576", 4096, 1073741824,
+        "bytes of tailed tenants' log lines held for sending"),
+    OPT(tail_request_lines, PC_CFG_U64, "100", 1, 1000000,
+        "request lines per second a tailed tenant's tail gets (more are counted as sampled out)"),
     OPT(sync_interval_ms, PC_CFG_U64, "10000", 100, 3600000,
         "catch-up probe period, even when nothing looks missing"),
     OPT(request_timeout_ms, PC_CFG_U64, "5000", 100, 600000, "one sync request's timeout"),
@@ -227,7 +243,9 @@ typedef struct agent {
     pc_adapter *adapters[2];
     size_t n_adapters;
     pc_applier *applier;
-    pc_traffic *traffic; /* the edge counts, reports show */
+    pc_traffic *traffic;  /* the edge counts, reports show */
+    pc_tail_buffer *tail; /* the edge adds, the shipper sends (NULL: tails off) */
+    pc_tail_shipper *tail_shipper;
     pc_subscriber *sub;
     pc_syncer *_Atomic syncer;
     pc_edge *edge;
@@ -597,6 +615,19 @@ static int agent_serve(agent *ag, pc_err *err)
                             .n_adapters = ag->n_adapters,
                             .metrics = ag->metrics,
                             .traffic = ag->traffic};
+    if (ag->cfg.tail_poll_ms > 0 && ag->cfg.sync.count > 0) {
+        pc_tail_buffer_options topt = {.controllers = ag->cfg.sync.count,
+                                       .max_lines = ag->cfg.tail_buffer_lines,
+                                       .max_bytes = ag->cfg.tail_buffer_bytes,
+                                       .request_lines_per_s = (uint32_t)ag->cfg.tail_request_lines,
+                                       .want_ttl_ms = 3 * ag->cfg.tail_poll_ms + 1000};
+        if (ag->cfg.sync.count > PC_TAIL_CONTROLLERS_MAX)
+            return pc_err_set(err, PC_E_INVALID, "tails serve at most %d controllers (sync)",
+                              PC_TAIL_CONTROLLERS_MAX);
+        if ((ag->tail = pc_tail_buffer_new(&topt)) == NULL)
+            return pc_err_set(err, PC_E_NOMEM, "out of memory");
+        eopt.tail = ag->tail;
+    }
     uint64_t floor = 0;
     int rc;
     if (ag->cfg.edge_access_log != NULL &&
@@ -656,6 +687,20 @@ static int agent_serve(agent *ag, pc_err *err)
     if ((rc = pc_syncer_start(&syncer, &syopt, err)) != PC_OK)
         return rc;
     ag->syncer = syncer;
+    if (ag->tail != NULL) {
+        pc_tail_shipper_options tsopt = {.urls = &ag->cfg.sync,
+                                         .buffer = ag->tail,
+                                         .agent_id = ag->agent_id,
+                                         .pop = ag->cfg.pop,
+                                         .identity = &ag->identity,
+                                         .tls = ag->tls,
+                                         .poll_ms = ag->cfg.tail_poll_ms,
+                                         .flush_ms = ag->cfg.tail_flush_ms,
+                                         .request_timeout_ms = ag->cfg.request_timeout_ms,
+                                         .metrics = ag->metrics};
+        if ((rc = pc_tail_shipper_start(&ag->tail_shipper, &tsopt, err)) != PC_OK)
+            return rc;
+    }
     pc_subscriber_options subopt = {.urls = &ag->cfg.subscribe,
                                     .recvbuf = (int)ag->cfg.sub_recvbuf,
                                     .recv_max = pc_pub_message_max(ag->cfg.max_bundle),
@@ -691,11 +736,13 @@ static void agent_close(agent *ag)
         ag->syncer = NULL;
         pc_syncer_stop(s);
     }
+    pc_tail_shipper_stop(ag->tail_shipper);
     pc_admin_stop(ag->admin);
     pc_edge_prober_stop(ag->edge_prober); /* before the edge it asks */
     pc_edge_stop(ag->edge);
     pc_append_log_close(ag->access_log); /* after the edge: its last lines are written */
     pc_traffic_free(ag->traffic);        /* after the edge and the syncer */
+    pc_tail_buffer_free(ag->tail);       /* after the edge and the shipper */
     pc_applier_free(ag->applier);
     if (ag->lua)
         ag->lua->destroy(ag->lua);

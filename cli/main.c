@@ -1615,6 +1615,7 @@ static void print_serving(json_t *sv)
 typedef struct watch_state {
     cli *c;
     const char *tenant; /* only its events (NULL: all) */
+    bool tail;          /* popcast tail: the stream of a tenant's log lines */
     int status;
     pc_sse sse;
     char error[4096]; /* an error answer's body */
@@ -1627,6 +1628,22 @@ typedef struct watch_state {
 static void watch_head(void *arg, int status)
 {
     ((watch_state *)arg)->status = status;
+}
+
+/* One of a tenant's log lines (popcast tail). */
+static void print_tail_line(json_t *d)
+{
+    const char *kind = str(d, "kind");
+    printf("%s %s (%s) v%lld %s: ", str(d, "time"), str(d, "agent"), str(d, "pop"),
+           num(d, "version"), kind);
+    if (strcmp(kind, "print") == 0)
+        printf("%s\n", str(d, "message"));
+    else if (strcmp(kind, "error") == 0)
+        printf("%s %s %lld: %s\n", str(d, "method"), str(d, "path"), num(d, "status"),
+               str(d, "message"));
+    else
+        printf("%s %s %lld %.1f ms\n", str(d, "method"), str(d, "path"), num(d, "status"),
+               (double)num(d, "duration_us") / 1000.0);
 }
 
 static void print_watch_event(watch_state *w, const char *type, const char *id, json_t *d)
@@ -1662,6 +1679,11 @@ static void print_watch_event(watch_state *w, const char *type, const char *id, 
                num(d, "id"), str(d, "tenant"), num(d, "version"), str(d, "state"), num(d, "stage"),
                num(d, "stages_total"), str(last, "what"), event_detail(last)[0] ? ": " : "",
                event_detail(last));
+    } else if (strcmp(type, "line") == 0) {
+        print_tail_line(d);
+    } else if (strcmp(type, "dropped") == 0) {
+        printf("%s %s (%s): %lld lines dropped, %lld request lines sampled out\n", str(d, "tenant"),
+               str(d, "agent"), str(d, "pop"), num(d, "dropped"), num(d, "sampled_out"));
     } else {
         printf("%s: %s\n", type, str(d, strcmp(type, "cut") == 0 ? "reason" : "message"));
     }
@@ -1706,15 +1728,10 @@ static bool watch_body(void *arg, const char *data, size_t len)
     return !w->done;
 }
 
-static int cmd_watch(cli *c)
+/* Follows the stream at path until it ends, --count events were printed,
+ * or an error; the exit code. */
+static int follow_stream(cli *c, const char *path, bool tail)
 {
-    char path[160] = "/v1/watch";
-    size_t n = strlen(path);
-    if (c->given[O_FROM])
-        n += (size_t)snprintf(path + n, sizeof(path) - n, "?from=%lld", c->from);
-    if (c->nargs > 0) /* only its events come */
-        snprintf(path + n, sizeof(path) - n, "%ctenant=%s", c->given[O_FROM] ? '&' : '?',
-                 c->args[0]);
     char auth[300];
     const char *headers[3] = {NULL};
     if (c->token != NULL) {
@@ -1722,7 +1739,7 @@ static int cmd_watch(cli *c)
         headers[0] = "Authorization";
         headers[1] = auth;
     }
-    watch_state w = {.c = c, .tenant = c->nargs > 0 ? c->args[0] : NULL};
+    watch_state w = {.c = c, .tenant = c->nargs > 0 ? c->args[0] : NULL, .tail = tail};
     pc_err err;
     int rc = pc_http_stream(c->controller, path, headers, 0, watch_head, watch_body, &w, &err);
     pc_sse_free(&w.sse);
@@ -1737,9 +1754,32 @@ static int cmd_watch(cli *c)
     }
     if (w.done)
         return w.rc;
-    fprintf(stderr, "popcast: the controller ended the stream; watch again with --from and the "
-                    "last seq printed\n");
+    if (tail)
+        fprintf(stderr, "popcast: the controller ended the tail; tail again\n");
+    else
+        fprintf(stderr, "popcast: the controller ended the stream; watch again with --from and "
+                        "the last seq printed\n");
     return RC_FAILED;
+}
+
+static int cmd_watch(cli *c)
+{
+    char path[160] = "/v1/watch";
+    size_t n = strlen(path);
+    if (c->given[O_FROM])
+        n += (size_t)snprintf(path + n, sizeof(path) - n, "?from=%lld", c->from);
+    if (c->nargs > 0) /* only its events come */
+        snprintf(path + n, sizeof(path) - n, "%ctenant=%s", c->given[O_FROM] ? '&' : '?',
+                 c->args[0]);
+    return follow_stream(c, path, false);
+}
+
+/* popcast tail: GET /v1/tenants/T/tail, one line per log line. */
+static int cmd_tail(cli *c)
+{
+    char path[160];
+    snprintf(path, sizeof(path), "/v1/tenants/%s/tail", c->args[0]);
+    return follow_stream(c, path, true);
 }
 
 static int cmd_status(cli *c)
@@ -2456,6 +2496,15 @@ static const command commands[] = {
      OPTS(O_FROM, O_EVENTS, O_JSON),
      false,
      cmd_watch},
+    {"tail",
+     NULL,
+     "follow a tenant's log lines from every agent: its handlers' print output, failed "
+     "requests' errors, sampled request lines",
+     {TENANT_ARG},
+     0,
+     OPTS(O_EVENTS, O_JSON),
+     false,
+     cmd_tail},
     {"status",
      NULL,
      "tenants, or one tenant's state: requested vs serving",

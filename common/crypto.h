@@ -24,6 +24,7 @@
 #define PC_DOMAIN_HEARTBEAT "popcast-heartbeat-v1"
 #define PC_DOMAIN_STATUS    "popcast-status-v1"
 #define PC_DOMAIN_ROTATION  "popcast-rotation-v1"
+#define PC_DOMAIN_TAIL      "popcast-tail-v1"
 
 typedef struct pc_public_key {
     uint8_t pk[PC_PK_LEN];

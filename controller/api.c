@@ -53,6 +53,7 @@ static const api_route routes[] = {
     GET("/v1/tenants/{tenant}/deployments", API_TENANT, api_get_deployments),
     GET("/v1/tenants/{tenant}/plan", API_TENANT, api_get_plan),
     GET("/v1/watch", API_TENANT, api_get_watch),
+    GET("/v1/tenants/{tenant}/tail", API_TENANT, api_get_tail),
     WRITE("PUT", "/v1/tenants/{tenant}/plan", API_TENANT, api_put_plan),
     WRITE("DELETE", "/v1/tenants/{tenant}/plan", API_TENANT, api_delete_plan),
     GET("/v1/tenants/{tenant}/deployments/{id}", API_TENANT, api_get_deployment),

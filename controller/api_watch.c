@@ -1,5 +1,6 @@
-/* api_watch.c - GET /v1/watch: the event stream (watch.h, docs/api.md
- * "Watch"). */
+/* api_watch.c - the API's streams (watch.h): GET /v1/watch, the event
+ * stream (docs/api.md "Watch"), and GET /v1/tenants/{tenant}/tail, a
+ * tenant's log lines from the agents (docs/api.md "Tail"). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,4 +92,37 @@ void api_get_watch(api_call *call)
         }
     }
     pc_httpd_stream_start(call->rq, "text/event-stream", NULL, stream_ready, s);
+}
+
+static void tail_ready(void *arg, pc_httpd_stream *st)
+{
+    watch_start *s = arg;
+    if (st != NULL)
+        pc_watch_add_tail(s->watch, st, s->scope.tenants[0]);
+    free(s);
+}
+
+void api_get_tail(api_call *call)
+{
+    pc_watch *w = call->api->opt.watch;
+    if (w == NULL) {
+        pc_httpd_error(call->rq, PC_E_NOTFOUND, "this controller serves no tails");
+        return;
+    }
+    pc_err err;
+    /* A tail reads no entries: only the bound on watchers applies. */
+    if (pc_watch_check(w, UINT64_MAX - 1, &err) != PC_OK) {
+        pc_httpd_error(call->rq, err.code, "%s", err.msg);
+        return;
+    }
+    watch_start *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        pc_httpd_error(call->rq, PC_E_NOMEM, "out of memory");
+        return;
+    }
+    s->watch = w;
+    snprintf(s->scope.tenants[0], sizeof(s->scope.tenants[0]), "%s",
+             pc_route_param(call->match, "tenant"));
+    s->scope.n = 1;
+    pc_httpd_stream_start(call->rq, "text/event-stream", NULL, tail_ready, s);
 }

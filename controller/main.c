@@ -579,7 +579,8 @@ static int controller_open(controller *c, pc_err *err)
                                     .snapshot_lag = c->cfg.snapshot_lag,
                                     .require_enrollment = c->cfg.require_enrollment,
                                     .tls = c->tls,
-                                    .workers = PC_SYNC_WORKERS};
+                                    .workers = PC_SYNC_WORKERS,
+                                    .tails = c->watch};
     return pc_sync_server_start(&c->sync, &sopts, err);
 }
 

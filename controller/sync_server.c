@@ -16,7 +16,9 @@
 #include "nng_close.h"
 #include "protocol_limits.h"
 #include "registry.h"
+#include "names.h"
 #include "strmap.h"
+#include "tail_lines.h"
 
 /* Agent ids whose first-use binding may be in the pipeline at once. */
 #define BINDINGS_MAX 256
@@ -42,6 +44,11 @@ struct pc_sync_server {
     pthread_mutex_t bind_lock;
     pc_pipeline *pipeline;
     pc_strmap *binding;
+    /* Tails: per agent id, the counter of the last batch taken (a boxed
+     * uint64_t), so a batch replayed is refused. */
+    pthread_mutex_t tail_lock;
+    pc_strmap *tail_counters;
+    pc_metric *m_tail_lines, *m_tail_refused;
 };
 
 /* Builds an Entry for seq from the store. The bundle goes inline when it is
@@ -631,6 +638,105 @@ static void free_batch_ack(Popcast__StatusBatchAck *back)
     free_string(back->error);
 }
 
+/* Tails. */
+
+/* The most tenants one TailAck names. */
+#define TAIL_TENANTS_MAX 1024
+/* Agents whose last batch counter is kept (beyond, the oldest are not
+ * forgotten: new agents' batches are refused until a restart). */
+#define TAIL_AGENTS_MAX 1000000
+
+/* Whether counter is above the last one taken from agent; records it. */
+static bool tail_fresh(pc_sync_server *s, const char *agent, uint64_t counter)
+{
+    pthread_mutex_lock(&s->tail_lock);
+    uint64_t *last = pc_strmap_get(s->tail_counters, agent);
+    bool fresh = last == NULL || counter > *last;
+    if (fresh && last != NULL) {
+        *last = counter;
+    } else if (fresh && pc_strmap_count(s->tail_counters) < TAIL_AGENTS_MAX &&
+               (last = malloc(sizeof(*last))) != NULL) {
+        *last = counter;
+        if (pc_strmap_put(s->tail_counters, agent, last) != PC_OK) {
+            free(last);
+            fresh = false;
+        }
+    } else {
+        fresh = false;
+    }
+    pthread_mutex_unlock(&s->tail_lock);
+    return fresh;
+}
+
+static void refuse_tail(pc_sync_server *s, Popcast__TailAck *ack, const char *agent,
+                        const char *why)
+{
+    pc_metric_add(s->m_tail_refused, 1);
+    pc_debug("sync", "tail batch from %s refused: %s", agent, why);
+    ack->error = strdup(why);
+}
+
+/* Checks and publishes a batch's lines. A poll (no lines, no drops) needs
+ * no signature: it only asks which tenants are tailed. */
+static void handle_tail(pc_sync_server *s, const Popcast__SignedTailBatch *sb,
+                        Popcast__TailAck *ack)
+{
+    if (s->opt.tails == NULL) {
+        ack->error = strdup("this controller serves no tails");
+        return;
+    }
+    Popcast__TailBatch *b = popcast__tail_batch__unpack(NULL, sb->batch.len, sb->batch.data);
+    if (b == NULL) {
+        refuse_tail(s, ack, "?", "tail batch does not decode");
+        return;
+    }
+    const char *id = b->agent_id;
+    if (b->n_records > 0 || b->n_drops > 0) {
+        pc_public_key bound;
+        bool named = pc_id_valid(id);
+        int rc = named ? bound_key(s, id, &bound) : PC_E_INVALID;
+        const char *why = NULL;
+        if (rc != PC_OK)
+            why = !named ? "tail batch with an invalid agent id"
+                         : "agent has no bound key (it is not enrolled, or revoked)";
+        else if (pc_verify(&bound, PC_DOMAIN_TAIL, sb->batch.data, sb->batch.len,
+                           sb->signature.data, sb->signature.len) != PC_OK)
+            why = "tail batch signature does not match the key bound to the agent";
+        if (why == NULL)
+            why = pc_tail_batch_invalid(b);
+        if (why == NULL && !tail_fresh(s, id, b->counter))
+            why = "tail batch replayed (its counter is not above the last one taken)";
+        if (why != NULL) {
+            refuse_tail(s, ack, named ? id : "?", why);
+            popcast__tail_batch__free_unpacked(b, NULL);
+            return;
+        }
+        for (size_t i = 0; i < b->n_records; i++)
+            pc_watch_tail_event(s->opt.tails, b->records[i]->tenant, "line",
+                                pc_tail_line_json(b, b->records[i]));
+        pc_metric_add(s->m_tail_lines, b->n_records);
+        for (size_t i = 0; i < b->n_drops; i++)
+            pc_watch_tail_event(s->opt.tails, b->drops[i]->tenant, "dropped",
+                                pc_tail_drop_json(b, b->drops[i]));
+    }
+    popcast__tail_batch__free_unpacked(b, NULL);
+    char(*names)[PC_TENANT_MAX + 1] = malloc(TAIL_TENANTS_MAX * sizeof(*names));
+    size_t n = names ? pc_watch_tailed(s->opt.tails, names, TAIL_TENANTS_MAX) : 0;
+    ack->tenants = calloc(n ? n : 1, sizeof(*ack->tenants));
+    for (size_t i = 0; ack->tenants != NULL && i < n; i++)
+        if ((ack->tenants[ack->n_tenants] = strdup(names[i])) != NULL)
+            ack->n_tenants++;
+    free(names);
+}
+
+static void free_tail_ack(Popcast__TailAck *ack)
+{
+    for (size_t i = 0; i < ack->n_tenants; i++)
+        free(ack->tenants[i]);
+    free(ack->tenants);
+    free_string(ack->error);
+}
+
 /* Answers one request; returns the reply message (NULL: no reply). */
 static nng_msg *handle(pc_sync_server *s, const uint8_t *data, size_t len)
 {
@@ -641,6 +747,7 @@ static nng_msg *handle(pc_sync_server *s, const uint8_t *data, size_t len)
     Popcast__BundleChunkResponse chunk = POPCAST__BUNDLE_CHUNK_RESPONSE__INIT;
     Popcast__StatusAck ack = POPCAST__STATUS_ACK__INIT;
     Popcast__StatusBatchAck batch_ack = POPCAST__STATUS_BATCH_ACK__INIT;
+    Popcast__TailAck tail_ack = POPCAST__TAIL_ACK__INIT;
     Popcast__SignedSnapshotAssertion assertion = POPCAST__SIGNED_SNAPSHOT_ASSERTION__INIT;
     Popcast__Entry **entries = NULL, **rotations = NULL;
     size_t n_entries = 0, n_rotations = 0;
@@ -687,6 +794,11 @@ static nng_msg *handle(pc_sync_server *s, const uint8_t *data, size_t len)
             reply.body_case = POPCAST__SYNC_REPLY__BODY_STATUS_BATCH_ACK;
             reply.status_batch_ack = &batch_ack;
             break;
+        case POPCAST__SYNC_CALL__BODY_TAIL:
+            handle_tail(s, call->tail, &tail_ack);
+            reply.body_case = POPCAST__SYNC_REPLY__BODY_TAIL_ACK;
+            reply.tail_ack = &tail_ack;
+            break;
         default:
             pc_metric_add(s->m_bad, 1);
             ack.error = strdup("unknown request");
@@ -709,6 +821,7 @@ static nng_msg *handle(pc_sync_server *s, const uint8_t *data, size_t len)
     free(chunk.data.data);
     free_string(ack.error);
     free_batch_ack(&batch_ack);
+    free_tail_ack(&tail_ack);
     return msg;
 }
 
@@ -750,9 +863,11 @@ int pc_sync_server_start(pc_sync_server **out, const pc_sync_server_options *opt
     s->opt = *opt;
     pthread_mutex_init(&s->bind_lock, NULL);
     s->binding = pc_strmap_new();
+    pthread_mutex_init(&s->tail_lock, NULL);
+    s->tail_counters = pc_strmap_new();
     s->n_workers = opt->workers ? opt->workers : PC_SYNC_WORKERS;
     s->workers = calloc(s->n_workers, sizeof(*s->workers));
-    int rv = s->workers && s->binding ? nng_rep0_open(&s->sock) : NNG_ENOMEM;
+    int rv = s->workers && s->binding && s->tail_counters ? nng_rep0_open(&s->sock) : NNG_ENOMEM;
     /* Requests are small (a relay's batch of reports is the largest): a
      * larger one is hostile. */
     if (rv == 0)
@@ -803,6 +918,11 @@ int pc_sync_server_start(pc_sync_server **out, const pc_sync_server_options *opt
     s->m_resend_whole = pc_metrics_counter(
         opt->metrics, "popcast_status_whole_requested_total", NULL,
         "delta reports whose base this controller lacks (asked to resend whole)");
+    s->m_tail_lines = pc_metrics_counter(opt->metrics, "popcast_tail_lines_total", NULL,
+                                         "tenants' log lines agents sent for tails");
+    s->m_tail_refused = pc_metrics_counter(opt->metrics, "popcast_tail_refused_total", NULL,
+                                           "agents' tail batches refused (signature, replay, "
+                                           "malformed)");
     for (size_t i = 0; i < s->n_workers; i++)
         nng_ctx_recv(s->workers[i].ctx, s->workers[i].aio);
     *out = s;
@@ -830,5 +950,12 @@ void pc_sync_server_stop(pc_sync_server *s)
     free(s->workers);
     pc_strmap_free(s->binding);
     pthread_mutex_destroy(&s->bind_lock);
+    size_t pos = 0;
+    const char *key;
+    void *value;
+    while (s->tail_counters != NULL && pc_strmap_next(s->tail_counters, &pos, &key, &value))
+        free(value);
+    pc_strmap_free(s->tail_counters);
+    pthread_mutex_destroy(&s->tail_lock);
     free(s);
 }

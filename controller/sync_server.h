@@ -12,7 +12,10 @@
  *   chunk     a slice of a bundle by hash;
  *   status    the agent's signed report, verified with the key bound to
  *             its id (or binding one on first use), handed to the rollout
- *             tracker.
+ *             tracker;
+ *   tail      tenants' log lines from an agent, signed with its bound key,
+ *             handed to the tails (watch.h); the answer names the tenants
+ *             tailed now, which is all a batch with no lines asks.
  * Every reply fits in max_reply bytes, so an agent's receive limit is never
  * hit by accident. Requests are served concurrently (nng contexts) on nng
  * threads, reading LMDB directly. */
@@ -29,6 +32,7 @@
 #include "rollout.h"
 #include "signer.h"
 #include "store.h"
+#include "watch.h"
 
 typedef struct pc_sync_server pc_sync_server;
 
@@ -51,6 +55,10 @@ typedef struct pc_sync_server_options {
      * once the binding is committed). */
     bool require_enrollment;
     nng_tls_config *tls; /* for a tls+tcp:// url */
+    /* Tails (popcast tail): agents' signed batches of tenants' log lines
+     * go to its tails, and each answer names the tenants tailed (NULL:
+     * tail calls are refused). */
+    pc_watch *tails;
 } pc_sync_server_options;
 
 int pc_sync_server_start(pc_sync_server **out, const pc_sync_server_options *opt, pc_err *err);

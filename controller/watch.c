@@ -29,6 +29,7 @@ typedef struct watcher {
     pc_watch *hub;
     pc_httpd_stream *st;
     pc_watch_scope scope;
+    bool is_tail;      /* a tail: its tenant's log lines only (scope.tenants[0]) */
     uint64_t next_seq; /* the next entry to send */
     queued *head, *tail;
     size_t queued_bytes;
@@ -45,6 +46,7 @@ struct pc_watch {
     size_t n;
     uint64_t cut_total;
     bool stopping;
+    size_t n_tails; /* tails among the watchers (0: pc_watch_tailed answers at once) */
     pc_metric *m_watchers, *m_cut;
 };
 
@@ -143,6 +145,7 @@ static bool append(char **buf, size_t *len, size_t *cap, const char *text, size_
 }
 
 static void written(void *arg, int rv);
+static void enqueue(pc_watch *w, watcher *x, const char *text, size_t len);
 
 /* The next text to write for x, or NULL when it has nothing (lock held):
  * entries it has not had, then its queued live events. A watcher whose
@@ -152,7 +155,7 @@ static char *next_text(pc_watch *w, watcher *x, size_t *len)
     char *buf = NULL;
     size_t cap = 0;
     *len = 0;
-    uint64_t head = applied_seq(w);
+    uint64_t head = x->is_tail ? 0 : applied_seq(w);
     for (int n = 0; x->next_seq <= head && n < ENTRIES_PER_WRITE; n++) {
         Popcast__Manifest *m = NULL;
         pc_err err;
@@ -264,7 +267,8 @@ int pc_watch_check(pc_watch *w, uint64_t from, pc_err *err)
     return PC_OK;
 }
 
-void pc_watch_add(pc_watch *w, pc_httpd_stream *st, uint64_t from, const pc_watch_scope *scope)
+static void add_watcher(pc_watch *w, pc_httpd_stream *st, uint64_t from,
+                        const pc_watch_scope *scope, bool tail)
 {
     watcher *x = calloc(1, sizeof(*x));
     if (x == NULL) {
@@ -274,6 +278,7 @@ void pc_watch_add(pc_watch *w, pc_httpd_stream *st, uint64_t from, const pc_watc
     x->hub = w;
     x->st = st;
     x->scope = *scope;
+    x->is_tail = tail;
     x->next_seq = from + 1;
     x->last_write_ms = pc_mono_ms();
     pthread_mutex_lock(&w->lock);
@@ -286,17 +291,71 @@ void pc_watch_add(pc_watch *w, pc_httpd_stream *st, uint64_t from, const pc_watc
     x->next = w->watchers;
     w->watchers = x;
     w->n++;
+    w->n_tails += tail;
     pc_metric_set(w->m_watchers, w->n);
     /* A first line at once, so the client knows the stream is up even
      * when nothing happens for a while. */
     static const char hello[] = ": popcast watch\n\n";
-    x->writing = malloc(sizeof(hello));
-    if (x->writing != NULL) {
-        memcpy(x->writing, hello, sizeof(hello));
-        pc_httpd_stream_write(st, x->writing, sizeof(hello) - 1, w->opt.write_timeout_ms, written,
-                              x);
+    static const char hello_tail[] = ": popcast tail\n\n";
+    const char *first = tail ? hello_tail : hello;
+    size_t first_len = strlen(first);
+    x->writing = strdup(first);
+    if (x->writing != NULL)
+        pc_httpd_stream_write(st, x->writing, first_len, w->opt.write_timeout_ms, written, x);
+    pthread_mutex_unlock(&w->lock);
+}
+
+void pc_watch_add(pc_watch *w, pc_httpd_stream *st, uint64_t from, const pc_watch_scope *scope)
+{
+    add_watcher(w, st, from, scope, false);
+}
+
+void pc_watch_add_tail(pc_watch *w, pc_httpd_stream *st, const char *tenant)
+{
+    pc_watch_scope scope = {.n = 1};
+    snprintf(scope.tenants[0], sizeof(scope.tenants[0]), "%s", tenant);
+    add_watcher(w, st, UINT64_MAX - 1, &scope, true);
+}
+
+void pc_watch_tail_event(pc_watch *w, const char *tenant, const char *type, json_t *data)
+{
+    if (w == NULL || data == NULL) {
+        json_decref(data);
+        return;
+    }
+    size_t len = 0;
+    char *text = pc_watch_format(applied_seq(w), type, data, &len);
+    json_decref(data);
+    if (text == NULL)
+        return;
+    pthread_mutex_lock(&w->lock);
+    for (watcher *x = w->watchers; x != NULL; x = x->next) {
+        if (!x->is_tail || strcmp(x->scope.tenants[0], tenant) != 0)
+            continue;
+        enqueue(w, x, text, len);
+        pump(w, x);
     }
     pthread_mutex_unlock(&w->lock);
+    free(text);
+}
+
+size_t pc_watch_tailed(pc_watch *w, char (*out)[PC_TENANT_MAX + 1], size_t max)
+{
+    size_t n = 0;
+    if (w == NULL)
+        return 0;
+    pthread_mutex_lock(&w->lock);
+    for (watcher *x = w->n_tails ? w->watchers : NULL; x != NULL && n < max; x = x->next) {
+        if (!x->is_tail || x->closing)
+            continue;
+        bool seen = false;
+        for (size_t i = 0; i < n && !seen; i++)
+            seen = strcmp(out[i], x->scope.tenants[0]) == 0;
+        if (!seen)
+            snprintf(out[n++], sizeof(out[0]), "%s", x->scope.tenants[0]);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return n;
 }
 
 void pc_watch_entries_applied(pc_watch *w)
@@ -329,13 +388,17 @@ static void enqueue(pc_watch *w, watcher *x, const char *text, size_t len)
         pc_metric_add(w->m_cut, 1);
         pc_warn("watch", "a watcher read too slowly (%zu bytes of events queued): cut",
                 w->opt.max_queued_bytes);
-        static const char cut[] = "event: cut\ndata: {\"reason\":\"the watcher read too slowly; "
-                                  "watch again from the last id it got\"}\n\n";
-        queued *q = malloc(sizeof(*q) + sizeof(cut));
+        static const char cut_watch[] = "event: cut\ndata: {\"reason\":\"the watcher read too "
+                                        "slowly; watch again from the last id it got\"}\n\n";
+        static const char cut_tail[] = "event: cut\ndata: {\"reason\":\"the tail read too slowly; "
+                                       "lines were lost: tail again\"}\n\n";
+        const char *cut = x->is_tail ? cut_tail : cut_watch;
+        size_t cut_len = strlen(cut);
+        queued *q = malloc(sizeof(*q) + cut_len + 1);
         if (q != NULL) {
             q->next = NULL;
-            q->len = sizeof(cut) - 1;
-            memcpy(q->text, cut, sizeof(cut));
+            q->len = cut_len;
+            memcpy(q->text, cut, cut_len + 1);
             x->head = x->tail = q;
             x->queued_bytes = q->len;
         }
@@ -371,6 +434,8 @@ void pc_watch_event(pc_watch *w, const char *type, const char *tenant, json_t *d
         return;
     pthread_mutex_lock(&w->lock);
     for (watcher *x = w->watchers; x != NULL; x = x->next) {
+        if (x->is_tail)
+            continue;
         if (tenant != NULL && !in_scope(&x->scope, tenant))
             continue;
         if (tenant == NULL && !x->scope.all)
@@ -409,6 +474,7 @@ void pc_watch_tick(pc_watch *w, int64_t now_ms)
         if (x->closing && x->writing == NULL) {
             *p = x->next;
             w->n--;
+            w->n_tails -= x->is_tail;
             pc_metric_set(w->m_watchers, w->n);
             x->next = gone;
             gone = x;
@@ -453,6 +519,7 @@ void pc_watch_stop(pc_watch *w)
     watcher *all = w->watchers;
     w->watchers = NULL;
     w->n = 0;
+    w->n_tails = 0;
     pthread_mutex_unlock(&w->lock);
     while (all != NULL) {
         watcher *x = all;

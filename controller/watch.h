@@ -72,6 +72,20 @@ int pc_watch_check(pc_watch *w, uint64_t from, pc_err *err);
 /* A new watcher on st, for entries after `from`, then live events. */
 void pc_watch_add(pc_watch *w, pc_httpd_stream *st, uint64_t from, const pc_watch_scope *scope);
 
+/* Tails (popcast tail; docs/api.md "Tail").
+ *
+ * A tail is a watcher of one tenant's log lines from the agents: it gets
+ * no entries and none of the events above, only what pc_watch_tail_event
+ * sends for its tenant, with the same bounded queue (a tail that reads too
+ * slowly is cut). Agents learn which tenants are tailed from
+ * pc_watch_tailed, and send lines for those only. */
+void pc_watch_add_tail(pc_watch *w, pc_httpd_stream *st, const char *tenant);
+/* A tail event (type "line" or "dropped") for tenant's tails; data taken. */
+void pc_watch_tail_event(pc_watch *w, const char *tenant, const char *type, json_t *data);
+/* The tenants with a tail now: fills up to max names into out, returns
+ * how many it filled. */
+size_t pc_watch_tailed(pc_watch *w, char (*out)[PC_TENANT_MAX + 1], size_t max);
+
 /* New entries were applied: watchers that caught up read on. */
 void pc_watch_entries_applied(pc_watch *w);
 /* A live event of type for tenant (NULL: every watcher's), data as JSON

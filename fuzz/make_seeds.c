@@ -223,6 +223,38 @@ int main(int argc, char **argv)
     call.sync = &req;
     n = popcast__sync_call__pack(&call, buf);
     put("fuzz_sync_call", 2, buf, n);
+    Popcast__TailRecord rec = POPCAST__TAIL_RECORD__INIT;
+    rec.tenant = "acme";
+    rec.version = 3;
+    rec.kind = POPCAST__TAIL_KIND__TAIL_KIND_ERROR;
+    rec.time_unix_ms = 1764806400000;
+    rec.message = "main.lua:4: attempt to index a nil value";
+    rec.method = "GET";
+    rec.path = "/me";
+    rec.status = 502;
+    rec.duration_us = 95;
+    Popcast__TailRecord *recs[] = {&rec};
+    Popcast__TailDrop drop = POPCAST__TAIL_DROP__INIT;
+    drop.tenant = "acme";
+    drop.dropped = 12;
+    drop.sampled_out = 400;
+    Popcast__TailDrop *drops[] = {&drop};
+    Popcast__TailBatch tb = POPCAST__TAIL_BATCH__INIT;
+    tb.agent_id = "edge-1";
+    tb.pop = "fra";
+    tb.counter = 9;
+    tb.records = recs;
+    tb.n_records = 1;
+    tb.drops = drops;
+    tb.n_drops = 1;
+    uint8_t tbuf[512];
+    Popcast__SignedTailBatch stb = POPCAST__SIGNED_TAIL_BATCH__INIT;
+    stb.batch.data = tbuf;
+    stb.batch.len = popcast__tail_batch__pack(&tb, tbuf);
+    call.body_case = POPCAST__SYNC_CALL__BODY_TAIL;
+    call.tail = &stb;
+    n = popcast__sync_call__pack(&call, buf);
+    put("fuzz_sync_call", 3, buf, n);
 
     put_text("fuzz_config", 1,
              "{\"name\":\"x\",\"count\":7,\"size\":\"64MiB\",\"flag\":true,"
