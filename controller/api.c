@@ -38,6 +38,8 @@ static const api_route routes[] = {
     GET("/livez", API_PUBLIC, get_livez),
     GET("/readyz", API_PUBLIC, get_readyz),
     GET("/v1/openapi.yaml", API_PUBLIC, get_openapi),
+    GET("/dashboard", API_PUBLIC, api_get_dashboard),
+    GET("/dashboard/{asset}", API_PUBLIC, api_get_dashboard_asset),
     GET("/v1/tenants", API_TENANT, api_get_tenants),
     GET("/v1/tenants/{tenant}", API_TENANT, api_get_tenant),
     WRITE("DELETE", "/v1/tenants/{tenant}", API_TENANT, api_delete_tenant),

@@ -49,6 +49,9 @@ typedef struct pc_api_options {
      * empty: none (no CORS headers, preflights refused). */
     const pc_strlist *cors_origins;
     struct pc_watch *watch; /* GET /v1/watch; NULL: 404 */
+    /* PoPs' places on the map (pop_locations): GET /v1/fleet's "pops". */
+    const struct pc_pop_location *pops;
+    size_t n_pops;
 } pc_api_options;
 
 typedef struct pc_api pc_api;

@@ -120,6 +120,8 @@ void api_post_deployment_promote(api_call *call);
 void api_get_plan(api_call *call);
 void api_get_watch(api_call *call);
 void api_get_tail(api_call *call);
+void api_get_dashboard(api_call *call);
+void api_get_dashboard_asset(api_call *call);
 void api_put_plan(api_call *call);
 void api_delete_plan(api_call *call);
 json_t *api_deployment_change_json(pc_api *api, const pc_change *c, const pc_change_result *r);

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "api_internal.h"
+#include "pop_map.h"
 #include "envelope.h"
 #include "gate.h"
 #include "json_text.h"
@@ -15,8 +16,14 @@ void api_get_fleet(api_call *call)
 {
     uint64_t head = 0;
     pc_store_applied_seq(call->api->store, &head, NULL);
-    pc_httpd_reply_json(call->rq, 200,
-                        pc_rollout_fleet_json(call->api->rollout, head, pc_mono_ms()), NULL);
+    json_t *doc = pc_rollout_fleet_json(call->api->rollout, head, pc_mono_ms());
+    json_t *pops = pc_pop_map_json(call->api->opt.pops, call->api->opt.n_pops);
+    if (doc == NULL || pops == NULL || json_object_set_new(doc, "pops", pops) != 0) {
+        json_decref(doc);
+        pc_httpd_error(call->rq, PC_E_NOMEM, "out of memory");
+        return;
+    }
+    pc_httpd_reply_json(call->rq, 200, doc, NULL);
 }
 
 static void rollout_done(void *arg, json_t *doc, const char *why)

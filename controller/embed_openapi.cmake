@@ -1,4 +1,5 @@
-# Writes OUT, a C file holding the bytes of IN (an OpenAPI document) as
+# Writes OUT, a C file holding the bytes of IN (an OpenAPI document, a
+# dashboard asset) as
 # NAME and NAME_len, declared in HEADER, so a daemon serves the document
 # it was built with:
 #   cmake -DIN=... -DOUT=... -DNAME=pc_openapi_yaml -DHEADER=openapi_doc.h -P embed_openapi.cmake

@@ -33,6 +33,7 @@
 #include "rollout.h"
 #include "deployer.h"
 #include "deployment.h"
+#include "pop_map.h"
 #include "watch.h"
 #include "sync_server.h"
 #include "backup.h"
@@ -87,6 +88,7 @@ typedef struct controller_config {
     uint64_t deploy_bake_ms;
     char *deploy_canary_pop;
     pc_strlist cors_origins;
+    pc_strlist pop_locations;
     uint64_t watch_queue_max, watch_max;
 } controller_config;
 
@@ -185,6 +187,9 @@ static const pc_cfg_option options[] = {
     OPT(cors_origins, PC_CFG_LIST, NULL, 0, 0,
         "origins a browser page may call the API from (CORS), e.g. https://dash.example.com; * "
         "for any; repeat for each (default: none)"),
+    OPT(pop_locations, PC_CFG_LIST, NULL, 0, 0,
+        "where a PoP is, POP=LAT,LON in decimal degrees (e.g. fra=50.11,8.68), for the fleet view "
+        "and the dashboard's map; repeat for each"),
     OPT(watch_queue_max, PC_CFG_SIZE, "1MiB", 4096, 1ull << 30,
         "live events queued for one watcher of GET /v1/watch before it is cut as too slow"),
     OPT(watch_max, PC_CFG_U64, "1024", 1, 100000,
@@ -251,6 +256,8 @@ typedef struct controller {
     pc_rollout *rollout;
     pc_deployer *deployer; /* staged deployments, moved by the leader */
     pc_watch *watch;       /* GET /v1/watch */
+    pc_pop_location *pops; /* pop_locations, parsed */
+    size_t n_pops;
     pc_sync_server *sync;
     pc_heartbeat *heartbeat;
     pc_cluster *cluster;
@@ -523,6 +530,8 @@ static int controller_configure(controller *c, pc_err *err)
         if ((rc = pc_tls_check_url(urls[i][0], c->tls, c->cfg.allow_plaintext, urls[i][1], err)) !=
             PC_OK)
             return rc;
+    if ((rc = pc_pop_map_parse(&c->cfg.pop_locations, &c->pops, &c->n_pops, err)) != PC_OK)
+        return rc;
     return check_raft_listen(c->cfg.raft_listen, err);
 }
 
@@ -655,7 +664,9 @@ static int controller_start(controller *c, pc_err *err)
                               .deploy_canary_pop = c->cfg.deploy_canary_pop,
                               .deploy_bake_ms = c->cfg.deploy_bake_ms,
                               .cors_origins = &c->cfg.cors_origins,
-                              .watch = c->watch};
+                              .watch = c->watch,
+                              .pops = c->pops,
+                              .n_pops = c->n_pops};
     memcpy(api_opt.admin_token_hash, c->admin_token_hash, PC_HASH_LEN);
     int rc;
     if ((rc = pc_publisher_open(&c->pub, c->cfg.pub_listen, c->tls, (int)c->cfg.pub_sendbuf,
@@ -747,6 +758,7 @@ static void controller_close(controller *c)
     for (size_t i = 0; i < c->n_keys; i++)
         pc_signing_key_wipe(&c->keys[i]);
     sodium_memzero(c->admin_token_hash, sizeof(c->admin_token_hash));
+    free(c->pops);
     pc_config_free(options, &c->cfg);
     /* No nng_fini: in nng 1.5.2 it can race a task thread still reaping
      * an HTTP server's (TLS) connections and panic the process at exit

@@ -67,6 +67,7 @@ step "starting the controller (API http://127.0.0.1:$API_PORT)"
     --sync-listen "tcp://127.0.0.1:$SYNC_PORT" \
     --signing-key "$RUN/signing.key" --node-id controller-1 \
     --deploy-bake-ms 1000 --deploy-interval-ms 200 \
+    --pop-locations fra=50.11,8.68 --pop-locations ams=52.37,4.90 --pop-locations nyc=40.71,-74.01 \
     >"$RUN/controller.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$API_PORT/v1/health"
@@ -143,6 +144,7 @@ cat <<MSG
 
 The fleet is running (logs and data in $RUN):
   controller  API http://127.0.0.1:$API_PORT   admin token in $RUN/controller/admin.token
+  dashboard   http://127.0.0.1:$API_PORT/dashboard   (paste the admin token)
   agents      edge 127.0.0.1:${EDGE_PORTS[0]} ${EDGE_PORTS[1]} ${EDGE_PORTS[2]}   status http://127.0.0.1:${ADMIN_PORTS[0]}/v1/status
 
 Try, in another shell:
@@ -152,6 +154,7 @@ Try, in another shell:
   $POPCAST deploy mytenant examples/router --immediate --wait
   $POPCAST deployments show hello 2
   $POPCAST watch --from 0          # every change, then what happens (Ctrl-C to stop)
+  $POPCAST tail hello              # its print output, errors and requests, live
   $POPCAST rollback hello 1 --wait
   $POPCAST rollout hello 3
   $POPCAST fleet

@@ -12,6 +12,28 @@ JOBS=${JOBS:-$(nproc)}
 
 ./deploy/install-deps.sh
 
+# The dashboard's browser test (tests/integration/test_dashboard.c) drives
+# Debian's chromium with puppeteer-core from npm, pinned by
+# tests/browser/package-lock.json and installed there (nothing global).
+# Node.js comes from Debian when the machine has none.
+browser_packages="chromium"
+command -v node >/dev/null 2>&1 || browser_packages="$browser_packages nodejs"
+command -v npm >/dev/null 2>&1 || browser_packages="$browser_packages npm"
+missing=""
+for p in $browser_packages; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+        missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "== installing for the browser test:$missing"
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
+fi
+echo "== npm ci (tests/browser: puppeteer-core)"
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+
 # promtool checks the daemons' /metrics (test_metrics_exposition). It is
 # unpacked from Debian's prometheus package into the build tree: nothing
 # is installed system-wide, and no Prometheus service starts.
@@ -86,5 +108,8 @@ if [ "${POPCAST_SKIP_FUZZ:-0}" != 1 ]; then
             >"$work.log" 2>&1 || { tail -50 "$work.log"; echo "fuzz target $target failed"; exit 1; }
         echo "$target: $(grep -E 'stat::number_of_executed_units' "$work.log")"
     done
+fi
+if [ -f "$BUILD_ROOT/release/test-artifacts/dashboard.png" ]; then
+    echo "dashboard screenshot (test_dashboard): $BUILD_ROOT/release/test-artifacts/dashboard.png"
 fi
 echo "== all tests passed"

@@ -3,6 +3,8 @@
 local greeting = "Hello from popcast"
 
 return function(req)
+  -- print goes to `popcast tail hello` while someone tails it.
+  print("hello served", req.method, req.path)
   return {
     status = 200,
     headers = { ["content-type"] = "text/plain; charset=utf-8" },
