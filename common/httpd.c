@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "json_text.h"
 #include "log.h"
@@ -29,6 +30,14 @@ struct pc_httpd_req {
     pc_httpd *server;
     pc_httpd_done_fn done;
     void *done_arg;
+    /* An inner request (pc_httpd_inner_call): the outer one's headers,
+     * its own method, target and body, answered into a callback. */
+    pc_httpd_req *outer;
+    char *method, *target, *content_type, *content_length;
+    uint8_t *body;
+    size_t body_len;
+    pc_httpd_answered_fn answered;
+    void *answered_arg;
 };
 
 /* Whether the request declares body bytes after its head. */
@@ -144,17 +153,67 @@ void *pc_httpd_data(const pc_httpd_req *rq)
 
 const char *pc_httpd_method(const pc_httpd_req *rq)
 {
-    return nng_http_req_get_method(rq->req);
+    return rq->outer ? rq->method : nng_http_req_get_method(rq->req);
 }
 
 const char *pc_httpd_target(const pc_httpd_req *rq)
 {
-    return nng_http_req_get_uri(rq->req);
+    return rq->outer ? rq->target : nng_http_req_get_uri(rq->req);
 }
 
 const char *pc_httpd_header(const pc_httpd_req *rq, const char *name)
 {
-    return nng_http_req_get_header(rq->req, name);
+    if (rq->outer == NULL)
+        return nng_http_req_get_header(rq->req, name);
+    /* The body's own headers are the inner request's. */
+    if (strcasecmp(name, "Content-Type") == 0)
+        return rq->content_type;
+    if (strcasecmp(name, "Content-Length") == 0)
+        return rq->content_length;
+    if (strcasecmp(name, "Transfer-Encoding") == 0)
+        return NULL;
+    return pc_httpd_header(rq->outer, name);
+}
+
+static void free_inner(pc_httpd_req *rq)
+{
+    free(rq->method);
+    free(rq->target);
+    free(rq->content_type);
+    free(rq->content_length);
+    free(rq->body);
+    free(rq);
+}
+
+int pc_httpd_inner_call(pc_httpd_req *outer, const char *method, const char *target,
+                        const char *content_type, const void *body, size_t len,
+                        pc_httpd_answered_fn answered, void *arg)
+{
+    pc_httpd_req *rq = calloc(1, sizeof(*rq));
+    char length[32];
+    snprintf(length, sizeof(length), "%zu", len);
+    if (rq == NULL)
+        return PC_E_NOMEM;
+    rq->outer = outer;
+    rq->server = outer->server;
+    rq->method = strdup(method);
+    rq->target = strdup(target);
+    rq->content_type = content_type ? strdup(content_type) : NULL;
+    rq->content_length = strdup(length);
+    rq->body = malloc(len + 1);
+    if (rq->method == NULL || rq->target == NULL || (content_type && !rq->content_type) ||
+        rq->content_length == NULL || rq->body == NULL) {
+        free_inner(rq);
+        return PC_E_NOMEM;
+    }
+    if (len > 0)
+        memcpy(rq->body, body, len);
+    rq->body[len] = '\0';
+    rq->body_len = len;
+    rq->answered = answered;
+    rq->answered_arg = arg;
+    rq->server->opt.handler(rq);
+    return PC_OK;
 }
 
 /* Finishes the request and frees rq. */
@@ -232,6 +291,11 @@ static void stream_written(void *p)
 void pc_httpd_stream_start(pc_httpd_req *rq, const char *content_type, const char *const *headers,
                            void (*ready)(void *arg, pc_httpd_stream *st), void *arg)
 {
+    if (rq->outer != NULL) {
+        pc_httpd_error(rq, PC_E_INTERNAL, "a stream cannot answer an inner request");
+        ready(arg, NULL);
+        return;
+    }
     nng_http_conn *conn = nng_aio_get_input(rq->aio, 2);
     pc_httpd_stream *st = calloc(1, sizeof(*st));
     nng_http_res *res = NULL;
@@ -310,6 +374,13 @@ void pc_httpd_on_done(pc_httpd_req *rq, pc_httpd_done_fn done, void *arg)
 void pc_httpd_reply(pc_httpd_req *rq, uint16_t status, const char *content_type, const void *body,
                     size_t len, const char *const *headers)
 {
+    if (rq->outer != NULL) {
+        if (rq->done != NULL)
+            rq->done(rq->done_arg, status, body, len);
+        rq->answered(rq->answered_arg, status, content_type, body, len, headers);
+        free_inner(rq);
+        return;
+    }
     nng_http_res *res = NULL;
     int rv = nng_http_res_alloc(&res);
     if (rv == 0)
@@ -451,6 +522,22 @@ static void refuse_body(pc_httpd_req *rq, pc_httpd_body_cb cb, void *arg, int co
 
 void pc_httpd_read_body(pc_httpd_req *rq, size_t max, pc_httpd_body_cb cb, void *arg)
 {
+    if (rq->outer != NULL) {
+        /* The body is in memory already: handed over, as a read would. */
+        if (rq->body_len > max) {
+            char msg[128];
+            snprintf(msg, sizeof(msg), "request body of %zu bytes exceeds the limit of %zu bytes",
+                     rq->body_len, max);
+            refuse_body(rq, cb, arg, PC_E_TOO_LARGE, msg);
+            return;
+        }
+        uint8_t *body = rq->body;
+        size_t len = rq->body_len;
+        rq->body = NULL;
+        rq->body_len = 0;
+        cb(arg, rq, 0, body, len);
+        return;
+    }
     nng_http_conn *conn = nng_aio_get_input(rq->aio, 2);
     const char *cl = pc_httpd_header(rq, "Content-Length");
     if (pc_httpd_header(rq, "Transfer-Encoding") != NULL) {

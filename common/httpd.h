@@ -68,6 +68,23 @@ const char *pc_httpd_header(const pc_httpd_req *rq, const char *name);
 typedef void (*pc_httpd_done_fn)(void *arg, uint16_t status, const void *body, size_t len);
 void pc_httpd_on_done(pc_httpd_req *rq, pc_httpd_done_fn done, void *arg);
 
+/* Inner requests: a handler asks another of its server's routes, as if a
+ * client had (the Connect protocol runs the REST handlers this way,
+ * controller/connect.c). The inner request has its own method, target,
+ * Content-Type and body; every other header is the outer request's (its
+ * Authorization, Idempotency-Key, ...). The server's handler gets it like
+ * any request, on this thread; it is answered once, from any thread, into
+ * answered(arg, status, content_type, body, len, headers) (headers as
+ * given to the reply functions, without the server's own) instead of a
+ * connection; then it is gone. The outer request stays the caller's to
+ * answer. A stream answer to an inner request is refused (answered 500).
+ * NULL when out of memory (nothing was called). */
+typedef void (*pc_httpd_answered_fn)(void *arg, uint16_t status, const char *content_type,
+                                     const void *body, size_t len, const char *const *headers);
+int pc_httpd_inner_call(pc_httpd_req *outer, const char *method, const char *target,
+                        const char *content_type, const void *body, size_t len,
+                        pc_httpd_answered_fn answered, void *arg);
+
 /* A stream answer (Server-Sent Events): the request's connection, taken
  * over from nng's server. pc_httpd_stream_start answers 200 with
  * content_type, "Cache-Control: no-cache", "Connection: close", the

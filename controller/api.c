@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "api_internal.h"
+#include "connect.h"
 #include "log.h"
 #include "names.h"
 #include "openapi_doc.h"
@@ -20,6 +21,10 @@ static void get_livez(api_call *call);
 static void get_readyz(api_call *call);
 static void get_metrics(api_call *call);
 static void get_openapi(api_call *call);
+
+/* A Connect call's body: an upload's bundle in base64 (4/3 of it), and
+ * the rest of the request. */
+#define CONNECT_BODY_SLACK (64 * 1024)
 
 #define GET(p, auth, h)                                                                            \
     {                                                                                              \
@@ -229,6 +234,11 @@ static void audit_request(pc_api *api, pc_httpd_req *rq, const api_principal *wh
 static void route(pc_httpd_req *rq)
 {
     pc_api *api = pc_httpd_data(rq);
+    /* A Connect call becomes its REST request (connect.h), counted there. */
+    if (pc_connect_is_rpc(pc_httpd_target(rq)) && strcmp(pc_httpd_method(rq), "OPTIONS") != 0) {
+        pc_connect_serve(rq, api->opt.max_bundle / 3 * 4 + CONNECT_BODY_SLACK);
+        return;
+    }
     pc_metric_add(api->m_requests, 1);
     if (strcmp(pc_httpd_method(rq), "OPTIONS") == 0 &&
         pc_httpd_header(rq, "Access-Control-Request-Method") != NULL) {
