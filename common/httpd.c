@@ -10,6 +10,9 @@
 #include <string.h>
 #include <strings.h>
 
+#include <http_parser.h>
+
+#include "clock.h"
 #include "json_text.h"
 #include "log.h"
 #include "tls.h"
@@ -38,6 +41,7 @@ struct pc_httpd_req {
     size_t body_len;
     pc_httpd_answered_fn answered;
     void *answered_arg;
+    pc_httpd_stream_filter filter; /* transform NULL: no stream answer */
 };
 
 /* Whether the request declares body bytes after its head. */
@@ -177,6 +181,8 @@ const char *pc_httpd_header(const pc_httpd_req *rq, const char *name)
 
 static void free_inner(pc_httpd_req *rq)
 {
+    if (rq->filter.release != NULL)
+        rq->filter.release(rq->filter.arg);
     free(rq->method);
     free(rq->target);
     free(rq->content_type);
@@ -187,7 +193,8 @@ static void free_inner(pc_httpd_req *rq)
 
 int pc_httpd_inner_call(pc_httpd_req *outer, const char *method, const char *target,
                         const char *content_type, const void *body, size_t len,
-                        pc_httpd_answered_fn answered, void *arg)
+                        pc_httpd_answered_fn answered, void *arg,
+                        const pc_httpd_stream_filter *filter)
 {
     pc_httpd_req *rq = calloc(1, sizeof(*rq));
     char length[32];
@@ -212,6 +219,8 @@ int pc_httpd_inner_call(pc_httpd_req *outer, const char *method, const char *tar
     rq->body_len = len;
     rq->answered = answered;
     rq->answered_arg = arg;
+    if (filter != NULL)
+        rq->filter = *filter;
     rq->server->opt.handler(rq);
     return PC_OK;
 }
@@ -258,6 +267,9 @@ static int add_server_headers(pc_httpd_req *rq, nng_http_res *res)
 struct pc_httpd_stream {
     nng_http_conn *conn;
     nng_aio *aio;
+    pc_httpd_stream_filter filter; /* an inner request's (transform NULL: none) */
+    uint8_t *out;                  /* the transformed bytes being written */
+    bool failed;                   /* the transform failed: the write did */
     void (*cb)(void *arg, int rv);
     void *arg;
     /* Until the head is written. */
@@ -276,6 +288,8 @@ static void head_written(void *p, int rv)
         /* From inside the aio's own callback: reap it, not free it. */
         nng_http_conn_close(st->conn);
         nng_aio_reap(st->aio);
+        if (st->filter.release != NULL)
+            st->filter.release(st->filter.arg);
         free(st);
         return;
     }
@@ -285,16 +299,32 @@ static void head_written(void *p, int rv)
 static void stream_written(void *p)
 {
     pc_httpd_stream *st = p;
-    st->cb(st->arg, nng_aio_result(st->aio));
+    free(st->out);
+    st->out = NULL;
+    int rv = st->failed ? NNG_ENOMEM : nng_aio_result(st->aio);
+    st->failed = false;
+    st->cb(st->arg, rv);
 }
 
 void pc_httpd_stream_start(pc_httpd_req *rq, const char *content_type, const char *const *headers,
                            void (*ready)(void *arg, pc_httpd_stream *st), void *arg)
 {
+    pc_httpd_stream_filter filter = {0};
     if (rq->outer != NULL) {
-        pc_httpd_error(rq, PC_E_INTERNAL, "a stream cannot answer an inner request");
-        ready(arg, NULL);
-        return;
+        if (rq->filter.transform == NULL) {
+            pc_httpd_error(rq, PC_E_INTERNAL, "a stream cannot answer this inner request");
+            ready(arg, NULL);
+            return;
+        }
+        /* The stream takes the outer request's connection, and the inner
+         * request is over: its filter goes with the stream. */
+        pc_httpd_req *outer = rq->outer;
+        filter = rq->filter;
+        content_type = filter.content_type;
+        headers = NULL;
+        rq->filter.release = NULL;
+        free_inner(rq);
+        rq = outer;
     }
     nng_http_conn *conn = nng_aio_get_input(rq->aio, 2);
     pc_httpd_stream *st = calloc(1, sizeof(*st));
@@ -318,10 +348,13 @@ void pc_httpd_stream_start(pc_httpd_req *rq, const char *content_type, const cha
         if (st != NULL)
             nng_aio_free(st->aio);
         free(st);
+        if (filter.release != NULL)
+            filter.release(filter.arg);
         pc_httpd_error(rq, PC_E_NOMEM, "out of memory");
         ready(arg, NULL);
         return;
     }
+    st->filter = filter;
     /* From here nng's server no longer owns the connection or the
      * request (nng_http_hijack): the head goes out through nng with no
      * body, so with no length (the body runs until the close), and the
@@ -349,6 +382,22 @@ void pc_httpd_stream_write(pc_httpd_stream *st, const void *buf, size_t len, int
 {
     st->cb = cb;
     st->arg = arg;
+    if (st->filter.transform != NULL) {
+        size_t out_len = 0;
+        st->out = st->filter.transform(st->filter.arg, buf, len, &out_len);
+        if (st->out == NULL || out_len == 0) {
+            /* Nothing to write (or the transform failed): the callback
+             * still comes from an nng thread, never from inside this call
+             * (callers hold locks it takes). */
+            st->failed = st->out == NULL;
+            free(st->out);
+            st->out = NULL;
+            nng_sleep_aio(0, st->aio);
+            return;
+        }
+        buf = st->out;
+        len = out_len;
+    }
     nng_iov iov = {.iov_buf = (void *)buf, .iov_len = len};
     nng_aio_set_iov(st->aio, 1, &iov);
     nng_aio_set_timeout(st->aio, timeout_ms);
@@ -362,6 +411,9 @@ void pc_httpd_stream_close(pc_httpd_stream *st)
     nng_aio_stop(st->aio); /* cancels a write in flight, waits for its callback */
     nng_http_conn_close(st->conn);
     nng_aio_free(st->aio);
+    free(st->out);
+    if (st->filter.release != NULL)
+        st->filter.release(st->filter.arg);
     free(st);
 }
 
@@ -378,7 +430,7 @@ void pc_httpd_reply(pc_httpd_req *rq, uint16_t status, const char *content_type,
         if (rq->done != NULL)
             rq->done(rq->done_arg, status, body, len);
         rq->answered(rq->answered_arg, status, content_type, body, len, headers);
-        free_inner(rq);
+        free_inner(rq); /* releases the filter, unused */
         return;
     }
     nng_http_res *res = NULL;
@@ -520,6 +572,152 @@ static void refuse_body(pc_httpd_req *rq, pc_httpd_body_cb cb, void *arg, int co
     cb(arg, NULL, code, NULL, 0);
 }
 
+/* A chunked body (RFC 9112 7.1), as Connect's Node.js clients send every
+ * request body over HTTP/1.1. nng 1.5 reads only Content-Length bodies,
+ * so the bytes after the head are read from the connection as they come
+ * and decoded by http-parser (Debian's libhttp-parser), fed a stand-in
+ * head that declares the chunked coding: its on_body gives the decoded
+ * bytes, its on_message_complete the end. What follows the end is never
+ * read (every answer closes the connection). */
+typedef struct chunked_read {
+    pc_httpd_req *rq;
+    nng_aio *aio;
+    http_parser parser;
+    http_parser_settings settings;
+    uint8_t *buf;
+    size_t len, cap, max;
+    bool complete, too_large;
+    int64_t deadline_ms;
+    uint8_t raw[16384];
+    pc_httpd_body_cb cb;
+    void *arg;
+} chunked_read;
+
+static int chunk_data(http_parser *p, const char *at, size_t n)
+{
+    chunked_read *cr = p->data;
+    if (cr->len + n > cr->max) {
+        cr->too_large = true;
+        return -1;
+    }
+    if (cr->len + n + 1 > cr->cap) {
+        size_t want = (cr->len + n + 1) * 2;
+        if (want > cr->max + 1)
+            want = cr->max + 1;
+        uint8_t *grown = realloc(cr->buf, want);
+        if (grown == NULL)
+            return -1;
+        cr->buf = grown;
+        cr->cap = want;
+    }
+    memcpy(cr->buf + cr->len, at, n);
+    cr->len += n;
+    return 0;
+}
+
+static int chunks_done(http_parser *p)
+{
+    ((chunked_read *)p->data)->complete = true;
+    return 0;
+}
+
+static void chunked_next(chunked_read *cr);
+
+static void chunked_fail(chunked_read *cr, int rv, int code, const char *msg)
+{
+    pc_httpd_req *rq = cr->rq;
+    pc_httpd_body_cb cb = cr->cb;
+    void *arg = cr->arg;
+    nng_aio_reap(cr->aio);
+    free(cr->buf);
+    free(cr);
+    if (code != 0) {
+        pc_httpd_error(rq, code, "%s", msg);
+        cb(arg, NULL, code, NULL, 0);
+    } else {
+        finish(rq, NULL, rv);
+        cb(arg, NULL, rv, NULL, 0);
+    }
+}
+
+static void chunked_got(void *p)
+{
+    chunked_read *cr = p;
+    int rv = nng_aio_result(cr->aio);
+    if (rv != 0) {
+        chunked_fail(cr, rv, 0, NULL);
+        return;
+    }
+    size_t got = nng_aio_count(cr->aio);
+    size_t used = http_parser_execute(&cr->parser, &cr->settings, (const char *)cr->raw, got);
+    if (cr->too_large) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "request body exceeds the limit of %zu bytes", cr->max);
+        chunked_fail(cr, 0, PC_E_TOO_LARGE, msg);
+        return;
+    }
+    if (!cr->complete && (used != got || HTTP_PARSER_ERRNO(&cr->parser) != HPE_OK)) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "malformed chunked request body (%s)",
+                 http_errno_description(HTTP_PARSER_ERRNO(&cr->parser)));
+        chunked_fail(cr, 0, PC_E_INVALID, msg);
+        return;
+    }
+    if (cr->complete) {
+        pc_httpd_req *rq = cr->rq;
+        uint8_t *body = cr->buf;
+        size_t len = cr->len;
+        pc_httpd_body_cb cb = cr->cb;
+        void *arg = cr->arg;
+        nng_aio_reap(cr->aio);
+        free(cr);
+        body[len] = '\0';
+        cb(arg, rq, 0, body, len);
+        return;
+    }
+    chunked_next(cr);
+}
+
+static void chunked_next(chunked_read *cr)
+{
+    int64_t left = cr->deadline_ms - pc_mono_ms();
+    if (left <= 0) {
+        chunked_fail(cr, NNG_ETIMEDOUT, 0, NULL);
+        return;
+    }
+    nng_iov iov = {.iov_buf = cr->raw, .iov_len = sizeof(cr->raw)};
+    nng_aio_set_iov(cr->aio, 1, &iov);
+    nng_aio_set_timeout(cr->aio, (nng_duration)left);
+    nng_http_conn_read(nng_aio_get_input(cr->rq->aio, 2), cr->aio);
+}
+
+static void read_chunked(pc_httpd_req *rq, size_t max, pc_httpd_body_cb cb, void *arg)
+{
+    chunked_read *cr = calloc(1, sizeof(*cr));
+    if (cr == NULL || (cr->buf = malloc(1024)) == NULL ||
+        nng_aio_alloc(&cr->aio, chunked_got, cr) != 0) {
+        if (cr != NULL)
+            free(cr->buf);
+        free(cr);
+        refuse_body(rq, cb, arg, PC_E_NOMEM, "out of memory");
+        return;
+    }
+    cr->rq = rq;
+    cr->cap = 1024;
+    cr->max = max;
+    cr->cb = cb;
+    cr->arg = arg;
+    cr->deadline_ms = pc_mono_ms() + BODY_READ_TIMEOUT_MS;
+    http_parser_init(&cr->parser, HTTP_REQUEST);
+    cr->parser.data = cr;
+    http_parser_settings_init(&cr->settings);
+    cr->settings.on_body = chunk_data;
+    cr->settings.on_message_complete = chunks_done;
+    static const char head[] = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    http_parser_execute(&cr->parser, &cr->settings, head, sizeof(head) - 1);
+    chunked_next(cr);
+}
+
 void pc_httpd_read_body(pc_httpd_req *rq, size_t max, pc_httpd_body_cb cb, void *arg)
 {
     if (rq->outer != NULL) {
@@ -540,9 +738,14 @@ void pc_httpd_read_body(pc_httpd_req *rq, size_t max, pc_httpd_body_cb cb, void 
     }
     nng_http_conn *conn = nng_aio_get_input(rq->aio, 2);
     const char *cl = pc_httpd_header(rq, "Content-Length");
-    if (pc_httpd_header(rq, "Transfer-Encoding") != NULL) {
-        refuse_body(rq, cb, arg, PC_E_LENGTH_REQUIRED,
-                    "chunked request bodies are not supported; send Content-Length");
+    const char *te = pc_httpd_header(rq, "Transfer-Encoding");
+    if (te != NULL) {
+        /* Chunked alone; any other coding is not one this server reads. */
+        if (strcasecmp(te, "chunked") == 0)
+            read_chunked(rq, max, cb, arg);
+        else
+            refuse_body(rq, cb, arg, PC_E_LENGTH_REQUIRED,
+                        "the only transfer coding read is chunked; or send Content-Length");
         return;
     }
     if (!declares_body(rq->req)) {

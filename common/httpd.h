@@ -77,13 +77,31 @@ void pc_httpd_on_done(pc_httpd_req *rq, pc_httpd_done_fn done, void *arg);
  * answered(arg, status, content_type, body, len, headers) (headers as
  * given to the reply functions, without the server's own) instead of a
  * connection; then it is gone. The outer request stays the caller's to
- * answer. A stream answer to an inner request is refused (answered 500).
- * NULL when out of memory (nothing was called). */
+ * answer, unless a stream takes it (below). PC_E_NOMEM when out of memory
+ * (nothing was called). */
 typedef void (*pc_httpd_answered_fn)(void *arg, uint16_t status, const char *content_type,
                                      const void *body, size_t len, const char *const *headers);
+
+/* How an inner request's stream answer reaches the outer connection (a
+ * Connect server stream carries the SSE of GET /v1/watch): the head says
+ * content_type, and each write's bytes go through transform (malloc'd
+ * bytes in their place, *out_len of them; 0 writes nothing; NULL fails
+ * the write). release(arg) once the stream is closed, or when the inner
+ * request is answered instead of streamed. */
+typedef struct pc_httpd_stream_filter {
+    const char *content_type;
+    uint8_t *(*transform)(void *arg, const void *in, size_t len, size_t *out_len);
+    void (*release)(void *arg);
+    void *arg;
+} pc_httpd_stream_filter;
+
+/* filter NULL: a stream answer is refused (answered 500). With a filter,
+ * a stream answer takes the outer request's connection: then answered is
+ * never called, and the outer request is over. */
 int pc_httpd_inner_call(pc_httpd_req *outer, const char *method, const char *target,
                         const char *content_type, const void *body, size_t len,
-                        pc_httpd_answered_fn answered, void *arg);
+                        pc_httpd_answered_fn answered, void *arg,
+                        const pc_httpd_stream_filter *filter);
 
 /* A stream answer (Server-Sent Events): the request's connection, taken
  * over from nng's server. pc_httpd_stream_start answers 200 with

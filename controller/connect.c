@@ -13,6 +13,7 @@
 #include "err.h"
 #include "json_text.h"
 #include "pb_struct.h"
+#include "sse.h"
 #include "popcast_api.pb-c.h"
 #include "google/protobuf/wrappers.pb-c.h"
 
@@ -574,6 +575,154 @@ static void answered(void *arg, uint16_t status, const char *content_type, const
     json_decref(doc);
 }
 
+/* Server streams (Watch, Tail): the REST route's Server-Sent Events,
+ * each event as a WatchEvent message in Connect's envelope (a flags
+ * byte, a 4-byte big-endian length, the message), and the events that
+ * end a stream ("cut", "compacted") as the end-of-stream message (flags
+ * 0x02) with the error. */
+#define END_STREAM 0x02
+
+typedef struct stream_state {
+    pc_httpd_req *outer; /* until the stream starts or is refused */
+    pc_sse sse;
+    bool proto, ended;
+    uint8_t *out;
+    size_t len, cap;
+} stream_state;
+
+static bool put_envelope(stream_state *s, uint8_t flags, const void *msg, size_t len)
+{
+    if (s->len + len + 5 > s->cap) {
+        size_t want = (s->len + len + 5) * 2;
+        uint8_t *grown = realloc(s->out, want);
+        if (grown == NULL)
+            return false;
+        s->out = grown;
+        s->cap = want;
+    }
+    uint8_t *p = s->out + s->len;
+    p[0] = flags;
+    p[1] = (uint8_t)(len >> 24);
+    p[2] = (uint8_t)(len >> 16);
+    p[3] = (uint8_t)(len >> 8);
+    p[4] = (uint8_t)len;
+    memcpy(p + 5, msg, len);
+    s->len += len + 5;
+    return true;
+}
+
+/* The end-of-stream message: {"error":{"code","message"}} (JSON in both
+ * codecs, as the protocol says). */
+static bool put_end(stream_state *s, const char *code, const char *message)
+{
+    json_t *e = json_pack("{s:s}", "code", code);
+    if (e != NULL)
+        pc_json_set_text(e, "message", message);
+    json_t *o = e ? json_pack("{s:o}", "error", e) : NULL;
+    char *text = o ? json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+    json_decref(o);
+    bool ok = text != NULL && put_envelope(s, END_STREAM, text, strlen(text));
+    free(text);
+    s->ended = true;
+    return ok;
+}
+
+static bool stream_event(void *arg, const pc_sse_event *e)
+{
+    stream_state *s = arg;
+    if (s->ended)
+        return false;
+    json_t *data = json_loads(e->data, 0, NULL);
+    if (!json_is_object(data)) {
+        json_decref(data);
+        return true;
+    }
+    bool ok = true;
+    if (strcmp(e->type, "cut") == 0 || strcmp(e->type, "compacted") == 0) {
+        const char *why = json_string_value(json_object_get(data, "reason"));
+        if (why == NULL)
+            why = json_string_value(json_object_get(data, "message"));
+        ok = put_end(s,
+                     e->type[0] == 'c' && e->type[1] == 'u' ? "resource_exhausted" : "out_of_range",
+                     why ? why : e->type);
+    } else if (s->proto) {
+        Popcast__V1__WatchEvent ev = POPCAST__V1__WATCH_EVENT__INIT;
+        ev.id = strtoull(e->id, NULL, 10);
+        ev.type = (char *)e->type;
+        ev.data = pc_struct_from_json(data);
+        size_t len = popcast__v1__watch_event__get_packed_size(&ev);
+        uint8_t *buf = ev.data ? malloc(len ? len : 1) : NULL;
+        if (buf != NULL) {
+            popcast__v1__watch_event__pack(&ev, buf);
+            ok = put_envelope(s, 0, buf, len);
+        } else {
+            ok = false;
+        }
+        free(buf);
+        if (ev.data != NULL)
+            google__protobuf__struct__free_unpacked(ev.data, NULL);
+    } else {
+        /* protobuf's JSON: a uint64 is a string. */
+        json_t *o = json_pack("{s:s,s:s,s:O}", "id", e->id, "type", e->type, "data", data);
+        char *text = o ? json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+        json_decref(o);
+        ok = text != NULL && put_envelope(s, 0, text, strlen(text));
+        free(text);
+    }
+    json_decref(data);
+    return ok;
+}
+
+static uint8_t *stream_transform(void *arg, const void *in, size_t len, size_t *out_len)
+{
+    stream_state *s = arg;
+    s->out = NULL;
+    s->len = s->cap = 0;
+    if (!s->ended && !pc_sse_feed(&s->sse, in, len, stream_event, s) && !s->ended) {
+        free(s->out);
+        return NULL;
+    }
+    *out_len = s->len;
+    /* Nothing to send (a keepalive comment): an empty allocation. */
+    uint8_t *out = s->out ? s->out : malloc(1);
+    s->out = NULL;
+    return out;
+}
+
+static void stream_release(void *arg)
+{
+    stream_state *s = arg;
+    pc_sse_free(&s->sse);
+    free(s->out);
+    free(s);
+}
+
+/* A stream the REST route refused before it started: 200 and the
+ * end-of-stream message with the error, as Connect streams end. */
+static void stream_refused(void *arg, uint16_t status, const char *content_type, const void *body,
+                           size_t len, const char *const *headers)
+{
+    stream_state *st = arg; /* released after this, with the inner request */
+    pc_httpd_req *rq = st->outer;
+    bool proto = st->proto;
+    (void)content_type;
+    (void)headers;
+    json_t *doc = json_loadb(body, len, 0, NULL);
+    json_t *e = json_object_get(doc, "error");
+    stream_state s = {.proto = proto};
+    put_end(&s, pc_connect_code(json_string_value(json_object_get(e, "code")), status),
+            json_string_value(json_object_get(e, "message"))
+                ? json_string_value(json_object_get(e, "message"))
+                : "refused");
+    json_decref(doc);
+    if (s.out == NULL)
+        reply_error(rq, "resource_exhausted", "out of memory", NULL);
+    else
+        pc_httpd_reply(rq, 200, proto ? "application/connect+proto" : "application/connect+json",
+                       s.out, s.len, NULL);
+    free(s.out);
+}
+
 typedef struct body_ctx {
     const method *m;
     bool proto;
@@ -587,8 +736,27 @@ static void body_read(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size_t
     free(b);
     if (rc != 0)
         return; /* answered already (too large, no length) */
-    call_fields f = {.values = json_object()};
     char why[256] = "out of memory";
+    if (m->stream) {
+        /* One enveloped request message: flags, length, the message. */
+        size_t n = len >= 5 ? (size_t)body[1] << 24 | (size_t)body[2] << 16 | (size_t)body[3] << 8 |
+                                  body[4]
+                            : 0;
+        if (len < 5 || n != len - 5 || (body[0] & 0x01) != 0) {
+            bool compressed = len >= 5 && (body[0] & 0x01);
+            free(body);
+            reply_error(rq, "invalid_argument",
+                        compressed ? "compressed messages are not read: send them uncompressed"
+                                   : "a stream's request is one enveloped message (flags, length, "
+                                     "message)",
+                        NULL);
+            return;
+        }
+        memmove(body, body + 5, n);
+        len = n;
+        body[len] = '\0';
+    }
+    call_fields f = {.values = json_object()};
     int frc = f.values == NULL ? PC_E_NOMEM
               : proto          ? from_proto(m->request, body, len, &f, why, sizeof(why))
                                : from_json(m->request, body, len, &f, why, sizeof(why));
@@ -619,15 +787,30 @@ static void body_read(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size_t
         const char *given = json_string_value(json_object_get(f.values, "content_type"));
         ctype = given && given[0] ? given : "text/x-lua";
     }
-    call *c = calloc(1, sizeof(*c));
-    if (c == NULL || (doc != NULL && text == NULL)) {
+    call *c = m->stream ? NULL : calloc(1, sizeof(*c));
+    stream_state *st = m->stream ? calloc(1, sizeof(*st)) : NULL;
+    if ((c == NULL && st == NULL) || (doc != NULL && text == NULL)) {
         free(c);
+        free(st);
         reply_error(rq, "resource_exhausted", "out of memory", NULL);
+    } else if (st != NULL) {
+        st->outer = rq;
+        st->proto = proto;
+        pc_httpd_stream_filter filter = {.content_type = proto ? "application/connect+proto"
+                                                               : "application/connect+json",
+                                         .transform = stream_transform,
+                                         .release = stream_release,
+                                         .arg = st};
+        if (pc_httpd_inner_call(rq, m->http_method, target, ctype, rest_body, rest_len,
+                                stream_refused, st, &filter) != PC_OK) {
+            free(st);
+            reply_error(rq, "resource_exhausted", "out of memory", NULL);
+        }
     } else {
         c->outer = rq;
         c->proto = proto;
-        if (pc_httpd_inner_call(rq, m->http_method, target, ctype, rest_body, rest_len, answered,
-                                c) != PC_OK) {
+        if (pc_httpd_inner_call(rq, m->http_method, target, ctype, rest_body, rest_len, answered, c,
+                                NULL) != PC_OK) {
             free(c);
             reply_error(rq, "resource_exhausted", "out of memory", NULL);
         }
@@ -656,17 +839,21 @@ void pc_connect_serve(pc_httpd_req *rq, size_t max_body)
         reply_error(rq, "invalid_argument", "Connect-Protocol-Version must be 1", NULL);
         return;
     }
-    if (m->stream) {
-        reply_error(rq, "unimplemented",
-                    "the streams are not served over Connect yet: use GET /v1/watch or "
-                    "/v1/tenants/{tenant}/tail (Server-Sent Events)",
-                    NULL);
-        return;
-    }
     const char *ctype = pc_httpd_header(rq, "Content-Type");
     size_t clen = ctype ? strcspn(ctype, "; ") : 0;
-    bool json = ctype && clen == 16 && strncasecmp(ctype, "application/json", 16) == 0;
-    bool proto = ctype && clen == 17 && strncasecmp(ctype, "application/proto", 17) == 0;
+    const char *want_json = m->stream ? "application/connect+json" : "application/json";
+    const char *want_proto = m->stream ? "application/connect+proto" : "application/proto";
+    bool json = ctype && clen == strlen(want_json) && strncasecmp(ctype, want_json, clen) == 0;
+    bool proto = ctype && clen == strlen(want_proto) && strncasecmp(ctype, want_proto, clen) == 0;
+    if (m->stream && !json && !proto) {
+        static const char text[] = "{\"code\":\"invalid_argument\",\"message\":\"a stream's "
+                                   "Content-Type is application/connect+json or "
+                                   "application/connect+proto\"}";
+        const char *accept[] = {"Accept-Post",
+                                "application/connect+json, application/connect+proto", NULL};
+        pc_httpd_reply(rq, 415, "application/json", text, sizeof(text) - 1, accept);
+        return;
+    }
     if (!json && !proto) {
         /* The protocol's answer to a codec it does not serve: 415, and
          * what it does take. */

@@ -5,6 +5,7 @@ set -eu
 
 PACKAGES="build-essential cmake pkg-config clang clang-format libclang-rt-14-dev
   libuv1-dev libnng-dev liblmdb-dev libsodium-dev libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev
+  libhttp-parser-dev
   liblua5.4-dev libjansson-dev libraft-dev libmicrohttpd-dev libcmocka-dev
   wrk curl ca-certificates iproute2 valgrind openssl gdb systemd file zsh"
 
