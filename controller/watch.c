@@ -146,6 +146,7 @@ static bool append(char **buf, size_t *len, size_t *cap, const char *text, size_
 
 static void written(void *arg, int rv);
 static void enqueue(pc_watch *w, watcher *x, const char *text, size_t len);
+static void publish(pc_watch *w, const char *type, const char *tenant, json_t *data, bool to_tails);
 
 /* The next text to write for x, or NULL when it has nothing (lock held):
  * entries it has not had, then its queued live events. A watcher whose
@@ -319,24 +320,7 @@ void pc_watch_add_tail(pc_watch *w, pc_httpd_stream *st, const char *tenant)
 
 void pc_watch_tail_event(pc_watch *w, const char *tenant, const char *type, json_t *data)
 {
-    if (w == NULL || data == NULL) {
-        json_decref(data);
-        return;
-    }
-    size_t len = 0;
-    char *text = pc_watch_format(applied_seq(w), type, data, &len);
-    json_decref(data);
-    if (text == NULL)
-        return;
-    pthread_mutex_lock(&w->lock);
-    for (watcher *x = w->watchers; x != NULL; x = x->next) {
-        if (!x->is_tail || strcmp(x->scope.tenants[0], tenant) != 0)
-            continue;
-        enqueue(w, x, text, len);
-        pump(w, x);
-    }
-    pthread_mutex_unlock(&w->lock);
-    free(text);
+    publish(w, type, tenant, data, true);
 }
 
 size_t pc_watch_tailed(pc_watch *w, char (*out)[PC_TENANT_MAX + 1], size_t max)
@@ -421,7 +405,10 @@ static void enqueue(pc_watch *w, watcher *x, const char *text, size_t len)
     x->queued_bytes += len;
 }
 
-void pc_watch_event(pc_watch *w, const char *type, const char *tenant, json_t *data)
+/* Queues a live event for the watchers that see it: tails of tenant
+ * (to_tails), or the other watchers whose scope covers tenant (NULL:
+ * the watchers that see everything). Takes data. */
+static void publish(pc_watch *w, const char *type, const char *tenant, json_t *data, bool to_tails)
 {
     if (w == NULL || data == NULL) {
         json_decref(data);
@@ -434,17 +421,22 @@ void pc_watch_event(pc_watch *w, const char *type, const char *tenant, json_t *d
         return;
     pthread_mutex_lock(&w->lock);
     for (watcher *x = w->watchers; x != NULL; x = x->next) {
-        if (x->is_tail)
+        if (x->is_tail != to_tails)
             continue;
-        if (tenant != NULL && !in_scope(&x->scope, tenant))
-            continue;
-        if (tenant == NULL && !x->scope.all)
+        if (to_tails         ? strcmp(x->scope.tenants[0], tenant) != 0
+            : tenant != NULL ? !in_scope(&x->scope, tenant)
+                             : !x->scope.all)
             continue;
         enqueue(w, x, text, len);
         pump(w, x);
     }
     pthread_mutex_unlock(&w->lock);
     free(text);
+}
+
+void pc_watch_event(pc_watch *w, const char *type, const char *tenant, json_t *data)
+{
+    publish(w, type, tenant, data, false);
 }
 
 void pc_watch_tick(pc_watch *w, int64_t now_ms)
