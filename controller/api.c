@@ -504,7 +504,10 @@ static void preflight(pc_api *api, pc_httpd_req *rq)
     pc_route_match m;
     size_t n = 0;
     const api_route *table = pc_api_routes(&n);
-    int rc = pc_route_find(table, n, sizeof(*table), method, pc_httpd_target(rq), &m);
+    /* A Connect call (connect.h) is a POST with Connect's own headers. */
+    bool rpc = pc_connect_is_rpc(pc_httpd_target(rq));
+    int rc = rpc ? (method != NULL && strcmp(method, "POST") == 0 ? PC_OK : PC_E_METHOD)
+                 : pc_route_find(table, n, sizeof(*table), method, pc_httpd_target(rq), &m);
     if (rc != PC_OK) {
         pc_httpd_error(rq, rc == PC_E_METHOD ? PC_E_METHOD : PC_E_NOTFOUND,
                        "no route answers %s here", method);
@@ -513,7 +516,9 @@ static void preflight(pc_api *api, pc_httpd_req *rq)
     const char *headers[] = {"Access-Control-Allow-Methods",
                              method,
                              "Access-Control-Allow-Headers",
-                             "Authorization, Content-Type, Idempotency-Key",
+                             rpc ? "Authorization, Content-Type, Idempotency-Key, "
+                                   "Connect-Protocol-Version, Connect-Timeout-Ms"
+                                 : "Authorization, Content-Type, Idempotency-Key",
                              "Access-Control-Max-Age",
                              "600",
                              NULL};

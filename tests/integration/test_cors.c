@@ -80,6 +80,17 @@ static void test_allowed_origin(void **state)
     assert_non_null(strstr(header(&r, "Access-Control-Allow-Headers"), "Authorization"));
     assert_non_null(strstr(header(&r, "Access-Control-Allow-Headers"), "Idempotency-Key"));
     pc_http_result_free(&r);
+    /* The preflight of a Connect call: POST, with Connect's headers. */
+    assert_int_equal(call(&env, &ctl, "OPTIONS", "/popcast.v1.TenantService/GetTenant",
+                          "https://dash.example", "POST", false, &r),
+                     204);
+    assert_string_equal(header(&r, "Access-Control-Allow-Methods"), "POST");
+    assert_non_null(strstr(header(&r, "Access-Control-Allow-Headers"), "Connect-Protocol-Version"));
+    pc_http_result_free(&r);
+    assert_int_equal(call(&env, &ctl, "OPTIONS", "/popcast.v1.TenantService/GetTenant",
+                          "https://dash.example", "GET", false, &r),
+                     405);
+    pc_http_result_free(&r);
     /* A method the route does not answer, a path nothing answers. */
     assert_int_equal(call(&env, &ctl, "OPTIONS", "/v1/tenants/web/bundles", "https://dash.example",
                           "PATCH", false, &r),
