@@ -31,8 +31,16 @@ if [ -n "$missing" ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
 fi
-echo "== npm ci (tests/browser: puppeteer-core)"
-(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+echo "== npm ci (tests/browser: puppeteer-core, Connect clients, swagger-cli)"
+if ! (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error); then
+    # Only when the npm registry cannot be reached from here: the tests
+    # that need its packages say SKIPPED, loudly, and the run ends with a
+    # note saying which did not run. Without this variable a missing
+    # package fails those tests.
+    echo "!! npm ci failed: the npm registry is not reachable from here?" >&2
+    POPCAST_NPM_UNAVAILABLE=1
+    export POPCAST_NPM_UNAVAILABLE
+fi
 
 # promtool checks the daemons' /metrics (test_metrics_exposition). It is
 # unpacked from Debian's prometheus package into the build tree: nothing
@@ -111,5 +119,10 @@ if [ "${POPCAST_SKIP_FUZZ:-0}" != 1 ]; then
 fi
 if [ -f "$BUILD_ROOT/release/test-artifacts/dashboard.png" ]; then
     echo "dashboard screenshot (test_dashboard): $BUILD_ROOT/release/test-artifacts/dashboard.png"
+fi
+if [ "${POPCAST_NPM_UNAVAILABLE:-0}" = 1 ]; then
+    echo "!! NOT RUN (npm registry unreachable): the dashboard's browser test, the Connect" >&2
+    echo "!! interop test and the OpenAPI validation (test_dashboard, test_connect," >&2
+    echo "!! test_openapi_valid report them as skipped)" >&2
 fi
 echo "== all tests passed"

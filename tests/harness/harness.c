@@ -1301,6 +1301,25 @@ void pc_test_wait_converged(pc_test_env *env, pc_test_controller *c, pc_test_age
     json_decref(want);
 }
 
+bool pc_test_npm_package(const char *package)
+{
+    const char *src = getenv("POPCAST_SOURCE_DIR");
+    assert_non_null(src);
+    char path[600];
+    snprintf(path, sizeof(path), "%s/tests/browser/node_modules/%s", src, package);
+    struct stat st;
+    if (stat(path, &st) == 0)
+        return true;
+    const char *unavailable = getenv("POPCAST_NPM_UNAVAILABLE");
+    if (unavailable != NULL && strcmp(unavailable, "1") == 0) {
+        printf("SKIPPED: %s is not installed: the npm registry is unreachable (tests/run.sh)\n",
+               package);
+        return false;
+    }
+    fail_msg("%s is missing: run `npm ci` in tests/browser (tests/run.sh does)", path);
+    return false;
+}
+
 int pc_test_cli(pc_test_env *env, pc_test_controller *c, const char *const *args, char *out,
                 size_t cap)
 {

@@ -285,6 +285,12 @@ bool pc_test_agent_matches(pc_test_env *env, pc_test_controller *c, pc_test_agen
 
 /* Runs the popcast CLI against the controller with the env's token;
  * returns its exit status, with stdout and stderr in out (truncated). */
+/* Whether tests/browser/node_modules holds package (tests/run.sh's npm
+ * ci). When it does not: false, after printing SKIPPED and why, if
+ * tests/run.sh found the npm registry unreachable (POPCAST_NPM_UNAVAILABLE
+ * set; the caller then calls cmocka's skip()); else the test fails. */
+bool pc_test_npm_package(const char *package);
+
 int pc_test_cli(pc_test_env *env, pc_test_controller *c, const char *const *args, char *out,
                 size_t cap);
 
