@@ -52,9 +52,10 @@ int pc_pop_map_parse(const pc_strlist *in, pc_pop_location **out, size_t *n, pc_
         memcpy(p->pop, item, name_len);
         p->pop[name_len] = '\0';
         if (!pc_id_valid(p->pop)) {
+            pc_err_set(err, PC_E_INVALID, "pop_locations: '%.80s': '%s' is not a PoP name", item,
+                       p->pop);
             free(pops);
-            return pc_err_set(err, PC_E_INVALID, "pop_locations: '%.80s': '%s' is not a PoP name",
-                              item, p->pop);
+            return PC_E_INVALID;
         }
         if (!parse_degrees(eq + 1, comma, -90, 90, &p->lat) ||
             !parse_degrees(comma + 1, comma + 1 + strlen(comma + 1), -180, 180, &p->lon)) {
@@ -66,9 +67,9 @@ int pc_pop_map_parse(const pc_strlist *in, pc_pop_location **out, size_t *n, pc_
         }
         for (size_t j = 0; j < i; j++)
             if (strcmp(pops[j].pop, p->pop) == 0) {
+                pc_err_set(err, PC_E_INVALID, "pop_locations: PoP %s is given twice", p->pop);
                 free(pops);
-                return pc_err_set(err, PC_E_INVALID, "pop_locations: PoP %s is given twice",
-                                  p->pop);
+                return PC_E_INVALID;
             }
     }
     *out = pops;
