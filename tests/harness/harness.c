@@ -1301,6 +1301,24 @@ void pc_test_wait_converged(pc_test_env *env, pc_test_controller *c, pc_test_age
     json_decref(want);
 }
 
+void pc_test_raw_head(pc_test_controller *c, const char *head, char *answer, size_t cap)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)c->api_port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    struct timeval tv = {.tv_sec = 30};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    assert_int_equal(write(fd, head, strlen(head)), (ssize_t)strlen(head));
+    size_t used = 0;
+    ssize_t got;
+    while (used + 1 < cap && (got = read(fd, answer + used, cap - 1 - used)) > 0)
+        used += (size_t)got;
+    answer[used] = '\0';
+    close(fd);
+}
+
 bool pc_test_npm_package(const char *package)
 {
     const char *src = getenv("POPCAST_SOURCE_DIR");

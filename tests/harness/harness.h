@@ -285,6 +285,13 @@ bool pc_test_agent_matches(pc_test_env *env, pc_test_controller *c, pc_test_agen
 
 /* Runs the popcast CLI against the controller with the env's token;
  * returns its exit status, with stdout and stderr in out (truncated). */
+/* Sends only head (a request's head, up to its blank line) to c's API on
+ * a raw connection and reads what the server answers before any body byte
+ * was sent, until it closes (NUL-terminated). For refusals decided from
+ * the head alone: sending the body too would race the server's close
+ * against the client's write. */
+void pc_test_raw_head(pc_test_controller *c, const char *head, char *answer, size_t cap);
+
 /* Whether tests/browser/node_modules holds package (tests/run.sh's npm
  * ci). When it does not: false, after printing SKIPPED and why, if
  * tests/run.sh found the npm registry unreachable (POPCAST_NPM_UNAVAILABLE

@@ -124,26 +124,6 @@ static void test_bad_tenant_names(void **state)
     expect_nothing_stored();
 }
 
-/* Sends only the head of a request on a raw connection and returns what
- * the server answers before any body byte was sent (NUL-terminated). */
-static void raw_head_only(const char *head, char *answer, size_t cap)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)ctl.api_port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    struct timeval tv = {.tv_sec = 30};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    assert_int_equal(write(fd, head, strlen(head)), (ssize_t)strlen(head));
-    size_t used = 0;
-    ssize_t got;
-    while (used + 1 < cap && (got = read(fd, answer + used, cap - 1 - used)) > 0)
-        used += (size_t)got;
-    answer[used] = '\0';
-    close(fd);
-}
-
 static void test_oversized_bundle(void **state)
 {
     /* Refused from its Content-Length, before a byte of the body is read:
@@ -155,7 +135,7 @@ static void test_oversized_bundle(void **state)
              "Authorization: Bearer %s\r\nContent-Type: text/x-lua\r\n"
              "Content-Length: %d\r\n\r\n",
              env.token, 100 * 1024);
-    raw_head_only(head, answer, sizeof(answer));
+    pc_test_raw_head(&ctl, head, answer, sizeof(answer));
     if (strncmp(answer, "HTTP/1.1 413", 12) != 0 || strstr(answer, "\"too_large\"") == NULL)
         fail_msg("expected 413 too_large, got: %s", answer);
     expect_nothing_stored();
@@ -290,7 +270,7 @@ static void test_openapi_document_served(void **state)
  * answers until it closes the connection (NUL-terminated). */
 static void raw_exchange(const char *bytes, char *answer, size_t cap)
 {
-    raw_head_only(bytes, answer, cap);
+    pc_test_raw_head(&ctl, bytes, answer, cap);
 }
 
 static int count_responses(const char *answer)
