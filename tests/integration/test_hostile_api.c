@@ -342,6 +342,40 @@ static void test_unread_bodies_never_become_requests(void **state)
     expect_nothing_stored();
 }
 
+/* Chunked bodies (Connect's Node.js clients send them) are decoded by
+ * http-parser: a malformed one is 400, another transfer coding 411, and
+ * neither changes anything. */
+static void test_chunked_bodies(void **state)
+{
+    (void)state;
+    char bytes[1024], answer[4096];
+    static const char *const bodies[] = {
+        "zz\r\nabc\r\n0\r\n\r\n",                 /* not a chunk size */
+        "3\r\nabc\r\nxyz\r\n0\r\n\r\n",           /* a second size that is not hex */
+        "-1\r\nabc\r\n0\r\n\r\n",                 /* a negative size */
+        "ffffffffffffffffff\r\nabc\r\n0\r\n\r\n", /* a size that overflows */
+    };
+    for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+        snprintf(bytes, sizeof(bytes),
+                 "POST /v1/tenants/acme/bundles HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 "Authorization: Bearer %s\r\nContent-Type: text/x-lua\r\n"
+                 "Transfer-Encoding: chunked\r\n\r\n%s",
+                 env.token, bodies[i]);
+        raw_exchange(bytes, answer, sizeof(answer));
+        if (strncmp(answer, "HTTP/1.1 400", 12) != 0 || strstr(answer, "malformed chunked") == NULL)
+            fail_msg("chunked body %zu: expected 400 malformed chunked, got: %s", i, answer);
+    }
+    snprintf(bytes, sizeof(bytes),
+             "POST /v1/tenants/acme/bundles HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+             "Authorization: Bearer %s\r\nContent-Type: text/x-lua\r\n"
+             "Transfer-Encoding: gzip\r\n\r\n",
+             env.token);
+    raw_exchange(bytes, answer, sizeof(answer));
+    if (strncmp(answer, "HTTP/1.1 411", 12) != 0)
+        fail_msg("gzip coding: expected 411, got: %s", answer);
+    expect_nothing_stored();
+}
+
 static void test_malformed_heads_are_never_served(void **state)
 {
     /* nng 1.5 parses request heads itself and drops the connection on
@@ -426,6 +460,7 @@ int main(void)
         cmocka_unit_test(test_routes_and_methods),
         cmocka_unit_test(test_openapi_document_served),
         cmocka_unit_test(test_unread_bodies_never_become_requests),
+        cmocka_unit_test(test_chunked_bodies),
         cmocka_unit_test(test_malformed_heads_are_never_served),
         cmocka_unit_test(test_error_messages_quote_any_bytes),
         cmocka_unit_test(test_a_good_deploy_still_works),
