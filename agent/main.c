@@ -696,7 +696,10 @@ static int agent_serve(agent *ag, pc_err *err)
                                          .tls = ag->tls,
                                          .poll_ms = ag->cfg.tail_poll_ms,
                                          .flush_ms = ag->cfg.tail_flush_ms,
-                                         .request_timeout_ms = ag->cfg.request_timeout_ms,
+                                         /* A tail is no reason to wait long. */
+                                         .request_timeout_ms = ag->cfg.request_timeout_ms < 2000
+                                                                   ? ag->cfg.request_timeout_ms
+                                                                   : 2000,
                                          .metrics = ag->metrics};
         if ((rc = pc_tail_shipper_start(&ag->tail_shipper, &tsopt, err)) != PC_OK)
             return rc;

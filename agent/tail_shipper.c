@@ -254,6 +254,13 @@ void pc_tail_shipper_stop(pc_tail_shipper *s)
     s->stop = true;
     pthread_cond_signal(&s->cond);
     pthread_mutex_unlock(&s->lock);
+    /* Closing the sockets ends a request in flight at once (a controller
+     * that does not answer would hold the thread for its timeouts). */
+    for (size_t i = 0; i < s->n; i++)
+        if (s->controllers[i].open) {
+            pc_nng_close_bounded(s->controllers[i].sock, PC_NNG_CLOSE_MS, "a tail connection");
+            s->controllers[i].open = false;
+        }
     if (s->started)
         pthread_join(s->thread, NULL);
     free_shipper(s);
