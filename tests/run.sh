@@ -13,10 +13,12 @@ JOBS=${JOBS:-$(nproc)}
 ./deploy/install-deps.sh
 
 # The dashboard's browser test (tests/integration/test_dashboard.c) drives
-# Debian's chromium with puppeteer-core from npm, pinned by
-# tests/browser/package-lock.json and installed there (nothing global).
-# Node.js comes from Debian when the machine has none.
-browser_packages="chromium"
+# Debian's chromium with puppeteer-core from npm, and the Connect interop
+# test generates its client code with Debian's protoc and protoc-gen-es:
+# the npm packages are pinned by tests/browser/package-lock.json and
+# installed there (nothing global). Node.js comes from Debian when the
+# machine has none.
+browser_packages="chromium protobuf-compiler"
 command -v node >/dev/null 2>&1 || browser_packages="$browser_packages nodejs"
 command -v npm >/dev/null 2>&1 || browser_packages="$browser_packages npm"
 missing=""

@@ -1,7 +1,7 @@
 // Connect interop (docs/api.md "Connect"): Buf's own Connect clients
 // (@connectrpc/connect, @connectrpc/connect-node, @bufbuild/protobuf),
 // with code generated at test time from the controller's
-// proto/popcast_api.proto (buf + protoc-gen-es, buf.gen.yaml), call every
+// proto/popcast_api.proto (Debian's protoc + protoc-gen-es), call every
 // method of every service on a real controller, over both codecs
 // (application/proto and application/json). Run by test_connect.c:
 //
@@ -22,11 +22,14 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const [apiUrl, tokenFile] = process.argv.slice(2);
 const token = fs.readFileSync(tokenFile, 'utf8').trim();
 
-// The generated code: from the same .proto the controller is built from.
+// The generated code: from the same .proto the controller is built from,
+// by Debian's protoc (the well-known types from libprotobuf-dev) with
+// protoc-gen-es.
 fs.rmSync(path.join(here, 'gen'), {recursive: true, force: true});
-execFileSync(path.join(here, 'node_modules/.bin/buf'),
-  ['generate', path.join(here, '../../proto'), '--path', path.join(here, '../../proto/popcast_api.proto'),
-    '--template', path.join(here, 'buf.gen.yaml')], {cwd: here, stdio: 'inherit'});
+fs.mkdirSync(path.join(here, 'gen'));
+execFileSync('protoc', [`--plugin=protoc-gen-es=${path.join(here, 'node_modules/.bin/protoc-gen-es')}`,
+  `--es_out=${path.join(here, 'gen')}`, '--es_opt=target=js', `-I${path.join(here, '../../proto')}`,
+  '-I/usr/include', path.join(here, '../../proto/popcast_api.proto')], {cwd: here, stdio: 'inherit'});
 const api = await import(path.join(here, 'gen/popcast_api_pb.js'));
 
 class Failure extends Error {}
