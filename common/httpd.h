@@ -6,8 +6,9 @@
  * once, through one of the reply functions below, from any thread and at
  * any later time (long polls). After the reply the pc_httpd_req is gone.
  *
- * Bodies are not collected by nng (an oversized or length-less body gets a
- * JSON 4xx from us rather than nng's HTML 400): a handler that wants the
+ * Bodies are not collected by nng (an oversized body, or one in a coding
+ * other than chunked, gets a JSON 4xx from us rather than nng's HTML 400;
+ * nng 1.5 reads no chunked bodies at all): a handler that wants the
  * body calls pc_httpd_read_body. A request whose body was never read is
  * answered with "Connection: close", so bytes of an unread body can never
  * be taken for the next request on that connection (request smuggling).
@@ -138,11 +139,14 @@ void pc_httpd_error_with(pc_httpd_req *rq, int code, const char *const *headers,
 /* The one mapping from error codes to HTTP statuses. */
 uint16_t pc_httpd_status_for(int code);
 
-/* Reads the request body (Content-Length only) of at most max bytes and
- * calls cb exactly once. rc == 0: body (malloc'd, NUL-terminated, owned by
- * cb) holds len bytes, and rq must still be answered. rc != 0: the request
- * is already answered (413 too large, 411 no length, 400 malformed length)
- * or its connection dropped; rq is gone and cb must only release arg. */
+/* Reads the request body (by Content-Length, or Transfer-Encoding:
+ * chunked, decoded by http-parser; every byte within 30 s) of at most max
+ * bytes and calls cb exactly once. rc == 0: body (malloc'd, NUL-terminated,
+ * owned by cb) holds len bytes, and rq must still be answered. rc != 0:
+ * the request is already answered (413 too large, 411 a transfer coding
+ * other than chunked, 400 malformed length or chunks) or its connection
+ * dropped or timed out; rq is gone and cb must only release arg. An inner
+ * request's body is handed over as it is. */
 typedef void (*pc_httpd_body_cb)(void *arg, pc_httpd_req *rq, int rc, uint8_t *body, size_t len);
 void pc_httpd_read_body(pc_httpd_req *rq, size_t max, pc_httpd_body_cb cb, void *arg);
 
