@@ -256,8 +256,13 @@ static json_t *scalar_json(ProtobufCType t, const void *p, bool keep, bool *bad)
 {
     switch (t) {
     case PROTOBUF_C_TYPE_STRING: {
+        /* protobuf-c does not check a string is UTF-8; jansson does. */
         const char *s = *(char *const *)p;
-        return s != NULL && (keep || s[0] != '\0') ? json_string(s) : NULL;
+        if (s == NULL || (!keep && s[0] == '\0'))
+            return NULL;
+        json_t *j = json_string(s);
+        *bad = j == NULL;
+        return j;
     }
     case PROTOBUF_C_TYPE_UINT64: {
         uint64_t u = *(const uint64_t *)p;
@@ -314,7 +319,7 @@ static int from_proto(const ProtobufCMessageDescriptor *d, const uint8_t *data, 
             v = scalar_json(t, field, false, &bad);
         }
         if (bad) {
-            snprintf(why, cap, "%s is out of range", f->name);
+            snprintf(why, cap, "%s holds a value out of range, or text that is not UTF-8", f->name);
             rc = PC_E_INVALID;
         }
         if (v != NULL)

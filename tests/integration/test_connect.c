@@ -171,6 +171,14 @@ static void test_proto_codec(void **state)
     assert_true(found);
     google__protobuf__struct__free_unpacked(s, NULL);
     pc_http_result_free(&r);
+    /* A tenant that is not UTF-8: refused, never dropped. */
+    req.tenant = "w\xff"
+                 "b";
+    len = popcast__v1__get_tenant_request__pack(&req, buf);
+    assert_int_equal(rpc("TenantService/GetTenant", "application/proto", buf, len, env.token, &r),
+                     400);
+    assert_non_null(strstr((const char *)r.body, "not UTF-8"));
+    pc_http_result_free(&r);
     /* Bytes that are not a GetTenantRequest. */
     uint8_t junk[] = {0x0a, 0xff, 0x01};
     assert_int_equal(
