@@ -258,6 +258,11 @@ static void test_scoped_and_bad(void **state)
     assert_int_equal(pc_test_cli(&env, &ctl, bad, out, sizeof(out)), 2);
     const char *missing[] = {"tail", NULL};
     assert_int_equal(pc_test_cli(&env, &ctl, missing, out, sizeof(out)), 2);
+    const char *zero[] = {"tail", "printer", "--count", "0", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, zero, out, sizeof(out)), 2);
+    const char *from[] = {"tail", "printer", "--from", "3", NULL};
+    assert_int_equal(pc_test_cli(&env, &ctl, from, out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "--from is not an option of tail"));
 }
 
 /* One call on the controller's sync port; the TailAck. */
