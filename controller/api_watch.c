@@ -44,26 +44,43 @@ static int start_seq(api_call *call, uint64_t *from, pc_err *err)
     return pc_store_applied_seq(call->api->store, from, err);
 }
 
-void api_get_watch(api_call *call)
+/* A stream's start for call from seq `from` (UINT64_MAX - 1 for a tail,
+ * which reads no entries), or NULL when call was answered: this
+ * controller serves no streams, `from` is compacted, or max_watchers
+ * stream already. */
+static watch_start *start_for(api_call *call, uint64_t from)
 {
     pc_watch *w = call->api->opt.watch;
-    if (w == NULL) {
-        pc_httpd_error(call->rq, PC_E_NOTFOUND, "this controller serves no watch");
-        return;
-    }
-    uint64_t from = 0;
     pc_err err;
-    if (start_seq(call, &from, &err) != PC_OK || pc_watch_check(w, from, &err) != PC_OK) {
+    if (w == NULL) {
+        pc_httpd_error(call->rq, PC_E_NOTFOUND, "this controller serves no event streams");
+        return NULL;
+    }
+    if (pc_watch_check(w, from, &err) != PC_OK) {
         pc_httpd_error(call->rq, err.code, "%s", err.msg);
-        return;
+        return NULL;
     }
     watch_start *s = calloc(1, sizeof(*s));
     if (s == NULL) {
         pc_httpd_error(call->rq, PC_E_NOMEM, "out of memory");
-        return;
+        return NULL;
     }
     s->watch = w;
     s->from = from;
+    return s;
+}
+
+void api_get_watch(api_call *call)
+{
+    uint64_t from = 0;
+    pc_err err;
+    if (start_seq(call, &from, &err) != PC_OK) {
+        pc_httpd_error(call->rq, err.code, "%s", err.msg);
+        return;
+    }
+    watch_start *s = start_for(call, from);
+    if (s == NULL)
+        return;
     /* ?tenant=NAME: that tenant's events only (a scoped token's own). */
     char one[PC_TENANT_MAX + 1];
     int qrc = call->match->query != NULL
@@ -104,23 +121,9 @@ static void tail_ready(void *arg, pc_httpd_stream *st)
 
 void api_get_tail(api_call *call)
 {
-    pc_watch *w = call->api->opt.watch;
-    if (w == NULL) {
-        pc_httpd_error(call->rq, PC_E_NOTFOUND, "this controller serves no tails");
+    watch_start *s = start_for(call, UINT64_MAX - 1);
+    if (s == NULL)
         return;
-    }
-    pc_err err;
-    /* A tail reads no entries: only the bound on watchers applies. */
-    if (pc_watch_check(w, UINT64_MAX - 1, &err) != PC_OK) {
-        pc_httpd_error(call->rq, err.code, "%s", err.msg);
-        return;
-    }
-    watch_start *s = calloc(1, sizeof(*s));
-    if (s == NULL) {
-        pc_httpd_error(call->rq, PC_E_NOMEM, "out of memory");
-        return;
-    }
-    s->watch = w;
     snprintf(s->scope.tenants[0], sizeof(s->scope.tenants[0]), "%s",
              pc_route_param(call->match, "tenant"));
     s->scope.n = 1;
