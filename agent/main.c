@@ -64,6 +64,7 @@ typedef struct agent_config {
     uint64_t sub_queue;
     uint64_t sub_queue_bytes;
     uint64_t lua_memory;
+    bool store_write_map;
     uint64_t lua_instructions;
     uint64_t lua_wall_ms;
     uint64_t lua_watchdog_ms;
@@ -161,6 +162,9 @@ static const pc_cfg_option options[] = {
         "tenant's next version (ms; 0: 4 x lua_wall_ms)"),
     OPT(lua_response_max, PC_CFG_SIZE, "8MiB", 1, (uint64_t)1 << 30, "largest response body"),
     OPT(lua_max_isolates, PC_CFG_U64, "64", 1, 65536, "isolates per tenant version"),
+    OPT(store_write_map, PC_CFG_BOOL, "true", 0, 0,
+        "write the store through its memory map (LMDB MDB_WRITEMAP): far less heap after big "
+        "transactions; the data file takes its map size on disk, reserved up front"),
     OPT(malloc_arenas, PC_CFG_U64, "2", 1, 1024,
         "glibc malloc arenas (fewer hold less freed memory; more contend less)"),
     OPT(lua_max_idle_isolates, PC_CFG_U64, "1024", 1, 1048576,
@@ -515,7 +519,7 @@ static int agent_configure(agent *ag, pc_err *err)
  * static stability, before talking to anyone. */
 static int agent_open(agent *ag, pc_err *err)
 {
-    pc_store_options sopt = {.keep_history = false};
+    pc_store_options sopt = {.keep_history = false, .write_map = ag->cfg.store_write_map};
     int rc;
     /* A previous run's ready file goes once this process owns the store
      * (a second daemon on the same directory stops at pc_store_open). */

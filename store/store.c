@@ -69,6 +69,24 @@ static void read_end(pc_store *s, MDB_txn *txn)
     pthread_rwlock_unlock(&s->resize);
 }
 
+/* With MDB_WRITEMAP, gives the data file's blocks up to size bytes now,
+ * so that writing a page of the map never meets a full disk. */
+static int reserve_disk(pc_store *s, uint64_t size, pc_err *err)
+{
+    if (!s->opt.write_map)
+        return PC_OK;
+    mdb_filehandle_t fd;
+    int mrc = mdb_env_get_fd(s->env, &fd);
+    if (mrc != 0)
+        return pc_err_set(err, PC_E_STORE, "cannot reserve disk for the store: %s",
+                          mdb_strerror(mrc));
+    int prc = posix_fallocate(fd, 0, (off_t)size);
+    if (prc != 0)
+        return pc_err_set(err, PC_E_STORE, "store is full: cannot reserve %llu bytes on disk: %s",
+                          (unsigned long long)size, strerror(prc));
+    return PC_OK;
+}
+
 static int grow(pc_store *s, pc_err *err)
 {
     pthread_rwlock_wrlock(&s->resize);
@@ -81,11 +99,12 @@ static int grow(pc_store *s, pc_err *err)
         uint64_t next = s->map_size * 2;
         if (next > s->opt.map_size_max)
             next = s->opt.map_size_max;
-        int mrc = mdb_env_set_mapsize(s->env, (size_t)next);
-        if (mrc != 0) {
+        int mrc = 0;
+        rc = reserve_disk(s, next, err);
+        if (rc == PC_OK && (mrc = mdb_env_set_mapsize(s->env, (size_t)next)) != 0) {
             rc = pc_err_set(err, PC_E_STORE, "store is full: cannot grow the map to %llu: %s",
                             (unsigned long long)next, mdb_strerror(mrc));
-        } else {
+        } else if (rc == PC_OK) {
             s->map_size = next;
             atomic_fetch_add(&s->grows, 1);
         }
@@ -304,7 +323,10 @@ static int open_env(pc_store *s, pc_err *err)
     if (mrc == 0)
         mrc = mdb_env_set_mapsize(s->env, (size_t)s->opt.map_size);
     if (mrc == 0)
-        mrc = mdb_env_open(s->env, s->dir, MDB_NOTLS | (s->opt.no_sync ? MDB_NOSYNC : 0), 0600);
+        mrc = mdb_env_open(s->env, s->dir,
+                           MDB_NOTLS | (s->opt.no_sync ? MDB_NOSYNC : 0) |
+                               (s->opt.write_map ? MDB_WRITEMAP : 0),
+                           0600);
     if (mrc != 0) {
         if (s->env != NULL)
             mdb_env_close(s->env);
@@ -319,6 +341,12 @@ static int open_env(pc_store *s, pc_err *err)
     s->map_size = info.me_mapsize;
     if (s->map_size > s->opt.map_size_max)
         s->opt.map_size_max = s->map_size;
+    int rc = reserve_disk(s, s->map_size, err);
+    if (rc != PC_OK) {
+        mdb_env_close(s->env);
+        s->env = NULL;
+        return rc;
+    }
     MDB_txn *txn = NULL;
     mrc = mdb_txn_begin(s->env, NULL, 0, &txn);
     struct {

@@ -91,6 +91,16 @@ typedef struct pc_store_options {
     uint64_t map_size_max; /* the map never grows past this (0: 64 GiB) */
     bool keep_history;     /* controller: keep every version's blob */
     bool no_sync;          /* benchmarks only: MDB_NOSYNC (not crash safe) */
+    /* MDB_WRITEMAP: a write transaction changes the file's pages in the map
+     * instead of malloc'd copies. LMDB keeps every copy it ever made for
+     * reuse until the store closes, so one big transaction (a snapshot of
+     * 10,000 tenants) otherwise pins megabytes and fragments the heap for
+     * good. The price: a stray write into the map would reach the file, and
+     * the file takes the map's size on disk, reserved at open and at every
+     * growth (posix_fallocate) so that a full disk is an error there, never
+     * a SIGBUS on a page written later. Agents use it (their store is a
+     * replica the controllers can always send again); controllers do not. */
+    bool write_map;
 } pc_store_options;
 
 /* Opens (creating if needed) the store in directory dir, which must exist.

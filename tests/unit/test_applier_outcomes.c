@@ -132,16 +132,17 @@ static int setup_with(const pc_store_options *opt)
     return 0;
 }
 
+/* The agent's store writes through its map (store_write_map). */
 static int setup(void **state)
 {
-    pc_store_options opt = {0};
+    pc_store_options opt = {.write_map = true};
     return setup_with(&opt);
 }
 
 /* A store that cannot grow past 2 MiB. */
 static int setup_small(void **state)
 {
-    pc_store_options opt = {.map_size = 2 << 20, .map_size_max = 2 << 20};
+    pc_store_options opt = {.map_size = 2 << 20, .map_size_max = 2 << 20, .write_map = true};
     return setup_with(&opt);
 }
 

@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -74,9 +76,15 @@ static int entry_apply(pc_store *s, entry *e, pc_err *err)
     return pc_store_apply(s, &e->sm, &e->m, e->bundle, e->len, err);
 }
 
+/* Set by the tests that run again with MDB_WRITEMAP (the agent's mode). */
+static bool write_map;
+
 static pc_store *open_store(const char *dir, bool keep_history, uint64_t map, uint64_t map_max)
 {
-    pc_store_options opt = {.map_size = map, .map_size_max = map_max, .keep_history = keep_history};
+    pc_store_options opt = {.map_size = map,
+                            .map_size_max = map_max,
+                            .keep_history = keep_history,
+                            .write_map = write_map};
     pc_store *s = NULL;
     pc_err err;
     if (pc_store_open(&s, dir, &opt, &err) != PC_OK)
@@ -592,6 +600,16 @@ static void test_write_many_is_all_or_nothing(void **state)
     entry_free(&b1);
 }
 
+/* Bytes the store's data file has on disk (blocks, not its length). */
+static uint64_t data_file_disk_bytes(const char *dir)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/data.mdb", dir);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    return (uint64_t)st.st_blocks * 512;
+}
+
 static void test_map_full_is_an_error(void **state)
 {
     char dir[256];
@@ -626,6 +644,89 @@ static void test_map_full_is_an_error(void **state)
     assert_int_equal(st.blobs, seq);
     assert_int_equal(pc_store_meta_put(s, "k", "v", 1, &err), PC_OK);
     pc_store_close(s);
+    pc_test_rm_rf(dir);
+}
+
+/* The same with the map written in place: growth reserves the disk
+ * first, so every page the map can write has its block. */
+static void test_write_map_grows_with_its_disk(void **state)
+{
+    write_map = true;
+    test_map_full_is_an_error(state);
+    char dir[256];
+    pc_test_tmpdir(dir, sizeof(dir), "store");
+    pc_store *s = open_store(dir, true, 1 << 20, 8 << 20);
+    assert_true(data_file_disk_bytes(dir) >= 1u << 20);
+    uint64_t seq = 0;
+    for (int i = 1; i <= 8; i++) {
+        apply_ok(s, "big", seq + 1, seq + 1, 256 * 1024, i);
+        seq++;
+    }
+    pc_store_stats st;
+    pc_err err;
+    assert_int_equal(pc_store_stats_get(s, &st, &err), PC_OK);
+    assert_true(st.map_grows >= 1);
+    assert_true(data_file_disk_bytes(dir) >= st.map_size);
+    pc_store_close(s);
+    /* The file is an ordinary LMDB store: opened without the flag, it
+     * holds what was written through the map. */
+    write_map = false;
+    s = open_store(dir, true, 0, 0);
+    assert_int_equal(applied(s), seq);
+    pc_tenant_state t;
+    assert_int_equal(pc_store_get_tenant(s, "big", &t, &err), PC_OK);
+    assert_int_equal(t.active_version, seq);
+    pc_store_close(s);
+    pc_test_rm_rf(dir);
+}
+
+/* A disk that cannot give the next growth its blocks (here a file size
+ * limit) is "store is full" at the growth, with nothing half-written,
+ * not a SIGBUS on a page written later. */
+static void test_write_map_unreservable_growth_is_an_error(void **state)
+{
+    (void)state;
+    char dir[256];
+    pc_test_tmpdir(dir, sizeof(dir), "store");
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        signal(SIGXFSZ, SIG_IGN);
+        struct rlimit lim = {.rlim_cur = 3u << 19, .rlim_max = 3u << 19}; /* 1.5 MiB */
+        if (setrlimit(RLIMIT_FSIZE, &lim) != 0)
+            _exit(10);
+        pc_store_options opt = {
+            .map_size = 1 << 20, .map_size_max = 8 << 20, .keep_history = true, .write_map = true};
+        pc_store *s = NULL;
+        pc_err err;
+        if (pc_store_open(&s, dir, &opt, &err) != PC_OK)
+            _exit(11);
+        uint64_t seq = 0;
+        int rc = PC_OK;
+        for (int i = 1; i <= 16 && rc == PC_OK; i++) {
+            entry e;
+            if (entry_make(&e, "big", seq + 1, seq + 1, 256 * 1024, i) != PC_OK)
+                _exit(12);
+            rc = entry_apply(s, &e, &err);
+            if (rc == PC_OK)
+                seq++;
+            entry_free(&e);
+        }
+        if (rc != PC_E_STORE || strstr(err.msg, "cannot reserve") == NULL) {
+            fprintf(stderr, "growth: rc %d: %s\n", rc, rc == PC_OK ? "" : err.msg);
+            _exit(13);
+        }
+        uint64_t now = 0;
+        if (pc_store_applied_seq(s, &now, &err) != PC_OK || now != seq || seq == 0)
+            _exit(14);
+        pc_store_close(s);
+        _exit(0);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
     pc_test_rm_rf(dir);
 }
 
@@ -1299,6 +1400,8 @@ int main(void)
         cmocka_unit_test(test_blob_references),
         cmocka_unit_test(test_write_many_is_all_or_nothing),
         cmocka_unit_test(test_map_full_is_an_error),
+        cmocka_unit_test(test_write_map_grows_with_its_disk),
+        cmocka_unit_test(test_write_map_unreservable_growth_is_an_error),
         cmocka_unit_test(test_one_process_per_directory),
         cmocka_unit_test(test_snapshot_install),
         cmocka_unit_test(test_stage_entries),
