@@ -13,6 +13,7 @@
 
 #include "clock.h"
 #include "lua_budget.h"
+#include "lua_heap.h"
 #include "lua_metered.h"
 #include "lua_pattern.h"
 
@@ -49,7 +50,9 @@ struct pc_lua_isolate {
      * which is not told the thread, uses it to stop a run or adjust the
      * hook where it runs. */
     lua_State *running;
-    /* allocator */
+    /* allocator: the limit bounds what the heap holds (lua_heap.h), which
+     * is at least what Lua counts as live (mem_used) */
+    pc_lua_heap heap;
     size_t mem_used, mem_limit;
     size_t big_bytes; /* in live blocks of BIG_BLOCK bytes or more */
     /* the run in progress */
@@ -202,15 +205,16 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         iso->mem_used -= old;
         if (old >= BIG_BLOCK)
             iso->big_bytes -= old;
-        free(ptr);
+        pc_lua_heap_realloc(&iso->heap, ptr, old, 0);
         return NULL;
     }
     if (nsize > old) {
         /* Refusing is not the end of the run: Lua answers a refusal with an
          * emergency collection and asks again, and raises a memory error
-         * only if the live data still does not fit. Garbage left by
+         * only if it still does not fit (a freed small block stays for
+         * blocks of its size class: lua_heap.h). Garbage left by
          * earlier requests is therefore never what stops a handler. */
-        if (iso->mem_used + (nsize - old) > iso->mem_limit) {
+        if (!pc_lua_heap_fits(&iso->heap, old, nsize, iso->mem_limit)) {
             /* That collection is a full one, its cost proportional to the
              * heap: it is charged, and is a point to check the limits. A
              * handler whose live data sits at the cap, allocating under
@@ -231,7 +235,7 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
             return NULL;
         }
     }
-    void *p = realloc(ptr, nsize);
+    void *p = pc_lua_heap_realloc(&iso->heap, ptr, old, nsize);
     if (p == NULL)
         return NULL;
     iso->mem_used = iso->mem_used - old + nsize;
@@ -606,6 +610,7 @@ static void close_state(pc_lua_isolate *iso)
     /* No tenant code runs here (tenants cannot have finalizers): closing
      * frees what the isolate holds, bounded by its memory limit. */
     lua_close(iso->L);
+    pc_lua_heap_release(&iso->heap);
 }
 
 /* run: also run the top level (else only compile it, out may be NULL). */
@@ -624,6 +629,7 @@ static int isolate_new(const char *source, size_t len, const char *chunkname,
     iso->mem_limit = limits->memory_bytes;
     iso->L = lua_newstate(capped_alloc, iso);
     if (iso->L == NULL) {
+        pc_lua_heap_release(&iso->heap);
         free(iso);
         return pc_err_set(err, PC_E_LIMIT, "cannot create a Lua state within the memory limit");
     }
