@@ -47,7 +47,9 @@ typedef struct lua_version {
     _Atomic long refs;
     engine *e;
     struct lua_version *prev, *next; /* the engine's list (versions_lock) */
-    char tenant[PC_TENANT_MAX + 1];
+    /* The tenant's name is its slot's (slots are never freed): with
+     * 10,000 tenants every byte here is 10 kB. */
+    struct tenant_slot *slot;
     uint64_t version;
     char *source;
     size_t source_len;
@@ -68,7 +70,7 @@ typedef struct lua_version {
     size_t n_isolates; /* idle + in use */
     inflight *runs;    /* threads inside this version's code, oldest first */
     atomic_bool quarantined;
-    char reason[sizeof(((pc_lua_quarantine *)0)->reason)];
+    char *reason; /* why it is quarantined (NULL: not, or no memory to say) */
     /* Prepared deferred (pc_version_spec.deferred) and no isolate built
      * yet (pool_lock): the first build failing quarantines it. */
     bool unproven;
@@ -79,6 +81,9 @@ typedef struct lua_version {
     int64_t idle_since_ns; /* when an isolate last went idle (lru_lock) */
 } lua_version;
 
+#define QUARANTINE_REASON_MAX sizeof(((pc_lua_quarantine *)0)->reason)
+#define SPLIT_KEY_MAX         79
+
 typedef struct tenant_slot {
     char name[PC_TENANT_MAX + 1];
     pthread_mutex_t lock; /* guards active and the split: held only to swap or take a ref */
@@ -87,7 +92,7 @@ typedef struct tenant_slot {
      * split_permille per mille of the requests, by split_key's value. */
     lua_version *split;
     unsigned split_permille;
-    char split_key[80];
+    char *split_key; /* with a split only: most are never split */
     struct tenant_slot *next;
 } tenant_slot;
 
@@ -316,6 +321,12 @@ static tenant_slot *find_slot(engine *e, const char *tenant, int create)
     return s;
 }
 
+/* v's quarantine reason (pool_lock held). */
+static const char *reason_of(const lua_version *v)
+{
+    return v->reason != NULL ? v->reason : "quarantined (no memory to record why)";
+}
+
 static void version_unref(lua_version *v)
 {
     if (v == NULL || atomic_fetch_sub(&v->refs, 1) != 1)
@@ -342,6 +353,7 @@ static void version_unref(lua_version *v)
     free(v->idle);
     free(v->source);
     free(v->chunkname);
+    free(v->reason);
     pthread_mutex_destroy(&v->pool_lock);
     count_versions(e, -1);
     free(v);
@@ -376,7 +388,7 @@ static void count_limit(lua_version *v, pc_lua_limit hit)
     if (hit == PC_LUA_LIMIT_NONE)
         return;
     char labels[128];
-    snprintf(labels, sizeof(labels), "tenant=\"%s\",limit=\"%s\"", v->tenant,
+    snprintf(labels, sizeof(labels), "tenant=\"%s\",limit=\"%s\"", v->slot->name,
              pc_lua_limit_name(hit));
     pc_metric_add(pc_metrics_counter(v->e->metrics, "popcast_lua_limit_exceeded_total", labels,
                                      "runs stopped by a sandbox limit"),
@@ -393,7 +405,7 @@ static void load_metrics(engine *e, lua_version *v)
         return;
     }
     char labels[128];
-    snprintf(labels, sizeof(labels), "tenant=\"%s\"", v->tenant);
+    snprintf(labels, sizeof(labels), "tenant=\"%s\"", v->slot->name);
     v->m.requests = pc_metrics_counter(e->metrics, "popcast_lua_requests_total", labels,
                                        "requests run by a tenant's Lua handler");
     v->m.errors = pc_metrics_counter(e->metrics, "popcast_lua_errors_total", labels,
@@ -469,7 +481,8 @@ static int lua_prepare(pc_adapter *a, const pc_version_spec *spec, pc_prepared *
         pc_bundle_free(b);
         return rc;
     }
-    lua_version *v = calloc(1, sizeof(*v));
+    tenant_slot *slot = find_slot(e, spec->tenant, 1);
+    lua_version *v = slot != NULL ? calloc(1, sizeof(*v)) : NULL;
     if (v == NULL || (v->source = malloc(len + 1)) == NULL) {
         free(v);
         pc_bundle_free(b);
@@ -482,7 +495,7 @@ static int lua_prepare(pc_adapter *a, const pc_version_spec *spec, pc_prepared *
     atomic_store(&v->refs, 1);
     v->e = e;
     v->version = spec->version;
-    snprintf(v->tenant, sizeof(v->tenant), "%s", spec->tenant);
+    v->slot = slot;
     pthread_mutex_init(&v->pool_lock, NULL);
     atomic_init(&v->quarantined, false);
     atomic_init(&v->metrics_ready, false);
@@ -521,16 +534,17 @@ static int lua_activate(pc_adapter *a, pc_prepared *p, pc_err *err)
 {
     engine *e = (engine *)a;
     lua_version *v = (lua_version *)p;
-    tenant_slot *s = find_slot(e, v->tenant, 1);
-    if (s == NULL) {
-        version_unref(v);
-        return pc_err_set(err, PC_E_NOMEM, "out of memory");
-    }
+    tenant_slot *s = v->slot;
+    (void)e;
+    (void)err;
     pthread_mutex_lock(&s->lock);
     lua_version *old = s->active, *split = s->split;
+    char *split_key = s->split_key;
     s->active = v;
     s->split = NULL; /* a whole swap ends a split */
+    s->split_key = NULL;
     pthread_mutex_unlock(&s->lock);
+    free(split_key);
     /* Requests still in old hold their own references. */
     version_unref(old);
     version_unref(split);
@@ -542,17 +556,23 @@ static int lua_activate_split(pc_adapter *a, pc_prepared *p, unsigned permille, 
 {
     engine *e = (engine *)a;
     lua_version *v = (lua_version *)p;
-    tenant_slot *s = find_slot(e, v->tenant, 1);
-    if (s == NULL || key == NULL || strlen(key) >= sizeof(s->split_key)) {
+    tenant_slot *s = v->slot;
+    (void)e;
+    char *new_key = key != NULL && strlen(key) <= SPLIT_KEY_MAX ? strdup(key) : NULL;
+    if (new_key == NULL) {
         version_unref(v);
-        return pc_err_set(err, s == NULL ? PC_E_NOMEM : PC_E_INVALID, "cannot split %s", v->tenant);
+        return pc_err_set(err,
+                          key == NULL || strlen(key) > SPLIT_KEY_MAX ? PC_E_INVALID : PC_E_NOMEM,
+                          "cannot split %s", s->name);
     }
     pthread_mutex_lock(&s->lock);
     lua_version *old = s->split;
+    char *old_key = s->split_key;
     s->split = v;
     s->split_permille = permille;
-    snprintf(s->split_key, sizeof(s->split_key), "%s", key);
+    s->split_key = new_key;
     pthread_mutex_unlock(&s->lock);
+    free(old_key);
     version_unref(old);
     return PC_OK;
 }
@@ -658,7 +678,7 @@ static int lua_serve(pc_adapter *a, const char *tenant, const pc_request *req, p
     if (atomic_load(&v->quarantined)) {
         pthread_mutex_lock(&v->pool_lock);
         int rc = pc_err_set(err, PC_E_QUARANTINED, "tenant %s version %llu is quarantined: %s",
-                            tenant, (unsigned long long)v->version, v->reason);
+                            tenant, (unsigned long long)v->version, reason_of(v));
         pthread_mutex_unlock(&v->pool_lock);
         pc_metric_add(v->m.errors, 1);
         version_unref(v);
@@ -686,7 +706,7 @@ static int lua_serve(pc_adapter *a, const char *tenant, const pc_request *req, p
          * limits changed, say) must not be shown serving: it is
          * quarantined, as one that misbehaved. */
         if (v->unproven) {
-            char reason[sizeof(v->reason)];
+            char reason[QUARANTINE_REASON_MAX];
             snprintf(reason, sizeof(reason), "does not load: %.140s", err->msg);
             quarantine(v, reason);
         }
@@ -710,7 +730,7 @@ static int lua_serve(pc_adapter *a, const char *tenant, const pc_request *req, p
         if (hit == PC_LUA_LIMIT_WATCHDOG)
             rc = pc_err_set(err, PC_E_LIMIT,
                             "stopped by the watchdog: tenant %s version %llu is quarantined: %s",
-                            tenant, (unsigned long long)v->version, v->reason);
+                            tenant, (unsigned long long)v->version, reason_of(v));
         /* Whatever state a limit interrupted, it is not reused. */
         if (hit != PC_LUA_LIMIT_NONE)
             v->n_isolates--;
@@ -750,6 +770,7 @@ static void lua_destroy(pc_adapter *a)
             tenant_slot *next = s->next;
             version_unref(s->active);
             version_unref(s->split);
+            free(s->split_key);
             pthread_mutex_destroy(&s->lock);
             free(s);
             s = next;
@@ -770,15 +791,15 @@ static void quarantine(lua_version *v, const char *reason)
 {
     if (atomic_load(&v->quarantined))
         return;
-    snprintf(v->reason, sizeof(v->reason), "%s", reason);
+    v->reason = strdup(reason);
     atomic_store(&v->quarantined, true);
     char labels[128];
-    snprintf(labels, sizeof(labels), "tenant=\"%s\"", v->tenant);
+    snprintf(labels, sizeof(labels), "tenant=\"%s\"", v->slot->name);
     pc_metric_add(pc_metrics_counter(v->e->metrics, "popcast_lua_quarantined_total", labels,
                                      "versions quarantined by the watchdog (a run past the hard "
                                      "ceiling)"),
                   1);
-    pc_warn("lua", "tenant %s version %llu quarantined: %s", v->tenant,
+    pc_warn("lua", "tenant %s version %llu quarantined: %s", v->slot->name,
             (unsigned long long)v->version, reason);
 }
 
@@ -793,7 +814,7 @@ static void watchdog_pass(engine *e)
                 continue;
             r->caught = true;
             atomic_store(&r->stop, 1);
-            char reason[sizeof(v->reason)];
+            char reason[QUARANTINE_REASON_MAX];
             snprintf(reason, sizeof(reason), "%s ran past the %lld ms ceiling (wall limit %llu ms)",
                      r->top_level ? "the top level" : "a request",
                      (long long)(e->ceiling_ns / 1000000), (unsigned long long)e->limits.wall_ms);
@@ -842,10 +863,10 @@ static bool live_quarantine(tenant_slot *s, pc_lua_quarantine *q)
     if (v != NULL && atomic_load(&v->quarantined)) {
         found = true;
         if (q != NULL) {
-            snprintf(q->tenant, sizeof(q->tenant), "%s", v->tenant);
+            snprintf(q->tenant, sizeof(q->tenant), "%s", v->slot->name);
             q->version = v->version;
             pthread_mutex_lock(&v->pool_lock);
-            snprintf(q->reason, sizeof(q->reason), "%s", v->reason);
+            snprintf(q->reason, sizeof(q->reason), "%s", reason_of(v));
             pthread_mutex_unlock(&v->pool_lock);
         }
     }
