@@ -255,6 +255,10 @@ typedef struct agent {
     pc_edge *edge;
     pc_edge_prober *edge_prober;
     pc_admin *admin;
+    /* heap trimming after changes (on_tick) */
+    uint64_t trimmed_generation;
+    int64_t last_trim_ms;
+    pc_metric *heap_trims;
 } agent;
 
 static int signal_number(const char *name)
@@ -410,11 +414,36 @@ static void check(void *arg, pc_health_report *r)
                         (unsigned long long)stale_after);
 }
 
+/* At most one malloc_trim (it walks the heap) per this long. */
+#define HEAP_TRIM_INTERVAL_MS 10000
+
+/* Applying frees what it decoded and built on the way (a snapshot of
+ * 10,000 tenants is tens of MB of temporaries), and glibc keeps freed
+ * pages until asked: an agent that took a burst of deploys held them
+ * until some isolate happened to be freed (the engine's own trim). So
+ * the heap is trimmed once the tenants changed, at most every
+ * HEAP_TRIM_INTERVAL_MS: a burst costs a trim per interval, and the
+ * last one comes within an interval of its end. */
+static void trim_heap_after_changes(agent *ag, int64_t now_ms)
+{
+    if (ag->applier == NULL || now_ms - ag->last_trim_ms < HEAP_TRIM_INTERVAL_MS)
+        return;
+    uint64_t g = pc_applier_tenants_generation(ag->applier);
+    if (g == ag->trimmed_generation)
+        return;
+    ag->trimmed_generation = g;
+    ag->last_trim_ms = now_ms;
+    malloc_trim(0);
+    pc_metric_add(ag->heap_trims, 1);
+}
+
 static void on_tick(uv_timer_t *t)
 {
     agent *ag = t->data;
     pc_health_loop_tick(&ag->loop_health);
-    pc_sd_watchdog_tick(pc_mono_ms());
+    int64_t now = pc_mono_ms();
+    pc_sd_watchdog_tick(now);
+    trim_heap_after_changes(ag, now);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -541,6 +570,9 @@ static int agent_open(agent *ag, pc_err *err)
     if ((ag->metrics = pc_metrics_new()) == NULL)
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     pc_daemon_build_info(ag->metrics, "agent");
+    ag->heap_trims = pc_metrics_counter(ag->metrics, "popcast_agent_heap_trims_total", "",
+                                        "malloc_trim calls after the tenants changed (freed heap "
+                                        "pages go back to the system)");
     if ((ag->lua = pc_lua_adapter_new(&limits, ag->metrics, err)) == NULL) {
         pc_err_wrap(err, "cannot initialise the Lua runtime");
         return err->code;

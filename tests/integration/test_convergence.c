@@ -106,6 +106,13 @@ static void test_late_joiner_restart_and_wiped_store(void **state)
                      1);
     assert_int_equal(pc_test_agent_metric(&agents[2], "popcast_agent_snapshots_installed_total"),
                      1);
+    /* What installing freed goes back to the system: the heap is trimmed
+     * after the tenants changed (within the trim interval, 10 s). */
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    while (pc_test_agent_metric(&agents[0], "popcast_agent_heap_trims_total") < 1 &&
+           pc_test_now_ms() < deadline)
+        pc_test_sleep_ms(100);
+    assert_true(pc_test_agent_metric(&agents[0], "popcast_agent_heap_trims_total") >= 1);
     /* And all follow the stream afterwards. */
     deploy_n(&env, &ctl, 5, 10, 3);
     pc_test_wait_converged(&env, &ctl, agents, 3);
