@@ -51,7 +51,7 @@ typedef struct lua_version {
      * 10,000 tenants every byte here is 10 kB. */
     struct tenant_slot *slot;
     uint64_t version;
-    char *source;
+    char *source; /* both in the version's own block */
     size_t source_len;
     char *chunkname;
     /* Looked up with the first request (metrics_ready, set under
@@ -351,8 +351,6 @@ static void version_unref(lua_version *v)
         count_isolates(e, -1);
     }
     free(v->idle);
-    free(v->source);
-    free(v->chunkname);
     free(v->reason);
     pthread_mutex_destroy(&v->pool_lock);
     count_versions(e, -1);
@@ -482,12 +480,16 @@ static int lua_prepare(pc_adapter *a, const pc_version_spec *spec, pc_prepared *
         return rc;
     }
     tenant_slot *slot = find_slot(e, spec->tenant, 1);
-    lua_version *v = slot != NULL ? calloc(1, sizeof(*v)) : NULL;
-    if (v == NULL || (v->source = malloc(len + 1)) == NULL) {
-        free(v);
+    /* One block with its source and chunk name: what a version keeps for
+     * as long as it is live is one object in the heap, not three. */
+    size_t name_len = strlen(spec->entrypoint) + 2;
+    lua_version *v = slot != NULL ? calloc(1, sizeof(*v) + len + 1 + name_len) : NULL;
+    if (v == NULL) {
         pc_bundle_free(b);
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     }
+    v->source = (char *)(v + 1);
+    v->chunkname = v->source + len + 1;
     memcpy(v->source, src, len);
     v->source[len] = '\0';
     v->source_len = len;
@@ -507,11 +509,6 @@ static int lua_prepare(pc_adapter *a, const pc_version_spec *spec, pc_prepared *
     e->versions = v;
     pthread_mutex_unlock(&e->versions_lock);
     /* "@name" makes Lua's error messages read "main.lua:3: ..." */
-    size_t name_len = strlen(spec->entrypoint) + 2;
-    if ((v->chunkname = malloc(name_len)) == NULL) {
-        version_unref(v);
-        return pc_err_set(err, PC_E_NOMEM, "out of memory");
-    }
     snprintf(v->chunkname, name_len, "@%s", spec->entrypoint);
     if (spec->deferred) {
         v->unproven = true;
