@@ -1,8 +1,15 @@
 /* bench_tenants.c - what an agent costs per tenant. Real processes on
  * loopback; run by hand or by CI with tiny sizes.
  *
- *   bench_tenants [TENANTS,...]
- *   default:       1000,10000
+ *   bench_tenants [TENANTS,...] [RUNS]
+ *   default:       1000,10000      1
+ *
+ * With RUNS above 1, the whole bench runs that many times, each in a
+ * process of its own (a new controller and agent), and a "median" row
+ * per count follows the runs' rows:
+ * the memory an agent keeps after a burst varies from run to run with
+ * how the deploys interleave (by ±5 MiB at 10,000 tenants), so one run
+ * is not a figure to compare.
  *
  * One controller and one agent. Small Lua tenants (one handler each) are
  * deployed by 16 clients until the fleet holds each count in turn; once
@@ -43,7 +50,15 @@
 #define MAX_LIST 8
 #define CLIENTS  16
 
+#define MAX_RUNS 15
+#define COLUMNS  12
+
 static int counts[MAX_LIST] = {1000, 10000}, n_counts = 2;
+static int runs = 1;
+/* rows[run][count][column]: what each run printed, for the medians */
+static double rows[MAX_RUNS][MAX_LIST][COLUMNS];
+/* Set in a run's process: rows also go out as "row C0 .. C11" lines. */
+#define ROW_ENV "POPCAST_BENCH_TENANTS_ROWS"
 
 static pc_test_env env;
 static pc_test_controller ctl;
@@ -107,9 +122,36 @@ static double cpu_seconds(pc_proc *p)
 
 static const char *const agent_flags[] = {"--lua-idle-ttl-ms", "2000", NULL};
 
-static void bench(void **state)
+static void print_row(const char *label, const double *c)
 {
-    (void)state;
+    if (getenv(ROW_ENV) != NULL) {
+        printf("row");
+        for (int k = 0; k < COLUMNS; k++)
+            printf(" %.17g", c[k]);
+        printf("\n");
+        return;
+    }
+    printf("%8s | %9.1f %10.1f %11.1f | %9.1f %10.1f %9.1f | %12.0f %12.0f | %11.0f %14.0f "
+           "%9.1f %10.1f\n",
+           label, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11]);
+    fflush(stdout);
+}
+
+static void print_header(void)
+{
+    printf("%8s | %9s %10s %11s | %9s %10s %9s | %12s %12s | %11s %14s %9s %10s\n", "tenants",
+           "RSS MiB", "anon MiB", "anon KiB/t", "idle RSS", "idle anon", "idle CPU%", "whole bytes",
+           "delta bytes", "restart: ms", "to last tenant", "RSS after", "anon after");
+}
+
+static int by_value(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void run_once(void)
+{
     pc_test_env_init(&env);
     pc_test_controller_start(&env, &ctl, NULL);
     pc_test_agent agent = {0};
@@ -117,9 +159,8 @@ static void bench(void **state)
     double base = rss_mib(agent.proc), base_anon = anon_mib(agent.proc);
     printf("agent with no tenant: %.1f MiB RSS, %.1f MiB anonymous (the baselines)\n", base,
            base_anon);
-    printf("%8s | %9s %10s %11s | %9s %10s %9s | %12s %12s | %11s %14s %9s %10s\n", "tenants",
-           "RSS MiB", "anon MiB", "anon KiB/t", "idle RSS", "idle anon", "idle CPU%", "whole bytes",
-           "delta bytes", "restart: ms", "to last tenant", "RSS after", "anon after");
+    if (getenv(ROW_ENV) == NULL)
+        print_header();
     for (int i = 0; i < n_counts; i++) {
         int target = counts[i];
         failures += pc_test_deploy_tenants(&env, &ctl, i > 0 ? counts[i - 1] : 0, target, CLIENTS);
@@ -161,18 +202,91 @@ static void bench(void **state)
             pc_test_sleep_ms(10);
         assert_int_equal(status, 200);
         double served = pc_mono_ms_frac() - t0;
-        printf("%8d | %9.1f %10.1f %11.1f | %9.1f %10.1f %9.1f | %12llu %12llu | %11.0f %14.0f "
-               "%9.1f %10.1f\n",
-               target, rss, anon, (anon - base_anon) * 1024.0 / target, idle_rss, idle_anon,
-               idle_cpu, (unsigned long long)whole, (unsigned long long)report, ready, served,
-               rss_mib(agent.proc), anon_mib(agent.proc));
-        fflush(stdout);
+        double c[COLUMNS] = {rss,
+                             anon,
+                             (anon - base_anon) * 1024.0 / target,
+                             idle_rss,
+                             idle_anon,
+                             idle_cpu,
+                             (double)whole,
+                             (double)report,
+                             ready,
+                             served,
+                             rss_mib(agent.proc),
+                             anon_mib(agent.proc)};
+        char label[16];
+        snprintf(label, sizeof(label), "%d", target);
+        print_row(label, c);
     }
     if (failures > 0)
         printf("deploys not acknowledged: %d\n", failures);
     pc_test_agent_stop(&agent);
     pc_test_controller_stop(&ctl);
     pc_test_env_cleanup(&env);
+}
+
+static void bench(void **state)
+{
+    (void)state;
+    run_once();
+}
+
+/* Runs the bench RUNS times, each in a process of its own, then prints
+ * every run's rows and the medians. */
+static int bench_runs(const char *list)
+{
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n <= 0)
+        return 1;
+    self[n] = '\0';
+    char cmd[4300];
+    snprintf(cmd, sizeof(cmd), "'%s' %s 1", self, list); /* list: digits and commas */
+    setenv(ROW_ENV, "1", 1);
+    for (int run = 0; run < runs; run++) {
+        FILE *p = popen(cmd, "r");
+        if (p == NULL)
+            return 1;
+        char line[1024];
+        int got = 0;
+        while (fgets(line, sizeof(line), p) != NULL) {
+            double *c = got < n_counts ? rows[run][got] : NULL;
+            if (c != NULL && sscanf(line, "row %lf %lf %lf %lf %lf %lf %lf %lf %lf %lf %lf %lf",
+                                    &c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6], &c[7], &c[8],
+                                    &c[9], &c[10], &c[11]) == COLUMNS)
+                got++;
+            else if (line[0] != '[') /* not cmocka's */
+                printf("run %d of %d: %s", run + 1, runs, line);
+        }
+        if (pclose(p) != 0 || got != n_counts) {
+            fprintf(stderr, "bench_tenants: run %d failed\n", run + 1);
+            return 1;
+        }
+        fflush(stdout);
+    }
+    unsetenv(ROW_ENV);
+    print_header();
+    for (int run = 0; run < runs; run++)
+        for (int i = 0; i < n_counts; i++) {
+            char label[16];
+            snprintf(label, sizeof(label), "%d", counts[i]);
+            print_row(label, rows[run][i]);
+        }
+    printf("medians of %d runs, per column:\n", runs);
+    for (int i = 0; i < n_counts; i++) {
+        double median[COLUMNS], column[MAX_RUNS];
+        for (int k = 0; k < COLUMNS; k++) {
+            for (int run = 0; run < runs; run++)
+                column[run] = rows[run][i][k];
+            qsort(column, (size_t)runs, sizeof(column[0]), by_value);
+            median[k] =
+                runs % 2 ? column[runs / 2] : (column[runs / 2 - 1] + column[runs / 2]) / 2.0;
+        }
+        char label[16];
+        snprintf(label, sizeof(label), "%d", counts[i]);
+        print_row(label, median);
+    }
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -193,6 +307,17 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    if (argc > 2) {
+        char *end;
+        long v = strtol(argv[2], &end, 10);
+        if (*end != '\0' || v < 1 || v > MAX_RUNS) {
+            fprintf(stderr, "bench_tenants: RUNS is a count from 1 to %d\n", MAX_RUNS);
+            return 2;
+        }
+        runs = (int)v;
+    }
+    if (runs > 1)
+        return bench_runs(argc > 1 ? argv[1] : "1000,10000");
     const struct CMUnitTest benches[] = {cmocka_unit_test(bench)};
     return cmocka_run_group_tests(benches, NULL, NULL);
 }
