@@ -529,11 +529,10 @@ static int lua_prepare(pc_adapter *a, const pc_version_spec *spec, pc_prepared *
 
 static int lua_activate(pc_adapter *a, pc_prepared *p, pc_err *err)
 {
-    engine *e = (engine *)a;
+    (void)a;
+    (void)err; /* the slot exists since prepare: nothing can fail here */
     lua_version *v = (lua_version *)p;
     tenant_slot *s = v->slot;
-    (void)e;
-    (void)err;
     pthread_mutex_lock(&s->lock);
     lua_version *old = s->active, *split = s->split;
     char *split_key = s->split_key;
@@ -551,10 +550,9 @@ static int lua_activate(pc_adapter *a, pc_prepared *p, pc_err *err)
 static int lua_activate_split(pc_adapter *a, pc_prepared *p, unsigned permille, const char *key,
                               pc_err *err)
 {
-    engine *e = (engine *)a;
+    (void)a;
     lua_version *v = (lua_version *)p;
     tenant_slot *s = v->slot;
-    (void)e;
     char *new_key = key != NULL && strlen(key) <= SPLIT_KEY_MAX ? strdup(key) : NULL;
     if (new_key == NULL) {
         version_unref(v);

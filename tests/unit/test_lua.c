@@ -450,6 +450,53 @@ static void test_memory_limit_counts_live_data_only(void **state)
                                "tenant=\"garbage\",limit=\"memory\"") == 1);
 }
 
+/* A split whose key is over the engine's bound is refused and changes
+ * nothing: the live version keeps every request and no split is shown.
+ * A valid key makes the split, and a whole activation ends it. */
+static void test_split_key_is_bounded(void **state)
+{
+    (void)state;
+    deploy_ok("splitter", 1, "return function(req) return 'one' end");
+    pc_err err;
+    uint8_t *bundle = NULL;
+    size_t len = 0;
+    const char *src = "return function(req) return 'two' end";
+    for (int round = 0; round < 2; round++) {
+        assert_int_equal(pc_bundle_pack_single("main.lua", (const uint8_t *)src, strlen(src),
+                                               &bundle, &len, &err),
+                         PC_OK);
+        uint8_t hash[PC_HASH_LEN];
+        pc_hash(hash, bundle, len);
+        pc_version_spec spec = {.tenant = "splitter",
+                                .version = 2,
+                                .seq = 2,
+                                .runtime = "lua",
+                                .entrypoint = "main.lua",
+                                .bundle = bundle,
+                                .bundle_len = len,
+                                .hash = hash};
+        pc_prepared *p = NULL;
+        assert_int_equal(lua->prepare(lua, &spec, &p, &err), PC_OK);
+        free(bundle);
+        char key[128];
+        memset(key, 'k', sizeof(key));
+        key[round == 0 ? 80 : 6] = '\0'; /* 80 bytes: one over the bound */
+        int rc = lua->activate_split(lua, p, 999, key, &err);
+        if (round == 0) {
+            assert_int_equal(rc, PC_E_INVALID);
+            assert_int_equal(lua->split_version(lua, "splitter"), 0);
+            for (int i = 0; i < 20; i++)
+                expect_body("splitter", "/", "one");
+        } else {
+            assert_int_equal(rc, PC_OK);
+            assert_int_equal(lua->split_version(lua, "splitter"), 2);
+        }
+    }
+    deploy_ok("splitter", 3, "return function(req) return 'three' end");
+    assert_int_equal(lua->split_version(lua, "splitter"), 0);
+    expect_body("splitter", "/", "three");
+}
+
 static void test_prepare_failure_keeps_old_version(void **state)
 {
     deploy_ok("stable", 1, "return function(req) return 'one' end");
@@ -707,6 +754,7 @@ int main(void)
         cmocka_unit_test(test_deferred_versions_build_on_first_request),
         cmocka_unit_test(test_check_uses_the_limits),
         cmocka_unit_test(test_print_goes_to_the_request_sink),
+        cmocka_unit_test(test_split_key_is_bounded),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
