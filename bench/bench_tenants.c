@@ -233,15 +233,18 @@ static void bench(void **state)
 
 /* Runs the bench RUNS times, each in a process of its own, then prints
  * every run's rows and the medians. */
-static int bench_runs(const char *list)
+static int bench_runs(void)
 {
+    char list[MAX_LIST * 12] = "";
+    for (int i = 0; i < n_counts; i++)
+        snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%d", i ? "," : "", counts[i]);
     char self[4096];
     ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
     if (n <= 0)
         return 1;
     self[n] = '\0';
     char cmd[4300];
-    snprintf(cmd, sizeof(cmd), "'%s' %s 1", self, list); /* list: digits and commas */
+    snprintf(cmd, sizeof(cmd), "'%s' %s 1", self, list); /* list: digits and commas only */
     setenv(ROW_ENV, "1", 1);
     for (int run = 0; run < runs; run++) {
         FILE *p = popen(cmd, "r");
@@ -294,16 +297,21 @@ int main(int argc, char **argv)
     if (argc > 1) {
         n_counts = 0;
         const char *s = argv[1];
-        while (*s != '\0' && n_counts < MAX_LIST) {
+        bool bad = false;
+        while (*s != '\0' && !bad) {
             char *end;
             long v = strtol(s, &end, 10);
-            if (end == s || v <= 0)
-                break;
-            counts[n_counts++] = (int)v;
+            bad = end == s || v <= 0 || v > 10000000 || n_counts == MAX_LIST ||
+                  (*end != ',' && *end != '\0');
+            if (!bad)
+                counts[n_counts++] = (int)v;
             s = *end == ',' ? end + 1 : end;
         }
-        if (n_counts == 0) {
-            fprintf(stderr, "bench_tenants: TENANTS is a list like 1000,10000\n");
+        if (bad || n_counts == 0) {
+            fprintf(stderr,
+                    "bench_tenants: TENANTS is a list of up to %d counts like "
+                    "1000,10000\n",
+                    MAX_LIST);
             return 2;
         }
     }
@@ -317,7 +325,7 @@ int main(int argc, char **argv)
         runs = (int)v;
     }
     if (runs > 1)
-        return bench_runs(argc > 1 ? argv[1] : "1000,10000");
+        return bench_runs();
     const struct CMUnitTest benches[] = {cmocka_unit_test(bench)};
     return cmocka_run_group_tests(benches, NULL, NULL);
 }
