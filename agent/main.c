@@ -557,6 +557,14 @@ static int agent_open(agent *ag, pc_err *err)
         (ag->cfg.ready_file != NULL &&
          (rc = pc_daemon_remove_ready(ag->cfg.ready_file, err)) != PC_OK))
         return rc;
+    pc_store_stats st;
+    pc_err serr;
+    if (ag->cfg.store_write_map && pc_store_stats_get(ag->store, &st, &serr) == PC_OK &&
+        !st.write_map)
+        pc_warn("agent",
+                "the store in %s cannot be written through its map (the disk cannot reserve "
+                "%llu bytes): it writes LMDB's page copies instead (store_write_map)",
+                ag->cfg.data_dir, (unsigned long long)st.map_size);
     pc_lua_limits limits;
     pc_lua_limits_default(&limits);
     limits.memory_bytes = ag->cfg.lua_memory;

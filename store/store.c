@@ -314,8 +314,9 @@ static int lock_dir(pc_store *s, const char *dir, pc_err *err)
     return PC_OK;
 }
 
-/* Opens the LMDB environment in s->dir and its named databases. */
-static int open_env(pc_store *s, pc_err *err)
+/* Opens the LMDB environment in s->dir and its named databases, writing
+ * through the map if s->opt.write_map. */
+static int open_env_once(pc_store *s, pc_err *err)
 {
     int mrc = mdb_env_create(&s->env);
     if (mrc == 0)
@@ -367,6 +368,21 @@ static int open_env(pc_store *s, pc_err *err)
                           mdb_strerror(mrc));
     }
     return PC_OK;
+}
+
+/* Opens as open_env_once. A store that cannot be written through its map
+ * (the disk cannot give the map's size, say) opens with LMDB's page
+ * copies instead, as without write_map: an agent must serve from the
+ * store it has rather than not start (static stability).
+ * pc_store_stats_get says which mode it is in. */
+static int open_env(pc_store *s, pc_err *err)
+{
+    int rc = open_env_once(s, err);
+    if (rc == PC_OK || !s->opt.write_map)
+        return rc;
+    s->opt.write_map = false;
+    pc_err_clear(err);
+    return open_env_once(s, err);
 }
 
 int pc_store_copy(pc_store *s, const char *path, pc_err *err)
@@ -1469,6 +1485,7 @@ int pc_store_stats_get(pc_store *s, pc_store_stats *out, pc_err *err)
     mdb_env_info(s->env, &info);
     mdb_env_stat(s->env, &st);
     out->map_size = info.me_mapsize;
+    out->write_map = s->opt.write_map;
     out->used_bytes = (uint64_t)(info.me_last_pgno + 1) * st.ms_psize;
     if (mdb_stat(txn, s->log, &st) == 0)
         out->entries_log = st.ms_entries;

@@ -98,8 +98,10 @@ typedef struct pc_store_options {
      * good. The price: a stray write into the map would reach the file, and
      * the file takes the map's size on disk, reserved at open and at every
      * growth (posix_fallocate) so that a full disk is an error there, never
-     * a SIGBUS on a page written later. Agents use it (their store is a
-     * replica the controllers can always send again); controllers do not. */
+     * a SIGBUS on a page written later. A store whose map cannot be
+     * reserved at open opens without it (pc_store_stats.write_map says).
+     * Agents use it (their store is a replica the controllers can always
+     * send again); controllers do not. */
     bool write_map;
 } pc_store_options;
 
@@ -289,6 +291,7 @@ typedef struct pc_store_stats {
     uint64_t used_bytes; /* pages in use * page size */
     uint64_t entries_log, tenants, blobs;
     uint64_t map_grows; /* times MDB_MAP_FULL grew the map since open */
+    bool write_map;     /* written through the map: asked, and possible at open */
 } pc_store_stats;
 int pc_store_stats_get(pc_store *s, pc_store_stats *out, pc_err *err);
 

@@ -739,6 +739,58 @@ static void test_write_map_unreservable_growth_is_an_error(void **state)
     pc_test_rm_rf(dir);
 }
 
+/* A store whose map the disk cannot reserve at open still opens, with
+ * LMDB's page copies, and works: an agent serves from what it has. */
+static void test_write_map_falls_back_when_unreservable(void **state)
+{
+    (void)state;
+    char dir[256];
+    pc_test_tmpdir(dir, sizeof(dir), "store");
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        signal(SIGXFSZ, SIG_IGN);
+        struct rlimit lim = {.rlim_cur = 512 * 1024, .rlim_max = 512 * 1024};
+        if (setrlimit(RLIMIT_FSIZE, &lim) != 0)
+            _exit(10);
+        pc_store_options opt = {.map_size = 1 << 20, .write_map = true};
+        pc_store *s = NULL;
+        pc_err err;
+        if (pc_store_open(&s, dir, &opt, &err) != PC_OK) {
+            fprintf(stderr, "open: %s\n", err.msg);
+            _exit(11);
+        }
+        pc_store_stats st;
+        if (pc_store_stats_get(s, &st, &err) != PC_OK || st.write_map)
+            _exit(12);
+        entry e;
+        if (entry_make(&e, "small", 1, 1, 1000, 1) != PC_OK || entry_apply(s, &e, &err) != PC_OK)
+            _exit(13);
+        entry_free(&e);
+        uint64_t seq = 0;
+        if (pc_store_applied_seq(s, &seq, &err) != PC_OK || seq != 1)
+            _exit(14);
+        pc_store_close(s);
+        _exit(0);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    /* Where the disk can take it, the map is written in place. */
+    write_map = true;
+    pc_store *s = open_store(dir, false, 0, 0);
+    write_map = false;
+    pc_store_stats st;
+    pc_err err;
+    assert_int_equal(pc_store_stats_get(s, &st, &err), PC_OK);
+    assert_true(st.write_map);
+    assert_int_equal(applied(s), 1);
+    pc_store_close(s);
+    pc_test_rm_rf(dir);
+}
+
 static void test_one_process_per_directory(void **state)
 {
     char dir[256];
@@ -1411,6 +1463,7 @@ int main(void)
         cmocka_unit_test(test_map_full_is_an_error),
         cmocka_unit_test_teardown(test_write_map_grows_with_its_disk, reset_write_map),
         cmocka_unit_test(test_write_map_unreservable_growth_is_an_error),
+        cmocka_unit_test_teardown(test_write_map_falls_back_when_unreservable, reset_write_map),
         cmocka_unit_test(test_one_process_per_directory),
         cmocka_unit_test(test_snapshot_install),
         cmocka_unit_test(test_stage_entries),
