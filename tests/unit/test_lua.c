@@ -46,10 +46,10 @@ static int teardown(void **state)
     return 0;
 }
 
-/* Prepares and activates source as tenant's version; returns the result of
- * prepare (or activate), with err set. deferred: as at an agent's start. */
-static int deploy_as(const char *tenant, uint64_t version, const char *source, bool deferred,
-                     pc_err *err)
+/* Prepares source as tenant's version into *p. deferred: as at an
+ * agent's start. */
+static int prepare_as(const char *tenant, uint64_t version, const char *source, bool deferred,
+                      pc_prepared **p, pc_err *err)
 {
     uint8_t *bundle = NULL;
     size_t len = 0;
@@ -68,12 +68,20 @@ static int deploy_as(const char *tenant, uint64_t version, const char *source, b
                             .bundle_len = len,
                             .hash = hash,
                             .deferred = deferred};
-    pc_prepared *p = NULL;
-    rc = lua->prepare(lua, &spec, &p, err);
+    *p = NULL;
+    rc = lua->prepare(lua, &spec, p, err);
     free(bundle);
-    if (rc != PC_OK)
-        return rc;
-    return lua->activate(lua, p, err);
+    return rc;
+}
+
+/* Prepares and activates source as tenant's version; returns the result of
+ * prepare (or activate), with err set. */
+static int deploy_as(const char *tenant, uint64_t version, const char *source, bool deferred,
+                     pc_err *err)
+{
+    pc_prepared *p = NULL;
+    int rc = prepare_as(tenant, version, source, deferred, &p, err);
+    return rc != PC_OK ? rc : lua->activate(lua, p, err);
 }
 
 static int deploy(const char *tenant, uint64_t version, const char *source, pc_err *err)
@@ -458,26 +466,11 @@ static void test_split_key_is_bounded(void **state)
     (void)state;
     deploy_ok("splitter", 1, "return function(req) return 'one' end");
     pc_err err;
-    uint8_t *bundle = NULL;
-    size_t len = 0;
-    const char *src = "return function(req) return 'two' end";
     for (int round = 0; round < 2; round++) {
-        assert_int_equal(pc_bundle_pack_single("main.lua", (const uint8_t *)src, strlen(src),
-                                               &bundle, &len, &err),
-                         PC_OK);
-        uint8_t hash[PC_HASH_LEN];
-        pc_hash(hash, bundle, len);
-        pc_version_spec spec = {.tenant = "splitter",
-                                .version = 2,
-                                .seq = 2,
-                                .runtime = "lua",
-                                .entrypoint = "main.lua",
-                                .bundle = bundle,
-                                .bundle_len = len,
-                                .hash = hash};
         pc_prepared *p = NULL;
-        assert_int_equal(lua->prepare(lua, &spec, &p, &err), PC_OK);
-        free(bundle);
+        assert_int_equal(
+            prepare_as("splitter", 2, "return function(req) return 'two' end", false, &p, &err),
+            PC_OK);
         char key[128];
         memset(key, 'k', sizeof(key));
         key[round == 0 ? 80 : 6] = '\0'; /* 80 bytes: one over the bound */

@@ -689,6 +689,55 @@ static void test_write_map_grows_with_its_disk(void **state)
     pc_test_rm_rf(dir);
 }
 
+/* Runs body(dir) in a child process whose files cannot grow past limit
+ * bytes (RLIMIT_FSIZE, SIGXFSZ ignored: writes past it fail with EFBIG,
+ * as a full disk fails them); the test fails unless body returns 0. */
+static void with_file_limit(rlim_t limit, int (*body)(const char *dir), const char *dir)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        signal(SIGXFSZ, SIG_IGN);
+        struct rlimit lim = {.rlim_cur = limit, .rlim_max = limit};
+        _exit(setrlimit(RLIMIT_FSIZE, &lim) != 0 ? 100 : body(dir));
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+static int growth_past_the_limit(const char *dir)
+{
+    pc_store_options opt = {
+        .map_size = 1 << 20, .map_size_max = 8 << 20, .keep_history = true, .write_map = true};
+    pc_store *s = NULL;
+    pc_err err;
+    if (pc_store_open(&s, dir, &opt, &err) != PC_OK)
+        return 11;
+    uint64_t seq = 0;
+    int rc = PC_OK;
+    for (int i = 1; i <= 16 && rc == PC_OK; i++) {
+        entry e;
+        if (entry_make(&e, "big", seq + 1, seq + 1, 256 * 1024, i) != PC_OK)
+            return 12;
+        rc = entry_apply(s, &e, &err);
+        if (rc == PC_OK)
+            seq++;
+        entry_free(&e);
+    }
+    if (rc != PC_E_STORE || strstr(err.msg, "cannot reserve") == NULL) {
+        fprintf(stderr, "growth: rc %d: %s\n", rc, rc == PC_OK ? "" : err.msg);
+        return 13;
+    }
+    uint64_t now = 0;
+    if (pc_store_applied_seq(s, &now, &err) != PC_OK || now != seq || seq == 0)
+        return 14;
+    pc_store_close(s);
+    return 0;
+}
+
 /* A disk that cannot give the next growth its blocks (here a file size
  * limit) is "store is full" at the growth, with nothing half-written,
  * not a SIGBUS on a page written later. */
@@ -697,46 +746,31 @@ static void test_write_map_unreservable_growth_is_an_error(void **state)
     (void)state;
     char dir[256];
     pc_test_tmpdir(dir, sizeof(dir), "store");
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        signal(SIGXFSZ, SIG_IGN);
-        struct rlimit lim = {.rlim_cur = 3u << 19, .rlim_max = 3u << 19}; /* 1.5 MiB */
-        if (setrlimit(RLIMIT_FSIZE, &lim) != 0)
-            _exit(10);
-        pc_store_options opt = {
-            .map_size = 1 << 20, .map_size_max = 8 << 20, .keep_history = true, .write_map = true};
-        pc_store *s = NULL;
-        pc_err err;
-        if (pc_store_open(&s, dir, &opt, &err) != PC_OK)
-            _exit(11);
-        uint64_t seq = 0;
-        int rc = PC_OK;
-        for (int i = 1; i <= 16 && rc == PC_OK; i++) {
-            entry e;
-            if (entry_make(&e, "big", seq + 1, seq + 1, 256 * 1024, i) != PC_OK)
-                _exit(12);
-            rc = entry_apply(s, &e, &err);
-            if (rc == PC_OK)
-                seq++;
-            entry_free(&e);
-        }
-        if (rc != PC_E_STORE || strstr(err.msg, "cannot reserve") == NULL) {
-            fprintf(stderr, "growth: rc %d: %s\n", rc, rc == PC_OK ? "" : err.msg);
-            _exit(13);
-        }
-        uint64_t now = 0;
-        if (pc_store_applied_seq(s, &now, &err) != PC_OK || now != seq || seq == 0)
-            _exit(14);
-        pc_store_close(s);
-        _exit(0);
-    }
-    int status = 0;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
+    with_file_limit(3u << 19, growth_past_the_limit, dir); /* 1.5 MiB */
     pc_test_rm_rf(dir);
+}
+
+static int open_past_the_limit(const char *dir)
+{
+    pc_store_options opt = {.map_size = 1 << 20, .write_map = true};
+    pc_store *s = NULL;
+    pc_err err;
+    if (pc_store_open(&s, dir, &opt, &err) != PC_OK) {
+        fprintf(stderr, "open: %s\n", err.msg);
+        return 11;
+    }
+    pc_store_stats st;
+    if (pc_store_stats_get(s, &st, &err) != PC_OK || st.write_map)
+        return 12;
+    entry e;
+    if (entry_make(&e, "small", 1, 1, 1000, 1) != PC_OK || entry_apply(s, &e, &err) != PC_OK)
+        return 13;
+    entry_free(&e);
+    uint64_t seq = 0;
+    if (pc_store_applied_seq(s, &seq, &err) != PC_OK || seq != 1)
+        return 14;
+    pc_store_close(s);
+    return 0;
 }
 
 /* A store whose map the disk cannot reserve at open still opens, with
@@ -746,38 +780,7 @@ static void test_write_map_falls_back_when_unreservable(void **state)
     (void)state;
     char dir[256];
     pc_test_tmpdir(dir, sizeof(dir), "store");
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        signal(SIGXFSZ, SIG_IGN);
-        struct rlimit lim = {.rlim_cur = 512 * 1024, .rlim_max = 512 * 1024};
-        if (setrlimit(RLIMIT_FSIZE, &lim) != 0)
-            _exit(10);
-        pc_store_options opt = {.map_size = 1 << 20, .write_map = true};
-        pc_store *s = NULL;
-        pc_err err;
-        if (pc_store_open(&s, dir, &opt, &err) != PC_OK) {
-            fprintf(stderr, "open: %s\n", err.msg);
-            _exit(11);
-        }
-        pc_store_stats st;
-        if (pc_store_stats_get(s, &st, &err) != PC_OK || st.write_map)
-            _exit(12);
-        entry e;
-        if (entry_make(&e, "small", 1, 1, 1000, 1) != PC_OK || entry_apply(s, &e, &err) != PC_OK)
-            _exit(13);
-        entry_free(&e);
-        uint64_t seq = 0;
-        if (pc_store_applied_seq(s, &seq, &err) != PC_OK || seq != 1)
-            _exit(14);
-        pc_store_close(s);
-        _exit(0);
-    }
-    int status = 0;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
+    with_file_limit(512 * 1024, open_past_the_limit, dir);
     /* Where the disk can take it, the map is written in place. */
     write_map = true;
     pc_store *s = open_store(dir, false, 0, 0);
