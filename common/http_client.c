@@ -4,54 +4,187 @@
 #include <nng/nng.h>
 #include <nng/supplemental/tls/tls.h>
 #include <nng/supplemental/http/http.h>
+#include <nng/supplemental/util/platform.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 static nng_tls_config *client_tls;
+
+/* How long past its own timeout an operation may take to finish before the
+ * call gives up on it (nng's timer thread can be late on a busy machine). */
+#define ABANDON_GRACE_MS 2000
+
+/* One call's nng objects, and the wait for its aio. On the heap: a call
+ * whose operation nng never finishes is abandoned whole (see op_wait), and
+ * its aio's callback may still run later. */
+typedef struct http_op {
+    nng_url *url;
+    nng_http_client *client;
+    nng_http_req *req;
+    nng_http_res *res;
+    nng_http_conn *conn;
+    nng_aio *aio;
+    nng_mtx *mtx;
+    nng_cv *cv;
+    bool done;
+    char *buf; /* a stream's read buffer */
+    struct http_op *next_abandoned;
+} http_op;
+
+/* The calls given up on, kept reachable (nng may still use them). */
+static pthread_mutex_t abandoned_lock = PTHREAD_MUTEX_INITIALIZER;
+static http_op *abandoned_ops;
+static uint64_t abandoned_calls;
 
 void pc_http_set_tls(struct nng_tls_config *cfg)
 {
     client_tls = cfg;
 }
 
-/* What one call needs: a client for url (https: with the TLS
- * configuration), the request with its method, path and headers, a
- * response and an aio. 0 or an nng error (what was made is set, for the
- * caller to free). */
-static int prepare(const char *method, const char *path, const char *const *headers, nng_url *url,
-                   nng_http_client **client, nng_http_req **req, nng_http_res **res, nng_aio **aio)
+uint64_t pc_http_abandoned_calls(void)
 {
+    pthread_mutex_lock(&abandoned_lock);
+    uint64_t n = abandoned_calls;
+    pthread_mutex_unlock(&abandoned_lock);
+    return n;
+}
+
+static void keep_abandoned(http_op *op)
+{
+    pthread_mutex_lock(&abandoned_lock);
+    op->next_abandoned = abandoned_ops;
+    abandoned_ops = op;
+    abandoned_calls++;
+    pthread_mutex_unlock(&abandoned_lock);
+}
+
+static void op_done(void *arg)
+{
+    http_op *op = arg;
+    nng_mtx_lock(op->mtx);
+    op->done = true;
+    nng_cv_wake(op->cv);
+    nng_mtx_unlock(op->mtx);
+}
+
+/* Waits for the operation started on op->aio: true once it finished
+ * (its result is in the aio), false if it did not finish within its
+ * timeout_ms (0: no limit) and the grace. nng 1.5's TLS layer loses an
+ * operation's timeout while the handshake waits for a peer that never
+ * answers (its cancel aborts the idle side of the connection, not the
+ * one waiting), and nng_http_conn_close waits for that operation; so
+ * such a call is left as it is, leaked, and counted, rather than hang
+ * its caller. */
+static bool op_wait(http_op *op, int timeout_ms)
+{
+    nng_time until = nng_clock() + (nng_duration)timeout_ms + ABANDON_GRACE_MS;
+    nng_mtx_lock(op->mtx);
+    while (!op->done)
+        if (timeout_ms <= 0)
+            nng_cv_wait(op->cv);
+        else if (nng_cv_until(op->cv, until) == NNG_ETIMEDOUT)
+            break;
+    bool finished = op->done;
+    op->done = false; /* for the next operation on this aio */
+    nng_mtx_unlock(op->mtx);
+    return finished;
+}
+
+/* Frees what op holds; a NULL op is a no-op. */
+static void op_free(http_op *op)
+{
+    if (op == NULL)
+        return;
+    if (op->conn)
+        nng_http_conn_close(op->conn);
+    if (op->aio)
+        nng_aio_free(op->aio);
+    if (op->res)
+        nng_http_res_free(op->res);
+    if (op->req)
+        nng_http_req_free(op->req);
+    if (op->client)
+        nng_http_client_free(op->client);
+    if (op->cv)
+        nng_cv_free(op->cv);
+    if (op->mtx)
+        nng_mtx_free(op->mtx);
+    nng_url_free(op->url);
+    free(op->buf);
+    free(op);
+}
+
+/* What one call needs: a client for base_url (https: with the TLS
+ * configuration), the request with its method, path and headers, a
+ * response and an aio. 0 or an nng error; *opp is set either way (what
+ * was made, for op_free). */
+static int prepare(const char *base_url, const char *method, const char *path,
+                   const char *const *headers, http_op **opp)
+{
+    http_op *op = calloc(1, sizeof(*op));
+    *opp = op;
+    if (op == NULL)
+        return NNG_ENOMEM;
     int rv;
-    if ((rv = nng_http_client_alloc(client, url)) != 0 ||
-        (strcmp(url->u_scheme, "https") == 0 &&
-         (rv = client_tls == NULL ? NNG_EINVAL : nng_http_client_set_tls(*client, client_tls)) !=
+    if ((rv = nng_url_parse(&op->url, base_url)) != 0 || (rv = nng_mtx_alloc(&op->mtx)) != 0 ||
+        (rv = nng_cv_alloc(&op->cv, op->mtx)) != 0 ||
+        (rv = nng_http_client_alloc(&op->client, op->url)) != 0 ||
+        (strcmp(op->url->u_scheme, "https") == 0 &&
+         (rv = client_tls == NULL ? NNG_EINVAL : nng_http_client_set_tls(op->client, client_tls)) !=
              0) ||
-        (rv = nng_http_req_alloc(req, url)) != 0 || (rv = nng_http_res_alloc(res)) != 0 ||
-        (rv = nng_aio_alloc(aio, NULL, NULL)) != 0 ||
-        (rv = nng_http_req_set_method(*req, method)) != 0 ||
-        (rv = nng_http_req_set_uri(*req, path)) != 0)
+        (rv = nng_http_req_alloc(&op->req, op->url)) != 0 ||
+        (rv = nng_http_res_alloc(&op->res)) != 0 ||
+        (rv = nng_aio_alloc(&op->aio, op_done, op)) != 0 ||
+        (rv = nng_http_req_set_method(op->req, method)) != 0 ||
+        (rv = nng_http_req_set_uri(op->req, path)) != 0)
         return rv;
     for (size_t i = 0; headers != NULL && headers[i] != NULL && rv == 0; i += 2)
-        rv = nng_http_req_set_header(*req, headers[i], headers[i + 1]);
+        rv = nng_http_req_set_header(op->req, headers[i], headers[i + 1]);
     return rv;
 }
 
-/* Connects client (with aio's timeout); *conn on success. */
-static int connect_to(nng_http_client **client, nng_aio *aio, nng_http_conn **conn)
+/* Runs the operation just started on op->aio to its end: its result, or
+ * NNG_ETIMEDOUT with *abandoned set if nng never finished it. */
+static int op_result(http_op *op, int timeout_ms, bool *abandoned)
 {
-    nng_http_client_connect(*client, aio);
-    nng_aio_wait(aio);
-    int rv = nng_aio_result(aio);
+    if (!op_wait(op, timeout_ms)) {
+        *abandoned = true;
+        return NNG_ETIMEDOUT;
+    }
+    int rv = nng_aio_result(op->aio);
+    if (rv == NNG_ETIMEDOUT && op->conn != NULL && strcmp(op->url->u_scheme, "https") == 0) {
+        /* The HTTP layer ended the step, but the TLS write or read under
+         * it may be the one nng 1.5 cannot cancel, and closing the
+         * connection waits for it (forever, if the peer never answers).
+         * The step still points into the request and the response. */
+        *abandoned = true;
+    }
+    return rv;
+}
+
+/* Connects op's client (with the aio's timeout); op->conn on success. */
+static int connect_to(http_op *op, int timeout_ms, bool *abandoned)
+{
+    nng_http_client_connect(op->client, op->aio);
+    int rv = op_result(op, timeout_ms, abandoned);
     if (rv == NNG_ETIMEDOUT) {
         /* nng 1.5 (Debian 12): freeing a client whose connect timed out
          * before its dialer finished can block forever in the client's
          * teardown (fixed upstream in nng PR #2119). Leave that client:
          * a small leak per timed-out connect, never a hang. */
-        *client = NULL;
+        op->client = NULL;
     }
     if (rv == 0)
-        *conn = nng_aio_get_output(aio, 0);
+        op->conn = nng_aio_get_output(op->aio, 0);
     return rv;
+}
+
+static int call_error(pc_err *err, int rv, const char *method, const char *base_url,
+                      const char *path)
+{
+    return pc_err_set(err, rv == NNG_ETIMEDOUT ? PC_E_TIMEOUT : PC_E_UNAVAILABLE, "%s %s%s: %s",
+                      method, base_url, path, nng_strerror(rv));
 }
 
 int pc_http_call(const char *base_url, const char *method, const char *path,
@@ -59,39 +192,32 @@ int pc_http_call(const char *base_url, const char *method, const char *path,
                  pc_http_result *out, pc_err *err)
 {
     memset(out, 0, sizeof(*out));
-    nng_url *url = NULL;
-    nng_http_client *client = NULL;
-    nng_http_req *req = NULL;
-    nng_http_res *res = NULL;
-    nng_aio *aio = NULL;
-    int rv = nng_url_parse(&url, base_url);
-    if (rv != 0)
+    http_op *op = NULL;
+    bool abandoned = false;
+    int rv = prepare(base_url, method, path, headers, &op);
+    if (rv != 0 && op != NULL && op->url == NULL) {
+        op_free(op);
         return pc_err_set(err, PC_E_INVALID, "bad URL %s: %s", base_url, nng_strerror(rv));
-    if ((rv = prepare(method, path, headers, url, &client, &req, &res, &aio)) != 0)
-        goto done;
+    }
     if (rv == 0 && body != NULL)
-        rv = nng_http_req_set_data(req, body, body_len);
+        rv = nng_http_req_set_data(op->req, body, body_len);
     else if (rv == 0 && (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0))
-        rv = nng_http_req_set_header(req, "Content-Length", "0");
+        rv = nng_http_req_set_header(op->req, "Content-Length", "0");
     if (rv != 0)
         goto done;
-    nng_aio_set_timeout(aio, timeout_ms > 0 ? timeout_ms : NNG_DURATION_INFINITE);
+    nng_aio_set_timeout(op->aio, timeout_ms > 0 ? timeout_ms : NNG_DURATION_INFINITE);
     /* Connect first, then send: a failure before the connection exists
      * means the server never saw the request (out->sent stays false),
      * which is what lets a caller retry a write elsewhere safely. */
-    nng_http_conn *conn = NULL;
-    if ((rv = connect_to(&client, aio, &conn)) != 0)
+    if ((rv = connect_to(op, timeout_ms, &abandoned)) != 0)
         goto done;
     out->sent = true;
-    nng_http_conn_transact(conn, req, res, aio);
-    nng_aio_wait(aio);
-    rv = nng_aio_result(aio);
-    nng_http_conn_close(conn);
-    if (rv != 0)
+    nng_http_conn_transact(op->conn, op->req, op->res, op->aio);
+    if ((rv = op_result(op, timeout_ms, &abandoned)) != 0)
         goto done;
     void *data = NULL;
     size_t len = 0;
-    nng_http_res_get_data(res, &data, &len);
+    nng_http_res_get_data(op->res, &data, &len);
     out->body = malloc(len + 1);
     if (out->body == NULL) {
         rv = NNG_ENOMEM;
@@ -101,22 +227,16 @@ int pc_http_call(const char *base_url, const char *method, const char *path,
         memcpy(out->body, data, len);
     out->body[len] = '\0';
     out->body_len = len;
-    out->status = nng_http_res_get_status(res);
-    out->res = res;
-    res = NULL;
+    out->status = nng_http_res_get_status(op->res);
+    out->res = op->res;
+    op->res = NULL;
 done:
-    if (aio)
-        nng_aio_free(aio);
-    if (res)
-        nng_http_res_free(res);
-    if (req)
-        nng_http_req_free(req);
-    if (client)
-        nng_http_client_free(client);
-    nng_url_free(url);
+    if (abandoned)
+        keep_abandoned(op);
+    else
+        op_free(op);
     if (rv != 0)
-        return pc_err_set(err, rv == NNG_ETIMEDOUT ? PC_E_TIMEOUT : PC_E_UNAVAILABLE, "%s %s%s: %s",
-                          method, base_url, path, nng_strerror(rv));
+        return call_error(err, rv, method, base_url, path);
     return PC_OK;
 }
 
@@ -124,60 +244,53 @@ int pc_http_stream(const char *base_url, const char *path, const char *const *he
                    void (*on_head)(void *arg, int status),
                    bool (*on_body)(void *arg, const char *data, size_t len), void *arg, pc_err *err)
 {
-    nng_url *url = NULL;
-    nng_http_client *client = NULL;
-    nng_http_req *req = NULL;
-    nng_http_res *res = NULL;
-    nng_http_conn *conn = NULL;
-    nng_aio *aio = NULL;
-    int rv = nng_url_parse(&url, base_url);
-    if (rv != 0)
+    /* Connecting and the head take at most 10 s, or idle_ms if shorter. */
+    const int SETUP_TIMEOUT_MS = idle_ms > 0 && idle_ms < 10000 ? idle_ms : 10000;
+    http_op *op = NULL;
+    bool abandoned = false;
+    int rv = prepare(base_url, "GET", path, headers, &op);
+    if (rv != 0 && op != NULL && op->url == NULL) {
+        op_free(op);
         return pc_err_set(err, PC_E_INVALID, "bad URL %s: %s", base_url, nng_strerror(rv));
-    if ((rv = prepare("GET", path, headers, url, &client, &req, &res, &aio)) != 0)
+    }
+    if (rv != 0)
         goto done;
-    nng_aio_set_timeout(aio, 10000);
-    if ((rv = connect_to(&client, aio, &conn)) != 0)
+    nng_aio_set_timeout(op->aio, SETUP_TIMEOUT_MS);
+    if ((rv = connect_to(op, SETUP_TIMEOUT_MS, &abandoned)) != 0)
         goto done;
-    nng_http_conn_write_req(conn, req, aio);
-    nng_aio_wait(aio);
-    if ((rv = nng_aio_result(aio)) != 0)
+    nng_http_conn_write_req(op->conn, op->req, op->aio);
+    if ((rv = op_result(op, SETUP_TIMEOUT_MS, &abandoned)) != 0)
         goto done;
     /* The head; the body is read as it comes (it has no length). */
-    nng_http_conn_read_res(conn, res, aio);
-    nng_aio_wait(aio);
-    if ((rv = nng_aio_result(aio)) != 0)
+    nng_http_conn_read_res(op->conn, op->res, op->aio);
+    if ((rv = op_result(op, SETUP_TIMEOUT_MS, &abandoned)) != 0)
         goto done;
-    on_head(arg, nng_http_res_get_status(res));
-    char buf[16384];
+    on_head(arg, nng_http_res_get_status(op->res));
+    enum { READ_SIZE = 16384 };
+    if ((op->buf = malloc(READ_SIZE)) == NULL) {
+        rv = NNG_ENOMEM;
+        goto done;
+    }
     for (;;) {
-        nng_iov iov = {.iov_buf = buf, .iov_len = sizeof(buf)};
-        nng_aio_set_iov(aio, 1, &iov);
-        nng_aio_set_timeout(aio, idle_ms > 0 ? idle_ms : NNG_DURATION_INFINITE);
-        nng_http_conn_read(conn, aio);
-        nng_aio_wait(aio);
-        rv = nng_aio_result(aio);
+        nng_iov iov = {.iov_buf = op->buf, .iov_len = READ_SIZE};
+        nng_aio_set_iov(op->aio, 1, &iov);
+        nng_aio_set_timeout(op->aio, idle_ms > 0 ? idle_ms : NNG_DURATION_INFINITE);
+        nng_http_conn_read(op->conn, op->aio);
+        rv = op_result(op, idle_ms, &abandoned);
         if (rv == NNG_ECLOSED || rv == NNG_ECONNSHUT || rv == NNG_ECONNRESET) {
             rv = 0; /* the end of the stream */
             break;
         }
-        if (rv != 0 || !on_body(arg, buf, nng_aio_count(aio)))
+        if (rv != 0 || !on_body(arg, op->buf, nng_aio_count(op->aio)))
             break;
     }
 done:
-    if (conn != NULL)
-        nng_http_conn_close(conn);
-    if (aio)
-        nng_aio_free(aio);
-    if (res)
-        nng_http_res_free(res);
-    if (req)
-        nng_http_req_free(req);
-    if (client)
-        nng_http_client_free(client);
-    nng_url_free(url);
+    if (abandoned)
+        keep_abandoned(op);
+    else
+        op_free(op);
     if (rv != 0)
-        return pc_err_set(err, rv == NNG_ETIMEDOUT ? PC_E_TIMEOUT : PC_E_UNAVAILABLE,
-                          "GET %s%s: %s", base_url, path, nng_strerror(rv));
+        return call_error(err, rv, "GET", base_url, path);
     return PC_OK;
 }
 

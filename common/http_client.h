@@ -22,7 +22,11 @@ typedef struct pc_http_result {
 
 /* base_url: "http://127.0.0.1:7070"; path: "/v1/health?x=1". headers:
  * name, value, ..., NULL (may be NULL). A transport failure or timeout is
- * an error (PC_E_UNAVAILABLE / PC_E_TIMEOUT); any HTTP status is success. */
+ * an error (PC_E_UNAVAILABLE / PC_E_TIMEOUT); any HTTP status is success.
+ * timeout_ms > 0 bounds each step (connect, then the exchange); the call
+ * returns at most 2 s after a step's timeout even when nng does not end
+ * the step (an https peer that never answers the TLS handshake), leaving
+ * that call's memory and connection behind (pc_http_abandoned_calls). */
 int pc_http_call(const char *base_url, const char *method, const char *path,
                  const char *const *headers, const void *body, size_t body_len, int timeout_ms,
                  pc_http_result *out, pc_err *err);
@@ -32,7 +36,8 @@ const char *pc_http_result_header(const pc_http_result *r, const char *name);
  * status) once the head is in, then on_body(arg, data, len) with each
  * piece of the body as it comes, until the server closes (PC_OK), on_body
  * returns false (PC_OK), or nothing came for idle_ms (PC_E_TIMEOUT; 0:
- * wait forever). Transport failures as pc_http_call. */
+ * wait forever). Connecting and the head take at most 10 s (or idle_ms if
+ * shorter). Transport failures and timeouts as pc_http_call. */
 int pc_http_stream(const char *base_url, const char *path, const char *const *headers, int idle_ms,
                    void (*on_head)(void *arg, int status),
                    bool (*on_body)(void *arg, const char *data, size_t len), void *arg,
@@ -43,6 +48,9 @@ int pc_http_stream(const char *base_url, const char *path, const char *const *he
  * before calling. */
 struct nng_tls_config;
 void pc_http_set_tls(struct nng_tls_config *cfg);
+/* How many calls this process gave up on because nng never ended one of
+ * their steps (each left its memory and connection behind). */
+uint64_t pc_http_abandoned_calls(void);
 void pc_http_result_free(pc_http_result *r);
 
 #endif

@@ -1,0 +1,186 @@
+/* test_http_client.c - the blocking HTTP client ends every call by its
+ * timeout, whatever the peer does. The peer here is a tarpit: a TCP
+ * listener that accepts and never says anything, so an https call waits
+ * on a TLS handshake that never completes (nng 1.5 cannot cancel that
+ * wait, and closing such a connection blocks: the call must give it up
+ * rather than hang). */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <nng/nng.h>
+#include <nng/supplemental/tls/tls.h>
+
+#include "http_client.h"
+
+typedef struct tarpit {
+    int fd;
+    int port;
+    pthread_t thread;
+} tarpit;
+
+/* Accepts every connection and keeps it open, silent, until the listener
+ * is shut down. */
+static void *tarpit_main(void *arg)
+{
+    tarpit *t = arg;
+    int held[64];
+    int n = 0;
+    for (;;) {
+        int c = accept(t->fd, NULL, NULL);
+        if (c < 0)
+            break;
+        if (n < 64)
+            held[n++] = c;
+        else
+            close(c);
+    }
+    for (int i = 0; i < n; i++)
+        close(held[i]);
+    return NULL;
+}
+
+static void tarpit_start(tarpit *t)
+{
+    t->fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(t->fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(t->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(t->fd, 16), 0);
+    socklen_t len = sizeof(sa);
+    assert_int_equal(getsockname(t->fd, (struct sockaddr *)&sa, &len), 0);
+    t->port = ntohs(sa.sin_port);
+    assert_int_equal(pthread_create(&t->thread, NULL, tarpit_main, t), 0);
+}
+
+static void tarpit_stop(tarpit *t)
+{
+    shutdown(t->fd, SHUT_RDWR);
+    pthread_join(t->thread, NULL);
+    close(t->fd);
+}
+
+static nng_tls_config *any_server_tls(void)
+{
+    nng_tls_config *cfg = NULL;
+    assert_int_equal(nng_tls_config_alloc(&cfg, NNG_TLS_MODE_CLIENT), 0);
+    assert_int_equal(nng_tls_config_auth_mode(cfg, NNG_TLS_AUTH_MODE_NONE), 0);
+    return cfg;
+}
+
+static void test_https_call_to_a_silent_peer_times_out(void **state)
+{
+    (void)state;
+    tarpit t;
+    tarpit_start(&t);
+    nng_tls_config *cfg = any_server_tls();
+    pc_http_set_tls(cfg);
+    char url[64];
+    snprintf(url, sizeof(url), "https://127.0.0.1:%d", t.port);
+    uint64_t abandoned = pc_http_abandoned_calls();
+
+    pc_http_result r;
+    pc_err err;
+    assert_int_equal(pc_http_call(url, "GET", "/v1/health", NULL, NULL, 0, 300, &r, &err),
+                     PC_E_TIMEOUT);
+    assert_non_null(strstr(err.msg, "GET https://127.0.0.1:"));
+    assert_true(r.sent); /* connected: the request may have been seen */
+    assert_null(r.body);
+    const char body[] = "{}";
+    assert_int_equal(
+        pc_http_call(url, "POST", "/v1/x", NULL, body, sizeof(body) - 1, 300, &r, &err),
+        PC_E_TIMEOUT);
+    /* Each was given up, not closed (closing would have blocked). */
+    assert_int_equal(pc_http_abandoned_calls(), abandoned + 2);
+
+    pc_http_set_tls(NULL);
+    nng_tls_config_free(cfg);
+    tarpit_stop(&t);
+}
+
+static void ignore_head(void *arg, int status)
+{
+    (void)arg;
+    (void)status;
+}
+
+static bool ignore_body(void *arg, const char *data, size_t len)
+{
+    (void)arg;
+    (void)data;
+    (void)len;
+    return true;
+}
+
+static void test_https_stream_to_a_silent_peer_times_out(void **state)
+{
+    (void)state;
+    tarpit t;
+    tarpit_start(&t);
+    nng_tls_config *cfg = any_server_tls();
+    pc_http_set_tls(cfg);
+    char url[64];
+    snprintf(url, sizeof(url), "https://127.0.0.1:%d", t.port);
+    uint64_t abandoned = pc_http_abandoned_calls();
+    pc_err err;
+    assert_int_equal(
+        pc_http_stream(url, "/v1/watch", NULL, 300, ignore_head, ignore_body, NULL, &err),
+        PC_E_TIMEOUT);
+    assert_int_equal(pc_http_abandoned_calls(), abandoned + 1);
+    pc_http_set_tls(NULL);
+    nng_tls_config_free(cfg);
+    tarpit_stop(&t);
+}
+
+/* Over plain TCP nng cancels by itself: the call ends by its timeout and
+ * its connection is closed, nothing left behind. */
+static void test_http_call_to_a_silent_peer_times_out_and_closes(void **state)
+{
+    (void)state;
+    tarpit t;
+    tarpit_start(&t);
+    char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", t.port);
+    uint64_t abandoned = pc_http_abandoned_calls();
+    pc_http_result r;
+    pc_err err;
+    assert_int_equal(pc_http_call(url, "GET", "/v1/health", NULL, NULL, 0, 300, &r, &err),
+                     PC_E_TIMEOUT);
+    assert_int_equal(pc_http_abandoned_calls(), abandoned);
+    tarpit_stop(&t);
+}
+
+static void test_bad_url_is_refused_before_any_connection(void **state)
+{
+    (void)state;
+    pc_http_result r;
+    pc_err err;
+    assert_int_equal(pc_http_call("not a url", "GET", "/", NULL, NULL, 0, 300, &r, &err),
+                     PC_E_INVALID);
+    assert_non_null(strstr(err.msg, "bad URL"));
+    assert_false(r.sent);
+    /* https with no TLS configuration set: refused, nothing sent. */
+    assert_int_equal(pc_http_call("https://127.0.0.1:1", "GET", "/", NULL, NULL, 0, 300, &r, &err),
+                     PC_E_UNAVAILABLE);
+    assert_false(r.sent);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_https_call_to_a_silent_peer_times_out),
+        cmocka_unit_test(test_https_stream_to_a_silent_peer_times_out),
+        cmocka_unit_test(test_http_call_to_a_silent_peer_times_out_and_closes),
+        cmocka_unit_test(test_bad_url_is_refused_before_any_connection),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
