@@ -55,6 +55,31 @@ static void kill_all(void)
     kill_running(true);
 }
 
+/* A test that hangs is ended by ctest with nothing said of where. Shortly
+ * before ctest's own timeout (POPCAST_TEST_TIMEOUT_S, set by the build per
+ * test), this prints the stacks of the test and of the daemons it runs,
+ * then ends it with a failure. */
+static void *hang_watchdog(void *arg)
+{
+    int seconds = (int)(intptr_t)arg;
+    pc_test_sleep_ms(seconds * 1000);
+    fprintf(stderr, "harness: the test still runs after %d s; its threads and its children's:\n",
+            seconds);
+    if (system("command -v gdb >/dev/null 2>&1") == 0) {
+        char cmd[512];
+        snprintf(cmd, sizeof(cmd),
+                 "for p in %d $(pgrep -P %d); do echo \"---- pid $p: $(tr '\\0' ' ' "
+                 "</proc/$p/cmdline | cut -c1-200)\"; gdb -p $p -batch -nx -ex 'thread apply all "
+                 "bt' </dev/null 2>&1 | grep -E '^(#|Thread)' | head -300; done >&2",
+                 (int)getpid(), (int)getpid());
+        if (system(cmd) != 0)
+            fprintf(stderr, "harness: gdb could not print the stacks\n");
+    }
+    kill_running(true);
+    _exit(1);
+    return NULL;
+}
+
 void pc_test_init(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -63,6 +88,11 @@ void pc_test_init(void)
     if (!registered) {
         atexit(kill_all);
         registered = 1;
+        const char *limit = getenv("POPCAST_TEST_TIMEOUT_S");
+        int seconds = limit != NULL ? atoi(limit) - 60 : 0;
+        pthread_t t;
+        if (seconds > 0 && pthread_create(&t, NULL, hang_watchdog, (void *)(intptr_t)seconds) == 0)
+            pthread_detach(t);
     }
 }
 
