@@ -2,6 +2,7 @@
  * The contract and the reasons are in lua_heap.h. */
 #include "lua_heap.h"
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,12 +64,80 @@ static bool has_room(const pc_lua_heap *h, unsigned c)
            (h->bump != NULL && (size_t)(h->end - h->bump) >= class_size(c));
 }
 
+/* Chunks of released heaps, kept for the next heaps, per size (CHUNK_MIN
+ * << i, the sizes a short-lived isolate takes), linked through their first
+ * word; at most PC_LUA_HEAP_SPARE_CHUNKS of each. */
+#define SPARE_SIZES 3 /* 16, 32 and 64 KiB */
+static pthread_mutex_t spare_lock = PTHREAD_MUTEX_INITIALIZER;
+static void *spare[SPARE_SIZES];
+static unsigned spare_count[SPARE_SIZES];
+static size_t spare_bytes;
+
+static int spare_index(size_t size)
+{
+    for (int i = 0; i < SPARE_SIZES; i++)
+        if (size == (size_t)CHUNK_MIN << i)
+            return i;
+    return -1;
+}
+
+static char *map_chunk(size_t size)
+{
+    int i = spare_index(size);
+    char *m = NULL;
+    if (i >= 0) {
+        pthread_mutex_lock(&spare_lock);
+        if ((m = spare[i]) != NULL) {
+            UNPOISON(m, sizeof(void *));
+            spare[i] = *(void **)m;
+            spare_count[i]--;
+            spare_bytes -= size;
+        }
+        pthread_mutex_unlock(&spare_lock);
+    }
+    if (m != NULL)
+        return m;
+    m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return m == MAP_FAILED ? NULL : m;
+}
+
+static void unmap_chunk(void *c, size_t size)
+{
+    int i = spare_index(size);
+    pthread_mutex_lock(&spare_lock);
+    bool kept = i >= 0 && spare_count[i] < PC_LUA_HEAP_SPARE_CHUNKS;
+    if (kept) {
+        POISON(c, size);
+        UNPOISON(c, sizeof(void *));
+        *(void **)c = spare[i];
+        POISON(c, sizeof(void *));
+        spare[i] = c;
+        spare_count[i]++;
+        spare_bytes += size;
+    }
+    pthread_mutex_unlock(&spare_lock);
+    if (!kept) {
+        /* The next mapping at this address must not inherit the poison. */
+        UNPOISON(c, size);
+        munmap(c, size);
+    }
+}
+
+size_t pc_lua_heap_spare_bytes(void)
+{
+    pthread_mutex_lock(&spare_lock);
+    size_t n = spare_bytes;
+    pthread_mutex_unlock(&spare_lock);
+    return n;
+}
+
 static bool new_chunk(pc_lua_heap *h)
 {
     size_t size = next_chunk_size(h);
-    char *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED)
+    char *m = map_chunk(size);
+    if (m == NULL)
         return false;
+    UNPOISON(m, CHUNK_HEADER);
     ((void **)m)[0] = h->chunks;
     ((size_t *)m)[1] = size;
     h->chunks = m;
@@ -174,9 +243,7 @@ void pc_lua_heap_release(pc_lua_heap *h)
     while (c != NULL) {
         void *next = ((void **)c)[0];
         size_t size = ((size_t *)c)[1];
-        /* The next mapping at this address must not inherit the poison. */
-        UNPOISON(c, size);
-        munmap(c, size);
+        unmap_chunk(c, size);
         c = next;
     }
     memset(h, 0, sizeof(*h));

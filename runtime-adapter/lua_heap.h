@@ -7,7 +7,7 @@
  * which glibc can neither reuse for bigger blocks nor give back: after
  * 10,000 deploys, tens of MiB. Here every block of at most
  * PC_LUA_HEAP_SMALL_MAX bytes comes from chunks mapped for this heap alone
- * and unmapped with it. Larger blocks come from malloc: freed, their holes
+ * and given back with it (pc_lua_heap_release). Larger blocks come from malloc: freed, their holes
  * hold whole pages, which malloc_trim gives back.
  *
  * Invariants:
@@ -31,7 +31,10 @@
 #include <stddef.h>
 
 #define PC_LUA_HEAP_SMALL_MAX 4096 /* larger blocks come from malloc */
-#define PC_LUA_HEAP_CLASSES   40   /* size classes of small blocks */
+/* Released chunks of each of the three smallest sizes (16, 32, 64 KiB)
+ * kept, process-wide, for the next heaps: 448 KiB at most in all. */
+#define PC_LUA_HEAP_SPARE_CHUNKS 4
+#define PC_LUA_HEAP_CLASSES      40 /* size classes of small blocks */
 
 /* Zeroed, it is an empty heap. Its fields are the module's own. */
 typedef struct pc_lua_heap {
@@ -54,8 +57,18 @@ bool pc_lua_heap_fits(const pc_lua_heap *h, size_t osize, size_t nsize, size_t l
 
 size_t pc_lua_heap_footprint(const pc_lua_heap *h);
 
-/* Unmaps every chunk. Blocks still live are gone with them, except large
- * ones, which the caller must have freed (lua_close frees everything). */
+/* Gives every chunk back. Blocks still live are gone with them, except
+ * large ones, which the caller must have freed (lua_close frees
+ * everything). Chunks of the small sizes are kept for the next heaps,
+ * PC_LUA_HEAP_SPARE_CHUNKS of each at most, rather than unmapped: a
+ * short-lived isolate (the controller checks every upload in one) would
+ * otherwise map and unmap a chunk each time, and unmapping in a threaded
+ * process interrupts every core to flush its TLB (a fifth of a
+ * controller's CPU under a write load). The rest are unmapped. A chunk
+ * is handed out again last in, first out. */
 void pc_lua_heap_release(pc_lua_heap *h);
+
+/* Bytes of released chunks kept for the next heaps. */
+size_t pc_lua_heap_spare_bytes(void);
 
 #endif

@@ -164,25 +164,64 @@ static void test_growth_within_the_limit(void **state)
     free(blocks);
 }
 
-/* Released chunks are unmapped: the memory is the system's again. */
-static void test_release_unmaps(void **state)
+static bool mapped(const void *p)
+{
+    unsigned char vec[1];
+    errno = 0;
+    int rc = mincore((void *)p, (size_t)sysconf(_SC_PAGESIZE), vec);
+    assert_true(rc == 0 || errno == ENOMEM);
+    return rc == 0;
+}
+
+/* A heap of one block: its one chunk is the smallest. */
+static void *one_chunk_heap(pc_lua_heap *h)
+{
+    memset(h, 0, sizeof(*h));
+    assert_non_null(pc_lua_heap_realloc(h, NULL, 0, 100));
+    assert_int_equal(h->chunk_bytes, 16 * 1024);
+    return h->chunks;
+}
+
+/* Released chunks of the small sizes are kept for the next heaps, up to
+ * PC_LUA_HEAP_SPARE_CHUNKS of a size, and handed out last in, first out;
+ * the rest are unmapped: that memory is the system's again. */
+static void test_release_keeps_a_few_small_chunks(void **state)
+{
+    (void)state;
+    enum { N = PC_LUA_HEAP_SPARE_CHUNKS + 2 };
+    pc_lua_heap h[N];
+    void *chunk[N];
+    /* N heaps at once take every kept 16 KiB chunk there was. */
+    for (int i = 0; i < N; i++)
+        chunk[i] = one_chunk_heap(&h[i]);
+    size_t spare_before = pc_lua_heap_spare_bytes();
+    for (int i = 0; i < N; i++)
+        pc_lua_heap_release(&h[i]);
+    assert_int_equal(pc_lua_heap_spare_bytes(),
+                     spare_before + PC_LUA_HEAP_SPARE_CHUNKS * 16 * 1024);
+    for (int i = 0; i < N; i++)
+        assert_true(mapped(chunk[i]) == (i < PC_LUA_HEAP_SPARE_CHUNKS));
+    /* The next heap gets the chunk kept last. */
+    pc_lua_heap again;
+    assert_ptr_equal(one_chunk_heap(&again), chunk[PC_LUA_HEAP_SPARE_CHUNKS - 1]);
+    assert_int_equal(pc_lua_heap_spare_bytes(),
+                     spare_before + (PC_LUA_HEAP_SPARE_CHUNKS - 1) * 16 * 1024);
+    pc_lua_heap_release(&again);
+}
+
+/* Chunks larger than the kept sizes are unmapped at once. */
+static void test_release_unmaps_large_chunks(void **state)
 {
     (void)state;
     pc_lua_heap h = {0};
-    void *blocks[2000];
     for (int i = 0; i < 2000; i++)
-        blocks[i] = pc_lua_heap_realloc(&h, NULL, 0, 200);
-    char *first_chunk = h.chunks;
-    assert_true(h.chunk_bytes > 256 * 1024);
-    long page = sysconf(_SC_PAGESIZE);
-    unsigned char vec[1];
-    assert_int_equal(mincore(first_chunk, (size_t)page, vec), 0);
-    (void)blocks;
+        assert_non_null(pc_lua_heap_realloc(&h, NULL, 0, 200));
+    char *newest = h.chunks; /* the last chunk mapped: 256 KiB */
+    assert_int_equal(((size_t *)newest)[1], 256 * 1024);
+    assert_true(mapped(newest));
     pc_lua_heap_release(&h);
     assert_int_equal(pc_lua_heap_footprint(&h), 0);
-    errno = 0;
-    assert_int_equal(mincore(first_chunk, (size_t)page, vec), -1);
-    assert_int_equal(errno, ENOMEM);
+    assert_false(mapped(newest));
 }
 
 #ifdef TEST_ASAN
@@ -214,7 +253,8 @@ int main(void)
         cmocka_unit_test(test_small_in_chunks_large_from_malloc),
         cmocka_unit_test(test_freed_blocks_are_reused),
         cmocka_unit_test(test_growth_within_the_limit),
-        cmocka_unit_test(test_release_unmaps),
+        cmocka_unit_test(test_release_keeps_a_few_small_chunks),
+        cmocka_unit_test(test_release_unmaps_large_chunks),
 #ifdef TEST_ASAN
         cmocka_unit_test(test_freed_blocks_are_poisoned),
 #endif
