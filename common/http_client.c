@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 static nng_tls_config *client_tls;
 
@@ -115,12 +116,10 @@ static void op_free(http_op *op)
     free(op);
 }
 
-/* What one call needs: a client for base_url (https: with the TLS
- * configuration), the request with its method, path and headers, a
- * response and an aio. 0 or an nng error; *opp is set either way (what
- * was made, for op_free). */
-static int prepare(const char *base_url, const char *method, const char *path,
-                   const char *const *headers, http_op **opp)
+/* Sets up op for base_url: the URL, the wait, the aio and a client
+ * (https: with the TLS configuration). 0 or an nng error; *opp is set
+ * either way (what was made, for op_free). */
+static int op_open(const char *base_url, http_op **opp)
 {
     http_op *op = calloc(1, sizeof(*op));
     *opp = op;
@@ -129,13 +128,27 @@ static int prepare(const char *base_url, const char *method, const char *path,
     int rv;
     if ((rv = nng_url_parse(&op->url, base_url)) != 0 || (rv = nng_mtx_alloc(&op->mtx)) != 0 ||
         (rv = nng_cv_alloc(&op->cv, op->mtx)) != 0 ||
-        (rv = nng_http_client_alloc(&op->client, op->url)) != 0 ||
-        (strcmp(op->url->u_scheme, "https") == 0 &&
-         (rv = client_tls == NULL ? NNG_EINVAL : nng_http_client_set_tls(op->client, client_tls)) !=
-             0) ||
-        (rv = nng_http_req_alloc(&op->req, op->url)) != 0 ||
+        (rv = nng_aio_alloc(&op->aio, op_done, op)) != 0)
+        return rv;
+    if ((rv = nng_http_client_alloc(&op->client, op->url)) != 0)
+        return rv;
+    if (strcmp(op->url->u_scheme, "https") == 0)
+        rv = client_tls == NULL ? NNG_EINVAL : nng_http_client_set_tls(op->client, client_tls);
+    return rv;
+}
+
+/* A fresh request (and response) for the next exchange on op. */
+static int op_request(http_op *op, const char *method, const char *path, const char *const *headers)
+{
+    if (op->req != NULL)
+        nng_http_req_free(op->req);
+    if (op->res != NULL)
+        nng_http_res_free(op->res);
+    op->req = NULL;
+    op->res = NULL;
+    int rv;
+    if ((rv = nng_http_req_alloc(&op->req, op->url)) != 0 ||
         (rv = nng_http_res_alloc(&op->res)) != 0 ||
-        (rv = nng_aio_alloc(&op->aio, op_done, op)) != 0 ||
         (rv = nng_http_req_set_method(op->req, method)) != 0 ||
         (rv = nng_http_req_set_uri(op->req, path)) != 0)
         return rv;
@@ -166,8 +179,14 @@ static int op_result(http_op *op, int timeout_ms, bool *abandoned)
 /* Connects op's client (with the aio's timeout); op->conn on success. */
 static int connect_to(http_op *op, int timeout_ms, bool *abandoned)
 {
+    int rv = 0;
+    if (op->client == NULL && (rv = nng_http_client_alloc(&op->client, op->url)) == 0 &&
+        strcmp(op->url->u_scheme, "https") == 0)
+        rv = client_tls == NULL ? NNG_EINVAL : nng_http_client_set_tls(op->client, client_tls);
+    if (rv != 0)
+        return rv;
     nng_http_client_connect(op->client, op->aio);
-    int rv = op_result(op, timeout_ms, abandoned);
+    rv = op_result(op, timeout_ms, abandoned);
     if (rv == NNG_ETIMEDOUT) {
         /* nng 1.5 (Debian 12): freeing a client whose connect timed out
          * before its dialer finished can block forever in the client's
@@ -187,42 +206,33 @@ static int call_error(pc_err *err, int rv, const char *method, const char *base_
                       method, base_url, path, nng_strerror(rv));
 }
 
-int pc_http_call(const char *base_url, const char *method, const char *path,
-                 const char *const *headers, const void *body, size_t body_len, int timeout_ms,
-                 pc_http_result *out, pc_err *err)
+/* One exchange on op (connecting first if it has no connection): the
+ * request made by op_request with body, the answer into out. */
+static int op_exchange(http_op *op, const char *method, const void *body, size_t body_len,
+                       int timeout_ms, pc_http_result *out, bool *abandoned)
 {
-    memset(out, 0, sizeof(*out));
-    http_op *op = NULL;
-    bool abandoned = false;
-    int rv = prepare(base_url, method, path, headers, &op);
-    if (rv != 0 && op != NULL && op->url == NULL) {
-        op_free(op);
-        return pc_err_set(err, PC_E_INVALID, "bad URL %s: %s", base_url, nng_strerror(rv));
-    }
-    if (rv == 0 && body != NULL)
+    int rv = 0;
+    if (body != NULL)
         rv = nng_http_req_set_data(op->req, body, body_len);
-    else if (rv == 0 && (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0))
+    else if (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0)
         rv = nng_http_req_set_header(op->req, "Content-Length", "0");
     if (rv != 0)
-        goto done;
+        return rv;
     nng_aio_set_timeout(op->aio, timeout_ms > 0 ? timeout_ms : NNG_DURATION_INFINITE);
     /* Connect first, then send: a failure before the connection exists
      * means the server never saw the request (out->sent stays false),
      * which is what lets a caller retry a write elsewhere safely. */
-    if ((rv = connect_to(op, timeout_ms, &abandoned)) != 0)
-        goto done;
+    if (op->conn == NULL && (rv = connect_to(op, timeout_ms, abandoned)) != 0)
+        return rv;
     out->sent = true;
     nng_http_conn_transact(op->conn, op->req, op->res, op->aio);
-    if ((rv = op_result(op, timeout_ms, &abandoned)) != 0)
-        goto done;
+    if ((rv = op_result(op, timeout_ms, abandoned)) != 0)
+        return rv;
     void *data = NULL;
     size_t len = 0;
     nng_http_res_get_data(op->res, &data, &len);
-    out->body = malloc(len + 1);
-    if (out->body == NULL) {
-        rv = NNG_ENOMEM;
-        goto done;
-    }
+    if ((out->body = malloc(len + 1)) == NULL)
+        return NNG_ENOMEM;
     if (len > 0)
         memcpy(out->body, data, len);
     out->body[len] = '\0';
@@ -230,14 +240,122 @@ int pc_http_call(const char *base_url, const char *method, const char *path,
     out->status = nng_http_res_get_status(op->res);
     out->res = op->res;
     op->res = NULL;
-done:
+    return 0;
+}
+
+int pc_http_call(const char *base_url, const char *method, const char *path,
+                 const char *const *headers, const void *body, size_t body_len, int timeout_ms,
+                 pc_http_result *out, pc_err *err)
+{
+    memset(out, 0, sizeof(*out));
+    http_op *op = NULL;
+    bool abandoned = false;
+    int rv = op_open(base_url, &op);
+    if (rv != 0 && op != NULL && op->url == NULL) {
+        op_free(op);
+        return pc_err_set(err, PC_E_INVALID, "bad URL %s: %s", base_url, nng_strerror(rv));
+    }
+    /* One call, one connection: said, so that the server does not hold
+     * it open for a next request that never comes. */
+    if (rv == 0 && (rv = op_request(op, method, path, headers)) == 0 &&
+        (rv = nng_http_req_set_header(op->req, "Connection", "close")) == 0)
+        rv = op_exchange(op, method, body, body_len, timeout_ms, out, &abandoned);
     if (abandoned)
         keep_abandoned(op);
     else
         op_free(op);
-    if (rv != 0)
+    if (rv != 0) {
+        free(out->body);
+        if (out->res != NULL)
+            nng_http_res_free(out->res);
+        out->body = NULL;
+        out->res = NULL;
         return call_error(err, rv, method, base_url, path);
+    }
     return PC_OK;
+}
+
+struct pc_http_session {
+    char *base_url;
+    http_op *op; /* NULL after a call was abandoned: made again */
+    uint64_t connections;
+};
+
+int pc_http_session_open(const char *base_url, pc_http_session **out, pc_err *err)
+{
+    pc_http_session *s = calloc(1, sizeof(*s));
+    if (s == NULL || (s->base_url = strdup(base_url)) == NULL) {
+        free(s);
+        return pc_err_set(err, PC_E_NOMEM, "out of memory");
+    }
+    int rv = op_open(base_url, &s->op);
+    if (rv != 0) {
+        bool bad_url = s->op != NULL && s->op->url == NULL;
+        pc_http_session_close(s);
+        return pc_err_set(err, bad_url ? PC_E_INVALID : PC_E_UNAVAILABLE, "%s %s: %s",
+                          bad_url ? "bad URL" : "cannot set up calls to", base_url,
+                          nng_strerror(rv));
+    }
+    *out = s;
+    return PC_OK;
+}
+
+int pc_http_session_call(pc_http_session *s, const char *method, const char *path,
+                         const char *const *headers, const void *body, size_t body_len,
+                         int timeout_ms, pc_http_result *out, pc_err *err)
+{
+    memset(out, 0, sizeof(*out));
+    int rv = 0;
+    if (s->op == NULL && (rv = op_open(s->base_url, &s->op)) != 0) {
+        op_free(s->op);
+        s->op = NULL;
+        return call_error(err, rv, method, s->base_url, path);
+    }
+    http_op *op = s->op;
+    bool abandoned = false;
+    bool fresh = op->conn == NULL;
+    if ((rv = op_request(op, method, path, headers)) == 0)
+        rv = op_exchange(op, method, body, body_len, timeout_ms, out, &abandoned);
+    if (fresh && op->conn != NULL)
+        s->connections++;
+    if (abandoned) {
+        keep_abandoned(op);
+        s->op = NULL;
+    } else if (op->conn != NULL && (rv != 0 || (out->res != NULL && !pc_http_result_kept(out)))) {
+        /* A failed exchange leaves the connection in no known state; an
+         * answer saying Connection: close ends it. */
+        nng_http_conn_close(op->conn);
+        op->conn = NULL;
+    }
+    if (rv != 0) {
+        free(out->body);
+        if (out->res != NULL)
+            nng_http_res_free(out->res);
+        out->body = NULL;
+        out->res = NULL;
+        return call_error(err, rv, method, s->base_url, path);
+    }
+    return PC_OK;
+}
+
+uint64_t pc_http_session_connections(const pc_http_session *s)
+{
+    return s->connections;
+}
+
+void pc_http_session_close(pc_http_session *s)
+{
+    if (s == NULL)
+        return;
+    op_free(s->op);
+    free(s->base_url);
+    free(s);
+}
+
+bool pc_http_result_kept(const pc_http_result *r)
+{
+    const char *c = pc_http_result_header(r, "Connection");
+    return r->res != NULL && (c == NULL || strcasecmp(c, "close") != 0);
 }
 
 int pc_http_stream(const char *base_url, const char *path, const char *const *headers, int idle_ms,
@@ -248,12 +366,12 @@ int pc_http_stream(const char *base_url, const char *path, const char *const *he
     const int SETUP_TIMEOUT_MS = idle_ms > 0 && idle_ms < 10000 ? idle_ms : 10000;
     http_op *op = NULL;
     bool abandoned = false;
-    int rv = prepare(base_url, "GET", path, headers, &op);
+    int rv = op_open(base_url, &op);
     if (rv != 0 && op != NULL && op->url == NULL) {
         op_free(op);
         return pc_err_set(err, PC_E_INVALID, "bad URL %s: %s", base_url, nng_strerror(rv));
     }
-    if (rv != 0)
+    if (rv != 0 || (rv = op_request(op, "GET", path, headers)) != 0)
         goto done;
     nng_aio_set_timeout(op->aio, SETUP_TIMEOUT_MS);
     if ((rv = connect_to(op, SETUP_TIMEOUT_MS, &abandoned)) != 0)

@@ -42,6 +42,7 @@ struct pc_httpd_req {
     pc_httpd_answered_fn answered;
     void *answered_arg;
     pc_httpd_stream_filter filter; /* transform NULL: no stream answer */
+    bool body_read;                /* every byte of the declared body was read */
 };
 
 /* Whether the request declares body bytes after its head. */
@@ -423,6 +424,46 @@ void pc_httpd_on_done(pc_httpd_req *rq, pc_httpd_done_fn done, void *arg)
     rq->done_arg = arg;
 }
 
+/* Whether a header line framed the message for someone else but not for
+ * nng: nng 1.5 takes a header's name up to the colon, whitespace
+ * included, and keeps a line that starts with whitespace as a header of
+ * its own, so "Content-Length : 5" is no length to it while a lenient
+ * proxy may frame the message by it. The usual spellings of that are
+ * looked for (up to two blanks after the name, one before). */
+static bool framing_in_disguise(nng_http_req *req)
+{
+    static const char *const names[] = {"Content-Length", "Transfer-Encoding"};
+    static const char *const before[] = {"", " ", "\t"};
+    static const char *const after[] = {"", " ", "\t", "  ", " \t", "\t ", "\t\t"};
+    char name[32];
+    for (size_t n = 0; n < 2; n++)
+        for (size_t b = 0; b < 3; b++)
+            for (size_t a = 0; a < 7; a++) {
+                if (b == 0 && a == 0)
+                    continue; /* the name itself */
+                snprintf(name, sizeof(name), "%s%s%s", before[b], names[n], after[a]);
+                if (nng_http_req_get_header(req, name) != NULL)
+                    return true;
+            }
+    return false;
+}
+
+/* Whether the connection can carry the client's next request: only when
+ * nng will read that request from exactly where this one ended. A body
+ * left unread (a refusal before reading it), a chunked body (read raw
+ * here, and what follows its end is not kept) or a framing header nng did
+ * not see would leave bytes nng would parse as a request of their own. */
+static bool may_keep_alive(pc_httpd_req *rq)
+{
+    if (!rq->server->opt.keep_alive)
+        return false;
+    if (nng_http_req_get_header(rq->req, "Transfer-Encoding") != NULL)
+        return false;
+    if (declares_body(rq->req) && !rq->body_read)
+        return false;
+    return !framing_in_disguise(rq->req);
+}
+
 void pc_httpd_reply(pc_httpd_req *rq, uint16_t status, const char *content_type, const void *body,
                     size_t len, const char *const *headers)
 {
@@ -443,13 +484,8 @@ void pc_httpd_reply(pc_httpd_req *rq, uint16_t status, const char *content_type,
         rv = nng_http_res_set_header(res, "Content-Type", content_type);
     for (size_t i = 0; rv == 0 && headers != NULL && headers[i] != NULL; i += 2)
         rv = nng_http_res_set_header(res, headers[i], headers[i + 1]);
-    if (rv == 0)
-        /* One request per connection: nng 1.5 reads header names up to the
-         * colon, whitespace included, so "Content-Length : 5" is not a
-         * length to it, and a body it did not see would be parsed as a
-         * next request (a proxy framing by that length would have let it
-         * through). Nor can an unread body ever be. nng closes the
-         * connection after a reply carrying this. */
+    if (rv == 0 && !may_keep_alive(rq))
+        /* nng closes the connection after a reply carrying this. */
         rv = nng_http_res_set_header(res, "Connection", "close");
     if (rv == 0 && len > 0)
         rv = nng_http_res_copy_data(res, body, len);
@@ -561,6 +597,7 @@ static void body_read_done(void *p)
         br->cb(br->arg, NULL, rv, NULL, 0);
     } else {
         br->buf[br->len] = '\0';
+        br->rq->body_read = true; /* before cb: it may answer, and free rq */
         br->cb(br->arg, br->rq, 0, br->buf, br->len);
     }
     free(br);
@@ -754,6 +791,7 @@ void pc_httpd_read_body(pc_httpd_req *rq, size_t max, pc_httpd_body_cb cb, void 
             refuse_body(rq, cb, arg, PC_E_NOMEM, "out of memory");
             return;
         }
+        rq->body_read = true;
         cb(arg, rq, 0, empty, 0);
         return;
     }

@@ -11,7 +11,8 @@
  * nng 1.5 reads no chunked bodies at all): a handler that wants the
  * body calls pc_httpd_read_body. A request whose body was never read is
  * answered with "Connection: close", so bytes of an unread body can never
- * be taken for the next request on that connection (request smuggling).
+ * be taken for the next request on that connection (request smuggling);
+ * so is every request when the server does not keep connections alive.
  *
  * Errors are answered with one writer, pc_httpd_error: the HTTP status
  * comes from the error code (pc_httpd_status_for), the body is
@@ -46,6 +47,10 @@ typedef struct pc_httpd_options {
     void (*handler)(pc_httpd_req *rq);
     void *data;                 /* pc_httpd_data() */
     pc_httpd_header_fn headers; /* optional */
+    /* Keep a connection open for the client's next request (HTTP/1.1
+     * persistent connections) when nng is sure to read that request from
+     * where the last one ended; false: one request per connection. */
+    bool keep_alive;
 } pc_httpd_options;
 
 /* A url naming port 0 gets a port chosen by the kernel (read it with
@@ -125,8 +130,12 @@ void pc_httpd_stream_write(pc_httpd_stream *st, const void *buf, size_t len, int
 void pc_httpd_stream_close(pc_httpd_stream *st);
 
 /* Answers. Each one finishes the request; headers are (name, value, ...,
- * NULL) pairs or NULL. Every answer carries Connection: close: a
- * connection carries one request (see httpd.c for why). */
+ * NULL) pairs or NULL. An answer carries Connection: close (and nng
+ * closes the connection after it) unless the server keeps connections
+ * alive (keep_alive) and nng will read the next request from exactly
+ * where this one ended: the declared body, if any, was read whole, the
+ * request has no Transfer-Encoding, and no framing header is hidden from
+ * nng by a blank before its colon (see httpd.c). */
 void pc_httpd_reply(pc_httpd_req *rq, uint16_t status, const char *content_type, const void *body,
                     size_t len, const char *const *headers);
 /* Steals the reference to body (NULL: answered as out of memory). */

@@ -553,7 +553,8 @@ int pc_api_start(pc_api **out, const pc_api_options *opt, pc_store *store, pc_pi
                           .tls = opt->tls,
                           .handler = route,
                           .data = api,
-                          .headers = api_headers};
+                          .headers = api_headers,
+                          .keep_alive = opt->keep_alive};
     int rc = api->node_id == NULL || api->token_writes == NULL || api->admin_writes == NULL
                  ? pc_err_set(err, PC_E_NOMEM, "out of memory")
                  : pc_httpd_start(&api->server, &h, err);

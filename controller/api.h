@@ -48,6 +48,7 @@ typedef struct pc_api_options {
     /* Origins a browser may call the API from (CORS; "*": any); NULL or
      * empty: none (no CORS headers, preflights refused). */
     const pc_strlist *cors_origins;
+    bool keep_alive;        /* pc_httpd_options.keep_alive */
     struct pc_watch *watch; /* GET /v1/watch; NULL: 404 */
     /* PoPs' places on the map (pop_locations): GET /v1/fleet's "pops". */
     const struct pc_pop_location *pops;

@@ -88,6 +88,7 @@ typedef struct controller_config {
     uint64_t deploy_bake_ms;
     char *deploy_canary_pop;
     pc_strlist cors_origins;
+    bool api_keep_alive;
     pc_strlist pop_locations;
     uint64_t watch_queue_max, watch_max;
 } controller_config;
@@ -187,6 +188,9 @@ static const pc_cfg_option options[] = {
     OPT(cors_origins, PC_CFG_LIST, NULL, 0, 0,
         "origins a browser page may call the API from (CORS), e.g. https://dash.example.com; * "
         "for any; repeat for each (default: none)"),
+    OPT(api_keep_alive, PC_CFG_BOOL, "true", 0, 0,
+        "let an API connection carry the client's next request (HTTP/1.1 keep-alive) when its "
+        "framing is unambiguous; false: one request per connection (docs/operations.md)"),
     OPT(pop_locations, PC_CFG_LIST, NULL, 0, 0,
         "where a PoP is, POP=LAT,LON in decimal degrees (e.g. fra=50.11,8.68), for the fleet view "
         "and the dashboard's map; repeat for each"),
@@ -664,6 +668,7 @@ static int controller_start(controller *c, pc_err *err)
                               .deploy_canary_pop = c->cfg.deploy_canary_pop,
                               .deploy_bake_ms = c->cfg.deploy_bake_ms,
                               .cors_origins = &c->cfg.cors_origins,
+                              .keep_alive = c->cfg.api_keep_alive,
                               .watch = c->watch,
                               .pops = c->pops,
                               .n_pops = c->n_pops};
