@@ -24,6 +24,12 @@
  * changes, its p50/p99 are the batch's round trip. That cluster's write
  * queue (max_pending) is sized so every client's whole batch fits in it.
  *
+ * A second table measures one change per request again (group commit on)
+ * with each client keeping one connection for all its requests (HTTP/1.1
+ * keep-alive, pc_http_session), as deploy tools' HTTP libraries do; its
+ * "conns" column counts the connections the clients opened (one each when
+ * the controller kept them all), and etcd is measured the same way.
+ *
  * When etcd is installed (Debian's etcd-server; ETCD_BIN overrides
  * /usr/bin/etcd), an etcd cluster of the same size is measured the same
  * way in the same run: each client puts values of the same size to a key
@@ -65,7 +71,8 @@ typedef struct run {
     double deadline_ms;
     atomic_int n;
     atomic_int errors;
-    double *latency; /* MAX_SAMPLES */
+    atomic_int connections; /* opened by kept clients */
+    double *latency;        /* MAX_SAMPLES */
 } run;
 
 typedef struct client_arg {
@@ -100,6 +107,60 @@ static void *client_main(void *p)
             pc_test_try_deploy(r->env, r->leader, tenant, "text/x-lua", src, strlen(src), &d);
         sample(r, status == 201, pc_mono_ms_frac() - t0);
     }
+    return NULL;
+}
+
+/* Like client_main, over one kept connection (HTTP/1.1 keep-alive, as
+ * deploy tools' HTTP libraries do): counts the connections it opened. */
+static void *kept_client_main(void *p)
+{
+    client_arg *a = p;
+    run *r = a->r;
+    char tenant[32], src[160], path[64], auth[160];
+    snprintf(tenant, sizeof(tenant), "w%d", a->id);
+    snprintf(path, sizeof(path), "/v1/tenants/%s/bundles", tenant);
+    snprintf(auth, sizeof(auth), "Bearer %s", r->env->token);
+    const char *headers[] = {"Authorization", auth, "Content-Type", "text/x-lua", NULL};
+    pc_http_session *s = NULL;
+    pc_err err;
+    assert_int_equal(pc_http_session_open(r->leader->api_url, &s, &err), PC_OK);
+    for (int i = 0; pc_mono_ms_frac() < r->deadline_ms; i++) {
+        snprintf(src, sizeof(src), "return function(req) return 'client %d change %d' end", a->id,
+                 i);
+        double t0 = pc_mono_ms_frac();
+        pc_http_result res;
+        int status = 0;
+        if (pc_http_session_call(s, "POST", path, headers, src, strlen(src), 30000, &res, &err) ==
+            PC_OK) {
+            status = res.status;
+            pc_http_result_free(&res);
+        }
+        sample(r, status == 201, pc_mono_ms_frac() - t0);
+    }
+    atomic_fetch_add(&r->connections, (int)pc_http_session_connections(s));
+    pc_http_session_close(s);
+    return NULL;
+}
+
+static void *etcd_kept_client_main(void *p)
+{
+    client_arg *a = p;
+    run *r = a->r;
+    char key[32], value[160];
+    snprintf(key, sizeof(key), "w%d", a->id);
+    pc_http_session *s = NULL;
+    pc_err err;
+    assert_int_equal(pc_http_session_open(r->etcd->client_url[a->id % r->etcd->n], &s, &err),
+                     PC_OK);
+    for (int i = 0; pc_mono_ms_frac() < r->deadline_ms; i++) {
+        int len = snprintf(value, sizeof(value),
+                           "return function(req) return 'client %d change %d' end", a->id, i);
+        double t0 = pc_mono_ms_frac();
+        bool ok = etcd_put_kept(s, key, value, (size_t)len);
+        sample(r, ok, pc_mono_ms_frac() - t0);
+    }
+    atomic_fetch_add(&r->connections, (int)pc_http_session_connections(s));
+    pc_http_session_close(s);
     return NULL;
 }
 
@@ -168,6 +229,7 @@ typedef struct figures {
     double per_second, p50, p99;
     double batch; /* popcast: changes per raft command, on the leader */
     int errors;
+    int connections; /* kept clients: connections they opened */
 } figures;
 
 /* Runs n clients (fn) against r for the configured time; the figures. */
@@ -189,7 +251,9 @@ static figures drive(run *r, int n, void *(*fn)(void *))
     int got = atomic_load(&r->n);
     if (got > MAX_SAMPLES)
         got = MAX_SAMPLES;
-    figures f = {.per_second = got * 1000.0 / elapsed, .errors = atomic_load(&r->errors)};
+    figures f = {.per_second = got * 1000.0 / elapsed,
+                 .errors = atomic_load(&r->errors),
+                 .connections = atomic_load(&r->connections)};
     if (got > 0) {
         qsort(r->latency, (size_t)got, sizeof(double), cmp_double);
         f.p50 = r->latency[got / 2];
@@ -201,8 +265,12 @@ static figures drive(run *r, int n, void *(*fn)(void *))
     return f;
 }
 
-static figures measure(int n_nodes_now, int n_clients_now, bool batching, bool batch_requests)
+/* How the clients of a point write. */
+typedef enum mode { ONE_PER_CONNECTION, KEPT_CONNECTION, BATCH_REQUESTS } mode;
+
+static figures measure(int n_nodes_now, int n_clients_now, bool batching, mode how)
 {
+    bool batch_requests = how == BATCH_REQUESTS;
     pc_test_env env;
     pc_test_env_init(&env);
     pc_test_cluster cl;
@@ -219,7 +287,10 @@ static figures measure(int n_nodes_now, int n_clients_now, bool batching, bool b
     int leader = pc_test_cluster_leader(&cl, PC_TEST_CONVERGE_TIMEOUT_MS);
     assert_true(leader >= 0);
     run r = {.env = &env, .leader = &cl.node[leader]};
-    figures f = drive(&r, n_clients_now, batch_requests ? batch_client_main : client_main);
+    figures f = drive(&r, n_clients_now,
+                      batch_requests           ? batch_client_main
+                      : how == KEPT_CONNECTION ? kept_client_main
+                                               : client_main);
     uint64_t commands =
         pc_test_controller_metric(r.leader, "popcast_controller_commit_commands_total");
     uint64_t changes =
@@ -230,12 +301,13 @@ static figures measure(int n_nodes_now, int n_clients_now, bool batching, bool b
     return f;
 }
 
-static figures measure_etcd(int n_nodes_now, int n_clients_now)
+static figures measure_etcd(int n_nodes_now, int n_clients_now, mode how)
 {
     etcd_cluster e;
     etcd_start(&e, n_nodes_now, 0);
     run r = {.etcd = &e};
-    figures f = drive(&r, n_clients_now, etcd_client_main);
+    figures f =
+        drive(&r, n_clients_now, how == KEPT_CONNECTION ? etcd_kept_client_main : etcd_client_main);
     etcd_stop(&e);
     return f;
 }
@@ -256,9 +328,9 @@ static void bench(void **state)
            "vs etcd", "batched");
     for (int a = 0; a < n_nodes; a++) {
         for (int b = 0; b < n_clients; b++) {
-            figures base = measure(nodes[a], clients[b], false, false);
-            figures group = measure(nodes[a], clients[b], true, false);
-            figures many = measure(nodes[a], clients[b], true, true);
+            figures base = measure(nodes[a], clients[b], false, ONE_PER_CONNECTION);
+            figures group = measure(nodes[a], clients[b], true, ONE_PER_CONNECTION);
+            figures many = measure(nodes[a], clients[b], true, BATCH_REQUESTS);
             printf("%5d %7d | %10.0f %7.2f %7.2f | %10.0f %7.2f %7.2f %6.1f | %6.2f", nodes[a],
                    clients[b], base.per_second, base.p50, base.p99, group.per_second, group.p50,
                    group.p99, group.batch,
@@ -266,7 +338,7 @@ static void bench(void **state)
             printf(" | %10.0f %7.2f %7.2f", many.per_second, many.p50, many.p99);
             figures ref = {0};
             if (etcd && nodes[a] <= 3) {
-                ref = measure_etcd(nodes[a], clients[b]);
+                ref = measure_etcd(nodes[a], clients[b], ONE_PER_CONNECTION);
                 printf(" | %10.0f %7.2f %7.2f | %7.2f %7.2f", ref.per_second, ref.p50, ref.p99,
                        ref.per_second > 0 ? group.per_second / ref.per_second : 0.0,
                        ref.per_second > 0 ? many.per_second / ref.per_second : 0.0);
@@ -276,6 +348,31 @@ static void bench(void **state)
             if (base.errors + group.errors + many.errors + ref.errors > 0)
                 printf("  (not acknowledged: %d, %d, %d, %d)", base.errors, group.errors,
                        many.errors, ref.errors);
+            printf("\n");
+            fflush(stdout);
+        }
+    }
+    printf("\none change per request over kept connections (HTTP/1.1 keep-alive), group "
+           "commit; etcd the same way; conns: connections the clients opened\n");
+    printf("%5s %7s | %10s %7s %7s %6s %6s | %10s %7s %7s %6s | %7s\n", "nodes", "clients",
+           "kept/s", "p50 ms", "p99 ms", "batch", "conns", "etcd/s", "p50 ms", "p99 ms", "conns",
+           "vs etcd");
+    for (int a = 0; a < n_nodes; a++) {
+        for (int b = 0; b < n_clients; b++) {
+            figures kept = measure(nodes[a], clients[b], true, KEPT_CONNECTION);
+            printf("%5d %7d | %10.0f %7.2f %7.2f %6.1f %6d", nodes[a], clients[b], kept.per_second,
+                   kept.p50, kept.p99, kept.batch, kept.connections);
+            figures ref = {0};
+            if (etcd && nodes[a] <= 3) {
+                ref = measure_etcd(nodes[a], clients[b], KEPT_CONNECTION);
+                printf(" | %10.0f %7.2f %7.2f %6d | %7.2f", ref.per_second, ref.p50, ref.p99,
+                       ref.connections,
+                       ref.per_second > 0 ? kept.per_second / ref.per_second : 0.0);
+            } else {
+                printf(" | %10s %7s %7s %6s | %7s", "-", "-", "-", "-", "-");
+            }
+            if (kept.errors + ref.errors > 0)
+                printf("  (not acknowledged: %d, %d)", kept.errors, ref.errors);
             printf("\n");
             fflush(stdout);
         }

@@ -130,22 +130,44 @@ static char *b64(const void *data, size_t len)
     return out;
 }
 
-bool etcd_put(etcd_cluster *e, int member, const char *key, const void *value, size_t len)
+/* etcd's put body for key and value (JSON, both base64). */
+static char *put_body(const char *key, const void *value, size_t len, size_t *n)
 {
     char *k = b64(key, strlen(key)), *v = b64(value, len);
     size_t cap = strlen(k) + strlen(v) + 64;
     char *body = malloc(cap);
     assert_non_null(body);
-    int n = snprintf(body, cap, "{\"key\":\"%s\",\"value\":\"%s\"}", k, v);
+    *n = (size_t)snprintf(body, cap, "{\"key\":\"%s\",\"value\":\"%s\"}", k, v);
+    free(k);
+    free(v);
+    return body;
+}
+
+bool etcd_put_kept(pc_http_session *s, const char *key, const void *value, size_t len)
+{
+    size_t n = 0;
+    char *body = put_body(key, value, len, &n);
     pc_http_result res;
     pc_err err;
-    int rc = pc_http_call(e->client_url[member % e->n], "POST", "/v3/kv/put", NULL, body, (size_t)n,
-                          60000, &res, &err);
+    int rc = pc_http_session_call(s, "POST", "/v3/kv/put", NULL, body, n, 60000, &res, &err);
     bool ok = rc == PC_OK && res.status == 200;
     if (rc == PC_OK)
         pc_http_result_free(&res);
-    free(k);
-    free(v);
+    free(body);
+    return ok;
+}
+
+bool etcd_put(etcd_cluster *e, int member, const char *key, const void *value, size_t len)
+{
+    size_t n = 0;
+    char *body = put_body(key, value, len, &n);
+    pc_http_result res;
+    pc_err err;
+    int rc = pc_http_call(e->client_url[member % e->n], "POST", "/v3/kv/put", NULL, body, n, 60000,
+                          &res, &err);
+    bool ok = rc == PC_OK && res.status == 200;
+    if (rc == PC_OK)
+        pc_http_result_free(&res);
     free(body);
     return ok;
 }

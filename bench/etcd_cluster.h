@@ -6,6 +6,8 @@
 #define PC_BENCH_ETCD_CLUSTER_H
 
 #include <stdbool.h>
+
+#include "http_client.h"
 #include <stddef.h>
 
 #include "harness.h"
@@ -32,6 +34,9 @@ void etcd_stop(etcd_cluster *e);
 /* PUT key = value (len bytes) through a member (a new connection, as
  * popcast's clients make); true on 200. */
 bool etcd_put(etcd_cluster *e, int member, const char *key, const void *value, size_t len);
+/* The same put over a session's kept connection (a session opened on one
+ * member's client_url). */
+bool etcd_put_kept(pc_http_session *s, const char *key, const void *value, size_t len);
 
 /* n watchers of key, each a `curl` process streaming POST /v3/watch into
  * a file of its own (Debian's etcd-server has no etcdctl). */
