@@ -264,14 +264,8 @@ int pc_http_call(const char *base_url, const char *method, const char *path,
         keep_abandoned(op);
     else
         op_free(op);
-    if (rv != 0) {
-        free(out->body);
-        if (out->res != NULL)
-            nng_http_res_free(out->res);
-        out->body = NULL;
-        out->res = NULL;
+    if (rv != 0)
         return call_error(err, rv, method, base_url, path);
-    }
     return PC_OK;
 }
 
@@ -327,14 +321,8 @@ int pc_http_session_call(pc_http_session *s, const char *method, const char *pat
         nng_http_conn_close(op->conn);
         op->conn = NULL;
     }
-    if (rv != 0) {
-        free(out->body);
-        if (out->res != NULL)
-            nng_http_res_free(out->res);
-        out->body = NULL;
-        out->res = NULL;
+    if (rv != 0)
         return call_error(err, rv, method, s->base_url, path);
-    }
     return PC_OK;
 }
 

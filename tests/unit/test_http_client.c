@@ -69,23 +69,36 @@ static void tarpit_stop(tarpit *t)
     close(t->fd);
 }
 
-static nng_tls_config *any_server_tls(void)
+/* A tarpit, and this process set to call it over https (trusting any
+ * server: it never gets as far as a certificate). */
+typedef struct https_tarpit {
+    tarpit t;
+    nng_tls_config *cfg;
+    char url[64];
+} https_tarpit;
+
+static void https_tarpit_start(https_tarpit *h)
 {
-    nng_tls_config *cfg = NULL;
-    assert_int_equal(nng_tls_config_alloc(&cfg, NNG_TLS_MODE_CLIENT), 0);
-    assert_int_equal(nng_tls_config_auth_mode(cfg, NNG_TLS_AUTH_MODE_NONE), 0);
-    return cfg;
+    tarpit_start(&h->t);
+    assert_int_equal(nng_tls_config_alloc(&h->cfg, NNG_TLS_MODE_CLIENT), 0);
+    assert_int_equal(nng_tls_config_auth_mode(h->cfg, NNG_TLS_AUTH_MODE_NONE), 0);
+    pc_http_set_tls(h->cfg);
+    snprintf(h->url, sizeof(h->url), "https://127.0.0.1:%d", h->t.port);
+}
+
+static void https_tarpit_stop(https_tarpit *h)
+{
+    pc_http_set_tls(NULL);
+    nng_tls_config_free(h->cfg);
+    tarpit_stop(&h->t);
 }
 
 static void test_https_call_to_a_silent_peer_times_out(void **state)
 {
     (void)state;
-    tarpit t;
-    tarpit_start(&t);
-    nng_tls_config *cfg = any_server_tls();
-    pc_http_set_tls(cfg);
-    char url[64];
-    snprintf(url, sizeof(url), "https://127.0.0.1:%d", t.port);
+    https_tarpit h;
+    https_tarpit_start(&h);
+    const char *url = h.url;
     uint64_t abandoned = pc_http_abandoned_calls();
 
     pc_http_result r;
@@ -102,9 +115,7 @@ static void test_https_call_to_a_silent_peer_times_out(void **state)
     /* Each was given up, not closed (closing would have blocked). */
     assert_int_equal(pc_http_abandoned_calls(), abandoned + 2);
 
-    pc_http_set_tls(NULL);
-    nng_tls_config_free(cfg);
-    tarpit_stop(&t);
+    https_tarpit_stop(&h);
 }
 
 static void ignore_head(void *arg, int status)
@@ -124,21 +135,16 @@ static bool ignore_body(void *arg, const char *data, size_t len)
 static void test_https_stream_to_a_silent_peer_times_out(void **state)
 {
     (void)state;
-    tarpit t;
-    tarpit_start(&t);
-    nng_tls_config *cfg = any_server_tls();
-    pc_http_set_tls(cfg);
-    char url[64];
-    snprintf(url, sizeof(url), "https://127.0.0.1:%d", t.port);
+    https_tarpit h;
+    https_tarpit_start(&h);
+    const char *url = h.url;
     uint64_t abandoned = pc_http_abandoned_calls();
     pc_err err;
     assert_int_equal(
         pc_http_stream(url, "/v1/watch", NULL, 300, ignore_head, ignore_body, NULL, &err),
         PC_E_TIMEOUT);
     assert_int_equal(pc_http_abandoned_calls(), abandoned + 1);
-    pc_http_set_tls(NULL);
-    nng_tls_config_free(cfg);
-    tarpit_stop(&t);
+    https_tarpit_stop(&h);
 }
 
 /* Over plain TCP nng cancels by itself: the call ends by its timeout and
