@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -430,21 +431,30 @@ void pc_httpd_on_done(pc_httpd_req *rq, pc_httpd_done_fn done, void *arg)
  * its own, so "Content-Length : 5" is no length to it while a lenient
  * proxy may frame the message by it. The usual spellings of that are
  * looked for (up to two blanks after the name, one before). */
-static bool framing_in_disguise(nng_http_req *req)
+#define DISGUISES (2 * 3 * 7 - 2)
+static char disguises[DISGUISES][24];
+static pthread_once_t disguises_once = PTHREAD_ONCE_INIT;
+
+static void spell_disguises(void)
 {
     static const char *const names[] = {"Content-Length", "Transfer-Encoding"};
     static const char *const before[] = {"", " ", "\t"};
     static const char *const after[] = {"", " ", "\t", "  ", " \t", "\t ", "\t\t"};
-    char name[32];
+    size_t k = 0;
     for (size_t n = 0; n < 2; n++)
         for (size_t b = 0; b < 3; b++)
-            for (size_t a = 0; a < 7; a++) {
-                if (b == 0 && a == 0)
-                    continue; /* the name itself */
-                snprintf(name, sizeof(name), "%s%s%s", before[b], names[n], after[a]);
-                if (nng_http_req_get_header(req, name) != NULL)
-                    return true;
-            }
+            for (size_t a = 0; a < 7; a++)
+                if (b != 0 || a != 0) /* not the name itself */
+                    snprintf(disguises[k++], sizeof(disguises[0]), "%s%s%s", before[b], names[n],
+                             after[a]);
+}
+
+static bool framing_in_disguise(nng_http_req *req)
+{
+    pthread_once(&disguises_once, spell_disguises);
+    for (size_t k = 0; k < DISGUISES; k++)
+        if (nng_http_req_get_header(req, disguises[k]) != NULL)
+            return true;
     return false;
 }
 
