@@ -137,6 +137,28 @@ static int op_open(const char *base_url, http_op **opp)
     return rv;
 }
 
+/* op_open, with its failure said: a URL nng cannot call (unparsable, or
+ * not http:// or https://) or https with no TLS configuration set is
+ * PC_E_INVALID, found before any connection. *opp is NULL on failure. */
+static int open_checked(const char *base_url, http_op **opp, pc_err *err)
+{
+    int rv = op_open(base_url, opp);
+    if (rv == 0)
+        return PC_OK;
+    http_op *op = *opp;
+    bool https = op != NULL && op->url != NULL && strcmp(op->url->u_scheme, "https") == 0;
+    bool bad_url = op != NULL && (op->url == NULL || rv == NNG_EADDRINVAL || rv == NNG_ENOTSUP);
+    op_free(op);
+    *opp = NULL;
+    if (bad_url)
+        return pc_err_set(err, PC_E_INVALID, "bad URL %s: %s", base_url, nng_strerror(rv));
+    if (https && client_tls == NULL)
+        return pc_err_set(err, PC_E_INVALID, "%s is https, but no TLS configuration is set",
+                          base_url);
+    return pc_err_set(err, rv == NNG_ENOMEM ? PC_E_NOMEM : PC_E_UNAVAILABLE,
+                      "cannot set up calls to %s: %s", base_url, nng_strerror(rv));
+}
+
 /* A fresh request (and response) for the next exchange on op. */
 static int op_request(http_op *op, const char *method, const char *path, const char *const *headers)
 {
@@ -250,14 +272,13 @@ int pc_http_call(const char *base_url, const char *method, const char *path,
     memset(out, 0, sizeof(*out));
     http_op *op = NULL;
     bool abandoned = false;
-    int rv = op_open(base_url, &op);
-    if (rv != 0 && op != NULL && op->url == NULL) {
-        op_free(op);
-        return pc_err_set(err, PC_E_INVALID, "bad URL %s: %s", base_url, nng_strerror(rv));
-    }
+    int rc = open_checked(base_url, &op, err);
+    if (rc != PC_OK)
+        return rc;
     /* One call, one connection: said, so that the server does not hold
      * it open for a next request that never comes. */
-    if (rv == 0 && (rv = op_request(op, method, path, headers)) == 0 &&
+    int rv;
+    if ((rv = op_request(op, method, path, headers)) == 0 &&
         (rv = nng_http_req_set_header(op->req, "Connection", "close")) == 0)
         rv = op_exchange(op, method, body, body_len, timeout_ms, out, &abandoned);
     if (abandoned)
@@ -282,13 +303,10 @@ int pc_http_session_open(const char *base_url, pc_http_session **out, pc_err *er
         free(s);
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     }
-    int rv = op_open(base_url, &s->op);
-    if (rv != 0) {
-        bool bad_url = s->op != NULL && s->op->url == NULL;
+    int rc = open_checked(base_url, &s->op, err);
+    if (rc != PC_OK) {
         pc_http_session_close(s);
-        return pc_err_set(err, bad_url ? PC_E_INVALID : PC_E_UNAVAILABLE, "%s %s: %s",
-                          bad_url ? "bad URL" : "cannot set up calls to", base_url,
-                          nng_strerror(rv));
+        return rc;
     }
     *out = s;
     return PC_OK;
@@ -300,11 +318,8 @@ int pc_http_session_call(pc_http_session *s, const char *method, const char *pat
 {
     memset(out, 0, sizeof(*out));
     int rv = 0;
-    if (s->op == NULL && (rv = op_open(s->base_url, &s->op)) != 0) {
-        op_free(s->op);
-        s->op = NULL;
-        return call_error(err, rv, method, s->base_url, path);
-    }
+    if (s->op == NULL && (rv = open_checked(s->base_url, &s->op, err)) != PC_OK)
+        return rv;
     http_op *op = s->op;
     bool abandoned = false;
     bool fresh = op->conn == NULL;
@@ -354,12 +369,10 @@ int pc_http_stream(const char *base_url, const char *path, const char *const *he
     const int SETUP_TIMEOUT_MS = idle_ms > 0 && idle_ms < 10000 ? idle_ms : 10000;
     http_op *op = NULL;
     bool abandoned = false;
-    int rv = op_open(base_url, &op);
-    if (rv != 0 && op != NULL && op->url == NULL) {
-        op_free(op);
-        return pc_err_set(err, PC_E_INVALID, "bad URL %s: %s", base_url, nng_strerror(rv));
-    }
-    if (rv != 0 || (rv = op_request(op, "GET", path, headers)) != 0)
+    int rv = open_checked(base_url, &op, err);
+    if (rv != PC_OK)
+        return rv;
+    if ((rv = op_request(op, "GET", path, headers)) != 0)
         goto done;
     nng_aio_set_timeout(op->aio, SETUP_TIMEOUT_MS);
     if ((rv = connect_to(op, SETUP_TIMEOUT_MS, &abandoned)) != 0)

@@ -174,10 +174,19 @@ static void test_bad_url_is_refused_before_any_connection(void **state)
                      PC_E_INVALID);
     assert_non_null(strstr(err.msg, "bad URL"));
     assert_false(r.sent);
+    /* A scheme nng does not call over HTTP: refused the same way. */
+    assert_int_equal(pc_http_call("ftp://127.0.0.1:1", "GET", "/", NULL, NULL, 0, 300, &r, &err),
+                     PC_E_INVALID);
+    assert_non_null(strstr(err.msg, "bad URL ftp://127.0.0.1:1"));
+    assert_false(r.sent);
     /* https with no TLS configuration set: refused, nothing sent. */
     assert_int_equal(pc_http_call("https://127.0.0.1:1", "GET", "/", NULL, NULL, 0, 300, &r, &err),
-                     PC_E_UNAVAILABLE);
+                     PC_E_INVALID);
+    assert_non_null(strstr(err.msg, "no TLS configuration"));
     assert_false(r.sent);
+    pc_http_session *s = NULL;
+    assert_int_equal(pc_http_session_open("https://127.0.0.1:1", &s, &err), PC_E_INVALID);
+    assert_null(s);
 }
 
 int main(void)
