@@ -423,7 +423,10 @@ static void check(void *arg, pc_health_report *r)
  * until some isolate happened to be freed (the engine's own trim). So
  * the heap is trimmed once the tenants changed, at most every
  * HEAP_TRIM_INTERVAL_MS: a burst costs a trim per interval, and the
- * last one comes within an interval of its end. */
+ * last one comes within an interval of its end. The store's pages the
+ * burst wrote or read are unmapped at the same time: they stay in the
+ * page cache, but no longer count as the agent's memory (at 10,000
+ * tenants they were a third of its RSS); serving needs none of them. */
 static void trim_heap_after_changes(agent *ag, int64_t now_ms)
 {
     if (ag->applier == NULL || now_ms - ag->last_trim_ms < HEAP_TRIM_INTERVAL_MS)
@@ -434,6 +437,7 @@ static void trim_heap_after_changes(agent *ag, int64_t now_ms)
     ag->trimmed_generation = g;
     ag->last_trim_ms = now_ms;
     malloc_trim(0);
+    pc_store_release_pages(ag->store);
     pc_metric_add(ag->heap_trims, 1);
 }
 
@@ -580,7 +584,8 @@ static int agent_open(agent *ag, pc_err *err)
     pc_daemon_build_info(ag->metrics, "agent");
     ag->heap_trims = pc_metrics_counter(ag->metrics, "popcast_agent_heap_trims_total", "",
                                         "malloc_trim calls after the tenants changed (freed heap "
-                                        "pages go back to the system)");
+                                        "pages go back to the system, the store's "
+                                        "pages are unmapped)");
     if ((ag->lua = pc_lua_adapter_new(&limits, ag->metrics, err)) == NULL) {
         pc_err_wrap(err, "cannot initialise the Lua runtime");
         return err->code;

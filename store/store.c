@@ -11,7 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "byteorder.h"
@@ -1471,6 +1473,46 @@ int pc_store_file_applied_seq(const char *path, uint64_t *seq, pc_err *err)
     if (env != NULL)
         mdb_env_close(env);
     return rc;
+}
+
+/* madvise(MADV_DONTNEED) on each of this process's mappings of the file
+ * fd names; returns the bytes they span. LMDB does not say where its map
+ * is (mdb_env_info gives the address only with MDB_FIXEDMAP), so the
+ * mappings are found in /proc/self/maps by the file's device and inode. */
+static uint64_t release_mappings_of(int fd)
+{
+    struct stat st;
+    FILE *maps = fstat(fd, &st) == 0 ? fopen("/proc/self/maps", "re") : NULL;
+    if (maps == NULL)
+        return 0;
+    uint64_t spanned = 0;
+    char line[4352];
+    while (fgets(line, sizeof(line), maps) != NULL) {
+        unsigned long start, end, inode;
+        unsigned dev_major, dev_minor;
+        if (sscanf(line, "%lx-%lx %*s %*x %x:%x %lu", &start, &end, &dev_major, &dev_minor,
+                   &inode) != 5)
+            continue;
+        if (inode != (unsigned long)st.st_ino || dev_major != major(st.st_dev) ||
+            dev_minor != minor(st.st_dev) || end <= start)
+            continue;
+        if (madvise((void *)start, end - start, MADV_DONTNEED) == 0)
+            spanned += end - start;
+    }
+    fclose(maps);
+    return spanned;
+}
+
+uint64_t pc_store_release_pages(pc_store *s)
+{
+    /* Shared: mdb_env_set_mapsize may move the map only under the
+     * exclusive side, and madvise on an address the map left could reach
+     * whatever was mapped there next. */
+    pthread_rwlock_rdlock(&s->resize);
+    mdb_filehandle_t fd;
+    uint64_t spanned = mdb_env_get_fd(s->env, &fd) == 0 ? release_mappings_of(fd) : 0;
+    pthread_rwlock_unlock(&s->resize);
+    return spanned;
 }
 
 int pc_store_stats_get(pc_store *s, pc_store_stats *out, pc_err *err)

@@ -286,6 +286,17 @@ int pc_store_copy(pc_store *s, const char *path, pc_err *err);
  * of this process to end and blocks new ones meanwhile. */
 int pc_store_replace(pc_store *s, const char *path, pc_err *err);
 
+/* Takes this process's page-table entries for the store's map away
+ * (madvise MADV_DONTNEED on a shared file mapping): the pages stay in the
+ * kernel's page cache, written ones included (and reach the disk as
+ * before), and the next access maps them again. So the process's RSS
+ * stops counting store pages it touched once, e.g. while applying a
+ * burst, and the kernel reclaims them like any other file cache. Safe
+ * while transactions run: the map is never moved meanwhile. Returns the
+ * bytes the map spans (0 when there is nothing to release); errors
+ * (madvise refused) are not worth a caller's attention and return 0. */
+uint64_t pc_store_release_pages(pc_store *s);
+
 typedef struct pc_store_stats {
     uint64_t map_size;   /* current map size in bytes */
     uint64_t used_bytes; /* pages in use * page size */

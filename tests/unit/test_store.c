@@ -2,9 +2,13 @@
  * transaction per change, seq order exactly once, versions only grow,
  * reference-counted blobs, map-full as an error, one process per data
  * directory, and crash consistency under kill -9 of a writer. */
+#include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -1295,6 +1299,123 @@ static void test_copy_and_replace(void **state)
     pc_test_rm_rf(b_dir);
 }
 
+/* Resident KiB of this process's mappings of dir's data file. */
+static uint64_t store_rss_kib(const char *dir)
+{
+    char path[512], line[1024];
+    snprintf(path, sizeof(path), "%s/data.mdb", dir);
+    FILE *f = fopen("/proc/self/smaps", "r");
+    assert_non_null(f);
+    bool in_store = false;
+    uint64_t kib = 0;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        unsigned long lo, hi;
+        unsigned long long rss;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '/') != NULL)
+            in_store = strstr(line, path) != NULL;
+        else if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2)
+            in_store = false;
+        else if (in_store && sscanf(line, "Rss: %llu kB", &rss) == 1)
+            kib += rss;
+    }
+    fclose(f);
+    return kib;
+}
+
+#define RELEASE_ENTRIES 48
+#define RELEASE_SIZE    (64 * 1024)
+
+typedef struct release_writer {
+    pc_store *s;
+    uint64_t from; /* applies seqs from..from + RELEASE_ENTRIES - 1 */
+    atomic_int done;
+} release_writer;
+
+static void *release_writer_run(void *arg)
+{
+    release_writer *w = arg;
+    for (uint64_t i = 0; i < RELEASE_ENTRIES; i++)
+        apply_ok(w->s, "late", w->from + i, i + 1, RELEASE_SIZE, (int)(1000 + i));
+    atomic_store(&w->done, 1);
+    return NULL;
+}
+
+/* Every blob of seq 1..n (tenant "early": fill = seq; "late": 1000 +
+ * version - 1) reads back whole and with its hash. */
+static void expect_blobs(pc_store *s, const char *tenant, uint64_t versions, int fill_base)
+{
+    for (uint64_t v = 1; v <= versions; v++) {
+        entry e;
+        assert_int_equal(entry_make(&e, tenant, v, v, RELEASE_SIZE, fill_base + (int)v), PC_OK);
+        uint8_t *got = NULL;
+        size_t len = 0;
+        pc_err err;
+        assert_int_equal(pc_store_get_blob(s, e.hash, &got, &len, &err), PC_OK);
+        assert_int_equal(len, e.len);
+        assert_memory_equal(got, e.bundle, len);
+        free(got);
+        entry_free(&e);
+    }
+}
+
+/* pc_store_release_pages: the store's pages leave the process's RSS and
+ * nothing is lost, in either write mode: pages written through the map
+ * and released while a writer keeps writing are still there (read back,
+ * and after a reopen). A released private copy would read back as
+ * zeroes, or as the file before the writes. */
+static void released_pages_keep_their_data(void)
+{
+    char dir[256];
+    pc_test_tmpdir(dir, sizeof(dir), "store");
+    pc_store *s = open_store(dir, true, 0, 0);
+    for (uint64_t v = 1; v <= RELEASE_ENTRIES; v++)
+        apply_ok(s, "early", v, v, RELEASE_SIZE, (int)v);
+    expect_blobs(s, "early", RELEASE_ENTRIES, 0); /* every page touched */
+    uint64_t before = store_rss_kib(dir);
+    assert_true(before >= RELEASE_ENTRIES * RELEASE_SIZE / 1024 / 2);
+    assert_true(pc_store_release_pages(s) > 0);
+    uint64_t after = store_rss_kib(dir);
+    print_message("store pages resident: %llu KiB before, %llu KiB after (write_map %d)\n",
+                  (unsigned long long)before, (unsigned long long)after, write_map);
+    assert_true(after < before / 8);
+    expect_blobs(s, "early", RELEASE_ENTRIES, 0);
+
+    release_writer w = {.s = s, .from = RELEASE_ENTRIES + 1};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, release_writer_run, &w), 0);
+    uint64_t releases = 0;
+    while (!atomic_load(&w.done)) {
+        pc_store_release_pages(s);
+        releases++;
+        sched_yield();
+    }
+    pthread_join(t, NULL);
+    assert_true(releases > 0);
+    assert_int_equal(applied(s), 2 * RELEASE_ENTRIES);
+    expect_blobs(s, "late", RELEASE_ENTRIES, 999);
+    pc_store_release_pages(s);
+    pc_store_close(s);
+    bool was = write_map;
+    write_map = false; /* read back as an ordinary store */
+    s = open_store(dir, true, 0, 0);
+    write_map = was;
+    assert_int_equal(applied(s), 2 * RELEASE_ENTRIES);
+    expect_blobs(s, "early", RELEASE_ENTRIES, 0);
+    expect_blobs(s, "late", RELEASE_ENTRIES, 999);
+    pc_store_close(s);
+    pc_test_rm_rf(dir);
+}
+
+static void test_released_pages_keep_their_data(void **state)
+{
+    (void)state;
+    write_map = false;
+    released_pages_keep_their_data();
+    write_map = true;
+    released_pages_keep_their_data();
+    write_map = false;
+}
+
 /* Crash consistency. A child process applies a stream of entries (several
  * tenants, bundles of varying size, some deletes) and reports each
  * committed seq on a pipe; the parent kills it with SIGKILL at a seeded
@@ -1475,6 +1596,7 @@ int main(void)
         cmocka_unit_test(test_idempotency_keys),
         cmocka_unit_test(test_walkers_return_callback_errors),
         cmocka_unit_test(test_copy_and_replace),
+        cmocka_unit_test_teardown(test_released_pages_keep_their_data, reset_write_map),
         cmocka_unit_test(test_kill_9_writer_leaves_a_complete_prefix),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
