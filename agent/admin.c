@@ -27,11 +27,14 @@ static void get_health(pc_admin *a, pc_httpd_req *rq, const char *query)
 static void get_status(pc_admin *a, pc_httpd_req *rq, const char *query)
 {
     (void)query;
-    json_t *s = a->cb.status_cb(a->cb.arg);
-    if (s == NULL)
-        pc_httpd_error(rq, PC_E_INTERNAL, "status unavailable");
-    else
-        pc_httpd_reply_json(rq, 200, s, NULL);
+    size_t len = 0;
+    char *text = a->cb.status_cb(a->cb.arg, &len);
+    if (text == NULL) {
+        pc_httpd_error(rq, PC_E_NOMEM, "status unavailable: out of memory");
+        return;
+    }
+    pc_httpd_reply(rq, 200, "application/json", text, len, NULL);
+    free(text);
 }
 
 static void get_metrics(pc_admin *a, pc_httpd_req *rq, const char *query)

@@ -17,11 +17,12 @@
 
 typedef struct pc_admin pc_admin;
 
-/* status_cb builds the /v1/status document; check_cb adds the checks of
+/* status_cb writes the /v1/status document: JSON text, malloc'd, its
+ * length in *len (NULL: out of memory); check_cb adds the checks of
  * r->endpoint ("livez" or "readyz") to r. Both are called on an HTTP
  * thread. */
 typedef struct pc_admin_callbacks {
-    json_t *(*status_cb)(void *arg);
+    char *(*status_cb)(void *arg, size_t *len);
     void (*check_cb)(void *arg, pc_health_report *r);
     void *arg;
 } pc_admin_callbacks;

@@ -1936,7 +1936,8 @@ static json_t *hex_hash(const uint8_t *h)
 
 typedef struct json_walk {
     pc_applier *a;
-    json_t *list;
+    int (*each)(void *arg, json_t *tenant);
+    void *arg;
 } json_walk;
 
 static const char *state_name(Popcast__VersionState s)
@@ -1996,17 +1997,44 @@ static int tenant_status(void *arg, const pc_tenant_state *t)
     for (size_t i = 0; i < ts.n_outcomes; i++)
         free_outcome(ts.outcomes[i]);
     free(ts.outcomes);
-    json_array_append_new(w->list, o);
-    return 0;
+    if (o == NULL)
+        return PC_E_NOMEM;
+    int stop = w->each(w->arg, o);
+    json_decref(o);
+    return stop;
+}
+
+int pc_applier_foreach_tenant_json(pc_applier *a, int (*each)(void *arg, json_t *tenant), void *arg)
+{
+    json_walk jw = {a, each, arg};
+    pc_err err;
+    int rc = pc_store_foreach_tenant(a->opt.store, tenant_status, &jw, &err);
+    if (rc != PC_OK)
+        pc_error("applier", "status lists only part of the tenants: %s", err.msg);
+    return rc;
+}
+
+static int append_tenant(void *arg, json_t *tenant)
+{
+    return json_array_append(arg, tenant) == 0 ? 0 : PC_E_NOMEM;
 }
 
 json_t *pc_applier_status_json(pc_applier *a)
 {
-    json_t *tenants = json_array();
-    json_walk jw = {a, tenants};
-    pc_err err;
-    if (pc_store_foreach_tenant(a->opt.store, tenant_status, &jw, &err) != PC_OK)
-        pc_error("applier", "status lists only part of the tenants: %s", err.msg);
+    json_t *s = pc_applier_status_header_json(a), *tenants = json_array();
+    if (s != NULL && tenants != NULL)
+        pc_applier_foreach_tenant_json(a, append_tenant, tenants);
+    if (s != NULL && tenants != NULL && json_object_set(s, "tenants", tenants) == 0) {
+        json_decref(tenants);
+        return s;
+    }
+    json_decref(tenants);
+    json_decref(s);
+    return NULL;
+}
+
+json_t *pc_applier_status_header_json(pc_applier *a)
+{
     json_t *nacks = json_array();
     Popcast__Nack **list = NULL;
     size_t n = 0;
@@ -2034,9 +2062,9 @@ json_t *pc_applier_status_json(pc_applier *a)
     pthread_mutex_unlock(&a->lock);
     uint64_t head = atomic_load(&a->head_seq), applied = atomic_load(&a->applied_seq);
     return json_pack(
-        "{s:I,s:I,s:I,s:b,s:I,s:o,s:o,s:o,s:I,s:o}", "applied_seq", (json_int_t)applied, "head_seq",
+        "{s:I,s:I,s:I,s:b,s:I,s:o,s:o,s:I,s:o}", "applied_seq", (json_int_t)applied, "head_seq",
         (json_int_t)head, "lag", (json_int_t)(head > applied ? head - applied : 0), "stale",
-        pc_applier_is_stale(a), "last_heartbeat_ms_ago", (json_int_t)heartbeat_age_ms(a), "tenants",
-        tenants, "nacks", nacks, "signing_key", signing_key, "record_failures",
+        pc_applier_is_stale(a), "last_heartbeat_ms_ago", (json_int_t)heartbeat_age_ms(a), "nacks",
+        nacks, "signing_key", signing_key, "record_failures",
         (json_int_t)atomic_load(&a->record_failures), "quarantined", quarantines_json(a));
 }

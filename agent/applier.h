@@ -165,7 +165,17 @@ void pc_applier_status_clear(Popcast__AgentStatus *st);
 
 /* Status as JSON (docs/api.md, agent /v1/status): applied seq, tenants
  * with applied, live and recorded live versions and their outcomes, the
- * nacks, failed records. */
+ * nacks, failed records. One tree of every tenant: for tests and small
+ * tables; the admin endpoint writes the document a tenant at a time. */
 json_t *pc_applier_status_json(pc_applier *a);
+/* The same without "tenants". NULL when out of memory. */
+json_t *pc_applier_status_header_json(pc_applier *a);
+/* Calls each with every tenant's status object (an element of
+ * "tenants"), in name order, one at a time: each may add members to it,
+ * and it is released when each returns. A nonzero return from each
+ * stops the walk and is returned (PC_E_NOMEM: a tenant's object could
+ * not be built); PC_E_STORE when the store could not be read. */
+int pc_applier_foreach_tenant_json(pc_applier *a, int (*each)(void *arg, json_t *tenant),
+                                   void *arg);
 
 #endif

@@ -24,6 +24,7 @@
 #include "crypto.h"
 #include "edge.h"
 #include "edge_prober.h"
+#include "json_list_writer.h"
 #include "log.h"
 #include "nng_close.h"
 #include "lua_engine.h"
@@ -341,38 +342,55 @@ static void on_publication(void *arg, const uint8_t *data, size_t len)
     pc_applier_on_publication(ag->applier, data, len);
 }
 
-static json_t *status(void *arg)
+typedef struct status_walk {
+    agent *ag;
+    pc_json_list_writer *out;
+} status_walk;
+
+/* A tenant of /v1/status, with its request counts as they are now
+ * (reports carry them as of the last traffic interval). */
+static int status_tenant(void *arg, json_t *t)
+{
+    status_walk *w = arg;
+    pc_version_traffic got[PC_TRAFFIC_VERSIONS];
+    size_t n = w->ag->traffic != NULL
+                   ? pc_traffic_current(w->ag->traffic,
+                                        json_string_value(json_object_get(t, "tenant")), got)
+                   : 0;
+    json_t *list = json_array();
+    for (size_t k = 0; k < n; k++)
+        json_array_append_new(list, json_pack("{s:I,s:I,s:I,s:I,s:I}", "version",
+                                              (json_int_t)got[k].version, "requests",
+                                              (json_int_t)got[k].requests, "errors",
+                                              (json_int_t)got[k].errors, "limit_kills",
+                                              (json_int_t)got[k].limit_kills, "status_5xx",
+                                              (json_int_t)got[k].status_5xx));
+    json_object_set_new(t, "traffic", list);
+    return pc_json_list_writer_add(w->out, t) == 0 ? 0 : PC_E_NOMEM;
+}
+
+/* /v1/status, written a tenant at a time (json_list_writer.h says why). */
+static char *status(void *arg, size_t *len)
 {
     agent *ag = arg;
-    json_t *s = pc_applier_status_json(ag->applier);
-    if (s == NULL)
+    *len = 0;
+    status_walk w = {ag, pc_json_list_writer_new()};
+    if (w.out == NULL)
         return NULL;
+    if (pc_applier_foreach_tenant_json(ag->applier, status_tenant, &w) == PC_E_NOMEM) {
+        pc_json_list_writer_free(w.out);
+        return NULL;
+    }
+    json_t *s = pc_applier_status_header_json(ag->applier);
+    if (s == NULL) {
+        pc_json_list_writer_free(w.out);
+        return NULL;
+    }
     uint64_t received = 0, dropped = 0;
     if (ag->sub != NULL)
         pc_subscriber_counts(ag->sub, &received, &dropped);
     json_object_set_new(s, "agent_id", json_string(ag->agent_id));
     json_object_set_new(s, "pop", json_string(ag->cfg.pop));
-    /* Each tenant's request counts as they are now (reports carry them
-     * as of the last traffic interval). */
-    size_t i;
-    json_t *t;
-    json_array_foreach(json_object_get(s, "tenants"), i, t)
-    {
-        pc_version_traffic got[PC_TRAFFIC_VERSIONS];
-        size_t n = ag->traffic != NULL
-                       ? pc_traffic_current(ag->traffic,
-                                            json_string_value(json_object_get(t, "tenant")), got)
-                       : 0;
-        json_t *list = json_array();
-        for (size_t k = 0; k < n; k++)
-            json_array_append_new(list, json_pack("{s:I,s:I,s:I,s:I,s:I}", "version",
-                                                  (json_int_t)got[k].version, "requests",
-                                                  (json_int_t)got[k].requests, "errors",
-                                                  (json_int_t)got[k].errors, "limit_kills",
-                                                  (json_int_t)got[k].limit_kills, "status_5xx",
-                                                  (json_int_t)got[k].status_5xx));
-        json_object_set_new(t, "traffic", list);
-    }
     if (ag->traffic != NULL)
         json_object_set_new(s, "traffic_since_unix_ms",
                             json_integer((json_int_t)pc_traffic_since_ms(ag->traffic)));
@@ -381,7 +399,7 @@ static json_t *status(void *arg)
         s, "pubsub",
         json_pack("{s:I,s:I}", "received", (json_int_t)received, "dropped", (json_int_t)dropped));
     json_object_set_new(s, "metrics", pc_metrics_render_json(ag->metrics));
-    return s;
+    return pc_json_list_writer_finish(w.out, s, "tenants", len);
 }
 
 /* livez: the loop runs, the store reads. readyz: also serving (the edge
