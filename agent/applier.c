@@ -94,6 +94,7 @@ struct pc_applier {
     pc_metric *m_record_failures;
     pc_metric *m_rotations, *m_unverified_ahead, *m_announcements;
     pc_histogram *m_apply_latency, *m_deploy_to_live;
+    pc_metric *m_batches;
     _Atomic uint64_t record_failures; /* as m_record_failures, for reports */
     /* While an entry or a snapshot's tenants are made live (apply_lock
      * held), live versions and outcomes are collected here and written in
@@ -794,6 +795,48 @@ static void rotated_to(pc_applier *a, const Popcast__Manifest *m)
             (unsigned long long)m->seq, kid);
 }
 
+/* What a stored entry does (apply_lock held, records deferred): the
+ * applied seq moves to it, and its version goes live, is held, staged or
+ * taken down. */
+static void entry_stored_locked(pc_applier *a, const Popcast__Manifest *m, const uint8_t *bundle,
+                                size_t bundle_len)
+{
+    PC_CHECK_HELD(&a->apply_lock);
+    atomic_store(&a->applied_seq, m->seq);
+    pc_metric_add(a->m_applied, 1);
+    if (m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION)
+        rotated_to(a, m);
+    pc_metric_set(a->m_applied_seq, m->seq);
+    switch (m->kind) {
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY:
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_ROLLBACK: {
+        pc_err lerr;
+        if (!names_me(a, m->target, m->tenant, m->version)) {
+            hold(a, m);
+        } else if (go_live(a, m, bundle, bundle_len, m->target, false, &lerr) != PC_OK) {
+            pc_warn("applier", "%s version %llu stored but not live: %s", m->tenant,
+                    (unsigned long long)m->version, lerr.msg);
+            record_nack(a, m->tenant, m->version, m->seq, pc_err_name(lerr.code), lerr.msg);
+        } else {
+            /* From the signing controller's clock to this one's: skew
+             * shifts it (docs/operations.md "Metrics"). */
+            int64_t since = pc_wall_ms() - m->created_unix_ms;
+            pc_histogram_observe_us(a->m_deploy_to_live, since > 0 ? (uint64_t)since * 1000 : 0);
+            pc_info("applier", "%s version %llu (seq %llu) is live", m->tenant,
+                    (unsigned long long)m->version, (unsigned long long)m->seq);
+        }
+        break;
+    }
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_STAGE: stage_reached(a, m); break;
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE:
+        take_down(a, m->tenant);
+        pc_info("applier", "%s deleted at version %llu (seq %llu)", m->tenant,
+                (unsigned long long)m->version, (unsigned long long)m->seq);
+        break;
+    default: break;
+    }
+}
+
 static int apply_entry_locked(pc_applier *a, const Popcast__Entry *e, pc_err *err)
 {
     PC_CHECK_HELD(&a->apply_lock);
@@ -829,46 +872,125 @@ static int apply_entry_locked(pc_applier *a, const Popcast__Entry *e, pc_err *er
         refuse(a, rc, m, err);
         goto out;
     }
-    atomic_store(&a->applied_seq, m->seq);
-    pc_metric_add(a->m_applied, 1);
-    if (m->kind == POPCAST__ENTRY_KIND__ENTRY_KIND_KEY_ROTATION)
-        rotated_to(a, m);
-    pc_metric_set(a->m_applied_seq, m->seq);
     /* What went live and its outcome: one transaction, not one each. */
     defer_records(a);
-    switch (m->kind) {
-    case POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY:
-    case POPCAST__ENTRY_KIND__ENTRY_KIND_ROLLBACK: {
-        pc_err lerr;
-        if (!names_me(a, m->target, m->tenant, m->version)) {
-            hold(a, m);
-        } else if (go_live(a, m, bundle, bundle_len, m->target, false, &lerr) != PC_OK) {
-            pc_warn("applier", "%s version %llu stored but not live: %s", m->tenant,
-                    (unsigned long long)m->version, lerr.msg);
-            record_nack(a, m->tenant, m->version, m->seq, pc_err_name(lerr.code), lerr.msg);
-        } else {
-            /* From the signing controller's clock to this one's: skew
-             * shifts it (docs/operations.md "Metrics"). */
-            int64_t since = pc_wall_ms() - m->created_unix_ms;
-            pc_histogram_observe_us(a->m_deploy_to_live, since > 0 ? (uint64_t)since * 1000 : 0);
-            pc_info("applier", "%s version %llu (seq %llu) is live", m->tenant,
-                    (unsigned long long)m->version, (unsigned long long)m->seq);
-        }
-        break;
-    }
-    case POPCAST__ENTRY_KIND__ENTRY_KIND_STAGE: stage_reached(a, m); break;
-    case POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE:
-        take_down(a, m->tenant);
-        pc_info("applier", "%s deleted at version %llu (seq %llu)", m->tenant,
-                (unsigned long long)m->version, (unsigned long long)m->seq);
-        break;
-    default: break;
-    }
+    entry_stored_locked(a, m, bundle, bundle_len);
     flush_records(a);
     rc = PC_OK;
 out:
     popcast__manifest__free_unpacked(m, NULL);
     return rc;
+}
+
+/* Group apply: entries that arrived together go into the store in one
+ * transaction (one fsync), and what they make live into one more. */
+
+/* Whether the verified entry m may join a group of n (ms) expected at seq
+ * next: the next seq, complete, of a kind that changes no key (a rotation
+ * changes what verifies the entries after it), and of a tenant not in
+ * the group yet. One entry per tenant, because what a version does is
+ * recorded after the whole group is stored: the store keeps a version's
+ * bundle once it is recorded live, and records it live only while it is
+ * the active one. A version made live and then followed, in the same
+ * group, by one that fails would not be recorded, and a restart could
+ * not serve it. */
+static bool may_group(const Popcast__Entry *e, const Popcast__Manifest *m, uint64_t next,
+                      Popcast__Manifest *const *ms, size_t n)
+{
+    if (m->seq != next || (e->bundle_omitted && pc_manifest_has_content(m)))
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(ms[i]->tenant, m->tenant) == 0)
+            return false;
+    switch (m->kind) {
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY:
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_ROLLBACK:
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE:
+    case POPCAST__ENTRY_KIND__ENTRY_KIND_STAGE: return true;
+    default: return false;
+    }
+}
+
+/* Stores es[0..n) as one batch when at least two of them, from the
+ * first, verify, follow the applied seq and may group (apply_lock held);
+ * then makes them live with their records in one transaction. Returns
+ * how many were applied: 0 when there is no such run or the store
+ * refused it (nothing changed). */
+static size_t apply_run_locked(pc_applier *a, Popcast__Entry *const *es, size_t n, int64_t started)
+{
+    Popcast__Manifest *ms[PC_APPLIER_GROUP_MAX] = {0};
+    pc_store_item items[PC_APPLIER_GROUP_MAX];
+    memset(items, 0, sizeof(items));
+    uint64_t next = atomic_load(&a->applied_seq) + 1;
+    size_t g = 0;
+    pc_err err;
+    for (; g < n && g < PC_APPLIER_GROUP_MAX; g++) {
+        if (pc_trust_verify_entry(&a->trust, es[g], a->opt.max_bundle, &ms[g], &err) != PC_OK ||
+            !may_group(es[g], ms[g], next + g, ms, g))
+            break;
+        bool content = pc_manifest_has_content(ms[g]);
+        items[g] = (pc_store_item){.sm = es[g]->signed_,
+                                   .m = ms[g],
+                                   .bundle = content ? es[g]->bundle.data : NULL,
+                                   .bundle_len = content ? es[g]->bundle.len : 0};
+    }
+    size_t applied = 0;
+    if (g >= 2 && pc_store_apply_batch(a->opt.store, items, g, &err) == PC_OK) {
+        pc_metric_add(a->m_received, g);
+        pc_metric_add(a->m_batches, 1);
+        defer_records(a);
+        for (size_t i = 0; i < g; i++) {
+            entry_stored_locked(a, ms[i], items[i].bundle, items[i].bundle_len);
+            pc_histogram_observe_us(a->m_apply_latency, (uint64_t)(pc_mono_ns() - started) / 1000);
+        }
+        flush_records(a);
+        applied = g;
+    }
+    for (size_t i = 0; i < n && i < PC_APPLIER_GROUP_MAX; i++)
+        if (ms[i] != NULL)
+            popcast__manifest__free_unpacked(ms[i], NULL);
+    return applied;
+}
+
+/* Applies es[0..n) in order (apply_lock held): each run that can go as
+ * one batch does; any other entry, or a run the store refused, goes
+ * alone, so each refusal is exactly the one it would be alone. Returns
+ * how many were applied. */
+static size_t apply_group_locked(pc_applier *a, Popcast__Entry *const *es, size_t n)
+{
+    PC_CHECK_HELD(&a->apply_lock);
+    size_t done = 0, applied = 0;
+    while (done < n) {
+        int64_t started = pc_mono_ns();
+        size_t run = n - done >= 2 ? apply_run_locked(a, es + done, n - done, started) : 0;
+        if (run > 0) {
+            done += run;
+            applied += run;
+            continue;
+        }
+        pc_err err;
+        if (apply_entry_locked(a, es[done], &err) == PC_OK) {
+            pc_histogram_observe_us(a->m_apply_latency, (uint64_t)(pc_mono_ns() - started) / 1000);
+            applied++;
+        }
+        done++;
+    }
+    return applied;
+}
+
+int pc_applier_apply_entries(pc_applier *a, Popcast__Entry *const *es, size_t n)
+{
+    size_t applied = 0;
+    for (size_t at = 0; at < n; at += PC_APPLIER_GROUP_MAX) {
+        size_t k = n - at < PC_APPLIER_GROUP_MAX ? n - at : PC_APPLIER_GROUP_MAX;
+        pc_mutex_lock(&a->apply_lock);
+        size_t got = apply_group_locked(a, es + at, k);
+        apply_unlock(a);
+        if (got > 0)
+            changed(a, 0);
+        applied += got;
+    }
+    return (int)applied;
 }
 
 int pc_applier_apply_entry(pc_applier *a, const Popcast__Entry *e, pc_err *err)
@@ -992,6 +1114,41 @@ void pc_applier_on_publication(pc_applier *a, const uint8_t *data, size_t len)
         break;
     }
     popcast__publication__free_unpacked(pub, NULL);
+}
+
+void pc_applier_on_publications(pc_applier *a, const uint8_t *const *data, const size_t *len,
+                                size_t n)
+{
+    Popcast__Publication *pubs[PC_APPLIER_GROUP_MAX];
+    Popcast__Entry *run[PC_APPLIER_GROUP_MAX];
+    size_t k = 0;
+    for (size_t i = 0; i <= n; i++) {
+        Popcast__Publication *pub =
+            i < n ? popcast__publication__unpack(NULL, len[i], data[i]) : NULL;
+        bool joins = pub != NULL && pub->body_case == POPCAST__PUBLICATION__BODY_ENTRY;
+        if (joins && drop_this_one(a)) {
+            pc_metric_add(a->m_dropped, 1);
+            popcast__publication__free_unpacked(pub, NULL);
+            continue;
+        }
+        if (joins) {
+            pubs[k] = pub;
+            run[k++] = pub->entry;
+        }
+        /* The run goes in before anything else is handled (heartbeats in
+         * their order), when full, and at the end. */
+        if (k > 0 && (!joins || k == PC_APPLIER_GROUP_MAX || i == n)) {
+            pc_applier_apply_entries(a, run, k);
+            for (size_t j = 0; j < k; j++)
+                popcast__publication__free_unpacked(pubs[j], NULL);
+            k = 0;
+        }
+        if (i < n && !joins) {
+            if (pub != NULL)
+                popcast__publication__free_unpacked(pub, NULL);
+            pc_applier_on_publication(a, data[i], len[i]);
+        }
+    }
 }
 
 /* Startup. */
@@ -1553,6 +1710,9 @@ int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
                                       "entries discarded by the test-only drop switch");
     a->m_snapshots = pc_metrics_counter(opt->metrics, "popcast_agent_snapshots_installed_total",
                                         NULL, "snapshots installed");
+    a->m_batches =
+        pc_metrics_counter(opt->metrics, "popcast_agent_apply_batches_total", NULL,
+                           "store transactions that applied several entries that arrived together");
     a->m_record_failures =
         pc_metrics_counter(opt->metrics, "popcast_agent_record_failures_total", NULL,
                            "writes of what happened (live versions, outcomes) that failed");
@@ -1566,7 +1726,8 @@ int pc_applier_new(pc_applier **out, const pc_applier_options *opt, pc_err *err)
                            "entries announced without their bundle (fetched in chunks)");
     a->m_apply_latency =
         pc_metrics_latency(opt->metrics, "popcast_agent_apply_seconds", NULL,
-                           "applying one entry: verify, store in one transaction, make live");
+                           "applying one entry: verify, store, make live (for an entry "
+                           "applied with others, from the start of their batch)");
     a->m_deploy_to_live =
         pc_metrics_latency(opt->metrics, "popcast_agent_deploy_to_live_seconds", NULL,
                            "from the controller signing a version to it going live here (wall "

@@ -95,6 +95,24 @@ size_t pc_applier_load(pc_applier *a);
  * logged and dropped. */
 void pc_applier_on_publication(pc_applier *a, const uint8_t *data, size_t len);
 
+/* Messages that arrived together (up to the subscriber's drain batch), in
+ * order, as pc_applier_on_publication would take them one by one, except
+ * that consecutive entries are applied in groups
+ * (pc_applier_apply_entries). */
+void pc_applier_on_publications(pc_applier *a, const uint8_t *const *data, const size_t *len,
+                                size_t n);
+
+/* Most entries stored in one transaction by pc_applier_apply_entries. */
+#define PC_APPLIER_GROUP_MAX 64
+
+/* Applies es[0..n) in order, with the outcome pc_applier_apply_entry would
+ * give each, in fewer transactions: every run of at least two that verify,
+ * follow the applied seq, come with their bundles and rotate no key is
+ * stored in one transaction (pc_store_apply_batch: one fsync) and what it
+ * makes live recorded in one more. Any other entry, and a run the store
+ * refuses, goes alone. Returns how many were applied. */
+int pc_applier_apply_entries(pc_applier *a, Popcast__Entry *const *es, size_t n);
+
 /* Applies one entry (from pub/sub or catch-up). Returns PC_OK when applied
  * (live or nacked), PC_E_DUPLICATE for an already applied seq, PC_E_SEQ_GAP
  * when entries are missing before it, or the refusal's error. */

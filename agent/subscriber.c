@@ -36,6 +36,7 @@ struct pc_subscriber {
     nng_aio *aio;
     uv_async_t wake;
     pc_subscriber_cb cb;
+    pc_subscriber_batch_cb batch_cb;
     void *arg;
     pthread_mutex_t lock; /* guards the queues (sources) and counts */
     size_t next_source;   /* the loop takes from this one next */
@@ -139,18 +140,29 @@ static queued *take(pc_subscriber *s)
 static void drain(uv_async_t *h)
 {
     pc_subscriber *s = h->data;
-    for (int n = 0; n < DRAIN_BATCH; n++) {
-        pthread_mutex_lock(&s->lock);
-        queued *q = take(s);
-        pthread_mutex_unlock(&s->lock);
-        if (q == NULL)
-            return;
-        s->cb(s->arg, nng_msg_body(q->msg), nng_msg_len(q->msg));
-        nng_msg_free(q->msg);
-        free(q);
+    queued *taken[DRAIN_BATCH];
+    const uint8_t *data[DRAIN_BATCH];
+    size_t len[DRAIN_BATCH], n = 0;
+    pthread_mutex_lock(&s->lock);
+    while (n < DRAIN_BATCH && (taken[n] = take(s)) != NULL)
+        n++;
+    pthread_mutex_unlock(&s->lock);
+    for (size_t i = 0; i < n; i++) {
+        data[i] = nng_msg_body(taken[i]->msg);
+        len[i] = nng_msg_len(taken[i]->msg);
+    }
+    if (s->batch_cb != NULL && n > 0)
+        s->batch_cb(s->arg, data, len, n);
+    else
+        for (size_t i = 0; i < n; i++)
+            s->cb(s->arg, data[i], len[i]);
+    for (size_t i = 0; i < n; i++) {
+        nng_msg_free(taken[i]->msg);
+        free(taken[i]);
     }
     /* More may be waiting: come back after the loop's other events. */
-    uv_async_send(&s->wake);
+    if (n == DRAIN_BATCH)
+        uv_async_send(&s->wake);
 }
 
 int pc_subscriber_open(pc_subscriber **out, uv_loop_t *loop, const pc_subscriber_options *opt,
@@ -161,6 +173,7 @@ int pc_subscriber_open(pc_subscriber **out, uv_loop_t *loop, const pc_subscriber
         return pc_err_set(err, PC_E_NOMEM, "out of memory");
     s->cb = cb;
     s->arg = arg;
+    s->batch_cb = opt->batch_cb;
     s->queue_max = opt->queue_max;
     s->queue_bytes = opt->queue_bytes ? opt->queue_bytes : SIZE_MAX;
     s->n_sources = opt->urls->count + 1;

@@ -33,15 +33,20 @@ typedef struct pc_subscriber pc_subscriber;
 /* Called on the loop thread with one received message body; the callee
  * does not keep data after returning. */
 typedef void (*pc_subscriber_cb)(void *arg, const uint8_t *data, size_t len);
+/* The same for the messages taken in one wake-up (at most 64), in order:
+ * for a callee that handles them together (pc_applier_on_publications). */
+typedef void (*pc_subscriber_batch_cb)(void *arg, const uint8_t *const *data, const size_t *len,
+                                       size_t n);
 
 typedef struct pc_subscriber_options {
-    const pc_strlist *urls; /* pub addresses of controllers or relays */
-    int recvbuf;            /* nng receive queue, messages */
-    size_t recv_max;        /* largest message accepted (bytes) */
-    size_t queue_max;       /* messages waiting for the loop */
-    size_t queue_bytes;     /* bytes waiting for the loop, per connection */
-    nng_tls_config *tls;    /* for tls+tcp:// urls */
-    pc_metrics *metrics;    /* drops by reason, queued bytes (may be NULL) */
+    const pc_strlist *urls;          /* pub addresses of controllers or relays */
+    int recvbuf;                     /* nng receive queue, messages */
+    size_t recv_max;                 /* largest message accepted (bytes) */
+    size_t queue_max;                /* messages waiting for the loop */
+    size_t queue_bytes;              /* bytes waiting for the loop, per connection */
+    nng_tls_config *tls;             /* for tls+tcp:// urls */
+    pc_metrics *metrics;             /* drops by reason, queued bytes (may be NULL) */
+    pc_subscriber_batch_cb batch_cb; /* if set, called instead of cb */
 } pc_subscriber_options;
 
 /* Dials every url without waiting: an agent starts and serves with no

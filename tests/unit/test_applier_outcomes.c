@@ -674,6 +674,172 @@ static void test_malformed_targets_are_refused(void **state)
     pc_applier_free(a);
 }
 
+/* Group apply (pc_applier_apply_entries): a script of entries, with a
+ * nack, a delete, a held version, a tampered entry, the gap it leaves, a
+ * duplicate and a stage, gives exactly what applying them one by one
+ * gives (outcomes, what serves, and no record that failed), in fewer
+ * store transactions. */
+typedef struct built {
+    Popcast__SignedManifest sm;
+    Popcast__Entry e;
+    uint8_t hash[PC_HASH_LEN];
+} built;
+
+typedef struct step {
+    const char *tenant;
+    uint64_t version, seq;
+    const char *body; /* NULL: a delete, or a stage */
+    bool stage, held, tampered;
+} step;
+
+static void build(built *b, const step *st)
+{
+    static Popcast__Target nobody = POPCAST__TARGET__INIT;
+    memset(b, 0, sizeof(*b));
+    Popcast__Manifest m = POPCAST__MANIFEST__INIT;
+    m.tenant = (char *)st->tenant;
+    m.version = st->version;
+    m.seq = st->seq;
+    m.target = st->held ? &nobody : NULL;
+    if (st->stage) {
+        m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_STAGE;
+    } else if (st->body != NULL) {
+        m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_DEPLOY;
+        pc_hash(b->hash, st->body, strlen(st->body));
+        m.bundle_hash.data = b->hash;
+        m.bundle_hash.len = PC_HASH_LEN;
+        m.bundle_size = strlen(st->body);
+        m.entrypoint = "main.lua";
+        m.runtime = "fake";
+    } else {
+        m.kind = POPCAST__ENTRY_KIND__ENTRY_KIND_DELETE;
+    }
+    assert_int_equal(pc_envelope_sign_manifest(&root, &m, &b->sm, NULL), PC_OK);
+    if (st->tampered)
+        b->sm.signature.data[0] ^= 1;
+    popcast__entry__init(&b->e);
+    b->e.signed_ = &b->sm;
+    if (st->body != NULL) {
+        b->e.bundle.data = (uint8_t *)st->body;
+        b->e.bundle.len = strlen(st->body);
+    }
+}
+
+static const step first_group[] = {
+    {.tenant = "a", .version = 1, .seq = 1, .body = "a1"},
+    {.tenant = "b", .version = 1, .seq = 2, .body = "b1"},
+    {.tenant = "a", .version = 2, .seq = 3, .body = "a2"}, /* refused by the runtime: a nack */
+    {.tenant = "b", .version = 2, .seq = 4, .body = NULL}, /* a delete */
+    {.tenant = "c", .version = 1, .seq = 5, .body = "c1", .held = true},
+    {.tenant = "c", .version = 2, .seq = 6, .body = "c2", .tampered = true},
+    {.tenant = "c", .version = 3, .seq = 7, .body = "c3"}, /* a gap: 6 was refused */
+};
+static const step second_group[] = {
+    {.tenant = "c", .version = 2, .seq = 6, .body = "c2"},
+    {.tenant = "c", .version = 3, .seq = 7, .body = "c3"},
+    {.tenant = "b", .version = 1, .seq = 2, .body = "b1"}, /* a duplicate */
+    {.tenant = "a", .version = 3, .seq = 8, .body = "a3"},
+    {.tenant = "c", .version = 3, .seq = 9, .body = NULL, .stage = true},
+};
+
+/* Applies a group one by one (grouped false) or at once; returns how
+ * many were applied. */
+static size_t apply_script(pc_applier *a, const step *steps, size_t n, bool grouped)
+{
+    built b[8];
+    Popcast__Entry *es[8];
+    for (size_t i = 0; i < n; i++) {
+        build(&b[i], &steps[i]);
+        es[i] = &b[i].e;
+    }
+    size_t applied = 0;
+    if (grouped) {
+        applied = (size_t)pc_applier_apply_entries(a, es, n);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            pc_err err;
+            applied += pc_applier_apply_entry(a, es[i], &err) == PC_OK;
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        pc_envelope_signed_clear(&b[i].sm);
+    return applied;
+}
+
+typedef struct script_result {
+    size_t applied[2];
+    uint64_t seq;
+    char outcomes[3][256];
+    uint64_t live[3];
+    uint64_t live_after_restart[3];
+} script_result;
+
+static void run_script(bool grouped, script_result *r)
+{
+    fake_init(&rt);
+    rt.refuse = 2;
+    pc_applier *a = applier_new();
+    r->applied[0] = apply_script(a, first_group, 7, grouped);
+    r->applied[1] = apply_script(a, second_group, 5, grouped);
+    r->seq = pc_applier_applied_seq(a);
+    Popcast__AgentStatus st;
+    assert_int_equal(pc_applier_status(a, &st), PC_OK);
+    const char *names[3] = {"a", "b", "c"};
+    for (int i = 0; i < 3; i++) {
+        const Popcast__TenantStatus *t = tenant_in(&st, names[i]);
+        assert_non_null(t);
+        outcomes_text(t, r->outcomes[i], sizeof(r->outcomes[i]));
+        r->live[i] = fake_live_version(&rt.base, names[i]);
+    }
+    pc_applier_status_clear(&st);
+    pc_applier_free(a);
+    /* What the store says serves: a restart serves it. */
+    memset(rt.live, 0, sizeof(rt.live));
+    a = applier_new();
+    pc_applier_load(a);
+    for (int i = 0; i < 3; i++)
+        r->live_after_restart[i] = fake_live_version(&rt.base, names[i]);
+    pc_applier_free(a);
+}
+
+static void test_grouped_entries_apply_as_one_by_one(void **state)
+{
+    script_result one, grouped;
+    memset(&one, 0, sizeof(one));
+    memset(&grouped, 0, sizeof(grouped));
+    run_script(false, &one);
+    assert_int_equal(pc_metrics_get(metrics, "popcast_agent_apply_batches_total", NULL), 0);
+    /* A second store, as a second agent. */
+    pc_store *first = store;
+    char first_dir[256];
+    memcpy(first_dir, dir, sizeof(dir));
+    pc_test_tmpdir(dir, sizeof(dir), "applier");
+    pc_store_options opt = {.write_map = true};
+    assert_int_equal(pc_store_open(&store, dir, &opt, NULL), PC_OK);
+    run_script(true, &grouped);
+    print_message("one by one: %zu + %zu applied, seq %llu; a \"%s\" b \"%s\" c \"%s\"\n",
+                  one.applied[0], one.applied[1], (unsigned long long)one.seq, one.outcomes[0],
+                  one.outcomes[1], one.outcomes[2]);
+    assert_int_equal(one.applied[0], 5);
+    assert_int_equal(one.applied[1], 4);
+    assert_int_equal(one.seq, 9);
+    assert_string_equal(one.outcomes[0], "v1:L v2:N v3:L");
+    assert_int_equal(one.live[0], 3);
+    assert_int_equal(one.live[1], 0); /* deleted */
+    assert_int_equal(one.live[2], 3); /* staged to everyone */
+    assert_memory_equal(one.live_after_restart, one.live, sizeof(one.live));
+    assert_memory_equal(&grouped, &one, sizeof(one));
+    assert_int_equal(pc_metrics_get(metrics, "popcast_agent_record_failures_total", NULL), 0);
+    /* 1-2, 3-5 and 8-9 went as one transaction each (a group takes a
+     * tenant once); the tampered entry, the gap, the duplicate and the
+     * entries next to one of their tenant's went alone. */
+    assert_int_equal(pc_metrics_get(metrics, "popcast_agent_apply_batches_total", NULL), 3);
+    pc_store_close(store);
+    pc_test_rm_rf(dir);
+    store = first;
+    memcpy(dir, first_dir, sizeof(dir));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -690,6 +856,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_held_across_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed_targets_are_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_grouped_entries_apply_as_one_by_one, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
