@@ -1334,11 +1334,15 @@ static uint64_t max_skew_ms(pc_applier *a)
  * digests match the rotations and tenants that came, no rotation is past
  * its seq, its time is within the clock skew (when fresh is set: before
  * anything is fetched), and its seq is not past the head of the last
- * heartbeat while heartbeats arrive. *seq gets the asserted seq. */
+ * heartbeat while heartbeats arrive. *seq gets the asserted seq; *ahead
+ * gets it too when that last check is the only one that failed (0
+ * otherwise). */
 static int check_assertion(pc_applier *a, const Popcast__SnapshotResponse *snap,
                            Popcast__Entry *const *tenants, const pc_trust *cand,
-                           Popcast__Manifest *const *rot_ms, bool fresh, uint64_t *seq, pc_err *err)
+                           Popcast__Manifest *const *rot_ms, bool fresh, uint64_t *seq,
+                           uint64_t *ahead, pc_err *err)
 {
+    *ahead = 0;
     Popcast__SnapshotAssertion *sa = NULL;
     int rc = pc_trust_verify_snapshot(cand, snap->assertion, &sa, err);
     if (rc != PC_OK)
@@ -1364,17 +1368,19 @@ static int check_assertion(pc_applier *a, const Popcast__SnapshotResponse *snap,
     else if (fresh && sa->time_unix_ms < now - 2 * skew)
         rc = pc_err_set(err, PC_E_EXPIRED, "assertion made %lld ms ago: a replay",
                         (long long)(now - sa->time_unix_ms));
-    else if (head > 0 && sa->seq > head && !pc_applier_is_stale(a))
-        /* A controller that holds the key could still claim any seq; the
-         * heartbeats say where the log really is. A genuine snapshot newer
-         * than the last heartbeat passes once the next one arrives. */
-        rc = pc_err_set(err, PC_E_INVALID,
-                        "seq %llu is ahead of the head %llu of the last heartbeat",
-                        (unsigned long long)sa->seq, (unsigned long long)head);
     for (size_t i = 0; rc == PC_OK && i < snap->n_rotations; i++)
         if (rot_ms[i]->seq > sa->seq)
             rc = pc_err_set(err, PC_E_INVALID, "rotation seq %llu is past the snapshot's %llu",
                             (unsigned long long)rot_ms[i]->seq, (unsigned long long)sa->seq);
+    if (rc == PC_OK && head > 0 && sa->seq > head && !pc_applier_is_stale(a)) {
+        /* A controller that holds the key could still claim any seq; the
+         * heartbeats say where the log really is. A genuine snapshot newer
+         * than the last heartbeat passes once a heartbeat reaches it. */
+        rc = pc_err_set(err, PC_E_INVALID,
+                        "seq %llu is ahead of the head %llu of the last heartbeat",
+                        (unsigned long long)sa->seq, (unsigned long long)head);
+        *ahead = sa->seq;
+    }
     *seq = sa->seq;
     popcast__snapshot_assertion__free_unpacked(sa, NULL);
     return rc;
@@ -1389,14 +1395,23 @@ static int check_assertion(pc_applier *a, const Popcast__SnapshotResponse *snap,
  * match. */
 static int verify_snapshot_locked(pc_applier *a, const Popcast__SnapshotResponse *snap,
                                   Popcast__Entry *const *tenants, bool before_fetch, pc_trust *cand,
-                                  Popcast__Manifest **ms, uint64_t *seq, pc_err *err)
+                                  Popcast__Manifest **ms, uint64_t *seq, uint64_t *ahead,
+                                  pc_err *err)
 {
     PC_CHECK_HELD(&a->apply_lock);
     size_t n = snap->n_tenants;
+    uint64_t past_head = 0;
     int rc = snapshot_chain(a, snap->rotations, snap->n_rotations, cand, ms + n, err);
     if (rc != PC_OK)
         return rc;
-    if ((rc = check_assertion(a, snap, tenants, cand, ms + n, before_fetch, seq, err)) != PC_OK) {
+    rc = check_assertion(a, snap, tenants, cand, ms + n, before_fetch, seq, &past_head, err);
+    if (rc != PC_OK && past_head != 0 && ahead != NULL) {
+        /* Not a refusal yet: the caller may wait for a heartbeat. */
+        *ahead = past_head;
+        pc_err_wrap(err, "snapshot not installed yet: its assertion");
+        return rc;
+    }
+    if (rc != PC_OK) {
         refuse(a, rc, NULL, err);
         pc_err_wrap(err, "snapshot refused: its assertion");
         return rc;
@@ -1435,8 +1450,11 @@ static void free_manifests(Popcast__Manifest **ms, size_t n)
     free(ms);
 }
 
-int pc_applier_verify_snapshot(pc_applier *a, const Popcast__SnapshotResponse *snap, pc_err *err)
+int pc_applier_verify_snapshot(pc_applier *a, const Popcast__SnapshotResponse *snap,
+                               uint64_t *ahead, pc_err *err)
 {
+    if (ahead != NULL)
+        *ahead = 0;
     size_t total = snap->n_tenants + snap->n_rotations;
     Popcast__Manifest **ms = calloc(total ? total : 1, sizeof(*ms));
     if (ms == NULL)
@@ -1445,7 +1463,7 @@ int pc_applier_verify_snapshot(pc_applier *a, const Popcast__SnapshotResponse *s
     pc_trust_init(&cand, &a->trust.roots);
     uint64_t seq = 0;
     pc_mutex_lock(&a->apply_lock);
-    int rc = verify_snapshot_locked(a, snap, snap->tenants, true, &cand, ms, &seq, err);
+    int rc = verify_snapshot_locked(a, snap, snap->tenants, true, &cand, ms, &seq, ahead, err);
     apply_unlock(a);
     pc_trust_free(&cand);
     free_manifests(ms, total);
@@ -1519,7 +1537,7 @@ int pc_applier_install_snapshot(pc_applier *a, const Popcast__SnapshotResponse *
         rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
         goto out;
     }
-    if ((rc = verify_snapshot_locked(a, snap, entries, false, &cand, ms, &seq, err)) != PC_OK)
+    if ((rc = verify_snapshot_locked(a, snap, entries, false, &cand, ms, &seq, NULL, err)) != PC_OK)
         goto out;
     for (size_t i = 0; i < n_rot; i++) {
         items[n + i].sm = rotations[i]->signed_;

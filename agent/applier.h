@@ -140,8 +140,12 @@ int pc_applier_verify_announced(pc_applier *a, const Popcast__Entry *e, Popcast_
  *     arrive (not stale), its seq is not past the last heartbeat's head;
  *   - each tenant entry verifies under the key current at its own seq.
  * Every refusal is counted and logged. PC_E_DUPLICATE if the snapshot is
- * not ahead of us. */
-int pc_applier_verify_snapshot(pc_applier *a, const Popcast__SnapshotResponse *snap, pc_err *err);
+ * not ahead of us. With ahead non-NULL, a snapshot whose only fault is a
+ * seq past the last heartbeat's head is not refused (not counted): *ahead
+ * gets that seq (0 otherwise), and the caller may verify again once a
+ * heartbeat reaches it (pc_applier_head_seq). */
+int pc_applier_verify_snapshot(pc_applier *a, const Popcast__SnapshotResponse *snap,
+                               uint64_t *ahead, pc_err *err);
 /* Installs a verified snapshot (every tenant's latest entry as of its
  * seq), for an agent too far behind, new, or wiped: entries are snap's
  * tenants, in the same order, with their bundles. Everything is verified

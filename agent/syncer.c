@@ -121,7 +121,7 @@ struct pc_syncer {
     int64_t traffic_ms; /* the report thread's: when counts were last published */
     pc_metric *m_syncs, *m_sync_failures, *m_entries, *m_chunks, *m_reports, *m_report_failures;
     pc_metric *m_report_bytes, *m_table_bytes, *m_deltas;
-    pc_metric *m_stale;
+    pc_metric *m_stale, *m_snapshot_waits;
 };
 
 /* Logs a repeated failure at most once per LOG_INTERVAL_MS, saying how
@@ -267,6 +267,36 @@ static int complete_entry(pc_syncer *s, link *l, const Popcast__Entry *e,
     return rc;
 }
 
+/* Longest wait for a heartbeat that reaches a snapshot's seq: several
+ * heartbeats at the default heartbeat_ms (1 s), and past the default
+ * stale_after_ms (5 s), after which the check no longer applies. */
+#define SNAPSHOT_HEAD_WAIT_MS 10000
+
+/* A snapshot is installed only when its seq is not past the head of the
+ * last heartbeat. Under a steady stream of writes the head moves between
+ * two heartbeats, so a snapshot served now is nearly always past it, and
+ * a new one asked for after a refusal would be too: the agent would not
+ * converge until the writes stopped. So a snapshot whose only fault is
+ * that (its assertion verified) is kept, and the syncer waits (woken by
+ * each heartbeat, pc_syncer_notify) until a heartbeat's head reaches
+ * seq, the agent turns stale, or the wait ends. True when it was
+ * reached. */
+static bool wait_for_head(pc_syncer *s, uint64_t seq)
+{
+    pc_applier *a = s->opt.applier;
+    struct timespec deadline;
+    pc_deadline_after_ms(&deadline, SNAPSHOT_HEAD_WAIT_MS);
+    pthread_mutex_lock(&s->lock);
+    while (!s->stop && pc_applier_head_seq(a) < seq && !pc_applier_is_stale(a) &&
+           pthread_cond_timedwait(&s->sync_cond, &s->lock, &deadline) == 0)
+        ;
+    bool reached = !s->stop && (pc_applier_head_seq(a) >= seq || pc_applier_is_stale(a));
+    pthread_mutex_unlock(&s->lock);
+    if (reached)
+        pc_metric_add(s->m_snapshot_waits, 1);
+    return reached;
+}
+
 static int take_snapshot(pc_syncer *s, link *l, pc_err *err)
 {
     Popcast__SyncCall c = POPCAST__SYNC_CALL__INIT;
@@ -294,7 +324,13 @@ static int take_snapshot(pc_syncer *s, link *l, pc_err *err)
         rc = pc_err_set(err, PC_E_NOMEM, "out of memory");
     } else {
         /* All of it verified before any bundle is fetched. */
-        rc = pc_applier_verify_snapshot(s->opt.applier, snap, err);
+        uint64_t ahead = 0;
+        rc = pc_applier_verify_snapshot(s->opt.applier, snap, &ahead, err);
+        if (rc != PC_OK && ahead != 0) {
+            wait_for_head(s, ahead);
+            /* Reached or not, judged again; a refusal now is counted. */
+            rc = pc_applier_verify_snapshot(s->opt.applier, snap, NULL, err);
+        }
         for (size_t i = 0; i < n && rc == PC_OK; i++) {
             /* These exact bytes were just verified. */
             Popcast__Manifest *m =
@@ -1077,6 +1113,9 @@ int pc_syncer_start(pc_syncer **out, const pc_syncer_options *opt, pc_err *err)
                                       "entries applied through catch-up");
     s->m_chunks = pc_metrics_counter(opt->metrics, "popcast_agent_bundle_chunks_total", NULL,
                                      "bundle chunks fetched");
+    s->m_snapshot_waits = pc_metrics_counter(
+        opt->metrics, "popcast_agent_snapshot_head_waits_total", NULL,
+        "snapshots past the last heartbeat's head, kept until a heartbeat reached them");
     s->m_reports = pc_metrics_counter(opt->metrics, "popcast_agent_status_reports_total", NULL,
                                       "status reports delivered");
     s->m_report_failures =
