@@ -913,43 +913,62 @@ static bool may_group(const Popcast__Entry *e, const Popcast__Manifest *m, uint6
 
 /* Stores es[0..n) as one batch when at least two of them, from the
  * first, verify, follow the applied seq and may group (apply_lock held);
- * then makes them live with their records in one transaction. Returns
- * how many were applied: 0 when there is no such run or the store
- * refused it (nothing changed). */
+ * then makes them live with their records in one transaction. An entry
+ * that verifies with a seq the run already holds, or that was applied,
+ * is a duplicate (every controller publishes every entry, so an agent
+ * subscribed to three gets each three times, interleaved): it does not
+ * end the run, and is refused as one once the run is stored. Returns how
+ * many of es the run covered (stored and duplicates): 0 when there is no
+ * such run or the store refused it (nothing changed). */
 static size_t apply_run_locked(pc_applier *a, Popcast__Entry *const *es, size_t n, int64_t started)
 {
     Popcast__Manifest *ms[PC_APPLIER_GROUP_MAX] = {0};
     pc_store_item items[PC_APPLIER_GROUP_MAX];
     memset(items, 0, sizeof(items));
+    Popcast__Manifest *batch[PC_APPLIER_GROUP_MAX];
+    bool duplicate[PC_APPLIER_GROUP_MAX] = {0};
     uint64_t next = atomic_load(&a->applied_seq) + 1;
-    size_t g = 0;
+    size_t i = 0, g = 0;
     pc_err err;
-    for (; g < n && g < PC_APPLIER_GROUP_MAX; g++) {
-        if (pc_trust_verify_entry(&a->trust, es[g], a->opt.max_bundle, &ms[g], &err) != PC_OK ||
-            !may_group(es[g], ms[g], next + g, ms, g))
+    for (; i < n && i < PC_APPLIER_GROUP_MAX; i++) {
+        if (pc_trust_verify_entry(&a->trust, es[i], a->opt.max_bundle, &ms[i], &err) != PC_OK)
             break;
-        bool content = pc_manifest_has_content(ms[g]);
-        items[g] = (pc_store_item){.sm = es[g]->signed_,
-                                   .m = ms[g],
-                                   .bundle = content ? es[g]->bundle.data : NULL,
-                                   .bundle_len = content ? es[g]->bundle.len : 0};
+        if (ms[i]->seq < next + g) {
+            duplicate[i] = true;
+            continue;
+        }
+        if (!may_group(es[i], ms[i], next + g, batch, g))
+            break;
+        bool content = pc_manifest_has_content(ms[i]);
+        items[g] = (pc_store_item){.sm = es[i]->signed_,
+                                   .m = ms[i],
+                                   .bundle = content ? es[i]->bundle.data : NULL,
+                                   .bundle_len = content ? es[i]->bundle.len : 0};
+        batch[g++] = ms[i];
     }
-    size_t applied = 0;
+    size_t covered = 0;
     if (g >= 2 && pc_store_apply_batch(a->opt.store, items, g, &err) == PC_OK) {
-        pc_metric_add(a->m_received, g);
+        pc_metric_add(a->m_received, i);
         pc_metric_add(a->m_batches, 1);
         defer_records(a);
-        for (size_t i = 0; i < g; i++) {
-            entry_stored_locked(a, ms[i], items[i].bundle, items[i].bundle_len);
+        for (size_t k = 0; k < g; k++) {
+            entry_stored_locked(a, batch[k], items[k].bundle, items[k].bundle_len);
             pc_histogram_observe_us(a->m_apply_latency, (uint64_t)(pc_mono_ns() - started) / 1000);
         }
         flush_records(a);
-        applied = g;
+        pc_err dup;
+        for (size_t k = 0; k < i; k++)
+            if (duplicate[k]) {
+                pc_err_set(&dup, PC_E_DUPLICATE, "seq %llu is already applied",
+                           (unsigned long long)ms[k]->seq);
+                refuse(a, PC_E_DUPLICATE, ms[k], &dup);
+            }
+        covered = i;
     }
-    for (size_t i = 0; i < n && i < PC_APPLIER_GROUP_MAX; i++)
-        if (ms[i] != NULL)
-            popcast__manifest__free_unpacked(ms[i], NULL);
-    return applied;
+    for (size_t k = 0; k < n && k < PC_APPLIER_GROUP_MAX; k++)
+        if (ms[k] != NULL)
+            popcast__manifest__free_unpacked(ms[k], NULL);
+    return covered;
 }
 
 /* Applies es[0..n) in order (apply_lock held): each run that can go as
@@ -962,10 +981,11 @@ static size_t apply_group_locked(pc_applier *a, Popcast__Entry *const *es, size_
     size_t done = 0, applied = 0;
     while (done < n) {
         int64_t started = pc_mono_ns();
+        uint64_t before = atomic_load(&a->applied_seq);
         size_t run = n - done >= 2 ? apply_run_locked(a, es + done, n - done, started) : 0;
         if (run > 0) {
             done += run;
-            applied += run;
+            applied += (size_t)(atomic_load(&a->applied_seq) - before);
             continue;
         }
         pc_err err;

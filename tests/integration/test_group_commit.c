@@ -202,8 +202,11 @@ static void test_concurrent_deploys_commit_together(void **state)
         commands += node_counter(i, "popcast_controller_commit_commands_total");
         changes += node_counter(i, "popcast_controller_commit_changes_total");
     }
-    print_message("%d deploys from %d clients: %llu raft commands\n", TOTAL, CLIENTS,
-                  (unsigned long long)commands);
+    print_message(
+        "%d deploys from %d clients: %llu raft commands; the agent (subscribed to "
+        "all 3 nodes) stored them in %llu group transactions\n",
+        TOTAL, CLIENTS, (unsigned long long)commands,
+        (unsigned long long)pc_test_agent_metric(&agent, "popcast_agent_apply_batches_total"));
     assert_int_equal(changes, TOTAL);
     assert_true(commands < changes);
 

@@ -741,6 +741,15 @@ static const step second_group[] = {
     {.tenant = "a", .version = 3, .seq = 8, .body = "a3"},
     {.tenant = "c", .version = 3, .seq = 9, .body = NULL, .stage = true},
 };
+/* As from three controllers, which all publish every entry. */
+static const step third_group[] = {
+    {.tenant = "a", .version = 4, .seq = 10, .body = "a4"},
+    {.tenant = "a", .version = 4, .seq = 10, .body = "a4"},
+    {.tenant = "b", .version = 3, .seq = 11, .body = "b3"},
+    {.tenant = "a", .version = 4, .seq = 10, .body = "a4"},
+    {.tenant = "b", .version = 3, .seq = 11, .body = "b3"},
+    {.tenant = "c", .version = 4, .seq = 12, .body = "c4"},
+};
 
 /* Applies a group one by one (grouped false) or at once; returns how
  * many were applied. */
@@ -748,6 +757,7 @@ static size_t apply_script(pc_applier *a, const step *steps, size_t n, bool grou
 {
     built b[8];
     Popcast__Entry *es[8];
+    assert_true(n <= 8);
     for (size_t i = 0; i < n; i++) {
         build(&b[i], &steps[i]);
         es[i] = &b[i].e;
@@ -767,7 +777,8 @@ static size_t apply_script(pc_applier *a, const step *steps, size_t n, bool grou
 }
 
 typedef struct script_result {
-    size_t applied[2];
+    size_t applied[3];
+    uint64_t duplicates;
     uint64_t seq;
     char outcomes[3][256];
     uint64_t live[3];
@@ -781,6 +792,10 @@ static void run_script(bool grouped, script_result *r)
     pc_applier *a = applier_new();
     r->applied[0] = apply_script(a, first_group, 7, grouped);
     r->applied[1] = apply_script(a, second_group, 5, grouped);
+    uint64_t dup0 = pc_metrics_get(metrics, "popcast_agent_refused_total", "reason=\"duplicate\"");
+    r->applied[2] = apply_script(a, third_group, 6, grouped);
+    r->duplicates =
+        pc_metrics_get(metrics, "popcast_agent_refused_total", "reason=\"duplicate\"") - dup0;
     r->seq = pc_applier_applied_seq(a);
     Popcast__AgentStatus st;
     assert_int_equal(pc_applier_status(a, &st), PC_OK);
@@ -822,18 +837,21 @@ static void test_grouped_entries_apply_as_one_by_one(void **state)
                   one.outcomes[1], one.outcomes[2]);
     assert_int_equal(one.applied[0], 5);
     assert_int_equal(one.applied[1], 4);
-    assert_int_equal(one.seq, 9);
-    assert_string_equal(one.outcomes[0], "v1:L v2:N v3:L");
-    assert_int_equal(one.live[0], 3);
-    assert_int_equal(one.live[1], 0); /* deleted */
-    assert_int_equal(one.live[2], 3); /* staged to everyone */
+    assert_int_equal(one.applied[2], 3);
+    assert_int_equal(one.duplicates, 3);
+    assert_int_equal(one.seq, 12);
+    assert_string_equal(one.outcomes[0], "v1:L v2:N v3:L v4:L");
+    assert_int_equal(one.live[0], 4);
+    assert_int_equal(one.live[1], 3);
+    assert_int_equal(one.live[2], 4);
     assert_memory_equal(one.live_after_restart, one.live, sizeof(one.live));
     assert_memory_equal(&grouped, &one, sizeof(one));
     assert_int_equal(pc_metrics_get(metrics, "popcast_agent_record_failures_total", NULL), 0);
-    /* 1-2, 3-5 and 8-9 went as one transaction each (a group takes a
-     * tenant once); the tampered entry, the gap, the duplicate and the
-     * entries next to one of their tenant's went alone. */
-    assert_int_equal(pc_metrics_get(metrics, "popcast_agent_apply_batches_total", NULL), 3);
+    /* 1-2, 3-5, 8-9 and 10-12 went as one transaction each (a group
+     * takes a tenant once, and passes over copies of its entries); the
+     * tampered entry, the gap, the lone duplicate and the entries next
+     * to one of their tenant's went alone. */
+    assert_int_equal(pc_metrics_get(metrics, "popcast_agent_apply_batches_total", NULL), 4);
     pc_store_close(store);
     pc_test_rm_rf(dir);
     store = first;
