@@ -18,7 +18,11 @@
 #include "names.h"
 #include "target.h"
 
-#define TENANT_BUCKETS 1024
+/* Tenant table: chains of slots in buckets, doubled whenever there are
+ * more slots than buckets (a fixed 1,024 left chains of about 100 at
+ * 100,000 tenants, and every lookup, from requests and from each status
+ * report's walk, compared names along them). */
+#define TENANT_BUCKETS_MIN 1024
 /* At most one malloc_trim (it walks the heap) per this long. */
 #define TRIM_INTERVAL_NS (10 * 1000000000LL)
 
@@ -100,8 +104,9 @@ struct engine {
     pc_adapter base; /* first: the adapter pointer is the engine pointer */
     pc_lua_limits limits;
     pc_metrics *metrics;
-    pthread_rwlock_t table_lock; /* guards the bucket chains (slots are never freed) */
-    tenant_slot *buckets[TENANT_BUCKETS];
+    pthread_rwlock_t table_lock; /* guards the buckets (slots are never freed) */
+    tenant_slot **buckets;       /* n_buckets chains, a power of two */
+    size_t n_buckets, n_slots;
     _Atomic long n_versions, n_isolates;
     pc_metric *g_versions, *g_isolates; /* mirror the two counts above */
     /* Idle isolates across versions, bounded by limits.max_idle_isolates.
@@ -290,25 +295,49 @@ void pc_lua_limits_default(pc_lua_limits *l)
     l->idle_ttl_ms = 60000;
 }
 
-static unsigned bucket_of(const char *name)
+static unsigned hash_of(const char *name)
 {
     unsigned h = 2166136261u;
     for (; *name; name++)
         h = (h ^ (unsigned char)*name) * 16777619u;
-    return h % TENANT_BUCKETS;
+    return h;
+}
+
+/* Doubles the buckets and moves every slot (table_lock held exclusive).
+ * Out of memory: the chains just stay longer. */
+static void grow_table(engine *e)
+{
+    size_t n = e->n_buckets * 2;
+    tenant_slot **grown = calloc(n, sizeof(*grown));
+    if (grown == NULL)
+        return;
+    for (size_t b = 0; b < e->n_buckets; b++) {
+        tenant_slot *s = e->buckets[b];
+        while (s != NULL) {
+            tenant_slot *next = s->next;
+            size_t to = hash_of(s->name) & (n - 1);
+            s->next = grown[to];
+            grown[to] = s;
+            s = next;
+        }
+    }
+    free(e->buckets);
+    e->buckets = grown;
+    e->n_buckets = n;
 }
 
 static tenant_slot *find_slot(engine *e, const char *tenant, int create)
 {
-    unsigned b = bucket_of(tenant);
+    unsigned h = hash_of(tenant);
     pthread_rwlock_rdlock(&e->table_lock);
-    tenant_slot *s = e->buckets[b];
+    tenant_slot *s = e->buckets[h & (e->n_buckets - 1)];
     while (s != NULL && strcmp(s->name, tenant) != 0)
         s = s->next;
     pthread_rwlock_unlock(&e->table_lock);
     if (s != NULL || !create)
         return s;
     pthread_rwlock_wrlock(&e->table_lock);
+    size_t b = h & (e->n_buckets - 1);
     for (s = e->buckets[b]; s != NULL && strcmp(s->name, tenant) != 0;)
         s = s->next;
     if (s == NULL && (s = calloc(1, sizeof(*s))) != NULL) {
@@ -316,6 +345,8 @@ static tenant_slot *find_slot(engine *e, const char *tenant, int create)
         pthread_mutex_init(&s->lock, NULL);
         s->next = e->buckets[b];
         e->buckets[b] = s;
+        if (++e->n_slots > e->n_buckets)
+            grow_table(e);
     }
     pthread_rwlock_unlock(&e->table_lock);
     return s;
@@ -759,7 +790,7 @@ static void lua_destroy(pc_adapter *a)
     pthread_cond_signal(&e->watchdog_wake);
     pthread_mutex_unlock(&e->watchdog_lock);
     pthread_join(e->watchdog, NULL);
-    for (int b = 0; b < TENANT_BUCKETS; b++) {
+    for (size_t b = 0; b < e->n_buckets; b++) {
         tenant_slot *s = e->buckets[b];
         while (s != NULL) {
             tenant_slot *next = s->next;
@@ -771,6 +802,7 @@ static void lua_destroy(pc_adapter *a)
             s = next;
         }
     }
+    free(e->buckets);
     pthread_rwlock_destroy(&e->table_lock);
     pthread_mutex_destroy(&e->versions_lock);
     pthread_mutex_destroy(&e->lru_lock);
@@ -874,7 +906,7 @@ size_t pc_lua_adapter_quarantined(pc_adapter *a, pc_lua_quarantine *out, size_t 
     engine *e = (engine *)a;
     size_t n = 0;
     pthread_rwlock_rdlock(&e->table_lock);
-    for (int b = 0; b < TENANT_BUCKETS; b++) {
+    for (size_t b = 0; b < e->n_buckets; b++) {
         for (tenant_slot *s = e->buckets[b]; s != NULL; s = s->next) {
             if (live_quarantine(s, n < max ? &out[n] : NULL))
                 n++;
@@ -915,6 +947,12 @@ pc_adapter *pc_lua_adapter_new(const pc_lua_limits *limits, pc_metrics *metrics,
             metrics, "popcast_lua_isolates_expired_total", NULL,
             "idle isolates freed after lua_idle_ttl_ms unused (the next request builds one)");
     }
+    e->n_buckets = TENANT_BUCKETS_MIN;
+    if ((e->buckets = calloc(e->n_buckets, sizeof(*e->buckets))) == NULL) {
+        free(e);
+        pc_err_set(err, PC_E_NOMEM, "out of memory");
+        return NULL;
+    }
     pthread_rwlock_init(&e->table_lock, NULL);
     pthread_mutex_init(&e->versions_lock, NULL);
     pthread_mutex_init(&e->lru_lock, NULL);
@@ -936,6 +974,7 @@ pc_adapter *pc_lua_adapter_new(const pc_lua_limits *limits, pc_metrics *metrics,
         pthread_mutex_destroy(&e->watchdog_lock);
         pthread_mutex_destroy(&e->versions_lock);
         pthread_rwlock_destroy(&e->table_lock);
+        free(e->buckets);
         free(e);
         pc_err_set(err, PC_E_NOMEM, "cannot start the Lua watchdog thread");
         return NULL;

@@ -687,6 +687,39 @@ static void test_deferred_versions_build_on_first_request(void **state)
     assert_int_equal(lua->deactivate(lua, "broken", &err), PC_OK);
 }
 
+/* The tenant table grows (its buckets double past one slot per bucket,
+ * from 1,024): 5,000 tenants, three doublings, and every one is still
+ * found with its own version, served, and taken down. */
+#define MANY_TENANTS 5000
+
+static void test_many_tenants_all_found(void **state)
+{
+    (void)state;
+    char tenant[32], src[128];
+    pc_err err;
+    for (int i = 0; i < MANY_TENANTS; i++) {
+        snprintf(tenant, sizeof(tenant), "g%05d", i);
+        snprintf(src, sizeof(src), "return function(req) return '%s' end", tenant);
+        if (deploy_as(tenant, (uint64_t)i + 1, src, true, &err) != PC_OK)
+            fail_msg("deploy %s: %s", tenant, err.msg);
+    }
+    for (int i = 0; i < MANY_TENANTS; i++) {
+        snprintf(tenant, sizeof(tenant), "g%05d", i);
+        if (lua->live_version(lua, tenant) != (uint64_t)i + 1)
+            fail_msg("%s: live version %llu, expected %d", tenant,
+                     (unsigned long long)lua->live_version(lua, tenant), i + 1);
+    }
+    assert_int_equal(lua->live_version(lua, "g99999"), 0);
+    expect_body("g00000", "/", "g00000");
+    expect_body("g02500", "/", "g02500");
+    expect_body("g04999", "/", "g04999");
+    for (int i = 0; i < MANY_TENANTS; i++) {
+        snprintf(tenant, sizeof(tenant), "g%05d", i);
+        assert_int_equal(lua->deactivate(lua, tenant, &err), PC_OK);
+        assert_int_equal(lua->live_version(lua, tenant), 0);
+    }
+}
+
 /* The controller's upload check compiles under the agents' limits: a
  * bundle whose compilation alone needs more memory than an isolate may
  * have is refused at upload, not accepted and then nacked everywhere. */
@@ -748,6 +781,7 @@ int main(void)
         cmocka_unit_test(test_check_uses_the_limits),
         cmocka_unit_test(test_print_goes_to_the_request_sink),
         cmocka_unit_test(test_split_key_is_bounded),
+        cmocka_unit_test(test_many_tenants_all_found),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
