@@ -858,6 +858,68 @@ static void test_grouped_entries_apply_as_one_by_one(void **state)
     memcpy(dir, first_dir, sizeof(dir));
 }
 
+/* A wake-up's messages (pc_applier_on_publications) with bad ones among
+ * them: an undecodable message and a tampered entry are refused and
+ * counted as alone, change nothing, and the good entries around them
+ * still apply (the two before the tampered one as a group). */
+static uint8_t *publication(const step *st, size_t *len)
+{
+    built b;
+    build(&b, st);
+    Popcast__Publication pub = POPCAST__PUBLICATION__INIT;
+    pub.body_case = POPCAST__PUBLICATION__BODY_ENTRY;
+    pub.entry = &b.e;
+    *len = popcast__publication__get_packed_size(&pub);
+    uint8_t *out = malloc(*len);
+    assert_non_null(out);
+    popcast__publication__pack(&pub, out);
+    pc_envelope_signed_clear(&b.sm);
+    return out;
+}
+
+static void test_bad_messages_in_a_wake_up(void **state)
+{
+    (void)state;
+    pc_applier *a = applier_new();
+    const step ok1 = {.tenant = "a", .version = 1, .seq = 1, .body = "a1"};
+    const step ok2 = {.tenant = "b", .version = 1, .seq = 2, .body = "b1"};
+    const step forged = {.tenant = "c", .version = 1, .seq = 3, .body = "c1", .tampered = true};
+    const step ok3 = {.tenant = "c", .version = 1, .seq = 3, .body = "c1"};
+    static const uint8_t junk[] = {0xff, 0xff, 0xff, 0xff, 0x0f};
+    size_t len[6];
+    uint8_t *p1 = publication(&ok1, &len[1]), *p2 = publication(&ok2, &len[2]),
+            *p3 = publication(&forged, &len[3]), *p4 = publication(&ok3, &len[5]);
+    len[0] = len[4] = sizeof(junk);
+    const uint8_t *data[6] = {junk, p1, p2, p3, junk, p4};
+    uint64_t invalid0 =
+        pc_metrics_get(metrics, "popcast_agent_refused_total", "reason=\"invalid\"");
+    uint64_t forged0 =
+        pc_metrics_get(metrics, "popcast_agent_refused_total", "reason=\"bad_signature\"");
+    pc_applier_on_publications(a, data, len, 6);
+    assert_int_equal(
+        pc_metrics_get(metrics, "popcast_agent_refused_total", "reason=\"invalid\"") - invalid0, 2);
+    assert_int_equal(
+        pc_metrics_get(metrics, "popcast_agent_refused_total", "reason=\"bad_signature\"") -
+            forged0,
+        1);
+    assert_int_equal(pc_applier_applied_seq(a), 3);
+    assert_int_equal(fake_live_version(&rt.base, "a"), 1);
+    assert_int_equal(fake_live_version(&rt.base, "b"), 1);
+    assert_int_equal(fake_live_version(&rt.base, "c"), 1);
+    assert_int_equal(pc_metrics_get(metrics, "popcast_agent_apply_batches_total", NULL), 1);
+    /* The tampered entry was not stored: c's version 1 is the genuine one. */
+    pc_tenant_state t;
+    assert_int_equal(pc_store_get_tenant(store, "c", &t, NULL), PC_OK);
+    uint8_t want[PC_HASH_LEN];
+    pc_hash(want, "c1", 2);
+    assert_memory_equal(t.active_hash, want, PC_HASH_LEN);
+    free(p1);
+    free(p2);
+    free(p3);
+    free(p4);
+    pc_applier_free(a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -875,6 +937,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_held_across_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed_targets_are_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_grouped_entries_apply_as_one_by_one, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_messages_in_a_wake_up, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
