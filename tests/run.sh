@@ -81,6 +81,9 @@ run_suite() {
         -DPOPCAST_WERROR=ON "$@" >/dev/null
     cmake --build "$BUILD_ROOT/$name" -j "$JOBS"
     echo "== test ($name)"
+    # Each test removes the directories it made when it ends; what a
+    # crashed test left in an earlier run goes here.
+    rm -rf "$BUILD_ROOT/$name/test-tmp"
     (cd "$BUILD_ROOT/$name" && ctest --output-on-failure -j "$JOBS" --timeout 900)
 }
 

@@ -50,9 +50,57 @@ static void kill_running(bool at_exit)
     }
 }
 
-static void kill_all(void)
+/* Every directory pc_test_tmpdir made, removed at exit: an agent's store
+ * is given its whole map up front (64 MiB, store.h says why), and a
+ * suite's hundreds of them filled CI's disk. The process that made them
+ * removes them (a forked child's exit must not); a test that crashes, or
+ * POPCAST_TEST_KEEP=1, leaves them for a look. */
+static char **made_dirs;
+static size_t made_dirs_count;
+static pid_t made_dirs_owner;
+
+static void remember_dir(const char *path)
+{
+    char **grown = realloc(made_dirs, (made_dirs_count + 1) * sizeof(*made_dirs));
+    char *copy = strdup(path);
+    if (grown == NULL || copy == NULL) {
+        free(copy);
+        if (grown != NULL)
+            made_dirs = grown;
+        return;
+    }
+    made_dirs = grown;
+    made_dirs[made_dirs_count++] = copy;
+    made_dirs_owner = getpid();
+}
+
+static void remove_made_dirs(void)
+{
+    bool keep = getenv("POPCAST_TEST_KEEP") != NULL || getpid() != made_dirs_owner;
+    for (size_t i = made_dirs_count; i-- > 0;) {
+        if (!keep)
+            pc_test_rm_rf(made_dirs[i]);
+        free(made_dirs[i]);
+    }
+    free(made_dirs);
+    made_dirs = NULL;
+    made_dirs_count = 0;
+}
+
+/* Daemons first: their directories go once nothing writes to them. */
+static void at_exit_cleanup(void)
 {
     kill_running(true);
+    remove_made_dirs();
+}
+
+static void register_at_exit(void)
+{
+    static int registered;
+    if (!registered) {
+        atexit(at_exit_cleanup);
+        registered = 1;
+    }
 }
 
 /* A test that hangs is ended by ctest with nothing said of where. At nine
@@ -84,10 +132,10 @@ void pc_test_init(void)
 {
     signal(SIGPIPE, SIG_IGN);
     assert_int_equal(pc_crypto_init(), PC_OK);
-    static int registered;
-    if (!registered) {
-        atexit(kill_all);
-        registered = 1;
+    static int watchdog_started;
+    register_at_exit();
+    if (!watchdog_started) {
+        watchdog_started = 1;
         const char *limit = getenv("POPCAST_TEST_TIMEOUT_S");
         /* At nine tenths of it: room for gdb, and a slow test on a busy
          * machine is not cut short much before ctest would. */
@@ -118,6 +166,8 @@ void pc_test_tmpdir(char *out, size_t cap, const char *prefix)
     mkdir(base, 0700);
     snprintf(out, cap, "%s/%s-XXXXXX", base, prefix);
     assert_non_null(mkdtemp(out));
+    register_at_exit();
+    remember_dir(out);
 }
 
 void pc_test_rm_rf(const char *path)
