@@ -77,6 +77,7 @@ typedef struct controller_config {
     uint64_t sync_inline_max;
     uint64_t sync_max_reply;
     uint64_t snapshot_lag;
+    bool snapshot_lag_tenants;
     uint64_t gone_after_ms;
     uint64_t report_stale_ms;
     pc_strlist runtimes;
@@ -165,6 +166,9 @@ static const pc_cfg_option options[] = {
         "bytes of bundles per catch-up reply"),
     OPT(snapshot_lag, PC_CFG_U64, "1024", 1, 0,
         "an agent further behind than this many entries gets a snapshot"),
+    OPT(snapshot_lag_tenants, PC_CFG_BOOL, "true", 0, 0,
+        "and only if further behind than the controller has tenants (a snapshot carries one "
+        "manifest per tenant)"),
     OPT(gone_after_ms, PC_CFG_U64, "30000", 100, 0,
         "an agent not heard from for this long is gone (out of rollout counts)"),
     OPT(report_stale_ms, PC_CFG_U64, "10000", 100, 0,
@@ -590,6 +594,7 @@ static int controller_open(controller *c, pc_err *err)
                                     .max_reply = c->cfg.sync_max_reply,
                                     .chunk_max = PC_CHUNK_BYTES,
                                     .snapshot_lag = c->cfg.snapshot_lag,
+                                    .snapshot_lag_tenants = c->cfg.snapshot_lag_tenants,
                                     .require_enrollment = c->cfg.require_enrollment,
                                     .tls = c->tls,
                                     .workers = PC_SYNC_WORKERS,

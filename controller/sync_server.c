@@ -120,6 +120,21 @@ static void free_entries(Popcast__Entry **entries, size_t n)
     free(entries);
 }
 
+/* Entries behind beyond which an agent is sent a snapshot rather than
+ * the entries: snapshot_lag, or (snapshot_lag_tenants) the number of
+ * tenants when that is more. A snapshot carries one manifest per tenant
+ * and catch-up one per entry, so below the tenant count catch-up moves
+ * less; with 100,000 tenants an agent 1,025 entries behind during a burst
+ * took a 100,000-tenant snapshot, fell behind again while installing it,
+ * and took another. */
+static uint64_t snapshot_threshold(pc_sync_server *s)
+{
+    pc_store_stats stats;
+    if (!s->opt.snapshot_lag_tenants || pc_store_stats_get(s->opt.store, &stats, NULL) != PC_OK)
+        return s->opt.snapshot_lag;
+    return stats.tenants > s->opt.snapshot_lag ? stats.tenants : s->opt.snapshot_lag;
+}
+
 static void handle_sync(pc_sync_server *s, const Popcast__SyncRequest *req,
                         Popcast__SyncResponse *resp, Popcast__Entry ***entries_out)
 {
@@ -134,7 +149,7 @@ static void handle_sync(pc_sync_server *s, const Popcast__SyncRequest *req,
     uint64_t after = req->after_seq;
     if (after >= head)
         return;
-    if ((after == 0 && head > 0) || head - after > s->opt.snapshot_lag ||
+    if ((after == 0 && head > 0) || head - after > snapshot_threshold(s) ||
         (first > 0 && after + 1 < first)) {
         resp->snapshot_required = 1;
         return;

@@ -47,6 +47,9 @@ typedef struct pc_sync_server_options {
     size_t chunk_max;      /* bytes per chunk reply */
     uint64_t snapshot_lag; /* further behind than this: take a snapshot */
     size_t workers;        /* concurrent requests */
+    /* A snapshot only when also further behind than the store has
+     * tenants: below that, catch-up moves fewer manifests. */
+    bool snapshot_lag_tenants;
     /* Status reports are always signed, and verified with the key bound
      * to the agent id. With require_enrollment only an operator binds
      * keys (popcast agent enroll); without it, an id with no record is
