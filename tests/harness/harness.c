@@ -52,35 +52,36 @@ static void kill_running(bool at_exit)
 
 /* Every directory pc_test_tmpdir made, removed at exit: an agent's store
  * is given its whole map up front (64 MiB, store.h says why), and a
- * suite's hundreds of them filled CI's disk. The process that made them
- * removes them (a forked child's exit must not); a test that crashes, or
- * POPCAST_TEST_KEEP=1, leaves them for a look. */
-static char **made_dirs;
+ * suite's hundreds of them filled CI's disk. Each goes with the process
+ * that made it (a forked child inherits the list, and its exit must not
+ * take its parent's); a test that crashes, or POPCAST_TEST_KEEP=1,
+ * leaves them for a look. */
+typedef struct made_dir {
+    char *path;
+    pid_t maker;
+} made_dir;
+static made_dir *made_dirs;
 static size_t made_dirs_count;
-static pid_t made_dirs_owner;
 
 static void remember_dir(const char *path)
 {
-    char **grown = realloc(made_dirs, (made_dirs_count + 1) * sizeof(*made_dirs));
-    char *copy = strdup(path);
-    if (grown == NULL || copy == NULL) {
-        free(copy);
-        if (grown != NULL)
-            made_dirs = grown;
+    made_dir *grown = realloc(made_dirs, (made_dirs_count + 1) * sizeof(*made_dirs));
+    if (grown == NULL)
         return;
-    }
     made_dirs = grown;
-    made_dirs[made_dirs_count++] = copy;
-    made_dirs_owner = getpid();
+    made_dirs[made_dirs_count].path = strdup(path);
+    made_dirs[made_dirs_count].maker = getpid();
+    if (made_dirs[made_dirs_count].path != NULL)
+        made_dirs_count++;
 }
 
 static void remove_made_dirs(void)
 {
-    bool keep = getenv("POPCAST_TEST_KEEP") != NULL || getpid() != made_dirs_owner;
+    bool keep = getenv("POPCAST_TEST_KEEP") != NULL;
     for (size_t i = made_dirs_count; i-- > 0;) {
-        if (!keep)
-            pc_test_rm_rf(made_dirs[i]);
-        free(made_dirs[i]);
+        if (!keep && made_dirs[i].maker == getpid())
+            pc_test_rm_rf(made_dirs[i].path);
+        free(made_dirs[i].path);
     }
     free(made_dirs);
     made_dirs = NULL;

@@ -33,7 +33,9 @@
 void pc_test_init(void); /* crypto init, SIGPIPE ignored, cleanup at exit */
 int64_t pc_test_now_ms(void);
 void pc_test_sleep_ms(int ms);
-/* A fresh directory under $POPCAST_TEST_TMP (or /tmp). */
+/* A fresh directory under $POPCAST_TEST_TMP (or /tmp), removed with
+ * everything in it when the process that made it exits normally (after
+ * the daemons it started are killed), unless POPCAST_TEST_KEEP is set. */
 void pc_test_tmpdir(char *out, size_t cap, const char *prefix);
 void pc_test_rm_rf(const char *path);
 /* A loopback port reserved for this test process until it exits: a socket
