@@ -66,6 +66,7 @@ typedef struct agent_config {
     uint64_t sub_queue_bytes;
     uint64_t lua_memory;
     bool store_write_map;
+    uint64_t store_map_size;
     uint64_t lua_instructions;
     uint64_t lua_wall_ms;
     uint64_t lua_watchdog_ms;
@@ -166,6 +167,9 @@ static const pc_cfg_option options[] = {
     OPT(store_write_map, PC_CFG_BOOL, "true", 0, 0,
         "write the store through its memory map (LMDB MDB_WRITEMAP): far less heap after big "
         "transactions; the data file takes its map size on disk, reserved up front"),
+    OPT(store_map_size, PC_CFG_SIZE, "64MiB", (uint64_t)1 << 20, (uint64_t)1 << 36,
+        "the store's first map size (with store_write_map, the disk reserved at start); it "
+        "doubles as the store grows"),
     OPT(malloc_arenas, PC_CFG_U64, "2", 1, 1024,
         "glibc malloc arenas (fewer hold less freed memory; more contend less)"),
     OPT(lua_max_idle_isolates, PC_CFG_U64, "1024", 1, 1048576,
@@ -579,7 +583,9 @@ static int agent_configure(agent *ag, pc_err *err)
  * static stability, before talking to anyone. */
 static int agent_open(agent *ag, pc_err *err)
 {
-    pc_store_options sopt = {.keep_history = false, .write_map = ag->cfg.store_write_map};
+    pc_store_options sopt = {.keep_history = false,
+                             .write_map = ag->cfg.store_write_map,
+                             .map_size = ag->cfg.store_map_size};
     int rc;
     /* A previous run's ready file goes once this process owns the store
      * (a second daemon on the same directory stops at pc_store_open). */
