@@ -880,6 +880,14 @@ void pc_test_agent_start(pc_test_env *env, pc_test_agent *a, const char *id,
     /* Fast status reports keep rollout tests short. */
     argv[n++] = "--status-interval-ms";
     argv[n++] = "500";
+    /* ctest sets it (tests/CMakeLists.txt): an agent reserves its whole
+     * first map on disk, and a suite runs hundreds of agents, several at
+     * once. Benchmarks keep the default. */
+    const char *map_size = getenv("POPCAST_TEST_AGENT_STORE_MAP");
+    if (map_size != NULL && map_size[0] != '\0') {
+        argv[n++] = "--store-map-size";
+        argv[n++] = (char *)map_size;
+    }
     for (size_t i = 0; extra != NULL && extra[i] != NULL && n < 60; i++)
         argv[n++] = (char *)extra[i];
     argv[n++] = "--ready-file";
