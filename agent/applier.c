@@ -2088,20 +2088,34 @@ int pc_applier_status_header(pc_applier *a, Popcast__AgentStatus *out)
 
 int pc_applier_status(pc_applier *a, Popcast__AgentStatus *out)
 {
-    int rc = pc_applier_status_header(a, out);
-    if (rc != PC_OK)
-        return rc;
+    /* The tenants first, the header (applied_seq) after: an entry applied
+     * while the tenants are read moves applied_seq before its version
+     * serves, so a report that shows a version live never shows an
+     * applied_seq below that version's entry. */
     proto_walk w = {.a = a};
-    rc = pc_store_foreach_tenant(a->opt.store, tenant_proto, &w, NULL);
-    out->tenants = w.items;
-    out->n_tenants = w.n;
-    if (rc != PC_OK) {
-        pc_applier_status_clear(out);
-        return PC_E_STORE;
+    int walked = pc_store_foreach_tenant(a->opt.store, tenant_proto, &w, NULL);
+    Popcast__Nack **nacks = NULL;
+    size_t n_nacks = 0;
+    int collected = walked == PC_OK ? collect_nacks(a, &nacks, &n_nacks) : PC_OK;
+    int rc = pc_applier_status_header(a, out);
+    if (rc == PC_OK) {
+        out->tenants = w.items;
+        out->n_tenants = w.n;
+        out->nacks = nacks;
+        out->n_nacks = n_nacks;
+    } else {
+        Popcast__AgentStatus rest;
+        popcast__agent_status__init(&rest);
+        rest.tenants = w.items;
+        rest.n_tenants = w.n;
+        rest.nacks = nacks;
+        rest.n_nacks = n_nacks;
+        pc_applier_status_clear(&rest);
+        return rc;
     }
-    if (collect_nacks(a, &out->nacks, &out->n_nacks) != PC_OK) {
+    if (walked != PC_OK || collected != PC_OK) {
         pc_applier_status_clear(out);
-        return PC_E_NOMEM;
+        return walked != PC_OK ? PC_E_STORE : PC_E_NOMEM;
     }
     return PC_OK;
 }
