@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 
 #include <cmocka.h>
 
@@ -83,10 +85,71 @@ static void test_entries_while_cheaper_than_a_snapshot(void **state)
     pc_test_env_cleanup(&env);
 }
 
+/* snapshot_lag_tenants=false: snapshot_lag alone decides, so the same
+ * 40 missed entries of 64 tenants bring a snapshot. */
+static void test_lag_alone_when_tenants_are_not_counted(void **state)
+{
+    (void)state;
+    pc_test_env env;
+    pc_test_env_init(&env);
+    pc_test_controller ctl = {0};
+    const char *ctl_flags[] = {"--snapshot-lag", SNAPSHOT_LAG, "--snapshot-lag-tenants=false",
+                               NULL};
+    pc_test_controller_start(&env, &ctl, ctl_flags);
+    pc_test_agent agent = {0};
+    pc_test_agent_start_for(&env, &agent, "behind", &ctl, NULL);
+    pc_test_agent_wait_subscribed(&agent);
+    assert_int_equal(pc_test_deploy_tenants(&env, &ctl, 0, TENANTS, 4), 0);
+    pc_test_wait_converged(&env, &ctl, &agent, 1);
+
+    pc_test_agent_stop(&agent);
+    uint64_t before = pc_test_controller_head(&env, &ctl);
+    assert_int_equal(pc_test_deploy_tenants(&env, &ctl, 0, 40, 4), 0);
+    assert_int_equal(pc_test_controller_head(&env, &ctl) - before, 40);
+    uint64_t caught_up = 0;
+    assert_int_equal(restart_and_converge(&env, &ctl, &agent, &caught_up), 1);
+    assert_int_equal(caught_up, 0);
+
+    pc_test_agent_stop(&agent);
+    pc_test_controller_stop(&ctl);
+    pc_test_env_cleanup(&env);
+}
+
+/* A value that is not a boolean is refused at start, before the data
+ * directory is created. */
+static void test_bad_value_refused(void **state)
+{
+    (void)state;
+    static const char *const values[] = {"--snapshot-lag-tenants=maybe",
+                                         "--snapshot-lag-tenants=1x"};
+    static const char *const messages[] = {"snapshot_lag_tenants: 'maybe' is not true or false",
+                                           "snapshot_lag_tenants: '1x' is not true or false"};
+    const char *bin = getenv("POPCAST_CONTROLLER_BIN");
+    assert_non_null(bin);
+    for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+        char dir[300], data[400], log[400];
+        pc_test_tmpdir(dir, sizeof(dir), "lagflag");
+        snprintf(data, sizeof(data), "%s/data", dir);
+        snprintf(log, sizeof(log), "%s/controller.log", dir);
+        char *argv[] = {(char *)bin, "--data-dir", data, (char *)values[i], NULL};
+        pc_proc *p = pc_proc_spawn("bad-lag-flag", argv, log);
+        assert_true(pc_proc_wait_exit(p, PC_TEST_START_TIMEOUT_MS));
+        assert_true(WIFEXITED(p->status));
+        assert_int_equal(WEXITSTATUS(p->status), 1);
+        assert_int_equal(pc_test_log_count(p, messages[i]), 1);
+        struct stat st;
+        assert_int_not_equal(stat(data, &st), 0); /* nothing created */
+        pc_proc_free(p);
+    }
+}
+
 int main(void)
 {
+    pc_test_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_entries_while_cheaper_than_a_snapshot),
+        cmocka_unit_test(test_lag_alone_when_tenants_are_not_counted),
+        cmocka_unit_test(test_bad_value_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
