@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 
 #include <cmocka.h>
+#include <sodium.h>
 
 #include "harness.h"
 #include "http_client.h"
@@ -269,6 +270,32 @@ static void test_three_nodes_replicate_and_redirect(void **state)
                         cl.node[leader].api_url);
     assert_string_equal(pc_http_result_header(&r, "X-Popcast-Read"), "follower; may be stale");
     json_decref(doc);
+    pc_http_result_free(&r);
+    /* Over Connect (whose clients do not follow redirects) the same write
+     * is `unavailable`, naming the leader; nothing is written (the CLI's
+     * deploy below makes v1). */
+    char connect_body[256], b64[128], auth[160];
+    sodium_bin2base64(b64, sizeof(b64), (const unsigned char *)src, strlen(src),
+                      sodium_base64_VARIANT_ORIGINAL);
+    snprintf(connect_body, sizeof(connect_body), "{\"tenant\":\"app\",\"bundle\":\"%s\"}", b64);
+    snprintf(auth, sizeof(auth), "Bearer %s", env.token);
+    const char *connect_headers[] = {"Content-Type", "application/json", "Authorization", auth,
+                                     NULL};
+    pc_err err;
+    assert_int_equal(pc_http_call(cl.node[follower].api_url, "POST",
+                                  "/popcast.v1.TenantService/DeployBundle", connect_headers,
+                                  connect_body, strlen(connect_body), 10000, &r, &err),
+                     PC_OK);
+    assert_int_equal(r.status, 503);
+    doc = json_loadb((const char *)r.body, r.body_len, 0, NULL);
+    assert_non_null(doc);
+    assert_string_equal(json_string_value(json_object_get(doc, "code")), "unavailable");
+    assert_non_null(
+        strstr(json_string_value(json_object_get(doc, "message")), cl.node[leader].api_url));
+    json_decref(doc);
+    pc_http_result_free(&r);
+    assert_int_equal(
+        pc_test_api(&env, &cl.node[leader], "GET", "/v1/tenants/app", NULL, NULL, 0, &r), 404);
     pc_http_result_free(&r);
     /* The CLI follows it. */
     char dir[300], path[400], out[4096];
