@@ -786,6 +786,41 @@ void pc_test_wait_log(pc_proc *p, const char *needle, int times)
     }
 }
 
+void pc_test_expect_refused_start(const char *bin_env, const char *const *flags,
+                                  const char *message)
+{
+    const char *bin = getenv(bin_env);
+    if (bin == NULL)
+        fail_msg("%s is not set", bin_env);
+    char dir[300], data[400], log[400];
+    pc_test_tmpdir(dir, sizeof(dir), "refused");
+    snprintf(data, sizeof(data), "%s/data", dir);
+    snprintf(log, sizeof(log), "%s/daemon.log", dir);
+    char *argv[32];
+    size_t n = 0;
+    argv[n++] = (char *)bin;
+    argv[n++] = "--data-dir";
+    argv[n++] = data;
+    for (size_t i = 0; flags[i] != NULL && n < 31; i++)
+        argv[n++] = (char *)flags[i];
+    argv[n] = NULL;
+    pc_proc *p = pc_proc_spawn("refused", argv, log);
+    if (!pc_proc_wait_exit(p, PC_TEST_START_TIMEOUT_MS)) {
+        pc_proc_dump_log(p);
+        fail_msg("%s %s did not exit", bin, flags[0]);
+    }
+    if (!WIFEXITED(p->status) || WEXITSTATUS(p->status) != 1 ||
+        pc_test_log_count(p, message) != 1) {
+        pc_proc_dump_log(p);
+        fail_msg("%s %s: status %d, expected exit 1 saying \"%s\"", bin, flags[0], p->status,
+                 message);
+    }
+    struct stat st;
+    if (stat(data, &st) == 0)
+        fail_msg("%s %s created %s before refusing", bin, flags[0], data);
+    pc_proc_free(p);
+}
+
 json_t *pc_test_wait_json_lines(const char *path, size_t n)
 {
     int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;

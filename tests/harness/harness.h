@@ -99,6 +99,12 @@ int pc_test_log_count(pc_proc *p, const char *needle);
  * fails the test (with the log's end) after the converge timeout. */
 void pc_test_wait_log(pc_proc *p, const char *needle, int times);
 
+/* Starts the daemon whose binary the environment variable bin_env names,
+ * with --data-dir (in a new directory) and flags; fails the test unless
+ * it exits 1, logs message once, and left the data directory uncreated. */
+void pc_test_expect_refused_start(const char *bin_env, const char *const *flags,
+                                  const char *message);
+
 /* Starts argv[0] with stdout and stderr appended to log, in the network
  * namespace pc_test_place last named. */
 pc_proc *pc_proc_spawn(const char *name, char *const argv[], const char *log);
