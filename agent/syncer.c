@@ -231,6 +231,21 @@ static int fetch_bundle(pc_syncer *s, link *l, const ProtobufCBinaryData *hash, 
     return PC_OK;
 }
 
+/* The seq an entry's manifest names, read from bytes not verified yet
+ * (0 if they do not decode): only to tell whether a group of catch-up
+ * entries was applied to its end. */
+static uint64_t claimed_seq(const Popcast__Entry *e)
+{
+    if (e == NULL || e->signed_ == NULL)
+        return 0;
+    Popcast__Manifest *m =
+        popcast__manifest__unpack(NULL, e->signed_->manifest.len, e->signed_->manifest.data);
+    uint64_t seq = m != NULL ? m->seq : 0;
+    if (m != NULL)
+        popcast__manifest__free_unpacked(m, NULL);
+    return seq;
+}
+
 /* The entry as it must be applied: with its bundle, fetched if omitted.
  * *owned is what the caller frees after applying. m is the entry's
  * manifest, already verified; NULL makes the applier verify it first
@@ -417,6 +432,15 @@ static int catch_up_from(pc_syncer *s, link *l, pc_err *err)
             if (whole >= 2) {
                 int got = pc_applier_apply_entries(s->opt.applier, r->entries + i, whole);
                 pc_metric_add(s->m_entries, (uint64_t)got);
+                /* One refused (the applier logged why): the entries after
+                 * it cannot apply either, so stop here, as one by one
+                 * did, rather than fetch the bundles of announced ones. */
+                uint64_t last = claimed_seq(r->entries[i + whole - 1]);
+                uint64_t now_at = pc_applier_applied_seq(s->opt.applier);
+                if (now_at < last)
+                    rc = pc_err_set(err, PC_E_UNAVAILABLE,
+                                    "%s: an entry after seq %llu was refused (see the log)", l->url,
+                                    (unsigned long long)now_at);
                 i += whole - 1;
                 continue;
             }

@@ -467,6 +467,72 @@ static void test_announcement_verified_before_any_fetch(void **state)
     assert_true(pc_test_wait_version(&agent, "acme", 2, PC_TEST_CONVERGE_TIMEOUT_MS));
 }
 
+/* A catch-up answer with a refusal inside a group: the genuine seq 3,
+ * a tampered seq 4 (both with their bundles: they go to the applier as
+ * one group), then an announced seq 5, genuine. Nothing after a refused
+ * entry can apply (seqs must follow), so the agent must not fetch the
+ * announced one's bundle. Before, a group's refusal did not stop the
+ * answer: each round fetched the bundle (up to max_bundle), only to
+ * refuse it as a gap. */
+static forged refused_group[3];
+
+static nng_msg *answer_refusal_in_a_group(fake_sync *f, const Popcast__SyncCall *call)
+{
+    (void)f;
+    if (call->body_case != POPCAST__SYNC_CALL__BODY_SYNC)
+        return garbage(); /* a chunk request: counted, never served */
+    Popcast__SyncReply r = POPCAST__SYNC_REPLY__INIT;
+    Popcast__SyncResponse sync = POPCAST__SYNC_RESPONSE__INIT;
+    Popcast__Entry e[3], *entries[3];
+    for (int i = 0; i < 3; i++) {
+        popcast__entry__init(&e[i]);
+        e[i].signed_ = &refused_group[i].sm;
+        entries[i] = &e[i];
+    }
+    for (int i = 0; i < 2; i++) {
+        e[i].bundle.data = refused_group[i].bundle;
+        e[i].bundle.len = refused_group[i].len;
+    }
+    e[2].bundle_omitted = 1;
+    sync.head_seq = 5;
+    sync.entries = entries;
+    sync.n_entries = 3;
+    r.body_case = POPCAST__SYNC_REPLY__BODY_SYNC;
+    r.sync = &sync;
+    return packed_reply(&r);
+}
+
+static void test_refusal_in_a_group_stops_the_answer(void **state)
+{
+    (void)state;
+    uint64_t at = agent_applied();
+    forge(&refused_group[0], &env.key, at + 1, at + 1, "genuine, before the refusal");
+    forge(&refused_group[1], &env.key, at + 2, at + 2, "tampered");
+    refused_group[1].sm.signature.data[0] ^= 1;
+    forge(&refused_group[2], &env.key, at + 3, at + 3, "genuine, announced");
+    uint64_t refused0 =
+        pc_test_agent_metric(&agent, "popcast_agent_refused_total{reason=\"bad_signature\"}");
+    int chunks0 = atomic_load(&fake.n_chunk);
+    int syncs0 = atomic_load(&fake.n_sync);
+    fake_set(&fake, answer_refusal_in_a_group);
+    /* The agent asks again only once it is done with an answer (chunk
+     * requests included): two asks mean the first answer was handled. */
+    int64_t deadline = pc_test_now_ms() + PC_TEST_CONVERGE_TIMEOUT_MS;
+    while (atomic_load(&fake.n_sync) < syncs0 + 2 && pc_test_now_ms() < deadline)
+        pc_test_sleep_ms(20);
+    fake_set(&fake, answer_errors);
+    assert_true(atomic_load(&fake.n_sync) >= syncs0 + 2);
+    int chunks = atomic_load(&fake.n_chunk) - chunks0;
+    fprintf(stderr, "a refusal in a group, then an announcement: %d chunks asked for\n", chunks);
+    assert_int_equal(chunks, 0);
+    assert_true(pc_test_agent_metric(
+                    &agent, "popcast_agent_refused_total{reason=\"bad_signature\"}") > refused0);
+    assert_int_equal(agent_applied(), at + 1);
+    assert_true(pc_test_wait_version(&agent, "acme", at + 1, PC_TEST_CONVERGE_TIMEOUT_MS));
+    for (int i = 0; i < 3; i++)
+        forged_free(&refused_group[i]);
+}
+
 /* Snapshots. A real controller holds the root (env.key) and K2; the fake
  * sits between it and a fresh agent, honest (a proxy) or lying. */
 
@@ -725,6 +791,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lying_endpoint_is_asked_at_a_bounded_rate),
         cmocka_unit_test(test_announcement_verified_before_any_fetch),
+        cmocka_unit_test(test_refusal_in_a_group_stops_the_answer),
     };
     const struct CMUnitTest snapshots[] = {
         cmocka_unit_test(test_snapshot_seq_is_signed),
