@@ -47,6 +47,9 @@ static void test_small_map_grows_with_tenants(void **state)
     pc_test_agent_start_for(&env, &agent, "small", &ctl, small);
     assert_true(data_file_size(&agent) > 1 * MIB);
     pc_test_wait_converged(&env, &ctl, &agent, 1);
+    /* ... from the store, not from the controller again. */
+    assert_int_equal(pc_test_agent_metric(&agent, "popcast_agent_snapshots_installed_total"), 0);
+    assert_int_equal(pc_test_agent_metric(&agent, "popcast_agent_caught_up_entries_total"), 0);
     pc_test_agent_stop(&agent);
     pc_test_controller_stop(&ctl);
     pc_test_env_cleanup(&env);
